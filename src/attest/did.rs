@@ -1,0 +1,177 @@
+//! `did:key` identities for ed25519 keys: the ID certifies itself.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ed25519_dalek::VerifyingKey;
+
+use super::error::{Error, ErrorCode};
+
+/// Multicodec varint prefix of an ed25519 public key (0xed).
+const ED25519_PUB_MULTICODEC: [u8; 2] = [0xed, 0x01];
+const PREFIX: &str = "did:key:z";
+/// Longest text a valid did:key can have; anything longer is rejected before
+/// decoding so hostile input costs nothing.
+const MAX_LEN: usize = 64;
+
+/// The `did:key` of an ed25519 public key: `did:key:z6Mk…`.
+///
+/// A `Did` always holds a canonical encoding of a point of large order, so
+/// it can verify signatures strictly. Parsing accepts exactly one spelling of
+/// each key.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Did {
+    key: [u8; 32],
+}
+
+impl Did {
+    /// The did:key of a 32-byte ed25519 public key.
+    ///
+    /// # Errors
+    /// `weak_key` if the bytes are not a canonical point of large order.
+    pub fn from_public_key(key: [u8; 32]) -> Result<Did, Error> {
+        let vk = VerifyingKey::from_bytes(&key)
+            .map_err(|_| Error::new(ErrorCode::WeakKey, "key is not a valid curve point"))?;
+        if vk.is_weak() {
+            return Err(Error::new(ErrorCode::WeakKey, "key is a small-order point"));
+        }
+        // Decompression accepts some non-canonical y encodings; require the
+        // one encoding so each key has exactly one DID.
+        if vk.to_edwards().compress().to_bytes() != key {
+            return Err(Error::new(
+                ErrorCode::WeakKey,
+                "key is a non-canonical point encoding",
+            ));
+        }
+        Ok(Did { key })
+    }
+
+    /// The did:key of a verifying key.
+    ///
+    /// # Errors
+    /// `weak_key` as for [`Did::from_public_key`].
+    pub fn from_verifying_key(key: &VerifyingKey) -> Result<Did, Error> {
+        Did::from_public_key(key.to_bytes())
+    }
+
+    /// Parses `did:key:z…`, accepting exactly the canonical form.
+    ///
+    /// # Errors
+    /// `did_syntax`, `did_base58`, `did_multicodec`, `did_length` or
+    /// `weak_key`, naming what is wrong.
+    pub fn parse(text: &str) -> Result<Did, Error> {
+        if text.len() > MAX_LEN {
+            return Err(Error::new(
+                ErrorCode::DidSyntax,
+                format!("a did:key is at most {MAX_LEN} characters"),
+            ));
+        }
+        let Some(encoded) = text.strip_prefix(PREFIX) else {
+            return Err(Error::new(
+                ErrorCode::DidSyntax,
+                "expected a did:key with a base58btc multibase value (did:key:z…)",
+            ));
+        };
+        let raw = bs58::decode(encoded)
+            .with_alphabet(bs58::Alphabet::BITCOIN)
+            .into_vec()
+            .map_err(|e| Error::new(ErrorCode::DidBase58, format!("base58btc: {e}")))?;
+        if raw.len() < 2 || raw[..2] != ED25519_PUB_MULTICODEC {
+            return Err(Error::new(
+                ErrorCode::DidMulticodec,
+                "multicodec prefix is not ed25519-pub (0xed01)",
+            ));
+        }
+        let key: [u8; 32] = raw[2..].try_into().map_err(|_| {
+            Error::new(
+                ErrorCode::DidLength,
+                format!("ed25519 key is {} bytes, expected 32", raw.len() - 2),
+            )
+        })?;
+        Did::from_public_key(key)
+    }
+
+    /// The 32-byte public key.
+    pub fn public_key(&self) -> &[u8; 32] {
+        &self.key
+    }
+
+    /// The key, ready to verify signatures.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        // Checked in the constructor; from_bytes is deterministic.
+        VerifyingKey::from_bytes(&self.key).unwrap_or_else(|_| unreachable!("checked at parse"))
+    }
+}
+
+impl fmt::Display for Did {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut raw = [0u8; 34];
+        raw[..2].copy_from_slice(&ED25519_PUB_MULTICODEC);
+        raw[2..].copy_from_slice(&self.key);
+        write!(f, "{PREFIX}{}", bs58::encode(raw).into_string())
+    }
+}
+
+impl fmt::Debug for Did {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Did({self})")
+    }
+}
+
+impl FromStr for Did {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Did, Error> {
+        Did::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_starts_with_z6mk() {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let did = Did::from_verifying_key(&sk.verifying_key()).unwrap();
+        let text = did.to_string();
+        assert!(text.starts_with("did:key:z6Mk"), "{text}");
+        assert_eq!(Did::parse(&text).unwrap(), did);
+    }
+
+    #[test]
+    fn rejects_each_malformation_with_its_code() {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let good = Did::from_verifying_key(&sk.verifying_key())
+            .unwrap()
+            .to_string();
+        let code = |s: &str| Did::parse(s).unwrap_err().code();
+        assert_eq!(code("did:web:example.com"), ErrorCode::DidSyntax);
+        assert_eq!(code(&good.replace("did:key:z", "did:key:f")), ErrorCode::DidSyntax);
+        assert_eq!(code(&format!("{good}0")), ErrorCode::DidBase58);
+        // secp256k1-pub multicodec 0xe7 0x01
+        let mut raw = vec![0xe7, 0x01];
+        raw.extend_from_slice(&[1u8; 33]);
+        let other = format!("did:key:z{}", bs58::encode(&raw).into_string());
+        assert_eq!(code(&other), ErrorCode::DidMulticodec);
+        let mut short = vec![0xed, 0x01];
+        short.extend_from_slice(&[1u8; 31]);
+        let short = format!("did:key:z{}", bs58::encode(&short).into_string());
+        assert_eq!(code(&short), ErrorCode::DidLength);
+        // The identity point (small order).
+        let mut ident = vec![0xed, 0x01, 1];
+        ident.extend_from_slice(&[0u8; 31]);
+        let ident = format!("did:key:z{}", bs58::encode(&ident).into_string());
+        assert_eq!(code(&ident), ErrorCode::WeakKey);
+    }
+
+    #[test]
+    fn rejects_non_canonical_point_encoding() {
+        // y = p + 1 (≥ p) encodes the same point as y = 1 non-canonically;
+        // p = 2^255 - 19, so p + 1 = 2^255 - 18.
+        let mut key = [0xffu8; 32];
+        key[0] = 0xee;
+        key[31] = 0x7f;
+        let err = Did::from_public_key(key).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::WeakKey);
+    }
+}
