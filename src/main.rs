@@ -1,1 +1,9 @@
-fn main(){}
+//! The `pulse-ledger` binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    pulse_ledger::cli::Cli::parse().run()
+}

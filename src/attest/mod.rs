@@ -8,6 +8,7 @@ mod did;
 mod envelope;
 mod error;
 mod fields;
+mod json;
 mod schema;
 mod statement;
 

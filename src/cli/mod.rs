@@ -1,1 +1,77 @@
-//! cli
+//! The `pulse-ledger` command line: argument definitions and dispatch.
+//!
+//! Exit codes: 0 success, 1 verification failed, 2 usage or I/O error.
+
+mod author;
+mod error;
+mod files;
+mod inspect;
+mod keyfile;
+mod keygen;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub use error::CliError;
+
+/// Self-certifying async job handlers: sign, chain and verify attestations.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pulse-ledger",
+    version,
+    about,
+    after_help = "\
+Quick start:
+  pulse-ledger keygen --out handler.key
+  pulse-ledger keygen --out plugin.key
+  pulse-ledger plugin new --key plugin.key --name py-runner --version 1.0.0 --out p0.att
+  pulse-ledger handler new --key handler.key --name python.script --version 1.0.0 \\
+      --plugin did:key:z6Mk... --out h0.att
+  pulse-ledger verify chain h0.att
+
+Exit status: 0 success, 1 verification failed, 2 usage or I/O error."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create an ed25519 key; print its did:key.
+    Keygen(keygen::Args),
+    /// Sign handler statements: new, update, rotate, revoke.
+    #[command(subcommand)]
+    Handler(author::Verb),
+    /// Sign plugin statements: new, update, rotate, revoke.
+    #[command(subcommand)]
+    Plugin(author::PluginVerb),
+    /// Verify attestations or a chain of them, offline.
+    #[command(subcommand)]
+    Verify(verify::Target),
+    /// Print an attestation for people (or as JSON).
+    Inspect(inspect::Args),
+}
+
+impl Cli {
+    /// Runs the command and returns the process exit status. Errors are
+    /// printed to stderr for people.
+    pub fn run(self) -> ExitCode {
+        let result = match self.command {
+            Command::Keygen(a) => keygen::run(a),
+            Command::Handler(v) => author::run_handler(v),
+            Command::Plugin(v) => author::run_plugin(v),
+            Command::Verify(t) => verify::run(t),
+            Command::Inspect(a) => inspect::run(a),
+        };
+        match result {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                e.exit_code()
+            }
+        }
+    }
+}

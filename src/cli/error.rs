@@ -1,0 +1,42 @@
+//! CLI errors: each prints as the sentence a person reads.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit status for a verification failure.
+pub(crate) const EXIT_VERIFY_FAILED: u8 = 1;
+/// Exit status for usage and I/O errors.
+pub(crate) const EXIT_USAGE: u8 = 2;
+
+/// A CLI failure that is not a verification verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Arguments that do not make sense together, or a bad file.
+    #[error("{0}")]
+    Usage(String),
+    /// An input file is not a valid attestation.
+    #[error("{}: {source}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The broken rule.
+        source: crate::Error,
+    },
+}
+
+impl CliError {
+    pub(crate) fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Invalid { .. } => ExitCode::from(EXIT_VERIFY_FAILED),
+            _ => ExitCode::from(EXIT_USAGE),
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The secret key file: a text file holding one ed25519 seed.
+//!
+//! ```text
+//! # pulse-ledger secret key: keep it private
+//! # did: did:key:z6Mk…
+//! PULSE-LEDGER-SECRET-KEY-1 <64 lowercase hex digits>
+//! ```
+//!
+//! Lines starting with `#` and blank lines are ignored; exactly one key line
+//! is required.
+
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+
+use super::error::CliError;
+use super::files::io;
+use crate::Did;
+
+const TAG: &str = "PULSE-LEDGER-SECRET-KEY-1";
+/// A key file is a few lines; refuse to read anything much larger.
+const MAX_KEY_FILE: u64 = 4096;
+
+/// The key file text for a seed.
+pub(crate) fn render(key: &SigningKey, did: &Did) -> String {
+    format!(
+        "# pulse-ledger secret key: keep it private\n# did: {did}\n{TAG} {}\n",
+        hex::encode(key.to_bytes())
+    )
+}
+
+/// Reads a key file.
+pub(crate) fn load(path: &Path) -> Result<SigningKey, CliError> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(io(path))?
+        .take(MAX_KEY_FILE)
+        .read_to_string(&mut text)
+        .map_err(io(path))?;
+    parse(&text).map_err(|why| CliError::Usage(format!("{}: not a key file: {why}", path.display())))
+}
+
+fn parse(text: &str) -> Result<SigningKey, String> {
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let line = lines.next().ok_or("no key line")?;
+    if lines.next().is_some() {
+        return Err("more than one key line".into());
+    }
+    let hex_part = line
+        .strip_prefix(TAG)
+        .and_then(|r| r.strip_prefix(' '))
+        .ok_or_else(|| format!("the key line must start with {TAG:?}"))?;
+    let mut seed = [0u8; 32];
+    if hex_part.len() != 64 || hex::decode_to_slice(hex_part, &mut seed).is_err() {
+        return Err("the key must be 64 hex digits".into());
+    }
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_then_parse_round_trips() {
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let did = Did::from_verifying_key(&key.verifying_key()).unwrap();
+        let back = parse(&render(&key, &did)).unwrap();
+        assert_eq!(back.to_bytes(), key.to_bytes());
+    }
+
+    #[test]
+    fn rejects_bad_files() {
+        assert!(parse("").is_err());
+        assert!(parse("# only a comment\n").is_err());
+        assert!(parse(&format!("{TAG} 00")).is_err());
+        assert!(parse(&format!("OTHER {}", "00".repeat(32))).is_err());
+        let line = format!("{TAG} {}\n", "00".repeat(32));
+        assert!(parse(&format!("{line}{line}")).is_err());
+    }
+}
