@@ -75,7 +75,11 @@ pub fn verify_attestation(bytes: &[u8]) -> Result<Attestation, Error> {
     }
     let msg = signing_message(&raw.body);
     for (i, (did, sig)) in signers.iter().zip(&raw.sigs).enumerate() {
-        let role = if i == 0 { "body.signer" } else { "body.new_key" };
+        let role = if i == 0 {
+            "body.signer"
+        } else {
+            "body.new_key"
+        };
         did.verifying_key()
             .verify_strict(&msg, &Signature::from_bytes(sig))
             .map_err(|_| {

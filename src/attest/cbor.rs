@@ -66,7 +66,9 @@ impl Map {
 /// Canonical order of text keys (RFC 8949 §4.2.1 bytewise order of the
 /// encoded keys, which for text keys is: shorter first, then bytewise).
 fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
-    a.len().cmp(&b.len()).then_with(|| a.as_bytes().cmp(b.as_bytes()))
+    a.len()
+        .cmp(&b.len())
+        .then_with(|| a.as_bytes().cmp(b.as_bytes()))
 }
 
 impl Serialize for Value {
@@ -311,7 +313,10 @@ mod tests {
     fn round_trips_every_type() {
         let mut m = Map::new();
         m.insert("zz", Value::Uint(1_000_000));
-        m.insert("a", Value::Array(vec![Value::Bytes(vec![1, 2]), Value::Text("é".into())]));
+        m.insert(
+            "a",
+            Value::Array(vec![Value::Bytes(vec![1, 2]), Value::Text("é".into())]),
+        );
         let v = Value::Map(m);
         let bytes = encode(&v);
         // "a" sorts before "zz": shorter keys first.
@@ -325,8 +330,14 @@ mod tests {
     fn each_rule_has_its_code() {
         assert_eq!(code(&[0x18, 0x05]), ErrorCode::NonCanonicalCbor);
         assert_eq!(code(&[0x5f, 0x41, 0x00, 0xff]), ErrorCode::NonCanonicalCbor);
-        assert_eq!(code(&[0xa2, 0x61, 0x62, 0x00, 0x61, 0x61, 0x00]), ErrorCode::NonCanonicalCbor);
-        assert_eq!(code(&[0xa2, 0x61, 0x61, 0x00, 0x61, 0x61, 0x00]), ErrorCode::DuplicateKey);
+        assert_eq!(
+            code(&[0xa2, 0x61, 0x62, 0x00, 0x61, 0x61, 0x00]),
+            ErrorCode::NonCanonicalCbor
+        );
+        assert_eq!(
+            code(&[0xa2, 0x61, 0x61, 0x00, 0x61, 0x61, 0x00]),
+            ErrorCode::DuplicateKey
+        );
         assert_eq!(code(&[0xf9, 0x3c, 0x00]), ErrorCode::ForbiddenCborType);
         assert_eq!(code(&[0xc0, 0x00]), ErrorCode::ForbiddenCborType);
         assert_eq!(code(&[0x20]), ErrorCode::ForbiddenCborType);
@@ -337,7 +348,10 @@ mod tests {
         assert_eq!(code(&[0x61, 0xff]), ErrorCode::MalformedCbor);
         assert_eq!(code(&[0x1c]), ErrorCode::MalformedCbor);
         assert_eq!(code(&[0xff]), ErrorCode::MalformedCbor);
-        assert_eq!(code(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), ErrorCode::MalformedCbor);
+        assert_eq!(
+            code(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            ErrorCode::MalformedCbor
+        );
         assert_eq!(code(&[0x81; 20]), ErrorCode::MalformedCbor);
         assert_eq!(code(&[]), ErrorCode::MalformedCbor);
     }

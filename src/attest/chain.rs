@@ -61,7 +61,10 @@ impl ChainState {
         let Action::Register(schema) = &st.action else {
             return Err(Error::new(
                 ErrorCode::NotGenesis,
-                format!("a chain starts with a register statement, not {}", st.kind()),
+                format!(
+                    "a chain starts with a register statement, not {}",
+                    st.kind()
+                ),
             ));
         };
         Ok(ChainState {
@@ -90,19 +93,30 @@ impl ChainState {
         if st.subject != self.subject {
             return Err(Error::new(
                 ErrorCode::SubjectMismatch,
-                format!("statement is about {}, the chain about {}", st.subject, self.subject),
+                format!(
+                    "statement is about {}, the chain about {}",
+                    st.subject, self.subject
+                ),
             ));
         }
         if st.family != self.family {
             return Err(Error::new(
                 ErrorCode::FamilyMismatch,
-                format!("a {} statement in a {} chain", st.kind(), self.family.as_str()),
+                format!(
+                    "a {} statement in a {} chain",
+                    st.kind(),
+                    self.family.as_str()
+                ),
             ));
         }
         if st.seq <= self.seq && att.id() == self.head {
             return Err(Error::new(
                 ErrorCode::DuplicateStatement,
-                format!("statement {} is already in the chain at seq {}", att.id(), st.seq),
+                format!(
+                    "statement {} is already in the chain at seq {}",
+                    att.id(),
+                    st.seq
+                ),
             ));
         }
         if st.seq == self.seq {
@@ -120,13 +134,19 @@ impl ChainState {
         if self.revoked {
             return Err(Error::new(
                 ErrorCode::AfterRevoke,
-                format!("the subject was revoked at seq {}; nothing may follow", self.seq),
+                format!(
+                    "the subject was revoked at seq {}; nothing may follow",
+                    self.seq
+                ),
             ));
         }
         if st.prev != Some(self.head) {
             return Err(Error::new(
                 ErrorCode::PrevMismatch,
-                format!("body.prev must be {}, the ID of seq {}", self.head, self.seq),
+                format!(
+                    "body.prev must be {}, the ID of seq {}",
+                    self.head, self.seq
+                ),
             ));
         }
         if st.signer != self.key {
@@ -173,7 +193,13 @@ pub fn verify_chain<B: AsRef<[u8]>>(envelopes: &[B]) -> Result<ChainState, Chain
         equivocation: None,
     };
     if envelopes.is_empty() {
-        return Err(fail(0, Error::new(ErrorCode::EmptyChain, "a chain has at least its genesis statement")));
+        return Err(fail(
+            0,
+            Error::new(
+                ErrorCode::EmptyChain,
+                "a chain has at least its genesis statement",
+            ),
+        ));
     }
     let mut seen: Vec<Attestation> = Vec::with_capacity(envelopes.len());
     let mut state: Option<ChainState> = None;
@@ -195,7 +221,11 @@ pub fn verify_chain<B: AsRef<[u8]>>(envelopes: &[B]) -> Result<ChainState, Chain
                         index,
                         Error::new(
                             ErrorCode::DuplicateStatement,
-                            format!("statement {} is already in the chain at seq {}", att.id(), st.seq),
+                            format!(
+                                "statement {} is already in the chain at seq {}",
+                                att.id(),
+                                st.seq
+                            ),
                         ),
                     ));
                 }

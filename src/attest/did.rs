@@ -146,7 +146,10 @@ mod tests {
             .to_string();
         let code = |s: &str| Did::parse(s).unwrap_err().code();
         assert_eq!(code("did:web:example.com"), ErrorCode::DidSyntax);
-        assert_eq!(code(&good.replace("did:key:z", "did:key:f")), ErrorCode::DidSyntax);
+        assert_eq!(
+            code(&good.replace("did:key:z", "did:key:f")),
+            ErrorCode::DidSyntax
+        );
         assert_eq!(code(&format!("{good}0")), ErrorCode::DidBase58);
         // secp256k1-pub multicodec 0xe7 0x01
         let mut raw = vec![0xe7, 0x01];

@@ -50,7 +50,12 @@ impl FromStr for AttestationId {
     type Err = Error;
     /// Parses 64 lowercase hex digits.
     fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = || Error::new(ErrorCode::InvalidField, "an attestation ID is 64 lowercase hex digits");
+        let bad = || {
+            Error::new(
+                ErrorCode::InvalidField,
+                "an attestation ID is 64 lowercase hex digits",
+            )
+        };
         if s.len() != 64 || s.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(bad());
         }

@@ -15,7 +15,10 @@ impl Fields {
     /// Accepts `value` if it is a map whose keys are all in `known`.
     pub(crate) fn new(value: Value, place: &'static str, known: &[&str]) -> Result<Fields, Error> {
         let Value::Map(map) = value else {
-            return Err(Error::new(ErrorCode::WrongType, format!("{place} must be a map")));
+            return Err(Error::new(
+                ErrorCode::WrongType,
+                format!("{place} must be a map"),
+            ));
         };
         if let Some(k) = map.keys().find(|k| !known.contains(k)) {
             return Err(Error::new(
@@ -77,9 +80,10 @@ impl Fields {
     /// An unsigned integer that must lie in `min..=max`.
     pub(crate) fn uint_in(&self, key: &str, min: u64, max: u64) -> Result<Option<u64>, Error> {
         match self.uint(key)? {
-            Some(n) if n < min || n > max => {
-                Err(self.invalid(key, format_args!("is {n}; it must be between {min} and {max}")))
-            }
+            Some(n) if n < min || n > max => Err(self.invalid(
+                key,
+                format_args!("is {n}; it must be between {min} and {max}"),
+            )),
             other => Ok(other),
         }
     }
@@ -102,7 +106,10 @@ impl Fields {
             return Err(self.invalid(key, format_args!("must be 1 to {max} bytes")));
         }
         if t.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-            return Err(self.invalid(key, "must not contain control characters other than tab and newline"));
+            return Err(self.invalid(
+                key,
+                "must not contain control characters other than tab and newline",
+            ));
         }
         Ok(Some(t))
     }

@@ -116,9 +116,15 @@ impl HandlerSchema {
         m.insert_opt("input_schema", self.input_schema.clone().map(Value::Text));
         m.insert_opt("output_schema", self.output_schema.clone().map(Value::Text));
         m.insert_opt("timeout_ms", self.timeout_ms.map(Value::Uint));
-        m.insert_opt("max_attempts", self.max_attempts.map(|n| Value::Uint(n.into())));
+        m.insert_opt(
+            "max_attempts",
+            self.max_attempts.map(|n| Value::Uint(n.into())),
+        );
         m.insert_opt("max_cost", self.max_cost.map(Value::Uint));
-        m.insert_opt("max_concurrency", self.max_concurrency.map(|n| Value::Uint(n.into())));
+        m.insert_opt(
+            "max_concurrency",
+            self.max_concurrency.map(|n| Value::Uint(n.into())),
+        );
         m.insert_opt("description", self.description.clone().map(Value::Text));
         m.insert_opt("code", self.code.clone().map(Value::Bytes));
         Value::Map(m)
@@ -141,7 +147,9 @@ impl HandlerSchema {
             input_schema: json_schema(&f, "input_schema")?,
             output_schema: json_schema(&f, "output_schema")?,
             timeout_ms: f.uint_in("timeout_ms", 1, MAX_TIMEOUT_MS)?,
-            max_attempts: f.uint_in("max_attempts", 1, MAX_MAX_ATTEMPTS.into())?.map(small),
+            max_attempts: f
+                .uint_in("max_attempts", 1, MAX_MAX_ATTEMPTS.into())?
+                .map(small),
             max_cost: f.uint_in("max_cost", 1, MAX_MAX_COST)?,
             max_concurrency: f
                 .uint_in("max_concurrency", 1, MAX_MAX_CONCURRENCY.into())?
@@ -229,14 +237,18 @@ pub fn is_valid_name(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= 64
         && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter()
-            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'))
+        && b.iter().all(|&c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        })
 }
 
 fn name(f: &Fields) -> Result<String, Error> {
     let n = f.text("name")?.unwrap_or_default();
     if !is_valid_name(&n) {
-        return Err(f.invalid("name", format_args!("{n:?} does not match [a-z0-9][a-z0-9._-]{{0,63}}")));
+        return Err(f.invalid(
+            "name",
+            format_args!("{n:?} does not match [a-z0-9][a-z0-9._-]{{0,63}}"),
+        ));
     }
     Ok(n)
 }
@@ -244,10 +256,16 @@ fn name(f: &Fields) -> Result<String, Error> {
 fn version(f: &Fields) -> Result<String, Error> {
     let v = f.text("version")?.unwrap_or_default();
     if v.len() > MAX_VERSION_BYTES {
-        return Err(f.invalid("version", format_args!("is longer than {MAX_VERSION_BYTES} bytes")));
+        return Err(f.invalid(
+            "version",
+            format_args!("is longer than {MAX_VERSION_BYTES} bytes"),
+        ));
     }
     if let Err(e) = semver::Version::parse(&v) {
-        return Err(f.invalid("version", format_args!("{v:?} is not a Semantic Version 2.0.0: {e}")));
+        return Err(f.invalid(
+            "version",
+            format_args!("{v:?} is not a Semantic Version 2.0.0: {e}"),
+        ));
     }
     Ok(v)
 }
@@ -257,7 +275,10 @@ fn json_schema(f: &Fields, key: &str) -> Result<Option<String>, Error> {
         return Ok(None);
     };
     if text.len() > MAX_JSON_SCHEMA_BYTES {
-        return Err(f.invalid(key, format_args!("is longer than {MAX_JSON_SCHEMA_BYTES} bytes")));
+        return Err(f.invalid(
+            key,
+            format_args!("is longer than {MAX_JSON_SCHEMA_BYTES} bytes"),
+        ));
     }
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(serde_json::Value::Object(_) | serde_json::Value::Bool(_)) => Ok(Some(text)),

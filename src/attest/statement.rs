@@ -17,7 +17,16 @@ pub const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 pub const MAX_REASON_BYTES: usize = 256;
 
 const BODY_FIELDS: &[&str] = &[
-    "v", "kind", "subject", "signer", "seq", "prev", "issued_at", "schema", "new_key", "reason",
+    "v",
+    "kind",
+    "subject",
+    "signer",
+    "seq",
+    "prev",
+    "issued_at",
+    "schema",
+    "new_key",
+    "reason",
 ];
 
 /// Which kind of identity a chain is about.
@@ -187,45 +196,96 @@ impl Statement {
         let kind = Kind::parse(&kind_text).ok_or_else(|| {
             Error::new(
                 ErrorCode::UnknownKind,
-                format!("body.kind {kind_text:?} is not one of {}", Kind::ALL.join(", ")),
+                format!(
+                    "body.kind {kind_text:?} is not one of {}",
+                    Kind::ALL.join(", ")
+                ),
             )
         })?;
         let (allowed, required): (&[&str], &[&str]) = match kind.verb {
             "register" => (
-                &["v", "kind", "subject", "signer", "seq", "issued_at", "schema"],
+                &[
+                    "v",
+                    "kind",
+                    "subject",
+                    "signer",
+                    "seq",
+                    "issued_at",
+                    "schema",
+                ],
                 &["subject", "signer", "seq", "issued_at", "schema"],
             ),
             "update" => (
-                &["v", "kind", "subject", "signer", "seq", "prev", "issued_at", "schema"],
+                &[
+                    "v",
+                    "kind",
+                    "subject",
+                    "signer",
+                    "seq",
+                    "prev",
+                    "issued_at",
+                    "schema",
+                ],
                 &["subject", "signer", "seq", "prev", "issued_at", "schema"],
             ),
             "rotate" => (
-                &["v", "kind", "subject", "signer", "seq", "prev", "issued_at", "new_key"],
+                &[
+                    "v",
+                    "kind",
+                    "subject",
+                    "signer",
+                    "seq",
+                    "prev",
+                    "issued_at",
+                    "new_key",
+                ],
                 &["subject", "signer", "seq", "prev", "issued_at", "new_key"],
             ),
             _ => (
-                &["v", "kind", "subject", "signer", "seq", "prev", "issued_at", "reason"],
+                &[
+                    "v",
+                    "kind",
+                    "subject",
+                    "signer",
+                    "seq",
+                    "prev",
+                    "issued_at",
+                    "reason",
+                ],
                 &["subject", "signer", "seq", "prev", "issued_at"],
             ),
         };
         f.only(allowed, &kind_text)?;
         f.require(required)?;
-        let subject = f.did("subject")?.unwrap_or_else(|| unreachable!("required"));
+        let subject = f
+            .did("subject")?
+            .unwrap_or_else(|| unreachable!("required"));
         let signer = f.did("signer")?.unwrap_or_else(|| unreachable!("required"));
         let seq = f.uint_in("seq", 0, MAX_SAFE_INTEGER)?.unwrap_or_default();
         if kind.is_genesis() && seq != 0 {
-            return Err(f.invalid("seq", format_args!("is {seq}; a {kind} statement has seq 0")));
+            return Err(f.invalid(
+                "seq",
+                format_args!("is {seq}; a {kind} statement has seq 0"),
+            ));
         }
         if !kind.is_genesis() && seq == 0 {
-            return Err(f.invalid("seq", format_args!("is 0; only a register statement has seq 0")));
+            return Err(f.invalid(
+                "seq",
+                format_args!("is 0; only a register statement has seq 0"),
+            ));
         }
         let prev = match f.bytes("prev")? {
             None => None,
             Some(b) => Some(AttestationId(b.as_slice().try_into().map_err(|_| {
-                f.invalid("prev", format_args!("is {} bytes; an attestation ID is 32", b.len()))
+                f.invalid(
+                    "prev",
+                    format_args!("is {} bytes; an attestation ID is 32", b.len()),
+                )
             })?)),
         };
-        let issued_at = f.uint_in("issued_at", 0, MAX_SAFE_INTEGER)?.unwrap_or_default();
+        let issued_at = f
+            .uint_in("issued_at", 0, MAX_SAFE_INTEGER)?
+            .unwrap_or_default();
         let schema = match f.map("schema").cloned() {
             None => None,
             Some(value) => Some(

@@ -490,7 +490,9 @@ fn follow(
         signer: did,
         seq: p.seq + 1,
         prev: Some(prev.att.id()),
-        issued_at: common.issued_at.unwrap_or_else(|| now_ms().max(p.issued_at)),
+        issued_at: common
+            .issued_at
+            .unwrap_or_else(|| now_ms().max(p.issued_at)),
         action,
     };
     emit(&common, &statement, &key, new_key)
@@ -548,7 +550,8 @@ fn parse_did(text: &str, flag: &str) -> Result<Did, CliError> {
 
 fn read_text(path: &Path) -> Result<String, CliError> {
     let bytes = read_limited(path, crate::limits::MAX_JSON_SCHEMA_BYTES)?;
-    String::from_utf8(bytes).map_err(|_| CliError::Usage(format!("{}: is not UTF-8 text", path.display())))
+    String::from_utf8(bytes)
+        .map_err(|_| CliError::Usage(format!("{}: is not UTF-8 text", path.display())))
 }
 
 fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, CliError> {

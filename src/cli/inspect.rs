@@ -40,7 +40,11 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, CliError> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("id         {}", att.id());
-    println!("size       {} bytes (body {} bytes)", att.envelope().len(), att.body().len());
+    println!(
+        "size       {} bytes (body {} bytes)",
+        att.envelope().len(),
+        att.body().len()
+    );
     println!("kind       {}", st.kind());
     println!("subject    {}", st.subject);
     println!("signer     {}", st.signer);
@@ -69,7 +73,10 @@ pub(crate) fn describe_schema(schema: &Schema) -> String {
             p.name,
             p.version,
             p.protocol,
-            p.endpoint.as_deref().map(|e| format!(", endpoint {e}")).unwrap_or_default()
+            p.endpoint
+                .as_deref()
+                .map(|e| format!(", endpoint {e}"))
+                .unwrap_or_default()
         ),
     }
 }
@@ -80,7 +87,10 @@ fn print_schema(schema: &Schema) {
             println!("name       {}", p.name);
             println!("version    {}", p.version);
             println!("protocol   {}", p.protocol);
-            println!("endpoint   {}", p.endpoint.as_deref().unwrap_or("(spawned locally)"));
+            println!(
+                "endpoint   {}",
+                p.endpoint.as_deref().unwrap_or("(spawned locally)")
+            );
             if let Some(d) = &p.description {
                 println!("describe   {d}");
             }
@@ -90,10 +100,25 @@ fn print_schema(schema: &Schema) {
     println!("name       {}", h.name);
     println!("version    {}", h.version);
     println!("plugin     {}", h.plugin);
-    println!("timeout    {} ms{}", h.effective_timeout_ms(), default_note(h.timeout_ms.is_none()));
-    println!("attempts   {}{}", h.effective_max_attempts(), default_note(h.max_attempts.is_none()));
-    println!("max_cost   {}", h.max_cost.map_or("no budget".into(), |c| c.to_string()));
-    println!("concurrency {}", h.max_concurrency.map_or("no limit".into(), |c| c.to_string()));
+    println!(
+        "timeout    {} ms{}",
+        h.effective_timeout_ms(),
+        default_note(h.timeout_ms.is_none())
+    );
+    println!(
+        "attempts   {}{}",
+        h.effective_max_attempts(),
+        default_note(h.max_attempts.is_none())
+    );
+    println!(
+        "max_cost   {}",
+        h.max_cost.map_or("no budget".into(), |c| c.to_string())
+    );
+    println!(
+        "concurrency {}",
+        h.max_concurrency
+            .map_or("no limit".into(), |c| c.to_string())
+    );
     if let Some(d) = &h.description {
         println!("describe   {d}");
     }
@@ -104,7 +129,11 @@ fn print_schema(schema: &Schema) {
         println!("output     {} bytes of JSON Schema", s.len());
     }
     if let (Some(code), Some(digest)) = (&h.code, h.code_digest()) {
-        println!("code       {} bytes, blake3 {}", code.len(), hex::encode(digest));
+        println!(
+            "code       {} bytes, blake3 {}",
+            code.len(),
+            hex::encode(digest)
+        );
     }
 }
 

@@ -38,7 +38,8 @@ pub(crate) fn load(path: &Path) -> Result<SigningKey, CliError> {
         .take(MAX_KEY_FILE)
         .read_to_string(&mut text)
         .map_err(io(path))?;
-    parse(&text).map_err(|why| CliError::Usage(format!("{}: not a key file: {why}", path.display())))
+    parse(&text)
+        .map_err(|why| CliError::Usage(format!("{}: not a key file: {why}", path.display())))
 }
 
 fn parse(text: &str) -> Result<SigningKey, String> {

@@ -115,7 +115,10 @@ fn chain(paths: &[PathBuf], as_json: bool) -> Result<ExitCode, CliError> {
     match verify_chain(&envelopes) {
         Ok(state) => {
             if as_json {
-                println!("{}", json!({"ok": true, "statements": paths.len(), "state": state.to_json()}));
+                println!(
+                    "{}",
+                    json!({"ok": true, "statements": paths.len(), "state": state.to_json()})
+                );
             } else {
                 println!("chain ok: {} statements", paths.len());
                 print_state(&state);
@@ -123,18 +126,25 @@ fn chain(paths: &[PathBuf], as_json: bool) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            let file = paths.get(e.index).map(|p| p.display().to_string()).unwrap_or_default();
+            let file = paths
+                .get(e.index)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             if as_json {
                 let mut out = json!({
                     "ok": false, "index": e.index, "file": file,
                     "code": e.error.code().as_str(), "message": e.error.message(),
                 });
                 if let Some(eq) = &e.equivocation {
-                    out["equivocation"] = json!([eq.first.id().to_string(), eq.second.id().to_string()]);
+                    out["equivocation"] =
+                        json!([eq.first.id().to_string(), eq.second.id().to_string()]);
                 }
                 println!("{out}");
             } else {
-                println!("chain FAILED at statement {} ({file}): {}", e.index, e.error);
+                println!(
+                    "chain FAILED at statement {} ({file}): {}",
+                    e.index, e.error
+                );
                 if let Some(eq) = &e.equivocation {
                     println!(
                         "equivocation evidence: {} and {} are both signed for seq {}",

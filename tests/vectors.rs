@@ -1,0 +1,193 @@
+//! Replays every vector in spec/vectors against the library, checks that the
+//! committed files are exactly what the generator produces, and that every
+//! error code in the spec has a vector.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+
+use pulse_ledger::{Did, ErrorCode, verify_attestation, verify_chain};
+use serde_json::Value;
+
+fn committed() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("spec/vectors").expect("spec/vectors exists") {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = fs::read_to_string(&path).unwrap();
+            let json: Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            out.push((
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                json,
+            ));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn unhex(v: &Value) -> Vec<u8> {
+    hex::decode(v.as_str().expect("hex string")).expect("valid hex")
+}
+
+/// Runs one vector; returns the error code it expects, if any.
+fn replay(name: &str, v: &Value) -> Option<ErrorCode> {
+    let expect = &v["expect"];
+    let ok = expect["ok"].as_bool().expect("expect.ok");
+    let want_code = expect["code"]
+        .as_str()
+        .map(|c| ErrorCode::from_name(c).unwrap_or_else(|| panic!("{name}: unknown code {c}")));
+    match v["type"].as_str().unwrap() {
+        "did" => match Did::parse(v["input"].as_str().unwrap()) {
+            Ok(did) => {
+                assert!(ok, "{name}: parsed but expected {want_code:?}");
+                assert_eq!(
+                    hex::encode(did.public_key()),
+                    expect["public_key"].as_str().unwrap(),
+                    "{name}"
+                );
+                assert_eq!(
+                    did.to_string(),
+                    v["input"].as_str().unwrap(),
+                    "{name}: not canonical"
+                );
+            }
+            Err(e) => assert_eq!(Some(e.code()), want_code, "{name}: {e}"),
+        },
+        "attestation" => match verify_attestation(&unhex(&v["input"])) {
+            Ok(att) => {
+                assert!(ok, "{name}: verified but expected {want_code:?}");
+                assert_eq!(
+                    att.id().to_string(),
+                    expect["id"].as_str().unwrap(),
+                    "{name}"
+                );
+                assert_eq!(
+                    hex::encode(att.body()),
+                    expect["body"].as_str().unwrap(),
+                    "{name}"
+                );
+                assert_eq!(att.statement().to_json(), expect["statement"], "{name}");
+            }
+            Err(e) => assert_eq!(Some(e.code()), want_code, "{name}: {e}"),
+        },
+        "chain" => {
+            let envs: Vec<Vec<u8>> = v["input"].as_array().unwrap().iter().map(unhex).collect();
+            match verify_chain(&envs) {
+                Ok(state) => {
+                    assert!(ok, "{name}: verified but expected {want_code:?}");
+                    assert_eq!(state.to_json(), expect["state"], "{name}");
+                }
+                Err(e) => {
+                    assert_eq!(Some(e.error.code()), want_code, "{name}: {e}");
+                    assert_eq!(e.index as u64, expect["index"].as_u64().unwrap(), "{name}");
+                    if let Some(pair) = expect.get("equivocation") {
+                        let eq = e
+                            .equivocation
+                            .as_ref()
+                            .unwrap_or_else(|| panic!("{name}: no evidence"));
+                        assert_eq!(pair[0].as_str().unwrap(), eq.first.id().to_string());
+                        assert_eq!(pair[1].as_str().unwrap(), eq.second.id().to_string());
+                    }
+                }
+            }
+        }
+        other => panic!("{name}: unknown vector type {other}"),
+    }
+    want_code
+}
+
+#[test]
+fn every_committed_vector_replays() {
+    let all = committed();
+    assert!(all.len() >= 60, "only {} vectors", all.len());
+    for (name, v) in &all {
+        replay(name, v);
+    }
+}
+
+#[test]
+fn committed_vectors_are_exactly_the_generated_ones() {
+    let generated: Vec<(String, Value)> = pulse_ledger::vectors::generate()
+        .into_iter()
+        .map(|v| (v.file, v.json))
+        .collect();
+    let mut generated = generated;
+    generated.sort_by(|a, b| a.0.cmp(&b.0));
+    let names = |v: &[(String, Value)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&committed()),
+        names(&generated),
+        "run `cargo run --example gen_vectors`"
+    );
+    for ((name, a), (_, b)) in committed().iter().zip(&generated) {
+        assert_eq!(
+            a, b,
+            "{name} differs from the generator: run `cargo run --example gen_vectors`"
+        );
+    }
+}
+
+#[test]
+fn fuzz_corpus_is_generated_from_the_vectors() {
+    for v in pulse_ledger::vectors::generate() {
+        if let Some((target, bytes)) = v.corpus {
+            let path = Path::new("fuzz/corpus")
+                .join(target)
+                .join(v.file.replace(".json", ".bin"));
+            let on_disk = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(
+                on_disk,
+                bytes,
+                "{}: run `cargo run --example gen_vectors`",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Codes listed in the error table of spec/attestation.md: rows of the form
+/// "| `code` | …".
+fn spec_codes() -> BTreeSet<String> {
+    let spec = fs::read_to_string("spec/attestation.md").expect("spec/attestation.md");
+    spec.lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`').map(|(c, _)| c.to_owned()))
+        .filter(|c| c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'))
+        .collect()
+}
+
+#[test]
+fn spec_lists_exactly_the_library_codes() {
+    let lib: BTreeSet<String> = ErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    assert_eq!(
+        spec_codes(),
+        lib,
+        "spec/attestation.md error table and ErrorCode differ"
+    );
+}
+
+#[test]
+fn every_error_code_has_a_vector_and_every_type_a_valid_one() {
+    let mut seen = BTreeSet::new();
+    let mut valid = BTreeSet::new();
+    for (name, v) in committed() {
+        match replay(&name, &v) {
+            Some(code) => {
+                seen.insert(code.as_str().to_owned());
+            }
+            None => {
+                valid.insert(v["type"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    let missing: Vec<_> = spec_codes().difference(&seen).cloned().collect();
+    assert!(missing.is_empty(), "codes without a vector: {missing:?}");
+    for t in ["did", "attestation", "chain"] {
+        assert!(valid.contains(t), "no valid {t} vector");
+    }
+}
