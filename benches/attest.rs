@@ -3,6 +3,8 @@
 //! `cargo bench --bench attest`; results and ratios are recorded in
 //! BENCHMARKS.md.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure report
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ed25519_dalek::{Signer, SigningKey};
 use std::hint::black_box;

@@ -199,8 +199,7 @@ fn sign(st: &Statement, k: &Key) -> Attestation {
     sign_statement(st, &k.sk, None).expect("vector statement is valid")
 }
 
-fn register(family: Family, k: &Key, schema: Schema, t: u64) -> Statement {
-    let _ = family;
+fn register(k: &Key, schema: Schema, t: u64) -> Statement {
     Statement {
         family: match schema {
             Schema::Handler(_) => Family::Handler,
@@ -305,10 +304,7 @@ pub fn generate() -> Vec<Vector> {
 
     // Building blocks shared by the attestation and chain vectors.
     let hs = HandlerSchema::new("python.script", "1.0.0", p.did.clone());
-    let h0 = sign(
-        &register(Family::Handler, &h, Schema::Handler(hs.clone()), T0),
-        &h,
-    );
+    let h0 = sign(&register(&h, Schema::Handler(hs.clone()), T0), &h);
     let mut hs1 = hs.clone();
     hs1.version = "1.1.0".into();
     hs1.timeout_ms = Some(60_000);
@@ -349,10 +345,7 @@ pub fn generate() -> Vec<Vector> {
     );
 
     let ps = PluginSchema::new("py-runner", "1.0.0");
-    let p0 = sign(
-        &register(Family::Plugin, &p, Schema::Plugin(ps.clone()), T0),
-        &p,
-    );
+    let p0 = sign(&register(&p, Schema::Plugin(ps.clone()), T0), &p);
 
     valid_attestations(
         &mut g,
@@ -497,7 +490,7 @@ fn valid_attestations(
     full.max_concurrency = Some(4);
     full.description = Some("Runs a Python script.\nOne line per log entry.".into());
     full.code = Some(b"print('hello from pulse-ledger')\n".to_vec());
-    let full_att = sign(&register(Family::Handler, h, Schema::Handler(full), T0), h);
+    let full_att = sign(&register(h, Schema::Handler(full), T0), h);
     g.att_ok(
         "handler-register-all-fields",
         "Genesis with every optional handler schema field set, including inline code.",
@@ -515,12 +508,7 @@ fn valid_attestations(
     max.max_concurrency = Some(crate::limits::MAX_MAX_CONCURRENCY);
     max.code = Some(vec![b'#'; crate::limits::MAX_CODE_BYTES]);
     let max_att = sign(
-        &register(
-            Family::Handler,
-            h,
-            Schema::Handler(max),
-            crate::limits::MAX_SAFE_INTEGER,
-        ),
+        &register(h, Schema::Handler(max), crate::limits::MAX_SAFE_INTEGER),
         h,
     );
     g.att_ok("handler-register-upper-limits", "Every bounded field at its largest allowed value (64-byte name, 48 KiB code, issued_at 2^53-1).", &max_att, &[h]);
@@ -564,10 +552,7 @@ fn valid_attestations(
     let mut ps = PluginSchema::new("py-runner", "2.0.0");
     ps.endpoint = Some("https://runner.example:7400".into());
     ps.description = Some("Python job runner".into());
-    let pe = sign(
-        &register(Family::Plugin, p, Schema::Plugin(ps.clone()), T0),
-        p,
-    );
+    let pe = sign(&register(p, Schema::Plugin(ps.clone()), T0), p);
     g.att_ok(
         "plugin-register-with-endpoint",
         "Genesis of a plugin that listens on its own endpoint.",
@@ -608,7 +593,7 @@ fn encoding_errors(g: &mut Gen, h: &Key, h0: &Attestation, hs: &HandlerSchema) {
     let mut big = HandlerSchema::new(hs.name.clone(), "1.0.0", hs.plugin.clone());
     big.code = Some(vec![b'#'; crate::limits::MAX_CODE_BYTES]);
     big.input_schema = Some(format!("{{\"description\":\"{}\"}}", "x".repeat(16_000)));
-    let body = register(Family::Handler, h, Schema::Handler(big), T0).to_body();
+    let body = register(h, Schema::Handler(big), T0).to_body();
     let bytes = seal_bytes(body, &[h]);
     assert!(bytes.len() > crate::limits::MAX_ENVELOPE_BYTES);
     g.att_err(
@@ -1015,7 +1000,6 @@ fn field_errors(
     );
 
     let mut ps = body_map(&register(
-        Family::Plugin,
         p,
         Schema::Plugin(PluginSchema::new("py-runner", "1.0.0")),
         T0,
@@ -1031,7 +1015,6 @@ fn field_errors(
         &[p],
     );
     let mut ps = body_map(&register(
-        Family::Plugin,
         p,
         Schema::Plugin(PluginSchema::new("py-runner", "1.0.0")),
         T0,
@@ -1306,12 +1289,10 @@ fn chains(
             .map(|a| a.envelope().to_vec())
             .collect::<Vec<_>>()
     };
-    let refs = |v: &Vec<Vec<u8>>| v.iter().map(|b| b.clone()).collect::<Vec<_>>();
     let run = |g: &mut Gen, name: &str, d: &str, v: Vec<Vec<u8>>, code, index, keys: &[&Key]| {
         let r: Vec<&[u8]> = v.iter().map(|b| b.as_slice()).collect();
         g.chain_err(name, d, &r, code, index, keys);
     };
-    let _ = refs;
     run(
         g,
         "empty",
@@ -1330,10 +1311,7 @@ fn chains(
         0,
         &[h],
     );
-    let hb0 = sign(
-        &register(Family::Handler, hb, Schema::Handler(hs.clone()), T0),
-        hb,
-    );
+    let hb0 = sign(&register(hb, Schema::Handler(hs.clone()), T0), hb);
     let hb1 = sign(
         &after(
             &hb0,
@@ -1483,10 +1461,7 @@ fn chains(
     );
     let mut other_gen_schema = hs.clone();
     other_gen_schema.version = "9.9.9".into();
-    let gen2 = sign(
-        &register(Family::Handler, h, Schema::Handler(other_gen_schema), T0),
-        h,
-    );
+    let gen2 = sign(&register(h, Schema::Handler(other_gen_schema), T0), h);
     run(
         g,
         "equivocation-genesis",

@@ -1,6 +1,8 @@
 //! End-to-end tests of the `pulse-ledger` binary: the handler lifecycle,
 //! byte-flip tamper detection, exit codes and help text.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure report
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,7 +15,11 @@ fn bin() -> Command {
 }
 
 fn run(dir: &Path, args: &[&str]) -> Output {
-    bin().current_dir(dir).args(args).output().expect("binary runs")
+    bin()
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("binary runs")
 }
 
 fn ok(dir: &Path, args: &[&str]) -> String {
@@ -40,24 +46,104 @@ fn lifecycle(dir: &Path) -> Vec<&'static str> {
     let handler = ok(dir, &["keygen", "--out", "h.key"]).trim().to_owned();
     let plugin = ok(dir, &["keygen", "--out", "p.key"]).trim().to_owned();
     ok(dir, &["keygen", "--out", "h2.key"]);
-    ok(dir, &["plugin", "new", "--key", "p.key", "--name", "py-runner", "--version", "1.0.0", "--out", "p0.att"]);
+    ok(
+        dir,
+        &[
+            "plugin",
+            "new",
+            "--key",
+            "p.key",
+            "--name",
+            "py-runner",
+            "--version",
+            "1.0.0",
+            "--out",
+            "p0.att",
+        ],
+    );
     fs::write(dir.join("job.py"), "print('hi')\n").unwrap();
     let out = ok(
         dir,
         &[
-            "handler", "new", "--key", "h.key", "--name", "python.script", "--version", "1.0.0", "--plugin", &plugin,
-            "--code", "job.py", "--timeout-ms", "60000", "--out", "h0.att", "--json",
+            "handler",
+            "new",
+            "--key",
+            "h.key",
+            "--name",
+            "python.script",
+            "--version",
+            "1.0.0",
+            "--plugin",
+            &plugin,
+            "--code",
+            "job.py",
+            "--timeout-ms",
+            "60000",
+            "--out",
+            "h0.att",
+            "--json",
         ],
     );
     let created: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(created["statement"]["subject"], handler.as_str(), "the handler's ID is its key's did:key");
-    ok(dir, &["handler", "update", "--key", "h.key", "--prev", "h0.att", "--version", "1.1.0", "--out", "h1.att"]);
-    ok(dir, &["handler", "rotate", "--key", "h.key", "--new-key", "h2.key", "--prev", "h1.att", "--out", "h2.att"]);
+    assert_eq!(
+        created["statement"]["subject"],
+        handler.as_str(),
+        "the handler's ID is its key's did:key"
+    );
     ok(
         dir,
-        &["handler", "update", "--key", "h2.key", "--prev", "h2.att", "--schema-from", "h1.att", "--max-cost", "500", "--out", "h3.att"],
+        &[
+            "handler",
+            "update",
+            "--key",
+            "h.key",
+            "--prev",
+            "h0.att",
+            "--version",
+            "1.1.0",
+            "--out",
+            "h1.att",
+        ],
     );
-    ok(dir, &["handler", "revoke", "--key", "h2.key", "--prev", "h3.att", "--reason", "retired", "--out", "h4.att"]);
+    ok(
+        dir,
+        &[
+            "handler",
+            "rotate",
+            "--key",
+            "h.key",
+            "--new-key",
+            "h2.key",
+            "--prev",
+            "h1.att",
+            "--out",
+            "h2.att",
+        ],
+    );
+    ok(
+        dir,
+        &[
+            "handler",
+            "update",
+            "--key",
+            "h2.key",
+            "--prev",
+            "h2.att",
+            "--schema-from",
+            "h1.att",
+            "--max-cost",
+            "500",
+            "--out",
+            "h3.att",
+        ],
+    );
+    ok(
+        dir,
+        &[
+            "handler", "revoke", "--key", "h2.key", "--prev", "h3.att", "--reason", "retired",
+            "--out", "h4.att",
+        ],
+    );
     vec!["h0.att", "h1.att", "h2.att", "h3.att", "h4.att"]
 }
 
@@ -77,13 +163,30 @@ fn lifecycle_round_trips_to_the_revoked_state() {
     assert_eq!(state["state"]["schema"]["version"], "1.1.0");
     assert_eq!(state["state"]["schema"]["max_cost"], 500);
     assert_eq!(state["state"]["schema"]["timeout_ms"], 60000);
-    assert_eq!(state["state"]["schema"]["code"], hex::encode("print('hi')\n"));
+    assert_eq!(
+        state["state"]["schema"]["code"],
+        hex::encode("print('hi')\n")
+    );
     let rotated = fs::read_to_string(dir.join("h2.key")).unwrap();
     let new_did = state["state"]["key"].as_str().unwrap();
     assert!(rotated.contains(new_did), "current key is the rotated one");
 
     // Nothing may follow the revocation, and the CLI says so.
-    let out = run(&dir, &["handler", "update", "--key", "h2.key", "--prev", "h4.att", "--version", "2.0.0", "--out", "h5.att"]);
+    let out = run(
+        &dir,
+        &[
+            "handler",
+            "update",
+            "--key",
+            "h2.key",
+            "--prev",
+            "h4.att",
+            "--version",
+            "2.0.0",
+            "--out",
+            "h5.att",
+        ],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
     assert!(!dir.join("h5.att").exists());
@@ -93,7 +196,10 @@ fn lifecycle_round_trips_to_the_revoked_state() {
 fn every_single_byte_flip_is_rejected_with_a_specific_code() {
     let dir = tempdir("flip");
     let files = lifecycle(&dir);
-    let envelopes: Vec<Vec<u8>> = files.iter().map(|f| fs::read(dir.join(f)).unwrap()).collect();
+    let envelopes: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| fs::read(dir.join(f)).unwrap())
+        .collect();
     let known: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
 
     // Through the binary: every byte of the rotation (two signatures).
@@ -108,7 +214,11 @@ fn every_single_byte_flip_is_rejected_with_a_specific_code() {
         fs::write(&path, bytes).unwrap();
         paths.push(path.to_string_lossy().into_owned());
     }
-    let mut args = vec!["verify".to_owned(), "attestation".to_owned(), "--json".to_owned()];
+    let mut args = vec![
+        "verify".to_owned(),
+        "attestation".to_owned(),
+        "--json".to_owned(),
+    ];
     args.extend(paths);
     let out = bin().args(&args).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -140,14 +250,21 @@ fn verify_reports_codes_and_exit_statuses() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("statement 1 (h2.att): seq_gap"), "{text}");
 
-    let out = run(&dir, &["verify", "chain", "--json", "h0.att", "h1.att", "h1.att"]);
+    let out = run(
+        &dir,
+        &["verify", "chain", "--json", "h0.att", "h1.att", "h1.att"],
+    );
     assert_eq!(out.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["code"], "duplicate_statement");
     assert_eq!(v["index"], 2);
 
     let out = run(&dir, &["verify", "attestation", "missing.att"]);
-    assert_eq!(out.status.code(), Some(2), "unreadable file is an I/O error");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "unreadable file is an I/O error"
+    );
 
     let out = run(&dir, &["verify", "attestation", "h.key"]);
     assert_eq!(out.status.code(), Some(1));
@@ -157,7 +274,10 @@ fn verify_reports_codes_and_exit_statuses() {
     let out = run(&dir, &["inspect", "h2.att"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("handler.rotate") && text.contains("new_key"), "{text}");
+    assert!(
+        text.contains("handler.rotate") && text.contains("new_key"),
+        "{text}"
+    );
 
     let out = run(&dir, &["verify"]);
     assert_eq!(out.status.code(), Some(2), "usage error");
@@ -175,28 +295,67 @@ fn signing_refuses_wrong_keys_and_existing_files() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir.join("h.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.join("h.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
     // After the rotation the old key may no longer sign.
-    let out = run(&dir, &["handler", "revoke", "--key", "h.key", "--prev", "h3.att", "--out", "x.att"]);
+    let out = run(
+        &dir,
+        &[
+            "handler", "revoke", "--key", "h.key", "--prev", "h3.att", "--out", "x.att",
+        ],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("current key"));
     assert!(!dir.join("x.att").exists());
 
     // Invalid schema values are refused with the spec's code before anything is written.
-    let out = run(&dir, &["handler", "update", "--key", "h.key", "--prev", "h1.att", "--name", "Bad Name", "--out", "y.att"]);
+    let out = run(
+        &dir,
+        &[
+            "handler", "update", "--key", "h.key", "--prev", "h1.att", "--name", "Bad Name",
+            "--out", "y.att",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_field"));
     assert!(!dir.join("y.att").exists());
 
-    let out = run(&dir, &["handler", "new", "--key", "h.key", "--name", "x", "--version", "1.0.0", "--plugin", "did:key:nope", "--out", "z.att"]);
+    let out = run(
+        &dir,
+        &[
+            "handler",
+            "new",
+            "--key",
+            "h.key",
+            "--name",
+            "x",
+            "--version",
+            "1.0.0",
+            "--plugin",
+            "did:key:nope",
+            "--out",
+            "z.att",
+        ],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("did_syntax"));
 
-    let out = run(&dir, &["plugin", "update", "--key", "h.key", "--prev", "h1.att", "--out", "w.att"]);
-    assert_eq!(out.status.code(), Some(2), "a handler file does not continue a plugin chain");
+    let out = run(
+        &dir,
+        &[
+            "plugin", "update", "--key", "h.key", "--prev", "h1.att", "--out", "w.att",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a handler file does not continue a plugin chain"
+    );
 }
 
 #[test]
@@ -219,7 +378,13 @@ fn every_command_has_help_with_examples() {
         let out = bin().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("pulse-ledger "), "{args:?} help has no example:\n{text}");
-        assert!(text.contains("Example") || text.contains("Quick start"), "{args:?}:\n{text}");
+        assert!(
+            text.contains("pulse-ledger "),
+            "{args:?} help has no example:\n{text}"
+        );
+        assert!(
+            text.contains("Example") || text.contains("Quick start"),
+            "{args:?}:\n{text}"
+        );
     }
 }

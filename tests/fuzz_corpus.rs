@@ -1,6 +1,8 @@
 //! Runs the fuzz targets' bodies over the committed seed corpus, and over
 //! every single-byte mutation of a few seeds, on stable Rust.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure report
+
 use std::fs;
 use std::path::Path;
 
