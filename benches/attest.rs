@@ -66,6 +66,19 @@ fn benches(c: &mut Criterion) {
     g.bench_function("ed25519_verify_strict_raw", |b| {
         b.iter(|| vk.verify_strict(black_box(&msg), black_box(&sig)).unwrap())
     });
+    let key_bytes = vk.to_bytes();
+    g.bench_function("ed25519_key_from_bytes_and_verify_strict_raw", |b| {
+        b.iter(|| {
+            ed25519_dalek::VerifyingKey::from_bytes(black_box(&key_bytes))
+                .unwrap()
+                .verify_strict(black_box(&msg), black_box(&sig))
+                .unwrap()
+        })
+    });
+    g.bench_function("did_parse", |b| {
+        let text = genesis.statement().subject.to_string();
+        b.iter(|| Did::parse(black_box(&text)).unwrap())
+    });
     g.bench_function("verify_attestation", |b| {
         b.iter(|| verify_attestation(black_box(genesis.envelope())).unwrap())
     });

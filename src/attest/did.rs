@@ -19,9 +19,38 @@ const MAX_LEN: usize = 64;
 /// A `Did` always holds a canonical encoding of a point of large order, so
 /// it can verify signatures strictly. Parsing accepts exactly one spelling of
 /// each key.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone)]
 pub struct Did {
     key: [u8; 32],
+    /// The decompressed point, kept so verification does not decompress
+    /// the key a second time.
+    vk: VerifyingKey,
+}
+
+impl PartialEq for Did {
+    fn eq(&self, other: &Did) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Did {}
+
+impl std::hash::Hash for Did {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
+}
+
+impl PartialOrd for Did {
+    fn partial_cmp(&self, other: &Did) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Did {
+    fn cmp(&self, other: &Did) -> std::cmp::Ordering {
+        self.key.cmp(&other.key)
+    }
 }
 
 impl Did {
@@ -35,15 +64,17 @@ impl Did {
         if vk.is_weak() {
             return Err(Error::new(ErrorCode::WeakKey, "key is a small-order point"));
         }
-        // Decompression accepts some non-canonical y encodings; require the
-        // one encoding so each key has exactly one DID.
-        if vk.to_edwards().compress().to_bytes() != key {
+        // Decompression accepts y encodings ≥ p; require the one encoding
+        // so each key has exactly one DID. (x = 0 with the sign bit set is
+        // the other non-canonical form, but only the small-order points
+        // y = ±1 have x = 0, and those are rejected above.)
+        if !y_is_reduced(&key) {
             return Err(Error::new(
                 ErrorCode::WeakKey,
                 "key is a non-canonical point encoding",
             ));
         }
-        Ok(Did { key })
+        Ok(Did { key, vk })
     }
 
     /// The did:key of a verifying key.
@@ -97,10 +128,17 @@ impl Did {
     }
 
     /// The key, ready to verify signatures.
-    pub fn verifying_key(&self) -> VerifyingKey {
-        // Checked in the constructor; from_bytes is deterministic.
-        VerifyingKey::from_bytes(&self.key).unwrap_or_else(|_| unreachable!("checked at parse"))
+    pub fn verifying_key(&self) -> &VerifyingKey {
+        &self.vk
     }
+}
+
+/// Whether the y coordinate (the low 255 bits, little-endian) is below
+/// p = 2^255 - 19. Checked on the bytes: re-compressing the point would cost
+/// a field inversion.
+fn y_is_reduced(key: &[u8; 32]) -> bool {
+    let top_is_max = key[31] & 0x7f == 0x7f && key[1..31].iter().all(|&b| b == 0xff);
+    !(top_is_max && key[0] >= 0xed)
 }
 
 impl fmt::Display for Did {
@@ -165,6 +203,31 @@ mod tests {
         ident.extend_from_slice(&[0u8; 31]);
         let ident = format!("did:key:z{}", bs58::encode(&ident).into_string());
         assert_eq!(code(&ident), ErrorCode::WeakKey);
+    }
+
+    #[test]
+    fn reduced_check_matches_recompression() {
+        // Every y in [p - 3, 2^255) and a few ordinary keys: the byte check
+        // agrees with decompress-then-compress wherever decompression works.
+        let mut keys: Vec<[u8; 32]> = (0xeau8..=0xff)
+            .map(|low| {
+                let mut k = [0xffu8; 32];
+                k[0] = low;
+                k[31] = 0x7f;
+                k
+            })
+            .collect();
+        keys.extend((1u8..20).map(|n| {
+            *ed25519_dalek::SigningKey::from_bytes(&[n; 32])
+                .verifying_key()
+                .as_bytes()
+        }));
+        for key in keys {
+            if let Ok(vk) = VerifyingKey::from_bytes(&key) {
+                let canonical = vk.to_edwards().compress().to_bytes() == key;
+                assert_eq!(y_is_reduced(&key), canonical, "{key:02x?}");
+            }
+        }
     }
 
     #[test]
