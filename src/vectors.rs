@@ -1030,6 +1030,26 @@ fn field_errors(
 
     let mut m = body_map(st0);
     set(&mut m, "v", Value::Uint(2));
+    set(&mut m, "expires_at", Value::Uint(T0));
+    g.att_err(
+        "version-2-with-new-field",
+        "A v = 2 body with a field v1 does not define: the version is reported, not the field.",
+        seal_map(m, &[h]),
+        ErrorCode::UnsupportedVersion,
+        &[h],
+    );
+    let mut m = body_map(st0);
+    set(&mut m, "kind", Value::Text("handler.suspend".into()));
+    set(&mut m, "until", Value::Uint(T0));
+    g.att_err(
+        "unknown-kind-with-new-field",
+        "An undefined kind with a field v1 does not define: the kind is reported, not the field.",
+        seal_map(m, &[h]),
+        ErrorCode::UnknownKind,
+        &[h],
+    );
+    let mut m = body_map(st0);
+    set(&mut m, "v", Value::Uint(2));
     g.att_err(
         "version-2",
         "A body with v = 2.",

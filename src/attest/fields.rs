@@ -14,19 +14,32 @@ pub(crate) struct Fields {
 impl Fields {
     /// Accepts `value` if it is a map whose keys are all in `known`.
     pub(crate) fn new(value: Value, place: &'static str, known: &[&str]) -> Result<Fields, Error> {
+        let fields = Fields::open(value, place)?;
+        fields.known(known)?;
+        Ok(fields)
+    }
+
+    /// Accepts any map, leaving the key check to [`Fields::known`].
+    pub(crate) fn open(value: Value, place: &'static str) -> Result<Fields, Error> {
         let Value::Map(map) = value else {
             return Err(Error::new(
                 ErrorCode::WrongType,
                 format!("{place} must be a map"),
             ));
         };
-        if let Some(k) = map.keys().find(|k| !known.contains(k)) {
-            return Err(Error::new(
-                ErrorCode::UnknownField,
-                format!("{place}.{k} is not a field the format defines"),
-            ));
-        }
         Ok(Fields { map, place })
+    }
+
+    /// Fails with `unknown_field` on the first key (in map order) not in
+    /// `known`.
+    pub(crate) fn known(&self, known: &[&str]) -> Result<(), Error> {
+        match self.map.keys().find(|k| !known.contains(k)) {
+            Some(k) => Err(Error::new(
+                ErrorCode::UnknownField,
+                format!("{}.{k} is not a field the format defines", self.place),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Fails with `unexpected_field` on the first present key not in `allowed`.

@@ -182,7 +182,9 @@ impl Statement {
     /// Decodes and checks body bytes, in the order the spec gives.
     pub(crate) fn from_body(body: &[u8]) -> Result<Statement, Error> {
         let value = cbor::decode(body).map_err(|e| e.within("body"))?;
-        let f = Fields::new(value, "body", BODY_FIELDS)?;
+        // v and kind come first: a body of another version or kind is
+        // reported as such, whatever fields it has.
+        let f = Fields::open(value, "body")?;
         f.require(&["v"])?;
         let v = f.uint("v")?.unwrap_or_default();
         if v != FORMAT_VERSION {
@@ -202,6 +204,7 @@ impl Statement {
                 ),
             )
         })?;
+        f.known(BODY_FIELDS)?;
         let (allowed, required): (&[&str], &[&str]) = match kind.verb {
             "register" => (
                 &[
