@@ -37,8 +37,8 @@ pub mod cli;
 pub use attest::{
     Action, Attestation, AttestationId, ChainError, ChainState, Did, Equivocation, Error,
     ErrorCode, FORMAT_VERSION, Family, HandlerSchema, Kind, PluginSchema, SIGNING_CONTEXT, Schema,
-    Statement, is_valid_name, limits, sign_statement, signing_message, verify_attestation,
-    verify_chain,
+    Statement, is_valid_name, limits, repeated_seq, sign_statement, signing_message,
+    verify_attestation, verify_chain,
 };
 
 #[doc(hidden)]

@@ -1428,6 +1428,15 @@ fn chains(
         1,
         &[h, other],
     );
+    run(
+        g,
+        "outsider-at-taken-seq",
+        "A statement for seq 1 signed by a key that never held the handler: not evidence against the handler's key.",
+        e(&[h0, h1, &outsider]),
+        ErrorCode::WrongSigner,
+        2,
+        &[h, other],
+    );
     let back = sign(
         &after(h1, h, Action::Update(Schema::Handler(hs.clone())), T0 + 999),
         h,

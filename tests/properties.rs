@@ -191,9 +191,23 @@ fn incremental_apply_matches_verify_chain_and_leaves_state_unchanged_on_error() 
         action: Action::Revoke { reason: None },
     };
     let fork = sign_statement(&fork, &sk2, None).unwrap();
+    // apply alone cannot tell a fork from a replay without history …
+    assert_eq!(state.apply(&fork).unwrap_err().code(), ErrorCode::SeqGap);
+    // … the statement already at that seq can.
     assert_eq!(
-        state.apply(&fork).unwrap_err().code(),
+        pulse_ledger::repeated_seq(&chain[3], &fork).code(),
         ErrorCode::Equivocation
+    );
+    let (sk1, did1) = key(1);
+    let outsider = Statement {
+        signer: did1,
+        ..fork.statement().clone()
+    };
+    let outsider = sign_statement(&outsider, &sk1, None).unwrap();
+    assert_eq!(
+        pulse_ledger::repeated_seq(&chain[3], &outsider).code(),
+        ErrorCode::WrongSigner,
+        "a key that did not sign seq 3 cannot equivocate it"
     );
     assert_eq!(
         ChainState::genesis(&chain[1]).unwrap_err().code(),

@@ -81,10 +81,11 @@ impl ChainState {
 
     /// Applies the next statement of the chain.
     ///
-    /// The caller that holds the subject's history checks a statement with
-    /// `seq <= self.seq` against the one already at that seq
-    /// (`duplicate_statement` or `equivocation`) before calling this; here
-    /// such a statement is compared with the head only.
+    /// A statement with `seq <= self.seq` needs the subject's history: the
+    /// caller that holds it compares the statement with the one already at
+    /// that seq using [`repeated_seq`] before calling this. Without that,
+    /// such a statement fails here with `seq_gap` (or `duplicate_statement`
+    /// if it is the head itself).
     ///
     /// # Errors
     /// The first broken chain rule; `self` is unchanged on error.
@@ -109,20 +110,10 @@ impl ChainState {
                 ),
             ));
         }
-        if st.seq <= self.seq && att.id() == self.head {
+        if att.id() == self.head {
             return Err(Error::new(
                 ErrorCode::DuplicateStatement,
-                format!(
-                    "statement {} is already in the chain at seq {}",
-                    att.id(),
-                    st.seq
-                ),
-            ));
-        }
-        if st.seq == self.seq {
-            return Err(Error::new(
-                ErrorCode::Equivocation,
-                format!("a second, different statement for seq {}", st.seq),
+                format!("statement {} is already the head of the chain", att.id()),
             ));
         }
         if st.seq != self.seq + 1 {
@@ -177,6 +168,44 @@ impl ChainState {
     }
 }
 
+/// Judges a statement whose (subject, seq) is already taken by `existing`:
+/// the same attestation again (`duplicate_statement`), one signed by a key
+/// other than the one that signed `existing` (`wrong_signer`: it proves
+/// nothing about the subject's key), or a second history signed by the same
+/// key (`equivocation`).
+pub fn repeated_seq(existing: &Attestation, candidate: &Attestation) -> Error {
+    let (a, b) = (existing.statement(), candidate.statement());
+    if existing.id() == candidate.id() {
+        Error::new(
+            ErrorCode::DuplicateStatement,
+            format!(
+                "statement {} is already in the chain at seq {}",
+                candidate.id(),
+                b.seq
+            ),
+        )
+    } else if a.signer != b.signer {
+        Error::new(
+            ErrorCode::WrongSigner,
+            format!(
+                "seq {} is signed by {}; this statement by {}",
+                b.seq, a.signer, b.signer
+            ),
+        )
+    } else {
+        Error::new(
+            ErrorCode::Equivocation,
+            format!(
+                "statements {} and {} both claim seq {} of {}, signed by the same key",
+                existing.id(),
+                candidate.id(),
+                b.seq,
+                b.subject
+            ),
+        )
+    }
+}
+
 /// Verifies envelopes as one chain, in the given order, and returns the
 /// final state.
 ///
@@ -216,35 +245,17 @@ pub fn verify_chain<B: AsRef<[u8]>>(envelopes: &[B]) -> Result<ChainState, Chain
         if st.subject == current.subject && st.family == current.family && st.seq <= current.seq {
             let earlier = usize::try_from(st.seq).ok().and_then(|s| seen.get(s));
             if let Some(earlier) = earlier {
-                if earlier.id() == att.id() {
-                    return Err(fail(
-                        index,
-                        Error::new(
-                            ErrorCode::DuplicateStatement,
-                            format!(
-                                "statement {} is already in the chain at seq {}",
-                                att.id(),
-                                st.seq
-                            ),
-                        ),
-                    ));
-                }
-                return Err(ChainError {
-                    index,
-                    error: Error::new(
-                        ErrorCode::Equivocation,
-                        format!(
-                            "statements {} and {} both claim seq {} of {}",
-                            earlier.id(),
-                            att.id(),
-                            st.seq,
-                            st.subject
-                        ),
-                    ),
-                    equivocation: Some(Box::new(Equivocation {
+                let error = repeated_seq(earlier, &att);
+                let equivocation = (error.code() == ErrorCode::Equivocation).then(|| {
+                    Box::new(Equivocation {
                         first: earlier.clone(),
                         second: att,
-                    })),
+                    })
+                });
+                return Err(ChainError {
+                    index,
+                    error,
+                    equivocation,
                 });
             }
         }
