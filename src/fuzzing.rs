@@ -37,15 +37,15 @@ pub fn cbor(data: &[u8]) {
     }
 }
 
-/// Frames envelopes for the chain target: each is a 2-byte big-endian
-/// length (capped at 65,535) followed by its bytes.
+/// Frames envelopes for the chain target: each is a 4-byte big-endian
+/// length followed by its bytes.
 pub fn frame<B: AsRef<[u8]>>(envelopes: &[B]) -> Vec<u8> {
     let mut out = Vec::new();
     for e in envelopes {
         let e = e.as_ref();
-        let n = e.len().min(u16::MAX as usize);
-        out.extend((n as u16).to_be_bytes());
-        out.extend(&e[..n]);
+        let n = u32::try_from(e.len()).unwrap_or(u32::MAX);
+        out.extend(n.to_be_bytes());
+        out.extend(&e[..n as usize]);
     }
     out
 }
@@ -53,10 +53,11 @@ pub fn frame<B: AsRef<[u8]>>(envelopes: &[B]) -> Vec<u8> {
 /// The inverse of [`frame`]; a short final frame takes what is left.
 pub fn unframe(mut data: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
-    while data.len() >= 2 {
-        let n = usize::from(u16::from_be_bytes([data[0], data[1]])).min(data.len() - 2);
-        out.push(&data[2..2 + n]);
-        data = &data[2 + n..];
+    while data.len() >= 4 {
+        let n = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        let n = n.min(data.len() - 4);
+        out.push(&data[4..4 + n]);
+        data = &data[4 + n..];
     }
     out
 }

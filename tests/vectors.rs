@@ -156,7 +156,10 @@ fn spec_codes() -> BTreeSet<String> {
     spec.lines()
         .filter_map(|l| l.strip_prefix("| `"))
         .filter_map(|l| l.split_once('`').map(|(c, _)| c.to_owned()))
-        .filter(|c| c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'))
+        .filter(|c| {
+            c.chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+        })
         .collect()
 }
 

@@ -161,6 +161,13 @@ impl Reader<'_> {
                 20 | 21 => "booleans are not used",
                 22 | 23 => "null and undefined are not used",
                 25..=27 => "floating-point numbers are not allowed",
+                28..=30 => {
+                    return Err(self.err(
+                        ErrorCode::MalformedCbor,
+                        start,
+                        "reserved additional information",
+                    ));
+                }
                 31 => {
                     return Err(self.err(ErrorCode::MalformedCbor, start, "unexpected break"));
                 }
@@ -347,6 +354,7 @@ mod tests {
         assert_eq!(code(&[0x42, 0x00]), ErrorCode::MalformedCbor);
         assert_eq!(code(&[0x61, 0xff]), ErrorCode::MalformedCbor);
         assert_eq!(code(&[0x1c]), ErrorCode::MalformedCbor);
+        assert_eq!(code(&[0xfc]), ErrorCode::MalformedCbor);
         assert_eq!(code(&[0xff]), ErrorCode::MalformedCbor);
         assert_eq!(
             code(&[0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),

@@ -28,6 +28,25 @@ pub struct ChainState {
     pub revoked: bool,
 }
 
+/// A chain's position without its schema: all the chain rules need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    /// The subject's ID (did:key of its genesis key).
+    pub subject: Did,
+    /// Handler or plugin.
+    pub family: Family,
+    /// The key that must sign the next statement.
+    pub key: Did,
+    /// seq of the last statement.
+    pub seq: u64,
+    /// ID of the last statement.
+    pub head: AttestationId,
+    /// `issued_at` of the last statement, Unix ms.
+    pub issued_at: u64,
+    /// Whether the last statement is a revocation.
+    pub revoked: bool,
+}
+
 /// Two different attestations about the same subject with the same seq.
 /// Together they prove the subject's key signed two histories.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,8 +76,67 @@ impl ChainState {
     /// # Errors
     /// `not_genesis` unless `att` is a `*.register` statement.
     pub fn genesis(att: &Attestation) -> Result<ChainState, Error> {
+        let head = ChainHead::genesis(att)?;
+        let schema = att
+            .statement()
+            .schema()
+            .cloned()
+            .unwrap_or_else(|| unreachable!("a register statement has a schema"));
+        Ok(ChainState::from_parts(head, schema))
+    }
+
+    /// Applies the next statement of the chain: the rules of
+    /// [`ChainHead::apply`], then the new schema if it is an update.
+    ///
+    /// # Errors
+    /// The first broken chain rule; `self` is unchanged on error.
+    pub fn apply(&mut self, att: &Attestation) -> Result<(), Error> {
+        let mut head = self.chain_head();
+        head.apply(att)?;
+        let schema = match &att.statement().action {
+            Action::Update(s) => s.clone(),
+            _ => self.schema.clone(),
+        };
+        *self = ChainState::from_parts(head, schema);
+        Ok(())
+    }
+
+    /// Everything but the schema.
+    pub fn chain_head(&self) -> ChainHead {
+        ChainHead {
+            subject: self.subject.clone(),
+            family: self.family,
+            key: self.key.clone(),
+            seq: self.seq,
+            head: self.head,
+            issued_at: self.issued_at,
+            revoked: self.revoked,
+        }
+    }
+
+    /// Joins a head and the schema in force.
+    pub fn from_parts(head: ChainHead, schema: Schema) -> ChainState {
+        ChainState {
+            subject: head.subject,
+            family: head.family,
+            key: head.key,
+            schema,
+            seq: head.seq,
+            head: head.head,
+            issued_at: head.issued_at,
+            revoked: head.revoked,
+        }
+    }
+}
+
+impl ChainHead {
+    /// The state a genesis statement creates.
+    ///
+    /// # Errors
+    /// `not_genesis` unless `att` is a `*.register` statement.
+    pub fn genesis(att: &Attestation) -> Result<ChainHead, Error> {
         let st = att.statement();
-        let Action::Register(schema) = &st.action else {
+        let Action::Register(_) = &st.action else {
             return Err(Error::new(
                 ErrorCode::NotGenesis,
                 format!(
@@ -67,11 +145,10 @@ impl ChainState {
                 ),
             ));
         };
-        Ok(ChainState {
+        Ok(ChainHead {
             subject: st.subject.clone(),
             family: st.family,
             key: st.signer.clone(),
-            schema: schema.clone(),
             seq: 0,
             head: att.id(),
             issued_at: st.issued_at,
@@ -157,7 +234,7 @@ impl ChainState {
         }
         match &st.action {
             Action::Register(_) => unreachable!("register statements have seq 0"),
-            Action::Update(schema) => self.schema = schema.clone(),
+            Action::Update(_) => {}
             Action::Rotate { new_key } => self.key = new_key.clone(),
             Action::Revoke { .. } => self.revoked = true,
         }

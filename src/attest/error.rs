@@ -89,7 +89,8 @@ error_codes! {
     SeqGap = "seq_gap",
     /// A statement's prev is not the ID of the statement before it.
     PrevMismatch = "prev_mismatch",
-    /// A statement is not signed by the subject's current key.
+    /// A statement is not signed by the subject's current key, or claims a
+    /// seq already taken by a statement another key signed.
     WrongSigner = "wrong_signer",
     /// A statement's issued_at is earlier than the one before it.
     TimeRegression = "time_regression",

@@ -214,6 +214,9 @@ impl PluginSchema {
 }
 
 /// Either kind of schema, as carried by a register or update statement.
+// One schema per statement: boxing the larger variant would only add an
+// allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Schema {
     /// A handler's schema.

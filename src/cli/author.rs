@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use ed25519_dalek::SigningKey;
 
 use super::error::CliError;
-use super::{files, keyfile};
+use super::files;
 use crate::{
     Action, Attestation, Did, Family, HandlerSchema, PluginSchema, Schema, Statement,
     sign_statement,
@@ -428,7 +428,7 @@ fn base_schema(prev: &Prev, schema_from: Option<&Path>) -> Result<Option<Schema>
 }
 
 fn genesis(common: Common, family: Family, schema: Schema) -> Result<ExitCode, CliError> {
-    let key = keyfile::load(&common.key)?;
+    let key = load_key(&common.key)?;
     let did = key_did(&key)?;
     let statement = Statement {
         family,
@@ -444,7 +444,7 @@ fn genesis(common: Common, family: Family, schema: Schema) -> Result<ExitCode, C
 
 fn rotate(args: RotateArgs, family: Family) -> Result<ExitCode, CliError> {
     let prev = Prev::load(&args.link.prev, family)?;
-    let new_key = keyfile::load(&args.new_key)?;
+    let new_key = load_key(&args.new_key)?;
     let new_did = key_did(&new_key)?;
     follow(
         args.common,
@@ -473,7 +473,7 @@ fn follow(
     action: Action,
     new_key: Option<&SigningKey>,
 ) -> Result<ExitCode, CliError> {
-    let key = keyfile::load(&common.key)?;
+    let key = load_key(&common.key)?;
     let did = key_did(&key)?;
     if did != prev.signer {
         return Err(CliError::Usage(format!(
@@ -530,6 +530,10 @@ fn emit(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn load_key(path: &Path) -> Result<SigningKey, CliError> {
+    crate::keyfile::load(path).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
 }
 
 fn no_base(flag: &str) -> CliError {

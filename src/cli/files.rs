@@ -1,7 +1,6 @@
 //! Reading and writing the files the CLI works with.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use super::error::CliError;
@@ -39,19 +38,9 @@ pub(crate) fn read_attestation(path: &Path) -> Result<Attestation, CliError> {
     })
 }
 
-/// Writes a new file with the given Unix mode, refusing to replace an
-/// existing one, and syncs it to disk.
+/// Writes a new file (mode as given), refusing to replace an existing one.
 pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CliError> {
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut file = opts.open(path).map_err(|e| {
+    crate::keyfile::write_new(path, bytes, mode).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             CliError::Usage(format!(
                 "{} already exists; refusing to overwrite it (choose another --out)",
@@ -60,8 +49,5 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CliE
         } else {
             io(path)(e)
         }
-    })?;
-    file.write_all(bytes).map_err(io(path))?;
-    file.sync_all().map_err(io(path))?;
-    Ok(())
+    })
 }

@@ -19,7 +19,7 @@ pub(crate) struct Args {
     /// Attestation file.
     #[arg(value_name = "FILE")]
     file: PathBuf,
-    /// Print {"id", "size", "statement", "signatures"} as JSON.
+    /// Print {"id", "size", "body", "statement"} as JSON (body as hex).
     #[arg(long)]
     json: bool,
 }

@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ed25519_dalek::SigningKey;
-
 use super::error::CliError;
-use super::{files, keyfile};
+use super::files;
 use crate::Did;
+use crate::keyfile;
 
 /// Create an ed25519 key and print its did:key.
 #[derive(Debug, clap::Args)]
@@ -28,10 +27,8 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode, CliError> {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed)
+    let key = keyfile::generate()
         .map_err(|e| CliError::Usage(format!("the OS random number generator failed: {e}")))?;
-    let key = SigningKey::from_bytes(&seed);
     // A random key is a large-order point with overwhelming probability;
     // the check stays so a broken RNG cannot produce an unusable ID.
     let did = Did::from_verifying_key(&key.verifying_key())

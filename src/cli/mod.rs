@@ -6,7 +6,7 @@ mod author;
 mod error;
 mod files;
 mod inspect;
-mod keyfile;
+
 mod keygen;
 mod verify;
 

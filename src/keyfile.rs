@@ -1,4 +1,5 @@
-//! The secret key file: a text file holding one ed25519 seed.
+//! The secret key file: a text file holding one ed25519 seed. Used by the
+//! CLI (`keygen`, `--key`) and by the ledger for its own log key.
 //!
 //! ```text
 //! # pulse-ledger secret key: keep it private
@@ -7,21 +8,40 @@
 //! ```
 //!
 //! Lines starting with `#` and blank lines are ignored; exactly one key line
-//! is required.
+//! is required. Files are created with mode 0600 and never overwritten.
 
+use std::fs;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
 
-use super::error::CliError;
-use super::files::io;
 use crate::Did;
 
 const TAG: &str = "PULSE-LEDGER-SECRET-KEY-1";
 /// A key file is a few lines; refuse to read anything much larger.
 const MAX_KEY_FILE: u64 = 4096;
 
-/// The key file text for a seed.
+/// Why a key file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeyFileError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a key file: {0}")]
+    Format(String),
+    #[error("already exists; refusing to overwrite a key file")]
+    Exists,
+}
+
+/// A fresh random key.
+pub(crate) fn generate() -> Result<SigningKey, KeyFileError> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed)
+        .map_err(|e| KeyFileError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// The key file text for a key.
 pub(crate) fn render(key: &SigningKey, did: &Did) -> String {
     format!(
         "# pulse-ledger secret key: keep it private\n# did: {did}\n{TAG} {}\n",
@@ -30,16 +50,40 @@ pub(crate) fn render(key: &SigningKey, did: &Did) -> String {
 }
 
 /// Reads a key file.
-pub(crate) fn load(path: &Path) -> Result<SigningKey, CliError> {
-    use std::io::Read;
+pub(crate) fn load(path: &Path) -> Result<SigningKey, KeyFileError> {
     let mut text = String::new();
-    std::fs::File::open(path)
-        .map_err(io(path))?
+    fs::File::open(path)?
         .take(MAX_KEY_FILE)
-        .read_to_string(&mut text)
-        .map_err(io(path))?;
-    parse(&text)
-        .map_err(|why| CliError::Usage(format!("{}: not a key file: {why}", path.display())))
+        .read_to_string(&mut text)?;
+    parse(&text).map_err(KeyFileError::Format)
+}
+
+/// Writes a new key file with mode 0600 and syncs it; never replaces one.
+pub(crate) fn create(path: &Path, key: &SigningKey, did: &Did) -> Result<(), KeyFileError> {
+    write_new(path, render(key, did).as_bytes(), 0o600).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            KeyFileError::Exists
+        } else {
+            KeyFileError::Io(e)
+        }
+    })
+}
+
+/// Writes a new file with the given Unix mode, refusing to replace an
+/// existing one, and syncs it to disk.
+pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = opts.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 fn parse(text: &str) -> Result<SigningKey, String> {

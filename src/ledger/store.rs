@@ -1,0 +1,1054 @@
+//! The fjall-backed ledger: verify, then append atomically with group
+//! commit; reads, proofs and the full audit.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use ed25519_dalek::SigningKey;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use super::checkpoint::{Checkpoint, is_valid_origin, verify_checkpoint};
+use super::error::{LedgerError, LedgerErrorCode};
+use super::layout::{
+    self, Ks, META_CHECKPOINT, META_ORIGIN, META_SIZE, SubjectRecord, chain_key, equivocation_key,
+    name_key, node_key, plugin_key, read_u64, u64_key,
+};
+use super::merkle::{self, Frontier, Hash, NodeSource};
+use crate::keyfile;
+use crate::{
+    Action, Attestation, AttestationId, ChainHead, ChainState, Did, Equivocation, ErrorCode,
+    Family, Schema, repeated_seq, verify_attestation,
+};
+
+/// Most attestations committed under one fsync.
+const DEFAULT_MAX_BATCH: usize = 1024;
+/// Queue depth in front of the writer; appenders wait beyond it.
+const QUEUE_DEPTH: usize = 4096;
+
+/// How to open a ledger.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// Directory holding the fjall database (`db/`) and the log key
+    /// (`log.key`); created if missing.
+    pub data_dir: PathBuf,
+    /// The log's name: the first line of its checkpoints and the key name
+    /// of their signature. Fixed when the data directory is created.
+    pub origin: String,
+    /// Most attestations committed under one fsync.
+    pub max_batch: usize,
+}
+
+impl LedgerConfig {
+    /// A configuration with the default batch size.
+    pub fn new(data_dir: impl Into<PathBuf>, origin: impl Into<String>) -> LedgerConfig {
+        LedgerConfig {
+            data_dir: data_dir.into(),
+            origin: origin.into(),
+            max_batch: DEFAULT_MAX_BATCH,
+        }
+    }
+}
+
+/// The newest signed tree head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeHead {
+    /// Number of entries.
+    pub size: u64,
+    /// Merkle root of those entries.
+    pub root: Hash,
+    /// The signed checkpoint note for exactly this size and root.
+    pub checkpoint: String,
+}
+
+/// What an accepted append returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The entry's log index.
+    pub index: u64,
+    /// The attestation's ID.
+    pub id: AttestationId,
+    /// True if the attestation was already in the log (nothing was written).
+    pub duplicate: bool,
+    /// A signed tree head that includes the entry.
+    pub head: TreeHead,
+}
+
+/// Stored evidence that a key signed two histories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EquivocationRecord {
+    /// The subject.
+    pub subject: Did,
+    /// The seq both statements claim.
+    pub seq: u64,
+    /// Log index of the statement in the log.
+    pub logged_index: u64,
+    /// The rejected, conflicting envelope.
+    pub rejected: Vec<u8>,
+}
+
+/// A filter for [`Ledger::list_subjects`].
+#[derive(Debug, Clone, Default)]
+pub struct SubjectFilter {
+    /// Handlers or plugins (default: handlers).
+    pub family: Option<Family>,
+    /// Only names starting with this.
+    pub name_prefix: String,
+    /// Only handlers bound to this plugin.
+    pub plugin: Option<Did>,
+    /// Include revoked subjects.
+    pub include_revoked: bool,
+}
+
+/// Largest page of a listing.
+pub const MAX_PAGE: usize = 1000;
+/// Largest range of entries returned at once.
+pub const MAX_ENTRY_RANGE: u64 = 1000;
+
+struct Shared {
+    db: Database,
+    ks: Vec<Keyspace>,
+    origin: String,
+    log_key: SigningKey,
+    log_did: Did,
+    head: RwLock<TreeHead>,
+    /// Set after a failed commit: the ledger refuses writes (fail-stop).
+    failed: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn ks(&self, k: Ks) -> &Keyspace {
+        &self.ks[k as usize]
+    }
+
+    fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.ks(k)
+            .get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| LedgerError::storage("read", e))
+    }
+}
+
+impl NodeSource for Shared {
+    fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
+        let v = self
+            .get(Ks::Nodes, &node_key(level, index))?
+            .ok_or_else(|| {
+                LedgerError::new(
+                    LedgerErrorCode::Integrity,
+                    format!("tree node at level {level} index {index} is missing"),
+                )
+            })?;
+        v.as_slice().try_into().map_err(|_| {
+            LedgerError::new(LedgerErrorCode::Integrity, "a tree node is not 32 bytes")
+        })
+    }
+}
+
+struct Job {
+    att: Attestation,
+    reply: SyncSender<Result<Receipt, LedgerError>>,
+}
+
+/// An append-only, verified attestation log in one fjall database.
+///
+/// Appends verify the attestation in the caller's thread, then queue for a
+/// single writer that checks chain rules against the stored heads and
+/// commits many appends under one fsync. Reads go straight to fjall.
+pub struct Ledger {
+    shared: Arc<Shared>,
+    queue: Mutex<Option<SyncSender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger in `config.data_dir`. Start-up reads
+    /// O(log n) tree nodes; it does not replay history.
+    ///
+    /// # Errors
+    /// `config` for a bad origin, a foreign data dir or an unusable key file;
+    /// `integrity` if the stored tree head does not match the newest signed
+    /// checkpoint; `storage` for I/O failures.
+    pub fn open(config: LedgerConfig) -> Result<Ledger, LedgerError> {
+        let cfg_err = |m: String| LedgerError::new(LedgerErrorCode::Config, m);
+        if !is_valid_origin(&config.origin) {
+            return Err(cfg_err(format!(
+                "log name {:?} must be 1-255 printable ASCII characters without spaces or '+'",
+                config.origin
+            )));
+        }
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| cfg_err(format!("{}: {e}", config.data_dir.display())))?;
+        let (log_key, log_did) = load_or_create_key(&config.data_dir.join("log.key"))?;
+        let db = Database::builder(config.data_dir.join("db"))
+            .open()
+            .map_err(|e| LedgerError::storage("opening the database", e))?;
+        let ks = Ks::ALL
+            .iter()
+            .map(|k| db.keyspace(k.name(), KeyspaceCreateOptions::default))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| LedgerError::storage("opening keyspaces", e))?;
+        let get_meta = |key: &[u8]| -> Result<Option<Vec<u8>>, LedgerError> {
+            ks[Ks::Meta as usize]
+                .get(key)
+                .map(|v| v.map(|v| v.to_vec()))
+                .map_err(|e| LedgerError::storage("read", e))
+        };
+        let stored_origin = get_meta(META_ORIGIN)?;
+        let size = match get_meta(META_SIZE)? {
+            Some(v) => read_u64(&v)?,
+            None => 0,
+        };
+        let note = get_meta(META_CHECKPOINT)?;
+        if let Some(o) = &stored_origin {
+            if o.as_slice() != config.origin.as_bytes() {
+                return Err(cfg_err(format!(
+                    "{} holds the log {:?}, not {:?}: a log's name is fixed when it is created",
+                    config.data_dir.display(),
+                    String::from_utf8_lossy(o),
+                    config.origin
+                )));
+            }
+        }
+        let placeholder = TreeHead {
+            size: 0,
+            root: merkle::empty_root(),
+            checkpoint: String::new(),
+        };
+        let shared = Arc::new(Shared {
+            db,
+            ks,
+            origin: config.origin.clone(),
+            log_key,
+            log_did,
+            head: RwLock::new(placeholder),
+            failed: Mutex::new(None),
+        });
+        let frontier = Frontier::load(&*shared, size)?;
+        let head = match note {
+            Some(note) => {
+                let text = String::from_utf8(note).map_err(|_| {
+                    LedgerError::new(LedgerErrorCode::Integrity, "stored checkpoint is not UTF-8")
+                })?;
+                let cp = verify_checkpoint(&text, &shared.log_did).map_err(|e| {
+                    LedgerError::new(
+                        LedgerErrorCode::Integrity,
+                        format!("the stored checkpoint does not verify with this data dir's log key: {e}"),
+                    )
+                })?;
+                if cp.size != size || cp.root != frontier.root() {
+                    return Err(LedgerError::new(
+                        LedgerErrorCode::Integrity,
+                        format!(
+                            "stored tree (size {size}, root {}) does not match the newest signed checkpoint (size {}, root {}); refusing to serve",
+                            hex::encode(frontier.root()),
+                            cp.size,
+                            hex::encode(cp.root)
+                        ),
+                    ));
+                }
+                TreeHead {
+                    size,
+                    root: cp.root,
+                    checkpoint: text,
+                }
+            }
+            None if size == 0 => {
+                // A new log: sign and store the empty tree's checkpoint so a
+                // signed head exists from the first moment.
+                let cp = Checkpoint {
+                    origin: config.origin.clone(),
+                    size: 0,
+                    root: merkle::empty_root(),
+                };
+                let text = cp.sign(&shared.log_key);
+                let mut b = shared.db.batch().durability(Some(PersistMode::SyncAll));
+                b.insert(shared.ks(Ks::Meta), META_ORIGIN, config.origin.as_bytes());
+                b.insert(shared.ks(Ks::Meta), META_SIZE, u64_key(0));
+                b.insert(shared.ks(Ks::Meta), META_CHECKPOINT, text.as_bytes());
+                b.commit()
+                    .map_err(|e| LedgerError::storage("initialising the log", e))?;
+                TreeHead {
+                    size: 0,
+                    root: cp.root,
+                    checkpoint: text,
+                }
+            }
+            None => {
+                return Err(LedgerError::new(
+                    LedgerErrorCode::Integrity,
+                    format!("the log has {size} entries but no signed checkpoint"),
+                ));
+            }
+        };
+        *shared.head.write().unwrap_or_else(|p| p.into_inner()) = head;
+        let (tx, rx) = sync_channel::<Job>(QUEUE_DEPTH);
+        let writer_shared = Arc::clone(&shared);
+        let max_batch = config.max_batch.max(1);
+        let writer = std::thread::Builder::new()
+            .name("ledger-writer".into())
+            .spawn(move || writer_loop(&writer_shared, &rx, frontier, max_batch))
+            .map_err(|e| LedgerError::storage("starting the writer thread", e))?;
+        Ok(Ledger {
+            shared,
+            queue: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    /// The log's own key, whose signature is on every checkpoint.
+    pub fn log_did(&self) -> &Did {
+        &self.shared.log_did
+    }
+
+    /// The log's name (checkpoint origin).
+    pub fn origin(&self) -> &str {
+        &self.shared.origin
+    }
+
+    /// The newest signed tree head.
+    pub fn head(&self) -> TreeHead {
+        self.shared
+            .head
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Verifies and appends one attestation. Returns once the entry is
+    /// fsynced, with a signed tree head that includes it. Re-submitting an
+    /// attestation already in the log returns its existing index.
+    ///
+    /// # Errors
+    /// `Rejected` with the spec code for an attestation or chain rule (nothing
+    /// stored); `Equivocation` for a second history signed by the same key
+    /// (the pair is stored as evidence); `storage` / `unavailable` if the disk
+    /// failed (nothing acknowledged).
+    pub fn append(&self, envelope: &[u8]) -> Result<Receipt, LedgerError> {
+        let att = verify_attestation(envelope)?;
+        let (reply, answer) = sync_channel(1);
+        let queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(unavailable)?;
+        queue.send(Job { att, reply }).map_err(|_| unavailable())?;
+        answer.recv().map_err(|_| unavailable())?
+    }
+
+    /// The envelope at `index`.
+    ///
+    /// # Errors
+    /// `index_out_of_range` beyond the signed tree size.
+    pub fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
+        let size = self.head().size;
+        if index >= size {
+            return Err(LedgerError::new(
+                LedgerErrorCode::IndexOutOfRange,
+                format!("index {index} is not below the tree size {size}"),
+            ));
+        }
+        self.shared
+            .get(Ks::Entries, &u64_key(index))?
+            .ok_or_else(|| missing("entry", index))
+    }
+
+    /// Entries `start .. end` (end capped at the tree size and at
+    /// `start + MAX_ENTRY_RANGE`), in order.
+    ///
+    /// # Errors
+    /// `index_out_of_range` if `start` is beyond the tree size.
+    pub fn entries(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
+        let size = self.head().size;
+        if start > size {
+            return Err(LedgerError::new(
+                LedgerErrorCode::IndexOutOfRange,
+                format!("start {start} is beyond the tree size {size}"),
+            ));
+        }
+        let end = end.min(size).min(start.saturating_add(MAX_ENTRY_RANGE));
+        let mut out = Vec::new();
+        for kv in self
+            .shared
+            .ks(Ks::Entries)
+            .range(u64_key(start)..u64_key(end))
+        {
+            let (k, v) = kv
+                .into_inner()
+                .map_err(|e| LedgerError::storage("read", e))?;
+            out.push((read_u64(&k)?, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The log index of an attestation.
+    ///
+    /// # Errors
+    /// `not_found` if it is not in the log.
+    pub fn index_of(&self, id: &AttestationId) -> Result<u64, LedgerError> {
+        match self.shared.get(Ks::ById, id.as_bytes())? {
+            Some(v) => read_u64(&v),
+            None => Err(LedgerError::new(
+                LedgerErrorCode::NotFound,
+                format!("attestation {id} is not in the log"),
+            )),
+        }
+    }
+
+    /// The stored record of a subject.
+    ///
+    /// # Errors
+    /// `not_found` if no statement about it is in the log.
+    pub fn subject(&self, subject: &Did) -> Result<SubjectRecord, LedgerError> {
+        match self.shared.get(Ks::Subjects, subject.public_key())? {
+            Some(v) => SubjectRecord::decode(&v),
+            None => Err(LedgerError::new(
+                LedgerErrorCode::NotFound,
+                format!("no statement about {subject} is in the log"),
+            )),
+        }
+    }
+
+    /// The subject's full current state, schema included.
+    ///
+    /// # Errors
+    /// As [`Ledger::subject`]; `integrity` if the schema entry is unreadable.
+    pub fn subject_state(&self, subject: &Did) -> Result<ChainState, LedgerError> {
+        let rec = self.subject(subject)?;
+        let att = self.stored_attestation(rec.schema_index)?;
+        let schema = att.statement().schema().cloned().ok_or_else(|| {
+            LedgerError::new(
+                LedgerErrorCode::Integrity,
+                "schema index points at a statement without a schema",
+            )
+        })?;
+        Ok(ChainState::from_parts(rec.head, schema))
+    }
+
+    /// A subject's statements in order, with their log indexes.
+    ///
+    /// # Errors
+    /// `not_found` if the subject is unknown.
+    pub fn chain(&self, subject: &Did) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
+        self.subject(subject)?;
+        let mut out = Vec::new();
+        for kv in self.shared.ks(Ks::Chains).prefix(subject.public_key()) {
+            let (_, v) = kv
+                .into_inner()
+                .map_err(|e| LedgerError::storage("read", e))?;
+            let index = read_u64(&v)?;
+            out.push((index, self.entry(index)?));
+        }
+        Ok(out)
+    }
+
+    /// Subjects in a stable order (family, name, ID), after `cursor` (the
+    /// last key of the previous page), at most `limit` (≤ [`MAX_PAGE`]).
+    /// Returns the page and the cursor for the next one, if any.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn list_subjects(
+        &self,
+        filter: &SubjectFilter,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<SubjectRecord>, Option<Vec<u8>>), LedgerError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let family = filter.family.unwrap_or(Family::Handler);
+        let mut prefix = vec![layout::family_byte(family)];
+        prefix.extend_from_slice(filter.name_prefix.as_bytes());
+        let iter = match cursor {
+            Some(c) => {
+                let mut after = c.to_vec();
+                after.push(0);
+                self.shared.ks(Ks::ByName).range(after..)
+            }
+            None => self.shared.ks(Ks::ByName).range(prefix.clone()..),
+        };
+        let mut page = Vec::new();
+        let mut last = None;
+        for kv in iter {
+            let (k, _) = kv
+                .into_inner()
+                .map_err(|e| LedgerError::storage("read", e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let subject: [u8; 32] = k[k.len() - 32..]
+                .try_into()
+                .map_err(|_| LedgerError::new(LedgerErrorCode::Integrity, "name index key"))?;
+            let rec = match self.shared.get(Ks::Subjects, &subject)? {
+                Some(v) => SubjectRecord::decode(&v)?,
+                None => {
+                    return Err(LedgerError::new(
+                        LedgerErrorCode::Integrity,
+                        "name index points at no subject",
+                    ));
+                }
+            };
+            last = Some(k.to_vec());
+            let plugin_ok = filter
+                .plugin
+                .as_ref()
+                .is_none_or(|p| rec.plugin.as_ref() == Some(p));
+            if plugin_ok && (filter.include_revoked || !rec.head.revoked) {
+                page.push(rec);
+                if page.len() == limit {
+                    break;
+                }
+            }
+        }
+        let next = if page.len() == limit { last } else { None };
+        Ok((page, next))
+    }
+
+    /// Handlers whose current schema names `plugin`, in handler-ID order,
+    /// after `cursor` (a handler DID's key), at most `limit`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn handlers_of_plugin(
+        &self,
+        plugin: &Did,
+        cursor: Option<&Did>,
+        limit: usize,
+    ) -> Result<Vec<SubjectRecord>, LedgerError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let start = match cursor {
+            Some(c) => {
+                let mut k = plugin_key(plugin.public_key(), c.public_key()).to_vec();
+                k.push(0);
+                k
+            }
+            None => plugin.public_key().to_vec(),
+        };
+        let mut out = Vec::new();
+        for kv in self.shared.ks(Ks::ByPlugin).range(start..) {
+            let (k, _) = kv
+                .into_inner()
+                .map_err(|e| LedgerError::storage("read", e))?;
+            if !k.starts_with(plugin.public_key()) || out.len() == limit {
+                break;
+            }
+            let handler = &k[32..];
+            if let Some(v) = self.shared.get(Ks::Subjects, handler)? {
+                out.push(SubjectRecord::decode(&v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stored equivocation evidence, oldest subject key first, at most
+    /// `limit` records after the `after`-th.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn equivocations(
+        &self,
+        skip: usize,
+        limit: usize,
+    ) -> Result<Vec<EquivocationRecord>, LedgerError> {
+        let mut out = Vec::new();
+        for kv in self
+            .shared
+            .ks(Ks::Equivocations)
+            .iter()
+            .skip(skip)
+            .take(limit.clamp(1, MAX_PAGE))
+        {
+            let (k, v) = kv
+                .into_inner()
+                .map_err(|e| LedgerError::storage("read", e))?;
+            let subject: [u8; 32] = k[..32]
+                .try_into()
+                .map_err(|_| LedgerError::new(LedgerErrorCode::Integrity, "evidence key"))?;
+            out.push(EquivocationRecord {
+                subject: Did::from_public_key(subject).map_err(|_| {
+                    LedgerError::new(LedgerErrorCode::Integrity, "evidence subject")
+                })?,
+                seq: read_u64(&k[32..])?,
+                logged_index: read_u64(&v)?,
+                rejected: v[8..].to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The audit path of entry `index` in the tree of `size` entries
+    /// (`size` ≤ the signed tree size).
+    ///
+    /// # Errors
+    /// `index_out_of_range` or `size_out_of_range`.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.check_size(size)?;
+        merkle::inclusion_proof(&*self.shared, index, size)
+    }
+
+    /// The consistency proof between two tree sizes (both ≤ the signed size).
+    ///
+    /// # Errors
+    /// `size_out_of_range`.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.check_size(new)?;
+        merkle::consistency_proof(&*self.shared, old, new)
+    }
+
+    /// The root of the tree of `size` entries (≤ the signed size).
+    ///
+    /// # Errors
+    /// `size_out_of_range`.
+    pub fn root_at(&self, size: u64) -> Result<Hash, LedgerError> {
+        self.check_size(size)?;
+        merkle::subtree_root(&*self.shared, 0, size)
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), LedgerError> {
+        let current = self.head().size;
+        if size > current {
+            return Err(LedgerError::new(
+                LedgerErrorCode::SizeOutOfRange,
+                format!("tree size {size} is beyond the log's size {current}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn stored_attestation(&self, index: u64) -> Result<Attestation, LedgerError> {
+        let bytes = self
+            .shared
+            .get(Ks::Entries, &u64_key(index))?
+            .ok_or_else(|| missing("entry", index))?;
+        verify_attestation(&bytes).map_err(|e| {
+            LedgerError::new(
+                LedgerErrorCode::Integrity,
+                format!("stored entry {index} no longer verifies: {e}"),
+            )
+        })
+    }
+
+    /// Re-verifies everything from scratch: every entry's attestation, every
+    /// index, every subject's chain, and the Merkle root against the signed
+    /// checkpoint. Memory stays flat: chains are re-walked per subject.
+    ///
+    /// # Errors
+    /// The first problem found, with the index or subject it concerns.
+    pub fn audit(&self) -> Result<AuditReport, LedgerError> {
+        let head = self.head();
+        let fail = |m: String| LedgerError::new(LedgerErrorCode::Integrity, m);
+        let mut frontier = Frontier::default();
+        for index in 0..head.size {
+            let bytes = self
+                .shared
+                .get(Ks::Entries, &u64_key(index))?
+                .ok_or_else(|| missing("entry", index))?;
+            let att =
+                verify_attestation(&bytes).map_err(|e| fail(format!("entry {index}: {e}")))?;
+            frontier.push(merkle::leaf_hash(&bytes));
+            let st = att.statement();
+            if self.index_of(&att.id()).ok() != Some(index) {
+                return Err(fail(format!(
+                    "entry {index}: the ID index does not point at it"
+                )));
+            }
+            let at = self
+                .shared
+                .get(Ks::Chains, &chain_key(st.subject.public_key(), st.seq))?;
+            if at.map(|v| read_u64(&v)).transpose()? != Some(index) {
+                return Err(fail(format!(
+                    "entry {index}: the chain index of {} seq {} does not point at it",
+                    st.subject, st.seq
+                )));
+            }
+        }
+        if frontier.root() != head.root {
+            return Err(fail(format!(
+                "recomputed root {} differs from the signed checkpoint's {}",
+                hex::encode(frontier.root()),
+                hex::encode(head.root)
+            )));
+        }
+        verify_checkpoint(&head.checkpoint, &self.shared.log_did)?;
+        let mut subjects = 0u64;
+        for kv in self.shared.ks(Ks::Subjects).iter() {
+            let (k, v) = kv
+                .into_inner()
+                .map_err(|e| LedgerError::storage("read", e))?;
+            let rec = SubjectRecord::decode(&v)?;
+            let mut state: Option<ChainHead> = None;
+            for link in self.shared.ks(Ks::Chains).prefix(&k) {
+                let (_, iv) = link
+                    .into_inner()
+                    .map_err(|e| LedgerError::storage("read", e))?;
+                let att = self.stored_attestation(read_u64(&iv)?)?;
+                match state.as_mut() {
+                    None => {
+                        state = Some(
+                            ChainHead::genesis(&att)
+                                .map_err(|e| fail(format!("{}: {e}", rec.head.subject)))?,
+                        )
+                    }
+                    Some(s) => s
+                        .apply(&att)
+                        .map_err(|e| fail(format!("{}: {e}", rec.head.subject)))?,
+                }
+            }
+            if state.as_ref() != Some(&rec.head) {
+                return Err(fail(format!(
+                    "{}: the stored head does not match its chain",
+                    rec.head.subject
+                )));
+            }
+            subjects += 1;
+        }
+        Ok(AuditReport {
+            entries: head.size,
+            subjects,
+            root: head.root,
+        })
+    }
+
+    /// Stops the writer after the queued appends are committed.
+    pub fn close(&self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// What a successful audit checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    /// Entries re-verified.
+    pub entries: u64,
+    /// Subjects whose chains were re-walked.
+    pub subjects: u64,
+    /// The root that matched the signed checkpoint.
+    pub root: Hash,
+}
+
+fn unavailable() -> LedgerError {
+    LedgerError::new(
+        LedgerErrorCode::Unavailable,
+        "the ledger is closed or stopped after a storage failure",
+    )
+}
+
+fn missing(what: &str, index: u64) -> LedgerError {
+    LedgerError::new(
+        LedgerErrorCode::Integrity,
+        format!("{what} {index} is missing below the tree size"),
+    )
+}
+
+fn load_or_create_key(path: &Path) -> Result<(SigningKey, Did), LedgerError> {
+    let cfg = |m: String| LedgerError::new(LedgerErrorCode::Config, m);
+    let key = match keyfile::load(path) {
+        Ok(k) => k,
+        Err(keyfile::KeyFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key =
+                keyfile::generate().map_err(|e| cfg(format!("generating the log key: {e}")))?;
+            let did =
+                Did::from_verifying_key(&key.verifying_key()).map_err(|e| cfg(e.to_string()))?;
+            keyfile::create(path, &key, &did)
+                .map_err(|e| cfg(format!("{}: {e}", path.display())))?;
+            key
+        }
+        Err(e) => return Err(cfg(format!("{}: {e}", path.display()))),
+    };
+    let did = Did::from_verifying_key(&key.verifying_key())
+        .map_err(|e| cfg(format!("{}: {e}", path.display())))?;
+    Ok((key, did))
+}
+
+/// One group commit being assembled: every write goes through `ops`
+/// (last write wins per key), and reads see staged writes first.
+struct Stage<'a> {
+    shared: &'a Shared,
+    frontier: Frontier,
+    ops: HashMap<(Ks, Vec<u8>), Option<Vec<u8>>>,
+    dirty: bool,
+}
+
+enum Staged {
+    Appended(u64, AttestationId),
+    Duplicate(u64, AttestationId),
+}
+
+impl Stage<'_> {
+    fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
+        match self.ops.get(&(k, key.to_vec())) {
+            Some(v) => Ok(v.clone()),
+            None => self.shared.get(k, key),
+        }
+    }
+
+    fn put(&mut self, k: Ks, key: &[u8], value: Vec<u8>) {
+        self.ops.insert((k, key.to_vec()), Some(value));
+    }
+
+    fn delete(&mut self, k: Ks, key: &[u8]) {
+        self.ops.insert((k, key.to_vec()), None);
+    }
+
+    fn stage(&mut self, att: &Attestation) -> Result<Staged, LedgerError> {
+        let id = att.id();
+        if let Some(v) = self.get(Ks::ById, id.as_bytes())? {
+            return Ok(Staged::Duplicate(read_u64(&v)?, id));
+        }
+        let st = att.statement();
+        let subject = *st.subject.public_key();
+        let index = self.frontier.size();
+        let old = match self.get(Ks::Subjects, &subject)? {
+            Some(v) => Some(SubjectRecord::decode(&v)?),
+            None => None,
+        };
+        let head = match &old {
+            None => ChainHead::genesis(att).map_err(|e| {
+                if e.code() == ErrorCode::NotGenesis {
+                    LedgerError::Rejected(crate::attest::Error::new(
+                        ErrorCode::NotGenesis,
+                        format!("no statement about {} is in the log; its {}.register statement comes first", st.subject, st.family.as_str()),
+                    ))
+                } else {
+                    LedgerError::Rejected(e)
+                }
+            })?,
+            Some(rec) => {
+                let mut head = rec.head.clone();
+                if st.seq <= head.seq && st.subject == head.subject {
+                    return Err(self.repeated(att, &subject)?);
+                }
+                head.apply(att)?;
+                head
+            }
+        };
+        // The entry, its tree nodes and its two position indexes.
+        let envelope = att.envelope();
+        self.put(Ks::Entries, &u64_key(index), envelope.to_vec());
+        for (level, i, hash) in self.frontier.push(merkle::leaf_hash(envelope)) {
+            self.put(Ks::Nodes, &node_key(level, i), hash.to_vec());
+        }
+        self.put(Ks::ById, id.as_bytes(), u64_key(index).to_vec());
+        self.put(
+            Ks::Chains,
+            &chain_key(&subject, st.seq),
+            u64_key(index).to_vec(),
+        );
+        // The subject's record and the schema-derived indexes.
+        let (name, plugin, schema_index) = match (&st.action, &old) {
+            (Action::Register(s) | Action::Update(s), _) => {
+                let (name, plugin) = match s {
+                    Schema::Handler(h) => (h.name.clone(), Some(h.plugin.clone())),
+                    Schema::Plugin(p) => (p.name.clone(), None),
+                };
+                (name, plugin, index)
+            }
+            (_, Some(rec)) => (rec.name.clone(), rec.plugin.clone(), rec.schema_index),
+            (_, None) => unreachable!("only a register starts a record"),
+        };
+        if let Some(rec) = &old {
+            if rec.name != name {
+                self.delete(Ks::ByName, &name_key(rec.head.family, &rec.name, &subject));
+            }
+            if let Some(p) = rec.plugin.as_ref().filter(|p| Some(*p) != plugin.as_ref()) {
+                self.delete(Ks::ByPlugin, &plugin_key(p.public_key(), &subject));
+            }
+        }
+        self.put(
+            Ks::ByName,
+            &name_key(head.family, &name, &subject),
+            Vec::new(),
+        );
+        if let Some(p) = &plugin {
+            self.put(
+                Ks::ByPlugin,
+                &plugin_key(p.public_key(), &subject),
+                Vec::new(),
+            );
+        }
+        let rec = SubjectRecord {
+            head,
+            genesis_index: old.as_ref().map_or(index, |r| r.genesis_index),
+            head_index: index,
+            schema_index,
+            name,
+            plugin,
+        };
+        self.put(Ks::Subjects, &subject, rec.encode());
+        self.dirty = true;
+        Ok(Staged::Appended(index, id))
+    }
+
+    /// A statement for a seq the subject already has: a stranger's
+    /// (wrong_signer), or the same key's second history (equivocation,
+    /// stored as evidence).
+    fn repeated(
+        &mut self,
+        att: &Attestation,
+        subject: &[u8; 32],
+    ) -> Result<LedgerError, LedgerError> {
+        let st = att.statement();
+        let at = self
+            .get(Ks::Chains, &chain_key(subject, st.seq))?
+            .ok_or_else(|| {
+                LedgerError::new(
+                    LedgerErrorCode::Integrity,
+                    format!("{} has no seq {} below its head", st.subject, st.seq),
+                )
+            })?;
+        let logged_index = read_u64(&at)?;
+        let bytes = self
+            .get(Ks::Entries, &u64_key(logged_index))?
+            .ok_or_else(|| missing("entry", logged_index))?;
+        let existing = verify_attestation(&bytes).map_err(|e| {
+            LedgerError::new(
+                LedgerErrorCode::Integrity,
+                format!("stored entry {logged_index}: {e}"),
+            )
+        })?;
+        let error = repeated_seq(&existing, att);
+        if error.code() != ErrorCode::Equivocation {
+            return Ok(LedgerError::Rejected(error));
+        }
+        let mut value = u64_key(logged_index).to_vec();
+        value.extend_from_slice(att.envelope());
+        self.put(
+            Ks::Equivocations,
+            &equivocation_key(subject, st.seq, &att.id()),
+            value,
+        );
+        self.dirty = true;
+        Ok(LedgerError::Equivocation {
+            message: error.message().to_owned(),
+            evidence: Box::new(Equivocation {
+                first: existing,
+                second: att.clone(),
+            }),
+            logged_index,
+        })
+    }
+}
+
+fn writer_loop(shared: &Shared, rx: &Receiver<Job>, mut frontier: Frontier, max_batch: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        if let Some(why) = shared
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            for j in jobs {
+                let _ = j.reply.send(Err(LedgerError::new(
+                    LedgerErrorCode::Unavailable,
+                    format!("the ledger stopped accepting writes after a storage failure: {why}"),
+                )));
+            }
+            continue;
+        }
+        let mut stage = Stage {
+            shared,
+            frontier: frontier.clone(),
+            ops: HashMap::new(),
+            dirty: false,
+        };
+        let results: Vec<Result<Staged, LedgerError>> =
+            jobs.iter().map(|j| stage.stage(&j.att)).collect();
+        let committed = if stage.dirty {
+            commit(shared, &mut stage)
+        } else {
+            Ok(None)
+        };
+        match committed {
+            Ok(new_head) => {
+                if let Some(h) = new_head {
+                    frontier = stage.frontier;
+                    *shared.head.write().unwrap_or_else(|p| p.into_inner()) = h;
+                }
+                let head = shared
+                    .head
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let reply = result.map(|s| match s {
+                        Staged::Appended(index, id) => Receipt {
+                            index,
+                            id,
+                            duplicate: false,
+                            head: head.clone(),
+                        },
+                        Staged::Duplicate(index, id) => Receipt {
+                            index,
+                            id,
+                            duplicate: true,
+                            head: head.clone(),
+                        },
+                    });
+                    let _ = job.reply.send(reply);
+                }
+            }
+            Err(e) => {
+                *shared.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                for (job, result) in jobs.into_iter().zip(results) {
+                    // Rejections stay rejections; nothing staged was acknowledged.
+                    let reply = match result {
+                        Err(LedgerError::Rejected(r)) => Err(LedgerError::Rejected(r)),
+                        _ => Err(e.clone()),
+                    };
+                    let _ = job.reply.send(reply);
+                }
+            }
+        }
+    }
+}
+
+/// Writes the staged operations, the new size and a checkpoint for it in
+/// one batch under one fsync.
+fn commit(shared: &Shared, stage: &mut Stage<'_>) -> Result<Option<TreeHead>, LedgerError> {
+    let size = stage.frontier.size();
+    let root = stage.frontier.root();
+    let cp = Checkpoint {
+        origin: shared.origin.clone(),
+        size,
+        root,
+    };
+    let note = cp.sign(&shared.log_key);
+    let mut batch = shared.db.batch().durability(Some(PersistMode::SyncAll));
+    for ((k, key), value) in stage.ops.drain() {
+        match value {
+            Some(v) => batch.insert(shared.ks(k), key, v),
+            None => batch.remove(shared.ks(k), key),
+        }
+    }
+    batch.insert(shared.ks(Ks::Meta), META_SIZE, u64_key(size));
+    batch.insert(shared.ks(Ks::Meta), META_CHECKPOINT, note.as_bytes());
+    batch.commit().map_err(|e| {
+        LedgerError::new(
+            LedgerErrorCode::Storage,
+            format!("commit failed; nothing in it was acknowledged: {e}"),
+        )
+    })?;
+    Ok(Some(TreeHead {
+        size,
+        root,
+        checkpoint: note,
+    }))
+}
