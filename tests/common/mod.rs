@@ -1,0 +1,90 @@
+//! Shared test helpers: deterministic keys and statement builders.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+
+use ed25519_dalek::SigningKey;
+use pulse_ledger::{
+    Action, Attestation, Did, Family, HandlerSchema, PluginSchema, Schema, Statement,
+    sign_statement,
+};
+
+pub struct Key {
+    pub sk: SigningKey,
+    pub did: Did,
+}
+
+pub fn key(label: &str) -> Key {
+    let sk = SigningKey::from_bytes(&blake3::derive_key("pulse-ledger tests", label.as_bytes()));
+    let did = Did::from_verifying_key(&sk.verifying_key()).unwrap();
+    Key { sk, did }
+}
+
+pub fn plugin_register(k: &Key, name: &str) -> Attestation {
+    let st = Statement {
+        family: Family::Plugin,
+        subject: k.did.clone(),
+        signer: k.did.clone(),
+        seq: 0,
+        prev: None,
+        issued_at: 1_000,
+        action: Action::Register(Schema::Plugin(PluginSchema::new(name, "1.0.0"))),
+    };
+    sign_statement(&st, &k.sk, None).unwrap()
+}
+
+pub fn handler_register(k: &Key, name: &str, plugin: &Did) -> Attestation {
+    let st = Statement {
+        family: Family::Handler,
+        subject: k.did.clone(),
+        signer: k.did.clone(),
+        seq: 0,
+        prev: None,
+        issued_at: 1_000,
+        action: Action::Register(Schema::Handler(HandlerSchema::new(
+            name,
+            "1.0.0",
+            plugin.clone(),
+        ))),
+    };
+    sign_statement(&st, &k.sk, None).unwrap()
+}
+
+/// The statement after `prev`, signed by `signer` (and `new_key` for a rotation).
+pub fn next(
+    prev: &Attestation,
+    signer: &Key,
+    action: Action,
+    new_key: Option<&Key>,
+) -> Attestation {
+    let p = prev.statement();
+    let st = Statement {
+        family: p.family,
+        subject: p.subject.clone(),
+        signer: signer.did.clone(),
+        seq: p.seq + 1,
+        prev: Some(prev.id()),
+        issued_at: p.issued_at + 1,
+        action,
+    };
+    sign_statement(&st, &signer.sk, new_key.map(|k| &k.sk)).unwrap()
+}
+
+pub fn update_handler(
+    prev: &Attestation,
+    signer: &Key,
+    name: &str,
+    plugin: &Did,
+    version: &str,
+) -> Attestation {
+    let schema = HandlerSchema::new(name, version, plugin.clone());
+    next(prev, signer, Action::Update(Schema::Handler(schema)), None)
+}
+
+pub fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pulse-ledger-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

@@ -1,0 +1,396 @@
+//! The ledger against a real fjall data dir: appends, rejections,
+//! idempotency, equivocation evidence, proofs, checkpoints, reopening,
+//! listings, concurrency and integrity checks on open.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure report
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{handler_register, key, next, plugin_register, tempdir, update_handler};
+use pulse_ledger::ledger::{
+    Ledger, LedgerConfig, LedgerError, LedgerErrorCode, SubjectFilter, leaf_hash,
+    verify_checkpoint, verify_consistency, verify_inclusion,
+};
+use pulse_ledger::{Action, Family};
+
+fn open(dir: &std::path::Path) -> Ledger {
+    Ledger::open(LedgerConfig::new(dir, "test.example/log")).unwrap()
+}
+
+#[test]
+fn lifecycle_appends_in_order_with_proofs_and_checkpoints() {
+    let dir = tempdir("ledger-lifecycle");
+    let ledger = open(&dir);
+    let empty = ledger.head();
+    assert_eq!(empty.size, 0);
+    verify_checkpoint(&empty.checkpoint, ledger.log_did()).unwrap();
+
+    let (p, h, h2) = (key("plugin"), key("handler"), key("handler-2"));
+    let a0 = plugin_register(&p, "runner");
+    let a1 = handler_register(&h, "python.script", &p.did);
+    let a2 = update_handler(&a1, &h, "python.script", &p.did, "1.1.0");
+    let a3 = next(
+        &a2,
+        &h,
+        Action::Rotate {
+            new_key: h2.did.clone(),
+        },
+        Some(&h2),
+    );
+    let a4 = update_handler(&a3, &h2, "python.script", &p.did, "1.2.0");
+    let a5 = next(&a4, &h2, Action::Revoke { reason: None }, None);
+    let all = [&a0, &a1, &a2, &a3, &a4, &a5];
+    let mut heads = vec![empty];
+    for (i, att) in all.iter().enumerate() {
+        let r = ledger.append(att.envelope()).unwrap();
+        assert_eq!(r.index, i as u64);
+        assert!(!r.duplicate);
+        assert_eq!(
+            r.head.size,
+            i as u64 + 1,
+            "the returned head includes the entry"
+        );
+        let cp = verify_checkpoint(&r.head.checkpoint, ledger.log_did()).unwrap();
+        assert_eq!((cp.size, cp.root), (r.head.size, r.head.root));
+        let path = ledger.inclusion_proof(r.index, r.head.size).unwrap();
+        verify_inclusion(
+            &leaf_hash(att.envelope()),
+            r.index,
+            r.head.size,
+            &path,
+            &r.head.root,
+        )
+        .unwrap();
+        heads.push(r.head);
+    }
+    for old in &heads {
+        for new in &heads[..] {
+            if old.size <= new.size {
+                let proof = ledger.consistency_proof(old.size, new.size).unwrap();
+                verify_consistency(old.size, new.size, &old.root, &new.root, &proof).unwrap();
+            }
+        }
+    }
+    let state = ledger.subject_state(&h.did).unwrap();
+    assert!(state.revoked);
+    assert_eq!(state.seq, 4);
+    assert_eq!(state.key, h2.did);
+    let chain = ledger.chain(&h.did).unwrap();
+    assert_eq!(
+        chain.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(chain[2].1, a3.envelope());
+    assert_eq!(ledger.entry(3).unwrap(), a3.envelope());
+    assert_eq!(ledger.entries(1, 100).unwrap().len(), 5);
+    assert_eq!(ledger.index_of(&a4.id()).unwrap(), 4);
+    let report = ledger.audit().unwrap();
+    assert_eq!((report.entries, report.subjects), (6, 2));
+}
+
+#[test]
+fn rejections_change_nothing_and_resubmission_is_idempotent() {
+    let dir = tempdir("ledger-reject");
+    let ledger = open(&dir);
+    let (p, h, stranger) = (key("p"), key("h"), key("stranger"));
+    let g = handler_register(&h, "h", &p.did);
+    let u1 = update_handler(&g, &h, "h", &p.did, "2.0.0");
+    let code = |e: LedgerError| e.code();
+
+    // An update before its register.
+    assert_eq!(
+        code(ledger.append(u1.envelope()).unwrap_err()),
+        "not_genesis"
+    );
+    assert_eq!(ledger.head().size, 0);
+    ledger.append(g.envelope()).unwrap();
+    let before = ledger.head();
+
+    let mut bad = u1.envelope().to_vec();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert_eq!(code(ledger.append(&bad).unwrap_err()), "bad_signature");
+    assert_eq!(
+        code(ledger.append(b"not cbor").unwrap_err()),
+        "malformed_cbor"
+    );
+    let u2 = update_handler(&u1, &h, "h", &p.did, "3.0.0");
+    assert_eq!(code(ledger.append(u2.envelope()).unwrap_err()), "seq_gap");
+    let by_stranger = update_handler(&g, &stranger, "h", &p.did, "2.0.0");
+    assert_eq!(
+        code(ledger.append(by_stranger.envelope()).unwrap_err()),
+        "wrong_signer"
+    );
+    assert_eq!(ledger.head(), before, "rejections change nothing");
+
+    // The same attestation twice: one entry.
+    let r1 = ledger.append(u1.envelope()).unwrap();
+    let r2 = ledger.append(u1.envelope()).unwrap();
+    assert_eq!((r1.index, r2.index), (1, 1));
+    assert!(r2.duplicate);
+    assert_eq!(ledger.head().size, 2);
+
+    // A stranger at a taken seq proves nothing: rejected, no evidence.
+    let stranger_fork = update_handler(&g, &stranger, "h", &p.did, "9.9.9");
+    assert_eq!(
+        code(ledger.append(stranger_fork.envelope()).unwrap_err()),
+        "wrong_signer"
+    );
+    assert!(ledger.equivocations(0, 10).unwrap().is_empty());
+
+    // The handler's own key signing a second seq 1: equivocation, kept as evidence.
+    let fork = next(
+        &g,
+        &h,
+        Action::Revoke {
+            reason: Some("fork".into()),
+        },
+        None,
+    );
+    match ledger.append(fork.envelope()).unwrap_err() {
+        LedgerError::Equivocation {
+            evidence,
+            logged_index,
+            ..
+        } => {
+            assert_eq!(logged_index, 1);
+            assert_eq!(evidence.first.id(), u1.id());
+            assert_eq!(evidence.second.id(), fork.id());
+        }
+        other => panic!("expected equivocation, got {other}"),
+    }
+    let ev = ledger.equivocations(0, 10).unwrap();
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        (ev[0].subject.clone(), ev[0].seq, ev[0].logged_index),
+        (h.did.clone(), 1, 1)
+    );
+    assert_eq!(ev[0].rejected, fork.envelope());
+    assert_eq!(ledger.head().size, 2, "the fork was not appended");
+    ledger.audit().unwrap();
+}
+
+#[test]
+fn reopening_restores_the_head_without_replay_and_refuses_mismatches() {
+    let dir = tempdir("ledger-reopen");
+    let (p, hs) = (
+        key("p"),
+        (0..37).map(|i| key(&format!("h{i}"))).collect::<Vec<_>>(),
+    );
+    let head = {
+        let ledger = open(&dir);
+        ledger.append(plugin_register(&p, "p").envelope()).unwrap();
+        for h in &hs {
+            ledger
+                .append(handler_register(h, "h", &p.did).envelope())
+                .unwrap();
+        }
+        ledger.head()
+    };
+    let log_did = {
+        let ledger = open(&dir);
+        assert_eq!(ledger.head(), head);
+        let extra = key("late");
+        let r = ledger
+            .append(handler_register(&extra, "late", &p.did).envelope())
+            .unwrap();
+        assert_eq!(r.index, 38);
+        let proof = ledger.consistency_proof(head.size, r.head.size).unwrap();
+        verify_consistency(head.size, r.head.size, &head.root, &r.head.root, &proof).unwrap();
+        ledger.audit().unwrap();
+        ledger.log_did().clone()
+    };
+
+    // Another log name for the same data dir is refused.
+    let err = Ledger::open(LedgerConfig::new(&dir, "other.example/log"))
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), "config");
+
+    // A stored tree size that disagrees with the signed checkpoint is refused.
+    {
+        let db = fjall::Database::builder(dir.join("db")).open().unwrap();
+        let meta = db
+            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        meta.insert("size", 5u64.to_be_bytes()).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let err = Ledger::open(LedgerConfig::new(&dir, "test.example/log"))
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), "integrity", "{err}");
+    assert!(err.to_string().contains("refusing to serve"), "{err}");
+    let _ = log_did;
+}
+
+#[test]
+fn listings_follow_schema_changes_and_paginate() {
+    let dir = tempdir("ledger-list");
+    let ledger = open(&dir);
+    let (p1, p2) = (key("p1"), key("p2"));
+    ledger
+        .append(plugin_register(&p1, "runner-one").envelope())
+        .unwrap();
+    ledger
+        .append(plugin_register(&p2, "runner-two").envelope())
+        .unwrap();
+    let mut regs = Vec::new();
+    for i in 0..25 {
+        let h = key(&format!("list-{i}"));
+        let name = if i % 2 == 0 {
+            format!("py.{i:02}")
+        } else {
+            format!("sh.{i:02}")
+        };
+        let g = handler_register(&h, &name, &p1.did);
+        ledger.append(g.envelope()).unwrap();
+        regs.push((h, g, name));
+    }
+    // Move one handler to the other plugin and rename it; revoke another.
+    let (h0, g0, _) = &regs[0];
+    let moved = update_handler(g0, h0, "zz.moved", &p2.did, "2.0.0");
+    ledger.append(moved.envelope()).unwrap();
+    let (h1, g1, _) = &regs[1];
+    ledger
+        .append(next(g1, h1, Action::Revoke { reason: None }, None).envelope())
+        .unwrap();
+
+    let py = SubjectFilter {
+        name_prefix: "py.".into(),
+        ..Default::default()
+    };
+    let (page, _) = ledger.list_subjects(&py, None, 100).unwrap();
+    assert_eq!(page.len(), 12, "13 py handlers, one renamed away");
+    assert!(page.windows(2).all(|w| w[0].name <= w[1].name));
+
+    // Pagination visits every live handler once.
+    let all = SubjectFilter::default();
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let (page, next_cursor) = ledger.list_subjects(&all, cursor.as_deref(), 7).unwrap();
+        seen.extend(page.iter().map(|r| r.head.subject.clone()));
+        match next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 24, "25 handlers less one revoked");
+    let mut dedup = seen.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(dedup.len(), seen.len());
+    let with_revoked = SubjectFilter {
+        include_revoked: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        ledger
+            .list_subjects(&with_revoked, None, 100)
+            .unwrap()
+            .0
+            .len(),
+        25
+    );
+    let plugins = SubjectFilter {
+        family: Some(Family::Plugin),
+        ..Default::default()
+    };
+    assert_eq!(
+        ledger.list_subjects(&plugins, None, 100).unwrap().0.len(),
+        2
+    );
+    let on_p2 = SubjectFilter {
+        plugin: Some(p2.did.clone()),
+        ..Default::default()
+    };
+    let (page, _) = ledger.list_subjects(&on_p2, None, 100).unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].name, "zz.moved");
+
+    assert_eq!(
+        ledger.handlers_of_plugin(&p2.did, None, 100).unwrap().len(),
+        1
+    );
+    assert_eq!(
+        ledger.handlers_of_plugin(&p1.did, None, 100).unwrap().len(),
+        24
+    );
+    let first = ledger.handlers_of_plugin(&p1.did, None, 10).unwrap();
+    let rest = ledger
+        .handlers_of_plugin(&p1.did, Some(&first[9].head.subject), 100)
+        .unwrap();
+    assert_eq!(first.len() + rest.len(), 24);
+    ledger.audit().unwrap();
+}
+
+#[test]
+fn concurrent_appenders_share_commits_and_get_distinct_indexes() {
+    let dir = tempdir("ledger-concurrent");
+    let ledger = Arc::new(open(&dir));
+    let p = key("p");
+    ledger.append(plugin_register(&p, "p").envelope()).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let ledger = Arc::clone(&ledger);
+            let plugin = p.did.clone();
+            std::thread::spawn(move || {
+                (0..40)
+                    .map(|i| {
+                        let h = key(&format!("c-{t}-{i}"));
+                        let g = handler_register(&h, "c", &plugin);
+                        let r = ledger.append(g.envelope()).unwrap();
+                        let path = ledger.inclusion_proof(r.index, r.head.size).unwrap();
+                        verify_inclusion(
+                            &leaf_hash(g.envelope()),
+                            r.index,
+                            r.head.size,
+                            &path,
+                            &r.head.root,
+                        )
+                        .unwrap();
+                        r.index
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut indexes: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    indexes.sort_unstable();
+    assert_eq!(indexes, (1..=320).collect::<Vec<u64>>());
+    assert_eq!(ledger.head().size, 321);
+    ledger.audit().unwrap();
+}
+
+#[test]
+fn reads_beyond_the_log_are_clear_errors() {
+    let dir = tempdir("ledger-ranges");
+    let ledger = open(&dir);
+    let code = |e: LedgerError| e.code();
+    assert_eq!(code(ledger.entry(0).unwrap_err()), "index_out_of_range");
+    assert_eq!(
+        code(ledger.inclusion_proof(0, 1).unwrap_err()),
+        "size_out_of_range"
+    );
+    assert_eq!(
+        code(ledger.consistency_proof(0, 3).unwrap_err()),
+        "size_out_of_range"
+    );
+    assert_eq!(
+        code(ledger.subject(&key("nobody").did).unwrap_err()),
+        "not_found"
+    );
+    assert!(matches!(
+        ledger.index_of(&pulse_ledger::AttestationId([0; 32])),
+        Err(LedgerError::Ledger {
+            code: LedgerErrorCode::NotFound,
+            ..
+        })
+    ));
+}
