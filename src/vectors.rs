@@ -364,7 +364,178 @@ pub fn generate() -> Vec<Vector> {
         &p0,
         &hs,
     );
+    let hb0 = sign(&register(&hb, Schema::Handler(hs.clone()), T0), &hb);
+    ledger(&mut g, &[&p0, &h0, &h1, &h2a, &h3, &h4, &hb0]);
     g.out
+}
+
+/// Tree hashes kept in memory, for building ledger vectors.
+struct MemNodes(std::collections::HashMap<(u8, u64), crate::ledger::Hash>);
+
+impl crate::ledger::NodeSource for MemNodes {
+    fn node(
+        &self,
+        level: u8,
+        index: u64,
+    ) -> Result<crate::ledger::Hash, crate::ledger::LedgerError> {
+        Ok(*self
+            .0
+            .get(&(level, index))
+            .expect("vector trees are complete"))
+    }
+}
+
+fn ledger(g: &mut Gen, entries: &[&Attestation]) {
+    use crate::ledger::{
+        Checkpoint, Frontier, consistency_proof, inclusion_proof, key_id, leaf_hash, verifier_key,
+    };
+    let hexes = |v: &[crate::ledger::Hash]| v.iter().map(hex::encode).collect::<Vec<_>>();
+    let mut nodes = MemNodes(std::collections::HashMap::new());
+    let mut frontier = Frontier::default();
+    let mut roots = vec![frontier.root()];
+    let mut leaves = Vec::new();
+    for e in entries {
+        let leaf = leaf_hash(e.envelope());
+        leaves.push(leaf);
+        for (level, index, hash) in frontier.push(leaf) {
+            nodes.0.insert((level, index), hash);
+        }
+        roots.push(frontier.root());
+    }
+    let n = entries.len() as u64;
+    let mut inclusion = Vec::new();
+    let mut consistency = Vec::new();
+    for size in 1..=n {
+        for index in 0..size {
+            let path = inclusion_proof(&nodes, index, size).expect("in range");
+            inclusion.push(json!({"index": index, "size": size, "path": hexes(&path)}));
+        }
+    }
+    for new in 0..=n {
+        for old in 0..=new {
+            let proof = consistency_proof(&nodes, old, new).expect("in range");
+            consistency.push(json!({"old_size": old, "new_size": new, "proof": hexes(&proof)}));
+        }
+    }
+    g.push(
+        "ledger",
+        "merkle-7-entries",
+        "A log of 7 entries (attestation envelopes): leaf hashes, the root at every size 0..7, every inclusion proof and every consistency proof.",
+        json!({
+            "input": {"entries": entries.iter().map(|e| hex::encode(e.envelope())).collect::<Vec<_>>()},
+            "expect": {
+                "ok": true,
+                "leaf_hashes": hexes(&leaves),
+                "roots": hexes(&roots),
+                "inclusion": inclusion,
+                "consistency": consistency,
+            },
+        }),
+        None,
+    );
+
+    let log = key("log");
+    let origin = "example.com/pulse-ledger";
+    let cp = Checkpoint {
+        origin: origin.into(),
+        size: n,
+        root: roots[n as usize],
+    };
+    let note = cp.sign(&log.sk);
+    g.push(
+        "ledger",
+        "checkpoint-valid",
+        "The signed checkpoint of the 7-entry log: C2SP tlog-checkpoint text in a C2SP signed note, Ed25519 key ID from SHA-256.",
+        json!({
+            "keys": key_json(&[&log]),
+            "input": {"note": note, "log_key": log.did.to_string()},
+            "expect": {
+                "ok": true,
+                "origin": origin,
+                "size": n,
+                "root": hex::encode(cp.root),
+                "key_id": hex::encode(key_id(origin, log.did.public_key())),
+                "verifier_key": verifier_key(origin, &log.did),
+            },
+        }),
+        None,
+    );
+    let bad_checkpoint = |g: &mut Gen,
+                          name: &str,
+                          description: &str,
+                          note: String,
+                          log_key: &Did| {
+        let err = crate::ledger::verify_checkpoint(&note, log_key).expect_err(name);
+        assert_eq!(err.code(), "bad_checkpoint", "{name}");
+        g.push(
+            "ledger",
+            name,
+            description,
+            json!({"input": {"note": note, "log_key": log_key.to_string()}, "expect": {"ok": false, "code": "bad_checkpoint"}}),
+            None,
+        );
+    };
+    let other = key("outsider");
+    bad_checkpoint(
+        g,
+        "checkpoint-other-key",
+        "The valid checkpoint checked against another key.",
+        note.clone(),
+        &other.did,
+    );
+    bad_checkpoint(
+        g,
+        "checkpoint-size-edited",
+        "The valid checkpoint with its size line changed from 7 to 6 after signing.",
+        note.replacen("\n7\n", "\n6\n", 1),
+        &log.did,
+    );
+    bad_checkpoint(
+        g,
+        "checkpoint-no-blank-line",
+        "The signature line without the blank line that separates it from the text.",
+        note.replacen("\n\n", "\n", 1),
+        &log.did,
+    );
+
+    let size = n;
+    let index = 2u64;
+    let mut path = inclusion_proof(&nodes, index, size).expect("in range");
+    path[1][0] ^= 1;
+    let err = crate::ledger::verify_inclusion(
+        &leaves[index as usize],
+        index,
+        size,
+        &path,
+        &roots[size as usize],
+    )
+    .expect_err("tampered");
+    assert_eq!(err.code(), "bad_proof");
+    g.push(
+        "ledger",
+        "inclusion-tampered",
+        "The inclusion proof of entry 2 in the 7-entry tree with one bit of its second hash flipped.",
+        json!({
+            "input": {"leaf_hash": hex::encode(leaves[index as usize]), "index": index, "size": size, "path": hexes(&path), "root": hex::encode(roots[size as usize])},
+            "expect": {"ok": false, "code": "bad_proof"},
+        }),
+        None,
+    );
+    let mut proof = consistency_proof(&nodes, 3, 7).expect("in range");
+    proof[0][31] ^= 0x80;
+    let err = crate::ledger::verify_consistency(3, 7, &roots[3], &roots[7], &proof)
+        .expect_err("tampered");
+    assert_eq!(err.code(), "bad_proof");
+    g.push(
+        "ledger",
+        "consistency-tampered",
+        "The consistency proof from size 3 to 7 with one bit of its first hash flipped.",
+        json!({
+            "input": {"old_size": 3, "new_size": 7, "old_root": hex::encode(roots[3]), "new_root": hex::encode(roots[7]), "proof": hexes(&proof)},
+            "expect": {"ok": false, "code": "bad_proof"},
+        }),
+        None,
+    );
 }
 
 fn dids(g: &mut Gen, h: &Key, p: &Key) {

@@ -35,6 +35,10 @@ fn unhex(v: &Value) -> Vec<u8> {
 
 /// Runs one vector; returns the error code it expects, if any.
 fn replay(name: &str, v: &Value) -> Option<ErrorCode> {
+    if v["type"] == "ledger" {
+        replay_ledger(name, v);
+        return None;
+    }
     let expect = &v["expect"];
     let ok = expect["ok"].as_bool().expect("expect.ok");
     let want_code = expect["code"]
@@ -98,6 +102,119 @@ fn replay(name: &str, v: &Value) -> Option<ErrorCode> {
         other => panic!("{name}: unknown vector type {other}"),
     }
     want_code
+}
+
+fn h32(v: &Value) -> [u8; 32] {
+    unhex(v).try_into().expect("32 bytes")
+}
+
+fn hashes(v: &Value) -> Vec<[u8; 32]> {
+    v.as_array().unwrap().iter().map(h32).collect()
+}
+
+/// Ledger vectors: Merkle trees and proofs, checkpoints.
+fn replay_ledger(name: &str, v: &Value) {
+    use pulse_ledger::ledger::{
+        Frontier, key_id, leaf_hash, verifier_key, verify_checkpoint, verify_consistency,
+        verify_inclusion,
+    };
+    let input = &v["input"];
+    let expect = &v["expect"];
+    let ok = expect["ok"].as_bool().unwrap();
+    if let Some(entries) = input.get("entries") {
+        let leaves: Vec<[u8; 32]> = entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| leaf_hash(&unhex(e)))
+            .collect();
+        assert_eq!(leaves, hashes(&expect["leaf_hashes"]), "{name}");
+        let roots = hashes(&expect["roots"]);
+        let mut f = Frontier::default();
+        assert_eq!(f.root(), roots[0]);
+        for (i, leaf) in leaves.iter().enumerate() {
+            f.push(*leaf);
+            assert_eq!(f.root(), roots[i + 1], "{name}: root at size {}", i + 1);
+        }
+        for p in expect["inclusion"].as_array().unwrap() {
+            let (index, size) = (p["index"].as_u64().unwrap(), p["size"].as_u64().unwrap());
+            verify_inclusion(
+                &leaves[index as usize],
+                index,
+                size,
+                &hashes(&p["path"]),
+                &roots[size as usize],
+            )
+            .unwrap();
+        }
+        for p in expect["consistency"].as_array().unwrap() {
+            let (old, new) = (
+                p["old_size"].as_u64().unwrap(),
+                p["new_size"].as_u64().unwrap(),
+            );
+            verify_consistency(
+                old,
+                new,
+                &roots[old as usize],
+                &roots[new as usize],
+                &hashes(&p["proof"]),
+            )
+            .unwrap();
+        }
+    } else if let Some(note) = input.get("note") {
+        let did = Did::parse(input["log_key"].as_str().unwrap()).unwrap();
+        match verify_checkpoint(note.as_str().unwrap(), &did) {
+            Ok(cp) => {
+                assert!(ok, "{name}");
+                assert_eq!(cp.origin, expect["origin"].as_str().unwrap());
+                assert_eq!(cp.size, expect["size"].as_u64().unwrap());
+                assert_eq!(hex::encode(cp.root), expect["root"].as_str().unwrap());
+                assert_eq!(
+                    hex::encode(key_id(&cp.origin, did.public_key())),
+                    expect["key_id"].as_str().unwrap()
+                );
+                assert_eq!(
+                    verifier_key(&cp.origin, &did),
+                    expect["verifier_key"].as_str().unwrap()
+                );
+            }
+            Err(e) => assert_eq!(Some(e.code()), expect["code"].as_str(), "{name}: {e}"),
+        }
+    } else if let Some(path) = input.get("path") {
+        let r = verify_inclusion(
+            &h32(&input["leaf_hash"]),
+            input["index"].as_u64().unwrap(),
+            input["size"].as_u64().unwrap(),
+            &hashes(path),
+            &h32(&input["root"]),
+        );
+        assert_eq!(
+            r.map_err(|e| e.code()),
+            if ok {
+                Ok(())
+            } else {
+                Err(expect["code"].as_str().unwrap())
+            },
+            "{name}"
+        );
+    } else {
+        let r = verify_consistency(
+            input["old_size"].as_u64().unwrap(),
+            input["new_size"].as_u64().unwrap(),
+            &h32(&input["old_root"]),
+            &h32(&input["new_root"]),
+            &hashes(&input["proof"]),
+        );
+        assert_eq!(
+            r.map_err(|e| e.code()),
+            if ok {
+                Ok(())
+            } else {
+                Err(expect["code"].as_str().unwrap())
+            },
+            "{name}"
+        );
+    }
 }
 
 #[test]
@@ -192,7 +309,7 @@ fn every_error_code_has_a_vector_and_every_type_a_valid_one() {
     }
     let missing: Vec<_> = spec_codes().difference(&seen).cloned().collect();
     assert!(missing.is_empty(), "codes without a vector: {missing:?}");
-    for t in ["did", "attestation", "chain"] {
+    for t in ["did", "attestation", "chain", "ledger"] {
         assert!(valid.contains(t), "no valid {t} vector");
     }
 }
