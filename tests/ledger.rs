@@ -86,6 +86,17 @@ fn lifecycle_appends_in_order_with_proofs_and_checkpoints() {
     assert_eq!(ledger.entry(3).unwrap(), a3.envelope());
     assert_eq!(ledger.entries(1, 100).unwrap().len(), 5);
     assert_eq!(ledger.index_of(&a4.id()).unwrap(), 4);
+    let head = ledger.head();
+    let (index, path) = ledger.inclusion_proof_by_id(&a4.id(), head.size).unwrap();
+    assert_eq!(index, 4);
+    verify_inclusion(&leaf_hash(a4.envelope()), 4, head.size, &path, &head.root).unwrap();
+    assert_eq!(
+        ledger
+            .inclusion_proof_by_id(&a4.id(), 4)
+            .unwrap_err()
+            .code(),
+        "index_out_of_range"
+    );
     let report = ledger.audit().unwrap();
     assert_eq!((report.entries, report.subjects), (6, 2));
 }

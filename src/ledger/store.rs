@@ -615,6 +615,21 @@ impl Ledger {
         merkle::inclusion_proof(&*self.shared, index, size)
     }
 
+    /// The log index of attestation `id` and its audit path in the tree of
+    /// `size` entries.
+    ///
+    /// # Errors
+    /// `not_found`, or `index_out_of_range` if the entry is not within
+    /// `size`.
+    pub fn inclusion_proof_by_id(
+        &self,
+        id: &AttestationId,
+        size: u64,
+    ) -> Result<(u64, Vec<Hash>), LedgerError> {
+        let index = self.index_of(id)?;
+        Ok((index, self.inclusion_proof(index, size)?))
+    }
+
     /// The consistency proof between two tree sizes (both ≤ the signed size).
     ///
     /// # Errors
