@@ -406,3 +406,90 @@ fn reads_beyond_the_log_are_clear_errors() {
         })
     ));
 }
+
+#[test]
+fn audit_catches_tampered_nodes_and_indexes_and_open_refuses_a_missing_key() {
+    let dir = tempdir("ledger-tamper");
+    let p = key("p");
+    {
+        let ledger = open(&dir);
+        ledger.append(plugin_register(&p, "p").envelope()).unwrap();
+        for i in 0..9 {
+            ledger
+                .append(handler_register(&key(&format!("t{i}")), "t", &p.did).envelope())
+                .unwrap();
+        }
+        // A plugin statement about a handler's ID at a seq it already has:
+        // family_mismatch, not evidence.
+        let h = key("t0");
+        let g = handler_register(&h, "t", &p.did);
+        let as_plugin = next(&g, &h, Action::Revoke { reason: None }, None);
+        ledger.append(as_plugin.envelope()).unwrap();
+        let cross = plugin_register(&h, "t0");
+        assert_eq!(
+            ledger.append(cross.envelope()).unwrap_err().code(),
+            "family_mismatch"
+        );
+        assert!(ledger.equivocations(None, 10).unwrap().0.is_empty());
+        ledger.audit().unwrap();
+    }
+    let tamper = |ks: &str, f: &dyn Fn(&fjall::Keyspace)| {
+        let db = fjall::Database::builder(dir.join("db")).open().unwrap();
+        let k = db
+            .keyspace(ks, fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        f(&k);
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    };
+    // Leaf 0's stored hash is not on the right edge of an 11-entry tree, so
+    // open (which reads only the right edge) succeeds and the audit must
+    // catch it.
+    let mut leaf0 = vec![0u8];
+    leaf0.extend(0u64.to_be_bytes());
+    tamper("nodes", &|k| k.insert(leaf0.clone(), [0u8; 32]).unwrap());
+    {
+        let ledger = open(&dir);
+        let err = ledger.audit().unwrap_err();
+        assert_eq!(err.code(), "integrity");
+        assert!(
+            err.to_string().contains("tree node at level 0 index 0"),
+            "{err}"
+        );
+    }
+    // Restore leaf 0, then drop a name index key.
+    {
+        let db = fjall::Database::builder(dir.join("db")).open().unwrap();
+        let entries = db
+            .keyspace("entries", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        let first = entries.get(0u64.to_be_bytes()).unwrap().unwrap();
+        let nodes = db
+            .keyspace("nodes", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        nodes.insert(leaf0.clone(), leaf_hash(&first)).unwrap();
+        let by_name = db
+            .keyspace("by_name", fjall::KeyspaceCreateOptions::default)
+            .unwrap();
+        let k = by_name.first_key_value().unwrap().key().unwrap();
+        by_name.remove(k).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    {
+        let ledger = open(&dir);
+        let err = ledger.audit().unwrap_err();
+        assert!(err.to_string().contains("name index"), "{err}");
+    }
+    std::fs::remove_file(dir.join("log.key")).unwrap();
+    let err = Ledger::open(LedgerConfig::new(&dir, "test.example/log"))
+        .err()
+        .unwrap();
+    assert_eq!(err.code(), "config");
+    assert!(
+        err.to_string().contains("restore the log's key file"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("log.key").exists(),
+        "no new key was made for an existing log"
+    );
+}

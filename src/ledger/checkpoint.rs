@@ -89,13 +89,19 @@ pub fn verify_checkpoint(note: &str, log_key: &Did) -> Result<Checkpoint, Ledger
     if note.len() > MAX_NOTE_BYTES {
         return Err(bad(format!("note is longer than {MAX_NOTE_BYTES} bytes")));
     }
-    let Some(split) = note.find("\n\n") else {
+    if note.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(bad(
+            "a signed note has no control characters other than newline".into(),
+        ));
+    }
+    // The text ends at the last blank line; signature lines follow it.
+    let Some(split) = note.rfind("\n\n") else {
         return Err(bad(
             "no blank line between the text and the signatures".into()
         ));
     };
     let (text, sigs) = (&note[..split + 1], &note[split + 2..]);
-    let mut lines = text.lines();
+    let mut lines = text.split_terminator('\n');
     let origin = lines.next().unwrap_or_default().to_owned();
     if !is_valid_origin(&origin) {
         return Err(bad(format!(
@@ -115,38 +121,45 @@ pub fn verify_checkpoint(note: &str, log_key: &Did) -> Result<Checkpoint, Ledger
         .ok()
         .and_then(|r| r.try_into().ok())
         .ok_or_else(|| bad("root line is not the base64 of 32 bytes".into()))?;
-    if !sigs.ends_with('\n') {
-        return Err(bad("signature lines must end with a newline".into()));
+    if sigs.is_empty() || !sigs.ends_with('\n') {
+        return Err(bad("signature lines must each end with a newline".into()));
     }
+    // Every signature line must be well-formed; only the log's is checked.
     let want_id = key_id(&origin, log_key.public_key());
-    for line in sigs.lines() {
+    let mut ours: Option<[u8; 64]> = None;
+    for line in sigs.split_terminator('\n') {
         let Some(rest) = line.strip_prefix(SIG_PREFIX) else {
             return Err(bad(format!(
-                "signature line {line:?} does not start with an em dash"
+                "signature line {line:?} does not start with an em dash and a space"
             )));
         };
         let Some((name, b64)) = rest.split_once(' ') else {
             return Err(bad(format!("signature line {line:?} has no signature")));
         };
-        let Ok(blob) = B64.decode(b64) else {
-            return Err(bad(format!("signature of {name:?} is not base64")));
+        let blob = match B64.decode(b64) {
+            Ok(b) if b.len() >= 5 && !name.is_empty() => b,
+            _ => {
+                return Err(bad(format!(
+                    "signature of {name:?} is not base64 of a key ID and a signature"
+                )));
+            }
         };
-        if name != origin || blob.len() != 68 || blob[..4] != want_id {
-            continue;
+        if name == origin && blob.len() == 68 && blob[..4] == want_id && ours.is_none() {
+            let mut sig = [0u8; 64];
+            sig.copy_from_slice(&blob[4..]);
+            ours = Some(sig);
         }
-        let sig = Signature::from_bytes(
-            blob[4..]
-                .try_into()
-                .unwrap_or_else(|_| unreachable!("68 bytes")),
-        );
-        return match log_key.verifying_key().verify_strict(text.as_bytes(), &sig) {
-            Ok(()) => Ok(Checkpoint { origin, size, root }),
-            Err(_) => Err(bad(format!("the signature by {log_key} does not verify"))),
-        };
     }
-    Err(bad(format!(
-        "no signature by {log_key} under the name {origin:?}"
-    )))
+    let Some(sig) = ours else {
+        return Err(bad(format!(
+            "no signature by {log_key} under the name {origin:?}"
+        )));
+    };
+    log_key
+        .verifying_key()
+        .verify_strict(text.as_bytes(), &Signature::from_bytes(&sig))
+        .map_err(|_| bad(format!("the signature by {log_key} does not verify")))?;
+    Ok(Checkpoint { origin, size, root })
 }
 
 #[cfg(test)]
@@ -207,6 +220,10 @@ mod tests {
         };
         let note = cp.sign(&sk);
         let with_witness = format!("{note}\u{2014} witness.example AAAAAAAA\n");
+        let malformed = format!("{note}\u{2014} witness.example\n");
+        assert!(verify_checkpoint(&malformed, &did).is_err());
+        let cr = note.replace("log\n", "log\r\n");
+        assert!(verify_checkpoint(&cr, &did).is_err());
         assert_eq!(verify_checkpoint(&with_witness, &did).unwrap(), cp);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use ed25519_dalek::SigningKey;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
 use super::checkpoint::{Checkpoint, is_valid_origin, verify_checkpoint};
 use super::error::{LedgerError, LedgerErrorCode};
@@ -187,7 +187,6 @@ impl Ledger {
         }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| cfg_err(format!("{}: {e}", config.data_dir.display())))?;
-        let (log_key, log_did) = load_or_create_key(&config.data_dir.join("log.key"))?;
         // Bounded memory and start-up: at most 64 MiB of journal to replay
         // after a crash (fjall's minimum), and small memtables per keyspace;
         // the defaults (512 MiB journal, 64 MiB per memtable) cost ~1 GB of
@@ -228,6 +227,10 @@ impl Ledger {
                 )));
             }
         }
+        // The log key exists exactly when the log does: a data dir with a
+        // checkpoint but no key is refused, never given a new key.
+        let key_path = config.data_dir.join("log.key");
+        let (log_key, log_did) = load_or_create_key(&key_path, note.is_none())?;
         let placeholder = TreeHead {
             size: 0,
             root: merkle::empty_root(),
@@ -254,6 +257,12 @@ impl Ledger {
                         format!("the stored checkpoint does not verify with this data dir's log key: {e}"),
                     )
                 })?;
+                if cp.origin != config.origin {
+                    return Err(cfg_err(format!(
+                        "the stored checkpoint is for the log {:?}, not {:?}",
+                        cp.origin, config.origin
+                    )));
+                }
                 if cp.size != size || cp.root != frontier.root() {
                     return Err(LedgerError::new(
                         LedgerErrorCode::Integrity,
@@ -386,6 +395,9 @@ impl Ledger {
             ));
         }
         let end = end.min(size).min(start.saturating_add(MAX_ENTRY_RANGE));
+        if end <= start {
+            return Ok(Vec::new());
+        }
         let mut out = Vec::new();
         for kv in self
             .shared
@@ -672,33 +684,60 @@ impl Ledger {
         })
     }
 
-    /// Re-verifies everything from scratch: every entry's attestation, every
-    /// index, every subject's chain, and the Merkle root against the signed
-    /// checkpoint. Memory stays flat: chains are re-walked per subject.
+    /// Re-verifies everything from scratch, from one consistent snapshot:
+    /// every entry's attestation, every stored tree node and the root
+    /// against the signed checkpoint, the ID and chain indexes, every
+    /// subject's chain and its stored record and name/plugin index keys,
+    /// and that nothing is stored beyond the tree size. Memory stays flat:
+    /// chains are re-walked per subject.
     ///
     /// # Errors
-    /// The first problem found, with the index or subject it concerns.
+    /// `integrity`, naming the first problem found and the index or
+    /// subject it concerns.
     pub fn audit(&self) -> Result<AuditReport, LedgerError> {
-        let head = self.head();
+        let snap = Snap {
+            shared: &self.shared,
+            snap: self.shared.db.snapshot(),
+        };
         let fail = |m: String| LedgerError::new(LedgerErrorCode::Integrity, m);
+        let size = match snap.get(Ks::Meta, META_SIZE)? {
+            Some(v) => read_u64(&v)?,
+            None => 0,
+        };
+        let note = snap
+            .get(Ks::Meta, META_CHECKPOINT)?
+            .and_then(|n| String::from_utf8(n).ok())
+            .ok_or_else(|| fail("no readable signed checkpoint is stored".into()))?;
+        let cp = verify_checkpoint(&note, &self.shared.log_did)
+            .map_err(|e| fail(format!("stored checkpoint: {e}")))?;
+        if cp.size != size || cp.origin != self.shared.origin {
+            return Err(fail(format!(
+                "the signed checkpoint is for {:?} size {}; the log is {:?} size {size}",
+                cp.origin, cp.size, self.shared.origin
+            )));
+        }
         let mut frontier = Frontier::default();
-        for index in 0..head.size {
-            let bytes = self
-                .shared
+        for index in 0..size {
+            let bytes = snap
                 .get(Ks::Entries, &u64_key(index))?
                 .ok_or_else(|| missing("entry", index))?;
             let att =
                 verify_attestation(&bytes).map_err(|e| fail(format!("entry {index}: {e}")))?;
-            frontier.push(merkle::leaf_hash(&bytes));
+            for (level, i, hash) in frontier.push(merkle::leaf_hash(&bytes)) {
+                if snap.get(Ks::Nodes, &node_key(level, i))?.as_deref() != Some(&hash[..]) {
+                    return Err(fail(format!(
+                        "entry {index}: stored tree node at level {level} index {i} is wrong or missing"
+                    )));
+                }
+            }
             let st = att.statement();
-            if self.index_of(&att.id()).ok() != Some(index) {
+            let by_id = snap.get(Ks::ById, att.id().as_bytes())?;
+            if by_id.map(|v| read_u64(&v)).transpose()? != Some(index) {
                 return Err(fail(format!(
                     "entry {index}: the ID index does not point at it"
                 )));
             }
-            let at = self
-                .shared
-                .get(Ks::Chains, &chain_key(st.subject.public_key(), st.seq))?;
+            let at = snap.get(Ks::Chains, &chain_key(st.subject.public_key(), st.seq))?;
             if at.map(|v| read_u64(&v)).transpose()? != Some(index) {
                 return Err(fail(format!(
                     "entry {index}: the chain index of {} seq {} does not point at it",
@@ -706,50 +745,93 @@ impl Ledger {
                 )));
             }
         }
-        if frontier.root() != head.root {
+        if frontier.root() != cp.root {
             return Err(fail(format!(
                 "recomputed root {} differs from the signed checkpoint's {}",
                 hex::encode(frontier.root()),
-                hex::encode(head.root)
+                hex::encode(cp.root)
             )));
         }
-        verify_checkpoint(&head.checkpoint, &self.shared.log_did)?;
+        if let Some(kv) = snap.snap.last_key_value(self.shared.ks(Ks::Entries)) {
+            let k = kv.key().map_err(|e| LedgerError::storage("read", e))?;
+            if read_u64(&k)? >= size {
+                return Err(fail(format!(
+                    "an entry is stored beyond the tree size {size}"
+                )));
+            }
+        }
         let mut subjects = 0u64;
-        for kv in self.shared.ks(Ks::Subjects).iter() {
+        for kv in snap.snap.iter(self.shared.ks(Ks::Subjects)) {
             let (k, v) = kv
                 .into_inner()
                 .map_err(|e| LedgerError::storage("read", e))?;
             let rec = SubjectRecord::decode(&v)?;
+            let who = rec.head.subject.to_string();
             let mut state: Option<ChainHead> = None;
-            for link in self.shared.ks(Ks::Chains).prefix(&k) {
+            let (mut genesis_index, mut head_index, mut schema_index) = (None, 0, 0);
+            let (mut name, mut plugin) = (String::new(), None);
+            for link in snap.snap.prefix(self.shared.ks(Ks::Chains), &k) {
                 let (_, iv) = link
                     .into_inner()
                     .map_err(|e| LedgerError::storage("read", e))?;
-                let att = self.stored_attestation(read_u64(&iv)?)?;
+                let index = read_u64(&iv)?;
+                let bytes = snap
+                    .get(Ks::Entries, &u64_key(index))?
+                    .ok_or_else(|| missing("entry", index))?;
+                let att =
+                    verify_attestation(&bytes).map_err(|e| fail(format!("entry {index}: {e}")))?;
                 match state.as_mut() {
                     None => {
                         state = Some(
-                            ChainHead::genesis(&att)
-                                .map_err(|e| fail(format!("{}: {e}", rec.head.subject)))?,
-                        )
+                            ChainHead::genesis(&att).map_err(|e| fail(format!("{who}: {e}")))?,
+                        );
+                        genesis_index = Some(index);
                     }
-                    Some(s) => s
-                        .apply(&att)
-                        .map_err(|e| fail(format!("{}: {e}", rec.head.subject)))?,
+                    Some(s) => s.apply(&att).map_err(|e| fail(format!("{who}: {e}")))?,
+                }
+                head_index = index;
+                if let Some(schema) = att.statement().schema() {
+                    schema_index = index;
+                    (name, plugin) = match schema {
+                        Schema::Handler(h) => (h.name.clone(), Some(h.plugin.clone())),
+                        Schema::Plugin(p) => (p.name.clone(), None),
+                    };
                 }
             }
-            if state.as_ref() != Some(&rec.head) {
+            let expected = SubjectRecord {
+                head: state.ok_or_else(|| fail(format!("{who}: a record without statements")))?,
+                genesis_index: genesis_index.unwrap_or_default(),
+                head_index,
+                schema_index,
+                name,
+                plugin,
+            };
+            if expected != rec {
                 return Err(fail(format!(
-                    "{}: the stored head does not match its chain",
-                    rec.head.subject
+                    "{who}: the stored record does not match its chain"
                 )));
+            }
+            let subject = rec.head.subject.public_key();
+            if snap
+                .get(Ks::ByName, &name_key(rec.head.family, &rec.name, subject))?
+                .is_none()
+            {
+                return Err(fail(format!("{who}: missing from the name index")));
+            }
+            if let Some(p) = &rec.plugin {
+                if snap
+                    .get(Ks::ByPlugin, &plugin_key(p.public_key(), subject))?
+                    .is_none()
+                {
+                    return Err(fail(format!("{who}: missing from the plugin index")));
+                }
             }
             subjects += 1;
         }
         Ok(AuditReport {
-            entries: head.size,
+            entries: size,
             subjects,
-            root: head.root,
+            root: cp.root,
         })
     }
 
@@ -779,6 +861,21 @@ pub struct AuditReport {
     pub root: Hash,
 }
 
+/// Reads from one point-in-time snapshot.
+struct Snap<'a> {
+    shared: &'a Shared,
+    snap: fjall::Snapshot,
+}
+
+impl Snap<'_> {
+    fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.snap
+            .get(self.shared.ks(k), key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| LedgerError::storage("read", e))
+    }
+}
+
 fn unavailable() -> LedgerError {
     LedgerError::new(
         LedgerErrorCode::Unavailable,
@@ -793,10 +890,18 @@ fn missing(what: &str, index: u64) -> LedgerError {
     )
 }
 
-fn load_or_create_key(path: &Path) -> Result<(SigningKey, Did), LedgerError> {
+fn load_or_create_key(path: &Path, may_create: bool) -> Result<(SigningKey, Did), LedgerError> {
     let cfg = |m: String| LedgerError::new(LedgerErrorCode::Config, m);
     let key = match keyfile::load(path) {
         Ok(k) => k,
+        Err(keyfile::KeyFileError::Io(e))
+            if e.kind() == std::io::ErrorKind::NotFound && !may_create =>
+        {
+            return Err(cfg(format!(
+                "{} is missing, but the log already has signed checkpoints: restore the log's key file",
+                path.display()
+            )));
+        }
         Err(keyfile::KeyFileError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
             let key =
                 keyfile::generate().map_err(|e| cfg(format!("generating the log key: {e}")))?;
@@ -868,7 +973,13 @@ impl Stage<'_> {
             })?,
             Some(rec) => {
                 let mut head = rec.head.clone();
-                if st.seq <= head.seq && st.subject == head.subject {
+                if st.family != head.family {
+                    return Err(LedgerError::Rejected(crate::attest::Error::new(
+                        ErrorCode::FamilyMismatch,
+                        format!("a {} statement about {}, which is a {}", st.kind(), st.subject, head.family.as_str()),
+                    )));
+                }
+                if st.seq <= head.seq {
                     return Err(self.repeated(att, &subject)?);
                 }
                 head.apply(att)?;
