@@ -269,7 +269,20 @@ fn fuzz_corpus_is_generated_from_the_vectors() {
 /// Codes listed in the error table of spec/attestation.md: rows of the form
 /// "| `code` | …".
 fn spec_codes() -> BTreeSet<String> {
-    let spec = fs::read_to_string("spec/attestation.md").expect("spec/attestation.md");
+    table_codes("spec/attestation.md")
+}
+
+#[test]
+fn ledger_spec_lists_exactly_the_ledger_codes() {
+    let lib: BTreeSet<String> = pulse_ledger::ledger::LedgerErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    assert_eq!(table_codes("spec/ledger.md"), lib);
+}
+
+fn table_codes(path: &str) -> BTreeSet<String> {
+    let spec = fs::read_to_string(path).expect(path);
     spec.lines()
         .filter_map(|l| l.strip_prefix("| `"))
         .filter_map(|l| l.split_once('`').map(|(c, _)| c.to_owned()))
