@@ -33,6 +33,8 @@ mod attest;
 mod keyfile;
 pub mod ledger;
 
+pub mod api;
+
 pub mod cli;
 
 // The public interface of the library.

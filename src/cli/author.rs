@@ -64,6 +64,10 @@ pub(crate) enum Verb {
     /// Revoke the handler for good.
     #[command(after_help = HANDLER_EXAMPLES)]
     Revoke(RevokeArgs),
+    /// Show a handler's current state from a server.
+    Show(super::client::ShowArgs),
+    /// List handlers on a server.
+    List(super::client::ListArgs),
 }
 
 /// Plugin statements.
@@ -101,6 +105,10 @@ pub(crate) enum PluginVerb {
     /// Revoke the plugin for good.
     #[command(after_help = PLUGIN_EXAMPLES)]
     Revoke(RevokeArgs),
+    /// Show a plugin's current state from a server.
+    Show(super::client::ShowArgs),
+    /// List plugins on a server.
+    List(super::client::ListArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -253,6 +261,8 @@ pub(crate) fn run_handler(verb: Verb) -> Result<ExitCode, CliError> {
         }
         Verb::Rotate(a) => rotate(a, Family::Handler),
         Verb::Revoke(a) => revoke(a, Family::Handler),
+        Verb::Show(a) => super::client::show(a),
+        Verb::List(a) => super::client::list(a, false),
     }
 }
 
@@ -285,6 +295,8 @@ pub(crate) fn run_plugin(verb: PluginVerb) -> Result<ExitCode, CliError> {
         }
         PluginVerb::Rotate(a) => rotate(a, Family::Plugin),
         PluginVerb::Revoke(a) => revoke(a, Family::Plugin),
+        PluginVerb::Show(a) => super::client::show(a),
+        PluginVerb::List(a) => super::client::list(a, true),
     }
 }
 

@@ -22,6 +22,14 @@ pub enum CliError {
     /// Arguments that do not make sense together, or a bad file.
     #[error("{0}")]
     Usage(String),
+    /// The server refused a call.
+    #[error("server: {message}")]
+    Server {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The status message (starts with the spec error code).
+        message: String,
+    },
     /// An input file is not a valid attestation.
     #[error("{}: {source}", path.display())]
     Invalid {
@@ -36,6 +44,7 @@ impl CliError {
     pub(crate) fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Invalid { .. } => ExitCode::from(EXIT_VERIFY_FAILED),
+            CliError::Server { code, .. } => ExitCode::from(super::client::server_exit(*code)),
             _ => ExitCode::from(EXIT_USAGE),
         }
     }

@@ -3,11 +3,13 @@
 //! Exit codes: 0 success, 1 verification failed, 2 usage or I/O error.
 
 mod author;
+mod client;
 mod error;
 mod files;
 mod inspect;
 
 mod keygen;
+mod serve;
 mod verify;
 
 use std::process::ExitCode;
@@ -24,12 +26,15 @@ pub use error::CliError;
     about,
     after_help = "\
 Quick start:
+  pulse-ledger serve &                       # gRPC on 127.0.0.1:7300, data in ./pulse-ledger-data
   pulse-ledger keygen --out handler.key
   pulse-ledger keygen --out plugin.key
   pulse-ledger plugin new --key plugin.key --name py-runner --version 1.0.0 --out p0.att
   pulse-ledger handler new --key handler.key --name python.script --version 1.0.0 \\
       --plugin did:key:z6Mk... --out h0.att
-  pulse-ledger verify chain h0.att
+  pulse-ledger submit p0.att h0.att
+  pulse-ledger handler show did:key:z6Mk...
+  pulse-ledger log checkpoint
 
 Exit status: 0 success, 1 verification failed, 2 usage or I/O error."
 )]
@@ -53,6 +58,13 @@ enum Command {
     Verify(verify::Target),
     /// Print an attestation for people (or as JSON).
     Inspect(inspect::Args),
+    /// Run the gRPC registry API on an embedded data dir.
+    Serve(serve::Args),
+    /// Submit attestation files to a server's log.
+    Submit(client::SubmitArgs),
+    /// Read a server's log: info, checkpoint, entries, watch.
+    #[command(subcommand)]
+    Log(client::LogCmd),
 }
 
 impl Cli {
@@ -65,6 +77,9 @@ impl Cli {
             Command::Plugin(v) => author::run_plugin(v),
             Command::Verify(t) => verify::run(t),
             Command::Inspect(a) => inspect::run(a),
+            Command::Serve(a) => serve::run(a),
+            Command::Submit(a) => client::submit(a),
+            Command::Log(c) => client::log(c),
         };
         match result {
             Ok(code) => code,

@@ -122,6 +122,8 @@ struct Shared {
     head: RwLock<TreeHead>,
     /// Set after a failed commit: the ledger refuses writes (fail-stop).
     failed: Mutex<Option<String>>,
+    /// The committed tree size, for watchers (`WatchEntries`).
+    size_tx: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -244,6 +246,7 @@ impl Ledger {
             log_did,
             head: RwLock::new(placeholder),
             failed: Mutex::new(None),
+            size_tx: tokio::sync::watch::Sender::new(size),
         });
         let frontier = Frontier::load(&*shared, size)?;
         let head = match note {
@@ -331,6 +334,12 @@ impl Ledger {
     /// The log's name (checkpoint origin).
     pub fn origin(&self) -> &str {
         &self.shared.origin
+    }
+
+    /// A receiver of the committed tree size, updated after every commit:
+    /// wait on it to follow the log as it grows.
+    pub fn watch_size(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.size_tx.subscribe()
     }
 
     /// The newest signed tree head.
@@ -454,6 +463,22 @@ impl Ledger {
             )
         })?;
         Ok(ChainState::from_parts(rec.head, schema))
+    }
+
+    /// The log index of each of a subject's statements, by seq.
+    ///
+    /// # Errors
+    /// `not_found` if the subject is unknown.
+    pub fn statement_indexes(&self, subject: &Did) -> Result<Vec<u64>, LedgerError> {
+        self.subject(subject)?;
+        let mut out = Vec::new();
+        for kv in self.shared.ks(Ks::Chains).prefix(subject.public_key()) {
+            let (_, v) = kv
+                .into_inner()
+                .map_err(|e| LedgerError::storage("read", e))?;
+            out.push(read_u64(&v)?);
+        }
+        Ok(out)
     }
 
     /// A subject's statements in order, with their log indexes.
@@ -1133,7 +1158,9 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Job>, mut frontier: Frontier, max_
             Ok(new_head) => {
                 if let Some(h) = new_head {
                     frontier = stage.frontier;
+                    let size = h.size;
                     *shared.head.write().unwrap_or_else(|p| p.into_inner()) = h;
+                    shared.size_tx.send_replace(size);
                 }
                 let head = shared
                     .head

@@ -1,0 +1,157 @@
+//! Prometheus metrics: a few counters and one histogram, exposed in the
+//! text format on `--metrics-listen`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Upper bounds (seconds) of the append latency histogram.
+const BUCKETS: [f64; 11] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+/// Longest HTTP request head read from a metrics client.
+const MAX_REQUEST_HEAD: usize = 8192;
+
+/// Server counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    appended: AtomicU64,
+    duplicates: AtomicU64,
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_micros: AtomicU64,
+    log_size: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn appended(&self, duplicate: bool, took: Duration, size: u64) {
+        if duplicate {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.appended.fetch_add(1, Ordering::Relaxed);
+        }
+        let secs = took.as_secs_f64();
+        for (b, bound) in self.buckets.iter().zip(BUCKETS) {
+            if secs <= bound {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.log_size.fetch_max(size, Ordering::Relaxed);
+    }
+
+    pub(crate) fn rejected(&self, code: &'static str) {
+        *self
+            .rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(code)
+            .or_default() += 1;
+    }
+
+    pub(crate) fn set_log_size(&self, size: u64) {
+        self.log_size.fetch_max(size, Ordering::Relaxed);
+    }
+
+    /// The metrics in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP pulse_ledger_appends_total Accepted submissions."
+        );
+        let _ = writeln!(out, "# TYPE pulse_ledger_appends_total counter");
+        let _ = writeln!(
+            out,
+            "pulse_ledger_appends_total{{result=\"appended\"}} {}",
+            r(&self.appended)
+        );
+        let _ = writeln!(
+            out,
+            "pulse_ledger_appends_total{{result=\"duplicate\"}} {}",
+            r(&self.duplicates)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP pulse_ledger_rejects_total Rejected submissions by spec error code."
+        );
+        let _ = writeln!(out, "# TYPE pulse_ledger_rejects_total counter");
+        for (code, n) in self
+            .rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "pulse_ledger_rejects_total{{code=\"{code}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP pulse_ledger_append_seconds Time from request to durable append."
+        );
+        let _ = writeln!(out, "# TYPE pulse_ledger_append_seconds histogram");
+        for (b, bound) in self.buckets.iter().zip(BUCKETS) {
+            let _ = writeln!(
+                out,
+                "pulse_ledger_append_seconds_bucket{{le=\"{bound}\"}} {}",
+                r(b)
+            );
+        }
+        let count = r(&self.latency_count);
+        let _ = writeln!(
+            out,
+            "pulse_ledger_append_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "pulse_ledger_append_seconds_sum {}",
+            r(&self.latency_micros) as f64 / 1e6
+        );
+        let _ = writeln!(out, "pulse_ledger_append_seconds_count {count}");
+        let _ = writeln!(out, "# HELP pulse_ledger_log_size Entries in the log.");
+        let _ = writeln!(out, "# TYPE pulse_ledger_log_size gauge");
+        let _ = writeln!(out, "pulse_ledger_log_size {}", r(&self.log_size));
+        out
+    }
+}
+
+/// Serves `GET /metrics` over plain HTTP/1.1 until the task is dropped.
+pub(crate) async fn serve_metrics(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
+    loop {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = std::sync::Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let (status, body) = if head.starts_with(b"GET /metrics ") {
+                ("200 OK", metrics.render())
+            } else {
+                (
+                    "404 Not Found",
+                    "only GET /metrics is served here\n".to_owned(),
+                )
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+        });
+    }
+}

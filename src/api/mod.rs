@@ -1,0 +1,22 @@
+//! The gRPC interfaces: generated protobuf types (the wire API, usable as a
+//! client SDK), the registry service over the ledger, and the server.
+
+mod metrics;
+mod registry;
+mod server;
+mod status;
+
+pub use metrics::Metrics;
+pub use registry::RegistryService;
+pub use server::{MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, ServeConfig, ServeError, serve};
+pub use status::{ERROR_DOMAIN, to_status};
+
+/// Types and client/server stubs generated from `proto/pulse_ledger/v1`.
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("pulse_ledger.v1");
+
+    /// The encoded file descriptor set of every proto, for reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/pulse_ledger_descriptor.bin"));
+}

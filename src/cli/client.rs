@@ -1,0 +1,410 @@
+//! Client commands against a running server: `submit`, `handler show|list`,
+//! `log info|checkpoint|entries|watch`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde_json::json;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+use super::error::{CliError, EXIT_USAGE, EXIT_VERIFY_FAILED};
+use super::files;
+use crate::api::proto::{self, registry_client::RegistryClient};
+
+/// Default server address for client commands.
+pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:7300";
+
+/// Where the server is.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ServerArg {
+    /// Registry server URL.
+    #[arg(long, env = "PULSE_LEDGER_SERVER", default_value = DEFAULT_SERVER, value_name = "URL")]
+    server: String,
+}
+
+/// Submit attestation files to the log.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  pulse-ledger submit h0.att
+  pulse-ledger submit --server http://ledger:7300 p0.att h0.att h1.att
+
+Prints `FILE index N id ID` per accepted file (`duplicate` if it was already
+in the log) or `FILE rejected CODE: message`. Many files are sent over one
+stream, in order. Exit status 1 if any file was rejected, 2 if the server
+cannot be reached or a file cannot be read.")]
+pub(crate) struct SubmitArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// Attestation files, in the order to append them.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Print one JSON object per file.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Show a subject's current state from the server.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  pulse-ledger handler show did:key:z6Mk...
+  pulse-ledger handler show --json did:key:z6Mk... | jq .schema")]
+pub(crate) struct ShowArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// The handler's (or plugin's) did:key.
+    did: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// List subjects, a page at a time.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  pulse-ledger handler list
+  pulse-ledger handler list --name-prefix python. --plugin did:key:z6Mk... --all
+  pulse-ledger handler list --page-size 50 --page-token <token from the last page>")]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// Only names starting with this.
+    #[arg(long, default_value = "")]
+    name_prefix: String,
+    /// Only handlers bound to this plugin did:key.
+    #[arg(long, value_name = "DID")]
+    plugin: Option<String>,
+    /// Include revoked subjects.
+    #[arg(long)]
+    include_revoked: bool,
+    /// Entries per page (1..1000).
+    #[arg(long, default_value_t = 100)]
+    page_size: u32,
+    /// Continue after a previous page (hex token it printed).
+    #[arg(long)]
+    page_token: Option<String>,
+    /// Follow every page to the end.
+    #[arg(long)]
+    all: bool,
+    /// Print JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Read the log.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum LogCmd {
+    /// The log's did:key, name, size and root.
+    #[command(after_help = "Example:\n  pulse-ledger log info --server http://127.0.0.1:7300")]
+    Info {
+        #[command(flatten)]
+        server: ServerArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The newest signed checkpoint (C2SP signed note), as the server sent it.
+    #[command(after_help = "Example:\n  pulse-ledger log checkpoint > checkpoint.txt")]
+    Checkpoint {
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Entries by index range.
+    #[command(after_help = "Example:\n  pulse-ledger log entries --from 0 --to 10")]
+    Entries {
+        #[command(flatten)]
+        server: ServerArg,
+        /// First index (inclusive).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Last index (exclusive); default: 100 after --from.
+        #[arg(long)]
+        to: Option<u64>,
+        /// Print JSON lines with the envelope in hex.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow the log: every entry from --from on, then new ones as they come.
+    #[command(after_help = "Example:\n  pulse-ledger log watch --from 1200")]
+    Watch {
+        #[command(flatten)]
+        server: ServerArg,
+        /// First index.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Print JSON lines with the envelope in hex.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Usage(format!("cannot start the async runtime: {e}")))
+}
+
+async fn connect(server: &ServerArg) -> Result<RegistryClient<Channel>, CliError> {
+    let endpoint = Endpoint::from_shared(server.server.clone())
+        .map_err(|e| CliError::Usage(format!("--server {}: {e}", server.server)))?
+        .tcp_nodelay(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot reach {}: {e}", server.server)))?;
+    Ok(RegistryClient::new(channel).max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES))
+}
+
+/// A failed call: rejections (the caller's input) exit 1, the rest 2.
+fn call_failed(status: &tonic::Status) -> CliError {
+    CliError::Server {
+        code: status.code(),
+        message: status.message().to_owned(),
+    }
+}
+
+pub(crate) fn submit(args: SubmitArgs) -> Result<ExitCode, CliError> {
+    let envelopes = args
+        .files
+        .iter()
+        .map(|p| files::read_envelope(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    runtime()?.block_on(async move {
+        let mut client = connect(&args.server).await?;
+        let mut worst = 0u8;
+        let mut report = |file: &PathBuf, result: Result<proto::SubmitResponse, (String, String)>| {
+            let shown = file.display().to_string();
+            match result {
+                Ok(r) => {
+                    let id = hex::encode(&r.attestation_id);
+                    if args.json {
+                        println!("{}", json!({"file": shown, "ok": true, "index": r.index, "id": id, "duplicate": r.duplicate}));
+                    } else {
+                        let dup = if r.duplicate { " duplicate" } else { "" };
+                        println!("{shown} index {} id {id}{dup}", r.index);
+                    }
+                }
+                Err((code, message)) => {
+                    worst = worst.max(EXIT_VERIFY_FAILED);
+                    if args.json {
+                        println!("{}", json!({"file": shown, "ok": false, "code": code, "message": message}));
+                    } else {
+                        println!("{shown} rejected {message}");
+                    }
+                }
+            }
+        };
+        if envelopes.len() == 1 {
+            let envelope = envelopes.into_iter().next().unwrap_or_default();
+            match client.submit(proto::SubmitRequest { envelope }).await {
+                Ok(r) => report(&args.files[0], Ok(r.into_inner())),
+                Err(s) if is_rejection(s.code()) => {
+                    use tonic_types::StatusExt;
+                    let code = s.get_details_error_info().map(|i| i.reason).unwrap_or_default();
+                    report(&args.files[0], Err((code, s.message().to_owned())));
+                }
+                Err(s) => return Err(call_failed(&s)),
+            }
+        } else {
+            let requests = tokio_stream::iter(envelopes.into_iter().map(|envelope| proto::SubmitRequest { envelope }));
+            let mut responses = client
+                .submit_stream(requests)
+                .await
+                .map_err(|s| call_failed(&s))?
+                .into_inner();
+            let mut seen = 0usize;
+            while let Some(item) = responses.next().await {
+                let item = item.map_err(|s| call_failed(&s))?;
+                let file = &args.files[(item.position as usize).min(args.files.len() - 1)];
+                match item.result {
+                    Some(proto::submit_stream_response::Result::Accepted(r)) => report(file, Ok(r)),
+                    Some(proto::submit_stream_response::Result::Rejected(e)) => report(file, Err((e.code, e.message))),
+                    None => report(file, Err(("internal".into(), "empty response".into()))),
+                }
+                seen += 1;
+            }
+            if seen != args.files.len() {
+                return Err(CliError::Usage(format!("the server answered {seen} of {} files", args.files.len())));
+            }
+        }
+        Ok(ExitCode::from(worst))
+    })
+}
+
+fn is_rejection(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::InvalidArgument
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::AlreadyExists
+            | tonic::Code::ResourceExhausted
+    )
+}
+
+pub(crate) fn show(args: ShowArgs) -> Result<ExitCode, CliError> {
+    runtime()?.block_on(async move {
+        let mut client = connect(&args.server).await?;
+        let s = client
+            .get_subject(proto::GetSubjectRequest { did: args.did.clone() })
+            .await
+            .map_err(|s| call_failed(&s))?
+            .into_inner()
+            .subject
+            .unwrap_or_default();
+        let schema: serde_json::Value = serde_json::from_str(&s.schema_json).unwrap_or_default();
+        if args.json {
+            println!("{}", json!({
+                "did": s.did, "family": family(s.family), "key": s.current_key, "seq": s.seq,
+                "head": hex::encode(&s.head_id), "issued_at": s.issued_at_ms, "revoked": s.revoked,
+                "schema": schema, "statement_indexes": s.statement_indexes,
+            }));
+        } else {
+            println!("subject  {}", s.did);
+            println!("family   {}", family(s.family));
+            println!("name     {}", s.name);
+            if !s.plugin.is_empty() {
+                println!("plugin   {}", s.plugin);
+            }
+            println!("key      {}", s.current_key);
+            println!("seq      {}", s.seq);
+            println!("head     {}", hex::encode(&s.head_id));
+            println!("revoked  {}", if s.revoked { "yes" } else { "no" });
+            println!("indexes  {:?}", s.statement_indexes);
+            println!("schema   {schema}");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn family(f: i32) -> &'static str {
+    if f == proto::Family::Plugin as i32 {
+        "plugin"
+    } else {
+        "handler"
+    }
+}
+
+pub(crate) fn list(args: ListArgs, plugins: bool) -> Result<ExitCode, CliError> {
+    let mut token = match &args.page_token {
+        Some(t) => hex::decode(t).map_err(|_| {
+            CliError::Usage("--page-token is the hex token a previous page printed".into())
+        })?,
+        None => Vec::new(),
+    };
+    runtime()?.block_on(async move {
+        let mut client = connect(&args.server).await?;
+        loop {
+            let page = client
+                .list_handlers(proto::ListHandlersRequest {
+                    name_prefix: args.name_prefix.clone(),
+                    plugin: args.plugin.clone().unwrap_or_default(),
+                    include_revoked: args.include_revoked,
+                    page_size: args.page_size,
+                    page_token: token.clone(),
+                    family: if plugins { proto::Family::Plugin as i32 } else { proto::Family::Handler as i32 },
+                })
+                .await
+                .map_err(|s| call_failed(&s))?
+                .into_inner();
+            for h in &page.handlers {
+                if args.json {
+                    println!("{}", json!({"did": h.did, "name": h.name, "plugin": h.plugin, "seq": h.seq, "revoked": h.revoked}));
+                } else {
+                    let revoked = if h.revoked { " (revoked)" } else { "" };
+                    println!("{} {} seq {}{revoked}", h.name, h.did, h.seq);
+                }
+            }
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            if !args.all {
+                eprintln!("next page: --page-token {}", hex::encode(&page.next_page_token));
+                break;
+            }
+            token = page.next_page_token;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub(crate) fn log(cmd: LogCmd) -> Result<ExitCode, CliError> {
+    runtime()?.block_on(async move {
+        match cmd {
+            LogCmd::Info { server, json } => {
+                let i = connect(&server).await?.get_log_info(proto::GetLogInfoRequest {}).await.map_err(|s| call_failed(&s))?.into_inner();
+                if json {
+                    println!("{}", json!({"log_did": i.log_did, "origin": i.origin, "size": i.size, "root": hex::encode(&i.root_hash), "verifier_key": i.verifier_key}));
+                } else {
+                    println!("origin        {}", i.origin);
+                    println!("log key       {}", i.log_did);
+                    println!("verifier key  {}", i.verifier_key);
+                    println!("size          {}", i.size);
+                    println!("root          {}", hex::encode(&i.root_hash));
+                }
+            }
+            LogCmd::Checkpoint { server } => {
+                let c = connect(&server).await?.get_checkpoint(proto::GetCheckpointRequest {}).await.map_err(|s| call_failed(&s))?.into_inner();
+                print!("{}", c.checkpoint.unwrap_or_default().note);
+            }
+            LogCmd::Entries { server, from, to, json } => {
+                let mut client = connect(&server).await?;
+                let end = to.unwrap_or(from.saturating_add(100));
+                let mut next = from;
+                while next < end {
+                    let r = client.get_entries(proto::GetEntriesRequest { start: next, end }).await.map_err(|s| call_failed(&s))?.into_inner();
+                    if r.entries.is_empty() {
+                        break;
+                    }
+                    for e in &r.entries {
+                        print_entry(e, json);
+                        next = e.index + 1;
+                    }
+                }
+            }
+            LogCmd::Watch { server, from, json } => {
+                let mut stream = connect(&server).await?.watch_entries(proto::WatchEntriesRequest { from }).await.map_err(|s| call_failed(&s))?.into_inner();
+                while let Some(e) = stream.next().await {
+                    print_entry(&e.map_err(|s| call_failed(&s))?, json);
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn print_entry(e: &proto::Entry, json: bool) {
+    let id = crate::AttestationId::of(&e.envelope);
+    if json {
+        println!(
+            "{}",
+            json!({"index": e.index, "id": id.to_string(), "envelope": hex::encode(&e.envelope)})
+        );
+        return;
+    }
+    match crate::verify_attestation(&e.envelope) {
+        Ok(att) => {
+            let st = att.statement();
+            println!(
+                "{} {id} {} {} seq {}",
+                e.index,
+                st.kind(),
+                st.subject,
+                st.seq
+            );
+        }
+        Err(err) => println!("{} {id} INVALID {err}", e.index),
+    }
+}
+
+/// Exit status for a server error.
+pub(crate) fn server_exit(code: tonic::Code) -> u8 {
+    if is_rejection(code) || code == tonic::Code::NotFound {
+        EXIT_VERIFY_FAILED
+    } else {
+        EXIT_USAGE
+    }
+}
