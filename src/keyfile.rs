@@ -58,15 +58,40 @@ pub(crate) fn load(path: &Path) -> Result<SigningKey, KeyFileError> {
     parse(&text).map_err(KeyFileError::Format)
 }
 
-/// Writes a new key file with mode 0600 and syncs it; never replaces one.
+/// Writes a new key file with mode 0600, durably: the bytes go to a
+/// temporary file that is synced, then linked into place (never replacing
+/// an existing file), then the directory is synced. A crash leaves either no
+/// key file or a complete one.
 pub(crate) fn create(path: &Path, key: &SigningKey, did: &Did) -> Result<(), KeyFileError> {
-    write_new(path, render(key, did).as_bytes(), 0o600).map_err(|e| {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    write_new(&tmp, render(key, did).as_bytes(), 0o600)?;
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    linked.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             KeyFileError::Exists
         } else {
             KeyFileError::Io(e)
         }
-    })
+    })?;
+    sync_dir(path)?;
+    Ok(())
+}
+
+/// Syncs the directory holding `path`, so a new name in it survives a crash.
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        fs::File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 /// Writes a new file with the given Unix mode, refusing to replace an

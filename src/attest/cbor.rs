@@ -247,7 +247,9 @@ impl Reader<'_> {
             }
             4 => {
                 let n = self.nested(arg, start, depth)?;
-                let mut items = Vec::with_capacity(n);
+                // Grow as items arrive: a declared length is not proof of
+                // content, so it must not size an allocation.
+                let mut items = Vec::with_capacity(n.min(16));
                 for _ in 0..n {
                     items.push(self.item(depth + 1)?);
                 }
@@ -255,7 +257,7 @@ impl Reader<'_> {
             }
             5 => {
                 let n = self.nested(arg, start, depth)?;
-                let mut entries: Vec<(String, Value)> = Vec::with_capacity(n);
+                let mut entries: Vec<(String, Value)> = Vec::with_capacity(n.min(16));
                 for _ in 0..n {
                     let key_at = self.pos;
                     let key = match self.item(depth + 1)? {

@@ -193,10 +193,11 @@ impl ChainHead {
                 format!("statement {} is already the head of the chain", att.id()),
             ));
         }
-        if st.seq != self.seq + 1 {
+        let next = self.seq.saturating_add(1);
+        if st.seq != next || next == self.seq {
             return Err(Error::new(
                 ErrorCode::SeqGap,
-                format!("body.seq is {}; the next seq is {}", st.seq, self.seq + 1),
+                format!("body.seq is {}; the next seq is {next}", st.seq),
             ));
         }
         if self.revoked {

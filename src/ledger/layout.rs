@@ -21,7 +21,8 @@ pub(crate) enum Ks {
     ByName,
     /// plugin key (32) ‖ handler key (32) → empty.
     ByPlugin,
-    /// subject key (32) ‖ seq (u64 BE) ‖ rejected ID (32) → logged index (u64 BE) ‖ rejected envelope.
+    /// subject key (32) ‖ seq (u64 BE) → logged index (u64 BE) ‖ the first
+    /// rejected envelope for that seq (one record per seq bounds storage).
     Equivocations,
     /// text key → value: `size` (u64 BE), `checkpoint` (signed note), `origin`.
     Meta,
@@ -101,11 +102,8 @@ pub(crate) fn plugin_key(plugin: &[u8; 32], handler: &[u8; 32]) -> [u8; 64] {
     k
 }
 
-pub(crate) fn equivocation_key(subject: &[u8; 32], seq: u64, id: &AttestationId) -> [u8; 72] {
-    let mut k = [0u8; 72];
-    k[..40].copy_from_slice(&chain_key(subject, seq));
-    k[40..].copy_from_slice(id.as_bytes());
-    k
+pub(crate) fn equivocation_key(subject: &[u8; 32], seq: u64) -> [u8; 40] {
+    chain_key(subject, seq)
 }
 
 pub(crate) fn family_byte(f: Family) -> u8 {

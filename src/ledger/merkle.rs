@@ -318,7 +318,9 @@ impl Frontier {
         let mut roots = Vec::new();
         for level in (0..64u8).rev() {
             if size >> level & 1 == 1 {
-                let start = (size >> (level + 1)) << (level + 1);
+                // checked: level 63 would shift by 64.
+                let above = size.checked_shr(u32::from(level) + 1).unwrap_or(0);
+                let start = above.checked_shl(u32::from(level) + 1).unwrap_or(0);
                 roots.push(src.node(level, start >> level)?);
             }
         }

@@ -378,16 +378,7 @@ impl Ledger {
     /// # Errors
     /// `index_out_of_range` beyond the signed tree size.
     pub fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
-        let size = self.head().size;
-        if index >= size {
-            return Err(LedgerError::new(
-                LedgerErrorCode::IndexOutOfRange,
-                format!("index {index} is not below the tree size {size}"),
-            ));
-        }
-        self.shared
-            .get(Ks::Entries, &u64_key(index))?
-            .ok_or_else(|| missing("entry", index))
+        self.view().entry(index)
     }
 
     /// Entries `start .. end` (end capped at the tree size and at
@@ -396,29 +387,7 @@ impl Ledger {
     /// # Errors
     /// `index_out_of_range` if `start` is beyond the tree size.
     pub fn entries(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
-        let size = self.head().size;
-        if start > size {
-            return Err(LedgerError::new(
-                LedgerErrorCode::IndexOutOfRange,
-                format!("start {start} is beyond the tree size {size}"),
-            ));
-        }
-        let end = end.min(size).min(start.saturating_add(MAX_ENTRY_RANGE));
-        if end <= start {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::new();
-        for kv in self
-            .shared
-            .ks(Ks::Entries)
-            .range(u64_key(start)..u64_key(end))
-        {
-            let (k, v) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
-            out.push((read_u64(&k)?, v.to_vec()));
-        }
-        Ok(out)
+        self.view().entries(start, end)
     }
 
     /// The log index of an attestation.
@@ -426,13 +395,7 @@ impl Ledger {
     /// # Errors
     /// `not_found` if it is not in the log.
     pub fn index_of(&self, id: &AttestationId) -> Result<u64, LedgerError> {
-        match self.shared.get(Ks::ById, id.as_bytes())? {
-            Some(v) => read_u64(&v),
-            None => Err(LedgerError::new(
-                LedgerErrorCode::NotFound,
-                format!("attestation {id} is not in the log"),
-            )),
-        }
+        self.view().index_of(id)
     }
 
     /// The stored record of a subject.
@@ -440,13 +403,7 @@ impl Ledger {
     /// # Errors
     /// `not_found` if no statement about it is in the log.
     pub fn subject(&self, subject: &Did) -> Result<SubjectRecord, LedgerError> {
-        match self.shared.get(Ks::Subjects, subject.public_key())? {
-            Some(v) => SubjectRecord::decode(&v),
-            None => Err(LedgerError::new(
-                LedgerErrorCode::NotFound,
-                format!("no statement about {subject} is in the log"),
-            )),
-        }
+        self.view().subject(subject)
     }
 
     /// The subject's full current state, schema included.
@@ -454,15 +411,7 @@ impl Ledger {
     /// # Errors
     /// As [`Ledger::subject`]; `integrity` if the schema entry is unreadable.
     pub fn subject_state(&self, subject: &Did) -> Result<ChainState, LedgerError> {
-        let rec = self.subject(subject)?;
-        let att = self.stored_attestation(rec.schema_index)?;
-        let schema = att.statement().schema().cloned().ok_or_else(|| {
-            LedgerError::new(
-                LedgerErrorCode::Integrity,
-                "schema index points at a statement without a schema",
-            )
-        })?;
-        Ok(ChainState::from_parts(rec.head, schema))
+        self.view().subject_state(subject)
     }
 
     /// The log index of each of a subject's statements, by seq.
@@ -470,15 +419,7 @@ impl Ledger {
     /// # Errors
     /// `not_found` if the subject is unknown.
     pub fn statement_indexes(&self, subject: &Did) -> Result<Vec<u64>, LedgerError> {
-        self.subject(subject)?;
-        let mut out = Vec::new();
-        for kv in self.shared.ks(Ks::Chains).prefix(subject.public_key()) {
-            let (_, v) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
-            out.push(read_u64(&v)?);
-        }
-        Ok(out)
+        self.view().statement_indexes(subject)
     }
 
     /// A subject's statements in order, with their log indexes.
@@ -486,16 +427,7 @@ impl Ledger {
     /// # Errors
     /// `not_found` if the subject is unknown.
     pub fn chain(&self, subject: &Did) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
-        self.subject(subject)?;
-        let mut out = Vec::new();
-        for kv in self.shared.ks(Ks::Chains).prefix(subject.public_key()) {
-            let (_, v) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
-            let index = read_u64(&v)?;
-            out.push((index, self.entry(index)?));
-        }
-        Ok(out)
+        self.view().chain(subject)
     }
 
     /// Subjects in a stable order (family, name, ID), after `cursor` (the
@@ -510,53 +442,7 @@ impl Ledger {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<SubjectRecord>, Option<Vec<u8>>), LedgerError> {
-        let limit = limit.clamp(1, MAX_PAGE);
-        let family = filter.family.unwrap_or(Family::Handler);
-        let mut prefix = vec![layout::family_byte(family)];
-        prefix.extend_from_slice(filter.name_prefix.as_bytes());
-        let iter = match cursor {
-            Some(c) => {
-                let mut after = c.to_vec();
-                after.push(0);
-                self.shared.ks(Ks::ByName).range(after..)
-            }
-            None => self.shared.ks(Ks::ByName).range(prefix.clone()..),
-        };
-        let mut page = Vec::new();
-        let mut last = None;
-        for kv in iter {
-            let (k, _) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let subject: [u8; 32] = k[k.len() - 32..]
-                .try_into()
-                .map_err(|_| LedgerError::new(LedgerErrorCode::Integrity, "name index key"))?;
-            let rec = match self.shared.get(Ks::Subjects, &subject)? {
-                Some(v) => SubjectRecord::decode(&v)?,
-                None => {
-                    return Err(LedgerError::new(
-                        LedgerErrorCode::Integrity,
-                        "name index points at no subject",
-                    ));
-                }
-            };
-            last = Some(k.to_vec());
-            let plugin_ok = filter
-                .plugin
-                .as_ref()
-                .is_none_or(|p| rec.plugin.as_ref() == Some(p));
-            if plugin_ok && (filter.include_revoked || !rec.head.revoked) {
-                page.push(rec);
-                if page.len() == limit {
-                    break;
-                }
-            }
-        }
-        let next = if page.len() == limit { last } else { None };
-        Ok((page, next))
+        self.view().list_subjects(filter, cursor, limit)
     }
 
     /// Handlers whose current schema names `plugin`, in handler-ID order,
@@ -570,29 +456,7 @@ impl Ledger {
         cursor: Option<&Did>,
         limit: usize,
     ) -> Result<Vec<SubjectRecord>, LedgerError> {
-        let limit = limit.clamp(1, MAX_PAGE);
-        let start = match cursor {
-            Some(c) => {
-                let mut k = plugin_key(plugin.public_key(), c.public_key()).to_vec();
-                k.push(0);
-                k
-            }
-            None => plugin.public_key().to_vec(),
-        };
-        let mut out = Vec::new();
-        for kv in self.shared.ks(Ks::ByPlugin).range(start..) {
-            let (k, _) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
-            if !k.starts_with(plugin.public_key()) || out.len() == limit {
-                break;
-            }
-            let handler = &k[32..];
-            if let Some(v) = self.shared.get(Ks::Subjects, handler)? {
-                out.push(SubjectRecord::decode(&v)?);
-            }
-        }
-        Ok(out)
+        self.view().handlers_of_plugin(plugin, cursor, limit)
     }
 
     /// Stored equivocation evidence in (subject key, seq, rejected ID)
@@ -607,39 +471,7 @@ impl Ledger {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<EquivocationRecord>, Option<Vec<u8>>), LedgerError> {
-        let limit = limit.clamp(1, MAX_PAGE);
-        let start = match cursor {
-            Some(c) => {
-                let mut after = c.to_vec();
-                after.push(0);
-                after
-            }
-            None => Vec::new(),
-        };
-        let mut out = Vec::new();
-        let mut last = None;
-        for kv in self.shared.ks(Ks::Equivocations).range(start..) {
-            if out.len() == limit {
-                break;
-            }
-            let (k, v) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
-            let corrupt = || LedgerError::new(LedgerErrorCode::Integrity, "equivocation record");
-            let subject: [u8; 32] = k
-                .get(..32)
-                .and_then(|s| s.try_into().ok())
-                .ok_or_else(corrupt)?;
-            out.push(EquivocationRecord {
-                subject: Did::from_public_key(subject).map_err(|_| corrupt())?,
-                seq: read_u64(k.get(32..).ok_or_else(corrupt)?)?,
-                logged_index: read_u64(&v)?,
-                rejected: v.get(8..).ok_or_else(corrupt)?.to_vec(),
-            });
-            last = Some(k.to_vec());
-        }
-        let next = if out.len() == limit { last } else { None };
-        Ok((out, next))
+        self.view().equivocations(cursor, limit)
     }
 
     /// The audit path of entry `index` in the tree of `size` entries
@@ -648,8 +480,7 @@ impl Ledger {
     /// # Errors
     /// `index_out_of_range` or `size_out_of_range`.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
-        self.check_size(size)?;
-        merkle::inclusion_proof(&*self.shared, index, size)
+        self.view().inclusion_proof(index, size)
     }
 
     /// The log index of attestation `id` and its audit path in the tree of
@@ -663,8 +494,7 @@ impl Ledger {
         id: &AttestationId,
         size: u64,
     ) -> Result<(u64, Vec<Hash>), LedgerError> {
-        let index = self.index_of(id)?;
-        Ok((index, self.inclusion_proof(index, size)?))
+        self.view().inclusion_proof_by_id(id, size)
     }
 
     /// The consistency proof between two tree sizes (both ≤ the signed size).
@@ -672,8 +502,7 @@ impl Ledger {
     /// # Errors
     /// `size_out_of_range`.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LedgerError> {
-        self.check_size(new)?;
-        merkle::consistency_proof(&*self.shared, old, new)
+        self.view().consistency_proof(old, new)
     }
 
     /// The root of the tree of `size` entries (≤ the signed size).
@@ -681,32 +510,17 @@ impl Ledger {
     /// # Errors
     /// `size_out_of_range`.
     pub fn root_at(&self, size: u64) -> Result<Hash, LedgerError> {
-        self.check_size(size)?;
-        merkle::subtree_root(&*self.shared, 0, size)
+        self.view().root_at(size)
     }
 
-    fn check_size(&self, size: u64) -> Result<(), LedgerError> {
-        let current = self.head().size;
-        if size > current {
-            return Err(LedgerError::new(
-                LedgerErrorCode::SizeOutOfRange,
-                format!("tree size {size} is beyond the log's size {current}"),
-            ));
+    fn view(&self) -> View<'_> {
+        let head = self.shared.head.read().unwrap_or_else(|p| p.into_inner());
+        let snap = self.shared.db.snapshot();
+        View {
+            shared: &self.shared,
+            snap,
+            head: head.clone(),
         }
-        Ok(())
-    }
-
-    fn stored_attestation(&self, index: u64) -> Result<Attestation, LedgerError> {
-        let bytes = self
-            .shared
-            .get(Ks::Entries, &u64_key(index))?
-            .ok_or_else(|| missing("entry", index))?;
-        verify_attestation(&bytes).map_err(|e| {
-            LedgerError::new(
-                LedgerErrorCode::Integrity,
-                format!("stored entry {index} no longer verifies: {e}"),
-            )
-        })
     }
 
     /// Re-verifies everything from scratch, from one consistent snapshot:
@@ -786,6 +600,7 @@ impl Ledger {
             }
         }
         let mut subjects = 0u64;
+        let mut links = 0u64;
         for kv in snap.snap.iter(self.shared.ks(Ks::Subjects)) {
             let (k, v) = kv
                 .into_inner()
@@ -800,6 +615,7 @@ impl Ledger {
                     .into_inner()
                     .map_err(|e| LedgerError::storage("read", e))?;
                 let index = read_u64(&iv)?;
+                links += 1;
                 let bytes = snap
                     .get(Ks::Entries, &u64_key(index))?
                     .ok_or_else(|| missing("entry", index))?;
@@ -853,6 +669,13 @@ impl Ledger {
             }
             subjects += 1;
         }
+        // Every entry belongs to exactly one subject's chain: a chain whose
+        // subject lost its record would otherwise escape the chain rules.
+        if links != size {
+            return Err(fail(format!(
+                "the chains of the {subjects} subjects hold {links} statements; the log holds {size}"
+            )));
+        }
         Ok(AuditReport {
             entries: size,
             subjects,
@@ -884,6 +707,320 @@ pub struct AuditReport {
     pub subjects: u64,
     /// The root that matched the signed checkpoint.
     pub root: Hash,
+}
+
+/// A consistent read view: a database snapshot taken together with the
+/// signed head it belongs to. The writer commits and publishes the new head
+/// under the head lock, so a view never sees part of a group commit or
+/// entries beyond its head.
+struct View<'a> {
+    shared: &'a Shared,
+    snap: fjall::Snapshot,
+    head: TreeHead,
+}
+
+impl View<'_> {
+    fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.snap
+            .get(self.shared.ks(k), key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| LedgerError::storage("read", e))
+    }
+
+    fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
+        let size = self.head.size;
+        if index >= size {
+            return Err(LedgerError::new(
+                LedgerErrorCode::IndexOutOfRange,
+                format!("index {index} is not below the tree size {size}"),
+            ));
+        }
+        self.shared
+            .get(Ks::Entries, &u64_key(index))?
+            .ok_or_else(|| missing("entry", index))
+    }
+
+    fn entries(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
+        let size = self.head.size;
+        if start > size {
+            return Err(LedgerError::new(
+                LedgerErrorCode::IndexOutOfRange,
+                format!("start {start} is beyond the tree size {size}"),
+            ));
+        }
+        let end = end.min(size).min(start.saturating_add(MAX_ENTRY_RANGE));
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for kv in self
+            .snap
+            .range(self.shared.ks(Ks::Entries), u64_key(start)..u64_key(end))
+        {
+            let (k, v) = kv
+                .into_inner()
+                .map_err(|e| LedgerError::storage("read", e))?;
+            out.push((read_u64(&k)?, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn index_of(&self, id: &AttestationId) -> Result<u64, LedgerError> {
+        match self.get(Ks::ById, id.as_bytes())? {
+            Some(v) => read_u64(&v),
+            None => Err(LedgerError::new(
+                LedgerErrorCode::NotFound,
+                format!("attestation {id} is not in the log"),
+            )),
+        }
+    }
+
+    fn subject(&self, subject: &Did) -> Result<SubjectRecord, LedgerError> {
+        match self.get(Ks::Subjects, subject.public_key())? {
+            Some(v) => SubjectRecord::decode(&v),
+            None => Err(LedgerError::new(
+                LedgerErrorCode::NotFound,
+                format!("no statement about {subject} is in the log"),
+            )),
+        }
+    }
+
+    fn subject_state(&self, subject: &Did) -> Result<ChainState, LedgerError> {
+        let rec = self.subject(subject)?;
+        let att = self.stored_attestation(rec.schema_index)?;
+        let schema = att.statement().schema().cloned().ok_or_else(|| {
+            LedgerError::new(
+                LedgerErrorCode::Integrity,
+                "schema index points at a statement without a schema",
+            )
+        })?;
+        Ok(ChainState::from_parts(rec.head, schema))
+    }
+
+    fn statement_indexes(&self, subject: &Did) -> Result<Vec<u64>, LedgerError> {
+        self.subject(subject)?;
+        let mut out = Vec::new();
+        for kv in self
+            .snap
+            .prefix(self.shared.ks(Ks::Chains), subject.public_key())
+        {
+            let (_, v) = kv
+                .into_inner()
+                .map_err(|e| LedgerError::storage("read", e))?;
+            out.push(read_u64(&v)?);
+        }
+        Ok(out)
+    }
+
+    fn chain(&self, subject: &Did) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
+        self.subject(subject)?;
+        let mut out = Vec::new();
+        for kv in self
+            .snap
+            .prefix(self.shared.ks(Ks::Chains), subject.public_key())
+        {
+            let (_, v) = kv
+                .into_inner()
+                .map_err(|e| LedgerError::storage("read", e))?;
+            let index = read_u64(&v)?;
+            out.push((index, self.entry(index)?));
+        }
+        Ok(out)
+    }
+
+    fn list_subjects(
+        &self,
+        filter: &SubjectFilter,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<SubjectRecord>, Option<Vec<u8>>), LedgerError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let family = filter.family.unwrap_or(Family::Handler);
+        let mut prefix = vec![layout::family_byte(family)];
+        prefix.extend_from_slice(filter.name_prefix.as_bytes());
+        let iter = match cursor {
+            Some(c) => {
+                let mut after = c.to_vec();
+                after.push(0);
+                self.snap.range(self.shared.ks(Ks::ByName), after..)
+            }
+            None => self
+                .snap
+                .range(self.shared.ks(Ks::ByName), prefix.clone()..),
+        };
+        let mut page = Vec::new();
+        let mut last = None;
+        for kv in iter {
+            let (k, _) = kv
+                .into_inner()
+                .map_err(|e| LedgerError::storage("read", e))?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let subject: [u8; 32] = k
+                .get(k.len().saturating_sub(32)..)
+                .unwrap_or_default()
+                .try_into()
+                .map_err(|_| LedgerError::new(LedgerErrorCode::Integrity, "name index key"))?;
+            let rec = match self.get(Ks::Subjects, &subject)? {
+                Some(v) => SubjectRecord::decode(&v)?,
+                None => {
+                    return Err(LedgerError::new(
+                        LedgerErrorCode::Integrity,
+                        "name index points at no subject",
+                    ));
+                }
+            };
+            last = Some(k.to_vec());
+            let plugin_ok = filter
+                .plugin
+                .as_ref()
+                .is_none_or(|p| rec.plugin.as_ref() == Some(p));
+            if plugin_ok && (filter.include_revoked || !rec.head.revoked) {
+                page.push(rec);
+                if page.len() == limit {
+                    break;
+                }
+            }
+        }
+        let next = if page.len() == limit { last } else { None };
+        Ok((page, next))
+    }
+
+    fn handlers_of_plugin(
+        &self,
+        plugin: &Did,
+        cursor: Option<&Did>,
+        limit: usize,
+    ) -> Result<Vec<SubjectRecord>, LedgerError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let start = match cursor {
+            Some(c) => {
+                let mut k = plugin_key(plugin.public_key(), c.public_key()).to_vec();
+                k.push(0);
+                k
+            }
+            None => plugin.public_key().to_vec(),
+        };
+        let mut out = Vec::new();
+        for kv in self.snap.range(self.shared.ks(Ks::ByPlugin), start..) {
+            let (k, _) = kv
+                .into_inner()
+                .map_err(|e| LedgerError::storage("read", e))?;
+            if !k.starts_with(plugin.public_key()) || out.len() == limit {
+                break;
+            }
+            let handler = &k[32..];
+            if let Some(v) = self.get(Ks::Subjects, handler)? {
+                out.push(SubjectRecord::decode(&v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn equivocations(
+        &self,
+        cursor: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<EquivocationRecord>, Option<Vec<u8>>), LedgerError> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let start = match cursor {
+            Some(c) => {
+                let mut after = c.to_vec();
+                after.push(0);
+                after
+            }
+            None => Vec::new(),
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        for kv in self.snap.range(self.shared.ks(Ks::Equivocations), start..) {
+            if out.len() == limit {
+                break;
+            }
+            let (k, v) = kv
+                .into_inner()
+                .map_err(|e| LedgerError::storage("read", e))?;
+            let corrupt = || LedgerError::new(LedgerErrorCode::Integrity, "equivocation record");
+            let subject: [u8; 32] = k
+                .get(..32)
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(corrupt)?;
+            out.push(EquivocationRecord {
+                subject: Did::from_public_key(subject).map_err(|_| corrupt())?,
+                seq: read_u64(k.get(32..).ok_or_else(corrupt)?)?,
+                logged_index: read_u64(&v)?,
+                rejected: v.get(8..).ok_or_else(corrupt)?.to_vec(),
+            });
+            last = Some(k.to_vec());
+        }
+        let next = if out.len() == limit { last } else { None };
+        Ok((out, next))
+    }
+
+    fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.check_size(size)?;
+        merkle::inclusion_proof(self, index, size)
+    }
+
+    fn inclusion_proof_by_id(
+        &self,
+        id: &AttestationId,
+        size: u64,
+    ) -> Result<(u64, Vec<Hash>), LedgerError> {
+        let index = self.index_of(id)?;
+        Ok((index, self.inclusion_proof(index, size)?))
+    }
+
+    fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.check_size(new)?;
+        merkle::consistency_proof(self, old, new)
+    }
+
+    fn root_at(&self, size: u64) -> Result<Hash, LedgerError> {
+        self.check_size(size)?;
+        merkle::subtree_root(self, 0, size)
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), LedgerError> {
+        let current = self.head.size;
+        if size > current {
+            return Err(LedgerError::new(
+                LedgerErrorCode::SizeOutOfRange,
+                format!("tree size {size} is beyond the log's size {current}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn stored_attestation(&self, index: u64) -> Result<Attestation, LedgerError> {
+        let bytes = self
+            .shared
+            .get(Ks::Entries, &u64_key(index))?
+            .ok_or_else(|| missing("entry", index))?;
+        verify_attestation(&bytes).map_err(|e| {
+            LedgerError::new(
+                LedgerErrorCode::Integrity,
+                format!("stored entry {index} no longer verifies: {e}"),
+            )
+        })
+    }
+}
+
+impl NodeSource for View<'_> {
+    fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
+        let v = self
+            .get(Ks::Nodes, &node_key(level, index))?
+            .ok_or_else(|| {
+                LedgerError::new(
+                    LedgerErrorCode::Integrity,
+                    format!("tree node at level {level} index {index} is missing"),
+                )
+            })?;
+        v.as_slice().try_into().map_err(|_| {
+            LedgerError::new(LedgerErrorCode::Integrity, "a tree node is not 32 bytes")
+        })
+    }
 }
 
 /// Reads from one point-in-time snapshot.
@@ -1099,14 +1236,16 @@ impl Stage<'_> {
         if error.code() != ErrorCode::Equivocation {
             return Ok(LedgerError::Rejected(error));
         }
-        let mut value = u64_key(logged_index).to_vec();
-        value.extend_from_slice(att.envelope());
-        self.put(
-            Ks::Equivocations,
-            &equivocation_key(subject, st.seq, &att.id()),
-            value,
-        );
-        self.dirty = true;
+        // One record per (subject, seq): the first conflicting statement
+        // already proves the key signed two histories, and a bound keeps a
+        // leaked key from filling the disk with evidence.
+        let key = equivocation_key(subject, st.seq);
+        if self.get(Ks::Equivocations, &key)?.is_none() {
+            let mut value = u64_key(logged_index).to_vec();
+            value.extend_from_slice(att.envelope());
+            self.put(Ks::Equivocations, &key, value);
+            self.dirty = true;
+        }
         Ok(LedgerError::Equivocation {
             message: error.message().to_owned(),
             evidence: Box::new(Equivocation {
@@ -1149,8 +1288,16 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Job>, mut frontier: Frontier, max_
         };
         let results: Vec<Result<Staged, LedgerError>> =
             jobs.iter().map(|j| stage.stage(&j.att)).collect();
+        // Commit and publish the new head under the head lock, so a reader's
+        // view (snapshot + head, taken under the same lock) never sees part
+        // of a batch or entries beyond its head.
         let committed = if stage.dirty {
-            commit(shared, &mut stage)
+            let mut head = shared.head.write().unwrap_or_else(|p| p.into_inner());
+            let result = commit(shared, &mut stage);
+            if let Ok(Some(h)) = &result {
+                *head = h.clone();
+            }
+            result
         } else {
             Ok(None)
         };
@@ -1158,9 +1305,7 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Job>, mut frontier: Frontier, max_
             Ok(new_head) => {
                 if let Some(h) = new_head {
                     frontier = stage.frontier;
-                    let size = h.size;
-                    *shared.head.write().unwrap_or_else(|p| p.into_inner()) = h;
-                    shared.size_tx.send_replace(size);
+                    shared.size_tx.send_replace(h.size);
                 }
                 let head = shared
                     .head
