@@ -201,9 +201,15 @@ fn reopening_restores_the_head_without_replay_and_refuses_mismatches() {
         }
         ledger.head()
     };
+    let first_did = open(&dir).log_did().clone();
     let log_did = {
         let ledger = open(&dir);
         assert_eq!(ledger.head(), head);
+        assert_eq!(
+            ledger.log_did(),
+            &first_did,
+            "the log keeps its key across restarts"
+        );
         let extra = key("late");
         let r = ledger
             .append(handler_register(&extra, "late", &p.did).envelope())
@@ -423,8 +429,8 @@ fn audit_catches_tampered_nodes_and_indexes_and_open_refuses_a_missing_key() {
         // family_mismatch, not evidence.
         let h = key("t0");
         let g = handler_register(&h, "t", &p.did);
-        let as_plugin = next(&g, &h, Action::Revoke { reason: None }, None);
-        ledger.append(as_plugin.envelope()).unwrap();
+        let revoke = next(&g, &h, Action::Revoke { reason: None }, None);
+        ledger.append(revoke.envelope()).unwrap();
         let cross = plugin_register(&h, "t0");
         assert_eq!(
             ledger.append(cross.envelope()).unwrap_err().code(),
@@ -492,4 +498,80 @@ fn audit_catches_tampered_nodes_and_indexes_and_open_refuses_a_missing_key() {
         !dir.join("log.key").exists(),
         "no new key was made for an existing log"
     );
+}
+
+#[test]
+fn one_group_commit_with_several_statements_about_one_subject() {
+    let dir = tempdir("ledger-same-batch");
+    let ledger = open(&dir);
+    let (p1, p2, h) = (key("sb-p1"), key("sb-p2"), key("sb-h"));
+    let g = handler_register(&h, "alpha", &p1.did);
+    let u1 = update_handler(&g, &h, "beta", &p2.did, "1.1.0");
+    let u2 = update_handler(&u1, &h, "alpha", &p1.did, "1.2.0");
+    let fork = next(&g, &h, Action::Revoke { reason: None }, None);
+    let gap = update_handler(&u2, &h, "gamma", &p1.did, "9.0.0");
+    let gap = update_handler(&gap, &h, "gamma", &p1.did, "9.0.1");
+    let results = ledger.append_batch(&[
+        g.envelope(),
+        u1.envelope(),
+        u2.envelope(),
+        u1.envelope(),
+        fork.envelope(),
+        gap.envelope(),
+        b"junk".as_slice(),
+    ]);
+    let codes: Vec<String> = results
+        .iter()
+        .map(|r| match r {
+            Ok(rc) => format!("{}{}", rc.index, if rc.duplicate { "d" } else { "" }),
+            Err(e) => e.code().to_owned(),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "0",
+            "1",
+            "2",
+            "1d",
+            "equivocation",
+            "seq_gap",
+            "malformed_cbor"
+        ]
+    );
+    let receipts: Vec<_> = results
+        .iter()
+        .take(3)
+        .map(|r| r.as_ref().unwrap())
+        .collect();
+    assert_eq!(
+        receipts[0].head, receipts[2].head,
+        "one commit, one checkpoint"
+    );
+    assert_eq!(ledger.head().size, 3);
+
+    // The name went alpha → beta → alpha and the plugin p1 → p2 → p1 within
+    // one batch: the indexes hold the final state only.
+    let alpha = SubjectFilter {
+        name_prefix: "alpha".into(),
+        ..Default::default()
+    };
+    assert_eq!(ledger.list_subjects(&alpha, None, 10).unwrap().0.len(), 1);
+    let beta = SubjectFilter {
+        name_prefix: "beta".into(),
+        ..Default::default()
+    };
+    assert!(ledger.list_subjects(&beta, None, 10).unwrap().0.is_empty());
+    assert_eq!(
+        ledger.handlers_of_plugin(&p1.did, None, 10).unwrap().len(),
+        1
+    );
+    assert!(
+        ledger
+            .handlers_of_plugin(&p2.did, None, 10)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(ledger.equivocations(None, 10).unwrap().0.len(), 1);
+    ledger.audit().unwrap();
 }

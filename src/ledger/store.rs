@@ -167,7 +167,7 @@ struct Job {
 /// commits many appends under one fsync. Reads go straight to fjall.
 pub struct Ledger {
     shared: Arc<Shared>,
-    queue: Mutex<Option<SyncSender<Job>>>,
+    queue: Mutex<Option<SyncSender<Vec<Job>>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -312,7 +312,7 @@ impl Ledger {
             }
         };
         *shared.head.write().unwrap_or_else(|p| p.into_inner()) = head;
-        let (tx, rx) = sync_channel::<Job>(QUEUE_DEPTH);
+        let (tx, rx) = sync_channel::<Vec<Job>>(QUEUE_DEPTH);
         let writer_shared = Arc::clone(&shared);
         let max_batch = config.max_batch.max(1);
         let writer = std::thread::Builder::new()
@@ -369,8 +369,42 @@ impl Ledger {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or_else(unavailable)?;
-        queue.send(Job { att, reply }).map_err(|_| unavailable())?;
+        queue
+            .send(vec![Job { att, reply }])
+            .map_err(|_| unavailable())?;
         answer.recv().map_err(|_| unavailable())?
+    }
+
+    /// Appends several attestations as one unit of work: they reach the
+    /// writer together and, up to the batch size, share one group commit.
+    /// Results are in input order; each is what [`Ledger::append`] would
+    /// return for it, judged after the ones before it.
+    pub fn append_batch<B: AsRef<[u8]>>(
+        &self,
+        envelopes: &[B],
+    ) -> Vec<Result<Receipt, LedgerError>> {
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut jobs = Vec::new();
+        let mut answers = Vec::new();
+        for envelope in envelopes {
+            match verify_attestation(envelope.as_ref()) {
+                Ok(att) => {
+                    let (reply, answer) = sync_channel(1);
+                    jobs.push(Job { att, reply });
+                    answers.push(Ok(answer));
+                }
+                Err(e) => answers.push(Err(LedgerError::Rejected(e))),
+            }
+        }
+        let sent = !jobs.is_empty() && queue.is_some_and(|q| q.send(jobs).is_ok());
+        answers
+            .into_iter()
+            .map(|a| match a {
+                Ok(rx) if sent => rx.recv().map_err(|_| unavailable())?,
+                Ok(_) => Err(unavailable()),
+                Err(e) => Err(e),
+            })
+            .collect()
     }
 
     /// The envelope at `index`.
@@ -1257,12 +1291,12 @@ impl Stage<'_> {
     }
 }
 
-fn writer_loop(shared: &Shared, rx: &Receiver<Job>, mut frontier: Frontier, max_batch: usize) {
+fn writer_loop(shared: &Shared, rx: &Receiver<Vec<Job>>, mut frontier: Frontier, max_batch: usize) {
     while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
+        let mut jobs = first;
         while jobs.len() < max_batch {
             match rx.try_recv() {
-                Ok(j) => jobs.push(j),
+                Ok(more) => jobs.extend(more),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
