@@ -77,7 +77,11 @@ fn lifecycle_appends_in_order_with_proofs_and_checkpoints() {
     assert!(state.revoked);
     assert_eq!(state.seq, 4);
     assert_eq!(state.key, h2.did);
-    let chain = ledger.chain(&h.did).unwrap();
+    let (chain, more) = ledger.chain(&h.did, 0, 100).unwrap();
+    assert!(more.is_none());
+    let (tail, _) = ledger.chain(&h.did, 3, 1).unwrap();
+    assert_eq!(tail[0].0, 4);
+    assert_eq!(ledger.chain(&h.did, 0, 2).unwrap().1, Some(2));
     assert_eq!(
         chain.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
         vec![1, 2, 3, 4, 5]

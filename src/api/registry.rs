@@ -231,11 +231,19 @@ impl Registry for RegistryService {
         &self,
         request: Request<proto::GetChainRequest>,
     ) -> Result<Response<proto::GetChainResponse>, Status> {
-        let did = parse_did("did", &request.into_inner().did)?;
+        let req = request.into_inner();
+        let did = parse_did("did", &req.did)?;
+        let limit = if req.page_size == 0 {
+            ledger::MAX_ENTRY_RANGE as usize
+        } else {
+            req.page_size as usize
+        };
         self.blocking(move |l| {
+            // The head is read after the page, so it covers every entry in it.
+            let (page, next) = l.chain(&did, req.from_seq, limit)?;
             let head = l.head();
             let mut entries = Vec::new();
-            for (index, envelope) in l.chain(&did)? {
+            for (index, envelope) in page {
                 let path = l.inclusion_proof(index, head.size)?;
                 entries.push(proto::ChainEntry {
                     index,
@@ -246,6 +254,8 @@ impl Registry for RegistryService {
             Ok(proto::GetChainResponse {
                 checkpoint: Some(checkpoint(&head)),
                 entries,
+                more: next.is_some(),
+                next_seq: next.unwrap_or(req.from_seq),
             })
         })
         .await

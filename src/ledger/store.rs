@@ -110,6 +110,10 @@ pub struct SubjectFilter {
 
 /// Largest page of a listing.
 pub const MAX_PAGE: usize = 1000;
+/// Index keys examined by one listing call at most.
+pub const MAX_SCAN: usize = 10_000;
+/// Envelope bytes per chain page, about.
+const CHAIN_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest range of entries returned at once.
 pub const MAX_ENTRY_RANGE: u64 = 1000;
 
@@ -456,17 +460,27 @@ impl Ledger {
         self.view().statement_indexes(subject)
     }
 
-    /// A subject's statements in order, with their log indexes.
+    /// A subject's statements from seq `from_seq` on, in order, with their
+    /// log indexes: at most `limit` (≤ [`MAX_ENTRY_RANGE`]) and about 4 MiB
+    /// of envelopes. Returns the page and the seq to continue from, if any.
     ///
     /// # Errors
     /// `not_found` if the subject is unknown.
-    pub fn chain(&self, subject: &Did) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
-        self.view().chain(subject)
+    pub fn chain(
+        &self,
+        subject: &Did,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, Vec<u8>)>, Option<u64>), LedgerError> {
+        self.view().chain(subject, from_seq, limit)
     }
 
     /// Subjects in a stable order (family, name, ID), after `cursor` (the
     /// last key of the previous page), at most `limit` (≤ [`MAX_PAGE`]).
-    /// Returns the page and the cursor for the next one, if any.
+    /// Returns the page and the cursor for the next one, if any. One call
+    /// examines at most [`MAX_SCAN`] index keys, so a selective filter may
+    /// return a short (even empty) page with a cursor: keep paging until
+    /// the cursor is `None`.
     ///
     /// # Errors
     /// Storage failures.
@@ -846,20 +860,33 @@ impl View<'_> {
         Ok(out)
     }
 
-    fn chain(&self, subject: &Did) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
-        self.subject(subject)?;
+    fn chain(
+        &self,
+        subject: &Did,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<(u64, Vec<u8>)>, Option<u64>), LedgerError> {
+        let rec = self.subject(subject)?;
+        let limit = limit.clamp(1, MAX_ENTRY_RANGE as usize);
+        let key = subject.public_key();
         let mut out = Vec::new();
-        for kv in self
-            .snap
-            .prefix(self.shared.ks(Ks::Chains), subject.public_key())
-        {
+        let mut bytes = 0usize;
+        let range = chain_key(key, from_seq)..=chain_key(key, u64::MAX);
+        for kv in self.snap.range(self.shared.ks(Ks::Chains), range) {
+            if out.len() == limit || bytes >= CHAIN_PAGE_BYTES {
+                break;
+            }
             let (_, v) = kv
                 .into_inner()
                 .map_err(|e| LedgerError::storage("read", e))?;
             let index = read_u64(&v)?;
-            out.push((index, self.entry(index)?));
+            let entry = self.entry(index)?;
+            bytes += entry.len();
+            out.push((index, entry));
         }
-        Ok(out)
+        let next = from_seq.saturating_add(out.len() as u64);
+        let more = next <= rec.head.seq && !out.is_empty();
+        Ok((out, more.then_some(next)))
     }
 
     fn list_subjects(
@@ -884,7 +911,14 @@ impl View<'_> {
         };
         let mut page = Vec::new();
         let mut last = None;
+        let mut scanned = 0usize;
         for kv in iter {
+            // Bound the work of one call: with selective filters, return a
+            // short page and a cursor rather than scan the whole index.
+            if scanned == MAX_SCAN {
+                break;
+            }
+            scanned += 1;
             let (k, _) = kv
                 .into_inner()
                 .map_err(|e| LedgerError::storage("read", e))?;
@@ -917,7 +951,11 @@ impl View<'_> {
                 }
             }
         }
-        let next = if page.len() == limit { last } else { None };
+        let next = if page.len() == limit || scanned == MAX_SCAN {
+            last
+        } else {
+            None
+        };
         Ok((page, next))
     }
 
