@@ -2,6 +2,7 @@
 //! client SDK), the registry service over the ledger, and the server.
 
 mod metrics;
+mod normalize;
 mod registry;
 mod server;
 mod status;

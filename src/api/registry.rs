@@ -164,6 +164,7 @@ impl Registry for RegistryService {
                         }
                     }
                     Err(status) => {
+                        let status = super::normalize::normalize_status(status);
                         let _ = reader_out.send(Err(status)).await;
                         return;
                     }

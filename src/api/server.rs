@@ -123,7 +123,7 @@ pub async fn serve(
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(registry)
+        .add_service(super::normalize::Normalize::new(registry))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     // In-flight appends have been answered; commit anything still queued

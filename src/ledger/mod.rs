@@ -15,6 +15,6 @@ pub use merkle::{
     node_hash, subtree_root, verify_consistency, verify_inclusion,
 };
 pub use store::{
-    AuditReport, EquivocationRecord, Ledger, LedgerConfig, MAX_ENTRY_RANGE, MAX_PAGE, MAX_SCAN,
-    Receipt, SubjectFilter, TreeHead,
+    AuditReport, ChainPage, EquivocationRecord, Ledger, LedgerConfig, MAX_ENTRY_RANGE, MAX_PAGE,
+    MAX_SCAN, Receipt, SubjectFilter, TreeHead,
 };

@@ -110,6 +110,10 @@ pub struct SubjectFilter {
 
 /// Largest page of a listing.
 pub const MAX_PAGE: usize = 1000;
+/// A page of a subject's chain: (log index, envelope) in seq order, and
+/// the seq to continue from if the chain goes on.
+pub type ChainPage = (Vec<(u64, Vec<u8>)>, Option<u64>);
+
 /// Index keys examined by one listing call at most.
 pub const MAX_SCAN: usize = 10_000;
 /// Envelope bytes per chain page, about.
@@ -471,7 +475,7 @@ impl Ledger {
         subject: &Did,
         from_seq: u64,
         limit: usize,
-    ) -> Result<(Vec<(u64, Vec<u8>)>, Option<u64>), LedgerError> {
+    ) -> Result<ChainPage, LedgerError> {
         self.view().chain(subject, from_seq, limit)
     }
 
@@ -860,12 +864,7 @@ impl View<'_> {
         Ok(out)
     }
 
-    fn chain(
-        &self,
-        subject: &Did,
-        from_seq: u64,
-        limit: usize,
-    ) -> Result<(Vec<(u64, Vec<u8>)>, Option<u64>), LedgerError> {
+    fn chain(&self, subject: &Did, from_seq: u64, limit: usize) -> Result<ChainPage, LedgerError> {
         let rec = self.subject(subject)?;
         let limit = limit.clamp(1, MAX_ENTRY_RANGE as usize);
         let key = subject.public_key();

@@ -1,0 +1,668 @@
+//! The real `pulse-ledger serve` binary on an ephemeral port, driven with
+//! the generated client: every RPC, every error class, pagination,
+//! WatchEntries under concurrent appends, restart and graceful shutdown.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure report
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::{handler_register, key, next, plugin_register, tempdir, update_handler};
+use pulse_ledger::api::proto::{self, registry_client::RegistryClient};
+use pulse_ledger::ledger::{leaf_hash, verify_checkpoint, verify_consistency, verify_inclusion};
+use pulse_ledger::{Action, Did};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+struct Server {
+    child: Child,
+    addr: String,
+    metrics: String,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--log-name",
+                "test.example/log",
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let addr = first.split_whitespace().nth(3).unwrap().to_owned();
+        let second = lines.next().unwrap().unwrap();
+        let metrics = second.split_whitespace().nth(2).unwrap().to_owned();
+        Server {
+            child,
+            addr,
+            metrics,
+        }
+    }
+
+    async fn client(&self) -> RegistryClient<Channel> {
+        RegistryClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> i32 {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap().code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn h32(b: &[u8]) -> [u8; 32] {
+    b.try_into().unwrap()
+}
+
+fn hashes(v: &[Vec<u8>]) -> Vec<[u8; 32]> {
+    v.iter().map(|h| h32(h)).collect()
+}
+
+fn reason(s: &tonic::Status) -> String {
+    s.get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_works_and_proofs_verify() {
+    let dir = tempdir("server-rpcs");
+    let server = Server::start(&dir);
+    let mut c = server.client().await;
+    let info = c
+        .get_log_info(proto::GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let log_did = Did::parse(&info.log_did).unwrap();
+    assert_eq!(info.origin, "test.example/log");
+
+    let (p, h) = (key("srv-p"), key("srv-h"));
+    let a0 = plugin_register(&p, "runner");
+    let a1 = handler_register(&h, "python.script", &p.did);
+    let a2 = update_handler(&a1, &h, "python.script", &p.did, "1.1.0");
+    for (i, a) in [&a0, &a1, &a2].into_iter().enumerate() {
+        let r = c
+            .submit(proto::SubmitRequest {
+                envelope: a.envelope().to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.index, i as u64);
+        assert_eq!(r.attestation_id, a.id().as_bytes());
+        let cp = r.checkpoint.unwrap();
+        let parsed = verify_checkpoint(&cp.note, &log_did).unwrap();
+        assert_eq!(parsed.size, cp.size);
+        verify_inclusion(
+            &leaf_hash(a.envelope()),
+            r.index,
+            cp.size,
+            &hashes(&r.inclusion_proof),
+            &h32(&cp.root_hash),
+        )
+        .unwrap();
+    }
+    let again = c
+        .submit(proto::SubmitRequest {
+            envelope: a1.envelope().to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.duplicate);
+    assert_eq!(again.index, 1);
+
+    let s = c
+        .get_subject(proto::GetSubjectRequest {
+            did: h.did.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .subject
+        .unwrap();
+    assert_eq!(
+        (s.seq, s.name.as_str(), s.plugin.as_str()),
+        (1, "python.script", p.did.to_string().as_str())
+    );
+    assert_eq!(s.statement_indexes, vec![1, 2]);
+    assert!(s.schema_json.contains("1.1.0"));
+
+    let chain = c
+        .get_chain(proto::GetChainRequest {
+            did: h.did.to_string(),
+            from_seq: 0,
+            page_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let cp = chain.checkpoint.unwrap();
+    assert_eq!(chain.entries.len(), 2);
+    assert!(!chain.more);
+    for e in &chain.entries {
+        verify_inclusion(
+            &leaf_hash(&e.envelope),
+            e.index,
+            cp.size,
+            &hashes(&e.inclusion_proof),
+            &h32(&cp.root_hash),
+        )
+        .unwrap();
+    }
+
+    let list = c
+        .list_handlers(proto::ListHandlersRequest {
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.handlers.len(), 1);
+    let plugins = c
+        .list_handlers(proto::ListHandlersRequest {
+            family: proto::Family::Plugin as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(plugins.handlers[0].did, p.did.to_string());
+
+    let entries = c
+        .get_entries(proto::GetEntriesRequest { start: 1, end: 10 })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(
+        entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(entries[1].envelope, a2.envelope());
+
+    let head = c
+        .get_checkpoint(proto::GetCheckpointRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .checkpoint
+        .unwrap();
+    assert_eq!(verify_checkpoint(&head.note, &log_did).unwrap().size, 3);
+
+    use proto::get_inclusion_proof_request::Leaf;
+    let by_id = c
+        .get_inclusion_proof(proto::GetInclusionProofRequest {
+            leaf: Some(Leaf::AttestationId(a2.id().as_bytes().to_vec())),
+            tree_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((by_id.index, by_id.tree_size), (2, 3));
+    verify_inclusion(
+        &h32(&by_id.leaf_hash),
+        2,
+        3,
+        &hashes(&by_id.path),
+        &h32(&head.root_hash),
+    )
+    .unwrap();
+    let old = c
+        .get_inclusion_proof(proto::GetInclusionProofRequest {
+            leaf: Some(Leaf::Index(0)),
+            tree_size: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(old.path.is_empty());
+
+    let cons = c
+        .get_consistency_proof(proto::GetConsistencyProofRequest {
+            old_size: 1,
+            new_size: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cons.new_size, 3);
+    verify_consistency(
+        1,
+        3,
+        &h32(&old.leaf_hash),
+        &h32(&head.root_hash),
+        &hashes(&cons.proof),
+    )
+    .unwrap();
+
+    // An equivocation: ALREADY_EXISTS, listed as evidence.
+    let fork = next(&a1, &h, Action::Revoke { reason: None }, None);
+    let err = c
+        .submit(proto::SubmitRequest {
+            envelope: fork.envelope().to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert_eq!(reason(&err), "equivocation");
+    let ev = c
+        .list_equivocations(proto::ListEquivocationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .evidence;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(
+        (
+            ev[0].logged_envelope.as_slice(),
+            ev[0].rejected_envelope.as_slice()
+        ),
+        (a2.envelope(), fork.envelope())
+    );
+
+    // Standard health and reflection.
+    let channel = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "pulse_ledger.v1.Registry".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        stream.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"pulse_ledger.v1.Registry".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+
+    // Metrics count what happened.
+    let body = http_get(&server.metrics).await;
+    assert!(
+        body.contains("pulse_ledger_appends_total{result=\"appended\"} 3"),
+        "{body}"
+    );
+    assert!(
+        body.contains("pulse_ledger_rejects_total{code=\"equivocation\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains("pulse_ledger_log_size 3"), "{body}");
+    assert_eq!(server.stop(), 0);
+}
+
+async fn http_get(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hostport = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut s = tokio::net::TcpStream::connect(hostport).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// A message whose field 1 has the wrong wire type for SubmitRequest.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotASubmitRequest {
+    #[prost(fixed64, tag = "1")]
+    envelope: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_class_is_precise_and_changes_nothing() {
+    let dir = tempdir("server-errors");
+    let server = Server::start(&dir);
+    let mut c = server.client().await;
+    let (p, h, other) = (key("err-p"), key("err-h"), key("err-other"));
+    c.submit(proto::SubmitRequest {
+        envelope: plugin_register(&p, "p").envelope().to_vec(),
+    })
+    .await
+    .unwrap();
+    let g = handler_register(&h, "h", &p.did);
+    c.submit(proto::SubmitRequest {
+        envelope: g.envelope().to_vec(),
+    })
+    .await
+    .unwrap();
+    let size = || async {
+        server
+            .client()
+            .await
+            .get_log_info(proto::GetLogInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .size
+    };
+    assert_eq!(size().await, 2);
+
+    let mut bad = g.envelope().to_vec();
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    let e = c
+        .submit(proto::SubmitRequest { envelope: bad })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::InvalidArgument, "bad_signature")
+    );
+    assert!(
+        e.message().starts_with("bad_signature: "),
+        "{}",
+        e.message()
+    );
+
+    let by_other = update_handler(&g, &other, "h", &p.did, "2.0.0");
+    let e = c
+        .submit(proto::SubmitRequest {
+            envelope: by_other.envelope().to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "wrong_signer")
+    );
+
+    let e = c
+        .submit(proto::SubmitRequest {
+            envelope: vec![0u8; 70 * 1024],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::ResourceExhausted, "too_large")
+    );
+    assert!(e.message().contains("65536"), "{}", e.message());
+
+    let e = c
+        .submit(proto::SubmitRequest {
+            envelope: vec![0u8; 2 * 1024 * 1024],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(
+        e.message().contains("too_large") && e.message().contains("1048576"),
+        "{}",
+        e.message()
+    );
+
+    // A protobuf frame that does not decode as a SubmitRequest.
+    let channel = Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/pulse_ledger.v1.Registry/Submit");
+    let codec = tonic_prost::ProstCodec::<NotASubmitRequest, proto::SubmitResponse>::default();
+    let e = grpc
+        .unary(
+            tonic::Request::new(NotASubmitRequest { envelope: 7 }),
+            path,
+            codec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(
+        e.message().starts_with("malformed_request"),
+        "{}",
+        e.message()
+    );
+
+    let e = c
+        .get_subject(proto::GetSubjectRequest {
+            did: "did:key:nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::InvalidArgument, "did_syntax")
+    );
+    let e = c
+        .get_subject(proto::GetSubjectRequest {
+            did: other.did.to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::NotFound, "not_found")
+    );
+    let e = c
+        .get_consistency_proof(proto::GetConsistencyProofRequest {
+            old_size: 1,
+            new_size: 99,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::OutOfRange, "size_out_of_range")
+    );
+    let e = c
+        .get_inclusion_proof(proto::GetInclusionProofRequest {
+            leaf: None,
+            tree_size: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    assert_eq!(size().await, 2, "no rejection changed the log");
+    assert_eq!(server.stop(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_pagination_watch_restart_and_graceful_shutdown() {
+    let dir = tempdir("server-streams");
+    let server = Server::start(&dir);
+    let mut c = server.client().await;
+    let p = key("stream-p");
+    let mut envelopes = vec![plugin_register(&p, "p").envelope().to_vec()];
+    for i in 0..2000 {
+        envelopes.push(
+            handler_register(&key(&format!("stream-{i}")), &format!("h.{i:05}"), &p.did)
+                .envelope()
+                .to_vec(),
+        );
+    }
+    envelopes.push(b"garbage".to_vec());
+    envelopes.push(envelopes[5].clone());
+
+    // A watcher from index 0 runs while the stream appends.
+    let mut watcher = server.client().await;
+    let watch = tokio::spawn(async move {
+        let mut stream = watcher
+            .watch_entries(proto::WatchEntriesRequest { from: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut seen = Vec::new();
+        while seen.len() < 2001 {
+            seen.push(stream.message().await.unwrap().unwrap().index);
+        }
+        seen
+    });
+
+    let requests = tokio_stream::iter(
+        envelopes
+            .clone()
+            .into_iter()
+            .map(|envelope| proto::SubmitRequest { envelope }),
+    );
+    let mut responses = c.submit_stream(requests).await.unwrap().into_inner();
+    let mut acked = Vec::new();
+    while let Some(r) = responses.message().await.unwrap() {
+        assert_eq!(
+            r.position as usize,
+            acked.len(),
+            "answers come in request order"
+        );
+        match r.result.unwrap() {
+            proto::submit_stream_response::Result::Accepted(a) => {
+                acked.push(Some((a.index, a.attestation_id, a.duplicate)))
+            }
+            proto::submit_stream_response::Result::Rejected(e) => {
+                assert_eq!(
+                    (e.status_code, e.code.as_str()),
+                    (Code::InvalidArgument as i32, "malformed_cbor")
+                );
+                acked.push(None);
+            }
+        }
+    }
+    assert_eq!(acked.len(), envelopes.len());
+    let appended: Vec<u64> = acked
+        .iter()
+        .flatten()
+        .filter(|a| !a.2)
+        .map(|a| a.0)
+        .collect();
+    let mut sorted = appended.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..2001).collect::<Vec<u64>>());
+    assert_eq!(
+        acked.last().unwrap().as_ref().unwrap().2,
+        true,
+        "the resubmission is a duplicate"
+    );
+
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(60), watch)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        seen,
+        (0..2001).collect::<Vec<u64>>(),
+        "every index exactly once, in order"
+    );
+
+    // Pagination over 2000 handlers.
+    let mut names = Vec::new();
+    let mut token = Vec::new();
+    loop {
+        let page = c
+            .list_handlers(proto::ListHandlersRequest {
+                page_size: 300,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        names.extend(page.handlers.into_iter().map(|h| h.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(names.len(), 2000);
+    assert!(names.windows(2).all(|w| w[0] < w[1]));
+
+    // Graceful shutdown, then a restart on the same data dir keeps everything.
+    assert_eq!(server.stop(), 0);
+    let server = Server::start(&dir);
+    let mut c = server.client().await;
+    assert_eq!(
+        c.get_log_info(proto::GetLogInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .size,
+        2001
+    );
+    for a in acked.iter().flatten().take(50) {
+        let e = c
+            .get_entries(proto::GetEntriesRequest {
+                start: a.0,
+                end: a.0 + 1,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        assert_eq!(
+            pulse_ledger::AttestationId::of(&e[0].envelope)
+                .as_bytes()
+                .as_slice(),
+            a.1.as_slice()
+        );
+    }
+    assert_eq!(server.stop(), 0);
+}
