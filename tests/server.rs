@@ -597,9 +597,8 @@ async fn streams_pagination_watch_restart_and_graceful_shutdown() {
     let mut sorted = appended.clone();
     sorted.sort_unstable();
     assert_eq!(sorted, (0..2001).collect::<Vec<u64>>());
-    assert_eq!(
+    assert!(
         acked.last().unwrap().as_ref().unwrap().2,
-        true,
         "the resubmission is a duplicate"
     );
 
