@@ -374,6 +374,14 @@ fn every_command_has_help_with_examples() {
         vec!["verify", "attestation", "--help"],
         vec!["verify", "chain", "--help"],
         vec!["inspect", "--help"],
+        vec!["serve", "--help"],
+        vec!["submit", "--help"],
+        vec!["handler", "show", "--help"],
+        vec!["handler", "list", "--help"],
+        vec!["log", "info", "--help"],
+        vec!["log", "checkpoint", "--help"],
+        vec!["log", "entries", "--help"],
+        vec!["log", "watch", "--help"],
     ] {
         let out = bin().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -387,4 +395,85 @@ fn every_command_has_help_with_examples() {
             "{args:?}:\n{text}"
         );
     }
+}
+
+/// `serve` settings: flags win over PULSE_LEDGER_* variables, which win
+/// over the TOML file; a bad file is a clear usage error.
+#[test]
+fn serve_settings_precedence_and_bad_config() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempdir("serve-config");
+    let config = dir.join("pl.toml");
+    fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nlog_name = \"file.example/log\"\n",
+            dir.join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let start = |extra: &[&str], env: Option<&str>| {
+        let mut cmd = bin();
+        cmd.arg("serve").arg("--config").arg(&config).args(extra);
+        cmd.env_remove("PULSE_LEDGER_LOG_NAME");
+        if let Some(v) = env {
+            cmd.env("PULSE_LEDGER_LOG_NAME", v);
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let line = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .next()
+            .unwrap()
+            .unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        line
+    };
+    // The file alone: its log name creates the data dir's log.
+    assert!(start(&[], None).contains("(log file.example/log "));
+    // A variable beats the file, and a flag beats both; a data dir keeps the
+    // name it was created with, so these use fresh data dirs.
+    let d2 = dir.join("d2").display().to_string();
+    let line = start(&["--data-dir", &d2], Some("env.example/log"));
+    assert!(line.contains("(log env.example/log "), "{line}");
+    let d3 = dir.join("d3").display().to_string();
+    let line = start(
+        &["--data-dir", &d3, "--log-name", "flag.example/log"],
+        Some("env.example/log"),
+    );
+    assert!(line.contains("(log flag.example/log "), "{line}");
+
+    fs::write(&config, "listen = \"127.0.0.1:0\"\nport = 7\n").unwrap();
+    let out = bin()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `port`"));
+
+    // Another log name for an existing data dir is refused, naming both.
+    let out = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-name",
+            "other.example/log",
+            "--data-dir",
+        ])
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("file.example/log") && err.contains("other.example/log"),
+        "{err}"
+    );
 }
