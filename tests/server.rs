@@ -167,6 +167,17 @@ async fn every_rpc_works_and_proofs_verify() {
     let cp = chain.checkpoint.unwrap();
     assert_eq!(chain.entries.len(), 2);
     assert!(!chain.more);
+    assert_eq!(chain.next_seq, 2);
+    let page = c
+        .get_chain(proto::GetChainRequest {
+            did: h.did.to_string(),
+            from_seq: 0,
+            page_size: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((page.entries.len(), page.more, page.next_seq), (1, true, 1));
     for e in &chain.entries {
         verify_inclusion(
             &leaf_hash(&e.envelope),
@@ -255,6 +266,9 @@ async fn every_rpc_works_and_proofs_verify() {
         .unwrap()
         .into_inner();
     assert_eq!(cons.new_size, 3);
+    assert_eq!(cons.old_root, old.leaf_hash);
+    assert_eq!(cons.new_root, head.root_hash);
+    assert_eq!(by_id.tree_root, head.root_hash);
     verify_consistency(
         1,
         3,
@@ -549,7 +563,7 @@ async fn streams_pagination_watch_restart_and_graceful_shutdown() {
     let mut watcher = server.client().await;
     let watch = tokio::spawn(async move {
         let mut stream = watcher
-            .watch_entries(proto::WatchEntriesRequest { from: 0 })
+            .watch_entries(proto::WatchEntriesRequest { start: 0 })
             .await
             .unwrap()
             .into_inner();

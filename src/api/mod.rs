@@ -9,7 +9,10 @@ mod status;
 
 pub use metrics::Metrics;
 pub use registry::RegistryService;
-pub use server::{MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, ServeConfig, ServeError, serve};
+pub use server::{
+    MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, MAX_STREAMS_PER_CONNECTION, ServeConfig, ServeError,
+    serve,
+};
 pub use status::{ERROR_DOMAIN, to_status};
 
 /// Types and client/server stubs generated from `proto/pulse_ledger/v1`.

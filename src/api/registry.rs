@@ -243,6 +243,7 @@ impl Registry for RegistryService {
             // The head is read after the page, so it covers every entry in it.
             let (page, next) = l.chain(&did, req.from_seq, limit)?;
             let head = l.head();
+            let entries_len = page.len() as u64;
             let mut entries = Vec::new();
             for (index, envelope) in page {
                 let path = l.inclusion_proof(index, head.size)?;
@@ -256,7 +257,7 @@ impl Registry for RegistryService {
                 checkpoint: Some(checkpoint(&head)),
                 entries,
                 more: next.is_some(),
-                next_seq: next.unwrap_or(req.from_seq),
+                next_seq: req.from_seq.saturating_add(entries_len),
             })
         })
         .await
@@ -371,12 +372,14 @@ impl Registry for RegistryService {
             };
             let path = l.inclusion_proof(index, size)?;
             let entry = l.entry(index)?;
+            let tree_root = l.root_at(size)?;
             Ok(proto::GetInclusionProofResponse {
                 index,
                 tree_size: size,
                 leaf_hash: ledger::leaf_hash(&entry).to_vec(),
                 path: path.iter().map(|h| h.to_vec()).collect(),
                 checkpoint: Some(checkpoint(&head)),
+                tree_root: tree_root.to_vec(),
             })
         })
         .await
@@ -399,6 +402,8 @@ impl Registry for RegistryService {
                 old_size: req.old_size,
                 new_size: new,
                 proof: proof.iter().map(|h| h.to_vec()).collect(),
+                old_root: l.root_at(req.old_size)?.to_vec(),
+                new_root: l.root_at(new)?.to_vec(),
             })
         })
         .await
@@ -425,7 +430,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<proto::WatchEntriesRequest>,
     ) -> Result<Response<Self::WatchEntriesStream>, Status> {
-        let mut next = request.into_inner().from;
+        let mut next = request.into_inner().start;
         let ledger = Arc::clone(&self.ledger);
         let mut sizes = ledger.watch_size();
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);

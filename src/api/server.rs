@@ -15,6 +15,8 @@ use crate::ledger::{Ledger, LedgerConfig, LedgerError};
 
 /// Largest request message accepted (an envelope is at most 64 KiB).
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Concurrent HTTP/2 streams per connection.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// Largest response message sent.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -121,6 +123,10 @@ pub async fn serve(
     on_ready(local, metrics_addr, &ledger);
     let result = Server::builder()
         .tcp_nodelay(true)
+        // Bounded per-connection work: a client cannot open unlimited
+        // concurrent streams (each WatchEntries holds a bounded buffer).
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(super::normalize::Normalize::new(registry))

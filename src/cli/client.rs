@@ -366,7 +366,7 @@ pub(crate) fn log(cmd: LogCmd) -> Result<ExitCode, CliError> {
                 }
             }
             LogCmd::Watch { server, from, json } => {
-                let mut stream = connect(&server).await?.watch_entries(proto::WatchEntriesRequest { from }).await.map_err(|s| call_failed(&s))?.into_inner();
+                let mut stream = connect(&server).await?.watch_entries(proto::WatchEntriesRequest { start: from }).await.map_err(|s| call_failed(&s))?.into_inner();
                 while let Some(e) = stream.next().await {
                     print_entry(&e.map_err(|s| call_failed(&s))?, json);
                 }
