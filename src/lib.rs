@@ -35,6 +35,8 @@ pub mod ledger;
 
 pub mod api;
 
+pub mod pulse;
+
 pub mod cli;
 
 // The public interface of the library.

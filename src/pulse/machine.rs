@@ -1,0 +1,371 @@
+//! The job state machine (spec/pulse.md, "State machine"). Every method
+//! either applies one transition or returns the broken rule and leaves the
+//! job unchanged; the store writes each transition atomically.
+
+use super::backoff::Backoff;
+use super::error::{PulseError, PulseErrorCode};
+use super::job::{
+    Attempt, AttemptOutcome, CancelReason, DeadReason, HoldReason, Job, JobId, JobLimits,
+    JobRequest, JobState, LeaseToken, MAX_CHECKPOINT_BYTES, POISON_CRASHES, Progress,
+};
+use crate::Did;
+
+/// What the retry policy needs from the caller: the backoff and one random
+/// number for its jitter (pure code draws no randomness itself).
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Delay growth.
+    pub backoff: Backoff,
+    /// Jitter source for this decision.
+    pub random: u64,
+}
+
+fn wrong_state(job: &Job, what: &str) -> PulseError {
+    PulseError::new(
+        PulseErrorCode::WrongState,
+        format!(
+            "cannot {what} job {} in state {}",
+            job.id,
+            job.state.as_str()
+        ),
+    )
+}
+
+impl Job {
+    /// A new, queued job. The request must already have passed
+    /// [`check_request`](super::check_request) and its limits
+    /// [`JobLimits::resolve`].
+    pub fn new(id: JobId, handler: Did, req: &JobRequest, limits: JobLimits, now: u64) -> Job {
+        Job {
+            id,
+            handler,
+            payload: req.payload.clone(),
+            priority: req.priority,
+            run_at: req.run_at_ms.max(id.created_at_ms()),
+            idempotency_key: req.idempotency_key.clone(),
+            limits,
+            parent: req.parent,
+            state: JobState::Queued,
+            attempts: Vec::new(),
+            progress: Progress::default(),
+            total_cost: 0,
+            result: None,
+            last_error: None,
+            consecutive_crashes: 0,
+            retry_at: None,
+            updated_at: now,
+        }
+    }
+
+    /// The live attempt, if the job is running.
+    pub fn live_attempt(&self) -> Option<&Attempt> {
+        match self.state {
+            JobState::Running => self.attempts.last().filter(|a| a.outcome.is_none()),
+            _ => None,
+        }
+    }
+
+    /// Starts a new attempt under `lease`: queued and due → running.
+    ///
+    /// # Errors
+    /// `wrong_state` unless queued; `not_due` before `run_at`.
+    pub fn dispatch(&mut self, lease: LeaseToken, now: u64) -> Result<&Attempt, PulseError> {
+        if self.state != JobState::Queued {
+            return Err(wrong_state(self, "dispatch"));
+        }
+        if now < self.run_at {
+            return Err(PulseError::new(
+                PulseErrorCode::NotDue,
+                format!("job {} runs at {}, it is {now}", self.id, self.run_at),
+            ));
+        }
+        let number = self.attempts.len() as u32 + 1;
+        self.attempts.push(Attempt {
+            number,
+            lease,
+            started_at: now,
+            last_heartbeat: now,
+            ended_at: None,
+            outcome: None,
+            error: None,
+            cost: 0,
+        });
+        self.state = JobState::Running;
+        self.updated_at = now;
+        Ok(&self.attempts[self.attempts.len() - 1])
+    }
+
+    /// Queued → held: waits for budget or its plugin without using an
+    /// attempt.
+    ///
+    /// # Errors
+    /// `wrong_state` unless queued.
+    pub fn hold(&mut self, reason: HoldReason, now: u64) -> Result<(), PulseError> {
+        if self.state != JobState::Queued {
+            return Err(wrong_state(self, "hold"));
+        }
+        self.state = JobState::Held(reason);
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Held → queued.
+    ///
+    /// # Errors
+    /// `wrong_state` unless held.
+    pub fn release(&mut self, now: u64) -> Result<(), PulseError> {
+        if !matches!(self.state, JobState::Held(_)) {
+            return Err(wrong_state(self, "release"));
+        }
+        self.state = JobState::Queued;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Retrying → queued once its retry time has come.
+    ///
+    /// # Errors
+    /// `wrong_state` unless retrying; `not_due` before the retry time.
+    pub fn wake(&mut self, now: u64) -> Result<(), PulseError> {
+        if self.state != JobState::Retrying {
+            return Err(wrong_state(self, "wake"));
+        }
+        let at = self.retry_at.unwrap_or(0);
+        if now < at {
+            return Err(PulseError::new(
+                PulseErrorCode::NotDue,
+                format!("job {} retries at {at}, it is {now}", self.id),
+            ));
+        }
+        self.state = JobState::Queued;
+        self.run_at = at;
+        self.retry_at = None;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// The index of the live attempt if `lease` is its lease.
+    fn live(&self, lease: &LeaseToken) -> Result<usize, PulseError> {
+        match self.live_attempt() {
+            Some(a) if a.lease == *lease => Ok(self.attempts.len() - 1),
+            _ => Err(PulseError::new(
+                PulseErrorCode::StaleLease,
+                format!(
+                    "job {} has no live attempt with that lease (state {}); the event is from a lost or finished attempt",
+                    self.id,
+                    self.state.as_str()
+                ),
+            )),
+        }
+    }
+
+    /// Records a heartbeat of the live attempt.
+    ///
+    /// # Errors
+    /// `stale_lease` for anything but the live attempt.
+    pub fn heartbeat(&mut self, lease: &LeaseToken, now: u64) -> Result<(), PulseError> {
+        let i = self.live(lease)?;
+        self.attempts[i].last_heartbeat = now;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Records progress (also a heartbeat). Progress is kept across
+    /// attempts and handed to the next one.
+    ///
+    /// # Errors
+    /// `stale_lease`; `invalid_progress` for a percent above 100 or an
+    /// oversized checkpoint.
+    pub fn report_progress(
+        &mut self,
+        lease: &LeaseToken,
+        progress: Progress,
+        now: u64,
+    ) -> Result<(), PulseError> {
+        let i = self.live(lease)?;
+        if progress.percent > 100 || progress.checkpoint.len() > MAX_CHECKPOINT_BYTES {
+            return Err(PulseError::new(
+                PulseErrorCode::InvalidProgress,
+                format!("percent is 0..=100 and a checkpoint at most {MAX_CHECKPOINT_BYTES} bytes"),
+            ));
+        }
+        self.attempts[i].last_heartbeat = now;
+        self.progress = progress;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Adds reported cost to the live attempt and the job. Returns whether
+    /// the job is now over its `max_cost` (the caller then cancels it with
+    /// [`CancelReason::Budget`]).
+    ///
+    /// # Errors
+    /// `stale_lease`.
+    pub fn report_cost(
+        &mut self,
+        lease: &LeaseToken,
+        amount: u64,
+        now: u64,
+    ) -> Result<bool, PulseError> {
+        let i = self.live(lease)?;
+        self.attempts[i].cost = self.attempts[i].cost.saturating_add(amount);
+        self.attempts[i].last_heartbeat = now;
+        self.total_cost = self.total_cost.saturating_add(amount);
+        self.updated_at = now;
+        Ok(self
+            .limits
+            .max_cost
+            .is_some_and(|max| self.total_cost > max))
+    }
+
+    /// The live attempt returned a result: running → succeeded.
+    ///
+    /// # Errors
+    /// `stale_lease`: a result from a lost or finished attempt is refused.
+    pub fn succeed(
+        &mut self,
+        lease: &LeaseToken,
+        result: Vec<u8>,
+        now: u64,
+    ) -> Result<(), PulseError> {
+        let i = self.live(lease)?;
+        self.end_attempt(i, AttemptOutcome::Succeeded, None, now);
+        self.result = Some(result);
+        self.state = JobState::Succeeded;
+        Ok(())
+    }
+
+    /// The live attempt reported an error. Retryable errors retry after
+    /// `retry_after_ms` if the executor asked for a delay, else after the
+    /// policy's backoff; non-retryable ones end the job dead.
+    ///
+    /// # Errors
+    /// `stale_lease`.
+    pub fn fail(
+        &mut self,
+        lease: &LeaseToken,
+        error: String,
+        retryable: bool,
+        retry_after_ms: Option<u64>,
+        policy: RetryPolicy,
+        now: u64,
+    ) -> Result<(), PulseError> {
+        let i = self.live(lease)?;
+        self.end_attempt(i, AttemptOutcome::Failed, Some(error), now);
+        self.after_attempt(false, retryable, retry_after_ms, policy, now);
+        Ok(())
+    }
+
+    /// The executor died or disconnected during the live attempt. Counted
+    /// as a crash; after [`POISON_CRASHES`] in a row the job is dead
+    /// (`poison`).
+    ///
+    /// # Errors
+    /// `stale_lease`.
+    pub fn crash(
+        &mut self,
+        lease: &LeaseToken,
+        policy: RetryPolicy,
+        now: u64,
+    ) -> Result<(), PulseError> {
+        let i = self.live(lease)?;
+        self.end_attempt(
+            i,
+            AttemptOutcome::Crashed,
+            Some("the executor crashed or disconnected".into()),
+            now,
+        );
+        self.after_attempt(true, true, None, policy, now);
+        Ok(())
+    }
+
+    /// The live attempt passed its timeout or missed its heartbeats (after
+    /// the cancel push and grace period): retried like a retryable error.
+    ///
+    /// # Errors
+    /// `stale_lease`.
+    pub fn time_out(
+        &mut self,
+        lease: &LeaseToken,
+        policy: RetryPolicy,
+        now: u64,
+    ) -> Result<(), PulseError> {
+        let i = self.live(lease)?;
+        self.end_attempt(
+            i,
+            AttemptOutcome::TimedOut,
+            Some("the attempt timed out".into()),
+            now,
+        );
+        self.after_attempt(false, true, None, policy, now);
+        Ok(())
+    }
+
+    /// Cancels the job at once, from any state but a terminal one. If an
+    /// attempt was live it ends (its lease becomes stale) and its lease is
+    /// returned, so the caller pushes the cancel to the executor.
+    ///
+    /// # Errors
+    /// `wrong_state` for a finished job.
+    pub fn cancel(
+        &mut self,
+        reason: CancelReason,
+        now: u64,
+    ) -> Result<Option<LeaseToken>, PulseError> {
+        if self.state.is_terminal() {
+            return Err(wrong_state(self, "cancel"));
+        }
+        let live = self.live_attempt().map(|a| a.lease);
+        if let Some(lease) = live {
+            let i = self.live(&lease)?;
+            let outcome = match reason {
+                CancelReason::Requested => AttemptOutcome::Cancelled,
+                CancelReason::Budget => AttemptOutcome::BudgetExceeded,
+            };
+            self.end_attempt(i, outcome, None, now);
+        }
+        self.state = JobState::Cancelled(reason);
+        self.retry_at = None;
+        self.updated_at = now;
+        Ok(live)
+    }
+
+    fn end_attempt(&mut self, i: usize, outcome: AttemptOutcome, error: Option<String>, now: u64) {
+        let a = &mut self.attempts[i];
+        a.ended_at = Some(now);
+        a.outcome = Some(outcome);
+        if error.is_some() {
+            a.error.clone_from(&error);
+            self.last_error = error;
+        }
+        self.updated_at = now;
+    }
+
+    fn after_attempt(
+        &mut self,
+        crashed: bool,
+        retryable: bool,
+        retry_after_ms: Option<u64>,
+        policy: RetryPolicy,
+        now: u64,
+    ) {
+        self.consecutive_crashes = if crashed {
+            self.consecutive_crashes + 1
+        } else {
+            0
+        };
+        let used = self.attempts.len() as u32;
+        self.state = if !retryable {
+            JobState::Dead(DeadReason::NonRetryable)
+        } else if self.consecutive_crashes >= POISON_CRASHES {
+            JobState::Dead(DeadReason::Poison)
+        } else if used >= self.limits.max_attempts {
+            JobState::Dead(DeadReason::AttemptsExhausted)
+        } else {
+            let delay =
+                retry_after_ms.unwrap_or_else(|| policy.backoff.delay_ms(used, policy.random));
+            self.retry_at = Some(now.saturating_add(delay));
+            JobState::Retrying
+        };
+    }
+}

@@ -1,0 +1,16 @@
+//! Pulse, the job system: the job model and its state machine (pure), with
+//! the durable queue, scheduler and executors to follow (spec/pulse.md).
+
+mod backoff;
+mod error;
+mod job;
+mod machine;
+
+pub use backoff::Backoff;
+pub use error::{PulseError, PulseErrorCode};
+pub use job::{
+    Attempt, AttemptOutcome, CancelReason, DeadReason, HoldReason, Job, JobId, JobLimits,
+    JobRequest, JobState, LeaseToken, MAX_CHECKPOINT_BYTES, MAX_IDEMPOTENCY_KEY_BYTES,
+    MAX_PAYLOAD_BYTES, MAX_PRIORITY, POISON_CRASHES, Progress, check_request,
+};
+pub use machine::RetryPolicy;
