@@ -97,6 +97,17 @@ impl Serialize for Value {
     }
 }
 
+/// Encodes an internal record (not a signed format: no canonical-form
+/// guarantee) with serde_cbor.
+pub(crate) fn record_to_vec<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_cbor::to_vec(value).unwrap_or_else(|e| unreachable!("CBOR encode of a record: {e}"))
+}
+
+/// Decodes an internal record written by [`record_to_vec`].
+pub(crate) fn record_from_slice<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_cbor::from_slice(bytes).map_err(|e| e.to_string())
+}
+
 /// Encodes a value in canonical form.
 pub fn encode(value: &Value) -> Vec<u8> {
     // Writing to a Vec cannot fail, and every Value is representable.

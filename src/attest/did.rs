@@ -156,6 +156,19 @@ impl fmt::Debug for Did {
     }
 }
 
+impl serde::Serialize for Did {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Did {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Did, D::Error> {
+        let text = String::deserialize(d)?;
+        Did::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for Did {
     type Err = Error;
     fn from_str(s: &str) -> Result<Did, Error> {

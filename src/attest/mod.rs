@@ -2,7 +2,7 @@
 //! and the chain rules. Pure code: no I/O, no clock.
 
 mod attestation;
-mod cbor;
+pub(crate) mod cbor;
 mod chain;
 mod did;
 mod envelope;

@@ -334,6 +334,11 @@ impl Ledger {
         })
     }
 
+    /// The database the log lives in, for the job store's keyspaces.
+    pub(crate) fn database(&self) -> &Database {
+        &self.shared.db
+    }
+
     /// The log's own key, whose signature is on every checkpoint.
     pub fn log_did(&self) -> &Did {
         &self.shared.log_did

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use super::error::{PulseError, PulseErrorCode};
 use crate::{Did, HandlerSchema};
 
@@ -18,7 +20,7 @@ pub const POISON_CRASHES: u32 = 3;
 
 /// A job's ID: 8 bytes of creation time (Unix ms, big-endian) then 8
 /// bytes that make it unique, so IDs sort by creation time.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct JobId(pub [u8; 16]);
 
 impl JobId {
@@ -50,7 +52,7 @@ impl fmt::Debug for JobId {
 
 /// Identifies one attempt: only events carrying the live attempt's lease
 /// are accepted.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 pub struct LeaseToken(pub [u8; 16]);
 
 /// What a client asks for when it enqueues a job.
@@ -77,7 +79,7 @@ pub struct JobRequest {
 }
 
 /// The limits a job runs under: the handler's, possibly lowered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobLimits {
     /// Attempts, at least 1.
     pub max_attempts: u32,
@@ -173,7 +175,7 @@ pub fn check_request(req: &JobRequest) -> Result<(), PulseError> {
 }
 
 /// How an attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AttemptOutcome {
     /// The executor returned a result.
     Succeeded,
@@ -190,7 +192,7 @@ pub enum AttemptOutcome {
 }
 
 /// One try at running a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     /// 1 for the first attempt.
     pub number: u32,
@@ -212,7 +214,7 @@ pub struct Attempt {
 
 /// What the executor last said about progress; kept across attempts and
 /// handed to the next attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Progress {
     /// 0..=100.
     pub percent: u8,
@@ -223,7 +225,7 @@ pub struct Progress {
 }
 
 /// Why a job is held (not running, not consuming attempts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum HoldReason {
     /// Its handler's budget cannot cover the reservation.
     Budget,
@@ -232,7 +234,7 @@ pub enum HoldReason {
 }
 
 /// Why a job ended dead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DeadReason {
     /// Every attempt was used.
     AttemptsExhausted,
@@ -243,7 +245,7 @@ pub enum DeadReason {
 }
 
 /// Why a job ended cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum CancelReason {
     /// A client asked.
     Requested,
@@ -252,7 +254,7 @@ pub enum CancelReason {
 }
 
 /// Where a job is in its life (spec/pulse.md, "State machine").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum JobState {
     /// Waiting to be dispatched (at or after `run_at`).
     Queued,
@@ -294,7 +296,7 @@ impl JobState {
 }
 
 /// A job and everything that happened to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     /// Unique, time-sortable.
     pub id: JobId,

@@ -5,6 +5,7 @@ mod backoff;
 mod error;
 mod job;
 mod machine;
+mod store;
 
 pub use backoff::Backoff;
 pub use error::{PulseError, PulseErrorCode};
@@ -14,3 +15,4 @@ pub use job::{
     MAX_PAYLOAD_BYTES, MAX_PRIORITY, POISON_CRASHES, Progress, check_request,
 };
 pub use machine::RetryPolicy;
+pub use store::{JobError, JobStore};

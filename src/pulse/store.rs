@@ -1,0 +1,425 @@
+//! The durable job store: jobs and their queue indexes in the ledger's
+//! fjall database. Every transition is one atomic, fsynced batch; dequeue
+//! reads the first key of an ordered index (O(log n)).
+
+use std::sync::Mutex;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use serde::{Deserialize, Serialize};
+
+use super::error::PulseError;
+use super::job::{
+    Job, JobId, JobLimits, JobRequest, JobState, LeaseToken, MAX_PRIORITY, check_request,
+};
+use crate::attest::cbor::{record_from_slice, record_to_vec};
+use crate::ledger::{Ledger, LedgerError, LedgerErrorCode};
+use crate::{Did, HandlerSchema};
+
+/// Job store keyspaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Jk {
+    /// job ID (16) → stored job record.
+    Jobs = 0,
+    /// (9 − priority) (1) ‖ job ID (16) → empty: queued jobs that are due,
+    /// highest priority first, then oldest first.
+    Ready = 1,
+    /// time (u64 BE) ‖ job ID → empty: queued jobs before their run_at and
+    /// retrying jobs before their retry time.
+    Delayed = 2,
+    /// deadline (u64 BE) ‖ job ID → empty: running jobs by attempt deadline.
+    Running = 3,
+    /// held reason (1) ‖ job ID → empty.
+    Held = 4,
+    /// handler key (32) ‖ idempotency key → job ID.
+    Idem = 5,
+    /// state (1) ‖ job ID → empty: for listings by state.
+    ByState = 6,
+}
+
+const KEYSPACES: [(Jk, &str); 7] = [
+    (Jk::Jobs, "jobs"),
+    (Jk::Ready, "job_ready"),
+    (Jk::Delayed, "job_delayed"),
+    (Jk::Running, "job_running"),
+    (Jk::Held, "job_held"),
+    (Jk::Idem, "job_idem"),
+    (Jk::ByState, "job_by_state"),
+];
+
+/// Why a job store call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    /// The request or transition broke a rule of spec/pulse.md.
+    #[error("{0}")]
+    Rejected(#[from] PulseError),
+    /// No job with that ID.
+    #[error("not_found: no job {0}")]
+    NotFound(JobId),
+    /// Storage failed or stored data is corrupt.
+    #[error("{0}")]
+    Storage(#[from] LedgerError),
+}
+
+/// A job as stored: the job and the queue index key it currently has.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    job: Job,
+    /// (keyspace tag, key) of its queue index entry, if any.
+    placement: Option<(u8, Vec<u8>)>,
+}
+
+/// The durable job queue.
+pub struct JobStore {
+    db: Database,
+    ks: Vec<Keyspace>,
+    /// Serialises writers (so idempotency checks and index moves are
+    /// atomic) and makes job IDs unique within a millisecond.
+    writer: Mutex<u64>,
+}
+
+fn storage(e: impl std::fmt::Display) -> JobError {
+    JobError::Storage(LedgerError::storage("job store", e))
+}
+
+fn corrupt(what: &str) -> JobError {
+    JobError::Storage(LedgerError::new(
+        LedgerErrorCode::Integrity,
+        format!("job store: {what}"),
+    ))
+}
+
+fn state_byte(s: &JobState) -> u8 {
+    match s {
+        JobState::Queued => 0,
+        JobState::Held(_) => 1,
+        JobState::Running => 2,
+        JobState::Retrying => 3,
+        JobState::Succeeded => 4,
+        JobState::Dead(_) => 5,
+        JobState::Cancelled(_) => 6,
+    }
+}
+
+fn keyed(prefix: &[u8], id: &JobId) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&id.0);
+    k
+}
+
+/// Where a job belongs in the queue indexes at time `now`.
+fn placement(job: &Job, now: u64) -> Option<(u8, Vec<u8>)> {
+    match job.state {
+        JobState::Queued if job.run_at > now => {
+            Some((Jk::Delayed as u8, keyed(&job.run_at.to_be_bytes(), &job.id)))
+        }
+        JobState::Queued => Some((
+            Jk::Ready as u8,
+            keyed(&[MAX_PRIORITY - job.priority.min(MAX_PRIORITY)], &job.id),
+        )),
+        JobState::Retrying => Some((
+            Jk::Delayed as u8,
+            keyed(&job.retry_at.unwrap_or(0).to_be_bytes(), &job.id),
+        )),
+        JobState::Running => {
+            let started = job.live_attempt().map_or(now, |a| a.started_at);
+            let deadline = started.saturating_add(job.limits.timeout_ms);
+            Some((Jk::Running as u8, keyed(&deadline.to_be_bytes(), &job.id)))
+        }
+        JobState::Held(reason) => Some((Jk::Held as u8, keyed(&[reason as u8], &job.id))),
+        _ => None,
+    }
+}
+
+impl JobStore {
+    /// Opens the job keyspaces in the ledger's database.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn open(ledger: &Ledger) -> Result<JobStore, JobError> {
+        let db = ledger.database().clone();
+        let ks = KEYSPACES
+            .iter()
+            .map(|(_, name)| db.keyspace(name, KeyspaceCreateOptions::default))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage)?;
+        Ok(JobStore {
+            db,
+            ks,
+            writer: Mutex::new(0),
+        })
+    }
+
+    fn ks(&self, k: Jk) -> &Keyspace {
+        &self.ks[k as usize]
+    }
+
+    fn load(&self, id: &JobId) -> Result<Option<Stored>, JobError> {
+        match self.ks(Jk::Jobs).get(id.0).map_err(storage)? {
+            Some(v) => record_from_slice(&v)
+                .map(Some)
+                .map_err(|e| corrupt(&format!("job {id}: {e}"))),
+            None => Ok(None),
+        }
+    }
+
+    /// The job with this ID.
+    ///
+    /// # Errors
+    /// `not_found`; storage failures.
+    pub fn get(&self, id: &JobId) -> Result<Job, JobError> {
+        self.load(id)?.map(|s| s.job).ok_or(JobError::NotFound(*id))
+    }
+
+    /// Enqueues one job; see [`JobStore::enqueue_batch`].
+    ///
+    /// # Errors
+    /// As for one item of the batch.
+    pub fn enqueue(
+        &self,
+        handler: &Did,
+        schema: &HandlerSchema,
+        req: &JobRequest,
+        now: u64,
+    ) -> Result<(Job, bool), JobError> {
+        self.enqueue_batch(&[(handler.clone(), schema.clone(), req.clone())], now)
+            .pop()
+            .unwrap_or_else(|| Err(corrupt("empty batch result")))
+    }
+
+    /// Enqueues jobs under one fsync. Each result is the job and whether it
+    /// already existed (same handler and idempotency key: the existing job
+    /// is returned and nothing is written for it). Acknowledged only after
+    /// the batch is persisted with `SyncAll`.
+    pub fn enqueue_batch(
+        &self,
+        items: &[(Did, HandlerSchema, JobRequest)],
+        now: u64,
+    ) -> Vec<Result<(Job, bool), JobError>> {
+        let mut counter = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut results = Vec::with_capacity(items.len());
+        let mut keys_in_batch: Vec<(Vec<u8>, Job)> = Vec::new();
+        for (handler, schema, req) in items {
+            let result = (|| -> Result<(Job, bool), JobError> {
+                check_request(req)?;
+                let limits = JobLimits::resolve(schema, req)?;
+                let idem_key = req.idempotency_key.as_ref().map(|k| {
+                    let mut key = handler.public_key().to_vec();
+                    key.extend_from_slice(k.as_bytes());
+                    key
+                });
+                if let Some(key) = &idem_key {
+                    if let Some((_, job)) = keys_in_batch.iter().find(|(k, _)| k == key) {
+                        return Ok((job.clone(), true));
+                    }
+                    if let Some(id) = self.ks(Jk::Idem).get(key).map_err(storage)? {
+                        let id = JobId(
+                            id.as_ref()
+                                .try_into()
+                                .map_err(|_| corrupt("idempotency index"))?,
+                        );
+                        return Ok((self.get(&id)?, true));
+                    }
+                }
+                *counter += 1;
+                let id = JobId::new(now, *counter);
+                let job = Job::new(id, handler.clone(), req, limits, now);
+                let stored = Stored {
+                    placement: placement(&job, now),
+                    job: job.clone(),
+                };
+                if let Some((tag, key)) = &stored.placement {
+                    batch.insert(&self.ks[*tag as usize], key.clone(), b"");
+                }
+                batch.insert(
+                    self.ks(Jk::ByState),
+                    keyed(&[state_byte(&job.state)], &id),
+                    b"",
+                );
+                batch.insert(self.ks(Jk::Jobs), id.0, record_to_vec(&stored));
+                if let Some(key) = idem_key {
+                    batch.insert(self.ks(Jk::Idem), key.clone(), id.0);
+                    keys_in_batch.push((key, job.clone()));
+                }
+                Ok((job, false))
+            })();
+            results.push(result);
+        }
+        if let Err(e) = batch.commit() {
+            let err = storage(format!("enqueue not persisted: {e}"));
+            return results
+                .into_iter()
+                .map(|r| match r {
+                    Ok((job, true)) => Ok((job, true)),
+                    Ok(_) => Err(err.clone()),
+                    Err(e) => Err(e),
+                })
+                .collect();
+        }
+        results
+    }
+
+    /// Applies one transition to a job and writes the job and its index
+    /// moves in one fsynced batch. On error nothing is written.
+    ///
+    /// # Errors
+    /// `not_found`, the transition's own rule, or storage.
+    pub fn update<T>(
+        &self,
+        id: &JobId,
+        now: u64,
+        f: impl FnOnce(&mut Job) -> Result<T, PulseError>,
+    ) -> Result<T, JobError> {
+        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let stored = self.load(id)?.ok_or(JobError::NotFound(*id))?;
+        let mut job = stored.job.clone();
+        let out = f(&mut job)?;
+        self.write(&stored, job, now)?;
+        Ok(out)
+    }
+
+    fn write(&self, old: &Stored, job: Job, now: u64) -> Result<(), JobError> {
+        let new = Stored {
+            placement: placement(&job, now),
+            job,
+        };
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        if old.placement != new.placement {
+            if let Some((tag, key)) = &old.placement {
+                batch.remove(&self.ks[*tag as usize], key.clone());
+            }
+            if let Some((tag, key)) = &new.placement {
+                batch.insert(&self.ks[*tag as usize], key.clone(), b"");
+            }
+        }
+        let (a, b) = (state_byte(&old.job.state), state_byte(&new.job.state));
+        if a != b {
+            batch.remove(self.ks(Jk::ByState), keyed(&[a], &new.job.id));
+            batch.insert(self.ks(Jk::ByState), keyed(&[b], &new.job.id), b"");
+        }
+        batch.insert(self.ks(Jk::Jobs), new.job.id.0, record_to_vec(&new));
+        batch
+            .commit()
+            .map_err(|e| storage(format!("transition not persisted: {e}")))
+    }
+
+    /// Moves jobs whose time has come out of the delayed index: queued jobs
+    /// to the ready index, retrying jobs back to queued. At most `limit`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn promote_due(&self, now: u64, limit: usize) -> Result<usize, JobError> {
+        let mut due = Vec::new();
+        for kv in self.ks(Jk::Delayed).iter().take(limit) {
+            let key = kv.key().map_err(storage)?;
+            let at = u64::from_be_bytes(
+                key.get(..8)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| corrupt("delayed key"))?,
+            );
+            if at > now {
+                break;
+            }
+            due.push(JobId(
+                key.get(8..24)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| corrupt("delayed key"))?,
+            ));
+        }
+        for id in &due {
+            self.update(id, now, |job| {
+                if job.state == JobState::Retrying {
+                    job.wake(now)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(due.len())
+    }
+
+    /// Dispatches the next ready job — highest priority, then oldest —
+    /// under `lease`, or `None` if no job is ready.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn dispatch_next(&self, lease: LeaseToken, now: u64) -> Result<Option<Job>, JobError> {
+        let Some(first) = self.ks(Jk::Ready).first_key_value() else {
+            return Ok(None);
+        };
+        let key = first.key().map_err(storage)?;
+        let id = JobId(
+            key.get(1..17)
+                .and_then(|k| k.try_into().ok())
+                .ok_or_else(|| corrupt("ready key"))?,
+        );
+        let job = self.update(&id, now, |job| {
+            job.dispatch(lease, now)?;
+            Ok(job.clone())
+        })?;
+        Ok(Some(job))
+    }
+
+    /// Jobs in `state` (by name, e.g. "queued"), oldest first, after
+    /// `cursor`, at most `limit`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn list(
+        &self,
+        state: &JobState,
+        cursor: Option<&JobId>,
+        limit: usize,
+    ) -> Result<Vec<Job>, JobError> {
+        let b = state_byte(state);
+        let start = match cursor {
+            Some(c) => {
+                let mut k = keyed(&[b], c);
+                k.push(0);
+                k
+            }
+            None => vec![b],
+        };
+        let mut out = Vec::new();
+        for kv in self.ks(Jk::ByState).range(start..) {
+            let key = kv.key().map_err(storage)?;
+            if key.first() != Some(&b) || out.len() >= limit.clamp(1, 1000) {
+                break;
+            }
+            let id = JobId(
+                key.get(1..17)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| corrupt("state key"))?,
+            );
+            out.push(self.get(&id)?);
+        }
+        Ok(out)
+    }
+
+    /// Running jobs whose attempt deadline is at or before `now`, at most
+    /// `limit`, earliest first (for timeouts, and for recovery at start-up
+    /// with `now = u64::MAX`).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn running_until(&self, now: u64, limit: usize) -> Result<Vec<Job>, JobError> {
+        let mut out = Vec::new();
+        for kv in self.ks(Jk::Running).iter().take(limit) {
+            let key = kv.key().map_err(storage)?;
+            let deadline = u64::from_be_bytes(
+                key.get(..8)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| corrupt("running key"))?,
+            );
+            if deadline > now {
+                break;
+            }
+            let id = JobId(
+                key.get(8..24)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| corrupt("running key"))?,
+            );
+            out.push(self.get(&id)?);
+        }
+        Ok(out)
+    }
+}
