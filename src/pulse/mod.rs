@@ -2,13 +2,17 @@
 //! the durable queue, scheduler and executors to follow (spec/pulse.md).
 
 mod backoff;
+mod dispatcher;
 mod error;
+mod executor;
 mod job;
 mod machine;
 mod store;
 
 pub use backoff::Backoff;
+pub use dispatcher::{ConcurrencyLimits, DispatchConfig, Dispatcher, StepReport};
 pub use error::{PulseError, PulseErrorCode};
+pub use executor::{AttemptSpec, ExecEvent, Executor, Report};
 pub use job::{
     Attempt, AttemptOutcome, CancelReason, DeadReason, HoldReason, Job, JobId, JobLimits,
     JobRequest, JobState, LeaseToken, MAX_CHECKPOINT_BYTES, MAX_IDEMPOTENCY_KEY_BYTES,

@@ -359,7 +359,33 @@ impl JobStore {
         Ok(Some(job))
     }
 
-    /// Jobs in `state` (by name, e.g. "queued"), oldest first, after
+    /// Up to `limit` due jobs in dispatch order (priority, then age),
+    /// without dispatching them.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn ready(&self, limit: usize) -> Result<Vec<JobId>, JobError> {
+        let mut out = Vec::new();
+        for kv in self.ks(Jk::Ready).iter().take(limit) {
+            let key = kv.key().map_err(storage)?;
+            out.push(JobId(
+                key.get(1..17)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| corrupt("ready key"))?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Every running job (bounded by the dispatcher's worker limit).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn running(&self) -> Result<Vec<Job>, JobError> {
+        self.running_until(u64::MAX, usize::MAX)
+    }
+
+    /// Jobs in `state`, oldest first, after
     /// `cursor`, at most `limit`.
     ///
     /// # Errors

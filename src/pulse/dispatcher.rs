@@ -1,0 +1,346 @@
+//! The dispatcher: one step at a time, at a time the caller gives (a real
+//! clock in the server, a simulated one in tests). Each step applies the
+//! executors' reports, enforces timeouts and heartbeats, wakes due jobs,
+//! and dispatches ready jobs within the global and per-handler limits.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, Sender, channel};
+
+use super::backoff::Backoff;
+use super::error::{PulseError, PulseErrorCode};
+use super::executor::{AttemptSpec, ExecEvent, Executor, Report};
+use super::job::{CancelReason, Job, JobId, JobState, LeaseToken};
+use super::machine::RetryPolicy;
+use super::store::{JobError, JobStore};
+use crate::Did;
+
+/// Per-handler concurrency limits: a handler's `max_concurrency` (from its
+/// schema), `None` for no limit.
+pub type ConcurrencyLimits = Box<dyn Fn(&Did) -> Option<u32> + Send>;
+
+/// Dispatcher settings.
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    /// Attempts running at once, over all handlers.
+    pub max_running: usize,
+    /// An attempt with no heartbeat (or progress or cost) for this long is
+    /// treated like one past its deadline, ms.
+    pub heartbeat_timeout_ms: u64,
+    /// After pushing a cancel for a late attempt, how long to wait before
+    /// recording it timed out, ms.
+    pub grace_ms: u64,
+    /// Retry delays.
+    pub backoff: Backoff,
+    /// Ready jobs examined per step (bounds the step's work).
+    pub scan: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> DispatchConfig {
+        DispatchConfig {
+            max_running: 64,
+            heartbeat_timeout_ms: 30_000,
+            grace_ms: 5_000,
+            backoff: Backoff::default(),
+            scan: 1_000,
+        }
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepReport {
+    /// Attempts started.
+    pub dispatched: usize,
+    /// Reports applied.
+    pub applied: usize,
+    /// Reports refused because their attempt is no longer live.
+    pub stale: usize,
+    /// Attempts recorded as timed out.
+    pub timed_out: usize,
+}
+
+/// Drives jobs from the store through an executor.
+pub struct Dispatcher<E: Executor> {
+    store: std::sync::Arc<JobStore>,
+    executor: E,
+    config: DispatchConfig,
+    /// Per-handler concurrency limits (`max_concurrency` from the schema).
+    limits: ConcurrencyLimits,
+    tx: Sender<Report>,
+    rx: Receiver<Report>,
+    running: HashMap<Did, u32>,
+    /// Late attempts whose cancel was pushed, and when.
+    cancel_pushed: HashMap<JobId, u64>,
+    random: u64,
+    leases: u64,
+}
+
+impl<E: Executor> Dispatcher<E> {
+    /// A dispatcher over `store`. `seed` drives lease tokens and retry
+    /// jitter, so a run is reproducible.
+    pub fn new(
+        store: std::sync::Arc<JobStore>,
+        executor: E,
+        config: DispatchConfig,
+        limits: ConcurrencyLimits,
+        seed: u64,
+    ) -> Dispatcher<E> {
+        let (tx, rx) = channel();
+        Dispatcher {
+            store,
+            executor,
+            config,
+            limits,
+            tx,
+            rx,
+            running: HashMap::new(),
+            cancel_pushed: HashMap::new(),
+            random: seed | 1,
+            leases: 0,
+        }
+    }
+
+    /// The executor (tests drive fakes through it).
+    pub fn executor_mut(&mut self) -> &mut E {
+        &mut self.executor
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64: reproducible jitter and lease tokens from the seed.
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        self.random
+    }
+
+    fn policy(&mut self) -> RetryPolicy {
+        RetryPolicy {
+            backoff: self.config.backoff,
+            random: self.next_random(),
+        }
+    }
+
+    /// Start-up: every attempt that was running when the process stopped
+    /// is recorded as crashed (counted as a crash) and retried per policy.
+    /// Reads only the running index, never the whole store.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn recover(&mut self, now: u64) -> Result<usize, JobError> {
+        let running = self.store.running()?;
+        for job in &running {
+            if let Some(lease) = job.live_attempt().map(|a| a.lease) {
+                let policy = self.policy();
+                self.store
+                    .update(&job.id, now, |j| j.crash(&lease, policy, now))?;
+            }
+        }
+        self.running.clear();
+        Ok(running.len())
+    }
+
+    /// Cancels a job: queued, held or retrying jobs end at once; a running
+    /// job's attempt ends at once and the executor is told.
+    ///
+    /// # Errors
+    /// `not_found`, `wrong_state` for a finished job, storage.
+    pub fn cancel(&mut self, id: &JobId, now: u64) -> Result<(), JobError> {
+        let job = self.store.get(id)?;
+        let lease = self
+            .store
+            .update(id, now, |j| j.cancel(CancelReason::Requested, now))?;
+        if let Some(lease) = lease {
+            self.executor.cancel(*id, lease);
+            self.release_slot(&job.handler);
+        }
+        Ok(())
+    }
+
+    fn release_slot(&mut self, handler: &Did) {
+        if let Some(n) = self.running.get_mut(handler) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.running.remove(handler);
+            }
+        }
+    }
+
+    /// One step at time `now`.
+    ///
+    /// # Errors
+    /// Storage failures (rule violations by reports are counted, not
+    /// returned).
+    pub fn step(&mut self, now: u64) -> Result<StepReport, JobError> {
+        let mut report = StepReport::default();
+        while let Ok(r) = self.rx.try_recv() {
+            match self.apply(r, now) {
+                Ok(()) => report.applied += 1,
+                Err(JobError::Rejected(e)) if e.code() == PulseErrorCode::StaleLease => {
+                    report.stale += 1
+                }
+                Err(JobError::Rejected(_)) => report.stale += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        report.timed_out = self.enforce_deadlines(now)?;
+        self.store.promote_due(now, self.config.scan)?;
+        report.dispatched = self.dispatch(now)?;
+        Ok(report)
+    }
+
+    fn apply(&mut self, r: Report, now: u64) -> Result<(), JobError> {
+        let lease = r.lease;
+        let handler = self.store.get(&r.job)?.handler;
+        let ends = matches!(
+            r.event,
+            ExecEvent::Succeeded(_) | ExecEvent::Failed { .. } | ExecEvent::Crashed
+        );
+        let policy = self.policy();
+        let over_budget = match r.event {
+            ExecEvent::Heartbeat => self
+                .store
+                .update(&r.job, now, |j| j.heartbeat(&lease, now))
+                .map(|()| false)?,
+            ExecEvent::Progress(p) => self
+                .store
+                .update(&r.job, now, |j| j.report_progress(&lease, p, now))
+                .map(|()| false)?,
+            ExecEvent::Cost(n) => self
+                .store
+                .update(&r.job, now, |j| j.report_cost(&lease, n, now))?,
+            ExecEvent::Log(line) => {
+                // Only a live attempt may log; the line goes to the server log.
+                let live = self
+                    .store
+                    .get(&r.job)?
+                    .live_attempt()
+                    .is_some_and(|a| a.lease == lease);
+                if !live {
+                    return Err(PulseError::new(
+                        PulseErrorCode::StaleLease,
+                        "log from a finished attempt",
+                    )
+                    .into());
+                }
+                tracing::debug!(job = %r.job, "{line}");
+                false
+            }
+            ExecEvent::Succeeded(result) => self
+                .store
+                .update(&r.job, now, |j| j.succeed(&lease, result, now))
+                .map(|()| false)?,
+            ExecEvent::Failed {
+                error,
+                retryable,
+                retry_after_ms,
+            } => self
+                .store
+                .update(&r.job, now, |j| {
+                    j.fail(&lease, error, retryable, retry_after_ms, policy, now)
+                })
+                .map(|()| false)?,
+            ExecEvent::Crashed => self
+                .store
+                .update(&r.job, now, |j| j.crash(&lease, policy, now))
+                .map(|()| false)?,
+        };
+        if ends {
+            self.cancel_pushed.remove(&r.job);
+            self.release_slot(&handler);
+        }
+        if over_budget {
+            self.store
+                .update(&r.job, now, |j| j.cancel(CancelReason::Budget, now))?;
+            self.executor.cancel(r.job, lease);
+            self.cancel_pushed.remove(&r.job);
+            self.release_slot(&handler);
+        }
+        Ok(())
+    }
+
+    /// Pushes a cancel to every attempt past its deadline or heartbeat
+    /// timeout; records it timed out once the grace period has passed.
+    fn enforce_deadlines(&mut self, now: u64) -> Result<usize, JobError> {
+        let mut timed_out = 0;
+        for job in self.store.running()? {
+            let Some(a) = job.live_attempt() else {
+                continue;
+            };
+            let deadline = a.started_at.saturating_add(job.limits.timeout_ms);
+            let silent = a
+                .last_heartbeat
+                .saturating_add(self.config.heartbeat_timeout_ms);
+            if now < deadline && now < silent {
+                continue;
+            }
+            let lease = a.lease;
+            match self.cancel_pushed.get(&job.id) {
+                None => {
+                    self.executor.cancel(job.id, lease);
+                    self.cancel_pushed.insert(job.id, now);
+                }
+                Some(&pushed) if now >= pushed.saturating_add(self.config.grace_ms) => {
+                    let policy = self.policy();
+                    self.store
+                        .update(&job.id, now, |j| j.time_out(&lease, policy, now))?;
+                    self.cancel_pushed.remove(&job.id);
+                    self.release_slot(&job.handler);
+                    timed_out += 1;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(timed_out)
+    }
+
+    /// Starts ready jobs while slots are free. A handler at its
+    /// `max_concurrency` is skipped, not waited for, so it never blocks
+    /// other handlers' jobs.
+    fn dispatch(&mut self, now: u64) -> Result<usize, JobError> {
+        let mut started = 0;
+        let total: u32 = self.running.values().sum();
+        let mut free = self.config.max_running.saturating_sub(total as usize);
+        if free == 0 {
+            return Ok(0);
+        }
+        for id in self.store.ready(self.config.scan)? {
+            if free == 0 {
+                break;
+            }
+            let job: Job = self.store.get(&id)?;
+            let limit = (self.limits)(&job.handler);
+            let busy = self.running.get(&job.handler).copied().unwrap_or(0);
+            if limit.is_some_and(|l| busy >= l) {
+                continue;
+            }
+            self.leases += 1;
+            let mut token = [0u8; 16];
+            token[..8].copy_from_slice(&self.leases.to_be_bytes());
+            token[8..].copy_from_slice(&self.next_random().to_be_bytes());
+            let lease = LeaseToken(token);
+            let job = self.store.update(&id, now, |j| {
+                j.dispatch(lease, now)?;
+                Ok(j.clone())
+            })?;
+            debug_assert_eq!(job.state, JobState::Running);
+            let number = job.attempts.len() as u32;
+            *self.running.entry(job.handler.clone()).or_default() += 1;
+            free -= 1;
+            started += 1;
+            self.executor.start(
+                AttemptSpec {
+                    job: job.id,
+                    lease,
+                    number,
+                    handler: job.handler.clone(),
+                    payload: job.payload.clone(),
+                    deadline: now.saturating_add(job.limits.timeout_ms),
+                    checkpoint: job.progress.checkpoint.clone(),
+                },
+                self.tx.clone(),
+            );
+        }
+        Ok(started)
+    }
+}
