@@ -58,8 +58,6 @@ pub struct LeaseToken(pub [u8; 16]);
 /// What a client asks for when it enqueues a job.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct JobRequest {
-    /// The handler's did:key.
-    pub handler: Option<Did>,
     /// Opaque input, at most 1 MiB.
     pub payload: Vec<u8>,
     /// 0..=9, higher first.
@@ -130,6 +128,12 @@ impl JobLimits {
                     return Err(PulseError::new(
                         PulseErrorCode::InvalidLimit,
                         "max_cost must be at least 1",
+                    ));
+                }
+                (Some(v), None) if v > crate::limits::MAX_MAX_COST => {
+                    return Err(PulseError::new(
+                        PulseErrorCode::InvalidLimit,
+                        format!("max_cost is at most {}", crate::limits::MAX_MAX_COST),
                     ));
                 }
                 (Some(v), None) => Some(v),

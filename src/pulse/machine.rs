@@ -20,6 +20,9 @@ pub struct RetryPolicy {
     pub random: u64,
 }
 
+/// Longest retry delay an executor may request, ms (one day).
+pub const MAX_RETRY_AFTER_MS: u64 = 86_400_000;
+
 fn wrong_state(job: &Job, what: &str) -> PulseError {
     PulseError::new(
         PulseErrorCode::WrongState,
@@ -331,6 +334,9 @@ impl Job {
     }
 
     fn end_attempt(&mut self, i: usize, outcome: AttemptOutcome, error: Option<String>, now: u64) {
+        if outcome != AttemptOutcome::Crashed {
+            self.consecutive_crashes = 0;
+        }
         let a = &mut self.attempts[i];
         a.ended_at = Some(now);
         a.outcome = Some(outcome);
@@ -362,8 +368,10 @@ impl Job {
         } else if used >= self.limits.max_attempts {
             JobState::Dead(DeadReason::AttemptsExhausted)
         } else {
-            let delay =
-                retry_after_ms.unwrap_or_else(|| policy.backoff.delay_ms(used, policy.random));
+            // An executor may ask for its own delay, up to a day.
+            let delay = retry_after_ms
+                .map(|d| d.min(MAX_RETRY_AFTER_MS))
+                .unwrap_or_else(|| policy.backoff.delay_ms(used, policy.random));
             self.retry_at = Some(now.saturating_add(delay));
             JobState::Retrying
         };

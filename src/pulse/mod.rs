@@ -18,5 +18,5 @@ pub use job::{
     JobRequest, JobState, LeaseToken, MAX_CHECKPOINT_BYTES, MAX_IDEMPOTENCY_KEY_BYTES,
     MAX_PAYLOAD_BYTES, MAX_PRIORITY, POISON_CRASHES, Progress, check_request,
 };
-pub use machine::RetryPolicy;
+pub use machine::{MAX_RETRY_AFTER_MS, RetryPolicy};
 pub use store::{JobError, JobStore};
