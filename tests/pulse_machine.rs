@@ -248,6 +248,22 @@ fn executor_retry_delay_is_honoured_and_non_retryable_is_dead() {
     )
     .unwrap();
     assert_eq!(j.state, JobState::Dead(DeadReason::NonRetryable));
+    let mut k = job(5, None);
+    k.dispatch(lease(1), 1_000).unwrap();
+    k.fail(
+        &lease(1),
+        "come back never".into(),
+        true,
+        Some(u64::MAX),
+        POLICY,
+        2_000,
+    )
+    .unwrap();
+    assert_eq!(
+        k.retry_at,
+        Some(2_000 + pulse_ledger::pulse::MAX_RETRY_AFTER_MS),
+        "requested delays are capped at a day"
+    );
 }
 
 #[test]
@@ -396,6 +412,19 @@ fn requests_and_limits_are_checked() {
         .unwrap_err()
         .code(),
         PulseErrorCode::LimitAboveHandler
+    );
+    assert_eq!(
+        JobLimits::resolve(
+            &schema,
+            &JobRequest {
+                max_cost: Some(1 << 53),
+                ..Default::default()
+            }
+        )
+        .unwrap_err()
+        .code(),
+        PulseErrorCode::InvalidLimit,
+        "a job's max_cost stays within the schema's range"
     );
     let c = |r: JobRequest| check_request(&r).unwrap_err().code();
     assert_eq!(

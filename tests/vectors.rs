@@ -281,6 +281,15 @@ fn ledger_spec_lists_exactly_the_ledger_codes() {
     assert_eq!(table_codes("spec/ledger.md"), lib);
 }
 
+#[test]
+fn pulse_spec_lists_exactly_the_pulse_codes() {
+    let lib: BTreeSet<String> = pulse_ledger::pulse::PulseErrorCode::ALL
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    assert_eq!(table_codes("spec/pulse.md"), lib);
+}
+
 fn table_codes(path: &str) -> BTreeSet<String> {
     let spec = fs::read_to_string(path).expect(path);
     spec.lines()
