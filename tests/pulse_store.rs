@@ -202,3 +202,38 @@ fn restart_finds_running_attempts_and_requeues_them_as_crashes() {
     assert_eq!(store.list(&JobState::Queued, None, 1000).unwrap().len(), 50);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "IDs sort by creation");
 }
+
+#[test]
+fn finished_jobs_are_pruned_after_their_age_and_nothing_else() {
+    let dir = tempdir("jobs-prune");
+    let (ledger, store) = open(&dir);
+    let h = key("prune-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", key("prune-p").did);
+    let mk = |k: &str| JobRequest {
+        idempotency_key: Some(k.into()),
+        ..Default::default()
+    };
+    let (old, _) = store.enqueue(&h, &schema, &mk("old"), 1_000).unwrap();
+    let (young, _) = store.enqueue(&h, &schema, &mk("young"), 1_000).unwrap();
+    let (waiting, _) = store.enqueue(&h, &schema, &mk("waiting"), 1_000).unwrap();
+    store
+        .update(&old.id, 2_000, |j| {
+            j.cancel(pulse_ledger::pulse::CancelReason::Requested, 2_000)
+                .map(|_| ())
+        })
+        .unwrap();
+    store
+        .update(&young.id, 9_000, |j| {
+            j.cancel(pulse_ledger::pulse::CancelReason::Requested, 9_000)
+                .map(|_| ())
+        })
+        .unwrap();
+    let size = ledger.head().size;
+    assert_eq!(store.prune_finished(5_000, 100).unwrap(), 1);
+    assert!(matches!(store.get(&old.id), Err(JobError::NotFound(_))));
+    assert!(store.get(&young.id).is_ok() && store.get(&waiting.id).is_ok());
+    assert_eq!(ledger.head().size, size, "the ledger is never pruned");
+    // The pruned job's idempotency key is free again; the others still hold.
+    assert!(!store.enqueue(&h, &schema, &mk("old"), 10_000).unwrap().1);
+    assert!(store.enqueue(&h, &schema, &mk("young"), 10_000).unwrap().1);
+}

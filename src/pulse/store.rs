@@ -385,6 +385,49 @@ impl JobStore {
         self.running_until(u64::MAX, usize::MAX)
     }
 
+    /// Deletes finished jobs (succeeded, dead, cancelled) last changed
+    /// before `cutoff_ms`, with their index entries and idempotency keys; at
+    /// most `limit` per call. The ledger is never pruned.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn prune_finished(&self, cutoff_ms: u64, limit: usize) -> Result<usize, JobError> {
+        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut pruned = 0;
+        for state in [4u8, 5, 6] {
+            for kv in self.ks(Jk::ByState).prefix([state]) {
+                if pruned == limit {
+                    break;
+                }
+                let key = kv.key().map_err(storage)?;
+                let id = JobId(
+                    key.get(1..17)
+                        .and_then(|k| k.try_into().ok())
+                        .ok_or_else(|| corrupt("state key"))?,
+                );
+                let Some(stored) = self.load(&id)? else {
+                    continue;
+                };
+                if stored.job.updated_at >= cutoff_ms {
+                    continue;
+                }
+                batch.remove(self.ks(Jk::ByState), key.to_vec());
+                batch.remove(self.ks(Jk::Jobs), id.0);
+                if let Some(k) = &stored.job.idempotency_key {
+                    let mut idem = stored.job.handler.public_key().to_vec();
+                    idem.extend_from_slice(k.as_bytes());
+                    batch.remove(self.ks(Jk::Idem), idem);
+                }
+                pruned += 1;
+            }
+        }
+        batch
+            .commit()
+            .map_err(|e| storage(format!("prune not persisted: {e}")))?;
+        Ok(pruned)
+    }
+
     /// Jobs in `state`, oldest first, after
     /// `cursor`, at most `limit`.
     ///

@@ -1,0 +1,127 @@
+//! Pulse throughput: acknowledged enqueues (one per commit and batched) and
+//! dispatches through an in-process no-op executor, next to the disk's
+//! fsync rate measured in the same run. Results go to BENCHMARKS.md.
+//!
+//! ```text
+//! cargo run --release --example pulse_bench -- [JOBS]
+//! ```
+
+#![allow(clippy::unwrap_used)] // a benchmark harness: a panic is a report
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use pulse_ledger::ledger::{Ledger, LedgerConfig};
+use pulse_ledger::pulse::{
+    AttemptSpec, DispatchConfig, Dispatcher, ExecEvent, Executor, JobId, JobRequest, JobStore,
+    LeaseToken, Report,
+};
+use pulse_ledger::{Did, HandlerSchema};
+
+/// Succeeds every attempt at once.
+struct Noop;
+
+impl Executor for Noop {
+    fn start(&mut self, a: AttemptSpec, reports: Sender<Report>) {
+        let _ = reports.send(Report {
+            job: a.job,
+            lease: a.lease,
+            event: ExecEvent::Succeeded(Vec::new()),
+        });
+    }
+    fn cancel(&mut self, _: JobId, _: LeaseToken) {}
+}
+
+fn fsync_rate(dir: &std::path::Path) -> f64 {
+    let mut f = std::fs::File::create(dir.join("fsync-probe")).unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(2) {
+        f.write_all(&[0u8; 512]).unwrap();
+        f.sync_data().unwrap();
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let jobs: usize = std::env::args()
+        .nth(1)
+        .map_or(5_000, |n| n.parse().unwrap());
+    let dir = std::env::temp_dir().join(format!("pulse-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fsync = fsync_rate(&dir);
+    println!("ceiling: fsync (write 512 B + fdatasync)   {fsync:>9.0} /s");
+
+    let ledger = Ledger::open(LedgerConfig::new(dir.join("data"), "bench/log")).unwrap();
+    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let handler =
+        Did::from_verifying_key(&SigningKey::from_bytes(&[1; 32]).verifying_key()).unwrap();
+    let plugin =
+        Did::from_verifying_key(&SigningKey::from_bytes(&[2; 32]).verifying_key()).unwrap();
+    let schema = HandlerSchema::new("bench", "1.0.0", plugin);
+    let req = JobRequest {
+        payload: vec![0; 64],
+        ..Default::default()
+    };
+
+    let single = jobs / 5;
+    let start = Instant::now();
+    for _ in 0..single {
+        store.enqueue(&handler, &schema, &req, 1_000).unwrap();
+    }
+    let rate = single as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "enqueue, one per commit                   {rate:>9.0} /s  ({:.2}× fsync)",
+        rate / fsync
+    );
+
+    let items: Vec<_> = (0..100)
+        .map(|_| (handler.clone(), schema.clone(), req.clone()))
+        .collect();
+    let start = Instant::now();
+    let mut batched = 0;
+    while batched < jobs {
+        for r in store.enqueue_batch(&items, 1_000) {
+            r.unwrap();
+        }
+        batched += items.len();
+    }
+    let rate = batched as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "enqueue, batches of 100                   {rate:>9.0} /s  ({:.1}× fsync)",
+        rate / fsync
+    );
+
+    let total = single + batched;
+    let config = DispatchConfig {
+        max_running: 256,
+        scan: 256,
+        ..Default::default()
+    };
+    let mut d = Dispatcher::new(Arc::clone(&store), Noop, config, Box::new(|_| None), 7);
+    let start = Instant::now();
+    let mut done = 0usize;
+    let mut now = 2_000u64;
+    while done < total {
+        now += 1;
+        let r = d.step(now).unwrap();
+        done += r.applied;
+        if r.dispatched == 0 && r.applied == 0 {
+            break;
+        }
+    }
+    let rate = done as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "dispatch + succeed (no-op executor)       {rate:>9.0} /s  ({done} jobs; 2 fsynced transitions each: {:.2}× fsync/2)",
+        rate / (fsync / 2.0)
+    );
+    drop(d);
+    drop(store);
+    drop(ledger);
+    let _ = std::fs::remove_dir_all(&dir);
+}
