@@ -14,14 +14,16 @@ use std::sync::mpsc::Sender;
 use pulse_ledger::HandlerSchema;
 use pulse_ledger::ledger::{Ledger, LedgerConfig};
 use pulse_ledger::pulse::{
-    AttemptOutcome, AttemptSpec, Backoff, CancelReason, DispatchConfig, Dispatcher, ExecEvent,
-    Executor, Job, JobRequest, JobState, JobStore, LeaseToken, Progress, Report,
+    AttemptOutcome, AttemptSpec, Backoff, Budget, CancelReason, DispatchConfig, Dispatcher,
+    ExecEvent, Executor, HoldReason, Job, JobRequest, JobState, JobStore, LeaseToken, Progress,
+    Report,
 };
 
 const STEP_MS: u64 = 1_000;
 const BEHAVIOURS: u8 = 9;
 const MAX_COST: u64 = 100;
 const COST_STEP: u64 = 40;
+const HOURLY: u64 = 400;
 
 struct Active {
     lease: LeaseToken,
@@ -236,6 +238,19 @@ fn run(seed: u64) {
         scan: 100,
     };
     let limit = 1 + (next() % 3) as u32;
+    // Half the seeds give the first handler a rolling hourly budget.
+    let budgeted = next() % 2 == 0;
+    if budgeted {
+        store
+            .set_budget(
+                Some(&handlers[0]),
+                Budget {
+                    per_hour: Some(HOURLY),
+                    per_day: None,
+                },
+            )
+            .unwrap();
+    }
     let mut d = Dispatcher::new(
         Arc::clone(&store),
         Fake {
@@ -267,6 +282,13 @@ fn run(seed: u64) {
                 *running_per_handler.entry(job.handler.clone()).or_default() += 1;
             }
         }
+        if budgeted {
+            let (hour, _) = store.spent(&handlers[0], now).unwrap();
+            assert!(
+                hour <= HOURLY + u64::from(limit) * COST_STEP,
+                "{ctx}: spent {hour} over the hourly budget {HOURLY} + one report per live attempt"
+            );
+        }
         assert!(
             running_per_handler.values().all(|&n| n <= limit),
             "{ctx}: a handler over its concurrency {limit}: {:?}",
@@ -292,8 +314,11 @@ fn run(seed: u64) {
     }
     for j in &enqueued {
         let job = store.get(&j.id).unwrap();
+        let waiting_for_budget = budgeted
+            && job.handler == handlers[0]
+            && job.state == JobState::Held(HoldReason::Budget);
         assert!(
-            job.state.is_terminal(),
+            job.state.is_terminal() || waiting_for_budget,
             "seed {seed}: job {} ended {:?} (behaviour {})",
             job.id,
             job.state,
@@ -330,4 +355,88 @@ fn simulated_seeds_keep_every_invariant() {
             std::panic::resume_unwind(e);
         }
     }
+}
+
+#[test]
+fn budgets_hold_jobs_without_using_attempts_and_release_them_when_the_window_moves() {
+    let dir = common::tempdir("sim-budget");
+    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
+    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let h = common::key("budget-h").did;
+    let mut schema = HandlerSchema::new("h", "1.0.0", common::key("budget-p").did);
+    schema.max_cost = Some(100);
+    store
+        .set_budget(
+            None,
+            Budget {
+                per_hour: Some(250),
+                per_day: Some(10_000),
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        store.budget(&h).unwrap().per_hour,
+        Some(250),
+        "the default applies"
+    );
+    let mut now = 10_000_000u64;
+    // Behaviour 0 succeeds without spending; reservations alone (100 each)
+    // admit two jobs against 250 and hold the third.
+    let items: Vec<_> = (0..3)
+        .map(|_| {
+            (
+                h.clone(),
+                schema.clone(),
+                JobRequest {
+                    payload: vec![0],
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let jobs: Vec<Job> = store
+        .enqueue_batch(&items, now)
+        .into_iter()
+        .map(|r| r.unwrap().0)
+        .collect();
+    let mut d = Dispatcher::new(
+        Arc::clone(&store),
+        Fake {
+            random: 1,
+            ..Default::default()
+        },
+        DispatchConfig::default(),
+        Box::new(|_| None),
+        1,
+    );
+    now += 1_000;
+    let r = d.step(now).unwrap();
+    assert_eq!(r.dispatched, 2);
+    let third = store.get(&jobs[2].id).unwrap();
+    assert_eq!(third.state, JobState::Held(HoldReason::Budget));
+    assert!(third.attempts.is_empty(), "holding uses no attempt");
+    // Spend 240 by hand: once the two finish, 240 + 100 > 250 keeps it held…
+    store.record_spend(&h, now, 240).unwrap();
+    for _ in 0..5 {
+        now += 1_000;
+        d.executor_mut().act();
+        d.step(now).unwrap();
+    }
+    assert_eq!(store.get(&jobs[0].id).unwrap().state, JobState::Succeeded);
+    assert_eq!(
+        store.get(&jobs[2].id).unwrap().state,
+        JobState::Held(HoldReason::Budget)
+    );
+    let used = d.budget_use(&h, now).unwrap();
+    assert_eq!((used.spent_hour, used.reserved), (240, 0));
+    // …until the spend leaves the hourly window.
+    now += 61 * 60_000;
+    d.step(now).unwrap();
+    let third = store.get(&jobs[2].id).unwrap();
+    assert_eq!(third.state, JobState::Running, "released and dispatched");
+    assert_eq!(
+        d.budget_use(&h, now).unwrap().spent_day,
+        240,
+        "still in the day window"
+    );
 }

@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender, channel};
 
 use super::backoff::Backoff;
+use super::budget::BudgetUse;
 use super::error::{PulseError, PulseErrorCode};
 use super::executor::{AttemptSpec, ExecEvent, Executor, Report};
-use super::job::{CancelReason, Job, JobId, JobState, LeaseToken};
+use super::job::{CancelReason, HoldReason, Job, JobId, JobState, LeaseToken};
 use super::machine::RetryPolicy;
 use super::store::{JobError, JobStore};
 use crate::Did;
@@ -74,6 +75,11 @@ pub struct Dispatcher<E: Executor> {
     cancel_pushed: HashMap<JobId, u64>,
     random: u64,
     leases: u64,
+    /// Cost reserved by each live attempt and not yet spent.
+    reserved: HashMap<JobId, (Did, u64)>,
+    /// Cost of finished attempts per handler: (sum, count), for the
+    /// reservation of jobs without a max_cost.
+    history: HashMap<Did, (u64, u64)>,
 }
 
 impl<E: Executor> Dispatcher<E> {
@@ -98,6 +104,8 @@ impl<E: Executor> Dispatcher<E> {
             cancel_pushed: HashMap::new(),
             random: seed | 1,
             leases: 0,
+            reserved: HashMap::new(),
+            history: HashMap::new(),
         }
     }
 
@@ -153,8 +161,50 @@ impl<E: Executor> Dispatcher<E> {
         if let Some(lease) = lease {
             self.executor.cancel(*id, lease);
             self.release_slot(&job.handler);
+            self.unreserve(id);
         }
         Ok(())
+    }
+
+    /// What to reserve before dispatching `job`: its max_cost, else the
+    /// handler's average attempt cost so far.
+    fn expected_cost(&self, job: &Job) -> u64 {
+        job.limits.max_cost.unwrap_or_else(|| {
+            self.history
+                .get(&job.handler)
+                .map_or(0, |(sum, n)| sum / (*n).max(1))
+        })
+    }
+
+    /// A handler's spend and reservations at `now`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn budget_use(&self, handler: &Did, now: u64) -> Result<BudgetUse, JobError> {
+        let (spent_hour, spent_day) = self.store.spent(handler, now)?;
+        let reserved = self
+            .reserved
+            .values()
+            .filter(|(h, _)| h == handler)
+            .map(|(_, r)| *r)
+            .sum();
+        Ok(BudgetUse {
+            spent_hour,
+            spent_day,
+            reserved,
+        })
+    }
+
+    /// Ends a live attempt's reservation and learns its cost.
+    fn unreserve(&mut self, id: &JobId) {
+        self.reserved.remove(id);
+        if let Ok(job) = self.store.get(id) {
+            if let Some(a) = job.attempts.last() {
+                let h = self.history.entry(job.handler.clone()).or_default();
+                h.0 = h.0.saturating_add(a.cost);
+                h.1 += 1;
+            }
+        }
     }
 
     fn release_slot(&mut self, handler: &Did) {
@@ -185,6 +235,7 @@ impl<E: Executor> Dispatcher<E> {
         }
         report.timed_out = self.enforce_deadlines(now)?;
         self.store.promote_due(now, self.config.scan)?;
+        self.release_held(now)?;
         report.dispatched = self.dispatch(now)?;
         Ok(report)
     }
@@ -206,9 +257,17 @@ impl<E: Executor> Dispatcher<E> {
                 .store
                 .update(&r.job, now, |j| j.report_progress(&lease, p, now))
                 .map(|()| false)?,
-            ExecEvent::Cost(n) => self
-                .store
-                .update(&r.job, now, |j| j.report_cost(&lease, n, now))?,
+            ExecEvent::Cost(n) => {
+                let over_job = self
+                    .store
+                    .update(&r.job, now, |j| j.report_cost(&lease, n, now))?;
+                self.store.record_spend(&handler, now, n)?;
+                if let Some((_, left)) = self.reserved.get_mut(&r.job) {
+                    *left = left.saturating_sub(n);
+                }
+                let budget = self.store.budget(&handler)?;
+                over_job || budget.exceeded(&self.budget_use(&handler, now)?)
+            }
             ExecEvent::Log(line) => {
                 // Only a live attempt may log; the line goes to the server log.
                 let live = self
@@ -248,6 +307,7 @@ impl<E: Executor> Dispatcher<E> {
         if ends {
             self.cancel_pushed.remove(&r.job);
             self.release_slot(&handler);
+            self.unreserve(&r.job);
         }
         if over_budget {
             self.store
@@ -255,6 +315,7 @@ impl<E: Executor> Dispatcher<E> {
             self.executor.cancel(r.job, lease);
             self.cancel_pushed.remove(&r.job);
             self.release_slot(&handler);
+            self.unreserve(&r.job);
         }
         Ok(())
     }
@@ -286,12 +347,30 @@ impl<E: Executor> Dispatcher<E> {
                         .update(&job.id, now, |j| j.time_out(&lease, policy, now))?;
                     self.cancel_pushed.remove(&job.id);
                     self.release_slot(&job.handler);
+                    self.unreserve(&job.id);
                     timed_out += 1;
                 }
                 Some(_) => {}
             }
         }
         Ok(timed_out)
+    }
+
+    /// Releases jobs held for budget whose reservation now fits.
+    fn release_held(&mut self, now: u64) -> Result<(), JobError> {
+        for id in self
+            .store
+            .held(HoldReason::Budget as u8, self.config.scan)?
+        {
+            let job = self.store.get(&id)?;
+            let budget = self.store.budget(&job.handler)?;
+            let expected = self.expected_cost(&job);
+            if !budget.is_limited() || budget.admits(&self.budget_use(&job.handler, now)?, expected)
+            {
+                self.store.update(&id, now, |j| j.release(now))?;
+            }
+        }
+        Ok(())
     }
 
     /// Starts ready jobs while slots are free. A handler at its
@@ -314,6 +393,16 @@ impl<E: Executor> Dispatcher<E> {
             if limit.is_some_and(|l| busy >= l) {
                 continue;
             }
+            // Reserve the job's expected cost; if the handler's budget
+            // cannot cover it, hold the job (no attempt is used).
+            let budget = self.store.budget(&job.handler)?;
+            let expected = self.expected_cost(&job);
+            if budget.is_limited() && !budget.admits(&self.budget_use(&job.handler, now)?, expected)
+            {
+                self.store
+                    .update(&id, now, |j| j.hold(HoldReason::Budget, now))?;
+                continue;
+            }
             self.leases += 1;
             let mut token = [0u8; 16];
             token[..8].copy_from_slice(&self.leases.to_be_bytes());
@@ -326,6 +415,8 @@ impl<E: Executor> Dispatcher<E> {
             debug_assert_eq!(job.state, JobState::Running);
             let number = job.attempts.len() as u32;
             *self.running.entry(job.handler.clone()).or_default() += 1;
+            self.reserved
+                .insert(job.id, (job.handler.clone(), expected));
             free -= 1;
             started += 1;
             self.executor.start(

@@ -2,6 +2,7 @@
 //! the durable queue, scheduler and executors to follow (spec/pulse.md).
 
 mod backoff;
+mod budget;
 mod dispatcher;
 mod error;
 mod executor;
@@ -10,6 +11,7 @@ mod machine;
 mod store;
 
 pub use backoff::Backoff;
+pub use budget::{Budget, BudgetUse};
 pub use dispatcher::{ConcurrencyLimits, DispatchConfig, Dispatcher, StepReport};
 pub use error::{PulseError, PulseErrorCode};
 pub use executor::{AttemptSpec, ExecEvent, Executor, Report};

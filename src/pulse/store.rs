@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use serde::{Deserialize, Serialize};
 
+use super::budget::Budget;
 use super::error::PulseError;
 use super::job::{
     Job, JobId, JobLimits, JobRequest, JobState, LeaseToken, MAX_PRIORITY, check_request,
@@ -34,9 +35,13 @@ enum Jk {
     Idem = 5,
     /// state (1) ‖ job ID → empty: for listings by state.
     ByState = 6,
+    /// handler key (32; all zero for the default) → budget record.
+    Budget = 7,
+    /// handler key (32) ‖ minute (u64 BE) → cost spent in that minute.
+    Spend = 8,
 }
 
-const KEYSPACES: [(Jk, &str); 7] = [
+const KEYSPACES: [(Jk, &str); 9] = [
     (Jk::Jobs, "jobs"),
     (Jk::Ready, "job_ready"),
     (Jk::Delayed, "job_delayed"),
@@ -44,7 +49,11 @@ const KEYSPACES: [(Jk, &str); 7] = [
     (Jk::Held, "job_held"),
     (Jk::Idem, "job_idem"),
     (Jk::ByState, "job_by_state"),
+    (Jk::Budget, "job_budget"),
+    (Jk::Spend, "job_spend"),
 ];
+
+const MINUTE_MS: u64 = 60_000;
 
 /// Why a job store call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -426,6 +435,105 @@ impl JobStore {
             .commit()
             .map_err(|e| storage(format!("prune not persisted: {e}")))?;
         Ok(pruned)
+    }
+
+    /// Sets a handler's budget (`None`: the default for handlers without
+    /// their own).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn set_budget(&self, handler: Option<&Did>, budget: Budget) -> Result<(), JobError> {
+        let key = handler.map_or([0u8; 32], |h| *h.public_key());
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        batch.insert(self.ks(Jk::Budget), key, record_to_vec(&budget));
+        batch.commit().map_err(storage)
+    }
+
+    /// The budget that applies to a handler: its own, else the default,
+    /// else none.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn budget(&self, handler: &Did) -> Result<Budget, JobError> {
+        for key in [*handler.public_key(), [0u8; 32]] {
+            if let Some(v) = self.ks(Jk::Budget).get(key).map_err(storage)? {
+                return record_from_slice(&v).map_err(|e| corrupt(&format!("budget: {e}")));
+            }
+        }
+        Ok(Budget::default())
+    }
+
+    /// Records cost spent by a handler at `now` (durably).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn record_spend(&self, handler: &Did, now: u64, amount: u64) -> Result<(), JobError> {
+        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut key = handler.public_key().to_vec();
+        key.extend_from_slice(&(now / MINUTE_MS).to_be_bytes());
+        let before = match self.ks(Jk::Spend).get(&key).map_err(storage)? {
+            Some(v) => {
+                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt("spend record"))?)
+            }
+            None => 0,
+        };
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        batch.insert(
+            self.ks(Jk::Spend),
+            key,
+            before.saturating_add(amount).to_be_bytes(),
+        );
+        batch.commit().map_err(storage)
+    }
+
+    /// A handler's spend over the last 60 and 1,440 minutes (minute
+    /// buckets, the current one included).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn spent(&self, handler: &Did, now: u64) -> Result<(u64, u64), JobError> {
+        let minute = now / MINUTE_MS;
+        let key = |m: u64| {
+            let mut k = handler.public_key().to_vec();
+            k.extend_from_slice(&m.to_be_bytes());
+            k
+        };
+        let (mut hour, mut day) = (0u64, 0u64);
+        for kv in self
+            .ks(Jk::Spend)
+            .range(key(minute.saturating_sub(1_439))..=key(minute))
+        {
+            let (k, v) = kv.into_inner().map_err(storage)?;
+            let m = u64::from_be_bytes(
+                k.get(32..40)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| corrupt("spend key"))?,
+            );
+            let amount =
+                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt("spend record"))?);
+            day = day.saturating_add(amount);
+            if m + 60 > minute {
+                hour = hour.saturating_add(amount);
+            }
+        }
+        Ok((hour, day))
+    }
+
+    /// Held jobs for `reason`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn held(&self, reason: u8, limit: usize) -> Result<Vec<JobId>, JobError> {
+        let mut out = Vec::new();
+        for kv in self.ks(Jk::Held).prefix([reason]).take(limit) {
+            let key = kv.key().map_err(storage)?;
+            out.push(JobId(
+                key.get(1..17)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| corrupt("held key"))?,
+            ));
+        }
+        Ok(out)
     }
 
     /// Jobs in `state`, oldest first, after
