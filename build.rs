@@ -4,7 +4,10 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/pulse_ledger/v1/registry.proto"];
+    let protos = [
+        "proto/pulse_ledger/v1/registry.proto",
+        "proto/pulse_ledger/v1/jobs.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

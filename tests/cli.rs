@@ -382,6 +382,13 @@ fn every_command_has_help_with_examples() {
         vec!["log", "checkpoint", "--help"],
         vec!["log", "entries", "--help"],
         vec!["log", "watch", "--help"],
+        vec!["job", "submit", "--help"],
+        vec!["job", "get", "--help"],
+        vec!["job", "list", "--help"],
+        vec!["job", "watch", "--help"],
+        vec!["job", "cancel", "--help"],
+        vec!["budget", "show", "--help"],
+        vec!["budget", "set", "--help"],
     ] {
         let out = bin().args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");

@@ -679,3 +679,242 @@ async fn streams_pagination_watch_restart_and_graceful_shutdown() {
     }
     assert_eq!(server.stop(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_api_enqueues_reads_cancels_and_budgets() {
+    use pulse_ledger::api::proto::jobs_client::JobsClient;
+    let dir = tempdir("server-jobs");
+    let server = Server::start(&dir);
+    let mut reg = server.client().await;
+    let (p, h, gone) = (key("jobs-api-p"), key("jobs-api-h"), key("jobs-api-gone"));
+    for a in [
+        plugin_register(&p, "runner"),
+        handler_register(&h, "python.script", &p.did),
+    ] {
+        reg.submit(proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    let g = handler_register(&gone, "old", &p.did);
+    reg.submit(proto::SubmitRequest {
+        envelope: g.envelope().to_vec(),
+    })
+    .await
+    .unwrap();
+    let revoke = next(&g, &gone, Action::Revoke { reason: None }, None);
+    reg.submit(proto::SubmitRequest {
+        envelope: revoke.envelope().to_vec(),
+    })
+    .await
+    .unwrap();
+
+    let mut jobs = JobsClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    let req = |handler: &Did, priority: u32, key: &str| proto::EnqueueRequest {
+        handler: handler.to_string(),
+        payload: b"{}".to_vec(),
+        priority,
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    let first = jobs
+        .enqueue(req(&h.did, 5, "order-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.existing);
+    let job = first.job.unwrap();
+    assert_eq!(
+        (job.state.as_str(), job.max_attempts, job.timeout_ms),
+        ("queued", 3, 300_000)
+    );
+    let again = jobs
+        .enqueue(req(&h.did, 9, "order-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.existing);
+    assert_eq!(again.job.unwrap().id, job.id);
+
+    let e = jobs.enqueue(req(&gone.did, 1, "")).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "handler_revoked")
+    );
+    let e = jobs.enqueue(req(&p.did, 1, "")).await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::InvalidArgument, "not_a_handler")
+    );
+    let e = jobs
+        .enqueue(proto::EnqueueRequest {
+            max_attempts: 9,
+            ..req(&h.did, 1, "")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::InvalidArgument, "limit_above_handler")
+    );
+
+    let batch = jobs
+        .enqueue_batch(proto::EnqueueBatchRequest {
+            jobs: vec![
+                req(&h.did, 1, ""),
+                req(&h.did, 12, ""),
+                req(&key("nobody").did, 1, ""),
+                req(&h.did, 2, ""),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let outcome: Vec<String> = batch
+        .iter()
+        .map(|r| match r.result.as_ref().unwrap() {
+            proto::enqueue_result::Result::Accepted(a) => a.job.as_ref().unwrap().state.clone(),
+            proto::enqueue_result::Result::Rejected(e) => e.code.clone(),
+        })
+        .collect();
+    assert_eq!(
+        outcome,
+        ["queued", "invalid_priority", "not_found", "queued"]
+    );
+
+    let listed = jobs
+        .list_jobs(proto::ListJobsRequest {
+            state: "queued".into(),
+            page_size: 2,
+            page_token: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.jobs.len(), 2);
+    let rest = jobs
+        .list_jobs(proto::ListJobsRequest {
+            state: "queued".into(),
+            page_size: 2,
+            page_token: listed.next_page_token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.jobs.len(), 1, "3 queued jobs in pages of 2");
+    let e = jobs
+        .list_jobs(proto::ListJobsRequest {
+            state: "sleeping".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "invalid_state");
+
+    let cancelled = jobs
+        .cancel_job(proto::CancelJobRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(
+        (cancelled.state.as_str(), cancelled.reason.as_str()),
+        ("cancelled", "requested")
+    );
+    let e = jobs
+        .cancel_job(proto::CancelJobRequest { id: job.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::FailedPrecondition, "wrong_state")
+    );
+    let mut watch = jobs
+        .watch_job(proto::WatchJobRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.message().await.unwrap().unwrap().state, "cancelled");
+    assert!(
+        watch.message().await.unwrap().is_none(),
+        "a finished job's watch ends"
+    );
+    let e = jobs
+        .get_job(proto::GetJobRequest { id: vec![1; 3] })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&e), "invalid_job_id");
+    let e = jobs
+        .get_job(proto::GetJobRequest { id: vec![0; 16] })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    jobs.set_budget(proto::SetBudgetRequest {
+        handler: String::new(),
+        per_hour: 0,
+        per_day: 900,
+    })
+    .await
+    .unwrap();
+    jobs.set_budget(proto::SetBudgetRequest {
+        handler: h.did.to_string(),
+        per_hour: 100,
+        per_day: 0,
+    })
+    .await
+    .unwrap();
+    let b = jobs
+        .get_budget(proto::GetBudgetRequest {
+            handler: h.did.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((b.per_hour, b.per_day, b.spent_hour), (100, 0, 0));
+    let d = jobs
+        .get_budget(proto::GetBudgetRequest {
+            handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((d.per_hour, d.per_day), (0, 900));
+
+    // The CLI against the same server.
+    let url = format!("http://{}", server.addr);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+        .args([
+            "job",
+            "submit",
+            "--server",
+            &url,
+            "--priority",
+            "3",
+            "--json",
+            &h.did.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["priority"].as_u64()),
+        (Some("queued"), Some(3))
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+        .args(["budget", "show", "--server", &url, &h.did.to_string()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("per hour  100"));
+    assert_eq!(server.stop(), 0);
+}

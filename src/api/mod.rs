@@ -1,17 +1,19 @@
 //! The gRPC interfaces: generated protobuf types (the wire API, usable as a
 //! client SDK), the registry service over the ledger, and the server.
 
+mod jobs;
 mod metrics;
 mod normalize;
 mod registry;
 mod server;
 mod status;
 
+pub use jobs::JobsService;
 pub use metrics::Metrics;
 pub use registry::RegistryService;
 pub use server::{
-    MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, MAX_STREAMS_PER_CONNECTION, ServeConfig, ServeError,
-    serve,
+    MAX_JOBS_REQUEST_BYTES, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, MAX_STREAMS_PER_CONNECTION,
+    ServeConfig, ServeError, serve,
 };
 pub use status::{ERROR_DOMAIN, to_status};
 

@@ -8,13 +8,17 @@ use std::sync::Arc;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use super::jobs::JobsService;
 use super::metrics::{Metrics, serve_metrics};
-use super::proto::{self, registry_server::RegistryServer};
+use super::proto::{self, jobs_server::JobsServer, registry_server::RegistryServer};
 use super::registry::RegistryService;
 use crate::ledger::{Ledger, LedgerConfig, LedgerError};
 
 /// Largest request message accepted (an envelope is at most 64 KiB).
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Largest Jobs request (a batch of jobs with payloads up to 1 MiB each is
+/// sent as several batches).
+pub const MAX_JOBS_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// Concurrent HTTP/2 streams per connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// Largest response message sent.
@@ -109,6 +113,13 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Transport(e.to_string()))?;
+    let store = Arc::new(
+        crate::pulse::JobStore::open(&ledger).map_err(|e| ServeError::Transport(e.to_string()))?,
+    );
+    let jobs = JobsServer::new(JobsService::new(Arc::clone(&ledger), store))
+        .max_decoding_message_size(MAX_JOBS_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    health.set_serving::<JobsServer<JobsService>>().await;
     let registry = RegistryServer::new(RegistryService::new(Arc::clone(&ledger), metrics))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -130,6 +141,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(super::normalize::Normalize::new(registry))
+        .add_service(super::normalize::Normalize::new(jobs))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     // In-flight appends have been answered; commit anything still queued

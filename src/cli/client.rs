@@ -141,7 +141,13 @@ pub(crate) enum LogCmd {
     },
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+impl ServerArg {
+    pub(crate) fn url(&self) -> &str {
+        &self.server
+    }
+}
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -160,7 +166,7 @@ async fn connect(server: &ServerArg) -> Result<RegistryClient<Channel>, CliError
 }
 
 /// A failed call: rejections (the caller's input) exit 1, the rest 2.
-fn call_failed(status: &tonic::Status) -> CliError {
+pub(crate) fn call_failed(status: &tonic::Status) -> CliError {
     CliError::Server {
         code: status.code(),
         message: status.message().to_owned(),

@@ -7,6 +7,7 @@ mod client;
 mod error;
 mod files;
 mod inspect;
+mod jobs;
 
 mod keygen;
 mod serve;
@@ -65,6 +66,12 @@ enum Command {
     /// Read a server's log: info, checkpoint, entries, watch.
     #[command(subcommand)]
     Log(client::LogCmd),
+    /// Jobs on a server: submit, get, list, watch, cancel.
+    #[command(subcommand)]
+    Job(jobs::JobCmd),
+    /// Per-handler cost budgets on a server: show, set.
+    #[command(subcommand)]
+    Budget(jobs::BudgetCmd),
 }
 
 impl Cli {
@@ -80,6 +87,8 @@ impl Cli {
             Command::Serve(a) => serve::run(a),
             Command::Submit(a) => client::submit(a),
             Command::Log(c) => client::log(c),
+            Command::Job(c) => jobs::job(c),
+            Command::Budget(c) => jobs::budget(c),
         };
         match result {
             Ok(code) => code,

@@ -463,6 +463,17 @@ impl JobStore {
         Ok(Budget::default())
     }
 
+    /// The default budget (for handlers without their own).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn default_budget(&self) -> Result<Budget, JobError> {
+        match self.ks(Jk::Budget).get([0u8; 32]).map_err(storage)? {
+            Some(v) => record_from_slice(&v).map_err(|e| corrupt(&format!("budget: {e}"))),
+            None => Ok(Budget::default()),
+        }
+    }
+
     /// Records cost spent by a handler at `now` (durably).
     ///
     /// # Errors

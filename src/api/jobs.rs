@@ -1,0 +1,410 @@
+//! The Jobs gRPC service: thin handlers over the job store; the handler's
+//! schema comes from the ledger.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::proto::{self, jobs_server::Jobs};
+use super::status::{ERROR_DOMAIN, bad_request, to_status};
+use crate::ledger::Ledger;
+use crate::pulse::{
+    Budget, CancelReason, DeadReason, HoldReason, Job, JobError, JobId, JobRequest, JobState,
+    JobStore, PulseErrorCode,
+};
+use crate::{Did, Family, HandlerSchema, Schema};
+
+/// Most requests in one EnqueueBatch.
+const MAX_BATCH: usize = 1000;
+/// How often WatchJob looks for changes, ms.
+const WATCH_POLL_MS: u64 = 200;
+
+/// The jobs API over a job store and the ledger that holds the handlers.
+#[derive(Clone)]
+pub struct JobsService {
+    ledger: Arc<Ledger>,
+    store: Arc<JobStore>,
+}
+
+impl JobsService {
+    /// A service over `store`, resolving handlers in `ledger`.
+    pub fn new(ledger: Arc<Ledger>, store: Arc<JobStore>) -> JobsService {
+        JobsService { ledger, store }
+    }
+}
+
+fn status(code: Code, reason: &str, message: String) -> Status {
+    Status::with_error_details(
+        code,
+        format!("{reason}: {message}"),
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new()),
+    )
+}
+
+fn job_status(e: &JobError) -> Status {
+    match e {
+        JobError::Rejected(p) => {
+            let code = match p.code() {
+                PulseErrorCode::WrongState
+                | PulseErrorCode::StaleLease
+                | PulseErrorCode::NotDue => Code::FailedPrecondition,
+                _ => Code::InvalidArgument,
+            };
+            status(code, p.code().as_str(), p.message().to_owned())
+        }
+        JobError::NotFound(id) => status(Code::NotFound, "not_found", format!("no job {id}")),
+        JobError::Storage(l) => to_status(l),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn parse_id(bytes: &[u8]) -> Result<JobId, Status> {
+    bytes
+        .try_into()
+        .map(JobId)
+        .map_err(|_| bad_request("id", "invalid_job_id", "a job ID is 16 bytes"))
+}
+
+fn state_name(s: &JobState) -> (&'static str, &'static str) {
+    let reason = match s {
+        JobState::Held(HoldReason::Budget) | JobState::Cancelled(CancelReason::Budget) => "budget",
+        JobState::Held(HoldReason::Plugin) => "plugin",
+        JobState::Dead(DeadReason::AttemptsExhausted) => "attempts_exhausted",
+        JobState::Dead(DeadReason::NonRetryable) => "non_retryable",
+        JobState::Dead(DeadReason::Poison) => "poison",
+        JobState::Cancelled(CancelReason::Requested) => "requested",
+        _ => "",
+    };
+    (s.as_str(), reason)
+}
+
+fn parse_state(name: &str) -> Result<JobState, Status> {
+    Ok(match name {
+        "" | "queued" => JobState::Queued,
+        "held" => JobState::Held(HoldReason::Budget),
+        "running" => JobState::Running,
+        "retrying" => JobState::Retrying,
+        "succeeded" => JobState::Succeeded,
+        "dead" => JobState::Dead(DeadReason::AttemptsExhausted),
+        "cancelled" => JobState::Cancelled(CancelReason::Requested),
+        other => {
+            return Err(bad_request(
+                "state",
+                "invalid_state",
+                format!(
+                    "{other:?} is not one of queued, held, running, retrying, succeeded, dead, cancelled"
+                ),
+            ));
+        }
+    })
+}
+
+/// The wire form of a job.
+pub(crate) fn job_message(j: &Job) -> proto::Job {
+    let (state, reason) = state_name(&j.state);
+    proto::Job {
+        id: j.id.0.to_vec(),
+        handler: j.handler.to_string(),
+        state: state.to_owned(),
+        reason: reason.to_owned(),
+        priority: u32::from(j.priority),
+        run_at_ms: j.run_at,
+        attempts: j.attempts.len() as u32,
+        max_attempts: j.limits.max_attempts,
+        timeout_ms: j.limits.timeout_ms,
+        max_cost: j.limits.max_cost.unwrap_or(0),
+        total_cost: j.total_cost,
+        progress_percent: u32::from(j.progress.percent),
+        progress_message: j.progress.message.clone(),
+        result: j.result.clone().unwrap_or_default(),
+        last_error: j.last_error.clone().unwrap_or_default(),
+        retry_at_ms: j.retry_at.unwrap_or(0),
+        updated_at_ms: j.updated_at,
+        idempotency_key: j.idempotency_key.clone().unwrap_or_default(),
+    }
+}
+
+impl JobsService {
+    /// The handler's DID and current schema: registered, a handler, not revoked.
+    fn handler(&self, did: &str) -> Result<(Did, HandlerSchema), Status> {
+        let did =
+            Did::parse(did).map_err(|e| bad_request("handler", e.code().as_str(), e.message()))?;
+        let state = self.ledger.subject_state(&did).map_err(|e| to_status(&e))?;
+        match (state.family, state.schema, state.revoked) {
+            (Family::Handler, _, true) => Err(status(
+                Code::FailedPrecondition,
+                "handler_revoked",
+                format!("{did} is revoked; it takes no jobs"),
+            )),
+            (Family::Handler, Schema::Handler(schema), false) => Ok((did, schema)),
+            _ => Err(status(
+                Code::InvalidArgument,
+                "not_a_handler",
+                format!("{did} is a plugin"),
+            )),
+        }
+    }
+
+    fn request(
+        &self,
+        r: &proto::EnqueueRequest,
+    ) -> Result<(Did, HandlerSchema, JobRequest), Status> {
+        let (did, schema) = self.handler(&r.handler)?;
+        let priority = u8::try_from(r.priority).unwrap_or(u8::MAX);
+        let req = JobRequest {
+            payload: r.payload.clone(),
+            priority,
+            run_at_ms: r.run_at_ms,
+            idempotency_key: (!r.idempotency_key.is_empty()).then(|| r.idempotency_key.clone()),
+            max_attempts: (r.max_attempts != 0).then_some(r.max_attempts),
+            timeout_ms: (r.timeout_ms != 0).then_some(r.timeout_ms),
+            max_cost: (r.max_cost != 0).then_some(r.max_cost),
+            parent: None,
+        };
+        Ok((did, schema, req))
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&JobStore) -> Result<T, JobError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Status::internal(format!("internal: a worker failed: {e}")))?
+            .map_err(|e| job_status(&e))
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Jobs for JobsService {
+    async fn enqueue(
+        &self,
+        request: Request<proto::EnqueueRequest>,
+    ) -> Result<Response<proto::EnqueueResponse>, Status> {
+        let item = self.request(&request.into_inner())?;
+        let (job, existing) = self
+            .blocking(move |s| s.enqueue(&item.0, &item.1, &item.2, now_ms()))
+            .await?;
+        Ok(Response::new(proto::EnqueueResponse {
+            job: Some(job_message(&job)),
+            existing,
+        }))
+    }
+
+    async fn enqueue_batch(
+        &self,
+        request: Request<proto::EnqueueBatchRequest>,
+    ) -> Result<Response<proto::EnqueueBatchResponse>, Status> {
+        let reqs = request.into_inner().jobs;
+        if reqs.is_empty() || reqs.len() > MAX_BATCH {
+            return Err(status(
+                Code::InvalidArgument,
+                "invalid_batch",
+                format!("a batch holds 1 to {MAX_BATCH} jobs, not {}", reqs.len()),
+            ));
+        }
+        // Requests whose handler does not resolve fail alone; the rest go
+        // to the store together.
+        let resolved: Vec<Result<_, Status>> = reqs.iter().map(|r| self.request(r)).collect();
+        let items: Vec<_> = resolved
+            .iter()
+            .filter_map(|r| r.as_ref().ok().cloned())
+            .collect();
+        let mut stored = self
+            .blocking(move |s| Ok(s.enqueue_batch(&items, now_ms())))
+            .await?
+            .into_iter();
+        let rejected = |s: Status| {
+            use tonic_types::StatusExt as _;
+            proto::enqueue_result::Result::Rejected(proto::JobError {
+                status_code: s.code() as i32,
+                code: s
+                    .get_details_error_info()
+                    .map(|i| i.reason)
+                    .unwrap_or_default(),
+                message: s.message().to_owned(),
+            })
+        };
+        let results = resolved
+            .into_iter()
+            .map(|r| {
+                let result = match r {
+                    Err(s) => rejected(s),
+                    Ok(_) => match stored.next() {
+                        Some(Ok((job, existing))) => {
+                            proto::enqueue_result::Result::Accepted(proto::EnqueueResponse {
+                                job: Some(job_message(&job)),
+                                existing,
+                            })
+                        }
+                        Some(Err(e)) => rejected(job_status(&e)),
+                        None => rejected(Status::internal("internal: missing result")),
+                    },
+                };
+                proto::EnqueueResult {
+                    result: Some(result),
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::EnqueueBatchResponse { results }))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<proto::GetJobRequest>,
+    ) -> Result<Response<proto::GetJobResponse>, Status> {
+        let id = parse_id(&request.into_inner().id)?;
+        let job = self.blocking(move |s| s.get(&id)).await?;
+        Ok(Response::new(proto::GetJobResponse {
+            job: Some(job_message(&job)),
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<proto::ListJobsRequest>,
+    ) -> Result<Response<proto::ListJobsResponse>, Status> {
+        let req = request.into_inner();
+        let state = parse_state(&req.state)?;
+        let cursor = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(parse_id(&req.page_token)?)
+        };
+        let limit = if req.page_size == 0 {
+            100
+        } else {
+            req.page_size.min(1000) as usize
+        };
+        let jobs = self
+            .blocking(move |s| s.list(&state, cursor.as_ref(), limit))
+            .await?;
+        let next = if jobs.len() == limit {
+            jobs.last().map(|j| j.id.0.to_vec()).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        Ok(Response::new(proto::ListJobsResponse {
+            jobs: jobs.iter().map(job_message).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    type WatchJobStream = BoxStream<proto::Job>;
+
+    async fn watch_job(
+        &self,
+        request: Request<proto::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let id = parse_id(&request.into_inner().id)?;
+        let first = self.blocking(move |s| s.get(&id)).await?;
+        let (tx, rx) = mpsc::channel(16);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut last = first;
+            if tx.send(Ok(job_message(&last))).await.is_err() {
+                return;
+            }
+            while !last.state.is_terminal() {
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_millis(WATCH_POLL_MS)) => {}
+                    () = tx.closed() => return,
+                }
+                match service.blocking(move |s| s.get(&id)).await {
+                    Ok(job) if job != last => {
+                        last = job;
+                        if tx.send(Ok(job_message(&last))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<proto::CancelJobRequest>,
+    ) -> Result<Response<proto::CancelJobResponse>, Status> {
+        let id = parse_id(&request.into_inner().id)?;
+        let job = self
+            .blocking(move |s| {
+                let now = now_ms();
+                s.update(&id, now, |j| {
+                    j.cancel(CancelReason::Requested, now).map(|_| ())
+                })?;
+                s.get(&id)
+            })
+            .await?;
+        Ok(Response::new(proto::CancelJobResponse {
+            job: Some(job_message(&job)),
+        }))
+    }
+
+    async fn get_budget(
+        &self,
+        request: Request<proto::GetBudgetRequest>,
+    ) -> Result<Response<proto::GetBudgetResponse>, Status> {
+        let handler = request.into_inner().handler;
+        let did = if handler.is_empty() {
+            None
+        } else {
+            Some(
+                Did::parse(&handler)
+                    .map_err(|e| bad_request("handler", e.code().as_str(), e.message()))?,
+            )
+        };
+        let (budget, spent) = self
+            .blocking(move |s| match &did {
+                Some(d) => Ok((s.budget(d)?, s.spent(d, now_ms())?)),
+                None => Ok((s.default_budget()?, (0, 0))),
+            })
+            .await?;
+        Ok(Response::new(proto::GetBudgetResponse {
+            per_hour: budget.per_hour.unwrap_or(0),
+            per_day: budget.per_day.unwrap_or(0),
+            spent_hour: spent.0,
+            spent_day: spent.1,
+        }))
+    }
+
+    async fn set_budget(
+        &self,
+        request: Request<proto::SetBudgetRequest>,
+    ) -> Result<Response<proto::SetBudgetResponse>, Status> {
+        let req = request.into_inner();
+        let did = if req.handler.is_empty() {
+            None
+        } else {
+            Some(self.handler(&req.handler)?.0)
+        };
+        let budget = Budget {
+            per_hour: (req.per_hour != 0).then_some(req.per_hour),
+            per_day: (req.per_day != 0).then_some(req.per_day),
+        };
+        self.blocking(move |s| s.set_budget(did.as_ref(), budget))
+            .await?;
+        Ok(Response::new(proto::SetBudgetResponse {}))
+    }
+}

@@ -1,0 +1,359 @@
+//! `pulse-ledger job …` and `pulse-ledger budget …`: the jobs API from the
+//! command line.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde_json::json;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+use super::client::{ServerArg, call_failed, runtime};
+use super::error::CliError;
+use crate::api::proto::{self, jobs_client::JobsClient};
+
+/// Jobs.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum JobCmd {
+    /// Enqueue a job for a handler.
+    #[command(after_help = "\
+Examples:
+  pulse-ledger job submit did:key:z6Mk... --payload input.json
+  echo '{\"n\": 3}' | pulse-ledger job submit did:key:z6Mk... --payload - --priority 7 \\
+      --idempotency-key order-42 --max-cost 500 --wait")]
+    Submit {
+        #[command(flatten)]
+        server: ServerArg,
+        /// The handler's did:key.
+        handler: String,
+        /// Payload file, or - for standard input (at most 1 MiB).
+        #[arg(long, value_name = "FILE")]
+        payload: Option<PathBuf>,
+        /// 0..9, higher first.
+        #[arg(long, default_value_t = 0)]
+        priority: u32,
+        /// Enqueueing the same key again for this handler returns the same job.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Lower the handler's per-attempt timeout, ms.
+        #[arg(long, value_name = "MS")]
+        timeout: Option<u64>,
+        /// Lower (or set) the job's cost limit.
+        #[arg(long)]
+        max_cost: Option<u64>,
+        /// Lower the handler's attempt limit.
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Follow the job until it finishes.
+        #[arg(long)]
+        wait: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a job.
+    #[command(after_help = "Example:\n  pulse-ledger job get 0000019b76daa8007c1f3e5a9b2d4c68")]
+    Get {
+        #[command(flatten)]
+        server: ServerArg,
+        /// Job ID (32 hex digits).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs in one state, oldest first.
+    #[command(after_help = "Example:\n  pulse-ledger job list --state retrying --page-size 50")]
+    List {
+        #[command(flatten)]
+        server: ServerArg,
+        /// queued, held, running, retrying, succeeded, dead or cancelled.
+        #[arg(long, default_value = "queued")]
+        state: String,
+        /// Jobs per page (1..1000).
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a job until it finishes: one line (or JSON line) per change.
+    #[command(
+        after_help = "Example:\n  pulse-ledger job watch 0000019b76daa8007c1f3e5a9b2d4c68 --json"
+    )]
+    Watch {
+        #[command(flatten)]
+        server: ServerArg,
+        /// Job ID (32 hex digits).
+        id: String,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job that has not finished.
+    #[command(after_help = "Example:\n  pulse-ledger job cancel 0000019b76daa8007c1f3e5a9b2d4c68")]
+    Cancel {
+        #[command(flatten)]
+        server: ServerArg,
+        /// Job ID (32 hex digits).
+        id: String,
+    },
+}
+
+/// Per-handler cost budgets.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum BudgetCmd {
+    /// Show a handler's budget and spend (no handler: the default budget).
+    #[command(
+        after_help = "Examples:\n  pulse-ledger budget show did:key:z6Mk...\n  pulse-ledger budget show"
+    )]
+    Show {
+        #[command(flatten)]
+        server: ServerArg,
+        /// The handler's did:key.
+        handler: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a handler's budget (no handler: the default). 0 or absent: no limit.
+    #[command(
+        after_help = "Examples:\n  pulse-ledger budget set did:key:z6Mk... --per-hour 1000 --per-day 10000\n  pulse-ledger budget set --per-day 50000"
+    )]
+    Set {
+        #[command(flatten)]
+        server: ServerArg,
+        /// The handler's did:key.
+        handler: Option<String>,
+        /// Cost units per rolling hour.
+        #[arg(long, default_value_t = 0)]
+        per_hour: u64,
+        /// Cost units per rolling day.
+        #[arg(long, default_value_t = 0)]
+        per_day: u64,
+    },
+}
+
+async fn connect(server: &ServerArg) -> Result<JobsClient<Channel>, CliError> {
+    let url = server.url();
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| CliError::Usage(format!("--server {url}: {e}")))?
+        .tcp_nodelay(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| CliError::Usage(format!("cannot reach {url}: {e}")))?;
+    Ok(JobsClient::new(channel).max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES))
+}
+
+fn parse_id(text: &str) -> Result<Vec<u8>, CliError> {
+    match hex::decode(text) {
+        Ok(b) if b.len() == 16 => Ok(b),
+        _ => Err(CliError::Usage(format!(
+            "{text:?} is not a job ID (32 hex digits)"
+        ))),
+    }
+}
+
+fn print_job(j: &proto::Job, json: bool) {
+    let id = hex::encode(&j.id);
+    if json {
+        println!(
+            "{}",
+            json!({
+                "id": id, "handler": j.handler, "state": j.state, "reason": j.reason,
+                "priority": j.priority, "attempts": j.attempts, "max_attempts": j.max_attempts,
+                "total_cost": j.total_cost, "max_cost": j.max_cost, "progress": j.progress_percent,
+                "progress_message": j.progress_message, "last_error": j.last_error,
+                "result": hex::encode(&j.result), "retry_at_ms": j.retry_at_ms, "updated_at_ms": j.updated_at_ms,
+            })
+        );
+    } else {
+        let reason = if j.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", j.reason)
+        };
+        println!(
+            "{id} {}{reason} attempts {}/{} cost {} progress {}%{}",
+            j.state,
+            j.attempts,
+            j.max_attempts,
+            j.total_cost,
+            j.progress_percent,
+            if j.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(" error: {}", j.last_error)
+            }
+        );
+    }
+}
+
+async fn watch(
+    client: &mut JobsClient<Channel>,
+    id: Vec<u8>,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let mut stream = client
+        .watch_job(proto::WatchJobRequest { id })
+        .await
+        .map_err(|s| call_failed(&s))?
+        .into_inner();
+    let mut last = None;
+    while let Some(j) = stream.next().await {
+        let j = j.map_err(|s| call_failed(&s))?;
+        print_job(&j, json);
+        last = Some(j.state);
+    }
+    Ok(match last.as_deref() {
+        Some("succeeded") => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
+}
+
+pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
+    runtime()?.block_on(async move {
+        match cmd {
+            JobCmd::Submit {
+                server,
+                handler,
+                payload,
+                priority,
+                idempotency_key,
+                timeout,
+                max_cost,
+                max_attempts,
+                wait,
+                json,
+            } => {
+                let payload = match payload {
+                    None => Vec::new(),
+                    Some(p) if p.as_os_str() == "-" => {
+                        let mut buf = Vec::new();
+                        std::io::stdin()
+                            .take(crate::pulse::MAX_PAYLOAD_BYTES as u64 + 1)
+                            .read_to_end(&mut buf)
+                            .map_err(|e| CliError::Usage(format!("stdin: {e}")))?;
+                        buf
+                    }
+                    Some(p) => std::fs::read(&p).map_err(super::files::io(&p))?,
+                };
+                let mut client = connect(&server).await?;
+                let r = client
+                    .enqueue(proto::EnqueueRequest {
+                        handler,
+                        payload,
+                        priority,
+                        run_at_ms: 0,
+                        idempotency_key: idempotency_key.unwrap_or_default(),
+                        max_attempts: max_attempts.unwrap_or(0),
+                        timeout_ms: timeout.unwrap_or(0),
+                        max_cost: max_cost.unwrap_or(0),
+                    })
+                    .await
+                    .map_err(|s| call_failed(&s))?
+                    .into_inner();
+                let job = r.job.unwrap_or_default();
+                if !wait {
+                    if json {
+                        print_job(&job, true);
+                    } else {
+                        let existing = if r.existing {
+                            " (existing job for this idempotency key)"
+                        } else {
+                            ""
+                        };
+                        println!("{}{existing}", hex::encode(&job.id));
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                watch(&mut client, job.id, json).await
+            }
+            JobCmd::Get { server, id, json } => {
+                let j = connect(&server)
+                    .await?
+                    .get_job(proto::GetJobRequest { id: parse_id(&id)? })
+                    .await
+                    .map_err(|s| call_failed(&s))?
+                    .into_inner();
+                print_job(&j.job.unwrap_or_default(), json);
+                Ok(ExitCode::SUCCESS)
+            }
+            JobCmd::List {
+                server,
+                state,
+                page_size,
+                json,
+            } => {
+                let mut client = connect(&server).await?;
+                let mut token = Vec::new();
+                loop {
+                    let page = client
+                        .list_jobs(proto::ListJobsRequest {
+                            state: state.clone(),
+                            page_size,
+                            page_token: token,
+                        })
+                        .await
+                        .map_err(|s| call_failed(&s))?
+                        .into_inner();
+                    for j in &page.jobs {
+                        print_job(j, json);
+                    }
+                    if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    token = page.next_page_token;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            JobCmd::Watch { server, id, json } => {
+                let id = parse_id(&id)?;
+                watch(&mut connect(&server).await?, id, json).await
+            }
+            JobCmd::Cancel { server, id } => {
+                let j = connect(&server)
+                    .await?
+                    .cancel_job(proto::CancelJobRequest { id: parse_id(&id)? })
+                    .await
+                    .map_err(|s| call_failed(&s))?
+                    .into_inner();
+                print_job(&j.job.unwrap_or_default(), false);
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    })
+}
+
+pub(crate) fn budget(cmd: BudgetCmd) -> Result<ExitCode, CliError> {
+    runtime()?.block_on(async move {
+        match cmd {
+            BudgetCmd::Show { server, handler, json } => {
+                let b = connect(&server)
+                    .await?
+                    .get_budget(proto::GetBudgetRequest { handler: handler.unwrap_or_default() })
+                    .await
+                    .map_err(|s| call_failed(&s))?
+                    .into_inner();
+                let limit = |v: u64| if v == 0 { "no limit".to_owned() } else { v.to_string() };
+                if json {
+                    println!("{}", json!({"per_hour": b.per_hour, "per_day": b.per_day, "spent_hour": b.spent_hour, "spent_day": b.spent_day}));
+                } else {
+                    println!("per hour  {} (spent {})", limit(b.per_hour), b.spent_hour);
+                    println!("per day   {} (spent {})", limit(b.per_day), b.spent_day);
+                }
+            }
+            BudgetCmd::Set { server, handler, per_hour, per_day } => {
+                connect(&server)
+                    .await?
+                    .set_budget(proto::SetBudgetRequest { handler: handler.unwrap_or_default(), per_hour, per_day })
+                    .await
+                    .map_err(|s| call_failed(&s))?;
+                println!("budget set");
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
