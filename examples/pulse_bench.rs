@@ -4,7 +4,12 @@
 //!
 //! ```text
 //! cargo run --release --example pulse_bench -- [JOBS]
+//! cargo run --release --example pulse_bench -- startup [JOBS]
 //! ```
+//!
+//! `startup` stores JOBS queued jobs (default 1,000,000) with 100 of them
+//! running, closes everything, and times reopening the ledger and the job
+//! store, recovering the interrupted attempts and dispatching the first job.
 
 #![allow(clippy::unwrap_used)] // a benchmark harness: a panic is a report
 
@@ -47,10 +52,77 @@ fn fsync_rate(dir: &std::path::Path) -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+fn startup(jobs: usize) {
+    let dir = std::env::temp_dir().join(format!("pulse-bench-start-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let handler =
+        Did::from_verifying_key(&SigningKey::from_bytes(&[1; 32]).verifying_key()).unwrap();
+    let plugin =
+        Did::from_verifying_key(&SigningKey::from_bytes(&[2; 32]).verifying_key()).unwrap();
+    let schema = HandlerSchema::new("bench", "1.0.0", plugin);
+    {
+        let ledger = Ledger::open(LedgerConfig::new(&data, "bench/log")).unwrap();
+        let store = Arc::new(JobStore::open(&ledger).unwrap());
+        let items: Vec<_> = (0..1000)
+            .map(|_| {
+                (
+                    handler.clone(),
+                    schema.clone(),
+                    JobRequest {
+                        payload: vec![0; 64],
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        let start = Instant::now();
+        for _ in 0..jobs / items.len() {
+            for r in store.enqueue_batch(&items, 1_000) {
+                r.unwrap();
+            }
+        }
+        println!(
+            "stored {jobs} jobs in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+        for n in 0..100u64 {
+            let mut t = [0u8; 16];
+            t[..8].copy_from_slice(&n.to_be_bytes());
+            store.dispatch_next(LeaseToken(t), 2_000).unwrap().unwrap();
+        }
+    }
+    let start = Instant::now();
+    let ledger = Ledger::open(LedgerConfig::new(&data, "bench/log")).unwrap();
+    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let mut d = Dispatcher::new(
+        Arc::clone(&store),
+        Noop,
+        DispatchConfig::default(),
+        Box::new(|_| None),
+        1,
+    );
+    let recovered = d.recover(3_000).unwrap();
+    let report = d.step(3_001).unwrap();
+    println!(
+        "reopen + recover {recovered} interrupted attempts + first dispatch ({} jobs) with {jobs} stored: {:?}",
+        report.dispatched,
+        start.elapsed()
+    );
+    drop(d);
+    drop(store);
+    drop(ledger);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
-    let jobs: usize = std::env::args()
-        .nth(1)
-        .map_or(5_000, |n| n.parse().unwrap());
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("startup") {
+        args.next();
+        startup(args.next().map_or(1_000_000, |n| n.parse().unwrap()));
+        return;
+    }
+    let jobs: usize = args.next().map_or(5_000, |n| n.parse().unwrap());
     let dir = std::env::temp_dir().join(format!("pulse-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
