@@ -335,6 +335,30 @@ fn run(seed: u64) {
             _ => {}
         }
     }
+    // FIFO within a priority: of two jobs of one handler with the same
+    // priority and run_at, the older one's first attempt starts no later
+    // (held jobs and a cancelled victim may be passed legitimately).
+    let finals: Vec<Job> = enqueued.iter().map(|j| store.get(&j.id).unwrap()).collect();
+    for a in &finals {
+        for b in &finals {
+            let comparable = a.id < b.id
+                && a.handler == b.handler
+                && a.priority == b.priority
+                && a.run_at == b.run_at
+                && !(budgeted && a.handler == handlers[0]);
+            if let (true, Some(fa), Some(fb)) = (comparable, a.attempts.first(), b.attempts.first())
+            {
+                assert!(
+                    fa.started_at <= fb.started_at,
+                    "seed {seed}: job {} (older) first started at {} after job {} at {}",
+                    a.id,
+                    fa.started_at,
+                    b.id,
+                    fb.started_at
+                );
+            }
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
