@@ -104,6 +104,21 @@ fn replay(name: &str, v: &Value) -> Option<ErrorCode> {
     want_code
 }
 
+/// A proof check's result against the vector's expectation.
+fn assert_outcome(
+    name: &str,
+    r: Result<(), pulse_ledger::ledger::LedgerError>,
+    ok: bool,
+    expect: &Value,
+) {
+    let want = if ok {
+        Ok(())
+    } else {
+        Err(expect["code"].as_str().unwrap())
+    };
+    assert_eq!(r.map_err(|e| e.code()), want, "{name}");
+}
+
 fn h32(v: &Value) -> [u8; 32] {
     unhex(v).try_into().expect("32 bytes")
 }
@@ -188,15 +203,7 @@ fn replay_ledger(name: &str, v: &Value) {
             &hashes(path),
             &h32(&input["root"]),
         );
-        assert_eq!(
-            r.map_err(|e| e.code()),
-            if ok {
-                Ok(())
-            } else {
-                Err(expect["code"].as_str().unwrap())
-            },
-            "{name}"
-        );
+        assert_outcome(name, r, ok, expect);
     } else {
         let r = verify_consistency(
             input["old_size"].as_u64().unwrap(),
@@ -205,15 +212,7 @@ fn replay_ledger(name: &str, v: &Value) {
             &h32(&input["new_root"]),
             &hashes(&input["proof"]),
         );
-        assert_eq!(
-            r.map_err(|e| e.code()),
-            if ok {
-                Ok(())
-            } else {
-                Err(expect["code"].as_str().unwrap())
-            },
-            "{name}"
-        );
+        assert_outcome(name, r, ok, expect);
     }
 }
 

@@ -147,19 +147,23 @@ impl Shared {
     }
 }
 
+/// A stored tree node's hash, or `integrity` if it is missing or not 32
+/// bytes.
+fn stored_node(value: Option<Vec<u8>>, level: u8, index: u64) -> Result<Hash, LedgerError> {
+    let v = value.ok_or_else(|| {
+        LedgerError::new(
+            LedgerErrorCode::Integrity,
+            format!("tree node at level {level} index {index} is missing"),
+        )
+    })?;
+    v.as_slice()
+        .try_into()
+        .map_err(|_| LedgerError::new(LedgerErrorCode::Integrity, "a tree node is not 32 bytes"))
+}
+
 impl NodeSource for Shared {
     fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
-        let v = self
-            .get(Ks::Nodes, &node_key(level, index))?
-            .ok_or_else(|| {
-                LedgerError::new(
-                    LedgerErrorCode::Integrity,
-                    format!("tree node at level {level} index {index} is missing"),
-                )
-            })?;
-        v.as_slice().try_into().map_err(|_| {
-            LedgerError::new(LedgerErrorCode::Integrity, "a tree node is not 32 bytes")
-        })
+        stored_node(self.get(Ks::Nodes, &node_key(level, index))?, level, index)
     }
 }
 
@@ -1085,17 +1089,7 @@ impl View<'_> {
 
 impl NodeSource for View<'_> {
     fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
-        let v = self
-            .get(Ks::Nodes, &node_key(level, index))?
-            .ok_or_else(|| {
-                LedgerError::new(
-                    LedgerErrorCode::Integrity,
-                    format!("tree node at level {level} index {index} is missing"),
-                )
-            })?;
-        v.as_slice().try_into().map_err(|_| {
-            LedgerError::new(LedgerErrorCode::Integrity, "a tree node is not 32 bytes")
-        })
+        stored_node(self.get(Ks::Nodes, &node_key(level, index))?, level, index)
     }
 }
 
