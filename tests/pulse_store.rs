@@ -237,3 +237,101 @@ fn finished_jobs_are_pruned_after_their_age_and_nothing_else() {
     assert!(!store.enqueue(&h, &schema, &mk("old"), 10_000).unwrap().1);
     assert!(store.enqueue(&h, &schema, &mk("young"), 10_000).unwrap().1);
 }
+
+/// An async executor (as the plugin proxy will be) driven through the
+/// adapter: events flow back as reports; a stream that ends without a
+/// result is a crash; a dispatch error is a crash.
+#[test]
+fn async_executors_drive_jobs_through_the_adapter() {
+    use pulse_ledger::pulse::{
+        AsyncExecutor, AsyncExecutorAdapter, AttemptSpec, DispatchConfig, Dispatcher, EventStream,
+        ExecEvent, JobId, Progress,
+    };
+    struct Scripted;
+    #[tonic::async_trait]
+    impl AsyncExecutor for Scripted {
+        async fn dispatch(&self, a: AttemptSpec) -> Result<EventStream, String> {
+            match a.payload[0] {
+                0 => Ok(Box::pin(tokio_stream::iter(vec![
+                    ExecEvent::Progress(Progress {
+                        percent: 50,
+                        message: "half".into(),
+                        checkpoint: vec![],
+                    }),
+                    ExecEvent::Cost(3),
+                    ExecEvent::Succeeded(b"done".to_vec()),
+                ]))),
+                1 => Ok(Box::pin(tokio_stream::iter(vec![ExecEvent::Heartbeat]))),
+                _ => Err("plugin unreachable".into()),
+            }
+        }
+        async fn cancel(&self, _: JobId, _: LeaseToken) {}
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempdir("jobs-async");
+    let (_ledger, store) = open(&dir);
+    let store = std::sync::Arc::new(store);
+    let h = key("async-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", key("async-p").did);
+    let ids: Vec<_> = (0u8..3)
+        .map(|p| {
+            store
+                .enqueue(
+                    &h,
+                    &schema,
+                    &JobRequest {
+                        payload: vec![p],
+                        max_attempts: Some(1),
+                        ..Default::default()
+                    },
+                    1_000,
+                )
+                .unwrap()
+                .0
+                .id
+        })
+        .collect();
+    let adapter = AsyncExecutorAdapter::new(Scripted, runtime.handle().clone());
+    let mut d = Dispatcher::new(
+        std::sync::Arc::clone(&store),
+        adapter,
+        DispatchConfig::default(),
+        Box::new(|_| None),
+        3,
+    );
+    let mut now = 2_000;
+    for _ in 0..50 {
+        now += 100;
+        d.step(now).unwrap();
+        if ids
+            .iter()
+            .all(|id| store.get(id).unwrap().state.is_terminal())
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let done = store.get(&ids[0]).unwrap();
+    assert_eq!(
+        (
+            done.state,
+            done.result.as_deref(),
+            done.total_cost,
+            done.progress.percent
+        ),
+        (JobState::Succeeded, Some(&b"done"[..]), 3, 50)
+    );
+    for id in &ids[1..] {
+        let j = store.get(id).unwrap();
+        assert_eq!(
+            j.attempts[0].outcome,
+            Some(pulse_ledger::pulse::AttemptOutcome::Crashed),
+            "{:?}",
+            j.state
+        );
+    }
+}

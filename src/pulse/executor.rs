@@ -71,3 +71,71 @@ pub trait Executor: Send {
     /// still arrive for it are refused as stale.
     fn cancel(&mut self, job: JobId, lease: LeaseToken);
 }
+
+/// A stream of events about one attempt.
+pub type EventStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = ExecEvent> + Send>>;
+
+/// The async form of an executor, for executors that talk over the network
+/// (the gRPC plugin proxy): dispatch returns the attempt's event stream;
+/// cancel is pushed at once. Wrap one in [`AsyncExecutorAdapter`] to drive
+/// it from the dispatcher.
+#[tonic::async_trait]
+pub trait AsyncExecutor: Send + Sync + 'static {
+    /// Starts an attempt and returns its events. An error means the attempt
+    /// never started; it is reported as a crash.
+    async fn dispatch(&self, attempt: AttemptSpec) -> Result<EventStream, String>;
+    /// Stops an attempt now.
+    async fn cancel(&self, job: JobId, lease: LeaseToken);
+}
+
+/// Runs an [`AsyncExecutor`] on a tokio runtime behind the dispatcher's
+/// [`Executor`] interface: each attempt's stream is forwarded as reports.
+/// A stream that ends without a result is reported as a crash.
+pub struct AsyncExecutorAdapter<A: AsyncExecutor> {
+    inner: std::sync::Arc<A>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<A: AsyncExecutor> AsyncExecutorAdapter<A> {
+    /// An adapter spawning on `runtime`.
+    pub fn new(inner: A, runtime: tokio::runtime::Handle) -> AsyncExecutorAdapter<A> {
+        AsyncExecutorAdapter {
+            inner: std::sync::Arc::new(inner),
+            runtime,
+        }
+    }
+}
+
+impl<A: AsyncExecutor> Executor for AsyncExecutorAdapter<A> {
+    fn start(&mut self, attempt: AttemptSpec, reports: Sender<Report>) {
+        let inner = std::sync::Arc::clone(&self.inner);
+        self.runtime.spawn(async move {
+            use tokio_stream::StreamExt;
+            let (job, lease) = (attempt.job, attempt.lease);
+            let send = |event| reports.send(Report { job, lease, event }).is_ok();
+            let mut events = match inner.dispatch(attempt).await {
+                Ok(s) => s,
+                Err(_) => {
+                    send(ExecEvent::Crashed);
+                    return;
+                }
+            };
+            while let Some(event) = events.next().await {
+                let last = matches!(
+                    event,
+                    ExecEvent::Succeeded(_) | ExecEvent::Failed { .. } | ExecEvent::Crashed
+                );
+                if !send(event) || last {
+                    return;
+                }
+            }
+            send(ExecEvent::Crashed);
+        });
+    }
+
+    fn cancel(&mut self, job: JobId, lease: LeaseToken) {
+        let inner = std::sync::Arc::clone(&self.inner);
+        self.runtime
+            .spawn(async move { inner.cancel(job, lease).await });
+    }
+}

@@ -14,7 +14,9 @@ pub use backoff::Backoff;
 pub use budget::{Budget, BudgetUse};
 pub use dispatcher::{ConcurrencyLimits, DispatchConfig, Dispatcher, StepReport};
 pub use error::{PulseError, PulseErrorCode};
-pub use executor::{AttemptSpec, ExecEvent, Executor, Report};
+pub use executor::{
+    AsyncExecutor, AsyncExecutorAdapter, AttemptSpec, EventStream, ExecEvent, Executor, Report,
+};
 pub use job::{
     Attempt, AttemptOutcome, CancelReason, DeadReason, HoldReason, Job, JobId, JobLimits,
     JobRequest, JobState, LeaseToken, MAX_CHECKPOINT_BYTES, MAX_IDEMPOTENCY_KEY_BYTES,
