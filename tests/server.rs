@@ -886,6 +886,24 @@ async fn jobs_api_enqueues_reads_cancels_and_budgets() {
         .into_inner();
     assert_eq!((d.per_hour, d.per_day), (0, 900));
 
+    // Concurrent Enqueue calls share group commits; repeated keys still
+    // make one job each.
+    let handles: Vec<_> = (0..100)
+        .map(|i| {
+            let mut c = jobs.clone();
+            let r = req(&h.did, 1, &format!("burst-{}", i % 50));
+            tokio::spawn(async move { c.enqueue(r).await.unwrap().into_inner() })
+        })
+        .collect();
+    let mut ids = std::collections::HashSet::new();
+    let mut existing = 0;
+    for h in handles {
+        let r = h.await.unwrap();
+        ids.insert(r.job.unwrap().id);
+        existing += usize::from(r.existing);
+    }
+    assert_eq!((ids.len(), existing), (50, 50));
+
     // The CLI against the same server.
     let url = format!("http://{}", server.addr);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))

@@ -30,12 +30,57 @@ const WATCH_POLL_MS: u64 = 200;
 pub struct JobsService {
     ledger: Arc<Ledger>,
     store: Arc<JobStore>,
+    enqueuer: mpsc::Sender<Pending>,
 }
 
+/// One Enqueue waiting for the next group commit.
+type Pending = (
+    (Did, HandlerSchema, JobRequest),
+    tokio::sync::oneshot::Sender<Result<(Job, bool), JobError>>,
+);
+
 impl JobsService {
-    /// A service over `store`, resolving handlers in `ledger`.
+    /// A service over `store`, resolving handlers in `ledger`. Must be
+    /// created inside a tokio runtime: concurrent Enqueue calls are
+    /// gathered by a task and committed together under one fsync.
     pub fn new(ledger: Arc<Ledger>, store: Arc<JobStore>) -> JobsService {
-        JobsService { ledger, store }
+        let (enqueuer, mut queue) = mpsc::channel::<Pending>(4 * MAX_BATCH);
+        let group_store = Arc::clone(&store);
+        tokio::spawn(async move {
+            while let Some(first) = queue.recv().await {
+                let mut group = vec![first];
+                while group.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(p) => group.push(p),
+                        Err(_) => break,
+                    }
+                }
+                let (items, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                let store = Arc::clone(&group_store);
+                let results =
+                    tokio::task::spawn_blocking(move || store.enqueue_batch(&items, now_ms()))
+                        .await;
+                match results {
+                    Ok(results) => {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(result);
+                        }
+                    }
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(JobError::Storage(
+                                crate::ledger::LedgerError::storage("enqueue worker", &e),
+                            )));
+                        }
+                    }
+                }
+            }
+        });
+        JobsService {
+            ledger,
+            store,
+            enqueuer,
+        }
     }
 }
 
@@ -197,9 +242,16 @@ impl Jobs for JobsService {
         request: Request<proto::EnqueueRequest>,
     ) -> Result<Response<proto::EnqueueResponse>, Status> {
         let item = self.request(&request.into_inner())?;
-        let (job, existing) = self
-            .blocking(move |s| s.enqueue(&item.0, &item.1, &item.2, now_ms()))
-            .await?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let unavailable = || Status::unavailable("unavailable: the server is shutting down");
+        self.enqueuer
+            .send((item, reply))
+            .await
+            .map_err(|_| unavailable())?;
+        let (job, existing) = answer
+            .await
+            .map_err(|_| unavailable())?
+            .map_err(|e| job_status(&e))?;
         Ok(Response::new(proto::EnqueueResponse {
             job: Some(job_message(&job)),
             existing,
