@@ -78,7 +78,8 @@ Examples:
         #[arg(long)]
         json: bool,
     },
-    /// Follow a job until it finishes: one line (or JSON line) per change.
+    /// Follow a job until it finishes: a progress bar on a terminal, else one
+    /// line (or JSON line) per change. Exit status 0 if it succeeded, 1 if not.
     #[command(
         after_help = "Example:\n  pulse-ledger job watch 0000019b76daa8007c1f3e5a9b2d4c68 --json"
     )]
@@ -156,6 +157,27 @@ fn parse_id(text: &str) -> Result<Vec<u8>, CliError> {
     }
 }
 
+/// `[#####-----]  50% running 1/3 cost 12 message`, for a terminal.
+fn progress_line(j: &proto::Job) -> String {
+    let filled = (j.progress_percent.min(100) / 5) as usize;
+    let reason = if j.reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", j.reason)
+    };
+    format!(
+        "[{}{}] {:>3}% {}{reason} attempt {}/{} cost {} {}",
+        "#".repeat(filled),
+        "-".repeat(20 - filled),
+        j.progress_percent,
+        j.state,
+        j.attempts,
+        j.max_attempts,
+        j.total_cost,
+        j.progress_message
+    )
+}
+
 fn print_job(j: &proto::Job, json: bool) {
     let id = hex::encode(&j.id);
     if json {
@@ -201,10 +223,22 @@ async fn watch(
         .await
         .map_err(|s| call_failed(&s))?
         .into_inner();
+    use std::io::IsTerminal;
+    // On a terminal (and without --json) one line is redrawn in place as a
+    // progress bar; otherwise every change is its own line.
+    let bar = !json && std::io::stdout().is_terminal();
     let mut last = None;
     while let Some(j) = stream.next().await {
         let j = j.map_err(|s| call_failed(&s))?;
-        print_job(&j, json);
+        if bar {
+            print!("\r\x1b[2K{}", progress_line(&j));
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            if matches!(j.state.as_str(), "succeeded" | "dead" | "cancelled") {
+                println!();
+            }
+        } else {
+            print_job(&j, json);
+        }
         last = Some(j.state);
     }
     Ok(match last.as_deref() {
@@ -356,4 +390,24 @@ pub(crate) fn budget(cmd: BudgetCmd) -> Result<ExitCode, CliError> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn progress_line_draws_a_bar() {
+        let j = super::proto::Job {
+            state: "running".into(),
+            progress_percent: 50,
+            attempts: 1,
+            max_attempts: 3,
+            total_cost: 12,
+            progress_message: "halfway".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            super::progress_line(&j),
+            "[##########----------]  50% running attempt 1/3 cost 12 halfway"
+        );
+    }
 }
