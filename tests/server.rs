@@ -608,9 +608,11 @@ async fn streams_pagination_watch_restart_and_graceful_shutdown() {
         .filter(|a| !a.2)
         .map(|a| a.0)
         .collect();
-    let mut sorted = appended.clone();
-    sorted.sort_unstable();
-    assert_eq!(sorted, (0..2001).collect::<Vec<u64>>());
+    assert_eq!(
+        appended,
+        (0..2001).collect::<Vec<u64>>(),
+        "a stream is appended in request order"
+    );
     assert!(
         acked.last().unwrap().as_ref().unwrap().2,
         "the resubmission is a duplicate"
@@ -625,6 +627,39 @@ async fn streams_pagination_watch_restart_and_graceful_shutdown() {
         (0..2001).collect::<Vec<u64>>(),
         "every index exactly once, in order"
     );
+
+    // A whole chain in one stream is appended in order.
+    let ch = key("stream-chain");
+    let mut chain = vec![handler_register(&ch, "chain", &p.did)];
+    for v in 1..6 {
+        let next_one = update_handler(
+            chain.last().unwrap(),
+            &ch,
+            "chain",
+            &p.did,
+            &format!("1.{v}.0"),
+        );
+        chain.push(next_one);
+    }
+    let requests = tokio_stream::iter(
+        chain
+            .iter()
+            .map(|a| proto::SubmitRequest {
+                envelope: a.envelope().to_vec(),
+            })
+            .collect::<Vec<_>>(),
+    );
+    let mut responses = c.submit_stream(requests).await.unwrap().into_inner();
+    let mut indexes = Vec::new();
+    while let Some(r) = responses.message().await.unwrap() {
+        match r.result.unwrap() {
+            proto::submit_stream_response::Result::Accepted(a) => indexes.push(a.index),
+            proto::submit_stream_response::Result::Rejected(e) => {
+                panic!("chain statement rejected: {}", e.message)
+            }
+        }
+    }
+    assert_eq!(indexes, (2001..2007).collect::<Vec<u64>>());
 
     // Pagination over 2000 handlers.
     let mut names = Vec::new();
@@ -645,7 +680,7 @@ async fn streams_pagination_watch_restart_and_graceful_shutdown() {
         }
         token = page.next_page_token;
     }
-    assert_eq!(names.len(), 2000);
+    assert_eq!(names.len(), 2001, "2000 handlers and the chain's");
     assert!(names.windows(2).all(|w| w[0] < w[1]));
 
     // Graceful shutdown, then a restart on the same data dir keeps everything.
@@ -658,7 +693,7 @@ async fn streams_pagination_watch_restart_and_graceful_shutdown() {
             .unwrap()
             .into_inner()
             .size,
-        2001
+        2007
     );
     for a in acked.iter().flatten().take(50) {
         let e = c

@@ -14,7 +14,9 @@ use tonic_types::StatusExt;
 use super::metrics::Metrics;
 use super::proto::{self, registry_server::Registry};
 use super::status::{bad_request, to_status};
-use crate::ledger::{self, Ledger, LedgerError, Receipt, SubjectFilter, SubjectRecord};
+use crate::ledger::{
+    self, Ledger, LedgerError, PendingAppend, Receipt, SubjectFilter, SubjectRecord,
+};
 use crate::{AttestationId, Did, Family};
 
 /// Default page size of listings.
@@ -55,16 +57,41 @@ impl RegistryService {
     /// Appends one envelope; the same result for Submit and SubmitStream.
     async fn submit_one(&self, envelope: Vec<u8>) -> Result<proto::SubmitResponse, Status> {
         let started = Instant::now();
+        let queued = self.queue_one(envelope).await?;
+        self.finish(started, queued).await
+    }
+
+    /// Verifies an envelope and queues it for the ledger's writer, in call
+    /// order (so a stream of a chain is appended in order).
+    async fn queue_one(
+        &self,
+        envelope: Vec<u8>,
+    ) -> Result<Result<PendingAppend, LedgerError>, Status> {
         let ledger = Arc::clone(&self.ledger);
-        let result = tokio::task::spawn_blocking(
-            move || -> Result<(Receipt, Vec<ledger::Hash>), LedgerError> {
-                let receipt = ledger.append(&envelope)?;
-                let path = ledger.inclusion_proof(receipt.index, receipt.head.size)?;
-                Ok((receipt, path))
-            },
-        )
-        .await
-        .map_err(|e| Status::internal(format!("internal: a worker failed: {e}")))?;
+        tokio::task::spawn_blocking(move || ledger.enqueue(&envelope))
+            .await
+            .map_err(|e| Status::internal(format!("internal: a worker failed: {e}")))
+    }
+
+    /// Waits for a queued append and builds the answer.
+    async fn finish(
+        &self,
+        started: Instant,
+        queued: Result<PendingAppend, LedgerError>,
+    ) -> Result<proto::SubmitResponse, Status> {
+        let ledger = Arc::clone(&self.ledger);
+        let result = match queued {
+            Ok(pending) => tokio::task::spawn_blocking(
+                move || -> Result<(Receipt, Vec<ledger::Hash>), LedgerError> {
+                    let receipt = pending.wait()?;
+                    let path = ledger.inclusion_proof(receipt.index, receipt.head.size)?;
+                    Ok((receipt, path))
+                },
+            )
+            .await
+            .map_err(|e| Status::internal(format!("internal: a worker failed: {e}")))?,
+            Err(e) => Err(e),
+        };
         match result {
             Ok((receipt, path)) => {
                 self.metrics
@@ -157,8 +184,18 @@ impl Registry for RegistryService {
             while let Some(item) = inbound.next().await {
                 match item {
                     Ok(req) => {
+                        // Queue in stream order (a chain streams in order),
+                        // then wait for commits concurrently.
+                        let started = Instant::now();
+                        let queued = match service.queue_one(req.envelope).await {
+                            Ok(q) => q,
+                            Err(status) => {
+                                let _ = reader_out.send(Err(status)).await;
+                                return;
+                            }
+                        };
                         let s = service.clone();
-                        let handle = tokio::spawn(async move { s.submit_one(req.envelope).await });
+                        let handle = tokio::spawn(async move { s.finish(started, queued).await });
                         if pending_tx.send(handle).await.is_err() {
                             return;
                         }

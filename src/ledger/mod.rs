@@ -16,5 +16,5 @@ pub use merkle::{
 };
 pub use store::{
     AuditReport, ChainPage, EquivocationRecord, Ledger, LedgerConfig, MAX_ENTRY_RANGE, MAX_PAGE,
-    MAX_SCAN, Receipt, SubjectFilter, TreeHead,
+    MAX_SCAN, PendingAppend, Receipt, SubjectFilter, TreeHead,
 };

@@ -378,6 +378,18 @@ impl Ledger {
     /// (the pair is stored as evidence); `storage` / `unavailable` if the disk
     /// failed (nothing acknowledged).
     pub fn append(&self, envelope: &[u8]) -> Result<Receipt, LedgerError> {
+        self.enqueue(envelope)?.wait()
+    }
+
+    /// Verifies an attestation and queues it for the writer without
+    /// waiting for the commit. Attestations queued one after another are
+    /// decided in that order (so a chain can be streamed), and share group
+    /// commits. [`PendingAppend::wait`] gives the same result as
+    /// [`Ledger::append`].
+    ///
+    /// # Errors
+    /// `Rejected` if the attestation does not verify; `unavailable`.
+    pub fn enqueue(&self, envelope: &[u8]) -> Result<PendingAppend, LedgerError> {
         let att = verify_attestation(envelope)?;
         let (reply, answer) = sync_channel(1);
         let queue = self
@@ -389,7 +401,7 @@ impl Ledger {
         queue
             .send(vec![Job { att, reply }])
             .map_err(|_| unavailable())?;
-        answer.recv().map_err(|_| unavailable())?
+        Ok(PendingAppend { answer })
     }
 
     /// Appends several attestations as one unit of work: they reach the
@@ -756,6 +768,21 @@ impl Ledger {
 impl Drop for Ledger {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// A queued append: wait for its commit.
+pub struct PendingAppend {
+    answer: Receiver<Result<Receipt, LedgerError>>,
+}
+
+impl PendingAppend {
+    /// Blocks until the append is committed (or refused).
+    ///
+    /// # Errors
+    /// As for [`Ledger::append`].
+    pub fn wait(self) -> Result<Receipt, LedgerError> {
+        self.answer.recv().map_err(|_| unavailable())?
     }
 }
 
