@@ -26,6 +26,10 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path) -> Server {
+        Server::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
             .args([
                 "serve",
@@ -36,6 +40,7 @@ impl Server {
                 "--log-name",
                 "test.example/log",
             ])
+            .args(extra)
             .arg("--data-dir")
             .arg(dir)
             .stdout(Stdio::piped())
@@ -969,5 +974,87 @@ async fn jobs_api_enqueues_reads_cancels_and_budgets() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("per hour  100"));
+    assert_eq!(server.stop(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_are_pruned_after_the_retention() {
+    use pulse_ledger::api::proto::jobs_client::JobsClient;
+    let dir = tempdir("server-retention");
+    // Retention 0 hours: finished jobs go at the next prune (every second).
+    let server = Server::start_with(&dir, &["--job-retention-hours", "0"]);
+    let mut reg = server.client().await;
+    let (p, h) = (key("ret-p"), key("ret-h"));
+    for a in [
+        plugin_register(&p, "runner"),
+        handler_register(&h, "h", &p.did),
+    ] {
+        reg.submit(proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    let mut jobs = JobsClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    let enqueue = |k: &str| proto::EnqueueRequest {
+        handler: h.did.to_string(),
+        idempotency_key: k.into(),
+        ..Default::default()
+    };
+    let done = jobs
+        .enqueue(enqueue("done"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let waiting = jobs
+        .enqueue(enqueue("waiting"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    jobs.cancel_job(proto::CancelJobRequest {
+        id: done.id.clone(),
+    })
+    .await
+    .unwrap();
+    let mut gone = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if let Err(e) = jobs
+            .get_job(proto::GetJobRequest {
+                id: done.id.clone(),
+            })
+            .await
+        {
+            assert_eq!(e.code(), Code::NotFound);
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the cancelled job was pruned");
+    let still = jobs
+        .get_job(proto::GetJobRequest {
+            id: waiting.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(still.state, "queued", "unfinished jobs are kept");
+    assert_eq!(
+        reg.get_log_info(proto::GetLogInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .size,
+        2,
+        "the ledger is never pruned"
+    );
     assert_eq!(server.stop(), 0);
 }

@@ -35,6 +35,36 @@ pub struct ServeConfig {
     pub log_name: String,
     /// Prometheus metrics listen address; `None` disables metrics.
     pub metrics_listen: Option<SocketAddr>,
+    /// Finished jobs are deleted this long after their last change, hours.
+    pub job_retention_hours: u64,
+}
+
+/// Default job retention: one week.
+pub const DEFAULT_JOB_RETENTION_HOURS: u64 = 168;
+
+/// Deletes finished jobs older than the retention, on a timer: every minute,
+/// or every second when the retention is under 10 minutes. The ledger is
+/// never pruned.
+async fn prune_jobs(store: Arc<crate::pulse::JobStore>, retention_hours: u64) {
+    let retention_ms = retention_hours.saturating_mul(3_600_000);
+    let every = std::time::Duration::from_millis((retention_ms / 10).clamp(1_000, 60_000));
+    loop {
+        tokio::time::sleep(every).await;
+        let store = Arc::clone(&store);
+        let pruned = tokio::task::spawn_blocking(move || {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            store.prune_finished(now.saturating_sub(retention_ms), 10_000)
+        })
+        .await;
+        match pruned {
+            Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, "pruned finished jobs"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "pruning finished jobs failed"),
+            _ => {}
+        }
+    }
 }
 
 /// Why the server could not start or stopped with an error.
@@ -116,6 +146,7 @@ pub async fn serve(
     let store = Arc::new(
         crate::pulse::JobStore::open(&ledger).map_err(|e| ServeError::Transport(e.to_string()))?,
     );
+    tokio::spawn(prune_jobs(Arc::clone(&store), config.job_retention_hours));
     let jobs = JobsServer::new(JobsService::new(Arc::clone(&ledger), store))
         .max_decoding_message_size(MAX_JOBS_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);

@@ -27,7 +27,8 @@ Examples:
       --log-name ledger.example.com/prod --metrics-listen 127.0.0.1:9300
   PULSE_LEDGER_LISTEN=127.0.0.1:7400 pulse-ledger serve --config pulse-ledger.toml
 
-Config file keys (TOML): data_dir, listen, log_name, metrics_listen.
+Config file keys (TOML): data_dir, listen, log_name, metrics_listen,
+job_retention_hours.
 Precedence: flags, then PULSE_LEDGER_* variables, then the file, then defaults.
 Logs go to stderr (RUST_LOG=debug for more). SIGINT/SIGTERM stop accepting,
 finish in-flight appends, persist, and exit 0.
@@ -48,6 +49,10 @@ pub(crate) struct Args {
     /// Serve Prometheus metrics over HTTP here (off by default).
     #[arg(long, env = "PULSE_LEDGER_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Delete finished jobs this many hours after their last change
+    /// [default: 168]. The ledger is never pruned.
+    #[arg(long, env = "PULSE_LEDGER_JOB_RETENTION_HOURS", value_name = "HOURS")]
+    job_retention_hours: Option<u64>,
     /// TOML file with the same settings.
     #[arg(long, env = "PULSE_LEDGER_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -60,6 +65,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     log_name: Option<String>,
     metrics_listen: Option<SocketAddr>,
+    job_retention_hours: Option<u64>,
 }
 
 impl Args {
@@ -86,6 +92,10 @@ impl Args {
                 .or(file.log_name)
                 .unwrap_or_else(|| DEFAULT_LOG_NAME.to_owned()),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            job_retention_hours: self
+                .job_retention_hours
+                .or(file.job_retention_hours)
+                .unwrap_or(crate::api::DEFAULT_JOB_RETENTION_HOURS),
         })
     }
 }
