@@ -771,6 +771,28 @@ async fn jobs_api_enqueues_reads_cancels_and_budgets() {
         (job.state.as_str(), job.max_attempts, job.timeout_ms),
         ("queued", 3, 300_000)
     );
+    let child = jobs
+        .enqueue(proto::EnqueueRequest {
+            parent: job.id.clone(),
+            ..req(&h.did, 1, "")
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(child.parent, job.id);
+    let e = jobs
+        .enqueue(proto::EnqueueRequest {
+            parent: vec![7; 16],
+            ..req(&h.did, 1, "")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::NotFound, "parent_not_found")
+    );
     let again = jobs
         .enqueue(req(&h.did, 9, "order-1"))
         .await
@@ -845,7 +867,11 @@ async fn jobs_api_enqueues_reads_cancels_and_budgets() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(rest.jobs.len(), 1, "3 queued jobs in pages of 2");
+    assert_eq!(
+        rest.jobs.len(),
+        2,
+        "4 queued jobs (one a child) in pages of 2"
+    );
     let e = jobs
         .list_jobs(proto::ListJobsRequest {
             state: "sleeping".into(),

@@ -178,6 +178,7 @@ pub(crate) fn job_message(j: &Job) -> proto::Job {
         retry_at_ms: j.retry_at.unwrap_or(0),
         updated_at_ms: j.updated_at,
         idempotency_key: j.idempotency_key.clone().unwrap_or_default(),
+        parent: j.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
     }
 }
 
@@ -207,6 +208,19 @@ impl JobsService {
         r: &proto::EnqueueRequest,
     ) -> Result<(Did, HandlerSchema, JobRequest), Status> {
         let (did, schema) = self.handler(&r.handler)?;
+        let parent = if r.parent.is_empty() {
+            None
+        } else {
+            let id = parse_id(&r.parent)?;
+            self.store.get(&id).map_err(|_| {
+                status(
+                    Code::NotFound,
+                    "parent_not_found",
+                    format!("no parent job {id}"),
+                )
+            })?;
+            Some(id)
+        };
         let priority = u8::try_from(r.priority).unwrap_or(u8::MAX);
         let req = JobRequest {
             payload: r.payload.clone(),
@@ -216,7 +230,7 @@ impl JobsService {
             max_attempts: (r.max_attempts != 0).then_some(r.max_attempts),
             timeout_ms: (r.timeout_ms != 0).then_some(r.timeout_ms),
             max_cost: (r.max_cost != 0).then_some(r.max_cost),
-            parent: None,
+            parent,
         };
         Ok((did, schema, req))
     }

@@ -45,6 +45,9 @@ Examples:
         /// Lower the handler's attempt limit.
         #[arg(long)]
         max_attempts: Option<u32>,
+        /// The parent job's ID (32 hex digits).
+        #[arg(long, value_name = "ID")]
+        parent: Option<String>,
         /// Follow the job until it finishes.
         #[arg(long)]
         wait: bool,
@@ -259,9 +262,15 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                 timeout,
                 max_cost,
                 max_attempts,
+                parent,
                 wait,
                 json,
             } => {
+                let parent = parent
+                    .as_deref()
+                    .map(parse_id)
+                    .transpose()?
+                    .unwrap_or_default();
                 let payload = match payload {
                     None => Vec::new(),
                     Some(p) if p.as_os_str() == "-" => {
@@ -285,6 +294,7 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                         max_attempts: max_attempts.unwrap_or(0),
                         timeout_ms: timeout.unwrap_or(0),
                         max_cost: max_cost.unwrap_or(0),
+                        parent,
                     })
                     .await
                     .map_err(|s| call_failed(&s))?
