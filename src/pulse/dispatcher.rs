@@ -223,21 +223,74 @@ impl<E: Executor> Dispatcher<E> {
     /// returned).
     pub fn step(&mut self, now: u64) -> Result<StepReport, JobError> {
         let mut report = StepReport::default();
-        while let Ok(r) = self.rx.try_recv() {
-            match self.apply(r, now) {
-                Ok(()) => report.applied += 1,
-                Err(JobError::Rejected(e)) if e.code() == PulseErrorCode::StaleLease => {
-                    report.stale += 1
-                }
-                Err(JobError::Rejected(_)) => report.stale += 1,
-                Err(e) => return Err(e),
-            }
-        }
+        self.apply_reports(now, &mut report)?;
         report.timed_out = self.enforce_deadlines(now)?;
         self.store.promote_due(now, self.config.scan)?;
         self.release_held(now)?;
         report.dispatched = self.dispatch(now)?;
         Ok(report)
+    }
+
+    /// Applies the reports received since the last step. Cost and log
+    /// reports are applied one by one (cost feeds the budgets); heartbeats,
+    /// progress and results are applied together under one fsync.
+    fn apply_reports(&mut self, now: u64, report: &mut StepReport) -> Result<(), JobError> {
+        let reports: Vec<Report> = self.rx.try_iter().collect();
+        let mut ops: Vec<(JobId, super::store::GroupOp<()>)> = Vec::new();
+        let mut ending: Vec<(JobId, Option<Did>)> = Vec::new();
+        for r in reports {
+            let lease = r.lease;
+            let policy = self.policy();
+            let op: super::store::GroupOp<()> = match r.event {
+                ExecEvent::Cost(_) | ExecEvent::Log(_) => {
+                    match self.apply(r, now) {
+                        Ok(()) => report.applied += 1,
+                        Err(JobError::Rejected(_)) => report.stale += 1,
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
+                ExecEvent::Heartbeat => Box::new(move |j: &mut Job| j.heartbeat(&lease, now)),
+                ExecEvent::Progress(p) => {
+                    Box::new(move |j: &mut Job| j.report_progress(&lease, p, now))
+                }
+                ExecEvent::Succeeded(result) => {
+                    Box::new(move |j: &mut Job| j.succeed(&lease, result, now))
+                }
+                ExecEvent::Failed {
+                    error,
+                    retryable,
+                    retry_after_ms,
+                } => Box::new(move |j: &mut Job| {
+                    j.fail(&lease, error, retryable, retry_after_ms, policy, now)
+                }),
+                ExecEvent::Crashed => Box::new(move |j: &mut Job| j.crash(&lease, policy, now)),
+            };
+            ending.push((r.job, self.reserved.get(&r.job).map(|(h, _)| h.clone())));
+            ops.push((r.job, op));
+        }
+        let results = self.store.update_many(now, ops);
+        for ((job, handler), result) in ending.into_iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    report.applied += 1;
+                    // A result, failure or crash ends the attempt.
+                    let still_live = self.store.get(&job)?.live_attempt().is_some();
+                    if !still_live {
+                        if let Some(h) = handler {
+                            if self.reserved.contains_key(&job) {
+                                self.cancel_pushed.remove(&job);
+                                self.release_slot(&h);
+                                self.unreserve(&job);
+                            }
+                        }
+                    }
+                }
+                Err(JobError::Rejected(_)) => report.stale += 1,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     fn apply(&mut self, r: Report, now: u64) -> Result<(), JobError> {
@@ -377,12 +430,14 @@ impl<E: Executor> Dispatcher<E> {
     /// `max_concurrency` is skipped, not waited for, so it never blocks
     /// other handlers' jobs.
     fn dispatch(&mut self, now: u64) -> Result<usize, JobError> {
-        let mut started = 0;
         let total: u32 = self.running.values().sum();
         let mut free = self.config.max_running.saturating_sub(total as usize);
         if free == 0 {
             return Ok(0);
         }
+        // Choose first (taking slots and reservations as we go), then
+        // dispatch every chosen job under one fsync.
+        let mut chosen: Vec<(JobId, Did, LeaseToken)> = Vec::new();
         for id in self.store.ready(self.config.scan)? {
             if free == 0 {
                 break;
@@ -408,30 +463,58 @@ impl<E: Executor> Dispatcher<E> {
             token[..8].copy_from_slice(&self.leases.to_be_bytes());
             token[8..].copy_from_slice(&self.next_random().to_be_bytes());
             let lease = LeaseToken(token);
-            let job = self.store.update(&id, now, |j| {
-                j.dispatch(lease, now)?;
-                Ok(j.clone())
-            })?;
-            debug_assert_eq!(job.state, JobState::Running);
-            let number = job.attempts.len() as u32;
             *self.running.entry(job.handler.clone()).or_default() += 1;
             self.reserved
                 .insert(job.id, (job.handler.clone(), expected));
             free -= 1;
-            started += 1;
-            self.executor.start(
-                AttemptSpec {
-                    job: job.id,
-                    lease,
-                    number,
-                    handler: job.handler.clone(),
-                    payload: job.payload.clone(),
-                    deadline: now.saturating_add(job.limits.timeout_ms),
-                    checkpoint: job.progress.checkpoint.clone(),
-                },
-                self.tx.clone(),
-            );
+            chosen.push((id, job.handler, lease));
         }
-        Ok(started)
+        let ops: Vec<(JobId, super::store::GroupOp<Job>)> = chosen
+            .iter()
+            .map(|(id, _, lease)| {
+                let lease = *lease;
+                let op: super::store::GroupOp<Job> = Box::new(move |j: &mut Job| {
+                    j.dispatch(lease, now)?;
+                    Ok(j.clone())
+                });
+                (*id, op)
+            })
+            .collect();
+        let results = self.store.update_many(now, ops);
+        let mut started = 0;
+        let mut failure = None;
+        for ((id, handler, lease), result) in chosen.into_iter().zip(results) {
+            match result {
+                Ok(job) => {
+                    debug_assert_eq!(job.state, JobState::Running);
+                    started += 1;
+                    self.executor.start(
+                        AttemptSpec {
+                            job: job.id,
+                            lease,
+                            number: job.attempts.len() as u32,
+                            handler: job.handler.clone(),
+                            payload: job.payload.clone(),
+                            deadline: now.saturating_add(job.limits.timeout_ms),
+                            checkpoint: job.progress.checkpoint.clone(),
+                        },
+                        self.tx.clone(),
+                    );
+                }
+                Err(e) => {
+                    // Not dispatched (cancelled meanwhile, or storage):
+                    // give the slot and reservation back.
+                    self.release_slot(&handler);
+                    self.reserved.remove(&id);
+                    if let JobError::Storage(_) = e {
+                        failure = Some(e);
+                    }
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(started),
+        }
     }
 }

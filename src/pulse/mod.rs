@@ -23,4 +23,4 @@ pub use job::{
     MAX_PAYLOAD_BYTES, MAX_PRIORITY, POISON_CRASHES, Progress, check_request,
 };
 pub use machine::{MAX_RETRY_AFTER_MS, RetryPolicy};
-pub use store::{JobError, JobStore};
+pub use store::{GroupOp, JobError, JobStore};

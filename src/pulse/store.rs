@@ -77,6 +77,9 @@ struct Stored {
     placement: Option<(u8, Vec<u8>)>,
 }
 
+/// One transition of a group commit ([`JobStore::update_many`]).
+pub type GroupOp<T> = Box<dyn FnOnce(&mut Job) -> Result<T, PulseError>>;
+
 /// The durable job queue.
 pub struct JobStore {
     db: Database,
@@ -287,12 +290,85 @@ impl JobStore {
         Ok(out)
     }
 
+    /// Applies several transitions (in order; a job may appear more than
+    /// once) and writes all their effects in one fsynced batch: one group
+    /// commit for a dispatcher step. Each result is that transition's; a
+    /// refused transition changes nothing.
+    ///
+    /// # Errors
+    /// A storage failure fails every transition of the group.
+    pub fn update_many<T>(
+        &self,
+        now: u64,
+        ops: Vec<(JobId, GroupOp<T>)>,
+    ) -> Vec<Result<T, JobError>> {
+        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // First and latest version of every job the group touches.
+        let mut touched: Vec<(Stored, Job)> = Vec::new();
+        let mut results = Vec::with_capacity(ops.len());
+        for (id, f) in ops {
+            let slot = match touched.iter().position(|(s, _)| s.job.id == id) {
+                Some(i) => i,
+                None => match self.load(&id) {
+                    Ok(Some(stored)) => {
+                        let job = stored.job.clone();
+                        touched.push((stored, job));
+                        touched.len() - 1
+                    }
+                    Ok(None) => {
+                        results.push(Err(JobError::NotFound(id)));
+                        continue;
+                    }
+                    Err(e) => {
+                        results.push(Err(e));
+                        continue;
+                    }
+                },
+            };
+            let mut job = touched[slot].1.clone();
+            match f(&mut job) {
+                Ok(out) => {
+                    touched[slot].1 = job;
+                    results.push(Ok(out));
+                }
+                Err(e) => results.push(Err(e.into())),
+            }
+        }
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut changed = false;
+        for (old, job) in touched {
+            if old.job != job {
+                self.stage_write(&mut batch, &old, job, now);
+                changed = true;
+            }
+        }
+        if changed {
+            if let Err(e) = batch.commit() {
+                let err = storage(format!("transitions not persisted: {e}"));
+                return results
+                    .into_iter()
+                    .map(|r| r.and(Err(err.clone())))
+                    .collect();
+            }
+        }
+        results
+    }
+
     fn write(&self, old: &Stored, job: Job, now: u64) -> Result<(), JobError> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        self.stage_write(&mut batch, old, job, now);
+        batch
+            .commit()
+            .map_err(|e| storage(format!("transition not persisted: {e}")))
+    }
+
+    /// Adds a job's new record and its index moves (from `old`, as stored)
+    /// to `batch`.
+    fn stage_write(&self, batch: &mut fjall::OwnedWriteBatch, old: &Stored, job: Job, now: u64) {
         let new = Stored {
             placement: placement(&job, now),
             job,
         };
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         if old.placement != new.placement {
             if let Some((tag, key)) = &old.placement {
                 batch.remove(&self.ks[*tag as usize], key.clone());
@@ -307,9 +383,6 @@ impl JobStore {
             batch.insert(self.ks(Jk::ByState), keyed(&[b], &new.job.id), b"");
         }
         batch.insert(self.ks(Jk::Jobs), new.job.id.0, record_to_vec(&new));
-        batch
-            .commit()
-            .map_err(|e| storage(format!("transition not persisted: {e}")))
     }
 
     /// Moves jobs whose time has come out of the delayed index: queued jobs
