@@ -30,6 +30,7 @@
 //! ```
 
 mod attest;
+mod clock;
 mod keyfile;
 pub mod ledger;
 

@@ -579,3 +579,34 @@ fn one_group_commit_with_several_statements_about_one_subject() {
     assert_eq!(ledger.equivocations(None, 10).unwrap().0.len(), 1);
     ledger.audit().unwrap();
 }
+
+#[test]
+fn a_selective_listing_stops_after_max_scan_keys_and_returns_a_cursor() {
+    use pulse_ledger::ledger::MAX_SCAN;
+    let dir = tempdir("ledger-scan");
+    let ledger = open(&dir);
+    let (p, other) = (key("scan-p"), key("scan-other"));
+    let regs: Vec<Vec<u8>> = std::iter::once(plugin_register(&p, "p").envelope().to_vec())
+        .chain((0..MAX_SCAN + 50).map(|i| {
+            handler_register(&key(&format!("scan-{i}")), "s", &p.did)
+                .envelope()
+                .to_vec()
+        }))
+        .collect();
+    for chunk in regs.chunks(1000) {
+        for r in ledger.append_batch(chunk) {
+            r.unwrap();
+        }
+    }
+    // No handler is bound to `other`: the first call examines MAX_SCAN keys,
+    // finds nothing, and says where to go on; the second reaches the end.
+    let filter = SubjectFilter {
+        plugin: Some(other.did.clone()),
+        ..Default::default()
+    };
+    let (page, cursor) = ledger.list_subjects(&filter, None, 10).unwrap();
+    assert!(page.is_empty());
+    let cursor = cursor.expect("a cursor after a capped scan");
+    let (page, cursor) = ledger.list_subjects(&filter, Some(&cursor), 10).unwrap();
+    assert!(page.is_empty() && cursor.is_none());
+}

@@ -848,6 +848,14 @@ async fn jobs_api_enqueues_reads_cancels_and_budgets() {
         ["queued", "invalid_priority", "not_found", "queued"]
     );
 
+    let e = jobs
+        .enqueue_batch(proto::EnqueueBatchRequest { jobs: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::InvalidArgument, "invalid_batch")
+    );
     let listed = jobs
         .list_jobs(proto::ListJobsRequest {
             state: "queued".into(),

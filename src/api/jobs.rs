@@ -12,7 +12,7 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::proto::{self, jobs_server::Jobs};
-use super::status::{ERROR_DOMAIN, bad_request, to_status};
+use super::status::{ERROR_DOMAIN, bad_request, parse_did, to_status};
 use crate::ledger::Ledger;
 use crate::pulse::{
     Budget, CancelReason, DeadReason, HoldReason, Job, JobError, JobId, JobRequest, JobState,
@@ -57,9 +57,10 @@ impl JobsService {
                 }
                 let (items, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
                 let store = Arc::clone(&group_store);
-                let results =
-                    tokio::task::spawn_blocking(move || store.enqueue_batch(&items, now_ms()))
-                        .await;
+                let results = tokio::task::spawn_blocking(move || {
+                    store.enqueue_batch(&items, crate::clock::unix_ms())
+                })
+                .await;
                 match results {
                     Ok(results) => {
                         for (reply, result) in replies.into_iter().zip(results) {
@@ -106,13 +107,6 @@ fn job_status(e: &JobError) -> Status {
         JobError::NotFound(id) => status(Code::NotFound, "not_found", format!("no job {id}")),
         JobError::Storage(l) => to_status(l),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn parse_id(bytes: &[u8]) -> Result<JobId, Status> {
@@ -185,8 +179,7 @@ pub(crate) fn job_message(j: &Job) -> proto::Job {
 impl JobsService {
     /// The handler's DID and current schema: registered, a handler, not revoked.
     fn handler(&self, did: &str) -> Result<(Did, HandlerSchema), Status> {
-        let did =
-            Did::parse(did).map_err(|e| bad_request("handler", e.code().as_str(), e.message()))?;
+        let did = parse_did("handler", did)?;
         let state = self.ledger.subject_state(&did).map_err(|e| to_status(&e))?;
         match (state.family, state.schema, state.revoked) {
             (Family::Handler, _, true) => Err(status(
@@ -292,7 +285,7 @@ impl Jobs for JobsService {
             .filter_map(|r| r.as_ref().ok().cloned())
             .collect();
         let mut stored = self
-            .blocking(move |s| Ok(s.enqueue_batch(&items, now_ms())))
+            .blocking(move |s| Ok(s.enqueue_batch(&items, crate::clock::unix_ms())))
             .await?
             .into_iter();
         let rejected = |s: Status| {
@@ -416,7 +409,7 @@ impl Jobs for JobsService {
         let id = parse_id(&request.into_inner().id)?;
         let job = self
             .blocking(move |s| {
-                let now = now_ms();
+                let now = crate::clock::unix_ms();
                 s.update(&id, now, |j| {
                     j.cancel(CancelReason::Requested, now).map(|_| ())
                 })?;
@@ -436,14 +429,11 @@ impl Jobs for JobsService {
         let did = if handler.is_empty() {
             None
         } else {
-            Some(
-                Did::parse(&handler)
-                    .map_err(|e| bad_request("handler", e.code().as_str(), e.message()))?,
-            )
+            Some(parse_did("handler", &handler)?)
         };
         let (budget, spent) = self
             .blocking(move |s| match &did {
-                Some(d) => Ok((s.budget(d)?, s.spent(d, now_ms())?)),
+                Some(d) => Ok((s.budget(d)?, s.spent(d, crate::clock::unix_ms())?)),
                 None => Ok((s.default_budget()?, (0, 0))),
             })
             .await?;

@@ -13,11 +13,11 @@ use tonic_types::StatusExt;
 
 use super::metrics::Metrics;
 use super::proto::{self, registry_server::Registry};
-use super::status::{bad_request, to_status};
+use super::status::{bad_request, parse_did, to_status};
 use crate::ledger::{
     self, Ledger, LedgerError, PendingAppend, Receipt, SubjectFilter, SubjectRecord,
 };
-use crate::{AttestationId, Did, Family};
+use crate::{AttestationId, Family};
 
 /// Default page size of listings.
 const DEFAULT_PAGE: u32 = 100;
@@ -119,10 +119,6 @@ fn checkpoint(head: &ledger::TreeHead) -> proto::Checkpoint {
         root_hash: head.root.to_vec(),
         note: head.checkpoint.clone(),
     }
-}
-
-fn parse_did(field: &str, text: &str) -> Result<Did, Status> {
-    Did::parse(text).map_err(|e| bad_request(field, e.code().as_str(), e.message()))
 }
 
 fn page_size(n: u32) -> usize {

@@ -52,10 +52,7 @@ async fn prune_jobs(store: Arc<crate::pulse::JobStore>, retention_hours: u64) {
         tokio::time::sleep(every).await;
         let store = Arc::clone(&store);
         let pruned = tokio::task::spawn_blocking(move || {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let now = crate::clock::unix_ms();
             store.prune_finished(now.saturating_sub(retention_ms), 10_000)
         })
         .await;

@@ -74,3 +74,8 @@ pub(crate) fn bad_request(field: &str, reason: &str, why: impl std::fmt::Display
         ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
     )
 }
+
+/// A did:key request field, or INVALID_ARGUMENT with the DID rule broken.
+pub(crate) fn parse_did(field: &str, text: &str) -> Result<crate::Did, Status> {
+    crate::Did::parse(text).map_err(|e| bad_request(field, e.code().as_str(), e.message()))
+}

@@ -448,7 +448,7 @@ fn genesis(common: Common, family: Family, schema: Schema) -> Result<ExitCode, C
         signer: did,
         seq: 0,
         prev: None,
-        issued_at: common.issued_at.unwrap_or_else(now_ms),
+        issued_at: common.issued_at.unwrap_or_else(crate::clock::unix_ms),
         action: Action::Register(schema),
     };
     emit(&common, &statement, &key, None)
@@ -504,7 +504,7 @@ fn follow(
         prev: Some(prev.att.id()),
         issued_at: common
             .issued_at
-            .unwrap_or_else(|| now_ms().max(p.issued_at)),
+            .unwrap_or_else(|| crate::clock::unix_ms().max(p.issued_at)),
         action,
     };
     emit(&common, &statement, &key, new_key)
@@ -585,11 +585,4 @@ fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, CliError> {
         )));
     }
     Ok(out)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

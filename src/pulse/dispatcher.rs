@@ -242,8 +242,16 @@ impl<E: Executor> Dispatcher<E> {
             let lease = r.lease;
             let policy = self.policy();
             let op: super::store::GroupOp<()> = match r.event {
-                ExecEvent::Cost(_) | ExecEvent::Log(_) => {
-                    match self.apply(r, now) {
+                ExecEvent::Cost(n) => {
+                    match self.apply_cost(r.job, lease, n, now) {
+                        Ok(()) => report.applied += 1,
+                        Err(JobError::Rejected(_)) => report.stale += 1,
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
+                ExecEvent::Log(line) => {
+                    match self.apply_log(r.job, lease, &line) {
                         Ok(()) => report.applied += 1,
                         Err(JobError::Rejected(_)) => report.stale += 1,
                         Err(e) => return Err(e),
@@ -293,83 +301,49 @@ impl<E: Executor> Dispatcher<E> {
         Ok(())
     }
 
-    fn apply(&mut self, r: Report, now: u64) -> Result<(), JobError> {
-        let lease = r.lease;
-        let handler = self.store.get(&r.job)?.handler;
-        let ends = matches!(
-            r.event,
-            ExecEvent::Succeeded(_) | ExecEvent::Failed { .. } | ExecEvent::Crashed
-        );
-        let policy = self.policy();
-        let over_budget = match r.event {
-            ExecEvent::Heartbeat => self
-                .store
-                .update(&r.job, now, |j| j.heartbeat(&lease, now))
-                .map(|()| false)?,
-            ExecEvent::Progress(p) => self
-                .store
-                .update(&r.job, now, |j| j.report_progress(&lease, p, now))
-                .map(|()| false)?,
-            ExecEvent::Cost(n) => {
-                let over_job = self
-                    .store
-                    .update(&r.job, now, |j| j.report_cost(&lease, n, now))?;
-                self.store.record_spend(&handler, now, n)?;
-                if let Some((_, left)) = self.reserved.get_mut(&r.job) {
-                    *left = left.saturating_sub(n);
-                }
-                let budget = self.store.budget(&handler)?;
-                over_job || budget.exceeded(&self.budget_use(&handler, now)?)
-            }
-            ExecEvent::Log(line) => {
-                // Only a live attempt may log; the line goes to the server log.
-                let live = self
-                    .store
-                    .get(&r.job)?
-                    .live_attempt()
-                    .is_some_and(|a| a.lease == lease);
-                if !live {
-                    return Err(PulseError::new(
-                        PulseErrorCode::StaleLease,
-                        "log from a finished attempt",
-                    )
-                    .into());
-                }
-                tracing::debug!(job = %r.job, "{line}");
-                false
-            }
-            ExecEvent::Succeeded(result) => self
-                .store
-                .update(&r.job, now, |j| j.succeed(&lease, result, now))
-                .map(|()| false)?,
-            ExecEvent::Failed {
-                error,
-                retryable,
-                retry_after_ms,
-            } => self
-                .store
-                .update(&r.job, now, |j| {
-                    j.fail(&lease, error, retryable, retry_after_ms, policy, now)
-                })
-                .map(|()| false)?,
-            ExecEvent::Crashed => self
-                .store
-                .update(&r.job, now, |j| j.crash(&lease, policy, now))
-                .map(|()| false)?,
-        };
-        if ends {
-            self.cancel_pushed.remove(&r.job);
-            self.release_slot(&handler);
-            self.unreserve(&r.job);
+    /// Applies a cost report on its own: it is recorded as the handler's
+    /// spend and cancels the attempt (reason `budget`) once the job's
+    /// max_cost or the handler's budget is crossed.
+    fn apply_cost(
+        &mut self,
+        job: JobId,
+        lease: LeaseToken,
+        n: u64,
+        now: u64,
+    ) -> Result<(), JobError> {
+        let handler = self.store.get(&job)?.handler;
+        let over_job = self
+            .store
+            .update(&job, now, |j| j.report_cost(&lease, n, now))?;
+        self.store.record_spend(&handler, now, n)?;
+        if let Some((_, left)) = self.reserved.get_mut(&job) {
+            *left = left.saturating_sub(n);
         }
-        if over_budget {
+        let budget = self.store.budget(&handler)?;
+        if over_job || budget.exceeded(&self.budget_use(&handler, now)?) {
             self.store
-                .update(&r.job, now, |j| j.cancel(CancelReason::Budget, now))?;
-            self.executor.cancel(r.job, lease);
-            self.cancel_pushed.remove(&r.job);
+                .update(&job, now, |j| j.cancel(CancelReason::Budget, now))?;
+            self.executor.cancel(job, lease);
+            self.cancel_pushed.remove(&job);
             self.release_slot(&handler);
-            self.unreserve(&r.job);
+            self.unreserve(&job);
         }
+        Ok(())
+    }
+
+    /// A log line goes to the server log if its attempt is live.
+    fn apply_log(&self, job: JobId, lease: LeaseToken, line: &str) -> Result<(), JobError> {
+        let live = self
+            .store
+            .get(&job)?
+            .live_attempt()
+            .is_some_and(|a| a.lease == lease);
+        if !live {
+            return Err(
+                PulseError::new(PulseErrorCode::StaleLease, "log from a finished attempt").into(),
+            );
+        }
+        tracing::debug!(job = %job, "{line}");
         Ok(())
     }
 
