@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/pulse_ledger/v1/registry.proto",
         "proto/pulse_ledger/v1/jobs.proto",
+        "proto/pulse_ledger/v1/plugin.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

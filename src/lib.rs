@@ -38,6 +38,8 @@ pub mod api;
 
 pub mod pulse;
 
+pub mod plugin;
+
 pub mod cli;
 
 // The public interface of the library.

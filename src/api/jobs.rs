@@ -15,8 +15,8 @@ use super::proto::{self, jobs_server::Jobs};
 use super::status::{ERROR_DOMAIN, bad_request, parse_did, to_status};
 use crate::ledger::Ledger;
 use crate::pulse::{
-    Budget, CancelReason, DeadReason, HoldReason, Job, JobError, JobId, JobRequest, JobState,
-    JobStore, PulseErrorCode,
+    Attempt, Budget, BudgetUse, CancelReason, DeadReason, HoldReason, Job, JobError, JobId, JobRequest, JobState,
+    JobStore, PulseErrorCode, PulseHandle,
 };
 use crate::{Did, Family, HandlerSchema, Schema};
 
@@ -31,6 +31,10 @@ pub struct JobsService {
     ledger: Arc<Ledger>,
     store: Arc<JobStore>,
     enqueuer: mpsc::Sender<Pending>,
+    /// The running dispatcher, when the server runs one: cancels go
+    /// through it (so a running attempt's plugin is told at once), enqueues
+    /// wake it, and budgets report its live reservations.
+    pulse: Option<PulseHandle>,
 }
 
 /// One Enqueue waiting for the next group commit.
@@ -81,6 +85,20 @@ impl JobsService {
             ledger,
             store,
             enqueuer,
+            pulse: None,
+        }
+    }
+
+    /// Routes cancels, wake-ups and budget reservations through a running
+    /// dispatcher.
+    pub fn with_dispatcher(mut self, pulse: PulseHandle) -> JobsService {
+        self.pulse = Some(pulse);
+        self
+    }
+
+    fn wake(&self) {
+        if let Some(p) = &self.pulse {
+            p.wake();
         }
     }
 }
@@ -123,6 +141,7 @@ fn state_name(s: &JobState) -> (&'static str, &'static str) {
         JobState::Dead(DeadReason::AttemptsExhausted) => "attempts_exhausted",
         JobState::Dead(DeadReason::NonRetryable) => "non_retryable",
         JobState::Dead(DeadReason::Poison) => "poison",
+        JobState::Dead(DeadReason::Refused(why)) => why.as_str(),
         JobState::Cancelled(CancelReason::Requested) => "requested",
         _ => "",
     };
@@ -173,6 +192,22 @@ pub(crate) fn job_message(j: &Job) -> proto::Job {
         updated_at_ms: j.updated_at,
         idempotency_key: j.idempotency_key.clone().unwrap_or_default(),
         parent: j.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
+        attempt_history: j.attempts.iter().map(attempt_message).collect(),
+    }
+}
+
+fn attempt_message(a: &Attempt) -> proto::JobAttempt {
+    let (handler_index, plugin_index) = a.authorised_under.unwrap_or((0, 0));
+    proto::JobAttempt {
+        number: a.number,
+        started_at_ms: a.started_at,
+        ended_at_ms: a.ended_at.unwrap_or(0),
+        outcome: a.outcome.map(|o| o.as_str()).unwrap_or("").to_owned(),
+        error: a.error.clone().unwrap_or_default(),
+        cost: a.cost,
+        authorised: a.authorised_under.is_some(),
+        handler_index,
+        plugin_index,
     }
 }
 
@@ -259,6 +294,7 @@ impl Jobs for JobsService {
             .await
             .map_err(|_| unavailable())?
             .map_err(|e| job_status(&e))?;
+        self.wake();
         Ok(Response::new(proto::EnqueueResponse {
             job: Some(job_message(&job)),
             existing,
@@ -299,6 +335,7 @@ impl Jobs for JobsService {
                 message: s.message().to_owned(),
             })
         };
+        self.wake();
         let results = resolved
             .into_iter()
             .map(|r| {
@@ -407,12 +444,18 @@ impl Jobs for JobsService {
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::CancelJobResponse>, Status> {
         let id = parse_id(&request.into_inner().id)?;
+        let pulse = self.pulse.clone();
         let job = self
             .blocking(move |s| {
-                let now = crate::clock::unix_ms();
-                s.update(&id, now, |j| {
-                    j.cancel(CancelReason::Requested, now).map(|_| ())
-                })?;
+                match pulse {
+                    Some(p) => p.cancel(id)?,
+                    None => {
+                        let now = crate::clock::unix_ms();
+                        s.update(&id, now, |j| {
+                            j.cancel(CancelReason::Requested, now).map(|_| ())
+                        })?;
+                    }
+                }
                 s.get(&id)
             })
             .await?;
@@ -431,17 +474,32 @@ impl Jobs for JobsService {
         } else {
             Some(parse_did("handler", &handler)?)
         };
-        let (budget, spent) = self
-            .blocking(move |s| match &did {
-                Some(d) => Ok((s.budget(d)?, s.spent(d, crate::clock::unix_ms())?)),
-                None => Ok((s.default_budget()?, (0, 0))),
+        let pulse = self.pulse.clone();
+        let (budget, used) = self
+            .blocking(move |s| match did {
+                Some(d) => {
+                    let used = match pulse {
+                        Some(p) => p.budget_use(d.clone())?,
+                        None => {
+                            let (spent_hour, spent_day) = s.spent(&d, crate::clock::unix_ms())?;
+                            BudgetUse {
+                                spent_hour,
+                                spent_day,
+                                reserved: 0,
+                            }
+                        }
+                    };
+                    Ok((s.budget(&d)?, used))
+                }
+                None => Ok((s.default_budget()?, BudgetUse::default())),
             })
             .await?;
         Ok(Response::new(proto::GetBudgetResponse {
             per_hour: budget.per_hour.unwrap_or(0),
             per_day: budget.per_day.unwrap_or(0),
-            spent_hour: spent.0,
-            spent_day: spent.1,
+            spent_hour: used.spent_hour,
+            spent_day: used.spent_day,
+            reserved: used.reserved,
         }))
     }
 

@@ -15,6 +15,7 @@ pub use merkle::{
     node_hash, subtree_root, verify_consistency, verify_inclusion,
 };
 pub use store::{
-    AuditReport, ChainPage, EquivocationRecord, Ledger, LedgerConfig, MAX_ENTRY_RANGE, MAX_PAGE,
+    AuditReport, CHANGE_LOG_ENTRIES, ChainPage, EquivocationRecord, Ledger, LedgerConfig,
+    MAX_ENTRY_RANGE, MAX_PAGE,
     MAX_SCAN, PendingAppend, Receipt, SubjectFilter, TreeHead,
 };

@@ -132,7 +132,19 @@ struct Shared {
     failed: Mutex<Option<String>>,
     /// The committed tree size, for watchers (`WatchEntries`).
     size_tx: tokio::sync::watch::Sender<u64>,
+    /// The subjects of recent entries, for caches of chain state.
+    changes: Mutex<ChangeLog>,
 }
+
+/// Subjects of the most recent entries, oldest first: `subjects[i]` is
+/// the subject of entry `start + i`. Bounded; older changes are dropped.
+struct ChangeLog {
+    start: u64,
+    subjects: std::collections::VecDeque<[u8; 32]>,
+}
+
+/// Entries whose subjects [`Ledger::changed_since`] remembers.
+pub const CHANGE_LOG_ENTRIES: usize = 65_536;
 
 impl Shared {
     fn ks(&self, k: Ks) -> &Keyspace {
@@ -259,6 +271,10 @@ impl Ledger {
             head: RwLock::new(placeholder),
             failed: Mutex::new(None),
             size_tx: tokio::sync::watch::Sender::new(size),
+            changes: Mutex::new(ChangeLog {
+                start: size,
+                subjects: std::collections::VecDeque::new(),
+            }),
         });
         let frontier = Frontier::load(&*shared, size)?;
         let head = match note {
@@ -357,6 +373,26 @@ impl Ledger {
     /// wait on it to follow the log as it grows.
     pub fn watch_size(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.size_tx.subscribe()
+    }
+
+    /// The committed tree size (cheaper than [`Ledger::head`]).
+    pub fn size(&self) -> u64 {
+        *self.shared.size_tx.borrow()
+    }
+
+    /// The subject keys of entries `from..` (the current size), in log
+    /// order, with the size they run up to; `None` if entries that old are
+    /// no longer remembered (at most [`CHANGE_LOG_ENTRIES`] are), so a
+    /// cache must then start over. For caches of chain state: a subject
+    /// not listed has not changed since `from`.
+    pub fn changed_since(&self, from: u64) -> Option<(Vec<[u8; 32]>, u64)> {
+        let log = self.shared.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let end = log.start + log.subjects.len() as u64;
+        if from < log.start || from > end {
+            return None;
+        }
+        let skip = (from - log.start) as usize;
+        Some((log.subjects.iter().skip(skip).copied().collect(), end))
     }
 
     /// The newest signed tree head.
@@ -1393,6 +1429,19 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Vec<Job>>, mut frontier: Frontier,
             let result = commit(shared, &mut stage);
             if let Ok(Some(h)) = &result {
                 *head = h.clone();
+                // Published with the head: whoever sees the new size can
+                // learn which subjects it changed.
+                let mut log = shared.changes.lock().unwrap_or_else(|p| p.into_inner());
+                for (job, r) in jobs.iter().zip(&results) {
+                    if let Ok(Staged::Appended(..)) = r {
+                        log.subjects
+                            .push_back(*job.att.statement().subject.public_key());
+                    }
+                }
+                while log.subjects.len() > CHANGE_LOG_ENTRIES {
+                    log.subjects.pop_front();
+                    log.start += 1;
+                }
             }
             result
         } else {

@@ -4,13 +4,15 @@
 //! and dispatches ready jobs within the global and per-handler limits.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 
 use super::backoff::Backoff;
 use super::budget::BudgetUse;
 use super::error::{PulseError, PulseErrorCode};
 use super::executor::{AttemptSpec, ExecEvent, Executor, Report};
-use super::job::{CancelReason, HoldReason, Job, JobId, JobState, LeaseToken};
+use super::job::{CancelReason, HoldReason, Job, JobId, JobState, LeaseToken, Refusal};
+use super::route::{Authorization, OpenRouter, Route, Router};
 use super::machine::RetryPolicy;
 use super::store::{JobError, JobStore};
 use crate::Did;
@@ -34,6 +36,13 @@ pub struct DispatchConfig {
     pub backoff: Backoff,
     /// Ready jobs examined per step (bounds the step's work).
     pub scan: usize,
+    /// How long a job waits, held, for its plugin to connect before it is
+    /// refused with `plugin_not_connected`, ms.
+    pub plugin_wait_ms: u64,
+    /// Running attempts are checked against their deadlines at most this
+    /// often, ms (0: every step). Deadlines are enforced this much late at
+    /// most; the check reads every running job.
+    pub deadline_scan_ms: u64,
 }
 
 impl Default for DispatchConfig {
@@ -44,6 +53,8 @@ impl Default for DispatchConfig {
             grace_ms: 5_000,
             backoff: Backoff::default(),
             scan: 1_000,
+            plugin_wait_ms: 60_000,
+            deadline_scan_ms: 0,
         }
     }
 }
@@ -80,6 +91,8 @@ pub struct Dispatcher<E: Executor> {
     /// Cost of finished attempts per handler: (sum, count), for the
     /// reservation of jobs without a max_cost.
     history: HashMap<Did, (u64, u64)>,
+    router: Box<dyn Router>,
+    next_deadline_scan: u64,
 }
 
 impl<E: Executor> Dispatcher<E> {
@@ -106,7 +119,16 @@ impl<E: Executor> Dispatcher<E> {
             leases: 0,
             reserved: HashMap::new(),
             history: HashMap::new(),
+            router: Box::new(OpenRouter),
+            next_deadline_scan: 0,
         }
+    }
+
+    /// Resolves every job through `router` before dispatching it (the
+    /// default routes everything with no authorisation).
+    pub fn with_router(mut self, router: Box<dyn Router>) -> Dispatcher<E> {
+        self.router = router;
+        self
     }
 
     /// The executor (tests drive fakes through it).
@@ -224,7 +246,10 @@ impl<E: Executor> Dispatcher<E> {
     pub fn step(&mut self, now: u64) -> Result<StepReport, JobError> {
         let mut report = StepReport::default();
         self.apply_reports(now, &mut report)?;
-        report.timed_out = self.enforce_deadlines(now)?;
+        if now >= self.next_deadline_scan {
+            report.timed_out = self.enforce_deadlines(now)?;
+            self.next_deadline_scan = now.saturating_add(self.config.deadline_scan_ms);
+        }
         self.store.promote_due(now, self.config.scan)?;
         self.release_held(now)?;
         report.dispatched = self.dispatch(now)?;
@@ -383,8 +408,32 @@ impl<E: Executor> Dispatcher<E> {
         Ok(timed_out)
     }
 
-    /// Releases jobs held for budget whose reservation now fits.
+    /// Releases jobs held for budget whose reservation now fits, and jobs
+    /// held for their plugin once it may take them; refuses those whose
+    /// plugin did not come within the wait.
     fn release_held(&mut self, now: u64) -> Result<(), JobError> {
+        for id in self
+            .store
+            .held(HoldReason::Plugin as u8, self.config.scan)?
+        {
+            let job = self.store.get(&id)?;
+            match self.router.route(&job) {
+                Route::Go(_) => self.store.update(&id, now, |j| j.release(now))?,
+                Route::Refuse(why, detail) => {
+                    self.store.update(&id, now, |j| j.refuse(why, detail, now))?;
+                }
+                Route::Hold if now >= job.updated_at.saturating_add(self.config.plugin_wait_ms) => {
+                    let detail = format!(
+                        "its plugin did not connect within {} ms",
+                        self.config.plugin_wait_ms
+                    );
+                    self.store.update(&id, now, |j| {
+                        j.refuse(Refusal::PluginNotConnected, detail, now)
+                    })?;
+                }
+                Route::Hold => {}
+            }
+        }
         for id in self
             .store
             .held(HoldReason::Budget as u8, self.config.scan)?
@@ -411,7 +460,7 @@ impl<E: Executor> Dispatcher<E> {
         }
         // Choose first (taking slots and reservations as we go), then
         // dispatch every chosen job under one fsync.
-        let mut chosen: Vec<(JobId, Did, LeaseToken)> = Vec::new();
+        let mut chosen: Vec<(JobId, Did, LeaseToken, Option<Arc<Authorization>>)> = Vec::new();
         for id in self.store.ready(self.config.scan)? {
             if free == 0 {
                 break;
@@ -422,6 +471,20 @@ impl<E: Executor> Dispatcher<E> {
             if limit.is_some_and(|l| busy >= l) {
                 continue;
             }
+            // Resolution: checked before every dispatch, never cached past
+            // a change of the chains it read.
+            let authorization = match self.router.route(&job) {
+                Route::Go(a) => a,
+                Route::Hold => {
+                    self.store
+                        .update(&id, now, |j| j.hold(HoldReason::Plugin, now))?;
+                    continue;
+                }
+                Route::Refuse(why, detail) => {
+                    self.store.update(&id, now, |j| j.refuse(why, detail, now))?;
+                    continue;
+                }
+            };
             // Reserve the job's expected cost; if the handler's budget
             // cannot cover it, hold the job (no attempt is used).
             let budget = self.store.budget(&job.handler)?;
@@ -441,14 +504,20 @@ impl<E: Executor> Dispatcher<E> {
             self.reserved
                 .insert(job.id, (job.handler.clone(), expected));
             free -= 1;
-            chosen.push((id, job.handler, lease));
+            chosen.push((id, job.handler, lease, authorization));
         }
         let ops: Vec<(JobId, super::store::GroupOp<Job>)> = chosen
             .iter()
-            .map(|(id, _, lease)| {
+            .map(|(id, _, lease, authorization)| {
                 let lease = *lease;
+                let under = authorization
+                    .as_ref()
+                    .map(|a| (a.handler_index, a.plugin_index));
                 let op: super::store::GroupOp<Job> = Box::new(move |j: &mut Job| {
                     j.dispatch(lease, now)?;
+                    if let Some(a) = j.attempts.last_mut() {
+                        a.authorised_under = under;
+                    }
                     Ok(j.clone())
                 });
                 (*id, op)
@@ -457,7 +526,7 @@ impl<E: Executor> Dispatcher<E> {
         let results = self.store.update_many(now, ops);
         let mut started = 0;
         let mut failure = None;
-        for ((id, handler, lease), result) in chosen.into_iter().zip(results) {
+        for ((id, handler, lease, authorization), result) in chosen.into_iter().zip(results) {
             match result {
                 Ok(job) => {
                     debug_assert_eq!(job.state, JobState::Running);
@@ -471,6 +540,8 @@ impl<E: Executor> Dispatcher<E> {
                             payload: job.payload.clone(),
                             deadline: now.saturating_add(job.limits.timeout_ms),
                             checkpoint: job.progress.checkpoint.clone(),
+                            heartbeat_interval_ms: self.config.heartbeat_timeout_ms / 3,
+                            authorization,
                         },
                         self.tx.clone(),
                     );

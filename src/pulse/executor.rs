@@ -23,6 +23,10 @@ pub struct AttemptSpec {
     pub deadline: u64,
     /// Progress checkpoint left by the previous attempt.
     pub checkpoint: Vec<u8>,
+    /// The executor should report (a heartbeat at least) this often, ms.
+    pub heartbeat_interval_ms: u64,
+    /// What resolution authorised the attempt under, if it was resolved.
+    pub authorization: Option<std::sync::Arc<super::route::Authorization>>,
 }
 
 /// What an executor reports about a running attempt.
@@ -94,6 +98,7 @@ pub trait AsyncExecutor: Send + Sync + 'static {
 pub struct AsyncExecutorAdapter<A: AsyncExecutor> {
     inner: std::sync::Arc<A>,
     runtime: tokio::runtime::Handle,
+    waker: Option<std::thread::Thread>,
 }
 
 impl<A: AsyncExecutor> AsyncExecutorAdapter<A> {
@@ -102,17 +107,32 @@ impl<A: AsyncExecutor> AsyncExecutorAdapter<A> {
         AsyncExecutorAdapter {
             inner: std::sync::Arc::new(inner),
             runtime,
+            waker: None,
         }
+    }
+
+    /// Unparks `thread` after every report, so a dispatcher loop parked
+    /// between steps applies it at once.
+    pub fn with_waker(mut self, thread: std::thread::Thread) -> AsyncExecutorAdapter<A> {
+        self.waker = Some(thread);
+        self
     }
 }
 
 impl<A: AsyncExecutor> Executor for AsyncExecutorAdapter<A> {
     fn start(&mut self, attempt: AttemptSpec, reports: Sender<Report>) {
         let inner = std::sync::Arc::clone(&self.inner);
+        let waker = self.waker.clone();
         self.runtime.spawn(async move {
             use tokio_stream::StreamExt;
             let (job, lease) = (attempt.job, attempt.lease);
-            let send = |event| reports.send(Report { job, lease, event }).is_ok();
+            let send = |event| {
+                let sent = reports.send(Report { job, lease, event }).is_ok();
+                if let Some(w) = &waker {
+                    w.unpark();
+                }
+                sent
+            };
             let mut events = match inner.dispatch(attempt).await {
                 Ok(s) => s,
                 Err(_) => {

@@ -195,6 +195,20 @@ pub enum AttemptOutcome {
     BudgetExceeded,
 }
 
+impl AttemptOutcome {
+    /// The outcome's name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Crashed => "crashed",
+            AttemptOutcome::TimedOut => "timed_out",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::BudgetExceeded => "budget_exceeded",
+        }
+    }
+}
+
 /// One try at running a job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -214,6 +228,10 @@ pub struct Attempt {
     pub error: Option<String>,
     /// Cost reported during this attempt.
     pub cost: u64,
+    /// Log indexes of the handler and plugin statements this attempt was
+    /// authorised under, when it went through resolution.
+    #[serde(default)]
+    pub authorised_under: Option<(u64, u64)>,
 }
 
 /// What the executor last said about progress; kept across attempts and
@@ -246,6 +264,41 @@ pub enum DeadReason {
     NonRetryable,
     /// The job crashed its executor several times in a row.
     Poison,
+    /// Resolution before dispatch refused it (spec/plugin.md,
+    /// "Resolution"): no attempt was made.
+    Refused(Refusal),
+}
+
+/// Why resolution refused to dispatch a job. Never retried: each names a
+/// fact of the ledger or of the plugin sessions that retrying cannot change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The handler has no chain in the log.
+    HandlerNotFound,
+    /// The handler's chain ends with a revocation.
+    HandlerRevoked,
+    /// The plugin the handler's schema names has no chain in the log.
+    PluginNotRegistered,
+    /// The plugin's chain ends with a revocation.
+    PluginRevoked,
+    /// The named plugin is connected but did not announce this handler.
+    PluginNotAuthorised,
+    /// The named plugin did not connect within the configured wait.
+    PluginNotConnected,
+}
+
+impl Refusal {
+    /// The reason's name in the API and spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::HandlerNotFound => "handler_not_found",
+            Refusal::HandlerRevoked => "handler_revoked",
+            Refusal::PluginNotRegistered => "plugin_not_registered",
+            Refusal::PluginRevoked => "plugin_revoked",
+            Refusal::PluginNotAuthorised => "plugin_not_authorised",
+            Refusal::PluginNotConnected => "plugin_not_connected",
+        }
+    }
 }
 
 /// Why a job ended cancelled.

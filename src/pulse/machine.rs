@@ -6,7 +6,7 @@ use super::backoff::Backoff;
 use super::error::{PulseError, PulseErrorCode};
 use super::job::{
     Attempt, AttemptOutcome, CancelReason, DeadReason, HoldReason, Job, JobId, JobLimits,
-    JobRequest, JobState, LeaseToken, MAX_CHECKPOINT_BYTES, POISON_CRASHES, Progress,
+    JobRequest, JobState, LeaseToken, MAX_CHECKPOINT_BYTES, POISON_CRASHES, Progress, Refusal,
 };
 use crate::Did;
 
@@ -92,6 +92,7 @@ impl Job {
             outcome: None,
             error: None,
             cost: 0,
+            authorised_under: None,
         });
         self.state = JobState::Running;
         self.updated_at = now;
@@ -121,6 +122,20 @@ impl Job {
             return Err(wrong_state(self, "release"));
         }
         self.state = JobState::Queued;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Queued or held → dead, refused by resolution before any attempt.
+    ///
+    /// # Errors
+    /// `wrong_state` unless queued or held.
+    pub fn refuse(&mut self, why: Refusal, detail: String, now: u64) -> Result<(), PulseError> {
+        if !matches!(self.state, JobState::Queued | JobState::Held(_)) {
+            return Err(wrong_state(self, "refuse"));
+        }
+        self.state = JobState::Dead(DeadReason::Refused(why));
+        self.last_error = Some(format!("{}: {detail}", why.as_str()));
         self.updated_at = now;
         Ok(())
     }

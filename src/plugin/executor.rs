@@ -1,0 +1,146 @@
+//! The gRPC plugin executor: runs each attempt on the session of the
+//! plugin it was authorised for, and turns the plugin's event stream into
+//! Pulse's [`ExecEvent`]s.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::session::{Session, Sessions};
+use crate::api::proto::{self, job_event::Event};
+use crate::pulse::{AsyncExecutor, AttemptSpec, EventStream, ExecEvent, JobId, LeaseToken, Progress};
+
+/// Runs attempts on plugin sessions.
+pub struct PluginExecutor {
+    sessions: Arc<Sessions>,
+    running: Arc<Mutex<HashMap<JobId, (LeaseToken, Arc<Session>)>>>,
+}
+
+impl PluginExecutor {
+    /// An executor over `sessions`.
+    pub fn new(sessions: Arc<Sessions>) -> PluginExecutor {
+        PluginExecutor {
+            sessions,
+            running: Arc::default(),
+        }
+    }
+}
+
+/// Converts one wire event; `None` for an event with no body (ignored).
+pub fn exec_event(e: proto::JobEvent) -> Option<ExecEvent> {
+    Some(match e.event? {
+        Event::Heartbeat(_) => ExecEvent::Heartbeat,
+        Event::Progress(p) => ExecEvent::Progress(Progress {
+            percent: u8::try_from(p.percent.min(100)).unwrap_or(100),
+            message: p.message,
+            checkpoint: p.checkpoint,
+        }),
+        Event::Cost(c) => ExecEvent::Cost(c.units),
+        Event::Log(l) => ExecEvent::Log(l.line),
+        Event::Result(r) => ExecEvent::Succeeded(r.output),
+        Event::Error(e) => ExecEvent::Failed {
+            error: e.message,
+            retryable: e.retryable,
+            retry_after_ms: (e.retry_after_ms != 0).then_some(e.retry_after_ms),
+        },
+    })
+}
+
+#[tonic::async_trait]
+impl AsyncExecutor for PluginExecutor {
+    async fn dispatch(&self, attempt: AttemptSpec) -> Result<EventStream, String> {
+        let auth = attempt
+            .authorization
+            .clone()
+            .ok_or("the attempt was not resolved to a plugin")?;
+        let session = self
+            .sessions
+            .get(&auth.plugin)
+            .filter(|s| s.announcement.key == auth.plugin_key)
+            .ok_or_else(|| format!("plugin {} is not connected", auth.plugin))?;
+        let request = proto::ExecuteJobRequest {
+            job_id: attempt.job.0.to_vec(),
+            lease: attempt.lease.0.to_vec(),
+            attempt: attempt.number,
+            handler: attempt.handler.to_string(),
+            handler_name: auth.handler_name.clone(),
+            handler_attestation_id: auth.handler_attestation_id.as_bytes().to_vec(),
+            handler_attestation: auth.handler_attestation.to_vec(),
+            handler_index: auth.handler_index,
+            plugin_index: auth.plugin_index,
+            payload: attempt.payload,
+            deadline_ms: attempt.deadline,
+            checkpoint: attempt.checkpoint,
+            heartbeat_interval_ms: attempt.heartbeat_interval_ms,
+        };
+        let (job, lease) = (attempt.job, attempt.lease);
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(job, (lease, Arc::clone(&session)));
+        let mut client = session.client.clone();
+        let forget = {
+            let running = Arc::clone(&self.running);
+            move || {
+                let mut r = running.lock().unwrap_or_else(|p| p.into_inner());
+                if r.get(&job).is_some_and(|(l, _)| *l == lease) {
+                    r.remove(&job);
+                }
+            }
+        };
+        let mut stream = match client.execute_job(request).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                forget();
+                return Err(format!("ExecuteJob: {}", s.message()));
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut ended = session.ended.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    msg = stream.next() => match msg {
+                        Some(Ok(e)) => {
+                            let Some(event) = exec_event(e) else { continue };
+                            let last = matches!(event, ExecEvent::Succeeded(_) | ExecEvent::Failed { .. });
+                            if tx.send(event).await.is_err() || last {
+                                break;
+                            }
+                        }
+                        // The stream broke or ended without a result: the
+                        // adapter records a crash.
+                        Some(Err(_)) | None => break,
+                    },
+                    // The session ended (plugin exited or stopped
+                    // answering): the attempt is lost.
+                    _ = async { let _ = ended.wait_for(|e| *e).await; } => break,
+                }
+            }
+            forget();
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn cancel(&self, job: JobId, lease: LeaseToken) {
+        let session = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&job)
+            .filter(|(l, _)| *l == lease)
+            .map(|(_, s)| Arc::clone(s));
+        if let Some(s) = session {
+            let mut client = s.client.clone();
+            let req = proto::CancelRequest {
+                job_id: job.0.to_vec(),
+                lease: lease.0.to_vec(),
+            };
+            if let Err(e) = client.cancel(req).await {
+                tracing::warn!(%job, error = %e.message(), "pushing a cancel to the plugin failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! Plugin hosting: spawns declared plugin commands (or dials remote
+//! addresses), opens a session after checking the plugin's key proof
+//! against the ledger, watches it (child exit, health checks, key
+//! rotation, revocation), and restarts it with exponential backoff.
+//! On shutdown each plugin gets `Shutdown`, then SIGTERM, then SIGKILL of
+//! its process group.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+
+use super::handshake::{PROTOCOL_VERSION, parse_handshake};
+use super::proof::{AnnouncedHandler, Announcement, NONCE_BYTES, verify_proof};
+use super::session::{Session, Sessions};
+use crate::api::proto::{self, plugin_client::PluginClient};
+use crate::ledger::Ledger;
+use crate::{Did, Family};
+
+/// Where a plugin comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// A command Pulse spawns: program and arguments (no shell).
+    Command(Vec<String>),
+    /// A plugin already listening at this gRPC address
+    /// (`http://host:port`).
+    Remote(String),
+}
+
+/// One declared plugin (the `[[plugin]]` tables of the server config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// A label for logs.
+    pub name: String,
+    /// How to reach it.
+    pub source: PluginSource,
+    /// The plugin ID it must prove; any registered plugin if `None`.
+    pub expect: Option<Did>,
+    /// Extra environment variables for a spawned command.
+    pub env: Vec<(String, String)>,
+    /// Working directory for a spawned command.
+    pub dir: Option<PathBuf>,
+}
+
+/// Timings of the host.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Health check period.
+    pub health_interval: Duration,
+    /// Consecutive failed health checks that end a session.
+    pub health_failures: u32,
+    /// How long a spawned plugin may take to print its handshake line and
+    /// answer Initialize.
+    pub start_timeout: Duration,
+    /// First restart delay; doubles per failure up to `restart_max`.
+    pub restart_min: Duration,
+    /// Largest restart delay.
+    pub restart_max: Duration,
+    /// After Shutdown and SIGTERM, how long to wait before SIGKILL.
+    pub stop_grace: Duration,
+    /// Sent in Initialize: where this server's APIs listen.
+    pub api_endpoint: String,
+}
+
+impl Default for HostConfig {
+    fn default() -> HostConfig {
+        HostConfig {
+            health_interval: Duration::from_secs(5),
+            health_failures: 3,
+            start_timeout: Duration::from_secs(10),
+            restart_min: Duration::from_millis(200),
+            restart_max: Duration::from_secs(30),
+            stop_grace: Duration::from_secs(5),
+            api_endpoint: String::new(),
+        }
+    }
+}
+
+/// The running host: one supervisor task per declared plugin.
+pub struct PluginHost {
+    tasks: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+impl PluginHost {
+    /// Starts supervising `plugins`; sessions appear in `sessions` as
+    /// plugins prove their keys. Must be called inside a tokio runtime.
+    pub fn start(
+        plugins: Vec<PluginConfig>,
+        ledger: Arc<Ledger>,
+        sessions: Arc<Sessions>,
+        config: HostConfig,
+    ) -> PluginHost {
+        let (stop, stopped) = watch::channel(false);
+        let config = Arc::new(config);
+        let tasks = plugins
+            .into_iter()
+            .map(|p| {
+                let sup = Supervisor {
+                    plugin: p,
+                    ledger: Arc::clone(&ledger),
+                    sessions: Arc::clone(&sessions),
+                    config: Arc::clone(&config),
+                    stop: stopped.clone(),
+                };
+                tokio::spawn(sup.run())
+            })
+            .collect();
+        PluginHost { tasks, stop }
+    }
+
+    /// Stops every plugin (Shutdown, SIGTERM, SIGKILL of the group) and
+    /// waits for the supervisors.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+struct Supervisor {
+    plugin: PluginConfig,
+    ledger: Arc<Ledger>,
+    sessions: Arc<Sessions>,
+    config: Arc<HostConfig>,
+    stop: watch::Receiver<bool>,
+}
+
+/// How one run of a plugin ended.
+enum Ended {
+    /// The host is stopping.
+    Stopped,
+    /// The plugin failed; restart it after the backoff.
+    Failed(String),
+}
+
+/// A spawned plugin process, killed with its group when dropped.
+struct Child {
+    child: tokio::process::Child,
+    pgid: Option<i32>,
+}
+
+impl Child {
+    fn signal(&self, sig: i32) {
+        if let Some(pgid) = self.pgid {
+            // SAFETY: kill(2) with a negative pid signals the process group
+            // we created for this child; it touches no memory.
+            unsafe {
+                libc::kill(-pgid, sig);
+            }
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+impl Supervisor {
+    async fn run(mut self) {
+        let mut delay = self.config.restart_min;
+        loop {
+            if *self.stop.borrow() {
+                return;
+            }
+            let started = Instant::now();
+            match self.run_once().await {
+                Ended::Stopped => return,
+                Ended::Failed(why) => {
+                    tracing::warn!(plugin = %self.plugin.name, reason = %why, retry_in = ?delay, "plugin stopped");
+                }
+            }
+            // A plugin that ran a good while starts over from the shortest
+            // delay; one that keeps failing backs off.
+            if started.elapsed() > self.config.restart_max * 2 {
+                delay = self.config.restart_min;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stopped(&mut self.stop) => return,
+            }
+            delay = (delay * 2).min(self.config.restart_max);
+        }
+    }
+
+    async fn spawn(&self, argv: &[String]) -> Result<(Child, String), String> {
+        let (program, args) = argv.split_first().ok_or("the command is empty")?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .envs(self.plugin.env.iter().cloned())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            // Its own process group, so SIGTERM/SIGKILL reach its children.
+            .process_group(0);
+        if let Some(d) = &self.plugin.dir {
+            cmd.current_dir(d);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {program}: {e}"))?;
+        let pgid = child.id().and_then(|p| i32::try_from(p).ok());
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let child = Child { child, pgid };
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(self.config.start_timeout, lines.next_line())
+            .await
+            .map_err(|_| {
+                format!(
+                    "no handshake line within {:?}",
+                    self.config.start_timeout
+                )
+            })?
+            .map_err(|e| format!("reading the handshake line: {e}"))?
+            .ok_or("the plugin exited before its handshake line")?;
+        let addr = parse_handshake(&first)?;
+        // The rest of stdout is the plugin's to use: keep it drained.
+        let name = self.plugin.name.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(plugin = %name, "{line}");
+            }
+        });
+        Ok((child, format!("http://{addr}")))
+    }
+
+    async fn connect(&self, uri: &str) -> Result<Channel, String> {
+        Endpoint::from_shared(uri.to_owned())
+            .map_err(|e| format!("bad address {uri}: {e}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(self.config.start_timeout)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {uri}: {e}"))
+    }
+
+    /// Sends a nonce, checks the proof, and checks the ledger: the plugin
+    /// is registered, not revoked, and signed with its current key.
+    async fn initialize(&self, client: &mut PluginClient<Channel>) -> Result<Announcement, String> {
+        let mut nonce = [0u8; NONCE_BYTES];
+        getrandom::fill(&mut nonce).map_err(|e| format!("no randomness: {e}"))?;
+        let req = proto::InitializeRequest {
+            nonce: nonce.to_vec(),
+            registry_endpoint: self.config.api_endpoint.clone(),
+            jobs_endpoint: self.config.api_endpoint.clone(),
+            protocol: PROTOCOL_VERSION,
+        };
+        let resp = tokio::time::timeout(self.config.start_timeout, client.initialize(req))
+            .await
+            .map_err(|_| "Initialize timed out".to_owned())?
+            .map_err(|s| format!("Initialize failed: {}", s.message()))?
+            .into_inner();
+        let announcement = announcement(&resp)?;
+        verify_proof(&nonce, &announcement, &resp.signature).map_err(|e| e.to_string())?;
+        let plugin = &announcement.plugin;
+        if let Some(expect) = &self.plugin.expect {
+            if expect != plugin {
+                return Err(format!(
+                    "plugin_not_authorised: configured for {expect}, but it proved {plugin}"
+                ));
+            }
+        }
+        let rec = self
+            .ledger
+            .subject(plugin)
+            .map_err(|e| format!("plugin_not_registered: {plugin}: {e}"))?;
+        if rec.head.family != Family::Plugin {
+            return Err(format!("plugin_not_registered: {plugin} is a handler"));
+        }
+        if rec.head.revoked {
+            return Err(format!("plugin_revoked: {plugin}"));
+        }
+        if rec.head.key != announcement.key {
+            return Err(format!(
+                "bad_proof: {plugin} signed with {}, but its current key is {}",
+                announcement.key, rec.head.key
+            ));
+        }
+        Ok(self.authorised(announcement))
+    }
+
+    /// Drops announced handlers whose own chain names another plugin: the
+    /// plugin's claim is not the handler's.
+    fn authorised(&self, mut a: Announcement) -> Announcement {
+        let plugin = a.plugin.clone();
+        a.handlers.retain(|h| {
+            let Some(id) = &h.id else { return true };
+            let names = self.ledger.subject(id).ok().and_then(|r| r.plugin);
+            let ok = names.as_ref() == Some(&plugin);
+            if !ok {
+                tracing::warn!(
+                    plugin = %plugin,
+                    handler = %id,
+                    "plugin_not_authorised: the handler's chain does not name this plugin; announcement ignored"
+                );
+            }
+            ok
+        });
+        a
+    }
+
+    /// Whether the plugin's chain still backs the session.
+    fn still_current(&self, a: &Announcement) -> Result<(), String> {
+        match self.ledger.subject(&a.plugin) {
+            Ok(r) if r.head.revoked => Err(format!("plugin_revoked: {}", a.plugin)),
+            Ok(r) if r.head.key != a.key => Err(format!(
+                "the plugin rotated its key to {}; re-opening the session",
+                r.head.key
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn run_once(&mut self) -> Ended {
+        let (mut child, uri) = match &self.plugin.source {
+            PluginSource::Command(argv) => match self.spawn(argv).await {
+                Ok((c, uri)) => (Some(c), uri),
+                Err(e) => return Ended::Failed(e),
+            },
+            PluginSource::Remote(uri) => (None, uri.clone()),
+        };
+        let channel = match self.connect(&uri).await {
+            Ok(c) => c,
+            Err(e) => return Ended::Failed(e),
+        };
+        let mut client = PluginClient::new(channel);
+        let announcement = match self.initialize(&mut client).await {
+            Ok(a) => a,
+            Err(e) => return Ended::Failed(format!("session refused: {e}")),
+        };
+        let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+        let (ended_tx, ended) = watch::channel(false);
+        let plugin = announcement.plugin.clone();
+        tracing::info!(
+            plugin = %self.plugin.name,
+            id = %plugin,
+            handlers = announcement.handlers.len(),
+            serves_any = announcement.serves_any,
+            "plugin session open"
+        );
+        self.sessions.open(Arc::new(Session {
+            announcement: announcement.clone(),
+            client: client.clone(),
+            ended,
+            generation,
+        }));
+        let outcome = self.watch(&mut client, child.as_mut(), &announcement).await;
+        // Close first, so no new attempt goes to it, then end the running
+        // ones.
+        self.sessions.close(&plugin, generation);
+        let _ = ended_tx.send(true);
+        if let Ended::Stopped = outcome {
+            self.stop_plugin(&mut client, child.take()).await;
+        }
+        outcome
+    }
+
+    async fn watch(
+        &self,
+        client: &mut PluginClient<Channel>,
+        mut child: Option<&mut Child>,
+        a: &Announcement,
+    ) -> Ended {
+        let mut tick = tokio::time::interval(self.config.health_interval);
+        tick.tick().await;
+        let mut failures = 0;
+        let mut stop = self.stop.clone();
+        loop {
+            let exited = async {
+                match child.as_mut() {
+                    Some(c) => c.child.wait().await.map(|s| s.to_string()),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                status = exited => {
+                    return Ended::Failed(match status {
+                        Ok(s) => format!("the plugin exited ({s})"),
+                        Err(e) => format!("the plugin exited: {e}"),
+                    });
+                }
+                _ = stopped(&mut stop) => return Ended::Stopped,
+                _ = tick.tick() => {
+                    if let Err(why) = self.still_current(a) {
+                        return Ended::Failed(why);
+                    }
+                    let health = tokio::time::timeout(
+                        self.config.health_interval,
+                        client.health(proto::HealthRequest {}),
+                    )
+                    .await;
+                    match health {
+                        Ok(Ok(r)) if r.get_ref().serving => failures = 0,
+                        _ => {
+                            failures += 1;
+                            if failures >= self.config.health_failures {
+                                return Ended::Failed(format!("{failures} health checks failed"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn stop_plugin(&self, client: &mut PluginClient<Channel>, child: Option<Child>) {
+        let grace = self.config.stop_grace;
+        let _ = tokio::time::timeout(grace, client.shutdown(proto::ShutdownRequest {})).await;
+        let Some(mut child) = child else { return };
+        child.signal(libc::SIGTERM);
+        if tokio::time::timeout(grace, child.child.wait()).await.is_err() {
+            tracing::warn!(plugin = %self.plugin.name, "plugin ignored SIGTERM; killing its group");
+        }
+        // Dropping the child SIGKILLs its group (children it left behind).
+    }
+}
+
+/// Resolves once the host is stopping.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Parses an InitializeResponse into an announcement.
+fn announcement(r: &proto::InitializeResponse) -> Result<Announcement, String> {
+    let did = |field: &str, text: &str| {
+        Did::parse(text).map_err(|e| format!("bad_announcement: {field}: {e}"))
+    };
+    let handlers = r
+        .handlers
+        .iter()
+        .map(|h| {
+            Ok(AnnouncedHandler {
+                id: if h.id.is_empty() {
+                    None
+                } else {
+                    Some(did("handlers.id", &h.id)?)
+                },
+                name: h.name.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Announcement {
+        plugin: did("plugin", &r.plugin)?,
+        key: did("key", &r.key)?,
+        handlers,
+        serves_any: r.serves_any,
+    })
+}

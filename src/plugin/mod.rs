@@ -1,0 +1,23 @@
+//! Plugins: out-of-process executors of handlers, reached over gRPC only
+//! after Pulse verified from the ledger that the handler's chain names the
+//! plugin and the plugin proved it holds its current key
+//! (spec/plugin.md).
+
+mod executor;
+mod handshake;
+mod host;
+mod proof;
+mod resolve;
+mod session;
+
+pub mod sdk;
+
+pub use executor::{PluginExecutor, exec_event};
+pub use host::{HostConfig, PluginConfig, PluginHost, PluginSource};
+pub use handshake::{HANDSHAKE_MAGIC, PROTOCOL_VERSION, handshake_line, parse_handshake};
+pub use proof::{
+    AnnouncedHandler, Announcement, MAX_ANNOUNCED, NONCE_BYTES, PROOF_CONTEXT, ProofError,
+    proof_message, sign_proof, verify_proof,
+};
+pub use resolve::{ChainRouter, Verdict, resolve_chains};
+pub use session::{Session, Sessions};

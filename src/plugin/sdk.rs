@@ -1,0 +1,570 @@
+//! The Rust plugin SDK: implement [`JobHandler`] for each handler, give
+//! them to a [`PluginServer`] with the plugin's key, and call
+//! [`PluginServer::serve`]. The SDK prints the handshake line, answers
+//! `Initialize` with the key proof, streams heartbeats while a job runs,
+//! forwards progress, cost and log events, and stops a job when Pulse
+//! cancels it.
+//!
+//! ```no_run
+//! use pulse_ledger::plugin::sdk::{JobContext, JobError, JobHandler, PluginServer, load_key};
+//!
+//! struct Upper;
+//!
+//! #[pulse_ledger::plugin::sdk::async_trait]
+//! impl JobHandler for Upper {
+//!     async fn execute(&self, ctx: JobContext, payload: Vec<u8>) -> Result<Vec<u8>, JobError> {
+//!         ctx.progress(50, "uppercasing", Vec::new()).await;
+//!         ctx.cost(1).await;
+//!         Ok(payload.to_ascii_uppercase())
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let key = load_key("plugin.key".as_ref())?;
+//!     PluginServer::new(key)
+//!         .metadata("upper", "1.0.0", "uppercases text")
+//!         .handler("upper", Upper)
+//!         .serve()
+//!         .await?;
+//!     Ok(())
+//! }
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::handshake::{PROTOCOL_VERSION, handshake_line};
+use super::proof::{AnnouncedHandler, Announcement, NONCE_BYTES, sign_proof};
+use crate::Did;
+use crate::api::proto::{self, job_event::Event, plugin_server};
+
+pub use tonic::async_trait;
+
+/// Why a job failed, as the handler tells Pulse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    /// For people (the job's `last_error`).
+    pub message: String,
+    /// Whether trying again may help.
+    pub retryable: bool,
+    /// The handler's own retry delay.
+    pub retry_after: Option<Duration>,
+}
+
+impl JobError {
+    /// A failure worth retrying (per the job's retry policy).
+    pub fn retryable(message: impl Into<String>) -> JobError {
+        JobError {
+            message: message.into(),
+            retryable: true,
+            retry_after: None,
+        }
+    }
+
+    /// A failure that will not go away: the job ends dead at once.
+    pub fn fatal(message: impl Into<String>) -> JobError {
+        JobError {
+            message: message.into(),
+            retryable: false,
+            retry_after: None,
+        }
+    }
+
+    /// Asks Pulse to retry after `delay` instead of its own backoff.
+    pub fn after(mut self, delay: Duration) -> JobError {
+        self.retry_after = Some(delay);
+        self
+    }
+}
+
+type EventTx = mpsc::Sender<Result<proto::JobEvent, Status>>;
+
+/// What a running job can see and say.
+pub struct JobContext {
+    job: [u8; 16],
+    attempt: u32,
+    handler: String,
+    handler_name: String,
+    handler_attestation: Vec<u8>,
+    handler_attestation_id: Vec<u8>,
+    deadline_ms: u64,
+    checkpoint: Vec<u8>,
+    events: EventTx,
+    cancel: watch::Receiver<bool>,
+    heartbeats: Arc<AtomicBool>,
+}
+
+impl JobContext {
+    /// The job's ID.
+    pub fn job_id(&self) -> [u8; 16] {
+        self.job
+    }
+
+    /// 1 for the first attempt.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The handler's did:key.
+    pub fn handler(&self) -> &str {
+        &self.handler
+    }
+
+    /// The handler's schema name.
+    pub fn handler_name(&self) -> &str {
+        &self.handler_name
+    }
+
+    /// The envelope of the handler statement this attempt was authorised
+    /// under, and its ID: verify it yourself before trusting its schema
+    /// (the script plugin does, to run only signed code).
+    pub fn handler_attestation(&self) -> (&[u8], &[u8]) {
+        (&self.handler_attestation, &self.handler_attestation_id)
+    }
+
+    /// Unix ms by which the attempt must finish.
+    pub fn deadline_ms(&self) -> u64 {
+        self.deadline_ms
+    }
+
+    /// The checkpoint the previous attempt left in its progress (empty at
+    /// first): resume from it.
+    pub fn checkpoint(&self) -> &[u8] {
+        &self.checkpoint
+    }
+
+    async fn send(&self, event: Event) {
+        let _ = self
+            .events
+            .send(Ok(proto::JobEvent { event: Some(event) }))
+            .await;
+    }
+
+    /// Reports progress: percent (0..=100), a message, and a checkpoint
+    /// handed to the next attempt if this one fails.
+    pub async fn progress(&self, percent: u8, message: impl Into<String>, checkpoint: Vec<u8>) {
+        self.send(Event::Progress(proto::ProgressEvent {
+            percent: u32::from(percent.min(100)),
+            message: message.into(),
+            checkpoint,
+        }))
+        .await;
+    }
+
+    /// Reports cost units spent since the last report. Crossing the job's
+    /// `max_cost` or the handler's budget cancels the attempt.
+    pub async fn cost(&self, units: u64) {
+        self.send(Event::Cost(proto::CostEvent { units })).await;
+    }
+
+    /// A line for the job's log.
+    pub async fn log(&self, line: impl Into<String>) {
+        self.send(Event::Log(proto::LogEvent { line: line.into() }))
+            .await;
+    }
+
+    /// Whether Pulse cancelled this attempt.
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancel.borrow()
+    }
+
+    /// Resolves when Pulse cancels this attempt (the SDK also drops the
+    /// handler's future then; this is for work outside it).
+    pub async fn cancelled(&self) {
+        let mut c = self.cancel.clone();
+        let _ = c.wait_for(|c| *c).await;
+    }
+
+    /// Stops the SDK's automatic heartbeats for this attempt. Only for
+    /// testing Pulse's heartbeat timeout: a real handler never calls it.
+    pub fn stop_heartbeats(&self) {
+        self.heartbeats.store(false, Ordering::Relaxed);
+    }
+}
+
+/// One handler's code.
+#[async_trait]
+pub trait JobHandler: Send + Sync + 'static {
+    /// Runs one attempt: the payload in, the result out.
+    async fn execute(&self, ctx: JobContext, payload: Vec<u8>) -> Result<Vec<u8>, JobError>;
+}
+
+/// Loads a plugin key file (as written by `pulse-ledger keygen`).
+///
+/// # Errors
+/// The file is unreadable or not a key file.
+pub fn load_key(path: &Path) -> Result<SigningKey, String> {
+    crate::keyfile::load(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A plugin: its key, its handlers, and the gRPC service that runs them.
+pub struct PluginServer {
+    key: SigningKey,
+    plugin: Did,
+    metadata: proto::MetadataResponse,
+    handlers: Vec<(AnnouncedHandler, Arc<dyn JobHandler>)>,
+    any: Option<Arc<dyn JobHandler>>,
+}
+
+impl PluginServer {
+    /// A plugin whose ID is `key`'s did:key (use [`PluginServer::plugin_id`]
+    /// after a rotation).
+    pub fn new(key: SigningKey) -> PluginServer {
+        let plugin = Did::from_verifying_key(&key.verifying_key())
+            .unwrap_or_else(|e| unreachable!("a signing key's public key is valid: {e}"));
+        PluginServer {
+            key,
+            plugin,
+            metadata: proto::MetadataResponse {
+                protocol: PROTOCOL_VERSION,
+                ..Default::default()
+            },
+            handlers: Vec::new(),
+            any: None,
+        }
+    }
+
+    /// The plugin's ID when `key` is a rotated key (the ID is the genesis
+    /// key's did:key).
+    pub fn plugin_id(mut self, plugin: Did) -> PluginServer {
+        self.plugin = plugin;
+        self
+    }
+
+    /// What `Metadata` answers.
+    pub fn metadata(
+        mut self,
+        name: impl Into<String>,
+        version: impl Into<String>,
+        description: impl Into<String>,
+    ) -> PluginServer {
+        self.metadata.name = name.into();
+        self.metadata.version = version.into();
+        self.metadata.description = description.into();
+        self
+    }
+
+    /// Serves handlers with this schema name.
+    pub fn handler(mut self, name: impl Into<String>, h: impl JobHandler) -> PluginServer {
+        let a = AnnouncedHandler {
+            id: None,
+            name: name.into(),
+        };
+        self.handlers.push((a, Arc::new(h)));
+        self
+    }
+
+    /// Serves the handler with this ID.
+    pub fn handler_id(mut self, id: Did, h: impl JobHandler) -> PluginServer {
+        let a = AnnouncedHandler {
+            id: Some(id),
+            name: String::new(),
+        };
+        self.handlers.push((a, Arc::new(h)));
+        self
+    }
+
+    /// Serves every handler whose schema names this plugin (a runner of
+    /// user-created handlers); announced handlers still go to their own.
+    pub fn serve_any(mut self, h: impl JobHandler) -> PluginServer {
+        self.any = Some(Arc::new(h));
+        self
+    }
+
+    /// Listens on `PULSE_PLUGIN_LISTEN` (default `127.0.0.1:0`), prints the
+    /// handshake line on stdout, and serves until Pulse calls `Shutdown`
+    /// or the process gets SIGTERM or SIGINT.
+    ///
+    /// # Errors
+    /// The address cannot be bound, or the transport fails.
+    pub async fn serve(self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let addr: SocketAddr = std::env::var("PULSE_PLUGIN_LISTEN")
+            .ok()
+            .map(|a| a.parse())
+            .transpose()
+            .map_err(|e| format!("PULSE_PLUGIN_LISTEN: {e}"))?
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", handshake_line(local))?;
+            out.flush()?;
+        }
+        let signals = async {
+            #[cfg(unix)]
+            {
+                use tokio::signal::unix::{SignalKind, signal};
+                match signal(SignalKind::terminate()) {
+                    Ok(mut term) => {
+                        tokio::select! {
+                            _ = term.recv() => {}
+                            _ = tokio::signal::ctrl_c() => {}
+                        }
+                    }
+                    Err(_) => {
+                        let _ = tokio::signal::ctrl_c().await;
+                    }
+                }
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        };
+        self.serve_on(listener, signals).await
+    }
+
+    /// Serves on `listener` until `Shutdown` is called or `shutdown`
+    /// resolves, without printing a handshake line (for a plugin reached
+    /// as a remote address, or embedded in tests).
+    ///
+    /// # Errors
+    /// The transport fails.
+    pub async fn serve_on(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let service = Service {
+            inner: Arc::new(self),
+            running: Arc::default(),
+            stop: stop_tx,
+        };
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let stop = async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = async { let _ = stop_rx.wait_for(|s| *s).await; } => {}
+            }
+        };
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(plugin_server::PluginServer::new(service))
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await?;
+        Ok(())
+    }
+}
+
+type Running = Arc<Mutex<HashMap<([u8; 16], Vec<u8>), watch::Sender<bool>>>>;
+
+struct Service {
+    inner: Arc<PluginServer>,
+    running: Running,
+    stop: watch::Sender<bool>,
+}
+
+impl Service {
+    fn find(&self, handler: &str, name: &str) -> Option<Arc<dyn JobHandler>> {
+        let by_id = self
+            .inner
+            .handlers
+            .iter()
+            .find(|(a, _)| a.id.as_ref().is_some_and(|d| d.to_string() == handler));
+        let by_name = || {
+            self.inner
+                .handlers
+                .iter()
+                .find(|(a, _)| !a.name.is_empty() && a.name == name)
+        };
+        by_id
+            .or_else(by_name)
+            .map(|(_, h)| Arc::clone(h))
+            .or_else(|| self.inner.any.clone())
+    }
+}
+
+fn event(e: Event) -> Result<proto::JobEvent, Status> {
+    Ok(proto::JobEvent { event: Some(e) })
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::JobEvent, Status>> + Send>>;
+
+#[async_trait]
+impl plugin_server::Plugin for Service {
+    async fn metadata(
+        &self,
+        _: Request<proto::MetadataRequest>,
+    ) -> Result<Response<proto::MetadataResponse>, Status> {
+        Ok(Response::new(self.inner.metadata.clone()))
+    }
+
+    async fn initialize(
+        &self,
+        request: Request<proto::InitializeRequest>,
+    ) -> Result<Response<proto::InitializeResponse>, Status> {
+        let nonce = request.into_inner().nonce;
+        if nonce.len() != NONCE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "bad_nonce: the nonce is {NONCE_BYTES} bytes, not {}",
+                nonce.len()
+            )));
+        }
+        let key = Did::from_verifying_key(&self.inner.key.verifying_key())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let a = Announcement {
+            plugin: self.inner.plugin.clone(),
+            key,
+            handlers: self.inner.handlers.iter().map(|(a, _)| a.clone()).collect(),
+            serves_any: self.inner.any.is_some(),
+        };
+        let signature = sign_proof(&nonce, &a, &self.inner.key);
+        Ok(Response::new(proto::InitializeResponse {
+            plugin: a.plugin.to_string(),
+            key: a.key.to_string(),
+            handlers: a
+                .handlers
+                .iter()
+                .map(|h| proto::AnnouncedHandler {
+                    id: h.id.as_ref().map(Did::to_string).unwrap_or_default(),
+                    name: h.name.clone(),
+                })
+                .collect(),
+            serves_any: a.serves_any,
+            signature: signature.to_vec(),
+        }))
+    }
+
+    type ExecuteJobStream = EventStream;
+
+    async fn execute_job(
+        &self,
+        request: Request<proto::ExecuteJobRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let r = request.into_inner();
+        let job: [u8; 16] = r
+            .job_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| Status::invalid_argument("invalid_job_id: a job ID is 16 bytes"))?;
+        let (tx, rx) = mpsc::channel(64);
+        let Some(handler) = self.find(&r.handler, &r.handler_name) else {
+            let _ = tx
+                .send(event(Event::Error(proto::ErrorEvent {
+                    message: format!("this plugin does not serve handler {}", r.handler_name),
+                    retryable: false,
+                    retry_after_ms: 0,
+                })))
+                .await;
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        };
+        let (cancel_tx, cancel) = watch::channel(false);
+        let key = (job, r.lease.clone());
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.clone(), cancel_tx);
+        let heartbeats = Arc::new(AtomicBool::new(true));
+        let ctx = JobContext {
+            job,
+            attempt: r.attempt,
+            handler: r.handler,
+            handler_name: r.handler_name,
+            handler_attestation: r.handler_attestation,
+            handler_attestation_id: r.handler_attestation_id,
+            deadline_ms: r.deadline_ms,
+            checkpoint: r.checkpoint,
+            events: tx.clone(),
+            cancel: cancel.clone(),
+            heartbeats: Arc::clone(&heartbeats),
+        };
+        let every = Duration::from_millis(match r.heartbeat_interval_ms {
+            0 => 10_000,
+            n => n.max(20),
+        });
+        let running = Arc::clone(&self.running);
+        tokio::spawn(async move {
+            let mut work = handler.execute(ctx, r.payload);
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            let mut cancel = cancel;
+            loop {
+                tokio::select! {
+                    out = &mut work => {
+                        let e = match out {
+                            Ok(output) => Event::Result(proto::ResultEvent { output }),
+                            Err(e) => Event::Error(proto::ErrorEvent {
+                                message: e.message,
+                                retryable: e.retryable,
+                                retry_after_ms: e.retry_after.map_or(0, |d| d.as_millis() as u64),
+                            }),
+                        };
+                        let _ = tx.send(event(e)).await;
+                        break;
+                    }
+                    _ = tick.tick() => {
+                        if heartbeats.load(Ordering::Relaxed)
+                            && tx.send(event(Event::Heartbeat(proto::Heartbeat {}))).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                    // Cancelled: drop the work (its future stops at its next
+                    // await point) and end the stream.
+                    _ = async { let _ = cancel.wait_for(|c| *c).await; } => break,
+                }
+            }
+            running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<proto::CancelRequest>,
+    ) -> Result<Response<proto::CancelResponse>, Status> {
+        let r = request.into_inner();
+        let job: [u8; 16] = r
+            .job_id
+            .as_slice()
+            .try_into()
+            .map_err(|_| Status::invalid_argument("invalid_job_id: a job ID is 16 bytes"))?;
+        let found = match self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(job, r.lease))
+        {
+            Some(c) => c.send(true).is_ok(),
+            None => false,
+        };
+        Ok(Response::new(proto::CancelResponse { found }))
+    }
+
+    async fn health(
+        &self,
+        _: Request<proto::HealthRequest>,
+    ) -> Result<Response<proto::HealthResponse>, Status> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).len();
+        Ok(Response::new(proto::HealthResponse {
+            serving: true,
+            running: running as u32,
+        }))
+    }
+
+    async fn shutdown(
+        &self,
+        _: Request<proto::ShutdownRequest>,
+    ) -> Result<Response<proto::ShutdownResponse>, Status> {
+        let _ = self.stop.send(true);
+        Ok(Response::new(proto::ShutdownResponse {}))
+    }
+}

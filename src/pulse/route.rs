@@ -1,0 +1,58 @@
+//! Routing: before each dispatch the dispatcher asks a [`Router`] whether
+//! a job may run and under which authorisation. The plugin host's router
+//! checks the handler's and plugin's chains in the ledger and the plugin's
+//! session (spec/plugin.md, "Resolution"); in-process executors use
+//! [`OpenRouter`].
+
+use std::sync::Arc;
+
+use super::job::{Job, Refusal};
+use crate::{AttestationId, Did};
+
+/// What a job was authorised under: the statements in force when it was
+/// resolved, and the plugin that may run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorization {
+    /// The handler's schema name.
+    pub handler_name: String,
+    /// Log index of the handler statement carrying the schema in force.
+    pub handler_index: u64,
+    /// That statement's ID and envelope (a plugin may re-verify it).
+    pub handler_attestation_id: AttestationId,
+    /// The envelope bytes of that statement.
+    pub handler_attestation: Arc<Vec<u8>>,
+    /// The plugin the schema names.
+    pub plugin: Did,
+    /// Log index of the plugin's head statement.
+    pub plugin_index: u64,
+    /// The plugin's current key (the one its session must have proved).
+    pub plugin_key: Did,
+}
+
+/// A router's answer for one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Dispatch, under this authorisation (`None` for executors that need
+    /// none).
+    Go(Option<Arc<Authorization>>),
+    /// Hold the job: its plugin is not connected yet.
+    Hold,
+    /// Refuse the job for good, with a detail for people.
+    Refuse(Refusal, String),
+}
+
+/// Decides whether and how each job may be dispatched.
+pub trait Router: Send {
+    /// The route for `job`, resolved now.
+    fn route(&mut self, job: &Job) -> Route;
+}
+
+/// Routes every job, with no authorisation: for in-process executors.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenRouter;
+
+impl Router for OpenRouter {
+    fn route(&mut self, _job: &Job) -> Route {
+        Route::Go(None)
+    }
+}

@@ -1,0 +1,157 @@
+//! Runs a [`Dispatcher`] on its own thread against the wall clock, as the
+//! server does: it steps whenever a report, an enqueue or a command
+//! arrives, and at least every `idle` otherwise (for run_at, retries,
+//! deadlines and held jobs).
+
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
+
+use super::budget::BudgetUse;
+use super::dispatcher::Dispatcher;
+use super::executor::Executor;
+use super::job::JobId;
+use super::store::JobError;
+use crate::Did;
+
+enum Command {
+    Cancel(JobId, SyncSender<Result<(), JobError>>),
+    BudgetUse(Did, SyncSender<Result<BudgetUse, JobError>>),
+    Stop,
+}
+
+/// Talks to a running dispatcher from any thread.
+#[derive(Clone)]
+pub struct PulseHandle {
+    tx: Sender<Command>,
+    thread: Thread,
+}
+
+fn stopped() -> JobError {
+    JobError::Storage(crate::ledger::LedgerError::new(
+        crate::ledger::LedgerErrorCode::Unavailable,
+        "the dispatcher has stopped",
+    ))
+}
+
+impl PulseHandle {
+    fn ask<T>(&self, make: impl FnOnce(SyncSender<Result<T, JobError>>) -> Command) -> Result<T, JobError> {
+        let (tx, rx) = sync_channel(1);
+        self.tx.send(make(tx)).map_err(|_| stopped())?;
+        self.thread.unpark();
+        rx.recv().map_err(|_| stopped())?
+    }
+
+    /// Cancels a job through the dispatcher, so a running attempt's
+    /// executor is told at once. Blocks until done.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::cancel`].
+    pub fn cancel(&self, id: JobId) -> Result<(), JobError> {
+        self.ask(|tx| Command::Cancel(id, tx))
+    }
+
+    /// A handler's spend and live reservations. Blocks until answered.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::budget_use`].
+    pub fn budget_use(&self, handler: Did) -> Result<BudgetUse, JobError> {
+        self.ask(|tx| Command::BudgetUse(handler, tx))
+    }
+
+    /// Asks for a step now (after an enqueue, say).
+    pub fn wake(&self) {
+        self.thread.unpark();
+    }
+}
+
+/// A dispatcher running on its own thread.
+pub struct PulseRunner {
+    handle: PulseHandle,
+    join: Option<JoinHandle<()>>,
+}
+
+impl PulseRunner {
+    /// Starts the thread: `build` makes the dispatcher there (given the
+    /// thread, for executors that wake it), then the dispatcher recovers
+    /// attempts left running by a previous process and starts stepping.
+    pub fn spawn<E, F>(build: F, idle: Duration) -> PulseRunner
+    where
+        E: Executor + 'static,
+        F: FnOnce(Thread) -> Dispatcher<E> + Send + 'static,
+    {
+        let (tx, rx) = channel();
+        let join = std::thread::Builder::new()
+            .name("pulse-dispatcher".into())
+            .spawn(move || {
+                let d = build(std::thread::current());
+                run(d, &rx, idle);
+            })
+            .unwrap_or_else(|e| panic!("cannot start the dispatcher thread: {e}"));
+        let handle = PulseHandle {
+            tx,
+            thread: join.thread().clone(),
+        };
+        PulseRunner {
+            handle,
+            join: Some(join),
+        }
+    }
+
+    /// A handle for commands.
+    pub fn handle(&self) -> PulseHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the thread after its current step. Attempts still running
+    /// stay recorded as running, and are recovered as crashed on the next
+    /// start.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.handle.tx.send(Command::Stop);
+        self.handle.thread.unpark();
+        if let Some(j) = self.join.take() {
+            let _ = j.join();
+        }
+    }
+}
+
+impl Drop for PulseRunner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run<E: Executor>(mut d: Dispatcher<E>, rx: &Receiver<Command>, idle: Duration) {
+    match d.recover(crate::clock::unix_ms()) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(crashed = n, "recovered attempts left running"),
+        Err(e) => tracing::error!(error = %e, "recovering running attempts failed"),
+    }
+    loop {
+        for cmd in rx.try_iter() {
+            match cmd {
+                Command::Cancel(id, reply) => {
+                    let _ = reply.send(d.cancel(&id, crate::clock::unix_ms()));
+                }
+                Command::BudgetUse(h, reply) => {
+                    let _ = reply.send(d.budget_use(&h, crate::clock::unix_ms()));
+                }
+                Command::Stop => return,
+            }
+        }
+        match d.step(crate::clock::unix_ms()) {
+            // Work done may have made more work (results free slots):
+            // step again before sleeping.
+            Ok(r) if r.dispatched > 0 || r.applied > 0 || r.stale > 0 => continue,
+            Ok(_) => std::thread::park_timeout(idle),
+            Err(e) => {
+                tracing::error!(error = %e, "dispatcher step failed; retrying");
+                std::thread::park_timeout(idle.max(Duration::from_millis(100)));
+            }
+        }
+    }
+}
