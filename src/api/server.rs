@@ -37,6 +37,39 @@ pub struct ServeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Finished jobs are deleted this long after their last change, hours.
     pub job_retention_hours: u64,
+    /// Declared plugins.
+    pub plugins: Vec<crate::plugin::PluginConfig>,
+    /// Attempts running at once over all handlers.
+    pub max_running: usize,
+    /// How long a job is held waiting for its plugin, ms.
+    pub plugin_wait_ms: u64,
+    /// An attempt silent this long is timed out, ms.
+    pub heartbeat_timeout_ms: u64,
+    /// After pushing a cancel for a late attempt, how long before it is
+    /// recorded timed out, ms.
+    pub cancel_grace_ms: u64,
+    /// Plugin health check period, ms.
+    pub plugin_health_interval_ms: u64,
+}
+
+impl ServeConfig {
+    /// A configuration with every default, on `data_dir` and `listen`.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> ServeConfig {
+        let d = crate::pulse::DispatchConfig::default();
+        ServeConfig {
+            data_dir: data_dir.into(),
+            listen,
+            log_name: "pulse-ledger.local/log".into(),
+            metrics_listen: None,
+            job_retention_hours: DEFAULT_JOB_RETENTION_HOURS,
+            plugins: Vec::new(),
+            max_running: d.max_running,
+            plugin_wait_ms: d.plugin_wait_ms,
+            heartbeat_timeout_ms: d.heartbeat_timeout_ms,
+            cancel_grace_ms: d.grace_ms,
+            plugin_health_interval_ms: 5_000,
+        }
+    }
 }
 
 /// Default job retention: one week.
@@ -62,6 +95,55 @@ async fn prune_jobs(store: Arc<crate::pulse::JobStore>, retention_hours: u64) {
             _ => {}
         }
     }
+}
+
+/// Starts the plugin host and the dispatcher: every job is resolved
+/// against the ledger and the plugin sessions, then run on its plugin.
+fn start_pulse(
+    config: &ServeConfig,
+    local: SocketAddr,
+    ledger: &Arc<Ledger>,
+    store: &Arc<crate::pulse::JobStore>,
+) -> (crate::pulse::PulseRunner, crate::plugin::PluginHost) {
+    use crate::plugin::{ChainRouter, HostConfig, PluginExecutor, PluginHost, Sessions};
+    use crate::pulse::{AsyncExecutorAdapter, DispatchConfig, Dispatcher, PulseRunner};
+    let sessions = Arc::new(Sessions::default());
+    let host = PluginHost::start(
+        config.plugins.clone(),
+        Arc::clone(ledger),
+        Arc::clone(&sessions),
+        HostConfig {
+            health_interval: std::time::Duration::from_millis(config.plugin_health_interval_ms),
+            api_endpoint: format!("http://{local}"),
+            ..HostConfig::default()
+        },
+    );
+    let dispatch = DispatchConfig {
+        max_running: config.max_running,
+        heartbeat_timeout_ms: config.heartbeat_timeout_ms,
+        grace_ms: config.cancel_grace_ms,
+        plugin_wait_ms: config.plugin_wait_ms,
+        deadline_scan_ms: 100,
+        ..DispatchConfig::default()
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let (ledger, store) = (Arc::clone(ledger), Arc::clone(store));
+    let runner = PulseRunner::spawn(
+        move |me| {
+            let executor =
+                AsyncExecutorAdapter::new(PluginExecutor::new(Arc::clone(&sessions)), runtime)
+                    .with_waker(me);
+            // Each attempt's authorisation carries its schema's
+            // max_concurrency; no other limits.
+            let limits: crate::pulse::ConcurrencyLimits = Box::new(|_| None);
+            let mut seed = [0u8; 8];
+            let _ = getrandom::fill(&mut seed);
+            Dispatcher::new(store, executor, dispatch, limits, u64::from_le_bytes(seed))
+                .with_router(Box::new(ChainRouter::new(ledger, sessions)))
+        },
+        std::time::Duration::from_millis(10),
+    );
+    (runner, host)
 }
 
 /// Why the server could not start or stopped with an error.
@@ -144,7 +226,8 @@ pub async fn serve(
         crate::pulse::JobStore::open(&ledger).map_err(|e| ServeError::Transport(e.to_string()))?,
     );
     tokio::spawn(prune_jobs(Arc::clone(&store), config.job_retention_hours));
-    let jobs = JobsServer::new(JobsService::new(Arc::clone(&ledger), store))
+    let (runner, host) = start_pulse(&config, local, &ledger, &store);
+    let jobs = JobsServer::new(JobsService::new(Arc::clone(&ledger), store).with_dispatcher(runner.handle()))
         .max_decoding_message_size(MAX_JOBS_REQUEST_BYTES)
         .max_encoding_message_size(MAX_RESPONSE_BYTES);
     health.set_serving::<JobsServer<JobsService>>().await;
@@ -172,6 +255,10 @@ pub async fn serve(
         .add_service(super::normalize::Normalize::new(jobs))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
+    // Plugins get Shutdown, SIGTERM, SIGKILL; then the dispatcher stops
+    // (attempts still running are recovered as crashed on the next start).
+    host.shutdown().await;
+    let _ = tokio::task::spawn_blocking(move || runner.stop()).await;
     // In-flight appends have been answered; commit anything still queued
     // and stop the writer before returning.
     let closing = Arc::clone(&ledger);

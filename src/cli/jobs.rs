@@ -181,6 +181,19 @@ fn progress_line(j: &proto::Job) -> String {
     )
 }
 
+/// A result for people: UTF-8 text as is (control characters escaped),
+/// anything else as hex; at most 1,000 characters.
+fn result_text(bytes: &[u8]) -> String {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t.trim_end().escape_debug().to_string(),
+        Err(_) => format!("0x{}", hex::encode(bytes)),
+    };
+    match text.char_indices().nth(1000) {
+        Some((at, _)) => format!("{}… ({} bytes)", &text[..at], bytes.len()),
+        None => text,
+    }
+}
+
 fn print_job(j: &proto::Job, json: bool) {
     let id = hex::encode(&j.id);
     if json {
@@ -192,6 +205,11 @@ fn print_job(j: &proto::Job, json: bool) {
                 "total_cost": j.total_cost, "max_cost": j.max_cost, "progress": j.progress_percent,
                 "progress_message": j.progress_message, "last_error": j.last_error,
                 "result": hex::encode(&j.result), "retry_at_ms": j.retry_at_ms, "updated_at_ms": j.updated_at_ms,
+                "attempt_history": j.attempt_history.iter().map(|a| json!({
+                    "number": a.number, "started_at_ms": a.started_at_ms, "ended_at_ms": a.ended_at_ms,
+                    "outcome": a.outcome, "error": a.error, "cost": a.cost, "authorised": a.authorised,
+                    "handler_index": a.handler_index, "plugin_index": a.plugin_index,
+                })).collect::<Vec<_>>(),
             })
         );
     } else {
@@ -213,6 +231,9 @@ fn print_job(j: &proto::Job, json: bool) {
                 format!(" error: {}", j.last_error)
             }
         );
+        if !j.result.is_empty() {
+            println!("  result: {}", result_text(&j.result));
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::error::CliError;
 use crate::api::{ServeConfig, serve};
+use crate::plugin::{PluginConfig, PluginSource};
 
 /// Default data directory: embedded storage, created if missing.
 pub(crate) const DEFAULT_DATA_DIR: &str = "./pulse-ledger-data";
@@ -28,7 +29,17 @@ Examples:
   PULSE_LEDGER_LISTEN=127.0.0.1:7400 pulse-ledger serve --config pulse-ledger.toml
 
 Config file keys (TOML): data_dir, listen, log_name, metrics_listen,
-job_retention_hours.
+job_retention_hours, max_running, plugin_wait_secs, heartbeat_timeout_ms,
+cancel_grace_ms, plugin_health_interval_ms, and one [[plugin]] table per
+plugin:
+
+  [[plugin]]
+  name = \"tools\"
+  command = [\"./target/release/pulse-test-plugin\", \"--key\", \"plugin.key\"]
+  # or: address = \"http://10.0.0.7:7400\"   (a plugin that is already running)
+  # id = \"did:key:z6Mk...\"   (the plugin ID it must prove; optional)
+  # env = { RUST_LOG = \"debug\" }   dir = \"/srv/plugins\"
+
 Precedence: flags, then PULSE_LEDGER_* variables, then the file, then defaults.
 Logs go to stderr (RUST_LOG=debug for more). SIGINT/SIGTERM stop accepting,
 finish in-flight appends, persist, and exit 0.
@@ -53,7 +64,14 @@ pub(crate) struct Args {
     /// [default: 168]. The ledger is never pruned.
     #[arg(long, env = "PULSE_LEDGER_JOB_RETENTION_HOURS", value_name = "HOURS")]
     job_retention_hours: Option<u64>,
-    /// TOML file with the same settings.
+    /// Attempts running at once over all handlers [default: 64].
+    #[arg(long, env = "PULSE_LEDGER_MAX_RUNNING", value_name = "N")]
+    max_running: Option<usize>,
+    /// How long a job waits, held, for its plugin to connect before it
+    /// fails with plugin_not_connected [default: 60].
+    #[arg(long, env = "PULSE_LEDGER_PLUGIN_WAIT_SECS", value_name = "SECS")]
+    plugin_wait_secs: Option<u64>,
+    /// TOML file with the same settings, and the [[plugin]] tables.
     #[arg(long, env = "PULSE_LEDGER_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -66,6 +84,53 @@ struct FileConfig {
     log_name: Option<String>,
     metrics_listen: Option<SocketAddr>,
     job_retention_hours: Option<u64>,
+    max_running: Option<usize>,
+    plugin_wait_secs: Option<u64>,
+    heartbeat_timeout_ms: Option<u64>,
+    cancel_grace_ms: Option<u64>,
+    plugin_health_interval_ms: Option<u64>,
+    #[serde(default)]
+    plugin: Vec<PluginTable>,
+}
+
+/// One `[[plugin]]` table: a command to spawn or a remote address.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginTable {
+    name: String,
+    command: Option<Vec<String>>,
+    address: Option<String>,
+    id: Option<String>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    dir: Option<PathBuf>,
+}
+
+impl PluginTable {
+    fn resolve(self, file: &std::path::Path) -> Result<PluginConfig, CliError> {
+        let bad = |why: String| {
+            CliError::Usage(format!("{}: [[plugin]] {:?}: {why}", file.display(), self.name))
+        };
+        let source = match (&self.command, &self.address) {
+            (Some(c), None) if !c.is_empty() => PluginSource::Command(c.clone()),
+            (None, Some(a)) if a.starts_with("http://") || a.starts_with("https://") => {
+                PluginSource::Remote(a.clone())
+            }
+            (None, Some(a)) => return Err(bad(format!("address {a:?} must start with http:// or https://"))),
+            _ => return Err(bad("give exactly one of command (a non-empty array) or address".into())),
+        };
+        let expect = match &self.id {
+            Some(d) => Some(crate::Did::parse(d).map_err(|e| bad(format!("id: {e}")))?),
+            None => None,
+        };
+        Ok(PluginConfig {
+            name: self.name,
+            source,
+            expect,
+            env: self.env.into_iter().collect(),
+            dir: self.dir,
+        })
+    }
 }
 
 impl Args {
@@ -77,6 +142,24 @@ impl Args {
                     .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?
             }
             None => FileConfig::default(),
+        };
+        let plugins = match &self.config {
+            Some(path) => file
+                .plugin
+                .into_iter()
+                .map(|p| p.resolve(path))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        let defaults = crate::pulse::DispatchConfig::default();
+        let max_running = self.max_running.or(file.max_running).unwrap_or(defaults.max_running);
+        if max_running == 0 {
+            return Err(CliError::Usage("max_running must be at least 1".into()));
+        }
+        let ms = |v: Option<u64>, d: u64, what: &str| match v {
+            Some(0) => Err(CliError::Usage(format!("{what} must be at least 1"))),
+            Some(n) => Ok(n),
+            None => Ok(d),
         };
         let default_listen: SocketAddr = DEFAULT_LISTEN
             .parse()
@@ -96,6 +179,24 @@ impl Args {
                 .job_retention_hours
                 .or(file.job_retention_hours)
                 .unwrap_or(crate::api::DEFAULT_JOB_RETENTION_HOURS),
+            plugins,
+            max_running,
+            plugin_wait_ms: self
+                .plugin_wait_secs
+                .or(file.plugin_wait_secs)
+                .unwrap_or(defaults.plugin_wait_ms / 1000)
+                .saturating_mul(1000),
+            heartbeat_timeout_ms: ms(
+                file.heartbeat_timeout_ms,
+                defaults.heartbeat_timeout_ms,
+                "heartbeat_timeout_ms",
+            )?,
+            cancel_grace_ms: file.cancel_grace_ms.unwrap_or(defaults.grace_ms),
+            plugin_health_interval_ms: ms(
+                file.plugin_health_interval_ms,
+                5_000,
+                "plugin_health_interval_ms",
+            )?,
         })
     }
 }

@@ -76,7 +76,17 @@ pub fn resolve_chains(ledger: &Ledger, handler: &Did) -> Result<Verdict, LedgerE
         );
     }
     let envelope = ledger.entry(rec.schema_index)?;
+    let schema = match crate::verify_attestation(&envelope).map(|a| a.statement().schema().cloned()) {
+        Ok(Some(crate::Schema::Handler(h))) => h,
+        _ => {
+            return Err(LedgerError::new(
+                LedgerErrorCode::Integrity,
+                format!("log entry {} no longer holds {handler}'s schema", rec.schema_index),
+            ));
+        }
+    };
     Ok(Ok(Arc::new(Authorization {
+        max_concurrency: schema.max_concurrency,
         handler_name: rec.name,
         handler_index: rec.schema_index,
         handler_attestation_id: AttestationId(*blake3::hash(&envelope).as_bytes()),

@@ -466,11 +466,6 @@ impl<E: Executor> Dispatcher<E> {
                 break;
             }
             let job: Job = self.store.get(&id)?;
-            let limit = (self.limits)(&job.handler);
-            let busy = self.running.get(&job.handler).copied().unwrap_or(0);
-            if limit.is_some_and(|l| busy >= l) {
-                continue;
-            }
             // Resolution: checked before every dispatch, never cached past
             // a change of the chains it read.
             let authorization = match self.router.route(&job) {
@@ -485,6 +480,14 @@ impl<E: Executor> Dispatcher<E> {
                     continue;
                 }
             };
+            let limit = match &authorization {
+                Some(a) => a.max_concurrency,
+                None => (self.limits)(&job.handler),
+            };
+            let busy = self.running.get(&job.handler).copied().unwrap_or(0);
+            if limit.is_some_and(|l| busy >= l) {
+                continue;
+            }
             // Reserve the job's expected cost; if the handler's budget
             // cannot cover it, hold the job (no attempt is used).
             let budget = self.store.budget(&job.handler)?;

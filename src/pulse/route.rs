@@ -27,6 +27,8 @@ pub struct Authorization {
     pub plugin_index: u64,
     /// The plugin's current key (the one its session must have proved).
     pub plugin_key: Did,
+    /// The schema's `max_concurrency`.
+    pub max_concurrency: Option<u32>,
 }
 
 /// A router's answer for one job.

@@ -1,0 +1,169 @@
+//! The test plugin: handlers that succeed, fail, crash, hang, sleep and
+//! report progress and cost, for end-to-end tests and benchmarks.
+//!
+//! ```text
+//! pulse-test-plugin --key plugin.key [--plugin DID] [--announce-id DID]...
+//! ```
+//!
+//! Handlers (by schema name): `echo` (returns the payload), `noop` (returns
+//! nothing), `sleep` (payload: milliseconds), `fail` (payload `fatal` for a
+//! non-retryable error, else retryable), `crash` (exits the process; payload
+//! `once` crashes only the first attempt), `hang` (stops heartbeating and
+//! never returns; payload `once` hangs only the first attempt), `progress`
+//! (10 steps with checkpoints, resuming from the previous attempt's),
+//! `cost` (payload: units, reported one at a time every 20 ms).
+//!
+//! With `PULSE_TEST_PLUGIN_EVENTS=FILE` it appends one line per event
+//! (`start JOB ATTEMPT PID`, `cancelled JOB ATTEMPT`, `done JOB ATTEMPT`) so
+//! tests can see what reached the plugin.
+
+use std::io::Write;
+use std::time::Duration;
+
+use pulse_ledger::Did;
+use pulse_ledger::plugin::sdk::{JobContext, JobError, JobHandler, PluginServer, async_trait, load_key};
+
+fn note(line: String) {
+    if let Ok(path) = std::env::var("PULSE_TEST_PLUGIN_EVENTS") {
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+fn job(ctx: &JobContext) -> String {
+    hex::encode(ctx.job_id())
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Echo,
+    Noop,
+    Sleep,
+    Fail,
+    Crash,
+    Hang,
+    Progress,
+    Cost,
+}
+
+struct Handler(Kind);
+
+async fn run(kind: Kind, ctx: &JobContext, payload: Vec<u8>) -> Result<Vec<u8>, JobError> {
+    let text = String::from_utf8_lossy(&payload).trim().to_owned();
+    match kind {
+        Kind::Echo => Ok(payload),
+        Kind::Noop => Ok(Vec::new()),
+        Kind::Sleep => {
+            let ms: u64 = text
+                .parse()
+                .map_err(|_| JobError::fatal("sleep: the payload is milliseconds"))?;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(format!("slept {ms}").into_bytes())
+        }
+        Kind::Fail if text == "fatal" => Err(JobError::fatal("failed on purpose (fatal)")),
+        Kind::Fail => Err(JobError::retryable("failed on purpose (retryable)")),
+        Kind::Crash => {
+            if text != "once" || ctx.attempt() == 1 {
+                note(format!("crash {} {}", job(ctx), ctx.attempt()));
+                std::process::exit(3);
+            }
+            Ok(b"survived".to_vec())
+        }
+        Kind::Hang => {
+            if text != "once" || ctx.attempt() == 1 {
+                ctx.stop_heartbeats();
+                std::future::pending::<()>().await;
+            }
+            Ok(b"did not hang".to_vec())
+        }
+        Kind::Progress => {
+            let from = ctx.checkpoint().first().copied().unwrap_or(0);
+            for step in from..10 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                ctx.progress((step + 1) * 10, format!("step {}", step + 1), vec![step + 1])
+                    .await;
+            }
+            Ok(format!("resumed from {from}").into_bytes())
+        }
+        Kind::Cost => {
+            let units: u64 = text
+                .parse()
+                .map_err(|_| JobError::fatal("cost: the payload is a number of units"))?;
+            for _ in 0..units {
+                ctx.cost(1).await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(format!("spent {units}").into_bytes())
+        }
+    }
+}
+
+#[async_trait]
+impl JobHandler for Handler {
+    async fn execute(&self, ctx: JobContext, payload: Vec<u8>) -> Result<Vec<u8>, JobError> {
+        note(format!("start {} {} {}", job(&ctx), ctx.attempt(), std::process::id()));
+        let out = tokio::select! {
+            out = run(self.0, &ctx, payload) => out,
+            _ = ctx.cancelled() => {
+                note(format!("cancelled {} {}", job(&ctx), ctx.attempt()));
+                return Err(JobError::retryable("cancelled"));
+            }
+        };
+        note(format!("done {} {}", job(&ctx), ctx.attempt()));
+        out
+    }
+}
+
+fn usage(why: &str) -> ! {
+    eprintln!("pulse-test-plugin: {why}\nusage: pulse-test-plugin --key FILE [--plugin DID] [--announce-id DID]...");
+    std::process::exit(2)
+}
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let (mut key, mut plugin, mut ids) = (None, None, Vec::new());
+    while let Some(a) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        match a.as_str() {
+            "--key" => key = Some(value()),
+            "--plugin" => plugin = Some(value()),
+            "--announce-id" => ids.push(value()),
+            "-h" | "--help" => usage("runs test handlers for pulse-ledger"),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    let key = key
+        .or_else(|| std::env::var("PULSE_PLUGIN_KEY").ok())
+        .unwrap_or_else(|| usage("--key is required"));
+    let key = load_key(key.as_ref()).unwrap_or_else(|e| usage(&e));
+    let mut server = PluginServer::new(key).metadata(
+        "pulse-test-plugin",
+        env!("CARGO_PKG_VERSION"),
+        "test handlers: echo, noop, sleep, fail, crash, hang, progress, cost",
+    );
+    if let Some(p) = plugin {
+        server = server.plugin_id(Did::parse(&p).unwrap_or_else(|e| usage(&format!("--plugin: {e}"))));
+    }
+    for id in ids {
+        let did = Did::parse(&id).unwrap_or_else(|e| usage(&format!("--announce-id: {e}")));
+        server = server.handler_id(did, Handler(Kind::Echo));
+    }
+    for (name, kind) in [
+        ("echo", Kind::Echo),
+        ("noop", Kind::Noop),
+        ("sleep", Kind::Sleep),
+        ("fail", Kind::Fail),
+        ("crash", Kind::Crash),
+        ("hang", Kind::Hang),
+        ("progress", Kind::Progress),
+        ("cost", Kind::Cost),
+    ] {
+        server = server.handler(name, Handler(kind));
+    }
+    if let Err(e) = server.serve().await {
+        eprintln!("pulse-test-plugin: {e}");
+        std::process::exit(1);
+    }
+}
