@@ -236,6 +236,7 @@ fn run(seed: u64) {
             cap_ms: 8_000,
         },
         scan: 100,
+        ..DispatchConfig::default()
     };
     let limit = 1 + (next() % 3) as u32;
     // Half the seeds give the first handler a rolling hourly budget.

@@ -24,6 +24,15 @@ struct Server {
     metrics: String,
 }
 
+/// Unix ms an hour from now.
+fn in_an_hour() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    now + 3_600_000
+}
+
 impl Server {
     fn start(dir: &Path) -> Server {
         Server::start_with(dir, &[])
@@ -758,6 +767,9 @@ async fn jobs_api_enqueues_reads_cancels_and_budgets() {
         payload: b"{}".to_vec(),
         priority,
         idempotency_key: key.into(),
+        // No plugin serves these handlers: a start an hour away keeps the
+        // jobs queued (not held for their plugin) while the API is checked.
+        run_at_ms: in_an_hour(),
         ..Default::default()
     };
     let first = jobs
@@ -1035,6 +1047,7 @@ async fn finished_jobs_are_pruned_after_the_retention() {
     let enqueue = |k: &str| proto::EnqueueRequest {
         handler: h.did.to_string(),
         idempotency_key: k.into(),
+        run_at_ms: in_an_hour(),
         ..Default::default()
     };
     let done = jobs

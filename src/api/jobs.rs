@@ -15,8 +15,8 @@ use super::proto::{self, jobs_server::Jobs};
 use super::status::{ERROR_DOMAIN, bad_request, parse_did, to_status};
 use crate::ledger::Ledger;
 use crate::pulse::{
-    Attempt, Budget, BudgetUse, CancelReason, DeadReason, HoldReason, Job, JobError, JobId, JobRequest, JobState,
-    JobStore, PulseErrorCode, PulseHandle,
+    Attempt, Budget, BudgetUse, CancelReason, DeadReason, HoldReason, Job, JobError, JobId,
+    JobRequest, JobState, JobStore, PulseErrorCode, PulseHandle,
 };
 use crate::{Did, Family, HandlerSchema, Schema};
 

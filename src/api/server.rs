@@ -227,9 +227,11 @@ pub async fn serve(
     );
     tokio::spawn(prune_jobs(Arc::clone(&store), config.job_retention_hours));
     let (runner, host) = start_pulse(&config, local, &ledger, &store);
-    let jobs = JobsServer::new(JobsService::new(Arc::clone(&ledger), store).with_dispatcher(runner.handle()))
-        .max_decoding_message_size(MAX_JOBS_REQUEST_BYTES)
-        .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let jobs = JobsServer::new(
+        JobsService::new(Arc::clone(&ledger), store).with_dispatcher(runner.handle()),
+    )
+    .max_decoding_message_size(MAX_JOBS_REQUEST_BYTES)
+    .max_encoding_message_size(MAX_RESPONSE_BYTES);
     health.set_serving::<JobsServer<JobsService>>().await;
     let registry = RegistryServer::new(RegistryService::new(Arc::clone(&ledger), metrics))
         .max_decoding_message_size(MAX_REQUEST_BYTES)

@@ -21,11 +21,17 @@ use std::io::Write;
 use std::time::Duration;
 
 use pulse_ledger::Did;
-use pulse_ledger::plugin::sdk::{JobContext, JobError, JobHandler, PluginServer, async_trait, load_key};
+use pulse_ledger::plugin::sdk::{
+    JobContext, JobError, JobHandler, PluginServer, async_trait, load_key,
+};
 
 fn note(line: String) {
     if let Ok(path) = std::env::var("PULSE_TEST_PLUGIN_EVENTS") {
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
             let _ = writeln!(f, "{line}");
         }
     }
@@ -81,8 +87,12 @@ async fn run(kind: Kind, ctx: &JobContext, payload: Vec<u8>) -> Result<Vec<u8>, 
             let from = ctx.checkpoint().first().copied().unwrap_or(0);
             for step in from..10 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                ctx.progress((step + 1) * 10, format!("step {}", step + 1), vec![step + 1])
-                    .await;
+                ctx.progress(
+                    (step + 1) * 10,
+                    format!("step {}", step + 1),
+                    vec![step + 1],
+                )
+                .await;
             }
             Ok(format!("resumed from {from}").into_bytes())
         }
@@ -102,7 +112,12 @@ async fn run(kind: Kind, ctx: &JobContext, payload: Vec<u8>) -> Result<Vec<u8>, 
 #[async_trait]
 impl JobHandler for Handler {
     async fn execute(&self, ctx: JobContext, payload: Vec<u8>) -> Result<Vec<u8>, JobError> {
-        note(format!("start {} {} {}", job(&ctx), ctx.attempt(), std::process::id()));
+        note(format!(
+            "start {} {} {}",
+            job(&ctx),
+            ctx.attempt(),
+            std::process::id()
+        ));
         let out = tokio::select! {
             out = run(self.0, &ctx, payload) => out,
             _ = ctx.cancelled() => {
@@ -116,7 +131,9 @@ impl JobHandler for Handler {
 }
 
 fn usage(why: &str) -> ! {
-    eprintln!("pulse-test-plugin: {why}\nusage: pulse-test-plugin --key FILE [--plugin DID] [--announce-id DID]...");
+    eprintln!(
+        "pulse-test-plugin: {why}\nusage: pulse-test-plugin --key FILE [--plugin DID] [--announce-id DID]..."
+    );
     std::process::exit(2)
 }
 
@@ -125,7 +142,10 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let (mut key, mut plugin, mut ids) = (None, None, Vec::new());
     while let Some(a) = args.next() {
-        let mut value = || args.next().unwrap_or_else(|| usage(&format!("{a} needs a value")));
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| usage(&format!("{a} needs a value")))
+        };
         match a.as_str() {
             "--key" => key = Some(value()),
             "--plugin" => plugin = Some(value()),
@@ -144,7 +164,8 @@ async fn main() {
         "test handlers: echo, noop, sleep, fail, crash, hang, progress, cost",
     );
     if let Some(p) = plugin {
-        server = server.plugin_id(Did::parse(&p).unwrap_or_else(|e| usage(&format!("--plugin: {e}"))));
+        server =
+            server.plugin_id(Did::parse(&p).unwrap_or_else(|e| usage(&format!("--plugin: {e}"))));
     }
     for id in ids {
         let did = Did::parse(&id).unwrap_or_else(|e| usage(&format!("--announce-id: {e}")));

@@ -109,15 +109,27 @@ struct PluginTable {
 impl PluginTable {
     fn resolve(self, file: &std::path::Path) -> Result<PluginConfig, CliError> {
         let bad = |why: String| {
-            CliError::Usage(format!("{}: [[plugin]] {:?}: {why}", file.display(), self.name))
+            CliError::Usage(format!(
+                "{}: [[plugin]] {:?}: {why}",
+                file.display(),
+                self.name
+            ))
         };
         let source = match (&self.command, &self.address) {
             (Some(c), None) if !c.is_empty() => PluginSource::Command(c.clone()),
             (None, Some(a)) if a.starts_with("http://") || a.starts_with("https://") => {
                 PluginSource::Remote(a.clone())
             }
-            (None, Some(a)) => return Err(bad(format!("address {a:?} must start with http:// or https://"))),
-            _ => return Err(bad("give exactly one of command (a non-empty array) or address".into())),
+            (None, Some(a)) => {
+                return Err(bad(format!(
+                    "address {a:?} must start with http:// or https://"
+                )));
+            }
+            _ => {
+                return Err(bad(
+                    "give exactly one of command (a non-empty array) or address".into(),
+                ));
+            }
         };
         let expect = match &self.id {
             Some(d) => Some(crate::Did::parse(d).map_err(|e| bad(format!("id: {e}")))?),
@@ -152,7 +164,10 @@ impl Args {
             None => Vec::new(),
         };
         let defaults = crate::pulse::DispatchConfig::default();
-        let max_running = self.max_running.or(file.max_running).unwrap_or(defaults.max_running);
+        let max_running = self
+            .max_running
+            .or(file.max_running)
+            .unwrap_or(defaults.max_running);
         if max_running == 0 {
             return Err(CliError::Usage("max_running must be at least 1".into()));
         }

@@ -16,6 +16,5 @@ pub use merkle::{
 };
 pub use store::{
     AuditReport, CHANGE_LOG_ENTRIES, ChainPage, EquivocationRecord, Ledger, LedgerConfig,
-    MAX_ENTRY_RANGE, MAX_PAGE,
-    MAX_SCAN, PendingAppend, Receipt, SubjectFilter, TreeHead,
+    MAX_ENTRY_RANGE, MAX_PAGE, MAX_SCAN, PendingAppend, Receipt, SubjectFilter, TreeHead,
 };

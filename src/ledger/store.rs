@@ -386,7 +386,11 @@ impl Ledger {
     /// cache must then start over. For caches of chain state: a subject
     /// not listed has not changed since `from`.
     pub fn changed_since(&self, from: u64) -> Option<(Vec<[u8; 32]>, u64)> {
-        let log = self.shared.changes.lock().unwrap_or_else(|p| p.into_inner());
+        let log = self
+            .shared
+            .changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let end = log.start + log.subjects.len() as u64;
         if from < log.start || from > end {
             return None;

@@ -10,7 +10,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::session::{Session, Sessions};
 use crate::api::proto::{self, job_event::Event};
-use crate::pulse::{AsyncExecutor, AttemptSpec, EventStream, ExecEvent, JobId, LeaseToken, Progress};
+use crate::pulse::{
+    AsyncExecutor, AttemptSpec, EventStream, ExecEvent, JobId, LeaseToken, Progress,
+};
 
 /// Runs attempts on plugin sessions.
 pub struct PluginExecutor {

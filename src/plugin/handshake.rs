@@ -19,7 +19,9 @@ pub fn handshake_line(addr: SocketAddr) -> String {
 /// # Errors
 /// `bad_handshake` with what is wrong.
 pub fn parse_handshake(line: &str) -> Result<SocketAddr, String> {
-    let bad = |why: &str| format!("bad_handshake: {why} in {line:?}; expected {HANDSHAKE_MAGIC}|1|tcp|HOST:PORT|grpc");
+    let bad = |why: &str| {
+        format!("bad_handshake: {why} in {line:?}; expected {HANDSHAKE_MAGIC}|1|tcp|HOST:PORT|grpc")
+    };
     let fields: Vec<&str> = line.trim_end_matches('\r').split('|').collect();
     let [magic, version, network, addr, protocol] = fields.as_slice() else {
         return Err(bad("not 5 fields"));

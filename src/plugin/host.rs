@@ -146,6 +146,9 @@ enum Ended {
 struct Child {
     child: tokio::process::Child,
     pgid: Option<i32>,
+    /// Never written: the plugin sees EOF on stdin when this process
+    /// dies, however it dies, and exits (no orphaned plugins).
+    _stdin: Option<tokio::process::ChildStdin>,
 }
 
 impl Child {
@@ -198,7 +201,8 @@ impl Supervisor {
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args)
             .envs(self.plugin.env.iter().cloned())
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::piped())
+            .env(super::sdk::WATCH_STDIN_ENV, "1")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .kill_on_drop(true)
@@ -212,16 +216,16 @@ impl Supervisor {
             .map_err(|e| format!("cannot start {program}: {e}"))?;
         let pgid = child.id().and_then(|p| i32::try_from(p).ok());
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        let child = Child { child, pgid };
+        let stdin = child.stdin.take();
+        let child = Child {
+            child,
+            pgid,
+            _stdin: stdin,
+        };
         let mut lines = BufReader::new(stdout).lines();
         let first = tokio::time::timeout(self.config.start_timeout, lines.next_line())
             .await
-            .map_err(|_| {
-                format!(
-                    "no handshake line within {:?}",
-                    self.config.start_timeout
-                )
-            })?
+            .map_err(|_| format!("no handshake line within {:?}", self.config.start_timeout))?
             .map_err(|e| format!("reading the handshake line: {e}"))?
             .ok_or("the plugin exited before its handshake line")?;
         let addr = parse_handshake(&first)?;
@@ -421,7 +425,10 @@ impl Supervisor {
         let _ = tokio::time::timeout(grace, client.shutdown(proto::ShutdownRequest {})).await;
         let Some(mut child) = child else { return };
         child.signal(libc::SIGTERM);
-        if tokio::time::timeout(grace, child.child.wait()).await.is_err() {
+        if tokio::time::timeout(grace, child.child.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(plugin = %self.plugin.name, "plugin ignored SIGTERM; killing its group");
         }
         // Dropping the child SIGKILLs its group (children it left behind).

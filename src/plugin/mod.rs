@@ -13,8 +13,8 @@ mod session;
 pub mod sdk;
 
 pub use executor::{PluginExecutor, exec_event};
-pub use host::{HostConfig, PluginConfig, PluginHost, PluginSource};
 pub use handshake::{HANDSHAKE_MAGIC, PROTOCOL_VERSION, handshake_line, parse_handshake};
+pub use host::{HostConfig, PluginConfig, PluginHost, PluginSource};
 pub use proof::{
     AnnouncedHandler, Announcement, MAX_ANNOUNCED, NONCE_BYTES, PROOF_CONTEXT, ProofError,
     proof_message, sign_proof, verify_proof,

@@ -69,7 +69,10 @@ pub fn proof_message(nonce: &[u8], a: &Announcement) -> Vec<u8> {
     for h in &a.handlers {
         put(
             &mut out,
-            h.id.as_ref().map(Did::to_string).unwrap_or_default().as_bytes(),
+            h.id.as_ref()
+                .map(Did::to_string)
+                .unwrap_or_default()
+                .as_bytes(),
         );
         put(&mut out, h.name.as_bytes());
     }

@@ -29,22 +29,37 @@ const MAX_CACHED: usize = 1_000_000;
 pub fn resolve_chains(ledger: &Ledger, handler: &Did) -> Result<Verdict, LedgerError> {
     let refuse = |r: Refusal, d: String| Ok(Err((r, d)));
     let not_found = |e: &LedgerError| {
-        matches!(e, LedgerError::Ledger { code: LedgerErrorCode::NotFound, .. })
+        matches!(
+            e,
+            LedgerError::Ledger {
+                code: LedgerErrorCode::NotFound,
+                ..
+            }
+        )
     };
     let rec = match ledger.subject(handler) {
         Ok(r) => r,
         Err(e) if not_found(&e) => {
-            return refuse(Refusal::HandlerNotFound, format!("no chain for {handler} in the log"));
+            return refuse(
+                Refusal::HandlerNotFound,
+                format!("no chain for {handler} in the log"),
+            );
         }
         Err(e) => return Err(e),
     };
     if rec.head.family != Family::Handler {
-        return refuse(Refusal::HandlerNotFound, format!("{handler} is a plugin, not a handler"));
+        return refuse(
+            Refusal::HandlerNotFound,
+            format!("{handler} is a plugin, not a handler"),
+        );
     }
     if rec.head.revoked {
         return refuse(
             Refusal::HandlerRevoked,
-            format!("handler {handler} was revoked at log index {}", rec.head_index),
+            format!(
+                "handler {handler} was revoked at log index {}",
+                rec.head_index
+            ),
         );
     }
     let Some(plugin) = rec.plugin.clone() else {
@@ -72,16 +87,23 @@ pub fn resolve_chains(ledger: &Ledger, handler: &Did) -> Result<Verdict, LedgerE
     if prec.head.revoked {
         return refuse(
             Refusal::PluginRevoked,
-            format!("plugin {plugin} was revoked at log index {}", prec.head_index),
+            format!(
+                "plugin {plugin} was revoked at log index {}",
+                prec.head_index
+            ),
         );
     }
     let envelope = ledger.entry(rec.schema_index)?;
-    let schema = match crate::verify_attestation(&envelope).map(|a| a.statement().schema().cloned()) {
+    let schema = match crate::verify_attestation(&envelope).map(|a| a.statement().schema().cloned())
+    {
         Ok(Some(crate::Schema::Handler(h))) => h,
         _ => {
             return Err(LedgerError::new(
                 LedgerErrorCode::Integrity,
-                format!("log entry {} no longer holds {handler}'s schema", rec.schema_index),
+                format!(
+                    "log entry {} no longer holds {handler}'s schema",
+                    rec.schema_index
+                ),
             ));
         }
     };
@@ -207,7 +229,10 @@ impl Router for ChainRouter {
         if session.announcement.key != auth.plugin_key {
             return Route::Hold;
         }
-        if !session.announcement.serves(&job.handler, &auth.handler_name) {
+        if !session
+            .announcement
+            .serves(&job.handler, &auth.handler_name)
+        {
             return Route::Refuse(
                 Refusal::PluginNotAuthorised,
                 format!(

@@ -52,6 +52,41 @@ use crate::api::proto::{self, job_event::Event, plugin_server};
 
 pub use tonic::async_trait;
 
+/// How long a stopping plugin waits for open connections to close.
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
+/// How long a cancelled handler may take to wind down before its future
+/// is dropped.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// Set by Pulse for the plugins it spawns: the plugin then exits when its
+/// stdin reaches EOF, which happens when Pulse dies, however it dies.
+pub const WATCH_STDIN_ENV: &str = "PULSE_PLUGIN_WATCH_STDIN";
+
+/// Resolves when stdin reaches EOF (or fails). Reads on a plain thread:
+/// a tokio blocking read would keep the runtime from shutting down.
+async fn stdin_closed() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("stdin-watch".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+            }
+            let _ = tx.send(());
+        });
+    if spawned.is_ok() {
+        let _ = rx.await;
+    } else {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Why a job failed, as the handler tells Pulse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobError {
@@ -304,30 +339,44 @@ impl PluginServer {
             writeln!(out, "{}", handshake_line(local))?;
             out.flush()?;
         }
-        let signals = async {
-            #[cfg(unix)]
-            {
-                use tokio::signal::unix::{SignalKind, signal};
-                match signal(SignalKind::terminate()) {
-                    Ok(mut term) => {
-                        tokio::select! {
-                            _ = term.recv() => {}
-                            _ = tokio::signal::ctrl_c() => {}
-                        }
-                    }
-                    Err(_) => {
-                        let _ = tokio::signal::ctrl_c().await;
-                    }
+        let watch_stdin = std::env::var_os(WATCH_STDIN_ENV).is_some();
+        let signals = async move {
+            if watch_stdin {
+                tokio::select! {
+                    _ = stdin_closed() => return,
+                    _ = signals() => return,
                 }
             }
-            #[cfg(not(unix))]
-            {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            signals().await;
         };
         self.serve_on(listener, signals).await
     }
+}
 
+/// Resolves on SIGTERM or SIGINT.
+async fn signals() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+impl PluginServer {
     /// Serves on `listener` until `Shutdown` is called or `shutdown`
     /// resolves, without printing a handshake line (for a plugin reached
     /// as a remote address, or embedded in tests).
@@ -345,18 +394,34 @@ impl PluginServer {
             running: Arc::default(),
             stop: stop_tx,
         };
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let stop = async move {
             tokio::select! {
                 _ = shutdown => {}
                 _ = async { let _ = stop_rx.wait_for(|s| *s).await; } => {}
             }
         };
-        tonic::transport::Server::builder()
+        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+        let stop = async move {
+            stop.await;
+            let _ = stopping_tx.send(());
+        };
+        let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(plugin_server::PluginServer::new(service))
-            .serve_with_incoming_shutdown(incoming, stop)
-            .await?;
+            .serve_with_incoming_shutdown(incoming, stop);
+        tokio::pin!(server);
+        // A graceful stop waits for open connections (Pulse keeps one):
+        // give it a moment, then return regardless.
+        let bounded = async {
+            let _ = stopping.await;
+            tokio::time::sleep(STOP_GRACE).await;
+        };
+        tokio::select! {
+            r = &mut server => r?,
+            _ = bounded => {}
+        }
         Ok(())
     }
 }
@@ -514,9 +579,14 @@ impl plugin_server::Plugin for Service {
                             break;
                         }
                     }
-                    // Cancelled: drop the work (its future stops at its next
-                    // await point) and end the stream.
-                    _ = async { let _ = cancel.wait_for(|c| *c).await; } => break,
+                    // Cancelled: the handler may see ctx.cancelled() and wind
+                    // down for up to CANCEL_GRACE, then its future is dropped
+                    // (it stops at its next await point). Nothing more is
+                    // sent: Pulse has already ended the attempt.
+                    _ = async { let _ = cancel.wait_for(|c| *c).await; } => {
+                        let _ = tokio::time::timeout(CANCEL_GRACE, &mut work).await;
+                        break;
+                    }
                 }
             }
             running

@@ -12,8 +12,8 @@ use super::budget::BudgetUse;
 use super::error::{PulseError, PulseErrorCode};
 use super::executor::{AttemptSpec, ExecEvent, Executor, Report};
 use super::job::{CancelReason, HoldReason, Job, JobId, JobState, LeaseToken, Refusal};
-use super::route::{Authorization, OpenRouter, Route, Router};
 use super::machine::RetryPolicy;
+use super::route::{Authorization, OpenRouter, Route, Router};
 use super::store::{JobError, JobStore};
 use crate::Did;
 
@@ -266,7 +266,13 @@ impl<E: Executor> Dispatcher<E> {
         for r in reports {
             let lease = r.lease;
             let policy = self.policy();
+            // An attempt told to stop for its deadline that then fails or
+            // dies (as a cancelled plugin does) timed out.
+            let late = self.cancel_pushed.contains_key(&r.job);
             let op: super::store::GroupOp<()> = match r.event {
+                ExecEvent::Failed { .. } | ExecEvent::Crashed if late => {
+                    Box::new(move |j: &mut Job| j.time_out(&lease, policy, now))
+                }
                 ExecEvent::Cost(n) => {
                     match self.apply_cost(r.job, lease, n, now) {
                         Ok(()) => report.applied += 1,
@@ -420,7 +426,8 @@ impl<E: Executor> Dispatcher<E> {
             match self.router.route(&job) {
                 Route::Go(_) => self.store.update(&id, now, |j| j.release(now))?,
                 Route::Refuse(why, detail) => {
-                    self.store.update(&id, now, |j| j.refuse(why, detail, now))?;
+                    self.store
+                        .update(&id, now, |j| j.refuse(why, detail, now))?;
                 }
                 Route::Hold if now >= job.updated_at.saturating_add(self.config.plugin_wait_ms) => {
                     let detail = format!(
@@ -476,7 +483,8 @@ impl<E: Executor> Dispatcher<E> {
                     continue;
                 }
                 Route::Refuse(why, detail) => {
-                    self.store.update(&id, now, |j| j.refuse(why, detail, now))?;
+                    self.store
+                        .update(&id, now, |j| j.refuse(why, detail, now))?;
                     continue;
                 }
             };

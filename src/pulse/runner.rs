@@ -35,7 +35,10 @@ fn stopped() -> JobError {
 }
 
 impl PulseHandle {
-    fn ask<T>(&self, make: impl FnOnce(SyncSender<Result<T, JobError>>) -> Command) -> Result<T, JobError> {
+    fn ask<T>(
+        &self,
+        make: impl FnOnce(SyncSender<Result<T, JobError>>) -> Command,
+    ) -> Result<T, JobError> {
         let (tx, rx) = sync_channel(1);
         self.tx.send(make(tx)).map_err(|_| stopped())?;
         self.thread.unpark();

@@ -1,0 +1,483 @@
+//! End to end: a real `pulse-ledger serve` with real plugin processes
+//! declared in its config file. Jobs reach a plugin only through the
+//! handler's and plugin's chains and the plugin's key proof.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Key, handler_register, key, next, plugin_register, tempdir};
+use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
+use pulse_ledger::{Action, Attestation, Family, HandlerSchema, Schema, Statement, sign_statement};
+use tonic::transport::Channel;
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    /// Starts `serve --config` with `config` (TOML) plus the data dir.
+    fn start(dir: &Path, config: &str) -> Server {
+        let path = dir.join("pulse.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let addr = first.split_whitespace().nth(3).unwrap().to_owned();
+        Server {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    async fn registry(&self) -> RegistryClient<Channel> {
+        RegistryClient::connect(self.url.clone()).await.unwrap()
+    }
+
+    async fn jobs(&self) -> JobsClient<Channel> {
+        JobsClient::connect(self.url.clone()).await.unwrap()
+    }
+
+    /// SIGTERM and wait: plugins are stopped first.
+    fn stop(mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn key_file(dir: &Path, k: &Key) -> PathBuf {
+    let path = dir.join(format!("{}.key", &k.did.to_string()[8..20]));
+    std::fs::write(
+        &path,
+        format!(
+            "# did: {}\nPULSE-LEDGER-SECRET-KEY-1 {}\n",
+            k.did,
+            hex::encode(k.sk.to_bytes())
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn plugin_table(name: &str, args: &[String], events: &Path) -> String {
+    let mut argv = vec![format!("{:?}", env!("CARGO_BIN_EXE_pulse-test-plugin"))];
+    argv.extend(args.iter().map(|a| format!("{a:?}")));
+    format!(
+        "[[plugin]]\nname = {name:?}\ncommand = [{}]\nenv = {{ PULSE_TEST_PLUGIN_EVENTS = {:?} }}\n",
+        argv.join(", "),
+        events.display().to_string()
+    )
+}
+
+fn handler_with(
+    k: &Key,
+    name: &str,
+    plugin: &Key,
+    edit: impl FnOnce(&mut HandlerSchema),
+) -> Attestation {
+    let mut schema = HandlerSchema::new(name, "1.0.0", plugin.did.clone());
+    edit(&mut schema);
+    let st = Statement {
+        family: Family::Handler,
+        subject: k.did.clone(),
+        signer: k.did.clone(),
+        seq: 0,
+        prev: None,
+        issued_at: 1_000,
+        action: Action::Register(Schema::Handler(schema)),
+    };
+    sign_statement(&st, &k.sk, None).unwrap()
+}
+
+async fn submit(reg: &mut RegistryClient<Channel>, a: &Attestation) -> Result<u64, tonic::Status> {
+    reg.submit(proto::SubmitRequest {
+        envelope: a.envelope().to_vec(),
+    })
+    .await
+    .map(|r| r.into_inner().index)
+}
+
+fn enqueue_req(h: &Key, payload: &str) -> proto::EnqueueRequest {
+    proto::EnqueueRequest {
+        handler: h.did.to_string(),
+        payload: payload.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+async fn enqueue(jobs: &mut JobsClient<Channel>, req: proto::EnqueueRequest) -> Vec<u8> {
+    jobs.enqueue(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .id
+}
+
+async fn get(jobs: &mut JobsClient<Channel>, id: &[u8]) -> proto::Job {
+    jobs.get_job(proto::GetJobRequest { id: id.to_vec() })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+}
+
+const TERMINAL: [&str; 3] = ["succeeded", "dead", "cancelled"];
+
+/// Polls until the job is finished (at most `secs`).
+async fn finished(jobs: &mut JobsClient<Channel>, id: &[u8], secs: u64) -> proto::Job {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let j = get(jobs, id).await;
+        if TERMINAL.contains(&j.state.as_str()) {
+            return j;
+        }
+        assert!(
+            Instant::now() < until,
+            "job {} still {} ({}) after {secs} s: {:?}",
+            hex::encode(id),
+            j.state,
+            j.reason,
+            j.last_error
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The plugin's event lines about `job`.
+fn events(path: &Path, job: &[u8]) -> Vec<String> {
+    let id = hex::encode(job);
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some(id.as_str()))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the plugin logged `what` for `job`; returns that line.
+async fn event(path: &Path, job: &[u8], what: &str) -> String {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(l) = events(path, job).into_iter().find(|l| l.starts_with(what)) {
+            return l;
+        }
+        assert!(Instant::now() < until, "no {what:?} event for the job");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+const TIMINGS: &str = "heartbeat_timeout_ms = 800\ncancel_grace_ms = 300\nplugin_health_interval_ms = 200\nplugin_wait_secs = 2\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_on_the_verified_plugin_through_every_failure_mode() {
+    let dir = tempdir("plugins-e2e");
+    let events_path = dir.join("events.log");
+    let p = key("e2e-plugin");
+    let pkey = key_file(&dir, &p);
+    let config = format!(
+        "{TIMINGS}{}",
+        plugin_table(
+            "tools",
+            &["--key".into(), pkey.display().to_string()],
+            &events_path
+        )
+    );
+    let server = Server::start(&dir, &config);
+    let mut reg = server.registry().await;
+    let mut jobs = server.jobs().await;
+
+    // The plugin was declared before it was registered: the host retries
+    // until its chain is in the log.
+    let p_index = submit(&mut reg, &plugin_register(&p, "tools"))
+        .await
+        .unwrap();
+    let echo = key("e2e-echo");
+    let echo0 = handler_register(&echo, "echo", &p.did);
+    let echo_index = submit(&mut reg, &echo0).await.unwrap();
+
+    // 1. Enqueue → result, authorised under the statements in the log.
+    let id = enqueue(&mut jobs, enqueue_req(&echo, "hello")).await;
+    let j = finished(&mut jobs, &id, 30).await;
+    assert_eq!(
+        (j.state.as_str(), j.result.as_slice()),
+        ("succeeded", &b"hello"[..])
+    );
+    let a = &j.attempt_history[0];
+    assert!(a.authorised);
+    assert_eq!((a.handler_index, a.plugin_index), (echo_index, p_index));
+
+    // 2. A handler registered while the plugin runs is routable at once.
+    let late = key("e2e-late");
+    submit(&mut reg, &handler_register(&late, "echo", &p.did))
+        .await
+        .unwrap();
+    let id = enqueue(&mut jobs, enqueue_req(&late, "late")).await;
+    assert_eq!(finished(&mut jobs, &id, 10).await.result, b"late");
+
+    // 3. A fatal error ends the job at once; a hang is timed out and retried.
+    let fail = key("e2e-fail");
+    submit(&mut reg, &handler_register(&fail, "fail", &p.did))
+        .await
+        .unwrap();
+    let id = enqueue(&mut jobs, enqueue_req(&fail, "fatal")).await;
+    let j = finished(&mut jobs, &id, 10).await;
+    assert_eq!(
+        (j.state.as_str(), j.reason.as_str(), j.attempts),
+        ("dead", "non_retryable", 1)
+    );
+    let hang = key("e2e-hang");
+    submit(&mut reg, &handler_register(&hang, "hang", &p.did))
+        .await
+        .unwrap();
+    let id = enqueue(&mut jobs, enqueue_req(&hang, "once")).await;
+    let j = finished(&mut jobs, &id, 30).await;
+    assert_eq!(j.state, "succeeded");
+    assert_eq!(j.attempt_history[0].outcome, "timed_out");
+    assert_eq!(j.result, b"did not hang");
+
+    // 4. A cancel reaches the plugin while the job runs.
+    let sleep = key("e2e-sleep");
+    submit(&mut reg, &handler_register(&sleep, "sleep", &p.did))
+        .await
+        .unwrap();
+    let id = enqueue(&mut jobs, enqueue_req(&sleep, "20000")).await;
+    event(&events_path, &id, "start").await;
+    jobs.cancel_job(proto::CancelJobRequest { id: id.clone() })
+        .await
+        .unwrap();
+    assert_eq!(get(&mut jobs, &id).await.state, "cancelled");
+    event(&events_path, &id, "cancelled").await;
+
+    // 5. Cost over the job's max_cost cancels the attempt.
+    let cost = key("e2e-cost");
+    submit(&mut reg, &handler_register(&cost, "cost", &p.did))
+        .await
+        .unwrap();
+    let id = enqueue(
+        &mut jobs,
+        proto::EnqueueRequest {
+            max_cost: 3,
+            ..enqueue_req(&cost, "50")
+        },
+    )
+    .await;
+    let j = finished(&mut jobs, &id, 20).await;
+    assert_eq!(
+        (j.state.as_str(), j.reason.as_str()),
+        ("cancelled", "budget")
+    );
+    assert!((4..=5).contains(&j.total_cost), "spent {}", j.total_cost);
+    event(&events_path, &id, "cancelled").await;
+
+    // 6. The plugin is SIGKILLed mid-job: the attempt is recorded crashed,
+    // the plugin restarted, and the retry succeeds on the new process.
+    let id = enqueue(&mut jobs, enqueue_req(&sleep, "1500")).await;
+    let start = event(&events_path, &id, "start").await;
+    let pid = start.split_whitespace().nth(3).unwrap().to_owned();
+    Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    let j = finished(&mut jobs, &id, 30).await;
+    assert_eq!(j.state, "succeeded", "{}", j.last_error);
+    assert_eq!(j.attempt_history[0].outcome, "crashed");
+    let second = events(&events_path, &id)
+        .into_iter()
+        .filter(|l| l.starts_with("start"))
+        .nth(1)
+        .unwrap();
+    assert_ne!(
+        second.split_whitespace().nth(3).unwrap(),
+        pid,
+        "ran on a new process"
+    );
+
+    // 7. Rotating the handler key: jobs still run; the old key can no
+    // longer sign.
+    let echo2 = key("e2e-echo-2");
+    let rot = next(
+        &echo0,
+        &echo,
+        Action::Rotate {
+            new_key: echo2.did.clone(),
+        },
+        Some(&echo2),
+    );
+    submit(&mut reg, &rot).await.unwrap();
+    let stale = common::update_handler(&rot, &echo, "echo", &p.did, "2.0.0");
+    let e = submit(&mut reg, &stale).await.unwrap_err();
+    assert!(e.message().starts_with("wrong_signer"), "{}", e.message());
+    let id = enqueue(&mut jobs, enqueue_req(&echo, "after rotation")).await;
+    assert_eq!(finished(&mut jobs, &id, 10).await.result, b"after rotation");
+
+    // 8. A revoke racing a stream of jobs: nothing starts after the revoke
+    // is acknowledged; the jobs left are refused with handler_revoked.
+    let race = key("e2e-race");
+    let race0 = handler_with(&race, "sleep", &p, |s| s.max_concurrency = Some(2));
+    submit(&mut reg, &race0).await.unwrap();
+    let batch: Vec<_> = (0..60).map(|_| enqueue_req(&race, "30")).collect();
+    let ids: Vec<Vec<u8>> = jobs
+        .enqueue_batch(proto::EnqueueBatchRequest { jobs: batch })
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|r| match r.result.unwrap() {
+            proto::enqueue_result::Result::Accepted(a) => a.job.unwrap().id,
+            proto::enqueue_result::Result::Rejected(e) => panic!("{}", e.message),
+        })
+        .collect();
+    while get(&mut jobs, &ids[3]).await.state != "succeeded" {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    submit(
+        &mut reg,
+        &next(&race0, &race, Action::Revoke { reason: None }, None),
+    )
+    .await
+    .unwrap();
+    let acked = now_ms();
+    let (mut ran, mut refused) = (0, 0);
+    for id in &ids {
+        let j = finished(&mut jobs, id, 30).await;
+        match (j.state.as_str(), j.reason.as_str()) {
+            ("succeeded", _) => {
+                ran += 1;
+                assert!(
+                    j.attempt_history[0].started_at_ms <= acked,
+                    "started after the revoke"
+                );
+            }
+            ("dead", "handler_revoked") => {
+                refused += 1;
+                assert!(j.attempt_history.is_empty());
+                assert!(
+                    j.last_error.starts_with("handler_revoked"),
+                    "{}",
+                    j.last_error
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(ran >= 4 && refused > 0, "ran {ran}, refused {refused}");
+    let e = jobs.enqueue(enqueue_req(&race, "30")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+
+    // Shutdown stops the plugin process too.
+    let live = events(&events_path, &id_of_last_start(&events_path))
+        .into_iter()
+        .find_map(|l| {
+            l.strip_prefix("start ")
+                .map(|r| r.split_whitespace().nth(2).unwrap().to_owned())
+        })
+        .unwrap();
+    server.stop();
+    assert!(
+        !Path::new(&format!("/proc/{live}")).exists(),
+        "the plugin process {live} outlived the server"
+    );
+}
+
+/// The job ID of the last `start` line.
+fn id_of_last_start(path: &Path) -> Vec<u8> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let line = text.lines().rev().find(|l| l.starts_with("start")).unwrap();
+    hex::decode(line.split_whitespace().nth(1).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_that_cannot_prove_their_key_or_claim_others_handlers_get_nothing() {
+    let dir = tempdir("plugins-refused");
+    let events_path = dir.join("events.log");
+    // "liar" claims to be plugin P but holds another key; "claimer" is
+    // plugin C and announces handler Hq, whose chain names plugin Q.
+    let (p, wrong, c, q) = (key("rf-p"), key("rf-wrong"), key("rf-c"), key("rf-q"));
+    let hq = key("rf-hq");
+    let hp = key("rf-hp");
+    let liar = plugin_table(
+        "liar",
+        &[
+            "--key".into(),
+            key_file(&dir, &wrong).display().to_string(),
+            "--plugin".into(),
+            p.did.to_string(),
+        ],
+        &events_path,
+    );
+    let claimer = plugin_table(
+        "claimer",
+        &[
+            "--key".into(),
+            key_file(&dir, &c).display().to_string(),
+            "--announce-id".into(),
+            hq.did.to_string(),
+        ],
+        &events_path,
+    );
+    let server = Server::start(&dir, &format!("{TIMINGS}{liar}{claimer}"));
+    let mut reg = server.registry().await;
+    let mut jobs = server.jobs().await;
+    for a in [
+        plugin_register(&p, "p"),
+        plugin_register(&c, "c"),
+        plugin_register(&q, "q"),
+        handler_register(&hp, "echo", &p.did),
+        handler_register(&hq, "echo", &q.did),
+    ] {
+        submit(&mut reg, &a).await.unwrap();
+    }
+    // The claimer's own handler proves its session is open and serving.
+    let hc = key("rf-hc");
+    submit(&mut reg, &handler_register(&hc, "echo", &c.did))
+        .await
+        .unwrap();
+    let id = enqueue(&mut jobs, enqueue_req(&hc, "mine")).await;
+    assert_eq!(finished(&mut jobs, &id, 30).await.result, b"mine");
+
+    for h in [&hp, &hq] {
+        let id = enqueue(&mut jobs, enqueue_req(h, "steal")).await;
+        let held = get(&mut jobs, &id).await;
+        assert!(["queued", "held"].contains(&held.state.as_str()));
+        let j = finished(&mut jobs, &id, 30).await;
+        assert_eq!(
+            (j.state.as_str(), j.reason.as_str(), j.attempts),
+            ("dead", "plugin_not_connected", 0)
+        );
+        assert!(events(&events_path, &id).is_empty(), "a plugin saw the job");
+    }
+    server.stop();
+}
