@@ -481,3 +481,150 @@ async fn plugins_that_cannot_prove_their_key_or_claim_others_handlers_get_nothin
     }
     server.stop();
 }
+
+/// Runs the CLI in `dir`; returns stdout, failing the test on a non-zero
+/// exit.
+fn cli(dir: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"));
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "pulse-ledger {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn did_of(key_file: &Path) -> String {
+    std::fs::read_to_string(key_file)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# did: "))
+        .unwrap()
+        .to_owned()
+}
+
+/// The README walk-through, typed as written: keygen, plugin register,
+/// a handler whose signed schema carries Python code, submit, and a job
+/// that runs the code on the script plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_created_from_the_cli_runs_its_signed_python() {
+    let dir = tempdir("plugins-script");
+    cli(&dir, &["keygen", "--out", "plugin.key"], None);
+    cli(&dir, &["keygen", "--out", "handler.key"], None);
+    let (plugin, handler) = (
+        did_of(&dir.join("plugin.key")),
+        did_of(&dir.join("handler.key")),
+    );
+    std::fs::write(
+        dir.join("add.py"),
+        "import json, sys\n\
+         job = json.load(sys.stdin)\n\
+         print('adding', job['a'], 'and', job['b'], file=sys.stderr)\n\
+         if job['a'] < 0:\n    sys.exit(3)\n\
+         print(json.dumps({'sum': job['a'] + job['b']}))\n",
+    )
+    .unwrap();
+    cli(
+        &dir,
+        &[
+            "plugin",
+            "new",
+            "--key",
+            "plugin.key",
+            "--name",
+            "scripts",
+            "--version",
+            "1.0.0",
+            "--out",
+            "p0.att",
+        ],
+        None,
+    );
+    cli(
+        &dir,
+        &[
+            "handler",
+            "new",
+            "--key",
+            "handler.key",
+            "--name",
+            "python.add",
+            "--version",
+            "1.0.0",
+            "--plugin",
+            &plugin,
+            "--code",
+            "add.py",
+            "--out",
+            "h0.att",
+        ],
+        None,
+    );
+    let config = format!(
+        "[[plugin]]\nname = \"scripts\"\ncommand = [{:?}, \"--key\", \"plugin.key\"]\ndir = {:?}\n",
+        env!("CARGO_BIN_EXE_pulse-script-plugin"),
+        dir.display().to_string()
+    );
+    let server = Server::start(&dir, &config);
+    let url = server.url.clone();
+    cli(
+        &dir,
+        &["submit", "--server", &url, "p0.att", "h0.att"],
+        None,
+    );
+    let out = cli(
+        &dir,
+        &[
+            "job",
+            "submit",
+            "--server",
+            &url,
+            &handler,
+            "--payload",
+            "-",
+            "--wait",
+        ],
+        Some(r#"{"a": 2, "b": 3}"#),
+    );
+    assert!(out.contains("succeeded"), "{out}");
+    assert!(out.contains(r#"result: {"sum": 5}"#), "{out}");
+
+    // A script that exits non-zero (not 75) fails for good, with its
+    // stderr in the error.
+    let mut jobs = server.jobs().await;
+    let id = enqueue(
+        &mut jobs,
+        proto::EnqueueRequest {
+            handler: handler.clone(),
+            payload: br#"{"a": -1, "b": 0}"#.to_vec(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let j = finished(&mut jobs, &id, 30).await;
+    assert_eq!(
+        (j.state.as_str(), j.reason.as_str()),
+        ("dead", "non_retryable")
+    );
+    assert!(
+        j.last_error.contains("exit 3") && j.last_error.contains("adding -1"),
+        "{}",
+        j.last_error
+    );
+    server.stop();
+}

@@ -185,7 +185,18 @@ fn progress_line(j: &proto::Job) -> String {
 /// anything else as hex; at most 1,000 characters.
 fn result_text(bytes: &[u8]) -> String {
     let text = match std::str::from_utf8(bytes) {
-        Ok(t) => t.trim_end().escape_debug().to_string(),
+        Ok(t) => t
+            .trim_end()
+            .chars()
+            .flat_map(|c| {
+                let escaped: Vec<char> = if c.is_control() && c != '\n' {
+                    c.escape_default().collect()
+                } else {
+                    vec![c]
+                };
+                escaped
+            })
+            .collect(),
         Err(_) => format!("0x{}", hex::encode(bytes)),
     };
     match text.char_indices().nth(1000) {
