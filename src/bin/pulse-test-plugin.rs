@@ -11,11 +11,13 @@
 //! `once` crashes only the first attempt), `hang` (stops heartbeating and
 //! never returns; payload `once` hangs only the first attempt), `progress`
 //! (10 steps with checkpoints, resuming from the previous attempt's),
-//! `cost` (payload: units, reported one at a time every 20 ms).
+//! `cost` (payload: units, reported one at a time every 20 ms), `stamp`
+//! (returns the Unix time in microseconds at which it started).
 //!
 //! With `PULSE_TEST_PLUGIN_EVENTS=FILE` it appends one line per event
-//! (`start JOB ATTEMPT PID`, `cancelled JOB ATTEMPT`, `done JOB ATTEMPT`) so
-//! tests can see what reached the plugin.
+//! (`start JOB ATTEMPT PID UNIX_MICROS`, `cancelled JOB ATTEMPT`,
+//! `done JOB ATTEMPT`) so tests and benchmarks can see what reached the
+//! plugin and when.
 
 use std::io::Write;
 use std::time::Duration;
@@ -51,6 +53,7 @@ enum Kind {
     Hang,
     Progress,
     Cost,
+    Stamp,
 }
 
 struct Handler(Kind);
@@ -59,6 +62,11 @@ async fn run(kind: Kind, ctx: &JobContext, payload: Vec<u8>) -> Result<Vec<u8>, 
     let text = String::from_utf8_lossy(&payload).trim().to_owned();
     match kind {
         Kind::Echo => Ok(payload),
+        Kind::Stamp => Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros())
+            .to_string()
+            .into_bytes()),
         Kind::Noop => Ok(Vec::new()),
         Kind::Sleep => {
             let ms: u64 = text
@@ -112,8 +120,11 @@ async fn run(kind: Kind, ctx: &JobContext, payload: Vec<u8>) -> Result<Vec<u8>, 
 #[async_trait]
 impl JobHandler for Handler {
     async fn execute(&self, ctx: JobContext, payload: Vec<u8>) -> Result<Vec<u8>, JobError> {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
         note(format!(
-            "start {} {} {}",
+            "start {} {} {} {micros}",
             job(&ctx),
             ctx.attempt(),
             std::process::id()
@@ -180,6 +191,7 @@ async fn main() {
         ("hang", Kind::Hang),
         ("progress", Kind::Progress),
         ("cost", Kind::Cost),
+        ("stamp", Kind::Stamp),
     ] {
         server = server.handler(name, Handler(kind));
     }

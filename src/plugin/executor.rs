@@ -108,7 +108,16 @@ impl AsyncExecutor for PluginExecutor {
                         Some(Ok(e)) => {
                             let Some(event) = exec_event(e) else { continue };
                             let last = matches!(event, ExecEvent::Succeeded(_) | ExecEvent::Failed { .. });
-                            if tx.send(event).await.is_err() || last {
+                            if tx.send(event).await.is_err() {
+                                break;
+                            }
+                            if last {
+                                // Read the stream to its end: dropping it
+                                // early resets it, and a flood of resets makes
+                                // the plugin's HTTP/2 stack close the whole
+                                // connection (GOAWAY too_many_internal_resets).
+                                let drain = async { while stream.next().await.is_some() {} };
+                                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
                                 break;
                             }
                         }

@@ -1,0 +1,175 @@
+//! Resolution against a real ledger: every refusal reason, the session
+//! checks, and a cache that never outlives a change of the chains it read.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{handler_register, key, next, plugin_register, tempdir, update_handler};
+use pulse_ledger::api::proto::plugin_client::PluginClient;
+use pulse_ledger::ledger::{Ledger, LedgerConfig};
+use pulse_ledger::plugin::{AnnouncedHandler, Announcement, ChainRouter, Session, Sessions};
+use pulse_ledger::pulse::{Job, JobId, JobLimits, JobRequest, Refusal, Route, Router};
+use pulse_ledger::{Action, Did};
+
+fn job(handler: &Did) -> Job {
+    let limits = JobLimits {
+        max_attempts: 3,
+        timeout_ms: 1_000,
+        max_cost: None,
+    };
+    Job::new(
+        JobId::new(1, 1),
+        handler.clone(),
+        &JobRequest::default(),
+        limits,
+        1,
+    )
+}
+
+fn session(plugin: &Did, key: &Did, names: &[&str], generation: u64) -> Arc<Session> {
+    let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+    Arc::new(Session {
+        announcement: Announcement {
+            plugin: plugin.clone(),
+            key: key.clone(),
+            handlers: names
+                .iter()
+                .map(|n| AnnouncedHandler {
+                    id: None,
+                    name: (*n).into(),
+                })
+                .collect(),
+            serves_any: false,
+        },
+        client: PluginClient::new(channel),
+        ended: tokio::sync::watch::channel(false).1,
+        generation,
+    })
+}
+
+fn refusal(r: Route) -> Refusal {
+    match r {
+        Route::Refuse(why, _) => why,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn resolution_checks_both_chains_and_the_session_and_sees_every_change() {
+    let dir = tempdir("plugin-route");
+    let ledger = Arc::new(Ledger::open(LedgerConfig::new(&dir, "test.example/log")).unwrap());
+    let sessions = Arc::new(Sessions::default());
+    let mut router = ChainRouter::new(Arc::clone(&ledger), Arc::clone(&sessions));
+    let (p, h, other) = (key("rt-p"), key("rt-h"), key("rt-other"));
+
+    // Unknown handler; then a handler whose plugin is not registered.
+    assert_eq!(
+        refusal(router.route(&job(&h.did))),
+        Refusal::HandlerNotFound
+    );
+    let h0 = handler_register(&h, "echo", &p.did);
+    let h0_index = ledger.append(h0.envelope()).unwrap().index;
+    assert_eq!(
+        refusal(router.route(&job(&h.did))),
+        Refusal::PluginNotRegistered
+    );
+
+    // Registering the plugin evicts the cached refusal; no session: hold.
+    let p0 = plugin_register(&p, "tools");
+    let p0_index = ledger.append(p0.envelope()).unwrap().index;
+    assert_eq!(router.route(&job(&h.did)), Route::Hold);
+
+    // A session under the plugin's key that does not announce the handler.
+    sessions.open(session(&p.did, &p.did, &["other"], 1));
+    assert_eq!(
+        refusal(router.route(&job(&h.did))),
+        Refusal::PluginNotAuthorised
+    );
+    // One that does: go, under the statements in the log.
+    sessions.open(session(&p.did, &p.did, &["echo"], 2));
+    let Route::Go(Some(auth)) = router.route(&job(&h.did)) else {
+        panic!("expected a route")
+    };
+    assert_eq!(
+        (auth.handler_index, auth.plugin_index),
+        (h0_index, p0_index)
+    );
+    assert_eq!(auth.handler_attestation.as_slice(), h0.envelope());
+    assert_eq!(auth.handler_name, "echo");
+
+    // Unrelated entries keep the cache; an update of the handler moves its
+    // authorisation to the new statement at once.
+    ledger
+        .append(plugin_register(&other, "other").envelope())
+        .unwrap();
+    assert_eq!(router.cached(), 1);
+    let h1 = update_handler(&h0, &h, "echo", &p.did, "1.1.0");
+    let h1_index = ledger.append(h1.envelope()).unwrap().index;
+    let Route::Go(Some(auth)) = router.route(&job(&h.did)) else {
+        panic!("expected a route")
+    };
+    assert_eq!(auth.handler_index, h1_index);
+
+    // The plugin rotates its key: the session proved the old key; hold
+    // until it proves the new one.
+    let p2 = key("rt-p2");
+    let p1 = next(
+        &p0,
+        &p,
+        Action::Rotate {
+            new_key: p2.did.clone(),
+        },
+        Some(&p2),
+    );
+    let p1_index = ledger.append(p1.envelope()).unwrap().index;
+    assert_eq!(router.route(&job(&h.did)), Route::Hold);
+    sessions.open(session(&p.did, &p2.did, &["echo"], 3));
+    let Route::Go(Some(auth)) = router.route(&job(&h.did)) else {
+        panic!("expected a route")
+    };
+    assert_eq!(auth.plugin_index, p1_index);
+
+    // Revoking the plugin refuses its handlers on the next resolution.
+    let p_rev = next(&p1, &p2, Action::Revoke { reason: None }, None);
+    ledger.append(p_rev.envelope()).unwrap();
+    assert_eq!(refusal(router.route(&job(&h.did))), Refusal::PluginRevoked);
+
+    // A second handler of a live plugin, then its revocation.
+    let (q, g) = (key("rt-q"), key("rt-g"));
+    ledger.append(plugin_register(&q, "q").envelope()).unwrap();
+    let g0 = handler_register(&g, "echo", &q.did);
+    ledger.append(g0.envelope()).unwrap();
+    sessions.open(session(&q.did, &q.did, &["echo"], 4));
+    assert!(matches!(router.route(&job(&g.did)), Route::Go(Some(_))));
+    ledger
+        .append(next(&g0, &g, Action::Revoke { reason: None }, None).envelope())
+        .unwrap();
+    assert_eq!(refusal(router.route(&job(&g.did))), Refusal::HandlerRevoked);
+
+    // A handler ID that is a plugin, and a plugin named where a handler
+    // should be.
+    assert_eq!(
+        refusal(router.route(&job(&q.did))),
+        Refusal::HandlerNotFound
+    );
+    let (k, not_plugin) = (key("rt-k"), key("rt-np"));
+    ledger
+        .append(handler_register(&not_plugin, "x", &q.did).envelope())
+        .unwrap();
+    ledger
+        .append(handler_register(&k, "x", &not_plugin.did).envelope())
+        .unwrap();
+    assert_eq!(
+        refusal(router.route(&job(&k.did))),
+        Refusal::PluginNotRegistered
+    );
+
+    // Sessions close only for their own generation.
+    sessions.close(&q.did, 99);
+    assert_eq!(sessions.len(), 2);
+    sessions.close(&q.did, 4);
+    assert_eq!(sessions.len(), 1);
+}
