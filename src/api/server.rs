@@ -257,10 +257,11 @@ pub async fn serve(
         .add_service(super::normalize::Normalize::new(jobs))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
-    // Plugins get Shutdown, SIGTERM, SIGKILL; then the dispatcher stops
-    // (attempts still running are recovered as crashed on the next start).
-    host.shutdown().await;
+    // The dispatcher stops first, so plugins going away are not recorded
+    // as crashes now (attempts still running are recovered as crashed on
+    // the next start); then plugins get Shutdown, SIGTERM, SIGKILL.
     let _ = tokio::task::spawn_blocking(move || runner.stop()).await;
+    host.shutdown().await;
     // In-flight appends have been answered; commit anything still queued
     // and stop the writer before returning.
     let closing = Arc::clone(&ledger);

@@ -17,8 +17,11 @@ use crate::pulse::{
 /// Runs attempts on plugin sessions.
 pub struct PluginExecutor {
     sessions: Arc<Sessions>,
-    running: Arc<Mutex<HashMap<JobId, (LeaseToken, Arc<Session>)>>>,
+    running: Running,
 }
+
+/// Attempts in flight: where to send their cancel.
+type Running = Arc<Mutex<HashMap<JobId, (LeaseToken, Arc<Session>)>>>;
 
 impl PluginExecutor {
     /// An executor over `sessions`.

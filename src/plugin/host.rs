@@ -340,7 +340,9 @@ impl Supervisor {
             Ok(c) => c,
             Err(e) => return Ended::Failed(e),
         };
-        let mut client = PluginClient::new(channel);
+        // Results up to the server's response limit.
+        let mut client =
+            PluginClient::new(channel).max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES);
         let announcement = match self.initialize(&mut client).await {
             Ok(a) => a,
             Err(e) => return Ended::Failed(format!("session refused: {e}")),

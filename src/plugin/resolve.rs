@@ -125,7 +125,7 @@ pub struct ChainRouter {
     sessions: Arc<Sessions>,
     cache: HashMap<[u8; 32], Verdict>,
     /// Handlers cached per plugin.
-    by_plugin: HashMap<[u8; 32], Vec<[u8; 32]>>,
+    by_plugin: HashMap<[u8; 32], std::collections::HashSet<[u8; 32]>>,
     /// The ledger size the cache reflects.
     seen: u64,
 }
@@ -201,7 +201,7 @@ impl ChainRouter {
                 .map(|p| *p.public_key()),
         };
         if let Some(p) = plugin {
-            self.by_plugin.entry(p).or_default().push(key);
+            self.by_plugin.entry(p).or_default().insert(key);
         }
         self.cache.insert(key, verdict.clone());
         Some(verdict)

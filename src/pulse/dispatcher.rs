@@ -180,6 +180,7 @@ impl<E: Executor> Dispatcher<E> {
         let lease = self
             .store
             .update(id, now, |j| j.cancel(CancelReason::Requested, now))?;
+        self.cancel_pushed.remove(id);
         if let Some(lease) = lease {
             self.executor.cancel(*id, lease);
             self.release_slot(&job.handler);

@@ -16,7 +16,7 @@ use crate::Did;
 
 enum Command {
     Cancel(JobId, SyncSender<Result<(), JobError>>),
-    BudgetUse(Did, SyncSender<Result<BudgetUse, JobError>>),
+    BudgetUse(Box<Did>, SyncSender<Result<BudgetUse, JobError>>),
     Stop,
 }
 
@@ -59,7 +59,7 @@ impl PulseHandle {
     /// # Errors
     /// As [`Dispatcher::budget_use`].
     pub fn budget_use(&self, handler: Did) -> Result<BudgetUse, JobError> {
-        self.ask(|tx| Command::BudgetUse(handler, tx))
+        self.ask(|tx| Command::BudgetUse(Box::new(handler), tx))
     }
 
     /// Asks for a step now (after an enqueue, say).
