@@ -20,7 +20,7 @@
 //! }
 //!
 //! #[tokio::main]
-//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //!     let key = load_key("plugin.key".as_ref())?;
 //!     PluginServer::new(key)
 //!         .metadata("upper", "1.0.0", "uppercases text")
