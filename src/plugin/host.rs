@@ -295,14 +295,18 @@ impl Supervisor {
         Ok(self.authorised(announcement))
     }
 
-    /// Drops announced handlers whose own chain names another plugin: the
-    /// plugin's claim is not the handler's.
+    /// Drops announced handler IDs whose chain in the log names another
+    /// plugin: the plugin's claim is not the handler's.
     fn authorised(&self, mut a: Announcement) -> Announcement {
         let plugin = a.plugin.clone();
         a.handlers.retain(|h| {
             let Some(id) = &h.id else { return true };
-            let names = self.ledger.subject(id).ok().and_then(|r| r.plugin);
-            let ok = names.as_ref() == Some(&plugin);
+            // A handler not in the log yet may be registered later naming
+            // this plugin; routing follows its chain either way.
+            let ok = match self.ledger.subject(id) {
+                Ok(r) => r.plugin.as_ref() == Some(&plugin),
+                Err(_) => true,
+            };
             if !ok {
                 tracing::warn!(
                     plugin = %plugin,
