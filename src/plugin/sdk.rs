@@ -392,6 +392,7 @@ impl PluginServer {
         let service = Service {
             inner: Arc::new(self),
             running: Arc::default(),
+            early: Arc::default(),
             stop: stop_tx,
         };
         let incoming =
@@ -431,8 +432,17 @@ type Running = Arc<Mutex<HashMap<([u8; 16], Vec<u8>), watch::Sender<bool>>>>;
 struct Service {
     inner: Arc<PluginServer>,
     running: Running,
+    /// Cancels that arrived before their ExecuteJob (Pulse sends both
+    /// concurrently): the attempt ends as soon as it arrives.
+    early: EarlyCancels,
     stop: watch::Sender<bool>,
 }
+
+/// (job, lease) of attempts cancelled before they arrived.
+type EarlyCancels = Arc<Mutex<std::collections::HashSet<([u8; 16], Vec<u8>)>>>;
+
+/// Most early cancels remembered.
+const MAX_EARLY_CANCELS: usize = 10_000;
 
 impl Service {
     fn find(&self, handler: &str, name: &str) -> Option<Arc<dyn JobHandler>> {
@@ -528,8 +538,18 @@ impl plugin_server::Plugin for Service {
                 .await;
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
         };
-        let (cancel_tx, cancel) = watch::channel(false);
         let key = (job, r.lease.clone());
+        if self
+            .early
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+        {
+            // Cancelled before it started: never run it.
+            drop(tx);
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
+        let (cancel_tx, cancel) = watch::channel(false);
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -607,15 +627,23 @@ impl plugin_server::Plugin for Service {
             .as_slice()
             .try_into()
             .map_err(|_| Status::invalid_argument("invalid_job_id: a job ID is 16 bytes"))?;
+        let key = (job, r.lease);
         let found = match self
             .running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(job, r.lease))
+            .get(&key)
         {
             Some(c) => c.send(true).is_ok(),
             None => false,
         };
+        if !found {
+            let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
+            if early.len() >= MAX_EARLY_CANCELS {
+                early.clear();
+            }
+            early.insert(key);
+        }
         Ok(Response::new(proto::CancelResponse { found }))
     }
 
