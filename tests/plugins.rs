@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{Key, handler_register, key, next, plugin_register, tempdir};
 use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
-use pulse_ledger::{Action, Attestation, Family, HandlerSchema, Schema, Statement, sign_statement};
+use pulse_ledger::{Action, Attestation};
 use tonic::transport::Channel;
 
 struct Server {
@@ -92,26 +92,6 @@ fn plugin_table(name: &str, args: &[String], events: &Path) -> String {
         argv.join(", "),
         events.display().to_string()
     )
-}
-
-fn handler_with(
-    k: &Key,
-    name: &str,
-    plugin: &Key,
-    edit: impl FnOnce(&mut HandlerSchema),
-) -> Attestation {
-    let mut schema = HandlerSchema::new(name, "1.0.0", plugin.did.clone());
-    edit(&mut schema);
-    let st = Statement {
-        family: Family::Handler,
-        subject: k.did.clone(),
-        signer: k.did.clone(),
-        seq: 0,
-        prev: None,
-        issued_at: 1_000,
-        action: Action::Register(Schema::Handler(schema)),
-    };
-    sign_statement(&st, &k.sk, None).unwrap()
 }
 
 async fn submit(reg: &mut RegistryClient<Channel>, a: &Attestation) -> Result<u64, tonic::Status> {
@@ -345,7 +325,8 @@ async fn jobs_run_on_the_verified_plugin_through_every_failure_mode() {
     // 8. A revoke racing a stream of jobs: nothing starts after the revoke
     // is acknowledged; the jobs left are refused with handler_revoked.
     let race = key("e2e-race");
-    let race0 = handler_with(&race, "sleep", &p, |s| s.max_concurrency = Some(2));
+    let race0 =
+        common::handler_register_with(&race, "sleep", &p.did, |s| s.max_concurrency = Some(2));
     submit(&mut reg, &race0).await.unwrap();
     let batch: Vec<_> = (0..60).map(|_| enqueue_req(&race, "30")).collect();
     let ids: Vec<Vec<u8>> = jobs
@@ -627,4 +608,40 @@ async fn a_handler_created_from_the_cli_runs_its_signed_python() {
         j.last_error
     );
     server.stop();
+}
+
+/// A bad `[[plugin]]` table stops `serve` before it starts, naming the rule.
+#[test]
+fn bad_plugin_tables_are_refused_with_the_rule() {
+    let dir = tempdir("plugins-config");
+    for (table, rule) in [
+        (
+            "name = \"x\"\naddress = \"https://10.0.0.1:7400\"",
+            "must start with http://",
+        ),
+        ("name = \"x\"", "exactly one of command"),
+        ("name = \"x\"\ncommand = []", "exactly one of command"),
+        (
+            "name = \"x\"\ncommand = [\"p\"]\nid = \"did:key:nope\"",
+            "id:",
+        ),
+        ("name = \"x\"\ncommand = [\"p\"]\nport = 1", "unknown field"),
+    ] {
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, format!("[[plugin]]\n{table}\n")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{table}: {err}");
+        assert!(err.contains(rule), "{table}: {err}");
+        assert!(
+            !dir.join("data").exists(),
+            "nothing is created on a bad config"
+        );
+    }
 }

@@ -464,6 +464,12 @@ impl Service {
     }
 }
 
+fn job_id(bytes: &[u8]) -> Result<[u8; 16], Status> {
+    bytes
+        .try_into()
+        .map_err(|_| Status::invalid_argument("invalid_job_id: a job ID is 16 bytes"))
+}
+
 fn event(e: Event) -> Result<proto::JobEvent, Status> {
     Ok(proto::JobEvent { event: Some(e) })
 }
@@ -522,11 +528,7 @@ impl plugin_server::Plugin for Service {
         request: Request<proto::ExecuteJobRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let r = request.into_inner();
-        let job: [u8; 16] = r
-            .job_id
-            .as_slice()
-            .try_into()
-            .map_err(|_| Status::invalid_argument("invalid_job_id: a job ID is 16 bytes"))?;
+        let job = job_id(&r.job_id)?;
         let (tx, rx) = mpsc::channel(64);
         let Some(handler) = self.find(&r.handler, &r.handler_name) else {
             let _ = tx
@@ -622,11 +624,7 @@ impl plugin_server::Plugin for Service {
         request: Request<proto::CancelRequest>,
     ) -> Result<Response<proto::CancelResponse>, Status> {
         let r = request.into_inner();
-        let job: [u8; 16] = r
-            .job_id
-            .as_slice()
-            .try_into()
-            .map_err(|_| Status::invalid_argument("invalid_job_id: a job ID is 16 bytes"))?;
+        let job = job_id(&r.job_id)?;
         let key = (job, r.lease);
         let found = match self
             .running

@@ -35,6 +35,18 @@ pub fn plugin_register(k: &Key, name: &str) -> Attestation {
 }
 
 pub fn handler_register(k: &Key, name: &str, plugin: &Did) -> Attestation {
+    handler_register_with(k, name, plugin, |_| {})
+}
+
+/// A handler genesis whose schema `edit` adjusts.
+pub fn handler_register_with(
+    k: &Key,
+    name: &str,
+    plugin: &Did,
+    edit: impl FnOnce(&mut HandlerSchema),
+) -> Attestation {
+    let mut schema = HandlerSchema::new(name, "1.0.0", plugin.clone());
+    edit(&mut schema);
     let st = Statement {
         family: Family::Handler,
         subject: k.did.clone(),
@@ -42,11 +54,7 @@ pub fn handler_register(k: &Key, name: &str, plugin: &Did) -> Attestation {
         seq: 0,
         prev: None,
         issued_at: 1_000,
-        action: Action::Register(Schema::Handler(HandlerSchema::new(
-            name,
-            "1.0.0",
-            plugin.clone(),
-        ))),
+        action: Action::Register(Schema::Handler(schema)),
     };
     sign_statement(&st, &k.sk, None).unwrap()
 }
