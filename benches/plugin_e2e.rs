@@ -279,7 +279,7 @@ fn resolution(dir: &Path) -> (f64, f64) {
     let n = 1_000_000;
     let t = Instant::now();
     for _ in 0..n {
-        std::hint::black_box(router.verdict(&hdid));
+        let _ = std::hint::black_box(router.verdict(&hdid));
     }
     let cached = t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
     let n = 2_000;

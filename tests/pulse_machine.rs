@@ -8,8 +8,8 @@ mod common;
 
 use pulse_ledger::pulse::{
     AttemptOutcome, Backoff, CancelReason, DeadReason, HoldReason, Job, JobId, JobLimits,
-    JobRequest, JobState, LeaseToken, POISON_CRASHES, Progress, PulseErrorCode, RetryPolicy,
-    check_request,
+    JobRequest, JobState, LeaseToken, POISON_CRASHES, POISON_INTERRUPTIONS, Progress,
+    PulseErrorCode, RetryPolicy, check_request,
 };
 use pulse_ledger::{HandlerSchema, ledger};
 
@@ -138,6 +138,12 @@ fn events() -> Vec<Event> {
         ("crash", |j: &mut Job| {
             j.crash(&lease(1), POLICY, 2_000).map_err(|e| e.code())
         }),
+        ("interrupt", |j: &mut Job| {
+            j.interrupt(&lease(1), 2_000).map_err(|e| e.code())
+        }),
+        ("stale interrupt", |j: &mut Job| {
+            j.interrupt(&lease(9), 2_000).map_err(|e| e.code())
+        }),
         ("time out", |j: &mut Job| {
             j.time_out(&lease(1), POLICY, 2_000).map_err(|e| e.code())
         }),
@@ -153,7 +159,7 @@ fn events() -> Vec<Event> {
 fn expected(state: &str, event: &str) -> Result<(), PulseErrorCode> {
     let live_event = matches!(
         event,
-        "heartbeat" | "progress" | "cost" | "succeed" | "fail" | "crash" | "time out"
+        "heartbeat" | "progress" | "cost" | "succeed" | "fail" | "crash" | "time out" | "interrupt"
     );
     let stale_event = event.starts_with("stale");
     match (state, event) {
@@ -302,6 +308,51 @@ fn repeated_crashes_quarantine_the_job_and_other_outcomes_reset_the_count() {
             .count() as u32,
         2 * POISON_CRASHES - 1
     );
+}
+
+#[test]
+fn interruptions_use_no_attempts_keep_the_crash_count_and_are_bounded() {
+    let mut j = job(1, None);
+    j.dispatch(lease(1), 1_000).unwrap();
+    j.interrupt(&lease(1), 1_200).unwrap();
+    assert_eq!((j.state, j.retry_at), (JobState::Retrying, Some(1_200)));
+    assert_eq!(j.attempts_used(), 0);
+    j.wake(1_200).unwrap();
+    j.dispatch(lease(2), 1_300).unwrap();
+    j.crash(&lease(2), POLICY, 1_400).unwrap();
+    assert_eq!(
+        j.state,
+        JobState::Dead(DeadReason::AttemptsExhausted),
+        "the one real attempt is used by the crash, not by the interruption"
+    );
+
+    let mut j = job(100, None);
+    let mut n = 0u8;
+    for round in 1..=POISON_INTERRUPTIONS {
+        if j.state == JobState::Retrying {
+            j.wake(j.retry_at.unwrap()).unwrap();
+        }
+        n += 1;
+        j.dispatch(lease(n), j.run_at).unwrap();
+        if round == 2 {
+            // A crash in between: the count of interruptions in a row starts over.
+            j.crash(&lease(n), POLICY, j.updated_at + 1).unwrap();
+            j.wake(j.retry_at.unwrap()).unwrap();
+            n += 1;
+            j.dispatch(lease(n), j.run_at).unwrap();
+        }
+        j.interrupt(&lease(n), j.updated_at + 1).unwrap();
+    }
+    assert_eq!(
+        j.consecutive_crashes, 1,
+        "interruptions leave the crash count"
+    );
+    // Rounds 2..=10 are in a row: one short.
+    assert_eq!(j.state, JobState::Retrying);
+    j.wake(j.retry_at.unwrap()).unwrap();
+    j.dispatch(lease(n + 1), j.run_at).unwrap();
+    j.interrupt(&lease(n + 1), j.updated_at + 1).unwrap();
+    assert_eq!(j.state, JobState::Dead(DeadReason::Poison));
 }
 
 #[test]
@@ -492,7 +543,7 @@ fn random_walks_keep_the_invariants() {
             };
             let was_terminal = j.state.is_terminal();
             let before = j.clone();
-            let r = match next() % 11 {
+            let r = match next() % 12 {
                 0 => {
                     leases_issued = leases_issued.wrapping_add(1);
                     j.dispatch(lease(leases_issued), now).map(|_| ())
@@ -514,6 +565,7 @@ fn random_walks_keep_the_invariants() {
                 7 => j.fail(&any_lease, "e".into(), next() % 3 != 0, None, policy, now),
                 8 => j.crash(&any_lease, policy, now),
                 9 => j.time_out(&any_lease, policy, now),
+                10 => j.interrupt(&any_lease, now),
                 _ => j.cancel(CancelReason::Requested, now).map(|_| ()),
             };
             let ctx = format!("seed {seed} step {step}: {r:?}");
@@ -531,7 +583,7 @@ fn random_walks_keep_the_invariants() {
                 "{ctx}: live attempt iff running"
             );
             assert!(
-                j.attempts.len() as u32 <= j.limits.max_attempts,
+                j.attempts_used() <= j.limits.max_attempts,
                 "{ctx}: too many attempts"
             );
             for (i, a) in j.attempts.iter().enumerate() {

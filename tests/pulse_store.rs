@@ -153,8 +153,25 @@ fn delayed_jobs_and_retries_wait_for_their_time() {
     assert!(store.running_until(u64::MAX, 10).unwrap().is_empty());
 }
 
+/// An executor that never reports: attempts stay running until the
+/// "server" stops.
+struct Silent;
+
+impl pulse_ledger::pulse::Executor for Silent {
+    fn start(
+        &mut self,
+        _: pulse_ledger::pulse::AttemptSpec,
+        _: std::sync::mpsc::Sender<pulse_ledger::pulse::Report>,
+    ) {
+    }
+    fn cancel(&mut self, _: pulse_ledger::pulse::JobId, _: LeaseToken) {}
+}
+
 #[test]
-fn restart_finds_running_attempts_and_requeues_them_as_crashes() {
+fn restart_requeues_running_attempts_as_interrupted_without_using_attempts() {
+    use pulse_ledger::pulse::{
+        AttemptOutcome, DeadReason, DispatchConfig, Dispatcher, POISON_INTERRUPTIONS,
+    };
     let dir = tempdir("jobs-restart");
     let h = key("restart-h").did;
     let schema = HandlerSchema::new("h", "1.0.0", key("restart-p").did);
@@ -167,6 +184,7 @@ fn restart_finds_running_attempts_and_requeues_them_as_crashes() {
                     schema.clone(),
                     JobRequest {
                         payload: vec![i],
+                        max_attempts: Some(2),
                         ..Default::default()
                     },
                 )
@@ -182,25 +200,61 @@ fn restart_finds_running_attempts_and_requeues_them_as_crashes() {
         }
         ids
     };
-    let (_ledger, store) = open(&dir);
-    assert_eq!(store.list(&JobState::Queued, None, 1000).unwrap().len(), 40);
-    let running = store.running_until(u64::MAX, 1000).unwrap();
-    assert_eq!(
-        running.len(),
-        10,
-        "the running index names exactly the interrupted attempts"
-    );
-    for job in running {
-        let live = job.live_attempt().unwrap().lease;
-        store
-            .update(&job.id, 3_000, |j| j.crash(&live, POLICY, 3_000))
-            .unwrap();
-        let j = store.get(&job.id).unwrap();
-        assert_eq!((j.state, j.consecutive_crashes), (JobState::Retrying, 1));
-    }
-    assert_eq!(store.promote_due(1_000_000, 1000).unwrap(), 10);
-    assert_eq!(store.list(&JobState::Queued, None, 1000).unwrap().len(), 50);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "IDs sort by creation");
+    // Each cycle: the process restarts, recovers, runs the jobs again and
+    // stops while they run. Restarts are not the jobs' fault: no attempt is
+    // used and nothing counts as a crash, until a job has been cut short
+    // POISON_INTERRUPTIONS times in a row.
+    let mut now = 3_000;
+    for cycle in 1..=POISON_INTERRUPTIONS {
+        let (_ledger, store) = open(&dir);
+        let store = std::sync::Arc::new(store);
+        let running = store.running_until(u64::MAX, 1000).unwrap();
+        assert_eq!(running.len(), 10, "cycle {cycle}: the running index");
+        let mut d = Dispatcher::new(
+            std::sync::Arc::clone(&store),
+            Silent,
+            DispatchConfig {
+                max_running: 10,
+                ..DispatchConfig::default()
+            },
+            Box::new(|_| None),
+            7,
+        );
+        assert_eq!(d.recover(now).unwrap(), 10);
+        for job in &running {
+            let j = store.get(&job.id).unwrap();
+            let last = j.attempts.last().unwrap();
+            assert_eq!(last.outcome, Some(AttemptOutcome::Interrupted));
+            assert_eq!(j.consecutive_crashes, 0, "an interruption is not a crash");
+            assert_eq!(j.attempts_used(), 0, "an interruption uses no attempt");
+            if cycle == POISON_INTERRUPTIONS {
+                assert_eq!(j.state, JobState::Dead(DeadReason::Poison));
+            } else {
+                assert_eq!((j.state, j.retry_at), (JobState::Retrying, Some(now)));
+            }
+        }
+        // The same ten jobs are first in line again and start at once.
+        now += 1_000;
+        d.step(now).unwrap();
+        let live = store.running_until(u64::MAX, 1000).unwrap();
+        if cycle < POISON_INTERRUPTIONS {
+            let mut a: Vec<_> = live.iter().map(|j| j.id).collect();
+            let mut b: Vec<_> = running.iter().map(|j| j.id).collect();
+            a.sort();
+            b.sort();
+            assert_eq!(a, b, "cycle {cycle}: the interrupted jobs run again first");
+        }
+        now += 1_000;
+    }
+    let (_ledger, store) = open(&dir);
+    assert_eq!(
+        store
+            .list(&JobState::Dead(DeadReason::Poison), None, 1000)
+            .unwrap()
+            .len(),
+        10
+    );
 }
 
 #[test]
@@ -334,4 +388,88 @@ fn async_executors_drive_jobs_through_the_adapter() {
             j.state
         );
     }
+}
+
+/// Answers from a script: the route for each job, by payload byte.
+struct Scripted(std::sync::Arc<std::sync::Mutex<Vec<pulse_ledger::pulse::Route>>>);
+
+impl pulse_ledger::pulse::Router for Scripted {
+    fn route(&mut self, job: &pulse_ledger::pulse::Job) -> pulse_ledger::pulse::Route {
+        self.0.lock().unwrap()[usize::from(job.payload[0])].clone()
+    }
+}
+
+#[test]
+fn held_jobs_are_released_when_they_resolve_and_refused_with_the_holds_reason_after_the_wait() {
+    use pulse_ledger::pulse::{DeadReason, DispatchConfig, Dispatcher, Refusal, Route};
+    let dir = tempdir("jobs-hold");
+    let (_ledger, store) = open(&dir);
+    let store = std::sync::Arc::new(store);
+    let h = key("hold-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", key("hold-p").did);
+    let ids: Vec<_> = (0u8..3)
+        .map(|p| {
+            store
+                .enqueue(
+                    &h,
+                    &schema,
+                    &JobRequest {
+                        payload: vec![p],
+                        ..Default::default()
+                    },
+                    1_000,
+                )
+                .unwrap()
+                .0
+                .id
+        })
+        .collect();
+    let unreadable = Route::Hold(Refusal::LedgerUnreadable, "disk error".into());
+    let not_connected = Route::Hold(Refusal::PluginNotConnected, "no session".into());
+    let routes = std::sync::Arc::new(std::sync::Mutex::new(vec![
+        unreadable.clone(),
+        not_connected.clone(),
+        unreadable,
+    ]));
+    let mut d = Dispatcher::new(
+        std::sync::Arc::clone(&store),
+        Silent,
+        DispatchConfig {
+            plugin_wait_ms: 5_000,
+            ..DispatchConfig::default()
+        },
+        Box::new(|_| None),
+        1,
+    )
+    .with_router(Box::new(Scripted(std::sync::Arc::clone(&routes))));
+    d.step(2_000).unwrap();
+    for id in &ids {
+        assert_eq!(
+            store.get(id).unwrap().state,
+            JobState::Held(pulse_ledger::pulse::HoldReason::Plugin)
+        );
+    }
+    // Job 2's ledger becomes readable: it goes, with no attempt used while held.
+    routes.lock().unwrap()[2] = Route::Go(None);
+    d.step(3_000).unwrap();
+    let j2 = store.get(&ids[2]).unwrap();
+    assert_eq!((j2.state, j2.attempts.len()), (JobState::Running, 1));
+    // Past the wait the others end with their own hold's reason.
+    d.step(7_001).unwrap();
+    let j0 = store.get(&ids[0]).unwrap();
+    let j1 = store.get(&ids[1]).unwrap();
+    assert_eq!(
+        (j0.state, j1.state),
+        (
+            JobState::Dead(DeadReason::Refused(Refusal::LedgerUnreadable)),
+            JobState::Dead(DeadReason::Refused(Refusal::PluginNotConnected))
+        )
+    );
+    let e0 = j0.last_error.unwrap();
+    assert!(
+        e0.starts_with("ledger_unreadable: held for 5000 ms") && e0.ends_with("disk error"),
+        "{e0}"
+    );
+    assert!(j1.last_error.unwrap().starts_with("plugin_not_connected: "));
+    assert!(j0.attempts.is_empty() && j1.attempts.is_empty());
 }

@@ -174,20 +174,17 @@ impl ChainRouter {
     }
 
     /// The ledger's verdict on `handler`, from the cache when nothing it
-    /// depends on changed. `None` if the ledger could not be read.
-    pub fn verdict(&mut self, handler: &Did) -> Option<Verdict> {
+    /// depends on changed.
+    ///
+    /// # Errors
+    /// The ledger could not be read (nothing is cached then).
+    pub fn verdict(&mut self, handler: &Did) -> Result<Verdict, LedgerError> {
         self.refresh();
         let key = *handler.public_key();
         if let Some(c) = self.cache.get(&key) {
-            return Some(c.clone());
+            return Ok(c.clone());
         }
-        let verdict = match resolve_chains(&self.ledger, handler) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(error = %e, %handler, "resolution could not read the ledger");
-                return None;
-            }
-        };
+        let verdict = resolve_chains(&self.ledger, handler)?;
         if self.cache.len() >= MAX_CACHED {
             self.clear();
         }
@@ -204,7 +201,7 @@ impl ChainRouter {
             self.by_plugin.entry(p).or_default().insert(key);
         }
         self.cache.insert(key, verdict.clone());
-        Some(verdict)
+        Ok(verdict)
     }
 
     /// How many handlers are cached.
@@ -217,17 +214,32 @@ impl Router for ChainRouter {
     fn route(&mut self, job: &Job) -> Route {
         let auth = match self.verdict(&job.handler) {
             // The ledger could not be read: decide nothing, hold.
-            None => return Route::Hold,
-            Some(Err((why, detail))) => return Route::Refuse(why, detail),
-            Some(Ok(a)) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, handler = %job.handler, "resolution could not read the ledger");
+                return Route::Hold(
+                    Refusal::LedgerUnreadable,
+                    format!("the ledger could not be read to resolve the job: {e}"),
+                );
+            }
+            Ok(Err((why, detail))) => return Route::Refuse(why, detail),
+            Ok(Ok(a)) => a,
         };
         let Some(session) = self.sessions.get(&auth.plugin) else {
-            return Route::Hold;
+            return Route::Hold(
+                Refusal::PluginNotConnected,
+                format!("plugin {} has no live session", auth.plugin),
+            );
         };
         // A session opened under a key the plugin has since rotated away
         // from proves nothing now; the host re-opens it.
         if session.announcement.key != auth.plugin_key {
-            return Route::Hold;
+            return Route::Hold(
+                Refusal::PluginNotConnected,
+                format!(
+                    "plugin {}'s session proved a key it has since rotated away from",
+                    auth.plugin
+                ),
+            );
         }
         if !session
             .announcement

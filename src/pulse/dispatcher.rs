@@ -11,7 +11,7 @@ use super::backoff::Backoff;
 use super::budget::BudgetUse;
 use super::error::{PulseError, PulseErrorCode};
 use super::executor::{AttemptSpec, ExecEvent, Executor, Report};
-use super::job::{CancelReason, HoldReason, Job, JobId, JobState, LeaseToken, Refusal};
+use super::job::{CancelReason, HoldReason, Job, JobId, JobState, LeaseToken};
 use super::machine::RetryPolicy;
 use super::route::{Authorization, OpenRouter, Route, Router};
 use super::store::{JobError, JobStore};
@@ -36,8 +36,9 @@ pub struct DispatchConfig {
     pub backoff: Backoff,
     /// Ready jobs examined per step (bounds the step's work).
     pub scan: usize,
-    /// How long a job waits, held, for its plugin to connect before it is
-    /// refused with `plugin_not_connected`, ms.
+    /// How long a job waits, held, for its plugin to connect (or the ledger
+    /// to be readable) before it is refused with the hold's reason
+    /// (`plugin_not_connected`, `ledger_unreadable`), ms.
     pub plugin_wait_ms: u64,
     /// Running attempts are checked against their deadlines at most this
     /// often, ms (0: every step). Deadlines are enforced this much late at
@@ -152,8 +153,9 @@ impl<E: Executor> Dispatcher<E> {
     }
 
     /// Start-up: every attempt that was running when the process stopped
-    /// is recorded as crashed (counted as a crash) and retried per policy.
-    /// Reads only the running index, never the whole store.
+    /// is recorded as interrupted (no attempt used, not a crash) and its
+    /// job queued again. Reads only the running index, never the whole
+    /// store.
     ///
     /// # Errors
     /// Storage failures.
@@ -161,9 +163,8 @@ impl<E: Executor> Dispatcher<E> {
         let running = self.store.running()?;
         for job in &running {
             if let Some(lease) = job.live_attempt().map(|a| a.lease) {
-                let policy = self.policy();
                 self.store
-                    .update(&job.id, now, |j| j.crash(&lease, policy, now))?;
+                    .update(&job.id, now, |j| j.interrupt(&lease, now))?;
             }
         }
         self.running.clear();
@@ -430,16 +431,17 @@ impl<E: Executor> Dispatcher<E> {
                     self.store
                         .update(&id, now, |j| j.refuse(why, detail, now))?;
                 }
-                Route::Hold if now >= job.updated_at.saturating_add(self.config.plugin_wait_ms) => {
+                Route::Hold(why, detail)
+                    if now >= job.updated_at.saturating_add(self.config.plugin_wait_ms) =>
+                {
                     let detail = format!(
-                        "its plugin did not connect within {} ms",
+                        "held for {} ms without resolving: {detail}",
                         self.config.plugin_wait_ms
                     );
-                    self.store.update(&id, now, |j| {
-                        j.refuse(Refusal::PluginNotConnected, detail, now)
-                    })?;
+                    self.store
+                        .update(&id, now, |j| j.refuse(why, detail, now))?;
                 }
-                Route::Hold => {}
+                Route::Hold(..) => {}
             }
         }
         for id in self
@@ -478,7 +480,7 @@ impl<E: Executor> Dispatcher<E> {
             // a change of the chains it read.
             let authorization = match self.router.route(&job) {
                 Route::Go(a) => a,
-                Route::Hold => {
+                Route::Hold(..) => {
                     self.store
                         .update(&id, now, |j| j.hold(HoldReason::Plugin, now))?;
                     continue;

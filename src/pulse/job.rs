@@ -17,6 +17,10 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 128;
 pub const MAX_PRIORITY: u8 = 9;
 /// Consecutive executor crashes after which a job is quarantined.
 pub const POISON_CRASHES: u32 = 3;
+/// Consecutive attempts cut short by a server stop after which a job is
+/// quarantined: a job that takes the server down with it must not do so
+/// for ever.
+pub const POISON_INTERRUPTIONS: usize = 10;
 
 /// A job's ID: 8 bytes of creation time (Unix ms, big-endian) then 8
 /// bytes that make it unique, so IDs sort by creation time.
@@ -193,6 +197,9 @@ pub enum AttemptOutcome {
     Cancelled,
     /// The attempt crossed the job's or handler's cost budget.
     BudgetExceeded,
+    /// The server stopped while the attempt ran. Not the job's fault: it
+    /// uses no attempt and is not a crash.
+    Interrupted,
 }
 
 impl AttemptOutcome {
@@ -205,6 +212,7 @@ impl AttemptOutcome {
             AttemptOutcome::TimedOut => "timed_out",
             AttemptOutcome::Cancelled => "cancelled",
             AttemptOutcome::BudgetExceeded => "budget_exceeded",
+            AttemptOutcome::Interrupted => "interrupted",
         }
     }
 }
@@ -285,6 +293,9 @@ pub enum Refusal {
     PluginNotAuthorised,
     /// The named plugin did not connect within the configured wait.
     PluginNotConnected,
+    /// The ledger could not be read for the whole configured wait, so the
+    /// job could not be resolved.
+    LedgerUnreadable,
 }
 
 impl Refusal {
@@ -297,6 +308,7 @@ impl Refusal {
             Refusal::PluginRevoked => "plugin_revoked",
             Refusal::PluginNotAuthorised => "plugin_not_authorised",
             Refusal::PluginNotConnected => "plugin_not_connected",
+            Refusal::LedgerUnreadable => "ledger_unreadable",
         }
     }
 }

@@ -6,7 +6,8 @@ use super::backoff::Backoff;
 use super::error::{PulseError, PulseErrorCode};
 use super::job::{
     Attempt, AttemptOutcome, CancelReason, DeadReason, HoldReason, Job, JobId, JobLimits,
-    JobRequest, JobState, LeaseToken, MAX_CHECKPOINT_BYTES, POISON_CRASHES, Progress, Refusal,
+    JobRequest, JobState, LeaseToken, MAX_CHECKPOINT_BYTES, POISON_CRASHES, POISON_INTERRUPTIONS,
+    Progress, Refusal,
 };
 use crate::Did;
 
@@ -297,6 +298,36 @@ impl Job {
         Ok(())
     }
 
+    /// The server stopped while the live attempt ran (found at start-up).
+    /// The attempt uses none of the job's attempts and is not a crash; the
+    /// job is queued again at once. After [`POISON_INTERRUPTIONS`] such
+    /// attempts in a row the job is dead (`poison`).
+    ///
+    /// # Errors
+    /// `stale_lease`.
+    pub fn interrupt(&mut self, lease: &LeaseToken, now: u64) -> Result<(), PulseError> {
+        let i = self.live(lease)?;
+        let a = &mut self.attempts[i];
+        a.ended_at = Some(now);
+        a.outcome = Some(AttemptOutcome::Interrupted);
+        a.error = Some("the server stopped while the attempt ran".into());
+        self.last_error.clone_from(&a.error);
+        self.updated_at = now;
+        let in_a_row = self
+            .attempts
+            .iter()
+            .rev()
+            .take_while(|a| a.outcome == Some(AttemptOutcome::Interrupted))
+            .count();
+        if in_a_row >= POISON_INTERRUPTIONS {
+            self.state = JobState::Dead(DeadReason::Poison);
+        } else {
+            self.retry_at = Some(now);
+            self.state = JobState::Retrying;
+        }
+        Ok(())
+    }
+
     /// The live attempt passed its timeout or missed its heartbeats (after
     /// the cancel push and grace period): retried like a retryable error.
     ///
@@ -348,6 +379,14 @@ impl Job {
         Ok(live)
     }
 
+    /// Attempts that count towards `max_attempts`: all but interrupted ones.
+    pub fn attempts_used(&self) -> u32 {
+        self.attempts
+            .iter()
+            .filter(|a| a.outcome != Some(AttemptOutcome::Interrupted))
+            .count() as u32
+    }
+
     fn end_attempt(&mut self, i: usize, outcome: AttemptOutcome, error: Option<String>, now: u64) {
         if outcome != AttemptOutcome::Crashed {
             self.consecutive_crashes = 0;
@@ -375,7 +414,7 @@ impl Job {
         } else {
             0
         };
-        let used = self.attempts.len() as u32;
+        let used = self.attempts_used();
         self.state = if !retryable {
             JobState::Dead(DeadReason::NonRetryable)
         } else if self.consecutive_crashes >= POISON_CRASHES {

@@ -22,7 +22,8 @@ pub use executor::{
 pub use job::{
     Attempt, AttemptOutcome, CancelReason, DeadReason, HoldReason, Job, JobId, JobLimits,
     JobRequest, JobState, LeaseToken, MAX_CHECKPOINT_BYTES, MAX_IDEMPOTENCY_KEY_BYTES,
-    MAX_PAYLOAD_BYTES, MAX_PRIORITY, POISON_CRASHES, Progress, Refusal, check_request,
+    MAX_PAYLOAD_BYTES, MAX_PRIORITY, POISON_CRASHES, POISON_INTERRUPTIONS, Progress, Refusal,
+    check_request,
 };
 pub use machine::{MAX_RETRY_AFTER_MS, RetryPolicy};
 pub use route::{Authorization, OpenRouter, Route, Router};

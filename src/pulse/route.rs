@@ -37,8 +37,10 @@ pub enum Route {
     /// Dispatch, under this authorisation (`None` for executors that need
     /// none).
     Go(Option<Arc<Authorization>>),
-    /// Hold the job: its plugin is not connected yet.
-    Hold,
+    /// Hold the job: it may be routable soon (its plugin is not connected
+    /// yet, or the ledger could not be read). If the hold outlasts the
+    /// configured wait, the job is refused with this refusal and detail.
+    Hold(Refusal, String),
     /// Refuse the job for good, with a detail for people.
     Refuse(Refusal, String),
 }

@@ -107,8 +107,8 @@ impl PulseRunner {
     }
 
     /// Stops the thread after its current step. Attempts still running
-    /// stay recorded as running, and are recovered as crashed on the next
-    /// start.
+    /// stay recorded as running, and are recovered as interrupted on the
+    /// next start.
     pub fn stop(mut self) {
         self.shutdown();
     }
@@ -131,7 +131,7 @@ impl Drop for PulseRunner {
 fn run<E: Executor>(mut d: Dispatcher<E>, rx: &Receiver<Command>, idle: Duration) {
     match d.recover(crate::clock::unix_ms()) {
         Ok(0) => {}
-        Ok(n) => tracing::info!(crashed = n, "recovered attempts left running"),
+        Ok(n) => tracing::info!(interrupted = n, "recovered attempts left running"),
         Err(e) => tracing::error!(error = %e, "recovering running attempts failed"),
     }
     loop {
