@@ -186,3 +186,58 @@ async fn resolution_checks_both_chains_and_the_session_and_sees_every_change() {
     sessions.close(&q.did, 4);
     assert_eq!(sessions.len(), 1);
 }
+
+#[test]
+fn plugin_events_that_break_the_protocol_name_the_rule() {
+    use pulse_ledger::api::proto::{self, job_event::Event};
+    use pulse_ledger::plugin::{
+        MAX_ERROR_MESSAGE_BYTES, MAX_PLUGIN_CHECKPOINT_BYTES, MAX_PROGRESS_MESSAGE_BYTES,
+        exec_event,
+    };
+    use pulse_ledger::pulse::ExecEvent;
+    let progress = |percent, message: usize, checkpoint: usize| proto::JobEvent {
+        event: Some(Event::Progress(proto::ProgressEvent {
+            percent,
+            message: "m".repeat(message),
+            checkpoint: vec![7; checkpoint],
+        })),
+    };
+    let rule = |e| exec_event(e).unwrap_err();
+    assert!(rule(progress(101, 0, 0)).starts_with("progress_percent: "));
+    assert!(
+        rule(progress(50, MAX_PROGRESS_MESSAGE_BYTES + 1, 0)).starts_with("progress_message: ")
+    );
+    assert!(
+        rule(progress(50, 0, MAX_PLUGIN_CHECKPOINT_BYTES + 1)).starts_with("progress_checkpoint: ")
+    );
+    // At the limits: accepted as sent.
+    match exec_event(progress(
+        100,
+        MAX_PROGRESS_MESSAGE_BYTES,
+        MAX_PLUGIN_CHECKPOINT_BYTES,
+    )) {
+        Ok(Some(ExecEvent::Progress(p))) => assert_eq!(
+            (p.percent, p.message.len(), p.checkpoint.len()),
+            (100, MAX_PROGRESS_MESSAGE_BYTES, MAX_PLUGIN_CHECKPOINT_BYTES)
+        ),
+        other => panic!("{other:?}"),
+    }
+    // An empty event is ignored; a long error message is cut, not refused.
+    assert!(matches!(
+        exec_event(proto::JobEvent { event: None }),
+        Ok(None)
+    ));
+    let long = proto::JobEvent {
+        event: Some(Event::Error(proto::ErrorEvent {
+            message: "e".repeat(10_000),
+            retryable: true,
+            retry_after_ms: 0,
+        })),
+    };
+    match exec_event(long) {
+        Ok(Some(ExecEvent::Failed { error, .. })) => {
+            assert!(error.len() <= MAX_ERROR_MESSAGE_BYTES && error.ends_with("…[cut]"))
+        }
+        other => panic!("{other:?}"),
+    }
+}

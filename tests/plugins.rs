@@ -284,6 +284,28 @@ async fn jobs_run_on_the_verified_plugin_through_every_failure_mode() {
     assert!((4..=5).contains(&j.total_cost), "spent {}", j.total_cost);
     event(&events_path, &id, "cancelled").await;
 
+    // 5b. An event that breaks plugin.proto (a checkpoint over 64 KiB)
+    // fails the attempt for good, naming the rule, and the plugin is told
+    // to stop it.
+    let progress = key("e2e-progress");
+    submit(&mut reg, &handler_register(&progress, "progress", &p.did))
+        .await
+        .unwrap();
+    let id = enqueue(&mut jobs, enqueue_req(&progress, "oversized")).await;
+    let j = finished(&mut jobs, &id, 20).await;
+    assert_eq!(
+        (j.state.as_str(), j.reason.as_str(), j.attempts),
+        ("dead", "non_retryable", 1)
+    );
+    assert!(
+        j.last_error
+            .starts_with("protocol_violation: progress_checkpoint: a checkpoint of 70000 bytes"),
+        "{}",
+        j.last_error
+    );
+    assert_eq!(j.progress_percent, 0, "the bad event changed nothing");
+    event(&events_path, &id, "cancelled").await;
+
     // 6. The plugin is SIGKILLed mid-job: the attempt is recorded crashed,
     // the plugin restarted, and the retry succeeds on the new process.
     let id = enqueue(&mut jobs, enqueue_req(&sleep, "1500")).await;
@@ -463,6 +485,92 @@ async fn plugins_that_cannot_prove_their_key_or_claim_others_handlers_get_nothin
     server.stop();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_plugins_are_dialled_and_left_running_and_a_rotated_plugin_proves_its_new_key() {
+    let dir = tempdir("plugins-remote");
+    let events_path = dir.join("events.log");
+    // A plugin someone else runs: Pulse only dials it.
+    let (r, s1, s2) = (key("rm-r"), key("rm-s1"), key("rm-s2"));
+    let mut remote = Command::new(env!("CARGO_BIN_EXE_pulse-test-plugin"))
+        .arg("--key")
+        .arg(key_file(&dir, &r))
+        .env("PULSE_TEST_PLUGIN_EVENTS", &events_path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = BufReader::new(remote.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let addr = pulse_ledger::plugin::parse_handshake(&line).unwrap();
+    // A spawned plugin whose key file is replaced when it rotates.
+    let s_key = dir.join("spawned.key");
+    std::fs::copy(key_file(&dir, &s1), &s_key).unwrap();
+    let spawned = plugin_table(
+        "spawned",
+        &[
+            "--key".into(),
+            s_key.display().to_string(),
+            "--plugin".into(),
+            s1.did.to_string(),
+        ],
+        &events_path,
+    );
+    let config =
+        format!("{TIMINGS}[[plugin]]\nname = \"remote\"\naddress = \"http://{addr}\"\n{spawned}");
+    let server = Server::start(&dir, &config);
+    let mut reg = server.registry().await;
+    let mut jobs = server.jobs().await;
+    let (hr, hs) = (key("rm-hr"), key("rm-hs"));
+    let s0 = plugin_register(&s1, "spawned");
+    for a in [
+        plugin_register(&r, "remote"),
+        s0.clone(),
+        handler_register(&hr, "echo", &r.did),
+        handler_register(&hs, "echo", &s1.did),
+    ] {
+        submit(&mut reg, &a).await.unwrap();
+    }
+    let id = enqueue(&mut jobs, enqueue_req(&hr, "over the wire")).await;
+    assert_eq!(finished(&mut jobs, &id, 30).await.result, b"over the wire");
+    let id = enqueue(&mut jobs, enqueue_req(&hs, "before")).await;
+    assert_eq!(finished(&mut jobs, &id, 30).await.result, b"before");
+
+    // The spawned plugin rotates: its operator installs the new key, then
+    // the rotation is logged. The host ends the old session (it proved a
+    // key that is no longer current), restarts the plugin, and it proves
+    // the new key; jobs run under the rotation statement.
+    std::fs::copy(key_file(&dir, &s2), &s_key).unwrap();
+    let rotation = next(
+        &s0,
+        &s1,
+        Action::Rotate {
+            new_key: s2.did.clone(),
+        },
+        Some(&s2),
+    );
+    let rotation_index = submit(&mut reg, &rotation).await.unwrap();
+    let id = enqueue(&mut jobs, enqueue_req(&hs, "after")).await;
+    let j = finished(&mut jobs, &id, 30).await;
+    assert_eq!(
+        (j.state.as_str(), j.result.as_slice()),
+        ("succeeded", &b"after"[..]),
+        "{}",
+        j.last_error
+    );
+    assert_eq!(j.attempt_history[0].plugin_index, rotation_index);
+
+    // Stopping the server stops what it spawned, never the remote plugin.
+    server.stop();
+    assert!(
+        remote.try_wait().unwrap().is_none(),
+        "the remote plugin was stopped by the server"
+    );
+    remote.kill().unwrap();
+    remote.wait().unwrap();
+}
+
 /// Runs the CLI in `dir`; returns stdout, failing the test on a non-zero
 /// exit.
 fn cli(dir: &Path, args: &[&str], stdin: Option<&str>) -> String {
@@ -606,6 +714,32 @@ async fn a_handler_created_from_the_cli_runs_its_signed_python() {
         j.last_error.contains("exit 3") && j.last_error.contains("adding -1"),
         "{}",
         j.last_error
+    );
+    // Its stderr is the job's log, kept with the attempt that wrote it.
+    let log = cli(
+        &dir,
+        &["job", "log", "--server", &url, &hex::encode(&id)],
+        None,
+    );
+    assert!(log.contains("[attempt 1] adding -1 and 0"), "{log}");
+    let followed = cli(
+        &dir,
+        &[
+            "job",
+            "log",
+            "--server",
+            &url,
+            &hex::encode(&id),
+            "--follow",
+            "--json",
+        ],
+        None,
+    );
+    let first: serde_json::Value =
+        serde_json::from_str(followed.lines().find(|l| l.contains("adding")).unwrap()).unwrap();
+    assert_eq!(
+        (first["attempt"].as_u64(), first["line"].as_str()),
+        (Some(1), Some("adding -1 and 0"))
     );
     server.stop();
 }

@@ -473,3 +473,88 @@ fn held_jobs_are_released_when_they_resolve_and_refused_with_the_holds_reason_af
     assert!(j1.last_error.unwrap().starts_with("plugin_not_connected: "));
     assert!(j0.attempts.is_empty() && j1.attempts.is_empty());
 }
+
+#[test]
+fn job_logs_keep_the_last_lines_cut_long_ones_and_go_with_the_job() {
+    use pulse_ledger::pulse::{LogLine, MAX_LOG_LINE_BYTES, MAX_LOG_LINES};
+    let dir = tempdir("jobs-log");
+    let (_ledger, store) = open(&dir);
+    let h = key("log-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", key("log-p").did);
+    let mk = |p: u8| {
+        store
+            .enqueue(
+                &h,
+                &schema,
+                &JobRequest {
+                    payload: vec![p],
+                    ..Default::default()
+                },
+                1_000,
+            )
+            .unwrap()
+            .0
+            .id
+    };
+    let (a, b) = (mk(0), mk(1));
+    let line = |n: u64| LogLine {
+        seq: 0,
+        attempt: 1,
+        at_ms: n,
+        line: format!("line {n}"),
+    };
+    // Two calls, interleaved jobs: numbering continues per job.
+    store
+        .append_logs(
+            (1..=600)
+                .flat_map(|n| [(a, line(n)), (b, line(n))])
+                .collect(),
+        )
+        .unwrap();
+    let extra = MAX_LOG_LINES + 5 - 600;
+    store
+        .append_logs((601..=600 + extra).map(|n| (a, line(n))).collect())
+        .unwrap();
+    let kept = store.log(&a, 0, 10_000).unwrap();
+    assert_eq!(kept.len() as u64, MAX_LOG_LINES);
+    assert_eq!((kept[0].seq, kept[0].line.as_str()), (6, "line 6"));
+    assert_eq!(kept.last().unwrap().seq, MAX_LOG_LINES + 5);
+    assert!(kept.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+    let page = store.log(&a, 500, 3).unwrap();
+    assert_eq!(
+        page.iter().map(|l| l.seq).collect::<Vec<_>>(),
+        vec![501, 502, 503]
+    );
+    assert_eq!(store.log(&b, 0, 10_000).unwrap().len(), 600);
+
+    // A long line is cut at a character boundary and marked.
+    let long = "é".repeat(MAX_LOG_LINE_BYTES);
+    store
+        .append_logs(vec![(
+            b,
+            LogLine {
+                line: long,
+                ..line(0)
+            },
+        )])
+        .unwrap();
+    let last = store.log(&b, 600, 10).unwrap();
+    assert_eq!(last.len(), 1);
+    assert!(last[0].line.len() <= MAX_LOG_LINE_BYTES);
+    assert!(
+        last[0].line.ends_with("…[cut]"),
+        "{}",
+        &last[0].line[4000..]
+    );
+
+    // Pruning a finished job removes its log; the other job's stays.
+    store
+        .update(&a, 2_000, |j| {
+            j.cancel(pulse_ledger::pulse::CancelReason::Requested, 2_000)
+                .map(|_| ())
+        })
+        .unwrap();
+    assert_eq!(store.prune_finished(3_000, 100).unwrap(), 1);
+    assert!(store.log(&a, 0, 10).unwrap().is_empty());
+    assert_eq!(store.log(&b, 0, 10_000).unwrap().len(), 601);
+}

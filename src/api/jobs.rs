@@ -439,6 +439,36 @@ impl Jobs for JobsService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn get_job_log(
+        &self,
+        request: Request<proto::GetJobLogRequest>,
+    ) -> Result<Response<proto::GetJobLogResponse>, Status> {
+        let req = request.into_inner();
+        let id = parse_id(&req.id)?;
+        let limit = if req.page_size == 0 {
+            100
+        } else {
+            req.page_size.min(1000) as usize
+        };
+        let after = req.after_seq;
+        let (job, lines) = self
+            .blocking(move |s| Ok((s.get(&id)?, s.log(&id, after, limit)?)))
+            .await?;
+        Ok(Response::new(proto::GetJobLogResponse {
+            next_after_seq: lines.last().map_or(after, |l| l.seq),
+            finished: job.state.is_terminal(),
+            lines: lines
+                .into_iter()
+                .map(|l| proto::JobLogLine {
+                    seq: l.seq,
+                    attempt: l.attempt,
+                    at_ms: l.at_ms,
+                    line: l.line,
+                })
+                .collect(),
+        }))
+    }
+
     async fn cancel_job(
         &self,
         request: Request<proto::CancelJobRequest>,

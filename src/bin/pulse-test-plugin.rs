@@ -10,7 +10,9 @@
 //! non-retryable error, else retryable), `crash` (exits the process; payload
 //! `once` crashes only the first attempt), `hang` (stops heartbeating and
 //! never returns; payload `once` hangs only the first attempt), `progress`
-//! (10 steps with checkpoints, resuming from the previous attempt's),
+//! (10 steps with checkpoints, resuming from the previous attempt's;
+//! payload `oversized` sends a 70,000-byte checkpoint, over the protocol's
+//! limit, then waits),
 //! `cost` (payload: units, reported one at a time every 20 ms), `stamp`
 //! (returns the Unix time in microseconds at which it started).
 //!
@@ -90,6 +92,13 @@ async fn run(kind: Kind, ctx: &JobContext, payload: Vec<u8>) -> Result<Vec<u8>, 
                 std::future::pending::<()>().await;
             }
             Ok(b"did not hang".to_vec())
+        }
+        Kind::Progress if text == "oversized" => {
+            // Breaks plugin.proto (checkpoints are at most 64 KiB), then
+            // waits to be cancelled.
+            ctx.progress(50, "too big", vec![0; 70_000]).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(b"not stopped".to_vec())
         }
         Kind::Progress => {
             let from = ctx.checkpoint().first().copied().unwrap_or(0);

@@ -95,6 +95,25 @@ Examples:
         #[arg(long)]
         json: bool,
     },
+    /// Print a job's log: the lines its plugin reported (for the script
+    /// plugin, the script's stderr), one per line as `[attempt N] text`.
+    /// With --follow, keep printing new lines until the job finishes.
+    #[command(after_help = "\
+Examples:
+  pulse-ledger job log 0000019b76daa8007c1f3e5a9b2d4c68
+  pulse-ledger job log 0000019b76daa8007c1f3e5a9b2d4c68 --follow --json")]
+    Log {
+        #[command(flatten)]
+        server: ServerArg,
+        /// Job ID (32 hex digits).
+        id: String,
+        /// Keep printing new lines until the job finishes.
+        #[arg(long)]
+        follow: bool,
+        /// Print JSON lines: {"seq", "attempt", "at_ms", "line"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a job that has not finished.
     #[command(after_help = "Example:\n  pulse-ledger job cancel 0000019b76daa8007c1f3e5a9b2d4c68")]
     Cancel {
@@ -388,6 +407,47 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
             JobCmd::Watch { server, id, json } => {
                 let id = parse_id(&id)?;
                 watch(&mut connect(&server).await?, id, json).await
+            }
+            JobCmd::Log {
+                server,
+                id,
+                follow,
+                json,
+            } => {
+                let id = parse_id(&id)?;
+                let mut client = connect(&server).await?;
+                let mut after = 0;
+                loop {
+                    let page = client
+                        .get_job_log(proto::GetJobLogRequest {
+                            id: id.clone(),
+                            after_seq: after,
+                            page_size: 1000,
+                        })
+                        .await
+                        .map_err(|s| call_failed(&s))?
+                        .into_inner();
+                    for l in &page.lines {
+                        if json {
+                            println!(
+                                "{}",
+                                json!({"seq": l.seq, "attempt": l.attempt, "at_ms": l.at_ms, "line": l.line})
+                            );
+                        } else {
+                            println!("[attempt {}] {}", l.attempt, l.line);
+                        }
+                    }
+                    let more = page.next_after_seq != after;
+                    after = page.next_after_seq;
+                    if more {
+                        continue;
+                    }
+                    if !follow || page.finished {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Ok(ExitCode::SUCCESS)
             }
             JobCmd::Cancel { server, id } => {
                 let j = connect(&server)

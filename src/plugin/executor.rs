@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::session::{Session, Sessions};
 use crate::api::proto::{self, job_event::Event};
 use crate::pulse::{
-    AsyncExecutor, AttemptSpec, EventStream, ExecEvent, JobId, LeaseToken, Progress,
+    AsyncExecutor, AttemptSpec, EventStream, ExecEvent, JobId, LeaseToken, Progress, cut_text,
 };
 
 /// Runs attempts on plugin sessions.
@@ -33,24 +33,60 @@ impl PluginExecutor {
     }
 }
 
-/// Converts one wire event; `None` for an event with no body (ignored).
-pub fn exec_event(e: proto::JobEvent) -> Option<ExecEvent> {
-    Some(match e.event? {
+/// Longest progress message a plugin may send, bytes (plugin.proto).
+pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 1_024;
+/// Largest progress checkpoint a plugin may send, bytes (plugin.proto).
+pub const MAX_PLUGIN_CHECKPOINT_BYTES: usize = 64 * 1024;
+/// Longest error message kept from a plugin, bytes; longer ones are cut.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 4_096;
+
+/// Converts one wire event: `Ok(None)` for an event with no body (ignored),
+/// `Err` with the broken rule for an event plugin.proto forbids
+/// (spec/plugin.md, "Protocol violations").
+///
+/// # Errors
+/// `progress_percent` (over 100), `progress_message` (over 1 KiB),
+/// `progress_checkpoint` (over 64 KiB), each with the values found.
+pub fn exec_event(e: proto::JobEvent) -> Result<Option<ExecEvent>, String> {
+    let Some(event) = e.event else {
+        return Ok(None);
+    };
+    Ok(Some(match event {
         Event::Heartbeat(_) => ExecEvent::Heartbeat,
-        Event::Progress(p) => ExecEvent::Progress(Progress {
-            percent: u8::try_from(p.percent.min(100)).unwrap_or(100),
-            message: p.message,
-            checkpoint: p.checkpoint,
-        }),
+        Event::Progress(p) => {
+            if p.percent > 100 {
+                return Err(format!(
+                    "progress_percent: progress of {}% is over 100",
+                    p.percent
+                ));
+            }
+            if p.message.len() > MAX_PROGRESS_MESSAGE_BYTES {
+                return Err(format!(
+                    "progress_message: a progress message of {} bytes is over the {MAX_PROGRESS_MESSAGE_BYTES}-byte limit",
+                    p.message.len()
+                ));
+            }
+            if p.checkpoint.len() > MAX_PLUGIN_CHECKPOINT_BYTES {
+                return Err(format!(
+                    "progress_checkpoint: a checkpoint of {} bytes is over the {MAX_PLUGIN_CHECKPOINT_BYTES}-byte limit",
+                    p.checkpoint.len()
+                ));
+            }
+            ExecEvent::Progress(Progress {
+                percent: u8::try_from(p.percent).unwrap_or(100),
+                message: p.message,
+                checkpoint: p.checkpoint,
+            })
+        }
         Event::Cost(c) => ExecEvent::Cost(c.units),
         Event::Log(l) => ExecEvent::Log(l.line),
         Event::Result(r) => ExecEvent::Succeeded(r.output),
         Event::Error(e) => ExecEvent::Failed {
-            error: e.message,
+            error: cut_text(e.message, MAX_ERROR_MESSAGE_BYTES),
             retryable: e.retryable,
             retry_after_ms: (e.retry_after_ms != 0).then_some(e.retry_after_ms),
         },
-    })
+    }))
 }
 
 #[tonic::async_trait]
@@ -109,7 +145,24 @@ impl AsyncExecutor for PluginExecutor {
                 tokio::select! {
                     msg = stream.next() => match msg {
                         Some(Ok(e)) => {
-                            let Some(event) = exec_event(e) else { continue };
+                            let event = match exec_event(e) {
+                                Ok(Some(event)) => event,
+                                Ok(None) => continue,
+                                Err(rule) => {
+                                    // The plugin broke the protocol: the
+                                    // attempt fails for good and the plugin
+                                    // is told to stop it.
+                                    tracing::warn!(%job, %rule, "plugin protocol violation");
+                                    let _ = tx.send(ExecEvent::Failed {
+                                        error: format!("protocol_violation: {rule}"),
+                                        retryable: false,
+                                        retry_after_ms: None,
+                                    }).await;
+                                    let req = proto::CancelRequest { job_id: job.0.to_vec(), lease: lease.0.to_vec() };
+                                    let _ = client.cancel(req).await;
+                                    break;
+                                }
+                            };
                             let last = matches!(event, ExecEvent::Succeeded(_) | ExecEvent::Failed { .. });
                             if tx.send(event).await.is_err() {
                                 break;

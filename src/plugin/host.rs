@@ -138,8 +138,13 @@ struct Supervisor {
 enum Ended {
     /// The host is stopping.
     Stopped,
-    /// The plugin failed; restart it after the backoff.
+    /// The plugin failed (exited, could not start, was refused); restart
+    /// it after the backoff.
     Failed(String),
+    /// The host ended the session (key rotated, plugin revoked, health
+    /// checks failed): stop the plugin gently, then restart it after the
+    /// backoff so it proves its current key.
+    Retired(String),
 }
 
 /// A spawned plugin process, killed with its group when dropped.
@@ -181,6 +186,9 @@ impl Supervisor {
                 Ended::Stopped => return,
                 Ended::Failed(why) => {
                     tracing::warn!(plugin = %self.plugin.name, reason = %why, retry_in = ?delay, "plugin stopped");
+                }
+                Ended::Retired(why) => {
+                    tracing::info!(plugin = %self.plugin.name, reason = %why, retry_in = ?delay, "plugin session ended by the host");
                 }
             }
             // A plugin that ran a good while starts over from the shortest
@@ -351,6 +359,16 @@ impl Supervisor {
             Ok(a) => a,
             Err(e) => return Ended::Failed(format!("session refused: {e}")),
         };
+        // For people only: who answered. A plugin without Metadata is fine.
+        let about = tokio::time::timeout(
+            self.config.start_timeout,
+            client.metadata(proto::MetadataRequest {}),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(tonic::Response::into_inner)
+        .unwrap_or_default();
         let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
         let (ended_tx, ended) = watch::channel(false);
         let plugin = announcement.plugin.clone();
@@ -359,6 +377,8 @@ impl Supervisor {
             id = %plugin,
             handlers = announcement.handlers.len(),
             serves_any = announcement.serves_any,
+            software = %about.name,
+            version = %about.version,
             "plugin session open"
         );
         self.sessions.open(Arc::new(Session {
@@ -372,7 +392,7 @@ impl Supervisor {
         // ones.
         self.sessions.close(&plugin, generation);
         let _ = ended_tx.send(true);
-        if let Ended::Stopped = outcome {
+        if matches!(outcome, Ended::Stopped | Ended::Retired(_)) {
             self.stop_plugin(&mut client, child.take()).await;
         }
         outcome
@@ -388,6 +408,10 @@ impl Supervisor {
         tick.tick().await;
         let mut failures = 0;
         let mut stop = self.stop.clone();
+        // Health calls run on their own task and answer here, so a slow
+        // answer never delays crash detection; one at a time.
+        let (answer_tx, mut answers) = tokio::sync::mpsc::channel::<bool>(1);
+        let mut checking = false;
         loop {
             let exited = async {
                 match child.as_mut() {
@@ -403,33 +427,41 @@ impl Supervisor {
                     });
                 }
                 _ = stopped(&mut stop) => return Ended::Stopped,
-                _ = tick.tick() => {
-                    if let Err(why) = self.still_current(a) {
-                        return Ended::Failed(why);
-                    }
-                    let health = tokio::time::timeout(
-                        self.config.health_interval,
-                        client.health(proto::HealthRequest {}),
-                    )
-                    .await;
-                    match health {
-                        Ok(Ok(r)) if r.get_ref().serving => failures = 0,
-                        _ => {
-                            failures += 1;
-                            if failures >= self.config.health_failures {
-                                return Ended::Failed(format!("{failures} health checks failed"));
-                            }
+                Some(serving) = answers.recv() => {
+                    checking = false;
+                    if serving {
+                        failures = 0;
+                    } else {
+                        failures += 1;
+                        if failures >= self.config.health_failures {
+                            return Ended::Retired(format!("{failures} health checks failed"));
                         }
                     }
+                }
+                _ = tick.tick(), if !checking => {
+                    if let Err(why) = self.still_current(a) {
+                        return Ended::Retired(why);
+                    }
+                    checking = true;
+                    let mut client = client.clone();
+                    let limit = self.config.health_interval;
+                    let tx = answer_tx.clone();
+                    tokio::spawn(async move {
+                        let answer =
+                            tokio::time::timeout(limit, client.health(proto::HealthRequest {})).await;
+                        let _ = tx.send(matches!(answer, Ok(Ok(r)) if r.get_ref().serving)).await;
+                    });
                 }
             }
         }
     }
 
+    /// Stops a spawned plugin: Shutdown, SIGTERM, then SIGKILL of its
+    /// group. A remote plugin is not ours to stop: it is only left.
     async fn stop_plugin(&self, client: &mut PluginClient<Channel>, child: Option<Child>) {
+        let Some(mut child) = child else { return };
         let grace = self.config.stop_grace;
         let _ = tokio::time::timeout(grace, client.shutdown(proto::ShutdownRequest {})).await;
-        let Some(mut child) = child else { return };
         child.signal(libc::SIGTERM);
         if tokio::time::timeout(grace, child.child.wait())
             .await

@@ -12,7 +12,10 @@ mod session;
 
 pub mod sdk;
 
-pub use executor::{PluginExecutor, exec_event};
+pub use executor::{
+    MAX_ERROR_MESSAGE_BYTES, MAX_PLUGIN_CHECKPOINT_BYTES, MAX_PROGRESS_MESSAGE_BYTES,
+    PluginExecutor, exec_event,
+};
 pub use handshake::{HANDSHAKE_MAGIC, PROTOCOL_VERSION, handshake_line, parse_handshake};
 pub use host::{HostConfig, PluginConfig, PluginHost, PluginSource};
 pub use proof::{

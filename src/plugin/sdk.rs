@@ -489,7 +489,15 @@ impl plugin_server::Plugin for Service {
         &self,
         request: Request<proto::InitializeRequest>,
     ) -> Result<Response<proto::InitializeResponse>, Status> {
-        let nonce = request.into_inner().nonce;
+        let request = request.into_inner();
+        // 0 is an older Pulse that did not say; anything else must match.
+        if request.protocol != 0 && request.protocol != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "unsupported_protocol: this plugin speaks protocol {PROTOCOL_VERSION}, Pulse asked for {}",
+                request.protocol
+            )));
+        }
+        let nonce = request.nonce;
         if nonce.len() != NONCE_BYTES {
             return Err(Status::invalid_argument(format!(
                 "bad_nonce: the nonce is {NONCE_BYTES} bytes, not {}",

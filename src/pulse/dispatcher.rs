@@ -9,7 +9,6 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 
 use super::backoff::Backoff;
 use super::budget::BudgetUse;
-use super::error::{PulseError, PulseErrorCode};
 use super::executor::{AttemptSpec, ExecEvent, Executor, Report};
 use super::job::{CancelReason, HoldReason, Job, JobId, JobState, LeaseToken};
 use super::machine::RetryPolicy;
@@ -258,13 +257,16 @@ impl<E: Executor> Dispatcher<E> {
         Ok(report)
     }
 
-    /// Applies the reports received since the last step. Cost and log
-    /// reports are applied one by one (cost feeds the budgets); heartbeats,
-    /// progress and results are applied together under one fsync.
+    /// Applies the reports received since the last step. Cost reports are
+    /// applied one by one (cost feeds the budgets). Log lines from live
+    /// attempts are stored first, so a reader who sees the job finished
+    /// sees all its lines; then heartbeats, progress, results and the log
+    /// lines' heartbeats are applied together under one fsync.
     fn apply_reports(&mut self, now: u64, report: &mut StepReport) -> Result<(), JobError> {
         let reports: Vec<Report> = self.rx.try_iter().collect();
         let mut ops: Vec<(JobId, super::store::GroupOp<()>)> = Vec::new();
         let mut ending: Vec<(JobId, Option<Did>)> = Vec::new();
+        let mut logs = Vec::new();
         for r in reports {
             let lease = r.lease;
             let policy = self.policy();
@@ -284,12 +286,29 @@ impl<E: Executor> Dispatcher<E> {
                     continue;
                 }
                 ExecEvent::Log(line) => {
-                    match self.apply_log(r.job, lease, &line) {
-                        Ok(()) => report.applied += 1,
-                        Err(JobError::Rejected(_)) => report.stale += 1,
-                        Err(e) => return Err(e),
-                    }
-                    continue;
+                    // Kept only from the live attempt; it also shows the
+                    // executor alive, so it is a heartbeat.
+                    let attempt = self
+                        .store
+                        .get(&r.job)?
+                        .live_attempt()
+                        .filter(|a| a.lease == lease)
+                        .map(|a| a.number);
+                    let Some(attempt) = attempt else {
+                        report.stale += 1;
+                        continue;
+                    };
+                    tracing::debug!(job = %r.job, attempt, "{line}");
+                    logs.push((
+                        r.job,
+                        super::store::LogLine {
+                            seq: 0,
+                            attempt,
+                            at_ms: now,
+                            line,
+                        },
+                    ));
+                    Box::new(move |j: &mut Job| j.heartbeat(&lease, now))
                 }
                 ExecEvent::Heartbeat => Box::new(move |j: &mut Job| j.heartbeat(&lease, now)),
                 ExecEvent::Progress(p) => {
@@ -310,6 +329,7 @@ impl<E: Executor> Dispatcher<E> {
             ending.push((r.job, self.reserved.get(&r.job).map(|(h, _)| h.clone())));
             ops.push((r.job, op));
         }
+        self.store.append_logs(logs)?;
         let results = self.store.update_many(now, ops);
         for ((job, handler), result) in ending.into_iter().zip(results) {
             match result {
@@ -361,22 +381,6 @@ impl<E: Executor> Dispatcher<E> {
             self.release_slot(&handler);
             self.unreserve(&job);
         }
-        Ok(())
-    }
-
-    /// A log line goes to the server log if its attempt is live.
-    fn apply_log(&self, job: JobId, lease: LeaseToken, line: &str) -> Result<(), JobError> {
-        let live = self
-            .store
-            .get(&job)?
-            .live_attempt()
-            .is_some_and(|a| a.lease == lease);
-        if !live {
-            return Err(
-                PulseError::new(PulseErrorCode::StaleLease, "log from a finished attempt").into(),
-            );
-        }
-        tracing::debug!(job = %job, "{line}");
         Ok(())
     }
 

@@ -22,6 +22,21 @@ pub const POISON_CRASHES: u32 = 3;
 /// for ever.
 pub const POISON_INTERRUPTIONS: usize = 10;
 
+/// `text`, cut to at most `max` bytes at a character boundary and marked
+/// " …[cut]" if it was longer.
+pub fn cut_text(mut text: String, max: usize) -> String {
+    const MARK: &str = " …[cut]";
+    if text.len() > max {
+        let mut at = max.saturating_sub(MARK.len());
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+        text.push_str(MARK);
+    }
+    text
+}
+
 /// A job's ID: 8 bytes of creation time (Unix ms, big-endian) then 8
 /// bytes that make it unique, so IDs sort by creation time.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -23,9 +23,9 @@ pub use job::{
     Attempt, AttemptOutcome, CancelReason, DeadReason, HoldReason, Job, JobId, JobLimits,
     JobRequest, JobState, LeaseToken, MAX_CHECKPOINT_BYTES, MAX_IDEMPOTENCY_KEY_BYTES,
     MAX_PAYLOAD_BYTES, MAX_PRIORITY, POISON_CRASHES, POISON_INTERRUPTIONS, Progress, Refusal,
-    check_request,
+    check_request, cut_text,
 };
 pub use machine::{MAX_RETRY_AFTER_MS, RetryPolicy};
 pub use route::{Authorization, OpenRouter, Route, Router};
 pub use runner::{PulseHandle, PulseRunner};
-pub use store::{GroupOp, JobError, JobStore};
+pub use store::{GroupOp, JobError, JobStore, LogLine, MAX_LOG_LINE_BYTES, MAX_LOG_LINES};
