@@ -558,7 +558,8 @@ impl<E: Executor> Dispatcher<E> {
                             payload: job.payload.clone(),
                             deadline: now.saturating_add(job.limits.timeout_ms),
                             checkpoint: job.progress.checkpoint.clone(),
-                            heartbeat_interval_ms: self.config.heartbeat_timeout_ms / 3,
+                            // Never 0, which plugins read as "not said".
+                            heartbeat_interval_ms: (self.config.heartbeat_timeout_ms / 3).max(1),
                             authorization,
                         },
                         self.tx.clone(),
