@@ -34,6 +34,8 @@ mod clock;
 mod keyfile;
 pub mod ledger;
 
+pub mod audit;
+
 pub mod api;
 
 pub mod pulse;

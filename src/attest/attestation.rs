@@ -59,6 +59,50 @@ impl Attestation {
 /// The first broken rule, in the order `spec/attestation.md` lists the
 /// checks.
 pub fn verify_attestation(bytes: &[u8]) -> Result<Attestation, Error> {
+    let (att, checks) = check_except_signatures(bytes)?;
+    for (i, c) in checks.iter().enumerate() {
+        c.did
+            .verifying_key()
+            .verify_strict(&c.message, &Signature::from_bytes(&c.signature))
+            .map_err(|_| c.failure(i))?;
+    }
+    Ok(att)
+}
+
+/// One signature an attestation must carry: checked later, possibly in a
+/// batch ([`crate::audit`]).
+#[derive(Debug, Clone)]
+pub(crate) struct SignatureCheck {
+    /// The key that must have signed.
+    pub(crate) did: Did,
+    /// What was signed (the domain-separated body).
+    pub(crate) message: std::sync::Arc<Vec<u8>>,
+    /// The signature bytes from the envelope.
+    pub(crate) signature: [u8; 64],
+    /// `body.signer` or `body.new_key`.
+    role: &'static str,
+}
+
+impl SignatureCheck {
+    /// The `bad_signature` error for signature number `i` of its envelope.
+    pub(crate) fn failure(&self, i: usize) -> Error {
+        Error::new(
+            ErrorCode::BadSignature,
+            format!(
+                "envelope.sigs[{i}] is not a valid signature by {} ({})",
+                self.role, self.did
+            ),
+        )
+    }
+}
+
+/// Every check of [`verify_attestation`] but the signatures, which are
+/// returned for the caller to check: the attestation is NOT verified until
+/// every returned check passes. Crate-internal so that an unverified
+/// [`Attestation`] never leaves the crate.
+pub(crate) fn check_except_signatures(
+    bytes: &[u8],
+) -> Result<(Attestation, Vec<SignatureCheck>), Error> {
     let raw = RawEnvelope::decode(bytes)?;
     let statement = Statement::from_body(&raw.body)?;
     let signers = Attestation::required_signers(&statement);
@@ -73,28 +117,31 @@ pub fn verify_attestation(bytes: &[u8]) -> Result<Attestation, Error> {
             ),
         ));
     }
-    let msg = signing_message(&raw.body);
-    for (i, (did, sig)) in signers.iter().zip(&raw.sigs).enumerate() {
-        let role = if i == 0 {
-            "body.signer"
-        } else {
-            "body.new_key"
-        };
-        did.verifying_key()
-            .verify_strict(&msg, &Signature::from_bytes(sig))
-            .map_err(|_| {
-                Error::new(
-                    ErrorCode::BadSignature,
-                    format!("envelope.sigs[{i}] is not a valid signature by {role} ({did})"),
-                )
-            })?;
-    }
-    Ok(Attestation {
-        id: AttestationId::of(bytes),
-        envelope: bytes.to_vec(),
-        body: raw.body,
-        statement,
-    })
+    let message = std::sync::Arc::new(signing_message(&raw.body));
+    let checks = signers
+        .iter()
+        .zip(&raw.sigs)
+        .enumerate()
+        .map(|(i, (did, sig))| SignatureCheck {
+            did: (*did).clone(),
+            message: std::sync::Arc::clone(&message),
+            signature: *sig,
+            role: if i == 0 {
+                "body.signer"
+            } else {
+                "body.new_key"
+            },
+        })
+        .collect();
+    Ok((
+        Attestation {
+            id: AttestationId::of(bytes),
+            envelope: bytes.to_vec(),
+            body: raw.body,
+            statement,
+        },
+        checks,
+    ))
 }
 
 /// Signs a statement and returns the verified attestation.

@@ -13,6 +13,7 @@ mod schema;
 mod statement;
 
 pub use attestation::{Attestation, sign_statement, verify_attestation};
+pub(crate) use attestation::{SignatureCheck, check_except_signatures};
 pub use chain::{ChainError, ChainHead, ChainState, Equivocation, repeated_seq, verify_chain};
 pub use did::Did;
 pub use envelope::{AttestationId, SIGNING_CONTEXT, signing_message};

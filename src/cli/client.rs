@@ -142,6 +142,10 @@ pub(crate) enum LogCmd {
 }
 
 impl ServerArg {
+    pub(crate) fn new(url: String) -> ServerArg {
+        ServerArg { server: url }
+    }
+
     pub(crate) fn url(&self) -> &str {
         &self.server
     }
@@ -154,14 +158,14 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Usage(format!("cannot start the async runtime: {e}")))
 }
 
-async fn connect(server: &ServerArg) -> Result<RegistryClient<Channel>, CliError> {
+pub(crate) async fn connect(server: &ServerArg) -> Result<RegistryClient<Channel>, CliError> {
     let endpoint = Endpoint::from_shared(server.server.clone())
         .map_err(|e| CliError::Usage(format!("--server {}: {e}", server.server)))?
         .tcp_nodelay(true);
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| CliError::Usage(format!("cannot reach {}: {e}", server.server)))?;
+        .map_err(|e| CliError::Unreachable(format!("cannot reach {}: {e}", server.server)))?;
     Ok(RegistryClient::new(channel).max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES))
 }
 
@@ -410,6 +414,8 @@ fn print_entry(e: &proto::Entry, json: bool) {
 pub(crate) fn server_exit(code: tonic::Code) -> u8 {
     if is_rejection(code) || code == tonic::Code::NotFound {
         EXIT_VERIFY_FAILED
+    } else if code == tonic::Code::Unavailable {
+        super::error::EXIT_UNREACHABLE
     } else {
         EXIT_USAGE
     }

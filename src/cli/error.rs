@@ -7,6 +7,8 @@ use std::process::ExitCode;
 pub(crate) const EXIT_VERIFY_FAILED: u8 = 1;
 /// Exit status for usage and I/O errors.
 pub(crate) const EXIT_USAGE: u8 = 2;
+/// Exit status when the server cannot be reached (or is unavailable).
+pub(crate) const EXIT_UNREACHABLE: u8 = 3;
 
 /// A CLI failure that is not a verification verdict.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,9 @@ pub enum CliError {
         /// The status message (starts with the spec error code).
         message: String,
     },
+    /// The server could not be reached.
+    #[error("{0}")]
+    Unreachable(String),
     /// An input file is not a valid attestation.
     #[error("{}: {source}", path.display())]
     Invalid {
@@ -45,6 +50,7 @@ impl CliError {
         match self {
             CliError::Invalid { .. } => ExitCode::from(EXIT_VERIFY_FAILED),
             CliError::Server { code, .. } => ExitCode::from(super::client::server_exit(*code)),
+            CliError::Unreachable(_) => ExitCode::from(EXIT_UNREACHABLE),
             _ => ExitCode::from(EXIT_USAGE),
         }
     }

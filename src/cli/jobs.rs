@@ -166,7 +166,7 @@ async fn connect(server: &ServerArg) -> Result<JobsClient<Channel>, CliError> {
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| CliError::Usage(format!("cannot reach {url}: {e}")))?;
+        .map_err(|e| CliError::Unreachable(format!("cannot reach {url}: {e}")))?;
     Ok(JobsClient::new(channel).max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES))
 }
 

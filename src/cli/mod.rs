@@ -1,7 +1,9 @@
 //! The `pulse-ledger` command line: argument definitions and dispatch.
 //!
-//! Exit codes: 0 success, 1 verification failed, 2 usage or I/O error.
+//! Exit codes: 0 success, 1 verification failed, 2 usage or I/O error,
+//! 3 cannot reach the server.
 
+mod audit;
 mod author;
 mod client;
 mod error;
@@ -10,6 +12,7 @@ mod inspect;
 mod jobs;
 
 mod keygen;
+mod output;
 mod serve;
 mod verify;
 
@@ -37,7 +40,8 @@ Quick start:
   pulse-ledger handler show did:key:z6Mk...
   pulse-ledger log checkpoint
 
-Exit status: 0 success, 1 verification failed, 2 usage or I/O error."
+Exit status: 0 success, 1 verification failed, 2 usage or I/O error,
+3 cannot reach the server."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -54,7 +58,7 @@ enum Command {
     /// Sign plugin statements: new, update, rotate, revoke.
     #[command(subcommand)]
     Plugin(author::PluginVerb),
-    /// Verify attestations or a chain of them, offline.
+    /// Verify attestations, chains, bundles, proofs, or a whole log.
     #[command(subcommand)]
     Verify(verify::Target),
     /// Print an attestation for people (or as JSON).

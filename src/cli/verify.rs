@@ -1,10 +1,12 @@
-//! `pulse-ledger verify attestation|chain`: offline verification.
+//! `pulse-ledger verify …`: attestations and chains offline; whole logs
+//! (see `audit.rs`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde_json::json;
 
+use super::client::ServerArg;
 use super::error::{CliError, EXIT_USAGE, EXIT_VERIFY_FAILED};
 use super::files;
 use super::inspect::describe_schema;
@@ -47,12 +49,73 @@ the rule's code (spec/attestation.md lists every code); exit status 1.")]
         #[arg(long)]
         json: bool,
     },
+    /// Audit a whole log: download every entry (or read a stopped server's
+    /// data dir), re-verify every attestation and chain rule on every core,
+    /// recompute the Merkle root and check it against the signed
+    /// checkpoint, and check it is consistent with a checkpoint saved
+    /// earlier.
+    #[command(after_help = "\
+Examples:
+  pulse-ledger verify log --server http://127.0.0.1:7300 --log-key did:key:z6Mk... \\
+      --save-checkpoint seen.cp
+  pulse-ledger verify log --server http://127.0.0.1:7300 --log-key log.did \\
+      --since-checkpoint seen.cp --save-checkpoint seen.cp
+  pulse-ledger verify log --data-dir ./pulse-ledger-data --log-key did:key:z6Mk... --json
+
+On a terminal a progress line (entries, rate, ETA) is shown on stderr.
+Prints `log ok: …` or `FAILED entry N: CODE: message` (spec/audit.md lists
+the codes). Exit status 0 ok, 1 verification failed, 2 usage or I/O error,
+3 cannot reach the server.")]
+    Log {
+        /// Server URL [default: $PULSE_LEDGER_SERVER or http://127.0.0.1:7300].
+        #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
+        server: Option<String>,
+        /// Audit a stopped server's data dir instead of a server.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// The log's key: a did:key, or a file holding one.
+        #[arg(long, value_name = "DID|FILE")]
+        log_key: String,
+        /// A checkpoint saved by an earlier audit: the log must extend it.
+        #[arg(long, value_name = "FILE")]
+        since_checkpoint: Option<PathBuf>,
+        /// Save the verified checkpoint here (for the next --since-checkpoint).
+        #[arg(long, value_name = "FILE")]
+        save_checkpoint: Option<PathBuf>,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(crate) fn run(target: Target) -> Result<ExitCode, CliError> {
     match target {
         Target::Attestation { files, json } => attestations(&files, json),
         Target::Chain { files, json } => chain(&files, json),
+        Target::Log {
+            server,
+            data_dir,
+            log_key,
+            since_checkpoint,
+            save_checkpoint,
+            json,
+        } => {
+            let source = match (server, data_dir) {
+                (_, Some(dir)) => super::audit::Source::DataDir(dir),
+                (Some(url), None) => super::audit::Source::Server(ServerArg::new(url)),
+                (None, None) => super::audit::Source::Server(ServerArg::new(
+                    std::env::var("PULSE_LEDGER_SERVER")
+                        .unwrap_or_else(|_| super::client::DEFAULT_SERVER.to_owned()),
+                )),
+            };
+            super::audit::run(super::audit::Options {
+                source,
+                log_key,
+                since: since_checkpoint,
+                save: save_checkpoint,
+                json,
+            })
+        }
     }
 }
 

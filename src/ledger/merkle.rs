@@ -332,6 +332,18 @@ impl Frontier {
         self.size
     }
 
+    /// The roots of the perfect subtrees, largest (leftmost) first.
+    pub fn roots(&self) -> &[Hash] {
+        &self.roots
+    }
+
+    /// A frontier from its parts (as saved by [`Frontier::roots`]): one
+    /// root per set bit of `size`, largest first. `None` if the count is
+    /// wrong.
+    pub fn from_parts(size: u64, roots: Vec<Hash>) -> Option<Frontier> {
+        (roots.len() == size.count_ones() as usize).then_some(Frontier { size, roots })
+    }
+
     /// Appends a leaf hash; returns the nodes that became complete (the
     /// leaf itself first), which the caller stores.
     pub fn push(&mut self, leaf: Hash) -> Vec<NewNode> {

@@ -6,6 +6,7 @@ mod error;
 mod layout;
 mod merkle;
 mod store;
+mod stored;
 
 pub use checkpoint::{Checkpoint, is_valid_origin, key_id, verifier_key, verify_checkpoint};
 pub use error::{LedgerError, LedgerErrorCode};
@@ -18,3 +19,4 @@ pub use store::{
     AuditReport, CHANGE_LOG_ENTRIES, ChainPage, EquivocationRecord, Ledger, LedgerConfig,
     MAX_ENTRY_RANGE, MAX_PAGE, MAX_SCAN, PendingAppend, Receipt, SubjectFilter, TreeHead,
 };
+pub use stored::StoredLog;

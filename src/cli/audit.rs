@@ -1,0 +1,377 @@
+//! `pulse-ledger verify log`: the full audit of a log, from a server or a
+//! stopped server's data dir (spec/audit.md, "Auditing a log").
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::client::{ServerArg, call_failed};
+use super::error::{CliError, EXIT_VERIFY_FAILED};
+use super::files;
+use super::output::{Progress, bad, good};
+use crate::Did;
+use crate::api::proto;
+use crate::audit::{
+    AuditCode, AuditError, AuditSummary, LogAuditor, available_threads, compare_checkpoints,
+};
+use crate::ledger::{Checkpoint, StoredLog, verify_checkpoint, verify_consistency};
+
+/// Entries handed to the verifier at a time (split over the threads).
+const CHUNK: u64 = 4_000;
+/// Pages of entries asked for at once from a server.
+const PAGES_IN_FLIGHT: usize = 4;
+
+/// Reads `--log-key`: a did:key, or a file holding one (a bare DID, or a
+/// key file's `# did:` line).
+pub(crate) fn log_key(arg: &str) -> Result<Did, CliError> {
+    if arg.starts_with("did:") {
+        return Did::parse(arg).map_err(|e| CliError::Usage(format!("--log-key: {e}")));
+    }
+    let path = Path::new(arg);
+    let text = std::fs::read_to_string(path).map_err(files::io(path))?;
+    let did = text
+        .lines()
+        .map(|l| l.trim().trim_start_matches("# did:").trim())
+        .find(|l| l.starts_with("did:"))
+        .ok_or_else(|| CliError::Usage(format!("--log-key: {arg} holds no did:key")))?;
+    Did::parse(did).map_err(|e| CliError::Usage(format!("--log-key: {arg}: {e}")))
+}
+
+/// Reads a saved checkpoint file and verifies it with the log key.
+pub(crate) fn read_checkpoint(path: &Path, key: &Did) -> Result<Checkpoint, CliError> {
+    let note = std::fs::read_to_string(path).map_err(files::io(path))?;
+    verify_checkpoint(&note, key).map_err(|e| {
+        CliError::Usage(format!(
+            "{}: the saved checkpoint does not verify with the log key: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Writes a checkpoint note, replacing the file atomically.
+pub(crate) fn save_checkpoint(path: &Path, note: &str) -> Result<(), CliError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, note).map_err(files::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(files::io(path))
+}
+
+/// Where the log comes from.
+pub(crate) enum Source {
+    Server(ServerArg),
+    DataDir(PathBuf),
+}
+
+/// The `verify log` options.
+pub(crate) struct Options {
+    pub(crate) source: Source,
+    pub(crate) log_key: String,
+    pub(crate) since: Option<PathBuf>,
+    pub(crate) save: Option<PathBuf>,
+    pub(crate) json: bool,
+}
+
+pub(crate) fn run(o: Options) -> Result<ExitCode, CliError> {
+    let key = log_key(&o.log_key)?;
+    let earlier = o
+        .since
+        .as_deref()
+        .map(|p| read_checkpoint(p, &key))
+        .transpose()?;
+    let started = Instant::now();
+    let threads = available_threads();
+    let outcome = match &o.source {
+        Source::Server(server) => super::client::runtime()?.block_on(from_server(
+            server,
+            &key,
+            earlier.as_ref(),
+            threads,
+        ))?,
+        Source::DataDir(dir) => from_data_dir(dir, &key, earlier.as_ref(), threads)?,
+    };
+    let secs = started.elapsed().as_secs_f64();
+    match outcome {
+        Ok((summary, note)) => {
+            if let Some(path) = &o.save {
+                save_checkpoint(path, &note)?;
+            }
+            let rate = summary.entries as f64 / secs.max(1e-9);
+            if o.json {
+                println!(
+                    "{}",
+                    json!({
+                        "ok": true, "entries": summary.entries, "subjects": summary.subjects,
+                        "revoked": summary.revoked, "root": hex::encode(summary.root),
+                        "earlier_size": earlier.as_ref().map(|c| c.size),
+                        "seconds": secs, "entries_per_second": rate, "threads": threads,
+                    })
+                );
+            } else {
+                println!(
+                    "{} {} entries, {} subjects ({} revoked), root {}",
+                    good("log ok:"),
+                    summary.entries,
+                    summary.subjects,
+                    summary.revoked,
+                    hex::encode(summary.root)
+                );
+                if let Some(e) = &earlier {
+                    println!("consistent with the earlier checkpoint of size {}", e.size);
+                }
+                println!("verified in {secs:.2}s ({rate:.0} entries/s on {threads} threads)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            report_failure(&e, o.json);
+            Ok(ExitCode::from(EXIT_VERIFY_FAILED))
+        }
+    }
+}
+
+/// Prints a verification failure (stdout: it is the verdict).
+pub(crate) fn report_failure(e: &AuditError, as_json: bool) {
+    if as_json {
+        println!(
+            "{}",
+            json!({"ok": false, "code": e.code.as_str(), "index": e.index, "message": e.message})
+        );
+    } else {
+        println!("{} {e}", bad("FAILED"));
+    }
+}
+
+type Verdict = Result<(AuditSummary, String), AuditError>;
+
+fn verified_checkpoint(note: &str, key: &Did) -> Result<Checkpoint, AuditError> {
+    verify_checkpoint(note, key)
+        .map_err(|e| AuditError::new(AuditCode::BadCheckpoint, e.to_string()))
+}
+
+/// Runs the auditor on its own thread, fed chunks of entries through a
+/// channel; returns the sender and the thread.
+type AuditThread = std::thread::JoinHandle<Result<LogAuditor, AuditError>>;
+
+fn spawn_auditor(
+    mut auditor: LogAuditor,
+    total: u64,
+) -> (tokio::sync::mpsc::Sender<Vec<Vec<u8>>>, AuditThread) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Vec<u8>>>(8);
+    let handle = std::thread::spawn(move || {
+        let mut progress = Progress::new(total);
+        while let Some(chunk) = rx.blocking_recv() {
+            auditor.push(&chunk)?;
+            progress.show(auditor.size());
+        }
+        progress.done();
+        Ok(auditor)
+    });
+    (tx, handle)
+}
+
+fn joined(handle: AuditThread) -> Result<LogAuditor, AuditError> {
+    handle
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+async fn from_server(
+    server: &ServerArg,
+    key: &Did,
+    earlier: Option<&Checkpoint>,
+    threads: usize,
+) -> Result<Verdict, CliError> {
+    let mut client = super::client::connect(server).await?;
+    let note = client
+        .get_checkpoint(proto::GetCheckpointRequest {})
+        .await
+        .map_err(|s| call_failed(&s))?
+        .into_inner()
+        .checkpoint
+        .unwrap_or_default()
+        .note;
+    let cp = match verified_checkpoint(&note, key) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut auditor = LogAuditor::new(threads);
+    if let Some(old) = earlier {
+        if let Err(e) = compare_checkpoints(old, &cp) {
+            return Ok(Err(e));
+        }
+        if old.size > 0 && old.size < cp.size {
+            let proof = client
+                .get_consistency_proof(proto::GetConsistencyProofRequest {
+                    old_size: old.size,
+                    new_size: cp.size,
+                })
+                .await
+                .map_err(|s| call_failed(&s))?
+                .into_inner()
+                .proof;
+            let proof = match hashes(&proof) {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Err(e) = verify_consistency(old.size, cp.size, &old.root, &cp.root, &proof) {
+                return Ok(Err(AuditError::new(
+                    AuditCode::BadConsistencyProof,
+                    format!("from size {} to {}: {e}", old.size, cp.size),
+                )));
+            }
+        }
+        if let Err(e) = auditor.check_earlier(old) {
+            return Ok(Err(e));
+        }
+    }
+    let (tx, handle) = spawn_auditor(auditor, cp.size);
+    // Pages are fetched a few at a time, in order, while the auditor works.
+    let mut inflight = std::collections::VecDeque::new();
+    let mut next = 0u64;
+    let mut chunk: Vec<Vec<u8>> = Vec::new();
+    let mut fetch_error = None;
+    loop {
+        while inflight.len() < PAGES_IN_FLIGHT && next < cp.size {
+            let end = (next + crate::ledger::MAX_ENTRY_RANGE).min(cp.size);
+            let mut c = client.clone();
+            inflight.push_back((
+                next,
+                end,
+                tokio::spawn(async move {
+                    c.get_entries(proto::GetEntriesRequest { start: next, end })
+                        .await
+                }),
+            ));
+            next = end;
+        }
+        let Some((start, end, task)) = inflight.pop_front() else {
+            break;
+        };
+        let page = match task.await {
+            Ok(Ok(r)) => r.into_inner().entries,
+            Ok(Err(s)) => {
+                fetch_error = Some(call_failed(&s));
+                break;
+            }
+            Err(e) => {
+                fetch_error = Some(CliError::Usage(format!("fetching entries: {e}")));
+                break;
+            }
+        };
+        for (i, e) in page.iter().enumerate() {
+            if e.index != start + i as u64 {
+                drop(tx);
+                let _ = joined(handle);
+                return Ok(Err(AuditError::at(
+                    start + i as u64,
+                    AuditCode::SizeMismatch,
+                    format!("the server sent index {} in its place", e.index),
+                )));
+            }
+        }
+        if page.len() as u64 != end - start {
+            drop(tx);
+            let _ = joined(handle);
+            return Ok(Err(AuditError::at(
+                start + page.len() as u64,
+                AuditCode::SizeMismatch,
+                format!(
+                    "the server's checkpoint has {} entries, but it sent none at this index",
+                    cp.size
+                ),
+            )));
+        }
+        chunk.extend(page.into_iter().map(|e| e.envelope));
+        if chunk.len() as u64 >= CHUNK && tx.send(std::mem::take(&mut chunk)).await.is_err() {
+            break; // the auditor stopped at a failure
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.send(chunk).await;
+    }
+    drop(tx);
+    let audited = joined(handle);
+    if let Some(e) = fetch_error {
+        // A verification failure found first is the verdict; otherwise the
+        // download failed.
+        if let Err(found) = audited {
+            return Ok(Err(found));
+        }
+        return Err(e);
+    }
+    Ok(audited.and_then(|a| a.finish(&cp)).map(|s| (s, note)))
+}
+
+fn hashes(raw: &[Vec<u8>]) -> Result<Vec<crate::ledger::Hash>, AuditError> {
+    raw.iter()
+        .map(|h| {
+            h.as_slice().try_into().map_err(|_| {
+                AuditError::new(
+                    AuditCode::BadConsistencyProof,
+                    format!("a proof hash is {} bytes, not 32", h.len()),
+                )
+            })
+        })
+        .collect()
+}
+
+fn from_data_dir(
+    dir: &Path,
+    key: &Did,
+    earlier: Option<&Checkpoint>,
+    threads: usize,
+) -> Result<Verdict, CliError> {
+    let stored = StoredLog::open(dir).map_err(|e| CliError::Usage(e.to_string()))?;
+    let cp = match verified_checkpoint(&stored.checkpoint, key) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut auditor = LogAuditor::new(threads);
+    if let Some(old) = earlier {
+        if let Err(e) = compare_checkpoints(old, &cp).and_then(|()| auditor.check_earlier(old)) {
+            return Ok(Err(e));
+        }
+    }
+    let mut progress = Progress::new(cp.size);
+    let mut start = 0;
+    while start < cp.size {
+        let end = (start + CHUNK).min(cp.size);
+        let chunk = match stored.entries(start, end) {
+            Ok(c) => c,
+            Err(e) => {
+                let missing = e.to_string();
+                return Ok(Err(AuditError::at(start, AuditCode::SizeMismatch, missing)));
+            }
+        };
+        if let Err(e) = auditor.push(&chunk) {
+            progress.done();
+            return Ok(Err(e));
+        }
+        progress.show(end);
+        start = end;
+    }
+    progress.done();
+    let summary = match auditor.finish(&cp) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e)),
+    };
+    let note = stored.checkpoint.clone();
+    let origin = stored.origin.clone();
+    drop(stored);
+    // The entries are sound; now the indexes the server serves from
+    // (spec/ledger.md, "Audit").
+    let ledger = crate::ledger::Ledger::open(crate::ledger::LedgerConfig::new(dir, origin))
+        .and_then(|l| {
+            let r = l.audit();
+            l.close();
+            r
+        });
+    if let Err(e) = ledger {
+        return Ok(Err(AuditError::new(
+            AuditCode::StoreIntegrity,
+            e.to_string(),
+        )));
+    }
+    Ok(Ok((summary, note)))
+}

@@ -1,0 +1,92 @@
+//! A stopped server's data dir, read for an audit: the stored checkpoint
+//! and the entries, nothing else trusted and nothing written.
+
+use std::path::Path;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+
+use super::error::{LedgerError, LedgerErrorCode};
+use super::layout::{Ks, META_CHECKPOINT, META_ORIGIN, u64_key};
+
+/// A data dir opened for reading its log.
+pub struct StoredLog {
+    // Kept open for the keyspaces' lifetime.
+    _db: Database,
+    entries: Keyspace,
+    /// The newest signed checkpoint as stored (not yet verified).
+    pub checkpoint: String,
+    /// The origin the data dir was created for.
+    pub origin: String,
+}
+
+impl StoredLog {
+    /// Opens `<data_dir>/db`. The server must be stopped: fjall allows one
+    /// process at a time.
+    ///
+    /// # Errors
+    /// `config` if there is no database there; `storage`; `integrity` if
+    /// no readable checkpoint is stored.
+    pub fn open(data_dir: &Path) -> Result<StoredLog, LedgerError> {
+        let path = data_dir.join("db");
+        if !path.is_dir() {
+            return Err(LedgerError::new(
+                LedgerErrorCode::Config,
+                format!("{} holds no pulse-ledger database", data_dir.display()),
+            ));
+        }
+        let db = Database::builder(&path)
+            .open()
+            .map_err(|e| LedgerError::storage("opening the database", e))?;
+        let open = |k: Ks| {
+            db.keyspace(k.name(), KeyspaceCreateOptions::default)
+                .map_err(|e| LedgerError::storage("opening keyspaces", e))
+        };
+        let (entries, meta) = (open(Ks::Entries)?, open(Ks::Meta)?);
+        let text = |key: &[u8], what: &str| -> Result<String, LedgerError> {
+            meta.get(key)
+                .map_err(|e| LedgerError::storage("read", e))?
+                .and_then(|v| String::from_utf8(v.to_vec()).ok())
+                .ok_or_else(|| {
+                    LedgerError::new(
+                        LedgerErrorCode::Integrity,
+                        format!("no readable {what} is stored"),
+                    )
+                })
+        };
+        let checkpoint = text(META_CHECKPOINT, "signed checkpoint")?;
+        let origin = text(META_ORIGIN, "origin")?;
+        Ok(StoredLog {
+            _db: db,
+            entries,
+            checkpoint,
+            origin,
+        })
+    }
+
+    /// The entries at indexes `start..end`, in order. A missing index is
+    /// `integrity`, naming it.
+    ///
+    /// # Errors
+    /// `storage`, `integrity`.
+    pub fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
+        let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
+        let mut expect = start;
+        for kv in self.entries.range(u64_key(start)..u64_key(end)) {
+            let (k, v) = kv
+                .into_inner()
+                .map_err(|e| LedgerError::storage("read", e))?;
+            if k.as_ref() != u64_key(expect) {
+                break;
+            }
+            out.push(v.to_vec());
+            expect += 1;
+        }
+        if expect != end {
+            return Err(LedgerError::new(
+                LedgerErrorCode::Integrity,
+                format!("entry {expect} is missing from the data dir"),
+            ));
+        }
+        Ok(out)
+    }
+}

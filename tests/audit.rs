@@ -1,0 +1,425 @@
+//! The verification CLI against real logs: `verify log` from a server and
+//! from a data dir, tampering on disk, forked histories.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure report
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use common::{Key, handler_register, key, next, plugin_register, tempdir, update_handler};
+use pulse_ledger::Action;
+use pulse_ledger::audit::{AuditCode, LogAuditor};
+use pulse_ledger::ledger::{Ledger, LedgerConfig, verify_checkpoint};
+
+const ORIGIN: &str = "audit.test/log";
+
+/// Fills a new data dir with `n` handlers of one plugin, some updated,
+/// rotated and revoked; returns the log's DID.
+fn fill(dir: &Path, label: &str, n: usize) -> String {
+    let ledger = Ledger::open(LedgerConfig::new(dir, ORIGIN)).unwrap();
+    let p = key(&format!("{label}-plugin"));
+    ledger
+        .append(plugin_register(&p, "tools").envelope())
+        .unwrap();
+    for i in 0..n {
+        let h = key(&format!("{label}-h{i}"));
+        let h0 = handler_register(&h, "echo", &p.did);
+        ledger.append(h0.envelope()).unwrap();
+        if i % 3 == 0 {
+            let h1 = update_handler(&h0, &h, "echo", &p.did, "1.1.0");
+            ledger.append(h1.envelope()).unwrap();
+        }
+        if i % 5 == 0 {
+            let k2 = key(&format!("{label}-h{i}-2"));
+            let rot = next(
+                &h0,
+                &h,
+                Action::Rotate {
+                    new_key: k2.did.clone(),
+                },
+                Some(&k2),
+            );
+            if i % 3 != 0 {
+                ledger.append(rot.envelope()).unwrap();
+                let rev = next(&rot, &k2, Action::Revoke { reason: None }, None);
+                ledger.append(rev.envelope()).unwrap();
+            }
+        }
+    }
+    let did = ledger.log_did().to_string();
+    ledger.close();
+    did
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_str(stdout(o).trim())
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(o), String::from_utf8_lossy(&o.stderr)))
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--log-name", ORIGIN])
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let addr = first.split_whitespace().nth(3).unwrap().to_owned();
+        Server {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    fn stop(mut self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_whole_log_verifies_from_a_server_and_from_its_data_dir() {
+    let dir = tempdir("audit-ok");
+    let did = fill(&dir, "ok", 40);
+    let cp = dir.join("seen.cp");
+    let server = Server::start(&dir);
+    let o = cli(&[
+        "verify",
+        "log",
+        "--server",
+        &server.url,
+        "--log-key",
+        &did,
+        "--save-checkpoint",
+        cp.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let v = json(&o);
+    // 1 plugin + 40 handlers + 14 updates + 5 × (rotation + revoke).
+    let entries = 1 + 40 + 14 + 2 * 5;
+    assert_eq!(
+        (
+            v["entries"].as_u64(),
+            v["subjects"].as_u64(),
+            v["revoked"].as_u64()
+        ),
+        (Some(entries), Some(41), Some(5))
+    );
+    let saved = std::fs::read_to_string(&cp).unwrap();
+    let checkpoint = verify_checkpoint(&saved, &pulse_ledger::Did::parse(&did).unwrap()).unwrap();
+    assert_eq!(checkpoint.size, entries);
+    assert_eq!(hex::encode(checkpoint.root), v["root"].as_str().unwrap());
+
+    // The log grows; the next audit starts from the saved checkpoint.
+    let more = cli(&["submit", "--server", &server.url, &{
+        let f = dir.join("late.att");
+        std::fs::write(&f, plugin_register(&key("ok-late"), "late").envelope()).unwrap();
+        f.display().to_string()
+    }]);
+    assert!(more.status.success());
+    let o = cli(&[
+        "verify",
+        "log",
+        "--server",
+        &server.url,
+        "--log-key",
+        &did,
+        "--since-checkpoint",
+        cp.to_str().unwrap(),
+    ]);
+    let text = stdout(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains(&format!("{} entries", entries + 1)), "{text}");
+    assert!(
+        text.contains(&format!("earlier checkpoint of size {entries}")),
+        "{text}"
+    );
+
+    // The wrong log key: the checkpoint does not verify.
+    let o = cli(&[
+        "verify",
+        "log",
+        "--server",
+        &server.url,
+        "--log-key",
+        &key("not-the-log").did.to_string(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(json(&o)["code"], "bad_checkpoint");
+    server.stop();
+
+    // The stopped server's data dir, read directly.
+    let o = cli(&[
+        "verify",
+        "log",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--log-key",
+        &did,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert_eq!(json(&o)["entries"].as_u64(), Some(entries + 1));
+
+    // No server there: exit 3.
+    let o = cli(&[
+        "verify",
+        "log",
+        "--server",
+        "http://127.0.0.1:9",
+        "--log-key",
+        &did,
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Replaces the stored entry at `index` (the server is stopped).
+fn edit_entry(dir: &Path, index: u64, bytes: &[u8]) {
+    let db = fjall::Database::builder(dir.join("db")).open().unwrap();
+    let entries = db
+        .keyspace("entries", fjall::KeyspaceCreateOptions::default)
+        .unwrap();
+    entries.insert(index.to_be_bytes(), bytes).unwrap();
+    db.persist(fjall::PersistMode::SyncAll).unwrap();
+}
+
+#[test]
+fn an_entry_edited_on_disk_is_named_by_index() {
+    let dir = tempdir("audit-edit");
+    let did = fill(&dir, "edit", 12);
+    let ledger = Ledger::open(LedgerConfig::new(&dir, ORIGIN)).unwrap();
+    let original = ledger.entry(7).unwrap();
+    ledger.close();
+    drop(ledger);
+    // One flipped bit in the signature: the attestation no longer verifies.
+    let mut flipped = original.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    edit_entry(&dir, 7, &flipped);
+    let o = cli(&[
+        "verify",
+        "log",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--log-key",
+        &did,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let v = json(&o);
+    assert_eq!(
+        (v["index"].as_u64(), v["code"].as_str()),
+        (Some(7), Some("bad_signature"))
+    );
+    let text = stdout(&cli(&[
+        "verify",
+        "log",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--log-key",
+        &did,
+    ]));
+    assert!(text.starts_with("FAILED entry 7: bad_signature"), "{text}");
+
+    // A valid attestation put in another's place: the root no longer
+    // matches the signed checkpoint (chain rules may fail first).
+    let stranger = plugin_register(&key("edit-stranger"), "x");
+    edit_entry(&dir, 7, stranger.envelope());
+    let v = json(&cli(&[
+        "verify",
+        "log",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--log-key",
+        &did,
+        "--json",
+    ]));
+    assert_eq!(v["ok"], false);
+    assert!(
+        ["root_mismatch", "seq_gap", "prev_mismatch"].contains(&v["code"].as_str().unwrap()),
+        "{v}"
+    );
+    // Put back: clean again, indexes included.
+    edit_entry(&dir, 7, &original);
+    let o = cli(&[
+        "verify",
+        "log",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--log-key",
+        &did,
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+}
+
+/// Two data dirs under the same log key with different histories: the
+/// operator rewrote the log.
+fn forked(label: &str) -> (PathBuf, PathBuf, String) {
+    let a = tempdir(&format!("{label}-a"));
+    let did = fill(&a, &format!("{label}-a"), 10);
+    let b = tempdir(&format!("{label}-b"));
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::copy(a.join("log.key"), b.join("log.key")).unwrap();
+    (a, b, did)
+}
+
+#[test]
+fn a_forked_or_shrunk_history_is_reported_against_a_saved_checkpoint() {
+    let (a, b, did) = forked("audit-fork");
+    let cp = a.join("seen.cp");
+    let o = cli(&[
+        "verify",
+        "log",
+        "--data-dir",
+        a.to_str().unwrap(),
+        "--log-key",
+        &did,
+        "--save-checkpoint",
+        cp.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let size_a = verify_checkpoint(
+        &std::fs::read_to_string(&cp).unwrap(),
+        &pulse_ledger::Did::parse(&did).unwrap(),
+    )
+    .unwrap()
+    .size;
+
+    // Same key, other entries, same size: a fork.
+    assert_eq!(fill(&b, "audit-fork-b", 10), did);
+    let server = Server::start(&b);
+    let v = json(&cli(&[
+        "verify",
+        "log",
+        "--server",
+        &server.url,
+        "--log-key",
+        &did,
+        "--since-checkpoint",
+        cp.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(v["code"], "fork", "{v}");
+    server.stop();
+
+    // A smaller tree after a larger one.
+    let c = tempdir("audit-fork-c");
+    std::fs::create_dir_all(&c).unwrap();
+    std::fs::copy(a.join("log.key"), c.join("log.key")).unwrap();
+    fill(&c, "audit-fork-a", 3);
+    let server = Server::start(&c);
+    let o = cli(&[
+        "verify",
+        "log",
+        "--server",
+        &server.url,
+        "--log-key",
+        &did,
+        "--since-checkpoint",
+        cp.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(json(&o)["code"], "log_shrank");
+    server.stop();
+
+    // A longer history whose prefix differs from the saved one.
+    let d = tempdir("audit-fork-d");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::copy(a.join("log.key"), d.join("log.key")).unwrap();
+    fill(&d, "audit-fork-d", 20);
+    let v = json(&cli(&[
+        "verify",
+        "log",
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--log-key",
+        &did,
+        "--since-checkpoint",
+        cp.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!(v["code"], "fork", "{v}");
+    assert!(size_a > 0);
+}
+
+#[test]
+fn the_auditor_applies_chain_rules_across_the_whole_log() {
+    let p: Key = key("rules-p");
+    let h = key("rules-h");
+    let p0 = plugin_register(&p, "tools");
+    let h0 = handler_register(&h, "echo", &p.did);
+    let h1 = update_handler(&h0, &h, "echo", &p.did, "2.0.0");
+    // h1 before h0 breaks the chain where h1 is met.
+    let mut a = LogAuditor::new(2);
+    let e = a
+        .push(&[p0.envelope().to_vec(), h1.envelope().to_vec()])
+        .unwrap_err();
+    assert_eq!((e.index, e.code.as_str()), (Some(1), "not_genesis"));
+    // Duplicate genesis.
+    let mut a = LogAuditor::new(1);
+    let e = a
+        .push(&[h0.envelope().to_vec(), h0.envelope().to_vec()])
+        .unwrap_err();
+    assert_eq!(e.index, Some(1));
+    assert!(matches!(e.code, AuditCode::Attestation(_)));
+    // In order: fine, and many more in parallel batches with one bad
+    // signature deep inside is found at its index.
+    let mut envs = vec![
+        p0.envelope().to_vec(),
+        h0.envelope().to_vec(),
+        h1.envelope().to_vec(),
+    ];
+    for i in 0..500 {
+        envs.push(
+            plugin_register(&key(&format!("rules-many-{i}")), "m")
+                .envelope()
+                .to_vec(),
+        );
+    }
+    let last = envs[321].len() - 1;
+    envs[321][last] ^= 0x40;
+    let mut a = LogAuditor::new(2);
+    let e = a.push(&envs).unwrap_err();
+    assert_eq!((e.index, e.code.as_str()), (Some(321), "bad_signature"));
+}
