@@ -423,3 +423,92 @@ fn the_auditor_applies_chain_rules_across_the_whole_log() {
     let e = a.push(&envs).unwrap_err();
     assert_eq!((e.index, e.code.as_str()), (Some(321), "bad_signature"));
 }
+
+#[test]
+fn bundles_verify_offline_and_every_byte_flip_is_rejected() {
+    let dir = tempdir("audit-bundle");
+    let did = fill(&dir, "bundle", 12);
+    let log = pulse_ledger::Did::parse(&did).unwrap();
+    let server = Server::start(&dir);
+    // Handler 5 was registered, rotated and revoked.
+    let subject = key("bundle-h5").did.to_string();
+    let out = dir.join("h5.bundle");
+    let o = cli(&[
+        "bundle",
+        "export",
+        &subject,
+        "--server",
+        &server.url,
+        "--out",
+        out.to_str().unwrap(),
+        "--log-key",
+        &did,
+    ]);
+    assert!(
+        o.status.success(),
+        "{}{}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    server.stop();
+
+    // Offline: no server running.
+    let o = cli(&["verify", "bundle", out.to_str().unwrap(), "--log-key", &did]);
+    let text = stdout(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(text.contains("bundle ok: 3 statements"), "{text}");
+    assert!(text.contains("revoked  yes"), "{text}");
+    let v = json(&cli(&[
+        "verify",
+        "bundle",
+        out.to_str().unwrap(),
+        "--log-key",
+        &did,
+        "--json",
+    ]));
+    assert_eq!(
+        (v["ok"].as_bool(), v["statements"].as_u64()),
+        (Some(true), Some(3))
+    );
+
+    let bytes = std::fs::read(&out).unwrap();
+    let report = pulse_ledger::audit::verify_bundle(&bytes, &log).unwrap();
+    assert!(report.state.revoked);
+    // Another log's key: refused before anything else.
+    let other = key("bundle-other-log").did;
+    assert_eq!(
+        pulse_ledger::audit::verify_bundle(&bytes, &other)
+            .unwrap_err()
+            .code
+            .as_str(),
+        "wrong_log_key"
+    );
+    // Every byte, two different flips each: always refused, always with a
+    // named rule.
+    let mut codes = std::collections::BTreeMap::new();
+    for i in 0..bytes.len() {
+        for mask in [0x01u8, 0x80] {
+            let mut t = bytes.clone();
+            t[i] ^= mask;
+            let e = pulse_ledger::audit::verify_bundle(&t, &log)
+                .expect_err(&format!("byte {i} ^ {mask:#x} was accepted"));
+            *codes.entry(e.code.as_str()).or_insert(0) += 1;
+        }
+    }
+    for expected in ["bundle_encoding", "bad_checkpoint", "bad_inclusion_proof"] {
+        assert!(codes.contains_key(expected), "{codes:?}");
+    }
+    // Truncated and extended bundles too.
+    for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+        assert!(pulse_ledger::audit::verify_bundle(&bytes[..cut], &log).is_err());
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_eq!(
+        pulse_ledger::audit::verify_bundle(&longer, &log)
+            .unwrap_err()
+            .code
+            .as_str(),
+        "bundle_encoding"
+    );
+}

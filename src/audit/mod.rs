@@ -5,8 +5,12 @@
 
 mod auditor;
 mod batch;
+mod bundle;
 mod error;
 
 pub use auditor::{AuditSummary, LogAuditor, compare_checkpoints};
 pub use batch::{available_threads, verify_all, verify_parallel};
+pub use bundle::{
+    BUNDLE_VERSION, Bundle, BundleEntry, BundleReport, MAX_BUNDLE_BYTES, verify_bundle,
+};
 pub use error::{AuditCode, AuditError};

@@ -5,6 +5,7 @@
 
 mod audit;
 mod author;
+mod bundle;
 mod client;
 mod error;
 mod files;
@@ -73,6 +74,9 @@ enum Command {
     /// Jobs on a server: submit, get, list, watch, cancel.
     #[command(subcommand)]
     Job(jobs::JobCmd),
+    /// Offline bundles of a subject's chain with inclusion proofs.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCmd),
     /// Per-handler cost budgets on a server: show, set.
     #[command(subcommand)]
     Budget(jobs::BudgetCmd),
@@ -93,6 +97,7 @@ impl Cli {
             Command::Log(c) => client::log(c),
             Command::Job(c) => jobs::job(c),
             Command::Budget(c) => jobs::budget(c),
+            Command::Bundle(c) => bundle::run(c),
         };
         match result {
             Ok(code) => code,

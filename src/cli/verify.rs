@@ -49,6 +49,29 @@ the rule's code (spec/attestation.md lists every code); exit status 1.")]
         #[arg(long)]
         json: bool,
     },
+    /// Verify an offline bundle (from `bundle export`) with no network:
+    /// every signature, every chain rule, every inclusion proof and the
+    /// checkpoint's signature; print the subject's final state.
+    #[command(after_help = "\
+Examples:
+  pulse-ledger verify bundle h.bundle --log-key did:key:z6Mk...
+  pulse-ledger verify bundle h.bundle --log-key log.did --json
+
+Prints `bundle ok: …` and the state, or `FAILED entry N: CODE: message`
+(spec/audit.md lists the codes); exit status 1 on failure. A bundle proves
+its statements are in the log at its checkpoint; it cannot prove that no
+later statement (say a revoke) exists: check freshness with a newer
+checkpoint or `monitor`.")]
+    Bundle {
+        /// The bundle file.
+        file: PathBuf,
+        /// The log's key: a did:key, or a file holding one.
+        #[arg(long, value_name = "DID|FILE")]
+        log_key: String,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Audit a whole log: download every entry (or read a stopped server's
     /// data dir), re-verify every attestation and chain rule on every core,
     /// recompute the Merkle root and check it against the signed
@@ -92,6 +115,11 @@ pub(crate) fn run(target: Target) -> Result<ExitCode, CliError> {
     match target {
         Target::Attestation { files, json } => attestations(&files, json),
         Target::Chain { files, json } => chain(&files, json),
+        Target::Bundle {
+            file,
+            log_key,
+            json,
+        } => super::bundle::verify_file(&file, &log_key, json),
         Target::Log {
             server,
             data_dir,
@@ -222,7 +250,7 @@ fn chain(paths: &[PathBuf], as_json: bool) -> Result<ExitCode, CliError> {
     }
 }
 
-fn print_state(state: &ChainState) {
+pub(crate) fn print_state(state: &ChainState) {
     println!("subject  {}", state.subject);
     println!("family   {}", state.family.as_str());
     println!("key      {}", state.key);
