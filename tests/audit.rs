@@ -512,3 +512,149 @@ fn bundles_verify_offline_and_every_byte_flip_is_rejected() {
         "bundle_encoding"
     );
 }
+
+#[test]
+fn single_proofs_verify_from_a_server_and_from_files() {
+    let dir = tempdir("audit-proofs");
+    let did = fill(&dir, "proofs", 6);
+    let server = Server::start(&dir);
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let old_cp = p("old.cp");
+    let o = cli(&["log", "checkpoint", "--server", &server.url]);
+    std::fs::write(&old_cp, &o.stdout).unwrap();
+    // An attestation logged after the old checkpoint.
+    let att = p("late.att");
+    std::fs::write(
+        &att,
+        plugin_register(&key("proofs-late"), "late").envelope(),
+    )
+    .unwrap();
+    assert!(
+        cli(&["submit", "--server", &server.url, &att])
+            .status
+            .success()
+    );
+
+    let o = cli(&[
+        "verify",
+        "inclusion",
+        "--attestation",
+        &att,
+        "--server",
+        &server.url,
+        "--log-key",
+        &did,
+        "--save-proof",
+        &p("late.proof"),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let v = json(&o);
+    assert_eq!(v["index"].as_u64(), v["tree_size"].as_u64().map(|s| s - 1));
+    let o = cli(&[
+        "verify",
+        "consistency",
+        "--old",
+        &old_cp,
+        "--server",
+        &server.url,
+        "--log-key",
+        &did,
+        "--save-proof",
+        &p("c.proof"),
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let new_cp = p("new.cp");
+    std::fs::write(
+        &new_cp,
+        cli(&["log", "checkpoint", "--server", &server.url]).stdout,
+    )
+    .unwrap();
+    server.stop();
+
+    // Offline, from the files.
+    let o = cli(&[
+        "verify",
+        "inclusion",
+        "--attestation",
+        &att,
+        "--proof",
+        &p("late.proof"),
+        "--log-key",
+        &did,
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    let o = cli(&[
+        "verify",
+        "consistency",
+        "--old",
+        &old_cp,
+        "--new",
+        &new_cp,
+        "--proof",
+        &p("c.proof"),
+        "--log-key",
+        &did,
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+
+    // Another attestation with this proof; a tampered consistency proof.
+    let other = p("other.att");
+    std::fs::write(
+        &other,
+        plugin_register(&key("proofs-other"), "o").envelope(),
+    )
+    .unwrap();
+    let v = json(&cli(&[
+        "verify",
+        "inclusion",
+        "--attestation",
+        &other,
+        "--proof",
+        &p("late.proof"),
+        "--log-key",
+        &did,
+        "--json",
+    ]));
+    assert_eq!(v["code"], "bad_inclusion_proof");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("c.proof")).unwrap()).unwrap();
+    let first = c["proof"][0].as_str().unwrap().to_owned();
+    let flipped = format!(
+        "{}{}",
+        if first.starts_with('0') { "1" } else { "0" },
+        &first[1..]
+    );
+    c["proof"][0] = serde_json::Value::String(flipped);
+    std::fs::write(p("bad.proof"), c.to_string()).unwrap();
+    let o = cli(&[
+        "verify",
+        "consistency",
+        "--old",
+        &old_cp,
+        "--new",
+        &new_cp,
+        "--proof",
+        &p("bad.proof"),
+        "--log-key",
+        &did,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(json(&o)["code"], "bad_consistency_proof");
+    // Old and new swapped: the log would have shrunk.
+    let v = json(&cli(&[
+        "verify",
+        "consistency",
+        "--old",
+        &new_cp,
+        "--new",
+        &old_cp,
+        "--proof",
+        &p("c.proof"),
+        "--log-key",
+        &did,
+        "--json",
+    ]));
+    assert_eq!(v["code"], "log_shrank", "{v}");
+}

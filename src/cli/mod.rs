@@ -14,6 +14,7 @@ mod jobs;
 
 mod keygen;
 mod output;
+mod proofs;
 mod serve;
 mod verify;
 

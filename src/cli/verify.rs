@@ -72,6 +72,77 @@ checkpoint or `monitor`.")]
         #[arg(long)]
         json: bool,
     },
+    /// Check that an entry is in the log: an inclusion proof against a
+    /// checkpoint signed by the log key, from a server or a proof file.
+    #[command(after_help = "\
+Examples:
+  pulse-ledger verify inclusion --attestation h0.att --log-key did:key:z6Mk... \\
+      --server http://127.0.0.1:7300 --save-proof h0.proof
+  pulse-ledger verify inclusion --attestation h0.att --proof h0.proof --log-key log.did
+  pulse-ledger verify inclusion --index 42 --log-key did:key:z6Mk... --json
+
+A proof file is JSON: {\"v\": 1, \"index\", \"path\": [hex], \"checkpoint\": note}
+(spec/audit.md). Exit status 1 if the proof does not verify.")]
+    Inclusion {
+        /// The attestation file the proof is about.
+        #[arg(long, value_name = "FILE")]
+        attestation: Option<PathBuf>,
+        /// Ask the server about this log index instead (the leaf hash is
+        /// then the server's, and is printed).
+        #[arg(long, value_name = "N", conflicts_with = "proof")]
+        index: Option<u64>,
+        /// Fetch the proof from this server [default: $PULSE_LEDGER_SERVER
+        /// or http://127.0.0.1:7300].
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Read the proof from this file instead of a server.
+        #[arg(long, value_name = "FILE", conflicts_with = "server")]
+        proof: Option<PathBuf>,
+        /// Also write the proof to this file, for offline checks.
+        #[arg(long, value_name = "FILE")]
+        save_proof: Option<PathBuf>,
+        /// The log's key: a did:key, or a file holding one.
+        #[arg(long, value_name = "DID|FILE")]
+        log_key: String,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that a log only grew between two checkpoints: a consistency
+    /// proof between them, from a server or a proof file.
+    #[command(after_help = "\
+Examples:
+  pulse-ledger verify consistency --old seen.cp --log-key did:key:z6Mk... \\
+      --server http://127.0.0.1:7300
+  pulse-ledger verify consistency --old seen.cp --new now.cp --proof c.proof --log-key log.did
+
+Checkpoint files hold a signed note as the server sent it (`log checkpoint`
+prints one). A proof file is JSON: {\"v\": 1, \"old_size\", \"new_size\",
+\"proof\": [hex]}. Reports fork (same size, other root), log_shrank or
+bad_consistency_proof; exit status 1 then.")]
+    Consistency {
+        /// The earlier checkpoint (a signed note file).
+        #[arg(long, value_name = "FILE")]
+        old: PathBuf,
+        /// The later checkpoint; default: the server's newest.
+        #[arg(long, value_name = "FILE")]
+        new: Option<PathBuf>,
+        /// Fetch the proof (and the newest checkpoint) from this server.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// Read the proof from this file instead of a server.
+        #[arg(long, value_name = "FILE", conflicts_with = "server")]
+        proof: Option<PathBuf>,
+        /// Also write the proof to this file.
+        #[arg(long, value_name = "FILE")]
+        save_proof: Option<PathBuf>,
+        /// The log's key: a did:key, or a file holding one.
+        #[arg(long, value_name = "DID|FILE")]
+        log_key: String,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Audit a whole log: download every entry (or read a stopped server's
     /// data dir), re-verify every attestation and chain rule on every core,
     /// recompute the Merkle root and check it against the signed
@@ -120,6 +191,40 @@ pub(crate) fn run(target: Target) -> Result<ExitCode, CliError> {
             log_key,
             json,
         } => super::bundle::verify_file(&file, &log_key, json),
+        Target::Inclusion {
+            attestation,
+            index,
+            server,
+            proof,
+            save_proof,
+            log_key,
+            json,
+        } => super::proofs::inclusion(super::proofs::InclusionArgs {
+            log_key,
+            attestation,
+            index,
+            server,
+            proof,
+            save_proof,
+            json,
+        }),
+        Target::Consistency {
+            old,
+            new,
+            server,
+            proof,
+            save_proof,
+            log_key,
+            json,
+        } => super::proofs::consistency(super::proofs::ConsistencyArgs {
+            log_key,
+            old,
+            new,
+            server,
+            proof,
+            save_proof,
+            json,
+        }),
         Target::Log {
             server,
             data_dir,
