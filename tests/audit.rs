@@ -658,3 +658,160 @@ fn single_proofs_verify_from_a_server_and_from_files() {
     ]));
     assert_eq!(v["code"], "log_shrank", "{v}");
 }
+
+fn lines(o: &Output) -> Vec<serde_json::Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn the_monitor_reports_watched_statements_equivocations_and_forks_and_resumes() {
+    let dir = tempdir("audit-monitor");
+    let did = fill(&dir, "mon", 8);
+    let state = dir.join("monitor.json");
+    let (h3, h5) = (key("mon-h3"), key("mon-h5"));
+    let server = Server::start(&dir);
+    let monitor = |url: &str, extra: &[&str]| {
+        let mut args = vec![
+            "monitor",
+            "--server",
+            url,
+            "--log-key",
+            &did,
+            "--state",
+            state.to_str().unwrap(),
+            "--once",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+    let watch3 = h3.did.to_string();
+    let watch5 = h5.did.to_string();
+    // First run: reads the log from the start; h5's three statements.
+    let o = monitor(&server.url, &["--watch", &watch5]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = lines(&o);
+    let seqs: Vec<u64> = out
+        .iter()
+        .filter(|l| l["type"] == "statement")
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![0, 1, 2], "{out:?}");
+    assert_eq!(out.last().unwrap()["type"], "checkpoint");
+
+    // A new statement about a newly watched identity; the restart does not
+    // re-read or re-report the old ones.
+    let p = key("mon-plugin");
+    let h3_0 = handler_register(&h3, "echo", &p.did);
+    let h3_1 = update_handler(&h3_0, &h3, "echo", &p.did, "1.1.0");
+    let h3_2 = update_handler(&h3_1, &h3, "echo", &p.did, "3.0.0");
+    let f = dir.join("h3-2.att");
+    std::fs::write(&f, h3_2.envelope()).unwrap();
+    assert!(
+        cli(&["submit", "--server", &server.url, f.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let o = monitor(
+        &server.url,
+        &["--watch", &watch5, "--watch", &watch3, "--exit-on-alert"],
+    );
+    assert_eq!(o.status.code(), Some(1), "a report with --exit-on-alert");
+    let out = lines(&o);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(
+        (
+            out[0]["subject"].as_str(),
+            out[0]["seq"].as_u64(),
+            out[0]["kind"].as_str()
+        ),
+        (Some(watch3.as_str()), Some(2), Some("handler.update"))
+    );
+    let o = monitor(&server.url, &["--watch", &watch5, "--watch", &watch3]);
+    assert_eq!(lines(&o).len(), 1, "nothing new: only the checkpoint line");
+
+    // The same key signs a second seq 2: the log refuses it and keeps the
+    // evidence; the monitor reports it once.
+    let twin = update_handler(&h3_1, &h3, "echo", &p.did, "3.0.1");
+    let f = dir.join("twin.att");
+    std::fs::write(&f, twin.envelope()).unwrap();
+    assert_eq!(
+        cli(&["submit", "--server", &server.url, f.to_str().unwrap()])
+            .status
+            .code(),
+        Some(1)
+    );
+    let out = lines(&monitor(&server.url, &["--watch", &watch3]));
+    let alerts: Vec<_> = out.iter().filter(|l| l["type"] == "alert").collect();
+    assert_eq!(alerts.len(), 1, "{out:?}");
+    assert_eq!(alerts[0]["code"], "equivocation");
+    assert!(
+        lines(&monitor(&server.url, &["--watch", &watch3]))
+            .iter()
+            .all(|l| l["type"] != "alert")
+    );
+    server.stop();
+
+    // The operator forks the log: two copies of the data dir, each given
+    // one more entry. The monitor follows one; the other has a checkpoint
+    // of the same size with another root.
+    let fork = tempdir("audit-monitor-fork2");
+    std::fs::create_dir_all(&fork).unwrap();
+    assert!(
+        Command::new("cp")
+            .args([
+                "-r",
+                &format!("{}/.", dir.display()),
+                fork.to_str().unwrap()
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for (d, label) in [(&dir, "mon-x"), (&fork, "mon-y")] {
+        let ledger = Ledger::open(LedgerConfig::new(d, ORIGIN)).unwrap();
+        ledger
+            .append(plugin_register(&key(label), "x").envelope())
+            .unwrap();
+        ledger.close();
+    }
+    let server = Server::start(&dir);
+    assert!(
+        monitor(&server.url, &["--watch", &watch3, "--exit-on-alert"])
+            .status
+            .success()
+    );
+    server.stop();
+    let server = Server::start(&fork);
+    let o = monitor(&server.url, &["--watch", &watch3, "--exit-on-alert"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(lines(&o)[0]["code"], "fork", "{}", stdout(&o));
+    server.stop();
+
+    // A server with the same key and a shorter history: the monitor's saved
+    // checkpoint catches it too.
+    let other = tempdir("audit-monitor-fork");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(dir.join("log.key"), other.join("log.key")).unwrap();
+    fill(&other, "mon-other", 3);
+    let server = Server::start(&other);
+    let o = monitor(&server.url, &["--watch", &watch3, "--exit-on-alert"]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = lines(&o);
+    assert_eq!(out[0]["type"], "alert");
+    assert_eq!(out[0]["code"], "log_shrank", "{out:?}");
+    server.stop();
+    // Nothing was learned from the bad server: the state still holds the
+    // real log's checkpoint.
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let cp = verify_checkpoint(
+        saved["checkpoint"].as_str().unwrap(),
+        &pulse_ledger::Did::parse(&did).unwrap(),
+    )
+    .unwrap();
+    assert!(cp.size > 3);
+}

@@ -13,6 +13,7 @@ mod inspect;
 mod jobs;
 
 mod keygen;
+mod monitor;
 mod output;
 mod proofs;
 mod serve;
@@ -75,6 +76,25 @@ enum Command {
     /// Jobs on a server: submit, get, list, watch, cancel.
     #[command(subcommand)]
     Job(jobs::JobCmd),
+    /// Follow a log: verify every new entry and checkpoint, report what
+    /// concerns watched identities, equivocations and inconsistent
+    /// checkpoints.
+    #[command(after_help = "\
+Examples:
+  pulse-ledger monitor --server http://127.0.0.1:7300 --log-key did:key:z6Mk... \\
+      --watch did:key:z6MkHandler... --state monitor.json
+  pulse-ledger monitor --log-key log.did --watch did:key:z6Mk... --state m.json --once --json
+  pulse-ledger monitor --log-key log.did --watch did:key:z6Mk... --exit-on-alert
+
+Reports one line each (JSON lines with --json, spec/audit.md gives the
+schema): `statement` for every new statement about a watched identity, and
+`ALERT CODE` for an invalid entry, an equivocation, a checkpoint that is not
+consistent with the last verified one (fork, log_shrank,
+bad_consistency_proof), or entries that do not match their checkpoint. The
+state file keeps the last verified checkpoint and tree edge, so a restart
+continues where it stopped. Exit status: 1 at the first report with
+--exit-on-alert, 3 if the server cannot be reached, 0 after --once.")]
+    Monitor(monitor::Args),
     /// Offline bundles of a subject's chain with inclusion proofs.
     #[command(subcommand)]
     Bundle(bundle::BundleCmd),
@@ -99,6 +119,7 @@ impl Cli {
             Command::Job(c) => jobs::job(c),
             Command::Budget(c) => jobs::budget(c),
             Command::Bundle(c) => bundle::run(c),
+            Command::Monitor(a) => monitor::run(a.into_options()),
         };
         match result {
             Ok(code) => code,
