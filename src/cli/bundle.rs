@@ -43,6 +43,9 @@ written and the exit status is 1.")]
         /// bundle against before writing it.
         #[arg(long, value_name = "DID|FILE")]
         log_key: Option<String>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -52,6 +55,7 @@ pub(crate) fn run(cmd: BundleCmd) -> Result<ExitCode, CliError> {
         server,
         out,
         log_key: key_arg,
+        json: as_json,
     } = cmd;
     let subject = Did::parse(&did).map_err(|e| CliError::Usage(format!("DID: {e}")))?;
     let trusted = key_arg.as_deref().map(log_key).transpose()?;
@@ -61,6 +65,17 @@ pub(crate) fn run(cmd: BundleCmd) -> Result<ExitCode, CliError> {
     match verify_bundle(&bytes, &key) {
         Ok(report) => {
             files::write_new(&out, &bytes, 0o644)?;
+            if as_json {
+                println!(
+                    "{}",
+                    json!({
+                        "ok": true, "file": out.display().to_string(), "subject": subject.to_string(),
+                        "statements": report.indexes.len(), "indexes": report.indexes,
+                        "checkpoint_size": report.checkpoint.size, "bytes": bytes.len(),
+                    })
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "{} {} statements of {} proven against checkpoint size {} -> {}",
                 good("bundle written:"),
@@ -72,7 +87,7 @@ pub(crate) fn run(cmd: BundleCmd) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            report_failure(&e, false);
+            report_failure(&e, as_json);
             Ok(ExitCode::from(EXIT_VERIFY_FAILED))
         }
     }
