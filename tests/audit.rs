@@ -196,6 +196,50 @@ fn a_whole_log_verifies_from_a_server_and_from_its_data_dir() {
     assert!(o.status.success(), "{}", stdout(&o));
     assert_eq!(json(&o)["entries"].as_u64(), Some(entries + 1));
 
+    // A copy of the data dir without the log's secret key: the entries
+    // are audited all the same (the store's indexes cannot be opened).
+    let copy = tempdir("audit-ok-copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    assert!(
+        Command::new("cp")
+            .args([
+                "-r",
+                &format!("{}/db", dir.display()),
+                copy.to_str().unwrap()
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = cli(&[
+        "verify",
+        "log",
+        "--data-dir",
+        copy.to_str().unwrap(),
+        "--log-key",
+        &did,
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no log.key"));
+
+    // A saved checkpoint that is not the log's: a verdict, not a usage error.
+    let forged = dir.join("forged.cp");
+    std::fs::write(&forged, saved.replace("audit.test/log", "audit.test/other")).unwrap();
+    let o = cli(&[
+        "verify",
+        "log",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--log-key",
+        &did,
+        "--since-checkpoint",
+        forged.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(json(&o)["code"], "bad_checkpoint");
+
     // No server there: exit 3.
     let o = cli(&[
         "verify",
@@ -814,4 +858,72 @@ fn the_monitor_reports_watched_statements_equivocations_and_forks_and_resumes() 
     )
     .unwrap();
     assert!(cp.size > 3);
+}
+
+/// Batch verification gives exactly the verdicts of one-at-a-time strict
+/// verification, whatever is wrong with the signatures.
+#[test]
+fn batched_verification_agrees_with_verify_attestation_entry_by_entry() {
+    use pulse_ledger::audit::{verify_all, verify_parallel};
+    use pulse_ledger::verify_attestation;
+    let p = key("batch-p");
+    let mut envs: Vec<Vec<u8>> = (0..300)
+        .map(|i| {
+            handler_register(&key(&format!("batch-{i}")), "echo", &p.did)
+                .envelope()
+                .to_vec()
+        })
+        .collect();
+    // The signature is the envelope's last 64 bytes: R then S.
+    let sig_at = |e: &Vec<u8>| e.len() - 64;
+    // R replaced by the identity point (small order), by a non-canonical
+    // y, S made non-canonical, a bit flipped in R and in S, and an entry
+    // whose body is broken.
+    let identity = {
+        let mut r = [0u8; 32];
+        r[0] = 1;
+        r
+    };
+    let mut non_canonical_y = [0xffu8; 32];
+    non_canonical_y[31] = 0x7f;
+    non_canonical_y[0] = 0xee;
+    for (n, edit) in [
+        (7usize, 0u8),
+        (64, 1),
+        (65, 2),
+        (130, 3),
+        (200, 4),
+        (299, 5),
+    ] {
+        let at = sig_at(&envs[n]);
+        let e = &mut envs[n];
+        match edit {
+            0 => e[at..at + 32].copy_from_slice(&identity),
+            1 => e[at..at + 32].copy_from_slice(&non_canonical_y),
+            2 => e[at + 63] |= 0xf0, // S ≥ ℓ
+            3 => e[at + 5] ^= 0x10,
+            4 => e[at + 40] ^= 0x01,
+            _ => e[10] ^= 0x01,
+        }
+    }
+    let expected: Vec<Result<String, String>> = envs
+        .iter()
+        .map(|e| {
+            verify_attestation(e)
+                .map(|a| a.id().to_string())
+                .map_err(|e| e.to_string())
+        })
+        .collect();
+    for got in [
+        verify_all(&envs),
+        verify_parallel(&envs, 2),
+        verify_parallel(&envs, 3),
+    ] {
+        let got: Vec<Result<String, String>> = got
+            .into_iter()
+            .map(|r| r.map(|a| a.id().to_string()).map_err(|e| e.to_string()))
+            .collect();
+        assert_eq!(got, expected);
+    }
+    assert_eq!(expected.iter().filter(|r| r.is_err()).count(), 6);
 }

@@ -59,6 +59,31 @@ impl Did {
     /// # Errors
     /// `weak_key` if the bytes are not a canonical point of large order.
     pub fn from_public_key(key: [u8; 32]) -> Result<Did, Error> {
+        // The same keys come back again and again (a statement's subject
+        // and signer, every handler's plugin): decompressing a point costs
+        // as much as a third of a signature check, so recent successes are
+        // remembered per thread. Only valid keys are cached, and the result
+        // is a pure function of the bytes.
+        thread_local! {
+            static RECENT: std::cell::RefCell<std::collections::HashMap<[u8; 32], VerifyingKey>> =
+                std::cell::RefCell::new(std::collections::HashMap::new());
+        }
+        const RECENT_KEYS: usize = 4_096;
+        if let Some(vk) = RECENT.with(|r| r.borrow().get(&key).copied()) {
+            return Ok(Did { key, vk });
+        }
+        let did = Did::decompress(key)?;
+        RECENT.with(|r| {
+            let mut r = r.borrow_mut();
+            if r.len() >= RECENT_KEYS {
+                r.clear();
+            }
+            r.insert(key, did.vk);
+        });
+        Ok(did)
+    }
+
+    fn decompress(key: [u8; 32]) -> Result<Did, Error> {
         let vk = VerifyingKey::from_bytes(&key)
             .map_err(|_| Error::new(ErrorCode::WeakKey, "key is not a valid curve point"))?;
         if vk.is_weak() {

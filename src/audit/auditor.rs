@@ -161,8 +161,8 @@ impl LogAuditor {
     /// tree.
     ///
     /// # Errors
-    /// `size_mismatch`, `root_mismatch`; `fork` if an earlier checkpoint's
-    /// size was never reached (it is larger than this tree).
+    /// `size_mismatch`, `root_mismatch`; `log_shrank` if an earlier
+    /// checkpoint is larger than this tree.
     pub fn finish(self, checkpoint: &Checkpoint) -> Result<AuditSummary, AuditError> {
         let size = self.frontier.size();
         if size != checkpoint.size {

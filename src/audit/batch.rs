@@ -5,11 +5,16 @@
 //! Batch verification checks one random linear combination of the
 //! signature equations, so it does not apply the per-signature strict
 //! checks itself. Each signature is therefore first screened: its key is a
-//! canonical point of large order (every [`Did`](crate::Did) is) and its R
-//! is a canonical encoding of a point that is not of small order. A
-//! signature that fails the screen, and every signature of a batch that
-//! fails, is checked alone with the strict check, so every verdict and
-//! error is the one `verify_attestation` gives.
+//! canonical point that is not of small order (every [`Did`](crate::Did)
+//! is) and its R is a canonical encoding of a point that is not of small
+//! order. A signature that fails the screen, and every signature of a batch
+//! that fails, is checked alone with the strict check, so every rejection
+//! and its error are the ones `verify_attestation` gives.
+//!
+//! One difference remains (spec/audit.md, "Security considerations"): a
+//! signature whose equation is off by a point of small order only can
+//! pass a batch that the strict check would refuse. Only the holder of the
+//! key can make one, and the log only admits strictly valid signatures.
 
 use std::sync::OnceLock;
 

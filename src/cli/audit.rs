@@ -39,21 +39,26 @@ pub(crate) fn log_key(arg: &str) -> Result<Did, CliError> {
     Did::parse(did).map_err(|e| CliError::Usage(format!("--log-key: {arg}: {e}")))
 }
 
-/// Reads a saved checkpoint file and verifies it with the log key.
-pub(crate) fn read_checkpoint(path: &Path, key: &Did) -> Result<Checkpoint, CliError> {
+/// Reads a saved checkpoint file; the inner result is its verification
+/// with the log key (a verdict: `bad_checkpoint`).
+pub(crate) fn read_checkpoint(
+    path: &Path,
+    key: &Did,
+) -> Result<Result<Checkpoint, AuditError>, CliError> {
     let note = std::fs::read_to_string(path).map_err(files::io(path))?;
-    verify_checkpoint(&note, key).map_err(|e| {
-        CliError::Usage(format!(
-            "{}: the saved checkpoint does not verify with the log key: {e}",
-            path.display()
-        ))
-    })
+    Ok(verify_checkpoint(&note, key)
+        .map_err(|e| AuditError::new(AuditCode::BadCheckpoint, format!("{}: {e}", path.display()))))
 }
 
-/// Writes a checkpoint note, replacing the file atomically.
-pub(crate) fn save_checkpoint(path: &Path, note: &str) -> Result<(), CliError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, note).map_err(files::io(&tmp))?;
+/// Writes a file atomically: a synced temporary beside it, then a rename.
+pub(crate) fn save_atomically(path: &Path, text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut f = std::fs::File::create(&tmp).map_err(files::io(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(files::io(&tmp))?;
+    f.sync_all().map_err(files::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(files::io(path))
 }
 
@@ -74,11 +79,19 @@ pub(crate) struct Options {
 
 pub(crate) fn run(o: Options) -> Result<ExitCode, CliError> {
     let key = log_key(&o.log_key)?;
-    let earlier = o
+    let earlier = match o
         .since
         .as_deref()
         .map(|p| read_checkpoint(p, &key))
-        .transpose()?;
+        .transpose()?
+    {
+        Some(Err(e)) => {
+            report_failure(&e, o.json);
+            return Ok(ExitCode::from(EXIT_VERIFY_FAILED));
+        }
+        Some(Ok(c)) => Some(c),
+        None => None,
+    };
     let started = Instant::now();
     let threads = available_threads();
     let outcome = match &o.source {
@@ -94,7 +107,7 @@ pub(crate) fn run(o: Options) -> Result<ExitCode, CliError> {
     match outcome {
         Ok((summary, note)) => {
             if let Some(path) = &o.save {
-                save_checkpoint(path, &note)?;
+                save_atomically(path, &note)?;
             }
             let rate = summary.entries as f64 / secs.max(1e-9);
             if o.json {
@@ -231,6 +244,7 @@ async fn from_server(
     let mut next = 0u64;
     let mut chunk: Vec<Vec<u8>> = Vec::new();
     let mut fetch_error = None;
+    let mut page_error = None;
     loop {
         while inflight.len() < PAGES_IN_FLIGHT && next < cp.size {
             let end = (next + crate::ledger::MAX_ENTRY_RANGE).min(cp.size);
@@ -259,28 +273,31 @@ async fn from_server(
                 break;
             }
         };
-        for (i, e) in page.iter().enumerate() {
-            if e.index != start + i as u64 {
-                drop(tx);
-                let _ = joined(handle);
-                return Ok(Err(AuditError::at(
+        let wrong = page
+            .iter()
+            .enumerate()
+            .find(|(i, e)| e.index != start + *i as u64)
+            .map(|(i, e)| {
+                AuditError::at(
                     start + i as u64,
                     AuditCode::SizeMismatch,
                     format!("the server sent index {} in its place", e.index),
-                )));
-            }
-        }
-        if page.len() as u64 != end - start {
-            drop(tx);
-            let _ = joined(handle);
-            return Ok(Err(AuditError::at(
-                start + page.len() as u64,
+                )
+            });
+        let short = (page.len() as u64 != end - start).then(|| {
+            AuditError::at(
+                start + (page.len() as u64).min(end - start),
                 AuditCode::SizeMismatch,
                 format!(
-                    "the server's checkpoint has {} entries, but it sent none at this index",
-                    cp.size
+                    "asked for indexes {start}..{end} of a {}-entry checkpoint, the server sent {} entries",
+                    cp.size,
+                    page.len()
                 ),
-            )));
+            )
+        });
+        if let Some(e) = wrong.or(short) {
+            page_error = Some(e);
+            break;
         }
         chunk.extend(page.into_iter().map(|e| e.envelope));
         if chunk.len() as u64 >= CHUNK && tx.send(std::mem::take(&mut chunk)).await.is_err() {
@@ -292,6 +309,11 @@ async fn from_server(
     }
     drop(tx);
     let audited = joined(handle);
+    // A failure the auditor found in entries before the bad page comes
+    // first; then the page's.
+    if let Some(e) = page_error {
+        return Ok(Err(audited.err().unwrap_or(e)));
+    }
     if let Some(e) = fetch_error {
         // A verification failure found first is the verdict; otherwise the
         // download failed.
@@ -337,14 +359,21 @@ fn from_data_dir(
     let mut start = 0;
     while start < cp.size {
         let end = (start + CHUNK).min(cp.size);
-        let chunk = match stored.entries(start, end) {
-            Ok(c) => c,
-            Err(e) => {
-                let missing = e.to_string();
-                return Ok(Err(AuditError::at(start, AuditCode::SizeMismatch, missing)));
-            }
-        };
-        if let Err(e) = auditor.push(&chunk) {
+        let chunk = stored
+            .entries(start, end)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let missing = (chunk.len() as u64 != end - start).then(|| {
+            let at = start + chunk.len() as u64;
+            AuditError::at(
+                at,
+                AuditCode::SizeMismatch,
+                format!(
+                    "entry {at} is missing from the data dir, below the checkpoint's size {}",
+                    cp.size
+                ),
+            )
+        });
+        if let Some(e) = auditor.push(&chunk).err().or(missing) {
             progress.done();
             return Ok(Err(e));
         }
@@ -360,10 +389,19 @@ fn from_data_dir(
     let origin = stored.origin.clone();
     drop(stored);
     // The entries are sound; now the indexes the server serves from
-    // (spec/ledger.md, "Audit").
+    // (spec/ledger.md, "Audit"). Opening the store as a ledger needs its
+    // key file: a copy without one gets the entry audit only.
+    if !StoredLog::has_key_file(dir) {
+        eprintln!(
+            "note: {} has no log.key, so the store's indexes were not checked (the entries were)",
+            dir.display()
+        );
+        return Ok(Ok((summary, note)));
+    }
     let ledger = crate::ledger::Ledger::open(crate::ledger::LedgerConfig::new(dir, origin))
         .and_then(|l| {
-            let r = l.audit();
+            // Signatures were just verified, entry by entry.
+            let r = l.audit_structure();
             l.close();
             r
         });

@@ -88,7 +88,7 @@ Examples:
 
 Reports one line each (JSON lines with --json, spec/audit.md gives the
 schema): `statement` for every new statement about a watched identity, and
-`ALERT CODE` for an invalid entry, an equivocation, a checkpoint that is not
+`ALERT [entry N:] CODE: message` for an invalid entry, an equivocation, a checkpoint that is not
 consistent with the last verified one (fork, log_shrank,
 bad_consistency_proof), or entries that do not match their checkpoint. The
 state file keeps the last verified checkpoint and tree edge, so a restart

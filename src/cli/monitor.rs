@@ -314,6 +314,11 @@ impl Monitor {
         let mut heads = BTreeMap::new();
         for (did, w) in &state.watched {
             let subject = Did::parse(did).map_err(|e| bad_state(Path::new(&shown), e))?;
+            // An identity no longer watched is forgotten: if it is watched
+            // again, its chain is read afresh.
+            if !watched.contains(&subject) {
+                continue;
+            }
             let head = w
                 .head(&subject)
                 .ok_or_else(|| bad_state(Path::new(&shown), format!("the head of {did}")))?;
@@ -341,7 +346,7 @@ impl Monitor {
             .collect();
         let text = serde_json::to_string_pretty(&self.state)
             .map_err(|e| CliError::Usage(format!("monitor state: {e}")))?;
-        super::audit::save_checkpoint(path, &text)
+        super::audit::save_atomically(path, &text)
     }
 
     /// An identity watched now but not when the state was saved: read its
@@ -500,21 +505,28 @@ impl Monitor {
                 }
             }
         }
-        let from = self.frontier.size();
-        if cp.size > from {
-            let entries = stream.take((cp.size - from) as usize).await?;
+        if cp.size > self.frontier.size() {
+            // Kept to roll back to if the entries are not the checkpoint's.
             let (frontier, heads) = (self.frontier.clone(), self.heads.clone());
             let mut reports = Vec::new();
-            for chunk in entries.chunks(CHUNK) {
+            let mut broken = None;
+            while self.frontier.size() < cp.size && broken.is_none() {
+                let n = (cp.size - self.frontier.size()).min(CHUNK as u64) as usize;
+                let chunk = stream.take(n).await?;
                 let envelopes: Vec<Vec<u8>> = chunk.iter().map(|e| e.envelope.clone()).collect();
                 let verdicts = verify_parallel(&envelopes, available_threads());
                 for (e, verdict) in chunk.iter().zip(verdicts) {
                     let index = self.frontier.size();
                     if e.index != index {
-                        return Err(CliError::Usage(format!(
-                            "the server sent entry {} where {index} was due",
-                            e.index
-                        )));
+                        broken = Some(AuditError::at(
+                            index,
+                            AuditCode::SizeMismatch,
+                            format!(
+                                "the server's entry stream sent index {} in its place",
+                                e.index
+                            ),
+                        ));
+                        break;
                     }
                     match verdict {
                         Err(err) => reports.push(Report::Alert(AuditError::entry(index, &err))),
@@ -523,15 +535,24 @@ impl Monitor {
                     self.frontier.push(leaf_hash(&e.envelope));
                 }
             }
-            if self.frontier.root() != cp.root {
-                // The entries are not the checkpoint's: keep nothing.
+            let broken = broken.or_else(|| {
+                (self.frontier.root() != cp.root).then(|| {
+                    AuditError::new(
+                        AuditCode::RootMismatch,
+                        format!(
+                            "the entries the server sent up to size {} do not have its checkpoint's root",
+                            cp.size
+                        ),
+                    )
+                })
+            });
+            if let Some(e) = broken {
+                // The entries are not the checkpoint's: keep nothing of
+                // this round, and read them again next time.
                 self.frontier = frontier;
                 self.heads = heads;
                 *stream = Stream::open(client, self.frontier.size()).await?;
-                self.report(Report::Alert(AuditError::new(
-                    AuditCode::RootMismatch,
-                    format!("the entries the server sent up to size {} do not have its checkpoint's root", cp.size),
-                )));
+                self.report(Report::Alert(e));
                 return Ok(());
             }
             for r in reports {

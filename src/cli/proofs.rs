@@ -56,10 +56,31 @@ fn hex_hashes(v: &Value, what: &str) -> Result<Vec<Hash>, CliError> {
         .collect()
 }
 
+/// Reads a proof file: JSON with `"v": 1`.
 fn read_json(path: &Path) -> Result<Value, CliError> {
     let text = std::fs::read_to_string(path).map_err(files::io(path))?;
-    serde_json::from_str(&text)
-        .map_err(|e| CliError::Usage(format!("{}: not a proof file: {e}", path.display())))
+    let v: Value = serde_json::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("{}: not a proof file: {e}", path.display())))?;
+    match v["v"].as_u64() {
+        Some(1) => Ok(v),
+        other => Err(CliError::Usage(format!(
+            "{}: proof file version {other:?} is not supported (this reads version 1)",
+            path.display()
+        ))),
+    }
+}
+
+/// A checkpoint file, verified; a failed verification is a verdict.
+macro_rules! checkpoint_or_verdict {
+    ($path:expr, $key:expr, $json:expr) => {
+        match read_checkpoint($path, $key)? {
+            Ok(c) => c,
+            Err(e) => {
+                report_failure(&e, $json);
+                return Ok(ExitCode::from(EXIT_VERIFY_FAILED));
+            }
+        }
+    };
 }
 
 fn number(v: &Value, key: &str, path: &Path) -> Result<u64, CliError> {
@@ -145,6 +166,18 @@ pub(crate) fn inclusion(a: InclusionArgs) -> Result<ExitCode, CliError> {
                     .map_err(|s| call_failed(&s))
             })?;
             let r = r.into_inner();
+            if let Some(asked) = a.index.filter(|i| *i != r.index) {
+                let e = AuditError::at(
+                    asked,
+                    AuditCode::BadInclusionProof,
+                    format!(
+                        "asked about index {asked}, the server answered about {}",
+                        r.index
+                    ),
+                );
+                report_failure(&e, a.json);
+                return Ok(ExitCode::from(EXIT_VERIFY_FAILED));
+            }
             Inclusion {
                 index: r.index,
                 // The entry's own bytes when we have them; else the
@@ -167,7 +200,8 @@ pub(crate) fn inclusion(a: InclusionArgs) -> Result<ExitCode, CliError> {
             ));
         }
     };
-    if let Some(path) = &a.save_proof {
+    let checked = check_inclusion(&p, &key);
+    if let (Some(path), Ok(_)) = (&a.save_proof, &checked) {
         let doc = json!({
             "v": 1, "index": p.index,
             "path": p.path.iter().map(hex::encode).collect::<Vec<_>>(),
@@ -175,7 +209,6 @@ pub(crate) fn inclusion(a: InclusionArgs) -> Result<ExitCode, CliError> {
         });
         save(path, &doc)?;
     }
-    let checked = check_inclusion(&p, &key);
     let line = format!(
         "entry {} (leaf {}) is in the log's tree of size {}",
         p.index,
@@ -210,19 +243,19 @@ fn default_server() -> String {
 }
 
 fn save(path: &Path, doc: &Value) -> Result<(), CliError> {
-    std::fs::write(path, format!("{doc:#}\n")).map_err(files::io(path))
+    super::audit::save_atomically(path, &format!("{doc:#}\n"))
 }
 
 pub(crate) fn consistency(a: ConsistencyArgs) -> Result<ExitCode, CliError> {
     let key = log_key(&a.log_key)?;
-    let old = read_checkpoint(&a.old, &key)?;
+    let old = checkpoint_or_verdict!(&a.old, &key, a.json);
     let (new, proof) = match (&a.proof, &a.server) {
         (Some(path), None) => {
             let new_path = a
                 .new
                 .as_deref()
                 .ok_or_else(|| CliError::Usage("--proof needs --new CHECKPOINT_FILE".into()))?;
-            let new = read_checkpoint(new_path, &key)?;
+            let new = checkpoint_or_verdict!(new_path, &key, a.json);
             if let Err(e) = compare_checkpoints(&old, &new) {
                 report_failure(&e, a.json);
                 return Ok(ExitCode::from(EXIT_VERIFY_FAILED));
@@ -241,11 +274,10 @@ pub(crate) fn consistency(a: ConsistencyArgs) -> Result<ExitCode, CliError> {
         }
         (None, server) => {
             let server = ServerArg::new(server.clone().unwrap_or_else(default_server));
-            let given = a
-                .new
-                .as_deref()
-                .map(|p| read_checkpoint(p, &key))
-                .transpose()?;
+            let given = match a.new.as_deref() {
+                Some(p) => Some(checkpoint_or_verdict!(p, &key, a.json)),
+                None => None,
+            };
             runtime()?.block_on(fetch_consistency(&server, &key, &old, given))?
         }
         (Some(_), Some(_)) => {
@@ -261,7 +293,8 @@ pub(crate) fn consistency(a: ConsistencyArgs) -> Result<ExitCode, CliError> {
             return Ok(ExitCode::from(EXIT_VERIFY_FAILED));
         }
     };
-    if let Some(path) = &a.save_proof {
+    let checked = check_consistency(&old, &new, &proof);
+    if let (Some(path), Ok(_)) = (&a.save_proof, &checked) {
         save(
             path,
             &json!({
@@ -270,7 +303,6 @@ pub(crate) fn consistency(a: ConsistencyArgs) -> Result<ExitCode, CliError> {
             }),
         )?;
     }
-    let checked = check_consistency(&old, &new, &proof);
     let line = format!(
         "the tree of size {} is a prefix of the tree of size {}",
         old.size, new.size
