@@ -381,6 +381,14 @@ impl Monitor {
                     Err(s) if s.code() == tonic::Code::NotFound => break,
                     Err(s) => return Err(call_failed(&s)),
                 };
+                // Each statement must be proven in a checkpoint that extends
+                // the last one verified, or it is not adopted.
+                let proven = self.prove_page(client, &page).await?;
+                if let Err(e) = proven {
+                    self.report(Report::Alert(e));
+                    envelopes.clear();
+                    break;
+                }
                 envelopes.extend(
                     page.entries
                         .into_iter()
@@ -406,6 +414,73 @@ impl Monitor {
             }
         }
         Ok(())
+    }
+
+    /// Checks a GetChain page against the last verified checkpoint L: the
+    /// page's checkpoint is signed by the log key and extends L
+    /// (consistency proof), and every entry's inclusion proof holds in it.
+    async fn prove_page(
+        &self,
+        client: &mut RegistryClient<Channel>,
+        page: &proto::GetChainResponse,
+    ) -> Result<Result<(), AuditError>, CliError> {
+        let note = page.checkpoint.as_ref().map_or("", |c| c.note.as_str());
+        let cp = match verify_checkpoint(note, &self.key) {
+            Ok(c) => c,
+            Err(e) => {
+                return Ok(Err(AuditError::new(
+                    AuditCode::BadCheckpoint,
+                    e.to_string(),
+                )));
+            }
+        };
+        if let Some(last) = &self.last {
+            if let Err(e) = compare_checkpoints(last, &cp) {
+                return Ok(Err(e));
+            }
+            if last.size > 0 && last.size < cp.size {
+                let proof: Vec<Hash> = client
+                    .get_consistency_proof(proto::GetConsistencyProofRequest {
+                        old_size: last.size,
+                        new_size: cp.size,
+                    })
+                    .await
+                    .map_err(|s| call_failed(&s))?
+                    .into_inner()
+                    .proof
+                    .iter()
+                    .map(|h| Hash::try_from(h.as_slice()).unwrap_or([0; 32]))
+                    .collect();
+                if let Err(e) = verify_consistency(last.size, cp.size, &last.root, &cp.root, &proof)
+                {
+                    return Ok(Err(AuditError::new(
+                        AuditCode::BadConsistencyProof,
+                        e.to_string(),
+                    )));
+                }
+            }
+        }
+        for e in &page.entries {
+            let path: Vec<Hash> = e
+                .inclusion_proof
+                .iter()
+                .map(|h| Hash::try_from(h.as_slice()).unwrap_or([0; 32]))
+                .collect();
+            if let Err(err) = crate::ledger::verify_inclusion(
+                &leaf_hash(&e.envelope),
+                e.index,
+                cp.size,
+                &path,
+                &cp.root,
+            ) {
+                return Ok(Err(AuditError::at(
+                    e.index,
+                    AuditCode::BadInclusionProof,
+                    err.to_string(),
+                )));
+            }
+        }
+        Ok(Ok(()))
     }
 
     fn report(&mut self, r: Report) {
