@@ -11,12 +11,13 @@ use super::client::{ServerArg, call_failed};
 use super::error::{CliError, EXIT_VERIFY_FAILED};
 use super::files;
 use super::output::{Progress, bad, good};
+use super::remote::{extends, newest_checkpoint};
 use crate::Did;
 use crate::api::proto;
 use crate::audit::{
     AuditCode, AuditError, AuditSummary, LogAuditor, available_threads, compare_checkpoints,
 };
-use crate::ledger::{Checkpoint, StoredLog, verify_checkpoint, verify_consistency};
+use crate::ledger::{Checkpoint, StoredLog, verify_checkpoint};
 
 /// Entries handed to the verifier at a time (split over the threads).
 const CHUNK: u64 = 4_000;
@@ -196,43 +197,15 @@ async fn from_server(
     threads: usize,
 ) -> Result<Verdict, CliError> {
     let mut client = super::client::connect(server).await?;
-    let note = client
-        .get_checkpoint(proto::GetCheckpointRequest {})
-        .await
-        .map_err(|s| call_failed(&s))?
-        .into_inner()
-        .checkpoint
-        .unwrap_or_default()
-        .note;
-    let cp = match verified_checkpoint(&note, key) {
+    let (note, cp) = newest_checkpoint(&mut client, key).await?;
+    let cp = match cp {
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
     };
     let mut auditor = LogAuditor::new(threads);
     if let Some(old) = earlier {
-        if let Err(e) = compare_checkpoints(old, &cp) {
+        if let Err(e) = extends(&mut client, old, &cp).await? {
             return Ok(Err(e));
-        }
-        if old.size > 0 && old.size < cp.size {
-            let proof = client
-                .get_consistency_proof(proto::GetConsistencyProofRequest {
-                    old_size: old.size,
-                    new_size: cp.size,
-                })
-                .await
-                .map_err(|s| call_failed(&s))?
-                .into_inner()
-                .proof;
-            let proof = match hashes(&proof) {
-                Ok(p) => p,
-                Err(e) => return Ok(Err(e)),
-            };
-            if let Err(e) = verify_consistency(old.size, cp.size, &old.root, &cp.root, &proof) {
-                return Ok(Err(AuditError::new(
-                    AuditCode::BadConsistencyProof,
-                    format!("from size {} to {}: {e}", old.size, cp.size),
-                )));
-            }
         }
         if let Err(e) = auditor.check_earlier(old) {
             return Ok(Err(e));
@@ -323,19 +296,6 @@ async fn from_server(
         return Err(e);
     }
     Ok(audited.and_then(|a| a.finish(&cp)).map(|s| (s, note)))
-}
-
-fn hashes(raw: &[Vec<u8>]) -> Result<Vec<crate::ledger::Hash>, AuditError> {
-    raw.iter()
-        .map(|h| {
-            h.as_slice().try_into().map_err(|_| {
-                AuditError::new(
-                    AuditCode::BadConsistencyProof,
-                    format!("a proof hash is {} bytes, not 32", h.len()),
-                )
-            })
-        })
-        .collect()
 }
 
 fn from_data_dir(

@@ -15,7 +15,6 @@ use super::output::good;
 use crate::Did;
 use crate::api::proto;
 use crate::audit::{Bundle, BundleEntry, MAX_BUNDLE_BYTES, verify_bundle};
-use crate::ledger::Hash;
 
 /// Offline bundles.
 #[derive(Debug, clap::Subcommand)]
@@ -148,10 +147,7 @@ async fn fetch(server: &ServerArg, subject: &Did) -> Result<Bundle, CliError> {
             entries.push(BundleEntry {
                 index: e.index,
                 envelope: e.envelope,
-                proof: proof
-                    .iter()
-                    .map(|h| Hash::try_from(h.as_slice()).unwrap_or([0; 32]))
-                    .collect(),
+                proof: super::remote::hashes(&proof),
             });
         }
     }

@@ -16,6 +16,7 @@ mod keygen;
 mod monitor;
 mod output;
 mod proofs;
+mod remote;
 mod serve;
 mod verify;
 

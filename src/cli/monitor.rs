@@ -17,11 +17,10 @@ use super::client::{ServerArg, call_failed, connect, runtime};
 use super::error::{CliError, EXIT_VERIFY_FAILED};
 use super::files;
 use super::output::{bad, good};
+use super::remote::{extends, hashes, newest_checkpoint};
 use crate::api::proto::{self, registry_client::RegistryClient};
-use crate::audit::{
-    AuditCode, AuditError, available_threads, compare_checkpoints, verify_parallel,
-};
-use crate::ledger::{Checkpoint, Frontier, Hash, leaf_hash, verify_checkpoint, verify_consistency};
+use crate::audit::{AuditCode, AuditError, available_threads, verify_parallel};
+use crate::ledger::{Checkpoint, Frontier, Hash, leaf_hash, verify_checkpoint};
 use crate::{Attestation, AttestationId, ChainHead, Did, Family};
 
 /// The state file's format version.
@@ -435,37 +434,12 @@ impl Monitor {
             }
         };
         if let Some(last) = &self.last {
-            if let Err(e) = compare_checkpoints(last, &cp) {
+            if let Err(e) = extends(client, last, &cp).await? {
                 return Ok(Err(e));
-            }
-            if last.size > 0 && last.size < cp.size {
-                let proof: Vec<Hash> = client
-                    .get_consistency_proof(proto::GetConsistencyProofRequest {
-                        old_size: last.size,
-                        new_size: cp.size,
-                    })
-                    .await
-                    .map_err(|s| call_failed(&s))?
-                    .into_inner()
-                    .proof
-                    .iter()
-                    .map(|h| Hash::try_from(h.as_slice()).unwrap_or([0; 32]))
-                    .collect();
-                if let Err(e) = verify_consistency(last.size, cp.size, &last.root, &cp.root, &proof)
-                {
-                    return Ok(Err(AuditError::new(
-                        AuditCode::BadConsistencyProof,
-                        e.to_string(),
-                    )));
-                }
             }
         }
         for e in &page.entries {
-            let path: Vec<Hash> = e
-                .inclusion_proof
-                .iter()
-                .map(|h| Hash::try_from(h.as_slice()).unwrap_or([0; 32]))
-                .collect();
+            let path = hashes(&e.inclusion_proof);
             if let Err(err) = crate::ledger::verify_inclusion(
                 &leaf_hash(&e.envelope),
                 e.index,
@@ -534,50 +508,18 @@ impl Monitor {
         client: &mut RegistryClient<Channel>,
         stream: &mut Stream,
     ) -> Result<(), CliError> {
-        let note = client
-            .get_checkpoint(proto::GetCheckpointRequest {})
-            .await
-            .map_err(|s| call_failed(&s))?
-            .into_inner()
-            .checkpoint
-            .unwrap_or_default()
-            .note;
-        let cp = match verify_checkpoint(&note, &self.key) {
+        let (note, cp) = newest_checkpoint(client, &self.key).await?;
+        let cp = match cp {
             Ok(c) => c,
             Err(e) => {
-                self.report(Report::Alert(AuditError::new(
-                    AuditCode::BadCheckpoint,
-                    e.to_string(),
-                )));
+                self.report(Report::Alert(e));
                 return Ok(());
             }
         };
         if let Some(last) = &self.last {
-            if let Err(e) = compare_checkpoints(last, &cp) {
+            if let Err(e) = extends(client, last, &cp).await? {
                 self.report(Report::Alert(e));
                 return Ok(());
-            }
-            if last.size > 0 && last.size < cp.size {
-                let proof: Vec<Hash> = client
-                    .get_consistency_proof(proto::GetConsistencyProofRequest {
-                        old_size: last.size,
-                        new_size: cp.size,
-                    })
-                    .await
-                    .map_err(|s| call_failed(&s))?
-                    .into_inner()
-                    .proof
-                    .iter()
-                    .map(|h| Hash::try_from(h.as_slice()).unwrap_or([0; 32]))
-                    .collect();
-                if let Err(e) = verify_consistency(last.size, cp.size, &last.root, &cp.root, &proof)
-                {
-                    self.report(Report::Alert(AuditError::new(
-                        AuditCode::BadConsistencyProof,
-                        format!("the checkpoint of size {} is not consistent with the last verified one of size {}: {e}", cp.size, last.size),
-                    )));
-                    return Ok(());
-                }
             }
         }
         if cp.size > self.frontier.size() {

@@ -12,11 +12,10 @@ use super::client::{ServerArg, call_failed, connect, runtime};
 use super::error::{CliError, EXIT_VERIFY_FAILED};
 use super::files;
 use super::output::good;
+use super::remote::{consistency_proof, hashes, newest_checkpoint};
 use crate::api::proto;
 use crate::audit::{AuditCode, AuditError, compare_checkpoints};
-use crate::ledger::{
-    Checkpoint, Hash, leaf_hash, verify_checkpoint, verify_consistency, verify_inclusion,
-};
+use crate::ledger::{Checkpoint, Hash, leaf_hash, verify_checkpoint, verify_inclusion};
 use crate::{AttestationId, Did};
 
 /// Where an inclusion proof comes from.
@@ -184,13 +183,9 @@ pub(crate) fn inclusion(a: InclusionArgs) -> Result<ExitCode, CliError> {
                 // server's word for the leaf (printed, so it can be checked).
                 leaf: match &envelope {
                     Some(e) => leaf_hash(e),
-                    None => Hash::try_from(r.leaf_hash.as_slice()).unwrap_or([0; 32]),
+                    None => hashes(std::slice::from_ref(&r.leaf_hash))[0],
                 },
-                path: r
-                    .path
-                    .iter()
-                    .map(|h| Hash::try_from(h.as_slice()).unwrap_or([0; 32]))
-                    .collect(),
+                path: hashes(&r.path),
                 note: r.checkpoint.unwrap_or_default().note,
             }
         }
@@ -321,42 +316,15 @@ async fn fetch_consistency(
     let mut client = connect(server).await?;
     let new = match given {
         Some(g) => g,
-        None => {
-            let note = client
-                .get_checkpoint(proto::GetCheckpointRequest {})
-                .await
-                .map_err(|s| call_failed(&s))?
-                .into_inner()
-                .checkpoint
-                .unwrap_or_default()
-                .note;
-            match verify_checkpoint(&note, key) {
-                Ok(c) => c,
-                Err(e) => {
-                    let err = AuditError::new(AuditCode::BadCheckpoint, e.to_string());
-                    return Ok((old.clone(), Err(err)));
-                }
-            }
-        }
+        None => match newest_checkpoint(&mut client, key).await?.1 {
+            Ok(c) => c,
+            Err(e) => return Ok((old.clone(), Err(e))),
+        },
     };
     if let Err(e) = compare_checkpoints(old, &new) {
         return Ok((new, Err(e)));
     }
-    if old.size == 0 || old.size == new.size {
-        return Ok((new, Ok(Vec::new())));
-    }
-    let proof = client
-        .get_consistency_proof(proto::GetConsistencyProofRequest {
-            old_size: old.size,
-            new_size: new.size,
-        })
-        .await
-        .map_err(|s| call_failed(&s))?
-        .into_inner()
-        .proof
-        .iter()
-        .map(|h| Hash::try_from(h.as_slice()).unwrap_or([0; 32]))
-        .collect();
+    let proof = consistency_proof(&mut client, old, &new).await?;
     Ok((new, Ok(proof)))
 }
 
@@ -365,13 +333,7 @@ fn check_consistency(
     new: &Checkpoint,
     proof: &[Hash],
 ) -> Result<Value, AuditError> {
-    compare_checkpoints(old, new)?;
-    verify_consistency(old.size, new.size, &old.root, &new.root, proof).map_err(|e| {
-        AuditError::new(
-            AuditCode::BadConsistencyProof,
-            format!("from size {} to {}: {e}", old.size, new.size),
-        )
-    })?;
+    super::remote::check_consistency(old, new, proof)?;
     Ok(json!({
         "ok": true, "old_size": old.size, "new_size": new.size,
         "old_root": hex::encode(old.root), "new_root": hex::encode(new.root),
