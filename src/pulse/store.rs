@@ -111,6 +111,41 @@ pub struct JobStore {
     /// Serialises writers (so idempotency checks and index moves are
     /// atomic) and makes job IDs unique within a millisecond.
     writer: Mutex<u64>,
+    /// The queue indexes (ready, delayed, running, held), mirrored in
+    /// memory: every dispatcher step scans them, and in the LSM tree a
+    /// queue's head is a long run of tombstones that each scan would step
+    /// over. Loaded at open; changed after each commit, under `writer`.
+    queues: Mutex<Queues>,
+}
+
+/// The in-memory queue indexes, by keyspace tag.
+#[derive(Default)]
+struct Queues([std::collections::BTreeSet<Vec<u8>>; 5]);
+
+/// A queue index change staged with a batch: (tag, key, inserted).
+type Move = (u8, Vec<u8>, bool);
+
+fn is_queue(tag: u8) -> bool {
+    (Jk::Ready as u8..=Jk::Held as u8).contains(&tag)
+}
+
+impl Queues {
+    fn apply(&mut self, moves: Vec<Move>) {
+        for (tag, key, inserted) in moves {
+            if is_queue(tag) {
+                let set = &mut self.0[tag as usize];
+                if inserted {
+                    set.insert(key);
+                } else {
+                    set.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn set(&self, k: Jk) -> &std::collections::BTreeSet<Vec<u8>> {
+        &self.0[k as usize]
+    }
 }
 
 fn storage(e: impl std::fmt::Display) -> JobError {
@@ -192,11 +227,23 @@ impl JobStore {
             .map(|(_, name)| db.keyspace(name, KeyspaceCreateOptions::default))
             .collect::<Result<Vec<_>, _>>()
             .map_err(storage)?;
+        let mut queues = Queues::default();
+        for k in [Jk::Ready, Jk::Delayed, Jk::Running, Jk::Held] {
+            for kv in ks[k as usize].iter() {
+                let key = kv.key().map_err(storage)?;
+                queues.0[k as usize].insert(key.to_vec());
+            }
+        }
         Ok(JobStore {
             db,
             ks,
             writer: Mutex::new(0),
+            queues: Mutex::new(queues),
         })
+    }
+
+    fn queues(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn ks(&self, k: Jk) -> &Keyspace {
@@ -249,6 +296,7 @@ impl JobStore {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         let mut results = Vec::with_capacity(items.len());
         let mut keys_in_batch: Vec<(Vec<u8>, Job)> = Vec::new();
+        let mut moves: Vec<Move> = Vec::new();
         for (handler, schema, req) in items {
             let result = (|| -> Result<(Job, bool), JobError> {
                 check_request(req)?;
@@ -280,6 +328,7 @@ impl JobStore {
                 };
                 if let Some((tag, key)) = &stored.placement {
                     batch.insert(&self.ks[*tag as usize], key.clone(), b"");
+                    moves.push((*tag, key.clone(), true));
                 }
                 batch.insert(
                     self.ks(Jk::ByState),
@@ -306,6 +355,7 @@ impl JobStore {
                 })
                 .collect();
         }
+        self.queues().apply(moves);
         results
     }
 
@@ -374,9 +424,10 @@ impl JobStore {
         }
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         let mut changed = false;
+        let mut moves = Vec::new();
         for (old, job) in touched {
             if old.job != job {
-                self.stage_write(&mut batch, &old, job, now);
+                self.stage_write(&mut batch, &mut moves, &old, job, now);
                 changed = true;
             }
         }
@@ -388,21 +439,32 @@ impl JobStore {
                     .map(|r| r.and(Err(err.clone())))
                     .collect();
             }
+            self.queues().apply(moves);
         }
         results
     }
 
     fn write(&self, old: &Stored, job: Job, now: u64) -> Result<(), JobError> {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
-        self.stage_write(&mut batch, old, job, now);
+        let mut moves = Vec::new();
+        self.stage_write(&mut batch, &mut moves, old, job, now);
         batch
             .commit()
-            .map_err(|e| storage(format!("transition not persisted: {e}")))
+            .map_err(|e| storage(format!("transition not persisted: {e}")))?;
+        self.queues().apply(moves);
+        Ok(())
     }
 
     /// Adds a job's new record and its index moves (from `old`, as stored)
     /// to `batch`.
-    fn stage_write(&self, batch: &mut fjall::OwnedWriteBatch, old: &Stored, job: Job, now: u64) {
+    fn stage_write(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        moves: &mut Vec<Move>,
+        old: &Stored,
+        job: Job,
+        now: u64,
+    ) {
         let new = Stored {
             placement: placement(&job, now),
             job,
@@ -410,9 +472,11 @@ impl JobStore {
         if old.placement != new.placement {
             if let Some((tag, key)) = &old.placement {
                 batch.remove(&self.ks[*tag as usize], key.clone());
+                moves.push((*tag, key.clone(), false));
             }
             if let Some((tag, key)) = &new.placement {
                 batch.insert(&self.ks[*tag as usize], key.clone(), b"");
+                moves.push((*tag, key.clone(), true));
             }
         }
         let (a, b) = (state_byte(&old.job.state), state_byte(&new.job.state));
@@ -430,8 +494,16 @@ impl JobStore {
     /// Storage failures.
     pub fn promote_due(&self, now: u64, limit: usize) -> Result<usize, JobError> {
         let mut due = Vec::new();
-        for kv in self.ks(Jk::Delayed).iter().take(limit) {
-            let key = kv.key().map_err(storage)?;
+        let keys: Vec<Vec<u8>> = {
+            let q = self.queues();
+            q.set(Jk::Delayed)
+                .iter()
+                .take(limit)
+                .take_while(|k| k.get(..8).is_some_and(|t| t <= &now.to_be_bytes()[..]))
+                .cloned()
+                .collect()
+        };
+        for key in keys {
             let at = u64::from_be_bytes(
                 key.get(..8)
                     .and_then(|k| k.try_into().ok())
@@ -463,10 +535,9 @@ impl JobStore {
     /// # Errors
     /// Storage failures.
     pub fn dispatch_next(&self, lease: LeaseToken, now: u64) -> Result<Option<Job>, JobError> {
-        let Some(first) = self.ks(Jk::Ready).first_key_value() else {
+        let Some(key) = self.queues().set(Jk::Ready).first().cloned() else {
             return Ok(None);
         };
-        let key = first.key().map_err(storage)?;
         let id = JobId(
             key.get(1..17)
                 .and_then(|k| k.try_into().ok())
@@ -486,8 +557,14 @@ impl JobStore {
     /// Storage failures.
     pub fn ready(&self, limit: usize) -> Result<Vec<JobId>, JobError> {
         let mut out = Vec::new();
-        for kv in self.ks(Jk::Ready).iter().take(limit) {
-            let key = kv.key().map_err(storage)?;
+        let keys: Vec<Vec<u8>> = self
+            .queues()
+            .set(Jk::Ready)
+            .iter()
+            .take(limit)
+            .cloned()
+            .collect();
+        for key in keys {
             out.push(JobId(
                 key.get(1..17)
                     .and_then(|k| k.try_into().ok())
@@ -705,8 +782,15 @@ impl JobStore {
     /// Storage failures.
     pub fn held(&self, reason: u8, limit: usize) -> Result<Vec<JobId>, JobError> {
         let mut out = Vec::new();
-        for kv in self.ks(Jk::Held).prefix([reason]).take(limit) {
-            let key = kv.key().map_err(storage)?;
+        let keys: Vec<Vec<u8>> = self
+            .queues()
+            .set(Jk::Held)
+            .range(vec![reason]..)
+            .take_while(|k| k.first() == Some(&reason))
+            .take(limit)
+            .cloned()
+            .collect();
+        for key in keys {
             out.push(JobId(
                 key.get(1..17)
                     .and_then(|k| k.try_into().ok())
@@ -760,8 +844,14 @@ impl JobStore {
     /// Storage failures.
     pub fn running_until(&self, now: u64, limit: usize) -> Result<Vec<Job>, JobError> {
         let mut out = Vec::new();
-        for kv in self.ks(Jk::Running).iter().take(limit) {
-            let key = kv.key().map_err(storage)?;
+        let keys: Vec<Vec<u8>> = self
+            .queues()
+            .set(Jk::Running)
+            .iter()
+            .take(limit)
+            .cloned()
+            .collect();
+        for key in keys {
             let deadline = u64::from_be_bytes(
                 key.get(..8)
                     .and_then(|k| k.try_into().ok())
