@@ -35,7 +35,15 @@ pub struct JobsService {
     /// through it (so a running attempt's plugin is told at once), enqueues
     /// wake it, and budgets report its live reservations.
     pulse: Option<PulseHandle>,
+    /// Handler schemas by the log index of the statement that carries
+    /// them. Log entries never change, so an entry read and verified once
+    /// need not be again: enqueues would otherwise verify the schema's
+    /// signature for every job.
+    schemas: Arc<std::sync::Mutex<HashMap<u64, HandlerSchema>>>,
 }
+
+/// Most schemas remembered before the cache starts over.
+const MAX_CACHED_SCHEMAS: usize = 100_000;
 
 /// One Enqueue waiting for the next group commit.
 type Pending = (
@@ -86,6 +94,7 @@ impl JobsService {
             store,
             enqueuer,
             pulse: None,
+            schemas: Arc::default(),
         }
     }
 
@@ -215,20 +224,51 @@ impl JobsService {
     /// The handler's DID and current schema: registered, a handler, not revoked.
     fn handler(&self, did: &str) -> Result<(Did, HandlerSchema), Status> {
         let did = parse_did("handler", did)?;
-        let state = self.ledger.subject_state(&did).map_err(|e| to_status(&e))?;
-        match (state.family, state.schema, state.revoked) {
-            (Family::Handler, _, true) => Err(status(
-                Code::FailedPrecondition,
-                "handler_revoked",
-                format!("{did} is revoked; it takes no jobs"),
-            )),
-            (Family::Handler, Schema::Handler(schema), false) => Ok((did, schema)),
-            _ => Err(status(
+        // The record is read every time (a revoke or update takes effect
+        // at once); only the schema statement it points at is cached.
+        let rec = self.ledger.subject(&did).map_err(|e| to_status(&e))?;
+        if rec.head.family != Family::Handler {
+            return Err(status(
                 Code::InvalidArgument,
                 "not_a_handler",
                 format!("{did} is a plugin"),
-            )),
+            ));
         }
+        if rec.head.revoked {
+            return Err(status(
+                Code::FailedPrecondition,
+                "handler_revoked",
+                format!("{did} is revoked; it takes no jobs"),
+            ));
+        }
+        let cached = self
+            .schemas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&rec.schema_index)
+            .cloned();
+        if let Some(schema) = cached {
+            return Ok((did, schema));
+        }
+        let state = self.ledger.subject_state(&did).map_err(|e| to_status(&e))?;
+        let Schema::Handler(schema) = state.schema else {
+            return Err(status(
+                Code::InvalidArgument,
+                "not_a_handler",
+                format!("{did} is a plugin"),
+            ));
+        };
+        // Cached only if no update landed between the two reads, so the
+        // schema is surely the one at that index.
+        let again = self.ledger.subject(&did).map_err(|e| to_status(&e))?;
+        if again.schema_index == rec.schema_index {
+            let mut cache = self.schemas.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= MAX_CACHED_SCHEMAS {
+                cache.clear();
+            }
+            cache.insert(rec.schema_index, schema.clone());
+        }
+        Ok((did, schema))
     }
 
     fn request(

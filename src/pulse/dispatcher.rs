@@ -264,7 +264,9 @@ impl<E: Executor> Dispatcher<E> {
     /// lines' heartbeats are applied together under one fsync.
     fn apply_reports(&mut self, now: u64, report: &mut StepReport) -> Result<(), JobError> {
         let reports: Vec<Report> = self.rx.try_iter().collect();
-        let mut ops: Vec<(JobId, super::store::GroupOp<()>)> = Vec::new();
+        // Each op answers whether the attempt is still live after it, so
+        // no job is read again to find out.
+        let mut ops: Vec<(JobId, super::store::GroupOp<bool>)> = Vec::new();
         let mut ending: Vec<(JobId, Option<Did>)> = Vec::new();
         let mut logs = Vec::new();
         for r in reports {
@@ -273,7 +275,7 @@ impl<E: Executor> Dispatcher<E> {
             // An attempt told to stop for its deadline that then fails or
             // dies (as a cancelled plugin does) timed out.
             let late = self.cancel_pushed.contains_key(&r.job);
-            let op: super::store::GroupOp<()> = match r.event {
+            let op: Box<dyn FnOnce(&mut Job) -> Result<(), super::PulseError>> = match r.event {
                 ExecEvent::Failed { .. } | ExecEvent::Crashed if late => {
                     Box::new(move |j: &mut Job| j.time_out(&lease, policy, now))
                 }
@@ -327,16 +329,21 @@ impl<E: Executor> Dispatcher<E> {
                 ExecEvent::Crashed => Box::new(move |j: &mut Job| j.crash(&lease, policy, now)),
             };
             ending.push((r.job, self.reserved.get(&r.job).map(|(h, _)| h.clone())));
-            ops.push((r.job, op));
+            ops.push((
+                r.job,
+                Box::new(move |j: &mut Job| {
+                    op(j)?;
+                    Ok(j.live_attempt().is_some())
+                }),
+            ));
         }
         self.store.append_logs(logs)?;
         let results = self.store.update_many(now, ops);
         for ((job, handler), result) in ending.into_iter().zip(results) {
             match result {
-                Ok(()) => {
+                Ok(still_live) => {
                     report.applied += 1;
                     // A result, failure or crash ends the attempt.
-                    let still_live = self.store.get(&job)?.live_attempt().is_some();
                     if !still_live {
                         if let Some(h) = handler {
                             if self.reserved.contains_key(&job) {
@@ -475,6 +482,9 @@ impl<E: Executor> Dispatcher<E> {
         // Choose first (taking slots and reservations as we go), then
         // dispatch every chosen job under one fsync.
         let mut chosen: Vec<(JobId, Did, LeaseToken, Option<Arc<Authorization>>)> = Vec::new();
+        // Budgets read once per handler per step.
+        let mut budgets: std::collections::HashMap<[u8; 32], super::Budget> =
+            std::collections::HashMap::new();
         for id in self.store.ready(self.config.scan)? {
             if free == 0 {
                 break;
@@ -505,7 +515,14 @@ impl<E: Executor> Dispatcher<E> {
             }
             // Reserve the job's expected cost; if the handler's budget
             // cannot cover it, hold the job (no attempt is used).
-            let budget = self.store.budget(&job.handler)?;
+            let budget = match budgets.get(job.handler.public_key()) {
+                Some(b) => *b,
+                None => {
+                    let b = self.store.budget(&job.handler)?;
+                    budgets.insert(*job.handler.public_key(), b);
+                    b
+                }
+            };
             let expected = self.expected_cost(&job);
             if budget.is_limited() && !budget.admits(&self.budget_use(&job.handler, now)?, expected)
             {
