@@ -275,7 +275,7 @@ impl<E: Executor> Dispatcher<E> {
             // An attempt told to stop for its deadline that then fails or
             // dies (as a cancelled plugin does) timed out.
             let late = self.cancel_pushed.contains_key(&r.job);
-            let op: Box<dyn FnOnce(&mut Job) -> Result<(), super::PulseError>> = match r.event {
+            let op: super::store::GroupOp<()> = match r.event {
                 ExecEvent::Failed { .. } | ExecEvent::Crashed if late => {
                     Box::new(move |j: &mut Job| j.time_out(&lease, policy, now))
                 }
