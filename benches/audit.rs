@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::SigningKey;
 use pulse_ledger::audit::{LogAuditor, available_threads};
 use pulse_ledger::ledger::{Ledger, LedgerConfig, StoredLog, verify_checkpoint};
 use pulse_ledger::{
@@ -149,30 +149,6 @@ fn build(dir: &Path, n: u64) {
     ledger.close();
 }
 
-/// Strict single-signature verifications per second on this thread
-/// (median of 3 runs of 20,000 distinct signatures).
-fn raw_verify_rate() -> f64 {
-    let sigs: Vec<_> = (0..20_000u64)
-        .map(|i| {
-            let sk = SigningKey::from_bytes(&blake3::derive_key("raw", &i.to_le_bytes()));
-            let msg = i.to_le_bytes().repeat(40);
-            let sig = sk.sign(&msg);
-            (sk.verifying_key(), msg, sig)
-        })
-        .collect();
-    let mut rates: Vec<f64> = (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            for (vk, msg, sig) in &sigs {
-                vk.verify_strict(msg, sig).unwrap();
-            }
-            sigs.len() as f64 / t.elapsed().as_secs_f64()
-        })
-        .collect();
-    rates.sort_by(f64::total_cmp);
-    rates[1]
-}
-
 fn auditor_rate(dir: &Path, did: &Did) -> (u64, f64) {
     let t = Instant::now();
     let stored = StoredLog::open(dir).unwrap();
@@ -226,7 +202,7 @@ fn main() {
     }
     let (_, did) = ledger_did(&dir);
     let threads = available_threads();
-    let raw = raw_verify_rate();
+    let raw = pulse_ledger::loadgen::verify_rate();
     let (entries, lib) = auditor_rate(&dir, &did);
     let did_text = did.to_string();
     let dir_text = dir.display().to_string();

@@ -36,6 +36,8 @@ pub mod ledger;
 
 pub mod audit;
 
+pub mod loadgen;
+
 pub mod api;
 
 pub mod pulse;

@@ -5,6 +5,7 @@
 
 mod audit;
 mod author;
+mod bench;
 mod bundle;
 mod client;
 mod error;
@@ -96,6 +97,8 @@ state file keeps the last verified checkpoint and tree edge, so a restart
 continues where it stopped. Exit status: 1 at the first report with
 --exit-on-alert, 3 if the server cannot be reached, 0 after --once.")]
     Monitor(monitor::Args),
+    /// Measure this machine's ceilings and pulse-ledger against them.
+    Bench(bench::Args),
     /// Offline bundles of a subject's chain with inclusion proofs.
     #[command(subcommand)]
     Bundle(bundle::BundleCmd),
@@ -120,6 +123,7 @@ impl Cli {
             Command::Job(c) => jobs::job(c),
             Command::Budget(c) => jobs::budget(c),
             Command::Bundle(c) => bundle::run(c),
+            Command::Bench(a) => bench::run(a),
             Command::Monitor(a) => monitor::run(a.into_options()),
         };
         match result {

@@ -79,6 +79,11 @@ pub struct LogLine {
 
 const MINUTE_MS: u64 = 60_000;
 
+/// Memtable size of each job keyspace: small, so the shared journal's
+/// limit never forces one large flush (a stall every few tens of thousands
+/// of jobs) but many small ones.
+const JOB_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Why a job store call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JobError {
@@ -224,7 +229,11 @@ impl JobStore {
         let db = ledger.database().clone();
         let ks = KEYSPACES
             .iter()
-            .map(|(_, name)| db.keyspace(name, KeyspaceCreateOptions::default))
+            .map(|(_, name)| {
+                db.keyspace(name, || {
+                    KeyspaceCreateOptions::default().max_memtable_size(JOB_MEMTABLE_BYTES)
+                })
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(storage)?;
         let mut queues = Queues::default();

@@ -1,0 +1,271 @@
+//! `pulse-ledger bench`: the load generator (BENCHMARKS.md). Starts a
+//! server with the test plugin on a scratch data dir (or targets one) and
+//! prints every figure with its ratio to the ceiling measured in the same
+//! run.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Instant;
+
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+use super::error::CliError;
+use crate::loadgen::{
+    Table, bare_plugin_rate, fsync_rate, pulse_jobs, registration_rate, resolution_cost,
+    verify_rate,
+};
+
+/// Concurrent calls for the throughput figures (jobs running at once, and
+/// bare calls in flight).
+const IN_FLIGHT: usize = 64;
+
+/// `bench`'s flags.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  pulse-ledger bench
+  pulse-ledger bench --jobs 50000 --json > bench.json
+  pulse-ledger bench --server http://127.0.0.1:7300 --plugin-key plugin.key
+
+Prints one row per figure: the ceilings (strict ed25519 verify on one core,
+fsyncs on the scratch dir's disk, bare gRPC round trips to the test plugin),
+then registrations/s at 1, 16 and 64 clients (ratio to the verify rate),
+jobs/s end to end with 64 running (ratio to the bare round trips),
+enqueue→plugin-start latency at half that rate (open loop), and the cost of
+resolving a job to its plugin. Takes about a minute with the defaults.")]
+pub(crate) struct Args {
+    /// Measure this server instead of starting one. Jobs need
+    /// --plugin-key: the key of a pulse-test-plugin the server runs.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// With --server: the key file of the test plugin that server runs.
+    #[arg(long, value_name = "FILE", requires = "server")]
+    plugin_key: Option<PathBuf>,
+    /// Jobs in the throughput run.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(500..))]
+    jobs: u64,
+    /// Registrations per concurrency level (1 client gets a quarter).
+    #[arg(long, default_value_t = 4_000, value_parser = clap::value_parser!(u64).range(100..))]
+    registrations: u64,
+    /// Seconds of open-loop arrivals in the latency run.
+    #[arg(long, default_value_t = 5)]
+    latency_secs: u64,
+    /// The pulse-test-plugin binary [default: next to this one].
+    #[arg(long, value_name = "FILE")]
+    plugin_bin: Option<PathBuf>,
+    /// Print the table as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn failed(what: &str) -> impl FnOnce(String) -> CliError + '_ {
+    move |e| CliError::Usage(format!("bench: {what}: {e}"))
+}
+
+/// A server this bench started; stopped when dropped.
+struct Spawned(Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the child's own pid; no memory is touched.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_server(dir: &Path, plugin_bin: &Path, key: &Path) -> Result<(Spawned, String), CliError> {
+    let me = std::env::current_exe().map_err(|e| failed("this binary")(e.to_string()))?;
+    let config = format!(
+        "max_running = {IN_FLIGHT}\n[[plugin]]\nname = \"bench\"\ncommand = [{:?}, \"--key\", {:?}]\n",
+        plugin_bin.display().to_string(),
+        key.display().to_string()
+    );
+    let path = dir.join("pulse.toml");
+    std::fs::write(&path, config).map_err(super::files::io(&path))?;
+    let mut child = Command::new(me)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed("starting the server")(e.to_string()))?;
+    let mut first = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut first);
+    }
+    let spawned = Spawned(child);
+    let addr = first
+        .split_whitespace()
+        .nth(3)
+        .ok_or_else(|| failed("starting the server")(format!("unexpected first line {first:?}")))?;
+    Ok((spawned, format!("http://{addr}")))
+}
+
+pub(crate) fn run(a: Args) -> Result<ExitCode, CliError> {
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join(format!("pulse-ledger-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(super::files::io(&dir))?;
+    let result = measure(&a, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let table = result?;
+    let run = json!({
+        "cores": crate::audit::available_threads(), "jobs": a.jobs,
+        "registrations": a.registrations, "latency_secs": a.latency_secs,
+        "server": a.server.as_deref().unwrap_or("spawned"),
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    if a.json {
+        println!("{}", table.json(run));
+    } else {
+        print!("{}", table.text());
+        println!(
+            "({:.0} s, {} cores)",
+            started.elapsed().as_secs_f64(),
+            run["cores"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn measure(a: &Args, dir: &Path) -> Result<Table, CliError> {
+    let mut t = Table::default();
+    eprintln!("bench: ceilings…");
+    t.add(
+        "verify_per_core",
+        "ed25519 verify_strict, one core",
+        verify_rate(),
+        "/s",
+    );
+    t.add(
+        "fsync",
+        "fdatasync of 512 bytes on the scratch dir's disk",
+        fsync_rate(dir).map_err(failed("fsync probe"))?,
+        "/s",
+    );
+    let plugin_bin = match &a.plugin_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| failed("this binary")(e.to_string()))?
+            .with_file_name("pulse-test-plugin"),
+    };
+    let (key_path, sk, did) = match &a.plugin_key {
+        Some(p) => {
+            let sk = crate::keyfile::load(p).map_err(|e| failed("--plugin-key")(e.to_string()))?;
+            let did = crate::Did::from_verifying_key(&sk.verifying_key())
+                .map_err(|e| failed("--plugin-key")(e.to_string()))?;
+            (p.clone(), sk, did)
+        }
+        None => {
+            let (sk, did) = crate::loadgen::bench_plugin_key();
+            let p = dir.join("plugin.key");
+            crate::keyfile::create(&p, &sk, &did)
+                .map_err(|e| failed("plugin key")(e.to_string()))?;
+            (p, sk, did)
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| failed("runtime")(e.to_string()))?;
+    runtime.block_on(async {
+        let bare_calls = (a.jobs as usize).max(5_000);
+        eprintln!("bench: bare gRPC to the test plugin…");
+        let (bare, p50, p99) = bare_plugin_rate(&plugin_bin, &key_path, bare_calls, IN_FLIGHT)
+            .await
+            .map_err(failed("bare gRPC"))?;
+        t.add(
+            "bare_grpc",
+            "bare tonic ExecuteJob(noop) to the test plugin, 64 in flight",
+            bare,
+            "/s",
+        );
+        t.add(
+            "bare_grpc_p50",
+            "bare tonic ExecuteJob, one at a time, p50",
+            p50,
+            "ms",
+        );
+        t.add(
+            "bare_grpc_p99",
+            "bare tonic ExecuteJob, one at a time, p99",
+            p99,
+            "ms",
+        );
+
+        let (_server, url) = match &a.server {
+            Some(u) => (None, u.clone()),
+            None => {
+                let (s, u) = spawn_server(dir, &plugin_bin, &key_path)?;
+                (Some(s), u)
+            }
+        };
+        let channel: Channel = Endpoint::from_shared(url.clone())
+            .map_err(|e| CliError::Usage(format!("--server {url}: {e}")))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| CliError::Unreachable(format!("cannot reach {url}: {e}")))?;
+        let run = format!("{}", crate::clock::unix_ms());
+        for (clients, key, label) in [
+            (1, "register_1", "registrations (durable), 1 client"),
+            (16, "register_16", "registrations (durable), 16 clients"),
+            (64, "register_64", "registrations (durable), 64 clients"),
+        ] {
+            eprintln!("bench: {label}…");
+            let n = if clients == 1 {
+                a.registrations / 4
+            } else {
+                a.registrations
+            };
+            let rate = registration_rate(channel.clone(), n as usize, clients, &run)
+                .await
+                .map_err(failed(label))?;
+            t.add_ratio(key, label, rate, "/s", "verify_per_core");
+        }
+        if a.server.is_none() || a.plugin_key.is_some() {
+            eprintln!("bench: jobs end to end…");
+            let f = pulse_jobs(channel, (&sk, &did), a.jobs as usize, a.latency_secs as f64)
+                .await
+                .map_err(failed("jobs"))?;
+            t.add_ratio(
+                "jobs",
+                "jobs end to end (enqueue → no-op → result stored), 64 running",
+                f.rate,
+                "/s",
+                "bare_grpc",
+            );
+            let at = format!(
+                "at {:.0} jobs/s open loop, {} samples",
+                f.arrival_rate, f.samples
+            );
+            t.add(
+                "start_p50",
+                format!("enqueue → plugin start p50, {at}"),
+                f.p50,
+                "ms",
+            );
+            t.add("start_p99", "enqueue → plugin start p99", f.p99, "ms");
+            t.add("start_p999", "enqueue → plugin start p99.9", f.p999, "ms");
+        } else {
+            eprintln!("bench: jobs skipped: --server needs --plugin-key for them");
+        }
+        Ok::<(), CliError>(())
+    })?;
+    eprintln!("bench: resolution…");
+    let (cached, cold) = resolution_cost(dir).map_err(failed("resolution"))?;
+    t.add("resolve_cached", "resolution, cached verdict", cached, "µs");
+    t.add(
+        "resolve_cold",
+        "resolution, cold, 10-statement handler chain",
+        cold,
+        "µs",
+    );
+    Ok(t)
+}

@@ -1,0 +1,169 @@
+//! The physical ceilings, measured in the bench's own run: strict ed25519
+//! verification on one core, fsyncs on the data dir's disk, and bare gRPC
+//! round trips to the test plugin with no Pulse in between.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::Signer;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+use super::bench_key;
+use crate::api::proto::{self, plugin_client::PluginClient};
+use crate::plugin::parse_handshake;
+
+/// Strict verifications per second on this thread: 20,000 distinct
+/// signatures, median of 3 runs.
+pub fn verify_rate() -> f64 {
+    let sigs: Vec<_> = (0..20_000u64)
+        .map(|i| {
+            let (sk, _) = bench_key("verify", i);
+            let msg = i.to_le_bytes().repeat(40);
+            let sig = sk.sign(&msg);
+            (sk.verifying_key(), msg, sig)
+        })
+        .collect();
+    let mut rates: Vec<f64> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            for (vk, msg, sig) in &sigs {
+                let _ = std::hint::black_box(vk.verify_strict(msg, sig));
+            }
+            sigs.len() as f64 / t.elapsed().as_secs_f64()
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[1]
+}
+
+/// fdatasync calls per second on the disk holding `dir` (512-byte writes,
+/// one second).
+///
+/// # Errors
+/// I/O errors, as text.
+pub fn fsync_rate(dir: &Path) -> Result<f64, String> {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let block = [0u8; 512];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_secs(1) {
+        f.write_all(&block).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Runs one ExecuteJob(noop) to its result.
+async fn execute(client: &mut PluginClient<Channel>, n: u64) -> Result<(), String> {
+    let req = proto::ExecuteJobRequest {
+        job_id: n.to_be_bytes().repeat(2),
+        lease: vec![1; 16],
+        attempt: 1,
+        handler_name: "noop".into(),
+        deadline_ms: u64::MAX,
+        heartbeat_interval_ms: 10_000,
+        ..Default::default()
+    };
+    let mut s = client
+        .execute_job(req)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let mut done = false;
+    while let Some(e) = s.next().await {
+        let e = e.map_err(|e| e.to_string())?;
+        done |= matches!(e.event, Some(proto::job_event::Event::Result(_)));
+    }
+    if done {
+        Ok(())
+    } else {
+        Err("the plugin sent no result".into())
+    }
+}
+
+/// Bare gRPC to the test plugin started from `plugin_bin` with
+/// `plugin_key`: (calls/s with `in_flight` concurrent calls over `n`
+/// calls, p50 ms, p99 ms of one call at a time).
+///
+/// # Errors
+/// The plugin could not be started or answered wrongly.
+pub async fn bare_plugin_rate(
+    plugin_bin: &Path,
+    plugin_key: &Path,
+    n: usize,
+    in_flight: usize,
+) -> Result<(f64, f64, f64), String> {
+    let mut child = Command::new(plugin_bin)
+        .arg("--key")
+        .arg(plugin_key)
+        // Exits when this process does.
+        .env(crate::plugin::sdk::WATCH_STDIN_ENV, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", plugin_bin.display()))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        BufReader::new(out)
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+    }
+    let result = async {
+        let addr = parse_handshake(line.trim_end())?;
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let client = PluginClient::new(channel);
+        let mut one = client.clone();
+        for i in 0..500 {
+            execute(&mut one, i).await?;
+        }
+        let mut lat = Vec::new();
+        for i in 0..2_000 {
+            let t = Instant::now();
+            execute(&mut one, i).await?;
+            lat.push(t.elapsed().as_micros() as u64);
+        }
+        lat.sort_unstable();
+        let next = Arc::new(AtomicU64::new(0));
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..in_flight)
+            .map(|_| {
+                let (mut c, next) = (client.clone(), Arc::clone(&next));
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n as u64 {
+                            return Ok::<(), String>(());
+                        }
+                        execute(&mut c, i).await?;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.map_err(|e| e.to_string())??;
+        }
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        Ok((
+            rate,
+            super::percentile_ms(&lat, 0.5),
+            super::percentile_ms(&lat, 0.99),
+        ))
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}

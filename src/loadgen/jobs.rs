@@ -1,0 +1,231 @@
+//! Jobs end to end through Pulse: enqueued (durably), resolved, dispatched
+//! to the test plugin's no-op handler and run to a stored result; and the
+//! enqueue → plugin-start latency at half that throughput, open loop (each
+//! job sent at its scheduled time whatever happened to the ones before, so
+//! a stall shows in the latency instead of slowing the arrivals).
+
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use tonic::transport::Channel;
+
+use super::{bench_key, percentile_ms};
+use crate::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
+use crate::{Action, Did, Family, HandlerSchema, PluginSchema, Schema, Statement, sign_statement};
+
+/// Jobs per EnqueueBatch in the throughput run.
+const BATCH: usize = 500;
+
+/// What the jobs run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct JobFigures {
+    /// Jobs/s, enqueue to stored result.
+    pub rate: f64,
+    /// The open-loop arrival rate of the latency run (half of `rate`).
+    pub arrival_rate: f64,
+    /// Latency samples.
+    pub samples: usize,
+    /// Enqueue → plugin start, ms.
+    pub p50: f64,
+    /// Enqueue → plugin start, ms.
+    pub p99: f64,
+    /// Enqueue → plugin start, ms.
+    pub p999: f64,
+}
+
+/// Unix time in microseconds: the clock the stamp handler reports in.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn register(sk: &SigningKey, did: &Did, family: Family, action: Action) -> Result<Vec<u8>, String> {
+    let st = Statement {
+        family,
+        subject: did.clone(),
+        signer: did.clone(),
+        seq: 0,
+        prev: None,
+        issued_at: 1_000,
+        action,
+    };
+    sign_statement(&st, sk, None)
+        .map(|a| a.envelope().to_vec())
+        .map_err(|e| e.to_string())
+}
+
+async fn enqueue_batch(
+    jobs: &mut JobsClient<Channel>,
+    handler: &Did,
+    n: usize,
+) -> Result<Vec<Vec<u8>>, String> {
+    let reqs = (0..n)
+        .map(|_| proto::EnqueueRequest {
+            handler: handler.to_string(),
+            ..Default::default()
+        })
+        .collect();
+    jobs.enqueue_batch(proto::EnqueueBatchRequest { jobs: reqs })
+        .await
+        .map_err(|s| format!("EnqueueBatch: {}", s.message()))?
+        .into_inner()
+        .results
+        .into_iter()
+        .map(|r| match r.result {
+            Some(proto::enqueue_result::Result::Accepted(a)) => Ok(a.job.unwrap_or_default().id),
+            Some(proto::enqueue_result::Result::Rejected(e)) => Err(e.message),
+            None => Err("an empty enqueue result".into()),
+        })
+        .collect()
+}
+
+async fn wait_done(jobs: &mut JobsClient<Channel>, id: &[u8]) -> Result<proto::Job, String> {
+    loop {
+        let j = jobs
+            .get_job(proto::GetJobRequest { id: id.to_vec() })
+            .await
+            .map_err(|s| format!("GetJob: {}", s.message()))?
+            .into_inner()
+            .job
+            .unwrap_or_default();
+        match j.state.as_str() {
+            "succeeded" => return Ok(j),
+            "dead" | "cancelled" => {
+                return Err(format!(
+                    "job {} ended {}: {}",
+                    hex::encode(id),
+                    j.state,
+                    j.last_error
+                ));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
+/// Whether no job is queued, running, retrying or held.
+async fn idle(jobs: &mut JobsClient<Channel>) -> Result<bool, String> {
+    for state in ["queued", "running", "retrying", "held"] {
+        let page = jobs
+            .list_jobs(proto::ListJobsRequest {
+                state: state.into(),
+                page_size: 1,
+                page_token: vec![],
+            })
+            .await
+            .map_err(|s| format!("ListJobs: {}", s.message()))?
+            .into_inner();
+        if !page.jobs.is_empty() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Registers the test plugin (`plugin`, whose process the server runs)
+/// and its `noop` and `stamp` handlers, then runs `n` no-op jobs and the
+/// latency run for `latency_secs`.
+///
+/// # Errors
+/// A refused call, or a job that did not succeed.
+pub async fn pulse_jobs(
+    channel: Channel,
+    plugin: (&SigningKey, &Did),
+    n: usize,
+    latency_secs: f64,
+) -> Result<JobFigures, String> {
+    let mut reg = RegistryClient::new(channel.clone());
+    let (nsk, noop) = bench_key("jobs-noop", 0);
+    let (ssk, stamp) = bench_key("jobs-stamp", 0);
+    let handler = |name: &str| {
+        Action::Register(Schema::Handler(HandlerSchema::new(
+            name,
+            "1.0.0",
+            plugin.1.clone(),
+        )))
+    };
+    for envelope in [
+        register(
+            plugin.0,
+            plugin.1,
+            Family::Plugin,
+            Action::Register(Schema::Plugin(PluginSchema::new("bench", "1.0.0"))),
+        )?,
+        register(&nsk, &noop, Family::Handler, handler("noop"))?,
+        register(&ssk, &stamp, Family::Handler, handler("stamp"))?,
+    ] {
+        reg.submit(proto::SubmitRequest { envelope })
+            .await
+            .map_err(|s| format!("Submit: {}", s.message()))?;
+    }
+    let mut jobs = JobsClient::new(channel);
+    // Warm-up: the plugin session opens, caches fill.
+    let warm = enqueue_batch(&mut jobs, &noop, BATCH).await?;
+    if let Some(last) = warm.last() {
+        wait_done(&mut jobs, last).await?;
+    }
+
+    let t = Instant::now();
+    let senders: Vec<_> = (0..n.div_ceil(BATCH))
+        .map(|chunk| {
+            let (mut c, noop) = (jobs.clone(), noop.clone());
+            let count = BATCH.min(n - chunk * BATCH);
+            tokio::spawn(async move { enqueue_batch(&mut c, &noop, count).await })
+        })
+        .collect();
+    let mut last = Vec::new();
+    for s in senders {
+        last = s.await.map_err(|e| e.to_string())??;
+    }
+    if let Some(id) = last.last() {
+        wait_done(&mut jobs, id).await?;
+    }
+    while !idle(&mut jobs).await? {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+
+    let arrival_rate = rate / 2.0;
+    let count = (arrival_rate * latency_secs).max(1.0) as usize;
+    let start = Instant::now();
+    let mut sent = Vec::with_capacity(count);
+    for i in 0..count {
+        let at = start + Duration::from_secs_f64(i as f64 / arrival_rate);
+        tokio::time::sleep_until(at.into()).await;
+        let (mut c, stamp) = (jobs.clone(), stamp.clone());
+        sent.push(tokio::spawn(async move {
+            let t0 = now_us();
+            let id = c
+                .enqueue(proto::EnqueueRequest {
+                    handler: stamp.to_string(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| format!("Enqueue: {}", s.message()))?
+                .into_inner()
+                .job
+                .unwrap_or_default()
+                .id;
+            Ok::<_, String>((t0, id))
+        }));
+    }
+    let mut lat = Vec::with_capacity(count);
+    for s in sent {
+        let (t0, id) = s.await.map_err(|e| e.to_string())??;
+        let j = wait_done(&mut jobs, &id).await?;
+        let started: u64 = String::from_utf8_lossy(&j.result)
+            .parse()
+            .map_err(|_| "the stamp handler returned no time".to_owned())?;
+        lat.push(started.saturating_sub(t0));
+    }
+    lat.sort_unstable();
+    Ok(JobFigures {
+        rate,
+        arrival_rate,
+        samples: lat.len(),
+        p50: percentile_ms(&lat, 0.5),
+        p99: percentile_ms(&lat, 0.99),
+        p999: percentile_ms(&lat, 0.999),
+    })
+}

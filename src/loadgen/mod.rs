@@ -1,0 +1,64 @@
+//! The load generator behind `pulse-ledger bench` (BENCHMARKS.md): every
+//! figure next to the physical ceiling it is a fraction of, measured in the
+//! same run on the same machine — ed25519 verification on one core, fsyncs
+//! on the data dir's disk, a bare gRPC round trip to the same plugin.
+
+mod ceilings;
+mod jobs;
+mod registrations;
+mod resolution;
+mod table;
+
+pub use ceilings::{bare_plugin_rate, fsync_rate, verify_rate};
+pub use jobs::{JobFigures, pulse_jobs};
+pub use registrations::registration_rate;
+pub use resolution::resolution_cost;
+pub use table::{Row, Table};
+
+use std::path::PathBuf;
+
+use ed25519_dalek::SigningKey;
+
+use crate::Did;
+
+/// What to measure, and with what.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// A scratch directory (data dirs, keys, probe files).
+    pub dir: PathBuf,
+    /// The `pulse-ledger` binary to run as the server.
+    pub server_bin: PathBuf,
+    /// The test plugin binary (`pulse-test-plugin`).
+    pub plugin_bin: PathBuf,
+    /// Jobs for the throughput run.
+    pub jobs: usize,
+    /// Registrations per concurrency level.
+    pub registrations: usize,
+    /// Seconds of open-loop arrivals for the latency run.
+    pub latency_secs: f64,
+}
+
+/// A deterministic key for benchmark subjects (never a real key).
+pub(crate) fn bench_key(label: &str, i: u64) -> (SigningKey, Did) {
+    let mut seed = blake3::Hasher::new_derive_key("pulse-ledger bench keys");
+    seed.update(label.as_bytes());
+    seed.update(&i.to_le_bytes());
+    let sk = SigningKey::from_bytes(seed.finalize().as_bytes());
+    let did = Did::from_verifying_key(&sk.verifying_key())
+        .unwrap_or_else(|e| unreachable!("a derived key is a valid key: {e}"));
+    (sk, did)
+}
+
+/// The key the bench's test plugin proves (never a real key).
+pub fn bench_plugin_key() -> (SigningKey, Did) {
+    bench_key("plugin", 0)
+}
+
+/// The p-th quantile of sorted microseconds, in milliseconds.
+pub(crate) fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
