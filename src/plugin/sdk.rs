@@ -585,8 +585,11 @@ impl plugin_server::Plugin for Service {
         let running = Arc::clone(&self.running);
         tokio::spawn(async move {
             let mut work = handler.execute(ctx, r.payload);
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
+            // The first heartbeat is one interval after the start. (Not
+            // `interval(every)` and a first `tick().await`: that tick waits
+            // for the timer wheel's next millisecond, a millisecond added
+            // to every attempt before its handler runs.)
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             let mut cancel = cancel;
             loop {
                 tokio::select! {

@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use super::backoff::Backoff;
 use super::budget::BudgetUse;
 use super::executor::{AttemptSpec, ExecEvent, Executor, Report};
-use super::job::{CancelReason, HoldReason, Job, JobId, JobState, LeaseToken};
+use super::job::{CancelReason, HoldReason, Job, JobId, LeaseToken};
 use super::machine::RetryPolicy;
 use super::route::{Authorization, OpenRouter, Route, Router};
 use super::store::{JobError, JobStore};
@@ -246,23 +246,41 @@ impl<E: Executor> Dispatcher<E> {
     /// returned).
     pub fn step(&mut self, now: u64) -> Result<StepReport, JobError> {
         let mut report = StepReport::default();
-        self.apply_reports(now, &mut report)?;
+        self.store.promote_due(now, self.config.scan)?;
+        self.release_held(now)?;
+        // The step's reports and its dispatches go to the store in one
+        // group commit: one fsync per step on the dispatcher's path, not
+        // two. Slots freed by this step's results are used by the next
+        // step, which follows at once.
+        let pending = self.collect_reports(now, &mut report)?;
+        let chosen = self.choose(now)?;
+        self.store.append_logs(pending.logs)?;
+        let mut ops = pending.ops;
+        let reports = ops.len();
+        ops.extend(Self::dispatch_ops(&chosen, now));
+        let mut results = self.store.update_many(now, ops);
+        let dispatched = results.split_off(reports);
+        self.finish_reports(pending.ending, results, &mut report)?;
+        report.dispatched = self.start(now, chosen, dispatched)?;
+        // After the reports: a result that came in time wins over the
+        // deadline.
         if now >= self.next_deadline_scan {
             report.timed_out = self.enforce_deadlines(now)?;
             self.next_deadline_scan = now.saturating_add(self.config.deadline_scan_ms);
         }
-        self.store.promote_due(now, self.config.scan)?;
-        self.release_held(now)?;
-        report.dispatched = self.dispatch(now)?;
         Ok(report)
     }
 
-    /// Applies the reports received since the last step. Cost reports are
-    /// applied one by one (cost feeds the budgets). Log lines from live
-    /// attempts are stored first, so a reader who sees the job finished
-    /// sees all its lines; then heartbeats, progress, results and the log
-    /// lines' heartbeats are applied together under one fsync.
-    fn apply_reports(&mut self, now: u64, report: &mut StepReport) -> Result<(), JobError> {
+    /// Turns the reports received since the last step into transitions for
+    /// the step's group commit. Cost reports are applied at once, one by
+    /// one (cost feeds the budgets). Log lines from live attempts are
+    /// returned to be stored before the commit, so a reader who sees the
+    /// job finished sees all its lines; each is also a heartbeat.
+    fn collect_reports(
+        &mut self,
+        now: u64,
+        report: &mut StepReport,
+    ) -> Result<PendingReports, JobError> {
         let reports: Vec<Report> = self.rx.try_iter().collect();
         // Each op answers whether the attempt is still live after it, so
         // no job is read again to find out.
@@ -337,8 +355,17 @@ impl<E: Executor> Dispatcher<E> {
                 }),
             ));
         }
-        self.store.append_logs(logs)?;
-        let results = self.store.update_many(now, ops);
+        Ok(PendingReports { ops, ending, logs })
+    }
+
+    /// Applies the outcome of the reports' transitions: an attempt that
+    /// ended gives back its slot and reservation.
+    fn finish_reports(
+        &mut self,
+        ending: Vec<(JobId, Option<Did>)>,
+        results: Vec<Result<bool, JobError>>,
+        report: &mut StepReport,
+    ) -> Result<(), JobError> {
         for ((job, handler), result) in ending.into_iter().zip(results) {
             match result {
                 Ok(still_live) => {
@@ -470,18 +497,16 @@ impl<E: Executor> Dispatcher<E> {
         Ok(())
     }
 
-    /// Starts ready jobs while slots are free. A handler at its
-    /// `max_concurrency` is skipped, not waited for, so it never blocks
-    /// other handlers' jobs.
-    fn dispatch(&mut self, now: u64) -> Result<usize, JobError> {
+    /// Chooses ready jobs while slots are free, taking their slots and
+    /// reservations. A handler at its `max_concurrency` is skipped, not
+    /// waited for, so it never blocks other handlers' jobs.
+    fn choose(&mut self, now: u64) -> Result<Vec<Chosen>, JobError> {
         let total: u32 = self.running.values().sum();
         let mut free = self.config.max_running.saturating_sub(total as usize);
+        let mut chosen: Vec<Chosen> = Vec::new();
         if free == 0 {
-            return Ok(0);
+            return Ok(chosen);
         }
-        // Choose first (taking slots and reservations as we go), then
-        // dispatch every chosen job under one fsync.
-        let mut chosen: Vec<(JobId, Did, LeaseToken, Option<Arc<Authorization>>)> = Vec::new();
         // Budgets read once per handler per step.
         let mut budgets: std::collections::HashMap<[u8; 32], super::Budget> =
             std::collections::HashMap::new();
@@ -539,45 +564,65 @@ impl<E: Executor> Dispatcher<E> {
             self.reserved
                 .insert(job.id, (job.handler.clone(), expected));
             free -= 1;
-            chosen.push((id, job.handler, lease, authorization));
+            chosen.push(Chosen {
+                job,
+                lease,
+                authorization,
+            });
         }
-        let ops: Vec<(JobId, super::store::GroupOp<Job>)> = chosen
+        Ok(chosen)
+    }
+
+    /// The dispatch transitions of the chosen jobs.
+    fn dispatch_ops(chosen: &[Chosen], now: u64) -> Vec<(JobId, super::store::GroupOp<bool>)> {
+        chosen
             .iter()
-            .map(|(id, _, lease, authorization)| {
-                let lease = *lease;
-                let under = authorization
+            .map(|c| {
+                let lease = c.lease;
+                let under = c
+                    .authorization
                     .as_ref()
                     .map(|a| (a.handler_index, a.plugin_index));
-                let op: super::store::GroupOp<Job> = Box::new(move |j: &mut Job| {
+                let op: super::store::GroupOp<bool> = Box::new(move |j: &mut Job| {
                     j.dispatch(lease, now)?;
                     if let Some(a) = j.attempts.last_mut() {
                         a.authorised_under = under;
                     }
-                    Ok(j.clone())
+                    Ok(true)
                 });
-                (*id, op)
+                (c.job.id, op)
             })
-            .collect();
-        let results = self.store.update_many(now, ops);
+            .collect()
+    }
+
+    /// Starts the attempts whose dispatch was committed; gives back the
+    /// slots of the others.
+    fn start(
+        &mut self,
+        now: u64,
+        chosen: Vec<Chosen>,
+        results: Vec<Result<bool, JobError>>,
+    ) -> Result<usize, JobError> {
         let mut started = 0;
         let mut failure = None;
-        for ((id, handler, lease, authorization), result) in chosen.into_iter().zip(results) {
+        for (c, result) in chosen.into_iter().zip(results) {
             match result {
-                Ok(job) => {
-                    debug_assert_eq!(job.state, JobState::Running);
+                Ok(_) => {
                     started += 1;
+                    let job = c.job;
                     self.executor.start(
                         AttemptSpec {
                             job: job.id,
-                            lease,
-                            number: job.attempts.len() as u32,
-                            handler: job.handler.clone(),
-                            payload: job.payload.clone(),
+                            lease: c.lease,
+                            // The attempt just appended.
+                            number: job.attempts.len() as u32 + 1,
+                            handler: job.handler,
+                            payload: job.payload,
                             deadline: now.saturating_add(job.limits.timeout_ms),
-                            checkpoint: job.progress.checkpoint.clone(),
+                            checkpoint: job.progress.checkpoint,
                             // Never 0, which plugins read as "not said".
                             heartbeat_interval_ms: (self.config.heartbeat_timeout_ms / 3).max(1),
-                            authorization,
+                            authorization: c.authorization,
                         },
                         self.tx.clone(),
                     );
@@ -585,8 +630,8 @@ impl<E: Executor> Dispatcher<E> {
                 Err(e) => {
                     // Not dispatched (cancelled meanwhile, or storage):
                     // give the slot and reservation back.
-                    self.release_slot(&handler);
-                    self.reserved.remove(&id);
+                    self.release_slot(&c.job.handler);
+                    self.reserved.remove(&c.job.id);
                     if let JobError::Storage(_) = e {
                         failure = Some(e);
                     }
@@ -598,4 +643,18 @@ impl<E: Executor> Dispatcher<E> {
             None => Ok(started),
         }
     }
+}
+
+/// Report transitions waiting for the step's group commit.
+struct PendingReports {
+    ops: Vec<(JobId, super::store::GroupOp<bool>)>,
+    ending: Vec<(JobId, Option<Did>)>,
+    logs: Vec<(JobId, super::store::LogLine)>,
+}
+
+/// A job chosen for dispatch in this step.
+struct Chosen {
+    job: Job,
+    lease: LeaseToken,
+    authorization: Option<Arc<Authorization>>,
 }
