@@ -510,65 +510,80 @@ impl<E: Executor> Dispatcher<E> {
         // Budgets read once per handler per step.
         let mut budgets: std::collections::HashMap<[u8; 32], super::Budget> =
             std::collections::HashMap::new();
-        for id in self.store.ready(self.config.scan)? {
-            if free == 0 {
+        // Read the ready index a page at a time, only as far as there are
+        // slots to fill (jobs skipped for concurrency or budgets make it
+        // read on), at most `scan` ids per step.
+        let mut cursor = None;
+        let mut scanned = 0;
+        'pages: while free > 0 && scanned < self.config.scan {
+            let want = (free * 2).max(16).min(self.config.scan - scanned);
+            let (ids, next) = self.store.ready_after(cursor.as_ref(), want)?;
+            if ids.is_empty() {
                 break;
             }
-            let job: Job = self.store.get(&id)?;
-            // Resolution: checked before every dispatch, never cached past
-            // a change of the chains it read.
-            let authorization = match self.router.route(&job) {
-                Route::Go(a) => a,
-                Route::Hold(..) => {
-                    self.store
-                        .update(&id, now, |j| j.hold(HoldReason::Plugin, now))?;
+            scanned += ids.len();
+            cursor = next;
+            for id in ids {
+                if free == 0 {
+                    break 'pages;
+                }
+                let job: Job = self.store.get(&id)?;
+                // Resolution: checked before every dispatch, never cached past
+                // a change of the chains it read.
+                let authorization = match self.router.route(&job) {
+                    Route::Go(a) => a,
+                    Route::Hold(..) => {
+                        self.store
+                            .update(&id, now, |j| j.hold(HoldReason::Plugin, now))?;
+                        continue;
+                    }
+                    Route::Refuse(why, detail) => {
+                        self.store
+                            .update(&id, now, |j| j.refuse(why, detail, now))?;
+                        continue;
+                    }
+                };
+                let limit = match &authorization {
+                    Some(a) => a.max_concurrency,
+                    None => (self.limits)(&job.handler),
+                };
+                let busy = self.running.get(&job.handler).copied().unwrap_or(0);
+                if limit.is_some_and(|l| busy >= l) {
                     continue;
                 }
-                Route::Refuse(why, detail) => {
+                // Reserve the job's expected cost; if the handler's budget
+                // cannot cover it, hold the job (no attempt is used).
+                let budget = match budgets.get(job.handler.public_key()) {
+                    Some(b) => *b,
+                    None => {
+                        let b = self.store.budget(&job.handler)?;
+                        budgets.insert(*job.handler.public_key(), b);
+                        b
+                    }
+                };
+                let expected = self.expected_cost(&job);
+                if budget.is_limited()
+                    && !budget.admits(&self.budget_use(&job.handler, now)?, expected)
+                {
                     self.store
-                        .update(&id, now, |j| j.refuse(why, detail, now))?;
+                        .update(&id, now, |j| j.hold(HoldReason::Budget, now))?;
                     continue;
                 }
-            };
-            let limit = match &authorization {
-                Some(a) => a.max_concurrency,
-                None => (self.limits)(&job.handler),
-            };
-            let busy = self.running.get(&job.handler).copied().unwrap_or(0);
-            if limit.is_some_and(|l| busy >= l) {
-                continue;
+                self.leases += 1;
+                let mut token = [0u8; 16];
+                token[..8].copy_from_slice(&self.leases.to_be_bytes());
+                token[8..].copy_from_slice(&self.next_random().to_be_bytes());
+                let lease = LeaseToken(token);
+                *self.running.entry(job.handler.clone()).or_default() += 1;
+                self.reserved
+                    .insert(job.id, (job.handler.clone(), expected));
+                free -= 1;
+                chosen.push(Chosen {
+                    job,
+                    lease,
+                    authorization,
+                });
             }
-            // Reserve the job's expected cost; if the handler's budget
-            // cannot cover it, hold the job (no attempt is used).
-            let budget = match budgets.get(job.handler.public_key()) {
-                Some(b) => *b,
-                None => {
-                    let b = self.store.budget(&job.handler)?;
-                    budgets.insert(*job.handler.public_key(), b);
-                    b
-                }
-            };
-            let expected = self.expected_cost(&job);
-            if budget.is_limited() && !budget.admits(&self.budget_use(&job.handler, now)?, expected)
-            {
-                self.store
-                    .update(&id, now, |j| j.hold(HoldReason::Budget, now))?;
-                continue;
-            }
-            self.leases += 1;
-            let mut token = [0u8; 16];
-            token[..8].copy_from_slice(&self.leases.to_be_bytes());
-            token[8..].copy_from_slice(&self.next_random().to_be_bytes());
-            let lease = LeaseToken(token);
-            *self.running.entry(job.handler.clone()).or_default() += 1;
-            self.reserved
-                .insert(job.id, (job.handler.clone(), expected));
-            free -= 1;
-            chosen.push(Chosen {
-                job,
-                lease,
-                authorization,
-            });
         }
         Ok(chosen)
     }

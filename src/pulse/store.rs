@@ -98,6 +98,10 @@ pub enum JobError {
     Storage(#[from] LedgerError),
 }
 
+/// Where a page of [`JobStore::ready_after`] ended.
+#[derive(Debug, Clone)]
+pub struct ReadyCursor(Vec<u8>);
+
 /// A job as stored: the job and the queue index key it currently has.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Stored {
@@ -565,22 +569,44 @@ impl JobStore {
     /// # Errors
     /// Storage failures.
     pub fn ready(&self, limit: usize) -> Result<Vec<JobId>, JobError> {
-        let mut out = Vec::new();
-        let keys: Vec<Vec<u8>> = self
-            .queues()
-            .set(Jk::Ready)
+        Ok(self.ready_after(None, limit)?.0)
+    }
+
+    /// Up to `limit` due jobs in dispatch order after `cursor` (from the
+    /// start without one), and the cursor for the next page: the
+    /// dispatcher reads only as far as it has slots to fill.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn ready_after(
+        &self,
+        cursor: Option<&ReadyCursor>,
+        limit: usize,
+    ) -> Result<(Vec<JobId>, Option<ReadyCursor>), JobError> {
+        use std::ops::Bound;
+        let keys: Vec<Vec<u8>> = {
+            let q = self.queues();
+            let from = match cursor {
+                Some(c) => Bound::Excluded(c.0.clone()),
+                None => Bound::Unbounded,
+            };
+            q.set(Jk::Ready)
+                .range((from, Bound::Unbounded))
+                .take(limit)
+                .cloned()
+                .collect()
+        };
+        let next = keys.last().cloned().map(ReadyCursor);
+        let ids = keys
             .iter()
-            .take(limit)
-            .cloned()
-            .collect();
-        for key in keys {
-            out.push(JobId(
+            .map(|key| {
                 key.get(1..17)
                     .and_then(|k| k.try_into().ok())
-                    .ok_or_else(|| corrupt("ready key"))?,
-            ));
-        }
-        Ok(out)
+                    .map(JobId)
+                    .ok_or_else(|| corrupt("ready key"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((ids, next))
     }
 
     /// Every running job (bounded by the dispatcher's worker limit).
