@@ -98,8 +98,18 @@ impl Serialize for Value {
 }
 
 /// Encodes an internal record (not a signed format: no canonical-form
-/// guarantee) with serde_cbor.
+/// guarantee) with serde_cbor, packed: struct fields and enum variants by
+/// number, not name, so records are smaller and faster to read. Records
+/// written with names (before) still decode: serde reads either.
 pub(crate) fn record_to_vec<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_cbor::ser::to_vec_packed(value)
+        .unwrap_or_else(|e| unreachable!("CBOR encode of a record: {e}"))
+}
+
+/// A record as earlier versions wrote it (field names, not numbers): for
+/// tests that old data still reads.
+#[cfg(test)]
+pub(crate) fn named_record_to_vec<T: Serialize>(value: &T) -> Vec<u8> {
     serde_cbor::to_vec(value).unwrap_or_else(|e| unreachable!("CBOR encode of a record: {e}"))
 }
 

@@ -905,3 +905,36 @@ impl JobStore {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records are written packed; records written with field names (by
+    /// earlier versions) read the same.
+    #[test]
+    fn named_and_packed_records_read_alike() {
+        let handler = crate::Did::from_public_key([
+            0x3b, 0x6a, 0x27, 0xbc, 0xce, 0xb6, 0xa4, 0x2d, 0x62, 0xa3, 0xa8, 0xd0, 0x2a, 0x6f,
+            0x0d, 0x73, 0x65, 0x32, 0x15, 0x77, 0x1d, 0xe2, 0x43, 0xa6, 0x3a, 0xc0, 0x48, 0xa1,
+            0x8b, 0x59, 0xda, 0x29,
+        ])
+        .unwrap();
+        let schema = crate::HandlerSchema::new("h", "1.0.0", handler.clone());
+        let limits = JobLimits::resolve(&schema, &JobRequest::default()).unwrap();
+        let mut job = Job::new(JobId::new(5, 6), handler, &JobRequest::default(), limits, 5);
+        job.state = JobState::Held(super::super::job::HoldReason::Budget);
+        let stored = Stored {
+            placement: Some((4, vec![1, 2, 3])),
+            job,
+        };
+        let named = crate::attest::cbor::named_record_to_vec(&stored);
+        let packed = record_to_vec(&stored);
+        assert!(packed.len() < named.len());
+        for bytes in [named, packed] {
+            let back: Stored = record_from_slice(&bytes).unwrap();
+            assert_eq!(back.job, stored.job);
+            assert_eq!(back.placement, stored.placement);
+        }
+    }
+}
