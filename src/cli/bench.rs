@@ -55,6 +55,11 @@ pub(crate) struct Args {
     /// The pulse-test-plugin binary [default: next to this one].
     #[arg(long, value_name = "FILE")]
     plugin_bin: Option<PathBuf>,
+    /// Also run the same no-op workload through apalis + SQLite: the
+    /// binary built from peers/apalis (`cargo build --release
+    /// --manifest-path peers/apalis/Cargo.toml`).
+    #[arg(long, value_name = "FILE")]
+    peer_apalis: Option<PathBuf>,
     /// Print the table as JSON.
     #[arg(long)]
     json: bool,
@@ -258,6 +263,38 @@ fn measure(a: &Args, dir: &Path) -> Result<Table, CliError> {
         }
         Ok::<(), CliError>(())
     })?;
+    if let Some(peer) = &a.peer_apalis {
+        eprintln!("bench: apalis + SQLite, the same workload…");
+        let out = Command::new(peer)
+            .arg(a.jobs.to_string())
+            .arg(dir)
+            .output()
+            .map_err(|e| failed("--peer-apalis")(e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            failed("--peer-apalis")(format!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+        })?;
+        let rate = v["jobs_per_second"]
+            .as_f64()
+            .ok_or_else(|| failed("--peer-apalis")("no jobs_per_second".into()))?;
+        t.add(
+            "apalis_jobs",
+            format!(
+                "apalis 1.0 + SQLite (WAL, synchronous=FULL), same {} no-op jobs",
+                a.jobs
+            ),
+            rate,
+            "/s",
+        );
+        if let Some(jobs) = t.value("jobs") {
+            t.add_ratio(
+                "jobs_vs_apalis",
+                "pulse-ledger jobs/s ÷ apalis jobs/s",
+                jobs,
+                "/s",
+                "apalis_jobs",
+            );
+        }
+    }
     eprintln!("bench: resolution…");
     let (cached, cold) = resolution_cost(dir).map_err(failed("resolution"))?;
     t.add("resolve_cached", "resolution, cached verdict", cached, "µs");
