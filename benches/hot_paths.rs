@@ -1,0 +1,178 @@
+//! Criterion benches of the hot paths behind the `pulse-ledger bench`
+//! figures (BENCHMARKS.md): group-committed appends, inclusion and
+//! consistency proofs (made and checked), and job enqueue and dispatch
+//! through an in-process executor. Attestation and chain verification are
+//! in `benches/attest.rs`.
+//!
+//! `cargo bench --bench hot_paths`
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use ed25519_dalek::SigningKey;
+use pulse_ledger::ledger::{Ledger, LedgerConfig, leaf_hash, verify_consistency, verify_inclusion};
+use pulse_ledger::pulse::{
+    AttemptSpec, DispatchConfig, Dispatcher, ExecEvent, Executor, JobId, JobRequest, JobStore,
+    LeaseToken, Report,
+};
+use pulse_ledger::{
+    Action, Did, Family, HandlerSchema, PluginSchema, Schema, Statement, sign_statement,
+};
+
+fn key(i: u64) -> (SigningKey, Did) {
+    let sk = SigningKey::from_bytes(&blake3::derive_key("hot paths", &i.to_le_bytes()));
+    let did = Did::from_verifying_key(&sk.verifying_key()).unwrap();
+    (sk, did)
+}
+
+fn registration(i: u64) -> Vec<u8> {
+    let (sk, did) = key(i);
+    let st = Statement {
+        family: Family::Plugin,
+        subject: did.clone(),
+        signer: did,
+        seq: 0,
+        prev: None,
+        issued_at: 1_000,
+        action: Action::Register(Schema::Plugin(PluginSchema::new("bench", "1.0.0"))),
+    };
+    sign_statement(&st, &sk, None).unwrap().envelope().to_vec()
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("pulse-hot-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Succeeds every attempt at once.
+struct Noop;
+
+impl Executor for Noop {
+    fn start(&mut self, a: AttemptSpec, reports: Sender<Report>) {
+        let _ = reports.send(Report {
+            job: a.job,
+            lease: a.lease,
+            event: ExecEvent::Succeeded(Vec::new()),
+        });
+    }
+    fn cancel(&mut self, _: JobId, _: LeaseToken) {}
+}
+
+fn ledger(c: &mut Criterion) {
+    let dir = tempdir("ledger");
+    let ledger = Ledger::open(LedgerConfig::new(&dir, "bench.example/hot")).unwrap();
+    let mut next = 0u64;
+    let mut g = c.benchmark_group("ledger");
+    g.throughput(Throughput::Elements(100));
+    g.sample_size(20);
+    g.bench_function("append_batch_100_group_commit", |b| {
+        b.iter_batched(
+            || {
+                let batch: Vec<Vec<u8>> = (next..next + 100).map(registration).collect();
+                next += 100;
+                batch
+            },
+            |batch| {
+                for r in ledger.append_batch(&batch) {
+                    r.unwrap();
+                }
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.finish();
+    let size = ledger.size();
+    let entry = ledger.entry(size / 2).unwrap();
+    let root = ledger.root_at(size).unwrap();
+    let old = size / 3;
+    let old_root = ledger.root_at(old).unwrap();
+    let mut g = c.benchmark_group("proofs");
+    g.bench_function("inclusion_proof_make", |b| {
+        b.iter(|| ledger.inclusion_proof(size / 2, size).unwrap());
+    });
+    let path = ledger.inclusion_proof(size / 2, size).unwrap();
+    let leaf = leaf_hash(&entry);
+    g.bench_function("inclusion_proof_verify", |b| {
+        b.iter(|| verify_inclusion(&leaf, size / 2, size, &path, &root).unwrap());
+    });
+    g.bench_function("consistency_proof_make", |b| {
+        b.iter(|| ledger.consistency_proof(old, size).unwrap());
+    });
+    let proof = ledger.consistency_proof(old, size).unwrap();
+    g.bench_function("consistency_proof_verify", |b| {
+        b.iter(|| verify_consistency(old, size, &old_root, &root, &proof).unwrap());
+    });
+    g.finish();
+    ledger.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn pulse(c: &mut Criterion) {
+    let dir = tempdir("pulse");
+    let ledger = Ledger::open(LedgerConfig::new(&dir, "bench.example/hot")).unwrap();
+    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let (_, handler) = key(1);
+    let (_, plugin) = key(2);
+    let schema = HandlerSchema::new("bench", "1.0.0", plugin);
+    let items: Vec<_> = (0..100)
+        .map(|_| {
+            (
+                handler.clone(),
+                schema.clone(),
+                JobRequest {
+                    payload: vec![0; 64],
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let mut d = Dispatcher::new(
+        Arc::clone(&store),
+        Noop,
+        DispatchConfig {
+            max_running: 100,
+            ..DispatchConfig::default()
+        },
+        Box::new(|_| None),
+        1,
+    );
+    let mut g = c.benchmark_group("pulse");
+    g.throughput(Throughput::Elements(100));
+    g.sample_size(20);
+    g.bench_function("enqueue_batch_100", |b| {
+        b.iter(|| {
+            for r in store.enqueue_batch(&items, 1) {
+                r.unwrap();
+            }
+        });
+    });
+    // Run what the enqueue bench left, untimed.
+    while d.step(2).unwrap().dispatched > 0 || !store.ready(1).unwrap().is_empty() {}
+    d.step(2).unwrap();
+    // Dispatch 100 queued jobs and apply their results: two steps.
+    g.bench_function("dispatch_and_finish_100", |b| {
+        b.iter_batched(
+            || {
+                for r in store.enqueue_batch(&items, 1) {
+                    r.unwrap();
+                }
+            },
+            |()| {
+                while d.step(2).unwrap().dispatched > 0 || !store.ready(1).unwrap().is_empty() {}
+                d.step(2).unwrap();
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.finish();
+    drop(d);
+    ledger.close();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(hot, ledger, pulse);
+criterion_main!(hot);
