@@ -181,7 +181,7 @@ impl NodeSource for Shared {
 
 struct Job {
     att: Attestation,
-    reply: SyncSender<Result<Receipt, LedgerError>>,
+    reply: tokio::sync::oneshot::Sender<Result<Receipt, LedgerError>>,
 }
 
 /// An append-only, verified attestation log in one fjall database.
@@ -431,7 +431,7 @@ impl Ledger {
     /// `Rejected` if the attestation does not verify; `unavailable`.
     pub fn enqueue(&self, envelope: &[u8]) -> Result<PendingAppend, LedgerError> {
         let att = verify_attestation(envelope)?;
-        let (reply, answer) = sync_channel(1);
+        let (reply, answer) = tokio::sync::oneshot::channel();
         let queue = self
             .queue
             .lock()
@@ -458,7 +458,7 @@ impl Ledger {
         for envelope in envelopes {
             match verify_attestation(envelope.as_ref()) {
                 Ok(att) => {
-                    let (reply, answer) = sync_channel(1);
+                    let (reply, answer) = tokio::sync::oneshot::channel();
                     jobs.push(Job { att, reply });
                     answers.push(Ok(answer));
                 }
@@ -469,7 +469,7 @@ impl Ledger {
         answers
             .into_iter()
             .map(|a| match a {
-                Ok(rx) if sent => rx.recv().map_err(|_| unavailable())?,
+                Ok(rx) if sent => block_on(rx).map_err(|_| unavailable())?,
                 Ok(_) => Err(unavailable()),
                 Err(e) => Err(e),
             })
@@ -826,18 +826,49 @@ impl Drop for Ledger {
     }
 }
 
+/// Runs a future to completion on this thread, parking between polls: a
+/// blocking wait for the writer's answer that works from any thread,
+/// inside an async runtime too (as the std channel it replaced did).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
 /// A queued append: wait for its commit.
 pub struct PendingAppend {
-    answer: Receiver<Result<Receipt, LedgerError>>,
+    answer: tokio::sync::oneshot::Receiver<Result<Receipt, LedgerError>>,
 }
 
 impl PendingAppend {
-    /// Blocks until the append is committed (or refused).
+    /// Blocks this thread until the append is committed (or refused). In
+    /// an async task, [`PendingAppend::committed`] does not hold a thread.
     ///
     /// # Errors
     /// As for [`Ledger::append`].
     pub fn wait(self) -> Result<Receipt, LedgerError> {
-        self.answer.recv().map_err(|_| unavailable())?
+        block_on(self.answer).map_err(|_| unavailable())?
+    }
+
+    /// Waits, without holding a thread, until the append is committed (or
+    /// refused): a server awaits thousands of these at once.
+    ///
+    /// # Errors
+    /// As for [`Ledger::append`].
+    pub async fn committed(self) -> Result<Receipt, LedgerError> {
+        self.answer.await.map_err(|_| unavailable())?
     }
 }
 
