@@ -16,6 +16,8 @@ fn the_bench_measures_every_figure_against_its_ceiling() {
             "100",
             "--latency-secs",
             "1",
+            "--runs",
+            "1",
             "--plugin-bin",
             env!("CARGO_BIN_EXE_pulse-test-plugin"),
             "--json",
@@ -63,4 +65,5 @@ fn the_bench_measures_every_figure_against_its_ceiling() {
     assert!((r - expect).abs() < 1e-9);
     assert_eq!(ratio("register_64").0, "verify_per_core");
     assert!(values["start_p50"].as_f64() <= values["start_p99"].as_f64());
+    assert_eq!(v["run"]["runs"], 1);
 }

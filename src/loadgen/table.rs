@@ -63,6 +63,55 @@ impl Table {
         });
     }
 
+    /// The median of several runs, row by row: each value and each ratio
+    /// is the median of that row's values and ratios over the runs that
+    /// measured it (a ratio is taken within its run, then the median).
+    pub fn median(runs: &[Table]) -> Table {
+        fn median(mut xs: Vec<f64>) -> f64 {
+            xs.sort_by(f64::total_cmp);
+            match xs.len() {
+                0 => f64::NAN,
+                n if n % 2 == 1 => xs[n / 2],
+                n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+            }
+        }
+        let mut out = Table::default();
+        let Some(first) = runs.first() else {
+            return out;
+        };
+        let mut keys: Vec<&Row> = first.rows.iter().collect();
+        for t in &runs[1..] {
+            for r in &t.rows {
+                if !keys.iter().any(|k| k.key == r.key) {
+                    keys.push(r);
+                }
+            }
+        }
+        for row in keys {
+            let same: Vec<&Row> = runs
+                .iter()
+                .filter_map(|t| t.rows.iter().find(|r| r.key == row.key))
+                .collect();
+            out.rows.push(Row {
+                key: row.key,
+                label: row.label.clone(),
+                value: median(same.iter().map(|r| r.value).collect()),
+                unit: row.unit,
+                ratio: row.ratio.map(|(of, _)| {
+                    (
+                        of,
+                        median(
+                            same.iter()
+                                .filter_map(|r| r.ratio.map(|(_, x)| x))
+                                .collect(),
+                        ),
+                    )
+                }),
+            });
+        }
+        out
+    }
+
     /// A row's value.
     pub fn value(&self, key: &str) -> Option<f64> {
         self.rows.iter().find(|r| r.key == key).map(|r| r.value)
@@ -103,5 +152,31 @@ impl Table {
             .map(|r| (r.key.to_owned(), json!(r.value)))
             .collect();
         json!({"rows": rows, "values": values, "run": extra})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_are_taken_row_by_row_and_ratios_within_runs() {
+        let run = |base: f64, x: f64| {
+            let mut t = Table::default();
+            t.add("base", "base", base, "/s");
+            t.add_ratio("x", "x", x, "/s", "base");
+            t
+        };
+        let mut third = run(10.0, 9.0);
+        third.add("only_once", "only once", 7.0, "/s");
+        let m = Table::median(&[run(10.0, 5.0), run(20.0, 4.0), third]);
+        assert_eq!(m.value("base"), Some(10.0));
+        assert_eq!(m.value("x"), Some(5.0));
+        // Ratios 0.5, 0.2 and 0.9: the median ratio, not 5 / 10.
+        let x = m.rows.iter().find(|r| r.key == "x").unwrap();
+        assert_eq!(x.ratio, Some(("base", 0.5)));
+        assert_eq!(m.value("only_once"), Some(7.0));
+        let even = Table::median(&[run(10.0, 1.0), run(30.0, 3.0)]);
+        assert_eq!(even.value("base"), Some(20.0));
     }
 }
