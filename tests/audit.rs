@@ -5,9 +5,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::{Key, handler_register, key, next, plugin_register, tempdir, update_handler};
 use pulse_ledger::Action;
@@ -70,43 +69,20 @@ fn json(o: &Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(o), String::from_utf8_lossy(&o.stderr)))
 }
 
-struct Server {
-    child: Child,
-    url: String,
-}
+/// A server on the test log's name.
+struct Server(common::Serve);
 
 impl Server {
     fn start(dir: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-name", ORIGIN])
-            .arg("--data-dir")
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let addr = first.split_whitespace().nth(3).unwrap().to_owned();
-        Server {
-            child,
-            url: format!("http://{addr}"),
-        }
+        Server(common::Serve::start(&["--log-name", ORIGIN], dir))
     }
 
-    fn stop(mut self) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        self.child.wait().unwrap();
+    fn url(&self) -> &str {
+        &self.0.url
     }
-}
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) {
+        self.0.stop();
     }
 }
 
@@ -120,7 +96,7 @@ fn a_whole_log_verifies_from_a_server_and_from_its_data_dir() {
         "verify",
         "log",
         "--server",
-        &server.url,
+        server.url(),
         "--log-key",
         &did,
         "--save-checkpoint",
@@ -145,7 +121,7 @@ fn a_whole_log_verifies_from_a_server_and_from_its_data_dir() {
     assert_eq!(hex::encode(checkpoint.root), v["root"].as_str().unwrap());
 
     // The log grows; the next audit starts from the saved checkpoint.
-    let more = cli(&["submit", "--server", &server.url, &{
+    let more = cli(&["submit", "--server", server.url(), &{
         let f = dir.join("late.att");
         std::fs::write(&f, plugin_register(&key("ok-late"), "late").envelope()).unwrap();
         f.display().to_string()
@@ -155,7 +131,7 @@ fn a_whole_log_verifies_from_a_server_and_from_its_data_dir() {
         "verify",
         "log",
         "--server",
-        &server.url,
+        server.url(),
         "--log-key",
         &did,
         "--since-checkpoint",
@@ -174,7 +150,7 @@ fn a_whole_log_verifies_from_a_server_and_from_its_data_dir() {
         "verify",
         "log",
         "--server",
-        &server.url,
+        server.url(),
         "--log-key",
         &key("not-the-log").did.to_string(),
         "--json",
@@ -376,7 +352,7 @@ fn a_forked_or_shrunk_history_is_reported_against_a_saved_checkpoint() {
         "verify",
         "log",
         "--server",
-        &server.url,
+        server.url(),
         "--log-key",
         &did,
         "--since-checkpoint",
@@ -396,7 +372,7 @@ fn a_forked_or_shrunk_history_is_reported_against_a_saved_checkpoint() {
         "verify",
         "log",
         "--server",
-        &server.url,
+        server.url(),
         "--log-key",
         &did,
         "--since-checkpoint",
@@ -482,7 +458,7 @@ fn bundles_verify_offline_and_every_byte_flip_is_rejected() {
         "export",
         &subject,
         "--server",
-        &server.url,
+        server.url(),
         "--out",
         out.to_str().unwrap(),
         "--log-key",
@@ -564,7 +540,7 @@ fn single_proofs_verify_from_a_server_and_from_files() {
     let server = Server::start(&dir);
     let p = |name: &str| dir.join(name).to_str().unwrap().to_owned();
     let old_cp = p("old.cp");
-    let o = cli(&["log", "checkpoint", "--server", &server.url]);
+    let o = cli(&["log", "checkpoint", "--server", server.url()]);
     std::fs::write(&old_cp, &o.stdout).unwrap();
     // An attestation logged after the old checkpoint.
     let att = p("late.att");
@@ -574,7 +550,7 @@ fn single_proofs_verify_from_a_server_and_from_files() {
     )
     .unwrap();
     assert!(
-        cli(&["submit", "--server", &server.url, &att])
+        cli(&["submit", "--server", server.url(), &att])
             .status
             .success()
     );
@@ -585,7 +561,7 @@ fn single_proofs_verify_from_a_server_and_from_files() {
         "--attestation",
         &att,
         "--server",
-        &server.url,
+        server.url(),
         "--log-key",
         &did,
         "--save-proof",
@@ -601,7 +577,7 @@ fn single_proofs_verify_from_a_server_and_from_files() {
         "--old",
         &old_cp,
         "--server",
-        &server.url,
+        server.url(),
         "--log-key",
         &did,
         "--save-proof",
@@ -611,7 +587,7 @@ fn single_proofs_verify_from_a_server_and_from_files() {
     let new_cp = p("new.cp");
     std::fs::write(
         &new_cp,
-        cli(&["log", "checkpoint", "--server", &server.url]).stdout,
+        cli(&["log", "checkpoint", "--server", server.url()]).stdout,
     )
     .unwrap();
     server.stop();
@@ -735,7 +711,7 @@ fn the_monitor_reports_watched_statements_equivocations_and_forks_and_resumes() 
     let watch3 = h3.did.to_string();
     let watch5 = h5.did.to_string();
     // First run: reads the log from the start; h5's three statements.
-    let o = monitor(&server.url, &["--watch", &watch5]);
+    let o = monitor(server.url(), &["--watch", &watch5]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let out = lines(&o);
     let seqs: Vec<u64> = out
@@ -755,12 +731,12 @@ fn the_monitor_reports_watched_statements_equivocations_and_forks_and_resumes() 
     let f = dir.join("h3-2.att");
     std::fs::write(&f, h3_2.envelope()).unwrap();
     assert!(
-        cli(&["submit", "--server", &server.url, f.to_str().unwrap()])
+        cli(&["submit", "--server", server.url(), f.to_str().unwrap()])
             .status
             .success()
     );
     let o = monitor(
-        &server.url,
+        server.url(),
         &["--watch", &watch5, "--watch", &watch3, "--exit-on-alert"],
     );
     assert_eq!(o.status.code(), Some(1), "a report with --exit-on-alert");
@@ -774,7 +750,7 @@ fn the_monitor_reports_watched_statements_equivocations_and_forks_and_resumes() 
         ),
         (Some(watch3.as_str()), Some(2), Some("handler.update"))
     );
-    let o = monitor(&server.url, &["--watch", &watch5, "--watch", &watch3]);
+    let o = monitor(server.url(), &["--watch", &watch5, "--watch", &watch3]);
     assert_eq!(lines(&o).len(), 1, "nothing new: only the checkpoint line");
 
     // The same key signs a second seq 2: the log refuses it and keeps the
@@ -783,17 +759,17 @@ fn the_monitor_reports_watched_statements_equivocations_and_forks_and_resumes() 
     let f = dir.join("twin.att");
     std::fs::write(&f, twin.envelope()).unwrap();
     assert_eq!(
-        cli(&["submit", "--server", &server.url, f.to_str().unwrap()])
+        cli(&["submit", "--server", server.url(), f.to_str().unwrap()])
             .status
             .code(),
         Some(1)
     );
-    let out = lines(&monitor(&server.url, &["--watch", &watch3]));
+    let out = lines(&monitor(server.url(), &["--watch", &watch3]));
     let alerts: Vec<_> = out.iter().filter(|l| l["type"] == "alert").collect();
     assert_eq!(alerts.len(), 1, "{out:?}");
     assert_eq!(alerts[0]["code"], "equivocation");
     assert!(
-        lines(&monitor(&server.url, &["--watch", &watch3]))
+        lines(&monitor(server.url(), &["--watch", &watch3]))
             .iter()
             .all(|l| l["type"] != "alert")
     );
@@ -824,13 +800,13 @@ fn the_monitor_reports_watched_statements_equivocations_and_forks_and_resumes() 
     }
     let server = Server::start(&dir);
     assert!(
-        monitor(&server.url, &["--watch", &watch3, "--exit-on-alert"])
+        monitor(server.url(), &["--watch", &watch3, "--exit-on-alert"])
             .status
             .success()
     );
     server.stop();
     let server = Server::start(&fork);
-    let o = monitor(&server.url, &["--watch", &watch3, "--exit-on-alert"]);
+    let o = monitor(server.url(), &["--watch", &watch3, "--exit-on-alert"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(lines(&o)[0]["code"], "fork", "{}", stdout(&o));
     server.stop();
@@ -842,7 +818,7 @@ fn the_monitor_reports_watched_statements_equivocations_and_forks_and_resumes() 
     std::fs::copy(dir.join("log.key"), other.join("log.key")).unwrap();
     fill(&other, "mon-other", 3);
     let server = Server::start(&other);
-    let o = monitor(&server.url, &["--watch", &watch3, "--exit-on-alert"]);
+    let o = monitor(server.url(), &["--watch", &watch3, "--exit-on-alert"]);
     assert_eq!(o.status.code(), Some(1));
     let out = lines(&o);
     assert_eq!(out[0]["type"], "alert");

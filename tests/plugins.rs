@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Key, handler_register, key, next, plugin_register, tempdir};
@@ -16,57 +16,32 @@ use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::R
 use pulse_ledger::{Action, Attestation};
 use tonic::transport::Channel;
 
-struct Server {
-    child: Child,
-    url: String,
-}
+/// A server started with a config file.
+struct Server(common::Serve);
 
 impl Server {
     /// Starts `serve --config` with `config` (TOML) plus the data dir.
     fn start(dir: &Path, config: &str) -> Server {
         let path = dir.join("pulse.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&path)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let addr = first.split_whitespace().nth(3).unwrap().to_owned();
-        Server {
-            child,
-            url: format!("http://{addr}"),
-        }
+        let data = dir.join("data");
+        Server(common::Serve::start(
+            &["--config", path.to_str().unwrap()],
+            &data,
+        ))
     }
 
     async fn registry(&self) -> RegistryClient<Channel> {
-        RegistryClient::connect(self.url.clone()).await.unwrap()
+        RegistryClient::connect(self.0.url.clone()).await.unwrap()
     }
 
     async fn jobs(&self) -> JobsClient<Channel> {
-        JobsClient::connect(self.url.clone()).await.unwrap()
+        JobsClient::connect(self.0.url.clone()).await.unwrap()
     }
 
     /// SIGTERM and wait: plugins are stopped first.
-    fn stop(mut self) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) {
+        self.0.stop();
     }
 }
 
@@ -670,7 +645,7 @@ async fn a_handler_created_from_the_cli_runs_its_signed_python() {
         dir.display().to_string()
     );
     let server = Server::start(&dir, &config);
-    let url = server.url.clone();
+    let url = server.0.url.clone();
     cli(
         &dir,
         &["submit", "--server", &url, "p0.att", "h0.att"],

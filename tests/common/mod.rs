@@ -96,3 +96,52 @@ pub fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A `pulse-ledger serve` process on an ephemeral port, killed when
+/// dropped.
+pub struct Serve {
+    pub child: std::process::Child,
+    /// `http://ADDR` of the gRPC API.
+    pub url: String,
+}
+
+impl Serve {
+    /// Runs `serve --listen 127.0.0.1:0 ARGS --data-dir DIR` and waits for
+    /// its first line (the address it listens on). Its stderr goes to the
+    /// test's.
+    pub fn start(args: &[&str], data_dir: &std::path::Path) -> Serve {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let addr = first.split_whitespace().nth(3).unwrap().to_owned();
+        Serve {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn stop(mut self) {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
