@@ -18,28 +18,14 @@ use pulse_ledger::pulse::{
     AttemptSpec, DispatchConfig, Dispatcher, ExecEvent, Executor, JobId, JobRequest, JobStore,
     LeaseToken, Report,
 };
-use pulse_ledger::{
-    Action, Did, Family, HandlerSchema, PluginSchema, Schema, Statement, sign_statement,
-};
+use pulse_ledger::{Did, HandlerSchema};
 
 fn key(i: u64) -> (SigningKey, Did) {
-    let sk = SigningKey::from_bytes(&blake3::derive_key("hot paths", &i.to_le_bytes()));
-    let did = Did::from_verifying_key(&sk.verifying_key()).unwrap();
-    (sk, did)
+    pulse_ledger::loadgen::bench_key("hot paths", i)
 }
 
 fn registration(i: u64) -> Vec<u8> {
-    let (sk, did) = key(i);
-    let st = Statement {
-        family: Family::Plugin,
-        subject: did.clone(),
-        signer: did,
-        seq: 0,
-        prev: None,
-        issued_at: 1_000,
-        action: Action::Register(Schema::Plugin(PluginSchema::new("bench", "1.0.0"))),
-    };
-    sign_statement(&st, &sk, None).unwrap().envelope().to_vec()
+    pulse_ledger::loadgen::plugin_genesis("hot paths", i).unwrap()
 }
 
 fn tempdir(name: &str) -> std::path::PathBuf {

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use tonic::transport::Channel;
 
-use super::{bench_key, percentile_ms};
+use super::{bench_key, genesis_envelope, percentile_ms};
 use crate::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
-use crate::{Action, Did, Family, HandlerSchema, PluginSchema, Schema, Statement, sign_statement};
+use crate::{Action, Did, Family, HandlerSchema, PluginSchema, Schema};
 
 /// Jobs per EnqueueBatch in the throughput run.
 const BATCH: usize = 500;
@@ -38,21 +38,6 @@ fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
-}
-
-fn register(sk: &SigningKey, did: &Did, family: Family, action: Action) -> Result<Vec<u8>, String> {
-    let st = Statement {
-        family,
-        subject: did.clone(),
-        signer: did.clone(),
-        seq: 0,
-        prev: None,
-        issued_at: 1_000,
-        action,
-    };
-    sign_statement(&st, sk, None)
-        .map(|a| a.envelope().to_vec())
-        .map_err(|e| e.to_string())
 }
 
 async fn enqueue_batch(
@@ -146,14 +131,14 @@ pub async fn pulse_jobs(
         )))
     };
     for envelope in [
-        register(
+        genesis_envelope(
             plugin.0,
             plugin.1,
             Family::Plugin,
             Action::Register(Schema::Plugin(PluginSchema::new("bench", "1.0.0"))),
         )?,
-        register(&nsk, &noop, Family::Handler, handler("noop"))?,
-        register(&ssk, &stamp, Family::Handler, handler("stamp"))?,
+        genesis_envelope(&nsk, &noop, Family::Handler, handler("noop"))?,
+        genesis_envelope(&ssk, &stamp, Family::Handler, handler("stamp"))?,
     ] {
         reg.submit(proto::SubmitRequest { envelope })
             .await

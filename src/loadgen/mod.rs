@@ -39,7 +39,7 @@ pub struct BenchConfig {
 }
 
 /// A deterministic key for benchmark subjects (never a real key).
-pub(crate) fn bench_key(label: &str, i: u64) -> (SigningKey, Did) {
+pub fn bench_key(label: &str, i: u64) -> (SigningKey, Did) {
     let mut seed = blake3::Hasher::new_derive_key("pulse-ledger bench keys");
     seed.update(label.as_bytes());
     seed.update(&i.to_le_bytes());
@@ -47,6 +47,47 @@ pub(crate) fn bench_key(label: &str, i: u64) -> (SigningKey, Did) {
     let did = Did::from_verifying_key(&sk.verifying_key())
         .unwrap_or_else(|e| unreachable!("a derived key is a valid key: {e}"));
     (sk, did)
+}
+
+/// The signed envelope of a genesis statement (`family.register` with
+/// `action`'s schema) by `sk`, the subject's own key.
+///
+/// # Errors
+/// The statement breaks a rule (never, for the schemas the bench makes).
+pub fn genesis_envelope(
+    sk: &SigningKey,
+    did: &Did,
+    family: crate::Family,
+    action: crate::Action,
+) -> Result<Vec<u8>, String> {
+    let st = crate::Statement {
+        family,
+        subject: did.clone(),
+        signer: did.clone(),
+        seq: 0,
+        prev: None,
+        issued_at: 1_000,
+        action,
+    };
+    crate::sign_statement(&st, sk, None)
+        .map(|a| a.envelope().to_vec())
+        .map_err(|e| e.to_string())
+}
+
+/// A plugin's genesis statement, for key `(label, i)`.
+///
+/// # Errors
+/// As [`genesis_envelope`].
+pub fn plugin_genesis(label: &str, i: u64) -> Result<Vec<u8>, String> {
+    let (sk, did) = bench_key(label, i);
+    genesis_envelope(
+        &sk,
+        &did,
+        crate::Family::Plugin,
+        crate::Action::Register(crate::Schema::Plugin(crate::PluginSchema::new(
+            "bench", "1.0.0",
+        ))),
+    )
 }
 
 /// The key the bench's test plugin proves (never a real key).

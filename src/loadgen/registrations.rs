@@ -8,9 +8,8 @@ use std::time::Instant;
 
 use tonic::transport::Channel;
 
-use super::bench_key;
+use super::plugin_genesis;
 use crate::api::proto::{self, registry_client::RegistryClient};
-use crate::{Action, Family, PluginSchema, Schema, Statement, sign_statement};
 
 /// Submits `n` new plugin registrations with `clients` concurrent callers
 /// on `channel`; registrations/s. `run` makes the keys unique to this run
@@ -27,21 +26,7 @@ pub async fn registration_rate(
     let label = format!("register-{run}-{clients}");
     let envelopes: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..n as u64)
-            .map(|i| {
-                let (sk, did) = bench_key(&label, i);
-                let st = Statement {
-                    family: Family::Plugin,
-                    subject: did.clone(),
-                    signer: did,
-                    seq: 0,
-                    prev: None,
-                    issued_at: 1_000,
-                    action: Action::Register(Schema::Plugin(PluginSchema::new("bench", "1.0.0"))),
-                };
-                sign_statement(&st, &sk, None)
-                    .map(|a| a.envelope().to_vec())
-                    .map_err(|e| e.to_string())
-            })
+            .map(|i| plugin_genesis(&label, i))
             .collect::<Result<_, _>>()?,
     );
     let next = Arc::new(AtomicUsize::new(0));
