@@ -40,6 +40,8 @@ pub mod loadgen;
 
 pub mod api;
 
+pub mod auth;
+
 pub mod pulse;
 
 pub mod plugin;

@@ -12,7 +12,8 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::proto::{self, jobs_server::Jobs};
-use super::status::{ERROR_DOMAIN, bad_request, parse_did, to_status};
+use super::status::{ERROR_DOMAIN, auth_status, bad_request, parse_did, to_status};
+use crate::auth::{Access, Grant, Scope};
 use crate::ledger::Ledger;
 use crate::pulse::{
     Attempt, Budget, BudgetUse, CancelReason, DeadReason, HoldReason, Job, JobError, JobId,
@@ -40,6 +41,8 @@ pub struct JobsService {
     /// need not be again: enqueues would otherwise verify the schema's
     /// signature for every job.
     schemas: Arc<std::sync::Mutex<HashMap<u64, HandlerSchema>>>,
+    /// Who may call: every RPC checks the caller's bearer token here.
+    access: Arc<Access>,
 }
 
 /// Most schemas remembered before the cache starts over.
@@ -95,7 +98,32 @@ impl JobsService {
             enqueuer,
             pulse: None,
             schemas: Arc::default(),
+            access: Arc::new(Access::Open),
         }
+    }
+
+    /// Requires bearer tokens with scopes (the default is [`Access::Open`]).
+    pub fn with_access(mut self, access: Arc<Access>) -> JobsService {
+        self.access = access;
+        self
+    }
+
+    /// The caller's grant, from its `authorization` header.
+    fn grant<T>(&self, request: &Request<T>) -> Result<Arc<Grant>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        self.access
+            .authenticate(header)
+            .map_err(|e| auth_status(&e))
+    }
+
+    /// The caller's grant, if it covers `needed`.
+    fn require<T>(&self, request: &Request<T>, needed: &Scope) -> Result<Arc<Grant>, Status> {
+        let grant = self.grant(request)?;
+        grant.require(needed).map_err(|e| auth_status(&e))?;
+        Ok(grant)
     }
 
     /// Routes cancels, wake-ups and budget reservations through a running
@@ -323,7 +351,12 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::EnqueueRequest>,
     ) -> Result<Response<proto::EnqueueResponse>, Status> {
-        let item = self.request(&request.into_inner())?;
+        let grant = self.grant(&request)?;
+        let req = request.into_inner();
+        let item = self.request(&req)?;
+        grant
+            .require_enqueue(&item.0)
+            .map_err(|e| auth_status(&e))?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let unavailable = || Status::unavailable("unavailable: the server is shutting down");
         self.enqueuer
@@ -345,6 +378,7 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::EnqueueBatchRequest>,
     ) -> Result<Response<proto::EnqueueBatchResponse>, Status> {
+        let grant = self.grant(&request)?;
         let reqs = request.into_inner().jobs;
         if reqs.is_empty() || reqs.len() > MAX_BATCH {
             return Err(status(
@@ -353,9 +387,18 @@ impl Jobs for JobsService {
                 format!("a batch holds 1 to {MAX_BATCH} jobs, not {}", reqs.len()),
             ));
         }
-        // Requests whose handler does not resolve fail alone; the rest go
-        // to the store together.
-        let resolved: Vec<Result<_, Status>> = reqs.iter().map(|r| self.request(r)).collect();
+        // Requests whose handler does not resolve, or is outside the
+        // token's scopes, fail alone; the rest go to the store together.
+        let resolved: Vec<Result<_, Status>> = reqs
+            .iter()
+            .map(|r| {
+                let item = self.request(r)?;
+                grant
+                    .require_enqueue(&item.0)
+                    .map_err(|e| auth_status(&e))?;
+                Ok(item)
+            })
+            .collect();
         let items: Vec<_> = resolved
             .iter()
             .filter_map(|r| r.as_ref().ok().cloned())
@@ -404,6 +447,7 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::GetJobResponse>, Status> {
+        self.require(&request, &Scope::Read)?;
         let id = parse_id(&request.into_inner().id)?;
         let job = self.blocking(move |s| s.get(&id)).await?;
         Ok(Response::new(proto::GetJobResponse {
@@ -415,6 +459,7 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
+        self.require(&request, &Scope::Read)?;
         let req = request.into_inner();
         let state = parse_state(&req.state)?;
         let cursor = if req.page_token.is_empty() {
@@ -447,6 +492,7 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        self.require(&request, &Scope::Read)?;
         let id = parse_id(&request.into_inner().id)?;
         let first = self.blocking(move |s| s.get(&id)).await?;
         let (tx, rx) = mpsc::channel(16);
@@ -483,6 +529,7 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::GetJobLogRequest>,
     ) -> Result<Response<proto::GetJobLogResponse>, Status> {
+        self.require(&request, &Scope::Read)?;
         let req = request.into_inner();
         let id = parse_id(&req.id)?;
         let limit = if req.page_size == 0 {
@@ -513,6 +560,7 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::CancelJobResponse>, Status> {
+        self.require(&request, &Scope::Cancel)?;
         let id = parse_id(&request.into_inner().id)?;
         let pulse = self.pulse.clone();
         let job = self
@@ -538,6 +586,7 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::GetBudgetRequest>,
     ) -> Result<Response<proto::GetBudgetResponse>, Status> {
+        self.require(&request, &Scope::Read)?;
         let handler = request.into_inner().handler;
         let did = if handler.is_empty() {
             None
@@ -577,6 +626,7 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::SetBudgetRequest>,
     ) -> Result<Response<proto::SetBudgetResponse>, Status> {
+        self.require(&request, &Scope::Budget)?;
         let req = request.into_inner();
         let did = if req.handler.is_empty() {
             None

@@ -13,7 +13,8 @@ use tonic_types::StatusExt;
 
 use super::metrics::Metrics;
 use super::proto::{self, registry_server::Registry};
-use super::status::{bad_request, parse_did, to_status};
+use super::status::{auth_status, bad_request, parse_did, to_status};
+use crate::auth::RateLimiter;
 use crate::ledger::{self, Ledger, LedgerError, PendingAppend, SubjectFilter, SubjectRecord};
 use crate::{AttestationId, Family};
 
@@ -31,12 +32,35 @@ const WATCH_BUFFER: usize = 256;
 pub struct RegistryService {
     ledger: Arc<Ledger>,
     metrics: Arc<Metrics>,
+    /// Submissions per client address, when limited.
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 impl RegistryService {
     /// A service over `ledger`, counting into `metrics`.
     pub fn new(ledger: Arc<Ledger>, metrics: Arc<Metrics>) -> RegistryService {
-        RegistryService { ledger, metrics }
+        RegistryService {
+            ledger,
+            metrics,
+            limiter: None,
+        }
+    }
+
+    /// Limits each client's submissions (`Submit`, and each envelope of
+    /// `SubmitStream`): anyone may register, but not at any rate.
+    pub fn with_rate_limit(mut self, limiter: Arc<RateLimiter>) -> RegistryService {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Takes one submission from `peer`'s allowance.
+    fn admit(&self, peer: Option<std::net::SocketAddr>) -> Result<(), Status> {
+        match &self.limiter {
+            Some(l) => l
+                .check(peer.map(|a| a.ip()), 1, Instant::now())
+                .map_err(|e| auth_status(&e)),
+            None => Ok(()),
+        }
     }
 
     /// Runs a ledger call off the async threads.
@@ -153,6 +177,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<proto::SubmitRequest>,
     ) -> Result<Response<proto::SubmitResponse>, Status> {
+        self.admit(request.remote_addr())?;
         let envelope = request.into_inner().envelope;
         self.submit_one(envelope).await.map(Response::new)
     }
@@ -163,6 +188,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<Streaming<proto::SubmitRequest>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         let (pending_tx, mut pending_rx) = mpsc::channel::<
             tokio::task::JoinHandle<Result<proto::SubmitResponse, Status>>,
@@ -179,6 +205,14 @@ impl Registry for RegistryService {
                         // Queue in stream order (a chain streams in order),
                         // then wait for commits concurrently.
                         let started = Instant::now();
+                        if let Err(refused) = service.admit(peer) {
+                            // Answered in its place, like any rejection.
+                            let handle = tokio::spawn(async move { Err(refused) });
+                            if pending_tx.send(handle).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
                         let queued = match service.queue_one(req.envelope).await {
                             Ok(q) => q,
                             Err(status) => {

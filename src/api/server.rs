@@ -50,7 +50,27 @@ pub struct ServeConfig {
     pub cancel_grace_ms: u64,
     /// Plugin health check period, ms.
     pub plugin_health_interval_ms: u64,
+    /// Bearer tokens for the Jobs API. None: the Jobs API is open, which
+    /// `serve` allows only on a loopback address unless
+    /// `allow_unauthenticated`.
+    pub tokens: Vec<crate::auth::TokenRule>,
+    /// Serve an open Jobs API (no tokens) on a non-loopback address.
+    pub allow_unauthenticated: bool,
+    /// Submissions (`Submit`, `SubmitStream` envelopes) per client address.
+    pub submit_rate: crate::auth::RateLimit,
+    /// Rate-limit loopback clients too (a proxy on this host).
+    pub rate_limit_loopback: bool,
+    /// TLS for the gRPC listener; None: plaintext, which `serve` allows
+    /// only on a loopback address unless `allow_plaintext`.
+    pub tls: Option<super::tls::ServerTls>,
+    /// Serve plaintext gRPC on a non-loopback address.
+    pub allow_plaintext: bool,
 }
+
+/// Default submissions per second per client address.
+pub const DEFAULT_SUBMIT_RATE: u32 = 100;
+/// Default burst of submissions per client address.
+pub const DEFAULT_SUBMIT_BURST: u32 = 1_000;
 
 impl ServeConfig {
     /// A configuration with every default, on `data_dir` and `listen`.
@@ -68,6 +88,15 @@ impl ServeConfig {
             heartbeat_timeout_ms: d.heartbeat_timeout_ms,
             cancel_grace_ms: d.grace_ms,
             plugin_health_interval_ms: 5_000,
+            tokens: Vec::new(),
+            allow_unauthenticated: false,
+            submit_rate: crate::auth::RateLimit {
+                per_second: DEFAULT_SUBMIT_RATE,
+                burst: DEFAULT_SUBMIT_BURST,
+            },
+            rate_limit_loopback: false,
+            tls: None,
+            allow_plaintext: false,
         }
     }
 }
@@ -114,7 +143,11 @@ fn start_pulse(
         Arc::clone(&sessions),
         HostConfig {
             health_interval: std::time::Duration::from_millis(config.plugin_health_interval_ms),
-            api_endpoint: format!("http://{local}"),
+            api_endpoint: if config.tls.is_some() {
+                format!("https://{local}")
+            } else {
+                format!("http://{local}")
+            },
             ..HostConfig::default()
         },
     );
@@ -163,6 +196,60 @@ pub enum ServeError {
     /// The transport failed.
     #[error("server: {0}")]
     Transport(String),
+    /// The settings break a rule (spec/security.md): nothing was started.
+    #[error("{rule}: {message}")]
+    Refused {
+        /// The rule's code, e.g. `plaintext_not_loopback`.
+        rule: &'static str,
+        /// What to change.
+        message: String,
+    },
+}
+
+/// The Jobs API's access rule and a server builder with TLS set up, or
+/// why `config` may not be served (checked before anything is opened).
+fn security(config: &ServeConfig) -> Result<(crate::auth::Access, Server), ServeError> {
+    let loopback = config.listen.ip().is_loopback();
+    let refused = |rule, message: String| ServeError::Refused { rule, message };
+    if config.tls.is_none() && !loopback && !config.allow_plaintext {
+        return Err(refused(
+            "plaintext_not_loopback",
+            format!(
+                "{} is not a loopback address: give a TLS certificate and key (tls_cert, tls_key), or --allow-plaintext behind a TLS-terminating proxy",
+                config.listen
+            ),
+        ));
+    }
+    let access = if config.tokens.is_empty() {
+        if !loopback && !config.allow_unauthenticated {
+            return Err(refused(
+                "jobs_api_unauthenticated",
+                format!(
+                    "{} is not a loopback address and no [[token]] is configured: create one with `pulse-ledger token create`, or --allow-unauthenticated",
+                    config.listen
+                ),
+            ));
+        }
+        crate::auth::Access::Open
+    } else {
+        crate::auth::Access::with_tokens(config.tokens.clone())
+            .map_err(|m| refused("bad_token_config", m))?
+    };
+    let mut builder = Server::builder();
+    if let Some(t) = &config.tls {
+        let tls = t.load().map_err(|m| refused("bad_tls_file", m))?;
+        builder = builder.tls_config(tls).map_err(|e| {
+            refused(
+                "bad_tls_file",
+                format!(
+                    "{} and {} do not load as a certificate chain and its key: {e}",
+                    t.cert.display(),
+                    t.key.display()
+                ),
+            )
+        })?;
+    }
+    Ok((access, builder))
 }
 
 /// Opens the ledger and serves until `shutdown` resolves; then stops
@@ -177,6 +264,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
     on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>, &Ledger),
 ) -> Result<(), ServeError> {
+    let (access, builder) = security(&config)?;
     let ledger_config = LedgerConfig::new(&config.data_dir, &config.log_name);
     let ledger = Arc::new(
         tokio::task::spawn_blocking(move || Ledger::open(ledger_config))
@@ -227,15 +315,23 @@ pub async fn serve(
     );
     tokio::spawn(prune_jobs(Arc::clone(&store), config.job_retention_hours));
     let (runner, host) = start_pulse(&config, local, &ledger, &store);
+    if access.is_open() {
+        tracing::warn!(listen = %local, "no [[token]] configured: the Jobs API is open to every client that can connect");
+    }
     let jobs = JobsServer::new(
-        JobsService::new(Arc::clone(&ledger), store).with_dispatcher(runner.handle()),
+        JobsService::new(Arc::clone(&ledger), store)
+            .with_dispatcher(runner.handle())
+            .with_access(Arc::new(access)),
     )
     .max_decoding_message_size(MAX_JOBS_REQUEST_BYTES)
     .max_encoding_message_size(MAX_RESPONSE_BYTES);
     health.set_serving::<JobsServer<JobsService>>().await;
-    let registry = RegistryServer::new(RegistryService::new(Arc::clone(&ledger), metrics))
-        .max_decoding_message_size(MAX_REQUEST_BYTES)
-        .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let limiter = crate::auth::RateLimiter::new(config.submit_rate, config.rate_limit_loopback);
+    let registry = RegistryServer::new(
+        RegistryService::new(Arc::clone(&ledger), metrics).with_rate_limit(Arc::new(limiter)),
+    )
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
+    .max_encoding_message_size(MAX_RESPONSE_BYTES);
 
     tracing::info!(
         listen = %local,
@@ -245,7 +341,7 @@ pub async fn serve(
         "serving"
     );
     on_ready(local, metrics_addr, &ledger);
-    let result = Server::builder()
+    let result = builder
         .tcp_nodelay(true)
         // Bounded per-connection work: a client cannot open unlimited
         // concurrent streams (each WatchEntries holds a bounded buffer).

@@ -79,3 +79,23 @@ pub(crate) fn bad_request(field: &str, reason: &str, why: impl std::fmt::Display
 pub(crate) fn parse_did(field: &str, text: &str) -> Result<crate::Did, Status> {
     crate::Did::parse(text).map_err(|e| bad_request(field, e.code().as_str(), e.message()))
 }
+
+/// The gRPC status for a refused caller: UNAUTHENTICATED for the token
+/// itself, PERMISSION_DENIED for its scopes, RESOURCE_EXHAUSTED (with a
+/// google.rpc.RetryInfo) for a rate limit.
+pub(crate) fn auth_status(e: &crate::auth::AuthError) -> Status {
+    use crate::auth::AuthCode;
+    let code = match e.code() {
+        AuthCode::TokenMissing | AuthCode::TokenMalformed | AuthCode::TokenUnknown => {
+            Code::Unauthenticated
+        }
+        AuthCode::ScopeMissing => Code::PermissionDenied,
+        AuthCode::RateLimited => Code::ResourceExhausted,
+    };
+    let mut details =
+        ErrorDetails::with_error_info(e.code().as_str(), ERROR_DOMAIN, HashMap::new());
+    if let Some(after) = e.retry_after() {
+        details.set_retry_info(Some(after));
+    }
+    Status::with_error_details(code, e.to_string(), details)
+}

@@ -15,12 +15,52 @@ use crate::api::proto::{self, registry_client::RegistryClient};
 /// Default server address for client commands.
 pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:7300";
 
-/// Where the server is.
-#[derive(Debug, Clone, clap::Args)]
+/// Where the server is, and how to prove who we are to it.
+#[derive(Clone, clap::Args)]
 pub(crate) struct ServerArg {
-    /// Registry server URL.
+    /// Server URL: http:// on loopback, https:// elsewhere.
     #[arg(long, env = "PULSE_LEDGER_SERVER", default_value = DEFAULT_SERVER, value_name = "URL")]
     server: String,
+    /// Bearer token for the jobs API (prefer the environment variable: a
+    /// flag shows in the process list).
+    #[arg(
+        long,
+        env = "PULSE_LEDGER_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// Trust this PEM CA for an https:// server instead of the public roots.
+    #[arg(long, env = "PULSE_LEDGER_CA", value_name = "PEM")]
+    ca: Option<PathBuf>,
+    /// Client certificate for a server that requires mutual TLS (with
+    /// --client-key).
+    #[arg(
+        long,
+        env = "PULSE_LEDGER_CLIENT_CERT",
+        value_name = "PEM",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "PULSE_LEDGER_CLIENT_KEY",
+        value_name = "PEM",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ServerArg {
+    // The token is a secret: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerArg")
+            .field("server", &self.server)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .field("ca", &self.ca)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Submit attestation files to the log.
@@ -142,12 +182,55 @@ pub(crate) enum LogCmd {
 }
 
 impl ServerArg {
+    /// A server given by a command's own `--server` flag; credentials come
+    /// from the same environment variables the flags read.
     pub(crate) fn new(url: String) -> ServerArg {
-        ServerArg { server: url }
+        let env = |k: &str| std::env::var_os(k).map(PathBuf::from);
+        ServerArg {
+            server: url,
+            token: std::env::var("PULSE_LEDGER_TOKEN").ok(),
+            ca: env("PULSE_LEDGER_CA"),
+            client_cert: env("PULSE_LEDGER_CLIENT_CERT"),
+            client_key: env("PULSE_LEDGER_CLIENT_KEY"),
+        }
     }
 
-    pub(crate) fn url(&self) -> &str {
-        &self.server
+    /// A connection to the server, over TLS for an https:// URL.
+    pub(crate) async fn channel(&self) -> Result<Channel, CliError> {
+        let url = &self.server;
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| CliError::Usage(format!("--server {url}: {e}")))?
+            .tcp_nodelay(true);
+        let tls = crate::api::tls::ClientTls {
+            ca: self.ca.clone(),
+            identity: self.client_cert.clone().zip(self.client_key.clone()),
+            domain: None,
+        };
+        if url.starts_with("https://") {
+            let config = tls.load().map_err(CliError::Usage)?;
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| CliError::Usage(format!("--server {url}: TLS: {e}")))?;
+        } else if !tls.is_empty() {
+            return Err(CliError::Usage(format!(
+                "--ca and --client-cert apply to an https:// server, not {url}"
+            )));
+        }
+        endpoint
+            .connect()
+            .await
+            .map_err(|e| CliError::Unreachable(format!("cannot reach {url}: {e}")))
+    }
+
+    /// The `authorization` header for the jobs API, if a token was given.
+    pub(crate) fn bearer(&self) -> Result<Bearer, CliError> {
+        match &self.token {
+            None => Ok(Bearer(None)),
+            Some(t) => format!("Bearer {t}")
+                .parse()
+                .map(|v| Bearer(Some(v)))
+                .map_err(|_| CliError::Usage("--token: not a valid header value".into())),
+        }
     }
 }
 
@@ -159,18 +242,45 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 pub(crate) async fn connect(server: &ServerArg) -> Result<RegistryClient<Channel>, CliError> {
-    let endpoint = Endpoint::from_shared(server.server.clone())
-        .map_err(|e| CliError::Usage(format!("--server {}: {e}", server.server)))?
-        .tcp_nodelay(true);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| CliError::Unreachable(format!("cannot reach {}: {e}", server.server)))?;
+    let channel = server.channel().await?;
     Ok(RegistryClient::new(channel).max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES))
 }
 
+/// Adds the bearer token (if any) to every call.
+#[derive(Clone)]
+pub(crate) struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry the bearer token.
+pub(crate) type AuthedChannel = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
 /// A failed call: rejections (the caller's input) exit 1, the rest 2.
 pub(crate) fn call_failed(status: &tonic::Status) -> CliError {
+    // A call that never reached the service: the connection failed after
+    // it opened (a TLS handshake refused, a plaintext client at a TLS
+    // server). tonic reports these without a grpc-status from the server.
+    let message = status.message();
+    let from_transport = matches!(
+        status.code(),
+        tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Unavailable
+    ) && status.metadata().get("grpc-status").is_none()
+        && (message.contains("transport error") || message.contains("operation was canceled"));
+    if from_transport {
+        return CliError::Unreachable(format!(
+            "the connection failed ({message}): a TLS server needs an https:// URL (and --ca for a private CA); one that requires client certificates needs --client-cert and --client-key"
+        ));
+    }
     CliError::Server {
         code: status.code(),
         message: status.message().to_owned(),

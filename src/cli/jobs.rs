@@ -5,13 +5,11 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use serde_json::json;
-use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Endpoint};
-
-use super::client::{ServerArg, call_failed, runtime};
+use super::client::{AuthedChannel, ServerArg, call_failed, runtime};
 use super::error::CliError;
 use crate::api::proto::{self, jobs_client::JobsClient};
+use serde_json::json;
+use tokio_stream::StreamExt;
 
 /// Jobs.
 #[derive(Debug, clap::Subcommand)]
@@ -158,16 +156,10 @@ pub(crate) enum BudgetCmd {
     },
 }
 
-async fn connect(server: &ServerArg) -> Result<JobsClient<Channel>, CliError> {
-    let url = server.url();
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| CliError::Usage(format!("--server {url}: {e}")))?
-        .tcp_nodelay(true);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| CliError::Unreachable(format!("cannot reach {url}: {e}")))?;
-    Ok(JobsClient::new(channel).max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES))
+async fn connect(server: &ServerArg) -> Result<JobsClient<AuthedChannel>, CliError> {
+    let channel = server.channel().await?;
+    Ok(JobsClient::with_interceptor(channel, server.bearer()?)
+        .max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES))
 }
 
 fn parse_id(text: &str) -> Result<Vec<u8>, CliError> {
@@ -268,7 +260,7 @@ fn print_job(j: &proto::Job, json: bool) {
 }
 
 async fn watch(
-    client: &mut JobsClient<Channel>,
+    client: &mut JobsClient<AuthedChannel>,
     id: Vec<u8>,
     json: bool,
 ) -> Result<ExitCode, CliError> {

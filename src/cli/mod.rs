@@ -19,6 +19,7 @@ mod output;
 mod proofs;
 mod remote;
 mod serve;
+mod token;
 mod verify;
 
 use std::process::ExitCode;
@@ -105,6 +106,9 @@ continues where it stopped. Exit status: 1 at the first report with
     /// Per-handler cost budgets on a server: show, set.
     #[command(subcommand)]
     Budget(jobs::BudgetCmd),
+    /// Bearer tokens for a server's jobs API: create, hash.
+    #[command(subcommand)]
+    Token(token::TokenCmd),
 }
 
 impl Cli {
@@ -122,6 +126,7 @@ impl Cli {
             Command::Log(c) => client::log(c),
             Command::Job(c) => jobs::job(c),
             Command::Budget(c) => jobs::budget(c),
+            Command::Token(c) => token::run(c),
             Command::Bundle(c) => bundle::run(c),
             Command::Bench(a) => bench::run(a),
             Command::Monitor(a) => monitor::run(a.into_options()),

@@ -71,9 +71,43 @@ pub(crate) struct Args {
     /// fails with plugin_not_connected [default: 60].
     #[arg(long, env = "PULSE_LEDGER_PLUGIN_WAIT_SECS", value_name = "SECS")]
     plugin_wait_secs: Option<u64>,
-    /// TOML file with the same settings, and the [[plugin]] tables.
+    /// TOML file with the same settings, and the [[plugin]] and [[token]]
+    /// tables.
     #[arg(long, env = "PULSE_LEDGER_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Serve gRPC over TLS with this PEM certificate chain (with --tls-key).
+    #[arg(
+        long,
+        env = "PULSE_LEDGER_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(
+        long,
+        env = "PULSE_LEDGER_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this PEM CA (mutual TLS).
+    #[arg(long, env = "PULSE_LEDGER_TLS_CLIENT_CA", value_name = "PEM")]
+    tls_client_ca: Option<PathBuf>,
+    /// Serve plaintext gRPC on a non-loopback address (behind a proxy that
+    /// terminates TLS).
+    #[arg(long, env = "PULSE_LEDGER_ALLOW_PLAINTEXT")]
+    allow_plaintext: bool,
+    /// Serve the Jobs API without tokens on a non-loopback address.
+    #[arg(long, env = "PULSE_LEDGER_ALLOW_UNAUTHENTICATED")]
+    allow_unauthenticated: bool,
+    /// Submissions per second per client address; 0 turns the limit off
+    /// [default: 100].
+    #[arg(long, env = "PULSE_LEDGER_SUBMIT_RATE", value_name = "N")]
+    submit_rate: Option<u32>,
+    /// Submissions a quiet client may make at once [default: 1000].
+    #[arg(long, env = "PULSE_LEDGER_SUBMIT_BURST", value_name = "N")]
+    submit_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,8 +123,54 @@ struct FileConfig {
     heartbeat_timeout_ms: Option<u64>,
     cancel_grace_ms: Option<u64>,
     plugin_health_interval_ms: Option<u64>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    allow_plaintext: Option<bool>,
+    allow_unauthenticated: Option<bool>,
+    submit_rate: Option<u32>,
+    submit_burst: Option<u32>,
+    rate_limit_loopback: Option<bool>,
     #[serde(default)]
     plugin: Vec<PluginTable>,
+    #[serde(default)]
+    token: Vec<TokenTable>,
+}
+
+/// One `[[token]]` table: a bearer token's name, hash and scopes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenTable {
+    name: String,
+    hash: String,
+    scopes: Vec<String>,
+}
+
+impl TokenTable {
+    fn resolve(self, file: &std::path::Path) -> Result<crate::auth::TokenRule, CliError> {
+        let bad = |why: String| {
+            CliError::Usage(format!(
+                "{}: [[token]] {:?}: {why}",
+                file.display(),
+                self.name
+            ))
+        };
+        let hash = crate::auth::TokenHash::parse(&self.hash).map_err(bad)?;
+        if self.scopes.is_empty() {
+            return Err(bad("scopes: give at least one".into()));
+        }
+        let scopes = self
+            .scopes
+            .iter()
+            .map(|s| crate::auth::Scope::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(bad)?;
+        Ok(crate::auth::TokenRule {
+            name: self.name,
+            hash,
+            scopes,
+        })
+    }
 }
 
 /// One `[[plugin]]` table: a command to spawn or a remote address.
@@ -104,6 +184,12 @@ struct PluginTable {
     #[serde(default)]
     env: std::collections::BTreeMap<String, String>,
     dir: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_domain: Option<String>,
+    #[serde(default)]
+    allow_plaintext: bool,
 }
 
 impl PluginTable {
@@ -115,13 +201,44 @@ impl PluginTable {
                 self.name
             ))
         };
+        let tls = crate::api::tls::ClientTls {
+            ca: self.tls_ca.clone(),
+            identity: match (&self.tls_cert, &self.tls_key) {
+                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                (None, None) => None,
+                _ => return Err(bad("give both tls_cert and tls_key, or neither".into())),
+            },
+            domain: self.tls_domain.clone(),
+        };
         let source = match (&self.command, &self.address) {
-            (Some(c), None) if !c.is_empty() => PluginSource::Command(c.clone()),
-            (None, Some(a)) if a.starts_with("http://") => PluginSource::Remote(a.clone()),
-            // No TLS yet: refuse rather than silently talk plaintext.
+            (Some(c), None) if !c.is_empty() => {
+                if !tls.is_empty() || self.allow_plaintext {
+                    return Err(bad(
+                        "tls_* and allow_plaintext apply to an address, not a spawned command (it listens on loopback)".into(),
+                    ));
+                }
+                PluginSource::Command(c.clone())
+            }
+            (None, Some(a)) if a.starts_with("https://") => PluginSource::Remote {
+                url: a.clone(),
+                tls,
+            },
+            (None, Some(a)) if a.starts_with("http://") => {
+                if !tls.is_empty() {
+                    return Err(bad(format!(
+                        "address {a:?} is plaintext but tls_* settings are given: use https://"
+                    )));
+                }
+                crate::api::tls::check_plaintext(a, self.allow_plaintext)
+                    .map_err(|e| bad(format!("{e} (allow_plaintext = true)")))?;
+                PluginSource::Remote {
+                    url: a.clone(),
+                    tls,
+                }
+            }
             (None, Some(a)) => {
                 return Err(bad(format!(
-                    "address {a:?} must start with http:// (TLS to plugins is not supported yet)"
+                    "address {a:?} must start with https:// or http://"
                 )));
             }
             _ => {
@@ -154,13 +271,35 @@ impl Args {
             }
             None => FileConfig::default(),
         };
-        let plugins = match &self.config {
-            Some(path) => file
-                .plugin
-                .into_iter()
-                .map(|p| p.resolve(path))
-                .collect::<Result<Vec<_>, _>>()?,
-            None => Vec::new(),
+        let (plugins, tokens) = match &self.config {
+            Some(path) => (
+                file.plugin
+                    .into_iter()
+                    .map(|p| p.resolve(path))
+                    .collect::<Result<Vec<_>, _>>()?,
+                file.token
+                    .into_iter()
+                    .map(|t| t.resolve(path))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let tls = match (
+            self.tls_cert.or(file.tls_cert),
+            self.tls_key.or(file.tls_key),
+            self.tls_client_ca.or(file.tls_client_ca),
+        ) {
+            (Some(cert), Some(key), client_ca) => Some(crate::api::tls::ServerTls {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+            _ => {
+                return Err(CliError::Usage(
+                    "TLS needs both tls_cert and tls_key (tls_client_ca only with them)".into(),
+                ));
+            }
         };
         let defaults = crate::pulse::DispatchConfig::default();
         let max_running = self
@@ -211,6 +350,22 @@ impl Args {
                 5_000,
                 "plugin_health_interval_ms",
             )?,
+            tokens,
+            allow_unauthenticated: self.allow_unauthenticated
+                || file.allow_unauthenticated.unwrap_or(false),
+            submit_rate: crate::auth::RateLimit {
+                per_second: self
+                    .submit_rate
+                    .or(file.submit_rate)
+                    .unwrap_or(crate::api::DEFAULT_SUBMIT_RATE),
+                burst: self
+                    .submit_burst
+                    .or(file.submit_burst)
+                    .unwrap_or(crate::api::DEFAULT_SUBMIT_BURST),
+            },
+            rate_limit_loopback: file.rate_limit_loopback.unwrap_or(false),
+            tls,
+            allow_plaintext: self.allow_plaintext || file.allow_plaintext.unwrap_or(false),
         })
     }
 }

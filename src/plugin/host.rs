@@ -27,9 +27,15 @@ use crate::{Did, Family};
 pub enum PluginSource {
     /// A command Pulse spawns: program and arguments (no shell).
     Command(Vec<String>),
-    /// A plugin already listening at this gRPC address
-    /// (`http://host:port`).
-    Remote(String),
+    /// A plugin already listening at this gRPC address: `https://host:port`
+    /// (with `tls`), or `http://` on a loopback address.
+    Remote {
+        /// The plugin's URL.
+        url: String,
+        /// How to check its certificate, and the client certificate to
+        /// present to a plugin that requires mutual TLS.
+        tls: crate::api::tls::ClientTls,
+    },
 }
 
 /// One declared plugin (the `[[plugin]]` tables of the server config).
@@ -247,9 +253,20 @@ impl Supervisor {
         Ok((child, format!("http://{addr}")))
     }
 
-    async fn connect(&self, uri: &str) -> Result<Channel, String> {
-        Endpoint::from_shared(uri.to_owned())
-            .map_err(|e| format!("bad address {uri}: {e}"))?
+    async fn connect(
+        &self,
+        uri: &str,
+        tls: Option<&crate::api::tls::ClientTls>,
+    ) -> Result<Channel, String> {
+        let mut endpoint =
+            Endpoint::from_shared(uri.to_owned()).map_err(|e| format!("bad address {uri}: {e}"))?;
+        if uri.starts_with("https://") {
+            let config = tls.cloned().unwrap_or_default().load()?;
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| format!("TLS settings for {uri}: {e}"))?;
+        }
+        endpoint
             .tcp_nodelay(true)
             .connect_timeout(self.config.start_timeout)
             .http2_keep_alive_interval(Duration::from_secs(30))
@@ -341,14 +358,14 @@ impl Supervisor {
     }
 
     async fn run_once(&mut self) -> Ended {
-        let (mut child, uri) = match &self.plugin.source {
+        let (mut child, uri, tls) = match &self.plugin.source {
             PluginSource::Command(argv) => match self.spawn(argv).await {
-                Ok((c, uri)) => (Some(c), uri),
+                Ok((c, uri)) => (Some(c), uri, None),
                 Err(e) => return Ended::Failed(e),
             },
-            PluginSource::Remote(uri) => (None, uri.clone()),
+            PluginSource::Remote { url, tls } => (None, url.clone(), Some(tls.clone())),
         };
-        let channel = match self.connect(&uri).await {
+        let channel = match self.connect(&uri, tls.as_ref()).await {
             Ok(c) => c,
             Err(e) => return Ended::Failed(e),
         };

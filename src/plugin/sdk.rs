@@ -251,6 +251,7 @@ pub struct PluginServer {
     metadata: proto::MetadataResponse,
     handlers: Vec<(AnnouncedHandler, Arc<dyn JobHandler>)>,
     any: Option<Arc<dyn JobHandler>>,
+    tls: Option<crate::api::tls::ServerTls>,
 }
 
 impl PluginServer {
@@ -268,7 +269,15 @@ impl PluginServer {
             },
             handlers: Vec::new(),
             any: None,
+            tls: None,
         }
+    }
+
+    /// Serves over TLS with this certificate and key; with a client CA,
+    /// only a Pulse presenting a certificate it signed may connect.
+    pub fn tls(mut self, tls: crate::api::tls::ServerTls) -> PluginServer {
+        self.tls = Some(tls);
+        self
     }
 
     /// The plugin's ID when `key` is a rotated key (the ID is the genesis
@@ -322,15 +331,40 @@ impl PluginServer {
     /// handshake line on stdout, and serves until Pulse calls `Shutdown`
     /// or the process gets SIGTERM or SIGINT.
     ///
+    /// TLS comes from `PULSE_PLUGIN_TLS_CERT` and `PULSE_PLUGIN_TLS_KEY`
+    /// (and `PULSE_PLUGIN_TLS_CLIENT_CA` for mutual TLS). A non-loopback
+    /// address needs TLS unless `PULSE_PLUGIN_ALLOW_PLAINTEXT=1`: job
+    /// payloads and results would otherwise cross the network in clear.
+    ///
     /// # Errors
-    /// The address cannot be bound, or the transport fails.
-    pub async fn serve(self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// The address cannot be bound, the TLS settings are incomplete, the
+    /// address needs TLS, or the transport fails.
+    pub async fn serve(mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let addr: SocketAddr = std::env::var("PULSE_PLUGIN_LISTEN")
             .ok()
             .map(|a| a.parse())
             .transpose()
             .map_err(|e| format!("PULSE_PLUGIN_LISTEN: {e}"))?
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let env = |k: &str| std::env::var_os(k).map(std::path::PathBuf::from);
+        match (env("PULSE_PLUGIN_TLS_CERT"), env("PULSE_PLUGIN_TLS_KEY")) {
+            (Some(cert), Some(key)) => {
+                self.tls = Some(crate::api::tls::ServerTls {
+                    cert,
+                    key,
+                    client_ca: env("PULSE_PLUGIN_TLS_CLIENT_CA"),
+                });
+            }
+            (None, None) => {}
+            _ => return Err("PULSE_PLUGIN_TLS_CERT and PULSE_PLUGIN_TLS_KEY go together".into()),
+        }
+        let forced = std::env::var("PULSE_PLUGIN_ALLOW_PLAINTEXT").is_ok_and(|v| v == "1");
+        if self.tls.is_none() && !addr.ip().is_loopback() && !forced {
+            return Err(format!(
+                "plaintext_not_loopback: PULSE_PLUGIN_LISTEN={addr} is not a loopback address; set PULSE_PLUGIN_TLS_CERT and PULSE_PLUGIN_TLS_KEY, or PULSE_PLUGIN_ALLOW_PLAINTEXT=1"
+            )
+            .into());
+        }
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         {
@@ -389,6 +423,10 @@ impl PluginServer {
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let (stop_tx, mut stop_rx) = watch::channel(false);
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            builder = builder.tls_config(tls.load()?)?;
+        }
         let service = Service {
             inner: Arc::new(self),
             running: Arc::default(),
@@ -408,7 +446,7 @@ impl PluginServer {
             stop.await;
             let _ = stopping_tx.send(());
         };
-        let server = tonic::transport::Server::builder()
+        let server = builder
             .tcp_nodelay(true)
             .add_service(plugin_server::PluginServer::new(service))
             .serve_with_incoming_shutdown(incoming, stop);

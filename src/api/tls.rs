@@ -1,0 +1,177 @@
+//! TLS settings for the gRPC server and for clients of it (the CLI, the
+//! plugin host dialing remote plugins): PEM files in, tonic configs out,
+//! every failure naming the file.
+
+use std::path::{Path, PathBuf};
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// The server's certificate and key, and optionally the CA whose client
+/// certificates it requires (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key of the leaf.
+    pub key: PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate
+    /// signed by one of them.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How a client checks the server, and the certificate it presents.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// PEM CA certificates to trust instead of the public web roots.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and key, for servers that require mutual TLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// The name to check in the server's certificate, if not the URL's host.
+    pub domain: Option<String>,
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(format!(
+            "{what} {}: not a PEM file (no -----BEGIN line)",
+            path.display()
+        ));
+    }
+    Ok(bytes)
+}
+
+impl ServerTls {
+    /// The tonic server config.
+    ///
+    /// # Errors
+    /// A file is missing or not PEM.
+    pub fn load(&self) -> Result<ServerTlsConfig, String> {
+        let identity = Identity::from_pem(
+            read(&self.cert, "TLS certificate")?,
+            read(&self.key, "TLS key")?,
+        );
+        let mut config = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
+        }
+        Ok(config)
+    }
+}
+
+impl ClientTls {
+    /// The tonic client config: the given CA, or the public web roots.
+    ///
+    /// # Errors
+    /// A file is missing or not PEM.
+    pub fn load(&self) -> Result<ClientTlsConfig, String> {
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(read(ca, "CA")?)),
+            None => config.with_webpki_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(
+                read(cert, "client certificate")?,
+                read(key, "client key")?,
+            ));
+        }
+        if let Some(d) = &self.domain {
+            config = config.domain_name(d.clone());
+        }
+        Ok(config)
+    }
+
+    /// Whether nothing was configured (an `https://` URL still gets TLS
+    /// with the public roots).
+    pub fn is_empty(&self) -> bool {
+        *self == ClientTls::default()
+    }
+}
+
+/// Whether `url` may be dialed in plaintext: `http://` only to a loopback
+/// address or `localhost`, unless `forced`.
+///
+/// # Errors
+/// `plaintext_not_loopback`, naming the URL.
+pub fn check_plaintext(url: &str, forced: bool) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Ok(());
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback || forced {
+        Ok(())
+    } else {
+        Err(format!(
+            "plaintext_not_loopback: {url} is plaintext to another host; use https:// (with TLS \
+             settings), or force plaintext explicitly"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_is_allowed_only_to_loopback_unless_forced() {
+        for ok in [
+            "http://127.0.0.1:7300",
+            "http://localhost:7300",
+            "http://[::1]:7300/",
+            "http://127.9.9.9",
+            "https://10.0.0.7:7400",
+            "https://plugins.example.com",
+        ] {
+            check_plaintext(ok, false).unwrap();
+        }
+        for bad in [
+            "http://10.0.0.7:7400",
+            "http://[2001:db8::1]:7400",
+            "http://example.com",
+            "http://localhost.example.com:80",
+        ] {
+            let e = check_plaintext(bad, false).unwrap_err();
+            assert!(e.starts_with("plaintext_not_loopback"), "{e}");
+            check_plaintext(bad, true).unwrap();
+        }
+    }
+
+    #[test]
+    fn missing_and_non_pem_files_are_named() {
+        let dir = std::env::temp_dir().join(format!("pulse-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, b"not a certificate").unwrap();
+        let e = ServerTls {
+            cert: dir.join("missing.pem"),
+            key: junk.clone(),
+            client_ca: None,
+        }
+        .load()
+        .unwrap_err();
+        assert!(
+            e.contains("TLS certificate") && e.contains("missing.pem"),
+            "{e}"
+        );
+        let e = ClientTls {
+            ca: Some(junk.clone()),
+            ..ClientTls::default()
+        }
+        .load()
+        .unwrap_err();
+        assert!(
+            e.contains("not a PEM file") && e.contains("junk.pem"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

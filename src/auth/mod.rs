@@ -1,0 +1,17 @@
+//! Who may do what on a server: bearer tokens with scopes for the Jobs
+//! API, and a per-client rate limit for the open registry (spec/security.md).
+//!
+//! Pure logic, no I/O: the gRPC services read the `authorization` header
+//! and the peer address and ask these types for a verdict.
+
+mod access;
+mod error;
+mod rate;
+mod scope;
+mod token;
+
+pub use access::{Access, Grant, TokenRule};
+pub use error::{AuthCode, AuthError};
+pub use rate::{RateLimit, RateLimiter};
+pub use scope::Scope;
+pub use token::{TOKEN_PREFIX, TokenHash, new_token};
