@@ -7,11 +7,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Key, handler_register, key, next, plugin_register, tempdir};
+use common::{Key, handler_register, key, key_file, next, plugin_register, tempdir};
 use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
 use pulse_ledger::{Action, Attestation};
 use tonic::transport::Channel;
@@ -43,20 +43,6 @@ impl Server {
     fn stop(self) {
         self.0.stop();
     }
-}
-
-fn key_file(dir: &Path, k: &Key) -> PathBuf {
-    let path = dir.join(format!("{}.key", &k.did.to_string()[8..20]));
-    std::fs::write(
-        &path,
-        format!(
-            "# did: {}\nPULSE-LEDGER-SECRET-KEY-1 {}\n",
-            k.did,
-            hex::encode(k.sk.to_bytes())
-        ),
-    )
-    .unwrap();
-    path
 }
 
 fn plugin_table(name: &str, args: &[String], events: &Path) -> String {
@@ -725,8 +711,24 @@ fn bad_plugin_tables_are_refused_with_the_rule() {
     let dir = tempdir("plugins-config");
     for (table, rule) in [
         (
-            "name = \"x\"\naddress = \"https://10.0.0.1:7400\"",
-            "must start with http://",
+            "name = \"x\"\naddress = \"ftp://10.0.0.1:7400\"",
+            "must start with https:// or http://",
+        ),
+        (
+            "name = \"x\"\naddress = \"http://10.0.0.1:7400\"",
+            "plaintext_not_loopback",
+        ),
+        (
+            "name = \"x\"\naddress = \"http://127.0.0.1:7400\"\ntls_ca = \"ca.pem\"",
+            "use https://",
+        ),
+        (
+            "name = \"x\"\naddress = \"https://10.0.0.1:7400\"\ntls_cert = \"c.pem\"",
+            "both tls_cert and tls_key",
+        ),
+        (
+            "name = \"x\"\ncommand = [\"p\"]\nallow_plaintext = true",
+            "not a spawned command",
         ),
         ("name = \"x\"", "exactly one of command"),
         ("name = \"x\"\ncommand = []", "exactly one of command"),

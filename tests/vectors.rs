@@ -289,6 +289,20 @@ fn pulse_spec_lists_exactly_the_pulse_codes() {
     assert_eq!(table_codes("spec/pulse.md"), lib);
 }
 
+#[test]
+fn security_spec_lists_exactly_the_access_codes_and_refusal_rules() {
+    let mut lib: BTreeSet<String> = pulse_ledger::auth::AuthCode::ALL
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    lib.extend(
+        pulse_ledger::api::REFUSAL_RULES
+            .iter()
+            .map(|r| (*r).to_owned()),
+    );
+    assert_eq!(table_codes("spec/security.md"), lib);
+}
+
 fn table_codes(path: &str) -> BTreeSet<String> {
     let spec = fs::read_to_string(path).expect(path);
     spec.lines()

@@ -14,8 +14,8 @@ pub use metrics::Metrics;
 pub use registry::RegistryService;
 pub use server::{
     DEFAULT_JOB_RETENTION_HOURS, DEFAULT_SUBMIT_BURST, DEFAULT_SUBMIT_RATE, MAX_JOBS_REQUEST_BYTES,
-    MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, MAX_STREAMS_PER_CONNECTION, ServeConfig, ServeError,
-    serve,
+    MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, MAX_STREAMS_PER_CONNECTION, REFUSAL_RULES, ServeConfig,
+    ServeError, serve,
 };
 pub use status::{ERROR_DOMAIN, to_status};
 

@@ -206,6 +206,14 @@ pub enum ServeError {
     },
 }
 
+/// The rules `serve` refuses settings by ([`ServeError::Refused`]).
+pub const REFUSAL_RULES: [&str; 4] = [
+    "plaintext_not_loopback",
+    "jobs_api_unauthenticated",
+    "bad_tls_file",
+    "bad_token_config",
+];
+
 /// The Jobs API's access rule and a server builder with TLS set up, or
 /// why `config` may not be served (checked before anything is opened).
 fn security(config: &ServeConfig) -> Result<(crate::auth::Access, Server), ServeError> {

@@ -16,6 +16,15 @@ pub enum AuthCode {
 }
 
 impl AuthCode {
+    /// Every code, for tables and tests.
+    pub const ALL: [AuthCode; 5] = [
+        AuthCode::TokenMissing,
+        AuthCode::TokenMalformed,
+        AuthCode::TokenUnknown,
+        AuthCode::ScopeMissing,
+        AuthCode::RateLimited,
+    ];
+
     /// The code as it appears in messages and `ErrorInfo.reason`.
     pub fn as_str(self) -> &'static str {
         match self {

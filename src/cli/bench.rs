@@ -38,7 +38,8 @@ resolving a job to its plugin. Each figure is the median of --runs runs
 (3 by default: about 90 seconds).")]
 pub(crate) struct Args {
     /// Measure this server instead of starting one. Jobs need
-    /// --plugin-key: the key of a pulse-test-plugin the server runs.
+    /// --plugin-key: the key of a pulse-test-plugin the server runs, and
+    /// a jobs API open to this client (loopback, no [[token]] tables).
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// With --server: the key file of the test plugin that server runs.

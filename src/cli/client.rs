@@ -275,7 +275,9 @@ pub(crate) fn call_failed(status: &tonic::Status) -> CliError {
         status.code(),
         tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Unavailable
     ) && status.metadata().get("grpc-status").is_none()
-        && (message.contains("transport error") || message.contains("operation was canceled"));
+        && (message.contains("transport error")
+            || message.contains("operation was canceled")
+            || message.starts_with("h2 protocol error"));
     if from_transport {
         return CliError::Unreachable(format!(
             "the connection failed ({message}): a TLS server needs an https:// URL (and --ca for a private CA); one that requires client certificates needs --client-cert and --client-key"

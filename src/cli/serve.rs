@@ -25,22 +25,33 @@ pub(crate) const DEFAULT_LOG_NAME: &str = "pulse-ledger.local/log";
 Examples:
   pulse-ledger serve
   pulse-ledger serve --data-dir /var/lib/pulse-ledger --listen 0.0.0.0:7300 \\
-      --log-name ledger.example.com/prod --metrics-listen 127.0.0.1:9300
+      --log-name ledger.example.com/prod --metrics-listen 127.0.0.1:9300 \\
+      --tls-cert server.pem --tls-key server.key --config pulse-ledger.toml
   PULSE_LEDGER_LISTEN=127.0.0.1:7400 pulse-ledger serve --config pulse-ledger.toml
 
 Config file keys (TOML): data_dir, listen, log_name, metrics_listen,
 job_retention_hours, max_running, plugin_wait_secs, heartbeat_timeout_ms,
-cancel_grace_ms, plugin_health_interval_ms, and one [[plugin]] table per
-plugin:
+cancel_grace_ms, plugin_health_interval_ms, tls_cert, tls_key,
+tls_client_ca, allow_plaintext, allow_unauthenticated, submit_rate,
+submit_burst, rate_limit_loopback, one [[plugin]] table per plugin and one
+[[token]] table per bearer token (pulse-ledger token create prints it):
 
   [[plugin]]
   name = \"tools\"
   command = [\"./target/release/pulse-test-plugin\", \"--key\", \"plugin.key\"]
-  # or: address = \"http://10.0.0.7:7400\"   (a plugin that is already running)
+  # or: address = \"https://plugins.internal:7400\"   (already running)
+  #     tls_ca = \"ca.pem\"  tls_cert = \"client.pem\"  tls_key = \"client.key\"
   # id = \"did:key:z6Mk...\"   (the plugin ID it must prove; optional)
   # env = { RUST_LOG = \"debug\" }   dir = \"/srv/plugins\"
 
-Precedence: flags, then PULSE_LEDGER_* variables, then the file, then defaults.
+  [[token]]
+  name = \"ci\"
+  hash = \"blake3:00c6cc13...\"
+  scopes = [\"enqueue\", \"read\"]
+
+Off loopback, serve needs TLS and at least one token, or refuses to start
+(spec/security.md). Precedence: flags, then PULSE_LEDGER_* variables, then
+the file, then defaults.
 Logs go to stderr (RUST_LOG=debug for more). SIGINT/SIGTERM stop accepting,
 finish in-flight appends, persist, and exit 0.
 

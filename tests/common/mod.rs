@@ -90,6 +90,21 @@ pub fn update_handler(
     next(prev, signer, Action::Update(Schema::Handler(schema)), None)
 }
 
+/// Writes `k` as a key file in `dir` (the format `keygen` writes).
+pub fn key_file(dir: &std::path::Path, k: &Key) -> PathBuf {
+    let path = dir.join(format!("{}.key", &k.did.to_string()[8..20]));
+    std::fs::write(
+        &path,
+        format!(
+            "# did: {}\nPULSE-LEDGER-SECRET-KEY-1 {}\n",
+            k.did,
+            hex::encode(k.sk.to_bytes())
+        ),
+    )
+    .unwrap();
+    path
+}
+
 pub fn tempdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("pulse-ledger-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

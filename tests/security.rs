@@ -1,0 +1,610 @@
+//! Authentication, authorisation, rate limits and TLS on a real `serve`
+//! (spec/security.md). Tokens are made with `pulse-ledger token create`
+//! exactly as an operator would; certificates are the test PKI in
+//! tests/fixtures/tls (regenerate with its gen.sh).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Serve, handler_register, key, key_file, plugin_register, tempdir};
+use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pulse-ledger")
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(bin());
+    c.args(args).env_remove("PULSE_LEDGER_TOKEN");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// `token create --json`: the secret and the config table for it.
+fn token(name: &str, scopes: &[&str]) -> (String, String) {
+    let mut args = vec!["token", "create", "--name", name, "--json"];
+    for s in scopes {
+        args.extend(["--scope", s]);
+    }
+    let out = run(&args, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["token"].as_str().unwrap().to_owned(),
+        v["config"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut r = Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// The spec code of a refusal (google.rpc.ErrorInfo reason).
+fn reason(s: &Status) -> String {
+    s.get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+fn refused<T: std::fmt::Debug>(r: Result<tonic::Response<T>, Status>) -> (Code, String) {
+    let s = r.unwrap_err();
+    (s.code(), reason(&s))
+}
+
+fn write_config(dir: &Path, text: &str) -> String {
+    let path = dir.join("pulse.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+async fn submit(reg: &mut RegistryClient<Channel>, a: &pulse_ledger::Attestation) {
+    reg.submit(proto::SubmitRequest {
+        envelope: a.envelope().to_vec(),
+    })
+    .await
+    .unwrap();
+}
+
+fn enqueue_req(handler: &pulse_ledger::Did, payload: &str) -> proto::EnqueueRequest {
+    proto::EnqueueRequest {
+        handler: handler.to_string(),
+        payload: payload.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobs_api_needs_a_token_whose_scopes_cover_the_call() {
+    let dir = tempdir("security-tokens");
+    let (p, a, b) = (key("sec-p"), key("sec-a"), key("sec-b"));
+    let (reader, reader_table) = token("reader", &["read"]);
+    let (only_a, only_a_table) = token("only-a", &[&format!("enqueue:{}", a.did)]);
+    let (ops, ops_table) = token("ops", &["admin"]);
+    let (stranger, _) = token("stranger", &["admin"]);
+    let config = write_config(
+        &dir,
+        &format!("plugin_wait_secs = 600\n{reader_table}{only_a_table}{ops_table}"),
+    );
+    let server = Serve::start(&["--config", &config], &dir.join("data"));
+    // Registration needs no account: anyone may create handlers.
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    for att in [
+        plugin_register(&p, "tools"),
+        handler_register(&a, "echo", &p.did),
+        handler_register(&b, "echo", &p.did),
+    ] {
+        submit(&mut reg, &att).await;
+    }
+    let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+    let list = || proto::ListJobsRequest::default();
+
+    // No token, a token this server never issued, a malformed one.
+    assert_eq!(
+        refused(jobs.list_jobs(list()).await),
+        (Code::Unauthenticated, "token_missing".into())
+    );
+    assert_eq!(
+        refused(jobs.list_jobs(with_token(list(), &stranger)).await),
+        (Code::Unauthenticated, "token_unknown".into())
+    );
+    assert_eq!(
+        refused(jobs.list_jobs(with_token(list(), "plt_short")).await),
+        (Code::Unauthenticated, "token_malformed".into())
+    );
+    assert_eq!(
+        refused(jobs.enqueue(Request::new(enqueue_req(&a.did, "x"))).await),
+        (Code::Unauthenticated, "token_missing".into())
+    );
+
+    // A reader reads and does nothing else.
+    jobs.list_jobs(with_token(list(), &reader)).await.unwrap();
+    let denied = (Code::PermissionDenied, "scope_missing".to_owned());
+    assert_eq!(
+        refused(
+            jobs.enqueue(with_token(enqueue_req(&a.did, "x"), &reader))
+                .await
+        ),
+        denied
+    );
+    let budget = proto::SetBudgetRequest {
+        handler: b.did.to_string(),
+        per_hour: 1,
+        per_day: 1,
+    };
+    assert_eq!(
+        refused(jobs.set_budget(with_token(budget.clone(), &reader)).await),
+        denied
+    );
+
+    // A token for handler a enqueues for a only, and cannot read.
+    let job_a = jobs
+        .enqueue(with_token(enqueue_req(&a.did, "mine"), &only_a))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(
+        refused(
+            jobs.enqueue(with_token(enqueue_req(&b.did, "theirs"), &only_a))
+                .await
+        ),
+        denied
+    );
+    let batch = proto::EnqueueBatchRequest {
+        jobs: vec![
+            enqueue_req(&a.did, "mine too"),
+            enqueue_req(&b.did, "theirs"),
+        ],
+    };
+    let results = jobs
+        .enqueue_batch(with_token(batch, &only_a))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    use proto::enqueue_result::Result as R;
+    let batch_a = match &results[0].result {
+        Some(R::Accepted(r)) => r.job.clone().unwrap(),
+        other => panic!("the job for a was refused: {other:?}"),
+    };
+    match &results[1].result {
+        Some(R::Rejected(e)) => {
+            assert_eq!(
+                (e.status_code, e.code.as_str()),
+                (Code::PermissionDenied as i32, "scope_missing")
+            );
+            assert!(e.message.contains("only-a"), "{}", e.message);
+        }
+        other => panic!("the job for b was accepted: {other:?}"),
+    }
+    let get = proto::GetJobRequest {
+        id: job_a.id.clone(),
+    };
+    assert_eq!(
+        refused(jobs.get_job(with_token(get.clone(), &only_a)).await),
+        denied
+    );
+    let cancel = proto::CancelJobRequest {
+        id: job_a.id.clone(),
+    };
+    assert_eq!(
+        refused(jobs.cancel_job(with_token(cancel.clone(), &reader)).await),
+        denied
+    );
+
+    // Refusals changed nothing: only the two accepted jobs exist, both a's,
+    // and b has no budget.
+    let mut seen = Vec::new();
+    for state in ["queued", "held", "running", "cancelled"] {
+        let page = jobs
+            .list_jobs(with_token(
+                proto::ListJobsRequest {
+                    state: state.into(),
+                    ..Default::default()
+                },
+                &ops,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.jobs);
+    }
+    let mut ids: Vec<_> = seen.iter().map(|j| j.id.clone()).collect();
+    ids.sort();
+    let mut expected = vec![job_a.id.clone(), batch_a.id.clone()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    assert!(seen.iter().all(|j| j.handler == a.did.to_string()));
+    let b_budget = jobs
+        .get_budget(with_token(
+            proto::GetBudgetRequest {
+                handler: b.did.to_string(),
+            },
+            &ops,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((b_budget.per_hour, b_budget.per_day), (0, 0));
+
+    // Admin may do everything.
+    let cancelled = jobs
+        .cancel_job(with_token(cancel, &ops))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(cancelled.state, "cancelled");
+    jobs.set_budget(with_token(budget, &ops)).await.unwrap();
+
+    // The CLI sends the token from PULSE_LEDGER_TOKEN or --token.
+    let out = run(&["job", "list", "--server", &server.url], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token_missing"));
+    let out = run(
+        &[
+            "job",
+            "get",
+            &hex::encode(&job_a.id),
+            "--server",
+            &server.url,
+        ],
+        &[("PULSE_LEDGER_TOKEN", &reader)],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cancelled"));
+    let out = run(
+        &[
+            "budget",
+            "set",
+            "--per-day",
+            "5",
+            "--server",
+            &server.url,
+            "--token",
+            &reader,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scope_missing"));
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_are_rate_limited_per_client_and_refusals_store_nothing() {
+    let dir = tempdir("security-rate");
+    let config = write_config(
+        &dir,
+        "submit_rate = 1\nsubmit_burst = 3\nrate_limit_loopback = true\n",
+    );
+    let server = Serve::start(&["--config", &config], &dir.join("data"));
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    let started = Instant::now();
+    for i in 0..3 {
+        submit(&mut reg, &plugin_register(&key(&format!("rate-{i}")), "p")).await;
+    }
+    let over = plugin_register(&key("rate-over"), "p");
+    let refusal = reg
+        .submit(proto::SubmitRequest {
+            envelope: over.envelope().to_vec(),
+        })
+        .await
+        .unwrap_err();
+    // One submission a second: the fourth within a second is refused.
+    if started.elapsed() < Duration::from_millis(900) {
+        assert_eq!(refusal.code(), Code::ResourceExhausted);
+        assert_eq!(reason(&refusal), "rate_limited");
+        let retry = refusal
+            .get_details_retry_info()
+            .and_then(|r| r.retry_delay)
+            .unwrap();
+        assert!(retry > Duration::ZERO && retry <= Duration::from_secs(1));
+    }
+    let size = |reg: &mut RegistryClient<Channel>| {
+        let mut reg = reg.clone();
+        async move {
+            reg.get_log_info(proto::GetLogInfoRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .size
+        }
+    };
+    assert_eq!(size(&mut reg).await, 3, "a refused submission was stored");
+
+    // Each envelope of a stream takes from the same allowance; refused
+    // ones are answered in place and not stored.
+    let envelopes: Vec<_> = (0..4)
+        .map(|i| proto::SubmitRequest {
+            envelope: plugin_register(&key(&format!("rate-s{i}")), "p")
+                .envelope()
+                .to_vec(),
+        })
+        .collect();
+    let mut answers = reg
+        .submit_stream(tokio_stream::iter(envelopes))
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut accepted, mut limited) = (0u64, 0);
+    while let Some(a) = answers.message().await.unwrap() {
+        match a.result.unwrap() {
+            proto::submit_stream_response::Result::Accepted(_) => accepted += 1,
+            proto::submit_stream_response::Result::Rejected(e) => {
+                assert_eq!(e.code, "rate_limited");
+                limited += 1;
+            }
+        }
+    }
+    assert_eq!(accepted + limited, 4);
+    assert!(limited >= 2, "{limited} of 4 were limited");
+    assert_eq!(size(&mut reg).await, 3 + accepted);
+    server.stop();
+}
+
+#[test]
+fn unsafe_settings_are_refused_before_anything_is_opened() {
+    let dir = tempdir("security-refusals");
+    let data = dir.join("data");
+    let data_arg = data.display().to_string();
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--data-dir", &data_arg];
+        args.extend_from_slice(extra);
+        run(&args, &[])
+    };
+    let refused_with = |out: Output, rule: &str| {
+        assert_eq!(out.status.code(), Some(2), "{rule}");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(err.contains(rule), "expected {rule}: {err}");
+        assert!(!data.exists(), "{rule}: the data dir was created");
+    };
+    // Plaintext, or an open jobs API, on a non-loopback address.
+    refused_with(serve(&["--listen", "0.0.0.0:0"]), "plaintext_not_loopback");
+    refused_with(
+        serve(&["--listen", "0.0.0.0:0", "--allow-plaintext"]),
+        "jobs_api_unauthenticated",
+    );
+    let (cert, key) = (fixture("server.pem"), fixture("server.key"));
+    refused_with(
+        serve(&[
+            "--listen",
+            "0.0.0.0:0",
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ]),
+        "jobs_api_unauthenticated",
+    );
+    // TLS files that are missing, not PEM, or a key that is not the cert's.
+    let missing = dir.join("missing.pem").display().to_string();
+    let local = ["--listen", "127.0.0.1:0"];
+    refused_with(
+        serve(&[&local[..], &["--tls-cert", &missing, "--tls-key", &key]].concat()),
+        "bad_tls_file",
+    );
+    refused_with(
+        serve(&[&local[..], &["--tls-cert", &cert, "--tls-key", &cert]].concat()),
+        "bad_tls_file",
+    );
+    // Config files: a bad token table, a plaintext plugin elsewhere.
+    let bad_token = write_config(
+        &dir,
+        "[[token]]\nname = \"x\"\nhash = \"blake3:00\"\nscopes = [\"read\"]\n",
+    );
+    let out = serve(&["--config", &bad_token]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token hash"));
+    let (_, table) = token("t", &["read"]);
+    let bad_scope = write_config(&dir, &table.replace("\"read\"", "\"write\""));
+    let out = serve(&["--config", &bad_scope]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scope \"write\""));
+    let far_plugin = write_config(
+        &dir,
+        "[[plugin]]\nname = \"far\"\naddress = \"http://10.0.0.7:7400\"\n",
+    );
+    refused_with(serve(&["--config", &far_plugin]), "plaintext_not_loopback");
+    assert!(!data.exists());
+}
+
+/// A server's https:// URL, by name so the certificate's DNS name is
+/// checked.
+fn https(server: &Serve) -> String {
+    server.url.replace("http://127.0.0.1", "https://localhost")
+}
+
+#[test]
+fn tls_and_mutual_tls_admit_only_clients_that_trust_and_are_trusted() {
+    let dir = tempdir("security-tls");
+    let (cert, key, ca) = (
+        fixture("server.pem"),
+        fixture("server.key"),
+        fixture("ca.pem"),
+    );
+    let (client_cert, client_key) = (fixture("client.pem"), fixture("client.key"));
+    let other_ca = fixture("other-ca.pem");
+    let server = Serve::start(&["--tls-cert", &cert, "--tls-key", &key], &dir.join("one"));
+    let url = https(&server);
+    let info = |extra: &[&str]| {
+        let mut args = vec!["log", "info", "--server", &url];
+        args.extend_from_slice(extra);
+        run(&args, &[])
+    };
+    let out = info(&["--ca", &ca]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("size"));
+    // A client that does not trust the server's CA, and a plaintext one.
+    assert_eq!(info(&["--ca", &other_ca]).status.code(), Some(3));
+    assert_eq!(info(&[]).status.code(), Some(3));
+    let plain = run(&["log", "info", "--server", &server.url], &[]);
+    assert_eq!(plain.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&plain.stderr).contains("https://"));
+    drop(server);
+
+    // Mutual TLS: the server admits only certificates its client CA signed.
+    let server = Serve::start(
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+        ],
+        &dir.join("two"),
+    );
+    let url = https(&server);
+    let info = |extra: &[&str]| {
+        let mut args = vec!["log", "info", "--server", &url, "--ca", &ca];
+        args.extend_from_slice(extra);
+        run(&args, &[])
+    };
+    let out = info(&["--client-cert", &client_cert, "--client-key", &client_key]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = info(&[]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--client-cert"));
+    // The server's certificate is signed by the same CA but is not for
+    // client authentication (no clientAuth usage): refused.
+    let out = info(&["--client-cert", &cert, "--client-key", &key]);
+    assert_eq!(out.status.code(), Some(3));
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_plugin_is_reached_over_mutual_tls_only() {
+    let dir = tempdir("security-plugin-tls");
+    let p = key("sec-tls-plugin");
+    let h = key("sec-tls-handler");
+    let (cert, key_pem, ca) = (
+        fixture("server.pem"),
+        fixture("server.key"),
+        fixture("ca.pem"),
+    );
+    let (client_cert, client_key) = (fixture("client.pem"), fixture("client.key"));
+    // The plugin requires a client certificate signed by the test CA.
+    let mut plugin = Command::new(env!("CARGO_BIN_EXE_pulse-test-plugin"))
+        .arg("--key")
+        .arg(key_file(&dir, &p))
+        .env("PULSE_PLUGIN_TLS_CERT", &cert)
+        .env("PULSE_PLUGIN_TLS_KEY", &key_pem)
+        .env("PULSE_PLUGIN_TLS_CLIENT_CA", &ca)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = BufReader::new(plugin.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let addr = pulse_ledger::plugin::parse_handshake(&line).unwrap();
+    let table = |with_identity: bool| {
+        let identity = if with_identity {
+            format!("tls_cert = {client_cert:?}\ntls_key = {client_key:?}\n")
+        } else {
+            String::new()
+        };
+        format!(
+            "plugin_wait_secs = 3\nplugin_health_interval_ms = 200\n[[plugin]]\nname = \"far\"\naddress = \"https://localhost:{}\"\ntls_ca = {ca:?}\n{identity}",
+            addr.port()
+        )
+    };
+    let run_one = |with_identity: bool, data: PathBuf| {
+        let config = write_config(&dir, &table(with_identity));
+        let server = Serve::start(&["--config", &config], &data);
+        let url = server.url.clone();
+        let (p, h) = (&p, &h);
+        async move {
+            let mut reg = RegistryClient::connect(url.clone()).await.unwrap();
+            submit(&mut reg, &plugin_register(p, "far")).await;
+            submit(&mut reg, &handler_register(h, "echo", &p.did)).await;
+            let mut jobs = JobsClient::connect(url).await.unwrap();
+            let id = jobs
+                .enqueue(enqueue_req(&h.did, "sealed"))
+                .await
+                .unwrap()
+                .into_inner()
+                .job
+                .unwrap()
+                .id;
+            let until = Instant::now() + Duration::from_secs(30);
+            loop {
+                let j = jobs
+                    .get_job(proto::GetJobRequest { id: id.clone() })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .job
+                    .unwrap();
+                if ["succeeded", "dead", "failed", "cancelled"].contains(&j.state.as_str()) {
+                    server.stop();
+                    return j;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "job still {} ({})",
+                    j.state,
+                    j.reason
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let j = run_one(true, dir.join("with-cert")).await;
+    assert_eq!(
+        (j.state.as_str(), j.result.as_slice()),
+        ("succeeded", &b"sealed"[..]),
+        "{}",
+        j.last_error
+    );
+    // Without a client certificate the plugin refuses the connection: the
+    // job never reaches it and dies waiting.
+    let j = run_one(false, dir.join("without-cert")).await;
+    assert_eq!(
+        (j.state.as_str(), j.reason.as_str()),
+        ("dead", "plugin_not_connected")
+    );
+    plugin.kill().unwrap();
+    plugin.wait().unwrap();
+}
