@@ -14,7 +14,7 @@ fn main() -> std::io::Result<()> {
     let vectors = Path::new("spec/vectors");
     let corpus = Path::new("fuzz/corpus");
     clear(vectors, "json")?;
-    for target in ["envelope", "chain"] {
+    for target in ["envelope", "chain", "proof", "checkpoint", "cli_files"] {
         fs::create_dir_all(corpus.join(target))?;
         clear(&corpus.join(target), "bin")?;
     }
@@ -28,7 +28,16 @@ fn main() -> std::io::Result<()> {
             fs::write(corpus.join(target).join(format!("{name}.bin")), bytes)?;
         }
     }
-    println!("wrote {} vectors to {}", all.len(), vectors.display());
+    let seeds = pulse_ledger::fuzzing::seeds();
+    for (target, name, bytes) in &seeds {
+        fs::write(corpus.join(target).join(format!("{name}.bin")), bytes)?;
+    }
+    println!(
+        "wrote {} vectors to {} and {} more fuzz seeds",
+        all.len(),
+        vectors.display(),
+        seeds.len()
+    );
     Ok(())
 }
 

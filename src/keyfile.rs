@@ -111,7 +111,7 @@ pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result
     file.sync_all()
 }
 
-fn parse(text: &str) -> Result<SigningKey, String> {
+pub(crate) fn parse(text: &str) -> Result<SigningKey, String> {
     let mut lines = text
         .lines()
         .map(str::trim)

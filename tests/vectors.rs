@@ -263,6 +263,18 @@ fn fuzz_corpus_is_generated_from_the_vectors() {
             );
         }
     }
+    for (target, name, bytes) in pulse_ledger::fuzzing::seeds() {
+        let path = Path::new("fuzz/corpus")
+            .join(target)
+            .join(format!("{name}.bin"));
+        let on_disk = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(
+            on_disk,
+            bytes,
+            "{}: run `cargo run --example gen_vectors`",
+            path.display()
+        );
+    }
 }
 
 /// Codes listed in the error table of spec/attestation.md: rows of the form
