@@ -14,7 +14,9 @@
 //! payload `oversized` sends a 70,000-byte checkpoint, over the protocol's
 //! limit, then waits),
 //! `cost` (payload: units, reported one at a time every 20 ms), `stamp`
-//! (returns the Unix time in microseconds at which it started).
+//! (returns the Unix time in microseconds at which it started), `attempt`
+//! (payload: milliseconds to sleep; returns `attempt N`, so a result
+//! names the attempt that produced it).
 //!
 //! With `PULSE_TEST_PLUGIN_EVENTS=FILE` it appends one line per event
 //! (`start JOB ATTEMPT PID UNIX_MICROS`, `cancelled JOB ATTEMPT`,
@@ -56,6 +58,7 @@ enum Kind {
     Progress,
     Cost,
     Stamp,
+    Attempt,
 }
 
 struct Handler(Kind);
@@ -70,6 +73,13 @@ async fn run(kind: Kind, ctx: &JobContext, payload: Vec<u8>) -> Result<Vec<u8>, 
             .to_string()
             .into_bytes()),
         Kind::Noop => Ok(Vec::new()),
+        Kind::Attempt => {
+            let ms: u64 = text
+                .parse()
+                .map_err(|_| JobError::fatal("attempt: the payload is milliseconds"))?;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(format!("attempt {}", ctx.attempt()).into_bytes())
+        }
         Kind::Sleep => {
             let ms: u64 = text
                 .parse()
@@ -201,6 +211,7 @@ async fn main() {
         ("progress", Kind::Progress),
         ("cost", Kind::Cost),
         ("stamp", Kind::Stamp),
+        ("attempt", Kind::Attempt),
     ] {
         server = server.handler(name, Handler(kind));
     }
