@@ -65,6 +65,9 @@ pub struct ServeConfig {
     pub tls: Option<super::tls::ServerTls>,
     /// Serve plaintext gRPC on a non-loopback address.
     pub allow_plaintext: bool,
+    /// Writes are refused (`disk_full`) while the data dir's file system
+    /// has less than this free; 0 turns the guard off.
+    pub min_free_bytes: u64,
 }
 
 /// Default submissions per second per client address.
@@ -97,6 +100,7 @@ impl ServeConfig {
             rate_limit_loopback: false,
             tls: None,
             allow_plaintext: false,
+            min_free_bytes: crate::ledger::DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
@@ -273,7 +277,8 @@ pub async fn serve(
     on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>, &Ledger),
 ) -> Result<(), ServeError> {
     let (access, builder) = security(&config)?;
-    let ledger_config = LedgerConfig::new(&config.data_dir, &config.log_name);
+    let mut ledger_config = LedgerConfig::new(&config.data_dir, &config.log_name);
+    ledger_config.min_free_bytes = config.min_free_bytes;
     let ledger = Arc::new(
         tokio::task::spawn_blocking(move || Ledger::open(ledger_config))
             .await

@@ -33,7 +33,7 @@ Config file keys (TOML): data_dir, listen, log_name, metrics_listen,
 job_retention_hours, max_running, plugin_wait_secs, heartbeat_timeout_ms,
 cancel_grace_ms, plugin_health_interval_ms, tls_cert, tls_key,
 tls_client_ca, allow_plaintext, allow_unauthenticated, submit_rate,
-submit_burst, rate_limit_loopback, one [[plugin]] table per plugin and one
+submit_burst, rate_limit_loopback, min_free_mb, one [[plugin]] table per plugin and one
 [[token]] table per bearer token (pulse-ledger token create prints it):
 
   [[plugin]]
@@ -119,6 +119,10 @@ pub(crate) struct Args {
     /// Submissions a quiet client may make at once [default: 1000].
     #[arg(long, env = "PULSE_LEDGER_SUBMIT_BURST", value_name = "N")]
     submit_burst: Option<u32>,
+    /// Refuse writes (disk_full) while the data dir's disk has less than
+    /// this many MiB free; 0 turns the guard off [default: 128].
+    #[arg(long, env = "PULSE_LEDGER_MIN_FREE_MB", value_name = "MIB")]
+    min_free_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +146,7 @@ struct FileConfig {
     submit_rate: Option<u32>,
     submit_burst: Option<u32>,
     rate_limit_loopback: Option<bool>,
+    min_free_mb: Option<u64>,
     #[serde(default)]
     plugin: Vec<PluginTable>,
     #[serde(default)]
@@ -377,6 +382,12 @@ impl Args {
             rate_limit_loopback: file.rate_limit_loopback.unwrap_or(false),
             tls,
             allow_plaintext: self.allow_plaintext || file.allow_plaintext.unwrap_or(false),
+            min_free_bytes: self
+                .min_free_mb
+                .or(file.min_free_mb)
+                .map_or(crate::ledger::DEFAULT_MIN_FREE_BYTES, |m| {
+                    m.saturating_mul(1024 * 1024)
+                }),
         })
     }
 }

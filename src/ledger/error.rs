@@ -25,6 +25,9 @@ pub enum LedgerErrorCode {
     Integrity,
     /// The disk failed or is full; nothing was acknowledged.
     Storage,
+    /// Free space is below the reserve: writes are refused until space
+    /// returns; nothing was written.
+    DiskFull,
     /// The ledger stopped accepting writes after a storage failure.
     Unavailable,
     /// A data directory or key file that cannot be used as given.
@@ -42,6 +45,7 @@ impl LedgerErrorCode {
             LedgerErrorCode::BadCheckpoint => "bad_checkpoint",
             LedgerErrorCode::Integrity => "integrity",
             LedgerErrorCode::Storage => "storage",
+            LedgerErrorCode::DiskFull => "disk_full",
             LedgerErrorCode::Unavailable => "unavailable",
             LedgerErrorCode::Config => "config",
         }
@@ -56,6 +60,7 @@ impl LedgerErrorCode {
         LedgerErrorCode::BadCheckpoint,
         LedgerErrorCode::Integrity,
         LedgerErrorCode::Storage,
+        LedgerErrorCode::DiskFull,
         LedgerErrorCode::Unavailable,
         LedgerErrorCode::Config,
     ];

@@ -45,6 +45,9 @@ pub struct LedgerConfig {
     pub origin: String,
     /// Most attestations committed under one fsync.
     pub max_batch: usize,
+    /// Writes are refused (`disk_full`) while the data dir's file system
+    /// has less than this free; 0 turns the guard off.
+    pub min_free_bytes: u64,
 }
 
 impl LedgerConfig {
@@ -54,6 +57,7 @@ impl LedgerConfig {
             data_dir: data_dir.into(),
             origin: origin.into(),
             max_batch: DEFAULT_MAX_BATCH,
+            min_free_bytes: super::DEFAULT_MIN_FREE_BYTES,
         }
     }
 }
@@ -130,6 +134,8 @@ struct Shared {
     head: RwLock<TreeHead>,
     /// Set after a failed commit: the ledger refuses writes (fail-stop).
     failed: Mutex<Option<String>>,
+    /// Refuses writes while the disk is nearly full.
+    space: super::SpaceGuard,
     /// The committed tree size, for watchers (`WatchEntries`).
     size_tx: tokio::sync::watch::Sender<u64>,
     /// The subjects of recent entries, for caches of chain state.
@@ -270,6 +276,7 @@ impl Ledger {
             log_did,
             head: RwLock::new(placeholder),
             failed: Mutex::new(None),
+            space: super::SpaceGuard::new(&config.data_dir, config.min_free_bytes),
             size_tx: tokio::sync::watch::Sender::new(size),
             changes: Mutex::new(ChangeLog {
                 start: size,
@@ -355,6 +362,11 @@ impl Ledger {
     }
 
     /// The database the log lives in, for the job store's keyspaces.
+    /// The free-space guard writes to this data dir go through.
+    pub(crate) fn space_guard(&self) -> &super::SpaceGuard {
+        &self.shared.space
+    }
+
     pub(crate) fn database(&self) -> &Database {
         &self.shared.db
     }
@@ -1460,6 +1472,14 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Vec<Job>>, mut frontier: Frontier,
                     LedgerErrorCode::Unavailable,
                     format!("the ledger stopped accepting writes after a storage failure: {why}"),
                 )));
+            }
+            continue;
+        }
+        // A nearly full disk refuses the whole group before anything is
+        // written, and the next group tries again.
+        if let Err(e) = shared.space.check() {
+            for j in jobs {
+                let _ = j.reply.send(Err(e.clone()));
             }
             continue;
         }

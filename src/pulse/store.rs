@@ -125,6 +125,9 @@ pub struct JobStore {
     /// queue's head is a long run of tombstones that each scan would step
     /// over. Loaded at open; changed after each commit, under `writer`.
     queues: Mutex<Queues>,
+    /// New jobs are refused while the disk is nearly full (the ledger's
+    /// guard); reports and results of running jobs still go through.
+    space: crate::ledger::SpaceGuard,
 }
 
 /// The in-memory queue indexes, by keyspace tag.
@@ -252,6 +255,7 @@ impl JobStore {
             ks,
             writer: Mutex::new(0),
             queues: Mutex::new(queues),
+            space: ledger.space_guard().clone(),
         })
     }
 
@@ -305,6 +309,12 @@ impl JobStore {
         items: &[(Did, HandlerSchema, JobRequest)],
         now: u64,
     ) -> Vec<Result<(Job, bool), JobError>> {
+        if let Err(e) = self.space.check() {
+            return items
+                .iter()
+                .map(|_| Err(JobError::Storage(e.clone())))
+                .collect();
+        }
         let mut counter = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         let mut results = Vec::with_capacity(items.len());

@@ -1,0 +1,274 @@
+//! Storage faults under a real `serve`: a full disk and failing fsync,
+//! injected by a small LD_PRELOAD layer (tests/fixtures/faultfs.c, built
+//! here with the system C compiler) that fails writes, allocations and
+//! fsyncs to the data dir while a control file exists.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::{key, plugin_register, tempdir};
+use pulse_ledger::api::proto::{self, registry_client::RegistryClient};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// Builds the fault layer into `dir`.
+fn faultfs(dir: &Path) -> PathBuf {
+    let out = dir.join("faultfs.so");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/faultfs.c");
+    let status = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .arg("-ldl")
+        .status()
+        .expect("a C compiler (cc) builds the fault layer");
+    assert!(status.success());
+    out
+}
+
+struct Faulty {
+    child: Child,
+    url: String,
+    enospc: PathBuf,
+    eio: PathBuf,
+}
+
+impl Faulty {
+    /// `serve` on `data` with the fault layer loaded (nothing armed).
+    fn start(dir: &Path, data: &Path, extra: &[&str]) -> Faulty {
+        let (enospc, eio) = (dir.join("enospc"), dir.join("eio"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .args(extra)
+            .env("LD_PRELOAD", dir.join("faultfs.so"))
+            .env("FAULTFS_PREFIX", data)
+            .env("FAULTFS_ENOSPC", &enospc)
+            .env("FAULTFS_EIO", &eio)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let first = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .next()
+            .unwrap()
+            .unwrap();
+        let url = format!("http://{}", first.split_whitespace().nth(3).unwrap());
+        Faulty {
+            child,
+            url,
+            enospc,
+            eio,
+        }
+    }
+
+    fn arm(path: &Path) {
+        std::fs::write(path, b"").unwrap();
+    }
+
+    fn disarm(path: &Path) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+impl Drop for Faulty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn submit(
+    reg: &mut RegistryClient<tonic::transport::Channel>,
+    n: &str,
+) -> Result<u64, tonic::Status> {
+    let att = plugin_register(&key(n), "storage");
+    reg.submit(proto::SubmitRequest {
+        envelope: att.envelope().to_vec(),
+    })
+    .await
+    .map(|r| r.into_inner().index)
+}
+
+async fn size(reg: &mut RegistryClient<tonic::transport::Channel>) -> u64 {
+    reg.get_log_info(proto::GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .size
+}
+
+fn reason(s: &tonic::Status) -> String {
+    s.get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+fn audit(url: &str, log_did: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+        .args(["verify", "log", "--server", url, "--log-key", log_did])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_writes_cleanly_and_they_resume_when_space_returns() {
+    let dir = tempdir("storage-full");
+    faultfs(&dir);
+    let data = dir.join("data");
+    let server = Faulty::start(&dir, &data, &["--min-free-mb", "1"]);
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    let mut jobs = pulse_ledger::api::proto::jobs_client::JobsClient::connect(server.url.clone())
+        .await
+        .unwrap();
+    let log_did = reg
+        .get_log_info(proto::GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .log_did;
+    for i in 0..3 {
+        assert_eq!(submit(&mut reg, &format!("full-{i}")).await.unwrap(), i);
+    }
+    let handler = key("full-handler");
+    let plugin = key("full-0");
+    reg.submit(proto::SubmitRequest {
+        envelope: common::handler_register(&handler, "echo", &plugin.did)
+            .envelope()
+            .to_vec(),
+    })
+    .await
+    .unwrap();
+
+    // The disk fills: every write is refused before anything is written.
+    Faulty::arm(&server.enospc);
+    for i in 0..3 {
+        let e = submit(&mut reg, &format!("refused-{i}")).await.unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (Code::ResourceExhausted, "disk_full"),
+            "{e:?}"
+        );
+        assert!(e.message().contains("reserve"), "{}", e.message());
+    }
+    let e = jobs
+        .enqueue(proto::EnqueueRequest {
+            handler: handler.did.to_string(),
+            payload: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::ResourceExhausted, "disk_full")
+    );
+    // Reads go on, and nothing changed.
+    assert_eq!(size(&mut reg).await, 4);
+    audit(&server.url, &log_did);
+
+    // Space returns: writes resume where they stopped.
+    Faulty::disarm(&server.enospc);
+    assert_eq!(submit(&mut reg, "after").await.unwrap(), 4);
+    jobs.enqueue(proto::EnqueueRequest {
+        handler: handler.did.to_string(),
+        payload: b"x".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    audit(&server.url, &log_did);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_or_fsync_stops_writes_acknowledges_nothing_and_a_restart_recovers() {
+    let dir = tempdir("storage-eio");
+    faultfs(&dir);
+    let data = dir.join("data");
+    for fault in ["eio", "enospc"] {
+        // The guard is off, so a full disk reaches the storage engine as a
+        // failed write (as when space runs out between check and write).
+        let server = Faulty::start(&dir, &data, &["--min-free-mb", "0"]);
+        let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+        let log_did = reg
+            .get_log_info(proto::GetLogInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .log_did;
+        let before = size(&mut reg).await;
+        let acked = submit(&mut reg, &format!("{fault}-ok")).await.unwrap();
+        assert_eq!(acked, before);
+        let armed = if fault == "eio" {
+            &server.eio
+        } else {
+            &server.enospc
+        };
+        Faulty::arm(armed);
+        let e = submit(&mut reg, &format!("{fault}-lost"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (Code::Unavailable, "storage"),
+            "{e:?}"
+        );
+        let cause = if fault == "eio" {
+            "Input/output error"
+        } else {
+            "No space left on device"
+        };
+        assert!(e.message().contains(cause), "{}", e.message());
+        // Fail-stop: writes stay refused, naming the cause, even once the
+        // fault is gone; reads go on and show nothing unacknowledged.
+        Faulty::disarm(armed);
+        let e = submit(&mut reg, &format!("{fault}-after"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (Code::Unavailable, "unavailable")
+        );
+        assert!(e.message().contains(cause), "{}", e.message());
+        assert_eq!(size(&mut reg).await, before + 1);
+        drop(reg);
+        drop(server);
+
+        // A restart recovers: every acknowledged entry is there, the audit
+        // passes, and writes are accepted again.
+        let server = Faulty::start(&dir, &data, &[]);
+        let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+        let after_restart = size(&mut reg).await;
+        assert!(after_restart == before + 1 || after_restart == before + 2);
+        let entry = reg
+            .get_entries(proto::GetEntriesRequest {
+                start: acked,
+                end: acked + 1,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        assert_eq!(
+            entry[0].envelope,
+            plugin_register(&key(&format!("{fault}-ok")), "storage").envelope()
+        );
+        audit(&server.url, &log_did);
+        assert_eq!(
+            submit(&mut reg, &format!("{fault}-resumed")).await.unwrap(),
+            after_restart
+        );
+    }
+}
