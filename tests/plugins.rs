@@ -756,3 +756,147 @@ fn bad_plugin_tables_are_refused_with_the_rule() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running() {
+    let dir = tempdir("plugins-faults");
+    let events_path = dir.join("events.log");
+    let (tools, crashy, slow) = (key("pf-tools"), key("pf-crashy"), key("pf-slow"));
+    let slow_table = plugin_table(
+        "slow",
+        &["--key".into(), key_file(&dir, &slow).display().to_string()],
+        &events_path,
+    )
+    .replace(
+        "env = { ",
+        "env = { PULSE_TEST_PLUGIN_START_DELAY_MS = \"1500\", ",
+    );
+    let config = format!(
+        "{TIMINGS}{}{}{slow_table}",
+        plugin_table(
+            "tools",
+            &["--key".into(), key_file(&dir, &tools).display().to_string()],
+            &events_path
+        ),
+        plugin_table(
+            "crashy",
+            &[
+                "--key".into(),
+                key_file(&dir, &crashy).display().to_string()
+            ],
+            &events_path
+        ),
+    );
+    let server = Server::start(&dir, &config);
+    let mut reg = server.registry().await;
+    let mut jobs = server.jobs().await;
+    let (late, flood, echo, crash, crashy_echo, slow_echo) = (
+        key("pf-late"),
+        key("pf-flood"),
+        key("pf-echo"),
+        key("pf-crash"),
+        key("pf-crashy-echo"),
+        key("pf-slow-echo"),
+    );
+    for a in [
+        plugin_register(&tools, "tools"),
+        plugin_register(&crashy, "crashy"),
+        plugin_register(&slow, "slow"),
+        handler_register(&late, "late", &tools.did),
+        handler_register(&flood, "flood", &tools.did),
+        handler_register(&echo, "echo", &tools.did),
+        handler_register(&crash, "crash", &crashy.did),
+        handler_register(&crashy_echo, "echo", &crashy.did),
+        handler_register(&slow_echo, "echo", &slow.did),
+    ] {
+        submit(&mut reg, &a).await.unwrap();
+    }
+
+    // Slow to start: its job waits, held, without using an attempt, and
+    // runs once the plugin is up.
+    let slow_job = enqueue(&mut jobs, enqueue_req(&slow_echo, "patience")).await;
+
+    // Late: the first attempt stops heartbeating and ignores the cancel;
+    // it is timed out and retried, and its result, sent after its lease
+    // was lost, is not accepted.
+    let late_job = enqueue(&mut jobs, enqueue_req(&late, "2500")).await;
+
+    // A crash loop on one handler: quarantined as poison; the same
+    // plugin's other handler, and other plugins, keep running.
+    let crash_job = enqueue(&mut jobs, enqueue_req(&crash, "always")).await;
+    let mut survivors = Vec::new();
+    for i in 0..10 {
+        survivors.push((
+            enqueue(&mut jobs, enqueue_req(&crashy_echo, &format!("c{i}"))).await,
+            format!("c{i}"),
+        ));
+        survivors.push((
+            enqueue(&mut jobs, enqueue_req(&echo, &format!("t{i}"))).await,
+            format!("t{i}"),
+        ));
+    }
+
+    // A flood of progress events: the job finishes, and so do others
+    // enqueued while it floods.
+    let flood_job = enqueue(&mut jobs, enqueue_req(&flood, "50000")).await;
+    for i in 0..5 {
+        survivors.push((
+            enqueue(&mut jobs, enqueue_req(&echo, &format!("f{i}"))).await,
+            format!("f{i}"),
+        ));
+    }
+
+    let j = finished(&mut jobs, &crash_job, 60).await;
+    assert_eq!((j.state.as_str(), j.reason.as_str()), ("dead", "poison"));
+    assert!(j.attempt_history.iter().all(|a| a.outcome == "crashed"));
+    for (id, payload) in &survivors {
+        let j = finished(&mut jobs, id, 60).await;
+        assert_eq!(
+            (j.state.as_str(), j.result.as_slice()),
+            ("succeeded", payload.as_bytes()),
+            "{}",
+            j.last_error
+        );
+    }
+    let j = finished(&mut jobs, &flood_job, 60).await;
+    assert_eq!(
+        (j.state.as_str(), j.result.as_slice()),
+        ("succeeded", &b"flooded 50000"[..]),
+        "{}",
+        j.last_error
+    );
+
+    let j = finished(&mut jobs, &late_job, 30).await;
+    assert_eq!(
+        (j.state.as_str(), j.result.as_slice()),
+        ("succeeded", &b"on time"[..]),
+        "{}",
+        j.last_error
+    );
+    assert_eq!(j.attempt_history[0].outcome, "timed_out");
+    // The late attempt did answer (after its lease was gone): wait for it,
+    // then check that nothing changed.
+    let until = Instant::now() + Duration::from_secs(10);
+    while !events(&events_path, &late_job)
+        .iter()
+        .any(|l| l.starts_with("done") && l.ends_with(" 1"))
+    {
+        assert!(Instant::now() < until, "the late attempt never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = get(&mut jobs, &late_job).await;
+    assert_eq!(
+        (again.state.as_str(), again.result.as_slice()),
+        ("succeeded", &b"on time"[..])
+    );
+
+    let j = finished(&mut jobs, &slow_job, 30).await;
+    assert_eq!(
+        (j.state.as_str(), j.result.as_slice(), j.attempts),
+        ("succeeded", &b"patience"[..], 1),
+        "{}",
+        j.last_error
+    );
+    server.stop();
+}

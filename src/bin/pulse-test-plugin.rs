@@ -16,7 +16,14 @@
 //! `cost` (payload: units, reported one at a time every 20 ms), `stamp`
 //! (returns the Unix time in microseconds at which it started), `attempt`
 //! (payload: milliseconds to sleep; returns `attempt N`, so a result
-//! names the attempt that produced it).
+//! names the attempt that produced it), `flood` (payload: a number of
+//! progress events sent as fast as possible, then returns), `late`
+//! (payload: milliseconds; the first attempt stops heartbeating, ignores
+//! cancel, sleeps that long and then returns `late`; later attempts return
+//! `on time` at once).
+//!
+//! `PULSE_TEST_PLUGIN_START_DELAY_MS` delays the handshake (a plugin that
+//! is slow to start).
 //!
 //! With `PULSE_TEST_PLUGIN_EVENTS=FILE` it appends one line per event
 //! (`start JOB ATTEMPT PID UNIX_MICROS`, `cancelled JOB ATTEMPT`,
@@ -59,6 +66,8 @@ enum Kind {
     Cost,
     Stamp,
     Attempt,
+    Flood,
+    Late,
 }
 
 struct Handler(Kind);
@@ -73,6 +82,26 @@ async fn run(kind: Kind, ctx: &JobContext, payload: Vec<u8>) -> Result<Vec<u8>, 
             .to_string()
             .into_bytes()),
         Kind::Noop => Ok(Vec::new()),
+        Kind::Flood => {
+            let n: u32 = text
+                .parse()
+                .map_err(|_| JobError::fatal("flood: the payload is a number of events"))?;
+            for i in 0..n {
+                ctx.progress((i % 100) as u8, "flood", Vec::new()).await;
+            }
+            Ok(format!("flooded {n}").into_bytes())
+        }
+        Kind::Late => {
+            let ms: u64 = text
+                .parse()
+                .map_err(|_| JobError::fatal("late: the payload is milliseconds"))?;
+            if ctx.attempt() == 1 {
+                ctx.stop_heartbeats();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                return Ok(b"late".to_vec());
+            }
+            Ok(b"on time".to_vec())
+        }
         Kind::Attempt => {
             let ms: u64 = text
                 .parse()
@@ -148,6 +177,12 @@ impl JobHandler for Handler {
             ctx.attempt(),
             std::process::id()
         ));
+        if matches!(self.0, Kind::Late) {
+            // Ignores cancel on purpose: it answers whatever happened.
+            let out = run(self.0, &ctx, payload).await;
+            note(format!("done {} {}", job(&ctx), ctx.attempt()));
+            return out;
+        }
         let out = tokio::select! {
             out = run(self.0, &ctx, payload) => out,
             _ = ctx.cancelled() => {
@@ -188,6 +223,12 @@ async fn main() {
         .or_else(|| std::env::var("PULSE_PLUGIN_KEY").ok())
         .unwrap_or_else(|| usage("--key is required"));
     let key = load_key(key.as_ref()).unwrap_or_else(|e| usage(&e));
+    if let Some(ms) = std::env::var("PULSE_TEST_PLUGIN_START_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let mut server = PluginServer::new(key).metadata(
         "pulse-test-plugin",
         env!("CARGO_PKG_VERSION"),
@@ -212,6 +253,8 @@ async fn main() {
         ("cost", Kind::Cost),
         ("stamp", Kind::Stamp),
         ("attempt", Kind::Attempt),
+        ("flood", Kind::Flood),
+        ("late", Kind::Late),
     ] {
         server = server.handler(name, Handler(kind));
     }
