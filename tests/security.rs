@@ -370,7 +370,14 @@ async fn submissions_are_rate_limited_per_client_and_refusals_store_nothing() {
         }
     }
     assert_eq!(accepted + limited, 4);
-    assert!(limited >= 2, "{limited} of 4 were limited");
+    // At one a second, the bucket (empty after the fourth call) refills at
+    // most one submission per second since.
+    let refilled = started.elapsed().as_secs() + 1;
+    assert!(
+        accepted <= refilled,
+        "{accepted} of 4 accepted within {refilled} s"
+    );
+    assert!(limited >= 1 || refilled > 4, "none of 4 was limited");
     assert_eq!(size(&mut reg).await, 3 + accepted);
     server.stop();
 }
