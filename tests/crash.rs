@@ -380,7 +380,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_breaks_no_rule
     std::fs::write(
         &config,
         format!(
-            "heartbeat_timeout_ms = 1000\ncancel_grace_ms = 300\nplugin_health_interval_ms = 200\nplugin_wait_secs = 60\n[[plugin]]\nname = \"tools\"\ncommand = [{:?}, \"--key\", {:?}]\nenv = {{ PULSE_TEST_PLUGIN_EVENTS = {:?} }}\n",
+            "heartbeat_timeout_ms = 1000\ncancel_grace_ms = 300\nplugin_health_interval_ms = 200\nplugin_wait_secs = 60\nmin_free_mb = 0\n[[plugin]]\nname = \"tools\"\ncommand = [{:?}, \"--key\", {:?}]\nenv = {{ PULSE_TEST_PLUGIN_EVENTS = {:?} }}\n",
             env!("CARGO_BIN_EXE_pulse-test-plugin"),
             key_file(&dir, &p).display().to_string(),
             events.display().to_string()

@@ -771,8 +771,11 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running() {
         "env = { ",
         "env = { PULSE_TEST_PLUGIN_START_DELAY_MS = \"1500\", ",
     );
+    // Generous waits: a slow machine must not turn a slow start or a
+    // crash-loop restart into plugin_not_connected.
+    let timings = TIMINGS.replace("plugin_wait_secs = 2", "plugin_wait_secs = 30");
     let config = format!(
-        "{TIMINGS}{}{}{slow_table}",
+        "{timings}{}{}{slow_table}",
         plugin_table(
             "tools",
             &["--key".into(), key_file(&dir, &tools).display().to_string()],

@@ -300,6 +300,13 @@ async fn the_jobs_api_needs_a_token_whose_scopes_cover_the_call() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("scope_missing"));
+    // A token is never sent in clear to another host unless forced.
+    let out = run(
+        &["job", "list", "--server", "http://192.0.2.1:7300"],
+        &[("PULSE_LEDGER_TOKEN", &reader)],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("plaintext_not_loopback"));
     server.stop();
 }
 
@@ -308,7 +315,7 @@ async fn submissions_are_rate_limited_per_client_and_refusals_store_nothing() {
     let dir = tempdir("security-rate");
     let config = write_config(
         &dir,
-        "submit_rate = 1\nsubmit_burst = 3\nrate_limit_loopback = true\n",
+        "submit_rate = 1\nsubmit_burst = 3\nrate_limit_loopback = true\nallow_unauthenticated = true\n",
     );
     let server = Serve::start(&["--config", &config], &dir.join("data"));
     let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
@@ -317,14 +324,18 @@ async fn submissions_are_rate_limited_per_client_and_refusals_store_nothing() {
         submit(&mut reg, &plugin_register(&key(&format!("rate-{i}")), "p")).await;
     }
     let over = plugin_register(&key("rate-over"), "p");
-    let refusal = reg
+    let fourth = reg
         .submit(proto::SubmitRequest {
             envelope: over.envelope().to_vec(),
         })
-        .await
-        .unwrap_err();
-    // One submission a second: the fourth within a second is refused.
-    if started.elapsed() < Duration::from_millis(900) {
+        .await;
+    // One submission a second: the fourth within a second is refused (a
+    // slow machine may take longer, and earn a refill).
+    let mut stored = 3;
+    if started.elapsed() >= Duration::from_millis(900) && fourth.is_ok() {
+        stored = 4;
+    } else {
+        let refusal = fourth.unwrap_err();
         assert_eq!(refusal.code(), Code::ResourceExhausted);
         assert_eq!(reason(&refusal), "rate_limited");
         let retry = refusal
@@ -343,7 +354,11 @@ async fn submissions_are_rate_limited_per_client_and_refusals_store_nothing() {
                 .size
         }
     };
-    assert_eq!(size(&mut reg).await, 3, "a refused submission was stored");
+    assert_eq!(
+        size(&mut reg).await,
+        stored,
+        "a refused submission was stored"
+    );
 
     // Each envelope of a stream takes from the same allowance; refused
     // ones are answered in place and not stored.
@@ -378,7 +393,7 @@ async fn submissions_are_rate_limited_per_client_and_refusals_store_nothing() {
         "{accepted} of 4 accepted within {refilled} s"
     );
     assert!(limited >= 1 || refilled > 4, "none of 4 was limited");
-    assert_eq!(size(&mut reg).await, 3 + accepted);
+    assert_eq!(size(&mut reg).await, stored + accepted);
     server.stop();
 }
 
@@ -426,6 +441,18 @@ fn unsafe_settings_are_refused_before_anything_is_opened() {
     refused_with(
         serve(&[&local[..], &["--tls-cert", &cert, "--tls-key", &cert]].concat()),
         "bad_tls_file",
+    );
+    let other_key = fixture("client.key");
+    refused_with(
+        serve(&[&local[..], &["--tls-cert", &cert, "--tls-key", &other_key]].concat()),
+        "bad_tls_file",
+    );
+    // A proxy on this host (rate_limit_loopback) makes loopback reachable
+    // from outside: an open jobs API is refused there too.
+    let proxied = write_config(&dir, "rate_limit_loopback = true\n");
+    refused_with(
+        serve(&[&local[..], &["--config", &proxied]].concat()),
+        "jobs_api_unauthenticated",
     );
     // Config files: a bad token table, a plaintext plugin elsewhere.
     let bad_token = write_config(

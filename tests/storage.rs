@@ -208,6 +208,20 @@ async fn a_failed_write_or_fsync_stops_writes_acknowledges_nothing_and_a_restart
             .unwrap()
             .into_inner()
             .log_did;
+        let handler = key("eio-handler");
+        if fault == "eio" {
+            submit(&mut reg, "eio-plugin").await.unwrap();
+            let genesis = common::handler_register(&handler, "echo", &key("eio-plugin").did);
+            reg.submit(proto::SubmitRequest {
+                envelope: genesis.envelope().to_vec(),
+            })
+            .await
+            .unwrap();
+        }
+        let mut jobs =
+            pulse_ledger::api::proto::jobs_client::JobsClient::connect(server.url.clone())
+                .await
+                .unwrap();
         let before = size(&mut reg).await;
         let acked = submit(&mut reg, &format!("{fault}-ok")).await.unwrap();
         assert_eq!(acked, before);
@@ -231,6 +245,29 @@ async fn a_failed_write_or_fsync_stops_writes_acknowledges_nothing_and_a_restart
             "No space left on device"
         };
         assert!(e.message().contains(cause), "{}", e.message());
+        // Two requests for one job (same idempotency key) in one failed
+        // batch: neither is acknowledged.
+        let twice = proto::EnqueueRequest {
+            handler: handler.did.to_string(),
+            payload: b"x".to_vec(),
+            idempotency_key: format!("{fault}-once"),
+            ..Default::default()
+        };
+        let results = jobs
+            .enqueue_batch(proto::EnqueueBatchRequest {
+                jobs: vec![twice.clone(), twice],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        assert_eq!(results.len(), 2);
+        for r in results {
+            assert!(
+                matches!(r.result, Some(proto::enqueue_result::Result::Rejected(_))),
+                "a job was acknowledged from a failed batch: {r:?}"
+            );
+        }
         // Fail-stop: writes stay refused, naming the cause, even once the
         // fault is gone; reads go on and show nothing unacknowledged.
         Faulty::disarm(armed);
@@ -248,7 +285,7 @@ async fn a_failed_write_or_fsync_stops_writes_acknowledges_nothing_and_a_restart
 
         // A restart recovers: every acknowledged entry is there, the audit
         // passes, and writes are accepted again.
-        let server = Faulty::start(&dir, &data, &[]);
+        let server = Faulty::start(&dir, &data, &["--min-free-mb", "0"]);
         let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
         let after_restart = size(&mut reg).await;
         assert!(after_restart == before + 1 || after_restart == before + 2);

@@ -232,12 +232,20 @@ fn security(config: &ServeConfig) -> Result<(crate::auth::Access, Server), Serve
             ),
         ));
     }
+    // rate_limit_loopback says a proxy on this host forwards outside
+    // clients: then loopback is no longer "only local users".
+    let reachable = !loopback || config.rate_limit_loopback;
     let access = if config.tokens.is_empty() {
-        if !loopback && !config.allow_unauthenticated {
+        if reachable && !config.allow_unauthenticated {
+            let why = if loopback {
+                "rate_limit_loopback says outside clients arrive through a proxy on this host"
+            } else {
+                "it is not a loopback address"
+            };
             return Err(refused(
                 "jobs_api_unauthenticated",
                 format!(
-                    "{} is not a loopback address and no [[token]] is configured: create one with `pulse-ledger token create`, or --allow-unauthenticated",
+                    "{}: {why}, and no [[token]] is configured: create one with `pulse-ledger token create`, or --allow-unauthenticated",
                     config.listen
                 ),
             ));

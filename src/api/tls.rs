@@ -51,7 +51,11 @@ impl ServerTls {
             read(&self.cert, "TLS certificate")?,
             read(&self.key, "TLS key")?,
         );
-        let mut config = ServerTlsConfig::new().identity(identity);
+        // A client that stalls mid-handshake is dropped instead of
+        // holding a task and a socket.
+        let mut config = ServerTlsConfig::new()
+            .identity(identity)
+            .timeout(std::time::Duration::from_secs(10));
         if let Some(ca) = &self.client_ca {
             config = config.client_ca_root(Certificate::from_pem(read(ca, "client CA")?));
         }
@@ -95,14 +99,25 @@ impl ClientTls {
 /// # Errors
 /// `plaintext_not_loopback`, naming the URL.
 pub fn check_plaintext(url: &str, forced: bool) -> Result<(), String> {
-    let Some(rest) = url.strip_prefix("http://") else {
+    // Parsed as the transport will parse it, so the host checked is the
+    // host dialed (`http://127.0.0.1:1@10.0.0.7/` goes to 10.0.0.7).
+    let uri: tonic::codegen::http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") {
         return Ok(());
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
+    }
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    if authority.contains('@') {
+        return Err(format!(
+            "{url}: a server URL carries no user name or password"
+        ));
+    }
+    let host = uri.host().unwrap_or_default();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     let loopback = host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
@@ -138,10 +153,17 @@ mod tests {
             "http://[2001:db8::1]:7400",
             "http://example.com",
             "http://localhost.example.com:80",
+            "http://127.0.0.1:1@10.0.0.7:7400",
+            "http://localhost@10.0.0.7",
         ] {
             let e = check_plaintext(bad, false).unwrap_err();
-            assert!(e.starts_with("plaintext_not_loopback"), "{e}");
-            check_plaintext(bad, true).unwrap();
+            if bad.contains('@') {
+                assert!(e.contains("no user name"), "{e}");
+                assert!(check_plaintext(bad, true).is_err());
+            } else {
+                assert!(e.starts_with("plaintext_not_loopback"), "{e}");
+                check_plaintext(bad, true).unwrap();
+            }
         }
     }
 

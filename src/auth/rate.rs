@@ -16,18 +16,28 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
-/// Clients remembered before idle ones are forgotten.
+/// Buckets remembered; past this, the least throttled half is forgotten.
 const MAX_CLIENTS: usize = 65_536;
+
+/// An IPv6 /48 (a typical site allocation, 65,536 /64s) shares one bucket
+/// this many times larger than a single client's, so holding many /64s
+/// does not multiply the allowance without end.
+const NETWORK_FACTOR: u32 = 16;
 
 /// Per-client token buckets. A client is an IPv4 address or an IPv6 /64
 /// (one host usually holds a whole /64, so single addresses would let it
-/// escape the limit).
+/// escape the limit); IPv6 clients also share their /48's bucket.
 #[derive(Debug)]
 pub struct RateLimiter {
     limit: RateLimit,
     limit_loopback: bool,
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    /// By client or network, and its prefix length (a /48 and the /64 at
+    /// its start share an address).
+    buckets: Mutex<HashMap<(IpAddr, u8), (f64, Instant)>>,
 }
+
+/// A bucket key (address, prefix length) and its rate and burst.
+type Bucket = ((IpAddr, u8), f64, f64);
 
 impl RateLimiter {
     /// A limiter; loopback clients are exempt unless `limit_loopback` (set
@@ -40,6 +50,31 @@ impl RateLimiter {
         }
     }
 
+    /// The buckets a call from `ip` draws on: the client's own, and for
+    /// IPv6 its /48's.
+    fn buckets_of(&self, ip: IpAddr) -> Vec<Bucket> {
+        let rate = f64::from(self.limit.per_second);
+        let burst = f64::from(self.limit.burst.max(1));
+        let prefix = |v6: std::net::Ipv6Addr, bytes: usize| {
+            let mut o = v6.octets();
+            o[bytes..].fill(0);
+            IpAddr::from(o)
+        };
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => vec![((IpAddr::V4(v4), 32), rate, burst)],
+                None => {
+                    let f = f64::from(NETWORK_FACTOR);
+                    vec![
+                        ((prefix(v6, 8), 64), rate, burst),
+                        ((prefix(v6, 6), 48), rate * f, burst * f),
+                    ]
+                }
+            },
+            v4 => vec![((v4, 32), rate, burst)],
+        }
+    }
+
     /// Takes `n` calls from `client`'s bucket at `now`.
     ///
     /// # Errors
@@ -49,59 +84,97 @@ impl RateLimiter {
         if self.limit.per_second == 0 || (ip.is_loopback() && !self.limit_loopback) {
             return Ok(());
         }
-        let key = match ip {
-            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                IpAddr::from(o)
-            }
-            IpAddr::V6(v6) => IpAddr::V4(
-                v6.to_ipv4_mapped()
-                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-            ),
-            v4 => v4,
+        let wanted = f64::from(n);
+        let keys = self.buckets_of(ip);
+        let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() + keys.len() > MAX_CLIENTS {
+            forget_least_throttled(&mut map, f64::from(self.limit.per_second), now);
+        }
+        let level = |map: &HashMap<(IpAddr, u8), (f64, Instant)>, (key, rate, burst): &Bucket| {
+            map.get(key).map_or(*burst, |(tokens, at)| {
+                (tokens + rate * now.saturating_duration_since(*at).as_secs_f64()).min(*burst)
+            })
         };
-        let rate = f64::from(self.limit.per_second);
-        let burst = f64::from(self.limit.burst.max(1));
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= MAX_CLIENTS && !buckets.contains_key(&key) {
-            // A full bucket is the same as no bucket, so forgetting those
-            // changes no verdict; if all are busy, start over rather than
-            // grow without bound.
-            buckets.retain(|_, (tokens, at)| {
-                *tokens + rate * now.saturating_duration_since(*at).as_secs_f64() < burst
-            });
-            if buckets.len() >= MAX_CLIENTS {
-                buckets.clear();
+        // The longest wait of any bucket short of `n`; a call larger than
+        // a bucket's burst waits for a full refill of it.
+        let mut wait = Duration::ZERO;
+        let mut short = None;
+        for b in &keys {
+            let have = level(&map, b);
+            if have < wanted {
+                let (key, rate, burst) = b;
+                let need = if wanted > *burst {
+                    *burst
+                } else {
+                    wanted - have
+                };
+                let w = Duration::from_secs_f64(need / rate);
+                if w >= wait {
+                    wait = w;
+                    short = Some(*key);
+                }
             }
         }
-        let (tokens, at) = buckets.entry(key).or_insert((burst, now));
-        let refilled =
-            (*tokens + rate * now.saturating_duration_since(*at).as_secs_f64()).min(burst);
-        let wanted = f64::from(n);
-        if refilled >= wanted {
-            *tokens = refilled - wanted;
-            *at = now.max(*at);
-            Ok(())
-        } else {
-            *tokens = refilled;
-            *at = now.max(*at);
-            let wait = if wanted > burst {
-                Duration::from_secs_f64(burst / rate)
-            } else {
-                Duration::from_secs_f64((wanted - refilled) / rate)
-            };
-            Err(AuthError::rate_limited(
+        for b in &keys {
+            let have = level(&map, b);
+            let left = if short.is_none() { have - wanted } else { have };
+            map.insert(b.0, (left, now));
+        }
+        match short {
+            None => Ok(()),
+            Some((addr, bits)) => Err(AuthError::rate_limited(
                 format!(
-                    "{key} sent more than {} calls a second (burst {}); retry in {} ms",
-                    self.limit.per_second,
-                    self.limit.burst,
+                    "{} sent more than its {} calls a second (burst {}); retry in {} ms",
+                    if bits == 48 {
+                        format!("network {addr}/48")
+                    } else {
+                        addr.to_string()
+                    },
+                    if bits == 48 {
+                        self.limit.per_second * NETWORK_FACTOR
+                    } else {
+                        self.limit.per_second
+                    },
+                    if bits == 48 {
+                        self.limit.burst.max(1) * NETWORK_FACTOR
+                    } else {
+                        self.limit.burst
+                    },
                     wait.as_millis().max(1)
                 ),
                 wait,
-            ))
+            )),
         }
     }
+}
+
+/// Forgets the half of the buckets that are fullest (least throttled):
+/// a forgotten bucket comes back full, so the clients being held back
+/// keep their state. O(n), once per n/2 new clients.
+fn forget_least_throttled(
+    map: &mut HashMap<(IpAddr, u8), (f64, Instant)>,
+    rate: f64,
+    now: Instant,
+) {
+    let mut levels: Vec<f64> = map
+        .values()
+        .map(|(t, at)| t + rate * now.saturating_duration_since(*at).as_secs_f64())
+        .collect();
+    let mid = levels.len() / 2;
+    let (_, median, _) = levels.select_nth_unstable_by(mid, f64::total_cmp);
+    let median = *median;
+    let mut kept_at_median = 0usize;
+    map.retain(|_, (t, at)| {
+        let level = *t + rate * now.saturating_duration_since(*at).as_secs_f64();
+        match level.total_cmp(&median) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Equal if kept_at_median < mid / 2 => {
+                kept_at_median += 1;
+                true
+            }
+            _ => false,
+        }
+    });
 }
 
 #[cfg(test)]
@@ -210,5 +283,57 @@ mod tests {
             let _ = l.check(Some(IpAddr::from(i.to_be_bytes())), 1, t0);
         }
         assert!(l.buckets.lock().unwrap().len() <= MAX_CLIENTS);
+    }
+
+    #[test]
+    fn forgetting_clients_keeps_the_throttled_ones() {
+        let l = RateLimiter::new(
+            RateLimit {
+                per_second: 1,
+                burst: 4,
+            },
+            true,
+        );
+        let t0 = Instant::now();
+        let abuser = Some(IpAddr::from([192, 0, 2, 1]));
+        for _ in 0..4 {
+            l.check(abuser, 1, t0).unwrap();
+        }
+        assert!(l.check(abuser, 1, t0).is_err());
+        // Many quiet clients, each taking one call, overflow the table
+        // several times over.
+        for i in 0..(3 * MAX_CLIENTS as u32) {
+            let _ = l.check(Some(IpAddr::from((i + (10 << 24)).to_be_bytes())), 1, t0);
+        }
+        assert!(l.buckets.lock().unwrap().len() <= MAX_CLIENTS);
+        assert!(
+            l.check(abuser, 1, t0).is_err(),
+            "the throttled client was forgotten"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_network_shares_one_larger_bucket() {
+        let l = RateLimiter::new(
+            RateLimit {
+                per_second: 1,
+                burst: 1,
+            },
+            true,
+        );
+        let t0 = Instant::now();
+        let client = |n: u16| Some(IpAddr::from([0x2001, 0xdb8, 7, n, 0, 0, 0, 1]));
+        for n in 0..NETWORK_FACTOR as u16 {
+            l.check(client(n), 1, t0).unwrap();
+        }
+        let e = l.check(client(999), 1, t0).unwrap_err();
+        assert!(
+            e.message().contains("network 2001:db8:7::/48"),
+            "{}",
+            e.message()
+        );
+        // Another /48 is untouched.
+        l.check(Some(IpAddr::from([0x2001, 0xdb8, 8, 0, 0, 0, 0, 1])), 1, t0)
+            .unwrap();
     }
 }

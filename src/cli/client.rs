@@ -50,6 +50,9 @@ pub(crate) struct ServerArg {
         requires = "client_cert"
     )]
     client_key: Option<PathBuf>,
+    /// Send --token over plaintext http:// to a host that is not loopback.
+    #[arg(long)]
+    allow_plaintext: bool,
 }
 
 impl std::fmt::Debug for ServerArg {
@@ -192,6 +195,7 @@ impl ServerArg {
             ca: env("PULSE_LEDGER_CA"),
             client_cert: env("PULSE_LEDGER_CLIENT_CERT"),
             client_key: env("PULSE_LEDGER_CLIENT_KEY"),
+            allow_plaintext: false,
         }
     }
 
@@ -223,14 +227,23 @@ impl ServerArg {
     }
 
     /// The `authorization` header for the jobs API, if a token was given.
+    /// A token is only sent over TLS or to a loopback address, unless
+    /// `--allow-plaintext`.
     pub(crate) fn bearer(&self) -> Result<Bearer, CliError> {
-        match &self.token {
-            None => Ok(Bearer(None)),
-            Some(t) => format!("Bearer {t}")
+        let Some(t) = &self.token else {
+            return Ok(Bearer(None));
+        };
+        crate::api::tls::check_plaintext(&self.server, self.allow_plaintext).map_err(|e| {
+            CliError::Usage(format!(
+                "{e} (a token would cross the network in clear; --allow-plaintext to send it anyway)"
+            ))
+        })?;
+        let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("Bearer {t}")
                 .parse()
-                .map(|v| Bearer(Some(v)))
-                .map_err(|_| CliError::Usage("--token: not a valid header value".into())),
-        }
+                .map_err(|_| CliError::Usage("--token: not a valid header value".into()))?;
+        value.set_sensitive(true);
+        Ok(Bearer(Some(value)))
     }
 }
 

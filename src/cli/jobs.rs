@@ -157,8 +157,10 @@ pub(crate) enum BudgetCmd {
 }
 
 async fn connect(server: &ServerArg) -> Result<JobsClient<AuthedChannel>, CliError> {
+    // The token's transport is checked before anything is dialed.
+    let bearer = server.bearer()?;
     let channel = server.channel().await?;
-    Ok(JobsClient::with_interceptor(channel, server.bearer()?)
+    Ok(JobsClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES))
 }
 

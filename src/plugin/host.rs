@@ -213,6 +213,13 @@ impl Supervisor {
     async fn spawn(&self, argv: &[String]) -> Result<(Child, String), String> {
         let (program, args) = argv.split_first().ok_or("the command is empty")?;
         let mut cmd = tokio::process::Command::new(program);
+        // The server's own settings (a token, TLS key paths) are not the
+        // plugin's business.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("PULSE_LEDGER_") {
+                cmd.env_remove(k);
+            }
+        }
         cmd.args(args)
             .envs(self.plugin.env.iter().cloned())
             .stdin(std::process::Stdio::piped())
@@ -243,6 +250,13 @@ impl Supervisor {
             .map_err(|e| format!("reading the handshake line: {e}"))?
             .ok_or("the plugin exited before its handshake line")?;
         let addr = parse_handshake(&first)?;
+        // A spawned plugin is dialed in plaintext, so it must be on this
+        // host's loopback.
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "plaintext_not_loopback: the plugin announced {addr}; a spawned plugin listens on a loopback address"
+            ));
+        }
         // The rest of stdout is the plugin's to use: keep it drained.
         let name = self.plugin.name.clone();
         tokio::spawn(async move {

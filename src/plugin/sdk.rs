@@ -355,6 +355,9 @@ impl PluginServer {
                     client_ca: env("PULSE_PLUGIN_TLS_CLIENT_CA"),
                 });
             }
+            (None, None) if env("PULSE_PLUGIN_TLS_CLIENT_CA").is_some() => {
+                return Err("PULSE_PLUGIN_TLS_CLIENT_CA needs PULSE_PLUGIN_TLS_CERT and PULSE_PLUGIN_TLS_KEY: mutual TLS is TLS first".into());
+            }
             (None, None) => {}
             _ => return Err("PULSE_PLUGIN_TLS_CERT and PULSE_PLUGIN_TLS_KEY go together".into()),
         }

@@ -369,10 +369,13 @@ impl JobStore {
         }
         if let Err(e) = batch.commit() {
             let err = storage(format!("enqueue not persisted: {e}"));
+            // A repeat of a job created in this same batch was not
+            // persisted either; only repeats of stored jobs stand.
+            let unwritten: Vec<JobId> = keys_in_batch.iter().map(|(_, j)| j.id).collect();
             return results
                 .into_iter()
                 .map(|r| match r {
-                    Ok((job, true)) => Ok((job, true)),
+                    Ok((job, true)) if !unwritten.contains(&job.id) => Ok((job, true)),
                     Ok(_) => Err(err.clone()),
                     Err(e) => Err(e),
                 })
