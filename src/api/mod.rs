@@ -1,6 +1,7 @@
 //! The gRPC interfaces: generated protobuf types (the wire API, usable as a
 //! client SDK), the registry service over the ledger, and the server.
 
+mod bearer;
 mod jobs;
 mod metrics;
 mod normalize;
@@ -9,6 +10,7 @@ mod server;
 mod status;
 pub mod tls;
 
+pub use bearer::{AuthedChannel, Bearer};
 pub use jobs::JobsService;
 pub use metrics::Metrics;
 pub use registry::RegistryService;

@@ -38,13 +38,27 @@ resolving a job to its plugin. Each figure is the median of --runs runs
 (3 by default: about 90 seconds).")]
 pub(crate) struct Args {
     /// Measure this server instead of starting one. Jobs need
-    /// --plugin-key: the key of a pulse-test-plugin the server runs, and
-    /// a jobs API open to this client (loopback, no [[token]] tables).
+    /// --plugin-key: the key of a pulse-test-plugin the server runs (and
+    /// --token if the server requires tokens).
     #[arg(long, value_name = "URL")]
     server: Option<String>,
     /// With --server: the key file of the test plugin that server runs.
     #[arg(long, value_name = "FILE", requires = "server")]
     plugin_key: Option<PathBuf>,
+    /// With --server: a bearer token with the enqueue and read scopes, for
+    /// a server that requires tokens.
+    #[arg(
+        long,
+        env = "PULSE_LEDGER_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        requires = "server"
+    )]
+    token: Option<String>,
+    /// With an https:// --server: trust this PEM CA instead of the public
+    /// roots.
+    #[arg(long, value_name = "PEM", requires = "server")]
+    ca: Option<PathBuf>,
     /// Jobs in the throughput run.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(500..))]
     jobs: u64,
@@ -231,9 +245,23 @@ fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
                 (Some(s), u)
             }
         };
-        let channel: Channel = Endpoint::from_shared(url.clone())
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| CliError::Usage(format!("--server {url}: {e}")))?
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if url.starts_with("https://") {
+            let tls = crate::api::tls::ClientTls {
+                ca: a.ca.clone(),
+                ..Default::default()
+            };
+            endpoint = endpoint
+                .tls_config(tls.load().map_err(CliError::Usage)?)
+                .map_err(|e| CliError::Usage(format!("--server {url}: TLS: {e}")))?;
+        }
+        let bearer = match &a.token {
+            Some(t) => crate::api::Bearer::new(t, &url, false).map_err(CliError::Usage)?,
+            None => crate::api::Bearer::none(),
+        };
+        let channel: Channel = endpoint
             .connect()
             .await
             .map_err(|e| CliError::Unreachable(format!("cannot reach {url}: {e}")))?;
@@ -256,9 +284,15 @@ fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
         }
         if a.server.is_none() || a.plugin_key.is_some() {
             eprintln!("bench: jobs end to end…");
-            let f = pulse_jobs(channel, (&sk, &did), a.jobs as usize, a.latency_secs as f64)
-                .await
-                .map_err(failed("jobs"))?;
+            let f = pulse_jobs(
+                channel,
+                bearer,
+                (&sk, &did),
+                a.jobs as usize,
+                a.latency_secs as f64,
+            )
+            .await
+            .map_err(failed("jobs"))?;
             t.add_ratio(
                 "jobs",
                 "jobs end to end (enqueue → no-op → result stored), 64 running",

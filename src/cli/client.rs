@@ -10,6 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::error::{CliError, EXIT_USAGE, EXIT_VERIFY_FAILED};
 use super::files;
+use crate::api::Bearer;
 use crate::api::proto::{self, registry_client::RegistryClient};
 
 /// Default server address for client commands.
@@ -230,20 +231,10 @@ impl ServerArg {
     /// A token is only sent over TLS or to a loopback address, unless
     /// `--allow-plaintext`.
     pub(crate) fn bearer(&self) -> Result<Bearer, CliError> {
-        let Some(t) = &self.token else {
-            return Ok(Bearer(None));
-        };
-        crate::api::tls::check_plaintext(&self.server, self.allow_plaintext).map_err(|e| {
-            CliError::Usage(format!(
-                "{e} (a token would cross the network in clear; --allow-plaintext to send it anyway)"
-            ))
-        })?;
-        let mut value: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
-            format!("Bearer {t}")
-                .parse()
-                .map_err(|_| CliError::Usage("--token: not a valid header value".into()))?;
-        value.set_sensitive(true);
-        Ok(Bearer(Some(value)))
+        match &self.token {
+            None => Ok(Bearer::none()),
+            Some(t) => Bearer::new(t, &self.server, self.allow_plaintext).map_err(CliError::Usage),
+        }
     }
 }
 
@@ -258,25 +249,6 @@ pub(crate) async fn connect(server: &ServerArg) -> Result<RegistryClient<Channel
     let channel = server.channel().await?;
     Ok(RegistryClient::new(channel).max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES))
 }
-
-/// Adds the bearer token (if any) to every call.
-#[derive(Clone)]
-pub(crate) struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(v) = &self.0 {
-            request.metadata_mut().insert("authorization", v.clone());
-        }
-        Ok(request)
-    }
-}
-
-/// A channel whose calls carry the bearer token.
-pub(crate) type AuthedChannel = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
 /// A failed call: rejections (the caller's input) exit 1, the rest 2.
 pub(crate) fn call_failed(status: &tonic::Status) -> CliError {

@@ -5,8 +5,9 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::client::{AuthedChannel, ServerArg, call_failed, runtime};
+use super::client::{ServerArg, call_failed, runtime};
 use super::error::CliError;
+use crate::api::AuthedChannel;
 use crate::api::proto::{self, jobs_client::JobsClient};
 use serde_json::json;
 use tokio_stream::StreamExt;

@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 
 use super::{bench_key, genesis_envelope, percentile_ms};
 use crate::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
+use crate::api::{AuthedChannel, Bearer};
 use crate::{Action, Did, Family, HandlerSchema, PluginSchema, Schema};
 
 /// Jobs per EnqueueBatch in the throughput run.
@@ -41,7 +42,7 @@ fn now_us() -> u64 {
 }
 
 async fn enqueue_batch(
-    jobs: &mut JobsClient<Channel>,
+    jobs: &mut JobsClient<AuthedChannel>,
     handler: &Did,
     n: usize,
 ) -> Result<Vec<Vec<u8>>, String> {
@@ -65,7 +66,7 @@ async fn enqueue_batch(
         .collect()
 }
 
-async fn wait_done(jobs: &mut JobsClient<Channel>, id: &[u8]) -> Result<proto::Job, String> {
+async fn wait_done(jobs: &mut JobsClient<AuthedChannel>, id: &[u8]) -> Result<proto::Job, String> {
     loop {
         let j = jobs
             .get_job(proto::GetJobRequest { id: id.to_vec() })
@@ -90,7 +91,7 @@ async fn wait_done(jobs: &mut JobsClient<Channel>, id: &[u8]) -> Result<proto::J
 }
 
 /// Whether no job is queued, running, retrying or held.
-async fn idle(jobs: &mut JobsClient<Channel>) -> Result<bool, String> {
+async fn idle(jobs: &mut JobsClient<AuthedChannel>) -> Result<bool, String> {
     for state in ["queued", "running", "retrying", "held"] {
         let page = jobs
             .list_jobs(proto::ListJobsRequest {
@@ -110,12 +111,13 @@ async fn idle(jobs: &mut JobsClient<Channel>) -> Result<bool, String> {
 
 /// Registers the test plugin (`plugin`, whose process the server runs)
 /// and its `noop` and `stamp` handlers, then runs `n` no-op jobs and the
-/// latency run for `latency_secs`.
+/// latency run for `latency_secs`. Jobs calls carry `bearer`.
 ///
 /// # Errors
 /// A refused call, or a job that did not succeed.
 pub async fn pulse_jobs(
     channel: Channel,
+    bearer: Bearer,
     plugin: (&SigningKey, &Did),
     n: usize,
     latency_secs: f64,
@@ -144,7 +146,7 @@ pub async fn pulse_jobs(
             .await
             .map_err(|s| format!("Submit: {}", s.message()))?;
     }
-    let mut jobs = JobsClient::new(channel);
+    let mut jobs = JobsClient::with_interceptor(channel, bearer);
     // Warm-up: the plugin session opens, caches fill.
     let warm = enqueue_batch(&mut jobs, &noop, BATCH).await?;
     if let Some(last) = warm.last() {
