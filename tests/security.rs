@@ -642,3 +642,60 @@ async fn a_remote_plugin_is_reached_over_mutual_tls_only() {
     plugin.kill().unwrap();
     plugin.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_reloaded_on_sighup_and_a_bad_reload_changes_nothing() {
+    let dir = tempdir("security-reload");
+    let (old, old_table) = token("old", &["read"]);
+    let (new, new_table) = token("new", &["read"]);
+    let config = write_config(&dir, &old_table);
+    let server = Serve::start(&["--config", &config], &dir.join("data"));
+    let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+    let list = |t: &str| with_token(proto::ListJobsRequest::default(), t);
+    jobs.list_jobs(list(&old)).await.unwrap();
+    let hup = || {
+        let pid = server.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    // Wait until `t` gets `want` (a reload is asynchronous).
+    async fn until(
+        jobs: &mut JobsClient<Channel>,
+        r: impl Fn() -> Request<proto::ListJobsRequest>,
+        want: Option<&str>,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = jobs.list_jobs(r()).await.err().map(|s| reason(&s));
+            if got.as_deref() == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "still {got:?}, want {want:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // The old token is revoked and a new one issued, without a restart.
+    std::fs::write(&config, &new_table).unwrap();
+    hup();
+    until(&mut jobs, || list(&old), Some("token_unknown")).await;
+    jobs.list_jobs(list(&new)).await.unwrap();
+    // A config that does not parse, or that has no token left, changes
+    // nothing: a reload never opens the jobs API.
+    for text in ["[[token]]\nname = 1\n", "max_running = 4\n"] {
+        std::fs::write(&config, text).unwrap();
+        hup();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        jobs.list_jobs(list(&new)).await.unwrap();
+        let s = jobs
+            .list_jobs(proto::ListJobsRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&s), "token_missing");
+    }
+    server.stop();
+}

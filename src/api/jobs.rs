@@ -13,7 +13,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::proto::{self, jobs_server::Jobs};
 use super::status::{ERROR_DOMAIN, auth_status, bad_request, parse_did, to_status};
-use crate::auth::{Access, Grant, Scope};
+use crate::auth::{Access, AccessCell, Grant, Scope};
 use crate::ledger::Ledger;
 use crate::pulse::{
     Attempt, Budget, BudgetUse, CancelReason, DeadReason, HoldReason, Job, JobError, JobId,
@@ -42,7 +42,7 @@ pub struct JobsService {
     /// signature for every job.
     schemas: Arc<std::sync::Mutex<HashMap<u64, HandlerSchema>>>,
     /// Who may call: every RPC checks the caller's bearer token here.
-    access: Arc<Access>,
+    access: Arc<AccessCell>,
 }
 
 /// Most schemas remembered before the cache starts over.
@@ -98,12 +98,13 @@ impl JobsService {
             enqueuer,
             pulse: None,
             schemas: Arc::default(),
-            access: Arc::new(Access::Open),
+            access: Arc::new(AccessCell::new(Access::Open)),
         }
     }
 
-    /// Requires bearer tokens with scopes (the default is [`Access::Open`]).
-    pub fn with_access(mut self, access: Arc<Access>) -> JobsService {
+    /// Requires bearer tokens with scopes (the default is [`Access::Open`]);
+    /// the cell may be replaced while the service runs.
+    pub fn with_access(mut self, access: Arc<AccessCell>) -> JobsService {
         self.access = access;
         self
     }
@@ -115,6 +116,7 @@ impl JobsService {
             .get("authorization")
             .map(|v| v.as_bytes());
         self.access
+            .current()
             .authenticate(header)
             .map_err(|e| auth_status(&e))
     }

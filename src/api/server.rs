@@ -68,6 +68,8 @@ pub struct ServeConfig {
     /// Writes are refused (`disk_full`) while the data dir's file system
     /// has less than this free; 0 turns the guard off.
     pub min_free_bytes: u64,
+    /// The config file whose `[[token]]` tables are read again on SIGHUP.
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// Default submissions per second per client address.
@@ -101,6 +103,7 @@ impl ServeConfig {
             tls: None,
             allow_plaintext: false,
             min_free_bytes: crate::ledger::DEFAULT_MIN_FREE_BYTES,
+            tokens_file: None,
         }
     }
 }
@@ -208,6 +211,35 @@ pub enum ServeError {
         /// What to change.
         message: String,
     },
+}
+
+/// Reads the `[[token]]` tables of `file` again at every SIGHUP and puts
+/// them in force: tokens can be added and revoked without a restart. A
+/// file that does not parse, or a reload that would leave no token (and
+/// so open the jobs API), changes nothing and is logged.
+async fn reload_tokens_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    file: PathBuf,
+    access: Arc<crate::auth::AccessCell>,
+) {
+    while hup.recv().await.is_some() {
+        let loaded = crate::auth::read_token_rules(&file).and_then(|rules| {
+            if rules.is_empty() && !access.current().is_open() {
+                return Err("the reloaded config has no [[token]] table; a reload never opens the jobs API (restart to do that)".into());
+            }
+            let n = rules.len();
+            crate::auth::Access::with_tokens(rules).map(|a| (a, n))
+        });
+        match loaded {
+            Ok((a, n)) => {
+                access.replace(a);
+                tracing::info!(tokens = n, file = %file.display(), "tokens reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "tokens not reloaded; the previous ones stay in force")
+            }
+        }
+    }
 }
 
 /// The rules `serve` refuses settings by ([`ServeError::Refused`]).
@@ -339,10 +371,27 @@ pub async fn serve(
     if access.is_open() {
         tracing::warn!(listen = %local, "no [[token]] configured: the Jobs API is open to every client that can connect");
     }
+    let access = Arc::new(crate::auth::AccessCell::new(access));
+    if let Some(file) = &config.tokens_file {
+        // Watched from here on, before the server says it is ready, so an
+        // early SIGHUP reloads instead of ending the process.
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => {
+                tokio::spawn(reload_tokens_on_sighup(
+                    hup,
+                    file.clone(),
+                    Arc::clone(&access),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP: tokens are read only at start")
+            }
+        }
+    }
     let jobs = JobsServer::new(
         JobsService::new(Arc::clone(&ledger), store)
             .with_dispatcher(runner.handle())
-            .with_access(Arc::new(access)),
+            .with_access(access),
     )
     .max_decoding_message_size(MAX_JOBS_REQUEST_BYTES)
     .max_encoding_message_size(MAX_RESPONSE_BYTES);

@@ -69,6 +69,28 @@ impl Grant {
     }
 }
 
+/// The access rule in force, replaceable while the server runs (tokens
+/// reloaded on SIGHUP).
+#[derive(Debug)]
+pub struct AccessCell(std::sync::RwLock<Arc<Access>>);
+
+impl AccessCell {
+    /// A cell holding `access`.
+    pub fn new(access: Access) -> AccessCell {
+        AccessCell(std::sync::RwLock::new(Arc::new(access)))
+    }
+
+    /// The rule in force now.
+    pub fn current(&self) -> Arc<Access> {
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts `access` in force for every call from now on.
+    pub fn replace(&self, access: Access) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
+    }
+}
+
 /// The server's access rule for authenticated APIs.
 #[derive(Debug, Clone)]
 pub enum Access {

@@ -5,12 +5,14 @@
 //! and the peer address and ask these types for a verdict.
 
 mod access;
+mod config;
 mod error;
 mod rate;
 mod scope;
 mod token;
 
-pub use access::{Access, Grant, TokenRule};
+pub use access::{Access, AccessCell, Grant, TokenRule};
+pub use config::{TokenTable, read_token_rules};
 pub use error::{AuthCode, AuthError};
 pub use rate::{RateLimit, RateLimiter};
 pub use scope::Scope;

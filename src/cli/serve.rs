@@ -53,7 +53,8 @@ Off loopback, serve needs TLS and at least one token, or refuses to start
 (spec/security.md). Precedence: flags, then PULSE_LEDGER_* variables, then
 the file, then defaults.
 Logs go to stderr (RUST_LOG=debug for more). SIGINT/SIGTERM stop accepting,
-finish in-flight appends, persist, and exit 0.
+finish in-flight appends, persist, and exit 0. SIGHUP reads the config
+file's [[token]] tables again (tokens added or revoked without a restart).
 
 Try it: grpcurl -plaintext 127.0.0.1:7300 list")]
 pub(crate) struct Args {
@@ -150,43 +151,7 @@ struct FileConfig {
     #[serde(default)]
     plugin: Vec<PluginTable>,
     #[serde(default)]
-    token: Vec<TokenTable>,
-}
-
-/// One `[[token]]` table: a bearer token's name, hash and scopes.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenTable {
-    name: String,
-    hash: String,
-    scopes: Vec<String>,
-}
-
-impl TokenTable {
-    fn resolve(self, file: &std::path::Path) -> Result<crate::auth::TokenRule, CliError> {
-        let bad = |why: String| {
-            CliError::Usage(format!(
-                "{}: [[token]] {:?}: {why}",
-                file.display(),
-                self.name
-            ))
-        };
-        let hash = crate::auth::TokenHash::parse(&self.hash).map_err(bad)?;
-        if self.scopes.is_empty() {
-            return Err(bad("scopes: give at least one".into()));
-        }
-        let scopes = self
-            .scopes
-            .iter()
-            .map(|s| crate::auth::Scope::parse(s))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(bad)?;
-        Ok(crate::auth::TokenRule {
-            name: self.name,
-            hash,
-            scopes,
-        })
-    }
+    token: Vec<crate::auth::TokenTable>,
 }
 
 /// One `[[plugin]]` table: a command to spawn or a remote address.
@@ -294,9 +259,10 @@ impl Args {
                     .map(|p| p.resolve(path))
                     .collect::<Result<Vec<_>, _>>()?,
                 file.token
-                    .into_iter()
+                    .iter()
                     .map(|t| t.resolve(path))
-                    .collect::<Result<Vec<_>, _>>()?,
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(CliError::Usage)?,
             ),
             None => (Vec::new(), Vec::new()),
         };
@@ -388,6 +354,7 @@ impl Args {
                 .map_or(crate::ledger::DEFAULT_MIN_FREE_BYTES, |m| {
                     m.saturating_mul(1024 * 1024)
                 }),
+            tokens_file: self.config.clone(),
         })
     }
 }

@@ -25,7 +25,8 @@ Scopes: enqueue (any handler), enqueue:<handler did:key> (one handler),
 read (jobs, logs, budgets), cancel, budget (set budgets), admin (all).
 The token is printed (or written with --out) once and never stored: the
 server's config holds only its blake3 hash. Give it to clients as
-PULSE_LEDGER_TOKEN. To revoke it, delete its table and restart the server.")]
+PULSE_LEDGER_TOKEN. Add or delete tables, then send the server SIGHUP
+(kill -HUP PID) to put them in force without a restart.")]
     Create {
         /// A name for the server's logs and refusals.
         #[arg(long)]
@@ -95,7 +96,9 @@ pub(crate) fn run(cmd: TokenCmd) -> Result<ExitCode, CliError> {
                     Some(p) => println!("token written to {} (mode 0600)", p.display()),
                     None => println!("{token}"),
                 }
-                println!("\n# add to the server's config file, then restart it:\n{table}");
+                println!(
+                    "\n# add to the server's config file, then send the server SIGHUP:\n{table}"
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
