@@ -698,4 +698,35 @@ async fn tokens_are_reloaded_on_sighup_and_a_bad_reload_changes_nothing() {
         assert_eq!(reason(&s), "token_missing");
     }
     server.stop();
+
+    // A server started open (loopback, no token) stays open on a reload
+    // that still has none, and requires tokens once the file has one.
+    let config = write_config(&dir, "max_running = 4\n");
+    let server = Serve::start(&["--config", &config], &dir.join("data-open"));
+    let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+    let hup = || {
+        let pid = server.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    hup();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    jobs.list_jobs(proto::ListJobsRequest::default())
+        .await
+        .unwrap();
+    std::fs::write(&config, &new_table).unwrap();
+    hup();
+    until(
+        &mut jobs,
+        || Request::new(proto::ListJobsRequest::default()),
+        Some("token_missing"),
+    )
+    .await;
+    jobs.list_jobs(list(&new)).await.unwrap();
+    server.stop();
 }

@@ -224,8 +224,13 @@ async fn reload_tokens_on_sighup(
 ) {
     while hup.recv().await.is_some() {
         let loaded = crate::auth::read_token_rules(&file).and_then(|rules| {
-            if rules.is_empty() && !access.current().is_open() {
-                return Err("the reloaded config has no [[token]] table; a reload never opens the jobs API (restart to do that)".into());
+            if rules.is_empty() {
+                // Open stays open; tokens never become open by a reload.
+                return if access.current().is_open() {
+                    Ok((crate::auth::Access::Open, 0))
+                } else {
+                    Err("the reloaded config has no [[token]] table; a reload never opens the jobs API (restart to do that)".into())
+                };
             }
             let n = rules.len();
             crate::auth::Access::with_tokens(rules).map(|a| (a, n))
