@@ -9,8 +9,9 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Instant;
 
 use serde_json::json;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use super::client::ServerArg;
 use super::error::CliError;
 use crate::loadgen::{
     Table, bare_plugin_rate, fsync_rate, pulse_jobs, registration_rate, resolution_cost,
@@ -46,13 +47,13 @@ pub(crate) struct Args {
     #[arg(long, value_name = "FILE", requires = "server")]
     plugin_key: Option<PathBuf>,
     /// With --server: a bearer token with the enqueue and read scopes, for
-    /// a server that requires tokens.
+    /// a server that requires tokens (ignored for the server the bench
+    /// starts itself).
     #[arg(
         long,
         env = "PULSE_LEDGER_TOKEN",
         value_name = "TOKEN",
-        hide_env_values = true,
-        requires = "server"
+        hide_env_values = true
     )]
     token: Option<String>,
     /// With an https:// --server: trust this PEM CA instead of the public
@@ -245,26 +246,11 @@ fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
                 (Some(s), u)
             }
         };
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| CliError::Usage(format!("--server {url}: {e}")))?
-            .tcp_nodelay(true);
-        if url.starts_with("https://") {
-            let tls = crate::api::tls::ClientTls {
-                ca: a.ca.clone(),
-                ..Default::default()
-            };
-            endpoint = endpoint
-                .tls_config(tls.load().map_err(CliError::Usage)?)
-                .map_err(|e| CliError::Usage(format!("--server {url}: TLS: {e}")))?;
-        }
-        let bearer = match &a.token {
-            Some(t) => crate::api::Bearer::new(t, &url, false).map_err(CliError::Usage)?,
-            None => crate::api::Bearer::none(),
-        };
-        let channel: Channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| CliError::Unreachable(format!("cannot reach {url}: {e}")))?;
+        // The same connection and token rules as every client command.
+        let token = a.server.as_ref().and(a.token.clone());
+        let server = ServerArg::with_credentials(url.clone(), token, a.ca.clone());
+        let bearer = server.bearer()?;
+        let channel: Channel = server.channel().await?;
         let run = format!("{}", crate::clock::unix_ms());
         for (clients, key, label) in [
             (1, "register_1", "registrations (durable), 1 client"),

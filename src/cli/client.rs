@@ -200,6 +200,20 @@ impl ServerArg {
         }
     }
 
+    /// A server given by a command's own flags, with a token and a CA of
+    /// its own (`bench --server`).
+    pub(crate) fn with_credentials(
+        url: String,
+        token: Option<String>,
+        ca: Option<PathBuf>,
+    ) -> ServerArg {
+        ServerArg {
+            token,
+            ca,
+            ..ServerArg::new(url)
+        }
+    }
+
     /// A connection to the server, over TLS for an https:// URL.
     pub(crate) async fn channel(&self) -> Result<Channel, CliError> {
         let url = &self.server;
