@@ -37,17 +37,8 @@ impl Grant {
     /// # Errors
     /// `scope_missing`, naming the token and the handler.
     pub fn require_enqueue(&self, handler: &crate::Did) -> Result<(), AuthError> {
-        if self.scopes.iter().any(|s| s.covers_enqueue(handler)) {
-            Ok(())
-        } else {
-            Err(AuthError::new(
-                AuthCode::ScopeMissing,
-                format!(
-                    "token {:?} lacks the enqueue:{handler} scope this call needs",
-                    self.name
-                ),
-            ))
-        }
+        let allowed = self.scopes.iter().any(|s| s.covers_enqueue(handler));
+        self.refuse_unless(allowed, &format_args!("enqueue:{handler}"))
     }
 
     /// Ok if one of the grant's scopes covers `needed`.
@@ -55,17 +46,24 @@ impl Grant {
     /// # Errors
     /// `scope_missing`, naming the token and the scope the call needs.
     pub fn require(&self, needed: &Scope) -> Result<(), AuthError> {
-        if self.scopes.iter().any(|s| s.covers(needed)) {
-            Ok(())
-        } else {
-            Err(AuthError::new(
-                AuthCode::ScopeMissing,
-                format!(
-                    "token {:?} lacks the {needed} scope this call needs",
-                    self.name
-                ),
-            ))
+        self.refuse_unless(self.scopes.iter().any(|s| s.covers(needed)), needed)
+    }
+
+    fn refuse_unless(
+        &self,
+        allowed: bool,
+        needed: &dyn std::fmt::Display,
+    ) -> Result<(), AuthError> {
+        if allowed {
+            return Ok(());
         }
+        Err(AuthError::new(
+            AuthCode::ScopeMissing,
+            format!(
+                "token {:?} lacks the {needed} scope this call needs",
+                self.name
+            ),
+        ))
     }
 }
 

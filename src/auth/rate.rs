@@ -182,19 +182,17 @@ mod tests {
     use super::*;
     use crate::auth::AuthCode;
 
+    fn limiter(per_second: u32, burst: u32, limit_loopback: bool) -> RateLimiter {
+        RateLimiter::new(RateLimit { per_second, burst }, limit_loopback)
+    }
+
     fn ip(s: &str) -> Option<IpAddr> {
         Some(s.parse().unwrap())
     }
 
     #[test]
     fn a_bucket_allows_its_burst_then_its_rate() {
-        let l = RateLimiter::new(
-            RateLimit {
-                per_second: 10,
-                burst: 5,
-            },
-            false,
-        );
+        let l = limiter(10, 5, false);
         let t0 = Instant::now();
         for _ in 0..5 {
             l.check(ip("10.0.0.1"), 1, t0).unwrap();
@@ -248,22 +246,10 @@ mod tests {
 
     #[test]
     fn a_request_larger_than_the_burst_waits_a_full_refill_and_off_means_off() {
-        let l = RateLimiter::new(
-            RateLimit {
-                per_second: 10,
-                burst: 4,
-            },
-            true,
-        );
+        let l = limiter(10, 4, true);
         let e = l.check(ip("10.0.0.1"), 50, Instant::now()).unwrap_err();
         assert_eq!(e.retry_after(), Some(Duration::from_millis(400)));
-        let off = RateLimiter::new(
-            RateLimit {
-                per_second: 0,
-                burst: 0,
-            },
-            true,
-        );
+        let off = limiter(0, 0, true);
         for _ in 0..1000 {
             off.check(ip("10.0.0.1"), 1, Instant::now()).unwrap();
         }
@@ -271,13 +257,7 @@ mod tests {
 
     #[test]
     fn memory_stays_bounded_under_many_clients() {
-        let l = RateLimiter::new(
-            RateLimit {
-                per_second: 1,
-                burst: 1,
-            },
-            true,
-        );
+        let l = limiter(1, 1, true);
         let t0 = Instant::now();
         for i in 0..(MAX_CLIENTS as u32 + 10) {
             let _ = l.check(Some(IpAddr::from(i.to_be_bytes())), 1, t0);
@@ -287,13 +267,7 @@ mod tests {
 
     #[test]
     fn forgetting_clients_keeps_the_throttled_ones() {
-        let l = RateLimiter::new(
-            RateLimit {
-                per_second: 1,
-                burst: 4,
-            },
-            true,
-        );
+        let l = limiter(1, 4, true);
         let t0 = Instant::now();
         let abuser = Some(IpAddr::from([192, 0, 2, 1]));
         for _ in 0..4 {
@@ -314,13 +288,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_network_shares_one_larger_bucket() {
-        let l = RateLimiter::new(
-            RateLimit {
-                per_second: 1,
-                burst: 1,
-            },
-            true,
-        );
+        let l = limiter(1, 1, true);
         let t0 = Instant::now();
         let client = |n: u16| Some(IpAddr::from([0x2001, 0xdb8, 7, n, 0, 0, 0, 1]));
         for n in 0..NETWORK_FACTOR as u16 {
