@@ -11,7 +11,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Serve, handler_register, key, next, plugin_register, tempdir};
+use common::{Serve, handler_register, key, log_info, next, plugin_register, tempdir};
 use prost::bytes::{Buf, BufMut};
 use pulse_ledger::Action;
 use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
@@ -90,12 +90,7 @@ struct State {
 }
 
 async fn state(reg: &mut RegistryClient<Channel>, jobs: &mut JobsClient<Channel>) -> State {
-    let size = reg
-        .get_log_info(proto::GetLogInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .size;
+    let size = log_info(reg).await.size;
     let mut n = 0;
     for s in [
         "queued",

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Serve, handler_register_with, key, key_file, plugin_register, tempdir};
+use common::{
+    Serve, handler_register_with, job, key, key_file, log_info, plugin_register, tempdir,
+};
 use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
 use pulse_ledger::{AttestationId, Did};
 use tonic::transport::Channel;
@@ -214,12 +216,7 @@ async fn check(
 ) {
     let (mut reg, mut jobs) = clients(url).await;
     // 1. Every acknowledged registration is in the log at its index.
-    let size = reg
-        .get_log_info(proto::GetLogInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .size;
+    let size = log_info(&mut reg).await.size;
     let mut at: HashMap<AttestationId, u64> = HashMap::new();
     let mut start = 0;
     while start < size {
@@ -400,13 +397,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_breaks_no_rule
     // The plugin, its handlers and the budget, before any crash.
     let server = fx.start();
     let (mut reg, mut jobs) = clients(&server.url).await;
-    fx.log_did = Some(
-        reg.get_log_info(proto::GetLogInfoRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .log_did,
-    );
+    fx.log_did = Some(log_info(&mut reg).await.log_did);
     for att in [
         plugin_register(&p, "tools"),
         handler_register_with(&a, "attempt", &p.did, |s| s.max_concurrency = Some(8)),
@@ -482,13 +473,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_breaks_no_rule
     let mut interrupted = 0;
     for (kind, id) in &acked {
         loop {
-            let j = jobs
-                .get_job(proto::GetJobRequest { id: id.clone() })
-                .await
-                .unwrap()
-                .into_inner()
-                .job
-                .unwrap();
+            let j = job(&mut jobs, id).await;
             if TERMINAL.contains(&j.state.as_str()) {
                 *states.entry(j.state).or_default() += 1;
                 interrupted +=

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Key, handler_register, key, key_file, next, plugin_register, tempdir};
+use common::{Key, handler_register, job, key, key_file, next, plugin_register, tempdir};
 use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
 use pulse_ledger::{Action, Attestation};
 use tonic::transport::Channel;
@@ -81,22 +81,13 @@ async fn enqueue(jobs: &mut JobsClient<Channel>, req: proto::EnqueueRequest) -> 
         .id
 }
 
-async fn get(jobs: &mut JobsClient<Channel>, id: &[u8]) -> proto::Job {
-    jobs.get_job(proto::GetJobRequest { id: id.to_vec() })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap()
-}
-
 const TERMINAL: [&str; 3] = ["succeeded", "dead", "cancelled"];
 
 /// Polls until the job is finished (at most `secs`).
 async fn finished(jobs: &mut JobsClient<Channel>, id: &[u8], secs: u64) -> proto::Job {
     let until = Instant::now() + Duration::from_secs(secs);
     loop {
-        let j = get(jobs, id).await;
+        let j = job(jobs, id).await;
         if TERMINAL.contains(&j.state.as_str()) {
             return j;
         }
@@ -221,7 +212,7 @@ async fn jobs_run_on_the_verified_plugin_through_every_failure_mode() {
     jobs.cancel_job(proto::CancelJobRequest { id: id.clone() })
         .await
         .unwrap();
-    assert_eq!(get(&mut jobs, &id).await.state, "cancelled");
+    assert_eq!(job(&mut jobs, &id).await.state, "cancelled");
     event(&events_path, &id, "cancelled").await;
 
     // 5. Cost over the job's max_cost cancels the attempt.
@@ -324,7 +315,7 @@ async fn jobs_run_on_the_verified_plugin_through_every_failure_mode() {
             proto::enqueue_result::Result::Rejected(e) => panic!("{}", e.message),
         })
         .collect();
-    while get(&mut jobs, &ids[3]).await.state != "succeeded" {
+    while job(&mut jobs, &ids[3]).await.state != "succeeded" {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     submit(
@@ -434,7 +425,7 @@ async fn plugins_that_cannot_prove_their_key_or_claim_others_handlers_get_nothin
 
     for h in [&hp, &hq] {
         let id = enqueue(&mut jobs, enqueue_req(h, "steal")).await;
-        let held = get(&mut jobs, &id).await;
+        let held = job(&mut jobs, &id).await;
         assert!(["queued", "held"].contains(&held.state.as_str()));
         let j = finished(&mut jobs, &id, 30).await;
         assert_eq!(
@@ -888,7 +879,7 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let again = get(&mut jobs, &late_job).await;
+    let again = job(&mut jobs, &late_job).await;
     assert_eq!(
         (again.state.as_str(), again.result.as_slice()),
         ("succeeded", &b"on time"[..])

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::{job, log_info, reason};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -66,12 +68,6 @@ fn with_token<T>(message: T, token: &str) -> Request<T> {
 }
 
 /// The spec code of a refusal (google.rpc.ErrorInfo reason).
-fn reason(s: &Status) -> String {
-    s.get_details_error_info()
-        .map(|i| i.reason)
-        .unwrap_or_default()
-}
-
 fn refused<T: std::fmt::Debug>(r: Result<tonic::Response<T>, Status>) -> (Code, String) {
     let s = r.unwrap_err();
     (s.code(), reason(&s))
@@ -346,13 +342,7 @@ async fn submissions_are_rate_limited_per_client_and_refusals_store_nothing() {
     }
     let size = |reg: &mut RegistryClient<Channel>| {
         let mut reg = reg.clone();
-        async move {
-            reg.get_log_info(proto::GetLogInfoRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .size
-        }
+        async move { log_info(&mut reg).await.size }
     };
     assert_eq!(
         size(&mut reg).await,
@@ -604,13 +594,7 @@ async fn a_remote_plugin_is_reached_over_mutual_tls_only() {
                 .id;
             let until = Instant::now() + Duration::from_secs(30);
             loop {
-                let j = jobs
-                    .get_job(proto::GetJobRequest { id: id.clone() })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .job
-                    .unwrap();
+                let j = job(&mut jobs, &id).await;
                 if ["succeeded", "dead", "failed", "cancelled"].contains(&j.state.as_str()) {
                     server.stop();
                     return j;

@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::reason;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -16,7 +18,6 @@ use pulse_ledger::ledger::{leaf_hash, verify_checkpoint, verify_consistency, ver
 use pulse_ledger::{Action, Did};
 use tonic::Code;
 use tonic::transport::Channel;
-use tonic_types::StatusExt;
 
 struct Server {
     child: Child,
@@ -96,12 +97,6 @@ fn h32(b: &[u8]) -> [u8; 32] {
 
 fn hashes(v: &[Vec<u8>]) -> Vec<[u8; 32]> {
     v.iter().map(|h| h32(h)).collect()
-}
-
-fn reason(s: &tonic::Status) -> String {
-    s.get_details_error_info()
-        .map(|i| i.reason)
-        .unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,14 +7,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use common::{Serve, log_info, reason};
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::{key, plugin_register, tempdir};
 use pulse_ledger::api::proto::{self, registry_client::RegistryClient};
 use tonic::Code;
-use tonic_types::StatusExt;
 
 /// Builds the fault layer into `dir`.
 fn faultfs(dir: &Path) -> PathBuf {
@@ -32,7 +32,8 @@ fn faultfs(dir: &Path) -> PathBuf {
 }
 
 struct Faulty {
-    child: Child,
+    /// Killed when dropped.
+    _server: Serve,
     url: String,
     enospc: PathBuf,
     eio: PathBuf,
@@ -42,27 +43,21 @@ impl Faulty {
     /// `serve` on `data` with the fault layer loaded (nothing armed).
     fn start(dir: &Path, data: &Path, extra: &[&str]) -> Faulty {
         let (enospc, eio) = (dir.join("enospc"), dir.join("eio"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .args(extra)
-            .env("LD_PRELOAD", dir.join("faultfs.so"))
-            .env("FAULTFS_PREFIX", data)
-            .env("FAULTFS_ENOSPC", &enospc)
-            .env("FAULTFS_EIO", &eio)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let first = BufReader::new(child.stdout.take().unwrap())
-            .lines()
-            .next()
-            .unwrap()
-            .unwrap();
-        let url = format!("http://{}", first.split_whitespace().nth(3).unwrap());
+        let layer = dir.join("faultfs.so");
+        let server = Serve::start_with_env(
+            extra,
+            data,
+            &[
+                ("LD_PRELOAD", layer.as_os_str()),
+                ("FAULTFS_PREFIX", data.as_os_str()),
+                ("FAULTFS_ENOSPC", enospc.as_os_str()),
+                ("FAULTFS_EIO", eio.as_os_str()),
+                ("RUST_LOG", std::ffi::OsStr::new("error")),
+            ],
+        );
         Faulty {
-            child,
-            url,
+            url: server.url.clone(),
+            _server: server,
             enospc,
             eio,
         }
@@ -74,13 +69,6 @@ impl Faulty {
 
     fn disarm(path: &Path) {
         let _ = std::fs::remove_file(path);
-    }
-}
-
-impl Drop for Faulty {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -97,17 +85,7 @@ async fn submit(
 }
 
 async fn size(reg: &mut RegistryClient<tonic::transport::Channel>) -> u64 {
-    reg.get_log_info(proto::GetLogInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .size
-}
-
-fn reason(s: &tonic::Status) -> String {
-    s.get_details_error_info()
-        .map(|i| i.reason)
-        .unwrap_or_default()
+    log_info(reg).await.size
 }
 
 fn audit(url: &str, log_did: &str) {
@@ -133,12 +111,7 @@ async fn a_full_disk_refuses_writes_cleanly_and_they_resume_when_space_returns()
     let mut jobs = pulse_ledger::api::proto::jobs_client::JobsClient::connect(server.url.clone())
         .await
         .unwrap();
-    let log_did = reg
-        .get_log_info(proto::GetLogInfoRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .log_did;
+    let log_did = log_info(&mut reg).await.log_did;
     for i in 0..3 {
         assert_eq!(submit(&mut reg, &format!("full-{i}")).await.unwrap(), i);
     }
@@ -202,12 +175,7 @@ async fn a_failed_write_or_fsync_stops_writes_acknowledges_nothing_and_a_restart
         // failed write (as when space runs out between check and write).
         let server = Faulty::start(&dir, &data, &["--min-free-mb", "0"]);
         let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
-        let log_did = reg
-            .get_log_info(proto::GetLogInfoRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .log_did;
+        let log_did = log_info(&mut reg).await.log_did;
         let handler = key("eio-handler");
         if fault == "eio" {
             submit(&mut reg, "eio-plugin").await.unwrap();

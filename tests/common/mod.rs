@@ -125,6 +125,15 @@ impl Serve {
     /// its first line (the address it listens on). Its stderr goes to the
     /// test's.
     pub fn start(args: &[&str], data_dir: &std::path::Path) -> Serve {
+        Serve::start_with_env(args, data_dir, &[])
+    }
+
+    /// [`Serve::start`] with extra environment variables.
+    pub fn start_with_env(
+        args: &[&str],
+        data_dir: &std::path::Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Serve {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -132,6 +141,7 @@ impl Serve {
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -159,4 +169,35 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The server's log info (size, log key, origin).
+pub async fn log_info(
+    reg: &mut pulse_ledger::api::proto::registry_client::RegistryClient<tonic::transport::Channel>,
+) -> pulse_ledger::api::proto::GetLogInfoResponse {
+    reg.get_log_info(pulse_ledger::api::proto::GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// One job, which must exist.
+pub async fn job(
+    jobs: &mut pulse_ledger::api::proto::jobs_client::JobsClient<tonic::transport::Channel>,
+    id: &[u8],
+) -> pulse_ledger::api::proto::Job {
+    jobs.get_job(pulse_ledger::api::proto::GetJobRequest { id: id.to_vec() })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+}
+
+/// The spec code of a refusal: its google.rpc.ErrorInfo reason.
+pub fn reason(s: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    s.get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
 }
