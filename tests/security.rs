@@ -714,3 +714,71 @@ async fn tokens_are_reloaded_on_sighup_and_a_bad_reload_changes_nothing() {
     jobs.list_jobs(list(&new)).await.unwrap();
     server.stop();
 }
+
+#[test]
+fn token_files_and_hashes_agree_and_bad_plugin_tls_settings_are_refused() {
+    let dir = tempdir("security-token-file");
+    // `token create --out` writes the secret (mode 0600) and prints its
+    // table; `token hash` gives the same stored form from the file.
+    let file = dir.join("ci.token");
+    let file_arg = file.display().to_string();
+    let out = run(
+        &[
+            "token", "create", "--name", "ci", "--scope", "read", "--out", &file_arg, "--json",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["token"].is_null(),
+        "the secret is printed only without --out"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let hashed = Command::new(bin())
+        .args(["token", "hash"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    assert!(hashed.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&hashed.stdout).trim(),
+        v["hash"].as_str().unwrap()
+    );
+    // The file is never overwritten, and a non-token does not hash.
+    let again = run(
+        &[
+            "token", "create", "--name", "ci", "--scope", "read", "--out", &file_arg,
+        ],
+        &[],
+    );
+    assert_eq!(again.status.code(), Some(2));
+    let bad = Command::new(bin())
+        .args(["token", "hash"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("token_malformed"));
+
+    // A plugin told to require client certificates, but given no
+    // certificate of its own, refuses to start rather than run without TLS.
+    let k = key("sec-ca-only");
+    let out = Command::new(env!("CARGO_BIN_EXE_pulse-test-plugin"))
+        .arg("--key")
+        .arg(key_file(&dir, &k))
+        .env("PULSE_PLUGIN_TLS_CLIENT_CA", fixture("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PULSE_PLUGIN_TLS_CLIENT_CA needs"));
+    assert!(out.stdout.is_empty(), "it announced an address");
+}
