@@ -894,3 +894,43 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running() {
     );
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_plugin_that_listens_beyond_loopback_is_refused() {
+    let dir = tempdir("plugins-wide");
+    let events_path = dir.join("events.log");
+    let p = key("wide-plugin");
+    // It binds every interface (forced past the SDK's own refusal), so
+    // reaching it in plaintext would cross the network: the host refuses
+    // its handshake and its jobs never reach it.
+    let table = plugin_table(
+        "wide",
+        &["--key".into(), key_file(&dir, &p).display().to_string()],
+        &events_path,
+    )
+    .replace(
+        "env = { ",
+        "env = { PULSE_PLUGIN_LISTEN = \"0.0.0.0:0\", PULSE_PLUGIN_ALLOW_PLAINTEXT = \"1\", ",
+    );
+    let server = Server::start(&dir, &format!("{TIMINGS}{table}"));
+    let mut reg = server.registry().await;
+    let mut jobs = server.jobs().await;
+    let h = key("wide-echo");
+    for a in [
+        plugin_register(&p, "wide"),
+        handler_register(&h, "echo", &p.did),
+    ] {
+        submit(&mut reg, &a).await.unwrap();
+    }
+    let id = enqueue(&mut jobs, enqueue_req(&h, "never")).await;
+    let j = finished(&mut jobs, &id, 30).await;
+    assert_eq!(
+        (j.state.as_str(), j.reason.as_str(), j.attempts),
+        ("dead", "plugin_not_connected", 0)
+    );
+    assert!(
+        events(&events_path, &id).is_empty(),
+        "the plugin saw the job"
+    );
+    server.stop();
+}
