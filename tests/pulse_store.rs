@@ -90,8 +90,17 @@ fn enqueue_is_idempotent_and_dispatch_is_priority_then_fifo() {
     let priorities: Vec<u8> = order.iter().map(|o| o.0).collect();
     assert_eq!(priorities, vec![9, 5, 5, 1, 1], "priority first");
     assert!(order[1].1 < order[2].1, "FIFO within a priority");
-    assert_eq!(store.list(&JobState::Running, None, 100).unwrap().len(), 5);
-    assert!(store.list(&JobState::Queued, None, 100).unwrap().is_empty());
+    assert_eq!(
+        store.list(&JobState::Running, None, 100).unwrap().0.len(),
+        5
+    );
+    assert!(
+        store
+            .list(&JobState::Queued, None, 100)
+            .unwrap()
+            .0
+            .is_empty()
+    );
 }
 
 #[test]
@@ -149,7 +158,10 @@ fn delayed_jobs_and_retries_wait_for_their_time() {
         store.get(&job.id).unwrap().result.as_deref(),
         Some(&b"ok"[..])
     );
-    assert_eq!(store.list(&JobState::Succeeded, None, 10).unwrap().len(), 1);
+    assert_eq!(
+        store.list(&JobState::Succeeded, None, 10).unwrap().0.len(),
+        1
+    );
     assert!(store.running_until(u64::MAX, 10).unwrap().is_empty());
 }
 
@@ -252,6 +264,7 @@ fn restart_requeues_running_attempts_as_interrupted_without_using_attempts() {
         store
             .list(&JobState::Dead(DeadReason::Poison), None, 1000)
             .unwrap()
+            .0
             .len(),
         10
     );
@@ -290,6 +303,129 @@ fn finished_jobs_are_pruned_after_their_age_and_nothing_else() {
     // The pruned job's idempotency key is free again; the others still hold.
     assert!(!store.enqueue(&h, &schema, &mk("old"), 10_000).unwrap().1);
     assert!(store.enqueue(&h, &schema, &mk("young"), 10_000).unwrap().1);
+}
+
+/// A clock that steps back across a restart (to a millisecond that
+/// already has jobs, and before it) gives new jobs new IDs: every stored
+/// job is still there, unchanged, and IDs keep increasing.
+#[test]
+fn job_ids_stay_unique_when_the_clock_steps_back_across_a_restart() {
+    let dir = tempdir("jobs-clock-step");
+    let h = key("clock-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", key("clock-p").did);
+    let req = |n: u8| JobRequest {
+        payload: vec![n],
+        ..Default::default()
+    };
+    let mut before = Vec::new();
+    {
+        let (_ledger, store) = open(&dir);
+        for n in 0..5 {
+            before.push(store.enqueue(&h, &schema, &req(n), 10_000).unwrap().0);
+        }
+    }
+    let (_ledger, store) = open(&dir);
+    let mut after = Vec::new();
+    for (n, now) in [(10u8, 10_000), (11, 9_000), (12, 10_000), (13, 1)] {
+        after.push(store.enqueue(&h, &schema, &req(n), now).unwrap().0);
+    }
+    for job in &before {
+        assert_eq!(
+            &store.get(&job.id).unwrap(),
+            job,
+            "a stored job was changed"
+        );
+    }
+    let newest = before.iter().map(|j| j.id).max().unwrap();
+    let mut last = newest;
+    for job in &after {
+        assert!(
+            job.id > last,
+            "IDs go forward after a clock step: {:?}",
+            job.id
+        );
+        last = job.id;
+        assert_eq!(store.get(&job.id).unwrap().payload, job.payload);
+    }
+}
+
+/// Pruning reads the finished index from its oldest entry and stops at the
+/// limit: a pass deletes `limit` jobs however many finished jobs are
+/// younger, and the next pass goes on where it stopped.
+#[test]
+fn pruning_is_bounded_per_pass_and_oldest_first() {
+    let dir = tempdir("jobs-prune-bounded");
+    let (_ledger, store) = open(&dir);
+    let h = key("pb-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", key("pb-p").did);
+    let mut ids = Vec::new();
+    for n in 0..30u64 {
+        let (job, _) = store
+            .enqueue(&h, &schema, &JobRequest::default(), 1_000)
+            .unwrap();
+        // Finished in reverse order of creation.
+        let at = 100_000 - n * 1_000;
+        store
+            .update(&job.id, at, |j| {
+                j.cancel(pulse_ledger::pulse::CancelReason::Requested, at)
+                    .map(|_| ())
+            })
+            .unwrap();
+        ids.push((at, job.id));
+    }
+    ids.sort();
+    assert_eq!(store.prune_finished(u64::MAX, 10).unwrap(), 10);
+    for (i, (_, id)) in ids.iter().enumerate() {
+        assert_eq!(
+            store.get(id).is_ok(),
+            i >= 10,
+            "the 10 oldest-finished go first"
+        );
+    }
+    // Only those finished before the cutoff, even with room for more.
+    let cutoff = ids[15].0;
+    assert_eq!(store.prune_finished(cutoff, 100).unwrap(), 5);
+    assert!(store.get(&ids[15].1).is_ok());
+    assert_eq!(store.prune_finished(cutoff, 100).unwrap(), 0);
+}
+
+/// A page of jobs stops at a byte budget, not only at a count: big jobs
+/// come a few per page, and the page says more follow.
+#[test]
+fn job_pages_are_capped_by_bytes() {
+    let dir = tempdir("jobs-page-bytes");
+    let (_ledger, store) = open(&dir);
+    let h = key("page-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", key("page-p").did);
+    let big = JobRequest {
+        payload: vec![7; pulse_ledger::pulse::MAX_PAYLOAD_BYTES],
+        ..Default::default()
+    };
+    for _ in 0..10 {
+        store.enqueue(&h, &schema, &big, 1_000).unwrap();
+    }
+    let per_page = pulse_ledger::pulse::LIST_PAGE_BYTES / pulse_ledger::pulse::MAX_PAYLOAD_BYTES;
+    let mut seen = 0;
+    let mut cursor = None;
+    loop {
+        let (page, more) = store
+            .list(&JobState::Queued, cursor.as_ref(), 1000)
+            .unwrap();
+        assert!(
+            !page.is_empty() && page.len() <= per_page,
+            "{} jobs",
+            page.len()
+        );
+        seen += page.len();
+        cursor = page.last().map(|j| j.id);
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(seen, 10, "paging by bytes loses no job");
+    // Small jobs fill a page by count.
+    let (page, more) = store.list(&JobState::Queued, None, 3).unwrap();
+    assert_eq!((page.len(), more), (3, true));
 }
 
 /// An async executor (as the plugin proxy will be) driven through the

@@ -474,10 +474,10 @@ impl Jobs for JobsService {
         } else {
             req.page_size.min(1000) as usize
         };
-        let jobs = self
+        let (jobs, more) = self
             .blocking(move |s| s.list(&state, cursor.as_ref(), limit))
             .await?;
-        let next = if jobs.len() == limit {
+        let next = if more {
             jobs.last().map(|j| j.id.0.to_vec()).unwrap_or_default()
         } else {
             Vec::new()

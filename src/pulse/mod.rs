@@ -8,6 +8,7 @@ mod error;
 mod executor;
 mod job;
 mod machine;
+mod record;
 mod route;
 mod runner;
 mod store;
@@ -29,5 +30,6 @@ pub use machine::{MAX_RETRY_AFTER_MS, RetryPolicy};
 pub use route::{Authorization, OpenRouter, Route, Router};
 pub use runner::{PulseHandle, PulseRunner};
 pub use store::{
-    GroupOp, JobError, JobStore, LogLine, MAX_LOG_LINE_BYTES, MAX_LOG_LINES, ReadyCursor,
+    GroupOp, JobError, JobStore, LIST_PAGE_BYTES, LogLine, MAX_LOG_LINE_BYTES, MAX_LOG_LINES,
+    ReadyCursor,
 };
