@@ -9,14 +9,13 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::sync::Arc;
-use std::sync::mpsc::Sender;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use ed25519_dalek::SigningKey;
 use pulse_ledger::ledger::{Ledger, LedgerConfig, leaf_hash, verify_consistency, verify_inclusion};
 use pulse_ledger::pulse::{
     AttemptSpec, DispatchConfig, Dispatcher, ExecEvent, Executor, JobId, JobRequest, JobStore,
-    LeaseToken, Report,
+    LeaseToken, Report, ReportSender,
 };
 use pulse_ledger::{Did, HandlerSchema};
 
@@ -38,8 +37,8 @@ fn tempdir(name: &str) -> std::path::PathBuf {
 struct Noop;
 
 impl Executor for Noop {
-    fn start(&mut self, a: AttemptSpec, reports: Sender<Report>) {
-        let _ = reports.send(Report {
+    fn start(&mut self, a: AttemptSpec, reports: ReportSender) {
+        let _ = reports.try_send(Report {
             job: a.job,
             lease: a.lease,
             event: ExecEvent::Succeeded(Vec::new()),

@@ -15,14 +15,13 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use pulse_ledger::ledger::{Ledger, LedgerConfig};
 use pulse_ledger::pulse::{
     AttemptSpec, DispatchConfig, Dispatcher, ExecEvent, Executor, JobId, JobRequest, JobStore,
-    LeaseToken, Report,
+    LeaseToken, Report, ReportSender,
 };
 use pulse_ledger::{Did, HandlerSchema};
 
@@ -30,8 +29,8 @@ use pulse_ledger::{Did, HandlerSchema};
 struct Noop;
 
 impl Executor for Noop {
-    fn start(&mut self, a: AttemptSpec, reports: Sender<Report>) {
-        let _ = reports.send(Report {
+    fn start(&mut self, a: AttemptSpec, reports: ReportSender) {
+        let _ = reports.try_send(Report {
             job: a.job,
             lease: a.lease,
             event: ExecEvent::Succeeded(Vec::new()),

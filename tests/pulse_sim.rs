@@ -9,14 +9,13 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc::Sender;
 
 use pulse_ledger::HandlerSchema;
 use pulse_ledger::ledger::{Ledger, LedgerConfig};
 use pulse_ledger::pulse::{
     AttemptOutcome, AttemptSpec, Backoff, Budget, CancelReason, DispatchConfig, Dispatcher,
     ExecEvent, Executor, HoldReason, Job, JobRequest, JobState, JobStore, LeaseToken, Progress,
-    Report,
+    Report, ReportSender,
 };
 
 const STEP_MS: u64 = 1_000;
@@ -30,7 +29,7 @@ struct Active {
     behaviour: u8,
     steps: u32,
     cancelled: bool,
-    reports: Sender<Report>,
+    reports: ReportSender,
     attempt: u32,
 }
 
@@ -43,7 +42,7 @@ struct Fake {
 }
 
 impl Executor for Fake {
-    fn start(&mut self, a: AttemptSpec, reports: Sender<Report>) {
+    fn start(&mut self, a: AttemptSpec, reports: ReportSender) {
         let behaviour = a.payload[0] % BEHAVIOURS;
         self.active.entry(a.job).or_default().push(Active {
             lease: a.lease,
@@ -80,11 +79,15 @@ impl Fake {
             for a in attempts.iter_mut() {
                 a.steps += 1;
                 let send = |event| {
-                    let _ = a.reports.send(Report {
-                        job: *job,
-                        lease: a.lease,
-                        event,
-                    });
+                    // The fake runs on the dispatcher's thread: it never
+                    // waits, and a full queue would be a dispatcher bug.
+                    a.reports
+                        .try_send(Report {
+                            job: *job,
+                            lease: a.lease,
+                            event,
+                        })
+                        .unwrap_or_else(|r| panic!("report queue full: {r:?}"));
                 };
                 if a.cancelled {
                     // Only the cancel-ignoring script keeps going, and then

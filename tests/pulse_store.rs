@@ -170,11 +170,7 @@ fn delayed_jobs_and_retries_wait_for_their_time() {
 struct Silent;
 
 impl pulse_ledger::pulse::Executor for Silent {
-    fn start(
-        &mut self,
-        _: pulse_ledger::pulse::AttemptSpec,
-        _: std::sync::mpsc::Sender<pulse_ledger::pulse::Report>,
-    ) {
+    fn start(&mut self, _: pulse_ledger::pulse::AttemptSpec, _: pulse_ledger::pulse::ReportSender) {
     }
     fn cancel(&mut self, _: pulse_ledger::pulse::JobId, _: LeaseToken) {}
 }

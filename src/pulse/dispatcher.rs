@@ -3,13 +3,16 @@
 //! executors' reports, enforces timeouts and heartbeats, wakes due jobs,
 //! and dispatches ready jobs within the global and per-handler limits.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, channel};
 
 use super::backoff::Backoff;
 use super::budget::BudgetUse;
-use super::executor::{AttemptSpec, ExecEvent, Executor, Report};
+use super::executor::{
+    AttemptSpec, ExecEvent, Executor, REPORT_QUEUE, ReportReceiver, ReportSender, report_queue,
+};
 use super::job::{CancelReason, HoldReason, Job, JobId, LeaseToken};
 use super::machine::RetryPolicy;
 use super::route::{Authorization, OpenRouter, Route, Router};
@@ -79,15 +82,16 @@ pub struct Dispatcher<E: Executor> {
     config: DispatchConfig,
     /// Per-handler concurrency limits (`max_concurrency` from the schema).
     limits: ConcurrencyLimits,
-    tx: Sender<Report>,
-    rx: Receiver<Report>,
+    tx: ReportSender,
+    rx: ReportReceiver,
     running: HashMap<Did, u32>,
     /// Late attempts whose cancel was pushed, and when.
     cancel_pushed: HashMap<JobId, u64>,
     random: u64,
     leases: u64,
-    /// Cost reserved by each live attempt and not yet spent.
-    reserved: HashMap<JobId, (Did, u64)>,
+    /// Every attempt this dispatcher started that has not ended: reports
+    /// are checked against it without reading the job.
+    live: HashMap<JobId, Live>,
     /// Cost of finished attempts per handler: (sum, count), for the
     /// reservation of jobs without a max_cost.
     history: HashMap<Did, (u64, u64)>,
@@ -105,7 +109,7 @@ impl<E: Executor> Dispatcher<E> {
         limits: ConcurrencyLimits,
         seed: u64,
     ) -> Dispatcher<E> {
-        let (tx, rx) = channel();
+        let (tx, rx) = report_queue(REPORT_QUEUE);
         Dispatcher {
             store,
             executor,
@@ -117,7 +121,7 @@ impl<E: Executor> Dispatcher<E> {
             cancel_pushed: HashMap::new(),
             random: seed | 1,
             leases: 0,
-            reserved: HashMap::new(),
+            live: HashMap::new(),
             history: HashMap::new(),
             router: Box::new(OpenRouter),
             next_deadline_scan: 0,
@@ -167,6 +171,7 @@ impl<E: Executor> Dispatcher<E> {
             }
         }
         self.running.clear();
+        self.live.clear();
         Ok(running.len())
     }
 
@@ -176,15 +181,13 @@ impl<E: Executor> Dispatcher<E> {
     /// # Errors
     /// `not_found`, `wrong_state` for a finished job, storage.
     pub fn cancel(&mut self, id: &JobId, now: u64) -> Result<(), JobError> {
-        let job = self.store.get(id)?;
         let lease = self
             .store
             .update(id, now, |j| j.cancel(CancelReason::Requested, now))?;
         self.cancel_pushed.remove(id);
         if let Some(lease) = lease {
             self.executor.cancel(*id, lease);
-            self.release_slot(&job.handler);
-            self.unreserve(id);
+            self.end_live(id);
         }
         Ok(())
     }
@@ -206,10 +209,10 @@ impl<E: Executor> Dispatcher<E> {
     pub fn budget_use(&self, handler: &Did, now: u64) -> Result<BudgetUse, JobError> {
         let (spent_hour, spent_day) = self.store.spent(handler, now)?;
         let reserved = self
-            .reserved
+            .live
             .values()
-            .filter(|(h, _)| h == handler)
-            .map(|(_, r)| *r)
+            .filter(|l| &l.handler == handler)
+            .map(|l| l.reserved)
             .sum();
         Ok(BudgetUse {
             spent_hour,
@@ -218,15 +221,14 @@ impl<E: Executor> Dispatcher<E> {
         })
     }
 
-    /// Ends a live attempt's reservation and learns its cost.
-    fn unreserve(&mut self, id: &JobId) {
-        self.reserved.remove(id);
-        if let Ok(job) = self.store.get(id) {
-            if let Some(a) = job.attempts.last() {
-                let h = self.history.entry(job.handler.clone()).or_default();
-                h.0 = h.0.saturating_add(a.cost);
-                h.1 += 1;
-            }
+    /// Forgets an attempt that ended: gives back its slot and
+    /// reservation, and learns its cost.
+    fn end_live(&mut self, id: &JobId) {
+        if let Some(l) = self.live.remove(id) {
+            self.release_slot(&l.handler);
+            let h = self.history.entry(l.handler).or_default();
+            h.0 = h.0.saturating_add(l.cost);
+            h.1 += 1;
         }
     }
 
@@ -258,7 +260,9 @@ impl<E: Executor> Dispatcher<E> {
         let mut ops = pending.ops;
         let reports = ops.len();
         ops.extend(Self::dispatch_ops(&chosen, now));
-        let mut results = self.store.update_many(now, ops);
+        let mut results = self
+            .store
+            .update_many_spending(now, ops, |a: &Applied| a.cost);
         let dispatched = results.split_off(reports);
         self.finish_reports(pending.ending, results, &mut report)?;
         report.dispatched = self.start(now, chosen, dispatched)?;
@@ -271,149 +275,167 @@ impl<E: Executor> Dispatcher<E> {
         Ok(report)
     }
 
-    /// Turns the reports received since the last step into transitions for
-    /// the step's group commit. Cost reports are applied at once, one by
-    /// one (cost feeds the budgets). Log lines from live attempts are
-    /// returned to be stored before the commit, so a reader who sees the
-    /// job finished sees all its lines; each is also a heartbeat.
+    /// Turns the reports received since the last step (at most
+    /// [`REPORT_QUEUE`]) into transitions for the step's group commit.
+    /// Reports are checked against the live attempts in memory, never by
+    /// reading the job. A cost report is a transition like the others: its
+    /// spend is written in the same batch, and an attempt whose cost
+    /// crosses the job's max_cost or the handler's budget is cancelled
+    /// (reason `budget`) in that same transition. Log lines from live
+    /// attempts are returned to be stored before the commit, so a reader
+    /// who sees the job finished sees all its lines; each is also a
+    /// heartbeat.
     fn collect_reports(
         &mut self,
         now: u64,
         report: &mut StepReport,
     ) -> Result<PendingReports, JobError> {
-        let reports: Vec<Report> = self.rx.try_iter().collect();
-        // Each op answers whether the attempt is still live after it, so
-        // no job is read again to find out.
-        let mut ops: Vec<(JobId, super::store::GroupOp<bool>)> = Vec::new();
-        let mut ending: Vec<(JobId, Option<Did>)> = Vec::new();
+        let mut reports = Vec::new();
+        while reports.len() < REPORT_QUEUE {
+            match self.rx.try_recv() {
+                Ok(r) => reports.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut ops: Vec<(JobId, super::store::GroupOp<Applied>)> = Vec::new();
+        let mut ending: Vec<(JobId, LeaseToken)> = Vec::new();
         let mut logs = Vec::new();
+        // Budget state per handler with cost in this step, read once.
+        let mut spending: HashMap<Did, Spending> = HashMap::new();
         for r in reports {
             let lease = r.lease;
+            let Some((handler, number)) = self
+                .live
+                .get(&r.job)
+                .filter(|l| l.lease == lease)
+                .map(|l| (l.handler.clone(), l.number))
+            else {
+                report.stale += 1;
+                continue;
+            };
             let policy = self.policy();
             // An attempt told to stop for its deadline that then fails or
             // dies (as a cancelled plugin does) timed out.
             let late = self.cancel_pushed.contains_key(&r.job);
-            let op: super::store::GroupOp<()> = match r.event {
+            let op: super::store::GroupOp<Applied> = match r.event {
                 ExecEvent::Failed { .. } | ExecEvent::Crashed if late => {
-                    Box::new(move |j: &mut Job| j.time_out(&lease, policy, now))
+                    Box::new(move |j: &mut Job| j.time_out(&lease, policy, now).map(Applied::of))
                 }
                 ExecEvent::Cost(n) => {
-                    match self.apply_cost(r.job, lease, n, now) {
-                        Ok(()) => report.applied += 1,
-                        Err(JobError::Rejected(_)) => report.stale += 1,
-                        Err(e) => return Err(e),
-                    }
-                    continue;
+                    let s = match spending.get(&handler) {
+                        Some(s) => s.clone(),
+                        None => {
+                            let (hour, day) = self.store.spent(&handler, now)?;
+                            let s = Spending {
+                                budget: self.store.budget(&handler)?,
+                                hour,
+                                day,
+                                added: Rc::new(Cell::new(0)),
+                            };
+                            spending.insert(handler, s.clone());
+                            s
+                        }
+                    };
+                    Box::new(move |j: &mut Job| {
+                        let over_job = j.report_cost(&lease, n, now)?;
+                        s.added.set(s.added.get().saturating_add(n));
+                        let over_budget = s.budget.exceeded(&BudgetUse {
+                            spent_hour: s.hour.saturating_add(s.added.get()),
+                            spent_day: s.day.saturating_add(s.added.get()),
+                            reserved: 0,
+                        });
+                        let mut applied = Applied {
+                            live: true,
+                            cost: n,
+                            cancel: false,
+                        };
+                        if over_job || over_budget {
+                            j.cancel(CancelReason::Budget, now)?;
+                            applied.live = false;
+                            applied.cancel = true;
+                        }
+                        Ok(applied)
+                    })
                 }
                 ExecEvent::Log(line) => {
-                    // Kept only from the live attempt; it also shows the
-                    // executor alive, so it is a heartbeat.
-                    let attempt = self
-                        .store
-                        .get(&r.job)?
-                        .live_attempt()
-                        .filter(|a| a.lease == lease)
-                        .map(|a| a.number);
-                    let Some(attempt) = attempt else {
-                        report.stale += 1;
-                        continue;
-                    };
-                    tracing::debug!(job = %r.job, attempt, "{line}");
+                    tracing::debug!(job = %r.job, attempt = number, "{line}");
                     logs.push((
                         r.job,
                         super::store::LogLine {
                             seq: 0,
-                            attempt,
+                            attempt: number,
                             at_ms: now,
                             line,
                         },
                     ));
-                    Box::new(move |j: &mut Job| j.heartbeat(&lease, now))
+                    Box::new(move |j: &mut Job| j.heartbeat(&lease, now).map(Applied::of))
                 }
-                ExecEvent::Heartbeat => Box::new(move |j: &mut Job| j.heartbeat(&lease, now)),
+                ExecEvent::Heartbeat => {
+                    Box::new(move |j: &mut Job| j.heartbeat(&lease, now).map(Applied::of))
+                }
                 ExecEvent::Progress(p) => {
-                    Box::new(move |j: &mut Job| j.report_progress(&lease, p, now))
+                    Box::new(move |j: &mut Job| j.report_progress(&lease, p, now).map(Applied::of))
                 }
-                ExecEvent::Succeeded(result) => {
-                    Box::new(move |j: &mut Job| j.succeed(&lease, result, now))
-                }
+                ExecEvent::Succeeded(result) => Box::new(move |j: &mut Job| {
+                    j.succeed(&lease, result, now).map(|()| Applied::ended())
+                }),
                 ExecEvent::Failed {
                     error,
                     retryable,
                     retry_after_ms,
                 } => Box::new(move |j: &mut Job| {
                     j.fail(&lease, error, retryable, retry_after_ms, policy, now)
+                        .map(|()| Applied::ended())
                 }),
-                ExecEvent::Crashed => Box::new(move |j: &mut Job| j.crash(&lease, policy, now)),
+                ExecEvent::Crashed => Box::new(move |j: &mut Job| {
+                    j.crash(&lease, policy, now).map(|()| Applied::ended())
+                }),
             };
-            ending.push((r.job, self.reserved.get(&r.job).map(|(h, _)| h.clone())));
+            ending.push((r.job, lease));
             ops.push((
                 r.job,
                 Box::new(move |j: &mut Job| {
-                    op(j)?;
-                    Ok(j.live_attempt().is_some())
+                    let mut applied = op(j)?;
+                    applied.live = j.live_attempt().is_some();
+                    Ok(applied)
                 }),
             ));
         }
         Ok(PendingReports { ops, ending, logs })
     }
 
-    /// Applies the outcome of the reports' transitions: an attempt that
-    /// ended gives back its slot and reservation.
+    /// Applies the outcome of the reports' transitions: cost is counted
+    /// against the attempt's reservation, and an attempt that ended gives
+    /// back its slot and reservation (and is told to stop if it was
+    /// cancelled for its budget).
     fn finish_reports(
         &mut self,
-        ending: Vec<(JobId, Option<Did>)>,
-        results: Vec<Result<bool, JobError>>,
+        ending: Vec<(JobId, LeaseToken)>,
+        results: Vec<Result<Applied, JobError>>,
         report: &mut StepReport,
     ) -> Result<(), JobError> {
-        for ((job, handler), result) in ending.into_iter().zip(results) {
+        for ((job, lease), result) in ending.into_iter().zip(results) {
             match result {
-                Ok(still_live) => {
+                Ok(applied) => {
                     report.applied += 1;
-                    // A result, failure or crash ends the attempt.
-                    if !still_live {
-                        if let Some(h) = handler {
-                            if self.reserved.contains_key(&job) {
-                                self.cancel_pushed.remove(&job);
-                                self.release_slot(&h);
-                                self.unreserve(&job);
-                            }
-                        }
+                    let Some(live) = self.live.get_mut(&job).filter(|l| l.lease == lease) else {
+                        continue;
+                    };
+                    live.cost = live.cost.saturating_add(applied.cost);
+                    live.reserved = live.reserved.saturating_sub(applied.cost);
+                    if applied.cancel {
+                        self.executor.cancel(job, lease);
+                    }
+                    // A result, failure, crash or budget cancel ends the
+                    // attempt.
+                    if !applied.live {
+                        self.cancel_pushed.remove(&job);
+                        self.end_live(&job);
                     }
                 }
                 Err(JobError::Rejected(_)) => report.stale += 1,
                 Err(e) => return Err(e),
             }
-        }
-        Ok(())
-    }
-
-    /// Applies a cost report on its own: it is recorded as the handler's
-    /// spend and cancels the attempt (reason `budget`) once the job's
-    /// max_cost or the handler's budget is crossed.
-    fn apply_cost(
-        &mut self,
-        job: JobId,
-        lease: LeaseToken,
-        n: u64,
-        now: u64,
-    ) -> Result<(), JobError> {
-        let handler = self.store.get(&job)?.handler;
-        let over_job = self
-            .store
-            .update(&job, now, |j| j.report_cost(&lease, n, now))?;
-        self.store.record_spend(&handler, now, n)?;
-        if let Some((_, left)) = self.reserved.get_mut(&job) {
-            *left = left.saturating_sub(n);
-        }
-        let budget = self.store.budget(&handler)?;
-        if over_job || budget.exceeded(&self.budget_use(&handler, now)?) {
-            self.store
-                .update(&job, now, |j| j.cancel(CancelReason::Budget, now))?;
-            self.executor.cancel(job, lease);
-            self.cancel_pushed.remove(&job);
-            self.release_slot(&handler);
-            self.unreserve(&job);
         }
         Ok(())
     }
@@ -444,8 +466,7 @@ impl<E: Executor> Dispatcher<E> {
                     self.store
                         .update(&job.id, now, |j| j.time_out(&lease, policy, now))?;
                     self.cancel_pushed.remove(&job.id);
-                    self.release_slot(&job.handler);
-                    self.unreserve(&job.id);
+                    self.end_live(&job.id);
                     timed_out += 1;
                 }
                 Some(_) => {}
@@ -575,8 +596,16 @@ impl<E: Executor> Dispatcher<E> {
                 token[8..].copy_from_slice(&self.next_random().to_be_bytes());
                 let lease = LeaseToken(token);
                 *self.running.entry(job.handler.clone()).or_default() += 1;
-                self.reserved
-                    .insert(job.id, (job.handler.clone(), expected));
+                self.live.insert(
+                    job.id,
+                    Live {
+                        handler: job.handler.clone(),
+                        lease,
+                        number: job.attempts.len() as u32 + 1,
+                        reserved: expected,
+                        cost: 0,
+                    },
+                );
                 free -= 1;
                 chosen.push(Chosen {
                     job,
@@ -589,7 +618,7 @@ impl<E: Executor> Dispatcher<E> {
     }
 
     /// The dispatch transitions of the chosen jobs.
-    fn dispatch_ops(chosen: &[Chosen], now: u64) -> Vec<(JobId, super::store::GroupOp<bool>)> {
+    fn dispatch_ops(chosen: &[Chosen], now: u64) -> Vec<(JobId, super::store::GroupOp<Applied>)> {
         chosen
             .iter()
             .map(|c| {
@@ -598,12 +627,12 @@ impl<E: Executor> Dispatcher<E> {
                     .authorization
                     .as_ref()
                     .map(|a| (a.handler_index, a.plugin_index));
-                let op: super::store::GroupOp<bool> = Box::new(move |j: &mut Job| {
+                let op: super::store::GroupOp<Applied> = Box::new(move |j: &mut Job| {
                     j.dispatch(lease, now)?;
                     if let Some(a) = j.attempts.last_mut() {
                         a.authorised_under = under;
                     }
-                    Ok(true)
+                    Ok(Applied::of(()))
                 });
                 (c.job.id, op)
             })
@@ -616,7 +645,7 @@ impl<E: Executor> Dispatcher<E> {
         &mut self,
         now: u64,
         chosen: Vec<Chosen>,
-        results: Vec<Result<bool, JobError>>,
+        results: Vec<Result<Applied, JobError>>,
     ) -> Result<usize, JobError> {
         let mut started = 0;
         let mut failure = None;
@@ -646,7 +675,7 @@ impl<E: Executor> Dispatcher<E> {
                     // Not dispatched (cancelled meanwhile, or storage):
                     // give the slot and reservation back.
                     self.release_slot(&c.job.handler);
-                    self.reserved.remove(&c.job.id);
+                    self.live.remove(&c.job.id);
                     if let JobError::Storage(_) = e {
                         failure = Some(e);
                     }
@@ -662,9 +691,60 @@ impl<E: Executor> Dispatcher<E> {
 
 /// Report transitions waiting for the step's group commit.
 struct PendingReports {
-    ops: Vec<(JobId, super::store::GroupOp<bool>)>,
-    ending: Vec<(JobId, Option<Did>)>,
+    ops: Vec<(JobId, super::store::GroupOp<Applied>)>,
+    ending: Vec<(JobId, LeaseToken)>,
     logs: Vec<(JobId, super::store::LogLine)>,
+}
+
+/// An attempt this dispatcher started and has not seen end.
+struct Live {
+    handler: Did,
+    lease: LeaseToken,
+    /// The attempt's number (1 for the first).
+    number: u32,
+    /// Cost reserved and not yet spent.
+    reserved: u64,
+    /// Cost reported so far.
+    cost: u64,
+}
+
+/// What one transition of a step did.
+struct Applied {
+    /// Whether the job still has a live attempt after it.
+    live: bool,
+    /// Cost it recorded (the handler's spend, in the same batch).
+    cost: u64,
+    /// Whether it cancelled the attempt for its budget (the executor must
+    /// be told).
+    cancel: bool,
+}
+
+impl Applied {
+    fn of(_: ()) -> Applied {
+        Applied {
+            live: true,
+            cost: 0,
+            cancel: false,
+        }
+    }
+
+    fn ended() -> Applied {
+        Applied {
+            live: false,
+            cost: 0,
+            cancel: false,
+        }
+    }
+}
+
+/// A handler's spend before this step, its budget, and the cost its
+/// transitions in this step have added so far (in order).
+#[derive(Clone)]
+struct Spending {
+    budget: super::Budget,
+    hour: u64,
+    day: u64,
+    added: Rc<Cell<u64>>,
 }
 
 /// A job chosen for dispatch in this step.

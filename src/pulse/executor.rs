@@ -1,8 +1,6 @@
 //! The executor interface: how Pulse hands an attempt to whatever runs it
 //! (an in-process fake in tests, a plugin over gRPC later) and hears back.
 
-use std::sync::mpsc::Sender;
-
 use super::job::{JobId, LeaseToken, Progress};
 use crate::Did;
 
@@ -66,11 +64,50 @@ pub struct Report {
     pub event: ExecEvent,
 }
 
+/// Reports waiting for the dispatcher at most: an executor that reports
+/// faster than Pulse applies its reports waits ([`ReportSender::send`]),
+/// and a plugin's stream with it, instead of growing memory.
+pub const REPORT_QUEUE: usize = 1024;
+
+/// Where an executor sends its reports: a bounded queue to the
+/// dispatcher, shared by every attempt.
+#[derive(Debug, Clone)]
+pub struct ReportSender {
+    tx: tokio::sync::mpsc::Sender<Report>,
+}
+
+/// The dispatcher's end of the report queue.
+pub(crate) type ReportReceiver = tokio::sync::mpsc::Receiver<Report>;
+
+/// A report queue of `capacity` reports.
+pub(crate) fn report_queue(capacity: usize) -> (ReportSender, ReportReceiver) {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
+    (ReportSender { tx }, rx)
+}
+
+impl ReportSender {
+    /// Sends a report, waiting while the queue is full: the back-pressure
+    /// that keeps a flooding executor's reports bounded. `false` once the
+    /// dispatcher has stopped.
+    pub async fn send(&self, report: Report) -> bool {
+        self.tx.send(report).await.is_ok()
+    }
+
+    /// Sends a report if the queue has room, for executors that run on
+    /// the dispatcher's own thread (which must never wait for itself).
+    ///
+    /// # Errors
+    /// The report back if the queue is full or the dispatcher has stopped.
+    pub fn try_send(&self, report: Report) -> Result<(), Report> {
+        self.tx.try_send(report).map_err(|e| e.into_inner())
+    }
+}
+
 /// Runs attempts. `start` must not block: the executor reports through
 /// the sender it was given, from any thread, in any order across jobs.
 pub trait Executor: Send {
     /// Starts an attempt; events go to `reports`.
-    fn start(&mut self, attempt: AttemptSpec, reports: Sender<Report>);
+    fn start(&mut self, attempt: AttemptSpec, reports: ReportSender);
     /// Stops an attempt now (cancellation, timeout, budget). Reports that
     /// still arrive for it are refused as stale.
     fn cancel(&mut self, job: JobId, lease: LeaseToken);
@@ -120,23 +157,29 @@ impl<A: AsyncExecutor> AsyncExecutorAdapter<A> {
 }
 
 impl<A: AsyncExecutor> Executor for AsyncExecutorAdapter<A> {
-    fn start(&mut self, attempt: AttemptSpec, reports: Sender<Report>) {
+    fn start(&mut self, attempt: AttemptSpec, reports: ReportSender) {
         let inner = std::sync::Arc::clone(&self.inner);
         let waker = self.waker.clone();
         self.runtime.spawn(async move {
             use tokio_stream::StreamExt;
             let (job, lease) = (attempt.job, attempt.lease);
+            // While the queue is full this waits, and the stream is not
+            // read meanwhile: the executor's sender feels the back-pressure.
             let send = |event| {
-                let sent = reports.send(Report { job, lease, event }).is_ok();
-                if let Some(w) = &waker {
-                    w.unpark();
+                let reports = reports.clone();
+                let waker = waker.clone();
+                async move {
+                    let sent = reports.send(Report { job, lease, event }).await;
+                    if let Some(w) = &waker {
+                        w.unpark();
+                    }
+                    sent
                 }
-                sent
             };
             let mut events = match inner.dispatch(attempt).await {
                 Ok(s) => s,
                 Err(_) => {
-                    send(ExecEvent::Crashed);
+                    send(ExecEvent::Crashed).await;
                     return;
                 }
             };
@@ -145,11 +188,11 @@ impl<A: AsyncExecutor> Executor for AsyncExecutorAdapter<A> {
                     event,
                     ExecEvent::Succeeded(_) | ExecEvent::Failed { .. } | ExecEvent::Crashed
                 );
-                if !send(event) || last {
+                if !send(event).await || last {
                     return;
                 }
             }
-            send(ExecEvent::Crashed);
+            send(ExecEvent::Crashed).await;
         });
     }
 

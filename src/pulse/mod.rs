@@ -18,7 +18,8 @@ pub use budget::{Budget, BudgetUse};
 pub use dispatcher::{ConcurrencyLimits, DispatchConfig, Dispatcher, StepReport};
 pub use error::{PulseError, PulseErrorCode};
 pub use executor::{
-    AsyncExecutor, AsyncExecutorAdapter, AttemptSpec, EventStream, ExecEvent, Executor, Report,
+    AsyncExecutor, AsyncExecutorAdapter, AttemptSpec, EventStream, ExecEvent, Executor,
+    REPORT_QUEUE, Report, ReportSender,
 };
 pub use job::{
     Attempt, AttemptOutcome, CancelReason, DeadReason, HoldReason, Job, JobId, JobLimits,

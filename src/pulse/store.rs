@@ -2,6 +2,7 @@
 //! fjall database. Every transition is one atomic, fsynced batch; dequeue
 //! reads the first key of an ordered index (O(log n)).
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -557,7 +558,22 @@ impl JobStore {
         now: u64,
         ops: Vec<(JobId, GroupOp<T>)>,
     ) -> Vec<Result<T, JobError>> {
+        self.update_many_spending(now, ops, |_| 0)
+    }
+
+    /// [`JobStore::update_many`], also recording as each job's handler's
+    /// spend at `now` the cost `cost(result)` of every transition that
+    /// applied, in the same batch: a cost report costs no fsync of its
+    /// own.
+    pub fn update_many_spending<T>(
+        &self,
+        now: u64,
+        ops: Vec<(JobId, GroupOp<T>)>,
+        cost: impl Fn(&T) -> u64,
+    ) -> Vec<Result<T, JobError>> {
         let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // Spend per handler key in this group.
+        let mut spend: HashMap<[u8; 32], u64> = HashMap::new();
         // First and latest version of every job the group touches.
         let mut touched: Vec<(Stored, Job)> = Vec::new();
         let mut results = Vec::with_capacity(ops.len());
@@ -583,6 +599,11 @@ impl JobStore {
             let mut job = touched[slot].1.clone();
             match f(&mut job) {
                 Ok(out) => {
+                    let spent = cost(&out);
+                    if spent > 0 {
+                        let total = spend.entry(*job.handler.public_key()).or_default();
+                        *total = total.saturating_add(spent);
+                    }
                     touched[slot].1 = job;
                     results.push(Ok(out));
                 }
@@ -592,6 +613,12 @@ impl JobStore {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         let mut changed = false;
         let mut moves = Vec::new();
+        for (handler, amount) in spend {
+            match self.stage_spend(&mut batch, &handler, now, amount) {
+                Ok(()) => changed = true,
+                Err(e) => return results.into_iter().map(|r| r.and(Err(e.clone()))).collect(),
+            }
+        }
         for (old, job) in touched {
             if old.job != job {
                 self.stage_write(&mut batch, &mut moves, &old, job, now);
@@ -883,7 +910,21 @@ impl JobStore {
     /// Storage failures.
     pub fn record_spend(&self, handler: &Did, now: u64, amount: u64) -> Result<(), JobError> {
         let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut key = handler.public_key().to_vec();
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        self.stage_spend(&mut batch, handler.public_key(), now, amount)?;
+        batch.commit().map_err(storage)
+    }
+
+    /// Adds `amount` to the handler's spend bucket for `now`'s minute in
+    /// `batch`. The caller holds the writer lock.
+    fn stage_spend(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        handler: &[u8; 32],
+        now: u64,
+        amount: u64,
+    ) -> Result<(), JobError> {
+        let mut key = handler.to_vec();
         key.extend_from_slice(&(now / MINUTE_MS).to_be_bytes());
         let before = match self.ks(Jk::Spend).get(&key).map_err(storage)? {
             Some(v) => {
@@ -891,13 +932,12 @@ impl JobStore {
             }
             None => 0,
         };
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         batch.insert(
             self.ks(Jk::Spend),
             key,
             before.saturating_add(amount).to_be_bytes(),
         );
-        batch.commit().map_err(storage)
+        Ok(())
     }
 
     /// A handler's spend over the last 60 and 1,440 minutes (minute
