@@ -37,7 +37,8 @@ fn main() {
     match mode {
         "group-commit" => group_commit(&dir, count.unwrap_or(20_000)),
         "scale" => scale(&dir, count.unwrap_or(1_000_000)),
-        other => panic!("unknown mode {other}; use group-commit or scale"),
+        "reads" => reads_during_appends(&dir, count.unwrap_or(20_000)),
+        other => panic!("unknown mode {other}; use group-commit, scale or reads"),
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -141,6 +142,57 @@ fn run(ledger: &Arc<Ledger>, feed: &Arc<Feed>, appenders: usize, limit: u64) -> 
         done.load(std::sync::atomic::Ordering::Relaxed),
         start.elapsed(),
     )
+}
+
+/// Latency of the reads Submit and GetLogInfo make (an inclusion proof
+/// against the newest head; the head itself) while 64 appenders keep the
+/// writer committing: reads must not wait for the writer's fsync.
+fn reads_during_appends(dir: &Path, count: u64) {
+    let feed = Arc::new(Feed::open(&presign(dir, count)));
+    let ledger =
+        Arc::new(Ledger::open(LedgerConfig::new(dir.join("log"), "bench.example/reads")).unwrap());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (ledger, stop) = (Arc::clone(&ledger), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let (mut heads, mut proofs) = (Vec::new(), Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                let head = ledger.head();
+                heads.push(t.elapsed());
+                if head.size > 0 {
+                    let t = Instant::now();
+                    ledger.inclusion_proof(head.size / 2, head.size).unwrap();
+                    proofs.push(t.elapsed());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            (heads, proofs)
+        })
+    };
+    let (done, took) = run(&ledger, &feed, 64, count);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut heads, mut proofs) = reader.join().unwrap();
+    println!(
+        "appends: {done} in {:.2}s ({:.0}/s, 64 appenders)",
+        took.as_secs_f64(),
+        done as f64 / took.as_secs_f64()
+    );
+    for (name, v) in [
+        ("head (GetLogInfo)", &mut heads),
+        ("inclusion proof (Submit)", &mut proofs),
+    ] {
+        v.sort();
+        let q = |p: f64| v[((v.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e6;
+        println!(
+            "{name}: {} reads, p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs, max {:.1} µs",
+            v.len(),
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            q(1.0)
+        );
+    }
 }
 
 fn verify_rate() -> f64 {

@@ -1,7 +1,8 @@
-//! Storage faults under a real `serve`: a full disk and failing fsync,
-//! injected by a small LD_PRELOAD layer (tests/fixtures/faultfs.c, built
-//! here with the system C compiler) that fails writes, allocations and
-//! fsyncs to the data dir while a control file exists.
+//! Storage faults under a real `serve`: a full disk, failing fsync and a
+//! stalled disk, injected by a small LD_PRELOAD layer
+//! (tests/fixtures/faultfs.c, built here with the system C compiler) that
+//! fails writes, allocations and fsyncs to the data dir, or holds fsyncs,
+//! while a control file exists.
 
 #![allow(clippy::unwrap_used)]
 
@@ -37,12 +38,13 @@ struct Faulty {
     url: String,
     enospc: PathBuf,
     eio: PathBuf,
+    stall: PathBuf,
 }
 
 impl Faulty {
     /// `serve` on `data` with the fault layer loaded (nothing armed).
     fn start(dir: &Path, data: &Path, extra: &[&str]) -> Faulty {
-        let (enospc, eio) = (dir.join("enospc"), dir.join("eio"));
+        let (enospc, eio, stall) = (dir.join("enospc"), dir.join("eio"), dir.join("stall"));
         let layer = dir.join("faultfs.so");
         let server = Serve::start_with_env(
             extra,
@@ -52,6 +54,7 @@ impl Faulty {
                 ("FAULTFS_PREFIX", data.as_os_str()),
                 ("FAULTFS_ENOSPC", enospc.as_os_str()),
                 ("FAULTFS_EIO", eio.as_os_str()),
+                ("FAULTFS_STALL", stall.as_os_str()),
                 ("RUST_LOG", std::ffi::OsStr::new("error")),
             ],
         );
@@ -60,6 +63,7 @@ impl Faulty {
             _server: server,
             enospc,
             eio,
+            stall,
         }
     }
 
@@ -276,4 +280,114 @@ async fn a_failed_write_or_fsync_stops_writes_acknowledges_nothing_and_a_restart
             after_restart
         );
     }
+}
+
+/// A disk that stops answering (every fsync held) stalls the ledger's
+/// writer, and nothing else: health checks and reads are answered at once
+/// (reads use the last published head, they never wait for a commit),
+/// submissions beyond the writer's queue are refused at once with
+/// `overloaded` instead of holding a server thread, and once the disk
+/// answers again every queued submission is acknowledged and nothing
+/// refused is in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_disk_blocks_no_server_thread_and_overload_is_refused_at_once() {
+    use std::time::Duration;
+    use tonic_health::pb::health_client::HealthClient;
+    let dir = tempdir("storage-stall");
+    faultfs(&dir);
+    let data = dir.join("data");
+    let config = dir.join("serve.toml");
+    std::fs::write(&config, "write_queue_depth = 2\n").unwrap();
+    let server = Faulty::start(
+        &dir,
+        &data,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--submit-rate",
+            "0",
+            "--min-free-mb",
+            "0",
+        ],
+    );
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    assert_eq!(submit(&mut reg, "stall-first").await.unwrap(), 0);
+    let before = size(&mut reg).await;
+
+    Faulty::arm(&server.stall);
+    let total = 24;
+    let handles: Vec<_> = (0..total)
+        .map(|i| {
+            let mut reg = reg.clone();
+            tokio::spawn(async move { submit(&mut reg, &format!("stall-{i}")).await })
+        })
+        .collect();
+    // While the writer is held in an fsync, submissions beyond its queue
+    // come back on their own: wait for the first.
+    let deadline = Duration::from_secs(20);
+    let started = std::time::Instant::now();
+    while !handles.iter().any(|h| h.is_finished()) {
+        assert!(
+            started.elapsed() < deadline,
+            "no submission was answered while the disk stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel);
+    let status = tokio::time::timeout(
+        deadline,
+        health.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .expect("health is answered while the disk stalls")
+    .unwrap()
+    .into_inner()
+    .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let info = tokio::time::timeout(deadline, size(&mut reg))
+        .await
+        .expect("GetLogInfo is answered while the writer is in an fsync");
+    assert_eq!(
+        info, before,
+        "nothing is acknowledged while the disk stalls"
+    );
+    let answered_while_stalled = handles.iter().filter(|h| h.is_finished()).count();
+
+    Faulty::disarm(&server.stall);
+    let (mut acknowledged, mut overloaded) = (0, 0);
+    for (i, h) in handles.into_iter().enumerate() {
+        match tokio::time::timeout(deadline, h).await.unwrap().unwrap() {
+            Ok(_) => acknowledged += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{i}: {e:?}");
+                assert_eq!(reason(&e), "overloaded", "{i}: {e:?}");
+                overloaded += 1;
+            }
+        }
+    }
+    assert_eq!(acknowledged + overloaded, total);
+    assert!(
+        overloaded >= answered_while_stalled && overloaded > 0,
+        "{overloaded} refused, {answered_while_stalled} answered while stalled"
+    );
+    assert_eq!(
+        size(&mut reg).await,
+        before + acknowledged as u64,
+        "exactly the acknowledged submissions are in the log"
+    );
+    // A refused submission changed nothing: submitting it again appends it.
+    assert_eq!(
+        submit(&mut reg, "stall-again").await.unwrap(),
+        before + acknowledged as u64
+    );
 }

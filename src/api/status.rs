@@ -27,7 +27,7 @@ pub fn to_status(e: &LedgerError) -> Status {
             LedgerErrorCode::BadProof | LedgerErrorCode::BadCheckpoint => Code::InvalidArgument,
             LedgerErrorCode::Integrity => Code::DataLoss,
             LedgerErrorCode::Storage | LedgerErrorCode::Unavailable => Code::Unavailable,
-            LedgerErrorCode::DiskFull => Code::ResourceExhausted,
+            LedgerErrorCode::DiskFull | LedgerErrorCode::Overloaded => Code::ResourceExhausted,
             LedgerErrorCode::Config => Code::Internal,
         },
     };

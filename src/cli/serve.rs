@@ -33,7 +33,8 @@ Config file keys (TOML): data_dir, listen, log_name, metrics_listen,
 job_retention_hours, max_running, plugin_wait_secs, heartbeat_timeout_ms,
 cancel_grace_ms, plugin_health_interval_ms, tls_cert, tls_key,
 tls_client_ca, allow_plaintext, allow_unauthenticated, submit_rate,
-submit_burst, rate_limit_loopback, min_free_mb, one [[plugin]] table per plugin and one
+submit_burst, rate_limit_loopback, min_free_mb, write_queue_depth, one [[plugin]]
+table per plugin and one
 [[token]] table per bearer token (pulse-ledger token create prints it):
 
   [[plugin]]
@@ -148,6 +149,7 @@ struct FileConfig {
     submit_burst: Option<u32>,
     rate_limit_loopback: Option<bool>,
     min_free_mb: Option<u64>,
+    write_queue_depth: Option<usize>,
     #[serde(default)]
     plugin: Vec<PluginTable>,
     #[serde(default)]
@@ -354,6 +356,15 @@ impl Args {
                 .map_or(crate::ledger::DEFAULT_MIN_FREE_BYTES, |m| {
                     m.saturating_mul(1024 * 1024)
                 }),
+            write_queue_depth: match file.write_queue_depth {
+                Some(0) => {
+                    return Err(CliError::Usage(
+                        "write_queue_depth must be at least 1".into(),
+                    ));
+                }
+                Some(n) => n,
+                None => crate::ledger::DEFAULT_WRITE_QUEUE_DEPTH,
+            },
             tokens_file: self.config.clone(),
         })
     }

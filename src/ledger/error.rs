@@ -30,6 +30,9 @@ pub enum LedgerErrorCode {
     DiskFull,
     /// The ledger stopped accepting writes after a storage failure.
     Unavailable,
+    /// The writer's queue is full (the disk is slower than the appends):
+    /// nothing was queued; retry after a short wait.
+    Overloaded,
     /// A data directory or key file that cannot be used as given.
     Config,
 }
@@ -47,6 +50,7 @@ impl LedgerErrorCode {
             LedgerErrorCode::Storage => "storage",
             LedgerErrorCode::DiskFull => "disk_full",
             LedgerErrorCode::Unavailable => "unavailable",
+            LedgerErrorCode::Overloaded => "overloaded",
             LedgerErrorCode::Config => "config",
         }
     }

@@ -18,7 +18,8 @@ pub use merkle::{
 };
 pub use space::{DEFAULT_MIN_FREE_BYTES, SpaceGuard};
 pub use store::{
-    AuditReport, CHANGE_LOG_ENTRIES, ChainPage, EquivocationRecord, Ledger, LedgerConfig,
-    MAX_ENTRY_RANGE, MAX_PAGE, MAX_SCAN, PendingAppend, Receipt, SubjectFilter, TreeHead,
+    AuditReport, CHANGE_LOG_ENTRIES, ChainPage, DEFAULT_WRITE_QUEUE_DEPTH, EquivocationRecord,
+    Ledger, LedgerConfig, MAX_ENTRY_RANGE, MAX_PAGE, MAX_SCAN, PendingAppend, Receipt,
+    SubjectFilter, TreeHead,
 };
 pub use stored::StoredLog;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -25,8 +25,10 @@ use crate::{
 
 /// Most attestations committed under one fsync.
 const DEFAULT_MAX_BATCH: usize = 1024;
-/// Queue depth in front of the writer; appenders wait beyond it.
-const QUEUE_DEPTH: usize = 4096;
+/// Queue depth in front of the writer (groups of appends): beyond it
+/// [`Ledger::enqueue`] answers `overloaded` at once and [`Ledger::append`]
+/// waits.
+pub const DEFAULT_WRITE_QUEUE_DEPTH: usize = 4096;
 /// Journal kept before memtables must be flushed (bounds crash replay).
 const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 /// Block cache for reads.
@@ -48,6 +50,9 @@ pub struct LedgerConfig {
     /// Writes are refused (`disk_full`) while the data dir's file system
     /// has less than this free; 0 turns the guard off.
     pub min_free_bytes: u64,
+    /// Groups of appends queued for the writer at most; beyond it
+    /// [`Ledger::enqueue`] answers `overloaded` instead of waiting.
+    pub queue_depth: usize,
 }
 
 impl LedgerConfig {
@@ -58,6 +63,7 @@ impl LedgerConfig {
             origin: origin.into(),
             max_batch: DEFAULT_MAX_BATCH,
             min_free_bytes: super::DEFAULT_MIN_FREE_BYTES,
+            queue_depth: DEFAULT_WRITE_QUEUE_DEPTH,
         }
     }
 }
@@ -131,7 +137,10 @@ struct Shared {
     origin: String,
     log_key: SigningKey,
     log_did: Did,
-    head: RwLock<TreeHead>,
+    /// The newest signed head and a database snapshot taken just after it
+    /// was committed. The writer replaces it after each commit, under a
+    /// lock held only for the swap: reads never wait for a commit.
+    published: RwLock<Arc<Published>>,
     /// Set after a failed commit: the ledger refuses writes (fail-stop).
     failed: Mutex<Option<String>>,
     /// Refuses writes while the disk is nearly full.
@@ -140,6 +149,12 @@ struct Shared {
     size_tx: tokio::sync::watch::Sender<u64>,
     /// The subjects of recent entries, for caches of chain state.
     changes: Mutex<ChangeLog>,
+}
+
+/// A signed head as readers see it, with the snapshot it belongs to.
+struct Published {
+    head: TreeHead,
+    snap: fjall::Snapshot,
 }
 
 /// Subjects of the most recent entries, oldest first: `subjects[i]` is
@@ -155,6 +170,21 @@ pub const CHANGE_LOG_ENTRIES: usize = 65_536;
 impl Shared {
     fn ks(&self, k: Ks) -> &Keyspace {
         &self.ks[k as usize]
+    }
+
+    fn published(&self) -> Arc<Published> {
+        Arc::clone(&self.published.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Makes `head`, just committed, what readers see: the snapshot is
+    /// taken after the commit, so it holds every entry below the head and
+    /// nothing beyond it (only this writer writes the log's keyspaces).
+    fn publish(&self, head: TreeHead) {
+        let next = Arc::new(Published {
+            head,
+            snap: self.db.snapshot(),
+        });
+        *self.published.write().unwrap_or_else(|p| p.into_inner()) = next;
     }
 
     fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
@@ -263,10 +293,13 @@ impl Ledger {
         // checkpoint but no key is refused, never given a new key.
         let key_path = config.data_dir.join("log.key");
         let (log_key, log_did) = load_or_create_key(&key_path, note.is_none())?;
-        let placeholder = TreeHead {
-            size: 0,
-            root: merkle::empty_root(),
-            checkpoint: String::new(),
+        let placeholder = Published {
+            head: TreeHead {
+                size: 0,
+                root: merkle::empty_root(),
+                checkpoint: String::new(),
+            },
+            snap: db.snapshot(),
         };
         let shared = Arc::new(Shared {
             db,
@@ -274,7 +307,7 @@ impl Ledger {
             origin: config.origin.clone(),
             log_key,
             log_did,
-            head: RwLock::new(placeholder),
+            published: RwLock::new(Arc::new(placeholder)),
             failed: Mutex::new(None),
             space: super::SpaceGuard::new(&config.data_dir, config.min_free_bytes),
             size_tx: tokio::sync::watch::Sender::new(size),
@@ -346,8 +379,8 @@ impl Ledger {
                 ));
             }
         };
-        *shared.head.write().unwrap_or_else(|p| p.into_inner()) = head;
-        let (tx, rx) = sync_channel::<Vec<Job>>(QUEUE_DEPTH);
+        shared.publish(head);
+        let (tx, rx) = sync_channel::<Vec<Job>>(config.queue_depth.max(1));
         let writer_shared = Arc::clone(&shared);
         let max_batch = config.max_batch.max(1);
         let writer = std::thread::Builder::new()
@@ -361,12 +394,12 @@ impl Ledger {
         })
     }
 
-    /// The database the log lives in, for the job store's keyspaces.
     /// The free-space guard writes to this data dir go through.
     pub(crate) fn space_guard(&self) -> &super::SpaceGuard {
         &self.shared.space
     }
 
+    /// The database the log lives in, for the job store's keyspaces.
     pub(crate) fn database(&self) -> &Database {
         &self.shared.db
     }
@@ -411,18 +444,16 @@ impl Ledger {
         Some((log.subjects.iter().skip(skip).copied().collect(), end))
     }
 
-    /// The newest signed tree head.
+    /// The newest signed tree head. Never waits for a commit.
     pub fn head(&self) -> TreeHead {
-        self.shared
-            .head
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.shared.published().head.clone()
     }
 
     /// Verifies and appends one attestation. Returns once the entry is
     /// fsynced, with a signed tree head that includes it. Re-submitting an
-    /// attestation already in the log returns its existing index.
+    /// attestation already in the log returns its existing index. Blocks
+    /// this thread (also while the writer's queue is full): for threads
+    /// that may block, never an async worker.
     ///
     /// # Errors
     /// `Rejected` with the spec code for an attestation or chain rule (nothing
@@ -430,7 +461,20 @@ impl Ledger {
     /// (the pair is stored as evidence); `storage` / `unavailable` if the disk
     /// failed (nothing acknowledged).
     pub fn append(&self, envelope: &[u8]) -> Result<Receipt, LedgerError> {
-        self.enqueue(envelope)?.wait()
+        let att = verify_attestation(envelope)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.sender()?
+            .send(vec![Job { att, reply }])
+            .map_err(|_| unavailable())?;
+        PendingAppend { answer }.wait()
+    }
+
+    fn sender(&self) -> Result<SyncSender<Vec<Job>>, LedgerError> {
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(unavailable)
     }
 
     /// Verifies an attestation and queues it for the writer without
@@ -439,21 +483,25 @@ impl Ledger {
     /// commits. [`PendingAppend::wait`] gives the same result as
     /// [`Ledger::append`].
     ///
+    /// Never blocks, so it may be called from an async worker: when the
+    /// writer's queue is full (a slow or stalled disk) it answers
+    /// `overloaded` at once, and nothing is queued.
+    ///
     /// # Errors
-    /// `Rejected` if the attestation does not verify; `unavailable`.
+    /// `Rejected` if the attestation does not verify; `overloaded`;
+    /// `unavailable`.
     pub fn enqueue(&self, envelope: &[u8]) -> Result<PendingAppend, LedgerError> {
         let att = verify_attestation(envelope)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let queue = self
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or_else(unavailable)?;
-        queue
-            .send(vec![Job { att, reply }])
-            .map_err(|_| unavailable())?;
-        Ok(PendingAppend { answer })
+        match self.sender()?.try_send(vec![Job { att, reply }]) {
+            Ok(()) => Ok(PendingAppend { answer }),
+            Err(TrySendError::Full(_)) => Err(LedgerError::new(
+                LedgerErrorCode::Overloaded,
+                "the writer's queue is full (the disk is slower than the appends); \
+                 nothing was queued: retry after a short wait",
+            )),
+            Err(TrySendError::Disconnected(_)) => Err(unavailable()),
+        }
     }
 
     /// Appends several attestations as one unit of work: they reach the
@@ -639,12 +687,11 @@ impl Ledger {
     }
 
     fn view(&self) -> View<'_> {
-        let head = self.shared.head.read().unwrap_or_else(|p| p.into_inner());
-        let snap = self.shared.db.snapshot();
+        let published = self.shared.published();
         View {
             shared: &self.shared,
-            snap,
-            head: head.clone(),
+            snap: published.snap.clone(),
+            head: published.head.clone(),
         }
     }
 
@@ -895,10 +942,9 @@ pub struct AuditReport {
     pub root: Hash,
 }
 
-/// A consistent read view: a database snapshot taken together with the
-/// signed head it belongs to. The writer commits and publishes the new head
-/// under the head lock, so a view never sees part of a group commit or
-/// entries beyond its head.
+/// A consistent read view: the published signed head and the database
+/// snapshot taken just after it was committed, so a view never sees part
+/// of a group commit or entries beyond its head.
 struct View<'a> {
     shared: &'a Shared,
     snap: fjall::Snapshot,
@@ -1491,16 +1537,16 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Vec<Job>>, mut frontier: Frontier,
         };
         let results: Vec<Result<Staged, LedgerError>> =
             jobs.iter().map(|j| stage.stage(&j.att)).collect();
-        // Commit and publish the new head under the head lock, so a reader's
-        // view (snapshot + head, taken under the same lock) never sees part
-        // of a batch or entries beyond its head.
+        // Commit without any lock readers take, then publish the new head
+        // with a snapshot taken after the commit: readers keep the previous
+        // head meanwhile and never wait for the fsync.
         let committed = if stage.dirty {
-            let mut head = shared.head.write().unwrap_or_else(|p| p.into_inner());
             let result = commit(shared, &mut stage);
             if let Ok(Some(h)) = &result {
-                *head = h.clone();
-                // Published with the head: whoever sees the new size can
-                // learn which subjects it changed.
+                shared.publish(h.clone());
+                // After the head, before the size: whoever sees the new
+                // size can learn which subjects it changed, and reads them
+                // at this head or a newer one.
                 let mut log = shared.changes.lock().unwrap_or_else(|p| p.into_inner());
                 for (job, r) in jobs.iter().zip(&results) {
                     if let Ok(Staged::Appended(..)) = r {
@@ -1523,11 +1569,7 @@ fn writer_loop(shared: &Shared, rx: &Receiver<Vec<Job>>, mut frontier: Frontier,
                     frontier = stage.frontier;
                     shared.size_tx.send_replace(h.size);
                 }
-                let head = shared
-                    .head
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
+                let head = shared.published().head.clone();
                 for (job, result) in jobs.into_iter().zip(results) {
                     let reply = result.map(|s| match s {
                         Staged::Appended(index, id) => Receipt {
