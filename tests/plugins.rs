@@ -576,7 +576,9 @@ async fn a_handler_created_from_the_cli_runs_its_signed_python() {
         "import json, sys\n\
          job = json.load(sys.stdin)\n\
          print('adding', job['a'], 'and', job['b'], file=sys.stderr)\n\
-         if job['a'] < 0:\n    sys.exit(3)\n\
+         if job['a'] < 0:\n\
+         \x20   print('\\x1b[2J\\x1b]0;owned\\x07gone\\u202e', file=sys.stderr)\n\
+         \x20   sys.exit(3)\n\
          print(json.dumps({'sum': job['a'] + job['b']}))\n",
     )
     .unwrap();
@@ -611,10 +613,23 @@ async fn a_handler_created_from_the_cli_runs_its_signed_python() {
             &plugin,
             "--code",
             "add.py",
+            "--description",
+            "adds two numbers\nFAILED forged line \u{202e}txt.exe",
             "--out",
             "h0.att",
         ],
         None,
+    );
+    // Text from a statement is shown escaped: the description's newline
+    // and right-to-left override cannot forge a line or reorder one.
+    let shown = cli(&dir, &["inspect", "h0.att"], None);
+    assert!(
+        shown.contains("describe   adds two numbers\\nFAILED forged line \\u{202e}txt.exe\n"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains('\u{202e}') && !shown.contains("\nFAILED"),
+        "{shown}"
     );
     let config = format!(
         "[[plugin]]\nname = \"scripts\"\ncommand = [{:?}, \"--key\", \"plugin.key\"]\ndir = {:?}\n",
@@ -674,6 +689,30 @@ async fn a_handler_created_from_the_cli_runs_its_signed_python() {
         None,
     );
     assert!(log.contains("[attempt 1] adding -1 and 0"), "{log}");
+    // A plugin's text cannot drive the operator's terminal: the escape
+    // sequences it wrote (clear the screen, set the title) and its
+    // right-to-left override are printed escaped, by `job log` and in the
+    // error `job get` shows, where the newline is escaped too.
+    assert!(
+        log.contains("[attempt 1] \\u{1b}[2J\\u{1b}]0;owned\\u{7}gone\\u{202e}\n"),
+        "{log}"
+    );
+    let got = cli(
+        &dir,
+        &["job", "get", "--server", &url, &hex::encode(&id)],
+        None,
+    );
+    assert!(
+        got.contains("adding -1 and 0\\n\\u{1b}[2J\\u{1b}]0;owned\\u{7}gone\\u{202e}"),
+        "{got}"
+    );
+    assert_eq!(got.lines().count(), 1, "{got}");
+    for out in [&log, &got] {
+        assert!(
+            !out.contains(['\x1b', '\x07', '\u{202e}']),
+            "raw control characters printed: {out:?}"
+        );
+    }
     let followed = cli(
         &dir,
         &[
@@ -693,6 +732,14 @@ async fn a_handler_created_from_the_cli_runs_its_signed_python() {
         (first["attempt"].as_u64(), first["line"].as_str()),
         (Some(1), Some("adding -1 and 0"))
     );
+    // JSON carries the text exactly, as JSON escapes.
+    let raw: serde_json::Value =
+        serde_json::from_str(followed.lines().find(|l| l.contains("owned")).unwrap()).unwrap();
+    assert_eq!(
+        raw["line"].as_str(),
+        Some("\x1b[2J\x1b]0;owned\x07gone\u{202e}")
+    );
+    assert!(!followed.contains(['\x1b', '\x07']), "{followed:?}");
     server.stop();
 }
 

@@ -429,8 +429,9 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     // The dispatcher stops first, so plugins going away are not recorded
-    // as crashes now (attempts still running are recovered as crashed on
-    // the next start); then plugins get Shutdown, SIGTERM, SIGKILL.
+    // as crashes now (attempts still running are recovered as interrupted
+    // on the next start: no attempt used, not a crash); then plugins get
+    // Shutdown, SIGTERM, SIGKILL.
     let _ = tokio::task::spawn_blocking(move || runner.stop()).await;
     host.shutdown().await;
     // In-flight appends have been answered; commit anything still queued
