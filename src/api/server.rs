@@ -216,11 +216,14 @@ pub enum ServeError {
 /// Reads the `[[token]]` tables of `file` again at every SIGHUP and puts
 /// them in force: tokens can be added and revoked without a restart. A
 /// file that does not parse, or a reload that would leave no token (and
-/// so open the jobs API), changes nothing and is logged.
+/// so open the jobs API), changes nothing and is logged. Each reload is
+/// counted by outcome (`pulse_ledger_token_reloads_total`) once that
+/// outcome is in force.
 async fn reload_tokens_on_sighup(
     mut hup: tokio::signal::unix::Signal,
     file: PathBuf,
     access: Arc<crate::auth::AccessCell>,
+    metrics: Arc<Metrics>,
 ) {
     while hup.recv().await.is_some() {
         let loaded = crate::auth::read_token_rules(&file).and_then(|rules| {
@@ -238,9 +241,11 @@ async fn reload_tokens_on_sighup(
         match loaded {
             Ok((a, n)) => {
                 access.replace(a);
+                metrics.token_reload(true);
                 tracing::info!(tokens = n, file = %file.display(), "tokens reloaded");
             }
             Err(e) => {
+                metrics.token_reload(false);
                 tracing::error!(error = %e, "tokens not reloaded; the previous ones stay in force")
             }
         }
@@ -373,6 +378,7 @@ pub async fn serve(
     );
     tokio::spawn(prune_jobs(Arc::clone(&store), config.job_retention_hours));
     let (runner, host) = start_pulse(&config, local, &ledger, &store);
+    metrics.watch_pulse(runner.handle().counters());
     if access.is_open() {
         tracing::warn!(listen = %local, "no [[token]] configured: the Jobs API is open to every client that can connect");
     }
@@ -386,6 +392,7 @@ pub async fn serve(
                     hup,
                     file.clone(),
                     Arc::clone(&access),
+                    Arc::clone(&metrics),
                 ));
             }
             Err(e) => {

@@ -27,7 +27,7 @@ pub use job::{
 };
 pub use machine::{MAX_RETRY_AFTER_MS, RetryPolicy};
 pub use route::{Authorization, OpenRouter, Route, Router};
-pub use runner::{PulseHandle, PulseRunner};
+pub use runner::{PulseCounters, PulseHandle, PulseRunner};
 pub use store::{
     GroupOp, JobError, JobStore, LogLine, MAX_LOG_LINE_BYTES, MAX_LOG_LINES, ReadyCursor,
 };
