@@ -192,3 +192,41 @@ pub(crate) async fn serve_metrics(listener: TcpListener, metrics: std::sync::Arc
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    fn sample(text: &str, name: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map(|v| v.parse().unwrap_or(u64::MAX))
+    }
+
+    #[test]
+    fn token_reloads_are_counted_by_outcome() {
+        let m = Metrics::default();
+        let applied = "pulse_ledger_token_reloads_total{outcome=\"applied\"}";
+        let refused = "pulse_ledger_token_reloads_total{outcome=\"refused\"}";
+        let text = m.render();
+        assert_eq!(
+            (sample(&text, applied), sample(&text, refused)),
+            (Some(0), Some(0))
+        );
+        m.token_reload(true);
+        m.token_reload(false);
+        m.token_reload(false);
+        let text = m.render();
+        assert_eq!(
+            (sample(&text, applied), sample(&text, refused)),
+            (Some(1), Some(2))
+        );
+        // The dispatcher's counters appear once it runs.
+        assert_eq!(sample(&text, "pulse_ledger_stale_reports_total"), None);
+        m.watch_pulse(std::sync::Arc::default());
+        assert_eq!(
+            sample(&m.render(), "pulse_ledger_stale_reports_total"),
+            Some(0)
+        );
+    }
+}
