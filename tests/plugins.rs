@@ -20,13 +20,19 @@ use tonic::transport::Channel;
 struct Server(common::Serve);
 
 impl Server {
-    /// Starts `serve --config` with `config` (TOML) plus the data dir.
+    /// Starts `serve --config` with `config` (TOML) plus the data dir, and
+    /// metrics on an ephemeral port.
     fn start(dir: &Path, config: &str) -> Server {
         let path = dir.join("pulse.toml");
         std::fs::write(&path, config).unwrap();
         let data = dir.join("data");
         Server(common::Serve::start(
-            &["--config", path.to_str().unwrap()],
+            &[
+                "--config",
+                path.to_str().unwrap(),
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
             &data,
         ))
     }
@@ -576,7 +582,9 @@ async fn a_handler_created_from_the_cli_runs_its_signed_python() {
         "import json, sys\n\
          job = json.load(sys.stdin)\n\
          print('adding', job['a'], 'and', job['b'], file=sys.stderr)\n\
-         if job['a'] < 0:\n    sys.exit(3)\n\
+         if job['a'] < 0:\n\
+         \x20   print('\\x1b[2J\\x1b]0;owned\\x07gone\\u202e', file=sys.stderr)\n\
+         \x20   sys.exit(3)\n\
          print(json.dumps({'sum': job['a'] + job['b']}))\n",
     )
     .unwrap();
@@ -611,10 +619,23 @@ async fn a_handler_created_from_the_cli_runs_its_signed_python() {
             &plugin,
             "--code",
             "add.py",
+            "--description",
+            "adds two numbers\nFAILED forged line \u{202e}txt.exe",
             "--out",
             "h0.att",
         ],
         None,
+    );
+    // Text from a statement is shown escaped: the description's newline
+    // and right-to-left override cannot forge a line or reorder one.
+    let shown = cli(&dir, &["inspect", "h0.att"], None);
+    assert!(
+        shown.contains("describe   adds two numbers\\nFAILED forged line \\u{202e}txt.exe\n"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains('\u{202e}') && !shown.contains("\nFAILED"),
+        "{shown}"
     );
     let config = format!(
         "[[plugin]]\nname = \"scripts\"\ncommand = [{:?}, \"--key\", \"plugin.key\"]\ndir = {:?}\n",
@@ -674,6 +695,30 @@ async fn a_handler_created_from_the_cli_runs_its_signed_python() {
         None,
     );
     assert!(log.contains("[attempt 1] adding -1 and 0"), "{log}");
+    // A plugin's text cannot drive the operator's terminal: the escape
+    // sequences it wrote (clear the screen, set the title) and its
+    // right-to-left override are printed escaped, by `job log` and in the
+    // error `job get` shows, where the newline is escaped too.
+    assert!(
+        log.contains("[attempt 1] \\u{1b}[2J\\u{1b}]0;owned\\u{7}gone\\u{202e}\n"),
+        "{log}"
+    );
+    let got = cli(
+        &dir,
+        &["job", "get", "--server", &url, &hex::encode(&id)],
+        None,
+    );
+    assert!(
+        got.contains("adding -1 and 0\\n\\u{1b}[2J\\u{1b}]0;owned\\u{7}gone\\u{202e}"),
+        "{got}"
+    );
+    assert_eq!(got.lines().count(), 1, "{got}");
+    for out in [&log, &got] {
+        assert!(
+            !out.contains(['\x1b', '\x07', '\u{202e}']),
+            "raw control characters printed: {out:?}"
+        );
+    }
     let followed = cli(
         &dir,
         &[
@@ -693,6 +738,14 @@ async fn a_handler_created_from_the_cli_runs_its_signed_python() {
         (first["attempt"].as_u64(), first["line"].as_str()),
         (Some(1), Some("adding -1 and 0"))
     );
+    // JSON carries the text exactly, as JSON escapes.
+    let raw: serde_json::Value =
+        serde_json::from_str(followed.lines().find(|l| l.contains("owned")).unwrap()).unwrap();
+    assert_eq!(
+        raw["line"].as_str(),
+        Some("\x1b[2J\x1b]0;owned\x07gone\u{202e}")
+    );
+    assert!(!followed.contains(['\x1b', '\x07']), "{followed:?}");
     server.stop();
 }
 
@@ -811,9 +864,10 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running() {
     let slow_job = enqueue(&mut jobs, enqueue_req(&slow_echo, "patience")).await;
 
     // Late: the first attempt stops heartbeating and ignores the cancel;
-    // it is timed out and retried, and its result, sent after its lease
-    // was lost, is not accepted.
-    let late_job = enqueue(&mut jobs, enqueue_req(&late, "2500")).await;
+    // it is timed out and retried, and its result, sent (when the test
+    // creates `release`) after its lease was lost, is not accepted.
+    let release = dir.join("release-late");
+    let late_job = enqueue(&mut jobs, enqueue_req(&late, release.to_str().unwrap())).await;
 
     // A crash loop on one handler: quarantined as poison; the same
     // plugin's other handler, and other plugins, keep running.
@@ -868,30 +922,35 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running() {
         j.last_error
     );
     assert_eq!(j.attempt_history[0].outcome, "timed_out");
-    // The late attempt did answer (after its lease was gone): wait for it,
-    // then check that nothing changed.
-    let until = Instant::now() + Duration::from_secs(10);
-    while !events(&events_path, &late_job)
-        .iter()
-        .any(|l| l.starts_with("done") && l.ends_with(" 1"))
-    {
-        assert!(Instant::now() < until, "the late attempt never answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let again = job(&mut jobs, &late_job).await;
-    assert_eq!(
-        (again.state.as_str(), again.result.as_slice()),
-        ("succeeded", &b"on time"[..])
-    );
 
-    let j = finished(&mut jobs, &slow_job, 30).await;
+    let slow = finished(&mut jobs, &slow_job, 30).await;
     assert_eq!(
-        (j.state.as_str(), j.result.as_slice(), j.attempts),
+        (slow.state.as_str(), slow.result.as_slice(), slow.attempts),
         ("succeeded", &b"patience"[..], 1),
         "{}",
-        j.last_error
+        slow.last_error
     );
+
+    // Every job has finished; only the late first attempt, which has not
+    // answered yet, can still report. Let it answer, wait until the
+    // dispatcher has counted its report as stale, then check that it
+    // changed nothing. (Were the late result accepted, it would not be
+    // counted and the wait fails; were it applied, the job would differ.)
+    const STALE: &str = "pulse_ledger_stale_reports_total";
+    let first_done = || {
+        let done = format!("done {} 1", hex::encode(&late_job));
+        events(&events_path, &late_job).contains(&done)
+    };
+    assert!(
+        !first_done(),
+        "the late attempt answered before it was released"
+    );
+    let stale = server.0.metric(STALE).await;
+    std::fs::write(&release, b"").unwrap();
+    server.0.metric_reaches(STALE, stale + 1).await;
+    assert!(first_done(), "the late attempt never answered");
+    assert_eq!(job(&mut jobs, &late_job).await, j);
+    assert_eq!(server.0.metric(STALE).await, stale + 1);
     server.stop();
 }
 

@@ -431,7 +431,7 @@ fn job_pages_are_capped_by_bytes() {
 fn async_executors_drive_jobs_through_the_adapter() {
     use pulse_ledger::pulse::{
         AsyncExecutor, AsyncExecutorAdapter, AttemptSpec, DispatchConfig, Dispatcher, EventStream,
-        ExecEvent, JobId, Progress,
+        ExecEvent, JobId, Progress, StepReport,
     };
     struct Scripted;
     #[tonic::async_trait]
@@ -481,7 +481,15 @@ fn async_executors_drive_jobs_through_the_adapter() {
                 .id
         })
         .collect();
-    let adapter = AsyncExecutorAdapter::new(Scripted, runtime.handle().clone());
+    // The adapter wakes this thread after each report it sends, so the
+    // loop steps when there is something to apply, however long a step
+    // (with its fsync) or a report takes. Six reports are due: progress,
+    // cost and the result of job 0; a heartbeat from job 1, then a crash
+    // (its stream ends without a result); a crash from job 2 (its
+    // dispatch failed). Each report is applied by some step, so the bound
+    // is on steps: 3 dispatches and 6 reports need far fewer than 50.
+    let adapter = AsyncExecutorAdapter::new(Scripted, runtime.handle().clone())
+        .with_waker(std::thread::current());
     let mut d = Dispatcher::new(
         std::sync::Arc::clone(&store),
         adapter,
@@ -489,18 +497,38 @@ fn async_executors_drive_jobs_through_the_adapter() {
         Box::new(|_| None),
         3,
     );
-    let mut now = 2_000;
-    for _ in 0..50 {
+    let (mut now, mut steps) = (2_000, 0);
+    let mut total = StepReport::default();
+    // Only against a hang if a report never comes: no timing is assumed.
+    let hang = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while total.applied < 6 {
+        steps += 1;
+        assert!(steps <= 50, "{steps} steps, still {total:?}");
         now += 100;
-        d.step(now).unwrap();
-        if ids
-            .iter()
-            .all(|id| store.get(id).unwrap().state.is_terminal())
-        {
-            break;
+        let r = d.step(now).unwrap();
+        total.dispatched += r.dispatched;
+        total.applied += r.applied;
+        total.stale += r.stale;
+        total.timed_out += r.timed_out;
+        if total.applied < 6 && r == StepReport::default() {
+            let left = hang.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "no report for 60 s: {total:?}");
+            std::thread::park_timeout(left);
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    assert_eq!(
+        (
+            total.dispatched,
+            total.applied,
+            total.stale,
+            total.timed_out
+        ),
+        (3, 6, 0, 0)
+    );
+    assert!(
+        ids.iter()
+            .all(|id| store.get(id).unwrap().state.is_terminal())
+    );
     let done = store.get(&ids[0]).unwrap();
     assert_eq!(
         (

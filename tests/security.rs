@@ -627,91 +627,86 @@ async fn a_remote_plugin_is_reached_over_mutual_tls_only() {
     plugin.wait().unwrap();
 }
 
+/// SIGHUP to `server`.
+fn hup(server: &Serve) {
+    let pid = server.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+const RELOADS_APPLIED: &str = "pulse_ledger_token_reloads_total{outcome=\"applied\"}";
+const RELOADS_REFUSED: &str = "pulse_ledger_token_reloads_total{outcome=\"refused\"}";
+
+/// A reload is asynchronous: each one is awaited through its counter on
+/// the metrics endpoint (counted once its outcome is in force), then the
+/// tokens are checked. A reload that never ran never counts and fails the
+/// wait; one counted with the wrong outcome, or applied wrongly, fails the
+/// checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_reloaded_on_sighup_and_a_bad_reload_changes_nothing() {
     let dir = tempdir("security-reload");
     let (old, old_table) = token("old", &["read"]);
     let (new, new_table) = token("new", &["read"]);
     let config = write_config(&dir, &old_table);
-    let server = Serve::start(&["--config", &config], &dir.join("data"));
+    let server = Serve::start(
+        &["--config", &config, "--metrics-listen", "127.0.0.1:0"],
+        &dir.join("data"),
+    );
     let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
     let list = |t: &str| with_token(proto::ListJobsRequest::default(), t);
+    let refusal =
+        |r: Result<tonic::Response<proto::ListJobsResponse>, Status>| reason(&r.unwrap_err());
     jobs.list_jobs(list(&old)).await.unwrap();
-    let hup = || {
-        let pid = server.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    // Wait until `t` gets `want` (a reload is asynchronous).
-    async fn until(
-        jobs: &mut JobsClient<Channel>,
-        r: impl Fn() -> Request<proto::ListJobsRequest>,
-        want: Option<&str>,
-    ) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let got = jobs.list_jobs(r()).await.err().map(|s| reason(&s));
-            if got.as_deref() == want {
-                return;
-            }
-            assert!(Instant::now() < deadline, "still {got:?}, want {want:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    assert_eq!(server.metric(RELOADS_APPLIED).await, 0);
+    assert_eq!(server.metric(RELOADS_REFUSED).await, 0);
+
     // The old token is revoked and a new one issued, without a restart.
     std::fs::write(&config, &new_table).unwrap();
-    hup();
-    until(&mut jobs, || list(&old), Some("token_unknown")).await;
+    hup(&server);
+    server.metric_reaches(RELOADS_APPLIED, 1).await;
+    assert_eq!(refusal(jobs.list_jobs(list(&old)).await), "token_unknown");
     jobs.list_jobs(list(&new)).await.unwrap();
-    // A config that does not parse, or that has no token left, changes
-    // nothing: a reload never opens the jobs API.
-    for text in ["[[token]]\nname = 1\n", "max_running = 4\n"] {
+
+    // A config that does not parse, or that has no token left, is refused
+    // and changes nothing: a reload never opens the jobs API.
+    for (n, text) in [(1, "[[token]]\nname = 1\n"), (2, "max_running = 4\n")] {
         std::fs::write(&config, text).unwrap();
-        hup();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        hup(&server);
+        server.metric_reaches(RELOADS_REFUSED, n).await;
+        assert_eq!(server.metric(RELOADS_APPLIED).await, 1, "{text}");
         jobs.list_jobs(list(&new)).await.unwrap();
-        let s = jobs
-            .list_jobs(proto::ListJobsRequest::default())
-            .await
-            .unwrap_err();
-        assert_eq!(reason(&s), "token_missing");
+        assert_eq!(refusal(jobs.list_jobs(list(&old)).await), "token_unknown");
+        let open = jobs.list_jobs(proto::ListJobsRequest::default()).await;
+        assert_eq!(refusal(open), "token_missing", "{text}");
     }
     server.stop();
 
     // A server started open (loopback, no token) stays open on a reload
     // that still has none, and requires tokens once the file has one.
     let config = write_config(&dir, "max_running = 4\n");
-    let server = Serve::start(&["--config", &config], &dir.join("data-open"));
+    let server = Serve::start(
+        &["--config", &config, "--metrics-listen", "127.0.0.1:0"],
+        &dir.join("data-open"),
+    );
     let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
-    let hup = || {
-        let pid = server.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
-    hup();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    hup(&server);
+    server.metric_reaches(RELOADS_APPLIED, 1).await;
+    assert_eq!(server.metric(RELOADS_REFUSED).await, 0);
     jobs.list_jobs(proto::ListJobsRequest::default())
         .await
         .unwrap();
     std::fs::write(&config, &new_table).unwrap();
-    hup();
-    until(
-        &mut jobs,
-        || Request::new(proto::ListJobsRequest::default()),
-        Some("token_missing"),
-    )
-    .await;
+    hup(&server);
+    server.metric_reaches(RELOADS_APPLIED, 2).await;
+    let open = jobs.list_jobs(proto::ListJobsRequest::default()).await;
+    assert_eq!(refusal(open), "token_missing");
     jobs.list_jobs(list(&new)).await.unwrap();
+    assert_eq!(server.metric(RELOADS_REFUSED).await, 0);
     server.stop();
 }
 

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +27,9 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_micros: AtomicU64,
     log_size: AtomicU64,
+    /// SIGHUP token reloads: [applied, refused].
+    token_reloads: [AtomicU64; 2],
+    pulse: OnceLock<Arc<crate::pulse::PulseCounters>>,
 }
 
 impl Metrics {
@@ -59,6 +62,16 @@ impl Metrics {
 
     pub(crate) fn set_log_size(&self, size: u64) {
         self.log_size.fetch_max(size, Ordering::Relaxed);
+    }
+
+    /// Counts a token reload, once its outcome is in force.
+    pub(crate) fn token_reload(&self, applied: bool) {
+        self.token_reloads[usize::from(!applied)].fetch_add(1, Ordering::Release);
+    }
+
+    /// Shows the running dispatcher's counters too.
+    pub(crate) fn watch_pulse(&self, counters: Arc<crate::pulse::PulseCounters>) {
+        let _ = self.pulse.set(counters);
     }
 
     /// The metrics in the Prometheus text exposition format.
@@ -119,6 +132,30 @@ impl Metrics {
         let _ = writeln!(out, "# HELP pulse_ledger_log_size Entries in the log.");
         let _ = writeln!(out, "# TYPE pulse_ledger_log_size gauge");
         let _ = writeln!(out, "pulse_ledger_log_size {}", r(&self.log_size));
+        let _ = writeln!(
+            out,
+            "# HELP pulse_ledger_token_reloads_total Reloads of the [[token]] tables on SIGHUP: applied (in force) or refused (the previous tokens stay)."
+        );
+        let _ = writeln!(out, "# TYPE pulse_ledger_token_reloads_total counter");
+        for (outcome, n) in ["applied", "refused"].iter().zip(&self.token_reloads) {
+            let _ = writeln!(
+                out,
+                "pulse_ledger_token_reloads_total{{outcome=\"{outcome}\"}} {}",
+                n.load(Ordering::Acquire)
+            );
+        }
+        if let Some(p) = self.pulse.get() {
+            let _ = writeln!(
+                out,
+                "# HELP pulse_ledger_stale_reports_total Plugin reports refused because their attempt was no longer live (sent after a timeout, cancel or lost lease)."
+            );
+            let _ = writeln!(out, "# TYPE pulse_ledger_stale_reports_total counter");
+            let _ = writeln!(
+                out,
+                "pulse_ledger_stale_reports_total {}",
+                p.stale_reports()
+            );
+        }
         out
     }
 }
@@ -153,5 +190,43 @@ pub(crate) async fn serve_metrics(listener: TcpListener, metrics: std::sync::Arc
             );
             let _ = socket.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    fn sample(text: &str, name: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map(|v| v.parse().unwrap_or(u64::MAX))
+    }
+
+    #[test]
+    fn token_reloads_are_counted_by_outcome() {
+        let m = Metrics::default();
+        let applied = "pulse_ledger_token_reloads_total{outcome=\"applied\"}";
+        let refused = "pulse_ledger_token_reloads_total{outcome=\"refused\"}";
+        let text = m.render();
+        assert_eq!(
+            (sample(&text, applied), sample(&text, refused)),
+            (Some(0), Some(0))
+        );
+        m.token_reload(true);
+        m.token_reload(false);
+        m.token_reload(false);
+        let text = m.render();
+        assert_eq!(
+            (sample(&text, applied), sample(&text, refused)),
+            (Some(1), Some(2))
+        );
+        // The dispatcher's counters appear once it runs.
+        assert_eq!(sample(&text, "pulse_ledger_stale_reports_total"), None);
+        m.watch_pulse(std::sync::Arc::default());
+        assert_eq!(
+            sample(&m.render(), "pulse_ledger_stale_reports_total"),
+            Some(0)
+        );
     }
 }

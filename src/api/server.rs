@@ -220,11 +220,14 @@ pub enum ServeError {
 /// Reads the `[[token]]` tables of `file` again at every SIGHUP and puts
 /// them in force: tokens can be added and revoked without a restart. A
 /// file that does not parse, or a reload that would leave no token (and
-/// so open the jobs API), changes nothing and is logged.
+/// so open the jobs API), changes nothing and is logged. Each reload is
+/// counted by outcome (`pulse_ledger_token_reloads_total`) once that
+/// outcome is in force.
 async fn reload_tokens_on_sighup(
     mut hup: tokio::signal::unix::Signal,
     file: PathBuf,
     access: Arc<crate::auth::AccessCell>,
+    metrics: Arc<Metrics>,
 ) {
     while hup.recv().await.is_some() {
         let loaded = crate::auth::read_token_rules(&file).and_then(|rules| {
@@ -242,9 +245,11 @@ async fn reload_tokens_on_sighup(
         match loaded {
             Ok((a, n)) => {
                 access.replace(a);
+                metrics.token_reload(true);
                 tracing::info!(tokens = n, file = %file.display(), "tokens reloaded");
             }
             Err(e) => {
+                metrics.token_reload(false);
                 tracing::error!(error = %e, "tokens not reloaded; the previous ones stay in force")
             }
         }
@@ -378,6 +383,7 @@ pub async fn serve(
     );
     tokio::spawn(prune_jobs(Arc::clone(&store), config.job_retention_hours));
     let (runner, host) = start_pulse(&config, local, &ledger, &store);
+    metrics.watch_pulse(runner.handle().counters());
     if access.is_open() {
         tracing::warn!(listen = %local, "no [[token]] configured: the Jobs API is open to every client that can connect");
     }
@@ -391,6 +397,7 @@ pub async fn serve(
                     hup,
                     file.clone(),
                     Arc::clone(&access),
+                    Arc::clone(&metrics),
                 ));
             }
             Err(e) => {
@@ -434,8 +441,9 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     // The dispatcher stops first, so plugins going away are not recorded
-    // as crashes now (attempts still running are recovered as crashed on
-    // the next start); then plugins get Shutdown, SIGTERM, SIGKILL.
+    // as crashes now (attempts still running are recovered as interrupted
+    // on the next start: no attempt used, not a crash); then plugins get
+    // Shutdown, SIGTERM, SIGKILL.
     let _ = tokio::task::spawn_blocking(move || runner.stop()).await;
     host.shutdown().await;
     // In-flight appends have been answered; commit anything still queued

@@ -18,9 +18,10 @@
 //! (payload: milliseconds to sleep; returns `attempt N`, so a result
 //! names the attempt that produced it), `flood` (payload: a number of
 //! progress events sent as fast as possible, then returns), `late`
-//! (payload: milliseconds; the first attempt stops heartbeating, ignores
-//! cancel, sleeps that long and then returns `late`; later attempts return
-//! `on time` at once).
+//! (payload: milliseconds, or the path of a file; the first attempt stops
+//! heartbeating, ignores cancel, sleeps that long or until that file
+//! exists, and then returns `late`; later attempts return `on time` at
+//! once).
 //!
 //! `PULSE_TEST_PLUGIN_START_DELAY_MS` delays the handshake (a plugin that
 //! is slow to start).
@@ -92,12 +93,17 @@ async fn run(kind: Kind, ctx: &JobContext, payload: Vec<u8>) -> Result<Vec<u8>, 
             Ok(format!("flooded {n}").into_bytes())
         }
         Kind::Late => {
-            let ms: u64 = text
-                .parse()
-                .map_err(|_| JobError::fatal("late: the payload is milliseconds"))?;
             if ctx.attempt() == 1 {
                 ctx.stop_heartbeats();
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+                match text.parse::<u64>() {
+                    Ok(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                    // A file the test creates when it wants the answer.
+                    Err(_) => {
+                        while !std::path::Path::new(&text).exists() {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
                 return Ok(b"late".to_vec());
             }
             Ok(b"on time".to_vec())

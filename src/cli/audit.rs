@@ -10,7 +10,7 @@ use serde_json::json;
 use super::client::{ServerArg, call_failed};
 use super::error::{CliError, EXIT_VERIFY_FAILED};
 use super::files;
-use super::output::{Progress, bad, good};
+use super::output::{Progress, bad, escape, good};
 use super::remote::{extends, newest_checkpoint};
 use crate::Did;
 use crate::api::proto;
@@ -152,7 +152,7 @@ pub(crate) fn report_failure(e: &AuditError, as_json: bool) {
             json!({"ok": false, "code": e.code.as_str(), "index": e.index, "message": e.message})
         );
     } else {
-        println!("{} {e}", bad("FAILED"));
+        println!("{} {}", bad("FAILED"), escape(&e.to_string()));
     }
 }
 

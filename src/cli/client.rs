@@ -10,6 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::error::{CliError, EXIT_USAGE, EXIT_VERIFY_FAILED};
 use super::files;
+use super::output::escape;
 use crate::api::Bearer;
 use crate::api::proto::{self, registry_client::RegistryClient};
 
@@ -314,7 +315,7 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<ExitCode, CliError> {
                     if args.json {
                         println!("{}", json!({"file": shown, "ok": false, "code": code, "message": message}));
                     } else {
-                        println!("{shown} rejected {message}");
+                        println!("{shown} rejected {}", escape(&message));
                     }
                 }
             }
@@ -384,18 +385,20 @@ pub(crate) fn show(args: ShowArgs) -> Result<ExitCode, CliError> {
                 "schema": schema, "statement_indexes": s.statement_indexes,
             }));
         } else {
-            println!("subject  {}", s.did);
+            println!("subject  {}", escape(&s.did));
             println!("family   {}", family(s.family));
-            println!("name     {}", s.name);
+            println!("name     {}", escape(&s.name));
             if !s.plugin.is_empty() {
-                println!("plugin   {}", s.plugin);
+                println!("plugin   {}", escape(&s.plugin));
             }
-            println!("key      {}", s.current_key);
+            println!("key      {}", escape(&s.current_key));
             println!("seq      {}", s.seq);
             println!("head     {}", hex::encode(&s.head_id));
             println!("revoked  {}", if s.revoked { "yes" } else { "no" });
             println!("indexes  {:?}", s.statement_indexes);
-            println!("schema   {schema}");
+            // serde_json escapes C0 controls but not DEL, C1 or bidi
+            // controls a description may hold.
+            println!("schema   {}", escape(&schema.to_string()));
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -436,7 +439,7 @@ pub(crate) fn list(args: ListArgs, plugins: bool) -> Result<ExitCode, CliError> 
                     println!("{}", json!({"did": h.did, "name": h.name, "plugin": h.plugin, "seq": h.seq, "revoked": h.revoked}));
                 } else {
                     let revoked = if h.revoked { " (revoked)" } else { "" };
-                    println!("{} {} seq {}{revoked}", h.name, h.did, h.seq);
+                    println!("{} {} seq {}{revoked}", escape(&h.name), escape(&h.did), h.seq);
                 }
             }
             if page.next_page_token.is_empty() {
@@ -460,9 +463,9 @@ pub(crate) fn log(cmd: LogCmd) -> Result<ExitCode, CliError> {
                 if json {
                     println!("{}", json!({"log_did": i.log_did, "origin": i.origin, "size": i.size, "root": hex::encode(&i.root_hash), "verifier_key": i.verifier_key}));
                 } else {
-                    println!("origin        {}", i.origin);
-                    println!("log key       {}", i.log_did);
-                    println!("verifier key  {}", i.verifier_key);
+                    println!("origin        {}", escape(&i.origin));
+                    println!("log key       {}", escape(&i.log_did));
+                    println!("verifier key  {}", escape(&i.verifier_key));
                     println!("size          {}", i.size);
                     println!("root          {}", hex::encode(&i.root_hash));
                 }
@@ -517,7 +520,7 @@ fn print_entry(e: &proto::Entry, json: bool) {
                 st.seq
             );
         }
-        Err(err) => println!("{} {id} INVALID {err}", e.index),
+        Err(err) => println!("{} {id} INVALID {}", e.index, escape(&err.to_string())),
     }
 }
 

@@ -24,8 +24,9 @@ pub enum CliError {
     /// Arguments that do not make sense together, or a bad file.
     #[error("{0}")]
     Usage(String),
-    /// The server refused a call.
-    #[error("server: {message}")]
+    /// The server refused a call. Its message may quote a plugin or a
+    /// caller, so it is escaped ([`super::output::escape`]).
+    #[error("server: {}", super::output::escape(message))]
     Server {
         /// The gRPC status code.
         code: tonic::Code,

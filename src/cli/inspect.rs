@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use super::error::CliError;
 use super::files;
+use super::output::escape;
 use crate::{Action, Schema};
 
 /// Print an attestation for people (or as JSON).
@@ -56,17 +57,18 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, CliError> {
     match &st.action {
         Action::Register(s) | Action::Update(s) => print_schema(s),
         Action::Rotate { new_key } => println!("new_key    {new_key}"),
-        Action::Revoke { reason } => {
-            println!("reason     {}", reason.as_deref().unwrap_or("(none given)"))
-        }
+        Action::Revoke { reason } => println!(
+            "reason     {}",
+            reason.as_deref().map_or("(none given)".into(), escape)
+        ),
     }
     println!("signatures verified");
     Ok(ExitCode::SUCCESS)
 }
 
-/// One line naming a schema.
+/// One line naming a schema (escaped: it is printed as is).
 pub(crate) fn describe_schema(schema: &Schema) -> String {
-    match schema {
+    let line = match schema {
         Schema::Handler(h) => format!("{} {} (plugin {})", h.name, h.version, h.plugin),
         Schema::Plugin(p) => format!(
             "{} {} (protocol {}{})",
@@ -78,27 +80,30 @@ pub(crate) fn describe_schema(schema: &Schema) -> String {
                 .map(|e| format!(", endpoint {e}"))
                 .unwrap_or_default()
         ),
-    }
+    };
+    escape(&line).into_owned()
 }
 
 fn print_schema(schema: &Schema) {
     let Schema::Handler(h) = schema else {
         if let Schema::Plugin(p) = schema {
-            println!("name       {}", p.name);
-            println!("version    {}", p.version);
+            println!("name       {}", escape(&p.name));
+            println!("version    {}", escape(&p.version));
             println!("protocol   {}", p.protocol);
             println!(
                 "endpoint   {}",
-                p.endpoint.as_deref().unwrap_or("(spawned locally)")
+                p.endpoint
+                    .as_deref()
+                    .map_or("(spawned locally)".into(), escape)
             );
             if let Some(d) = &p.description {
-                println!("describe   {d}");
+                println!("describe   {}", escape(d));
             }
         }
         return;
     };
-    println!("name       {}", h.name);
-    println!("version    {}", h.version);
+    println!("name       {}", escape(&h.name));
+    println!("version    {}", escape(&h.version));
     println!("plugin     {}", h.plugin);
     println!(
         "timeout    {} ms{}",
@@ -120,7 +125,7 @@ fn print_schema(schema: &Schema) {
             .map_or("no limit".into(), |c| c.to_string())
     );
     if let Some(d) = &h.description {
-        println!("describe   {d}");
+        println!("describe   {}", escape(d));
     }
     if let Some(s) = &h.input_schema {
         println!("input      {} bytes of JSON Schema", s.len());

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use super::client::{ServerArg, call_failed, runtime};
 use super::error::CliError;
+use super::output::escape;
 use crate::api::AuthedChannel;
 use crate::api::proto::{self, jobs_client::JobsClient};
 use serde_json::json;
@@ -174,49 +175,68 @@ fn parse_id(text: &str) -> Result<Vec<u8>, CliError> {
     }
 }
 
-/// `[#####-----]  50% running 1/3 cost 12 message`, for a terminal.
+/// `[#####-----]  50% running 1/3 cost 12 message`, for a terminal. The
+/// message is the plugin's, so it is escaped.
 fn progress_line(j: &proto::Job) -> String {
     let filled = (j.progress_percent.min(100) / 5) as usize;
     let reason = if j.reason.is_empty() {
         String::new()
     } else {
-        format!(" ({})", j.reason)
+        format!(" ({})", escape(&j.reason))
     };
     format!(
         "[{}{}] {:>3}% {}{reason} attempt {}/{} cost {} {}",
         "#".repeat(filled),
         "-".repeat(20 - filled),
         j.progress_percent,
-        j.state,
+        escape(&j.state),
         j.attempts,
         j.max_attempts,
         j.total_cost,
-        j.progress_message
+        escape(&j.progress_message)
     )
 }
 
-/// A result for people: UTF-8 text as is (control characters escaped),
-/// anything else as hex; at most 1,000 characters.
+/// A result for people, on one line: UTF-8 text escaped ([`escape`]:
+/// newlines too), anything else as hex; at most 1,000 characters.
 fn result_text(bytes: &[u8]) -> String {
     let text = match std::str::from_utf8(bytes) {
-        Ok(t) => t
-            .trim_end()
-            .chars()
-            .flat_map(|c| {
-                let escaped: Vec<char> = if c.is_control() && c != '\n' {
-                    c.escape_default().collect()
-                } else {
-                    vec![c]
-                };
-                escaped
-            })
-            .collect(),
+        Ok(t) => escape(t.trim_end()).into_owned(),
         Err(_) => format!("0x{}", hex::encode(bytes)),
     };
     match text.char_indices().nth(1000) {
         Some((at, _)) => format!("{}… ({} bytes)", &text[..at], bytes.len()),
         None => text,
     }
+}
+
+/// `ID STATE (REASON) attempts N/M cost C progress P% [message] error:
+/// ERROR`, every text from the server or the plugin escaped.
+fn job_line(j: &proto::Job) -> String {
+    let id = hex::encode(&j.id);
+    let reason = if j.reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", escape(&j.reason))
+    };
+    let message = if j.progress_message.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", escape(&j.progress_message))
+    };
+    let error = if j.last_error.is_empty() {
+        String::new()
+    } else {
+        format!(" error: {}", escape(&j.last_error))
+    };
+    format!(
+        "{id} {}{reason} attempts {}/{} cost {} progress {}%{message}{error}",
+        escape(&j.state),
+        j.attempts,
+        j.max_attempts,
+        j.total_cost,
+        j.progress_percent,
+    )
 }
 
 fn print_job(j: &proto::Job, json: bool) {
@@ -238,24 +258,7 @@ fn print_job(j: &proto::Job, json: bool) {
             })
         );
     } else {
-        let reason = if j.reason.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", j.reason)
-        };
-        println!(
-            "{id} {}{reason} attempts {}/{} cost {} progress {}%{}",
-            j.state,
-            j.attempts,
-            j.max_attempts,
-            j.total_cost,
-            j.progress_percent,
-            if j.last_error.is_empty() {
-                String::new()
-            } else {
-                format!(" error: {}", j.last_error)
-            }
-        );
+        println!("{}", job_line(j));
         if !j.result.is_empty() {
             println!("  result: {}", result_text(&j.result));
         }
@@ -429,7 +432,7 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                                 json!({"seq": l.seq, "attempt": l.attempt, "at_ms": l.at_ms, "line": l.line})
                             );
                         } else {
-                            println!("[attempt {}] {}", l.attempt, l.line);
+                            println!("[attempt {}] {}", l.attempt, escape(&l.line));
                         }
                     }
                     let more = page.next_after_seq != after;
@@ -506,5 +509,45 @@ mod tests {
             super::progress_line(&j),
             "[##########----------]  50% running attempt 1/3 cost 12 halfway"
         );
+    }
+
+    /// A plugin's text (progress message, error, result) cannot drive the
+    /// terminal or forge a line: it is shown escaped, on the job's line.
+    #[test]
+    fn plugin_text_is_escaped_in_every_human_line() {
+        let j = super::proto::Job {
+            id: vec![0xab; 16],
+            state: "dead".into(),
+            reason: "non_retryable".into(),
+            attempts: 1,
+            max_attempts: 1,
+            progress_percent: 50,
+            progress_message: "\x1b[2J\x1b]0;title\x07half".into(),
+            last_error: "exit 3\nFAILED entry 1: forged\u{202e}".into(),
+            ..Default::default()
+        };
+        let line = super::job_line(&j);
+        assert_eq!(
+            line,
+            format!(
+                "{} dead (non_retryable) attempts 1/1 cost 0 progress 50% \
+                 [\\u{{1b}}[2J\\u{{1b}}]0;title\\u{{7}}half] \
+                 error: exit 3\\nFAILED entry 1: forged\\u{{202e}}",
+                "ab".repeat(16)
+            )
+        );
+        let bar = super::progress_line(&j);
+        assert!(
+            bar.ends_with("cost 0 \\u{1b}[2J\\u{1b}]0;title\\u{7}half"),
+            "{bar}"
+        );
+        assert_eq!(
+            super::result_text(b"line 1\nline 2\x1b[0m\n"),
+            "line 1\\nline 2\\u{1b}[0m"
+        );
+        assert_eq!(super::result_text(&[0xff, 0x1b]), "0xff1b");
+        for text in [line, bar, super::result_text("a\x1bb\u{9b}".as_bytes())] {
+            assert!(!text.chars().any(|c| c.is_control()), "{text:?}");
+        }
     }
 }

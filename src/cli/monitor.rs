@@ -16,7 +16,7 @@ use super::audit::log_key;
 use super::client::{ServerArg, call_failed, connect, runtime};
 use super::error::{CliError, EXIT_VERIFY_FAILED};
 use super::files;
-use super::output::{bad, good};
+use super::output::{bad, escape, good};
 use super::remote::{extends, hashes, newest_checkpoint};
 use crate::api::proto::{self, registry_client::RegistryClient};
 use crate::audit::{AuditCode, AuditError, available_threads, verify_parallel};
@@ -494,7 +494,7 @@ impl Monitor {
                         json!({"type": "alert", "code": e.code.as_str(), "index": e.index, "message": e.message})
                     );
                 } else {
-                    println!("{} {e}", bad("ALERT"));
+                    println!("{} {}", bad("ALERT"), escape(&e.to_string()));
                 }
                 self.alerts += 1;
             }

@@ -10,6 +10,7 @@ use super::client::ServerArg;
 use super::error::{CliError, EXIT_USAGE, EXIT_VERIFY_FAILED};
 use super::files;
 use super::inspect::describe_schema;
+use super::output::escape;
 use crate::{ChainState, verify_attestation, verify_chain};
 
 /// What to verify.
@@ -292,7 +293,7 @@ fn attestations(paths: &[PathBuf], as_json: bool) -> Result<ExitCode, CliError> 
                 if as_json {
                     results.push(json!({"file": shown, "ok": false, "code": e.code().as_str(), "message": e.message()}));
                 } else {
-                    println!("FAIL {shown} {e}");
+                    println!("FAIL {shown} {}", escape(&e.to_string()));
                 }
             }
         }
@@ -339,7 +340,8 @@ fn chain(paths: &[PathBuf], as_json: bool) -> Result<ExitCode, CliError> {
             } else {
                 println!(
                     "chain FAILED at statement {} ({file}): {}",
-                    e.index, e.error
+                    e.index,
+                    escape(&e.error.to_string())
                 );
                 if let Some(eq) = &e.equivocation {
                     println!(

@@ -3,6 +3,8 @@
 //! arrives, and at least every `idle` otherwise (for run_at, retries,
 //! deadlines and held jobs).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
@@ -25,6 +27,23 @@ enum Command {
 pub struct PulseHandle {
     tx: Sender<Command>,
     thread: Thread,
+    counters: Arc<PulseCounters>,
+}
+
+/// What a running dispatcher has done since it started, for metrics.
+#[derive(Debug, Default)]
+pub struct PulseCounters {
+    stale_reports: AtomicU64,
+}
+
+impl PulseCounters {
+    /// Reports refused because their attempt was no longer live (a result
+    /// or error sent after the attempt timed out, was cancelled or lost its
+    /// lease). Counted once the step that refused them has ended, so a
+    /// reader that sees the count also sees that they changed nothing.
+    pub fn stale_reports(&self) -> u64 {
+        self.stale_reports.load(Ordering::Acquire)
+    }
 }
 
 fn stopped() -> JobError {
@@ -66,6 +85,11 @@ impl PulseHandle {
     pub fn wake(&self) {
         self.thread.unpark();
     }
+
+    /// The dispatcher's counters.
+    pub fn counters(&self) -> Arc<PulseCounters> {
+        Arc::clone(&self.counters)
+    }
 }
 
 /// A dispatcher running on its own thread.
@@ -84,16 +108,19 @@ impl PulseRunner {
         F: FnOnce(Thread) -> Dispatcher<E> + Send + 'static,
     {
         let (tx, rx) = channel();
+        let counters = Arc::new(PulseCounters::default());
+        let counting = Arc::clone(&counters);
         let join = std::thread::Builder::new()
             .name("pulse-dispatcher".into())
             .spawn(move || {
                 let d = build(std::thread::current());
-                run(d, &rx, idle);
+                run(d, &rx, idle, &counting);
             })
             .unwrap_or_else(|e| panic!("cannot start the dispatcher thread: {e}"));
         let handle = PulseHandle {
             tx,
             thread: join.thread().clone(),
+            counters,
         };
         PulseRunner {
             handle,
@@ -128,7 +155,12 @@ impl Drop for PulseRunner {
     }
 }
 
-fn run<E: Executor>(mut d: Dispatcher<E>, rx: &Receiver<Command>, idle: Duration) {
+fn run<E: Executor>(
+    mut d: Dispatcher<E>,
+    rx: &Receiver<Command>,
+    idle: Duration,
+    counters: &PulseCounters,
+) {
     match d.recover(crate::clock::unix_ms()) {
         Ok(0) => {}
         Ok(n) => tracing::info!(interrupted = n, "recovered attempts left running"),
@@ -146,7 +178,13 @@ fn run<E: Executor>(mut d: Dispatcher<E>, rx: &Receiver<Command>, idle: Duration
                 Command::Stop => return,
             }
         }
-        match d.step(crate::clock::unix_ms()) {
+        let step = d.step(crate::clock::unix_ms());
+        if let Ok(r) = &step {
+            counters
+                .stale_reports
+                .fetch_add(r.stale as u64, Ordering::Release);
+        }
+        match step {
             // Work done may have made more work (results free slots):
             // step again before sleeping.
             Ok(r) if r.dispatched > 0 || r.applied > 0 || r.stale > 0 => continue,

@@ -118,12 +118,15 @@ pub struct Serve {
     pub child: std::process::Child,
     /// `http://ADDR` of the gRPC API.
     pub url: String,
+    /// `ADDR` of the Prometheus endpoint, when ARGS had `--metrics-listen`.
+    pub metrics: Option<String>,
 }
 
 impl Serve {
     /// Runs `serve --listen 127.0.0.1:0 ARGS --data-dir DIR` and waits for
-    /// its first line (the address it listens on). Its stderr goes to the
-    /// test's.
+    /// its first line (the address it listens on), and the second (the
+    /// metrics address) if ARGS has `--metrics-listen`. Its stderr goes to
+    /// the test's.
     pub fn start(args: &[&str], data_dir: &std::path::Path) -> Serve {
         Serve::start_with_env(args, data_dir, &[])
     }
@@ -148,9 +151,54 @@ impl Serve {
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let first = lines.next().unwrap().unwrap();
         let addr = first.split_whitespace().nth(3).unwrap().to_owned();
+        // "metrics on http://ADDR/metrics"
+        let metrics = args.contains(&"--metrics-listen").then(|| {
+            let second = lines.next().unwrap().unwrap();
+            let url = second.split_whitespace().nth(2).unwrap();
+            url.trim_start_matches("http://")
+                .trim_end_matches("/metrics")
+                .to_owned()
+        });
         Serve {
             child,
             url: format!("http://{addr}"),
+            metrics,
+        }
+    }
+
+    /// The value of the sample `name` (with its labels, as written, e.g.
+    /// `x_total{outcome="applied"}`) on the metrics endpoint; 0 when absent.
+    pub async fn metric(&self, name: &str) -> u64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self
+            .metrics
+            .as_deref()
+            .expect("started with --metrics-listen");
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+
+    /// Waits until the sample `name` is at least `want` (at most 30 s: a
+    /// bound against hanging, not a timing the test relies on).
+    pub async fn metric_reaches(&self, name: &str, want: u64) -> u64 {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let got = self.metric(name).await;
+            if got >= want {
+                return got;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "{name} is {got}, never reached {want}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
