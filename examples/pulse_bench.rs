@@ -10,6 +10,12 @@
 //! `startup` stores JOBS queued jobs (default 1,000,000) with 100 of them
 //! running, closes everything, and times reopening the ledger and the job
 //! store, recovering the interrupted attempts and dispatching the first job.
+//!
+//! `flood cost|log|progress [EVENTS]` runs one job with a 1 MiB payload
+//! through the async executor adapter (the plugin proxy's path, without
+//! the network), whose attempt sends EVENTS (default 50,000) reports of
+//! that kind as fast as it can, then succeeds; it prints how long the
+//! dispatcher took to apply them and the process's peak RSS.
 
 #![allow(clippy::unwrap_used)] // a benchmark harness: a panic is a report
 
@@ -114,8 +120,119 @@ fn startup(jobs: usize) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An attempt that floods reports of one kind, then succeeds.
+struct Flood {
+    kind: String,
+    events: u64,
+}
+
+#[pulse_ledger::plugin::sdk::async_trait]
+impl pulse_ledger::pulse::AsyncExecutor for Flood {
+    async fn dispatch(&self, _: AttemptSpec) -> Result<pulse_ledger::pulse::EventStream, String> {
+        let kind = self.kind.clone();
+        let events = (0..self.events)
+            .map(move |i| match kind.as_str() {
+                "cost" => ExecEvent::Cost(1),
+                "log" => ExecEvent::Log(format!("line {i}")),
+                _ => ExecEvent::Progress(pulse_ledger::pulse::Progress {
+                    percent: (i % 100) as u8,
+                    message: "flood".into(),
+                    checkpoint: Vec::new(),
+                }),
+            })
+            .chain(std::iter::once(ExecEvent::Succeeded(b"done".to_vec())));
+        Ok(Box::pin(tokio_stream::iter(events)))
+    }
+
+    async fn cancel(&self, _: JobId, _: LeaseToken) {}
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn flood(kind: &str, events: u64) {
+    let dir = std::env::temp_dir().join(format!("pulse-bench-flood-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ledger = Ledger::open(LedgerConfig::new(dir.join("data"), "bench/log")).unwrap();
+    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let handler =
+        Did::from_verifying_key(&SigningKey::from_bytes(&[1; 32]).verifying_key()).unwrap();
+    let plugin =
+        Did::from_verifying_key(&SigningKey::from_bytes(&[2; 32]).verifying_key()).unwrap();
+    let schema = HandlerSchema::new("bench", "1.0.0", plugin);
+    let req = JobRequest {
+        payload: vec![7; 1024 * 1024],
+        ..Default::default()
+    };
+    let (job, _) = store.enqueue(&handler, &schema, &req, 1_000).unwrap();
+    let executor = pulse_ledger::pulse::AsyncExecutorAdapter::new(
+        Flood {
+            kind: kind.into(),
+            events,
+        },
+        runtime.handle().clone(),
+    )
+    .with_waker(std::thread::current());
+    let mut d = Dispatcher::new(
+        Arc::clone(&store),
+        executor,
+        DispatchConfig::default(),
+        Box::new(|_| None),
+        1,
+    );
+    let start = Instant::now();
+    let mut steps = 0u64;
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let r = d.step(now).unwrap();
+        steps += 1;
+        if store.get(&job.id).unwrap().state.is_terminal() {
+            break;
+        }
+        if r.applied == 0 && r.dispatched == 0 {
+            std::thread::park_timeout(Duration::from_millis(1));
+        }
+    }
+    let took = start.elapsed();
+    let j = store.get(&job.id).unwrap();
+    println!(
+        "flood {kind}: {events} reports applied in {:.2} s ({:.0}/s, {steps} steps), job {}, total cost {}, peak RSS {:.0} MiB",
+        took.as_secs_f64(),
+        events as f64 / took.as_secs_f64(),
+        j.state.as_str(),
+        j.total_cost,
+        peak_rss_mib()
+    );
+    drop(d);
+    drop(store);
+    drop(ledger);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("flood") {
+        args.next();
+        let kind = args.next().unwrap_or_else(|| "cost".into());
+        flood(&kind, args.next().map_or(50_000, |n| n.parse().unwrap()));
+        return;
+    }
     if args.peek().map(String::as_str) == Some("startup") {
         args.next();
         startup(args.next().map_or(1_000_000, |n| n.parse().unwrap()));

@@ -887,6 +887,10 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running() {
     // A flood of progress events: the job finishes, and so do others
     // enqueued while it floods.
     let flood_job = enqueue(&mut jobs, enqueue_req(&flood, "50000")).await;
+    // And of cost reports and log lines: each reaches the job (all the
+    // cost, the last 1,000 lines), in bounded memory.
+    let cost_flood = enqueue(&mut jobs, enqueue_req(&flood, "50000 cost")).await;
+    let log_flood = enqueue(&mut jobs, enqueue_req(&flood, "50000 log")).await;
     for i in 0..5 {
         survivors.push((
             enqueue(&mut jobs, enqueue_req(&echo, &format!("f{i}"))).await,
@@ -906,6 +910,30 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running() {
             j.last_error
         );
     }
+    let j = finished(&mut jobs, &cost_flood, 60).await;
+    assert_eq!(
+        (j.state.as_str(), j.total_cost),
+        ("succeeded", 50_000),
+        "{}",
+        j.last_error
+    );
+    let j = finished(&mut jobs, &log_flood, 60).await;
+    assert_eq!(j.state, "succeeded", "{}", j.last_error);
+    let lines = jobs
+        .get_job_log(proto::GetJobLogRequest {
+            id: log_flood.clone(),
+            after_seq: 0,
+            page_size: 1000,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lines;
+    assert_eq!(lines.len(), 1000, "the last 1,000 lines are kept");
+    assert_eq!(
+        (lines[0].seq, lines[999].seq, lines[999].line.as_str()),
+        (49_001, 50_000, "line 50000")
+    );
     let j = finished(&mut jobs, &flood_job, 60).await;
     assert_eq!(
         (j.state.as_str(), j.result.as_slice()),

@@ -17,7 +17,8 @@
 //! (returns the Unix time in microseconds at which it started), `attempt`
 //! (payload: milliseconds to sleep; returns `attempt N`, so a result
 //! names the attempt that produced it), `flood` (payload: a number of
-//! progress events sent as fast as possible, then returns), `late`
+//! events, then optionally `progress` (the default), `cost` (1 unit each)
+//! or `log` (`line N`); sent as fast as possible, then returns), `late`
 //! (payload: milliseconds, or the path of a file; the first attempt stops
 //! heartbeating, ignores cancel, sleeps that long or until that file
 //! exists, and then returns `late`; later attempts return `on time` at
@@ -84,11 +85,17 @@ async fn run(kind: Kind, ctx: &JobContext, payload: Vec<u8>) -> Result<Vec<u8>, 
             .into_bytes()),
         Kind::Noop => Ok(Vec::new()),
         Kind::Flood => {
-            let n: u32 = text
-                .parse()
-                .map_err(|_| JobError::fatal("flood: the payload is a number of events"))?;
+            let (n, what) = text.split_once(' ').unwrap_or((&text, "progress"));
+            let n: u32 = n.parse().map_err(|_| {
+                JobError::fatal("flood: the payload is a number of events [progress|cost|log]")
+            })?;
             for i in 0..n {
-                ctx.progress((i % 100) as u8, "flood", Vec::new()).await;
+                match what {
+                    "progress" => ctx.progress((i % 100) as u8, "flood", Vec::new()).await,
+                    "cost" => ctx.cost(1).await,
+                    "log" => ctx.log(format!("line {}", i + 1)).await,
+                    other => return Err(JobError::fatal(format!("flood: no event kind {other}"))),
+                }
             }
             Ok(format!("flooded {n}").into_bytes())
         }

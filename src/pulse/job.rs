@@ -266,6 +266,7 @@ pub struct Progress {
     /// For people.
     pub message: String,
     /// Opaque resume state for the next attempt.
+    #[serde(with = "serde_bytes")]
     pub checkpoint: Vec<u8>,
 }
 
@@ -379,7 +380,8 @@ impl JobState {
     }
 }
 
-/// A job and everything that happened to it.
+/// A job and everything that happened to it. Stored by the job store as
+/// a versioned record: see the rule for changing it in `pulse/record.rs`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     /// Unique, time-sortable.
@@ -387,6 +389,7 @@ pub struct Job {
     /// The handler's did:key.
     pub handler: Did,
     /// Opaque input.
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
     /// 0..=9, higher first.
     pub priority: u8,
@@ -407,6 +410,7 @@ pub struct Job {
     /// Cost over all attempts.
     pub total_cost: u64,
     /// The result, once succeeded.
+    #[serde(with = "serde_bytes")]
     pub result: Option<Vec<u8>>,
     /// The latest error.
     pub last_error: Option<String>,

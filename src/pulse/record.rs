@@ -15,10 +15,21 @@
 //! - Any other change bumps [`RECORD_VERSION`] and teaches [`decode`] to
 //!   read the old version; the old golden file stays and must still read.
 //!
-//! `tests/golden/job-records-v1.txt` holds the bytes of one record of
+//! `tests/golden/job-records-v2.txt` holds the bytes of one record of
 //! every state and variant, written by this version; the store's tests
 //! check that today's code writes exactly those bytes and reads them back
-//! (regenerate only on purpose, with `PULSE_LEDGER_BLESS=1`).
+//! (regenerate only on purpose, with `PULSE_LEDGER_BLESS=1`). The golden
+//! files of older versions are never regenerated: they must still read.
+//!
+//! # Versions
+//!
+//! - 0: no version byte (the first byte is a CBOR map or array header);
+//!   otherwise as 1.
+//! - 1: byte fields (payload, result, progress checkpoint) as arrays of
+//!   integers.
+//! - 2: byte fields as CBOR byte strings (half the size, and copied rather
+//!   than encoded byte by byte). The reader takes either form of a byte
+//!   field, so versions 0 to 2 share one decoder.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -26,7 +37,7 @@ use serde::de::DeserializeOwned;
 use crate::attest::cbor::{record_from_slice, record_to_vec};
 
 /// The version byte written before every record.
-pub(crate) const RECORD_VERSION: u8 = 1;
+pub(crate) const RECORD_VERSION: u8 = 2;
 
 /// A record's stored bytes: [`RECORD_VERSION`], then packed CBOR.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -45,10 +56,10 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 /// A version this build does not know, or CBOR that does not fit `T`.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     match bytes.first() {
-        Some(&RECORD_VERSION) => record_from_slice(&bytes[1..]),
+        Some(1..=RECORD_VERSION) => record_from_slice(&bytes[1..]),
         Some(0x80..=0xbf) => record_from_slice(bytes),
         Some(v) => Err(format!(
-            "record version {v} is not known to this build (it reads 0 and {RECORD_VERSION}); \
+            "record version {v} is not known to this build (it reads 0 to {RECORD_VERSION}); \
              was the data dir written by a newer pulse-ledger?"
         )),
         None => Err("empty record".into()),

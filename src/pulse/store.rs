@@ -1284,30 +1284,54 @@ mod tests {
         out
     }
 
-    /// Today's code writes exactly the golden bytes and reads them back:
-    /// reordering a field or variant of a record type fails here (see the
-    /// rule in `pulse/record.rs`).
+    fn golden(version: u8) -> Vec<(String, Vec<u8>)> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("tests/golden/job-records-v{version}.txt"));
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (name, hex) = l.split_once(' ').unwrap();
+                (name.to_owned(), hex::decode(hex).unwrap())
+            })
+            .collect()
+    }
+
+    /// Reads `bytes` as the record `name` and checks it is `expected`.
+    fn assert_reads_as(name: &str, bytes: &[u8], expected: &[u8]) {
+        if name.starts_with("job/") {
+            let read: Stored = record_from_slice(bytes).unwrap();
+            let want: Stored = record_from_slice(expected).unwrap();
+            assert_eq!(read.job, want.job, "{name}");
+            assert_eq!(read.placement, want.placement, "{name}");
+        } else if name == "log_line" {
+            let read: LogLine = record_from_slice(bytes).unwrap();
+            assert_eq!(read.line, "hello");
+            assert_eq!((read.attempt, read.at_ms), (2, 1_700_000_000_000));
+        } else {
+            let read: Budget = record_from_slice(bytes).unwrap();
+            assert_eq!((read.per_hour, read.per_day), (Some(100), None));
+        }
+    }
+
+    /// Today's code writes exactly the golden bytes of this version and
+    /// reads them back: reordering a field or variant of a record type
+    /// fails here (see the rule in `pulse/record.rs`).
     #[test]
     fn records_match_the_golden_bytes() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden/job-records-v1.txt");
         let cases = golden_cases();
         if std::env::var_os("PULSE_LEDGER_BLESS").is_some() {
             let text: String = cases
                 .iter()
                 .map(|(name, bytes)| format!("{name} {}\n", hex::encode(bytes)))
                 .collect();
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, text).unwrap();
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+                "tests/golden/job-records-v{}.txt",
+                super::super::record::RECORD_VERSION
+            ));
+            std::fs::write(path, text).unwrap();
         }
-        let golden = std::fs::read_to_string(&path).unwrap();
-        let golden: Vec<(&str, Vec<u8>)> = golden
-            .lines()
-            .map(|l| {
-                let (name, hex) = l.split_once(' ').unwrap();
-                (name, hex::decode(hex).unwrap())
-            })
-            .collect();
+        let golden = golden(super::super::record::RECORD_VERSION);
         assert_eq!(golden.len(), cases.len(), "one golden line per case");
         for ((name, bytes), (gname, gbytes)) in cases.iter().zip(&golden) {
             assert_eq!(name, gname);
@@ -1316,19 +1340,22 @@ mod tests {
                 hex::encode(gbytes),
                 "{name}: bytes changed"
             );
-            if name.starts_with("job/") {
-                let mine: Stored = record_from_slice(bytes).unwrap();
-                let read: Stored = record_from_slice(gbytes).unwrap();
-                assert_eq!(read.job, mine.job, "{name}");
-                assert_eq!(read.placement, mine.placement, "{name}");
-            } else if name == "log_line" {
-                let read: LogLine = record_from_slice(gbytes).unwrap();
-                assert_eq!(read.line, "hello");
-                assert_eq!((read.attempt, read.at_ms), (2, 1_700_000_000_000));
-            } else {
-                let read: Budget = record_from_slice(gbytes).unwrap();
-                assert_eq!((read.per_hour, read.per_day), (Some(100), None));
-            }
+            assert_reads_as(name, gbytes, bytes);
+        }
+    }
+
+    /// Records written by earlier versions still read, as the same values.
+    #[test]
+    fn records_of_earlier_versions_still_read() {
+        let cases = golden_cases();
+        let old = golden(1);
+        assert_eq!(old.len(), cases.len());
+        for ((name, bytes), (gname, gbytes)) in cases.iter().zip(&old) {
+            assert_eq!(name, gname);
+            assert_eq!(gbytes[0], 1, "{name}");
+            assert_reads_as(name, gbytes, bytes);
+            // Version 0: the same record without its version byte.
+            assert_reads_as(name, &gbytes[1..], bytes);
         }
     }
 
