@@ -820,10 +820,16 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running() {
     let timings = TIMINGS.replace("plugin_wait_secs = 2", "plugin_wait_secs = 30");
     let config = format!(
         "{timings}{}{}{slow_table}",
+        // The late attempt runs on after its cancel until the test lets it
+        // answer, however long the test takes to get there.
         plugin_table(
             "tools",
             &["--key".into(), key_file(&dir, &tools).display().to_string()],
             &events_path
+        )
+        .replace(
+            "env = { ",
+            "env = { PULSE_TEST_PLUGIN_CANCEL_GRACE_MS = \"300000\", "
         ),
         plugin_table(
             "crashy",
@@ -960,10 +966,12 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running() {
     );
 
     // Every job has finished; only the late first attempt, which has not
-    // answered yet, can still report. Let it answer, wait until the
-    // dispatcher has counted its report as stale, then check that it
-    // changed nothing. (Were the late result accepted, it would not be
-    // counted and the wait fails; were it applied, the job would differ.)
+    // answered yet, can still report. Let it answer (the SDK sends nothing
+    // more for a cancelled attempt and ends its stream, which reaches Pulse
+    // as the attempt's last report), wait until the dispatcher has counted
+    // that report as stale, then check that it changed nothing. (Were the
+    // report applied, it would not be counted and the wait fails, or the
+    // job would differ.)
     const STALE: &str = "pulse_ledger_stale_reports_total";
     let first_done = || {
         let done = format!("done {} 1", hex::encode(&late_job));

@@ -24,6 +24,9 @@
 //! exists, and then returns `late`; later attempts return `on time` at
 //! once).
 //!
+//! `PULSE_TEST_PLUGIN_CANCEL_GRACE_MS` sets how long a cancelled handler
+//! may run on (the SDK's `cancel_grace`).
+//!
 //! `PULSE_TEST_PLUGIN_START_DELAY_MS` delays the handshake (a plugin that
 //! is slow to start).
 //!
@@ -247,6 +250,12 @@ async fn main() {
         env!("CARGO_PKG_VERSION"),
         "test handlers: echo, noop, sleep, fail, crash, hang, progress, cost",
     );
+    if let Some(ms) = std::env::var("PULSE_TEST_PLUGIN_CANCEL_GRACE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        server = server.cancel_grace(Duration::from_millis(ms));
+    }
     if let Some(p) = plugin {
         server =
             server.plugin_id(Did::parse(&p).unwrap_or_else(|e| usage(&format!("--plugin: {e}"))));

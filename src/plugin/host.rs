@@ -22,6 +22,9 @@ use crate::api::proto::{self, plugin_client::PluginClient};
 use crate::ledger::Ledger;
 use crate::{Did, Family};
 
+/// HTTP/2 receive window of each attempt's stream from a plugin, bytes.
+const PLUGIN_STREAM_WINDOW: u32 = 256 * 1024;
+
 /// Where a plugin comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginSource {
@@ -280,8 +283,15 @@ impl Supervisor {
                 .tls_config(config)
                 .map_err(|e| format!("TLS settings for {uri}: {e}"))?;
         }
+        // Per-stream flow control keeps attempts apart on the one
+        // connection: an attempt whose reports Pulse is not reading (its
+        // report queue is full) holds at most one stream window, so the
+        // connection window never runs out and other attempts and the
+        // health checks keep flowing (room for 256 stalled attempts).
         endpoint
             .tcp_nodelay(true)
+            .initial_stream_window_size(Some(PLUGIN_STREAM_WINDOW))
+            .initial_connection_window_size(Some(PLUGIN_STREAM_WINDOW * 256))
             .connect_timeout(self.config.start_timeout)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .connect()

@@ -56,7 +56,7 @@ pub use tonic::async_trait;
 const STOP_GRACE: Duration = Duration::from_millis(500);
 
 /// How long a cancelled handler may take to wind down before its future
-/// is dropped.
+/// is dropped, unless [`PluginServer::cancel_grace`] says otherwise.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 /// Set by Pulse for the plugins it spawns: the plugin then exits when its
@@ -252,6 +252,7 @@ pub struct PluginServer {
     handlers: Vec<(AnnouncedHandler, Arc<dyn JobHandler>)>,
     any: Option<Arc<dyn JobHandler>>,
     tls: Option<crate::api::tls::ServerTls>,
+    cancel_grace: Duration,
 }
 
 impl PluginServer {
@@ -270,7 +271,17 @@ impl PluginServer {
             handlers: Vec::new(),
             any: None,
             tls: None,
+            cancel_grace: CANCEL_GRACE,
         }
+    }
+
+    /// How long a cancelled handler may wind down (seeing
+    /// [`JobContext::cancelled`]) before its future is dropped and its
+    /// stream ended; [`CANCEL_GRACE`] by default. Whatever it returns
+    /// after the cancel reaches Pulse as a stale report and is refused.
+    pub fn cancel_grace(mut self, grace: Duration) -> PluginServer {
+        self.cancel_grace = grace;
+        self
     }
 
     /// Serves over TLS with this certificate and key; with a client CA,
@@ -605,6 +616,7 @@ impl plugin_server::Plugin for Service {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(key.clone(), cancel_tx);
+        let grace = self.inner.cancel_grace;
         let heartbeats = Arc::new(AtomicBool::new(true));
         let ctx = JobContext {
             job,
@@ -658,7 +670,7 @@ impl plugin_server::Plugin for Service {
                     // (it stops at its next await point). Nothing more is
                     // sent: Pulse has already ended the attempt.
                     _ = async { let _ = cancel.wait_for(|c| *c).await; } => {
-                        let _ = tokio::time::timeout(CANCEL_GRACE, &mut work).await;
+                        let _ = tokio::time::timeout(grace, &mut work).await;
                         break;
                     }
                 }
