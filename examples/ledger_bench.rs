@@ -208,17 +208,10 @@ fn verify_rate() -> f64 {
     n as f64 / start.elapsed().as_secs_f64()
 }
 
+/// The loadgen's fsync ceiling: 512-byte writes in place into a
+/// preallocated file, each followed by fdatasync.
 fn fsync_rate(dir: &Path) -> f64 {
-    let mut f = File::create(dir.join("fsync-probe")).unwrap();
-    let block = [0u8; 512];
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < Duration::from_secs(2) {
-        f.write_all(&block).unwrap();
-        f.sync_data().unwrap();
-        n += 1;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
+    pulse_ledger::loadgen::fsync_rate(dir).unwrap()
 }
 
 /// One fjall batch of one 400-byte insert committed with SyncAll, in a loop:

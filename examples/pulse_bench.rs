@@ -19,7 +19,6 @@
 
 #![allow(clippy::unwrap_used)] // a benchmark harness: a panic is a report
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,16 +44,10 @@ impl Executor for Noop {
     fn cancel(&mut self, _: JobId, _: LeaseToken) {}
 }
 
+/// The loadgen's fsync ceiling: 512-byte writes in place into a
+/// preallocated file, each followed by fdatasync.
 fn fsync_rate(dir: &std::path::Path) -> f64 {
-    let mut f = std::fs::File::create(dir.join("fsync-probe")).unwrap();
-    let start = Instant::now();
-    let mut n = 0u64;
-    while start.elapsed() < Duration::from_secs(2) {
-        f.write_all(&[0u8; 512]).unwrap();
-        f.sync_data().unwrap();
-        n += 1;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
+    pulse_ledger::loadgen::fsync_rate(dir).unwrap()
 }
 
 fn startup(jobs: usize) {

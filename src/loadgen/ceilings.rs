@@ -1,6 +1,7 @@
 //! The physical ceilings, measured in the bench's own run: strict ed25519
-//! verification on one core, fsyncs on the data dir's disk, and bare gRPC
-//! round trips to the test plugin with no Pulse in between.
+//! verification on one core (and batch verification on every core, for
+//! the audit), fsyncs on the data dir's disk into a preallocated file, and
+//! bare gRPC round trips to the test plugin with no Pulse in between.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -41,24 +42,111 @@ pub fn verify_rate() -> f64 {
     rates[1]
 }
 
-/// fdatasync calls per second on the disk holding `dir` (512-byte writes,
-/// one second).
+/// Bytes the fsync probe preallocates: written as zeros and synced before
+/// the timed loop, then overwritten in place 512 bytes at a time (wrapping
+/// round), so no timed fdatasync has to extend the file or allocate
+/// blocks. 16 MiB: more than a second of 512-byte writes at 30k fsyncs/s.
+const FSYNC_PROBE_BYTES: u64 = 16 << 20;
+
+/// fdatasync calls per second on the disk holding `dir`: 512-byte writes
+/// in place into a preallocated file, one second. This is the durable
+/// write ceiling (a preallocated journal, like fjall's, cannot beat it);
+/// [`fsync_append_rate`] is the slower case of a growing file.
 ///
 /// # Errors
 /// I/O errors, as text.
 pub fn fsync_rate(dir: &Path) -> Result<f64, String> {
+    fsync_probe(dir, true)
+}
+
+/// fdatasync calls per second on the disk holding `dir` when every write
+/// appends 512 bytes to a growing file (each sync also persists the new
+/// length and blocks), one second: for comparison with [`fsync_rate`].
+///
+/// # Errors
+/// I/O errors, as text.
+pub fn fsync_append_rate(dir: &Path) -> Result<f64, String> {
+    fsync_probe(dir, false)
+}
+
+fn fsync_probe(dir: &Path, preallocated: bool) -> Result<f64, String> {
     let path = dir.join("fsync-probe");
-    let mut f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let block = [0u8; 512];
+    let result = fsync_loop(&path, preallocated).map_err(|e| format!("{}: {e}", path.display()));
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+fn fsync_loop(path: &Path, preallocated: bool) -> std::io::Result<f64> {
+    use std::os::unix::fs::FileExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)?;
+    if preallocated {
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..FSYNC_PROBE_BYTES / zeros.len() as u64 {
+            f.write_all(&zeros)?;
+        }
+        f.sync_all()?;
+    }
+    let mut block = [0u8; 512];
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < Duration::from_secs(1) {
-        f.write_all(&block).map_err(|e| e.to_string())?;
-        f.sync_data().map_err(|e| e.to_string())?;
+        block[..8].copy_from_slice(&n.to_le_bytes());
+        if preallocated {
+            f.write_all_at(&block, (n * 512) % FSYNC_PROBE_BYTES)?;
+        } else {
+            f.write_all(&block)?;
+        }
+        f.sync_data()?;
         n += 1;
     }
-    let _ = std::fs::remove_file(&path);
     Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Signatures per ed25519 batch in [`batch_verify_rate`]: the audit's
+/// batch size (src/audit/batch.rs).
+pub const VERIFY_BATCH: usize = 64;
+
+/// ed25519 batch verification on `threads` threads at once: signatures/s
+/// over 20,000 distinct signatures checked in batches of
+/// [`VERIFY_BATCH`], the signatures split evenly between the threads;
+/// median of 3 runs. The ceiling for anything that verifies in batches on
+/// every core (the log audit): nothing but the curve arithmetic.
+pub fn batch_verify_rate(threads: usize) -> f64 {
+    let threads = threads.max(1);
+    let sigs: Vec<_> = (0..20_000u64)
+        .map(|i| {
+            let (sk, _) = bench_key("verify", i);
+            let msg = i.to_le_bytes().repeat(40);
+            let sig = sk.sign(&msg);
+            (sk.verifying_key(), msg, sig)
+        })
+        .collect();
+    let per_thread = sigs.len().div_ceil(threads);
+    let mut rates: Vec<f64> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            std::thread::scope(|s| {
+                for part in sigs.chunks(per_thread) {
+                    s.spawn(move || {
+                        for batch in part.chunks(VERIFY_BATCH) {
+                            let msgs: Vec<&[u8]> = batch.iter().map(|(_, m, _)| &m[..]).collect();
+                            let sigs: Vec<_> = batch.iter().map(|(_, _, s)| *s).collect();
+                            let keys: Vec<_> = batch.iter().map(|(k, _, _)| *k).collect();
+                            let ok = ed25519_dalek::verify_batch(&msgs, &sigs, &keys);
+                            assert!(ok.is_ok(), "a batch of valid signatures failed");
+                        }
+                    });
+                }
+            });
+            sigs.len() as f64 / t.elapsed().as_secs_f64()
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[1]
 }
 
 /// Runs one ExecuteJob(noop) to its result.
@@ -166,4 +254,21 @@ pub async fn bare_plugin_rate(
     let _ = child.kill();
     let _ = child.wait();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_fsync_probes_measure_and_leave_no_file_behind() {
+        let dir = std::env::temp_dir().join(format!("pulse-fsync-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for rate in [fsync_rate(&dir), fsync_append_rate(&dir)] {
+            let r = rate.unwrap();
+            assert!(r.is_finite() && r > 0.0, "{r}");
+        }
+        assert!(!dir.join("fsync-probe").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -9,7 +9,9 @@ mod registrations;
 mod resolution;
 mod table;
 
-pub use ceilings::{bare_plugin_rate, fsync_rate, verify_rate};
+pub use ceilings::{
+    VERIFY_BATCH, bare_plugin_rate, batch_verify_rate, fsync_append_rate, fsync_rate, verify_rate,
+};
 pub use jobs::{JobFigures, pulse_jobs};
 pub use registrations::registration_rate;
 pub use resolution::resolution_cost;

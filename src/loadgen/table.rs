@@ -119,14 +119,22 @@ impl Table {
 
     /// The table for people.
     pub fn text(&self) -> String {
+        // As wide as the longest label (at least 62 columns).
+        let w = self
+            .rows
+            .iter()
+            .map(|r| r.label.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(62);
         let mut out = format!(
-            "{:<62} {:>12}  {:<4} {:>8}\n",
+            "{:<w$} {:>12}  {:<4} {:>8}\n",
             "measure", "value", "unit", "ratio"
         );
         for r in &self.rows {
             let ratio = r.ratio.map_or(String::new(), |(_, x)| format!("{x:.3}"));
             out.push_str(&format!(
-                "{:<62} {:>12.3}  {:<4} {:>8}\n",
+                "{:<w$} {:>12.3}  {:<4} {:>8}\n",
                 r.label, r.value, r.unit, ratio
             ));
         }
