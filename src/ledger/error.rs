@@ -66,6 +66,7 @@ impl LedgerErrorCode {
         LedgerErrorCode::Storage,
         LedgerErrorCode::DiskFull,
         LedgerErrorCode::Unavailable,
+        LedgerErrorCode::Overloaded,
         LedgerErrorCode::Config,
     ];
 }
