@@ -54,11 +54,7 @@ fn startup(jobs: usize) {
     let dir = std::env::temp_dir().join(format!("pulse-bench-start-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let data = dir.join("data");
-    let handler =
-        Did::from_verifying_key(&SigningKey::from_bytes(&[1; 32]).verifying_key()).unwrap();
-    let plugin =
-        Did::from_verifying_key(&SigningKey::from_bytes(&[2; 32]).verifying_key()).unwrap();
-    let schema = HandlerSchema::new("bench", "1.0.0", plugin);
+    let (handler, schema) = parties();
     {
         let ledger = Ledger::open(LedgerConfig::new(&data, "bench/log")).unwrap();
         let store = Arc::new(JobStore::open(&ledger).unwrap());
@@ -140,6 +136,16 @@ impl pulse_ledger::pulse::AsyncExecutor for Flood {
     async fn cancel(&self, _: JobId, _: LeaseToken) {}
 }
 
+/// The benchmarks' handler and its schema (naming a plugin no one runs:
+/// the executors here are in-process).
+fn parties() -> (Did, HandlerSchema) {
+    let handler =
+        Did::from_verifying_key(&SigningKey::from_bytes(&[1; 32]).verifying_key()).unwrap();
+    let plugin =
+        Did::from_verifying_key(&SigningKey::from_bytes(&[2; 32]).verifying_key()).unwrap();
+    (handler, HandlerSchema::new("bench", "1.0.0", plugin))
+}
+
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -161,11 +167,7 @@ fn flood(kind: &str, events: u64) {
         .unwrap();
     let ledger = Ledger::open(LedgerConfig::new(dir.join("data"), "bench/log")).unwrap();
     let store = Arc::new(JobStore::open(&ledger).unwrap());
-    let handler =
-        Did::from_verifying_key(&SigningKey::from_bytes(&[1; 32]).verifying_key()).unwrap();
-    let plugin =
-        Did::from_verifying_key(&SigningKey::from_bytes(&[2; 32]).verifying_key()).unwrap();
-    let schema = HandlerSchema::new("bench", "1.0.0", plugin);
+    let (handler, schema) = parties();
     let req = JobRequest {
         payload: vec![7; 1024 * 1024],
         ..Default::default()
@@ -240,11 +242,7 @@ fn main() {
 
     let ledger = Ledger::open(LedgerConfig::new(dir.join("data"), "bench/log")).unwrap();
     let store = Arc::new(JobStore::open(&ledger).unwrap());
-    let handler =
-        Did::from_verifying_key(&SigningKey::from_bytes(&[1; 32]).verifying_key()).unwrap();
-    let plugin =
-        Did::from_verifying_key(&SigningKey::from_bytes(&[2; 32]).verifying_key()).unwrap();
-    let schema = HandlerSchema::new("bench", "1.0.0", plugin);
+    let (handler, schema) = parties();
     let req = JobRequest {
         payload: vec![0; 64],
         ..Default::default()

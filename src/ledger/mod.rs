@@ -8,6 +8,8 @@ mod merkle;
 mod space;
 mod store;
 mod stored;
+mod view;
+mod writer;
 
 pub use checkpoint::{Checkpoint, is_valid_origin, key_id, verifier_key, verify_checkpoint};
 pub use error::{LedgerError, LedgerErrorCode};

@@ -1,9 +1,8 @@
 //! The fjall-backed ledger: verify, then append atomically with group
 //! commit; reads, proofs and the full audit.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -13,15 +12,15 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use super::checkpoint::{Checkpoint, is_valid_origin, verify_checkpoint};
 use super::error::{LedgerError, LedgerErrorCode};
 use super::layout::{
-    self, Ks, META_CHECKPOINT, META_ORIGIN, META_SIZE, SubjectRecord, chain_key, equivocation_key,
-    name_key, node_key, plugin_key, read_u64, u64_key,
+    Ks, META_CHECKPOINT, META_ORIGIN, META_SIZE, SubjectRecord, chain_key, name_key, node_key,
+    plugin_key, read_u64, u64_key,
 };
 use super::merkle::{self, Frontier, Hash, NodeSource};
+use super::view::{Snap, View};
+pub use super::writer::PendingAppend;
+use super::writer::{Job, block_on, writer_loop};
 use crate::keyfile;
-use crate::{
-    Action, Attestation, AttestationId, ChainHead, ChainState, Did, Equivocation, ErrorCode,
-    Family, Schema, repeated_seq, verify_attestation,
-};
+use crate::{AttestationId, ChainHead, ChainState, Did, Family, Schema, verify_attestation};
 
 /// Most attestations committed under one fsync.
 const DEFAULT_MAX_BATCH: usize = 1024;
@@ -127,59 +126,59 @@ pub type ChainPage = (Vec<(u64, Vec<u8>)>, Option<u64>);
 /// Index keys examined by one listing call at most.
 pub const MAX_SCAN: usize = 10_000;
 /// Envelope bytes per chain page, about.
-const CHAIN_PAGE_BYTES: usize = 4 * 1024 * 1024;
+pub(super) const CHAIN_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest range of entries returned at once.
 pub const MAX_ENTRY_RANGE: u64 = 1000;
 
-struct Shared {
-    db: Database,
-    ks: Vec<Keyspace>,
-    origin: String,
-    log_key: SigningKey,
-    log_did: Did,
+pub(super) struct Shared {
+    pub(super) db: Database,
+    pub(super) ks: Vec<Keyspace>,
+    pub(super) origin: String,
+    pub(super) log_key: SigningKey,
+    pub(super) log_did: Did,
     /// The newest signed head and a database snapshot taken just after it
     /// was committed. The writer replaces it after each commit, under a
     /// lock held only for the swap: reads never wait for a commit.
-    published: RwLock<Arc<Published>>,
+    pub(super) published: RwLock<Arc<Published>>,
     /// Set after a failed commit: the ledger refuses writes (fail-stop).
-    failed: Mutex<Option<String>>,
+    pub(super) failed: Mutex<Option<String>>,
     /// Refuses writes while the disk is nearly full.
-    space: super::SpaceGuard,
+    pub(super) space: super::SpaceGuard,
     /// The committed tree size, for watchers (`WatchEntries`).
-    size_tx: tokio::sync::watch::Sender<u64>,
+    pub(super) size_tx: tokio::sync::watch::Sender<u64>,
     /// The subjects of recent entries, for caches of chain state.
-    changes: Mutex<ChangeLog>,
+    pub(super) changes: Mutex<ChangeLog>,
 }
 
 /// A signed head as readers see it, with the snapshot it belongs to.
-struct Published {
-    head: TreeHead,
-    snap: fjall::Snapshot,
+pub(super) struct Published {
+    pub(super) head: TreeHead,
+    pub(super) snap: fjall::Snapshot,
 }
 
 /// Subjects of the most recent entries, oldest first: `subjects[i]` is
 /// the subject of entry `start + i`. Bounded; older changes are dropped.
-struct ChangeLog {
-    start: u64,
-    subjects: std::collections::VecDeque<[u8; 32]>,
+pub(super) struct ChangeLog {
+    pub(super) start: u64,
+    pub(super) subjects: std::collections::VecDeque<[u8; 32]>,
 }
 
 /// Entries whose subjects [`Ledger::changed_since`] remembers.
 pub const CHANGE_LOG_ENTRIES: usize = 65_536;
 
 impl Shared {
-    fn ks(&self, k: Ks) -> &Keyspace {
+    pub(super) fn ks(&self, k: Ks) -> &Keyspace {
         &self.ks[k as usize]
     }
 
-    fn published(&self) -> Arc<Published> {
+    pub(super) fn published(&self) -> Arc<Published> {
         Arc::clone(&self.published.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Makes `head`, just committed, what readers see: the snapshot is
     /// taken after the commit, so it holds every entry below the head and
     /// nothing beyond it (only this writer writes the log's keyspaces).
-    fn publish(&self, head: TreeHead) {
+    pub(super) fn publish(&self, head: TreeHead) {
         let next = Arc::new(Published {
             head,
             snap: self.db.snapshot(),
@@ -187,7 +186,7 @@ impl Shared {
         *self.published.write().unwrap_or_else(|p| p.into_inner()) = next;
     }
 
-    fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
+    pub(super) fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
         self.ks(k)
             .get(key)
             .map(|v| v.map(|v| v.to_vec()))
@@ -197,7 +196,11 @@ impl Shared {
 
 /// A stored tree node's hash, or `integrity` if it is missing or not 32
 /// bytes.
-fn stored_node(value: Option<Vec<u8>>, level: u8, index: u64) -> Result<Hash, LedgerError> {
+pub(super) fn stored_node(
+    value: Option<Vec<u8>>,
+    level: u8,
+    index: u64,
+) -> Result<Hash, LedgerError> {
     let v = value.ok_or_else(|| {
         LedgerError::new(
             LedgerErrorCode::Integrity,
@@ -213,11 +216,6 @@ impl NodeSource for Shared {
     fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
         stored_node(self.get(Ks::Nodes, &node_key(level, index))?, level, index)
     }
-}
-
-struct Job {
-    att: Attestation,
-    reply: tokio::sync::oneshot::Sender<Result<Receipt, LedgerError>>,
 }
 
 /// An append-only, verified attestation log in one fjall database.
@@ -885,52 +883,6 @@ impl Drop for Ledger {
     }
 }
 
-/// Runs a future to completion on this thread, parking between polls: a
-/// blocking wait for the writer's answer that works from any thread,
-/// inside an async runtime too (as the std channel it replaced did).
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
-
-/// A queued append: wait for its commit.
-pub struct PendingAppend {
-    answer: tokio::sync::oneshot::Receiver<Result<Receipt, LedgerError>>,
-}
-
-impl PendingAppend {
-    /// Blocks this thread until the append is committed (or refused). In
-    /// an async task, [`PendingAppend::committed`] does not hold a thread.
-    ///
-    /// # Errors
-    /// As for [`Ledger::append`].
-    pub fn wait(self) -> Result<Receipt, LedgerError> {
-        block_on(self.answer).map_err(|_| unavailable())?
-    }
-
-    /// Waits, without holding a thread, until the append is committed (or
-    /// refused): a server awaits thousands of these at once.
-    ///
-    /// # Errors
-    /// As for [`Ledger::append`].
-    pub async fn committed(self) -> Result<Receipt, LedgerError> {
-        self.answer.await.map_err(|_| unavailable())?
-    }
-}
-
 /// What a successful audit checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditReport {
@@ -942,351 +894,14 @@ pub struct AuditReport {
     pub root: Hash,
 }
 
-/// A consistent read view: the published signed head and the database
-/// snapshot taken just after it was committed, so a view never sees part
-/// of a group commit or entries beyond its head.
-struct View<'a> {
-    shared: &'a Shared,
-    snap: fjall::Snapshot,
-    head: TreeHead,
-}
-
-impl View<'_> {
-    fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
-        self.snap
-            .get(self.shared.ks(k), key)
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| LedgerError::storage("read", e))
-    }
-
-    fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
-        let size = self.head.size;
-        if index >= size {
-            return Err(LedgerError::new(
-                LedgerErrorCode::IndexOutOfRange,
-                format!("index {index} is not below the tree size {size}"),
-            ));
-        }
-        self.shared
-            .get(Ks::Entries, &u64_key(index))?
-            .ok_or_else(|| missing("entry", index))
-    }
-
-    fn entries(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
-        let size = self.head.size;
-        if start > size {
-            return Err(LedgerError::new(
-                LedgerErrorCode::IndexOutOfRange,
-                format!("start {start} is beyond the tree size {size}"),
-            ));
-        }
-        let end = end.min(size).min(start.saturating_add(MAX_ENTRY_RANGE));
-        if end <= start {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::new();
-        for kv in self
-            .snap
-            .range(self.shared.ks(Ks::Entries), u64_key(start)..u64_key(end))
-        {
-            let (k, v) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
-            out.push((read_u64(&k)?, v.to_vec()));
-        }
-        Ok(out)
-    }
-
-    fn index_of(&self, id: &AttestationId) -> Result<u64, LedgerError> {
-        match self.get(Ks::ById, id.as_bytes())? {
-            Some(v) => read_u64(&v),
-            None => Err(LedgerError::new(
-                LedgerErrorCode::NotFound,
-                format!("attestation {id} is not in the log"),
-            )),
-        }
-    }
-
-    fn subject(&self, subject: &Did) -> Result<SubjectRecord, LedgerError> {
-        match self.get(Ks::Subjects, subject.public_key())? {
-            Some(v) => SubjectRecord::decode(&v),
-            None => Err(LedgerError::new(
-                LedgerErrorCode::NotFound,
-                format!("no statement about {subject} is in the log"),
-            )),
-        }
-    }
-
-    fn subject_state(&self, subject: &Did) -> Result<ChainState, LedgerError> {
-        let rec = self.subject(subject)?;
-        let att = self.stored_attestation(rec.schema_index)?;
-        let schema = att.statement().schema().cloned().ok_or_else(|| {
-            LedgerError::new(
-                LedgerErrorCode::Integrity,
-                "schema index points at a statement without a schema",
-            )
-        })?;
-        Ok(ChainState::from_parts(rec.head, schema))
-    }
-
-    fn statement_indexes(&self, subject: &Did) -> Result<Vec<u64>, LedgerError> {
-        self.subject(subject)?;
-        let mut out = Vec::new();
-        for kv in self
-            .snap
-            .prefix(self.shared.ks(Ks::Chains), subject.public_key())
-        {
-            let (_, v) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
-            out.push(read_u64(&v)?);
-        }
-        Ok(out)
-    }
-
-    fn chain(&self, subject: &Did, from_seq: u64, limit: usize) -> Result<ChainPage, LedgerError> {
-        let rec = self.subject(subject)?;
-        let limit = limit.clamp(1, MAX_ENTRY_RANGE as usize);
-        let key = subject.public_key();
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        let range = chain_key(key, from_seq)..=chain_key(key, u64::MAX);
-        for kv in self.snap.range(self.shared.ks(Ks::Chains), range) {
-            if out.len() == limit || bytes >= CHAIN_PAGE_BYTES {
-                break;
-            }
-            let (_, v) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
-            let index = read_u64(&v)?;
-            let entry = self.entry(index)?;
-            bytes += entry.len();
-            out.push((index, entry));
-        }
-        let next = from_seq.saturating_add(out.len() as u64);
-        let more = next <= rec.head.seq && !out.is_empty();
-        Ok((out, more.then_some(next)))
-    }
-
-    fn list_subjects(
-        &self,
-        filter: &SubjectFilter,
-        cursor: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<(Vec<SubjectRecord>, Option<Vec<u8>>), LedgerError> {
-        let limit = limit.clamp(1, MAX_PAGE);
-        let family = filter.family.unwrap_or(Family::Handler);
-        let mut prefix = vec![layout::family_byte(family)];
-        prefix.extend_from_slice(filter.name_prefix.as_bytes());
-        let iter = match cursor {
-            Some(c) => {
-                let mut after = c.to_vec();
-                after.push(0);
-                self.snap.range(self.shared.ks(Ks::ByName), after..)
-            }
-            None => self
-                .snap
-                .range(self.shared.ks(Ks::ByName), prefix.clone()..),
-        };
-        let mut page = Vec::new();
-        let mut last = None;
-        let mut scanned = 0usize;
-        for kv in iter {
-            // Bound the work of one call: with selective filters, return a
-            // short page and a cursor rather than scan the whole index.
-            if scanned == MAX_SCAN {
-                break;
-            }
-            scanned += 1;
-            let (k, _) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let subject: [u8; 32] = k
-                .get(k.len().saturating_sub(32)..)
-                .unwrap_or_default()
-                .try_into()
-                .map_err(|_| LedgerError::new(LedgerErrorCode::Integrity, "name index key"))?;
-            let rec = match self.get(Ks::Subjects, &subject)? {
-                Some(v) => SubjectRecord::decode(&v)?,
-                None => {
-                    return Err(LedgerError::new(
-                        LedgerErrorCode::Integrity,
-                        "name index points at no subject",
-                    ));
-                }
-            };
-            last = Some(k.to_vec());
-            let plugin_ok = filter
-                .plugin
-                .as_ref()
-                .is_none_or(|p| rec.plugin.as_ref() == Some(p));
-            if plugin_ok && (filter.include_revoked || !rec.head.revoked) {
-                page.push(rec);
-                if page.len() == limit {
-                    break;
-                }
-            }
-        }
-        let next = if page.len() == limit || scanned == MAX_SCAN {
-            last
-        } else {
-            None
-        };
-        Ok((page, next))
-    }
-
-    fn handlers_of_plugin(
-        &self,
-        plugin: &Did,
-        cursor: Option<&Did>,
-        limit: usize,
-    ) -> Result<Vec<SubjectRecord>, LedgerError> {
-        let limit = limit.clamp(1, MAX_PAGE);
-        let start = match cursor {
-            Some(c) => {
-                let mut k = plugin_key(plugin.public_key(), c.public_key()).to_vec();
-                k.push(0);
-                k
-            }
-            None => plugin.public_key().to_vec(),
-        };
-        let mut out = Vec::new();
-        for kv in self.snap.range(self.shared.ks(Ks::ByPlugin), start..) {
-            let (k, _) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
-            if !k.starts_with(plugin.public_key()) || out.len() == limit {
-                break;
-            }
-            let handler = &k[32..];
-            if let Some(v) = self.get(Ks::Subjects, handler)? {
-                out.push(SubjectRecord::decode(&v)?);
-            }
-        }
-        Ok(out)
-    }
-
-    fn equivocations(
-        &self,
-        cursor: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<(Vec<EquivocationRecord>, Option<Vec<u8>>), LedgerError> {
-        let limit = limit.clamp(1, MAX_PAGE);
-        let start = match cursor {
-            Some(c) => {
-                let mut after = c.to_vec();
-                after.push(0);
-                after
-            }
-            None => Vec::new(),
-        };
-        let mut out = Vec::new();
-        let mut last = None;
-        for kv in self.snap.range(self.shared.ks(Ks::Equivocations), start..) {
-            if out.len() == limit {
-                break;
-            }
-            let (k, v) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
-            let corrupt = || LedgerError::new(LedgerErrorCode::Integrity, "equivocation record");
-            let subject: [u8; 32] = k
-                .get(..32)
-                .and_then(|s| s.try_into().ok())
-                .ok_or_else(corrupt)?;
-            out.push(EquivocationRecord {
-                subject: Did::from_public_key(subject).map_err(|_| corrupt())?,
-                seq: read_u64(k.get(32..).ok_or_else(corrupt)?)?,
-                logged_index: read_u64(&v)?,
-                rejected: v.get(8..).ok_or_else(corrupt)?.to_vec(),
-            });
-            last = Some(k.to_vec());
-        }
-        let next = if out.len() == limit { last } else { None };
-        Ok((out, next))
-    }
-
-    fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
-        self.check_size(size)?;
-        merkle::inclusion_proof(self, index, size)
-    }
-
-    fn inclusion_proof_by_id(
-        &self,
-        id: &AttestationId,
-        size: u64,
-    ) -> Result<(u64, Vec<Hash>), LedgerError> {
-        let index = self.index_of(id)?;
-        Ok((index, self.inclusion_proof(index, size)?))
-    }
-
-    fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LedgerError> {
-        self.check_size(new)?;
-        merkle::consistency_proof(self, old, new)
-    }
-
-    fn root_at(&self, size: u64) -> Result<Hash, LedgerError> {
-        self.check_size(size)?;
-        merkle::subtree_root(self, 0, size)
-    }
-
-    fn check_size(&self, size: u64) -> Result<(), LedgerError> {
-        let current = self.head.size;
-        if size > current {
-            return Err(LedgerError::new(
-                LedgerErrorCode::SizeOutOfRange,
-                format!("tree size {size} is beyond the log's size {current}"),
-            ));
-        }
-        Ok(())
-    }
-
-    fn stored_attestation(&self, index: u64) -> Result<Attestation, LedgerError> {
-        let bytes = self
-            .shared
-            .get(Ks::Entries, &u64_key(index))?
-            .ok_or_else(|| missing("entry", index))?;
-        verify_attestation(&bytes).map_err(|e| {
-            LedgerError::new(
-                LedgerErrorCode::Integrity,
-                format!("stored entry {index} no longer verifies: {e}"),
-            )
-        })
-    }
-}
-
-impl NodeSource for View<'_> {
-    fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
-        stored_node(self.get(Ks::Nodes, &node_key(level, index))?, level, index)
-    }
-}
-
-/// Reads from one point-in-time snapshot.
-struct Snap<'a> {
-    shared: &'a Shared,
-    snap: fjall::Snapshot,
-}
-
-impl Snap<'_> {
-    fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
-        self.snap
-            .get(self.shared.ks(k), key)
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| LedgerError::storage("read", e))
-    }
-}
-
-fn unavailable() -> LedgerError {
+pub(super) fn unavailable() -> LedgerError {
     LedgerError::new(
         LedgerErrorCode::Unavailable,
         "the ledger is closed or stopped after a storage failure",
     )
 }
 
-fn missing(what: &str, index: u64) -> LedgerError {
+pub(super) fn missing(what: &str, index: u64) -> LedgerError {
     LedgerError::new(
         LedgerErrorCode::Integrity,
         format!("{what} {index} is missing below the tree size"),
@@ -1319,319 +934,4 @@ fn load_or_create_key(path: &Path, may_create: bool) -> Result<(SigningKey, Did)
     let did = Did::from_verifying_key(&key.verifying_key())
         .map_err(|e| cfg(format!("{}: {e}", path.display())))?;
     Ok((key, did))
-}
-
-/// One group commit being assembled: every write goes through `ops`
-/// (last write wins per key), and reads see staged writes first.
-struct Stage<'a> {
-    shared: &'a Shared,
-    frontier: Frontier,
-    ops: HashMap<(Ks, Vec<u8>), Option<Vec<u8>>>,
-    dirty: bool,
-}
-
-enum Staged {
-    Appended(u64, AttestationId),
-    Duplicate(u64, AttestationId),
-}
-
-impl Stage<'_> {
-    fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
-        match self.ops.get(&(k, key.to_vec())) {
-            Some(v) => Ok(v.clone()),
-            None => self.shared.get(k, key),
-        }
-    }
-
-    fn put(&mut self, k: Ks, key: &[u8], value: Vec<u8>) {
-        self.ops.insert((k, key.to_vec()), Some(value));
-    }
-
-    fn delete(&mut self, k: Ks, key: &[u8]) {
-        self.ops.insert((k, key.to_vec()), None);
-    }
-
-    fn stage(&mut self, att: &Attestation) -> Result<Staged, LedgerError> {
-        let id = att.id();
-        if let Some(v) = self.get(Ks::ById, id.as_bytes())? {
-            return Ok(Staged::Duplicate(read_u64(&v)?, id));
-        }
-        let st = att.statement();
-        let subject = *st.subject.public_key();
-        let index = self.frontier.size();
-        let old = match self.get(Ks::Subjects, &subject)? {
-            Some(v) => Some(SubjectRecord::decode(&v)?),
-            None => None,
-        };
-        let head = match &old {
-            None => ChainHead::genesis(att).map_err(|e| {
-                if e.code() == ErrorCode::NotGenesis {
-                    LedgerError::Rejected(crate::attest::Error::new(
-                        ErrorCode::NotGenesis,
-                        format!("no statement about {} is in the log; its {}.register statement comes first", st.subject, st.family.as_str()),
-                    ))
-                } else {
-                    LedgerError::Rejected(e)
-                }
-            })?,
-            Some(rec) => {
-                let mut head = rec.head.clone();
-                if st.family != head.family {
-                    return Err(LedgerError::Rejected(crate::attest::Error::new(
-                        ErrorCode::FamilyMismatch,
-                        format!("a {} statement about {}, which is a {}", st.kind(), st.subject, head.family.as_str()),
-                    )));
-                }
-                if st.seq <= head.seq {
-                    return Err(self.repeated(att, &subject)?);
-                }
-                head.apply(att)?;
-                head
-            }
-        };
-        // The entry, its tree nodes and its two position indexes.
-        let envelope = att.envelope();
-        self.put(Ks::Entries, &u64_key(index), envelope.to_vec());
-        for (level, i, hash) in self.frontier.push(merkle::leaf_hash(envelope)) {
-            self.put(Ks::Nodes, &node_key(level, i), hash.to_vec());
-        }
-        self.put(Ks::ById, id.as_bytes(), u64_key(index).to_vec());
-        self.put(
-            Ks::Chains,
-            &chain_key(&subject, st.seq),
-            u64_key(index).to_vec(),
-        );
-        // The subject's record and the schema-derived indexes.
-        let (name, plugin, schema_index) = match (&st.action, &old) {
-            (Action::Register(s) | Action::Update(s), _) => {
-                let (name, plugin) = match s {
-                    Schema::Handler(h) => (h.name.clone(), Some(h.plugin.clone())),
-                    Schema::Plugin(p) => (p.name.clone(), None),
-                };
-                (name, plugin, index)
-            }
-            (_, Some(rec)) => (rec.name.clone(), rec.plugin.clone(), rec.schema_index),
-            (_, None) => unreachable!("only a register starts a record"),
-        };
-        if let Some(rec) = &old {
-            if rec.name != name {
-                self.delete(Ks::ByName, &name_key(rec.head.family, &rec.name, &subject));
-            }
-            if let Some(p) = rec.plugin.as_ref().filter(|p| Some(*p) != plugin.as_ref()) {
-                self.delete(Ks::ByPlugin, &plugin_key(p.public_key(), &subject));
-            }
-        }
-        self.put(
-            Ks::ByName,
-            &name_key(head.family, &name, &subject),
-            Vec::new(),
-        );
-        if let Some(p) = &plugin {
-            self.put(
-                Ks::ByPlugin,
-                &plugin_key(p.public_key(), &subject),
-                Vec::new(),
-            );
-        }
-        let rec = SubjectRecord {
-            head,
-            genesis_index: old.as_ref().map_or(index, |r| r.genesis_index),
-            head_index: index,
-            schema_index,
-            name,
-            plugin,
-        };
-        self.put(Ks::Subjects, &subject, rec.encode());
-        self.dirty = true;
-        Ok(Staged::Appended(index, id))
-    }
-
-    /// A statement for a seq the subject already has: a stranger's
-    /// (wrong_signer), or the same key's second history (equivocation,
-    /// stored as evidence).
-    fn repeated(
-        &mut self,
-        att: &Attestation,
-        subject: &[u8; 32],
-    ) -> Result<LedgerError, LedgerError> {
-        let st = att.statement();
-        let at = self
-            .get(Ks::Chains, &chain_key(subject, st.seq))?
-            .ok_or_else(|| {
-                LedgerError::new(
-                    LedgerErrorCode::Integrity,
-                    format!("{} has no seq {} below its head", st.subject, st.seq),
-                )
-            })?;
-        let logged_index = read_u64(&at)?;
-        let bytes = self
-            .get(Ks::Entries, &u64_key(logged_index))?
-            .ok_or_else(|| missing("entry", logged_index))?;
-        let existing = verify_attestation(&bytes).map_err(|e| {
-            LedgerError::new(
-                LedgerErrorCode::Integrity,
-                format!("stored entry {logged_index}: {e}"),
-            )
-        })?;
-        let error = repeated_seq(&existing, att);
-        if error.code() != ErrorCode::Equivocation {
-            return Ok(LedgerError::Rejected(error));
-        }
-        // One record per (subject, seq): the first conflicting statement
-        // already proves the key signed two histories, and a bound keeps a
-        // leaked key from filling the disk with evidence.
-        let key = equivocation_key(subject, st.seq);
-        if self.get(Ks::Equivocations, &key)?.is_none() {
-            let mut value = u64_key(logged_index).to_vec();
-            value.extend_from_slice(att.envelope());
-            self.put(Ks::Equivocations, &key, value);
-            self.dirty = true;
-        }
-        Ok(LedgerError::Equivocation {
-            message: error.message().to_owned(),
-            evidence: Box::new(Equivocation {
-                first: existing,
-                second: att.clone(),
-            }),
-            logged_index,
-        })
-    }
-}
-
-fn writer_loop(shared: &Shared, rx: &Receiver<Vec<Job>>, mut frontier: Frontier, max_batch: usize) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = first;
-        while jobs.len() < max_batch {
-            match rx.try_recv() {
-                Ok(more) => jobs.extend(more),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
-        if let Some(why) = shared
-            .failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            for j in jobs {
-                let _ = j.reply.send(Err(LedgerError::new(
-                    LedgerErrorCode::Unavailable,
-                    format!("the ledger stopped accepting writes after a storage failure: {why}"),
-                )));
-            }
-            continue;
-        }
-        // A nearly full disk refuses the whole group before anything is
-        // written, and the next group tries again.
-        if let Err(e) = shared.space.check() {
-            for j in jobs {
-                let _ = j.reply.send(Err(e.clone()));
-            }
-            continue;
-        }
-        let mut stage = Stage {
-            shared,
-            frontier: frontier.clone(),
-            ops: HashMap::new(),
-            dirty: false,
-        };
-        let results: Vec<Result<Staged, LedgerError>> =
-            jobs.iter().map(|j| stage.stage(&j.att)).collect();
-        // Commit without any lock readers take, then publish the new head
-        // with a snapshot taken after the commit: readers keep the previous
-        // head meanwhile and never wait for the fsync.
-        let committed = if stage.dirty {
-            let result = commit(shared, &mut stage);
-            if let Ok(Some(h)) = &result {
-                shared.publish(h.clone());
-                // After the head, before the size: whoever sees the new
-                // size can learn which subjects it changed, and reads them
-                // at this head or a newer one.
-                let mut log = shared.changes.lock().unwrap_or_else(|p| p.into_inner());
-                for (job, r) in jobs.iter().zip(&results) {
-                    if let Ok(Staged::Appended(..)) = r {
-                        log.subjects
-                            .push_back(*job.att.statement().subject.public_key());
-                    }
-                }
-                while log.subjects.len() > CHANGE_LOG_ENTRIES {
-                    log.subjects.pop_front();
-                    log.start += 1;
-                }
-            }
-            result
-        } else {
-            Ok(None)
-        };
-        match committed {
-            Ok(new_head) => {
-                if let Some(h) = new_head {
-                    frontier = stage.frontier;
-                    shared.size_tx.send_replace(h.size);
-                }
-                let head = shared.published().head.clone();
-                for (job, result) in jobs.into_iter().zip(results) {
-                    let reply = result.map(|s| match s {
-                        Staged::Appended(index, id) => Receipt {
-                            index,
-                            id,
-                            duplicate: false,
-                            head: head.clone(),
-                        },
-                        Staged::Duplicate(index, id) => Receipt {
-                            index,
-                            id,
-                            duplicate: true,
-                            head: head.clone(),
-                        },
-                    });
-                    let _ = job.reply.send(reply);
-                }
-            }
-            Err(e) => {
-                *shared.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                for (job, result) in jobs.into_iter().zip(results) {
-                    // Rejections stay rejections; nothing staged was acknowledged.
-                    let reply = match result {
-                        Err(LedgerError::Rejected(r)) => Err(LedgerError::Rejected(r)),
-                        _ => Err(e.clone()),
-                    };
-                    let _ = job.reply.send(reply);
-                }
-            }
-        }
-    }
-}
-
-/// Writes the staged operations, the new size and a checkpoint for it in
-/// one batch under one fsync.
-fn commit(shared: &Shared, stage: &mut Stage<'_>) -> Result<Option<TreeHead>, LedgerError> {
-    let size = stage.frontier.size();
-    let root = stage.frontier.root();
-    let cp = Checkpoint {
-        origin: shared.origin.clone(),
-        size,
-        root,
-    };
-    let note = cp.sign(&shared.log_key);
-    let mut batch = shared.db.batch().durability(Some(PersistMode::SyncAll));
-    for ((k, key), value) in stage.ops.drain() {
-        match value {
-            Some(v) => batch.insert(shared.ks(k), key, v),
-            None => batch.remove(shared.ks(k), key),
-        }
-    }
-    batch.insert(shared.ks(Ks::Meta), META_SIZE, u64_key(size));
-    batch.insert(shared.ks(Ks::Meta), META_CHECKPOINT, note.as_bytes());
-    batch.commit().map_err(|e| {
-        LedgerError::new(
-            LedgerErrorCode::Storage,
-            format!("commit failed; nothing in it was acknowledged: {e}"),
-        )
-    })?;
-    Ok(Some(TreeHead {
-        size,
-        root,
-        checkpoint: note,
-    }))
 }

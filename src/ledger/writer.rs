@@ -1,0 +1,395 @@
+//! The ledger's single writer: appends queued by callers are checked
+//! against the stored chains (staged in memory, in order), then committed
+//! as one group under one fsync with a signed checkpoint, and the new head
+//! published for readers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use fjall::PersistMode;
+
+use super::checkpoint::Checkpoint;
+use super::error::{LedgerError, LedgerErrorCode};
+use super::layout::{
+    Ks, META_CHECKPOINT, META_SIZE, SubjectRecord, chain_key, equivocation_key, name_key, node_key,
+    plugin_key, read_u64, u64_key,
+};
+use super::merkle::{self, Frontier};
+use super::store::{CHANGE_LOG_ENTRIES, Receipt, Shared, TreeHead, missing, unavailable};
+use crate::{
+    Action, Attestation, AttestationId, ChainHead, Equivocation, ErrorCode, Schema, repeated_seq,
+    verify_attestation,
+};
+
+/// One append waiting for the writer, and where its answer goes.
+pub(super) struct Job {
+    pub(super) att: Attestation,
+    pub(super) reply: tokio::sync::oneshot::Sender<Result<Receipt, LedgerError>>,
+}
+
+/// Runs a future to completion on this thread, parking between polls: a
+/// blocking wait for the writer's answer that works from any thread,
+/// inside an async runtime too (as the std channel it replaced did).
+pub(super) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// A queued append: wait for its commit.
+pub struct PendingAppend {
+    pub(super) answer: tokio::sync::oneshot::Receiver<Result<Receipt, LedgerError>>,
+}
+
+impl PendingAppend {
+    /// Blocks this thread until the append is committed (or refused). In
+    /// an async task, [`PendingAppend::committed`] does not hold a thread.
+    ///
+    /// # Errors
+    /// As for [`Ledger::append`].
+    pub fn wait(self) -> Result<Receipt, LedgerError> {
+        block_on(self.answer).map_err(|_| unavailable())?
+    }
+
+    /// Waits, without holding a thread, until the append is committed (or
+    /// refused): a server awaits thousands of these at once.
+    ///
+    /// # Errors
+    /// As for [`Ledger::append`].
+    pub async fn committed(self) -> Result<Receipt, LedgerError> {
+        self.answer.await.map_err(|_| unavailable())?
+    }
+}
+
+/// One group commit being assembled: every write goes through `ops`
+/// (last write wins per key), and reads see staged writes first.
+struct Stage<'a> {
+    shared: &'a Shared,
+    frontier: Frontier,
+    ops: HashMap<(Ks, Vec<u8>), Option<Vec<u8>>>,
+    dirty: bool,
+}
+
+enum Staged {
+    Appended(u64, AttestationId),
+    Duplicate(u64, AttestationId),
+}
+
+impl Stage<'_> {
+    fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
+        match self.ops.get(&(k, key.to_vec())) {
+            Some(v) => Ok(v.clone()),
+            None => self.shared.get(k, key),
+        }
+    }
+
+    fn put(&mut self, k: Ks, key: &[u8], value: Vec<u8>) {
+        self.ops.insert((k, key.to_vec()), Some(value));
+    }
+
+    fn delete(&mut self, k: Ks, key: &[u8]) {
+        self.ops.insert((k, key.to_vec()), None);
+    }
+
+    fn stage(&mut self, att: &Attestation) -> Result<Staged, LedgerError> {
+        let id = att.id();
+        if let Some(v) = self.get(Ks::ById, id.as_bytes())? {
+            return Ok(Staged::Duplicate(read_u64(&v)?, id));
+        }
+        let st = att.statement();
+        let subject = *st.subject.public_key();
+        let index = self.frontier.size();
+        let old = match self.get(Ks::Subjects, &subject)? {
+            Some(v) => Some(SubjectRecord::decode(&v)?),
+            None => None,
+        };
+        let head = match &old {
+            None => ChainHead::genesis(att).map_err(|e| {
+                if e.code() == ErrorCode::NotGenesis {
+                    LedgerError::Rejected(crate::attest::Error::new(
+                        ErrorCode::NotGenesis,
+                        format!("no statement about {} is in the log; its {}.register statement comes first", st.subject, st.family.as_str()),
+                    ))
+                } else {
+                    LedgerError::Rejected(e)
+                }
+            })?,
+            Some(rec) => {
+                let mut head = rec.head.clone();
+                if st.family != head.family {
+                    return Err(LedgerError::Rejected(crate::attest::Error::new(
+                        ErrorCode::FamilyMismatch,
+                        format!("a {} statement about {}, which is a {}", st.kind(), st.subject, head.family.as_str()),
+                    )));
+                }
+                if st.seq <= head.seq {
+                    return Err(self.repeated(att, &subject)?);
+                }
+                head.apply(att)?;
+                head
+            }
+        };
+        // The entry, its tree nodes and its two position indexes.
+        let envelope = att.envelope();
+        self.put(Ks::Entries, &u64_key(index), envelope.to_vec());
+        for (level, i, hash) in self.frontier.push(merkle::leaf_hash(envelope)) {
+            self.put(Ks::Nodes, &node_key(level, i), hash.to_vec());
+        }
+        self.put(Ks::ById, id.as_bytes(), u64_key(index).to_vec());
+        self.put(
+            Ks::Chains,
+            &chain_key(&subject, st.seq),
+            u64_key(index).to_vec(),
+        );
+        // The subject's record and the schema-derived indexes.
+        let (name, plugin, schema_index) = match (&st.action, &old) {
+            (Action::Register(s) | Action::Update(s), _) => {
+                let (name, plugin) = match s {
+                    Schema::Handler(h) => (h.name.clone(), Some(h.plugin.clone())),
+                    Schema::Plugin(p) => (p.name.clone(), None),
+                };
+                (name, plugin, index)
+            }
+            (_, Some(rec)) => (rec.name.clone(), rec.plugin.clone(), rec.schema_index),
+            (_, None) => unreachable!("only a register starts a record"),
+        };
+        if let Some(rec) = &old {
+            if rec.name != name {
+                self.delete(Ks::ByName, &name_key(rec.head.family, &rec.name, &subject));
+            }
+            if let Some(p) = rec.plugin.as_ref().filter(|p| Some(*p) != plugin.as_ref()) {
+                self.delete(Ks::ByPlugin, &plugin_key(p.public_key(), &subject));
+            }
+        }
+        self.put(
+            Ks::ByName,
+            &name_key(head.family, &name, &subject),
+            Vec::new(),
+        );
+        if let Some(p) = &plugin {
+            self.put(
+                Ks::ByPlugin,
+                &plugin_key(p.public_key(), &subject),
+                Vec::new(),
+            );
+        }
+        let rec = SubjectRecord {
+            head,
+            genesis_index: old.as_ref().map_or(index, |r| r.genesis_index),
+            head_index: index,
+            schema_index,
+            name,
+            plugin,
+        };
+        self.put(Ks::Subjects, &subject, rec.encode());
+        self.dirty = true;
+        Ok(Staged::Appended(index, id))
+    }
+
+    /// A statement for a seq the subject already has: a stranger's
+    /// (wrong_signer), or the same key's second history (equivocation,
+    /// stored as evidence).
+    fn repeated(
+        &mut self,
+        att: &Attestation,
+        subject: &[u8; 32],
+    ) -> Result<LedgerError, LedgerError> {
+        let st = att.statement();
+        let at = self
+            .get(Ks::Chains, &chain_key(subject, st.seq))?
+            .ok_or_else(|| {
+                LedgerError::new(
+                    LedgerErrorCode::Integrity,
+                    format!("{} has no seq {} below its head", st.subject, st.seq),
+                )
+            })?;
+        let logged_index = read_u64(&at)?;
+        let bytes = self
+            .get(Ks::Entries, &u64_key(logged_index))?
+            .ok_or_else(|| missing("entry", logged_index))?;
+        let existing = verify_attestation(&bytes).map_err(|e| {
+            LedgerError::new(
+                LedgerErrorCode::Integrity,
+                format!("stored entry {logged_index}: {e}"),
+            )
+        })?;
+        let error = repeated_seq(&existing, att);
+        if error.code() != ErrorCode::Equivocation {
+            return Ok(LedgerError::Rejected(error));
+        }
+        // One record per (subject, seq): the first conflicting statement
+        // already proves the key signed two histories, and a bound keeps a
+        // leaked key from filling the disk with evidence.
+        let key = equivocation_key(subject, st.seq);
+        if self.get(Ks::Equivocations, &key)?.is_none() {
+            let mut value = u64_key(logged_index).to_vec();
+            value.extend_from_slice(att.envelope());
+            self.put(Ks::Equivocations, &key, value);
+            self.dirty = true;
+        }
+        Ok(LedgerError::Equivocation {
+            message: error.message().to_owned(),
+            evidence: Box::new(Equivocation {
+                first: existing,
+                second: att.clone(),
+            }),
+            logged_index,
+        })
+    }
+}
+
+pub(super) fn writer_loop(
+    shared: &Shared,
+    rx: &Receiver<Vec<Job>>,
+    mut frontier: Frontier,
+    max_batch: usize,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = first;
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(more) => jobs.extend(more),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        if let Some(why) = shared
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            for j in jobs {
+                let _ = j.reply.send(Err(LedgerError::new(
+                    LedgerErrorCode::Unavailable,
+                    format!("the ledger stopped accepting writes after a storage failure: {why}"),
+                )));
+            }
+            continue;
+        }
+        // A nearly full disk refuses the whole group before anything is
+        // written, and the next group tries again.
+        if let Err(e) = shared.space.check() {
+            for j in jobs {
+                let _ = j.reply.send(Err(e.clone()));
+            }
+            continue;
+        }
+        let mut stage = Stage {
+            shared,
+            frontier: frontier.clone(),
+            ops: HashMap::new(),
+            dirty: false,
+        };
+        let results: Vec<Result<Staged, LedgerError>> =
+            jobs.iter().map(|j| stage.stage(&j.att)).collect();
+        // Commit without any lock readers take, then publish the new head
+        // with a snapshot taken after the commit: readers keep the previous
+        // head meanwhile and never wait for the fsync.
+        let committed = if stage.dirty {
+            let result = commit(shared, &mut stage);
+            if let Ok(Some(h)) = &result {
+                shared.publish(h.clone());
+                // After the head, before the size: whoever sees the new
+                // size can learn which subjects it changed, and reads them
+                // at this head or a newer one.
+                let mut log = shared.changes.lock().unwrap_or_else(|p| p.into_inner());
+                for (job, r) in jobs.iter().zip(&results) {
+                    if let Ok(Staged::Appended(..)) = r {
+                        log.subjects
+                            .push_back(*job.att.statement().subject.public_key());
+                    }
+                }
+                while log.subjects.len() > CHANGE_LOG_ENTRIES {
+                    log.subjects.pop_front();
+                    log.start += 1;
+                }
+            }
+            result
+        } else {
+            Ok(None)
+        };
+        match committed {
+            Ok(new_head) => {
+                if let Some(h) = new_head {
+                    frontier = stage.frontier;
+                    shared.size_tx.send_replace(h.size);
+                }
+                let head = shared.published().head.clone();
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let reply = result.map(|s| match s {
+                        Staged::Appended(index, id) => Receipt {
+                            index,
+                            id,
+                            duplicate: false,
+                            head: head.clone(),
+                        },
+                        Staged::Duplicate(index, id) => Receipt {
+                            index,
+                            id,
+                            duplicate: true,
+                            head: head.clone(),
+                        },
+                    });
+                    let _ = job.reply.send(reply);
+                }
+            }
+            Err(e) => {
+                *shared.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                for (job, result) in jobs.into_iter().zip(results) {
+                    // Rejections stay rejections; nothing staged was acknowledged.
+                    let reply = match result {
+                        Err(LedgerError::Rejected(r)) => Err(LedgerError::Rejected(r)),
+                        _ => Err(e.clone()),
+                    };
+                    let _ = job.reply.send(reply);
+                }
+            }
+        }
+    }
+}
+
+/// Writes the staged operations, the new size and a checkpoint for it in
+/// one batch under one fsync.
+fn commit(shared: &Shared, stage: &mut Stage<'_>) -> Result<Option<TreeHead>, LedgerError> {
+    let size = stage.frontier.size();
+    let root = stage.frontier.root();
+    let cp = Checkpoint {
+        origin: shared.origin.clone(),
+        size,
+        root,
+    };
+    let note = cp.sign(&shared.log_key);
+    let mut batch = shared.db.batch().durability(Some(PersistMode::SyncAll));
+    for ((k, key), value) in stage.ops.drain() {
+        match value {
+            Some(v) => batch.insert(shared.ks(k), key, v),
+            None => batch.remove(shared.ks(k), key),
+        }
+    }
+    batch.insert(shared.ks(Ks::Meta), META_SIZE, u64_key(size));
+    batch.insert(shared.ks(Ks::Meta), META_CHECKPOINT, note.as_bytes());
+    batch.commit().map_err(|e| {
+        LedgerError::new(
+            LedgerErrorCode::Storage,
+            format!("commit failed; nothing in it was acknowledged: {e}"),
+        )
+    })?;
+    Ok(Some(TreeHead {
+        size,
+        root,
+        checkpoint: note,
+    }))
+}
