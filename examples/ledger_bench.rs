@@ -240,7 +240,7 @@ fn group_commit(dir: &Path, count: u64) {
     let fsync = fsync_rate(dir);
     let fjall_rate = fjall_commit_rate(dir);
     println!("ceiling: ed25519 verify_strict, 1 core      {verify:>10.0} /s");
-    println!("ceiling: fsync (write 512 B + fdatasync)     {fsync:>10.0} /s");
+    println!("ceiling: fsync (512 B in place, preallocated) {fsync:>10.0} /s");
     println!("ceiling: fjall 1-insert batch, SyncAll       {fjall_rate:>10.0} /s");
     let path = presign(dir, count * 2);
     let ledger = Arc::new(Ledger::open(LedgerConfig::new(dir.join("data"), "bench/log")).unwrap());

@@ -238,7 +238,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let fsync = fsync_rate(&dir);
-    println!("ceiling: fsync (write 512 B + fdatasync)   {fsync:>9.0} /s");
+    println!("ceiling: fsync (512 B in place, prealloc.) {fsync:>9.0} /s");
 
     let ledger = Ledger::open(LedgerConfig::new(dir.join("data"), "bench/log")).unwrap();
     let store = Arc::new(JobStore::open(&ledger).unwrap());
