@@ -323,8 +323,16 @@ fn job_ids_stay_unique_when_the_clock_steps_back_across_a_restart() {
     let (_ledger, store) = open(&dir);
     let mut after = Vec::new();
     for (n, now) in [(10u8, 10_000), (11, 9_000), (12, 10_000), (13, 1)] {
-        after.push(store.enqueue(&h, &schema, &req(n), now).unwrap().0);
+        let job = store.enqueue(&h, &schema, &req(n), now).unwrap().0;
+        // Due at once: an ID's time ahead of the clock delays nothing.
+        assert_eq!(job.run_at, now);
+        after.push(job);
     }
+    let ready = store.ready(100).unwrap();
+    assert!(
+        after.iter().all(|j| ready.contains(&j.id)),
+        "every new job is ready"
+    );
     for job in &before {
         assert_eq!(
             &store.get(&job.id).unwrap(),

@@ -136,10 +136,11 @@ pub(super) struct Shared {
     pub(super) origin: String,
     pub(super) log_key: SigningKey,
     pub(super) log_did: Did,
-    /// The newest signed head and a database snapshot taken just after it
-    /// was committed. The writer replaces it after each commit, under a
-    /// lock held only for the swap: reads never wait for a commit.
-    pub(super) published: RwLock<Arc<Published>>,
+    /// The newest signed head, and while a group is being committed a
+    /// snapshot of the state at that head. The writer takes the write lock
+    /// only to swap these, never across a commit: reads never wait for an
+    /// fsync.
+    pub(super) published: RwLock<Published>,
     /// Set after a failed commit: the ledger refuses writes (fail-stop).
     pub(super) failed: Mutex<Option<String>>,
     /// Refuses writes while the disk is nearly full.
@@ -150,10 +151,17 @@ pub(super) struct Shared {
     pub(super) changes: Mutex<ChangeLog>,
 }
 
-/// A signed head as readers see it, with the snapshot it belongs to.
+/// The signed head readers see.
 pub(super) struct Published {
     pub(super) head: TreeHead,
-    pub(super) snap: fjall::Snapshot,
+    /// A snapshot of the state at `head`, taken before the group being
+    /// committed wrote anything, and held only while that commit is in
+    /// flight (or for good after a failed one: the ledger is then
+    /// fail-stopped and the failed group must stay invisible). Otherwise
+    /// `None`, and a reader snapshots the database itself, which is then
+    /// exactly the state at `head`. Holding no snapshot between commits
+    /// lets fjall drop old versions of everything (the job store's too).
+    pub(super) in_commit: Option<fjall::Snapshot>,
 }
 
 /// Subjects of the most recent entries, oldest first: `subjects[i]` is
@@ -171,19 +179,48 @@ impl Shared {
         &self.ks[k as usize]
     }
 
-    pub(super) fn published(&self) -> Arc<Published> {
-        Arc::clone(&self.published.read().unwrap_or_else(|p| p.into_inner()))
+    /// The newest signed head.
+    pub(super) fn head(&self) -> TreeHead {
+        self.published
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .head
+            .clone()
     }
 
-    /// Makes `head`, just committed, what readers see: the snapshot is
-    /// taken after the commit, so it holds every entry below the head and
-    /// nothing beyond it (only this writer writes the log's keyspaces).
-    pub(super) fn publish(&self, head: TreeHead) {
-        let next = Arc::new(Published {
-            head,
-            snap: self.db.snapshot(),
-        });
-        *self.published.write().unwrap_or_else(|p| p.into_inner()) = next;
+    /// The newest signed head and a snapshot of the state at it. Only this
+    /// writer writes the log's keyspaces, and it marks a commit in flight
+    /// (under the write lock) before writing anything, so a snapshot
+    /// taken under the read lock with no commit in flight is exactly the
+    /// head's state.
+    pub(super) fn read_point(&self) -> (TreeHead, fjall::Snapshot) {
+        let p = self.published.read().unwrap_or_else(|p| p.into_inner());
+        let snap = match &p.in_commit {
+            Some(s) => s.clone(),
+            None => self.db.snapshot(),
+        };
+        (p.head.clone(), snap)
+    }
+
+    /// Marks a commit in flight: readers use a snapshot of the state
+    /// before it until [`Shared::publish`].
+    pub(super) fn begin_commit(&self) {
+        let snap = self.db.snapshot();
+        self.published
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .in_commit = Some(snap);
+    }
+
+    /// Ends the commit in flight: `head`, just committed, is what readers
+    /// see from now on. After a failed commit (`None`) readers keep the
+    /// snapshot from before it.
+    pub(super) fn publish(&self, head: Option<TreeHead>) {
+        let mut p = self.published.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(head) = head {
+            p.head = head;
+            p.in_commit = None;
+        }
     }
 
     pub(super) fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
@@ -297,7 +334,7 @@ impl Ledger {
                 root: merkle::empty_root(),
                 checkpoint: String::new(),
             },
-            snap: db.snapshot(),
+            in_commit: None,
         };
         let shared = Arc::new(Shared {
             db,
@@ -305,7 +342,7 @@ impl Ledger {
             origin: config.origin.clone(),
             log_key,
             log_did,
-            published: RwLock::new(Arc::new(placeholder)),
+            published: RwLock::new(placeholder),
             failed: Mutex::new(None),
             space: super::SpaceGuard::new(&config.data_dir, config.min_free_bytes),
             size_tx: tokio::sync::watch::Sender::new(size),
@@ -377,7 +414,7 @@ impl Ledger {
                 ));
             }
         };
-        shared.publish(head);
+        shared.publish(Some(head));
         let (tx, rx) = sync_channel::<Vec<Job>>(config.queue_depth.max(1));
         let writer_shared = Arc::clone(&shared);
         let max_batch = config.max_batch.max(1);
@@ -444,7 +481,7 @@ impl Ledger {
 
     /// The newest signed tree head. Never waits for a commit.
     pub fn head(&self) -> TreeHead {
-        self.shared.published().head.clone()
+        self.shared.head()
     }
 
     /// Verifies and appends one attestation. Returns once the entry is
@@ -685,11 +722,11 @@ impl Ledger {
     }
 
     fn view(&self) -> View<'_> {
-        let published = self.shared.published();
+        let (head, snap) = self.shared.read_point();
         View {
             shared: &self.shared,
-            snap: published.snap.clone(),
-            head: published.head.clone(),
+            snap,
+            head,
         }
     }
 

@@ -295,13 +295,14 @@ pub(super) fn writer_loop(
         };
         let results: Vec<Result<Staged, LedgerError>> =
             jobs.iter().map(|j| stage.stage(&j.att)).collect();
-        // Commit without any lock readers take, then publish the new head
-        // with a snapshot taken after the commit: readers keep the previous
-        // head meanwhile and never wait for the fsync.
+        // Commit without holding any lock readers take: readers use a
+        // snapshot of the state before this group until the new head is
+        // published, and never wait for the fsync.
         let committed = if stage.dirty {
+            shared.begin_commit();
             let result = commit(shared, &mut stage);
-            if let Ok(Some(h)) = &result {
-                shared.publish(h.clone());
+            shared.publish(result.as_ref().ok().cloned().flatten());
+            if let Ok(Some(_)) = &result {
                 // After the head, before the size: whoever sees the new
                 // size can learn which subjects it changed, and reads them
                 // at this head or a newer one.
@@ -327,7 +328,7 @@ pub(super) fn writer_loop(
                     frontier = stage.frontier;
                     shared.size_tx.send_replace(h.size);
                 }
-                let head = shared.published().head.clone();
+                let head = shared.head();
                 for (job, result) in jobs.into_iter().zip(results) {
                     let reply = result.map(|s| match s {
                         Staged::Appended(index, id) => Receipt {

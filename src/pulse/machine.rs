@@ -45,7 +45,11 @@ impl Job {
             handler,
             payload: req.payload.clone(),
             priority: req.priority,
-            run_at: req.run_at_ms.max(id.created_at_ms()),
+            // From the clock, not the ID: an ID's time may run a little
+            // ahead of `now` (IDs never go backwards, and batches reach the
+            // store's writer out of clock order), and a job must not wait
+            // for that.
+            run_at: req.run_at_ms.max(now),
             idempotency_key: req.idempotency_key.clone(),
             limits,
             parent: req.parent,
