@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::Signer;
+use ed25519_dalek::{Signature, Signer, VerifyingKey};
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
@@ -18,17 +18,23 @@ use super::bench_key;
 use crate::api::proto::{self, plugin_client::PluginClient};
 use crate::plugin::parse_handshake;
 
-/// Strict verifications per second on this thread: 20,000 distinct
-/// signatures, median of 3 runs.
-pub fn verify_rate() -> f64 {
-    let sigs: Vec<_> = (0..20_000u64)
+/// 20,000 distinct (key, message, signature) triples, the same in every
+/// verification ceiling.
+fn signed_messages() -> Vec<(VerifyingKey, Vec<u8>, Signature)> {
+    (0..20_000u64)
         .map(|i| {
             let (sk, _) = bench_key("verify", i);
             let msg = i.to_le_bytes().repeat(40);
             let sig = sk.sign(&msg);
             (sk.verifying_key(), msg, sig)
         })
-        .collect();
+        .collect()
+}
+
+/// Strict verifications per second on this thread: 20,000 distinct
+/// signatures, median of 3 runs.
+pub fn verify_rate() -> f64 {
+    let sigs = signed_messages();
     let mut rates: Vec<f64> = (0..3)
         .map(|_| {
             let t = Instant::now();
@@ -117,14 +123,7 @@ pub const VERIFY_BATCH: usize = 64;
 /// every core (the log audit): nothing but the curve arithmetic.
 pub fn batch_verify_rate(threads: usize) -> f64 {
     let threads = threads.max(1);
-    let sigs: Vec<_> = (0..20_000u64)
-        .map(|i| {
-            let (sk, _) = bench_key("verify", i);
-            let msg = i.to_le_bytes().repeat(40);
-            let sig = sk.sign(&msg);
-            (sk.verifying_key(), msg, sig)
-        })
-        .collect();
+    let sigs = signed_messages();
     let per_thread = sigs.len().div_ceil(threads);
     let mut rates: Vec<f64> = (0..3)
         .map(|_| {
