@@ -24,6 +24,8 @@ use crate::{Did, Family};
 
 /// HTTP/2 receive window of each attempt's stream from a plugin, bytes.
 const PLUGIN_STREAM_WINDOW: u32 = 256 * 1024;
+/// HTTP/2's largest flow-control window (RFC 9113, 6.9.1).
+const MAX_HTTP2_WINDOW: u32 = (1 << 31) - 1;
 
 /// Where a plugin comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,13 +287,15 @@ impl Supervisor {
         }
         // Per-stream flow control keeps attempts apart on the one
         // connection: an attempt whose reports Pulse is not reading (its
-        // report queue is full) holds at most one stream window, so the
-        // connection window never runs out and other attempts and the
-        // health checks keep flowing (room for 256 stalled attempts).
+        // report queue is full) holds at most one stream window. The
+        // connection window is HTTP/2's largest, so it runs out only after
+        // 8,191 stalled attempts, far beyond any max_running: other
+        // attempts and the health checks keep flowing. Memory stays
+        // bounded by the stream windows, not by this.
         endpoint
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(PLUGIN_STREAM_WINDOW))
-            .initial_connection_window_size(Some(PLUGIN_STREAM_WINDOW * 256))
+            .initial_connection_window_size(Some(MAX_HTTP2_WINDOW))
             .connect_timeout(self.config.start_timeout)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .connect()

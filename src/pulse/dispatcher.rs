@@ -255,8 +255,14 @@ impl<E: Executor> Dispatcher<E> {
         // two. Slots freed by this step's results are used by the next
         // step, which follows at once.
         let pending = self.collect_reports(now, &mut report)?;
-        let chosen = self.choose(now)?;
-        self.store.append_logs(pending.logs)?;
+        // From here on every error is kept, not returned at once: what the
+        // group commit wrote must still reach the bookkeeping (slots,
+        // reservations) and the executor (dispatched attempts).
+        let (chosen, mut failure) = self.choose(now);
+        if let Err(e) = self.store.append_logs(pending.logs) {
+            // Lines are for people: the transitions still go ahead.
+            failure.get_or_insert(e);
+        }
         let mut ops = pending.ops;
         let reports = ops.len();
         ops.extend(Self::dispatch_ops(&chosen, now));
@@ -264,8 +270,18 @@ impl<E: Executor> Dispatcher<E> {
             .store
             .update_many_spending(now, ops, |a: &Applied| a.cost);
         let dispatched = results.split_off(reports);
-        self.finish_reports(pending.ending, results, &mut report)?;
-        report.dispatched = self.start(now, chosen, dispatched)?;
+        if let Err(e) = self.finish_reports(pending.ending, results, &mut report) {
+            failure.get_or_insert(e);
+        }
+        match self.start(now, chosen, dispatched) {
+            Ok(n) => report.dispatched = n,
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
         // After the reports: a result that came in time wins over the
         // deadline.
         if now >= self.next_deadline_scan {
@@ -414,6 +430,7 @@ impl<E: Executor> Dispatcher<E> {
         results: Vec<Result<Applied, JobError>>,
         report: &mut StepReport,
     ) -> Result<(), JobError> {
+        let mut failure = None;
         for ((job, lease), result) in ending.into_iter().zip(results) {
             match result {
                 Ok(applied) => {
@@ -434,10 +451,14 @@ impl<E: Executor> Dispatcher<E> {
                     }
                 }
                 Err(JobError::Rejected(_)) => report.stale += 1,
-                Err(e) => return Err(e),
+                // Others of the group may have committed: go on, and
+                // report the first failure after.
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     /// Pushes a cancel to every attempt past its deadline or heartbeat
@@ -521,12 +542,19 @@ impl<E: Executor> Dispatcher<E> {
     /// Chooses ready jobs while slots are free, taking their slots and
     /// reservations. A handler at its `max_concurrency` is skipped, not
     /// waited for, so it never blocks other handlers' jobs.
-    fn choose(&mut self, now: u64) -> Result<Vec<Chosen>, JobError> {
+    fn choose(&mut self, now: u64) -> (Vec<Chosen>, Option<JobError>) {
+        let mut chosen = Vec::new();
+        let failure = self.choose_into(now, &mut chosen).err();
+        (chosen, failure)
+    }
+
+    /// [`Dispatcher::choose`]'s work: every job pushed onto `chosen` holds
+    /// its slot and reservation, also when a later one fails.
+    fn choose_into(&mut self, now: u64, chosen: &mut Vec<Chosen>) -> Result<(), JobError> {
         let total: u32 = self.running.values().sum();
         let mut free = self.config.max_running.saturating_sub(total as usize);
-        let mut chosen: Vec<Chosen> = Vec::new();
         if free == 0 {
-            return Ok(chosen);
+            return Ok(());
         }
         // Budgets read once per handler per step.
         let mut budgets: std::collections::HashMap<[u8; 32], super::Budget> =
@@ -614,7 +642,7 @@ impl<E: Executor> Dispatcher<E> {
                 });
             }
         }
-        Ok(chosen)
+        Ok(())
     }
 
     /// The dispatch transitions of the chosen jobs.
