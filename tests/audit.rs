@@ -903,3 +903,63 @@ fn batched_verification_agrees_with_verify_attestation_entry_by_entry() {
     }
     assert_eq!(expected.iter().filter(|r| r.is_err()).count(), 6);
 }
+
+/// A log whose entries are near the largest code a handler may carry
+/// (48 KiB each, so GetEntries pages stop at 4 MiB, short of 1,000 entries)
+/// is audited from a server: a short page is followed by the rest.
+#[test]
+fn a_log_of_large_entries_is_audited_from_a_server() {
+    let dir = tempdir("audit-large");
+    let data = dir.join("data");
+    let plugin = key("large-plugin");
+    {
+        let ledger = Ledger::open(LedgerConfig::new(&data, "pulse-ledger.local/log")).unwrap();
+        ledger
+            .append(plugin_register(&plugin, "big").envelope())
+            .unwrap();
+        let envelopes: Vec<Vec<u8>> = (0..120)
+            .map(|i| {
+                let k = key(&format!("large-{i}"));
+                common::handler_register_with(&k, &format!("h{i}"), &plugin.did, |s| {
+                    s.code = Some(vec![b'#'; pulse_ledger::limits::MAX_CODE_BYTES - i]);
+                })
+                .envelope()
+                .to_vec()
+            })
+            .collect();
+        for r in ledger.append_batch(&envelopes) {
+            r.unwrap();
+        }
+    }
+    let server = common::Serve::start(&[], &data);
+    let log_did = {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut reg = pulse_ledger::api::proto::registry_client::RegistryClient::connect(
+                server.url.clone(),
+            )
+            .await
+            .unwrap();
+            let info = common::log_info(&mut reg).await;
+            assert_eq!(info.size, 121);
+            info.log_did
+        })
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+        .args([
+            "verify",
+            "log",
+            "--server",
+            &server.url,
+            "--log-key",
+            &log_did,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -257,9 +257,13 @@ async fn from_server(
                     format!("the server sent index {} in its place", e.index),
                 )
             });
-        let short = (page.len() as u64 != end - start).then(|| {
+        // A page may stop short of `end` (the server caps pages by bytes,
+        // spec/ledger.md): ask for the rest before anything after it. An
+        // empty page, or one longer than asked, is the server's fault.
+        let got = page.len() as u64;
+        let short = (got == 0 || got > end - start).then(|| {
             AuditError::at(
-                start + (page.len() as u64).min(end - start),
+                start + got.min(end - start),
                 AuditCode::SizeMismatch,
                 format!(
                     "asked for indexes {start}..{end} of a {}-entry checkpoint, the server sent {} entries",
@@ -271,6 +275,18 @@ async fn from_server(
         if let Some(e) = wrong.or(short) {
             page_error = Some(e);
             break;
+        }
+        if got < end - start {
+            let rest = start + got;
+            let mut c = client.clone();
+            inflight.push_front((
+                rest,
+                end,
+                tokio::spawn(async move {
+                    c.get_entries(proto::GetEntriesRequest { start: rest, end })
+                        .await
+                }),
+            ));
         }
         chunk.extend(page.into_iter().map(|e| e.envelope));
         if chunk.len() as u64 >= CHUNK && tx.send(std::mem::take(&mut chunk)).await.is_err() {
