@@ -945,21 +945,5 @@ fn a_log_of_large_entries_is_audited_from_a_server() {
             info.log_did
         })
     };
-    let out = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
-        .args([
-            "verify",
-            "log",
-            "--server",
-            &server.url,
-            "--log-key",
-            &log_did,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::verify_log_passes(&server.url, &log_did);
 }

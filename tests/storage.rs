@@ -92,19 +92,6 @@ async fn size(reg: &mut RegistryClient<tonic::transport::Channel>) -> u64 {
     log_info(reg).await.size
 }
 
-fn audit(url: &str, log_did: &str) {
-    let out = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
-        .args(["verify", "log", "--server", url, "--log-key", log_did])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_writes_cleanly_and_they_resume_when_space_returns() {
     let dir = tempdir("storage-full");
@@ -154,7 +141,7 @@ async fn a_full_disk_refuses_writes_cleanly_and_they_resume_when_space_returns()
     );
     // Reads go on, and nothing changed.
     assert_eq!(size(&mut reg).await, 4);
-    audit(&server.url, &log_did);
+    common::verify_log_passes(&server.url, &log_did);
 
     // Space returns: writes resume where they stopped.
     Faulty::disarm(&server.enospc);
@@ -166,7 +153,7 @@ async fn a_full_disk_refuses_writes_cleanly_and_they_resume_when_space_returns()
     })
     .await
     .unwrap();
-    audit(&server.url, &log_did);
+    common::verify_log_passes(&server.url, &log_did);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +261,7 @@ async fn a_failed_write_or_fsync_stops_writes_acknowledges_nothing_and_a_restart
             entry[0].envelope,
             plugin_register(&key(&format!("{fault}-ok")), "storage").envelope()
         );
-        audit(&server.url, &log_did);
+        common::verify_log_passes(&server.url, &log_did);
         assert_eq!(
             submit(&mut reg, &format!("{fault}-resumed")).await.unwrap(),
             after_restart

@@ -190,6 +190,25 @@ fn joined(handle: AuditThread) -> Result<LogAuditor, AuditError> {
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
+/// A page of entries being fetched: (start, end, the call).
+type PageFetch = (
+    u64,
+    u64,
+    tokio::task::JoinHandle<Result<tonic::Response<proto::GetEntriesResponse>, tonic::Status>>,
+);
+
+/// Starts fetching entries `start..end` (the server may answer a prefix).
+fn fetch_page(
+    client: &proto::registry_client::RegistryClient<tonic::transport::Channel>,
+    start: u64,
+    end: u64,
+) -> PageFetch {
+    let mut c = client.clone();
+    let call =
+        tokio::spawn(async move { c.get_entries(proto::GetEntriesRequest { start, end }).await });
+    (start, end, call)
+}
+
 async fn from_server(
     server: &ServerArg,
     key: &Did,
@@ -221,15 +240,7 @@ async fn from_server(
     loop {
         while inflight.len() < PAGES_IN_FLIGHT && next < cp.size {
             let end = (next + crate::ledger::MAX_ENTRY_RANGE).min(cp.size);
-            let mut c = client.clone();
-            inflight.push_back((
-                next,
-                end,
-                tokio::spawn(async move {
-                    c.get_entries(proto::GetEntriesRequest { start: next, end })
-                        .await
-                }),
-            ));
+            inflight.push_back(fetch_page(&client, next, end));
             next = end;
         }
         let Some((start, end, task)) = inflight.pop_front() else {
@@ -277,16 +288,7 @@ async fn from_server(
             break;
         }
         if got < end - start {
-            let rest = start + got;
-            let mut c = client.clone();
-            inflight.push_front((
-                rest,
-                end,
-                tokio::spawn(async move {
-                    c.get_entries(proto::GetEntriesRequest { start: rest, end })
-                        .await
-                }),
-            ));
+            inflight.push_front(fetch_page(&client, start + got, end));
         }
         chunk.extend(page.into_iter().map(|e| e.envelope));
         if chunk.len() as u64 >= CHUNK && tx.send(std::mem::take(&mut chunk)).await.is_err() {

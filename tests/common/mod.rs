@@ -249,3 +249,18 @@ pub fn reason(s: &tonic::Status) -> String {
         .map(|i| i.reason)
         .unwrap_or_default()
 }
+
+/// Runs `pulse-ledger verify log --server URL --log-key DID` and asserts
+/// that the audit passes (printing its output if not).
+pub fn verify_log_passes(url: &str, log_did: &str) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+        .args(["verify", "log", "--server", url, "--log-key", log_did])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
