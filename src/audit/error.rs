@@ -43,6 +43,9 @@ pub enum AuditCode {
     /// A data dir's indexes or tree nodes contradict its entries
     /// (spec/ledger.md, "Audit").
     StoreIntegrity,
+    /// The server did not answer a call within the deadline (a monitor's
+    /// alert; spec/audit.md, "Deadlines").
+    Unresponsive,
 }
 
 impl AuditCode {
@@ -65,6 +68,7 @@ impl AuditCode {
             AuditCode::WrongSubject => "wrong_subject",
             AuditCode::EmptyBundle => "empty_bundle",
             AuditCode::StoreIntegrity => "store_integrity",
+            AuditCode::Unresponsive => "unresponsive",
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::client::{ServerArg, call_failed};
+use super::client::{Registry, ServerArg};
 use super::error::{CliError, EXIT_VERIFY_FAILED};
 use super::files;
 use super::output::{Progress, bad, escape, good};
@@ -194,18 +194,20 @@ fn joined(handle: AuditThread) -> Result<LogAuditor, AuditError> {
 type PageFetch = (
     u64,
     u64,
-    tokio::task::JoinHandle<Result<tonic::Response<proto::GetEntriesResponse>, tonic::Status>>,
+    tokio::task::JoinHandle<Result<proto::GetEntriesResponse, CliError>>,
 );
 
 /// Starts fetching entries `start..end` (the server may answer a prefix).
-fn fetch_page(
-    client: &proto::registry_client::RegistryClient<tonic::transport::Channel>,
-    start: u64,
-    end: u64,
-) -> PageFetch {
+fn fetch_page(client: &Registry, start: u64, end: u64) -> PageFetch {
     let mut c = client.clone();
-    let call =
-        tokio::spawn(async move { c.get_entries(proto::GetEntriesRequest { start, end }).await });
+    let call = tokio::spawn(async move {
+        c.deadline
+            .call(
+                "GetEntries",
+                c.rpc.get_entries(proto::GetEntriesRequest { start, end }),
+            )
+            .await
+    });
     (start, end, call)
 }
 
@@ -247,9 +249,9 @@ async fn from_server(
             break;
         };
         let page = match task.await {
-            Ok(Ok(r)) => r.into_inner().entries,
-            Ok(Err(s)) => {
-                fetch_error = Some(call_failed(&s));
+            Ok(Ok(r)) => r.entries,
+            Ok(Err(e)) => {
+                fetch_error = Some(e);
                 break;
             }
             Err(e) => {

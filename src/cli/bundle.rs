@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use serde_json::json;
 
 use super::audit::{log_key, report_failure};
-use super::client::{ServerArg, call_failed, connect, runtime};
+use super::client::{ServerArg, connect, runtime};
 use super::error::{CliError, EXIT_VERIFY_FAILED};
 use super::files;
 use super::output::good;
@@ -97,25 +97,27 @@ pub(crate) fn run(cmd: BundleCmd) -> Result<ExitCode, CliError> {
 async fn fetch(server: &ServerArg, subject: &Did) -> Result<Bundle, CliError> {
     let mut client = connect(server).await?;
     let log = client
-        .get_log_info(proto::GetLogInfoRequest {})
-        .await
-        .map_err(|s| call_failed(&s))?
-        .into_inner()
+        .deadline
+        .call(
+            "GetLogInfo",
+            client.rpc.get_log_info(proto::GetLogInfoRequest {}),
+        )
+        .await?
         .log_did;
     let log =
         Did::parse(&log).map_err(|e| CliError::Usage(format!("the server's log key: {e}")))?;
     let mut pages = Vec::new();
     let mut from_seq = 0;
     loop {
+        let request = proto::GetChainRequest {
+            did: subject.to_string(),
+            from_seq,
+            page_size: 0,
+        };
         let page = client
-            .get_chain(proto::GetChainRequest {
-                did: subject.to_string(),
-                from_seq,
-                page_size: 0,
-            })
-            .await
-            .map_err(|s| call_failed(&s))?
-            .into_inner();
+            .deadline
+            .call("GetChain", client.rpc.get_chain(request))
+            .await?;
         let more = page.more;
         from_seq = page.next_seq;
         pages.push(page);
@@ -134,14 +136,14 @@ async fn fetch(server: &ServerArg, subject: &Did) -> Result<Bundle, CliError> {
             let proof = if same {
                 e.inclusion_proof
             } else {
+                let request = proto::GetInclusionProofRequest {
+                    leaf: Some(proto::get_inclusion_proof_request::Leaf::Index(e.index)),
+                    tree_size: checkpoint.size,
+                };
                 client
-                    .get_inclusion_proof(proto::GetInclusionProofRequest {
-                        leaf: Some(proto::get_inclusion_proof_request::Leaf::Index(e.index)),
-                        tree_size: checkpoint.size,
-                    })
-                    .await
-                    .map_err(|s| call_failed(&s))?
-                    .into_inner()
+                    .deadline
+                    .call("GetInclusionProof", client.rpc.get_inclusion_proof(request))
+                    .await?
                     .path
             };
             entries.push(BundleEntry {

@@ -8,6 +8,7 @@ use serde_json::json;
 use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 
+use super::deadline::{self, Deadline};
 use super::error::{CliError, EXIT_USAGE, EXIT_VERIFY_FAILED};
 use super::files;
 use super::output::escape;
@@ -55,6 +56,18 @@ pub(crate) struct ServerArg {
     /// Send --token over plaintext http:// to a host that is not loopback.
     #[arg(long)]
     allow_plaintext: bool,
+    /// Longest wait for one call to the server (500ms, 30s, 2m; a bare
+    /// number is seconds): connecting, an answer, a stream's opening or an
+    /// item it owes. When it passes, the command names the call and exits
+    /// with status 3.
+    #[arg(
+        long,
+        env = "PULSE_LEDGER_TIMEOUT",
+        value_name = "DURATION",
+        default_value = deadline::DEFAULT_TIMEOUT,
+        value_parser = deadline::parse
+    )]
+    timeout: Deadline,
 }
 
 impl std::fmt::Debug for ServerArg {
@@ -198,7 +211,25 @@ impl ServerArg {
             client_cert: env("PULSE_LEDGER_CLIENT_CERT"),
             client_key: env("PULSE_LEDGER_CLIENT_KEY"),
             allow_plaintext: false,
+            timeout: std::env::var("PULSE_LEDGER_TIMEOUT")
+                .ok()
+                .and_then(|t| deadline::parse(&t).ok())
+                .unwrap_or_else(Deadline::standard),
         }
+    }
+
+    /// The same server with another per-call deadline (`--timeout` of a
+    /// command with its own `--server` flag).
+    pub(crate) fn with_timeout(self, timeout: Option<Deadline>) -> ServerArg {
+        ServerArg {
+            timeout: timeout.unwrap_or(self.timeout),
+            ..self
+        }
+    }
+
+    /// The per-call deadline.
+    pub(crate) fn deadline(&self) -> Deadline {
+        self.timeout
     }
 
     /// A server given by a command's own flags, with a token and a CA of
@@ -236,9 +267,9 @@ impl ServerArg {
                 "--ca and --client-cert apply to an https:// server, not {url}"
             )));
         }
-        endpoint
-            .connect()
-            .await
+        self.timeout
+            .run("connect", endpoint.connect())
+            .await?
             .map_err(|e| CliError::Unreachable(format!("cannot reach {url}: {e}")))
     }
 
@@ -260,9 +291,21 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Usage(format!("cannot start the async runtime: {e}")))
 }
 
-pub(crate) async fn connect(server: &ServerArg) -> Result<RegistryClient<Channel>, CliError> {
+/// A registry client and the deadline of each of its calls.
+#[derive(Clone)]
+pub(crate) struct Registry {
+    /// The gRPC client; wrap each call in `deadline`.
+    pub(crate) rpc: RegistryClient<Channel>,
+    /// The per-call deadline (`--timeout`).
+    pub(crate) deadline: Deadline,
+}
+
+pub(crate) async fn connect(server: &ServerArg) -> Result<Registry, CliError> {
     let channel = server.channel().await?;
-    Ok(RegistryClient::new(channel).max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES))
+    Ok(Registry {
+        rpc: RegistryClient::new(channel).max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES),
+        deadline: server.deadline(),
+    })
 }
 
 /// A failed call: rejections (the caller's input) exit 1, the rest 2.
@@ -322,8 +365,8 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<ExitCode, CliError> {
         };
         if envelopes.len() == 1 {
             let envelope = envelopes.into_iter().next().unwrap_or_default();
-            match client.submit(proto::SubmitRequest { envelope }).await {
-                Ok(r) => report(&args.files[0], Ok(r.into_inner())),
+            match client.deadline.status("Submit", client.rpc.submit(proto::SubmitRequest { envelope })).await? {
+                Ok(r) => report(&args.files[0], Ok(r)),
                 Err(s) if is_rejection(s.code()) => {
                     use tonic_types::StatusExt;
                     let code = s.get_details_error_info().map(|i| i.reason).unwrap_or_default();
@@ -333,14 +376,9 @@ pub(crate) fn submit(args: SubmitArgs) -> Result<ExitCode, CliError> {
             }
         } else {
             let requests = tokio_stream::iter(envelopes.into_iter().map(|envelope| proto::SubmitRequest { envelope }));
-            let mut responses = client
-                .submit_stream(requests)
-                .await
-                .map_err(|s| call_failed(&s))?
-                .into_inner();
+            let mut responses = client.deadline.call("SubmitStream", client.rpc.submit_stream(requests)).await?;
             let mut seen = 0usize;
-            while let Some(item) = responses.next().await {
-                let item = item.map_err(|s| call_failed(&s))?;
+            while let Some(item) = client.deadline.next("SubmitStream", &mut responses).await? {
                 let file = &args.files[(item.position as usize).min(args.files.len() - 1)];
                 match item.result {
                     Some(proto::submit_stream_response::Result::Accepted(r)) => report(file, Ok(r)),
@@ -371,10 +409,9 @@ pub(crate) fn show(args: ShowArgs) -> Result<ExitCode, CliError> {
     runtime()?.block_on(async move {
         let mut client = connect(&args.server).await?;
         let s = client
-            .get_subject(proto::GetSubjectRequest { did: args.did.clone() })
-            .await
-            .map_err(|s| call_failed(&s))?
-            .into_inner()
+            .deadline
+            .call("GetSubject", client.rpc.get_subject(proto::GetSubjectRequest { did: args.did.clone() }))
+            .await?
             .subject
             .unwrap_or_default();
         let schema: serde_json::Value = serde_json::from_str(&s.schema_json).unwrap_or_default();
@@ -422,18 +459,15 @@ pub(crate) fn list(args: ListArgs, plugins: bool) -> Result<ExitCode, CliError> 
     runtime()?.block_on(async move {
         let mut client = connect(&args.server).await?;
         loop {
-            let page = client
-                .list_handlers(proto::ListHandlersRequest {
+            let request = proto::ListHandlersRequest {
                     name_prefix: args.name_prefix.clone(),
                     plugin: args.plugin.clone().unwrap_or_default(),
                     include_revoked: args.include_revoked,
                     page_size: args.page_size,
                     page_token: token.clone(),
                     family: if plugins { proto::Family::Plugin as i32 } else { proto::Family::Handler as i32 },
-                })
-                .await
-                .map_err(|s| call_failed(&s))?
-                .into_inner();
+            };
+            let page = client.deadline.call("ListHandlers", client.rpc.list_handlers(request)).await?;
             for h in &page.handlers {
                 if args.json {
                     println!("{}", json!({"did": h.did, "name": h.name, "plugin": h.plugin, "seq": h.seq, "revoked": h.revoked}));
@@ -459,7 +493,8 @@ pub(crate) fn log(cmd: LogCmd) -> Result<ExitCode, CliError> {
     runtime()?.block_on(async move {
         match cmd {
             LogCmd::Info { server, json } => {
-                let i = connect(&server).await?.get_log_info(proto::GetLogInfoRequest {}).await.map_err(|s| call_failed(&s))?.into_inner();
+                let mut c = connect(&server).await?;
+                let i = c.deadline.call("GetLogInfo", c.rpc.get_log_info(proto::GetLogInfoRequest {})).await?;
                 if json {
                     println!("{}", json!({"log_did": i.log_did, "origin": i.origin, "size": i.size, "root": hex::encode(&i.root_hash), "verifier_key": i.verifier_key}));
                 } else {
@@ -471,7 +506,8 @@ pub(crate) fn log(cmd: LogCmd) -> Result<ExitCode, CliError> {
                 }
             }
             LogCmd::Checkpoint { server } => {
-                let c = connect(&server).await?.get_checkpoint(proto::GetCheckpointRequest {}).await.map_err(|s| call_failed(&s))?.into_inner();
+                let mut client = connect(&server).await?;
+                let c = client.deadline.call("GetCheckpoint", client.rpc.get_checkpoint(proto::GetCheckpointRequest {})).await?;
                 print!("{}", c.checkpoint.unwrap_or_default().note);
             }
             LogCmd::Entries { server, from, to, json } => {
@@ -479,7 +515,7 @@ pub(crate) fn log(cmd: LogCmd) -> Result<ExitCode, CliError> {
                 let end = to.unwrap_or(from.saturating_add(100));
                 let mut next = from;
                 while next < end {
-                    let r = client.get_entries(proto::GetEntriesRequest { start: next, end }).await.map_err(|s| call_failed(&s))?.into_inner();
+                    let r = client.deadline.call("GetEntries", client.rpc.get_entries(proto::GetEntriesRequest { start: next, end })).await?;
                     if r.entries.is_empty() {
                         break;
                     }
@@ -490,7 +526,10 @@ pub(crate) fn log(cmd: LogCmd) -> Result<ExitCode, CliError> {
                 }
             }
             LogCmd::Watch { server, from, json } => {
-                let mut stream = connect(&server).await?.watch_entries(proto::WatchEntriesRequest { start: from }).await.map_err(|s| call_failed(&s))?.into_inner();
+                // Only the stream's opening has a deadline: a log that does
+                // not grow sends nothing, and that is no fault.
+                let mut c = connect(&server).await?;
+                let mut stream = c.deadline.call("WatchEntries", c.rpc.watch_entries(proto::WatchEntriesRequest { start: from })).await?;
                 while let Some(e) = stream.next().await {
                     print_entry(&e.map_err(|s| call_failed(&s))?, json);
                 }

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 pub(crate) const EXIT_VERIFY_FAILED: u8 = 1;
 /// Exit status for usage and I/O errors.
 pub(crate) const EXIT_USAGE: u8 = 2;
-/// Exit status when the server cannot be reached (or is unavailable).
+/// Exit status when the server cannot be reached, is unavailable, or does
+/// not answer in time.
 pub(crate) const EXIT_UNREACHABLE: u8 = 3;
 
 /// A CLI failure that is not a verification verdict.
@@ -36,6 +37,17 @@ pub enum CliError {
     /// The server could not be reached.
     #[error("{0}")]
     Unreachable(String),
+    /// The server did not answer a call within the deadline.
+    #[error(
+        "no answer to {call} within {} (--timeout): the server is not responding",
+        super::deadline::Deadline::from(*after)
+    )]
+    Timeout {
+        /// The call (`connect`, or a gRPC method such as `GetCheckpoint`).
+        call: &'static str,
+        /// The deadline that passed.
+        after: std::time::Duration,
+    },
     /// An input file is not a valid attestation.
     #[error("{}: {source}", path.display())]
     Invalid {
@@ -51,7 +63,7 @@ impl CliError {
         match self {
             CliError::Invalid { .. } => ExitCode::from(EXIT_VERIFY_FAILED),
             CliError::Server { code, .. } => ExitCode::from(super::client::server_exit(*code)),
-            CliError::Unreachable(_) => ExitCode::from(EXIT_UNREACHABLE),
+            CliError::Unreachable(_) | CliError::Timeout { .. } => ExitCode::from(EXIT_UNREACHABLE),
             _ => ExitCode::from(EXIT_USAGE),
         }
     }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::client::{ServerArg, call_failed, runtime};
+use super::deadline::Deadline;
 use super::error::CliError;
 use super::output::escape;
 use crate::api::AuthedChannel;
@@ -38,7 +39,7 @@ Examples:
         idempotency_key: Option<String>,
         /// Lower the handler's per-attempt timeout, ms.
         #[arg(long, value_name = "MS")]
-        timeout: Option<u64>,
+        timeout_ms: Option<u64>,
         /// Lower (or set) the job's cost limit.
         #[arg(long)]
         max_cost: Option<u64>,
@@ -158,12 +159,21 @@ pub(crate) enum BudgetCmd {
     },
 }
 
-async fn connect(server: &ServerArg) -> Result<JobsClient<AuthedChannel>, CliError> {
+/// A jobs client and the deadline of each of its calls.
+struct Jobs {
+    rpc: JobsClient<AuthedChannel>,
+    deadline: Deadline,
+}
+
+async fn connect(server: &ServerArg) -> Result<Jobs, CliError> {
     // The token's transport is checked before anything is dialed.
     let bearer = server.bearer()?;
     let channel = server.channel().await?;
-    Ok(JobsClient::with_interceptor(channel, bearer)
-        .max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES))
+    Ok(Jobs {
+        rpc: JobsClient::with_interceptor(channel, bearer)
+            .max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES),
+        deadline: server.deadline(),
+    })
 }
 
 fn parse_id(text: &str) -> Result<Vec<u8>, CliError> {
@@ -265,16 +275,16 @@ fn print_job(j: &proto::Job, json: bool) {
     }
 }
 
-async fn watch(
-    client: &mut JobsClient<AuthedChannel>,
-    id: Vec<u8>,
-    json: bool,
-) -> Result<ExitCode, CliError> {
+async fn watch(client: &mut Jobs, id: Vec<u8>, json: bool) -> Result<ExitCode, CliError> {
+    // Only the stream's opening has a deadline: a long job may send
+    // nothing for a long time.
     let mut stream = client
-        .watch_job(proto::WatchJobRequest { id })
-        .await
-        .map_err(|s| call_failed(&s))?
-        .into_inner();
+        .deadline
+        .call(
+            "WatchJob",
+            client.rpc.watch_job(proto::WatchJobRequest { id }),
+        )
+        .await?;
     use std::io::IsTerminal;
     // On a terminal (and without --json) one line is redrawn in place as a
     // progress bar; otherwise every change is its own line.
@@ -308,7 +318,7 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                 payload,
                 priority,
                 idempotency_key,
-                timeout,
+                timeout_ms,
                 max_cost,
                 max_attempts,
                 parent,
@@ -333,21 +343,18 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                     Some(p) => std::fs::read(&p).map_err(super::files::io(&p))?,
                 };
                 let mut client = connect(&server).await?;
-                let r = client
-                    .enqueue(proto::EnqueueRequest {
+                let request = proto::EnqueueRequest {
                         handler,
                         payload,
                         priority,
                         run_at_ms: 0,
                         idempotency_key: idempotency_key.unwrap_or_default(),
                         max_attempts: max_attempts.unwrap_or(0),
-                        timeout_ms: timeout.unwrap_or(0),
+                        timeout_ms: timeout_ms.unwrap_or(0),
                         max_cost: max_cost.unwrap_or(0),
                         parent,
-                    })
-                    .await
-                    .map_err(|s| call_failed(&s))?
-                    .into_inner();
+                };
+                let r = client.deadline.call("Enqueue", client.rpc.enqueue(request)).await?;
                 let job = r.job.unwrap_or_default();
                 if !wait {
                     if json {
@@ -365,12 +372,9 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                 watch(&mut client, job.id, json).await
             }
             JobCmd::Get { server, id, json } => {
-                let j = connect(&server)
-                    .await?
-                    .get_job(proto::GetJobRequest { id: parse_id(&id)? })
-                    .await
-                    .map_err(|s| call_failed(&s))?
-                    .into_inner();
+                let request = proto::GetJobRequest { id: parse_id(&id)? };
+                let mut c = connect(&server).await?;
+                let j = c.deadline.call("GetJob", c.rpc.get_job(request)).await?;
                 print_job(&j.job.unwrap_or_default(), json);
                 Ok(ExitCode::SUCCESS)
             }
@@ -383,15 +387,12 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                 let mut client = connect(&server).await?;
                 let mut token = Vec::new();
                 loop {
-                    let page = client
-                        .list_jobs(proto::ListJobsRequest {
-                            state: state.clone(),
-                            page_size,
-                            page_token: token,
-                        })
-                        .await
-                        .map_err(|s| call_failed(&s))?
-                        .into_inner();
+                    let request = proto::ListJobsRequest {
+                        state: state.clone(),
+                        page_size,
+                        page_token: token,
+                    };
+                    let page = client.deadline.call("ListJobs", client.rpc.list_jobs(request)).await?;
                     for j in &page.jobs {
                         print_job(j, json);
                     }
@@ -416,15 +417,12 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                 let mut client = connect(&server).await?;
                 let mut after = 0;
                 loop {
-                    let page = client
-                        .get_job_log(proto::GetJobLogRequest {
-                            id: id.clone(),
-                            after_seq: after,
-                            page_size: 1000,
-                        })
-                        .await
-                        .map_err(|s| call_failed(&s))?
-                        .into_inner();
+                    let request = proto::GetJobLogRequest {
+                        id: id.clone(),
+                        after_seq: after,
+                        page_size: 1000,
+                    };
+                    let page = client.deadline.call("GetJobLog", client.rpc.get_job_log(request)).await?;
                     for l in &page.lines {
                         if json {
                             println!(
@@ -448,12 +446,9 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                 Ok(ExitCode::SUCCESS)
             }
             JobCmd::Cancel { server, id } => {
-                let j = connect(&server)
-                    .await?
-                    .cancel_job(proto::CancelJobRequest { id: parse_id(&id)? })
-                    .await
-                    .map_err(|s| call_failed(&s))?
-                    .into_inner();
+                let request = proto::CancelJobRequest { id: parse_id(&id)? };
+                let mut c = connect(&server).await?;
+                let j = c.deadline.call("CancelJob", c.rpc.cancel_job(request)).await?;
                 print_job(&j.job.unwrap_or_default(), false);
                 Ok(ExitCode::SUCCESS)
             }
@@ -465,12 +460,9 @@ pub(crate) fn budget(cmd: BudgetCmd) -> Result<ExitCode, CliError> {
     runtime()?.block_on(async move {
         match cmd {
             BudgetCmd::Show { server, handler, json } => {
-                let b = connect(&server)
-                    .await?
-                    .get_budget(proto::GetBudgetRequest { handler: handler.unwrap_or_default() })
-                    .await
-                    .map_err(|s| call_failed(&s))?
-                    .into_inner();
+                let request = proto::GetBudgetRequest { handler: handler.unwrap_or_default() };
+                let mut c = connect(&server).await?;
+                let b = c.deadline.call("GetBudget", c.rpc.get_budget(request)).await?;
                 let limit = |v: u64| if v == 0 { "no limit".to_owned() } else { v.to_string() };
                 if json {
                     println!("{}", json!({"per_hour": b.per_hour, "per_day": b.per_day, "spent_hour": b.spent_hour, "spent_day": b.spent_day}));
@@ -480,11 +472,9 @@ pub(crate) fn budget(cmd: BudgetCmd) -> Result<ExitCode, CliError> {
                 }
             }
             BudgetCmd::Set { server, handler, per_hour, per_day } => {
-                connect(&server)
-                    .await?
-                    .set_budget(proto::SetBudgetRequest { handler: handler.unwrap_or_default(), per_hour, per_day })
-                    .await
-                    .map_err(|s| call_failed(&s))?;
+                let request = proto::SetBudgetRequest { handler: handler.unwrap_or_default(), per_hour, per_day };
+                let mut c = connect(&server).await?;
+                c.deadline.call("SetBudget", c.rpc.set_budget(request)).await?;
                 println!("budget set");
             }
         }

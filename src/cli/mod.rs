@@ -8,6 +8,7 @@ mod author;
 mod bench;
 mod bundle;
 mod client;
+mod deadline;
 mod error;
 mod files;
 mod inspect;

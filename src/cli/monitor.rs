@@ -10,15 +10,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 use super::audit::log_key;
-use super::client::{ServerArg, call_failed, connect, runtime};
+use super::client::{Registry, ServerArg, call_failed, connect, runtime};
+use super::deadline::Deadline;
 use super::error::{CliError, EXIT_VERIFY_FAILED};
 use super::files;
 use super::output::{bad, escape, good};
 use super::remote::{extends, hashes, newest_checkpoint};
-use crate::api::proto::{self, registry_client::RegistryClient};
+use crate::api::proto;
 use crate::audit::{AuditCode, AuditError, available_threads, verify_parallel};
 use crate::ledger::{Checkpoint, Frontier, Hash, leaf_hash, verify_checkpoint};
 use crate::{Attestation, AttestationId, ChainHead, Did, Family};
@@ -27,8 +27,6 @@ use crate::{Attestation, AttestationId, ChainHead, Did, Family};
 const STATE_VERSION: u32 = 1;
 /// Entries verified at a time while catching up.
 const CHUNK: usize = 4_000;
-/// How long the entry stream may stay silent while entries are owed.
-const STREAM_STALL: Duration = Duration::from_secs(30);
 
 /// `monitor`'s flags.
 #[derive(Debug, clap::Args)]
@@ -178,11 +176,28 @@ pub(crate) fn run(o: Options) -> Result<ExitCode, CliError> {
         .collect::<Result<BTreeSet<_>, _>>()?;
     let mut m = Monitor::load(key, watched, o.state.as_deref(), o.json)?;
     runtime()?.block_on(async move {
-        let mut client = connect(&o.server).await?;
-        m.adopt_new_watches(&mut client).await?;
-        let mut stream = Stream::open(&mut client, m.frontier.size()).await?;
+        let mut session = None;
         loop {
-            m.round(&mut client, &mut stream).await?;
+            let before = m.progress();
+            let silent = match m.attempt(&o.server, &mut session).await {
+                Ok(()) => None,
+                // A server that does not answer is an alert, not the end
+                // (spec/audit.md, "Deadlines"): the round is dropped and
+                // the next one starts on a new connection.
+                Err(CliError::Timeout { call, after }) => {
+                    m.roll_back(before);
+                    session = None;
+                    m.report(Report::Alert(AuditError::new(
+                        AuditCode::Unresponsive,
+                        format!(
+                            "the server did not answer {call} within {}",
+                            Deadline::from(after)
+                        ),
+                    )));
+                    Some(CliError::Timeout { call, after })
+                }
+                Err(e) => return Err(e),
+            };
             if let Some(path) = &o.state {
                 m.save(path)?;
             }
@@ -190,6 +205,9 @@ pub(crate) fn run(o: Options) -> Result<ExitCode, CliError> {
                 return Ok(ExitCode::from(EXIT_VERIFY_FAILED));
             }
             if o.once {
+                if let Some(e) = silent {
+                    return Err(e);
+                }
                 if m.json {
                     println!(
                         "{}",
@@ -200,9 +218,23 @@ pub(crate) fn run(o: Options) -> Result<ExitCode, CliError> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            stream.wait(o.poll).await;
+            match session.as_mut() {
+                Some((_, stream)) => stream.wait(o.poll).await,
+                None => tokio::time::sleep(o.poll).await,
+            }
         }
     })
+}
+
+/// A connection and its entry stream.
+type Session = (Registry, Stream);
+
+/// What a round may change before it completes, to roll back to.
+struct Progress {
+    frontier: Frontier,
+    heads: BTreeMap<Did, ChainHead>,
+    last: Option<Checkpoint>,
+    checkpoint: String,
 }
 
 /// The log's entries from some index on, as `WatchEntries` sends them,
@@ -210,18 +242,24 @@ pub(crate) fn run(o: Options) -> Result<ExitCode, CliError> {
 struct Stream {
     inner: tonic::Streaming<proto::Entry>,
     pending: VecDeque<proto::Entry>,
+    deadline: Deadline,
 }
 
 impl Stream {
-    async fn open(client: &mut RegistryClient<Channel>, start: u64) -> Result<Stream, CliError> {
+    async fn open(client: &mut Registry, start: u64) -> Result<Stream, CliError> {
         let inner = client
-            .watch_entries(proto::WatchEntriesRequest { start })
-            .await
-            .map_err(|s| call_failed(&s))?
-            .into_inner();
+            .deadline
+            .call(
+                "WatchEntries",
+                client
+                    .rpc
+                    .watch_entries(proto::WatchEntriesRequest { start }),
+            )
+            .await?;
         Ok(Stream {
             inner,
             pending: VecDeque::new(),
+            deadline: client.deadline,
         })
     }
 
@@ -235,19 +273,12 @@ impl Stream {
     /// The next `n` entries, in order.
     async fn take(&mut self, n: usize) -> Result<Vec<proto::Entry>, CliError> {
         while self.pending.len() < n {
-            match tokio::time::timeout(STREAM_STALL, self.inner.next()).await {
-                Ok(Some(Ok(e))) => self.pending.push_back(e),
-                Ok(Some(Err(s))) => return Err(call_failed(&s)),
-                Ok(None) => {
+            match self.deadline.next("WatchEntries", &mut self.inner).await? {
+                Some(e) => self.pending.push_back(e),
+                None => {
                     return Err(CliError::Unreachable(
                         "the server ended the entry stream".into(),
                     ));
-                }
-                Err(_) => {
-                    return Err(CliError::Unreachable(format!(
-                        "the server's entry stream stalled with {} entries owed",
-                        n - self.pending.len()
-                    )));
                 }
             }
         }
@@ -350,10 +381,7 @@ impl Monitor {
 
     /// An identity watched now but not when the state was saved: read its
     /// chain up to the state's size (later statements come as entries).
-    async fn adopt_new_watches(
-        &mut self,
-        client: &mut RegistryClient<Channel>,
-    ) -> Result<(), CliError> {
+    async fn adopt_new_watches(&mut self, client: &mut Registry) -> Result<(), CliError> {
         let size = self.frontier.size();
         let new: Vec<Did> = self
             .watched
@@ -368,15 +396,17 @@ impl Monitor {
             let mut envelopes = Vec::new();
             let mut from_seq = 0;
             loop {
+                let request = proto::GetChainRequest {
+                    did: did.to_string(),
+                    from_seq,
+                    page_size: 0,
+                };
                 let page = match client
-                    .get_chain(proto::GetChainRequest {
-                        did: did.to_string(),
-                        from_seq,
-                        page_size: 0,
-                    })
-                    .await
+                    .deadline
+                    .status("GetChain", client.rpc.get_chain(request))
+                    .await?
                 {
-                    Ok(p) => p.into_inner(),
+                    Ok(p) => p,
                     Err(s) if s.code() == tonic::Code::NotFound => break,
                     Err(s) => return Err(call_failed(&s)),
                 };
@@ -420,7 +450,7 @@ impl Monitor {
     /// (consistency proof), and every entry's inclusion proof holds in it.
     async fn prove_page(
         &self,
-        client: &mut RegistryClient<Channel>,
+        client: &mut Registry,
         page: &proto::GetChainResponse,
     ) -> Result<Result<(), AuditError>, CliError> {
         let note = page.checkpoint.as_ref().map_or("", |c| c.note.as_str());
@@ -501,13 +531,49 @@ impl Monitor {
         }
     }
 
+    /// One round, connecting first if there is no session (adopting new
+    /// watched identities and opening the entry stream).
+    async fn attempt(
+        &mut self,
+        server: &ServerArg,
+        session: &mut Option<Session>,
+    ) -> Result<(), CliError> {
+        if session.is_none() {
+            let mut client = connect(server).await?;
+            self.adopt_new_watches(&mut client).await?;
+            let stream = Stream::open(&mut client, self.frontier.size()).await?;
+            *session = Some((client, stream));
+        }
+        match session.as_mut() {
+            Some((client, stream)) => self.round(client, stream).await,
+            None => Ok(()),
+        }
+    }
+
+    fn progress(&self) -> Progress {
+        Progress {
+            frontier: self.frontier.clone(),
+            heads: self.heads.clone(),
+            last: self.last.clone(),
+            checkpoint: self.state.checkpoint.clone(),
+        }
+    }
+
+    /// Undoes a round that did not complete. Once a round's checkpoint is
+    /// verified and its reports printed, only the equivocation check
+    /// remains, and the round is kept.
+    fn roll_back(&mut self, before: Progress) {
+        if self.state.checkpoint != before.checkpoint {
+            return;
+        }
+        self.frontier = before.frontier;
+        self.heads = before.heads;
+        self.last = before.last;
+    }
+
     /// One round: the newest checkpoint, checked against the last verified
     /// one, and the entries up to it.
-    async fn round(
-        &mut self,
-        client: &mut RegistryClient<Channel>,
-        stream: &mut Stream,
-    ) -> Result<(), CliError> {
+    async fn round(&mut self, client: &mut Registry, stream: &mut Stream) -> Result<(), CliError> {
         let (note, cp) = newest_checkpoint(client, &self.key).await?;
         let cp = match cp {
             Ok(c) => c,
@@ -607,20 +673,17 @@ impl Monitor {
         });
     }
 
-    async fn check_equivocations(
-        &mut self,
-        client: &mut RegistryClient<Channel>,
-    ) -> Result<(), CliError> {
+    async fn check_equivocations(&mut self, client: &mut Registry) -> Result<(), CliError> {
         let mut token = Vec::new();
         loop {
+            let request = proto::ListEquivocationsRequest {
+                page_size: 0,
+                page_token: token,
+            };
             let page = client
-                .list_equivocations(proto::ListEquivocationsRequest {
-                    page_size: 0,
-                    page_token: token,
-                })
-                .await
-                .map_err(|s| call_failed(&s))?
-                .into_inner();
+                .deadline
+                .call("ListEquivocations", client.rpc.list_equivocations(request))
+                .await?;
             for ev in page.evidence {
                 let id = format!("{}#{}", ev.subject, ev.seq);
                 if self.state.equivocations.insert(id) {

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 use serde_json::{Value, json};
 
 use super::audit::{log_key, read_checkpoint, report_failure};
-use super::client::{ServerArg, call_failed, connect, runtime};
+use super::client::{ServerArg, connect, runtime};
+use super::deadline::Deadline;
 use super::error::{CliError, EXIT_VERIFY_FAILED};
 use super::files;
 use super::output::good;
@@ -24,6 +25,7 @@ pub(crate) struct InclusionArgs {
     pub(crate) attestation: Option<PathBuf>,
     pub(crate) index: Option<u64>,
     pub(crate) server: Option<String>,
+    pub(crate) timeout: Option<Deadline>,
     pub(crate) proof: Option<PathBuf>,
     pub(crate) save_proof: Option<PathBuf>,
     pub(crate) json: bool,
@@ -35,6 +37,7 @@ pub(crate) struct ConsistencyArgs {
     pub(crate) old: PathBuf,
     pub(crate) new: Option<PathBuf>,
     pub(crate) server: Option<String>,
+    pub(crate) timeout: Option<Deadline>,
     pub(crate) proof: Option<PathBuf>,
     pub(crate) save_proof: Option<PathBuf>,
     pub(crate) json: bool,
@@ -142,7 +145,8 @@ pub(crate) fn inclusion(a: InclusionArgs) -> Result<ExitCode, CliError> {
             }
         }
         (None, server) => {
-            let server = ServerArg::new(server.clone().unwrap_or_else(default_server));
+            let server = ServerArg::new(server.clone().unwrap_or_else(default_server))
+                .with_timeout(a.timeout);
             let leaf = match (&envelope, a.index) {
                 (Some(e), None) => proto::get_inclusion_proof_request::Leaf::AttestationId(
                     AttestationId::of(e).as_bytes().to_vec(),
@@ -155,16 +159,15 @@ pub(crate) fn inclusion(a: InclusionArgs) -> Result<ExitCode, CliError> {
                 }
             };
             let r = runtime()?.block_on(async {
-                connect(&server)
-                    .await?
-                    .get_inclusion_proof(proto::GetInclusionProofRequest {
-                        leaf: Some(leaf),
-                        tree_size: 0,
-                    })
+                let mut c = connect(&server).await?;
+                let request = proto::GetInclusionProofRequest {
+                    leaf: Some(leaf),
+                    tree_size: 0,
+                };
+                c.deadline
+                    .call("GetInclusionProof", c.rpc.get_inclusion_proof(request))
                     .await
-                    .map_err(|s| call_failed(&s))
             })?;
-            let r = r.into_inner();
             if let Some(asked) = a.index.filter(|i| *i != r.index) {
                 let e = AuditError::at(
                     asked,
@@ -268,7 +271,8 @@ pub(crate) fn consistency(a: ConsistencyArgs) -> Result<ExitCode, CliError> {
             (new, Ok(hex_hashes(&v["proof"], "proof")?))
         }
         (None, server) => {
-            let server = ServerArg::new(server.clone().unwrap_or_else(default_server));
+            let server = ServerArg::new(server.clone().unwrap_or_else(default_server))
+                .with_timeout(a.timeout);
             let given = match a.new.as_deref() {
                 Some(p) => Some(checkpoint_or_verdict!(p, &key, a.json)),
                 None => None,

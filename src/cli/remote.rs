@@ -3,12 +3,10 @@
 //! log key, and whether it extends an earlier one (spec/audit.md,
 //! "Comparing checkpoints").
 
-use tonic::transport::Channel;
-
-use super::client::call_failed;
+use super::client::Registry;
 use super::error::CliError;
 use crate::Did;
-use crate::api::proto::{self, registry_client::RegistryClient};
+use crate::api::proto;
 use crate::audit::{AuditCode, AuditError, compare_checkpoints};
 use crate::ledger::{Checkpoint, Hash, verify_checkpoint, verify_consistency};
 
@@ -23,14 +21,16 @@ pub(crate) fn hashes(raw: &[Vec<u8>]) -> Vec<Hash> {
 /// The server's newest checkpoint note, and its verification with `key`
 /// (a verdict: `bad_checkpoint`).
 pub(crate) async fn newest_checkpoint(
-    client: &mut RegistryClient<Channel>,
+    client: &mut Registry,
     key: &Did,
 ) -> Result<(String, Result<Checkpoint, AuditError>), CliError> {
     let note = client
-        .get_checkpoint(proto::GetCheckpointRequest {})
-        .await
-        .map_err(|s| call_failed(&s))?
-        .into_inner()
+        .deadline
+        .call(
+            "GetCheckpoint",
+            client.rpc.get_checkpoint(proto::GetCheckpointRequest {}),
+        )
+        .await?
         .checkpoint
         .unwrap_or_default()
         .note;
@@ -42,21 +42,24 @@ pub(crate) async fn newest_checkpoint(
 /// The consistency proof from `old` to `new` as the server gives it
 /// (empty when `old` is empty or the sizes are equal).
 pub(crate) async fn consistency_proof(
-    client: &mut RegistryClient<Channel>,
+    client: &mut Registry,
     old: &Checkpoint,
     new: &Checkpoint,
 ) -> Result<Vec<Hash>, CliError> {
     if old.size == 0 || old.size >= new.size {
         return Ok(Vec::new());
     }
+    let request = proto::GetConsistencyProofRequest {
+        old_size: old.size,
+        new_size: new.size,
+    };
     let proof = client
-        .get_consistency_proof(proto::GetConsistencyProofRequest {
-            old_size: old.size,
-            new_size: new.size,
-        })
-        .await
-        .map_err(|s| call_failed(&s))?
-        .into_inner()
+        .deadline
+        .call(
+            "GetConsistencyProof",
+            client.rpc.get_consistency_proof(request),
+        )
+        .await?
         .proof;
     Ok(hashes(&proof))
 }
@@ -64,7 +67,7 @@ pub(crate) async fn consistency_proof(
 /// Whether `new` extends `old`: same log, not smaller, and (when it is
 /// larger) a consistency proof from the server that verifies.
 pub(crate) async fn extends(
-    client: &mut RegistryClient<Channel>,
+    client: &mut Registry,
     old: &Checkpoint,
     new: &Checkpoint,
 ) -> Result<Result<(), AuditError>, CliError> {

@@ -96,6 +96,11 @@ A proof file is JSON: {\"v\": 1, \"index\", \"path\": [hex], \"checkpoint\": not
         /// or http://127.0.0.1:7300].
         #[arg(long, value_name = "URL")]
         server: Option<String>,
+        /// Longest wait for one call to the server (500ms, 30s, 2m)
+        /// [default: $PULSE_LEDGER_TIMEOUT or 30s]; exit status 3 when it
+        /// passes.
+        #[arg(long, value_name = "DURATION", value_parser = super::deadline::parse)]
+        timeout: Option<super::deadline::Deadline>,
         /// Read the proof from this file instead of a server.
         #[arg(long, value_name = "FILE", conflicts_with = "server")]
         proof: Option<PathBuf>,
@@ -131,6 +136,11 @@ bad_consistency_proof; exit status 1 then.")]
         /// Fetch the proof (and the newest checkpoint) from this server.
         #[arg(long, value_name = "URL")]
         server: Option<String>,
+        /// Longest wait for one call to the server (500ms, 30s, 2m)
+        /// [default: $PULSE_LEDGER_TIMEOUT or 30s]; exit status 3 when it
+        /// passes.
+        #[arg(long, value_name = "DURATION", value_parser = super::deadline::parse)]
+        timeout: Option<super::deadline::Deadline>,
         /// Read the proof from this file instead of a server.
         #[arg(long, value_name = "FILE", conflicts_with = "server")]
         proof: Option<PathBuf>,
@@ -165,6 +175,11 @@ the codes). Exit status 0 ok, 1 verification failed, 2 usage or I/O error,
         /// Server URL [default: $PULSE_LEDGER_SERVER or http://127.0.0.1:7300].
         #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
         server: Option<String>,
+        /// Longest wait for one call to the server (500ms, 30s, 2m)
+        /// [default: $PULSE_LEDGER_TIMEOUT or 30s]; exit status 3 when it
+        /// passes.
+        #[arg(long, value_name = "DURATION", value_parser = super::deadline::parse)]
+        timeout: Option<super::deadline::Deadline>,
         /// Audit a stopped server's data dir instead of a server.
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
@@ -196,6 +211,7 @@ pub(crate) fn run(target: Target) -> Result<ExitCode, CliError> {
             attestation,
             index,
             server,
+            timeout,
             proof,
             save_proof,
             log_key,
@@ -205,6 +221,7 @@ pub(crate) fn run(target: Target) -> Result<ExitCode, CliError> {
             attestation,
             index,
             server,
+            timeout,
             proof,
             save_proof,
             json,
@@ -213,12 +230,14 @@ pub(crate) fn run(target: Target) -> Result<ExitCode, CliError> {
             old,
             new,
             server,
+            timeout,
             proof,
             save_proof,
             log_key,
             json,
         } => super::proofs::consistency(super::proofs::ConsistencyArgs {
             log_key,
+            timeout,
             old,
             new,
             server,
@@ -228,6 +247,7 @@ pub(crate) fn run(target: Target) -> Result<ExitCode, CliError> {
         }),
         Target::Log {
             server,
+            timeout,
             data_dir,
             log_key,
             since_checkpoint,
@@ -236,11 +256,16 @@ pub(crate) fn run(target: Target) -> Result<ExitCode, CliError> {
         } => {
             let source = match (server, data_dir) {
                 (_, Some(dir)) => super::audit::Source::DataDir(dir),
-                (Some(url), None) => super::audit::Source::Server(ServerArg::new(url)),
-                (None, None) => super::audit::Source::Server(ServerArg::new(
-                    std::env::var("PULSE_LEDGER_SERVER")
-                        .unwrap_or_else(|_| super::client::DEFAULT_SERVER.to_owned()),
-                )),
+                (Some(url), None) => {
+                    super::audit::Source::Server(ServerArg::new(url).with_timeout(timeout))
+                }
+                (None, None) => super::audit::Source::Server(
+                    ServerArg::new(
+                        std::env::var("PULSE_LEDGER_SERVER")
+                            .unwrap_or_else(|_| super::client::DEFAULT_SERVER.to_owned()),
+                    )
+                    .with_timeout(timeout),
+                ),
             };
             super::audit::run(super::audit::Options {
                 source,
