@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Lines starting with `#` and blank lines are ignored; exactly one key line
-//! is required. Files are created with mode 0600 and never overwritten.
+//! is required. The hex digits are written lowercase and read in either
+//! case. Files are created with mode 0600 and never overwritten.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -151,5 +152,28 @@ mod tests {
         assert!(parse(&format!("OTHER {}", "00".repeat(32))).is_err());
         let line = format!("{TAG} {}\n", "00".repeat(32));
         assert!(parse(&format!("{line}{line}")).is_err());
+        assert!(parse(&format!("{TAG} {}g", "0".repeat(63))).is_err());
+    }
+
+    /// spec/ledger.md, "Log key file": written lowercase, read in either
+    /// case.
+    #[test]
+    fn hex_digits_are_read_in_either_case() {
+        let key = SigningKey::from_bytes(&[0xab; 32]);
+        let did = Did::from_verifying_key(&key.verifying_key()).unwrap();
+        let text = render(&key, &did);
+        assert!(text.contains(&"ab".repeat(32)), "{text}");
+        for variant in [
+            text.to_uppercase()
+                .replace("PULSE-LEDGER-SECRET-KEY-1", TAG),
+            text.replace("abab", "ABab"),
+        ] {
+            let line = variant
+                .lines()
+                .find(|l| l.starts_with(TAG))
+                .unwrap()
+                .to_owned();
+            assert_eq!(parse(&line).unwrap().to_bytes(), key.to_bytes(), "{line}");
+        }
     }
 }

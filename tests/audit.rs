@@ -662,6 +662,70 @@ fn single_proofs_verify_from_a_server_and_from_files() {
     ]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(json(&o)["code"], "bad_consistency_proof");
+    // --save-proof writes only a proof that verifies (spec/audit.md,
+    // "Proof files"): neither a failing inclusion nor a failing
+    // consistency proof is saved.
+    for args in [
+        vec![
+            "verify",
+            "inclusion",
+            "--attestation",
+            &other,
+            "--proof",
+            &p("late.proof"),
+        ],
+        vec![
+            "verify",
+            "consistency",
+            "--old",
+            &old_cp,
+            "--new",
+            &new_cp,
+            "--proof",
+            &p("bad.proof"),
+        ],
+    ] {
+        let saved = p("not-saved.proof");
+        let mut args = args.clone();
+        args.extend(["--log-key", &did, "--save-proof", &saved]);
+        let o = cli(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(
+            !std::path::Path::new(&saved).exists(),
+            "{args:?} saved a failing proof"
+        );
+    }
+    // A checkpoint file that does not verify with the log key is the
+    // verdict bad_checkpoint, exit status 1 (not a usage error).
+    let forged = p("forged.cp");
+    let text = std::fs::read_to_string(&old_cp).unwrap();
+    std::fs::write(&forged, text.replacen("\n", "\n9", 1)).unwrap();
+    for args in [
+        vec![
+            "verify",
+            "consistency",
+            "--old",
+            &forged,
+            "--new",
+            &new_cp,
+            "--proof",
+            &p("c.proof"),
+        ],
+        vec![
+            "verify",
+            "log",
+            "--data-dir",
+            &p("no-such-dir"),
+            "--since-checkpoint",
+            &forged,
+        ],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--log-key", &did, "--json"]);
+        let o = cli(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?} {}", stdout(&o));
+        assert_eq!(json(&o)["code"], "bad_checkpoint", "{args:?}");
+    }
     // Old and new swapped: the log would have shrunk.
     let v = json(&cli(&[
         "verify",

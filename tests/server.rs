@@ -474,9 +474,41 @@ async fn every_error_class_is_precise_and_changes_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    // The request cap, before the service sees the message: the same
+    // code, with an ErrorInfo like every refusal.
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::ResourceExhausted, "too_large"),
+        "{}",
+        e.message()
+    );
     assert!(
-        e.message().contains("too_large") && e.message().contains("1048576"),
+        e.message().starts_with("too_large: ") && e.message().contains("1048576"),
+        "{}",
+        e.message()
+    );
+
+    // On a stream, a message over the cap cannot be read, so it has no item
+    // to answer: the items before it are answered, then the stream ends
+    // with the same status (registry.proto, SubmitStream).
+    let fine = vec![0xa0u8; 10]; // a CBOR empty map: a rejected item
+    let requests = tokio_stream::iter(vec![
+        proto::SubmitRequest { envelope: fine },
+        proto::SubmitRequest {
+            envelope: vec![0u8; 2 * 1024 * 1024],
+        },
+    ]);
+    let mut responses = c.submit_stream(requests).await.unwrap().into_inner();
+    let first = responses.message().await.unwrap().unwrap();
+    assert_eq!(first.position, 0);
+    assert!(matches!(
+        first.result,
+        Some(proto::submit_stream_response::Result::Rejected(_))
+    ));
+    let e = responses.message().await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::ResourceExhausted, "too_large"),
         "{}",
         e.message()
     );
@@ -500,9 +532,14 @@ async fn every_error_class_is_precise_and_changes_nothing() {
         )
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::InvalidArgument, "malformed_request"),
+        "{}",
+        e.message()
+    );
     assert!(
-        e.message().starts_with("malformed_request"),
+        e.message().starts_with("malformed_request: "),
         "{}",
         e.message()
     );

@@ -2,9 +2,15 @@
 //! promises: a request too large for the server is RESOURCE_EXHAUSTED (tonic
 //! says OUT_OF_RANGE) and a protobuf message that does not decode is
 //! INVALID_ARGUMENT (tonic says INTERNAL). Both are the caller's input, not
-//! a server fault.
+//! a server fault, and both carry a google.rpc.ErrorInfo with their code,
+//! like every other refusal (spec/ledger.md, "Status codes").
 
+use std::collections::HashMap;
 use std::task::{Context, Poll};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use tonic_types::{ErrorDetails, StatusExt};
 
 use tonic::codegen::Service;
 use tonic::codegen::http::{HeaderValue, Request, Response};
@@ -41,11 +47,21 @@ pub(crate) fn renamed(status: &str, message: &str) -> Option<(tonic::Code, &'sta
     }
 }
 
+/// The refusal for a renamed failure: the code as message prefix and as
+/// ErrorInfo reason.
+fn refusal(code: tonic::Code, reason: &str, message: &str) -> tonic::Status {
+    tonic::Status::with_error_details(
+        code,
+        format!("{reason}: {message}"),
+        ErrorDetails::with_error_info(reason, super::ERROR_DOMAIN, HashMap::new()),
+    )
+}
+
 /// The same renaming for a status value (streams report errors this way).
 pub(crate) fn normalize_status(status: tonic::Status) -> tonic::Status {
     let code = (status.code() as i32).to_string();
     match renamed(&code, status.message()) {
-        Some((new, reason)) => tonic::Status::new(new, format!("{reason}: {}", status.message())),
+        Some((new, reason)) => refusal(new, reason, status.message()),
         None => status,
     }
 }
@@ -80,10 +96,14 @@ where
                 .unwrap_or_default();
             if let Some((code, reason)) = renamed(status, message) {
                 let new_message = format!("{reason}:%20{message}");
+                let details = STANDARD_NO_PAD.encode(refusal(code, reason, "").details());
                 let headers = response.headers_mut();
                 headers.insert("grpc-status", HeaderValue::from((code as i32) as u32));
                 if let Ok(v) = HeaderValue::from_str(&new_message) {
                     headers.insert("grpc-message", v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&details) {
+                    headers.insert("grpc-status-details-bin", v);
                 }
             }
             Ok(response)

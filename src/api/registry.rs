@@ -190,14 +190,15 @@ impl Registry for RegistryService {
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
+        // Each item's answer in request order; an error ends the stream
+        // after the answers to the items before it.
         let (pending_tx, mut pending_rx) = mpsc::channel::<
-            tokio::task::JoinHandle<Result<proto::SubmitResponse, Status>>,
+            Result<tokio::task::JoinHandle<Result<proto::SubmitResponse, Status>>, Status>,
         >(STREAM_IN_FLIGHT);
         let (out_tx, out_rx) = mpsc::channel(STREAM_IN_FLIGHT);
         let service = self.clone();
         // Reader: start each submission as it arrives (so a stream shares
         // group commits), at most STREAM_IN_FLIGHT at once.
-        let reader_out = out_tx.clone();
         tokio::spawn(async move {
             while let Some(item) = inbound.next().await {
                 match item {
@@ -208,7 +209,7 @@ impl Registry for RegistryService {
                         if let Err(refused) = service.admit(peer) {
                             // Answered in its place, like any rejection.
                             let handle = tokio::spawn(async move { Err(refused) });
-                            if pending_tx.send(handle).await.is_err() {
+                            if pending_tx.send(Ok(handle)).await.is_err() {
                                 return;
                             }
                             continue;
@@ -216,19 +217,20 @@ impl Registry for RegistryService {
                         let queued = match service.queue_one(req.envelope).await {
                             Ok(q) => q,
                             Err(status) => {
-                                let _ = reader_out.send(Err(status)).await;
+                                let _ = pending_tx.send(Err(status)).await;
                                 return;
                             }
                         };
                         let s = service.clone();
                         let handle = tokio::spawn(async move { s.finish(started, queued).await });
-                        if pending_tx.send(handle).await.is_err() {
+                        if pending_tx.send(Ok(handle)).await.is_err() {
                             return;
                         }
                     }
                     Err(status) => {
+                        // A message that cannot be read: no item to answer.
                         let status = super::normalize::normalize_status(status);
-                        let _ = reader_out.send(Err(status)).await;
+                        let _ = pending_tx.send(Err(status)).await;
                         return;
                     }
                 }
@@ -237,7 +239,14 @@ impl Registry for RegistryService {
         // Writer: answer in request order.
         tokio::spawn(async move {
             let mut position = 0u64;
-            while let Some(handle) = pending_rx.recv().await {
+            while let Some(next) = pending_rx.recv().await {
+                let handle = match next {
+                    Ok(handle) => handle,
+                    Err(status) => {
+                        let _ = out_tx.send(Err(status)).await;
+                        return;
+                    }
+                };
                 let result = match handle.await {
                     Ok(Ok(accepted)) => proto::submit_stream_response::Result::Accepted(accepted),
                     Ok(Err(status)) => {

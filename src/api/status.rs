@@ -100,3 +100,99 @@ pub(crate) fn auth_status(e: &crate::auth::AuthError) -> Status {
     }
     Status::with_error_details(code, e.to_string(), details)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// spec/ledger.md, "Status codes": code → gRPC status name.
+    fn spec_table() -> BTreeMap<String, String> {
+        let spec = include_str!("../../spec/ledger.md");
+        let start = spec.find("### Status codes").unwrap();
+        let end = spec[start..]
+            .find("\n## ")
+            .map_or(spec.len(), |e| start + e);
+        spec[start..end]
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| {
+                let (code, rest) = l.split_once('`')?;
+                let status = rest.trim_start_matches(" | ").split(" |").next()?;
+                Some((code.to_owned(), status.trim().to_owned()))
+            })
+            .collect()
+    }
+
+    fn name(code: Code) -> String {
+        // "InvalidArgument" → "INVALID_ARGUMENT".
+        let mut out = String::new();
+        for (i, ch) in format!("{code:?}").chars().enumerate() {
+            if ch.is_ascii_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(ch.to_ascii_uppercase());
+        }
+        out
+    }
+
+    fn check(table: &BTreeMap<String, String>, s: &Status, code: &str) {
+        assert_eq!(
+            table.get(code).map(String::as_str),
+            Some(name(s.code()).as_str()),
+            "{code}"
+        );
+        assert!(
+            s.message().starts_with(&format!("{code}: ")),
+            "{}",
+            s.message()
+        );
+        let info = s.get_details_error_info().unwrap();
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            (code, ERROR_DOMAIN)
+        );
+    }
+
+    /// Every code the Registry service can answer has the status the spec
+    /// table gives it, its code as message prefix and as ErrorInfo reason;
+    /// the table lists nothing else.
+    #[test]
+    fn the_status_table_is_the_one_the_server_uses() {
+        let table = spec_table();
+        let mut seen = std::collections::BTreeSet::new();
+        for code in ErrorCode::ALL {
+            let s = to_status(&LedgerError::Rejected(crate::Error::new(*code, "m")));
+            check(&table, &s, code.as_str());
+            seen.insert(code.as_str().to_owned());
+        }
+        for code in LedgerErrorCode::ALL {
+            let s = to_status(&LedgerError::Ledger {
+                code: *code,
+                message: "m".into(),
+            });
+            check(&table, &s, code.as_str());
+            seen.insert(code.as_str().to_owned());
+        }
+        for (grpc, message) in [
+            (
+                "11",
+                "Error, decoded message length too large: found 2097152 bytes, the limit is: 1048576 bytes",
+            ),
+            ("13", "failed to decode Protobuf message: invalid wire type"),
+        ] {
+            let (code, reason) = super::super::normalize::renamed(grpc, message).unwrap();
+            let s = super::super::normalize::normalize_status(Status::new(
+                Code::from_i32(grpc.parse().unwrap()),
+                message,
+            ));
+            assert_eq!(s.code(), code);
+            check(&table, &s, reason);
+            seen.insert(reason.to_owned());
+        }
+        let listed: std::collections::BTreeSet<String> = table.keys().cloned().collect();
+        assert_eq!(listed, seen, "the table lists exactly the codes");
+    }
+}
