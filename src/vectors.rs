@@ -668,6 +668,29 @@ fn valid_attestations(
         &full_att,
         &[h],
     );
+    // The number range rule of "JSON Schema documents" at its edges.
+    for (name, description, doc) in [
+        (
+            "handler-register-schema-number-largest",
+            "input_schema holds 9.999e300: adjusted exponent 300, the largest allowed.",
+            r#"{"type":"number","maximum":9.999e300}"#,
+        ),
+        (
+            "handler-register-schema-number-smallest",
+            "input_schema holds 1e-300: adjusted exponent -300, the smallest allowed.",
+            r#"{"type":"number","multipleOf":1e-300}"#,
+        ),
+        (
+            "handler-register-schema-number-zero-exponent-9999",
+            "input_schema holds 0e9999: zero is accepted whatever its exponent (of at most 4 digits).",
+            r#"{"const":0e9999}"#,
+        ),
+    ] {
+        let mut s = hs.clone();
+        s.input_schema = Some(doc.into());
+        let att = sign(&register(h, Schema::Handler(s), T0), h);
+        g.att_ok(name, description, &att, &[h]);
+    }
     let mut max = HandlerSchema::new(
         format!("a{}", "z".repeat(63)),
         "1.0.0-rc.1+build.7",
@@ -1121,6 +1144,40 @@ fn field_errors(
         ErrorCode::InvalidField,
         &[h],
     );
+    for (name, description, field, doc) in [
+        (
+            "schema-input-schema-number-1e301",
+            "schema.input_schema holds 1e301: adjusted exponent 301 (at most 300).",
+            "input_schema",
+            r#"{"type":"number","maximum":1e301}"#,
+        ),
+        (
+            "schema-input-schema-number-1e-301",
+            "schema.input_schema holds 1e-301: adjusted exponent -301 (at least -300).",
+            "input_schema",
+            r#"{"type":"number","multipleOf":1e-301}"#,
+        ),
+        (
+            "schema-input-schema-number-binary64-edge",
+            "schema.input_schema holds 1.79769313486231581e308, just past the largest binary64 (some parsers round it down): adjusted exponent 308.",
+            "input_schema",
+            r#"{"type":"number","maximum":1.79769313486231581e308}"#,
+        ),
+        (
+            "schema-output-schema-exponent-5-digits",
+            "schema.output_schema holds 0e10000: zero, but its exponent has 5 digits (at most 4).",
+            "output_schema",
+            r#"{"const":0e10000}"#,
+        ),
+    ] {
+        let bytes = bad(&|s| set(s, field, Value::Text(doc.into())));
+        let e = verify_attestation(&bytes).expect_err(name);
+        assert!(
+            e.message().contains("outside the range"),
+            "vector {name} breaks another rule: {e}"
+        );
+        g.att_err(name, description, bytes, ErrorCode::InvalidField, &[h]);
+    }
     g.att_err(
         "schema-description-control-char",
         "schema.description with a NUL character.",

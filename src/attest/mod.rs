@@ -9,6 +9,7 @@ mod envelope;
 mod error;
 mod fields;
 mod json;
+mod json_number;
 mod schema;
 mod statement;
 

@@ -5,6 +5,7 @@ use super::cbor::{Map, Value};
 use super::did::Did;
 use super::error::Error;
 use super::fields::Fields;
+use super::json_number;
 
 /// Default `timeout_ms` when a handler schema leaves it out: 5 minutes.
 pub const DEFAULT_TIMEOUT_MS: u64 = 300_000;
@@ -283,11 +284,37 @@ fn json_schema(f: &Fields, key: &str) -> Result<Option<String>, Error> {
             format_args!("is longer than {MAX_JSON_SCHEMA_BYTES} bytes"),
         ));
     }
+    // The range rule comes first, so the parser never sees a number it could
+    // round past the binary64 range (or refuse where another parser accepts).
+    if let Some(n) = json_number::first_refused(&text) {
+        return Err(f.invalid(
+            key,
+            format_args!(
+                "holds the number {}, outside the range a JSON Schema document may hold \
+                 (0, or a magnitude in [1e-300, 1e301) with an exponent of at most 4 digits)",
+                shorten(n)
+            ),
+        ));
+    }
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(serde_json::Value::Object(_) | serde_json::Value::Bool(_)) => Ok(Some(text)),
         Ok(_) => Err(f.invalid(key, "must be a JSON Schema: a JSON object or boolean")),
         Err(e) => Err(f.invalid(key, format_args!("is not valid JSON: {e}"))),
     }
+}
+
+/// A number token short enough for an error message.
+fn shorten(n: &str) -> String {
+    if n.len() <= 40 {
+        return n.to_owned();
+    }
+    // Number tokens are ASCII, so any byte index is a char boundary.
+    format!(
+        "{}…{} ({} characters)",
+        &n[..24],
+        &n[n.len() - 8..],
+        n.len()
+    )
 }
 
 fn endpoint(f: &Fields) -> Result<Option<String>, Error> {
@@ -307,4 +334,98 @@ fn endpoint(f: &Fields) -> Result<Option<String>, Error> {
         ));
     }
     Ok(Some(url))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attest::error::ErrorCode;
+
+    fn check(input_schema: &str) -> Result<HandlerSchema, Error> {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]);
+        let plugin = Did::from_verifying_key(&sk.verifying_key()).unwrap();
+        let mut s = HandlerSchema::new("python.script", "1.0.0", plugin);
+        s.input_schema = Some(input_schema.to_owned());
+        HandlerSchema::from_value(s.to_value())
+    }
+
+    fn refused_for_range(input_schema: &str) -> String {
+        let e = check(input_schema).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidField, "{input_schema}: {e}");
+        let msg = e.message().to_owned();
+        assert!(msg.contains("outside the range"), "{input_schema}: {msg}");
+        msg
+    }
+
+    #[test]
+    fn numbers_in_range_are_kept_as_written() {
+        for doc in [
+            r#"{"maximum":9.999e300}"#,
+            r#"{"minimum":-1E+300,"multipleOf":1e-300}"#,
+            r#"{"const":0.1e301 , "x": 0e9999}"#,
+            r#"{"const":"1e999","1e999":true}"#,
+        ] {
+            assert_eq!(check(doc).unwrap().input_schema.as_deref(), Some(doc));
+        }
+    }
+
+    #[test]
+    fn the_parser_accepts_every_number_at_the_edges_of_the_range() {
+        // Mantissas of 1 to 40 nines (the largest at each length), placed at
+        // A = 300 in several spellings, and at A = -300 for the smallest.
+        for len in 1..=40 {
+            let nines = "9".repeat(len);
+            let e = 300 - (len as i64 - 1);
+            let big = [
+                format!("{nines}e{e}"),
+                format!("9.{}9e300", &nines[1..]),
+                format!("0.{nines}e301"),
+                format!("-{nines}{}", "0".repeat(301 - len)),
+                format!("0.{}{nines}e{}", "0".repeat(9000), 9301),
+            ];
+            let small = [
+                format!("1{}e-{}", "0".repeat(len - 1), 300 + len - 1),
+                format!("-0.{}1e-{}", "0".repeat(len - 1), 300 - len),
+            ];
+            for n in big.iter().chain(&small) {
+                let doc = format!(r#"{{"const":{n}}}"#);
+                assert!(check(&doc).is_ok(), "{n}");
+                let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+                assert!(v["const"].as_f64().unwrap().is_finite(), "{n}");
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_by_the_rule_not_the_parser() {
+        // Past the midpoint above f64::MAX, yet serde_json rounds it down and
+        // accepts it; the rule refuses it whatever the parser does.
+        let edge = r#"{"maximum":1.79769313486231581e308}"#;
+        let msg = refused_for_range(edge);
+        assert!(msg.contains("schema.input_schema holds the number 1.79769313486231581e308"));
+        refused_for_range(r#"{"maximum":1e301}"#);
+        refused_for_range(r#"{"maximum":10e300}"#);
+        refused_for_range(r#"{"minimum":-1e-301}"#);
+        refused_for_range(r#"{"a":0e99999}"#);
+        let long = format!(r#"{{"maximum":1{}}}"#, "0".repeat(301));
+        let msg = refused_for_range(&long);
+        assert!(msg.contains("(302 characters)"), "{msg}");
+        let ok = format!(r#"{{"maximum":1{}}}"#, "0".repeat(300));
+        assert!(check(&ok).is_ok());
+    }
+
+    #[test]
+    fn text_that_is_not_json_is_still_refused() {
+        for doc in [
+            r#"{"a":00001e300}"#,
+            r#"{"a":1e}"#,
+            r#"{"a":-}"#,
+            r#"{"a":"\"#,
+            "{type: object}",
+        ] {
+            let e = check(doc).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidField, "{doc}: {e}");
+            assert!(e.message().contains("is not valid JSON"), "{doc}: {e}");
+        }
+    }
 }
