@@ -7,15 +7,34 @@
 //!
 //! ```text
 //! pulse-script-plugin --key plugin.key [--plugin DID] [--python PATH]
+//!     [--scratch-dir DIR] [--memory-mb N] [--cpu-seconds N] [--max-files N]
+//!     [--read-only PATH]... [--allow-weak-confinement]
 //! ```
 //!
 //! Exit status 0 is success (stdout is the result, at most 1 MiB); 75
 //! (EX_TEMPFAIL) is a retryable failure; anything else, or a signal, is a
 //! failure that is not retried.
+//!
+//! The code is a stranger's, so every attempt runs confined
+//! ([`pulse_ledger::plugin::confine`], spec/plugin.md "Confining user
+//! code"): the plugin runs itself as `--confined-exec`, a fresh
+//! single-threaded process that confines itself and then executes the
+//! interpreter. The code can read only the interpreter's files and write
+//! only its own scratch directory (removed after the attempt); it has no
+//! network, cannot signal, trace or read the plugin or other attempts,
+//! cannot start processes, gets a clean environment, and is bounded in CPU
+//! time, memory, open files and file size. When the kernel cannot enforce
+//! all of that, the plugin refuses to start unless
+//! `--allow-weak-confinement` is given, and names what is missing.
 
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
+
+use pulse_ledger::plugin::confine::{Confinement, Limits, Support};
 
 use pulse_ledger::plugin::sdk::{
     JobContext, JobError, JobHandler, PluginServer, async_trait, load_key,
@@ -31,6 +50,79 @@ const EX_TEMPFAIL: i32 = 75;
 struct Runner {
     plugin: Did,
     python: Arc<str>,
+    sandbox: Sandbox,
+}
+
+/// How attempts are confined: the parts every attempt shares.
+#[derive(Debug, Clone)]
+struct Sandbox {
+    /// This executable, run as `--confined-exec`.
+    exe: PathBuf,
+    /// Where each attempt's scratch directory is made.
+    scratch_base: PathBuf,
+    read_only: Vec<PathBuf>,
+    limits: Limits,
+    allow_weak: bool,
+}
+
+impl Sandbox {
+    /// The command that runs `program args` confined to `scratch`, its CPU
+    /// time cut to `cpu_seconds` if that is lower than the plugin's bound.
+    fn command(
+        &self,
+        scratch: &Path,
+        cpu_seconds: u64,
+        program: &str,
+        args: &[&str],
+    ) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.exe);
+        c.arg("--confined-exec")
+            .arg("--scratch")
+            .arg(scratch)
+            .args(["--memory", &self.limits.memory_bytes.to_string()])
+            .args([
+                "--cpu",
+                &self.limits.cpu_seconds.min(cpu_seconds).max(1).to_string(),
+            ])
+            .args(["--files", &self.limits.open_files.to_string()])
+            .args(["--file-bytes", &self.limits.file_bytes.to_string()]);
+        for p in &self.read_only {
+            c.arg("--ro").arg(p);
+        }
+        if self.allow_weak {
+            c.arg("--allow-weak");
+        }
+        c.arg("--").arg(program).args(args);
+        // A clean environment: nothing of the plugin's reaches the code.
+        c.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", scratch)
+            .env("TMPDIR", scratch)
+            .env("LANG", "C.UTF-8")
+            .current_dir(scratch);
+        c
+    }
+
+    /// A new, private scratch directory for one attempt.
+    fn scratch(&self) -> std::io::Result<PathBuf> {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let dir = self
+            .scratch_base
+            .join(format!("pulse-script-{}", hex::encode(nonce)));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        Ok(dir)
+    }
+}
+
+/// Removes an attempt's scratch directory when the attempt ends, however it
+/// ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Runner {
@@ -83,9 +175,19 @@ impl JobHandler for Runner {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let left = Duration::from_millis(ctx.deadline_ms().saturating_sub(now));
-        let mut child = tokio::process::Command::new(&*self.python)
+        let scratch =
+            Scratch(self.sandbox.scratch().map_err(|e| {
+                JobError::retryable(format!("cannot make a scratch directory: {e}"))
+            })?);
+        let mut child = self
+            .sandbox
             // Isolated mode: no user site-packages, no PYTHON* variables.
-            .args(["-I", "-c", &code])
+            .command(
+                &scratch.0,
+                left.as_secs() + 1,
+                &self.python,
+                &["-I", "-c", &code],
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -148,15 +250,108 @@ impl JobHandler for Runner {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "pulse-script-plugin: {why}\nusage: pulse-script-plugin --key FILE [--plugin DID] [--python PATH]"
+        "pulse-script-plugin: {why}\nusage: pulse-script-plugin --key FILE [--plugin DID] [--python PATH] [--scratch-dir DIR] [--memory-mb N] [--cpu-seconds N] [--max-files N] [--read-only PATH]... [--allow-weak-confinement]"
     );
     std::process::exit(2)
 }
 
-#[tokio::main]
-async fn main() {
-    let mut args = std::env::args().skip(1);
-    let (mut key, mut plugin, mut python) = (None, None, "python3".to_owned());
+fn number(flag: &str, text: &str) -> u64 {
+    text.parse().ok().filter(|n| *n > 0).unwrap_or_else(|| {
+        usage(&format!(
+            "{flag} needs a positive whole number, not {text:?}"
+        ))
+    })
+}
+
+/// `--confined-exec`: confine this process, then become the program
+/// (arguments after `--`). Runs before any thread is started.
+fn confined_exec(mut args: impl Iterator<Item = String>) -> ! {
+    let fail = |why: String| -> ! {
+        eprintln!("pulse-script-plugin --confined-exec: {why}");
+        std::process::exit(126)
+    };
+    let mut c = Confinement {
+        read_only: Vec::new(),
+        scratch: PathBuf::new(),
+        limits: Limits::default(),
+    };
+    let mut allow_weak = false;
+    let mut program = Vec::new();
+    while let Some(a) = args.next() {
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| fail(format!("{a} needs a value")))
+        };
+        let n = |v: String| {
+            v.parse::<u64>()
+                .unwrap_or_else(|_| fail(format!("{a}: {v:?}")))
+        };
+        match a.as_str() {
+            "--scratch" => c.scratch = PathBuf::from(value()),
+            "--ro" => c.read_only.push(PathBuf::from(value())),
+            "--memory" => c.limits.memory_bytes = n(value()),
+            "--cpu" => c.limits.cpu_seconds = n(value()),
+            "--files" => c.limits.open_files = n(value()),
+            "--file-bytes" => c.limits.file_bytes = n(value()),
+            "--allow-weak" => allow_weak = true,
+            "--" => {
+                program.extend(args.by_ref());
+                break;
+            }
+            other => fail(format!("unknown argument {other}")),
+        }
+    }
+    if program.is_empty() || c.scratch.as_os_str().is_empty() {
+        fail("needs --scratch DIR and -- PROGRAM".into());
+    }
+    if let Err(e) = c.apply(allow_weak) {
+        fail(e.to_string());
+    }
+    let e = std::process::Command::new(&program[0])
+        .args(&program[1..])
+        .exec();
+    fail(format!("cannot run {}: {e}", program[0]))
+}
+
+/// The interpreter as it really is: its executable (what `--python`
+/// resolves to, through any wrapper script such as a pyenv shim) and its
+/// installation (`sys.base_prefix`), so confined code can run it and read
+/// its files.
+fn interpreter(python: &str) -> Result<(PathBuf, PathBuf), String> {
+    let out = std::process::Command::new(python)
+        .args([
+            "-I",
+            "-c",
+            "import os, sys; print(os.path.realpath(sys.executable)); print(sys.base_prefix)",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    match (out.status.success(), lines.next(), lines.next()) {
+        (true, Some(exe), Some(prefix)) if !exe.is_empty() => {
+            Ok((PathBuf::from(exe), PathBuf::from(prefix)))
+        }
+        _ => Err(format!(
+            "{python} did not say where it is installed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("--confined-exec") {
+        args.next();
+        confined_exec(args);
+    }
+    let mut key = None;
+    let mut plugin = None;
+    let mut python = "python3".to_owned();
+    let mut scratch_base = std::env::temp_dir();
+    let mut limits = Limits::default();
+    let mut extra_read_only = Vec::new();
+    let mut allow_weak = false;
     while let Some(a) = args.next() {
         let mut value = || {
             args.next()
@@ -166,6 +361,12 @@ async fn main() {
             "--key" => key = Some(value()),
             "--plugin" => plugin = Some(value()),
             "--python" => python = value(),
+            "--scratch-dir" => scratch_base = PathBuf::from(value()),
+            "--memory-mb" => limits.memory_bytes = number(&a, &value()) << 20,
+            "--cpu-seconds" => limits.cpu_seconds = number(&a, &value()),
+            "--max-files" => limits.open_files = number(&a, &value()),
+            "--read-only" => extra_read_only.push(PathBuf::from(value())),
+            "--allow-weak-confinement" => allow_weak = true,
             "-h" | "--help" => usage("runs handlers whose signed schema carries Python code"),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -180,20 +381,91 @@ async fn main() {
             Did::from_verifying_key(&key.verifying_key()).unwrap_or_else(|e| usage(&e.to_string()))
         }
     };
-    let runner = Runner {
-        plugin: id.clone(),
-        python: python.into(),
+    // User code must not reach the plugin: refuse to run it when the
+    // kernel cannot confine it, unless the operator accepts less.
+    let missing = Support::probe().missing();
+    if !missing.is_empty() {
+        let list: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        if !allow_weak {
+            usage(&format!(
+                "this kernel cannot confine user code: {}; give --allow-weak-confinement to run it anyway",
+                list.join("; ")
+            ));
+        }
+        eprintln!(
+            "pulse-script-plugin: WARNING: user code runs with weaker confinement: {}",
+            list.join("; ")
+        );
+    }
+    let (exe, prefix) = interpreter(&python).unwrap_or_else(|e| usage(&e));
+    let mut read_only = vec![
+        prefix,
+        exe.parent().map(Path::to_path_buf).unwrap_or_default(),
+        PathBuf::from("/lib"),
+        PathBuf::from("/lib64"),
+        PathBuf::from("/usr/lib"),
+        PathBuf::from("/etc/ld.so.cache"),
+    ];
+    read_only.extend(extra_read_only);
+    let sandbox = Sandbox {
+        exe: std::env::current_exe()
+            .unwrap_or_else(|e| usage(&format!("cannot find this program: {e}"))),
+        scratch_base,
+        read_only,
+        limits,
+        allow_weak,
     };
-    let server = PluginServer::new(key)
-        .plugin_id(id)
-        .metadata(
-            "pulse-script-plugin",
-            env!("CARGO_PKG_VERSION"),
-            "runs handlers whose signed schema carries Python code",
+    let runtime = tokio::runtime::Runtime::new()
+        .unwrap_or_else(|e| usage(&format!("cannot start the runtime: {e}")));
+    let python = exe.display().to_string();
+    runtime.block_on(async move {
+        // The interpreter must start under the confinement, or nothing will.
+        if let Err(e) = self_test(&sandbox, &python).await {
+            usage(&format!(
+                "{python} does not run confined: {e} (give --read-only for the paths it needs)"
+            ));
+        }
+        let runner = Runner {
+            plugin: id.clone(),
+            python: python.into(),
+            sandbox,
+        };
+        let server = PluginServer::new(key)
+            .plugin_id(id)
+            .metadata(
+                "pulse-script-plugin",
+                env!("CARGO_PKG_VERSION"),
+                "runs handlers whose signed schema carries Python code",
+            )
+            .serve_any(runner);
+        if let Err(e) = server.serve().await {
+            eprintln!("pulse-script-plugin: {e}");
+            std::process::exit(1);
+        }
+    });
+}
+
+/// Runs a small script confined, as every attempt will be.
+async fn self_test(sandbox: &Sandbox, python: &str) -> Result<(), String> {
+    let scratch = Scratch(
+        sandbox
+            .scratch()
+            .map_err(|e| format!("scratch directory: {e}"))?,
+    );
+    let out = sandbox
+        .command(
+            &scratch.0,
+            10,
+            python,
+            &["-I", "-c", "import json, sys; json.dump({}, sys.stdout)"],
         )
-        .serve_any(runner);
-    if let Err(e) = server.serve().await {
-        eprintln!("pulse-script-plugin: {e}");
-        std::process::exit(1);
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.status.success() && out.stdout == b"{}" {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
     }
 }

@@ -10,6 +10,7 @@ mod proof;
 mod resolve;
 mod session;
 
+pub mod confine;
 pub mod sdk;
 
 pub use executor::{

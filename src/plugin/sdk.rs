@@ -5,6 +5,15 @@
 //! forwards progress, cost and log events, and stops a job when Pulse
 //! cancels it.
 //!
+//! A plugin that runs code from handler schemas runs strangers' code: run
+//! each attempt's code in a separate process confined with
+//! [`crate::plugin::confine::Confinement::apply`] (called in a fresh,
+//! single-threaded child right before it executes the code: see
+//! `src/bin/pulse-script-plugin.rs`, which runs itself with
+//! `--confined-exec`), or through `pulse-script-plugin --confined-exec`
+//! from any language (spec/plugin.md, "Confining user code"). Never run
+//! such code in the plugin's own process: it could read the plugin's key.
+//!
 //! ```no_run
 //! use pulse_ledger::plugin::sdk::{JobContext, JobError, JobHandler, PluginServer, load_key};
 //!
