@@ -62,5 +62,7 @@ pub use attest::internal;
 #[doc(hidden)]
 pub mod vectors;
 
+pub(crate) mod text;
+
 #[doc(hidden)]
 pub mod fuzzing;

@@ -777,3 +777,166 @@ fn token_files_and_hashes_agree_and_bad_plugin_tls_settings_are_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("PULSE_PLUGIN_TLS_CLIENT_CA needs"));
     assert!(out.stdout.is_empty(), "it announced an address");
 }
+
+/// Issue 17, item 5: a token revoked by a reload ends the stream it
+/// opened; refused callers are counted; a caller without `read` learns
+/// nothing about other jobs through `parent`; the CLI sends nothing over a
+/// scheme it would dial in plaintext; rejected input cannot forge log
+/// lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_tokens_lose_their_streams_and_strangers_learn_nothing() {
+    let dir = tempdir("security-small-fixes");
+    let (p, h) = (key("small-p"), key("small-h"));
+    let (watcher, watcher_table) = token("watcher", &["read", "enqueue"]);
+    let (enqueuer, enqueuer_table) = token("enqueuer", &["enqueue"]);
+    let config = write_config(
+        &dir,
+        &format!("plugin_wait_secs = 600\n{watcher_table}{enqueuer_table}"),
+    );
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", &config])
+        .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let server = {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = lines
+            .next()
+            .unwrap()
+            .unwrap()
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .to_owned();
+        let metrics = lines
+            .next()
+            .unwrap()
+            .unwrap()
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics")
+            .to_owned();
+        Serve {
+            child,
+            url: format!("http://{addr}"),
+            metrics: Some(metrics),
+        }
+    };
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    submit(&mut reg, &plugin_register(&p, "tools")).await;
+    submit(&mut reg, &handler_register(&h, "echo", &p.did)).await;
+    let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+
+    // parent: told "not found" only to a caller that may read jobs.
+    let unknown = "00000000000000000000000000000001";
+    let with_parent = || proto::EnqueueRequest {
+        parent: hex::decode(unknown).unwrap(),
+        ..enqueue_req(&h.did, "x")
+    };
+    assert_eq!(
+        refused(jobs.enqueue(with_token(with_parent(), &watcher)).await).1,
+        "parent_not_found"
+    );
+    jobs.enqueue(with_token(with_parent(), &enqueuer))
+        .await
+        .unwrap();
+
+    // A stream opened with a token outlives it no longer than one poll.
+    let id = jobs
+        .enqueue(with_token(enqueue_req(&h.did, "held"), &watcher))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .id;
+    let mut stream = jobs
+        .watch_job(with_token(proto::WatchJobRequest { id }, &watcher))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stream.message().await.unwrap().unwrap().state.is_empty());
+    std::fs::write(&config, &enqueuer_table).unwrap();
+    hup(&server);
+    server.metric_reaches(RELOADS_APPLIED, 1).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("the stream of a revoked token is still open");
+    assert_eq!(reason(&ended.unwrap_err()), "token_unknown");
+
+    // Refused callers are counted by code.
+    let _ = jobs.list_jobs(proto::ListJobsRequest::default()).await;
+    let _ = jobs
+        .list_jobs(with_token(proto::ListJobsRequest::default(), &enqueuer))
+        .await;
+    assert!(
+        server
+            .metric("pulse_ledger_auth_refusals_total{code=\"token_unknown\"}")
+            .await
+            >= 1
+    );
+    assert!(
+        server
+            .metric("pulse_ledger_auth_refusals_total{code=\"token_missing\"}")
+            .await
+            >= 1
+    );
+    assert!(
+        server
+            .metric("pulse_ledger_auth_refusals_total{code=\"scope_missing\"}")
+            .await
+            >= 1
+    );
+
+    // An unsigned envelope whose unknown key tries to forge a log line.
+    let forged = {
+        use pulse_ledger::internal::{Map, Value, encode};
+        let mut m = Map::new();
+        m.insert("body", Value::Bytes(vec![0xa0]));
+        m.insert("sigs", Value::Array(vec![]));
+        m.insert(
+            "x\n2026-12-04T00:00:00Z INFO forged \u{1b}[31mline",
+            Value::Uint(1),
+        );
+        encode(&Value::Map(m))
+    };
+    let _ = reg
+        .submit(proto::SubmitRequest { envelope: forged })
+        .await
+        .unwrap_err();
+
+    // The CLI: a grpc:// URL is refused before anything is dialled.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let grpc = format!("grpc://{}", listener.local_addr().unwrap());
+    let out = run(
+        &["job", "list", "--server", &grpc, "--token", &enqueuer],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported_scheme"));
+    assert!(listener.accept().is_err(), "the CLI dialled a grpc:// URL");
+    let out = run(&["log", "info", "--server", "http://192.0.2.1:7300"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("plaintext_not_loopback"));
+
+    server.stop();
+    let text = std::fs::read_to_string(dir.join("serve.log")).unwrap();
+    assert!(text.contains("rejected submission"), "{text}");
+    assert!(!text.contains('\u{1b}'), "a raw escape reached the log");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("2026-12-04T00:00:00Z INFO forged")),
+        "a forged line reached the log"
+    );
+    assert!(text.contains("refused a caller"), "{text}");
+}

@@ -118,14 +118,22 @@ impl JobsService {
         self.access
             .current()
             .authenticate(header)
-            .map_err(|e| auth_status(&e))
+            .map_err(|e| self.refuse(&e, request.remote_addr()))
     }
 
     /// The caller's grant, if it covers `needed`.
     fn require<T>(&self, request: &Request<T>, needed: &Scope) -> Result<Arc<Grant>, Status> {
         let grant = self.grant(request)?;
-        grant.require(needed).map_err(|e| auth_status(&e))?;
+        grant
+            .require(needed)
+            .map_err(|e| self.refuse(&e, request.remote_addr()))?;
         Ok(grant)
+    }
+
+    /// A refused caller: counted, logged (rate-limited) and answered.
+    fn refuse(&self, e: &crate::auth::AuthError, peer: Option<std::net::SocketAddr>) -> Status {
+        self.access.refused(e, peer);
+        auth_status(e)
     }
 
     /// Routes cancels, wake-ups and budget reservations through a running
@@ -304,19 +312,25 @@ impl JobsService {
     fn request(
         &self,
         r: &proto::EnqueueRequest,
+        grant: &Grant,
     ) -> Result<(Did, HandlerSchema, JobRequest), Status> {
         let (did, schema) = self.handler(&r.handler)?;
         let parent = if r.parent.is_empty() {
             None
         } else {
             let id = parse_id(&r.parent)?;
-            self.store.get(&id).map_err(|_| {
-                status(
-                    Code::NotFound,
-                    "parent_not_found",
-                    format!("no parent job {id}"),
-                )
-            })?;
+            // Whether a job exists is only told to callers who may read
+            // jobs; for others the parent is recorded as given.
+            let may_read = grant.require(&Scope::Read).is_ok();
+            if may_read {
+                self.store.get(&id).map_err(|_| {
+                    status(
+                        Code::NotFound,
+                        "parent_not_found",
+                        format!("no parent job {id}"),
+                    )
+                })?;
+            }
             Some(id)
         };
         let priority = u8::try_from(r.priority).unwrap_or(u8::MAX);
@@ -354,11 +368,12 @@ impl Jobs for JobsService {
         request: Request<proto::EnqueueRequest>,
     ) -> Result<Response<proto::EnqueueResponse>, Status> {
         let grant = self.grant(&request)?;
+        let peer = request.remote_addr();
         let req = request.into_inner();
-        let item = self.request(&req)?;
+        let item = self.request(&req, &grant)?;
         grant
             .require_enqueue(&item.0)
-            .map_err(|e| auth_status(&e))?;
+            .map_err(|e| self.refuse(&e, peer))?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let unavailable = || Status::unavailable("unavailable: the server is shutting down");
         self.enqueuer
@@ -381,6 +396,7 @@ impl Jobs for JobsService {
         request: Request<proto::EnqueueBatchRequest>,
     ) -> Result<Response<proto::EnqueueBatchResponse>, Status> {
         let grant = self.grant(&request)?;
+        let peer = request.remote_addr();
         let reqs = request.into_inner().jobs;
         if reqs.is_empty() || reqs.len() > MAX_BATCH {
             return Err(status(
@@ -394,10 +410,10 @@ impl Jobs for JobsService {
         let resolved: Vec<Result<_, Status>> = reqs
             .iter()
             .map(|r| {
-                let item = self.request(r)?;
+                let item = self.request(r, &grant)?;
                 grant
                     .require_enqueue(&item.0)
-                    .map_err(|e| auth_status(&e))?;
+                    .map_err(|e| self.refuse(&e, peer))?;
                 Ok(item)
             })
             .collect();
@@ -495,6 +511,11 @@ impl Jobs for JobsService {
         request: Request<proto::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         self.require(&request, &Scope::Read)?;
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes().to_vec());
+        let peer = request.remote_addr();
         let id = parse_id(&request.into_inner().id)?;
         let first = self.blocking(move |s| s.get(&id)).await?;
         let (tx, rx) = mpsc::channel(16);
@@ -508,6 +529,17 @@ impl Jobs for JobsService {
                 tokio::select! {
                     () = tokio::time::sleep(std::time::Duration::from_millis(WATCH_POLL_MS)) => {}
                     () = tx.closed() => return,
+                }
+                // The token is checked again on every poll: one revoked by
+                // a reload ends the stream it opened.
+                let still = service
+                    .access
+                    .current()
+                    .authenticate(header.as_deref())
+                    .and_then(|g| g.require(&Scope::Read));
+                if let Err(e) = still {
+                    let _ = tx.send(Err(service.refuse(&e, peer))).await;
+                    return;
                 }
                 match service.blocking(move |s| s.get(&id)).await {
                     Ok(job) if job != last => {

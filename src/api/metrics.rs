@@ -30,6 +30,7 @@ pub struct Metrics {
     /// SIGHUP token reloads: [applied, refused].
     token_reloads: [AtomicU64; 2],
     pulse: OnceLock<Arc<crate::pulse::PulseCounters>>,
+    access: OnceLock<Arc<crate::auth::AccessCell>>,
 }
 
 impl Metrics {
@@ -67,6 +68,11 @@ impl Metrics {
     /// Counts a token reload, once its outcome is in force.
     pub(crate) fn token_reload(&self, applied: bool) {
         self.token_reloads[usize::from(!applied)].fetch_add(1, Ordering::Release);
+    }
+
+    /// Shows the refused callers of the jobs API too.
+    pub(crate) fn watch_access(&self, access: Arc<crate::auth::AccessCell>) {
+        let _ = self.access.set(access);
     }
 
     /// Shows the running dispatcher's counters too.
@@ -143,6 +149,22 @@ impl Metrics {
                 "pulse_ledger_token_reloads_total{{outcome=\"{outcome}\"}} {}",
                 n.load(Ordering::Acquire)
             );
+        }
+        if let Some(a) = self.access.get() {
+            let _ = writeln!(
+                out,
+                "# HELP pulse_ledger_auth_refusals_total Jobs API calls refused by the access rule, by code (spec/security.md)."
+            );
+            let _ = writeln!(out, "# TYPE pulse_ledger_auth_refusals_total counter");
+            for (code, n) in a.refusals() {
+                if code != crate::auth::AuthCode::RateLimited {
+                    let _ = writeln!(
+                        out,
+                        "pulse_ledger_auth_refusals_total{{code=\"{}\"}} {n}",
+                        code.as_str()
+                    );
+                }
+            }
         }
         if let Some(p) = self.pulse.get() {
             let _ = writeln!(

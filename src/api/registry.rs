@@ -126,7 +126,8 @@ impl RegistryService {
             }
             Err(e) => {
                 self.metrics.rejected(e.code());
-                tracing::info!(code = e.code(), error = %e, "rejected submission");
+                // The message quotes the client's bytes: escaped and bounded.
+                tracing::info!(code = e.code(), error = %crate::text::loggable(&e.to_string()), "rejected submission");
                 Err(to_status(&e))
             }
         }

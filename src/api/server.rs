@@ -405,6 +405,7 @@ pub async fn serve(
             }
         }
     }
+    metrics.watch_access(Arc::clone(&access));
     let jobs = JobsServer::new(
         JobsService::new(Arc::clone(&ledger), store)
             .with_dispatcher(runner.handle())

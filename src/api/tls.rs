@@ -93,19 +93,27 @@ impl ClientTls {
     }
 }
 
-/// Whether `url` may be dialed in plaintext: `http://` only to a loopback
-/// address or `localhost`, unless `forced`.
+/// Whether `url` may be dialed: `https://` always; plaintext `http://`
+/// only to a loopback address or `localhost`, unless `forced`; no other
+/// scheme (the transport would dial it in plaintext).
 ///
 /// # Errors
-/// `plaintext_not_loopback`, naming the URL.
+/// `unsupported_scheme` or `plaintext_not_loopback`, naming the URL.
 pub fn check_plaintext(url: &str, forced: bool) -> Result<(), String> {
     // Parsed as the transport will parse it, so the host checked is the
     // host dialed (`http://127.0.0.1:1@10.0.0.7/` goes to 10.0.0.7).
     let uri: tonic::codegen::http::Uri = url
         .parse()
         .map_err(|e| format!("{url} is not a URL: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Ok(());
+    match uri.scheme_str() {
+        Some("https") => return Ok(()),
+        Some("http") => {}
+        other => {
+            return Err(format!(
+                "unsupported_scheme: {url}: the scheme is {}, not https:// (or http:// to this host)",
+                other.map_or_else(|| "missing".to_owned(), |s| format!("{s}://"))
+            ));
+        }
     }
     let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
     if authority.contains('@') {
@@ -163,6 +171,28 @@ mod tests {
             } else {
                 assert!(e.starts_with("plaintext_not_loopback"), "{e}");
                 check_plaintext(bad, true).unwrap();
+            }
+        }
+    }
+
+    /// Any other scheme would be dialed in plaintext by the transport
+    /// while looking like something else: refused, forced or not.
+    #[test]
+    fn other_schemes_are_refused() {
+        for bad in [
+            "grpc://127.0.0.1:7300",
+            "grpc://10.0.0.7:7300",
+            "grpcs://example.com",
+            "ftp://10.0.0.1:7400",
+            "HTTPX://localhost",
+            "127.0.0.1:7300",
+        ] {
+            for forced in [false, true] {
+                let e = check_plaintext(bad, forced).unwrap_err();
+                assert!(
+                    e.starts_with("unsupported_scheme") || e.contains("is not a URL"),
+                    "{bad}: {e}"
+                );
             }
         }
     }

@@ -68,24 +68,67 @@ impl Grant {
 }
 
 /// The access rule in force, replaceable while the server runs (tokens
-/// reloaded on SIGHUP).
+/// reloaded on SIGHUP), and the count of refused callers.
 #[derive(Debug)]
-pub struct AccessCell(std::sync::RwLock<Arc<Access>>);
+pub struct AccessCell {
+    rule: std::sync::RwLock<Arc<Access>>,
+    /// Refusals by [`AuthCode::ALL`] position.
+    refusals: [std::sync::atomic::AtomicU64; AuthCode::ALL.len()],
+    /// When a refusal was last logged, and how many were not since.
+    logged: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+/// At most one refusal log line per this interval: a stranger trying
+/// tokens must not fill the log.
+const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl AccessCell {
     /// A cell holding `access`.
     pub fn new(access: Access) -> AccessCell {
-        AccessCell(std::sync::RwLock::new(Arc::new(access)))
+        AccessCell {
+            rule: std::sync::RwLock::new(Arc::new(access)),
+            refusals: Default::default(),
+            logged: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// Counts a refused call and logs it, at most once a second (with the
+    /// number of refusals not logged since the last line).
+    pub fn refused(&self, e: &AuthError, peer: Option<std::net::SocketAddr>) {
+        if let Some(i) = AuthCode::ALL.iter().position(|c| *c == e.code()) {
+            self.refusals[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let now = std::time::Instant::now();
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        match logged.0 {
+            Some(at) if now.duration_since(at) < REFUSAL_LOG_INTERVAL => logged.1 += 1,
+            _ => {
+                let skipped = std::mem::take(&mut logged.1);
+                logged.0 = Some(now);
+                drop(logged);
+                let peer = peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+                tracing::warn!(code = e.code().as_str(), %peer, not_logged_since = skipped, "refused a caller: {e}");
+            }
+        }
+    }
+
+    /// Refused calls so far, by code, in [`AuthCode::ALL`] order.
+    pub fn refusals(&self) -> Vec<(AuthCode, u64)> {
+        AuthCode::ALL
+            .iter()
+            .zip(&self.refusals)
+            .map(|(c, n)| (*c, n.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
     }
 
     /// The rule in force now.
     pub fn current(&self) -> Arc<Access> {
-        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&self.rule.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Puts `access` in force for every call from now on.
     pub fn replace(&self, access: Access) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
+        *self.rule.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
     }
 }
 

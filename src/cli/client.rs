@@ -53,8 +53,9 @@ pub(crate) struct ServerArg {
         requires = "client_cert"
     )]
     client_key: Option<PathBuf>,
-    /// Send --token over plaintext http:// to a host that is not loopback.
-    #[arg(long)]
+    /// Talk plaintext http:// to a host that is not loopback (reads, and
+    /// --token with them): only behind a network you trust.
+    #[arg(long, env = "PULSE_LEDGER_ALLOW_PLAINTEXT")]
     allow_plaintext: bool,
     /// Longest wait for one call to the server (500ms, 30s, 2m; a bare
     /// number is seconds): connecting, an answer, a stream's opening or an
@@ -210,7 +211,8 @@ impl ServerArg {
             ca: env("PULSE_LEDGER_CA"),
             client_cert: env("PULSE_LEDGER_CLIENT_CERT"),
             client_key: env("PULSE_LEDGER_CLIENT_KEY"),
-            allow_plaintext: false,
+            allow_plaintext: std::env::var_os("PULSE_LEDGER_ALLOW_PLAINTEXT")
+                .is_some_and(|v| !v.is_empty() && v != "false" && v != "0"),
             timeout: std::env::var("PULSE_LEDGER_TIMEOUT")
                 .ok()
                 .and_then(|t| deadline::parse(&t).ok())
@@ -249,6 +251,11 @@ impl ServerArg {
     /// A connection to the server, over TLS for an https:// URL.
     pub(crate) async fn channel(&self) -> Result<Channel, CliError> {
         let url = &self.server;
+        // Only https://, or http:// to this host: anything else would go
+        // out in plaintext (spec/security.md, "Transport").
+        crate::api::tls::check_plaintext(url, self.allow_plaintext).map_err(|e| {
+            CliError::Usage(format!("--server {e} (--allow-plaintext to force http://)"))
+        })?;
         let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| CliError::Usage(format!("--server {url}: {e}")))?
             .tcp_nodelay(true);
