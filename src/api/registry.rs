@@ -24,8 +24,13 @@ const DEFAULT_PAGE: u32 = 100;
 const STREAM_IN_FLIGHT: usize = 64;
 /// Envelope bytes per GetEntries response.
 const ENTRIES_BYTES: usize = 4 * 1024 * 1024;
-/// Entries buffered per WatchEntries subscriber.
-const WATCH_BUFFER: usize = 256;
+/// Entries buffered per WatchEntries subscriber, besides the batch being
+/// sent: with envelopes of at most 64 KiB, at most 512 KiB.
+const WATCH_BUFFER: usize = 8;
+/// Bytes of envelopes read from the ledger at a time for one WatchEntries
+/// subscriber (at least one entry): what a stream that is never read holds
+/// is bounded in bytes (spec/security.md).
+const WATCH_BATCH_BYTES: usize = 256 * 1024;
 
 /// The registry API over one ledger.
 #[derive(Clone)]
@@ -382,15 +387,11 @@ impl Registry for RegistryService {
         self.blocking(move |l| {
             // At most ENTRIES_BYTES of envelopes per response (at least one
             // entry), so a page of large envelopes stays a bounded message.
-            let mut budget = ENTRIES_BYTES;
-            let mut entries = Vec::new();
-            for (index, envelope) in l.entries(req.start, req.end)? {
-                if !entries.is_empty() && envelope.len() > budget {
-                    break;
-                }
-                budget = budget.saturating_sub(envelope.len());
-                entries.push(proto::Entry { index, envelope });
-            }
+            let entries = l
+                .entries_within(req.start, req.end, ENTRIES_BYTES)?
+                .into_iter()
+                .map(|(index, envelope)| proto::Entry { index, envelope })
+                .collect();
             Ok(proto::GetEntriesResponse { entries })
         })
         .await
@@ -513,7 +514,10 @@ impl Registry for RegistryService {
                 while next < size {
                     let l = Arc::clone(&ledger);
                     let start = next;
-                    let batch = tokio::task::spawn_blocking(move || l.entries(start, size)).await;
+                    let batch = tokio::task::spawn_blocking(move || {
+                        l.entries_within(start, size, WATCH_BATCH_BYTES)
+                    })
+                    .await;
                     let entries = match batch {
                         Ok(Ok(e)) => e,
                         Ok(Err(e)) => {

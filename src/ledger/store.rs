@@ -588,6 +588,22 @@ impl Ledger {
         self.view().entries(start, end)
     }
 
+    /// [`Self::entries`], but stopping before the entry that would take
+    /// the envelopes read past `max_bytes` (at least one entry is read when
+    /// any is in range): what a server reads for one client is bounded in
+    /// bytes, not only in entries.
+    ///
+    /// # Errors
+    /// As [`Self::entries`].
+    pub fn entries_within(
+        &self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
+        self.view().entries_within(start, end, max_bytes)
+    }
+
     /// The log index of an attestation.
     ///
     /// # Errors

@@ -43,6 +43,17 @@ impl View<'_> {
     }
 
     pub(super) fn entries(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
+        self.entries_within(start, end, usize::MAX)
+    }
+
+    /// [`Self::entries`], stopping before the entry that would take the
+    /// envelopes past `max_bytes` (the first entry is always read).
+    pub(super) fn entries_within(
+        &self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
         let size = self.head.size;
         if start > size {
             return Err(LedgerError::new(
@@ -55,6 +66,7 @@ impl View<'_> {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
+        let mut budget = max_bytes;
         for kv in self
             .snap
             .range(self.shared.ks(Ks::Entries), u64_key(start)..u64_key(end))
@@ -62,6 +74,10 @@ impl View<'_> {
             let (k, v) = kv
                 .into_inner()
                 .map_err(|e| LedgerError::storage("read", e))?;
+            if !out.is_empty() && v.len() > budget {
+                break;
+            }
+            budget = budget.saturating_sub(v.len());
             out.push((read_u64(&k)?, v.to_vec()));
         }
         Ok(out)

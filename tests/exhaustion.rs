@@ -1,0 +1,99 @@
+//! What a stranger can make the server hold (issue 17, item 4;
+//! spec/security.md, "Rate limits and size caps"): bounded in bytes, not
+//! only in entries.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::{key, plugin_register, tempdir};
+use pulse_ledger::api::proto::{self, registry_client::RegistryClient};
+use pulse_ledger::ledger::{Ledger, LedgerConfig};
+
+/// A log of `n` registrations of about 48 KiB each, written directly.
+fn large_log(data: &std::path::Path, n: usize) {
+    let ledger = Ledger::open(LedgerConfig::new(data, "pulse-ledger.local/log")).unwrap();
+    let plugin = key("exhaust-plugin");
+    ledger
+        .append(plugin_register(&plugin, "big").envelope())
+        .unwrap();
+    let envelopes: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let k = key(&format!("exhaust-{i}"));
+            common::handler_register_with(&k, &format!("h{i}"), &plugin.did, |s| {
+                s.code = Some(vec![b'#'; pulse_ledger::limits::MAX_CODE_BYTES - (i % 100)]);
+            })
+            .envelope()
+            .to_vec()
+        })
+        .collect();
+    for chunk in envelopes.chunks(200) {
+        for r in ledger.append_batch(chunk) {
+            r.unwrap();
+        }
+    }
+    // Reads are bounded in bytes at the ledger too.
+    let few = ledger.entries_within(1, 1000, 256 * 1024).unwrap();
+    assert!((5..=6).contains(&few.len()), "{}", few.len());
+    assert_eq!(ledger.entries_within(1, 1000, 0).unwrap().len(), 1);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Streams that are opened and never read hold a bounded number of bytes
+/// each: 20 of them over a 50 MB log (the attack that took the server to
+/// about 1 GB) leave it far below that.
+#[test]
+fn unread_watch_streams_hold_bounded_memory() {
+    let dir = tempdir("exhaust-watch");
+    let data = dir.join("data");
+    // Written outside any async runtime: the ledger's appends block.
+    large_log(&data, 1000);
+    let server = common::Serve::start(&[], &data);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(watch_unread(&server));
+    server.stop();
+}
+
+async fn watch_unread(server: &common::Serve) {
+    let before = rss_kib(server.child.id());
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        // A connection each, so no single connection's window limits it.
+        let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+        let mut s = reg
+            .watch_entries(proto::WatchEntriesRequest { start: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        // One entry read, then nothing: the server keeps what it buffered.
+        assert_eq!(s.message().await.unwrap().unwrap().index, 0);
+        streams.push((reg, s));
+    }
+    // Give the server's readers time to fill whatever they may buffer.
+    let mut peak = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        peak = peak.max(rss_kib(server.child.id()));
+    }
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < 150,
+        "20 unread streams grew the server by {grown_mib} MiB"
+    );
+    // The streams still work: one reads on, in order.
+    let (_, s) = &mut streams[3];
+    assert_eq!(s.message().await.unwrap().unwrap().index, 1);
+}
