@@ -97,3 +97,130 @@ async fn watch_unread(server: &common::Serve) {
     let (_, s) = &mut streams[3];
     assert_eq!(s.message().await.unwrap().unwrap().index, 1);
 }
+
+/// 280 sockets that never say anything, against a server limited to 256
+/// descriptors (the attack that made every write fail until a restart):
+/// the server keeps descriptors for storage, closes the silent sockets
+/// after the handshake deadline, and keeps accepting writes.
+#[test]
+fn silent_sockets_cannot_starve_storage_of_descriptors() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempdir("exhaust-fds");
+    std::fs::write(dir.join("pulse.toml"), "handshake_timeout_ms = 1000\n").unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--config")
+    .arg(dir.join("pulse.toml"))
+    .arg("--data-dir")
+    .arg(dir.join("data"))
+    .env("RUST_LOG", "warn")
+    .stdout(std::process::Stdio::piped());
+    // SAFETY: setrlimit between fork and exec touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 256,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let (addr, metrics) = {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = lines
+            .next()
+            .unwrap()
+            .unwrap()
+            .split_whitespace()
+            .nth(3)
+            .unwrap()
+            .to_owned();
+        let m = lines
+            .next()
+            .unwrap()
+            .unwrap()
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .trim_start_matches("http://")
+            .trim_end_matches("/metrics")
+            .to_owned();
+        (addr, m)
+    };
+    let server = common::Serve {
+        child,
+        url: format!("http://{addr}"),
+        metrics: Some(metrics),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let submit = |reg: &mut RegistryClient<tonic::transport::Channel>, i: usize| {
+        let k = key(&format!("fd-{i}"));
+        let req = proto::SubmitRequest {
+            envelope: plugin_register(&k, "p").envelope().to_vec(),
+        };
+        let mut reg = reg.clone();
+        async move { reg.submit(req).await }
+    };
+    // A client connected before the flood.
+    let mut reg = rt.block_on(async {
+        let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+        submit(&mut reg, 0).await.unwrap();
+        reg
+    });
+    let idle: Vec<std::net::TcpStream> = (0..280)
+        .filter_map(|_| std::net::TcpStream::connect(&addr).ok())
+        .collect();
+    assert!(idle.len() >= 250, "{}", idle.len());
+    rt.block_on(async {
+        // Beyond the bound, sockets are closed at once.
+        let full = server
+            .metric_reaches(
+                "pulse_ledger_connections_refused_total{reason=\"server_full\"}",
+                200,
+            )
+            .await;
+        assert!(full >= 200);
+        let open = server.metric("pulse_ledger_connections_open").await;
+        assert!(open <= 16, "{open} open under a 256-descriptor limit");
+        // Writes during the flood: storage still has its descriptors.
+        for i in 1..20 {
+            submit(&mut reg, i).await.unwrap();
+        }
+        // Silent sockets are closed when their deadline passes.
+        server
+            .metric_reaches(
+                "pulse_ledger_connections_refused_total{reason=\"silent\"}",
+                1,
+            )
+            .await;
+    });
+    drop(idle);
+    rt.block_on(async {
+        // After the flood, a new client connects and writes.
+        let mut fresh = loop {
+            match RegistryClient::connect(server.url.clone()).await {
+                Ok(c) => break c,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        };
+        for i in 20..30 {
+            submit(&mut fresh, i).await.unwrap();
+        }
+    });
+    server.stop();
+}

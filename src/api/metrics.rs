@@ -31,6 +31,7 @@ pub struct Metrics {
     token_reloads: [AtomicU64; 2],
     pulse: OnceLock<Arc<crate::pulse::PulseCounters>>,
     access: OnceLock<Arc<crate::auth::AccessCell>>,
+    connections: OnceLock<Arc<super::incoming::ConnectionCounters>>,
 }
 
 impl Metrics {
@@ -68,6 +69,11 @@ impl Metrics {
     /// Counts a token reload, once its outcome is in force.
     pub(crate) fn token_reload(&self, applied: bool) {
         self.token_reloads[usize::from(!applied)].fetch_add(1, Ordering::Release);
+    }
+
+    /// Shows the connection counters too.
+    pub(crate) fn watch_connections(&self, c: Arc<super::incoming::ConnectionCounters>) {
+        let _ = self.connections.set(c);
     }
 
     /// Shows the refused callers of the jobs API too.
@@ -149,6 +155,29 @@ impl Metrics {
                 "pulse_ledger_token_reloads_total{{outcome=\"{outcome}\"}} {}",
                 n.load(Ordering::Acquire)
             );
+        }
+        if let Some(c) = self.connections.get() {
+            let _ = writeln!(
+                out,
+                "# HELP pulse_ledger_connections_open gRPC connections open now."
+            );
+            let _ = writeln!(out, "# TYPE pulse_ledger_connections_open gauge");
+            let _ = writeln!(out, "pulse_ledger_connections_open {}", c.open());
+            let _ = writeln!(
+                out,
+                "# HELP pulse_ledger_connections_refused_total Connections closed at once (server_full, client_full) or for not speaking in time (silent)."
+            );
+            let _ = writeln!(out, "# TYPE pulse_ledger_connections_refused_total counter");
+            for (reason, n) in [
+                ("server_full", c.refused_total()),
+                ("client_full", c.refused_client()),
+                ("silent", c.silent()),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "pulse_ledger_connections_refused_total{{reason=\"{reason}\"}} {n}"
+                );
+            }
         }
         if let Some(a) = self.access.get() {
             let _ = writeln!(

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 use super::jobs::JobsService;
 use super::metrics::{Metrics, serve_metrics};
@@ -73,6 +72,14 @@ pub struct ServeConfig {
     pub write_queue_depth: usize,
     /// The config file whose `[[token]]` tables are read again on SIGHUP.
     pub tokens_file: Option<PathBuf>,
+    /// Most connections open at once (lowered to fit the descriptor limit
+    /// less a reserve for storage).
+    pub max_connections: usize,
+    /// Most connections open at once from one client (an IPv4 address or an
+    /// IPv6 /64); loopback is exempt unless `rate_limit_loopback`.
+    pub max_connections_per_client: usize,
+    /// Time a new connection has to start speaking (HTTP/2 preface or TLS).
+    pub handshake_timeout_ms: u64,
 }
 
 /// Default submissions per second per client address.
@@ -108,6 +115,9 @@ impl ServeConfig {
             min_free_bytes: crate::ledger::DEFAULT_MIN_FREE_BYTES,
             write_queue_depth: crate::ledger::DEFAULT_WRITE_QUEUE_DEPTH,
             tokens_file: None,
+            max_connections: super::incoming::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_client: super::incoming::DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            handshake_timeout_ms: super::incoming::DEFAULT_HANDSHAKE_TIMEOUT_MS,
         }
     }
 }
@@ -365,9 +375,25 @@ pub async fn serve(
         }
         None => None,
     };
-    // Nagle's algorithm on accepted sockets stalls every unary round trip
-    // by ~40 ms; it must be turned off on the incoming stream itself.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Connections are admitted with bounds (number, per client, time to
+    // start speaking) under a descriptor limit raised to its maximum, so
+    // idle sockets cannot take the descriptors storage needs.
+    let fd_limit = super::incoming::raise_fd_limit();
+    let admission = super::incoming::Admission {
+        max_total: super::incoming::connections_for(fd_limit, config.max_connections),
+        max_per_client: config.max_connections_per_client.max(1),
+        handshake: std::time::Duration::from_millis(config.handshake_timeout_ms.max(1)),
+        tls: config.tls.is_some(),
+        limit_loopback: config.rate_limit_loopback,
+    };
+    tracing::info!(
+        fd_limit,
+        max_connections = admission.max_total,
+        per_client = admission.max_per_client,
+        "connection bounds"
+    );
+    let (incoming, connections) = super::incoming::admit(listener, admission);
+    metrics.watch_connections(connections);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health

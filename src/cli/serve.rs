@@ -33,7 +33,8 @@ Config file keys (TOML): data_dir, listen, log_name, metrics_listen,
 job_retention_hours, max_running, plugin_wait_secs, heartbeat_timeout_ms,
 cancel_grace_ms, plugin_health_interval_ms, tls_cert, tls_key,
 tls_client_ca, allow_plaintext, allow_unauthenticated, submit_rate,
-submit_burst, rate_limit_loopback, min_free_mb, write_queue_depth, one [[plugin]]
+submit_burst, rate_limit_loopback, min_free_mb, write_queue_depth,
+max_connections, max_connections_per_client, handshake_timeout_ms, one [[plugin]]
 table per plugin and one
 [[token]] table per bearer token (pulse-ledger token create prints it):
 
@@ -150,6 +151,9 @@ struct FileConfig {
     rate_limit_loopback: Option<bool>,
     min_free_mb: Option<u64>,
     write_queue_depth: Option<usize>,
+    max_connections: Option<usize>,
+    max_connections_per_client: Option<usize>,
+    handshake_timeout_ms: Option<u64>,
     #[serde(default)]
     plugin: Vec<PluginTable>,
     #[serde(default)]
@@ -366,6 +370,21 @@ impl Args {
                 None => crate::ledger::DEFAULT_WRITE_QUEUE_DEPTH,
             },
             tokens_file: self.config.clone(),
+            max_connections: positive(
+                "max_connections",
+                file.max_connections,
+                crate::api::incoming::DEFAULT_MAX_CONNECTIONS,
+            )?,
+            max_connections_per_client: positive(
+                "max_connections_per_client",
+                file.max_connections_per_client,
+                crate::api::incoming::DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            )?,
+            handshake_timeout_ms: positive(
+                "handshake_timeout_ms",
+                file.handshake_timeout_ms,
+                crate::api::incoming::DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            )?,
         })
     }
 }
@@ -424,4 +443,17 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// A config key that must be at least 1, or its default.
+fn positive<T: PartialEq + From<u8>>(
+    key: &str,
+    value: Option<T>,
+    default: T,
+) -> Result<T, CliError> {
+    match value {
+        Some(v) if v == T::from(0) => Err(CliError::Usage(format!("{key} must be at least 1"))),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
 }
