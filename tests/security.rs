@@ -940,3 +940,44 @@ async fn revoked_tokens_lose_their_streams_and_strangers_learn_nothing() {
     );
     assert!(text.contains("refused a caller"), "{text}");
 }
+
+/// Issue 17, item 4: a Jobs request is judged on its headers. A caller
+/// without a token, or whose token cannot make the call, is refused while
+/// its body is still coming (here: a body that never ends), so a stranger
+/// cannot make the server hold 16 MiB uploads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_requests_are_refused_on_their_headers() {
+    let dir = tempdir("security-gate");
+    let (reader, reader_table) = token("reader", &["read"]);
+    let config = write_config(&dir, &reader_table);
+    let server = Serve::start(&["--config", &config], &dir.join("data"));
+    let channel = Channel::from_shared(server.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for (token, code) in [(None, "token_missing"), (Some(&reader), "scope_missing")] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        // A request whose body never ends: one message that never comes.
+        let body = tokio_stream::pending::<proto::EnqueueRequest>();
+        let mut request = Request::new(body);
+        if let Some(t) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let path =
+            tonic::codegen::http::uri::PathAndQuery::from_static("/pulse_ledger.v1.Jobs/Enqueue");
+        let codec =
+            tonic_prost::ProstCodec::<proto::EnqueueRequest, proto::EnqueueResponse>::default();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            grpc.client_streaming(request, path, codec),
+        )
+        .await
+        .expect("the server waited for the body before judging the caller");
+        assert_eq!(reason(&answer.unwrap_err()), code);
+    }
+    server.stop();
+}

@@ -435,7 +435,7 @@ pub async fn serve(
     let jobs = JobsServer::new(
         JobsService::new(Arc::clone(&ledger), store)
             .with_dispatcher(runner.handle())
-            .with_access(access),
+            .with_access(Arc::clone(&access)),
     )
     .max_decoding_message_size(MAX_JOBS_REQUEST_BYTES)
     .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -464,7 +464,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(super::normalize::Normalize::new(registry))
-        .add_service(super::normalize::Normalize::new(jobs))
+        .add_service(super::normalize::Normalize::new(super::gate::Gate::new(
+            jobs,
+            Arc::clone(&access),
+        )))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
     // The dispatcher stops first, so plugins going away are not recorded

@@ -41,6 +41,30 @@ impl Grant {
         self.refuse_unless(allowed, &format_args!("enqueue:{handler}"))
     }
 
+    /// Ok if the grant may call the Jobs method `method` at all (before
+    /// its request is read): some enqueue scope for `Enqueue` and
+    /// `EnqueueBatch` (which handlers is judged per job later), `read` for
+    /// the reads, `cancel` for `CancelJob`, `budget` for `SetBudget`.
+    ///
+    /// # Errors
+    /// `scope_missing`, naming the scope.
+    pub fn may_call(&self, method: &str) -> Result<(), AuthError> {
+        let needed = match method {
+            "Enqueue" | "EnqueueBatch" => {
+                let any = self
+                    .scopes
+                    .iter()
+                    .any(|s| matches!(s, Scope::Enqueue(_) | Scope::Admin));
+                return self.refuse_unless(any, &"enqueue");
+            }
+            "GetJob" | "ListJobs" | "WatchJob" | "GetJobLog" | "GetBudget" => Scope::Read,
+            "CancelJob" => Scope::Cancel,
+            "SetBudget" => Scope::Budget,
+            _ => return Ok(()),
+        };
+        self.require(&needed)
+    }
+
     /// Ok if one of the grant's scopes covers `needed`.
     ///
     /// # Errors
