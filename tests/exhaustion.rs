@@ -224,3 +224,81 @@ fn silent_sockets_cannot_starve_storage_of_descriptors() {
     });
     server.stop();
 }
+
+fn free_mib(dir: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a valid C string and room for one statvfs.
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) }, 0);
+    // SAFETY: statvfs returned 0.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)]
+    let free = (st.f_bavail as u64) * (st.f_frsize as u64);
+    free / (1024 * 1024)
+}
+
+/// Registrations (open to anyone) stop before jobs do: with free space
+/// between the jobs' reserve and the log's, a registration is refused
+/// with `disk_full` and a job is still enqueued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_cannot_take_the_room_jobs_need() {
+    use pulse_ledger::api::proto::jobs_client::JobsClient;
+    let dir = tempdir("exhaust-disk");
+    let data = dir.join("data");
+    let (p, h) = (key("disk-p"), key("disk-h"));
+    {
+        let server = common::Serve::start(&[], &data);
+        let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+        for a in [
+            plugin_register(&p, "p"),
+            common::handler_register(&h, "h", &p.did),
+        ] {
+            reg.submit(proto::SubmitRequest {
+                envelope: a.envelope().to_vec(),
+            })
+            .await
+            .unwrap();
+        }
+        server.stop();
+    }
+    let free = free_mib(&dir);
+    assert!(free > 1024, "the test needs 1 GiB free, has {free} MiB");
+    // Jobs keep 200 MiB less than what is free; the log 200 MiB more.
+    std::fs::write(
+        dir.join("pulse.toml"),
+        format!(
+            "min_free_mb = {}\nlog_reserve_mb = 400\nplugin_wait_secs = 600\n",
+            free - 200
+        ),
+    )
+    .unwrap();
+    let server = common::Serve::start(
+        &["--config", dir.join("pulse.toml").to_str().unwrap()],
+        &data,
+    );
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    let e = reg
+        .submit(proto::SubmitRequest {
+            envelope: plugin_register(&key("disk-late"), "late")
+                .envelope()
+                .to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(common::reason(&e), "disk_full", "{}", e.message());
+    let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+    let job = jobs
+        .enqueue(proto::EnqueueRequest {
+            handler: h.did.to_string(),
+            payload: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(job.state, "queued");
+    server.stop();
+}

@@ -67,6 +67,9 @@ pub struct ServeConfig {
     /// Writes are refused (`disk_full`) while the data dir's file system
     /// has less than this free; 0 turns the guard off.
     pub min_free_bytes: u64,
+    /// Appends to the log stop this much earlier than jobs (the log's
+    /// reserve is `min_free_bytes` plus this).
+    pub log_reserve_bytes: u64,
     /// Groups of appends queued for the ledger's writer at most; beyond
     /// it Submit answers `overloaded` (RESOURCE_EXHAUSTED) at once.
     pub write_queue_depth: usize,
@@ -113,6 +116,7 @@ impl ServeConfig {
             tls: None,
             allow_plaintext: false,
             min_free_bytes: crate::ledger::DEFAULT_MIN_FREE_BYTES,
+            log_reserve_bytes: crate::ledger::DEFAULT_LOG_RESERVE_BYTES,
             write_queue_depth: crate::ledger::DEFAULT_WRITE_QUEUE_DEPTH,
             tokens_file: None,
             max_connections: super::incoming::DEFAULT_MAX_CONNECTIONS,
@@ -343,6 +347,7 @@ pub async fn serve(
     let (access, builder) = security(&config)?;
     let mut ledger_config = LedgerConfig::new(&config.data_dir, &config.log_name);
     ledger_config.min_free_bytes = config.min_free_bytes;
+    ledger_config.log_reserve_bytes = config.log_reserve_bytes;
     ledger_config.queue_depth = config.write_queue_depth;
     let ledger = Arc::new(
         tokio::task::spawn_blocking(move || Ledger::open(ledger_config))

@@ -33,7 +33,7 @@ Config file keys (TOML): data_dir, listen, log_name, metrics_listen,
 job_retention_hours, max_running, plugin_wait_secs, heartbeat_timeout_ms,
 cancel_grace_ms, plugin_health_interval_ms, tls_cert, tls_key,
 tls_client_ca, allow_plaintext, allow_unauthenticated, submit_rate,
-submit_burst, rate_limit_loopback, min_free_mb, write_queue_depth,
+submit_burst, rate_limit_loopback, min_free_mb, log_reserve_mb, write_queue_depth,
 max_connections, max_connections_per_client, handshake_timeout_ms, one [[plugin]]
 table per plugin and one
 [[token]] table per bearer token (pulse-ledger token create prints it):
@@ -151,6 +151,7 @@ struct FileConfig {
     rate_limit_loopback: Option<bool>,
     min_free_mb: Option<u64>,
     write_queue_depth: Option<usize>,
+    log_reserve_mb: Option<u64>,
     max_connections: Option<usize>,
     max_connections_per_client: Option<usize>,
     handshake_timeout_ms: Option<u64>,
@@ -358,6 +359,11 @@ impl Args {
                 .min_free_mb
                 .or(file.min_free_mb)
                 .map_or(crate::ledger::DEFAULT_MIN_FREE_BYTES, |m| {
+                    m.saturating_mul(1024 * 1024)
+                }),
+            log_reserve_bytes: file
+                .log_reserve_mb
+                .map_or(crate::ledger::DEFAULT_LOG_RESERVE_BYTES, |m| {
                     m.saturating_mul(1024 * 1024)
                 }),
             write_queue_depth: match file.write_queue_depth {

@@ -18,7 +18,7 @@ pub use merkle::{
     Frontier, Hash, NewNode, NodeSource, consistency_proof, empty_root, inclusion_proof, leaf_hash,
     node_hash, subtree_root, verify_consistency, verify_inclusion,
 };
-pub use space::{DEFAULT_MIN_FREE_BYTES, SpaceGuard};
+pub use space::{DEFAULT_LOG_RESERVE_BYTES, DEFAULT_MIN_FREE_BYTES, SpaceGuard};
 pub use store::{
     AuditReport, CHANGE_LOG_ENTRIES, ChainPage, DEFAULT_WRITE_QUEUE_DEPTH, EquivocationRecord,
     Ledger, LedgerConfig, MAX_ENTRY_RANGE, MAX_PAGE, MAX_SCAN, PendingAppend, Receipt,

@@ -13,6 +13,11 @@ use super::error::{LedgerError, LedgerErrorCode};
 /// compaction to finish after the last accepted write.
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 128 * 1024 * 1024;
 
+/// Default extra reserve the log keeps above the jobs' one: appends (open
+/// to anyone) stop this much earlier than jobs, so registration spam
+/// cannot leave jobs without room.
+pub const DEFAULT_LOG_RESERVE_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Refuses writes while the data dir's file system has less than a
 /// reserve free.
 #[derive(Debug, Clone)]

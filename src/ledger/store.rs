@@ -49,6 +49,10 @@ pub struct LedgerConfig {
     /// Writes are refused (`disk_full`) while the data dir's file system
     /// has less than this free; 0 turns the guard off.
     pub min_free_bytes: u64,
+    /// Appends to the log are refused this much earlier than other writes
+    /// (jobs): the log's reserve is `min_free_bytes` plus this, so appends,
+    /// which anyone may make, cannot take the room jobs need.
+    pub log_reserve_bytes: u64,
     /// Groups of appends queued for the writer at most; beyond it
     /// [`Ledger::enqueue`] answers `overloaded` instead of waiting.
     pub queue_depth: usize,
@@ -62,6 +66,7 @@ impl LedgerConfig {
             origin: origin.into(),
             max_batch: DEFAULT_MAX_BATCH,
             min_free_bytes: super::DEFAULT_MIN_FREE_BYTES,
+            log_reserve_bytes: super::DEFAULT_LOG_RESERVE_BYTES,
             queue_depth: DEFAULT_WRITE_QUEUE_DEPTH,
         }
     }
@@ -144,7 +149,10 @@ pub(super) struct Shared {
     /// Set after a failed commit: the ledger refuses writes (fail-stop).
     pub(super) failed: Mutex<Option<String>>,
     /// Refuses writes while the disk is nearly full.
+    /// The log's free-space guard (appends).
     pub(super) space: super::SpaceGuard,
+    /// The guard of other writes to this data dir (the job store).
+    jobs_space: super::SpaceGuard,
     /// The committed tree size, for watchers (`WatchEntries`).
     pub(super) size_tx: tokio::sync::watch::Sender<u64>,
     /// The subjects of recent entries, for caches of chain state.
@@ -344,7 +352,14 @@ impl Ledger {
             log_did,
             published: RwLock::new(placeholder),
             failed: Mutex::new(None),
-            space: super::SpaceGuard::new(&config.data_dir, config.min_free_bytes),
+            space: super::SpaceGuard::new(
+                &config.data_dir,
+                match config.min_free_bytes {
+                    0 => 0,
+                    m => m.saturating_add(config.log_reserve_bytes),
+                },
+            ),
+            jobs_space: super::SpaceGuard::new(&config.data_dir, config.min_free_bytes),
             size_tx: tokio::sync::watch::Sender::new(size),
             changes: Mutex::new(ChangeLog {
                 start: size,
@@ -429,9 +444,10 @@ impl Ledger {
         })
     }
 
-    /// The free-space guard writes to this data dir go through.
+    /// The free-space guard other writes to this data dir (jobs) go
+    /// through: the log's own reserve is larger.
     pub(crate) fn space_guard(&self) -> &super::SpaceGuard {
-        &self.shared.space
+        &self.shared.jobs_space
     }
 
     /// The database the log lives in, for the job store's keyspaces.
