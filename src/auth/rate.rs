@@ -19,14 +19,16 @@ pub struct RateLimit {
 /// Buckets remembered; past this, the least throttled half is forgotten.
 const MAX_CLIENTS: usize = 65_536;
 
-/// An IPv6 /48 (a typical site allocation, 65,536 /64s) shares one bucket
-/// this many times larger than a single client's, so holding many /64s
-/// does not multiply the allowance without end.
+/// An IPv6 /48 (a typical site allocation, 65,536 /64s) or an IPv4 /24
+/// shares one bucket this many times larger than a single client's, so
+/// holding many /64s or many addresses of one network does not multiply
+/// the allowance without end.
 const NETWORK_FACTOR: u32 = 16;
 
 /// Per-client token buckets. A client is an IPv4 address or an IPv6 /64
 /// (one host usually holds a whole /64, so single addresses would let it
-/// escape the limit); IPv6 clients also share their /48's bucket.
+/// escape the limit); clients also share their network's bucket, an IPv6
+/// /48 or an IPv4 /24.
 #[derive(Debug)]
 pub struct RateLimiter {
     limit: RateLimit,
@@ -50,8 +52,8 @@ impl RateLimiter {
         }
     }
 
-    /// The buckets a call from `ip` draws on: the client's own, and for
-    /// IPv6 its /48's.
+    /// The buckets a call from `ip` draws on: the client's own, and its
+    /// network's (/48 for IPv6, /24 for IPv4).
     fn buckets_of(&self, ip: IpAddr) -> Vec<Bucket> {
         let rate = f64::from(self.limit.per_second);
         let burst = f64::from(self.limit.burst.max(1));
@@ -60,18 +62,24 @@ impl RateLimiter {
             o[bytes..].fill(0);
             IpAddr::from(o)
         };
+        let f = f64::from(NETWORK_FACTOR);
+        let v4_buckets = |v4: std::net::Ipv4Addr| {
+            let mut o = v4.octets();
+            o[3] = 0;
+            vec![
+                ((IpAddr::V4(v4), 32), rate, burst),
+                ((IpAddr::from(o), 24), rate * f, burst * f),
+            ]
+        };
         match ip {
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => vec![((IpAddr::V4(v4), 32), rate, burst)],
-                None => {
-                    let f = f64::from(NETWORK_FACTOR);
-                    vec![
-                        ((prefix(v6, 8), 64), rate, burst),
-                        ((prefix(v6, 6), 48), rate * f, burst * f),
-                    ]
-                }
+                Some(v4) => v4_buckets(v4),
+                None => vec![
+                    ((prefix(v6, 8), 64), rate, burst),
+                    ((prefix(v6, 6), 48), rate * f, burst * f),
+                ],
             },
-            v4 => vec![((v4, 32), rate, burst)],
+            IpAddr::V4(v4) => v4_buckets(v4),
         }
     }
 
@@ -125,17 +133,17 @@ impl RateLimiter {
             Some((addr, bits)) => Err(AuthError::rate_limited(
                 format!(
                     "{} sent more than its {} calls a second (burst {}); retry in {} ms",
-                    if bits == 48 {
-                        format!("network {addr}/48")
+                    if network(bits) {
+                        format!("network {addr}/{bits}")
                     } else {
                         addr.to_string()
                     },
-                    if bits == 48 {
+                    if network(bits) {
                         self.limit.per_second * NETWORK_FACTOR
                     } else {
                         self.limit.per_second
                     },
-                    if bits == 48 {
+                    if network(bits) {
                         self.limit.burst.max(1) * NETWORK_FACTOR
                     } else {
                         self.limit.burst
@@ -146,6 +154,11 @@ impl RateLimiter {
             )),
         }
     }
+}
+
+/// Whether a bucket of this prefix length is a network's (shared).
+fn network(bits: u8) -> bool {
+    bits == 48 || bits == 24
 }
 
 /// Forgets the half of the buckets that are fullest (least throttled):
@@ -302,6 +315,33 @@ mod tests {
         );
         // Another /48 is untouched.
         l.check(Some(IpAddr::from([0x2001, 0xdb8, 8, 0, 0, 0, 0, 1])), 1, t0)
+            .unwrap();
+    }
+
+    /// The attack of issue 17: 127.0.0.2 and .3 each had a burst of their
+    /// own. The addresses of one IPv4 /24 now share a bucket 16 times a
+    /// client's.
+    #[test]
+    fn an_ipv4_network_shares_one_larger_bucket() {
+        let l = limiter(1, 2, true);
+        let t0 = Instant::now();
+        let client = |n: u8| Some(IpAddr::from([198, 51, 100, n]));
+        for n in 0..NETWORK_FACTOR as u8 {
+            for _ in 0..2 {
+                l.check(client(n), 1, t0).unwrap();
+            }
+        }
+        let e = l.check(client(200), 1, t0).unwrap_err();
+        assert!(
+            e.message().contains("network 198.51.100.0/24"),
+            "{}",
+            e.message()
+        );
+        // An IPv4-mapped IPv6 address is its IPv4 address, in the same /24.
+        let mapped = "::ffff:198.51.100.201".parse().ok();
+        assert!(l.check(mapped, 1, t0).is_err());
+        // Another /24 is untouched.
+        l.check(Some(IpAddr::from([198, 51, 101, 1])), 1, t0)
             .unwrap();
     }
 }
