@@ -468,3 +468,88 @@ fn budgets_hold_jobs_without_using_attempts_and_release_them_when_the_window_mov
         "still in the day window"
     );
 }
+
+/// Fair sharing (issue 17, item 3): a flood of high-priority jobs on one
+/// handler that holds every slot does not delay another handler's job
+/// beyond one job's runtime, and each keeps a share while both wait.
+#[test]
+fn a_flood_on_one_handler_does_not_starve_another() {
+    let dir = common::tempdir("sim-fair");
+    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
+    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let plugin = common::key("fair-p").did;
+    let (flood, victim) = (
+        common::key("fair-flood").did,
+        common::key("fair-victim").did,
+    );
+    let schema = HandlerSchema::new("h", "1.0.0", plugin);
+    let job = |priority: u8| JobRequest {
+        payload: vec![0], // behaviour 0: succeeds on its third step
+        priority,
+        ..Default::default()
+    };
+    let mut now = 10_000_000u64;
+    let items: Vec<_> = (0..200)
+        .map(|_| (flood.clone(), schema.clone(), job(9)))
+        .collect();
+    for r in store.enqueue_batch(&items, now) {
+        r.unwrap();
+    }
+    let config = DispatchConfig {
+        max_running: 2,
+        ..DispatchConfig::default()
+    };
+    let mut d = Dispatcher::new(
+        Arc::clone(&store),
+        Fake {
+            random: 1,
+            ..Default::default()
+        },
+        config,
+        Box::new(|_| None),
+        1,
+    );
+    now += STEP_MS;
+    // Alone, the flood may use every slot.
+    assert_eq!(d.step(now).unwrap().dispatched, 2);
+    let victim_job = store
+        .enqueue_batch(&[(victim.clone(), schema.clone(), job(0))], now)
+        .remove(0)
+        .unwrap()
+        .0;
+    // A job runs three steps: the victim's starts when the first slot
+    // frees, not after the flood.
+    let mut waited = 0;
+    while store.get(&victim_job.id).unwrap().state == JobState::Queued {
+        now += STEP_MS;
+        d.executor_mut().act();
+        d.step(now).unwrap();
+        waited += 1;
+        assert!(
+            waited <= 4,
+            "the victim waited {waited} steps behind the flood"
+        );
+    }
+    // While both have ready jobs, the flood holds at most its share (one
+    // of two slots) whenever the victim has work waiting.
+    let more: Vec<_> = (0..5)
+        .map(|_| (victim.clone(), schema.clone(), job(0)))
+        .collect();
+    for r in store.enqueue_batch(&more, now) {
+        r.unwrap();
+    }
+    for _ in 0..12 {
+        now += STEP_MS;
+        d.executor_mut().act();
+        d.step(now).unwrap();
+        let running = store.running().unwrap();
+        let flooding = running.iter().filter(|j| j.handler == flood).count();
+        let (queued, _) = store.list(&JobState::Queued, None, 1000).unwrap();
+        if queued.iter().any(|j| j.handler == victim) {
+            assert!(
+                flooding <= 1,
+                "the flood holds {flooding} of 2 slots while the victim waits"
+            );
+        }
+    }
+}

@@ -40,6 +40,9 @@ pub struct ServeConfig {
     pub plugins: Vec<crate::plugin::PluginConfig>,
     /// Attempts running at once over all handlers.
     pub max_running: usize,
+    /// While two or more handlers have ready jobs, the most slots one may
+    /// hold, in percent of `max_running`.
+    pub fair_share_percent: usize,
     /// How long a job is held waiting for its plugin, ms.
     pub plugin_wait_ms: u64,
     /// An attempt silent this long is timed out, ms.
@@ -102,6 +105,7 @@ impl ServeConfig {
             job_retention_hours: DEFAULT_JOB_RETENTION_HOURS,
             plugins: Vec::new(),
             max_running: d.max_running,
+            fair_share_percent: d.fair_share_percent,
             plugin_wait_ms: d.plugin_wait_ms,
             heartbeat_timeout_ms: d.heartbeat_timeout_ms,
             cancel_grace_ms: d.grace_ms,
@@ -178,6 +182,7 @@ fn start_pulse(
     );
     let dispatch = DispatchConfig {
         max_running: config.max_running,
+        fair_share_percent: config.fair_share_percent,
         heartbeat_timeout_ms: config.heartbeat_timeout_ms,
         grace_ms: config.cancel_grace_ms,
         plugin_wait_ms: config.plugin_wait_ms,

@@ -30,7 +30,7 @@ Examples:
   PULSE_LEDGER_LISTEN=127.0.0.1:7400 pulse-ledger serve --config pulse-ledger.toml
 
 Config file keys (TOML): data_dir, listen, log_name, metrics_listen,
-job_retention_hours, max_running, plugin_wait_secs, heartbeat_timeout_ms,
+job_retention_hours, max_running, fair_share_percent, plugin_wait_secs, heartbeat_timeout_ms,
 cancel_grace_ms, plugin_health_interval_ms, tls_cert, tls_key,
 tls_client_ca, allow_plaintext, allow_unauthenticated, submit_rate,
 submit_burst, rate_limit_loopback, min_free_mb, log_reserve_mb, write_queue_depth,
@@ -152,6 +152,7 @@ struct FileConfig {
     min_free_mb: Option<u64>,
     write_queue_depth: Option<usize>,
     log_reserve_mb: Option<u64>,
+    fair_share_percent: Option<usize>,
     max_connections: Option<usize>,
     max_connections_per_client: Option<usize>,
     handshake_timeout_ms: Option<u64>,
@@ -361,6 +362,15 @@ impl Args {
                 .map_or(crate::ledger::DEFAULT_MIN_FREE_BYTES, |m| {
                     m.saturating_mul(1024 * 1024)
                 }),
+            fair_share_percent: match file.fair_share_percent {
+                Some(p) if !(1..=100).contains(&p) => {
+                    return Err(CliError::Usage(format!(
+                        "fair_share_percent must be 1 to 100, not {p}"
+                    )));
+                }
+                Some(p) => p,
+                None => defaults.fair_share_percent,
+            },
             log_reserve_bytes: file
                 .log_reserve_mb
                 .map_or(crate::ledger::DEFAULT_LOG_RESERVE_BYTES, |m| {

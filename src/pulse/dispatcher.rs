@@ -38,6 +38,9 @@ pub struct DispatchConfig {
     pub backoff: Backoff,
     /// Ready jobs examined per step (bounds the step's work).
     pub scan: usize,
+    /// While two or more handlers have ready jobs, the most slots one
+    /// handler may hold, in percent of `max_running` (at least one slot).
+    pub fair_share_percent: usize,
     /// How long a job waits, held, for its plugin to connect (or the ledger
     /// to be readable) before it is refused with the hold's reason
     /// (`plugin_not_connected`, `ledger_unreadable`), ms.
@@ -56,6 +59,7 @@ impl Default for DispatchConfig {
             grace_ms: 5_000,
             backoff: Backoff::default(),
             scan: 1_000,
+            fair_share_percent: 50,
             plugin_wait_ms: 60_000,
             deadline_scan_ms: 0,
         }
@@ -550,99 +554,164 @@ impl<E: Executor> Dispatcher<E> {
 
     /// [`Dispatcher::choose`]'s work: every job pushed onto `chosen` holds
     /// its slot and reservation, also when a later one fails.
+    ///
+    /// Fair between handlers (spec/pulse.md, "Fair sharing"): handlers
+    /// with ready jobs take turns, best first job first; while two or more
+    /// have ready jobs, none may hold more than its share of the slots
+    /// (`fair_share_percent` of `max_running`). Slots no other handler can
+    /// use then go to any handler. Within a handler, jobs go in priority,
+    /// then age order.
     fn choose_into(&mut self, now: u64, chosen: &mut Vec<Chosen>) -> Result<(), JobError> {
         let total: u32 = self.running.values().sum();
         let mut free = self.config.max_running.saturating_sub(total as usize);
         if free == 0 {
             return Ok(());
         }
+        let handlers = self.store.ready_handlers();
+        if handlers.is_empty() {
+            return Ok(());
+        }
+        let share = if handlers.len() > 1 {
+            let p = self.config.fair_share_percent.clamp(1, 100);
+            (self.config.max_running * p).div_ceil(100).max(1) as u32
+        } else {
+            u32::MAX
+        };
         // Budgets read once per handler per step.
         let mut budgets: std::collections::HashMap<[u8; 32], super::Budget> =
             std::collections::HashMap::new();
-        // Read the ready index a page at a time, only as far as there are
-        // slots to fill (jobs skipped for concurrency or budgets make it
-        // read on), at most `scan` ids per step.
-        let mut cursor = None;
+        // Per handler: where its next ready job is, and whether it can take
+        // no more this step (no ready job left, or at its concurrency).
+        let mut turns: Vec<([u8; 32], Option<super::store::ReadyCursor>, bool)> = handlers
+            .into_iter()
+            .map(|(h, _)| (h, None, false))
+            .collect();
         let mut scanned = 0;
-        'pages: while free > 0 && scanned < self.config.scan {
-            let want = (free * 2).max(16).min(self.config.scan - scanned);
-            let (ids, next) = self.store.ready_after(cursor.as_ref(), want)?;
-            if ids.is_empty() {
-                break;
-            }
-            scanned += ids.len();
-            cursor = next;
-            for id in ids {
-                if free == 0 {
-                    break 'pages;
-                }
-                let job: Job = self.store.get(&id)?;
-                // Resolution: checked before every dispatch, never cached past
-                // a change of the chains it read.
-                let authorization = match self.router.route(&job) {
-                    Route::Go(a) => a,
-                    Route::Hold(..) => {
-                        self.store
-                            .update(&id, now, |j| j.hold(HoldReason::Plugin, now))?;
+        for capped in [true, false] {
+            loop {
+                let mut took = false;
+                for turn in &mut turns {
+                    if free == 0 || scanned >= self.config.scan {
+                        return Ok(());
+                    }
+                    if turn.2 {
                         continue;
                     }
-                    Route::Refuse(why, detail) => {
-                        self.store
-                            .update(&id, now, |j| j.refuse(why, detail, now))?;
+                    if capped && self.running_of(&turn.0) >= share {
                         continue;
                     }
-                };
-                let limit = match &authorization {
-                    Some(a) => a.max_concurrency,
-                    None => (self.limits)(&job.handler),
-                };
-                let busy = self.running.get(&job.handler).copied().unwrap_or(0);
-                if limit.is_some_and(|l| busy >= l) {
-                    continue;
-                }
-                // Reserve the job's expected cost; if the handler's budget
-                // cannot cover it, hold the job (no attempt is used).
-                let budget = match budgets.get(job.handler.public_key()) {
-                    Some(b) => *b,
-                    None => {
-                        let b = self.store.budget(&job.handler)?;
-                        budgets.insert(*job.handler.public_key(), b);
-                        b
+                    // This handler's next job that can go now, if any.
+                    loop {
+                        let Some((id, cursor)) =
+                            self.store.next_ready_of(&turn.0, turn.1.as_ref())?
+                        else {
+                            turn.2 = true;
+                            break;
+                        };
+                        turn.1 = Some(cursor);
+                        scanned += 1;
+                        match self.take(&id, now, &mut budgets)? {
+                            Take::Chosen(c) => {
+                                chosen.push(*c);
+                                free -= 1;
+                                took = true;
+                                break;
+                            }
+                            Take::Full => {
+                                turn.2 = true;
+                                break;
+                            }
+                            Take::Skipped if scanned >= self.config.scan => return Ok(()),
+                            Take::Skipped => {}
+                        }
                     }
-                };
-                let expected = self.expected_cost(&job);
-                if budget.is_limited()
-                    && !budget.admits(&self.budget_use(&job.handler, now)?, expected)
-                {
-                    self.store
-                        .update(&id, now, |j| j.hold(HoldReason::Budget, now))?;
-                    continue;
                 }
-                self.leases += 1;
-                let mut token = [0u8; 16];
-                token[..8].copy_from_slice(&self.leases.to_be_bytes());
-                token[8..].copy_from_slice(&self.next_random().to_be_bytes());
-                let lease = LeaseToken(token);
-                *self.running.entry(job.handler.clone()).or_default() += 1;
-                self.live.insert(
-                    job.id,
-                    Live {
-                        handler: job.handler.clone(),
-                        lease,
-                        number: job.attempts.len() as u32 + 1,
-                        reserved: expected,
-                        cost: 0,
-                    },
-                );
-                free -= 1;
-                chosen.push(Chosen {
-                    job,
-                    lease,
-                    authorization,
-                });
+                if !took {
+                    break;
+                }
             }
         }
         Ok(())
+    }
+
+    /// Attempts running for the handler with this key.
+    fn running_of(&self, handler: &[u8; 32]) -> u32 {
+        self.running
+            .iter()
+            .filter(|(d, _)| d.public_key() == handler)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// Tries to dispatch the ready job `id`: its route, its handler's
+    /// concurrency and budget decide; a chosen job holds its slot and
+    /// reservation.
+    fn take(
+        &mut self,
+        id: &JobId,
+        now: u64,
+        budgets: &mut std::collections::HashMap<[u8; 32], super::Budget>,
+    ) -> Result<Take, JobError> {
+        let job: Job = self.store.get(id)?;
+        // Resolution: checked before every dispatch, never cached past a
+        // change of the chains it read.
+        let authorization = match self.router.route(&job) {
+            Route::Go(a) => a,
+            Route::Hold(..) => {
+                self.store
+                    .update(id, now, |j| j.hold(HoldReason::Plugin, now))?;
+                return Ok(Take::Skipped);
+            }
+            Route::Refuse(why, detail) => {
+                self.store.update(id, now, |j| j.refuse(why, detail, now))?;
+                return Ok(Take::Skipped);
+            }
+        };
+        let limit = match &authorization {
+            Some(a) => a.max_concurrency,
+            None => (self.limits)(&job.handler),
+        };
+        let busy = self.running.get(&job.handler).copied().unwrap_or(0);
+        if limit.is_some_and(|l| busy >= l) {
+            return Ok(Take::Full);
+        }
+        // Reserve the job's expected cost; if the handler's budget cannot
+        // cover it, hold the job (no attempt is used).
+        let budget = match budgets.get(job.handler.public_key()) {
+            Some(b) => *b,
+            None => {
+                let b = self.store.budget(&job.handler)?;
+                budgets.insert(*job.handler.public_key(), b);
+                b
+            }
+        };
+        let expected = self.expected_cost(&job);
+        if budget.is_limited() && !budget.admits(&self.budget_use(&job.handler, now)?, expected) {
+            self.store
+                .update(id, now, |j| j.hold(HoldReason::Budget, now))?;
+            return Ok(Take::Skipped);
+        }
+        self.leases += 1;
+        let mut token = [0u8; 16];
+        token[..8].copy_from_slice(&self.leases.to_be_bytes());
+        token[8..].copy_from_slice(&self.next_random().to_be_bytes());
+        let lease = LeaseToken(token);
+        *self.running.entry(job.handler.clone()).or_default() += 1;
+        self.live.insert(
+            job.id,
+            Live {
+                handler: job.handler.clone(),
+                lease,
+                number: job.attempts.len() as u32 + 1,
+                reserved: expected,
+                cost: 0,
+            },
+        );
+        Ok(Take::Chosen(Box::new(Chosen {
+            job,
+            lease,
+            authorization,
+        })))
     }
 
     /// The dispatch transitions of the chosen jobs.
@@ -773,6 +842,16 @@ struct Spending {
     hour: u64,
     day: u64,
     added: Rc<Cell<u64>>,
+}
+
+/// What [`Dispatcher::take`] made of a ready job.
+enum Take {
+    /// Dispatched: it holds a slot.
+    Chosen(Box<Chosen>),
+    /// Not now (held or refused); the handler's next job may go.
+    Skipped,
+    /// Its handler is at its concurrency: none of its jobs may go now.
+    Full,
 }
 
 /// A job chosen for dispatch in this step.

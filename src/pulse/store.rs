@@ -200,12 +200,17 @@ impl IdSource {
     }
 }
 
-/// The in-memory queue indexes, by keyspace tag.
+/// The in-memory queue indexes, by keyspace tag, and the ready index by
+/// handler (for fair dispatch between handlers).
 #[derive(Default)]
-struct Queues([std::collections::BTreeSet<Vec<u8>>; 5]);
+struct Queues {
+    sets: [std::collections::BTreeSet<Vec<u8>>; 5],
+    ready_by_handler: HashMap<[u8; 32], std::collections::BTreeSet<Vec<u8>>>,
+}
 
-/// A queue index change staged with a batch: (tag, key, inserted).
-type Move = (u8, Vec<u8>, bool);
+/// A queue index change staged with a batch: (tag, key, inserted, the
+/// job's handler key).
+type Move = (u8, Vec<u8>, bool, [u8; 32]);
 
 fn is_queue(tag: u8) -> bool {
     (Jk::Ready as u8..=Jk::Held as u8).contains(&tag)
@@ -213,9 +218,12 @@ fn is_queue(tag: u8) -> bool {
 
 impl Queues {
     fn apply(&mut self, moves: Vec<Move>) {
-        for (tag, key, inserted) in moves {
+        for (tag, key, inserted, handler) in moves {
+            if tag == Jk::Ready as u8 {
+                self.index_ready(handler, key.clone(), inserted);
+            }
             if is_queue(tag) {
-                let set = &mut self.0[tag as usize];
+                let set = &mut self.sets[tag as usize];
                 if inserted {
                     set.insert(key);
                 } else {
@@ -225,8 +233,22 @@ impl Queues {
         }
     }
 
+    fn index_ready(&mut self, handler: [u8; 32], key: Vec<u8>, inserted: bool) {
+        if inserted {
+            self.ready_by_handler
+                .entry(handler)
+                .or_default()
+                .insert(key);
+        } else if let Some(set) = self.ready_by_handler.get_mut(&handler) {
+            set.remove(&key);
+            if set.is_empty() {
+                self.ready_by_handler.remove(&handler);
+            }
+        }
+    }
+
     fn set(&self, k: Jk) -> &std::collections::BTreeSet<Vec<u8>> {
-        &self.0[k as usize]
+        &self.sets[k as usize]
     }
 }
 
@@ -322,8 +344,21 @@ impl JobStore {
         for k in [Jk::Ready, Jk::Delayed, Jk::Running, Jk::Held] {
             for kv in ks[k as usize].iter() {
                 let key = kv.key().map_err(storage)?;
-                queues.0[k as usize].insert(key.to_vec());
+                queues.sets[k as usize].insert(key.to_vec());
             }
+        }
+        // The ready index by handler is kept in memory only: rebuilt from
+        // the ready jobs' records.
+        let ready: Vec<Vec<u8>> = queues.set(Jk::Ready).iter().cloned().collect();
+        for key in ready {
+            let id = key.get(1..17).ok_or_else(|| corrupt("ready key"))?;
+            let record = ks[Jk::Jobs as usize]
+                .get(id)
+                .map_err(storage)?
+                .ok_or_else(|| corrupt("a ready job has no record"))?;
+            let stored: Stored =
+                record_from_slice(&record).map_err(|e| corrupt(&format!("ready job: {e}")))?;
+            queues.index_ready(*stored.job.handler.public_key(), key, true);
         }
         let newest = match ks[Jk::Jobs as usize].last_key_value() {
             Some(kv) => {
@@ -493,7 +528,7 @@ impl JobStore {
                 };
                 if let Some((tag, key)) = &stored.placement {
                     batch.insert(&self.ks[*tag as usize], key.clone(), b"");
-                    moves.push((*tag, key.clone(), true));
+                    moves.push((*tag, key.clone(), true, *job.handler.public_key()));
                 }
                 batch.insert(
                     self.ks(Jk::ByState),
@@ -664,13 +699,14 @@ impl JobStore {
             job,
         };
         if old.placement != new.placement {
+            let handler = *new.job.handler.public_key();
             if let Some((tag, key)) = &old.placement {
                 batch.remove(&self.ks[*tag as usize], key.clone());
-                moves.push((*tag, key.clone(), false));
+                moves.push((*tag, key.clone(), false, handler));
             }
             if let Some((tag, key)) = &new.placement {
                 batch.insert(&self.ks[*tag as usize], key.clone(), b"");
-                moves.push((*tag, key.clone(), true));
+                moves.push((*tag, key.clone(), true, handler));
             }
         }
         let (a, b) = (state_byte(&old.job.state), state_byte(&new.job.state));
@@ -796,6 +832,49 @@ impl JobStore {
             })
             .collect::<Result<_, _>>()?;
         Ok((ids, next))
+    }
+
+    /// The handlers with ready jobs, each with its first ready job's key
+    /// (priority, then age), in that order: the best job first.
+    pub fn ready_handlers(&self) -> Vec<([u8; 32], ReadyCursor)> {
+        let q = self.queues();
+        let mut out: Vec<([u8; 32], ReadyCursor)> = q
+            .ready_by_handler
+            .iter()
+            .filter_map(|(h, set)| set.first().map(|k| (*h, ReadyCursor(k.clone()))))
+            .collect();
+        out.sort_by(|a, b| a.1.0.cmp(&b.1.0));
+        out
+    }
+
+    /// One handler's next ready job after `cursor` (from its first when
+    /// `None`), in priority then age order, with the cursor past it.
+    ///
+    /// # Errors
+    /// A ready key that is not one (corrupt store).
+    pub fn next_ready_of(
+        &self,
+        handler: &[u8; 32],
+        cursor: Option<&ReadyCursor>,
+    ) -> Result<Option<(JobId, ReadyCursor)>, JobError> {
+        use std::ops::Bound;
+        let q = self.queues();
+        let Some(set) = q.ready_by_handler.get(handler) else {
+            return Ok(None);
+        };
+        let from = match cursor {
+            Some(c) => Bound::Excluded(c.0.clone()),
+            None => Bound::Unbounded,
+        };
+        let Some(key) = set.range((from, Bound::Unbounded)).next() else {
+            return Ok(None);
+        };
+        let id = key
+            .get(1..17)
+            .and_then(|k| k.try_into().ok())
+            .map(JobId)
+            .ok_or_else(|| corrupt("ready key"))?;
+        Ok(Some((id, ReadyCursor(key.clone()))))
     }
 
     /// Every running job (bounded by the dispatcher's worker limit).
