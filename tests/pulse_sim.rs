@@ -553,3 +553,53 @@ fn a_flood_on_one_handler_does_not_starve_another() {
         }
     }
 }
+
+/// The operator's caps on what a handler claims (issue 17, item 3): a
+/// handler with no concurrency limit and a day-long timeout runs one
+/// attempt at a time, each under the capped timeout.
+#[test]
+fn the_operator_caps_a_handlers_timeout_and_concurrency() {
+    let dir = common::tempdir("sim-caps");
+    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
+    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let h = common::key("caps-h").did;
+    let mut schema = HandlerSchema::new("h", "1.0.0", common::key("caps-p").did);
+    schema.timeout_ms = Some(86_400_000);
+    let items: Vec<_> = (0..5)
+        .map(|_| {
+            (
+                h.clone(),
+                schema.clone(),
+                JobRequest {
+                    payload: vec![4], // behaviour 4: hangs
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    let now = 10_000_000u64;
+    for r in store.enqueue_batch(&items, now) {
+        r.unwrap();
+    }
+    let config = DispatchConfig {
+        max_handler_concurrency: Some(1),
+        max_timeout_ms: Some(60_000),
+        heartbeat_timeout_ms: 3_600_000,
+        ..DispatchConfig::default()
+    };
+    let mut d = Dispatcher::new(
+        Arc::clone(&store),
+        Fake {
+            random: 1,
+            ..Default::default()
+        },
+        config,
+        Box::new(|_| None),
+        1,
+    );
+    assert_eq!(d.step(now + STEP_MS).unwrap().dispatched, 1);
+    assert_eq!(d.step(now + 2 * STEP_MS).unwrap().dispatched, 0);
+    let running = store.running().unwrap();
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].limits.timeout_ms, 60_000);
+}

@@ -43,6 +43,11 @@ pub struct ServeConfig {
     /// While two or more handlers have ready jobs, the most slots one may
     /// hold, in percent of `max_running`.
     pub fair_share_percent: usize,
+    /// The most attempts of one handler at once, whatever its schema
+    /// claims (`None`: its schema decides).
+    pub max_handler_concurrency: Option<u32>,
+    /// The longest attempt timeout a job may have, ms (`None`: no cap).
+    pub max_timeout_ms: Option<u64>,
     /// How long a job is held waiting for its plugin, ms.
     pub plugin_wait_ms: u64,
     /// An attempt silent this long is timed out, ms.
@@ -106,6 +111,8 @@ impl ServeConfig {
             plugins: Vec::new(),
             max_running: d.max_running,
             fair_share_percent: d.fair_share_percent,
+            max_handler_concurrency: d.max_handler_concurrency,
+            max_timeout_ms: d.max_timeout_ms,
             plugin_wait_ms: d.plugin_wait_ms,
             heartbeat_timeout_ms: d.heartbeat_timeout_ms,
             cancel_grace_ms: d.grace_ms,
@@ -183,6 +190,8 @@ fn start_pulse(
     let dispatch = DispatchConfig {
         max_running: config.max_running,
         fair_share_percent: config.fair_share_percent,
+        max_handler_concurrency: config.max_handler_concurrency,
+        max_timeout_ms: config.max_timeout_ms,
         heartbeat_timeout_ms: config.heartbeat_timeout_ms,
         grace_ms: config.cancel_grace_ms,
         plugin_wait_ms: config.plugin_wait_ms,

@@ -30,7 +30,8 @@ Examples:
   PULSE_LEDGER_LISTEN=127.0.0.1:7400 pulse-ledger serve --config pulse-ledger.toml
 
 Config file keys (TOML): data_dir, listen, log_name, metrics_listen,
-job_retention_hours, max_running, fair_share_percent, plugin_wait_secs, heartbeat_timeout_ms,
+job_retention_hours, max_running, fair_share_percent, max_handler_concurrency,
+max_timeout_ms, plugin_wait_secs, heartbeat_timeout_ms,
 cancel_grace_ms, plugin_health_interval_ms, tls_cert, tls_key,
 tls_client_ca, allow_plaintext, allow_unauthenticated, submit_rate,
 submit_burst, rate_limit_loopback, min_free_mb, log_reserve_mb, write_queue_depth,
@@ -153,6 +154,8 @@ struct FileConfig {
     write_queue_depth: Option<usize>,
     log_reserve_mb: Option<u64>,
     fair_share_percent: Option<usize>,
+    max_handler_concurrency: Option<u32>,
+    max_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
     max_connections_per_client: Option<usize>,
     handshake_timeout_ms: Option<u64>,
@@ -371,6 +374,14 @@ impl Args {
                 Some(p) => p,
                 None => defaults.fair_share_percent,
             },
+            max_handler_concurrency: file
+                .max_handler_concurrency
+                .map(|n| positive("max_handler_concurrency", Some(n), 1))
+                .transpose()?,
+            max_timeout_ms: file
+                .max_timeout_ms
+                .map(|n| positive("max_timeout_ms", Some(n), 1))
+                .transpose()?,
             log_reserve_bytes: file
                 .log_reserve_mb
                 .map_or(crate::ledger::DEFAULT_LOG_RESERVE_BYTES, |m| {

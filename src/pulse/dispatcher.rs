@@ -41,6 +41,12 @@ pub struct DispatchConfig {
     /// While two or more handlers have ready jobs, the most slots one
     /// handler may hold, in percent of `max_running` (at least one slot).
     pub fair_share_percent: usize,
+    /// The most attempts of one handler running at once, whatever its
+    /// schema's `max_concurrency` claims (`None`: the schema decides).
+    pub max_handler_concurrency: Option<u32>,
+    /// The longest attempt timeout a job may have, ms, whatever its
+    /// handler's schema or request claims (`None`: no cap).
+    pub max_timeout_ms: Option<u64>,
     /// How long a job waits, held, for its plugin to connect (or the ledger
     /// to be readable) before it is refused with the hold's reason
     /// (`plugin_not_connected`, `ledger_unreadable`), ms.
@@ -60,6 +66,8 @@ impl Default for DispatchConfig {
             backoff: Backoff::default(),
             scan: 1_000,
             fair_share_percent: 50,
+            max_handler_concurrency: None,
+            max_timeout_ms: None,
             plugin_wait_ms: 60_000,
             deadline_scan_ms: 0,
         }
@@ -652,7 +660,11 @@ impl<E: Executor> Dispatcher<E> {
         now: u64,
         budgets: &mut std::collections::HashMap<[u8; 32], super::Budget>,
     ) -> Result<Take, JobError> {
-        let job: Job = self.store.get(id)?;
+        let mut job: Job = self.store.get(id)?;
+        // The operator's cap on the timeout a handler may claim.
+        if let Some(cap) = self.config.max_timeout_ms {
+            job.limits.timeout_ms = job.limits.timeout_ms.min(cap);
+        }
         // Resolution: checked before every dispatch, never cached past a
         // change of the chains it read.
         let authorization = match self.router.route(&job) {
@@ -667,9 +679,14 @@ impl<E: Executor> Dispatcher<E> {
                 return Ok(Take::Skipped);
             }
         };
-        let limit = match &authorization {
+        let claimed = match &authorization {
             Some(a) => a.max_concurrency,
             None => (self.limits)(&job.handler),
+        };
+        // The operator's cap on the concurrency a handler may claim.
+        let limit = match (claimed, self.config.max_handler_concurrency) {
+            (Some(l), Some(cap)) => Some(l.min(cap)),
+            (l, cap) => l.or(cap),
         };
         let busy = self.running.get(&job.handler).copied().unwrap_or(0);
         if limit.is_some_and(|l| busy >= l) {
@@ -720,11 +737,14 @@ impl<E: Executor> Dispatcher<E> {
             .iter()
             .map(|c| {
                 let lease = c.lease;
+                let timeout_ms = c.job.limits.timeout_ms;
                 let under = c
                     .authorization
                     .as_ref()
                     .map(|a| (a.handler_index, a.plugin_index));
                 let op: super::store::GroupOp<Applied> = Box::new(move |j: &mut Job| {
+                    // As capped by the operator when it was chosen.
+                    j.limits.timeout_ms = timeout_ms;
                     j.dispatch(lease, now)?;
                     if let Some(a) = j.attempts.last_mut() {
                         a.authorised_under = under;
