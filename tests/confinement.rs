@@ -9,29 +9,10 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use common::{Key, handler_register_with, key, key_file, plugin_register, tempdir};
 use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
 use pulse_ledger::plugin::confine::Support;
-use tonic::transport::Channel;
-
-async fn finished(jobs: &mut JobsClient<Channel>, id: &[u8], secs: u64) -> proto::Job {
-    let until = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let j = common::job(jobs, id).await;
-        if ["succeeded", "dead", "cancelled"].contains(&j.state.as_str()) {
-            return j;
-        }
-        assert!(
-            Instant::now() < until,
-            "job still {}: {}",
-            j.state,
-            j.last_error
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The hostile scripts: each catches its own refusal and prints it, so a
 /// success is the refusal's name and a confinement that failed shows as
@@ -193,7 +174,7 @@ async fn hostile_scripts_are_refused_and_the_plugin_keeps_serving() {
 
     let secret = hex::encode(p.sk.to_bytes());
     for ((name, _, want), id) in scripts(&key_path, &outside, port).iter().zip(&hostile) {
-        let j = finished(&mut jobs, id, 60).await;
+        let j = common::finished(&mut jobs, id, 60).await;
         let result = String::from_utf8_lossy(&j.result).trim().to_owned();
         assert_eq!(
             (j.state.as_str(), result.as_str()),
@@ -211,7 +192,7 @@ async fn hostile_scripts_are_refused_and_the_plugin_keeps_serving() {
         "a script wrote outside its scratch directory"
     );
     // CPU time is bounded: the busy loop is killed by its limit.
-    let j = finished(&mut jobs, &burn, 60).await;
+    let j = common::finished(&mut jobs, &burn, 60).await;
     assert_eq!(
         (j.state.as_str(), j.reason.as_str()),
         ("dead", "non_retryable")
@@ -224,7 +205,7 @@ async fn hostile_scripts_are_refused_and_the_plugin_keeps_serving() {
 
     // The plugin is the one that started, still serving: the honest jobs,
     // the one run alongside and one after, succeed.
-    let j = finished(&mut jobs, &first, 60).await;
+    let j = common::finished(&mut jobs, &first, 60).await;
     assert_eq!(
         (j.state.as_str(), j.result.as_slice()),
         ("succeeded", &b"ALIVE\n"[..])
@@ -237,7 +218,7 @@ async fn hostile_scripts_are_refused_and_the_plugin_keeps_serving() {
         .job
         .unwrap()
         .id;
-    let j = finished(&mut jobs, &after, 60).await;
+    let j = common::finished(&mut jobs, &after, 60).await;
     assert_eq!(
         (j.state.as_str(), j.result.as_slice()),
         ("succeeded", &b"AFTER\n"[..])

@@ -107,20 +107,16 @@ fn silent_sockets_cannot_starve_storage_of_descriptors() {
     use std::os::unix::process::CommandExt;
     let dir = tempdir("exhaust-fds");
     std::fs::write(dir.join("pulse.toml"), "handshake_timeout_ms = 1000\n").unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"));
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ])
-    .arg("--config")
-    .arg(dir.join("pulse.toml"))
-    .arg("--data-dir")
-    .arg(dir.join("data"))
-    .env("RUST_LOG", "warn")
-    .stdout(std::process::Stdio::piped());
+    let config = dir.join("pulse.toml");
+    let mut cmd = common::Serve::command(
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &dir.join("data"),
+    );
     // SAFETY: setrlimit between fork and exec touches only the child.
     unsafe {
         cmd.pre_exec(|| {
@@ -134,35 +130,8 @@ fn silent_sockets_cannot_starve_storage_of_descriptors() {
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
-    let (addr, metrics) = {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = lines
-            .next()
-            .unwrap()
-            .unwrap()
-            .split_whitespace()
-            .nth(3)
-            .unwrap()
-            .to_owned();
-        let m = lines
-            .next()
-            .unwrap()
-            .unwrap()
-            .split_whitespace()
-            .nth(2)
-            .unwrap()
-            .trim_start_matches("http://")
-            .trim_end_matches("/metrics")
-            .to_owned();
-        (addr, m)
-    };
-    let server = common::Serve {
-        child,
-        url: format!("http://{addr}"),
-        metrics: Some(metrics),
-    };
+    let server = common::Serve::spawn(cmd, true);
+    let addr = server.url.trim_start_matches("http://").to_owned();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -87,27 +87,7 @@ async fn enqueue(jobs: &mut JobsClient<Channel>, req: proto::EnqueueRequest) -> 
         .id
 }
 
-const TERMINAL: [&str; 3] = ["succeeded", "dead", "cancelled"];
-
-/// Polls until the job is finished (at most `secs`).
-async fn finished(jobs: &mut JobsClient<Channel>, id: &[u8], secs: u64) -> proto::Job {
-    let until = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let j = job(jobs, id).await;
-        if TERMINAL.contains(&j.state.as_str()) {
-            return j;
-        }
-        assert!(
-            Instant::now() < until,
-            "job {} still {} ({}) after {secs} s: {:?}",
-            hex::encode(id),
-            j.state,
-            j.reason,
-            j.last_error
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use common::finished;
 
 /// The plugin's event lines about `job`.
 fn events(path: &Path, job: &[u8]) -> Vec<String> {

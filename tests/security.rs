@@ -794,42 +794,12 @@ async fn revoked_tokens_lose_their_streams_and_strangers_learn_nothing() {
         &format!("plugin_wait_secs = 600\n{watcher_table}{enqueuer_table}"),
     );
     let log = std::fs::File::create(dir.join("serve.log")).unwrap();
-    let mut child = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--config", &config])
-        .args(["--metrics-listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let server = {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = lines
-            .next()
-            .unwrap()
-            .unwrap()
-            .split_whitespace()
-            .nth(3)
-            .unwrap()
-            .to_owned();
-        let metrics = lines
-            .next()
-            .unwrap()
-            .unwrap()
-            .split_whitespace()
-            .nth(2)
-            .unwrap()
-            .trim_start_matches("http://")
-            .trim_end_matches("/metrics")
-            .to_owned();
-        Serve {
-            child,
-            url: format!("http://{addr}"),
-            metrics: Some(metrics),
-        }
-    };
+    let mut cmd = Serve::command(
+        &["--config", &config, "--metrics-listen", "127.0.0.1:0"],
+        &dir.join("data"),
+    );
+    cmd.env("RUST_LOG", "info").stderr(log);
+    let server = Serve::spawn(cmd, true);
     let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
     submit(&mut reg, &plugin_register(&p, "tools")).await;
     submit(&mut reg, &handler_register(&h, "echo", &p.did)).await;

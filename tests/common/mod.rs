@@ -137,22 +137,33 @@ impl Serve {
         data_dir: &std::path::Path,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Serve {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+        let mut cmd = Serve::command(args, data_dir);
+        cmd.envs(env.iter().copied());
+        Serve::spawn(cmd, args.contains(&"--metrics-listen"))
+    }
+
+    /// The command [`Serve::start`] runs, for a caller to adjust (its
+    /// stderr, its limits) before [`Serve::spawn`].
+    pub fn command(args: &[&str], data_dir: &std::path::Path) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
             .args(args)
             .arg("--data-dir")
             .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+
+    /// Spawns a `serve` command and waits for its address line, and the
+    /// metrics line when `metrics` (it was given `--metrics-listen`).
+    pub fn spawn(mut cmd: std::process::Command, metrics: bool) -> Serve {
+        use std::io::BufRead;
+        let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let first = lines.next().unwrap().unwrap();
         let addr = first.split_whitespace().nth(3).unwrap().to_owned();
         // "metrics on http://ADDR/metrics"
-        let metrics = args.contains(&"--metrics-listen").then(|| {
+        let metrics = metrics.then(|| {
             let second = lines.next().unwrap().unwrap();
             let url = second.split_whitespace().nth(2).unwrap();
             url.trim_start_matches("http://")
@@ -263,4 +274,29 @@ pub fn verify_log_passes(url: &str, log_did: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Polls until the job is finished (succeeded, dead or cancelled), at
+/// most `secs`.
+pub async fn finished(
+    jobs: &mut pulse_ledger::api::proto::jobs_client::JobsClient<tonic::transport::Channel>,
+    id: &[u8],
+    secs: u64,
+) -> pulse_ledger::api::proto::Job {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let j = job(jobs, id).await;
+        if ["succeeded", "dead", "cancelled"].contains(&j.state.as_str()) {
+            return j;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "job {} still {} ({}) after {secs} s: {}",
+            hex::encode(id),
+            j.state,
+            j.reason,
+            j.last_error
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
