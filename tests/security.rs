@@ -951,3 +951,35 @@ async fn jobs_requests_are_refused_on_their_headers() {
     }
     server.stop();
 }
+
+/// Issue 17, item 4: reads are open to anyone, but not at any rate: a
+/// client over its read allowance is refused `rate_limited` before its
+/// request is read; submissions keep their own allowance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_rate_limited_per_client() {
+    let dir = tempdir("security-reads");
+    let config = write_config(
+        &dir,
+        "read_rate = 1\nread_burst = 5\nrate_limit_loopback = true\nallow_unauthenticated = true\n",
+    );
+    let server = Serve::start(&["--config", &config], &dir.join("data"));
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    let mut refused = None;
+    for _ in 0..20 {
+        match reg.get_log_info(proto::GetLogInfoRequest {}).await {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("20 reads at once passed a burst of 5");
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::ResourceExhausted, "rate_limited")
+    );
+    // Submissions draw on their own allowance.
+    submit(&mut reg, &plugin_register(&key("reads-p"), "p")).await;
+    server.stop();
+}

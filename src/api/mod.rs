@@ -7,6 +7,7 @@ pub mod incoming;
 mod jobs;
 mod metrics;
 mod normalize;
+mod read_limit;
 mod registry;
 mod server;
 mod status;
@@ -17,9 +18,9 @@ pub use jobs::JobsService;
 pub use metrics::Metrics;
 pub use registry::RegistryService;
 pub use server::{
-    DEFAULT_JOB_RETENTION_HOURS, DEFAULT_SUBMIT_BURST, DEFAULT_SUBMIT_RATE, MAX_JOBS_REQUEST_BYTES,
-    MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, MAX_STREAMS_PER_CONNECTION, REFUSAL_RULES, ServeConfig,
-    ServeError, serve,
+    DEFAULT_JOB_RETENTION_HOURS, DEFAULT_READ_BURST, DEFAULT_READ_RATE, DEFAULT_SUBMIT_BURST,
+    DEFAULT_SUBMIT_RATE, MAX_JOBS_REQUEST_BYTES, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
+    MAX_STREAMS_PER_CONNECTION, REFUSAL_RULES, ServeConfig, ServeError, serve,
 };
 pub use status::{ERROR_DOMAIN, to_status};
 

@@ -65,6 +65,8 @@ pub struct ServeConfig {
     pub allow_unauthenticated: bool,
     /// Submissions (`Submit`, `SubmitStream` envelopes) per client address.
     pub submit_rate: crate::auth::RateLimit,
+    /// Registry reads per client address (anyone may read the log).
+    pub read_rate: crate::auth::RateLimit,
     /// Rate-limit loopback clients too (a proxy on this host).
     pub rate_limit_loopback: bool,
     /// TLS for the gRPC listener; None: plaintext, which `serve` allows
@@ -97,6 +99,10 @@ pub struct ServeConfig {
 pub const DEFAULT_SUBMIT_RATE: u32 = 100;
 /// Default burst of submissions per client address.
 pub const DEFAULT_SUBMIT_BURST: u32 = 1_000;
+/// Default Registry reads per second per client address.
+pub const DEFAULT_READ_RATE: u32 = 1_000;
+/// Default burst of Registry reads per client address.
+pub const DEFAULT_READ_BURST: u32 = 5_000;
 
 impl ServeConfig {
     /// A configuration with every default, on `data_dir` and `listen`.
@@ -122,6 +128,10 @@ impl ServeConfig {
             submit_rate: crate::auth::RateLimit {
                 per_second: DEFAULT_SUBMIT_RATE,
                 burst: DEFAULT_SUBMIT_BURST,
+            },
+            read_rate: crate::auth::RateLimit {
+                per_second: DEFAULT_READ_RATE,
+                burst: DEFAULT_READ_BURST,
             },
             rate_limit_loopback: false,
             tls: None,
@@ -460,6 +470,7 @@ pub async fn serve(
     .max_encoding_message_size(MAX_RESPONSE_BYTES);
     health.set_serving::<JobsServer<JobsService>>().await;
     let limiter = crate::auth::RateLimiter::new(config.submit_rate, config.rate_limit_loopback);
+    let reads = crate::auth::RateLimiter::new(config.read_rate, config.rate_limit_loopback);
     let registry = RegistryServer::new(
         RegistryService::new(Arc::clone(&ledger), metrics).with_rate_limit(Arc::new(limiter)),
     )
@@ -482,7 +493,9 @@ pub async fn serve(
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(super::normalize::Normalize::new(registry))
+        .add_service(super::normalize::Normalize::new(
+            super::read_limit::ReadLimit::new(registry, Arc::new(reads)),
+        ))
         .add_service(super::normalize::Normalize::new(super::gate::Gate::new(
             jobs,
             Arc::clone(&access),

@@ -34,7 +34,8 @@ job_retention_hours, max_running, fair_share_percent, max_handler_concurrency,
 max_timeout_ms, plugin_wait_secs, heartbeat_timeout_ms,
 cancel_grace_ms, plugin_health_interval_ms, tls_cert, tls_key,
 tls_client_ca, allow_plaintext, allow_unauthenticated, submit_rate,
-submit_burst, rate_limit_loopback, min_free_mb, log_reserve_mb, write_queue_depth,
+submit_burst, read_rate, read_burst, rate_limit_loopback, min_free_mb, log_reserve_mb,
+write_queue_depth,
 max_connections, max_connections_per_client, handshake_timeout_ms, one [[plugin]]
 table per plugin and one
 [[token]] table per bearer token (pulse-ledger token create prints it):
@@ -154,6 +155,8 @@ struct FileConfig {
     write_queue_depth: Option<usize>,
     log_reserve_mb: Option<u64>,
     fair_share_percent: Option<usize>,
+    read_rate: Option<u32>,
+    read_burst: Option<u32>,
     max_handler_concurrency: Option<u32>,
     max_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
@@ -382,6 +385,10 @@ impl Args {
                 .max_timeout_ms
                 .map(|n| positive("max_timeout_ms", Some(n), 1))
                 .transpose()?,
+            read_rate: crate::auth::RateLimit {
+                per_second: file.read_rate.unwrap_or(crate::api::DEFAULT_READ_RATE),
+                burst: file.read_burst.unwrap_or(crate::api::DEFAULT_READ_BURST),
+            },
             log_reserve_bytes: file
                 .log_reserve_mb
                 .map_or(crate::ledger::DEFAULT_LOG_RESERVE_BYTES, |m| {
