@@ -51,9 +51,9 @@ pub mod cli;
 // The public interface of the library.
 pub use attest::{
     Action, Attestation, AttestationId, ChainError, ChainHead, ChainState, Did, Equivocation,
-    Error, ErrorCode, FORMAT_VERSION, Family, HandlerSchema, Kind, PluginSchema, SIGNING_CONTEXT,
-    Schema, Statement, is_valid_name, limits, repeated_seq, sign_statement, signing_message,
-    verify_attestation, verify_chain,
+    Error, ErrorCode, FORMAT_VERSION, Family, HandlerAccess, HandlerSchema, Kind, Member,
+    PluginSchema, Right, SIGNING_CONTEXT, Schema, Statement, is_valid_name, limits, repeated_seq,
+    sign_statement, signing_message, verify_attestation, verify_chain,
 };
 
 #[doc(hidden)]

@@ -51,7 +51,6 @@ where
         let header = req.headers().get("authorization").map(|v| v.as_bytes());
         let verdict = self
             .access
-            .current()
             .authenticate(header)
             .and_then(|g| g.may_call(method));
         if let Err(e) = verdict {

@@ -13,13 +13,13 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use super::proto::{self, jobs_server::Jobs};
 use super::status::{ERROR_DOMAIN, auth_status, bad_request, parse_did, to_status};
-use crate::auth::{Access, AccessCell, Grant, Scope};
-use crate::ledger::Ledger;
+use crate::auth::{Access, AccessCell, AuthCode, AuthError, Grant};
+use crate::ledger::{Ledger, SubjectRecord};
 use crate::pulse::{
     Attempt, Budget, BudgetUse, CancelReason, DeadReason, HoldReason, Job, JobError, JobId,
     JobRequest, JobState, JobStore, PulseErrorCode, PulseHandle,
 };
-use crate::{Did, Family, HandlerSchema, Schema};
+use crate::{Did, Family, HandlerSchema, Right, Schema};
 
 /// Most requests in one EnqueueBatch.
 const MAX_BATCH: usize = 1000;
@@ -116,18 +116,58 @@ impl JobsService {
             .get("authorization")
             .map(|v| v.as_bytes());
         self.access
-            .current()
             .authenticate(header)
             .map_err(|e| self.refuse(&e, request.remote_addr()))
     }
 
-    /// The caller's grant, if it covers `needed`.
-    fn require<T>(&self, request: &Request<T>, needed: &Scope) -> Result<Arc<Grant>, Status> {
-        let grant = self.grant(request)?;
+    /// Job `id`, if the caller holds `right` over its handler's jobs. A
+    /// caller without the right over every handler gets the same refusal
+    /// whether or not the job exists, so IDs cannot be probed.
+    async fn job_for(
+        &self,
+        grant: &Grant,
+        right: Right,
+        id: JobId,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<Job, Status> {
+        let found = self.blocking(move |s| s.get(&id)).await;
+        if grant.holds_everywhere(right) {
+            return found;
+        }
+        let allowed = found.as_ref().is_ok_and(|job| {
+            self.subject(&job.handler).is_ok_and(|(owner, schema)| {
+                grant.may(right, &job.handler, &owner, schema.access_members(right))
+            })
+        });
+        if allowed {
+            return found;
+        }
+        let e = AuthError::new(
+            AuthCode::ScopeMissing,
+            format!(
+                "{} may not {right} job {id}, or there is no such job",
+                grant.name()
+            ),
+        );
+        Err(self.refuse(&e, peer))
+    }
+
+    /// Ok if the caller holds `right` over `handler`'s jobs (revoked or
+    /// not: its last schema decides).
+    fn require_on(
+        &self,
+        grant: &Grant,
+        right: Right,
+        handler: &Did,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<(), Status> {
+        if grant.holds_everywhere(right) {
+            return Ok(());
+        }
+        let (owner, schema) = self.subject(handler)?;
         grant
-            .require(needed)
-            .map_err(|e| self.refuse(&e, request.remote_addr()))?;
-        Ok(grant)
+            .require_on(right, handler, &owner, schema.access_members(right))
+            .map_err(|e| self.refuse(&e, peer))
     }
 
     /// A refused caller: counted, logged (rate-limited) and answered.
@@ -259,24 +299,36 @@ fn attempt_message(a: &Attempt) -> proto::JobAttempt {
 }
 
 impl JobsService {
-    /// The handler's DID and current schema: registered, a handler, not revoked.
-    fn handler(&self, did: &str) -> Result<(Did, HandlerSchema), Status> {
+    /// The handler's DID, current key and current schema: registered, a
+    /// handler, not revoked.
+    fn handler(&self, did: &str) -> Result<(Did, Did, HandlerSchema), Status> {
         let did = parse_did("handler", did)?;
-        // The record is read every time (a revoke or update takes effect
-        // at once); only the schema statement it points at is cached.
-        let rec = self.ledger.subject(&did).map_err(|e| to_status(&e))?;
-        if rec.head.family != Family::Handler {
-            return Err(status(
-                Code::InvalidArgument,
-                "not_a_handler",
-                format!("{did} is a plugin"),
-            ));
-        }
+        let (rec, schema) = self.record(&did)?;
         if rec.head.revoked {
             return Err(status(
                 Code::FailedPrecondition,
                 "handler_revoked",
                 format!("{did} is revoked; it takes no jobs"),
+            ));
+        }
+        Ok((did, rec.head.key, schema))
+    }
+
+    /// A handler's current key and its schema in force, revoked or not.
+    fn subject(&self, did: &Did) -> Result<(Did, HandlerSchema), Status> {
+        self.record(did).map(|(rec, schema)| (rec.head.key, schema))
+    }
+
+    fn record(&self, did: &Did) -> Result<(SubjectRecord, HandlerSchema), Status> {
+        // The record is read every time (a revoke, update or rotation
+        // takes effect at once); only the schema statement it points at
+        // is cached.
+        let rec = self.ledger.subject(did).map_err(|e| to_status(&e))?;
+        if rec.head.family != Family::Handler {
+            return Err(status(
+                Code::InvalidArgument,
+                "not_a_handler",
+                format!("{did} is a plugin"),
             ));
         }
         let cached = self
@@ -286,9 +338,9 @@ impl JobsService {
             .get(&rec.schema_index)
             .cloned();
         if let Some(schema) = cached {
-            return Ok((did, schema));
+            return Ok((rec, schema));
         }
-        let state = self.ledger.subject_state(&did).map_err(|e| to_status(&e))?;
+        let state = self.ledger.subject_state(did).map_err(|e| to_status(&e))?;
         let Schema::Handler(schema) = state.schema else {
             return Err(status(
                 Code::InvalidArgument,
@@ -298,7 +350,7 @@ impl JobsService {
         };
         // Cached only if no update landed between the two reads, so the
         // schema is surely the one at that index.
-        let again = self.ledger.subject(&did).map_err(|e| to_status(&e))?;
+        let again = self.ledger.subject(did).map_err(|e| to_status(&e))?;
         if again.schema_index == rec.schema_index {
             let mut cache = self.schemas.lock().unwrap_or_else(|p| p.into_inner());
             if cache.len() >= MAX_CACHED_SCHEMAS {
@@ -306,22 +358,32 @@ impl JobsService {
             }
             cache.insert(rec.schema_index, schema.clone());
         }
-        Ok((did, schema))
+        Ok((rec, schema))
     }
 
     fn request(
         &self,
         r: &proto::EnqueueRequest,
         grant: &Grant,
+        peer: Option<std::net::SocketAddr>,
     ) -> Result<(Did, HandlerSchema, JobRequest), Status> {
-        let (did, schema) = self.handler(&r.handler)?;
+        let (did, owner, schema) = self.handler(&r.handler)?;
+        grant
+            .require_on(
+                Right::Enqueue,
+                &did,
+                &owner,
+                schema.access_members(Right::Enqueue),
+            )
+            .map_err(|e| self.refuse(&e, peer))?;
         let parent = if r.parent.is_empty() {
             None
         } else {
             let id = parse_id(&r.parent)?;
             // Whether a job exists is only told to callers who may read
-            // jobs; for others the parent is recorded as given.
-            let may_read = grant.require(&Scope::Read).is_ok();
+            // every handler's jobs; for others the parent is recorded as
+            // given.
+            let may_read = grant.holds_everywhere(Right::Read);
             if may_read {
                 self.store.get(&id).map_err(|_| {
                     status(
@@ -370,10 +432,7 @@ impl Jobs for JobsService {
         let grant = self.grant(&request)?;
         let peer = request.remote_addr();
         let req = request.into_inner();
-        let item = self.request(&req, &grant)?;
-        grant
-            .require_enqueue(&item.0)
-            .map_err(|e| self.refuse(&e, peer))?;
+        let item = self.request(&req, &grant, peer)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let unavailable = || Status::unavailable("unavailable: the server is shutting down");
         self.enqueuer
@@ -407,16 +466,8 @@ impl Jobs for JobsService {
         }
         // Requests whose handler does not resolve, or is outside the
         // token's scopes, fail alone; the rest go to the store together.
-        let resolved: Vec<Result<_, Status>> = reqs
-            .iter()
-            .map(|r| {
-                let item = self.request(r, &grant)?;
-                grant
-                    .require_enqueue(&item.0)
-                    .map_err(|e| self.refuse(&e, peer))?;
-                Ok(item)
-            })
-            .collect();
+        let resolved: Vec<Result<_, Status>> =
+            reqs.iter().map(|r| self.request(r, &grant, peer)).collect();
         let items: Vec<_> = resolved
             .iter()
             .filter_map(|r| r.as_ref().ok().cloned())
@@ -465,9 +516,10 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::GetJobResponse>, Status> {
-        self.require(&request, &Scope::Read)?;
+        let grant = self.grant(&request)?;
+        let peer = request.remote_addr();
         let id = parse_id(&request.into_inner().id)?;
-        let job = self.blocking(move |s| s.get(&id)).await?;
+        let job = self.job_for(&grant, Right::Read, id, peer).await?;
         Ok(Response::new(proto::GetJobResponse {
             job: Some(job_message(&job)),
         }))
@@ -477,8 +529,19 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
-        self.require(&request, &Scope::Read)?;
+        let grant = self.grant(&request)?;
+        let peer = request.remote_addr();
         let req = request.into_inner();
+        let handler = if req.handler.is_empty() {
+            grant
+                .require_everywhere(Right::Read)
+                .map_err(|e| self.refuse(&e, peer))?;
+            None
+        } else {
+            let did = parse_did("handler", &req.handler)?;
+            self.require_on(&grant, Right::Read, &did, peer)?;
+            Some(did)
+        };
         let state = parse_state(&req.state)?;
         let cursor = if req.page_token.is_empty() {
             None
@@ -490,14 +553,17 @@ impl Jobs for JobsService {
         } else {
             req.page_size.min(1000) as usize
         };
-        let (jobs, more) = self
-            .blocking(move |s| s.list(&state, cursor.as_ref(), limit))
+        let (jobs, next) = self
+            .blocking(move |s| match handler {
+                Some(h) => s.list_for(&state, &h, cursor.as_ref(), limit),
+                None => {
+                    let (jobs, more) = s.list(&state, cursor.as_ref(), limit)?;
+                    let next = jobs.last().map(|j| j.id).filter(|_| more);
+                    Ok((jobs, next))
+                }
+            })
             .await?;
-        let next = if more {
-            jobs.last().map(|j| j.id.0.to_vec()).unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let next = next.map(|id| id.0.to_vec()).unwrap_or_default();
         Ok(Response::new(proto::ListJobsResponse {
             jobs: jobs.iter().map(job_message).collect(),
             next_page_token: next,
@@ -510,14 +576,14 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        self.require(&request, &Scope::Read)?;
+        let grant = self.grant(&request)?;
         let header = request
             .metadata()
             .get("authorization")
             .map(|v| v.as_bytes().to_vec());
         let peer = request.remote_addr();
         let id = parse_id(&request.into_inner().id)?;
-        let first = self.blocking(move |s| s.get(&id)).await?;
+        let first = self.job_for(&grant, Right::Read, id, peer).await?;
         let (tx, rx) = mpsc::channel(16);
         let service = self.clone();
         tokio::spawn(async move {
@@ -531,17 +597,13 @@ impl Jobs for JobsService {
                     () = tx.closed() => return,
                 }
                 // The token is checked again on every poll: one revoked by
-                // a reload ends the stream it opened.
-                let still = service
-                    .access
-                    .current()
-                    .authenticate(header.as_deref())
-                    .and_then(|g| g.require(&Scope::Read));
-                if let Err(e) = still {
-                    let _ = tx.send(Err(service.refuse(&e, peer))).await;
-                    return;
-                }
-                match service.blocking(move |s| s.get(&id)).await {
+                // a reload, a DID token past its expiry, or a right the
+                // handler's owner took back ends the stream it opened.
+                let still = match service.access.authenticate(header.as_deref()) {
+                    Ok(g) => service.job_for(&g, Right::Read, id, peer).await,
+                    Err(e) => Err(service.refuse(&e, peer)),
+                };
+                match still {
                     Ok(job) if job != last => {
                         last = job;
                         if tx.send(Ok(job_message(&last))).await.is_err() {
@@ -563,9 +625,11 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::GetJobLogRequest>,
     ) -> Result<Response<proto::GetJobLogResponse>, Status> {
-        self.require(&request, &Scope::Read)?;
+        let grant = self.grant(&request)?;
+        let peer = request.remote_addr();
         let req = request.into_inner();
         let id = parse_id(&req.id)?;
+        self.job_for(&grant, Right::Read, id, peer).await?;
         let limit = if req.page_size == 0 {
             100
         } else {
@@ -594,8 +658,10 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::CancelJobResponse>, Status> {
-        self.require(&request, &Scope::Cancel)?;
+        let grant = self.grant(&request)?;
+        let peer = request.remote_addr();
         let id = parse_id(&request.into_inner().id)?;
+        self.job_for(&grant, Right::Cancel, id, peer).await?;
         let pulse = self.pulse.clone();
         let job = self
             .blocking(move |s| {
@@ -620,12 +686,18 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::GetBudgetRequest>,
     ) -> Result<Response<proto::GetBudgetResponse>, Status> {
-        self.require(&request, &Scope::Read)?;
+        let grant = self.grant(&request)?;
+        let peer = request.remote_addr();
         let handler = request.into_inner().handler;
         let did = if handler.is_empty() {
+            grant
+                .require_everywhere(Right::Read)
+                .map_err(|e| self.refuse(&e, peer))?;
             None
         } else {
-            Some(parse_did("handler", &handler)?)
+            let did = parse_did("handler", &handler)?;
+            self.require_on(&grant, Right::Read, &did, peer)?;
+            Some(did)
         };
         let pulse = self.pulse.clone();
         let (budget, used) = self
@@ -660,12 +732,18 @@ impl Jobs for JobsService {
         &self,
         request: Request<proto::SetBudgetRequest>,
     ) -> Result<Response<proto::SetBudgetResponse>, Status> {
-        self.require(&request, &Scope::Budget)?;
+        let grant = self.grant(&request)?;
+        let peer = request.remote_addr();
         let req = request.into_inner();
         let did = if req.handler.is_empty() {
+            grant
+                .require_everywhere(Right::Budget)
+                .map_err(|e| self.refuse(&e, peer))?;
             None
         } else {
-            Some(self.handler(&req.handler)?.0)
+            let (did, _, _) = self.handler(&req.handler)?;
+            self.require_on(&grant, Right::Budget, &did, peer)?;
+            Some(did)
         };
         let budget = Budget {
             per_hour: (req.per_hour != 0).then_some(req.per_hour),

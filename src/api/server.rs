@@ -63,6 +63,9 @@ pub struct ServeConfig {
     pub tokens: Vec<crate::auth::TokenRule>,
     /// Serve an open Jobs API (no tokens) on a non-loopback address.
     pub allow_unauthenticated: bool,
+    /// Accept DID tokens: callers that prove a did:key get the rights
+    /// handlers' access lists give it (spec/security.md, "Handler owners").
+    pub did_tokens: bool,
     /// Submissions (`Submit`, `SubmitStream` envelopes) per client address.
     pub submit_rate: crate::auth::RateLimit,
     /// Registry reads per client address (anyone may read the log).
@@ -125,6 +128,7 @@ impl ServeConfig {
             plugin_health_interval_ms: 5_000,
             tokens: Vec::new(),
             allow_unauthenticated: false,
+            did_tokens: true,
             submit_rate: crate::auth::RateLimit {
                 per_second: DEFAULT_SUBMIT_RATE,
                 burst: DEFAULT_SUBMIT_BURST,
@@ -442,7 +446,11 @@ pub async fn serve(
     if access.is_open() {
         tracing::warn!(listen = %local, "no [[token]] configured: the Jobs API is open to every client that can connect");
     }
-    let access = Arc::new(crate::auth::AccessCell::new(access));
+    let mut access = crate::auth::AccessCell::new(access);
+    if config.did_tokens {
+        access = access.with_did_tokens(ledger.log_did().clone());
+    }
+    let access = Arc::new(access);
     if let Some(file) = &config.tokens_file {
         // Watched from here on, before the server says it is ready, so an
         // early SIGHUP reloads instead of ending the process.

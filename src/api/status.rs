@@ -87,9 +87,12 @@ pub(crate) fn parse_did(field: &str, text: &str) -> Result<crate::Did, Status> {
 pub(crate) fn auth_status(e: &crate::auth::AuthError) -> Status {
     use crate::auth::AuthCode;
     let code = match e.code() {
-        AuthCode::TokenMissing | AuthCode::TokenMalformed | AuthCode::TokenUnknown => {
-            Code::Unauthenticated
-        }
+        AuthCode::TokenMissing
+        | AuthCode::TokenMalformed
+        | AuthCode::TokenUnknown
+        | AuthCode::TokenExpired
+        | AuthCode::TokenWrongServer
+        | AuthCode::TokenBadSignature => Code::Unauthenticated,
         AuthCode::ScopeMissing => Code::PermissionDenied,
         AuthCode::RateLimited => Code::ResourceExhausted,
     };

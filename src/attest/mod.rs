@@ -1,6 +1,7 @@
 //! Attestations: did:key identities, the canonical envelope, statements,
 //! and the chain rules. Pure code: no I/O, no clock.
 
+mod access;
 mod attestation;
 pub(crate) mod cbor;
 mod chain;
@@ -13,6 +14,7 @@ mod json_number;
 mod schema;
 mod statement;
 
+pub use access::{HandlerAccess, Member, Right};
 pub use attestation::{Attestation, sign_statement, verify_attestation};
 pub(crate) use attestation::{SignatureCheck, check_except_signatures};
 pub use chain::{ChainError, ChainHead, ChainState, Equivocation, repeated_seq, verify_chain};
@@ -24,6 +26,7 @@ pub use schema::{HandlerSchema, PluginSchema, Schema, is_valid_name};
 /// Every field limit and default of the format, as `spec/attestation.md`
 /// states them.
 pub mod limits {
+    pub use super::access::MAX_ACCESS_MEMBERS;
     pub use super::envelope::MAX_ENVELOPE_BYTES;
     pub use super::schema::{
         DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_MS, MAX_CODE_BYTES, MAX_DESCRIPTION_BYTES,

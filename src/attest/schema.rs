@@ -1,6 +1,7 @@
 //! Handler and plugin schemas: what a register or update statement says
 //! about its subject.
 
+use super::access::{DEFAULT_MEMBERS, HandlerAccess, Member, Right};
 use super::cbor::{Map, Value};
 use super::did::Did;
 use super::error::Error;
@@ -44,6 +45,7 @@ const HANDLER_FIELDS: &[&str] = &[
     "max_concurrency",
     "description",
     "code",
+    "access",
 ];
 const PLUGIN_FIELDS: &[&str] = &["name", "version", "protocol", "endpoint", "description"];
 
@@ -74,6 +76,9 @@ pub struct HandlerSchema {
     pub description: Option<String>,
     /// Inline script for script handlers, at most 48 KiB.
     pub code: Option<Vec<u8>>,
+    /// Who may enqueue, read, cancel and budget; `None` gives every right
+    /// to the owner and the operator's tokens.
+    pub access: Option<HandlerAccess>,
 }
 
 impl HandlerSchema {
@@ -91,6 +96,15 @@ impl HandlerSchema {
             max_concurrency: None,
             description: None,
             code: None,
+            access: None,
+        }
+    }
+
+    /// Who holds `right` over this handler's jobs.
+    pub fn access_members(&self, right: Right) -> &[Member] {
+        match &self.access {
+            Some(a) => a.members(right),
+            None => DEFAULT_MEMBERS,
         }
     }
 
@@ -128,6 +142,7 @@ impl HandlerSchema {
         );
         m.insert_opt("description", self.description.clone().map(Value::Text));
         m.insert_opt("code", self.code.clone().map(Value::Bytes));
+        m.insert_opt("access", self.access.as_ref().map(HandlerAccess::to_value));
         Value::Map(m)
     }
 
@@ -157,6 +172,11 @@ impl HandlerSchema {
                 .map(small),
             description: f.prose("description", MAX_DESCRIPTION_BYTES)?,
             code,
+            access: f
+                .value("access")
+                .cloned()
+                .map(HandlerAccess::from_value)
+                .transpose()?,
         })
     }
 }

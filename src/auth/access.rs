@@ -3,9 +3,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::did_token::{DID_TOKEN_PREFIX, DidToken};
 use super::error::{AuthCode, AuthError};
 use super::scope::Scope;
 use super::token::TokenHash;
+use crate::{Did, Member, Right};
 
 /// One configured token: a name for logs and errors, the hash of its
 /// secret, and its scopes.
@@ -19,75 +21,135 @@ pub struct TokenRule {
     pub scopes: Vec<Scope>,
 }
 
-/// What an authenticated caller may do.
+/// What an authenticated caller may do: an operator token's scopes, or
+/// the rights a DID's proof earns it in handlers' access lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     name: String,
     scopes: Vec<Scope>,
+    did: Option<Did>,
 }
 
 impl Grant {
-    /// The token's configured name (`open` when no tokens are configured).
+    /// A caller that proved it holds `did`'s key: no scopes, only what
+    /// handlers' access lists give that DID.
+    pub fn for_did(did: Did) -> Grant {
+        Grant {
+            name: did.to_string(),
+            scopes: Vec::new(),
+            did: Some(did),
+        }
+    }
+
+    /// The token's configured name (`open` when no tokens are configured),
+    /// or the DID a DID token proved.
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Ok if one of the grant's scopes allows enqueuing for `handler`.
-    ///
-    /// # Errors
-    /// `scope_missing`, naming the token and the handler.
-    pub fn require_enqueue(&self, handler: &crate::Did) -> Result<(), AuthError> {
-        let allowed = self.scopes.iter().any(|s| s.covers_enqueue(handler));
-        self.refuse_unless(allowed, &format_args!("enqueue:{handler}"))
+    /// The DID the caller proved, for a DID token.
+    pub fn did(&self) -> Option<&Did> {
+        self.did.as_ref()
     }
 
-    /// Ok if the grant may call the Jobs method `method` at all (before
-    /// its request is read): some enqueue scope for `Enqueue` and
-    /// `EnqueueBatch` (which handlers is judged per job later), `read` for
-    /// the reads, `cancel` for `CancelJob`, `budget` for `SetBudget`.
+    /// Whether the caller holds `right` over the jobs of `handler`, whose
+    /// current key is `owner` and whose access list for `right` is
+    /// `members` (spec/security.md, "Handler owners"): `admin` always; a
+    /// DID when the list names it, or names `owner` and it is the owner's
+    /// key; a token when the list names `tokens` and one of its scopes
+    /// covers the right for this handler.
+    pub fn may(&self, right: Right, handler: &Did, owner: &Did, members: &[Member]) -> bool {
+        self.scopes.contains(&Scope::Admin)
+            || members.iter().any(|m| match m {
+                Member::Owner => self.did.as_ref() == Some(owner),
+                Member::Client(d) => self.did.as_ref() == Some(d),
+                Member::Tokens => self.scopes.iter().any(|s| s.covers(right, Some(handler))),
+            })
+    }
+
+    /// [`Grant::may`], as a refusal.
+    ///
+    /// # Errors
+    /// `scope_missing`, naming the caller, the right and the handler.
+    pub fn require_on(
+        &self,
+        right: Right,
+        handler: &Did,
+        owner: &Did,
+        members: &[Member],
+    ) -> Result<(), AuthError> {
+        if self.may(right, handler, owner, members) {
+            return Ok(());
+        }
+        let list: Vec<String> = members.iter().map(ToString::to_string).collect();
+        Err(AuthError::new(
+            AuthCode::ScopeMissing,
+            format!(
+                "{} may not {right} for handler {handler}: its access list for {right} is [{}]",
+                self.who(),
+                list.join(", ")
+            ),
+        ))
+    }
+
+    /// Whether the caller holds `right` over every handler's jobs: a
+    /// token scope without a handler, or `admin`.
+    pub fn holds_everywhere(&self, right: Right) -> bool {
+        self.scopes.iter().any(|s| s.covers(right, None))
+    }
+
+    /// [`Grant::holds_everywhere`], as a refusal: for calls about no one
+    /// handler (listing every handler's jobs, the default budget).
     ///
     /// # Errors
     /// `scope_missing`, naming the scope.
-    pub fn may_call(&self, method: &str) -> Result<(), AuthError> {
-        let needed = match method {
-            "Enqueue" | "EnqueueBatch" => {
-                let any = self
-                    .scopes
-                    .iter()
-                    .any(|s| matches!(s, Scope::Enqueue(_) | Scope::Admin));
-                return self.refuse_unless(any, &"enqueue");
-            }
-            "GetJob" | "ListJobs" | "WatchJob" | "GetJobLog" | "GetBudget" => Scope::Read,
-            "CancelJob" => Scope::Cancel,
-            "SetBudget" => Scope::Budget,
-            _ => return Ok(()),
-        };
-        self.require(&needed)
-    }
-
-    /// Ok if one of the grant's scopes covers `needed`.
-    ///
-    /// # Errors
-    /// `scope_missing`, naming the token and the scope the call needs.
-    pub fn require(&self, needed: &Scope) -> Result<(), AuthError> {
-        self.refuse_unless(self.scopes.iter().any(|s| s.covers(needed)), needed)
-    }
-
-    fn refuse_unless(
-        &self,
-        allowed: bool,
-        needed: &dyn std::fmt::Display,
-    ) -> Result<(), AuthError> {
-        if allowed {
+    pub fn require_everywhere(&self, right: Right) -> Result<(), AuthError> {
+        if self.holds_everywhere(right) {
             return Ok(());
         }
         Err(AuthError::new(
             AuthCode::ScopeMissing,
             format!(
-                "token {:?} lacks the {needed} scope this call needs",
-                self.name
+                "{} lacks the {right} scope over every handler this call needs",
+                self.who()
             ),
         ))
+    }
+
+    /// Ok if the caller may call the Jobs method `method` at all (before
+    /// its request is read): a DID caller always (each handler's lists
+    /// decide later); a token with some scope for the method's right, on
+    /// any handler: enqueue for `Enqueue` and `EnqueueBatch`, read for the
+    /// reads, cancel for `CancelJob`, budget for `SetBudget`.
+    ///
+    /// # Errors
+    /// `scope_missing`, naming the scope.
+    pub fn may_call(&self, method: &str) -> Result<(), AuthError> {
+        let right = match method {
+            "Enqueue" | "EnqueueBatch" => Right::Enqueue,
+            "GetJob" | "ListJobs" | "WatchJob" | "GetJobLog" | "GetBudget" => Right::Read,
+            "CancelJob" => Right::Cancel,
+            "SetBudget" => Right::Budget,
+            _ => return Ok(()),
+        };
+        if self.did.is_some() || self.scopes.iter().any(|s| s.grants(right)) {
+            return Ok(());
+        }
+        Err(AuthError::new(
+            AuthCode::ScopeMissing,
+            format!(
+                "{} lacks the {right} scope this call needs (on any handler)",
+                self.who()
+            ),
+        ))
+    }
+
+    /// The caller, for refusals: `token "ci"`, or a DID.
+    fn who(&self) -> String {
+        match &self.did {
+            Some(d) => d.to_string(),
+            None => format!("token {:?}", self.name),
+        }
     }
 }
 
@@ -100,7 +162,17 @@ pub struct AccessCell {
     refusals: [std::sync::atomic::AtomicU64; AuthCode::ALL.len()],
     /// When a refusal was last logged, and how many were not since.
     logged: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+    /// The server's log DID, which DID tokens must name; `None`: DID
+    /// tokens are refused.
+    audience: Option<Did>,
+    /// DID tokens already verified, by blake3 of their text, with their
+    /// expiry: a client sends the same token on every call, and checking
+    /// its signature each time would cost more than the call.
+    verified: std::sync::Mutex<HashMap<[u8; 32], (Arc<Grant>, u64)>>,
 }
+
+/// Most verified DID tokens remembered before the memory starts over.
+const MAX_VERIFIED_DID_TOKENS: usize = 4096;
 
 /// At most one refusal log line per this interval: a stranger trying
 /// tokens must not fill the log.
@@ -113,7 +185,56 @@ impl AccessCell {
             rule: std::sync::RwLock::new(Arc::new(access)),
             refusals: Default::default(),
             logged: std::sync::Mutex::new((None, 0)),
+            audience: None,
+            verified: std::sync::Mutex::default(),
         }
+    }
+
+    /// Accepts DID tokens made for the server whose log DID is `audience`
+    /// (spec/security.md, "DID tokens").
+    pub fn with_did_tokens(mut self, audience: Did) -> AccessCell {
+        self.audience = Some(audience);
+        self
+    }
+
+    /// The grant for a request with this `authorization` header value:
+    /// everything on an open server; else an operator token's, or a DID
+    /// token's.
+    ///
+    /// # Errors
+    /// As [`Access::authenticate`]; for a DID token, its rules' codes, or
+    /// `token_unknown` when this server does not take DID tokens.
+    pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Arc<Grant>, AuthError> {
+        let rule = self.current();
+        let Some(token) = header
+            .and_then(|h| bearer(h).ok())
+            .filter(|t| t.starts_with(DID_TOKEN_PREFIX) && !rule.is_open())
+        else {
+            return rule.authenticate(header);
+        };
+        let Some(audience) = &self.audience else {
+            return Err(AuthError::new(
+                AuthCode::TokenUnknown,
+                "this server does not accept DID tokens (did_tokens = false); use an operator token",
+            ));
+        };
+        let now = crate::clock::unix_ms();
+        let key = *blake3::hash(token.as_bytes()).as_bytes();
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((grant, expires_at)) = verified.get(&key) {
+            if now < *expires_at {
+                return Ok(Arc::clone(grant));
+            }
+        }
+        drop(verified);
+        let claims = DidToken::verify(token, audience, now)?;
+        let grant = Arc::new(Grant::for_did(claims.did));
+        verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= MAX_VERIFIED_DID_TOKENS {
+            verified.clear();
+        }
+        verified.insert(key, (Arc::clone(&grant), claims.expires_at));
+        Ok(grant)
     }
 
     /// Counts a refused call and logs it, at most once a second (with the
@@ -184,6 +305,7 @@ impl Access {
             let grant = Arc::new(Grant {
                 name: r.name,
                 scopes: r.scopes,
+                did: None,
             });
             if by_hash.insert(r.hash, grant).is_some() {
                 return Err(format!("two tokens have the hash {}", r.hash));
@@ -208,6 +330,7 @@ impl Access {
                 return Ok(Arc::new(Grant {
                     name: "open".into(),
                     scopes: vec![Scope::Admin],
+                    did: None,
                 }));
             }
             Access::Tokens(t) => t,
@@ -218,17 +341,7 @@ impl Access {
                 "this call needs an \"authorization: Bearer plt_…\" header (pulse-ledger --token or PULSE_LEDGER_TOKEN)",
             )
         })?;
-        let text = std::str::from_utf8(header).ok();
-        let token = text
-            .and_then(|t| t.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token)
-            .ok_or_else(|| {
-                AuthError::new(
-                    AuthCode::TokenMalformed,
-                    "the authorization header must be \"Bearer \" and a token",
-                )
-            })?;
+        let token = bearer(header)?;
         let hash = TokenHash::of(token)?;
         tokens.get(&hash).cloned().ok_or_else(|| {
             AuthError::new(
@@ -237,6 +350,21 @@ impl Access {
             )
         })
     }
+}
+
+/// The token in an `authorization` header value.
+fn bearer(header: &[u8]) -> Result<&str, AuthError> {
+    std::str::from_utf8(header)
+        .ok()
+        .and_then(|t| t.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
+        .ok_or_else(|| {
+            AuthError::new(
+                AuthCode::TokenMalformed,
+                "the authorization header must be \"Bearer \" and a token",
+            )
+        })
 }
 
 #[cfg(test)]
@@ -264,20 +392,20 @@ mod tests {
             new_token().unwrap(),
         );
         let access = Access::with_tokens(vec![
-            rule("reader", &reader, vec![Scope::Read]),
+            rule("reader", &reader, vec![Scope::Right(Right::Read, None)]),
             rule("ops", &admin, vec![Scope::Admin]),
         ])
         .unwrap();
         let g = access.authenticate(Some(&bearer(&reader))).unwrap();
         assert_eq!(g.name(), "reader");
-        g.require(&Scope::Read).unwrap();
-        let e = g.require(&Scope::Cancel).unwrap_err();
+        g.require_everywhere(Right::Read).unwrap();
+        let e = g.require_everywhere(Right::Cancel).unwrap_err();
         assert_eq!(e.code(), AuthCode::ScopeMissing);
         assert!(e.message().contains("\"reader\"") && e.message().contains("cancel"));
         let g = access
             .authenticate(Some(format!("bearer {admin}").as_bytes()))
             .unwrap();
-        g.require(&Scope::Budget).unwrap();
+        g.require_everywhere(Right::Budget).unwrap();
         let code = |h: Option<&[u8]>| access.authenticate(h).unwrap_err().code();
         assert_eq!(code(None), AuthCode::TokenMissing);
         assert_eq!(code(Some(&bearer(&stranger))), AuthCode::TokenUnknown);
@@ -290,24 +418,117 @@ mod tests {
         assert_eq!(code(Some(&bearer("plt_short"))), AuthCode::TokenMalformed);
     }
 
+    fn did(n: u8) -> (ed25519_dalek::SigningKey, Did) {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[n; 32]);
+        let did = Did::from_verifying_key(&sk.verifying_key()).unwrap();
+        (sk, did)
+    }
+
+    #[test]
+    fn access_lists_decide_for_dids_and_tokens_admin_always() {
+        let ((_, handler), (_, owner), (_, friend), (_, stranger)) =
+            (did(1), did(2), did(3), did(4));
+        let t = |scopes: Vec<Scope>| Grant {
+            name: "t".into(),
+            scopes,
+            did: None,
+        };
+        let read_all = t(vec![Scope::Right(Right::Read, None)]);
+        let read_this = t(vec![Scope::Right(
+            Right::Read,
+            Some(Box::new(handler.clone())),
+        )]);
+        let read_other = t(vec![Scope::Right(
+            Right::Read,
+            Some(Box::new(friend.clone())),
+        )]);
+        let admin = t(vec![Scope::Admin]);
+        let (o, f, s) = (
+            Grant::for_did(owner.clone()),
+            Grant::for_did(friend.clone()),
+            Grant::for_did(stranger),
+        );
+        let may = |g: &Grant, members: &[Member]| g.may(Right::Read, &handler, &owner, members);
+        let default = crate::HandlerSchema::new("h", "1.0.0", owner.clone())
+            .access_members(Right::Read)
+            .to_vec();
+        let default = &default[..];
+        assert!(may(&o, default) && may(&read_all, default) && may(&read_this, default));
+        assert!(!may(&f, default) && !may(&s, default) && !may(&read_other, default));
+        let friends = [Member::Client(friend.clone())];
+        assert!(may(&f, &friends) && !may(&o, &friends) && !may(&read_all, &friends));
+        assert!(may(&admin, &[]) && !may(&o, &[]));
+        // Another right's scope is no use.
+        let cancel = t(vec![Scope::Right(Right::Cancel, None)]);
+        assert!(!may(&cancel, default));
+        let e = s
+            .require_on(Right::Read, &handler, &owner, default)
+            .unwrap_err();
+        assert_eq!(e.code(), AuthCode::ScopeMissing);
+        assert!(e.message().contains("[owner, tokens]"), "{e}");
+        // The gate lets DIDs through and tokens with the right anywhere.
+        for m in ["GetJob", "ListJobs", "CancelJob", "SetBudget", "Enqueue"] {
+            s.may_call(m).unwrap();
+        }
+        read_this.may_call("ListJobs").unwrap();
+        assert!(read_this.may_call("CancelJob").is_err());
+        assert!(read_this.require_everywhere(Right::Read).is_err());
+        read_all.require_everywhere(Right::Read).unwrap();
+    }
+
+    #[test]
+    fn did_tokens_are_taken_only_for_this_server_and_only_when_enabled() {
+        let ((client, client_did), (_, log), (_, other_log)) = (did(5), did(6), did(7));
+        let ops = new_token().unwrap();
+        let tokens = || Access::with_tokens(vec![rule("ops", &ops, vec![Scope::Admin])]).unwrap();
+        let now = crate::clock::unix_ms();
+        let good = DidToken::sign(&client, &log, now, now + 60_000).unwrap();
+        let elsewhere = DidToken::sign(&client, &other_log, now, now + 60_000).unwrap();
+        let cell = AccessCell::new(tokens()).with_did_tokens(log.clone());
+        for _ in 0..2 {
+            // The second time from memory.
+            let g = cell.authenticate(Some(&bearer(&good))).unwrap();
+            assert_eq!(g.did(), Some(&client_did));
+            assert!(g.require_everywhere(Right::Read).is_err());
+        }
+        let code = |c: &AccessCell, t: &str| c.authenticate(Some(&bearer(t))).unwrap_err().code();
+        assert_eq!(code(&cell, &elsewhere), AuthCode::TokenWrongServer);
+        let expired = DidToken::sign(&client, &log, now - 120_000, now - 60_000).unwrap();
+        assert_eq!(code(&cell, &expired), AuthCode::TokenExpired);
+        assert_eq!(
+            cell.authenticate(Some(&bearer(&ops))).unwrap().name(),
+            "ops"
+        );
+        let off = AccessCell::new(tokens());
+        assert_eq!(code(&off, &good), AuthCode::TokenUnknown);
+        // An open server grants everything whatever the header holds.
+        let open = AccessCell::new(Access::Open);
+        open.authenticate(Some(&bearer(&elsewhere)))
+            .unwrap()
+            .require_everywhere(Right::Budget)
+            .unwrap();
+    }
+
     #[test]
     fn open_access_grants_everything_and_bad_configs_are_refused() {
         let g = Access::Open.authenticate(None).unwrap();
-        g.require(&Scope::Admin).unwrap();
+        for r in Right::ALL {
+            g.require_everywhere(r).unwrap();
+        }
         let t = new_token().unwrap();
         assert!(Access::with_tokens(vec![rule("a", &t, vec![])]).is_err());
         assert!(
             Access::with_tokens(vec![
-                rule("a", &t, vec![Scope::Read]),
-                rule("b", &t, vec![Scope::Read])
+                rule("a", &t, vec![Scope::Right(Right::Read, None)]),
+                rule("b", &t, vec![Scope::Right(Right::Read, None)])
             ])
             .is_err()
         );
         let u = new_token().unwrap();
         assert!(
             Access::with_tokens(vec![
-                rule("a", &t, vec![Scope::Read]),
-                rule("a", &u, vec![Scope::Read])
+                rule("a", &t, vec![Scope::Right(Right::Read, None)]),
+                rule("a", &u, vec![Scope::Right(Right::Read, None)])
             ])
             .is_err()
         );

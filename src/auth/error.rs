@@ -9,6 +9,12 @@ pub enum AuthCode {
     TokenMalformed,
     /// No configured token has this hash.
     TokenUnknown,
+    /// A DID token outside its validity window.
+    TokenExpired,
+    /// A DID token made for another server.
+    TokenWrongServer,
+    /// A DID token whose signature is not its DID's.
+    TokenBadSignature,
     /// The token is valid but its scopes do not cover the call.
     ScopeMissing,
     /// The client sent more than its rate allows.
@@ -17,10 +23,13 @@ pub enum AuthCode {
 
 impl AuthCode {
     /// Every code, for tables and tests.
-    pub const ALL: [AuthCode; 5] = [
+    pub const ALL: [AuthCode; 8] = [
         AuthCode::TokenMissing,
         AuthCode::TokenMalformed,
         AuthCode::TokenUnknown,
+        AuthCode::TokenExpired,
+        AuthCode::TokenWrongServer,
+        AuthCode::TokenBadSignature,
         AuthCode::ScopeMissing,
         AuthCode::RateLimited,
     ];
@@ -31,6 +40,9 @@ impl AuthCode {
             AuthCode::TokenMissing => "token_missing",
             AuthCode::TokenMalformed => "token_malformed",
             AuthCode::TokenUnknown => "token_unknown",
+            AuthCode::TokenExpired => "token_expired",
+            AuthCode::TokenWrongServer => "token_wrong_server",
+            AuthCode::TokenBadSignature => "token_bad_signature",
             AuthCode::ScopeMissing => "scope_missing",
             AuthCode::RateLimited => "rate_limited",
         }

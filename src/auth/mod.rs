@@ -6,6 +6,7 @@
 
 mod access;
 mod config;
+mod did_token;
 mod error;
 mod rate;
 mod scope;
@@ -13,6 +14,10 @@ mod token;
 
 pub use access::{Access, AccessCell, Grant, TokenRule};
 pub use config::{TokenTable, read_token_rules};
+pub use did_token::{
+    DID_TOKEN_CLOCK_SKEW_MS, DID_TOKEN_CONTEXT, DID_TOKEN_PREFIX, DidToken, MAX_DID_TOKEN_CHARS,
+    MAX_DID_TOKEN_LIFETIME_MS,
+};
 pub use error::{AuthCode, AuthError};
 pub use rate::{RateLimit, RateLimiter};
 pub use scope::Scope;

@@ -1,62 +1,62 @@
-//! What a token may do.
+//! What an operator token may do.
 
-use crate::Did;
+use crate::{Did, Right};
 
 /// One permission. A token holds a list; `admin` holds them all.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Scope {
-    /// Enqueue jobs: for every handler (`enqueue`) or one
-    /// (`enqueue:did:key:…`).
-    Enqueue(Option<Box<Did>>),
-    /// Read jobs, their logs and budgets (`read`).
-    Read,
-    /// Cancel jobs (`cancel`).
-    Cancel,
-    /// Set budgets (`budget`).
-    Budget,
-    /// Everything above, and any administrative call added later (`admin`).
+    /// A right over every handler's jobs (`read`), or over one handler's
+    /// (`read:did:key:…`). Either counts as `tokens` in a handler's access
+    /// lists; a handler whose list leaves out `tokens` is closed to both.
+    Right(Right, Option<Box<Did>>),
+    /// Every right over every handler, whatever its access lists say, and
+    /// any administrative call added later (`admin`).
     Admin,
 }
 
 impl Scope {
-    /// Parses `enqueue`, `enqueue:did:key:…`, `read`, `cancel`, `budget`
+    /// Parses the configuration form: `enqueue`, `read`, `cancel`,
+    /// `budget`, each alone or followed by `:` and a handler's did:key,
     /// or `admin`.
     ///
     /// # Errors
-    /// A message listing the scopes there are.
+    /// A message naming the bad scope and the accepted forms.
     pub fn parse(text: &str) -> Result<Scope, String> {
-        match text {
-            "enqueue" => Ok(Scope::Enqueue(None)),
-            "read" => Ok(Scope::Read),
-            "cancel" => Ok(Scope::Cancel),
-            "budget" => Ok(Scope::Budget),
-            "admin" => Ok(Scope::Admin),
-            _ => match text.strip_prefix("enqueue:") {
-                Some(did) => Did::parse(did)
-                    .map(|d| Scope::Enqueue(Some(Box::new(d))))
-                    .map_err(|e| format!("scope {text:?}: {e}")),
-                None => Err(format!(
-                    "unknown scope {text:?}: the scopes are enqueue, enqueue:<handler did:key>, read, cancel, budget, admin"
-                )),
-            },
+        if text == "admin" {
+            return Ok(Scope::Admin);
         }
+        let (name, handler) = match text.split_once(':') {
+            Some((name, did)) => (name, Some(did)),
+            None => (text, None),
+        };
+        let Some(right) = Right::ALL.into_iter().find(|r| r.as_str() == name) else {
+            return Err(format!(
+                "unknown scope {text:?}: the scopes are enqueue, read, cancel, budget (each alone, or \
+                 followed by :<handler did:key> for one handler) and admin"
+            ));
+        };
+        let handler = handler
+            .map(|d| Did::parse(d).map(Box::new))
+            .transpose()
+            .map_err(|e| format!("scope {text:?}: {e}"))?;
+        Ok(Scope::Right(right, handler))
     }
 
-    /// Whether holding `self` permits what `needed` names.
-    pub fn covers(&self, needed: &Scope) -> bool {
-        match (self, needed) {
-            (Scope::Enqueue(_), Scope::Enqueue(Some(h))) => self.covers_enqueue(h),
-            (Scope::Admin, _) | (Scope::Enqueue(None), Scope::Enqueue(None)) => true,
-            (a, b) => a == b,
-        }
-    }
-
-    /// Whether holding `self` permits enqueuing jobs for `handler`.
-    pub fn covers_enqueue(&self, handler: &Did) -> bool {
+    /// Whether holding `self` gives `right` over `handler`'s jobs, or, for
+    /// `None`, over every handler's (a listing, the default budget).
+    pub fn covers(&self, right: Right, handler: Option<&Did>) -> bool {
         match self {
-            Scope::Admin | Scope::Enqueue(None) => true,
-            Scope::Enqueue(Some(h)) => **h == *handler,
-            _ => false,
+            Scope::Admin => true,
+            Scope::Right(r, None) => *r == right,
+            Scope::Right(r, Some(h)) => *r == right && handler == Some(&**h),
+        }
+    }
+
+    /// Whether `self` gives `right` over at least one handler.
+    pub fn grants(&self, right: Right) -> bool {
+        match self {
+            Scope::Admin => true,
+            Scope::Right(r, _) => *r == right,
         }
     }
 }
@@ -64,11 +64,8 @@ impl Scope {
 impl std::fmt::Display for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Scope::Enqueue(None) => f.write_str("enqueue"),
-            Scope::Enqueue(Some(d)) => write!(f, "enqueue:{d}"),
-            Scope::Read => f.write_str("read"),
-            Scope::Cancel => f.write_str("cancel"),
-            Scope::Budget => f.write_str("budget"),
+            Scope::Right(r, None) => write!(f, "{r}"),
+            Scope::Right(r, Some(d)) => write!(f, "{r}:{d}"),
             Scope::Admin => f.write_str("admin"),
         }
     }
@@ -85,52 +82,42 @@ mod tests {
 
     #[test]
     fn scopes_round_trip_through_text() {
-        for s in [
-            Scope::Enqueue(None),
-            Scope::Enqueue(Some(did(1))),
-            Scope::Read,
-            Scope::Cancel,
-            Scope::Budget,
-            Scope::Admin,
-        ] {
+        let mut all = vec![Scope::Admin];
+        for r in Right::ALL {
+            all.push(Scope::Right(r, None));
+            all.push(Scope::Right(r, Some(did(1))));
+        }
+        for s in all {
             assert_eq!(Scope::parse(&s.to_string()).unwrap(), s);
         }
         for bad in [
             "",
             "Enqueue",
             "enqueue:",
-            "enqueue:did:key:nope",
+            "read:did:key:nope",
             "write",
             "admin ",
+            "admin:did:key:z6Mk",
         ] {
             assert!(Scope::parse(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
-    fn coverage_is_exact_except_admin_and_enqueue_all() {
-        let (a, b) = (Scope::Enqueue(Some(did(1))), Scope::Enqueue(Some(did(2))));
-        let all = [
-            Scope::Enqueue(None),
-            a.clone(),
-            b.clone(),
-            Scope::Read,
-            Scope::Cancel,
-            Scope::Budget,
-            Scope::Admin,
-        ];
-        for need in &all {
-            assert!(Scope::Admin.covers(need));
-        }
-        assert!(Scope::Enqueue(None).covers(&a));
-        assert!(a.covers(&a));
-        assert!(!a.covers(&b));
-        assert!(!a.covers(&Scope::Enqueue(None)));
-        for held in [Scope::Read, Scope::Cancel, Scope::Budget] {
-            for need in &all {
-                assert_eq!(held.covers(need), &held == need, "{held} covers {need}");
+    fn a_scope_covers_its_right_on_its_handlers_and_admin_everything() {
+        let (a, b) = (did(1), did(2));
+        for right in Right::ALL {
+            let all = Scope::Right(right, None);
+            let one = Scope::Right(right, Some(a.clone()));
+            assert!(all.covers(right, Some(&a)) && all.covers(right, None));
+            assert!(one.covers(right, Some(&a)));
+            assert!(!one.covers(right, Some(&b)) && !one.covers(right, None));
+            assert!(one.grants(right) && all.grants(right));
+            assert!(Scope::Admin.covers(right, None) && Scope::Admin.grants(right));
+            for other in Right::ALL.into_iter().filter(|o| *o != right) {
+                assert!(!all.covers(other, Some(&a)) && !one.covers(other, Some(&a)));
+                assert!(!all.grants(other));
             }
         }
-        assert!(!Scope::Enqueue(None).covers(&Scope::Read));
     }
 }

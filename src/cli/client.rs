@@ -33,6 +33,17 @@ pub(crate) struct ServerArg {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// Act as the did:key of this key file instead of sending --token: the
+    /// CLI signs a DID token for this server, valid 15 minutes
+    /// (spec/security.md, "DID tokens"). Give a handler's own key file to
+    /// act as its owner.
+    #[arg(
+        long,
+        env = "PULSE_LEDGER_AS_KEY",
+        value_name = "KEYFILE",
+        conflicts_with = "token"
+    )]
+    as_key: Option<PathBuf>,
     /// Trust this PEM CA for an https:// server instead of the public roots.
     #[arg(long, env = "PULSE_LEDGER_CA", value_name = "PEM")]
     ca: Option<PathBuf>,
@@ -208,6 +219,8 @@ impl ServerArg {
         ServerArg {
             server: url,
             token: std::env::var("PULSE_LEDGER_TOKEN").ok(),
+            as_key: env("PULSE_LEDGER_AS_KEY")
+                .filter(|_| std::env::var_os("PULSE_LEDGER_TOKEN").is_none()),
             ca: env("PULSE_LEDGER_CA"),
             client_cert: env("PULSE_LEDGER_CLIENT_CERT"),
             client_key: env("PULSE_LEDGER_CLIENT_KEY"),
@@ -289,6 +302,41 @@ impl ServerArg {
             Some(t) => Bearer::new(t, &self.server, self.allow_plaintext).map_err(CliError::Usage),
         }
     }
+
+    /// What goes in the jobs API's `authorization` header: --token, or a
+    /// DID token signed with --as-key for the server behind `channel`.
+    pub(crate) async fn jobs_bearer(&self, channel: &Channel) -> Result<Bearer, CliError> {
+        let Some(path) = &self.as_key else {
+            return self.bearer();
+        };
+        // Refused before the key is read if it could not be sent safely.
+        Bearer::new("pld_", &self.server, self.allow_plaintext).map_err(CliError::Usage)?;
+        let token = did_token(path, channel, self.timeout, CLI_DID_TOKEN_MS).await?;
+        Bearer::new(&token, &self.server, self.allow_plaintext).map_err(CliError::Usage)
+    }
+}
+
+/// How long the DID tokens the CLI signs for itself are valid.
+const CLI_DID_TOKEN_MS: u64 = 15 * 60 * 1000;
+
+/// A DID token signed with the key in `path` for the server behind
+/// `channel` (its log DID, asked with GetLogInfo), valid `lifetime_ms`.
+pub(crate) async fn did_token(
+    path: &std::path::Path,
+    channel: &Channel,
+    deadline: Deadline,
+    lifetime_ms: u64,
+) -> Result<String, CliError> {
+    let key = crate::keyfile::load(path)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    let mut rpc = RegistryClient::new(channel.clone());
+    let info = deadline
+        .call("GetLogInfo", rpc.get_log_info(proto::GetLogInfoRequest {}))
+        .await?;
+    let audience = crate::Did::parse(&info.log_did)
+        .map_err(|e| CliError::Usage(format!("the server's log DID {:?}: {e}", info.log_did)))?;
+    let now = crate::clock::unix_ms();
+    crate::auth::DidToken::sign(&key, &audience, now, now + lifetime_ms).map_err(CliError::Usage)
 }
 
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

@@ -68,13 +68,19 @@ Examples:
         json: bool,
     },
     /// List jobs in one state, oldest first.
-    #[command(after_help = "Example:\n  pulse-ledger job list --state retrying --page-size 50")]
+    #[command(
+        after_help = "Examples:\n  pulse-ledger job list --state retrying --page-size 50\n  pulse-ledger job list --handler did:key:z6Mk... --as-key handler.key --state succeeded"
+    )]
     List {
         #[command(flatten)]
         server: ServerArg,
         /// queued, held, running, retrying, succeeded, dead or cancelled.
         #[arg(long, default_value = "queued")]
         state: String,
+        /// Only this handler's jobs (did:key): all a caller may list
+        /// without the read scope over every handler.
+        #[arg(long, value_name = "DID")]
+        handler: Option<String>,
         /// Jobs per page (1..1000).
         #[arg(long, default_value_t = 100)]
         page_size: u32,
@@ -167,8 +173,9 @@ struct Jobs {
 
 async fn connect(server: &ServerArg) -> Result<Jobs, CliError> {
     // The token's transport is checked before anything is dialed.
-    let bearer = server.bearer()?;
+    server.bearer()?;
     let channel = server.channel().await?;
+    let bearer = server.jobs_bearer(&channel).await?;
     Ok(Jobs {
         rpc: JobsClient::with_interceptor(channel, bearer)
             .max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES),
@@ -381,6 +388,7 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
             JobCmd::List {
                 server,
                 state,
+                handler,
                 page_size,
                 json,
             } => {
@@ -391,6 +399,7 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                         state: state.clone(),
                         page_size,
                         page_token: token,
+                        handler: handler.clone().unwrap_or_default(),
                     };
                     let page = client.deadline.call("ListJobs", client.rpc.list_jobs(request)).await?;
                     for j in &page.jobs {

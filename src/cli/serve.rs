@@ -33,7 +33,7 @@ Config file keys (TOML): data_dir, listen, log_name, metrics_listen,
 job_retention_hours, max_running, fair_share_percent, max_handler_concurrency,
 max_timeout_ms, plugin_wait_secs, heartbeat_timeout_ms,
 cancel_grace_ms, plugin_health_interval_ms, tls_cert, tls_key,
-tls_client_ca, allow_plaintext, allow_unauthenticated, submit_rate,
+tls_client_ca, allow_plaintext, allow_unauthenticated, did_tokens, submit_rate,
 submit_burst, read_rate, read_burst, rate_limit_loopback, min_free_mb, log_reserve_mb,
 write_queue_depth,
 max_connections, max_connections_per_client, handshake_timeout_ms, one [[plugin]]
@@ -148,6 +148,7 @@ struct FileConfig {
     tls_client_ca: Option<PathBuf>,
     allow_plaintext: Option<bool>,
     allow_unauthenticated: Option<bool>,
+    did_tokens: Option<bool>,
     submit_rate: Option<u32>,
     submit_burst: Option<u32>,
     rate_limit_loopback: Option<bool>,
@@ -349,6 +350,7 @@ impl Args {
             tokens,
             allow_unauthenticated: self.allow_unauthenticated
                 || file.allow_unauthenticated.unwrap_or(false),
+            did_tokens: file.did_tokens.unwrap_or(true),
             submit_rate: crate::auth::RateLimit {
                 per_second: self
                     .submit_rate

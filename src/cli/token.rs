@@ -41,6 +41,35 @@ PULSE_LEDGER_TOKEN. Add or delete tables, then send the server SIGHUP
         #[arg(long)]
         json: bool,
     },
+    /// Sign a DID token: proof, for one server and at most an hour, that
+    /// you hold a key.
+    #[command(after_help = "\
+Examples:
+  PULSE_LEDGER_TOKEN=$(pulse-ledger token did --key handler.key) pulse-ledger job list --handler did:key:z6Mk...
+  pulse-ledger token did --key client.key --log-did did:key:z6Mk... --minutes 60
+
+A handler's schema says who may enqueue to it, read, cancel and budget its
+jobs (its access lists: owner, tokens, or named did:keys). A DID token
+proves you are one of them with no operator token: sign it with the
+handler's key to act as its owner, or with your own key if a list names
+your did:key. The token names the server's log did:key (asked of --server,
+or given with --log-did for no network), so no other server accepts it.
+Job commands can sign their own with --as-key KEYFILE.")]
+    Did {
+        /// The key file whose did:key the token proves.
+        #[arg(long, value_name = "KEYFILE")]
+        key: PathBuf,
+        /// Server whose log did:key the token names.
+        #[arg(long, env = "PULSE_LEDGER_SERVER", default_value = super::client::DEFAULT_SERVER, value_name = "URL")]
+        server: String,
+        /// The server's log did:key (`pulse-ledger log info`), instead of
+        /// asking --server.
+        #[arg(long, value_name = "DID")]
+        log_did: Option<String>,
+        /// Minutes the token is valid (1..60).
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=60))]
+        minutes: u64,
+    },
     /// Print the stored form (hash) of a token read from standard input.
     #[command(after_help = "Example:\n  pulse-ledger token hash < ci.token")]
     Hash,
@@ -100,6 +129,34 @@ pub(crate) fn run(cmd: TokenCmd) -> Result<ExitCode, CliError> {
                     "\n# add to the server's config file, then send the server SIGHUP:\n{table}"
                 );
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCmd::Did {
+            key,
+            server,
+            log_did,
+            minutes,
+        } => {
+            let lifetime = minutes * 60_000;
+            let token = match log_did {
+                Some(d) => {
+                    let audience = crate::Did::parse(&d)
+                        .map_err(|e| CliError::Usage(format!("--log-did: {e}")))?;
+                    let sk = crate::keyfile::load(&key)
+                        .map_err(|e| CliError::Usage(format!("--key {}: {e}", key.display())))?;
+                    let now = crate::clock::unix_ms();
+                    crate::auth::DidToken::sign(&sk, &audience, now, now + lifetime)
+                        .map_err(CliError::Usage)?
+                }
+                None => {
+                    let server = super::client::ServerArg::new(server);
+                    super::client::runtime()?.block_on(async {
+                        let channel = server.channel().await?;
+                        super::client::did_token(&key, &channel, server.deadline(), lifetime).await
+                    })?
+                }
+            };
+            println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
         TokenCmd::Hash => {

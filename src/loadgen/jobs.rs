@@ -104,6 +104,7 @@ async fn idle(jobs: &mut JobsClient<AuthedChannel>) -> Result<bool, String> {
                 state: state.into(),
                 page_size: 1,
                 page_token: vec![],
+                handler: String::new(),
             })
             .await
             .map_err(|s| format!("ListJobs: {}", s.message()))?

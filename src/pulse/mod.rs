@@ -31,6 +31,6 @@ pub use machine::{MAX_RETRY_AFTER_MS, RetryPolicy};
 pub use route::{Authorization, OpenRouter, Route, Router};
 pub use runner::{PulseCounters, PulseHandle, PulseRunner};
 pub use store::{
-    GroupOp, JobError, JobStore, LIST_PAGE_BYTES, LogLine, MAX_LOG_LINE_BYTES, MAX_LOG_LINES,
-    ReadyCursor,
+    GroupOp, JobError, JobStore, LIST_PAGE_BYTES, LIST_SCAN, LogLine, MAX_LOG_LINE_BYTES,
+    MAX_LOG_LINES, ReadyCursor,
 };

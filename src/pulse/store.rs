@@ -96,6 +96,8 @@ const MINUTE_MS: u64 = 60_000;
 /// (beyond its first job): a page of jobs with megabyte payloads and
 /// results stays far below the API's message limit.
 pub const LIST_PAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Most index entries one page of [`JobStore::list_for`] reads.
+pub const LIST_SCAN: usize = 10_000;
 
 /// Memtable size of each job keyspace: small, so the shared journal's
 /// limit never forces one large flush (a stall every few tens of thousands
@@ -1144,6 +1146,35 @@ impl JobStore {
         cursor: Option<&JobId>,
         limit: usize,
     ) -> Result<(Vec<Job>, bool), JobError> {
+        let (jobs, next) = self.scan(state, None, cursor, limit)?;
+        Ok((jobs, next.is_some()))
+    }
+
+    /// [`JobStore::list`] for one handler's jobs. The state index is read
+    /// in order and other handlers' jobs are skipped, at most
+    /// [`LIST_SCAN`] of them per page, so a page may hold fewer jobs than
+    /// asked (even none) and still have a next cursor: the ID to continue
+    /// after, `None` at the end.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn list_for(
+        &self,
+        state: &JobState,
+        handler: &Did,
+        cursor: Option<&JobId>,
+        limit: usize,
+    ) -> Result<(Vec<Job>, Option<JobId>), JobError> {
+        self.scan(state, Some(handler), cursor, limit)
+    }
+
+    fn scan(
+        &self,
+        state: &JobState,
+        handler: Option<&Did>,
+        cursor: Option<&JobId>,
+        limit: usize,
+    ) -> Result<(Vec<Job>, Option<JobId>), JobError> {
         let b = state_byte(state);
         let start = match cursor {
             Some(c) => {
@@ -1154,34 +1185,40 @@ impl JobStore {
             None => vec![b],
         };
         let limit = limit.clamp(1, 1000);
-        let mut out = Vec::new();
+        let mut out: Vec<Job> = Vec::new();
         let mut bytes = 0usize;
+        let mut scanned = 0usize;
+        let mut last: Option<JobId> = None;
         for kv in self.ks(Jk::ByState).range(start..) {
             let key = kv.key().map_err(storage)?;
             if key.first() != Some(&b) {
-                return Ok((out, false));
+                return Ok((out, None));
             }
-            if out.len() >= limit {
-                return Ok((out, true));
+            if out.len() >= limit || scanned >= LIST_SCAN {
+                return Ok((out, last));
             }
             let id = JobId(
                 key.get(1..17)
                     .and_then(|k| k.try_into().ok())
                     .ok_or_else(|| corrupt("state key"))?,
             );
+            scanned += 1;
             let Some(record) = self.ks(Jk::Jobs).get(id.0).map_err(storage)? else {
                 // Pruned since the index was read: not part of the page.
                 continue;
             };
-            bytes = bytes.saturating_add(record.len());
-            if bytes > LIST_PAGE_BYTES && !out.is_empty() {
-                return Ok((out, true));
+            if bytes.saturating_add(record.len()) > LIST_PAGE_BYTES && !out.is_empty() {
+                return Ok((out, last));
             }
             let stored: Stored =
                 record_from_slice(&record).map_err(|e| corrupt(&format!("job {id}: {e}")))?;
-            out.push(stored.job);
+            last = Some(id);
+            if handler.is_none_or(|h| *h == stored.job.handler) {
+                bytes = bytes.saturating_add(record.len());
+                out.push(stored.job);
+            }
         }
-        Ok((out, false))
+        Ok((out, None))
     }
 
     /// Running jobs whose attempt deadline is at or before `now`, at most
