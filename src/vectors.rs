@@ -240,6 +240,48 @@ fn set(m: &mut Map, key: &str, value: Value) {
     m.0.push((key.to_owned(), value));
 }
 
+fn map_of(entries: &[(&str, Value)]) -> Map {
+    let mut m = Map::new();
+    for (k, v) in entries {
+        m.insert(k, v.clone());
+    }
+    m
+}
+
+/// A did:key made for list-filling vectors: one per index.
+fn key_for_index(i: usize) -> Key {
+    let seed = blake3::derive_key(KEY_CONTEXT, format!("member-{i}").as_bytes());
+    let sk = SigningKey::from_bytes(&seed);
+    let did = Did::from_verifying_key(&sk.verifying_key()).expect("test keys are valid");
+    Key {
+        label: "member",
+        sk,
+        did,
+    }
+}
+
+/// The access lists of the all-fields vector: every right written, with
+/// each kind of member.
+fn access_lists(client: &Key) -> crate::HandlerAccess {
+    use crate::{Member, Right};
+    let mut a = crate::HandlerAccess::default();
+    a.set(
+        Right::Enqueue,
+        vec![
+            Member::Owner,
+            Member::Tokens,
+            Member::Client(client.did.clone()),
+        ],
+    )
+    .set(
+        Right::Read,
+        vec![Member::Owner, Member::Client(client.did.clone())],
+    )
+    .set(Right::Cancel, vec![Member::Owner])
+    .set(Right::Budget, vec![]);
+    a
+}
+
 fn remove(m: &mut Map, key: &str) {
     m.0.retain(|(k, _)| k != key);
 }
@@ -661,11 +703,24 @@ fn valid_attestations(
     full.max_concurrency = Some(4);
     full.description = Some("Runs a Python script.\nOne line per log entry.".into());
     full.code = Some(b"print('hello from pulse-ledger')\n".to_vec());
+    full.access = Some(access_lists(h2));
     let full_att = sign(&register(h, Schema::Handler(full), T0), h);
     g.att_ok(
         "handler-register-all-fields",
         "Genesis with every optional handler schema field set, including inline code.",
         &full_att,
+        &[h],
+    );
+    let mut only_owner = hs.clone();
+    let mut lists = crate::HandlerAccess::default();
+    lists.set(crate::Right::Enqueue, vec![crate::Member::Owner]);
+    lists.set(crate::Right::Cancel, vec![]);
+    only_owner.access = Some(lists);
+    let att = sign(&register(h, Schema::Handler(only_owner), T0), h);
+    g.att_ok(
+        "handler-register-access-owner-only",
+        "access: only the owner may enqueue; nobody but admin tokens may cancel (an empty list); read and budget left out (owner and tokens).",
+        &att,
         &[h],
     );
     // The number range rule of "JSON Schema documents" at its edges.
@@ -1178,6 +1233,71 @@ fn field_errors(
         );
         g.att_err(name, description, bytes, ErrorCode::InvalidField, &[h]);
     }
+    let text_list =
+        |items: &[&str]| Value::Array(items.iter().map(|t| Value::Text((*t).to_owned())).collect());
+    let client = h2.did.to_string();
+    let mut too_many = vec!["owner"; 1];
+    let many: Vec<String> = (0..crate::limits::MAX_ACCESS_MEMBERS)
+        .map(|i| key_for_index(i).did.to_string())
+        .collect();
+    too_many.extend(many.iter().map(String::as_str));
+    for (name, description, access, code) in [
+        (
+            "schema-access-not-map",
+            "schema.access is an array, not a map.",
+            text_list(&["owner"]),
+            ErrorCode::WrongType,
+        ),
+        (
+            "schema-access-unknown-right",
+            "schema.access has the key \"write\", not a right.",
+            Value::Map(map_of(&[("write", text_list(&["owner"]))])),
+            ErrorCode::UnknownField,
+        ),
+        (
+            "schema-access-list-not-array",
+            "schema.access.read is the text \"owner\", not an array.",
+            Value::Map(map_of(&[("read", Value::Text("owner".into()))])),
+            ErrorCode::WrongType,
+        ),
+        (
+            "schema-access-member-not-text",
+            "schema.access.cancel[0] is an unsigned integer.",
+            Value::Map(map_of(&[("cancel", Value::Array(vec![Value::Uint(1)]))])),
+            ErrorCode::WrongType,
+        ),
+        (
+            "schema-access-member-unknown-word",
+            "schema.access.enqueue[1] is \"everyone\": neither owner, tokens nor a did:key.",
+            Value::Map(map_of(&[("enqueue", text_list(&["owner", "everyone"]))])),
+            ErrorCode::DidSyntax,
+        ),
+        (
+            "schema-access-member-repeated",
+            "schema.access.read names the same did:key twice.",
+            Value::Map(map_of(&[("read", text_list(&[&client, "owner", &client]))])),
+            ErrorCode::InvalidField,
+        ),
+        (
+            "schema-access-too-many-members",
+            "schema.access.budget has 65 members (at most 64).",
+            Value::Map(map_of(&[("budget", text_list(&too_many))])),
+            ErrorCode::InvalidField,
+        ),
+    ] {
+        let bytes = bad(&|s| set(s, "access", access.clone()));
+        g.att_err(name, description, bytes, code, &[h]);
+    }
+    g.att_err(
+        "schema-access-after-description",
+        "schema.description with a NUL character and schema.access with an unknown right: the description is checked first.",
+        bad(&|s| {
+            set(s, "description", Value::Text("a\u{0}b".into()));
+            set(s, "access", Value::Map(map_of(&[("write", text_list(&[]))])));
+        }),
+        ErrorCode::InvalidField,
+        &[h],
+    );
     g.att_err(
         "schema-description-control-char",
         "schema.description with a NUL character.",

@@ -726,3 +726,50 @@ fn job_logs_keep_the_last_lines_cut_long_ones_and_go_with_the_job() {
     assert!(store.log(&a, 0, 10).unwrap().is_empty());
     assert_eq!(store.log(&b, 0, 10_000).unwrap().len(), 601);
 }
+
+/// One handler's listing skips the others' jobs, reads a bounded stretch
+/// of the index per page (a page may be empty yet have a next cursor),
+/// and, followed to the end, yields every one of its jobs once.
+#[test]
+fn a_handlers_listing_pages_through_its_jobs_only() {
+    let dir = tempdir("jobs-list-for");
+    let (_ledger, store) = open(&dir);
+    let (mine, theirs) = (key("list-mine").did, key("list-theirs").did);
+    let schema = HandlerSchema::new("h", "1.0.0", key("list-p").did);
+    let req = JobRequest::default();
+    // A stretch of the other handler's jobs longer than one page's scan,
+    // with some of mine before and after it.
+    let batch = |h: &pulse_ledger::Did, n: usize| -> Vec<_> {
+        (0..n)
+            .map(|_| (h.clone(), schema.clone(), req.clone()))
+            .collect()
+    };
+    let mut items = batch(&mine, 3);
+    items.extend(batch(&theirs, pulse_ledger::pulse::LIST_SCAN + 5));
+    items.extend(batch(&mine, 4));
+    for r in store.enqueue_batch(&items, 1_000) {
+        r.unwrap();
+    }
+    let mut ids = Vec::new();
+    let mut cursor = None;
+    let mut pages = 0;
+    loop {
+        let (page, next) = store
+            .list_for(&JobState::Queued, &mine, cursor.as_ref(), 2)
+            .unwrap();
+        assert!(page.len() <= 2);
+        assert!(page.iter().all(|j| j.handler == mine));
+        ids.extend(page.iter().map(|j| j.id));
+        pages += 1;
+        match next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!((ids.len(), distinct.len()), (7, 7));
+    // Pages of 2: the first two of mine; the third and the scan bound
+    // (after 9,999 of theirs); the last 6 of theirs skipped and 2 of mine;
+    // my last 2 and the end.
+    assert_eq!(pages, 4);
+}

@@ -904,7 +904,7 @@ async fn jobs_api_enqueues_reads_cancels_and_budgets() {
         .list_jobs(proto::ListJobsRequest {
             state: "queued".into(),
             page_size: 2,
-            page_token: vec![],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -915,6 +915,7 @@ async fn jobs_api_enqueues_reads_cancels_and_budgets() {
             state: "queued".into(),
             page_size: 2,
             page_token: listed.next_page_token,
+            ..Default::default()
         })
         .await
         .unwrap()

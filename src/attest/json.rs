@@ -29,6 +29,7 @@ impl Schema {
                 put("max_concurrency", s.max_concurrency.map(|x| json!(x)));
                 put("description", s.description.as_ref().map(|x| json!(x)));
                 put("code", s.code.as_ref().map(|x| json!(hex::encode(x))));
+                put("access", s.access.as_ref().map(access_json));
             }
             Schema::Plugin(s) => {
                 put("name", Some(json!(s.name)));
@@ -40,6 +41,19 @@ impl Schema {
         }
         Value::Object(m)
     }
+}
+
+/// Access lists as JSON: each written list as an array of its members'
+/// text, lists left out absent.
+fn access_json(a: &super::access::HandlerAccess) -> Value {
+    let mut m = Map::new();
+    for right in super::access::Right::ALL {
+        if let Some(list) = a.written(right) {
+            let items: Vec<String> = list.iter().map(ToString::to_string).collect();
+            m.insert(right.as_str().to_owned(), json!(items));
+        }
+    }
+    Value::Object(m)
 }
 
 impl Statement {

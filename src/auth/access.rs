@@ -47,6 +47,11 @@ impl Grant {
         &self.name
     }
 
+    /// Whether the caller holds `admin`: every right over every handler.
+    pub fn is_admin(&self) -> bool {
+        self.scopes.contains(&Scope::Admin)
+    }
+
     /// The DID the caller proved, for a DID token.
     pub fn did(&self) -> Option<&Did> {
         self.did.as_ref()
@@ -59,7 +64,7 @@ impl Grant {
     /// key; a token when the list names `tokens` and one of its scopes
     /// covers the right for this handler.
     pub fn may(&self, right: Right, handler: &Did, owner: &Did, members: &[Member]) -> bool {
-        self.scopes.contains(&Scope::Admin)
+        self.is_admin()
             || members.iter().any(|m| match m {
                 Member::Owner => self.did.as_ref() == Some(owner),
                 Member::Client(d) => self.did.as_ref() == Some(d),
@@ -168,8 +173,11 @@ pub struct AccessCell {
     /// DID tokens already verified, by blake3 of their text, with their
     /// expiry: a client sends the same token on every call, and checking
     /// its signature each time would cost more than the call.
-    verified: std::sync::Mutex<HashMap<[u8; 32], (Arc<Grant>, u64)>>,
+    verified: std::sync::Mutex<VerifiedTokens>,
 }
+
+/// Verified DID tokens by blake3 of their text: the grant and its expiry.
+type VerifiedTokens = HashMap<[u8; 32], (Arc<Grant>, u64)>;
 
 /// Most verified DID tokens remembered before the memory starts over.
 const MAX_VERIFIED_DID_TOKENS: usize = 4096;

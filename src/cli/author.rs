@@ -8,8 +8,8 @@ use ed25519_dalek::SigningKey;
 use super::error::CliError;
 use super::files;
 use crate::{
-    Action, Attestation, Did, Family, HandlerSchema, PluginSchema, Schema, Statement,
-    sign_statement,
+    Action, Attestation, Did, Family, HandlerAccess, HandlerSchema, Member, PluginSchema, Right,
+    Schema, Statement, sign_statement,
 };
 
 const HANDLER_EXAMPLES: &str = "\
@@ -20,7 +20,14 @@ Examples:
   pulse-ledger handler rotate --key h.key --new-key h2.key --prev h1.att --out h2.att
   pulse-ledger handler update --key h2.key --prev h2.att --schema-from h1.att \\
       --max-cost 500 --out h3.att
-  pulse-ledger handler revoke --key h2.key --prev h3.att --reason retired --out h4.att";
+  pulse-ledger handler revoke --key h2.key --prev h3.att --reason retired --out h4.att
+  pulse-ledger handler update --key h2.key --prev h2.att --enqueue-access owner,did:key:z6Mk... \\
+      --read-access owner,did:key:z6Mk... --cancel-access owner --out h3.att
+
+Access lists (--enqueue-access, --read-access, --cancel-access,
+--budget-access) say who may act on the handler's jobs: owner (whoever holds
+its key, with a DID token: pulse-ledger token did), tokens (the server's
+operator tokens with that scope) and did:keys. Unset, a list is owner,tokens.";
 
 const PLUGIN_EXAMPLES: &str = "\
 Examples:
@@ -193,6 +200,21 @@ pub(crate) struct HandlerFields {
     /// File with the inline script (at most 48 KiB).
     #[arg(long, value_name = "FILE")]
     code: Option<PathBuf>,
+    /// Who may enqueue jobs: a comma-separated list of owner (whoever
+    /// holds the handler's key), tokens (the server's operator tokens
+    /// with the scope) and did:keys; "" for nobody but admin tokens;
+    /// default for owner,tokens.
+    #[arg(long, value_name = "MEMBERS")]
+    enqueue_access: Option<String>,
+    /// Who may read its jobs, their logs and its budget (as --enqueue-access).
+    #[arg(long, value_name = "MEMBERS")]
+    read_access: Option<String>,
+    /// Who may cancel its jobs (as --enqueue-access).
+    #[arg(long, value_name = "MEMBERS")]
+    cancel_access: Option<String>,
+    /// Who may set its budget (as --enqueue-access).
+    #[arg(long, value_name = "MEMBERS")]
+    budget_access: Option<String>,
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -226,6 +248,7 @@ pub(crate) enum HandlerOptional {
     MaxConcurrency,
     Description,
     Code,
+    Access,
 }
 
 /// Optional plugin schema fields that `update --clear` can remove.
@@ -337,8 +360,55 @@ impl HandlerFields {
         if let Some(p) = self.code {
             s.code = Some(read_limited(&p, crate::limits::MAX_CODE_BYTES)?);
         }
+        for (right, text) in [
+            (Right::Enqueue, self.enqueue_access),
+            (Right::Read, self.read_access),
+            (Right::Cancel, self.cancel_access),
+            (Right::Budget, self.budget_access),
+        ] {
+            if let Some(text) = text {
+                s.access = set_access(s.access.take(), right, &text)?;
+            }
+        }
         Ok(s)
     }
+}
+
+/// `access` with the list for `right` set from `--<right>-access TEXT`.
+fn set_access(
+    access: Option<HandlerAccess>,
+    right: Right,
+    text: &str,
+) -> Result<Option<HandlerAccess>, CliError> {
+    let flag = format!("--{right}-access");
+    let a = access.unwrap_or_default();
+    let mut lists: Vec<(Right, Vec<Member>)> = Right::ALL
+        .into_iter()
+        .filter(|r| *r != right)
+        .filter_map(|r| a.written(r).map(|l| (r, l.to_vec())))
+        .collect();
+    if text.trim() != "default" {
+        let mut members = Vec::new();
+        for item in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let m = Member::parse(item).map_err(|e| CliError::Usage(format!("{flag}: {e}")))?;
+            if members.contains(&m) {
+                return Err(CliError::Usage(format!("{flag}: {m} is named twice")));
+            }
+            members.push(m);
+        }
+        if members.len() > crate::limits::MAX_ACCESS_MEMBERS {
+            return Err(CliError::Usage(format!(
+                "{flag}: at most {} members",
+                crate::limits::MAX_ACCESS_MEMBERS
+            )));
+        }
+        lists.push((right, members));
+    }
+    let mut out = HandlerAccess::default();
+    for (r, l) in lists {
+        out.set(r, l);
+    }
+    Ok(Some(out).filter(|a| Right::ALL.iter().any(|r| a.written(*r).is_some())))
 }
 
 impl HandlerSchema {
@@ -352,6 +422,7 @@ impl HandlerSchema {
             HandlerOptional::MaxConcurrency => self.max_concurrency = None,
             HandlerOptional::Description => self.description = None,
             HandlerOptional::Code => self.code = None,
+            HandlerOptional::Access => self.access = None,
         }
     }
 }

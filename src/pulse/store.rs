@@ -1187,9 +1187,8 @@ impl JobStore {
         let limit = limit.clamp(1, 1000);
         let mut out: Vec<Job> = Vec::new();
         let mut bytes = 0usize;
-        let mut scanned = 0usize;
         let mut last: Option<JobId> = None;
-        for kv in self.ks(Jk::ByState).range(start..) {
+        for (scanned, kv) in self.ks(Jk::ByState).range(start..).enumerate() {
             let key = kv.key().map_err(storage)?;
             if key.first() != Some(&b) {
                 return Ok((out, None));
@@ -1202,7 +1201,6 @@ impl JobStore {
                     .and_then(|k| k.try_into().ok())
                     .ok_or_else(|| corrupt("state key"))?,
             );
-            scanned += 1;
             let Some(record) = self.ks(Jk::Jobs).get(id.0).map_err(storage)? else {
                 // Pruned since the index was read: not part of the page.
                 continue;

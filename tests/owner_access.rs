@@ -1,0 +1,355 @@
+//! Owner-controlled access on a real `serve` (spec/security.md, "Handler
+//! owners"): a handler's signed access lists decide who may enqueue to it,
+//! read, cancel and budget its jobs; clients prove a did:key with DID
+//! tokens made by `pulse-ledger token did`, with no operator edit.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{Key, Serve, handler_register, handler_register_with, key, key_file, next};
+use common::{plugin_register, reason, tempdir};
+use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
+use pulse_ledger::{Action, Attestation, HandlerAccess, Member, Right, Schema};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+        .args(args)
+        .env_remove("PULSE_LEDGER_TOKEN")
+        .env_remove("PULSE_LEDGER_AS_KEY")
+        .output()
+        .unwrap()
+}
+
+fn stdout_of(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// An operator token and its config table, from `token create`.
+fn operator_token(name: &str, scopes: &[&str]) -> (String, String) {
+    let mut args = vec!["token", "create", "--name", name, "--json"];
+    for s in scopes {
+        args.extend(["--scope", s]);
+    }
+    let v: serde_json::Value = serde_json::from_str(&stdout_of(&run(&args))).unwrap();
+    (
+        v["token"].as_str().unwrap().to_owned(),
+        v["config"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A DID token for `k`, signed by the CLI for the server at `url`.
+fn did_token(dir: &Path, k: &Key, url: &str) -> String {
+    let file = key_file(dir, k);
+    let t = stdout_of(&run(&[
+        "token",
+        "did",
+        "--key",
+        file.to_str().unwrap(),
+        "--server",
+        url,
+    ]));
+    t.trim().to_owned()
+}
+
+fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut r = Request::new(message);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// Who calls: a bearer token (operator or DID) over one connection.
+struct Caller {
+    jobs: JobsClient<Channel>,
+    token: String,
+}
+
+impl Caller {
+    async fn enqueue(&mut self, handler: &Key) -> Result<Vec<u8>, Status> {
+        let r = proto::EnqueueRequest {
+            handler: handler.did.to_string(),
+            payload: b"{}".to_vec(),
+            ..Default::default()
+        };
+        let job = self.jobs.enqueue(authed(r, &self.token)).await?;
+        Ok(job.into_inner().job.unwrap().id)
+    }
+
+    async fn get(&mut self, id: &[u8]) -> Result<proto::Job, Status> {
+        let r = proto::GetJobRequest { id: id.to_vec() };
+        let j = self.jobs.get_job(authed(r, &self.token)).await?;
+        Ok(j.into_inner().job.unwrap())
+    }
+
+    async fn log(&mut self, id: &[u8]) -> Result<(), Status> {
+        let r = proto::GetJobLogRequest {
+            id: id.to_vec(),
+            ..Default::default()
+        };
+        self.jobs.get_job_log(authed(r, &self.token)).await?;
+        Ok(())
+    }
+
+    /// Held jobs (no plugin runs in this test, so every job waits held).
+    async fn list(&mut self, handler: Option<&Key>) -> Result<usize, Status> {
+        let r = proto::ListJobsRequest {
+            state: "held".into(),
+            handler: handler.map(|h| h.did.to_string()).unwrap_or_default(),
+            ..Default::default()
+        };
+        Ok(self
+            .jobs
+            .list_jobs(authed(r, &self.token))
+            .await?
+            .into_inner()
+            .jobs
+            .len())
+    }
+
+    async fn cancel(&mut self, id: &[u8]) -> Result<String, Status> {
+        let r = proto::CancelJobRequest { id: id.to_vec() };
+        let j = self.jobs.cancel_job(authed(r, &self.token)).await?;
+        Ok(j.into_inner().job.unwrap().state)
+    }
+
+    async fn set_budget(&mut self, handler: &Key, per_hour: u64) -> Result<(), Status> {
+        let r = proto::SetBudgetRequest {
+            handler: handler.did.to_string(),
+            per_hour,
+            ..Default::default()
+        };
+        self.jobs.set_budget(authed(r, &self.token)).await?;
+        Ok(())
+    }
+
+    async fn get_budget(&mut self, handler: &Key) -> Result<u64, Status> {
+        let r = proto::GetBudgetRequest {
+            handler: handler.did.to_string(),
+        };
+        let b = self.jobs.get_budget(authed(r, &self.token)).await?;
+        Ok(b.into_inner().per_hour)
+    }
+}
+
+/// The refusal's spec code; the call must have been refused.
+fn code<T: std::fmt::Debug>(r: Result<T, Status>) -> String {
+    let s = r.unwrap_err();
+    let code = reason(&s);
+    if code == "scope_missing" {
+        assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    }
+    code
+}
+
+fn access(lists: &[(Right, Vec<Member>)]) -> HandlerAccess {
+    let mut a = HandlerAccess::default();
+    for (r, l) in lists {
+        a.set(*r, l.clone());
+    }
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handlers_owner_decides_who_may_enqueue_read_cancel_and_budget() {
+    let dir = tempdir("owner-access");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (plugin, alice, alice2, bob, mallory, other) = (
+        key("own-p"),
+        key("own-alice"),
+        key("own-alice2"),
+        key("own-bob"),
+        key("own-mallory"),
+        key("own-other-handler"),
+    );
+    let (ops, ops_table) = operator_token("ops", &["admin"]);
+    let (app, app_table) = operator_token("app", &["enqueue", "read", "cancel", "budget"]);
+    let config = dir.join("pulse.toml");
+    std::fs::write(
+        &config,
+        format!("plugin_wait_secs = 600\n{ops_table}{app_table}"),
+    )
+    .unwrap();
+    let server = Serve::start(&["--config", config.to_str().unwrap()], &dir.join("data"));
+
+    // Alice's handler: only she and Bob may enqueue and read, only she may
+    // cancel and budget; the operator's tokens are left out. The other
+    // handler keeps the default lists (owner, tokens).
+    let bob_m = Member::Client(bob.did.clone());
+    let lists = access(&[
+        (Right::Enqueue, vec![Member::Owner, bob_m.clone()]),
+        (Right::Read, vec![Member::Owner, bob_m.clone()]),
+        (Right::Cancel, vec![Member::Owner]),
+        (Right::Budget, vec![Member::Owner]),
+    ]);
+    let genesis = handler_register_with(&alice, "alices", &plugin.did, |s| {
+        s.access = Some(lists.clone());
+    });
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    for att in [
+        plugin_register(&plugin, "tools"),
+        genesis.clone(),
+        handler_register(&other, "others", &plugin.did),
+    ] {
+        reg.submit(proto::SubmitRequest {
+            envelope: att.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+
+    let channel = JobsClient::connect(server.url.clone()).await.unwrap();
+    let caller = |token: String| Caller {
+        jobs: channel.clone(),
+        token,
+    };
+    let mut a = caller(did_token(&dir, &alice, &server.url));
+    let mut b = caller(did_token(&dir, &bob, &server.url));
+    let mut m = caller(did_token(&dir, &mallory, &server.url));
+    let mut app = caller(app);
+    let mut ops = caller(ops);
+
+    // The owner and the named client can enqueue and read.
+    let job_a = a.enqueue(&alice).await.unwrap();
+    let job_b = b.enqueue(&alice).await.unwrap();
+    assert_eq!(a.get(&job_b).await.unwrap().handler, alice.did.to_string());
+    b.get(&job_a).await.unwrap();
+    b.log(&job_a).await.unwrap();
+    assert_eq!(a.list(Some(&alice)).await.unwrap(), 2);
+    assert_eq!(b.list(Some(&alice)).await.unwrap(), 2);
+    a.set_budget(&alice, 50).await.unwrap();
+    assert_eq!(b.get_budget(&alice).await.unwrap(), 50);
+
+    // A stranger with a valid DID token can do none of it, and cannot
+    // tell an existing job from a missing one.
+    assert_eq!(code(m.enqueue(&alice).await), "scope_missing");
+    assert_eq!(code(m.get(&job_a).await), "scope_missing");
+    assert_eq!(code(m.get(&[7u8; 16]).await), "scope_missing");
+    assert_eq!(code(m.log(&job_a).await), "scope_missing");
+    assert_eq!(code(m.list(Some(&alice)).await), "scope_missing");
+    assert_eq!(code(m.list(None).await), "scope_missing");
+    assert_eq!(code(m.cancel(&job_a).await), "scope_missing");
+    assert_eq!(code(m.set_budget(&alice, 1).await), "scope_missing");
+    assert_eq!(code(m.get_budget(&alice).await), "scope_missing");
+    // Nor can it act on the default handler: it is not its owner.
+    assert_eq!(code(m.enqueue(&other).await), "scope_missing");
+
+    // The named client has only the rights it is named for.
+    assert_eq!(code(b.cancel(&job_a).await), "scope_missing");
+    assert_eq!(code(b.set_budget(&alice, 1).await), "scope_missing");
+    // The operator's enqueue/read/cancel/budget token is left out of
+    // Alice's lists, but works on the default handler; admin works on all.
+    assert_eq!(code(app.enqueue(&alice).await), "scope_missing");
+    assert_eq!(code(app.get(&job_a).await), "scope_missing");
+    assert_eq!(code(app.cancel(&job_a).await), "scope_missing");
+    assert_eq!(code(app.set_budget(&alice, 1).await), "scope_missing");
+    let job_o = app.enqueue(&other).await.unwrap();
+    app.get(&job_o).await.unwrap();
+    assert_eq!(code(a.get(&job_o).await), "scope_missing");
+    ops.get(&job_a).await.unwrap();
+    assert_eq!(ops.list(None).await.unwrap(), 3);
+    // A listing of every handler leaves out the ones whose read list
+    // leaves the caller out.
+    assert_eq!(app.list(None).await.unwrap(), 1);
+    assert_eq!(ops.get_budget(&alice).await.unwrap(), 50);
+
+    // Nothing the refused calls asked for happened.
+    assert_eq!(ops.list(Some(&alice)).await.unwrap(), 2);
+    assert_eq!(ops.get(&job_a).await.unwrap().state, "held");
+
+    // The owner cancels its own job.
+    assert_eq!(a.cancel(&job_a).await.unwrap(), "cancelled");
+
+    // The CLI signs its own DID token with --as-key.
+    let alice_file = key_file(&dir, &alice);
+    let listed = stdout_of(&run(&[
+        "job",
+        "list",
+        "--server",
+        &server.url,
+        "--as-key",
+        alice_file.to_str().unwrap(),
+        "--handler",
+        &alice.did.to_string(),
+        "--state",
+        "cancelled",
+    ]));
+    assert!(listed.contains(&hex::encode(&job_a)), "{listed}");
+    let mallory_file = key_file(&dir, &mallory);
+    let out = run(&[
+        "job",
+        "list",
+        "--server",
+        &server.url,
+        "--as-key",
+        mallory_file.to_str().unwrap(),
+        "--handler",
+        &alice.did.to_string(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scope_missing"));
+
+    // Ownership follows the key: after a rotation Alice's old key is a
+    // stranger and the new key is the owner.
+    let rotated: Attestation = next(
+        &genesis,
+        &alice,
+        Action::Rotate {
+            new_key: alice2.did.clone(),
+        },
+        Some(&alice2),
+    );
+    // Bob loses read: an update by the new key takes effect at once.
+    let mut schema = pulse_ledger::HandlerSchema::new("alices", "1.0.1", plugin.did.clone());
+    schema.access = Some(access(&[
+        (Right::Enqueue, vec![Member::Owner, bob_m.clone()]),
+        (Right::Read, vec![Member::Owner]),
+        (Right::Cancel, vec![Member::Owner]),
+        (Right::Budget, vec![Member::Owner]),
+    ]));
+    let updated = next(
+        &rotated,
+        &alice2,
+        Action::Update(Schema::Handler(schema)),
+        None,
+    );
+    for att in [&rotated, &updated] {
+        reg.submit(proto::SubmitRequest {
+            envelope: att.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    let mut a2 = caller(did_token(&dir, &alice2, &server.url));
+    assert_eq!(code(a.cancel(&job_b).await), "scope_missing");
+    assert_eq!(code(b.get(&job_b).await), "scope_missing");
+    b.enqueue(&alice).await.unwrap();
+    assert_eq!(a2.cancel(&job_b).await.unwrap(), "cancelled");
+
+    // A DID token signed for another server's log is refused here.
+    let elsewhere = stdout_of(&run(&[
+        "token",
+        "did",
+        "--key",
+        alice_file.to_str().unwrap(),
+        "--log-did",
+        &other.did.to_string(),
+    ]));
+    let mut e = caller(elsewhere.trim().to_owned());
+    let s = e.get(&job_a).await.unwrap_err();
+    assert_eq!(
+        (s.code(), reason(&s).as_str()),
+        (Code::Unauthenticated, "token_wrong_server")
+    );
+    server.stop();
+}
