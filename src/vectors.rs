@@ -408,7 +408,204 @@ pub fn generate() -> Vec<Vector> {
     );
     let hb0 = sign(&register(&hb, Schema::Handler(hs.clone()), T0), &hb);
     ledger(&mut g, &[&p0, &h0, &h1, &h2a, &h3, &h4, &hb0]);
+    did_tokens(&mut g, &other, &p, &h);
     g.out
+}
+
+/// DID tokens (spec/security.md, "DID tokens"): each vector names the
+/// server's log DID (`audience`) and the time it is checked at (`now`).
+fn did_tokens(g: &mut Gen, client: &Key, log: &Key, other_log: &Key) {
+    use crate::auth::did_token::seal;
+    use crate::auth::{DID_TOKEN_CLOCK_SKEW_MS, DidToken, MAX_DID_TOKEN_LIFETIME_MS};
+    let exp = T0 + 600_000;
+    let good = DidToken::sign(&client.sk, &log.did, T0, exp).expect("valid window");
+    let claims = |edit: &dyn Fn(&mut Map)| {
+        let mut m = Map::new();
+        m.insert("did", Value::Text(client.did.to_string()));
+        m.insert("audience", Value::Text(log.did.to_string()));
+        m.insert("issued_at", Value::Uint(T0));
+        m.insert("expires_at", Value::Uint(exp));
+        edit(&mut m);
+        m
+    };
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let Value::Map(good_map) = decode(&b64.decode(&good[4..]).expect("b64")).expect("cbor") else {
+        unreachable!("a token is a map")
+    };
+    // The good token's map with one entry replaced, its signature kept.
+    let tampered = |key: &str, value: Value| {
+        let mut m = good_map.clone();
+        set(&mut m, key, value);
+        format!("pld_{}", b64.encode(encode(&Value::Map(m))))
+    };
+    let Some(Value::Bytes(mut sig)) = good_map.get("signature").cloned() else {
+        unreachable!("a token is signed")
+    };
+    sig[0] ^= 1;
+    let flipped = tampered("signature", Value::Bytes(sig));
+    // name, description, token, audience, now, expected code.
+    type Case<'a> = (&'a str, &'a str, String, &'a Key, u64, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "valid",
+            "A token checked one second after it was issued.",
+            good.clone(),
+            log,
+            T0 + 1000,
+            None,
+        ),
+        (
+            "valid-early-by-the-clock-skew",
+            "Checked 5 minutes before its issued_at: clocks may disagree by that much.",
+            good.clone(),
+            log,
+            T0 - DID_TOKEN_CLOCK_SKEW_MS,
+            None,
+        ),
+        (
+            "valid-longest-window",
+            "A window of exactly one hour.",
+            DidToken::sign(&client.sk, &log.did, T0, T0 + MAX_DID_TOKEN_LIFETIME_MS)
+                .expect("an hour"),
+            log,
+            T0 + 1,
+            None,
+        ),
+        (
+            "not-yet-valid",
+            "Checked 5 minutes and 1 ms before its issued_at.",
+            good.clone(),
+            log,
+            T0 - DID_TOKEN_CLOCK_SKEW_MS - 1,
+            Some("token_expired"),
+        ),
+        (
+            "expired",
+            "Checked at its expires_at.",
+            good.clone(),
+            log,
+            exp,
+            Some("token_expired"),
+        ),
+        (
+            "wrong-server",
+            "A token for another server's log, checked by this one.",
+            good.clone(),
+            other_log,
+            T0 + 1000,
+            Some("token_wrong_server"),
+        ),
+        (
+            "flipped-signature-bit",
+            "The signature's first bit flipped.",
+            flipped,
+            log,
+            T0 + 1000,
+            Some("token_bad_signature"),
+        ),
+        (
+            "another-did",
+            "Another did:key put in place of the signer's.",
+            tampered("did", Value::Text(other_log.did.to_string())),
+            log,
+            T0 + 1000,
+            Some("token_bad_signature"),
+        ),
+        (
+            "window-too-long",
+            "Signed, but valid for one hour and 1 ms.",
+            seal(
+                &client.sk,
+                claims(&|m| {
+                    set(
+                        m,
+                        "expires_at",
+                        Value::Uint(T0 + MAX_DID_TOKEN_LIFETIME_MS + 1),
+                    )
+                }),
+            ),
+            log,
+            T0 + 1000,
+            Some("token_malformed"),
+        ),
+        (
+            "empty-window",
+            "Signed, but expires_at equals issued_at.",
+            seal(
+                &client.sk,
+                claims(&|m| set(m, "expires_at", Value::Uint(T0))),
+            ),
+            log,
+            T0,
+            Some("token_malformed"),
+        ),
+        (
+            "extra-key",
+            "Signed, but the map has a sixth key.",
+            seal(
+                &client.sk,
+                claims(&|m| set(m, "scope", Value::Text("admin".into()))),
+            ),
+            log,
+            T0 + 1000,
+            Some("token_malformed"),
+        ),
+        (
+            "issued-at-text",
+            "Signed, but issued_at is a text string.",
+            seal(
+                &client.sk,
+                claims(&|m| set(m, "issued_at", Value::Text(T0.to_string()))),
+            ),
+            log,
+            T0 + 1000,
+            Some("token_malformed"),
+        ),
+        (
+            "padded-base64",
+            "The good token with base64 padding added.",
+            format!("{good}="),
+            log,
+            T0 + 1000,
+            Some("token_malformed"),
+        ),
+        (
+            "operator-prefix",
+            "The good token's text with the operator tokens' plt_ prefix.",
+            good.replacen("pld_", "plt_", 1),
+            log,
+            T0 + 1000,
+            Some("token_malformed"),
+        ),
+    ];
+    for (name, description, token, audience, now, code) in cases {
+        let verdict = DidToken::verify(&token, &audience.did, now);
+        assert_eq!(
+            verdict.as_ref().err().map(|e| e.code().as_str()),
+            code,
+            "did-token vector {name} breaks another rule: {verdict:?}"
+        );
+        let expect = match verdict {
+            Ok(c) => {
+                json!({"ok": true, "did": c.did.to_string(), "issued_at": c.issued_at, "expires_at": c.expires_at})
+            }
+            Err(e) => json!({"ok": false, "code": e.code().as_str()}),
+        };
+        g.push(
+            "did-token",
+            name,
+            description,
+            json!({
+                "keys": key_json(&[client, audience]),
+                "input": token,
+                "audience": audience.did.to_string(),
+                "now": now,
+                "expect": expect,
+            }),
+            None,
+        );
+    }
 }
 
 /// Tree hashes kept in memory, for building ledger vectors.

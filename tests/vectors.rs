@@ -39,6 +39,10 @@ fn replay(name: &str, v: &Value) -> Option<ErrorCode> {
         replay_ledger(name, v);
         return None;
     }
+    if v["type"] == "did-token" {
+        replay_did_token(name, v);
+        return None;
+    }
     let expect = &v["expect"];
     let ok = expect["ok"].as_bool().expect("expect.ok");
     let want_code = expect["code"]
@@ -102,6 +106,32 @@ fn replay(name: &str, v: &Value) -> Option<ErrorCode> {
         other => panic!("{name}: unknown vector type {other}"),
     }
     want_code
+}
+
+/// DID token vectors (spec/security.md, "DID tokens").
+fn replay_did_token(name: &str, v: &Value) {
+    let audience = Did::parse(v["audience"].as_str().unwrap()).unwrap();
+    let now = v["now"].as_u64().unwrap();
+    let verdict =
+        pulse_ledger::auth::DidToken::verify(v["input"].as_str().unwrap(), &audience, now);
+    let expect = &v["expect"];
+    match verdict {
+        Ok(c) => {
+            assert_eq!(expect["ok"], true, "{name}: verified");
+            assert_eq!(expect["did"].as_str().unwrap(), c.did.to_string(), "{name}");
+            assert_eq!(expect["issued_at"].as_u64().unwrap(), c.issued_at, "{name}");
+            assert_eq!(
+                expect["expires_at"].as_u64().unwrap(),
+                c.expires_at,
+                "{name}"
+            );
+        }
+        Err(e) => assert_eq!(
+            expect["code"].as_str(),
+            Some(e.code().as_str()),
+            "{name}: {e}"
+        ),
+    }
 }
 
 /// A proof check's result against the vector's expectation.
@@ -364,7 +394,7 @@ fn every_error_code_has_a_vector_and_every_type_a_valid_one() {
     }
     let missing: Vec<_> = spec_codes().difference(&seen).cloned().collect();
     assert!(missing.is_empty(), "codes without a vector: {missing:?}");
-    for t in ["did", "attestation", "chain", "ledger"] {
+    for t in ["did", "attestation", "chain", "ledger", "did-token"] {
         assert!(valid.contains(t), "no valid {t} vector");
     }
 }

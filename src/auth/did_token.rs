@@ -65,13 +65,7 @@ impl DidToken {
             issued_at,
             expires_at,
         };
-        let mut map = claims.unsigned();
-        let signature = key.sign(&signing_message(&map));
-        map.insert("signature", Value::Bytes(signature.to_bytes().to_vec()));
-        Ok(format!(
-            "{DID_TOKEN_PREFIX}{}",
-            B64URL.encode(encode(&Value::Map(map)))
-        ))
+        Ok(seal(key, claims.unsigned()))
     }
 
     /// Checks `text` as a token for the server whose log DID is `audience`,
@@ -139,6 +133,17 @@ impl DidToken {
         map.insert("expires_at", Value::Uint(self.expires_at));
         map
     }
+}
+
+/// Signs any map as a token would be (for test vectors that break a rule
+/// other than the signature's) and returns the token text.
+pub(crate) fn seal(key: &SigningKey, mut map: Map) -> String {
+    let signature = key.sign(&signing_message(&map));
+    map.insert("signature", Value::Bytes(signature.to_bytes().to_vec()));
+    format!(
+        "{DID_TOKEN_PREFIX}{}",
+        B64URL.encode(encode(&Value::Map(map)))
+    )
 }
 
 /// [`DID_TOKEN_CONTEXT`] ‖ the canonical CBOR of the fields but `signature`.

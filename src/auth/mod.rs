@@ -6,7 +6,7 @@
 
 mod access;
 mod config;
-mod did_token;
+pub(crate) mod did_token;
 mod error;
 mod rate;
 mod scope;
