@@ -280,3 +280,132 @@ async fn registrations_cannot_take_the_room_jobs_need() {
     assert_eq!(job.state, "queued");
     server.stop();
 }
+
+/// Anyone can sign a DID token, so a DID token passes the Jobs API's
+/// header check; the bodies of DID callers share one allowance of 64 MiB.
+/// A stranger opening 40 Enqueue uploads of 8 MiB that never finish (320
+/// MiB) is cut off with `overloaded` once the allowance is held, and the
+/// server grows by about the allowance, not by the uploads.
+#[test]
+fn strangers_uploads_share_one_bounded_allowance() {
+    let dir = tempdir("exhaust-did-bodies");
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = pulse_ledger::auth::new_token().unwrap();
+    let hash = pulse_ledger::auth::TokenHash::of(&token).unwrap();
+    std::fs::write(
+        dir.join("pulse.toml"),
+        format!("[[token]]\nname = \"ops\"\nhash = \"{hash}\"\nscopes = [\"admin\"]\n"),
+    )
+    .unwrap();
+    let server = common::Serve::start(
+        &["--config", dir.join("pulse.toml").to_str().unwrap()],
+        &dir.join("data"),
+    );
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(unfinished_uploads(&server));
+    server.stop();
+}
+
+async fn unfinished_uploads(server: &common::Serve) {
+    use http_body_util::StreamBody;
+    use tonic::codegen::Bytes;
+    use tonic::codegen::Service;
+    use tonic::codegen::http;
+
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    let log = pulse_ledger::Did::parse(&common::log_info(&mut reg).await.log_did).unwrap();
+    let stranger = key("exhaust-stranger");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let did_token =
+        pulse_ledger::auth::DidToken::sign(&stranger.sk, &log, now, now + 600_000).unwrap();
+    let before = rss_kib(server.child.id());
+    const UPLOAD: usize = 8 * 1024 * 1024;
+    const CHUNK: usize = 64 * 1024;
+    let mut answers = Vec::new();
+    let mut channels = Vec::new();
+    for _ in 0..40 {
+        // A connection each: no one connection's window holds them back.
+        let mut channel = tonic::transport::Endpoint::from_shared(server.url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        // One gRPC message announced at 15 MiB, 8 MiB of it sent, the rest
+        // never.
+        let mut prefix = vec![0u8];
+        prefix.extend_from_slice(&(15u32 * 1024 * 1024).to_be_bytes());
+        let frames = std::iter::once(prefix)
+            .chain(std::iter::repeat_n(vec![0x0a; CHUNK], UPLOAD / CHUNK))
+            .map(|b| Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(b))));
+        let body = StreamBody::new(tokio_stream::StreamExt::chain(
+            tokio_stream::iter(frames),
+            tokio_stream::pending(),
+        ));
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("{}/pulse_ledger.v1.Jobs/Enqueue", server.url))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {did_token}"))
+            .body(tonic::body::Body::new(body))
+            .unwrap();
+        std::future::poll_fn(|cx| channel.poll_ready(cx))
+            .await
+            .unwrap();
+        let call = channel.call(request);
+        answers.push(tokio::spawn(async move {
+            let response = call.await.unwrap();
+            let status =
+                |h: &http::HeaderMap| h.get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+            match status(response.headers()) {
+                Some(s) => (s, response.headers().clone()),
+                None => {
+                    use http_body_util::BodyExt;
+                    let trailers = response
+                        .into_body()
+                        .collect()
+                        .await
+                        .unwrap()
+                        .trailers()
+                        .cloned();
+                    let t = trailers.unwrap_or_default();
+                    (status(&t).unwrap_or_default(), t)
+                }
+            }
+        }));
+        channels.push(channel);
+    }
+    // Let the uploads arrive.
+    let mut peak = 0;
+    for _ in 0..30 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        peak = peak.max(rss_kib(server.child.id()));
+    }
+    let mut overloaded = 0;
+    for a in answers {
+        if let Ok(Ok((status, headers))) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), a).await
+        {
+            assert_eq!(status, "8", "{headers:?}");
+            let message = headers.get("grpc-message").unwrap().to_str().unwrap();
+            assert!(message.starts_with("overloaded"), "{message}");
+            overloaded += 1;
+        }
+    }
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    assert!(
+        overloaded >= 20,
+        "only {overloaded} of 40 uploads (320 MiB) were cut off"
+    );
+    assert!(
+        grown_mib < 160,
+        "40 unfinished uploads grew the server by {grown_mib} MiB"
+    );
+}

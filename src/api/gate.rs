@@ -1,7 +1,9 @@
 //! The Jobs API's access check on the request's headers, before its body
 //! is read (spec/security.md, "Who may do what"): a caller without a
 //! token, or whose token cannot make the call at all, is answered at once
-//! and its request body — up to 16 MiB — is never read or held.
+//! and its request body — up to 16 MiB — is never read or held. A DID
+//! token passes (anyone may own a handler), so the bodies of DID callers
+//! draw on one shared allowance of bytes ([`BodyBudget`]).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,6 +13,7 @@ use tonic::codegen::http::{Request, Response};
 use tonic::server::NamedService;
 use tonic::transport::server::TcpConnectInfo;
 
+use super::body_budget::BodyBudget;
 use super::status::auth_status;
 use crate::auth::AccessCell;
 
@@ -19,11 +22,16 @@ use crate::auth::AccessCell;
 pub(crate) struct Gate<S> {
     inner: S,
     access: Arc<AccessCell>,
+    bodies: BodyBudget,
 }
 
 impl<S> Gate<S> {
-    pub(crate) fn new(inner: S, access: Arc<AccessCell>) -> Gate<S> {
-        Gate { inner, access }
+    pub(crate) fn new(inner: S, access: Arc<AccessCell>, bodies: BodyBudget) -> Gate<S> {
+        Gate {
+            inner,
+            access,
+            bodies,
+        }
     }
 }
 
@@ -31,9 +39,9 @@ impl<S: NamedService> NamedService for Gate<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, ReqBody> Service<Request<ReqBody>> for Gate<S>
+impl<S> Service<Request<tonic::body::Body>> for Gate<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<tonic::body::Body>>,
+    S: Service<Request<tonic::body::Body>, Response = Response<tonic::body::Body>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -46,24 +54,33 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
         let method = req.uri().path().rsplit('/').next().unwrap_or_default();
         let header = req.headers().get("authorization").map(|v| v.as_bytes());
         let verdict = self
             .access
             .authenticate(header)
-            .and_then(|g| g.may_call(method));
-        if let Err(e) = verdict {
-            let peer = req
-                .extensions()
-                .get::<TcpConnectInfo>()
-                .and_then(TcpConnectInfo::remote_addr);
-            self.access.refused(&e, peer);
-            // Answered without reading the body: dropping the request
-            // resets the stream's upload.
-            let response = auth_status(&e).into_http();
-            return Box::pin(async move { Ok(response) });
-        }
+            .and_then(|g| g.may_call(method).map(|()| g));
+        let stranger = match verdict {
+            Ok(g) => g.did().is_some(),
+            Err(e) => {
+                let peer = req
+                    .extensions()
+                    .get::<TcpConnectInfo>()
+                    .and_then(TcpConnectInfo::remote_addr);
+                self.access.refused(&e, peer);
+                // Answered without reading the body: dropping the request
+                // resets the stream's upload.
+                let response = auth_status(&e).into_http();
+                return Box::pin(async move { Ok(response) });
+            }
+        };
+        // The bodies of DID callers draw on the shared allowance.
+        let req = if stranger {
+            req.map(|b| self.bodies.hold(b))
+        } else {
+            req
+        };
         let fut = self.inner.call(req);
         Box::pin(fut)
     }

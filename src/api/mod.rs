@@ -2,6 +2,7 @@
 //! client SDK), the registry service over the ledger, and the server.
 
 mod bearer;
+mod body_budget;
 mod gate;
 pub mod incoming;
 mod jobs;

@@ -507,6 +507,7 @@ pub async fn serve(
         .add_service(super::normalize::Normalize::new(super::gate::Gate::new(
             jobs,
             Arc::clone(&access),
+            super::body_budget::BodyBudget::new(super::body_budget::DID_BODY_BYTES),
         )))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await;
