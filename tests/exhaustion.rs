@@ -409,3 +409,114 @@ async fn unfinished_uploads(server: &common::Serve) {
         "40 unfinished uploads grew the server by {grown_mib} MiB"
     );
 }
+
+/// A connection with no call in flight for `idle_timeout_ms` is closed;
+/// one holding a stream open is not, however long the stream is quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_streams_keep_theirs_open() {
+    let dir = tempdir("exhaust-idle");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pulse.toml"), "idle_timeout_ms = 1000\n").unwrap();
+    let server = common::Serve::start(
+        &[
+            "--config",
+            dir.join("pulse.toml").to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &dir.join("data"),
+    );
+    // One call, then nothing: closed after a second.
+    let mut idle = RegistryClient::connect(server.url.clone()).await.unwrap();
+    common::log_info(&mut idle).await;
+    // A stream that waits for entries that do not come yet.
+    let mut watcher = RegistryClient::connect(server.url.clone()).await.unwrap();
+    let mut stream = watcher
+        .watch_entries(proto::WatchEntriesRequest { start: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    server
+        .metric_reaches("pulse_ledger_connections_refused_total{reason=\"idle\"}", 1)
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        server
+            .metric("pulse_ledger_connections_refused_total{reason=\"idle\"}")
+            .await,
+        1,
+        "the watching connection was closed too"
+    );
+    // The quiet stream still works: an entry submitted now reaches it.
+    let mut submitter = RegistryClient::connect(server.url.clone()).await.unwrap();
+    submitter
+        .submit(proto::SubmitRequest {
+            envelope: plugin_register(&key("idle-p"), "p").envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(stream.message().await.unwrap().unwrap().index, 0);
+    // The closed client reconnects on its next call.
+    common::log_info(&mut idle).await;
+    drop((stream, watcher));
+    server.stop();
+}
+
+/// One client holds at most `max_streams_per_client` calls open over all
+/// its connections; the next is refused `too_many_streams` until one ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holds_a_bounded_number_of_calls() {
+    let dir = tempdir("exhaust-streams");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("pulse.toml"),
+        "max_streams_per_client = 4\nrate_limit_loopback = true\nallow_unauthenticated = true\n",
+    )
+    .unwrap();
+    let server = common::Serve::start(
+        &[
+            "--config",
+            dir.join("pulse.toml").to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &dir.join("data"),
+    );
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        // A connection each: the cap is per client, not per connection.
+        let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+        let s = reg
+            .watch_entries(proto::WatchEntriesRequest { start: 0 })
+            .await
+            .unwrap()
+            .into_inner();
+        held.push((reg, s));
+    }
+    let mut other = RegistryClient::connect(server.url.clone()).await.unwrap();
+    let e = other
+        .get_log_info(proto::GetLogInfoRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(common::reason(&e), "too_many_streams");
+    assert_eq!(server.metric("pulse_ledger_streams_refused_total").await, 1);
+    // One stream ends: its place is free again.
+    drop(held.pop());
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match other.get_log_info(proto::GetLogInfoRequest {}).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(common::reason(&e), "too_many_streams");
+                assert!(
+                    std::time::Instant::now() < until,
+                    "the place never came back"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+    drop(held);
+    server.stop();
+}

@@ -983,3 +983,63 @@ async fn reads_are_rate_limited_per_client() {
     submit(&mut reg, &plugin_register(&key("reads-p"), "p")).await;
     server.stop();
 }
+
+/// Issue 17, item 5: `token revoke` takes a token out of force at once,
+/// with no reload, and for good: neither a reload of a config that still
+/// has its table nor a restart brings it back. Only admin may revoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_revoked_at_once_and_for_good() {
+    let dir = tempdir("security-revoke");
+    let (ops, ops_table) = token("ops", &["admin"]);
+    let (ci, ci_table) = token("ci", &["read"]);
+    let config = write_config(&dir, &format!("{ops_table}{ci_table}"));
+    let data = dir.join("data");
+    let args = [
+        "--config",
+        config.as_str(),
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let server = Serve::start(&args, &data);
+    let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+    let list = |t: &str| with_token(proto::ListJobsRequest::default(), t);
+    jobs.list_jobs(list(&ci)).await.unwrap();
+    let revoke = |name: &str, with: &str| {
+        run(
+            &["token", "revoke", "--name", name, "--server", &server.url],
+            &[("PULSE_LEDGER_TOKEN", with)],
+        )
+    };
+    // Not by a token without admin, and not a token that is not there.
+    let out = revoke("ops", &ci);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("scope_missing"));
+    let out = revoke("nobody", &ops);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("token_not_found"));
+    jobs.list_jobs(list(&ci)).await.unwrap();
+
+    let out = revoke("ci", &ops);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.starts_with("revoked blake3:"), "{printed}");
+    let refusal =
+        |r: Result<tonic::Response<proto::ListJobsResponse>, Status>| reason(&r.unwrap_err());
+    assert_eq!(refusal(jobs.list_jobs(list(&ci)).await), "token_unknown");
+    jobs.list_jobs(list(&ops)).await.unwrap();
+    // The config still holds its table: a reload does not bring it back.
+    hup(&server);
+    server.metric_reaches(RELOADS_APPLIED, 1).await;
+    assert_eq!(refusal(jobs.list_jobs(list(&ci)).await), "token_unknown");
+    server.stop();
+    // Nor does a restart.
+    let server = Serve::start(&args, &data);
+    let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+    assert_eq!(refusal(jobs.list_jobs(list(&ci)).await), "token_unknown");
+    jobs.list_jobs(list(&ops)).await.unwrap();
+    server.stop();
+}

@@ -1138,3 +1138,48 @@ async fn finished_jobs_are_pruned_after_the_retention() {
     );
     assert_eq!(server.stop(), 0);
 }
+
+/// A stream that never ends by itself (a log watcher) does not keep a
+/// stopping server alive: after `drain_grace_ms` its connection is
+/// closed, the watcher sees the stream fail, and the server exits 0 with
+/// every acknowledged entry kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_closes_streams_after_the_drain_grace() {
+    let dir = tempdir("server-drain");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("pulse.toml");
+    std::fs::write(&config, "drain_grace_ms = 300\n").unwrap();
+    let data = dir.join("data");
+    let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let mut c = server.client().await;
+    c.submit(proto::SubmitRequest {
+        envelope: plugin_register(&key("drain-p"), "p").envelope().to_vec(),
+    })
+    .await
+    .unwrap();
+    let mut watcher = server.client().await;
+    let mut stream = watcher
+        .watch_entries(proto::WatchEntriesRequest { start: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.message().await.unwrap().unwrap().index, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(server.stop()).unwrap());
+    // A bound against hanging, not a timing the test relies on.
+    let status = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the server never stopped with a watcher connected");
+    assert_eq!(status, 0);
+    assert!(stream.message().await.is_err(), "the stream ended cleanly");
+    let server = Server::start(&data);
+    let info = server
+        .client()
+        .await
+        .get_log_info(proto::GetLogInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.size, 1);
+    assert_eq!(server.stop(), 0);
+}

@@ -5,7 +5,8 @@
 //! number of idle sockets can starve the log of descriptors.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use super::streams::{Activity, Streams};
 
 /// File descriptors kept for storage, plugins and the metrics endpoint,
 /// below the limit: connections never take them.
@@ -44,6 +47,8 @@ pub struct Admission {
     pub tls: bool,
     /// Whether loopback clients count against `max_per_client`.
     pub limit_loopback: bool,
+    /// Time a connection may stay open with no call in flight.
+    pub idle: Duration,
 }
 
 /// Connection counters, for the metrics endpoint.
@@ -53,6 +58,7 @@ pub struct ConnectionCounters {
     refused_total: AtomicU64,
     refused_client: AtomicU64,
     silent: AtomicU64,
+    idle: AtomicU64,
 }
 
 impl ConnectionCounters {
@@ -74,6 +80,12 @@ impl ConnectionCounters {
     /// Connections closed because they did not start speaking in time.
     pub fn silent(&self) -> u64 {
         self.silent.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed because no call was in flight for the idle
+    /// timeout.
+    pub fn idle(&self) -> u64 {
+        self.idle.load(Ordering::Relaxed)
     }
 }
 
@@ -110,7 +122,7 @@ pub fn connections_for(fd_limit: u64, wanted: usize) -> usize {
 
 /// The client a connection counts against: an IPv4 address, or an IPv6
 /// /64 (one host usually holds a whole /64).
-fn client_of(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -181,10 +193,49 @@ impl Slots {
     }
 }
 
-/// An admitted connection: the socket and its slot.
+/// An admitted connection: the socket, its slot, and what closes it once
+/// it has had no call in flight for the idle timeout.
 pub struct Admitted {
     stream: TcpStream,
     _slot: Slot,
+    quiet: Quiet,
+}
+
+/// The idle rule of one connection.
+struct Quiet {
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    streams: Arc<Streams>,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    counters: Arc<ConnectionCounters>,
+}
+
+impl Quiet {
+    /// Whether the connection has been quiet long enough to close; if not,
+    /// the timer is set for when it might be and registered with `cx`.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let wait = match self.activity.quiet_for() {
+                Some(q) if q >= self.idle => {
+                    self.counters.idle.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Some(q) => self.idle - q,
+                None => self.idle,
+            };
+            self.timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + wait);
+        }
+        false
+    }
+}
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        self.streams.disconnected(self.peer);
+    }
 }
 
 impl Connected for Admitted {
@@ -197,11 +248,16 @@ impl Connected for Admitted {
 
 impl AsyncRead for Admitted {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.quiet.expired(cx) {
+            // End of input: the HTTP/2 stack closes the connection.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
@@ -259,9 +315,10 @@ async fn starts_speaking(stream: &TcpStream, need: usize, deadline: Duration) ->
 
 /// The admitted connections of `listener`, for tonic's
 /// `serve_with_incoming`, and their counters.
-pub fn admit(
+pub(crate) fn admit(
     listener: TcpListener,
     admission: Admission,
+    streams: Arc<Streams>,
 ) -> (
     ReceiverStream<std::io::Result<Admitted>>,
     Arc<ConnectionCounters>,
@@ -297,13 +354,23 @@ pub fn admit(
             let _ = stream.set_nodelay(true);
             let tx = tx.clone();
             let counters = Arc::clone(&slots.counters);
+            let streams = Arc::clone(&streams);
             tokio::spawn(async move {
                 let need = if admission.tls { 5 } else { 24 };
                 if starts_speaking(&stream, need, admission.handshake).await {
+                    let quiet = Quiet {
+                        peer,
+                        activity: streams.connected(peer),
+                        streams,
+                        idle: admission.idle,
+                        timer: Box::pin(tokio::time::sleep(admission.idle)),
+                        counters,
+                    };
                     let _ = tx
                         .send(Ok(Admitted {
                             stream,
                             _slot: slot,
+                            quiet,
                         }))
                         .await;
                 } else {

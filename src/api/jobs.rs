@@ -766,4 +766,28 @@ impl Jobs for JobsService {
             .await?;
         Ok(Response::new(proto::SetBudgetResponse {}))
     }
+
+    async fn revoke_token(
+        &self,
+        request: Request<proto::RevokeTokenRequest>,
+    ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
+        let grant = self.grant(&request)?;
+        let peer = request.remote_addr();
+        if !grant.is_admin() {
+            let e = AuthError::new(
+                AuthCode::ScopeMissing,
+                format!("{} lacks the admin scope this call needs", grant.name()),
+            );
+            return Err(self.refuse(&e, peer));
+        }
+        let name = request.into_inner().name;
+        let access = Arc::clone(&self.access);
+        let hash = tokio::task::spawn_blocking(move || access.revoke(&name))
+            .await
+            .map_err(|e| Status::internal(format!("internal: a worker failed: {e}")))?
+            .map_err(|e| status(Code::NotFound, "token_not_found", e))?;
+        Ok(Response::new(proto::RevokeTokenResponse {
+            hash: hash.to_string(),
+        }))
+    }
 }

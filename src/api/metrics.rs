@@ -32,6 +32,7 @@ pub struct Metrics {
     pulse: OnceLock<Arc<crate::pulse::PulseCounters>>,
     access: OnceLock<Arc<crate::auth::AccessCell>>,
     connections: OnceLock<Arc<super::incoming::ConnectionCounters>>,
+    streams: OnceLock<Arc<super::streams::Streams>>,
 }
 
 impl Metrics {
@@ -74,6 +75,11 @@ impl Metrics {
     /// Shows the connection counters too.
     pub(crate) fn watch_connections(&self, c: Arc<super::incoming::ConnectionCounters>) {
         let _ = self.connections.set(c);
+    }
+
+    /// Shows the calls refused for their client's stream cap too.
+    pub(crate) fn watch_streams(&self, s: Arc<super::streams::Streams>) {
+        let _ = self.streams.set(s);
     }
 
     /// Shows the refused callers of the jobs API too.
@@ -165,19 +171,28 @@ impl Metrics {
             let _ = writeln!(out, "pulse_ledger_connections_open {}", c.open());
             let _ = writeln!(
                 out,
-                "# HELP pulse_ledger_connections_refused_total Connections closed at once (server_full, client_full) or for not speaking in time (silent)."
+                "# HELP pulse_ledger_connections_refused_total Connections closed at once (server_full, client_full), for not speaking in time (silent), or for having no call in flight for the idle timeout (idle)."
             );
             let _ = writeln!(out, "# TYPE pulse_ledger_connections_refused_total counter");
             for (reason, n) in [
                 ("server_full", c.refused_total()),
                 ("client_full", c.refused_client()),
                 ("silent", c.silent()),
+                ("idle", c.idle()),
             ] {
                 let _ = writeln!(
                     out,
                     "pulse_ledger_connections_refused_total{{reason=\"{reason}\"}} {n}"
                 );
             }
+        }
+        if let Some(s) = self.streams.get() {
+            let _ = writeln!(
+                out,
+                "# HELP pulse_ledger_streams_refused_total Calls refused because their client held max_streams_per_client open (too_many_streams)."
+            );
+            let _ = writeln!(out, "# TYPE pulse_ledger_streams_refused_total counter");
+            let _ = writeln!(out, "pulse_ledger_streams_refused_total {}", s.refused());
         }
         if let Some(a) = self.access.get() {
             let _ = writeln!(

@@ -12,6 +12,7 @@ mod read_limit;
 mod registry;
 mod server;
 mod status;
+pub mod streams;
 pub mod tls;
 
 pub use bearer::{AuthedChannel, Bearer};
@@ -19,9 +20,10 @@ pub use jobs::JobsService;
 pub use metrics::Metrics;
 pub use registry::RegistryService;
 pub use server::{
-    DEFAULT_JOB_RETENTION_HOURS, DEFAULT_READ_BURST, DEFAULT_READ_RATE, DEFAULT_SUBMIT_BURST,
-    DEFAULT_SUBMIT_RATE, MAX_JOBS_REQUEST_BYTES, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
-    MAX_STREAMS_PER_CONNECTION, REFUSAL_RULES, ServeConfig, ServeError, serve,
+    DEFAULT_DRAIN_GRACE_MS, DEFAULT_JOB_RETENTION_HOURS, DEFAULT_READ_BURST, DEFAULT_READ_RATE,
+    DEFAULT_SUBMIT_BURST, DEFAULT_SUBMIT_RATE, MAX_JOBS_REQUEST_BYTES, MAX_REQUEST_BYTES,
+    MAX_RESPONSE_BYTES, MAX_STREAMS_PER_CONNECTION, REFUSAL_RULES, REVOKED_TOKENS_FILE,
+    ServeConfig, ServeError, serve,
 };
 pub use status::{ERROR_DOMAIN, to_status};
 

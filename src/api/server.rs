@@ -96,6 +96,14 @@ pub struct ServeConfig {
     pub max_connections_per_client: usize,
     /// Time a new connection has to start speaking (HTTP/2 preface or TLS).
     pub handshake_timeout_ms: u64,
+    /// Most calls one client holds open at once over all its connections
+    /// (loopback exempt unless `rate_limit_loopback`).
+    pub max_streams_per_client: usize,
+    /// Time a connection may stay open with no call in flight.
+    pub idle_timeout_ms: u64,
+    /// Time a stopping server waits for calls in flight before it closes
+    /// the connections that still hold some.
+    pub drain_grace_ms: u64,
 }
 
 /// Default submissions per second per client address.
@@ -147,6 +155,9 @@ impl ServeConfig {
             max_connections: super::incoming::DEFAULT_MAX_CONNECTIONS,
             max_connections_per_client: super::incoming::DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             handshake_timeout_ms: super::incoming::DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            max_streams_per_client: super::streams::DEFAULT_MAX_STREAMS_PER_CLIENT,
+            idle_timeout_ms: super::streams::DEFAULT_IDLE_TIMEOUT_MS,
+            drain_grace_ms: DEFAULT_DRAIN_GRACE_MS,
         }
     }
 }
@@ -360,9 +371,16 @@ fn security(config: &ServeConfig) -> Result<(crate::auth::Access, Server), Serve
     Ok((access, builder))
 }
 
+/// The data dir's file of tokens revoked with `token revoke`.
+pub const REVOKED_TOKENS_FILE: &str = "revoked-tokens";
+
+/// Default time a stopping server waits for calls in flight before it
+/// closes the connections that still hold some (streams that never end).
+pub const DEFAULT_DRAIN_GRACE_MS: u64 = 10_000;
+
 /// Opens the ledger and serves until `shutdown` resolves; then stops
-/// accepting, finishes in-flight requests, lets the writer commit what is
-/// queued, and returns. `on_ready` is called with the bound addresses.
+/// accepting, finishes in-flight requests (for at most `drain_grace_ms`),
+/// lets the writer commit what is queued, and returns. `on_ready` is called with the bound addresses.
 ///
 /// # Errors
 /// The ledger refuses to open, a socket cannot be bound, or the transport
@@ -418,15 +436,21 @@ pub async fn serve(
         handshake: std::time::Duration::from_millis(config.handshake_timeout_ms.max(1)),
         tls: config.tls.is_some(),
         limit_loopback: config.rate_limit_loopback,
+        idle: std::time::Duration::from_millis(config.idle_timeout_ms.max(1)),
     };
+    let streams = Arc::new(super::streams::Streams::new(
+        config.max_streams_per_client,
+        config.rate_limit_loopback,
+    ));
     tracing::info!(
         fd_limit,
         max_connections = admission.max_total,
         per_client = admission.max_per_client,
         "connection bounds"
     );
-    let (incoming, connections) = super::incoming::admit(listener, admission);
+    let (incoming, connections) = super::incoming::admit(listener, admission, Arc::clone(&streams));
     metrics.watch_connections(connections);
+    metrics.watch_streams(Arc::clone(&streams));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -446,7 +470,12 @@ pub async fn serve(
     if access.is_open() {
         tracing::warn!(listen = %local, "no [[token]] configured: the Jobs API is open to every client that can connect");
     }
-    let mut access = crate::auth::AccessCell::new(access);
+    let revoked = crate::auth::RevokedTokens::open(config.data_dir.join(REVOKED_TOKENS_FILE))
+        .map_err(|e| ServeError::Refused {
+            rule: "bad_token_config",
+            message: e,
+        })?;
+    let mut access = crate::auth::AccessCell::new(access).with_revocations(revoked);
     if config.did_tokens {
         access = access.with_did_tokens(ledger.log_did().clone());
     }
@@ -493,12 +522,27 @@ pub async fn serve(
         "serving"
     );
     on_ready(local, metrics_addr, &ledger);
-    let result = builder
+    // Shutdown stops accepting and lets calls in flight finish, but a
+    // stream (a log watcher, a job watcher) may never finish by itself:
+    // after the drain grace the connections still open are closed.
+    let (stopping, stop_seen) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    };
+    let mut grace_seen = stop_seen.clone();
+    let drain = std::time::Duration::from_millis(config.drain_grace_ms);
+    let grace = async move {
+        let _ = grace_seen.wait_for(|s| *s).await;
+        tokio::time::sleep(drain).await;
+    };
+    let serving = builder
         .tcp_nodelay(true)
         // Bounded per-connection work: a client cannot open unlimited
         // concurrent streams (each WatchEntries holds a bounded buffer).
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .layer(super::streams::StreamLayer(streams))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(super::normalize::Normalize::new(
@@ -509,8 +553,18 @@ pub async fn serve(
             Arc::clone(&access),
             super::body_budget::BodyBudget::new(super::body_budget::DID_BODY_BYTES),
         )))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(incoming, signal);
+    let result = tokio::select! {
+        r = serving => r,
+        () = grace => {
+            tracing::warn!(
+                drain_grace_ms = drain.as_millis() as u64,
+                "calls still open after the drain grace (streams): closing their connections"
+            );
+            Ok(())
+        }
+    };
+    drop(stop_seen);
     // The dispatcher stops first, so plugins going away are not recorded
     // as crashes now (attempts still running are recovered as interrupted
     // on the next start: no attempt used, not a crash); then plugins get

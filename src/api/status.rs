@@ -94,7 +94,7 @@ pub(crate) fn auth_status(e: &crate::auth::AuthError) -> Status {
         | AuthCode::TokenWrongServer
         | AuthCode::TokenBadSignature => Code::Unauthenticated,
         AuthCode::ScopeMissing => Code::PermissionDenied,
-        AuthCode::RateLimited => Code::ResourceExhausted,
+        AuthCode::RateLimited | AuthCode::TooManyStreams => Code::ResourceExhausted,
     };
     let mut details =
         ErrorDetails::with_error_info(e.code().as_str(), ERROR_DOMAIN, HashMap::new());

@@ -174,6 +174,65 @@ pub struct AccessCell {
     /// expiry: a client sends the same token on every call, and checking
     /// its signature each time would cost more than the call.
     verified: std::sync::Mutex<VerifiedTokens>,
+    /// Tokens revoked for good, and where they are kept.
+    revoked: std::sync::Mutex<RevokedTokens>,
+}
+
+/// Tokens revoked with `token revoke`: their hashes, kept one per line in
+/// a file of the data dir so a reload or restart cannot bring them back.
+#[derive(Debug, Default)]
+pub struct RevokedTokens {
+    hashes: std::collections::HashSet<TokenHash>,
+    file: Option<std::path::PathBuf>,
+}
+
+impl RevokedTokens {
+    /// The revocations kept in `file` (none if it does not exist yet).
+    ///
+    /// # Errors
+    /// The file cannot be read, or a line is not `blake3:` and 64 hex digits.
+    pub fn open(file: std::path::PathBuf) -> Result<RevokedTokens, String> {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(format!("{}: {e}", file.display())),
+        };
+        let hashes = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| TokenHash::parse(l.trim()).map_err(|e| format!("{}: {e}", file.display())))
+            .collect::<Result<_, _>>()?;
+        Ok(RevokedTokens {
+            hashes,
+            file: Some(file),
+        })
+    }
+
+    /// Adds `hash`, appended to the file and synced first.
+    fn add(&mut self, hash: TokenHash) -> Result<(), String> {
+        if let Some(file) = &self.file {
+            let append = || -> std::io::Result<()> {
+                use std::io::Write;
+                let existed = file.exists();
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(file)?;
+                writeln!(f, "{hash}")?;
+                f.sync_all()?;
+                if !existed {
+                    // A new file's name is only durable once its directory is.
+                    if let Some(dir) = file.parent() {
+                        std::fs::File::open(dir)?.sync_all()?;
+                    }
+                }
+                Ok(())
+            };
+            append().map_err(|e| format!("{}: {e}", file.display()))?;
+        }
+        self.hashes.insert(hash);
+        Ok(())
+    }
 }
 
 /// Verified DID tokens by blake3 of their text: the grant and its expiry.
@@ -195,6 +254,7 @@ impl AccessCell {
             logged: std::sync::Mutex::new((None, 0)),
             audience: None,
             verified: std::sync::Mutex::default(),
+            revoked: std::sync::Mutex::default(),
         }
     }
 
@@ -279,9 +339,41 @@ impl AccessCell {
         Arc::clone(&self.rule.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Puts `access` in force for every call from now on.
+    /// Puts `access` in force for every call from now on, less the tokens
+    /// revoked for good.
     pub fn replace(&self, access: Access) {
+        let revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        let access = access.without(&revoked.hashes);
         *self.rule.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
+    }
+
+    /// Keeps revocations in `revoked` (a data dir's file) and takes out,
+    /// from now on, the tokens it already names.
+    pub fn with_revocations(self, revoked: RevokedTokens) -> AccessCell {
+        *self.revoked.lock().unwrap_or_else(|p| p.into_inner()) = revoked;
+        let current = (*self.current()).clone();
+        self.replace(current);
+        self
+    }
+
+    /// Revokes the token named `name` at once and for good: written to the
+    /// revocation file (synced) before it is taken out of force.
+    ///
+    /// # Errors
+    /// No token of that name is in force, or the file cannot be written.
+    pub fn revoke(&self, name: &str) -> Result<TokenHash, String> {
+        let hash = match &*self.current() {
+            Access::Open => None,
+            Access::Tokens(t) => t.iter().find(|(_, g)| g.name == name).map(|(h, _)| *h),
+        }
+        .ok_or_else(|| format!("no token named {name:?} is in force"))?;
+        let mut revoked = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        revoked.add(hash)?;
+        let access = self.current().without(&revoked.hashes);
+        *self.rule.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(access);
+        drop(revoked);
+        tracing::warn!(token = name, %hash, "token revoked; remove its [[token]] table when convenient");
+        Ok(hash)
     }
 }
 
@@ -320,6 +412,29 @@ impl Access {
             }
         }
         Ok(Access::Tokens(by_hash))
+    }
+
+    /// The same access without the tokens whose hashes are in `revoked`
+    /// (logged, so an operator sees a table that no longer counts).
+    fn without(&self, revoked: &std::collections::HashSet<TokenHash>) -> Access {
+        match self {
+            Access::Open => Access::Open,
+            Access::Tokens(t) => Access::Tokens(
+                t.iter()
+                    .filter(|(h, g)| {
+                        let keep = !revoked.contains(h);
+                        if !keep {
+                            tracing::warn!(
+                                token = g.name(),
+                                "this [[token]] table names a revoked token; it is not in force"
+                            );
+                        }
+                        keep
+                    })
+                    .map(|(h, g)| (*h, Arc::clone(g)))
+                    .collect(),
+            ),
+        }
     }
 
     /// Whether every caller may do everything.

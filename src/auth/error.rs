@@ -19,11 +19,13 @@ pub enum AuthCode {
     ScopeMissing,
     /// The client sent more than its rate allows.
     RateLimited,
+    /// The client holds its most calls open at once.
+    TooManyStreams,
 }
 
 impl AuthCode {
     /// Every code, for tables and tests.
-    pub const ALL: [AuthCode; 8] = [
+    pub const ALL: [AuthCode; 9] = [
         AuthCode::TokenMissing,
         AuthCode::TokenMalformed,
         AuthCode::TokenUnknown,
@@ -32,6 +34,7 @@ impl AuthCode {
         AuthCode::TokenBadSignature,
         AuthCode::ScopeMissing,
         AuthCode::RateLimited,
+        AuthCode::TooManyStreams,
     ];
 
     /// The code as it appears in messages and `ErrorInfo.reason`.
@@ -45,6 +48,7 @@ impl AuthCode {
             AuthCode::TokenBadSignature => "token_bad_signature",
             AuthCode::ScopeMissing => "scope_missing",
             AuthCode::RateLimited => "rate_limited",
+            AuthCode::TooManyStreams => "too_many_streams",
         }
     }
 }

@@ -12,7 +12,7 @@ mod rate;
 mod scope;
 mod token;
 
-pub use access::{Access, AccessCell, Grant, TokenRule};
+pub use access::{Access, AccessCell, Grant, RevokedTokens, TokenRule};
 pub use config::{TokenTable, read_token_rules};
 pub use did_token::{
     DID_TOKEN_CLOCK_SKEW_MS, DID_TOKEN_CONTEXT, DID_TOKEN_PREFIX, DidToken, MAX_DID_TOKEN_CHARS,

@@ -376,6 +376,13 @@ pub(crate) fn call_failed(status: &tonic::Status) -> CliError {
         && (message.contains("transport error")
             || message.contains("operation was canceled")
             || message.starts_with("h2 protocol error"));
+    if from_transport && message.contains("reading a body") {
+        // Mid-stream: the server went away (stopped, or closed an idle
+        // connection), not a TLS mismatch.
+        return CliError::Unreachable(format!(
+            "the server closed the connection during the call ({message}); it may have stopped: try again"
+        ));
+    }
     if from_transport {
         return CliError::Unreachable(format!(
             "the connection failed ({message}): a TLS server needs an https:// URL (and --ca for a private CA); one that requires client certificates needs --client-cert and --client-key"

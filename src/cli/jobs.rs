@@ -166,12 +166,12 @@ pub(crate) enum BudgetCmd {
 }
 
 /// A jobs client and the deadline of each of its calls.
-struct Jobs {
-    rpc: JobsClient<AuthedChannel>,
-    deadline: Deadline,
+pub(crate) struct Jobs {
+    pub(crate) rpc: JobsClient<AuthedChannel>,
+    pub(crate) deadline: Deadline,
 }
 
-async fn connect(server: &ServerArg) -> Result<Jobs, CliError> {
+pub(crate) async fn connect(server: &ServerArg) -> Result<Jobs, CliError> {
     // The token's transport is checked before anything is dialed.
     server.bearer()?;
     let channel = server.channel().await?;

@@ -36,7 +36,8 @@ cancel_grace_ms, plugin_health_interval_ms, tls_cert, tls_key,
 tls_client_ca, allow_plaintext, allow_unauthenticated, did_tokens, submit_rate,
 submit_burst, read_rate, read_burst, rate_limit_loopback, min_free_mb, log_reserve_mb,
 write_queue_depth,
-max_connections, max_connections_per_client, handshake_timeout_ms, one [[plugin]]
+max_connections, max_connections_per_client, handshake_timeout_ms,
+max_streams_per_client, idle_timeout_ms, drain_grace_ms, one [[plugin]]
 table per plugin and one
 [[token]] table per bearer token (pulse-ledger token create prints it):
 
@@ -163,6 +164,9 @@ struct FileConfig {
     max_connections: Option<usize>,
     max_connections_per_client: Option<usize>,
     handshake_timeout_ms: Option<u64>,
+    max_streams_per_client: Option<usize>,
+    idle_timeout_ms: Option<u64>,
+    drain_grace_ms: Option<u64>,
     #[serde(default)]
     plugin: Vec<PluginTable>,
     #[serde(default)]
@@ -421,6 +425,19 @@ impl Args {
                 file.handshake_timeout_ms,
                 crate::api::incoming::DEFAULT_HANDSHAKE_TIMEOUT_MS,
             )?,
+            max_streams_per_client: positive(
+                "max_streams_per_client",
+                file.max_streams_per_client,
+                crate::api::streams::DEFAULT_MAX_STREAMS_PER_CLIENT,
+            )?,
+            idle_timeout_ms: positive(
+                "idle_timeout_ms",
+                file.idle_timeout_ms,
+                crate::api::streams::DEFAULT_IDLE_TIMEOUT_MS,
+            )?,
+            drain_grace_ms: file
+                .drain_grace_ms
+                .unwrap_or(crate::api::DEFAULT_DRAIN_GRACE_MS),
         })
     }
 }

@@ -70,6 +70,23 @@ Job commands can sign their own with --as-key KEYFILE.")]
         #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=60))]
         minutes: u64,
     },
+    /// Revoke an operator token at once, without a reload or restart.
+    #[command(after_help = "\
+Example:
+  PULSE_LEDGER_TOKEN=plt_...admin... pulse-ledger token revoke --name ci
+
+Needs an admin token. The token stops working for every call from then on,
+streams it opened included, and stays revoked: the server keeps its hash in
+<data-dir>/revoked-tokens, so neither a SIGHUP reload nor a restart brings
+it back while its [[token]] table is still in the config (remove the table
+when convenient). Prints the revoked token's hash.")]
+    Revoke {
+        #[command(flatten)]
+        server: super::client::ServerArg,
+        /// The token's name, as in its [[token]] table.
+        #[arg(long)]
+        name: String,
+    },
     /// Print the stored form (hash) of a token read from standard input.
     #[command(after_help = "Example:\n  pulse-ledger token hash < ci.token")]
     Hash,
@@ -157,6 +174,17 @@ pub(crate) fn run(cmd: TokenCmd) -> Result<ExitCode, CliError> {
                 }
             };
             println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        TokenCmd::Revoke { server, name } => {
+            let hash = super::client::runtime()?.block_on(async {
+                let mut c = super::jobs::connect(&server).await?;
+                let request = crate::api::proto::RevokeTokenRequest { name };
+                c.deadline
+                    .call("RevokeToken", c.rpc.revoke_token(request))
+                    .await
+            })?;
+            println!("revoked {}", hash.hash);
             Ok(ExitCode::SUCCESS)
         }
         TokenCmd::Hash => {
