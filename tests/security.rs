@@ -1043,3 +1043,35 @@ async fn a_token_is_revoked_at_once_and_for_good() {
     jobs.list_jobs(list(&ops)).await.unwrap();
     server.stop();
 }
+
+/// Issue 17, item 4: registrations are bounded per client a day as well
+/// as per second: a client within its per-second rate is refused
+/// `rate_limited` once its day's allowance is spent, and told when to
+/// come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_bounded_per_day() {
+    let dir = tempdir("security-daily");
+    let config = write_config(
+        &dir,
+        "submit_daily = 3\nrate_limit_loopback = true\nallow_unauthenticated = true\n",
+    );
+    let server = Serve::start(&["--config", &config], &dir.join("data"));
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    for i in 0..3 {
+        submit(&mut reg, &plugin_register(&key(&format!("daily-{i}")), "p")).await;
+    }
+    let e = reg
+        .submit(proto::SubmitRequest {
+            envelope: plugin_register(&key("daily-3"), "p").envelope().to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::ResourceExhausted, "rate_limited")
+    );
+    assert!(e.message().contains("3 calls a day"), "{}", e.message());
+    let retry = e.get_details_retry_info().unwrap().retry_delay.unwrap();
+    assert!(retry.as_secs() > 3600, "{retry:?}");
+    server.stop();
+}

@@ -39,6 +39,7 @@ pub struct RegistryService {
     metrics: Arc<Metrics>,
     /// Submissions per client address, when limited.
     limiter: Option<Arc<RateLimiter>>,
+    daily: Option<Arc<RateLimiter>>,
 }
 
 impl RegistryService {
@@ -48,6 +49,7 @@ impl RegistryService {
             ledger,
             metrics,
             limiter: None,
+            daily: None,
         }
     }
 
@@ -58,14 +60,23 @@ impl RegistryService {
         self
     }
 
-    /// Takes one submission from `peer`'s allowance.
+    /// Limits submissions per client a day too (`submit_daily`), so a
+    /// client under its per-second rate still cannot fill the disk over
+    /// days.
+    pub fn with_daily_limit(mut self, limiter: Arc<RateLimiter>) -> RegistryService {
+        self.daily = Some(limiter);
+        self
+    }
+
+    /// Takes one submission from `peer`'s allowances: per second, then
+    /// per day.
     fn admit(&self, peer: Option<std::net::SocketAddr>) -> Result<(), Status> {
-        match &self.limiter {
-            Some(l) => l
-                .check(peer.map(|a| a.ip()), 1, Instant::now())
-                .map_err(|e| auth_status(&e)),
-            None => Ok(()),
+        let ip = peer.map(|a| a.ip());
+        let now = Instant::now();
+        for l in [&self.limiter, &self.daily].into_iter().flatten() {
+            l.check(ip, 1, now).map_err(|e| auth_status(&e))?;
         }
+        Ok(())
     }
 
     /// Runs a ledger call off the async threads.

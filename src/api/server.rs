@@ -68,6 +68,8 @@ pub struct ServeConfig {
     pub did_tokens: bool,
     /// Submissions (`Submit`, `SubmitStream` envelopes) per client address.
     pub submit_rate: crate::auth::RateLimit,
+    /// Submissions per client address a day (0: no daily limit).
+    pub submit_daily: u32,
     /// Registry reads per client address (anyone may read the log).
     pub read_rate: crate::auth::RateLimit,
     /// Rate-limit loopback clients too (a proxy on this host).
@@ -110,6 +112,8 @@ pub struct ServeConfig {
 pub const DEFAULT_SUBMIT_RATE: u32 = 100;
 /// Default burst of submissions per client address.
 pub const DEFAULT_SUBMIT_BURST: u32 = 1_000;
+/// Default submissions a day per client address.
+pub const DEFAULT_SUBMIT_DAILY: u32 = 10_000;
 /// Default Registry reads per second per client address.
 pub const DEFAULT_READ_RATE: u32 = 1_000;
 /// Default burst of Registry reads per client address.
@@ -141,6 +145,7 @@ impl ServeConfig {
                 per_second: DEFAULT_SUBMIT_RATE,
                 burst: DEFAULT_SUBMIT_BURST,
             },
+            submit_daily: DEFAULT_SUBMIT_DAILY,
             read_rate: crate::auth::RateLimit {
                 per_second: DEFAULT_READ_RATE,
                 burst: DEFAULT_READ_BURST,
@@ -509,7 +514,12 @@ pub async fn serve(
     let limiter = crate::auth::RateLimiter::new(config.submit_rate, config.rate_limit_loopback);
     let reads = crate::auth::RateLimiter::new(config.read_rate, config.rate_limit_loopback);
     let registry = RegistryServer::new(
-        RegistryService::new(Arc::clone(&ledger), metrics).with_rate_limit(Arc::new(limiter)),
+        RegistryService::new(Arc::clone(&ledger), metrics)
+            .with_rate_limit(Arc::new(limiter))
+            .with_daily_limit(Arc::new(crate::auth::RateLimiter::daily(
+                config.submit_daily,
+                config.rate_limit_loopback,
+            ))),
     )
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_RESPONSE_BYTES);

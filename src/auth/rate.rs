@@ -31,7 +31,13 @@ const NETWORK_FACTOR: u32 = 16;
 /// /48 or an IPv4 /24.
 #[derive(Debug)]
 pub struct RateLimiter {
-    limit: RateLimit,
+    /// Calls per `unit`, sustained; 0: no limit.
+    allowance: u32,
+    /// Tokens a bucket holds at most.
+    burst: f64,
+    /// Tokens added per second.
+    rate: f64,
+    unit: Unit,
     limit_loopback: bool,
     /// By client or network, and its prefix length (a /48 and the /64 at
     /// its start share an address).
@@ -41,12 +47,36 @@ pub struct RateLimiter {
 /// A bucket key (address, prefix length) and its rate and burst.
 type Bucket = ((IpAddr, u8), f64, f64);
 
+/// What a limiter's allowance is counted per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Second,
+    Day,
+}
+
 impl RateLimiter {
     /// A limiter; loopback clients are exempt unless `limit_loopback` (set
     /// it when a proxy on the same host forwards outside traffic).
     pub fn new(limit: RateLimit, limit_loopback: bool) -> RateLimiter {
         RateLimiter {
-            limit,
+            allowance: limit.per_second,
+            burst: f64::from(limit.burst.max(1)),
+            rate: f64::from(limit.per_second),
+            unit: Unit::Second,
+            limit_loopback,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A limiter of `per_day` calls a day per client, all of which a
+    /// quiet client may make at once (its bucket refills over the day); 0
+    /// turns it off.
+    pub fn daily(per_day: u32, limit_loopback: bool) -> RateLimiter {
+        RateLimiter {
+            allowance: per_day,
+            burst: f64::from(per_day.max(1)),
+            rate: f64::from(per_day) / 86_400.0,
+            unit: Unit::Day,
             limit_loopback,
             buckets: Mutex::new(HashMap::new()),
         }
@@ -55,8 +85,7 @@ impl RateLimiter {
     /// The buckets a call from `ip` draws on: the client's own, and its
     /// network's (/48 for IPv6, /24 for IPv4).
     fn buckets_of(&self, ip: IpAddr) -> Vec<Bucket> {
-        let rate = f64::from(self.limit.per_second);
-        let burst = f64::from(self.limit.burst.max(1));
+        let (rate, burst) = (self.rate, self.burst);
         let prefix = |v6: std::net::Ipv6Addr, bytes: usize| {
             let mut o = v6.octets();
             o[bytes..].fill(0);
@@ -89,14 +118,14 @@ impl RateLimiter {
     /// `rate_limited`, with the time after which the calls would fit.
     pub fn check(&self, client: Option<IpAddr>, n: u32, now: Instant) -> Result<(), AuthError> {
         let Some(ip) = client else { return Ok(()) };
-        if self.limit.per_second == 0 || (ip.is_loopback() && !self.limit_loopback) {
+        if self.allowance == 0 || (ip.is_loopback() && !self.limit_loopback) {
             return Ok(());
         }
         let wanted = f64::from(n);
         let keys = self.buckets_of(ip);
         let mut map = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() + keys.len() > MAX_CLIENTS {
-            forget_least_throttled(&mut map, f64::from(self.limit.per_second), now);
+            forget_least_throttled(&mut map, self.rate, now);
         }
         let level = |map: &HashMap<(IpAddr, u8), (f64, Instant)>, (key, rate, burst): &Bucket| {
             map.get(key).map_or(*burst, |(tokens, at)| {
@@ -130,28 +159,26 @@ impl RateLimiter {
         }
         match short {
             None => Ok(()),
-            Some((addr, bits)) => Err(AuthError::rate_limited(
-                format!(
-                    "{} sent more than its {} calls a second (burst {}); retry in {} ms",
-                    if network(bits) {
-                        format!("network {addr}/{bits}")
-                    } else {
-                        addr.to_string()
-                    },
-                    if network(bits) {
-                        self.limit.per_second * NETWORK_FACTOR
-                    } else {
-                        self.limit.per_second
-                    },
-                    if network(bits) {
-                        self.limit.burst.max(1) * NETWORK_FACTOR
-                    } else {
-                        self.limit.burst
-                    },
-                    wait.as_millis().max(1)
-                ),
-                wait,
-            )),
+            Some((addr, bits)) => {
+                let (who, factor) = if network(bits) {
+                    (format!("network {addr}/{bits}"), NETWORK_FACTOR)
+                } else {
+                    (addr.to_string(), 1)
+                };
+                let allowance = self.allowance.saturating_mul(factor);
+                let message = match self.unit {
+                    Unit::Second => format!(
+                        "{who} sent more than its {allowance} calls a second (burst {}); retry in {} ms",
+                        (self.burst as u32).saturating_mul(factor),
+                        wait.as_millis().max(1)
+                    ),
+                    Unit::Day => format!(
+                        "{who} sent more than its {allowance} calls a day; retry in {} s",
+                        wait.as_secs().max(1)
+                    ),
+                };
+                Err(AuthError::rate_limited(message, wait))
+            }
         }
     }
 }
@@ -194,6 +221,28 @@ fn forget_least_throttled(
 mod tests {
     use super::*;
     use crate::auth::AuthCode;
+
+    #[test]
+    fn a_daily_allowance_is_spent_at_once_and_refills_over_the_day() {
+        let l = RateLimiter::daily(3, false);
+        let ip = Some(IpAddr::from([192, 0, 2, 9]));
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            l.check(ip, 1, t0).unwrap();
+        }
+        let e = l.check(ip, 1, t0).unwrap_err();
+        assert_eq!(e.code(), AuthCode::RateLimited);
+        assert!(e.message().contains("3 calls a day"), "{}", e.message());
+        // One call's worth comes back after a third of a day.
+        let third = e.retry_after().unwrap();
+        assert!((28_799..=28_801).contains(&third.as_secs()), "{third:?}");
+        l.check(ip, 1, t0 + third).unwrap();
+        assert!(l.check(ip, 1, t0 + third).is_err());
+        // Off, and loopback exempt.
+        RateLimiter::daily(0, false).check(ip, 100, t0).unwrap();
+        l.check(Some(IpAddr::from([127, 0, 0, 1])), 100, t0)
+            .unwrap();
+    }
 
     fn limiter(per_second: u32, burst: u32, limit_loopback: bool) -> RateLimiter {
         RateLimiter::new(RateLimit { per_second, burst }, limit_loopback)
