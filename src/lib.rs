@@ -52,8 +52,8 @@ pub mod cli;
 pub use attest::{
     Action, Attestation, AttestationId, ChainError, ChainHead, ChainState, Did, Equivocation,
     Error, ErrorCode, FORMAT_VERSION, Family, HandlerAccess, HandlerSchema, Kind, Member,
-    PluginSchema, Right, SIGNING_CONTEXT, Schema, Statement, is_valid_name, limits, repeated_seq,
-    sign_statement, signing_message, verify_attestation, verify_chain,
+    NetworkAccess, PluginSchema, Right, SIGNING_CONTEXT, Schema, Statement, is_valid_name, limits,
+    repeated_seq, sign_statement, signing_message, verify_attestation, verify_chain,
 };
 
 #[doc(hidden)]

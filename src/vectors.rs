@@ -901,6 +901,7 @@ fn valid_attestations(
     full.description = Some("Runs a Python script.\nOne line per log entry.".into());
     full.code = Some(b"print('hello from pulse-ledger')\n".to_vec());
     full.access = Some(access_lists(h2));
+    full.network = Some(crate::NetworkAccess::Outbound);
     let full_att = sign(&register(h, Schema::Handler(full), T0), h);
     g.att_ok(
         "handler-register-all-fields",
@@ -1485,6 +1486,20 @@ fn field_errors(
         let bytes = bad(&|s| set(s, "access", access.clone()));
         g.att_err(name, description, bytes, code, &[h]);
     }
+    g.att_err(
+        "schema-network-unknown-value",
+        "schema.network is \"inbound\"; the one value defined is \"outbound\".",
+        bad(&|s| set(s, "network", Value::Text("inbound".into()))),
+        ErrorCode::InvalidField,
+        &[h],
+    );
+    g.att_err(
+        "schema-network-not-text",
+        "schema.network is the unsigned integer 1.",
+        bad(&|s| set(s, "network", Value::Uint(1))),
+        ErrorCode::WrongType,
+        &[h],
+    );
     g.att_err(
         "schema-access-after-description",
         "schema.description with a NUL character and schema.access with an unknown right: the description is checked first.",

@@ -133,6 +133,14 @@ async fn hostile_scripts_are_refused_and_the_plugin_keeps_serving() {
     reg.submit(submit(a)).await.unwrap();
     let (burner, a) = handler("burn-cpu", "while True: pass\n");
     reg.submit(submit(a)).await.unwrap();
+    // A handler that asks for network, on a plugin whose operator did not
+    // allow it.
+    let wants_net = key("confine-wants-network");
+    let a = handler_register_with(&wants_net, "wants-network", &p.did, |s| {
+        s.code = Some(b"print('ran')\n".to_vec());
+        s.network = Some(pulse_ledger::NetworkAccess::Outbound);
+    });
+    reg.submit(submit(a)).await.unwrap();
     let enqueue = |k: &Key, payload: &str| proto::EnqueueRequest {
         handler: k.did.to_string(),
         payload: payload.as_bytes().to_vec(),
@@ -191,6 +199,24 @@ async fn hostile_scripts_are_refused_and_the_plugin_keeps_serving() {
         !outside.exists(),
         "a script wrote outside its scratch directory"
     );
+    let net = jobs
+        .enqueue(enqueue(&wants_net, ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .id;
+    let j = common::finished(&mut jobs, &net, 60).await;
+    assert_eq!(
+        (j.state.as_str(), j.reason.as_str()),
+        ("dead", "non_retryable")
+    );
+    assert!(
+        j.last_error.contains("network_not_allowed"),
+        "{}",
+        j.last_error
+    );
     // CPU time is bounded: the busy loop is killed by its limit.
     let j = common::finished(&mut jobs, &burn, 60).await;
     assert_eq!(
@@ -226,5 +252,84 @@ async fn hostile_scripts_are_refused_and_the_plugin_keeps_serving() {
     // Every attempt's scratch directory is gone.
     let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().collect();
     assert!(left.is_empty(), "scratch directories left: {left:?}");
+    server.stop();
+}
+
+/// A handler whose signed schema asks for outbound network, on a plugin
+/// whose operator allows it, can connect out but not listen; a handler
+/// that does not ask still has no network on the same plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_network_is_granted_only_when_asked_and_allowed() {
+    let missing = Support::probe().missing();
+    if !missing.is_empty() {
+        assert!(
+            std::env::var_os("PULSE_LEDGER_CI").is_none(),
+            "CI must run the hostile-script suite, but this kernel lacks: {missing:?}"
+        );
+        eprintln!("SKIPPED: this kernel cannot confine user code: {missing:?}");
+        return;
+    }
+    let dir = tempdir("confinement-network");
+    let p = key("confine-net-plugin");
+    let key_path = key_file(&dir, &p);
+    let config = format!(
+        "[[plugin]]\nname = \"scripts\"\ncommand = [{:?}, \"--key\", {:?}, \"--allow-network\"]\ndir = {:?}\n",
+        env!("CARGO_BIN_EXE_pulse-script-plugin"),
+        key_path.display().to_string(),
+        dir.display().to_string(),
+    );
+    std::fs::write(dir.join("pulse.toml"), &config).unwrap();
+    let server = common::Serve::start(
+        &["--config", dir.join("pulse.toml").to_str().unwrap()],
+        &dir.join("data"),
+    );
+    let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+    let submit = |a: pulse_ledger::Attestation| proto::SubmitRequest {
+        envelope: a.envelope().to_vec(),
+    };
+    reg.submit(submit(plugin_register(&p, "scripts")))
+        .await
+        .unwrap();
+    let connect = format!(
+        "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2).close()\n    print('connected')\nexcept OSError as e:\n    print(type(e).__name__, e.errno)\n"
+    );
+    let listen = "import socket\ns = socket.socket()\ntry:\n    s.bind(('127.0.0.1', 0))\n    s.listen()\n    print('listening')\nexcept OSError as e:\n    print(type(e).__name__, e.errno)\n";
+    let cases = [
+        ("net-connect", connect.as_str(), true, "connected"),
+        ("net-listen", listen, true, "PermissionError 13"),
+        (
+            "no-net-connect",
+            connect.as_str(),
+            false,
+            "PermissionError 1",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (name, code, network, _) in &cases {
+        let k = key(&format!("confine-{name}"));
+        let a = handler_register_with(&k, name, &p.did, |s| {
+            s.code = Some(code.as_bytes().to_vec());
+            s.network = network.then_some(pulse_ledger::NetworkAccess::Outbound);
+        });
+        reg.submit(submit(a)).await.unwrap();
+        let r = proto::EnqueueRequest {
+            handler: k.did.to_string(),
+            max_attempts: 1,
+            ..Default::default()
+        };
+        ids.push(jobs.enqueue(r).await.unwrap().into_inner().job.unwrap().id);
+    }
+    for ((name, _, _, want), id) in cases.iter().zip(&ids) {
+        let j = common::finished(&mut jobs, id, 60).await;
+        let result = String::from_utf8_lossy(&j.result).trim().to_owned();
+        assert_eq!(
+            (j.state.as_str(), result.as_str()),
+            ("succeeded", *want),
+            "{name}: {}",
+            j.last_error
+        );
+    }
     server.stop();
 }

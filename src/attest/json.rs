@@ -30,6 +30,7 @@ impl Schema {
                 put("description", s.description.as_ref().map(|x| json!(x)));
                 put("code", s.code.as_ref().map(|x| json!(hex::encode(x))));
                 put("access", s.access.as_ref().map(access_json));
+                put("network", s.network.map(|n| json!(n.as_str())));
             }
             Schema::Plugin(s) => {
                 put("name", Some(json!(s.name)));

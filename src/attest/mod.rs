@@ -21,7 +21,7 @@ pub use chain::{ChainError, ChainHead, ChainState, Equivocation, repeated_seq, v
 pub use did::Did;
 pub use envelope::{AttestationId, SIGNING_CONTEXT, signing_message};
 pub use error::{Error, ErrorCode};
-pub use schema::{HandlerSchema, PluginSchema, Schema, is_valid_name};
+pub use schema::{HandlerSchema, NetworkAccess, PluginSchema, Schema, is_valid_name};
 
 /// Every field limit and default of the format, as `spec/attestation.md`
 /// states them.

@@ -46,6 +46,7 @@ const HANDLER_FIELDS: &[&str] = &[
     "description",
     "code",
     "access",
+    "network",
 ];
 const PLUGIN_FIELDS: &[&str] = &["name", "version", "protocol", "endpoint", "description"];
 
@@ -79,6 +80,26 @@ pub struct HandlerSchema {
     /// Who may enqueue, read, cancel and budget; `None` gives every right
     /// to the owner and the operator's tokens.
     pub access: Option<HandlerAccess>,
+    /// The network the handler's code asks for; `None`: none. A plugin
+    /// grants it only if its operator allows it.
+    pub network: Option<NetworkAccess>,
+}
+
+/// The network a handler's code may ask its plugin for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkAccess {
+    /// `"outbound"`: open connections out (TCP, UDP); never listen on a
+    /// TCP port.
+    Outbound,
+}
+
+impl NetworkAccess {
+    /// The schema's text for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkAccess::Outbound => "outbound",
+        }
+    }
 }
 
 impl HandlerSchema {
@@ -97,6 +118,7 @@ impl HandlerSchema {
             description: None,
             code: None,
             access: None,
+            network: None,
         }
     }
 
@@ -143,6 +165,10 @@ impl HandlerSchema {
         m.insert_opt("description", self.description.clone().map(Value::Text));
         m.insert_opt("code", self.code.clone().map(Value::Bytes));
         m.insert_opt("access", self.access.as_ref().map(HandlerAccess::to_value));
+        m.insert_opt(
+            "network",
+            self.network.map(|n| Value::Text(n.as_str().to_owned())),
+        );
         Value::Map(m)
     }
 
@@ -177,6 +203,7 @@ impl HandlerSchema {
                 .cloned()
                 .map(HandlerAccess::from_value)
                 .transpose()?,
+            network: network(&f)?,
         })
     }
 }
@@ -335,6 +362,17 @@ fn shorten(n: &str) -> String {
         &n[n.len() - 8..],
         n.len()
     )
+}
+
+fn network(f: &Fields) -> Result<Option<NetworkAccess>, Error> {
+    match f.text("network")?.as_deref() {
+        None => Ok(None),
+        Some("outbound") => Ok(Some(NetworkAccess::Outbound)),
+        Some(other) => Err(f.invalid(
+            "network",
+            format_args!("is {other:?}; the one value defined is \"outbound\""),
+        )),
+    }
 }
 
 fn endpoint(f: &Fields) -> Result<Option<String>, Error> {

@@ -8,7 +8,7 @@
 //! ```text
 //! pulse-script-plugin --key plugin.key [--plugin DID] [--python PATH]
 //!     [--scratch-dir DIR] [--memory-mb N] [--cpu-seconds N] [--max-files N]
-//!     [--read-only PATH]... [--allow-weak-confinement]
+//!     [--read-only PATH]... [--allow-network] [--allow-weak-confinement]
 //! ```
 //!
 //! Exit status 0 is success (stdout is the result, at most 1 MiB); 75
@@ -23,7 +23,10 @@
 //! only its own scratch directory (removed after the attempt); it has no
 //! network, cannot signal, trace or read the plugin or other attempts,
 //! cannot start processes, gets a clean environment, and is bounded in CPU
-//! time, memory, open files and file size. When the kernel cannot enforce
+//! time, memory, open files and file size. A handler whose signed schema
+//! asks for `"network": "outbound"` gets sockets that connect out (never a
+//! TCP listener) only if the plugin runs with `--allow-network`; otherwise
+//! its jobs fail (`network_not_allowed`, not retried). When the kernel cannot enforce
 //! all of that, the plugin refuses to start unless
 //! `--allow-weak-confinement` is given, and names what is missing.
 
@@ -44,6 +47,16 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// Largest result read from a script's stdout.
 const MAX_OUTPUT: u64 = 1024 * 1024;
+/// Files code with outbound network may read as well: name resolution and
+/// the system's CA certificates.
+const NETWORK_FILES: [&str; 6] = [
+    "/etc/resolv.conf",
+    "/etc/hosts",
+    "/etc/nsswitch.conf",
+    "/etc/gai.conf",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+];
 /// The exit status that asks for a retry (sysexits.h EX_TEMPFAIL).
 const EX_TEMPFAIL: i32 = 75;
 
@@ -63,6 +76,8 @@ struct Sandbox {
     read_only: Vec<PathBuf>,
     limits: Limits,
     allow_weak: bool,
+    /// Whether handlers that ask for outbound network get it.
+    allow_network: bool,
 }
 
 impl Sandbox {
@@ -72,6 +87,7 @@ impl Sandbox {
         &self,
         scratch: &Path,
         cpu_seconds: u64,
+        network: bool,
         program: &str,
         args: &[&str],
     ) -> tokio::process::Command {
@@ -89,8 +105,17 @@ impl Sandbox {
         for p in &self.read_only {
             c.arg("--ro").arg(p);
         }
+        if network {
+            // Name resolution and the system's CA certificates.
+            for p in NETWORK_FILES {
+                c.arg("--ro").arg(p);
+            }
+        }
         if self.allow_weak {
             c.arg("--allow-weak");
+        }
+        if network {
+            c.arg("--outbound-network");
         }
         c.arg("--").arg(program).args(args);
         // A clean environment: nothing of the plugin's reaches the code.
@@ -126,8 +151,9 @@ impl Drop for Scratch {
 }
 
 impl Runner {
-    /// The handler's code, after checking the statement it came in.
-    fn code(&self, ctx: &JobContext) -> Result<Vec<u8>, JobError> {
+    /// The handler's code, and whether it gets outbound network, after
+    /// checking the statement it came in.
+    fn code(&self, ctx: &JobContext) -> Result<(Vec<u8>, bool), JobError> {
         let (envelope, id) = ctx.handler_attestation();
         let att = verify_attestation(envelope).map_err(|e| {
             JobError::fatal(format!("the handler attestation does not verify: {e}"))
@@ -154,17 +180,24 @@ impl Runner {
                 schema.plugin
             )));
         }
-        schema
+        let network = schema.network.is_some();
+        if network && !self.sandbox.allow_network {
+            return Err(JobError::fatal(
+                "network_not_allowed: the handler's schema asks for outbound network, which this plugin's operator does not allow (pulse-script-plugin --allow-network)",
+            ));
+        }
+        let code = schema
             .code
             .clone()
-            .ok_or_else(|| JobError::fatal("the handler's schema has no code"))
+            .ok_or_else(|| JobError::fatal("the handler's schema has no code"))?;
+        Ok((code, network))
     }
 }
 
 #[async_trait]
 impl JobHandler for Runner {
     async fn execute(&self, ctx: JobContext, payload: Vec<u8>) -> Result<Vec<u8>, JobError> {
-        let code = self.code(&ctx)?;
+        let (code, network) = self.code(&ctx)?;
         let code = String::from_utf8(code).map_err(|_| JobError::fatal("the code is not UTF-8"))?;
         ctx.log(format!(
             "running code blake3:{}",
@@ -185,6 +218,7 @@ impl JobHandler for Runner {
             .command(
                 &scratch.0,
                 left.as_secs() + 1,
+                network,
                 &self.python,
                 &["-I", "-c", &code],
             )
@@ -250,7 +284,7 @@ impl JobHandler for Runner {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "pulse-script-plugin: {why}\nusage: pulse-script-plugin --key FILE [--plugin DID] [--python PATH] [--scratch-dir DIR] [--memory-mb N] [--cpu-seconds N] [--max-files N] [--read-only PATH]... [--allow-weak-confinement]"
+        "pulse-script-plugin: {why}\nusage: pulse-script-plugin --key FILE [--plugin DID] [--python PATH] [--scratch-dir DIR] [--memory-mb N] [--cpu-seconds N] [--max-files N] [--read-only PATH]... [--allow-network] [--allow-weak-confinement]"
     );
     std::process::exit(2)
 }
@@ -274,6 +308,7 @@ fn confined_exec(mut args: impl Iterator<Item = String>) -> ! {
         read_only: Vec::new(),
         scratch: PathBuf::new(),
         limits: Limits::default(),
+        outbound_network: false,
     };
     let mut allow_weak = false;
     let mut program = Vec::new();
@@ -294,6 +329,7 @@ fn confined_exec(mut args: impl Iterator<Item = String>) -> ! {
             "--files" => c.limits.open_files = n(value()),
             "--file-bytes" => c.limits.file_bytes = n(value()),
             "--allow-weak" => allow_weak = true,
+            "--outbound-network" => c.outbound_network = true,
             "--" => {
                 program.extend(args.by_ref());
                 break;
@@ -352,6 +388,7 @@ fn main() {
     let mut limits = Limits::default();
     let mut extra_read_only = Vec::new();
     let mut allow_weak = false;
+    let mut allow_network = false;
     while let Some(a) = args.next() {
         let mut value = || {
             args.next()
@@ -367,6 +404,7 @@ fn main() {
             "--max-files" => limits.open_files = number(&a, &value()),
             "--read-only" => extra_read_only.push(PathBuf::from(value())),
             "--allow-weak-confinement" => allow_weak = true,
+            "--allow-network" => allow_network = true,
             "-h" | "--help" => usage("runs handlers whose signed schema carries Python code"),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -414,6 +452,7 @@ fn main() {
         read_only,
         limits,
         allow_weak,
+        allow_network,
     };
     let runtime = tokio::runtime::Runtime::new()
         .unwrap_or_else(|e| usage(&format!("cannot start the runtime: {e}")));
@@ -456,6 +495,7 @@ async fn self_test(sandbox: &Sandbox, python: &str) -> Result<(), String> {
         .command(
             &scratch.0,
             10,
+            false,
             python,
             &["-I", "-c", "import json, sys; json.dump({}, sys.stdout)"],
         )

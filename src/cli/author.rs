@@ -215,6 +215,10 @@ pub(crate) struct HandlerFields {
     /// Who may set its budget (as --enqueue-access).
     #[arg(long, value_name = "MEMBERS")]
     budget_access: Option<String>,
+    /// Ask the plugin for network: "outbound" (connect out, never listen);
+    /// the plugin grants it only if its operator allows it.
+    #[arg(long, value_name = "NETWORK", value_parser = ["outbound"])]
+    network: Option<String>,
 }
 
 #[derive(Debug, Default, clap::Args)]
@@ -249,6 +253,7 @@ pub(crate) enum HandlerOptional {
     Description,
     Code,
     Access,
+    Network,
 }
 
 /// Optional plugin schema fields that `update --clear` can remove.
@@ -360,6 +365,9 @@ impl HandlerFields {
         if let Some(p) = self.code {
             s.code = Some(read_limited(&p, crate::limits::MAX_CODE_BYTES)?);
         }
+        if self.network.is_some() {
+            s.network = Some(crate::NetworkAccess::Outbound);
+        }
         for (right, text) in [
             (Right::Enqueue, self.enqueue_access),
             (Right::Read, self.read_access),
@@ -423,6 +431,7 @@ impl HandlerSchema {
             HandlerOptional::Description => self.description = None,
             HandlerOptional::Code => self.code = None,
             HandlerOptional::Access => self.access = None,
+            HandlerOptional::Network => self.network = None,
         }
     }
 }

@@ -14,7 +14,10 @@
 //!   attempt's scratch directory and `/dev/null`; nothing else, `/proc`
 //!   included;
 //! - **network** (Landlock TCP rules and a seccomp filter): no socket but
-//!   Unix socket pairs, no TCP bind or connect;
+//!   Unix socket pairs, no TCP bind or connect; or, for code whose handler
+//!   asks for outbound network and whose plugin's operator allows it
+//!   ([`Confinement::outbound_network`]), Internet sockets that may connect
+//!   out but never bind a TCP port;
 //! - **other processes** (Landlock scopes, seccomp): no signals to
 //!   processes outside the attempt, no ptrace, no reading or writing
 //!   another process's memory, no new processes (threads are allowed),
@@ -64,6 +67,9 @@ pub struct Confinement {
     pub scratch: PathBuf,
     /// Resource bounds.
     pub limits: Limits,
+    /// Allow IPv4 and IPv6 sockets that connect out (TCP binds stay
+    /// refused); otherwise only Unix socket pairs.
+    pub outbound_network: bool,
 }
 
 /// A guarantee of [`Confinement`] the running kernel cannot enforce.
@@ -233,7 +239,7 @@ mod imp {
             landlock(c, support.landlock_abi)?;
         }
         if support.seccomp {
-            let (enosys, eperm) = filters()?;
+            let (enosys, eperm) = filters(c.outbound_network)?;
             seccompiler::apply_filter(&enosys).map_err(|e| err("seccomp", e))?;
             seccompiler::apply_filter(&eperm).map_err(|e| err("seccomp", e))?;
         }
@@ -255,9 +261,14 @@ mod imp {
             .handle_access(AccessFs::from_all(abi))
             .map_err(ll)?;
         if abi >= ABI::V4 {
-            ruleset = ruleset
-                .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)
-                .map_err(ll)?;
+            // Handled rights are refused unless a rule grants them: with
+            // outbound network, connecting is left unhandled (allowed).
+            let net = if c.outbound_network {
+                AccessNet::BindTcp.into()
+            } else {
+                AccessNet::BindTcp | AccessNet::ConnectTcp
+            };
+            ruleset = ruleset.handle_access(net).map_err(ll)?;
         }
         if abi >= ABI::V6 {
             ruleset = ruleset
@@ -295,7 +306,7 @@ mod imp {
     /// Two filters: clone3 answers ENOSYS (so the C library falls back to
     /// clone, whose flags a filter can read), and the refused calls answer
     /// EPERM.
-    fn filters() -> Result<(BpfProgram, BpfProgram), ConfineError> {
+    fn filters(outbound_network: bool) -> Result<(BpfProgram, BpfProgram), ConfineError> {
         let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| err("seccomp", e))?;
         let sc = |e: seccompiler::BackendError| err("seccomp", e);
         let all = || vec![];
@@ -373,17 +384,20 @@ mod imp {
             libc::SYS_clone,
             vec![SeccompRule::new(vec![no_thread]).map_err(sc)?],
         );
-        // Sockets other than Unix ones (socketpair stays allowed).
-        let not_unix = SeccompCondition::new(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Ne,
-            libc::AF_UNIX as u64,
-        )
-        .map_err(sc)?;
+        // Sockets of other families than these (socketpair stays allowed):
+        // a rule's conditions must all hold for the call to be refused.
+        let mut families = vec![libc::AF_UNIX];
+        if outbound_network {
+            families.extend([libc::AF_INET, libc::AF_INET6]);
+        }
+        let other_family = families
+            .into_iter()
+            .map(|f| SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, f as u64))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sc)?;
         eperm.insert(
             libc::SYS_socket,
-            vec![SeccompRule::new(vec![not_unix]).map_err(sc)?],
+            vec![SeccompRule::new(other_family).map_err(sc)?],
         );
         let eperm = SeccompFilter::new(
             eperm,
