@@ -221,6 +221,41 @@ fn parse(text: &str) -> Result<(DidToken, Signature), AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Hostile token text never panics the checker: anything after
+        /// the prefix that is not a signed token is refused by a rule.
+        #[test]
+        fn any_text_is_judged_without_panicking(
+            body in proptest::collection::vec(any::<u8>(), 0..400),
+            as_b64 in any::<bool>(),
+        ) {
+            let (_, server) = key(2);
+            let text = if as_b64 {
+                format!("{DID_TOKEN_PREFIX}{}", B64URL.encode(&body))
+            } else {
+                format!("{DID_TOKEN_PREFIX}{}", String::from_utf8_lossy(&body))
+            };
+            let e = DidToken::verify(&text, &server, T).unwrap_err();
+            prop_assert!(matches!(
+                e.code(),
+                AuthCode::TokenMalformed | AuthCode::TokenWrongServer | AuthCode::TokenExpired
+                    | AuthCode::TokenBadSignature
+            ));
+        }
+
+        /// A well-formed map with random field values is judged by a rule
+        /// too, never accepted unsigned.
+        #[test]
+        fn random_claims_are_refused(issued in any::<u64>(), expires in any::<u64>(), sig in proptest::collection::vec(any::<u8>(), 64)) {
+            let ((_, did), (_, server)) = (key(1), key(2));
+            let mut m = DidToken { did, audience: server.clone(), issued_at: issued, expires_at: expires }.unsigned();
+            m.insert("signature", Value::Bytes(sig));
+            let text = format!("{DID_TOKEN_PREFIX}{}", B64URL.encode(encode(&Value::Map(m))));
+            prop_assert!(DidToken::verify(&text, &server, T).is_err());
+        }
+    }
 
     fn key(n: u8) -> (SigningKey, Did) {
         let sk = SigningKey::from_bytes(&[n; 32]);
