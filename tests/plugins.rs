@@ -1009,3 +1009,68 @@ async fn a_spawned_plugin_that_listens_beyond_loopback_is_refused() {
     );
     server.stop();
 }
+
+/// Issue 17, item 3, end to end: another user's flood does not hold every
+/// slot. With `max_running = 2`, a handler with 20 queued 300 ms jobs holds
+/// both slots while it is alone; once another handler has a job ready, the
+/// flood keeps at most one slot (its fair share) and the newcomer's job
+/// starts at the next free slot, long before the flood is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_one_handler_does_not_hold_every_slot() {
+    let dir = tempdir("plugins-fair");
+    let events_path = dir.join("events.log");
+    let tools = key("fair-tools");
+    let config = format!(
+        "{TIMINGS}max_running = 2\n{}",
+        plugin_table(
+            "tools",
+            &["--key".into(), key_file(&dir, &tools).display().to_string()],
+            &events_path
+        )
+    )
+    .replace("plugin_wait_secs = 2", "plugin_wait_secs = 30");
+    let server = Server::start(&dir, &config);
+    let mut reg = server.registry().await;
+    let mut jobs = server.jobs().await;
+    let (flood, victim) = (key("fair-flood"), key("fair-victim"));
+    for a in [
+        plugin_register(&tools, "tools"),
+        handler_register(&flood, "sleep", &tools.did),
+        handler_register(&victim, "sleep", &tools.did),
+    ] {
+        submit(&mut reg, &a).await.unwrap();
+    }
+    let mut flooded = Vec::new();
+    for _ in 0..20 {
+        let mut r = enqueue_req(&flood, "300");
+        r.priority = 9;
+        flooded.push(enqueue(&mut jobs, r).await);
+    }
+    // The flood fills both slots.
+    event(&events_path, &flooded[1], "start").await;
+    let mine = enqueue(&mut jobs, enqueue_req(&victim, "10")).await;
+    let j = finished(&mut jobs, &mine, 60).await;
+    assert_eq!(j.state, "succeeded", "{}", j.last_error);
+    let started = |j: &proto::Job| {
+        j.attempt_history
+            .first()
+            .map_or(u64::MAX, |a| a.started_at_ms)
+    };
+    let mine_started = started(&j);
+    let mut after = 0;
+    for id in &flooded {
+        let f = finished(&mut jobs, id, 120).await;
+        assert_eq!(f.state, "succeeded", "{}", f.last_error);
+        if started(&f) > mine_started {
+            after += 1;
+        }
+    }
+    // Going strictly by priority (the dispatcher before fair sharing), the
+    // newcomer would wait for all 20 (priority 9 beats its 0): at most the
+    // two running and one more start before it.
+    assert!(
+        after >= 17,
+        "only {after} of the flood's 20 jobs started after the other handler's job"
+    );
+    server.stop();
+}
