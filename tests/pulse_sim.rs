@@ -603,3 +603,94 @@ fn the_operator_caps_a_handlers_timeout_and_concurrency() {
     assert_eq!(running.len(), 1);
     assert_eq!(running[0].limits.timeout_ms, 60_000);
 }
+
+/// Routes every job, saying which owner (current key) each handler has.
+struct OwnersRouter(HashMap<pulse_ledger::Did, pulse_ledger::Did>);
+
+impl pulse_ledger::pulse::Router for OwnersRouter {
+    fn route(&mut self, job: &Job) -> pulse_ledger::pulse::Route {
+        let owner = self
+            .0
+            .get(&job.handler)
+            .cloned()
+            .unwrap_or(job.handler.clone());
+        pulse_ledger::pulse::Route::Go(Some(Arc::new(pulse_ledger::pulse::Authorization {
+            handler_name: "h".into(),
+            handler_index: 0,
+            handler_attestation_id: pulse_ledger::AttestationId([0; 32]),
+            handler_attestation: Arc::new(Vec::new()),
+            plugin: common::key("owners-p").did,
+            plugin_index: 0,
+            plugin_key: common::key("owners-p").did,
+            max_concurrency: None,
+            owner,
+        })))
+    }
+}
+
+/// Fair sharing between owners (issue 17, item 3): one owner's two
+/// handlers (rotated to one key) together hold at most one share of the
+/// slots while another owner has work waiting, not a share each.
+#[test]
+fn one_owners_handlers_share_one_share() {
+    let dir = common::tempdir("sim-owners");
+    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
+    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let (a1, a2, owner, b) = (
+        common::key("owners-a1").did,
+        common::key("owners-a2").did,
+        common::key("owners-a").did,
+        common::key("owners-b").did,
+    );
+    let schema = HandlerSchema::new("h", "1.0.0", common::key("owners-p").did);
+    let job = || JobRequest {
+        payload: vec![0], // behaviour 0: succeeds on its third step
+        ..Default::default()
+    };
+    let mut now = 10_000_000u64;
+    let mut items: Vec<_> = (0..60)
+        .flat_map(|_| {
+            [
+                (a1.clone(), schema.clone(), job()),
+                (a2.clone(), schema.clone(), job()),
+            ]
+        })
+        .collect();
+    items.extend((0..20).map(|_| (b.clone(), schema.clone(), job())));
+    for r in store.enqueue_batch(&items, now) {
+        r.unwrap();
+    }
+    let config = DispatchConfig {
+        max_running: 4,
+        ..DispatchConfig::default()
+    };
+    let owners = HashMap::from([(a1.clone(), owner.clone()), (a2.clone(), owner.clone())]);
+    let mut d = Dispatcher::new(
+        Arc::clone(&store),
+        Fake {
+            random: 1,
+            ..Default::default()
+        },
+        config,
+        Box::new(|_| None),
+        1,
+    )
+    .with_router(Box::new(OwnersRouter(owners)));
+    let mut b_ran = 0;
+    for _ in 0..30 {
+        now += STEP_MS;
+        d.executor_mut().act();
+        d.step(now).unwrap();
+        let running = store.running().unwrap();
+        let owners_a = running.iter().filter(|j| j.handler != b).count();
+        let (queued, _) = store.list(&JobState::Queued, None, 1000).unwrap();
+        if queued.iter().any(|j| j.handler == b) {
+            assert!(
+                owners_a <= 2,
+                "one owner's two handlers hold {owners_a} of 4 slots while another owner waits"
+            );
+        }
+        b_ran = b_ran.max(running.iter().filter(|j| j.handler == b).count());
+    }
+    assert_eq!(b_ran, 2, "the other owner used its share");
+}

@@ -109,7 +109,15 @@ pub struct Dispatcher<E: Executor> {
     history: HashMap<Did, (u64, u64)>,
     router: Box<dyn Router>,
     next_deadline_scan: u64,
+    /// Each handler's owner (its current key) as last routed, by public
+    /// key; a handler not routed yet counts as its own owner (its genesis
+    /// key, which owns it until a rotation).
+    owners: HashMap<[u8; 32], [u8; 32]>,
 }
+
+/// Owners remembered before the map starts over (it refills as jobs are
+/// routed).
+const MAX_OWNERS: usize = 100_000;
 
 impl<E: Executor> Dispatcher<E> {
     /// A dispatcher over `store`. `seed` drives lease tokens and retry
@@ -137,6 +145,7 @@ impl<E: Executor> Dispatcher<E> {
             history: HashMap::new(),
             router: Box::new(OpenRouter),
             next_deadline_scan: 0,
+            owners: HashMap::new(),
         }
     }
 
@@ -566,7 +575,9 @@ impl<E: Executor> Dispatcher<E> {
     /// Fair between handlers (spec/pulse.md, "Fair sharing"): handlers
     /// with ready jobs take turns, best first job first; while two or more
     /// have ready jobs, none may hold more than its share of the slots
-    /// (`fair_share_percent` of `max_running`). Slots no other handler can
+    /// (`fair_share_percent` of `max_running`), nor may one owner's
+    /// handlers together while two or more owners have ready jobs. Slots
+    /// no other handler can
     /// use then go to any handler. Within a handler, jobs go in priority,
     /// then age order.
     fn choose_into(&mut self, now: u64, chosen: &mut Vec<Chosen>) -> Result<(), JobError> {
@@ -579,6 +590,13 @@ impl<E: Executor> Dispatcher<E> {
         if handlers.is_empty() {
             return Ok(());
         }
+        // Owners with ready work: while two or more have some, each owner's
+        // handlers together hold at most one share too.
+        let owners_waiting = handlers
+            .iter()
+            .map(|(h, _)| self.owner_of(h))
+            .collect::<std::collections::HashSet<_>>()
+            .len();
         let share = if handlers.len() > 1 {
             let p = self.config.fair_share_percent.clamp(1, 100);
             (self.config.max_running * p).div_ceil(100).max(1) as u32
@@ -605,7 +623,11 @@ impl<E: Executor> Dispatcher<E> {
                     if turn.2 {
                         continue;
                     }
-                    if capped && self.running_of(&turn.0) >= share {
+                    if capped
+                        && (self.running_of(&turn.0) >= share
+                            || (owners_waiting > 1
+                                && self.running_of_owner(&self.owner_of(&turn.0)) >= share))
+                    {
                         continue;
                     }
                     // This handler's next job that can go now, if any.
@@ -640,6 +662,20 @@ impl<E: Executor> Dispatcher<E> {
             }
         }
         Ok(())
+    }
+
+    /// The owner of the handler with this key, as last routed.
+    fn owner_of(&self, handler: &[u8; 32]) -> [u8; 32] {
+        self.owners.get(handler).copied().unwrap_or(*handler)
+    }
+
+    /// Attempts running for the handlers of this owner.
+    fn running_of_owner(&self, owner: &[u8; 32]) -> u32 {
+        self.running
+            .iter()
+            .filter(|(d, _)| self.owner_of(d.public_key()) == *owner)
+            .map(|(_, n)| *n)
+            .sum()
     }
 
     /// Attempts running for the handler with this key.
@@ -679,6 +715,13 @@ impl<E: Executor> Dispatcher<E> {
                 return Ok(Take::Skipped);
             }
         };
+        if let Some(a) = &authorization {
+            if self.owners.len() >= MAX_OWNERS {
+                self.owners.clear();
+            }
+            self.owners
+                .insert(*job.handler.public_key(), *a.owner.public_key());
+        }
         let claimed = match &authorization {
             Some(a) => a.max_concurrency,
             None => (self.limits)(&job.handler),

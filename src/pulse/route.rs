@@ -29,6 +29,9 @@ pub struct Authorization {
     pub plugin_key: Did,
     /// The schema's `max_concurrency`.
     pub max_concurrency: Option<u32>,
+    /// The handler's owner: its current key. Handlers with one owner share
+    /// that owner's fair share of the slots.
+    pub owner: Did,
 }
 
 /// A router's answer for one job.
