@@ -520,3 +520,42 @@ async fn a_client_holds_a_bounded_number_of_calls() {
     drop(held);
     server.stop();
 }
+
+/// The metrics endpoint closes a connection that does not ask within 5 s,
+/// serves at most 64 at once, and keeps answering: 100 silent sockets do
+/// not stop it (before, each was held for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_metrics_connections_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempdir("exhaust-metrics");
+    let server = common::Serve::start(&["--metrics-listen", "127.0.0.1:0"], &dir.join("data"));
+    let addr = server.metrics.clone().unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // Every one of them is closed: at once past the cap, the rest after
+    // the timeout (a bound of 30 s against hanging).
+    for s in &mut silent {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut b))
+            .await
+            .expect("a silent metrics connection was held open")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    // And the endpoint still answers.
+    assert!(server.metric("pulse_ledger_log_size").await == 0);
+    let body = {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.unwrap();
+        body
+    };
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    server.stop();
+}

@@ -226,37 +226,59 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` over plain HTTP/1.1 until the task is dropped.
+/// Time a metrics client has to send its request and read the answer.
+pub(crate) const METRICS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Metrics connections served at once; more are closed at once.
+const MAX_METRICS_CONNECTIONS: usize = 64;
+
+/// Serves `GET /metrics` over plain HTTP/1.1 until the task is dropped. A
+/// connection has [`METRICS_TIMEOUT`] to ask and be answered, at most
+/// [`MAX_METRICS_CONNECTIONS`] are served at once, and a failed accept
+/// (no descriptor left) waits instead of spinning.
 pub(crate) async fn serve_metrics(listener: TcpListener, metrics: std::sync::Arc<Metrics>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_METRICS_CONNECTIONS));
     loop {
-        let Ok((mut socket, _)) = listener.accept().await else {
-            continue;
+        let mut socket = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = std::sync::Arc::clone(&slots).try_acquire_owned() else {
+            continue; // dropped: closed at once
         };
         let metrics = std::sync::Arc::clone(&metrics);
         tokio::spawn(async move {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
-                match socket.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let (status, body) = if head.starts_with(b"GET /metrics ") {
-                ("200 OK", metrics.render())
-            } else {
-                (
-                    "404 Not Found",
-                    "only GET /metrics is served here\n".to_owned(),
-                )
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = socket.write_all(response.as_bytes()).await;
+            let _slot = slot;
+            let _ = tokio::time::timeout(METRICS_TIMEOUT, answer(&mut socket, &metrics)).await;
         });
     }
+}
+
+/// Reads one request head from `socket` and answers it.
+async fn answer(socket: &mut tokio::net::TcpStream, metrics: &Metrics) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST_HEAD {
+        match socket.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let (status, body) = if head.starts_with(b"GET /metrics ") {
+        ("200 OK", metrics.render())
+    } else {
+        (
+            "404 Not Found",
+            "only GET /metrics is served here\n".to_owned(),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = socket.write_all(response.as_bytes()).await;
 }
 
 #[cfg(test)]
