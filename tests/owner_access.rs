@@ -353,3 +353,72 @@ async fn a_handlers_owner_decides_who_may_enqueue_read_cancel_and_budget() {
     );
     server.stop();
 }
+
+/// What DID callers may enqueue is bounded per client address (anyone can
+/// sign a DID token): an owner past its allowance is refused
+/// `rate_limited`, a batch counts all its jobs and large payloads count
+/// more, and operator tokens are not limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn did_callers_enqueue_within_an_allowance() {
+    let dir = tempdir("owner-rate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (plugin, alice) = (key("own-rate-p"), key("own-rate-alice"));
+    let (ops, ops_table) = operator_token("ops", &["admin"]);
+    let config = dir.join("pulse.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "plugin_wait_secs = 600\nrate_limit_loopback = true\ndid_enqueue_rate = 1\ndid_enqueue_burst = 4\n{ops_table}"
+        ),
+    )
+    .unwrap();
+    let server = Serve::start(&["--config", config.to_str().unwrap()], &dir.join("data"));
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    for att in [
+        plugin_register(&plugin, "tools"),
+        handler_register(&alice, "alices", &plugin.did),
+    ] {
+        reg.submit(proto::SubmitRequest {
+            envelope: att.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    let channel = JobsClient::connect(server.url.clone()).await.unwrap();
+    let mut a = Caller {
+        jobs: channel.clone(),
+        token: did_token(&dir, &alice, &server.url),
+    };
+    let mut ops = Caller {
+        jobs: channel.clone(),
+        token: ops,
+    };
+    // A 100 KiB payload is two units: with the first job, three of four.
+    let big = proto::EnqueueRequest {
+        handler: alice.did.to_string(),
+        payload: vec![b' '; 100 * 1024],
+        ..Default::default()
+    };
+    a.jobs.enqueue(authed(big.clone(), &a.token)).await.unwrap();
+    a.enqueue(&alice).await.unwrap();
+    // A batch of two such jobs needs four units; one is left.
+    let batch = proto::EnqueueBatchRequest {
+        jobs: vec![big.clone(), big],
+    };
+    let e = a
+        .jobs
+        .enqueue_batch(authed(batch, &a.token))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::ResourceExhausted, "rate_limited")
+    );
+    a.enqueue(&alice).await.unwrap();
+    assert_eq!(code(a.enqueue(&alice).await), "rate_limited");
+    // The operator's token is not counted.
+    for _ in 0..10 {
+        ops.enqueue(&alice).await.unwrap();
+    }
+    server.stop();
+}

@@ -43,6 +43,15 @@ pub struct JobsService {
     schemas: Arc<std::sync::Mutex<HashMap<u64, HandlerSchema>>>,
     /// Who may call: every RPC checks the caller's bearer token here.
     access: Arc<AccessCell>,
+    /// How much DID callers (anyone can sign a DID token) may enqueue per
+    /// client address; operator tokens are not limited.
+    did_enqueues: Option<Arc<crate::auth::RateLimiter>>,
+}
+
+/// A job's cost against a DID caller's enqueue allowance: one unit per
+/// started 64 KiB of payload (1 to 16).
+pub(crate) fn enqueue_units(payload_len: usize) -> u32 {
+    u32::try_from(payload_len.div_ceil(64 * 1024).max(1)).unwrap_or(u32::MAX)
 }
 
 /// Most schemas remembered before the cache starts over.
@@ -99,6 +108,7 @@ impl JobsService {
             pulse: None,
             schemas: Arc::default(),
             access: Arc::new(AccessCell::new(Access::Open)),
+            did_enqueues: None,
         }
     }
 
@@ -176,6 +186,28 @@ impl JobsService {
     fn refuse(&self, e: &AuthError, peer: Option<std::net::SocketAddr>) -> Status {
         self.access.refused(e, peer);
         auth_status(e)
+    }
+
+    /// Limits what DID callers may enqueue, per client address
+    /// ([`enqueue_units`] per job).
+    pub fn with_did_enqueue_limit(mut self, limiter: Arc<crate::auth::RateLimiter>) -> JobsService {
+        self.did_enqueues = Some(limiter);
+        self
+    }
+
+    /// Takes `units` from a DID caller's enqueue allowance.
+    fn admit_enqueue(
+        &self,
+        grant: &Grant,
+        units: u32,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Result<(), Status> {
+        match &self.did_enqueues {
+            Some(l) if grant.did().is_some() => l
+                .check(peer.map(|p| p.ip()), units, std::time::Instant::now())
+                .map_err(|e| self.refuse(&e, peer)),
+            _ => Ok(()),
+        }
     }
 
     /// Routes cancels, wake-ups and budget reservations through a running
@@ -434,6 +466,7 @@ impl Jobs for JobsService {
         let grant = self.grant(&request)?;
         let peer = request.remote_addr();
         let req = request.into_inner();
+        self.admit_enqueue(&grant, enqueue_units(req.payload.len()), peer)?;
         let item = self.request(&req, &grant, peer)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let unavailable = || Status::unavailable("unavailable: the server is shutting down");
@@ -466,6 +499,11 @@ impl Jobs for JobsService {
                 format!("a batch holds 1 to {MAX_BATCH} jobs, not {}", reqs.len()),
             ));
         }
+        let units = reqs
+            .iter()
+            .map(|r| enqueue_units(r.payload.len()))
+            .fold(0u32, u32::saturating_add);
+        self.admit_enqueue(&grant, units, peer)?;
         // Requests whose handler does not resolve, or is outside the
         // token's scopes, fail alone; the rest go to the store together.
         let resolved: Vec<Result<_, Status>> =

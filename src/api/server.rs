@@ -70,6 +70,9 @@ pub struct ServeConfig {
     pub submit_rate: crate::auth::RateLimit,
     /// Submissions per client address a day (0: no daily limit).
     pub submit_daily: u32,
+    /// What DID callers may enqueue per client address: units (one per
+    /// started 64 KiB of payload) a second, and the burst.
+    pub did_enqueue_rate: crate::auth::RateLimit,
     /// Registry reads per client address (anyone may read the log).
     pub read_rate: crate::auth::RateLimit,
     /// Rate-limit loopback clients too (a proxy on this host).
@@ -112,6 +115,11 @@ pub struct ServeConfig {
 pub const DEFAULT_SUBMIT_RATE: u32 = 100;
 /// Default burst of submissions per client address.
 pub const DEFAULT_SUBMIT_BURST: u32 = 1_000;
+/// Default enqueue units (one per started 64 KiB of payload) a second a DID
+/// caller's address may use.
+pub const DEFAULT_DID_ENQUEUE_RATE: u32 = 100;
+/// Default burst of those units.
+pub const DEFAULT_DID_ENQUEUE_BURST: u32 = 1_000;
 /// Default submissions a day per client address.
 pub const DEFAULT_SUBMIT_DAILY: u32 = 10_000;
 /// Default Registry reads per second per client address.
@@ -146,6 +154,10 @@ impl ServeConfig {
                 burst: DEFAULT_SUBMIT_BURST,
             },
             submit_daily: DEFAULT_SUBMIT_DAILY,
+            did_enqueue_rate: crate::auth::RateLimit {
+                per_second: DEFAULT_DID_ENQUEUE_RATE,
+                burst: DEFAULT_DID_ENQUEUE_BURST,
+            },
             read_rate: crate::auth::RateLimit {
                 per_second: DEFAULT_READ_RATE,
                 burst: DEFAULT_READ_BURST,
@@ -506,7 +518,11 @@ pub async fn serve(
     let jobs = JobsServer::new(
         JobsService::new(Arc::clone(&ledger), store)
             .with_dispatcher(runner.handle())
-            .with_access(Arc::clone(&access)),
+            .with_access(Arc::clone(&access))
+            .with_did_enqueue_limit(Arc::new(crate::auth::RateLimiter::new(
+                config.did_enqueue_rate,
+                config.rate_limit_loopback,
+            ))),
     )
     .max_decoding_message_size(MAX_JOBS_REQUEST_BYTES)
     .max_encoding_message_size(MAX_RESPONSE_BYTES);

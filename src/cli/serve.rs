@@ -34,7 +34,7 @@ job_retention_hours, max_running, fair_share_percent, max_handler_concurrency,
 max_timeout_ms, plugin_wait_secs, heartbeat_timeout_ms,
 cancel_grace_ms, plugin_health_interval_ms, tls_cert, tls_key,
 tls_client_ca, allow_plaintext, allow_unauthenticated, did_tokens, submit_rate,
-submit_burst, submit_daily, read_rate, read_burst, rate_limit_loopback, min_free_mb, log_reserve_mb,
+submit_burst, submit_daily, did_enqueue_rate, did_enqueue_burst, read_rate, read_burst, rate_limit_loopback, min_free_mb, log_reserve_mb,
 write_queue_depth,
 max_connections, max_connections_per_client, handshake_timeout_ms,
 max_streams_per_client, idle_timeout_ms, drain_grace_ms, one [[plugin]]
@@ -153,6 +153,8 @@ struct FileConfig {
     submit_rate: Option<u32>,
     submit_burst: Option<u32>,
     submit_daily: Option<u32>,
+    did_enqueue_rate: Option<u32>,
+    did_enqueue_burst: Option<u32>,
     rate_limit_loopback: Option<bool>,
     min_free_mb: Option<u64>,
     write_queue_depth: Option<usize>,
@@ -395,6 +397,14 @@ impl Args {
             submit_daily: file
                 .submit_daily
                 .unwrap_or(crate::api::DEFAULT_SUBMIT_DAILY),
+            did_enqueue_rate: crate::auth::RateLimit {
+                per_second: file
+                    .did_enqueue_rate
+                    .unwrap_or(crate::api::DEFAULT_DID_ENQUEUE_RATE),
+                burst: file
+                    .did_enqueue_burst
+                    .unwrap_or(crate::api::DEFAULT_DID_ENQUEUE_BURST),
+            },
             read_rate: crate::auth::RateLimit {
                 per_second: file.read_rate.unwrap_or(crate::api::DEFAULT_READ_RATE),
                 burst: file.read_burst.unwrap_or(crate::api::DEFAULT_READ_BURST),
