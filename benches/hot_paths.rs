@@ -18,6 +18,7 @@ use pulse_ledger::pulse::{
     LeaseToken, Report, ReportSender,
 };
 use pulse_ledger::{Did, HandlerSchema};
+use std::hint::black_box;
 
 fn key(i: u64) -> (SigningKey, Did) {
     pulse_ledger::loadgen::bench_key("hot paths", i)
@@ -168,5 +169,54 @@ fn pulse(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(hot, ledger, pulse);
+/// Authenticating one call: an operator token (a blake3 hash and a map
+/// lookup), a DID token already seen (the same, from memory), and a DID
+/// token's first call (its strict signature check), next to a raw
+/// ed25519 verify.
+fn auth(c: &mut Criterion) {
+    use pulse_ledger::auth::{
+        Access, AccessCell, DidToken, Scope, TokenHash, TokenRule, new_token,
+    };
+    let ops = new_token().unwrap();
+    let access = Access::with_tokens(vec![TokenRule {
+        name: "ops".into(),
+        hash: TokenHash::of(&ops).unwrap(),
+        scopes: vec![Scope::Admin],
+    }])
+    .unwrap();
+    let (_, log) = key(1);
+    let (client, _) = key(2);
+    let cell = AccessCell::new(access).with_did_tokens(log.clone());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let did_token = DidToken::sign(&client, &log, now, now + 3_600_000).unwrap();
+    let operator_header = format!("Bearer {ops}").into_bytes();
+    let did_header = format!("Bearer {did_token}").into_bytes();
+    let mut g = c.benchmark_group("auth");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("operator_token", |b| {
+        b.iter(|| {
+            cell.authenticate(Some(black_box(&operator_header)))
+                .unwrap()
+        })
+    });
+    g.bench_function("did_token_seen", |b| {
+        b.iter(|| cell.authenticate(Some(black_box(&did_header))).unwrap())
+    });
+    g.bench_function("did_token_first_call", |b| {
+        b.iter(|| DidToken::verify(black_box(&did_token), &log, now + 1).unwrap())
+    });
+    let msg = b"pulse-ledger/did-token/v1\0 a message of about the same size";
+    use ed25519_dalek::Signer;
+    let sig = client.sign(msg);
+    let vk = client.verifying_key();
+    g.bench_function("raw_ed25519_verify_strict", |b| {
+        b.iter(|| vk.verify_strict(black_box(msg), &sig).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(hot, ledger, pulse, auth);
 criterion_main!(hot);
