@@ -296,9 +296,13 @@ async fn outbound_network_is_granted_only_when_asked_and_allowed() {
         "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2).close()\n    print('connected')\nexcept OSError as e:\n    print(type(e).__name__, e.errno)\n"
     );
     let listen = "import socket\ns = socket.socket()\ntry:\n    s.bind(('127.0.0.1', 0))\n    s.listen()\n    print('listening')\nexcept OSError as e:\n    print(type(e).__name__, e.errno)\n";
+    let unbound = "import socket\ns = socket.socket()\ntry:\n    s.listen()\n    print('listening')\nexcept OSError as e:\n    print(type(e).__name__, e.errno)\n";
+    let mptcp = "import socket\ntry:\n    socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262)\n    print('opened')\nexcept OSError as e:\n    print(type(e).__name__, e.errno)\n";
     let cases = [
         ("net-connect", connect.as_str(), true, "connected"),
         ("net-listen", listen, true, "PermissionError 13"),
+        ("net-listen-unbound", unbound, true, "PermissionError 1"),
+        ("net-mptcp", mptcp, true, "PermissionError 1"),
         (
             "no-net-connect",
             connect.as_str(),

@@ -142,6 +142,17 @@ impl Caller {
     }
 }
 
+trait Revealed {
+    fn revealed(&self) -> usize;
+}
+
+impl Revealed for proto::Job {
+    /// What the answer reveals of the job's outcome.
+    fn revealed(&self) -> usize {
+        self.result.len() + self.last_error.len() + self.attempt_history.len()
+    }
+}
+
 /// The refusal's spec code; the call must have been refused.
 fn code<T: std::fmt::Debug>(r: Result<T, Status>) -> String {
     let s = r.unwrap_err();
@@ -335,6 +346,61 @@ async fn a_handlers_owner_decides_who_may_enqueue_read_cancel_and_budget() {
     assert_eq!(code(b.get(&job_b).await), "scope_missing");
     b.enqueue(&alice).await.unwrap();
     assert_eq!(a2.cancel(&job_b).await.unwrap(), "cancelled");
+
+    // An idempotency key names someone else's job: a caller that may
+    // enqueue but not read learns its ID, not its state or result.
+    let keyed = proto::EnqueueRequest {
+        handler: alice.did.to_string(),
+        payload: b"{}".to_vec(),
+        idempotency_key: "order-42".into(),
+        ..Default::default()
+    };
+    let first = a2
+        .jobs
+        .enqueue(authed(keyed.clone(), &a2.token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.existing);
+    let again = b
+        .jobs
+        .enqueue(authed(keyed.clone(), &b.token))
+        .await
+        .unwrap()
+        .into_inner();
+    let seen = again.job.unwrap();
+    assert!(again.existing);
+    assert_eq!(seen.id, first.job.as_ref().unwrap().id);
+    assert_eq!((seen.state.as_str(), seen.revealed()), ("", 0));
+    let owner_again = a2
+        .jobs
+        .enqueue(authed(keyed, &a2.token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(owner_again.job.unwrap().state, "held");
+
+    // An owner may set its handler's budget only within the operator's
+    // default: a stranger's handler cannot lift its own limit.
+    let default = proto::SetBudgetRequest {
+        per_hour: 100,
+        ..Default::default()
+    };
+    ops.jobs
+        .set_budget(authed(default, &ops.token))
+        .await
+        .unwrap();
+    a2.set_budget(&alice, 50).await.unwrap();
+    for too_much in [500, 0] {
+        let e = a2.set_budget(&alice, too_much).await.unwrap_err();
+        assert_eq!(
+            (e.code(), reason(&e).as_str()),
+            (Code::PermissionDenied, "budget_above_default"),
+            "{too_much}"
+        );
+    }
+    assert_eq!(a2.get_budget(&alice).await.unwrap(), 50);
+    ops.set_budget(&alice, 500).await.unwrap();
 
     // A DID token signed for another server's log is refused here.
     let elsewhere = stdout_of(&run(&[

@@ -165,6 +165,21 @@ impl JobsService {
             })
     }
 
+    /// The job an Enqueue answers with. A job that already existed under
+    /// the idempotency key may be someone else's: a caller that may not
+    /// read the handler's jobs learns its ID only, not its state or result.
+    fn enqueued_message(&self, grant: &Grant, job: &Job, existing: bool) -> proto::Job {
+        if !existing || self.may(grant, Right::Read, &job.handler) {
+            return job_message(job);
+        }
+        proto::Job {
+            id: job.id.0.to_vec(),
+            handler: job.handler.to_string(),
+            idempotency_key: job.idempotency_key.clone().unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
     /// Ok if the caller holds `right` over `handler`'s jobs.
     fn require_on(
         &self,
@@ -480,7 +495,7 @@ impl Jobs for JobsService {
             .map_err(|e| job_status(&e))?;
         self.wake();
         Ok(Response::new(proto::EnqueueResponse {
-            job: Some(job_message(&job)),
+            job: Some(self.enqueued_message(&grant, &job, existing)),
             existing,
         }))
     }
@@ -536,7 +551,7 @@ impl Jobs for JobsService {
                     Ok(_) => match stored.next() {
                         Some(Ok((job, existing))) => {
                             proto::enqueue_result::Result::Accepted(proto::EnqueueResponse {
-                                job: Some(job_message(&job)),
+                                job: Some(self.enqueued_message(&grant, &job, existing)),
                                 existing,
                             })
                         }
@@ -800,6 +815,34 @@ impl Jobs for JobsService {
             per_hour: (req.per_hour != 0).then_some(req.per_hour),
             per_day: (req.per_day != 0).then_some(req.per_day),
         };
+        // A handler's own budget replaces the operator's default, so a DID
+        // caller (an owner, or a client it named) may only set one within
+        // the default: a stranger's handler cannot lift its own limit.
+        if grant.did().is_some() {
+            let default = self.blocking(|s| s.default_budget()).await?;
+            let within = |asked: Option<u64>, cap: Option<u64>| match cap {
+                None => true,
+                Some(c) => asked.is_some_and(|a| a <= c),
+            };
+            if !within(budget.per_hour, default.per_hour)
+                || !within(budget.per_day, default.per_day)
+            {
+                let show =
+                    |b: Option<u64>| b.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+                return Err(status(
+                    Code::PermissionDenied,
+                    "budget_above_default",
+                    format!(
+                        "a DID caller may set a handler's budget only within the operator's default \
+                         (per_hour {}, per_day {}); asked per_hour {}, per_day {}",
+                        show(default.per_hour),
+                        show(default.per_day),
+                        show(budget.per_hour),
+                        show(budget.per_day)
+                    ),
+                ));
+            }
+        }
         self.blocking(move |s| s.set_budget(did.as_ref(), budget))
             .await?;
         Ok(Response::new(proto::SetBudgetResponse {}))

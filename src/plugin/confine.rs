@@ -16,8 +16,8 @@
 //! - **network** (Landlock TCP rules and a seccomp filter): no socket but
 //!   Unix socket pairs, no TCP bind or connect; or, for code whose handler
 //!   asks for outbound network and whose plugin's operator allows it
-//!   ([`Confinement::outbound_network`]), Internet sockets that may connect
-//!   out but never bind a TCP port;
+//!   ([`Confinement::outbound_network`]), TCP and UDP sockets that may
+//!   connect out but never bind a TCP port or listen;
 //! - **other processes** (Landlock scopes, seccomp): no signals to
 //!   processes outside the attempt, no ptrace, no reading or writing
 //!   another process's memory, no new processes (threads are allowed),
@@ -390,15 +390,32 @@ mod imp {
         if outbound_network {
             families.extend([libc::AF_INET, libc::AF_INET6]);
         }
+        let ne = |arg: u8, v: i32| {
+            SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, v as u64)
+        };
         let other_family = families
             .into_iter()
-            .map(|f| SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, f as u64))
+            .map(|f| ne(0, f))
             .collect::<Result<Vec<_>, _>>()
             .map_err(sc)?;
-        eperm.insert(
-            libc::SYS_socket,
-            vec![SeccompRule::new(other_family).map_err(sc)?],
-        );
+        let mut socket_rules = vec![SeccompRule::new(other_family).map_err(sc)?];
+        if outbound_network {
+            // Plain TCP and UDP only: a protocol such as MPTCP escapes
+            // Landlock's TCP rules.
+            let other_protocol = [0, libc::IPPROTO_TCP, libc::IPPROTO_UDP]
+                .into_iter()
+                .map(|p| ne(2, p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(sc)?;
+            socket_rules.push(SeccompRule::new(other_protocol).map_err(sc)?);
+            // Landlock checks bind() only; listen() on an unbound socket
+            // binds an ephemeral port by itself. Outbound means no
+            // listening at all.
+            for call in [libc::SYS_listen, libc::SYS_accept, libc::SYS_accept4] {
+                eperm.insert(call, all());
+            }
+        }
+        eperm.insert(libc::SYS_socket, socket_rules);
         let eperm = SeccompFilter::new(
             eperm,
             SeccompAction::Allow,
