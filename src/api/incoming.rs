@@ -209,16 +209,24 @@ struct Quiet {
     idle: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
     counters: Arc<ConnectionCounters>,
+    /// Resolves when the server closes every connection.
+    closing: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Whether the idle rule closed the connection (counted once).
+    expired: bool,
 }
 
 impl Quiet {
     /// Whether the connection has been quiet long enough to close; if not,
     /// the timer is set for when it might be and registered with `cx`.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.expired || self.closing.as_mut().poll(cx).is_ready() {
+            return true;
+        }
         while self.timer.as_mut().poll(cx).is_ready() {
             let wait = match self.activity.quiet_for() {
                 Some(q) if q >= self.idle => {
                     self.counters.idle.fetch_add(1, Ordering::Relaxed);
+                    self.expired = true;
                     return true;
                 }
                 Some(q) => self.idle - q,
@@ -361,6 +369,8 @@ pub(crate) fn admit(
                     let quiet = Quiet {
                         peer,
                         activity: streams.connected(peer),
+                        closing: Box::pin(streams.closed()),
+                        expired: false,
                         streams,
                         idle: admission.idle,
                         timer: Box::pin(tokio::time::sleep(admission.idle)),

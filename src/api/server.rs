@@ -568,7 +568,7 @@ pub async fn serve(
         // concurrent streams (each WatchEntries holds a bounded buffer).
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .layer(super::streams::StreamLayer(streams))
+        .layer(super::streams::StreamLayer(Arc::clone(&streams)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(super::normalize::Normalize::new(
@@ -585,8 +585,16 @@ pub async fn serve(
         () = grace => {
             tracing::warn!(
                 drain_grace_ms = drain.as_millis() as u64,
+                connections = streams.connections(),
                 "calls still open after the drain grace (streams): closing their connections"
             );
+            // Each connection runs in a task of its own: told to end, it
+            // reads end of input and drops its calls before storage closes.
+            streams.close_all();
+            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+            while streams.connections() > 0 && tokio::time::Instant::now() < until {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
             Ok(())
         }
     };

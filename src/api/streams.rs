@@ -63,6 +63,8 @@ pub(crate) struct Streams {
     per_client: Mutex<HashMap<IpAddr, usize>>,
     connections: Mutex<HashMap<SocketAddr, Arc<Activity>>>,
     refused: AtomicU64,
+    /// Set when the server stops for good: every connection ends.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Streams {
@@ -73,7 +75,29 @@ impl Streams {
             per_client: Mutex::default(),
             connections: Mutex::default(),
             refused: AtomicU64::new(0),
+            closing: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Ends every connection, streams and all (the drain grace is over).
+    pub(crate) fn close_all(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Streams::close_all`] was called.
+    pub(crate) fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+    }
+
+    /// Connections open now.
+    pub(crate) fn connections(&self) -> usize {
+        self.connections
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Calls refused so far because their client held its most.
