@@ -5,6 +5,9 @@
 //! of bytes; a body that would take the allowance past its size is cut
 //! off with `overloaded`.
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,28 +18,50 @@ use tonic::codegen::Bytes;
 
 /// Bytes of request bodies held at once for DID callers, all together.
 pub(crate) const DID_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Of which one client (address, or IPv6 /64) may hold at most this much.
+pub(crate) const DID_BODY_BYTES_PER_CLIENT: usize = 16 * 1024 * 1024;
+/// Time a DID caller has to send its whole request body.
+pub(crate) const DID_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The shared allowance.
 #[derive(Debug, Clone)]
 pub(crate) struct BodyBudget {
     bytes: Arc<Semaphore>,
+    per_client: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    client_bytes: usize,
+    timeout: std::time::Duration,
 }
 
 impl BodyBudget {
-    pub(crate) fn new(bytes: usize) -> BodyBudget {
+    pub(crate) fn new(
+        bytes: usize,
+        client_bytes: usize,
+        timeout: std::time::Duration,
+    ) -> BodyBudget {
         BodyBudget {
             bytes: Arc::new(Semaphore::new(bytes)),
+            per_client: Arc::default(),
+            client_bytes,
+            timeout,
         }
     }
 
-    /// `body`, drawing on the allowance as its bytes arrive and giving
-    /// them back when it is dropped (once its message is decoded, or the
-    /// call ends).
-    pub(crate) fn hold(&self, body: tonic::body::Body) -> tonic::body::Body {
+    /// `body` of a call from `client`, drawing on the allowance (and the
+    /// client's share of it) as its bytes arrive and giving them back when
+    /// it is dropped (once its message is decoded, or the call ends). A
+    /// body not complete within the timeout is cut off.
+    pub(crate) fn hold(
+        &self,
+        body: tonic::body::Body,
+        client: Option<IpAddr>,
+    ) -> tonic::body::Body {
         tonic::body::Body::new(Held {
             inner: body,
             bytes: Arc::clone(&self.bytes),
             held: None,
+            client: client.map(|c| (super::incoming::client_of(c), 0)),
+            budget: self.clone(),
+            deadline: Box::pin(tokio::time::sleep(self.timeout)),
         })
     }
 
@@ -51,6 +76,35 @@ struct Held {
     inner: tonic::body::Body,
     bytes: Arc<Semaphore>,
     held: Option<OwnedSemaphorePermit>,
+    /// The client and the bytes this body holds of its share.
+    client: Option<(IpAddr, usize)>,
+    budget: BodyBudget,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some((c, n)) = self.client {
+            let mut m = self
+                .budget
+                .per_client
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(held) = m.get_mut(&c) {
+                *held = held.saturating_sub(n);
+                if *held == 0 {
+                    m.remove(&c);
+                }
+            }
+        }
+    }
+}
+
+fn overloaded(message: String) -> tonic::Status {
+    super::status::to_status(&crate::ledger::LedgerError::Ledger {
+        code: crate::ledger::LedgerErrorCode::Overloaded,
+        message,
+    })
 }
 
 impl Body for Held {
@@ -62,6 +116,12 @@ impl Body for Held {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         let this = self.get_mut();
+        if !this.inner.is_end_stream() && this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(overloaded(format!(
+                "a DID caller's request body must arrive within {} s",
+                this.budget.timeout.as_secs()
+            )))));
+        }
         let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
@@ -69,6 +129,22 @@ impl Body for Held {
             Poll::Pending => return Poll::Pending,
         };
         if let Some(data) = frame.data_ref() {
+            if let Some((c, held)) = &mut this.client {
+                let mut m = this
+                    .budget
+                    .per_client
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let total = m.entry(*c).or_insert(0);
+                if *total + data.len() > this.budget.client_bytes {
+                    return Poll::Ready(Some(Err(overloaded(format!(
+                        "one client holds at most {} MiB of request bodies as a DID caller at once; retry shortly",
+                        this.budget.client_bytes / (1024 * 1024)
+                    )))));
+                }
+                *total += data.len();
+                *held += data.len();
+            }
             let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
             match Arc::clone(&this.bytes).try_acquire_many_owned(n) {
                 Ok(p) => match &mut this.held {
@@ -76,15 +152,11 @@ impl Body for Held {
                     None => this.held = Some(p),
                 },
                 Err(_) => {
-                    let e = crate::ledger::LedgerError::Ledger {
-                        code: crate::ledger::LedgerErrorCode::Overloaded,
-                        message: format!(
-                            "the server holds at most {} MiB of request bodies for DID callers, \
-                             and that much is in flight; retry shortly",
-                            DID_BODY_BYTES / (1024 * 1024)
-                        ),
-                    };
-                    return Poll::Ready(Some(Err(super::status::to_status(&e))));
+                    return Poll::Ready(Some(Err(overloaded(format!(
+                        "the server holds at most {} MiB of request bodies for DID callers, \
+                         and that much is in flight; retry shortly",
+                        DID_BODY_BYTES / (1024 * 1024)
+                    )))));
                 }
             }
         }
@@ -115,8 +187,8 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_share_the_allowance_and_give_it_back() {
-        let budget = BodyBudget::new(1000);
-        let mut a = budget.hold(body(&[400, 400]));
+        let budget = BodyBudget::new(1000, 1000, std::time::Duration::from_secs(30));
+        let mut a = budget.hold(body(&[400, 400]), None);
         assert_eq!(
             a.frame().await.unwrap().unwrap().into_data().unwrap().len(),
             400
@@ -127,12 +199,40 @@ mod tests {
         );
         assert_eq!(budget.available(), 200);
         // A second body past the allowance is cut off with `overloaded`.
-        let mut b = budget.hold(body(&[100, 300]));
+        let mut b = budget.hold(body(&[100, 300]), None);
         b.frame().await.unwrap().unwrap();
         let e = b.frame().await.unwrap().unwrap_err();
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
         assert!(e.message().starts_with("overloaded: "), "{}", e.message());
         drop((a, b));
         assert_eq!(budget.available(), 1000);
+    }
+
+    #[tokio::test]
+    async fn one_client_holds_its_share_and_a_slow_body_is_cut_off() {
+        let budget = BodyBudget::new(1000, 500, std::time::Duration::from_secs(30));
+        let (x, y) = (
+            Some(IpAddr::from([192, 0, 2, 1])),
+            Some(IpAddr::from([192, 0, 2, 2])),
+        );
+        let mut a = budget.hold(body(&[400, 200]), x);
+        a.frame().await.unwrap().unwrap();
+        // The same client's next bytes go past its share; another's do not.
+        let mut b = budget.hold(body(&[200]), x);
+        assert!(b.frame().await.unwrap().is_err());
+        let mut c = budget.hold(body(&[200]), y);
+        c.frame().await.unwrap().unwrap();
+        drop((a, b));
+        let mut d = budget.hold(body(&[400]), x);
+        d.frame().await.unwrap().unwrap();
+        // A body that does not finish in time is cut off.
+        let slow = BodyBudget::new(1000, 1000, std::time::Duration::from_millis(50));
+        let never =
+            tonic::body::Body::new(http_body_util::StreamBody::new(tokio_stream::pending::<
+                Result<Frame<Bytes>, std::convert::Infallible>,
+            >()));
+        let mut e = slow.hold(never, x);
+        let cut = e.frame().await.unwrap().unwrap_err();
+        assert!(cut.message().contains("within"), "{}", cut.message());
     }
 }

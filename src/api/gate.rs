@@ -11,7 +11,6 @@ use std::task::{Context, Poll};
 use tonic::codegen::Service;
 use tonic::codegen::http::{Request, Response};
 use tonic::server::NamedService;
-use tonic::transport::server::TcpConnectInfo;
 
 use super::body_budget::BodyBudget;
 use super::status::auth_status;
@@ -64,10 +63,7 @@ where
         let stranger = match verdict {
             Ok(g) => g.did().is_some(),
             Err(e) => {
-                let peer = req
-                    .extensions()
-                    .get::<TcpConnectInfo>()
-                    .and_then(TcpConnectInfo::remote_addr);
+                let peer = super::streams::peer_of(&req);
                 self.access.refused(&e, peer);
                 // Answered without reading the body: dropping the request
                 // resets the stream's upload.
@@ -77,7 +73,8 @@ where
         };
         // The bodies of DID callers draw on the shared allowance.
         let req = if stranger {
-            req.map(|b| self.bodies.hold(b))
+            let client = super::streams::peer_of(&req).map(|a| a.ip());
+            req.map(|b| self.bodies.hold(b, client))
         } else {
             req
         };

@@ -48,6 +48,9 @@ pub struct JobsService {
     did_enqueues: Option<Arc<crate::auth::RateLimiter>>,
 }
 
+/// What a `ListJobs` page costs a DID caller's allowance.
+const LIST_UNITS: u32 = 10;
+
 /// A job's cost against a DID caller's enqueue allowance: one unit per
 /// started 64 KiB of payload (1 to 16).
 pub(crate) fn enqueue_units(payload_len: usize) -> u32 {
@@ -586,6 +589,9 @@ impl Jobs for JobsService {
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
         let grant = self.grant(&request)?;
         let peer = request.remote_addr();
+        // A page may read up to LIST_SCAN index entries: DID callers pay
+        // for it from their allowance.
+        self.admit_enqueue(&grant, LIST_UNITS, peer)?;
         let req = request.into_inner();
         let handler = if req.handler.is_empty() {
             grant

@@ -577,7 +577,11 @@ pub async fn serve(
         .add_service(super::normalize::Normalize::new(super::gate::Gate::new(
             jobs,
             Arc::clone(&access),
-            super::body_budget::BodyBudget::new(super::body_budget::DID_BODY_BYTES),
+            super::body_budget::BodyBudget::new(
+                super::body_budget::DID_BODY_BYTES,
+                super::body_budget::DID_BODY_BYTES_PER_CLIENT,
+                super::body_budget::DID_BODY_TIMEOUT,
+            ),
         )))
         .serve_with_incoming_shutdown(incoming, signal);
     let result = tokio::select! {

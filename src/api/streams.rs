@@ -215,7 +215,8 @@ pub(crate) struct Counted<S> {
     streams: Arc<Streams>,
 }
 
-fn peer_of<B>(req: &Request<B>) -> Option<SocketAddr> {
+/// The remote address of a request, plaintext or TLS.
+pub(crate) fn peer_of<B>(req: &Request<B>) -> Option<SocketAddr> {
     let ext = req.extensions();
     ext.get::<TcpConnectInfo>()
         .and_then(TcpConnectInfo::remote_addr)

@@ -197,7 +197,16 @@ impl RevokedTokens {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(format!("{}: {e}", file.display())),
         };
-        let hashes = text
+        // A last line without its newline is a revocation a crash cut
+        // short: it was never answered, so it is left out, not an error.
+        let complete = match text.rfind('\n') {
+            Some(end) => &text[..end],
+            None => "",
+        };
+        if complete.len() + 1 < text.len() {
+            tracing::warn!(file = %file.display(), "the last line is incomplete (a revocation cut short by a crash); ignored");
+        }
+        let hashes = complete
             .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| TokenHash::parse(l.trim()).map_err(|e| format!("{}: {e}", file.display())))
@@ -597,6 +606,51 @@ mod tests {
         assert!(read_this.may_call("CancelJob").is_err());
         assert!(read_this.require_everywhere(Right::Read).is_err());
         read_all.require_everywhere(Right::Read).unwrap();
+    }
+
+    #[test]
+    fn revocations_survive_a_reopen_and_a_torn_last_line_is_ignored() {
+        let dir = std::env::temp_dir().join(format!("pulse-revoked-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("revoked-tokens");
+        let (a, b) = (new_token().unwrap(), new_token().unwrap());
+        let cell = AccessCell::new(
+            Access::with_tokens(vec![
+                rule("a", &a, vec![Scope::Admin]),
+                rule("b", &b, vec![Scope::Admin]),
+            ])
+            .unwrap(),
+        )
+        .with_revocations(RevokedTokens::open(file.clone()).unwrap());
+        assert_eq!(cell.revoke("a").unwrap(), TokenHash::of(&a).unwrap());
+        assert!(cell.revoke("a").is_err(), "already out of force");
+        let code =
+            |c: &AccessCell, t: &str| c.authenticate(Some(&bearer(t))).err().map(|e| e.code());
+        assert_eq!(code(&cell, &a), Some(AuthCode::TokenUnknown));
+        assert_eq!(code(&cell, &b), None);
+        // A crash in the middle of a later line leaves it torn.
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
+        f.write_all(b"blake3:00ff").unwrap();
+        let again = RevokedTokens::open(file.clone()).unwrap();
+        let cell = AccessCell::new(
+            Access::with_tokens(vec![
+                rule("a", &a, vec![Scope::Admin]),
+                rule("b", &b, vec![Scope::Admin]),
+            ])
+            .unwrap(),
+        )
+        .with_revocations(again);
+        assert_eq!(code(&cell, &a), Some(AuthCode::TokenUnknown));
+        assert_eq!(code(&cell, &b), None);
+        // A complete line that is not a hash is an error.
+        std::fs::write(&file, "not a hash\n").unwrap();
+        assert!(RevokedTokens::open(file).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
