@@ -266,6 +266,16 @@ async fn a_handlers_owner_decides_who_may_enqueue_read_cancel_and_budget() {
     assert_eq!(code(app.set_budget(&alice, 1).await), "scope_missing");
     let job_o = app.enqueue(&other).await.unwrap();
     app.get(&job_o).await.unwrap();
+    // Nor can it tell that Alice's job exists by naming it as a parent.
+    for parent in [job_a.clone(), vec![7u8; 16]] {
+        let r = proto::EnqueueRequest {
+            handler: other.did.to_string(),
+            parent,
+            ..Default::default()
+        };
+        let e = app.jobs.enqueue(authed(r, &app.token)).await.unwrap_err();
+        assert_eq!(reason(&e), "parent_not_found");
+    }
     assert_eq!(code(a.get(&job_o).await), "scope_missing");
     ops.get(&job_a).await.unwrap();
     assert_eq!(ops.list(None).await.unwrap(), 3);

@@ -433,17 +433,21 @@ impl JobsService {
         } else {
             let id = parse_id(&r.parent)?;
             // Whether a job exists is only told to callers who may read
-            // every handler's jobs; for others the parent is recorded as
-            // given.
-            let may_read = grant.holds_everywhere(Right::Read);
-            if may_read {
-                self.store.get(&id).map_err(|_| {
-                    status(
+            // every handler's jobs, and a parent of a handler whose read
+            // list leaves them out is "not found" like a missing one; for
+            // other callers the parent is recorded as given.
+            if grant.holds_everywhere(Right::Read) {
+                let visible = self
+                    .store
+                    .get(&id)
+                    .is_ok_and(|p| self.may(grant, Right::Read, &p.handler));
+                if !visible {
+                    return Err(status(
                         Code::NotFound,
                         "parent_not_found",
-                        format!("no parent job {id}"),
-                    )
-                })?;
+                        format!("no parent job {id} that this caller may read"),
+                    ));
+                }
             }
             Some(id)
         };
