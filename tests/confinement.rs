@@ -84,28 +84,42 @@ fn scripts(
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hostile_scripts_are_refused_and_the_plugin_keeps_serving() {
+/// Whether this kernel can confine user code; if not, skipped with a note
+/// (never in CI, where the suite must run).
+fn can_confine() -> bool {
     let missing = Support::probe().missing();
-    if !missing.is_empty() {
-        assert!(
-            std::env::var_os("PULSE_LEDGER_CI").is_none(),
-            "CI must run the hostile-script suite, but this kernel lacks: {missing:?}"
-        );
-        eprintln!("SKIPPED: this kernel cannot confine user code: {missing:?}");
-        return;
+    if missing.is_empty() {
+        return true;
     }
-    let dir = tempdir("confinement");
-    let p = key("confine-plugin");
-    let key_path = key_file(&dir, &p);
-    let scratch = dir.join("scratch");
-    std::fs::create_dir_all(&scratch).unwrap();
-    let outside = dir.join("escaped.txt");
-    let config = format!(
-        "[[plugin]]\nname = \"scripts\"\ncommand = [{:?}, \"--key\", {:?}, \"--scratch-dir\", {:?}, \"--memory-mb\", \"256\", \"--cpu-seconds\", \"3\"]\ndir = {:?}\n",
-        env!("CARGO_BIN_EXE_pulse-script-plugin"),
+    assert!(
+        std::env::var_os("PULSE_LEDGER_CI").is_none(),
+        "CI must run the hostile-script suite, but this kernel lacks: {missing:?}"
+    );
+    eprintln!("SKIPPED: this kernel cannot confine user code: {missing:?}");
+    false
+}
+
+/// A server in `dir` running the script plugin `p` with `flags`, the
+/// plugin registered; its gRPC port and clients.
+async fn script_server(
+    dir: &Path,
+    p: &Key,
+    flags: &[&str],
+) -> (
+    common::Serve,
+    u16,
+    RegistryClient<tonic::transport::Channel>,
+    JobsClient<tonic::transport::Channel>,
+) {
+    let key_path = key_file(dir, p);
+    let mut command = vec![
+        env!("CARGO_BIN_EXE_pulse-script-plugin").to_owned(),
+        "--key".to_owned(),
         key_path.display().to_string(),
-        scratch.display().to_string(),
+    ];
+    command.extend(flags.iter().map(|f| (*f).to_owned()));
+    let config = format!(
+        "[[plugin]]\nname = \"scripts\"\ncommand = {command:?}\ndir = {:?}\n",
         dir.display().to_string(),
     );
     std::fs::write(dir.join("pulse.toml"), &config).unwrap();
@@ -115,13 +129,43 @@ async fn hostile_scripts_are_refused_and_the_plugin_keeps_serving() {
     );
     let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
     let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
-    let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+    let jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+    reg.submit(proto::SubmitRequest {
+        envelope: plugin_register(p, "scripts").envelope().to_vec(),
+    })
+    .await
+    .unwrap();
+    (server, port, reg, jobs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_scripts_are_refused_and_the_plugin_keeps_serving() {
+    if !can_confine() {
+        return;
+    }
+    let dir = tempdir("confinement");
+    let p = key("confine-plugin");
+    let key_path = key_file(&dir, &p);
+    let scratch = dir.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let outside = dir.join("escaped.txt");
+    let scratch_dir = scratch.display().to_string();
+    let (server, port, mut reg, mut jobs) = script_server(
+        &dir,
+        &p,
+        &[
+            "--scratch-dir",
+            &scratch_dir,
+            "--memory-mb",
+            "256",
+            "--cpu-seconds",
+            "3",
+        ],
+    )
+    .await;
     let submit = |a: pulse_ledger::Attestation| proto::SubmitRequest {
         envelope: a.envelope().to_vec(),
     };
-    reg.submit(submit(plugin_register(&p, "scripts")))
-        .await
-        .unwrap();
     let handler = |name: &str, code: &str| -> (Key, pulse_ledger::Attestation) {
         let k = key(&format!("confine-{name}"));
         let a = handler_register_with(&k, name, &p.did, |s| {
@@ -260,38 +304,15 @@ async fn hostile_scripts_are_refused_and_the_plugin_keeps_serving() {
 /// that does not ask still has no network on the same plugin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_network_is_granted_only_when_asked_and_allowed() {
-    let missing = Support::probe().missing();
-    if !missing.is_empty() {
-        assert!(
-            std::env::var_os("PULSE_LEDGER_CI").is_none(),
-            "CI must run the hostile-script suite, but this kernel lacks: {missing:?}"
-        );
-        eprintln!("SKIPPED: this kernel cannot confine user code: {missing:?}");
+    if !can_confine() {
         return;
     }
     let dir = tempdir("confinement-network");
     let p = key("confine-net-plugin");
-    let key_path = key_file(&dir, &p);
-    let config = format!(
-        "[[plugin]]\nname = \"scripts\"\ncommand = [{:?}, \"--key\", {:?}, \"--allow-network\"]\ndir = {:?}\n",
-        env!("CARGO_BIN_EXE_pulse-script-plugin"),
-        key_path.display().to_string(),
-        dir.display().to_string(),
-    );
-    std::fs::write(dir.join("pulse.toml"), &config).unwrap();
-    let server = common::Serve::start(
-        &["--config", dir.join("pulse.toml").to_str().unwrap()],
-        &dir.join("data"),
-    );
-    let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
-    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
-    let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+    let (server, port, mut reg, mut jobs) = script_server(&dir, &p, &["--allow-network"]).await;
     let submit = |a: pulse_ledger::Attestation| proto::SubmitRequest {
         envelope: a.envelope().to_vec(),
     };
-    reg.submit(submit(plugin_register(&p, "scripts")))
-        .await
-        .unwrap();
     let connect = format!(
         "import socket\ntry:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2).close()\n    print('connected')\nexcept OSError as e:\n    print(type(e).__name__, e.errno)\n"
     );

@@ -5,7 +5,6 @@
 //! of bytes; a body that would take the allowance past its size is cut
 //! off with `overloaded`.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -15,6 +14,8 @@ use std::task::{Context, Poll};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::codegen::Bytes;
+
+use super::client_counts::ClientCounts;
 
 /// Bytes of request bodies held at once for DID callers, all together.
 pub(crate) const DID_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -27,7 +28,7 @@ pub(crate) const DID_BODY_TIMEOUT: std::time::Duration = std::time::Duration::fr
 #[derive(Debug, Clone)]
 pub(crate) struct BodyBudget {
     bytes: Arc<Semaphore>,
-    per_client: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    per_client: Arc<ClientCounts>,
     client_bytes: usize,
     timeout: std::time::Duration,
 }
@@ -85,17 +86,7 @@ struct Held {
 impl Drop for Held {
     fn drop(&mut self) {
         if let Some((c, n)) = self.client {
-            let mut m = self
-                .budget
-                .per_client
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(held) = m.get_mut(&c) {
-                *held = held.saturating_sub(n);
-                if *held == 0 {
-                    m.remove(&c);
-                }
-            }
+            self.budget.per_client.sub(c, n);
         }
     }
 }
@@ -130,19 +121,16 @@ impl Body for Held {
         };
         if let Some(data) = frame.data_ref() {
             if let Some((c, held)) = &mut this.client {
-                let mut m = this
+                if !this
                     .budget
                     .per_client
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                let total = m.entry(*c).or_insert(0);
-                if *total + data.len() > this.budget.client_bytes {
+                    .try_add(*c, data.len(), this.budget.client_bytes)
+                {
                     return Poll::Ready(Some(Err(overloaded(format!(
                         "one client holds at most {} MiB of request bodies as a DID caller at once; retry shortly",
                         this.budget.client_bytes / (1024 * 1024)
                     )))));
                 }
-                *total += data.len();
                 *held += data.len();
             }
             let n = u32::try_from(data.len()).unwrap_or(u32::MAX);

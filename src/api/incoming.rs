@@ -4,12 +4,11 @@
 //! the file descriptor limit raised and a reserve kept for storage, so no
 //! number of idle sockets can starve the log of descriptors.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use super::client_counts::ClientCounts;
 use super::streams::{Activity, Streams};
 
 /// File descriptors kept for storage, plugins and the metrics endpoint,
@@ -138,7 +138,7 @@ pub(crate) fn client_of(ip: IpAddr) -> IpAddr {
 
 struct Slots {
     admission: Admission,
-    per_client: Mutex<HashMap<IpAddr, usize>>,
+    per_client: ClientCounts,
     counters: Arc<ConnectionCounters>,
 }
 
@@ -152,17 +152,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.slots.counters.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(c) = self.client {
-            let mut m = self
-                .slots
-                .per_client
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = m.get_mut(&c) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&c);
-                }
-            }
+            self.slots.per_client.sub(c, 1);
         }
     }
 }
@@ -177,13 +167,10 @@ impl Slots {
         let counted = !ip.is_loopback() || self.admission.limit_loopback;
         let client = counted.then(|| client_of(ip));
         if let Some(c) = client {
-            let mut m = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
-            let n = m.entry(c).or_insert(0);
-            if *n >= self.admission.max_per_client {
+            if !self.per_client.try_add(c, 1, self.admission.max_per_client) {
                 self.counters.refused_client.fetch_add(1, Ordering::Relaxed);
                 return None;
             }
-            *n += 1;
         }
         self.counters.open.fetch_add(1, Ordering::Relaxed);
         Some(Slot {
@@ -334,7 +321,7 @@ pub(crate) fn admit(
     let counters = Arc::new(ConnectionCounters::default());
     let slots = Arc::new(Slots {
         admission,
-        per_client: Mutex::new(HashMap::new()),
+        per_client: ClientCounts::default(),
         counters: Arc::clone(&counters),
     });
     let (tx, rx) = tokio::sync::mpsc::channel(64);

@@ -3,6 +3,7 @@
 
 mod bearer;
 mod body_budget;
+mod client_counts;
 mod gate;
 pub mod incoming;
 mod jobs;

@@ -17,6 +17,7 @@ use tonic::codegen::http::{Request, Response};
 use tonic::codegen::{Bytes, Service};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
+use super::client_counts::ClientCounts;
 use super::status::auth_status;
 use crate::auth::{AuthCode, AuthError};
 
@@ -60,7 +61,7 @@ impl Activity {
 pub(crate) struct Streams {
     max_per_client: usize,
     limit_loopback: bool,
-    per_client: Mutex<HashMap<IpAddr, usize>>,
+    per_client: ClientCounts,
     connections: Mutex<HashMap<SocketAddr, Arc<Activity>>>,
     refused: AtomicU64,
     /// Set when the server stops for good: every connection ends.
@@ -72,7 +73,7 @@ impl Streams {
         Streams {
             max_per_client: max_per_client.max(1),
             limit_loopback,
-            per_client: Mutex::default(),
+            per_client: ClientCounts::default(),
             connections: Mutex::default(),
             refused: AtomicU64::new(0),
             closing: tokio::sync::watch::Sender::new(false),
@@ -131,9 +132,7 @@ impl Streams {
             .filter(|ip| !ip.is_loopback() || self.limit_loopback)
             .map(super::incoming::client_of);
         if let Some(c) = client {
-            let mut m = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
-            let n = m.entry(c).or_insert(0);
-            if *n >= self.max_per_client {
+            if !self.per_client.try_add(c, 1, self.max_per_client) {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 return Err(AuthError::new(
                     AuthCode::TooManyStreams,
@@ -143,7 +142,6 @@ impl Streams {
                     ),
                 ));
             }
-            *n += 1;
         }
         let activity = peer.and_then(|p| {
             self.connections
@@ -178,17 +176,7 @@ impl Drop for Open {
             a.open.fetch_sub(1, Ordering::AcqRel);
         }
         if let Some(c) = self.client {
-            let mut m = self
-                .streams
-                .per_client
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = m.get_mut(&c) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&c);
-                }
-            }
+            self.streams.per_client.sub(c, 1);
         }
     }
 }
