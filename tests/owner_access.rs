@@ -498,3 +498,98 @@ async fn did_callers_enqueue_within_an_allowance() {
     }
     server.stop();
 }
+
+/// Hostile DID tokens on a real server: every `did-token-*` vector that is
+/// not valid for this server, garbage after the prefix, an oversized one
+/// and one for another server are each refused with a token rule's code
+/// (UNAUTHENTICATED), and nothing is enqueued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_did_tokens_are_refused_by_a_rule_and_change_nothing() {
+    let dir = tempdir("owner-hostile");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (plugin, alice) = (key("own-hostile-p"), key("own-hostile-alice"));
+    let (ops, ops_table) = operator_token("ops", &["admin"]);
+    let config = dir.join("pulse.toml");
+    std::fs::write(&config, format!("plugin_wait_secs = 600\n{ops_table}")).unwrap();
+    let server = Serve::start(&["--config", config.to_str().unwrap()], &dir.join("data"));
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    for att in [
+        plugin_register(&plugin, "tools"),
+        handler_register(&alice, "alices", &plugin.did),
+    ] {
+        reg.submit(proto::SubmitRequest {
+            envelope: att.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    let mut tokens: Vec<String> = Vec::new();
+    for entry in std::fs::read_dir("spec/vectors").unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("did-token-")
+        {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            tokens.push(v["input"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(tokens.len() >= 10);
+    tokens.extend([
+        "pld_".to_owned(),
+        "pld_!!!!".to_owned(),
+        format!("pld_{}", "A".repeat(8000)),
+        // Alice's own key, signed for another server.
+        {
+            let file = key_file(&dir, &alice);
+            let t = run(&[
+                "token",
+                "did",
+                "--key",
+                file.to_str().unwrap(),
+                "--log-did",
+                &plugin.did.to_string(),
+            ]);
+            stdout_of(&t).trim().to_owned()
+        },
+    ]);
+    let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+    for t in &tokens {
+        let r = proto::EnqueueRequest {
+            handler: alice.did.to_string(),
+            payload: b"{}".to_vec(),
+            ..Default::default()
+        };
+        let e = jobs.enqueue(authed(r, t)).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{t}: {e:?}");
+        assert!(reason(&e).starts_with("token_"), "{t}: {e:?}");
+    }
+    // Not even a header that is not text reaches further.
+    let mut r = Request::new(proto::ListJobsRequest::default());
+    r.metadata_mut().insert(
+        "authorization",
+        tonic::metadata::MetadataValue::try_from("Bearer pld_\u{7f}x".as_bytes())
+            .unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static("Bearer pld_%%")),
+    );
+    assert_eq!(
+        jobs.list_jobs(r).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    // Nothing was enqueued, and the server still serves.
+    let listed = jobs
+        .list_jobs(authed(
+            proto::ListJobsRequest {
+                state: "held".into(),
+                ..Default::default()
+            },
+            &ops,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.jobs.is_empty());
+    server.stop();
+}
