@@ -559,3 +559,62 @@ async fn silent_metrics_connections_are_closed() {
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     server.stop();
 }
+
+/// One client holds at most `max_connections_per_client` connections:
+/// more are closed at once, before anything is read, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holds_a_bounded_number_of_connections() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempdir("exhaust-conns");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("pulse.toml"),
+        "max_connections_per_client = 3\nrate_limit_loopback = true\nallow_unauthenticated = true\n",
+    )
+    .unwrap();
+    let server = common::Serve::start(
+        &[
+            "--config",
+            dir.join("pulse.toml").to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+        &dir.join("data"),
+    );
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    server
+        .metric_reaches("pulse_ledger_connections_open", 3)
+        .await;
+    for _ in 0..2 {
+        let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(30), extra.read(&mut b))
+            .await
+            .expect("a connection past the client's cap was held")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+    }
+    assert_eq!(
+        server
+            .metric("pulse_ledger_connections_refused_total{reason=\"client_full\"}")
+            .await,
+        2
+    );
+    // Its connections closed, the client connects again.
+    drop(held);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(mut reg) = RegistryClient::connect(server.url.clone()).await {
+            if reg.get_log_info(proto::GetLogInfoRequest {}).await.is_ok() {
+                break;
+            }
+        }
+        assert!(std::time::Instant::now() < until, "never served again");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.stop();
+}
