@@ -1074,3 +1074,98 @@ async fn a_flood_on_one_handler_does_not_hold_every_slot() {
     );
     server.stop();
 }
+
+/// Issue 18, item 1: a session is bound to the connection that proved the
+/// key. A dialled plugin is killed and a process with another,
+/// unregistered key starts at the same address: it is never sent a job
+/// (the channel does not reconnect by itself; a new session must prove the
+/// key, and it cannot). The genuine plugin comes back, proves its key, and
+/// the job held meanwhile runs on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
+    let dir = tempdir("plugins-impostor");
+    let (genuine_events, impostor_events) = (dir.join("genuine.log"), dir.join("impostor.log"));
+    let (r, impostor) = (key("imp-r"), key("imp-impostor"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let start = |k: &Key, events: &Path| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pulse-test-plugin"))
+            .arg("--key")
+            .arg(key_file(&dir, k))
+            .env("PULSE_TEST_PLUGIN_EVENTS", events)
+            .env("PULSE_PLUGIN_LISTEN", &listen)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Its handshake line: it listens.
+        BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .next()
+            .unwrap()
+            .unwrap();
+        child
+    };
+    let mut genuine = start(&r, &genuine_events);
+    let config = format!("{TIMINGS}[[plugin]]\nname = \"remote\"\naddress = \"http://{listen}\"\n")
+        .replace("plugin_wait_secs = 2", "plugin_wait_secs = 120");
+    let server = Server::start(&dir, &config);
+    let mut reg = server.registry().await;
+    let mut jobs = server.jobs().await;
+    let h = key("imp-h");
+    for a in [
+        plugin_register(&r, "remote"),
+        handler_register(&h, "echo", &r.did),
+    ] {
+        submit(&mut reg, &a).await.unwrap();
+    }
+    let id = enqueue(&mut jobs, enqueue_req(&h, "genuine")).await;
+    assert_eq!(finished(&mut jobs, &id, 30).await.result, b"genuine");
+
+    // The impostor takes the address.
+    genuine.kill().unwrap();
+    genuine.wait().unwrap();
+    let mut fake = start(&impostor, &impostor_events);
+    // Long enough for the dead session to be noticed and the impostor's
+    // proof to be refused a few times.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let held = enqueue(&mut jobs, enqueue_req(&h, "held")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        events(&impostor_events, &held).is_empty(),
+        "the impostor was sent the job"
+    );
+    let j = job(&mut jobs, &held).await;
+    assert_ne!(
+        j.state, "succeeded",
+        "the job ran without the genuine plugin"
+    );
+    assert_eq!(
+        j.attempts, 0,
+        "a job waiting for its plugin used an attempt"
+    );
+
+    // The genuine plugin comes back and runs the held job.
+    fake.kill().unwrap();
+    fake.wait().unwrap();
+    let mut genuine = start(&r, &genuine_events);
+    let j = finished(&mut jobs, &held, 60).await;
+    assert_eq!(
+        (j.state.as_str(), j.result.as_slice()),
+        ("succeeded", &b"held"[..]),
+        "{}",
+        j.last_error
+    );
+    assert!(
+        std::fs::read_to_string(&impostor_events)
+            .unwrap_or_default()
+            .lines()
+            .all(|l| !l.starts_with("start"))
+    );
+    server.stop();
+    genuine.kill().unwrap();
+    genuine.wait().unwrap();
+}

@@ -292,13 +292,18 @@ impl Supervisor {
         // 8,191 stalled attempts, far beyond any max_running: other
         // attempts and the health checks keep flowing. Memory stays
         // bounded by the stream windows, not by this.
+        // One connection per channel: the session's proof holds for the
+        // connection it was made on, so the channel must never reconnect
+        // by itself (to whatever listens at the address by then). When the
+        // connection is gone, calls fail, the session ends, and the next
+        // session proves the key again on a new connection.
         endpoint
             .tcp_nodelay(true)
             .initial_stream_window_size(Some(PLUGIN_STREAM_WINDOW))
             .initial_connection_window_size(Some(MAX_HTTP2_WINDOW))
             .connect_timeout(self.config.start_timeout)
             .http2_keep_alive_interval(Duration::from_secs(30))
-            .connect()
+            .connect_with_connector(OneConnection::new())
             .await
             .map_err(|e| format!("cannot connect to {uri}: {e}"))
     }
@@ -548,4 +553,54 @@ fn announcement(r: &proto::InitializeResponse) -> Result<Announcement, String> {
         handlers,
         serves_any: r.serves_any,
     })
+}
+
+/// A connector that makes one connection and refuses every later one, so
+/// a plugin's channel cannot quietly reconnect to another process after
+/// the one that proved the key is gone (spec/plugin.md, "Sessions").
+#[derive(Clone)]
+struct OneConnection {
+    tcp: hyper_util::client::legacy::connect::HttpConnector,
+    used: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl OneConnection {
+    fn new() -> OneConnection {
+        let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+        // https:// too: TLS is layered on top by the endpoint.
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        OneConnection {
+            tcp,
+            used: Arc::default(),
+        }
+    }
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for OneConnection {
+    type Response =
+        <hyper_util::client::legacy::connect::HttpConnector as tonic::codegen::Service<
+            tonic::codegen::http::Uri,
+        >>::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.tcp.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
+        if self.used.swap(true, Ordering::AcqRel) {
+            return Box::pin(async {
+                Err("the connection that proved the plugin's key is gone; a new session must prove it again".into())
+            });
+        }
+        let connecting = self.tcp.call(uri);
+        Box::pin(async move { connecting.await.map_err(Into::into) })
+    }
 }
