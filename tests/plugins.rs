@@ -1075,12 +1075,14 @@ async fn a_flood_on_one_handler_does_not_hold_every_slot() {
     server.stop();
 }
 
-/// Issue 18, item 1: a session is bound to the connection that proved the
-/// key. A dialled plugin is killed and a process with another,
-/// unregistered key starts at the same address: it is never sent a job
-/// (the channel does not reconnect by itself; a new session must prove the
-/// key, and it cannot). The genuine plugin comes back, proves its key, and
-/// the job held meanwhile runs on it.
+/// Issue 18, items 1 and 2: a session is bound to the connection that
+/// proved the key, and a plugin that is down holds jobs without using
+/// attempts. A dialled plugin is killed: a job enqueued while nothing
+/// listens is held, with no attempt used. A process with another,
+/// unregistered key then starts at the same address: it is never sent a
+/// job (the channel does not reconnect by itself; a new session must prove
+/// the key, and it cannot). The genuine plugin comes back, proves its key,
+/// and the jobs held meanwhile run on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
     let dir = tempdir("plugins-impostor");
@@ -1102,11 +1104,9 @@ async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
             .spawn()
             .unwrap();
         // Its handshake line: it listens.
-        BufReader::new(child.stdout.take().unwrap())
-            .lines()
-            .next()
-            .unwrap()
-            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let child = KillOnDrop(child);
+        BufReader::new(stdout).lines().next().unwrap().unwrap();
         child
     };
     let mut genuine = start(&r, &genuine_events);
@@ -1125,10 +1125,20 @@ async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
     let id = enqueue(&mut jobs, enqueue_req(&h, "genuine")).await;
     assert_eq!(finished(&mut jobs, &id, 30).await.result, b"genuine");
 
+    // Nothing listens: a job waits for the plugin, using no attempt.
+    drop(genuine);
+    let down = enqueue(&mut jobs, enqueue_req(&h, "down")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let j = job(&mut jobs, &down).await;
+    assert_eq!(
+        (j.state.as_str(), j.attempts),
+        ("held", 0),
+        "a job for a plugin that is down: {}",
+        j.last_error
+    );
+
     // The impostor takes the address.
-    genuine.kill().unwrap();
-    genuine.wait().unwrap();
-    let mut fake = start(&impostor, &impostor_events);
+    let fake = start(&impostor, &impostor_events);
     // Long enough for the dead session to be noticed and the impostor's
     // proof to be refused a few times.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -1148,17 +1158,18 @@ async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
         "a job waiting for its plugin used an attempt"
     );
 
-    // The genuine plugin comes back and runs the held job.
-    fake.kill().unwrap();
-    fake.wait().unwrap();
-    let mut genuine = start(&r, &genuine_events);
-    let j = finished(&mut jobs, &held, 60).await;
-    assert_eq!(
-        (j.state.as_str(), j.result.as_slice()),
-        ("succeeded", &b"held"[..]),
-        "{}",
-        j.last_error
-    );
+    // The genuine plugin comes back and runs the held jobs.
+    drop(fake);
+    let _genuine = start(&r, &genuine_events);
+    for (id, payload) in [(&down, "down"), (&held, "held")] {
+        let j = finished(&mut jobs, id, 60).await;
+        assert_eq!(
+            (j.state.as_str(), j.result.as_slice(), j.attempts),
+            ("succeeded", payload.as_bytes(), 1),
+            "{}",
+            j.last_error
+        );
+    }
     assert!(
         std::fs::read_to_string(&impostor_events)
             .unwrap_or_default()
@@ -1166,6 +1177,15 @@ async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
             .all(|l| !l.starts_with("start"))
     );
     server.stop();
-    genuine.kill().unwrap();
-    genuine.wait().unwrap();
+}
+
+/// A plugin process started by a test, killed when the test ends however
+/// it ends (a leftover process would keep the test's output open).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

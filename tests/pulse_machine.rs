@@ -356,6 +356,44 @@ fn interruptions_use_no_attempts_keep_the_crash_count_and_are_bounded() {
 }
 
 #[test]
+fn an_attempt_that_reached_no_plugin_is_taken_back_and_the_job_held() {
+    let mut j = job(1, None);
+    j.dispatch(lease(1), 1_000).unwrap();
+    j.unreachable(&lease(1), "connection refused".into(), POLICY, 1_100)
+        .unwrap();
+    assert_eq!(j.state, JobState::Held(HoldReason::Plugin));
+    assert!(j.attempts.is_empty(), "the attempt is taken back");
+    assert_eq!(j.attempts_used(), 0);
+    assert!(
+        j.last_error
+            .as_deref()
+            .unwrap()
+            .starts_with("plugin_not_connected: connection refused")
+    );
+    // Its lease is stale now.
+    assert_eq!(
+        j.succeed(&lease(1), vec![], 1_150).map_err(|e| e.code()),
+        Err(PulseErrorCode::StaleLease)
+    );
+    // Its one attempt is still there to be used.
+    j.release(1_200).unwrap();
+    j.dispatch(lease(2), 1_300).unwrap();
+    assert_eq!(j.attempts[0].number, 1);
+    j.succeed(&lease(2), b"ok".to_vec(), 1_400).unwrap();
+    assert_eq!(j.state, JobState::Succeeded);
+
+    // An attempt that reported cost ran somewhere: a crash, not a hold.
+    let mut j = job(2, None);
+    j.dispatch(lease(1), 1_000).unwrap();
+    j.report_cost(&lease(1), 5, 1_050).unwrap();
+    j.unreachable(&lease(1), "gone".into(), POLICY, 1_100)
+        .unwrap();
+    assert_eq!(j.state, JobState::Retrying);
+    assert_eq!(j.attempts[0].outcome, Some(AttemptOutcome::Crashed));
+    assert_eq!(j.total_cost, 5);
+}
+
+#[test]
 fn cancelling_a_running_job_stales_its_lease_and_keeps_progress() {
     let mut j = job(3, Some(100));
     j.dispatch(lease(1), 1_000).unwrap();
@@ -543,7 +581,7 @@ fn random_walks_keep_the_invariants() {
             };
             let was_terminal = j.state.is_terminal();
             let before = j.clone();
-            let r = match next() % 12 {
+            let r = match next() % 13 {
                 0 => {
                     leases_issued = leases_issued.wrapping_add(1);
                     j.dispatch(lease(leases_issued), now).map(|_| ())
@@ -566,6 +604,7 @@ fn random_walks_keep_the_invariants() {
                 8 => j.crash(&any_lease, policy, now),
                 9 => j.time_out(&any_lease, policy, now),
                 10 => j.interrupt(&any_lease, now),
+                11 => j.unreachable(&any_lease, "gone".into(), policy, now),
                 _ => j.cancel(CancelReason::Requested, now).map(|_| ()),
             };
             let ctx = format!("seed {seed} step {step}: {r:?}");

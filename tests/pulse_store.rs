@@ -434,18 +434,22 @@ fn job_pages_are_capped_by_bytes() {
 
 /// An async executor (as the plugin proxy will be) driven through the
 /// adapter: events flow back as reports; a stream that ends without a
-/// result is a crash; a dispatch error is a crash.
+/// result is a crash; a dispatch error (nothing reached) holds the job and
+/// uses no attempt: its next dispatch is its first attempt.
 #[test]
 fn async_executors_drive_jobs_through_the_adapter() {
     use pulse_ledger::pulse::{
         AsyncExecutor, AsyncExecutorAdapter, AttemptSpec, DispatchConfig, Dispatcher, EventStream,
         ExecEvent, JobId, Progress, StepReport,
     };
-    struct Scripted;
+    struct Scripted(std::sync::atomic::AtomicBool);
     #[tonic::async_trait]
     impl AsyncExecutor for Scripted {
         async fn dispatch(&self, a: AttemptSpec) -> Result<EventStream, String> {
             match a.payload[0] {
+                2 if self.0.swap(true, std::sync::atomic::Ordering::SeqCst) => Ok(Box::pin(
+                    tokio_stream::iter(vec![ExecEvent::Succeeded(b"reached".to_vec())]),
+                )),
                 0 => Ok(Box::pin(tokio_stream::iter(vec![
                     ExecEvent::Progress(Progress {
                         percent: 50,
@@ -494,9 +498,10 @@ fn async_executors_drive_jobs_through_the_adapter() {
     // (with its fsync) or a report takes. Six reports are due: progress,
     // cost and the result of job 0; a heartbeat from job 1, then a crash
     // (its stream ends without a result); a crash from job 2 (its
-    // dispatch failed). Each report is applied by some step, so the bound
-    // is on steps: 3 dispatches and 6 reports need far fewer than 50.
-    let adapter = AsyncExecutorAdapter::new(Scripted, runtime.handle().clone())
+    // dispatch failed), then its result on the next dispatch. Each report
+    // is applied by some step, so the bound is on steps: 4 dispatches and 7
+    // reports need far fewer than 50.
+    let adapter = AsyncExecutorAdapter::new(Scripted(Default::default()), runtime.handle().clone())
         .with_waker(std::thread::current());
     let mut d = Dispatcher::new(
         std::sync::Arc::clone(&store),
@@ -509,7 +514,7 @@ fn async_executors_drive_jobs_through_the_adapter() {
     let mut total = StepReport::default();
     // Only against a hang if a report never comes: no timing is assumed.
     let hang = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while total.applied < 6 {
+    while total.applied < 7 {
         steps += 1;
         assert!(steps <= 50, "{steps} steps, still {total:?}");
         now += 100;
@@ -518,7 +523,7 @@ fn async_executors_drive_jobs_through_the_adapter() {
         total.applied += r.applied;
         total.stale += r.stale;
         total.timed_out += r.timed_out;
-        if total.applied < 6 && r == StepReport::default() {
+        if total.applied < 7 && r == StepReport::default() {
             let left = hang.saturating_duration_since(std::time::Instant::now());
             assert!(!left.is_zero(), "no report for 60 s: {total:?}");
             std::thread::park_timeout(left);
@@ -531,7 +536,7 @@ fn async_executors_drive_jobs_through_the_adapter() {
             total.stale,
             total.timed_out
         ),
-        (3, 6, 0, 0)
+        (4, 7, 0, 0)
     );
     assert!(
         ids.iter()
@@ -547,15 +552,22 @@ fn async_executors_drive_jobs_through_the_adapter() {
         ),
         (JobState::Succeeded, Some(&b"done"[..]), 3, 50)
     );
-    for id in &ids[1..] {
-        let j = store.get(id).unwrap();
-        assert_eq!(
-            j.attempts[0].outcome,
-            Some(pulse_ledger::pulse::AttemptOutcome::Crashed),
-            "{:?}",
-            j.state
-        );
-    }
+    let crashed = store.get(&ids[1]).unwrap();
+    assert_eq!(
+        crashed.attempts[0].outcome,
+        Some(pulse_ledger::pulse::AttemptOutcome::Crashed),
+        "{:?}",
+        crashed.state
+    );
+    let reached = store.get(&ids[2]).unwrap();
+    assert_eq!(
+        (
+            reached.state,
+            reached.result.as_deref(),
+            reached.attempts.len()
+        ),
+        (JobState::Succeeded, Some(&b"reached"[..]), 1)
+    );
 }
 
 /// Answers from a script: the route for each job, by payload byte.

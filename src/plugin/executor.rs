@@ -100,7 +100,7 @@ impl AsyncExecutor for PluginExecutor {
             .sessions
             .get(&auth.plugin)
             .filter(|s| s.announcement.key == auth.plugin_key)
-            .ok_or_else(|| format!("plugin {} is not connected", auth.plugin))?;
+            .ok_or_else(|| format!("plugin {} has no live session", auth.plugin))?;
         let request = proto::ExecuteJobRequest {
             job_id: attempt.job.0.to_vec(),
             lease: attempt.lease.0.to_vec(),
@@ -133,9 +133,25 @@ impl AsyncExecutor for PluginExecutor {
         };
         let mut stream = match client.execute_job(request).await {
             Ok(r) => r.into_inner(),
+            // The call never reached the process that proved the key (the
+            // connection is gone, or the stream was refused before the
+            // plugin accepted it): no attempt started. The host re-opens
+            // the session with a new proof.
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                forget();
+                session.lost.set();
+                return Err(format!(
+                    "plugin {} could not be reached: {}",
+                    auth.plugin,
+                    s.message()
+                ));
+            }
+            // The plugin answered, with an error instead of a stream: the
+            // attempt reached it and ended without a result.
             Err(s) => {
                 forget();
-                return Err(format!("ExecuteJob: {}", s.message()));
+                tracing::warn!(%job, code = ?s.code(), error = %s.message(), "ExecuteJob failed");
+                return Ok(Box::pin(tokio_stream::once(ExecEvent::Crashed)));
             }
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);

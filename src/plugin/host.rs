@@ -17,7 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::handshake::{PROTOCOL_VERSION, parse_handshake};
 use super::proof::{AnnouncedHandler, Announcement, NONCE_BYTES, verify_proof};
-use super::session::{Session, Sessions};
+use super::session::{Session, SessionLost, Sessions};
 use crate::api::proto::{self, plugin_client::PluginClient};
 use crate::ledger::Ledger;
 use crate::{Did, Family};
@@ -431,13 +431,15 @@ impl Supervisor {
             version = %about.version,
             "plugin session open"
         );
-        self.sessions.open(Arc::new(Session {
+        let session = Arc::new(Session {
             announcement: announcement.clone(),
             client: client.clone(),
             ended,
             generation,
-        }));
-        let outcome = self.watch(&mut client, child.as_mut(), &announcement).await;
+            lost: SessionLost::default(),
+        });
+        self.sessions.open(Arc::clone(&session));
+        let outcome = self.watch(&mut client, child.as_mut(), &session).await;
         // Close first, so no new attempt goes to it, then end the running
         // ones.
         self.sessions.close(&plugin, generation);
@@ -452,15 +454,16 @@ impl Supervisor {
         &self,
         client: &mut PluginClient<Channel>,
         mut child: Option<&mut Child>,
-        a: &Announcement,
+        session: &Session,
     ) -> Ended {
+        let a = &session.announcement;
         let mut tick = tokio::time::interval(self.config.health_interval);
         tick.tick().await;
         let mut failures = 0;
         let mut stop = self.stop.clone();
         // Health calls run on their own task and answer here, so a slow
         // answer never delays crash detection; one at a time.
-        let (answer_tx, mut answers) = tokio::sync::mpsc::channel::<bool>(1);
+        let (answer_tx, mut answers) = tokio::sync::mpsc::channel::<Health>(1);
         let mut checking = false;
         loop {
             let exited = async {
@@ -477,9 +480,16 @@ impl Supervisor {
                     });
                 }
                 _ = stopped(&mut stop) => return Ended::Stopped,
-                Some(serving) = answers.recv() => {
+                // The connection that proved the key is gone: nothing more
+                // can be sent on this session.
+                _ = session.lost.wait() => {
+                    return Ended::Failed("the connection to the plugin is gone".into());
+                }
+                Some(health) = answers.recv() => {
                     checking = false;
-                    if serving {
+                    if health == Health::Gone {
+                        session.lost.set();
+                    } else if health == Health::Serving {
                         failures = 0;
                     } else {
                         failures += 1;
@@ -499,7 +509,12 @@ impl Supervisor {
                     tokio::spawn(async move {
                         let answer =
                             tokio::time::timeout(limit, client.health(proto::HealthRequest {})).await;
-                        let _ = tx.send(matches!(answer, Ok(Ok(r)) if r.get_ref().serving)).await;
+                        let health = match answer {
+                            Ok(Ok(r)) if r.get_ref().serving => Health::Serving,
+                            Ok(Err(s)) if s.code() == tonic::Code::Unavailable => Health::Gone,
+                            _ => Health::Failing,
+                        };
+                        let _ = tx.send(health).await;
                     });
                 }
             }
@@ -521,6 +536,16 @@ impl Supervisor {
         }
         // Dropping the child SIGKILLs its group (children it left behind).
     }
+}
+
+/// The answer to one health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Health {
+    Serving,
+    /// Not serving, or no answer in time: counted towards the limit.
+    Failing,
+    /// The connection is gone: the session ends at once.
+    Gone,
 }
 
 /// Resolves once the host is stopping.

@@ -22,6 +22,36 @@ pub struct Session {
     pub ended: tokio::sync::watch::Receiver<bool>,
     /// Distinguishes sessions of one plugin across restarts.
     pub generation: u64,
+    /// Set when a call found the session's connection gone; the host
+    /// ends the session at once and proves the key again on a new one.
+    pub lost: SessionLost,
+}
+
+/// The signal that a session's connection is gone.
+#[derive(Default)]
+pub struct SessionLost {
+    flag: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl SessionLost {
+    /// Marks the connection gone and wakes the session's host.
+    pub fn set(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Whether the connection is known to be gone.
+    pub fn is_set(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once the connection is known to be gone.
+    pub async fn wait(&self) {
+        while !self.is_set() {
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// The sessions open now, by plugin ID.
@@ -31,12 +61,14 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// The plugin's session, if one is open.
+    /// The plugin's session, if one is open and its connection is not
+    /// known to be gone.
     pub fn get(&self, plugin: &Did) -> Option<Arc<Session>> {
         self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(plugin)
+            .filter(|s| !s.lost.is_set())
             .cloned()
     }
 

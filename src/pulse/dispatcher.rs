@@ -427,6 +427,10 @@ impl<E: Executor> Dispatcher<E> {
                 ExecEvent::Crashed => Box::new(move |j: &mut Job| {
                     j.crash(&lease, policy, now).map(|()| Applied::ended())
                 }),
+                ExecEvent::Unreachable(detail) => Box::new(move |j: &mut Job| {
+                    j.unreachable(&lease, detail, policy, now)
+                        .map(|()| Applied::ended())
+                }),
             };
             ending.push((r.job, lease));
             ops.push((

@@ -51,6 +51,10 @@ pub enum ExecEvent {
     },
     /// The executor lost the attempt (process died, connection dropped).
     Crashed,
+    /// The attempt never reached anything that could run it (no live
+    /// plugin session, connection refused): the job is held, with no
+    /// attempt used. Only ever the first and only event of an attempt.
+    Unreachable(String),
 }
 
 /// An event about one attempt, as it arrives at Pulse.
@@ -123,7 +127,10 @@ pub type EventStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = ExecEve
 #[tonic::async_trait]
 pub trait AsyncExecutor: Send + Sync + 'static {
     /// Starts an attempt and returns its events. An error means the attempt
-    /// never started; it is reported as a crash.
+    /// never reached anything that could run it; it is reported as
+    /// [`ExecEvent::Unreachable`] (the job is held and uses no attempt). An
+    /// attempt that was delivered and then lost is a stream that ends
+    /// without a result: a crash.
     async fn dispatch(&self, attempt: AttemptSpec) -> Result<EventStream, String>;
     /// Stops an attempt now.
     async fn cancel(&self, job: JobId, lease: LeaseToken);
@@ -131,7 +138,8 @@ pub trait AsyncExecutor: Send + Sync + 'static {
 
 /// Runs an [`AsyncExecutor`] on a tokio runtime behind the dispatcher's
 /// [`Executor`] interface: each attempt's stream is forwarded as reports.
-/// A stream that ends without a result is reported as a crash.
+/// A stream that ends without a result is reported as a crash; a dispatch
+/// error as [`ExecEvent::Unreachable`].
 pub struct AsyncExecutorAdapter<A: AsyncExecutor> {
     inner: std::sync::Arc<A>,
     runtime: tokio::runtime::Handle,
@@ -178,15 +186,18 @@ impl<A: AsyncExecutor> Executor for AsyncExecutorAdapter<A> {
             };
             let mut events = match inner.dispatch(attempt).await {
                 Ok(s) => s,
-                Err(_) => {
-                    send(ExecEvent::Crashed).await;
+                Err(why) => {
+                    send(ExecEvent::Unreachable(why)).await;
                     return;
                 }
             };
             while let Some(event) = events.next().await {
                 let last = matches!(
                     event,
-                    ExecEvent::Succeeded(_) | ExecEvent::Failed { .. } | ExecEvent::Crashed
+                    ExecEvent::Succeeded(_)
+                        | ExecEvent::Failed { .. }
+                        | ExecEvent::Crashed
+                        | ExecEvent::Unreachable(_)
                 );
                 if !send(event).await || last {
                     return;

@@ -302,6 +302,33 @@ impl Job {
         Ok(())
     }
 
+    /// The live attempt never reached a process that proved the plugin's
+    /// key (no live session, connection refused, the stream refused
+    /// before the plugin accepted it): it is taken back as if never made,
+    /// and the job is held for its plugin, which costs no attempt
+    /// (spec/pulse.md, "Holding"). An attempt that already reported cost
+    /// evidently ran somewhere, so it is a crash instead.
+    ///
+    /// # Errors
+    /// `stale_lease`.
+    pub fn unreachable(
+        &mut self,
+        lease: &LeaseToken,
+        detail: String,
+        policy: RetryPolicy,
+        now: u64,
+    ) -> Result<(), PulseError> {
+        let i = self.live(lease)?;
+        if self.attempts[i].cost > 0 {
+            return self.crash(lease, policy, now);
+        }
+        self.attempts.pop();
+        self.last_error = Some(format!("plugin_not_connected: {detail}"));
+        self.state = JobState::Held(HoldReason::Plugin);
+        self.updated_at = now;
+        Ok(())
+    }
+
     /// The server stopped while the live attempt ran (found at start-up).
     /// The attempt uses none of the job's attempts and is not a crash; the
     /// job is queued again at once. After [`POISON_INTERRUPTIONS`] such
