@@ -10,7 +10,9 @@ use std::sync::Arc;
 use common::{handler_register, key, next, plugin_register, tempdir, update_handler};
 use pulse_ledger::api::proto::plugin_client::PluginClient;
 use pulse_ledger::ledger::{Ledger, LedgerConfig};
-use pulse_ledger::plugin::{AnnouncedHandler, Announcement, ChainRouter, Session, Sessions};
+use pulse_ledger::plugin::{
+    AnnouncedHandler, Announcement, ChainRouter, Connection, Link, Session, Sessions,
+};
 use pulse_ledger::pulse::{Job, JobId, JobLimits, JobRequest, Refusal, Route, Router};
 use pulse_ledger::{Action, Did};
 
@@ -29,10 +31,10 @@ fn job(handler: &Did) -> Job {
     )
 }
 
-fn session(plugin: &Did, key: &Did, names: &[&str], generation: u64) -> Arc<Session> {
+fn session(plugin: &Did, key: &Did, names: &[&str]) -> Arc<Session> {
     let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
-    Arc::new(Session {
-        announcement: Announcement {
+    Arc::new(Session::new(
+        Announcement {
             plugin: plugin.clone(),
             key: key.clone(),
             handlers: names
@@ -44,10 +46,12 @@ fn session(plugin: &Did, key: &Did, names: &[&str], generation: u64) -> Arc<Sess
                 .collect(),
             serves_any: false,
         },
-        client: PluginClient::new(channel),
-        ended: tokio::sync::watch::channel(false).1,
-        generation,
-    })
+        Link::Client(PluginClient::new(channel)),
+        Connection::Dialled,
+        "http://127.0.0.1:9".into(),
+        0,
+        tokio::sync::watch::channel(false).1,
+    ))
 }
 
 fn held_for(r: Route) -> Refusal {
@@ -93,13 +97,14 @@ async fn resolution_checks_both_chains_and_the_session_and_sees_every_change() {
     );
 
     // A session under the plugin's key that does not announce the handler.
-    sessions.open(session(&p.did, &p.did, &["other"], 1));
+    sessions.open(session(&p.did, &p.did, &["other"]));
     assert_eq!(
         refusal(router.route(&job(&h.did))),
         Refusal::PluginNotAuthorised
     );
-    // One that does: go, under the statements in the log.
-    sessions.open(session(&p.did, &p.did, &["echo"], 2));
+    // Another instance, in the same pool, that does: go, under the
+    // statements in the log.
+    sessions.open(session(&p.did, &p.did, &["echo"]));
     let Route::Go(Some(auth)) = router.route(&job(&h.did)) else {
         panic!("expected a route")
     };
@@ -139,7 +144,7 @@ async fn resolution_checks_both_chains_and_the_session_and_sees_every_change() {
         held_for(router.route(&job(&h.did))),
         Refusal::PluginNotConnected
     );
-    sessions.open(session(&p.did, &p2.did, &["echo"], 3));
+    sessions.open(session(&p.did, &p2.did, &["echo"]));
     let Route::Go(Some(auth)) = router.route(&job(&h.did)) else {
         panic!("expected a route")
     };
@@ -155,7 +160,8 @@ async fn resolution_checks_both_chains_and_the_session_and_sees_every_change() {
     ledger.append(plugin_register(&q, "q").envelope()).unwrap();
     let g0 = handler_register(&g, "echo", &q.did);
     ledger.append(g0.envelope()).unwrap();
-    sessions.open(session(&q.did, &q.did, &["echo"], 4));
+    let q_session = session(&q.did, &q.did, &["echo"]);
+    sessions.open(Arc::clone(&q_session));
     assert!(matches!(router.route(&job(&g.did)), Route::Go(Some(_))));
     ledger
         .append(next(&g0, &g, Action::Revoke { reason: None }, None).envelope())
@@ -180,11 +186,71 @@ async fn resolution_checks_both_chains_and_the_session_and_sees_every_change() {
         Refusal::PluginNotRegistered
     );
 
-    // Sessions close only for their own generation.
-    sessions.close(&q.did, 99);
-    assert_eq!(sessions.len(), 2);
-    sessions.close(&q.did, 4);
-    assert_eq!(sessions.len(), 1);
+    // Sessions close only for their own generation: p's pool of three
+    // and q's one.
+    sessions.close(&q.did, q_session.generation + 1_000);
+    assert_eq!(sessions.len(), 4);
+    sessions.close(&q.did, q_session.generation);
+    assert_eq!(sessions.len(), 3);
+    assert!(sessions.pool(&q.did).is_empty());
+}
+
+/// A pool: attempts go to the least loaded instance with a free slot that
+/// proved the current key and serves the handler; draining and lost
+/// instances take none; the pool's capacity is the sum of its slots.
+#[tokio::test]
+async fn pools_spread_attempts_by_free_slots() {
+    let (p, h, old) = (key("pool-p"), key("pool-h"), key("pool-old"));
+    let sessions = Sessions::default();
+    let with_slots = |slots: u32, key: &Did, names: &[&str]| {
+        let s = session(&p.did, key, names);
+        let s = Session::new(
+            s.announcement.clone(),
+            s.link.clone(),
+            Connection::ConnectedIn,
+            format!("peer-{slots}"),
+            slots,
+            tokio::sync::watch::channel(false).1,
+        );
+        Arc::new(s)
+    };
+    let (a, b) = (
+        with_slots(2, &p.did, &["echo"]),
+        with_slots(3, &p.did, &["echo"]),
+    );
+    let stale = with_slots(5, &old.did, &["echo"]);
+    let other = with_slots(5, &p.did, &["other"]);
+    for s in [&a, &b, &stale, &other] {
+        sessions.open(Arc::clone(s));
+    }
+    assert_eq!(sessions.capacity(&p.did), Some(15));
+    let mut taken = Vec::new();
+    while let Some(s) = sessions.take(&p.did, &p.did, &h.did, "echo") {
+        taken.push(s.generation);
+    }
+    // Five slots in all on the two that qualify; the most free first.
+    assert_eq!(taken.len(), 5);
+    assert_eq!(taken[0], b.generation);
+    assert_eq!((a.running(), b.running()), (2, 3));
+    assert_eq!((stale.running(), other.running()), (0, 0));
+    a.release_slot();
+    assert_eq!(
+        sessions
+            .take(&p.did, &p.did, &h.did, "echo")
+            .map(|s| s.generation),
+        Some(a.generation)
+    );
+    // Draining and lost instances take nothing, and count for nothing.
+    a.release_slot();
+    b.release_slot();
+    a.drain();
+    b.lost.set();
+    assert!(sessions.take(&p.did, &p.did, &h.did, "echo").is_none());
+    assert_eq!(sessions.capacity(&p.did), Some(10));
+    // One instance with no limit makes the pool's capacity unlimited.
+    sessions.open(with_slots(0, &p.did, &["echo"]));
+    assert_eq!(sessions.capacity(&p.did), None);
+    assert!(sessions.take(&p.did, &p.did, &h.did, "echo").is_some());
 }
 
 #[test]

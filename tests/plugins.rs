@@ -1109,7 +1109,7 @@ async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
         BufReader::new(stdout).lines().next().unwrap().unwrap();
         child
     };
-    let mut genuine = start(&r, &genuine_events);
+    let genuine = start(&r, &genuine_events);
     let config = format!("{TIMINGS}[[plugin]]\nname = \"remote\"\naddress = \"http://{listen}\"\n")
         .replace("plugin_wait_secs = 2", "plugin_wait_secs = 120");
     let server = Server::start(&dir, &config);

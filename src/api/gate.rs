@@ -21,11 +21,13 @@ use crate::auth::AccessCell;
 pub(crate) struct Gate<S> {
     inner: S,
     access: Arc<AccessCell>,
-    bodies: BodyBudget,
+    /// `None` for a service of long-lived streams (a plugin's session),
+    /// whose body never completes: its messages are bounded one by one.
+    bodies: Option<BodyBudget>,
 }
 
 impl<S> Gate<S> {
-    pub(crate) fn new(inner: S, access: Arc<AccessCell>, bodies: BodyBudget) -> Gate<S> {
+    pub(crate) fn new(inner: S, access: Arc<AccessCell>, bodies: Option<BodyBudget>) -> Gate<S> {
         Gate {
             inner,
             access,
@@ -72,11 +74,12 @@ where
             }
         };
         // The bodies of DID callers draw on the shared allowance.
-        let req = if stranger {
-            let client = super::streams::peer_of(&req).map(|a| a.ip());
-            req.map(|b| self.bodies.hold(b, client))
-        } else {
-            req
+        let req = match &self.bodies {
+            Some(bodies) if stranger => {
+                let client = super::streams::peer_of(&req).map(|a| a.ip());
+                req.map(|b| bodies.hold(b, client))
+            }
+            _ => req,
         };
         let fut = self.inner.call(req);
         Box::pin(fut)

@@ -46,6 +46,8 @@ pub struct JobsService {
     /// How much DID callers (anyone can sign a DID token) may enqueue per
     /// client address; operator tokens are not limited.
     did_enqueues: Option<Arc<crate::auth::RateLimiter>>,
+    /// The plugin sessions, when the server hosts plugins.
+    sessions: Option<Arc<crate::plugin::Sessions>>,
 }
 
 /// What a `ListJobs` page costs a DID caller's allowance.
@@ -112,6 +114,7 @@ impl JobsService {
             schemas: Arc::default(),
             access: Arc::new(AccessCell::new(Access::Open)),
             did_enqueues: None,
+            sessions: None,
         }
     }
 
@@ -232,6 +235,12 @@ impl JobsService {
     /// dispatcher.
     pub fn with_dispatcher(mut self, pulse: PulseHandle) -> JobsService {
         self.pulse = Some(pulse);
+        self
+    }
+
+    /// Lists these plugin sessions (`ListPluginSessions`).
+    pub fn with_sessions(mut self, sessions: Arc<crate::plugin::Sessions>) -> JobsService {
+        self.sessions = Some(sessions);
         self
     }
 
@@ -879,6 +888,68 @@ impl Jobs for JobsService {
             .map_err(|e| status(Code::NotFound, "token_not_found", e))?;
         Ok(Response::new(proto::RevokeTokenResponse {
             hash: hash.to_string(),
+        }))
+    }
+
+    async fn list_plugin_sessions(
+        &self,
+        request: Request<proto::ListPluginSessionsRequest>,
+    ) -> Result<Response<proto::ListPluginSessionsResponse>, Status> {
+        let grant = self.grant(&request)?;
+        grant
+            .require_everywhere(Right::Read)
+            .map_err(|e| self.refuse(&e, request.remote_addr()))?;
+        let Some(sessions) = &self.sessions else {
+            return Ok(Response::new(proto::ListPluginSessionsResponse::default()));
+        };
+        let list = sessions
+            .all()
+            .into_iter()
+            .map(|s| {
+                let a = &s.announcement;
+                proto::PluginSession {
+                    plugin: a.plugin.to_string(),
+                    name: self
+                        .ledger
+                        .subject(&a.plugin)
+                        .map(|r| r.name)
+                        .unwrap_or_default(),
+                    key: a.key.to_string(),
+                    connection: s.connection.as_str().to_owned(),
+                    address: s.address.clone(),
+                    handlers: a
+                        .handlers
+                        .iter()
+                        .map(|h| match &h.id {
+                            Some(id) if h.name.is_empty() => id.to_string(),
+                            Some(id) => format!("{} ({id})", h.name),
+                            None => h.name.clone(),
+                        })
+                        .collect(),
+                    serves_any: a.serves_any,
+                    slots: s.slots,
+                    running: s.running(),
+                    draining: s.draining(),
+                    opened_ms: s.opened_ms,
+                    last_health_ms: s.last_health_ms(),
+                    session: s.generation,
+                }
+            })
+            .collect();
+        let refusals = sessions
+            .refusals()
+            .into_iter()
+            .map(|r| proto::SessionRefusalRecord {
+                plugin: r.plugin,
+                address: r.address,
+                code: r.code,
+                message: r.message,
+                at_ms: r.at_ms,
+            })
+            .collect();
+        Ok(Response::new(proto::ListPluginSessionsResponse {
+            sessions: list,
+            refusals,
         }))
     }
 }

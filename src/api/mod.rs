@@ -5,6 +5,7 @@ mod bearer;
 mod body_budget;
 mod client_counts;
 mod gate;
+mod gateway;
 pub mod incoming;
 mod jobs;
 mod metrics;
@@ -17,6 +18,7 @@ pub mod streams;
 pub mod tls;
 
 pub use bearer::{AuthedChannel, Bearer};
+pub use gateway::GatewayService;
 pub use jobs::JobsService;
 pub use metrics::Metrics;
 pub use registry::RegistryService;

@@ -211,14 +211,14 @@ fn start_pulse(
     local: SocketAddr,
     ledger: &Arc<Ledger>,
     store: &Arc<crate::pulse::JobStore>,
+    sessions: &Arc<crate::plugin::Sessions>,
 ) -> (crate::pulse::PulseRunner, crate::plugin::PluginHost) {
-    use crate::plugin::{ChainRouter, HostConfig, PluginExecutor, PluginHost, Sessions};
+    use crate::plugin::{ChainRouter, HostConfig, PluginExecutor, PluginHost};
     use crate::pulse::{AsyncExecutorAdapter, DispatchConfig, Dispatcher, PulseRunner};
-    let sessions = Arc::new(Sessions::default());
     let host = PluginHost::start(
         config.plugins.clone(),
         Arc::clone(ledger),
-        Arc::clone(&sessions),
+        Arc::clone(sessions),
         HostConfig {
             health_interval: std::time::Duration::from_millis(config.plugin_health_interval_ms),
             api_endpoint: if config.tls.is_some() {
@@ -241,7 +241,7 @@ fn start_pulse(
         ..DispatchConfig::default()
     };
     let runtime = tokio::runtime::Handle::current();
-    let (ledger, store) = (Arc::clone(ledger), Arc::clone(store));
+    let (ledger, store, sessions) = (Arc::clone(ledger), Arc::clone(store), Arc::clone(sessions));
     let runner = PulseRunner::spawn(
         move |me| {
             let executor =
@@ -482,7 +482,8 @@ pub async fn serve(
         crate::pulse::JobStore::open(&ledger).map_err(|e| ServeError::Transport(e.to_string()))?,
     );
     tokio::spawn(prune_jobs(Arc::clone(&store), config.job_retention_hours));
-    let (runner, host) = start_pulse(&config, local, &ledger, &store);
+    let sessions = Arc::new(crate::plugin::Sessions::default());
+    let (runner, host) = start_pulse(&config, local, &ledger, &store, &sessions);
     metrics.watch_pulse(runner.handle().counters());
     if access.is_open() {
         tracing::warn!(listen = %local, "no [[token]] configured: the Jobs API is open to every client that can connect");
@@ -518,6 +519,7 @@ pub async fn serve(
     let jobs = JobsServer::new(
         JobsService::new(Arc::clone(&ledger), store)
             .with_dispatcher(runner.handle())
+            .with_sessions(sessions)
             .with_access(Arc::clone(&access))
             .with_did_enqueue_limit(Arc::new(crate::auth::RateLimiter::new(
                 config.did_enqueue_rate,
@@ -527,6 +529,12 @@ pub async fn serve(
     .max_decoding_message_size(MAX_JOBS_REQUEST_BYTES)
     .max_encoding_message_size(MAX_RESPONSE_BYTES);
     health.set_serving::<JobsServer<JobsService>>().await;
+    // Plugins that connect in: their results are as large as any response.
+    let gateway = proto::plugin_gateway_server::PluginGatewayServer::new(
+        super::gateway::GatewayService::new(host.gateway(), Arc::clone(&access)),
+    )
+    .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    .max_encoding_message_size(MAX_RESPONSE_BYTES);
     let limiter = crate::auth::RateLimiter::new(config.submit_rate, config.rate_limit_loopback);
     let reads = crate::auth::RateLimiter::new(config.read_rate, config.rate_limit_loopback);
     let registry = RegistryServer::new(
@@ -575,13 +583,18 @@ pub async fn serve(
             super::read_limit::ReadLimit::new(registry, Arc::new(reads)),
         ))
         .add_service(super::normalize::Normalize::new(super::gate::Gate::new(
+            gateway,
+            Arc::clone(&access),
+            None,
+        )))
+        .add_service(super::normalize::Normalize::new(super::gate::Gate::new(
             jobs,
             Arc::clone(&access),
-            super::body_budget::BodyBudget::new(
+            Some(super::body_budget::BodyBudget::new(
                 super::body_budget::DID_BODY_BYTES,
                 super::body_budget::DID_BODY_BYTES_PER_CLIENT,
                 super::body_budget::DID_BODY_TIMEOUT,
-            ),
+            )),
         )))
         .serve_with_incoming_shutdown(incoming, signal);
     let result = tokio::select! {

@@ -130,9 +130,26 @@ impl Grant {
     /// # Errors
     /// `scope_missing`, naming the scope.
     pub fn may_call(&self, method: &str) -> Result<(), AuthError> {
+        if method == "Join" {
+            // A DID caller may join as its own plugin; a token needs a
+            // plugin scope (checked against the plugin once it proved it).
+            if self.did.is_some()
+                || self
+                    .scopes
+                    .iter()
+                    .any(|s| matches!(s, Scope::Admin | Scope::Plugin(_)))
+            {
+                return Ok(());
+            }
+            return Err(AuthError::new(
+                AuthCode::ScopeMissing,
+                format!("{} lacks the plugin scope connecting in needs", self.who()),
+            ));
+        }
         let right = match method {
             "Enqueue" | "EnqueueBatch" => Right::Enqueue,
-            "GetJob" | "ListJobs" | "WatchJob" | "GetJobLog" | "GetBudget" => Right::Read,
+            "GetJob" | "ListJobs" | "WatchJob" | "GetJobLog" | "GetBudget"
+            | "ListPluginSessions" => Right::Read,
             "CancelJob" => Right::Cancel,
             "SetBudget" => Right::Budget,
             _ => return Ok(()),
@@ -146,6 +163,22 @@ impl Grant {
                 "{} lacks the {right} scope this call needs (on any handler)",
                 self.who()
             ),
+        ))
+    }
+
+    /// Ok if the caller may connect in as `plugin`: `admin`, a `plugin`
+    /// scope for any plugin or for this one, or a DID token of the
+    /// plugin's own ID.
+    ///
+    /// # Errors
+    /// `scope_missing`, naming the caller and the plugin.
+    pub fn may_join(&self, plugin: &Did) -> Result<(), AuthError> {
+        if self.did.as_ref() == Some(plugin) || self.scopes.iter().any(|s| s.joins(plugin)) {
+            return Ok(());
+        }
+        Err(AuthError::new(
+            AuthCode::ScopeMissing,
+            format!("{} may not connect in as plugin {plugin}", self.who()),
         ))
     }
 

@@ -9,6 +9,10 @@ pub enum Scope {
     /// (`read:did:key:…`). Either counts as `tokens` in a handler's access
     /// lists; a handler whose list leaves out `tokens` is closed to both.
     Right(Right, Option<Box<Did>>),
+    /// Connecting in as a plugin (`PluginGateway.Join`): as any plugin
+    /// (`plugin`), or as one (`plugin:did:key:…`). The process must still
+    /// prove the plugin's current key.
+    Plugin(Option<Box<Did>>),
     /// Every right over every handler, whatever its access lists say, and
     /// any administrative call added later (`admin`).
     Admin,
@@ -29,10 +33,18 @@ impl Scope {
             Some((name, did)) => (name, Some(did)),
             None => (text, None),
         };
+        if name == "plugin" {
+            let plugin = handler
+                .map(|d| Did::parse(d).map(Box::new))
+                .transpose()
+                .map_err(|e| format!("scope {text:?}: {e}"))?;
+            return Ok(Scope::Plugin(plugin));
+        }
         let Some(right) = Right::ALL.into_iter().find(|r| r.as_str() == name) else {
             return Err(format!(
                 "unknown scope {text:?}: the scopes are enqueue, read, cancel, budget (each alone, or \
-                 followed by :<handler did:key> for one handler) and admin"
+                 followed by :<handler did:key> for one handler), plugin (alone, or followed by \
+                 :<plugin did:key>) and admin"
             ));
         };
         let handler = handler
@@ -49,6 +61,16 @@ impl Scope {
             Scope::Admin => true,
             Scope::Right(r, None) => *r == right,
             Scope::Right(r, Some(h)) => *r == right && handler == Some(&**h),
+            Scope::Plugin(_) => false,
+        }
+    }
+
+    /// Whether holding `self` lets a process connect in as `plugin`.
+    pub fn joins(&self, plugin: &Did) -> bool {
+        match self {
+            Scope::Admin | Scope::Plugin(None) => true,
+            Scope::Plugin(Some(p)) => **p == *plugin,
+            Scope::Right(..) => false,
         }
     }
 
@@ -57,6 +79,7 @@ impl Scope {
         match self {
             Scope::Admin => true,
             Scope::Right(r, _) => *r == right,
+            Scope::Plugin(_) => false,
         }
     }
 }
@@ -66,6 +89,8 @@ impl std::fmt::Display for Scope {
         match self {
             Scope::Right(r, None) => write!(f, "{r}"),
             Scope::Right(r, Some(d)) => write!(f, "{r}:{d}"),
+            Scope::Plugin(None) => f.write_str("plugin"),
+            Scope::Plugin(Some(d)) => write!(f, "plugin:{d}"),
             Scope::Admin => f.write_str("admin"),
         }
     }

@@ -9,7 +9,12 @@
 //! pulse-script-plugin --key plugin.key [--plugin DID] [--python PATH]
 //!     [--scratch-dir DIR] [--memory-mb N] [--cpu-seconds N] [--max-files N]
 //!     [--read-only PATH]... [--allow-network] [--allow-weak-confinement]
+//!     [--connect URL] [--slots N]
 //! ```
+//!
+//! It listens (Pulse spawns or dials it) unless `--connect URL` (or
+//! `PULSE_PLUGIN_CONNECT`) names a server to connect in to; `--slots N`
+//! announces how many attempts it runs at once.
 //!
 //! Exit status 0 is success (stdout is the result, at most 1 MiB); 75
 //! (EX_TEMPFAIL) is a retryable failure; anything else, or a signal, is a
@@ -284,7 +289,7 @@ impl JobHandler for Runner {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "pulse-script-plugin: {why}\nusage: pulse-script-plugin --key FILE [--plugin DID] [--python PATH] [--scratch-dir DIR] [--memory-mb N] [--cpu-seconds N] [--max-files N] [--read-only PATH]... [--allow-network] [--allow-weak-confinement]"
+        "pulse-script-plugin: {why}\nusage: pulse-script-plugin --key FILE [--plugin DID] [--python PATH] [--scratch-dir DIR] [--memory-mb N] [--cpu-seconds N] [--max-files N] [--read-only PATH]... [--allow-network] [--allow-weak-confinement] [--connect URL] [--slots N]"
     );
     std::process::exit(2)
 }
@@ -389,6 +394,7 @@ fn main() {
     let mut extra_read_only = Vec::new();
     let mut allow_weak = false;
     let mut allow_network = false;
+    let (mut connect, mut slots) = (None, 0u32);
     while let Some(a) = args.next() {
         let mut value = || {
             args.next()
@@ -405,6 +411,8 @@ fn main() {
             "--read-only" => extra_read_only.push(PathBuf::from(value())),
             "--allow-weak-confinement" => allow_weak = true,
             "--allow-network" => allow_network = true,
+            "--connect" => connect = Some(value()),
+            "--slots" => slots = number(&a, &value()) as u32,
             "-h" | "--help" => usage("runs handlers whose signed schema carries Python code"),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -476,8 +484,9 @@ fn main() {
                 env!("CARGO_PKG_VERSION"),
                 "runs handlers whose signed schema carries Python code",
             )
-            .serve_any(runner);
-        if let Err(e) = server.serve().await {
+            .serve_any(runner)
+            .slots(slots);
+        if let Err(e) = server.run(connect).await {
             eprintln!("pulse-script-plugin: {e}");
             std::process::exit(1);
         }

@@ -3,7 +3,12 @@
 //!
 //! ```text
 //! pulse-test-plugin --key plugin.key [--plugin DID] [--announce-id DID]...
+//!     [--connect URL] [--slots N]
 //! ```
+//!
+//! It listens (Pulse spawns or dials it) unless `--connect URL` (or
+//! `PULSE_PLUGIN_CONNECT`) names a server to connect in to; `--slots N`
+//! announces how many attempts it runs at once.
 //!
 //! Handlers (by schema name): `echo` (returns the payload), `noop` (returns
 //! nothing), `sleep` (payload: milliseconds), `fail` (payload `fatal` for a
@@ -213,7 +218,7 @@ impl JobHandler for Handler {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "pulse-test-plugin: {why}\nusage: pulse-test-plugin --key FILE [--plugin DID] [--announce-id DID]..."
+        "pulse-test-plugin: {why}\nusage: pulse-test-plugin --key FILE [--plugin DID] [--announce-id DID]... [--connect URL] [--slots N]"
     );
     std::process::exit(2)
 }
@@ -222,6 +227,7 @@ fn usage(why: &str) -> ! {
 async fn main() {
     let mut args = std::env::args().skip(1);
     let (mut key, mut plugin, mut ids) = (None, None, Vec::new());
+    let (mut connect, mut slots) = (None, 0u32);
     while let Some(a) = args.next() {
         let mut value = || {
             args.next()
@@ -231,6 +237,12 @@ async fn main() {
             "--key" => key = Some(value()),
             "--plugin" => plugin = Some(value()),
             "--announce-id" => ids.push(value()),
+            "--connect" => connect = Some(value()),
+            "--slots" => {
+                slots = value()
+                    .parse()
+                    .unwrap_or_else(|e| usage(&format!("--slots: {e}")))
+            }
             "-h" | "--help" => usage("runs test handlers for pulse-ledger"),
             other => usage(&format!("unknown argument {other}")),
         }
@@ -280,7 +292,7 @@ async fn main() {
     ] {
         server = server.handler(name, Handler(kind));
     }
-    if let Err(e) = server.serve().await {
+    if let Err(e) = server.slots(slots).run(connect).await {
         eprintln!("pulse-test-plugin: {e}");
         std::process::exit(1);
     }

@@ -116,6 +116,9 @@ pub(crate) enum PluginVerb {
     Show(super::client::ShowArgs),
     /// List plugins on a server.
     List(super::client::ListArgs),
+    /// The plugin processes a server has live sessions with, and the
+    /// proofs it refused last.
+    Sessions(super::sessions::SessionsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -325,6 +328,7 @@ pub(crate) fn run_plugin(verb: PluginVerb) -> Result<ExitCode, CliError> {
         PluginVerb::Revoke(a) => revoke(a, Family::Plugin),
         PluginVerb::Show(a) => super::client::show(a),
         PluginVerb::List(a) => super::client::list(a, true),
+        PluginVerb::Sessions(a) => super::sessions::run(a),
     }
 }
 

@@ -20,6 +20,7 @@ mod output;
 mod proofs;
 mod remote;
 mod serve;
+mod sessions;
 mod token;
 mod verify;
 

@@ -48,6 +48,7 @@ table per plugin and one
   #     tls_ca = \"ca.pem\"  tls_cert = \"client.pem\"  tls_key = \"client.key\"
   # id = \"did:key:z6Mk...\"   (the plugin ID it must prove; optional)
   # env = { RUST_LOG = \"debug\" }   dir = \"/srv/plugins\"
+  # instances = 4   (a pool: the command started 4 times, each proving the key)
 
   [[token]]
   name = \"ci\"
@@ -193,7 +194,11 @@ struct PluginTable {
     tls_domain: Option<String>,
     #[serde(default)]
     allow_plaintext: bool,
+    instances: Option<u32>,
 }
+
+/// Most instances one `[[plugin]]` command may be started as.
+const MAX_INSTANCES: u32 = 256;
 
 impl PluginTable {
     fn resolve(self, file: &std::path::Path) -> Result<PluginConfig, CliError> {
@@ -221,6 +226,11 @@ impl PluginTable {
                     ));
                 }
                 PluginSource::Command(c.clone())
+            }
+            _ if self.instances.is_some() && self.command.is_none() => {
+                return Err(bad(
+                    "instances applies to a spawned command; for several dialled instances, give one [[plugin]] table per address".into(),
+                ));
             }
             (None, Some(a)) if a.starts_with("https://") => PluginSource::Remote {
                 url: a.clone(),
@@ -254,10 +264,17 @@ impl PluginTable {
             Some(d) => Some(crate::Did::parse(d).map_err(|e| bad(format!("id: {e}")))?),
             None => None,
         };
+        let instances = self.instances.unwrap_or(1);
+        if !(1..=MAX_INSTANCES).contains(&instances) {
+            return Err(bad(format!(
+                "instances = {instances}: give 1 to {MAX_INSTANCES}"
+            )));
+        }
         Ok(PluginConfig {
             name: self.name,
             source,
             expect,
+            instances,
             env: self.env.into_iter().collect(),
             dir: self.dir,
         })

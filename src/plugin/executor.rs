@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::session::{Session, Sessions};
+use super::session::{Link, Session, Sessions};
 use crate::api::proto::{self, job_event::Event};
 use crate::pulse::{
     AsyncExecutor, AttemptSpec, EventStream, ExecEvent, JobId, LeaseToken, Progress, cut_text,
@@ -89,6 +89,60 @@ pub fn exec_event(e: proto::JobEvent) -> Result<Option<ExecEvent>, String> {
     }))
 }
 
+/// An attempt's events as they arrive, from either kind of link.
+type WireEvents = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<proto::JobEvent, tonic::Status>> + Send>,
+>;
+
+impl Link {
+    /// Sends an attempt.
+    ///
+    /// # Errors
+    /// `Err(Ok(why))`: it never reached the process (the connection is
+    /// gone, or the stream was refused before the plugin accepted it);
+    /// `Err(Err(status))`: the plugin answered with an error instead of a
+    /// stream.
+    async fn execute(
+        &self,
+        request: proto::ExecuteJobRequest,
+    ) -> Result<WireEvents, Result<String, tonic::Status>> {
+        match self {
+            Link::Client(client) => match client.clone().execute_job(request).await {
+                Ok(r) => Ok(Box::pin(r.into_inner())),
+                Err(s) if s.code() == tonic::Code::Unavailable => Err(Ok(s.message().to_owned())),
+                Err(s) => Err(Err(s)),
+            },
+            Link::Stream(link) => {
+                let rx = link.execute(request).await.map_err(Ok)?;
+                Ok(Box::pin(ReceiverStream::new(rx).map(Ok)))
+            }
+        }
+    }
+
+    /// Tells the plugin to stop an attempt.
+    async fn cancel(&self, job: JobId, lease: LeaseToken) {
+        match self {
+            Link::Client(client) => {
+                let req = proto::CancelRequest {
+                    job_id: job.0.to_vec(),
+                    lease: lease.0.to_vec(),
+                };
+                if let Err(e) = client.clone().cancel(req).await {
+                    tracing::warn!(%job, error = %e.message(), "pushing a cancel to the plugin failed");
+                }
+            }
+            Link::Stream(link) => link.cancel(job, lease).await,
+        }
+    }
+
+    /// Forgets an attempt that ended.
+    fn forget(&self, job: JobId, lease: LeaseToken) {
+        if let Link::Stream(link) = self {
+            link.forget(job, lease);
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl AsyncExecutor for PluginExecutor {
     async fn dispatch(&self, attempt: AttemptSpec) -> Result<EventStream, String> {
@@ -96,11 +150,22 @@ impl AsyncExecutor for PluginExecutor {
             .authorization
             .clone()
             .ok_or("the attempt was not resolved to a plugin")?;
+        // The least loaded instance with a free slot that proved the
+        // current key and serves the handler.
         let session = self
             .sessions
-            .get(&auth.plugin)
-            .filter(|s| s.announcement.key == auth.plugin_key)
-            .ok_or_else(|| format!("plugin {} has no live session", auth.plugin))?;
+            .take(
+                &auth.plugin,
+                &auth.plugin_key,
+                &attempt.handler,
+                &auth.handler_name,
+            )
+            .ok_or_else(|| {
+                format!(
+                    "plugin {} has no live session with a free slot",
+                    auth.plugin
+                )
+            })?;
         let request = proto::ExecuteJobRequest {
             job_id: attempt.job.0.to_vec(),
             lease: attempt.lease.0.to_vec(),
@@ -121,34 +186,34 @@ impl AsyncExecutor for PluginExecutor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(job, (lease, Arc::clone(&session)));
-        let mut client = session.client.clone();
         let forget = {
             let running = Arc::clone(&self.running);
+            let session = Arc::clone(&session);
             move || {
                 let mut r = running.lock().unwrap_or_else(|p| p.into_inner());
                 if r.get(&job).is_some_and(|(l, _)| *l == lease) {
                     r.remove(&job);
                 }
+                drop(r);
+                session.link.forget(job, lease);
+                session.release_slot();
             }
         };
-        let mut stream = match client.execute_job(request).await {
-            Ok(r) => r.into_inner(),
-            // The call never reached the process that proved the key (the
-            // connection is gone, or the stream was refused before the
-            // plugin accepted it): no attempt started. The host re-opens
-            // the session with a new proof.
-            Err(s) if s.code() == tonic::Code::Unavailable => {
+        let mut stream = match session.link.execute(request).await {
+            Ok(s) => s,
+            // No attempt started. The session's owner re-opens it with a
+            // new proof.
+            Err(Ok(why)) => {
                 forget();
                 session.lost.set();
                 return Err(format!(
-                    "plugin {} could not be reached: {}",
-                    auth.plugin,
-                    s.message()
+                    "plugin {} could not be reached: {why}",
+                    auth.plugin
                 ));
             }
             // The plugin answered, with an error instead of a stream: the
             // attempt reached it and ended without a result.
-            Err(s) => {
+            Err(Err(s)) => {
                 forget();
                 tracing::warn!(%job, code = ?s.code(), error = %s.message(), "ExecuteJob failed");
                 return Ok(Box::pin(tokio_stream::once(ExecEvent::Crashed)));
@@ -174,8 +239,7 @@ impl AsyncExecutor for PluginExecutor {
                                         retryable: false,
                                         retry_after_ms: None,
                                     }).await;
-                                    let req = proto::CancelRequest { job_id: job.0.to_vec(), lease: lease.0.to_vec() };
-                                    let _ = client.cancel(req).await;
+                                    session.link.cancel(job, lease).await;
                                     break;
                                 }
                             };
@@ -188,8 +252,10 @@ impl AsyncExecutor for PluginExecutor {
                                 // early resets it, and a flood of resets makes
                                 // the plugin's HTTP/2 stack close the whole
                                 // connection (GOAWAY too_many_internal_resets).
-                                let drain = async { while stream.next().await.is_some() {} };
-                                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+                                if matches!(session.link, Link::Client(_)) {
+                                    let drain = async { while stream.next().await.is_some() {} };
+                                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
+                                }
                                 break;
                             }
                         }
@@ -216,14 +282,7 @@ impl AsyncExecutor for PluginExecutor {
             .filter(|(l, _)| *l == lease)
             .map(|(_, s)| Arc::clone(s));
         if let Some(s) = session {
-            let mut client = s.client.clone();
-            let req = proto::CancelRequest {
-                job_id: job.0.to_vec(),
-                lease: lease.0.to_vec(),
-            };
-            if let Err(e) = client.cancel(req).await {
-                tracing::warn!(%job, error = %e.message(), "pushing a cancel to the plugin failed");
-            }
+            s.link.cancel(job, lease).await;
         }
     }
 }

@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -15,12 +14,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
+use super::admit::{admit, still_current};
+use super::gateway::Gateway;
 use super::handshake::{PROTOCOL_VERSION, parse_handshake};
-use super::proof::{AnnouncedHandler, Announcement, NONCE_BYTES, verify_proof};
-use super::session::{Session, SessionLost, Sessions};
+use super::proof::{Announcement, NONCE_BYTES};
+use super::session::{Connection, Link, RefusedProof, Session, Sessions};
+use crate::Did;
 use crate::api::proto::{self, plugin_client::PluginClient};
 use crate::ledger::Ledger;
-use crate::{Did, Family};
 
 /// HTTP/2 receive window of each attempt's stream from a plugin, bytes.
 const PLUGIN_STREAM_WINDOW: u32 = 256 * 1024;
@@ -56,6 +57,9 @@ pub struct PluginConfig {
     pub env: Vec<(String, String)>,
     /// Working directory for a spawned command.
     pub dir: Option<PathBuf>,
+    /// How many instances of a spawned command run at once, each with its
+    /// own session (a pool); 1 for a dialled address.
+    pub instances: u32,
 }
 
 /// Timings of the host.
@@ -96,9 +100,8 @@ impl Default for HostConfig {
 pub struct PluginHost {
     tasks: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
+    gateway: Gateway,
 }
-
-static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 impl PluginHost {
     /// Starts supervising `plugins`; sessions appear in `sessions` as
@@ -111,8 +114,24 @@ impl PluginHost {
     ) -> PluginHost {
         let (stop, stopped) = watch::channel(false);
         let config = Arc::new(config);
+        let gateway = Gateway {
+            ledger: Arc::clone(&ledger),
+            sessions: Arc::clone(&sessions),
+            config: Arc::clone(&config),
+            stop: stopped.clone(),
+        };
         let tasks = plugins
             .into_iter()
+            .flat_map(|p| {
+                let n = p.instances.max(1);
+                (1..=n).map(move |i| {
+                    let mut p = p.clone();
+                    if n > 1 {
+                        p.name = format!("{}#{i}", p.name);
+                    }
+                    p
+                })
+            })
             .map(|p| {
                 let sup = Supervisor {
                     plugin: p,
@@ -124,13 +143,35 @@ impl PluginHost {
                 tokio::spawn(sup.run())
             })
             .collect();
-        PluginHost { tasks, stop }
+        PluginHost {
+            tasks,
+            stop,
+            gateway,
+        }
+    }
+
+    /// Where plugins that connect in are admitted: their sessions join
+    /// the same pools, and drain when the host stops.
+    pub fn gateway(&self) -> Gateway {
+        self.gateway.clone()
     }
 
     /// Stops every plugin (Shutdown, SIGTERM, SIGKILL of the group) and
     /// waits for the supervisors.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        // Connected-in sessions drain: wait (bounded) for their attempts.
+        let until = Instant::now() + self.gateway.config.stop_grace;
+        while Instant::now() < until
+            && self
+                .gateway
+                .sessions
+                .all()
+                .iter()
+                .any(|s| s.connection == Connection::ConnectedIn)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         for t in self.tasks {
             let _ = t.await;
         }
@@ -309,8 +350,14 @@ impl Supervisor {
     }
 
     /// Sends a nonce, checks the proof, and checks the ledger: the plugin
-    /// is registered, not revoked, and signed with its current key.
-    async fn initialize(&self, client: &mut PluginClient<Channel>) -> Result<Announcement, String> {
+    /// is registered, not revoked, and signed with its current key. A
+    /// refused proof is remembered for `plugin sessions` and told to the
+    /// plugin (`SessionRefused`).
+    async fn initialize(
+        &self,
+        client: &mut PluginClient<Channel>,
+        address: &str,
+    ) -> Result<(Announcement, u32), String> {
         let mut nonce = [0u8; NONCE_BYTES];
         getrandom::fill(&mut nonce).map_err(|e| format!("no randomness: {e}"))?;
         let req = proto::InitializeRequest {
@@ -324,79 +371,39 @@ impl Supervisor {
             .map_err(|_| "Initialize timed out".to_owned())?
             .map_err(|s| format!("Initialize failed: {}", s.message()))?
             .into_inner();
-        let announcement = announcement(&resp)?;
-        verify_proof(&nonce, &announcement, &resp.signature).map_err(|e| e.to_string())?;
-        let plugin = &announcement.plugin;
-        if let Some(expect) = &self.plugin.expect {
-            if expect != plugin {
-                return Err(format!(
-                    "plugin_not_authorised: configured for {expect}, but it proved {plugin}"
-                ));
+        match admit(&self.ledger, self.plugin.expect.as_ref(), &nonce, &resp) {
+            Ok(a) => Ok((a, resp.slots)),
+            Err(refused) => {
+                self.sessions.refused(RefusedProof {
+                    plugin: resp.plugin.clone(),
+                    address: address.to_owned(),
+                    code: refused.code.to_owned(),
+                    message: refused.message.clone(),
+                    at_ms: crate::clock::unix_ms(),
+                });
+                // Told so the plugin can log why; one without the call
+                // answers UNIMPLEMENTED, which changes nothing.
+                let notice = proto::SessionRefusal {
+                    code: refused.code.to_owned(),
+                    message: refused.message.clone(),
+                };
+                let _ =
+                    tokio::time::timeout(self.config.start_timeout, client.session_refused(notice))
+                        .await;
+                Err(refused.to_string())
             }
-        }
-        let rec = self
-            .ledger
-            .subject(plugin)
-            .map_err(|e| format!("plugin_not_registered: {plugin}: {e}"))?;
-        if rec.head.family != Family::Plugin {
-            return Err(format!("plugin_not_registered: {plugin} is a handler"));
-        }
-        if rec.head.revoked {
-            return Err(format!("plugin_revoked: {plugin}"));
-        }
-        if rec.head.key != announcement.key {
-            return Err(format!(
-                "bad_proof: {plugin} signed with {}, but its current key is {}",
-                announcement.key, rec.head.key
-            ));
-        }
-        Ok(self.authorised(announcement))
-    }
-
-    /// Drops announced handler IDs whose chain in the log names another
-    /// plugin: the plugin's claim is not the handler's.
-    fn authorised(&self, mut a: Announcement) -> Announcement {
-        let plugin = a.plugin.clone();
-        a.handlers.retain(|h| {
-            let Some(id) = &h.id else { return true };
-            // A handler not in the log yet may be registered later naming
-            // this plugin; routing follows its chain either way.
-            let ok = match self.ledger.subject(id) {
-                Ok(r) => r.plugin.as_ref() == Some(&plugin),
-                Err(_) => true,
-            };
-            if !ok {
-                tracing::warn!(
-                    plugin = %plugin,
-                    handler = %id,
-                    "plugin_not_authorised: the handler's chain does not name this plugin; announcement ignored"
-                );
-            }
-            ok
-        });
-        a
-    }
-
-    /// Whether the plugin's chain still backs the session.
-    fn still_current(&self, a: &Announcement) -> Result<(), String> {
-        match self.ledger.subject(&a.plugin) {
-            Ok(r) if r.head.revoked => Err(format!("plugin_revoked: {}", a.plugin)),
-            Ok(r) if r.head.key != a.key => Err(format!(
-                "the plugin rotated its key to {}; re-opening the session",
-                r.head.key
-            )),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.to_string()),
         }
     }
 
     async fn run_once(&mut self) -> Ended {
-        let (mut child, uri, tls) = match &self.plugin.source {
+        let (mut child, uri, tls, connection) = match &self.plugin.source {
             PluginSource::Command(argv) => match self.spawn(argv).await {
-                Ok((c, uri)) => (Some(c), uri, None),
+                Ok((c, uri)) => (Some(c), uri, None, Connection::Spawned),
                 Err(e) => return Ended::Failed(e),
             },
-            PluginSource::Remote { url, tls } => (None, url.clone(), Some(tls.clone())),
+            PluginSource::Remote { url, tls } => {
+                (None, url.clone(), Some(tls.clone()), Connection::Dialled)
+            }
         };
         let channel = match self.connect(&uri, tls.as_ref()).await {
             Ok(c) => c,
@@ -405,7 +412,7 @@ impl Supervisor {
         // Results up to the server's response limit.
         let mut client =
             PluginClient::new(channel).max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES);
-        let announcement = match self.initialize(&mut client).await {
+        let (announcement, slots) = match self.initialize(&mut client, &uri).await {
             Ok(a) => a,
             Err(e) => return Ended::Failed(format!("session refused: {e}")),
         };
@@ -419,7 +426,6 @@ impl Supervisor {
         .and_then(Result::ok)
         .map(tonic::Response::into_inner)
         .unwrap_or_default();
-        let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
         let (ended_tx, ended) = watch::channel(false);
         let plugin = announcement.plugin.clone();
         tracing::info!(
@@ -431,13 +437,15 @@ impl Supervisor {
             version = %about.version,
             "plugin session open"
         );
-        let session = Arc::new(Session {
-            announcement: announcement.clone(),
-            client: client.clone(),
+        let session = Arc::new(Session::new(
+            announcement.clone(),
+            Link::Client(client.clone()),
+            connection,
+            uri.clone(),
+            slots,
             ended,
-            generation,
-            lost: SessionLost::default(),
-        });
+        ));
+        let generation = session.generation;
         self.sessions.open(Arc::clone(&session));
         let outcome = self.watch(&mut client, child.as_mut(), &session).await;
         // Close first, so no new attempt goes to it, then end the running
@@ -491,7 +499,13 @@ impl Supervisor {
                         session.lost.set();
                     } else if health == Health::Serving {
                         failures = 0;
+                        session.healthy();
                     } else {
+                        // Not serving (a plugin that drains): no new
+                        // attempt goes to it while it finishes.
+                        if health == Health::Draining {
+                            session.drain();
+                        }
                         failures += 1;
                         if failures >= self.config.health_failures {
                             return Ended::Retired(format!("{failures} health checks failed"));
@@ -499,7 +513,7 @@ impl Supervisor {
                     }
                 }
                 _ = tick.tick(), if !checking => {
-                    if let Err(why) = self.still_current(a) {
+                    if let Err(why) = still_current(&self.ledger, a) {
                         return Ended::Retired(why);
                     }
                     checking = true;
@@ -511,6 +525,7 @@ impl Supervisor {
                             tokio::time::timeout(limit, client.health(proto::HealthRequest {})).await;
                         let health = match answer {
                             Ok(Ok(r)) if r.get_ref().serving => Health::Serving,
+                            Ok(Ok(_)) => Health::Draining,
                             Ok(Err(s)) if s.code() == tonic::Code::Unavailable => Health::Gone,
                             _ => Health::Failing,
                         };
@@ -542,7 +557,9 @@ impl Supervisor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Health {
     Serving,
-    /// Not serving, or no answer in time: counted towards the limit.
+    /// Answers, but not serving (it drains): counted towards the limit.
+    Draining,
+    /// No answer in time: counted towards the limit.
     Failing,
     /// The connection is gone: the session ends at once.
     Gone,
@@ -551,33 +568,6 @@ enum Health {
 /// Resolves once the host is stopping.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Parses an InitializeResponse into an announcement.
-fn announcement(r: &proto::InitializeResponse) -> Result<Announcement, String> {
-    let did = |field: &str, text: &str| {
-        Did::parse(text).map_err(|e| format!("bad_announcement: {field}: {e}"))
-    };
-    let handlers = r
-        .handlers
-        .iter()
-        .map(|h| {
-            Ok(AnnouncedHandler {
-                id: if h.id.is_empty() {
-                    None
-                } else {
-                    Some(did("handlers.id", &h.id)?)
-                },
-                name: h.name.clone(),
-            })
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    Ok(Announcement {
-        plugin: did("plugin", &r.plugin)?,
-        key: did("key", &r.key)?,
-        handlers,
-        serves_any: r.serves_any,
-    })
 }
 
 /// A connector that makes one connection and refuses every later one, so
@@ -620,7 +610,7 @@ impl tonic::codegen::Service<tonic::codegen::http::Uri> for OneConnection {
     }
 
     fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
-        if self.used.swap(true, Ordering::AcqRel) {
+        if self.used.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return Box::pin(async {
                 Err("the connection that proved the plugin's key is gone; a new session must prove it again".into())
             });

@@ -3,9 +3,12 @@
 //! plugin and the plugin proved it holds its current key
 //! (spec/plugin.md).
 
+mod admit;
 mod executor;
+mod gateway;
 mod handshake;
 mod host;
+mod link;
 mod proof;
 mod resolve;
 mod session;
@@ -13,15 +16,18 @@ mod session;
 pub mod confine;
 pub mod sdk;
 
+pub use admit::{Refused, admit};
 pub use executor::{
     MAX_ERROR_MESSAGE_BYTES, MAX_PLUGIN_CHECKPOINT_BYTES, MAX_PROGRESS_MESSAGE_BYTES,
     PluginExecutor, exec_event,
 };
+pub use gateway::{Gateway, Inbound, Outbound};
 pub use handshake::{HANDSHAKE_MAGIC, PROTOCOL_VERSION, handshake_line, parse_handshake};
 pub use host::{HostConfig, PluginConfig, PluginHost, PluginSource};
+pub use link::StreamLink;
 pub use proof::{
     AnnouncedHandler, Announcement, MAX_ANNOUNCED, NONCE_BYTES, PROOF_CONTEXT, ProofError,
     proof_message, sign_proof, verify_proof,
 };
 pub use resolve::{ChainRouter, Verdict, resolve_chains};
-pub use session::{Session, Sessions};
+pub use session::{Connection, Link, RefusedProof, Session, SessionLost, Sessions};

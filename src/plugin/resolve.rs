@@ -225,26 +225,36 @@ impl Router for ChainRouter {
             Ok(Err((why, detail))) => return Route::Refuse(why, detail),
             Ok(Ok(a)) => a,
         };
-        let Some(session) = self.sessions.get(&auth.plugin) else {
+        let pool: Vec<_> = self
+            .sessions
+            .pool(&auth.plugin)
+            .into_iter()
+            .filter(|s| s.takes_attempts())
+            .collect();
+        if pool.is_empty() {
             return Route::Hold(
                 Refusal::PluginNotConnected,
                 format!("plugin {} has no live session", auth.plugin),
             );
-        };
+        }
         // A session opened under a key the plugin has since rotated away
-        // from proves nothing now; the host re-opens it.
-        if session.announcement.key != auth.plugin_key {
+        // from proves nothing now; its owner re-opens it.
+        let current: Vec<_> = pool
+            .iter()
+            .filter(|s| s.announcement.key == auth.plugin_key)
+            .collect();
+        if current.is_empty() {
             return Route::Hold(
                 Refusal::PluginNotConnected,
                 format!(
-                    "plugin {}'s session proved a key it has since rotated away from",
+                    "plugin {}'s sessions proved a key it has since rotated away from",
                     auth.plugin
                 ),
             );
         }
-        if !session
-            .announcement
-            .serves(&job.handler, &auth.handler_name)
+        if !current
+            .iter()
+            .any(|s| s.announcement.serves(&job.handler, &auth.handler_name))
         {
             return Route::Refuse(
                 Refusal::PluginNotAuthorised,
@@ -255,5 +265,9 @@ impl Router for ChainRouter {
             );
         }
         Route::Go(Some(auth))
+    }
+
+    fn capacity(&self, plugin: &Did) -> Option<u32> {
+        self.sessions.capacity(plugin)
     }
 }

@@ -1,49 +1,187 @@
-//! Live plugin sessions: a plugin that proved possession of its current
-//! key, with the client to reach it. The router reads them before each
-//! dispatch; the host adds and ends them.
+//! Live plugin sessions: processes that proved possession of their
+//! plugin's current key on the connection they are reached by. A plugin
+//! ID may have a pool of them (spawned instances, dialled addresses,
+//! processes that connected in), each with its own proof and slots. The
+//! router and executor read them before each dispatch; the host and the
+//! gateway add and end them.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tonic::transport::Channel;
 
+use super::link::StreamLink;
 use super::proof::Announcement;
 use crate::Did;
 use crate::api::proto::plugin_client::PluginClient;
+
+/// How a session's process is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connection {
+    /// A command the server started; dialled on its loopback address.
+    Spawned,
+    /// A plugin listening at an address of the server's config.
+    Dialled,
+    /// A plugin that dialled the server (`PluginGateway.Connect`).
+    ConnectedIn,
+}
+
+impl Connection {
+    /// Its name in `plugin sessions`: `spawned`, `dialled`, `connected`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Connection::Spawned => "spawned",
+            Connection::Dialled => "dialled",
+            Connection::ConnectedIn => "connected",
+        }
+    }
+}
+
+/// Where attempts go: the gRPC client of a spawned or dialled plugin
+/// (one connection, never re-made), or the stream of one that connected
+/// in.
+#[derive(Clone)]
+pub enum Link {
+    /// A plugin this server calls (`Plugin` service).
+    Client(PluginClient<Channel>),
+    /// A plugin that called this server (`PluginGateway.Connect`).
+    Stream(Arc<StreamLink>),
+}
 
 /// One open session.
 pub struct Session {
     /// What the plugin proved and announced.
     pub announcement: Announcement,
-    /// Its gRPC client (cheap to clone: one HTTP/2 connection).
-    pub client: PluginClient<Channel>,
+    /// How to send it attempts.
+    pub link: Link,
+    /// How it is connected.
+    pub connection: Connection,
+    /// Its address, for people.
+    pub address: String,
+    /// Attempts it runs at once; 0 for no limit announced.
+    pub slots: u32,
     /// Becomes true when the session ends (crash, exit, shutdown), so
     /// attempts running on it end at once.
     pub ended: tokio::sync::watch::Receiver<bool>,
-    /// Distinguishes sessions of one plugin across restarts.
+    /// Distinguishes sessions, across restarts and within a pool.
     pub generation: u64,
-    /// Set when a call found the session's connection gone; the host
-    /// ends the session at once and proves the key again on a new one.
+    /// Set when a call found the session's connection gone; its owner
+    /// ends the session at once, and a new one proves the key again.
     pub lost: SessionLost,
+    /// Unix ms it opened.
+    pub opened_ms: u64,
+    running: AtomicU32,
+    draining: AtomicBool,
+    last_health_ms: AtomicU64,
+}
+
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+impl Session {
+    /// A session that opened now. `ended` turns true when it ends.
+    pub fn new(
+        announcement: Announcement,
+        link: Link,
+        connection: Connection,
+        address: String,
+        slots: u32,
+        ended: tokio::sync::watch::Receiver<bool>,
+    ) -> Session {
+        let now = crate::clock::unix_ms();
+        Session {
+            announcement,
+            link,
+            connection,
+            address,
+            slots,
+            ended,
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+            lost: SessionLost::default(),
+            opened_ms: now,
+            running: AtomicU32::new(0),
+            draining: AtomicBool::new(false),
+            last_health_ms: AtomicU64::new(now),
+        }
+    }
+
+    /// Attempts running on it now.
+    pub fn running(&self) -> u32 {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Whether it takes no new attempt (it is finishing its running ones
+    /// before it leaves).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// It takes no new attempt from now on.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Unix ms of its last successful health check (its opening before
+    /// the first).
+    pub fn last_health_ms(&self) -> u64 {
+        self.last_health_ms.load(Ordering::Acquire)
+    }
+
+    /// Records a successful health check.
+    pub fn healthy(&self) {
+        self.last_health_ms
+            .store(crate::clock::unix_ms(), Ordering::Release);
+    }
+
+    /// Whether it may be sent new attempts: its connection is not known
+    /// to be gone and it is not draining.
+    pub fn takes_attempts(&self) -> bool {
+        !self.lost.is_set() && !self.draining()
+    }
+
+    /// Takes one of its slots, if one is free.
+    fn take_slot(&self) -> bool {
+        self.running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (self.slots == 0 || n < self.slots).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back a slot taken by [`Sessions::take`].
+    pub fn release_slot(&self) {
+        let _ = self
+            .running
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    /// Slots free now (`u32::MAX` without a limit).
+    fn free(&self) -> u32 {
+        if self.slots == 0 {
+            u32::MAX
+        } else {
+            self.slots.saturating_sub(self.running())
+        }
+    }
 }
 
 /// The signal that a session's connection is gone.
 #[derive(Default)]
 pub struct SessionLost {
-    flag: std::sync::atomic::AtomicBool,
+    flag: AtomicBool,
     notify: tokio::sync::Notify,
 }
 
 impl SessionLost {
-    /// Marks the connection gone and wakes the session's host.
+    /// Marks the connection gone and wakes the session's owner.
     pub fn set(&self) {
-        self.flag.store(true, std::sync::atomic::Ordering::Release);
+        self.flag.store(true, Ordering::Release);
         self.notify.notify_one();
     }
 
     /// Whether the connection is known to be gone.
     pub fn is_set(&self) -> bool {
-        self.flag.load(std::sync::atomic::Ordering::Acquire)
+        self.flag.load(Ordering::Acquire)
     }
 
     /// Resolves once the connection is known to be gone.
@@ -54,48 +192,139 @@ impl SessionLost {
     }
 }
 
-/// The sessions open now, by plugin ID.
+/// A refused session proof, as `plugin sessions` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedProof {
+    /// The plugin ID the process claimed (as sent, when it did not parse).
+    pub plugin: String,
+    /// Where the process was.
+    pub address: String,
+    /// The refusal code (spec/plugin.md, "Verifying a proof").
+    pub code: String,
+    /// For people.
+    pub message: String,
+    /// Unix ms.
+    pub at_ms: u64,
+}
+
+/// Refused proofs remembered (the latest per claimed plugin ID); the
+/// oldest is forgotten first, so strangers cannot grow the list.
+const MAX_REFUSALS: usize = 1_000;
+
+/// The sessions open now, pooled by plugin ID, and the last refused
+/// proof per plugin.
 #[derive(Default)]
 pub struct Sessions {
-    map: RwLock<HashMap<Did, Arc<Session>>>,
+    map: RwLock<HashMap<Did, Vec<Arc<Session>>>>,
+    refusals: Mutex<HashMap<String, RefusedProof>>,
 }
 
 impl Sessions {
-    /// The plugin's session, if one is open and its connection is not
-    /// known to be gone.
-    pub fn get(&self, plugin: &Did) -> Option<Arc<Session>> {
+    /// The plugin's sessions (live, draining or lost), oldest first.
+    pub fn pool(&self, plugin: &Did) -> Vec<Arc<Session>> {
         self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(plugin)
-            .filter(|s| !s.lost.is_set())
             .cloned()
+            .unwrap_or_default()
     }
 
-    /// Opens (or replaces) the plugin's session.
+    /// Takes a slot on the least loaded session of `plugin` that proved
+    /// `key`, takes attempts, and serves the handler with this ID and
+    /// name; `None` if every such session is full (or there is none).
+    pub fn take(&self, plugin: &Did, key: &Did, handler: &Did, name: &str) -> Option<Arc<Session>> {
+        let mut pool: Vec<Arc<Session>> = self
+            .pool(plugin)
+            .into_iter()
+            .filter(|s| {
+                s.takes_attempts()
+                    && s.announcement.key == *key
+                    && s.announcement.serves(handler, name)
+            })
+            .collect();
+        // Most free slots first; on a tie, fewest running.
+        pool.sort_by_key(|s| (std::cmp::Reverse(s.free()), s.running()));
+        pool.into_iter().find(|s| s.take_slot())
+    }
+
+    /// How many attempts the plugin's sessions that take attempts run at
+    /// once together; `None` if one of them announced no limit.
+    pub fn capacity(&self, plugin: &Did) -> Option<u32> {
+        let mut total = 0u32;
+        for s in self.pool(plugin).iter().filter(|s| s.takes_attempts()) {
+            if s.slots == 0 {
+                return None;
+            }
+            total = total.saturating_add(s.slots);
+        }
+        Some(total)
+    }
+
+    /// Opens a session, next to the plugin's others.
     pub fn open(&self, session: Arc<Session>) {
         let plugin = session.announcement.plugin.clone();
         self.map
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(plugin, session);
+            .entry(plugin)
+            .or_default()
+            .push(session);
     }
 
-    /// Ends the plugin's session if it is still `generation`.
+    /// Ends the plugin's session `generation`.
     pub fn close(&self, plugin: &Did, generation: u64) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        if map.get(plugin).is_some_and(|s| s.generation == generation) {
-            map.remove(plugin);
+        if let Some(pool) = map.get_mut(plugin) {
+            pool.retain(|s| s.generation != generation);
+            if pool.is_empty() {
+                map.remove(plugin);
+            }
         }
     }
 
-    /// How many are open.
+    /// Every open session, by plugin then age.
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<Arc<Session>> = map.values().flatten().cloned().collect();
+        all.sort_by(|a, b| {
+            (a.announcement.plugin.to_string(), a.generation)
+                .cmp(&(b.announcement.plugin.to_string(), b.generation))
+        });
+        all
+    }
+
+    /// How many are open, over every pool.
     pub fn len(&self) -> usize {
-        self.map.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     /// Whether none is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Remembers a refused proof (the latest per claimed plugin ID).
+    pub fn refused(&self, refusal: RefusedProof) {
+        let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        if r.len() >= MAX_REFUSALS && !r.contains_key(&refusal.plugin) {
+            if let Some(oldest) = r.values().min_by_key(|x| x.at_ms).map(|x| x.plugin.clone()) {
+                r.remove(&oldest);
+            }
+        }
+        r.insert(refusal.plugin.clone(), refusal);
+    }
+
+    /// The last refused proof per plugin, newest first.
+    pub fn refusals(&self) -> Vec<RefusedProof> {
+        let r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<RefusedProof> = r.values().cloned().collect();
+        all.sort_by(|a, b| b.at_ms.cmp(&a.at_ms).then(a.plugin.cmp(&b.plugin)));
+        all
     }
 }

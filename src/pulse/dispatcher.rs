@@ -97,6 +97,9 @@ pub struct Dispatcher<E: Executor> {
     tx: ReportSender,
     rx: ReportReceiver,
     running: HashMap<Did, u32>,
+    /// Attempts running per plugin (by public key), against the
+    /// capacity its router reports.
+    running_per_plugin: HashMap<[u8; 32], u32>,
     /// Late attempts whose cancel was pushed, and when.
     cancel_pushed: HashMap<JobId, u64>,
     random: u64,
@@ -138,6 +141,7 @@ impl<E: Executor> Dispatcher<E> {
             tx,
             rx,
             running: HashMap::new(),
+            running_per_plugin: HashMap::new(),
             cancel_pushed: HashMap::new(),
             random: seed | 1,
             leases: 0,
@@ -246,18 +250,26 @@ impl<E: Executor> Dispatcher<E> {
     /// reservation, and learns its cost.
     fn end_live(&mut self, id: &JobId) {
         if let Some(l) = self.live.remove(id) {
-            self.release_slot(&l.handler);
+            self.release_slots(&l);
             let h = self.history.entry(l.handler).or_default();
             h.0 = h.0.saturating_add(l.cost);
             h.1 += 1;
         }
     }
 
-    fn release_slot(&mut self, handler: &Did) {
-        if let Some(n) = self.running.get_mut(handler) {
+    fn release_slots(&mut self, l: &Live) {
+        if let Some(n) = self.running.get_mut(&l.handler) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.running.remove(handler);
+                self.running.remove(&l.handler);
+            }
+        }
+        if let Some(p) = &l.plugin {
+            if let Some(n) = self.running_per_plugin.get_mut(p) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.running_per_plugin.remove(p);
+                }
             }
         }
     }
@@ -739,6 +751,14 @@ impl<E: Executor> Dispatcher<E> {
         if limit.is_some_and(|l| busy >= l) {
             return Ok(Take::Full);
         }
+        // The plugin's instances together have no free slot.
+        let plugin = authorization.as_ref().map(|a| *a.plugin.public_key());
+        if let (Some(a), Some(p)) = (&authorization, &plugin) {
+            let used = self.running_per_plugin.get(p).copied().unwrap_or(0);
+            if self.router.capacity(&a.plugin).is_some_and(|c| used >= c) {
+                return Ok(Take::Full);
+            }
+        }
         // Reserve the job's expected cost; if the handler's budget cannot
         // cover it, hold the job (no attempt is used).
         let budget = match budgets.get(job.handler.public_key()) {
@@ -761,9 +781,13 @@ impl<E: Executor> Dispatcher<E> {
         token[8..].copy_from_slice(&self.next_random().to_be_bytes());
         let lease = LeaseToken(token);
         *self.running.entry(job.handler.clone()).or_default() += 1;
+        if let Some(p) = plugin {
+            *self.running_per_plugin.entry(p).or_default() += 1;
+        }
         self.live.insert(
             job.id,
             Live {
+                plugin,
                 handler: job.handler.clone(),
                 lease,
                 number: job.attempts.len() as u32 + 1,
@@ -838,8 +862,9 @@ impl<E: Executor> Dispatcher<E> {
                 Err(e) => {
                     // Not dispatched (cancelled meanwhile, or storage):
                     // give the slot and reservation back.
-                    self.release_slot(&c.job.handler);
-                    self.live.remove(&c.job.id);
+                    if let Some(l) = self.live.remove(&c.job.id) {
+                        self.release_slots(&l);
+                    }
                     if let JobError::Storage(_) = e {
                         failure = Some(e);
                     }
@@ -863,6 +888,8 @@ struct PendingReports {
 /// An attempt this dispatcher started and has not seen end.
 struct Live {
     handler: Did,
+    /// The plugin it was authorised for, by public key.
+    plugin: Option<[u8; 32]>,
     lease: LeaseToken,
     /// The attempt's number (1 for the first).
     number: u32,

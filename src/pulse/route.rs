@@ -52,6 +52,15 @@ pub enum Route {
 pub trait Router: Send {
     /// The route for `job`, resolved now.
     fn route(&mut self, job: &Job) -> Route;
+
+    /// How many attempts the executors of `plugin` can run at once now
+    /// (the free and busy slots of its instances together), or `None`
+    /// for no limit. The dispatcher starts no more attempts authorised
+    /// for `plugin` than this; the handler's next job waits, queued,
+    /// using no attempt.
+    fn capacity(&self, _plugin: &Did) -> Option<u32> {
+        None
+    }
 }
 
 /// Routes every job, with no authorisation: for in-process executors.

@@ -40,29 +40,27 @@
 //! }
 //! ```
 
-use std::collections::HashMap;
+mod attempts;
+mod connect;
+mod listen;
+
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tokio::sync::watch;
 
 use super::handshake::{PROTOCOL_VERSION, handshake_line};
-use super::proof::{AnnouncedHandler, Announcement, NONCE_BYTES, sign_proof};
+use super::proof::AnnouncedHandler;
 use crate::Did;
-use crate::api::proto::{self, job_event::Event, plugin_server};
+use crate::api::proto::{self, job_event::Event};
+
+pub use connect::ConnectOptions;
 
 pub use tonic::async_trait;
-
-/// How long a stopping plugin waits for open connections to close.
-const STOP_GRACE: Duration = Duration::from_millis(500);
 
 /// How long a cancelled handler may take to wind down before its future
 /// is dropped, unless [`PluginServer::cancel_grace`] says otherwise.
@@ -133,8 +131,6 @@ impl JobError {
     }
 }
 
-type EventTx = mpsc::Sender<Result<proto::JobEvent, Status>>;
-
 /// What a running job can see and say.
 pub struct JobContext {
     job: [u8; 16],
@@ -145,7 +141,7 @@ pub struct JobContext {
     handler_attestation_id: Vec<u8>,
     deadline_ms: u64,
     checkpoint: Vec<u8>,
-    events: EventTx,
+    events: attempts::EventTx,
     cancel: watch::Receiver<bool>,
     heartbeats: Arc<AtomicBool>,
 }
@@ -262,6 +258,7 @@ pub struct PluginServer {
     any: Option<Arc<dyn JobHandler>>,
     tls: Option<crate::api::tls::ServerTls>,
     cancel_grace: Duration,
+    slots: u32,
 }
 
 impl PluginServer {
@@ -281,7 +278,16 @@ impl PluginServer {
             any: None,
             tls: None,
             cancel_grace: CANCEL_GRACE,
+            slots: 0,
         }
+    }
+
+    /// Announces that this instance runs at most `n` attempts at once
+    /// (0, the default: no limit announced). Pulse sends it no more, and
+    /// spreads a pool's attempts by free slots.
+    pub fn slots(mut self, n: u32) -> PluginServer {
+        self.slots = n;
+        self
     }
 
     /// How long a cancelled handler may wind down (seeing
@@ -433,307 +439,9 @@ async fn signals() {
     }
 }
 
-impl PluginServer {
-    /// Serves on `listener` until `Shutdown` is called or `shutdown`
-    /// resolves, without printing a handshake line (for a plugin reached
-    /// as a remote address, or embedded in tests).
-    ///
-    /// # Errors
-    /// The transport fails.
-    pub async fn serve_on(
-        self,
-        listener: tokio::net::TcpListener,
-        shutdown: impl std::future::Future<Output = ()> + Send,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = &self.tls {
-            builder = builder.tls_config(tls.load()?)?;
-        }
-        let service = Service {
-            inner: Arc::new(self),
-            running: Arc::default(),
-            early: Arc::default(),
-            stop: stop_tx,
-        };
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let stop = async move {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = async { let _ = stop_rx.wait_for(|s| *s).await; } => {}
-            }
-        };
-        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
-        let stop = async move {
-            stop.await;
-            let _ = stopping_tx.send(());
-        };
-        let server = builder
-            .tcp_nodelay(true)
-            .add_service(plugin_server::PluginServer::new(service))
-            .serve_with_incoming_shutdown(incoming, stop);
-        tokio::pin!(server);
-        // A graceful stop waits for open connections (Pulse keeps one):
-        // give it a moment, then return regardless.
-        let bounded = async {
-            let _ = stopping.await;
-            tokio::time::sleep(STOP_GRACE).await;
-        };
-        tokio::select! {
-            r = &mut server => r?,
-            _ = bounded => {}
-        }
-        Ok(())
-    }
-}
-
-type Running = Arc<Mutex<HashMap<([u8; 16], Vec<u8>), watch::Sender<bool>>>>;
-
-struct Service {
-    inner: Arc<PluginServer>,
-    running: Running,
-    /// Cancels that arrived before their ExecuteJob (Pulse sends both
-    /// concurrently): the attempt ends as soon as it arrives.
-    early: EarlyCancels,
-    stop: watch::Sender<bool>,
-}
-
-/// (job, lease) of attempts cancelled before they arrived.
-type EarlyCancels = Arc<Mutex<std::collections::HashSet<([u8; 16], Vec<u8>)>>>;
-
-/// Most early cancels remembered.
-const MAX_EARLY_CANCELS: usize = 10_000;
-
-impl Service {
-    fn find(&self, handler: &str, name: &str) -> Option<Arc<dyn JobHandler>> {
-        let by_id = self
-            .inner
-            .handlers
-            .iter()
-            .find(|(a, _)| a.id.as_ref().is_some_and(|d| d.to_string() == handler));
-        let by_name = || {
-            self.inner
-                .handlers
-                .iter()
-                .find(|(a, _)| !a.name.is_empty() && a.name == name)
-        };
-        by_id
-            .or_else(by_name)
-            .map(|(_, h)| Arc::clone(h))
-            .or_else(|| self.inner.any.clone())
-    }
-}
-
-fn job_id(bytes: &[u8]) -> Result<[u8; 16], Status> {
-    bytes
-        .try_into()
-        .map_err(|_| Status::invalid_argument("invalid_job_id: a job ID is 16 bytes"))
-}
-
-fn event(e: Event) -> Result<proto::JobEvent, Status> {
-    Ok(proto::JobEvent { event: Some(e) })
-}
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<proto::JobEvent, Status>> + Send>>;
-
-#[async_trait]
-impl plugin_server::Plugin for Service {
-    async fn metadata(
-        &self,
-        _: Request<proto::MetadataRequest>,
-    ) -> Result<Response<proto::MetadataResponse>, Status> {
-        Ok(Response::new(self.inner.metadata.clone()))
-    }
-
-    async fn initialize(
-        &self,
-        request: Request<proto::InitializeRequest>,
-    ) -> Result<Response<proto::InitializeResponse>, Status> {
-        let request = request.into_inner();
-        // 0 is an older Pulse that did not say; anything else must match.
-        if request.protocol != 0 && request.protocol != PROTOCOL_VERSION {
-            return Err(Status::failed_precondition(format!(
-                "unsupported_protocol: this plugin speaks protocol {PROTOCOL_VERSION}, Pulse asked for {}",
-                request.protocol
-            )));
-        }
-        let nonce = request.nonce;
-        if nonce.len() != NONCE_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "bad_nonce: the nonce is {NONCE_BYTES} bytes, not {}",
-                nonce.len()
-            )));
-        }
-        let key = Did::from_verifying_key(&self.inner.key.verifying_key())
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let a = Announcement {
-            plugin: self.inner.plugin.clone(),
-            key,
-            handlers: self.inner.handlers.iter().map(|(a, _)| a.clone()).collect(),
-            serves_any: self.inner.any.is_some(),
-        };
-        let signature = sign_proof(&nonce, &a, &self.inner.key);
-        Ok(Response::new(proto::InitializeResponse {
-            plugin: a.plugin.to_string(),
-            key: a.key.to_string(),
-            handlers: a
-                .handlers
-                .iter()
-                .map(|h| proto::AnnouncedHandler {
-                    id: h.id.as_ref().map(Did::to_string).unwrap_or_default(),
-                    name: h.name.clone(),
-                })
-                .collect(),
-            serves_any: a.serves_any,
-            signature: signature.to_vec(),
-        }))
-    }
-
-    type ExecuteJobStream = EventStream;
-
-    async fn execute_job(
-        &self,
-        request: Request<proto::ExecuteJobRequest>,
-    ) -> Result<Response<EventStream>, Status> {
-        let r = request.into_inner();
-        let job = job_id(&r.job_id)?;
-        let (tx, rx) = mpsc::channel(64);
-        let Some(handler) = self.find(&r.handler, &r.handler_name) else {
-            let _ = tx
-                .send(event(Event::Error(proto::ErrorEvent {
-                    message: format!("this plugin does not serve handler {}", r.handler_name),
-                    retryable: false,
-                    retry_after_ms: 0,
-                })))
-                .await;
-            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
-        };
-        let key = (job, r.lease.clone());
-        if self
-            .early
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&key)
-        {
-            // Cancelled before it started: never run it.
-            drop(tx);
-            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
-        }
-        let (cancel_tx, cancel) = watch::channel(false);
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key.clone(), cancel_tx);
-        let grace = self.inner.cancel_grace;
-        let heartbeats = Arc::new(AtomicBool::new(true));
-        let ctx = JobContext {
-            job,
-            attempt: r.attempt,
-            handler: r.handler,
-            handler_name: r.handler_name,
-            handler_attestation: r.handler_attestation,
-            handler_attestation_id: r.handler_attestation_id,
-            deadline_ms: r.deadline_ms,
-            checkpoint: r.checkpoint,
-            events: tx.clone(),
-            cancel: cancel.clone(),
-            heartbeats: Arc::clone(&heartbeats),
-        };
-        let every = Duration::from_millis(match r.heartbeat_interval_ms {
-            0 => 10_000,
-            n => n.max(20),
-        });
-        let running = Arc::clone(&self.running);
-        tokio::spawn(async move {
-            let mut work = handler.execute(ctx, r.payload);
-            // The first heartbeat is one interval after the start. (Not
-            // `interval(every)` and a first `tick().await`: that tick waits
-            // for the timer wheel's next millisecond, a millisecond added
-            // to every attempt before its handler runs.)
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            let mut cancel = cancel;
-            loop {
-                tokio::select! {
-                    out = &mut work => {
-                        let e = match out {
-                            Ok(output) => Event::Result(proto::ResultEvent { output }),
-                            Err(e) => Event::Error(proto::ErrorEvent {
-                                message: e.message,
-                                retryable: e.retryable,
-                                retry_after_ms: e.retry_after.map_or(0, |d| d.as_millis() as u64),
-                            }),
-                        };
-                        let _ = tx.send(event(e)).await;
-                        break;
-                    }
-                    _ = tick.tick() => {
-                        if heartbeats.load(Ordering::Relaxed)
-                            && tx.send(event(Event::Heartbeat(proto::Heartbeat {}))).await.is_err()
-                        {
-                            break;
-                        }
-                    }
-                    // Cancelled: the handler may see ctx.cancelled() and wind
-                    // down for up to CANCEL_GRACE, then its future is dropped
-                    // (it stops at its next await point). Nothing more is
-                    // sent: Pulse has already ended the attempt.
-                    _ = async { let _ = cancel.wait_for(|c| *c).await; } => {
-                        let _ = tokio::time::timeout(grace, &mut work).await;
-                        break;
-                    }
-                }
-            }
-            running
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn cancel(
-        &self,
-        request: Request<proto::CancelRequest>,
-    ) -> Result<Response<proto::CancelResponse>, Status> {
-        let r = request.into_inner();
-        let job = job_id(&r.job_id)?;
-        let key = (job, r.lease);
-        let found = match self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            Some(c) => c.send(true).is_ok(),
-            None => false,
-        };
-        if !found {
-            let mut early = self.early.lock().unwrap_or_else(|p| p.into_inner());
-            if early.len() >= MAX_EARLY_CANCELS {
-                early.clear();
-            }
-            early.insert(key);
-        }
-        Ok(Response::new(proto::CancelResponse { found }))
-    }
-
-    async fn health(
-        &self,
-        _: Request<proto::HealthRequest>,
-    ) -> Result<Response<proto::HealthResponse>, Status> {
-        let running = self.running.lock().unwrap_or_else(|p| p.into_inner()).len();
-        Ok(Response::new(proto::HealthResponse {
-            serving: true,
-            running: running as u32,
-        }))
-    }
-
-    async fn shutdown(
-        &self,
-        _: Request<proto::ShutdownRequest>,
-    ) -> Result<Response<proto::ShutdownResponse>, Status> {
-        let _ = self.stop.send(true);
-        Ok(Response::new(proto::ShutdownResponse {}))
-    }
+/// Tells the plugin's operator why Pulse refused its proof (on stderr,
+/// which a spawned plugin shares with the server).
+fn report_refusal(code: &str, message: &str) {
+    eprintln!("pulse-ledger refused this plugin's session: {code}: {message}");
+    tracing::error!(%code, %message, "pulse-ledger refused this plugin's session");
 }
