@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{Key, Serve, handler_register, handler_register_with, key, key_file, next};
-use common::{plugin_register, reason, tempdir};
+use common::{operator_token, plugin_register, reason, tempdir};
 use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
 use pulse_ledger::{Action, Attestation, HandlerAccess, Member, Right, Schema};
 use tonic::transport::Channel;
@@ -33,19 +33,6 @@ fn stdout_of(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-/// An operator token and its config table, from `token create`.
-fn operator_token(name: &str, scopes: &[&str]) -> (String, String) {
-    let mut args = vec!["token", "create", "--name", name, "--json"];
-    for s in scopes {
-        args.extend(["--scope", s]);
-    }
-    let v: serde_json::Value = serde_json::from_str(&stdout_of(&run(&args))).unwrap();
-    (
-        v["token"].as_str().unwrap().to_owned(),
-        v["config"].as_str().unwrap().to_owned(),
-    )
 }
 
 /// A DID token for `k`, signed by the CLI for the server at `url`.

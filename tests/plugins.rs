@@ -1101,6 +1101,7 @@ async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
             .env("PULSE_TEST_PLUGIN_EVENTS", events)
             .env("PULSE_PLUGIN_LISTEN", &listen)
             .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(events.with_extension("stderr")).unwrap())
             .spawn()
             .unwrap();
         // Its handshake line: it listens.
@@ -1157,6 +1158,9 @@ async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
         j.attempts, 0,
         "a job waiting for its plugin used an attempt"
     );
+    // The impostor was told why it was refused (SessionRefused).
+    let told = std::fs::read_to_string(impostor_events.with_extension("stderr")).unwrap();
+    assert!(told.contains("plugin_not_registered"), "{told}");
 
     // The genuine plugin comes back and runs the held jobs.
     drop(fake);

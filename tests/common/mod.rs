@@ -300,3 +300,26 @@ pub async fn finished(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// An operator token and its `[[token]]` config table, from
+/// `pulse-ledger token create`.
+pub fn operator_token(name: &str, scopes: &[&str]) -> (String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"));
+    cmd.args(["token", "create", "--name", name, "--json"])
+        .env_remove("PULSE_LEDGER_TOKEN")
+        .env_remove("PULSE_LEDGER_AS_KEY");
+    for s in scopes {
+        cmd.args(["--scope", s]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["token"].as_str().unwrap().to_owned(),
+        v["config"].as_str().unwrap().to_owned(),
+    )
+}
