@@ -45,7 +45,10 @@ fsyncs in place into a preallocated file on the scratch dir's disk, bare
 gRPC round trips to the test plugin), then registrations/s at 1, 16 and 64
 clients (ratio to the verify rate), jobs/s end to end with 64 running
 (ratio to the bare round trips), scheduled-send→plugin-start latency at
-half that rate (open loop), and the cost of resolving a job to its plugin.
+half that rate (open loop), jobs/s through one plugin instance that
+connected in (ratio to the spawned one), 50 ms jobs through one and three
+connected-in instances of 4 slots (ratio three ÷ one), and the cost of
+resolving a job to its plugin.
 With --server the ceilings are still measured here, on the client host,
 and are labelled so. Each figure is the median of --runs runs (3 by
 default: about 90 seconds).")]
@@ -98,12 +101,12 @@ pub(crate) struct Args {
     json: bool,
 }
 
-fn failed(what: &str) -> impl FnOnce(String) -> CliError + '_ {
+pub(super) fn failed(what: &str) -> impl FnOnce(String) -> CliError + '_ {
     move |e| CliError::Usage(format!("bench: {what}: {e}"))
 }
 
-/// A server this bench started; stopped when dropped.
-struct Spawned(Child);
+/// A process this bench started; stopped (SIGTERM) when dropped.
+pub(super) struct Spawned(pub(super) Child);
 
 impl Drop for Spawned {
     fn drop(&mut self) {
@@ -115,13 +118,20 @@ impl Drop for Spawned {
     }
 }
 
-fn spawn_server(dir: &Path, plugin_bin: &Path, key: &Path) -> Result<(Spawned, String), CliError> {
-    let me = std::env::current_exe().map_err(|e| failed("this binary")(e.to_string()))?;
-    let config = format!(
-        "max_running = {IN_FLIGHT}\n[[plugin]]\nname = \"bench\"\ncommand = [{:?}, \"--key\", {:?}]\n",
+/// The `[[plugin]]` table that spawns the test plugin.
+fn spawned_plugin(plugin_bin: &Path, key: &Path) -> String {
+    format!(
+        "[[plugin]]\nname = \"bench\"\ncommand = [{:?}, \"--key\", {:?}]\n",
         plugin_bin.display().to_string(),
         key.display().to_string()
-    );
+    )
+}
+
+/// Starts a server on a data dir in `dir` with `plugins` (`[[plugin]]`
+/// tables, or nothing for plugins that connect in).
+pub(super) fn spawn_server(dir: &Path, plugins: &str) -> Result<(Spawned, String), CliError> {
+    let me = std::env::current_exe().map_err(|e| failed("this binary")(e.to_string()))?;
+    let config = format!("max_running = {IN_FLIGHT}\n{plugins}");
     let path = dir.join("pulse.toml");
     std::fs::write(&path, config).map_err(super::files::io(&path))?;
     let mut child = Command::new(me)
@@ -275,7 +285,7 @@ fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
         let (_server, url) = match &a.server {
             Some(u) => (None, u.clone()),
             None => {
-                let (s, u) = spawn_server(dir, &plugin_bin, &key_path)?;
+                let (s, u) = spawn_server(dir, &spawned_plugin(&plugin_bin, &key_path))?;
                 (Some(s), u)
             }
         };
@@ -349,6 +359,19 @@ fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
             );
         } else {
             eprintln!("bench: jobs skipped: --server needs --plugin-key for them");
+        }
+        if a.server.is_none() {
+            let pool = dir.join("pool");
+            std::fs::create_dir_all(&pool).map_err(super::files::io(&pool))?;
+            super::bench_pool::measure(
+                &mut t,
+                &pool,
+                &plugin_bin,
+                &key_path,
+                (&sk, &did),
+                a.jobs as usize,
+            )
+            .await?;
         }
         Ok::<(), CliError>(())
     })?;

@@ -6,6 +6,7 @@
 mod audit;
 mod author;
 mod bench;
+mod bench_pool;
 mod bundle;
 mod client;
 mod deadline;

@@ -50,11 +50,13 @@ fn now_us() -> u64 {
 async fn enqueue_batch(
     jobs: &mut JobsClient<AuthedChannel>,
     handler: &Did,
+    payload: &[u8],
     n: usize,
 ) -> Result<Vec<Vec<u8>>, String> {
     let reqs = (0..n)
         .map(|_| proto::EnqueueRequest {
             handler: handler.to_string(),
+            payload: payload.to_vec(),
             ..Default::default()
         })
         .collect();
@@ -129,57 +131,10 @@ pub async fn pulse_jobs(
     n: usize,
     latency_secs: f64,
 ) -> Result<JobFigures, String> {
-    let mut reg = RegistryClient::new(channel.clone());
-    let (nsk, noop) = bench_key("jobs-noop", 0);
-    let (ssk, stamp) = bench_key("jobs-stamp", 0);
-    let handler = |name: &str| {
-        Action::Register(Schema::Handler(HandlerSchema::new(
-            name,
-            "1.0.0",
-            plugin.1.clone(),
-        )))
-    };
-    for envelope in [
-        genesis_envelope(
-            plugin.0,
-            plugin.1,
-            Family::Plugin,
-            Action::Register(Schema::Plugin(PluginSchema::new("bench", "1.0.0"))),
-        )?,
-        genesis_envelope(&nsk, &noop, Family::Handler, handler("noop"))?,
-        genesis_envelope(&ssk, &stamp, Family::Handler, handler("stamp"))?,
-    ] {
-        reg.submit(proto::SubmitRequest { envelope })
-            .await
-            .map_err(|s| format!("Submit: {}", s.message()))?;
-    }
+    let handlers = register_test_plugin(channel.clone(), plugin, &["noop", "stamp"]).await?;
+    let (noop, stamp) = (handlers[0].clone(), handlers[1].clone());
     let mut jobs = JobsClient::with_interceptor(channel, bearer);
-    // Warm-up: the plugin session opens, caches fill.
-    let warm = enqueue_batch(&mut jobs, &noop, BATCH).await?;
-    if let Some(last) = warm.last() {
-        wait_done(&mut jobs, last).await?;
-    }
-
-    let t = Instant::now();
-    let senders: Vec<_> = (0..n.div_ceil(BATCH))
-        .map(|chunk| {
-            let (mut c, noop) = (jobs.clone(), noop.clone());
-            let count = BATCH.min(n - chunk * BATCH);
-            tokio::spawn(async move { enqueue_batch(&mut c, &noop, count).await })
-        })
-        .collect();
-    let mut last = Vec::new();
-    for s in senders {
-        last = s.await.map_err(|e| e.to_string())??;
-    }
-    if let Some(id) = last.last() {
-        wait_done(&mut jobs, id).await?;
-    }
-    while !idle(&mut jobs).await? {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let rate = n as f64 / t.elapsed().as_secs_f64();
-
+    let rate = job_rate(&mut jobs, &noop, b"", n).await?;
     let arrival_rate = rate / 2.0;
     let count = (arrival_rate * latency_secs).max(1.0) as usize;
     // Each job's latency runs from its scheduled send time (on the clock
@@ -232,4 +187,82 @@ pub async fn pulse_jobs(
         p999: percentile_ms(&lat, 0.999),
         p99_from_call: percentile_ms(&from_call, 0.99),
     })
+}
+
+/// Registers the test plugin (`plugin`) and one handler of each schema
+/// name in `names` naming it (fresh keys, derived from the names);
+/// returns the handlers' IDs in order.
+///
+/// # Errors
+/// A refused submission.
+pub async fn register_test_plugin(
+    channel: Channel,
+    plugin: (&SigningKey, &Did),
+    names: &[&str],
+) -> Result<Vec<Did>, String> {
+    let mut reg = RegistryClient::new(channel);
+    let mut envelopes = vec![genesis_envelope(
+        plugin.0,
+        plugin.1,
+        Family::Plugin,
+        Action::Register(Schema::Plugin(PluginSchema::new("bench", "1.0.0"))),
+    )?];
+    let mut ids = Vec::new();
+    for name in names {
+        let (sk, did) = bench_key(&format!("jobs-{name}"), 0);
+        let schema = HandlerSchema::new(*name, "1.0.0", plugin.1.clone());
+        envelopes.push(genesis_envelope(
+            &sk,
+            &did,
+            Family::Handler,
+            Action::Register(Schema::Handler(schema)),
+        )?);
+        ids.push(did);
+    }
+    for envelope in envelopes {
+        reg.submit(proto::SubmitRequest { envelope })
+            .await
+            .map_err(|s| format!("Submit: {}", s.message()))?;
+    }
+    Ok(ids)
+}
+
+/// Jobs/s for `n` jobs of `handler` with `payload`, enqueued in batches
+/// to a stored result, after a warm-up batch (the plugin session opens,
+/// caches fill).
+///
+/// # Errors
+/// A refused call, or a job that did not succeed.
+pub async fn job_rate(
+    jobs: &mut JobsClient<AuthedChannel>,
+    handler: &Did,
+    payload: &[u8],
+    n: usize,
+) -> Result<f64, String> {
+    let warm = enqueue_batch(jobs, handler, payload, BATCH.min(n.max(1))).await?;
+    if let Some(last) = warm.last() {
+        wait_done(jobs, last).await?;
+    }
+    while !idle(jobs).await? {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let t = Instant::now();
+    let senders: Vec<_> = (0..n.div_ceil(BATCH))
+        .map(|chunk| {
+            let (mut c, handler, payload) = (jobs.clone(), handler.clone(), payload.to_vec());
+            let count = BATCH.min(n - chunk * BATCH);
+            tokio::spawn(async move { enqueue_batch(&mut c, &handler, &payload, count).await })
+        })
+        .collect();
+    let mut last = Vec::new();
+    for s in senders {
+        last = s.await.map_err(|e| e.to_string())??;
+    }
+    if let Some(id) = last.last() {
+        wait_done(jobs, id).await?;
+    }
+    while !idle(jobs).await? {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
 }
