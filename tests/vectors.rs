@@ -43,6 +43,10 @@ fn replay(name: &str, v: &Value) -> Option<ErrorCode> {
         replay_did_token(name, v);
         return None;
     }
+    if v["type"] == "session-proof" {
+        replay_session_proof(name, v);
+        return None;
+    }
     let expect = &v["expect"];
     let ok = expect["ok"].as_bool().expect("expect.ok");
     let want_code = expect["code"]
@@ -131,6 +135,60 @@ fn replay_did_token(name: &str, v: &Value) {
             Some(e.code().as_str()),
             "{name}: {e}"
         ),
+    }
+}
+
+/// Session-proof vectors (spec/plugin.md, "Session proof"): the DIDs
+/// parse (else `bad_announcement`), the proof message is rebuilt byte for
+/// byte, and the signature verifies (else `bad_proof`).
+fn replay_session_proof(name: &str, v: &Value) {
+    use pulse_ledger::plugin::{AnnouncedHandler, Announcement, proof_message, verify_proof};
+    let a = &v["announcement"];
+    let did = |x: &Value| Did::parse(x.as_str().unwrap());
+    let parsed = (|| {
+        let handlers = a["handlers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                let id = h["id"].as_str().unwrap();
+                Ok(AnnouncedHandler {
+                    id: if id.is_empty() {
+                        None
+                    } else {
+                        Some(did(&h["id"])?)
+                    },
+                    name: h["name"].as_str().unwrap().to_owned(),
+                })
+            })
+            .collect::<Result<Vec<_>, pulse_ledger::Error>>()?;
+        Ok::<_, pulse_ledger::Error>(Announcement {
+            plugin: did(&a["plugin"])?,
+            key: did(&a["key"])?,
+            handlers,
+            serves_any: a["serves_any"].as_bool().unwrap(),
+        })
+    })();
+    let expect = &v["expect"];
+    let announcement = match parsed {
+        Ok(a) => a,
+        Err(_) => {
+            assert_eq!(expect["code"], "bad_announcement", "{name}");
+            return;
+        }
+    };
+    let nonce = unhex(&v["nonce"]);
+    let verdict = verify_proof(&nonce, &announcement, &unhex(&v["signature"]));
+    if expect["ok"] == true {
+        assert!(verdict.is_ok(), "{name}: {verdict:?}");
+        assert_eq!(
+            hex::encode(proof_message(&nonce, &announcement)),
+            expect["message"].as_str().unwrap(),
+            "{name}: the proof message"
+        );
+    } else {
+        assert!(verdict.is_err(), "{name}: verified");
+        assert_eq!(expect["code"], "bad_proof", "{name}");
     }
 }
 
@@ -394,7 +452,14 @@ fn every_error_code_has_a_vector_and_every_type_a_valid_one() {
     }
     let missing: Vec<_> = spec_codes().difference(&seen).cloned().collect();
     assert!(missing.is_empty(), "codes without a vector: {missing:?}");
-    for t in ["did", "attestation", "chain", "ledger", "did-token"] {
+    for t in [
+        "did",
+        "attestation",
+        "chain",
+        "ledger",
+        "did-token",
+        "session-proof",
+    ] {
         assert!(valid.contains(t), "no valid {t} vector");
     }
 }

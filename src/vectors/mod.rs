@@ -4,6 +4,8 @@
 //! the generator checks that each invalid vector breaks exactly the rule it
 //! is named for. Regenerate with `cargo run --example gen_vectors`.
 
+mod session_proof;
+
 use ed25519_dalek::SigningKey;
 use serde_json::{Value as Json, json};
 
@@ -409,6 +411,7 @@ pub fn generate() -> Vec<Vector> {
     let hb0 = sign(&register(&hb, Schema::Handler(hs.clone()), T0), &hb);
     ledger(&mut g, &[&p0, &h0, &h1, &h2a, &h3, &h4, &hb0]);
     did_tokens(&mut g, &other, &p, &h);
+    session_proof::session_proofs(&mut g, &p, &p2, &h, &other);
     g.out
 }
 
