@@ -761,6 +761,14 @@ fn bad_plugin_tables_are_refused_with_the_rule() {
             "id:",
         ),
         ("name = \"x\"\ncommand = [\"p\"]\nport = 1", "unknown field"),
+        (
+            "name = \"x\"\ncommand = [\"p\"]\ninstances = 0",
+            "instances = 0: give 1 to 256",
+        ),
+        (
+            "name = \"x\"\naddress = \"https://10.0.0.1:7400\"\ninstances = 2",
+            "instances applies to a spawned command",
+        ),
     ] {
         let path = dir.join("bad.toml");
         std::fs::write(&path, format!("[[plugin]]\n{table}\n")).unwrap();
@@ -1192,4 +1200,71 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Issue 18, item 5: `instances = N` spawns a pool: N processes, each
+/// proving the key on its own connection, sharing the handler's jobs by
+/// their slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_pool_shares_jobs_between_its_instances() {
+    let dir = tempdir("plugins-spawned-pool");
+    let events_path = dir.join("events.log");
+    let p = key("spool-plugin");
+    let pkey = key_file(&dir, &p);
+    let config = format!(
+        "{TIMINGS}{}instances = 2\n",
+        plugin_table(
+            "pool",
+            &[
+                "--key".into(),
+                pkey.display().to_string(),
+                "--slots".into(),
+                "2".into(),
+            ],
+            &events_path,
+        )
+    );
+    let server = Server::start(&dir, &config);
+    let mut reg = server.registry().await;
+    let mut jobs = server.jobs().await;
+    let h = key("spool-sleep");
+    for a in [
+        plugin_register(&p, "pool"),
+        handler_register(&h, "sleep", &p.did),
+    ] {
+        submit(&mut reg, &a).await.unwrap();
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    let pool = loop {
+        let s = jobs
+            .list_plugin_sessions(proto::ListPluginSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if s.sessions.len() == 2 {
+            break s;
+        }
+        assert!(Instant::now() < until, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for s in &pool.sessions {
+        assert_eq!((s.connection.as_str(), s.slots), ("spawned", 2), "{s:?}");
+    }
+    let mut ids = Vec::new();
+    for _ in 0..8 {
+        ids.push(enqueue(&mut jobs, enqueue_req(&h, "300")).await);
+    }
+    for id in &ids {
+        let j = finished(&mut jobs, id, 60).await;
+        assert_eq!(j.state, "succeeded", "{}", j.last_error);
+    }
+    // Both processes ran some: the attempts went by free slots.
+    let pids: std::collections::HashSet<String> = std::fs::read_to_string(&events_path)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("start"))
+        .map(|l| l.split_whitespace().nth(3).unwrap().to_owned())
+        .collect();
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    server.stop();
 }
