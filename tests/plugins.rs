@@ -1096,28 +1096,8 @@ async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
     let dir = tempdir("plugins-impostor");
     let (genuine_events, impostor_events) = (dir.join("genuine.log"), dir.join("impostor.log"));
     let (r, impostor) = (key("imp-r"), key("imp-impostor"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let start = |k: &Key, events: &Path| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pulse-test-plugin"))
-            .arg("--key")
-            .arg(key_file(&dir, k))
-            .env("PULSE_TEST_PLUGIN_EVENTS", events)
-            .env("PULSE_PLUGIN_LISTEN", &listen)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(events.with_extension("stderr")).unwrap())
-            .spawn()
-            .unwrap();
-        // Its handshake line: it listens.
-        let stdout = child.stdout.take().unwrap();
-        let child = KillOnDrop(child);
-        BufReader::new(stdout).lines().next().unwrap().unwrap();
-        child
-    };
+    let listen = free_address();
+    let start = |k: &Key, events: &Path| listening_plugin(&dir, k, events, &listen);
     let genuine = start(&r, &genuine_events);
     let config = format!("{TIMINGS}[[plugin]]\nname = \"remote\"\naddress = \"http://{listen}\"\n")
         .replace("plugin_wait_secs = 2", "plugin_wait_secs = 120");
@@ -1187,6 +1167,93 @@ async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
             .unwrap_or_default()
             .lines()
             .all(|l| !l.starts_with("start"))
+    );
+    server.stop();
+}
+
+/// Starts the test plugin listening at `listen` (as a plugin reached by
+/// address is), its events in `events` and its stderr next to them, and
+/// waits for its handshake line.
+fn listening_plugin(dir: &Path, k: &Key, events: &Path, listen: &str) -> KillOnDrop {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pulse-test-plugin"))
+        .arg("--key")
+        .arg(key_file(dir, k))
+        .env("PULSE_TEST_PLUGIN_EVENTS", events)
+        .env("PULSE_PLUGIN_LISTEN", listen)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(events.with_extension("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = KillOnDrop(child);
+    BufReader::new(stdout).lines().next().unwrap().unwrap();
+    child
+}
+
+/// A free loopback port, for a plugin that must come back at the same
+/// address.
+fn free_address() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Issue 18, item 5: a dialled plugin told to stop (SIGTERM) drains: the
+/// attempt it runs finishes (not a crash), a job enqueued meanwhile is not
+/// sent to it and waits, held, using no attempt; it then exits, and the
+/// plugin's next process runs the waiting job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialled_plugin_drains_on_sigterm() {
+    let dir = tempdir("plugins-drain");
+    let events_path = dir.join("events.log");
+    let (p, h, e) = (key("drain-p"), key("drain-sleep"), key("drain-echo"));
+    let listen = free_address();
+    let plugin = listening_plugin(&dir, &p, &events_path, &listen);
+    let config = format!("{TIMINGS}[[plugin]]\nname = \"remote\"\naddress = \"http://{listen}\"\n")
+        .replace("plugin_wait_secs = 2", "plugin_wait_secs = 120")
+        .replace("heartbeat_timeout_ms = 800", "heartbeat_timeout_ms = 3000");
+    let server = Server::start(&dir, &config);
+    let mut reg = server.registry().await;
+    let mut jobs = server.jobs().await;
+    for a in [
+        plugin_register(&p, "remote"),
+        handler_register(&h, "sleep", &p.did),
+        handler_register(&e, "echo", &p.did),
+    ] {
+        submit(&mut reg, &a).await.unwrap();
+    }
+    let long = enqueue(&mut jobs, enqueue_req(&h, "1500")).await;
+    event(&events_path, &long, "start").await;
+    // SAFETY: kill(2) on our own child; it touches no memory.
+    unsafe {
+        libc::kill(plugin.0.id() as i32, libc::SIGTERM);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting = enqueue(&mut jobs, enqueue_req(&e, "after")).await;
+    let j = finished(&mut jobs, &long, 30).await;
+    assert_eq!(
+        (j.state.as_str(), j.attempts, j.result.as_slice()),
+        ("succeeded", 1, &b"slept 1500"[..]),
+        "the drained attempt: {}",
+        j.last_error
+    );
+    assert!(
+        events(&events_path, &waiting).is_empty(),
+        "a draining plugin was sent a new attempt"
+    );
+    let j = job(&mut jobs, &waiting).await;
+    assert_eq!(j.attempts, 0, "{} {}", j.state, j.last_error);
+    drop(plugin);
+    let _again = listening_plugin(&dir, &p, &events_path, &listen);
+    let j = finished(&mut jobs, &waiting, 60).await;
+    assert_eq!(
+        (j.state.as_str(), j.attempts, j.result.as_slice()),
+        ("succeeded", 1, &b"after"[..]),
+        "{}",
+        j.last_error
     );
     server.stop();
 }

@@ -94,26 +94,38 @@ type WireEvents = std::pin::Pin<
     Box<dyn tokio_stream::Stream<Item = Result<proto::JobEvent, tonic::Status>> + Send>,
 >;
 
+/// Why an attempt sent on a link did not run there.
+enum NotRun {
+    /// It never reached the process: the connection is gone, or the
+    /// stream was refused before the plugin accepted it.
+    Gone(String),
+    /// The process drains (`UNAVAILABLE`, message `draining: …`): it
+    /// takes no new attempt, and finishes the ones it runs.
+    Draining(String),
+    /// The plugin answered with an error instead of a stream.
+    Refused(tonic::Status),
+}
+
 impl Link {
     /// Sends an attempt.
     ///
     /// # Errors
-    /// `Err(Ok(why))`: it never reached the process (the connection is
-    /// gone, or the stream was refused before the plugin accepted it);
-    /// `Err(Err(status))`: the plugin answered with an error instead of a
-    /// stream.
-    async fn execute(
-        &self,
-        request: proto::ExecuteJobRequest,
-    ) -> Result<WireEvents, Result<String, tonic::Status>> {
+    /// Why it did not run ([`NotRun`]).
+    async fn execute(&self, request: proto::ExecuteJobRequest) -> Result<WireEvents, NotRun> {
         match self {
             Link::Client(client) => match client.clone().execute_job(request).await {
                 Ok(r) => Ok(Box::pin(r.into_inner())),
-                Err(s) if s.code() == tonic::Code::Unavailable => Err(Ok(s.message().to_owned())),
-                Err(s) => Err(Err(s)),
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    if s.message().starts_with("draining") {
+                        Err(NotRun::Draining(s.message().to_owned()))
+                    } else {
+                        Err(NotRun::Gone(s.message().to_owned()))
+                    }
+                }
+                Err(s) => Err(NotRun::Refused(s)),
             },
             Link::Stream(link) => {
-                let rx = link.execute(request).await.map_err(Ok)?;
+                let rx = link.execute(request).await.map_err(NotRun::Gone)?;
                 Ok(Box::pin(ReceiverStream::new(rx).map(Ok)))
             }
         }
@@ -203,7 +215,7 @@ impl AsyncExecutor for PluginExecutor {
             Ok(s) => s,
             // No attempt started. The session's owner re-opens it with a
             // new proof.
-            Err(Ok(why)) => {
+            Err(NotRun::Gone(why)) => {
                 forget();
                 session.lost.set();
                 return Err(format!(
@@ -211,9 +223,16 @@ impl AsyncExecutor for PluginExecutor {
                     auth.plugin
                 ));
             }
+            // No attempt started; the instance finishes the attempts it
+            // runs and gets no new one.
+            Err(NotRun::Draining(why)) => {
+                forget();
+                session.drain();
+                return Err(format!("plugin {} drains: {why}", auth.plugin));
+            }
             // The plugin answered, with an error instead of a stream: the
             // attempt reached it and ended without a result.
-            Err(Err(s)) => {
+            Err(NotRun::Refused(s)) => {
                 forget();
                 tracing::warn!(%job, code = ?s.code(), error = %s.message(), "ExecuteJob failed");
                 return Ok(Box::pin(tokio_stream::once(ExecEvent::Crashed)));

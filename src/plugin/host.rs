@@ -500,12 +500,16 @@ impl Supervisor {
                     } else if health == Health::Serving {
                         failures = 0;
                         session.healthy();
-                    } else {
-                        // Not serving (a plugin that drains): no new
-                        // attempt goes to it while it finishes.
-                        if health == Health::Draining {
-                            session.drain();
+                    } else if health == Health::Draining {
+                        // It answers, but takes no new attempt: it
+                        // finishes the ones it runs, then the session
+                        // ends.
+                        failures = 0;
+                        session.drain();
+                        if session.running() == 0 {
+                            return Ended::Retired("the plugin drained".into());
                         }
+                    } else {
                         failures += 1;
                         if failures >= self.config.health_failures {
                             return Ended::Retired(format!("{failures} health checks failed"));
@@ -557,7 +561,7 @@ impl Supervisor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Health {
     Serving,
-    /// Answers, but not serving (it drains): counted towards the limit.
+    /// Answers, but not serving: it drains.
     Draining,
     /// No answer in time: counted towards the limit.
     Failing,
