@@ -29,12 +29,14 @@ struct Instance {
 }
 
 impl Instance {
-    fn start(dir: &Path, k: &Key, url: &str, tag: &str, token: Option<&str>) -> Instance {
+    /// Starts an instance with `key` (a key file written before: several
+    /// instances must not write the same file at once).
+    fn start(dir: &Path, key: &Path, url: &str, tag: &str, token: Option<&str>) -> Instance {
         let events = dir.join(format!("{tag}.events"));
         let stderr = dir.join(format!("{tag}.stderr"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulse-test-plugin"));
         cmd.arg("--key")
-            .arg(key_file(dir, k))
+            .arg(key)
             .args(["--connect", url, "--slots", "4"])
             .env("PULSE_TEST_PLUGIN_EVENTS", &events)
             .env_remove("PULSE_PLUGIN_TOKEN")
@@ -171,10 +173,13 @@ async fn register(url: &str, attestations: &[pulse_ledger::Attestation]) {
 async fn a_pool_of_connected_in_instances_shares_jobs_survives_a_kill_and_drains() {
     let dir = tempdir("pools");
     std::fs::write(dir.join("pulse.toml"), TIMINGS).unwrap();
-    let server = Serve::start(
+    let mut cmd = Serve::command(
         &["--config", dir.join("pulse.toml").to_str().unwrap()],
         &dir.join("data"),
     );
+    let server_log = dir.join("server.log");
+    cmd.stderr(std::fs::File::create(&server_log).unwrap());
+    let server = Serve::spawn(cmd, false);
     let (p, h) = (key("pool-plugin"), key("pool-sleep"));
     register(
         &server.url,
@@ -185,11 +190,12 @@ async fn a_pool_of_connected_in_instances_shares_jobs_survives_a_kill_and_drains
     )
     .await;
     let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+    let pkey = key_file(&dir, &p);
     let mut instances: Vec<Option<Instance>> = (0..3)
         .map(|i| {
             Some(Instance::start(
                 &dir,
-                &p,
+                &pkey,
                 &server.url,
                 &format!("i{i}"),
                 None,
@@ -334,7 +340,11 @@ async fn a_pool_of_connected_in_instances_shares_jobs_survives_a_kill_and_drains
             "the drained instance was sent a new attempt"
         );
     }
+    // Stopping the server drains the instance still connected: its stream
+    // ends by itself, not when the drain grace runs out.
     server.stop();
+    let log = std::fs::read_to_string(&server_log).unwrap();
+    assert!(!log.contains("after the drain grace"), "{log}");
 }
 
 /// Issue 18, item 3 and the plugin scope: refused proofs are told to the
@@ -371,11 +381,12 @@ async fn refused_proofs_reach_the_plugin_and_plugin_sessions_and_joining_needs_t
     let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
 
     // An unregistered key, with a token that may join as any plugin.
-    let unregistered = Instance::start(&dir, &stranger, &server.url, "stranger", Some(&any_plugin));
+    let (skey, pkey) = (key_file(&dir, &stranger), key_file(&dir, &p));
+    let unregistered = Instance::start(&dir, &skey, &server.url, "stranger", Some(&any_plugin));
     // A registered plugin, with a token for another plugin.
-    let wrong_scope = Instance::start(&dir, &p, &server.url, "wrong", Some(&wrong));
+    let wrong_scope = Instance::start(&dir, &pkey, &server.url, "wrong", Some(&wrong));
     // No token at all.
-    let anonymous = Instance::start(&dir, &p, &server.url, "anonymous", None);
+    let anonymous = Instance::start(&dir, &pkey, &server.url, "anonymous", None);
     let s = sessions_until(&mut jobs, Some(&reader), "two refusals", |s| {
         s.refusals.len() >= 2
     })
@@ -412,7 +423,7 @@ async fn refused_proofs_reach_the_plugin_and_plugin_sessions_and_joining_needs_t
     drop((unregistered, wrong_scope, anonymous));
 
     // The right scope: a session, and jobs run on it.
-    let _good = Instance::start(&dir, &p, &server.url, "good", Some(&right));
+    let _good = Instance::start(&dir, &pkey, &server.url, "good", Some(&right));
     sessions_until(&mut jobs, Some(&reader), "a session", |s| {
         s.sessions.len() == 1
     })

@@ -560,9 +560,13 @@ pub async fn serve(
     // stream (a log watcher, a job watcher) may never finish by itself:
     // after the drain grace the connections still open are closed.
     let (stopping, stop_seen) = tokio::sync::watch::channel(false);
+    let drain_connected = host.drain_connected();
     let signal = async move {
         shutdown.await;
         let _ = stopping.send(true);
+        // Plugins that connected in hold streams open: they drain now, so
+        // their attempts finish and their streams end within the grace.
+        drain_connected.start();
     };
     let mut grace_seen = stop_seen.clone();
     let drain = std::time::Duration::from_millis(config.drain_grace_ms);

@@ -101,6 +101,20 @@ pub struct PluginHost {
     tasks: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     gateway: Gateway,
+    drain: DrainConnected,
+}
+
+/// Tells every connected-in session that the server stops: each drains
+/// (no new attempt; the stream ends once its attempts have ended), while
+/// the dispatcher still records their results.
+#[derive(Clone)]
+pub struct DrainConnected(Arc<watch::Sender<bool>>);
+
+impl DrainConnected {
+    /// Starts the drain (once; later calls change nothing).
+    pub fn start(&self) {
+        let _ = self.0.send(true);
+    }
 }
 
 impl PluginHost {
@@ -114,11 +128,12 @@ impl PluginHost {
     ) -> PluginHost {
         let (stop, stopped) = watch::channel(false);
         let config = Arc::new(config);
+        let (drain, draining) = watch::channel(false);
         let gateway = Gateway {
             ledger: Arc::clone(&ledger),
             sessions: Arc::clone(&sessions),
             config: Arc::clone(&config),
-            stop: stopped.clone(),
+            stop: draining,
         };
         let tasks = plugins
             .into_iter()
@@ -147,7 +162,14 @@ impl PluginHost {
             tasks,
             stop,
             gateway,
+            drain: DrainConnected(Arc::new(drain)),
         }
+    }
+
+    /// What drains the connected-in sessions when the server starts to
+    /// stop (before its gRPC server waits for open streams to end).
+    pub fn drain_connected(&self) -> DrainConnected {
+        self.drain.clone()
     }
 
     /// Where plugins that connect in are admitted: their sessions join
@@ -160,6 +182,7 @@ impl PluginHost {
     /// waits for the supervisors.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        self.drain.start();
         // Connected-in sessions drain: wait (bounded) for their attempts.
         let until = Instant::now() + self.gateway.config.stop_grace;
         while Instant::now() < until

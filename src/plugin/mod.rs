@@ -23,7 +23,7 @@ pub use executor::{
 };
 pub use gateway::{Gateway, Inbound, Outbound};
 pub use handshake::{HANDSHAKE_MAGIC, PROTOCOL_VERSION, handshake_line, parse_handshake};
-pub use host::{HostConfig, PluginConfig, PluginHost, PluginSource};
+pub use host::{DrainConnected, HostConfig, PluginConfig, PluginHost, PluginSource};
 pub use link::StreamLink;
 pub use proof::{
     AnnouncedHandler, Announcement, MAX_ANNOUNCED, NONCE_BYTES, PROOF_CONTEXT, ProofError,
