@@ -32,6 +32,18 @@ impl Instance {
     /// Starts an instance with `key` (a key file written before: several
     /// instances must not write the same file at once).
     fn start(dir: &Path, key: &Path, url: &str, tag: &str, token: Option<&str>) -> Instance {
+        Instance::start_with(dir, key, url, tag, token, &[])
+    }
+
+    /// [`Instance::start`] with extra environment variables.
+    fn start_with(
+        dir: &Path,
+        key: &Path,
+        url: &str,
+        tag: &str,
+        token: Option<&str>,
+        env: &[(&str, String)],
+    ) -> Instance {
         let events = dir.join(format!("{tag}.events"));
         let stderr = dir.join(format!("{tag}.stderr"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_pulse-test-plugin"));
@@ -44,6 +56,9 @@ impl Instance {
             .stderr(std::fs::File::create(&stderr).unwrap());
         if let Some(t) = token {
             cmd.env("PULSE_PLUGIN_TOKEN", t);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         Instance {
             child: cmd.spawn().unwrap(),
@@ -479,6 +494,105 @@ async fn refused_proofs_reach_the_plugin_and_plugin_sessions_and_joining_needs_t
         String::from_utf8_lossy(&out.stderr).contains("scope_missing"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop();
+}
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Connecting in uses the server's TLS and mutual TLS like every client:
+/// a plugin that presents a certificate the server's client CA signed gets
+/// a session; one without a client certificate never reaches the proof.
+#[test]
+fn a_plugin_connects_in_over_mutual_tls() {
+    let dir = tempdir("pools-mtls");
+    let (cert, cert_key, ca) = (
+        fixture("server.pem"),
+        fixture("server.key"),
+        fixture("ca.pem"),
+    );
+    let (client_cert, client_key) = (fixture("client.pem"), fixture("client.key"));
+    let server = Serve::start(
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &cert_key,
+            "--tls-client-ca",
+            &ca,
+        ],
+        &dir.join("data"),
+    );
+    let url = server.url.replace("http://127.0.0.1", "https://localhost");
+    let p = key("mtls-plugin");
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+            .args(args)
+            .args(["--server", &url, "--ca", &ca])
+            .args(["--client-cert", &client_cert, "--client-key", &client_key])
+            .env_remove("PULSE_LEDGER_TOKEN")
+            .env_remove("PULSE_LEDGER_AS_KEY")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let att = dir.join("p0.att");
+    let pkey = key_file(&dir, &p);
+    Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+        .args(["plugin", "new", "--key"])
+        .arg(&pkey)
+        .args(["--name", "secure", "--version", "1.0.0", "--out"])
+        .arg(&att)
+        .output()
+        .unwrap();
+    cli(&["submit", att.to_str().unwrap()]);
+    let tls_env = |with_client: bool| {
+        let mut env = vec![("PULSE_PLUGIN_SERVER_CA", ca.clone())];
+        if with_client {
+            env.push(("PULSE_PLUGIN_CLIENT_CERT", client_cert.clone()));
+            env.push(("PULSE_PLUGIN_CLIENT_KEY", client_key.clone()));
+        }
+        env
+    };
+    let anonymous = Instance::start_with(&dir, &pkey, &url, "no-cert", None, &tls_env(false));
+    let trusted = Instance::start_with(&dir, &pkey, &url, "cert", None, &tls_env(true));
+    let until = Instant::now() + Duration::from_secs(30);
+    let sessions = loop {
+        let v: serde_json::Value =
+            serde_json::from_slice(&cli(&["plugin", "sessions", "--json"])).unwrap();
+        if !v["sessions"].as_array().unwrap().is_empty() {
+            break v;
+        }
+        assert!(
+            Instant::now() < until,
+            "no session: {} / {}",
+            trusted.stderr(),
+            anonymous.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Only the one with a client certificate: the other never got a nonce.
+    std::thread::sleep(Duration::from_millis(500));
+    let v: serde_json::Value =
+        serde_json::from_slice(&cli(&["plugin", "sessions", "--json"])).unwrap();
+    assert_eq!(v["sessions"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(sessions["sessions"][0]["plugin"], p.did.to_string());
+    assert!(v["refusals"].as_array().unwrap().is_empty(), "{v}");
+    assert!(
+        anonymous.stderr().contains("session with"),
+        "{}",
+        anonymous.stderr()
     );
     server.stop();
 }
