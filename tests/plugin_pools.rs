@@ -13,7 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Key, Serve, finished, handler_register, key, key_file, operator_token, plugin_register, tempdir,
+    Key, Serve, finished, fixture, handler_register, key, key_file, operator_token,
+    plugin_register, tempdir,
 };
 use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
 use tonic::Request;
@@ -496,14 +497,6 @@ async fn refused_proofs_reach_the_plugin_and_plugin_sessions_and_joining_needs_t
         String::from_utf8_lossy(&out.stderr)
     );
     server.stop();
-}
-
-fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tls")
-        .join(name)
-        .display()
-        .to_string()
 }
 
 /// Connecting in uses the server's TLS and mutual TLS like every client:

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{job, log_info, reason};
+use common::{fixture, job, log_info, operator_token, reason};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -31,33 +31,6 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         c.env(k, v);
     }
     c.output().unwrap()
-}
-
-fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tls")
-        .join(name)
-        .display()
-        .to_string()
-}
-
-/// `token create --json`: the secret and the config table for it.
-fn token(name: &str, scopes: &[&str]) -> (String, String) {
-    let mut args = vec!["token", "create", "--name", name, "--json"];
-    for s in scopes {
-        args.extend(["--scope", s]);
-    }
-    let out = run(&args, &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    (
-        v["token"].as_str().unwrap().to_owned(),
-        v["config"].as_str().unwrap().to_owned(),
-    )
 }
 
 fn with_token<T>(message: T, token: &str) -> Request<T> {
@@ -99,10 +72,10 @@ fn enqueue_req(handler: &pulse_ledger::Did, payload: &str) -> proto::EnqueueRequ
 async fn the_jobs_api_needs_a_token_whose_scopes_cover_the_call() {
     let dir = tempdir("security-tokens");
     let (p, a, b) = (key("sec-p"), key("sec-a"), key("sec-b"));
-    let (reader, reader_table) = token("reader", &["read"]);
-    let (only_a, only_a_table) = token("only-a", &[&format!("enqueue:{}", a.did)]);
-    let (ops, ops_table) = token("ops", &["admin"]);
-    let (stranger, _) = token("stranger", &["admin"]);
+    let (reader, reader_table) = operator_token("reader", &["read"]);
+    let (only_a, only_a_table) = operator_token("only-a", &[&format!("enqueue:{}", a.did)]);
+    let (ops, ops_table) = operator_token("ops", &["admin"]);
+    let (stranger, _) = operator_token("stranger", &["admin"]);
     let config = write_config(
         &dir,
         &format!("plugin_wait_secs = 600\n{reader_table}{only_a_table}{ops_table}"),
@@ -452,7 +425,7 @@ fn unsafe_settings_are_refused_before_anything_is_opened() {
     let out = serve(&["--config", &bad_token]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("token hash"));
-    let (_, table) = token("t", &["read"]);
+    let (_, table) = operator_token("t", &["read"]);
     let bad_scope = write_config(&dir, &table.replace("\"read\"", "\"write\""));
     let out = serve(&["--config", &bad_scope]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scope \"write\""));
@@ -650,8 +623,8 @@ const RELOADS_REFUSED: &str = "pulse_ledger_token_reloads_total{outcome=\"refuse
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_are_reloaded_on_sighup_and_a_bad_reload_changes_nothing() {
     let dir = tempdir("security-reload");
-    let (old, old_table) = token("old", &["read"]);
-    let (new, new_table) = token("new", &["read"]);
+    let (old, old_table) = operator_token("old", &["read"]);
+    let (new, new_table) = operator_token("new", &["read"]);
     let config = write_config(&dir, &old_table);
     let server = Serve::start(
         &["--config", &config, "--metrics-listen", "127.0.0.1:0"],
@@ -787,8 +760,8 @@ fn token_files_and_hashes_agree_and_bad_plugin_tls_settings_are_refused() {
 async fn revoked_tokens_lose_their_streams_and_strangers_learn_nothing() {
     let dir = tempdir("security-small-fixes");
     let (p, h) = (key("small-p"), key("small-h"));
-    let (watcher, watcher_table) = token("watcher", &["read", "enqueue"]);
-    let (enqueuer, enqueuer_table) = token("enqueuer", &["enqueue"]);
+    let (watcher, watcher_table) = operator_token("watcher", &["read", "enqueue"]);
+    let (enqueuer, enqueuer_table) = operator_token("enqueuer", &["enqueue"]);
     let config = write_config(
         &dir,
         &format!("plugin_wait_secs = 600\n{watcher_table}{enqueuer_table}"),
@@ -918,7 +891,7 @@ async fn revoked_tokens_lose_their_streams_and_strangers_learn_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_requests_are_refused_on_their_headers() {
     let dir = tempdir("security-gate");
-    let (reader, reader_table) = token("reader", &["read"]);
+    let (reader, reader_table) = operator_token("reader", &["read"]);
     let config = write_config(&dir, &reader_table);
     let server = Serve::start(&["--config", &config], &dir.join("data"));
     let channel = Channel::from_shared(server.url.clone())
@@ -990,8 +963,8 @@ async fn reads_are_rate_limited_per_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_is_revoked_at_once_and_for_good() {
     let dir = tempdir("security-revoke");
-    let (ops, ops_table) = token("ops", &["admin"]);
-    let (ci, ci_table) = token("ci", &["read"]);
+    let (ops, ops_table) = operator_token("ops", &["admin"]);
+    let (ci, ci_table) = operator_token("ci", &["read"]);
     let config = write_config(&dir, &format!("{ops_table}{ci_table}"));
     let data = dir.join("data");
     let args = [

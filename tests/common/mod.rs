@@ -323,3 +323,12 @@ pub fn operator_token(name: &str, scopes: &[&str]) -> (String, String) {
         v["config"].as_str().unwrap().to_owned(),
     )
 }
+
+/// The path of a TLS fixture (`tests/fixtures/tls/NAME`).
+pub fn fixture(name: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
+        .display()
+        .to_string()
+}
