@@ -52,11 +52,25 @@ pub(crate) fn render(key: &SigningKey, did: &Did) -> String {
 
 /// Reads a key file.
 pub(crate) fn load(path: &Path) -> Result<SigningKey, KeyFileError> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     fs::File::open(path)?
         .take(MAX_KEY_FILE)
-        .read_to_string(&mut text)?;
+        .read_to_end(&mut bytes)?;
+    // An attestation is a CBOR map: a common mix-up of --key and --prev.
+    if matches!(bytes.first(), Some(0xa0..=0xbf)) {
+        return Err(KeyFileError::Format(
+            "it is an attestation (CBOR): give the key file `pulse-ledger keygen` wrote".into(),
+        ));
+    }
+    let text =
+        String::from_utf8(bytes).map_err(|_| KeyFileError::Format("it is not text".into()))?;
     parse(&text).map_err(KeyFileError::Format)
+}
+
+/// Whether `bytes` hold a secret key (a key file), so a command that
+/// expects an attestation can say what it was given instead.
+pub(crate) fn is_key_file(bytes: &[u8]) -> bool {
+    bytes.windows(TAG.len()).any(|w| w == TAG.as_bytes())
 }
 
 /// Writes a new key file with mode 0600, durably: the bytes go to a

@@ -266,6 +266,11 @@ impl ServerArg {
         let url = &self.server;
         // Only https://, or http:// to this host: anything else would go
         // out in plaintext (spec/security.md, "Transport").
+        if !url.contains("://") {
+            return Err(CliError::Usage(format!(
+                "--server {url} has no scheme: write http://{url} (plaintext, this host only) or https://{url}"
+            )));
+        }
         crate::api::tls::check_plaintext(url, self.allow_plaintext).map_err(|e| {
             CliError::Usage(format!("--server {e} (--allow-plaintext to force http://)"))
         })?;
@@ -290,7 +295,7 @@ impl ServerArg {
         self.timeout
             .run("connect", endpoint.connect())
             .await?
-            .map_err(|e| CliError::Unreachable(format!("cannot reach {url}: {e}")))
+            .map_err(|e| CliError::Unreachable(super::reach::explain(url, &e)))
     }
 
     /// The `authorization` header for the jobs API, if a token was given.

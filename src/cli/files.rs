@@ -26,6 +26,12 @@ pub(crate) fn read_envelope(path: &Path) -> Result<Vec<u8>, CliError> {
     file.take(READ_LIMIT)
         .read_to_end(&mut bytes)
         .map_err(io(path))?;
+    if crate::keyfile::is_key_file(&bytes) {
+        return Err(CliError::Usage(format!(
+            "{} is a key file (it holds a secret key), not an attestation: give the file that `handler|plugin new|update|rotate|revoke --out` wrote",
+            path.display()
+        )));
+    }
     Ok(bytes)
 }
 

@@ -19,6 +19,7 @@ mod keygen;
 mod monitor;
 mod output;
 mod proofs;
+mod reach;
 mod remote;
 mod serve;
 mod sessions;
@@ -118,6 +119,14 @@ impl Cli {
     /// Runs the command and returns the process exit status. Errors are
     /// printed to stderr for people.
     pub fn run(self) -> ExitCode {
+        // A command whose output is cut short (`log entries | head -1`)
+        // ends quietly, as `git log | head` does, instead of failing its
+        // next print. Only terminal output is a pipe that can close on
+        // us: sockets are written with MSG_NOSIGNAL. The server keeps
+        // ignoring SIGPIPE: a closed log pipe must not stop it.
+        if !matches!(self.command, Command::Serve(_)) {
+            restore_sigpipe();
+        }
         let result = match self.command {
             Command::Keygen(a) => keygen::run(a),
             Command::Handler(v) => author::run_handler(v),
@@ -141,5 +150,14 @@ impl Cli {
                 e.exit_code()
             }
         }
+    }
+}
+
+/// Puts SIGPIPE back to its default action (the Rust runtime ignores it).
+fn restore_sigpipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler of ours; it only
+    // changes this process's disposition, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

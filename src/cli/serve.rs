@@ -489,8 +489,16 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::Usage(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async move {
+    let data_dir = config.data_dir.clone();
+    let pid_file = data_dir.join(PID_FILE);
+    let served = runtime.block_on(async {
         serve(config, shutdown_signal(), |addr, metrics, ledger| {
+            // The data dir's lock is held now: say which process holds it
+            // (for `kill -HUP $(cat DATA_DIR/serve.pid)` and for a second
+            // server started on the same dir).
+            if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+                tracing::warn!(file = %pid_file.display(), error = %e, "cannot write the PID file");
+            }
             // One line on stdout for scripts and tests; details go to the log.
             println!(
                 "pulse-ledger listening on {addr} (log {} {})",
@@ -502,10 +510,35 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, CliError> {
             }
         })
         .await
-        .map_err(|e| CliError::Usage(format!("serve: {e}")))
-    })?;
-    Ok(ExitCode::SUCCESS)
+    });
+    match served {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&pid_file);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.to_string().contains("Locked") => {
+            let holder = std::fs::read_to_string(&pid_file)
+                .ok()
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty());
+            Err(CliError::Usage(match holder {
+                Some(pid) => format!(
+                    "serve: data_dir_in_use: another pulse-ledger serve (pid {pid}, from {}) holds {}: stop it (kill -TERM {pid}) or give another --data-dir",
+                    pid_file.display(),
+                    data_dir.display()
+                ),
+                None => format!(
+                    "serve: data_dir_in_use: another process holds {}: stop the server using it, or give another --data-dir",
+                    data_dir.display()
+                ),
+            }))
+        }
+        Err(e) => Err(CliError::Usage(format!("serve: {e}"))),
+    }
 }
+
+/// The file in the data dir that names the PID of the server using it.
+pub(crate) const PID_FILE: &str = "serve.pid";
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
