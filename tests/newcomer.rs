@@ -234,3 +234,84 @@ fn connection_start_up_and_file_mix_ups_say_what_to_do() {
         "a clean stop removes the PID file"
     );
 }
+
+fn log_size(url: &str) -> u64 {
+    let out = run(&["log", "info", "--json", "--server", url]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["size"].as_u64().unwrap()
+}
+
+/// Finding 1: `bench --server` wrote 225 entries and a second genesis for
+/// the user's own plugin key into the user's log. Now it says what it
+/// writes, needs --yes for a log that holds entries, refuses a plugin key
+/// registered as something else before writing anything, and runs its
+/// jobs through a test plugin of its own that connects in; run twice, it
+/// leaves no equivocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_against_a_server_cannot_hurt_its_log() {
+    let dir = tempdir("newcomer-bench");
+    let server = Serve::start(&[], &dir.join("data"));
+    let url = server.url.clone();
+    let mine = key("bench-users-plugin");
+    let mut reg = RegistryClient::connect(url.clone()).await.unwrap();
+    reg.submit(proto::SubmitRequest {
+        envelope: plugin_register(&mine, "tools").envelope().to_vec(),
+    })
+    .await
+    .unwrap();
+    let before = log_size(&url);
+    let small = [
+        "bench",
+        "--server",
+        &url,
+        "--runs",
+        "1",
+        "--jobs",
+        "500",
+        "--registrations",
+        "100",
+        "--latency-secs",
+        "1",
+    ];
+    // A log with entries: refused without --yes, nothing written.
+    let o = run(&small);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--yes"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("appends about"), "{}", stderr(&o));
+    // The user's registered plugin key: refused, nothing written.
+    let user_key = key_file(&dir, &mine);
+    let mut with_key = small.to_vec();
+    with_key.extend(["--yes", "--plugin-key", user_key.to_str().unwrap()]);
+    let o = run(&with_key);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("registered in this log as \"tools\""),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(log_size(&url), before, "a refused bench wrote entries");
+
+    // With --yes, twice: jobs run through the bench's own plugin, and
+    // nothing equivocates.
+    let mut yes = small.to_vec();
+    yes.extend(["--yes", "--json"]);
+    for _ in 0..2 {
+        let o = run(&yes);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let rows = v["rows"].as_array().unwrap();
+        assert!(
+            rows.iter()
+                .any(|r| r["key"] == "jobs" && r["value"].as_f64().unwrap() > 0.0),
+            "{v}"
+        );
+    }
+    let eq = reg
+        .list_equivocations(proto::ListEquivocationsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(eq.evidence.is_empty(), "{eq:?}");
+    server.stop();
+}

@@ -11,7 +11,7 @@ use std::time::Instant;
 use serde_json::json;
 use tonic::transport::Channel;
 
-use super::client::ServerArg;
+use super::client::{ServerArg, runtime};
 use super::error::CliError;
 use crate::loadgen::{
     Table, bare_plugin_rate, fsync_append_rate, fsync_rate, pulse_jobs, registration_rate,
@@ -38,7 +38,7 @@ const APALIS_POLL_MS: u64 = 10;
 Examples:
   pulse-ledger bench
   pulse-ledger bench --jobs 50000 --json > bench.json
-  pulse-ledger bench --server http://127.0.0.1:7300 --plugin-key plugin.key
+  pulse-ledger bench --server http://127.0.0.1:7300 --yes
 
 Prints one row per figure: the ceilings (strict ed25519 verify on one core,
 fsyncs in place into a preallocated file on the scratch dir's disk, bare
@@ -50,15 +50,21 @@ connected in (ratio to the spawned one), 50 ms jobs through one and three
 connected-in instances of 4 slots (ratio three ÷ one), and the cost of
 resolving a job to its plugin.
 With --server the ceilings are still measured here, on the client host,
-and are labelled so. Each figure is the median of --runs runs (3 by
+and are labelled so; the bench's test plugin connects in to that server
+with a key made for the bench (or give --plugin-key for a test plugin the
+server runs itself: a key already registered as anything but the bench's
+plugin is refused). A bench appends entries for good: against a log that
+holds entries already it needs --yes. Each figure is the median of --runs runs (3 by
 default: about 90 seconds).")]
 pub(crate) struct Args {
-    /// Measure this server instead of starting one. Jobs need
-    /// --plugin-key: the key of a pulse-test-plugin the server runs (and
-    /// --token if the server requires tokens).
+    /// Measure this server instead of starting one (--token if it
+    /// requires tokens: enqueue, read and plugin scopes). Writes entries
+    /// to its log for good: see --yes.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
-    /// With --server: the key file of the test plugin that server runs.
+    /// With --server: the key file of a pulse-test-plugin that server
+    /// runs itself (default: the bench starts its own, which connects in).
+    /// Refused if the key is registered as anything but the bench's plugin.
     #[arg(long, value_name = "FILE", requires = "server")]
     plugin_key: Option<PathBuf>,
     /// With --server: a bearer token with the enqueue and read scopes, for
@@ -99,6 +105,10 @@ pub(crate) struct Args {
     /// Print the table as JSON.
     #[arg(long)]
     json: bool,
+    /// With --server: write the bench's entries into a log that already
+    /// holds entries. They stay for ever (the log is append-only).
+    #[arg(long, requires = "server")]
+    yes: bool,
 }
 
 pub(super) fn failed(what: &str) -> impl FnOnce(String) -> CliError + '_ {
@@ -156,6 +166,9 @@ pub(super) fn spawn_server(dir: &Path, plugins: &str) -> Result<(Spawned, String
 }
 
 pub(crate) fn run(a: Args) -> Result<ExitCode, CliError> {
+    if let Some(url) = &a.server {
+        confirm_remote(&a, url)?;
+    }
     let started = Instant::now();
     let dir = std::env::temp_dir().join(format!("pulse-ledger-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -195,6 +208,73 @@ pub(crate) fn run(a: Args) -> Result<ExitCode, CliError> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Entries one run appends: registrations at three concurrency levels
+/// (the single client does a quarter), then the test plugin and its
+/// handlers.
+fn entries_per_run(a: &Args) -> u64 {
+    a.registrations / 4 + 2 * a.registrations + 4
+}
+
+/// Says what a bench against `url` writes, and refuses to write into a
+/// log that holds entries already unless --yes: they cannot be taken back.
+fn confirm_remote(a: &Args, url: &str) -> Result<(), CliError> {
+    let server = ServerArg::with_credentials(url.to_owned(), a.token.clone(), a.ca.clone());
+    let plugin = match &a.plugin_key {
+        Some(p) => {
+            let sk = crate::keyfile::load(p).map_err(|e| failed("--plugin-key")(e.to_string()))?;
+            Some(
+                crate::Did::from_verifying_key(&sk.verifying_key())
+                    .map_err(|e| failed("--plugin-key")(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
+    let (size, taken) = runtime()?.block_on(async {
+        use crate::api::proto;
+        let channel = server.channel().await?;
+        let mut reg = proto::registry_client::RegistryClient::new(channel);
+        let info = reg
+            .get_log_info(proto::GetLogInfoRequest {})
+            .await
+            .map_err(|s| super::client::call_failed(&s))?
+            .into_inner();
+        // Checked before anything is written: a plugin key that is someone
+        // else's plugin in this log must not get a second genesis.
+        let taken = match &plugin {
+            Some(did) => match reg
+                .get_subject(proto::GetSubjectRequest {
+                    did: did.to_string(),
+                })
+                .await
+            {
+                Ok(r) => Some(r.into_inner().subject.unwrap_or_default().name),
+                Err(s) if s.code() == tonic::Code::NotFound => None,
+                Err(s) => return Err(super::client::call_failed(&s)),
+            },
+            None => None,
+        };
+        Ok::<_, CliError>((info.size, taken))
+    })?;
+    if let (Some(name), Some(did)) = (taken, &plugin) {
+        if name != crate::loadgen::BENCH_PLUGIN_NAME {
+            return Err(CliError::Usage(format!(
+                "bench: --plugin-key is plugin {did}, registered in this log as {name:?}: the bench would sign a second genesis for that key (an equivocation, reported for ever). Give a key made for the bench, or leave out --plugin-key: the bench then starts its own test plugin, which connects in"
+            )));
+        }
+    }
+    let adds = entries_per_run(a) * a.runs;
+    eprintln!(
+        "bench: this appends about {adds} entries to the log at {url} (registrations by keys made for the bench, and a test plugin named {:?} with its handlers); a log keeps its entries for ever",
+        crate::loadgen::BENCH_PLUGIN_NAME
+    );
+    if size > 0 && !a.yes {
+        return Err(CliError::Usage(format!(
+            "bench: the log at {url} already holds {size} entries: run the bench against a scratch server (`pulse-ledger serve --data-dir /tmp/scratch`), or give --yes to add about {adds} entries to this one"
+        )));
+    }
+    Ok(())
 }
 
 /// A ceiling's label: with --server the ceilings are measured on this
@@ -311,7 +391,32 @@ fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
                 .map_err(failed(label))?;
             t.add_ratio(key, label, rate, "/s", "verify_per_core");
         }
-        if a.server.is_none() || a.plugin_key.is_some() {
+        // Against another server without --plugin-key, the test plugin
+        // connects in, with the bench's own key: nothing in that server's
+        // config, and no key of the user's, is involved.
+        let _connected = match (&a.server, &a.plugin_key) {
+            (Some(url), None) => {
+                eprintln!(
+                    "bench: the test plugin connects in to {url} with a key made for the bench"
+                );
+                let mut cmd = Command::new(&plugin_bin);
+                cmd.arg("--key")
+                    .arg(&key_path)
+                    .args(["--connect", url])
+                    .stdout(Stdio::null());
+                if let Some(t) = &a.token {
+                    cmd.env("PULSE_PLUGIN_TOKEN", t);
+                }
+                if let Some(ca) = &a.ca {
+                    cmd.env("PULSE_PLUGIN_SERVER_CA", ca);
+                }
+                Some(Spawned(cmd.spawn().map_err(|e| {
+                    failed("starting the test plugin")(e.to_string())
+                })?))
+            }
+            _ => None,
+        };
+        {
             eprintln!("bench: jobs end to end…");
             let f = pulse_jobs(
                 channel,
@@ -357,8 +462,6 @@ fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
                 f.p99_from_call,
                 "ms",
             );
-        } else {
-            eprintln!("bench: jobs skipped: --server needs --plugin-key for them");
         }
         if a.server.is_none() {
             let pool = dir.join("pool");
@@ -453,6 +556,7 @@ mod tests {
             plugin_bin: None,
             peer_apalis: None,
             json: false,
+            yes: false,
         }
     }
 

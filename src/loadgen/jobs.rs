@@ -16,6 +16,9 @@ use crate::api::proto::{self, jobs_client::JobsClient, registry_client::Registry
 use crate::api::{AuthedChannel, Bearer};
 use crate::{Action, Did, Family, HandlerSchema, PluginSchema, Schema};
 
+/// The name the bench registers its test plugin under.
+pub const BENCH_PLUGIN_NAME: &str = "bench";
+
 /// Jobs per EnqueueBatch in the throughput run.
 const BATCH: usize = 500;
 
@@ -201,15 +204,41 @@ pub async fn register_test_plugin(
     names: &[&str],
 ) -> Result<Vec<Did>, String> {
     let mut reg = RegistryClient::new(channel);
-    let mut envelopes = vec![genesis_envelope(
-        plugin.0,
-        plugin.1,
-        Family::Plugin,
-        Action::Register(Schema::Plugin(PluginSchema::new("bench", "1.0.0"))),
-    )?];
+    let mut envelopes = Vec::new();
+    // A plugin already in the log is used as it is if the bench made it
+    // (named `bench`); a second genesis for someone else's plugin key
+    // would be an equivocation against that key, reported for ever.
+    match reg
+        .get_subject(proto::GetSubjectRequest {
+            did: plugin.1.to_string(),
+        })
+        .await
+    {
+        Ok(r) => {
+            let name = r.into_inner().subject.unwrap_or_default().name;
+            if name != BENCH_PLUGIN_NAME {
+                return Err(format!(
+                    "plugin {} is already in this log as {name:?}: the bench registers its plugin key as a plugin named {BENCH_PLUGIN_NAME:?}, which would sign a second genesis for that key (an equivocation, reported for ever); give a key made for the bench",
+                    plugin.1
+                ));
+            }
+        }
+        Err(s) if s.code() == tonic::Code::NotFound => envelopes.push(genesis_envelope(
+            plugin.0,
+            plugin.1,
+            Family::Plugin,
+            Action::Register(Schema::Plugin(PluginSchema::new(
+                BENCH_PLUGIN_NAME,
+                "1.0.0",
+            ))),
+        )?),
+        Err(s) => return Err(format!("GetSubject: {}", s.message())),
+    }
     let mut ids = Vec::new();
     for name in names {
-        let (sk, did) = bench_key(&format!("jobs-{name}"), 0);
+        // Per plugin: the same handler key naming another plugin would be
+        // a second genesis for it.
+        let (sk, did) = bench_key(&format!("jobs-{name}-{}", plugin.1), 0);
         let schema = HandlerSchema::new(*name, "1.0.0", plugin.1.clone());
         envelopes.push(genesis_envelope(
             &sk,
