@@ -315,3 +315,180 @@ async fn bench_against_a_server_cannot_hurt_its_log() {
     assert!(eq.evidence.is_empty(), "{eq:?}");
     server.stop();
 }
+
+/// Finding 2: a stale `--prev` became permanent equivocation evidence
+/// against the user's own key. Now `update`, `rotate` and `revoke` sign on
+/// the log's head: fetched when --prev is left out, checked when it is
+/// given (`stale_prev`), with --offline to skip the check and
+/// --force-equivocate for the one who means it.
+#[test]
+fn statements_are_signed_on_the_logs_head() {
+    let dir = tempdir("newcomer-head");
+    let server = Serve::start(&[], &dir.join("data"));
+    let url = server.url.clone();
+    let f = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let ok = |args: &[&str]| {
+        let o = run(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        o
+    };
+    ok(&["keygen", "--out", &f("p.key")]);
+    ok(&["keygen", "--out", &f("h.key")]);
+    ok(&["keygen", "--out", &f("h2.key")]);
+    let plugin_did = std::fs::read_to_string(f("p.key"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# did: ").map(str::to_owned))
+        .unwrap();
+    let handler_did = std::fs::read_to_string(f("h.key"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# did: ").map(str::to_owned))
+        .unwrap();
+    ok(&[
+        "handler",
+        "new",
+        "--key",
+        &f("h.key"),
+        "--name",
+        "echo",
+        "--version",
+        "1.0.0",
+        "--plugin",
+        &plugin_did,
+        "--out",
+        &f("h0.att"),
+    ]);
+    ok(&["submit", "--server", &url, &f("h0.att")]);
+    // --prev that is the head: signed.
+    ok(&[
+        "handler",
+        "update",
+        "--key",
+        &f("h.key"),
+        "--prev",
+        &f("h0.att"),
+        "--version",
+        "1.1.0",
+        "--out",
+        &f("h1.att"),
+        "--server",
+        &url,
+    ]);
+    ok(&["submit", "--server", &url, &f("h1.att")]);
+    // The same stale --prev again: refused, nothing written.
+    let o = run(&[
+        "handler",
+        "update",
+        "--key",
+        &f("h.key"),
+        "--prev",
+        &f("h0.att"),
+        "--version",
+        "1.2.0",
+        "--out",
+        &f("stale.att"),
+        "--server",
+        &url,
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("stale_prev") && stderr(&o).contains("Leave out --prev"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.join("stale.att").exists());
+    // No --prev: signed on the head (seq 2), and accepted.
+    let o = ok(&[
+        "handler",
+        "update",
+        "--key",
+        &f("h.key"),
+        "--version",
+        "1.2.0",
+        "--out",
+        &f("h2.att"),
+        "--server",
+        &url,
+        "--json",
+    ]);
+    assert!(stderr(&o).contains("seq 1"), "{}", stderr(&o));
+    ok(&["submit", "--server", &url, &f("h2.att")]);
+    // --offline signs on --prev without asking; --force-equivocate signs on
+    // a stale one knowingly, and the server refuses the result.
+    ok(&[
+        "handler",
+        "update",
+        "--key",
+        &f("h.key"),
+        "--prev",
+        &f("h2.att"),
+        "--version",
+        "1.3.0",
+        "--out",
+        &f("off.att"),
+        "--offline",
+    ]);
+    let o = ok(&[
+        "handler",
+        "update",
+        "--key",
+        &f("h.key"),
+        "--prev",
+        &f("h0.att"),
+        "--version",
+        "9.0.0",
+        "--out",
+        &f("forced.att"),
+        "--server",
+        &url,
+        "--force-equivocate",
+    ]);
+    assert!(stderr(&o).contains("--force-equivocate"), "{}", stderr(&o));
+    let o = run(&["submit", "--server", &url, &f("forced.att")]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("equivocation"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // After a rotation the key is not the subject: --subject finds it.
+    ok(&[
+        "handler",
+        "rotate",
+        "--key",
+        &f("h.key"),
+        "--new-key",
+        &f("h2.key"),
+        "--out",
+        &f("rot.att"),
+        "--server",
+        &url,
+    ]);
+    ok(&["submit", "--server", &url, &f("rot.att")]);
+    let o = run(&[
+        "handler",
+        "revoke",
+        "--key",
+        &f("h2.key"),
+        "--out",
+        &f("rev.att"),
+        "--server",
+        &url,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--subject"), "{}", stderr(&o));
+    ok(&[
+        "handler",
+        "revoke",
+        "--key",
+        &f("h2.key"),
+        "--subject",
+        &handler_did,
+        "--out",
+        &f("rev.att"),
+        "--server",
+        &url,
+    ]);
+    ok(&["submit", "--server", &url, &f("rev.att")]);
+    server.stop();
+}

@@ -37,6 +37,9 @@ Examples:
   pulse-ledger plugin revoke --key p2.key --prev p2.att --out p3.att";
 
 /// Handler statements.
+// Parsed once per process from the command line: the size of the largest
+// variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 #[command(after_help = HANDLER_EXAMPLES)]
 pub(crate) enum Verb {
@@ -139,12 +142,7 @@ pub(crate) struct Common {
     json: bool,
 }
 
-#[derive(Debug, clap::Args)]
-pub(crate) struct Link {
-    /// The subject's latest attestation, which this one follows.
-    #[arg(long, value_name = "FILE")]
-    prev: PathBuf,
-}
+use super::head::Link;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct RotateArgs {
@@ -279,7 +277,7 @@ pub(crate) fn run_handler(verb: Verb) -> Result<ExitCode, CliError> {
             schema_from,
             clear,
         } => {
-            let prev = Prev::load(&link.prev, Family::Handler)?;
+            let prev = Prev::resolve(&link, &common.key, Family::Handler)?;
             let base = base_schema(&prev, schema_from.as_deref())?.and_then(|s| match s {
                 Schema::Handler(h) => Some(h),
                 Schema::Plugin(_) => None,
@@ -310,7 +308,7 @@ pub(crate) fn run_plugin(verb: PluginVerb) -> Result<ExitCode, CliError> {
             schema_from,
             clear,
         } => {
-            let prev = Prev::load(&link.prev, Family::Plugin)?;
+            let prev = Prev::resolve(&link, &common.key, Family::Plugin)?;
             let base = base_schema(&prev, schema_from.as_deref())?.and_then(|s| match s {
                 Schema::Plugin(p) => Some(p),
                 Schema::Handler(_) => None,
@@ -473,21 +471,24 @@ struct Prev {
 }
 
 impl Prev {
-    fn load(path: &Path, family: Family) -> Result<Prev, CliError> {
-        let att = files::read_attestation(path)?;
+    /// The statement to follow (--prev checked against the server's head,
+    /// or the server's head), for the key in `key_file`.
+    fn resolve(link: &Link, key_file: &Path, family: Family) -> Result<Prev, CliError> {
+        let signer = key_did(&load_key(key_file)?)?;
+        let head = link.resolve(&signer)?;
+        let shown = head.shown();
+        let att = head.into_attestation();
         let st = att.statement();
         if st.family != family {
             return Err(CliError::Usage(format!(
-                "{}: is a {} statement; this command continues a {} chain",
-                path.display(),
+                "{shown}: is a {} statement; this command continues a {} chain",
                 st.kind(),
                 family.as_str()
             )));
         }
         if let Action::Revoke { .. } = st.action {
             return Err(CliError::Usage(format!(
-                "{}: the subject is revoked; nothing may follow a revocation",
-                path.display()
+                "{shown}: the subject is revoked; nothing may follow a revocation"
             )));
         }
         let signer = match &st.action {
@@ -539,7 +540,7 @@ fn genesis(common: Common, family: Family, schema: Schema) -> Result<ExitCode, C
 }
 
 fn rotate(args: RotateArgs, family: Family) -> Result<ExitCode, CliError> {
-    let prev = Prev::load(&args.link.prev, family)?;
+    let prev = Prev::resolve(&args.link, &args.common.key, family)?;
     let new_key = load_key(&args.new_key)?;
     let new_did = key_did(&new_key)?;
     follow(
@@ -551,7 +552,7 @@ fn rotate(args: RotateArgs, family: Family) -> Result<ExitCode, CliError> {
 }
 
 fn revoke(args: RevokeArgs, family: Family) -> Result<ExitCode, CliError> {
-    let prev = Prev::load(&args.link.prev, family)?;
+    let prev = Prev::resolve(&args.link, &args.common.key, family)?;
     follow(
         args.common,
         prev,

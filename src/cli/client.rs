@@ -261,6 +261,11 @@ impl ServerArg {
         }
     }
 
+    /// The server's URL.
+    pub(crate) fn url(&self) -> &str {
+        &self.server
+    }
+
     /// A connection to the server, over TLS for an https:// URL.
     pub(crate) async fn channel(&self) -> Result<Channel, CliError> {
         let url = &self.server;

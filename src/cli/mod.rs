@@ -12,6 +12,7 @@ mod client;
 mod deadline;
 mod error;
 mod files;
+mod head;
 mod inspect;
 mod jobs;
 
@@ -58,6 +59,8 @@ pub struct Cli {
     command: Command,
 }
 
+// Parsed once per process: variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create an ed25519 key; print its did:key.
