@@ -218,5 +218,31 @@ fn auth(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(hot, ledger, pulse, auth);
+/// The check every enqueue to a handler with an `input_schema` pays
+/// (issue 19): a cached, compiled schema against a small JSON payload,
+/// next to the plain JSON parse of the same payload.
+fn payload_schema(c: &mut Criterion) {
+    use pulse_ledger::pulse::{Checked, SchemaCache};
+    let schema = r#"{"type":"object","required":["a","b"],
+        "properties":{"a":{"type":"integer"},"b":{"type":"integer"},
+        "note":{"type":"string","maxLength":256}}}"#;
+    let payload = br#"{"a": 2, "b": 3, "note": "a typical small job payload"}"#;
+    let cache = SchemaCache::default();
+    cache.check(schema, payload, Checked::Payload).unwrap();
+    let mut g = c.benchmark_group("payload_schema");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("check_cached", |b| {
+        b.iter(|| {
+            cache
+                .check(schema, black_box(payload), Checked::Payload)
+                .unwrap()
+        })
+    });
+    g.bench_function("json_parse_only", |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(payload)).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(hot, ledger, pulse, auth, payload_schema);
 criterion_main!(hot);

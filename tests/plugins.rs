@@ -1335,3 +1335,70 @@ async fn a_spawned_pool_shares_jobs_between_its_instances() {
     assert_eq!(pids.len(), 2, "{pids:?}");
     server.stop();
 }
+
+/// Issue 19, finding 5: payloads are checked against the handler's signed
+/// `input_schema` at enqueue (`invalid_payload`, naming the path and
+/// rule), and results against its `output_schema` (`invalid_output`,
+/// the attempt fails for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_and_results_are_checked_against_the_handlers_schemas() {
+    let dir = tempdir("plugins-schemas");
+    let events_path = dir.join("events.log");
+    let p = key("schemas-plugin");
+    let config = format!(
+        "{TIMINGS}{}",
+        plugin_table(
+            "tools",
+            &["--key".into(), key_file(&dir, &p).display().to_string()],
+            &events_path
+        )
+    );
+    let server = Server::start(&dir, &config);
+    let mut reg = server.registry().await;
+    let mut jobs = server.jobs().await;
+    let (sum, shaped) = (key("schemas-sum"), key("schemas-shaped"));
+    let sum_schema = r#"{"type":"object","required":["a","b"],"properties":{"a":{"type":"integer"},"b":{"type":"integer"}}}"#;
+    for a in [
+        plugin_register(&p, "tools"),
+        common::handler_register_with(&sum, "echo", &p.did, |s| {
+            s.input_schema = Some(sum_schema.into());
+        }),
+        common::handler_register_with(&shaped, "echo", &p.did, |s| {
+            s.output_schema = Some(r#"{"type":"object"}"#.into());
+        }),
+    ] {
+        submit(&mut reg, &a).await.unwrap();
+    }
+    for (payload, says) in [
+        ("hello", "is not JSON"),
+        (r#"{"a":1}"#, "\"b\" is a required property"),
+        (r#"{"a":1,"b":"two"}"#, "at /b"),
+    ] {
+        let e = jobs.enqueue(enqueue_req(&sum, payload)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{payload}: {e:?}");
+        assert_eq!(common::reason(&e), "invalid_payload", "{payload}");
+        assert!(e.message().contains(says), "{payload}: {}", e.message());
+    }
+    let ok = enqueue(&mut jobs, enqueue_req(&sum, r#"{"a":1,"b":2}"#)).await;
+    let j = finished(&mut jobs, &ok, 30).await;
+    assert_eq!(j.state, "succeeded", "{}", j.last_error);
+
+    // The echo handler returns its payload: an array is not the object
+    // the output_schema asks for.
+    let bad = enqueue(&mut jobs, enqueue_req(&shaped, "[1]")).await;
+    let j = finished(&mut jobs, &bad, 30).await;
+    assert_eq!(
+        (j.state.as_str(), j.attempts),
+        ("dead", 1),
+        "{}",
+        j.last_error
+    );
+    assert!(
+        j.last_error.starts_with("invalid_output"),
+        "{}",
+        j.last_error
+    );
+    let good = enqueue(&mut jobs, enqueue_req(&shaped, r#"{"x":1}"#)).await;
+    assert_eq!(finished(&mut jobs, &good, 30).await.state, "succeeded");
+    server.stop();
+}

@@ -624,6 +624,7 @@ impl pulse_ledger::pulse::Router for OwnersRouter {
             plugin_key: common::key("owners-p").did,
             max_concurrency: None,
             owner,
+            output_schema: None,
         })))
     }
 }

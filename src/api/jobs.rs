@@ -48,6 +48,8 @@ pub struct JobsService {
     did_enqueues: Option<Arc<crate::auth::RateLimiter>>,
     /// The plugin sessions, when the server hosts plugins.
     sessions: Option<Arc<crate::plugin::Sessions>>,
+    /// Handlers' input_schema documents, compiled once each.
+    input_schemas: Arc<crate::pulse::SchemaCache>,
 }
 
 /// What a `ListJobs` page costs a DID caller's allowance.
@@ -115,6 +117,7 @@ impl JobsService {
             access: Arc::new(AccessCell::new(Access::Open)),
             did_enqueues: None,
             sessions: None,
+            input_schemas: Arc::default(),
         }
     }
 
@@ -265,7 +268,8 @@ fn job_status(e: &JobError) -> Status {
             let code = match p.code() {
                 PulseErrorCode::WrongState
                 | PulseErrorCode::StaleLease
-                | PulseErrorCode::NotDue => Code::FailedPrecondition,
+                | PulseErrorCode::NotDue
+                | PulseErrorCode::InvalidJsonSchema => Code::FailedPrecondition,
                 _ => Code::InvalidArgument,
             };
             status(code, p.code().as_str(), p.message().to_owned())
@@ -437,6 +441,15 @@ impl JobsService {
                 schema.access_members(Right::Enqueue),
             )
             .map_err(|e| self.refuse(&e, peer))?;
+        // The payload must match the handler's signed input_schema
+        // (spec/pulse.md, "Payload schemas"); size rules come first.
+        if let Some(text) = &schema.input_schema {
+            if r.payload.len() <= crate::pulse::MAX_PAYLOAD_BYTES {
+                self.input_schemas
+                    .check(text, &r.payload, crate::pulse::Checked::Payload)
+                    .map_err(|e| job_status(&JobError::Rejected(e)))?;
+            }
+        }
         let parent = if r.parent.is_empty() {
             None
         } else {

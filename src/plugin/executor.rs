@@ -18,6 +18,8 @@ use crate::pulse::{
 pub struct PluginExecutor {
     sessions: Arc<Sessions>,
     running: Running,
+    /// Handlers' output_schema documents, compiled once each.
+    output_schemas: Arc<crate::pulse::SchemaCache>,
 }
 
 /// Attempts in flight: where to send their cancel.
@@ -29,6 +31,7 @@ impl PluginExecutor {
         PluginExecutor {
             sessions,
             running: Arc::default(),
+            output_schemas: Arc::default(),
         }
     }
 }
@@ -240,12 +243,31 @@ impl AsyncExecutor for PluginExecutor {
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let mut ended = session.ended.clone();
+        let output = auth
+            .output_schema
+            .clone()
+            .map(|text| (text, Arc::clone(&self.output_schemas)));
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     msg = stream.next() => match msg {
                         Some(Ok(e)) => {
                             let event = match exec_event(e) {
+                                // A result must match the handler's signed
+                                // output_schema: one that does not fails the
+                                // attempt for good (the plugin would return
+                                // it again).
+                                Ok(Some(ExecEvent::Succeeded(result))) => match &output {
+                                    Some((text, cache)) => match cache.check(text, &result, crate::pulse::Checked::Result) {
+                                        Ok(()) => ExecEvent::Succeeded(result),
+                                        Err(e) => ExecEvent::Failed {
+                                            error: e.to_string(),
+                                            retryable: false,
+                                            retry_after_ms: None,
+                                        },
+                                    },
+                                    None => ExecEvent::Succeeded(result),
+                                },
                                 Ok(Some(event)) => event,
                                 Ok(None) => continue,
                                 Err(rule) => {

@@ -109,6 +109,7 @@ pub fn resolve_chains(ledger: &Ledger, handler: &Did) -> Result<Verdict, LedgerE
     };
     Ok(Ok(Arc::new(Authorization {
         max_concurrency: schema.max_concurrency,
+        output_schema: schema.output_schema.as_deref().map(Arc::from),
         owner: rec.head.key.clone(),
         handler_name: rec.name,
         handler_index: rec.schema_index,

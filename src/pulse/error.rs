@@ -27,6 +27,13 @@ pub enum PulseErrorCode {
     NotDue,
     /// A progress percent above 100 or a checkpoint above 1 MiB.
     InvalidProgress,
+    /// A payload that is not JSON, or breaks its handler's input_schema.
+    InvalidPayload,
+    /// A result that is not JSON, or breaks its handler's output_schema.
+    InvalidOutput,
+    /// A handler's input_schema or output_schema that is not a JSON
+    /// Schema the validator can use.
+    InvalidJsonSchema,
 }
 
 impl PulseErrorCode {
@@ -42,6 +49,9 @@ impl PulseErrorCode {
             PulseErrorCode::StaleLease => "stale_lease",
             PulseErrorCode::NotDue => "not_due",
             PulseErrorCode::InvalidProgress => "invalid_progress",
+            PulseErrorCode::InvalidPayload => "invalid_payload",
+            PulseErrorCode::InvalidOutput => "invalid_output",
+            PulseErrorCode::InvalidJsonSchema => "invalid_json_schema",
         }
     }
 
@@ -56,6 +66,9 @@ impl PulseErrorCode {
         PulseErrorCode::StaleLease,
         PulseErrorCode::NotDue,
         PulseErrorCode::InvalidProgress,
+        PulseErrorCode::InvalidPayload,
+        PulseErrorCode::InvalidOutput,
+        PulseErrorCode::InvalidJsonSchema,
     ];
 }
 

@@ -8,6 +8,7 @@ mod error;
 mod executor;
 mod job;
 mod machine;
+mod payload_schema;
 mod record;
 mod route;
 mod runner;
@@ -28,6 +29,7 @@ pub use job::{
     check_request, cut_text,
 };
 pub use machine::{MAX_RETRY_AFTER_MS, RetryPolicy};
+pub use payload_schema::{Checked, PayloadSchema, SchemaCache};
 pub use route::{Authorization, OpenRouter, Route, Router};
 pub use runner::{PulseCounters, PulseHandle, PulseRunner};
 pub use store::{

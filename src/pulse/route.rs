@@ -32,6 +32,8 @@ pub struct Authorization {
     /// The handler's owner: its current key. Handlers with one owner share
     /// that owner's fair share of the slots.
     pub owner: Did,
+    /// The schema's `output_schema` document, which a result must match.
+    pub output_schema: Option<Arc<str>>,
 }
 
 /// A router's answer for one job.
