@@ -116,8 +116,19 @@ pub(crate) enum PluginVerb {
     #[command(after_help = PLUGIN_EXAMPLES)]
     Revoke(RevokeArgs),
     /// Show a plugin's current state from a server.
+    #[command(after_help = "\
+Examples:
+  pulse-ledger plugin show did:key:z6Mk...
+  pulse-ledger plugin show --json did:key:z6Mk... | jq .schema
+
+In --json, byte fields (IDs) are lowercase hex.")]
     Show(super::client::ShowArgs),
     /// List plugins on a server.
+    #[command(after_help = "\
+Examples:
+  pulse-ledger plugin list
+  pulse-ledger plugin list --name-prefix py- --all
+  pulse-ledger plugin list --page-size 50 --page-token <token from the last page>")]
     List(super::client::ListArgs),
     /// The plugin processes a server has live sessions with, and the
     /// proofs it refused last.

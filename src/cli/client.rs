@@ -102,8 +102,8 @@ Examples:
 
 Prints `FILE index N id ID` per accepted file (`duplicate` if it was already
 in the log) or `FILE rejected CODE: message`. Many files are sent over one
-stream, in order. Exit status 1 if any file was rejected, 2 if the server
-cannot be reached or a file cannot be read.")]
+stream, in order. Exit status 1 if any file was rejected, 2 if a file
+cannot be read (or is a key file), 3 if the server cannot be reached.")]
 pub(crate) struct SubmitArgs {
     #[command(flatten)]
     server: ServerArg,
@@ -120,7 +120,9 @@ pub(crate) struct SubmitArgs {
 #[command(after_help = "\
 Examples:
   pulse-ledger handler show did:key:z6Mk...
-  pulse-ledger handler show --json did:key:z6Mk... | jq .schema")]
+  pulse-ledger handler show --json did:key:z6Mk... | jq .schema
+
+In --json, byte fields (IDs) are lowercase hex.")]
 pub(crate) struct ShowArgs {
     #[command(flatten)]
     server: ServerArg,

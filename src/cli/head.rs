@@ -130,7 +130,10 @@ impl Link {
         };
         // Not in the log yet (a genesis not submitted): nothing to compare.
         let Some(head) = state else { return Ok(()) };
-        if head.seq == st.seq && head.head_id == att.id().as_bytes() {
+        // The log holds --prev as its head, or has not reached it yet (a
+        // chain signed ahead, to be submitted in order): the log has no
+        // statement at the seq about to be signed, so nothing can clash.
+        if head.seq < st.seq || (head.seq == st.seq && head.head_id == att.id().as_bytes()) {
             return Ok(());
         }
         if self.force_equivocate {
@@ -150,8 +153,8 @@ impl Link {
             head.seq,
             hex::encode(&head.head_id),
             st.seq + 1,
-            if head.seq < st.seq {
-                " (the server has not seen --prev yet: submit it first)"
+            if head.seq == st.seq {
+                " (the log's statement at that seq is another one than --prev)"
             } else {
                 ""
             }

@@ -46,7 +46,9 @@ Examples:
         /// Lower the handler's attempt limit.
         #[arg(long)]
         max_attempts: Option<u32>,
-        /// The parent job's ID (32 hex digits).
+        /// The job that spawned this one (32 hex digits): recorded on the
+        /// job for people and tools (a plugin enqueuing follow-up work
+        /// names the job it runs); it changes nothing in scheduling.
         #[arg(long, value_name = "ID")]
         parent: Option<String>,
         /// Follow the job until it finishes.
@@ -57,7 +59,9 @@ Examples:
         json: bool,
     },
     /// Show a job.
-    #[command(after_help = "Example:\n  pulse-ledger job get 0000019b76daa8007c1f3e5a9b2d4c68")]
+    #[command(
+        after_help = "Example:\n  pulse-ledger job get 0000019b76daa8007c1f3e5a9b2d4c68\n\nIn --json, the result is the hex of its bytes (`result`), like every byte field.\nattempts N/M counts the attempts that use the job's limit: attempts cut short\nby a server stop (interrupted) use none and are shown apart."
+    )]
     Get {
         #[command(flatten)]
         server: ServerArg,
@@ -246,10 +250,21 @@ fn job_line(j: &proto::Job) -> String {
     } else {
         format!(" error: {}", escape(&j.last_error))
     };
+    // Attempts cut short by a server stop use none of the job's attempts.
+    let used = j
+        .attempt_history
+        .iter()
+        .filter(|a| a.outcome != "interrupted")
+        .count();
+    let interrupted = j.attempt_history.len() - used;
+    let interrupted = if interrupted > 0 {
+        format!(" (+{interrupted} interrupted)")
+    } else {
+        String::new()
+    };
     format!(
-        "{id} {}{reason} attempts {}/{} cost {} progress {}%{message}{error}",
+        "{id} {}{reason} attempts {used}/{}{interrupted} cost {} progress {}%{message}{error}",
         escape(&j.state),
-        j.attempts,
         j.max_attempts,
         j.total_cost,
         j.progress_percent,
