@@ -492,3 +492,25 @@ fn statements_are_signed_on_the_logs_head() {
     ok(&["submit", "--server", &url, &f("rev.att")]);
     server.stop();
 }
+
+/// Finding 6, the help texts that said something else than the binary
+/// does: submit's exit status when the server is down, plugin show/list
+/// examples that were handler commands, --json's hex, --parent.
+#[test]
+fn help_texts_match_what_the_commands_do() {
+    let help = |args: &[&str]| String::from_utf8(run(args).stdout).unwrap();
+    let submit = help(&["submit", "--help"]);
+    assert!(
+        submit.contains("3 if the server cannot be reached"),
+        "{submit}"
+    );
+    let o = run(&["submit", "--server", "http://127.0.0.1:1", "/dev/null"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    for verb in ["show", "list"] {
+        let h = help(&["plugin", verb, "--help"]);
+        assert!(h.contains(&format!("pulse-ledger plugin {verb}")), "{h}");
+        assert!(!h.contains("pulse-ledger handler"), "{h}");
+    }
+    assert!(help(&["job", "get", "--help"]).contains("hex"));
+    assert!(help(&["job", "submit", "--help"]).contains("--parent"));
+}
