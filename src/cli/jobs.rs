@@ -251,12 +251,12 @@ fn job_line(j: &proto::Job) -> String {
         format!(" error: {}", escape(&j.last_error))
     };
     // Attempts cut short by a server stop use none of the job's attempts.
-    let used = j
+    let interrupted = j
         .attempt_history
         .iter()
-        .filter(|a| a.outcome != "interrupted")
+        .filter(|a| a.outcome == "interrupted")
         .count();
-    let interrupted = j.attempt_history.len() - used;
+    let used = (j.attempts as usize).saturating_sub(interrupted);
     let interrupted = if interrupted > 0 {
         format!(" (+{interrupted} interrupted)")
     } else {
