@@ -210,6 +210,10 @@ pub struct RefusedProof {
 /// Refused proofs remembered (the latest per claimed plugin ID); the
 /// oldest is forgotten first, so strangers cannot grow the list.
 const MAX_REFUSALS: usize = 1_000;
+/// Longest claimed plugin ID kept with a refusal, bytes (a did:key is 56).
+const MAX_REFUSAL_ID_BYTES: usize = 128;
+/// Longest refusal message kept, bytes.
+const MAX_REFUSAL_MESSAGE_BYTES: usize = 1_024;
 
 /// The sessions open now, pooled by plugin ID, and the last refused
 /// proof per plugin.
@@ -309,8 +313,12 @@ impl Sessions {
         self.len() == 0
     }
 
-    /// Remembers a refused proof (the latest per claimed plugin ID).
-    pub fn refused(&self, refusal: RefusedProof) {
+    /// Remembers a refused proof (the latest per claimed plugin ID). The
+    /// claimed ID and the message come from a stranger: they are cut, so
+    /// the list stays small whatever was sent.
+    pub fn refused(&self, mut refusal: RefusedProof) {
+        refusal.plugin = crate::pulse::cut_text(refusal.plugin, MAX_REFUSAL_ID_BYTES);
+        refusal.message = crate::pulse::cut_text(refusal.message, MAX_REFUSAL_MESSAGE_BYTES);
         let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
         if r.len() >= MAX_REFUSALS && !r.contains_key(&refusal.plugin) {
             if let Some(oldest) = r.values().min_by_key(|x| x.at_ms).map(|x| x.plugin.clone()) {
@@ -326,5 +334,46 @@ impl Sessions {
         let mut all: Vec<RefusedProof> = r.values().cloned().collect();
         all.sort_by(|a, b| b.at_ms.cmp(&a.at_ms).then(a.plugin.cmp(&b.plugin)));
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(plugin: String, at_ms: u64) -> RefusedProof {
+        RefusedProof {
+            plugin,
+            address: "peer".into(),
+            code: "bad_proof".into(),
+            message: "x".repeat(100_000),
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn refusals_from_strangers_stay_bounded() {
+        let s = Sessions::default();
+        // A huge claimed ID and message are cut.
+        s.refused(refusal("p".repeat(1_000_000), 1));
+        let r = &s.refusals()[0];
+        assert!(r.plugin.len() <= MAX_REFUSAL_ID_BYTES, "{}", r.plugin.len());
+        assert!(r.message.len() <= MAX_REFUSAL_MESSAGE_BYTES);
+        // Many claimed IDs: the oldest go, the count stays at the bound.
+        for i in 0..(MAX_REFUSALS as u64 + 50) {
+            s.refused(refusal(format!("did:key:z{i}"), 10 + i));
+        }
+        let all = s.refusals();
+        assert_eq!(all.len(), MAX_REFUSALS);
+        assert_eq!(
+            all[0].plugin,
+            format!("did:key:z{}", MAX_REFUSALS as u64 + 49)
+        );
+        // The same plugin again replaces its own entry.
+        s.refused(refusal(
+            format!("did:key:z{}", MAX_REFUSALS as u64 + 49),
+            99_999,
+        ));
+        assert_eq!(s.refusals().len(), MAX_REFUSALS);
     }
 }
