@@ -33,7 +33,22 @@ pub struct Metrics {
     access: OnceLock<Arc<crate::auth::AccessCell>>,
     connections: OnceLock<Arc<super::incoming::ConnectionCounters>>,
     streams: OnceLock<Arc<super::streams::Streams>>,
+    ledger: OnceLock<LedgerRef>,
 }
+
+/// The ledger, for readiness (it has no Debug of its own).
+#[derive(Clone)]
+struct LedgerRef(Arc<crate::ledger::Ledger>);
+
+impl std::fmt::Debug for LedgerRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ledger")
+    }
+}
+
+/// How long the dispatcher may go without a good step before the server
+/// is not ready: it steps at least every 10 ms when idle.
+const MAX_STEP_AGE_MS: u64 = 5_000;
 
 impl Metrics {
     pub(crate) fn appended(&self, duplicate: bool, took: Duration, size: u64) {
@@ -90,6 +105,39 @@ impl Metrics {
     /// Shows the running dispatcher's counters too.
     pub(crate) fn watch_pulse(&self, counters: Arc<crate::pulse::PulseCounters>) {
         let _ = self.pulse.set(counters);
+    }
+
+    /// Judges readiness on this ledger too (`/readyz`).
+    pub(crate) fn watch_ledger(&self, ledger: Arc<crate::ledger::Ledger>) {
+        let _ = self.ledger.set(LedgerRef(ledger));
+    }
+
+    /// Why the server cannot do its work now, one reason per failed check
+    /// (empty: ready): the ledger still writes (no failed commit), the
+    /// data dir has its free-space reserve, and the dispatcher has stepped
+    /// within the last 5 s.
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if let Some(LedgerRef(ledger)) = self.ledger.get() {
+            if let Some(e) = ledger.write_failure() {
+                why.push(format!("storage_failed: {e}"));
+            }
+            if let Err(e) = ledger.space_check() {
+                why.push(e.to_string());
+            }
+        }
+        if let Some(p) = self.pulse.get() {
+            let last = p.last_good_step_ms();
+            let age = crate::clock::unix_ms().saturating_sub(last);
+            if last == 0 {
+                why.push("dispatcher_stalled: the dispatcher has not stepped yet".into());
+            } else if age > MAX_STEP_AGE_MS {
+                why.push(format!(
+                    "dispatcher_stalled: the dispatcher's last good step was {age} ms ago"
+                ));
+            }
+        }
+        why
     }
 
     /// The metrics in the Prometheus text exposition format.
@@ -266,16 +314,30 @@ async fn answer(socket: &mut tokio::net::TcpStream, metrics: &Metrics) {
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
-    let (status, body) = if head.starts_with(b"GET /metrics ") {
-        ("200 OK", metrics.render())
+    const TEXT: &str = "text/plain; version=0.0.4";
+    const JSON: &str = "application/json";
+    let (status, kind, body) = if head.starts_with(b"GET /metrics ") {
+        ("200 OK", TEXT, metrics.render())
+    } else if head.starts_with(b"GET /healthz ") {
+        // The process answers: liveness only.
+        ("200 OK", JSON, "{\"status\":\"alive\"}\n".to_owned())
+    } else if head.starts_with(b"GET /readyz ") {
+        let why = metrics.not_ready();
+        if why.is_empty() {
+            ("200 OK", JSON, "{\"status\":\"ready\"}\n".to_owned())
+        } else {
+            let body = serde_json::json!({"status": "not ready", "reasons": why});
+            ("503 Service Unavailable", JSON, format!("{body}\n"))
+        }
     } else {
         (
             "404 Not Found",
-            "only GET /metrics is served here\n".to_owned(),
+            TEXT,
+            "served here: GET /metrics, /healthz, /readyz\n".to_owned(),
         )
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = socket.write_all(response.as_bytes()).await;

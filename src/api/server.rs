@@ -485,6 +485,7 @@ pub async fn serve(
     let sessions = Arc::new(crate::plugin::Sessions::default());
     let (runner, host) = start_pulse(&config, local, &ledger, &store, &sessions);
     metrics.watch_pulse(runner.handle().counters());
+    metrics.watch_ledger(Arc::clone(&ledger));
     if access.is_open() {
         tracing::warn!(listen = %local, "no [[token]] configured: the Jobs API is open to every client that can connect");
     }

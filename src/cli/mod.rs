@@ -123,12 +123,12 @@ impl Cli {
     /// printed to stderr for people.
     pub fn run(self) -> ExitCode {
         // A command whose output is cut short (`log entries | head -1`)
-        // ends quietly, as `git log | head` does, instead of failing its
-        // next print. Only terminal output is a pipe that can close on
-        // us: sockets are written with MSG_NOSIGNAL. The server keeps
-        // ignoring SIGPIPE: a closed log pipe must not stop it.
+        // ends quietly, as `git log | head` does, instead of panicking at
+        // its next print. (SIGPIPE stays ignored: the gRPC sockets would
+        // raise it too, when a server closes a connection.) The server
+        // never prints data to stdout, so this is for client commands.
         if !matches!(self.command, Command::Serve(_)) {
-            restore_sigpipe();
+            quiet_on_closed_stdout();
         }
         let result = match self.command {
             Command::Keygen(a) => keygen::run(a),
@@ -156,11 +156,25 @@ impl Cli {
     }
 }
 
-/// Puts SIGPIPE back to its default action (the Rust runtime ignores it).
-fn restore_sigpipe() {
-    // SAFETY: signal(2) with SIG_DFL installs no handler of ours; it only
-    // changes this process's disposition, before any thread is started.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+/// Exit status of a command whose standard output was closed under it:
+/// 128 + SIGPIPE, as a shell reports a command a closed pipe stopped.
+const EXIT_CLOSED_STDOUT: i32 = 141;
+
+/// Makes a print to a closed standard output end the process quietly
+/// (`println!` panics on EPIPE) and leaves every other panic to the
+/// default hook.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(EXIT_CLOSED_STDOUT);
+        }
+        default(info);
+    }));
 }

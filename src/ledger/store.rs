@@ -444,6 +444,24 @@ impl Ledger {
         })
     }
 
+    /// Why the ledger stopped accepting writes (a failed commit: storage
+    /// is in an unknown state until a restart), or `None` while it writes.
+    pub fn write_failure(&self) -> Option<String> {
+        self.shared
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Ok while the data dir has the jobs' free-space reserve.
+    ///
+    /// # Errors
+    /// `disk_full`, with the free and reserved bytes.
+    pub fn space_check(&self) -> Result<(), LedgerError> {
+        self.shared.jobs_space.check()
+    }
+
     /// The free-space guard other writes to this data dir (jobs) go
     /// through: the log's own reserve is larger.
     pub(crate) fn space_guard(&self) -> &super::SpaceGuard {

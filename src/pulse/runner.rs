@@ -34,6 +34,8 @@ pub struct PulseHandle {
 #[derive(Debug, Default)]
 pub struct PulseCounters {
     stale_reports: AtomicU64,
+    /// Unix ms of the dispatcher's last step that did not fail.
+    last_good_step_ms: AtomicU64,
 }
 
 impl PulseCounters {
@@ -43,6 +45,13 @@ impl PulseCounters {
     /// reader that sees the count also sees that they changed nothing.
     pub fn stale_reports(&self) -> u64 {
         self.stale_reports.load(Ordering::Acquire)
+    }
+
+    /// Unix ms of the dispatcher's last step that did not fail (0 before
+    /// the first): a dispatcher that stopped stepping, or whose steps fail
+    /// (storage), falls behind the clock.
+    pub fn last_good_step_ms(&self) -> u64 {
+        self.last_good_step_ms.load(Ordering::Acquire)
     }
 }
 
@@ -183,6 +192,9 @@ fn run<E: Executor>(
             counters
                 .stale_reports
                 .fetch_add(r.stale as u64, Ordering::Release);
+            counters
+                .last_good_step_ms
+                .store(crate::clock::unix_ms(), Ordering::Release);
         }
         match step {
             // Work done may have made more work (results free slots):

@@ -180,20 +180,27 @@ impl Serve {
     /// The value of the sample `name` (with its labels, as written, e.g.
     /// `x_total{outcome="applied"}`) on the metrics endpoint; 0 when absent.
     pub async fn metric(&self, name: &str) -> u64 {
+        let body = self.http_get("/metrics").await;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    }
+
+    /// The whole HTTP response (status line, headers, body) to `GET path`
+    /// on the metrics listener.
+    pub async fn http_get(&self, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self
             .metrics
             .as_deref()
             .expect("started with --metrics-listen");
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
             .await
             .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).await.unwrap();
-        body.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .map_or(0, |v| v.trim().parse().unwrap())
+        body
     }
 
     /// Waits until the sample `name` is at least `want` (at most 30 s: a

@@ -1,0 +1,58 @@
+//! Operating a server (issue 20): health endpoints on the metrics
+//! listener, for load balancers, Kubernetes probes and systemd.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Serve, tempdir};
+
+/// `/healthz` answers while the process runs; `/readyz` answers 200 once
+/// the dispatcher steps and storage can be written, and 503 with the
+/// reason when it cannot (here: less free space than the reserve).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_endpoints_say_why() {
+    let dir = tempdir("operating-health");
+    let server = Serve::start(&["--metrics-listen", "127.0.0.1:0"], &dir.join("ok"));
+    let alive = server.http_get("/healthz").await;
+    assert!(alive.starts_with("HTTP/1.1 200"), "{alive}");
+    assert!(alive.contains(r#"{"status":"alive"}"#), "{alive}");
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = server.http_get("/readyz").await;
+        if ready.starts_with("HTTP/1.1 200") {
+            assert!(ready.contains(r#"{"status":"ready"}"#), "{ready}");
+            assert!(ready.contains("content-type: application/json"), "{ready}");
+            break;
+        }
+        assert!(Instant::now() < until, "never ready: {ready}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let other = server.http_get("/nothing").await;
+    assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+    server.stop();
+
+    // A reserve larger than any disk: alive, not ready, and why.
+    let full = Serve::start(
+        &[
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--min-free-mb",
+            "1000000000",
+        ],
+        &dir.join("full"),
+    );
+    assert!(full.http_get("/healthz").await.starts_with("HTTP/1.1 200"));
+    let ready = full.http_get("/readyz").await;
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    let body = ready.split("\r\n\r\n").nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(v["status"], "not ready");
+    assert!(
+        v["reasons"][0].as_str().unwrap().contains("disk_full"),
+        "{v}"
+    );
+    full.stop();
+}
