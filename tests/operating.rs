@@ -56,3 +56,47 @@ async fn health_and_readiness_endpoints_say_why() {
     );
     full.stop();
 }
+
+/// `budget set` with no limit was taken as "no limits" and removed them
+/// silently (issue 20). Now a limit is required, a limit not given keeps
+/// its value, and `budget clear` is how limits go.
+#[test]
+fn budget_set_needs_a_limit_keeps_the_other_and_clear_removes_them() {
+    let dir = tempdir("operating-budget");
+    let server = Serve::start(&[], &dir.join("data"));
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+            .args(args)
+            .args(["--server", &server.url])
+            .env_remove("PULSE_LEDGER_TOKEN")
+            .env_remove("PULSE_LEDGER_AS_KEY")
+            .output()
+            .unwrap()
+    };
+    let show = || {
+        let o = cli(&["budget", "show", "--json"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (
+            v["per_hour"].as_u64().unwrap(),
+            v["per_day"].as_u64().unwrap(),
+        )
+    };
+    let o = cli(&["budget", "set"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--per-hour"));
+    assert!(
+        cli(&["budget", "set", "--per-hour", "100"])
+            .status
+            .success()
+    );
+    assert!(
+        cli(&["budget", "set", "--per-day", "5000"])
+            .status
+            .success()
+    );
+    assert_eq!(show(), (100, 5000), "the hour limit was kept");
+    assert!(cli(&["budget", "clear"]).status.success());
+    assert_eq!(show(), (0, 0));
+    server.stop();
+}

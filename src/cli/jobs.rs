@@ -151,21 +151,33 @@ pub(crate) enum BudgetCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Set a handler's budget (no handler: the default). 0 or absent: no limit.
+    /// Set a handler's budget (no handler: the default). Give at least one
+    /// limit; a limit not given keeps its current value; 0 means no limit.
     #[command(
-        after_help = "Examples:\n  pulse-ledger budget set did:key:z6Mk... --per-hour 1000 --per-day 10000\n  pulse-ledger budget set --per-day 50000"
+        after_help = "Examples:\n  pulse-ledger budget set did:key:z6Mk... --per-hour 1000 --per-day 10000\n  pulse-ledger budget set --per-day 50000\n  pulse-ledger budget clear did:key:z6Mk...   # no limits",
+        group(clap::ArgGroup::new("limit").required(true).multiple(true).args(["per_hour", "per_day"]))
     )]
     Set {
         #[command(flatten)]
         server: ServerArg,
         /// The handler's did:key.
         handler: Option<String>,
-        /// Cost units per rolling hour.
-        #[arg(long, default_value_t = 0)]
-        per_hour: u64,
-        /// Cost units per rolling day.
-        #[arg(long, default_value_t = 0)]
-        per_day: u64,
+        /// Cost units per rolling hour (0: no limit).
+        #[arg(long)]
+        per_hour: Option<u64>,
+        /// Cost units per rolling day (0: no limit).
+        #[arg(long)]
+        per_day: Option<u64>,
+    },
+    /// Remove a handler's limits (no handler: the default budget's).
+    #[command(
+        after_help = "Examples:\n  pulse-ledger budget clear did:key:z6Mk...\n  pulse-ledger budget clear"
+    )]
+    Clear {
+        #[command(flatten)]
+        server: ServerArg,
+        /// The handler's did:key.
+        handler: Option<String>,
     },
 }
 
@@ -496,10 +508,26 @@ pub(crate) fn budget(cmd: BudgetCmd) -> Result<ExitCode, CliError> {
                 }
             }
             BudgetCmd::Set { server, handler, per_hour, per_day } => {
-                let request = proto::SetBudgetRequest { handler: handler.unwrap_or_default(), per_hour, per_day };
+                let handler = handler.unwrap_or_default();
+                let mut c = connect(&server).await?;
+                // A limit not given keeps its value: read it first.
+                let (per_hour, per_day) = match (per_hour, per_day) {
+                    (Some(h), Some(d)) => (h, d),
+                    (h, d) => {
+                        let now = c.deadline.call("GetBudget", c.rpc.get_budget(proto::GetBudgetRequest { handler: handler.clone() })).await?;
+                        (h.unwrap_or(now.per_hour), d.unwrap_or(now.per_day))
+                    }
+                };
+                let request = proto::SetBudgetRequest { handler, per_hour, per_day };
+                c.deadline.call("SetBudget", c.rpc.set_budget(request)).await?;
+                let limit = |v: u64| if v == 0 { "no limit".to_owned() } else { v.to_string() };
+                println!("budget set: per hour {}, per day {}", limit(per_hour), limit(per_day));
+            }
+            BudgetCmd::Clear { server, handler } => {
+                let request = proto::SetBudgetRequest { handler: handler.unwrap_or_default(), per_hour: 0, per_day: 0 };
                 let mut c = connect(&server).await?;
                 c.deadline.call("SetBudget", c.rpc.set_budget(request)).await?;
-                println!("budget set");
+                println!("budget cleared: no limits");
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -523,6 +551,30 @@ mod tests {
             super::progress_line(&j),
             "[##########----------]  50% running attempt 1/3 cost 12 halfway"
         );
+    }
+
+    /// `attempts N/M` counts what uses the job's limit: an attempt a server
+    /// stop cut short (interrupted) is shown apart (issue 19).
+    #[test]
+    fn interrupted_attempts_are_not_counted_against_the_limit() {
+        let attempt = |outcome: &str| super::proto::JobAttempt {
+            outcome: outcome.into(),
+            ..Default::default()
+        };
+        let j = super::proto::Job {
+            id: vec![0; 16],
+            state: "succeeded".into(),
+            attempts: 3,
+            max_attempts: 3,
+            attempt_history: vec![
+                attempt("interrupted"),
+                attempt("crashed"),
+                attempt("succeeded"),
+            ],
+            ..Default::default()
+        };
+        let line = super::job_line(&j);
+        assert!(line.contains(" attempts 2/3 (+1 interrupted) "), "{line}");
     }
 
     /// A plugin's text (progress message, error, result) cannot drive the
