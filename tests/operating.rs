@@ -100,3 +100,72 @@ fn budget_set_needs_a_limit_keeps_the_other_and_clear_removes_them() {
     assert_eq!(show(), (0, 0));
     server.stop();
 }
+
+/// `job submit --delay` and `--run-at` (issue 20, item 2): the job is
+/// stored with its run time and waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_can_be_submitted_to_run_later() {
+    use pulse_ledger::api::proto;
+    let dir = tempdir("operating-later");
+    let server = Serve::start(&[], &dir.join("data"));
+    let mut reg = proto::registry_client::RegistryClient::connect(server.url.clone())
+        .await
+        .unwrap();
+    let (p, h) = (common::key("later-plugin"), common::key("later-handler"));
+    for a in [
+        common::plugin_register(&p, "later"),
+        common::handler_register(&h, "echo", &p.did),
+    ] {
+        reg.submit(proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    let submit = |extra: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+            .args(["job", "submit", &h.did.to_string(), "--server", &server.url])
+            .args(extra)
+            .env_remove("PULSE_LEDGER_TOKEN")
+            .env_remove("PULSE_LEDGER_AS_KEY")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        hex::decode(String::from_utf8(o.stdout).unwrap().trim()).unwrap()
+    };
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let delayed = submit(&["--delay", "1h"]);
+    let at = submit(&["--run-at", "2099-01-01T00:00:00Z"]);
+    let now = submit(&[]);
+    let mut jobs = proto::jobs_client::JobsClient::connect(server.url.clone())
+        .await
+        .unwrap();
+    let j = common::job(&mut jobs, &delayed).await;
+    assert!(
+        j.run_at_ms >= before + 3_600_000 && j.run_at_ms < before + 3_700_000,
+        "{}",
+        j.run_at_ms
+    );
+    assert_eq!(
+        common::job(&mut jobs, &at).await.run_at_ms,
+        4_070_908_800_000
+    );
+    // No plugin is connected: the job due now is held for it; the later
+    // ones wait for their time, queued.
+    let until = Instant::now() + Duration::from_secs(30);
+    while common::job(&mut jobs, &now).await.state != "held" {
+        assert!(Instant::now() < until);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(common::job(&mut jobs, &delayed).await.state, "queued");
+    assert_eq!(common::job(&mut jobs, &at).await.state, "queued");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+        .args(["job", "submit", &h.did.to_string(), "--delay", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    server.stop();
+}

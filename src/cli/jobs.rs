@@ -22,7 +22,9 @@ pub(crate) enum JobCmd {
 Examples:
   pulse-ledger job submit did:key:z6Mk... --payload input.json
   echo '{\"n\": 3}' | pulse-ledger job submit did:key:z6Mk... --payload - --priority 7 \\
-      --idempotency-key order-42 --max-cost 500 --wait")]
+      --idempotency-key order-42 --max-cost 500 --wait
+  pulse-ledger job submit did:key:z6Mk... --payload input.json --delay 15m
+  pulse-ledger job submit did:key:z6Mk... --payload input.json --run-at 2026-12-24T18:00:00Z")]
     Submit {
         #[command(flatten)]
         server: ServerArg,
@@ -46,6 +48,13 @@ Examples:
         /// Lower the handler's attempt limit.
         #[arg(long)]
         max_attempts: Option<u32>,
+        /// Run no earlier than this time: RFC 3339 in UTC
+        /// (`2026-12-24T18:00:00Z`) or Unix milliseconds. Default: now.
+        #[arg(long, value_name = "TIME", conflicts_with = "delay", value_parser = parse_run_at)]
+        run_at: Option<u64>,
+        /// Run no earlier than this long from now (`90s`, `15m`, `2h`, `1d`).
+        #[arg(long, value_name = "DURATION", value_parser = parse_delay)]
+        delay: Option<u64>,
         /// The job that spawned this one (32 hex digits): recorded on the
         /// job for people and tools (a plugin enqueuing follow-up work
         /// names the job it runs); it changes nothing in scheduling.
@@ -197,6 +206,28 @@ pub(crate) async fn connect(server: &ServerArg) -> Result<Jobs, CliError> {
             .max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES),
         deadline: server.deadline(),
     })
+}
+
+/// `--run-at`: Unix milliseconds, or an RFC 3339 time.
+fn parse_run_at(text: &str) -> Result<u64, String> {
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map_err(|_| format!("{text:?} is too large for Unix milliseconds"));
+    }
+    let at = humantime::parse_rfc3339_weak(text).map_err(|e| {
+        format!("{text:?} is not a time: give RFC 3339 (2026-12-24T18:00:00Z) or Unix milliseconds ({e})")
+    })?;
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|_| format!("{text:?} is before 1970"))
+}
+
+/// `--delay`: a duration such as `90s`, `15m`, `2h` or `1d`.
+fn parse_delay(text: &str) -> Result<u64, String> {
+    humantime::parse_duration(text)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|e| format!("{text:?} is not a duration such as 90s, 15m, 2h or 1d ({e})"))
 }
 
 fn parse_id(text: &str) -> Result<Vec<u8>, CliError> {
@@ -358,7 +389,14 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                 parent,
                 wait,
                 json,
+                run_at,
+                delay,
             } => {
+                let run_at_ms = match (run_at, delay) {
+                    (Some(at), _) => at,
+                    (None, Some(d)) => crate::clock::unix_ms().saturating_add(d),
+                    (None, None) => 0,
+                };
                 let parent = parent
                     .as_deref()
                     .map(parse_id)
@@ -381,7 +419,7 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                         handler,
                         payload,
                         priority,
-                        run_at_ms: 0,
+                        run_at_ms,
                         idempotency_key: idempotency_key.unwrap_or_default(),
                         max_attempts: max_attempts.unwrap_or(0),
                         timeout_ms: timeout_ms.unwrap_or(0),
@@ -551,6 +589,24 @@ mod tests {
             super::progress_line(&j),
             "[##########----------]  50% running attempt 1/3 cost 12 halfway"
         );
+    }
+
+    #[test]
+    fn run_at_and_delay_parse_times_and_durations() {
+        assert_eq!(super::parse_run_at("1767225600000"), Ok(1_767_225_600_000));
+        assert_eq!(
+            super::parse_run_at("2026-01-01T00:00:00Z"),
+            Ok(1_767_225_600_000)
+        );
+        assert!(
+            super::parse_run_at("tomorrow")
+                .unwrap_err()
+                .contains("RFC 3339")
+        );
+        assert_eq!(super::parse_delay("90s"), Ok(90_000));
+        assert_eq!(super::parse_delay("2h"), Ok(7_200_000));
+        assert_eq!(super::parse_delay("1d"), Ok(86_400_000));
+        assert!(super::parse_delay("soon").unwrap_err().contains("90s"));
     }
 
     /// `attempts N/M` counts what uses the job's limit: an attempt a server
