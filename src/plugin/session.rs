@@ -107,18 +107,18 @@ impl Session {
 
     /// Attempts running on it now.
     pub fn running(&self) -> u32 {
-        self.running.load(Ordering::Acquire)
+        self.running.load(Ordering::SeqCst)
     }
 
     /// Whether it takes no new attempt (it is finishing its running ones
     /// before it leaves).
     pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// It takes no new attempt from now on.
     pub fn drain(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.draining.store(true, Ordering::SeqCst);
     }
 
     /// Unix ms of its last successful health check (its opening before
@@ -142,7 +142,7 @@ impl Session {
     /// Takes one of its slots, if one is free.
     fn take_slot(&self) -> bool {
         self.running
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (self.slots == 0 || n < self.slots).then_some(n + 1)
             })
             .is_ok()
@@ -249,7 +249,22 @@ impl Sessions {
             .collect();
         // Most free slots first; on a tie, fewest running.
         pool.sort_by_key(|s| (std::cmp::Reverse(s.free()), s.running()));
-        pool.into_iter().find(|s| s.take_slot())
+        // A session may start draining between the filter and the slot.
+        // Its owner ends a draining session once it sees no attempt
+        // running; so a slot taken is checked again after it is taken (both
+        // sides sequentially consistent: one of them sees the other), and
+        // given back if the session drains now: the attempt then holds
+        // instead of landing on a session about to end.
+        pool.into_iter().find(|s| {
+            if !s.take_slot() {
+                return false;
+            }
+            if s.takes_attempts() {
+                return true;
+            }
+            s.release_slot();
+            false
+        })
     }
 
     /// How many attempts the plugin's sessions that take attempts run at
