@@ -589,3 +589,58 @@ fn a_plugin_connects_in_over_mutual_tls() {
     );
     server.stop();
 }
+
+/// A cancelled attempt on a connected-in instance gives its slot back
+/// (the plugin sends nothing more for it): with one slot, the next job
+/// runs on the same instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_attempt_gives_its_slot_back() {
+    let dir = tempdir("pools-cancel");
+    std::fs::write(dir.join("pulse.toml"), TIMINGS).unwrap();
+    let server = Serve::start(
+        &["--config", dir.join("pulse.toml").to_str().unwrap()],
+        &dir.join("data"),
+    );
+    let (p, hang, echo) = (key("slot-plugin"), key("slot-hang"), key("slot-echo"));
+    register(
+        &server.url,
+        &[
+            plugin_register(&p, "slots"),
+            handler_register(&hang, "sleep", &p.did),
+            handler_register(&echo, "echo", &p.did),
+        ],
+    )
+    .await;
+    let pkey = key_file(&dir, &p);
+    let mut cmd_env = Vec::new();
+    cmd_env.push(("PULSE_TEST_PLUGIN_CANCEL_GRACE_MS", "50".to_owned()));
+    let one = Instance::start_with(&dir, &pkey, &server.url, "one", None, &cmd_env);
+    let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+    sessions_until(&mut jobs, None, "a session", |s| s.sessions.len() == 1).await;
+    // One slot of four is enough to show it: fill all four, cancel them.
+    let mut long = Vec::new();
+    for _ in 0..4 {
+        long.push(enqueue(&mut jobs, &hang, "600000", None).await);
+    }
+    sessions_until(&mut jobs, None, "four running", |s| {
+        s.sessions.first().is_some_and(|x| x.running == 4)
+    })
+    .await;
+    for id in &long {
+        jobs.cancel_job(proto::CancelJobRequest { id: id.clone() })
+            .await
+            .unwrap();
+    }
+    sessions_until(&mut jobs, None, "the slots given back", |s| {
+        s.sessions.first().is_some_and(|x| x.running == 0)
+    })
+    .await;
+    let id = enqueue(&mut jobs, &echo, "after", None).await;
+    let j = finished(&mut jobs, &id, 30).await;
+    assert_eq!(
+        (j.state.as_str(), j.result.as_slice()),
+        ("succeeded", &b"after"[..])
+    );
+    drop(one);
+    server.stop();
+}

@@ -146,7 +146,12 @@ impl Link {
                     tracing::warn!(%job, error = %e.message(), "pushing a cancel to the plugin failed");
                 }
             }
-            Link::Stream(link) => link.cancel(job, lease).await,
+            // Nothing more comes for a cancelled attempt on a stream:
+            // its events end here, and its slot is given back.
+            Link::Stream(link) => {
+                link.cancel(job, lease).await;
+                link.forget(job, lease);
+            }
         }
     }
 
@@ -201,10 +206,16 @@ impl AsyncExecutor for PluginExecutor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(job, (lease, Arc::clone(&session)));
-        let forget = {
+        let mut forgotten = false;
+        let mut forget = {
             let running = Arc::clone(&self.running);
             let session = Arc::clone(&session);
             move || {
+                // Once: the slot is given back when the final event is
+                // known, before it is forwarded, and not again at the end.
+                if std::mem::replace(&mut forgotten, true) {
+                    return;
+                }
                 let mut r = running.lock().unwrap_or_else(|p| p.into_inner());
                 if r.get(&job).is_some_and(|(l, _)| *l == lease) {
                     r.remove(&job);
@@ -250,6 +261,9 @@ impl AsyncExecutor for PluginExecutor {
         tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    // Events already received come before the session's
+                    // end: a result that arrived is never lost to it.
+                    biased;
                     msg = stream.next() => match msg {
                         Some(Ok(e)) => {
                             let event = match exec_event(e) {
@@ -285,6 +299,12 @@ impl AsyncExecutor for PluginExecutor {
                                 }
                             };
                             let last = matches!(event, ExecEvent::Succeeded(_) | ExecEvent::Failed { .. });
+                            if last {
+                                // The slot is free once the plugin is done,
+                                // before the dispatcher hears of it, so its
+                                // next attempt finds the slot free.
+                                forget();
+                            }
                             if tx.send(event).await.is_err() {
                                 break;
                             }

@@ -201,7 +201,9 @@ impl Gateway {
                     // to the next server.
                     stopping = true;
                     session.drain();
-                    let _ = link.send(Message::Shutdown(proto::ShutdownRequest {})).await;
+                    // Never waited for: the session is draining here
+                    // whether or not the plugin hears it now.
+                    link.try_send(Message::Shutdown(proto::ShutdownRequest {}));
                 }
                 _ = drained.tick(), if session.draining() => {
                     if session.running() == 0 {
@@ -216,7 +218,9 @@ impl Gateway {
                         return Ok(format!("{unanswered} health checks unanswered"));
                     }
                     unanswered += 1;
-                    let _ = link.send(Message::Health(proto::HealthRequest {})).await;
+                    // A full queue: this check goes unanswered, as a plugin
+                    // too busy to read would leave it.
+                    link.try_send(Message::Health(proto::HealthRequest {}));
                 }
             }
         }

@@ -43,6 +43,16 @@ impl StreamLink {
             .map_err(|_| "the plugin's stream is gone".to_owned())
     }
 
+    /// Sends a control message if the queue has room (`false` if not): the
+    /// session's loop must never wait on its own stream.
+    pub fn try_send(&self, message: Message) -> bool {
+        self.out
+            .try_send(Ok(proto::ServerMessage {
+                message: Some(message),
+            }))
+            .is_ok()
+    }
+
     /// Starts an attempt: its events arrive on the receiver, which ends
     /// when the session does.
     ///

@@ -244,6 +244,19 @@ impl Attempts {
         found
     }
 
+    /// Whether this attempt runs here now.
+    pub(super) fn is_running(&self, job: [u8; 16], lease: &[u8]) -> bool {
+        self.lock_running().contains_key(&(job, lease.to_vec()))
+    }
+
+    /// Stops an attempt if it runs here (as a cancel does), remembering
+    /// nothing otherwise.
+    pub(super) fn stop(&self, job: [u8; 16], lease: &[u8]) {
+        if let Some(c) = self.lock_running().get(&(job, lease.to_vec())) {
+            let _ = c.send(true);
+        }
+    }
+
     /// Attempts running now.
     pub(super) fn running(&self) -> usize {
         self.lock_running().len()

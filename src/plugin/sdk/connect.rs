@@ -216,15 +216,26 @@ async fn session(
         Err(s) => return Ended::Again(format!("cannot answer the nonce: {}", s.message())),
     }
     let mut draining = false;
-    loop {
+    // Attempts started on this stream: if it ends, the server has ended
+    // them (and will run their jobs again elsewhere), so they stop here.
+    let mut started: Vec<([u8; 16], Vec<u8>)> = Vec::new();
+    // Once our attempts are over while draining: how long the server has
+    // to end the stream (it does once it sees none running).
+    let mut last_call: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let ended = loop {
         tokio::select! {
             msg = inbound.message() => match msg {
                 Ok(Some(m)) => match m.message {
                     Some(Message::Execute(req)) => {
                         let (job, lease) = (req.job_id.clone(), req.lease.clone());
+                        if let Ok(id) = <[u8; 16]>::try_from(job.as_slice()) {
+                            started.retain(|(j, l)| attempts.is_running(*j, l));
+                            started.push((id, lease.clone()));
+                        }
                         let (tx, mut events) = mpsc::channel(64);
                         // Started even while draining: the server sent it
-                        // before it heard, and the drain waits for it.
+                        // before it heard, and the stream stays open until
+                        // the server has seen every attempt end.
                         let _ = attempts.run(req, tx).await;
                         let out = out.clone();
                         tokio::spawn(async move {
@@ -246,39 +257,58 @@ async fn session(
                         }
                     }
                     Some(Message::Health(_)) => {
-                        send(&out, plugin_message::Message::Health(proto::HealthResponse {
+                        send_later(&out, plugin_message::Message::Health(proto::HealthResponse {
                             serving: !attempts.draining(),
                             running: attempts.running() as u32,
-                        }))
-                        .await;
+                        }));
                     }
                     // The server stops: it sends nothing new and ends the
                     // stream once our attempts are over; then we connect
                     // again (to the next server).
                     Some(Message::Shutdown(_)) => {
-                        send(&out, plugin_message::Message::Drain(proto::DrainRequest {})).await;
+                        send_later(&out, plugin_message::Message::Drain(proto::DrainRequest {}));
                     }
                     Some(Message::Initialize(_)) | None => {}
                 },
-                Ok(None) => return Ended::Again("the server ended the stream".into()),
-                Err(s) => return refused_or_lost(s),
+                Ok(None) if draining => break Ended::Stopped,
+                Ok(None) => break Ended::Again("the server ended the stream".into()),
+                Err(_) if draining => break Ended::Stopped,
+                Err(s) => break refused_or_lost(s),
             },
             _ = stop.wait_for(|s| *s), if !draining => {
-                // Stopping: tell the server, finish what runs, then leave.
+                // Stopping: tell the server, finish what runs, and leave
+                // when the server ends the stream.
                 draining = true;
-                send(&out, plugin_message::Message::Drain(proto::DrainRequest {})).await;
+                send_later(&out, plugin_message::Message::Drain(proto::DrainRequest {}));
             }
-            _ = attempts.drain(), if draining => break,
+            _ = attempts.drain(), if draining && last_call.is_none() => {
+                last_call = Some(Box::pin(tokio::time::sleep(DRAIN_LAST_CALL)));
+            }
+            _ = async { if let Some(t) = last_call.as_mut() { t.await } }, if last_call.is_some() => {
+                break Ended::Stopped;
+            }
         }
+    };
+    // Attempts of a stream that is gone were ended by the server; stop
+    // them here so a job never runs in two places at once.
+    for (job, lease) in started {
+        attempts.stop(job, &lease);
     }
-    // Every attempt is over and its events are queued: end our side, and
-    // let the server end its own.
-    drop(out);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Ok(Some(_)) = inbound.message().await {}
-    })
-    .await;
-    Ended::Stopped
+    ended
+}
+
+/// After a drain, how long the server may take to end the stream once
+/// this process runs no attempt.
+const DRAIN_LAST_CALL: Duration = Duration::from_secs(10);
+
+/// Sends a control message without making the stream's reader wait: the
+/// reader must keep reading, or both sides could wait on each other's full
+/// queues.
+fn send_later(out: &mpsc::Sender<proto::PluginMessage>, m: plugin_message::Message) {
+    let out = out.clone();
+    tokio::spawn(async move {
+        let _ = out.send(proto::PluginMessage { message: Some(m) }).await;
+    });
 }
 
 /// Sends one message on the stream; `false` once it is gone.
