@@ -612,8 +612,7 @@ async fn a_cancelled_attempt_gives_its_slot_back() {
     )
     .await;
     let pkey = key_file(&dir, &p);
-    let mut cmd_env = Vec::new();
-    cmd_env.push(("PULSE_TEST_PLUGIN_CANCEL_GRACE_MS", "50".to_owned()));
+    let cmd_env = vec![("PULSE_TEST_PLUGIN_CANCEL_GRACE_MS", "50".to_owned())];
     let one = Instance::start_with(&dir, &pkey, &server.url, "one", None, &cmd_env);
     let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
     sessions_until(&mut jobs, None, "a session", |s| s.sessions.len() == 1).await;
