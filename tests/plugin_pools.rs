@@ -643,3 +643,46 @@ async fn a_cancelled_attempt_gives_its_slot_back() {
     drop(one);
     server.stop();
 }
+
+/// Before a proof, a `Join` stream is a stranger's: at most 16 may be
+/// proving a key at once, the next is refused `overloaded`
+/// (RESOURCE_EXHAUSTED) instead of held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_have_not_proved_a_key_are_bounded() {
+    use pulse_ledger::api::proto::plugin_gateway_client::PluginGatewayClient;
+    let dir = tempdir("pools-unproven");
+    let server = Serve::start(&[], &dir.join("data"));
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<proto::PluginMessage>(1);
+        let mut c = PluginGatewayClient::connect(server.url.clone())
+            .await
+            .unwrap();
+        let mut s = c
+            .join(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        // The nonce comes; no proof is sent.
+        let first = s.message().await.unwrap().unwrap();
+        assert!(matches!(
+            first.message,
+            Some(proto::server_message::Message::Initialize(_))
+        ));
+        held.push((tx, s, c));
+    }
+    let (_tx, rx) = tokio::sync::mpsc::channel::<proto::PluginMessage>(1);
+    let mut c = PluginGatewayClient::connect(server.url.clone())
+        .await
+        .unwrap();
+    let mut s = c
+        .join(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let e = s.message().await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().starts_with("overloaded"), "{e:?}");
+    drop(held);
+    server.stop();
+}

@@ -30,7 +30,15 @@ pub struct Gateway {
     pub(super) sessions: Arc<Sessions>,
     pub(super) config: Arc<HostConfig>,
     pub(super) stop: watch::Receiver<bool>,
+    /// Streams that have not proved a key yet: each may hold a message of
+    /// up to 16 MiB for the start timeout, and anyone may open one.
+    pub(super) unproven: Arc<tokio::sync::Semaphore>,
 }
+
+/// Streams that may be proving a key at once, over every client: what
+/// strangers can make the server hold before a proof is bounded (16 of
+/// them, 16 MiB each at most, for 10 s).
+pub(super) const MAX_UNPROVEN_STREAMS: usize = 16;
 
 /// The messages a connected-in plugin sends: its request stream.
 pub type Inbound = std::pin::Pin<
@@ -79,6 +87,11 @@ impl Gateway {
         link: &Arc<StreamLink>,
         out: &mpsc::Sender<Result<proto::ServerMessage, tonic::Status>>,
     ) -> Result<String, tonic::Status> {
+        let Ok(unproven) = Arc::clone(&self.unproven).try_acquire_owned() else {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "overloaded: {MAX_UNPROVEN_STREAMS} plugins are proving their keys already; connect again shortly"
+            )));
+        };
         let mut nonce = [0u8; NONCE_BYTES];
         getrandom::fill(&mut nonce)
             .map_err(|e| tonic::Status::internal(format!("no randomness: {e}")))?;
@@ -116,6 +129,7 @@ impl Gateway {
         };
         let admitted = admit(&self.ledger, None, &nonce, &answer)
             .and_then(|a| authorise(&a.plugin).map(|()| a));
+        drop(unproven);
         let announcement = match admitted {
             Ok(a) => a,
             Err(refused) => {

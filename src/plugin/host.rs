@@ -134,6 +134,9 @@ impl PluginHost {
             sessions: Arc::clone(&sessions),
             config: Arc::clone(&config),
             stop: draining,
+            unproven: Arc::new(tokio::sync::Semaphore::new(
+                super::gateway::MAX_UNPROVEN_STREAMS,
+            )),
         };
         let tasks = plugins
             .into_iter()
