@@ -169,3 +169,187 @@ async fn jobs_can_be_submitted_to_run_later() {
     assert_eq!(o.status.code(), Some(2));
     server.stop();
 }
+
+/// Registers a plugin and handlers named `names` on it; the handlers'
+/// keys, in order.
+async fn register(url: &str, p: &common::Key, names: &[&str]) -> Vec<common::Key> {
+    use pulse_ledger::api::proto;
+    let mut reg = proto::registry_client::RegistryClient::connect(url.to_owned())
+        .await
+        .unwrap();
+    let mut statements = vec![common::plugin_register(p, "tools")];
+    let keys: Vec<common::Key> = names
+        .iter()
+        .map(|n| common::key(&format!("admin-{n}")))
+        .collect();
+    for (k, n) in keys.iter().zip(names) {
+        statements.push(common::handler_register(k, n, &p.did));
+    }
+    for a in statements {
+        reg.submit(proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    keys
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Job admin (issue 20, item 1) through the real binary: `job list`
+/// shows every state newest first, filters by handler name or DID, state
+/// and time, and pages; `job retry` runs a dead or cancelled job again as
+/// the same job with a new series of attempts; a bulk cancel needs --yes
+/// and prints its count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_listed_retried_and_cancelled_in_bulk() {
+    use pulse_ledger::api::proto;
+    let dir = tempdir("operating-admin");
+    let events = dir.join("events.log");
+    let p = common::key("admin-plugin");
+    let pkey = common::key_file(&dir, &p);
+    let config = format!(
+        "plugin_wait_secs = 2\n{}",
+        common::plugin_table(
+            "tools",
+            &["--key".into(), pkey.display().to_string()],
+            &events
+        )
+    );
+    std::fs::write(dir.join("pulse.toml"), config).unwrap();
+    let server = Serve::start(
+        &["--config", dir.join("pulse.toml").to_str().unwrap()],
+        &dir.join("data"),
+    );
+    let url = server.url.clone();
+    let keys = register(&url, &p, &["echo", "fail"]).await;
+    let (echo, fail) = (keys[0].did.to_string(), keys[1].did.to_string());
+    let cli = |args: &[&str]| common::cli_at(&url, args);
+    let submit = |args: &[&str]| {
+        let (code, out, err) = cli(&[&["job", "submit"], args].concat());
+        assert_eq!(code, 0, "{err}");
+        out.trim().to_owned()
+    };
+    let mut jobs = proto::jobs_client::JobsClient::connect(url.clone())
+        .await
+        .unwrap();
+
+    // One job succeeds, one dies after its two attempts, three wait.
+    let ok = submit(&[&echo, "--payload", "-"]);
+    let ok_id = hex::decode(&ok).unwrap();
+    common::finished(&mut jobs, &ok_id, 30).await;
+    let payload = dir.join("retryable");
+    std::fs::write(&payload, "retryable").unwrap();
+    let dead = submit(&[
+        &fail,
+        "--payload",
+        payload.to_str().unwrap(),
+        "--max-attempts",
+        "2",
+    ]);
+    let dead_id = hex::decode(&dead).unwrap();
+    let j = common::finished(&mut jobs, &dead_id, 60).await;
+    assert_eq!(
+        (j.state.as_str(), j.attempts),
+        ("dead", 2),
+        "{}",
+        j.last_error
+    );
+    let waiting: Vec<String> = (0..3).map(|_| submit(&[&echo, "--delay", "1h"])).collect();
+
+    // Every state by default, newest first.
+    let (code, out, err) = cli(&["job", "list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed = json_lines(&out);
+    let ids: Vec<&str> = listed.iter().map(|j| j["id"].as_str().unwrap()).collect();
+    let mut want: Vec<&str> = vec![&ok, &dead];
+    want.extend(waiting.iter().map(String::as_str));
+    want.reverse();
+    assert_eq!(ids, want);
+    let states: Vec<&str> = listed
+        .iter()
+        .map(|j| j["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["queued", "queued", "queued", "dead", "succeeded"]);
+    // By handler name or DID, by state, since a time, oldest first.
+    let (_, by_name, _) = cli(&["job", "list", "--handler", "fail", "--json"]);
+    let (_, by_did, _) = cli(&["job", "list", "--handler", &fail, "--json"]);
+    assert_eq!(by_name, by_did);
+    assert_eq!(json_lines(&by_name).len(), 1);
+    let (_, succeeded, _) = cli(&["job", "list", "--state", "succeeded"]);
+    assert!(
+        succeeded.starts_with(&ok) && succeeded.contains(" succeeded "),
+        "{succeeded}"
+    );
+    let (_, later, _) = cli(&["job", "list", "--since", "2099-01-01T00:00:00Z"]);
+    assert_eq!(later, "");
+    let (_, recent, _) = cli(&["job", "list", "--since", "1h", "--oldest-first", "--json"]);
+    assert_eq!(json_lines(&recent)[0]["id"], ok.as_str());
+    let (code, _, err) = cli(&["job", "list", "--handler", "nobody"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no handler is named \"nobody\""), "{err}");
+    // Paging: one page and the token of the next on stderr.
+    let (_, page, err) = cli(&["job", "list", "--page-size", "2"]);
+    assert_eq!(page.lines().count(), 2);
+    let token = err.trim().strip_prefix("next page: --page-token ").unwrap();
+    let (_, rest, err) = cli(&["job", "list", "--page-size", "2", "--page-token", token]);
+    assert!(rest.starts_with(&waiting[0]), "{rest}");
+    assert!(err.contains("--page-token"), "a third page follows: {err}");
+    let (_, all, _) = cli(&["job", "list", "--page-size", "2", "--all"]);
+    assert_eq!(all.lines().count(), 5);
+
+    // A dead job runs again as the same job, with a new series.
+    let (code, out, err) = cli(&["job", "retry", &dead, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let retried: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (retried["id"].as_str(), retried["state"].as_str()),
+        (Some(dead.as_str()), Some("queued"))
+    );
+    assert_eq!(retried["series_start"], 2);
+    let j = common::finished(&mut jobs, &dead_id, 60).await;
+    assert_eq!(
+        (j.state.as_str(), j.attempts, j.series_start),
+        ("dead", 4, 2)
+    );
+    let (_, line, _) = cli(&["job", "get", &dead]);
+    assert!(line.contains(" attempts 2/2 (retried after 2) "), "{line}");
+    // A succeeded job is not retried: it has its result.
+    let (code, _, err) = cli(&["job", "retry", &ok]);
+    assert_eq!(code, 1);
+    assert!(err.contains("wrong_state"), "{err}");
+
+    // Bulk cancel: refused without --yes, then counted.
+    let (code, _, err) = cli(&["job", "cancel", "--handler", "echo"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--yes"), "{err}");
+    let (code, _, err) = cli(&["job", "cancel", "--state", "succeeded", "--yes"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid_state"), "{err}");
+    let (code, out, err) = cli(&[
+        "job",
+        "cancel",
+        "--handler",
+        "echo",
+        "--state",
+        "queued",
+        "--yes",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "cancelled 3 jobs");
+    let (_, out, _) = cli(&["job", "cancel", "--handler", "echo", "--yes"]);
+    assert_eq!(out.trim(), "cancelled 0 jobs");
+    let (_, cancelled, _) = cli(&["job", "list", "--state", "cancelled", "--json"]);
+    assert_eq!(json_lines(&cancelled).len(), 3);
+    // A cancelled job retried runs now (its delay is over) and succeeds.
+    let (code, _, err) = cli(&["job", "retry", &waiting[1], "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    let j = common::job(&mut jobs, &hex::decode(&waiting[1]).unwrap()).await;
+    assert_eq!(j.state, "succeeded");
+    server.stop();
+}

@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Key, handler_register, job, key, key_file, next, plugin_register, tempdir};
+use common::{
+    Key, handler_register, job, key, key_file, next, plugin_register, plugin_table, tempdir,
+};
 use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
 use pulse_ledger::{Action, Attestation};
 use tonic::transport::Channel;
@@ -49,16 +51,6 @@ impl Server {
     fn stop(self) {
         self.0.stop();
     }
-}
-
-fn plugin_table(name: &str, args: &[String], events: &Path) -> String {
-    let mut argv = vec![format!("{:?}", env!("CARGO_BIN_EXE_pulse-test-plugin"))];
-    argv.extend(args.iter().map(|a| format!("{a:?}")));
-    format!(
-        "[[plugin]]\nname = {name:?}\ncommand = [{}]\nenv = {{ PULSE_TEST_PLUGIN_EVENTS = {:?} }}\n",
-        argv.join(", "),
-        events.display().to_string()
-    )
 }
 
 async fn submit(reg: &mut RegistryClient<Channel>, a: &Attestation) -> Result<u64, tonic::Status> {

@@ -152,6 +152,7 @@ fn events() -> Vec<Event> {
                 .map(|_| ())
                 .map_err(|e| e.code())
         }),
+        ("retry", |j: &mut Job| j.retry(3_000).map_err(|e| e.code())),
     ]
 }
 
@@ -165,6 +166,7 @@ fn expected(state: &str, event: &str) -> Result<(), PulseErrorCode> {
     match (state, event) {
         ("queued", "dispatch" | "hold") | ("held", "release") | ("retrying", "wake") => Ok(()),
         ("running", _) if live_event => Ok(()),
+        ("dead" | "cancelled", "retry") => Ok(()),
         (s, "cancel") if !matches!(s, "succeeded" | "dead" | "cancelled") => Ok(()),
         (_, "cancel") => Err(PulseErrorCode::WrongState),
         _ if live_event || stale_event => Err(PulseErrorCode::StaleLease),
@@ -436,6 +438,67 @@ fn cancelling_a_running_job_stales_its_lease_and_keeps_progress() {
     assert_eq!(j.total_cost, 110);
 }
 
+/// A job retry (issue 20): a dead or cancelled job is queued again with a
+/// new series of attempts, keeping its ID, history and cost; the next
+/// series has the full attempt limit and its own crash and interruption
+/// counts; a succeeded or unfinished job cannot be retried.
+#[test]
+fn a_retried_job_runs_a_new_series_and_keeps_its_history() {
+    let mut j = job(2, None);
+    for n in 1..=2u8 {
+        j.dispatch(lease(n), 1_000_200).unwrap();
+        j.fail(&lease(n), "boom".into(), true, Some(0), POLICY, 1_000_100)
+            .unwrap();
+        if n == 1 {
+            j.wake(1_000_100).unwrap();
+        }
+    }
+    assert_eq!(j.state, JobState::Dead(DeadReason::AttemptsExhausted));
+    let id = j.id;
+    j.retry(2_000_000).unwrap();
+    assert_eq!((j.id, j.state, j.run_at), (id, JobState::Queued, 2_000_000));
+    assert_eq!(
+        (j.attempts.len(), j.attempts_used(), j.series_start),
+        (2, 0, 2)
+    );
+    assert_eq!(j.last_error.as_deref(), Some("boom"), "history is kept");
+    // The new series has both attempts again.
+    j.dispatch(lease(3), 2_000_000).unwrap();
+    j.fail(&lease(3), "again".into(), true, Some(0), POLICY, 2_000_100)
+        .unwrap();
+    assert_eq!(j.state, JobState::Retrying);
+    j.wake(2_000_100).unwrap();
+    j.dispatch(lease(4), 2_000_200).unwrap();
+    assert_eq!(j.attempts.last().unwrap().number, 4);
+    j.succeed(&lease(4), b"ok".to_vec(), 2_000_300).unwrap();
+    let err = j.retry(3_000_000).unwrap_err();
+    assert_eq!(err.code(), PulseErrorCode::WrongState);
+    // A job dead of interruptions gets a fresh count after a retry.
+    let mut p = job(5, None);
+    for n in 1..=POISON_INTERRUPTIONS as u8 {
+        p.dispatch(lease(n), 1_000_000).unwrap();
+        p.interrupt(&lease(n), 1_000_000).unwrap();
+        if p.state == JobState::Retrying {
+            p.wake(1_000_000).unwrap();
+        }
+    }
+    assert_eq!(p.state, JobState::Dead(DeadReason::Poison));
+    p.retry(1_000_001).unwrap();
+    p.dispatch(lease(50), 1_000_001).unwrap();
+    p.interrupt(&lease(50), 1_000_002).unwrap();
+    assert_eq!(
+        p.state,
+        JobState::Retrying,
+        "one interruption after a retry is not poison"
+    );
+    // Cancelled jobs can be retried too; a queued one cannot.
+    let mut c = job(1, None);
+    assert_eq!(c.retry(1).unwrap_err().code(), PulseErrorCode::WrongState);
+    c.cancel(CancelReason::Requested, 1).unwrap();
+    c.retry(2).unwrap();
+    assert_eq!(c.state, JobState::Queued);
+}
+
 #[test]
 fn held_jobs_use_no_attempts() {
     let mut j = job(1, None);
@@ -581,7 +644,9 @@ fn random_walks_keep_the_invariants() {
             };
             let was_terminal = j.state.is_terminal();
             let before = j.clone();
+            let retried = next() % 14 == 13;
             let r = match next() % 13 {
+                _ if retried => j.retry(now),
                 0 => {
                     leases_issued = leases_issued.wrapping_add(1);
                     j.dispatch(lease(leases_issued), now).map(|_| ())
@@ -611,8 +676,12 @@ fn random_walks_keep_the_invariants() {
             if r.is_err() {
                 assert_eq!(j, before, "{ctx}: a refused event changed the job");
             }
-            if was_terminal {
+            if was_terminal && !retried {
                 assert_eq!(j.state, before.state, "{ctx}: a terminal job moved");
+            }
+            if retried && r.is_ok() {
+                assert!(was_terminal && j.state == JobState::Queued, "{ctx}");
+                assert_eq!(j.attempts_used(), 0, "{ctx}: a retry starts a new series");
             }
             let open: Vec<_> = j.attempts.iter().filter(|a| a.outcome.is_none()).collect();
             assert!(open.len() <= 1, "{ctx}: two live attempts");

@@ -16,8 +16,8 @@ use super::status::{ERROR_DOMAIN, auth_status, bad_request, parse_did, to_status
 use crate::auth::{Access, AccessCell, AuthCode, AuthError, Grant};
 use crate::ledger::{Ledger, SubjectRecord};
 use crate::pulse::{
-    Attempt, Budget, BudgetUse, CancelReason, DeadReason, HoldReason, Job, JobError, JobId,
-    JobRequest, JobState, JobStore, PulseErrorCode, PulseHandle,
+    Attempt, Budget, BudgetUse, CancelReason, DeadReason, GroupOp, HoldReason, Job, JobError,
+    JobFilter, JobId, JobRequest, JobState, JobStore, PulseErrorCode, PulseHandle,
 };
 use crate::{Did, Family, HandlerSchema, Right, Schema};
 
@@ -247,6 +247,40 @@ impl JobsService {
         self
     }
 
+    /// Cancels `ids` (through the dispatcher when one runs, so running
+    /// attempts are told); how many it cancelled. Jobs that finished
+    /// meanwhile are not counted.
+    fn cancel_ids(&self, store: &JobStore, ids: Vec<JobId>) -> Result<u64, JobError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let results = match &self.pulse {
+            Some(p) => p.cancel_many(ids)?,
+            None => {
+                let now = crate::clock::unix_ms();
+                let ops: Vec<(JobId, GroupOp<()>)> = ids
+                    .into_iter()
+                    .map(|id| {
+                        let op: GroupOp<()> = Box::new(move |j: &mut Job| {
+                            j.cancel(CancelReason::Requested, now).map(|_| ())
+                        });
+                        (id, op)
+                    })
+                    .collect();
+                store.update_many(now, ops)
+            }
+        };
+        let mut cancelled = 0;
+        for r in results {
+            match r {
+                Ok(()) => cancelled += 1,
+                Err(JobError::Storage(e)) => return Err(JobError::Storage(e)),
+                Err(_) => {}
+            }
+        }
+        Ok(cancelled)
+    }
+
     fn wake(&self) {
         if let Some(p) = &self.pulse {
             p.wake();
@@ -300,9 +334,11 @@ fn state_name(s: &JobState) -> (&'static str, &'static str) {
     (s.as_str(), reason)
 }
 
-fn parse_state(name: &str) -> Result<JobState, Status> {
-    Ok(match name {
-        "" | "queued" => JobState::Queued,
+/// A state filter: empty for every state.
+fn parse_state(name: &str) -> Result<Option<JobState>, Status> {
+    Ok(Some(match name {
+        "" => return Ok(None),
+        "queued" => JobState::Queued,
         "held" => JobState::Held(HoldReason::Budget),
         "running" => JobState::Running,
         "retrying" => JobState::Retrying,
@@ -318,8 +354,11 @@ fn parse_state(name: &str) -> Result<JobState, Status> {
                 ),
             ));
         }
-    })
+    }))
 }
+
+/// Most jobs one CancelJobs call cancels.
+const BULK_CANCEL_MAX: u64 = 10_000;
 
 /// The wire form of a job.
 pub(crate) fn job_message(j: &Job) -> proto::Job {
@@ -345,6 +384,7 @@ pub(crate) fn job_message(j: &Job) -> proto::Job {
         idempotency_key: j.idempotency_key.clone().unwrap_or_default(),
         parent: j.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
         attempt_history: j.attempts.iter().map(attempt_message).collect(),
+        series_start: j.series_start,
     }
 }
 
@@ -629,7 +669,12 @@ impl Jobs for JobsService {
             self.require_on(&grant, Right::Read, &did, peer)?;
             Some(did)
         };
-        let state = parse_state(&req.state)?;
+        let filter = JobFilter {
+            state: parse_state(&req.state)?,
+            handler,
+            since_ms: (req.since_ms > 0).then_some(req.since_ms),
+            oldest_first: req.oldest_first,
+        };
         let cursor = if req.page_token.is_empty() {
             None
         } else {
@@ -641,14 +686,7 @@ impl Jobs for JobsService {
             req.page_size.min(1000) as usize
         };
         let (jobs, next) = self
-            .blocking(move |s| match handler {
-                Some(h) => s.list_for(&state, &h, cursor.as_ref(), limit),
-                None => {
-                    let (jobs, more) = s.list(&state, cursor.as_ref(), limit)?;
-                    let next = jobs.last().map(|j| j.id).filter(|_| more);
-                    Ok((jobs, next))
-                }
-            })
+            .blocking(move |s| s.list_jobs(&filter, cursor.as_ref(), limit))
             .await?;
         let next = next.map(|id| id.0.to_vec()).unwrap_or_default();
         // A listing of every handler leaves out the jobs of handlers whose
@@ -776,6 +814,117 @@ impl Jobs for JobsService {
             })
             .await?;
         Ok(Response::new(proto::CancelJobResponse {
+            job: Some(job_message(&job)),
+        }))
+    }
+
+    async fn cancel_jobs(
+        &self,
+        request: Request<proto::CancelJobsRequest>,
+    ) -> Result<Response<proto::CancelJobsResponse>, Status> {
+        let grant = self.grant(&request)?;
+        let peer = request.remote_addr();
+        self.admit_enqueue(&grant, LIST_UNITS, peer)?;
+        let req = request.into_inner();
+        let handler = if req.handler.is_empty() {
+            grant
+                .require_everywhere(Right::Cancel)
+                .map_err(|e| self.refuse(&e, peer))?;
+            None
+        } else {
+            let did = parse_did("handler", &req.handler)?;
+            self.require_on(&grant, Right::Cancel, &did, peer)?;
+            Some(did)
+        };
+        let states = match parse_state(&req.state)? {
+            None => vec![
+                JobState::Queued,
+                JobState::Held(HoldReason::Budget),
+                JobState::Running,
+                JobState::Retrying,
+            ],
+            Some(s) if !s.is_terminal() => vec![s],
+            Some(s) => {
+                return Err(bad_request(
+                    "state",
+                    "invalid_state",
+                    format!(
+                        "{} jobs are finished and cannot be cancelled: name queued, held, running or retrying",
+                        s.as_str()
+                    ),
+                ));
+            }
+        };
+        let service = self.clone();
+        let (cancelled, more) = self
+            .blocking(move |s| {
+                let mut cancelled = 0u64;
+                let mut judged: HashMap<Did, bool> = HashMap::new();
+                for state in states {
+                    let filter = JobFilter {
+                        state: Some(state),
+                        handler: handler.clone(),
+                        oldest_first: true,
+                        ..JobFilter::default()
+                    };
+                    let mut cursor = None;
+                    loop {
+                        if cancelled >= BULK_CANCEL_MAX {
+                            return Ok((cancelled, true));
+                        }
+                        let room = (BULK_CANCEL_MAX - cancelled).min(1000) as usize;
+                        let (jobs, next) = s.list_jobs(&filter, cursor.as_ref(), room)?;
+                        // Every handler's jobs: only those the caller may
+                        // cancel by the handler's access list.
+                        let ids: Vec<JobId> = jobs
+                            .iter()
+                            .filter(|j| {
+                                *judged.entry(j.handler.clone()).or_insert_with(|| {
+                                    service.may(&grant, Right::Cancel, &j.handler)
+                                })
+                            })
+                            .map(|j| j.id)
+                            .collect();
+                        cancelled += service.cancel_ids(s, ids)?;
+                        match next {
+                            Some(n) => cursor = Some(n),
+                            None => break,
+                        }
+                    }
+                }
+                Ok((cancelled, false))
+            })
+            .await?;
+        if cancelled > 0 {
+            tracing::info!(
+                cancelled,
+                handler = %req.handler,
+                state = %req.state,
+                "bulk cancel"
+            );
+        }
+        Ok(Response::new(proto::CancelJobsResponse { cancelled, more }))
+    }
+
+    async fn retry_job(
+        &self,
+        request: Request<proto::RetryJobRequest>,
+    ) -> Result<Response<proto::RetryJobResponse>, Status> {
+        let grant = self.grant(&request)?;
+        let peer = request.remote_addr();
+        let id = parse_id(&request.into_inner().id)?;
+        let job = self.job_for(&grant, Right::Enqueue, id, peer).await?;
+        // A revoked handler's jobs would only be refused again.
+        self.handler(&job.handler.to_string())?;
+        let job = self
+            .blocking(move |s| {
+                let now = crate::clock::unix_ms();
+                s.update(&id, now, |j| j.retry(now))?;
+                s.get(&id)
+            })
+            .await?;
+        self.wake();
+        Ok(Response::new(proto::RetryJobResponse {
             job: Some(job_message(&job)),
         }))
     }

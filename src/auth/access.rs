@@ -147,10 +147,10 @@ impl Grant {
             ));
         }
         let right = match method {
-            "Enqueue" | "EnqueueBatch" => Right::Enqueue,
+            "Enqueue" | "EnqueueBatch" | "RetryJob" => Right::Enqueue,
             "GetJob" | "ListJobs" | "WatchJob" | "GetJobLog" | "GetBudget"
             | "ListPluginSessions" => Right::Read,
-            "CancelJob" => Right::Cancel,
+            "CancelJob" | "CancelJobs" => Right::Cancel,
             "SetBudget" => Right::Budget,
             _ => return Ok(()),
         };
@@ -632,7 +632,15 @@ mod tests {
         assert_eq!(e.code(), AuthCode::ScopeMissing);
         assert!(e.message().contains("[owner, tokens]"), "{e}");
         // The gate lets DIDs through and tokens with the right anywhere.
-        for m in ["GetJob", "ListJobs", "CancelJob", "SetBudget", "Enqueue"] {
+        for m in [
+            "GetJob",
+            "ListJobs",
+            "CancelJob",
+            "CancelJobs",
+            "RetryJob",
+            "SetBudget",
+            "Enqueue",
+        ] {
             s.may_call(m).unwrap();
         }
         read_this.may_call("ListJobs").unwrap();

@@ -80,23 +80,45 @@ Examples:
         #[arg(long)]
         json: bool,
     },
-    /// List jobs in one state, oldest first.
-    #[command(
-        after_help = "Examples:\n  pulse-ledger job list --state retrying --page-size 50\n  pulse-ledger job list --handler did:key:z6Mk... --as-key handler.key --state succeeded"
-    )]
+    /// List jobs, newest first: every state unless --state names one.
+    /// Prints one page (--page-size) and, if there is more, the
+    /// --page-token of the next on standard error; --all prints every page.
+    #[command(after_help = "\
+Examples:
+  pulse-ledger job list
+  pulse-ledger job list --state dead --since 1h
+  pulse-ledger job list --handler git.ingest --state retrying --all --json
+  pulse-ledger job list --handler did:key:z6Mk... --as-key handler.key --since 2026-12-01T00:00:00Z
+
+--handler takes a did:key or a handler's name; a name more than one handler
+has is refused with their did:keys.")]
     List {
         #[command(flatten)]
         server: ServerArg,
-        /// queued, held, running, retrying, succeeded, dead or cancelled.
-        #[arg(long, default_value = "queued")]
-        state: String,
-        /// Only this handler's jobs (did:key): all a caller may list
-        /// without the read scope over every handler.
-        #[arg(long, value_name = "DID")]
+        /// queued, held, running, retrying, succeeded, dead or cancelled
+        /// (default: every state).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this handler's jobs (did:key or name): all a caller may
+        /// list without the read scope over every handler.
+        #[arg(long, value_name = "DID|NAME")]
         handler: Option<String>,
+        /// Only jobs created since: a time (RFC 3339 or Unix ms) or a
+        /// duration ago (`90s`, `15m`, `2h`, `1d`).
+        #[arg(long, value_name = "TIME|DURATION", value_parser = parse_since)]
+        since: Option<u64>,
+        /// Oldest first.
+        #[arg(long)]
+        oldest_first: bool,
         /// Jobs per page (1..1000).
         #[arg(long, default_value_t = 100)]
         page_size: u32,
+        /// Continue from a previous page (the token it printed).
+        #[arg(long, value_name = "HEX")]
+        page_token: Option<String>,
+        /// Print every page.
+        #[arg(long)]
+        all: bool,
         /// Print JSON lines.
         #[arg(long)]
         json: bool,
@@ -134,13 +156,49 @@ Examples:
         #[arg(long)]
         json: bool,
     },
-    /// Cancel a job that has not finished.
-    #[command(after_help = "Example:\n  pulse-ledger job cancel 0000019b76daa8007c1f3e5a9b2d4c68")]
+    /// Cancel a job that has not finished; or, with --handler and/or
+    /// --state instead of an ID, every unfinished job they select (a bulk
+    /// cancel, which needs --yes and prints how many it cancelled).
+    #[command(after_help = "\
+Examples:
+  pulse-ledger job cancel 0000019b76daa8007c1f3e5a9b2d4c68
+  pulse-ledger job cancel --handler git.ingest --state queued --yes
+  pulse-ledger job cancel --handler did:key:z6Mk... --yes     # queued, held, running and retrying")]
     Cancel {
         #[command(flatten)]
         server: ServerArg,
         /// Job ID (32 hex digits).
+        #[arg(required_unless_present_any = ["handler", "state"], conflicts_with_all = ["handler", "state"])]
+        id: Option<String>,
+        /// Bulk cancel: this handler's jobs (did:key or name).
+        #[arg(long, value_name = "DID|NAME")]
+        handler: Option<String>,
+        /// Bulk cancel: jobs in this state (queued, held, running or
+        /// retrying; default: all four).
+        #[arg(long)]
+        state: Option<String>,
+        /// Confirm a bulk cancel.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Run a dead or cancelled job again: the same job (same ID, its
+    /// attempts kept as history) is queued at once with a new series of
+    /// attempts, which has the job's whole attempt limit.
+    #[command(after_help = "\
+Examples:
+  pulse-ledger job retry 0000019b76daa8007c1f3e5a9b2d4c68
+  pulse-ledger job retry 0000019b76daa8007c1f3e5a9b2d4c68 --wait")]
+    Retry {
+        #[command(flatten)]
+        server: ServerArg,
+        /// Job ID (32 hex digits).
         id: String,
+        /// Follow the job until it finishes.
+        #[arg(long)]
+        wait: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -223,6 +281,65 @@ fn parse_run_at(text: &str) -> Result<u64, String> {
         .map_err(|_| format!("{text:?} is before 1970"))
 }
 
+/// `--since`: a time (as `--run-at`) or a duration before now.
+fn parse_since(text: &str) -> Result<u64, String> {
+    parse_run_at(text).or_else(|at_error| {
+        humantime::parse_duration(text)
+            .map(|d| crate::clock::unix_ms().saturating_sub(d.as_millis() as u64))
+            .map_err(|_| format!("{at_error}, or a duration ago such as 15m or 2h"))
+    })
+}
+
+/// A handler named by did:key, or by name: the one handler with exactly
+/// that name (revoked ones too: their jobs stay listed).
+pub(crate) async fn handler_did(server: &ServerArg, text: &str) -> Result<String, CliError> {
+    if text.starts_with("did:") {
+        return Ok(text.to_owned());
+    }
+    let mut registry = super::client::connect(server).await?;
+    let mut found = Vec::new();
+    let mut token = Vec::new();
+    // Names sort together: the pages of this prefix end at the first
+    // longer name, but a prefix may be shared by many, so stop at 10 pages.
+    for _ in 0..10 {
+        let request = proto::ListHandlersRequest {
+            name_prefix: text.to_owned(),
+            include_revoked: true,
+            page_size: 1000,
+            page_token: token,
+            ..Default::default()
+        };
+        let page = registry
+            .deadline
+            .call("ListHandlers", registry.rpc.list_handlers(request))
+            .await?;
+        found.extend(
+            page.handlers
+                .into_iter()
+                .filter(|h| h.name == text)
+                .map(|h| h.did),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(CliError::Usage(format!(
+            "no handler is named {:?}: give its did:key, or see `pulse-ledger handler list --name-prefix {}`",
+            text,
+            escape(text)
+        ))),
+        many => Err(CliError::Usage(format!(
+            "{} handlers are named {:?} (names are not unique): give one did:key of {}",
+            many.len(),
+            text,
+            many.join(", ")
+        ))),
+    }
+}
+
 /// `--delay`: a duration such as `90s`, `15m`, `2h` or `1d`.
 fn parse_delay(text: &str) -> Result<u64, String> {
     humantime::parse_duration(text)
@@ -293,25 +410,35 @@ fn job_line(j: &proto::Job) -> String {
     } else {
         format!(" error: {}", escape(&j.last_error))
     };
-    // Attempts cut short by a server stop use none of the job's attempts.
-    let interrupted = j
-        .attempt_history
-        .iter()
-        .filter(|a| a.outcome == "interrupted")
-        .count();
-    let used = (j.attempts as usize).saturating_sub(interrupted);
+    // Attempts cut short by a server stop use none of the job's attempts,
+    // nor do those before a job retry.
+    let series = j.attempt_history.iter().skip(j.series_start as usize);
+    let interrupted = series.filter(|a| a.outcome == "interrupted").count();
+    let used = (j.attempts.saturating_sub(j.series_start) as usize).saturating_sub(interrupted);
     let interrupted = if interrupted > 0 {
         format!(" (+{interrupted} interrupted)")
     } else {
         String::new()
     };
+    let retried = if j.series_start > 0 {
+        format!(" (retried after {})", j.series_start)
+    } else {
+        String::new()
+    };
     format!(
-        "{id} {}{reason} attempts {used}/{}{interrupted} cost {} progress {}%{message}{error}",
+        "{id} {}{reason} attempts {used}/{}{interrupted}{retried} cost {} progress {}%{message}{error}",
         escape(&j.state),
         j.max_attempts,
         j.total_cost,
         j.progress_percent,
     )
+}
+
+/// The creation time in a job ID (its first 8 bytes).
+fn created_at_ms(id: &[u8]) -> u64 {
+    id.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 fn print_job(j: &proto::Job, json: bool) {
@@ -325,6 +452,7 @@ fn print_job(j: &proto::Job, json: bool) {
                 "total_cost": j.total_cost, "max_cost": j.max_cost, "progress": j.progress_percent,
                 "progress_message": j.progress_message, "last_error": j.last_error,
                 "result": hex::encode(&j.result), "retry_at_ms": j.retry_at_ms, "updated_at_ms": j.updated_at_ms,
+                "created_at_ms": created_at_ms(&j.id), "series_start": j.series_start,
                 "attempt_history": j.attempt_history.iter().map(|a| json!({
                     "number": a.number, "started_at_ms": a.started_at_ms, "ended_at_ms": a.ended_at_ms,
                     "outcome": a.outcome, "error": a.error, "cost": a.cost, "authorised": a.authorised,
@@ -454,23 +582,47 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                 server,
                 state,
                 handler,
+                since,
+                oldest_first,
                 page_size,
+                page_token,
+                all,
                 json,
             } => {
+                let mut token = match &page_token {
+                    Some(t) => match hex::decode(t) {
+                        Ok(b) if b.len() == 16 => b,
+                        _ => {
+                            return Err(CliError::Usage(
+                                "--page-token is the 32 hex digits a previous page printed".into(),
+                            ));
+                        }
+                    },
+                    None => Vec::new(),
+                };
+                let handler = match handler {
+                    Some(h) => handler_did(&server, &h).await?,
+                    None => String::new(),
+                };
                 let mut client = connect(&server).await?;
-                let mut token = Vec::new();
                 loop {
                     let request = proto::ListJobsRequest {
-                        state: state.clone(),
+                        state: state.clone().unwrap_or_default(),
                         page_size,
                         page_token: token,
-                        handler: handler.clone().unwrap_or_default(),
+                        handler: handler.clone(),
+                        since_ms: since.unwrap_or(0),
+                        oldest_first,
                     };
                     let page = client.deadline.call("ListJobs", client.rpc.list_jobs(request)).await?;
                     for j in &page.jobs {
                         print_job(j, json);
                     }
                     if page.next_page_token.is_empty() {
+                        break;
+                    }
+                    if !all {
+                        eprintln!("next page: --page-token {}", hex::encode(&page.next_page_token));
                         break;
                     }
                     token = page.next_page_token;
@@ -519,11 +671,48 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            JobCmd::Cancel { server, id } => {
+            JobCmd::Cancel { server, id: Some(id), .. } => {
                 let request = proto::CancelJobRequest { id: parse_id(&id)? };
                 let mut c = connect(&server).await?;
                 let j = c.deadline.call("CancelJob", c.rpc.cancel_job(request)).await?;
                 print_job(&j.job.unwrap_or_default(), false);
+                Ok(ExitCode::SUCCESS)
+            }
+            JobCmd::Cancel { server, id: None, handler, state, yes } => {
+                if !yes {
+                    return Err(CliError::Usage(
+                        "a bulk cancel stops every job it selects: add --yes to confirm".into(),
+                    ));
+                }
+                let handler = match handler {
+                    Some(h) => handler_did(&server, &h).await?,
+                    None => String::new(),
+                };
+                let mut c = connect(&server).await?;
+                let mut total = 0u64;
+                loop {
+                    let request = proto::CancelJobsRequest {
+                        handler: handler.clone(),
+                        state: state.clone().unwrap_or_default(),
+                    };
+                    let r = c.deadline.call("CancelJobs", c.rpc.cancel_jobs(request)).await?;
+                    total += r.cancelled;
+                    if !r.more {
+                        break;
+                    }
+                }
+                println!("cancelled {total} job{}", if total == 1 { "" } else { "s" });
+                Ok(ExitCode::SUCCESS)
+            }
+            JobCmd::Retry { server, id, wait, json } => {
+                let request = proto::RetryJobRequest { id: parse_id(&id)? };
+                let mut c = connect(&server).await?;
+                let r = c.deadline.call("RetryJob", c.rpc.retry_job(request)).await?;
+                let job = r.job.unwrap_or_default();
+                if wait {
+                    return watch(&mut c, job.id, json).await;
+                }
+                print_job(&job, json);
                 Ok(ExitCode::SUCCESS)
             }
         }

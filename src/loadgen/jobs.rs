@@ -108,8 +108,7 @@ async fn idle(jobs: &mut JobsClient<AuthedChannel>) -> Result<bool, String> {
             .list_jobs(proto::ListJobsRequest {
                 state: state.into(),
                 page_size: 1,
-                page_token: vec![],
-                handler: String::new(),
+                ..Default::default()
             })
             .await
             .map_err(|s| format!("ListJobs: {}", s.message()))?

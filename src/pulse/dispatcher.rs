@@ -16,7 +16,7 @@ use super::executor::{
 use super::job::{CancelReason, HoldReason, Job, JobId, LeaseToken};
 use super::machine::RetryPolicy;
 use super::route::{Authorization, OpenRouter, Route, Router};
-use super::store::{JobError, JobStore};
+use super::store::{GroupOp, JobError, JobStore};
 use crate::Did;
 
 /// Per-handler concurrency limits: a handler's `max_concurrency` (from its
@@ -206,15 +206,35 @@ impl<E: Executor> Dispatcher<E> {
     /// # Errors
     /// `not_found`, `wrong_state` for a finished job, storage.
     pub fn cancel(&mut self, id: &JobId, now: u64) -> Result<(), JobError> {
-        let lease = self
-            .store
-            .update(id, now, |j| j.cancel(CancelReason::Requested, now))?;
-        self.cancel_pushed.remove(id);
-        if let Some(lease) = lease {
-            self.executor.cancel(*id, lease);
-            self.end_live(id);
-        }
-        Ok(())
+        self.cancel_many(&[*id], now)
+            .pop()
+            .unwrap_or(Err(JobError::NotFound(*id)))
+    }
+
+    /// Cancels several jobs in one group commit (a bulk cancel); one
+    /// result per ID, in order, each as [`Dispatcher::cancel`].
+    pub fn cancel_many(&mut self, ids: &[JobId], now: u64) -> Vec<Result<(), JobError>> {
+        let ops: Vec<(JobId, GroupOp<Option<LeaseToken>>)> = ids
+            .iter()
+            .map(|id| {
+                let op: GroupOp<Option<LeaseToken>> =
+                    Box::new(move |j: &mut Job| j.cancel(CancelReason::Requested, now));
+                (*id, op)
+            })
+            .collect();
+        let results = self.store.update_many(now, ops);
+        ids.iter()
+            .zip(results)
+            .map(|(id, r)| {
+                let lease = r?;
+                self.cancel_pushed.remove(id);
+                if let Some(lease) = lease {
+                    self.executor.cancel(*id, lease);
+                    self.end_live(id);
+                }
+                Ok(())
+            })
+            .collect()
     }
 
     /// What to reserve before dispatching `job`: its max_cost, else the

@@ -420,4 +420,14 @@ pub struct Job {
     pub retry_at: Option<u64>,
     /// Unix ms of the last change.
     pub updated_at: u64,
+    /// Attempts made before the job's last retry ([`Job::retry`]): they
+    /// stay in `attempts` as history but count no more against
+    /// `max_attempts`. Written only once a job has been retried, so the
+    /// records of other jobs keep their bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub series_start: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

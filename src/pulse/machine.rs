@@ -62,6 +62,7 @@ impl Job {
             consecutive_crashes: 0,
             retry_at: None,
             updated_at: now,
+            series_start: 0,
         }
     }
 
@@ -347,6 +348,7 @@ impl Job {
         let in_a_row = self
             .attempts
             .iter()
+            .skip(self.series_start as usize)
             .rev()
             .take_while(|a| a.outcome == Some(AttemptOutcome::Interrupted))
             .count();
@@ -410,10 +412,34 @@ impl Job {
         Ok(live)
     }
 
-    /// Attempts that count towards `max_attempts`: all but interrupted ones.
+    /// A dead or cancelled job runs again (a job retry, asked for by a
+    /// person): queued at once with a new series of attempts. It keeps its
+    /// ID, its history and its cost; the attempts before the retry count
+    /// no more against `max_attempts`, and crashes in a row start from
+    /// zero.
+    ///
+    /// # Errors
+    /// `wrong_state` unless dead or cancelled (a succeeded job has its
+    /// result; enqueue it again instead).
+    pub fn retry(&mut self, now: u64) -> Result<(), PulseError> {
+        if !matches!(self.state, JobState::Dead(_) | JobState::Cancelled(_)) {
+            return Err(wrong_state(self, "retry"));
+        }
+        self.series_start = self.attempts.len() as u32;
+        self.consecutive_crashes = 0;
+        self.state = JobState::Queued;
+        self.run_at = now;
+        self.retry_at = None;
+        self.updated_at = now;
+        Ok(())
+    }
+
+    /// Attempts that count towards `max_attempts`: those since the last
+    /// retry, but for interrupted ones.
     pub fn attempts_used(&self) -> u32 {
         self.attempts
             .iter()
+            .skip(self.series_start as usize)
             .filter(|a| a.outcome != Some(AttemptOutcome::Interrupted))
             .count() as u32
     }

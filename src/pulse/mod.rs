@@ -33,6 +33,6 @@ pub use payload_schema::{Checked, PayloadSchema, SchemaCache};
 pub use route::{Authorization, OpenRouter, Route, Router};
 pub use runner::{PulseCounters, PulseHandle, PulseRunner};
 pub use store::{
-    GroupOp, JobError, JobStore, LIST_PAGE_BYTES, LIST_SCAN, LogLine, MAX_LOG_LINE_BYTES,
-    MAX_LOG_LINES, ReadyCursor,
+    GroupOp, JobError, JobFilter, JobStore, LIST_PAGE_BYTES, LIST_SCAN, LogLine,
+    MAX_LOG_LINE_BYTES, MAX_LOG_LINES, ReadyCursor,
 };

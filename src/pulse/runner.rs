@@ -17,7 +17,10 @@ use super::store::JobError;
 use crate::Did;
 
 enum Command {
-    Cancel(JobId, SyncSender<Result<(), JobError>>),
+    Cancel(
+        Vec<JobId>,
+        SyncSender<Result<Vec<Result<(), JobError>>, JobError>>,
+    ),
     BudgetUse(Box<Did>, SyncSender<Result<BudgetUse, JobError>>),
     Stop,
 }
@@ -79,7 +82,18 @@ impl PulseHandle {
     /// # Errors
     /// As [`Dispatcher::cancel`].
     pub fn cancel(&self, id: JobId) -> Result<(), JobError> {
-        self.ask(|tx| Command::Cancel(id, tx))
+        self.cancel_many(vec![id])?
+            .pop()
+            .unwrap_or(Err(JobError::NotFound(id)))
+    }
+
+    /// Cancels jobs through the dispatcher in one group commit; one result
+    /// per ID. Blocks until done.
+    ///
+    /// # Errors
+    /// The dispatcher has stopped.
+    pub fn cancel_many(&self, ids: Vec<JobId>) -> Result<Vec<Result<(), JobError>>, JobError> {
+        self.ask(|tx| Command::Cancel(ids, tx))
     }
 
     /// A handler's spend and live reservations. Blocks until answered.
@@ -178,8 +192,8 @@ fn run<E: Executor>(
     loop {
         for cmd in rx.try_iter() {
             match cmd {
-                Command::Cancel(id, reply) => {
-                    let _ = reply.send(d.cancel(&id, crate::clock::unix_ms()));
+                Command::Cancel(ids, reply) => {
+                    let _ = reply.send(Ok(d.cancel_many(&ids, crate::clock::unix_ms())));
                 }
                 Command::BudgetUse(h, reply) => {
                     let _ = reply.send(d.budget_use(&h, crate::clock::unix_ms()));

@@ -118,6 +118,20 @@ pub enum JobError {
     Storage(#[from] LedgerError),
 }
 
+/// Which jobs [`JobStore::list_jobs`] returns. The default: every job,
+/// newest first.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only jobs in this state (the reason inside is ignored).
+    pub state: Option<JobState>,
+    /// Only this handler's jobs.
+    pub handler: Option<Did>,
+    /// Only jobs created at or after this Unix ms.
+    pub since_ms: Option<u64>,
+    /// Oldest first instead.
+    pub oldest_first: bool,
+}
+
 /// Where a page of [`JobStore::ready_after`] ended.
 #[derive(Debug, Clone)]
 pub struct ReadyCursor(Vec<u8>);
@@ -1146,15 +1160,17 @@ impl JobStore {
         cursor: Option<&JobId>,
         limit: usize,
     ) -> Result<(Vec<Job>, bool), JobError> {
-        let (jobs, next) = self.scan(state, None, cursor, limit)?;
+        let filter = JobFilter {
+            state: Some(*state),
+            oldest_first: true,
+            ..JobFilter::default()
+        };
+        let (jobs, next) = self.list_jobs(&filter, cursor, limit)?;
         Ok((jobs, next.is_some()))
     }
 
-    /// [`JobStore::list`] for one handler's jobs. The state index is read
-    /// in order and other handlers' jobs are skipped, at most
-    /// [`LIST_SCAN`] of them per page, so a page may hold fewer jobs than
-    /// asked (even none) and still have a next cursor: the ID to continue
-    /// after, `None` at the end.
+    /// [`JobStore::list`] for one handler's jobs; see
+    /// [`JobStore::list_jobs`] for its cursor.
     ///
     /// # Errors
     /// Storage failures.
@@ -1165,45 +1181,83 @@ impl JobStore {
         cursor: Option<&JobId>,
         limit: usize,
     ) -> Result<(Vec<Job>, Option<JobId>), JobError> {
-        self.scan(state, Some(handler), cursor, limit)
+        let filter = JobFilter {
+            state: Some(*state),
+            handler: Some(handler.clone()),
+            oldest_first: true,
+            ..JobFilter::default()
+        };
+        self.list_jobs(&filter, cursor, limit)
     }
 
-    fn scan(
+    /// Jobs that pass `filter`, in creation order (newest first unless
+    /// `oldest_first`), after `cursor`: at most `limit` (1..=1,000) and,
+    /// past the first job, at most [`LIST_PAGE_BYTES`] of stored records.
+    /// The state index (or, with no state, the jobs themselves) is read in
+    /// order and jobs of other handlers are skipped, at most [`LIST_SCAN`]
+    /// entries per page, so a page may hold fewer jobs than asked (even
+    /// none) and still have a next cursor: the ID to continue after,
+    /// `None` at the end.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn list_jobs(
         &self,
-        state: &JobState,
-        handler: Option<&Did>,
+        filter: &JobFilter,
         cursor: Option<&JobId>,
         limit: usize,
     ) -> Result<(Vec<Job>, Option<JobId>), JobError> {
-        let b = state_byte(state);
-        let start = match cursor {
-            Some(c) => {
-                let mut k = keyed(&[b], c);
-                k.push(0);
-                k
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        // Keys of the index read: state byte ‖ ID, or the ID alone.
+        let prefix: Vec<u8> = filter
+            .state
+            .map(|s| vec![state_byte(&s)])
+            .unwrap_or_default();
+        let (ks, id_at) = match filter.state {
+            Some(_) => (self.ks(Jk::ByState), 1),
+            None => (self.ks(Jk::Jobs), 0),
+        };
+        let since = filter.since_ms.map(|ms| keyed(&prefix, &JobId::new(ms, 0)));
+        let mut low = since.map_or_else(|| Included(prefix.clone()), Included);
+        let mut high = match prefix.first() {
+            Some(b) => Excluded(vec![b + 1]),
+            None => Unbounded,
+        };
+        if let Some(c) = cursor {
+            if filter.oldest_first {
+                low = Excluded(keyed(&prefix, c));
+            } else {
+                high = Excluded(keyed(&prefix, c));
             }
-            None => vec![b],
+        }
+        let range = ks.range::<Vec<u8>, _>((low, high));
+        let entries: Box<dyn Iterator<Item = fjall::Guard>> = if filter.oldest_first {
+            Box::new(range)
+        } else {
+            Box::new(range.rev())
         };
         let limit = limit.clamp(1, 1000);
         let mut out: Vec<Job> = Vec::new();
         let mut bytes = 0usize;
         let mut last: Option<JobId> = None;
-        for (scanned, kv) in self.ks(Jk::ByState).range(start..).enumerate() {
-            let key = kv.key().map_err(storage)?;
-            if key.first() != Some(&b) {
-                return Ok((out, None));
-            }
+        for (scanned, kv) in entries.enumerate() {
             if out.len() >= limit || scanned >= LIST_SCAN {
                 return Ok((out, last));
             }
+            let (key, value) = kv.into_inner().map_err(storage)?;
             let id = JobId(
-                key.get(1..17)
+                key.get(id_at..id_at + 16)
                     .and_then(|k| k.try_into().ok())
-                    .ok_or_else(|| corrupt("state key"))?,
+                    .ok_or_else(|| corrupt("job index key"))?,
             );
-            let Some(record) = self.ks(Jk::Jobs).get(id.0).map_err(storage)? else {
-                // Pruned since the index was read: not part of the page.
-                continue;
+            let record = if filter.state.is_some() {
+                match self.ks(Jk::Jobs).get(id.0).map_err(storage)? {
+                    Some(r) => r,
+                    // Pruned since the index was read: not part of the page.
+                    None => continue,
+                }
+            } else {
+                value
             };
             if bytes.saturating_add(record.len()) > LIST_PAGE_BYTES && !out.is_empty() {
                 return Ok((out, last));
@@ -1211,7 +1265,11 @@ impl JobStore {
             let stored: Stored =
                 record_from_slice(&record).map_err(|e| corrupt(&format!("job {id}: {e}")))?;
             last = Some(id);
-            if handler.is_none_or(|h| *h == stored.job.handler) {
+            if filter
+                .handler
+                .as_ref()
+                .is_none_or(|h| *h == stored.job.handler)
+            {
                 bytes = bytes.saturating_add(record.len());
                 out.push(stored.job);
             }
@@ -1322,6 +1380,7 @@ mod tests {
             consecutive_crashes: 2,
             retry_at: Some(1_700_000_002_000),
             updated_at: 1_700_000_003_000,
+            series_start: 0,
         }
     }
 

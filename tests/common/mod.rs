@@ -339,3 +339,32 @@ pub fn fixture(name: &str) -> String {
         .display()
         .to_string()
 }
+
+/// A `[[plugin]]` config table that spawns the test plugin with `args`,
+/// logging its events to `events`.
+pub fn plugin_table(name: &str, args: &[String], events: &std::path::Path) -> String {
+    let mut argv = vec![format!("{:?}", env!("CARGO_BIN_EXE_pulse-test-plugin"))];
+    argv.extend(args.iter().map(|a| format!("{a:?}")));
+    format!(
+        "[[plugin]]\nname = {name:?}\ncommand = [{}]\nenv = {{ PULSE_TEST_PLUGIN_EVENTS = {:?} }}\n",
+        argv.join(", "),
+        events.display().to_string()
+    )
+}
+
+/// Runs `pulse-ledger ARGS --server URL` with no token in the
+/// environment; (exit code, stdout, stderr).
+pub fn cli_at(url: &str, args: &[&str]) -> (i32, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+        .args(args)
+        .args(["--server", url])
+        .env_remove("PULSE_LEDGER_TOKEN")
+        .env_remove("PULSE_LEDGER_AS_KEY")
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8(o.stdout).unwrap(),
+        String::from_utf8(o.stderr).unwrap(),
+    )
+}
