@@ -785,3 +785,323 @@ fn a_handlers_listing_pages_through_its_jobs_only() {
     // my last 2 and the end.
     assert_eq!(pages, 4);
 }
+
+mod schedules {
+    //! Recurring schedules on the store, driven by a simulated clock
+    //! (issue 20, item 2): exactly once per occurrence across restarts,
+    //! missed occurrences, overlap, pause, daylight-saving changes.
+
+    use super::*;
+    use pulse_ledger::Did;
+    use pulse_ledger::pulse::{
+        CancelReason, FireReport, Missed, Overlap, Recurrence, Schedule, ScheduleRequest,
+        occurrence_key,
+    };
+
+    const T: u64 = 1_800_000_000_000;
+
+    fn request(
+        h: &Did,
+        recurrence: Recurrence,
+        overlap: Overlap,
+        missed: Missed,
+    ) -> ScheduleRequest {
+        ScheduleRequest {
+            handler: h.clone(),
+            recurrence,
+            job: JobRequest {
+                payload: b"tick".to_vec(),
+                priority: 3,
+                ..Default::default()
+            },
+            overlap,
+            missed,
+        }
+    }
+
+    fn schema() -> HandlerSchema {
+        HandlerSchema::new("ticker", "1.0.0", key("sched-p").did)
+    }
+
+    fn fire(store: &JobStore, now: u64) -> FireReport {
+        store.fire_schedules(now, &mut |_| Ok(schema())).unwrap()
+    }
+
+    /// The jobs of `h`, oldest first.
+    fn jobs_of(store: &JobStore, h: &Did) -> Vec<pulse_ledger::pulse::Job> {
+        let filter = pulse_ledger::pulse::JobFilter {
+            handler: Some(h.clone()),
+            oldest_first: true,
+            ..Default::default()
+        };
+        store.list_jobs(&filter, None, 1000).unwrap().0
+    }
+
+    #[test]
+    fn each_occurrence_enqueues_exactly_once_across_restarts() {
+        let dir = tempdir("sched-once");
+        let h = key("sched-h").did;
+        let id = {
+            let (_ledger, store) = open(&dir);
+            let s = store
+                .create_schedule(
+                    request(
+                        &h,
+                        Recurrence::every(10_000).unwrap(),
+                        Overlap::Allow,
+                        Missed::RunOnce,
+                    ),
+                    &schema(),
+                    T,
+                )
+                .unwrap();
+            assert_eq!(s.next_at, Some(T + 10_000));
+            assert_eq!(fire(&store, T + 9_999), FireReport::default());
+            let r = fire(&store, T + 10_050);
+            assert_eq!((r.fired, r.missed), (1, 0));
+            // The same instant again, and a little later: nothing more.
+            assert_eq!(fire(&store, T + 10_050).fired, 0);
+            assert_eq!(fire(&store, T + 10_900).fired, 0);
+            let jobs = jobs_of(&store, &h);
+            assert_eq!(jobs.len(), 1);
+            assert_eq!(
+                jobs[0].idempotency_key,
+                Some(occurrence_key(&s.id, T + 10_000))
+            );
+            assert_eq!(
+                (jobs[0].payload.as_slice(), jobs[0].priority),
+                (&b"tick"[..], 3)
+            );
+            s.id
+        };
+        // A restart: the schedule and its next occurrence are where they were.
+        let (_ledger, store) = open(&dir);
+        assert_eq!(store.next_schedule_at(), Some(T + 10_000 + 10_000));
+        assert_eq!(fire(&store, T + 10_950).fired, 0);
+        assert_eq!(fire(&store, T + 20_001).fired, 1);
+        let s = store.schedule(&id).unwrap();
+        assert_eq!(
+            (s.fired, s.missed_count, s.next_at),
+            (2, 0, Some(T + 30_000))
+        );
+        assert_eq!(jobs_of(&store, &h).len(), 2);
+    }
+
+    #[test]
+    fn occurrences_missed_while_stopped_fire_once_or_not_at_all() {
+        let dir = tempdir("sched-missed");
+        let (h, quiet) = (key("sched-missed-h").did, key("sched-quiet-h").did);
+        let (once, skip) = {
+            let (_ledger, store) = open(&dir);
+            let every = |ms| Recurrence::every(ms).unwrap();
+            let once = store
+                .create_schedule(
+                    request(&h, every(10_000), Overlap::Allow, Missed::RunOnce),
+                    &schema(),
+                    T,
+                )
+                .unwrap();
+            let skip = store
+                .create_schedule(
+                    request(&quiet, every(100_000), Overlap::Allow, Missed::Skip),
+                    &schema(),
+                    T,
+                )
+                .unwrap();
+            assert_eq!(fire(&store, T + 10_000).fired, 1);
+            assert_eq!(fire(&store, T + 100_000).fired, 2);
+            // T+20s … T+90s had no step: missed.
+            assert_eq!(store.schedule(&once.id).unwrap().missed_count, 8);
+            (once.id, skip.id)
+        };
+        // Stopped from T+100s to T+395s.
+        let (_ledger, store) = open(&dir);
+        let r = fire(&store, T + 395_000);
+        assert_eq!(
+            r.fired, 1,
+            "one catch-up run, for the latest occurrence only"
+        );
+        let s = store.schedule(&once).unwrap();
+        // T+110s … T+380s passed unfired; T+390s ran, 5 s late.
+        assert_eq!((s.missed_count, s.next_at), (8 + 28, Some(T + 400_000)));
+        assert_eq!(s.last_fired.unwrap().0, T + 390_000);
+        // T+200s and T+300s passed; the latter is 95 s late: not run.
+        let q = store.schedule(&skip).unwrap();
+        assert_eq!(
+            (q.fired, q.missed_count, q.next_at),
+            (1, 2, Some(T + 400_000))
+        );
+        assert_eq!(
+            jobs_of(&store, &quiet).len(),
+            1,
+            "nothing late for Missed::Skip"
+        );
+        // On time again: both fire.
+        assert_eq!(fire(&store, T + 400_010).fired, 2);
+    }
+
+    #[test]
+    fn overlap_skip_waits_for_the_previous_job_and_pause_fires_nothing() {
+        let dir = tempdir("sched-overlap");
+        let (_ledger, store) = open(&dir);
+        let h = key("sched-overlap-h").did;
+        let s = store
+            .create_schedule(
+                request(
+                    &h,
+                    Recurrence::every(10_000).unwrap(),
+                    Overlap::Skip,
+                    Missed::RunOnce,
+                ),
+                &schema(),
+                T,
+            )
+            .unwrap();
+        assert_eq!(fire(&store, T + 10_000).fired, 1);
+        // The first job has not run: the next occurrence is skipped.
+        let r = fire(&store, T + 20_000);
+        assert_eq!((r.fired, r.skipped), (0, 1));
+        let first = jobs_of(&store, &h)[0].id;
+        store
+            .update(&first, T + 25_000, |j| {
+                j.cancel(CancelReason::Requested, T + 25_000).map(|_| ())
+            })
+            .unwrap();
+        assert_eq!(
+            fire(&store, T + 30_000).fired,
+            1,
+            "the previous job finished"
+        );
+        // Paused: nothing fires, nothing is missed; resumed: from the next.
+        let paused = store.set_schedule_paused(&s.id, true, T + 31_000).unwrap();
+        assert!(paused.paused);
+        assert_eq!(store.next_schedule_at(), None);
+        assert_eq!(fire(&store, T + 60_000), FireReport::default());
+        let resumed = store.set_schedule_paused(&s.id, false, T + 65_000).unwrap();
+        assert_eq!(resumed.next_at, Some(T + 70_000));
+        assert_eq!(resumed.missed_count, 0);
+        let all: Vec<Schedule> = store.schedules(Some(&h), None, 10).unwrap().0;
+        assert_eq!(all.len(), 1);
+        // Deleted: gone, its jobs stay.
+        store.delete_schedule(&s.id).unwrap();
+        assert!(matches!(
+            store.schedule(&s.id),
+            Err(JobError::ScheduleNotFound(_))
+        ));
+        assert_eq!(fire(&store, T + 70_000), FireReport::default());
+        assert_eq!(jobs_of(&store, &h).len(), 2);
+    }
+
+    /// A daily 01:30 in New York across both daylight-saving changes: the
+    /// repeated 01:30 fires once, the missing 02:30 fires at 03:00.
+    #[test]
+    fn a_time_zone_schedule_fires_once_per_local_day_across_dst_changes() {
+        let dir = tempdir("sched-dst");
+        let (_ledger, store) = open(&dir);
+        let h = key("sched-dst-h").did;
+        let ms = |text: &str| -> u64 {
+            humantime::parse_rfc3339(text)
+                .unwrap()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64
+        };
+        let ny = Some("America/New_York");
+        let fall = Recurrence::cron("30 1 * * *", ny).unwrap();
+        let s = store
+            .create_schedule(
+                request(&h, fall, Overlap::Allow, Missed::RunOnce),
+                &schema(),
+                ms("2026-10-31T12:00:00Z"),
+            )
+            .unwrap();
+        assert_eq!(s.next_at, Some(ms("2026-11-01T05:30:00Z")));
+        // Step every 15 minutes through the night of the change.
+        let mut fired = Vec::new();
+        let mut now = ms("2026-11-01T04:00:00Z");
+        while now <= ms("2026-11-02T07:00:00Z") {
+            if fire(&store, now).fired > 0 {
+                fired.push(now);
+            }
+            now += 15 * 60_000;
+        }
+        assert_eq!(
+            fired,
+            [ms("2026-11-01T05:30:00Z"), ms("2026-11-02T06:30:00Z")],
+            "01:30 EDT once, then 01:30 EST the next day"
+        );
+        let spring = Recurrence::cron("30 2 * * *", ny).unwrap();
+        let s = store
+            .create_schedule(
+                request(
+                    &key("sched-dst-spring").did,
+                    spring,
+                    Overlap::Allow,
+                    Missed::RunOnce,
+                ),
+                &schema(),
+                ms("2026-03-07T12:00:00Z"),
+            )
+            .unwrap();
+        assert_eq!(s.next_at, Some(ms("2026-03-08T07:00:00Z")), "03:00 EDT");
+        assert_eq!(fire(&store, ms("2026-03-08T07:00:00Z")).fired, 1);
+        let s = store.schedule(&s.id).unwrap();
+        assert_eq!(s.next_at, Some(ms("2026-03-09T06:30:00Z")));
+    }
+
+    /// An occurrence whose handler takes no jobs enqueues nothing and says
+    /// why; the schedule goes on. Bad schedules are refused with the rule.
+    #[test]
+    fn a_revoked_handler_and_bad_schedules_are_reported_with_the_rule() {
+        let dir = tempdir("sched-revoked");
+        let (_ledger, store) = open(&dir);
+        let h = key("sched-revoked-h").did;
+        let s = store
+            .create_schedule(
+                request(
+                    &h,
+                    Recurrence::every(10_000).unwrap(),
+                    Overlap::Allow,
+                    Missed::RunOnce,
+                ),
+                &schema(),
+                T,
+            )
+            .unwrap();
+        let r = store
+            .fire_schedules(T + 10_000, &mut |_| Err("handler_revoked: gone".into()))
+            .unwrap();
+        assert_eq!((r.fired, r.failed), (0, 1));
+        let s = store.schedule(&s.id).unwrap();
+        assert_eq!(s.last_error.as_deref(), Some("handler_revoked: gone"));
+        assert_eq!(s.next_at, Some(T + 20_000));
+        assert_eq!(fire(&store, T + 20_000).fired, 1);
+        assert_eq!(store.schedule(&s.id).unwrap().last_error, None);
+        // A job request the handler's schema refuses, and one that sets
+        // what the schedule sets.
+        let mut bad = request(
+            &h,
+            Recurrence::every(10_000).unwrap(),
+            Overlap::Allow,
+            Missed::RunOnce,
+        );
+        bad.job.priority = 12;
+        let e = store.create_schedule(bad, &schema(), T).unwrap_err();
+        assert!(
+            matches!(&e, JobError::Rejected(p) if p.code() == PulseErrorCode::InvalidPriority),
+            "{e}"
+        );
+        let mut keyed = request(
+            &h,
+            Recurrence::every(10_000).unwrap(),
+            Overlap::Allow,
+            Missed::RunOnce,
+        );
+        keyed.job.idempotency_key = Some("mine".into());
+        let e = store.create_schedule(keyed, &schema(), T).unwrap_err();
+        assert!(
+            matches!(&e, JobError::Rejected(p) if p.code() == PulseErrorCode::InvalidSchedule),
+            "{e}"
+        );
+    }
+}

@@ -309,6 +309,9 @@ fn job_status(e: &JobError) -> Status {
             status(code, p.code().as_str(), p.message().to_owned())
         }
         JobError::NotFound(id) => status(Code::NotFound, "not_found", format!("no job {id}")),
+        JobError::ScheduleNotFound(id) => {
+            status(Code::NotFound, "not_found", format!("no schedule {id}"))
+        }
         JobError::Storage(l) => to_status(l),
     }
 }

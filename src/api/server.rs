@@ -252,12 +252,29 @@ fn start_pulse(
             let limits: crate::pulse::ConcurrencyLimits = Box::new(|_| None);
             let mut seed = [0u8; 8];
             let _ = getrandom::fill(&mut seed);
+            let schemas = Arc::clone(&ledger);
             Dispatcher::new(store, executor, dispatch, limits, u64::from_le_bytes(seed))
                 .with_router(Box::new(ChainRouter::new(ledger, sessions)))
+                .with_schedules(Box::new(move |did| handler_schema(&schemas, did)))
         },
         std::time::Duration::from_millis(10),
     );
     (runner, host)
+}
+
+/// The schema in force for a handler that takes jobs, or why it takes
+/// none (for schedules' occurrences).
+fn handler_schema(ledger: &Ledger, did: &crate::Did) -> Result<crate::HandlerSchema, String> {
+    let rec = ledger.subject(did).map_err(|e| e.to_string())?;
+    if rec.head.revoked {
+        return Err(format!(
+            "handler_revoked: {did} is revoked; it takes no jobs"
+        ));
+    }
+    match ledger.subject_state(did).map_err(|e| e.to_string())?.schema {
+        crate::Schema::Handler(schema) => Ok(schema),
+        _ => Err(format!("not_a_handler: {did} is a plugin")),
+    }
 }
 
 /// Why the server could not start or stopped with an error.

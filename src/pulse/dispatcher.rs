@@ -16,8 +16,9 @@ use super::executor::{
 use super::job::{CancelReason, HoldReason, Job, JobId, LeaseToken};
 use super::machine::RetryPolicy;
 use super::route::{Authorization, OpenRouter, Route, Router};
+use super::schedule_store::FireReport;
 use super::store::{GroupOp, JobError, JobStore};
-use crate::Did;
+use crate::{Did, HandlerSchema};
 
 /// Per-handler concurrency limits: a handler's `max_concurrency` (from its
 /// schema), `None` for no limit.
@@ -85,7 +86,13 @@ pub struct StepReport {
     pub stale: usize,
     /// Attempts recorded as timed out.
     pub timed_out: usize,
+    /// What the schedules due in this step did.
+    pub schedules: FireReport,
 }
+
+/// A handler's schema for a schedule's occurrence, or why the handler
+/// takes no jobs (spec/pulse.md, "Schedules").
+pub type SchemaSource = Box<dyn FnMut(&Did) -> Result<HandlerSchema, String> + Send>;
 
 /// Drives jobs from the store through an executor.
 pub struct Dispatcher<E: Executor> {
@@ -116,6 +123,9 @@ pub struct Dispatcher<E: Executor> {
     /// key; a handler not routed yet counts as its own owner (its genesis
     /// key, which owns it until a rotation).
     owners: HashMap<[u8; 32], [u8; 32]>,
+    /// Where schedules get their handler's schema; no schedule fires
+    /// without one.
+    schemas: Option<SchemaSource>,
 }
 
 /// Owners remembered before the map starts over (it refills as jobs are
@@ -150,7 +160,15 @@ impl<E: Executor> Dispatcher<E> {
             router: Box::new(OpenRouter),
             next_deadline_scan: 0,
             owners: HashMap::new(),
+            schemas: None,
         }
+    }
+
+    /// Fires the store's schedules at each step, their handlers' schemas
+    /// from `schemas`.
+    pub fn with_schedules(mut self, schemas: SchemaSource) -> Dispatcher<E> {
+        self.schemas = Some(schemas);
+        self
     }
 
     /// Resolves every job through `router` before dispatching it (the
@@ -301,6 +319,9 @@ impl<E: Executor> Dispatcher<E> {
     /// returned).
     pub fn step(&mut self, now: u64) -> Result<StepReport, JobError> {
         let mut report = StepReport::default();
+        if let Some(schemas) = self.schemas.as_mut() {
+            report.schedules = self.store.fire_schedules(now, schemas.as_mut())?;
+        }
         self.store.promote_due(now, self.config.scan)?;
         self.release_held(now)?;
         // The step's reports and its dispatches go to the store in one

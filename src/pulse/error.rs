@@ -34,6 +34,9 @@ pub enum PulseErrorCode {
     /// A handler's input_schema or output_schema that is not a JSON
     /// Schema the validator can use.
     InvalidJsonSchema,
+    /// A schedule whose cron pattern, time zone, interval or policy is not
+    /// valid.
+    InvalidSchedule,
 }
 
 impl PulseErrorCode {
@@ -52,6 +55,7 @@ impl PulseErrorCode {
             PulseErrorCode::InvalidPayload => "invalid_payload",
             PulseErrorCode::InvalidOutput => "invalid_output",
             PulseErrorCode::InvalidJsonSchema => "invalid_json_schema",
+            PulseErrorCode::InvalidSchedule => "invalid_schedule",
         }
     }
 
@@ -69,6 +73,7 @@ impl PulseErrorCode {
         PulseErrorCode::InvalidPayload,
         PulseErrorCode::InvalidOutput,
         PulseErrorCode::InvalidJsonSchema,
+        PulseErrorCode::InvalidSchedule,
     ];
 }
 

@@ -12,11 +12,13 @@ mod payload_schema;
 mod record;
 mod route;
 mod runner;
+mod schedule;
+mod schedule_store;
 mod store;
 
 pub use backoff::Backoff;
 pub use budget::{Budget, BudgetUse};
-pub use dispatcher::{ConcurrencyLimits, DispatchConfig, Dispatcher, StepReport};
+pub use dispatcher::{ConcurrencyLimits, DispatchConfig, Dispatcher, SchemaSource, StepReport};
 pub use error::{PulseError, PulseErrorCode};
 pub use executor::{
     AsyncExecutor, AsyncExecutorAdapter, AttemptSpec, EventStream, ExecEvent, Executor,
@@ -32,6 +34,11 @@ pub use machine::{MAX_RETRY_AFTER_MS, RetryPolicy};
 pub use payload_schema::{Checked, PayloadSchema, SchemaCache};
 pub use route::{Authorization, OpenRouter, Route, Router};
 pub use runner::{PulseCounters, PulseHandle, PulseRunner};
+pub use schedule::{
+    Firing, MAX_EVERY_MS, MIN_EVERY_MS, Missed, Overlap, Recurrence, Schedule, ScheduleId,
+    occurrence_key,
+};
+pub use schedule_store::{FIRE_PER_STEP, FireReport, ScheduleRequest};
 pub use store::{
     GroupOp, JobError, JobFilter, JobStore, LIST_PAGE_BYTES, LIST_SCAN, LogLine,
     MAX_LOG_LINE_BYTES, MAX_LOG_LINES, ReadyCursor,

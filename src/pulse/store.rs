@@ -20,7 +20,7 @@ use crate::{Did, HandlerSchema};
 
 /// Job store keyspaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Jk {
+pub(super) enum Jk {
     /// job ID (16) → stored job record.
     Jobs = 0,
     /// (9 − priority) (1) ‖ job ID (16) → empty: queued jobs that are due,
@@ -48,13 +48,15 @@ enum Jk {
     Finished = 10,
     /// name → value: the store's own settings ([`META_FINISHED_INDEX`]).
     Meta = 11,
+    /// schedule ID (16) → stored [`Schedule`](super::Schedule).
+    Schedules = 12,
 }
 
 /// Set once the finished index covers every finished job (stores written
 /// before the index existed are backfilled at their first open).
 const META_FINISHED_INDEX: &[u8] = b"finished_index";
 
-const KEYSPACES: [(Jk, &str); 12] = [
+const KEYSPACES: [(Jk, &str); 13] = [
     (Jk::Jobs, "jobs"),
     (Jk::Ready, "job_ready"),
     (Jk::Delayed, "job_delayed"),
@@ -67,6 +69,7 @@ const KEYSPACES: [(Jk, &str); 12] = [
     (Jk::Log, "job_log"),
     (Jk::Finished, "job_finished"),
     (Jk::Meta, "job_meta"),
+    (Jk::Schedules, "job_schedules"),
 ];
 
 /// Log lines kept per job: the most recent ones; older ones are dropped
@@ -113,6 +116,9 @@ pub enum JobError {
     /// No job with that ID.
     #[error("not_found: no job {0}")]
     NotFound(JobId),
+    /// No schedule with that ID.
+    #[error("not_found: no schedule {0}")]
+    ScheduleNotFound(super::ScheduleId),
     /// Storage failed or stored data is corrupt.
     #[error("{0}")]
     Storage(#[from] LedgerError),
@@ -162,6 +168,9 @@ pub struct JobStore {
     /// New jobs are refused while the disk is nearly full (the ledger's
     /// guard); reports and results of running jobs still go through.
     space: crate::ledger::SpaceGuard,
+    /// Schedules that are not paused, by next occurrence: (next_at, ID).
+    /// Loaded at open; changed after each commit, under `writer`.
+    pub(super) due: Mutex<std::collections::BTreeSet<(u64, [u8; 16])>>,
 }
 
 /// Hands out job IDs (spec/pulse.md, "Job ID"): `time ‖ sequence (u32 BE)
@@ -169,7 +178,7 @@ pub struct JobStore {
 /// restart onto an earlier clock) continues from the newest ID the store
 /// holds, with the next sequence number; the random part keeps IDs apart
 /// even from jobs already pruned.
-struct IdSource {
+pub(super) struct IdSource {
     /// Time part of the last ID given (or the newest stored).
     last_ms: u64,
     /// Sequence part of the last ID given.
@@ -196,7 +205,7 @@ impl IdSource {
         }
     }
 
-    fn next(&mut self, now: u64) -> JobId {
+    pub(super) fn next(&mut self, now: u64) -> JobId {
         if now > self.last_ms {
             self.last_ms = now;
             self.seq = 0;
@@ -219,21 +228,21 @@ impl IdSource {
 /// The in-memory queue indexes, by keyspace tag, and the ready index by
 /// handler (for fair dispatch between handlers).
 #[derive(Default)]
-struct Queues {
+pub(super) struct Queues {
     sets: [std::collections::BTreeSet<Vec<u8>>; 5],
     ready_by_handler: HashMap<[u8; 32], std::collections::BTreeSet<Vec<u8>>>,
 }
 
 /// A queue index change staged with a batch: (tag, key, inserted, the
 /// job's handler key).
-type Move = (u8, Vec<u8>, bool, [u8; 32]);
+pub(super) type Move = (u8, Vec<u8>, bool, [u8; 32]);
 
 fn is_queue(tag: u8) -> bool {
     (Jk::Ready as u8..=Jk::Held as u8).contains(&tag)
 }
 
 impl Queues {
-    fn apply(&mut self, moves: Vec<Move>) {
+    pub(super) fn apply(&mut self, moves: Vec<Move>) {
         for (tag, key, inserted, handler) in moves {
             if tag == Jk::Ready as u8 {
                 self.index_ready(handler, key.clone(), inserted);
@@ -268,11 +277,11 @@ impl Queues {
     }
 }
 
-fn storage(e: impl std::fmt::Display) -> JobError {
+pub(super) fn storage(e: impl std::fmt::Display) -> JobError {
     JobError::Storage(LedgerError::storage("job store", e))
 }
 
-fn corrupt(what: &str) -> JobError {
+pub(super) fn corrupt(what: &str) -> JobError {
     JobError::Storage(LedgerError::new(
         LedgerErrorCode::Integrity,
         format!("job store: {what}"),
@@ -393,8 +402,10 @@ impl JobStore {
             writer: Mutex::new(IdSource::after(newest)),
             queues: Mutex::new(queues),
             space: ledger.space_guard().clone(),
+            due: Mutex::default(),
         };
         store.backfill_finished_index()?;
+        store.load_schedules()?;
         Ok(store)
     }
 
@@ -446,11 +457,26 @@ impl JobStore {
         batch.commit().map_err(storage)
     }
 
-    fn queues(&self) -> std::sync::MutexGuard<'_, Queues> {
+    /// The writer lock, and the ID source under it.
+    pub(super) fn writer(&self) -> std::sync::MutexGuard<'_, IdSource> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ok unless the disk is nearly full (new work is refused then).
+    pub(super) fn space_check(&self) -> Result<(), JobError> {
+        self.space.check().map_err(JobError::Storage)
+    }
+
+    /// A new batch, fsynced on commit.
+    pub(super) fn batch(&self) -> fjall::OwnedWriteBatch {
+        self.db.batch().durability(Some(PersistMode::SyncAll))
+    }
+
+    pub(super) fn queues(&self) -> std::sync::MutexGuard<'_, Queues> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn ks(&self, k: Jk) -> &Keyspace {
+    pub(super) fn ks(&self, k: Jk) -> &Keyspace {
         &self.ks[k as usize]
     }
 
@@ -502,63 +528,20 @@ impl JobStore {
                 .map(|_| Err(JobError::Storage(e.clone())))
                 .collect();
         }
-        let mut counter = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut counter = self.writer();
+        let mut batch = self.batch();
         let mut results = Vec::with_capacity(items.len());
         let mut keys_in_batch: Vec<(Vec<u8>, Job)> = Vec::new();
         let mut moves: Vec<Move> = Vec::new();
         for (handler, schema, req) in items {
-            let result = (|| -> Result<(Job, bool), JobError> {
-                check_request(req)?;
-                let limits = JobLimits::resolve(schema, req)?;
-                let idem_key = req.idempotency_key.as_ref().map(|k| {
-                    let mut key = handler.public_key().to_vec();
-                    key.extend_from_slice(k.as_bytes());
-                    key
-                });
-                if let Some(key) = &idem_key {
-                    if let Some((_, job)) = keys_in_batch.iter().find(|(k, _)| k == key) {
-                        return Ok((job.clone(), true));
-                    }
-                    if let Some(id) = self.ks(Jk::Idem).get(key).map_err(storage)? {
-                        let id = JobId(
-                            id.as_ref()
-                                .try_into()
-                                .map_err(|_| corrupt("idempotency index"))?,
-                        );
-                        return Ok((self.get(&id)?, true));
-                    }
-                }
-                let id = counter.next(now);
-                // IDs never repeat by construction; refusing here as well
-                // means no bug or clock can overwrite a stored job.
-                if self.ks(Jk::Jobs).contains_key(id.0).map_err(storage)? {
-                    return Err(corrupt(&format!(
-                        "job ID {id} is already taken; refusing to overwrite a stored job"
-                    )));
-                }
-                let job = Job::new(id, handler.clone(), req, limits, now);
-                let stored = Stored {
-                    placement: placement(&job, now),
-                    job: job.clone(),
-                };
-                if let Some((tag, key)) = &stored.placement {
-                    batch.insert(&self.ks[*tag as usize], key.clone(), b"");
-                    moves.push((*tag, key.clone(), true, *job.handler.public_key()));
-                }
-                batch.insert(
-                    self.ks(Jk::ByState),
-                    keyed(&[state_byte(&job.state)], &id),
-                    b"",
-                );
-                batch.insert(self.ks(Jk::Jobs), id.0, record_to_vec(&stored));
-                if let Some(key) = idem_key {
-                    batch.insert(self.ks(Jk::Idem), key.clone(), id.0);
-                    keys_in_batch.push((key, job.clone()));
-                }
-                Ok((job, false))
-            })();
-            results.push(result);
+            results.push(self.stage_enqueue(
+                &mut counter,
+                &mut batch,
+                &mut moves,
+                &mut keys_in_batch,
+                (handler, schema, req),
+                now,
+            ));
         }
         if let Err(e) = batch.commit() {
             let err = storage(format!("enqueue not persisted: {e}"));
@@ -576,6 +559,67 @@ impl JobStore {
         }
         self.queues().apply(moves);
         results
+    }
+
+    /// Adds one new job to `batch` (or finds the job its idempotency key
+    /// already names, in the store or earlier in the batch: `true`).
+    pub(super) fn stage_enqueue(
+        &self,
+        counter: &mut IdSource,
+        batch: &mut fjall::OwnedWriteBatch,
+        moves: &mut Vec<Move>,
+        keys_in_batch: &mut Vec<(Vec<u8>, Job)>,
+        (handler, schema, req): (&Did, &HandlerSchema, &JobRequest),
+        now: u64,
+    ) -> Result<(Job, bool), JobError> {
+        check_request(req)?;
+        let limits = JobLimits::resolve(schema, req)?;
+        let idem_key = req.idempotency_key.as_ref().map(|k| {
+            let mut key = handler.public_key().to_vec();
+            key.extend_from_slice(k.as_bytes());
+            key
+        });
+        if let Some(key) = &idem_key {
+            if let Some((_, job)) = keys_in_batch.iter().find(|(k, _)| k == key) {
+                return Ok((job.clone(), true));
+            }
+            if let Some(id) = self.ks(Jk::Idem).get(key).map_err(storage)? {
+                let id = JobId(
+                    id.as_ref()
+                        .try_into()
+                        .map_err(|_| corrupt("idempotency index"))?,
+                );
+                return Ok((self.get(&id)?, true));
+            }
+        }
+        let id = counter.next(now);
+        // IDs never repeat by construction; refusing here as well means no
+        // bug or clock can overwrite a stored job.
+        if self.ks(Jk::Jobs).contains_key(id.0).map_err(storage)? {
+            return Err(corrupt(&format!(
+                "job ID {id} is already taken; refusing to overwrite a stored job"
+            )));
+        }
+        let job = Job::new(id, handler.clone(), req, limits, now);
+        let stored = Stored {
+            placement: placement(&job, now),
+            job: job.clone(),
+        };
+        if let Some((tag, key)) = &stored.placement {
+            batch.insert(&self.ks[*tag as usize], key.clone(), b"");
+            moves.push((*tag, key.clone(), true, *job.handler.public_key()));
+        }
+        batch.insert(
+            self.ks(Jk::ByState),
+            keyed(&[state_byte(&job.state)], &id),
+            b"",
+        );
+        batch.insert(self.ks(Jk::Jobs), id.0, record_to_vec(&stored));
+        if let Some(key) = idem_key {
+            batch.insert(self.ks(Jk::Idem), key.clone(), id.0);
+            keys_in_batch.push((key, job.clone()));
+        }
+        Ok((job, false))
     }
 
     /// Applies one transition to a job and writes the job and its index
