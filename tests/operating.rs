@@ -353,3 +353,164 @@ async fn jobs_are_listed_retried_and_cancelled_in_bulk() {
     assert_eq!(j.state, "succeeded");
     server.stop();
 }
+
+/// Schedules through the real binary (issue 20, item 2): created with
+/// --every or --cron, they enqueue ordinary jobs that run; listed, shown
+/// with their next occurrences, paused, resumed and deleted; they survive
+/// a restart without firing an occurrence twice; bad patterns and zones
+/// are refused with the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_enqueue_jobs_and_survive_restarts() {
+    let dir = tempdir("operating-schedules");
+    let events = dir.join("events.log");
+    let p = common::key("sched-plugin");
+    let pkey = common::key_file(&dir, &p);
+    let config = format!(
+        "plugin_wait_secs = 2\n{}",
+        common::plugin_table(
+            "tools",
+            &["--key".into(), pkey.display().to_string()],
+            &events
+        )
+    );
+    std::fs::write(dir.join("pulse.toml"), config).unwrap();
+    let start = || {
+        Serve::start(
+            &["--config", dir.join("pulse.toml").to_str().unwrap()],
+            &dir.join("data"),
+        )
+    };
+    let server = start();
+    let keys = register(&server.url, &p, &["echo"]).await;
+    let echo = keys[0].did.to_string();
+    let url = server.url.clone();
+    let cli = |args: &[&str]| common::cli_at(&url, args);
+
+    // Refused with the rule, and nothing created.
+    for (args, rule) in [
+        (vec!["--cron", "61 * * * *"], "invalid_schedule"),
+        (
+            vec!["--cron", "* * * * *", "--timezone", "Mars/Olympus"],
+            "invalid_schedule",
+        ),
+        (vec!["--every", "10ms"], "invalid_schedule"),
+        (
+            vec!["--every", "1s", "--priority", "12"],
+            "invalid_priority",
+        ),
+    ] {
+        let (code, _, err) =
+            cli(&[&["schedule", "create", "--handler", "echo"], &args[..]].concat());
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains(rule), "{args:?}: {err}");
+    }
+    let (code, _, err) = cli(&["schedule", "create", "--handler", "echo"]);
+    assert_eq!(code, 2, "--cron or --every is required: {err}");
+    let (_, none, _) = cli(&["schedule", "list"]);
+    assert_eq!(none, "");
+
+    // Every second, by name; and a cron pattern with seconds, by DID.
+    let (code, out, err) = cli(&["schedule", "create", "--handler", "echo", "--every", "1s"]);
+    assert_eq!(code, 0, "{err}");
+    let every = out.trim().to_owned();
+    let (code, out, err) = cli(&[
+        "schedule",
+        "create",
+        "--handler",
+        &echo,
+        "--cron",
+        "*/2 * * * * *",
+        "--timezone",
+        "Europe/Paris",
+        "--overlap",
+        "allow",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let cron: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let cron_id = cron["id"].as_str().unwrap().to_owned();
+    assert_eq!(cron["upcoming_ms"].as_array().unwrap().len(), 5);
+    assert_eq!(cron["overlap"], "allow");
+    // Jobs come, and run.
+    let fired = |id: &str| {
+        let (_, out, _) = cli(&["schedule", "show", id, "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["fired"]
+            .as_u64()
+            .unwrap()
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while fired(&every) < 2 || fired(&cron_id) < 2 {
+        assert!(Instant::now() < until, "schedules did not fire");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, out, _) = cli(&["job", "list", "--state", "succeeded", "--json"]);
+    let keys: Vec<String> = json_lines(&out)
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(keys.len() >= 2, "scheduled jobs ran: {out}");
+    let (_, shown, _) = cli(&["schedule", "show", &every]);
+    assert!(
+        shown.starts_with(&format!("{every} active every 1s ")),
+        "{shown}"
+    );
+    assert_eq!(
+        shown.lines().filter(|l| l.starts_with("  next: ")).count(),
+        5
+    );
+
+    // Paused: fires nothing; resumed: fires again.
+    let (code, out, _) = cli(&["schedule", "pause", &every]);
+    assert_eq!(code, 0);
+    assert!(out.contains(" paused "), "{out}");
+    let paused_at = fired(&every);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(fired(&every), paused_at, "a paused schedule fired");
+
+    // A restart: both schedules are back; the paused one stays paused.
+    server.stop();
+    let server = start();
+    let url = server.url.clone();
+    let cli = |args: &[&str]| common::cli_at(&url, args);
+    let (_, listed, _) = cli(&["schedule", "list", "--handler", "echo", "--json"]);
+    assert_eq!(json_lines(&listed).len(), 2);
+    let (_, out, _) = cli(&["schedule", "resume", &every]);
+    assert!(out.contains(" active "), "{out}");
+    let fired = |id: &str| {
+        let (_, out, _) = cli(&["schedule", "show", id, "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["fired"]
+            .as_u64()
+            .unwrap()
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while fired(&every) < paused_at + 2 {
+        assert!(Instant::now() < until, "a resumed schedule did not fire");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Deleted: gone; its jobs stay. Every occurrence made one job: the
+    // idempotency keys of all jobs are distinct.
+    let (code, _, _) = cli(&["schedule", "delete", &cron_id]);
+    assert_eq!(code, 0);
+    let (code, _, err) = cli(&["schedule", "show", &cron_id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not_found"), "{err}");
+    let mut jobs = pulse_ledger::api::proto::jobs_client::JobsClient::connect(url.clone())
+        .await
+        .unwrap();
+    let all = jobs
+        .list_jobs(pulse_ledger::api::proto::ListJobsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let mut idem: Vec<&str> = all.iter().map(|j| j.idempotency_key.as_str()).collect();
+    assert!(idem.iter().all(|k| k.starts_with("schedule:")), "{idem:?}");
+    let n = idem.len();
+    idem.sort_unstable();
+    idem.dedup();
+    assert_eq!(idem.len(), n, "an occurrence fired twice");
+    server.stop();
+}

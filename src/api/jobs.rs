@@ -11,6 +11,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+mod schedules;
+
 use super::proto::{self, jobs_server::Jobs};
 use super::status::{ERROR_DOMAIN, auth_status, bad_request, parse_did, to_status};
 use crate::auth::{Access, AccessCell, AuthCode, AuthError, Grant};
@@ -1054,6 +1056,41 @@ impl Jobs for JobsService {
         Ok(Response::new(proto::RevokeTokenResponse {
             hash: hash.to_string(),
         }))
+    }
+
+    async fn create_schedule(
+        &self,
+        request: Request<proto::CreateScheduleRequest>,
+    ) -> Result<Response<proto::ScheduleResponse>, Status> {
+        self.create_schedule_rpc(request).await
+    }
+
+    async fn get_schedule(
+        &self,
+        request: Request<proto::GetScheduleRequest>,
+    ) -> Result<Response<proto::ScheduleResponse>, Status> {
+        self.get_schedule_rpc(request).await
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<proto::ListSchedulesRequest>,
+    ) -> Result<Response<proto::ListSchedulesResponse>, Status> {
+        self.list_schedules_rpc(request).await
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<proto::PauseScheduleRequest>,
+    ) -> Result<Response<proto::ScheduleResponse>, Status> {
+        self.pause_schedule_rpc(request).await
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<proto::GetScheduleRequest>,
+    ) -> Result<Response<proto::ScheduleResponse>, Status> {
+        self.delete_schedule_rpc(request).await
     }
 
     async fn list_plugin_sessions(

@@ -147,9 +147,10 @@ impl Grant {
             ));
         }
         let right = match method {
-            "Enqueue" | "EnqueueBatch" | "RetryJob" => Right::Enqueue,
+            "Enqueue" | "EnqueueBatch" | "RetryJob" | "CreateSchedule" | "PauseSchedule"
+            | "DeleteSchedule" => Right::Enqueue,
             "GetJob" | "ListJobs" | "WatchJob" | "GetJobLog" | "GetBudget"
-            | "ListPluginSessions" => Right::Read,
+            | "ListPluginSessions" | "GetSchedule" | "ListSchedules" => Right::Read,
             "CancelJob" | "CancelJobs" => Right::Cancel,
             "SetBudget" => Right::Budget,
             _ => return Ok(()),

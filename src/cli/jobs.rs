@@ -347,6 +347,23 @@ fn parse_delay(text: &str) -> Result<u64, String> {
         .map_err(|e| format!("{text:?} is not a duration such as 90s, 15m, 2h or 1d ({e})"))
 }
 
+/// A payload file, `-` for standard input (read up to one byte past the
+/// limit, so the server names the rule), or nothing.
+pub(crate) fn read_payload(path: Option<&std::path::Path>) -> Result<Vec<u8>, CliError> {
+    match path {
+        None => Ok(Vec::new()),
+        Some(p) if p.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .take(crate::pulse::MAX_PAYLOAD_BYTES as u64 + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| CliError::Usage(format!("stdin: {e}")))?;
+            Ok(buf)
+        }
+        Some(p) => std::fs::read(p).map_err(super::files::io(p)),
+    }
+}
+
 fn parse_id(text: &str) -> Result<Vec<u8>, CliError> {
     match hex::decode(text) {
         Ok(b) if b.len() == 16 => Ok(b),
@@ -530,18 +547,7 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                     .map(parse_id)
                     .transpose()?
                     .unwrap_or_default();
-                let payload = match payload {
-                    None => Vec::new(),
-                    Some(p) if p.as_os_str() == "-" => {
-                        let mut buf = Vec::new();
-                        std::io::stdin()
-                            .take(crate::pulse::MAX_PAYLOAD_BYTES as u64 + 1)
-                            .read_to_end(&mut buf)
-                            .map_err(|e| CliError::Usage(format!("stdin: {e}")))?;
-                        buf
-                    }
-                    Some(p) => std::fs::read(&p).map_err(super::files::io(&p))?,
-                };
+                let payload = read_payload(payload.as_deref())?;
                 let mut client = connect(&server).await?;
                 let request = proto::EnqueueRequest {
                         handler,

@@ -22,6 +22,7 @@ mod output;
 mod proofs;
 mod reach;
 mod remote;
+mod schedules;
 mod serve;
 mod sessions;
 mod token;
@@ -83,7 +84,7 @@ enum Command {
     /// Read a server's log: info, checkpoint, entries, watch.
     #[command(subcommand)]
     Log(client::LogCmd),
-    /// Jobs on a server: submit, get, list, watch, cancel.
+    /// Jobs on a server: submit, get, list, watch, log, cancel, retry.
     #[command(subcommand)]
     Job(jobs::JobCmd),
     /// Follow a log: verify every new entry and checkpoint, report what
@@ -110,6 +111,10 @@ continues where it stopped. Exit status: 1 at the first report with
     /// Offline bundles of a subject's chain with inclusion proofs.
     #[command(subcommand)]
     Bundle(bundle::BundleCmd),
+    /// Recurring schedules on a server: create, list, show, pause, resume,
+    /// delete.
+    #[command(subcommand)]
+    Schedule(schedules::ScheduleCmd),
     /// Per-handler cost budgets on a server: show, set.
     #[command(subcommand)]
     Budget(jobs::BudgetCmd),
@@ -141,6 +146,7 @@ impl Cli {
             Command::Log(c) => client::log(c),
             Command::Job(c) => jobs::job(c),
             Command::Budget(c) => jobs::budget(c),
+            Command::Schedule(c) => schedules::run(c),
             Command::Token(c) => token::run(c),
             Command::Bundle(c) => bundle::run(c),
             Command::Bench(a) => bench::run(a),
