@@ -31,6 +31,7 @@
 
 mod attest;
 mod clock;
+mod histogram;
 mod keyfile;
 pub mod ledger;
 

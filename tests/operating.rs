@@ -514,3 +514,214 @@ async fn schedules_enqueue_jobs_and_survive_restarts() {
     assert_eq!(idem.len(), n, "an occurrence fired twice");
     server.stop();
 }
+
+/// The value of the sample `name` whose labels include `labels`.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+}
+
+async fn scrape(server: &Serve) -> prometheus_parse::Scrape {
+    let response = server.http_get("/metrics").await;
+    let body = response.split("\r\n\r\n").nth(1).unwrap().to_owned();
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+/// Job events in the log and job metrics on /metrics (issue 20, items 3
+/// and 4): one info line per transition and per plugin session opened and
+/// closed; the job families parsed by a Prometheus parser, with the
+/// counts of what the test did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_events_are_logged_and_job_metrics_scraped() {
+    use pulse_ledger::api::proto;
+    let dir = tempdir("operating-metrics");
+    let events = dir.join("events.log");
+    let p = common::key("metrics-plugin");
+    let pkey = common::key_file(&dir, &p);
+    let config = format!(
+        "plugin_wait_secs = 2\n{}",
+        common::plugin_table(
+            "tools",
+            &["--key".into(), pkey.display().to_string()],
+            &events
+        )
+    );
+    std::fs::write(dir.join("pulse.toml"), config).unwrap();
+    let config = dir.join("pulse.toml");
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ];
+    let mut cmd = Serve::command(&args, &dir.join("data"));
+    let log = dir.join("serve.log");
+    cmd.env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let server = Serve::spawn(cmd, true);
+    let keys = register(&server.url, &p, &["echo", "fail"]).await;
+    // A handler that runs one job at a time, for a queue that stays deep.
+    let slow = common::key("metrics-sleep");
+    let mut reg = proto::registry_client::RegistryClient::connect(server.url.clone())
+        .await
+        .unwrap();
+    let a = common::handler_register_with(&slow, "sleep", &p.did, |s| s.max_concurrency = Some(1));
+    reg.submit(proto::SubmitRequest {
+        envelope: a.envelope().to_vec(),
+    })
+    .await
+    .unwrap();
+    let mut jobs = proto::jobs_client::JobsClient::connect(server.url.clone())
+        .await
+        .unwrap();
+    let enqueue = |h: &common::Key, payload: &str| proto::EnqueueRequest {
+        handler: h.did.to_string(),
+        payload: payload.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    for (h, payload) in [
+        (&keys[0], "a"),
+        (&keys[0], "b"),
+        (&keys[0], "c"),
+        (&keys[1], "fatal"),
+    ] {
+        let j = jobs
+            .enqueue(enqueue(h, payload))
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        ids.push(j.id);
+    }
+    for id in &ids {
+        common::finished(&mut jobs, id, 30).await;
+    }
+    for _ in 0..3 {
+        jobs.enqueue(enqueue(&slow, "3000")).await.unwrap();
+    }
+    // The slow handler's queue: one runs, two wait, ready.
+    let until = Instant::now() + Duration::from_secs(30);
+    let slow_did = slow.did.to_string();
+    let m = loop {
+        let m = scrape(&server).await;
+        if sample(&m, "pulse_ledger_queue_depth", &[("handler", &slow_did)]) == Some(2.0) {
+            break m;
+        }
+        assert!(
+            Instant::now() < until,
+            "the slow queue never showed 2 ready jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let get = |name: &str, labels: &[(&str, &str)]| {
+        sample(&m, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?}"))
+    };
+    assert_eq!(get("pulse_ledger_jobs_enqueued_total", &[]), 7.0);
+    assert_eq!(get("pulse_ledger_attempts_started_total", &[]), 5.0);
+    assert_eq!(
+        get(
+            "pulse_ledger_attempts_ended_total",
+            &[("outcome", "succeeded")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        get(
+            "pulse_ledger_attempts_ended_total",
+            &[("outcome", "failed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            "pulse_ledger_attempts_ended_total",
+            &[("outcome", "crashed")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        get(
+            "pulse_ledger_jobs_finished_total",
+            &[("state", "dead"), ("reason", "non_retryable")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            "pulse_ledger_jobs_finished_total",
+            &[("state", "succeeded")]
+        ),
+        3.0
+    );
+    assert_eq!(get("pulse_ledger_jobs", &[("state", "running")]), 1.0);
+    assert_eq!(get("pulse_ledger_jobs", &[("state", "ready")]), 2.0);
+    assert_eq!(
+        get("pulse_ledger_job_wait_seconds", &[]),
+        5.0,
+        "one start each"
+    );
+    assert_eq!(get("pulse_ledger_attempt_seconds", &[]), 4.0);
+    assert!(get("pulse_ledger_dispatcher_step_seconds", &[]) > 0.0);
+    assert!(get("pulse_ledger_job_commit_seconds", &[]) >= 7.0);
+    assert_eq!(
+        get("pulse_ledger_plugin_sessions", &[("connection", "spawned")]),
+        1.0
+    );
+    assert_eq!(
+        get("pulse_ledger_plugin_slots", &[("kind", "running")]),
+        1.0
+    );
+    assert_eq!(
+        get(
+            "pulse_ledger_schedule_occurrences_total",
+            &[("outcome", "fired")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        get("pulse_ledger_budget_refusals_total", &[("action", "held")]),
+        0.0
+    );
+    assert!(m.docs.contains_key("pulse_ledger_job_wait_seconds"));
+    server.stop();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    for id in &ids[..3] {
+        let id = hex::encode(id);
+        for step in [
+            "job new -> queued",
+            "job queued -> running",
+            "job running -> succeeded",
+        ] {
+            assert!(
+                text.lines().any(|l| l.contains(step) && l.contains(&id)),
+                "no {step:?} line for {id}:\n{text}"
+            );
+        }
+    }
+    let dead = hex::encode(&ids[3]);
+    let line = text
+        .lines()
+        .find(|l| l.contains("job running -> dead") && l.contains(&dead))
+        .unwrap_or_else(|| panic!("no dead line:\n{text}"));
+    assert!(
+        line.contains("non_retryable") && line.contains(" INFO "),
+        "{line}"
+    );
+    assert!(line.contains("failed on purpose (fatal)"), "{line}");
+    assert!(text.contains("plugin session open"), "{text}");
+    assert!(text.contains("plugin session closed"), "{text}");
+}

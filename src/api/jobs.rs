@@ -326,17 +326,7 @@ fn parse_id(bytes: &[u8]) -> Result<JobId, Status> {
 }
 
 fn state_name(s: &JobState) -> (&'static str, &'static str) {
-    let reason = match s {
-        JobState::Held(HoldReason::Budget) | JobState::Cancelled(CancelReason::Budget) => "budget",
-        JobState::Held(HoldReason::Plugin) => "plugin",
-        JobState::Dead(DeadReason::AttemptsExhausted) => "attempts_exhausted",
-        JobState::Dead(DeadReason::NonRetryable) => "non_retryable",
-        JobState::Dead(DeadReason::Poison) => "poison",
-        JobState::Dead(DeadReason::Refused(why)) => why.as_str(),
-        JobState::Cancelled(CancelReason::Requested) => "requested",
-        _ => "",
-    };
-    (s.as_str(), reason)
+    (s.as_str(), s.reason())
 }
 
 /// A state filter: empty for every state.

@@ -34,7 +34,23 @@ pub struct Metrics {
     connections: OnceLock<Arc<super::incoming::ConnectionCounters>>,
     streams: OnceLock<Arc<super::streams::Streams>>,
     ledger: OnceLock<LedgerRef>,
+    jobs: OnceLock<JobsRef>,
 }
+
+/// The job store and plugin sessions, for the job metrics.
+#[derive(Clone)]
+struct JobsRef(Arc<crate::pulse::JobStore>, Arc<crate::plugin::Sessions>);
+
+impl std::fmt::Debug for JobsRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Jobs")
+    }
+}
+
+/// Handlers given their own `handler` label in the queue depth metric
+/// (the deepest queues); the others are summed under `handler="other"`,
+/// so the number of series stays bounded however many handlers exist.
+const QUEUE_DEPTH_HANDLERS: usize = 10;
 
 /// The ledger, for readiness (it has no Debug of its own).
 #[derive(Clone)]
@@ -105,6 +121,15 @@ impl Metrics {
     /// Shows the running dispatcher's counters too.
     pub(crate) fn watch_pulse(&self, counters: Arc<crate::pulse::PulseCounters>) {
         let _ = self.pulse.set(counters);
+    }
+
+    /// Shows the job metrics of this store and these sessions too.
+    pub(crate) fn watch_jobs(
+        &self,
+        store: Arc<crate::pulse::JobStore>,
+        sessions: Arc<crate::plugin::Sessions>,
+    ) {
+        let _ = self.jobs.set(JobsRef(store, sessions));
     }
 
     /// Judges readiness on this ledger too (`/readyz`).
@@ -270,8 +295,188 @@ impl Metrics {
                 p.stale_reports()
             );
         }
+        if let Some(JobsRef(store, sessions)) = self.jobs.get() {
+            render_jobs(&mut out, store, sessions);
+        }
         out
     }
+}
+
+/// `# HELP` and `# TYPE` lines.
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn render_jobs(
+    out: &mut String,
+    store: &crate::pulse::JobStore,
+    sessions: &crate::plugin::Sessions,
+) {
+    let (ready, delayed, running, held) = store.queue_sizes();
+    head(
+        out,
+        "pulse_ledger_jobs",
+        "gauge",
+        "Unfinished jobs now: ready (queued and due), delayed (queued before run_at, or retrying), running, held.",
+    );
+    for (state, n) in [
+        ("ready", ready),
+        ("delayed", delayed),
+        ("running", running),
+        ("held", held),
+    ] {
+        let _ = writeln!(out, "pulse_ledger_jobs{{state=\"{state}\"}} {n}");
+    }
+    let (top, handlers) = store.deepest_queues(QUEUE_DEPTH_HANDLERS);
+    head(
+        out,
+        "pulse_ledger_queue_depth",
+        "gauge",
+        "Ready jobs per handler: the 10 deepest queues by did:key, the rest summed as \"other\".",
+    );
+    let shown: usize = top.iter().map(|(_, n)| n).sum();
+    for (did, n) in &top {
+        let _ = writeln!(out, "pulse_ledger_queue_depth{{handler=\"{did}\"}} {n}");
+    }
+    if handlers > top.len() {
+        let _ = writeln!(
+            out,
+            "pulse_ledger_queue_depth{{handler=\"other\"}} {}",
+            ready.saturating_sub(shown)
+        );
+    }
+    let c = store.counters();
+    head(
+        out,
+        "pulse_ledger_jobs_enqueued_total",
+        "counter",
+        "Jobs enqueued (not counting idempotent repeats).",
+    );
+    let _ = writeln!(out, "pulse_ledger_jobs_enqueued_total {}", c.enqueued());
+    head(
+        out,
+        "pulse_ledger_attempts_started_total",
+        "counter",
+        "Attempts started.",
+    );
+    let _ = writeln!(
+        out,
+        "pulse_ledger_attempts_started_total {}",
+        c.attempts_started()
+    );
+    head(
+        out,
+        "pulse_ledger_attempts_ended_total",
+        "counter",
+        "Attempts ended, by outcome.",
+    );
+    for (outcome, n) in c.attempts_ended() {
+        let _ = writeln!(
+            out,
+            "pulse_ledger_attempts_ended_total{{outcome=\"{}\"}} {n}",
+            outcome.as_str()
+        );
+    }
+    head(
+        out,
+        "pulse_ledger_jobs_finished_total",
+        "counter",
+        "Jobs finished, by state and reason.",
+    );
+    for ((state, reason), n) in c.finished() {
+        let _ = writeln!(
+            out,
+            "pulse_ledger_jobs_finished_total{{state=\"{state}\",reason=\"{reason}\"}} {n}"
+        );
+    }
+    head(
+        out,
+        "pulse_ledger_job_retries_total",
+        "counter",
+        "Jobs that went to retrying after an attempt.",
+    );
+    let _ = writeln!(out, "pulse_ledger_job_retries_total {}", c.retries());
+    let (held_for_budget, cancelled_for_budget) = c.budget_refusals();
+    head(
+        out,
+        "pulse_ledger_budget_refusals_total",
+        "counter",
+        "Jobs held (before dispatch) or cancelled (mid-attempt) by a cost budget.",
+    );
+    let _ = writeln!(
+        out,
+        "pulse_ledger_budget_refusals_total{{action=\"held\"}} {held_for_budget}"
+    );
+    let _ = writeln!(
+        out,
+        "pulse_ledger_budget_refusals_total{{action=\"cancelled\"}} {cancelled_for_budget}"
+    );
+    let (fired, skipped, missed, failed) = c.schedule_occurrences();
+    head(
+        out,
+        "pulse_ledger_schedule_occurrences_total",
+        "counter",
+        "Schedule occurrences: fired (a job enqueued), skipped (overlap), missed (passed while stopped), failed (the handler took no job).",
+    );
+    for (outcome, n) in [
+        ("fired", fired),
+        ("skipped", skipped),
+        ("missed", missed),
+        ("failed", failed),
+    ] {
+        let _ = writeln!(
+            out,
+            "pulse_ledger_schedule_occurrences_total{{outcome=\"{outcome}\"}} {n}"
+        );
+    }
+    c.wait.render(
+        out,
+        "pulse_ledger_job_wait_seconds",
+        "From when a job could start (its run_at, or its retry time) to the start of its attempt.",
+    );
+    c.run.render(
+        out,
+        "pulse_ledger_attempt_seconds",
+        "How long attempts ran.",
+    );
+    c.step.render(
+        out,
+        "pulse_ledger_dispatcher_step_seconds",
+        "Dispatcher steps (each one group commit of reports and dispatches).",
+    );
+    c.commit.render(
+        out,
+        "pulse_ledger_job_commit_seconds",
+        "Job store commits (each fsynced).",
+    );
+    let all = sessions.all();
+    head(
+        out,
+        "pulse_ledger_plugin_sessions",
+        "gauge",
+        "Live plugin sessions, by how the plugin is reached.",
+    );
+    for kind in ["spawned", "dialled", "connected"] {
+        let n = all.iter().filter(|s| s.connection.as_str() == kind).count();
+        let _ = writeln!(
+            out,
+            "pulse_ledger_plugin_sessions{{connection=\"{kind}\"}} {n}"
+        );
+    }
+    head(
+        out,
+        "pulse_ledger_plugin_slots",
+        "gauge",
+        "Attempt slots the live sessions announced (0: no limit), and attempts they run now.",
+    );
+    let slots: u64 = all.iter().map(|s| u64::from(s.slots)).sum();
+    let busy: u64 = all.iter().map(|s| u64::from(s.running())).sum();
+    let _ = writeln!(
+        out,
+        "pulse_ledger_plugin_slots{{kind=\"announced\"}} {slots}"
+    );
+    let _ = writeln!(out, "pulse_ledger_plugin_slots{{kind=\"running\"}} {busy}");
 }
 
 /// Time a metrics client has to send its request and read the answer.

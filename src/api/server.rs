@@ -503,6 +503,7 @@ pub async fn serve(
     let (runner, host) = start_pulse(&config, local, &ledger, &store, &sessions);
     metrics.watch_pulse(runner.handle().counters());
     metrics.watch_ledger(Arc::clone(&ledger));
+    metrics.watch_jobs(Arc::clone(&store), Arc::clone(&sessions));
     if access.is_open() {
         tracing::warn!(listen = %local, "no [[token]] configured: the Jobs API is open to every client that can connect");
     }

@@ -207,6 +207,8 @@ pub struct RefusedProof {
     pub at_ms: u64,
 }
 
+/// Refused proofs logged per second, at most.
+const REFUSAL_LOGS_PER_SECOND: u32 = 10;
 /// Refused proofs remembered (the latest per claimed plugin ID); the
 /// oldest is forgotten first, so strangers cannot grow the list.
 const MAX_REFUSALS: usize = 1_000;
@@ -221,6 +223,8 @@ const MAX_REFUSAL_MESSAGE_BYTES: usize = 1_024;
 pub struct Sessions {
     map: RwLock<HashMap<Did, Vec<Arc<Session>>>>,
     refusals: Mutex<HashMap<String, RefusedProof>>,
+    /// (second, refusals logged in it).
+    refusal_log: Mutex<(u64, u32)>,
 }
 
 impl Sessions {
@@ -295,6 +299,15 @@ impl Sessions {
     pub fn close(&self, plugin: &Did, generation: u64) {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         if let Some(pool) = map.get_mut(plugin) {
+            if let Some(s) = pool.iter().find(|s| s.generation == generation) {
+                tracing::info!(
+                    id = %plugin,
+                    session = generation,
+                    connection = s.connection.as_str(),
+                    address = %s.address,
+                    "plugin session closed"
+                );
+            }
             pool.retain(|s| s.generation != generation);
             if pool.is_empty() {
                 map.remove(plugin);
@@ -335,6 +348,24 @@ impl Sessions {
         refusal.plugin = crate::pulse::cut_text(refusal.plugin, MAX_REFUSAL_ID_BYTES);
         refusal.message = crate::pulse::cut_text(refusal.message, MAX_REFUSAL_MESSAGE_BYTES);
         let mut r = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        // Logged, but strangers choose how often: at most
+        // REFUSAL_LOGS_PER_SECOND lines a second, the rest only kept.
+        let second = refusal.at_ms / 1000;
+        let mut log = self.refusal_log.lock().unwrap_or_else(|p| p.into_inner());
+        if log.0 != second {
+            *log = (second, 0);
+        }
+        if log.1 < REFUSAL_LOGS_PER_SECOND {
+            log.1 += 1;
+            tracing::warn!(
+                id = %refusal.plugin.escape_debug(),
+                address = %refusal.address,
+                code = %refusal.code,
+                message = %refusal.message.escape_debug(),
+                "plugin session refused"
+            );
+        }
+        drop(log);
         if r.len() >= MAX_REFUSALS && !r.contains_key(&refusal.plugin) {
             if let Some(oldest) = r.values().min_by_key(|x| x.at_ms).map(|x| x.plugin.clone()) {
                 r.remove(&oldest);

@@ -178,6 +178,11 @@ impl<E: Executor> Dispatcher<E> {
         self
     }
 
+    /// The job store's counters (the runner times steps into them).
+    pub fn job_counters(&self) -> std::sync::Arc<super::JobCounters> {
+        self.store.counters()
+    }
+
     /// The executor (tests drive fakes through it).
     pub fn executor_mut(&mut self) -> &mut E {
         &mut self.executor

@@ -366,6 +366,23 @@ impl JobState {
         )
     }
 
+    /// Why it is held, dead or cancelled, as the API and spec name it;
+    /// empty for the other states.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            JobState::Held(HoldReason::Budget) | JobState::Cancelled(CancelReason::Budget) => {
+                "budget"
+            }
+            JobState::Held(HoldReason::Plugin) => "plugin",
+            JobState::Dead(DeadReason::AttemptsExhausted) => "attempts_exhausted",
+            JobState::Dead(DeadReason::NonRetryable) => "non_retryable",
+            JobState::Dead(DeadReason::Poison) => "poison",
+            JobState::Dead(DeadReason::Refused(why)) => why.as_str(),
+            JobState::Cancelled(CancelReason::Requested) => "requested",
+            _ => "",
+        }
+    }
+
     /// The state's name in the API and spec.
     pub fn as_str(&self) -> &'static str {
         match self {

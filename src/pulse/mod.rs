@@ -7,6 +7,7 @@ mod dispatcher;
 mod error;
 mod executor;
 mod job;
+mod job_metrics;
 mod machine;
 mod payload_schema;
 mod record;
@@ -15,6 +16,7 @@ mod runner;
 mod schedule;
 mod schedule_store;
 mod store;
+mod transition;
 
 pub use backoff::Backoff;
 pub use budget::{Budget, BudgetUse};
@@ -30,6 +32,7 @@ pub use job::{
     MAX_PAYLOAD_BYTES, MAX_PRIORITY, POISON_CRASHES, POISON_INTERRUPTIONS, Progress, Refusal,
     check_request, cut_text,
 };
+pub use job_metrics::{JobCounters, OUTCOMES};
 pub use machine::{MAX_RETRY_AFTER_MS, RetryPolicy};
 pub use payload_schema::{Checked, PayloadSchema, SchemaCache};
 pub use route::{Authorization, OpenRouter, Route, Router};

@@ -184,6 +184,7 @@ fn run<E: Executor>(
     idle: Duration,
     counters: &PulseCounters,
 ) {
+    let jobs = d.job_counters();
     match d.recover(crate::clock::unix_ms()) {
         Ok(0) => {}
         Ok(n) => tracing::info!(interrupted = n, "recovered attempts left running"),
@@ -201,7 +202,9 @@ fn run<E: Executor>(
                 Command::Stop => return,
             }
         }
+        let started = std::time::Instant::now();
         let step = d.step(crate::clock::unix_ms());
+        jobs.step.observe(started.elapsed());
         if let Ok(r) = &step {
             counters
                 .stale_reports

@@ -287,14 +287,24 @@ impl JobStore {
         if changed.is_empty() {
             return Ok(report);
         }
-        batch
-            .commit()
+        self.commit(batch)
             .map_err(|e| storage(format!("schedule firing not persisted: {e}")))?;
         self.queues().apply(moves);
         for (old, new) in &changed {
             self.reindex(Some(old), Some(new));
         }
         drop(ids);
+        let new_jobs: Vec<super::transition::Transition> = keys_in_batch
+            .iter()
+            .map(|(_, job)| super::transition::Transition::of(None, job))
+            .collect();
+        self.record_transitions(&new_jobs);
+        self.counters().schedules_fired(&report);
+        for (_, s) in &changed {
+            if let Some(e) = &s.last_error {
+                tracing::warn!(schedule = %s.id, handler = %s.handler, error = %e, "schedule occurrence enqueued nothing");
+            }
+        }
         Ok(report)
     }
 }

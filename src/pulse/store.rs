@@ -14,7 +14,9 @@ use super::job::{
     CancelReason, DeadReason, Job, JobId, JobLimits, JobRequest, JobState, LeaseToken,
     MAX_PRIORITY, check_request,
 };
+use super::job_metrics::JobCounters;
 use super::record::{decode as record_from_slice, encode as record_to_vec};
+use super::transition::Transition;
 use crate::ledger::{Ledger, LedgerError, LedgerErrorCode};
 use crate::{Did, HandlerSchema};
 
@@ -171,6 +173,8 @@ pub struct JobStore {
     /// Schedules that are not paused, by next occurrence: (next_at, ID).
     /// Loaded at open; changed after each commit, under `writer`.
     pub(super) due: Mutex<std::collections::BTreeSet<(u64, [u8; 16])>>,
+    /// What happened to jobs, for metrics.
+    counters: std::sync::Arc<JobCounters>,
 }
 
 /// Hands out job IDs (spec/pulse.md, "Job ID"): `time ‖ sequence (u32 BE)
@@ -403,6 +407,7 @@ impl JobStore {
             queues: Mutex::new(queues),
             space: ledger.space_guard().clone(),
             due: Mutex::default(),
+            counters: std::sync::Arc::default(),
         };
         store.backfill_finished_index()?;
         store.load_schedules()?;
@@ -460,6 +465,58 @@ impl JobStore {
     /// The writer lock, and the ID source under it.
     pub(super) fn writer(&self) -> std::sync::MutexGuard<'_, IdSource> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commits a batch of job transitions, timed for the metrics.
+    pub(super) fn commit(&self, batch: fjall::OwnedWriteBatch) -> Result<(), fjall::Error> {
+        let started = std::time::Instant::now();
+        let r = batch.commit();
+        self.counters.commit.observe(started.elapsed());
+        r
+    }
+
+    /// Logs committed transitions and counts them.
+    pub(super) fn record_transitions(&self, all: &[Transition]) {
+        for t in all {
+            t.log();
+            self.counters.observe(t);
+        }
+    }
+
+    /// What happened to jobs since the store opened, for metrics.
+    pub fn counters(&self) -> std::sync::Arc<JobCounters> {
+        std::sync::Arc::clone(&self.counters)
+    }
+
+    /// Jobs in the queue indexes now: (ready, delayed, running, held).
+    /// Delayed jobs are queued before their run_at, or retrying.
+    pub fn queue_sizes(&self) -> (usize, usize, usize, usize) {
+        let q = self.queues();
+        (
+            q.set(Jk::Ready).len(),
+            q.set(Jk::Delayed).len(),
+            q.set(Jk::Running).len(),
+            q.set(Jk::Held).len(),
+        )
+    }
+
+    /// The `n` handlers with the most ready jobs, most first, and how many
+    /// each has; and the number of handlers with ready jobs.
+    pub fn deepest_queues(&self, n: usize) -> (Vec<(Did, usize)>, usize) {
+        let q = self.queues();
+        let mut depths: Vec<([u8; 32], usize)> = q
+            .ready_by_handler
+            .iter()
+            .map(|(k, set)| (*k, set.len()))
+            .collect();
+        let handlers = depths.len();
+        depths.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let top = depths
+            .into_iter()
+            .take(n)
+            .filter_map(|(k, d)| Did::from_public_key(k).ok().map(|did| (did, d)))
+            .collect();
+        (top, handlers)
     }
 
     /// Ok unless the disk is nearly full (new work is refused then).
@@ -543,7 +600,7 @@ impl JobStore {
                 now,
             ));
         }
-        if let Err(e) = batch.commit() {
+        if let Err(e) = self.commit(batch) {
             let err = storage(format!("enqueue not persisted: {e}"));
             // A repeat of a job created in this same batch was not
             // persisted either; only repeats of stored jobs stand.
@@ -558,6 +615,13 @@ impl JobStore {
                 .collect();
         }
         self.queues().apply(moves);
+        let new: Vec<Transition> = results
+            .iter()
+            .flatten()
+            .filter(|(_, existed)| !existed)
+            .map(|(job, _)| Transition::of(None, job))
+            .collect();
+        self.record_transitions(&new);
         results
     }
 
@@ -707,7 +771,7 @@ impl JobStore {
         }
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         let mut changed = false;
-        let mut moves = Vec::new();
+        let (mut moves, mut transitions) = (Vec::new(), Vec::new());
         for (handler, amount) in spend {
             match self.stage_spend(&mut batch, &handler, now, amount) {
                 Ok(()) => changed = true,
@@ -716,12 +780,12 @@ impl JobStore {
         }
         for (old, job) in touched {
             if old.job != job {
-                self.stage_write(&mut batch, &mut moves, &old, job, now);
+                self.stage_write(&mut batch, (&mut moves, &mut transitions), &old, job, now);
                 changed = true;
             }
         }
         if changed {
-            if let Err(e) = batch.commit() {
+            if let Err(e) = self.commit(batch) {
                 let err = storage(format!("transitions not persisted: {e}"));
                 return results
                     .into_iter()
@@ -729,18 +793,19 @@ impl JobStore {
                     .collect();
             }
             self.queues().apply(moves);
+            self.record_transitions(&transitions);
         }
         results
     }
 
     fn write(&self, old: &Stored, job: Job, now: u64) -> Result<(), JobError> {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
-        let mut moves = Vec::new();
-        self.stage_write(&mut batch, &mut moves, old, job, now);
-        batch
-            .commit()
+        let (mut moves, mut transitions) = (Vec::new(), Vec::new());
+        self.stage_write(&mut batch, (&mut moves, &mut transitions), old, job, now);
+        self.commit(batch)
             .map_err(|e| storage(format!("transition not persisted: {e}")))?;
         self.queues().apply(moves);
+        self.record_transitions(&transitions);
         Ok(())
     }
 
@@ -749,7 +814,7 @@ impl JobStore {
     fn stage_write(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
-        moves: &mut Vec<Move>,
+        (moves, transitions): (&mut Vec<Move>, &mut Vec<Transition>),
         old: &Stored,
         job: Job,
         now: u64,
@@ -768,6 +833,9 @@ impl JobStore {
                 batch.insert(&self.ks[*tag as usize], key.clone(), b"");
                 moves.push((*tag, key.clone(), true, handler));
             }
+        }
+        if old.job.state != new.job.state || old.job.attempts.len() != new.job.attempts.len() {
+            transitions.push(Transition::of(Some(&old.job), &new.job));
         }
         let (a, b) = (state_byte(&old.job.state), state_byte(&new.job.state));
         if a != b {
