@@ -34,6 +34,7 @@ mod clock;
 mod histogram;
 mod keyfile;
 pub mod ledger;
+pub mod telemetry;
 
 pub mod audit;
 

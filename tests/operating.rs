@@ -725,3 +725,185 @@ async fn job_events_are_logged_and_job_metrics_scraped() {
     assert!(text.contains("plugin session open"), "{text}");
     assert!(text.contains("plugin session closed"), "{text}");
 }
+
+mod traces {
+    //! Traces (issue 20, item 6): a small OTLP receiver, started here,
+    //! gets the server's spans; the links from the caller's trace context
+    //! to the Enqueue call, to the attempt, and on to the plugin hold.
+
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use opentelemetry_proto::tonic::trace::v1::Span;
+    use pulse_ledger::api::proto;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Receiver(Arc<Mutex<Vec<Span>>>);
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let spans = request
+                .into_inner()
+                .resource_spans
+                .into_iter()
+                .flat_map(|r| r.scope_spans)
+                .flat_map(|s| s.spans);
+            self.0.lock().unwrap().extend(spans);
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    fn attribute(span: &Span, key: &str) -> Option<String> {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        span.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+            .map(|v| match v {
+                Value::StringValue(s) => s.clone(),
+                Value::IntValue(i) => i.to_string(),
+                other => format!("{other:?}"),
+            })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spans_link_the_caller_the_enqueue_the_attempt_and_the_plugin() {
+        let receiver = Receiver::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let otlp = format!("http://{}", listener.local_addr().unwrap());
+        let service = TraceServiceServer::new(receiver.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+
+        let dir = tempdir("operating-traces");
+        let events = dir.join("events.log");
+        let p = common::key("traces-plugin");
+        let pkey = common::key_file(&dir, &p);
+        let config = format!(
+            "plugin_wait_secs = 2\n{}",
+            common::plugin_table(
+                "tools",
+                &["--key".into(), pkey.display().to_string()],
+                &events
+            )
+        );
+        std::fs::write(dir.join("pulse.toml"), config).unwrap();
+        let config = dir.join("pulse.toml");
+        let server = Serve::start(
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--otlp-endpoint",
+                &otlp,
+            ],
+            &dir.join("data"),
+        );
+        let keys = register(&server.url, &p, &["echo"]).await;
+        let mut jobs = proto::jobs_client::JobsClient::connect(server.url.clone())
+            .await
+            .unwrap();
+        // The caller is in a trace of its own.
+        let (caller_trace, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+        let mut request = tonic::Request::new(proto::EnqueueRequest {
+            handler: keys[0].did.to_string(),
+            payload: b"traced".to_vec(),
+            ..Default::default()
+        });
+        request.metadata_mut().insert(
+            "traceparent",
+            format!("00-{caller_trace}-{caller_span}-01")
+                .parse()
+                .unwrap(),
+        );
+        let id = jobs
+            .enqueue(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap()
+            .id;
+        let j = common::finished(&mut jobs, &id, 30).await;
+        assert_eq!(j.state, "succeeded");
+        // A call that fails: its span says so.
+        let e = jobs
+            .get_job(proto::GetJobRequest { id: vec![1, 2, 3] })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        // A stop sends the spans still batched.
+        server.stop();
+
+        let spans = receiver.0.lock().unwrap().clone();
+        let named = |name: &str| {
+            spans
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap_or_else(|| {
+                    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+                    panic!("no span {name}: {names:?}")
+                })
+                .clone()
+        };
+        let enqueue = named("pulse_ledger.v1.Jobs/Enqueue");
+        assert_eq!(hex::encode(&enqueue.trace_id), caller_trace);
+        assert_eq!(hex::encode(&enqueue.parent_span_id), caller_span);
+        assert_eq!(
+            attribute(&enqueue, "rpc.method").as_deref(),
+            Some("Enqueue")
+        );
+        let attempt = named("attempt");
+        assert_eq!(
+            attempt.trace_id, enqueue.trace_id,
+            "the attempt is in the caller's trace"
+        );
+        assert_eq!(
+            attempt.parent_span_id, enqueue.span_id,
+            "a child of the Enqueue span"
+        );
+        assert_eq!(
+            attribute(&attempt, "pulse.job").as_deref(),
+            Some(hex::encode(&id).as_str())
+        );
+        assert_eq!(attribute(&attempt, "pulse.attempt").as_deref(), Some("1"));
+        // The plugin got the attempt's context: its spans join the trace.
+        let text = std::fs::read_to_string(&events).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("trace {} 1 ", hex::encode(&id))))
+            .unwrap_or_else(|| panic!("the plugin got no trace context:\n{text}"));
+        let traceparent = line.split_whitespace().nth(3).unwrap();
+        assert_eq!(
+            traceparent,
+            format!(
+                "00-{}-{}-01",
+                hex::encode(&attempt.trace_id),
+                hex::encode(&attempt.span_id)
+            )
+        );
+        // Of the GetJob calls (the polls above succeeded), one failed.
+        let statuses: Vec<_> = spans
+            .iter()
+            .filter(|s| s.name == "pulse_ledger.v1.Jobs/GetJob")
+            .map(|s| s.status.clone().unwrap_or_default())
+            .collect();
+        let failed: Vec<_> = statuses.iter().filter(|s| s.code == 2).collect();
+        assert_eq!(failed.len(), 1, "{statuses:?}");
+        assert!(failed[0].message.contains("grpc-status 3"), "{failed:?}");
+        assert!(statuses.iter().filter(|s| s.code != 2).count() >= 1);
+    }
+}

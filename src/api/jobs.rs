@@ -466,6 +466,7 @@ impl JobsService {
         r: &proto::EnqueueRequest,
         grant: &Grant,
         peer: Option<std::net::SocketAddr>,
+        trace_parent: Option<String>,
     ) -> Result<(Did, HandlerSchema, JobRequest), Status> {
         let (did, owner, schema) = self.handler(&r.handler)?;
         grant
@@ -518,6 +519,7 @@ impl JobsService {
             timeout_ms: (r.timeout_ms != 0).then_some(r.timeout_ms),
             max_cost: (r.max_cost != 0).then_some(r.max_cost),
             parent,
+            trace_parent,
         };
         Ok((did, schema, req))
     }
@@ -544,9 +546,10 @@ impl Jobs for JobsService {
     ) -> Result<Response<proto::EnqueueResponse>, Status> {
         let grant = self.grant(&request)?;
         let peer = request.remote_addr();
+        let trace = crate::telemetry::rpc_trace(&request);
         let req = request.into_inner();
         self.admit_enqueue(&grant, enqueue_units(req.payload.len()), peer)?;
-        let item = self.request(&req, &grant, peer)?;
+        let item = self.request(&req, &grant, peer, trace)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let unavailable = || Status::unavailable("unavailable: the server is shutting down");
         self.enqueuer
@@ -570,6 +573,7 @@ impl Jobs for JobsService {
     ) -> Result<Response<proto::EnqueueBatchResponse>, Status> {
         let grant = self.grant(&request)?;
         let peer = request.remote_addr();
+        let trace = crate::telemetry::rpc_trace(&request);
         let reqs = request.into_inner().jobs;
         if reqs.is_empty() || reqs.len() > MAX_BATCH {
             return Err(status(
@@ -585,8 +589,10 @@ impl Jobs for JobsService {
         self.admit_enqueue(&grant, units, peer)?;
         // Requests whose handler does not resolve, or is outside the
         // token's scopes, fail alone; the rest go to the store together.
-        let resolved: Vec<Result<_, Status>> =
-            reqs.iter().map(|r| self.request(r, &grant, peer)).collect();
+        let resolved: Vec<Result<_, Status>> = reqs
+            .iter()
+            .map(|r| self.request(r, &grant, peer, trace.clone()))
+            .collect();
         let items: Vec<_> = resolved
             .iter()
             .filter_map(|r| r.as_ref().ok().cloned())

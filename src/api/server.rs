@@ -34,6 +34,8 @@ pub struct ServeConfig {
     pub log_name: String,
     /// Prometheus metrics listen address; `None` disables metrics.
     pub metrics_listen: Option<SocketAddr>,
+    /// OTLP/gRPC collector to export traces to; `None` exports none.
+    pub otlp_endpoint: Option<String>,
     /// Finished jobs are deleted this long after their last change, hours.
     pub job_retention_hours: u64,
     /// Declared plugins.
@@ -136,6 +138,7 @@ impl ServeConfig {
             listen,
             log_name: "pulse-ledger.local/log".into(),
             metrics_listen: None,
+            otlp_endpoint: None,
             job_retention_hours: DEFAULT_JOB_RETENTION_HOURS,
             plugins: Vec::new(),
             max_running: d.max_running,
@@ -425,6 +428,15 @@ pub async fn serve(
     on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>, &Ledger),
 ) -> Result<(), ServeError> {
     let (access, builder) = security(&config)?;
+    let telemetry = match &config.otlp_endpoint {
+        Some(endpoint) => Some(crate::telemetry::Telemetry::start(endpoint).map_err(
+            |message| ServeError::Refused {
+                rule: "invalid_otlp_endpoint",
+                message,
+            },
+        )?),
+        None => None,
+    };
     let mut ledger_config = LedgerConfig::new(&config.data_dir, &config.log_name);
     ledger_config.min_free_bytes = config.min_free_bytes;
     ledger_config.log_reserve_bytes = config.log_reserve_bytes;
@@ -649,6 +661,11 @@ pub async fn serve(
     // and stop the writer before returning.
     let closing = Arc::clone(&ledger);
     let _ = tokio::task::spawn_blocking(move || closing.close()).await;
+    if let Some(t) = telemetry {
+        // Sends the spans still batched; it waits on exports that run on
+        // this runtime, so not from one of its workers.
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
     tracing::info!(size = ledger.head().size, "stopped");
     result.map_err(|e| ServeError::Transport(e.to_string()))
 }

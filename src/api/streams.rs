@@ -228,7 +228,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let open = match self.streams.open(peer_of(&req)) {
             Ok(o) => o,
             Err(e) => {
@@ -236,23 +236,77 @@ where
                 return Box::pin(async move { Ok(response) });
             }
         };
+        let span = rpc_span(&mut req);
         let fut = self.inner.call(req);
         Box::pin(async move {
             let response = fut.await?;
+            let mut span = span;
+            // An error with no body comes in the headers.
+            if let (Some(s), Some(why)) = (span.as_mut(), grpc_error(response.headers())) {
+                s.fail(why);
+            }
             Ok(response.map(|b| {
                 tonic::body::Body::new(Tracked {
                     inner: b,
                     _open: open,
+                    span,
                 })
             }))
         })
     }
 }
 
-/// A response body that holds its call's place until it ends.
+/// The call's span while traces are on (spec/plugin.md, "Trace
+/// context"): named by its gRPC path, the child of the caller's
+/// `traceparent` if it sent one; its own `traceparent` goes with the
+/// request to the service, which records it on the jobs it enqueues.
+fn rpc_span<B>(req: &mut Request<B>) -> Option<crate::telemetry::TraceSpan> {
+    if !crate::telemetry::enabled() {
+        return None;
+    }
+    let path = req.uri().path().trim_start_matches('/').to_owned();
+    let (service, method) = path.split_once('/').unwrap_or((&path, ""));
+    let attributes = vec![
+        opentelemetry::KeyValue::new("rpc.system", "grpc"),
+        opentelemetry::KeyValue::new("rpc.service", service.to_owned()),
+        opentelemetry::KeyValue::new("rpc.method", method.to_owned()),
+    ];
+    let parent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let span = crate::telemetry::TraceSpan::start(
+        path,
+        opentelemetry::trace::SpanKind::Server,
+        parent.as_deref(),
+        attributes,
+    )?;
+    req.extensions_mut()
+        .insert(crate::telemetry::RpcTrace(span.traceparent()));
+    Some(span)
+}
+
+/// `grpc-status` other than OK in these headers or trailers, with its
+/// message.
+fn grpc_error(headers: &tonic::codegen::http::HeaderMap) -> Option<String> {
+    let code = headers.get("grpc-status")?.to_str().ok()?;
+    if code == "0" {
+        return None;
+    }
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .unwrap_or("");
+    Some(format!("grpc-status {code}: {message}"))
+}
+
+/// A response body that holds its call's place (and its span) until it
+/// ends.
 struct Tracked {
     inner: tonic::body::Body,
     _open: Open,
+    span: Option<crate::telemetry::TraceSpan>,
 }
 
 impl Body for Tracked {
@@ -263,7 +317,14 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            let why = frame.trailers_ref().and_then(grpc_error);
+            if let (Some(span), Some(why)) = (self.span.as_mut(), why) {
+                span.fail(why);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

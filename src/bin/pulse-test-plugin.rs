@@ -37,8 +37,9 @@
 //!
 //! With `PULSE_TEST_PLUGIN_EVENTS=FILE` it appends one line per event
 //! (`start JOB ATTEMPT PID UNIX_MICROS`, `cancelled JOB ATTEMPT`,
-//! `done JOB ATTEMPT`) so tests and benchmarks can see what reached the
-//! plugin and when.
+//! `done JOB ATTEMPT`, and `trace JOB ATTEMPT TRACEPARENT` when the attempt
+//! came with trace context) so tests and benchmarks can see what reached
+//! the plugin and when.
 
 use std::io::Write;
 use std::time::Duration;
@@ -198,6 +199,9 @@ impl JobHandler for Handler {
             ctx.attempt(),
             std::process::id()
         ));
+        if let Some(t) = ctx.trace_parent() {
+            note(format!("trace {} {} {t}", job(&ctx), ctx.attempt()));
+        }
         if matches!(self.0, Kind::Late) {
             // Ignores cancel on purpose: it answers whatever happened.
             let out = run(self.0, &ctx, payload).await;

@@ -29,7 +29,7 @@ Examples:
       --tls-cert server.pem --tls-key server.key --config pulse-ledger.toml
   PULSE_LEDGER_LISTEN=127.0.0.1:7400 pulse-ledger serve --config pulse-ledger.toml
 
-Config file keys (TOML): data_dir, listen, log_name, metrics_listen,
+Config file keys (TOML): data_dir, listen, log_name, metrics_listen, otlp_endpoint,
 job_retention_hours, max_running, fair_share_percent, max_handler_concurrency,
 max_timeout_ms, plugin_wait_secs, heartbeat_timeout_ms,
 cancel_grace_ms, plugin_health_interval_ms, tls_cert, tls_key,
@@ -75,9 +75,15 @@ pub(crate) struct Args {
     /// is created [default: pulse-ledger.local/log].
     #[arg(long, env = "PULSE_LEDGER_LOG_NAME", value_name = "NAME")]
     log_name: Option<String>,
-    /// Serve Prometheus metrics over HTTP here (off by default).
+    /// Serve Prometheus metrics over HTTP here (off by default), with
+    /// /healthz and /readyz.
     #[arg(long, env = "PULSE_LEDGER_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Export traces over OTLP/gRPC to this collector
+    /// (`http://127.0.0.1:4317`; off by default): a span per RPC and per
+    /// attempt, carried into plugins as W3C trace context.
+    #[arg(long, env = "PULSE_LEDGER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Delete finished jobs this many hours after their last change
     /// [default: 168]. The ledger is never pruned.
     #[arg(long, env = "PULSE_LEDGER_JOB_RETENTION_HOURS", value_name = "HOURS")]
@@ -139,6 +145,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     log_name: Option<String>,
     metrics_listen: Option<SocketAddr>,
+    otlp_endpoint: Option<String>,
     job_retention_hours: Option<u64>,
     max_running: Option<usize>,
     plugin_wait_secs: Option<u64>,
@@ -349,6 +356,7 @@ impl Args {
                 .or(file.log_name)
                 .unwrap_or_else(|| DEFAULT_LOG_NAME.to_owned()),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            otlp_endpoint: self.otlp_endpoint.clone().or(file.otlp_endpoint.clone()),
             job_retention_hours: self
                 .job_retention_hours
                 .or(file.job_retention_hours)

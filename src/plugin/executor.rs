@@ -116,17 +116,19 @@ impl Link {
     /// Why it did not run ([`NotRun`]).
     async fn execute(&self, request: proto::ExecuteJobRequest) -> Result<WireEvents, NotRun> {
         match self {
-            Link::Client(client) => match client.clone().execute_job(request).await {
-                Ok(r) => Ok(Box::pin(r.into_inner())),
-                Err(s) if s.code() == tonic::Code::Unavailable => {
-                    if s.message().starts_with("draining") {
-                        Err(NotRun::Draining(s.message().to_owned()))
-                    } else {
-                        Err(NotRun::Gone(s.message().to_owned()))
+            Link::Client(client) => {
+                match client.clone().execute_job(with_traceparent(request)).await {
+                    Ok(r) => Ok(Box::pin(r.into_inner())),
+                    Err(s) if s.code() == tonic::Code::Unavailable => {
+                        if s.message().starts_with("draining") {
+                            Err(NotRun::Draining(s.message().to_owned()))
+                        } else {
+                            Err(NotRun::Gone(s.message().to_owned()))
+                        }
                     }
+                    Err(s) => Err(NotRun::Refused(s)),
                 }
-                Err(s) => Err(NotRun::Refused(s)),
-            },
+            }
             Link::Stream(link) => {
                 let rx = link.execute(request).await.map_err(NotRun::Gone)?;
                 Ok(Box::pin(ReceiverStream::new(rx).map(Ok)))
@@ -163,6 +165,17 @@ impl Link {
     }
 }
 
+/// The request with its `traceparent` as metadata too, where generic
+/// gRPC tracing finds it.
+fn with_traceparent(request: proto::ExecuteJobRequest) -> tonic::Request<proto::ExecuteJobRequest> {
+    let value = tonic::metadata::MetadataValue::try_from(request.traceparent.as_str()).ok();
+    let mut r = tonic::Request::new(request);
+    if let Some(v) = value.filter(|v| !v.is_empty()) {
+        r.metadata_mut().insert("traceparent", v);
+    }
+    r
+}
+
 #[tonic::async_trait]
 impl AsyncExecutor for PluginExecutor {
     async fn dispatch(&self, attempt: AttemptSpec) -> Result<EventStream, String> {
@@ -186,7 +199,26 @@ impl AsyncExecutor for PluginExecutor {
                     auth.plugin
                 )
             })?;
+        // The attempt's span: a child of the call that enqueued the job,
+        // and the parent of the plugin's spans.
+        let mut span = crate::telemetry::TraceSpan::start(
+            "attempt".into(),
+            opentelemetry::trace::SpanKind::Client,
+            attempt.trace_parent.as_deref(),
+            vec![
+                opentelemetry::KeyValue::new("pulse.job", attempt.job.to_string()),
+                opentelemetry::KeyValue::new("pulse.attempt", i64::from(attempt.number)),
+                opentelemetry::KeyValue::new("pulse.handler", attempt.handler.to_string()),
+                opentelemetry::KeyValue::new("pulse.handler_name", auth.handler_name.clone()),
+                opentelemetry::KeyValue::new("pulse.plugin", auth.plugin.to_string()),
+            ],
+        );
+        let traceparent = span
+            .as_ref()
+            .map(crate::telemetry::TraceSpan::traceparent)
+            .unwrap_or_default();
         let request = proto::ExecuteJobRequest {
+            traceparent,
             job_id: attempt.job.0.to_vec(),
             lease: attempt.lease.0.to_vec(),
             attempt: attempt.number,
@@ -231,6 +263,9 @@ impl AsyncExecutor for PluginExecutor {
             // new proof.
             Err(NotRun::Gone(why)) => {
                 forget();
+                if let Some(s) = span.as_mut() {
+                    s.fail(format!("unreachable: {why}"));
+                }
                 session.lost.set();
                 return Err(format!(
                     "plugin {} could not be reached: {why}",
@@ -248,6 +283,9 @@ impl AsyncExecutor for PluginExecutor {
             // attempt reached it and ended without a result.
             Err(NotRun::Refused(s)) => {
                 forget();
+                if let Some(span) = span.as_mut() {
+                    span.fail(format!("ExecuteJob failed: {}", s.message()));
+                }
                 tracing::warn!(%job, code = ?s.code(), error = %s.message(), "ExecuteJob failed");
                 return Ok(Box::pin(tokio_stream::once(ExecEvent::Crashed)));
             }
@@ -259,6 +297,7 @@ impl AsyncExecutor for PluginExecutor {
             .clone()
             .map(|text| (text, Arc::clone(&self.output_schemas)));
         tokio::spawn(async move {
+            let mut done = false;
             loop {
                 tokio::select! {
                     // Events already received come before the session's
@@ -298,6 +337,9 @@ impl AsyncExecutor for PluginExecutor {
                                     break;
                                 }
                             };
+                            if let (ExecEvent::Failed { error, .. }, Some(s)) = (&event, span.as_mut()) {
+                                s.fail(error.clone());
+                            }
                             let last = matches!(event, ExecEvent::Succeeded(_) | ExecEvent::Failed { .. });
                             if last {
                                 // The slot is free once the plugin is done,
@@ -305,6 +347,7 @@ impl AsyncExecutor for PluginExecutor {
                                 // next attempt finds the slot free.
                                 forget();
                             }
+                            done |= last;
                             if tx.send(event).await.is_err() {
                                 break;
                             }
@@ -330,6 +373,12 @@ impl AsyncExecutor for PluginExecutor {
                 }
             }
             forget();
+            if let (false, Some(s)) = (done, span.as_mut()) {
+                s.fail("the attempt ended without a result".into());
+            }
+            // The attempt's span ends here (a result, an error, or the
+            // stream or session ended).
+            drop(span);
         });
         Ok(Box::pin(ReceiverStream::new(rx)))
     }

@@ -901,6 +901,7 @@ impl<E: Executor> Dispatcher<E> {
                             // Never 0, which plugins read as "not said".
                             heartbeat_interval_ms: (self.config.heartbeat_timeout_ms / 3).max(1),
                             authorization: c.authorization,
+                            trace_parent: job.trace_parent,
                         },
                         self.tx.clone(),
                     );

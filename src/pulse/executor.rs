@@ -25,6 +25,8 @@ pub struct AttemptSpec {
     pub heartbeat_interval_ms: u64,
     /// What resolution authorised the attempt under, if it was resolved.
     pub authorization: Option<std::sync::Arc<super::route::Authorization>>,
+    /// The job's trace parent (W3C `traceparent`), if it has one.
+    pub trace_parent: Option<String>,
 }
 
 /// What an executor reports about a running attempt.

@@ -93,6 +93,9 @@ pub struct JobRequest {
     pub max_cost: Option<u64>,
     /// A parent job.
     pub parent: Option<JobId>,
+    /// The W3C `traceparent` of the call that enqueued it, when traces
+    /// are on: its attempts' spans are children of it.
+    pub trace_parent: Option<String>,
 }
 
 /// The limits a job runs under: the handler's, possibly lowered.
@@ -443,6 +446,10 @@ pub struct Job {
     /// records of other jobs keep their bytes.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub series_start: u32,
+    /// The W3C `traceparent` of the call that enqueued it, if traces were
+    /// on (written only then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -63,6 +63,7 @@ impl Job {
             retry_at: None,
             updated_at: now,
             series_start: 0,
+            trace_parent: req.trace_parent.clone(),
         }
     }
 

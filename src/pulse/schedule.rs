@@ -423,6 +423,7 @@ impl Schedule {
             timeout_ms: self.timeout_ms,
             max_cost: self.max_cost,
             parent: None,
+            trace_parent: None,
         }
     }
 

@@ -1493,6 +1493,7 @@ mod tests {
             retry_at: Some(1_700_000_002_000),
             updated_at: 1_700_000_003_000,
             series_start: 0,
+            trace_parent: None,
         }
     }
 

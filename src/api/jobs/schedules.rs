@@ -162,7 +162,8 @@ impl JobsService {
             max_cost: r.max_cost,
             ..Default::default()
         };
-        let (handler, schema, job) = self.request(&enqueue, &grant, peer)?;
+        // Occurrences start traces of their own.
+        let (handler, schema, job) = self.request(&enqueue, &grant, peer, None)?;
         let req = ScheduleRequest {
             handler,
             recurrence,

@@ -173,6 +173,7 @@ impl Attempts {
             handler_attestation_id: r.handler_attestation_id,
             deadline_ms: r.deadline_ms,
             checkpoint: r.checkpoint,
+            trace_parent: (!r.traceparent.is_empty()).then_some(r.traceparent),
             events: tx.clone(),
             cancel: cancel.clone(),
             heartbeats: Arc::clone(&heartbeats),

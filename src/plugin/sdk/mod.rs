@@ -141,6 +141,7 @@ pub struct JobContext {
     handler_attestation_id: Vec<u8>,
     deadline_ms: u64,
     checkpoint: Vec<u8>,
+    trace_parent: Option<String>,
     events: attempts::EventTx,
     cancel: watch::Receiver<bool>,
     heartbeats: Arc<AtomicBool>,
@@ -183,6 +184,15 @@ impl JobContext {
     /// first): resume from it.
     pub fn checkpoint(&self) -> &[u8] {
         &self.checkpoint
+    }
+
+    /// The W3C trace context (`traceparent`) of this attempt's span, when
+    /// the server exports traces: make the handler's spans its children
+    /// (with OpenTelemetry, `TraceContextPropagator::extract` on a carrier
+    /// holding it) and pass it on as `traceparent` metadata in the calls
+    /// the handler makes, so they all join the job's trace.
+    pub fn trace_parent(&self) -> Option<&str> {
+        self.trace_parent.as_deref()
     }
 
     async fn send(&self, event: Event) {
