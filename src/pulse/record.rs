@@ -4,8 +4,9 @@
 //! # The rule for changing a record type
 //!
 //! The record types are [`Job`](super::Job) and everything it holds, the
-//! store's own `Stored` and [`LogLine`](super::LogLine), and
-//! [`Budget`](super::Budget). Packed CBOR names fields and enum variants by
+//! store's own `Stored` and [`LogLine`](super::LogLine),
+//! [`Budget`](super::Budget), and [`Schedule`](super::Schedule) (its
+//! golden file is `tests/golden/schedule-records-v2.txt`). Packed CBOR names fields and enum variants by
 //! their position, so stored bytes depend on the order of declaration:
 //!
 //! - Never reorder, remove or rename-by-reorder a field or a variant.

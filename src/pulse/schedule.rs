@@ -469,6 +469,47 @@ mod tests {
         )
     }
 
+    /// The stored bytes of a schedule of each recurrence and policy: a
+    /// reordered field or variant fails here (the rule of
+    /// `pulse/record.rs`; regenerate only on purpose, with
+    /// `PULSE_LEDGER_BLESS=1`).
+    #[test]
+    fn schedule_records_match_the_golden_bytes() {
+        let mut cron = every(5_000);
+        cron.recurrence = Recurrence::Cron {
+            pattern: "*/5 * * * *".into(),
+            timezone: Some("Europe/Paris".into()),
+        };
+        cron.overlap = Overlap::Skip;
+        cron.missed = Missed::Skip;
+        cron.paused = true;
+        cron.max_attempts = Some(3);
+        cron.timeout_ms = Some(60_000);
+        cron.max_cost = Some(9);
+        cron.last_fired = Some((1_005_000, JobId::new(1_005_001, 7)));
+        (cron.fired, cron.skipped, cron.missed_count) = (4, 2, 1);
+        cron.last_error = Some("handler_revoked".into());
+        let cases = [("schedule/every", every(5_000)), ("schedule/cron", cron)];
+        let text: String = cases
+            .iter()
+            .map(|(name, s)| format!("{name} {}\n", hex::encode(super::super::record::encode(s))))
+            .collect();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/schedule-records-v2.txt");
+        if std::env::var_os("PULSE_LEDGER_BLESS").is_some() {
+            std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let golden = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(golden, text, "schedule record bytes changed");
+        for ((_, s), line) in cases.iter().zip(golden.lines()) {
+            let hex = line.split_once(' ').map_or("", |(_, h)| h);
+            let bytes = hex::decode(hex).unwrap_or_default();
+            let read: Schedule =
+                super::super::record::decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(&read, s);
+        }
+    }
+
     #[test]
     fn intervals_count_from_creation() {
         let s = every(5_000);
