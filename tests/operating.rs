@@ -170,6 +170,30 @@ async fn jobs_can_be_submitted_to_run_later() {
     server.stop();
 }
 
+/// A plugin key (by `label`) and a config in `dir` that spawns the test
+/// plugin with it (events in `dir/events.log`); the `serve` command with
+/// that config and `args`, on `dir/data`, for the caller to adjust and
+/// [`Serve::spawn`].
+fn with_test_plugin(
+    dir: &std::path::Path,
+    label: &str,
+    args: &[&str],
+) -> (std::process::Command, common::Key, std::path::PathBuf) {
+    let events = dir.join("events.log");
+    let p = common::key(label);
+    let pkey = common::key_file(dir, &p);
+    let config = dir.join("pulse.toml");
+    let table = common::plugin_table(
+        "tools",
+        &["--key".into(), pkey.display().to_string()],
+        &events,
+    );
+    std::fs::write(&config, format!("plugin_wait_secs = 2\n{table}")).unwrap();
+    let mut all = vec!["--config", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    (Serve::command(&all, &dir.join("data")), p, events)
+}
+
 /// Registers a plugin and handlers named `names` on it; the handlers'
 /// keys, in order.
 async fn register(url: &str, p: &common::Key, names: &[&str]) -> Vec<common::Key> {
@@ -210,22 +234,8 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
 async fn jobs_are_listed_retried_and_cancelled_in_bulk() {
     use pulse_ledger::api::proto;
     let dir = tempdir("operating-admin");
-    let events = dir.join("events.log");
-    let p = common::key("admin-plugin");
-    let pkey = common::key_file(&dir, &p);
-    let config = format!(
-        "plugin_wait_secs = 2\n{}",
-        common::plugin_table(
-            "tools",
-            &["--key".into(), pkey.display().to_string()],
-            &events
-        )
-    );
-    std::fs::write(dir.join("pulse.toml"), config).unwrap();
-    let server = Serve::start(
-        &["--config", dir.join("pulse.toml").to_str().unwrap()],
-        &dir.join("data"),
-    );
+    let (cmd, p, _) = with_test_plugin(&dir, "admin-plugin", &[]);
+    let server = Serve::spawn(cmd, false);
     let url = server.url.clone();
     let keys = register(&url, &p, &["echo", "fail"]).await;
     let (echo, fail) = (keys[0].did.to_string(), keys[1].did.to_string());
@@ -362,24 +372,8 @@ async fn jobs_are_listed_retried_and_cancelled_in_bulk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules_enqueue_jobs_and_survive_restarts() {
     let dir = tempdir("operating-schedules");
-    let events = dir.join("events.log");
     let p = common::key("sched-plugin");
-    let pkey = common::key_file(&dir, &p);
-    let config = format!(
-        "plugin_wait_secs = 2\n{}",
-        common::plugin_table(
-            "tools",
-            &["--key".into(), pkey.display().to_string()],
-            &events
-        )
-    );
-    std::fs::write(dir.join("pulse.toml"), config).unwrap();
-    let start = || {
-        Serve::start(
-            &["--config", dir.join("pulse.toml").to_str().unwrap()],
-            &dir.join("data"),
-        )
-    };
+    let start = || Serve::spawn(with_test_plugin(&dir, "sched-plugin", &[]).0, false);
     let server = start();
     let keys = register(&server.url, &p, &["echo"]).await;
     let echo = keys[0].did.to_string();
@@ -546,26 +540,8 @@ async fn scrape(server: &Serve) -> prometheus_parse::Scrape {
 async fn job_events_are_logged_and_job_metrics_scraped() {
     use pulse_ledger::api::proto;
     let dir = tempdir("operating-metrics");
-    let events = dir.join("events.log");
-    let p = common::key("metrics-plugin");
-    let pkey = common::key_file(&dir, &p);
-    let config = format!(
-        "plugin_wait_secs = 2\n{}",
-        common::plugin_table(
-            "tools",
-            &["--key".into(), pkey.display().to_string()],
-            &events
-        )
-    );
-    std::fs::write(dir.join("pulse.toml"), config).unwrap();
-    let config = dir.join("pulse.toml");
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ];
-    let mut cmd = Serve::command(&args, &dir.join("data"));
+    let (mut cmd, p, _) =
+        with_test_plugin(&dir, "metrics-plugin", &["--metrics-listen", "127.0.0.1:0"]);
     let log = dir.join("serve.log");
     cmd.env("RUST_LOG", "info")
         .stderr(std::fs::File::create(&log).unwrap());
@@ -790,28 +766,8 @@ mod traces {
         );
 
         let dir = tempdir("operating-traces");
-        let events = dir.join("events.log");
-        let p = common::key("traces-plugin");
-        let pkey = common::key_file(&dir, &p);
-        let config = format!(
-            "plugin_wait_secs = 2\n{}",
-            common::plugin_table(
-                "tools",
-                &["--key".into(), pkey.display().to_string()],
-                &events
-            )
-        );
-        std::fs::write(dir.join("pulse.toml"), config).unwrap();
-        let config = dir.join("pulse.toml");
-        let server = Serve::start(
-            &[
-                "--config",
-                config.to_str().unwrap(),
-                "--otlp-endpoint",
-                &otlp,
-            ],
-            &dir.join("data"),
-        );
+        let (cmd, p, events) = with_test_plugin(&dir, "traces-plugin", &["--otlp-endpoint", &otlp]);
+        let server = Serve::spawn(cmd, false);
         let keys = register(&server.url, &p, &["echo"]).await;
         let mut jobs = proto::jobs_client::JobsClient::connect(server.url.clone())
             .await

@@ -1426,9 +1426,7 @@ impl JobStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::job::{
-        Attempt, AttemptOutcome, CancelReason, DeadReason, HoldReason, Progress, Refusal,
-    };
+    use super::super::job::{Attempt, CancelReason, DeadReason, HoldReason, Progress, Refusal};
     use super::*;
 
     fn handler() -> Did {
@@ -1443,15 +1441,7 @@ mod tests {
     /// A job with every optional field set and one attempt of every
     /// outcome, in `state`.
     fn full_job(state: JobState) -> Job {
-        let outcomes = [
-            AttemptOutcome::Succeeded,
-            AttemptOutcome::Failed,
-            AttemptOutcome::Crashed,
-            AttemptOutcome::TimedOut,
-            AttemptOutcome::Cancelled,
-            AttemptOutcome::BudgetExceeded,
-            AttemptOutcome::Interrupted,
-        ];
+        let outcomes = super::super::OUTCOMES;
         Job {
             id: JobId::new(1_700_000_000_000, (7 << 32) | 0xdead_beef),
             handler: handler(),
