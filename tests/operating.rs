@@ -863,3 +863,83 @@ mod traces {
         assert!(statuses.iter().filter(|s| s.code != 2).count() >= 1);
     }
 }
+
+/// The admin and schedule RPCs need their scopes (issue 20): a read-only
+/// token may list jobs and schedules but not retry, cancel in bulk or
+/// create a schedule; enqueue covers retry and schedules, cancel covers a
+/// bulk cancel. Refusals name the rule and change nothing.
+#[test]
+fn admin_and_schedule_calls_need_their_scopes() {
+    let dir = tempdir("operating-scopes");
+    let (read, read_table) = common::operator_token("reader", &["read"]);
+    let (enq, enq_table) = common::operator_token("enqueuer", &["enqueue", "read"]);
+    let (can, can_table) = common::operator_token("canceller", &["cancel", "read"]);
+    let config = dir.join("pulse.toml");
+    std::fs::write(&config, format!("{read_table}\n{enq_table}\n{can_table}\n")).unwrap();
+    let server = Serve::start(&["--config", config.to_str().unwrap()], &dir.join("data"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let p = common::key("scopes-plugin");
+    let h = rt.block_on(register(&server.url, &p, &["echo"])).remove(0);
+    let did = h.did.to_string();
+    let as_token = |token: &str, args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+            .args(args)
+            .args(["--server", &server.url])
+            .env("PULSE_LEDGER_TOKEN", token)
+            .env_remove("PULSE_LEDGER_AS_KEY")
+            .output()
+            .unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // A job to retry: submitted, then cancelled.
+    let (code, out, err) = as_token(&enq, &["job", "submit", &did, "--delay", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().to_owned();
+    let (code, _, err) = as_token(&can, &["job", "cancel", &id]);
+    assert_eq!(code, 0, "{err}");
+    let schedule = [
+        "schedule",
+        "create",
+        "--handler",
+        did.as_str(),
+        "--every",
+        "1h",
+    ];
+    for args in [
+        &["job", "retry", id.as_str()][..],
+        &["job", "cancel", "--handler", did.as_str(), "--yes"][..],
+        &schedule[..],
+    ] {
+        let (code, _, err) = as_token(&read, args);
+        // A refusal of the caller's rights exits 2, like the CLI's other
+        // authorization failures.
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("scope_missing"), "{args:?}: {err}");
+    }
+    let (_, none, _) = as_token(&read, &["schedule", "list"]);
+    assert_eq!(none, "", "a refused create made nothing");
+    let (code, _, err) = as_token(&can, &["job", "retry", &id]);
+    assert!(code == 2 && err.contains("scope_missing"), "{err}");
+    let (code, out, err) = as_token(&enq, &["job", "retry", &id, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(r#""state":"queued""#) || out.contains(r#""state":"held""#),
+        "{out}"
+    );
+    let (code, out, err) = as_token(&can, &["job", "cancel", "--handler", &did, "--yes"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "cancelled 1 job");
+    let (code, out, err) = as_token(&enq, &schedule);
+    assert_eq!(code, 0, "{err}");
+    let sid = out.trim().to_owned();
+    let (code, shown, err) = as_token(&read, &["schedule", "show", &sid]);
+    assert_eq!(code, 0, "{err}");
+    assert!(shown.starts_with(&sid), "{shown}");
+    let (code, _, err) = as_token(&read, &["schedule", "delete", &sid]);
+    assert!(code == 2 && err.contains("scope_missing"), "{err}");
+    server.stop();
+}
