@@ -1,0 +1,429 @@
+"""Plugins in Python: handlers as functions, and everything the protocol
+asks of a plugin (spec/plugin.md) done for them: the handshake line, the
+key proof, heartbeats, cancels, draining on SIGTERM or Shutdown, and the
+end of standard input.
+
+    from pulse_ledger import Plugin, Retry
+
+    plugin = Plugin(key_file="plugin.key", name="py-tools", version="1.0.0")
+
+    @plugin.handler("echo")
+    async def echo(ctx, payload):
+        await ctx.progress(50, "halfway")
+        return payload
+
+    plugin.run()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import os
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+import grpc
+
+from .context import MAX_ERROR_BYTES, JobContext, cut, from_result, to_payload
+from .keyfile import Key, load_key
+from .proof import Announcement, proof_message
+from .v1 import plugin_pb2 as pb
+from .v1 import plugin_pb2_grpc as pb_grpc
+
+#: How long a cancelled handler may run on before it is stopped, seconds.
+CANCEL_GRACE = 2.0
+#: Cancels for attempts not (yet) running that are remembered.
+MAX_EARLY_CANCELS = 10_000
+#: Events of one attempt waiting to be sent; a sender waits beyond it.
+EVENT_QUEUE = 64
+#: The largest message Pulse decodes from a plugin; a result must fit.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: What a result may be, leaving room for the message's framing.
+MAX_RESULT_BYTES = MAX_MESSAGE_BYTES - 1024
+
+
+class Retry(Exception):
+    """Raise it to fail this attempt retryably: Pulse tries again after
+    `after` seconds (or its own backoff when None), while attempts remain.
+
+    Any other exception fails the job for good (not retryable)."""
+
+    def __init__(self, message: str = "retry", after: float | None = None) -> None:
+        super().__init__(message)
+        if after is not None and after < 0:
+            raise ValueError("Retry(after=…) is a delay in seconds, >= 0")
+        self.after = after
+
+
+@dataclass
+class _Handler:
+    fn: Callable[..., Any]
+    is_async: bool
+    raw: bool
+
+
+@dataclass
+class _Running:
+    ctx: JobContext
+    task: "asyncio.Task[Any]"
+    events: "asyncio.Queue[pb.JobEvent | None]"
+
+
+class Plugin:
+    """A plugin: its key, its handlers, and how it runs.
+
+    - `key_file`: the plugin's key file (`pulse-ledger keygen`); or `key`.
+    - `plugin_id`: the plugin's genesis did:key, after a rotation (else the
+      key's own did:key).
+    - `slots`: attempts this process runs at once (0: no limit announced);
+      sync handlers run in a thread pool of that size (default 64).
+    - `cancel_grace`: seconds a cancelled handler may run on.
+    """
+
+    def __init__(
+        self,
+        key_file: str | os.PathLike[str] | None = None,
+        *,
+        key: Key | None = None,
+        name: str = "python-plugin",
+        version: str = "0.0.0",
+        description: str = "",
+        plugin_id: str | None = None,
+        slots: int = 0,
+        cancel_grace: float = CANCEL_GRACE,
+    ) -> None:
+        if key is None:
+            if key_file is None:
+                raise ValueError("give the plugin's key_file (or key)")
+            key = load_key(key_file)
+        if slots < 0:
+            raise ValueError("slots is >= 0")
+        self.key = key
+        self.plugin_id = plugin_id or key.did
+        self.name = name
+        self.version = version
+        self.description = description
+        self.slots = slots
+        self.cancel_grace = cancel_grace
+        self._by_id: dict[str, _Handler] = {}
+        self._by_name: dict[str, _Handler] = {}
+        self._order: list[tuple[str, str]] = []
+        self._any: _Handler | None = None
+        self._running: dict[tuple[bytes, bytes], _Running] = {}
+        self._early: collections.OrderedDict[tuple[bytes, bytes], None] = collections.OrderedDict()
+        self._draining = False
+        self._stop: asyncio.Event | None = None
+        self._pool = ThreadPoolExecutor(max_workers=slots or 64, thread_name_prefix="pulse-handler")
+
+    # -- handlers ---------------------------------------------------------
+
+    def handler(
+        self, name: str | None = None, *, id: str | None = None, raw: bool = False
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Registers a handler for jobs of the handler named `name` (its
+        schema name) or with the did:key `id`. The function takes
+        `(ctx, payload)`: the payload as JSON (None when empty) and its
+        return value sent back as JSON; with `raw=True`, bytes in and
+        bytes (or str) out. Sync functions run in a thread pool; async ones
+        on the event loop."""
+        if not name and not id:
+            raise ValueError("a handler needs a name or an id")
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            h = _Handler(fn, inspect.iscoroutinefunction(fn), raw)
+            if id:
+                self._by_id[id] = h
+            if name:
+                self._by_name[name] = h
+            self._order.append((id or "", name or ""))
+            return fn
+
+        return register
+
+    def serve_any(self, fn: Callable[..., Any] | None = None, *, raw: bool = False) -> Any:
+        """Registers the handler for every job routed to this plugin that
+        no other handler takes (a runner of user-created handlers)."""
+
+        def register(f: Callable[..., Any]) -> Callable[..., Any]:
+            self._any = _Handler(f, inspect.iscoroutinefunction(f), raw)
+            return f
+
+        return register(fn) if fn is not None else register
+
+    def announcement(self) -> Announcement:
+        """What the plugin announces (and signs) in Initialize."""
+        return Announcement(
+            plugin=self.plugin_id,
+            key=self.key.did,
+            handlers=list(self._order),
+            serves_any=self._any is not None,
+        )
+
+    def _choose(self, r: pb.ExecuteJobRequest) -> _Handler | None:
+        # By ID, then by (non-empty) name, then serves-any (spec/plugin.md,
+        # "SDK").
+        return self._by_id.get(r.handler) or (
+            self._by_name.get(r.handler_name) if r.handler_name else None
+        ) or self._any
+
+    # -- running ----------------------------------------------------------
+
+    def run(self, connect: str | None = None, **options: Any) -> None:
+        """Runs until stopped: listens for Pulse (the handshake line on
+        standard output, for `serve` to spawn it) or, given a server URL
+        (or PULSE_PLUGIN_CONNECT), connects in."""
+        url = connect or os.environ.get("PULSE_PLUGIN_CONNECT")
+        if url:
+            from .connect import connect_in
+
+            asyncio.run(connect_in(self, url, **options))
+        else:
+            asyncio.run(self.serve())
+
+    async def serve(self, listen: str | None = None) -> None:
+        """Serves the Plugin service on `listen` (PULSE_PLUGIN_LISTEN,
+        default 127.0.0.1:0), prints the handshake line, and returns once
+        stopped (Shutdown, SIGTERM, SIGINT, or the end of standard input
+        when PULSE_PLUGIN_WATCH_STDIN is set) and drained."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_concurrent_streams", 1024),
+            ]
+        )
+        pb_grpc.add_PluginServicer_to_server(_Servicer(self), server)
+        address = listen or os.environ.get("PULSE_PLUGIN_LISTEN", "127.0.0.1:0")
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        await server.start()
+        host = address.rsplit(":", 1)[0]
+        sys.stdout.write(f"PULSE_PLUGIN|1|tcp|{host}:{port}|grpc\n")
+        sys.stdout.flush()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self._stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        if os.environ.get("PULSE_PLUGIN_WATCH_STDIN"):
+            threading.Thread(target=self._watch_stdin, args=(loop,), daemon=True).start()
+        await self._stop.wait()
+        # Drain: no new attempt; the running ones finish.
+        self._draining = True
+        while self._running:
+            await asyncio.sleep(0.02)
+        await server.stop(grace=0.5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _watch_stdin(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            while sys.stdin.buffer.read(4096):
+                pass
+        except OSError:
+            pass
+        if self._stop is not None:
+            loop.call_soon_threadsafe(self._stop.set)
+
+    def stop(self) -> None:
+        """Asks a running plugin to drain and stop."""
+        if self._stop is not None:
+            self._stop.set()
+
+    # -- one attempt ------------------------------------------------------
+
+    async def execute(self, r: pb.ExecuteJobRequest) -> AsyncIterator[pb.JobEvent]:
+        """Runs one attempt; its events, ending with its result or error
+        (or with nothing after a cancel). Transport-free: the listening and
+        connected-in modes both stream these."""
+        key = (bytes(r.job_id), bytes(r.lease))
+        if key in self._early:
+            # Cancelled before it arrived: it runs nothing.
+            del self._early[key]
+            return
+        h = self._choose(r)
+        if h is None:
+            yield pb.JobEvent(
+                error=pb.ErrorEvent(
+                    message=f"this plugin serves no handler {r.handler_name or r.handler}",
+                    retryable=False,
+                )
+            )
+            return
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[pb.JobEvent | None] = asyncio.Queue(maxsize=EVENT_QUEUE)
+        ctx = JobContext(r, events, loop)  # type: ignore[arg-type]
+        task = loop.create_task(self._attempt(h, ctx, r.payload, events))
+        running = _Running(ctx, task, events)
+        self._running[key] = running
+        every = (r.heartbeat_interval_ms or 10_000) / 1000
+        every = max(every, 0.02)
+        beats = loop.create_task(self._heartbeats(events, every))
+        try:
+            while True:
+                event = await events.get()
+                if event is None:
+                    return
+                yield event
+                if event.WhichOneof("event") in ("result", "error"):
+                    return
+        finally:
+            beats.cancel()
+            task.cancel()
+            self._running.pop(key, None)
+
+    async def _heartbeats(self, events: "asyncio.Queue[pb.JobEvent | None]", every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            await events.put(pb.JobEvent(heartbeat=pb.Heartbeat()))
+
+    async def _attempt(
+        self,
+        h: _Handler,
+        ctx: JobContext,
+        payload: bytes,
+        events: "asyncio.Queue[pb.JobEvent | None]",
+    ) -> None:
+        try:
+            value = to_payload(payload, h.raw)
+        except ValueError as e:
+            await events.put(_fatal(f"the payload is not JSON ({e}); use raw=True for bytes"))
+            return
+        try:
+            if h.is_async:
+                out = await h.fn(ctx, value)
+            else:
+                out = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, h.fn, ctx, value
+                )
+            result = from_result(out, h.raw)
+        except asyncio.CancelledError:
+            raise
+        except Retry as e:
+            await ctx._flush()
+            after = 0 if e.after is None else max(1, round(e.after * 1000))
+            await events.put(
+                pb.JobEvent(
+                    error=pb.ErrorEvent(
+                        message=cut(str(e), MAX_ERROR_BYTES), retryable=True, retry_after_ms=after
+                    )
+                )
+            )
+            return
+        except Exception as e:  # noqa: BLE001 - every failure is reported
+            await ctx._flush()
+            await events.put(_fatal(f"{type(e).__name__}: {e}"))
+            return
+        await ctx._flush()
+        if ctx.cancelled:
+            # A cancelled attempt's result is dropped: the stream ends.
+            await events.put(None)
+            return
+        if len(result) > MAX_RESULT_BYTES:
+            await events.put(
+                _fatal(f"the result is {len(result)} bytes; at most {MAX_RESULT_BYTES} fit a message")
+            )
+            return
+        await events.put(pb.JobEvent(result=pb.ResultEvent(output=result)))
+
+    def cancel(self, job_id: bytes, lease: bytes) -> bool:
+        """Cancels a running attempt (after the grace its handler is
+        stopped and its stream ends with no final event); one not running
+        is remembered so it runs nothing if it arrives. Whether it ran."""
+        key = (bytes(job_id), bytes(lease))
+        running = self._running.get(key)
+        if running is None:
+            self._early[key] = None
+            while len(self._early) > MAX_EARLY_CANCELS:
+                self._early.popitem(last=False)
+            return False
+        running.ctx._cancel()
+
+        async def stop_after_grace() -> None:
+            try:
+                await asyncio.wait_for(asyncio.shield(running.task), self.cancel_grace)
+            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+            running.task.cancel()
+            # Whatever the handler sent last, the stream ends now.
+            while True:
+                try:
+                    running.events.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+            running.events.put_nowait(None)
+
+        asyncio.get_running_loop().create_task(stop_after_grace())
+        return True
+
+    def health(self) -> pb.HealthResponse:
+        return pb.HealthResponse(serving=not self._draining, running=len(self._running))
+
+
+def _fatal(message: str) -> pb.JobEvent:
+    return pb.JobEvent(error=pb.ErrorEvent(message=cut(message, MAX_ERROR_BYTES), retryable=False))
+
+
+class _Servicer(pb_grpc.PluginServicer):
+    def __init__(self, plugin: Plugin) -> None:
+        self.p = plugin
+
+    async def Metadata(self, request, context):  # noqa: N802 - gRPC names
+        return pb.MetadataResponse(
+            name=self.p.name, version=self.p.version, description=self.p.description, protocol=1
+        )
+
+    async def Initialize(self, request, context):  # noqa: N802
+        if len(request.nonce) != 32:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"bad_nonce: a nonce is 32 bytes, not {len(request.nonce)}",
+            )
+        return initialize_response(self.p, request.nonce)
+
+    async def ExecuteJob(self, request, context):  # noqa: N802
+        if self.p._draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "draining: this instance takes no new attempt")
+        if len(request.job_id) != 16:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid_job_id: a job ID is 16 bytes")
+        async for event in self.p.execute(request):
+            yield event
+
+    async def Cancel(self, request, context):  # noqa: N802
+        return pb.CancelResponse(found=self.p.cancel(request.job_id, request.lease))
+
+    async def Health(self, request, context):  # noqa: N802
+        return self.p.health()
+
+    async def Shutdown(self, request, context):  # noqa: N802
+        self.p.stop()
+        return pb.ShutdownResponse()
+
+    async def SessionRefused(self, request, context):  # noqa: N802
+        print(
+            f"pulse-ledger refused this plugin's session: {request.code}: {request.message}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return pb.SessionRefusedResponse()
+
+
+def initialize_response(p: Plugin, nonce: bytes) -> pb.InitializeResponse:
+    """The announcement and its proof for `nonce`."""
+    a = p.announcement()
+    return pb.InitializeResponse(
+        plugin=a.plugin,
+        key=a.key,
+        handlers=[pb.AnnouncedHandler(id=i, name=n) for i, n in a.handlers],
+        serves_any=a.serves_any,
+        signature=p.key.sign(proof_message(nonce, a)),
+        slots=p.slots,
+    )

@@ -1,0 +1,149 @@
+"""End to end: the real `pulse-ledger serve` spawns a plugin written with
+this package, and the client enqueues and follows its jobs."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pulse_ledger import AsyncClient, Client, PulseError
+
+from conftest import cli, wait_until
+
+
+@pytest.fixture
+def client(server):
+    with Client(server.url) as c:
+        yield c
+
+
+def test_echo_runs_with_progress_and_a_log_line(server, client):
+    job = client.enqueue(server.handlers["echo"], {"hello": "world"})
+    assert len(job.id) == 32 and job.state in ("queued", "running", "succeeded")
+    done = client.wait(job.id, timeout=30)
+    assert done.state == "succeeded", done.last_error
+    assert done.json() == {"hello": "world"}
+    assert done.progress == 50
+    log = cli("job", "log", done.id, cwd=server.dir, server=server.url)
+    assert "[attempt 1] echo attempt 1" in log
+
+
+def test_handlers_by_name_sync_handlers_and_raw_bytes(server, client):
+    done = client.wait(client.enqueue("sync-echo", [1, 2]).id, timeout=30)
+    assert done.json() == {"got": [1, 2], "attempt": 1}
+    done = client.wait(client.enqueue("raw", b"\x00\x01abc").id, timeout=30)
+    assert done.result == b"cba\x01\x00"
+
+
+def test_a_crash_mid_job_resumes_from_the_checkpoint(server, client):
+    done = client.wait(client.enqueue("resume", None).id, timeout=60)
+    assert done.state == "succeeded", done.last_error
+    assert done.json() == {"resumed_from": 5}
+    assert [a.outcome for a in done.attempt_history] == ["crashed", "succeeded"]
+
+
+def test_retry_exceptions_and_bounds(server, client):
+    done = client.wait(client.enqueue("flaky", None).id, timeout=30)
+    assert (done.state, done.json()) == ("succeeded", {"attempt": 2})
+    assert done.attempt_history[0].outcome == "failed"
+    assert done.attempt_history[0].error == "not yet"
+    dead = client.wait(client.enqueue("broken", None).id, timeout=30)
+    assert (dead.state, dead.reason) == ("dead", "non_retryable")
+    assert dead.last_error == "KeyError: 'missing'"
+    bad = client.wait(client.enqueue("bad-progress", None).id, timeout=30)
+    assert bad.reason == "non_retryable"
+    assert "progress percent 150 is not within 0..100" in bad.last_error
+
+
+def test_cost_counts_against_budgets(server, client):
+    done = client.wait(client.enqueue("costly", {"steps": 3}).id, timeout=30)
+    assert (done.state, done.total_cost) == ("succeeded", 30)
+    assert client.budget("costly").spent_hour >= 30
+    capped = client.wait(client.enqueue("costly", {"steps": 5}, max_cost=25).id, timeout=30)
+    assert (capped.state, capped.reason) == ("cancelled", "budget")
+
+
+def test_cancel_reaches_the_handler(server, client):
+    job = client.enqueue("slow", None)
+    wait_until(lambda: client.get(job.id).state == "running", what="the slow job to start")
+    cancelled = client.cancel(job.id)
+    assert cancelled.state == "cancelled"
+    assert client.wait(job.id, timeout=10).attempt_history[0].outcome == "cancelled"
+
+
+def test_a_timeout_is_recorded(server, client):
+    done = client.wait(client.enqueue("sleep", "5").id, timeout=30)
+    assert (done.state, done.reason) == ("dead", "attempts_exhausted")
+    assert done.attempt_history[0].outcome == "timed_out"
+
+
+def test_client_calls_and_errors(server, client):
+    a = client.enqueue("echo", {"n": 1}, idempotency_key="same")
+    b = client.enqueue("echo", {"n": 2}, idempotency_key="same")
+    assert a.id == b.id
+    results = client.enqueue_many(
+        [{"handler": server.handlers["echo"], "payload": {"n": 3}},
+         {"handler": server.handlers["echo"], "payload": None, "priority": 12}]
+    )
+    assert results[0].state in ("queued", "running", "succeeded")
+    assert isinstance(results[1], PulseError) and results[1].code == "invalid_priority"
+    with pytest.raises(PulseError) as e:
+        client.enqueue("echo", None, priority=12)
+    assert e.value.code == "invalid_priority"
+    with pytest.raises(PulseError) as e:
+        client.get("00" * 16)
+    assert e.value.code == "not_found"
+    with pytest.raises(PulseError) as e:
+        client.enqueue("no-such-handler", None)
+    assert e.value.code == "not_found"
+    updates = [j.state for j in client.watch(results[0].id)]
+    assert updates[-1] == "succeeded"
+    listed = list(client.list(handler="echo", limit=2))
+    assert len(listed) == 2 and listed[0].id >= listed[1].id
+    retried = client.retry(client.cancel(client.enqueue("echo", None, delay=3600).id).id)
+    assert retried.state == "queued"
+    with pytest.raises(ValueError):
+        Client("http://192.0.2.1:7300", token="t")  # a token never goes out in plaintext
+
+
+def test_the_async_client(server):
+    import asyncio
+
+    async def run():
+        async with AsyncClient(server.url) as c:
+            job = await c.enqueue("echo", {"a": 1})
+            done = await c.wait(job.id, timeout=30)
+            assert done.json() == {"a": 1}
+            states = [j.state async for j in c.watch(job.id)]
+            assert states == ["succeeded"]
+            with pytest.raises(PulseError) as e:
+                await c.get("ff" * 16)
+            assert e.value.code == "not_found"
+
+    asyncio.run(run())
+
+
+def test_a_wrong_key_is_refused_with_its_code(server, tmp_path):
+    # A process that proves an unregistered key, connecting in: refused,
+    # and the refusal (with its code) reaches it.
+    cli("keygen", "--out", "stranger.key", cwd=tmp_path)
+    script = tmp_path / "stranger.py"
+    script.write_text(
+        "import os\n"
+        "from pulse_ledger import Plugin\n"
+        "p = Plugin(key_file='stranger.key')\n"
+        "@p.handler('echo')\n"
+        "def echo(ctx, payload): return payload\n"
+        f"p.run(connect={server.url!r})\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=10)[1]
+    assert "plugin_not_registered" in err, err
+    sessions = cli("plugin", "sessions", "--json", cwd=server.dir, server=server.url)
+    assert "plugin_not_registered" in sessions
