@@ -147,3 +147,38 @@ def test_a_wrong_key_is_refused_with_its_code(server, tmp_path):
     assert "plugin_not_registered" in err, err
     sessions = cli("plugin", "sessions", "--json", cwd=server.dir, server=server.url)
     assert "plugin_not_registered" in sessions
+
+
+def test_a_connected_in_plugin_runs_jobs_and_drains(tmp_path):
+    # A server with no plugin in its config; the plugin dials it.
+    from conftest import PLUGIN, register, start_server
+
+    plugin_did = cli("keygen", "--out", "plugin.key", cwd=tmp_path)
+    url, serve = start_server(tmp_path, "plugin_wait_secs = 10\n")
+    proc = None
+    try:
+        dids = register(tmp_path, url, plugin_did, ["echo", "slow"])
+        (tmp_path / "plugin.py").write_text(PLUGIN)
+        env = dict(__import__("os").environ, PLUGIN_KEY=str(tmp_path / "plugin.key"),
+                   PULSE_PLUGIN_CONNECT=url, PLUGIN_SLOTS="4")
+        proc = subprocess.Popen([sys.executable, "plugin.py"], cwd=tmp_path, env=env,
+                                stderr=subprocess.PIPE, text=True)
+        with Client(url) as client:
+            done = client.wait(client.enqueue(dids["echo"], {"via": "join"}).id, timeout=30)
+            assert done.json() == {"via": "join"}
+            sessions = cli("plugin", "sessions", "--json", cwd=tmp_path, server=url)
+            assert '"connection":"connected"' in sessions.replace(" ", ""), sessions
+            assert '"slots":4' in sessions.replace(" ", ""), sessions
+            # A cancel reaches a handler over the stream too.
+            job = client.enqueue("slow", None)
+            wait_until(lambda: client.get(job.id).state == "running", what="slow to start")
+            client.cancel(job.id)
+            assert client.wait(job.id, timeout=10).attempt_history[0].outcome == "cancelled"
+        # SIGTERM: it drains and exits.
+        proc.terminate()
+        assert proc.wait(15) == 0, proc.stderr.read()
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        serve.terminate()
+        serve.wait(20)
