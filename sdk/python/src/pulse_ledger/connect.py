@@ -70,6 +70,27 @@ async def connect_in(
         backoff = min(backoff * 2, MAX_BACKOFF)
 
 
+class _StreamChannel:
+    """One attempt's events on the session's stream (an attempt that ends
+    without a final event just sends nothing more)."""
+
+    __slots__ = ("outbox", "job_id", "lease")
+
+    def __init__(self, outbox: "asyncio.Queue[pb.PluginMessage | None]", job_id: bytes, lease: bytes) -> None:
+        self.outbox, self.job_id, self.lease = outbox, job_id, lease
+
+    def put_nowait(self, event: pb.JobEvent) -> None:
+        self.outbox.put_nowait(
+            pb.PluginMessage(event=pb.AttemptEvent(job_id=self.job_id, lease=self.lease, event=event))
+        )
+
+    async def put(self, event: pb.JobEvent) -> None:
+        self.put_nowait(event)
+
+    def end(self) -> None:
+        pass
+
+
 async def _session(plugin: "Plugin", channel: Any, metadata: list, stop: asyncio.Event) -> None:
     outbox: asyncio.Queue[pb.PluginMessage | None] = asyncio.Queue()
 
@@ -85,10 +106,7 @@ async def _session(plugin: "Plugin", channel: Any, metadata: list, stop: asyncio
     draining = False
 
     async def run_attempt(r: pb.ExecuteJobRequest) -> None:
-        async for event in plugin.execute(r):
-            await outbox.put(
-                pb.PluginMessage(event=pb.AttemptEvent(job_id=r.job_id, lease=r.lease, event=event))
-            )
+        await plugin.run_attempt(r, _StreamChannel(outbox, r.job_id, r.lease))
 
     async def drain_on_stop() -> None:
         nonlocal draining

@@ -71,8 +71,34 @@ class _Handler:
 @dataclass
 class _Running:
     ctx: JobContext
-    task: "asyncio.Task[Any]"
-    events: "asyncio.Queue[pb.JobEvent | None]"
+    task: "asyncio.Task[Any] | None"
+    channel: Any
+    every: float
+    next_beat: float
+
+
+class _QueueChannel:
+    """The listening mode's events: a bounded queue its stream reads."""
+
+    __slots__ = ("q",)
+
+    def __init__(self, q: "asyncio.Queue[pb.JobEvent | None]") -> None:
+        self.q = q
+
+    def put_nowait(self, event: pb.JobEvent) -> None:
+        self.q.put_nowait(event)
+
+    async def put(self, event: pb.JobEvent) -> None:
+        await self.q.put(event)
+
+    def end(self) -> None:
+        # The stream ends with no final event, whatever is still queued.
+        while True:
+            try:
+                self.q.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+        self.q.put_nowait(None)
 
 
 class Plugin:
@@ -119,6 +145,7 @@ class Plugin:
         self._early: collections.OrderedDict[tuple[bytes, bytes], None] = collections.OrderedDict()
         self._draining = False
         self._stop: asyncio.Event | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._pool = ThreadPoolExecutor(max_workers=slots or 64, thread_name_prefix="pulse-handler")
 
     # -- handlers ---------------------------------------------------------
@@ -225,8 +252,10 @@ class Plugin:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _watch_stdin(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The raw descriptor, not sys.stdin: a daemon thread blocked in a
+        # buffered read would hold its lock while the interpreter exits.
         try:
-            while sys.stdin.buffer.read(4096):
+            while os.read(0, 4096):
                 pass
         except OSError:
             pass
@@ -242,31 +271,9 @@ class Plugin:
 
     async def execute(self, r: pb.ExecuteJobRequest) -> AsyncIterator[pb.JobEvent]:
         """Runs one attempt; its events, ending with its result or error
-        (or with nothing after a cancel). Transport-free: the listening and
-        connected-in modes both stream these."""
-        key = (bytes(r.job_id), bytes(r.lease))
-        if key in self._early:
-            # Cancelled before it arrived: it runs nothing.
-            del self._early[key]
-            return
-        h = self._choose(r)
-        if h is None:
-            yield pb.JobEvent(
-                error=pb.ErrorEvent(
-                    message=f"this plugin serves no handler {r.handler_name or r.handler}",
-                    retryable=False,
-                )
-            )
-            return
-        loop = asyncio.get_running_loop()
+        (or with nothing after a cancel): the listening mode's stream."""
         events: asyncio.Queue[pb.JobEvent | None] = asyncio.Queue(maxsize=EVENT_QUEUE)
-        ctx = JobContext(r, events, loop)  # type: ignore[arg-type]
-        task = loop.create_task(self._attempt(h, ctx, r.payload, events))
-        running = _Running(ctx, task, events)
-        self._running[key] = running
-        every = (r.heartbeat_interval_ms or 10_000) / 1000
-        every = max(every, 0.02)
-        beats = loop.create_task(self._heartbeats(events, every))
+        task = asyncio.get_running_loop().create_task(self.run_attempt(r, _QueueChannel(events)))
         try:
             while True:
                 event = await events.get()
@@ -276,26 +283,67 @@ class Plugin:
                 if event.WhichOneof("event") in ("result", "error"):
                     return
         finally:
-            beats.cancel()
+            # The stream ended (or Pulse dropped it): the handler stops.
             task.cancel()
+
+    async def run_attempt(self, r: pb.ExecuteJobRequest, channel: Any) -> None:
+        """Runs one attempt in the calling task, sending its events to
+        `channel` (put_nowait / put / end): its result or error last, or
+        `end()` with none after a cancel. Both modes run attempts here."""
+        key = (bytes(r.job_id), bytes(r.lease))
+        if key in self._early:
+            # Cancelled before it arrived: it runs nothing.
+            del self._early[key]
+            channel.end()
+            return
+        h = self._choose(r)
+        if h is None:
+            await channel.put(
+                _fatal(f"this plugin serves no handler {r.handler_name or r.handler}")
+            )
+            return
+        loop = asyncio.get_running_loop()
+        ctx = JobContext(r, channel, loop)
+        every = max((r.heartbeat_interval_ms or 10_000) / 1000, 0.02)
+        running = _Running(ctx, asyncio.current_task(), channel, every, loop.time() + every)
+        self._running[key] = running
+        self._start_heartbeats(loop)
+        try:
+            await self._attempt(h, ctx, r.payload, channel)
+        except asyncio.CancelledError:
+            # Stopped after a cancel's grace, or its stream went away.
+            channel.end()
+        finally:
             self._running.pop(key, None)
 
-    async def _heartbeats(self, events: "asyncio.Queue[pb.JobEvent | None]", every: float) -> None:
-        while True:
-            await asyncio.sleep(every)
-            await events.put(pb.JobEvent(heartbeat=pb.Heartbeat()))
+    def _start_heartbeats(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._ticker is None or self._ticker.done():
+            self._ticker = loop.create_task(self._heartbeats())
 
-    async def _attempt(
-        self,
-        h: _Handler,
-        ctx: JobContext,
-        payload: bytes,
-        events: "asyncio.Queue[pb.JobEvent | None]",
-    ) -> None:
+    async def _heartbeats(self) -> None:
+        """One timer for every running attempt: each gets a heartbeat
+        every heartbeat_interval_ms (the first one interval after it
+        starts)."""
+        loop = asyncio.get_running_loop()
+        while self._running:
+            now = loop.time()
+            due = min(r.next_beat for r in self._running.values())
+            if due > now:
+                await asyncio.sleep(due - now)
+                continue
+            for r in list(self._running.values()):
+                if r.next_beat <= now:
+                    r.next_beat = now + r.every
+                    try:
+                        r.channel.put_nowait(pb.JobEvent(heartbeat=pb.Heartbeat()))
+                    except asyncio.QueueFull:
+                        pass  # events are waiting to go: they count as alive
+
+    async def _attempt(self, h: _Handler, ctx: JobContext, payload: bytes, channel: Any) -> None:
         try:
             value = to_payload(payload, h.raw)
         except ValueError as e:
-            await events.put(_fatal(f"the payload is not JSON ({e}); use raw=True for bytes"))
+            await channel.put(_fatal(f"the payload is not JSON ({e}); use raw=True for bytes"))
             return
         try:
             if h.is_async:
@@ -310,7 +358,7 @@ class Plugin:
         except Retry as e:
             await ctx._flush()
             after = 0 if e.after is None else max(1, round(e.after * 1000))
-            await events.put(
+            await channel.put(
                 pb.JobEvent(
                     error=pb.ErrorEvent(
                         message=cut(str(e), MAX_ERROR_BYTES), retryable=True, retry_after_ms=after
@@ -320,19 +368,19 @@ class Plugin:
             return
         except Exception as e:  # noqa: BLE001 - every failure is reported
             await ctx._flush()
-            await events.put(_fatal(f"{type(e).__name__}: {e}"))
+            await channel.put(_fatal(f"{type(e).__name__}: {e}"))
             return
         await ctx._flush()
         if ctx.cancelled:
             # A cancelled attempt's result is dropped: the stream ends.
-            await events.put(None)
+            channel.end()
             return
         if len(result) > MAX_RESULT_BYTES:
-            await events.put(
+            await channel.put(
                 _fatal(f"the result is {len(result)} bytes; at most {MAX_RESULT_BYTES} fit a message")
             )
             return
-        await events.put(pb.JobEvent(result=pb.ResultEvent(output=result)))
+        await channel.put(pb.JobEvent(result=pb.ResultEvent(output=result)))
 
     def cancel(self, job_id: bytes, lease: bytes) -> bool:
         """Cancels a running attempt (after the grace its handler is
@@ -348,18 +396,12 @@ class Plugin:
         running.ctx._cancel()
 
         async def stop_after_grace() -> None:
-            try:
-                await asyncio.wait_for(asyncio.shield(running.task), self.cancel_grace)
-            except (asyncio.TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
-            running.task.cancel()
-            # Whatever the handler sent last, the stream ends now.
-            while True:
-                try:
-                    running.events.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-            running.events.put_nowait(None)
+            task = running.task
+            if task is None:
+                return
+            done, _ = await asyncio.wait({task}, timeout=self.cancel_grace)
+            if not done:
+                task.cancel()
 
         asyncio.get_running_loop().create_task(stop_after_grace())
         return True
