@@ -24,16 +24,36 @@ if TYPE_CHECKING:
 #: Backoff between connections: 200 ms doubling to 30 s, back to the start
 #: after a session that lasted a minute.
 FIRST_BACKOFF = 0.2
+#: Sessions one process keeps open by default.
+DEFAULT_SESSIONS = 4
 MAX_BACKOFF = 30.0
 
 
 async def connect_in(
-    plugin: "Plugin", url: str, *, token: str | None = None, ca: str | None = None
+    plugin: "Plugin",
+    url: str,
+    *,
+    token: str | None = None,
+    ca: str | None = None,
+    sessions: int | None = None,
 ) -> None:
     """Serves `plugin` over connected-in sessions to `url` until SIGTERM or
-    SIGINT (then it drains: no new attempt, the running ones finish)."""
+    SIGINT (then it drains: no new attempt, the running ones finish).
+
+    `sessions` (or PULSE_PLUGIN_SESSIONS; default 4): how many sessions
+    this process keeps open, each a stream of its own with its own key
+    proof. gRPC in Python sends one message at a time on a stream, so
+    several let one process take more jobs per second; Pulse sees a pool
+    of instances, and the plugin's `slots` are shared out among them."""
     token = token or os.environ.get("PULSE_PLUGIN_TOKEN")
     ca = ca or os.environ.get("PULSE_PLUGIN_SERVER_CA")
+    n = sessions or int(os.environ.get("PULSE_PLUGIN_SESSIONS", str(DEFAULT_SESSIONS)))
+    if n < 1:
+        raise ValueError("sessions is at least 1")
+    if plugin.slots:
+        n = min(n, plugin.slots)
+    # The slots shared out: the first sessions take the remainder.
+    shares = [plugin.slots // n + (1 if i < plugin.slots % n else 0) for i in range(n)]
     target, creds, metadata = _channel_args(url, token, ca, aio=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -42,6 +62,15 @@ async def connect_in(
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    await asyncio.gather(
+        *(_keep_connected(plugin, target, creds, metadata, stop, share) for share in shares)
+    )
+
+
+async def _keep_connected(
+    plugin: "Plugin", target: str, creds: Any, metadata: list, stop: asyncio.Event, slots: int
+) -> None:
+    """One session, opened again with backoff whenever it ends."""
     backoff = FIRST_BACKOFF
     while not stop.is_set():
         started = time.monotonic()
@@ -49,7 +78,7 @@ async def connect_in(
             grpc.aio.secure_channel(target, creds) if creds else grpc.aio.insecure_channel(target)
         )
         try:
-            await _session(plugin, channel, metadata, stop)
+            await _session(plugin, channel, metadata, stop, slots)
         except grpc.RpcError as e:
             details = e.details() if hasattr(e, "details") else str(e)
             print(
@@ -91,7 +120,9 @@ class _StreamChannel:
         pass
 
 
-async def _session(plugin: "Plugin", channel: Any, metadata: list, stop: asyncio.Event) -> None:
+async def _session(
+    plugin: "Plugin", channel: Any, metadata: list, stop: asyncio.Event, slots: int
+) -> None:
     outbox: asyncio.Queue[pb.PluginMessage | None] = asyncio.Queue()
 
     async def outgoing():
@@ -123,7 +154,9 @@ async def _session(plugin: "Plugin", channel: Any, metadata: list, stop: asyncio
                 from .plugin import initialize_response
 
                 await outbox.put(
-                    pb.PluginMessage(initialize=initialize_response(plugin, msg.initialize.nonce))
+                    pb.PluginMessage(
+                        initialize=initialize_response(plugin, msg.initialize.nonce, slots)
+                    )
                 )
             elif kind == "execute":
                 t = asyncio.create_task(run_attempt(msg.execute))

@@ -458,8 +458,9 @@ class _Servicer(pb_grpc.PluginServicer):
         return pb.SessionRefusedResponse()
 
 
-def initialize_response(p: Plugin, nonce: bytes) -> pb.InitializeResponse:
-    """The announcement and its proof for `nonce`."""
+def initialize_response(p: Plugin, nonce: bytes, slots: int | None = None) -> pb.InitializeResponse:
+    """The announcement and its proof for `nonce`; `slots` for this
+    session (default: the plugin's)."""
     a = p.announcement()
     return pb.InitializeResponse(
         plugin=a.plugin,
@@ -467,5 +468,5 @@ def initialize_response(p: Plugin, nonce: bytes) -> pb.InitializeResponse:
         handlers=[pb.AnnouncedHandler(id=i, name=n) for i, n in a.handlers],
         serves_any=a.serves_any,
         signature=p.key.sign(proof_message(nonce, a)),
-        slots=p.slots,
+        slots=p.slots if slots is None else slots,
     )
