@@ -120,6 +120,12 @@ def test_the_async_client(server):
             with pytest.raises(PulseError) as e:
                 await c.get("ff" * 16)
             assert e.value.code == "not_found"
+            many = await c.enqueue_many([{"handler": "echo", "payload": {"b": 2}},
+                                         {"handler": "echo", "priority": 99}])
+            assert many[0].state in ("queued", "running", "succeeded")
+            assert isinstance(many[1], PulseError) and many[1].code == "invalid_priority"
+            listed = [j async for j in c.list(handler="echo", limit=3)]
+            assert len(listed) == 3
 
     asyncio.run(run())
 

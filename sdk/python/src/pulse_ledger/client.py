@@ -442,9 +442,55 @@ class AsyncClient:
         r = await self._call(self._jobs.Enqueue, _enqueue_request(did, payload, **options))
         return Job._of(r.job)
 
+    async def enqueue_many(self, items: Iterable[dict[str, Any]]) -> list[Job | PulseError]:
+        reqs = []
+        for item in items:
+            item = dict(item)
+            did = await self.handler_did(item.pop("handler"))
+            reqs.append(_enqueue_request(did, **item))
+        r = await self._call(self._jobs.EnqueueBatch, jobs.EnqueueBatchRequest(jobs=reqs))
+        return [
+            Job._of(res.accepted.job)
+            if res.WhichOneof("result") == "accepted"
+            else PulseError(res.rejected.code, res.rejected.message)
+            for res in r.results
+        ]
+
     async def get(self, job_id: str) -> Job:
         r = await self._call(self._jobs.GetJob, jobs.GetJobRequest(id=_job_id(job_id)))
         return Job._of(r.job)
+
+    async def list(
+        self,
+        state: str | None = None,
+        handler: str | None = None,
+        since_ms: int | None = None,
+        oldest_first: bool = False,
+        limit: int | None = 100,
+    ) -> AsyncIterator[Job]:
+        did = await self.handler_did(handler) if handler else ""
+        token = b""
+        n = 0
+        while True:
+            page = await self._call(
+                self._jobs.ListJobs,
+                jobs.ListJobsRequest(
+                    state=state or "",
+                    handler=did,
+                    since_ms=since_ms or 0,
+                    oldest_first=oldest_first,
+                    page_size=1000 if limit is None else max(1, min(limit - n, 1000)),
+                    page_token=token,
+                ),
+            )
+            for j in page.jobs:
+                if limit is not None and n >= limit:
+                    return
+                n += 1
+                yield Job._of(j)
+            token = page.next_page_token
+            if not token or (limit is not None and n >= limit):
+                return
 
     async def watch(self, job_id: str) -> AsyncIterator[Job]:
         try:
@@ -482,3 +528,10 @@ class AsyncClient:
         did = await self.handler_did(handler) if handler else ""
         r = await self._call(self._jobs.GetBudget, jobs.GetBudgetRequest(handler=did))
         return Budget(r.per_hour, r.per_day, r.spent_hour, r.spent_day, r.reserved)
+
+    async def set_budget(self, handler: str | None, per_hour: int = 0, per_day: int = 0) -> None:
+        did = await self.handler_did(handler) if handler else ""
+        await self._call(
+            self._jobs.SetBudget,
+            jobs.SetBudgetRequest(handler=did, per_hour=per_hour, per_day=per_day),
+        )

@@ -213,6 +213,11 @@ class Plugin:
         else:
             asyncio.run(self.serve())
 
+    def connect(self, url: str, **options: Any) -> None:
+        """Runs until stopped, connected in to the server at `url`
+        (options: token, ca, sessions); `run(connect=url)` does the same."""
+        self.run(connect=url, **options)
+
     async def serve(self, listen: str | None = None) -> None:
         """Serves the Plugin service on `listen` (PULSE_PLUGIN_LISTEN,
         default 127.0.0.1:0), prints the handshake line, and returns once
