@@ -39,6 +39,7 @@ Examples:
   pulse-ledger bench
   pulse-ledger bench --jobs 50000 --json > bench.json
   pulse-ledger bench --server http://127.0.0.1:7300 --yes
+  pulse-ledger bench --python-bench sdk/python/tools/bench.py --python .venv/bin/python
 
 Prints one row per figure: the ceilings (strict ed25519 verify on one core,
 fsyncs in place into a preallocated file on the scratch dir's disk, bare
@@ -102,6 +103,15 @@ pub(crate) struct Args {
     /// --manifest-path peers/apalis/Cargo.toml`).
     #[arg(long, value_name = "FILE")]
     peer_apalis: Option<PathBuf>,
+    /// Then run the Python SDK's bench script (sdk/python/tools/bench.py)
+    /// with --python: no-op jobs through a Python plugin next to the Rust
+    /// test plugin, both connected in, and their ratio (not with --server).
+    #[arg(long, value_name = "SCRIPT", conflicts_with = "server")]
+    python_bench: Option<PathBuf>,
+    /// The Python that runs --python-bench (one with the SDK's
+    /// dependencies installed, e.g. a venv's python).
+    #[arg(long, value_name = "PYTHON", default_value = "python3")]
+    python: PathBuf,
     /// Print the table as JSON.
     #[arg(long)]
     json: bool,
@@ -207,7 +217,38 @@ pub(crate) fn run(a: Args) -> Result<ExitCode, CliError> {
             run["cores"]
         );
     }
+    if let Some(script) = &a.python_bench {
+        python_bench(&a, script)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the Python SDK's bench script against this build: its lines go to
+/// standard output after the table.
+fn python_bench(a: &Args, script: &Path) -> Result<(), CliError> {
+    let me = std::env::current_exe().map_err(|e| failed("this binary")(e.to_string()))?;
+    let plugin_bin = a
+        .plugin_bin
+        .clone()
+        .unwrap_or_else(|| me.with_file_name("pulse-test-plugin"));
+    eprintln!("bench: the Python SDK's plugin next to the Rust test plugin");
+    let status = Command::new(&a.python)
+        .arg(script)
+        .args(["--jobs", &a.jobs.to_string(), "--mode", "connected"])
+        .arg("--bin")
+        .arg(&me)
+        .arg("--test-plugin")
+        .arg(&plugin_bin)
+        .status()
+        .map_err(|e| failed("--python")(format!("{}: {e}", a.python.display())))?;
+    if !status.success() {
+        return Err(failed("--python-bench")(format!(
+            "{} {} failed ({status})",
+            a.python.display(),
+            script.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Entries one run appends: registrations at three concurrency levels
@@ -555,6 +596,8 @@ mod tests {
             latency_secs: 1,
             plugin_bin: None,
             peer_apalis: None,
+            python_bench: None,
+            python: "python3".into(),
             json: false,
             yes: false,
         }
