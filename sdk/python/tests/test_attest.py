@@ -74,3 +74,78 @@ def test_small_order_keys_and_r_are_refused():
     # Encoding round-trips a decoded point.
     pk = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
     assert encode_point(decode_point(pk)) == pk
+
+
+from pulse_ledger.attest import cbor, parse_envelope  # noqa: E402
+
+ATTESTATIONS = sorted(VECTORS.glob("attestation-*.json"))
+CBOR_CODES = {"malformed_cbor", "non_canonical_cbor", "forbidden_cbor_type", "duplicate_key"}
+
+
+def _vector(path):
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in ATTESTATIONS if p.stem.startswith(("attestation-envelope", "attestation-too"))],
+    ids=lambda p: p.stem,
+)
+def test_envelope_vectors_fail_with_their_code(path):
+    v = _vector(path)
+    with pytest.raises(AttestError) as e:
+        parse_envelope(bytes.fromhex(v["input"]))
+    assert e.value.code == v["expect"]["code"], v["description"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in ATTESTATIONS
+     if p.stem.startswith("attestation-body") and _vector(p)["expect"].get("code") in CBOR_CODES],
+    ids=lambda p: p.stem,
+)
+def test_bodies_that_are_not_canonical_cbor_fail_with_their_code(path):
+    v = _vector(path)
+    envelope = parse_envelope(bytes.fromhex(v["input"]))
+    with pytest.raises(AttestError) as e:
+        cbor.decode(envelope.body)
+    assert e.value.code == v["expect"]["code"], v["description"]
+
+
+@pytest.mark.parametrize("path", [p for p in ATTESTATIONS if _vector(p)["expect"]["ok"]],
+                         ids=lambda p: p.stem)
+def test_valid_attestations_decode_and_their_first_signature_verifies(path):
+    v = _vector(path)
+    envelope = parse_envelope(bytes.fromhex(v["input"]))
+    assert envelope.body.hex() == v["expect"]["body"]
+    body = cbor.decode(envelope.body)
+    signer = parse_did(body["signer"])
+    from pulse_ledger.attest.envelope import CONTEXT
+
+    assert verify_strict(signer, CONTEXT + envelope.body, envelope.sigs[0])
+    assert not verify_strict(signer, CONTEXT + envelope.body + b"x", envelope.sigs[0])
+
+
+def test_the_decoder_refuses_what_the_rules_refuse():
+    cases = {
+        b"": "malformed_cbor",
+        b"\x18\x05": "non_canonical_cbor",
+        b"\xf5": "forbidden_cbor_type",
+        b"\xff": "malformed_cbor",
+        b"\x20": "forbidden_cbor_type",
+        b"\xc0\x00": "forbidden_cbor_type",
+        b"\x5f": "non_canonical_cbor",
+        b"\x1c": "malformed_cbor",
+        b"\x62\xc3\x28": "malformed_cbor",
+        b"\x00\x00": "malformed_cbor",
+        b"\x81" * 9 + b"\x00": "malformed_cbor",
+        b"\xa2\x61a\x00\x61a\x00": "duplicate_key",
+        b"\xa2\x61b\x00\x61a\x00": "non_canonical_cbor",
+        b"\xa1\x00\x00": "forbidden_cbor_type",
+    }
+    for data, code in cases.items():
+        with pytest.raises(AttestError) as e:
+            cbor.decode(data)
+        assert e.value.code == code, data.hex()
+    assert cbor.decode(b"\x81" * 8 + b"\x00") == [[[[[[[[0]]]]]]]]
+    assert cbor.decode(b"\xa2\x61b\x00\x62aa\x01") == {"b": 0, "aa": 1}
