@@ -149,3 +149,20 @@ def test_the_decoder_refuses_what_the_rules_refuse():
         assert e.value.code == code, data.hex()
     assert cbor.decode(b"\x81" * 8 + b"\x00") == [[[[[[[[0]]]]]]]]
     assert cbor.decode(b"\xa2\x61b\x00\x62aa\x01") == {"b": 0, "aa": 1}
+
+
+from pulse_ledger.attest import verify_attestation  # noqa: E402
+
+
+@pytest.mark.parametrize("path", ATTESTATIONS, ids=lambda p: p.stem)
+def test_every_attestation_vector(path):
+    v = _vector(path)
+    data = bytes.fromhex(v["input"])
+    if v["expect"]["ok"]:
+        statement = verify_attestation(data)
+        assert statement["subject"] == v["expect"]["statement"]["subject"]
+        assert statement["kind"] == v["expect"]["statement"]["kind"]
+    else:
+        with pytest.raises(AttestError) as e:
+            verify_attestation(data)
+        assert e.value.code == v["expect"]["code"], v["description"]
