@@ -166,3 +166,35 @@ def test_every_attestation_vector(path):
         with pytest.raises(AttestError) as e:
             verify_attestation(data)
         assert e.value.code == v["expect"]["code"], v["description"]
+
+
+from pulse_ledger.attest import ChainError, attestation_id, verify_chain  # noqa: E402
+
+CHAINS = sorted(VECTORS.glob("chain-*.json"))
+
+
+@pytest.mark.parametrize("path", [p for p in ATTESTATIONS if _vector(p)["expect"]["ok"]],
+                         ids=lambda p: p.stem)
+def test_attestation_ids_are_blake3_of_the_envelope(path):
+    v = _vector(path)
+    assert attestation_id(bytes.fromhex(v["input"])).hex() == v["expect"]["id"]
+
+
+@pytest.mark.parametrize("path", CHAINS, ids=lambda p: p.stem)
+def test_every_chain_vector(path):
+    v = _vector(path)
+    envelopes = [bytes.fromhex(h) for h in v["input"]]
+    want = v["expect"]
+    if want["ok"]:
+        state = verify_chain(envelopes)
+        s = want["state"]
+        assert (state.subject, state.family, state.key, state.seq, state.head.hex(),
+                state.issued_at, state.revoked) == (
+            s["subject"], s["family"], s["key"], s["seq"], s["head"], s["issued_at"], s["revoked"])
+        assert state.schema["name"] == s["schema"]["name"]
+    else:
+        with pytest.raises(ChainError) as e:
+            verify_chain(envelopes)
+        assert (e.value.code, e.value.index) == (want["code"], want["index"]), v["description"]
+        if "equivocation" in want:
+            assert [x.hex() for x in e.value.evidence] == want["equivocation"]
