@@ -64,6 +64,21 @@ def test_cost_counts_against_budgets(server, client):
     assert (capped.state, capped.reason) == ("cancelled", "budget")
 
 
+def test_an_hourly_budget_holds_jobs_once_spent(server, client):
+    # The handler has spent 30+ already (the test above, or here).
+    client.wait(client.enqueue("costly", {"steps": 1}).id, timeout=30)
+    spent = client.budget("costly").spent_hour
+    client.set_budget("costly", per_hour=spent)
+    try:
+        job = client.enqueue("costly", {"steps": 1})
+        held = wait_until(lambda: (j := client.get(job.id)).state == "held" and j, what="a hold")
+        assert held.reason == "budget"
+        assert client.budget("costly").per_hour == spent
+    finally:
+        client.set_budget("costly", per_hour=0)
+    assert client.wait(job.id, timeout=30).state == "succeeded", "released once the limit goes"
+
+
 def test_cancel_reaches_the_handler(server, client):
     job = client.enqueue("slow", None)
     wait_until(lambda: client.get(job.id).state == "running", what="the slow job to start")
