@@ -168,6 +168,38 @@ def _channel_args(url: str, token: str | None, ca: str | None, aio: bool):
     return target, creds, metadata
 
 
+def _one_named(handler: str, found: list[str]) -> str:
+    """The one did:key of the handlers named `handler`."""
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise PulseError("not_found", f"no handler is named {handler!r}")
+    raise PulseError(
+        "ambiguous_name",
+        f"{len(found)} handlers are named {handler!r}: give one did:key of {', '.join(found)}",
+    )
+
+
+def _names_page(handler: str, token: bytes = b"") -> registry.ListHandlersRequest:
+    return registry.ListHandlersRequest(
+        name_prefix=handler, include_revoked=True, page_size=1000, page_token=token
+    )
+
+
+def _list_page(
+    state: str | None, did: str, since_ms: int | None, oldest_first: bool,
+    limit: int | None, n: int, token: bytes,
+) -> jobs.ListJobsRequest:
+    return jobs.ListJobsRequest(
+        state=state or "",
+        handler=did,
+        since_ms=since_ms or 0,
+        oldest_first=oldest_first,
+        page_size=1000 if limit is None else max(1, min(limit - n, 1000)),
+        page_token=token,
+    )
+
+
 def _enqueue_request(did: str, payload: Any = None, **kw: Any) -> jobs.EnqueueRequest:
     run_at = _ms(kw.pop("run_at", None))
     delay = kw.pop("delay", None)
@@ -239,24 +271,12 @@ class Client:
         found: list[str] = []
         token = b""
         for _ in range(10):
-            page = self._call(
-                self._registry.ListHandlers,
-                registry.ListHandlersRequest(
-                    name_prefix=handler, include_revoked=True, page_size=1000, page_token=token
-                ),
-            )
+            page = self._call(self._registry.ListHandlers, _names_page(handler, token))
             found += [h.did for h in page.handlers if h.name == handler]
             token = page.next_page_token
             if not token:
                 break
-        if len(found) == 1:
-            return found[0]
-        if not found:
-            raise PulseError("not_found", f"no handler is named {handler!r}")
-        raise PulseError(
-            "ambiguous_name",
-            f"{len(found)} handlers are named {handler!r}: give one did:key of {', '.join(found)}",
-        )
+        return _one_named(handler, found)
 
     def _request(self, handler: str, payload: Any = None, **kw: Any) -> jobs.EnqueueRequest:
         return _enqueue_request(self.handler_did(handler), payload, **kw)
@@ -346,14 +366,7 @@ class Client:
         while True:
             page = self._call(
                 self._jobs.ListJobs,
-                jobs.ListJobsRequest(
-                    state=state or "",
-                    handler=did,
-                    since_ms=since_ms or 0,
-                    oldest_first=oldest_first,
-                    page_size=1000 if limit is None else max(1, min(limit - n, 1000)),
-                    page_token=token,
-                ),
+                _list_page(state, did, since_ms, oldest_first, limit, n, token),
             )
             for j in page.jobs:
                 if limit is not None and n >= limit:
@@ -423,19 +436,15 @@ class AsyncClient:
     async def handler_did(self, handler: str) -> str:
         if handler.startswith("did:"):
             return handler
-        page = await self._call(
-            self._registry.ListHandlers,
-            registry.ListHandlersRequest(name_prefix=handler, include_revoked=True, page_size=1000),
-        )
-        found = [h.did for h in page.handlers if h.name == handler]
-        if len(found) == 1:
-            return found[0]
-        if not found:
-            raise PulseError("not_found", f"no handler is named {handler!r}")
-        raise PulseError(
-            "ambiguous_name",
-            f"{len(found)} handlers are named {handler!r}: give one did:key of {', '.join(found)}",
-        )
+        found: list[str] = []
+        token = b""
+        for _ in range(10):
+            page = await self._call(self._registry.ListHandlers, _names_page(handler, token))
+            found += [h.did for h in page.handlers if h.name == handler]
+            token = page.next_page_token
+            if not token:
+                break
+        return _one_named(handler, found)
 
     async def enqueue(self, handler: str, payload: Any = None, **options: Any) -> Job:
         did = await self.handler_did(handler)
@@ -474,14 +483,7 @@ class AsyncClient:
         while True:
             page = await self._call(
                 self._jobs.ListJobs,
-                jobs.ListJobsRequest(
-                    state=state or "",
-                    handler=did,
-                    since_ms=since_ms or 0,
-                    oldest_first=oldest_first,
-                    page_size=1000 if limit is None else max(1, min(limit - n, 1000)),
-                    page_token=token,
-                ),
+                _list_page(state, did, since_ms, oldest_first, limit, n, token),
             )
             for j in page.jobs:
                 if limit is not None and n >= limit:
