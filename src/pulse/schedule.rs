@@ -194,7 +194,7 @@ impl Recurrence {
 
     /// Occurrences strictly between `from` and `to`, counted up to
     /// [`MAX_MISSED_COUNT`].
-    fn count_between(&self, anchor: u64, from: u64, to: u64) -> u64 {
+    fn count_between(&self, _anchor: u64, from: u64, to: u64) -> u64 {
         match self {
             Recurrence::Every { every_ms } => {
                 let every = (*every_ms).max(1);
@@ -202,11 +202,15 @@ impl Recurrence {
                     .saturating_sub(1)
                     .min(MAX_MISSED_COUNT)
             }
-            Recurrence::Cron { .. } => {
+            Recurrence::Cron { pattern, timezone } => {
+                // Parsed once for the whole count, not once per occurrence.
+                let Ok(cron) = CronIn::parse(pattern, timezone.as_deref()) else {
+                    return 0;
+                };
                 let mut n = 0;
                 let mut at = from;
                 while n < MAX_MISSED_COUNT {
-                    match self.next_after(anchor, at) {
+                    match cron.next_after(at) {
                         Some(next) if next < to => {
                             n += 1;
                             at = next;
@@ -508,6 +512,25 @@ mod tests {
                 super::super::record::decode(&bytes).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(&read, s);
         }
+    }
+
+    /// A schedule stopped for longer than MAX_MISSED_COUNT occurrences
+    /// counts that many, by interval and by cron pattern alike.
+    #[test]
+    fn missed_counts_saturate() {
+        let s = every(1_000);
+        let f = s
+            .plan(1_000_000 + 50_000_000, false)
+            .unwrap_or_else(|| panic!("due"));
+        assert_eq!(f.missed, MAX_MISSED_COUNT);
+        let mut c = every(1_000);
+        c.recurrence = Recurrence::cron("* * * * * *", None).unwrap_or_else(|e| panic!("{e}"));
+        c.next_at = c.recurrence.next_after(c.created_at, c.created_at);
+        let f = c
+            .plan(1_000_000 + 50_000_000, false)
+            .unwrap_or_else(|| panic!("due"));
+        assert_eq!(f.missed, MAX_MISSED_COUNT);
+        assert_eq!(f.at, 51_000_000);
     }
 
     #[test]
