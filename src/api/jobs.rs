@@ -1131,6 +1131,7 @@ impl Jobs for JobsService {
                     opened_ms: s.opened_ms,
                     last_health_ms: s.last_health_ms(),
                     session: s.generation,
+                    attempt_streams: s.attempt_streams,
                 }
             })
             .collect();

@@ -105,7 +105,8 @@ pub(crate) struct Args {
     peer_apalis: Option<PathBuf>,
     /// Then run the Python SDK's bench script (sdk/python/tools/bench.py)
     /// with --python: no-op jobs through a Python plugin next to the Rust
-    /// test plugin, both connected in, and their ratio (not with --server).
+    /// test plugin, both spawned and then both connected in, and their
+    /// ratios (not with --server).
     #[arg(long, value_name = "SCRIPT", conflicts_with = "server")]
     python_bench: Option<PathBuf>,
     /// The Python that runs --python-bench (one with the SDK's
@@ -234,7 +235,7 @@ fn python_bench(a: &Args, script: &Path) -> Result<(), CliError> {
     eprintln!("bench: the Python SDK's plugin next to the Rust test plugin");
     let status = Command::new(&a.python)
         .arg(script)
-        .args(["--jobs", &a.jobs.to_string(), "--mode", "connected"])
+        .args(["--jobs", &a.jobs.to_string(), "--mode", "both"])
         .arg("--bin")
         .arg(&me)
         .arg("--test-plugin")

@@ -58,6 +58,7 @@ fn to_json(r: &proto::ListPluginSessionsResponse) -> serde_json::Value {
             "address": s.address, "handlers": s.handlers, "serves_any": s.serves_any,
             "slots": s.slots, "running": s.running, "draining": s.draining,
             "opened_ms": s.opened_ms, "last_health_ms": s.last_health_ms, "session": s.session,
+            "attempt_streams": s.attempt_streams,
         })).collect::<Vec<_>>(),
         "refusals": r.refusals.iter().map(|f| json!({
             "plugin": f.plugin, "address": f.address, "code": f.code,
@@ -93,6 +94,9 @@ fn print_text(r: &proto::ListPluginSessionsResponse) {
         println!("  key       {}", s.key);
         println!("  handlers  {}", handlers.join(", "));
         println!("  slots     {slots}, running {}", s.running);
+        if s.attempt_streams > 0 {
+            println!("  attempts  over {} streams", s.attempt_streams);
+        }
         println!(
             "  opened    {}; last health check {}",
             ago(s.opened_ms),

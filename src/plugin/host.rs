@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
 use super::admit::{admit, still_current};
+use super::attempt_streams::AttemptStreams;
 use super::gateway::Gateway;
 use super::handshake::{PROTOCOL_VERSION, parse_handshake};
 use super::proof::{Announcement, NONCE_BYTES};
@@ -383,7 +384,7 @@ impl Supervisor {
         &self,
         client: &mut PluginClient<Channel>,
         address: &str,
-    ) -> Result<(Announcement, u32), String> {
+    ) -> Result<(Announcement, u32, u32), String> {
         let mut nonce = [0u8; NONCE_BYTES];
         getrandom::fill(&mut nonce).map_err(|e| format!("no randomness: {e}"))?;
         let req = proto::InitializeRequest {
@@ -398,7 +399,7 @@ impl Supervisor {
             .map_err(|s| format!("Initialize failed: {}", s.message()))?
             .into_inner();
         match admit(&self.ledger, self.plugin.expect.as_ref(), &nonce, &resp) {
-            Ok(a) => Ok((a, resp.slots)),
+            Ok(a) => Ok((a, resp.slots, resp.attempt_streams)),
             Err(refused) => {
                 self.sessions.refused(RefusedProof {
                     plugin: resp.plugin.clone(),
@@ -438,7 +439,7 @@ impl Supervisor {
         // Results up to the server's response limit.
         let mut client =
             PluginClient::new(channel).max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES);
-        let (announcement, slots) = match self.initialize(&mut client, &uri).await {
+        let (announcement, slots, streams) = match self.initialize(&mut client, &uri).await {
             Ok(a) => a,
             Err(e) => return Ended::Failed(format!("session refused: {e}")),
         };
@@ -452,6 +453,11 @@ impl Supervisor {
         .and_then(Result::ok)
         .map(tonic::Response::into_inner)
         .unwrap_or_default();
+        let streams = match AttemptStreams::open(&client, streams, self.config.start_timeout).await
+        {
+            Ok(s) => s,
+            Err(e) => return Ended::Failed(e),
+        };
         let (ended_tx, ended) = watch::channel(false);
         let plugin = announcement.plugin.clone();
         tracing::info!(
@@ -463,15 +469,23 @@ impl Supervisor {
             version = %about.version,
             "plugin session open"
         );
-        let session = Arc::new(Session::new(
+        let link = streams
+            .as_ref()
+            .map_or_else(|| Link::Client(client.clone()), |s| Link::Stream(s.link()));
+        let mut session = Session::new(
             announcement.clone(),
-            Link::Client(client.clone()),
+            link,
             connection,
             uri.clone(),
             slots,
             ended,
-        ));
+        );
+        session.attempt_streams = streams.as_ref().map_or(0, AttemptStreams::count);
+        let session = Arc::new(session);
         let generation = session.generation;
+        if let Some(s) = streams {
+            s.read(&session);
+        }
         self.sessions.open(Arc::clone(&session));
         let outcome = self.watch(&mut client, child.as_mut(), &session).await;
         // Close first, so no new attempt goes to it, then end the running

@@ -4,6 +4,7 @@
 //! (spec/plugin.md).
 
 mod admit;
+mod attempt_streams;
 mod executor;
 mod gateway;
 mod handshake;
@@ -17,6 +18,7 @@ pub mod confine;
 pub mod sdk;
 
 pub use admit::{Refused, admit};
+pub use attempt_streams::MAX_ATTEMPT_STREAMS;
 pub use executor::{
     MAX_ERROR_MESSAGE_BYTES, MAX_PLUGIN_CHECKPOINT_BYTES, MAX_PROGRESS_MESSAGE_BYTES,
     PluginExecutor, exec_event,

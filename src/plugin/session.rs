@@ -71,6 +71,8 @@ pub struct Session {
     pub lost: SessionLost,
     /// Unix ms it opened.
     pub opened_ms: u64,
+    /// `Plugin.Attempts` streams its attempts go on (0: none).
+    pub attempt_streams: u32,
     running: AtomicU32,
     draining: AtomicBool,
     last_health_ms: AtomicU64,
@@ -99,6 +101,7 @@ impl Session {
             generation: GENERATION.fetch_add(1, Ordering::Relaxed),
             lost: SessionLost::default(),
             opened_ms: now,
+            attempt_streams: 0,
             running: AtomicU32::new(0),
             draining: AtomicBool::new(false),
             last_health_ms: AtomicU64::new(now),

@@ -117,6 +117,7 @@ class Server:
         self.proc = proc
         self.dir = dir
         self.handlers = handlers
+        self.transport = ""
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -165,10 +166,16 @@ HANDLERS = ["echo", "sync-echo", "resume", "costly", "flaky", "broken", "bad-pro
 LIMITS = {"sleep": {"timeout-ms": "300", "max-attempts": "1"}, "resume": {"max-attempts": "3"}}
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Server:
-    """A server that spawns the Python plugin from its config."""
-    dir = tmp_path_factory.mktemp("spawned")
+#: How the spawned plugin takes its attempts: as messages on attempt
+#: streams (the SDK's default), or as one ExecuteJob call each.
+TRANSPORTS = {"streams": "4", "calls": "0"}
+
+
+@pytest.fixture(scope="session", params=list(TRANSPORTS))
+def server(tmp_path_factory, request) -> Server:
+    """A server that spawns the Python plugin from its config; every test
+    using it runs once per transport."""
+    dir = tmp_path_factory.mktemp(f"spawned-{request.param}")
     plugin_did = cli("keygen", "--out", "plugin.key", cwd=dir)
     (dir / "plugin.py").write_text(PLUGIN)
     config = textwrap.dedent(
@@ -180,13 +187,14 @@ def server(tmp_path_factory) -> Server:
         name = "py-tools"
         command = [{str(sys.executable)!r}, "plugin.py"]
         dir = {str(dir)!r}
-        env = {{ PLUGIN_KEY = {str(dir / "plugin.key")!r} }}
+        env = {{ PLUGIN_KEY = {str(dir / "plugin.key")!r}, PULSE_PLUGIN_STREAMS = {TRANSPORTS[request.param]!r} }}
         '''
     )
     url, proc = start_server(dir, config)
     try:
         handlers = register(dir, url, plugin_did, HANDLERS, **LIMITS)
         s = Server(url, proc, dir, handlers)
+        s.transport = request.param
         yield s
     finally:
         proc.terminate()

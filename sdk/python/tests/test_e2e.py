@@ -1,6 +1,7 @@
 """End to end: the real `pulse-ledger serve` spawns a plugin written with
 this package, and the client enqueues and follows its jobs."""
 
+import json
 import subprocess
 import sys
 import time
@@ -143,6 +144,44 @@ def test_the_async_client(server):
             assert len(listed) == 3
 
     asyncio.run(run())
+
+
+def test_the_session_uses_the_transport_the_plugin_asked_for(server, client):
+
+    client.wait(client.enqueue("echo", None).id, timeout=30)
+    listed = json.loads(cli("plugin", "sessions", "--json", cwd=server.dir, server=server.url))
+    (session,) = listed["sessions"]
+    assert session["connection"] == "spawned"
+    assert session["attempt_streams"] == (4 if server.transport == "streams" else 0)
+
+
+def test_a_plugin_without_attempt_streams_falls_back_to_calls(tmp_path):
+    # It asks for streams but answers Attempts with UNIMPLEMENTED (the
+    # generated servicer's default): Pulse sends each attempt as a call.
+    from conftest import PLUGIN, register, start_server
+
+    plugin_did = cli("keygen", "--out", "plugin.key", cwd=tmp_path)
+    (tmp_path / "plugin.py").write_text(
+        "from pulse_ledger import plugin as _p\n"
+        "del _p._Servicer.Attempts\n" + PLUGIN
+    )
+    config = (
+        "plugin_wait_secs = 5\n[[plugin]]\nname = \"py-tools\"\n"
+        f"command = [{sys.executable!r}, \"plugin.py\"]\ndir = {str(tmp_path)!r}\n"
+        f"env = {{ PLUGIN_KEY = {str(tmp_path / 'plugin.key')!r}, PULSE_PLUGIN_STREAMS = \"2\" }}\n"
+    )
+    url, serve = start_server(tmp_path, config)
+    try:
+        dids = register(tmp_path, url, plugin_did, ["echo"])
+        with Client(url) as client:
+            done = client.wait(client.enqueue(dids["echo"], [1]).id, timeout=30)
+            assert (done.state, done.json()) == ("succeeded", [1])
+        sessions = cli("plugin", "sessions", "--json", cwd=tmp_path, server=url)
+        assert json.loads(sessions)["sessions"][0]["attempt_streams"] == 0, sessions
+    finally:
+        serve.terminate()
+        serve.wait(20)
+    assert "does not implement Attempts" in (tmp_path / "serve.log").read_text()
 
 
 def test_a_wrong_key_is_refused_with_its_code(server, tmp_path):

@@ -4,8 +4,9 @@ plugin, in one run, on the same server build (issue 21, "Speed").
     cargo build --release
     python sdk/python/tools/bench.py --jobs 20000
 
-For each plugin it starts a fresh `pulse-ledger serve` that spawns the
-plugin, registers a `noop` handler on it, runs a warm-up, then enqueues
+For each mode (spawned, connected in, or both: --mode) and each plugin
+it starts a fresh `pulse-ledger serve` (which spawns the plugin, or which
+the plugin connects in to), registers a `noop` handler on it, runs a warm-up, then enqueues
 --jobs jobs in batches of 1,000 and times them from the first enqueue to
 the last attempt ended (read from /metrics). It prints both rates and
 their ratio, Python ÷ Rust.
@@ -127,15 +128,17 @@ def main() -> None:
     ap.add_argument("--bin", type=pathlib.Path, default=REPO / "target" / "release" / "pulse-ledger")
     ap.add_argument("--test-plugin", type=pathlib.Path,
                     default=REPO / "target" / "release" / "pulse-test-plugin")
-    ap.add_argument("--mode", choices=["spawned", "connected"], default="spawned",
-                    help="how both plugins reach the server (default: spawned by it)")
+    ap.add_argument("--mode", choices=["spawned", "connected", "both"], default="both",
+                    help="how both plugins reach the server: spawned by it, connected in, "
+                         "or each in turn (the default)")
     a = ap.parse_args()
-    rust = measure("rust", a.mode, a.bin, a.test_plugin, a.jobs)
-    python = measure("python", a.mode, a.bin, a.test_plugin, a.jobs)
-    print(f"no-op jobs/s, {a.jobs} jobs each, both {a.mode}, one server build:")
-    print(f"  rust test plugin   {rust:10.0f}")
-    print(f"  python plugin      {python:10.0f}")
-    print(f"  python / rust      {python / rust:10.3f}")
+    for mode in ["spawned", "connected"] if a.mode == "both" else [a.mode]:
+        rust = measure("rust", mode, a.bin, a.test_plugin, a.jobs)
+        python = measure("python", mode, a.bin, a.test_plugin, a.jobs)
+        print(f"no-op jobs/s, {a.jobs} jobs each, both {mode}, one server build:")
+        print(f"  rust test plugin   {rust:10.0f}")
+        print(f"  python plugin      {python:10.0f}")
+        print(f"  python / rust      {python / rust:10.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,8 @@ impl Attempts {
             serves_any: a.serves_any,
             signature: signature.to_vec(),
             slots: p.slots,
+            // An ExecuteJob call per attempt costs tonic little.
+            attempt_streams: 0,
         })
     }
 

@@ -146,4 +146,17 @@ impl plugin_server::Plugin for Service {
         super::report_refusal(&r.code, &r.message);
         Ok(Response::new(proto::SessionRefusedResponse {}))
     }
+
+    type AttemptsStream = Pin<Box<dyn Stream<Item = Result<proto::PluginMessage, Status>> + Send>>;
+
+    /// A call per attempt costs tonic little, so this SDK never asks for
+    /// attempt streams (`attempt_streams` 0).
+    async fn attempts(
+        &self,
+        _: Request<tonic::Streaming<proto::ServerMessage>>,
+    ) -> Result<Response<Self::AttemptsStream>, Status> {
+        Err(Status::unimplemented(
+            "this plugin takes each attempt as an ExecuteJob call",
+        ))
+    }
 }

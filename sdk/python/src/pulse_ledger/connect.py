@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from ._streams import StreamChannel
 from .client import _channel_args
 from .v1 import plugin_pb2 as pb
 from .v1 import plugin_pb2_grpc as pb_grpc
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 #: after a session that lasted a minute.
 FIRST_BACKOFF = 0.2
 #: Sessions one process keeps open by default.
-DEFAULT_SESSIONS = 4
+DEFAULT_SESSIONS = 8
 MAX_BACKOFF = 30.0
 
 
@@ -40,7 +41,7 @@ async def connect_in(
     """Serves `plugin` over connected-in sessions to `url` until SIGTERM or
     SIGINT (then it drains: no new attempt, the running ones finish).
 
-    `sessions` (or PULSE_PLUGIN_SESSIONS; default 4): how many sessions
+    `sessions` (or PULSE_PLUGIN_SESSIONS; default 8): how many sessions
     this process keeps open, each a stream of its own with its own key
     proof. gRPC in Python sends one message at a time on a stream, so
     several let one process take more jobs per second; Pulse sees a pool
@@ -99,27 +100,6 @@ async def _keep_connected(
         backoff = min(backoff * 2, MAX_BACKOFF)
 
 
-class _StreamChannel:
-    """One attempt's events on the session's stream (an attempt that ends
-    without a final event just sends nothing more)."""
-
-    __slots__ = ("outbox", "job_id", "lease")
-
-    def __init__(self, outbox: "asyncio.Queue[pb.PluginMessage | None]", job_id: bytes, lease: bytes) -> None:
-        self.outbox, self.job_id, self.lease = outbox, job_id, lease
-
-    def put_nowait(self, event: pb.JobEvent) -> None:
-        self.outbox.put_nowait(
-            pb.PluginMessage(event=pb.AttemptEvent(job_id=self.job_id, lease=self.lease, event=event))
-        )
-
-    async def put(self, event: pb.JobEvent) -> None:
-        self.put_nowait(event)
-
-    def end(self) -> None:
-        pass
-
-
 async def _session(
     plugin: "Plugin", channel: Any, metadata: list, stop: asyncio.Event, slots: int
 ) -> None:
@@ -137,7 +117,7 @@ async def _session(
     draining = False
 
     async def run_attempt(r: pb.ExecuteJobRequest) -> None:
-        await plugin.run_attempt(r, _StreamChannel(outbox, r.job_id, r.lease))
+        await plugin.run_attempt(r, StreamChannel(outbox, r.job_id, r.lease))
 
     async def drain_on_stop() -> None:
         nonlocal draining
@@ -155,7 +135,7 @@ async def _session(
 
                 await outbox.put(
                     pb.PluginMessage(
-                        initialize=initialize_response(plugin, msg.initialize.nonce, slots)
+                        initialize=initialize_response(plugin, msg.initialize.nonce, slots, streams=0)
                     )
                 )
             elif kind == "execute":

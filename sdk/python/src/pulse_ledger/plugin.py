@@ -42,6 +42,10 @@ CANCEL_GRACE = 2.0
 MAX_EARLY_CANCELS = 10_000
 #: Events of one attempt waiting to be sent; a sender waits beyond it.
 EVENT_QUEUE = 64
+#: Attempt streams a listening plugin asks Pulse for by default.
+DEFAULT_ATTEMPT_STREAMS = 4
+#: The most Pulse opens.
+MAX_ATTEMPT_STREAMS = 16
 #: The largest message Pulse decodes from a plugin; a result must fit.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: What a result may be, leaving room for the message's framing.
@@ -110,6 +114,10 @@ class Plugin:
     - `slots`: attempts this process runs at once (0: no limit announced);
       sync handlers run in a thread pool of that size (default 64).
     - `cancel_grace`: seconds a cancelled handler may run on.
+    - `attempt_streams`: when spawned or dialled, how many streams Pulse
+      opens to carry this plugin's attempts (PULSE_PLUGIN_STREAMS; default
+      4, at most 16; 0: one gRPC call per attempt, which Python's gRPC
+      server makes several times slower).
     """
 
     def __init__(
@@ -123,6 +131,7 @@ class Plugin:
         plugin_id: str | None = None,
         slots: int = 0,
         cancel_grace: float = CANCEL_GRACE,
+        attempt_streams: int | None = None,
     ) -> None:
         if key is None:
             if key_file is None:
@@ -130,6 +139,12 @@ class Plugin:
             key = load_key(key_file)
         if slots < 0:
             raise ValueError("slots is >= 0")
+        if attempt_streams is None:
+            attempt_streams = int(
+                os.environ.get("PULSE_PLUGIN_STREAMS", str(DEFAULT_ATTEMPT_STREAMS))
+            )
+        if not 0 <= attempt_streams <= MAX_ATTEMPT_STREAMS:
+            raise ValueError(f"attempt_streams is 0 to {MAX_ATTEMPT_STREAMS}")
         self.key = key
         self.plugin_id = plugin_id or key.did
         self.name = name
@@ -137,6 +152,8 @@ class Plugin:
         self.description = description
         self.slots = slots
         self.cancel_grace = cancel_grace
+        self.attempt_streams = attempt_streams
+        self._attempt_outboxes: set[asyncio.Queue[Any]] = set()
         self._by_id: dict[str, _Handler] = {}
         self._by_name: dict[str, _Handler] = {}
         self._order: list[tuple[str, str]] = []
@@ -251,6 +268,8 @@ class Plugin:
         await self._stop.wait()
         # Drain: no new attempt; the running ones finish.
         self._draining = True
+        for outbox in self._attempt_outboxes:
+            outbox.put_nowait(pb.PluginMessage(drain=pb.DrainRequest()))
         while self._running:
             await asyncio.sleep(0.02)
         await server.stop(grace=0.5)
@@ -454,6 +473,11 @@ class _Servicer(pb_grpc.PluginServicer):
         self.p.stop()
         return pb.ShutdownResponse()
 
+    async def Attempts(self, request_iterator, context):  # noqa: N802
+        from ._streams import serve_attempts
+
+        await serve_attempts(self.p, context)
+
     async def SessionRefused(self, request, context):  # noqa: N802
         print(
             f"pulse-ledger refused this plugin's session: {request.code}: {request.message}",
@@ -463,9 +487,11 @@ class _Servicer(pb_grpc.PluginServicer):
         return pb.SessionRefusedResponse()
 
 
-def initialize_response(p: Plugin, nonce: bytes, slots: int | None = None) -> pb.InitializeResponse:
-    """The announcement and its proof for `nonce`; `slots` for this
-    session (default: the plugin's)."""
+def initialize_response(
+    p: Plugin, nonce: bytes, slots: int | None = None, streams: int | None = None
+) -> pb.InitializeResponse:
+    """The announcement and its proof for `nonce`; `slots` and attempt
+    `streams` for this session (default: the plugin's)."""
     a = p.announcement()
     return pb.InitializeResponse(
         plugin=a.plugin,
@@ -474,4 +500,5 @@ def initialize_response(p: Plugin, nonce: bytes, slots: int | None = None) -> pb
         serves_any=a.serves_any,
         signature=p.key.sign(proof_message(nonce, a)),
         slots=p.slots if slots is None else slots,
+        attempt_streams=p.attempt_streams if streams is None else streams,
     )

@@ -307,7 +307,7 @@ class ListPluginSessionsResponse(_message.Message):
     def __init__(self, sessions: _Optional[_Iterable[_Union[PluginSession, _Mapping]]] = ..., refusals: _Optional[_Iterable[_Union[SessionRefusalRecord, _Mapping]]] = ...) -> None: ...
 
 class PluginSession(_message.Message):
-    __slots__ = ("plugin", "name", "key", "connection", "address", "handlers", "serves_any", "slots", "running", "draining", "opened_ms", "last_health_ms", "session")
+    __slots__ = ("plugin", "name", "key", "connection", "address", "handlers", "serves_any", "slots", "running", "draining", "opened_ms", "last_health_ms", "session", "attempt_streams")
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -321,6 +321,7 @@ class PluginSession(_message.Message):
     OPENED_MS_FIELD_NUMBER: _ClassVar[int]
     LAST_HEALTH_MS_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_STREAMS_FIELD_NUMBER: _ClassVar[int]
     plugin: str
     name: str
     key: str
@@ -334,7 +335,8 @@ class PluginSession(_message.Message):
     opened_ms: int
     last_health_ms: int
     session: int
-    def __init__(self, plugin: _Optional[str] = ..., name: _Optional[str] = ..., key: _Optional[str] = ..., connection: _Optional[str] = ..., address: _Optional[str] = ..., handlers: _Optional[_Iterable[str]] = ..., serves_any: _Optional[bool] = ..., slots: _Optional[int] = ..., running: _Optional[int] = ..., draining: _Optional[bool] = ..., opened_ms: _Optional[int] = ..., last_health_ms: _Optional[int] = ..., session: _Optional[int] = ...) -> None: ...
+    attempt_streams: int
+    def __init__(self, plugin: _Optional[str] = ..., name: _Optional[str] = ..., key: _Optional[str] = ..., connection: _Optional[str] = ..., address: _Optional[str] = ..., handlers: _Optional[_Iterable[str]] = ..., serves_any: _Optional[bool] = ..., slots: _Optional[int] = ..., running: _Optional[int] = ..., draining: _Optional[bool] = ..., opened_ms: _Optional[int] = ..., last_health_ms: _Optional[int] = ..., session: _Optional[int] = ..., attempt_streams: _Optional[int] = ...) -> None: ...
 
 class SessionRefusalRecord(_message.Message):
     __slots__ = ("plugin", "address", "code", "message", "at_ms")

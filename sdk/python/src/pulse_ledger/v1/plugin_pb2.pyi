@@ -95,20 +95,22 @@ class AnnouncedHandler(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class InitializeResponse(_message.Message):
-    __slots__ = ("plugin", "key", "handlers", "serves_any", "signature", "slots")
+    __slots__ = ("plugin", "key", "handlers", "serves_any", "signature", "slots", "attempt_streams")
     PLUGIN_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     HANDLERS_FIELD_NUMBER: _ClassVar[int]
     SERVES_ANY_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_STREAMS_FIELD_NUMBER: _ClassVar[int]
     plugin: str
     key: str
     handlers: _containers.RepeatedCompositeFieldContainer[AnnouncedHandler]
     serves_any: bool
     signature: bytes
     slots: int
-    def __init__(self, plugin: _Optional[str] = ..., key: _Optional[str] = ..., handlers: _Optional[_Iterable[_Union[AnnouncedHandler, _Mapping]]] = ..., serves_any: _Optional[bool] = ..., signature: _Optional[bytes] = ..., slots: _Optional[int] = ...) -> None: ...
+    attempt_streams: int
+    def __init__(self, plugin: _Optional[str] = ..., key: _Optional[str] = ..., handlers: _Optional[_Iterable[_Union[AnnouncedHandler, _Mapping]]] = ..., serves_any: _Optional[bool] = ..., signature: _Optional[bytes] = ..., slots: _Optional[int] = ..., attempt_streams: _Optional[int] = ...) -> None: ...
 
 class ExecuteJobRequest(_message.Message):
     __slots__ = ("job_id", "lease", "attempt", "handler", "handler_name", "handler_attestation_id", "handler_attestation", "handler_index", "plugin_index", "payload", "deadline_ms", "checkpoint", "heartbeat_interval_ms", "traceparent")

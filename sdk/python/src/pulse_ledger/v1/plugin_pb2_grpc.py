@@ -69,6 +69,11 @@ class PluginStub:
                 request_serializer=pulse__ledger_dot_v1_dot_plugin__pb2.SessionRefusal.SerializeToString,
                 response_deserializer=pulse__ledger_dot_v1_dot_plugin__pb2.SessionRefusedResponse.FromString,
                 _registered_method=True)
+        self.Attempts = channel.stream_stream(
+                '/pulse_ledger.v1.Plugin/Attempts',
+                request_serializer=pulse__ledger_dot_v1_dot_plugin__pb2.ServerMessage.SerializeToString,
+                response_deserializer=pulse__ledger_dot_v1_dot_plugin__pb2.PluginMessage.FromString,
+                _registered_method=True)
 
 
 class PluginServicer:
@@ -145,6 +150,21 @@ class PluginServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attempts(self, request_iterator, context):
+        """Optional: attempts multiplexed over one long stream instead of one
+        ExecuteJob call each, for plugins whose gRPC server pays far more for
+        a call than for a message (Python's). Pulse opens as many as the
+        plugin asked for in InitializeResponse.attempt_streams, right after
+        accepting its proof and on the same connection. On them Pulse sends
+        only `execute` and `cancel`; it reads `event` and `drain` and ignores
+        the rest. Attempts on them behave as on a connected-in session; the
+        end of any of them ends the session (spec/plugin.md, "Attempt
+        streams").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PluginServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +202,11 @@ def add_PluginServicer_to_server(servicer, server):
                     servicer.SessionRefused,
                     request_deserializer=pulse__ledger_dot_v1_dot_plugin__pb2.SessionRefusal.FromString,
                     response_serializer=pulse__ledger_dot_v1_dot_plugin__pb2.SessionRefusedResponse.SerializeToString,
+            ),
+            'Attempts': grpc.stream_stream_rpc_method_handler(
+                    servicer.Attempts,
+                    request_deserializer=pulse__ledger_dot_v1_dot_plugin__pb2.ServerMessage.FromString,
+                    response_serializer=pulse__ledger_dot_v1_dot_plugin__pb2.PluginMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -373,6 +398,33 @@ class Plugin:
             '/pulse_ledger.v1.Plugin/SessionRefused',
             pulse__ledger_dot_v1_dot_plugin__pb2.SessionRefusal.SerializeToString,
             pulse__ledger_dot_v1_dot_plugin__pb2.SessionRefusedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attempts(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/pulse_ledger.v1.Plugin/Attempts',
+            pulse__ledger_dot_v1_dot_plugin__pb2.ServerMessage.SerializeToString,
+            pulse__ledger_dot_v1_dot_plugin__pb2.PluginMessage.FromString,
             options,
             channel_credentials,
             insecure,
