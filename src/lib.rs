@@ -35,6 +35,7 @@ mod histogram;
 mod keyfile;
 pub mod ledger;
 pub mod telemetry;
+pub mod timeline;
 
 pub mod audit;
 

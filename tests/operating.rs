@@ -943,3 +943,87 @@ fn admin_and_schedule_calls_need_their_scopes() {
     assert!(code == 2 && err.contains("scope_missing"), "{err}");
     server.stop();
 }
+
+/// `serve --timeline FILE`: one JSON line per dispatcher step (with its
+/// phases), per group commit of the job store and the log, and per storage
+/// event, each with its start and duration, while the server runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_timeline_records_steps_commits_and_storage_events() {
+    let dir = tempdir("operating-timeline");
+    let timeline = dir.join("timeline.jsonl");
+    let (cmd, p, _) = with_test_plugin(
+        &dir,
+        "timeline-plugin",
+        &["--timeline", timeline.to_str().unwrap()],
+    );
+    let server = Serve::spawn(cmd, false);
+    let url = server.url.clone();
+    let keys = register(&url, &p, &["echo"]).await;
+    let mut jobs = pulse_ledger::api::proto::jobs_client::JobsClient::connect(url.clone())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let (code, out, err) = common::cli_at(&url, &["job", "submit", &keys[0].did.to_string()]);
+        assert_eq!(code, 0, "{err}");
+        common::finished(&mut jobs, &hex::decode(out.trim()).unwrap(), 30).await;
+    }
+    // The writer flushes once it has been idle for 100 ms.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let text = std::fs::read_to_string(&timeline).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let dispatched: u64 = lines
+            .iter()
+            .filter(|l| l["kind"] == "step")
+            .map(|l| l["dispatched"].as_u64().unwrap())
+            .sum();
+        let has = |k: &str| lines.iter().any(|l| l["kind"] == k);
+        if dispatched >= 3 && has("jobs_commit") && has("log_commit") && has("storage") {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "timeline incomplete:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for l in &lines {
+        match l["kind"].as_str().unwrap() {
+            "step" => {
+                let n = |k: &str| l[k].as_u64().unwrap_or_else(|| panic!("no {k} in {l}"));
+                assert!(n("at") > 1_700_000_000_000_000, "{l}");
+                // The phases are consecutive parts of the step.
+                let phases = n("due") + n("choose") + n("commit") + n("start");
+                assert!(phases <= n("dur") + 1, "{l}");
+                let _ = (n("reports"), n("dispatched"));
+            }
+            "jobs_commit" | "log_commit" => {
+                assert!(l["dur"].is_u64() && l["ops"].as_u64().unwrap() > 0, "{l}");
+            }
+            "storage" => {
+                let target = l["target"].as_str().unwrap();
+                assert!(
+                    target.starts_with("fjall") || target.starts_with("lsm_tree"),
+                    "{l}"
+                );
+            }
+            other => panic!("unexpected kind {other}: {l}"),
+        }
+    }
+    server.stop();
+
+    // A timeline that cannot be written is refused before anything starts.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("other"))
+        .args(["--timeline", "/nonexistent-dir/timeline.jsonl"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--timeline /nonexistent-dir/timeline.jsonl"),
+        "{err}"
+    );
+    assert!(!dir.join("other").exists(), "nothing was created");
+}

@@ -113,6 +113,12 @@ pub(crate) struct Args {
     /// dependencies installed, e.g. a venv's python).
     #[arg(long, value_name = "PYTHON", default_value = "python3")]
     python: PathBuf,
+    /// Write a timeline of the latency run to FILE (JSON lines, appended
+    /// per run): each job's scheduled, called, acked, dispatched and
+    /// started times (Unix µs), and the server's dispatcher steps, group
+    /// commits and storage flushes (not with --server).
+    #[arg(long, value_name = "FILE", conflicts_with = "server")]
+    trace: Option<PathBuf>,
     /// Print the table as JSON.
     #[arg(long)]
     json: bool,
@@ -150,13 +156,24 @@ fn spawned_plugin(plugin_bin: &Path, key: &Path) -> String {
 
 /// Starts a server on a data dir in `dir` with `plugins` (`[[plugin]]`
 /// tables, or nothing for plugins that connect in).
-pub(super) fn spawn_server(dir: &Path, plugins: &str) -> Result<(Spawned, String), CliError> {
+/// `timeline`: the server appends its timeline there (`serve --timeline`).
+pub(super) fn spawn_server(
+    dir: &Path,
+    plugins: &str,
+    timeline: Option<&Path>,
+) -> Result<(Spawned, String), CliError> {
     let me = std::env::current_exe().map_err(|e| failed("this binary")(e.to_string()))?;
     let config = format!("max_running = {IN_FLIGHT}\n{plugins}");
     let path = dir.join("pulse.toml");
     std::fs::write(&path, config).map_err(super::files::io(&path))?;
-    let mut child = Command::new(me)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+    let mut cmd = Command::new(me);
+    if let Some(t) = timeline {
+        cmd.arg("serve").arg("--timeline").arg(t);
+    } else {
+        cmd.arg("serve");
+    }
+    let mut child = cmd
+        .args(["--listen", "127.0.0.1:0", "--config"])
         .arg(&path)
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -250,6 +267,23 @@ fn python_bench(a: &Args, script: &Path) -> Result<(), CliError> {
         )));
     }
     Ok(())
+}
+
+/// Appends the latency run's jobs to the trace file, one JSON line each.
+fn append_jobs(path: &Path, jobs: &[crate::loadgen::JobSample]) -> Result<(), CliError> {
+    use std::io::Write;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(super::files::io(path))?;
+    let mut out = std::io::BufWriter::new(file);
+    for j in jobs {
+        let mut v = serde_json::to_value(j).unwrap_or_default();
+        v["kind"] = "job".into();
+        writeln!(out, "{v}").map_err(super::files::io(path))?;
+    }
+    out.flush().map_err(super::files::io(path))
 }
 
 /// Entries one run appends: registrations at three concurrency levels
@@ -407,7 +441,11 @@ fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
         let (_server, url) = match &a.server {
             Some(u) => (None, u.clone()),
             None => {
-                let (s, u) = spawn_server(dir, &spawned_plugin(&plugin_bin, &key_path))?;
+                let (s, u) = spawn_server(
+                    dir,
+                    &spawned_plugin(&plugin_bin, &key_path),
+                    a.trace.as_deref(),
+                )?;
                 (Some(s), u)
             }
         };
@@ -504,6 +542,33 @@ fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
                 f.p99_from_call,
                 "ms",
             );
+            if let Some(path) = &a.trace {
+                append_jobs(path, &f.jobs)?;
+            }
+            for (key, label, value) in [
+                (
+                    "tail_sender",
+                    "  the slowest 1 %: scheduled → Enqueue called (sender)",
+                    f.tail.sender,
+                ),
+                (
+                    "tail_enqueue",
+                    "  the slowest 1 %: Enqueue called → acknowledged",
+                    f.tail.enqueue,
+                ),
+                (
+                    "tail_queued",
+                    "  the slowest 1 %: acknowledged → dispatch step began",
+                    f.tail.queued,
+                ),
+                (
+                    "tail_dispatch",
+                    "  the slowest 1 %: dispatch step began → plugin start",
+                    f.tail.dispatch,
+                ),
+            ] {
+                t.add(key, label, value, "ms");
+            }
         }
         if a.server.is_none() {
             let pool = dir.join("pool");
@@ -598,6 +663,7 @@ mod tests {
             plugin_bin: None,
             peer_apalis: None,
             python_bench: None,
+            trace: None,
             python: "python3".into(),
             json: false,
             yes: false,

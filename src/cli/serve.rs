@@ -84,6 +84,12 @@ pub(crate) struct Args {
     /// attempt, carried into plugins as W3C trace context.
     #[arg(long, env = "PULSE_LEDGER_OTLP_ENDPOINT", value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Diagnostics: append a timeline of the hot paths to FILE, one JSON
+    /// line per dispatcher step, group commit and storage event (flush,
+    /// compaction, write halt), with start and duration in µs, to match a
+    /// latency stall to its cause (BENCHMARKS.md; `bench --trace`).
+    #[arg(long, value_name = "FILE")]
+    timeline: Option<std::path::PathBuf>,
     /// Delete finished jobs this many hours after their last change
     /// [default: 168]. The ledger is never pruned.
     #[arg(long, env = "PULSE_LEDGER_JOB_RETENTION_HOURS", value_name = "HOURS")]
@@ -482,16 +488,35 @@ impl Args {
 }
 
 pub(crate) fn run(args: Args) -> Result<ExitCode, CliError> {
+    let timeline = args.timeline.clone();
     let config = args.resolve()?;
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    if let Some(path) = &timeline {
+        crate::timeline::start(path).map_err(CliError::Usage)?;
+    }
+    let log = tracing_subscriber::fmt::layer()
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                 tracing_subscriber::EnvFilter::new("info,fjall=warn,lsm_tree=warn")
             }),
+        );
+    // The storage engine's flushes, compactions and write halts, on the
+    // timeline only.
+    let storage = timeline.is_some().then(|| {
+        crate::timeline::StorageEvents.with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("fjall", tracing::Level::DEBUG)
+                .with_target("lsm_tree", tracing::Level::DEBUG),
         )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+    });
+    let _ = tracing_subscriber::registry()
+        .with(log)
+        .with(storage)
         .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -382,7 +382,11 @@ fn commit(shared: &Shared, stage: &mut Stage<'_>) -> Result<Option<TreeHead>, Le
     }
     batch.insert(shared.ks(Ks::Meta), META_SIZE, u64_key(size));
     batch.insert(shared.ks(Ks::Meta), META_CHECKPOINT, note.as_bytes());
-    batch.commit().map_err(|e| {
+    let span = crate::timeline::span("log_commit");
+    let ops = batch.len() as u64;
+    let committed = batch.commit();
+    crate::timeline::end(span, &[("ops", ops), ("size", size)]);
+    committed.map_err(|e| {
         LedgerError::new(
             LedgerErrorCode::Storage,
             format!("commit failed; nothing in it was acknowledged: {e}"),

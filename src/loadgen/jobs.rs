@@ -23,7 +23,7 @@ pub const BENCH_PLUGIN_NAME: &str = "bench";
 const BATCH: usize = 500;
 
 /// What the jobs run measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct JobFigures {
     /// Jobs/s, enqueue to stored result.
     pub rate: f64,
@@ -41,6 +41,64 @@ pub struct JobFigures {
     /// started running (at or after its scheduled time) to plugin start,
     /// p99, ms.
     pub p99_from_call: f64,
+    /// Where the slowest 1 % of jobs spent their time.
+    pub tail: StageBreakdown,
+    /// Every job of the latency run, in send order.
+    pub jobs: Vec<JobSample>,
+}
+
+/// The mean time per stage, ms, over the jobs at or above the p99 of
+/// scheduled send → plugin start: where the tail is spent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageBreakdown {
+    /// Scheduled send → the Enqueue call made (the sender's own lag).
+    pub sender: f64,
+    /// Enqueue call → its acknowledgement (the durable enqueue).
+    pub enqueue: f64,
+    /// Acknowledged → the start of the dispatcher step that dispatched it
+    /// (waiting in the ready queue, and for the step; ms resolution).
+    pub queued: f64,
+    /// That step's start → the plugin started it (the step's commit and
+    /// the call to the plugin).
+    pub dispatch: f64,
+}
+
+/// One job of the latency run, its times in Unix µs.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct JobSample {
+    /// When it was due to be sent.
+    pub scheduled: u64,
+    /// When its Enqueue call was made.
+    pub called: u64,
+    /// When the call was acknowledged.
+    pub acked: u64,
+    /// When the dispatcher step that dispatched it began (the server
+    /// records it in ms).
+    pub dispatched: u64,
+    /// When the plugin started it.
+    pub started: u64,
+}
+
+impl JobSample {
+    fn total(&self) -> u64 {
+        self.started.saturating_sub(self.scheduled)
+    }
+}
+
+fn tail_breakdown(samples: &[JobSample], p99: u64) -> StageBreakdown {
+    let tail: Vec<&JobSample> = samples.iter().filter(|s| s.total() >= p99).collect();
+    if tail.is_empty() {
+        return StageBreakdown::default();
+    }
+    let mean = |f: &dyn Fn(&JobSample) -> u64| {
+        tail.iter().map(|s| f(s) as f64).sum::<f64>() / tail.len() as f64 / 1000.0
+    };
+    StageBreakdown {
+        sender: mean(&|s| s.called.saturating_sub(s.scheduled)),
+        enqueue: mean(&|s| s.acked.saturating_sub(s.called)),
+        queued: mean(&|s| s.dispatched.saturating_sub(s.acked)),
+        dispatch: mean(&|s| s.started.saturating_sub(s.dispatched.max(s.acked))),
+    }
 }
 
 /// Unix time in microseconds: the clock the stamp handler reports in.
@@ -164,22 +222,36 @@ pub async fn pulse_jobs(
                 .job
                 .unwrap_or_default()
                 .id;
-            Ok::<_, String>((scheduled_us, called_us, id))
+            Ok::<_, String>((scheduled_us, called_us, now_us(), id))
         }));
     }
-    let mut lat = Vec::with_capacity(count);
-    let mut from_call = Vec::with_capacity(count);
+    let mut samples = Vec::with_capacity(count);
     for s in sent {
-        let (scheduled_us, called_us, id) = s.await.map_err(|e| e.to_string())??;
+        let (scheduled, called, acked, id) = s.await.map_err(|e| e.to_string())??;
         let j = wait_done(&mut jobs, &id).await?;
         let started: u64 = String::from_utf8_lossy(&j.result)
             .parse()
             .map_err(|_| "the stamp handler returned no time".to_owned())?;
-        lat.push(started.saturating_sub(scheduled_us));
-        from_call.push(started.saturating_sub(called_us));
+        let dispatched = j
+            .attempt_history
+            .first()
+            .map_or(0, |a| a.started_at_ms.saturating_mul(1000));
+        samples.push(JobSample {
+            scheduled,
+            called,
+            acked,
+            dispatched,
+            started,
+        });
     }
+    let mut lat: Vec<u64> = samples.iter().map(JobSample::total).collect();
+    let mut from_call: Vec<u64> = samples
+        .iter()
+        .map(|s| s.started.saturating_sub(s.called))
+        .collect();
     lat.sort_unstable();
     from_call.sort_unstable();
+    let p99_us = (percentile_ms(&lat, 0.99) * 1000.0) as u64;
     Ok(JobFigures {
         rate,
         arrival_rate,
@@ -188,6 +260,8 @@ pub async fn pulse_jobs(
         p99: percentile_ms(&lat, 0.99),
         p999: percentile_ms(&lat, 0.999),
         p99_from_call: percentile_ms(&from_call, 0.99),
+        tail: tail_breakdown(&samples, p99_us),
+        jobs: samples,
     })
 }
 

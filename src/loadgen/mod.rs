@@ -12,7 +12,10 @@ mod table;
 pub use ceilings::{
     VERIFY_BATCH, bare_plugin_rate, batch_verify_rate, fsync_append_rate, fsync_rate, verify_rate,
 };
-pub use jobs::{BENCH_PLUGIN_NAME, JobFigures, job_rate, pulse_jobs, register_test_plugin};
+pub use jobs::{
+    BENCH_PLUGIN_NAME, JobFigures, JobSample, StageBreakdown, job_rate, pulse_jobs,
+    register_test_plugin,
+};
 pub use registrations::registration_rate;
 pub use resolution::resolution_cost;
 pub use table::{Row, Table};

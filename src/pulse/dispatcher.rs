@@ -323,12 +323,14 @@ impl<E: Executor> Dispatcher<E> {
     /// Storage failures (rule violations by reports are counted, not
     /// returned).
     pub fn step(&mut self, now: u64) -> Result<StepReport, JobError> {
+        let mut t = crate::timeline::span("step");
         let mut report = StepReport::default();
         if let Some(schemas) = self.schemas.as_mut() {
             report.schedules = self.store.fire_schedules(now, schemas.as_mut())?;
         }
         self.store.promote_due(now, self.config.scan)?;
         self.release_held(now)?;
+        crate::timeline::phase(&mut t, "due");
         // The step's reports and its dispatches go to the store in one
         // group commit: one fsync per step on the dispatcher's path, not
         // two. Slots freed by this step's results are used by the next
@@ -338,6 +340,7 @@ impl<E: Executor> Dispatcher<E> {
         // group commit wrote must still reach the bookkeeping (slots,
         // reservations) and the executor (dispatched attempts).
         let (chosen, mut failure) = self.choose(now);
+        crate::timeline::phase(&mut t, "choose");
         if let Err(e) = self.store.append_logs(pending.logs) {
             // Lines are for people: the transitions still go ahead.
             failure.get_or_insert(e);
@@ -348,6 +351,7 @@ impl<E: Executor> Dispatcher<E> {
         let mut results = self
             .store
             .update_many_spending(now, ops, |a: &Applied| a.cost);
+        crate::timeline::phase(&mut t, "commit");
         let dispatched = results.split_off(reports);
         if let Err(e) = self.finish_reports(pending.ending, results, &mut report) {
             failure.get_or_insert(e);
@@ -358,6 +362,7 @@ impl<E: Executor> Dispatcher<E> {
                 failure.get_or_insert(e);
             }
         }
+        crate::timeline::phase(&mut t, "start");
         if let Some(e) = failure {
             return Err(e);
         }
@@ -367,6 +372,13 @@ impl<E: Executor> Dispatcher<E> {
             report.timed_out = self.enforce_deadlines(now)?;
             self.next_deadline_scan = now.saturating_add(self.config.deadline_scan_ms);
         }
+        crate::timeline::end(
+            t,
+            &[
+                ("reports", reports as u64),
+                ("dispatched", report.dispatched as u64),
+            ],
+        );
         Ok(report)
     }
 

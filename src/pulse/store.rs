@@ -469,9 +469,12 @@ impl JobStore {
 
     /// Commits a batch of job transitions, timed for the metrics.
     pub(super) fn commit(&self, batch: fjall::OwnedWriteBatch) -> Result<(), fjall::Error> {
+        let span = crate::timeline::span("jobs_commit");
+        let ops = batch.len() as u64;
         let started = std::time::Instant::now();
         let r = batch.commit();
         self.counters.commit.observe(started.elapsed());
+        crate::timeline::end(span, &[("ops", ops)]);
         r
     }
 
