@@ -125,6 +125,11 @@ impl Span {
         self.last = now;
     }
 
+    /// Phases ended so far.
+    pub fn phases(&self) -> usize {
+        self.phases.len()
+    }
+
     /// Writes the line: kind, start, duration, the phases, and `fields`.
     pub fn end(self, fields: &[(&'static str, u64)]) {
         let mut line = format!(

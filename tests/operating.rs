@@ -981,7 +981,12 @@ async fn the_timeline_records_steps_commits_and_storage_events() {
             .map(|l| l["dispatched"].as_u64().unwrap())
             .sum();
         let has = |k: &str| lines.iter().any(|l| l["kind"] == k);
-        if dispatched >= 3 && has("jobs_commit") && has("log_commit") && has("storage") {
+        if dispatched >= 3
+            && lines.iter().filter(|l| l["kind"] == "attempt").count() >= 3
+            && has("jobs_commit")
+            && has("log_commit")
+            && has("storage")
+        {
             break lines;
         }
         assert!(Instant::now() < deadline, "timeline incomplete:\n{text}");
@@ -996,6 +1001,15 @@ async fn the_timeline_records_steps_commits_and_storage_events() {
                 let phases = n("due") + n("choose") + n("commit") + n("start");
                 assert!(phases <= n("dur") + 1, "{l}");
                 let _ = (n("reports"), n("dispatched"));
+            }
+            "attempt" => {
+                // Sent, then its first and final events, within its span.
+                let n = |k: &str| l[k].as_u64().unwrap_or_else(|| panic!("no {k} in {l}"));
+                assert!(
+                    n("sent") + n("first_event") + n("final_event") <= n("dur") + 1,
+                    "{l}"
+                );
+                assert_eq!(n("ok"), 1, "{l}");
             }
             "jobs_commit" | "log_commit" => {
                 assert!(l["dur"].is_u64() && l["ops"].as_u64().unwrap() > 0, "{l}");

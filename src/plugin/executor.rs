@@ -179,6 +179,9 @@ fn with_traceparent(request: proto::ExecuteJobRequest) -> tonic::Request<proto::
 #[tonic::async_trait]
 impl AsyncExecutor for PluginExecutor {
     async fn dispatch(&self, attempt: AttemptSpec) -> Result<EventStream, String> {
+        // On the timeline: sent (the call or message made), first event,
+        // final event received.
+        let mut timed = crate::timeline::span("attempt");
         let auth = attempt
             .authorization
             .clone()
@@ -290,6 +293,7 @@ impl AsyncExecutor for PluginExecutor {
                 return Ok(Box::pin(tokio_stream::once(ExecEvent::Crashed)));
             }
         };
+        crate::timeline::phase(&mut timed, "sent");
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let mut ended = session.ended.clone();
         let output = auth
@@ -305,6 +309,9 @@ impl AsyncExecutor for PluginExecutor {
                     biased;
                     msg = stream.next() => match msg {
                         Some(Ok(e)) => {
+                            if timed.as_ref().is_some_and(|t| t.phases() == 1) {
+                                crate::timeline::phase(&mut timed, "first_event");
+                            }
                             let event = match exec_event(e) {
                                 // A result must match the handler's signed
                                 // output_schema: one that does not fails the
@@ -342,6 +349,7 @@ impl AsyncExecutor for PluginExecutor {
                             }
                             let last = matches!(event, ExecEvent::Succeeded(_) | ExecEvent::Failed { .. });
                             if last {
+                                crate::timeline::phase(&mut timed, "final_event");
                                 // The slot is free once the plugin is done,
                                 // before the dispatcher hears of it, so its
                                 // next attempt finds the slot free.
@@ -379,6 +387,7 @@ impl AsyncExecutor for PluginExecutor {
             // The attempt's span ends here (a result, an error, or the
             // stream or session ended).
             drop(span);
+            crate::timeline::end(timed, &[("ok", u64::from(done))]);
         });
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
