@@ -720,6 +720,9 @@ impl Jobs for JobsService {
             .map(|v| v.as_bytes().to_vec());
         let peer = request.remote_addr();
         let id = parse_id(&request.into_inner().id)?;
+        // Registered before the first read: a change committed after it
+        // wakes the watch at once.
+        let watch = self.store.watch(id);
         let first = self.job_for(&grant, Right::Read, id, peer).await?;
         let (tx, rx) = mpsc::channel(16);
         let service = self.clone();
@@ -729,7 +732,10 @@ impl Jobs for JobsService {
                 return;
             }
             while !last.state.is_terminal() {
+                // Woken by each change to the job; the poll only checks the
+                // token again (and covers a change written another way).
                 tokio::select! {
+                    () = watch.changed() => {}
                     () = tokio::time::sleep(std::time::Duration::from_millis(WATCH_POLL_MS)) => {}
                     () = tx.closed() => return,
                 }

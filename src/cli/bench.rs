@@ -14,8 +14,8 @@ use tonic::transport::Channel;
 use super::client::{ServerArg, runtime};
 use super::error::CliError;
 use crate::loadgen::{
-    Table, bare_plugin_rate, fsync_append_rate, fsync_rate, pulse_jobs, registration_rate,
-    resolution_cost, verify_rate,
+    JobBench, JobFigures, Table, bare_plugin_rate, fsync_append_rate, fsync_rate, percentile_ms,
+    registration_rate, resolution_cost, submit_latency, verify_rate,
 };
 
 /// Concurrent calls for the throughput figures (jobs running at once, and
@@ -40,6 +40,8 @@ Examples:
   pulse-ledger bench --jobs 50000 --json > bench.json
   pulse-ledger bench --server http://127.0.0.1:7300 --yes
   pulse-ledger bench --python-bench sdk/python/tools/bench.py --python .venv/bin/python
+  pulse-ledger bench --check          # exit 1 naming each figure that misses its target
+  pulse-ledger bench --runs 1 --trace trace.jsonl   # each job's stages and the server's timeline
 
 Prints one row per figure: the ceilings (strict ed25519 verify on one core,
 fsyncs in place into a preallocated file on the scratch dir's disk, bare
@@ -119,6 +121,12 @@ pub(crate) struct Args {
     /// commits and storage flushes (not with --server).
     #[arg(long, value_name = "FILE", conflicts_with = "server")]
     trace: Option<PathBuf>,
+    /// Exit 1 if a figure misses its target (enqueue → start p99 < 5 ms at
+    /// half load; registrations and jobs each ≥ 0.5× their ceiling),
+    /// naming each miss on stderr. For a person comparing builds: the
+    /// machines CI runs on are too noisy for it.
+    #[arg(long)]
+    check: bool,
     /// Print the table as JSON.
     #[arg(long)]
     json: bool,
@@ -238,6 +246,17 @@ pub(crate) fn run(a: Args) -> Result<ExitCode, CliError> {
     if let Some(script) = &a.python_bench {
         python_bench(&a, script)?;
     }
+    if a.check {
+        let misses = crate::loadgen::misses(&table);
+        if !misses.is_empty() {
+            eprintln!("bench --check: {} target(s) missed:", misses.len());
+            for m in &misses {
+                eprintln!("  {m}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+        eprintln!("bench --check: every target met");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -267,6 +286,20 @@ fn python_bench(a: &Args, script: &Path) -> Result<(), CliError> {
         )));
     }
     Ok(())
+}
+
+/// A process's peak resident set (VmHWM), MB.
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Appends the latency run's jobs to the trace file, one JSON line each.
@@ -438,7 +471,7 @@ fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
             "ms",
         );
 
-        let (_server, url) = match &a.server {
+        let (server_process, url) = match &a.server {
             Some(u) => (None, u.clone()),
             None => {
                 let (s, u) = spawn_server(
@@ -455,6 +488,7 @@ fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
         let bearer = server.bearer()?;
         let channel: Channel = server.channel().await?;
         let run = format!("{}", crate::clock::unix_ms());
+        let mut register_max = 0.0f64;
         for (clients, key, label) in [
             (1, "register_1", "registrations (durable), 1 client"),
             (16, "register_16", "registrations (durable), 16 clients"),
@@ -470,6 +504,7 @@ fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
                 .await
                 .map_err(failed(label))?;
             t.add_ratio(key, label, rate, "/s", "verify_per_core");
+            register_max = register_max.max(rate);
         }
         // Against another server without --plugin-key, the test plugin
         // connects in, with the bench's own key: nothing in that server's
@@ -498,15 +533,16 @@ fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
         };
         {
             eprintln!("bench: jobs end to end…");
-            let f = pulse_jobs(
-                channel,
-                bearer,
-                (&sk, &did),
-                a.jobs as usize,
-                a.latency_secs as f64,
-            )
-            .await
-            .map_err(failed("jobs"))?;
+            let bench = JobBench::setup(channel.clone(), bearer, (&sk, &did))
+                .await
+                .map_err(failed("jobs"))?;
+            let rate = bench.rate(a.jobs as usize).await.map_err(failed("jobs"))?;
+            let secs = a.latency_secs as f64;
+            let samples = bench
+                .start_latency(rate / 2.0, secs)
+                .await
+                .map_err(failed("jobs latency"))?;
+            let f = JobFigures::new(rate, rate / 2.0, samples);
             t.add_ratio(
                 "jobs",
                 "jobs end to end (enqueue → no-op → result stored), 64 running",
@@ -568,6 +604,117 @@ fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
                 ),
             ] {
                 t.add(key, label, value, "ms");
+            }
+            t.add(
+                "enqueue_ack_p50",
+                "Enqueue acknowledged (durable), p50",
+                f.ack_p50,
+                "ms",
+            );
+            t.add(
+                "enqueue_ack_p99",
+                "Enqueue acknowledged (durable), p99",
+                f.ack_p99,
+                "ms",
+            );
+            eprintln!("bench: job wait…");
+            let mut waits = bench.wait_latency(200).await.map_err(failed("job wait"))?;
+            waits.sort_unstable();
+            t.add(
+                "wait_p50",
+                "plugin returned → WatchJob (job wait) sees it succeeded, p50",
+                percentile_ms(&waits, 0.5),
+                "ms",
+            );
+            t.add(
+                "wait_p99",
+                "plugin returned → WatchJob (job wait) sees it succeeded, p99",
+                percentile_ms(&waits, 0.99),
+                "ms",
+            );
+            eprintln!("bench: Submit latency at half the registration rate…");
+            let mut acks = submit_latency(
+                channel.clone(),
+                register_max / 2.0,
+                secs,
+                &format!("submit-{run}"),
+            )
+            .await
+            .map_err(failed("Submit latency"))?;
+            acks.sort_unstable();
+            t.add(
+                "submit_ack_p50",
+                format!(
+                    "Submit acknowledged (durable) at {:.0}/s open loop, p50",
+                    register_max / 2.0
+                ),
+                percentile_ms(&acks, 0.5),
+                "ms",
+            );
+            t.add(
+                "submit_ack_p99",
+                "Submit acknowledged (durable), p99",
+                percentile_ms(&acks, 0.99),
+                "ms",
+            );
+            eprintln!("bench: mixed load (registrations and jobs, each at 40 % of its max)…");
+            let label = format!("mixed-{run}");
+            let (acks, jobs) = tokio::join!(
+                submit_latency(channel.clone(), register_max * 0.4, secs, &label),
+                bench.start_latency(rate * 0.4, secs),
+            );
+            let mut acks = acks.map_err(failed("mixed load"))?;
+            acks.sort_unstable();
+            let m = JobFigures::new(rate, rate * 0.4, jobs.map_err(failed("mixed load"))?);
+            t.add(
+                "mixed_submit_ack_p50",
+                format!(
+                    "mixed ({:.0} registrations/s + {:.0} jobs/s): Submit acknowledged, p50",
+                    register_max * 0.4,
+                    rate * 0.4
+                ),
+                percentile_ms(&acks, 0.5),
+                "ms",
+            );
+            t.add(
+                "mixed_submit_ack_p99",
+                "mixed: Submit acknowledged, p99",
+                percentile_ms(&acks, 0.99),
+                "ms",
+            );
+            t.add(
+                "mixed_enqueue_ack_p99",
+                "mixed: Enqueue acknowledged, p99",
+                m.ack_p99,
+                "ms",
+            );
+            t.add(
+                "mixed_start_p50",
+                "mixed: scheduled send → plugin start, p50",
+                m.p50,
+                "ms",
+            );
+            t.add(
+                "mixed_start_p99",
+                "mixed: scheduled send → plugin start, p99",
+                m.p99,
+                "ms",
+            );
+            t.add(
+                "mixed_start_p999",
+                "mixed: scheduled send → plugin start, p99.9",
+                m.p999,
+                "ms",
+            );
+            if let Some(pid) = server_process.as_ref().map(|s| s.0.id()) {
+                if let Some(mb) = peak_rss_mb(pid) {
+                    t.add(
+                        "server_peak_rss",
+                        "server peak RSS so far (VmHWM)",
+                        mb,
+                        "MB",
+                    );
+                }
             }
         }
         if a.server.is_none() {
@@ -664,6 +811,7 @@ mod tests {
             peer_apalis: None,
             python_bench: None,
             trace: None,
+            check: false,
             python: "python3".into(),
             json: false,
             yes: false,

@@ -41,6 +41,10 @@ pub struct JobFigures {
     /// started running (at or after its scheduled time) to plugin start,
     /// p99, ms.
     pub p99_from_call: f64,
+    /// Scheduled send → Enqueue acknowledged (durable), ms.
+    pub ack_p50: f64,
+    /// Scheduled send → Enqueue acknowledged (durable), ms.
+    pub ack_p99: f64,
     /// Where the slowest 1 % of jobs spent their time.
     pub tail: StageBreakdown,
     /// Every job of the latency run, in send order.
@@ -178,91 +182,196 @@ async fn idle(jobs: &mut JobsClient<AuthedChannel>) -> Result<bool, String> {
     Ok(true)
 }
 
-/// Registers the test plugin (`plugin`, whose process the server runs)
-/// and its `noop` and `stamp` handlers, then runs `n` no-op jobs and the
-/// latency run for `latency_secs`. Jobs calls carry `bearer`.
-///
-/// # Errors
-/// A refused call, or a job that did not succeed.
-pub async fn pulse_jobs(
-    channel: Channel,
-    bearer: Bearer,
-    plugin: (&SigningKey, &Did),
-    n: usize,
-    latency_secs: f64,
-) -> Result<JobFigures, String> {
-    let handlers = register_test_plugin(channel.clone(), plugin, &["noop", "stamp"]).await?;
-    let (noop, stamp) = (handlers[0].clone(), handlers[1].clone());
-    let mut jobs = JobsClient::with_interceptor(channel, bearer);
-    let rate = job_rate(&mut jobs, &noop, b"", n).await?;
-    let arrival_rate = rate / 2.0;
-    let count = (arrival_rate * latency_secs).max(1.0) as usize;
-    // Each job's latency runs from its scheduled send time (on the clock
-    // the stamp handler reports in), not from when its task got to run:
-    // a sender or runtime that falls behind the schedule is queueing delay
-    // the job sees, so it counts.
-    let start = Instant::now();
-    let start_us = now_us();
-    let mut sent = Vec::with_capacity(count);
-    for i in 0..count {
-        let offset = Duration::from_secs_f64(i as f64 / arrival_rate);
-        let scheduled_us = start_us + offset.as_micros() as u64;
-        tokio::time::sleep_until((start + offset).into()).await;
-        let (mut c, stamp) = (jobs.clone(), stamp.clone());
-        sent.push(tokio::spawn(async move {
-            let called_us = now_us();
-            let id = c
-                .enqueue(proto::EnqueueRequest {
-                    handler: stamp.to_string(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|s| format!("Enqueue: {}", s.message()))?
-                .into_inner()
-                .job
-                .unwrap_or_default()
-                .id;
-            Ok::<_, String>((scheduled_us, called_us, now_us(), id))
-        }));
+/// The jobs part of the bench: the test plugin and its `noop` and `stamp`
+/// handlers registered, and a Jobs client.
+#[derive(Clone)]
+pub struct JobBench {
+    jobs: JobsClient<AuthedChannel>,
+    noop: Did,
+    stamp: Did,
+}
+
+impl JobBench {
+    /// Registers the test plugin (`plugin`, whose process the server
+    /// runs) and its handlers. Jobs calls carry `bearer`.
+    ///
+    /// # Errors
+    /// A refused call.
+    pub async fn setup(
+        channel: Channel,
+        bearer: Bearer,
+        plugin: (&SigningKey, &Did),
+    ) -> Result<JobBench, String> {
+        let handlers = register_test_plugin(channel.clone(), plugin, &["noop", "stamp"]).await?;
+        Ok(JobBench {
+            jobs: JobsClient::with_interceptor(channel, bearer),
+            noop: handlers[0].clone(),
+            stamp: handlers[1].clone(),
+        })
     }
-    let mut samples = Vec::with_capacity(count);
-    for s in sent {
-        let (scheduled, called, acked, id) = s.await.map_err(|e| e.to_string())??;
-        let j = wait_done(&mut jobs, &id).await?;
-        let started: u64 = String::from_utf8_lossy(&j.result)
-            .parse()
-            .map_err(|_| "the stamp handler returned no time".to_owned())?;
-        let dispatched = j
-            .attempt_history
-            .first()
-            .map_or(0, |a| a.started_at_ms.saturating_mul(1000));
-        samples.push(JobSample {
-            scheduled,
-            called,
-            acked,
-            dispatched,
-            started,
-        });
+
+    /// Jobs/s for `n` no-op jobs ([`job_rate`]).
+    ///
+    /// # Errors
+    /// A refused call, or a job that did not succeed.
+    pub async fn rate(&self, n: usize) -> Result<f64, String> {
+        job_rate(&mut self.jobs.clone(), &self.noop, b"", n).await
     }
-    let mut lat: Vec<u64> = samples.iter().map(JobSample::total).collect();
-    let mut from_call: Vec<u64> = samples
-        .iter()
-        .map(|s| s.started.saturating_sub(s.called))
-        .collect();
-    lat.sort_unstable();
-    from_call.sort_unstable();
-    let p99_us = (percentile_ms(&lat, 0.99) * 1000.0) as u64;
-    Ok(JobFigures {
-        rate,
-        arrival_rate,
-        samples: lat.len(),
-        p50: percentile_ms(&lat, 0.5),
-        p99: percentile_ms(&lat, 0.99),
-        p999: percentile_ms(&lat, 0.999),
-        p99_from_call: percentile_ms(&from_call, 0.99),
-        tail: tail_breakdown(&samples, p99_us),
-        jobs: samples,
-    })
+
+    /// Single `Enqueue` calls of the `stamp` handler at `arrival_rate`,
+    /// open loop, for `secs`: each job's times, in send order. Each job's
+    /// latency runs from its scheduled send time (on the clock the stamp
+    /// handler reports in), not from when its task got to run: a sender
+    /// or runtime that falls behind the schedule is queueing delay the job
+    /// sees, so it counts.
+    ///
+    /// # Errors
+    /// A refused call, or a job that did not succeed.
+    pub async fn start_latency(
+        &self,
+        arrival_rate: f64,
+        secs: f64,
+    ) -> Result<Vec<JobSample>, String> {
+        let count = (arrival_rate * secs).max(1.0) as usize;
+        let start = Instant::now();
+        let start_us = now_us();
+        let mut sent = Vec::with_capacity(count);
+        for i in 0..count {
+            let offset = Duration::from_secs_f64(i as f64 / arrival_rate);
+            let scheduled_us = start_us + offset.as_micros() as u64;
+            tokio::time::sleep_until((start + offset).into()).await;
+            let (mut c, stamp) = (self.jobs.clone(), self.stamp.clone());
+            sent.push(tokio::spawn(async move {
+                let called_us = now_us();
+                let id = c
+                    .enqueue(proto::EnqueueRequest {
+                        handler: stamp.to_string(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|s| format!("Enqueue: {}", s.message()))?
+                    .into_inner()
+                    .job
+                    .unwrap_or_default()
+                    .id;
+                Ok::<_, String>((scheduled_us, called_us, now_us(), id))
+            }));
+        }
+        let mut jobs = self.jobs.clone();
+        let mut samples = Vec::with_capacity(count);
+        for s in sent {
+            let (scheduled, called, acked, id) = s.await.map_err(|e| e.to_string())??;
+            let j = wait_done(&mut jobs, &id).await?;
+            let started: u64 = String::from_utf8_lossy(&j.result)
+                .parse()
+                .map_err(|_| "the stamp handler returned no time".to_owned())?;
+            let dispatched = j
+                .attempt_history
+                .first()
+                .map_or(0, |a| a.started_at_ms.saturating_mul(1000));
+            samples.push(JobSample {
+                scheduled,
+                called,
+                acked,
+                dispatched,
+                started,
+            });
+        }
+        Ok(samples)
+    }
+
+    /// What `job wait` waits for: `n` jobs of the `stamp` handler, one
+    /// every 10 ms, each run 20 ms after it is enqueued, followed with
+    /// `WatchJob` from before it runs; µs from the plugin starting it (the
+    /// no-op returns at once) to the watch delivering it succeeded.
+    ///
+    /// # Errors
+    /// A refused call, or a job that did not succeed.
+    pub async fn wait_latency(&self, n: usize) -> Result<Vec<u64>, String> {
+        let mut tasks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (mut c, stamp) = (self.jobs.clone(), self.stamp.clone());
+            tasks.push(tokio::spawn(async move {
+                let run_at_ms = crate::clock::unix_ms() + 20;
+                let id = c
+                    .enqueue(proto::EnqueueRequest {
+                        handler: stamp.to_string(),
+                        run_at_ms,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|s| format!("Enqueue: {}", s.message()))?
+                    .into_inner()
+                    .job
+                    .unwrap_or_default()
+                    .id;
+                let mut watch = c
+                    .watch_job(proto::WatchJobRequest { id: id.clone() })
+                    .await
+                    .map_err(|s| format!("WatchJob: {}", s.message()))?
+                    .into_inner();
+                while let Some(j) = watch
+                    .message()
+                    .await
+                    .map_err(|s| format!("WatchJob: {}", s.message()))?
+                {
+                    let seen = now_us();
+                    match j.state.as_str() {
+                        "succeeded" => {
+                            let started: u64 = String::from_utf8_lossy(&j.result)
+                                .parse()
+                                .map_err(|_| "the stamp handler returned no time".to_owned())?;
+                            return Ok::<_, String>(seen.saturating_sub(started));
+                        }
+                        "dead" | "cancelled" => {
+                            return Err(format!("job {} ended {}", hex::encode(&id), j.state));
+                        }
+                        _ => {}
+                    }
+                }
+                Err("the watch ended before the job did".to_owned())
+            }));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut out = Vec::with_capacity(n);
+        for t in tasks {
+            out.push(t.await.map_err(|e| e.to_string())??);
+        }
+        Ok(out)
+    }
+}
+
+impl JobFigures {
+    /// The figures of a throughput `rate` and the latency run's `samples`
+    /// (sent at `arrival_rate`).
+    pub fn new(rate: f64, arrival_rate: f64, samples: Vec<JobSample>) -> JobFigures {
+        let mut lat: Vec<u64> = samples.iter().map(JobSample::total).collect();
+        let mut from_call: Vec<u64> = samples
+            .iter()
+            .map(|s| s.started.saturating_sub(s.called))
+            .collect();
+        let mut ack: Vec<u64> = samples
+            .iter()
+            .map(|s| s.acked.saturating_sub(s.scheduled))
+            .collect();
+        lat.sort_unstable();
+        from_call.sort_unstable();
+        ack.sort_unstable();
+        let p99_us = (percentile_ms(&lat, 0.99) * 1000.0) as u64;
+        JobFigures {
+            rate,
+            arrival_rate,
+            samples: lat.len(),
+            p50: percentile_ms(&lat, 0.5),
+            p99: percentile_ms(&lat, 0.99),
+            p999: percentile_ms(&lat, 0.999),
+            p99_from_call: percentile_ms(&from_call, 0.99),
+            ack_p50: percentile_ms(&ack, 0.5),
+            ack_p99: percentile_ms(&ack, 0.99),
+            tail: tail_breakdown(&samples, p99_us),
+            jobs: samples,
+        }
+    }
 }
 
 /// Registers the test plugin (`plugin`) and one handler of each schema

@@ -8,17 +8,19 @@ mod jobs;
 mod registrations;
 mod resolution;
 mod table;
+mod targets;
 
 pub use ceilings::{
     VERIFY_BATCH, bare_plugin_rate, batch_verify_rate, fsync_append_rate, fsync_rate, verify_rate,
 };
 pub use jobs::{
-    BENCH_PLUGIN_NAME, JobFigures, JobSample, StageBreakdown, job_rate, pulse_jobs,
+    BENCH_PLUGIN_NAME, JobBench, JobFigures, JobSample, StageBreakdown, job_rate,
     register_test_plugin,
 };
-pub use registrations::registration_rate;
+pub use registrations::{registration_rate, submit_latency};
 pub use resolution::resolution_cost;
 pub use table::{Row, Table};
+pub use targets::{Bound, TARGETS, Target, misses};
 
 use std::path::PathBuf;
 
@@ -101,7 +103,7 @@ pub fn bench_plugin_key() -> (SigningKey, Did) {
 }
 
 /// The p-th quantile of sorted microseconds, in milliseconds.
-pub(crate) fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
+pub fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

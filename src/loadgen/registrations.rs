@@ -55,3 +55,41 @@ pub async fn registration_rate(
     }
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
+
+/// `Submit` acknowledgement latency: new plugin registrations sent at
+/// `rate` per second, open loop, for `secs`; µs from each one's scheduled
+/// send time to its durable acknowledgement, in send order. `label` makes
+/// the keys unique.
+///
+/// # Errors
+/// A submission was refused or the server failed.
+pub async fn submit_latency(
+    channel: Channel,
+    rate: f64,
+    secs: f64,
+    label: &str,
+) -> Result<Vec<u64>, String> {
+    let count = (rate * secs).max(1.0) as usize;
+    let envelopes = (0..count as u64)
+        .map(|i| plugin_genesis(label, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = RegistryClient::new(channel);
+    let start = Instant::now();
+    let mut sent = Vec::with_capacity(count);
+    for (i, envelope) in envelopes.into_iter().enumerate() {
+        let due = start + std::time::Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let mut c = client.clone();
+        sent.push(tokio::spawn(async move {
+            c.submit(proto::SubmitRequest { envelope })
+                .await
+                .map_err(|s| format!("Submit: {}", s.message()))?;
+            Ok::<_, String>(due.elapsed().as_micros() as u64)
+        }));
+    }
+    let mut out = Vec::with_capacity(count);
+    for s in sent {
+        out.push(s.await.map_err(|e| e.to_string())??);
+    }
+    Ok(out)
+}

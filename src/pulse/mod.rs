@@ -7,6 +7,7 @@ mod dispatcher;
 mod error;
 mod executor;
 mod job;
+mod job_changes;
 mod job_metrics;
 mod machine;
 mod payload_schema;
@@ -32,6 +33,7 @@ pub use job::{
     MAX_PAYLOAD_BYTES, MAX_PRIORITY, POISON_CRASHES, POISON_INTERRUPTIONS, Progress, Refusal,
     check_request, cut_text,
 };
+pub use job_changes::{ChangeWatch, JobChanges};
 pub use job_metrics::{JobCounters, OUTCOMES};
 pub use machine::{MAX_RETRY_AFTER_MS, RetryPolicy};
 pub use payload_schema::{Checked, PayloadSchema, SchemaCache};

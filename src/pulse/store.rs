@@ -175,6 +175,8 @@ pub struct JobStore {
     pub(super) due: Mutex<std::collections::BTreeSet<(u64, [u8; 16])>>,
     /// What happened to jobs, for metrics.
     counters: std::sync::Arc<JobCounters>,
+    /// Who waits for which job to change (WatchJob).
+    changes: std::sync::Arc<super::JobChanges>,
 }
 
 /// Hands out job IDs (spec/pulse.md, "Job ID"): `time ‖ sequence (u32 BE)
@@ -408,6 +410,7 @@ impl JobStore {
             space: ledger.space_guard().clone(),
             due: Mutex::default(),
             counters: std::sync::Arc::default(),
+            changes: std::sync::Arc::default(),
         };
         store.backfill_finished_index()?;
         store.load_schedules()?;
@@ -484,6 +487,11 @@ impl JobStore {
             t.log();
             self.counters.observe(t);
         }
+    }
+
+    /// Starts watching a job: woken after each change to it is committed.
+    pub fn watch(&self, id: JobId) -> super::ChangeWatch {
+        self.changes.watch(id)
     }
 
     /// What happened to jobs since the store opened, for metrics.
@@ -781,8 +789,10 @@ impl JobStore {
                 Err(e) => return results.into_iter().map(|r| r.and(Err(e.clone()))).collect(),
             }
         }
+        let mut written = Vec::new();
         for (old, job) in touched {
             if old.job != job {
+                written.push(job.id);
                 self.stage_write(&mut batch, (&mut moves, &mut transitions), &old, job, now);
                 changed = true;
             }
@@ -797,6 +807,7 @@ impl JobStore {
             }
             self.queues().apply(moves);
             self.record_transitions(&transitions);
+            self.changes.changed(written);
         }
         results
     }
@@ -805,10 +816,12 @@ impl JobStore {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         let (mut moves, mut transitions) = (Vec::new(), Vec::new());
         self.stage_write(&mut batch, (&mut moves, &mut transitions), old, job, now);
+        let id = old.job.id;
         self.commit(batch)
             .map_err(|e| storage(format!("transition not persisted: {e}")))?;
         self.queues().apply(moves);
         self.record_transitions(&transitions);
+        self.changes.changed([id]);
         Ok(())
     }
 
