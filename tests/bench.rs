@@ -38,6 +38,7 @@ fn the_bench_measures_every_figure_against_its_ceiling() {
         "register_1",
         "register_16",
         "register_64",
+        "register_stream",
         "jobs",
         "start_p50",
         "start_p99",

@@ -17,7 +17,7 @@ pub use jobs::{
     BENCH_PLUGIN_NAME, JobBench, JobFigures, JobSample, StageBreakdown, job_rate,
     register_test_plugin,
 };
-pub use registrations::{registration_rate, submit_latency};
+pub use registrations::{registration_rate, registration_stream_rate, submit_latency};
 pub use resolution::resolution_cost;
 pub use table::{Row, Table};
 pub use targets::{Bound, TARGETS, Target, misses};

@@ -93,3 +93,62 @@ pub async fn submit_latency(
     }
     Ok(out)
 }
+
+/// As [`registration_rate`], over `streams` `SubmitStream` calls instead
+/// of unary calls: each stream sends its share at once and the server
+/// keeps a bounded number in flight per stream, so the client spends far
+/// less CPU per registration than a unary call costs it.
+///
+/// # Errors
+/// A submission was refused or the server failed.
+pub async fn registration_stream_rate(
+    channel: Channel,
+    n: usize,
+    streams: usize,
+    run: &str,
+) -> Result<f64, String> {
+    let label = format!("register-stream-{run}-{streams}");
+    let envelopes: Vec<Vec<u8>> = (0..n as u64)
+        .map(|i| plugin_genesis(&label, i))
+        .collect::<Result<_, _>>()?;
+    let streams = streams.max(1);
+    let mut shares: Vec<Vec<proto::SubmitRequest>> = (0..streams).map(|_| Vec::new()).collect();
+    for (i, envelope) in envelopes.into_iter().enumerate() {
+        shares[i % streams].push(proto::SubmitRequest { envelope });
+    }
+    let client = RegistryClient::new(channel);
+    let t = Instant::now();
+    let tasks: Vec<_> = shares
+        .into_iter()
+        .map(|share| {
+            let mut c = client.clone();
+            tokio::spawn(async move {
+                let count = share.len();
+                let mut answers = c
+                    .submit_stream(tokio_stream::iter(share))
+                    .await
+                    .map_err(|s| format!("SubmitStream: {}", s.message()))?
+                    .into_inner();
+                let mut answered = 0;
+                while let Some(a) = answers
+                    .message()
+                    .await
+                    .map_err(|s| format!("SubmitStream: {}", s.message()))?
+                {
+                    if let Some(proto::submit_stream_response::Result::Rejected(e)) = a.result {
+                        return Err(format!("SubmitStream: item {}: {}", a.position, e.message));
+                    }
+                    answered += 1;
+                }
+                if answered != count {
+                    return Err(format!("SubmitStream: {answered} of {count} answered"));
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.map_err(|e| e.to_string())??;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
