@@ -695,3 +695,93 @@ fn one_owners_handlers_share_one_share() {
     }
     assert_eq!(b_ran, 2, "the other owner used its share");
 }
+
+/// Sends what it is told to, for every attempt it was given.
+#[derive(Default)]
+struct Scripted {
+    attempts: Vec<(pulse_ledger::pulse::JobId, LeaseToken, ReportSender)>,
+    cancels: usize,
+}
+
+impl Executor for Scripted {
+    fn start(&mut self, a: AttemptSpec, reports: ReportSender) {
+        self.attempts.push((a.job, a.lease, reports));
+    }
+
+    fn cancel(&mut self, _: pulse_ledger::pulse::JobId, _: LeaseToken) {
+        self.cancels += 1;
+    }
+}
+
+/// spec/pulse.md, "Deadlines": once a cancel is pushed for silence, the
+/// attempt is timed out when the grace period has passed since the push,
+/// whatever it reports in between. An attempt that ignores the cancel and
+/// starts heart-beating again must not run on for ever.
+#[test]
+fn a_silent_attempt_that_resumes_heartbeats_after_its_cancel_still_times_out() {
+    let dir = common::tempdir("sim-resumed-heartbeats");
+    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
+    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let h = common::key("resumed-h").did;
+    let mut schema = HandlerSchema::new("h", "1.0.0", common::key("resumed-p").did);
+    schema.timeout_ms = Some(86_400_000);
+    schema.max_attempts = Some(1);
+    let now = 10_000_000u64;
+    let id = store
+        .enqueue(&h, &schema, &JobRequest::default(), now)
+        .unwrap()
+        .0
+        .id;
+    let config = DispatchConfig {
+        heartbeat_timeout_ms: 5_000,
+        grace_ms: 5_000,
+        deadline_scan_ms: 0,
+        ..DispatchConfig::default()
+    };
+    let mut d = Dispatcher::new(
+        Arc::clone(&store),
+        Scripted::default(),
+        config,
+        Box::new(|_| None),
+        1,
+    );
+    let mut t = now;
+    let mut heartbeats = false;
+    for _ in 0..60 {
+        t += STEP_MS;
+        d.step(t).unwrap();
+        if d.executor_mut().cancels > 0 {
+            // It ignores the cancel and reports heartbeats again.
+            heartbeats = true;
+        }
+        if heartbeats {
+            for (job, lease, reports) in &d.executor_mut().attempts {
+                reports
+                    .try_send(Report {
+                        job: *job,
+                        lease: *lease,
+                        event: ExecEvent::Heartbeat,
+                    })
+                    .unwrap();
+            }
+        }
+        if store.get(&id).unwrap().state.is_terminal() {
+            break;
+        }
+    }
+    let job = store.get(&id).unwrap();
+    assert!(heartbeats, "the silent attempt was never told to stop");
+    assert_eq!(
+        job.state,
+        JobState::Dead(pulse_ledger::pulse::DeadReason::AttemptsExhausted),
+        "{job:?}"
+    );
+    assert_eq!(
+        job.attempts[0].outcome,
+        Some(AttemptOutcome::TimedOut),
+        "{job:?}"
+    );
+    // Timed out one grace period after the push, not when it went silent.
+    let ended = job.attempts[0].ended_at.unwrap();
+    assert!(ended >= now + 5_000 + 5_000, "{ended}");
+}

@@ -568,11 +568,15 @@ impl<E: Executor> Dispatcher<E> {
             let silent = a
                 .last_heartbeat
                 .saturating_add(self.config.heartbeat_timeout_ms);
-            if now < deadline && now < silent {
+            let pushed = self.cancel_pushed.get(&job.id).copied();
+            // Once a cancel was pushed the grace runs out whatever the
+            // attempt reports meanwhile: heartbeats that resume after the
+            // push do not undo it (spec/pulse.md, "Deadlines").
+            if pushed.is_none() && now < deadline && now < silent {
                 continue;
             }
             let lease = a.lease;
-            match self.cancel_pushed.get(&job.id) {
+            match pushed.as_ref() {
                 None => {
                     self.executor.cancel(job.id, lease);
                     self.cancel_pushed.insert(job.id, now);
