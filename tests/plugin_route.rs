@@ -258,7 +258,7 @@ fn plugin_events_that_break_the_protocol_name_the_rule() {
     use pulse_ledger::api::proto::{self, job_event::Event};
     use pulse_ledger::plugin::{
         MAX_ERROR_MESSAGE_BYTES, MAX_PLUGIN_CHECKPOINT_BYTES, MAX_PROGRESS_MESSAGE_BYTES,
-        exec_event,
+        MAX_RESULT_BYTES, exec_event,
     };
     use pulse_ledger::pulse::ExecEvent;
     let progress = |percent, message: usize, checkpoint: usize| proto::JobEvent {
@@ -288,6 +288,18 @@ fn plugin_events_that_break_the_protocol_name_the_rule() {
         ),
         other => panic!("{other:?}"),
     }
+    // A result that would not fit a job in a Jobs response is refused; one
+    // at the limit is taken.
+    let result = |n: usize| proto::JobEvent {
+        event: Some(Event::Result(proto::ResultEvent { output: vec![1; n] })),
+    };
+    let refused = rule(result(MAX_RESULT_BYTES + 1));
+    assert!(refused.starts_with("result_too_large: "), "{refused}");
+    assert!(refused.contains(&format!("{}-byte limit", MAX_RESULT_BYTES)));
+    assert!(matches!(
+        exec_event(result(MAX_RESULT_BYTES)),
+        Ok(Some(ExecEvent::Succeeded(r))) if r.len() == MAX_RESULT_BYTES
+    ));
     // An empty event is ignored; a long error message is cut, not refused.
     assert!(matches!(
         exec_event(proto::JobEvent { event: None }),

@@ -42,6 +42,11 @@ pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 1_024;
 pub const MAX_PLUGIN_CHECKPOINT_BYTES: usize = 64 * 1024;
 /// Longest error message kept from a plugin, bytes; longer ones are cut.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 4_096;
+/// Largest result a plugin may return, bytes: 14 MiB, so that the job
+/// with its result (and a payload of up to 1 MiB, a checkpoint, and the
+/// errors of up to 100 attempts) still fits the Jobs API's 16 MiB
+/// responses. A larger one would make the job unreadable.
+pub const MAX_RESULT_BYTES: usize = 14 * 1024 * 1024;
 
 /// Converts one wire event: `Ok(None)` for an event with no body (ignored),
 /// `Err` with the broken rule for an event plugin.proto forbids
@@ -83,7 +88,15 @@ pub fn exec_event(e: proto::JobEvent) -> Result<Option<ExecEvent>, String> {
         }
         Event::Cost(c) => ExecEvent::Cost(c.units),
         Event::Log(l) => ExecEvent::Log(l.line),
-        Event::Result(r) => ExecEvent::Succeeded(r.output),
+        Event::Result(r) => {
+            if r.output.len() > MAX_RESULT_BYTES {
+                return Err(format!(
+                    "result_too_large: a result of {} bytes is over the {MAX_RESULT_BYTES}-byte limit",
+                    r.output.len()
+                ));
+            }
+            ExecEvent::Succeeded(r.output)
+        }
         Event::Error(e) => ExecEvent::Failed {
             error: cut_text(e.message, MAX_ERROR_MESSAGE_BYTES),
             retryable: e.retryable,

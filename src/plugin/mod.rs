@@ -21,7 +21,7 @@ pub use admit::{Refused, admit};
 pub use attempt_streams::MAX_ATTEMPT_STREAMS;
 pub use executor::{
     MAX_ERROR_MESSAGE_BYTES, MAX_PLUGIN_CHECKPOINT_BYTES, MAX_PROGRESS_MESSAGE_BYTES,
-    PluginExecutor, exec_event,
+    MAX_RESULT_BYTES, PluginExecutor, exec_event,
 };
 pub use gateway::{Gateway, Inbound, Outbound};
 pub use handshake::{HANDSHAKE_MAGIC, PROTOCOL_VERSION, handshake_line, parse_handshake};

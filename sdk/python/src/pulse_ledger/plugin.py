@@ -48,8 +48,9 @@ DEFAULT_ATTEMPT_STREAMS = 4
 MAX_ATTEMPT_STREAMS = 16
 #: The largest message Pulse decodes from a plugin; a result must fit.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-#: What a result may be, leaving room for the message's framing.
-MAX_RESULT_BYTES = MAX_MESSAGE_BYTES - 1024
+#: What a result may be (spec/plugin.md: 14 MiB, so the job with its
+#: result fits the Jobs API's 16 MiB responses).
+MAX_RESULT_BYTES = 14 * 1024 * 1024
 
 
 class Retry(Exception):
@@ -401,7 +402,7 @@ class Plugin:
             return
         if len(result) > MAX_RESULT_BYTES:
             await channel.put(
-                _fatal(f"the result is {len(result)} bytes; at most {MAX_RESULT_BYTES} fit a message")
+                _fatal(f"result_too_large: the result is {len(result)} bytes; at most {MAX_RESULT_BYTES} are allowed")
             )
             return
         await channel.put(pb.JobEvent(result=pb.ResultEvent(output=result)))
