@@ -1041,3 +1041,84 @@ async fn the_timeline_records_steps_commits_and_storage_events() {
     );
     assert!(!dir.join("other").exists(), "nothing was created");
 }
+
+/// A bulk cancel stops at its bound: 10,000 jobs a call, `more` set while
+/// some are left; the next call takes the rest, and one more finds none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bulk_cancel_takes_at_most_ten_thousand_jobs_a_call() {
+    use pulse_ledger::api::proto;
+    let dir = tempdir("operating-bulk-bound");
+    let (cmd, p, _) = with_test_plugin(&dir, "bulk-bound-plugin", &[]);
+    let server = Serve::spawn(cmd, false);
+    let url = server.url.clone();
+    let keys = register(&url, &p, &["echo"]).await;
+    let mut jobs = proto::jobs_client::JobsClient::connect(url.clone())
+        .await
+        .unwrap();
+    // Due in an hour: queued, and never dispatched during the test.
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 3_600_000;
+    let total = 10_050;
+    let mut sent = 0;
+    while sent < total {
+        let n = (total - sent).min(1_000);
+        let batch = proto::EnqueueBatchRequest {
+            jobs: (0..n)
+                .map(|_| proto::EnqueueRequest {
+                    handler: keys[0].did.to_string(),
+                    run_at_ms: later,
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        let results = jobs
+            .enqueue_batch(batch)
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r.result, Some(proto::enqueue_result::Result::Accepted(_))))
+        );
+        sent += n;
+    }
+    let cancel = |jobs: &mut proto::jobs_client::JobsClient<tonic::transport::Channel>| {
+        let mut jobs = jobs.clone();
+        let handler = keys[0].did.to_string();
+        async move {
+            jobs.cancel_jobs(proto::CancelJobsRequest {
+                handler,
+                state: "queued".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let first = cancel(&mut jobs).await;
+    assert_eq!((first.cancelled, first.more), (10_000, true));
+    let second = cancel(&mut jobs).await;
+    assert_eq!((second.cancelled, second.more), (50, false));
+    let third = cancel(&mut jobs).await;
+    assert_eq!((third.cancelled, third.more), (0, false));
+    let left = jobs
+        .list_jobs(proto::ListJobsRequest {
+            handler: keys[0].did.to_string(),
+            state: "queued".into(),
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        left.jobs.is_empty(),
+        "queued jobs left after the bulk cancel"
+    );
+    server.stop();
+}

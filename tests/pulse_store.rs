@@ -837,6 +837,37 @@ mod schedules {
         store.list_jobs(&filter, None, 1000).unwrap().0
     }
 
+    /// A step fires at most FIRE_PER_STEP schedules; the rest fire at the
+    /// next step, each once.
+    #[test]
+    fn a_step_fires_at_most_its_bound_and_the_next_step_the_rest() {
+        let dir = tempdir("sched-bound");
+        let h = key("sched-bound-h").did;
+        let (_ledger, store) = open(&dir);
+        let total = pulse_ledger::pulse::FIRE_PER_STEP + 44;
+        for _ in 0..total {
+            store
+                .create_schedule(
+                    request(
+                        &h,
+                        Recurrence::every(10_000).unwrap(),
+                        Overlap::Allow,
+                        Missed::RunOnce,
+                    ),
+                    &schema(),
+                    T,
+                )
+                .unwrap();
+        }
+        assert_eq!(
+            fire(&store, T + 10_050).fired,
+            pulse_ledger::pulse::FIRE_PER_STEP as u64
+        );
+        assert_eq!(fire(&store, T + 10_050).fired, 44);
+        assert_eq!(fire(&store, T + 10_050).fired, 0);
+        assert_eq!(jobs_of(&store, &h).len(), total);
+    }
+
     #[test]
     fn each_occurrence_enqueues_exactly_once_across_restarts() {
         let dir = tempdir("sched-once");
