@@ -139,6 +139,26 @@ async fn enqueue_batch(
         .collect()
 }
 
+/// Enqueues one job of `handler`, due at `run_at_ms` (0: now); its ID.
+async fn enqueue_one(
+    jobs: &mut JobsClient<AuthedChannel>,
+    handler: &Did,
+    run_at_ms: u64,
+) -> Result<Vec<u8>, String> {
+    Ok(jobs
+        .enqueue(proto::EnqueueRequest {
+            handler: handler.to_string(),
+            run_at_ms,
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| format!("Enqueue: {}", s.message()))?
+        .into_inner()
+        .job
+        .unwrap_or_default()
+        .id)
+}
+
 async fn wait_done(jobs: &mut JobsClient<AuthedChannel>, id: &[u8]) -> Result<proto::Job, String> {
     loop {
         let j = jobs
@@ -243,17 +263,7 @@ impl JobBench {
             let (mut c, stamp) = (self.jobs.clone(), self.stamp.clone());
             sent.push(tokio::spawn(async move {
                 let called_us = now_us();
-                let id = c
-                    .enqueue(proto::EnqueueRequest {
-                        handler: stamp.to_string(),
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|s| format!("Enqueue: {}", s.message()))?
-                    .into_inner()
-                    .job
-                    .unwrap_or_default()
-                    .id;
+                let id = enqueue_one(&mut c, &stamp, 0).await?;
                 Ok::<_, String>((scheduled_us, called_us, now_us(), id))
             }));
         }
@@ -292,19 +302,7 @@ impl JobBench {
         for _ in 0..n {
             let (mut c, stamp) = (self.jobs.clone(), self.stamp.clone());
             tasks.push(tokio::spawn(async move {
-                let run_at_ms = crate::clock::unix_ms() + 20;
-                let id = c
-                    .enqueue(proto::EnqueueRequest {
-                        handler: stamp.to_string(),
-                        run_at_ms,
-                        ..Default::default()
-                    })
-                    .await
-                    .map_err(|s| format!("Enqueue: {}", s.message()))?
-                    .into_inner()
-                    .job
-                    .unwrap_or_default()
-                    .id;
+                let id = enqueue_one(&mut c, &stamp, crate::clock::unix_ms() + 20).await?;
                 let mut watch = c
                     .watch_job(proto::WatchJobRequest { id: id.clone() })
                     .await
