@@ -789,10 +789,14 @@ impl JobStore {
                 Err(e) => return results.into_iter().map(|r| r.and(Err(e.clone()))).collect(),
             }
         }
+        // Only gathered while someone watches a job (WatchJob).
+        let watched = !self.changes.is_empty();
         let mut written = Vec::new();
         for (old, job) in touched {
             if old.job != job {
-                written.push(job.id);
+                if watched {
+                    written.push(job.id);
+                }
                 self.stage_write(&mut batch, (&mut moves, &mut transitions), &old, job, now);
                 changed = true;
             }

@@ -184,6 +184,33 @@ def test_a_plugin_without_attempt_streams_falls_back_to_calls(tmp_path):
     assert "does not implement Attempts" in (tmp_path / "serve.log").read_text()
 
 
+def test_pulse_opens_at_most_sixteen_attempt_streams(tmp_path):
+    # The SDK refuses to ask for more than 16; a plugin that asks anyway
+    # gets 16 (spec/plugin.md, "Attempt streams").
+    from conftest import PLUGIN, register, start_server
+
+    plugin_did = cli("keygen", "--out", "plugin.key", cwd=tmp_path)
+    (tmp_path / "plugin.py").write_text(
+        PLUGIN.replace("plugin.run()", "plugin.attempt_streams = 40\nplugin.run()")
+    )
+    config = (
+        "plugin_wait_secs = 5\n[[plugin]]\nname = \"py-tools\"\n"
+        f"command = [{sys.executable!r}, \"plugin.py\"]\ndir = {str(tmp_path)!r}\n"
+        f"env = {{ PLUGIN_KEY = {str(tmp_path / 'plugin.key')!r} }}\n"
+    )
+    url, serve = start_server(tmp_path, config)
+    try:
+        dids = register(tmp_path, url, plugin_did, ["echo"])
+        with Client(url) as client:
+            done = client.wait(client.enqueue(dids["echo"], [2]).id, timeout=30)
+            assert (done.state, done.json()) == ("succeeded", [2])
+        sessions = cli("plugin", "sessions", "--json", cwd=tmp_path, server=url)
+        assert json.loads(sessions)["sessions"][0]["attempt_streams"] == 16, sessions
+    finally:
+        serve.terminate()
+        serve.wait(20)
+
+
 def test_a_wrong_key_is_refused_with_its_code(server, tmp_path):
     # A process that proves an unregistered key, connecting in: refused,
     # and the refusal (with its code) reaches it.
