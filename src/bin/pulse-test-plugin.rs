@@ -56,7 +56,9 @@ fn note(line: String) {
             .append(true)
             .open(path)
         {
-            let _ = writeln!(f, "{line}");
+            // One write(2) per line: `writeln!` writes the text and the
+            // newline separately, and two attempts' lines interleave.
+            let _ = f.write_all(format!("{line}\n").as_bytes());
         }
     }
 }
