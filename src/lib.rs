@@ -47,6 +47,8 @@ pub mod auth;
 
 pub mod pulse;
 
+pub mod storage;
+
 pub mod plugin;
 
 pub mod cli;

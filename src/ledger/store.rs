@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use ed25519_dalek::SigningKey;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
 use super::checkpoint::{Checkpoint, is_valid_origin, verify_checkpoint};
 use super::error::{LedgerError, LedgerErrorCode};
@@ -20,6 +19,7 @@ use super::view::{Snap, View};
 pub use super::writer::PendingAppend;
 use super::writer::{Job, block_on, writer_loop};
 use crate::keyfile;
+use crate::storage::{FjallBackend, FjallOptions, Snapshot, Space, Storage};
 use crate::{AttestationId, ChainHead, ChainState, Did, Family, Schema, verify_attestation};
 
 /// Most attestations committed under one fsync.
@@ -28,12 +28,6 @@ const DEFAULT_MAX_BATCH: usize = 1024;
 /// [`Ledger::enqueue`] answers `overloaded` at once and [`Ledger::append`]
 /// waits.
 pub const DEFAULT_WRITE_QUEUE_DEPTH: usize = 4096;
-/// Journal kept before memtables must be flushed (bounds crash replay).
-const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
-/// Block cache for reads.
-const CACHE_BYTES: u64 = 64 * 1024 * 1024;
-/// Memtable size per keyspace.
-const MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// How to open a ledger.
 #[derive(Debug, Clone)]
@@ -136,8 +130,8 @@ pub(super) const CHAIN_PAGE_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_ENTRY_RANGE: u64 = 1000;
 
 pub(super) struct Shared {
-    pub(super) db: Database,
-    pub(super) ks: Vec<Keyspace>,
+    pub(super) storage: Storage,
+    pub(super) ks: Vec<Space>,
     pub(super) origin: String,
     pub(super) log_key: SigningKey,
     pub(super) log_did: Did,
@@ -169,7 +163,7 @@ pub(super) struct Published {
     /// `None`, and a reader snapshots the database itself, which is then
     /// exactly the state at `head`. Holding no snapshot between commits
     /// lets fjall drop old versions of everything (the job store's too).
-    pub(super) in_commit: Option<fjall::Snapshot>,
+    pub(super) in_commit: Option<Snapshot>,
 }
 
 /// Subjects of the most recent entries, oldest first: `subjects[i]` is
@@ -183,7 +177,7 @@ pub(super) struct ChangeLog {
 pub const CHANGE_LOG_ENTRIES: usize = 65_536;
 
 impl Shared {
-    pub(super) fn ks(&self, k: Ks) -> &Keyspace {
+    pub(super) fn ks(&self, k: Ks) -> &Space {
         &self.ks[k as usize]
     }
 
@@ -201,23 +195,30 @@ impl Shared {
     /// (under the write lock) before writing anything, so a snapshot
     /// taken under the read lock with no commit in flight is exactly the
     /// head's state.
-    pub(super) fn read_point(&self) -> (TreeHead, fjall::Snapshot) {
+    pub(super) fn read_point(&self) -> Result<(TreeHead, Snapshot), LedgerError> {
         let p = self.published.read().unwrap_or_else(|p| p.into_inner());
         let snap = match &p.in_commit {
             Some(s) => s.clone(),
-            None => self.db.snapshot(),
+            None => self
+                .storage
+                .snapshot()
+                .map_err(|e| LedgerError::storage("snapshot", e))?,
         };
-        (p.head.clone(), snap)
+        Ok((p.head.clone(), snap))
     }
 
     /// Marks a commit in flight: readers use a snapshot of the state
     /// before it until [`Shared::publish`].
-    pub(super) fn begin_commit(&self) {
-        let snap = self.db.snapshot();
+    pub(super) fn begin_commit(&self) -> Result<(), LedgerError> {
+        let snap = self
+            .storage
+            .snapshot()
+            .map_err(|e| LedgerError::storage("snapshot", e))?;
         self.published
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .in_commit = Some(snap);
+        Ok(())
     }
 
     /// Ends the commit in flight: `head`, just committed, is what readers
@@ -234,7 +235,6 @@ impl Shared {
     pub(super) fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
         self.ks(k)
             .get(key)
-            .map(|v| v.map(|v| v.to_vec()))
             .map_err(|e| LedgerError::storage("read", e))
     }
 }
@@ -292,28 +292,39 @@ impl Ledger {
         }
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| cfg_err(format!("{}: {e}", config.data_dir.display())))?;
-        // Bounded memory and start-up: at most 64 MiB of journal to replay
-        // after a crash (fjall's minimum), and small memtables per keyspace;
-        // the defaults (512 MiB journal, 64 MiB per memtable) cost ~1 GB of
-        // RSS and ~9 s of replay at 1M entries.
-        let db = Database::builder(config.data_dir.join("db"))
-            .max_journaling_size(JOURNAL_BYTES)
-            .cache_size(CACHE_BYTES)
-            .open()
+        let backend = FjallBackend::open(&config.data_dir.join("db"), FjallOptions::default())
             .map_err(|e| LedgerError::storage("opening the database", e))?;
+        let key_path = config.data_dir.join("log.key");
+        Ledger::open_on(Storage::new(backend), &key_path, config)
+    }
+
+    /// Opens (or creates) the ledger on `storage`, with the log's signing
+    /// key in `key_path` (created with a new log, required afterwards).
+    /// `config.data_dir` names the place in messages and is the directory
+    /// the free-space guards watch.
+    ///
+    /// # Errors
+    /// As [`Ledger::open`].
+    pub fn open_on(
+        storage: Storage,
+        key_path: &Path,
+        config: LedgerConfig,
+    ) -> Result<Ledger, LedgerError> {
+        let cfg_err = |m: String| LedgerError::new(LedgerErrorCode::Config, m);
+        if !is_valid_origin(&config.origin) {
+            return Err(cfg_err(format!(
+                "log name {:?} must be 1-255 printable ASCII characters without spaces or '+'",
+                config.origin
+            )));
+        }
         let ks = Ks::ALL
             .iter()
-            .map(|k| {
-                db.keyspace(k.name(), || {
-                    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
-                })
-            })
+            .map(|k| storage.space(k.name()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| LedgerError::storage("opening keyspaces", e))?;
         let get_meta = |key: &[u8]| -> Result<Option<Vec<u8>>, LedgerError> {
             ks[Ks::Meta as usize]
                 .get(key)
-                .map(|v| v.map(|v| v.to_vec()))
                 .map_err(|e| LedgerError::storage("read", e))
         };
         let stored_origin = get_meta(META_ORIGIN)?;
@@ -334,8 +345,7 @@ impl Ledger {
         }
         // The log key exists exactly when the log does: a data dir with a
         // checkpoint but no key is refused, never given a new key.
-        let key_path = config.data_dir.join("log.key");
-        let (log_key, log_did) = load_or_create_key(&key_path, note.is_none())?;
+        let (log_key, log_did) = load_or_create_key(key_path, note.is_none())?;
         let placeholder = Published {
             head: TreeHead {
                 size: 0,
@@ -345,7 +355,7 @@ impl Ledger {
             in_commit: None,
         };
         let shared = Arc::new(Shared {
-            db,
+            storage,
             ks,
             origin: config.origin.clone(),
             log_key,
@@ -410,11 +420,13 @@ impl Ledger {
                     root: merkle::empty_root(),
                 };
                 let text = cp.sign(&shared.log_key);
-                let mut b = shared.db.batch().durability(Some(PersistMode::SyncAll));
+                let mut b = shared.storage.batch();
                 b.insert(shared.ks(Ks::Meta), META_ORIGIN, config.origin.as_bytes());
                 b.insert(shared.ks(Ks::Meta), META_SIZE, u64_key(0));
                 b.insert(shared.ks(Ks::Meta), META_CHECKPOINT, text.as_bytes());
-                b.commit()
+                shared
+                    .storage
+                    .commit(b)
                     .map_err(|e| LedgerError::storage("initialising the log", e))?;
                 TreeHead {
                     size: 0,
@@ -468,9 +480,9 @@ impl Ledger {
         &self.shared.jobs_space
     }
 
-    /// The database the log lives in, for the job store's keyspaces.
-    pub(crate) fn database(&self) -> &Database {
-        &self.shared.db
+    /// The storage the log lives in, for the job store's spaces.
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.shared.storage
     }
 
     /// The log's own key, whose signature is on every checkpoint.
@@ -610,7 +622,7 @@ impl Ledger {
     /// # Errors
     /// `index_out_of_range` beyond the signed tree size.
     pub fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
-        self.view().entry(index)
+        self.view()?.entry(index)
     }
 
     /// Entries `start .. end` (end capped at the tree size and at
@@ -619,7 +631,7 @@ impl Ledger {
     /// # Errors
     /// `index_out_of_range` if `start` is beyond the tree size.
     pub fn entries(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
-        self.view().entries(start, end)
+        self.view()?.entries(start, end)
     }
 
     /// [`Self::entries`], but stopping before the entry that would take
@@ -635,7 +647,7 @@ impl Ledger {
         end: u64,
         max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
-        self.view().entries_within(start, end, max_bytes)
+        self.view()?.entries_within(start, end, max_bytes)
     }
 
     /// The log index of an attestation.
@@ -643,7 +655,7 @@ impl Ledger {
     /// # Errors
     /// `not_found` if it is not in the log.
     pub fn index_of(&self, id: &AttestationId) -> Result<u64, LedgerError> {
-        self.view().index_of(id)
+        self.view()?.index_of(id)
     }
 
     /// The stored record of a subject.
@@ -651,7 +663,7 @@ impl Ledger {
     /// # Errors
     /// `not_found` if no statement about it is in the log.
     pub fn subject(&self, subject: &Did) -> Result<SubjectRecord, LedgerError> {
-        self.view().subject(subject)
+        self.view()?.subject(subject)
     }
 
     /// The subject's full current state, schema included.
@@ -659,7 +671,7 @@ impl Ledger {
     /// # Errors
     /// As [`Ledger::subject`]; `integrity` if the schema entry is unreadable.
     pub fn subject_state(&self, subject: &Did) -> Result<ChainState, LedgerError> {
-        self.view().subject_state(subject)
+        self.view()?.subject_state(subject)
     }
 
     /// The log index of each of a subject's statements, by seq.
@@ -667,7 +679,7 @@ impl Ledger {
     /// # Errors
     /// `not_found` if the subject is unknown.
     pub fn statement_indexes(&self, subject: &Did) -> Result<Vec<u64>, LedgerError> {
-        self.view().statement_indexes(subject)
+        self.view()?.statement_indexes(subject)
     }
 
     /// A subject's statements from seq `from_seq` on, in order, with their
@@ -682,7 +694,7 @@ impl Ledger {
         from_seq: u64,
         limit: usize,
     ) -> Result<ChainPage, LedgerError> {
-        self.view().chain(subject, from_seq, limit)
+        self.view()?.chain(subject, from_seq, limit)
     }
 
     /// Subjects in a stable order (family, name, ID), after `cursor` (the
@@ -700,7 +712,7 @@ impl Ledger {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<SubjectRecord>, Option<Vec<u8>>), LedgerError> {
-        self.view().list_subjects(filter, cursor, limit)
+        self.view()?.list_subjects(filter, cursor, limit)
     }
 
     /// Handlers whose current schema names `plugin`, in handler-ID order,
@@ -714,7 +726,7 @@ impl Ledger {
         cursor: Option<&Did>,
         limit: usize,
     ) -> Result<Vec<SubjectRecord>, LedgerError> {
-        self.view().handlers_of_plugin(plugin, cursor, limit)
+        self.view()?.handlers_of_plugin(plugin, cursor, limit)
     }
 
     /// Stored equivocation evidence in (subject key, seq, rejected ID)
@@ -729,7 +741,7 @@ impl Ledger {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<EquivocationRecord>, Option<Vec<u8>>), LedgerError> {
-        self.view().equivocations(cursor, limit)
+        self.view()?.equivocations(cursor, limit)
     }
 
     /// The audit path of entry `index` in the tree of `size` entries
@@ -738,7 +750,7 @@ impl Ledger {
     /// # Errors
     /// `index_out_of_range` or `size_out_of_range`.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
-        self.view().inclusion_proof(index, size)
+        self.view()?.inclusion_proof(index, size)
     }
 
     /// The log index of attestation `id` and its audit path in the tree of
@@ -752,7 +764,7 @@ impl Ledger {
         id: &AttestationId,
         size: u64,
     ) -> Result<(u64, Vec<Hash>), LedgerError> {
-        self.view().inclusion_proof_by_id(id, size)
+        self.view()?.inclusion_proof_by_id(id, size)
     }
 
     /// The consistency proof between two tree sizes (both ≤ the signed size).
@@ -760,7 +772,7 @@ impl Ledger {
     /// # Errors
     /// `size_out_of_range`.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LedgerError> {
-        self.view().consistency_proof(old, new)
+        self.view()?.consistency_proof(old, new)
     }
 
     /// The root of the tree of `size` entries (≤ the signed size).
@@ -768,16 +780,16 @@ impl Ledger {
     /// # Errors
     /// `size_out_of_range`.
     pub fn root_at(&self, size: u64) -> Result<Hash, LedgerError> {
-        self.view().root_at(size)
+        self.view()?.root_at(size)
     }
 
-    fn view(&self) -> View<'_> {
-        let (head, snap) = self.shared.read_point();
-        View {
+    fn view(&self) -> Result<View<'_>, LedgerError> {
+        let (head, snap) = self.shared.read_point()?;
+        Ok(View {
             shared: &self.shared,
             snap,
             head,
-        }
+        })
     }
 
     /// Re-verifies everything from scratch, from one consistent snapshot:
@@ -810,7 +822,11 @@ impl Ledger {
     ) -> Result<AuditReport, LedgerError> {
         let snap = Snap {
             shared: &self.shared,
-            snap: self.shared.db.snapshot(),
+            snap: self
+                .shared
+                .storage
+                .snapshot()
+                .map_err(|e| LedgerError::storage("snapshot", e))?,
         };
         let fail = |m: String| LedgerError::new(LedgerErrorCode::Integrity, m);
         let size = match snap.get(Ks::Meta, META_SIZE)? {
@@ -864,8 +880,11 @@ impl Ledger {
                 hex::encode(cp.root)
             )));
         }
-        if let Some(kv) = snap.snap.last_key_value(self.shared.ks(Ks::Entries)) {
-            let k = kv.key().map_err(|e| LedgerError::storage("read", e))?;
+        let last = snap
+            .snap
+            .last_key_value(self.shared.ks(Ks::Entries))
+            .map_err(|e| LedgerError::storage("read", e))?;
+        if let Some((k, _)) = last {
             if read_u64(&k)? >= size {
                 return Err(fail(format!(
                     "an entry is stored beyond the tree size {size}"
@@ -875,18 +894,14 @@ impl Ledger {
         let mut subjects = 0u64;
         let mut links = 0u64;
         for kv in snap.snap.iter(self.shared.ks(Ks::Subjects)) {
-            let (k, v) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
+            let (k, v) = kv.map_err(|e| LedgerError::storage("read", e))?;
             let rec = SubjectRecord::decode(&v)?;
             let who = rec.head.subject.to_string();
             let mut state: Option<ChainHead> = None;
             let (mut genesis_index, mut head_index, mut schema_index) = (None, 0, 0);
             let (mut name, mut plugin) = (String::new(), None);
             for link in snap.snap.prefix(self.shared.ks(Ks::Chains), &k) {
-                let (_, iv) = link
-                    .into_inner()
-                    .map_err(|e| LedgerError::storage("read", e))?;
+                let (_, iv) = link.map_err(|e| LedgerError::storage("read", e))?;
                 let index = read_u64(&iv)?;
                 links += 1;
                 let bytes = snap

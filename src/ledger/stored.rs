@@ -3,16 +3,14 @@
 
 use std::path::Path;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use crate::storage::{FjallBackend, Space, Storage};
 
 use super::error::{LedgerError, LedgerErrorCode};
 use super::layout::{Ks, META_CHECKPOINT, META_ORIGIN, u64_key};
 
 /// A data dir opened for reading its log.
 pub struct StoredLog {
-    // Kept open for the keyspaces' lifetime.
-    _db: Database,
-    entries: Keyspace,
+    entries: Space,
     /// The newest signed checkpoint as stored (not yet verified).
     pub checkpoint: String,
     /// The origin the data dir was created for.
@@ -34,18 +32,28 @@ impl StoredLog {
                 format!("{} holds no pulse-ledger database", data_dir.display()),
             ));
         }
-        let db = Database::builder(&path)
-            .open()
-            .map_err(|e| LedgerError::storage("opening the database", e))?;
+        let storage = Storage::new(
+            FjallBackend::open_for_reading(&path)
+                .map_err(|e| LedgerError::storage("opening the database", e))?,
+        );
+        Self::open_on(&storage)
+    }
+
+    /// Opens the log stored in `storage` for reading.
+    ///
+    /// # Errors
+    /// `storage`; `integrity` if no readable checkpoint is stored.
+    pub fn open_on(storage: &Storage) -> Result<StoredLog, LedgerError> {
         let open = |k: Ks| {
-            db.keyspace(k.name(), KeyspaceCreateOptions::default)
+            storage
+                .space(k.name())
                 .map_err(|e| LedgerError::storage("opening keyspaces", e))
         };
         let (entries, meta) = (open(Ks::Entries)?, open(Ks::Meta)?);
         let text = |key: &[u8], what: &str| -> Result<String, LedgerError> {
             meta.get(key)
                 .map_err(|e| LedgerError::storage("read", e))?
-                .and_then(|v| String::from_utf8(v.to_vec()).ok())
+                .and_then(|v| String::from_utf8(v).ok())
                 .ok_or_else(|| {
                     LedgerError::new(
                         LedgerErrorCode::Integrity,
@@ -56,7 +64,6 @@ impl StoredLog {
         let checkpoint = text(META_CHECKPOINT, "signed checkpoint")?;
         let origin = text(META_ORIGIN, "origin")?;
         Ok(StoredLog {
-            _db: db,
             entries,
             checkpoint,
             origin,
@@ -71,13 +78,11 @@ impl StoredLog {
     pub fn entries(&self, start: u64, end: u64) -> Result<Vec<Vec<u8>>, LedgerError> {
         let mut out = Vec::with_capacity(end.saturating_sub(start) as usize);
         for (expect, kv) in (start..).zip(self.entries.range(u64_key(start)..u64_key(end))) {
-            let (k, v) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
-            if k.as_ref() != u64_key(expect) {
+            let (k, v) = kv.map_err(|e| LedgerError::storage("read", e))?;
+            if k != u64_key(expect) {
                 break;
             }
-            out.push(v.to_vec());
+            out.push(v);
         }
         Ok(out)
     }

@@ -1,8 +1,6 @@
 //! Consistent reads: a view pairs the published signed head with the
 //! database snapshot taken just after it was committed.
 
-use fjall::Readable;
-
 use super::error::{LedgerError, LedgerErrorCode};
 use super::layout::{self, Ks, SubjectRecord, chain_key, node_key, plugin_key, read_u64, u64_key};
 use super::merkle::{self, Hash, NodeSource};
@@ -10,6 +8,7 @@ use super::store::{
     CHAIN_PAGE_BYTES, ChainPage, EquivocationRecord, MAX_ENTRY_RANGE, MAX_PAGE, MAX_SCAN, Shared,
     SubjectFilter, TreeHead, missing, stored_node,
 };
+use crate::storage::Snapshot;
 use crate::{Attestation, AttestationId, ChainState, Did, Family, verify_attestation};
 
 /// A consistent read view: the published signed head and the database
@@ -17,7 +16,7 @@ use crate::{Attestation, AttestationId, ChainState, Did, Family, verify_attestat
 /// of a group commit or entries beyond its head.
 pub(super) struct View<'a> {
     pub(super) shared: &'a Shared,
-    pub(super) snap: fjall::Snapshot,
+    pub(super) snap: Snapshot,
     pub(super) head: TreeHead,
 }
 
@@ -25,7 +24,6 @@ impl View<'_> {
     pub(super) fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
         self.snap
             .get(self.shared.ks(k), key)
-            .map(|v| v.map(|v| v.to_vec()))
             .map_err(|e| LedgerError::storage("read", e))
     }
 
@@ -71,9 +69,7 @@ impl View<'_> {
             .snap
             .range(self.shared.ks(Ks::Entries), u64_key(start)..u64_key(end))
         {
-            let (k, v) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
+            let (k, v) = kv.map_err(|e| LedgerError::storage("read", e))?;
             if !out.is_empty() && v.len() > budget {
                 break;
             }
@@ -122,9 +118,7 @@ impl View<'_> {
             .snap
             .prefix(self.shared.ks(Ks::Chains), subject.public_key())
         {
-            let (_, v) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
+            let (_, v) = kv.map_err(|e| LedgerError::storage("read", e))?;
             out.push(read_u64(&v)?);
         }
         Ok(out)
@@ -146,9 +140,7 @@ impl View<'_> {
             if out.len() == limit || bytes >= CHAIN_PAGE_BYTES {
                 break;
             }
-            let (_, v) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
+            let (_, v) = kv.map_err(|e| LedgerError::storage("read", e))?;
             let index = read_u64(&v)?;
             let entry = self.entry(index)?;
             bytes += entry.len();
@@ -189,9 +181,7 @@ impl View<'_> {
                 break;
             }
             scanned += 1;
-            let (k, _) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
+            let (k, _) = kv.map_err(|e| LedgerError::storage("read", e))?;
             if !k.starts_with(&prefix) {
                 break;
             }
@@ -246,9 +236,7 @@ impl View<'_> {
         };
         let mut out = Vec::new();
         for kv in self.snap.range(self.shared.ks(Ks::ByPlugin), start..) {
-            let (k, _) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
+            let (k, _) = kv.map_err(|e| LedgerError::storage("read", e))?;
             if !k.starts_with(plugin.public_key()) || out.len() == limit {
                 break;
             }
@@ -280,9 +268,7 @@ impl View<'_> {
             if out.len() == limit {
                 break;
             }
-            let (k, v) = kv
-                .into_inner()
-                .map_err(|e| LedgerError::storage("read", e))?;
+            let (k, v) = kv.map_err(|e| LedgerError::storage("read", e))?;
             let corrupt = || LedgerError::new(LedgerErrorCode::Integrity, "equivocation record");
             let subject: [u8; 32] = k
                 .get(..32)
@@ -358,14 +344,13 @@ impl NodeSource for View<'_> {
 /// Reads from one point-in-time snapshot.
 pub(super) struct Snap<'a> {
     pub(super) shared: &'a Shared,
-    pub(super) snap: fjall::Snapshot,
+    pub(super) snap: Snapshot,
 }
 
 impl Snap<'_> {
     pub(super) fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
         self.snap
             .get(self.shared.ks(k), key)
-            .map(|v| v.map(|v| v.to_vec()))
             .map_err(|e| LedgerError::storage("read", e))
     }
 }

@@ -4,10 +4,7 @@
 //! published for readers.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
-
-use fjall::PersistMode;
 
 use super::checkpoint::Checkpoint;
 use super::error::{LedgerError, LedgerErrorCode};
@@ -28,26 +25,7 @@ pub(super) struct Job {
     pub(super) reply: tokio::sync::oneshot::Sender<Result<Receipt, LedgerError>>,
 }
 
-/// Runs a future to completion on this thread, parking between polls: a
-/// blocking wait for the writer's answer that works from any thread,
-/// inside an async runtime too (as the std channel it replaced did).
-pub(super) fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
+pub(super) use crate::storage::wait as block_on;
 
 /// A queued append: wait for its commit.
 pub struct PendingAppend {
@@ -299,8 +277,9 @@ pub(super) fn writer_loop(
         // snapshot of the state before this group until the new head is
         // published, and never wait for the fsync.
         let committed = if stage.dirty {
-            shared.begin_commit();
-            let result = commit(shared, &mut stage);
+            let result = shared
+                .begin_commit()
+                .and_then(|()| commit(shared, &mut stage));
             shared.publish(result.as_ref().ok().cloned().flatten());
             if let Ok(Some(_)) = &result {
                 // After the head, before the size: whoever sees the new
@@ -373,7 +352,7 @@ fn commit(shared: &Shared, stage: &mut Stage<'_>) -> Result<Option<TreeHead>, Le
         root,
     };
     let note = cp.sign(&shared.log_key);
-    let mut batch = shared.db.batch().durability(Some(PersistMode::SyncAll));
+    let mut batch = shared.storage.batch();
     for ((k, key), value) in stage.ops.drain() {
         match value {
             Some(v) => batch.insert(shared.ks(k), key, v),
@@ -384,7 +363,7 @@ fn commit(shared: &Shared, stage: &mut Stage<'_>) -> Result<Option<TreeHead>, Le
     batch.insert(shared.ks(Ks::Meta), META_CHECKPOINT, note.as_bytes());
     let span = crate::timeline::span("log_commit");
     let ops = batch.len() as u64;
-    let committed = batch.commit();
+    let committed = shared.storage.commit(batch);
     crate::timeline::end(span, &[("ops", ops), ("size", size)]);
     committed.map_err(|e| {
         LedgerError::new(

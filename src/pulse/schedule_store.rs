@@ -8,6 +8,7 @@ use super::job::{JobLimits, JobRequest, check_request};
 use super::record::{decode as record_from_slice, encode as record_to_vec};
 use super::schedule::{Missed, Overlap, Recurrence, Schedule, ScheduleId};
 use super::store::{Jk, JobError, JobStore, corrupt, storage};
+use crate::storage::{KeyRange, Order};
 use crate::{Did, HandlerSchema};
 
 /// What one call of [`JobStore::fire_schedules`] did.
@@ -47,7 +48,7 @@ impl JobStore {
     pub(super) fn load_schedules(&self) -> Result<(), JobError> {
         let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
         for kv in self.ks(Jk::Schedules).iter() {
-            let (_, value) = kv.into_inner().map_err(storage)?;
+            let (_, value) = kv.map_err(storage)?;
             let s: Schedule =
                 record_from_slice(&value).map_err(|e| corrupt(&format!("schedule: {e}")))?;
             if let (false, Some(at)) = (s.paused, s.next_at) {
@@ -113,8 +114,8 @@ impl JobStore {
         );
         let mut batch = self.batch();
         batch.insert(self.ks(Jk::Schedules), id.0, record_to_vec(&schedule));
-        batch
-            .commit()
+        self.storage
+            .commit(batch)
             .map_err(|e| storage(format!("schedule not persisted: {e}")))?;
         self.reindex(None, Some(&schedule));
         drop(ids);
@@ -148,13 +149,19 @@ impl JobStore {
         let mut last = None;
         for (scanned, kv) in self
             .ks(Jk::Schedules)
-            .range::<Vec<u8>, _>((low, Unbounded))
+            .scan(
+                KeyRange {
+                    start: low,
+                    end: Unbounded,
+                },
+                Order::Ascending,
+            )
             .enumerate()
         {
             if out.len() >= limit || scanned >= super::LIST_SCAN {
                 return Ok((out, last));
             }
-            let (_, value) = kv.into_inner().map_err(storage)?;
+            let (_, value) = kv.map_err(storage)?;
             let s: Schedule =
                 record_from_slice(&value).map_err(|e| corrupt(&format!("schedule: {e}")))?;
             last = Some(s.id);
@@ -181,8 +188,8 @@ impl JobStore {
         s.set_paused(paused, now);
         let mut batch = self.batch();
         batch.insert(self.ks(Jk::Schedules), id.0, record_to_vec(&s));
-        batch
-            .commit()
+        self.storage
+            .commit(batch)
             .map_err(|e| storage(format!("schedule not persisted: {e}")))?;
         self.reindex(Some(&old), Some(&s));
         Ok(s)
@@ -197,8 +204,8 @@ impl JobStore {
         let old = self.schedule(id)?;
         let mut batch = self.batch();
         batch.remove(self.ks(Jk::Schedules), id.0);
-        batch
-            .commit()
+        self.storage
+            .commit(batch)
             .map_err(|e| storage(format!("schedule not deleted: {e}")))?;
         self.reindex(Some(&old), None);
         Ok(old)

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use crate::storage::{KeyRange, Order, Space, Storage, WriteBatch};
 use serde::{Deserialize, Serialize};
 
 use super::budget::Budget;
@@ -104,11 +104,6 @@ pub const LIST_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Most index entries one page of [`JobStore::list_for`] reads.
 pub const LIST_SCAN: usize = 10_000;
 
-/// Memtable size of each job keyspace: small, so the shared journal's
-/// limit never forces one large flush (a stall every few tens of thousands
-/// of jobs) but many small ones.
-const JOB_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
-
 /// Why a job store call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JobError {
@@ -157,8 +152,8 @@ pub type GroupOp<T> = Box<dyn FnOnce(&mut Job) -> Result<T, PulseError>>;
 
 /// The durable job queue.
 pub struct JobStore {
-    db: Database,
-    ks: Vec<Keyspace>,
+    pub(super) storage: Storage,
+    ks: Vec<Space>,
     /// Serialises writers (so idempotency checks and index moves are
     /// atomic) and hands out job IDs.
     writer: Mutex<IdSource>,
@@ -361,21 +356,17 @@ impl JobStore {
     /// # Errors
     /// Storage failures.
     pub fn open(ledger: &Ledger) -> Result<JobStore, JobError> {
-        let db = ledger.database().clone();
+        let db = ledger.storage().clone();
         let ks = KEYSPACES
             .iter()
-            .map(|(_, name)| {
-                db.keyspace(name, || {
-                    KeyspaceCreateOptions::default().max_memtable_size(JOB_MEMTABLE_BYTES)
-                })
-            })
+            .map(|(_, name)| db.space(name))
             .collect::<Result<Vec<_>, _>>()
             .map_err(storage)?;
         let mut queues = Queues::default();
         for k in [Jk::Ready, Jk::Delayed, Jk::Running, Jk::Held] {
             for kv in ks[k as usize].iter() {
-                let key = kv.key().map_err(storage)?;
-                queues.sets[k as usize].insert(key.to_vec());
+                let (key, _) = kv.map_err(storage)?;
+                queues.sets[k as usize].insert(key);
             }
         }
         // The ready index by handler is kept in memory only: rebuilt from
@@ -391,19 +382,16 @@ impl JobStore {
                 record_from_slice(&record).map_err(|e| corrupt(&format!("ready job: {e}")))?;
             queues.index_ready(*stored.job.handler.public_key(), key, true);
         }
-        let newest = match ks[Jk::Jobs as usize].last_key_value() {
-            Some(kv) => {
-                let key = kv.key().map_err(storage)?;
-                Some(JobId(
-                    key.as_ref()
-                        .try_into()
-                        .map_err(|_| corrupt("job key is not 16 bytes"))?,
-                ))
-            }
+        let newest = match ks[Jk::Jobs as usize].last_key_value().map_err(storage)? {
+            Some((key, _)) => Some(JobId(
+                key.as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("job key is not 16 bytes"))?,
+            )),
             None => None,
         };
         let store = JobStore {
-            db,
+            storage: db,
             ks,
             writer: Mutex::new(IdSource::after(newest)),
             queues: Mutex::new(queues),
@@ -431,7 +419,7 @@ impl JobStore {
         {
             return Ok(());
         }
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut batch = self.batch();
         let mut staged = 0usize;
         for state in [
             JobState::Succeeded,
@@ -439,7 +427,7 @@ impl JobStore {
             JobState::Cancelled(CancelReason::Requested),
         ] {
             for kv in self.ks(Jk::ByState).prefix([state_byte(&state)]) {
-                let key = kv.key().map_err(storage)?;
+                let (key, _) = kv.map_err(storage)?;
                 let id = JobId(
                     key.get(1..17)
                         .and_then(|k| k.try_into().ok())
@@ -452,17 +440,14 @@ impl JobStore {
                 );
                 staged += 1;
                 if staged % 10_000 == 0 {
-                    std::mem::replace(
-                        &mut batch,
-                        self.db.batch().durability(Some(PersistMode::SyncAll)),
-                    )
-                    .commit()
-                    .map_err(storage)?;
+                    self.storage
+                        .commit(std::mem::replace(&mut batch, self.batch()))
+                        .map_err(storage)?;
                 }
             }
         }
         batch.insert(self.ks(Jk::Meta), META_FINISHED_INDEX, b"1");
-        batch.commit().map_err(storage)
+        self.storage.commit(batch).map_err(storage)
     }
 
     /// The writer lock, and the ID source under it.
@@ -471,11 +456,11 @@ impl JobStore {
     }
 
     /// Commits a batch of job transitions, timed for the metrics.
-    pub(super) fn commit(&self, batch: fjall::OwnedWriteBatch) -> Result<(), fjall::Error> {
+    pub(super) fn commit(&self, batch: WriteBatch) -> Result<(), crate::storage::StorageError> {
         let span = crate::timeline::span("jobs_commit");
         let ops = batch.len() as u64;
         let started = std::time::Instant::now();
-        let r = batch.commit();
+        let r = self.storage.commit(batch);
         self.counters.commit.observe(started.elapsed());
         crate::timeline::end(span, &[("ops", ops)]);
         r
@@ -536,15 +521,15 @@ impl JobStore {
     }
 
     /// A new batch, fsynced on commit.
-    pub(super) fn batch(&self) -> fjall::OwnedWriteBatch {
-        self.db.batch().durability(Some(PersistMode::SyncAll))
+    pub(super) fn batch(&self) -> WriteBatch {
+        self.storage.batch()
     }
 
     pub(super) fn queues(&self) -> std::sync::MutexGuard<'_, Queues> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn ks(&self, k: Jk) -> &Keyspace {
+    pub(super) fn ks(&self, k: Jk) -> &Space {
         &self.ks[k as usize]
     }
 
@@ -641,7 +626,7 @@ impl JobStore {
     pub(super) fn stage_enqueue(
         &self,
         counter: &mut IdSource,
-        batch: &mut fjall::OwnedWriteBatch,
+        batch: &mut WriteBatch,
         moves: &mut Vec<Move>,
         keys_in_batch: &mut Vec<(Vec<u8>, Job)>,
         (handler, schema, req): (&Did, &HandlerSchema, &JobRequest),
@@ -660,7 +645,7 @@ impl JobStore {
             }
             if let Some(id) = self.ks(Jk::Idem).get(key).map_err(storage)? {
                 let id = JobId(
-                    id.as_ref()
+                    id.as_slice()
                         .try_into()
                         .map_err(|_| corrupt("idempotency index"))?,
                 );
@@ -780,7 +765,7 @@ impl JobStore {
                 Err(e) => results.push(Err(e.into())),
             }
         }
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut batch = self.batch();
         let mut changed = false;
         let (mut moves, mut transitions) = (Vec::new(), Vec::new());
         for (handler, amount) in spend {
@@ -817,7 +802,7 @@ impl JobStore {
     }
 
     fn write(&self, old: &Stored, job: Job, now: u64) -> Result<(), JobError> {
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut batch = self.batch();
         let (mut moves, mut transitions) = (Vec::new(), Vec::new());
         self.stage_write(&mut batch, (&mut moves, &mut transitions), old, job, now);
         let id = old.job.id;
@@ -833,7 +818,7 @@ impl JobStore {
     /// to `batch`.
     fn stage_write(
         &self,
-        batch: &mut fjall::OwnedWriteBatch,
+        batch: &mut WriteBatch,
         (moves, transitions): (&mut Vec<Move>, &mut Vec<Transition>),
         old: &Stored,
         job: Job,
@@ -1047,13 +1032,13 @@ impl JobStore {
             .ks(Jk::Finished)
             .range(..cutoff_ms.to_be_bytes().to_vec())
             .take(limit)
-            .map(|kv| kv.key().map(|k| k.to_vec()).map_err(storage))
+            .map(|kv| kv.map(|(k, _)| k).map_err(storage))
             .collect::<Result<Vec<_>, _>>()?;
         if candidates.is_empty() {
             return Ok(0);
         }
         let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut batch = self.batch();
         let mut pruned = 0;
         for key in candidates {
             let id = JobId(
@@ -1079,7 +1064,7 @@ impl JobStore {
             batch.remove(self.ks(Jk::ByState), keyed(&[state_byte(&job.state)], &id));
             batch.remove(self.ks(Jk::Jobs), id.0);
             for kv in self.ks(Jk::Log).prefix(id.0) {
-                batch.remove(self.ks(Jk::Log), kv.key().map_err(storage)?.to_vec());
+                batch.remove(self.ks(Jk::Log), kv.map_err(storage)?.0);
             }
             if let Some(k) = &job.idempotency_key {
                 let mut idem = job.handler.public_key().to_vec();
@@ -1088,8 +1073,8 @@ impl JobStore {
             }
             pruned += 1;
         }
-        batch
-            .commit()
+        self.storage
+            .commit(batch)
             .map_err(|e| storage(format!("prune not persisted: {e}")))?;
         Ok(pruned)
     }
@@ -1101,9 +1086,9 @@ impl JobStore {
     /// Storage failures.
     pub fn set_budget(&self, handler: Option<&Did>, budget: Budget) -> Result<(), JobError> {
         let key = handler.map_or([0u8; 32], |h| *h.public_key());
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut batch = self.batch();
         batch.insert(self.ks(Jk::Budget), key, record_to_vec(&budget));
-        batch.commit().map_err(storage)
+        self.storage.commit(batch).map_err(storage)
     }
 
     /// The budget that applies to a handler: its own, else the default,
@@ -1137,16 +1122,16 @@ impl JobStore {
     /// Storage failures.
     pub fn record_spend(&self, handler: &Did, now: u64, amount: u64) -> Result<(), JobError> {
         let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut batch = self.batch();
         self.stage_spend(&mut batch, handler.public_key(), now, amount)?;
-        batch.commit().map_err(storage)
+        self.storage.commit(batch).map_err(storage)
     }
 
     /// Adds `amount` to the handler's spend bucket for `now`'s minute in
     /// `batch`. The caller holds the writer lock.
     fn stage_spend(
         &self,
-        batch: &mut fjall::OwnedWriteBatch,
+        batch: &mut WriteBatch,
         handler: &[u8; 32],
         now: u64,
         amount: u64,
@@ -1154,9 +1139,11 @@ impl JobStore {
         let mut key = handler.to_vec();
         key.extend_from_slice(&(now / MINUTE_MS).to_be_bytes());
         let before = match self.ks(Jk::Spend).get(&key).map_err(storage)? {
-            Some(v) => {
-                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt("spend record"))?)
-            }
+            Some(v) => u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("spend record"))?,
+            ),
             None => 0,
         };
         batch.insert(
@@ -1184,14 +1171,17 @@ impl JobStore {
             .ks(Jk::Spend)
             .range(key(minute.saturating_sub(1_439))..=key(minute))
         {
-            let (k, v) = kv.into_inner().map_err(storage)?;
+            let (k, v) = kv.map_err(storage)?;
             let m = u64::from_be_bytes(
                 k.get(32..40)
                     .and_then(|b| b.try_into().ok())
                     .ok_or_else(|| corrupt("spend key"))?,
             );
-            let amount =
-                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt("spend record"))?);
+            let amount = u64::from_be_bytes(
+                v.as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("spend record"))?,
+            );
             day = day.saturating_add(amount);
             if m + 60 > minute {
                 hour = hour.saturating_add(amount);
@@ -1213,7 +1203,7 @@ impl JobStore {
         }
         let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut next: std::collections::HashMap<JobId, u64> = std::collections::HashMap::new();
-        let mut batch = self.db.batch();
+        let mut batch = WriteBatch::unsynced();
         for (id, mut line) in lines {
             let seq = match next.get(&id) {
                 Some(n) => *n,
@@ -1226,12 +1216,16 @@ impl JobStore {
                 batch.remove(self.ks(Jk::Log), log_key(&id, seq - MAX_LOG_LINES));
             }
         }
-        batch.commit().map_err(storage)
+        self.storage.commit(batch).map_err(storage)
     }
 
     fn last_log_seq(&self, id: &JobId) -> Result<u64, JobError> {
-        match self.ks(Jk::Log).prefix(id.0).next_back() {
-            Some(kv) => log_seq(&kv.key().map_err(storage)?),
+        match self
+            .ks(Jk::Log)
+            .last_in(KeyRange::prefix(&id.0))
+            .map_err(storage)?
+        {
+            Some((key, _)) => log_seq(&key),
             None => Ok(0),
         }
     }
@@ -1246,7 +1240,7 @@ impl JobStore {
         let from = log_key(id, after.saturating_add(1));
         let to = log_key(id, u64::MAX);
         for kv in self.ks(Jk::Log).range(from..=to).take(limit) {
-            let (k, v) = kv.into_inner().map_err(storage)?;
+            let (k, v) = kv.map_err(storage)?;
             let mut line: LogLine =
                 record_from_slice(&v).map_err(|e| corrupt(&format!("log line: {e}")))?;
             line.seq = log_seq(&k)?;
@@ -1362,12 +1356,18 @@ impl JobStore {
                 high = Excluded(keyed(&prefix, c));
             }
         }
-        let range = ks.range::<Vec<u8>, _>((low, high));
-        let entries: Box<dyn Iterator<Item = fjall::Guard>> = if filter.oldest_first {
-            Box::new(range)
+        let order = if filter.oldest_first {
+            Order::Ascending
         } else {
-            Box::new(range.rev())
+            Order::Descending
         };
+        let entries = ks.scan(
+            KeyRange {
+                start: low,
+                end: high,
+            },
+            order,
+        );
         let limit = limit.clamp(1, 1000);
         let mut out: Vec<Job> = Vec::new();
         let mut bytes = 0usize;
@@ -1376,7 +1376,7 @@ impl JobStore {
             if out.len() >= limit || scanned >= LIST_SCAN {
                 return Ok((out, last));
             }
-            let (key, value) = kv.into_inner().map_err(storage)?;
+            let (key, value) = kv.map_err(storage)?;
             let id = JobId(
                 key.get(id_at..id_at + 16)
                     .and_then(|k| k.try_into().ok())
@@ -1687,10 +1687,11 @@ mod tests {
             cancel(&store, &late.id, 50_000);
             // As an older version left it.
             for k in [Jk::Finished, Jk::Meta] {
-                let keys: Vec<_> = store.ks(k).iter().map(|kv| kv.key().unwrap()).collect();
-                for key in keys {
-                    store.ks(k).remove(key).unwrap();
+                let mut batch = store.batch();
+                for kv in store.ks(k).iter() {
+                    batch.remove(store.ks(k), kv.unwrap().0);
                 }
+                store.storage.commit(batch).unwrap();
             }
             assert_eq!(store.prune_finished(u64::MAX, 10).unwrap(), 0);
             (early, late, open_job)

@@ -368,3 +368,52 @@ pub fn cli_at(url: &str, args: &[&str]) -> (i32, String, String) {
         String::from_utf8(o.stderr).unwrap(),
     )
 }
+
+/// A new, empty PostgreSQL database for one test, on the server that
+/// `PULSE_TEST_POSTGRES` names (a URL whose user may create databases;
+/// `.ci/run` starts one). `None`, with a printed notice, when it is not
+/// set; in CI (`PULSE_LEDGER_CI`) its absence fails the test instead, so
+/// the PostgreSQL suites never skip there.
+pub fn postgres_database(name: &str) -> Option<String> {
+    let Ok(admin) = std::env::var("PULSE_TEST_POSTGRES") else {
+        assert!(
+            std::env::var_os("PULSE_LEDGER_CI").is_none(),
+            "PULSE_TEST_POSTGRES is not set: CI must run the PostgreSQL suites (.ci/run starts a cluster)"
+        );
+        eprintln!(
+            "skipped on PostgreSQL ({name}): set PULSE_TEST_POSTGRES=postgres://USER@HOST:PORT/postgres to run it"
+        );
+        return None;
+    };
+    let db = format!(
+        "pl_{}_{}",
+        name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+        std::process::id()
+    );
+    let statements = [
+        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        format!("CREATE DATABASE {db}"),
+    ];
+    let admin_url = admin.clone();
+    // Its own thread and runtime: a test may already be inside one.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("PULSE_TEST_POSTGRES={admin_url}: {e}"));
+            tokio::spawn(conn);
+            // One at a time: neither may run inside a transaction block.
+            for s in &statements {
+                client.batch_execute(s).await.unwrap();
+            }
+        });
+    })
+    .join()
+    .unwrap();
+    let (base, _) = admin.rsplit_once('/').expect("a URL ending in /DATABASE");
+    Some(format!("{base}/{db}"))
+}

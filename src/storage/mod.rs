@@ -1,0 +1,425 @@
+//! Ordered key-value storage: what the ledger and the job store are
+//! written on, and the one place a storage engine is named.
+//!
+//! Both stores keep their records as keys and values in named *spaces*
+//! (the ledger's entries, tree nodes and indexes; the jobs, their queue
+//! indexes, logs, budgets and schedules), read single keys and ordered key
+//! ranges, read from point-in-time snapshots, and write by committing a
+//! batch that is atomic and durable before the call returns. That is the
+//! whole contract ([`Backend`]); everything above it — the Merkle tree,
+//! chain rules, record formats, indexes and the job state machine — is
+//! written once and shared by every backend.
+//!
+//! Backends: [`FjallBackend`] (embedded, the default: a data dir) and
+//! [`PostgresBackend`] (the same contract on a PostgreSQL server).
+
+mod fjall_backend;
+pub mod postgres;
+mod range;
+
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+pub use fjall_backend::{FjallBackend, FjallOptions};
+pub use postgres::PostgresBackend;
+pub use range::KeyRange;
+
+/// Runs a future to completion on this thread, parking between polls: a
+/// blocking wait that works from any thread, inside an async runtime too
+/// (it never enters the runtime, so it cannot deadlock on one). Used for
+/// the ledger writer's answers and for the PostgreSQL backend's calls.
+pub(crate) fn wait<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}
+
+/// Why a storage call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageError {
+    message: String,
+    unavailable: bool,
+}
+
+impl StorageError {
+    /// A failure of the storage itself (I/O, corruption, a refused write).
+    pub fn new(message: impl Into<String>) -> StorageError {
+        StorageError {
+            message: message.into(),
+            unavailable: false,
+        }
+    }
+
+    /// The storage could not be reached (a database server down or out of
+    /// connections): nothing was written, and the same call may succeed
+    /// later.
+    pub fn unavailable(message: impl Into<String>) -> StorageError {
+        StorageError {
+            message: message.into(),
+            unavailable: true,
+        }
+    }
+
+    /// Whether this is [`StorageError::unavailable`].
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
+    }
+}
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+/// A space's number within its backend, as [`Backend::open_space`] gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpaceId(pub u16);
+
+/// Keys in ascending or descending order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Smallest key first.
+    Ascending,
+    /// Largest key first.
+    Descending,
+}
+
+/// One stored key and its value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// Entries of a scan, in the order asked for. Lazy: a backend may read
+/// them a page at a time, so an error can come at any item.
+pub type Entries = Box<dyn Iterator<Item = Result<Entry, StorageError>> + Send>;
+
+/// Reads at one point in time: the backend's current state, or a
+/// [`Snapshot`].
+pub trait ReadView: Send + Sync {
+    /// The value stored under `key`.
+    ///
+    /// # Errors
+    /// When the storage cannot be read.
+    fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// The entries whose keys are in `range`, in `order` (keys compare as
+    /// unsigned bytes, shorter first on a common prefix).
+    fn scan(&self, space: SpaceId, range: KeyRange, order: Order) -> Entries;
+}
+
+/// A storage engine under the ledger and the job store.
+pub trait Backend: ReadView {
+    /// The space called `name`, created empty if it does not exist.
+    ///
+    /// # Errors
+    /// When the storage cannot create it.
+    fn open_space(&self, name: &str) -> Result<SpaceId, StorageError>;
+
+    /// A consistent view of everything committed so far: later commits are
+    /// not seen through it, and no commit is ever seen in part.
+    ///
+    /// # Errors
+    /// When the storage cannot take one (a database server unreachable).
+    fn snapshot(&self) -> Result<Snapshot, StorageError>;
+
+    /// Writes every operation of `batch`, in order, atomically: all of them
+    /// or none, durable (on disk, or committed by the database with
+    /// synchronous commit) before this returns `Ok` unless the batch is
+    /// [`WriteBatch::unsynced`].
+    ///
+    /// # Errors
+    /// When the batch was not written. After an error that
+    /// [`StorageError::is_unavailable`] says nothing about, whether it was
+    /// written is unknown to the caller.
+    fn commit(&self, batch: WriteBatch) -> Result<(), StorageError>;
+
+    /// The engine's name, for logs and `--help` ("fjall", "postgres").
+    fn engine(&self) -> &'static str;
+}
+
+/// Longest key any backend stores (fjall's limit).
+pub const MAX_KEY_BYTES: usize = 65_535;
+
+/// A handle on one storage engine, shared by the ledger and the job store.
+#[derive(Clone)]
+pub struct Storage(Arc<dyn Backend>);
+
+impl Storage {
+    /// Wraps a backend.
+    pub fn new(backend: impl Backend + 'static) -> Storage {
+        Storage(Arc::new(backend))
+    }
+
+    /// The space called `name`, created empty if missing.
+    ///
+    /// # Errors
+    /// When the storage cannot create it.
+    pub fn space(&self, name: &str) -> Result<Space, StorageError> {
+        Ok(Space {
+            backend: Arc::clone(&self.0),
+            id: self.0.open_space(name)?,
+        })
+    }
+
+    /// See [`Backend::snapshot`].
+    ///
+    /// # Errors
+    /// As there.
+    pub fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        self.0.snapshot()
+    }
+
+    /// A new, empty batch.
+    pub fn batch(&self) -> WriteBatch {
+        WriteBatch::default()
+    }
+
+    /// See [`Backend::commit`].
+    ///
+    /// # Errors
+    /// As there.
+    /// Keys are 1 to [`MAX_KEY_BYTES`] bytes on every backend; a batch
+    /// with another key is refused whole.
+    pub fn commit(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        if let Some(op) = batch.ops.iter().find(|op| {
+            let len = match op {
+                WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } => key.len(),
+            };
+            len == 0 || len > MAX_KEY_BYTES
+        }) {
+            return Err(StorageError::new(format!(
+                "a key must be 1 to {MAX_KEY_BYTES} bytes; nothing of the batch was written ({op:?})"
+            )));
+        }
+        self.0.commit(batch)
+    }
+
+    /// See [`Backend::engine`].
+    pub fn engine(&self) -> &'static str {
+        self.0.engine()
+    }
+}
+
+/// The first entry of a scan in `order`: the smallest or largest key.
+fn first(
+    view: &dyn ReadView,
+    space: SpaceId,
+    range: KeyRange,
+    order: Order,
+) -> Result<Option<Entry>, StorageError> {
+    view.scan(space, range, order).next().transpose()
+}
+
+/// One named space of a backend, read in its current state.
+#[derive(Clone)]
+pub struct Space {
+    backend: Arc<dyn Backend>,
+    id: SpaceId,
+}
+
+impl Space {
+    /// The value under `key`.
+    ///
+    /// # Errors
+    /// When the storage cannot be read.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>, StorageError> {
+        self.backend.get(self.id, key.as_ref())
+    }
+
+    /// Whether `key` holds a value.
+    ///
+    /// # Errors
+    /// When the storage cannot be read.
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> Result<bool, StorageError> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    /// Entries with keys in `range`, ascending.
+    pub fn range<K: AsRef<[u8]>>(&self, range: impl RangeBounds<K>) -> Entries {
+        self.backend
+            .scan(self.id, KeyRange::from_bounds(range), Order::Ascending)
+    }
+
+    /// Entries with keys in `range`, in `order`.
+    pub fn scan(&self, range: KeyRange, order: Order) -> Entries {
+        self.backend.scan(self.id, range, order)
+    }
+
+    /// Entries whose keys start with `prefix`, ascending.
+    pub fn prefix(&self, prefix: impl AsRef<[u8]>) -> Entries {
+        self.scan(KeyRange::prefix(prefix.as_ref()), Order::Ascending)
+    }
+
+    /// Every entry, ascending.
+    pub fn iter(&self) -> Entries {
+        self.scan(KeyRange::all(), Order::Ascending)
+    }
+
+    /// The entry with the largest key in `range`.
+    ///
+    /// # Errors
+    /// When the storage cannot be read.
+    pub fn last_in(&self, range: KeyRange) -> Result<Option<Entry>, StorageError> {
+        first(&*self.backend, self.id, range, Order::Descending)
+    }
+
+    /// The entry with the largest key.
+    ///
+    /// # Errors
+    /// When the storage cannot be read.
+    pub fn last_key_value(&self) -> Result<Option<Entry>, StorageError> {
+        self.last_in(KeyRange::all())
+    }
+}
+
+/// A point-in-time view ([`Backend::snapshot`]); clones share it.
+#[derive(Clone)]
+pub struct Snapshot(Arc<dyn ReadView>);
+
+impl Snapshot {
+    /// Wraps a backend's view.
+    pub fn new(view: impl ReadView + 'static) -> Snapshot {
+        Snapshot(Arc::new(view))
+    }
+
+    /// The value under `key` in `space`.
+    ///
+    /// # Errors
+    /// When the storage cannot be read.
+    pub fn get(
+        &self,
+        space: &Space,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        self.0.get(space.id, key.as_ref())
+    }
+
+    /// Entries of `space` with keys in `range`, ascending.
+    pub fn range<K: AsRef<[u8]>>(&self, space: &Space, range: impl RangeBounds<K>) -> Entries {
+        self.0
+            .scan(space.id, KeyRange::from_bounds(range), Order::Ascending)
+    }
+
+    /// Entries of `space` whose keys start with `prefix`, ascending.
+    pub fn prefix(&self, space: &Space, prefix: impl AsRef<[u8]>) -> Entries {
+        self.0.scan(
+            space.id,
+            KeyRange::prefix(prefix.as_ref()),
+            Order::Ascending,
+        )
+    }
+
+    /// Every entry of `space`, ascending.
+    pub fn iter(&self, space: &Space) -> Entries {
+        self.0.scan(space.id, KeyRange::all(), Order::Ascending)
+    }
+
+    /// The entry of `space` with the largest key.
+    ///
+    /// # Errors
+    /// When the storage cannot be read.
+    pub fn last_key_value(&self, space: &Space) -> Result<Option<Entry>, StorageError> {
+        first(&*self.0, space.id, KeyRange::all(), Order::Descending)
+    }
+}
+
+/// One write of a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Store `value` under `key`, replacing any value.
+    Put {
+        /// The space.
+        space: SpaceId,
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Remove `key` (nothing if absent).
+    Delete {
+        /// The space.
+        space: SpaceId,
+        /// The key.
+        key: Vec<u8>,
+    },
+}
+
+/// Writes committed together ([`Backend::commit`]): applied in order, so
+/// of two writes to one key the later wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteBatch {
+    ops: Vec<WriteOp>,
+    synced: bool,
+}
+
+impl Default for WriteBatch {
+    fn default() -> WriteBatch {
+        WriteBatch {
+            ops: Vec::new(),
+            synced: true,
+        }
+    }
+}
+
+impl WriteBatch {
+    /// A batch committed atomically but not made durable by its own
+    /// commit: a crash may lose it (never part of it), and the next synced
+    /// commit makes it durable. For data nobody was promised (job log
+    /// lines), never for anything acknowledged.
+    pub fn unsynced() -> WriteBatch {
+        WriteBatch {
+            ops: Vec::new(),
+            synced: false,
+        }
+    }
+
+    /// Whether the commit makes the batch durable before returning.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// Stores `value` under `key` in `space`.
+    pub fn insert(&mut self, space: &Space, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) {
+        self.ops.push(WriteOp::Put {
+            space: space.id,
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+        });
+    }
+
+    /// Removes `key` from `space`.
+    pub fn remove(&mut self, space: &Space, key: impl AsRef<[u8]>) {
+        self.ops.push(WriteOp::Delete {
+            space: space.id,
+            key: key.as_ref().to_vec(),
+        });
+    }
+
+    /// Writes in the batch.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether the batch writes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The writes, in order.
+    pub fn into_ops(self) -> Vec<WriteOp> {
+        self.ops
+    }
+}

@@ -1,0 +1,671 @@
+//! The PostgreSQL backend: every space's keys and values in one table
+//! (`pulse_kv`, keyed by space and key), each commit one transaction with
+//! the server's synchronous commit, snapshots as read-only
+//! repeatable-read transactions.
+//!
+//! The stores above call storage from plain threads and from async tasks
+//! alike, so the backend runs its own small tokio runtime: each call is a
+//! task there, and the caller parks until it ends (as for a fjall read
+//! that waits on the disk). Connections come from a bounded pool.
+
+mod schema;
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Bound;
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+
+pub use schema::VERSION as SCHEMA_VERSION;
+
+use super::{
+    Backend, Entries, Entry, KeyRange, Order, ReadView, Snapshot, SpaceId, StorageError,
+    WriteBatch, WriteOp, wait,
+};
+
+/// Connections held at most.
+const POOL_SIZE: usize = 16;
+/// How long a call waits for a connection before answering `unavailable`.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+/// Entries a scan reads per query.
+const PAGE: i64 = 256;
+
+/// A PostgreSQL database as a [`Backend`].
+pub struct PostgresBackend {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    pool: Pool,
+    spaces: RwLock<HashMap<String, SpaceId>>,
+    shown: String,
+}
+
+/// Whether `text` names a PostgreSQL database (`postgres://` or
+/// `postgresql://`).
+pub fn is_postgres_url(text: &str) -> bool {
+    text.starts_with("postgres://") || text.starts_with("postgresql://")
+}
+
+/// `url` without its password, for messages and logs.
+pub fn shown_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((auth, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+fn pool_error(e: &PoolError) -> StorageError {
+    StorageError::unavailable(format!("no connection to PostgreSQL: {e}"))
+}
+
+/// A failed query. A connection that broke is `unavailable`; an error the
+/// server returned names its SQLSTATE.
+fn query_error(context: &str, e: &tokio_postgres::Error) -> StorageError {
+    if e.is_closed() {
+        return StorageError::unavailable(format!("{context}: the PostgreSQL connection closed"));
+    }
+    match e.as_db_error() {
+        Some(db) => StorageError::new(format!(
+            "{context}: PostgreSQL {}: {}",
+            db.code().code(),
+            db.message()
+        )),
+        None => StorageError::unavailable(format!("{context}: {e}")),
+    }
+}
+
+impl PostgresBackend {
+    /// Connects to `url`, creates or migrates the schema to this binary's
+    /// version, and refuses a schema newer than it.
+    ///
+    /// # Errors
+    /// A bad URL, an unreachable server (`unavailable`), or a schema this
+    /// binary does not know.
+    pub fn open(url: &str) -> Result<PostgresBackend, StorageError> {
+        let backend = PostgresBackend::connect(url)?;
+        backend.migrate()?;
+        Ok(backend)
+    }
+
+    /// Connects to `url` without touching the schema.
+    ///
+    /// # Errors
+    /// A bad URL or a runtime that cannot start.
+    pub fn connect(url: &str) -> Result<PostgresBackend, StorageError> {
+        let shown = shown_url(url);
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StorageError::new(format!("{shown}: not a PostgreSQL URL: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StorageError::new(format!("starting the PostgreSQL runtime: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                // A connection is checked when it fails, not before each
+                // use: a round trip per call would halve the throughput.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_WAIT))
+            .create_timeout(Some(CONNECT_WAIT))
+            .build()
+            .map_err(|e| StorageError::new(format!("{shown}: {e}")))?;
+        Ok(PostgresBackend {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+            pool,
+            spaces: RwLock::default(),
+            shown,
+        })
+    }
+
+    /// The URL, without its password.
+    pub fn url(&self) -> &str {
+        &self.shown
+    }
+
+    /// Runs `f` with a pooled connection on the backend's runtime and
+    /// waits for it.
+    fn run<T, F, Fut>(&self, f: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Object) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StorageError>> + Send,
+    {
+        let pool = self.pool.clone();
+        run_on(&self.handle, async move {
+            let conn = pool.get().await.map_err(|e| pool_error(&e))?;
+            f(conn).await
+        })
+    }
+
+    /// Brings the schema to this binary's version: creates it in an empty
+    /// database, applies the migrations it lacks, and refuses a newer one.
+    /// Returns the versions before and after.
+    ///
+    /// # Errors
+    /// `unavailable`; a schema newer than this binary; a failed migration
+    /// (nothing of it applied).
+    pub fn migrate(&self) -> Result<(i32, i32), StorageError> {
+        let shown = self.shown.clone();
+        self.run(move |mut conn| async move {
+            let tx = conn
+                .transaction()
+                .await
+                .map_err(|e| query_error("migrate", &e))?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::LOCK_KEY])
+                .await
+                .map_err(|e| query_error("migrate", &e))?;
+            tx.batch_execute(schema::VERSION_TABLE)
+                .await
+                .map_err(|e| query_error("migrate", &e))?;
+            let rows = tx
+                .query("SELECT version FROM pulse_schema", &[])
+                .await
+                .map_err(|e| query_error("migrate", &e))?;
+            let before: i32 = match rows.as_slice() {
+                [] => 0,
+                [row] => row.get(0),
+                _ => {
+                    return Err(StorageError::new(format!(
+                        "{shown}: pulse_schema holds {} rows; it must hold one",
+                        rows.len()
+                    )));
+                }
+            };
+            if before > schema::VERSION {
+                return Err(StorageError::new(format!(
+                    "{shown}: schema_too_new: the database's schema is version {before}; this pulse-ledger knows versions up to {}: run a newer pulse-ledger",
+                    schema::VERSION
+                )));
+            }
+            for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(before as usize) {
+                tx.batch_execute(sql)
+                    .await
+                    .map_err(|e| query_error(&format!("migration {}", i + 1), &e))?;
+            }
+            if before == 0 {
+                tx.execute("INSERT INTO pulse_schema (version) VALUES ($1)", &[&schema::VERSION])
+                    .await
+            } else {
+                tx.execute("UPDATE pulse_schema SET version = $1", &[&schema::VERSION])
+                    .await
+            }
+            .map_err(|e| query_error("migrate", &e))?;
+            tx.commit().await.map_err(|e| query_error("migrate", &e))?;
+            Ok((before, schema::VERSION))
+        })
+    }
+
+    /// The schema version stored in the database (0: none yet).
+    ///
+    /// # Errors
+    /// `unavailable`.
+    pub fn stored_version(&self) -> Result<i32, StorageError> {
+        self.run(|conn| async move {
+            let exists: bool = conn
+                .query_one("SELECT to_regclass('pulse_schema') IS NOT NULL", &[])
+                .await
+                .map_err(|e| query_error("schema version", &e))?
+                .get(0);
+            if !exists {
+                return Ok(0);
+            }
+            let row = conn
+                .query_opt("SELECT version FROM pulse_schema", &[])
+                .await
+                .map_err(|e| query_error("schema version", &e))?;
+            Ok(row.map_or(0, |r| r.get(0)))
+        })
+    }
+
+    /// Whether no space holds any key: a `store copy` target must be.
+    ///
+    /// # Errors
+    /// `unavailable`.
+    pub fn is_empty(&self) -> Result<bool, StorageError> {
+        self.run(|conn| async move {
+            let row = conn
+                .query_opt("SELECT 1 FROM pulse_kv LIMIT 1", &[])
+                .await
+                .map_err(|e| query_error("read", &e))?;
+            Ok(row.is_none())
+        })
+    }
+}
+
+/// Runs `fut` on `handle` and parks this thread until it ends.
+fn run_on<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    fut: impl Future<Output = Result<T, StorageError>> + Send + 'static,
+) -> Result<T, StorageError> {
+    wait(handle.spawn(fut)).map_err(|e| StorageError::new(format!("a storage task failed: {e}")))?
+}
+
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which an async caller must not do.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The SQL of a page of a scan, and its parameters after the space.
+fn scan_sql(range: &KeyRange, order: Order) -> (String, Vec<Vec<u8>>) {
+    let mut sql = String::from("SELECT key, value FROM pulse_kv WHERE space = $1");
+    let mut params = Vec::new();
+    let mut bound = |b: &Bound<Vec<u8>>, incl: &str, excl: &str, sql: &mut String| match b {
+        Bound::Included(k) => {
+            params.push(k.clone());
+            sql.push_str(&format!(" AND key {incl} ${}", params.len() + 1));
+        }
+        Bound::Excluded(k) => {
+            params.push(k.clone());
+            sql.push_str(&format!(" AND key {excl} ${}", params.len() + 1));
+        }
+        Bound::Unbounded => {}
+    };
+    bound(&range.start, ">=", ">", &mut sql);
+    bound(&range.end, "<=", "<", &mut sql);
+    sql.push_str(match order {
+        Order::Ascending => " ORDER BY key ASC",
+        Order::Descending => " ORDER BY key DESC",
+    });
+    sql.push_str(&format!(" LIMIT {PAGE}"));
+    (sql, params)
+}
+
+/// Where a scan reads: any pooled connection, or one snapshot's.
+#[derive(Clone)]
+enum Source {
+    Pool(Pool),
+    Snapshot(Arc<SnapshotConn>),
+}
+
+/// Reads one page of a scan.
+async fn read_page(
+    source: Source,
+    space: SpaceId,
+    range: KeyRange,
+    order: Order,
+) -> Result<Vec<Entry>, StorageError> {
+    let (sql, keys) = scan_sql(&range, order);
+    let space = space_param(space);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&space];
+    params.extend(keys.iter().map(|k| k as &(dyn ToSql + Sync)));
+    let rows = match &source {
+        Source::Pool(pool) => {
+            let conn = pool.get().await.map_err(|e| pool_error(&e))?;
+            let stmt = conn
+                .prepare_cached(&sql)
+                .await
+                .map_err(|e| query_error("read", &e))?;
+            conn.query(&stmt, &params).await
+        }
+        Source::Snapshot(s) => {
+            let conn = s.conn()?;
+            let stmt = conn
+                .prepare_cached(&sql)
+                .await
+                .map_err(|e| query_error("read", &e))?;
+            conn.query(&stmt, &params).await
+        }
+    }
+    .map_err(|e| query_error("read", &e))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+fn space_param(space: SpaceId) -> i16 {
+    // Spaces are numbered from 0 by open_space, far below i16::MAX.
+    i16::try_from(space.0).unwrap_or(i16::MAX)
+}
+
+/// A scan read a page at a time.
+struct Scan {
+    handle: tokio::runtime::Handle,
+    source: Source,
+    space: SpaceId,
+    range: KeyRange,
+    order: Order,
+    buffer: VecDeque<Entry>,
+    done: bool,
+}
+
+impl Iterator for Scan {
+    type Item = Result<Entry, StorageError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.buffer.is_empty() && !self.done {
+            if self.range.is_empty() {
+                self.done = true;
+                return None;
+            }
+            let page = run_on(
+                &self.handle,
+                read_page(
+                    self.source.clone(),
+                    self.space,
+                    self.range.clone(),
+                    self.order,
+                ),
+            );
+            match page {
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                Ok(page) => {
+                    self.done = (page.len() as i64) < PAGE;
+                    if let Some((last, _)) = page.last() {
+                        // The next page starts after the last key read.
+                        match self.order {
+                            Order::Ascending => self.range.start = Bound::Excluded(last.clone()),
+                            Order::Descending => self.range.end = Bound::Excluded(last.clone()),
+                        }
+                    }
+                    self.buffer = page.into();
+                }
+            }
+        }
+        self.buffer.pop_front().map(Ok)
+    }
+}
+
+async fn get_with(
+    source: Source,
+    space: SpaceId,
+    key: Vec<u8>,
+) -> Result<Option<Vec<u8>>, StorageError> {
+    const SQL: &str = "SELECT value FROM pulse_kv WHERE space = $1 AND key = $2";
+    let space = space_param(space);
+    let row = match &source {
+        Source::Pool(pool) => {
+            let conn = pool.get().await.map_err(|e| pool_error(&e))?;
+            let stmt = conn
+                .prepare_cached(SQL)
+                .await
+                .map_err(|e| query_error("read", &e))?;
+            conn.query_opt(&stmt, &[&space, &key]).await
+        }
+        Source::Snapshot(s) => {
+            let conn = s.conn()?;
+            let stmt = conn
+                .prepare_cached(SQL)
+                .await
+                .map_err(|e| query_error("read", &e))?;
+            conn.query_opt(&stmt, &[&space, &key]).await
+        }
+    }
+    .map_err(|e| query_error("read", &e))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+impl ReadView for PostgresBackend {
+    fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        run_on(
+            &self.handle,
+            get_with(Source::Pool(self.pool.clone()), space, key.to_vec()),
+        )
+    }
+
+    fn scan(&self, space: SpaceId, range: KeyRange, order: Order) -> Entries {
+        Box::new(Scan {
+            handle: self.handle.clone(),
+            source: Source::Pool(self.pool.clone()),
+            space,
+            range,
+            order,
+            buffer: VecDeque::new(),
+            done: false,
+        })
+    }
+}
+
+impl Backend for PostgresBackend {
+    fn open_space(&self, name: &str) -> Result<SpaceId, StorageError> {
+        if let Some(id) = self
+            .spaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(*id);
+        }
+        let owned = name.to_owned();
+        let id: i16 = self.run(move |mut conn| async move {
+            let tx = conn
+                .transaction()
+                .await
+                .map_err(|e| query_error("opening a space", &e))?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::LOCK_KEY])
+                .await
+                .map_err(|e| query_error("opening a space", &e))?;
+            let found = tx
+                .query_opt("SELECT id FROM pulse_spaces WHERE name = $1", &[&owned])
+                .await
+                .map_err(|e| query_error("opening a space", &e))?;
+            let id: i16 = match found {
+                Some(row) => row.get(0),
+                None => tx
+                    .query_one(
+                        "INSERT INTO pulse_spaces (id, name)
+                         SELECT coalesce(max(id) + 1, 0), $1 FROM pulse_spaces
+                         RETURNING id",
+                        &[&owned],
+                    )
+                    .await
+                    .map_err(|e| query_error("opening a space", &e))?
+                    .get(0),
+            };
+            tx.commit()
+                .await
+                .map_err(|e| query_error("opening a space", &e))?;
+            Ok(id)
+        })?;
+        let id = SpaceId(u16::try_from(id).map_err(|_| {
+            StorageError::new(format!("pulse_spaces: space {name} has the id {id}"))
+        })?);
+        self.spaces
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        let conn = self.run(|conn| async move {
+            // The snapshot is taken at the first statement after BEGIN.
+            conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
+                .await
+                .map_err(|e| query_error("snapshot", &e))?;
+            Ok(conn)
+        })?;
+        Ok(Snapshot::new(PgSnapshot {
+            handle: self.handle.clone(),
+            conn: Arc::new(SnapshotConn {
+                conn: Some(conn),
+                handle: self.handle.clone(),
+            }),
+        }))
+    }
+
+    fn commit(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // The last write to each key wins, as the batch's order says; what
+        // is left puts and deletes disjoint keys, so their order in the
+        // transaction does not matter.
+        let mut last: HashMap<(SpaceId, Vec<u8>), Option<Vec<u8>>> = HashMap::new();
+        for op in batch.into_ops() {
+            match op {
+                WriteOp::Put { space, key, value } => last.insert((space, key), Some(value)),
+                WriteOp::Delete { space, key } => last.insert((space, key), None),
+            };
+        }
+        let (mut put_spaces, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut del_spaces, mut del_keys) = (Vec::new(), Vec::new());
+        for ((space, key), value) in last {
+            match value {
+                Some(v) => {
+                    put_spaces.push(space_param(space));
+                    put_keys.push(key);
+                    put_values.push(v);
+                }
+                None => {
+                    del_spaces.push(space_param(space));
+                    del_keys.push(key);
+                }
+            }
+        }
+        self.run(move |mut conn| async move {
+            let fail = |e: tokio_postgres::Error| query_error("commit", &e);
+            let tx = conn.transaction().await.map_err(fail)?;
+            if !del_keys.is_empty() {
+                let stmt = tx
+                    .prepare_cached(
+                        "DELETE FROM pulse_kv WHERE (space, key) IN
+                         (SELECT * FROM unnest($1::int2[], $2::bytea[]))",
+                    )
+                    .await
+                    .map_err(fail)?;
+                tx.execute(&stmt, &[&del_spaces, &del_keys])
+                    .await
+                    .map_err(fail)?;
+            }
+            if !put_keys.is_empty() {
+                let stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO pulse_kv (space, key, value)
+                         SELECT * FROM unnest($1::int2[], $2::bytea[], $3::bytea[])
+                         ON CONFLICT (space, key) DO UPDATE SET value = excluded.value",
+                    )
+                    .await
+                    .map_err(fail)?;
+                tx.execute(&stmt, &[&put_spaces, &put_keys, &put_values])
+                    .await
+                    .map_err(fail)?;
+            }
+            tx.commit().await.map_err(fail)
+        })
+    }
+
+    fn engine(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+/// The connection a snapshot's transaction runs on. Dropped with the last
+/// clone of the snapshot: the transaction is rolled back before the
+/// connection goes back to the pool, or the connection is closed.
+struct SnapshotConn {
+    conn: Option<Object>,
+    handle: tokio::runtime::Handle,
+}
+
+impl SnapshotConn {
+    fn conn(&self) -> Result<&Object, StorageError> {
+        self.conn
+            .as_ref()
+            .ok_or_else(|| StorageError::new("the snapshot is closed"))
+    }
+}
+
+impl Drop for SnapshotConn {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.handle.spawn(async move {
+                if conn.batch_execute("ROLLBACK").await.is_err() {
+                    // Never hand a connection in a transaction to the pool.
+                    drop(Object::take(conn));
+                }
+            });
+        }
+    }
+}
+
+/// A snapshot: reads on its own transaction's connection.
+struct PgSnapshot {
+    handle: tokio::runtime::Handle,
+    conn: Arc<SnapshotConn>,
+}
+
+impl ReadView for PgSnapshot {
+    fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        run_on(
+            &self.handle,
+            get_with(
+                Source::Snapshot(Arc::clone(&self.conn)),
+                space,
+                key.to_vec(),
+            ),
+        )
+    }
+
+    fn scan(&self, space: SpaceId, range: KeyRange, order: Order) -> Entries {
+        Box::new(Scan {
+            handle: self.handle.clone(),
+            source: Source::Snapshot(Arc::clone(&self.conn)),
+            space,
+            range,
+            order,
+            buffer: VecDeque::new(),
+            done: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            shown_url("postgres://ops:s3cret@db:5432/pulse"),
+            "postgres://ops:***@db:5432/pulse"
+        );
+        assert_eq!(
+            shown_url("postgres://ops@db/pulse"),
+            "postgres://ops@db/pulse"
+        );
+    }
+
+    #[test]
+    fn scans_bind_their_bounds_in_order() {
+        let (sql, params) = scan_sql(
+            &KeyRange {
+                start: Bound::Excluded(vec![1]),
+                end: Bound::Included(vec![9]),
+            },
+            Order::Descending,
+        );
+        assert_eq!(
+            sql,
+            format!(
+                "SELECT key, value FROM pulse_kv WHERE space = $1 AND key > $2 AND key <= $3 ORDER BY key DESC LIMIT {PAGE}"
+            )
+        );
+        assert_eq!(params, vec![vec![1], vec![9]]);
+        let (sql, params) = scan_sql(&KeyRange::all(), Order::Ascending);
+        assert!(!sql.contains("AND"), "{sql}");
+        assert!(params.is_empty());
+    }
+}

@@ -1,0 +1,31 @@
+//! The PostgreSQL schema and its versioned migrations, embedded in the
+//! binary. Applied in order, each in its own transaction, under an
+//! advisory lock so that nodes starting together migrate once.
+
+/// Migrations by version: `MIGRATIONS[i]` takes the schema from version
+/// `i` to `i + 1`. Never edit one that has shipped: add the next.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: spaces and their keys and values (spec/storage.md).
+    "CREATE TABLE pulse_spaces (
+         id smallint PRIMARY KEY CHECK (id >= 0),
+         name text NOT NULL UNIQUE
+     );
+     CREATE TABLE pulse_kv (
+         space smallint NOT NULL REFERENCES pulse_spaces (id),
+         key bytea NOT NULL,
+         value bytea NOT NULL,
+         PRIMARY KEY (space, key)
+     );",
+];
+
+/// The schema version this binary writes.
+pub const VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Key of the advisory lock held while migrating or adding a space.
+pub(super) const LOCK_KEY: i64 = 0x7075_6c73_655f_6c67; // "pulse_lg"
+
+/// Creates the version table if missing (it records the version in one
+/// row).
+pub(super) const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS pulse_schema (
+         version integer NOT NULL
+     )";

@@ -1,0 +1,277 @@
+//! The storage contract (src/storage), checked the same way on every
+//! backend: fjall in a temp dir, and a real PostgreSQL database when
+//! `PULSE_TEST_POSTGRES` names a server (always in CI).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use pulse_ledger::storage::{
+    FjallBackend, FjallOptions, KeyRange, Order, PostgresBackend, Storage, StorageError,
+};
+
+/// Opens the backend under test; `reopen` opens the same place again.
+#[derive(Clone)]
+enum Place {
+    Fjall(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Place {
+    fn new(backend: &str, name: &str) -> Option<Place> {
+        match backend {
+            "fjall" => Some(Place::Fjall(common::tempdir(&format!("kv-{name}")))),
+            _ => common::postgres_database(&format!("kv_{name}")).map(Place::Postgres),
+        }
+    }
+
+    fn open(&self) -> Storage {
+        match self {
+            Place::Fjall(dir) => {
+                Storage::new(FjallBackend::open(&dir.join("db"), FjallOptions::default()).unwrap())
+            }
+            Place::Postgres(url) => Storage::new(PostgresBackend::open(url).unwrap()),
+        }
+    }
+}
+
+/// Runs `check` on fjall and on PostgreSQL.
+macro_rules! on_every_backend {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn fjall() {
+                super::$name(super::Place::new("fjall", stringify!($name)).unwrap());
+            }
+
+            #[test]
+            fn postgres() {
+                if let Some(place) = super::Place::new("postgres", stringify!($name)) {
+                    super::$name(place);
+                }
+            }
+        }
+    };
+}
+
+fn all(entries: pulse_ledger::storage::Entries) -> Vec<(Vec<u8>, Vec<u8>)> {
+    entries.collect::<Result<Vec<_>, StorageError>>().unwrap()
+}
+
+on_every_backend!(writes_are_atomic_in_order_and_per_space);
+fn writes_are_atomic_in_order_and_per_space(place: Place) {
+    let s = place.open();
+    let (a, b) = (s.space("alpha").unwrap(), s.space("beta").unwrap());
+    let mut batch = s.batch();
+    batch.insert(&a, b"k1", b"one");
+    batch.insert(&b, b"k1", b"other space");
+    batch.insert(&a, b"k2", b"first");
+    batch.insert(&a, b"k2", b"second");
+    batch.insert(&a, b"gone", b"x");
+    batch.remove(&a, b"gone");
+    batch.remove(&a, b"back");
+    batch.insert(&a, b"back", b"again");
+    s.commit(batch).unwrap();
+    assert_eq!(a.get(b"k1").unwrap().as_deref(), Some(&b"one"[..]));
+    assert_eq!(b.get(b"k1").unwrap().as_deref(), Some(&b"other space"[..]));
+    assert_eq!(a.get(b"k2").unwrap().as_deref(), Some(&b"second"[..]));
+    assert_eq!(a.get(b"gone").unwrap(), None);
+    assert_eq!(a.get(b"back").unwrap().as_deref(), Some(&b"again"[..]));
+    assert!(!a.contains_key(b"missing").unwrap());
+    // The same space by name is the same space.
+    assert_eq!(
+        s.space("alpha").unwrap().get(b"k1").unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    // An empty batch commits nothing and fails nothing.
+    s.commit(s.batch()).unwrap();
+    // An empty key is refused, and the batch with it is not written.
+    let mut bad = s.batch();
+    bad.insert(&a, b"k9", b"never");
+    bad.insert(&a, b"", b"empty");
+    let err = s.commit(bad).unwrap_err();
+    assert!(err.to_string().contains("a key must be 1 to"), "{err}");
+    assert_eq!(a.get(b"k9").unwrap(), None);
+    // Everything is there after a reopen.
+    drop((a, b, s));
+    let s = place.open();
+    let a = s.space("alpha").unwrap();
+    assert_eq!(
+        all(a.iter()),
+        vec![
+            (b"back".to_vec(), b"again".to_vec()),
+            (b"k1".to_vec(), b"one".to_vec()),
+            (b"k2".to_vec(), b"second".to_vec()),
+        ]
+    );
+}
+
+on_every_backend!(scans_match_an_ordered_map_across_pages);
+fn scans_match_an_ordered_map_across_pages(place: Place) {
+    let s = place.open();
+    let space = s.space("scan").unwrap();
+    let mut model = BTreeMap::new();
+    let mut batch = s.batch();
+    // 700 keys of 1–4 bytes, with 0x00 and 0xff runs: more than two pages
+    // of a PostgreSQL scan.
+    let mut x: u32 = 7;
+    for _ in 0..700 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let len = 1 + (x >> 8) as usize % 4;
+        let key: Vec<u8> = (0..len)
+            .map(|i| match (x >> (10 + i * 3)) % 5 {
+                0 => 0x00,
+                1 => 0xff,
+                n => (n * 40) as u8,
+            })
+            .collect();
+        let value = x.to_be_bytes().to_vec();
+        batch.insert(&space, &key, &value);
+        model.insert(key, value);
+    }
+    s.commit(batch).unwrap();
+    let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
+    let bound = |i: usize, kind: usize| match kind {
+        0 => Bound::Included(keys[i % keys.len()].clone()),
+        1 => Bound::Excluded(keys[i % keys.len()].clone()),
+        _ => Bound::Unbounded,
+    };
+    for i in 0..40 {
+        let range = KeyRange {
+            start: bound(i * 7, i % 3),
+            end: bound(i * 13 + 5, (i / 3) % 3),
+        };
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = model
+            .iter()
+            .filter(|(k, _)| range.contains(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(
+            all(space.scan(range.clone(), Order::Ascending)),
+            expected,
+            "{range:?}"
+        );
+        let mut reversed = expected.clone();
+        reversed.reverse();
+        assert_eq!(
+            all(space.scan(range.clone(), Order::Descending)),
+            reversed,
+            "{range:?} descending"
+        );
+    }
+    for prefix in [&[][..], &[0x00], &[0xff], &[0xff, 0xff], &[80]] {
+        let expected: Vec<_> = model
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(all(space.prefix(prefix)), expected, "prefix {prefix:?}");
+    }
+    assert_eq!(
+        space.last_key_value().unwrap(),
+        model
+            .iter()
+            .next_back()
+            .map(|(k, v)| (k.clone(), v.clone()))
+    );
+    // A scan stopped early reads no further (and must not fail).
+    assert_eq!(space.iter().take(3).count(), 3);
+}
+
+on_every_backend!(a_snapshot_sees_neither_later_commits_nor_part_of_one);
+fn a_snapshot_sees_neither_later_commits_nor_part_of_one(place: Place) {
+    let s = place.open();
+    let space = s.space("snap").unwrap();
+    let mut batch = s.batch();
+    for i in 0u16..300 {
+        batch.insert(&space, i.to_be_bytes(), b"before");
+    }
+    s.commit(batch).unwrap();
+    let snap = s.snapshot().unwrap();
+    let mut batch = s.batch();
+    for i in 0u16..300 {
+        batch.insert(&space, i.to_be_bytes(), b"after");
+    }
+    batch.insert(&space, 999u16.to_be_bytes(), b"new");
+    batch.remove(&space, 0u16.to_be_bytes());
+    s.commit(batch).unwrap();
+    assert_eq!(
+        snap.get(&space, 0u16.to_be_bytes()).unwrap().as_deref(),
+        Some(&b"before"[..])
+    );
+    assert_eq!(snap.get(&space, 999u16.to_be_bytes()).unwrap(), None);
+    let seen = all(snap.iter(&space));
+    assert_eq!(seen.len(), 300);
+    assert!(seen.iter().all(|(_, v)| v == b"before"));
+    // A clone reads the same point in time, from another thread too.
+    let other = snap.clone();
+    let space2 = space.clone();
+    let n = std::thread::spawn(move || all(other.iter(&space2)).len())
+        .join()
+        .unwrap();
+    assert_eq!(n, 300);
+    // The current state has the later commit.
+    assert_eq!(space.get(0u16.to_be_bytes()).unwrap(), None);
+    assert_eq!(
+        space.get(1u16.to_be_bytes()).unwrap().as_deref(),
+        Some(&b"after"[..])
+    );
+    // Snapshots and stores dropped inside an async runtime do not panic.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        drop(snap);
+        drop(space);
+        drop(s);
+    });
+}
+
+#[test]
+fn postgres_schema_is_migrated_once_and_a_newer_one_is_refused() {
+    let Some(url) = common::postgres_database("kv_schema") else {
+        return;
+    };
+    let pg = PostgresBackend::connect(&url).unwrap();
+    assert_eq!(pg.stored_version().unwrap(), 0);
+    let (before, after) = pg.migrate().unwrap();
+    assert_eq!(
+        (before, after),
+        (0, pulse_ledger::storage::postgres::SCHEMA_VERSION)
+    );
+    assert_eq!(
+        pg.migrate().unwrap(),
+        (after, after),
+        "a second run changes nothing"
+    );
+    assert!(pg.is_empty().unwrap());
+    drop(pg);
+    // A schema from a newer pulse-ledger: refused, by name.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .batch_execute("UPDATE pulse_schema SET version = 99")
+            .await
+            .unwrap();
+    });
+    let err = PostgresBackend::open(&url).err().expect("refused");
+    assert!(err.to_string().contains("schema_too_new"), "{err}");
+    assert!(err.to_string().contains("version 99"), "{err}");
+}
+
+#[test]
+fn an_unreachable_postgres_is_unavailable_not_a_panic() {
+    // Nothing listens on port 1 of loopback.
+    let pg = PostgresBackend::connect("postgres://nobody@127.0.0.1:1/none").unwrap();
+    let err = pg.migrate().unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    let err = PostgresBackend::connect("mysql://x")
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("not a PostgreSQL URL"), "{err}");
+}
