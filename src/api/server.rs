@@ -28,6 +28,11 @@ pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 pub struct ServeConfig {
     /// Data directory (fjall database and log key).
     pub data_dir: PathBuf,
+    /// A PostgreSQL database to keep the log and the jobs in instead of
+    /// the data dir's fjall database (`postgres://USER@HOST/DB`).
+    pub store: Option<String>,
+    /// The log's signing key file (default: `log.key` in the data dir).
+    pub log_key: Option<PathBuf>,
     /// gRPC listen address.
     pub listen: SocketAddr,
     /// The log's name (checkpoint origin).
@@ -135,6 +140,8 @@ impl ServeConfig {
         let d = crate::pulse::DispatchConfig::default();
         ServeConfig {
             data_dir: data_dir.into(),
+            store: None,
+            log_key: None,
             listen,
             log_name: "pulse-ledger.local/log".into(),
             metrics_listen: None,
@@ -346,6 +353,63 @@ async fn reload_tokens_on_sighup(
     }
 }
 
+/// Opens the log on the data dir's fjall database, or on PostgreSQL: its
+/// schema migrated to this binary's, the database taken for this server
+/// alone, the log key read from `log_key` (default: the data dir's).
+fn open_ledger(
+    mut config: LedgerConfig,
+    store: Option<String>,
+    log_key: Option<PathBuf>,
+) -> Result<Ledger, ServeError> {
+    let key_path = log_key.unwrap_or_else(|| config.data_dir.join("log.key"));
+    let Some(url) = store else {
+        if key_path != config.data_dir.join("log.key") {
+            return Err(ServeError::Refused {
+                rule: "log_key_without_store",
+                message: "--log-key is for a PostgreSQL store (--store); a data dir keeps its key as log.key".into(),
+            });
+        }
+        return Ok(Ledger::open(config)?);
+    };
+    let storage_error =
+        |e: crate::storage::StorageError| ServeError::Ledger(LedgerError::storage("PostgreSQL", e));
+    if !crate::storage::postgres::is_postgres_url(&url) {
+        return Err(ServeError::Refused {
+            rule: "invalid_store",
+            message: format!(
+                "--store {}: give a postgres://USER@HOST[:PORT]/DB URL (the default store is the data dir)",
+                crate::storage::postgres::shown_url(&url)
+            ),
+        });
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ServeError::Ledger(LedgerError::new(
+            crate::ledger::LedgerErrorCode::Config,
+            format!("{}: {e}", config.data_dir.display()),
+        ))
+    })?;
+    // A new log's key is created there: its directory too.
+    if let Some(parent) = key_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            ServeError::Ledger(LedgerError::new(
+                crate::ledger::LedgerErrorCode::Config,
+                format!("--log-key {}: {e}", key_path.display()),
+            ))
+        })?;
+    }
+    let backend = crate::storage::PostgresBackend::open(&url).map_err(storage_error)?;
+    backend.lock_single_server().map_err(storage_error)?;
+    tracing::info!(store = backend.url(), log_key = %key_path.display(), "the log and the jobs are on PostgreSQL");
+    // The data dir's disk holds none of the data: its guard is off;
+    // PostgreSQL refuses writes itself when its disk is full.
+    config.min_free_bytes = 0;
+    Ok(Ledger::open_on(
+        crate::storage::Storage::new(backend),
+        &key_path,
+        config,
+    )?)
+}
+
 /// The rules `serve` refuses settings by ([`ServeError::Refused`]).
 pub const REFUSAL_RULES: [&str; 4] = [
     "plaintext_not_loopback",
@@ -441,8 +505,9 @@ pub async fn serve(
     ledger_config.min_free_bytes = config.min_free_bytes;
     ledger_config.log_reserve_bytes = config.log_reserve_bytes;
     ledger_config.queue_depth = config.write_queue_depth;
+    let (store, log_key) = (config.store.clone(), config.log_key.clone());
     let ledger = Arc::new(
-        tokio::task::spawn_blocking(move || Ledger::open(ledger_config))
+        tokio::task::spawn_blocking(move || open_ledger(ledger_config, store, log_key))
             .await
             .map_err(|e| ServeError::Transport(e.to_string()))??,
     );

@@ -25,6 +25,7 @@ mod remote;
 mod schedules;
 mod serve;
 mod sessions;
+mod store;
 mod token;
 mod verify;
 
@@ -121,6 +122,9 @@ continues where it stopped. Exit status: 1 at the first report with
     /// Bearer tokens for a server's jobs API: create, hash.
     #[command(subcommand)]
     Token(token::TokenCmd),
+    /// The storage under a server: migrate a PostgreSQL schema.
+    #[command(subcommand)]
+    Store(store::StoreCmd),
 }
 
 impl Cli {
@@ -148,6 +152,7 @@ impl Cli {
             Command::Budget(c) => jobs::budget(c),
             Command::Schedule(c) => schedules::run(c),
             Command::Token(c) => token::run(c),
+            Command::Store(c) => store::run(c),
             Command::Bundle(c) => bundle::run(c),
             Command::Bench(a) => bench::run(a),
             Command::Monitor(a) => monitor::run(a.into_options()),

@@ -28,8 +28,9 @@ Examples:
       --log-name ledger.example.com/prod --metrics-listen 127.0.0.1:9300 \\
       --tls-cert server.pem --tls-key server.key --config pulse-ledger.toml
   PULSE_LEDGER_LISTEN=127.0.0.1:7400 pulse-ledger serve --config pulse-ledger.toml
+  pulse-ledger serve --store postgres://pulse@db.internal/pulse --log-key /etc/pulse/log.key
 
-Config file keys (TOML): data_dir, listen, log_name, metrics_listen, otlp_endpoint,
+Config file keys (TOML): data_dir, store, log_key, listen, log_name, metrics_listen, otlp_endpoint,
 job_retention_hours, max_running, fair_share_percent, max_handler_concurrency,
 max_timeout_ms, plugin_wait_secs, heartbeat_timeout_ms,
 cancel_grace_ms, plugin_health_interval_ms, tls_cert, tls_key,
@@ -68,6 +69,16 @@ pub(crate) struct Args {
     /// [default: ./pulse-ledger-data].
     #[arg(long, env = "PULSE_LEDGER_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep the log and the jobs in this PostgreSQL database instead of
+    /// the data dir (postgres://USER[:PASSWORD]@HOST[:PORT]/DB); its schema
+    /// is created or migrated at start.
+    #[arg(long, env = "PULSE_LEDGER_STORE", value_name = "URL")]
+    store: Option<String>,
+    /// The log's signing key file, with --store [default: DIR/log.key].
+    /// Created with a new log; required afterwards (never stored in the
+    /// database).
+    #[arg(long, env = "PULSE_LEDGER_LOG_KEY", value_name = "FILE")]
+    log_key: Option<PathBuf>,
     /// gRPC listen address [default: 127.0.0.1:7300].
     #[arg(long, env = "PULSE_LEDGER_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -148,6 +159,8 @@ pub(crate) struct Args {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     data_dir: Option<PathBuf>,
+    store: Option<String>,
+    log_key: Option<PathBuf>,
     listen: Option<SocketAddr>,
     log_name: Option<String>,
     metrics_listen: Option<SocketAddr>,
@@ -356,6 +369,8 @@ impl Args {
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            store: self.store.clone().or(file.store.clone()),
+            log_key: self.log_key.clone().or(file.log_key.clone()),
             listen: self.listen.or(file.listen).unwrap_or(default_listen),
             log_name: self
                 .log_name

@@ -41,6 +41,8 @@ pub struct PostgresBackend {
     pool: Pool,
     spaces: RwLock<HashMap<String, SpaceId>>,
     shown: String,
+    /// The connection that holds the single-server lock, while held.
+    holder: std::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>,
 }
 
 /// Whether `text` names a PostgreSQL database (`postgres://` or
@@ -132,6 +134,7 @@ impl PostgresBackend {
             pool,
             spaces: RwLock::default(),
             shown,
+            holder: std::sync::Mutex::new(None),
         })
     }
 
@@ -213,6 +216,33 @@ impl PostgresBackend {
         })
     }
 
+    /// Takes the database for this process alone, for as long as the
+    /// backend lives: one server writes a log at a time (its writer keeps
+    /// the tree's frontier in memory). A session advisory lock on its own
+    /// connection; a second server is refused with `store_in_use`.
+    ///
+    /// # Errors
+    /// `store_in_use`, or `unavailable`.
+    pub fn lock_single_server(&self) -> Result<(), StorageError> {
+        let shown = self.shown.clone();
+        let conn = self.run(move |conn| async move {
+            let got: bool = conn
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&schema::SERVER_LOCK_KEY])
+                .await
+                .map_err(|e| query_error("locking the database", &e))?
+                .get(0);
+            if !got {
+                return Err(StorageError::new(format!(
+                    "store_in_use: another pulse-ledger serve holds {shown}: stop it, or give another database (one server per database)"
+                )));
+            }
+            // Out of the pool for good: the lock lives with this connection.
+            Ok(Object::take(conn))
+        })?;
+        *self.holder.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+        Ok(())
+    }
+
     /// The schema version stored in the database (0: none yet).
     ///
     /// # Errors
@@ -260,6 +290,8 @@ fn run_on<T: Send + 'static>(
 
 impl Drop for PostgresBackend {
     fn drop(&mut self) {
+        // The lock's connection closes with the runtime that drives it.
+        drop(self.holder.lock().unwrap_or_else(|p| p.into_inner()).take());
         // Dropping a runtime blocks, which an async caller must not do.
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();

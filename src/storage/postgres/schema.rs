@@ -29,3 +29,6 @@ pub(super) const LOCK_KEY: i64 = 0x7075_6c73_655f_6c67; // "pulse_lg"
 pub(super) const VERSION_TABLE: &str = "CREATE TABLE IF NOT EXISTS pulse_schema (
          version integer NOT NULL
      )";
+
+/// Key of the session advisory lock a server holds for its whole life.
+pub(super) const SERVER_LOCK_KEY: i64 = 0x7075_6c73_655f_7376; // "pulse_sv"
