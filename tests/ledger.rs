@@ -1,28 +1,41 @@
-//! The ledger against a real fjall data dir: appends, rejections,
-//! idempotency, equivocation evidence, proofs, checkpoints, reopening,
-//! listings, concurrency and integrity checks on open.
+//! The ledger on each storage backend (a fjall data dir, and a real
+//! PostgreSQL database when configured): appends, rejections, idempotency,
+//! equivocation evidence, proofs, checkpoints, reopening, listings,
+//! concurrency and integrity checks on open.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a failure report
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
 
-use common::{handler_register, key, next, plugin_register, tempdir, update_handler};
+use common::{Place, handler_register, key, next, plugin_register, update_handler};
 use pulse_ledger::ledger::{
     Ledger, LedgerConfig, LedgerError, LedgerErrorCode, SubjectFilter, leaf_hash,
     verify_checkpoint, verify_consistency, verify_inclusion,
 };
 use pulse_ledger::{Action, Family};
 
-fn open(dir: &std::path::Path) -> Ledger {
-    Ledger::open(LedgerConfig::new(dir, "test.example/log")).unwrap()
+fn open(place: &Place) -> Ledger {
+    place.ledger("test.example/log")
 }
 
-#[test]
-fn lifecycle_appends_in_order_with_proofs_and_checkpoints() {
-    let dir = tempdir("ledger-lifecycle");
-    let ledger = open(&dir);
+/// Stores `value` under `key` in the ledger's space `space`, under the
+/// ledger (closed), as a bug or an intruder with the disk could.
+fn tamper(place: &Place, space: &str, key: &[u8], value: Option<&[u8]>) {
+    let storage = place.storage();
+    let space = storage.space(space).unwrap();
+    let mut batch = storage.batch();
+    match value {
+        Some(v) => batch.insert(&space, key, v),
+        None => batch.remove(&space, key),
+    }
+    storage.commit(batch).unwrap();
+}
+
+fn lifecycle_appends_in_order_with_proofs_and_checkpoints(place: Place) {
+    let ledger = open(&place);
     let empty = ledger.head();
     assert_eq!(empty.size, 0);
     verify_checkpoint(&empty.checkpoint, ledger.log_did()).unwrap();
@@ -104,11 +117,10 @@ fn lifecycle_appends_in_order_with_proofs_and_checkpoints() {
     let report = ledger.audit().unwrap();
     assert_eq!((report.entries, report.subjects), (6, 2));
 }
+on_every_backend!(lifecycle_appends_in_order_with_proofs_and_checkpoints);
 
-#[test]
-fn rejections_change_nothing_and_resubmission_is_idempotent() {
-    let dir = tempdir("ledger-reject");
-    let ledger = open(&dir);
+fn rejections_change_nothing_and_resubmission_is_idempotent(place: Place) {
+    let ledger = open(&place);
     let (p, h, stranger) = (key("p"), key("h"), key("stranger"));
     let g = handler_register(&h, "h", &p.did);
     let u1 = update_handler(&g, &h, "h", &p.did, "2.0.0");
@@ -187,16 +199,15 @@ fn rejections_change_nothing_and_resubmission_is_idempotent() {
     assert_eq!(ledger.head().size, 2, "the fork was not appended");
     ledger.audit().unwrap();
 }
+on_every_backend!(rejections_change_nothing_and_resubmission_is_idempotent);
 
-#[test]
-fn reopening_restores_the_head_without_replay_and_refuses_mismatches() {
-    let dir = tempdir("ledger-reopen");
+fn reopening_restores_the_head_without_replay_and_refuses_mismatches(place: Place) {
     let (p, hs) = (
         key("p"),
         (0..37).map(|i| key(&format!("h{i}"))).collect::<Vec<_>>(),
     );
     let head = {
-        let ledger = open(&dir);
+        let ledger = open(&place);
         ledger.append(plugin_register(&p, "p").envelope()).unwrap();
         for h in &hs {
             ledger
@@ -205,9 +216,9 @@ fn reopening_restores_the_head_without_replay_and_refuses_mismatches() {
         }
         ledger.head()
     };
-    let first_did = open(&dir).log_did().clone();
+    let first_did = open(&place).log_did().clone();
     let log_did = {
-        let ledger = open(&dir);
+        let ledger = open(&place);
         assert_eq!(ledger.head(), head);
         assert_eq!(
             ledger.log_did(),
@@ -226,32 +237,26 @@ fn reopening_restores_the_head_without_replay_and_refuses_mismatches() {
     };
 
     // Another log name for the same data dir is refused.
-    let err = Ledger::open(LedgerConfig::new(&dir, "other.example/log"))
+    let err = place
+        .open_ledger(LedgerConfig::new(place.dir(), "other.example/log"))
         .err()
         .unwrap();
     assert_eq!(err.code(), "config");
 
     // A stored tree size that disagrees with the signed checkpoint is refused.
-    {
-        let db = fjall::Database::builder(dir.join("db")).open().unwrap();
-        let meta = db
-            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
-            .unwrap();
-        meta.insert("size", 5u64.to_be_bytes()).unwrap();
-        db.persist(fjall::PersistMode::SyncAll).unwrap();
-    }
-    let err = Ledger::open(LedgerConfig::new(&dir, "test.example/log"))
+    tamper(&place, "meta", b"size", Some(&5u64.to_be_bytes()));
+    let err = place
+        .open_ledger(LedgerConfig::new(place.dir(), "test.example/log"))
         .err()
         .unwrap();
     assert_eq!(err.code(), "integrity", "{err}");
     assert!(err.to_string().contains("refusing to serve"), "{err}");
     let _ = log_did;
 }
+on_every_backend!(reopening_restores_the_head_without_replay_and_refuses_mismatches);
 
-#[test]
-fn listings_follow_schema_changes_and_paginate() {
-    let dir = tempdir("ledger-list");
-    let ledger = open(&dir);
+fn listings_follow_schema_changes_and_paginate(place: Place) {
+    let ledger = open(&place);
     let (p1, p2) = (key("p1"), key("p2"));
     ledger
         .append(plugin_register(&p1, "runner-one").envelope())
@@ -348,11 +353,10 @@ fn listings_follow_schema_changes_and_paginate() {
     assert_eq!(first.len() + rest.len(), 24);
     ledger.audit().unwrap();
 }
+on_every_backend!(listings_follow_schema_changes_and_paginate);
 
-#[test]
-fn concurrent_appenders_share_commits_and_get_distinct_indexes() {
-    let dir = tempdir("ledger-concurrent");
-    let ledger = Arc::new(open(&dir));
+fn concurrent_appenders_share_commits_and_get_distinct_indexes(place: Place) {
+    let ledger = Arc::new(open(&place));
     let p = key("p");
     ledger.append(plugin_register(&p, "p").envelope()).unwrap();
     let threads: Vec<_> = (0..8)
@@ -389,11 +393,10 @@ fn concurrent_appenders_share_commits_and_get_distinct_indexes() {
     assert_eq!(ledger.head().size, 321);
     ledger.audit().unwrap();
 }
+on_every_backend!(concurrent_appenders_share_commits_and_get_distinct_indexes);
 
-#[test]
-fn reads_beyond_the_log_are_clear_errors() {
-    let dir = tempdir("ledger-ranges");
-    let ledger = open(&dir);
+fn reads_beyond_the_log_are_clear_errors(place: Place) {
+    let ledger = open(&place);
     let code = |e: LedgerError| e.code();
     assert_eq!(code(ledger.entry(0).unwrap_err()), "index_out_of_range");
     assert_eq!(
@@ -416,13 +419,12 @@ fn reads_beyond_the_log_are_clear_errors() {
         })
     ));
 }
+on_every_backend!(reads_beyond_the_log_are_clear_errors);
 
-#[test]
-fn audit_catches_tampered_nodes_and_indexes_and_open_refuses_a_missing_key() {
-    let dir = tempdir("ledger-tamper");
+fn audit_catches_tampered_nodes_and_indexes_and_open_refuses_a_missing_key(place: Place) {
     let p = key("p");
     {
-        let ledger = open(&dir);
+        let ledger = open(&place);
         ledger.append(plugin_register(&p, "p").envelope()).unwrap();
         for i in 0..9 {
             ledger
@@ -443,22 +445,14 @@ fn audit_catches_tampered_nodes_and_indexes_and_open_refuses_a_missing_key() {
         assert!(ledger.equivocations(None, 10).unwrap().0.is_empty());
         ledger.audit().unwrap();
     }
-    let tamper = |ks: &str, f: &dyn Fn(&fjall::Keyspace)| {
-        let db = fjall::Database::builder(dir.join("db")).open().unwrap();
-        let k = db
-            .keyspace(ks, fjall::KeyspaceCreateOptions::default)
-            .unwrap();
-        f(&k);
-        db.persist(fjall::PersistMode::SyncAll).unwrap();
-    };
     // Leaf 0's stored hash is not on the right edge of an 11-entry tree, so
     // open (which reads only the right edge) succeeds and the audit must
     // catch it.
     let mut leaf0 = vec![0u8];
     leaf0.extend(0u64.to_be_bytes());
-    tamper("nodes", &|k| k.insert(leaf0.clone(), [0u8; 32]).unwrap());
+    tamper(&place, "nodes", &leaf0, Some(&[0u8; 32]));
     {
-        let ledger = open(&dir);
+        let ledger = open(&place);
         let err = ledger.audit().unwrap_err();
         assert_eq!(err.code(), "integrity");
         assert!(
@@ -468,29 +462,28 @@ fn audit_catches_tampered_nodes_and_indexes_and_open_refuses_a_missing_key() {
     }
     // Restore leaf 0, then drop a name index key.
     {
-        let db = fjall::Database::builder(dir.join("db")).open().unwrap();
-        let entries = db
-            .keyspace("entries", fjall::KeyspaceCreateOptions::default)
+        let storage = place.storage();
+        let first = storage
+            .space("entries")
+            .unwrap()
+            .get(0u64.to_be_bytes())
+            .unwrap()
             .unwrap();
-        let first = entries.get(0u64.to_be_bytes()).unwrap().unwrap();
-        let nodes = db
-            .keyspace("nodes", fjall::KeyspaceCreateOptions::default)
-            .unwrap();
-        nodes.insert(leaf0.clone(), leaf_hash(&first)).unwrap();
-        let by_name = db
-            .keyspace("by_name", fjall::KeyspaceCreateOptions::default)
-            .unwrap();
-        let k = by_name.first_key_value().unwrap().key().unwrap();
-        by_name.remove(k).unwrap();
-        db.persist(fjall::PersistMode::SyncAll).unwrap();
+        let by_name = storage.space("by_name").unwrap();
+        let (k, _) = by_name.iter().next().unwrap().unwrap();
+        // Spaces hold the storage open (fjall allows one opener).
+        drop((by_name, storage));
+        tamper(&place, "nodes", &leaf0, Some(&leaf_hash(&first)));
+        tamper(&place, "by_name", &k, None);
     }
     {
-        let ledger = open(&dir);
+        let ledger = open(&place);
         let err = ledger.audit().unwrap_err();
         assert!(err.to_string().contains("name index"), "{err}");
     }
-    std::fs::remove_file(dir.join("log.key")).unwrap();
-    let err = Ledger::open(LedgerConfig::new(&dir, "test.example/log"))
+    std::fs::remove_file(place.dir().join("log.key")).unwrap();
+    let err = place
+        .open_ledger(LedgerConfig::new(place.dir(), "test.example/log"))
         .err()
         .unwrap();
     assert_eq!(err.code(), "config");
@@ -499,15 +492,14 @@ fn audit_catches_tampered_nodes_and_indexes_and_open_refuses_a_missing_key() {
         "{err}"
     );
     assert!(
-        !dir.join("log.key").exists(),
+        !place.dir().join("log.key").exists(),
         "no new key was made for an existing log"
     );
 }
+on_every_backend!(audit_catches_tampered_nodes_and_indexes_and_open_refuses_a_missing_key);
 
-#[test]
-fn one_group_commit_with_several_statements_about_one_subject() {
-    let dir = tempdir("ledger-same-batch");
-    let ledger = open(&dir);
+fn one_group_commit_with_several_statements_about_one_subject(place: Place) {
+    let ledger = open(&place);
     let (p1, p2, h) = (key("sb-p1"), key("sb-p2"), key("sb-h"));
     let g = handler_register(&h, "alpha", &p1.did);
     let u1 = update_handler(&g, &h, "beta", &p2.did, "1.1.0");
@@ -579,12 +571,11 @@ fn one_group_commit_with_several_statements_about_one_subject() {
     assert_eq!(ledger.equivocations(None, 10).unwrap().0.len(), 1);
     ledger.audit().unwrap();
 }
+on_every_backend!(one_group_commit_with_several_statements_about_one_subject);
 
-#[test]
-fn a_selective_listing_stops_after_max_scan_keys_and_returns_a_cursor() {
+fn a_selective_listing_stops_after_max_scan_keys_and_returns_a_cursor(place: Place) {
     use pulse_ledger::ledger::MAX_SCAN;
-    let dir = tempdir("ledger-scan");
-    let ledger = open(&dir);
+    let ledger = open(&place);
     let (p, other) = (key("scan-p"), key("scan-other"));
     let regs: Vec<Vec<u8>> = std::iter::once(plugin_register(&p, "p").envelope().to_vec())
         .chain((0..MAX_SCAN + 50).map(|i| {
@@ -610,3 +601,4 @@ fn a_selective_listing_stops_after_max_scan_keys_and_returns_a_cursor() {
     let (page, cursor) = ledger.list_subjects(&filter, Some(&cursor), 10).unwrap();
     assert!(page.is_empty() && cursor.is_none());
 }
+on_every_backend!(a_selective_listing_stops_after_max_scan_keys_and_returns_a_cursor);

@@ -1,19 +1,21 @@
-//! The durable job store on a real fjall data dir: enqueue and idempotency,
+//! The durable job store on each storage backend (a fjall data dir, and a
+//! real PostgreSQL database when configured): enqueue and idempotency,
 //! dispatch order, delayed jobs and retries, listings, restart recovery.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a failure report
 
+#[macro_use]
 mod common;
 
-use common::{key, tempdir};
+use common::{Place, key};
 use pulse_ledger::HandlerSchema;
-use pulse_ledger::ledger::{Ledger, LedgerConfig};
+use pulse_ledger::ledger::Ledger;
 use pulse_ledger::pulse::{
     Backoff, JobError, JobRequest, JobState, JobStore, LeaseToken, PulseErrorCode, RetryPolicy,
 };
 
-fn open(dir: &std::path::Path) -> (Ledger, JobStore) {
-    let ledger = Ledger::open(LedgerConfig::new(dir, "jobs.test/log")).unwrap();
+fn open(place: &Place) -> (Ledger, JobStore) {
+    let ledger = place.ledger("jobs.test/log");
     let store = JobStore::open(&ledger).unwrap();
     (ledger, store)
 }
@@ -32,10 +34,8 @@ const POLICY: RetryPolicy = RetryPolicy {
     random: 0,
 };
 
-#[test]
-fn enqueue_is_idempotent_and_dispatch_is_priority_then_fifo() {
-    let dir = tempdir("jobs-order");
-    let (_ledger, store) = open(&dir);
+fn enqueue_is_idempotent_and_dispatch_is_priority_then_fifo(place: Place) {
+    let (_ledger, store) = open(&place);
     let h = key("jobs-h").did;
     let schema = HandlerSchema::new("h", "1.0.0", key("jobs-p").did);
     let req = |priority: u8, key: Option<&str>| JobRequest {
@@ -102,11 +102,10 @@ fn enqueue_is_idempotent_and_dispatch_is_priority_then_fifo() {
             .is_empty()
     );
 }
+on_every_backend!(enqueue_is_idempotent_and_dispatch_is_priority_then_fifo);
 
-#[test]
-fn delayed_jobs_and_retries_wait_for_their_time() {
-    let dir = tempdir("jobs-delay");
-    let (_ledger, store) = open(&dir);
+fn delayed_jobs_and_retries_wait_for_their_time(place: Place) {
+    let (_ledger, store) = open(&place);
     let h = key("delay-h").did;
     let schema = HandlerSchema::new("h", "1.0.0", key("delay-p").did);
     let (later, _) = store
@@ -164,6 +163,7 @@ fn delayed_jobs_and_retries_wait_for_their_time() {
     );
     assert!(store.running_until(u64::MAX, 10).unwrap().is_empty());
 }
+on_every_backend!(delayed_jobs_and_retries_wait_for_their_time);
 
 /// An executor that never reports: attempts stay running until the
 /// "server" stops.
@@ -175,16 +175,14 @@ impl pulse_ledger::pulse::Executor for Silent {
     fn cancel(&mut self, _: pulse_ledger::pulse::JobId, _: LeaseToken) {}
 }
 
-#[test]
-fn restart_requeues_running_attempts_as_interrupted_without_using_attempts() {
+fn restart_requeues_running_attempts_as_interrupted_without_using_attempts(place: Place) {
     use pulse_ledger::pulse::{
         AttemptOutcome, DeadReason, DispatchConfig, Dispatcher, POISON_INTERRUPTIONS,
     };
-    let dir = tempdir("jobs-restart");
     let h = key("restart-h").did;
     let schema = HandlerSchema::new("h", "1.0.0", key("restart-p").did);
     let ids = {
-        let (_ledger, store) = open(&dir);
+        let (_ledger, store) = open(&place);
         let items: Vec<_> = (0..50)
             .map(|i| {
                 (
@@ -215,7 +213,7 @@ fn restart_requeues_running_attempts_as_interrupted_without_using_attempts() {
     // POISON_INTERRUPTIONS times in a row.
     let mut now = 3_000;
     for cycle in 1..=POISON_INTERRUPTIONS {
-        let (_ledger, store) = open(&dir);
+        let (_ledger, store) = open(&place);
         let store = std::sync::Arc::new(store);
         let running = store.running_until(u64::MAX, 1000).unwrap();
         assert_eq!(running.len(), 10, "cycle {cycle}: the running index");
@@ -255,7 +253,7 @@ fn restart_requeues_running_attempts_as_interrupted_without_using_attempts() {
         }
         now += 1_000;
     }
-    let (_ledger, store) = open(&dir);
+    let (_ledger, store) = open(&place);
     assert_eq!(
         store
             .list(&JobState::Dead(DeadReason::Poison), None, 1000)
@@ -265,11 +263,10 @@ fn restart_requeues_running_attempts_as_interrupted_without_using_attempts() {
         10
     );
 }
+on_every_backend!(restart_requeues_running_attempts_as_interrupted_without_using_attempts);
 
-#[test]
-fn finished_jobs_are_pruned_after_their_age_and_nothing_else() {
-    let dir = tempdir("jobs-prune");
-    let (ledger, store) = open(&dir);
+fn finished_jobs_are_pruned_after_their_age_and_nothing_else(place: Place) {
+    let (ledger, store) = open(&place);
     let h = key("prune-h").did;
     let schema = HandlerSchema::new("h", "1.0.0", key("prune-p").did);
     let mk = |k: &str| JobRequest {
@@ -300,13 +297,12 @@ fn finished_jobs_are_pruned_after_their_age_and_nothing_else() {
     assert!(!store.enqueue(&h, &schema, &mk("old"), 10_000).unwrap().1);
     assert!(store.enqueue(&h, &schema, &mk("young"), 10_000).unwrap().1);
 }
+on_every_backend!(finished_jobs_are_pruned_after_their_age_and_nothing_else);
 
 /// A clock that steps back across a restart (to a millisecond that
 /// already has jobs, and before it) gives new jobs new IDs: every stored
 /// job is still there, unchanged, and IDs keep increasing.
-#[test]
-fn job_ids_stay_unique_when_the_clock_steps_back_across_a_restart() {
-    let dir = tempdir("jobs-clock-step");
+fn job_ids_stay_unique_when_the_clock_steps_back_across_a_restart(place: Place) {
     let h = key("clock-h").did;
     let schema = HandlerSchema::new("h", "1.0.0", key("clock-p").did);
     let req = |n: u8| JobRequest {
@@ -315,12 +311,12 @@ fn job_ids_stay_unique_when_the_clock_steps_back_across_a_restart() {
     };
     let mut before = Vec::new();
     {
-        let (_ledger, store) = open(&dir);
+        let (_ledger, store) = open(&place);
         for n in 0..5 {
             before.push(store.enqueue(&h, &schema, &req(n), 10_000).unwrap().0);
         }
     }
-    let (_ledger, store) = open(&dir);
+    let (_ledger, store) = open(&place);
     let mut after = Vec::new();
     for (n, now) in [(10u8, 10_000), (11, 9_000), (12, 10_000), (13, 1)] {
         let job = store.enqueue(&h, &schema, &req(n), now).unwrap().0;
@@ -352,14 +348,13 @@ fn job_ids_stay_unique_when_the_clock_steps_back_across_a_restart() {
         assert_eq!(store.get(&job.id).unwrap().payload, job.payload);
     }
 }
+on_every_backend!(job_ids_stay_unique_when_the_clock_steps_back_across_a_restart);
 
 /// Pruning reads the finished index from its oldest entry and stops at the
 /// limit: a pass deletes `limit` jobs however many finished jobs are
 /// younger, and the next pass goes on where it stopped.
-#[test]
-fn pruning_is_bounded_per_pass_and_oldest_first() {
-    let dir = tempdir("jobs-prune-bounded");
-    let (_ledger, store) = open(&dir);
+fn pruning_is_bounded_per_pass_and_oldest_first(place: Place) {
+    let (_ledger, store) = open(&place);
     let h = key("pb-h").did;
     let schema = HandlerSchema::new("h", "1.0.0", key("pb-p").did);
     let mut ids = Vec::new();
@@ -392,13 +387,12 @@ fn pruning_is_bounded_per_pass_and_oldest_first() {
     assert!(store.get(&ids[15].1).is_ok());
     assert_eq!(store.prune_finished(cutoff, 100).unwrap(), 0);
 }
+on_every_backend!(pruning_is_bounded_per_pass_and_oldest_first);
 
 /// A page of jobs stops at a byte budget, not only at a count: big jobs
 /// come a few per page, and the page says more follow.
-#[test]
-fn job_pages_are_capped_by_bytes() {
-    let dir = tempdir("jobs-page-bytes");
-    let (_ledger, store) = open(&dir);
+fn job_pages_are_capped_by_bytes(place: Place) {
+    let (_ledger, store) = open(&place);
     let h = key("page-h").did;
     let schema = HandlerSchema::new("h", "1.0.0", key("page-p").did);
     let big = JobRequest {
@@ -431,13 +425,13 @@ fn job_pages_are_capped_by_bytes() {
     let (page, more) = store.list(&JobState::Queued, None, 3).unwrap();
     assert_eq!((page.len(), more), (3, true));
 }
+on_every_backend!(job_pages_are_capped_by_bytes);
 
 /// An async executor (as the plugin proxy will be) driven through the
 /// adapter: events flow back as reports; a stream that ends without a
 /// result is a crash; a dispatch error (nothing reached) holds the job and
 /// uses no attempt: its next dispatch is its first attempt.
-#[test]
-fn async_executors_drive_jobs_through_the_adapter() {
+fn async_executors_drive_jobs_through_the_adapter(place: Place) {
     use pulse_ledger::pulse::{
         AsyncExecutor, AsyncExecutorAdapter, AttemptSpec, DispatchConfig, Dispatcher, EventStream,
         ExecEvent, JobId, Progress, StepReport,
@@ -470,8 +464,7 @@ fn async_executors_drive_jobs_through_the_adapter() {
         .enable_all()
         .build()
         .unwrap();
-    let dir = tempdir("jobs-async");
-    let (_ledger, store) = open(&dir);
+    let (_ledger, store) = open(&place);
     let store = std::sync::Arc::new(store);
     let h = key("async-h").did;
     let schema = HandlerSchema::new("h", "1.0.0", key("async-p").did);
@@ -569,6 +562,7 @@ fn async_executors_drive_jobs_through_the_adapter() {
         (JobState::Succeeded, Some(&b"reached"[..]), 1)
     );
 }
+on_every_backend!(async_executors_drive_jobs_through_the_adapter);
 
 /// Answers from a script: the route for each job, by payload byte.
 struct Scripted(std::sync::Arc<std::sync::Mutex<Vec<pulse_ledger::pulse::Route>>>);
@@ -579,11 +573,14 @@ impl pulse_ledger::pulse::Router for Scripted {
     }
 }
 
-#[test]
-fn held_jobs_are_released_when_they_resolve_and_refused_with_the_holds_reason_after_the_wait() {
+on_every_backend!(
+    held_jobs_are_released_when_they_resolve_and_refused_with_the_holds_reason_after_the_wait
+);
+fn held_jobs_are_released_when_they_resolve_and_refused_with_the_holds_reason_after_the_wait(
+    place: Place,
+) {
     use pulse_ledger::pulse::{DeadReason, DispatchConfig, Dispatcher, Refusal, Route};
-    let dir = tempdir("jobs-hold");
-    let (_ledger, store) = open(&dir);
+    let (_ledger, store) = open(&place);
     let store = std::sync::Arc::new(store);
     let h = key("hold-h").did;
     let schema = HandlerSchema::new("h", "1.0.0", key("hold-p").did);
@@ -654,11 +651,9 @@ fn held_jobs_are_released_when_they_resolve_and_refused_with_the_holds_reason_af
     assert!(j0.attempts.is_empty() && j1.attempts.is_empty());
 }
 
-#[test]
-fn job_logs_keep_the_last_lines_cut_long_ones_and_go_with_the_job() {
+fn job_logs_keep_the_last_lines_cut_long_ones_and_go_with_the_job(place: Place) {
     use pulse_ledger::pulse::{LogLine, MAX_LOG_LINE_BYTES, MAX_LOG_LINES};
-    let dir = tempdir("jobs-log");
-    let (_ledger, store) = open(&dir);
+    let (_ledger, store) = open(&place);
     let h = key("log-h").did;
     let schema = HandlerSchema::new("h", "1.0.0", key("log-p").did);
     let mk = |p: u8| {
@@ -738,14 +733,13 @@ fn job_logs_keep_the_last_lines_cut_long_ones_and_go_with_the_job() {
     assert!(store.log(&a, 0, 10).unwrap().is_empty());
     assert_eq!(store.log(&b, 0, 10_000).unwrap().len(), 601);
 }
+on_every_backend!(job_logs_keep_the_last_lines_cut_long_ones_and_go_with_the_job);
 
 /// One handler's listing skips the others' jobs, reads a bounded stretch
 /// of the index per page (a page may be empty yet have a next cursor),
 /// and, followed to the end, yields every one of its jobs once.
-#[test]
-fn a_handlers_listing_pages_through_its_jobs_only() {
-    let dir = tempdir("jobs-list-for");
-    let (_ledger, store) = open(&dir);
+fn a_handlers_listing_pages_through_its_jobs_only(place: Place) {
+    let (_ledger, store) = open(&place);
     let (mine, theirs) = (key("list-mine").did, key("list-theirs").did);
     let schema = HandlerSchema::new("h", "1.0.0", key("list-p").did);
     let req = JobRequest::default();
@@ -785,6 +779,7 @@ fn a_handlers_listing_pages_through_its_jobs_only() {
     // my last 2 and the end.
     assert_eq!(pages, 4);
 }
+on_every_backend!(a_handlers_listing_pages_through_its_jobs_only);
 
 mod schedules {
     //! Recurring schedules on the store, driven by a simulated clock
@@ -839,11 +834,9 @@ mod schedules {
 
     /// A step fires at most FIRE_PER_STEP schedules; the rest fire at the
     /// next step, each once.
-    #[test]
-    fn a_step_fires_at_most_its_bound_and_the_next_step_the_rest() {
-        let dir = tempdir("sched-bound");
+    fn a_step_fires_at_most_its_bound_and_the_next_step_the_rest(place: Place) {
         let h = key("sched-bound-h").did;
-        let (_ledger, store) = open(&dir);
+        let (_ledger, store) = open(&place);
         let total = pulse_ledger::pulse::FIRE_PER_STEP + 44;
         for _ in 0..total {
             store
@@ -867,13 +860,12 @@ mod schedules {
         assert_eq!(fire(&store, T + 10_050).fired, 0);
         assert_eq!(jobs_of(&store, &h).len(), total);
     }
+    on_every_backend!(a_step_fires_at_most_its_bound_and_the_next_step_the_rest);
 
-    #[test]
-    fn each_occurrence_enqueues_exactly_once_across_restarts() {
-        let dir = tempdir("sched-once");
+    fn each_occurrence_enqueues_exactly_once_across_restarts(place: Place) {
         let h = key("sched-h").did;
         let id = {
-            let (_ledger, store) = open(&dir);
+            let (_ledger, store) = open(&place);
             let s = store
                 .create_schedule(
                     request(
@@ -906,7 +898,7 @@ mod schedules {
             s.id
         };
         // A restart: the schedule and its next occurrence are where they were.
-        let (_ledger, store) = open(&dir);
+        let (_ledger, store) = open(&place);
         assert_eq!(store.next_schedule_at(), Some(T + 10_000 + 10_000));
         assert_eq!(fire(&store, T + 10_950).fired, 0);
         assert_eq!(fire(&store, T + 20_001).fired, 1);
@@ -917,13 +909,12 @@ mod schedules {
         );
         assert_eq!(jobs_of(&store, &h).len(), 2);
     }
+    on_every_backend!(each_occurrence_enqueues_exactly_once_across_restarts);
 
-    #[test]
-    fn occurrences_missed_while_stopped_fire_once_or_not_at_all() {
-        let dir = tempdir("sched-missed");
+    fn occurrences_missed_while_stopped_fire_once_or_not_at_all(place: Place) {
         let (h, quiet) = (key("sched-missed-h").did, key("sched-quiet-h").did);
         let (once, skip) = {
-            let (_ledger, store) = open(&dir);
+            let (_ledger, store) = open(&place);
             let every = |ms| Recurrence::every(ms).unwrap();
             let once = store
                 .create_schedule(
@@ -946,7 +937,7 @@ mod schedules {
             (once.id, skip.id)
         };
         // Stopped from T+100s to T+395s.
-        let (_ledger, store) = open(&dir);
+        let (_ledger, store) = open(&place);
         let r = fire(&store, T + 395_000);
         assert_eq!(
             r.fired, 1,
@@ -970,11 +961,10 @@ mod schedules {
         // On time again: both fire.
         assert_eq!(fire(&store, T + 400_010).fired, 2);
     }
+    on_every_backend!(occurrences_missed_while_stopped_fire_once_or_not_at_all);
 
-    #[test]
-    fn overlap_skip_waits_for_the_previous_job_and_pause_fires_nothing() {
-        let dir = tempdir("sched-overlap");
-        let (_ledger, store) = open(&dir);
+    fn overlap_skip_waits_for_the_previous_job_and_pause_fires_nothing(place: Place) {
+        let (_ledger, store) = open(&place);
         let h = key("sched-overlap-h").did;
         let s = store
             .create_schedule(
@@ -1022,13 +1012,12 @@ mod schedules {
         assert_eq!(fire(&store, T + 70_000), FireReport::default());
         assert_eq!(jobs_of(&store, &h).len(), 2);
     }
+    on_every_backend!(overlap_skip_waits_for_the_previous_job_and_pause_fires_nothing);
 
     /// A daily 01:30 in New York across both daylight-saving changes: the
     /// repeated 01:30 fires once, the missing 02:30 fires at 03:00.
-    #[test]
-    fn a_time_zone_schedule_fires_once_per_local_day_across_dst_changes() {
-        let dir = tempdir("sched-dst");
-        let (_ledger, store) = open(&dir);
+    fn a_time_zone_schedule_fires_once_per_local_day_across_dst_changes(place: Place) {
+        let (_ledger, store) = open(&place);
         let h = key("sched-dst-h").did;
         let ms = |text: &str| -> u64 {
             humantime::parse_rfc3339(text)
@@ -1079,13 +1068,12 @@ mod schedules {
         let s = store.schedule(&s.id).unwrap();
         assert_eq!(s.next_at, Some(ms("2026-03-09T06:30:00Z")));
     }
+    on_every_backend!(a_time_zone_schedule_fires_once_per_local_day_across_dst_changes);
 
     /// An occurrence whose handler takes no jobs enqueues nothing and says
     /// why; the schedule goes on. Bad schedules are refused with the rule.
-    #[test]
-    fn a_revoked_handler_and_bad_schedules_are_reported_with_the_rule() {
-        let dir = tempdir("sched-revoked");
-        let (_ledger, store) = open(&dir);
+    fn a_revoked_handler_and_bad_schedules_are_reported_with_the_rule(place: Place) {
+        let (_ledger, store) = open(&place);
         let h = key("sched-revoked-h").did;
         let s = store
             .create_schedule(
@@ -1135,4 +1123,5 @@ mod schedules {
             "{e}"
         );
     }
+    on_every_backend!(a_revoked_handler_and_bad_schedules_are_reported_with_the_rule);
 }

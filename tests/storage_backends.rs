@@ -4,66 +4,22 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
+
+use common::Place;
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use pulse_ledger::storage::{
-    FjallBackend, FjallOptions, KeyRange, Order, PostgresBackend, Storage, StorageError,
-};
-
-/// Opens the backend under test; `reopen` opens the same place again.
-#[derive(Clone)]
-enum Place {
-    Fjall(std::path::PathBuf),
-    Postgres(String),
-}
-
-impl Place {
-    fn new(backend: &str, name: &str) -> Option<Place> {
-        match backend {
-            "fjall" => Some(Place::Fjall(common::tempdir(&format!("kv-{name}")))),
-            _ => common::postgres_database(&format!("kv_{name}")).map(Place::Postgres),
-        }
-    }
-
-    fn open(&self) -> Storage {
-        match self {
-            Place::Fjall(dir) => {
-                Storage::new(FjallBackend::open(&dir.join("db"), FjallOptions::default()).unwrap())
-            }
-            Place::Postgres(url) => Storage::new(PostgresBackend::open(url).unwrap()),
-        }
-    }
-}
-
-/// Runs `check` on fjall and on PostgreSQL.
-macro_rules! on_every_backend {
-    ($name:ident) => {
-        mod $name {
-            #[test]
-            fn fjall() {
-                super::$name(super::Place::new("fjall", stringify!($name)).unwrap());
-            }
-
-            #[test]
-            fn postgres() {
-                if let Some(place) = super::Place::new("postgres", stringify!($name)) {
-                    super::$name(place);
-                }
-            }
-        }
-    };
-}
+use pulse_ledger::storage::{KeyRange, Order, PostgresBackend, StorageError};
 
 fn all(entries: pulse_ledger::storage::Entries) -> Vec<(Vec<u8>, Vec<u8>)> {
     entries.collect::<Result<Vec<_>, StorageError>>().unwrap()
 }
 
-on_every_backend!(writes_are_atomic_in_order_and_per_space);
 fn writes_are_atomic_in_order_and_per_space(place: Place) {
-    let s = place.open();
+    let s = place.storage();
     let (a, b) = (s.space("alpha").unwrap(), s.space("beta").unwrap());
     let mut batch = s.batch();
     batch.insert(&a, b"k1", b"one");
@@ -97,7 +53,7 @@ fn writes_are_atomic_in_order_and_per_space(place: Place) {
     assert_eq!(a.get(b"k9").unwrap(), None);
     // Everything is there after a reopen.
     drop((a, b, s));
-    let s = place.open();
+    let s = place.storage();
     let a = s.space("alpha").unwrap();
     assert_eq!(
         all(a.iter()),
@@ -108,10 +64,10 @@ fn writes_are_atomic_in_order_and_per_space(place: Place) {
         ]
     );
 }
+on_every_backend!(writes_are_atomic_in_order_and_per_space);
 
-on_every_backend!(scans_match_an_ordered_map_across_pages);
 fn scans_match_an_ordered_map_across_pages(place: Place) {
-    let s = place.open();
+    let s = place.storage();
     let space = s.space("scan").unwrap();
     let mut model = BTreeMap::new();
     let mut batch = s.batch();
@@ -180,10 +136,10 @@ fn scans_match_an_ordered_map_across_pages(place: Place) {
     // A scan stopped early reads no further (and must not fail).
     assert_eq!(space.iter().take(3).count(), 3);
 }
+on_every_backend!(scans_match_an_ordered_map_across_pages);
 
-on_every_backend!(a_snapshot_sees_neither_later_commits_nor_part_of_one);
 fn a_snapshot_sees_neither_later_commits_nor_part_of_one(place: Place) {
-    let s = place.open();
+    let s = place.storage();
     let space = s.space("snap").unwrap();
     let mut batch = s.batch();
     for i in 0u16..300 {
@@ -227,6 +183,7 @@ fn a_snapshot_sees_neither_later_commits_nor_part_of_one(place: Place) {
         drop(s);
     });
 }
+on_every_backend!(a_snapshot_sees_neither_later_commits_nor_part_of_one);
 
 #[test]
 fn postgres_schema_is_migrated_once_and_a_newer_one_is_refused() {

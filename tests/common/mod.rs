@@ -417,3 +417,82 @@ pub fn postgres_database(name: &str) -> Option<String> {
     let (base, _) = admin.rsplit_once('/').expect("a URL ending in /DATABASE");
     Some(format!("{base}/{db}"))
 }
+
+/// Where a test keeps its log and jobs: a fjall data dir, or a fresh
+/// PostgreSQL database (with a data dir beside it for the log key).
+#[derive(Clone, Debug)]
+pub enum Place {
+    Fjall(PathBuf),
+    Postgres { dir: PathBuf, url: String },
+}
+
+impl Place {
+    /// A new place on `backend` ("fjall" or "postgres"); `None` when
+    /// PostgreSQL is not configured ([`postgres_database`]).
+    pub fn new(backend: &str, name: &str) -> Option<Place> {
+        let dir = tempdir(&format!("{name}-{backend}"));
+        match backend {
+            "fjall" => Some(Place::Fjall(dir)),
+            _ => postgres_database(name).map(|url| Place::Postgres { dir, url }),
+        }
+    }
+
+    /// The data dir (PostgreSQL: where the log key is).
+    pub fn dir(&self) -> &std::path::Path {
+        match self {
+            Place::Fjall(dir) | Place::Postgres { dir, .. } => dir,
+        }
+    }
+
+    /// The storage itself, to look under the stores (or tamper with them).
+    pub fn storage(&self) -> pulse_ledger::storage::Storage {
+        use pulse_ledger::storage::{FjallBackend, FjallOptions, PostgresBackend, Storage};
+        match self {
+            Place::Fjall(dir) => {
+                Storage::new(FjallBackend::open(&dir.join("db"), FjallOptions::default()).unwrap())
+            }
+            Place::Postgres { url, .. } => Storage::new(PostgresBackend::open(url).unwrap()),
+        }
+    }
+
+    /// Opens the ledger here with `config` (its data dir is this place's).
+    pub fn open_ledger(
+        &self,
+        mut config: pulse_ledger::ledger::LedgerConfig,
+    ) -> Result<pulse_ledger::ledger::Ledger, pulse_ledger::ledger::LedgerError> {
+        config.data_dir = self.dir().to_path_buf();
+        match self {
+            Place::Fjall(_) => pulse_ledger::ledger::Ledger::open(config),
+            Place::Postgres { dir, .. } => {
+                pulse_ledger::ledger::Ledger::open_on(self.storage(), &dir.join("log.key"), config)
+            }
+        }
+    }
+
+    /// Opens the ledger here, named `origin`.
+    pub fn ledger(&self, origin: &str) -> pulse_ledger::ledger::Ledger {
+        self.open_ledger(pulse_ledger::ledger::LedgerConfig::new(self.dir(), origin))
+            .unwrap()
+    }
+}
+
+/// Defines `mod NAME { fn fjall(); fn postgres(); }`: the test function
+/// NAME(place) run on each backend (PostgreSQL when configured).
+#[macro_export]
+macro_rules! on_every_backend {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn fjall() {
+                super::$name($crate::common::Place::new("fjall", stringify!($name)).unwrap());
+            }
+
+            #[test]
+            fn postgres() {
+                if let Some(place) = $crate::common::Place::new("postgres", stringify!($name)) {
+                    super::$name(place);
+                }
+            }
+        }
+    };
+}
