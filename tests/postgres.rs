@@ -230,3 +230,192 @@ fn a_bad_store_is_refused_before_anything_starts() {
     assert_ne!(code, 0);
     assert!(err.contains("log_key_without_store"), "{err}");
 }
+
+/// A data dir with a log, jobs (one with log lines), and a budget; the
+/// jobs' IDs and the head.
+fn filled_data_dir(dir: &Path) -> (Vec<Vec<u8>>, pulse_ledger::ledger::TreeHead, String) {
+    use pulse_ledger::ledger::{Ledger, LedgerConfig};
+    use pulse_ledger::pulse::{Budget, JobRequest, JobStore};
+    let ledger = Ledger::open(LedgerConfig::new(dir, "copy.test/log")).unwrap();
+    let p = key("copy-plugin");
+    ledger
+        .append(plugin_register(&p, "tools").envelope())
+        .unwrap();
+    let h = key("copy-handler");
+    let reg = handler_register(&h, "echo", &p.did);
+    ledger.append(reg.envelope()).unwrap();
+    for i in 0..40 {
+        ledger
+            .append(handler_register(&key(&format!("copy-{i}")), "more", &p.did).envelope())
+            .unwrap();
+    }
+    let store = JobStore::open(&ledger).unwrap();
+    let schema = match reg.statement().schema().unwrap() {
+        pulse_ledger::Schema::Handler(s) => s.clone(),
+        pulse_ledger::Schema::Plugin(_) => unreachable!(),
+    };
+    let mut ids = Vec::new();
+    for i in 0..30u8 {
+        let req = JobRequest {
+            payload: vec![i],
+            ..Default::default()
+        };
+        ids.push(
+            store
+                .enqueue(&h.did, &schema, &req, 1_000 + u64::from(i))
+                .unwrap()
+                .0
+                .id
+                .0
+                .to_vec(),
+        );
+    }
+    store
+        .set_budget(
+            Some(&h.did),
+            Budget {
+                per_hour: Some(500),
+                per_day: Some(5_000),
+            },
+        )
+        .unwrap();
+    let head = ledger.head();
+    let did = ledger.log_did().to_string();
+    ledger.close();
+    (ids, head, did)
+}
+
+#[test]
+fn store_copy_moves_a_log_and_its_jobs_to_postgres_and_back_verified() {
+    let Some(url) = common::postgres_database("copy") else {
+        return;
+    };
+    let dir = tempdir("pg-copy");
+    let (ids, head, did) = filled_data_dir(&dir.join("data"));
+    let key = dir.join("pg/log.key");
+    let (code, out, err) = pulse(&[
+        "store",
+        "copy",
+        "--from",
+        dir.join("data").to_str().unwrap(),
+        "--to",
+        &url,
+        "--log-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("copied 42 entries"), "{out}");
+    assert!(out.contains("and 30 jobs"), "{out}");
+    assert!(out.contains("equal to the source's"), "{out}");
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        std::fs::read(dir.join("data/log.key")).unwrap()
+    );
+    // The copy audits from PostgreSQL, entries and indexes.
+    let (code, out, err) = pulse(&[
+        "verify",
+        "log",
+        "--store",
+        &url,
+        "--log-key",
+        &did,
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("log ok: 42 entries"), "{out}");
+    // A target that is not empty is refused, and left as it was.
+    let (code, _, err) = pulse(&[
+        "store",
+        "copy",
+        "--from",
+        dir.join("data").to_str().unwrap(),
+        "--to",
+        &url,
+        "--log-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("target_not_empty"), "{err}");
+    // And back to a new data dir: the same head, jobs and budget.
+    let (code, out, err) = pulse(&[
+        "store",
+        "copy",
+        "--from",
+        &url,
+        "--log-key",
+        key.to_str().unwrap(),
+        "--to",
+        dir.join("back").to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["entries"], 42);
+    assert_eq!(v["copied"]["jobs"], 30);
+    use pulse_ledger::ledger::{Ledger, LedgerConfig};
+    use pulse_ledger::pulse::{JobId, JobStore};
+    let back = Ledger::open(LedgerConfig::new(dir.join("back"), "copy.test/log")).unwrap();
+    assert_eq!(back.head(), head);
+    let jobs = JobStore::open(&back).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let job = jobs.get(&JobId(id.as_slice().try_into().unwrap())).unwrap();
+        assert_eq!(job.payload, vec![i as u8]);
+    }
+    assert_eq!(
+        jobs.budget(&common::key("copy-handler").did)
+            .unwrap()
+            .per_day,
+        Some(5_000)
+    );
+    back.close();
+    // The source's key must come along: without it, nothing is copied.
+    let (code, _, err) = pulse(&[
+        "store",
+        "copy",
+        "--from",
+        &url,
+        "--to",
+        dir.join("none").to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--log-key"), "{err}");
+}
+
+#[test]
+fn store_copy_of_a_damaged_log_fails_verification_and_says_so() {
+    let Some(url) = common::postgres_database("copy_damaged") else {
+        return;
+    };
+    let dir = tempdir("pg-copy-damaged");
+    filled_data_dir(&dir.join("data"));
+    // A name index key lost from the source.
+    {
+        let storage = pulse_ledger::storage::Storage::new(
+            pulse_ledger::storage::FjallBackend::open(
+                &dir.join("data/db"),
+                pulse_ledger::storage::FjallOptions::default(),
+            )
+            .unwrap(),
+        );
+        let by_name = storage.space("by_name").unwrap();
+        let (k, _) = by_name.iter().next().unwrap().unwrap();
+        let mut b = storage.batch();
+        b.remove(&by_name, k);
+        storage.commit(b).unwrap();
+    }
+    let key = dir.join("pg/log.key");
+    let (code, out, _) = pulse(&[
+        "store",
+        "copy",
+        "--from",
+        dir.join("data").to_str().unwrap(),
+        "--to",
+        &url,
+        "--log-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not verify"), "{out}");
+    assert!(out.contains("name index"), "{out}");
+}

@@ -67,6 +67,12 @@ pub(crate) fn save_atomically(path: &Path, text: &str) -> Result<(), CliError> {
 pub(crate) enum Source {
     Server(ServerArg),
     DataDir(PathBuf),
+    /// A PostgreSQL store, and the log's key file if given (to check the
+    /// store's indexes, which needs opening it as a ledger).
+    Store {
+        url: String,
+        key_file: Option<PathBuf>,
+    },
 }
 
 /// The `verify log` options.
@@ -103,6 +109,9 @@ pub(crate) fn run(o: Options) -> Result<ExitCode, CliError> {
             threads,
         ))?,
         Source::DataDir(dir) => from_data_dir(dir, &key, earlier.as_ref(), threads)?,
+        Source::Store { url, key_file } => {
+            from_store(url, key_file.as_deref(), &key, earlier.as_ref(), threads)?
+        }
     };
     let secs = started.elapsed().as_secs_f64();
     match outcome {
@@ -325,6 +334,82 @@ fn from_data_dir(
     threads: usize,
 ) -> Result<Verdict, CliError> {
     let stored = StoredLog::open(dir).map_err(|e| CliError::Usage(e.to_string()))?;
+    from_stored(stored, key, earlier, threads, |origin| {
+        // Opening the store as a ledger needs its key file: a copy without
+        // one gets the entry audit only.
+        if !StoredLog::has_key_file(dir) {
+            eprintln!(
+                "note: {} has no log.key, so the store's indexes were not checked (the entries were)",
+                dir.display()
+            );
+            return None;
+        }
+        Some(crate::ledger::Ledger::open(
+            crate::ledger::LedgerConfig::new(dir, origin),
+        ))
+    })
+}
+
+fn from_store(
+    url: &str,
+    key_file: Option<&Path>,
+    key: &Did,
+    earlier: Option<&Checkpoint>,
+    threads: usize,
+) -> Result<Verdict, CliError> {
+    let shown = crate::storage::postgres::shown_url(url);
+    if !crate::storage::postgres::is_postgres_url(url) {
+        return Err(CliError::Usage(format!(
+            "verify log: invalid_store: {shown} is not a postgres:// URL (a data dir is --data-dir)"
+        )));
+    }
+    let usage = |e: crate::storage::StorageError| CliError::Usage(format!("{shown}: {e}"));
+    let backend = crate::storage::PostgresBackend::connect(url).map_err(usage)?;
+    match backend.stored_version().map_err(usage)? {
+        0 => {
+            return Err(CliError::Usage(format!(
+                "{shown} holds no pulse-ledger schema"
+            )));
+        }
+        v if v > crate::storage::postgres::SCHEMA_VERSION => {
+            return Err(CliError::Usage(format!(
+                "{shown}: schema_too_new: schema version {v}; this pulse-ledger knows up to {}",
+                crate::storage::postgres::SCHEMA_VERSION
+            )));
+        }
+        _ => {}
+    }
+    let storage = crate::storage::Storage::new(backend);
+    let stored = StoredLog::open_on(&storage).map_err(|e| CliError::Usage(e.to_string()))?;
+    from_stored(stored, key, earlier, threads, |origin| {
+        let Some(key_file) = key_file else {
+            eprintln!(
+                "note: no --key-file, so the store's indexes were not checked (the entries were)"
+            );
+            return None;
+        };
+        let dir = key_file.parent().unwrap_or(Path::new("."));
+        let mut config = crate::ledger::LedgerConfig::new(dir, origin);
+        config.min_free_bytes = 0;
+        Some(crate::ledger::Ledger::open_on(
+            storage.clone(),
+            key_file,
+            config,
+        ))
+    })
+}
+
+/// The entry audit of a stored log, then (when `open_ledger` can open it
+/// as a ledger) the audit of the indexes the server serves from.
+fn from_stored(
+    stored: StoredLog,
+    key: &Did,
+    earlier: Option<&Checkpoint>,
+    threads: usize,
+    open_ledger: impl FnOnce(
+        String,
+    ) -> Option<Result<crate::ledger::Ledger, crate::ledger::LedgerError>>,
+) -> Result<Verdict, CliError> {
     let cp = match verified_checkpoint(&stored.checkpoint, key) {
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
@@ -348,7 +433,7 @@ fn from_data_dir(
                 at,
                 AuditCode::SizeMismatch,
                 format!(
-                    "entry {at} is missing from the data dir, below the checkpoint's size {}",
+                    "entry {at} is missing from the store, below the checkpoint's size {}",
                     cp.size
                 ),
             )
@@ -369,22 +454,16 @@ fn from_data_dir(
     let origin = stored.origin.clone();
     drop(stored);
     // The entries are sound; now the indexes the server serves from
-    // (spec/ledger.md, "Audit"). Opening the store as a ledger needs its
-    // key file: a copy without one gets the entry audit only.
-    if !StoredLog::has_key_file(dir) {
-        eprintln!(
-            "note: {} has no log.key, so the store's indexes were not checked (the entries were)",
-            dir.display()
-        );
+    // (spec/ledger.md, "Audit").
+    let Some(ledger) = open_ledger(origin) else {
         return Ok(Ok((summary, note)));
-    }
-    let ledger = crate::ledger::Ledger::open(crate::ledger::LedgerConfig::new(dir, origin))
-        .and_then(|l| {
-            // Signatures were just verified, entry by entry.
-            let r = l.audit_structure();
-            l.close();
-            r
-        });
+    };
+    let ledger = ledger.and_then(|l| {
+        // Signatures were just verified, entry by entry.
+        let r = l.audit_structure();
+        l.close();
+        r
+    });
     if let Err(e) = ledger {
         return Ok(Err(AuditError::new(
             AuditCode::StoreIntegrity,

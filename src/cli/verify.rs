@@ -166,6 +166,8 @@ Examples:
   pulse-ledger verify log --server http://127.0.0.1:7300 --log-key log.did \\
       --since-checkpoint seen.cp --save-checkpoint seen.cp
   pulse-ledger verify log --data-dir ./pulse-ledger-data --log-key did:key:z6Mk... --json
+  pulse-ledger verify log --store postgres://pulse@db/pulse --log-key did:key:z6Mk... \\
+      --key-file /etc/pulse/log.key
 
 On a terminal a progress line (entries, rate, ETA) is shown on stderr.
 Prints `log ok: …` or `FAILED entry N: CODE: message` (spec/audit.md lists
@@ -173,7 +175,7 @@ the codes). Exit status 0 ok, 1 verification failed, 2 usage or I/O error,
 3 cannot reach the server.")]
     Log {
         /// Server URL [default: $PULSE_LEDGER_SERVER or http://127.0.0.1:7300].
-        #[arg(long, value_name = "URL", conflicts_with = "data_dir")]
+        #[arg(long, value_name = "URL", conflicts_with_all = ["data_dir", "store"])]
         server: Option<String>,
         /// Longest wait for one call to the server (500ms, 30s, 2m)
         /// [default: $PULSE_LEDGER_TIMEOUT or 30s]; exit status 3 when it
@@ -181,8 +183,16 @@ the codes). Exit status 0 ok, 1 verification failed, 2 usage or I/O error,
         #[arg(long, value_name = "DURATION", value_parser = super::deadline::parse)]
         timeout: Option<super::deadline::Deadline>,
         /// Audit a stopped server's data dir instead of a server.
-        #[arg(long, value_name = "DIR")]
+        #[arg(long, value_name = "DIR", conflicts_with = "store")]
         data_dir: Option<PathBuf>,
+        /// Audit a PostgreSQL store (postgres://USER@HOST/DB) instead of a
+        /// server; a server may be running on it.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
+        /// With --store: the log's key file (serve's --log-key), to check
+        /// the store's indexes too, not only its entries.
+        #[arg(long, value_name = "FILE", requires = "store")]
+        key_file: Option<PathBuf>,
         /// The log's key: a did:key, or a file holding one.
         #[arg(long, value_name = "DID|FILE")]
         log_key: String,
@@ -249,12 +259,18 @@ pub(crate) fn run(target: Target) -> Result<ExitCode, CliError> {
             server,
             timeout,
             data_dir,
+            store,
+            key_file,
             log_key,
             since_checkpoint,
             save_checkpoint,
             json,
         } => {
             let source = match (server, data_dir) {
+                _ if store.is_some() => super::audit::Source::Store {
+                    url: store.unwrap_or_default(),
+                    key_file,
+                },
                 (_, Some(dir)) => super::audit::Source::DataDir(dir),
                 (Some(url), None) => {
                     super::audit::Source::Server(ServerArg::new(url).with_timeout(timeout))

@@ -22,6 +22,6 @@ pub use space::{DEFAULT_LOG_RESERVE_BYTES, DEFAULT_MIN_FREE_BYTES, SpaceGuard};
 pub use store::{
     AuditReport, CHANGE_LOG_ENTRIES, ChainPage, DEFAULT_WRITE_QUEUE_DEPTH, EquivocationRecord,
     Ledger, LedgerConfig, MAX_ENTRY_RANGE, MAX_PAGE, MAX_SCAN, PendingAppend, Receipt,
-    SubjectFilter, TreeHead,
+    SubjectFilter, TreeHead, space_names,
 };
 pub use stored::StoredLog;

@@ -274,6 +274,11 @@ pub struct Ledger {
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// The names of the storage spaces the ledger keeps (for copying a store).
+pub fn space_names() -> Vec<&'static str> {
+    Ks::ALL.iter().map(|k| k.name()).collect()
+}
+
 impl Ledger {
     /// Opens (or creates) the ledger in `config.data_dir`. Start-up reads
     /// O(log n) tree nodes; it does not replay history.

@@ -351,6 +351,13 @@ fn log_seq(key: &[u8]) -> Result<u64, JobError> {
 }
 
 impl JobStore {
+    /// The names of the storage spaces the job store keeps: jobs, their
+    /// indexes and logs, budgets, spending and schedules (for copying a
+    /// store).
+    pub fn space_names() -> Vec<&'static str> {
+        KEYSPACES.iter().map(|(_, name)| *name).collect()
+    }
+
     /// Opens the job keyspaces in the ledger's database.
     ///
     /// # Errors
