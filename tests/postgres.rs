@@ -419,3 +419,180 @@ fn store_copy_of_a_damaged_log_fails_verification_and_says_so() {
     assert!(out.contains("does not verify"), "{out}");
     assert!(out.contains("name index"), "{out}");
 }
+
+/// A TCP proxy in front of PostgreSQL that a test can cut (every
+/// connection closed, new ones refused) and restore: the database
+/// unreachable or restarted, as the server sees it.
+struct Proxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, links2) = (up.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                links2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { port, up, links }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for l in self.links.lock().unwrap().drain(..) {
+            l.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Issue 23, item 7: the database goes away mid-run and comes back. While
+/// it is away, writes are refused (`unavailable`), never acknowledged;
+/// once it is back, the same server takes registrations and jobs again,
+/// reads answer, and every acknowledged write is there — no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_refuses_writes_and_the_server_resumes_when_it_returns() {
+    let Some(url) = common::postgres_database("outage") else {
+        return;
+    };
+    // postgres://USER@HOST:PORT/DB → the proxy in front of HOST:PORT.
+    let (head, db) = url.rsplit_once('/').unwrap();
+    let (user, hostport) = head
+        .trim_start_matches("postgres://")
+        .split_once('@')
+        .unwrap();
+    let proxy = Proxy::start(hostport.to_owned()).await;
+    let proxied = format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port);
+    let dir = tempdir("pg-outage");
+    let p = key("outage-plugin");
+    let pkey = key_file(&dir, &p);
+    let config = format!(
+        "plugin_health_interval_ms = 200\n{}",
+        plugin_table(
+            "tools",
+            &["--key".into(), pkey.display().to_string()],
+            &dir.join("events.log"),
+        )
+    );
+    let server = start(&dir, &proxied, &config);
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    let echo = key("outage-echo");
+    let mut acknowledged = Vec::new();
+    for a in [
+        plugin_register(&p, "tools"),
+        handler_register(&echo, "echo", &p.did),
+    ] {
+        reg.submit(proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+        acknowledged.push(a);
+    }
+    let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+    let enqueue = |payload: &str| proto::EnqueueRequest {
+        handler: echo.did.to_string(),
+        payload: payload.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let first = jobs
+        .enqueue(enqueue("before"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .id;
+    assert_eq!(finished(&mut jobs, &first, 30).await.result, b"before");
+
+    proxy.cut();
+    // Writes during the outage: refused, not acknowledged.
+    let mut refused = 0;
+    for i in 0..5 {
+        let a = handler_register(&key(&format!("outage-during-{i}")), "echo", &p.did);
+        match reg
+            .submit(proto::SubmitRequest {
+                envelope: a.envelope().to_vec(),
+            })
+            .await
+        {
+            Ok(_) => acknowledged.push(a),
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+                refused += 1;
+            }
+        }
+        match jobs.enqueue(enqueue("during")).await {
+            Ok(_) => panic!("an enqueue was acknowledged while the database was away"),
+            Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}"),
+        }
+    }
+    assert_eq!(
+        refused, 5,
+        "registrations were acknowledged with the database away"
+    );
+
+    proxy.restore();
+    // The same server takes writes again once the database is back.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let late = handler_register(&key("outage-after"), "echo", &p.did);
+    loop {
+        match reg
+            .submit(proto::SubmitRequest {
+                envelope: late.envelope().to_vec(),
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(s) => {
+                assert!(std::time::Instant::now() < until, "never resumed: {s:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    acknowledged.push(late);
+    let after = loop {
+        match jobs.enqueue(enqueue("after")).await {
+            Ok(r) => break r.into_inner().job.unwrap().id,
+            Err(s) => {
+                assert!(
+                    std::time::Instant::now() < until,
+                    "enqueue never resumed: {s:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(finished(&mut jobs, &after, 30).await.result, b"after");
+    // Everything acknowledged is in the log, which verifies.
+    let info = log_info(&mut reg).await;
+    for a in &acknowledged {
+        reg.get_subject(proto::GetSubjectRequest {
+            did: a.statement().subject.to_string(),
+        })
+        .await
+        .unwrap();
+    }
+    assert_eq!(info.size, acknowledged.len() as u64);
+    verify_log_passes(&server.url, &info.log_did);
+    server.stop();
+}

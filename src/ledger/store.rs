@@ -232,6 +232,15 @@ impl Shared {
         }
     }
 
+    /// Forgets the snapshot of a commit that failed (on a store that goes
+    /// on after one), so readers read the store itself again.
+    pub(super) fn drop_commit_snapshot(&self) {
+        self.published
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .in_commit = None;
+    }
+
     pub(super) fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
         self.ks(k)
             .get(key)

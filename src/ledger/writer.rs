@@ -235,6 +235,9 @@ pub(super) fn writer_loop(
     mut frontier: Frontier,
     max_batch: usize,
 ) {
+    // Set after a failed commit on a store that goes on after one: the
+    // next group first reads the head and the tree's edge again.
+    let mut resync = false;
     while let Ok(first) = rx.recv() {
         let mut jobs = first;
         while jobs.len() < max_batch {
@@ -264,6 +267,20 @@ pub(super) fn writer_loop(
                 let _ = j.reply.send(Err(e.clone()));
             }
             continue;
+        }
+        if resync {
+            match reread_head(shared) {
+                Ok(f) => {
+                    frontier = f;
+                    resync = false;
+                }
+                Err(e) => {
+                    for j in jobs {
+                        let _ = j.reply.send(Err(e.clone()));
+                    }
+                    continue;
+                }
+            }
         }
         let mut stage = Stage {
             shared,
@@ -326,6 +343,34 @@ pub(super) fn writer_loop(
                     let _ = job.reply.send(reply);
                 }
             }
+            Err(e) if shared.storage.survives_failed_commit() => {
+                // Whether the group was written is unknown: nothing of it
+                // is acknowledged, and the log goes on from what the store
+                // holds (a resubmission of a written entry answers as a
+                // duplicate).
+                match reread_head(shared) {
+                    Ok(f) => frontier = f,
+                    Err(_) => {
+                        // Readers take fresh snapshots, which work again
+                        // as soon as the store is back.
+                        shared.drop_commit_snapshot();
+                        resync = true;
+                    }
+                }
+                let e = LedgerError::new(
+                    LedgerErrorCode::Unavailable,
+                    format!(
+                        "the store did not confirm the commit, so nothing in it is acknowledged; submit again: {e}"
+                    ),
+                );
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let reply = match result {
+                        Err(LedgerError::Rejected(r)) => Err(LedgerError::Rejected(r)),
+                        _ => Err(e.clone()),
+                    };
+                    let _ = job.reply.send(reply);
+                }
+            }
             Err(e) => {
                 *shared.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
                 for (job, result) in jobs.into_iter().zip(results) {
@@ -339,6 +384,57 @@ pub(super) fn writer_loop(
             }
         }
     }
+}
+
+/// Reads the stored head again after a failed commit (on a store that
+/// goes on after one): the size, the tree's right edge and the signed
+/// checkpoint, which must agree as at open; then publishes it. A store
+/// that cannot be read yet answers `unavailable`; one that disagrees with
+/// its checkpoint stops the ledger (`integrity`).
+fn reread_head(shared: &Shared) -> Result<Frontier, LedgerError> {
+    let unavailable = |e: LedgerError| {
+        LedgerError::new(
+            LedgerErrorCode::Unavailable,
+            format!("the store cannot be read yet; submit again shortly: {e}"),
+        )
+    };
+    let size = match shared.get(Ks::Meta, META_SIZE).map_err(unavailable)? {
+        Some(v) => read_u64(&v)?,
+        None => 0,
+    };
+    let note = shared
+        .get(Ks::Meta, META_CHECKPOINT)
+        .map_err(unavailable)?
+        .and_then(|n| String::from_utf8(n).ok());
+    let frontier = Frontier::load(shared, size).map_err(unavailable)?;
+    let agrees = note.as_deref().and_then(|text| {
+        crate::ledger::verify_checkpoint(text, &shared.log_did)
+            .ok()
+            .filter(|cp| cp.size == size && cp.root == frontier.root())
+    });
+    let (Some(_), Some(text)) = (agrees, note) else {
+        let why = format!(
+            "after a failed commit the store holds size {size} with no signed checkpoint that matches it"
+        );
+        *shared.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
+        return Err(LedgerError::new(LedgerErrorCode::Integrity, why));
+    };
+    shared.publish(Some(TreeHead {
+        size,
+        root: frontier.root(),
+        checkpoint: text,
+    }));
+    {
+        let mut log = shared.changes.lock().unwrap_or_else(|p| p.into_inner());
+        if log.start + log.subjects.len() as u64 != size {
+            // Which subjects the unconfirmed group changed is not known
+            // here: callers of changed_since start over.
+            log.start = size;
+            log.subjects.clear();
+        }
+    }
+    shared.size_tx.send_replace(size);
+    Ok(frontier)
 }
 
 /// Writes the staged operations, the new size and a checkpoint for it in

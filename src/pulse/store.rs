@@ -162,6 +162,10 @@ pub struct JobStore {
     /// queue's head is a long run of tombstones that each scan would step
     /// over. Loaded at open; changed after each commit, under `writer`.
     queues: Mutex<Queues>,
+    /// Set when a commit failed on a store that goes on after one
+    /// (PostgreSQL): whether it was written is unknown, so the queue
+    /// indexes are read again from the store before the next write.
+    queues_stale: std::sync::atomic::AtomicBool,
     /// New jobs are refused while the disk is nearly full (the ledger's
     /// guard); reports and results of running jobs still go through.
     space: crate::ledger::SpaceGuard,
@@ -350,6 +354,32 @@ fn log_seq(key: &[u8]) -> Result<u64, JobError> {
         .ok_or_else(|| corrupt("log key"))
 }
 
+/// The queue indexes as stored: the four queue spaces, and the ready
+/// index by handler rebuilt from the ready jobs' records.
+fn load_queues(ks: &[Space]) -> Result<Queues, JobError> {
+    let mut queues = Queues::default();
+    for k in [Jk::Ready, Jk::Delayed, Jk::Running, Jk::Held] {
+        for kv in ks[k as usize].iter() {
+            let (key, _) = kv.map_err(storage)?;
+            queues.sets[k as usize].insert(key);
+        }
+    }
+    // The ready index by handler is kept in memory only: rebuilt from the
+    // ready jobs' records.
+    let ready: Vec<Vec<u8>> = queues.set(Jk::Ready).iter().cloned().collect();
+    for key in ready {
+        let id = key.get(1..17).ok_or_else(|| corrupt("ready key"))?;
+        let record = ks[Jk::Jobs as usize]
+            .get(id)
+            .map_err(storage)?
+            .ok_or_else(|| corrupt("a ready job has no record"))?;
+        let stored: Stored =
+            record_from_slice(&record).map_err(|e| corrupt(&format!("ready job: {e}")))?;
+        queues.index_ready(*stored.job.handler.public_key(), key, true);
+    }
+    Ok(queues)
+}
+
 impl JobStore {
     /// The names of the storage spaces the job store keeps: jobs, their
     /// indexes and logs, budgets, spending and schedules (for copying a
@@ -369,26 +399,7 @@ impl JobStore {
             .map(|(_, name)| db.space(name))
             .collect::<Result<Vec<_>, _>>()
             .map_err(storage)?;
-        let mut queues = Queues::default();
-        for k in [Jk::Ready, Jk::Delayed, Jk::Running, Jk::Held] {
-            for kv in ks[k as usize].iter() {
-                let (key, _) = kv.map_err(storage)?;
-                queues.sets[k as usize].insert(key);
-            }
-        }
-        // The ready index by handler is kept in memory only: rebuilt from
-        // the ready jobs' records.
-        let ready: Vec<Vec<u8>> = queues.set(Jk::Ready).iter().cloned().collect();
-        for key in ready {
-            let id = key.get(1..17).ok_or_else(|| corrupt("ready key"))?;
-            let record = ks[Jk::Jobs as usize]
-                .get(id)
-                .map_err(storage)?
-                .ok_or_else(|| corrupt("a ready job has no record"))?;
-            let stored: Stored =
-                record_from_slice(&record).map_err(|e| corrupt(&format!("ready job: {e}")))?;
-            queues.index_ready(*stored.job.handler.public_key(), key, true);
-        }
+        let queues = load_queues(&ks)?;
         let newest = match ks[Jk::Jobs as usize].last_key_value().map_err(storage)? {
             Some((key, _)) => Some(JobId(
                 key.as_slice()
@@ -402,6 +413,7 @@ impl JobStore {
             ks,
             writer: Mutex::new(IdSource::after(newest)),
             queues: Mutex::new(queues),
+            queues_stale: std::sync::atomic::AtomicBool::new(false),
             space: ledger.space_guard().clone(),
             due: Mutex::default(),
             counters: std::sync::Arc::default(),
@@ -459,10 +471,15 @@ impl JobStore {
 
     /// The writer lock, and the ID source under it.
     pub(super) fn writer(&self) -> std::sync::MutexGuard<'_, IdSource> {
-        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+        let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.queues_stale.load(std::sync::atomic::Ordering::Acquire) {
+            self.reload_queues();
+        }
+        guard
     }
 
-    /// Commits a batch of job transitions, timed for the metrics.
+    /// Commits a batch of job transitions, timed for the metrics. The
+    /// caller holds the writer lock.
     pub(super) fn commit(&self, batch: WriteBatch) -> Result<(), crate::storage::StorageError> {
         let span = crate::timeline::span("jobs_commit");
         let ops = batch.len() as u64;
@@ -470,7 +487,29 @@ impl JobStore {
         let r = self.storage.commit(batch);
         self.counters.commit.observe(started.elapsed());
         crate::timeline::end(span, &[("ops", ops)]);
+        if r.is_err() && self.storage.survives_failed_commit() {
+            // The batch may have been written all the same: the indexes in
+            // memory follow the store, not the answer.
+            self.queues_stale
+                .store(true, std::sync::atomic::Ordering::Release);
+            self.reload_queues();
+        }
         r
+    }
+
+    /// Reads the queue indexes again from the store (under the writer
+    /// lock). If the store cannot be read, they stay marked stale and the
+    /// next writer tries again.
+    fn reload_queues(&self) {
+        match load_queues(&self.ks) {
+            Ok(q) => {
+                *self.queues() = q;
+                self.queues_stale
+                    .store(false, std::sync::atomic::Ordering::Release);
+                tracing::info!("job queue indexes read again from the store after a failed commit");
+            }
+            Err(e) => tracing::warn!(error = %e, "job queue indexes not read again yet"),
+        }
     }
 
     /// Logs committed transitions and counts them.

@@ -148,6 +148,15 @@ pub trait Backend: ReadView {
 
     /// The engine's name, for logs and `--help` ("fjall", "postgres").
     fn engine(&self) -> &'static str;
+
+    /// Whether the stores may go on writing after a failed commit. A
+    /// database server's state is whatever it committed, so a writer reads
+    /// it again and goes on once the server is back (PostgreSQL). After a
+    /// failed journal write fjall's state in memory is unknown, so the
+    /// stores stop writing until they are reopened (the default).
+    fn survives_failed_commit(&self) -> bool {
+        false
+    }
 }
 
 /// Longest key any backend stores (fjall's limit).
@@ -210,6 +219,11 @@ impl Storage {
     /// See [`Backend::engine`].
     pub fn engine(&self) -> &'static str {
         self.0.engine()
+    }
+
+    /// See [`Backend::survives_failed_commit`].
+    pub fn survives_failed_commit(&self) -> bool {
+        self.0.survives_failed_commit()
     }
 }
 

@@ -43,6 +43,8 @@ pub struct PostgresBackend {
     shown: String,
     /// The connection that holds the single-server lock, while held.
     holder: std::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>,
+    /// Whether this process must hold that lock to write.
+    locked: std::sync::atomic::AtomicBool,
 }
 
 /// Whether `text` names a PostgreSQL database (`postgres://` or
@@ -135,6 +137,7 @@ impl PostgresBackend {
             spaces: RwLock::default(),
             shown,
             holder: std::sync::Mutex::new(None),
+            locked: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -224,6 +227,14 @@ impl PostgresBackend {
     /// # Errors
     /// `store_in_use`, or `unavailable`.
     pub fn lock_single_server(&self) -> Result<(), StorageError> {
+        self.locked
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.take_server_lock()
+    }
+
+    /// Takes the server lock on a connection of its own, kept out of the
+    /// pool.
+    fn take_server_lock(&self) -> Result<(), StorageError> {
         let shown = self.shown.clone();
         let conn = self.run(move |conn| async move {
             let got: bool = conn
@@ -240,6 +251,28 @@ impl PostgresBackend {
             Ok(Object::take(conn))
         })?;
         *self.holder.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+        Ok(())
+    }
+
+    /// Before a write: if the lock's connection broke (the database
+    /// restarted, the network failed), the lock went with it; take it
+    /// again, or refuse the write (`store_in_use` if another server took
+    /// it meanwhile, `unavailable` if the database is still away).
+    fn hold_server_lock(&self) -> Result<(), StorageError> {
+        if !self.locked.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        let lost = self
+            .holder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|c| c.is_closed());
+        if lost {
+            tracing::warn!(store = %self.shown, "the server lock's connection closed: taking the lock again");
+            drop(self.holder.lock().unwrap_or_else(|p| p.into_inner()).take());
+            self.take_server_lock()?;
+        }
         Ok(())
     }
 
@@ -542,6 +575,7 @@ impl Backend for PostgresBackend {
         if batch.is_empty() {
             return Ok(());
         }
+        self.hold_server_lock()?;
         // The last write to each key wins, as the batch's order says; what
         // is left puts and deletes disjoint keys, so their order in the
         // transaction does not matter.
@@ -601,6 +635,10 @@ impl Backend for PostgresBackend {
 
     fn engine(&self) -> &'static str {
         "postgres"
+    }
+
+    fn survives_failed_commit(&self) -> bool {
+        true
     }
 }
 
