@@ -89,6 +89,9 @@ const TERMINAL: [&str; 4] = ["succeeded", "dead", "cancelled", "failed"];
 struct Fixture {
     dir: std::path::PathBuf,
     config: String,
+    /// A PostgreSQL store (the database stays up across the kills), or
+    /// the data dir's fjall database.
+    store: Option<String>,
     log_did: Option<String>,
     attempt_handler: Did,
     cost_handler: Did,
@@ -96,7 +99,13 @@ struct Fixture {
 
 impl Fixture {
     fn start(&self) -> Serve {
-        Serve::start(&["--config", &self.config], &self.dir.join("data"))
+        match &self.store {
+            Some(url) => Serve::start(
+                &["--config", &self.config, "--store", url],
+                &self.dir.join("data"),
+            ),
+            None => Serve::start(&["--config", &self.config], &self.dir.join("data")),
+        }
     }
 }
 
@@ -354,6 +363,19 @@ async fn check(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_breaks_no_rule() {
+    crash_suite("crash", None).await;
+}
+
+/// The same suite with the log and the jobs on PostgreSQL: `serve` is
+/// SIGKILLed, the database stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_sigkill_at_random_moments_loses_nothing_acknowledged_and_breaks_no_rule() {
+    if let Some(url) = common::postgres_database("crash") {
+        crash_suite("crash-pg", Some(url)).await;
+    }
+}
+
+async fn crash_suite(name: &str, store: Option<String>) {
     let cycles: u64 = std::env::var("PULSE_CRASH_CYCLES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -370,7 +392,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_breaks_no_rule
         });
     eprintln!("crash suite: {cycles} cycles, PULSE_CRASH_SEED={seed}");
     let mut rng = Rng(seed);
-    let dir = tempdir("crash");
+    let dir = tempdir(name);
     let events = dir.join("events.log");
     let (p, a, c) = (key("crash-plugin"), key("crash-attempt"), key("crash-cost"));
     let config = dir.join("pulse.toml");
@@ -387,6 +409,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged_and_breaks_no_rule
     let mut fx = Fixture {
         dir: dir.clone(),
         config: config.display().to_string(),
+        store,
         log_did: None,
         attempt_handler: a.did.clone(),
         cost_handler: c.did.clone(),

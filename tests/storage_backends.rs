@@ -232,3 +232,38 @@ fn an_unreachable_postgres_is_unavailable_not_a_panic() {
         .expect("refused");
     assert!(err.to_string().contains("not a PostgreSQL URL"), "{err}");
 }
+
+/// Blocking reads from inside an async task (as the server's start-up
+/// does) keep working past tokio's cooperative budget (128 polls a
+/// task): the PostgreSQL backend once spun for ever on the 129th.
+fn blocking_reads_inside_an_async_task_finish(place: Place) {
+    let s = place.storage();
+    let space = s.space("coop").unwrap();
+    let mut batch = s.batch();
+    for i in 0u16..600 {
+        batch.insert(&space, i.to_be_bytes(), b"v");
+    }
+    s.commit(batch).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let n = rt.block_on(async move {
+            let mut n = 0;
+            for i in 0u16..600 {
+                n += usize::from(space.get(i.to_be_bytes()).unwrap().is_some());
+            }
+            n += all(space.iter()).len();
+            n
+        });
+        let _ = tx.send(n);
+    });
+    let n = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("blocking reads in an async task never finished");
+    assert_eq!(n, 1200);
+}
+on_every_backend!(blocking_reads_inside_an_async_task_finish);

@@ -128,6 +128,13 @@ pub(crate) struct Args {
     /// machines CI runs on are too noisy for it.
     #[arg(long)]
     check: bool,
+    /// Also measure every figure with the spawned server on this
+    /// PostgreSQL database (postgres://USER@HOST/DB), in the same sitting,
+    /// and print each next to the fjall one (ratio PostgreSQL ÷ fjall).
+    /// The database must hold no pulse-ledger data: the bench empties it
+    /// after each run.
+    #[arg(long, value_name = "URL", conflicts_with = "server")]
+    store: Option<String>,
     /// Print the table as JSON.
     #[arg(long)]
     json: bool,
@@ -170,6 +177,7 @@ pub(super) fn spawn_server(
     dir: &Path,
     plugins: &str,
     timeline: Option<&Path>,
+    store: Option<&str>,
 ) -> Result<(Spawned, String), CliError> {
     let me = std::env::current_exe().map_err(|e| failed("this binary")(e.to_string()))?;
     let config = format!("max_running = {IN_FLIGHT}\n{plugins}");
@@ -181,11 +189,16 @@ pub(super) fn spawn_server(
     } else {
         cmd.arg("serve");
     }
-    let mut child = cmd
-        .args(["--listen", "127.0.0.1:0", "--config"])
+    cmd.args(["--listen", "127.0.0.1:0", "--config"])
         .arg(&path)
         .arg("--data-dir")
-        .arg(dir.join("data"))
+        .arg(dir.join("data"));
+    if let Some(url) = store {
+        cmd.args(["--store", url])
+            .arg("--log-key")
+            .arg(dir.join("postgres-log.key"));
+    }
+    let mut child = cmd
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()
@@ -210,14 +223,36 @@ pub(crate) fn run(a: Args) -> Result<ExitCode, CliError> {
     let dir = std::env::temp_dir().join(format!("pulse-ledger-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(super::files::io(&dir))?;
+    let postgres = a.store.as_deref().map(bench_database).transpose()?;
     let mut runs = Vec::new();
+    let mut on_postgres = Vec::new();
     for run in 0..a.runs {
         eprintln!("bench: run {} of {}", run + 1, a.runs);
         let scratch = dir.join(format!("run-{run}"));
         std::fs::create_dir_all(&scratch).map_err(super::files::io(&scratch))?;
         // The peer is slow: it runs once, in the first run.
-        match measure(&a, &scratch, run == 0) {
-            Ok(t) => runs.push(t),
+        let measured = measure(&a, &scratch, run == 0, None).and_then(|fjall| {
+            let (Some(url), Some(db)) = (a.store.as_deref(), postgres.as_ref()) else {
+                return Ok((fjall, None));
+            };
+            eprintln!("bench: run {} of {}, on PostgreSQL", run + 1, a.runs);
+            let pg_scratch = dir.join(format!("run-{run}-postgres"));
+            std::fs::create_dir_all(&pg_scratch).map_err(super::files::io(&pg_scratch))?;
+            let pg = measure(&a, &pg_scratch, false, Some(url));
+            // Empty again for the next run, whatever happened.
+            let emptied = db
+                .delete_all()
+                .map_err(|e| failed("--store")(e.to_string()));
+            let pg = pg?;
+            emptied?;
+            let versus = pg.versus(&fjall, "fjall");
+            Ok((fjall, Some(versus)))
+        });
+        match measured {
+            Ok((t, pg)) => {
+                runs.push(t);
+                on_postgres.extend(pg);
+            }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
@@ -226,6 +261,7 @@ pub(crate) fn run(a: Args) -> Result<ExitCode, CliError> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     let table = Table::median(&runs);
+    let pg_table = (!on_postgres.is_empty()).then(|| Table::median(&on_postgres));
     let run = json!({
         "cores": crate::audit::available_threads(), "jobs": a.jobs,
         "registrations": a.registrations, "latency_secs": a.latency_secs, "runs": a.runs,
@@ -234,9 +270,23 @@ pub(crate) fn run(a: Args) -> Result<ExitCode, CliError> {
         "seconds": started.elapsed().as_secs_f64(),
     });
     if a.json {
-        println!("{}", table.json(run));
+        let mut out = table.json(run.clone());
+        if let Some(pg) = &pg_table {
+            out["postgres"] = pg.json(run);
+        }
+        println!("{out}");
     } else {
         print!("{}", table.text());
+        if let Some(pg) = &pg_table {
+            println!(
+                "\non PostgreSQL ({}), same sitting; ratio: PostgreSQL ÷ fjall, each run's own",
+                a.store
+                    .as_deref()
+                    .map(crate::storage::postgres::shown_url)
+                    .unwrap_or_default()
+            );
+            print!("{}", pg.text());
+        }
         println!(
             "(median of {} runs, {:.0} s, {} cores)",
             a.runs,
@@ -259,6 +309,27 @@ pub(crate) fn run(a: Args) -> Result<ExitCode, CliError> {
         eprintln!("bench --check: every target met");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The bench's PostgreSQL database: migrated, and empty (the bench
+/// deletes its data after each run, so it must not hold anyone's).
+fn bench_database(url: &str) -> Result<crate::storage::PostgresBackend, CliError> {
+    let fail = |e: crate::storage::StorageError| failed("--store")(e.to_string());
+    if !crate::storage::postgres::is_postgres_url(url) {
+        return Err(failed("--store")(format!(
+            "{}: not a postgres:// URL",
+            crate::storage::postgres::shown_url(url)
+        )));
+    }
+    let db = crate::storage::PostgresBackend::connect(url).map_err(fail)?;
+    db.migrate().map_err(fail)?;
+    if !db.is_empty().map_err(fail)? {
+        return Err(failed("--store")(format!(
+            "{} holds pulse-ledger data; give an empty database (the bench deletes what it writes after each run)",
+            db.url()
+        )));
+    }
+    Ok(db)
 }
 
 /// Runs the Python SDK's bench script against this build: its lines go to
@@ -399,7 +470,7 @@ fn ceiling(a: &Args, label: &str) -> String {
     }
 }
 
-fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
+fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result<Table, CliError> {
     let mut t = Table::default();
     eprintln!("bench: ceilings…");
     t.add(
@@ -481,6 +552,7 @@ fn measure(a: &Args, dir: &Path, with_peer: bool) -> Result<Table, CliError> {
                     dir,
                     &spawned_plugin(&plugin_bin, &key_path),
                     a.trace.as_deref(),
+                    store,
                 )?;
                 (Some(s), u)
             }
@@ -824,6 +896,7 @@ mod tests {
             trace: None,
             check: false,
             python: "python3".into(),
+            store: None,
             json: false,
             yes: false,
         }

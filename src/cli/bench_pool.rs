@@ -30,7 +30,7 @@ pub(super) async fn measure(
     plugin: (&SigningKey, &Did),
     jobs: usize,
 ) -> Result<(), CliError> {
-    let (_server, url) = spawn_server(dir, "", None)?;
+    let (_server, url) = spawn_server(dir, "", None, None)?;
     let channel = Channel::from_shared(url.clone())
         .map_err(|e| failed("server URL")(e.to_string()))?
         .connect()

@@ -112,6 +112,22 @@ impl Table {
         out
     }
 
+    /// This run's figures beside another run's (another backend, the same
+    /// sitting): each row's ratio is its value ÷ the same row of `base`,
+    /// named `of`. Rows `base` lacks have no ratio.
+    pub fn versus(&self, base: &Table, of: &'static str) -> Table {
+        Table {
+            rows: self
+                .rows
+                .iter()
+                .map(|r| Row {
+                    ratio: base.value(r.key).map(|b| (of, r.value / b)),
+                    ..r.clone()
+                })
+                .collect(),
+        }
+    }
+
     /// A row's value.
     pub fn value(&self, key: &str) -> Option<f64> {
         self.rows.iter().find(|r| r.key == key).map(|r| r.value)

@@ -37,7 +37,12 @@ pub(crate) fn wait<F: std::future::Future>(f: F) -> F::Output {
     }
     let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
+    // Outside tokio's cooperative budget: called from a runtime thread
+    // (a blocking read inside an async fn), a tokio future polled after
+    // the task's budget is spent answers Pending and wakes at once, and
+    // this loop would spin for ever (the budget only refills when the
+    // task yields, which a blocking wait never does).
+    let mut f = std::pin::pin!(tokio::task::unconstrained(f));
     loop {
         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
             return v;

@@ -298,6 +298,19 @@ impl PostgresBackend {
         })
     }
 
+    /// Deletes every key of every space: for a database that holds only
+    /// what a bench wrote (`bench --store` checks it is empty first).
+    ///
+    /// # Errors
+    /// `unavailable`.
+    pub fn delete_all(&self) -> Result<(), StorageError> {
+        self.run(|conn| async move {
+            conn.batch_execute("TRUNCATE pulse_kv")
+                .await
+                .map_err(|e| query_error("delete", &e))
+        })
+    }
+
     /// Whether no space holds any key: a `store copy` target must be.
     ///
     /// # Errors
