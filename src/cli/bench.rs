@@ -800,7 +800,9 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
                 }
             }
         }
-        if a.server.is_none() {
+        // The pool figures spawn servers of their own on a data dir: not
+        // repeated for a PostgreSQL run.
+        if a.server.is_none() && store.is_none() {
             let pool = dir.join("pool");
             std::fs::create_dir_all(&pool).map_err(super::files::io(&pool))?;
             super::bench_pool::measure(

@@ -8,6 +8,7 @@
 //! task there, and the caller parks until it ends (as for a fjall read
 //! that waits on the disk). Connections come from a bounded pool.
 
+mod cache;
 mod schema;
 
 use std::collections::{HashMap, VecDeque};
@@ -45,6 +46,9 @@ pub struct PostgresBackend {
     holder: std::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>,
     /// Whether this process must hold that lock to write.
     locked: std::sync::atomic::AtomicBool,
+    /// Current values this server wrote or read, while it holds the
+    /// server lock (nothing else writes then).
+    cache: cache::ValueCache,
 }
 
 /// Whether `text` names a PostgreSQL database (`postgres://` or
@@ -138,6 +142,7 @@ impl PostgresBackend {
             shown,
             holder: std::sync::Mutex::new(None),
             locked: std::sync::atomic::AtomicBool::new(false),
+            cache: cache::ValueCache::default(),
         })
     }
 
@@ -497,10 +502,24 @@ async fn get_with(
 
 impl ReadView for PostgresBackend {
     fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        run_on(
+        // Only while this server holds the database: then nothing else
+        // writes it.
+        if !self.locked.load(std::sync::atomic::Ordering::Acquire) {
+            return run_on(
+                &self.handle,
+                get_with(Source::Pool(self.pool.clone()), space, key.to_vec()),
+            );
+        }
+        let ticket = match self.cache.get(space, key) {
+            Ok(v) => return Ok(v),
+            Err(t) => t,
+        };
+        let v = run_on(
             &self.handle,
             get_with(Source::Pool(self.pool.clone()), space, key.to_vec()),
-        )
+        )?;
+        self.cache.keep(ticket, space, key.to_vec(), v.clone());
+        Ok(v)
     }
 
     fn scan(&self, space: SpaceId, range: KeyRange, order: Order) -> Entries {
@@ -614,36 +633,45 @@ impl Backend for PostgresBackend {
                 }
             }
         }
-        self.run(move |mut conn| async move {
-            let fail = |e: tokio_postgres::Error| query_error("commit", &e);
-            let tx = conn.transaction().await.map_err(fail)?;
-            if !del_keys.is_empty() {
-                let stmt = tx
-                    .prepare_cached(
-                        "DELETE FROM pulse_kv WHERE (space, key) IN
-                         (SELECT * FROM unnest($1::int2[], $2::bytea[]))",
-                    )
-                    .await
-                    .map_err(fail)?;
-                tx.execute(&stmt, &[&del_spaces, &del_keys])
-                    .await
-                    .map_err(fail)?;
-            }
-            if !put_keys.is_empty() {
-                let stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO pulse_kv (space, key, value)
-                         SELECT * FROM unnest($1::int2[], $2::bytea[], $3::bytea[])
-                         ON CONFLICT (space, key) DO UPDATE SET value = excluded.value",
-                    )
-                    .await
-                    .map_err(fail)?;
-                tx.execute(&stmt, &[&put_spaces, &put_keys, &put_values])
-                    .await
-                    .map_err(fail)?;
-            }
-            tx.commit().await.map_err(fail)
-        })
+        let writes: Vec<((SpaceId, Vec<u8>), Option<Vec<u8>>)> = put_spaces
+            .iter()
+            .zip(&put_keys)
+            .zip(&put_values)
+            .map(|((sp, k), v)| ((SpaceId(*sp as u16), k.clone()), Some(v.clone())))
+            .chain(
+                del_spaces
+                    .iter()
+                    .zip(&del_keys)
+                    .map(|(sp, k)| ((SpaceId(*sp as u16), k.clone()), None)),
+            )
+            .collect();
+        self.cache.begin();
+        // One statement, so one round trip: a statement is its own
+        // transaction (all or nothing), committed with the server's
+        // synchronous commit before the answer comes back.
+        let result = self.run(move |conn| async move {
+            let stmt = conn
+                .prepare_cached(
+                    "WITH deleted AS (
+                         DELETE FROM pulse_kv WHERE (space, key) IN
+                         (SELECT * FROM unnest($1::int2[], $2::bytea[]))
+                     )
+                     INSERT INTO pulse_kv (space, key, value)
+                     SELECT * FROM unnest($3::int2[], $4::bytea[], $5::bytea[])
+                     ON CONFLICT (space, key) DO UPDATE SET value = excluded.value",
+                )
+                .await
+                .map_err(|e| query_error("commit", &e))?;
+            conn.execute(
+                &stmt,
+                &[&del_spaces, &del_keys, &put_spaces, &put_keys, &put_values],
+            )
+            .await
+            .map_err(|e| query_error("commit", &e))?;
+            Ok(())
+        });
+        self.cache.end(result.is_ok().then_some(writes));
+        result
     }
 
     fn engine(&self) -> &'static str {
