@@ -764,7 +764,7 @@ impl Ledger {
     /// # Errors
     /// `index_out_of_range` or `size_out_of_range`.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
-        self.view()?.inclusion_proof(index, size)
+        self.tree().inclusion_proof(index, size)
     }
 
     /// The log index of attestation `id` and its audit path in the tree of
@@ -786,7 +786,7 @@ impl Ledger {
     /// # Errors
     /// `size_out_of_range`.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LedgerError> {
-        self.view()?.consistency_proof(old, new)
+        self.tree().consistency_proof(old, new)
     }
 
     /// The root of the tree of `size` entries (≤ the signed size).
@@ -794,7 +794,14 @@ impl Ledger {
     /// # Errors
     /// `size_out_of_range`.
     pub fn root_at(&self, size: u64) -> Result<Hash, LedgerError> {
-        self.view()?.root_at(size)
+        self.tree().root_at(size)
+    }
+
+    fn tree(&self) -> super::view::TreeView<'_> {
+        super::view::TreeView {
+            shared: &self.shared,
+            head: self.shared.head(),
+        }
     }
 
     fn view(&self) -> Result<View<'_>, LedgerError> {

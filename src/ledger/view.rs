@@ -300,16 +300,6 @@ impl View<'_> {
         Ok((index, self.inclusion_proof(index, size)?))
     }
 
-    pub(super) fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LedgerError> {
-        self.check_size(new)?;
-        merkle::consistency_proof(self, old, new)
-    }
-
-    pub(super) fn root_at(&self, size: u64) -> Result<Hash, LedgerError> {
-        self.check_size(size)?;
-        merkle::subtree_root(self, 0, size)
-    }
-
     pub(super) fn check_size(&self, size: u64) -> Result<(), LedgerError> {
         let current = self.head.size;
         if size > current {
@@ -336,8 +326,53 @@ impl View<'_> {
 }
 
 impl NodeSource for View<'_> {
+    /// Read from the store itself, not the snapshot: a node is written
+    /// once, when its subtree is complete, and never changed, and the
+    /// proofs ask only for nodes within the view's head.
     fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
-        stored_node(self.get(Ks::Nodes, &node_key(level, index))?, level, index)
+        stored_node(self.shared.get(Ks::Nodes, &node_key(level, index))?, level, index)
+    }
+}
+
+/// The tree at the published head, for proofs: tree nodes never change
+/// once written, so these need no snapshot (on PostgreSQL a snapshot is a
+/// transaction of its own).
+pub(super) struct TreeView<'a> {
+    pub(super) shared: &'a Shared,
+    pub(super) head: TreeHead,
+}
+
+impl TreeView<'_> {
+    fn check_size(&self, size: u64) -> Result<(), LedgerError> {
+        let current = self.head.size;
+        if size > current {
+            return Err(LedgerError::new(
+                LedgerErrorCode::SizeOutOfRange,
+                format!("tree size {size} is beyond the log's size {current}"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(super) fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.check_size(size)?;
+        merkle::inclusion_proof(self, index, size)
+    }
+
+    pub(super) fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.check_size(new)?;
+        merkle::consistency_proof(self, old, new)
+    }
+
+    pub(super) fn root_at(&self, size: u64) -> Result<Hash, LedgerError> {
+        self.check_size(size)?;
+        merkle::subtree_root(self, 0, size)
+    }
+}
+
+impl NodeSource for TreeView<'_> {
+    fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
+        stored_node(self.shared.get(Ks::Nodes, &node_key(level, index))?, level, index)
     }
 }
 

@@ -123,6 +123,15 @@ pub trait ReadView: Send + Sync {
     /// The entries whose keys are in `range`, in `order` (keys compare as
     /// unsigned bytes, shorter first on a common prefix).
     fn scan(&self, space: SpaceId, range: KeyRange, order: Order) -> Entries;
+
+    /// The values of several keys, in order: one round trip on a database
+    /// server, where one [`ReadView::get`] each would cost one each.
+    ///
+    /// # Errors
+    /// When the storage cannot be read.
+    fn get_many(&self, keys: &[(SpaceId, Vec<u8>)]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        keys.iter().map(|(s, k)| self.get(*s, k)).collect()
+    }
 }
 
 /// A storage engine under the ledger and the job store.
@@ -194,6 +203,16 @@ impl Storage {
     /// As there.
     pub fn snapshot(&self) -> Result<Snapshot, StorageError> {
         self.0.snapshot()
+    }
+
+    /// The values of several keys of any spaces, in order (one round trip
+    /// on PostgreSQL).
+    ///
+    /// # Errors
+    /// When the storage cannot be read.
+    pub fn get_many(&self, keys: &[(&Space, &[u8])]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let keys: Vec<(SpaceId, Vec<u8>)> = keys.iter().map(|(s, k)| (s.id, k.to_vec())).collect();
+        self.0.get_many(&keys)
     }
 
     /// A new, empty batch.

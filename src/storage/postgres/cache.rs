@@ -71,6 +71,21 @@ impl ValueCache {
         insert(&mut inner, (space, key), value);
     }
 
+    /// [`ValueCache::keep`] for several values read together.
+    pub(super) fn keep_all(
+        &self,
+        ticket: ReadTicket,
+        values: Vec<((SpaceId, Vec<u8>), Option<Vec<u8>>)>,
+    ) {
+        let mut inner = self.inner();
+        if inner.generation != ticket.0 || inner.in_flight > 0 {
+            return;
+        }
+        for (k, v) in values {
+            insert(&mut inner, k, v);
+        }
+    }
+
     /// A commit begins: reads from now on are not kept until it ends.
     pub(super) fn begin(&self) {
         let mut inner = self.inner();

@@ -522,6 +522,62 @@ impl ReadView for PostgresBackend {
         Ok(v)
     }
 
+    fn get_many(&self, keys: &[(SpaceId, Vec<u8>)]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let cached = self.locked.load(std::sync::atomic::Ordering::Acquire);
+        let mut out: Vec<Option<Option<Vec<u8>>>> = vec![None; keys.len()];
+        let mut tickets = Vec::new();
+        let mut missing: Vec<usize> = Vec::new();
+        for (i, (space, key)) in keys.iter().enumerate() {
+            if cached {
+                match self.cache.get(*space, key) {
+                    Ok(v) => {
+                        out[i] = Some(v);
+                        continue;
+                    }
+                    Err(t) => tickets.push(t),
+                }
+            }
+            missing.push(i);
+        }
+        if !missing.is_empty() {
+            let spaces: Vec<i16> = missing.iter().map(|&i| space_param(keys[i].0)).collect();
+            let wanted: Vec<Vec<u8>> = missing.iter().map(|&i| keys[i].1.clone()).collect();
+            let found: Vec<(i64, Vec<u8>)> = self.run(move |conn| async move {
+                let stmt = conn
+                    .prepare_cached(
+                        "SELECT k.i, p.value
+                         FROM unnest($1::int2[], $2::bytea[]) WITH ORDINALITY AS k(space, key, i)
+                         JOIN pulse_kv p ON p.space = k.space AND p.key = k.key",
+                    )
+                    .await
+                    .map_err(|e| query_error("read", &e))?;
+                let rows = conn
+                    .query(&stmt, &[&spaces, &wanted])
+                    .await
+                    .map_err(|e| query_error("read", &e))?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+            })?;
+            for &i in &missing {
+                out[i] = Some(None);
+            }
+            for (ordinal, value) in found {
+                // Ordinals count from 1 over the missing keys.
+                if let Some(&i) = usize::try_from(ordinal - 1).ok().and_then(|o| missing.get(o)) {
+                    out[i] = Some(Some(value));
+                }
+            }
+            // One ticket covers the read: taken before it, as for get.
+            if let Some(ticket) = tickets.into_iter().next() {
+                let kept: Vec<_> = missing
+                    .iter()
+                    .map(|&i| ((keys[i].0, keys[i].1.clone()), out[i].clone().flatten()))
+                    .collect();
+                self.cache.keep_all(ticket, kept);
+            }
+        }
+        Ok(out.into_iter().map(Option::flatten).collect())
+    }
+
     fn scan(&self, space: SpaceId, range: KeyRange, order: Order) -> Entries {
         Box::new(Scan {
             handle: self.handle.clone(),
