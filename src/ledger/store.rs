@@ -164,6 +164,9 @@ pub(super) struct Published {
     /// exactly the state at `head`. Holding no snapshot between commits
     /// lets fjall drop old versions of everything (the job store's too).
     pub(super) in_commit: Option<Snapshot>,
+    /// Counts the writer's commits begun and heads published: a read that
+    /// saw no change of it saw exactly the head's state.
+    pub(super) generation: u64,
 }
 
 /// Subjects of the most recent entries, oldest first: `subjects[i]` is
@@ -195,6 +198,21 @@ impl Shared {
     /// (under the write lock) before writing anything, so a snapshot
     /// taken under the read lock with no commit in flight is exactly the
     /// head's state.
+    /// The published head, the snapshot of a commit in flight if there is
+    /// one, and the generation (see [`Published::generation`]).
+    pub(super) fn optimistic_read_point(&self) -> (TreeHead, Option<Snapshot>, u64) {
+        let p = self.published.read().unwrap_or_else(|p| p.into_inner());
+        (p.head.clone(), p.in_commit.clone(), p.generation)
+    }
+
+    /// See [`Published::generation`].
+    pub(super) fn generation(&self) -> u64 {
+        self.published
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation
+    }
+
     pub(super) fn read_point(&self) -> Result<(TreeHead, Snapshot), LedgerError> {
         let p = self.published.read().unwrap_or_else(|p| p.into_inner());
         let snap = match &p.in_commit {
@@ -214,10 +232,9 @@ impl Shared {
             .storage
             .snapshot()
             .map_err(|e| LedgerError::storage("snapshot", e))?;
-        self.published
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .in_commit = Some(snap);
+        let mut p = self.published.write().unwrap_or_else(|p| p.into_inner());
+        p.in_commit = Some(snap);
+        p.generation += 1;
         Ok(())
     }
 
@@ -229,16 +246,16 @@ impl Shared {
         if let Some(head) = head {
             p.head = head;
             p.in_commit = None;
+            p.generation += 1;
         }
     }
 
     /// Forgets the snapshot of a commit that failed (on a store that goes
     /// on after one), so readers read the store itself again.
     pub(super) fn drop_commit_snapshot(&self) {
-        self.published
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .in_commit = None;
+        let mut p = self.published.write().unwrap_or_else(|p| p.into_inner());
+        p.in_commit = None;
+        p.generation += 1;
     }
 
     pub(super) fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
@@ -367,6 +384,7 @@ impl Ledger {
                 checkpoint: String::new(),
             },
             in_commit: None,
+            generation: 0,
         };
         let shared = Arc::new(Shared {
             storage,
@@ -636,7 +654,7 @@ impl Ledger {
     /// # Errors
     /// `index_out_of_range` beyond the signed tree size.
     pub fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
-        self.view()?.entry(index)
+        self.read(|v| v.entry(index))
     }
 
     /// Entries `start .. end` (end capped at the tree size and at
@@ -645,7 +663,7 @@ impl Ledger {
     /// # Errors
     /// `index_out_of_range` if `start` is beyond the tree size.
     pub fn entries(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
-        self.view()?.entries(start, end)
+        self.read(|v| v.entries(start, end))
     }
 
     /// [`Self::entries`], but stopping before the entry that would take
@@ -661,7 +679,7 @@ impl Ledger {
         end: u64,
         max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
-        self.view()?.entries_within(start, end, max_bytes)
+        self.read(|v| v.entries_within(start, end, max_bytes))
     }
 
     /// The log index of an attestation.
@@ -669,7 +687,7 @@ impl Ledger {
     /// # Errors
     /// `not_found` if it is not in the log.
     pub fn index_of(&self, id: &AttestationId) -> Result<u64, LedgerError> {
-        self.view()?.index_of(id)
+        self.read(|v| v.index_of(id))
     }
 
     /// The stored record of a subject.
@@ -677,7 +695,7 @@ impl Ledger {
     /// # Errors
     /// `not_found` if no statement about it is in the log.
     pub fn subject(&self, subject: &Did) -> Result<SubjectRecord, LedgerError> {
-        self.view()?.subject(subject)
+        self.read(|v| v.subject(subject))
     }
 
     /// The subject's full current state, schema included.
@@ -685,7 +703,7 @@ impl Ledger {
     /// # Errors
     /// As [`Ledger::subject`]; `integrity` if the schema entry is unreadable.
     pub fn subject_state(&self, subject: &Did) -> Result<ChainState, LedgerError> {
-        self.view()?.subject_state(subject)
+        self.read(|v| v.subject_state(subject))
     }
 
     /// The log index of each of a subject's statements, by seq.
@@ -693,7 +711,7 @@ impl Ledger {
     /// # Errors
     /// `not_found` if the subject is unknown.
     pub fn statement_indexes(&self, subject: &Did) -> Result<Vec<u64>, LedgerError> {
-        self.view()?.statement_indexes(subject)
+        self.read(|v| v.statement_indexes(subject))
     }
 
     /// A subject's statements from seq `from_seq` on, in order, with their
@@ -708,7 +726,7 @@ impl Ledger {
         from_seq: u64,
         limit: usize,
     ) -> Result<ChainPage, LedgerError> {
-        self.view()?.chain(subject, from_seq, limit)
+        self.read(|v| v.chain(subject, from_seq, limit))
     }
 
     /// Subjects in a stable order (family, name, ID), after `cursor` (the
@@ -726,7 +744,7 @@ impl Ledger {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<SubjectRecord>, Option<Vec<u8>>), LedgerError> {
-        self.view()?.list_subjects(filter, cursor, limit)
+        self.read(|v| v.list_subjects(filter, cursor, limit))
     }
 
     /// Handlers whose current schema names `plugin`, in handler-ID order,
@@ -740,7 +758,7 @@ impl Ledger {
         cursor: Option<&Did>,
         limit: usize,
     ) -> Result<Vec<SubjectRecord>, LedgerError> {
-        self.view()?.handlers_of_plugin(plugin, cursor, limit)
+        self.read(|v| v.handlers_of_plugin(plugin, cursor, limit))
     }
 
     /// Stored equivocation evidence in (subject key, seq, rejected ID)
@@ -755,7 +773,7 @@ impl Ledger {
         cursor: Option<&[u8]>,
         limit: usize,
     ) -> Result<(Vec<EquivocationRecord>, Option<Vec<u8>>), LedgerError> {
-        self.view()?.equivocations(cursor, limit)
+        self.read(|v| v.equivocations(cursor, limit))
     }
 
     /// The audit path of entry `index` in the tree of `size` entries
@@ -778,7 +796,7 @@ impl Ledger {
         id: &AttestationId,
         size: u64,
     ) -> Result<(u64, Vec<Hash>), LedgerError> {
-        self.view()?.inclusion_proof_by_id(id, size)
+        self.read(|v| v.inclusion_proof_by_id(id, size))
     }
 
     /// The consistency proof between two tree sizes (both ≤ the signed size).
@@ -808,9 +826,28 @@ impl Ledger {
         let (head, snap) = self.shared.read_point()?;
         Ok(View {
             shared: &self.shared,
-            snap,
+            snap: Some(snap),
             head,
         })
+    }
+
+    /// Runs a read at the published head. Without a commit in flight the
+    /// store's current state is the head's, so the read goes to the store
+    /// itself (no snapshot: on PostgreSQL that is a transaction of its
+    /// own); if a commit began meanwhile, the read runs again from a
+    /// snapshot, so what it returns is exactly the head's state either way.
+    fn read<T>(&self, f: impl Fn(&View<'_>) -> Result<T, LedgerError>) -> Result<T, LedgerError> {
+        let (head, snap, generation) = self.shared.optimistic_read_point();
+        let direct = snap.is_none();
+        let r = f(&View {
+            shared: &self.shared,
+            snap,
+            head,
+        });
+        if !direct || self.shared.generation() == generation {
+            return r;
+        }
+        f(&self.view()?)
     }
 
     /// Re-verifies everything from scratch, from one consistent snapshot:

@@ -13,18 +13,40 @@ use crate::{Attestation, AttestationId, ChainState, Did, Family, verify_attestat
 
 /// A consistent read view: the published signed head and the database
 /// snapshot taken just after it was committed, so a view never sees part
-/// of a group commit or entries beyond its head.
+/// of a group commit or entries beyond its head. Without a snapshot the
+/// view reads the store itself, and its caller checks that no commit began
+/// meanwhile (`Ledger::read`).
 pub(super) struct View<'a> {
     pub(super) shared: &'a Shared,
-    pub(super) snap: Snapshot,
+    pub(super) snap: Option<Snapshot>,
     pub(super) head: TreeHead,
 }
 
 impl View<'_> {
     pub(super) fn get(&self, k: Ks, key: &[u8]) -> Result<Option<Vec<u8>>, LedgerError> {
-        self.snap
-            .get(self.shared.ks(k), key)
-            .map_err(|e| LedgerError::storage("read", e))
+        match &self.snap {
+            Some(s) => s.get(self.shared.ks(k), key),
+            None => self.shared.ks(k).get(key),
+        }
+        .map_err(|e| LedgerError::storage("read", e))
+    }
+
+    fn range<K: AsRef<[u8]>>(
+        &self,
+        k: Ks,
+        range: impl std::ops::RangeBounds<K>,
+    ) -> crate::storage::Entries {
+        match &self.snap {
+            Some(s) => s.range(self.shared.ks(k), range),
+            None => self.shared.ks(k).range(range),
+        }
+    }
+
+    fn prefix(&self, k: Ks, prefix: impl AsRef<[u8]>) -> crate::storage::Entries {
+        match &self.snap {
+            Some(s) => s.prefix(self.shared.ks(k), prefix),
+            None => self.shared.ks(k).prefix(prefix),
+        }
     }
 
     pub(super) fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
@@ -65,9 +87,7 @@ impl View<'_> {
         }
         let mut out = Vec::new();
         let mut budget = max_bytes;
-        for kv in self
-            .snap
-            .range(self.shared.ks(Ks::Entries), u64_key(start)..u64_key(end))
+        for kv in self.range(Ks::Entries, u64_key(start)..u64_key(end))
         {
             let (k, v) = kv.map_err(|e| LedgerError::storage("read", e))?;
             if !out.is_empty() && v.len() > budget {
@@ -114,9 +134,7 @@ impl View<'_> {
     pub(super) fn statement_indexes(&self, subject: &Did) -> Result<Vec<u64>, LedgerError> {
         self.subject(subject)?;
         let mut out = Vec::new();
-        for kv in self
-            .snap
-            .prefix(self.shared.ks(Ks::Chains), subject.public_key())
+        for kv in self.prefix(Ks::Chains, subject.public_key())
         {
             let (_, v) = kv.map_err(|e| LedgerError::storage("read", e))?;
             out.push(read_u64(&v)?);
@@ -136,7 +154,7 @@ impl View<'_> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let range = chain_key(key, from_seq)..=chain_key(key, u64::MAX);
-        for kv in self.snap.range(self.shared.ks(Ks::Chains), range) {
+        for kv in self.range(Ks::Chains, range) {
             if out.len() == limit || bytes >= CHAIN_PAGE_BYTES {
                 break;
             }
@@ -165,11 +183,9 @@ impl View<'_> {
             Some(c) => {
                 let mut after = c.to_vec();
                 after.push(0);
-                self.snap.range(self.shared.ks(Ks::ByName), after..)
+                self.range(Ks::ByName, after..)
             }
-            None => self
-                .snap
-                .range(self.shared.ks(Ks::ByName), prefix.clone()..),
+            None => self.range(Ks::ByName, prefix.clone()..),
         };
         let mut page = Vec::new();
         let mut last = None;
@@ -235,7 +251,7 @@ impl View<'_> {
             None => plugin.public_key().to_vec(),
         };
         let mut out = Vec::new();
-        for kv in self.snap.range(self.shared.ks(Ks::ByPlugin), start..) {
+        for kv in self.range(Ks::ByPlugin, start..) {
             let (k, _) = kv.map_err(|e| LedgerError::storage("read", e))?;
             if !k.starts_with(plugin.public_key()) || out.len() == limit {
                 break;
@@ -264,7 +280,7 @@ impl View<'_> {
         };
         let mut out = Vec::new();
         let mut last = None;
-        for kv in self.snap.range(self.shared.ks(Ks::Equivocations), start..) {
+        for kv in self.range(Ks::Equivocations, start..) {
             if out.len() == limit {
                 break;
             }
