@@ -87,8 +87,7 @@ impl View<'_> {
         }
         let mut out = Vec::new();
         let mut budget = max_bytes;
-        for kv in self.range(Ks::Entries, u64_key(start)..u64_key(end))
-        {
+        for kv in self.range(Ks::Entries, u64_key(start)..u64_key(end)) {
             let (k, v) = kv.map_err(|e| LedgerError::storage("read", e))?;
             if !out.is_empty() && v.len() > budget {
                 break;
@@ -134,8 +133,7 @@ impl View<'_> {
     pub(super) fn statement_indexes(&self, subject: &Did) -> Result<Vec<u64>, LedgerError> {
         self.subject(subject)?;
         let mut out = Vec::new();
-        for kv in self.prefix(Ks::Chains, subject.public_key())
-        {
+        for kv in self.prefix(Ks::Chains, subject.public_key()) {
             let (_, v) = kv.map_err(|e| LedgerError::storage("read", e))?;
             out.push(read_u64(&v)?);
         }
@@ -346,7 +344,11 @@ impl NodeSource for View<'_> {
     /// once, when its subtree is complete, and never changed, and the
     /// proofs ask only for nodes within the view's head.
     fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
-        stored_node(self.shared.get(Ks::Nodes, &node_key(level, index))?, level, index)
+        stored_node(
+            self.shared.get(Ks::Nodes, &node_key(level, index))?,
+            level,
+            index,
+        )
     }
 }
 
@@ -388,7 +390,11 @@ impl TreeView<'_> {
 
 impl NodeSource for TreeView<'_> {
     fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
-        stored_node(self.shared.get(Ks::Nodes, &node_key(level, index))?, level, index)
+        stored_node(
+            self.shared.get(Ks::Nodes, &node_key(level, index))?,
+            level,
+            index,
+        )
     }
 }
 

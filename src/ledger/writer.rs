@@ -85,10 +85,7 @@ impl Stage<'_> {
         let mut wanted: Vec<(Ks, Vec<u8>)> = Vec::with_capacity(2 * atts.len());
         for att in atts {
             wanted.push((Ks::ById, att.id().as_bytes().to_vec()));
-            wanted.push((
-                Ks::Subjects,
-                att.statement().subject.public_key().to_vec(),
-            ));
+            wanted.push((Ks::Subjects, att.statement().subject.public_key().to_vec()));
         }
         let keys: Vec<(&crate::storage::Space, &[u8])> = wanted
             .iter()

@@ -15,6 +15,9 @@ use std::sync::Mutex;
 
 use crate::storage::SpaceId;
 
+/// One current value: (space, key) and the value (`None`: absent).
+pub(super) type Known = ((SpaceId, Vec<u8>), Option<Vec<u8>>);
+
 /// Entries kept at most, and value bytes, before the cache is emptied.
 const MAX_ENTRIES: usize = 200_000;
 const MAX_BYTES: usize = 64 * 1024 * 1024;
@@ -43,11 +46,7 @@ impl ValueCache {
 
     /// The cached value (outer `None`: not cached), or a ticket to keep
     /// what the database answers.
-    pub(super) fn get(
-        &self,
-        space: SpaceId,
-        key: &[u8],
-    ) -> Result<Option<Vec<u8>>, ReadTicket> {
+    pub(super) fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Vec<u8>>, ReadTicket> {
         let inner = self.inner();
         match inner.values.get(&(space, key.to_vec())) {
             Some(v) => Ok(v.clone()),
@@ -72,11 +71,7 @@ impl ValueCache {
     }
 
     /// [`ValueCache::keep`] for several values read together.
-    pub(super) fn keep_all(
-        &self,
-        ticket: ReadTicket,
-        values: Vec<((SpaceId, Vec<u8>), Option<Vec<u8>>)>,
-    ) {
+    pub(super) fn keep_all(&self, ticket: ReadTicket, values: Vec<Known>) {
         let mut inner = self.inner();
         if inner.generation != ticket.0 || inner.in_flight > 0 {
             return;
@@ -95,7 +90,7 @@ impl ValueCache {
 
     /// The commit ended: its writes (the last per key) are the current
     /// values if it succeeded; if not, nothing cached can be trusted.
-    pub(super) fn end(&self, writes: Option<Vec<((SpaceId, Vec<u8>), Option<Vec<u8>>)>>) {
+    pub(super) fn end(&self, writes: Option<Vec<Known>>) {
         let mut inner = self.inner();
         inner.in_flight -= 1;
         inner.generation += 1;
@@ -154,7 +149,11 @@ mod tests {
         c.keep(ticket, s, b"a".to_vec(), None);
         assert!(c.get(s, b"a").is_err(), "kept during a commit");
         c.end(Some(vec![((s, b"b".to_vec()), None)]));
-        assert_eq!(c.get(s, b"b").ok(), Some(None), "a delete is cached as absent");
+        assert_eq!(
+            c.get(s, b"b").ok(),
+            Some(None),
+            "a delete is cached as absent"
+        );
         let ticket = c.get(s, b"a").unwrap_err();
         c.keep(ticket, s, b"a".to_vec(), Some(b"v".to_vec()));
         assert_eq!(c.get(s, b"a").ok(), Some(Some(b"v".to_vec())));

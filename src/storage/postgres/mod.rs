@@ -562,7 +562,10 @@ impl ReadView for PostgresBackend {
             }
             for (ordinal, value) in found {
                 // Ordinals count from 1 over the missing keys.
-                if let Some(&i) = usize::try_from(ordinal - 1).ok().and_then(|o| missing.get(o)) {
+                if let Some(&i) = usize::try_from(ordinal - 1)
+                    .ok()
+                    .and_then(|o| missing.get(o))
+                {
                     out[i] = Some(Some(value));
                 }
             }
@@ -689,7 +692,7 @@ impl Backend for PostgresBackend {
                 }
             }
         }
-        let writes: Vec<((SpaceId, Vec<u8>), Option<Vec<u8>>)> = put_spaces
+        let writes: Vec<cache::Known> = put_spaces
             .iter()
             .zip(&put_keys)
             .zip(&put_values)
