@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[macro_use]
 mod common;
 
 use std::path::Path;
@@ -114,10 +115,14 @@ async fn state(reg: &mut RegistryClient<Channel>, jobs: &mut JobsClient<Channel>
     State { size, jobs: n }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_bad_input_gets_a_named_rule_and_changes_nothing() {
-    let dir = tempdir("bad-input");
-    let mut server = Serve::start(&[], &dir.join("data"));
+async fn every_bad_input_gets_a_named_rule_and_changes_nothing(backend: common::Backend) {
+    let dir = tempdir(&format!(
+        "bad-input-{}",
+        matches!(backend, common::Backend::Fjall)
+    ));
+    let args = backend.args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut server = Serve::start(&args, &dir.join("data"));
     let channel = Channel::from_shared(server.url.clone())
         .unwrap()
         .connect()
@@ -295,3 +300,4 @@ async fn every_bad_input_gets_a_named_rule_and_changes_nothing() {
     assert!(checked >= 90, "only {checked} inputs checked");
     server.stop();
 }
+serve_on_every_backend!(every_bad_input_gets_a_named_rule_and_changes_nothing);

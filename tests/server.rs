@@ -4,9 +4,10 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a failure report
 
+#[macro_use]
 mod common;
 
-use common::reason;
+use common::{Backend, reason};
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -35,11 +36,11 @@ fn in_an_hour() -> u64 {
 }
 
 impl Server {
-    fn start(dir: &Path) -> Server {
-        Server::start_with(dir, &[])
+    fn start(dir: &Path, backend: &Backend) -> Server {
+        Server::start_with(dir, backend, &[])
     }
 
-    fn start_with(dir: &Path, extra: &[&str]) -> Server {
+    fn start_with(dir: &Path, backend: &Backend, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
             .args([
                 "serve",
@@ -51,6 +52,7 @@ impl Server {
                 "test.example/log",
             ])
             .args(extra)
+            .args(backend.args())
             .arg("--data-dir")
             .arg(dir)
             .stdout(Stdio::piped())
@@ -99,10 +101,9 @@ fn hashes(v: &[Vec<u8>]) -> Vec<[u8; 32]> {
     v.iter().map(|h| h32(h)).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_rpc_works_and_proofs_verify() {
-    let dir = tempdir("server-rpcs");
-    let server = Server::start(&dir);
+async fn every_rpc_works_and_proofs_verify(backend: Backend) {
+    let dir = tempdir(&backend.dir_name("server-rpcs"));
+    let server = Server::start(&dir, &backend);
     let mut c = server.client().await;
     let info = c
         .get_log_info(proto::GetLogInfoRequest {})
@@ -373,6 +374,7 @@ async fn every_rpc_works_and_proofs_verify() {
     assert!(body.contains("pulse_ledger_log_size 3"), "{body}");
     assert_eq!(server.stop(), 0);
 }
+serve_on_every_backend!(every_rpc_works_and_proofs_verify);
 
 async fn http_get(url: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -398,10 +400,9 @@ struct NotASubmitRequest {
     envelope: u64,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_error_class_is_precise_and_changes_nothing() {
-    let dir = tempdir("server-errors");
-    let server = Server::start(&dir);
+async fn every_error_class_is_precise_and_changes_nothing(backend: Backend) {
+    let dir = tempdir(&backend.dir_name("server-errors"));
+    let server = Server::start(&dir, &backend);
     let mut c = server.client().await;
     let (p, h, other) = (key("err-p"), key("err-h"), key("err-other"));
     c.submit(proto::SubmitRequest {
@@ -587,11 +588,11 @@ async fn every_error_class_is_precise_and_changes_nothing() {
     assert_eq!(size().await, 2, "no rejection changed the log");
     assert_eq!(server.stop(), 0);
 }
+serve_on_every_backend!(every_error_class_is_precise_and_changes_nothing);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_pagination_watch_restart_and_graceful_shutdown() {
-    let dir = tempdir("server-streams");
-    let server = Server::start(&dir);
+async fn streams_pagination_watch_restart_and_graceful_shutdown(backend: Backend) {
+    let dir = tempdir(&backend.dir_name("server-streams"));
+    let server = Server::start(&dir, &backend);
     let mut c = server.client().await;
     let p = key("stream-p");
     let mut envelopes = vec![plugin_register(&p, "p").envelope().to_vec()];
@@ -731,7 +732,7 @@ async fn streams_pagination_watch_restart_and_graceful_shutdown() {
 
     // Graceful shutdown, then a restart on the same data dir keeps everything.
     assert_eq!(server.stop(), 0);
-    let server = Server::start(&dir);
+    let server = Server::start(&dir, &backend);
     let mut c = server.client().await;
     assert_eq!(
         c.get_log_info(proto::GetLogInfoRequest {})
@@ -760,12 +761,12 @@ async fn streams_pagination_watch_restart_and_graceful_shutdown() {
     }
     assert_eq!(server.stop(), 0);
 }
+serve_on_every_backend!(streams_pagination_watch_restart_and_graceful_shutdown);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_api_enqueues_reads_cancels_and_budgets() {
+async fn jobs_api_enqueues_reads_cancels_and_budgets(backend: Backend) {
     use pulse_ledger::api::proto::jobs_client::JobsClient;
-    let dir = tempdir("server-jobs");
-    let server = Server::start(&dir);
+    let dir = tempdir(&backend.dir_name("server-jobs"));
+    let server = Server::start(&dir, &backend);
     let mut reg = server.client().await;
     let (p, h, gone) = (key("jobs-api-p"), key("jobs-api-h"), key("jobs-api-gone"));
     for a in [
@@ -1055,13 +1056,13 @@ async fn jobs_api_enqueues_reads_cancels_and_budgets() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("per hour  100"));
     assert_eq!(server.stop(), 0);
 }
+serve_on_every_backend!(jobs_api_enqueues_reads_cancels_and_budgets);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn finished_jobs_are_pruned_after_the_retention() {
+async fn finished_jobs_are_pruned_after_the_retention(backend: Backend) {
     use pulse_ledger::api::proto::jobs_client::JobsClient;
-    let dir = tempdir("server-retention");
+    let dir = tempdir(&backend.dir_name("server-retention"));
     // Retention 0 hours: finished jobs go at the next prune (every second).
-    let server = Server::start_with(&dir, &["--job-retention-hours", "0"]);
+    let server = Server::start_with(&dir, &backend, &["--job-retention-hours", "0"]);
     let mut reg = server.client().await;
     let (p, h) = (key("ret-p"), key("ret-h"));
     for a in [
@@ -1138,19 +1139,19 @@ async fn finished_jobs_are_pruned_after_the_retention() {
     );
     assert_eq!(server.stop(), 0);
 }
+serve_on_every_backend!(finished_jobs_are_pruned_after_the_retention);
 
 /// A stream that never ends by itself (a log watcher) does not keep a
 /// stopping server alive: after `drain_grace_ms` its connection is
 /// closed, the watcher sees the stream fail, and the server exits 0 with
 /// every acknowledged entry kept.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopping_closes_streams_after_the_drain_grace() {
-    let dir = tempdir("server-drain");
+async fn stopping_closes_streams_after_the_drain_grace(backend: Backend) {
+    let dir = tempdir(&backend.dir_name("server-drain"));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("pulse.toml");
     std::fs::write(&config, "drain_grace_ms = 300\n").unwrap();
     let data = dir.join("data");
-    let server = Server::start_with(&data, &["--config", config.to_str().unwrap()]);
+    let server = Server::start_with(&data, &backend, &["--config", config.to_str().unwrap()]);
     let mut c = server.client().await;
     c.submit(proto::SubmitRequest {
         envelope: plugin_register(&key("drain-p"), "p").envelope().to_vec(),
@@ -1172,7 +1173,7 @@ async fn stopping_closes_streams_after_the_drain_grace() {
         .expect("the server never stopped with a watcher connected");
     assert_eq!(status, 0);
     assert!(stream.message().await.is_err(), "the stream ended cleanly");
-    let server = Server::start(&data);
+    let server = Server::start(&data, &backend);
     let info = server
         .client()
         .await
@@ -1183,3 +1184,4 @@ async fn stopping_closes_streams_after_the_drain_grace() {
     assert_eq!(info.size, 1);
     assert_eq!(server.stop(), 0);
 }
+serve_on_every_backend!(stopping_closes_streams_after_the_drain_grace);

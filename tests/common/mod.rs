@@ -385,11 +385,23 @@ pub fn postgres_database(name: &str) -> Option<String> {
         );
         return None;
     };
-    let db = format!(
-        "pl_{}_{}",
-        name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
-        std::process::id()
-    );
+    // PostgreSQL cuts names at 63 bytes: a short prefix, and a hash of
+    // the whole name so that two long names cannot meet.
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(30)
+        .collect();
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let db = format!("pl_{clean}_{:08x}_{}", hash as u32, std::process::id());
     let statements = [
         format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
         format!("CREATE DATABASE {db}"),
@@ -491,6 +503,56 @@ macro_rules! on_every_backend {
             fn postgres() {
                 if let Some(place) = $crate::common::Place::new("postgres", stringify!($name)) {
                     super::$name(place);
+                }
+            }
+        }
+    };
+}
+
+/// The storage a `serve` under test keeps its data in.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    /// The data dir's fjall database (the default).
+    Fjall,
+    /// A PostgreSQL database (`--store URL`).
+    Postgres(String),
+}
+
+impl Backend {
+    /// `name`, told apart per backend (for temp dirs: both variants of a
+    /// test run at once).
+    pub fn dir_name(&self, name: &str) -> String {
+        match self {
+            Backend::Fjall => format!("{name}-fjall"),
+            Backend::Postgres(_) => format!("{name}-postgres"),
+        }
+    }
+
+    /// The `serve` arguments that choose it.
+    pub fn args(&self) -> Vec<String> {
+        match self {
+            Backend::Fjall => Vec::new(),
+            Backend::Postgres(url) => vec!["--store".into(), url.clone()],
+        }
+    }
+}
+
+/// Defines `mod NAME { async fn fjall(); async fn postgres(); }`: the
+/// async test NAME(backend) run against a `serve` on each backend
+/// (PostgreSQL when configured).
+#[macro_export]
+macro_rules! serve_on_every_backend {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn fjall() {
+                super::$name($crate::common::Backend::Fjall).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(url) = $crate::common::postgres_database(stringify!($name)) {
+                    super::$name($crate::common::Backend::Postgres(url)).await;
                 }
             }
         }
