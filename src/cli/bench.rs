@@ -135,6 +135,12 @@ pub(crate) struct Args {
     /// after each run.
     #[arg(long, value_name = "URL", conflicts_with = "server")]
     store: Option<String>,
+    /// With --store: also run the same no-op workload through apalis +
+    /// PostgreSQL on that database (the binary built from
+    /// peers/apalis-postgres; it makes its own schema and drops it), once,
+    /// in the first run, and print PostgreSQL jobs ÷ the peer.
+    #[arg(long, value_name = "FILE", requires = "store")]
+    peer_apalis_postgres: Option<PathBuf>,
     /// Print the table as JSON.
     #[arg(long)]
     json: bool,
@@ -245,7 +251,28 @@ pub(crate) fn run(a: Args) -> Result<ExitCode, CliError> {
                 .map_err(|e| failed("--store")(e.to_string()));
             let pg = pg?;
             emptied?;
-            let versus = pg.versus(&fjall, "fjall");
+            let mut versus = pg.versus(&fjall, "fjall");
+            if let Some(peer) = a.peer_apalis_postgres.as_ref().filter(|_| run == 0) {
+                let rate = apalis_postgres_rate(&a, peer, url)?;
+                versus.add(
+                    "apalis_postgres",
+                    format!(
+                        "apalis + PostgreSQL, the same {} no-op jobs, {IN_FLIGHT} running",
+                        a.jobs
+                    ),
+                    rate,
+                    "/s",
+                );
+                if let Some(jobs) = versus.value("jobs") {
+                    versus.add_ratio(
+                        "jobs_over_apalis_postgres",
+                        "jobs end to end on PostgreSQL, ratio to apalis + PostgreSQL",
+                        jobs,
+                        "/s",
+                        "apalis_postgres",
+                    );
+                }
+            }
             Ok((fjall, Some(versus)))
         });
         match measured {
@@ -309,6 +336,23 @@ pub(crate) fn run(a: Args) -> Result<ExitCode, CliError> {
         eprintln!("bench --check: every target met");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the apalis + PostgreSQL peer on the bench's database: its rate.
+fn apalis_postgres_rate(a: &Args, peer: &Path, url: &str) -> Result<f64, CliError> {
+    eprintln!("bench: apalis + PostgreSQL, the same workload…");
+    let out = Command::new(peer)
+        .arg(a.jobs.to_string())
+        .arg(url)
+        .args(["--concurrency", &IN_FLIGHT.to_string()])
+        .output()
+        .map_err(|e| failed("--peer-apalis-postgres")(e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        failed("--peer-apalis-postgres")(format!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    })?;
+    v["jobs_per_second"]
+        .as_f64()
+        .ok_or_else(|| failed("--peer-apalis-postgres")(format!("no jobs_per_second in {v}")))
 }
 
 /// The bench's PostgreSQL database: migrated, and empty (the bench
@@ -899,6 +943,7 @@ mod tests {
             check: false,
             python: "python3".into(),
             store: None,
+            peer_apalis_postgres: None,
             json: false,
             yes: false,
         }
