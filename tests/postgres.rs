@@ -53,11 +53,18 @@ fn store_migrate_creates_the_schema_once_and_refuses_what_is_not_postgres() {
     };
     let (code, out, err) = pulse(&["store", "migrate", "--store", &url]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("schema migrated from version 0 to 1"), "{out}");
+    let latest = pulse_ledger::storage::postgres::SCHEMA_VERSION;
+    assert!(
+        out.contains(&format!("schema migrated from version 0 to {latest}")),
+        "{out}"
+    );
     let (code, out, _) = pulse(&["store", "migrate", "--store", &url, "--json"]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!((v["from"].as_i64(), v["to"].as_i64()), (Some(1), Some(1)));
+    assert_eq!(
+        (v["from"].as_i64(), v["to"].as_i64()),
+        (Some(i64::from(latest)), Some(i64::from(latest)))
+    );
     let (code, _, err) = pulse(&["store", "migrate", "--store", "/var/lib/data"]);
     assert_ne!(code, 0);
     assert!(err.contains("invalid_store"), "{err}");
