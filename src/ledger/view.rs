@@ -300,9 +300,12 @@ impl View<'_> {
         Ok((out, next))
     }
 
-    pub(super) fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
-        self.check_size(size)?;
-        merkle::inclusion_proof(self, index, size)
+    /// The tree at this view's head (tree nodes need no snapshot).
+    fn tree(&self) -> TreeView<'_> {
+        TreeView {
+            shared: self.shared,
+            head: self.head.clone(),
+        }
     }
 
     pub(super) fn inclusion_proof_by_id(
@@ -311,18 +314,7 @@ impl View<'_> {
         size: u64,
     ) -> Result<(u64, Vec<Hash>), LedgerError> {
         let index = self.index_of(id)?;
-        Ok((index, self.inclusion_proof(index, size)?))
-    }
-
-    pub(super) fn check_size(&self, size: u64) -> Result<(), LedgerError> {
-        let current = self.head.size;
-        if size > current {
-            return Err(LedgerError::new(
-                LedgerErrorCode::SizeOutOfRange,
-                format!("tree size {size} is beyond the log's size {current}"),
-            ));
-        }
-        Ok(())
+        Ok((index, self.tree().inclusion_proof(index, size)?))
     }
 
     pub(super) fn stored_attestation(&self, index: u64) -> Result<Attestation, LedgerError> {
@@ -336,19 +328,6 @@ impl View<'_> {
                 format!("stored entry {index} no longer verifies: {e}"),
             )
         })
-    }
-}
-
-impl NodeSource for View<'_> {
-    /// Read from the store itself, not the snapshot: a node is written
-    /// once, when its subtree is complete, and never changed, and the
-    /// proofs ask only for nodes within the view's head.
-    fn node(&self, level: u8, index: u64) -> Result<Hash, LedgerError> {
-        stored_node(
-            self.shared.get(Ks::Nodes, &node_key(level, index))?,
-            level,
-            index,
-        )
     }
 }
 
