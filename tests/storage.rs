@@ -39,12 +39,18 @@ struct Faulty {
     enospc: PathBuf,
     eio: PathBuf,
     stall: PathBuf,
+    emfile: PathBuf,
 }
 
 impl Faulty {
     /// `serve` on `data` with the fault layer loaded (nothing armed).
     fn start(dir: &Path, data: &Path, extra: &[&str]) -> Faulty {
-        let (enospc, eio, stall) = (dir.join("enospc"), dir.join("eio"), dir.join("stall"));
+        let (enospc, eio, stall, emfile) = (
+            dir.join("enospc"),
+            dir.join("eio"),
+            dir.join("stall"),
+            dir.join("emfile"),
+        );
         let layer = dir.join("faultfs.so");
         let server = Serve::start_with_env(
             extra,
@@ -55,6 +61,7 @@ impl Faulty {
                 ("FAULTFS_ENOSPC", enospc.as_os_str()),
                 ("FAULTFS_EIO", eio.as_os_str()),
                 ("FAULTFS_STALL", stall.as_os_str()),
+                ("FAULTFS_EMFILE", emfile.as_os_str()),
                 ("RUST_LOG", std::ffi::OsStr::new("error")),
             ],
         );
@@ -64,6 +71,7 @@ impl Faulty {
             enospc,
             eio,
             stall,
+            emfile,
         }
     }
 
@@ -267,6 +275,135 @@ async fn a_failed_write_or_fsync_stops_writes_acknowledges_nothing_and_a_restart
             after_restart
         );
     }
+}
+
+/// Running out of file descriptors while fjall flushes a memtable in the
+/// background is not fatal (issue 17: "a failed open for lack of
+/// descriptors is retried, not fatal"). fjall's worker fails, and fjall
+/// then refuses every write; the server answers `unavailable`, keeps
+/// reading, and closes and reopens the database once a file can be opened
+/// again. Every acknowledged entry and job is kept, nothing refused is in
+/// the log, and writes go on without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptors_running_out_in_a_background_flush_are_retried_not_fatal() {
+    use std::time::{Duration, Instant};
+    let dir = tempdir("storage-emfile");
+    faultfs(&dir);
+    let data = dir.join("data");
+    let server = Faulty::start(&dir, &data, &["--min-free-mb", "0", "--submit-rate", "0"]);
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    let mut jobs = pulse_ledger::api::proto::jobs_client::JobsClient::connect(server.url.clone())
+        .await
+        .unwrap();
+    let log_did = log_info(&mut reg).await.log_did;
+    let plugin = key("emfile-plugin");
+    submit(&mut reg, "emfile-plugin").await.unwrap();
+    let handler = key("emfile-handler");
+    reg.submit(proto::SubmitRequest {
+        envelope: common::handler_register(&handler, "echo", &plugin.did)
+            .envelope()
+            .to_vec(),
+    })
+    .await
+    .unwrap();
+    let enqueue = |n: &str| proto::EnqueueRequest {
+        handler: handler.did.to_string(),
+        payload: n.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let queued = jobs
+        .enqueue(enqueue("before"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .id;
+    let start = size(&mut reg).await;
+
+    // Out of descriptors: large registrations fill the log's memtable, so
+    // fjall must open a new table file to flush it, and cannot.
+    Faulty::arm(&server.emfile);
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..1000 {
+        let att = common::handler_register_with(
+            &key(&format!("emfile-{i}")),
+            &format!("big{i}"),
+            &plugin.did,
+            |s| s.code = Some(vec![b'#'; pulse_ledger::limits::MAX_CODE_BYTES - 16]),
+        );
+        match reg
+            .submit(proto::SubmitRequest {
+                envelope: att.envelope().to_vec(),
+            })
+            .await
+        {
+            Ok(r) => acked.push((r.into_inner().index, att.envelope().to_vec())),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the failed flush stops writes while descriptors are short");
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    // Still short a while later (several reopen attempts have failed):
+    // writes are refused, reads go on.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let e = submit(&mut reg, "emfile-short").await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert_eq!(size(&mut reg).await, start + acked.len() as u64);
+    let (first, envelope) = &acked[0];
+    let got = reg
+        .get_entries(proto::GetEntriesRequest {
+            start: *first,
+            end: first + 1,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(&got[0].envelope, envelope);
+
+    // Descriptors are back: the database is reopened (the retry waits at
+    // most 30 s between attempts) and writes go on, with no restart.
+    Faulty::disarm(&server.emfile);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let resumed = loop {
+        match submit(&mut reg, "emfile-after").await {
+            Ok(index) => break index,
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                assert!(Instant::now() < deadline, "writes never resumed: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    // Every acknowledged entry is there as acknowledged, nothing else.
+    assert_eq!(resumed, start + acked.len() as u64);
+    for (index, envelope) in [acked.first(), acked.last()].into_iter().flatten() {
+        let got = reg
+            .get_entries(proto::GetEntriesRequest {
+                start: *index,
+                end: index + 1,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        assert_eq!(&got[0].envelope, envelope);
+    }
+    // The job store came back too: the queued job is kept, and new jobs
+    // are taken.
+    let job = jobs
+        .get_job(proto::GetJobRequest { id: queued.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(job.job.unwrap().id, queued);
+    jobs.enqueue(enqueue("after")).await.unwrap();
+    common::verify_log_passes(&server.url, &log_did);
 }
 
 /// A disk that stops answering (every fsync held) stalls the ledger's

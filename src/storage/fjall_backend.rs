@@ -1,9 +1,10 @@
 //! The embedded backend: one fjall database in a directory, each space a
 //! keyspace, each commit one batch fsynced with `SyncAll`.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
@@ -39,22 +40,108 @@ impl Default for FjallOptions {
     }
 }
 
-/// The spaces opened so far: keyspace handles by [`SpaceId`].
-#[derive(Default)]
-struct Spaces {
+/// One open fjall database and its keyspaces, by [`SpaceId`]. Snapshots
+/// and scans hold it, so it is closed (and its lock file released) only
+/// once the last of them is gone.
+struct Open {
+    db: Database,
     handles: Vec<Keyspace>,
-    by_name: HashMap<String, SpaceId>,
+}
+
+impl Open {
+    fn get(&self, space: SpaceId) -> Result<&Keyspace, StorageError> {
+        self.handles
+            .get(usize::from(space.0))
+            .ok_or_else(|| StorageError::new(format!("no space number {}", space.0)))
+    }
+}
+
+/// Whether writes go on.
+#[derive(Debug)]
+enum Health {
+    Good,
+    /// A commit's own journal write or fsync failed: what is on disk and in
+    /// memory may disagree, so writes stop until the server is restarted.
+    Fault(String),
+    /// A background flush or compaction failed (fjall then refuses every
+    /// write: it is "poisoned"). Nothing acknowledged is at risk — it is
+    /// all in the fsynced journal — so the database is closed and opened
+    /// again, which replays the journal as a restart would.
+    Reopening,
+}
+
+/// First wait before reopening, and the longest between two attempts.
+const REOPEN_FIRST: Duration = Duration::from_millis(100);
+const REOPEN_MAX: Duration = Duration::from_secs(30);
+
+struct Inner {
+    path: PathBuf,
+    /// `None`: fjall's defaults (a reader of a stopped server's dir).
+    options: Option<FjallOptions>,
+    /// Space names by [`SpaceId`], to open them again in the same order.
+    names: Mutex<Vec<String>>,
+    /// `None` while the database is closed to be reopened.
+    open: RwLock<Option<Arc<Open>>>,
+    health: Mutex<Health>,
+    /// Wakes the reopening thread when the backend is dropped.
+    closing: Condvar,
+    closed: AtomicBool,
 }
 
 /// A fjall database as a [`Backend`].
-pub struct FjallBackend {
-    db: Database,
-    options: FjallOptions,
-    spaces: Arc<RwLock<Spaces>>,
-}
+///
+/// A failed background flush or compaction (running out of file
+/// descriptors is the usual cause) does not stop the server: commits
+/// answer `unavailable` while a thread closes the database and opens it
+/// again, retrying with a growing wait, and then go on
+/// (spec/storage.md, "Failures").
+pub struct FjallBackend(Arc<Inner>);
 
 fn storage(context: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::new(format!("{context}: {e}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens the database and the spaces named in `names`, in order.
+fn open_db(
+    path: &Path,
+    options: Option<FjallOptions>,
+    names: &[String],
+) -> Result<Open, StorageError> {
+    let builder = Database::builder(path);
+    let builder = match options {
+        Some(o) => builder
+            .max_journaling_size(o.journal_bytes.max(64 * 1024 * 1024))
+            .cache_size(o.cache_bytes),
+        None => builder,
+    };
+    let db = builder
+        .open()
+        .map_err(|e| storage("opening the database", e))?;
+    let mut open = Open {
+        db,
+        handles: Vec::with_capacity(names.len()),
+    };
+    for name in names {
+        let ks = open_keyspace(&open.db, options, name)?;
+        open.handles.push(ks);
+    }
+    Ok(open)
+}
+
+fn open_keyspace(
+    db: &Database,
+    options: Option<FjallOptions>,
+    name: &str,
+) -> Result<Keyspace, StorageError> {
+    let memtable = options.unwrap_or_default().memtable_bytes;
+    db.keyspace(name, || {
+        KeyspaceCreateOptions::default().max_memtable_size(memtable)
+    })
+    .map_err(|e| storage(&format!("opening the keyspace {name}"), e))
 }
 
 impl FjallBackend {
@@ -63,16 +150,7 @@ impl FjallBackend {
     /// # Errors
     /// When fjall cannot open it (another process holds it, I/O).
     pub fn open(path: &Path, options: FjallOptions) -> Result<FjallBackend, StorageError> {
-        let db = Database::builder(path)
-            .max_journaling_size(options.journal_bytes.max(64 * 1024 * 1024))
-            .cache_size(options.cache_bytes)
-            .open()
-            .map_err(|e| storage("opening the database", e))?;
-        Ok(FjallBackend {
-            db,
-            options,
-            spaces: Arc::default(),
-        })
+        FjallBackend::with(path, Some(options))
     }
 
     /// Opens an existing database to read it with fjall's default buffer
@@ -81,32 +159,163 @@ impl FjallBackend {
     /// # Errors
     /// When fjall cannot open it.
     pub fn open_for_reading(path: &Path) -> Result<FjallBackend, StorageError> {
-        let db = Database::builder(path)
-            .open()
-            .map_err(|e| storage("opening the database", e))?;
-        Ok(FjallBackend {
-            db,
-            options: FjallOptions::default(),
-            spaces: Arc::default(),
-        })
+        FjallBackend::with(path, None)
+    }
+
+    fn with(path: &Path, options: Option<FjallOptions>) -> Result<FjallBackend, StorageError> {
+        let open = open_db(path, options, &[])?;
+        Ok(FjallBackend(Arc::new(Inner {
+            path: path.to_owned(),
+            options,
+            names: Mutex::default(),
+            open: RwLock::new(Some(Arc::new(open))),
+            health: Mutex::new(Health::Good),
+            closing: Condvar::new(),
+            closed: AtomicBool::new(false),
+        })))
     }
 }
 
-impl Spaces {
-    fn get(&self, space: SpaceId) -> Result<&Keyspace, StorageError> {
-        self.handles
-            .get(usize::from(space.0))
-            .ok_or_else(|| StorageError::new(format!("no space number {}", space.0)))
+impl Drop for FjallBackend {
+    fn drop(&mut self) {
+        self.0.closed.store(true, Ordering::Release);
+        let _guard = lock(&self.0.health);
+        self.0.closing.notify_all();
     }
 }
 
-fn read_spaces(spaces: &RwLock<Spaces>) -> std::sync::RwLockReadGuard<'_, Spaces> {
-    spaces.read().unwrap_or_else(|p| p.into_inner())
+impl Inner {
+    /// The open database, or `unavailable` while it is being reopened.
+    fn current(&self) -> Result<Arc<Open>, StorageError> {
+        self.open
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                StorageError::unavailable(
+                    "the database is being reopened after a failed background flush; try again shortly",
+                )
+            })
+    }
+
+    /// Starts reopening after fjall refused a write as poisoned, unless a
+    /// commit's own failure already stopped writes.
+    fn poisoned(self: &Arc<Self>) -> StorageError {
+        let mut health = lock(&self.health);
+        match &*health {
+            Health::Fault(why) => {
+                return StorageError::new(format!("writes stopped after a storage failure: {why}"));
+            }
+            Health::Reopening => {}
+            Health::Good => {
+                tracing::error!(
+                    path = %self.path.display(),
+                    "a background flush or compaction failed (fjall logged its cause above); \
+                     closing the database and opening it again"
+                );
+                *health = Health::Reopening;
+                let inner = Arc::clone(self);
+                let spawned = std::thread::Builder::new()
+                    .name("fjall-reopen".into())
+                    .spawn(move || inner.reopen_loop());
+                if let Err(e) = spawned {
+                    *health = Health::Fault(format!("the database could not be reopened: {e}"));
+                }
+            }
+        }
+        StorageError::unavailable(
+            "the storage engine stopped after a failed background flush and is being reopened; nothing of this write was stored, try again shortly",
+        )
+    }
+
+    /// Reopens the database, waiting longer after each failed attempt,
+    /// until it is open again, a commit's own failure stops writes, or the
+    /// backend is dropped.
+    fn reopen_loop(&self) {
+        let mut wait = REOPEN_FIRST;
+        let mut attempts = 0u32;
+        loop {
+            {
+                let health = lock(&self.health);
+                let (health, _) = self
+                    .closing
+                    .wait_timeout_while(health, wait, |_| !self.closed.load(Ordering::Acquire))
+                    .unwrap_or_else(|p| p.into_inner());
+                // A commit that failed by itself in the meantime means the
+                // poison may have come from it: stop, do not reopen.
+                if self.closed.load(Ordering::Acquire) || !matches!(*health, Health::Reopening) {
+                    return;
+                }
+            }
+            attempts += 1;
+            match self.reopen() {
+                Ok(()) => {
+                    tracing::warn!(attempts, path = %self.path.display(), "the database was reopened; writes go on");
+                    *lock(&self.health) = Health::Good;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(attempts, error = %e, retry_in = ?wait * 2, "the database could not be reopened yet");
+                    wait = (wait * 2).min(REOPEN_MAX);
+                }
+            }
+        }
+    }
+
+    /// One attempt: closes the poisoned database once nothing reads from
+    /// it any more, then opens it again (replaying its journal).
+    fn reopen(&self) -> Result<(), StorageError> {
+        // While descriptors are still short (the usual cause), closing the
+        // database would only stop reads too: keep it until a file can be
+        // opened.
+        std::fs::File::open(&self.path)
+            .map_err(|e| storage("the data dir cannot be opened yet", e))?;
+        let old = {
+            let mut slot = self.open.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(old) = slot.as_ref() {
+                let holders = Arc::strong_count(old) - 1;
+                if holders > 0 {
+                    return Err(StorageError::new(format!(
+                        "{holders} snapshot(s) or scan(s) still read the old database"
+                    )));
+                }
+            }
+            // From here readers answer `unavailable` instead of waiting for
+            // the journal's replay.
+            slot.take()
+        };
+        // Nothing else holds it: dropping it stops fjall's workers and
+        // releases its lock file before the new open takes it.
+        drop(old);
+        let names = lock(&self.names).clone();
+        let open = open_db(&self.path, self.options, &names)?;
+        *self.open.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(open));
+        Ok(())
+    }
+}
+
+/// A scan's iterator, holding the database it reads open.
+struct HeldIter {
+    iter: fjall::Iter,
+    _open: Arc<Open>,
+}
+
+impl Iterator for HeldIter {
+    type Item = fjall::Guard;
+    fn next(&mut self) -> Option<fjall::Guard> {
+        self.iter.next()
+    }
+}
+
+impl DoubleEndedIterator for HeldIter {
+    fn next_back(&mut self) -> Option<fjall::Guard> {
+        self.iter.next_back()
+    }
 }
 
 /// fjall's iterators own what they read from, so a scan needs no borrow.
 fn scan_with(
-    spaces: &RwLock<Spaces>,
+    open: Result<Arc<Open>, StorageError>,
     space: SpaceId,
     range: KeyRange,
     order: Order,
@@ -115,7 +324,11 @@ fn scan_with(
     if range.is_empty() {
         return Box::new(std::iter::empty());
     }
-    let iter = match read_spaces(spaces).get(space) {
+    let open = match open {
+        Ok(open) => open,
+        Err(e) => return Box::new(std::iter::once(Err(e))),
+    };
+    let iter = match open.get(space) {
         Ok(ks) => run(ks, (range.start, range.end)),
         Err(e) => return Box::new(std::iter::once(Err(e))),
     };
@@ -124,94 +337,139 @@ fn scan_with(
             .map(|(k, v)| (k.to_vec(), v.to_vec()))
             .map_err(|e| storage("read", e))
     };
+    let held = HeldIter { iter, _open: open };
     match order {
-        Order::Ascending => Box::new(iter.map(entry)),
-        Order::Descending => Box::new(iter.rev().map(entry)),
+        Order::Ascending => Box::new(held.map(entry)),
+        Order::Descending => Box::new(held.rev().map(entry)),
     }
+}
+
+fn space_id(index: usize) -> Result<SpaceId, StorageError> {
+    u16::try_from(index)
+        .map(SpaceId)
+        .map_err(|_| StorageError::new("too many spaces"))
+}
+
+fn get_from(open: &Open, space: SpaceId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+    open.get(space)?
+        .get(key)
+        .map(|v| v.map(|v| v.to_vec()))
+        .map_err(|e| storage("read", e))
 }
 
 impl ReadView for FjallBackend {
     fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        read_spaces(&self.spaces)
-            .get(space)?
-            .get(key)
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| storage("read", e))
+        get_from(&*self.0.current()?, space, key)
     }
 
     fn scan(&self, space: SpaceId, range: KeyRange, order: Order) -> Entries {
-        scan_with(&self.spaces, space, range, order, |ks, r| ks.range(r))
+        scan_with(self.0.current(), space, range, order, |ks, r| ks.range(r))
     }
 }
 
 impl Backend for FjallBackend {
     fn open_space(&self, name: &str) -> Result<SpaceId, StorageError> {
-        let mut spaces = self.spaces.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(id) = spaces.by_name.get(name) {
-            return Ok(*id);
+        let mut names = lock(&self.0.names);
+        if let Some(i) = names.iter().position(|n| n == name) {
+            return space_id(i);
         }
-        let memtable = self.options.memtable_bytes;
-        let ks = self
-            .db
-            .keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(memtable)
-            })
-            .map_err(|e| storage(&format!("opening the keyspace {name}"), e))?;
-        let id = SpaceId(
-            u16::try_from(spaces.handles.len())
-                .map_err(|_| StorageError::new("too many spaces"))?,
-        );
-        spaces.handles.push(ks);
-        spaces.by_name.insert(name.to_owned(), id);
+        let id = space_id(names.len())?;
+        let open = self.0.current()?;
+        let ks = open_keyspace(&open.db, self.0.options, name)?;
+        // Spaces are opened at start, before anything reads: the handle is
+        // added to the open database in place.
+        let mut slot = self.0.open.write().unwrap_or_else(|p| p.into_inner());
+        drop(open);
+        let Some(current) = slot.as_mut() else {
+            return Err(StorageError::unavailable("the database is being reopened"));
+        };
+        match Arc::get_mut(current) {
+            Some(current) => current.handles.push(ks),
+            None => {
+                // Something reads the database: open a copy with the new
+                // handle rather than change what it reads.
+                let mut handles = current.handles.clone();
+                handles.push(ks);
+                *current = Arc::new(Open {
+                    db: current.db.clone(),
+                    handles,
+                });
+            }
+        }
+        names.push(name.to_owned());
         Ok(id)
     }
 
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        let open = self.0.current()?;
         Ok(Snapshot::new(FjallSnapshot {
-            snap: self.db.snapshot(),
-            spaces: Arc::clone(&self.spaces),
+            snap: open.db.snapshot(),
+            open,
         }))
     }
 
     fn commit(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        let spaces = read_spaces(&self.spaces);
+        if let Health::Fault(why) = &*lock(&self.0.health) {
+            return Err(StorageError::new(format!(
+                "writes stopped after a storage failure: {why}"
+            )));
+        }
+        let open = self.0.current()?;
         let mut b = if batch.is_synced() {
-            self.db.batch().durability(Some(PersistMode::SyncAll))
+            open.db.batch().durability(Some(PersistMode::SyncAll))
         } else {
-            self.db.batch()
+            open.db.batch()
         };
         for op in batch.into_ops() {
             match op {
-                WriteOp::Put { space, key, value } => b.insert(spaces.get(space)?, key, value),
-                WriteOp::Delete { space, key } => b.remove(spaces.get(space)?, key),
+                WriteOp::Put { space, key, value } => b.insert(open.get(space)?, key, value),
+                WriteOp::Delete { space, key } => b.remove(open.get(space)?, key),
             }
         }
-        drop(spaces);
-        b.commit().map_err(|e| storage("commit", e))
+        let committed = b.commit();
+        drop(open);
+        match committed {
+            Ok(()) => Ok(()),
+            // fjall checks its poison flag before writing anything.
+            Err(fjall::Error::Poisoned) => Err(self.0.poisoned()),
+            Err(e) => {
+                let why = format!("commit: {e}");
+                let mut health = lock(&self.0.health);
+                *health = Health::Fault(why.clone());
+                Err(StorageError::new(why))
+            }
+        }
     }
 
     fn engine(&self) -> &'static str {
         "fjall"
     }
+
+    /// After a failed background flush, yes (the database is reopened and
+    /// nothing was written); after a commit's own failed write, no.
+    fn survives_failed_commit(&self) -> bool {
+        !matches!(*lock(&self.0.health), Health::Fault(_))
+    }
 }
 
-/// A fjall snapshot and the keyspaces to read it through.
+/// A fjall snapshot and the database it reads.
 struct FjallSnapshot {
     snap: fjall::Snapshot,
-    spaces: Arc<RwLock<Spaces>>,
+    open: Arc<Open>,
 }
 
 impl ReadView for FjallSnapshot {
     fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.snap
-            .get(read_spaces(&self.spaces).get(space)?, key)
+            .get(self.open.get(space)?, key)
             .map(|v| v.map(|v| v.to_vec()))
             .map_err(|e| storage("read", e))
     }
 
     fn scan(&self, space: SpaceId, range: KeyRange, order: Order) -> Entries {
-        scan_with(&self.spaces, space, range, order, |ks, r| {
-            self.snap.range(ks, r)
+        let snap = &self.snap;
+        scan_with(Ok(Arc::clone(&self.open)), space, range, order, |ks, r| {
+            snap.range(ks, r)
         })
     }
 }

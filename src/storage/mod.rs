@@ -163,11 +163,14 @@ pub trait Backend: ReadView {
     /// The engine's name, for logs and `--help` ("fjall", "postgres").
     fn engine(&self) -> &'static str;
 
-    /// Whether the stores may go on writing after a failed commit. A
-    /// database server's state is whatever it committed, so a writer reads
-    /// it again and goes on once the server is back (PostgreSQL). After a
-    /// failed journal write fjall's state in memory is unknown, so the
-    /// stores stop writing until they are reopened (the default).
+    /// Whether the stores may go on writing after the commit that just
+    /// failed, once they have read their state again. A database server's
+    /// state is whatever it committed, so a writer reads it again and goes
+    /// on once the server is back (PostgreSQL). After a failed journal
+    /// write fjall's state in memory is unknown, so the stores stop
+    /// writing until the server is restarted; after a failed background
+    /// flush fjall wrote nothing and is reopened, so they go on (the
+    /// default answers no).
     fn survives_failed_commit(&self) -> bool {
         false
     }
