@@ -1089,7 +1089,7 @@ async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
     let (genuine_events, impostor_events) = (dir.join("genuine.log"), dir.join("impostor.log"));
     let (r, impostor) = (key("imp-r"), key("imp-impostor"));
     let listen = free_address();
-    let start = |k: &Key, events: &Path| listening_plugin(&dir, k, events, &listen);
+    let start = |k: &Key, events: &Path| listening_plugin(&dir, k, events, &listen, 0);
     let genuine = start(&r, &genuine_events);
     let config = format!("{TIMINGS}[[plugin]]\nname = \"remote\"\naddress = \"http://{listen}\"\n")
         .replace("plugin_wait_secs = 2", "plugin_wait_secs = 120");
@@ -1166,11 +1166,14 @@ async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
 /// Starts the test plugin listening at `listen` (as a plugin reached by
 /// address is), its events in `events` and its stderr next to them, and
 /// waits for its handshake line.
-fn listening_plugin(dir: &Path, k: &Key, events: &Path, listen: &str) -> KillOnDrop {
+/// A listening test plugin; `streams` > 0 asks for that many attempt
+/// streams instead of an `ExecuteJob` call per attempt.
+fn listening_plugin(dir: &Path, k: &Key, events: &Path, listen: &str, streams: u32) -> KillOnDrop {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pulse-test-plugin"))
         .arg("--key")
         .arg(key_file(dir, k))
         .env("PULSE_TEST_PLUGIN_EVENTS", events)
+        .env("PULSE_TEST_PLUGIN_ATTEMPT_STREAMS", streams.to_string())
         .env("PULSE_PLUGIN_LISTEN", listen)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(events.with_extension("stderr")).unwrap())
@@ -1196,14 +1199,25 @@ fn free_address() -> String {
 /// Issue 18, item 5: a dialled plugin told to stop (SIGTERM) drains: the
 /// attempt it runs finishes (not a crash), a job enqueued meanwhile is not
 /// sent to it and waits, held, using no attempt; it then exits, and the
-/// plugin's next process runs the waiting job.
+/// plugin's next process runs the waiting job. The same with the Rust
+/// SDK's attempt streams (spec/plugin.md, "Attempt streams"), where jobs
+/// run, are cancelled and drain as messages on three long streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dialled_plugin_drains_on_sigterm() {
-    let dir = tempdir("plugins-drain");
+    dialled_plugin_drains_on_sigterm(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_on_attempt_streams_runs_cancels_and_drains() {
+    dialled_plugin_drains_on_sigterm(3).await;
+}
+
+async fn dialled_plugin_drains_on_sigterm(streams: u32) {
+    let dir = tempdir(&format!("plugins-drain-{streams}"));
     let events_path = dir.join("events.log");
     let (p, h, e) = (key("drain-p"), key("drain-sleep"), key("drain-echo"));
     let listen = free_address();
-    let plugin = listening_plugin(&dir, &p, &events_path, &listen);
+    let plugin = listening_plugin(&dir, &p, &events_path, &listen, streams);
     let config = format!("{TIMINGS}[[plugin]]\nname = \"remote\"\naddress = \"http://{listen}\"\n")
         .replace("plugin_wait_secs = 2", "plugin_wait_secs = 120")
         .replace("heartbeat_timeout_ms = 800", "heartbeat_timeout_ms = 3000");
@@ -1217,6 +1231,37 @@ async fn a_dialled_plugin_drains_on_sigterm() {
     ] {
         submit(&mut reg, &a).await.unwrap();
     }
+    // Jobs run (several at once), and a cancel reaches the running attempt.
+    let ids: Vec<Vec<u8>> = enqueue_echoes(&mut jobs, &e, 8).await;
+    for (i, id) in ids.iter().enumerate() {
+        let j = finished(&mut jobs, id, 30).await;
+        assert_eq!(
+            (j.state.as_str(), j.result.as_slice()),
+            ("succeeded", format!("job {i}").as_bytes()),
+            "{}",
+            j.last_error
+        );
+    }
+    let sessions = cli(
+        &dir,
+        &["plugin", "sessions", "--server", &server.0.url, "--json"],
+        None,
+    );
+    let sessions: serde_json::Value = serde_json::from_str(&sessions).unwrap();
+    assert_eq!(
+        sessions["sessions"][0]["attempt_streams"], streams,
+        "{sessions}"
+    );
+    let cancelled = enqueue(&mut jobs, enqueue_req(&h, "20000")).await;
+    event(&events_path, &cancelled, "start").await;
+    jobs.cancel_job(proto::CancelJobRequest {
+        id: cancelled.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(job(&mut jobs, &cancelled).await.state, "cancelled");
+    event(&events_path, &cancelled, "cancelled").await;
+
     let long = enqueue(&mut jobs, enqueue_req(&h, "1500")).await;
     event(&events_path, &long, "start").await;
     // SAFETY: kill(2) on our own child; it touches no memory.
@@ -1239,7 +1284,7 @@ async fn a_dialled_plugin_drains_on_sigterm() {
     let j = job(&mut jobs, &waiting).await;
     assert_eq!(j.attempts, 0, "{} {}", j.state, j.last_error);
     drop(plugin);
-    let _again = listening_plugin(&dir, &p, &events_path, &listen);
+    let _again = listening_plugin(&dir, &p, &events_path, &listen, streams);
     let j = finished(&mut jobs, &waiting, 60).await;
     assert_eq!(
         (j.state.as_str(), j.attempts, j.result.as_slice()),
@@ -1248,6 +1293,15 @@ async fn a_dialled_plugin_drains_on_sigterm() {
         j.last_error
     );
     server.stop();
+}
+
+/// Enqueues `n` echo jobs ("job 0" …) to `h` at once.
+async fn enqueue_echoes(jobs: &mut JobsClient<Channel>, h: &Key, n: usize) -> Vec<Vec<u8>> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(enqueue(jobs, enqueue_req(h, &format!("job {i}"))).await);
+    }
+    ids
 }
 
 /// A plugin process started by a test, killed when the test ends however

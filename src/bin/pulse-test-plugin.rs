@@ -29,6 +29,7 @@
 //! exists, and then returns `late`; later attempts return `on time` at
 //! once).
 //!
+//! `PULSE_TEST_PLUGIN_ATTEMPT_STREAMS` asks for that many attempt streams.
 //! `PULSE_TEST_PLUGIN_CANCEL_GRACE_MS` sets how long a cancelled handler
 //! may run on (the SDK's `cancel_grace`).
 //!
@@ -273,6 +274,12 @@ async fn main() {
         .and_then(|v| v.parse().ok())
     {
         server = server.cancel_grace(Duration::from_millis(ms));
+    }
+    if let Some(n) = std::env::var("PULSE_TEST_PLUGIN_ATTEMPT_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        server = server.attempt_streams(n);
     }
     if let Some(p) = plugin {
         server =

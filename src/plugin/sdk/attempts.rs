@@ -21,7 +21,7 @@ use crate::plugin::proof::{Announcement, NONCE_BYTES, sign_proof};
 pub(super) type EventTx = mpsc::Sender<Result<proto::JobEvent, Status>>;
 
 /// (job, lease) of an attempt.
-type AttemptKey = ([u8; 16], Vec<u8>);
+pub(super) type AttemptKey = ([u8; 16], Vec<u8>);
 
 /// Most early cancels remembered.
 const MAX_EARLY_CANCELS: usize = 10_000;
@@ -93,8 +93,7 @@ impl Attempts {
             serves_any: a.serves_any,
             signature: signature.to_vec(),
             slots: p.slots,
-            // An ExecuteJob call per attempt costs tonic little.
-            attempt_streams: 0,
+            attempt_streams: p.attempt_streams,
         })
     }
 
@@ -228,6 +227,41 @@ impl Attempts {
             me.ended.notify_waiters();
         });
         Ok(())
+    }
+
+    /// Runs an attempt that came as a message on a stream (connected in,
+    /// or an attempt stream), even while draining, and sends its events on
+    /// `out` as `AttemptEvent`s. Its (job, lease), to stop it if the
+    /// stream ends first.
+    pub(super) async fn run_streamed(
+        self: &Arc<Self>,
+        req: proto::ExecuteJobRequest,
+        out: &mpsc::Sender<proto::PluginMessage>,
+    ) -> Option<AttemptKey> {
+        let (job, lease) = (req.job_id.clone(), req.lease.clone());
+        let key = <[u8; 16]>::try_from(job.as_slice())
+            .ok()
+            .map(|id| (id, lease.clone()));
+        let (tx, mut events) = mpsc::channel(64);
+        let _ = self.run(req, tx).await;
+        let out = out.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(event)) = events.recv().await {
+                let m = proto::plugin_message::Message::Event(proto::AttemptEvent {
+                    job_id: job.clone(),
+                    lease: lease.clone(),
+                    event: Some(event),
+                });
+                if out
+                    .send(proto::PluginMessage { message: Some(m) })
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        key
     }
 
     /// Cancels an attempt; whether it was running here.

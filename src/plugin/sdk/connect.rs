@@ -227,29 +227,13 @@ async fn session(
             msg = inbound.message() => match msg {
                 Ok(Some(m)) => match m.message {
                     Some(Message::Execute(req)) => {
-                        let (job, lease) = (req.job_id.clone(), req.lease.clone());
-                        if let Ok(id) = <[u8; 16]>::try_from(job.as_slice()) {
-                            started.retain(|(j, l)| attempts.is_running(*j, l));
-                            started.push((id, lease.clone()));
-                        }
-                        let (tx, mut events) = mpsc::channel(64);
                         // Started even while draining: the server sent it
                         // before it heard, and the stream stays open until
                         // the server has seen every attempt end.
-                        let _ = attempts.run(req, tx).await;
-                        let out = out.clone();
-                        tokio::spawn(async move {
-                            while let Some(Ok(event)) = events.recv().await {
-                                let m = plugin_message::Message::Event(proto::AttemptEvent {
-                                    job_id: job.clone(),
-                                    lease: lease.clone(),
-                                    event: Some(event),
-                                });
-                                if out.send(proto::PluginMessage { message: Some(m) }).await.is_err() {
-                                    break;
-                                }
-                            }
-                        });
+                        if let Some(key) = attempts.run_streamed(req, &out).await {
+                            started.retain(|(j, l)| attempts.is_running(*j, l));
+                            started.push(key);
+                        }
                     }
                     Some(Message::Cancel(c)) => {
                         if let Ok(job) = <[u8; 16]>::try_from(c.job_id.as_slice()) {

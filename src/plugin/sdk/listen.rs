@@ -5,12 +5,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 use super::PluginServer;
-use super::attempts::Attempts;
+use super::attempts::{AttemptKey, Attempts};
 use crate::api::proto::{self, plugin_server};
 
 /// How long a stopping plugin waits for open connections to close.
@@ -149,14 +149,62 @@ impl plugin_server::Plugin for Service {
 
     type AttemptsStream = Pin<Box<dyn Stream<Item = Result<proto::PluginMessage, Status>> + Send>>;
 
-    /// A call per attempt costs tonic little, so this SDK never asks for
-    /// attempt streams (`attempt_streams` 0).
+    /// Attempts as messages (spec/plugin.md, "Attempt streams"), when
+    /// this plugin asked for them. Headers go out at once (the stream is
+    /// returned before any message); the attempts started on a stream are
+    /// stopped when it ends, as Pulse has ended them; a stopping plugin
+    /// says `drain` on it.
     async fn attempts(
         &self,
-        _: Request<tonic::Streaming<proto::ServerMessage>>,
+        request: Request<tonic::Streaming<proto::ServerMessage>>,
     ) -> Result<Response<Self::AttemptsStream>, Status> {
-        Err(Status::unimplemented(
-            "this plugin takes each attempt as an ExecuteJob call",
-        ))
+        if self.attempts.plugin.attempt_streams == 0 {
+            return Err(Status::unimplemented(
+                "this plugin takes each attempt as an ExecuteJob call",
+            ));
+        }
+        let mut inbound = request.into_inner();
+        let (out, rx) = mpsc::channel::<proto::PluginMessage>(256);
+        let attempts = Arc::clone(&self.attempts);
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            use proto::server_message::Message;
+            let mut started: Vec<AttemptKey> = Vec::new();
+            let mut drained = false;
+            loop {
+                tokio::select! {
+                    msg = inbound.message() => match msg {
+                        Ok(Some(proto::ServerMessage { message: Some(Message::Execute(req)) })) => {
+                            if let Some(key) = attempts.run_streamed(req, &out).await {
+                                started.retain(|(j, l)| attempts.is_running(*j, l));
+                                started.push(key);
+                            }
+                        }
+                        Ok(Some(proto::ServerMessage { message: Some(Message::Cancel(c)) })) => {
+                            if let Ok(job) = <[u8; 16]>::try_from(c.job_id.as_slice()) {
+                                attempts.cancel(job, c.lease);
+                            }
+                        }
+                        // Pulse sends nothing else here.
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => break,
+                    },
+                    _ = async { let _ = stop.wait_for(|s| *s).await; }, if !drained => {
+                        drained = true;
+                        let drain = proto::plugin_message::Message::Drain(proto::DrainRequest {});
+                        let out = out.clone();
+                        tokio::spawn(async move {
+                            let _ = out.send(proto::PluginMessage { message: Some(drain) }).await;
+                        });
+                    }
+                }
+            }
+            for (job, lease) in started {
+                attempts.stop(job, &lease);
+            }
+        });
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(Ok::<_, Status>),
+        )))
     }
 }

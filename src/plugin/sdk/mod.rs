@@ -269,6 +269,7 @@ pub struct PluginServer {
     tls: Option<crate::api::tls::ServerTls>,
     cancel_grace: Duration,
     slots: u32,
+    attempt_streams: u32,
 }
 
 impl PluginServer {
@@ -289,6 +290,7 @@ impl PluginServer {
             tls: None,
             cancel_grace: CANCEL_GRACE,
             slots: 0,
+            attempt_streams: 0,
         }
     }
 
@@ -297,6 +299,17 @@ impl PluginServer {
     /// spreads a pool's attempts by free slots.
     pub fn slots(mut self, n: u32) -> PluginServer {
         self.slots = n;
+        self
+    }
+
+    /// Asks a Pulse that spawns or dials this plugin to send its attempts
+    /// as messages on `n` long-lived `Attempts` streams (at most 16 are
+    /// opened) instead of one `ExecuteJob` call each (0, the default:
+    /// calls). A message costs less than a call, tonic's too, so busy
+    /// plugins of short jobs run more of them (spec/plugin.md, "Attempt
+    /// streams"). A connected-in session ignores it.
+    pub fn attempt_streams(mut self, n: u32) -> PluginServer {
+        self.attempt_streams = n;
         self
     }
 
