@@ -42,18 +42,27 @@ impl Default for FjallOptions {
 
 /// One open fjall database and its keyspaces, by [`SpaceId`]. Snapshots
 /// and scans hold it, so it is closed (and its lock file released) only
-/// once the last of them is gone.
+/// once the last of them is gone. The keyspaces grow in place: a snapshot
+/// taken before a space was opened can still read it.
 struct Open {
     db: Database,
-    handles: Vec<Keyspace>,
+    handles: RwLock<Vec<Keyspace>>,
 }
 
 impl Open {
-    fn get(&self, space: SpaceId) -> Result<&Keyspace, StorageError> {
-        self.handles
-            .get(usize::from(space.0))
-            .ok_or_else(|| StorageError::new(format!("no space number {}", space.0)))
+    fn get(&self, space: SpaceId) -> Result<Keyspace, StorageError> {
+        handle(
+            &self.handles.read().unwrap_or_else(|p| p.into_inner()),
+            space,
+        )
+        .cloned()
     }
+}
+
+fn handle(handles: &[Keyspace], space: SpaceId) -> Result<&Keyspace, StorageError> {
+    handles
+        .get(usize::from(space.0))
+        .ok_or_else(|| StorageError::new(format!("no space number {}", space.0)))
 }
 
 /// Whether writes go on.
@@ -121,15 +130,14 @@ fn open_db(
     let db = builder
         .open()
         .map_err(|e| storage("opening the database", e))?;
-    let mut open = Open {
+    let handles = names
+        .iter()
+        .map(|name| open_keyspace(&db, options, name))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Open {
         db,
-        handles: Vec::with_capacity(names.len()),
-    };
-    for name in names {
-        let ks = open_keyspace(&open.db, options, name)?;
-        open.handles.push(ks);
-    }
-    Ok(open)
+        handles: RwLock::new(handles),
+    })
 }
 
 fn open_keyspace(
@@ -329,7 +337,7 @@ fn scan_with(
         Err(e) => return Box::new(std::iter::once(Err(e))),
     };
     let iter = match open.get(space) {
-        Ok(ks) => run(ks, (range.start, range.end)),
+        Ok(ks) => run(&ks, (range.start, range.end)),
         Err(e) => return Box::new(std::iter::once(Err(e))),
     };
     let entry = |kv: fjall::Guard| {
@@ -376,26 +384,11 @@ impl Backend for FjallBackend {
         let id = space_id(names.len())?;
         let open = self.0.current()?;
         let ks = open_keyspace(&open.db, self.0.options, name)?;
-        // Spaces are opened at start, before anything reads: the handle is
-        // added to the open database in place.
-        let mut slot = self.0.open.write().unwrap_or_else(|p| p.into_inner());
-        drop(open);
-        let Some(current) = slot.as_mut() else {
-            return Err(StorageError::unavailable("the database is being reopened"));
-        };
-        match Arc::get_mut(current) {
-            Some(current) => current.handles.push(ks),
-            None => {
-                // Something reads the database: open a copy with the new
-                // handle rather than change what it reads.
-                let mut handles = current.handles.clone();
-                handles.push(ks);
-                *current = Arc::new(Open {
-                    db: current.db.clone(),
-                    handles,
-                });
-            }
-        }
+        // Under the names lock, so handles and names stay in step.
+        open.handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(ks);
         names.push(name.to_owned());
         Ok(id)
     }
@@ -420,10 +413,15 @@ impl Backend for FjallBackend {
         } else {
             open.db.batch()
         };
-        for op in batch.into_ops() {
-            match op {
-                WriteOp::Put { space, key, value } => b.insert(open.get(space)?, key, value),
-                WriteOp::Delete { space, key } => b.remove(open.get(space)?, key),
+        {
+            let handles = open.handles.read().unwrap_or_else(|p| p.into_inner());
+            for op in batch.into_ops() {
+                match op {
+                    WriteOp::Put { space, key, value } => {
+                        b.insert(handle(&handles, space)?, key, value);
+                    }
+                    WriteOp::Delete { space, key } => b.remove(handle(&handles, space)?, key),
+                }
             }
         }
         let committed = b.commit();
@@ -461,7 +459,7 @@ struct FjallSnapshot {
 impl ReadView for FjallSnapshot {
     fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.snap
-            .get(self.open.get(space)?, key)
+            .get(&self.open.get(space)?, key)
             .map(|v| v.map(|v| v.to_vec()))
             .map_err(|e| storage("read", e))
     }
@@ -471,5 +469,40 @@ impl ReadView for FjallSnapshot {
         scan_with(Ok(Arc::clone(&self.open)), space, range, order, |ks, r| {
             snap.range(ks, r)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Storage;
+
+    /// A reader that took its snapshot before a space was opened (the job
+    /// store opens its spaces after the ledger's, while the ledger's views
+    /// live on) reads that space as empty, not as an error.
+    #[test]
+    fn a_snapshot_taken_before_a_space_was_opened_can_read_it() {
+        let dir = std::env::temp_dir().join(format!(
+            "pulse-fjall-unit-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let storage = Storage::new(FjallBackend::open(&dir, FjallOptions::default()).unwrap());
+        let first = storage.space("first").unwrap();
+        let before = storage.snapshot().unwrap();
+        let later = storage.space("later").unwrap();
+        let mut batch = storage.batch();
+        batch.insert(&later, b"k", b"v");
+        batch.insert(&first, b"k", b"v");
+        storage.commit(batch).unwrap();
+        assert_eq!(before.get(&later, b"k").unwrap(), None);
+        assert_eq!(before.range::<&[u8]>(&later, ..).count(), 0);
+        assert_eq!(before.get(&first, b"k").unwrap(), None);
+        let after = storage.snapshot().unwrap();
+        assert_eq!(after.get(&later, b"k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(later.get(b"k").unwrap(), Some(b"v".to_vec()));
+        drop((before, after, first, later, storage));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

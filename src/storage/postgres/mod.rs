@@ -234,23 +234,42 @@ impl PostgresBackend {
     pub fn lock_single_server(&self) -> Result<(), StorageError> {
         self.locked
             .store(true, std::sync::atomic::Ordering::Release);
-        self.take_server_lock()
+        self.take_server_lock(LOCK_WAIT_AT_START)
     }
 
     /// Takes the server lock on a connection of its own, kept out of the
-    /// pool.
-    fn take_server_lock(&self) -> Result<(), StorageError> {
+    /// pool, trying for up to `wait` while another session holds it.
+    ///
+    /// Why wait at all: a server killed a moment ago leaves its backend
+    /// (and so its lock) behind until PostgreSQL reads the closed socket,
+    /// which takes a moment on a busy machine; a restart right after a
+    /// crash must not be refused for it. The lock's session sets short TCP
+    /// keepalives so that a server whose machine vanished (no FIN ever
+    /// sent) loses the lock in about 25 s, not the kernel's two hours.
+    fn take_server_lock(&self, wait: std::time::Duration) -> Result<(), StorageError> {
         let shown = self.shown.clone();
         let conn = self.run(move |conn| async move {
-            let got: bool = conn
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&schema::SERVER_LOCK_KEY])
-                .await
-                .map_err(|e| query_error("locking the database", &e))?
-                .get(0);
-            if !got {
-                return Err(StorageError::new(format!(
-                    "store_in_use: another pulse-ledger serve holds {shown}: stop it, or give another database (one server per database)"
-                )));
+            conn.batch_execute(
+                "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3",
+            )
+            .await
+            .map_err(|e| query_error("locking the database", &e))?;
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                let got: bool = conn
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&schema::SERVER_LOCK_KEY])
+                    .await
+                    .map_err(|e| query_error("locking the database", &e))?
+                    .get(0);
+                if got {
+                    break;
+                }
+                if tokio::time::Instant::now() >= until {
+                    return Err(StorageError::new(format!(
+                        "store_in_use: another pulse-ledger serve holds {shown}: stop it, or give another database (one server per database)"
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             // Out of the pool for good: the lock lives with this connection.
             Ok(Object::take(conn))
@@ -276,7 +295,7 @@ impl PostgresBackend {
         if lost {
             tracing::warn!(store = %self.shown, "the server lock's connection closed: taking the lock again");
             drop(self.holder.lock().unwrap_or_else(|p| p.into_inner()).take());
-            self.take_server_lock()?;
+            self.take_server_lock(std::time::Duration::ZERO)?;
         }
         Ok(())
     }
@@ -332,6 +351,10 @@ impl PostgresBackend {
 }
 
 /// Runs `fut` on `handle` and parks this thread until it ends.
+/// How long a starting server waits for a stopped server's session to
+/// release the server lock before refusing with `store_in_use`.
+const LOCK_WAIT_AT_START: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn run_on<T: Send + 'static>(
     handle: &tokio::runtime::Handle,
     fut: impl Future<Output = Result<T, StorageError>> + Send + 'static,
