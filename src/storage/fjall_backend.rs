@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
+use super::idle_flush::{IdleFlush, Observation};
 use super::{
     Backend, Entries, KeyRange, Order, ReadView, Snapshot, SpaceId, StorageError, WriteBatch,
     WriteOp,
@@ -95,6 +96,9 @@ struct Inner {
     /// Wakes the reopening thread when the backend is dropped.
     closing: Condvar,
     closed: AtomicBool,
+    /// The thread flushing idle memtables early, joined on drop (so the
+    /// database is closed when the backend is).
+    pacer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// A fjall database as a [`Backend`].
@@ -172,7 +176,7 @@ impl FjallBackend {
 
     fn with(path: &Path, options: Option<FjallOptions>) -> Result<FjallBackend, StorageError> {
         let open = open_db(path, options, &[])?;
-        Ok(FjallBackend(Arc::new(Inner {
+        let inner = Arc::new(Inner {
             path: path.to_owned(),
             options,
             names: Mutex::default(),
@@ -180,15 +184,88 @@ impl FjallBackend {
             health: Mutex::new(Health::Good),
             closing: Condvar::new(),
             closed: AtomicBool::new(false),
-        })))
+            pacer: Mutex::new(None),
+        });
+        // A reader of a stopped server's dir writes nothing to flush.
+        if options.is_some() {
+            let weak = Arc::downgrade(&inner);
+            let pacer = std::thread::Builder::new()
+                .name("fjall-idle-flush".into())
+                .spawn(move || flush_idle_memtables(&weak))
+                .map_err(|e| storage("starting the idle-flush thread", e))?;
+            *lock(&inner.pacer) = Some(pacer);
+        }
+        Ok(FjallBackend(inner))
+    }
+}
+
+/// How often the idle-flush thread looks, and how long a memtable must
+/// stay unwritten before it is flushed early ([`IdleFlush`]).
+const IDLE_FLUSH_TICK: Duration = Duration::from_millis(250);
+const IDLE_FLUSH_AFTER: Duration = Duration::from_secs(2);
+
+/// Flushes the memtables of spaces that stopped being written, one per
+/// tick, until the backend is dropped.
+fn flush_idle_memtables(inner: &std::sync::Weak<Inner>) {
+    use fjall::AbstractTree as _;
+    let mut policy = IdleFlush::new(IDLE_FLUSH_AFTER);
+    loop {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        {
+            let health = lock(&inner.health);
+            let (_health, _) = inner
+                .closing
+                .wait_timeout_while(health, IDLE_FLUSH_TICK, |_| {
+                    !inner.closed.load(Ordering::Acquire)
+                })
+                .unwrap_or_else(|p| p.into_inner());
+            if inner.closed.load(Ordering::Acquire) {
+                return;
+            }
+        }
+        // While the database is being reopened there is nothing to flush.
+        let Ok(open) = inner.current() else {
+            continue;
+        };
+        let handles = open
+            .handles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let observed: Vec<Observation> = handles
+            .iter()
+            .map(|ks| {
+                let memtable = ks.tree.active_memtable();
+                Observation {
+                    memtable: memtable.id(),
+                    highest_seqno: memtable.get_highest_seqno(),
+                }
+            })
+            .collect();
+        if let Some(i) = policy.choose(std::time::Instant::now(), &observed) {
+            // `rotate_memtable` is hidden from fjall's docs but public: it
+            // seals the memtable and queues its flush, as the journal
+            // limit would (fjall is held to 3.1.x in Cargo.toml for it).
+            if let Err(e) = handles[i].rotate_memtable() {
+                tracing::debug!(error = %e, "flushing an idle memtable failed; fjall retries at its own limits");
+            }
+        }
     }
 }
 
 impl Drop for FjallBackend {
     fn drop(&mut self) {
         self.0.closed.store(true, Ordering::Release);
-        let _guard = lock(&self.0.health);
-        self.0.closing.notify_all();
+        {
+            let _guard = lock(&self.0.health);
+            self.0.closing.notify_all();
+        }
+        let pacer = lock(&self.0.pacer).take();
+        if let Some(pacer) = pacer {
+            let _ = pacer.join();
+        }
     }
 }
 

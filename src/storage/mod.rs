@@ -14,6 +14,7 @@
 //! [`PostgresBackend`] (the same contract on a PostgreSQL server).
 
 mod fjall_backend;
+mod idle_flush;
 pub mod postgres;
 mod range;
 
