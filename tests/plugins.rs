@@ -12,31 +12,34 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Key, handler_register, job, key, key_file, next, plugin_register, plugin_table, tempdir,
+    Backend, Key, handler_register, job, key, key_file, next, plugin_register, plugin_table,
+    tempdir,
 };
 use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
 use pulse_ledger::{Action, Attestation};
 use tonic::transport::Channel;
 
-/// A server started with a config file.
+/// A server started with a config file, on either storage backend: every
+/// test that runs jobs runs on both (`serve_on_every_backend!`); the two
+/// that only check refusals at start-up do not touch storage.
 struct Server(common::Serve);
 
 impl Server {
     /// Starts `serve --config` with `config` (TOML) plus the data dir, and
     /// metrics on an ephemeral port.
-    fn start(dir: &Path, config: &str) -> Server {
+    fn start(dir: &Path, config: &str, backend: &Backend) -> Server {
         let path = dir.join("pulse.toml");
         std::fs::write(&path, config).unwrap();
         let data = dir.join("data");
-        Server(common::Serve::start(
-            &[
-                "--config",
-                path.to_str().unwrap(),
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ],
-            &data,
-        ))
+        let mut args = vec![
+            "--config",
+            path.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ];
+        let store = backend.args();
+        args.extend(store.iter().map(String::as_str));
+        Server(common::Serve::start(&args, &data))
     }
 
     async fn registry(&self) -> RegistryClient<Channel> {
@@ -113,9 +116,8 @@ fn now_ms() -> u64 {
 
 const TIMINGS: &str = "heartbeat_timeout_ms = 800\ncancel_grace_ms = 300\nplugin_health_interval_ms = 200\nplugin_wait_secs = 2\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jobs_run_on_the_verified_plugin_through_every_failure_mode() {
-    let dir = tempdir("plugins-e2e");
+async fn jobs_run_on_the_verified_plugin_through_every_failure_mode(backend: Backend) {
+    let dir = tempdir(&backend.dir_name("plugins-e2e"));
     let events_path = dir.join("events.log");
     let p = key("e2e-plugin");
     let pkey = key_file(&dir, &p);
@@ -127,7 +129,7 @@ async fn jobs_run_on_the_verified_plugin_through_every_failure_mode() {
             &events_path
         )
     );
-    let server = Server::start(&dir, &config);
+    let server = Server::start(&dir, &config, &backend);
     let mut reg = server.registry().await;
     let mut jobs = server.jobs().await;
 
@@ -345,6 +347,8 @@ async fn jobs_run_on_the_verified_plugin_through_every_failure_mode() {
     );
 }
 
+serve_on_every_backend!(jobs_run_on_the_verified_plugin_through_every_failure_mode);
+
 /// The job ID of the last `start` line.
 fn id_of_last_start(path: &Path) -> Vec<u8> {
     let text = std::fs::read_to_string(path).unwrap();
@@ -352,9 +356,10 @@ fn id_of_last_start(path: &Path) -> Vec<u8> {
     hex::decode(line.split_whitespace().nth(1).unwrap()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugins_that_cannot_prove_their_key_or_claim_others_handlers_get_nothing() {
-    let dir = tempdir("plugins-refused");
+async fn plugins_that_cannot_prove_their_key_or_claim_others_handlers_get_nothing(
+    backend: Backend,
+) {
+    let dir = tempdir(&backend.dir_name("plugins-refused"));
     let events_path = dir.join("events.log");
     // "liar" claims to be plugin P but holds another key; "claimer" is
     // plugin C and announces handler Hq, whose chain names plugin Q.
@@ -381,7 +386,7 @@ async fn plugins_that_cannot_prove_their_key_or_claim_others_handlers_get_nothin
         ],
         &events_path,
     );
-    let server = Server::start(&dir, &format!("{TIMINGS}{liar}{claimer}"));
+    let server = Server::start(&dir, &format!("{TIMINGS}{liar}{claimer}"), &backend);
     let mut reg = server.registry().await;
     let mut jobs = server.jobs().await;
     for a in [
@@ -415,9 +420,12 @@ async fn plugins_that_cannot_prove_their_key_or_claim_others_handlers_get_nothin
     server.stop();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn remote_plugins_are_dialled_and_left_running_and_a_rotated_plugin_proves_its_new_key() {
-    let dir = tempdir("plugins-remote");
+serve_on_every_backend!(plugins_that_cannot_prove_their_key_or_claim_others_handlers_get_nothing);
+
+async fn remote_plugins_are_dialled_and_left_running_and_a_rotated_plugin_proves_its_new_key(
+    backend: Backend,
+) {
+    let dir = tempdir(&backend.dir_name("plugins-remote"));
     let events_path = dir.join("events.log");
     // A plugin someone else runs: Pulse only dials it.
     let (r, s1, s2) = (key("rm-r"), key("rm-s1"), key("rm-s2"));
@@ -449,7 +457,7 @@ async fn remote_plugins_are_dialled_and_left_running_and_a_rotated_plugin_proves
     );
     let config =
         format!("{TIMINGS}[[plugin]]\nname = \"remote\"\naddress = \"http://{addr}\"\n{spawned}");
-    let server = Server::start(&dir, &config);
+    let server = Server::start(&dir, &config, &backend);
     let mut reg = server.registry().await;
     let mut jobs = server.jobs().await;
     let (hr, hs) = (key("rm-hr"), key("rm-hs"));
@@ -501,6 +509,10 @@ async fn remote_plugins_are_dialled_and_left_running_and_a_rotated_plugin_proves
     remote.wait().unwrap();
 }
 
+serve_on_every_backend!(
+    remote_plugins_are_dialled_and_left_running_and_a_rotated_plugin_proves_its_new_key
+);
+
 /// Runs the CLI in `dir`; returns stdout, failing the test on a non-zero
 /// exit.
 fn cli(dir: &Path, args: &[&str], stdin: Option<&str>) -> String {
@@ -540,9 +552,8 @@ fn did_of(key_file: &Path) -> String {
 /// The README walk-through, typed as written: keygen, plugin register,
 /// a handler whose signed schema carries Python code, submit, and a job
 /// that runs the code on the script plugin.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handler_created_from_the_cli_runs_its_signed_python() {
-    let dir = tempdir("plugins-script");
+async fn a_handler_created_from_the_cli_runs_its_signed_python(backend: Backend) {
+    let dir = tempdir(&backend.dir_name("plugins-script"));
     cli(&dir, &["keygen", "--out", "plugin.key"], None);
     cli(&dir, &["keygen", "--out", "handler.key"], None);
     let (plugin, handler) = (
@@ -614,7 +625,7 @@ async fn a_handler_created_from_the_cli_runs_its_signed_python() {
         env!("CARGO_BIN_EXE_pulse-script-plugin"),
         dir.display().to_string()
     );
-    let server = Server::start(&dir, &config);
+    let server = Server::start(&dir, &config, &backend);
     let url = server.0.url.clone();
     cli(
         &dir,
@@ -721,6 +732,8 @@ async fn a_handler_created_from_the_cli_runs_its_signed_python() {
     server.stop();
 }
 
+serve_on_every_backend!(a_handler_created_from_the_cli_runs_its_signed_python);
+
 /// A bad `[[plugin]]` table stops `serve` before it starts, naming the rule.
 #[test]
 fn bad_plugin_tables_are_refused_with_the_rule() {
@@ -781,9 +794,8 @@ fn bad_plugin_tables_are_refused_with_the_rule() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running() {
-    let dir = tempdir("plugins-faults");
+async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running(backend: Backend) {
+    let dir = tempdir(&backend.dir_name("plugins-faults"));
     let events_path = dir.join("events.log");
     let (tools, crashy, slow) = (key("pf-tools"), key("pf-crashy"), key("pf-slow"));
     let slow_table = plugin_table(
@@ -820,7 +832,7 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running() {
             &events_path
         ),
     );
-    let server = Server::start(&dir, &config);
+    let server = Server::start(&dir, &config, &backend);
     let mut reg = server.registry().await;
     let mut jobs = server.jobs().await;
     let (late, flood, echo, crash, crashy_echo, slow_echo) = (
@@ -970,6 +982,8 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running() {
     server.stop();
 }
 
+serve_on_every_backend!(misbehaving_plugins_are_contained_and_other_handlers_keep_running);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spawned_plugin_that_listens_beyond_loopback_is_refused() {
     let dir = tempdir("plugins-wide");
@@ -987,7 +1001,7 @@ async fn a_spawned_plugin_that_listens_beyond_loopback_is_refused() {
         "env = { ",
         "env = { PULSE_PLUGIN_LISTEN = \"0.0.0.0:0\", PULSE_PLUGIN_ALLOW_PLAINTEXT = \"1\", ",
     );
-    let server = Server::start(&dir, &format!("{TIMINGS}{table}"));
+    let server = Server::start(&dir, &format!("{TIMINGS}{table}"), &Backend::Fjall);
     let mut reg = server.registry().await;
     let mut jobs = server.jobs().await;
     let h = key("wide-echo");
@@ -1015,9 +1029,8 @@ async fn a_spawned_plugin_that_listens_beyond_loopback_is_refused() {
 /// both slots while it is alone; once another handler has a job ready, the
 /// flood keeps at most one slot (its fair share) and the newcomer's job
 /// starts at the next free slot, long before the flood is done.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_on_one_handler_does_not_hold_every_slot() {
-    let dir = tempdir("plugins-fair");
+async fn a_flood_on_one_handler_does_not_hold_every_slot(backend: Backend) {
+    let dir = tempdir(&backend.dir_name("plugins-fair"));
     let events_path = dir.join("events.log");
     let tools = key("fair-tools");
     let config = format!(
@@ -1029,7 +1042,7 @@ async fn a_flood_on_one_handler_does_not_hold_every_slot() {
         )
     )
     .replace("plugin_wait_secs = 2", "plugin_wait_secs = 30");
-    let server = Server::start(&dir, &config);
+    let server = Server::start(&dir, &config, &backend);
     let mut reg = server.registry().await;
     let mut jobs = server.jobs().await;
     let (flood, victim) = (key("fair-flood"), key("fair-victim"));
@@ -1075,6 +1088,8 @@ async fn a_flood_on_one_handler_does_not_hold_every_slot() {
     server.stop();
 }
 
+serve_on_every_backend!(a_flood_on_one_handler_does_not_hold_every_slot);
+
 /// Issue 18, items 1 and 2: a session is bound to the connection that
 /// proved the key, and a plugin that is down holds jobs without using
 /// attempts. A dialled plugin is killed: a job enqueued while nothing
@@ -1083,9 +1098,8 @@ async fn a_flood_on_one_handler_does_not_hold_every_slot() {
 /// job (the channel does not reconnect by itself; a new session must prove
 /// the key, and it cannot). The genuine plugin comes back, proves its key,
 /// and the jobs held meanwhile run on it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
-    let dir = tempdir("plugins-impostor");
+async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job(backend: Backend) {
+    let dir = tempdir(&backend.dir_name("plugins-impostor"));
     let (genuine_events, impostor_events) = (dir.join("genuine.log"), dir.join("impostor.log"));
     let (r, impostor) = (key("imp-r"), key("imp-impostor"));
     let listen = free_address();
@@ -1093,7 +1107,7 @@ async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
     let genuine = start(&r, &genuine_events);
     let config = format!("{TIMINGS}[[plugin]]\nname = \"remote\"\naddress = \"http://{listen}\"\n")
         .replace("plugin_wait_secs = 2", "plugin_wait_secs = 120");
-    let server = Server::start(&dir, &config);
+    let server = Server::start(&dir, &config, &backend);
     let mut reg = server.registry().await;
     let mut jobs = server.jobs().await;
     let h = key("imp-h");
@@ -1163,6 +1177,8 @@ async fn a_dialled_plugin_replaced_by_an_impostor_gets_no_job() {
     server.stop();
 }
 
+serve_on_every_backend!(a_dialled_plugin_replaced_by_an_impostor_gets_no_job);
+
 /// Starts the test plugin listening at `listen` (as a plugin reached by
 /// address is), its events in `events` and its stderr next to them, and
 /// waits for its handshake line.
@@ -1202,18 +1218,20 @@ fn free_address() -> String {
 /// plugin's next process runs the waiting job. The same with the Rust
 /// SDK's attempt streams (spec/plugin.md, "Attempt streams"), where jobs
 /// run, are cancelled and drain as messages on three long streams.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dialled_plugin_drains_on_sigterm() {
-    dialled_plugin_drains_on_sigterm(0).await;
+async fn a_dialled_plugin_drains_on_sigterm(backend: Backend) {
+    dialled_plugin_drains_on_sigterm(backend, 0).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_on_attempt_streams_runs_cancels_and_drains() {
-    dialled_plugin_drains_on_sigterm(3).await;
+serve_on_every_backend!(a_dialled_plugin_drains_on_sigterm);
+
+async fn a_plugin_on_attempt_streams_runs_cancels_and_drains(backend: Backend) {
+    dialled_plugin_drains_on_sigterm(backend, 3).await;
 }
 
-async fn dialled_plugin_drains_on_sigterm(streams: u32) {
-    let dir = tempdir(&format!("plugins-drain-{streams}"));
+serve_on_every_backend!(a_plugin_on_attempt_streams_runs_cancels_and_drains);
+
+async fn dialled_plugin_drains_on_sigterm(backend: Backend, streams: u32) {
+    let dir = tempdir(&backend.dir_name(&format!("plugins-drain-{streams}")));
     let events_path = dir.join("events.log");
     let (p, h, e) = (key("drain-p"), key("drain-sleep"), key("drain-echo"));
     let listen = free_address();
@@ -1221,7 +1239,7 @@ async fn dialled_plugin_drains_on_sigterm(streams: u32) {
     let config = format!("{TIMINGS}[[plugin]]\nname = \"remote\"\naddress = \"http://{listen}\"\n")
         .replace("plugin_wait_secs = 2", "plugin_wait_secs = 120")
         .replace("heartbeat_timeout_ms = 800", "heartbeat_timeout_ms = 3000");
-    let server = Server::start(&dir, &config);
+    let server = Server::start(&dir, &config, &backend);
     let mut reg = server.registry().await;
     let mut jobs = server.jobs().await;
     for a in [
@@ -1318,9 +1336,8 @@ impl Drop for KillOnDrop {
 /// Issue 18, item 5: `instances = N` spawns a pool: N processes, each
 /// proving the key on its own connection, sharing the handler's jobs by
 /// their slots.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spawned_pool_shares_jobs_between_its_instances() {
-    let dir = tempdir("plugins-spawned-pool");
+async fn a_spawned_pool_shares_jobs_between_its_instances(backend: Backend) {
+    let dir = tempdir(&backend.dir_name("plugins-spawned-pool"));
     let events_path = dir.join("events.log");
     let p = key("spool-plugin");
     let pkey = key_file(&dir, &p);
@@ -1337,7 +1354,7 @@ async fn a_spawned_pool_shares_jobs_between_its_instances() {
             &events_path,
         )
     );
-    let server = Server::start(&dir, &config);
+    let server = Server::start(&dir, &config, &backend);
     let mut reg = server.registry().await;
     let mut jobs = server.jobs().await;
     let h = key("spool-sleep");
@@ -1382,13 +1399,14 @@ async fn a_spawned_pool_shares_jobs_between_its_instances() {
     server.stop();
 }
 
+serve_on_every_backend!(a_spawned_pool_shares_jobs_between_its_instances);
+
 /// Issue 19, finding 5: payloads are checked against the handler's signed
 /// `input_schema` at enqueue (`invalid_payload`, naming the path and
 /// rule), and results against its `output_schema` (`invalid_output`,
 /// the attempt fails for good).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payloads_and_results_are_checked_against_the_handlers_schemas() {
-    let dir = tempdir("plugins-schemas");
+async fn payloads_and_results_are_checked_against_the_handlers_schemas(backend: Backend) {
+    let dir = tempdir(&backend.dir_name("plugins-schemas"));
     let events_path = dir.join("events.log");
     let p = key("schemas-plugin");
     let config = format!(
@@ -1399,7 +1417,7 @@ async fn payloads_and_results_are_checked_against_the_handlers_schemas() {
             &events_path
         )
     );
-    let server = Server::start(&dir, &config);
+    let server = Server::start(&dir, &config, &backend);
     let mut reg = server.registry().await;
     let mut jobs = server.jobs().await;
     let (sum, shaped) = (key("schemas-sum"), key("schemas-shaped"));
@@ -1448,3 +1466,5 @@ async fn payloads_and_results_are_checked_against_the_handlers_schemas() {
     assert_eq!(finished(&mut jobs, &good, 30).await.state, "succeeded");
     server.stop();
 }
+
+serve_on_every_backend!(payloads_and_results_are_checked_against_the_handlers_schemas);
