@@ -472,10 +472,166 @@ impl Proxy {
     }
 }
 
-/// Issue 23, item 7: the database goes away mid-run and comes back. While
-/// it is away, writes are refused (`unavailable`), never acknowledged;
-/// once it is back, the same server takes registrations and jobs again,
-/// reads answer, and every acknowledged write is there — no restart.
+/// How a test takes the database away and brings it back.
+trait Outage {
+    fn begin(&self);
+    fn end(&self);
+}
+
+impl Outage for Proxy {
+    fn begin(&self) {
+        self.cut();
+    }
+    fn end(&self) {
+        self.restore();
+    }
+}
+
+/// A PostgreSQL cluster of the test's own, on a loopback port, to stop and
+/// start (the shared one serves every other test). Built with the
+/// binaries `.ci/postgres.sh` uses; as root, run as the `postgres` user
+/// (the server refuses root). Stopped and removed on drop.
+struct Cluster {
+    bin: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Cluster {
+    /// A new cluster, started; `None` (with a notice) when no PostgreSQL
+    /// binaries are installed here, which fails under `PULSE_LEDGER_CI`.
+    fn create(name: &str) -> Option<Cluster> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|v| v.path().join("bin"))
+            .chain(
+                std::env::var_os("PATH")
+                    .iter()
+                    .flat_map(std::env::split_paths),
+            )
+            .find(|b| b.join("initdb").is_file() && b.join("pg_ctl").is_file());
+        let Some(bin) = bin else {
+            assert!(
+                std::env::var_os("PULSE_LEDGER_CI").is_none(),
+                "no PostgreSQL binaries (initdb, pg_ctl): CI must stop and start a real cluster"
+            );
+            eprintln!(
+                "skipped ({name}): no PostgreSQL binaries (initdb, pg_ctl) to run a cluster of its own"
+            );
+            return None;
+        };
+        let uid = Command::new("id").arg("-u").output().unwrap();
+        let as_postgres = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+        let dir = std::env::temp_dir().join(format!("pulse-ledger-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        if as_postgres {
+            assert!(
+                Command::new("chown")
+                    .arg("postgres")
+                    .arg(&dir)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cluster = Cluster {
+            bin,
+            dir,
+            port,
+            as_postgres,
+        };
+        let data = cluster.dir.join("data");
+        let init = cluster
+            .command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            init.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        cluster.start();
+        Some(cluster)
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        let path = self.bin.join(tool);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+        );
+    }
+
+    fn start(&self) {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {}",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("server.log");
+        self.ctl(&["-w", "-l", log.to_str().unwrap(), "-o", &options, "start"]);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+/// The database server itself stops (every connection closed by it) and
+/// starts again, as in a restart or a failover.
+impl Outage for Cluster {
+    fn begin(&self) {
+        self.ctl(&["-w", "-m", "fast", "stop"]);
+    }
+    fn end(&self) {
+        self.start();
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Issue 23, item 7: the database becomes unreachable mid-run (every
+/// connection to it cut, new ones refused) and comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_refuses_writes_and_the_server_resumes_when_it_returns() {
     let Some(url) = common::postgres_database("outage") else {
@@ -489,7 +645,34 @@ async fn a_database_outage_refuses_writes_and_the_server_resumes_when_it_returns
         .unwrap();
     let proxy = Proxy::start(hostport.to_owned()).await;
     let proxied = format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port);
-    let dir = tempdir("pg-outage");
+    writes_are_refused_during_an_outage_and_resume_after_it(&proxied, &proxy, "pg-outage").await;
+}
+
+/// Issue 23, item 7, with a real PostgreSQL server stopped (`pg_ctl stop
+/// -m fast`) and started again under a running `serve`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_refuses_writes_and_the_server_resumes_when_it_is_back() {
+    // Only where the PostgreSQL suites run at all.
+    if common::postgres_database("restart").is_none() {
+        return;
+    }
+    let Some(cluster) = Cluster::create("pg-restart-cluster") else {
+        return;
+    };
+    let url = cluster.url();
+    writes_are_refused_during_an_outage_and_resume_after_it(&url, &cluster, "pg-restart").await;
+}
+
+/// While the database is away, writes are refused (`unavailable`), never
+/// acknowledged; once it is back, the same server takes registrations and
+/// jobs again, reads answer, and every acknowledged write is there — no
+/// restart of `serve`.
+async fn writes_are_refused_during_an_outage_and_resume_after_it(
+    proxied: &str,
+    outage: &impl Outage,
+    name: &str,
+) {
+    let dir = tempdir(name);
     let p = key("outage-plugin");
     let pkey = key_file(&dir, &p);
     let config = format!(
@@ -500,7 +683,7 @@ async fn a_database_outage_refuses_writes_and_the_server_resumes_when_it_returns
             &dir.join("events.log"),
         )
     );
-    let server = start(&dir, &proxied, &config);
+    let server = start(&dir, proxied, &config);
     let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
     let echo = key("outage-echo");
     let mut acknowledged = Vec::new();
@@ -531,7 +714,7 @@ async fn a_database_outage_refuses_writes_and_the_server_resumes_when_it_returns
         .id;
     assert_eq!(finished(&mut jobs, &first, 30).await.result, b"before");
 
-    proxy.cut();
+    outage.begin();
     // Writes during the outage: refused, not acknowledged.
     let mut refused = 0;
     for i in 0..5 {
@@ -558,7 +741,7 @@ async fn a_database_outage_refuses_writes_and_the_server_resumes_when_it_returns
         "registrations were acknowledged with the database away"
     );
 
-    proxy.restore();
+    outage.end();
     // The same server takes writes again once the database is back.
     let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let late = handler_register(&key("outage-after"), "echo", &p.did);
