@@ -496,12 +496,21 @@ struct Cluster {
     dir: std::path::PathBuf,
     port: u16,
     as_postgres: bool,
+    /// Server settings beyond the address (`-c name=value …`).
+    settings: String,
 }
 
 impl Cluster {
     /// A new cluster, started; `None` (with a notice) when no PostgreSQL
     /// binaries are installed here, which fails under `PULSE_LEDGER_CI`.
     fn create(name: &str) -> Option<Cluster> {
+        Cluster::create_with(name, false)
+    }
+
+    /// With `tls_only`, the server presents tests/fixtures/tls's
+    /// certificate (for 127.0.0.1, signed by its test CA) and refuses
+    /// every TCP connection that is not encrypted.
+    fn create_with(name: &str, tls_only: bool) -> Option<Cluster> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .into_iter()
             .flatten()
@@ -543,11 +552,12 @@ impl Cluster {
             .local_addr()
             .unwrap()
             .port();
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             bin,
             dir,
             port,
             as_postgres,
+            settings: String::new(),
         };
         let data = cluster.dir.join("data");
         let init = cluster
@@ -561,6 +571,33 @@ impl Cluster {
             "initdb: {}",
             String::from_utf8_lossy(&init.stderr)
         );
+        if tls_only {
+            let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+            for file in ["server.pem", "server.key"] {
+                std::fs::copy(fixtures.join(file), data.join(file)).unwrap();
+            }
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                data.join("server.key"),
+                std::fs::Permissions::from_mode(0o600),
+            )
+            .unwrap();
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )
+            .unwrap();
+            if cluster.as_postgres {
+                let chown = Command::new("chown")
+                    .arg("postgres")
+                    .args(["server.pem", "server.key", "pg_hba.conf"].map(|f| data.join(f)))
+                    .status()
+                    .unwrap();
+                assert!(chown.success());
+            }
+            cluster.settings =
+                " -c ssl=on -c ssl_cert_file=server.pem -c ssl_key_file=server.key".into();
+        }
         cluster.start();
         Some(cluster)
     }
@@ -594,9 +631,10 @@ impl Cluster {
 
     fn start(&self) {
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {}",
+            "-c listen_addresses=127.0.0.1 -p {} -k {}{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.settings
         );
         let log = self.dir.join("server.log");
         self.ctl(&["-w", "-l", log.to_str().unwrap(), "-o", &options, "start"]);
@@ -661,6 +699,70 @@ async fn a_database_restart_refuses_writes_and_the_server_resumes_when_it_is_bac
     };
     let url = cluster.url();
     writes_are_refused_during_an_outage_and_resume_after_it(&url, &cluster, "pg-restart").await;
+}
+
+/// TLS to the database (spec/storage.md): against a server that takes
+/// only encrypted connections, a plain URL is turned away by the server,
+/// `sslmode=require` without the server's CA is refused by pulse-ledger
+/// (the certificate is always checked), a wrong CA likewise, and the right
+/// one (`sslrootcert`, or `sslmode=verify-full`) migrates and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_connection_is_encrypted_and_the_server_certificate_checked() {
+    if common::postgres_database("tls").is_none() {
+        return;
+    }
+    let Some(cluster) = Cluster::create_with("pg-tls-cluster", true) else {
+        return;
+    };
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let base = cluster.url();
+    let (code, _, err) = pulse(&["store", "migrate", "--store", &base]);
+    assert_ne!(code, 0, "a plaintext connection was let in");
+    assert!(err.contains("no encryption"), "{err}");
+    let (code, _, err) = pulse(&[
+        "store",
+        "migrate",
+        "--store",
+        &format!("{base}?sslmode=require"),
+    ]);
+    assert_ne!(code, 0, "a certificate from an unknown CA was accepted");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let other = fixtures.join("other-ca.pem");
+    let (code, _, err) = pulse(&[
+        "store",
+        "migrate",
+        "--store",
+        &format!("{base}?sslmode=verify-full&sslrootcert={}", other.display()),
+    ]);
+    assert_ne!(
+        code, 0,
+        "a certificate the given CA did not sign was accepted"
+    );
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let ca = fixtures.join("ca.pem");
+    let url = format!("{base}?sslrootcert={}", ca.display());
+    let (code, out, err) = pulse(&["store", "migrate", "--store", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("schema migrated from version 0"), "{out}");
+    // And a server on it takes a registration and serves it back.
+    let dir = tempdir("pg-tls");
+    let server = start(&dir, &url, "");
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    let p = key("tls-plugin");
+    let a = plugin_register(&p, "tools");
+    let index = reg
+        .submit(proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .index;
+    assert_eq!(index, 0);
+    let info = log_info(&mut reg).await;
+    assert_eq!(info.size, 1);
+    verify_log_passes(&server.url, &info.log_did);
+    server.stop();
 }
 
 /// While the database is away, writes are refused (`unavailable`), never

@@ -71,7 +71,9 @@ pub(crate) struct Args {
     data_dir: Option<PathBuf>,
     /// Keep the log and the jobs in this PostgreSQL database instead of
     /// the data dir (postgres://USER[:PASSWORD]@HOST[:PORT]/DB); its schema
-    /// is created or migrated at start.
+    /// is created or migrated at start. Over a network add
+    /// ?sslmode=require&sslrootcert=CA.pem: the server's certificate is
+    /// always verified (spec/storage.md).
     #[arg(long, env = "PULSE_LEDGER_STORE", value_name = "URL")]
     store: Option<String>,
     /// The log's signing key file, with --store [default: DIR/log.key].

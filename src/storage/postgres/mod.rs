@@ -10,10 +10,10 @@
 
 mod cache;
 mod schema;
+mod tls;
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Bound;
-use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -72,7 +72,19 @@ pub fn shown_url(url: &str) -> String {
 }
 
 fn pool_error(e: &PoolError) -> StorageError {
-    StorageError::unavailable(format!("no connection to PostgreSQL: {e}"))
+    // The server's own words (a refused login, a TLS failure) are in the
+    // error's sources: tokio-postgres shows only "db error" at the top.
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    StorageError::unavailable(format!("no connection to PostgreSQL: {text}"))
 }
 
 /// A failed query. A connection that broke is `unavailable`; an error the
@@ -110,23 +122,22 @@ impl PostgresBackend {
     /// A bad URL or a runtime that cannot start.
     pub fn connect(url: &str) -> Result<PostgresBackend, StorageError> {
         let shown = shown_url(url);
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StorageError::new(format!("{shown}: not a PostgreSQL URL: {e}")))?;
+        let target = tls::target(url, &shown)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("postgres")
             .enable_all()
             .build()
             .map_err(|e| StorageError::new(format!("starting the PostgreSQL runtime: {e}")))?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                // A connection is checked when it fails, not before each
-                // use: a round trip per call would halve the throughput.
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            // A connection is checked when it fails, not before each use:
+            // a round trip per call would halve the throughput.
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match target.tls {
+            tls::Tls::Plain => Manager::from_config(target.config, NoTls, manager_config),
+            tls::Tls::Verified(tls) => Manager::from_config(target.config, tls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
