@@ -1,24 +1,28 @@
 //! The verification CLI against real logs: `verify log` from a server and
-//! from a data dir, tampering on disk, forked histories.
+//! from a stopped server's store, tampering with the store, forked
+//! histories. Every test with a stored log runs on each storage backend
+//! (a fjall data dir, and PostgreSQL when `PULSE_TEST_POSTGRES` is set):
+//! the store is read directly with `verify log --data-dir DIR` on fjall and
+//! `verify log --store URL --key-file FILE` on PostgreSQL.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a failure report
 
+#[macro_use]
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{Key, handler_register, key, next, plugin_register, tempdir, update_handler};
+use common::{Key, Place, handler_register, key, next, plugin_register, tempdir, update_handler};
 use pulse_ledger::Action;
 use pulse_ledger::audit::{AuditCode, LogAuditor};
-use pulse_ledger::ledger::{Ledger, LedgerConfig, verify_checkpoint};
+use pulse_ledger::ledger::verify_checkpoint;
 
 const ORIGIN: &str = "audit.test/log";
 
-/// Fills a new data dir with `n` handlers of one plugin, some updated,
-/// rotated and revoked; returns the log's DID.
-fn fill(dir: &Path, label: &str, n: usize) -> String {
-    let ledger = Ledger::open(LedgerConfig::new(dir, ORIGIN)).unwrap();
+/// Fills a new log at `place` with `n` handlers of one plugin, some
+/// updated, rotated and revoked; returns the log's DID.
+fn fill(place: &Place, label: &str, n: usize) -> String {
+    let ledger = place.ledger(ORIGIN);
     let p = key(&format!("{label}-plugin"));
     ledger
         .append(plugin_register(&p, "tools").envelope())
@@ -69,12 +73,127 @@ fn json(o: &Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(o), String::from_utf8_lossy(&o.stderr)))
 }
 
-/// A server on the test log's name.
+/// The `serve` arguments that put its log at `place` (its data dir is
+/// `place.dir()`): none on fjall; on PostgreSQL the store and the log key
+/// file [`Place::open_ledger`] uses.
+fn serve_args(place: &Place) -> Vec<String> {
+    match place {
+        Place::Fjall(_) => Vec::new(),
+        Place::Postgres { dir, url } => vec![
+            "--store".into(),
+            url.clone(),
+            "--log-key".into(),
+            dir.join("log.key").display().to_string(),
+        ],
+    }
+}
+
+/// The `verify log` arguments that read the stopped server's store at
+/// `place` directly: `--data-dir DIR` (its log.key lets the indexes be
+/// checked too), or `--store URL --key-file DIR/log.key` on PostgreSQL.
+fn store_args(place: &Place) -> Vec<String> {
+    match place {
+        Place::Fjall(dir) => vec!["--data-dir".into(), dir.display().to_string()],
+        Place::Postgres { dir, url } => vec![
+            "--store".into(),
+            url.clone(),
+            "--key-file".into(),
+            dir.join("log.key").display().to_string(),
+        ],
+    }
+}
+
+/// `pulse-ledger verify log STORE ARGS` on the store at `place`.
+fn verify_store(place: &Place, args: &[&str]) -> Output {
+    let mut all = vec!["verify".to_owned(), "log".to_owned()];
+    all.extend(store_args(place));
+    all.extend(args.iter().map(|a| (*a).to_owned()));
+    cli(&all.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// A new, empty place on `place`'s backend, for another log.
+fn another(place: &Place, name: &str) -> Place {
+    let backend = match place {
+        Place::Fjall(_) => "fjall",
+        Place::Postgres { .. } => "postgres",
+    };
+    Place::new(backend, name).expect("PostgreSQL is configured: `place` is on it")
+}
+
+/// A new place holding `place`'s log key and no log yet: the operator's
+/// other history under the same key.
+fn same_key(place: &Place, name: &str) -> Place {
+    let other = another(place, name);
+    std::fs::copy(place.dir().join("log.key"), other.dir().join("log.key")).unwrap();
+    other
+}
+
+/// A copy of the whole store at `place` (its server stopped), as an
+/// operator could take: `cp -r` of the data dir; on PostgreSQL a new
+/// database made from this one as its template, and a copy of the dir with
+/// the log key.
+fn copy_of(place: &Place, name: &str) -> Place {
+    let copy = another(place, name);
+    assert!(
+        Command::new("cp")
+            .args([
+                "-r",
+                &format!("{}/.", place.dir().display()),
+                copy.dir().to_str().unwrap()
+            ])
+            .status()
+            .unwrap()
+            .success()
+    );
+    if let (Place::Postgres { url: from, .. }, Place::Postgres { url: to, .. }) = (place, &copy) {
+        let db = |url: &str| url.rsplit_once('/').unwrap().1.to_owned();
+        let admin = std::env::var("PULSE_TEST_POSTGRES").unwrap();
+        // No session may be connected to a template (the server has
+        // exited; PostgreSQL waits a few seconds for its sessions to end).
+        sql(
+            &admin,
+            &format!("DROP DATABASE {} WITH (FORCE)", db(to)),
+            &[],
+        );
+        sql(
+            &admin,
+            &format!("CREATE DATABASE {} TEMPLATE {}", db(to), db(from)),
+            &[],
+        );
+    }
+    copy
+}
+
+/// Runs one SQL statement on the database at `url`; the rows it touched.
+fn sql(url: &str, statement: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> u64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let conn = tokio::spawn(conn);
+        let n = client
+            .execute(statement, params)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        drop(client);
+        conn.await.unwrap().unwrap();
+        n
+    })
+}
+
+/// A server on the test log's name, on the log at `place`.
 struct Server(common::Serve);
 
 impl Server {
-    fn start(dir: &Path) -> Server {
-        Server(common::Serve::start(&["--log-name", ORIGIN], dir))
+    fn start(place: &Place) -> Server {
+        let mut args = vec!["--log-name".to_owned(), ORIGIN.to_owned()];
+        args.extend(serve_args(place));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server(common::Serve::start(&args, place.dir()))
     }
 
     fn url(&self) -> &str {
@@ -86,12 +205,11 @@ impl Server {
     }
 }
 
-#[test]
-fn a_whole_log_verifies_from_a_server_and_from_its_data_dir() {
-    let dir = tempdir("audit-ok");
-    let did = fill(&dir, "ok", 40);
+fn a_whole_log_verifies_from_a_server_and_from_its_data_dir(place: Place) {
+    let dir = place.dir().to_path_buf();
+    let did = fill(&place, "ok", 40);
     let cp = dir.join("seen.cp");
-    let server = Server::start(&dir);
+    let server = Server::start(&place);
     let o = cli(&[
         "verify",
         "log",
@@ -159,60 +277,62 @@ fn a_whole_log_verifies_from_a_server_and_from_its_data_dir() {
     assert_eq!(json(&o)["code"], "bad_checkpoint");
     server.stop();
 
-    // The stopped server's data dir, read directly.
-    let o = cli(&[
-        "verify",
-        "log",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--log-key",
-        &did,
-        "--json",
-    ]);
+    // The stopped server's store, read directly (indexes included).
+    let o = verify_store(&place, &["--log-key", &did, "--json"]);
     assert!(o.status.success(), "{}", stdout(&o));
     assert_eq!(json(&o)["entries"].as_u64(), Some(entries + 1));
-
-    // A copy of the data dir without the log's secret key: the entries
-    // are audited all the same (the store's indexes cannot be opened).
-    let copy = tempdir("audit-ok-copy");
-    std::fs::create_dir_all(&copy).unwrap();
     assert!(
-        Command::new("cp")
-            .args([
-                "-r",
-                &format!("{}/db", dir.display()),
-                copy.to_str().unwrap()
-            ])
-            .status()
-            .unwrap()
-            .success()
+        !String::from_utf8_lossy(&o.stderr).contains("not checked"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
     );
-    let o = cli(&[
-        "verify",
-        "log",
-        "--data-dir",
-        copy.to_str().unwrap(),
-        "--log-key",
-        &did,
-        "--json",
-    ]);
+
+    // The store without the log's secret key (a copy of the data dir's
+    // database alone; a PostgreSQL store with no --key-file): the entries
+    // are audited all the same (the store's indexes cannot be opened).
+    let keyless = match &place {
+        Place::Fjall(_) => {
+            let copy = tempdir("audit-ok-copy");
+            assert!(
+                Command::new("cp")
+                    .args([
+                        "-r",
+                        &format!("{}/db", dir.display()),
+                        copy.to_str().unwrap()
+                    ])
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            vec!["--data-dir".to_owned(), copy.display().to_string()]
+        }
+        Place::Postgres { url, .. } => vec!["--store".to_owned(), url.clone()],
+    };
+    let mut args: Vec<&str> = vec!["verify", "log"];
+    args.extend(keyless.iter().map(String::as_str));
+    args.extend(["--log-key", &did, "--json"]);
+    let o = cli(&args);
     assert!(o.status.success(), "{}", stdout(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("no log.key"));
+    assert_eq!(json(&o)["entries"].as_u64(), Some(entries + 1));
+    let note = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        note.contains("the store's indexes were not checked (the entries were)"),
+        "{note}"
+    );
 
     // A saved checkpoint that is not the log's: a verdict, not a usage error.
     let forged = dir.join("forged.cp");
     std::fs::write(&forged, saved.replace("audit.test/log", "audit.test/other")).unwrap();
-    let o = cli(&[
-        "verify",
-        "log",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--log-key",
-        &did,
-        "--since-checkpoint",
-        forged.to_str().unwrap(),
-        "--json",
-    ]);
+    let o = verify_store(
+        &place,
+        &[
+            "--log-key",
+            &did,
+            "--since-checkpoint",
+            forged.to_str().unwrap(),
+            "--json",
+        ],
+    );
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(json(&o)["code"], "bad_checkpoint");
 
@@ -232,22 +352,39 @@ fn a_whole_log_verifies_from_a_server_and_from_its_data_dir() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+on_every_backend!(a_whole_log_verifies_from_a_server_and_from_its_data_dir);
 
-/// Replaces the stored entry at `index` (the server is stopped).
-fn edit_entry(dir: &Path, index: u64, bytes: &[u8]) {
-    let db = fjall::Database::builder(dir.join("db")).open().unwrap();
-    let entries = db
-        .keyspace("entries", fjall::KeyspaceCreateOptions::default)
-        .unwrap();
-    entries.insert(index.to_be_bytes(), bytes).unwrap();
-    db.persist(fjall::PersistMode::SyncAll).unwrap();
+/// Replaces the stored entry at `index` (the server is stopped) under the
+/// pulse-ledger code, as an intruder with the store could: with fjall
+/// itself in the data dir's database, or an SQL UPDATE of its `pulse_kv`
+/// row (spec/storage.md).
+fn edit_entry(place: &Place, index: u64, bytes: &[u8]) {
+    match place {
+        Place::Fjall(dir) => {
+            let db = fjall::Database::builder(dir.join("db")).open().unwrap();
+            let entries = db
+                .keyspace("entries", fjall::KeyspaceCreateOptions::default)
+                .unwrap();
+            entries.insert(index.to_be_bytes(), bytes).unwrap();
+            db.persist(fjall::PersistMode::SyncAll).unwrap();
+        }
+        Place::Postgres { url, .. } => {
+            let key = index.to_be_bytes().to_vec();
+            let value = bytes.to_vec();
+            let rows = sql(
+                url,
+                "UPDATE pulse_kv SET value = $1 \
+                 WHERE space = (SELECT id FROM pulse_spaces WHERE name = 'entries') AND key = $2",
+                &[&value, &key],
+            );
+            assert_eq!(rows, 1, "entry {index} is one row of pulse_kv");
+        }
+    }
 }
 
-#[test]
-fn an_entry_edited_on_disk_is_named_by_index() {
-    let dir = tempdir("audit-edit");
-    let did = fill(&dir, "edit", 12);
-    let ledger = Ledger::open(LedgerConfig::new(&dir, ORIGIN)).unwrap();
+fn an_entry_edited_on_disk_is_named_by_index(place: Place) {
+    let did = fill(&place, "edit", 12);
+    let ledger = place.ledger(ORIGIN);
     let original = ledger.entry(7).unwrap();
     ledger.close();
     drop(ledger);
@@ -255,88 +392,44 @@ fn an_entry_edited_on_disk_is_named_by_index() {
     let mut flipped = original.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
-    edit_entry(&dir, 7, &flipped);
-    let o = cli(&[
-        "verify",
-        "log",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--log-key",
-        &did,
-        "--json",
-    ]);
+    edit_entry(&place, 7, &flipped);
+    let o = verify_store(&place, &["--log-key", &did, "--json"]);
     assert_eq!(o.status.code(), Some(1));
     let v = json(&o);
     assert_eq!(
         (v["index"].as_u64(), v["code"].as_str()),
         (Some(7), Some("bad_signature"))
     );
-    let text = stdout(&cli(&[
-        "verify",
-        "log",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--log-key",
-        &did,
-    ]));
+    let text = stdout(&verify_store(&place, &["--log-key", &did]));
     assert!(text.starts_with("FAILED entry 7: bad_signature"), "{text}");
 
     // A valid attestation put in another's place: the root no longer
     // matches the signed checkpoint (chain rules may fail first).
     let stranger = plugin_register(&key("edit-stranger"), "x");
-    edit_entry(&dir, 7, stranger.envelope());
-    let v = json(&cli(&[
-        "verify",
-        "log",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--log-key",
-        &did,
-        "--json",
-    ]));
+    edit_entry(&place, 7, stranger.envelope());
+    let v = json(&verify_store(&place, &["--log-key", &did, "--json"]));
     assert_eq!(v["ok"], false);
     assert!(
         ["root_mismatch", "seq_gap", "prev_mismatch"].contains(&v["code"].as_str().unwrap()),
         "{v}"
     );
     // Put back: clean again, indexes included.
-    edit_entry(&dir, 7, &original);
-    let o = cli(&[
-        "verify",
-        "log",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--log-key",
-        &did,
-    ]);
+    edit_entry(&place, 7, &original);
+    let o = verify_store(&place, &["--log-key", &did]);
     assert!(o.status.success(), "{}", stdout(&o));
 }
+on_every_backend!(an_entry_edited_on_disk_is_named_by_index);
 
-/// Two data dirs under the same log key with different histories: the
-/// operator rewrote the log.
-fn forked(label: &str) -> (PathBuf, PathBuf, String) {
-    let a = tempdir(&format!("{label}-a"));
-    let did = fill(&a, &format!("{label}-a"), 10);
-    let b = tempdir(&format!("{label}-b"));
-    std::fs::create_dir_all(&b).unwrap();
-    std::fs::copy(a.join("log.key"), b.join("log.key")).unwrap();
-    (a, b, did)
-}
-
-#[test]
-fn a_forked_or_shrunk_history_is_reported_against_a_saved_checkpoint() {
-    let (a, b, did) = forked("audit-fork");
-    let cp = a.join("seen.cp");
-    let o = cli(&[
-        "verify",
-        "log",
-        "--data-dir",
-        a.to_str().unwrap(),
-        "--log-key",
-        &did,
-        "--save-checkpoint",
-        cp.to_str().unwrap(),
-    ]);
+fn a_forked_or_shrunk_history_is_reported_against_a_saved_checkpoint(a: Place) {
+    // Other logs under the same log key with other histories: the operator
+    // rewrote the log.
+    let did = fill(&a, "audit-fork-a", 10);
+    let b = same_key(&a, "audit-fork-b");
+    let cp = a.dir().join("seen.cp");
+    let o = verify_store(
+        &a,
+        &["--log-key", &did, "--save-checkpoint", cp.to_str().unwrap()],
+    );
     assert!(o.status.success(), "{}", stdout(&o));
     let size_a = verify_checkpoint(
         &std::fs::read_to_string(&cp).unwrap(),
@@ -363,10 +456,8 @@ fn a_forked_or_shrunk_history_is_reported_against_a_saved_checkpoint() {
     server.stop();
 
     // A smaller tree after a larger one.
-    let c = tempdir("audit-fork-c");
-    std::fs::create_dir_all(&c).unwrap();
-    std::fs::copy(a.join("log.key"), c.join("log.key")).unwrap();
-    fill(&c, "audit-fork-a", 3);
+    let c = same_key(&a, "audit-fork-c");
+    assert_eq!(fill(&c, "audit-fork-a", 3), did);
     let server = Server::start(&c);
     let o = cli(&[
         "verify",
@@ -384,25 +475,24 @@ fn a_forked_or_shrunk_history_is_reported_against_a_saved_checkpoint() {
     server.stop();
 
     // A longer history whose prefix differs from the saved one.
-    let d = tempdir("audit-fork-d");
-    std::fs::create_dir_all(&d).unwrap();
-    std::fs::copy(a.join("log.key"), d.join("log.key")).unwrap();
-    fill(&d, "audit-fork-d", 20);
-    let v = json(&cli(&[
-        "verify",
-        "log",
-        "--data-dir",
-        d.to_str().unwrap(),
-        "--log-key",
-        &did,
-        "--since-checkpoint",
-        cp.to_str().unwrap(),
-        "--json",
-    ]));
+    let d = same_key(&a, "audit-fork-d");
+    assert_eq!(fill(&d, "audit-fork-d", 20), did);
+    let v = json(&verify_store(
+        &d,
+        &[
+            "--log-key",
+            &did,
+            "--since-checkpoint",
+            cp.to_str().unwrap(),
+            "--json",
+        ],
+    ));
     assert_eq!(v["code"], "fork", "{v}");
     assert!(size_a > 0);
 }
+on_every_backend!(a_forked_or_shrunk_history_is_reported_against_a_saved_checkpoint);
 
+// No store: the auditor over envelopes in memory, so one backend-free test.
 #[test]
 fn the_auditor_applies_chain_rules_across_the_whole_log() {
     let p: Key = key("rules-p");
@@ -444,12 +534,13 @@ fn the_auditor_applies_chain_rules_across_the_whole_log() {
     assert_eq!((e.index, e.code.as_str()), (Some(321), "bad_signature"));
 }
 
-#[test]
-fn bundles_verify_offline_and_every_byte_flip_is_rejected() {
-    let dir = tempdir("audit-bundle");
-    let did = fill(&dir, "bundle", 12);
+/// The bundle is exported from a server on each backend; the byte flips are
+/// then of that bundle's bytes, offline.
+fn bundles_verify_offline_and_every_byte_flip_is_rejected(place: Place) {
+    let dir = place.dir().to_path_buf();
+    let did = fill(&place, "bundle", 12);
     let log = pulse_ledger::Did::parse(&did).unwrap();
-    let server = Server::start(&dir);
+    let server = Server::start(&place);
     // Handler 5 was registered, rotated and revoked.
     let subject = key("bundle-h5").did.to_string();
     let out = dir.join("h5.bundle");
@@ -532,12 +623,12 @@ fn bundles_verify_offline_and_every_byte_flip_is_rejected() {
         "bundle_encoding"
     );
 }
+on_every_backend!(bundles_verify_offline_and_every_byte_flip_is_rejected);
 
-#[test]
-fn single_proofs_verify_from_a_server_and_from_files() {
-    let dir = tempdir("audit-proofs");
-    let did = fill(&dir, "proofs", 6);
-    let server = Server::start(&dir);
+fn single_proofs_verify_from_a_server_and_from_files(place: Place) {
+    let dir = place.dir().to_path_buf();
+    let did = fill(&place, "proofs", 6);
+    let server = Server::start(&place);
     let p = |name: &str| dir.join(name).to_str().unwrap().to_owned();
     let old_cp = p("old.cp");
     let o = cli(&["log", "checkpoint", "--server", server.url()]);
@@ -696,10 +787,18 @@ fn single_proofs_verify_from_a_server_and_from_files() {
         );
     }
     // A checkpoint file that does not verify with the log key is the
-    // verdict bad_checkpoint, exit status 1 (not a usage error).
+    // verdict bad_checkpoint, exit status 1 (not a usage error), before
+    // the store is opened: a data dir or a database that does not exist.
     let forged = p("forged.cp");
     let text = std::fs::read_to_string(&old_cp).unwrap();
     std::fs::write(&forged, text.replacen("\n", "\n9", 1)).unwrap();
+    let missing_store = match &place {
+        Place::Fjall(_) => ["--data-dir".to_owned(), p("no-such-dir")],
+        Place::Postgres { url, .. } => [
+            "--store".to_owned(),
+            format!("{}/no_such_database", url.rsplit_once('/').unwrap().0),
+        ],
+    };
     for args in [
         vec![
             "verify",
@@ -714,8 +813,8 @@ fn single_proofs_verify_from_a_server_and_from_files() {
         vec![
             "verify",
             "log",
-            "--data-dir",
-            &p("no-such-dir"),
+            &missing_store[0],
+            &missing_store[1],
             "--since-checkpoint",
             &forged,
         ],
@@ -742,6 +841,7 @@ fn single_proofs_verify_from_a_server_and_from_files() {
     ]));
     assert_eq!(v["code"], "log_shrank", "{v}");
 }
+on_every_backend!(single_proofs_verify_from_a_server_and_from_files);
 
 fn lines(o: &Output) -> Vec<serde_json::Value> {
     stdout(o)
@@ -750,13 +850,12 @@ fn lines(o: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
-#[test]
-fn the_monitor_reports_watched_statements_equivocations_and_forks_and_resumes() {
-    let dir = tempdir("audit-monitor");
-    let did = fill(&dir, "mon", 8);
+fn the_monitor_reports_watched_statements_equivocations_and_forks_and_resumes(place: Place) {
+    let dir = place.dir().to_path_buf();
+    let did = fill(&place, "mon", 8);
     let state = dir.join("monitor.json");
     let (h3, h5) = (key("mon-h3"), key("mon-h5"));
-    let server = Server::start(&dir);
+    let server = Server::start(&place);
     let monitor = |url: &str, extra: &[&str]| {
         let mut args = vec![
             "monitor",
@@ -839,30 +938,18 @@ fn the_monitor_reports_watched_statements_equivocations_and_forks_and_resumes() 
     );
     server.stop();
 
-    // The operator forks the log: two copies of the data dir, each given
+    // The operator forks the log: two copies of the store, each given
     // one more entry. The monitor follows one; the other has a checkpoint
     // of the same size with another root.
-    let fork = tempdir("audit-monitor-fork2");
-    std::fs::create_dir_all(&fork).unwrap();
-    assert!(
-        Command::new("cp")
-            .args([
-                "-r",
-                &format!("{}/.", dir.display()),
-                fork.to_str().unwrap()
-            ])
-            .status()
-            .unwrap()
-            .success()
-    );
-    for (d, label) in [(&dir, "mon-x"), (&fork, "mon-y")] {
-        let ledger = Ledger::open(LedgerConfig::new(d, ORIGIN)).unwrap();
+    let fork = copy_of(&place, "audit-monitor-fork2");
+    for (at, label) in [(&place, "mon-x"), (&fork, "mon-y")] {
+        let ledger = at.ledger(ORIGIN);
         ledger
             .append(plugin_register(&key(label), "x").envelope())
             .unwrap();
         ledger.close();
     }
-    let server = Server::start(&dir);
+    let server = Server::start(&place);
     assert!(
         monitor(server.url(), &["--watch", &watch3, "--exit-on-alert"])
             .status
@@ -877,10 +964,8 @@ fn the_monitor_reports_watched_statements_equivocations_and_forks_and_resumes() 
 
     // A server with the same key and a shorter history: the monitor's saved
     // checkpoint catches it too.
-    let other = tempdir("audit-monitor-fork");
-    std::fs::create_dir_all(&other).unwrap();
-    std::fs::copy(dir.join("log.key"), other.join("log.key")).unwrap();
-    fill(&other, "mon-other", 3);
+    let other = same_key(&place, "audit-monitor-fork");
+    assert_eq!(fill(&other, "mon-other", 3), did);
     let server = Server::start(&other);
     let o = monitor(server.url(), &["--watch", &watch3, "--exit-on-alert"]);
     assert_eq!(o.status.code(), Some(1));
@@ -899,9 +984,11 @@ fn the_monitor_reports_watched_statements_equivocations_and_forks_and_resumes() 
     .unwrap();
     assert!(cp.size > 3);
 }
+on_every_backend!(the_monitor_reports_watched_statements_equivocations_and_forks_and_resumes);
 
 /// Batch verification gives exactly the verdicts of one-at-a-time strict
-/// verification, whatever is wrong with the signatures.
+/// verification, whatever is wrong with the signatures. No store: one
+/// backend-free test.
 #[test]
 fn batched_verification_agrees_with_verify_attestation_entry_by_entry() {
     use pulse_ledger::audit::{verify_all, verify_parallel};
@@ -971,13 +1058,10 @@ fn batched_verification_agrees_with_verify_attestation_entry_by_entry() {
 /// A log whose entries are near the largest code a handler may carry
 /// (48 KiB each, so GetEntries pages stop at 4 MiB, short of 1,000 entries)
 /// is audited from a server: a short page is followed by the rest.
-#[test]
-fn a_log_of_large_entries_is_audited_from_a_server() {
-    let dir = tempdir("audit-large");
-    let data = dir.join("data");
+fn a_log_of_large_entries_is_audited_from_a_server(place: Place) {
     let plugin = key("large-plugin");
     {
-        let ledger = Ledger::open(LedgerConfig::new(&data, "pulse-ledger.local/log")).unwrap();
+        let ledger = place.ledger("pulse-ledger.local/log");
         ledger
             .append(plugin_register(&plugin, "big").envelope())
             .unwrap();
@@ -995,7 +1079,9 @@ fn a_log_of_large_entries_is_audited_from_a_server() {
             r.unwrap();
         }
     }
-    let server = common::Serve::start(&[], &data);
+    let args = serve_args(&place);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = common::Serve::start(&args, place.dir());
     let log_did = {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
@@ -1010,4 +1096,10 @@ fn a_log_of_large_entries_is_audited_from_a_server() {
         })
     };
     common::verify_log_passes(&server.url, &log_did);
+    // And from the stopped server's store, indexes included.
+    server.stop();
+    let o = verify_store(&place, &["--log-key", &log_did, "--json"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+    assert_eq!(json(&o)["entries"].as_u64(), Some(121));
 }
+on_every_backend!(a_log_of_large_entries_is_audited_from_a_server);
