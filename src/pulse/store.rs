@@ -20,7 +20,10 @@ use super::transition::Transition;
 use crate::ledger::{Ledger, LedgerError, LedgerErrorCode};
 use crate::{Did, HandlerSchema};
 
-/// Job store keyspaces.
+/// Job store keyspaces. The four queues (`Ready` to `Held`) are kept in
+/// memory ([`Queues`]) with these keys, rebuilt at open from `ByState` and
+/// the records; their spaces stay (the numbering is by position) but are
+/// empty ([`META_QUEUES_IN_MEMORY`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Jk {
     /// job ID (16) → stored job record.
@@ -57,6 +60,12 @@ pub(super) enum Jk {
 /// Set once the finished index covers every finished job (stores written
 /// before the index existed are backfilled at their first open).
 const META_FINISHED_INDEX: &[u8] = b"finished_index";
+
+/// Set once the queue spaces (ready, delayed, running, held) written by
+/// earlier versions have been emptied: the queues are kept in memory only,
+/// rebuilt at open from the state index and each live job's record, so a
+/// transition writes two fewer index entries.
+const META_QUEUES_IN_MEMORY: &[u8] = b"queues_in_memory";
 
 const KEYSPACES: [(Jk, &str); 13] = [
     (Jk::Jobs, "jobs"),
@@ -354,28 +363,34 @@ fn log_seq(key: &[u8]) -> Result<u64, JobError> {
         .ok_or_else(|| corrupt("log key"))
 }
 
-/// The queue indexes as stored: the four queue spaces, and the ready
-/// index by handler rebuilt from the ready jobs' records.
+/// The queues, rebuilt from what is stored: every job the state index
+/// holds as queued, held, running or retrying, put where its record says
+/// (the placement written with it). Only live jobs are read, never the
+/// finished ones.
 fn load_queues(ks: &[Space]) -> Result<Queues, JobError> {
     let mut queues = Queues::default();
-    for k in [Jk::Ready, Jk::Delayed, Jk::Running, Jk::Held] {
-        for kv in ks[k as usize].iter() {
+    for state in [
+        JobState::Queued,
+        JobState::Held(super::job::HoldReason::Budget),
+        JobState::Running,
+        JobState::Retrying,
+    ] {
+        for kv in ks[Jk::ByState as usize].prefix([state_byte(&state)]) {
             let (key, _) = kv.map_err(storage)?;
-            queues.sets[k as usize].insert(key);
+            let id = key.get(1..17).ok_or_else(|| corrupt("state key"))?;
+            let record = ks[Jk::Jobs as usize]
+                .get(id)
+                .map_err(storage)?
+                .ok_or_else(|| corrupt("a live job has no record"))?;
+            let stored: Stored =
+                record_from_slice(&record).map_err(|e| corrupt(&format!("live job: {e}")))?;
+            if let Some((tag, key)) = stored.placement {
+                if !is_queue(tag) {
+                    return Err(corrupt(&format!("job placed in space {tag}")));
+                }
+                queues.apply(vec![(tag, key, true, *stored.job.handler.public_key())]);
+            }
         }
-    }
-    // The ready index by handler is kept in memory only: rebuilt from the
-    // ready jobs' records.
-    let ready: Vec<Vec<u8>> = queues.set(Jk::Ready).iter().cloned().collect();
-    for key in ready {
-        let id = key.get(1..17).ok_or_else(|| corrupt("ready key"))?;
-        let record = ks[Jk::Jobs as usize]
-            .get(id)
-            .map_err(storage)?
-            .ok_or_else(|| corrupt("a ready job has no record"))?;
-        let stored: Stored =
-            record_from_slice(&record).map_err(|e| corrupt(&format!("ready job: {e}")))?;
-        queues.index_ready(*stored.job.handler.public_key(), key, true);
     }
     Ok(queues)
 }
@@ -420,6 +435,7 @@ impl JobStore {
             changes: std::sync::Arc::default(),
         };
         store.backfill_finished_index()?;
+        store.empty_stored_queues()?;
         store.load_schedules()?;
         Ok(store)
     }
@@ -466,6 +482,36 @@ impl JobStore {
             }
         }
         batch.insert(self.ks(Jk::Meta), META_FINISHED_INDEX, b"1");
+        self.storage.commit(batch).map_err(storage)
+    }
+
+    /// Stores written before the queues moved to memory still hold the
+    /// four queue spaces: emptied once (nothing reads them any more), so
+    /// that they neither take space nor go stale.
+    fn empty_stored_queues(&self) -> Result<(), JobError> {
+        if self
+            .ks(Jk::Meta)
+            .get(META_QUEUES_IN_MEMORY)
+            .map_err(storage)?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let mut batch = self.batch();
+        let mut staged = 0usize;
+        for k in [Jk::Ready, Jk::Delayed, Jk::Running, Jk::Held] {
+            for kv in self.ks(k).iter() {
+                let (key, _) = kv.map_err(storage)?;
+                batch.remove(self.ks(k), key);
+                staged += 1;
+                if staged % 10_000 == 0 {
+                    self.storage
+                        .commit(std::mem::replace(&mut batch, self.batch()))
+                        .map_err(storage)?;
+                }
+            }
+        }
+        batch.insert(self.ks(Jk::Meta), META_QUEUES_IN_MEMORY, b"1");
         self.storage.commit(batch).map_err(storage)
     }
 
@@ -712,7 +758,6 @@ impl JobStore {
             job: job.clone(),
         };
         if let Some((tag, key)) = &stored.placement {
-            batch.insert(&self.ks[*tag as usize], key.clone(), b"");
             moves.push((*tag, key.clone(), true, *job.handler.public_key()));
         }
         batch.insert(
@@ -877,11 +922,9 @@ impl JobStore {
         if old.placement != new.placement {
             let handler = *new.job.handler.public_key();
             if let Some((tag, key)) = &old.placement {
-                batch.remove(&self.ks[*tag as usize], key.clone());
                 moves.push((*tag, key.clone(), false, handler));
             }
             if let Some((tag, key)) = &new.placement {
-                batch.insert(&self.ks[*tag as usize], key.clone(), b"");
                 moves.push((*tag, key.clone(), true, handler));
             }
         }
@@ -1750,6 +1793,108 @@ mod tests {
         assert_eq!(store.prune_finished(10_000, 10).unwrap(), 0);
         assert_eq!(store.prune_finished(50_001, 10).unwrap(), 1);
         assert!(store.get(&open_job.id).is_ok());
+        drop(store);
+        drop(ledger);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The queues live in memory: a reopened store rebuilds them from the
+    /// state index and the records, exactly as they were; the queue spaces
+    /// an earlier version filled are emptied at the first open and never
+    /// written again.
+    #[test]
+    fn queues_are_rebuilt_at_open_and_stored_queue_spaces_emptied() {
+        let dir = std::env::temp_dir().join(format!(
+            "pulse-ledger-queues-{}-{}",
+            std::process::id(),
+            crate::clock::unix_ms()
+        ));
+        let ledger =
+            crate::ledger::Ledger::open(crate::ledger::LedgerConfig::new(&dir, "queues/log"))
+                .unwrap();
+        let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
+        let at = |run_at_ms: u64, priority: u8| JobRequest {
+            run_at_ms,
+            priority,
+            ..JobRequest::default()
+        };
+        let queues = |store: &JobStore| {
+            let q = store.queues();
+            (
+                [Jk::Ready, Jk::Delayed, Jk::Running, Jk::Held].map(|k| q.set(k).clone()),
+                q.ready_by_handler.clone(),
+            )
+        };
+        let stored_queue_keys = |store: &JobStore| {
+            [Jk::Ready, Jk::Delayed, Jk::Running, Jk::Held]
+                .iter()
+                .map(|k| store.ks(*k).iter().count())
+                .sum::<usize>()
+        };
+        let before = {
+            let store = JobStore::open(&ledger).unwrap();
+            for priority in [0, 5, 9] {
+                store
+                    .enqueue(&handler(), &schema, &at(1_000, priority), 1_000)
+                    .unwrap();
+            }
+            store
+                .enqueue(&handler(), &schema, &at(90_000, 1), 1_000)
+                .unwrap();
+            let running = store
+                .dispatch_next(LeaseToken([7; 16]), 2_000)
+                .unwrap()
+                .unwrap();
+            assert_eq!(running.state, JobState::Running);
+            let held = store
+                .enqueue(&handler(), &schema, &at(1_000, 2), 1_000)
+                .unwrap()
+                .0;
+            store
+                .update(&held.id, 3_000, |j| {
+                    j.hold(super::super::job::HoldReason::Plugin, 3_000)
+                })
+                .unwrap();
+            let done = store
+                .enqueue(&handler(), &schema, &at(1_000, 3), 1_000)
+                .unwrap()
+                .0;
+            store
+                .update(&done.id, 3_000, |j| {
+                    j.cancel(CancelReason::Requested, 3_000).map(|_| ())
+                })
+                .unwrap();
+            assert_eq!(store.queue_sizes(), (2, 1, 1, 1));
+            assert_eq!(stored_queue_keys(&store), 0, "a queue space was written");
+            // As an earlier version left it: entries in the queue spaces
+            // (one of them stale), and no marker.
+            let mut batch = store.batch();
+            batch.insert(store.ks(Jk::Ready), keyed(&[9], &JobId::new(1, 1)), b"");
+            batch.insert(store.ks(Jk::Running), keyed(&[0; 8], &running.id), b"");
+            batch.remove(store.ks(Jk::Meta), META_QUEUES_IN_MEMORY);
+            store.storage.commit(batch).unwrap();
+            queues(&store)
+        };
+        let store = JobStore::open(&ledger).unwrap();
+        assert_eq!(queues(&store), before);
+        assert_eq!(
+            stored_queue_keys(&store),
+            0,
+            "the old queue spaces were kept"
+        );
+        assert!(
+            store
+                .ks(Jk::Meta)
+                .get(META_QUEUES_IN_MEMORY)
+                .unwrap()
+                .is_some()
+        );
+        // Dispatch order survives the reopen: 9 is running, 5 is next.
+        let next = store
+            .dispatch_next(LeaseToken([8; 16]), 4_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.priority, 5);
         drop(store);
         drop(ledger);
         let _ = std::fs::remove_dir_all(&dir);
