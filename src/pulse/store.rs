@@ -446,72 +446,67 @@ impl JobStore {
     /// finished. Pruning re-keys an entry whose job finished later than
     /// its cutoff, so the bound is never wrong for long.
     fn backfill_finished_index(&self) -> Result<(), JobError> {
-        if self
-            .ks(Jk::Meta)
-            .get(META_FINISHED_INDEX)
-            .map_err(storage)?
-            .is_some()
-        {
-            return Ok(());
-        }
-        let mut batch = self.batch();
-        let mut staged = 0usize;
-        for state in [
+        let finished = [
             JobState::Succeeded,
             JobState::Dead(DeadReason::Poison),
             JobState::Cancelled(CancelReason::Requested),
-        ] {
-            for kv in self.ks(Jk::ByState).prefix([state_byte(&state)]) {
+        ];
+        let puts = finished.into_iter().flat_map(|state| {
+            self.ks(Jk::ByState).prefix([state_byte(&state)]).map(|kv| {
                 let (key, _) = kv.map_err(storage)?;
                 let id = JobId(
                     key.get(1..17)
                         .and_then(|k| k.try_into().ok())
                         .ok_or_else(|| corrupt("state key"))?,
                 );
-                batch.insert(
-                    self.ks(Jk::Finished),
-                    keyed(&id.created_at_ms().to_be_bytes(), &id),
-                    b"",
-                );
-                staged += 1;
-                if staged % 10_000 == 0 {
-                    self.storage
-                        .commit(std::mem::replace(&mut batch, self.batch()))
-                        .map_err(storage)?;
-                }
-            }
-        }
-        batch.insert(self.ks(Jk::Meta), META_FINISHED_INDEX, b"1");
-        self.storage.commit(batch).map_err(storage)
+                let at = id.created_at_ms().to_be_bytes();
+                Ok((Jk::Finished, keyed(&at, &id), true))
+            })
+        });
+        self.upgrade_once(META_FINISHED_INDEX, puts)
     }
 
     /// Stores written before the queues moved to memory still hold the
     /// four queue spaces: emptied once (nothing reads them any more), so
     /// that they neither take space nor go stale.
     fn empty_stored_queues(&self) -> Result<(), JobError> {
-        if self
-            .ks(Jk::Meta)
-            .get(META_QUEUES_IN_MEMORY)
-            .map_err(storage)?
-            .is_some()
-        {
+        let removes = [Jk::Ready, Jk::Delayed, Jk::Running, Jk::Held]
+            .into_iter()
+            .flat_map(|k| {
+                self.ks(k)
+                    .iter()
+                    .map(move |kv| Ok((k, kv.map_err(storage)?.0, false)))
+            });
+        self.upgrade_once(META_QUEUES_IN_MEMORY, removes)
+    }
+
+    /// A one-time change to a store written by an earlier version: unless
+    /// `marker` is set in job_meta, applies `writes` (space, key, and
+    /// whether to put an empty value or remove it) 10,000 per commit, then
+    /// sets `marker` (so an interrupted run starts over, harmlessly).
+    fn upgrade_once(
+        &self,
+        marker: &[u8],
+        writes: impl Iterator<Item = Result<(Jk, Vec<u8>, bool), JobError>>,
+    ) -> Result<(), JobError> {
+        if self.ks(Jk::Meta).get(marker).map_err(storage)?.is_some() {
             return Ok(());
         }
         let mut batch = self.batch();
-        let mut staged = 0usize;
-        for k in [Jk::Ready, Jk::Delayed, Jk::Running, Jk::Held] {
-            for kv in self.ks(k).iter() {
-                let (key, _) = kv.map_err(storage)?;
+        for (n, write) in writes.enumerate() {
+            let (k, key, put) = write?;
+            if put {
+                batch.insert(self.ks(k), key, b"");
+            } else {
                 batch.remove(self.ks(k), key);
-                staged += 1;
-                if staged % 10_000 == 0 {
-                    self.storage
-                        .commit(std::mem::replace(&mut batch, self.batch()))
-                        .map_err(storage)?;
-                }
+            }
+            if (n + 1) % 10_000 == 0 {
+                self.storage
+                    .commit(std::mem::replace(&mut batch, self.batch()))
+                    .map_err(storage)?;
             }
         }
-        batch.insert(self.ks(Jk::Meta), META_QUEUES_IN_MEMORY, b"1");
+        batch.insert(self.ks(Jk::Meta), marker, b"1");
         self.storage.commit(batch).map_err(storage)
     }
 
