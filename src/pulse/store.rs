@@ -1,6 +1,7 @@
-//! The durable job store: jobs and their queue indexes in the ledger's
-//! fjall database. Every transition is one atomic, fsynced batch; dequeue
-//! reads the first key of an ordered index (O(log n)).
+//! The durable job store: jobs and their state and finished indexes in the
+//! ledger's storage (fjall or PostgreSQL), and the queues in memory. Every
+//! transition is one atomic, durable batch; dequeue reads the first key of
+//! an ordered set in memory (O(log n)).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -51,7 +52,8 @@ pub(super) enum Jk {
     /// time the job finished (u64 BE) ‖ job ID → empty: finished jobs
     /// oldest first, so pruning reads only what it deletes.
     Finished = 10,
-    /// name → value: the store's own settings ([`META_FINISHED_INDEX`]).
+    /// name → value: the store's own markers ([`META_FINISHED_INDEX`],
+    /// [`META_QUEUES_IN_MEMORY`]).
     Meta = 11,
     /// schedule ID (16) → stored [`Schedule`](super::Schedule).
     Schedules = 12,
@@ -166,10 +168,10 @@ pub struct JobStore {
     /// Serialises writers (so idempotency checks and index moves are
     /// atomic) and hands out job IDs.
     writer: Mutex<IdSource>,
-    /// The queue indexes (ready, delayed, running, held), mirrored in
-    /// memory: every dispatcher step scans them, and in the LSM tree a
-    /// queue's head is a long run of tombstones that each scan would step
-    /// over. Loaded at open; changed after each commit, under `writer`.
+    /// The queues (ready, delayed, running, held), in memory only: every
+    /// dispatcher step scans them, and storing them cost two writes per
+    /// transition. Rebuilt at open ([`load_queues`]); changed after each
+    /// commit, under `writer`.
     queues: Mutex<Queues>,
     /// Set when a commit failed on a store that goes on after one
     /// (PostgreSQL): whether it was written is unknown, so the queue
@@ -375,20 +377,31 @@ fn load_queues(ks: &[Space]) -> Result<Queues, JobError> {
         JobState::Running,
         JobState::Retrying,
     ] {
+        let mut ids = Vec::new();
         for kv in ks[Jk::ByState as usize].prefix([state_byte(&state)]) {
             let (key, _) = kv.map_err(storage)?;
-            let id = key.get(1..17).ok_or_else(|| corrupt("state key"))?;
-            let record = ks[Jk::Jobs as usize]
-                .get(id)
-                .map_err(storage)?
-                .ok_or_else(|| corrupt("a live job has no record"))?;
-            let stored: Stored =
-                record_from_slice(&record).map_err(|e| corrupt(&format!("live job: {e}")))?;
-            if let Some((tag, key)) = stored.placement {
-                if !is_queue(tag) {
-                    return Err(corrupt(&format!("job placed in space {tag}")));
+            let id: [u8; 16] = key
+                .get(1..17)
+                .and_then(|k| k.try_into().ok())
+                .ok_or_else(|| corrupt("state key"))?;
+            ids.push(id);
+        }
+        // The records a page at a time: one round trip per page on
+        // PostgreSQL, not one per job.
+        for page in ids.chunks(256) {
+            let records = ks[Jk::Jobs as usize].get_many(page).map_err(storage)?;
+            for (id, record) in page.iter().zip(records) {
+                let id = JobId(*id);
+                let record =
+                    record.ok_or_else(|| corrupt(&format!("live job {id} has no record")))?;
+                let stored: Stored = record_from_slice(&record)
+                    .map_err(|e| corrupt(&format!("live job {id}: {e}")))?;
+                if let Some((tag, key)) = stored.placement {
+                    if !is_queue(tag) {
+                        return Err(corrupt(&format!("job {id} placed in space {tag}")));
+                    }
+                    queues.apply(vec![(tag, key, true, *stored.job.handler.public_key())]);
                 }
-                queues.apply(vec![(tag, key, true, *stored.job.handler.public_key())]);
             }
         }
     }
@@ -779,7 +792,7 @@ impl JobStore {
         now: u64,
         f: impl FnOnce(&mut Job) -> Result<T, PulseError>,
     ) -> Result<T, JobError> {
-        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.writer();
         let stored = self.load(id)?.ok_or(JobError::NotFound(*id))?;
         let mut job = stored.job.clone();
         let out = f(&mut job)?;
@@ -812,7 +825,7 @@ impl JobStore {
         ops: Vec<(JobId, GroupOp<T>)>,
         cost: impl Fn(&T) -> u64,
     ) -> Vec<Result<T, JobError>> {
-        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.writer();
         // Spend per handler key in this group.
         let mut spend: HashMap<[u8; 32], u64> = HashMap::new();
         // First and latest version of every job the group touches.
@@ -1121,7 +1134,7 @@ impl JobStore {
         if candidates.is_empty() {
             return Ok(0);
         }
-        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.writer();
         let mut batch = self.batch();
         let mut pruned = 0;
         for key in candidates {
@@ -1205,7 +1218,7 @@ impl JobStore {
     /// # Errors
     /// Storage failures.
     pub fn record_spend(&self, handler: &Did, now: u64, amount: u64) -> Result<(), JobError> {
-        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.writer();
         let mut batch = self.batch();
         self.stage_spend(&mut batch, handler.public_key(), now, amount)?;
         self.storage.commit(batch).map_err(storage)
@@ -1285,7 +1298,7 @@ impl JobStore {
         if lines.is_empty() {
             return Ok(());
         }
-        let _guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.writer();
         let mut next: std::collections::HashMap<JobId, u64> = std::collections::HashMap::new();
         let mut batch = WriteBatch::unsynced();
         for (id, mut line) in lines {

@@ -281,6 +281,22 @@ impl Space {
         self.backend.get(self.id, key.as_ref())
     }
 
+    /// The values of several keys of this space, in order (one round trip
+    /// on PostgreSQL).
+    ///
+    /// # Errors
+    /// When the storage cannot be read.
+    pub fn get_many<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
+        let keys: Vec<(SpaceId, Vec<u8>)> = keys
+            .iter()
+            .map(|k| (self.id, k.as_ref().to_vec()))
+            .collect();
+        self.backend.get_many(&keys)
+    }
+
     /// Whether `key` holds a value.
     ///
     /// # Errors

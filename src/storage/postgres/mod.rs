@@ -59,16 +59,33 @@ pub fn is_postgres_url(text: &str) -> bool {
 
 /// `url` without its password, for messages and logs.
 pub fn shown_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
     };
-    let Some((auth, host)) = rest.split_once('@') else {
-        return url.to_owned();
+    let mut shown = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('@') {
+            Some((auth, host)) => match auth.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_owned(),
+            },
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
     };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+    // A password can also be a query option.
+    if let Some(query) = query {
+        let options: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some(("password", _)) => "password=***".to_owned(),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&options.join("&"));
     }
+    shown
 }
 
 fn pool_error(e: &PoolError) -> StorageError {
@@ -849,6 +866,10 @@ mod tests {
         assert_eq!(
             shown_url("postgres://ops@db/pulse"),
             "postgres://ops@db/pulse"
+        );
+        assert_eq!(
+            shown_url("postgres://ops:pw@db/pulse?sslmode=require&password=s3cret"),
+            "postgres://ops:***@db/pulse?sslmode=require&password=***"
         );
     }
 

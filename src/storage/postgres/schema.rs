@@ -21,6 +21,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // sharing those locks cost milliseconds each; spaces are only ever
     // added, under the migration lock, so the key had nothing to guard.
     "ALTER TABLE pulse_kv DROP CONSTRAINT IF EXISTS pulse_kv_space_fkey;",
+    // 3: no table changes. The job queues moved to memory (spec/pulse.md,
+    // "Queues") and their spaces are emptied at open; an earlier binary
+    // would read those empty spaces and see no live job, so the version
+    // rises for it to refuse this database (schema_too_new).
+    "SELECT 1;",
 ];
 
 /// The schema version this binary writes.

@@ -1,5 +1,5 @@
 //! TLS to the database server, chosen by the store URL as libpq users
-//! expect (spec/storage.md, "TLS to PostgreSQL").
+//! expect (spec/storage.md, "PostgreSQL", "TLS to the database").
 //!
 //! tokio-postgres reads `sslmode` (`disable`, `prefer`, `require`) but not
 //! `sslrootcert`, nor the `verify-ca` / `verify-full` modes operators copy
@@ -42,7 +42,7 @@ pub(super) struct Target {
 pub(super) fn target(url: &str, shown: &str) -> Result<Target, StorageError> {
     let bad = |why: String| StorageError::new(format!("{shown}: not a PostgreSQL URL: {why}"));
     let (rest, root, verify) = take_options(url).map_err(bad)?;
-    let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| bad(e.to_string()))?;
+    let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| bad(with_sources(&e)))?;
     let wants_tls = root.is_some() || verify || matches!(config.get_ssl_mode(), SslMode::Require);
     if !wants_tls {
         if let Some(host) = remote_host(&config) {
@@ -58,7 +58,16 @@ pub(super) fn target(url: &str, shown: &str) -> Result<Target, StorageError> {
     }
     if matches!(config.get_ssl_mode(), SslMode::Disable) {
         return Err(bad(
-            "sslrootcert asks for TLS, but sslmode=disable turns it off".into(),
+            "TLS is asked for (sslrootcert, or sslmode=verify-ca/verify-full), but sslmode=disable turns it off".into(),
+        ));
+    }
+    if config
+        .get_hosts()
+        .iter()
+        .any(|h| matches!(h, Host::Unix(_)))
+    {
+        return Err(bad(
+            "TLS is asked for, but a host is a Unix socket, which never leaves the machine: drop sslmode/sslrootcert for it".into(),
         ));
     }
     config.ssl_mode(SslMode::Require);
@@ -103,6 +112,11 @@ fn take_options(url: &str) -> Result<(String, Option<String>, bool), String> {
                     return Err("sslrootcert names no file".into());
                 }
                 root = Some(percent_decoded(value)?);
+            }
+            "sslnegotiation" if value != "postgres" => {
+                return Err(format!(
+                    "sslnegotiation={value} is not supported: TLS is negotiated the standard way (sslmode=require)"
+                ));
             }
             "sslmode" if value == "verify-ca" || value == "verify-full" => {
                 verify = true;
@@ -157,9 +171,30 @@ fn roots_from(path: &str) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
-/// The first host of `config` reached over a network, if any: a Unix
-/// socket or a loopback address never leaves the machine.
+/// An error and its causes: tokio-postgres says only "invalid connection
+/// string" at the top, and the option it refused below.
+fn with_sources(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The first address of `config` reached over a network, if any: a Unix
+/// socket or a loopback address never leaves the machine. A `hostaddr` is
+/// where the connection goes, whatever the host's name says.
 fn remote_host(config: &tokio_postgres::Config) -> Option<String> {
+    let addrs = config.get_hostaddrs();
+    if let Some(ip) = addrs.iter().find(|ip| !ip.is_loopback()) {
+        return Some(ip.to_string());
+    }
+    if !addrs.is_empty() {
+        return None;
+    }
     config.get_hosts().iter().find_map(|h| match h {
         Host::Tcp(name) => {
             let loopback = name == "localhost"
@@ -211,6 +246,7 @@ mod tests {
         );
         assert!(take_options("postgres://u@h/db?sslrootcert=").is_err());
         assert!(take_options("postgres://u@h/db?sslrootcert=%zz").is_err());
+        assert!(take_options("postgres://u@h/db?sslnegotiation=direct").is_err());
     }
 
     #[test]
@@ -238,6 +274,14 @@ mod tests {
             err.to_string().contains("sslrootcert /nonexistent/ca.pem"),
             "{err}"
         );
+        let err = target("postgres://u@%2Frun%2Fpostgresql/db?sslmode=require", "x")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("Unix socket"), "{err}");
+        let err = target("postgres://u@h/db?sslmode=verify-ful", "x")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("sslmode"), "{err}");
     }
 
     #[test]
@@ -259,6 +303,14 @@ mod tests {
         assert_eq!(
             remote("postgres://u@db.internal/db"),
             Some("db.internal".into())
+        );
+        assert_eq!(
+            remote("postgres://u@localhost/db?hostaddr=10.1.2.3"),
+            Some("10.1.2.3".into())
+        );
+        assert_eq!(
+            remote("postgres://u@db.internal/db?hostaddr=127.0.0.1"),
+            None
         );
     }
 }
