@@ -9,6 +9,13 @@
 //! began or ended while it ran (the generation), and while a commit is in
 //! flight nothing read is kept. A failed commit, whose outcome is unknown,
 //! empties the cache.
+//!
+//! Bounded in two generations: when the young one is full it becomes the
+//! old one and the previous old one is dropped; a value found in the old
+//! one moves back to the young. So a full cache keeps what was used
+//! lately instead of starting empty: emptying it whole in the middle of a
+//! run of jobs (after a registration phase had filled it) sent every job
+//! record read back to the database.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -18,15 +25,20 @@ use crate::storage::SpaceId;
 /// One current value: (space, key) and the value (`None`: absent).
 pub(super) type Known = ((SpaceId, Vec<u8>), Option<Vec<u8>>);
 
-/// Entries kept at most, and value bytes, before the cache is emptied.
-const MAX_ENTRIES: usize = 200_000;
-const MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Entries, and key and value bytes, of one generation: the cache holds at
+/// most twice these.
+const MAX_ENTRIES: usize = 100_000;
+const MAX_BYTES: usize = 32 * 1024 * 1024;
+
+type Values = HashMap<(SpaceId, Vec<u8>), Option<Vec<u8>>>;
 
 #[derive(Default)]
 struct Inner {
-    /// `None`: known absent.
-    values: HashMap<(SpaceId, Vec<u8>), Option<Vec<u8>>>,
+    /// `None`: known absent. Newer than `old` wherever both hold a key.
+    values: Values,
     bytes: usize,
+    /// The previous generation.
+    old: Values,
     /// Changes when a commit begins or ends.
     generation: u64,
     in_flight: usize,
@@ -47,9 +59,16 @@ impl ValueCache {
     /// The cached value (outer `None`: not cached), or a ticket to keep
     /// what the database answers.
     pub(super) fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Vec<u8>>, ReadTicket> {
-        let inner = self.inner();
-        match inner.values.get(&(space, key.to_vec())) {
-            Some(v) => Ok(v.clone()),
+        let mut inner = self.inner();
+        let k = (space, key.to_vec());
+        if let Some(v) = inner.values.get(&k) {
+            return Ok(v.clone());
+        }
+        match inner.old.remove(&k) {
+            Some(v) => {
+                insert(&mut inner, k, v.clone());
+                Ok(v)
+            }
             None => Err(ReadTicket(inner.generation)),
         }
     }
@@ -102,6 +121,7 @@ impl ValueCache {
             }
             None => {
                 inner.values.clear();
+                inner.old.clear();
                 inner.bytes = 0;
             }
         }
@@ -110,11 +130,11 @@ impl ValueCache {
 
 fn insert(inner: &mut Inner, k: (SpaceId, Vec<u8>), v: Option<Vec<u8>>) {
     if inner.values.len() >= MAX_ENTRIES || inner.bytes >= MAX_BYTES {
-        // Emptied rather than evicted one by one: simple, and a full
-        // cache refills with what is read next.
-        inner.values.clear();
+        inner.old = std::mem::take(&mut inner.values);
         inner.bytes = 0;
     }
+    // The young value shadows an old one; the old copy is only memory.
+    inner.old.remove(&k);
     let added = k.1.len() + v.as_ref().map_or(0, Vec::len);
     if let Some(old) = inner.values.insert(k.clone(), v) {
         inner.bytes = inner
@@ -138,6 +158,38 @@ mod tests {
         // The read started before the commit: its (old) answer is dropped.
         c.keep(ticket, s, b"k".to_vec(), Some(b"old".to_vec()));
         assert_eq!(c.get(s, b"k").ok(), Some(Some(b"new".to_vec())));
+    }
+
+    #[test]
+    fn a_full_cache_keeps_the_last_generation_and_what_was_read_from_it() {
+        let c = ValueCache::default();
+        let s = SpaceId(2);
+        let key = |i: usize| (i as u64).to_be_bytes().to_vec();
+        let write = |from: usize, to: usize| {
+            c.begin();
+            c.end(Some(
+                (from..to).map(|i| ((s, key(i)), Some(vec![1]))).collect(),
+            ));
+        };
+        write(0, MAX_ENTRIES);
+        // Full: the next write starts a new generation; all of the last
+        // one is still there.
+        write(MAX_ENTRIES, MAX_ENTRIES + 1);
+        assert!(c.get(s, &key(0)).is_ok() && c.get(s, &key(MAX_ENTRIES - 1)).is_ok());
+        // Key 0 was read from the old generation, so it moved to the young
+        // one and outlives the next turn; key 1 was not, and is gone.
+        write(MAX_ENTRIES + 1, 2 * MAX_ENTRIES + 1);
+        assert!(c.get(s, &key(0)).is_ok(), "a value read lately was dropped");
+        assert!(c.get(s, &key(1)).is_err(), "two generations back is kept");
+        // A newer value in the young generation wins over an old one.
+        c.begin();
+        c.end(Some(vec![((s, key(MAX_ENTRIES + 5)), None)]));
+        assert_eq!(c.get(s, &key(MAX_ENTRIES + 5)).ok(), Some(None));
+        // A failed commit empties both.
+        c.begin();
+        c.end(None);
+        assert!(c.get(s, &key(MAX_ENTRIES + 2)).is_err());
+        assert!(c.get(s, &key(0)).is_err());
     }
 
     #[test]
