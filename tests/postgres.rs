@@ -613,14 +613,17 @@ impl Cluster {
         }
     }
 
-    fn ctl(&self, args: &[&str]) {
-        let out = self
-            .command("pg_ctl")
+    fn pg_ctl(&self, args: &[&str]) -> std::process::Output {
+        self.command("pg_ctl")
             .arg("-D")
             .arg(self.dir.join("data"))
             .args(args)
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    fn ctl(&self, args: &[&str]) {
+        let out = self.pg_ctl(args);
         assert!(
             out.status.success(),
             "pg_ctl {args:?}: {}{}",
@@ -658,12 +661,7 @@ impl Outage for Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = self
-            .command("pg_ctl")
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", "immediate", "stop"])
-            .output();
+        let _ = self.pg_ctl(&["-m", "immediate", "stop"]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -371,6 +371,7 @@ fn log_seq(key: &[u8]) -> Result<u64, JobError> {
 /// finished ones.
 fn load_queues(ks: &[Space]) -> Result<Queues, JobError> {
     let mut queues = Queues::default();
+    let mut moves: Vec<Move> = Vec::new();
     for state in [
         JobState::Queued,
         JobState::Held(super::job::HoldReason::Budget),
@@ -400,9 +401,10 @@ fn load_queues(ks: &[Space]) -> Result<Queues, JobError> {
                     if !is_queue(tag) {
                         return Err(corrupt(&format!("job {id} placed in space {tag}")));
                     }
-                    queues.apply(vec![(tag, key, true, *stored.job.handler.public_key())]);
+                    moves.push((tag, key, true, *stored.job.handler.public_key()));
                 }
             }
+            queues.apply(std::mem::take(&mut moves));
         }
     }
     Ok(queues)
@@ -1753,19 +1755,23 @@ mod tests {
         }
     }
 
+    /// A ledger in a new temp dir, for a store test to open jobs in.
+    fn scratch_ledger(name: &str) -> (std::path::PathBuf, crate::ledger::Ledger) {
+        let dir = std::env::temp_dir().join(format!(
+            "pulse-ledger-{name}-{}-{}",
+            std::process::id(),
+            crate::clock::unix_ms()
+        ));
+        let config = crate::ledger::LedgerConfig::new(&dir, format!("{name}/log"));
+        (dir, crate::ledger::Ledger::open(config).unwrap())
+    }
+
     /// A store written before the finished index existed (no index, no
     /// marker) gets it at its next open, and pruning then finds its old
     /// finished jobs (re-keying those that finished after the cutoff).
     #[test]
     fn stores_without_a_finished_index_are_backfilled_at_open() {
-        let dir = std::env::temp_dir().join(format!(
-            "pulse-ledger-backfill-{}-{}",
-            std::process::id(),
-            crate::clock::unix_ms()
-        ));
-        let ledger =
-            crate::ledger::Ledger::open(crate::ledger::LedgerConfig::new(&dir, "backfill/log"))
-                .unwrap();
+        let (dir, ledger) = scratch_ledger("backfill");
         let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
         let req = JobRequest::default();
         let cancel = |store: &JobStore, id: &JobId, at: u64| {
@@ -1812,14 +1818,7 @@ mod tests {
     /// written again.
     #[test]
     fn queues_are_rebuilt_at_open_and_stored_queue_spaces_emptied() {
-        let dir = std::env::temp_dir().join(format!(
-            "pulse-ledger-queues-{}-{}",
-            std::process::id(),
-            crate::clock::unix_ms()
-        ));
-        let ledger =
-            crate::ledger::Ledger::open(crate::ledger::LedgerConfig::new(&dir, "queues/log"))
-                .unwrap();
+        let (dir, ledger) = scratch_ledger("queues");
         let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
         let at = |run_at_ms: u64, priority: u8| JobRequest {
             run_at_ms,
@@ -1904,6 +1903,32 @@ mod tests {
             .unwrap();
         assert_eq!(next.priority, 5);
         drop(store);
+        drop(ledger);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A live job in the state index without its record is named, and the
+    /// store is not opened on half its queues.
+    #[test]
+    fn a_live_job_without_its_record_stops_the_open_and_is_named() {
+        let (dir, ledger) = scratch_ledger("norecord");
+        let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
+        let id = {
+            let store = JobStore::open(&ledger).unwrap();
+            let job = store
+                .enqueue(&handler(), &schema, &JobRequest::default(), 1_000)
+                .unwrap()
+                .0;
+            let mut batch = store.batch();
+            batch.remove(store.ks(Jk::Jobs), job.id.0);
+            store.storage.commit(batch).unwrap();
+            job.id
+        };
+        let err = JobStore::open(&ledger).err().expect("opened").to_string();
+        assert!(
+            err.contains(&format!("live job {id} has no record")),
+            "{err}"
+        );
         drop(ledger);
         let _ = std::fs::remove_dir_all(&dir);
     }

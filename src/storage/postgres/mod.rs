@@ -89,10 +89,16 @@ pub fn shown_url(url: &str) -> String {
 }
 
 fn pool_error(e: &PoolError) -> StorageError {
-    // The server's own words (a refused login, a TLS failure) are in the
-    // error's sources: tokio-postgres shows only "db error" at the top.
+    StorageError::unavailable(format!("no connection to PostgreSQL: {}", with_causes(e)))
+}
+
+/// An error and its causes, each said once: the server's own words (a
+/// refused login, a TLS failure, the option a URL got wrong) are in the
+/// sources, while tokio-postgres says only "db error" or "invalid
+/// connection string" at the top.
+fn with_causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(cause) = source {
         let said = cause.to_string();
         if !text.ends_with(&said) {
@@ -101,7 +107,7 @@ fn pool_error(e: &PoolError) -> StorageError {
         }
         source = cause.source();
     }
-    StorageError::unavailable(format!("no connection to PostgreSQL: {text}"))
+    text
 }
 
 /// A failed query. A connection that broke is `unavailable`; an error the

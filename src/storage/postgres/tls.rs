@@ -42,7 +42,8 @@ pub(super) struct Target {
 pub(super) fn target(url: &str, shown: &str) -> Result<Target, StorageError> {
     let bad = |why: String| StorageError::new(format!("{shown}: not a PostgreSQL URL: {why}"));
     let (rest, root, verify) = take_options(url).map_err(bad)?;
-    let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| bad(with_sources(&e)))?;
+    let mut config =
+        tokio_postgres::Config::from_str(&rest).map_err(|e| bad(super::with_causes(&e)))?;
     let wants_tls = root.is_some() || verify || matches!(config.get_ssl_mode(), SslMode::Require);
     if !wants_tls {
         if let Some(host) = remote_host(&config) {
@@ -171,19 +172,6 @@ fn roots_from(path: &str) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
-/// An error and its causes: tokio-postgres says only "invalid connection
-/// string" at the top, and the option it refused below.
-fn with_sources(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 /// The first address of `config` reached over a network, if any: a Unix
 /// socket or a loopback address never leaves the machine. A `hostaddr` is
 /// where the connection goes, whatever the host's name says.
@@ -249,6 +237,11 @@ mod tests {
         assert!(take_options("postgres://u@h/db?sslnegotiation=direct").is_err());
     }
 
+    /// Why `target` refuses `url`.
+    fn refusal(url: &str) -> String {
+        target(url, "x").err().expect("refused").to_string()
+    }
+
     #[test]
     fn tls_is_plain_unless_asked_for_and_never_unverified() {
         let plain = target("postgres://u@127.0.0.1/db", "x").unwrap();
@@ -260,28 +253,14 @@ mod tests {
         assert!(matches!(required.config.get_ssl_mode(), SslMode::Require));
         let full = target("postgres://u@db.example/db?sslmode=verify-full", "x").unwrap();
         assert!(matches!(full.tls, Tls::Verified(_)));
-        let err = target(
-            "postgres://u@h/db?sslmode=disable&sslrootcert=/nonexistent",
-            "x",
-        )
-        .err()
-        .unwrap();
-        assert!(err.to_string().contains("sslmode=disable"), "{err}");
-        let err = target("postgres://u@h/db?sslrootcert=/nonexistent/ca.pem", "x")
-            .err()
-            .unwrap();
-        assert!(
-            err.to_string().contains("sslrootcert /nonexistent/ca.pem"),
-            "{err}"
-        );
-        let err = target("postgres://u@%2Frun%2Fpostgresql/db?sslmode=require", "x")
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("Unix socket"), "{err}");
-        let err = target("postgres://u@h/db?sslmode=verify-ful", "x")
-            .err()
-            .unwrap();
-        assert!(err.to_string().contains("sslmode"), "{err}");
+        let err = refusal("postgres://u@h/db?sslmode=disable&sslrootcert=/nonexistent");
+        assert!(err.contains("sslmode=disable"), "{err}");
+        let err = refusal("postgres://u@h/db?sslrootcert=/nonexistent/ca.pem");
+        assert!(err.contains("sslrootcert /nonexistent/ca.pem"), "{err}");
+        let err = refusal("postgres://u@%2Frun%2Fpostgresql/db?sslmode=require");
+        assert!(err.contains("Unix socket"), "{err}");
+        let err = refusal("postgres://u@h/db?sslmode=verify-ful");
+        assert!(err.contains("sslmode"), "{err}");
     }
 
     #[test]
