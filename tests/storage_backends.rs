@@ -185,6 +185,183 @@ fn a_snapshot_sees_neither_later_commits_nor_part_of_one(place: Place) {
 }
 on_every_backend!(a_snapshot_sees_neither_later_commits_nor_part_of_one);
 
+fn a_conditional_batch_is_written_only_while_its_expectations_hold(place: Place) {
+    let s = place.storage();
+    let (a, b) = (s.space("alpha").unwrap(), s.space("beta").unwrap());
+    // Expecting a key absent, then holding what was written.
+    let mut first = s.batch();
+    first.expect(&a, b"head", None);
+    first.insert(&a, b"head", b"1");
+    first.insert(&b, b"entry1", b"x");
+    s.commit(first).unwrap();
+    let mut second = s.batch();
+    second.expect(&a, b"head", Some(b"1"));
+    second.expect(&b, b"entry2", None);
+    second.insert(&a, b"head", b"2");
+    second.insert(&b, b"entry2", b"y");
+    s.commit(second).unwrap();
+    // A writer that read head 1 and expects it still: refused whole.
+    let mut stale = s.batch();
+    stale.insert(&b, b"entry-stale", b"z");
+    stale.remove(&b, b"entry1");
+    stale.expect(&b, b"entry1", Some(b"x"));
+    stale.expect(&a, b"head", Some(b"1"));
+    stale.insert(&a, b"head", b"stale");
+    let err = s.commit(stale).unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    assert!(!err.is_unavailable(), "{err}");
+    assert!(
+        err.to_string().contains("expectation 2 of the batch"),
+        "the message names the expectation that broke: {err}"
+    );
+    assert_eq!(a.get(b"head").unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(b.get(b"entry1").unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(b.get(b"entry-stale").unwrap(), None);
+    // Expecting absent what is there is a conflict too; expecting only
+    // (no writes) commits nothing and fails nothing when it holds.
+    let mut present = s.batch();
+    present.expect(&b, b"entry2", None);
+    assert!(s.commit(present).unwrap_err().is_conflict());
+    let mut check = s.batch();
+    check.expect(&b, b"entry2", Some(b"y"));
+    s.commit(check).unwrap();
+    // An expected key obeys the key rules.
+    let mut bad = s.batch();
+    bad.expect(&a, b"", None);
+    bad.insert(&a, b"k", b"v");
+    let err = s.commit(bad).unwrap_err();
+    assert!(
+        err.to_string().contains("an expected key must be 1 to"),
+        "{err}"
+    );
+    assert_eq!(a.get(b"k").unwrap(), None);
+}
+on_every_backend!(a_conditional_batch_is_written_only_while_its_expectations_hold);
+
+/// Writers that read a counter and write it back expecting it unchanged
+/// lose no increment, however their commits interleave: on PostgreSQL
+/// each writer is a backend of its own, as separate nodes are.
+fn conditional_writers_lose_no_update(place: Place) {
+    const WRITERS: usize = 4;
+    const EACH: u64 = 40;
+    let stores = place.writers(WRITERS);
+    let threads: Vec<_> = stores
+        .into_iter()
+        .enumerate()
+        .map(|(w, s)| {
+            std::thread::spawn(move || {
+                let space = s.space("counter").unwrap();
+                let mut conflicts = 0u64;
+                for i in 0..EACH {
+                    loop {
+                        let old = space.get(b"n").unwrap();
+                        let n = old
+                            .as_deref()
+                            .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()));
+                        let mut batch = s.batch();
+                        batch.expect(&space, b"n", old.as_deref());
+                        batch.insert(&space, b"n", (n + 1).to_be_bytes());
+                        batch.insert(&space, format!("by-{w}-{i}"), (n + 1).to_be_bytes());
+                        match s.commit(batch) {
+                            Ok(()) => break,
+                            Err(e) if e.is_conflict() => conflicts += 1,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let s = place.storage();
+    let space = s.space("counter").unwrap();
+    let total = WRITERS as u64 * EACH;
+    assert_eq!(
+        space.get(b"n").unwrap().as_deref(),
+        Some(&total.to_be_bytes()[..])
+    );
+    // Every increment took its own number: no two writers wrote the same.
+    let mut taken: Vec<u64> = all(space.prefix(b"by-"))
+        .into_iter()
+        .map(|(_, v)| u64::from_be_bytes(v.try_into().unwrap()))
+        .collect();
+    taken.sort_unstable();
+    assert_eq!(taken, (1..=total).collect::<Vec<_>>());
+}
+on_every_backend!(conditional_writers_lose_no_update);
+
+#[test]
+fn postgres_notices_reach_the_other_nodes_once_committed() {
+    use pulse_ledger::storage::Notice;
+    let Some(place) = Place::new("postgres", "kv_notices") else {
+        return;
+    };
+    let nodes = place.writers(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut heard_by_a = a.notices().expect("a shared backend hears notices");
+    let mut heard_by_b = b.notices().unwrap();
+    let space = a.space("s").unwrap();
+    let mut refused = a.batch();
+    refused.expect(&space, b"k", Some(b"never"));
+    refused.announce("log", "refused");
+    assert!(a.commit(refused).unwrap_err().is_conflict());
+    let mut batch = a.batch();
+    batch.insert(&space, b"k", b"v");
+    batch.announce("log", "12:abc");
+    batch.announce("jobs", "");
+    a.commit(batch).unwrap();
+    let next = |rx: &mut tokio::sync::broadcast::Receiver<Notice>| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match rx.try_recv() {
+                Ok(n) => return Some(n),
+                Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(_) => return None,
+            }
+        }
+    };
+    // The refused batch told nobody; the committed one told B, in order.
+    assert_eq!(
+        next(&mut heard_by_b),
+        Some(Notice::Message {
+            topic: "log".into(),
+            payload: "12:abc".into()
+        })
+    );
+    assert_eq!(
+        next(&mut heard_by_b),
+        Some(Notice::Message {
+            topic: "jobs".into(),
+            payload: String::new()
+        })
+    );
+    // A hears B, not itself.
+    let mut from_b = b.batch();
+    from_b.announce("log", "13");
+    b.commit(from_b).unwrap();
+    assert_eq!(
+        next(&mut heard_by_a),
+        Some(Notice::Message {
+            topic: "log".into(),
+            payload: "13".into()
+        })
+    );
+    // A topic outside the rules is refused before anything is written.
+    let mut bad = a.batch();
+    bad.insert(&space, b"k2", b"v");
+    bad.announce("Log!", "x");
+    let err = a.commit(bad).unwrap_err();
+    assert!(err.to_string().contains("a notice's topic"), "{err}");
+    assert_eq!(space.get(b"k2").unwrap(), None);
+}
+
 #[test]
 fn postgres_schema_is_migrated_once_and_a_newer_one_is_refused() {
     let Some(url) = common::postgres_database("kv_schema") else {

@@ -11,7 +11,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 use super::idle_flush::{IdleFlush, Observation};
 use super::{
     Backend, Entries, KeyRange, Order, ReadView, Snapshot, SpaceId, StorageError, WriteBatch,
-    WriteOp,
+    WriteOp, short_hex,
 };
 
 /// Sizes of the fjall database's buffers.
@@ -99,6 +99,9 @@ struct Inner {
     /// The thread flushing idle memtables early, joined on drop (so the
     /// database is closed when the backend is).
     pacer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held from checking a conditional batch's expectations to its
+    /// commit, so that two such batches are applied one at a time.
+    conditional: Mutex<()>,
 }
 
 /// A fjall database as a [`Backend`].
@@ -185,6 +188,7 @@ impl FjallBackend {
             closing: Condvar::new(),
             closed: AtomicBool::new(false),
             pacer: Mutex::new(None),
+            conditional: Mutex::new(()),
         });
         // A reader of a stopped server's dir writes nothing to flush.
         if options.is_some() {
@@ -490,9 +494,28 @@ impl Backend for FjallBackend {
         } else {
             open.db.batch()
         };
+        // Notices are for other processes, and no other process opens
+        // this database.
+        let (ops, expected, _notices) = batch.into_parts();
+        let _conditional = if expected.is_empty() {
+            None
+        } else {
+            let held = lock(&self.0.conditional);
+            for (i, e) in expected.iter().enumerate() {
+                if get_from(&open, e.space, &e.key)? != e.value {
+                    return Err(StorageError::conflict(format!(
+                        "expectation {} of the batch (space {}, key {}) no longer holds; nothing of the batch was written",
+                        i + 1,
+                        e.space.0,
+                        short_hex(&e.key)
+                    )));
+                }
+            }
+            Some(held)
+        };
         {
             let handles = open.handles.read().unwrap_or_else(|p| p.into_inner());
-            for op in batch.into_ops() {
+            for op in ops {
                 match op {
                     WriteOp::Put { space, key, value } => {
                         b.insert(handle(&handles, space)?, key, value);

@@ -56,7 +56,14 @@ pub(crate) fn wait<F: std::future::Future>(f: F) -> F::Output {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageError {
     message: String,
-    unavailable: bool,
+    kind: FailureKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureKind {
+    Failure,
+    Unavailable,
+    Conflict,
 }
 
 impl StorageError {
@@ -64,7 +71,7 @@ impl StorageError {
     pub fn new(message: impl Into<String>) -> StorageError {
         StorageError {
             message: message.into(),
-            unavailable: false,
+            kind: FailureKind::Failure,
         }
     }
 
@@ -74,14 +81,45 @@ impl StorageError {
     pub fn unavailable(message: impl Into<String>) -> StorageError {
         StorageError {
             message: message.into(),
-            unavailable: true,
+            kind: FailureKind::Unavailable,
+        }
+    }
+
+    /// A key a batch expected ([`WriteBatch::expect`]) held another value
+    /// when the batch was applied: another writer got there first, and
+    /// nothing of the batch was written.
+    pub fn conflict(message: impl Into<String>) -> StorageError {
+        StorageError {
+            message: message.into(),
+            kind: FailureKind::Conflict,
         }
     }
 
     /// Whether this is [`StorageError::unavailable`].
     pub fn is_unavailable(&self) -> bool {
-        self.unavailable
+        self.kind == FailureKind::Unavailable
     }
+
+    /// Whether this is [`StorageError::conflict`].
+    pub fn is_conflict(&self) -> bool {
+        self.kind == FailureKind::Conflict
+    }
+}
+
+/// A message another process sharing the store committed
+/// ([`WriteBatch::announce`]), or word that some may have been missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// `payload` on `topic`, committed by another process.
+    Message {
+        /// What the message is about (`log`, `jobs`).
+        topic: String,
+        /// Its text.
+        payload: String,
+    },
+    /// Messages may have been lost (the listening connection broke, or a
+    /// reader fell behind): a reader must read what it follows again.
+    Gap,
 }
 
 impl std::fmt::Display for StorageError {
@@ -164,6 +202,13 @@ pub trait Backend: ReadView {
     /// The engine's name, for logs and `--help` ("fjall", "postgres").
     fn engine(&self) -> &'static str;
 
+    /// Messages that other processes sharing this store commit
+    /// ([`WriteBatch::announce`]); `None` when nothing else can write it
+    /// (an embedded store is one process's alone).
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        None
+    }
+
     /// Whether the stores may go on writing after the commit that just
     /// failed, once they have read their state again. A database server's
     /// state is whatever it committed, so a writer reads it again and goes
@@ -175,6 +220,15 @@ pub trait Backend: ReadView {
     fn survives_failed_commit(&self) -> bool {
         false
     }
+}
+
+/// The first bytes of `key` in hex, for messages.
+fn short_hex(key: &[u8]) -> String {
+    let mut text = hex::encode(&key[..key.len().min(16)]);
+    if key.len() > 16 {
+        text.push('…');
+    }
+    text
 }
 
 /// Longest key any backend stores (fjall's limit).
@@ -241,7 +295,28 @@ impl Storage {
                 "a key must be 1 to {MAX_KEY_BYTES} bytes; nothing of the batch was written ({op:?})"
             )));
         }
+        if let Some(e) = batch
+            .expected
+            .iter()
+            .find(|e| e.key.is_empty() || e.key.len() > MAX_KEY_BYTES)
+        {
+            return Err(StorageError::new(format!(
+                "an expected key must be 1 to {MAX_KEY_BYTES} bytes; nothing of the batch was written ({} bytes)",
+                e.key.len()
+            )));
+        }
+        if let Some(n) = batch.notices.iter().find(|n| !is_notice(n)) {
+            return Err(StorageError::new(format!(
+                "a notice's topic must be 1 to 32 lowercase ASCII letters or '_' and its text at most {MAX_NOTICE_BYTES} bytes; nothing of the batch was written (topic {:?})",
+                n.0
+            )));
+        }
         self.0.commit(batch)
+    }
+
+    /// See [`Backend::notices`].
+    pub fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        self.0.notices()
     }
 
     /// See [`Backend::engine`].
@@ -415,12 +490,37 @@ pub enum WriteOp {
     },
 }
 
+/// A value a batch requires a key to hold when it is applied
+/// ([`WriteBatch::expect`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expectation {
+    /// The space.
+    pub space: SpaceId,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value it must hold (`None`: it must be absent).
+    pub value: Option<Vec<u8>>,
+}
+
+/// Longest text of a notice ([`WriteBatch::announce`]): PostgreSQL's
+/// NOTIFY takes under 8,000 bytes.
+pub const MAX_NOTICE_BYTES: usize = 7_000;
+
+fn is_notice((topic, text): &(String, String)) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 32
+        && topic.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        && text.len() <= MAX_NOTICE_BYTES
+}
+
 /// Writes committed together ([`Backend::commit`]): applied in order, so
 /// of two writes to one key the later wins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteBatch {
     ops: Vec<WriteOp>,
     synced: bool,
+    expected: Vec<Expectation>,
+    notices: Vec<(String, String)>,
 }
 
 impl Default for WriteBatch {
@@ -428,6 +528,8 @@ impl Default for WriteBatch {
         WriteBatch {
             ops: Vec::new(),
             synced: true,
+            expected: Vec::new(),
+            notices: Vec::new(),
         }
     }
 }
@@ -439,9 +541,43 @@ impl WriteBatch {
     /// lines), never for anything acknowledged.
     pub fn unsynced() -> WriteBatch {
         WriteBatch {
-            ops: Vec::new(),
             synced: false,
+            ..WriteBatch::default()
         }
+    }
+
+    /// Makes the batch conditional: it is written only if `key` in `space`
+    /// holds `value` (`None`: no value) at the moment it is applied, and
+    /// otherwise refused whole with [`StorageError::conflict`]. Commits
+    /// that expect the same key are applied one at a time, so of several
+    /// writers that read a key and expect it unchanged exactly one wins:
+    /// the fencing that lets processes share a store. A commit that writes
+    /// the key without expecting it is not held back, so every writer of a
+    /// key that others expect must expect it too.
+    pub fn expect(&mut self, space: &Space, key: impl AsRef<[u8]>, value: Option<&[u8]>) {
+        self.expected.push(Expectation {
+            space: space.id,
+            key: key.as_ref().to_vec(),
+            value: value.map(<[u8]>::to_vec),
+        });
+    }
+
+    /// The batch's expectations, in the order given.
+    pub fn expectations(&self) -> &[Expectation] {
+        &self.expected
+    }
+
+    /// Tells the other processes sharing the store `text` on `topic` (1 to
+    /// 32 lowercase ASCII letters or `_`; at most [`MAX_NOTICE_BYTES`]
+    /// bytes) if and when the batch commits ([`Backend::notices`]). An
+    /// embedded store, which no other process shares, drops it.
+    pub fn announce(&mut self, topic: &str, text: impl Into<String>) {
+        self.notices.push((topic.to_owned(), text.into()));
+    }
+
+    /// The batch's notices, as (topic, text).
+    pub fn notices(&self) -> &[(String, String)] {
+        &self.notices
     }
 
     /// Whether the commit makes the batch durable before returning.
@@ -471,13 +607,19 @@ impl WriteBatch {
         self.ops.len()
     }
 
-    /// Whether the batch writes nothing.
+    /// Whether the batch writes nothing, expects nothing and announces
+    /// nothing.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.expected.is_empty() && self.notices.is_empty()
     }
 
     /// The writes, in order.
     pub fn into_ops(self) -> Vec<WriteOp> {
         self.ops
+    }
+
+    /// The writes in order, the expectations and the notices.
+    pub fn into_parts(self) -> (Vec<WriteOp>, Vec<Expectation>, Vec<(String, String)>) {
+        (self.ops, self.expected, self.notices)
     }
 }

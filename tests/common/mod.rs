@@ -467,6 +467,24 @@ impl Place {
         }
     }
 
+    /// Handles on the storage for `n` writers: on PostgreSQL `n` backends
+    /// of their own, opened to each other ([`PostgresBackend::share`]) as
+    /// the nodes of a cluster are; fjall, which one process opens, shares
+    /// one handle.
+    pub fn writers(&self, n: usize) -> Vec<pulse_ledger::storage::Storage> {
+        use pulse_ledger::storage::{PostgresBackend, Storage};
+        match self {
+            Place::Fjall(_) => vec![self.storage(); n],
+            Place::Postgres { url, .. } => (0..n)
+                .map(|_| {
+                    let pg = PostgresBackend::open(url).unwrap();
+                    pg.share().unwrap();
+                    Storage::new(pg)
+                })
+                .collect(),
+        }
+    }
+
     /// Opens the ledger here with `config` (its data dir is this place's).
     pub fn open_ledger(
         &self,

@@ -9,6 +9,7 @@
 //! that waits on the disk). Connections come from a bounded pool.
 
 mod cache;
+mod listener;
 mod schema;
 mod tls;
 
@@ -24,8 +25,8 @@ use tokio_postgres::types::ToSql;
 pub use schema::VERSION as SCHEMA_VERSION;
 
 use super::{
-    Backend, Entries, Entry, KeyRange, Order, ReadView, Snapshot, SpaceId, StorageError,
-    WriteBatch, WriteOp, wait,
+    Backend, Entries, Entry, KeyRange, Notice, Order, ReadView, Snapshot, SpaceId, StorageError,
+    WriteBatch, WriteOp, short_hex, wait,
 };
 
 /// Connections held at most.
@@ -49,6 +50,12 @@ pub struct PostgresBackend {
     /// Current values this server wrote or read, while it holds the
     /// server lock (nothing else writes then).
     cache: cache::ValueCache,
+    /// How to open a connection of our own (the notice listener's).
+    target: (tokio_postgres::Config, tls::Tls),
+    /// Names this backend in the notices it commits.
+    origin: String,
+    /// The other processes' notices, once [`PostgresBackend::share`]d.
+    notices: std::sync::Mutex<Option<tokio::sync::broadcast::Sender<Notice>>>,
 }
 
 /// Whether `text` names a PostgreSQL database (`postgres://` or
@@ -157,10 +164,14 @@ impl PostgresBackend {
             // a round trip per call would halve the throughput.
             recycling_method: RecyclingMethod::Fast,
         };
+        let own = (target.config.clone(), target.tls.clone());
         let manager = match target.tls {
             tls::Tls::Plain => Manager::from_config(target.config, NoTls, manager_config),
             tls::Tls::Verified(tls) => Manager::from_config(target.config, tls, manager_config),
         };
+        let mut origin = [0u8; 8];
+        getrandom::fill(&mut origin)
+            .map_err(|e| StorageError::new(format!("no randomness for a notice origin: {e}")))?;
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -177,7 +188,33 @@ impl PostgresBackend {
             holder: std::sync::Mutex::new(None),
             locked: std::sync::atomic::AtomicBool::new(false),
             cache: cache::ValueCache::default(),
+            target: own,
+            origin: hex::encode(origin),
+            notices: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Opens the database to other processes writing it at the same time
+    /// (several server nodes): this backend keeps no values in memory, and
+    /// hears what the others announce ([`Backend::notices`]) from the
+    /// moment this returns. The stores above must then make every write
+    /// that could race another process's conditional
+    /// ([`WriteBatch::expect`]).
+    ///
+    /// # Errors
+    /// `unavailable` when the listening connection cannot be opened.
+    pub fn share(&self) -> Result<(), StorageError> {
+        let mut notices = self.notices.lock().unwrap_or_else(|p| p.into_inner());
+        if notices.is_none() {
+            let (config, tls) = self.target.clone();
+            *notices = Some(listener::start(
+                &self.handle,
+                config,
+                tls,
+                self.origin.clone(),
+            )?);
+        }
+        Ok(())
     }
 
     /// The URL, without its password.
@@ -332,6 +369,72 @@ impl PostgresBackend {
             self.take_server_lock(std::time::Duration::ZERO)?;
         }
         Ok(())
+    }
+
+    /// A commit with expectations or notices: one call of the
+    /// `pulse_commit` function (spec/storage.md), so still one statement
+    /// and one round trip. It locks the expected keys, compares them, and
+    /// writes and notifies only if all hold.
+    fn commit_conditional(
+        &self,
+        expected: &[super::Expectation],
+        notes: Vec<String>,
+        [del_spaces, put_spaces]: [Vec<i16>; 2],
+        [del_keys, put_keys]: [Vec<Vec<u8>>; 2],
+        put_values: Vec<Vec<u8>>,
+    ) -> Result<(), StorageError> {
+        let exp_spaces: Vec<i16> = expected.iter().map(|e| space_param(e.space)).collect();
+        let exp_keys: Vec<Vec<u8>> = expected.iter().map(|e| e.key.clone()).collect();
+        let exp_values: Vec<Option<Vec<u8>>> = expected.iter().map(|e| e.value.clone()).collect();
+        let broken: i32 = self.run(move |conn| async move {
+            let stmt = conn
+                .prepare_cached(
+                    "SELECT pulse_commit($1::int2[], $2::bytea[], $3::bytea[], $4::int2[], $5::bytea[],
+                                         $6::int2[], $7::bytea[], $8::bytea[], $9::text[])",
+                )
+                .await
+                .map_err(|e| query_error("commit", &e))?;
+            let row = conn
+                .query_one(
+                    &stmt,
+                    &[
+                        &exp_spaces,
+                        &exp_keys,
+                        &exp_values,
+                        &del_spaces,
+                        &del_keys,
+                        &put_spaces,
+                        &put_keys,
+                        &put_values,
+                        &notes,
+                    ],
+                )
+                .await
+                .map_err(|e| query_error("commit", &e))?;
+            Ok(row.get(0))
+        })?;
+        if broken == 0 {
+            return Ok(());
+        }
+        let e = usize::try_from(broken - 1)
+            .ok()
+            .and_then(|i| expected.get(i))
+            .ok_or_else(|| {
+                StorageError::new(format!(
+                    "pulse_commit answered {broken}, not an expectation"
+                ))
+            })?;
+        let space = self
+            .spaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(_, id)| **id == e.space)
+            .map_or_else(|| e.space.0.to_string(), |(name, _)| name.clone());
+        Err(StorageError::conflict(format!(
+            "expectation {broken} of the batch (space {space}, key {}) no longer holds; nothing of the batch was written",
+            short_hex(&e.key)
+        )))
     }
 
     /// The schema version stored in the database (0: none yet).
@@ -724,11 +827,21 @@ impl Backend for PostgresBackend {
             return Ok(());
         }
         self.hold_server_lock()?;
+        let (ops, expected, notes) = batch.into_parts();
+        // A database this process holds alone has nobody to tell.
+        let notes: Vec<String> = if self.locked.load(std::sync::atomic::Ordering::Acquire) {
+            Vec::new()
+        } else {
+            notes
+                .iter()
+                .map(|(topic, text)| listener::encode(&self.origin, topic, text))
+                .collect()
+        };
         // The last write to each key wins, as the batch's order says; what
         // is left puts and deletes disjoint keys, so their order in the
         // transaction does not matter.
         let mut last: HashMap<(SpaceId, Vec<u8>), Option<Vec<u8>>> = HashMap::new();
-        for op in batch.into_ops() {
+        for op in ops {
             match op {
                 WriteOp::Put { space, key, value } => last.insert((space, key), Some(value)),
                 WriteOp::Delete { space, key } => last.insert((space, key), None),
@@ -762,6 +875,17 @@ impl Backend for PostgresBackend {
             )
             .collect();
         self.cache.begin();
+        if !expected.is_empty() || !notes.is_empty() {
+            let result = self.commit_conditional(
+                &expected,
+                notes,
+                [del_spaces, put_spaces],
+                [del_keys, put_keys],
+                put_values,
+            );
+            self.cache.end(result.is_ok().then_some(writes));
+            return result;
+        }
         // One statement, so one round trip: a statement is its own
         // transaction (all or nothing), committed with the server's
         // synchronous commit before the answer comes back.
@@ -792,6 +916,14 @@ impl Backend for PostgresBackend {
 
     fn engine(&self) -> &'static str {
         "postgres"
+    }
+
+    fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
+        self.notices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(tokio::sync::broadcast::Sender::subscribe)
     }
 
     fn survives_failed_commit(&self) -> bool {

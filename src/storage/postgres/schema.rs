@@ -26,6 +26,46 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // would read those empty spaces and see no live job, so the version
     // rises for it to refuse this database (schema_too_new).
     "SELECT 1;",
+    // 4: conditional commits (WriteBatch::expect) and notices to the other
+    // nodes sharing the database, in one statement: the expected keys are
+    // locked in a fixed order (advisory locks in the two-key space, so no
+    // clash with the single-key locks above; a hash clash only makes two
+    // commits wait for each other), compared after the locks are held,
+    // and only if every one holds are the writes made and the notices
+    // sent. Answers 0, or the (1-based) number of the first expectation
+    // that did not hold, having written nothing.
+    "CREATE FUNCTION pulse_commit(
+         exp_spaces int2[], exp_keys bytea[], exp_values bytea[],
+         del_spaces int2[], del_keys bytea[],
+         put_spaces int2[], put_keys bytea[], put_values bytea[],
+         notes text[]
+     ) RETURNS integer LANGUAGE plpgsql AS $$
+     DECLARE
+         h integer;
+         i integer;
+         held bytea;
+     BEGIN
+         FOR h IN SELECT DISTINCT hashtext(e.s::text || ':' || encode(e.k, 'hex')) AS x
+                  FROM unnest(exp_spaces, exp_keys) AS e(s, k) ORDER BY x LOOP
+             PERFORM pg_advisory_xact_lock(1886743667, h);
+         END LOOP;
+         FOR i IN 1 .. coalesce(array_length(exp_keys, 1), 0) LOOP
+             held := NULL;
+             SELECT value INTO held FROM pulse_kv
+              WHERE space = exp_spaces[i] AND key = exp_keys[i];
+             IF held IS DISTINCT FROM exp_values[i] THEN
+                 RETURN i;
+             END IF;
+         END LOOP;
+         DELETE FROM pulse_kv WHERE (space, key) IN
+             (SELECT * FROM unnest(del_spaces, del_keys));
+         INSERT INTO pulse_kv (space, key, value)
+             SELECT * FROM unnest(put_spaces, put_keys, put_values)
+             ON CONFLICT (space, key) DO UPDATE SET value = excluded.value;
+         PERFORM pg_notify('pulse_ledger', n) FROM unnest(notes) AS n;
+         RETURN 0;
+     END
+     $$;",
 ];
 
 /// The schema version this binary writes.
