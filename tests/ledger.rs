@@ -602,3 +602,139 @@ fn a_selective_listing_stops_after_max_scan_keys_and_returns_a_cursor(place: Pla
     assert!(page.is_empty() && cursor.is_none());
 }
 on_every_backend!(a_selective_listing_stops_after_max_scan_keys_and_returns_a_cursor);
+
+/// Several nodes (each its own backend, as separate `serve` processes
+/// are) append to one log on one PostgreSQL database at once: one
+/// sequence of indexes, one chain per subject whichever node took each
+/// statement, duplicates and equivocations seen across nodes, every node
+/// catching up with the others' appends, and every checkpoint any node
+/// signed consistent with every other.
+#[test]
+fn several_nodes_on_one_postgres_append_one_log() {
+    const NODES: usize = 3;
+    const EACH: usize = 40;
+    let Some(place) = Place::new("postgres", "ledger_nodes") else {
+        return;
+    };
+    let origin = "nodes.example/log";
+    // The key exists before the nodes start (an operator gives every node
+    // the same key file); they start together on an empty database.
+    let keys = common::tempdir("ledger-nodes-key");
+    drop(Ledger::open(LedgerConfig::new(&keys, origin)).unwrap());
+    std::fs::copy(keys.join("log.key"), place.dir().join("log.key")).unwrap();
+    let openers: Vec<_> = place
+        .writers(NODES)
+        .into_iter()
+        .map(|storage| {
+            let dir = place.dir().to_path_buf();
+            std::thread::spawn(move || {
+                Ledger::open_on(
+                    storage,
+                    &dir.join("log.key"),
+                    LedgerConfig::new(&dir, origin),
+                )
+                .unwrap()
+            })
+        })
+        .collect();
+    let nodes: Vec<Arc<Ledger>> = openers
+        .into_iter()
+        .map(|t| Arc::new(t.join().unwrap()))
+        .collect();
+    let p = key("nodes-plugin");
+    let first = nodes[0]
+        .append(plugin_register(&p, "runner").envelope())
+        .unwrap();
+    assert_eq!(first.index, 0);
+    // One subject's chain, a statement through each node in turn: each
+    // node judges the next statement on the head another node wrote.
+    let h = key("nodes-handler");
+    let mut chain = vec![handler_register(&h, "chained", &p.did)];
+    for v in ["1.1.0", "1.2.0"] {
+        let prev = chain.last().unwrap();
+        chain.push(update_handler(prev, &h, "chained", &p.did, v));
+    }
+    let mut receipts = vec![first];
+    for (i, att) in chain.iter().enumerate() {
+        receipts.push(nodes[i % NODES].append(att.envelope()).unwrap());
+    }
+    // The same statement through another node is a duplicate, at its index.
+    let again = nodes[2].append(chain[0].envelope()).unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.index, receipts[1].index);
+    // A second history for the last seq, through another node.
+    let fork = update_handler(&chain[1], &h, "chained", &p.did, "9.9.9");
+    match nodes[0].append(fork.envelope()) {
+        Err(LedgerError::Equivocation { logged_index, .. }) => {
+            assert_eq!(logged_index, receipts[3].index);
+        }
+        other => panic!("expected equivocation evidence, got {other:?}"),
+    }
+    // All nodes at once.
+    let threads: Vec<_> = nodes
+        .iter()
+        .enumerate()
+        .map(|(n, ledger)| {
+            let ledger = Arc::clone(ledger);
+            let plugin = p.did.clone();
+            std::thread::spawn(move || {
+                (0..EACH)
+                    .map(|i| {
+                        let h = key(&format!("node-{n}-{i}"));
+                        ledger
+                            .append(handler_register(&h, "many", &plugin).envelope())
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for t in threads {
+        receipts.extend(t.join().unwrap());
+    }
+    let total = (1 + chain.len() + NODES * EACH) as u64;
+    let mut indexes: Vec<u64> = receipts.iter().map(|r| r.index).collect();
+    indexes.sort_unstable();
+    assert_eq!(indexes, (0..total).collect::<Vec<u64>>(), "one sequence");
+    // Every node comes to the same head without appending again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while nodes.iter().any(|n| n.head().size != total) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nodes did not catch up: {:?}",
+            nodes.iter().map(|n| n.head().size).collect::<Vec<_>>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let root = nodes[0].head().root;
+    for n in &nodes {
+        assert_eq!(n.head().root, root);
+        assert_eq!(*n.watch_size().borrow(), total, "watchers see the size");
+    }
+    // Every head any node signed is in one history with every other.
+    let log_did = nodes[0].log_did().clone();
+    let mut heads: Vec<_> = receipts.iter().map(|r| r.head.clone()).collect();
+    heads.sort_by_key(|h| h.size);
+    heads.dedup_by_key(|h| h.size);
+    for pair in heads.windows(2) {
+        let (old, new) = (&pair[0], &pair[1]);
+        verify_checkpoint(&old.checkpoint, &log_did).unwrap();
+        verify_checkpoint(&new.checkpoint, &log_did).unwrap();
+        let proof = nodes[2].consistency_proof(old.size, new.size).unwrap();
+        verify_consistency(old.size, new.size, &old.root, &new.root, &proof).unwrap();
+    }
+    // A node's change log names subjects other nodes appended.
+    let (changed, end) = nodes[1].changed_since(total - 1).unwrap();
+    assert_eq!(end, total);
+    let last = nodes[0].entry(total - 1).unwrap();
+    let last = pulse_ledger::verify_attestation(&last).unwrap();
+    assert_eq!(changed, vec![*last.statement().subject.public_key()]);
+    assert_eq!(
+        nodes[1].subject_state(&h.did).unwrap().head,
+        chain.last().unwrap().id(),
+        "the chain's head is its last statement, whichever node took it"
+    );
+    for n in &nodes {
+        n.audit().unwrap();
+    }
+}

@@ -296,7 +296,9 @@ impl NodeSource for Shared {
 /// commits many appends under one fsync. Reads go straight to fjall.
 pub struct Ledger {
     shared: Arc<Shared>,
-    queue: Mutex<Option<SyncSender<Vec<Job>>>>,
+    /// The writer's queue; shared with the thread that follows other
+    /// nodes' appends, which asks the writer to read the head again.
+    queue: Arc<Mutex<Option<SyncSender<Vec<Job>>>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -456,10 +458,17 @@ impl Ledger {
                 b.insert(shared.ks(Ks::Meta), META_ORIGIN, config.origin.as_bytes());
                 b.insert(shared.ks(Ks::Meta), META_SIZE, u64_key(0));
                 b.insert(shared.ks(Ks::Meta), META_CHECKPOINT, text.as_bytes());
-                shared
-                    .storage
-                    .commit(b)
-                    .map_err(|e| LedgerError::storage("initialising the log", e))?;
+                // Nodes sharing a new store start together: one creates
+                // the log, and the others open what it created.
+                b.expect(shared.ks(Ks::Meta), META_CHECKPOINT, None);
+                match shared.storage.commit(b) {
+                    Err(e) if e.is_conflict() => {
+                        let storage = shared.storage.clone();
+                        drop(shared);
+                        return Ledger::open_on(storage, key_path, config);
+                    }
+                    other => other.map_err(|e| LedgerError::storage("initialising the log", e))?,
+                }
                 TreeHead {
                     size: 0,
                     root: cp.root,
@@ -481,9 +490,13 @@ impl Ledger {
             .name("ledger-writer".into())
             .spawn(move || writer_loop(&writer_shared, &rx, frontier, max_batch))
             .map_err(|e| LedgerError::storage("starting the writer thread", e))?;
+        let queue = Arc::new(Mutex::new(Some(tx)));
+        if let Some(notices) = shared.storage.notices() {
+            follow_other_nodes(notices, size, Arc::clone(&queue))?;
+        }
         Ok(Ledger {
             shared,
-            queue: Mutex::new(Some(tx)),
+            queue,
             writer: Mutex::new(Some(writer)),
         })
     }
@@ -1043,6 +1056,53 @@ impl Drop for Ledger {
     }
 }
 
+/// Starts the thread that follows the appends of other nodes sharing the
+/// store: when one announces a size beyond what this node has seen, or
+/// notices may have been missed, the writer is asked (with an empty
+/// group) to read the head again. Ends when the ledger closes.
+fn follow_other_nodes(
+    mut notices: tokio::sync::broadcast::Receiver<crate::storage::Notice>,
+    mut seen: u64,
+    queue: Arc<Mutex<Option<SyncSender<Vec<Job>>>>>,
+) -> Result<(), LedgerError> {
+    use crate::storage::Notice;
+    use tokio::sync::broadcast::error::RecvError;
+    std::thread::Builder::new()
+        .name("ledger-follower".into())
+        .spawn(move || {
+            loop {
+                let wanted = match notices.blocking_recv() {
+                    Ok(Notice::Message { topic, payload }) if topic == super::writer::LOG_TOPIC => {
+                        match payload.parse::<u64>() {
+                            Ok(size) if size > seen => {
+                                seen = size;
+                                true
+                            }
+                            Ok(_) => false,
+                            Err(_) => true,
+                        }
+                    }
+                    Ok(Notice::Message { .. }) => false,
+                    Ok(Notice::Gap) | Err(RecvError::Lagged(_)) => true,
+                    Err(RecvError::Closed) => return,
+                };
+                if !wanted {
+                    continue;
+                }
+                let Some(q) = queue.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+                    return;
+                };
+                // A full queue means the writer is busy with appends, and
+                // their commits find the new head themselves.
+                if let Err(TrySendError::Disconnected(_)) = q.try_send(Vec::new()) {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| LedgerError::storage("starting the follower thread", e))?;
+    Ok(())
+}
+
 /// What a successful audit checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditReport {
@@ -1085,9 +1145,14 @@ fn load_or_create_key(path: &Path, may_create: bool) -> Result<(SigningKey, Did)
                 keyfile::generate().map_err(|e| cfg(format!("generating the log key: {e}")))?;
             let did =
                 Did::from_verifying_key(&key.verifying_key()).map_err(|e| cfg(e.to_string()))?;
-            keyfile::create(path, &key, &did)
-                .map_err(|e| cfg(format!("{}: {e}", path.display())))?;
-            key
+            match keyfile::create(path, &key, &did) {
+                Ok(()) => key,
+                // Another node starting on the same directory made it first.
+                Err(keyfile::KeyFileError::Exists) => {
+                    keyfile::load(path).map_err(|e| cfg(format!("{}: {e}", path.display())))?
+                }
+                Err(e) => return Err(cfg(format!("{}: {e}", path.display()))),
+            }
         }
         Err(e) => return Err(cfg(format!("{}: {e}", path.display()))),
     };

@@ -19,6 +19,9 @@ use crate::{
     verify_attestation,
 };
 
+/// The notice topic of the log's growth; the text is the new size.
+pub(super) const LOG_TOPIC: &str = "log";
+
 /// One append waiting for the writer, and where its answer goes.
 pub(super) struct Job {
     pub(super) att: Attestation,
@@ -62,6 +65,9 @@ struct Stage<'a> {
     /// before the group; `ops` comes first).
     read: HashMap<(Ks, Vec<u8>), Option<Vec<u8>>>,
     dirty: bool,
+    /// Set when the commit was refused because another node sharing the
+    /// store appended first (nothing of it was written).
+    lost_race: bool,
 }
 
 enum Staged {
@@ -255,6 +261,13 @@ impl Stage<'_> {
     }
 }
 
+/// Groups lost to other nodes' commits in a row before the appends are
+/// answered `unavailable` (each loss means another node appended).
+const MAX_LOST_RACES: usize = 64;
+
+/// Runs the writer: each message is a group of appends, or empty to ask
+/// for the store's head to be read again (another node sharing the store
+/// appended).
 pub(super) fn writer_loop(
     shared: &Shared,
     rx: &Receiver<Vec<Job>>,
@@ -266,11 +279,33 @@ pub(super) fn writer_loop(
     let mut resync = false;
     while let Ok(first) = rx.recv() {
         let mut jobs = first;
+        let mut catch_up = jobs.is_empty();
         while jobs.len() < max_batch {
             match rx.try_recv() {
-                Ok(more) => jobs.extend(more),
+                Ok(more) => {
+                    catch_up |= more.is_empty();
+                    jobs.extend(more);
+                }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
+        }
+        if catch_up || resync {
+            match reread_head(shared) {
+                Ok(f) => {
+                    frontier = f;
+                    resync = false;
+                }
+                Err(e) => {
+                    resync = true;
+                    for j in jobs {
+                        let _ = j.reply.send(Err(e.clone()));
+                    }
+                    continue;
+                }
+            }
+        }
+        if jobs.is_empty() {
+            continue;
         }
         if let Some(why) = shared
             .failed
@@ -294,26 +329,22 @@ pub(super) fn writer_loop(
             }
             continue;
         }
-        if resync {
-            match reread_head(shared) {
-                Ok(f) => {
-                    frontier = f;
-                    resync = false;
-                }
-                Err(e) => {
-                    for j in jobs {
-                        let _ = j.reply.send(Err(e.clone()));
-                    }
-                    continue;
-                }
-            }
-        }
+        write_group(shared, jobs, &mut frontier, &mut resync);
+    }
+}
+
+/// Stages and commits one group, staging it again on the new head when
+/// another node sharing the store appended first, and answers each append.
+fn write_group(shared: &Shared, jobs: Vec<Job>, frontier: &mut Frontier, resync: &mut bool) {
+    let mut races = 0;
+    loop {
         let mut stage = Stage {
             shared,
             frontier: frontier.clone(),
             ops: HashMap::new(),
             read: HashMap::new(),
             dirty: false,
+            lost_race: false,
         };
         let atts: Vec<&Attestation> = jobs.iter().map(|j| &j.att).collect();
         if let Err(e) = stage.read_ahead(&atts) {
@@ -323,7 +354,7 @@ pub(super) fn writer_loop(
                     format!("the store cannot be read; nothing was written: {e}"),
                 )));
             }
-            continue;
+            return;
         }
         let results: Vec<Result<Staged, LedgerError>> =
             jobs.iter().map(|j| stage.stage(&j.att)).collect();
@@ -333,7 +364,7 @@ pub(super) fn writer_loop(
         let committed = if stage.dirty {
             let result = shared
                 .begin_commit()
-                .and_then(|()| commit(shared, &mut stage));
+                .and_then(|()| commit(shared, frontier.size(), &mut stage));
             shared.publish(result.as_ref().ok().cloned().flatten());
             if let Ok(Some(_)) = &result {
                 // After the head, before the size: whoever sees the new
@@ -358,7 +389,7 @@ pub(super) fn writer_loop(
         match committed {
             Ok(new_head) => {
                 if let Some(h) = new_head {
-                    frontier = stage.frontier;
+                    *frontier = stage.frontier;
                     shared.size_tx.send_replace(h.size);
                 }
                 let head = shared.head();
@@ -379,6 +410,36 @@ pub(super) fn writer_loop(
                     });
                     let _ = job.reply.send(reply);
                 }
+                return;
+            }
+            Err(_) if stage.lost_race => {
+                // Another node appended since this one last read the
+                // head: nothing of the group was written. Read the new
+                // head and judge the group again on it (an append may now
+                // be a duplicate, or come after the other node's).
+                races += 1;
+                let reread = reread_head(shared);
+                if reread.is_err() {
+                    shared.drop_commit_snapshot();
+                    *resync = true;
+                }
+                let error = match reread {
+                    Ok(f) => {
+                        *frontier = f;
+                        if races < MAX_LOST_RACES {
+                            continue;
+                        }
+                        LedgerError::new(
+                            LedgerErrorCode::Unavailable,
+                            format!(
+                                "other nodes appended first {races} times in a row; nothing was written: submit again"
+                            ),
+                        )
+                    }
+                    Err(e) => e,
+                };
+                answer_all(jobs, results, &error);
+                return;
             }
             Err(e) if shared.storage.survives_failed_commit() => {
                 // Whether the group was written is unknown: nothing of it
@@ -386,12 +447,12 @@ pub(super) fn writer_loop(
                 // holds (a resubmission of a written entry answers as a
                 // duplicate).
                 match reread_head(shared) {
-                    Ok(f) => frontier = f,
+                    Ok(f) => *frontier = f,
                     Err(_) => {
                         // Readers take fresh snapshots, which work again
                         // as soon as the store is back.
                         shared.drop_commit_snapshot();
-                        resync = true;
+                        *resync = true;
                     }
                 }
                 let e = LedgerError::new(
@@ -400,26 +461,27 @@ pub(super) fn writer_loop(
                         "the store did not confirm the commit, so nothing in it is acknowledged; submit again: {e}"
                     ),
                 );
-                for (job, result) in jobs.into_iter().zip(results) {
-                    let reply = match result {
-                        Err(LedgerError::Rejected(r)) => Err(LedgerError::Rejected(r)),
-                        _ => Err(e.clone()),
-                    };
-                    let _ = job.reply.send(reply);
-                }
+                answer_all(jobs, results, &e);
+                return;
             }
             Err(e) => {
                 *shared.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-                for (job, result) in jobs.into_iter().zip(results) {
-                    // Rejections stay rejections; nothing staged was acknowledged.
-                    let reply = match result {
-                        Err(LedgerError::Rejected(r)) => Err(LedgerError::Rejected(r)),
-                        _ => Err(e.clone()),
-                    };
-                    let _ = job.reply.send(reply);
-                }
+                answer_all(jobs, results, &e);
+                return;
             }
         }
+    }
+}
+
+/// Answers every append of a group that was not written with `e`;
+/// rejections stay rejections (nothing staged was acknowledged).
+fn answer_all(jobs: Vec<Job>, results: Vec<Result<Staged, LedgerError>>, e: &LedgerError) {
+    for (job, result) in jobs.into_iter().zip(results) {
+        let reply = match result {
+            Err(LedgerError::Rejected(r)) => Err(LedgerError::Rejected(r)),
+            _ => Err(e.clone()),
+        };
+        let _ = job.reply.send(reply);
     }
 }
 
@@ -435,14 +497,26 @@ fn reread_head(shared: &Shared) -> Result<Frontier, LedgerError> {
             format!("the store cannot be read yet; submit again shortly: {e}"),
         )
     };
-    let size = match shared.get(Ks::Meta, META_SIZE).map_err(unavailable)? {
+    // Both in one read: another node sharing the store may commit
+    // between two reads, and a size from before it with a checkpoint from
+    // after would look like a store that contradicts itself.
+    let meta = shared.ks(Ks::Meta);
+    let [size, note]: [Option<Vec<u8>>; 2] = shared
+        .storage
+        .get_many(&[(meta, META_SIZE), (meta, META_CHECKPOINT)])
+        .map_err(|e| unavailable(LedgerError::storage("read", e)))?
+        .try_into()
+        .map_err(|_| {
+            LedgerError::new(
+                LedgerErrorCode::Integrity,
+                "a read of two keys gave another count",
+            )
+        })?;
+    let size = match size {
         Some(v) => read_u64(&v)?,
         None => 0,
     };
-    let note = shared
-        .get(Ks::Meta, META_CHECKPOINT)
-        .map_err(unavailable)?
-        .and_then(|n| String::from_utf8(n).ok());
+    let note = note.and_then(|n| String::from_utf8(n).ok());
     let frontier = Frontier::load(shared, size).map_err(unavailable)?;
     let agrees = note.as_deref().and_then(|text| {
         crate::ledger::verify_checkpoint(text, &shared.log_did)
@@ -450,9 +524,7 @@ fn reread_head(shared: &Shared) -> Result<Frontier, LedgerError> {
             .filter(|cp| cp.size == size && cp.root == frontier.root())
     });
     let (Some(_), Some(text)) = (agrees, note) else {
-        let why = format!(
-            "after a failed commit the store holds size {size} with no signed checkpoint that matches it"
-        );
+        let why = format!("the store holds size {size} with no signed checkpoint that matches it");
         *shared.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
         return Err(LedgerError::new(LedgerErrorCode::Integrity, why));
     };
@@ -463,20 +535,52 @@ fn reread_head(shared: &Shared) -> Result<Frontier, LedgerError> {
     }));
     {
         let mut log = shared.changes.lock().unwrap_or_else(|p| p.into_inner());
-        if log.start + log.subjects.len() as u64 != size {
-            // Which subjects the unconfirmed group changed is not known
-            // here: callers of changed_since start over.
-            log.start = size;
-            log.subjects.clear();
+        let end = log.start + log.subjects.len() as u64;
+        match subjects_of(shared, end, size) {
+            Some(subjects) => log.subjects.extend(subjects),
+            None => {
+                // Which subjects changed is not known here: callers of
+                // changed_since start over.
+                log.start = size;
+                log.subjects.clear();
+            }
+        }
+        while log.subjects.len() > CHANGE_LOG_ENTRIES {
+            log.subjects.pop_front();
+            log.start += 1;
         }
     }
     shared.size_tx.send_replace(size);
     Ok(frontier)
 }
 
+/// The subjects of entries `from..to`, written by another node or by a
+/// commit whose answer was lost; `None` when there are more than the change
+/// log keeps, the log shrank (never), or they cannot be read.
+fn subjects_of(shared: &Shared, from: u64, to: u64) -> Option<Vec<[u8; 32]>> {
+    if to < from || to - from > CHANGE_LOG_ENTRIES as u64 {
+        return None;
+    }
+    let mut subjects = Vec::with_capacity((to - from) as usize);
+    for entry in shared.ks(Ks::Entries).range(u64_key(from)..u64_key(to)) {
+        let (_, envelope) = entry.ok()?;
+        // Stored entries were verified when appended: the subject is all
+        // that is wanted, so the signatures are not checked again.
+        let (att, _) = crate::attest::check_except_signatures(&envelope).ok()?;
+        subjects.push(*att.statement().subject.public_key());
+    }
+    (subjects.len() as u64 == to - from).then_some(subjects)
+}
+
 /// Writes the staged operations, the new size and a checkpoint for it in
-/// one batch under one fsync.
-fn commit(shared: &Shared, stage: &mut Stage<'_>) -> Result<Option<TreeHead>, LedgerError> {
+/// one batch under one fsync, if the stored size is still `from` (the
+/// fencing between nodes sharing a store: spec/ledger.md, "Several
+/// nodes"), and tells the other nodes the new size.
+fn commit(
+    shared: &Shared,
+    from: u64,
+    stage: &mut Stage<'_>,
+) -> Result<Option<TreeHead>, LedgerError> {
     let size = stage.frontier.size();
     let root = stage.frontier.root();
     let cp = Checkpoint {
@@ -492,13 +596,16 @@ fn commit(shared: &Shared, stage: &mut Stage<'_>) -> Result<Option<TreeHead>, Le
             None => batch.remove(shared.ks(k), key),
         }
     }
+    batch.expect(shared.ks(Ks::Meta), META_SIZE, Some(&u64_key(from)));
     batch.insert(shared.ks(Ks::Meta), META_SIZE, u64_key(size));
     batch.insert(shared.ks(Ks::Meta), META_CHECKPOINT, note.as_bytes());
+    batch.announce(LOG_TOPIC, size.to_string());
     let span = crate::timeline::span("log_commit");
     let ops = batch.len() as u64;
     let committed = shared.storage.commit(batch);
     crate::timeline::end(span, &[("ops", ops), ("size", size)]);
     committed.map_err(|e| {
+        stage.lost_race = e.is_conflict();
         LedgerError::new(
             LedgerErrorCode::Storage,
             format!("commit failed; nothing in it was acknowledged: {e}"),
