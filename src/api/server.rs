@@ -33,6 +33,9 @@ pub struct ServeConfig {
     pub store: Option<String>,
     /// The log's signing key file (default: `log.key` in the data dir).
     pub log_key: Option<PathBuf>,
+    /// This server's name as one of several nodes sharing `store`
+    /// (`serve --node`); `None`: the only server of its store.
+    pub node: Option<String>,
     /// gRPC listen address.
     pub listen: SocketAddr,
     /// The log's name (checkpoint origin).
@@ -142,6 +145,7 @@ impl ServeConfig {
             data_dir: data_dir.into(),
             store: None,
             log_key: None,
+            node: None,
             listen,
             log_name: "pulse-ledger.local/log".into(),
             metrics_listen: None,
@@ -360,8 +364,25 @@ fn open_ledger(
     mut config: LedgerConfig,
     store: Option<String>,
     log_key: Option<PathBuf>,
+    node: Option<String>,
 ) -> Result<Ledger, ServeError> {
     let key_path = log_key.unwrap_or_else(|| config.data_dir.join("log.key"));
+    if let Some(name) = &node {
+        if store.is_none() {
+            return Err(ServeError::Refused {
+                rule: "node_without_store",
+                message: "--node is for servers sharing a PostgreSQL store (--store); a data dir has one server".into(),
+            });
+        }
+        if !is_node_name(name) {
+            return Err(ServeError::Refused {
+                rule: "invalid_node_name",
+                message: format!(
+                    "--node {name:?}: a node's name is 1 to 64 ASCII letters, digits, '.', '_' or '-'"
+                ),
+            });
+        }
+    }
     let Some(url) = store else {
         if key_path != config.data_dir.join("log.key") {
             return Err(ServeError::Refused {
@@ -398,8 +419,16 @@ fn open_ledger(
         })?;
     }
     let backend = crate::storage::PostgresBackend::open(&url).map_err(storage_error)?;
-    backend.lock_single_server().map_err(storage_error)?;
-    tracing::info!(store = backend.url(), log_key = %key_path.display(), "the log and the jobs are on PostgreSQL");
+    match &node {
+        Some(name) => {
+            backend.join_nodes().map_err(storage_error)?;
+            tracing::info!(store = backend.url(), node = %name, log_key = %key_path.display(), "the log and the jobs are on PostgreSQL, shared with the other nodes");
+        }
+        None => {
+            backend.lock_single_server().map_err(storage_error)?;
+            tracing::info!(store = backend.url(), log_key = %key_path.display(), "the log and the jobs are on PostgreSQL");
+        }
+    }
     // The data dir's disk holds none of the data: its guard is off;
     // PostgreSQL refuses writes itself when its disk is full.
     config.min_free_bytes = 0;
@@ -408,6 +437,15 @@ fn open_ledger(
         &key_path,
         config,
     )?)
+}
+
+/// Whether `name` may name a node: 1 to 64 ASCII letters, digits, `.`,
+/// `_` or `-`.
+fn is_node_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The rules `serve` refuses settings by ([`ServeError::Refused`]).
@@ -505,9 +543,13 @@ pub async fn serve(
     ledger_config.min_free_bytes = config.min_free_bytes;
     ledger_config.log_reserve_bytes = config.log_reserve_bytes;
     ledger_config.queue_depth = config.write_queue_depth;
-    let (store, log_key) = (config.store.clone(), config.log_key.clone());
+    let (store, log_key, node) = (
+        config.store.clone(),
+        config.log_key.clone(),
+        config.node.clone(),
+    );
     let ledger = Arc::new(
-        tokio::task::spawn_blocking(move || open_ledger(ledger_config, store, log_key))
+        tokio::task::spawn_blocking(move || open_ledger(ledger_config, store, log_key, node))
             .await
             .map_err(|e| ServeError::Transport(e.to_string()))??,
     );
@@ -572,12 +614,17 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Transport(e.to_string()))?;
-    let store = Arc::new(
-        crate::pulse::JobStore::open(&ledger).map_err(|e| ServeError::Transport(e.to_string()))?,
-    );
+    let mut job_store =
+        crate::pulse::JobStore::open(&ledger).map_err(|e| ServeError::Transport(e.to_string()))?;
+    if let Some(name) = &config.node {
+        job_store = job_store.as_node(name.clone());
+    }
+    let store = Arc::new(job_store);
     tokio::spawn(prune_jobs(Arc::clone(&store), config.job_retention_hours));
     let sessions = Arc::new(crate::plugin::Sessions::default());
     let (runner, host) = start_pulse(&config, local, &ledger, &store, &sessions);
+    let pulse = runner.handle();
+    store.follow_other_nodes(move || pulse.wake());
     metrics.watch_pulse(runner.handle().counters());
     metrics.watch_ledger(Arc::clone(&ledger));
     metrics.watch_jobs(Arc::clone(&store), Arc::clone(&sessions));

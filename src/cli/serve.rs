@@ -29,8 +29,10 @@ Examples:
       --tls-cert server.pem --tls-key server.key --config pulse-ledger.toml
   PULSE_LEDGER_LISTEN=127.0.0.1:7400 pulse-ledger serve --config pulse-ledger.toml
   pulse-ledger serve --store postgres://pulse@db.internal/pulse --log-key /etc/pulse/log.key
+  pulse-ledger serve --store postgres://pulse@db.internal/pulse --log-key /etc/pulse/log.key \
+      --node node-a --listen 0.0.0.0:7300
 
-Config file keys (TOML): data_dir, store, log_key, listen, log_name, metrics_listen, otlp_endpoint,
+Config file keys (TOML): data_dir, store, log_key, node, listen, log_name, metrics_listen, otlp_endpoint,
 job_retention_hours, max_running, fair_share_percent, max_handler_concurrency,
 max_timeout_ms, plugin_wait_secs, heartbeat_timeout_ms,
 cancel_grace_ms, plugin_health_interval_ms, tls_cert, tls_key,
@@ -81,6 +83,12 @@ pub(crate) struct Args {
     /// database).
     #[arg(long, env = "PULSE_LEDGER_LOG_KEY", value_name = "FILE")]
     log_key: Option<PathBuf>,
+    /// Run as the node NAME of several servers sharing the --store
+    /// database (every one with its own --node name and the same
+    /// --log-key); without it a server holds its store alone
+    /// (spec/ledger.md and spec/pulse.md, "Several nodes").
+    #[arg(long, env = "PULSE_LEDGER_NODE", value_name = "NAME")]
+    node: Option<String>,
     /// gRPC listen address [default: 127.0.0.1:7300].
     #[arg(long, env = "PULSE_LEDGER_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
@@ -163,6 +171,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     store: Option<String>,
     log_key: Option<PathBuf>,
+    node: Option<String>,
     listen: Option<SocketAddr>,
     log_name: Option<String>,
     metrics_listen: Option<SocketAddr>,
@@ -373,6 +382,7 @@ impl Args {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             store: self.store.clone().or(file.store.clone()),
             log_key: self.log_key.clone().or(file.log_key.clone()),
+            node: self.node.clone().or(file.node.clone()),
             listen: self.listen.or(file.listen).unwrap_or(default_listen),
             log_name: self
                 .log_name

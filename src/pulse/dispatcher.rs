@@ -211,16 +211,23 @@ impl<E: Executor> Dispatcher<E> {
     /// # Errors
     /// Storage failures.
     pub fn recover(&mut self, now: u64) -> Result<usize, JobError> {
-        let running = self.store.running()?;
-        for job in &running {
-            if let Some(lease) = job.live_attempt().map(|a| a.lease) {
-                self.store
-                    .update(&job.id, now, |j| j.interrupt(&lease, now))?;
+        let mut recovered = 0;
+        for job in &self.store.running()? {
+            let Some(a) = job.live_attempt() else {
+                continue;
+            };
+            // A node recovers its own attempts only: the others' run on.
+            if self.store.node().is_some() && a.node.as_deref() != self.store.node() {
+                continue;
             }
+            let lease = a.lease;
+            self.store
+                .update(&job.id, now, |j| j.interrupt(&lease, now))?;
+            recovered += 1;
         }
         self.running.clear();
         self.live.clear();
-        Ok(running.len())
+        Ok(recovered)
     }
 
     /// Cancels a job: queued, held or retrying jobs end at once; a running
@@ -347,7 +354,7 @@ impl<E: Executor> Dispatcher<E> {
         }
         let mut ops = pending.ops;
         let reports = ops.len();
-        ops.extend(Self::dispatch_ops(&chosen, now));
+        ops.extend(Self::dispatch_ops(&chosen, self.store.node(), now));
         let mut results = self
             .store
             .update_many_spending(now, ops, |a: &Applied| a.cost);
@@ -424,7 +431,7 @@ impl<E: Executor> Dispatcher<E> {
             // An attempt told to stop for its deadline that then fails or
             // dies (as a cancelled plugin does) timed out.
             let late = self.cancel_pushed.contains_key(&r.job);
-            let op: super::store::GroupOp<Applied> = match r.event {
+            let mut op: super::store::GroupOp<Applied> = match r.event {
                 ExecEvent::Failed { .. } | ExecEvent::Crashed if late => {
                     Box::new(move |j: &mut Job| j.time_out(&lease, policy, now).map(Applied::of))
                 }
@@ -443,9 +450,16 @@ impl<E: Executor> Dispatcher<E> {
                             s
                         }
                     };
+                    // What this op added to the step's spend, taken back
+                    // if the group runs again (another node changed one of
+                    // its jobs), so the cost is counted once.
+                    let mut added = 0;
                     Box::new(move |j: &mut Job| {
+                        s.added.set(s.added.get().saturating_sub(added));
+                        added = 0;
                         let over_job = j.report_cost(&lease, n, now)?;
                         s.added.set(s.added.get().saturating_add(n));
+                        added = n;
                         let over_budget = s.budget.exceeded(&BudgetUse {
                             spent_hour: s.hour.saturating_add(s.added.get()),
                             spent_day: s.day.saturating_add(s.added.get()),
@@ -480,25 +494,33 @@ impl<E: Executor> Dispatcher<E> {
                 ExecEvent::Heartbeat => {
                     Box::new(move |j: &mut Job| j.heartbeat(&lease, now).map(Applied::of))
                 }
-                ExecEvent::Progress(p) => {
-                    Box::new(move |j: &mut Job| j.report_progress(&lease, p, now).map(Applied::of))
-                }
+                ExecEvent::Progress(p) => Box::new(move |j: &mut Job| {
+                    j.report_progress(&lease, p.clone(), now).map(Applied::of)
+                }),
                 ExecEvent::Succeeded(result) => Box::new(move |j: &mut Job| {
-                    j.succeed(&lease, result, now).map(|()| Applied::ended())
+                    j.succeed(&lease, result.clone(), now)
+                        .map(|()| Applied::ended())
                 }),
                 ExecEvent::Failed {
                     error,
                     retryable,
                     retry_after_ms,
                 } => Box::new(move |j: &mut Job| {
-                    j.fail(&lease, error, retryable, retry_after_ms, policy, now)
-                        .map(|()| Applied::ended())
+                    j.fail(
+                        &lease,
+                        error.clone(),
+                        retryable,
+                        retry_after_ms,
+                        policy,
+                        now,
+                    )
+                    .map(|()| Applied::ended())
                 }),
                 ExecEvent::Crashed => Box::new(move |j: &mut Job| {
                     j.crash(&lease, policy, now).map(|()| Applied::ended())
                 }),
                 ExecEvent::Unreachable(detail) => Box::new(move |j: &mut Job| {
-                    j.unreachable(&lease, detail, policy, now)
+                    j.unreachable(&lease, detail.clone(), policy, now)
                         .map(|()| Applied::ended())
                 }),
             };
@@ -608,7 +630,7 @@ impl<E: Executor> Dispatcher<E> {
                 Route::Go(_) => self.store.update(&id, now, |j| j.release(now))?,
                 Route::Refuse(why, detail) => {
                     self.store
-                        .update(&id, now, |j| j.refuse(why, detail, now))?;
+                        .update(&id, now, |j| j.refuse(why, detail.clone(), now))?;
                 }
                 Route::Hold(why, detail)
                     if now >= job.updated_at.saturating_add(self.config.plugin_wait_ms) =>
@@ -618,7 +640,7 @@ impl<E: Executor> Dispatcher<E> {
                         self.config.plugin_wait_ms
                     );
                     self.store
-                        .update(&id, now, |j| j.refuse(why, detail, now))?;
+                        .update(&id, now, |j| j.refuse(why, detail.clone(), now))?;
                 }
                 Route::Hold(..) => {}
             }
@@ -783,13 +805,18 @@ impl<E: Executor> Dispatcher<E> {
         // change of the chains it read.
         let authorization = match self.router.route(&job) {
             Route::Go(a) => a,
+            // Its plugin is not connected to this node: another node may
+            // take it, so it stays ready (and the handler's other jobs,
+            // served by the same plugin, wait this step out).
+            Route::Hold(..) if self.store.is_shared() => return Ok(Take::Full),
             Route::Hold(..) => {
                 self.store
                     .update(id, now, |j| j.hold(HoldReason::Plugin, now))?;
                 return Ok(Take::Skipped);
             }
             Route::Refuse(why, detail) => {
-                self.store.update(id, now, |j| j.refuse(why, detail, now))?;
+                self.store
+                    .update(id, now, |j| j.refuse(why, detail.clone(), now))?;
                 return Ok(Take::Skipped);
             }
         };
@@ -865,7 +892,11 @@ impl<E: Executor> Dispatcher<E> {
     }
 
     /// The dispatch transitions of the chosen jobs.
-    fn dispatch_ops(chosen: &[Chosen], now: u64) -> Vec<(JobId, super::store::GroupOp<Applied>)> {
+    fn dispatch_ops(
+        chosen: &[Chosen],
+        node: Option<&str>,
+        now: u64,
+    ) -> Vec<(JobId, super::store::GroupOp<Applied>)> {
         chosen
             .iter()
             .map(|c| {
@@ -875,12 +906,14 @@ impl<E: Executor> Dispatcher<E> {
                     .authorization
                     .as_ref()
                     .map(|a| (a.handler_index, a.plugin_index));
+                let node = node.map(str::to_owned);
                 let op: super::store::GroupOp<Applied> = Box::new(move |j: &mut Job| {
                     // As capped by the operator when it was chosen.
                     j.limits.timeout_ms = timeout_ms;
                     j.dispatch(lease, now)?;
                     if let Some(a) = j.attempts.last_mut() {
                         a.authorised_under = under;
+                        a.node = node.clone();
                     }
                     Ok(Applied::of(()))
                 });

@@ -258,6 +258,10 @@ pub struct Attempt {
     /// authorised under, when it went through resolution.
     #[serde(default)]
     pub authorised_under: Option<(u64, u64)>,
+    /// The node that runs it, when several `serve` nodes share the store
+    /// (`serve --node`); absent on a single server, which runs them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// What the executor last said about progress; kept across attempts and

@@ -56,6 +56,17 @@ impl JobChanges {
         }
     }
 
+    /// Wakes every watcher: changes may have been missed (another node's,
+    /// while its notices could not be heard), and each reads its job again.
+    pub fn changed_all(&self) {
+        if self.watchers.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        for (_, n) in self.lock().values().flatten() {
+            n.notify_one();
+        }
+    }
+
     /// Watches open now.
     pub fn len(&self) -> usize {
         self.watchers.load(Ordering::Acquire)

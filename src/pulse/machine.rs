@@ -100,6 +100,7 @@ impl Job {
             error: None,
             cost: 0,
             authorised_under: None,
+            node: None,
         });
         self.state = JobState::Running;
         self.updated_at = now;

@@ -40,6 +40,9 @@ pub struct ScheduleRequest {
     pub missed: Missed,
 }
 
+/// The notice topic of changed schedules.
+pub(super) const SCHEDULES_TOPIC: &str = "schedules";
+
 /// Most schedules one step fires.
 pub const FIRE_PER_STEP: usize = 256;
 
@@ -47,6 +50,7 @@ impl JobStore {
     /// Loads the due index of the schedules that are not paused.
     pub(super) fn load_schedules(&self) -> Result<(), JobError> {
         let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+        due.clear();
         for kv in self.ks(Jk::Schedules).iter() {
             let (_, value) = kv.map_err(storage)?;
             let s: Schedule =
@@ -59,11 +63,24 @@ impl JobStore {
     }
 
     fn load_schedule(&self, id: &ScheduleId) -> Result<Option<Schedule>, JobError> {
+        Ok(self.load_schedule_raw(id)?.map(|(s, _)| s))
+    }
+
+    /// A schedule and its stored bytes, which a firing expects unchanged:
+    /// of nodes sharing the store that fire it at once, one commits.
+    fn load_schedule_raw(&self, id: &ScheduleId) -> Result<Option<(Schedule, Vec<u8>)>, JobError> {
         match self.ks(Jk::Schedules).get(id.0).map_err(storage)? {
             Some(v) => record_from_slice(&v)
-                .map(Some)
+                .map(|s| Some((s, v)))
                 .map_err(|e| corrupt(&format!("schedule {id}: {e}"))),
             None => Ok(None),
+        }
+    }
+
+    /// Tells the other nodes sharing the store that schedules changed.
+    fn announce_schedules(&self, batch: &mut crate::storage::WriteBatch) {
+        if self.is_shared() {
+            batch.announce(SCHEDULES_TOPIC, "");
         }
     }
 
@@ -114,6 +131,7 @@ impl JobStore {
         );
         let mut batch = self.batch();
         batch.insert(self.ks(Jk::Schedules), id.0, record_to_vec(&schedule));
+        self.announce_schedules(&mut batch);
         self.storage
             .commit(batch)
             .map_err(|e| storage(format!("schedule not persisted: {e}")))?;
@@ -188,6 +206,7 @@ impl JobStore {
         s.set_paused(paused, now);
         let mut batch = self.batch();
         batch.insert(self.ks(Jk::Schedules), id.0, record_to_vec(&s));
+        self.announce_schedules(&mut batch);
         self.storage
             .commit(batch)
             .map_err(|e| storage(format!("schedule not persisted: {e}")))?;
@@ -204,6 +223,7 @@ impl JobStore {
         let old = self.schedule(id)?;
         let mut batch = self.batch();
         batch.remove(self.ks(Jk::Schedules), id.0);
+        self.announce_schedules(&mut batch);
         self.storage
             .commit(batch)
             .map_err(|e| storage(format!("schedule not deleted: {e}")))?;
@@ -248,9 +268,10 @@ impl JobStore {
         let mut keys_in_batch = Vec::new();
         let mut changed: Vec<(Schedule, Schedule)> = Vec::new();
         for id in due {
-            let Some(old) = self.load_schedule(&id)? else {
+            let Some((old, raw)) = self.load_schedule_raw(&id)? else {
                 continue;
             };
+            batch.expect(self.ks(Jk::Schedules), id.0, Some(&raw));
             let previous_running = match old.last_fired {
                 Some((_, job)) => match self.get(&job) {
                     Ok(j) => !j.state.is_terminal(),
@@ -294,8 +315,24 @@ impl JobStore {
         if changed.is_empty() {
             return Ok(report);
         }
-        self.commit(batch)
-            .map_err(|e| storage(format!("schedule firing not persisted: {e}")))?;
+        self.announce_schedules(&mut batch);
+        let new_ids: Vec<_> = changed
+            .iter()
+            .filter_map(|(_, s)| s.last_fired.map(|(_, j)| j))
+            .collect();
+        self.announce(&mut batch, new_ids.into_iter());
+        match self.commit(batch) {
+            Ok(()) => {}
+            // Another node fired (or changed) one of these schedules
+            // first: nothing was written. The due index is read again, and
+            // what is still due fires at the next step.
+            Err(e) if e.is_conflict() => {
+                drop(ids);
+                self.load_schedules()?;
+                return Ok(FireReport::default());
+            }
+            Err(e) => return Err(storage(format!("schedule firing not persisted: {e}"))),
+        }
         self.queues().apply(moves);
         for (old, new) in &changed {
             self.reindex(Some(old), Some(new));

@@ -85,6 +85,14 @@ const KEYSPACES: [(Jk, &str); 13] = [
     (Jk::Schedules, "job_schedules"),
 ];
 
+/// Commits lost in a row to other nodes sharing the store before a write
+/// is answered as failed (each loss means another node wrote the same
+/// job, idempotency key or spend record).
+const MAX_RACES: usize = 16;
+
+/// The notice topic of changed jobs ([`JobStore::announce`]).
+pub(super) const JOBS_TOPIC: &str = "jobs";
+
 /// Log lines kept per job: the most recent ones; older ones are dropped
 /// (their sequence numbers show the gap).
 pub const MAX_LOG_LINES: u64 = 1_000;
@@ -158,8 +166,11 @@ struct Stored {
     placement: Option<(u8, Vec<u8>)>,
 }
 
-/// One transition of a group commit ([`JobStore::update_many`]).
-pub type GroupOp<T> = Box<dyn FnOnce(&mut Job) -> Result<T, PulseError>>;
+/// One transition of a group commit ([`JobStore::update_many`]). It may be
+/// run more than once: when another node sharing the store changed one of
+/// the group's jobs first, the whole group is run again on what that node
+/// wrote, so a transition must give the same answer for the same job.
+pub type GroupOp<T> = Box<dyn FnMut(&mut Job) -> Result<T, PulseError>>;
 
 /// The durable job queue.
 pub struct JobStore {
@@ -187,6 +198,11 @@ pub struct JobStore {
     counters: std::sync::Arc<JobCounters>,
     /// Who waits for which job to change (WatchJob).
     changes: std::sync::Arc<super::JobChanges>,
+    /// Whether other nodes share the store: changes are then announced to
+    /// them, and theirs followed ([`JobStore::follow_other_nodes`]).
+    shared: bool,
+    /// This node's name, when it is one of several ([`JobStore::as_node`]).
+    node: Option<String>,
 }
 
 /// Hands out job IDs (spec/pulse.md, "Job ID"): `time ‖ sequence (u32 BE)
@@ -247,6 +263,16 @@ impl IdSource {
 pub(super) struct Queues {
     sets: [std::collections::BTreeSet<Vec<u8>>; 5],
     ready_by_handler: HashMap<[u8; 32], std::collections::BTreeSet<Vec<u8>>>,
+    /// Where each queued job is, by ID: to move a job another node
+    /// changed, whose old place only this node's queues know.
+    placed: HashMap<[u8; 16], (u8, Vec<u8>, [u8; 32])>,
+}
+
+/// The job ID at the end of every queue key.
+fn id_of_queue_key(key: &[u8]) -> Option<[u8; 16]> {
+    key.len()
+        .checked_sub(16)
+        .and_then(|start| key[start..].try_into().ok())
 }
 
 /// A queue index change staged with a batch: (tag, key, inserted, the
@@ -264,6 +290,17 @@ impl Queues {
                 self.index_ready(handler, key.clone(), inserted);
             }
             if is_queue(tag) {
+                if let Some(id) = id_of_queue_key(&key) {
+                    if inserted {
+                        self.placed.insert(id, (tag, key.clone(), handler));
+                    } else if self
+                        .placed
+                        .get(&id)
+                        .is_some_and(|(t, k, _)| *t == tag && *k == key)
+                    {
+                        self.placed.remove(&id);
+                    }
+                }
                 let set = &mut self.sets[tag as usize];
                 if inserted {
                     set.insert(key);
@@ -290,6 +327,23 @@ impl Queues {
 
     fn set(&self, k: Jk) -> &std::collections::BTreeSet<Vec<u8>> {
         &self.sets[k as usize]
+    }
+
+    /// The moves that put job `id` (of `handler`) at `new` from wherever
+    /// these queues have it.
+    fn moves_to(&self, id: &[u8; 16], new: Option<(u8, Vec<u8>)>, handler: [u8; 32]) -> Vec<Move> {
+        let old = self.placed.get(id).cloned();
+        if old.as_ref().map(|(t, k, _)| (*t, k.clone())) == new {
+            return Vec::new();
+        }
+        let mut moves = Vec::new();
+        if let Some((tag, key, was)) = old {
+            moves.push((tag, key, false, was));
+        }
+        if let Some((tag, key)) = new {
+            moves.push((tag, key, true, handler));
+        }
+        moves
     }
 }
 
@@ -438,6 +492,7 @@ impl JobStore {
             )),
             None => None,
         };
+        let shared = db.notices().is_some();
         let store = JobStore {
             storage: db,
             ks,
@@ -448,6 +503,8 @@ impl JobStore {
             due: Mutex::default(),
             counters: std::sync::Arc::default(),
             changes: std::sync::Arc::default(),
+            shared,
+            node: None,
         };
         store.backfill_finished_index()?;
         store.empty_stored_queues()?;
@@ -543,7 +600,7 @@ impl JobStore {
         let r = self.storage.commit(batch);
         self.counters.commit.observe(started.elapsed());
         crate::timeline::end(span, &[("ops", ops)]);
-        if r.is_err() && self.storage.survives_failed_commit() {
+        if r.as_ref().is_err_and(|e| !e.is_conflict()) && self.storage.survives_failed_commit() {
             // The batch may have been written all the same: the indexes in
             // memory follow the store, not the answer.
             self.queues_stale
@@ -551,6 +608,133 @@ impl JobStore {
             self.reload_queues();
         }
         r
+    }
+
+    /// This store as the node `name` of several sharing it: the attempts
+    /// it starts are recorded as this node's, and only those are recovered
+    /// when it starts again (spec/pulse.md, "Several nodes").
+    #[must_use]
+    pub fn as_node(mut self, name: impl Into<String>) -> JobStore {
+        self.node = Some(name.into());
+        self
+    }
+
+    /// This node's name, if it is one of several.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// Whether other nodes share the store.
+    pub(super) fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Follows the changes other nodes sharing the store make (nothing to
+    /// follow on a store this process has alone): jobs they changed are
+    /// read again into the queues and their watchers woken, schedules
+    /// they changed into the due index, and `wake` is called (to step the
+    /// dispatcher). After notices may have been missed, everything is read
+    /// again. The thread ends with the store.
+    pub fn follow_other_nodes(self: &std::sync::Arc<Self>, wake: impl Fn() + Send + 'static) {
+        use crate::storage::Notice;
+        use tokio::sync::broadcast::error::RecvError;
+        let Some(mut notices) = self.storage.notices() else {
+            return;
+        };
+        let store = std::sync::Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("jobs-follower".into())
+            .spawn(move || {
+                loop {
+                    let notice = notices.blocking_recv();
+                    let Some(store) = store.upgrade() else {
+                        return;
+                    };
+                    match notice {
+                        Ok(Notice::Message { topic, payload }) if topic == JOBS_TOPIC => {
+                            let ids: Vec<JobId> = payload
+                                .split(',')
+                                .filter_map(|h| hex::decode(h).ok())
+                                .filter_map(|b| b.try_into().ok().map(JobId))
+                                .collect();
+                            store.refresh_jobs(&ids);
+                        }
+                        Ok(Notice::Message { topic, .. })
+                            if topic == super::schedule_store::SCHEDULES_TOPIC =>
+                        {
+                            if let Err(e) = store.load_schedules() {
+                                tracing::warn!(error = %e, "schedules not read again");
+                            }
+                        }
+                        Ok(Notice::Message { .. }) => continue,
+                        Ok(Notice::Gap) | Err(RecvError::Lagged(_)) => {
+                            let _writer = store.writer.lock().unwrap_or_else(|p| p.into_inner());
+                            store.reload_queues();
+                            if let Err(e) = store.load_schedules() {
+                                tracing::warn!(error = %e, "schedules not read again");
+                            }
+                            store.changes.changed_all();
+                        }
+                        Err(RecvError::Closed) => return,
+                    }
+                    wake();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot follow other nodes' job changes");
+        }
+    }
+
+    /// Puts jobs another node changed where their stored records say, and
+    /// wakes their watchers. A job whose record cannot be read now leaves
+    /// the queues marked stale (read again before the next write).
+    fn refresh_jobs(&self, ids: &[JobId]) {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        for page in ids.chunks(256) {
+            let keys: Vec<[u8; 16]> = page.iter().map(|id| id.0).collect();
+            let records = match self.ks(Jk::Jobs).get_many(&keys) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "jobs another node changed not read yet");
+                    self.queues_stale
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    return;
+                }
+            };
+            let mut queues = self.queues();
+            for (id, record) in page.iter().zip(records) {
+                let stored: Option<Stored> = record.and_then(|r| record_from_slice(&r).ok());
+                let (new, handler) = match &stored {
+                    Some(s) => (s.placement.clone(), *s.job.handler.public_key()),
+                    // Pruned: out of every queue.
+                    None => (None, [0; 32]),
+                };
+                let moves = queues.moves_to(&id.0, new, handler);
+                queues.apply(moves);
+            }
+        }
+        self.changes.changed(ids.iter().copied());
+    }
+
+    /// Tells the other nodes sharing the store that these jobs changed, if
+    /// the batch commits (`jobs` notices: IDs in hex, comma-separated).
+    pub(super) fn announce(&self, batch: &mut WriteBatch, ids: impl Iterator<Item = JobId>) {
+        if !self.shared {
+            return;
+        }
+        let mut text = String::new();
+        for id in ids {
+            if text.len() + 33 > crate::storage::MAX_NOTICE_BYTES {
+                batch.announce(JOBS_TOPIC, std::mem::take(&mut text));
+            }
+            if !text.is_empty() {
+                text.push(',');
+            }
+            text.push_str(&hex::encode(id.0));
+        }
+        if !text.is_empty() {
+            batch.announce(JOBS_TOPIC, text);
+        }
     }
 
     /// Reads the queue indexes again from the store (under the writer
@@ -636,9 +820,15 @@ impl JobStore {
     }
 
     fn load(&self, id: &JobId) -> Result<Option<Stored>, JobError> {
+        Ok(self.load_raw(id)?.map(|(stored, _)| stored))
+    }
+
+    /// A job's record and its stored bytes, which a write of it expects
+    /// unchanged (another node sharing the store may have written it).
+    fn load_raw(&self, id: &JobId) -> Result<Option<(Stored, Vec<u8>)>, JobError> {
         match self.ks(Jk::Jobs).get(id.0).map_err(storage)? {
             Some(v) => record_from_slice(&v)
-                .map(Some)
+                .map(|stored| Some((stored, v)))
                 .map_err(|e| corrupt(&format!("job {id}: {e}"))),
             None => Ok(None),
         }
@@ -684,21 +874,40 @@ impl JobStore {
                 .collect();
         }
         let mut counter = self.writer();
-        let mut batch = self.batch();
-        let mut results = Vec::with_capacity(items.len());
-        let mut keys_in_batch: Vec<(Vec<u8>, Job)> = Vec::new();
-        let mut moves: Vec<Move> = Vec::new();
-        for (handler, schema, req) in items {
-            results.push(self.stage_enqueue(
-                &mut counter,
-                &mut batch,
-                &mut moves,
-                &mut keys_in_batch,
-                (handler, schema, req),
-                now,
-            ));
-        }
-        if let Err(e) = self.commit(batch) {
+        let mut races = 0;
+        let (results, moves) = loop {
+            let mut batch = self.batch();
+            let mut results = Vec::with_capacity(items.len());
+            let mut keys_in_batch: Vec<(Vec<u8>, Job)> = Vec::new();
+            let mut moves: Vec<Move> = Vec::new();
+            for (handler, schema, req) in items {
+                results.push(self.stage_enqueue(
+                    &mut counter,
+                    &mut batch,
+                    &mut moves,
+                    &mut keys_in_batch,
+                    (handler, schema, req),
+                    now,
+                ));
+            }
+            let new_ids: Vec<JobId> = results
+                .iter()
+                .flatten()
+                .filter(|(_, existed)| !existed)
+                .map(|(job, _)| job.id)
+                .collect();
+            self.announce(&mut batch, new_ids.into_iter());
+            let e = match self.commit(batch) {
+                Ok(()) => break (results, moves),
+                // Another node took an idempotency key (or, by a chance
+                // of one in 2^32, an ID) first: stage again, to find its
+                // job.
+                Err(e) if e.is_conflict() && races < MAX_RACES => {
+                    races += 1;
+                    continue;
+                }
+                Err(e) => e,
+            };
             let err = storage(format!("enqueue not persisted: {e}"));
             // A repeat of a job created in this same batch was not
             // persisted either; only repeats of stored jobs stand.
@@ -711,7 +920,7 @@ impl JobStore {
                     Err(e) => Err(e),
                 })
                 .collect();
-        }
+        };
         self.queues().apply(moves);
         let new: Vec<Transition> = results
             .iter()
@@ -776,7 +985,9 @@ impl JobStore {
             b"",
         );
         batch.insert(self.ks(Jk::Jobs), id.0, record_to_vec(&stored));
+        batch.expect(self.ks(Jk::Jobs), id.0, None);
         if let Some(key) = idem_key {
+            batch.expect(self.ks(Jk::Idem), &key, None);
             batch.insert(self.ks(Jk::Idem), key.clone(), id.0);
             keys_in_batch.push((key, job.clone()));
         }
@@ -792,14 +1003,22 @@ impl JobStore {
         &self,
         id: &JobId,
         now: u64,
-        f: impl FnOnce(&mut Job) -> Result<T, PulseError>,
+        mut f: impl FnMut(&mut Job) -> Result<T, PulseError>,
     ) -> Result<T, JobError> {
         let _guard = self.writer();
-        let stored = self.load(id)?.ok_or(JobError::NotFound(*id))?;
-        let mut job = stored.job.clone();
-        let out = f(&mut job)?;
-        self.write(&stored, job, now)?;
-        Ok(out)
+        let mut races = 0;
+        loop {
+            let (stored, raw) = self.load_raw(id)?.ok_or(JobError::NotFound(*id))?;
+            let mut job = stored.job.clone();
+            let out = f(&mut job)?;
+            match self.write(&stored, &raw, job, now) {
+                Ok(()) => return Ok(out),
+                // Another node changed the job since it was read: apply
+                // the transition again to what it wrote.
+                Err(e) if e.is_conflict() && races < MAX_RACES => races += 1,
+                Err(e) => return Err(storage(format!("transition not persisted: {e}"))),
+            }
+        }
     }
 
     /// Applies several transitions (in order; a job may appear more than
@@ -824,22 +1043,71 @@ impl JobStore {
     pub fn update_many_spending<T>(
         &self,
         now: u64,
-        ops: Vec<(JobId, GroupOp<T>)>,
+        mut ops: Vec<(JobId, GroupOp<T>)>,
         cost: impl Fn(&T) -> u64,
     ) -> Vec<Result<T, JobError>> {
         let _guard = self.writer();
+        let mut races = 0;
+        loop {
+            let (results, batch, staged) = self.stage_group(now, &mut ops, &cost);
+            let Some((moves, transitions, written)) = staged else {
+                return results;
+            };
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => return results.into_iter().map(|r| r.and(Err(e.clone()))).collect(),
+            };
+            match self.commit(batch) {
+                Ok(()) => {
+                    self.queues().apply(moves);
+                    self.record_transitions(&transitions);
+                    self.changes.changed(written);
+                    return results;
+                }
+                // Another node changed a job (or a spend record) of the
+                // group since it was read: nothing was written; run the
+                // group again on what is stored now.
+                Err(e) if e.is_conflict() && races < MAX_RACES => races += 1,
+                Err(e) => {
+                    let err = storage(format!("transitions not persisted: {e}"));
+                    return results
+                        .into_iter()
+                        .map(|r| r.and(Err(err.clone())))
+                        .collect();
+                }
+            }
+        }
+    }
+
+    /// Runs a group's transitions on the stored jobs and stages their
+    /// writes: each op's result, the batch (or why it could not be
+    /// staged), and — if anything changed — the queue moves, transitions
+    /// and watched jobs to apply once it commits.
+    #[allow(clippy::type_complexity)]
+    fn stage_group<T>(
+        &self,
+        now: u64,
+        ops: &mut [(JobId, GroupOp<T>)],
+        cost: &impl Fn(&T) -> u64,
+    ) -> (
+        Vec<Result<T, JobError>>,
+        Result<WriteBatch, JobError>,
+        Option<(Vec<Move>, Vec<Transition>, Vec<JobId>)>,
+    ) {
         // Spend per handler key in this group.
         let mut spend: HashMap<[u8; 32], u64> = HashMap::new();
-        // First and latest version of every job the group touches.
-        let mut touched: Vec<(Stored, Job)> = Vec::new();
+        // First version (and its stored bytes) and latest version of every
+        // job the group touches.
+        let mut touched: Vec<(Stored, Vec<u8>, Job)> = Vec::new();
         let mut results = Vec::with_capacity(ops.len());
-        for (id, f) in ops {
-            let slot = match touched.iter().position(|(s, _)| s.job.id == id) {
+        for (id, f) in ops.iter_mut() {
+            let id = *id;
+            let slot = match touched.iter().position(|(s, ..)| s.job.id == id) {
                 Some(i) => i,
-                None => match self.load(&id) {
-                    Ok(Some(stored)) => {
+                None => match self.load_raw(&id) {
+                    Ok(Some((stored, raw))) => {
                         let job = stored.job.clone();
-                        touched.push((stored, job));
+                        touched.push((stored, raw, job));
                         touched.len() - 1
                     }
                     Ok(None) => {
@@ -852,7 +1120,7 @@ impl JobStore {
                     }
                 },
             };
-            let mut job = touched[slot].1.clone();
+            let mut job = touched[slot].2.clone();
             match f(&mut job) {
                 Ok(out) => {
                     let spent = cost(&out);
@@ -860,7 +1128,7 @@ impl JobStore {
                         let total = spend.entry(*job.handler.public_key()).or_default();
                         *total = total.saturating_add(spent);
                     }
-                    touched[slot].1 = job;
+                    touched[slot].2 = job;
                     results.push(Ok(out));
                 }
                 Err(e) => results.push(Err(e.into())),
@@ -872,59 +1140,72 @@ impl JobStore {
         for (handler, amount) in spend {
             match self.stage_spend(&mut batch, &handler, now, amount) {
                 Ok(()) => changed = true,
-                Err(e) => return results.into_iter().map(|r| r.and(Err(e.clone()))).collect(),
+                Err(e) => return (results, Err(e), Some(Default::default())),
             }
         }
         // Only gathered while someone watches a job (WatchJob).
         let watched = !self.changes.is_empty();
         let mut written = Vec::new();
-        for (old, job) in touched {
+        let mut announced = Vec::new();
+        for (old, raw, job) in touched {
             if old.job != job {
                 if watched {
                     written.push(job.id);
                 }
-                self.stage_write(&mut batch, (&mut moves, &mut transitions), &old, job, now);
+                announced.push(job.id);
+                self.stage_write(
+                    &mut batch,
+                    (&mut moves, &mut transitions),
+                    (&old, &raw),
+                    job,
+                    now,
+                );
                 changed = true;
             }
         }
-        if changed {
-            if let Err(e) = self.commit(batch) {
-                let err = storage(format!("transitions not persisted: {e}"));
-                return results
-                    .into_iter()
-                    .map(|r| r.and(Err(err.clone())))
-                    .collect();
-            }
-            self.queues().apply(moves);
-            self.record_transitions(&transitions);
-            self.changes.changed(written);
+        if !changed {
+            return (results, Ok(batch), None);
         }
-        results
+        self.announce(&mut batch, announced.into_iter());
+        (results, Ok(batch), Some((moves, transitions, written)))
     }
 
-    fn write(&self, old: &Stored, job: Job, now: u64) -> Result<(), JobError> {
+    fn write(
+        &self,
+        old: &Stored,
+        raw: &[u8],
+        job: Job,
+        now: u64,
+    ) -> Result<(), crate::storage::StorageError> {
         let mut batch = self.batch();
         let (mut moves, mut transitions) = (Vec::new(), Vec::new());
-        self.stage_write(&mut batch, (&mut moves, &mut transitions), old, job, now);
+        self.stage_write(
+            &mut batch,
+            (&mut moves, &mut transitions),
+            (old, raw),
+            job,
+            now,
+        );
         let id = old.job.id;
-        self.commit(batch)
-            .map_err(|e| storage(format!("transition not persisted: {e}")))?;
+        self.announce(&mut batch, std::iter::once(id));
+        self.commit(batch)?;
         self.queues().apply(moves);
         self.record_transitions(&transitions);
         self.changes.changed([id]);
         Ok(())
     }
 
-    /// Adds a job's new record and its index moves (from `old`, as stored)
-    /// to `batch`.
+    /// Adds a job's new record and its index moves (from `old`, as stored
+    /// in the bytes `raw`, which the batch expects unchanged) to `batch`.
     fn stage_write(
         &self,
         batch: &mut WriteBatch,
         (moves, transitions): (&mut Vec<Move>, &mut Vec<Transition>),
-        old: &Stored,
+        (old, raw): (&Stored, &[u8]),
         job: Job,
         now: u64,
     ) {
+        batch.expect(self.ks(Jk::Jobs), old.job.id.0, Some(raw));
         let new = Stored {
             placement: placement(&job, now),
             job,
@@ -1146,7 +1427,7 @@ impl JobStore {
                     .ok_or_else(|| corrupt("finished key"))?,
             );
             batch.remove(self.ks(Jk::Finished), key.clone());
-            let Some(stored) = self.load(&id)? else {
+            let Some((stored, raw)) = self.load_raw(&id)? else {
                 continue;
             };
             let job = &stored.job;
@@ -1161,6 +1442,9 @@ impl JobStore {
             }
             batch.remove(self.ks(Jk::Finished), finished_key(job));
             batch.remove(self.ks(Jk::ByState), keyed(&[state_byte(&job.state)], &id));
+            // Not retried (a job retried on another node meanwhile is not
+            // finished any more): the next pass prunes what is left.
+            batch.expect(self.ks(Jk::Jobs), id.0, Some(&raw));
             batch.remove(self.ks(Jk::Jobs), id.0);
             for kv in self.ks(Jk::Log).prefix(id.0) {
                 batch.remove(self.ks(Jk::Log), kv.map_err(storage)?.0);
@@ -1172,10 +1456,12 @@ impl JobStore {
             }
             pruned += 1;
         }
-        self.storage
-            .commit(batch)
-            .map_err(|e| storage(format!("prune not persisted: {e}")))?;
-        Ok(pruned)
+        match self.storage.commit(batch) {
+            Err(e) if e.is_conflict() => Ok(0),
+            other => other
+                .map(|()| pruned)
+                .map_err(|e| storage(format!("prune not persisted: {e}"))),
+        }
     }
 
     /// Sets a handler's budget (`None`: the default for handlers without
@@ -1221,9 +1507,15 @@ impl JobStore {
     /// Storage failures.
     pub fn record_spend(&self, handler: &Did, now: u64, amount: u64) -> Result<(), JobError> {
         let _guard = self.writer();
-        let mut batch = self.batch();
-        self.stage_spend(&mut batch, handler.public_key(), now, amount)?;
-        self.storage.commit(batch).map_err(storage)
+        let mut races = 0;
+        loop {
+            let mut batch = self.batch();
+            self.stage_spend(&mut batch, handler.public_key(), now, amount)?;
+            match self.storage.commit(batch) {
+                Err(e) if e.is_conflict() && races < MAX_RACES => races += 1,
+                other => return other.map_err(storage),
+            }
+        }
     }
 
     /// Adds `amount` to the handler's spend bucket for `now`'s minute in
@@ -1237,7 +1529,10 @@ impl JobStore {
     ) -> Result<(), JobError> {
         let mut key = handler.to_vec();
         key.extend_from_slice(&(now / MINUTE_MS).to_be_bytes());
-        let before = match self.ks(Jk::Spend).get(&key).map_err(storage)? {
+        let stored = self.ks(Jk::Spend).get(&key).map_err(storage)?;
+        // Nodes sharing the store add to the same minute.
+        batch.expect(self.ks(Jk::Spend), &key, stored.as_deref());
+        let before = match stored {
             Some(v) => u64::from_be_bytes(
                 v.as_slice()
                     .try_into()
@@ -1588,6 +1883,7 @@ mod tests {
                     error: Some(format!("error {i}")),
                     cost: 10 + i as u64,
                     authorised_under: Some((i as u64, 100 + i as u64)),
+                    node: None,
                 })
                 .collect(),
             progress: Progress {
@@ -1935,6 +2231,22 @@ mod tests {
 
     /// Records are written packed; records written with field names (by
     /// earlier versions) read the same.
+    /// An attempt's node (several nodes sharing a store) is written only
+    /// when set, so a single server's records keep their golden bytes.
+    #[test]
+    fn an_attempts_node_is_written_only_when_set() {
+        let mut job = full_job(JobState::Running);
+        let without = record_to_vec(&job);
+        job.attempts[0].node = Some("node-a".into());
+        let with = record_to_vec(&job);
+        assert_ne!(with, without);
+        let back: Job = record_from_slice(&with).unwrap();
+        assert_eq!(back.attempts[0].node.as_deref(), Some("node-a"));
+        assert_eq!(back, job);
+        let back: Job = record_from_slice(&without).unwrap();
+        assert_eq!(back.attempts[0].node, None);
+    }
+
     #[test]
     fn named_and_packed_records_read_alike() {
         let handler = handler();

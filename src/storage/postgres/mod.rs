@@ -47,6 +47,9 @@ pub struct PostgresBackend {
     holder: std::sync::Mutex<Option<deadpool_postgres::ClientWrapper>>,
     /// Whether this process must hold that lock to write.
     locked: std::sync::atomic::AtomicBool,
+    /// Whether it holds it alone (one server), not shared with other
+    /// nodes: only then are values kept in memory.
+    exclusive: std::sync::atomic::AtomicBool,
     /// Current values this server wrote or read, while it holds the
     /// server lock (nothing else writes then).
     cache: cache::ValueCache,
@@ -187,6 +190,7 @@ impl PostgresBackend {
             shown,
             holder: std::sync::Mutex::new(None),
             locked: std::sync::atomic::AtomicBool::new(false),
+            exclusive: std::sync::atomic::AtomicBool::new(false),
             cache: cache::ValueCache::default(),
             target: own,
             origin: hex::encode(origin),
@@ -305,7 +309,23 @@ impl PostgresBackend {
     pub fn lock_single_server(&self) -> Result<(), StorageError> {
         self.locked
             .store(true, std::sync::atomic::Ordering::Release);
+        self.exclusive
+            .store(true, std::sync::atomic::Ordering::Release);
         self.take_server_lock(LOCK_WAIT_AT_START)
+    }
+
+    /// Takes the database as one node of several (`serve --node`): the
+    /// server lock in shared mode, so nodes exclude a single server (and it
+    /// them) but not each other, and the notices of the other nodes
+    /// ([`PostgresBackend::share`]).
+    ///
+    /// # Errors
+    /// `store_in_use` while a single server holds it, or `unavailable`.
+    pub fn join_nodes(&self) -> Result<(), StorageError> {
+        self.locked
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.take_server_lock(LOCK_WAIT_AT_START)?;
+        self.share()
     }
 
     /// Takes the server lock on a connection of its own, kept out of the
@@ -319,6 +339,7 @@ impl PostgresBackend {
     /// sent) loses the lock in about 25 s, not the kernel's two hours.
     fn take_server_lock(&self, wait: std::time::Duration) -> Result<(), StorageError> {
         let shown = self.shown.clone();
+        let exclusive = self.exclusive.load(std::sync::atomic::Ordering::Acquire);
         let conn = self.run(move |conn| async move {
             conn.batch_execute(
                 "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3",
@@ -327,8 +348,13 @@ impl PostgresBackend {
             .map_err(|e| query_error("locking the database", &e))?;
             let until = tokio::time::Instant::now() + wait;
             loop {
+                let sql = if exclusive {
+                    "SELECT pg_try_advisory_lock($1)"
+                } else {
+                    "SELECT pg_try_advisory_lock_shared($1)"
+                };
                 let got: bool = conn
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&schema::SERVER_LOCK_KEY])
+                    .query_one(sql, &[&schema::SERVER_LOCK_KEY])
                     .await
                     .map_err(|e| query_error("locking the database", &e))?
                     .get(0);
@@ -336,9 +362,15 @@ impl PostgresBackend {
                     break;
                 }
                 if tokio::time::Instant::now() >= until {
-                    return Err(StorageError::new(format!(
-                        "store_in_use: another pulse-ledger serve holds {shown}: stop it, or give another database (one server per database)"
-                    )));
+                    return Err(StorageError::new(if exclusive {
+                        format!(
+                            "store_in_use: another pulse-ledger serve holds {shown}: stop it, or give another database (one server per database, unless every server runs as a node with --node)"
+                        )
+                    } else {
+                        format!(
+                            "store_in_use: a pulse-ledger serve without --node holds {shown} alone: stop it, or run every server as a node"
+                        )
+                    }));
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
@@ -664,7 +696,7 @@ impl ReadView for PostgresBackend {
     fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         // Only while this server holds the database: then nothing else
         // writes it.
-        if !self.locked.load(std::sync::atomic::Ordering::Acquire) {
+        if !self.exclusive.load(std::sync::atomic::Ordering::Acquire) {
             return run_on(
                 &self.handle,
                 get_with(Source::Pool(self.pool.clone()), space, key.to_vec()),
@@ -683,7 +715,7 @@ impl ReadView for PostgresBackend {
     }
 
     fn get_many(&self, keys: &[(SpaceId, Vec<u8>)]) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        let cached = self.locked.load(std::sync::atomic::Ordering::Acquire);
+        let cached = self.exclusive.load(std::sync::atomic::Ordering::Acquire);
         let mut out: Vec<Option<Option<Vec<u8>>>> = vec![None; keys.len()];
         let mut tickets = Vec::new();
         let mut missing: Vec<usize> = Vec::new();
@@ -829,7 +861,7 @@ impl Backend for PostgresBackend {
         self.hold_server_lock()?;
         let (ops, expected, notes) = batch.into_parts();
         // A database this process holds alone has nobody to tell.
-        let notes: Vec<String> = if self.locked.load(std::sync::atomic::Ordering::Acquire) {
+        let notes: Vec<String> = if self.exclusive.load(std::sync::atomic::Ordering::Acquire) {
             Vec::new()
         } else {
             notes

@@ -1,0 +1,237 @@
+//! Several `pulse-ledger serve` nodes on one PostgreSQL database
+//! (`serve --store URL --node NAME`): one log and one queue, any node
+//! answering every RPC, each node running jobs only on its own plugin
+//! sessions. Runs where PostgreSQL is configured (always in CI).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{Serve, handler_register, key, key_file, plugin_register, plugin_table, tempdir};
+use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
+use tonic::transport::Channel;
+
+const TIMINGS: &str = "heartbeat_timeout_ms = 800\ncancel_grace_ms = 300\nplugin_health_interval_ms = 200\nplugin_wait_secs = 2\n";
+
+/// One node: `serve --store URL --log-key KEY --node NAME` with its own
+/// data dir and config file.
+fn node(dir: &Path, name: &str, url: &str, config: &str) -> Serve {
+    let config_path = dir.join(format!("{name}.toml"));
+    std::fs::write(&config_path, config).unwrap();
+    let key = dir.join("log.key");
+    Serve::start(
+        &[
+            "--config",
+            config_path.to_str().unwrap(),
+            "--store",
+            url,
+            "--log-key",
+            key.to_str().unwrap(),
+            "--node",
+            name,
+        ],
+        &dir.join(format!("data-{name}")),
+    )
+}
+
+async fn clients(s: &Serve) -> (RegistryClient<Channel>, JobsClient<Channel>) {
+    (
+        RegistryClient::connect(s.url.clone()).await.unwrap(),
+        JobsClient::connect(s.url.clone()).await.unwrap(),
+    )
+}
+
+/// (job ID in hex, attempt, plugin process) of every attempt started, as
+/// the plugins of `files` logged them.
+fn starts(files: &[PathBuf]) -> Vec<(String, String, PathBuf)> {
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("start "))
+                .map(|l| {
+                    let mut w = l.split_whitespace().skip(1);
+                    (
+                        w.next().unwrap().to_owned(),
+                        w.next().unwrap().to_owned(),
+                        f.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_one_log_and_one_queue() {
+    let Some(url) = common::postgres_database("nodes_share") else {
+        return;
+    };
+    let dir = tempdir("nodes-share");
+    let p = key("nodes-plugin");
+    let pkey = key_file(&dir, &p);
+    let events: Vec<PathBuf> = (0..2)
+        .map(|i| dir.join(format!("events-{i}.log")))
+        .collect();
+    let with_plugin = |i: usize| {
+        format!(
+            "{TIMINGS}{}",
+            plugin_table(
+                "tools",
+                &["--key".into(), pkey.display().to_string()],
+                &events[i]
+            )
+        )
+    };
+    // The first node creates the log and its key; the others share both.
+    let a = node(&dir, "node-a", &url, &with_plugin(0));
+    let b = node(&dir, "node-b", &url, &with_plugin(1));
+    let c = node(&dir, "node-c", &url, TIMINGS);
+    let nodes = [&a, &b, &c];
+
+    // The plugin's and the handler's statements through different nodes:
+    // the nodes with the plugin find them in the one log.
+    let h = key("nodes-sleep");
+    let (mut reg_c, mut jobs_c) = clients(&c).await;
+    let (mut reg_b, _) = clients(&b).await;
+    reg_c
+        .submit(proto::SubmitRequest {
+            envelope: plugin_register(&p, "tools").envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    let handler_index = reg_b
+        .submit(proto::SubmitRequest {
+            envelope: handler_register(&h, "sleep", &p.did).envelope().to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .index;
+    assert_eq!(handler_index, 1, "one sequence across nodes");
+
+    // Each node with the plugin has its session (the plugin was refused
+    // until its statement was in the log, and is retried).
+    for n in [&a, &b] {
+        let (_, mut jobs) = clients(n).await;
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = jobs
+                .list_plugin_sessions(proto::ListPluginSessionsRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if s.sessions.len() == 1 {
+                break;
+            }
+            assert!(Instant::now() < until, "{s:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Jobs enqueued through every node, the node without the plugin too.
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let (_, mut jobs) = clients(nodes[i % 3]).await;
+        let job = jobs
+            .enqueue(proto::EnqueueRequest {
+                handler: h.did.to_string(),
+                payload: b"200".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        ids.push(job.id);
+    }
+    // Read through the node that runs none of them.
+    for id in &ids {
+        let j = common::finished(&mut jobs_c, id, 60).await;
+        assert_eq!(j.state, "succeeded", "{}", j.last_error);
+        assert_eq!(j.attempts, 1, "one attempt each: {j:?}");
+    }
+    // Every job started once, on one plugin; both nodes with the plugin
+    // took some.
+    let started = starts(&events);
+    let mut per_job: std::collections::HashMap<&str, usize> = Default::default();
+    for (job, _, _) in &started {
+        *per_job.entry(job.as_str()).or_default() += 1;
+    }
+    for id in &ids {
+        assert_eq!(
+            per_job.get(hex::encode(id).as_str()),
+            Some(&1),
+            "job {} started {:?} times",
+            hex::encode(id),
+            per_job.get(hex::encode(id).as_str())
+        );
+    }
+    for f in &events {
+        assert!(
+            started.iter().any(|(_, _, from)| from == f),
+            "the plugin of {} ran no job: {started:?}",
+            f.display()
+        );
+    }
+    // The same log everywhere, and it audits.
+    let until = Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        let mut infos = Vec::new();
+        for n in nodes {
+            let (mut reg, _) = clients(n).await;
+            infos.push(common::log_info(&mut reg).await);
+        }
+        if infos
+            .iter()
+            .all(|i| i.size == 2 && i.root_hash == infos[0].root_hash)
+        {
+            break infos.remove(0);
+        }
+        assert!(Instant::now() < until, "{infos:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    common::verify_log_passes(&a.url, &info.log_did);
+    // A server that wants the store for itself is refused while nodes
+    // share it, and --node wants a store.
+    let alone = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            &url,
+            "--log-key",
+        ])
+        .arg(dir.join("log.key"))
+        .arg("--data-dir")
+        .arg(dir.join("data-alone"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&alone.stderr);
+    assert!(!alone.status.success());
+    assert!(said.contains("store_in_use"), "{said}");
+    let no_store = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--node",
+            "x",
+            "--data-dir",
+        ])
+        .arg(dir.join("data-x"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&no_store.stderr);
+    assert!(said.contains("node_without_store"), "{said}");
+
+    for n in [a, b, c] {
+        n.stop();
+    }
+}
