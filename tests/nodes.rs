@@ -235,3 +235,95 @@ async fn three_nodes_share_one_log_and_one_queue() {
         n.stop();
     }
 }
+
+/// The node running an attempt is killed: another node finds the attempt
+/// silent, records it timed out and runs the retry on its own plugin; the
+/// killed node, started again, recovers none of the other's attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_attempt_is_retried_on_another_node() {
+    let Some(url) = common::postgres_database("nodes_killed") else {
+        return;
+    };
+    let dir = tempdir("nodes-killed");
+    let p = key("killed-plugin");
+    let pkey = key_file(&dir, &p);
+    let events: Vec<PathBuf> = (0..2).map(|i| dir.join(format!("events-{i}.log"))).collect();
+    let config = |i: usize| {
+        format!(
+            "{TIMINGS}{}",
+            plugin_table(
+                "tools",
+                &["--key".into(), pkey.display().to_string()],
+                &events[i]
+            )
+        )
+    };
+    let names = ["node-a", "node-b"];
+    let mut nodes = vec![
+        node(&dir, names[0], &url, &config(0)),
+        node(&dir, names[1], &url, &config(1)),
+    ];
+    let h = key("killed-sleep");
+    let (mut reg, _) = clients(&nodes[0]).await;
+    for a in [
+        plugin_register(&p, "tools"),
+        handler_register(&h, "sleep", &p.did),
+    ] {
+        reg.submit(proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    let (_, mut jobs) = clients(&nodes[0]).await;
+    let id = jobs
+        .enqueue(proto::EnqueueRequest {
+            handler: h.did.to_string(),
+            payload: b"3000".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .id;
+    let hex_id = hex::encode(&id);
+    // Whichever node's plugin started it is killed.
+    let until = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Some((_, _, f)) = starts(&events).into_iter().find(|(j, _, _)| *j == hex_id) {
+            break events.iter().position(|e| *e == f).unwrap();
+        }
+        assert!(Instant::now() < until, "the job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let other = 1 - first;
+    nodes[first].child.kill().unwrap(); // SIGKILL
+    nodes[first].child.wait().unwrap();
+    // The other node finds the attempt silent and retries it itself.
+    let until = Instant::now() + Duration::from_secs(60);
+    while !starts(&events)
+        .iter()
+        .any(|(j, n, f)| *j == hex_id && n == "2" && *f == events[other])
+    {
+        assert!(Instant::now() < until, "the attempt was not retried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Started again while the retry runs elsewhere: it recovers none of
+    // the other node's attempts.
+    nodes[first] = node(&dir, names[first], &url, &config(first));
+    let (_, mut survivor) = clients(&nodes[other]).await;
+    let j = common::finished(&mut survivor, &id, 120).await;
+    assert_eq!(j.state, "succeeded", "{}", j.last_error);
+    assert_eq!(j.attempts, 2, "{j:?}");
+    let runs: Vec<_> = starts(&events)
+        .into_iter()
+        .filter(|(job, _, _)| *job == hex_id)
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs.iter().filter(|(_, _, f)| *f == events[first]).count(), 1);
+    for n in nodes {
+        n.stop();
+    }
+}
