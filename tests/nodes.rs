@@ -197,6 +197,37 @@ async fn three_nodes_share_one_log_and_one_queue() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     common::verify_log_passes(&a.url, &info.log_did);
+    // Any node lists all three, live, with their sessions (each writes its
+    // record every second).
+    let want: Vec<(String, bool, u64)> = vec![
+        ("node-a".into(), true, 1),
+        ("node-b".into(), true, 1),
+        ("node-c".into(), true, 0),
+    ];
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out, err) = common::cli_at(&c.url, &["nodes", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(listed["answered_by"], "node-c");
+        let summary: Vec<(String, bool, u64)> = listed["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["name"].as_str().unwrap().to_owned(),
+                    n["live"].as_bool().unwrap(),
+                    n["sessions"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        if summary == want && listed["nodes"][0]["lag"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < until, "{out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // A server that wants the store for itself is refused while nodes
     // share it, and --node wants a store.
     let alone = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
@@ -247,7 +278,9 @@ async fn a_killed_nodes_attempt_is_retried_on_another_node() {
     let dir = tempdir("nodes-killed");
     let p = key("killed-plugin");
     let pkey = key_file(&dir, &p);
-    let events: Vec<PathBuf> = (0..2).map(|i| dir.join(format!("events-{i}.log"))).collect();
+    let events: Vec<PathBuf> = (0..2)
+        .map(|i| dir.join(format!("events-{i}.log")))
+        .collect();
     let config = |i: usize| {
         format!(
             "{TIMINGS}{}",
@@ -322,8 +355,110 @@ async fn a_killed_nodes_attempt_is_retried_on_another_node() {
         .filter(|(job, _, _)| *job == hex_id)
         .collect();
     assert_eq!(runs.len(), 2, "{runs:?}");
-    assert_eq!(runs.iter().filter(|(_, _, f)| *f == events[first]).count(), 1);
+    assert_eq!(
+        runs.iter().filter(|(_, _, f)| *f == events[first]).count(),
+        1
+    );
     for n in nodes {
         n.stop();
     }
+}
+
+/// SIGTERM to a node running an attempt: it starts nothing new, gives the
+/// attempt the drain grace, then hands it to the other nodes (retried at
+/// once, not after the node-liveness timeout) and leaves the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_drains_and_hands_its_attempts_over() {
+    let Some(url) = common::postgres_database("nodes_drain") else {
+        return;
+    };
+    let dir = tempdir("nodes-drain");
+    let p = key("drain-plugin");
+    let pkey = key_file(&dir, &p);
+    let events: Vec<PathBuf> = (0..2)
+        .map(|i| dir.join(format!("events-{i}.log")))
+        .collect();
+    // Long liveness timeouts: a retry within them can only be a handover.
+    let config = |i: usize| {
+        format!(
+            "heartbeat_timeout_ms = 60000\ncancel_grace_ms = 300\nplugin_health_interval_ms = 200\ndrain_grace_ms = 500\n{}",
+            plugin_table(
+                "tools",
+                &["--key".into(), pkey.display().to_string()],
+                &events[i]
+            )
+        )
+    };
+    let names = ["node-a", "node-b"];
+    let mut nodes = [
+        Some(node(&dir, names[0], &url, &config(0))),
+        Some(node(&dir, names[1], &url, &config(1))),
+    ];
+    let h = key("drain-sleep");
+    let (mut reg, mut jobs) = clients(nodes[0].as_ref().unwrap()).await;
+    for a in [
+        plugin_register(&p, "tools"),
+        handler_register(&h, "sleep", &p.did),
+    ] {
+        reg.submit(proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    let id = jobs
+        .enqueue(proto::EnqueueRequest {
+            handler: h.did.to_string(),
+            payload: b"4000".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .id;
+    let hex_id = hex::encode(&id);
+    let until = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Some((_, _, f)) = starts(&events).into_iter().find(|(j, _, _)| *j == hex_id) {
+            break events.iter().position(|e| *e == f).unwrap();
+        }
+        assert!(Instant::now() < until, "the job never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let other = 1 - first;
+    let stopped_at = Instant::now();
+    nodes[first].take().unwrap().stop(); // SIGTERM, and wait for the exit
+    let (_, mut survivor) = clients(nodes[other].as_ref().unwrap()).await;
+    let j = common::finished(&mut survivor, &id, 60).await;
+    assert_eq!(j.state, "succeeded", "{}", j.last_error);
+    assert_eq!(j.attempts, 2, "{j:?}");
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(30),
+        "retried only after {:?}: not handed over",
+        stopped_at.elapsed()
+    );
+    let runs: Vec<_> = starts(&events)
+        .into_iter()
+        .filter(|(job, _, _)| *job == hex_id)
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(
+        runs.iter().any(|(_, n, f)| n == "2" && *f == events[other]),
+        "{runs:?}"
+    );
+    // The stopped node left the list.
+    let (code, out, err) =
+        common::cli_at(&nodes[other].as_ref().unwrap().url, &["nodes", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names_listed: Vec<&str> = listed["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names_listed, vec![names[other]]);
+    nodes[other].take().unwrap().stop();
 }

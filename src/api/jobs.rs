@@ -52,6 +52,9 @@ pub struct JobsService {
     sessions: Option<Arc<crate::plugin::Sessions>>,
     /// Handlers' input_schema documents, compiled once each.
     input_schemas: Arc<crate::pulse::SchemaCache>,
+    /// This server as `ListNodes` describes it when it runs alone (a
+    /// node's own record is in the store).
+    this: super::nodes::NodeRecord,
 }
 
 /// What a `ListJobs` page costs a DID caller's allowance.
@@ -120,6 +123,16 @@ impl JobsService {
             did_enqueues: None,
             sessions: None,
             input_schemas: Arc::default(),
+            this: super::nodes::NodeRecord {
+                name: String::new(),
+                listen: String::new(),
+                started_ms: crate::clock::unix_ms(),
+                seen_ms: 0,
+                log_size: 0,
+                sessions: 0,
+                running: 0,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
         }
     }
 
@@ -240,6 +253,14 @@ impl JobsService {
     /// dispatcher.
     pub fn with_dispatcher(mut self, pulse: PulseHandle) -> JobsService {
         self.pulse = Some(pulse);
+        self
+    }
+
+    /// Names this server for `ListNodes`: its node name (empty when it
+    /// holds its store alone) and the address it listens on.
+    pub fn with_node(mut self, name: Option<&str>, listen: std::net::SocketAddr) -> JobsService {
+        self.this.name = name.unwrap_or_default().to_owned();
+        self.this.listen = listen.to_string();
         self
     }
 
@@ -1093,6 +1114,32 @@ impl Jobs for JobsService {
         request: Request<proto::GetScheduleRequest>,
     ) -> Result<Response<proto::ScheduleResponse>, Status> {
         self.delete_schedule_rpc(request).await
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<proto::ListNodesRequest>,
+    ) -> Result<Response<proto::ListNodesResponse>, Status> {
+        let grant = self.grant(&request)?;
+        grant
+            .require_everywhere(Right::Read)
+            .map_err(|e| self.refuse(&e, request.remote_addr()))?;
+        let (ledger, sessions) = (Arc::clone(&self.ledger), self.sessions.clone());
+        let mut this = self.this.clone();
+        let listed = tokio::task::spawn_blocking(move || {
+            if this.name.is_empty() {
+                this.seen_ms = crate::clock::unix_ms();
+                this.log_size = ledger.size();
+                if let Some(s) = &sessions {
+                    (this.sessions, this.running) = super::nodes::load(s);
+                }
+            }
+            super::nodes::list(&ledger, this)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| super::status::to_status(&e))?;
+        Ok(Response::new(listed))
     }
 
     async fn list_plugin_sessions(

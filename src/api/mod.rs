@@ -9,6 +9,7 @@ mod gateway;
 pub mod incoming;
 mod jobs;
 mod metrics;
+pub mod nodes;
 mod normalize;
 mod read_limit;
 mod registry;

@@ -276,6 +276,31 @@ fn start_pulse(
     (runner, host)
 }
 
+/// A node leaving: no new attempt starts here, and the running ones get
+/// up to `grace` to end before the node stops (and hands over the rest).
+async fn drain_attempts(pulse: &crate::pulse::PulseHandle, grace: std::time::Duration) {
+    pulse.drain();
+    let until = tokio::time::Instant::now() + grace;
+    loop {
+        let p = pulse.clone();
+        let live = tokio::task::spawn_blocking(move || p.live_attempts())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        if live == 0 || tokio::time::Instant::now() >= until {
+            if live > 0 {
+                tracing::warn!(
+                    running = live,
+                    "attempts still running after the drain grace"
+                );
+            }
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// The schema in force for a handler that takes jobs, or why it takes
 /// none (for schedules' occurrences).
 fn handler_schema(ledger: &Ledger, did: &crate::Did) -> Result<crate::HandlerSchema, String> {
@@ -660,9 +685,10 @@ pub async fn serve(
     }
     metrics.watch_access(Arc::clone(&access));
     let jobs = JobsServer::new(
-        JobsService::new(Arc::clone(&ledger), store)
+        JobsService::new(Arc::clone(&ledger), Arc::clone(&store))
+            .with_node(config.node.as_deref(), local)
             .with_dispatcher(runner.handle())
-            .with_sessions(sessions)
+            .with_sessions(Arc::clone(&sessions))
             .with_access(Arc::clone(&access))
             .with_did_enqueue_limit(Arc::new(crate::auth::RateLimiter::new(
                 config.did_enqueue_rate,
@@ -698,6 +724,22 @@ pub async fn serve(
         size = ledger.head().size,
         "serving"
     );
+    let heartbeats = config.node.as_ref().map(|name| {
+        tokio::spawn(super::nodes::heartbeats(
+            Arc::clone(&ledger),
+            Arc::clone(&sessions),
+            super::nodes::NodeRecord {
+                name: name.clone(),
+                listen: local.to_string(),
+                started_ms: crate::clock::unix_ms(),
+                seen_ms: 0,
+                log_size: 0,
+                sessions: 0,
+                running: 0,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            },
+        ))
+    });
     on_ready(local, metrics_addr, &ledger);
     // Shutdown stops accepting and lets calls in flight finish, but a
     // stream (a log watcher, a job watcher) may never finish by itself:
@@ -763,12 +805,33 @@ pub async fn serve(
         }
     };
     drop(stop_seen);
+    if config.node.is_some() {
+        drain_attempts(&runner.handle(), drain).await;
+    }
     // The dispatcher stops first, so plugins going away are not recorded
     // as crashes now (attempts still running are recovered as interrupted
     // on the next start: no attempt used, not a crash); then plugins get
     // Shutdown, SIGTERM, SIGKILL.
     let _ = tokio::task::spawn_blocking(move || runner.stop()).await;
     host.shutdown().await;
+    if let (Some(name), Some(beating)) = (&config.node, heartbeats) {
+        // A node may not come back: what it could not finish is handed
+        // to the other nodes now (retried at once, not after the
+        // node-liveness timeout), and it leaves the list of nodes.
+        beating.abort();
+        let (jobs, ledger, name) = (Arc::clone(&store), Arc::clone(&ledger), name.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            match jobs.interrupt_own_attempts(crate::clock::unix_ms()) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(interrupted = n, "attempts handed to the other nodes"),
+                Err(e) => tracing::warn!(error = %e, "attempts not handed over; the other nodes retry them once they fall silent"),
+            }
+            if let Err(e) = super::nodes::leave(ledger.storage(), &name) {
+                tracing::warn!(error = %e, "this node's record not removed");
+            }
+        })
+        .await;
+    }
     // In-flight appends have been answered; commit anything still queued
     // and stop the writer before returning.
     let closing = Arc::clone(&ledger);

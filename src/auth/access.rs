@@ -150,7 +150,7 @@ impl Grant {
             "Enqueue" | "EnqueueBatch" | "RetryJob" | "CreateSchedule" | "PauseSchedule"
             | "DeleteSchedule" => Right::Enqueue,
             "GetJob" | "ListJobs" | "WatchJob" | "GetJobLog" | "GetBudget"
-            | "ListPluginSessions" | "GetSchedule" | "ListSchedules" => Right::Read,
+            | "ListPluginSessions" | "ListNodes" | "GetSchedule" | "ListSchedules" => Right::Read,
             "CancelJob" | "CancelJobs" => Right::Cancel,
             "SetBudget" => Right::Budget,
             _ => return Ok(()),

@@ -18,6 +18,7 @@ mod jobs;
 
 mod keygen;
 mod monitor;
+mod nodes;
 mod output;
 mod proofs;
 mod reach;
@@ -125,6 +126,8 @@ continues where it stopped. Exit status: 1 at the first report with
     /// The storage under a server: migrate a PostgreSQL schema.
     #[command(subcommand)]
     Store(store::StoreCmd),
+    /// The server nodes sharing a store: live or gone, log lag, sessions.
+    Nodes(nodes::NodesArgs),
 }
 
 impl Cli {
@@ -153,6 +156,7 @@ impl Cli {
             Command::Schedule(c) => schedules::run(c),
             Command::Token(c) => token::run(c),
             Command::Store(c) => store::run(c),
+            Command::Nodes(a) => nodes::run(a),
             Command::Bundle(c) => bundle::run(c),
             Command::Bench(a) => bench::run(a),
             Command::Monitor(a) => monitor::run(a.into_options()),

@@ -551,6 +551,19 @@ impl Ledger {
         *self.shared.size_tx.borrow()
     }
 
+    /// The log size the store holds now, read from it: on a store several
+    /// nodes share, this node's [`Ledger::size`] may trail it by the
+    /// moments until it hears of the others' appends.
+    ///
+    /// # Errors
+    /// When the store cannot be read.
+    pub fn stored_size(&self) -> Result<u64, LedgerError> {
+        match self.shared.get(Ks::Meta, META_SIZE)? {
+            Some(v) => read_u64(&v),
+            None => Ok(0),
+        }
+    }
+
     /// The subject keys of entries `from..` (the current size), in log
     /// order, with the size they run up to; `None` if entries that old are
     /// no longer remembered (at most [`CHANGE_LOG_ENTRIES`] are), so a

@@ -126,6 +126,9 @@ pub struct Dispatcher<E: Executor> {
     /// Where schedules get their handler's schema; no schedule fires
     /// without one.
     schemas: Option<SchemaSource>,
+    /// Set by [`Dispatcher::drain`]: no new attempt is started and no
+    /// schedule fired; running attempts go on to their end.
+    draining: bool,
 }
 
 /// Owners remembered before the map starts over (it refills as jobs are
@@ -161,6 +164,7 @@ impl<E: Executor> Dispatcher<E> {
             next_deadline_scan: 0,
             owners: HashMap::new(),
             schemas: None,
+            draining: false,
         }
     }
 
@@ -211,23 +215,21 @@ impl<E: Executor> Dispatcher<E> {
     /// # Errors
     /// Storage failures.
     pub fn recover(&mut self, now: u64) -> Result<usize, JobError> {
-        let mut recovered = 0;
-        for job in &self.store.running()? {
-            let Some(a) = job.live_attempt() else {
-                continue;
-            };
-            // A node recovers its own attempts only: the others' run on.
-            if self.store.node().is_some() && a.node.as_deref() != self.store.node() {
-                continue;
-            }
-            let lease = a.lease;
-            self.store
-                .update(&job.id, now, |j| j.interrupt(&lease, now))?;
-            recovered += 1;
-        }
+        let recovered = self.store.interrupt_own_attempts(now)?;
         self.running.clear();
         self.live.clear();
         Ok(recovered)
+    }
+
+    /// Stops starting attempts and firing schedules (a node leaving):
+    /// reports of the running ones are still applied.
+    pub fn drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Attempts this dispatcher started that have not ended.
+    pub fn live_attempts(&self) -> usize {
+        self.live.len()
     }
 
     /// Cancels a job: queued, held or retrying jobs end at once; a running
@@ -332,7 +334,7 @@ impl<E: Executor> Dispatcher<E> {
     pub fn step(&mut self, now: u64) -> Result<StepReport, JobError> {
         let mut t = crate::timeline::span("step");
         let mut report = StepReport::default();
-        if let Some(schemas) = self.schemas.as_mut() {
+        if let Some(schemas) = self.schemas.as_mut().filter(|_| !self.draining) {
             report.schedules = self.store.fire_schedules(now, schemas.as_mut())?;
         }
         self.store.promote_due(now, self.config.scan)?;
@@ -665,6 +667,9 @@ impl<E: Executor> Dispatcher<E> {
     /// waited for, so it never blocks other handlers' jobs.
     fn choose(&mut self, now: u64) -> (Vec<Chosen>, Option<JobError>) {
         let mut chosen = Vec::new();
+        if self.draining {
+            return (chosen, None);
+        }
         let failure = self.choose_into(now, &mut chosen).err();
         (chosen, failure)
     }

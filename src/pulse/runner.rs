@@ -22,6 +22,8 @@ enum Command {
         SyncSender<Result<Vec<Result<(), JobError>>, JobError>>,
     ),
     BudgetUse(Box<Did>, SyncSender<Result<BudgetUse, JobError>>),
+    Drain,
+    LiveAttempts(SyncSender<Result<usize, JobError>>),
     Stop,
 }
 
@@ -102,6 +104,21 @@ impl PulseHandle {
     /// As [`Dispatcher::budget_use`].
     pub fn budget_use(&self, handler: Did) -> Result<BudgetUse, JobError> {
         self.ask(|tx| Command::BudgetUse(Box::new(handler), tx))
+    }
+
+    /// Stops starting attempts and firing schedules; the running ones go
+    /// on and their reports are applied ([`Dispatcher::drain`]).
+    pub fn drain(&self) {
+        let _ = self.tx.send(Command::Drain);
+        self.thread.unpark();
+    }
+
+    /// Attempts started and not yet ended. Blocks until answered.
+    ///
+    /// # Errors
+    /// The dispatcher has stopped.
+    pub fn live_attempts(&self) -> Result<usize, JobError> {
+        self.ask(Command::LiveAttempts)
     }
 
     /// Asks for a step now (after an enqueue, say).
@@ -198,6 +215,10 @@ fn run<E: Executor>(
                 }
                 Command::BudgetUse(h, reply) => {
                     let _ = reply.send(d.budget_use(&h, crate::clock::unix_ms()));
+                }
+                Command::Drain => d.drain(),
+                Command::LiveAttempts(reply) => {
+                    let _ = reply.send(Ok(d.live_attempts()));
                 }
                 Command::Stop => return,
             }

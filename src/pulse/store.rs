@@ -619,6 +619,30 @@ impl JobStore {
         self
     }
 
+    /// Records as interrupted every attempt left running by this process
+    /// (on a node: the attempts recorded as this node's; on a single
+    /// server: all), as a restart does, and as a node that stops does for
+    /// the attempts it could not finish, so that they are retried at once
+    /// elsewhere. Returns how many.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn interrupt_own_attempts(&self, now: u64) -> Result<usize, JobError> {
+        let mut interrupted = 0;
+        for job in self.running()? {
+            let Some(a) = job.live_attempt() else {
+                continue;
+            };
+            if self.node.is_some() && a.node != self.node {
+                continue;
+            }
+            let lease = a.lease;
+            self.update(&job.id, now, |j| j.interrupt(&lease, now))?;
+            interrupted += 1;
+        }
+        Ok(interrupted)
+    }
+
     /// This node's name, if it is one of several.
     pub fn node(&self) -> Option<&str> {
         self.node.as_deref()
