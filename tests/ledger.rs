@@ -658,6 +658,18 @@ fn several_nodes_on_one_postgres_append_one_log() {
     for (i, att) in chain.iter().enumerate() {
         receipts.push(nodes[i % NODES].append(att.envelope()).unwrap());
     }
+    // Read-your-writes: another node answers for what this one just
+    // acknowledged, at once, without waiting to hear of it.
+    for _ in 0..20 {
+        let late = key(&format!("ryw-{}", receipts.len()));
+        let att = handler_register(&late, "ryw", &p.did);
+        let r = nodes[0].append(att.envelope()).unwrap();
+        assert_eq!(nodes[1].entry(r.index).unwrap(), att.envelope());
+        let path = nodes[2].inclusion_proof(r.index, r.head.size).unwrap();
+        verify_inclusion(&leaf_hash(att.envelope()), r.index, r.head.size, &path, &r.head.root)
+            .unwrap();
+        receipts.push(r);
+    }
     // The same statement through another node is a duplicate, at its index.
     let again = nodes[2].append(chain[0].envelope()).unwrap();
     assert!(again.duplicate);
@@ -692,7 +704,7 @@ fn several_nodes_on_one_postgres_append_one_log() {
     for t in threads {
         receipts.extend(t.join().unwrap());
     }
-    let total = (1 + chain.len() + NODES * EACH) as u64;
+    let total = (1 + chain.len() + 20 + NODES * EACH) as u64;
     let mut indexes: Vec<u64> = receipts.iter().map(|r| r.index).collect();
     indexes.sort_unstable();
     assert_eq!(indexes, (0..total).collect::<Vec<u64>>(), "one sequence");

@@ -680,6 +680,7 @@ impl Ledger {
     /// # Errors
     /// `index_out_of_range` beyond the signed tree size.
     pub fn entry(&self, index: u64) -> Result<Vec<u8>, LedgerError> {
+        self.reach(index.saturating_add(1));
         self.read(|v| v.entry(index))
     }
 
@@ -689,6 +690,7 @@ impl Ledger {
     /// # Errors
     /// `index_out_of_range` if `start` is beyond the tree size.
     pub fn entries(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
+        self.reach(start.saturating_add(1));
         self.read(|v| v.entries(start, end))
     }
 
@@ -705,6 +707,7 @@ impl Ledger {
         end: u64,
         max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, LedgerError> {
+        self.reach(start.saturating_add(1));
         self.read(|v| v.entries_within(start, end, max_bytes))
     }
 
@@ -808,6 +811,7 @@ impl Ledger {
     /// # Errors
     /// `index_out_of_range` or `size_out_of_range`.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.reach(size);
         self.tree().inclusion_proof(index, size)
     }
 
@@ -830,6 +834,7 @@ impl Ledger {
     /// # Errors
     /// `size_out_of_range`.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, LedgerError> {
+        self.reach(new);
         self.tree().consistency_proof(old, new)
     }
 
@@ -838,7 +843,32 @@ impl Ledger {
     /// # Errors
     /// `size_out_of_range`.
     pub fn root_at(&self, size: u64) -> Result<Hash, LedgerError> {
+        self.reach(size);
         self.tree().root_at(size)
+    }
+
+    /// Read-your-writes across nodes: a caller asking for a size beyond
+    /// this node's may have been answered that size by another node
+    /// sharing the store a moment ago. If the store holds it, the writer
+    /// reads the head again and this waits (at most a second) until it is
+    /// published; otherwise, and on a store no other node shares, nothing
+    /// is done and the read answers as it would have.
+    fn reach(&self, size: u64) {
+        if size <= self.size() || !self.shared.storage.is_shared() {
+            return;
+        }
+        if self.stored_size().map_or(true, |stored| stored < size) {
+            return;
+        }
+        let mut sizes = self.watch_size();
+        let Some(queue) = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return;
+        };
+        let _ = queue.try_send(Vec::new());
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while *sizes.borrow_and_update() < size && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 
     fn tree(&self) -> super::view::TreeView<'_> {

@@ -319,6 +319,12 @@ impl Storage {
         self.0.notices()
     }
 
+    /// Whether other processes may write this store at the same time
+    /// (it hears their notices).
+    pub fn is_shared(&self) -> bool {
+        self.0.notices().is_some()
+    }
+
     /// See [`Backend::engine`].
     pub fn engine(&self) -> &'static str {
         self.0.engine()
