@@ -666,8 +666,14 @@ fn several_nodes_on_one_postgres_append_one_log() {
         let r = nodes[0].append(att.envelope()).unwrap();
         assert_eq!(nodes[1].entry(r.index).unwrap(), att.envelope());
         let path = nodes[2].inclusion_proof(r.index, r.head.size).unwrap();
-        verify_inclusion(&leaf_hash(att.envelope()), r.index, r.head.size, &path, &r.head.root)
-            .unwrap();
+        verify_inclusion(
+            &leaf_hash(att.envelope()),
+            r.index,
+            r.head.size,
+            &path,
+            &r.head.root,
+        )
+        .unwrap();
         receipts.push(r);
     }
     // The same statement through another node is a duplicate, at its index.

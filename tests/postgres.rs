@@ -1,8 +1,9 @@
 //! `serve --store postgres://…` on a real PostgreSQL server
 //! (`PULSE_TEST_POSTGRES`; .ci/run starts one): the schema migrated by the
 //! binary, registrations and jobs stored in the database and still there
-//! after the server is killed, one server per database, and `store
-//! migrate` for operators.
+//! after the server is killed, one server per database, `store migrate`
+//! for operators, and the database's failures (outages, restarts, a node
+//! whose connection stalls).
 
 #![allow(clippy::unwrap_used)]
 
@@ -434,6 +435,31 @@ struct Proxy {
     port: u16,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
     links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// While set, what clients send is held (not lost): a stalled network,
+    /// a paused process.
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Copies `from` to `to`, holding each chunk while `held` is set.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while held.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -442,22 +468,56 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (up2, links2) = (up.clone(), links.clone());
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (up2, links2, held2) = (up.clone(), links.clone(), held.clone());
         tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 if !up2.load(std::sync::atomic::Ordering::SeqCst) {
                     continue; // dropped: refused
                 }
-                let upstream = upstream.clone();
+                let (upstream, held) = (upstream.clone(), held2.clone());
                 let task = tokio::spawn(async move {
-                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let (client_in, client_out) = client.into_split();
+                        let (server_in, server_out) = server.into_split();
+                        let calm = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                        tokio::select! {
+                            () = forward(client_in, server_out, held) => {}
+                            () = forward(server_in, client_out, calm) => {}
+                        }
                     }
                 });
                 links2.lock().unwrap().push(task.abort_handle());
             }
         });
-        Proxy { port, up, links }
+        Proxy {
+            port,
+            up,
+            links,
+            held,
+        }
+    }
+
+    /// Holds what clients send until [`Proxy::release`].
+    fn hold(&self) {
+        self.held.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn release(&self) {
+        self.held.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `url` (postgres://USER@HOST:PORT/DB) through a new proxy in front
+    /// of HOST:PORT.
+    async fn before(url: &str) -> (Proxy, String) {
+        let (head, db) = url.rsplit_once('/').unwrap();
+        let (user, hostport) = head
+            .trim_start_matches("postgres://")
+            .split_once('@')
+            .unwrap();
+        let proxy = Proxy::start(hostport.to_owned()).await;
+        let proxied = format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port);
+        (proxy, proxied)
     }
 
     fn cut(&self) {
@@ -673,14 +733,7 @@ async fn a_database_outage_refuses_writes_and_the_server_resumes_when_it_returns
     let Some(url) = common::postgres_database("outage") else {
         return;
     };
-    // postgres://USER@HOST:PORT/DB → the proxy in front of HOST:PORT.
-    let (head, db) = url.rsplit_once('/').unwrap();
-    let (user, hostport) = head
-        .trim_start_matches("postgres://")
-        .split_once('@')
-        .unwrap();
-    let proxy = Proxy::start(hostport.to_owned()).await;
-    let proxied = format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port);
+    let (proxy, proxied) = Proxy::before(&url).await;
     writes_are_refused_during_an_outage_and_resume_after_it(&proxied, &proxy, "pg-outage").await;
 }
 
@@ -885,4 +938,75 @@ async fn writes_are_refused_during_an_outage_and_resume_after_it(
     assert_eq!(info.size, acknowledged.len() as u64);
     verify_log_passes(&server.url, &info.log_did);
     server.stop();
+}
+
+/// Issue 24: a node whose messages to the database stall (a frozen
+/// process, a stalled network) while another node appends can never
+/// commit on the head it had: when its held statements reach the database
+/// the stored size has moved, its group is refused whole, and it is
+/// decided again on the new head, after the other node's entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_node_cannot_commit_on_the_head_it_had() {
+    use pulse_ledger::ledger::{Ledger, LedgerConfig, verify_consistency};
+    use pulse_ledger::storage::{PostgresBackend, Storage};
+    let Some(url) = common::postgres_database("stalled_node") else {
+        return;
+    };
+    let (proxy, proxied) = Proxy::before(&url).await;
+    let dir = tempdir("stalled-node");
+    let origin = "stalled.example/log";
+    let node = |url: String| {
+        let dir = dir.clone();
+        std::thread::spawn(move || {
+            let pg = PostgresBackend::open(&url).unwrap();
+            pg.share().unwrap();
+            Ledger::open_on(
+                Storage::new(pg),
+                &dir.join("log.key"),
+                LedgerConfig::new(&dir, origin),
+            )
+            .unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    let stalled = std::sync::Arc::new(node(proxied));
+    let other = node(url.clone());
+    let p = key("stalled-plugin");
+    let first = stalled.append(plugin_register(&p, "p").envelope()).unwrap();
+    assert_eq!(first.index, 0);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while other.head().size < 1 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the other node never saw entry 0"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    proxy.hold();
+    let mine = handler_register(&key("stalled-handler"), "mine", &p.did);
+    let appending = {
+        let stalled = std::sync::Arc::clone(&stalled);
+        std::thread::spawn(move || stalled.append(mine.envelope()))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut theirs = Vec::new();
+    for i in 0..5 {
+        let att = handler_register(&key(&format!("other-{i}")), "theirs", &p.did);
+        theirs.push(other.append(att.envelope()).unwrap());
+    }
+    assert_eq!(
+        theirs.iter().map(|r| r.index).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5],
+        "the other node appends on while this one stalls"
+    );
+    proxy.release();
+    let r = appending.join().unwrap().unwrap();
+    assert_eq!(r.index, 6, "decided again after the other node's entries");
+    assert_eq!(r.head.size, 7);
+    let before = &theirs[4].head;
+    let proof = other.consistency_proof(before.size, r.head.size).unwrap();
+    verify_consistency(before.size, r.head.size, &before.root, &r.head.root, &proof).unwrap();
+    stalled.audit().unwrap();
+    other.audit().unwrap();
 }
