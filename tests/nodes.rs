@@ -94,6 +94,13 @@ async fn three_nodes_share_one_log_and_one_queue() {
     let c = node(&dir, "node-c", &url, TIMINGS);
     let nodes = [&a, &b, &c];
 
+    // A log watcher on a node that takes no submission.
+    let (mut reg_a, _) = clients(&a).await;
+    let mut watch = reg_a
+        .watch_entries(proto::WatchEntriesRequest { start: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     // The plugin's and the handler's statements through different nodes:
     // the nodes with the plugin find them in the one log.
     let h = key("nodes-sleep");
@@ -114,6 +121,16 @@ async fn three_nodes_share_one_log_and_one_queue() {
         .into_inner()
         .index;
     assert_eq!(handler_index, 1, "one sequence across nodes");
+    // The watcher on node A saw both, once each, in order.
+    for want in 0..2 {
+        let e = tokio::time::timeout(Duration::from_secs(30), watch.message())
+            .await
+            .expect("the watcher heard of the other nodes' entries")
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.index, want);
+    }
+    drop(watch);
 
     // Each node with the plugin has its session (the plugin was refused
     // until its statement was in the log, and is retried).
@@ -150,12 +167,92 @@ async fn three_nodes_share_one_log_and_one_queue() {
             .unwrap();
         ids.push(job.id);
     }
+    // A job enqueued through node A, watched on node C: its changes
+    // arrive there, ending with its success.
+    let mut job_watch = jobs_c
+        .watch_job(proto::WatchJobRequest { id: ids[0].clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let watched = tokio::spawn(async move {
+        let mut states = Vec::new();
+        while let Ok(Some(j)) = job_watch.message().await {
+            let done = ["succeeded", "dead", "cancelled"].contains(&j.state.as_str());
+            states.push(j.state);
+            if done {
+                break;
+            }
+        }
+        states
+    });
     // Read through the node that runs none of them.
     for id in &ids {
         let j = common::finished(&mut jobs_c, id, 60).await;
         assert_eq!(j.state, "succeeded", "{}", j.last_error);
         assert_eq!(j.attempts, 1, "one attempt each: {j:?}");
     }
+    let states = tokio::time::timeout(Duration::from_secs(30), watched)
+        .await
+        .expect("the watch on node C ended")
+        .unwrap();
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("succeeded"),
+        "{states:?}"
+    );
+    // A schedule made on one node fires once per occurrence across all
+    // three (each node's dispatcher sees it due).
+    let (_, mut jobs_b) = clients(&b).await;
+    let tick = key("nodes-tick");
+    reg_b
+        .submit(proto::SubmitRequest {
+            envelope: handler_register(&tick, "echo", &p.did).envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    let schedule = jobs_b
+        .create_schedule(proto::CreateScheduleRequest {
+            handler: tick.did.to_string(),
+            every_ms: 1_000,
+            payload: b"tick".to_vec(),
+            overlap: "allow".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .schedule
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let gone = jobs_c
+        .delete_schedule(proto::GetScheduleRequest {
+            id: schedule.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .schedule
+        .unwrap();
+    let fired = jobs_c
+        .list_jobs(proto::ListJobsRequest {
+            handler: tick.did.to_string(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    assert!(gone.fired >= 3, "{gone:?}");
+    assert_eq!(
+        fired.len() as u64,
+        gone.fired,
+        "one job per occurrence: {fired:?}"
+    );
+    let mut keys: Vec<&str> = fired.iter().map(|j| j.idempotency_key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), fired.len(), "{fired:?}");
     // Every job started once, on one plugin; both nodes with the plugin
     // took some.
     let started = starts(&events);
@@ -189,7 +286,7 @@ async fn three_nodes_share_one_log_and_one_queue() {
         }
         if infos
             .iter()
-            .all(|i| i.size == 2 && i.root_hash == infos[0].root_hash)
+            .all(|i| i.size == 3 && i.root_hash == infos[0].root_hash)
         {
             break infos.remove(0);
         }
