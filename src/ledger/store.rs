@@ -355,17 +355,29 @@ impl Ledger {
             .map(|k| storage.space(k.name()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| LedgerError::storage("opening keyspaces", e))?;
-        let get_meta = |key: &[u8]| -> Result<Option<Vec<u8>>, LedgerError> {
-            ks[Ks::Meta as usize]
-                .get(key)
-                .map_err(|e| LedgerError::storage("read", e))
-        };
-        let stored_origin = get_meta(META_ORIGIN)?;
-        let size = match get_meta(META_SIZE)? {
+        // In one read: on a store other nodes share, one may commit
+        // between two reads, and a size from before its commit with a
+        // checkpoint from after would look like a store that contradicts
+        // itself.
+        let meta = &ks[Ks::Meta as usize];
+        let [stored_origin, size, note]: [Option<Vec<u8>>; 3] = storage
+            .get_many(&[
+                (meta, META_ORIGIN),
+                (meta, META_SIZE),
+                (meta, META_CHECKPOINT),
+            ])
+            .map_err(|e| LedgerError::storage("read", e))?
+            .try_into()
+            .map_err(|_| {
+                LedgerError::new(
+                    LedgerErrorCode::Integrity,
+                    "a read of three keys gave another count",
+                )
+            })?;
+        let size = match size {
             Some(v) => read_u64(&v)?,
             None => 0,
         };
-        let note = get_meta(META_CHECKPOINT)?;
         if let Some(o) = &stored_origin {
             if o.as_slice() != config.origin.as_bytes() {
                 return Err(cfg_err(format!(

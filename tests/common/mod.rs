@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod cluster;
+
 use std::path::PathBuf;
 
 use ed25519_dalek::SigningKey;
