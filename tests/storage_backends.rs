@@ -444,3 +444,33 @@ fn blocking_reads_inside_an_async_task_finish(place: Place) {
     assert_eq!(n, 1200);
 }
 on_every_backend!(blocking_reads_inside_an_async_task_finish);
+
+/// Nodes sharing a database never read another node's change late: a
+/// changed value is read as it now is, and a key of a write-once space
+/// that was absent is found once written (only present values of such a
+/// space may be kept in memory).
+#[test]
+fn postgres_nodes_read_each_others_writes_at_once() {
+    let Some(place) = Place::new("postgres", "kv_shared_reads") else {
+        return;
+    };
+    let nodes = place.writers(2);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (mutable, once) = (a.space("mutable").unwrap(), a.space("once").unwrap());
+    let (mutable_b, once_b) = (b.space("mutable").unwrap(), b.space("once").unwrap());
+    for s in [a, b] {
+        s.declare_write_once(&s.space("once").unwrap());
+    }
+    for round in 0u8..3 {
+        let mut batch = a.batch();
+        batch.insert(&mutable, b"k", [round]);
+        batch.insert(&once, [round], b"v");
+        // B looks before A writes: absent.
+        assert_eq!(once_b.get([round]).unwrap(), None);
+        a.commit(batch).unwrap();
+        assert_eq!(mutable_b.get(b"k").unwrap(), Some(vec![round]));
+        assert_eq!(once_b.get([round]).unwrap(), Some(b"v".to_vec()));
+        // Read twice: the second may come from memory, and agrees.
+        assert_eq!(once_b.get([round]).unwrap(), Some(b"v".to_vec()));
+    }
+}

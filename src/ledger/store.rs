@@ -355,6 +355,12 @@ impl Ledger {
             .map(|k| storage.space(k.name()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| LedgerError::storage("opening keyspaces", e))?;
+        // Entries, tree nodes and the ID and chain indexes are written once
+        // and never changed (append only): safe to keep in memory even on a
+        // store other nodes write.
+        for k in [Ks::Entries, Ks::Nodes, Ks::ById, Ks::Chains] {
+            storage.declare_write_once(&ks[k as usize]);
+        }
         // In one read: on a store other nodes share, one may commit
         // between two reads, and a size from before its commit with a
         // checkpoint from after would look like a store that contradicts

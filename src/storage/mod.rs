@@ -202,6 +202,14 @@ pub trait Backend: ReadView {
     /// The engine's name, for logs and `--help` ("fjall", "postgres").
     fn engine(&self) -> &'static str;
 
+    /// Says that values of `space`, once written, are never changed or
+    /// removed (the log's entries and tree nodes): a backend that keeps
+    /// no values in memory while other processes share the store may keep
+    /// these. The default ignores it.
+    fn declare_write_once(&self, space: SpaceId) {
+        let _ = space;
+    }
+
     /// Messages that other processes sharing this store commit
     /// ([`WriteBatch::announce`]); `None` when nothing else can write it
     /// (an embedded store is one process's alone).
@@ -312,6 +320,11 @@ impl Storage {
             )));
         }
         self.0.commit(batch)
+    }
+
+    /// See [`Backend::declare_write_once`].
+    pub fn declare_write_once(&self, space: &Space) {
+        self.0.declare_write_once(space.id);
     }
 
     /// See [`Backend::notices`].

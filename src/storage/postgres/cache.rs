@@ -100,6 +100,13 @@ impl ValueCache {
         }
     }
 
+    /// Keeps a value of a write-once space ([`crate::storage::Backend::declare_write_once`]):
+    /// it never changes once written, so no commit can make it stale and
+    /// no ticket is needed.
+    pub(super) fn keep_final(&self, space: SpaceId, key: Vec<u8>, value: Vec<u8>) {
+        insert(&mut self.inner(), (space, key), Some(value));
+    }
+
     /// A commit begins: reads from now on are not kept until it ends.
     pub(super) fn begin(&self) {
         let mut inner = self.inner();

@@ -57,6 +57,9 @@ pub struct PostgresBackend {
     target: (tokio_postgres::Config, tls::Tls),
     /// Names this backend in the notices it commits.
     origin: String,
+    /// Spaces whose values never change once written: cached (values
+    /// present only) even while other processes share the database.
+    write_once: RwLock<std::collections::HashSet<SpaceId>>,
     /// The other processes' notices, once [`PostgresBackend::share`]d.
     notices: std::sync::Mutex<Option<tokio::sync::broadcast::Sender<Notice>>>,
 }
@@ -195,6 +198,7 @@ impl PostgresBackend {
             target: own,
             origin: hex::encode(origin),
             notices: std::sync::Mutex::new(None),
+            write_once: RwLock::default(),
         })
     }
 
@@ -401,6 +405,13 @@ impl PostgresBackend {
             self.take_server_lock(std::time::Duration::ZERO)?;
         }
         Ok(())
+    }
+
+    fn is_write_once(&self, space: SpaceId) -> bool {
+        self.write_once
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&space)
     }
 
     /// A commit with expectations or notices: one call of the
@@ -695,12 +706,22 @@ async fn get_with(
 impl ReadView for PostgresBackend {
     fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         // Only while this server holds the database: then nothing else
-        // writes it.
+        // writes it. Shared, only values of write-once spaces are kept.
         if !self.exclusive.load(std::sync::atomic::Ordering::Acquire) {
-            return run_on(
+            let final_value = self.is_write_once(space);
+            if final_value {
+                if let Ok(Some(v)) = self.cache.get(space, key) {
+                    return Ok(Some(v));
+                }
+            }
+            let v = run_on(
                 &self.handle,
                 get_with(Source::Pool(self.pool.clone()), space, key.to_vec()),
-            );
+            )?;
+            if let (true, Some(v)) = (final_value, &v) {
+                self.cache.keep_final(space, key.to_vec(), v.clone());
+            }
+            return Ok(v);
         }
         let ticket = match self.cache.get(space, key) {
             Ok(v) => return Ok(v),
@@ -948,6 +969,13 @@ impl Backend for PostgresBackend {
 
     fn engine(&self) -> &'static str {
         "postgres"
+    }
+
+    fn declare_write_once(&self, space: SpaceId) {
+        self.write_once
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(space);
     }
 
     fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
