@@ -32,6 +32,8 @@ fn node(dir: &Path, name: &str, url: &str, config: &str) -> Serve {
             key.to_str().unwrap(),
             "--node",
             name,
+            "--metrics-listen",
+            "127.0.0.1:0",
         ],
         &dir.join(format!("data-{name}")),
     )
@@ -294,6 +296,20 @@ async fn three_nodes_share_one_log_and_one_queue() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     common::verify_log_passes(&a.url, &info.log_did);
+    // Each node's metrics name it and say how far it trails the store.
+    for (n, name) in nodes.iter().zip(["node-a", "node-b", "node-c"]) {
+        assert_eq!(
+            n.metric(&format!("pulse_ledger_node_info{{node=\"{name}\"}}"))
+                .await,
+            1
+        );
+        let body = n.http_get("/metrics").await;
+        assert!(body.contains("pulse_ledger_log_lag_entries "), "{body}");
+        assert!(
+            body.contains("pulse_ledger_node_lost_races_total{store=\"jobs\"}"),
+            "{body}"
+        );
+    }
     // Any node lists all three, live, with their sessions (each writes its
     // record every second).
     let want: Vec<(String, bool, u64)> = vec![

@@ -34,6 +34,7 @@ pub struct Metrics {
     connections: OnceLock<Arc<super::incoming::ConnectionCounters>>,
     streams: OnceLock<Arc<super::streams::Streams>>,
     ledger: OnceLock<LedgerRef>,
+    node: OnceLock<String>,
     jobs: OnceLock<JobsRef>,
 }
 
@@ -132,6 +133,58 @@ impl Metrics {
         let _ = self.jobs.set(JobsRef(store, sessions));
     }
 
+    /// Names this server as a node of several (`serve --node`).
+    pub(crate) fn watch_node(&self, name: String) {
+        let _ = self.node.set(name);
+    }
+
+    /// A node's figures: its name, how far its log trails the store's,
+    /// and the commits it lost to other nodes.
+    fn render_node(&self, out: &mut String) {
+        let Some(name) = self.node.get() else {
+            return;
+        };
+        let _ = writeln!(
+            out,
+            "# HELP pulse_ledger_node_info This server is the node of this name, of several sharing one store."
+        );
+        let _ = writeln!(out, "# TYPE pulse_ledger_node_info gauge");
+        let _ = writeln!(out, "pulse_ledger_node_info{{node=\"{name}\"}} 1");
+        if let Some(LedgerRef(ledger)) = self.ledger.get() {
+            if let Ok(stored) = ledger.stored_size() {
+                let _ = writeln!(
+                    out,
+                    "# HELP pulse_ledger_log_lag_entries Entries the store holds that this node's readers do not serve yet."
+                );
+                let _ = writeln!(out, "# TYPE pulse_ledger_log_lag_entries gauge");
+                let _ = writeln!(
+                    out,
+                    "pulse_ledger_log_lag_entries {}",
+                    stored.saturating_sub(ledger.size())
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP pulse_ledger_node_lost_races_total Commits refused because another node wrote what they expected first (each was decided again): log group commits, and job writes."
+        );
+        let _ = writeln!(out, "# TYPE pulse_ledger_node_lost_races_total counter");
+        if let Some(LedgerRef(ledger)) = self.ledger.get() {
+            let _ = writeln!(
+                out,
+                "pulse_ledger_node_lost_races_total{{store=\"log\"}} {}",
+                ledger.lost_races()
+            );
+        }
+        if let Some(JobsRef(store, _)) = self.jobs.get() {
+            let _ = writeln!(
+                out,
+                "pulse_ledger_node_lost_races_total{{store=\"jobs\"}} {}",
+                store.lost_races()
+            );
+        }
+    }
+
     /// Judges readiness on this ledger too (`/readyz`).
     pub(crate) fn watch_ledger(&self, ledger: Arc<crate::ledger::Ledger>) {
         let _ = self.ledger.set(LedgerRef(ledger));
@@ -223,6 +276,7 @@ impl Metrics {
         let _ = writeln!(out, "# HELP pulse_ledger_log_size Entries in the log.");
         let _ = writeln!(out, "# TYPE pulse_ledger_log_size gauge");
         let _ = writeln!(out, "pulse_ledger_log_size {}", r(&self.log_size));
+        self.render_node(&mut out);
         let _ = writeln!(
             out,
             "# HELP pulse_ledger_token_reloads_total Reloads of the [[token]] tables on SIGHUP: applied (in force) or refused (the previous tokens stay)."

@@ -652,6 +652,9 @@ pub async fn serve(
     store.follow_other_nodes(move || pulse.wake());
     metrics.watch_pulse(runner.handle().counters());
     metrics.watch_ledger(Arc::clone(&ledger));
+    if let Some(name) = &config.node {
+        metrics.watch_node(name.clone());
+    }
     metrics.watch_jobs(Arc::clone(&store), Arc::clone(&sessions));
     if access.is_open() {
         tracing::warn!(listen = %local, "no [[token]] configured: the Jobs API is open to every client that can connect");

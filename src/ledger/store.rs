@@ -151,6 +151,9 @@ pub(super) struct Shared {
     pub(super) size_tx: tokio::sync::watch::Sender<u64>,
     /// The subjects of recent entries, for caches of chain state.
     pub(super) changes: Mutex<ChangeLog>,
+    /// Group commits refused because another node sharing the store
+    /// appended first (each was decided again).
+    pub(super) lost_races: std::sync::atomic::AtomicU64,
 }
 
 /// The signed head readers see.
@@ -427,6 +430,7 @@ impl Ledger {
                 start: size,
                 subjects: std::collections::VecDeque::new(),
             }),
+            lost_races: std::sync::atomic::AtomicU64::new(0),
         });
         let frontier = Frontier::load(&*shared, size)?;
         let head = match note {
@@ -567,6 +571,19 @@ impl Ledger {
     /// The committed tree size (cheaper than [`Ledger::head`]).
     pub fn size(&self) -> u64 {
         *self.shared.size_tx.borrow()
+    }
+
+    /// Group commits this node lost to another node sharing the store
+    /// (each was decided again on the new head).
+    pub fn lost_races(&self) -> u64 {
+        self.shared
+            .lost_races
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether other nodes share this ledger's store.
+    pub fn is_shared(&self) -> bool {
+        self.shared.storage.is_shared()
     }
 
     /// The log size the store holds now, read from it: on a store several

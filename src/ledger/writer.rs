@@ -418,6 +418,9 @@ fn write_group(shared: &Shared, jobs: Vec<Job>, frontier: &mut Frontier, resync:
                 // head and judge the group again on it (an append may now
                 // be a duplicate, or come after the other node's).
                 races += 1;
+                shared
+                    .lost_races
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let reread = reread_head(shared);
                 if reread.is_err() {
                     shared.drop_commit_snapshot();

@@ -203,6 +203,9 @@ pub struct JobStore {
     shared: bool,
     /// This node's name, when it is one of several ([`JobStore::as_node`]).
     node: Option<String>,
+    /// Writes refused because another node changed what they expected
+    /// (each was run again).
+    lost_races: std::sync::atomic::AtomicU64,
 }
 
 /// Hands out job IDs (spec/pulse.md, "Job ID"): `time ‖ sequence (u32 BE)
@@ -505,6 +508,7 @@ impl JobStore {
             changes: std::sync::Arc::default(),
             shared,
             node: None,
+            lost_races: std::sync::atomic::AtomicU64::new(0),
         };
         store.backfill_finished_index()?;
         store.empty_stored_queues()?;
@@ -599,6 +603,12 @@ impl JobStore {
         let started = std::time::Instant::now();
         let r = self.storage.commit(batch);
         self.counters.commit.observe(started.elapsed());
+        if r.as_ref()
+            .is_err_and(crate::storage::StorageError::is_conflict)
+        {
+            self.lost_races
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         crate::timeline::end(span, &[("ops", ops)]);
         if r.as_ref().is_err_and(|e| !e.is_conflict()) && self.storage.survives_failed_commit() {
             // The batch may have been written all the same: the indexes in
@@ -641,6 +651,12 @@ impl JobStore {
             interrupted += 1;
         }
         Ok(interrupted)
+    }
+
+    /// Writes this node lost to another node sharing the store (each was
+    /// run again on what that node wrote).
+    pub fn lost_races(&self) -> u64 {
+        self.lost_races.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This node's name, if it is one of several.
