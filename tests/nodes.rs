@@ -607,12 +607,20 @@ async fn nodes_killed_at_random_and_a_database_restart_lose_and_fork_nothing() {
         .iter()
         .map(|n| dir.join(format!("events-{n}.log")))
         .collect();
+    let spans = dir.join("spans.log");
     let config = |i: usize| {
         let plugin = if i < 2 {
             plugin_table(
                 "tools",
                 &["--key".into(), pkey.display().to_string()],
                 &events[i],
+            )
+            .replace(
+                "env = {",
+                &format!(
+                    "env = {{ PULSE_TEST_PLUGIN_SPANS = {:?},",
+                    spans.display().to_string()
+                ),
             )
         } else {
             String::new()
@@ -819,7 +827,36 @@ async fn nodes_killed_at_random_and_a_database_restart_lose_and_fork_nothing() {
             );
         }
     }
+    // No two attempts of a job ran at once, on any plugin process: each
+    // attempt's run (from the plugin's start of it to its end, however
+    // it ended) is over before the next attempt's begins.
     for n in nodes {
         n.stop();
+    }
+    let mut runs: std::collections::HashMap<String, Vec<(u32, u128, u128)>> = Default::default();
+    for line in std::fs::read_to_string(&spans).unwrap_or_default().lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if let ["span", job, attempt, _pid, start, end] = f.as_slice() {
+            runs.entry((*job).to_owned()).or_default().push((
+                attempt.parse().unwrap(),
+                start.parse().unwrap(),
+                end.parse().unwrap(),
+            ));
+        }
+    }
+    assert!(!runs.is_empty(), "no attempt spans recorded");
+    for (job, mut spans) in runs {
+        spans.sort_by_key(|s| s.1);
+        for pair in spans.windows(2) {
+            assert!(
+                pair[1].1 >= pair[0].2,
+                "job {job}: attempt {} ran from {} to {} while attempt {} began at {}",
+                pair[0].0,
+                pair[0].1,
+                pair[0].2,
+                pair[1].0,
+                pair[1].1
+            );
+        }
     }
 }

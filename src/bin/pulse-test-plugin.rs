@@ -36,6 +36,9 @@
 //! `PULSE_TEST_PLUGIN_START_DELAY_MS` delays the handshake (a plugin that
 //! is slow to start).
 //!
+//! `PULSE_TEST_PLUGIN_SPANS=FILE` records when each attempt's run began
+//! and ended ([`Span`]).
+//!
 //! With `PULSE_TEST_PLUGIN_EVENTS=FILE` it appends one line per event
 //! (`start JOB ATTEMPT PID UNIX_MICROS`, `cancelled JOB ATTEMPT`,
 //! `done JOB ATTEMPT`, and `trace JOB ATTEMPT TRACEPARENT` when the attempt
@@ -60,6 +63,46 @@ fn note(line: String) {
             // One write(2) per line: `writeln!` writes the text and the
             // newline separately, and two attempts' lines interleave.
             let _ = f.write_all(format!("{line}\n").as_bytes());
+        }
+    }
+}
+
+/// With `PULSE_TEST_PLUGIN_SPANS=FILE`, one line per attempt when its run
+/// ends however it ends (answered, cancelled, or dropped with the process):
+/// `span JOB ATTEMPT PID START_MICROS END_MICROS`, so a test can check that
+/// no two attempts of a job ran at once.
+struct Span {
+    job: String,
+    attempt: u32,
+    start: u128,
+}
+
+fn micros_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        if let Ok(path) = std::env::var("PULSE_TEST_PLUGIN_SPANS") {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = f.write_all(
+                    format!(
+                        "span {} {} {} {} {}\n",
+                        self.job,
+                        self.attempt,
+                        std::process::id(),
+                        self.start,
+                        micros_now()
+                    )
+                    .as_bytes(),
+                );
+            }
         }
     }
 }
@@ -193,9 +236,12 @@ async fn run(kind: Kind, ctx: &JobContext, payload: Vec<u8>) -> Result<Vec<u8>, 
 #[async_trait]
 impl JobHandler for Handler {
     async fn execute(&self, ctx: JobContext, payload: Vec<u8>) -> Result<Vec<u8>, JobError> {
-        let micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros());
+        let micros = micros_now();
+        let _span = Span {
+            job: job(&ctx),
+            attempt: ctx.attempt(),
+            start: micros,
+        };
         note(format!(
             "start {} {} {} {micros}",
             job(&ctx),

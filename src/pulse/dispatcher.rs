@@ -129,6 +129,10 @@ pub struct Dispatcher<E: Executor> {
     /// Set by [`Dispatcher::drain`]: no new attempt is started and no
     /// schedule fired; running attempts go on to their end.
     draining: bool,
+    /// When a step last succeeded, and whether the live attempts were
+    /// told to stop since ([`Dispatcher::step_failed`]).
+    last_good_step: Option<u64>,
+    fenced: bool,
 }
 
 /// Owners remembered before the map starts over (it refills as jobs are
@@ -165,6 +169,8 @@ impl<E: Executor> Dispatcher<E> {
             owners: HashMap::new(),
             schemas: None,
             draining: false,
+            last_good_step: None,
+            fenced: false,
         }
     }
 
@@ -225,6 +231,40 @@ impl<E: Executor> Dispatcher<E> {
     /// reports of the running ones are still applied.
     pub fn drain(&mut self) {
         self.draining = true;
+    }
+
+    /// Called after a step failed (the store unreachable). Once steps have
+    /// failed for half the heartbeat timeout, every live attempt is told
+    /// to stop: its heartbeats are not being recorded, so after the
+    /// heartbeat timeout (and the cancel grace) any node may record it
+    /// timed out and start its retry, which must not run beside it
+    /// (spec/pulse.md, "Several nodes"). Its reports are applied once the
+    /// store is back, as for any cancelled attempt.
+    pub fn step_failed(&mut self, now: u64) {
+        let since = *self.last_good_step.get_or_insert(now);
+        if self.fenced || now.saturating_sub(since) < self.config.heartbeat_timeout_ms / 2 {
+            return;
+        }
+        self.fenced = true;
+        if self.live.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            attempts = self.live.len(),
+            "the store has been unreachable for half the heartbeat timeout: telling the running attempts to stop"
+        );
+        let live: Vec<(JobId, LeaseToken)> =
+            self.live.iter().map(|(id, l)| (*id, l.lease)).collect();
+        for (id, lease) in live {
+            self.executor.cancel(id, lease);
+            self.cancel_pushed.entry(id).or_insert(now);
+        }
+    }
+
+    /// Called after a step succeeded.
+    pub fn step_succeeded(&mut self, now: u64) {
+        self.last_good_step = Some(now);
+        self.fenced = false;
     }
 
     /// Attempts this dispatcher started that have not ended.
@@ -589,9 +629,17 @@ impl<E: Executor> Dispatcher<E> {
                 continue;
             };
             let deadline = a.started_at.saturating_add(job.limits.timeout_ms);
-            let silent = a
-                .last_heartbeat
-                .saturating_add(self.config.heartbeat_timeout_ms);
+            // On a shared store the node running an attempt stops it after
+            // half the heartbeat timeout without a heartbeat recorded
+            // (its own commits slow or failing), before any other node may
+            // record it timed out and start its retry after the whole
+            // timeout and the grace: so the two never run at once.
+            let silence = if self.store.is_shared() && self.live.contains_key(&job.id) {
+                self.config.heartbeat_timeout_ms / 2
+            } else {
+                self.config.heartbeat_timeout_ms
+            };
+            let silent = a.last_heartbeat.saturating_add(silence);
             let pushed = self.cancel_pushed.get(&job.id).copied();
             // Once a cancel was pushed the grace runs out whatever the
             // attempt reports meanwhile: heartbeats that resume after the

@@ -224,8 +224,13 @@ fn run<E: Executor>(
             }
         }
         let started = std::time::Instant::now();
-        let step = d.step(crate::clock::unix_ms());
+        let now = crate::clock::unix_ms();
+        let step = d.step(now);
         jobs.step.observe(started.elapsed());
+        match &step {
+            Ok(_) => d.step_succeeded(now),
+            Err(_) => d.step_failed(now),
+        }
         if let Ok(r) = &step {
             counters
                 .stale_reports

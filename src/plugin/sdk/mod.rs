@@ -67,7 +67,9 @@ pub use tonic::async_trait;
 pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 /// Set by Pulse for the plugins it spawns: the plugin then exits when its
-/// stdin reaches EOF, which happens when Pulse dies, however it dies.
+/// stdin reaches EOF, which happens when Pulse dies, however it dies; its
+/// running attempts are dropped, not drained (their retries may start
+/// elsewhere at once).
 pub const WATCH_STDIN_ENV: &str = "PULSE_PLUGIN_WATCH_STDIN";
 
 /// Resolves when stdin reaches EOF (or fails). Reads on a plain thread:
@@ -425,17 +427,17 @@ impl PluginServer {
             writeln!(out, "{}", handshake_line(local))?;
             out.flush()?;
         }
-        let watch_stdin = std::env::var_os(WATCH_STDIN_ENV).is_some();
-        let signals = async move {
-            if watch_stdin {
-                tokio::select! {
-                    _ = stdin_closed() => return,
-                    _ = signals() => return,
-                }
-            }
-            signals().await;
-        };
-        self.serve_on(listener, signals).await
+        if std::env::var_os(WATCH_STDIN_ENV).is_none() {
+            return self.serve_on(listener, signals()).await;
+        }
+        // Pulse died (stdin closed): no answer can reach it any more, and
+        // it, or another node, will retry these attempts. Stop at once
+        // rather than drain, so that no attempt runs on beside its retry;
+        // returning drops the running attempts with the runtime.
+        tokio::select! {
+            r = self.serve_on(listener, signals()) => r,
+            () = stdin_closed() => Ok(()),
+        }
     }
 }
 
