@@ -706,7 +706,11 @@ async fn nodes_killed_at_random_and_a_database_restart_lose_and_fork_nothing() {
                     Ok(mut c) => c
                         .enqueue(proto::EnqueueRequest {
                             handler: handler.clone(),
-                            payload: b"30".to_vec(),
+                            payload: if n % 10 == 0 {
+                                b"1500".to_vec()
+                            } else {
+                                b"30".to_vec()
+                            },
                             max_attempts: 100,
                             ..Default::default()
                         })

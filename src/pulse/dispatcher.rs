@@ -108,7 +108,9 @@ pub struct Dispatcher<E: Executor> {
     /// capacity its router reports.
     running_per_plugin: HashMap<[u8; 32], u32>,
     /// Late attempts whose cancel was pushed, and when.
-    cancel_pushed: HashMap<JobId, u64>,
+    /// Keyed by job, with the lease of the attempt told: a later attempt
+    /// of the same job (this node's or another's) is not the one told.
+    cancel_pushed: HashMap<JobId, (LeaseToken, u64)>,
     random: u64,
     leases: u64,
     /// Every attempt this dispatcher started that has not ended: reports
@@ -257,7 +259,7 @@ impl<E: Executor> Dispatcher<E> {
             self.live.iter().map(|(id, l)| (*id, l.lease)).collect();
         for (id, lease) in live {
             self.executor.cancel(id, lease);
-            self.cancel_pushed.entry(id).or_insert(now);
+            self.cancel_pushed.entry(id).or_insert((lease, now));
         }
     }
 
@@ -472,7 +474,10 @@ impl<E: Executor> Dispatcher<E> {
             let policy = self.policy();
             // An attempt told to stop for its deadline that then fails or
             // dies (as a cancelled plugin does) timed out.
-            let late = self.cancel_pushed.contains_key(&r.job);
+            let late = self
+                .cancel_pushed
+                .get(&r.job)
+                .is_some_and(|(told, _)| *told == lease);
             let mut op: super::store::GroupOp<Applied> = match r.event {
                 ExecEvent::Failed { .. } | ExecEvent::Crashed if late => {
                     Box::new(move |j: &mut Job| j.time_out(&lease, policy, now).map(Applied::of))
@@ -640,7 +645,11 @@ impl<E: Executor> Dispatcher<E> {
                 self.config.heartbeat_timeout_ms
             };
             let silent = a.last_heartbeat.saturating_add(silence);
-            let pushed = self.cancel_pushed.get(&job.id).copied();
+            let pushed = self
+                .cancel_pushed
+                .get(&job.id)
+                .filter(|(told, _)| *told == a.lease)
+                .map(|(_, at)| *at);
             // Once a cancel was pushed the grace runs out whatever the
             // attempt reports meanwhile: heartbeats that resume after the
             // push do not undo it (spec/pulse.md, "Deadlines").
@@ -651,15 +660,22 @@ impl<E: Executor> Dispatcher<E> {
             match pushed.as_ref() {
                 None => {
                     self.executor.cancel(job.id, lease);
-                    self.cancel_pushed.insert(job.id, now);
+                    self.cancel_pushed.insert(job.id, (lease, now));
                 }
                 Some(&pushed) if now >= pushed.saturating_add(self.config.grace_ms) => {
                     let policy = self.policy();
-                    self.store
-                        .update(&job.id, now, |j| j.time_out(&lease, policy, now))?;
+                    match self
+                        .store
+                        .update(&job.id, now, |j| j.time_out(&lease, policy, now))
+                    {
+                        Ok(()) => timed_out += 1,
+                        // The attempt ended meanwhile (on a shared store,
+                        // another node may have recorded its end first).
+                        Err(JobError::Rejected(_)) => {}
+                        Err(e) => return Err(e),
+                    }
                     self.cancel_pushed.remove(&job.id);
                     self.end_live(&job.id);
-                    timed_out += 1;
                 }
                 Some(_) => {}
             }
