@@ -239,8 +239,11 @@ class Plugin:
     async def serve(self, listen: str | None = None) -> None:
         """Serves the Plugin service on `listen` (PULSE_PLUGIN_LISTEN,
         default 127.0.0.1:0), prints the handshake line, and returns once
-        stopped (Shutdown, SIGTERM, SIGINT, or the end of standard input
-        when PULSE_PLUGIN_WATCH_STDIN is set) and drained."""
+        stopped (Shutdown, SIGTERM, SIGINT) and drained. When
+        PULSE_PLUGIN_WATCH_STDIN is set and standard input ends (the Pulse
+        that spawned it died), the process exits at once instead: no
+        result can reach that Pulse, and the retries of its running
+        attempts may start elsewhere, so they must not run on."""
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         server = grpc.aio.server(
@@ -284,8 +287,8 @@ class Plugin:
                 pass
         except OSError:
             pass
-        if self._stop is not None:
-            loop.call_soon_threadsafe(self._stop.set)
+        sys.stdout.flush()
+        os._exit(0)
 
     def stop(self) -> None:
         """Asks a running plugin to drain and stop."""
