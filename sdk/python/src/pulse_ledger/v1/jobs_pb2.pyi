@@ -294,6 +294,42 @@ class RevokeTokenResponse(_message.Message):
     hash: str
     def __init__(self, hash: _Optional[str] = ...) -> None: ...
 
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes", "store_log_size", "answered_by")
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    STORE_LOG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[ServerNode]
+    store_log_size: int
+    answered_by: str
+    def __init__(self, nodes: _Optional[_Iterable[_Union[ServerNode, _Mapping]]] = ..., store_log_size: _Optional[int] = ..., answered_by: _Optional[str] = ...) -> None: ...
+
+class ServerNode(_message.Message):
+    __slots__ = ("name", "listen", "started_ms", "last_seen_ms", "live", "log_size", "sessions", "running", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LISTEN_FIELD_NUMBER: _ClassVar[int]
+    STARTED_MS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_MS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    LOG_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    listen: str
+    started_ms: int
+    last_seen_ms: int
+    live: bool
+    log_size: int
+    sessions: int
+    running: int
+    version: str
+    def __init__(self, name: _Optional[str] = ..., listen: _Optional[str] = ..., started_ms: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., live: _Optional[bool] = ..., log_size: _Optional[int] = ..., sessions: _Optional[int] = ..., running: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+
 class ListPluginSessionsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

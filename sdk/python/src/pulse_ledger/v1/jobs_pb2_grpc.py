@@ -99,6 +99,11 @@ class JobsStub:
                 request_serializer=pulse__ledger_dot_v1_dot_jobs__pb2.ListPluginSessionsRequest.SerializeToString,
                 response_deserializer=pulse__ledger_dot_v1_dot_jobs__pb2.ListPluginSessionsResponse.FromString,
                 _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/pulse_ledger.v1.Jobs/ListNodes',
+                request_serializer=pulse__ledger_dot_v1_dot_jobs__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=pulse__ledger_dot_v1_dot_jobs__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
         self.CreateSchedule = channel.unary_unary(
                 '/pulse_ledger.v1.Jobs/CreateSchedule',
                 request_serializer=pulse__ledger_dot_v1_dot_jobs__pb2.CreateScheduleRequest.SerializeToString,
@@ -238,6 +243,14 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodes(self, request, context):
+        """The server nodes sharing this server's store (serve --node; spec/pulse.md,
+        "Several nodes"), or this server alone. Scope: read (over every handler).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateSchedule(self, request, context):
         """Recurring schedules (spec/pulse.md, "Schedules"): each occurrence
         enqueues an ordinary job with the idempotency key
@@ -345,6 +358,11 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.ListPluginSessions,
                     request_deserializer=pulse__ledger_dot_v1_dot_jobs__pb2.ListPluginSessionsRequest.FromString,
                     response_serializer=pulse__ledger_dot_v1_dot_jobs__pb2.ListPluginSessionsResponse.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=pulse__ledger_dot_v1_dot_jobs__pb2.ListNodesRequest.FromString,
+                    response_serializer=pulse__ledger_dot_v1_dot_jobs__pb2.ListNodesResponse.SerializeToString,
             ),
             'CreateSchedule': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSchedule,
@@ -723,6 +741,33 @@ class Jobs:
             '/pulse_ledger.v1.Jobs/ListPluginSessions',
             pulse__ledger_dot_v1_dot_jobs__pb2.ListPluginSessionsRequest.SerializeToString,
             pulse__ledger_dot_v1_dot_jobs__pb2.ListPluginSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/pulse_ledger.v1.Jobs/ListNodes',
+            pulse__ledger_dot_v1_dot_jobs__pb2.ListNodesRequest.SerializeToString,
+            pulse__ledger_dot_v1_dot_jobs__pb2.ListNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,
