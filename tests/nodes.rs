@@ -380,99 +380,143 @@ async fn three_nodes_share_one_log_and_one_queue() {
     }
 }
 
+/// Two nodes, each spawning the test plugin (one key), with the plugin and
+/// a `sleep` handler registered and one job of `ms` ms enqueued, running
+/// on the node of `first`.
+struct TwoNodes {
+    dir: PathBuf,
+    url: String,
+    configs: [String; 2],
+    nodes: [Option<Serve>; 2],
+    events: [PathBuf; 2],
+    id: Vec<u8>,
+    first: usize,
+}
+
+const NAMES: [&str; 2] = ["node-a", "node-b"];
+
+impl TwoNodes {
+    async fn running_one_job(name: &str, timings: &str, ms: u64) -> Option<TwoNodes> {
+        let url = common::postgres_database(name)?;
+        let dir = tempdir(&name.replace('_', "-"));
+        let p = key(&format!("{name}-plugin"));
+        let pkey = key_file(&dir, &p);
+        let events = [0, 1].map(|i| dir.join(format!("events-{i}.log")));
+        let configs = [0, 1].map(|i| {
+            format!(
+                "{timings}{}",
+                plugin_table(
+                    "tools",
+                    &["--key".into(), pkey.display().to_string()],
+                    &events[i]
+                )
+            )
+        });
+        let nodes = [0, 1].map(|i| Some(node(&dir, NAMES[i], &url, &configs[i])));
+        let h = key(&format!("{name}-sleep"));
+        let (mut reg, mut jobs) = clients(nodes[0].as_ref().unwrap()).await;
+        for a in [
+            plugin_register(&p, "tools"),
+            handler_register(&h, "sleep", &p.did),
+        ] {
+            reg.submit(proto::SubmitRequest {
+                envelope: a.envelope().to_vec(),
+            })
+            .await
+            .unwrap();
+        }
+        let id = jobs
+            .enqueue(proto::EnqueueRequest {
+                handler: h.did.to_string(),
+                payload: ms.to_string().into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap()
+            .id;
+        let until = Instant::now() + Duration::from_secs(60);
+        let first = loop {
+            if let Some((_, _, f)) = starts(&events)
+                .into_iter()
+                .find(|(j, _, _)| *j == hex::encode(&id))
+            {
+                break events.iter().position(|e| *e == f).unwrap();
+            }
+            assert!(Instant::now() < until, "the job never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        Some(TwoNodes {
+            dir,
+            url,
+            configs,
+            nodes,
+            events,
+            id,
+            first,
+        })
+    }
+
+    fn other(&self) -> usize {
+        1 - self.first
+    }
+
+    /// The job's attempts started, as (attempt, events file).
+    fn runs(&self) -> Vec<(String, PathBuf)> {
+        starts(&self.events)
+            .into_iter()
+            .filter(|(job, _, _)| *job == hex::encode(&self.id))
+            .map(|(_, n, f)| (n, f))
+            .collect()
+    }
+
+    fn start(&mut self, i: usize) {
+        self.nodes[i] = Some(node(&self.dir, NAMES[i], &self.url, &self.configs[i]));
+    }
+
+    fn url_of(&self, i: usize) -> String {
+        self.nodes[i].as_ref().unwrap().url.clone()
+    }
+}
+
 /// The node running an attempt is killed: another node finds the attempt
 /// silent, records it timed out and runs the retry on its own plugin; the
 /// killed node, started again, recovers none of the other's attempts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_attempt_is_retried_on_another_node() {
-    let Some(url) = common::postgres_database("nodes_killed") else {
+    let Some(mut t) = TwoNodes::running_one_job("nodes_killed", TIMINGS, 3000).await else {
         return;
     };
-    let dir = tempdir("nodes-killed");
-    let p = key("killed-plugin");
-    let pkey = key_file(&dir, &p);
-    let events: Vec<PathBuf> = (0..2)
-        .map(|i| dir.join(format!("events-{i}.log")))
-        .collect();
-    let config = |i: usize| {
-        format!(
-            "{TIMINGS}{}",
-            plugin_table(
-                "tools",
-                &["--key".into(), pkey.display().to_string()],
-                &events[i]
-            )
-        )
-    };
-    let names = ["node-a", "node-b"];
-    let mut nodes = vec![
-        node(&dir, names[0], &url, &config(0)),
-        node(&dir, names[1], &url, &config(1)),
-    ];
-    let h = key("killed-sleep");
-    let (mut reg, _) = clients(&nodes[0]).await;
-    for a in [
-        plugin_register(&p, "tools"),
-        handler_register(&h, "sleep", &p.did),
-    ] {
-        reg.submit(proto::SubmitRequest {
-            envelope: a.envelope().to_vec(),
-        })
-        .await
-        .unwrap();
-    }
-    let (_, mut jobs) = clients(&nodes[0]).await;
-    let id = jobs
-        .enqueue(proto::EnqueueRequest {
-            handler: h.did.to_string(),
-            payload: b"3000".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap()
-        .id;
-    let hex_id = hex::encode(&id);
-    // Whichever node's plugin started it is killed.
-    let until = Instant::now() + Duration::from_secs(60);
-    let first = loop {
-        if let Some((_, _, f)) = starts(&events).into_iter().find(|(j, _, _)| *j == hex_id) {
-            break events.iter().position(|e| *e == f).unwrap();
-        }
-        assert!(Instant::now() < until, "the job never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let other = 1 - first;
-    nodes[first].child.kill().unwrap(); // SIGKILL
-    nodes[first].child.wait().unwrap();
+    let (first, other) = (t.first, t.other());
+    let mut killed = t.nodes[first].take().unwrap();
+    killed.child.kill().unwrap(); // SIGKILL
+    killed.child.wait().unwrap();
     // The other node finds the attempt silent and retries it itself.
     let until = Instant::now() + Duration::from_secs(60);
-    while !starts(&events)
+    while !t
+        .runs()
         .iter()
-        .any(|(j, n, f)| *j == hex_id && n == "2" && *f == events[other])
+        .any(|(n, f)| n == "2" && *f == t.events[other])
     {
         assert!(Instant::now() < until, "the attempt was not retried");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Started again while the retry runs elsewhere: it recovers none of
     // the other node's attempts.
-    nodes[first] = node(&dir, names[first], &url, &config(first));
-    let (_, mut survivor) = clients(&nodes[other]).await;
-    let j = common::finished(&mut survivor, &id, 120).await;
+    t.start(first);
+    let mut survivor = JobsClient::connect(t.url_of(other)).await.unwrap();
+    let j = common::finished(&mut survivor, &t.id, 120).await;
     assert_eq!(j.state, "succeeded", "{}", j.last_error);
     assert_eq!(j.attempts, 2, "{j:?}");
-    let runs: Vec<_> = starts(&events)
-        .into_iter()
-        .filter(|(job, _, _)| *job == hex_id)
-        .collect();
+    let runs = t.runs();
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert_eq!(
-        runs.iter().filter(|(_, _, f)| *f == events[first]).count(),
+        runs.iter().filter(|(_, f)| *f == t.events[first]).count(),
         1
     );
-    for n in nodes {
+    for n in t.nodes.into_iter().flatten() {
         n.stop();
     }
 }
@@ -482,69 +526,16 @@ async fn a_killed_nodes_attempt_is_retried_on_another_node() {
 /// once, not after the node-liveness timeout) and leaves the list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_node_drains_and_hands_its_attempts_over() {
-    let Some(url) = common::postgres_database("nodes_drain") else {
+    // Long liveness timeouts: a retry within them can only be a handover.
+    let timings = "heartbeat_timeout_ms = 60000\ncancel_grace_ms = 300\nplugin_health_interval_ms = 200\ndrain_grace_ms = 500\n";
+    let Some(mut t) = TwoNodes::running_one_job("nodes_drain", timings, 4000).await else {
         return;
     };
-    let dir = tempdir("nodes-drain");
-    let p = key("drain-plugin");
-    let pkey = key_file(&dir, &p);
-    let events: Vec<PathBuf> = (0..2)
-        .map(|i| dir.join(format!("events-{i}.log")))
-        .collect();
-    // Long liveness timeouts: a retry within them can only be a handover.
-    let config = |i: usize| {
-        format!(
-            "heartbeat_timeout_ms = 60000\ncancel_grace_ms = 300\nplugin_health_interval_ms = 200\ndrain_grace_ms = 500\n{}",
-            plugin_table(
-                "tools",
-                &["--key".into(), pkey.display().to_string()],
-                &events[i]
-            )
-        )
-    };
-    let names = ["node-a", "node-b"];
-    let mut nodes = [
-        Some(node(&dir, names[0], &url, &config(0))),
-        Some(node(&dir, names[1], &url, &config(1))),
-    ];
-    let h = key("drain-sleep");
-    let (mut reg, mut jobs) = clients(nodes[0].as_ref().unwrap()).await;
-    for a in [
-        plugin_register(&p, "tools"),
-        handler_register(&h, "sleep", &p.did),
-    ] {
-        reg.submit(proto::SubmitRequest {
-            envelope: a.envelope().to_vec(),
-        })
-        .await
-        .unwrap();
-    }
-    let id = jobs
-        .enqueue(proto::EnqueueRequest {
-            handler: h.did.to_string(),
-            payload: b"4000".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job
-        .unwrap()
-        .id;
-    let hex_id = hex::encode(&id);
-    let until = Instant::now() + Duration::from_secs(60);
-    let first = loop {
-        if let Some((_, _, f)) = starts(&events).into_iter().find(|(j, _, _)| *j == hex_id) {
-            break events.iter().position(|e| *e == f).unwrap();
-        }
-        assert!(Instant::now() < until, "the job never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let other = 1 - first;
+    let (first, other) = (t.first, t.other());
     let stopped_at = Instant::now();
-    nodes[first].take().unwrap().stop(); // SIGTERM, and wait for the exit
-    let (_, mut survivor) = clients(nodes[other].as_ref().unwrap()).await;
-    let j = common::finished(&mut survivor, &id, 60).await;
+    t.nodes[first].take().unwrap().stop(); // SIGTERM, and wait for the exit
+    let mut survivor = JobsClient::connect(t.url_of(other)).await.unwrap();
+    let j = common::finished(&mut survivor, &t.id, 60).await;
     assert_eq!(j.state, "succeeded", "{}", j.last_error);
     assert_eq!(j.attempts, 2, "{j:?}");
     assert!(
@@ -552,18 +543,14 @@ async fn a_stopped_node_drains_and_hands_its_attempts_over() {
         "retried only after {:?}: not handed over",
         stopped_at.elapsed()
     );
-    let runs: Vec<_> = starts(&events)
-        .into_iter()
-        .filter(|(job, _, _)| *job == hex_id)
-        .collect();
+    let runs = t.runs();
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert!(
-        runs.iter().any(|(_, n, f)| n == "2" && *f == events[other]),
+        runs.iter().any(|(n, f)| n == "2" && *f == t.events[other]),
         "{runs:?}"
     );
     // The stopped node left the list.
-    let (code, out, err) =
-        common::cli_at(&nodes[other].as_ref().unwrap().url, &["nodes", "--json"]);
+    let (code, out, err) = common::cli_at(&t.url_of(other), &["nodes", "--json"]);
     assert_eq!(code, 0, "{err}");
     let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
     let names_listed: Vec<&str> = listed["nodes"]
@@ -572,8 +559,10 @@ async fn a_stopped_node_drains_and_hands_its_attempts_over() {
         .iter()
         .map(|n| n["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names_listed, vec![names[other]]);
-    nodes[other].take().unwrap().stop();
+    assert_eq!(names_listed, vec![NAMES[other]]);
+    if let Some(n) = t.nodes[other].take() {
+        n.stop();
+    }
 }
 
 /// What the clients of the chaos run were told.
