@@ -843,3 +843,58 @@ async fn a_stalled_node_cannot_commit_on_the_head_it_had() {
     stalled.audit().unwrap();
     other.audit().unwrap();
 }
+
+/// Issue 24: a node's notice connection broken by a database restart is
+/// opened again, and the node is told it may have missed notices (a gap)
+/// before it hears the next one.
+#[test]
+fn notices_report_a_gap_after_the_database_restarts() {
+    use pulse_ledger::storage::{Notice, PostgresBackend, Storage};
+    let Some(cluster) = Cluster::create("notice-gap") else {
+        return;
+    };
+    let node = || {
+        let pg = PostgresBackend::open(&cluster.url()).unwrap();
+        pg.share().unwrap();
+        Storage::new(pg)
+    };
+    let (a, b) = (node(), node());
+    let mut heard = b.notices().unwrap();
+    cluster.stop();
+    cluster.start();
+    let next = |rx: &mut tokio::sync::broadcast::Receiver<Notice>| {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match rx.try_recv() {
+                Ok(n) => return n,
+                Err(_) if std::time::Instant::now() < until => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("nothing heard: {e}"),
+            }
+        }
+    };
+    assert_eq!(next(&mut heard), Notice::Gap);
+    // Committing may need a few tries while A's pool finds the database.
+    let space = a.space("s").unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut batch = a.batch();
+        batch.insert(&space, b"k", b"v");
+        batch.announce("log", "7");
+        match a.commit(batch) {
+            Ok(()) => break,
+            Err(e) if e.is_unavailable() && std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(
+        next(&mut heard),
+        Notice::Message {
+            topic: "log".into(),
+            payload: "7".into()
+        }
+    );
+}

@@ -581,11 +581,6 @@ impl Ledger {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether other nodes share this ledger's store.
-    pub fn is_shared(&self) -> bool {
-        self.shared.storage.is_shared()
-    }
-
     /// The log size the store holds now, read from it: on a store several
     /// nodes share, this node's [`Ledger::size`] may trail it by the
     /// moments until it hears of the others' appends.

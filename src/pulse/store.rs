@@ -495,7 +495,7 @@ impl JobStore {
             )),
             None => None,
         };
-        let shared = db.notices().is_some();
+        let shared = db.is_shared();
         let store = JobStore {
             storage: db,
             ks,

@@ -217,6 +217,12 @@ pub trait Backend: ReadView {
         None
     }
 
+    /// Whether other processes may write this store at the same time
+    /// ([`Backend::notices`] answers then).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     /// Whether the stores may go on writing after the commit that just
     /// failed, once they have read their state again. A database server's
     /// state is whatever it committed, so a writer reads it again and goes
@@ -332,10 +338,9 @@ impl Storage {
         self.0.notices()
     }
 
-    /// Whether other processes may write this store at the same time
-    /// (it hears their notices).
+    /// See [`Backend::is_shared`].
     pub fn is_shared(&self) -> bool {
-        self.0.notices().is_some()
+        self.0.is_shared()
     }
 
     /// See [`Backend::engine`].
@@ -581,22 +586,12 @@ impl WriteBatch {
         });
     }
 
-    /// The batch's expectations, in the order given.
-    pub fn expectations(&self) -> &[Expectation] {
-        &self.expected
-    }
-
     /// Tells the other processes sharing the store `text` on `topic` (1 to
     /// 32 lowercase ASCII letters or `_`; at most [`MAX_NOTICE_BYTES`]
     /// bytes) if and when the batch commits ([`Backend::notices`]). An
     /// embedded store, which no other process shares, drops it.
     pub fn announce(&mut self, topic: &str, text: impl Into<String>) {
         self.notices.push((topic.to_owned(), text.into()));
-    }
-
-    /// The batch's notices, as (topic, text).
-    pub fn notices(&self) -> &[(String, String)] {
-        &self.notices
     }
 
     /// Whether the commit makes the batch durable before returning.
@@ -630,11 +625,6 @@ impl WriteBatch {
     /// nothing.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty() && self.expected.is_empty() && self.notices.is_empty()
-    }
-
-    /// The writes, in order.
-    pub fn into_ops(self) -> Vec<WriteOp> {
-        self.ops
     }
 
     /// The writes in order, the expectations and the notices.

@@ -75,8 +75,9 @@ pub(super) fn start(
                     }
                     forward(&origin, notes_rx, &sender).await;
                     drop(client);
+                    // The gap is told once listening again: a reader that
+                    // reloaded now would find the database still away.
                     tracing::warn!("the PostgreSQL notice connection closed: connecting again");
-                    let _ = sender.send(Notice::Gap);
                 }
                 Err(e) => {
                     if let Some(r) = ready.take() {

@@ -882,7 +882,8 @@ impl Backend for PostgresBackend {
         self.hold_server_lock()?;
         let (ops, expected, notes) = batch.into_parts();
         // A database this process holds alone has nobody to tell.
-        let notes: Vec<String> = if self.exclusive.load(std::sync::atomic::Ordering::Acquire) {
+        let exclusive = self.exclusive.load(std::sync::atomic::Ordering::Acquire);
+        let notes: Vec<String> = if exclusive {
             Vec::new()
         } else {
             notes
@@ -926,6 +927,9 @@ impl Backend for PostgresBackend {
                     .zip(&del_keys)
                     .map(|(sp, k)| ((SpaceId(*sp as u16), k.clone()), None)),
             )
+            // Shared with other nodes, only write-once values are read
+            // from memory: keep no others.
+            .filter(|((space, _), _)| exclusive || self.is_write_once(*space))
             .collect();
         self.cache.begin();
         if !expected.is_empty() || !notes.is_empty() {
@@ -976,6 +980,13 @@ impl Backend for PostgresBackend {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(space);
+    }
+
+    fn is_shared(&self) -> bool {
+        self.notices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
     }
 
     fn notices(&self) -> Option<tokio::sync::broadcast::Receiver<Notice>> {
