@@ -572,6 +572,8 @@ struct Acknowledged {
     entries: Vec<(u64, Vec<u8>, String)>,
     /// Job IDs.
     jobs: Vec<Vec<u8>>,
+    /// IDs of the jobs of the handler with a budget.
+    costly: Vec<Vec<u8>>,
 }
 
 /// Issue 24's history check: three nodes under registration and job load,
@@ -584,6 +586,10 @@ struct Acknowledged {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_killed_at_random_and_a_database_restart_lose_and_fork_nothing() {
     use std::sync::{Arc, Mutex};
+    // Low enough that both nodes with the plugin meet it often.
+    const MAX_CONCURRENCY: u32 = 4;
+    // Room for 15 of the costly jobs (2 units each) in the hour.
+    const BUDGET: u64 = 30;
     let Some(cluster) = common::cluster::Cluster::create("nodes-chaos-db") else {
         return;
     };
@@ -623,12 +629,22 @@ async fn nodes_killed_at_random_and_a_database_restart_lose_and_fork_nothing() {
         nodes.iter().map(|n| n.url.clone()).collect::<Vec<_>>(),
     ));
     let h = key("chaos-sleep");
+    let costly = key("chaos-costly");
     let (mut reg, _) = clients(&nodes[0]).await;
     // Attempts cut short by a killed node may use up attempts (the
     // node-liveness timeout records them timed out): room for many.
     for a in [
         plugin_register(&p, "tools"),
-        common::handler_register_with(&h, "sleep", &p.did, |s| s.max_attempts = Some(100)),
+        // Sleeps for the payload's ms and answers with its attempt's
+        // number: a result from any attempt but the last would show.
+        common::handler_register_with(&h, "attempt", &p.did, |s| {
+            s.max_attempts = Some(100);
+            s.max_concurrency = Some(MAX_CONCURRENCY);
+        }),
+        // Spends the payload's units of cost.
+        common::handler_register_with(&costly, "cost", &p.did, |s| {
+            s.max_attempts = Some(100);
+        }),
     ] {
         reg.submit(proto::SubmitRequest {
             envelope: a.envelope().to_vec(),
@@ -636,6 +652,16 @@ async fn nodes_killed_at_random_and_a_database_restart_lose_and_fork_nothing() {
         .await
         .unwrap();
     }
+    JobsClient::connect(nodes[1].url.clone())
+        .await
+        .unwrap()
+        .set_budget(proto::SetBudgetRequest {
+            handler: costly.did.to_string(),
+            per_hour: BUDGET,
+            per_day: 0,
+        })
+        .await
+        .unwrap();
     let log_did = common::log_info(&mut reg).await.log_did;
     let acked = Arc::new(Mutex::new(Acknowledged::default()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -684,35 +710,51 @@ async fn nodes_killed_at_random_and_a_database_restart_lose_and_fork_nothing() {
         })
     };
     let enqueues = {
-        let (urls, acked, stop, handler) =
-            (urls.clone(), acked.clone(), stop.clone(), h.did.to_string());
+        let (urls, acked, stop, handler, costly) = (
+            urls.clone(),
+            acked.clone(),
+            stop.clone(),
+            h.did.to_string(),
+            costly.did.to_string(),
+        );
         tokio::spawn(async move {
             let mut n = 0usize;
             while running(&stop) {
                 n += 1;
                 let target = urls.lock().unwrap()[n % 3].clone();
+                let costs = n % 7 == 0;
+                let request = if costs {
+                    proto::EnqueueRequest {
+                        handler: costly.clone(),
+                        payload: b"2".to_vec(),
+                        max_attempts: 100,
+                        max_cost: 2,
+                        ..Default::default()
+                    }
+                } else {
+                    proto::EnqueueRequest {
+                        handler: handler.clone(),
+                        payload: if n % 10 == 0 {
+                            b"1500".to_vec()
+                        } else {
+                            b"30".to_vec()
+                        },
+                        max_attempts: 100,
+                        ..Default::default()
+                    }
+                };
                 let answer = match JobsClient::connect(target).await {
-                    Ok(mut c) => c
-                        .enqueue(proto::EnqueueRequest {
-                            handler: handler.clone(),
-                            payload: if n % 10 == 0 {
-                                b"1500".to_vec()
-                            } else {
-                                b"30".to_vec()
-                            },
-                            max_attempts: 100,
-                            ..Default::default()
-                        })
-                        .await
-                        .ok(),
+                    Ok(mut c) => c.enqueue(request).await.ok(),
                     Err(_) => None,
                 };
                 if let Some(r) = answer {
-                    acked
-                        .lock()
-                        .unwrap()
-                        .jobs
-                        .push(r.into_inner().job.unwrap().id);
+                    let id = r.into_inner().job.unwrap().id;
+                    let mut acked = acked.lock().unwrap();
+                    if costs {
+                        acked.costly.push(id);
+                    } else {
+                        acked.jobs.push(id);
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(15)).await;
             }
@@ -793,7 +835,8 @@ async fn nodes_killed_at_random_and_a_database_restart_lose_and_fork_nothing() {
             .unwrap();
     }
     common::verify_log_passes(&nodes[0].url, &log_did);
-    // Every acknowledged job ends succeeded, and stays so.
+    // Every acknowledged job ends succeeded, and stays so, with the
+    // result of its last attempt (no stale result was accepted).
     for id in &acked.jobs {
         let j = common::finished(&mut jobs, id, 120).await;
         assert_eq!(
@@ -803,7 +846,45 @@ async fn nodes_killed_at_random_and_a_database_restart_lose_and_fork_nothing() {
             hex::encode(id),
             j.last_error
         );
+        let last = j.attempt_history.last().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&j.result),
+            format!("attempt {}", last.number),
+            "{}",
+            hex::encode(id)
+        );
+        let succeeded = j
+            .attempt_history
+            .iter()
+            .filter(|a| a.outcome == "succeeded")
+            .count();
+        assert_eq!((succeeded, last.outcome.as_str()), (1, "succeeded"));
     }
+    // The budget held over all nodes: what was spent, and what the jobs
+    // that finished spent, is within it, and it was used.
+    let budget = jobs
+        .get_budget(proto::GetBudgetRequest {
+            handler: costly.did.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        budget.spent_hour <= BUDGET,
+        "spent {} of a budget of {BUDGET}",
+        budget.spent_hour
+    );
+    let mut paid = 0;
+    for id in &acked.costly {
+        let j = common::job(&mut jobs, id).await;
+        if j.state == "succeeded" {
+            paid += 2;
+        }
+    }
+    assert!(
+        paid > 0 && paid <= BUDGET,
+        "costly jobs succeeded for {paid} units, budget {BUDGET}"
+    );
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     for id in &acked.jobs {
         assert_eq!(common::job(&mut jobs, id).await.state, "succeeded");
@@ -838,6 +919,27 @@ async fn nodes_killed_at_random_and_a_database_restart_lose_and_fork_nothing() {
         }
     }
     assert!(!runs.is_empty(), "no attempt spans recorded");
+    // The handler's max_concurrency held over both nodes with the plugin:
+    // never more of its attempts running at once, on all plugin
+    // processes together (an end and a start at the same instant do not
+    // overlap).
+    let limited: std::collections::HashSet<String> = acked.jobs.iter().map(hex::encode).collect();
+    let mut edges: Vec<(u128, i32)> = runs
+        .iter()
+        .filter(|(job, _)| limited.contains(*job))
+        .flat_map(|(_, spans)| spans)
+        .flat_map(|(_, start, end)| [(*start, 1), (*end, -1)])
+        .collect();
+    edges.sort();
+    let (mut now_running, mut most) = (0, 0);
+    for (_, step) in edges {
+        now_running += step;
+        most = most.max(now_running);
+    }
+    assert!(
+        most <= MAX_CONCURRENCY as i32,
+        "{most} attempts of the handler ran at once over the nodes; its max_concurrency is {MAX_CONCURRENCY}"
+    );
     for (job, mut spans) in runs {
         spans.sort_by_key(|s| s.1);
         for pair in spans.windows(2) {

@@ -898,3 +898,186 @@ fn notices_report_a_gap_after_the_database_restarts() {
         }
     );
 }
+
+/// Issue 24: two nodes stepping their dispatchers at the same moment never
+/// run more attempts of a handler than its `max_concurrency`, nor reserve
+/// more than its budget, together: each start is admitted against the
+/// handler's load on all nodes, in the same conditional batch.
+#[test]
+fn nodes_together_stay_within_a_handlers_concurrency_and_budget() {
+    use pulse_ledger::HandlerSchema;
+    use pulse_ledger::ledger::{Ledger, LedgerConfig};
+    use pulse_ledger::pulse::{
+        AttemptSpec, Budget, DispatchConfig, Dispatcher, Executor, JobId, JobRequest, JobState,
+        JobStore, LeaseToken, ReportSender,
+    };
+    use pulse_ledger::storage::{PostgresBackend, Storage};
+    use std::sync::{Arc, Barrier};
+    struct Silent;
+    impl Executor for Silent {
+        fn start(&mut self, _: AttemptSpec, _: ReportSender) {}
+        fn cancel(&mut self, _: JobId, _: LeaseToken) {}
+    }
+    let Some(url) = common::postgres_database("node_limits") else {
+        return;
+    };
+    let dir = tempdir("node-limits");
+    let open = |name: &str| {
+        let pg = PostgresBackend::open(&url).unwrap();
+        pg.share().unwrap();
+        let ledger = Ledger::open_on(
+            Storage::new(pg),
+            &dir.join("log.key"),
+            LedgerConfig::new(&dir, "limits.example/log"),
+        )
+        .unwrap();
+        let store = JobStore::open(&ledger).unwrap().as_node(name);
+        (ledger, Arc::new(store))
+    };
+    let (_la, a) = open("a");
+    // Two at once by concurrency; two at once by budget (4 + 4 of 10).
+    let capped = key("capped-h").did;
+    let costly = key("costly-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", key("limits-p").did);
+    a.set_budget(
+        Some(&costly),
+        Budget {
+            per_hour: Some(10),
+            per_day: None,
+        },
+    )
+    .unwrap();
+    // Neither node follows the other's notices here, so each queue holds
+    // only the jobs enqueued through it: the two nodes choose different
+    // jobs, and only the handlers' loads keep them within the limits.
+    let (_lb, b) = open("b");
+    for (n, node) in [&a, &b].into_iter().enumerate() {
+        let items: Vec<_> = (0..10u8)
+            .map(|i| {
+                let h = if i % 2 == 0 { &capped } else { &costly };
+                let req = JobRequest {
+                    payload: vec![n as u8, i],
+                    max_cost: Some(4),
+                    ..Default::default()
+                };
+                (h.clone(), schema.clone(), req)
+            })
+            .collect();
+        for r in node.enqueue_batch(&items, 1_000) {
+            r.unwrap();
+        }
+    }
+    let cap_of = capped.clone();
+    let barrier = Arc::new(Barrier::new(2));
+    let nodes: Vec<_> = [Arc::clone(&a), Arc::clone(&b)]
+        .into_iter()
+        .enumerate()
+        .map(|(n, store)| {
+            let barrier = Arc::clone(&barrier);
+            let cap_of = cap_of.clone();
+            std::thread::spawn(move || {
+                let limits = Box::new(move |h: &pulse_ledger::Did| (*h == cap_of).then_some(2));
+                let mut d =
+                    Dispatcher::new(store, Silent, DispatchConfig::default(), limits, n as u64);
+                let mut started = 0;
+                for step in 0..5 {
+                    barrier.wait();
+                    started += d.step(2_000 + step).unwrap().dispatched;
+                }
+                started
+            })
+        })
+        .collect();
+    let started: usize = nodes.into_iter().map(|t| t.join().unwrap()).sum();
+    // A store opened now reads every node's running jobs from the database.
+    let (_lc, check) = open("check");
+    let running = check.running().unwrap();
+    let of = |h: &pulse_ledger::Did| running.iter().filter(|j| &j.handler == h).count();
+    assert_eq!(of(&capped), 2, "max_concurrency 2 over both nodes");
+    assert_eq!(
+        of(&costly),
+        2,
+        "a budget of 10 covers two reservations of 4"
+    );
+    assert_eq!(started, 4, "the starts refused at commit were not counted");
+    let load = a.handler_load(&costly).unwrap();
+    assert_eq!((load.running, load.reserved), (2, 8));
+    let nodes_used: std::collections::HashSet<_> = running
+        .iter()
+        .filter_map(|j| j.live_attempt().and_then(|at| at.node.clone()))
+        .collect();
+    assert!(!nodes_used.is_empty());
+    // Ending an attempt gives its slot back on every node.
+    let j = running.iter().find(|j| j.handler == capped).unwrap();
+    let lease = j.live_attempt().unwrap().lease;
+    b.update(&j.id, 3_000, |job| job.succeed(&lease, vec![], 3_000))
+        .unwrap();
+    assert_eq!(a.handler_load(&capped).unwrap().running, 1);
+    assert_eq!(a.get(&j.id).unwrap().state, JobState::Succeeded);
+}
+
+/// Issue 24: handler loads are kept only while nodes share the store. The
+/// first node to open it counts the attempts a single server left running;
+/// a single server opening it drops the loads, so that the next node
+/// counts again what is running then.
+#[test]
+fn the_first_node_counts_the_attempts_left_running_into_the_loads() {
+    use pulse_ledger::HandlerSchema;
+    use pulse_ledger::ledger::{Ledger, LedgerConfig};
+    use pulse_ledger::pulse::{JobRequest, JobStore, LeaseToken};
+    use pulse_ledger::storage::{PostgresBackend, Storage};
+    let Some(url) = common::postgres_database("node_load_count") else {
+        return;
+    };
+    let dir = tempdir("node-load-count");
+    let open = |shared: bool| {
+        let pg = PostgresBackend::open(&url).unwrap();
+        if shared {
+            pg.share().unwrap();
+        }
+        let ledger = Ledger::open_on(
+            Storage::new(pg),
+            &dir.join("log.key"),
+            LedgerConfig::new(&dir, "loads.example/log"),
+        )
+        .unwrap();
+        let store = JobStore::open(&ledger).unwrap();
+        (ledger, store)
+    };
+    let h = key("count-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", key("count-p").did);
+    let start = |store: &JobStore, n: u8| {
+        let req = JobRequest {
+            payload: vec![n],
+            ..Default::default()
+        };
+        store.enqueue(&h, &schema, &req, 1_000).unwrap();
+        let job = store.dispatch_next(LeaseToken([n; 16]), 2_000).unwrap();
+        assert!(job.is_some(), "job {n} started");
+    };
+    {
+        let (_l, single) = open(false);
+        start(&single, 1);
+        start(&single, 2);
+        assert_eq!(single.handler_load(&h).unwrap().running, 0, "not kept");
+    }
+    {
+        let (_l, node) = open(true);
+        assert_eq!(node.handler_load(&h).unwrap().running, 2);
+        start(&node, 3);
+        assert_eq!(node.handler_load(&h).unwrap().running, 3, "kept");
+        let (_l2, second) = open(true);
+        assert_eq!(
+            second.handler_load(&h).unwrap().running,
+            3,
+            "a second node trusts the count"
+        );
+    }
+    {
+        let (_l, single) = open(false);
+        assert_eq!(single.handler_load(&h).unwrap().running, 0, "dropped");
+        start(&single, 4);
+    }
+    let (_l, node) = open(true);
+    assert_eq!(node.handler_load(&h).unwrap().running, 4, "counted again");
+}

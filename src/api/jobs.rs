@@ -336,6 +336,11 @@ fn job_status(e: &JobError) -> Status {
             status(Code::NotFound, "not_found", format!("no schedule {id}"))
         }
         JobError::Storage(l) => to_status(l),
+        JobError::HandlerFull(h) => status(
+            Code::ResourceExhausted,
+            "handler_full",
+            format!("handler {h} is at its max_concurrency or budget on all nodes"),
+        ),
     }
 }
 

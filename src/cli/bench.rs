@@ -11,6 +11,8 @@ use std::time::Instant;
 use serde_json::json;
 use tonic::transport::Channel;
 
+use crate::api::proto::registry_client::RegistryClient;
+
 use super::client::{ServerArg, runtime};
 use super::error::CliError;
 use crate::loadgen::{
@@ -39,6 +41,7 @@ Examples:
   pulse-ledger bench
   pulse-ledger bench --jobs 50000 --json > bench.json
   pulse-ledger bench --server http://127.0.0.1:7300 --yes
+  pulse-ledger bench --server http://127.0.0.1:7611 --spread http://127.0.0.1:7612 --yes
   pulse-ledger bench --python-bench sdk/python/tools/bench.py --python .venv/bin/python
   pulse-ledger bench --check          # exit 1 naming each figure that misses its target
   pulse-ledger bench --runs 1 --trace trace.jsonl   # each job's stages and the server's timeline
@@ -65,6 +68,12 @@ pub(crate) struct Args {
     /// to its log for good: see --yes.
     #[arg(long, value_name = "URL")]
     server: Option<String>,
+    /// With --server: another node of the same service (`serve --node` on
+    /// the same database), repeatable. Registrations, enqueues and watches
+    /// are then spread over --server and every --spread node, and the
+    /// bench's test plugin connects in to each of them.
+    #[arg(long, value_name = "URL", requires = "server")]
+    spread: Vec<String>,
     /// With --server: the key file of a pulse-test-plugin that server
     /// runs itself (default: the bench starts its own, which connects in).
     /// Refused if the key is registered as anything but the bench's plugin.
@@ -293,6 +302,7 @@ pub(crate) fn run(a: Args) -> Result<ExitCode, CliError> {
         "cores": crate::audit::available_threads(), "jobs": a.jobs,
         "registrations": a.registrations, "latency_secs": a.latency_secs, "runs": a.runs,
         "server": a.server.as_deref().unwrap_or("spawned"),
+        "spread": a.spread,
         "ceilings_measured_on": if a.server.is_some() { "client host" } else { "server host (the bench's own)" },
         "seconds": started.elapsed().as_secs_f64(),
     });
@@ -461,7 +471,7 @@ fn confirm_remote(a: &Args, url: &str) -> Result<(), CliError> {
     let (size, taken) = runtime()?.block_on(async {
         use crate::api::proto;
         let channel = server.channel().await?;
-        let mut reg = proto::registry_client::RegistryClient::new(channel);
+        let mut reg = RegistryClient::new(channel);
         let info = reg
             .get_log_info(proto::GetLogInfoRequest {})
             .await
@@ -502,6 +512,40 @@ fn confirm_remote(a: &Args, url: &str) -> Result<(), CliError> {
         )));
     }
     Ok(())
+}
+
+/// One channel that spreads calls over `--server` (`first`) and every
+/// `--spread` node, each checked reachable first, with the same TLS and
+/// token rules as `--server`.
+async fn spread_channel(a: &Args, first: &str, more: &[String]) -> Result<Channel, CliError> {
+    let mut endpoints = Vec::new();
+    for url in std::iter::once(first).chain(more.iter().map(String::as_str)) {
+        let node = ServerArg::with_credentials(url.to_owned(), a.token.clone(), a.ca.clone());
+        node.bearer()?;
+        node.channel().await?;
+        endpoints.push(node.endpoint()?);
+    }
+    Ok(Channel::balance_list(endpoints.into_iter()))
+}
+
+/// Waits (10 s at most) until the node behind `reg` has read `did`'s
+/// registration from the shared log.
+async fn wait_known(reg: &mut RegistryClient<Channel>, did: &crate::Did) -> Result<(), String> {
+    let until = Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let asked = reg
+            .get_subject(crate::api::proto::GetSubjectRequest {
+                did: did.to_string(),
+            })
+            .await;
+        match asked {
+            Ok(_) => return Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound && Instant::now() < until => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(s) => return Err(format!("{did} not readable there: {}", s.message())),
+        }
+    }
 }
 
 /// A ceiling's label: with --server the ceilings are measured on this
@@ -606,6 +650,11 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
         let server = ServerArg::with_credentials(url.clone(), token, a.ca.clone());
         let bearer = server.bearer()?;
         let channel: Channel = server.channel().await?;
+        // Where the load goes: the one server, or spread over the nodes.
+        let load = match &a.spread[..] {
+            [] => channel.clone(),
+            more => spread_channel(a, &url, more).await?,
+        };
         let run = format!("{}", crate::clock::unix_ms());
         let mut register_max = 0.0f64;
         for (clients, key, label) in [
@@ -619,7 +668,7 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
             } else {
                 a.registrations
             };
-            let rate = registration_rate(channel.clone(), n as usize, clients, &run)
+            let rate = registration_rate(load.clone(), n as usize, clients, &run)
                 .await
                 .map_err(failed(label))?;
             t.add_ratio(key, label, rate, "/s", "verify_per_core");
@@ -628,7 +677,7 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
         {
             let label = "registrations (durable), one SubmitStream, 64 in flight";
             eprintln!("bench: {label}…");
-            let rate = registration_stream_rate(channel.clone(), a.registrations as usize, 1, &run)
+            let rate = registration_stream_rate(load.clone(), a.registrations as usize, 1, &run)
                 .await
                 .map_err(failed(label))?;
             t.add_ratio("register_stream", label, rate, "/s", "verify_per_core");
@@ -636,8 +685,9 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
         // Against another server without --plugin-key, the test plugin
         // connects in, with the bench's own key: nothing in that server's
         // config, and no key of the user's, is involved.
-        let _connected = match (&a.server, &a.plugin_key) {
-            (Some(url), None) => {
+        let mut connected = Vec::new();
+        if let (Some(first), None) = (&a.server, &a.plugin_key) {
+            for url in std::iter::once(first).chain(&a.spread) {
                 eprintln!(
                     "bench: the test plugin connects in to {url} with a key made for the bench"
                 );
@@ -652,17 +702,34 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
                 if let Some(ca) = &a.ca {
                     cmd.env("PULSE_PLUGIN_SERVER_CA", ca);
                 }
-                Some(Spawned(cmd.spawn().map_err(|e| {
-                    failed("starting the test plugin")(e.to_string())
-                })?))
+                connected
+                    .push(Spawned(cmd.spawn().map_err(|e| {
+                        failed("starting the test plugin")(e.to_string())
+                    })?));
             }
-            _ => None,
-        };
+        }
         {
             eprintln!("bench: jobs end to end…");
-            let bench = JobBench::setup(channel.clone(), bearer, (&sk, &did))
+            // Registered through one node; enqueued through all of them
+            // once each has read the registrations.
+            let bench = JobBench::setup(channel.clone(), bearer.clone(), (&sk, &did))
                 .await
                 .map_err(failed("jobs"))?;
+            let bench = if a.spread.is_empty() {
+                bench
+            } else {
+                for url in &a.spread {
+                    let node =
+                        ServerArg::with_credentials(url.clone(), a.token.clone(), a.ca.clone());
+                    let mut reg = RegistryClient::new(node.channel().await?);
+                    for h in bench.handlers() {
+                        wait_known(&mut reg, h)
+                            .await
+                            .map_err(failed(&format!("--spread {url}")))?;
+                    }
+                }
+                bench.through(load.clone(), bearer)
+            };
             let rate = bench.rate(a.jobs as usize).await.map_err(failed("jobs"))?;
             let secs = a.latency_secs as f64;
             let samples = bench
@@ -761,7 +828,7 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
             );
             eprintln!("bench: Submit latency at half the registration rate…");
             let mut acks = submit_latency(
-                channel.clone(),
+                load.clone(),
                 register_max / 2.0,
                 secs,
                 &format!("submit-{run}"),
@@ -787,7 +854,7 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
             eprintln!("bench: mixed load (registrations and jobs, each at 40 % of its max)…");
             let label = format!("mixed-{run}");
             let (acks, jobs) = tokio::join!(
-                submit_latency(channel.clone(), register_max * 0.4, secs, &label),
+                submit_latency(load.clone(), register_max * 0.4, secs, &label),
                 bench.start_latency(rate * 0.4, secs),
             );
             let mut acks = acks.map_err(failed("mixed load"))?;
@@ -929,6 +996,7 @@ mod tests {
     fn args(server: Option<&str>) -> Args {
         Args {
             server: server.map(str::to_owned),
+            spread: Vec::new(),
             plugin_key: None,
             token: None,
             ca: None,

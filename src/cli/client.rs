@@ -271,6 +271,17 @@ impl ServerArg {
     /// A connection to the server, over TLS for an https:// URL.
     pub(crate) async fn channel(&self) -> Result<Channel, CliError> {
         let url = &self.server;
+        let endpoint = self.endpoint()?;
+        self.timeout
+            .run("connect", endpoint.connect())
+            .await?
+            .map_err(|e| CliError::Unreachable(super::reach::explain(url, &e)))
+    }
+
+    /// Where [`ServerArg::channel`] connects, with its TLS settings, for a
+    /// channel that spreads calls over several servers.
+    pub(crate) fn endpoint(&self) -> Result<Endpoint, CliError> {
+        let url = &self.server;
         // Only https://, or http:// to this host: anything else would go
         // out in plaintext (spec/security.md, "Transport").
         if !url.contains("://") {
@@ -299,10 +310,7 @@ impl ServerArg {
                 "--ca and --client-cert apply to an https:// server, not {url}"
             )));
         }
-        self.timeout
-            .run("connect", endpoint.connect())
-            .await?
-            .map_err(|e| CliError::Unreachable(super::reach::explain(url, &e)))
+        Ok(endpoint)
     }
 
     /// The `authorization` header for the jobs API, if a token was given.

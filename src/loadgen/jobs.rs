@@ -230,6 +230,21 @@ impl JobBench {
         })
     }
 
+    /// The same handlers, with calls sent over `channel` (one that
+    /// spreads them over several nodes of the service, say).
+    pub fn through(&self, channel: Channel, bearer: Bearer) -> JobBench {
+        JobBench {
+            jobs: JobsClient::with_interceptor(channel, bearer),
+            noop: self.noop.clone(),
+            stamp: self.stamp.clone(),
+        }
+    }
+
+    /// The handlers the bench enqueues to.
+    pub fn handlers(&self) -> [&Did; 2] {
+        [&self.noop, &self.stamp]
+    }
+
     /// Jobs/s for `n` no-op jobs ([`job_rate`]).
     ///
     /// # Errors

@@ -327,12 +327,16 @@ impl<E: Executor> Dispatcher<E> {
     /// Storage failures.
     pub fn budget_use(&self, handler: &Did, now: u64) -> Result<BudgetUse, JobError> {
         let (spent_hour, spent_day) = self.store.spent(handler, now)?;
-        let reserved = self
-            .live
-            .values()
-            .filter(|l| &l.handler == handler)
-            .map(|l| l.reserved)
-            .sum();
+        // Nodes sharing the store count every node's reservations.
+        let reserved = if self.store.is_shared() {
+            self.store.handler_load(handler)?.reserved
+        } else {
+            self.live
+                .values()
+                .filter(|l| &l.handler == handler)
+                .map(|l| l.reserved)
+                .sum()
+        };
         Ok(BudgetUse {
             spent_hour,
             spent_day,
@@ -399,9 +403,13 @@ impl<E: Executor> Dispatcher<E> {
         let mut ops = pending.ops;
         let reports = ops.len();
         ops.extend(Self::dispatch_ops(&chosen, self.store.node(), now));
-        let mut results = self
-            .store
-            .update_many_spending(now, ops, |a: &Applied| a.cost);
+        let admission: super::store::Admission = chosen
+            .iter()
+            .map(|c| (*c.job.handler.public_key(), (c.limit, c.budget)))
+            .collect();
+        let mut results =
+            self.store
+                .update_many_admitting(now, ops, |a: &Applied| a.cost, &admission);
         crate::timeline::phase(&mut t, "commit");
         let dispatched = results.split_off(reports);
         if let Err(e) = self.finish_reports(pending.ending, results, &mut report) {
@@ -683,6 +691,23 @@ impl<E: Executor> Dispatcher<E> {
         Ok(timed_out)
     }
 
+    /// Applies a transition the dispatcher decided from its queues (hold,
+    /// release, refuse). A job no longer in the state the queue showed was
+    /// moved on meanwhile — by another node sharing the store — and is
+    /// left as it is: its new state is in the queues once the notice or
+    /// the commit arrives.
+    fn settle(
+        &self,
+        id: &JobId,
+        now: u64,
+        f: impl FnMut(&mut Job) -> Result<(), super::PulseError>,
+    ) -> Result<(), JobError> {
+        match self.store.update(id, now, f) {
+            Err(JobError::Rejected(_)) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Releases jobs held for budget whose reservation now fits, and jobs
     /// held for their plugin once it may take them; refuses those whose
     /// plugin did not come within the wait.
@@ -693,10 +718,9 @@ impl<E: Executor> Dispatcher<E> {
         {
             let job = self.store.get(&id)?;
             match self.router.route(&job) {
-                Route::Go(_) => self.store.update(&id, now, |j| j.release(now))?,
+                Route::Go(_) => self.settle(&id, now, |j| j.release(now))?,
                 Route::Refuse(why, detail) => {
-                    self.store
-                        .update(&id, now, |j| j.refuse(why, detail.clone(), now))?;
+                    self.settle(&id, now, |j| j.refuse(why, detail.clone(), now))?;
                 }
                 Route::Hold(why, detail)
                     if now >= job.updated_at.saturating_add(self.config.plugin_wait_ms) =>
@@ -705,8 +729,7 @@ impl<E: Executor> Dispatcher<E> {
                         "held for {} ms without resolving: {detail}",
                         self.config.plugin_wait_ms
                     );
-                    self.store
-                        .update(&id, now, |j| j.refuse(why, detail.clone(), now))?;
+                    self.settle(&id, now, |j| j.refuse(why, detail.clone(), now))?;
                 }
                 Route::Hold(..) => {}
             }
@@ -720,7 +743,7 @@ impl<E: Executor> Dispatcher<E> {
             let expected = self.expected_cost(&job);
             if !budget.is_limited() || budget.admits(&self.budget_use(&job.handler, now)?, expected)
             {
-                self.store.update(&id, now, |j| j.release(now))?;
+                self.settle(&id, now, |j| j.release(now))?;
             }
         }
         Ok(())
@@ -772,9 +795,9 @@ impl<E: Executor> Dispatcher<E> {
         } else {
             u32::MAX
         };
-        // Budgets read once per handler per step.
-        let mut budgets: std::collections::HashMap<[u8; 32], super::Budget> =
-            std::collections::HashMap::new();
+        // Budgets (and, on a shared store, loads) read once per handler
+        // per step.
+        let mut budgets = StepReads::default();
         // Per handler: where its next ready job is, and whether it can take
         // no more this step (no ready job left, or at its concurrency).
         let mut turns: Vec<([u8; 32], Option<super::store::ReadyCursor>, bool)> = handlers
@@ -859,12 +882,7 @@ impl<E: Executor> Dispatcher<E> {
     /// Tries to dispatch the ready job `id`: its route, its handler's
     /// concurrency and budget decide; a chosen job holds its slot and
     /// reservation.
-    fn take(
-        &mut self,
-        id: &JobId,
-        now: u64,
-        budgets: &mut std::collections::HashMap<[u8; 32], super::Budget>,
-    ) -> Result<Take, JobError> {
+    fn take(&mut self, id: &JobId, now: u64, reads: &mut StepReads) -> Result<Take, JobError> {
         let mut job: Job = self.store.get(id)?;
         // The operator's cap on the timeout a handler may claim.
         if let Some(cap) = self.config.max_timeout_ms {
@@ -879,13 +897,11 @@ impl<E: Executor> Dispatcher<E> {
             // served by the same plugin, wait this step out).
             Route::Hold(..) if self.store.is_shared() => return Ok(Take::Full),
             Route::Hold(..) => {
-                self.store
-                    .update(id, now, |j| j.hold(HoldReason::Plugin, now))?;
+                self.settle(id, now, |j| j.hold(HoldReason::Plugin, now))?;
                 return Ok(Take::Skipped);
             }
             Route::Refuse(why, detail) => {
-                self.store
-                    .update(id, now, |j| j.refuse(why, detail.clone(), now))?;
+                self.settle(id, now, |j| j.refuse(why, detail.clone(), now))?;
                 return Ok(Take::Skipped);
             }
         };
@@ -905,7 +921,27 @@ impl<E: Executor> Dispatcher<E> {
             (Some(l), Some(cap)) => Some(l.min(cap)),
             (l, cap) => l.or(cap),
         };
-        let busy = self.running.get(&job.handler).copied().unwrap_or(0);
+        let shared = self.store.is_shared();
+        // On a shared store, every node's attempts count (as stored when
+        // first read this step, plus this step's choices); the group
+        // commit checks again against what is stored then.
+        let load = if shared {
+            let h = *job.handler.public_key();
+            match reads.loads.get(&h) {
+                Some(l) => Some(*l),
+                None => {
+                    let l = self.store.handler_load(&job.handler)?;
+                    reads.loads.insert(h, l);
+                    Some(l)
+                }
+            }
+        } else {
+            None
+        };
+        let busy = match load {
+            Some(l) => l.running,
+            None => self.running.get(&job.handler).copied().unwrap_or(0),
+        };
         if limit.is_some_and(|l| busy >= l) {
             return Ok(Take::Full);
         }
@@ -919,19 +955,33 @@ impl<E: Executor> Dispatcher<E> {
         }
         // Reserve the job's expected cost; if the handler's budget cannot
         // cover it, hold the job (no attempt is used).
-        let budget = match budgets.get(job.handler.public_key()) {
+        let budget = match reads.budgets.get(job.handler.public_key()) {
             Some(b) => *b,
             None => {
                 let b = self.store.budget(&job.handler)?;
-                budgets.insert(*job.handler.public_key(), b);
+                reads.budgets.insert(*job.handler.public_key(), b);
                 b
             }
         };
         let expected = self.expected_cost(&job);
-        if budget.is_limited() && !budget.admits(&self.budget_use(&job.handler, now)?, expected) {
-            self.store
-                .update(id, now, |j| j.hold(HoldReason::Budget, now))?;
-            return Ok(Take::Skipped);
+        if budget.is_limited() {
+            let mut used = self.budget_use(&job.handler, now)?;
+            if let Some(l) = load {
+                used.reserved = l.reserved;
+            }
+            if !budget.admits(&used, expected) {
+                self.settle(id, now, |j| j.hold(HoldReason::Budget, now))?;
+                return Ok(Take::Skipped);
+            }
+        }
+        if let Some(l) = load {
+            reads.loads.insert(
+                *job.handler.public_key(),
+                super::HandlerLoad {
+                    running: l.running.saturating_add(1),
+                    reserved: l.reserved.saturating_add(expected),
+                },
+            );
         }
         self.leases += 1;
         let mut token = [0u8; 16];
@@ -957,6 +1007,9 @@ impl<E: Executor> Dispatcher<E> {
             job,
             lease,
             authorization,
+            limit,
+            budget,
+            reserved: if shared { expected } else { 0 },
         })))
     }
 
@@ -976,6 +1029,7 @@ impl<E: Executor> Dispatcher<E> {
                     .as_ref()
                     .map(|a| (a.handler_index, a.plugin_index));
                 let node = node.map(str::to_owned);
+                let reserved = c.reserved;
                 let op: super::store::GroupOp<Applied> = Box::new(move |j: &mut Job| {
                     // As capped by the operator when it was chosen.
                     j.limits.timeout_ms = timeout_ms;
@@ -983,6 +1037,7 @@ impl<E: Executor> Dispatcher<E> {
                     if let Some(a) = j.attempts.last_mut() {
                         a.authorised_under = under;
                         a.node = node.clone();
+                        a.reserved = reserved;
                     }
                     Ok(Applied::of(()))
                 });
@@ -1118,4 +1173,19 @@ struct Chosen {
     job: Job,
     lease: LeaseToken,
     authorization: Option<Arc<Authorization>>,
+    /// Its handler's concurrency limit and budget, which the start must
+    /// stay within on all nodes sharing the store.
+    limit: Option<u32>,
+    budget: super::Budget,
+    /// Cost reserved for it, recorded on the attempt on a shared store.
+    reserved: u64,
+}
+
+/// What [`Dispatcher::choose`] read once per handler in a step.
+#[derive(Default)]
+struct StepReads {
+    budgets: HashMap<[u8; 32], super::Budget>,
+    /// On a shared store: each handler's load on all nodes, as first
+    /// read, plus the attempts chosen since.
+    loads: HashMap<[u8; 32], super::HandlerLoad>,
 }

@@ -262,6 +262,16 @@ pub struct Attempt {
     /// (`serve --node`); absent on a single server, which runs them all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Cost reserved from the handler's budget when it started, counted
+    /// in the handler's load while it runs, when several nodes share the
+    /// store (0, and not written, on a single server).
+    #[serde(default, skip_serializing_if = "is_no_cost")]
+    pub reserved: u64,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_no_cost(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What the executor last said about progress; kept across attempts and

@@ -101,6 +101,7 @@ impl Job {
             cost: 0,
             authorised_under: None,
             node: None,
+            reserved: 0,
         });
         self.state = JobState::Running;
         self.updated_at = now;

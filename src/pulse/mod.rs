@@ -6,6 +6,7 @@ mod budget;
 mod dispatcher;
 mod error;
 mod executor;
+mod handler_load;
 mod job;
 mod job_changes;
 mod job_metrics;
@@ -27,6 +28,7 @@ pub use executor::{
     AsyncExecutor, AsyncExecutorAdapter, AttemptSpec, EventStream, ExecEvent, Executor,
     REPORT_QUEUE, Report, ReportSender,
 };
+pub use handler_load::{HandlerLoad, LoadDelta};
 pub use job::{
     Attempt, AttemptOutcome, CancelReason, DeadReason, HoldReason, Job, JobId, JobLimits,
     JobRequest, JobState, LeaseToken, MAX_CHECKPOINT_BYTES, MAX_IDEMPOTENCY_KEY_BYTES,

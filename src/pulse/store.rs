@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::budget::Budget;
 use super::error::PulseError;
+use super::handler_load::{HandlerLoad, LoadDelta};
 use super::job::{
     CancelReason, DeadReason, Job, JobId, JobLimits, JobRequest, JobState, LeaseToken,
     MAX_PRIORITY, check_request,
@@ -57,6 +58,10 @@ pub(super) enum Jk {
     Meta = 11,
     /// schedule ID (16) → stored [`Schedule`](super::Schedule).
     Schedules = 12,
+    /// handler key (32) → [`HandlerLoad`]: its attempts running on all
+    /// nodes and their reservations; kept only while several nodes share
+    /// the store ([`META_LOADS`]).
+    Loads = 13,
 }
 
 /// Set once the finished index covers every finished job (stores written
@@ -69,7 +74,12 @@ const META_FINISHED_INDEX: &[u8] = b"finished_index";
 /// transition writes two fewer index entries.
 const META_QUEUES_IN_MEMORY: &[u8] = b"queues_in_memory";
 
-const KEYSPACES: [(Jk, &str); 13] = [
+/// Set while the handler loads ([`Jk::Loads`]) count every running
+/// attempt: written by the first node to open a shared store (which counts
+/// them), removed by a single server (which does not keep them up to date).
+const META_LOADS: &[u8] = b"handler_loads";
+
+const KEYSPACES: [(Jk, &str); 14] = [
     (Jk::Jobs, "jobs"),
     (Jk::Ready, "job_ready"),
     (Jk::Delayed, "job_delayed"),
@@ -83,6 +93,7 @@ const KEYSPACES: [(Jk, &str); 13] = [
     (Jk::Finished, "job_finished"),
     (Jk::Meta, "job_meta"),
     (Jk::Schedules, "job_schedules"),
+    (Jk::Loads, "job_load"),
 ];
 
 /// Commits lost in a row to other nodes sharing the store before a write
@@ -138,6 +149,10 @@ pub enum JobError {
     /// Storage failed or stored data is corrupt.
     #[error("{0}")]
     Storage(#[from] LedgerError),
+    /// An attempt could not start: the handler's attempts on all nodes
+    /// already fill its concurrency or its budget (several nodes only).
+    #[error("handler_full: handler {0} is at its max_concurrency or budget on all nodes")]
+    HandlerFull(Box<Did>),
 }
 
 /// Which jobs [`JobStore::list_jobs`] returns. The default: every job,
@@ -171,6 +186,42 @@ struct Stored {
 /// the group's jobs first, the whole group is run again on what that node
 /// wrote, so a transition must give the same answer for the same job.
 pub type GroupOp<T> = Box<dyn FnMut(&mut Job) -> Result<T, PulseError>>;
+
+/// The limits a group's starts are admitted under, per handler key: its
+/// concurrency (`None`: none) and its budget.
+pub(super) type Admission = HashMap<[u8; 32], (Option<u32>, Budget)>;
+
+/// A job a group touches: its first version as stored (and its bytes),
+/// and its latest version.
+type Touched = (Stored, Vec<u8>, Job);
+
+/// Handler loads as read: the stored bytes and what they say.
+type StoredLoads = HashMap<[u8; 32], (Option<Vec<u8>>, HandlerLoad)>;
+
+/// Writes each handler's load after `deltas`, expecting the record read
+/// (`loads`) unchanged: a start or end on another node in between makes
+/// the batch a conflict, run again on what is stored then. A load back at
+/// zero is removed.
+fn stage_loads(
+    space: &Space,
+    batch: &mut WriteBatch,
+    loads: &StoredLoads,
+    deltas: &[([u8; 32], LoadDelta)],
+) {
+    for (handler, delta) in deltas {
+        if delta.is_zero() {
+            continue;
+        }
+        let (raw, load) = loads.get(handler).cloned().unwrap_or_default();
+        batch.expect(space, handler, raw.as_deref());
+        let new = load.plus(*delta);
+        if new == HandlerLoad::default() {
+            batch.remove(space, handler);
+        } else {
+            batch.insert(space, handler, new.encode());
+        }
+    }
+}
 
 /// The durable job queue.
 pub struct JobStore {
@@ -512,8 +563,52 @@ impl JobStore {
         };
         store.backfill_finished_index()?;
         store.empty_stored_queues()?;
+        store.count_loads()?;
         store.load_schedules()?;
         Ok(store)
+    }
+
+    /// Makes the handler loads ([`Jk::Loads`]) right for how the store is
+    /// opened. A single server does not keep them (its dispatcher counts
+    /// its own attempts, which are all of them), so it marks them stale;
+    /// the first node to open a shared store with stale loads counts every
+    /// running attempt once, in a batch that expects the marker still
+    /// absent, so that two nodes starting together count once.
+    fn count_loads(&self) -> Result<(), JobError> {
+        let meta = self.ks(Jk::Meta);
+        for _ in 0..MAX_RACES {
+            let marked = meta.get(META_LOADS).map_err(storage)?;
+            if marked.is_some() == self.shared {
+                return Ok(());
+            }
+            let mut batch = self.batch();
+            for kv in self.ks(Jk::Loads).iter() {
+                batch.remove(self.ks(Jk::Loads), kv.map_err(storage)?.0);
+            }
+            if self.shared {
+                let mut loads: HashMap<[u8; 32], HandlerLoad> = HashMap::new();
+                for job in self.running()? {
+                    let d = LoadDelta::of(None, &job);
+                    let l = loads.entry(*job.handler.public_key()).or_default();
+                    *l = l.plus(d);
+                }
+                for (h, l) in loads {
+                    batch.insert(self.ks(Jk::Loads), h, l.encode());
+                }
+                batch.expect(meta, META_LOADS, None);
+                batch.insert(meta, META_LOADS, b"1");
+            } else {
+                batch.remove(meta, META_LOADS);
+            }
+            match self.storage.commit(batch) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(storage(e)),
+            }
+        }
+        Err(storage(
+            "handler loads not counted: other nodes kept writing",
+        ))
     }
 
     /// Stores written before the finished index existed get it at their
@@ -667,6 +762,20 @@ impl JobStore {
     /// Whether other nodes share the store.
     pub(super) fn is_shared(&self) -> bool {
         self.shared
+    }
+
+    /// A handler's attempts running on all nodes and their reservations,
+    /// as stored (kept only while several nodes share the store; a single
+    /// server's dispatcher counts its own).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn handler_load(&self, handler: &Did) -> Result<HandlerLoad, JobError> {
+        let raw = self
+            .ks(Jk::Loads)
+            .get(handler.public_key())
+            .map_err(storage)?;
+        HandlerLoad::decode(raw.as_deref()).map_err(|e| corrupt(&e))
     }
 
     /// Follows the changes other nodes sharing the store make (nothing to
@@ -1083,13 +1192,31 @@ impl JobStore {
     pub fn update_many_spending<T>(
         &self,
         now: u64,
+        ops: Vec<(JobId, GroupOp<T>)>,
+        cost: impl Fn(&T) -> u64,
+    ) -> Vec<Result<T, JobError>> {
+        self.update_many_admitting(now, ops, cost, &Admission::new())
+    }
+
+    /// [`JobStore::update_many_spending`], where on a store shared by
+    /// several nodes an attempt started by the group goes ahead only if
+    /// its handler's load on all nodes ([`HandlerLoad`]) then stays within
+    /// the limits `admission` gives for it (its concurrency, its budget);
+    /// the starts that do not fit are refused with
+    /// [`JobError::HandlerFull`], the last ones first, and change nothing.
+    /// The loads are read and written in the group's conditional batch, so
+    /// another node's start or end in between runs the group again.
+    pub(super) fn update_many_admitting<T>(
+        &self,
+        now: u64,
         mut ops: Vec<(JobId, GroupOp<T>)>,
         cost: impl Fn(&T) -> u64,
+        admission: &Admission,
     ) -> Vec<Result<T, JobError>> {
         let _guard = self.writer();
         let mut races = 0;
         loop {
-            let (results, batch, staged) = self.stage_group(now, &mut ops, &cost);
+            let (results, batch, staged) = self.stage_group(now, &mut ops, &cost, admission);
             let Some((moves, transitions, written)) = staged else {
                 return results;
             };
@@ -1129,6 +1256,7 @@ impl JobStore {
         now: u64,
         ops: &mut [(JobId, GroupOp<T>)],
         cost: &impl Fn(&T) -> u64,
+        admission: &Admission,
     ) -> (
         Vec<Result<T, JobError>>,
         Result<WriteBatch, JobError>,
@@ -1138,8 +1266,11 @@ impl JobStore {
         let mut spend: HashMap<[u8; 32], u64> = HashMap::new();
         // First version (and its stored bytes) and latest version of every
         // job the group touches.
-        let mut touched: Vec<(Stored, Vec<u8>, Job)> = Vec::new();
+        let mut touched: Vec<Touched> = Vec::new();
         let mut results = Vec::with_capacity(ops.len());
+        // Attempts the group starts, for admission: (result, touched job,
+        // the job before the start).
+        let mut starts: Vec<(usize, usize, Job)> = Vec::new();
         for (id, f) in ops.iter_mut() {
             let id = *id;
             let slot = match touched.iter().position(|(s, ..)| s.job.id == id) {
@@ -1168,13 +1299,49 @@ impl JobStore {
                         let total = spend.entry(*job.handler.public_key()).or_default();
                         *total = total.saturating_add(spent);
                     }
-                    touched[slot].2 = job;
+                    let before = std::mem::replace(&mut touched[slot].2, job);
+                    if self.shared && LoadDelta::of(Some(&before), &touched[slot].2).running > 0 {
+                        starts.push((results.len(), slot, before));
+                    }
                     results.push(Ok(out));
                 }
                 Err(e) => results.push(Err(e.into())),
             }
         }
         let mut batch = self.batch();
+        // The handlers' loads on all nodes, when they are kept.
+        let mut load_deltas: Vec<([u8; 32], LoadDelta)> = Vec::new();
+        let mut loads = HashMap::new();
+        if self.shared {
+            for (old, _, job) in &touched {
+                let d = LoadDelta::of(Some(&old.job), job);
+                if d.is_zero() {
+                    continue;
+                }
+                let h = *job.handler.public_key();
+                match load_deltas.iter_mut().find(|(k, _)| *k == h) {
+                    Some((_, sum)) => sum.add(d),
+                    None => load_deltas.push((h, d)),
+                }
+            }
+            loads = match self.read_loads(load_deltas.iter().map(|(h, _)| *h)) {
+                Ok(l) => l,
+                Err(e) => {
+                    let e = storage(format!("handler loads not read: {e}"));
+                    return (results, Err(e), Some(Default::default()));
+                }
+            };
+            if let Err(e) = self.admit(
+                now,
+                admission,
+                &loads,
+                &mut load_deltas,
+                (&mut touched, &mut results),
+                starts,
+            ) {
+                return (results, Err(e), Some(Default::default()));
+            }
+        }
         let mut changed = false;
         let (mut moves, mut transitions) = (Vec::new(), Vec::new());
         for (handler, amount) in spend {
@@ -1193,7 +1360,7 @@ impl JobStore {
                     written.push(job.id);
                 }
                 announced.push(job.id);
-                self.stage_write(
+                let _ = self.stage_write(
                     &mut batch,
                     (&mut moves, &mut transitions),
                     (&old, &raw),
@@ -1206,8 +1373,72 @@ impl JobStore {
         if !changed {
             return (results, Ok(batch), None);
         }
+        stage_loads(self.ks(Jk::Loads), &mut batch, &loads, &load_deltas);
         self.announce(&mut batch, announced.into_iter());
         (results, Ok(batch), Some((moves, transitions, written)))
+    }
+
+    /// The stored loads of these handlers: each record's bytes (for the
+    /// batch to expect unchanged) and what they say.
+    fn read_loads(
+        &self,
+        handlers: impl Iterator<Item = [u8; 32]>,
+    ) -> Result<StoredLoads, crate::storage::StorageError> {
+        let mut out = HashMap::new();
+        for h in handlers {
+            let raw = self.ks(Jk::Loads).get(h)?;
+            let load = HandlerLoad::decode(raw.as_deref())
+                .map_err(|e| crate::storage::StorageError::new(format!("corrupt: {e}")))?;
+            out.insert(h, (raw, load));
+        }
+        Ok(out)
+    }
+
+    /// Refuses the group's starts that would take a handler past the
+    /// limits `admission` gives it, the last ones first: each such job is
+    /// put back as it was before its start, its result made
+    /// [`JobError::HandlerFull`], and its handler's delta lowered.
+    fn admit<T>(
+        &self,
+        now: u64,
+        admission: &Admission,
+        loads: &StoredLoads,
+        deltas: &mut [([u8; 32], LoadDelta)],
+        (touched, results): (&mut [Touched], &mut [Result<T, JobError>]),
+        starts: Vec<(usize, usize, Job)>,
+    ) -> Result<(), JobError> {
+        for (handler, delta) in deltas.iter_mut() {
+            let Some((limit, budget)) = admission.get(handler) else {
+                continue;
+            };
+            let stored = loads.get(handler).map(|(_, l)| *l).unwrap_or_default();
+            let spent = if budget.is_limited() {
+                let did = touched
+                    .iter()
+                    .find(|(_, _, j)| j.handler.public_key() == handler)
+                    .map(|(_, _, j)| j.handler.clone());
+                match did {
+                    Some(did) => self.spent(&did, now)?,
+                    None => (0, 0),
+                }
+            } else {
+                (0, 0)
+            };
+            for (result, slot, before) in starts.iter().rev() {
+                if stored.plus(*delta).fits(*limit, budget, spent) {
+                    break;
+                }
+                if touched[*slot].2.handler.public_key() != handler {
+                    continue;
+                }
+                let undone = LoadDelta::of(Some(before), &touched[*slot].2);
+                delta.running -= undone.running;
+                delta.reserved -= undone.reserved;
+                touched[*slot].2 = before.clone();
+                results[*result] = Err(JobError::HandlerFull(Box::new(before.handler.clone())));
+            }
+        }
+        Ok(())
     }
 
     fn write(
@@ -1219,13 +1450,18 @@ impl JobStore {
     ) -> Result<(), crate::storage::StorageError> {
         let mut batch = self.batch();
         let (mut moves, mut transitions) = (Vec::new(), Vec::new());
-        self.stage_write(
+        let handler = *job.handler.public_key();
+        let delta = self.stage_write(
             &mut batch,
             (&mut moves, &mut transitions),
             (old, raw),
             job,
             now,
         );
+        if self.shared && !delta.is_zero() {
+            let loads = self.read_loads([handler].into_iter())?;
+            stage_loads(self.ks(Jk::Loads), &mut batch, &loads, &[(handler, delta)]);
+        }
         let id = old.job.id;
         self.announce(&mut batch, std::iter::once(id));
         self.commit(batch)?;
@@ -1237,6 +1473,7 @@ impl JobStore {
 
     /// Adds a job's new record and its index moves (from `old`, as stored
     /// in the bytes `raw`, which the batch expects unchanged) to `batch`.
+    /// Returns how the write changes the job's handler's load.
     fn stage_write(
         &self,
         batch: &mut WriteBatch,
@@ -1244,8 +1481,9 @@ impl JobStore {
         (old, raw): (&Stored, &[u8]),
         job: Job,
         now: u64,
-    ) {
+    ) -> LoadDelta {
         batch.expect(self.ks(Jk::Jobs), old.job.id.0, Some(raw));
+        let delta = LoadDelta::of(Some(&old.job), &job);
         let new = Stored {
             placement: placement(&job, now),
             job,
@@ -1276,6 +1514,7 @@ impl JobStore {
             batch.insert(self.ks(Jk::Finished), finished_key(&new.job), b"");
         }
         batch.insert(self.ks(Jk::Jobs), new.job.id.0, record_to_vec(&new));
+        delta
     }
 
     /// Moves jobs whose time has come out of the delayed index: queued jobs
@@ -1924,6 +2163,7 @@ mod tests {
                     cost: 10 + i as u64,
                     authorised_under: Some((i as u64, 100 + i as u64)),
                     node: None,
+                    reserved: 0,
                 })
                 .collect(),
             progress: Progress {
