@@ -57,6 +57,24 @@ pub struct JobsService {
     this: super::nodes::NodeRecord,
 }
 
+/// Jobs in the queues, as [`JobsService::queue_depths`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepths {
+    /// Ready to run now.
+    pub ready: usize,
+    /// Queued before their run_at, or retrying.
+    pub delayed: usize,
+    /// Running (on this node, or on any node of a shared store as last
+    /// read).
+    pub running: usize,
+    /// Held (budget, plugin).
+    pub held: usize,
+    /// The handlers with the most ready jobs, most first.
+    pub handlers: Vec<(Did, usize)>,
+    /// Handlers with ready jobs.
+    pub with_ready: usize,
+}
+
 /// What a `ListJobs` page costs a DID caller's allowance.
 const LIST_UNITS: u32 = 10;
 
@@ -219,6 +237,33 @@ impl JobsService {
         grant
             .require_on(right, handler, &owner, schema.access_members(right))
             .map_err(|e| self.refuse(&e, peer))
+    }
+
+    /// Jobs in the queues now, and the handlers with the most ready jobs
+    /// (at most `deepest`), for the web console's overview: the caller
+    /// needs `read` over every handler's jobs.
+    ///
+    /// # Errors
+    /// The caller's token is missing, unknown or lacks the scope.
+    pub fn queue_depths<T>(
+        &self,
+        request: &Request<T>,
+        deepest: usize,
+    ) -> Result<QueueDepths, Status> {
+        let grant = self.grant(request)?;
+        grant
+            .require_everywhere(Right::Read)
+            .map_err(|e| self.refuse(&e, request.remote_addr()))?;
+        let (ready, delayed, running, held) = self.store.queue_sizes();
+        let (handlers, with_ready) = self.store.deepest_queues(deepest);
+        Ok(QueueDepths {
+            ready,
+            delayed,
+            running,
+            held,
+            handlers,
+            with_ready,
+        })
     }
 
     /// A refused caller: counted, logged (rate-limited) and answered.

@@ -4,6 +4,7 @@
 mod bearer;
 mod body_budget;
 mod client_counts;
+pub mod console;
 mod gate;
 mod gateway;
 pub mod incoming;
@@ -20,7 +21,7 @@ pub mod tls;
 
 pub use bearer::{AuthedChannel, Bearer};
 pub use gateway::GatewayService;
-pub use jobs::JobsService;
+pub use jobs::{JobsService, QueueDepths};
 pub use metrics::Metrics;
 pub use registry::RegistryService;
 pub use server::{

@@ -42,6 +42,10 @@ pub struct ServeConfig {
     pub log_name: String,
     /// Prometheus metrics listen address; `None` disables metrics.
     pub metrics_listen: Option<SocketAddr>,
+    /// The web console's HTTP listen address (pages and the JSON API,
+    /// spec/console.md); `None` serves no console. Over TLS when `tls` is
+    /// set, with the same certificate.
+    pub http_listen: Option<SocketAddr>,
     /// OTLP/gRPC collector to export traces to; `None` exports none.
     pub otlp_endpoint: Option<String>,
     /// Finished jobs are deleted this long after their last change, hours.
@@ -149,6 +153,7 @@ impl ServeConfig {
             listen,
             log_name: "pulse-ledger.local/log".into(),
             metrics_listen: None,
+            http_listen: None,
             otlp_endpoint: None,
             job_retention_hours: DEFAULT_JOB_RETENTION_HOURS,
             plugins: Vec::new(),
@@ -484,32 +489,42 @@ pub const REFUSAL_RULES: [&str; 4] = [
 /// The Jobs API's access rule and a server builder with TLS set up, or
 /// why `config` may not be served (checked before anything is opened).
 fn security(config: &ServeConfig) -> Result<(crate::auth::Access, Server), ServeError> {
-    let loopback = config.listen.ip().is_loopback();
     let refused = |rule, message: String| ServeError::Refused { rule, message };
-    if config.tls.is_none() && !loopback && !config.allow_plaintext {
-        return Err(refused(
-            "plaintext_not_loopback",
-            format!(
-                "{} is not a loopback address: give a TLS certificate and key (tls_cert, tls_key), or --allow-plaintext behind a TLS-terminating proxy",
-                config.listen
-            ),
-        ));
+    // The console's listener answers the same API over HTTP: the same
+    // rules hold for its address.
+    let listeners = std::iter::once(config.listen).chain(config.http_listen);
+    let any_remote = listeners.clone().any(|a| !a.ip().is_loopback());
+    for addr in listeners {
+        if config.tls.is_none() && !addr.ip().is_loopback() && !config.allow_plaintext {
+            return Err(refused(
+                "plaintext_not_loopback",
+                format!(
+                    "{addr} is not a loopback address: give a TLS certificate and key (tls_cert, tls_key), or --allow-plaintext behind a TLS-terminating proxy",
+                ),
+            ));
+        }
     }
     // rate_limit_loopback says a proxy on this host forwards outside
     // clients: then loopback is no longer "only local users".
-    let reachable = !loopback || config.rate_limit_loopback;
+    let reachable = any_remote || config.rate_limit_loopback;
     let access = if config.tokens.is_empty() {
         if reachable && !config.allow_unauthenticated {
-            let why = if loopback {
-                "rate_limit_loopback says outside clients arrive through a proxy on this host"
+            let (addr, why) = if !any_remote {
+                (
+                    config.listen,
+                    "rate_limit_loopback says outside clients arrive through a proxy on this host",
+                )
             } else {
-                "it is not a loopback address"
+                let remote = std::iter::once(config.listen)
+                    .chain(config.http_listen)
+                    .find(|a| !a.ip().is_loopback())
+                    .unwrap_or(config.listen);
+                (remote, "it is not a loopback address")
             };
             return Err(refused(
                 "jobs_api_unauthenticated",
                 format!(
-                    "{}: {why}, and no [[token]] is configured: create one with `pulse-ledger token create`, or --allow-unauthenticated",
-                    config.listen
+                    "{addr}: {why}, and no [[token]] is configured: create one with `pulse-ledger token create`, or --allow-unauthenticated",
                 ),
             ));
         }
@@ -552,9 +567,18 @@ pub const DEFAULT_DRAIN_GRACE_MS: u64 = 10_000;
 pub async fn serve(
     config: ServeConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
-    on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>, &Ledger),
+    on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>, Option<SocketAddr>, &Ledger),
 ) -> Result<(), ServeError> {
     let (access, builder) = security(&config)?;
+    let console_tls = match &config.tls {
+        Some(t) if config.http_listen.is_some() => {
+            Some(t.rustls().map_err(|message| ServeError::Refused {
+                rule: "bad_tls_file",
+                message,
+            })?)
+        }
+        _ => None,
+    };
     let telemetry = match &config.otlp_endpoint {
         Some(endpoint) => Some(crate::telemetry::Telemetry::start(endpoint).map_err(
             |message| ServeError::Refused {
@@ -687,19 +711,18 @@ pub async fn serve(
         }
     }
     metrics.watch_access(Arc::clone(&access));
-    let jobs = JobsServer::new(
-        JobsService::new(Arc::clone(&ledger), Arc::clone(&store))
-            .with_node(config.node.as_deref(), local)
-            .with_dispatcher(runner.handle())
-            .with_sessions(Arc::clone(&sessions))
-            .with_access(Arc::clone(&access))
-            .with_did_enqueue_limit(Arc::new(crate::auth::RateLimiter::new(
-                config.did_enqueue_rate,
-                config.rate_limit_loopback,
-            ))),
-    )
-    .max_decoding_message_size(MAX_JOBS_REQUEST_BYTES)
-    .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let jobs_service = JobsService::new(Arc::clone(&ledger), Arc::clone(&store))
+        .with_node(config.node.as_deref(), local)
+        .with_dispatcher(runner.handle())
+        .with_sessions(Arc::clone(&sessions))
+        .with_access(Arc::clone(&access))
+        .with_did_enqueue_limit(Arc::new(crate::auth::RateLimiter::new(
+            config.did_enqueue_rate,
+            config.rate_limit_loopback,
+        )));
+    let jobs = JobsServer::new(jobs_service.clone())
+        .max_decoding_message_size(MAX_JOBS_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
     health.set_serving::<JobsServer<JobsService>>().await;
     // Plugins that connect in: their results are as large as any response.
     let gateway = proto::plugin_gateway_server::PluginGatewayServer::new(
@@ -709,16 +732,32 @@ pub async fn serve(
     .max_encoding_message_size(MAX_RESPONSE_BYTES);
     let limiter = crate::auth::RateLimiter::new(config.submit_rate, config.rate_limit_loopback);
     let reads = crate::auth::RateLimiter::new(config.read_rate, config.rate_limit_loopback);
-    let registry = RegistryServer::new(
-        RegistryService::new(Arc::clone(&ledger), metrics)
-            .with_rate_limit(Arc::new(limiter))
-            .with_daily_limit(Arc::new(crate::auth::RateLimiter::daily(
-                config.submit_daily,
-                config.rate_limit_loopback,
-            ))),
-    )
-    .max_decoding_message_size(MAX_REQUEST_BYTES)
-    .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let registry_service = RegistryService::new(Arc::clone(&ledger), metrics)
+        .with_rate_limit(Arc::new(limiter))
+        .with_daily_limit(Arc::new(crate::auth::RateLimiter::daily(
+            config.submit_daily,
+            config.rate_limit_loopback,
+        )));
+    let console_addr = match config.http_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| ServeError::Bind { addr, source })?;
+            let services = super::console::ConsoleServices {
+                jobs: jobs_service.clone(),
+                registry: registry_service.clone(),
+            };
+            tokio::spawn(super::console::serve(l, console_tls, services));
+            Some(bound)
+        }
+        None => None,
+    };
+    let registry = RegistryServer::new(registry_service)
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
 
     tracing::info!(
         listen = %local,
@@ -743,7 +782,7 @@ pub async fn serve(
             },
         ))
     });
-    on_ready(local, metrics_addr, &ledger);
+    on_ready(local, metrics_addr, console_addr, &ledger);
     // Shutdown stops accepting and lets calls in flight finish, but a
     // stream (a log watcher, a job watcher) may never finish by itself:
     // after the drain grace the connections still open are closed.

@@ -63,6 +63,51 @@ impl ServerTls {
     }
 }
 
+impl ServerTls {
+    /// The same certificate, key and client CA as a rustls config for an
+    /// HTTP/1.1 listener (the web console's).
+    ///
+    /// # Errors
+    /// A file is missing, not PEM, or refused by rustls.
+    pub fn rustls(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, String> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_slice_iter(&read(&self.cert, "TLS certificate")?)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("TLS certificate {}: {e}", self.cert.display()))?;
+        let key = PrivateKeyDer::from_pem_slice(&read(&self.key, "TLS key")?)
+            .map_err(|e| format!("TLS key {}: {e}", self.key.display()))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(std::sync::Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?;
+        let builder = match &self.client_ca {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(&read(ca, "client CA")?) {
+                    let c = c.map_err(|e| format!("client CA {}: {e}", ca.display()))?;
+                    roots
+                        .add(c)
+                        .map_err(|e| format!("client CA {}: {e}", ca.display()))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    std::sync::Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| format!("client CA {}: {e}", ca.display()))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| format!("TLS certificate and key: {e}"))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(std::sync::Arc::new(config))
+    }
+}
+
 impl ClientTls {
     /// The tonic client config: the given CA, or the public web roots.
     ///

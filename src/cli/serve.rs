@@ -27,12 +27,13 @@ Examples:
   pulse-ledger serve --data-dir /var/lib/pulse-ledger --listen 0.0.0.0:7300 \\
       --log-name ledger.example.com/prod --metrics-listen 127.0.0.1:9300 \\
       --tls-cert server.pem --tls-key server.key --config pulse-ledger.toml
+  pulse-ledger serve --http-listen 127.0.0.1:7380   # the web console at http://127.0.0.1:7380/
   PULSE_LEDGER_LISTEN=127.0.0.1:7400 pulse-ledger serve --config pulse-ledger.toml
   pulse-ledger serve --store postgres://pulse@db.internal/pulse --log-key /etc/pulse/log.key
   pulse-ledger serve --store postgres://pulse@db.internal/pulse --log-key /etc/pulse/log.key \
       --node node-a --listen 0.0.0.0:7300
 
-Config file keys (TOML): data_dir, store, log_key, node, listen, log_name, metrics_listen, otlp_endpoint,
+Config file keys (TOML): data_dir, store, log_key, node, listen, log_name, metrics_listen, http_listen, otlp_endpoint,
 job_retention_hours, max_running, fair_share_percent, max_handler_concurrency,
 max_timeout_ms, plugin_wait_secs, heartbeat_timeout_ms,
 cancel_grace_ms, plugin_health_interval_ms, tls_cert, tls_key,
@@ -100,6 +101,12 @@ pub(crate) struct Args {
     /// /healthz and /readyz.
     #[arg(long, env = "PULSE_LEDGER_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Serve the web console here (off by default): pages for jobs,
+    /// handlers, plugins and the log, and their JSON API under /api/v1/
+    /// (spec/console.md), over TLS with --tls-cert, with the same tokens
+    /// and scopes as the gRPC API.
+    #[arg(long, env = "PULSE_LEDGER_HTTP_LISTEN", value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
     /// Export traces over OTLP/gRPC to this collector
     /// (`http://127.0.0.1:4317`; off by default): a span per RPC and per
     /// attempt, carried into plugins as W3C trace context.
@@ -175,6 +182,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     log_name: Option<String>,
     metrics_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
     otlp_endpoint: Option<String>,
     job_retention_hours: Option<u64>,
     max_running: Option<usize>,
@@ -389,6 +397,7 @@ impl Args {
                 .or(file.log_name)
                 .unwrap_or_else(|| DEFAULT_LOG_NAME.to_owned()),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            http_listen: self.http_listen.or(file.http_listen),
             otlp_endpoint: self.otlp_endpoint.clone().or(file.otlp_endpoint.clone()),
             job_retention_hours: self
                 .job_retention_hours
@@ -550,9 +559,10 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, CliError> {
         .build()
         .map_err(|e| CliError::Usage(format!("cannot start the async runtime: {e}")))?;
     let data_dir = config.data_dir.clone();
+    let tls = config.tls.is_some();
     let pid_file = data_dir.join(PID_FILE);
     let served = runtime.block_on(async {
-        serve(config, shutdown_signal(), |addr, metrics, ledger| {
+        serve(config, shutdown_signal(), |addr, metrics, console, ledger| {
             // The data dir's lock is held now: say which process holds it
             // (for `kill -HUP $(cat DATA_DIR/serve.pid)` and for a second
             // server started on the same dir).
@@ -567,6 +577,10 @@ pub(crate) fn run(args: Args) -> Result<ExitCode, CliError> {
             );
             if let Some(m) = metrics {
                 println!("metrics on http://{m}/metrics");
+            }
+            if let Some(c) = console {
+                let scheme = if tls { "https" } else { "http" };
+                println!("console on {scheme}://{c}/");
             }
         })
         .await

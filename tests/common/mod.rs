@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod console;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,269 @@
+//! The web console in a real browser (issue 25): headless Chromium loads
+//! each page from a real `serve`, the handler page verifies the chain in
+//! the browser (and catches a tampered proof), the browser's BLAKE3
+//! matches the Rust crate's, and a screenshot of each page is written to
+//! `target/console-screenshots/` for review. `.ci/run` installs Chromium;
+//! without it these tests skip with a notice (and fail under CI).
+
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure report
+
+#[macro_use]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::console::ConsoleServe;
+use common::{handler_register, key, plugin_register, tempdir, update_handler};
+use pulse_ledger::api::proto::{self, registry_client::RegistryClient};
+
+/// The Chromium binary, or `None` (with a notice) when there is none.
+fn chromium() -> Option<PathBuf> {
+    let candidates = std::env::var_os("PULSE_TEST_CHROMIUM")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            [
+                "/usr/bin/chromium",
+                "/usr/bin/chromium-browser",
+                "/usr/bin/google-chrome",
+            ]
+            .map(PathBuf::from),
+        );
+    for c in candidates {
+        if c.exists() {
+            return Some(c);
+        }
+    }
+    assert!(
+        std::env::var_os("PULSE_LEDGER_CI").is_none(),
+        "no Chromium: CI must run the browser tests (.ci/run installs the chromium package)"
+    );
+    eprintln!(
+        "skipped the browser tests: no Chromium (install the chromium package, or set PULSE_TEST_CHROMIUM)"
+    );
+    None
+}
+
+fn start(dir: &Path, env: &[(&str, &str)]) -> ConsoleServe {
+    ConsoleServe::start(&[], dir, env)
+}
+
+/// What Chromium made of `url`: the DOM once the page settled, and the
+/// console messages it logged.
+struct Loaded {
+    dom: String,
+    console: Vec<String>,
+}
+
+/// Loads `url` headless at `size` (width, height); with `screenshot`,
+/// writes a PNG of it there.
+fn load(browser: &Path, url: &str, size: (u32, u32), screenshot: Option<&Path>) -> Loaded {
+    // A profile of its own: two browsers on one profile refuse to start.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let profile = tempdir(&format!("chromium-profile-{run}"));
+    let mut cmd = Command::new(browser);
+    cmd.args([
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=8000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .arg(format!("--window-size={},{}", size.0, size.1));
+    match screenshot {
+        Some(path) => cmd.arg(format!("--screenshot={}", path.display())),
+        None => cmd.arg("--dump-dom"),
+    };
+    let out = cmd.arg(url).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let console = stderr
+        .lines()
+        .filter(|l| l.contains("CONSOLE") || l.contains(":INFO:CONSOLE"))
+        .map(str::to_owned)
+        .collect();
+    assert!(out.status.success(), "chromium failed on {url}:\n{stderr}");
+    Loaded {
+        dom: String::from_utf8_lossy(&out.stdout).into_owned(),
+        console,
+    }
+}
+
+/// A log with a plugin and a handler of two statements.
+async fn register(grpc: &str) -> String {
+    let mut reg = RegistryClient::connect(grpc.to_owned()).await.unwrap();
+    let p = key("browser-plugin");
+    let h = key("browser-handler");
+    let genesis = handler_register(&h, "resize", &p.did);
+    let update = update_handler(&genesis, &h, "resize", &p.did, "1.1.0");
+    for a in [plugin_register(&p, "images"), genesis, update] {
+        reg.submit(proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    h.did.to_string()
+}
+
+fn errors(loaded: &Loaded) -> Vec<&String> {
+    loaded
+        .console
+        .iter()
+        .filter(|l| l.contains("Uncaught") || l.contains("ERROR") || l.contains("Error"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handler_page_verifies_its_chain_in_the_browser() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let dir = tempdir("browser-chain");
+    let c = start(&dir, &[]);
+    let handler = register(&c.grpc).await;
+    let url = format!("http://{}/#/handler/{handler}", c.http);
+    let page = load(&browser, &url, (1280, 800), None);
+    assert!(errors(&page).is_empty(), "{:?}", page.console);
+    assert_eq!(
+        page.dom.matches("class=\"badge ok\"").count(),
+        2,
+        "both statements verified:\n{}",
+        page.dom
+    );
+    assert!(!page.dom.contains("NOT verified"), "{}", page.dom);
+    assert!(
+        page.dom
+            .contains("Signature by the log key: verified in this browser")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_proof_is_shown_not_verified() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let dir = tempdir("browser-tampered");
+    let c = start(&dir, &[("PULSE_LEDGER_TEST_TAMPER_PROOF", "1")]);
+    let handler = register(&c.grpc).await;
+    let url = format!("http://{}/#/handler/{handler}", c.http);
+    let page = load(&browser, &url, (1280, 800), None);
+    assert!(
+        page.dom
+            .contains("NOT verified: its inclusion proof does not lead to the checkpoint"),
+        "the tampered proof went unnoticed:\n{}",
+        page.dom
+    );
+    assert_eq!(
+        page.dom.matches("class=\"badge ok\"").count(),
+        1,
+        "the other statement still verifies"
+    );
+}
+
+/// The browser's BLAKE3 against the Rust crate, and its Merkle trees and
+/// consistency checks against the server's: every prefix root of a log of
+/// 11 entries computed in the browser, and the proof from each prefix to
+/// the whole log verified there (and refused with a forged old root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_browsers_blake3_and_tree_checks_match_the_servers() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let dir = tempdir("browser-blake3");
+    let c = start(&dir, &[]);
+    register(&c.grpc).await;
+    let mut reg = RegistryClient::connect(c.grpc.clone()).await.unwrap();
+    for i in 0..8 {
+        reg.submit(proto::SubmitRequest {
+            envelope: plugin_register(&key(&format!("selftest-{i}")), "p")
+                .envelope()
+                .to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    let page = load(
+        &browser,
+        &format!("http://{}/#/selftest", c.http),
+        (1280, 800),
+        None,
+    );
+    let start = page.dom.find("id=\"selftest-log\">").unwrap() + "id=\"selftest-log\">".len();
+    let log = &page.dom[start..start + page.dom[start..].find("</pre>").unwrap()];
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.first(), Some(&"root 11 ok"), "{log}");
+    assert_eq!(lines.len(), 13, "{log}");
+    for (m, line) in lines[1..].iter().enumerate() {
+        let forged = if m > 0 && m < 11 {
+            "refused"
+        } else {
+            "skipped"
+        };
+        assert_eq!(
+            *line,
+            format!("consistency {m} 11 ok / forged old root: {forged}"),
+            "{log}"
+        );
+    }
+    let start = page.dom.find("id=\"selftest\">").unwrap() + "id=\"selftest\">".len();
+    let text = &page.dom[start..start + page.dom[start..].find("</pre>").unwrap()];
+    let mut checked = 0;
+    for line in text.lines() {
+        let (n, got) = line.split_once(' ').unwrap();
+        let n: usize = n.parse().unwrap();
+        let input: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        assert_eq!(
+            got,
+            blake3::hash(&input).to_hex().as_str(),
+            "BLAKE3 of {n} bytes"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 17);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_loads_without_console_errors_and_is_photographed() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let dir = tempdir("browser-pages");
+    let c = start(&dir, &[]);
+    let handler = register(&c.grpc).await;
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let pages = [
+        ("overview", "#/".to_owned(), "Deepest queues"),
+        ("jobs", "#/jobs".to_owned(), "No job matches."),
+        ("plugins", "#/plugins".to_owned(), "Last refusals"),
+        (
+            "log",
+            "#/log".to_owned(),
+            "(size 3) was verified in this browser",
+        ),
+        ("handler", format!("#/handler/{handler}"), "verified"),
+    ];
+    for (name, hash, expect) in &pages {
+        let url = format!("http://{}/{hash}", c.http);
+        let page = load(&browser, &url, (1280, 800), None);
+        assert!(errors(&page).is_empty(), "{name}: {:?}", page.console);
+        assert!(
+            page.dom.contains(expect),
+            "{name} lacks {expect:?}:\n{}",
+            page.dom
+        );
+        for (label, size) in [("", (1280, 800)), ("-phone", (390, 844))] {
+            let shot = shots.join(format!("{name}{label}.png"));
+            let _ = std::fs::remove_file(&shot);
+            load(&browser, &url, size, Some(&shot));
+            let png = std::fs::read(&shot).unwrap();
+            assert!(png.starts_with(b"\x89PNG"), "{name}{label}: no screenshot");
+        }
+    }
+}

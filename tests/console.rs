@@ -1,0 +1,395 @@
+//! The web console's listener (issue 25, spec/console.md): its pages, and
+//! its JSON API answering with the gRPC API's tokens, scopes and rules,
+//! against a real `serve` with a real plugin, over real HTTP.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is a failure report
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::console::ConsoleServe;
+use common::{handler_register, key, key_file, operator_token, plugin_register, tempdir};
+use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+fn start(dir: &std::path::Path, config: &str) -> ConsoleServe {
+    let path = dir.join("console.toml");
+    std::fs::write(&path, config).unwrap();
+    let data = dir.join("data");
+    ConsoleServe::start(
+        &["--config", path.to_str().unwrap()],
+        &data,
+        &[("RUST_LOG", "warn")],
+    )
+}
+
+/// An HTTP/1.1 answer: status, headers (lower-case names) and body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One request on its own connection (`Connection: close`).
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+) -> Answer {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    if let Some(t) = token {
+        head.push_str(&format!("authorization: Bearer {t}\r\n"));
+    }
+    let body = if method == "POST" { "{}" } else { "" };
+    if let Some(c) = content_type {
+        head.push_str(&format!("content-type: {c}\r\n"));
+    }
+    head.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_owned()))
+        .collect();
+    Answer {
+        status: status.parse().unwrap(),
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+/// The first `event: NAME` of a server-sent event stream, and its data.
+async fn first_event(addr: &str, path: &str, token: &str, name: &str) -> Value {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let marker = format!("event: {name}\ndata: ");
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "the stream ended: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen);
+            if let Some(at) = text.find(&marker) {
+                let rest = &text[at + marker.len()..];
+                if let Some(end) = rest.find('\n') {
+                    return serde_json::from_str(&rest[..end]).unwrap();
+                }
+            }
+        }
+    })
+    .await
+    .expect("no event within 20 s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_serves_its_pages_and_the_api_under_the_grpc_rules() {
+    let dir = tempdir("console-api");
+    let p = key("console-plugin");
+    let pkey = key_file(&dir, &p);
+    let (reader, reader_table) = operator_token("console-reader", &["read"]);
+    let (operator, operator_table) =
+        operator_token("console-operator", &["read", "enqueue", "cancel"]);
+    let plugin = common::plugin_table(
+        "tools",
+        &["--key".into(), pkey.display().to_string()],
+        &dir.join("events.log"),
+    );
+    let c = start(&dir, &format!("{plugin}{reader_table}\n{operator_table}\n"));
+
+    // The page and its assets, each under the content security policy.
+    let page = http(&c.http, "GET", "/", None, None).await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(page.body.contains("/app.js"), "{}", page.body);
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    for (path, kind) in [("/app.js", "text/javascript"), ("/style.css", "text/css")] {
+        let a = http(&c.http, "GET", path, None, None).await;
+        assert_eq!(a.status, 200, "{path}");
+        assert!(
+            a.header("content-type").unwrap().starts_with(kind),
+            "{path}"
+        );
+        assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
+    }
+
+    // A plugin, a handler and a long job, through gRPC.
+    let mut reg = RegistryClient::connect(c.grpc.clone()).await.unwrap();
+    let h = key("console-sleep");
+    let mut envelopes = Vec::new();
+    for a in [
+        plugin_register(&p, "tools"),
+        handler_register(&h, "sleep", &p.did),
+    ] {
+        envelopes.push(a.envelope().to_vec());
+        reg.submit(proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    let mut jobs = JobsClient::connect(c.grpc.clone()).await.unwrap();
+    let mut enqueue = tonic::Request::new(proto::EnqueueRequest {
+        handler: h.did.to_string(),
+        payload: b"30000".to_vec(),
+        ..Default::default()
+    });
+    enqueue.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {operator}").parse().unwrap(),
+    );
+    let id = hex::encode(
+        jobs.enqueue(enqueue)
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap()
+            .id,
+    );
+
+    // No token, no read: the gRPC API's refusal, as HTTP and JSON.
+    let refused = http(&c.http, "GET", "/api/v1/jobs", None, None).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.json()["code"], "token_missing");
+    assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
+    let wrong = http(&c.http, "GET", "/api/v1/jobs", Some("not-a-token"), None).await;
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+
+    // Reads with the read scope.
+    let list = http(&c.http, "GET", "/api/v1/jobs?limit=10", Some(&reader), None).await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    let listed = list.json();
+    assert_eq!(listed["jobs"][0]["id"], id.as_str());
+    assert_eq!(listed["jobs"][0]["handler"], h.did.to_string());
+    let job = first_event(&c.http, &format!("/api/v1/jobs/{id}/live"), &reader, "job").await;
+    assert_eq!(job["id"], id.as_str());
+    let bad_id = http(&c.http, "GET", "/api/v1/jobs/xyz", Some(&reader), None).await;
+    assert_eq!(bad_id.status, 400);
+    assert_eq!(bad_id.json()["code"], "invalid_job_id");
+    let unknown = http(
+        &c.http,
+        "GET",
+        &format!("/api/v1/jobs/{}", "00".repeat(16)),
+        Some(&operator),
+        None,
+    )
+    .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    let no_path = http(&c.http, "GET", "/api/v1/nothing", Some(&reader), None).await;
+    assert_eq!(no_path.status, 404);
+    assert_eq!(no_path.json()["code"], "no_such_path");
+
+    let overview = http(&c.http, "GET", "/api/v1/overview", Some(&reader), None).await;
+    assert_eq!(overview.status, 200, "{}", overview.body);
+    let o = overview.json();
+    assert_eq!(o["log"]["size"], 2);
+    assert!(o["checkpoint"]["note"].as_str().unwrap().contains("\n2\n"));
+    assert_eq!(
+        ["running", "ready", "held", "delayed"]
+            .iter()
+            .map(|k| o["queues"][k].as_u64().unwrap())
+            .sum::<u64>(),
+        1
+    );
+    assert_eq!(o["nodes"]["nodes"].as_array().unwrap().len(), 1);
+
+    // The log, its entries as submitted, and a chain whose proofs verify
+    // against the checkpoint's root.
+    let log = http(&c.http, "GET", "/api/v1/log", Some(&reader), None)
+        .await
+        .json();
+    assert_eq!(log["size"], 2);
+    let entries = http(
+        &c.http,
+        "GET",
+        "/api/v1/log/entries?start=0&end=2",
+        Some(&reader),
+        None,
+    )
+    .await
+    .json();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for (i, e) in entries["entries"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(e["index"], i as u64);
+        assert_eq!(
+            b64.decode(e["envelope"].as_str().unwrap()).unwrap(),
+            envelopes[i]
+        );
+    }
+    let bad_query = http(
+        &c.http,
+        "GET",
+        "/api/v1/log/entries?start=x",
+        Some(&reader),
+        None,
+    )
+    .await;
+    assert_eq!(bad_query.status, 400);
+    let chain = http(
+        &c.http,
+        "GET",
+        &format!("/api/v1/subjects/{}", h.did),
+        Some(&reader),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(chain["subject"]["name"], "sleep");
+    assert_eq!(chain["subject"]["family"], "FAMILY_HANDLER");
+    let root: [u8; 32] = hex::decode(log["root_hash"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let entry = &chain["entries"][0];
+    let proof: Vec<[u8; 32]> = entry["inclusion_proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            hex::decode(h.as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap()
+        })
+        .collect();
+    let leaf =
+        pulse_ledger::ledger::leaf_hash(&b64.decode(entry["envelope"].as_str().unwrap()).unwrap());
+    pulse_ledger::ledger::verify_inclusion(&leaf, 1, 2, &proof, &root).unwrap();
+
+    // Actions: the scope, and a JSON request, or nothing changes.
+    let path = format!("/api/v1/jobs/{id}/cancel");
+    let denied = http(
+        &c.http,
+        "POST",
+        &path,
+        Some(&reader),
+        Some("application/json"),
+    )
+    .await;
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    assert_eq!(denied.json()["code"], "scope_missing");
+    let form = http(
+        &c.http,
+        "POST",
+        &path,
+        Some(&operator),
+        Some("application/x-www-form-urlencoded"),
+    )
+    .await;
+    assert_eq!(form.status, 400);
+    assert_eq!(form.json()["code"], "json_required");
+    let still = http(
+        &c.http,
+        "GET",
+        &format!("/api/v1/jobs/{id}"),
+        Some(&reader),
+        None,
+    )
+    .await
+    .json();
+    assert!(
+        ["queued", "held", "running"].contains(&still["state"].as_str().unwrap()),
+        "{still}"
+    );
+    let cancelled = http(
+        &c.http,
+        "POST",
+        &path,
+        Some(&operator),
+        Some("application/json"),
+    )
+    .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    assert_eq!(cancelled.json()["state"], "cancelled");
+    let retried = http(
+        &c.http,
+        "POST",
+        &format!("/api/v1/jobs/{id}/retry"),
+        Some(&operator),
+        Some("application/json"),
+    )
+    .await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    assert_ne!(retried.json()["state"], "cancelled");
+}
+
+/// The console's address follows the gRPC listener's rules: plaintext
+/// only on loopback, and an open API only on loopback.
+#[test]
+fn a_console_on_a_public_address_needs_tls_and_tokens() {
+    let dir = tempdir("console-public");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "0.0.0.0:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("plaintext_not_loopback"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pulse-ledger"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "0.0.0.0:0",
+        ])
+        .arg("--allow-plaintext")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("jobs_api_unauthenticated") && err.contains("0.0.0.0"),
+        "{err}"
+    );
+}
