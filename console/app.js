@@ -242,7 +242,11 @@ async function jobsPage(params) {
 function jobPage(id) {
   const view = el("section", {}, el("h1", {}, "Job ", short(id, 12)), el("p", {}, "Loading…"));
   show(view);
+  let shown = -1;
   const draw = (j) => {
+    // The first read and the live events may cross: never go back.
+    if (Number(j.updated_at_ms) < shown) return;
+    shown = Number(j.updated_at_ms);
     const ended = ["succeeded", "dead", "cancelled"].includes(j.state);
     view.replaceChildren(
       el("h1", {}, "Job ", el("code", {}, j.id)),
@@ -285,6 +289,7 @@ function jobPage(id) {
       afterSeq = r.next_after_seq || afterSeq;
     } catch (_) { /* the job's page says what failed */ }
   };
+  api("jobs/" + id).then((j) => { draw(j); readLog(); }, (e) => view.replaceChildren(failure(e)));
   live = follow("jobs/" + id + "/live", (name, data) => {
     if (name === "job") { draw(JSON.parse(data)); readLog(); }
     else if (name === "error") say(data, true);
@@ -295,6 +300,8 @@ async function confirmAct(action, id) {
   if (!window.confirm(action[0].toUpperCase() + action.slice(1) + " job " + id + "?")) return;
   try {
     await act("jobs/" + id + "/" + action);
+    // Drawn again: a retried job has a new life to follow.
+    route();
     say(action + ": done");
   } catch (e) {
     say(e.message, true);
@@ -354,6 +361,57 @@ async function logPage(params) {
   } catch (e) {
     show([el("h1", {}, "Log"), failure(e)]);
   }
+}
+
+function scheduleRows(list, after) {
+  return table(["Handler", "When", "Next", "Last fired", "State", ""], list.map((x) => el("tr", {},
+    el("td", {}, el("a", { href: "#/handler/" + x.handler }, short(x.handler, 28))),
+    el("td", {}, x.cron ? el("code", {}, x.cron + (x.timezone ? " " + x.timezone : "")) : "every " + x.every_ms + " ms"),
+    el("td", {}, x.paused ? el("span", { class: "muted" }, "paused") : time(x.next_at_ms)),
+    el("td", {}, x.last_job ? el("a", { href: "#/job/" + x.last_job }, time(x.last_fired_at_ms)) : time(x.last_fired_at_ms)),
+    el("td", {}, x.paused ? "paused" : "active"),
+    el("td", {}, el("button", { type: "button", onclick: async () => {
+      const verb = x.paused ? "resume" : "pause";
+      if (!window.confirm(verb[0].toUpperCase() + verb.slice(1) + " schedule " + x.id + "?")) return;
+      try { await act("schedules/" + x.id + "/" + verb); say(verb + ": done"); after(); }
+      catch (e) { say(e.message, true); }
+    } }, x.paused ? "Resume" : "Pause")))));
+}
+
+async function schedulesPage(params) {
+  show([el("h1", {}, "Schedules"), el("p", {}, "Loading…")]);
+  const after = params.get("after") || "";
+  try {
+    const r = await api("schedules?limit=50" + (after ? "&after=" + after : ""));
+    show([el("h1", {}, "Schedules"),
+      r.schedules.length ? scheduleRows(r.schedules, () => schedulesPage(params)) : el("p", { class: "muted" }, "No schedule."),
+      r.next ? el("a", { class: "button", href: "#/schedules?after=" + r.next }, "Next page") : null]);
+  } catch (e) {
+    show([el("h1", {}, "Schedules"), failure(e)]);
+  }
+}
+
+// A handler's budget and schedules, each shown or its refusal said.
+async function budgetAndSchedules(did) {
+  const box = el("section", { "aria-label": "Budget and schedules" }, el("h2", {}, "Budget"));
+  try {
+    const b = await api("budgets/" + encodeURIComponent(did));
+    const limit = (n) => (Number(n) ? n : "no limit");
+    box.append(table(["Window", "Spent", "Limit"], [
+      el("tr", {}, el("td", {}, "last hour"), el("td", { class: "num" }, b.spent_hour), el("td", { class: "num" }, limit(b.per_hour))),
+      el("tr", {}, el("td", {}, "last day"), el("td", { class: "num" }, b.spent_day), el("td", { class: "num" }, limit(b.per_day)))]),
+    el("p", { class: "muted" }, "Reserved by running attempts: " + b.reserved));
+  } catch (e) {
+    box.append(failure(e));
+  }
+  box.append(el("h2", {}, "Schedules"));
+  try {
+    const r = await api("schedules?limit=50&handler=" + encodeURIComponent(did));
+    box.append(r.schedules.length ? scheduleRows(r.schedules, () => route()) : el("p", { class: "muted" }, "No schedule."));
+  } catch (e) {
+    box.append(failure(e));
+  }
+  return box;
 }
 
 // The first checkpoint this tab verified is kept (session storage); each
@@ -423,6 +481,7 @@ async function handlerPage(did, params) {
       el("div", { class: "actions" },
         from > 0 ? el("a", { class: "button", href: "#/handler/" + did + "?from=" + Math.max(0, from - 50) }, "Earlier statements") : null,
         r.more ? el("a", { class: "button", href: "#/handler/" + did + "?from=" + (from + 50) }, "Later statements") : null),
+      s.family === "FAMILY_HANDLER" ? await budgetAndSchedules(s.did) : null,
       el("h2", {}, "Checkpoint"),
       checked.checkpoint ? el("p", { class: "muted" }, "Signature by the log key: verified in this browser.")
         : el("p", { class: "notice error" }, "Checkpoint NOT verified: " + checked.checkpointError),
@@ -483,6 +542,7 @@ function route() {
     case "jobs": return jobsPage(params);
     case "job": return jobPage(parts[1]);
     case "plugins": return pluginsPage();
+    case "schedules": return schedulesPage(params);
     case "log": return logPage(params);
     case "handler": return handlerPage(decodeURIComponent(parts.slice(1).join("/")), params);
     case "selftest": return selftestPage();

@@ -242,6 +242,7 @@ async fn every_page_loads_without_console_errors_and_is_photographed() {
         ("overview", "#/".to_owned(), "Deepest queues"),
         ("jobs", "#/jobs".to_owned(), "No job matches."),
         ("plugins", "#/plugins".to_owned(), "Last refusals"),
+        ("schedules", "#/schedules".to_owned(), "No schedule."),
         (
             "log",
             "#/log".to_owned(),
@@ -266,4 +267,119 @@ async fn every_page_loads_without_console_errors_and_is_photographed() {
             assert!(png.starts_with(b"\x89PNG"), "{name}{label}: no screenshot");
         }
     }
+}
+
+/// A job's page follows it live (its progress bar moves), and its actions
+/// need their scopes: cancel with a read-only token is refused and changes
+/// nothing; with the operator's token (typed once into the page) cancel
+/// and then retry go through, each after a confirmation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_moves_live_and_its_actions_need_their_scopes() {
+    use pulse_ledger::api::proto::jobs_client::JobsClient;
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let dir = tempdir("browser-live");
+    let p = key("browser-live-plugin");
+    let pkey = common::key_file(&dir, &p);
+    let (reader, reader_table) = common::operator_token("reader", &["read"]);
+    let (operator, operator_table) =
+        common::operator_token("operator", &["read", "enqueue", "cancel"]);
+    let plugin = common::plugin_table(
+        "tools",
+        &["--key".into(), pkey.display().to_string()],
+        &dir.join("events.log"),
+    );
+    let config = dir.join("live.toml");
+    std::fs::write(
+        &config,
+        format!("{plugin}{reader_table}\n{operator_table}\n"),
+    )
+    .unwrap();
+    let c = ConsoleServe::start(
+        &["--config", config.to_str().unwrap()],
+        &dir.join("data"),
+        &[],
+    );
+    let mut reg = RegistryClient::connect(c.grpc.clone()).await.unwrap();
+    let h = key("browser-live-progress");
+    for a in [
+        plugin_register(&p, "tools"),
+        handler_register(&h, "progress", &p.did),
+    ] {
+        reg.submit(proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+
+    let mut b = common::cdp::Browser::start(&chromium, tempdir("chromium-live"), (1280, 800));
+    b.navigate(&format!("http://{}/#/", c.http));
+    // The page's script has run (it draws the overview).
+    b.wait_for(
+        "document.readyState === 'complete' && typeof route === 'function'",
+        10,
+    );
+    b.type_and_submit("token", &reader);
+    b.wait_for("document.querySelector('.card-value')", 10);
+    // Enqueued through gRPC while the overview is open: it shows up there.
+    let mut jobs = JobsClient::connect(c.grpc.clone()).await.unwrap();
+    let mut req = tonic::Request::new(proto::EnqueueRequest {
+        handler: h.did.to_string(),
+        payload: b"1000".to_vec(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {operator}").parse().unwrap(),
+    );
+    let id = hex::encode(
+        jobs.enqueue(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap()
+            .id,
+    );
+    b.wait_for(
+        "[...document.querySelectorAll('.card')].some((c) => ['Ready', 'Running', 'Held'].includes(c.querySelector('.card-label').textContent) && c.querySelector('.card-value').textContent !== '0')",
+        20,
+    );
+
+    // Its page: the progress bar moves without a reload.
+    b.navigate(&format!("http://{}/#/job/{id}", c.http));
+    let progress = "Number((document.querySelector('[role=progressbar]') || {getAttribute: () => 0}).getAttribute('aria-valuenow'))";
+    let first = b.wait_for(&format!("{progress} >= 10 && {progress}"), 30);
+    b.wait_for(&format!("{progress} > {first}"), 30);
+
+    // Cancel with the read-only token: refused, by its rule, and nothing
+    // changes.
+    b.click("Cancel");
+    b.wait_for(
+        "document.getElementById('status').textContent.includes('scope_missing')",
+        10,
+    );
+    let state = "(document.querySelector('.state') || {}).textContent";
+    assert_eq!(b.eval(state), serde_json::json!("running"));
+
+    // The operator's token, typed once: cancel, then retry.
+    b.type_and_submit("token", &operator);
+    b.wait_for(&format!("{state} === 'running'"), 10);
+    b.click("Cancel");
+    b.wait_for(&format!("{state} === 'cancelled'"), 20);
+    b.click("Retry");
+    b.wait_for(
+        &format!("['queued', 'held', 'running', 'succeeded'].includes({state})"),
+        20,
+    );
+    assert_eq!(b.dialogs.len(), 3, "{:?}", b.dialogs);
+    assert!(b.dialogs.iter().all(|d| d.contains(&id)), "{:?}", b.dialogs);
+    let thrown: Vec<_> = b
+        .console
+        .iter()
+        .filter(|l| l.starts_with("exception") || l.starts_with("error"))
+        .collect();
+    assert!(thrown.is_empty(), "{thrown:?}");
 }

@@ -15,8 +15,8 @@
 //! non-retryable error, else retryable), `crash` (exits the process; payload
 //! `once` crashes only the first attempt), `hang` (stops heartbeating and
 //! never returns; payload `once` hangs only the first attempt), `progress`
-//! (10 steps with checkpoints, resuming from the previous attempt's;
-//! payload `oversized` sends a 70,000-byte checkpoint, over the protocol's
+//! (10 steps with checkpoints, resuming from the previous attempt's; a
+//! number as payload is each step's ms, 20 by default; payload `oversized` sends a 70,000-byte checkpoint, over the protocol's
 //! limit, then waits),
 //! `cost` (payload: units, reported one at a time every 20 ms), `stamp`
 //! (returns the Unix time in microseconds at which it started), `attempt`
@@ -208,9 +208,11 @@ async fn run(kind: Kind, ctx: &JobContext, payload: Vec<u8>) -> Result<Vec<u8>, 
             Ok(b"not stopped".to_vec())
         }
         Kind::Progress => {
+            // The payload may give each step's ms (20 by default).
+            let step_ms: u64 = text.parse().unwrap_or(20);
             let from = ctx.checkpoint().first().copied().unwrap_or(0);
             for step in from..10 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(step_ms)).await;
                 ctx.progress(
                     (step + 1) * 10,
                     format!("step {}", step + 1),

@@ -204,6 +204,48 @@ pub(super) fn nodes(r: &proto::ListNodesResponse) -> Value {
     })
 }
 
+/// A schedule.
+pub(super) fn schedule(x: &proto::Schedule) -> Value {
+    json!({
+        "id": hex::encode(&x.id),
+        "handler": x.handler,
+        "cron": x.cron,
+        "timezone": x.timezone,
+        "every_ms": x.every_ms,
+        "payload": content(&x.payload),
+        "priority": x.priority,
+        "max_attempts": x.max_attempts,
+        "timeout_ms": x.timeout_ms,
+        "max_cost": x.max_cost,
+        "overlap": x.overlap,
+        "missed": x.missed,
+        "paused": x.paused,
+        "created_at_ms": x.created_at_ms,
+        "next_at_ms": x.next_at_ms,
+        "last_fired_at_ms": x.last_fired_at_ms,
+        "last_job": hex_or_null(&x.last_job),
+    })
+}
+
+/// A page of schedules.
+pub(super) fn schedules_page(r: &proto::ListSchedulesResponse) -> Value {
+    json!({
+        "schedules": r.schedules.iter().map(schedule).collect::<Vec<_>>(),
+        "next": hex_or_null(&r.next_page_token),
+    })
+}
+
+/// A handler's budget and where it stands.
+pub(super) fn budget(b: &proto::GetBudgetResponse) -> Value {
+    json!({
+        "per_hour": b.per_hour,
+        "per_day": b.per_day,
+        "spent_hour": b.spent_hour,
+        "spent_day": b.spent_day,
+        "reserved": b.reserved,
+    })
+}
+
 /// What the overview shows of the queues.
 pub(super) fn queues(q: &crate::api::QueueDepths) -> Value {
     json!({

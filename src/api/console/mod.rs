@@ -39,6 +39,10 @@ pub fn router(services: ConsoleServices) -> Router {
         .route("/api/v1/log/consistency", get(routes::consistency))
         .route("/api/v1/subjects/{did}", get(routes::subject))
         .route("/api/v1/plugins", get(routes::plugins))
+        .route("/api/v1/schedules", get(routes::schedules))
+        .route("/api/v1/schedules/{id}/pause", post(routes::pause))
+        .route("/api/v1/schedules/{id}/resume", post(routes::resume))
+        .route("/api/v1/budgets/{handler}", get(routes::budget))
         .route("/api/{*rest}", any(routes::no_route))
         .with_state(Arc::new(services))
 }

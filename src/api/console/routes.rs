@@ -511,6 +511,93 @@ pub(super) async fn plugins(State(s): Shared, caller: Caller) -> ApiResult {
     Ok(Json(json::sessions(&r)))
 }
 
+/// The query of `GET /api/v1/schedules`.
+#[derive(Deserialize)]
+pub(super) struct SchedulesQuery {
+    handler: Option<String>,
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+/// `GET /api/v1/schedules?handler=&limit=&after=`.
+pub(super) async fn schedules(
+    State(s): Shared,
+    caller: Caller,
+    Query(q): Query<SchedulesQuery>,
+) -> ApiResult {
+    let page_token = match q.after.as_deref() {
+        None | Some("") => Vec::new(),
+        Some(t) => hex::decode(t).map_err(|_| {
+            ApiError::bad("invalid_page_token", "after is the hex `next` of a page")
+        })?,
+    };
+    let r = s
+        .jobs
+        .list_schedules(caller.rpc(proto::ListSchedulesRequest {
+            handler: q.handler.unwrap_or_default(),
+            page_size: q.limit.unwrap_or(50),
+            page_token,
+        }))
+        .await?
+        .into_inner();
+    Ok(Json(json::schedules_page(&r)))
+}
+
+fn schedule_id(id: &str) -> Result<Vec<u8>, ApiError> {
+    match hex::decode(id) {
+        Ok(b) if b.len() == 16 => Ok(b),
+        _ => Err(ApiError(crate::api::status::bad_request(
+            "id",
+            "invalid_schedule_id",
+            format!("a schedule ID is 32 hex digits, not {id:?}"),
+        ))),
+    }
+}
+
+/// `POST /api/v1/schedules/{id}/pause` and `/resume` (PauseSchedule).
+async fn set_paused(s: &ConsoleServices, caller: &Caller, id: &str, paused: bool) -> ApiResult {
+    json_request(caller)?;
+    let id = schedule_id(id)?;
+    let r = s
+        .jobs
+        .pause_schedule(caller.rpc(proto::PauseScheduleRequest { id, paused }))
+        .await?
+        .into_inner();
+    Ok(Json(
+        r.schedule.as_ref().map_or(Value::Null, json::schedule),
+    ))
+}
+
+/// `POST /api/v1/schedules/{id}/pause`.
+pub(super) async fn pause(State(s): Shared, caller: Caller, Path(id): Path<String>) -> ApiResult {
+    set_paused(&s, &caller, &id, true).await
+}
+
+/// `POST /api/v1/schedules/{id}/resume`.
+pub(super) async fn resume(State(s): Shared, caller: Caller, Path(id): Path<String>) -> ApiResult {
+    set_paused(&s, &caller, &id, false).await
+}
+
+/// `GET /api/v1/budgets/{handler}` (GetBudget; `default` for the
+/// default budget).
+pub(super) async fn budget(
+    State(s): Shared,
+    caller: Caller,
+    Path(handler): Path<String>,
+) -> ApiResult {
+    let handler = if handler == "default" {
+        String::new()
+    } else {
+        handler
+    };
+    let r = s
+        .jobs
+        .get_budget(caller.rpc(proto::GetBudgetRequest { handler }))
+        .await?
+        .into_inner();
+    Ok(Json(json::budget(&r)))
+}
+
 /// Any other `/api/…` path.
 pub(super) async fn no_route() -> ApiError {
     use tonic_types::StatusExt as _;
