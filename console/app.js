@@ -165,6 +165,8 @@ function overviewPage() {
         card("Held", q.held, "#/jobs?state=held"),
         card("Plugin sessions", o.plugins.sessions, "#/plugins"),
         card("Log size", o.log.size, "#/log")),
+      el("h2", {}, "Last minutes"),
+      activityChart(o.activity || []),
       el("h2", {}, "Deepest queues"),
       q.deepest.length
         ? table(["Handler", "Ready"], q.deepest.map((d) => el("tr", {},
@@ -190,34 +192,89 @@ function overviewPage() {
   }, (e) => { if (e) view.replaceChildren(failure(e)); });
 }
 
+// Jobs started per second (bars) over the last minutes, with the latest
+// throughput and enqueue→start waits in words (also for screen readers).
+function activityChart(points) {
+  if (points.length === 0) {
+    return el("p", { class: "muted" }, "Collecting: the first figures come after 10 seconds.");
+  }
+  const last = points[points.length - 1];
+  const ms = (v) => (v === null || v === undefined ? "—" : v < 1 ? v.toFixed(1) + " ms" : Math.round(v) + " ms");
+  const summary = "Last 5 s: " + last.enqueued_per_s + " enqueued/s, " + last.started_per_s + " started/s, " +
+    last.ended_per_s + " ended/s; run_at → start p50 " + ms(last.wait_p50_ms) + ", p99 " + ms(last.wait_p99_ms) + ".";
+  const NS = "http://www.w3.org/2000/svg";
+  const w = 600, h = 80;
+  const svg = document.createElementNS(NS, "svg");
+  svg.setAttribute("viewBox", "0 0 " + w + " " + h);
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", "Jobs started per second, last " + points.length * 5 + " seconds. " + summary);
+  const top = Math.max(1, ...points.map((p) => p.started_per_s));
+  const bw = w / 120;
+  points.forEach((p, i) => {
+    const bh = Math.round((p.started_per_s / top) * (h - 2));
+    const r = document.createElementNS(NS, "rect");
+    r.setAttribute("x", String(w - (points.length - i) * bw));
+    r.setAttribute("y", String(h - bh));
+    r.setAttribute("width", String(Math.max(1, bw - 1)));
+    r.setAttribute("height", String(bh));
+    r.setAttribute("fill", "#1f5fbf");
+    const t = document.createElementNS(NS, "title");
+    t.textContent = new Date(p.at_ms).toLocaleTimeString() + ": " + p.started_per_s + " started/s, wait p99 " + ms(p.wait_p99_ms);
+    r.append(t);
+    svg.append(r);
+  });
+  return el("figure", { class: "activity" }, svg,
+    el("figcaption", {}, summary, el("span", { class: "muted" }, " Peak " + top + " started/s in the last " + Math.round(points.length * 5 / 60 * 10) / 10 + " min.")));
+}
+
 function card(label, value, href) {
   return el("a", { class: "card", href }, el("span", { class: "card-value" }, value),
     el("span", { class: "card-label" }, label));
 }
 
+// A handler given by DID, or by name (resolved through the registry: an
+// exact name that one handler has).
+async function handlerDid(text) {
+  if (!text || text.startsWith("did:")) return text;
+  const r = await api("subjects?limit=50&name_prefix=" + encodeURIComponent(text));
+  const exact = r.subjects.filter((x) => x.name === text);
+  if (exact.length === 1) return exact[0].did;
+  throw new ApiError(400, { code: "unknown_handler_name",
+    message: exact.length ? "several handlers are named " + JSON.stringify(text) + ": give its DID (see Handlers)"
+      : "no handler is named " + JSON.stringify(text) });
+}
+
 async function jobsPage(params) {
   const state = params.get("state") || "";
   const handler = params.get("handler") || "";
+  const since = params.get("since") || "";
   const after = params.get("after") || "";
   const form = el("form", { class: "filters", onsubmit: (ev) => {
     ev.preventDefault();
     const p = new URLSearchParams();
     if (form.state.value) p.set("state", form.state.value);
     if (form.handler.value.trim()) p.set("handler", form.handler.value.trim());
+    if (form.since.value) p.set("since", String(new Date(form.since.value).getTime()));
     location.hash = "#/jobs" + (p.toString() ? "?" + p : "");
   } },
     el("label", { for: "f-state" }, "State"),
     el("select", { id: "f-state", name: "state" },
       JOB_STATES.map((s) => el("option", { value: s, selected: s === state }, s || "any"))),
     el("label", { for: "f-handler" }, "Handler"),
-    el("input", { id: "f-handler", name: "handler", value: handler, placeholder: "did:key:…" }),
+    el("input", { id: "f-handler", name: "handler", value: handler, placeholder: "name or did:key:…" }),
+    el("label", { for: "f-since" }, "Changed since"),
+    el("input", { id: "f-since", name: "since", type: "datetime-local",
+      value: since ? localInput(Number(since)) : null }),
     el("button", { type: "submit" }, "Filter"));
   show([el("h1", {}, "Jobs"), form, el("p", {}, "Loading…")]);
-  const q = new URLSearchParams({ limit: "50" });
-  if (state) q.set("state", state);
-  if (handler) q.set("handler", handler);
-  if (after) q.set("after", after);
   try {
+    const did = await handlerDid(handler);
+    const q = new URLSearchParams({ limit: "50" });
+    if (state) q.set("state", state);
+    if (did) q.set("handler", did);
+    if (since) q.set("since_ms", since);
+    if (after) q.set("after", after);
     const page = await api("jobs?" + q);
     const rows = page.jobs.map((j) => el("tr", {},
       el("td", {}, el("a", { href: "#/job/" + j.id }, short(j.id, 12))),
@@ -226,16 +283,81 @@ async function jobsPage(params) {
       el("td", { class: "num" }, j.attempts + "/" + j.max_attempts),
       el("td", { class: "num" }, j.progress.percent + "%"),
       el("td", {}, time(j.updated_at_ms))));
-    const more = page.next
-      ? el("a", { class: "button", href: "#/jobs?" + new URLSearchParams(Object.assign(
-          {}, state ? { state } : {}, handler ? { handler } : {}, { after: page.next })) }, "Next page")
+    const next = new URLSearchParams();
+    if (state) next.set("state", state);
+    if (handler) next.set("handler", handler);
+    if (since) next.set("since", since);
+    next.set("after", page.next || "");
+    const bulk = did && !["succeeded", "dead", "cancelled"].includes(state)
+      ? el("button", { type: "button", onclick: async () => {
+          const what = (state || "unfinished") + " jobs of handler " + did;
+          if (!window.confirm("Cancel every " + what + "?")) return;
+          try {
+            const r = await api("jobs/cancel", { method: "POST",
+              headers: headers({ "Content-Type": "application/json" }),
+              body: JSON.stringify({ handler: did, state }) });
+            say("cancelled " + r.cancelled + (r.more ? " (more remain: cancel again)" : ""));
+            route();
+          } catch (e) { say(e.message, true); }
+        } }, "Cancel all " + (state || "unfinished") + " jobs of this handler")
       : null;
     show([el("h1", {}, "Jobs"), form,
       rows.length ? table(["Job", "Handler", "State", "Attempts", "Progress", "Updated"], rows)
         : el("p", { class: "muted" }, "No job matches."),
-      more]);
+      el("div", { class: "actions" },
+        page.next ? el("a", { class: "button", href: "#/jobs?" + next }, "Next page") : null, bulk)]);
   } catch (e) {
     show([el("h1", {}, "Jobs"), form, failure(e)]);
+  }
+}
+
+// A time as a datetime-local input's value, in the browser's zone.
+function localInput(ms) {
+  const d = new Date(ms);
+  return new Date(ms - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);
+}
+
+async function handlersPage(params) {
+  const name = params.get("name") || "";
+  const plugin = params.get("plugin") || "";
+  const family = params.get("family") || "handler";
+  const after = params.get("after") || "";
+  const form = el("form", { class: "filters", onsubmit: (ev) => {
+    ev.preventDefault();
+    const p = new URLSearchParams();
+    if (form.name.value.trim()) p.set("name", form.name.value.trim());
+    if (form.plugin.value.trim()) p.set("plugin", form.plugin.value.trim());
+    if (form.family.value !== "handler") p.set("family", form.family.value);
+    location.hash = "#/handlers" + (p.toString() ? "?" + p : "");
+  } },
+    el("label", { for: "h-name" }, "Name starts with"),
+    el("input", { id: "h-name", name: "name", value: name }),
+    el("label", { for: "h-plugin" }, "Plugin"),
+    el("input", { id: "h-plugin", name: "plugin", value: plugin, placeholder: "did:key:…" }),
+    el("label", { for: "h-family" }, "Kind"),
+    el("select", { id: "h-family", name: "family" },
+      ["handler", "plugin"].map((f) => el("option", { value: f, selected: f === family }, f + "s"))),
+    el("button", { type: "submit" }, "Search"));
+  show([el("h1", {}, "Handlers"), form, el("p", {}, "Loading…")]);
+  try {
+    const q = new URLSearchParams({ limit: "50", family });
+    if (name) q.set("name_prefix", name);
+    if (plugin) q.set("plugin", plugin);
+    if (after) q.set("after", after);
+    const r = await api("subjects?" + q);
+    const next = new URLSearchParams(params);
+    next.set("after", r.next || "");
+    show([el("h1", {}, "Handlers"), form,
+      r.subjects.length ? table(["Name", "DID", "Statements", "Revoked", "Last statement"], r.subjects.map((x) => el("tr", {},
+        el("td", {}, el("a", { href: "#/handler/" + x.did }, x.name || "(no name)")),
+        el("td", {}, el("code", {}, short(x.did, 32))),
+        el("td", { class: "num" }, Number(x.seq) + 1),
+        el("td", {}, x.revoked ? "revoked" : "no"),
+        el("td", {}, time(x.issued_at_ms)))))
+        : el("p", { class: "muted" }, "None matches."),
+      r.next ? el("a", { class: "button", href: "#/handlers?" + next }, "Next page") : null]);
+  } catch (e) {
+    show([el("h1", {}, "Handlers"), form, failure(e)]);
   }
 }
 
@@ -265,15 +387,19 @@ function jobPage(id) {
         el("button", { type: "button", disabled: ended, onclick: () => confirmAct("cancel", j.id) }, "Cancel"),
         el("button", { type: "button", disabled: !["dead", "cancelled"].includes(j.state),
           onclick: () => confirmAct("retry", j.id) }, "Retry")),
+      el("h2", {}, "Payload"), content(j.payload),
       el("h2", {}, "Result"), content(j.result),
       el("h2", {}, "Attempts"),
       j.attempt_history.length
-        ? table(["#", "Started", "Ended", "Outcome", "Cost", "Authorised under (handler, plugin)", "Error"],
+        ? table(["#", "Lease", "Node", "Started", "Ended", "Outcome", "Cost", "Authorised under (handler, plugin)", "Error"],
             j.attempt_history.map((a) => el("tr", {},
-              el("td", { class: "num" }, a.number), el("td", {}, time(a.started_at_ms)),
+              el("td", { class: "num" }, a.number),
+              el("td", {}, el("code", { title: a.lease }, short(a.lease, 8))),
+              el("td", {}, a.node || "—"), el("td", {}, time(a.started_at_ms)),
               el("td", {}, time(a.ended_at_ms)), el("td", {}, a.outcome || "running"),
               el("td", { class: "num" }, a.cost),
-              el("td", {}, a.authorised ? a.handler_index + ", " + a.plugin_index : "—"),
+              el("td", {}, a.authorised ? el("span", {}, el("a", { href: "#/log?end=" + (Number(a.handler_index) + 1) }, a.handler_index), ", ",
+                el("a", { href: "#/log?end=" + (Number(a.plugin_index) + 1) }, a.plugin_index)) : "—"),
               el("td", {}, a.error))))
         : el("p", { class: "muted" }, "Not started yet."),
       el("h2", {}, "Log"), logBox);
@@ -357,7 +483,8 @@ async function logPage(params) {
         el("td", { class: "num" }, e.index), el("td", {}, el("code", {}, short(e.envelope, 60)))))),
       el("div", { class: "actions" },
         end < size ? el("a", { class: "button", href: "#/log?end=" + Math.min(size, end + per) }, "Newer") : null,
-        start > 0 ? el("a", { class: "button", href: "#/log?end=" + start }, "Older") : null)]);
+        start > 0 ? el("a", { class: "button", href: "#/log?end=" + start }, "Older") : null),
+      await equivocationsSection(null)]);
   } catch (e) {
     show([el("h1", {}, "Log"), failure(e)]);
   }
@@ -376,6 +503,70 @@ function scheduleRows(list, after) {
       try { await act("schedules/" + x.id + "/" + verb); say(verb + ": done"); after(); }
       catch (e) { say(e.message, true); }
     } }, x.paused ? "Resume" : "Pause")))));
+}
+
+// CBOR values as JSON: byte strings as hex.
+function plain(v) {
+  if (v instanceof Uint8Array) return PulseVerify.hex(v);
+  if (Array.isArray(v)) return v.map(plain);
+  if (v && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plain(x)]));
+  return v;
+}
+
+// The subject's current schema: the one in its last statement, verified
+// in this browser like the chain (fetched alone when not on this page).
+async function schemaSection(page, checked, subject, logDid) {
+  const box = el("section", { "aria-label": "Current schema" }, el("h2", {}, "Current schema"));
+  try {
+    const seen = checked.entries.filter((v) => v.body);
+    if (!seen.some((v) => Number(v.body.seq) === Number(subject.seq))) {
+      const r = await api("subjects/" + encodeURIComponent(subject.did) + "?limit=1&from_seq=" + subject.seq);
+      seen.push(...(await PulseVerify.verifyChain(r, logDid)).entries.filter((v) => v.body));
+    }
+    // A rotation or revocation carries no schema: the latest one that
+    // does holds.
+    const withSchema = seen.filter((v) => v.body.schema)
+      .sort((a, b) => Number(b.body.seq) - Number(a.body.seq))[0];
+    if (!withSchema || !withSchema.body || !withSchema.body.schema) {
+      box.append(el("p", { class: "muted" }, "Its last statement carries no schema; see the chain."));
+    } else {
+      box.append(el("p", { class: withSchema.ok ? "muted" : "notice error" },
+        "From the statement at seq " + withSchema.body.seq + (withSchema.ok ? ", verified in this browser." : ": NOT verified: " + withSchema.why)),
+      el("pre", { class: "json" }, JSON.stringify(plain(withSchema.body.schema), null, 2)));
+    }
+  } catch (e) {
+    box.append(failure(e));
+  }
+  return box;
+}
+
+// Equivocation evidence (of one subject, or all): each checked here.
+async function equivocationsSection(subject) {
+  const box = el("section", { "aria-label": "Equivocations", id: "equivocations" }, el("h2", {}, "Equivocations"));
+  try {
+    const r = await api("log/equivocations?limit=100");
+    const list = r.evidence.filter((e) => !subject || e.subject === subject);
+    if (!list.length) {
+      box.append(el("p", { class: "muted" }, "None recorded."));
+      return box;
+    }
+    const rows = [];
+    for (const e of list) {
+      const err = await PulseVerify.equivocationError(e);
+      rows.push(el("tr", {},
+        el("td", {}, el("a", { href: "#/handler/" + e.subject }, short(e.subject, 28))),
+        el("td", { class: "num" }, e.seq), el("td", { class: "num" }, e.logged_index),
+        el("td", {}, err === null
+          ? el("span", { class: "badge bad" }, "the key signed two statements for this seq (verified in this browser)")
+          : el("span", { class: "badge" }, "evidence NOT verified: " + err))));
+    }
+    box.append(el("p", { class: "notice error" },
+      "A key that signs two different statements for one seq has shown two histories: the log kept the first."),
+      table(["Subject", "Seq", "Logged at", "Evidence"], rows));
+  } catch (e) {
+    box.append(failure(e));
+  }
+  return box;
 }
 
 async function schedulesPage(params) {
@@ -481,6 +672,8 @@ async function handlerPage(did, params) {
       el("div", { class: "actions" },
         from > 0 ? el("a", { class: "button", href: "#/handler/" + did + "?from=" + Math.max(0, from - 50) }, "Earlier statements") : null,
         r.more ? el("a", { class: "button", href: "#/handler/" + did + "?from=" + (from + 50) }, "Later statements") : null),
+      await schemaSection(r, checked, s, log.log_did),
+      await equivocationsSection(s.did),
       s.family === "FAMILY_HANDLER" ? await budgetAndSchedules(s.did) : null,
       el("h2", {}, "Checkpoint"),
       checked.checkpoint ? el("p", { class: "muted" }, "Signature by the log key: verified in this browser.")
@@ -542,6 +735,7 @@ function route() {
     case "jobs": return jobsPage(params);
     case "job": return jobPage(parts[1]);
     case "plugins": return pluginsPage();
+    case "handlers": return handlersPage(params);
     case "schedules": return schedulesPage(params);
     case "log": return logPage(params);
     case "handler": return handlerPage(decodeURIComponent(parts.slice(1).join("/")), params);

@@ -266,6 +266,24 @@ const PulseVerify = (() => {
     return body;
   }
 
+  // Equivocation evidence (spec/console.md): null when both statements
+  // verify, are signed by the same key and claim the same subject and seq
+  // with different bodies — proof that the key signed two histories —
+  // else why not.
+  async function equivocationError(e) {
+    try {
+      const a = await verifyStatement(unbase64(e.logged_envelope));
+      const b = await verifyStatement(unbase64(e.rejected_envelope));
+      if (a.signer !== b.signer) return "signed by different keys";
+      if (a.subject !== e.subject || b.subject !== e.subject) return "not about " + e.subject;
+      if (a.seq !== e.seq || b.seq !== e.seq) return "not both at seq " + e.seq;
+      if (e.logged_envelope === e.rejected_envelope) return "the same statement twice";
+      return null;
+    } catch (err) {
+      return err.message;
+    }
+  }
+
   // A chain page as the API returns it (spec/console.md): each entry
   // {index, ok, why, body} — ok only when its signatures, its link to
   // the statement before it, and its inclusion proof in the checkpoint
@@ -311,6 +329,6 @@ const PulseVerify = (() => {
     return nodeHash(treeRoot(leaves.slice(0, k)), treeRoot(leaves.slice(k)));
   }
 
-  return { blake3, hex, unhex, unbase64, leafHash, treeRoot, verifyInclusion, consistencyError, verifyCheckpoint,
+  return { blake3, hex, unhex, unbase64, leafHash, treeRoot, equivocationError, verifyInclusion, consistencyError, verifyCheckpoint,
     verifyStatement, verifyChain };
 })();

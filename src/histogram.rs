@@ -57,6 +57,18 @@ impl Histogram {
         self.count.load(Ordering::Acquire)
     }
 
+    /// The counts per bucket (not cumulative; durations beyond the last
+    /// bound are in none) and the bounds, seconds.
+    pub fn buckets(&self) -> (Vec<u64>, &'static [f64]) {
+        (
+            self.buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            self.bounds,
+        )
+    }
+
     /// Writes the histogram as metric `name` with `help`.
     pub fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}");

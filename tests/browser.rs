@@ -241,6 +241,7 @@ async fn every_page_loads_without_console_errors_and_is_photographed() {
     let pages = [
         ("overview", "#/".to_owned(), "Deepest queues"),
         ("jobs", "#/jobs".to_owned(), "No job matches."),
+        ("handlers", "#/handlers?name=res".to_owned(), ">resize<"),
         ("plugins", "#/plugins".to_owned(), "Last refusals"),
         ("schedules", "#/schedules".to_owned(), "No schedule."),
         (
@@ -382,4 +383,175 @@ async fn a_job_moves_live_and_its_actions_need_their_scopes() {
         .filter(|l| l.starts_with("exception") || l.starts_with("error"))
         .collect();
     assert!(thrown.is_empty(), "{thrown:?}");
+}
+
+/// A key that signs two statements for one seq: the log keeps the first,
+/// records the other as evidence, and the log and handler pages show it,
+/// checked in the browser (both signatures by the same key, same seq).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equivocation_evidence_is_shown_and_checked_in_the_browser() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let dir = tempdir("browser-equivocation");
+    let c = start(&dir, &[]);
+    let mut reg = RegistryClient::connect(c.grpc.clone()).await.unwrap();
+    let p = key("equivocating-plugin");
+    let h = key("equivocating-handler");
+    let genesis = handler_register(&h, "resize", &p.did);
+    let first = update_handler(&genesis, &h, "resize", &p.did, "1.1.0");
+    let second = update_handler(&genesis, &h, "resize", &p.did, "2.0.0");
+    for a in [plugin_register(&p, "images"), genesis, first] {
+        reg.submit(proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    let refused = reg
+        .submit(proto::SubmitRequest {
+            envelope: second.envelope().to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(common::reason(&refused), "equivocation", "{refused:?}");
+    for hash in ["#/log".to_owned(), format!("#/handler/{}", h.did)] {
+        let page = load(
+            &browser,
+            &format!("http://{}/{hash}", c.http),
+            (1280, 800),
+            None,
+        );
+        assert!(
+            page.dom
+                .contains("the key signed two statements for this seq (verified in this browser)"),
+            "{hash}:\n{}",
+            page.dom
+        );
+        assert!(errors(&page).is_empty(), "{hash}: {:?}", page.console);
+    }
+}
+
+/// The pages at scale: 10,000 jobs and a 500-statement chain are paged
+/// (50 to a page, with a link to the next), and the chain's pages verify.
+/// And the keyboard reaches every control: Tab goes through the page
+/// links, the token field and the filters, and Enter on a link follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_jobs_and_a_long_chain_are_paged_and_the_keyboard_reaches_everything() {
+    use pulse_ledger::api::proto::jobs_client::JobsClient;
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let dir = tempdir("browser-scale");
+    let c = start(&dir, &[]);
+    let mut reg = RegistryClient::connect(c.grpc.clone()).await.unwrap();
+    let p = key("scale-plugin");
+    let h = key("scale-handler");
+    let mut prev = handler_register(&h, "bulk", &p.did);
+    let mut chain = vec![plugin_register(&p, "tools"), prev.clone()];
+    for i in 1..500 {
+        let next = update_handler(&prev, &h, "bulk", &p.did, &format!("1.0.{i}"));
+        chain.push(next.clone());
+        prev = next;
+    }
+    for a in &chain {
+        reg.submit(proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    // No plugin connects: the jobs wait, held or queued.
+    let mut jobs = JobsClient::connect(c.grpc.clone()).await.unwrap();
+    for batch in 0..10 {
+        let reqs = (0..1_000)
+            .map(|i| proto::EnqueueRequest {
+                handler: h.did.to_string(),
+                payload: format!("{batch}-{i}").into_bytes(),
+                ..Default::default()
+            })
+            .collect();
+        jobs.enqueue_batch(proto::EnqueueBatchRequest { jobs: reqs })
+            .await
+            .unwrap();
+    }
+    let url = |hash: &str| format!("http://{}/{hash}", c.http);
+    let page = load(&chromium, &url("#/jobs"), (1280, 800), None);
+    assert_eq!(
+        page.dom.matches("href=\"#/job/").count(),
+        50,
+        "one page of 50"
+    );
+    assert!(page.dom.contains(">Next page<"), "and a next page");
+    let first = load(
+        &chromium,
+        &url(&format!("#/handler/{}", h.did)),
+        (1280, 800),
+        None,
+    );
+    assert_eq!(
+        first.dom.matches("class=\"badge ok\"").count(),
+        50,
+        "{}",
+        first.dom
+    );
+    assert!(first.dom.contains(">Later statements<"));
+    let last = load(
+        &chromium,
+        &url(&format!("#/handler/{}?from=450", h.did)),
+        (1280, 800),
+        None,
+    );
+    assert_eq!(last.dom.matches("class=\"badge ok\"").count(), 50);
+    assert!(!last.dom.contains("NOT verified"));
+    assert!(!last.dom.contains(">Later statements<"));
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    load(
+        &chromium,
+        &url("#/jobs"),
+        (1280, 800),
+        Some(&shots.join("jobs-10000.png")),
+    );
+
+    // The keyboard: Tab through the jobs page, Enter on a link.
+    let mut b = common::cdp::Browser::start(&chromium, tempdir("chromium-keys"), (1280, 800));
+    b.navigate(&url("#/jobs"));
+    b.wait_for("document.querySelectorAll('tbody tr').length === 50", 20);
+    let mut reached = Vec::new();
+    // The date field takes a Tab for each of its parts.
+    for _ in 0..24 {
+        b.press("Tab");
+        reached.push(
+            b.eval("(document.activeElement.id || document.activeElement.textContent || document.activeElement.tagName).trim()")
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    for control in [
+        "Overview",
+        "Jobs",
+        "Handlers",
+        "Plugins",
+        "Schedules",
+        "Log",
+        "token",
+        "Use",
+        "f-state",
+        "f-handler",
+        "Filter",
+    ] {
+        assert!(
+            reached.iter().any(|r| r == control),
+            "Tab never reached {control}: {reached:?}"
+        );
+    }
+    // Back to the first link, and Enter follows it.
+    b.eval("document.querySelector('nav a[href=\"#/log\"]').focus()");
+    b.press("Enter");
+    b.wait_for(
+        "location.hash === '#/log' && document.querySelector('h1').textContent === 'Log'",
+        10,
+    );
 }

@@ -203,6 +203,37 @@ async fn the_console_serves_its_pages_and_the_api_under_the_grpc_rules() {
     assert_eq!(listed["jobs"][0]["handler"], h.did.to_string());
     let job = first_event(&c.http, &format!("/api/v1/jobs/{id}/live"), &reader, "job").await;
     assert_eq!(job["id"], id.as_str());
+    let shown = http(
+        &c.http,
+        "GET",
+        &format!("/api/v1/jobs/{id}"),
+        Some(&reader),
+        None,
+    )
+    .await
+    .json();
+    // "30000" is a JSON document (a number): shown as JSON.
+    assert_eq!(shown["payload"], serde_json::json!({"json": 30000}));
+    let found = http(
+        &c.http,
+        "GET",
+        "/api/v1/subjects?name_prefix=sle",
+        Some(&reader),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(found["subjects"][0]["did"], h.did.to_string());
+    assert_eq!(found["subjects"][0]["name"], "sleep");
+    let bad_family = http(
+        &c.http,
+        "GET",
+        "/api/v1/subjects?family=x",
+        Some(&reader),
+        None,
+    )
+    .await;
+    assert_eq!(bad_family.json()["code"], "invalid_family");
     let bad_id = http(&c.http, "GET", "/api/v1/jobs/xyz", Some(&reader), None).await;
     assert_eq!(bad_id.status, 400);
     assert_eq!(bad_id.json()["code"], "invalid_job_id");
@@ -351,6 +382,38 @@ async fn the_console_serves_its_pages_and_the_api_under_the_grpc_rules() {
     .await;
     assert_eq!(retried.status, 200, "{}", retried.body);
     assert_ne!(retried.json()["state"], "cancelled");
+
+    // Bulk cancel: the handler's unfinished jobs, with the cancel scope.
+    let bulk = |token: String| {
+        let (addr, handler) = (c.http.clone(), h.did.to_string());
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let body = format!("{{\"handler\": \"{handler}\"}}");
+            let req = format!(
+                "POST /api/v1/jobs/cancel HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(req.as_bytes()).await.unwrap();
+            let mut raw = String::new();
+            s.read_to_string(&mut raw).await.unwrap();
+            raw
+        }
+    };
+    let refused = bulk(reader.clone()).await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    let done = bulk(operator.clone()).await;
+    assert!(done.starts_with("HTTP/1.1 200"), "{done}");
+    assert!(done.contains("\"cancelled\":1"), "{done}");
+    let after = http(
+        &c.http,
+        "GET",
+        &format!("/api/v1/jobs/{id}"),
+        Some(&reader),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(after["state"], "cancelled");
 }
 
 /// The console's address follows the gRPC listener's rules: plaintext
@@ -391,5 +454,65 @@ fn a_console_on_a_public_address_needs_tls_and_tokens() {
     assert!(
         err.contains("jobs_api_unauthenticated") && err.contains("0.0.0.0"),
         "{err}"
+    );
+}
+
+/// With a TLS certificate the console is served over TLS, with the gRPC
+/// listener's certificate: a client that trusts the CA reads the API with
+/// a token; a plaintext request gets no HTTP answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_speaks_tls_with_the_servers_certificate() {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    let dir = tempdir("console-tls");
+    let (reader, table) = operator_token("tls-reader", &["read"]);
+    let c = start(
+        &dir,
+        &format!(
+            "tls_cert = {:?}\ntls_key = {:?}\n{table}\n",
+            common::fixture("server.pem"),
+            common::fixture("server.key")
+        ),
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(common::fixture("ca.pem")).unwrap();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(&c.http).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(
+        format!(
+            "GET /api/v1/log HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\nauthorization: Bearer {reader}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = String::new();
+    tls.read_to_string(&mut raw).await.unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("\"log_did\""), "{raw}");
+    // Plaintext HTTP to the TLS listener: no HTTP answer comes back.
+    let mut plain = tokio::net::TcpStream::connect(&c.http).await.unwrap();
+    plain
+        .write_all(b"GET /api/v1/log HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(12), plain.read_to_end(&mut buf)).await;
+    assert!(
+        !buf.starts_with(b"HTTP/1.1"),
+        "{}",
+        String::from_utf8_lossy(&buf)
     );
 }

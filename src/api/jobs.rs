@@ -451,6 +451,7 @@ pub(crate) fn job_message(j: &Job) -> proto::Job {
         parent: j.parent.map(|p| p.0.to_vec()).unwrap_or_default(),
         attempt_history: j.attempts.iter().map(attempt_message).collect(),
         series_start: j.series_start,
+        payload: j.payload.clone(),
     }
 }
 
@@ -466,6 +467,8 @@ fn attempt_message(a: &Attempt) -> proto::JobAttempt {
         authorised: a.authorised_under.is_some(),
         handler_index,
         plugin_index,
+        lease: a.lease.0.to_vec(),
+        node: a.node.clone().unwrap_or_default(),
     }
 }
 

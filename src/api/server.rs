@@ -749,6 +749,7 @@ pub async fn serve(
             let services = super::console::ConsoleServices {
                 jobs: jobs_service.clone(),
                 registry: registry_service.clone(),
+                counters: store.counters(),
             };
             tokio::spawn(super::console::serve(l, console_tls, services));
             Some(bound)

@@ -211,6 +211,23 @@ impl Browser {
         assert_eq!(found, json!(true), "no button {label:?}");
     }
 
+    /// Presses a key (`Tab`, `Enter`) as the keyboard would.
+    pub fn press(&mut self, key: &str) {
+        let code = match key {
+            "Tab" => 9,
+            "Enter" => 13,
+            other => panic!("no key code for {other}"),
+        };
+        for kind in ["keyDown", "keyUp"] {
+            let mut params =
+                json!({"type": kind, "key": key, "code": key, "windowsVirtualKeyCode": code});
+            if key == "Enter" && kind == "keyDown" {
+                params["text"] = json!("\r");
+            }
+            self.command("Input.dispatchKeyEvent", params);
+        }
+    }
+
     /// Types `text` into the input `id` and submits its form.
     pub fn type_and_submit(&mut self, id: &str, text: &str) {
         let done = self.eval(&format!(

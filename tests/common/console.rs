@@ -46,8 +46,9 @@ impl ConsoleServe {
         let grpc = first.split_whitespace().nth(3).unwrap().to_owned();
         let http = lines
             .find_map(|l| {
-                l.unwrap()
-                    .strip_prefix("console on http://")
+                let l = l.unwrap();
+                l.strip_prefix("console on http://")
+                    .or_else(|| l.strip_prefix("console on https://"))
                     .map(|a| a.trim_end_matches('/').to_owned())
             })
             .expect("serve printed no console address");

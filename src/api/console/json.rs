@@ -46,6 +46,7 @@ pub(super) fn job(j: &proto::Job) -> Value {
         "max_cost": j.max_cost,
         "total_cost": j.total_cost,
         "progress": { "percent": j.progress_percent, "message": j.progress_message },
+        "payload": content(&j.payload),
         "result": content(&j.result),
         "last_error": j.last_error,
         "retry_at_ms": j.retry_at_ms,
@@ -67,6 +68,8 @@ fn attempt(a: &proto::JobAttempt) -> Value {
         "authorised": a.authorised,
         "handler_index": a.handler_index,
         "plugin_index": a.plugin_index,
+        "lease": hex::encode(&a.lease),
+        "node": a.node,
     })
 }
 
@@ -123,6 +126,22 @@ pub(super) fn entries(r: &proto::GetEntriesResponse) -> Value {
     })
 }
 
+/// Equivocation evidence: for each, the statement in the log and the
+/// conflicting one the same key signed.
+pub(super) fn equivocations(r: &proto::ListEquivocationsResponse) -> Value {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    json!({
+        "evidence": r.evidence.iter().map(|e| json!({
+            "subject": e.subject,
+            "seq": e.seq,
+            "logged_index": e.logged_index,
+            "logged_envelope": b64.encode(&e.logged_envelope),
+            "rejected_envelope": b64.encode(&e.rejected_envelope),
+        })).collect::<Vec<_>>(),
+        "next": hex_or_null(&r.next_page_token),
+    })
+}
+
 /// A consistency proof between two sizes.
 pub(super) fn consistency(old: u64, new: u64, r: &proto::GetConsistencyProofResponse) -> Value {
     json!({
@@ -132,22 +151,34 @@ pub(super) fn consistency(old: u64, new: u64, r: &proto::GetConsistencyProofResp
     })
 }
 
+fn subject(subject: &proto::Subject) -> Value {
+    json!({
+        "did": subject.did,
+        "family": proto::Family::try_from(subject.family)
+            .map_or("unknown", |f| f.as_str_name()),
+        "current_key": subject.current_key,
+        "seq": subject.seq,
+        "head_id": hex::encode(&subject.head_id),
+        "issued_at_ms": subject.issued_at_ms,
+        "revoked": subject.revoked,
+        "name": subject.name,
+    })
+}
+
+/// A page of handlers (or plugins).
+pub(super) fn subjects_page(r: &proto::ListHandlersResponse) -> Value {
+    json!({
+        "subjects": r.handlers.iter().map(subject).collect::<Vec<_>>(),
+        "next": hex_or_null(&r.next_page_token),
+    })
+}
+
 /// A subject (handler or plugin) and a page of its chain, each statement
 /// with its inclusion proof in the tree of `checkpoint`.
 pub(super) fn chain(subject: &proto::Subject, r: &proto::GetChainResponse) -> Value {
     let b64 = base64::engine::general_purpose::STANDARD;
     json!({
-        "subject": {
-            "did": subject.did,
-            "family": proto::Family::try_from(subject.family)
-                .map_or("unknown", |f| f.as_str_name()),
-            "current_key": subject.current_key,
-            "seq": subject.seq,
-            "head_id": hex::encode(&subject.head_id),
-            "issued_at_ms": subject.issued_at_ms,
-            "revoked": subject.revoked,
-            "name": subject.name,
-        },
+        "subject": self::subject(subject),
         "checkpoint": r.checkpoint.as_ref().map(checkpoint),
         "entries": r.entries.iter().map(|e| json!({
             "index": e.index,

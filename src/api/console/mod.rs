@@ -6,6 +6,7 @@
 //! services of the same process, so a call needs the same token and
 //! scope over HTTP as over gRPC.
 
+mod activity;
 mod assets;
 mod json;
 mod routes;
@@ -19,8 +20,9 @@ use tokio::net::TcpListener;
 
 pub use routes::ConsoleServices;
 
-/// The console's routes: the pages' assets and the API.
-pub fn router(services: ConsoleServices) -> Router {
+/// The console's routes: the pages' assets and the API, with the
+/// overview's record of the last minutes in `activity`.
+fn router(services: ConsoleServices, activity: Arc<activity::Activity>) -> Router {
     Router::new()
         .route("/", get(assets::index))
         .route("/app.js", get(assets::app_js))
@@ -29,6 +31,7 @@ pub fn router(services: ConsoleServices) -> Router {
         .route("/api/v1/overview", get(routes::overview))
         .route("/api/v1/overview/live", get(routes::overview_live))
         .route("/api/v1/jobs", get(routes::jobs))
+        .route("/api/v1/jobs/cancel", post(routes::cancel_many))
         .route("/api/v1/jobs/{id}", get(routes::job))
         .route("/api/v1/jobs/{id}/log", get(routes::job_log))
         .route("/api/v1/jobs/{id}/live", get(routes::job_live))
@@ -37,6 +40,8 @@ pub fn router(services: ConsoleServices) -> Router {
         .route("/api/v1/log", get(routes::log))
         .route("/api/v1/log/entries", get(routes::entries))
         .route("/api/v1/log/consistency", get(routes::consistency))
+        .route("/api/v1/log/equivocations", get(routes::equivocations))
+        .route("/api/v1/subjects", get(routes::subjects))
         .route("/api/v1/subjects/{did}", get(routes::subject))
         .route("/api/v1/plugins", get(routes::plugins))
         .route("/api/v1/schedules", get(routes::schedules))
@@ -44,7 +49,7 @@ pub fn router(services: ConsoleServices) -> Router {
         .route("/api/v1/schedules/{id}/resume", post(routes::resume))
         .route("/api/v1/budgets/{handler}", get(routes::budget))
         .route("/api/{*rest}", any(routes::no_route))
-        .with_state(Arc::new(services))
+        .with_state(Arc::new(routes::ConsoleState { services, activity }))
 }
 
 /// Serves the console on `listener` (over TLS with `tls`) until the
@@ -54,7 +59,12 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     services: ConsoleServices,
 ) {
-    let app = router(services).into_make_service_with_connect_info::<SocketAddr>();
+    let activity = Arc::new(activity::Activity::default());
+    let sampler = tokio::spawn(activity::sample(
+        Arc::clone(&services.counters),
+        Arc::clone(&activity),
+    ));
+    let app = router(services, activity).into_make_service_with_connect_info::<SocketAddr>();
     let served = match tls {
         None => axum::serve(listener, app).await,
         Some(config) => {
@@ -65,6 +75,7 @@ pub async fn serve(
             axum::serve(tls, app).await
         }
     };
+    sampler.abort();
     if let Err(e) = served {
         tracing::error!(error = %e, "the web console's listener failed");
     }

@@ -28,9 +28,25 @@ pub struct ConsoleServices {
     pub jobs: JobsService,
     /// The registry API.
     pub registry: RegistryService,
+    /// The job store's counters, sampled for the overview's last minutes.
+    pub counters: Arc<crate::pulse::JobCounters>,
 }
 
-pub(super) type Shared = State<Arc<ConsoleServices>>;
+/// The services, and what the console keeps of the last minutes.
+pub(super) struct ConsoleState {
+    pub(super) services: ConsoleServices,
+    pub(super) activity: Arc<super::activity::Activity>,
+}
+
+impl std::ops::Deref for ConsoleState {
+    type Target = ConsoleServices;
+
+    fn deref(&self) -> &ConsoleServices {
+        &self.services
+    }
+}
+
+pub(super) type Shared = State<Arc<ConsoleState>>;
 
 /// Handlers named on the overview, with the most ready jobs.
 const DEEPEST: usize = 10;
@@ -152,7 +168,7 @@ pub(super) async fn overview(State(s): Shared, caller: Caller) -> ApiResult {
     Ok(Json(overview_value(&s, &caller).await?))
 }
 
-async fn overview_value(s: &ConsoleServices, caller: &Caller) -> Result<Value, ApiError> {
+async fn overview_value(s: &ConsoleState, caller: &Caller) -> Result<Value, ApiError> {
     let queues = s
         .jobs
         .queue_depths(&caller.rpc(()), DEEPEST)
@@ -187,6 +203,7 @@ async fn overview_value(s: &ConsoleServices, caller: &Caller) -> Result<Value, A
             "running": sessions.sessions.iter().map(|x| u64::from(x.running)).sum::<u64>(),
         },
         "nodes": json::nodes(&nodes),
+        "activity": s.activity.intervals(s.counters.wait.buckets().1),
     }))
 }
 
@@ -444,6 +461,119 @@ pub(super) async fn consistency(
     Ok(Json(json::consistency(q.old, q.new, &r)))
 }
 
+/// The query of `GET /api/v1/subjects`.
+#[derive(Deserialize)]
+pub(super) struct SubjectsQuery {
+    name_prefix: Option<String>,
+    plugin: Option<String>,
+    /// `handler` (the default) or `plugin`.
+    family: Option<String>,
+    include_revoked: Option<bool>,
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+/// `GET /api/v1/subjects?name_prefix=&plugin=&family=&include_revoked=`:
+/// handlers (or plugins) by name prefix and plugin (ListHandlers).
+pub(super) async fn subjects(
+    State(s): Shared,
+    caller: Caller,
+    Query(q): Query<SubjectsQuery>,
+) -> ApiResult {
+    let family = match q.family.as_deref() {
+        None | Some("handler") => proto::Family::Handler,
+        Some("plugin") => proto::Family::Plugin,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "invalid_family",
+                format!("family is handler or plugin, not {other:?}"),
+            ));
+        }
+    };
+    let page_token = match q.after.as_deref() {
+        None | Some("") => Vec::new(),
+        Some(t) => hex::decode(t).map_err(|_| {
+            ApiError::bad("invalid_page_token", "after is the hex `next` of a page")
+        })?,
+    };
+    let r = s
+        .registry
+        .list_handlers(caller.rpc(proto::ListHandlersRequest {
+            name_prefix: q.name_prefix.unwrap_or_default(),
+            plugin: q.plugin.unwrap_or_default(),
+            include_revoked: q.include_revoked.unwrap_or(false),
+            page_size: q.limit.unwrap_or(50),
+            page_token,
+            family: family as i32,
+        }))
+        .await?
+        .into_inner();
+    Ok(Json(json::subjects_page(&r)))
+}
+
+/// The body of `POST /api/v1/jobs/cancel`.
+#[derive(Deserialize)]
+pub(super) struct BulkCancel {
+    handler: Option<String>,
+    state: Option<String>,
+}
+
+/// `POST /api/v1/jobs/cancel` with `{"handler": DID, "state": STATE}`
+/// (CancelJobs, `cancel` scope): cancels that handler's jobs in that state
+/// (or every unfinished one), a bounded number per call.
+pub(super) async fn cancel_many(
+    State(s): Shared,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    json_request(&caller)?;
+    let b: BulkCancel = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad(
+            "invalid_body",
+            format!("the body is {{\"handler\": DID, \"state\": STATE}}: {e}"),
+        )
+    })?;
+    let r = s
+        .jobs
+        .cancel_jobs(caller.rpc(proto::CancelJobsRequest {
+            handler: b.handler.unwrap_or_default(),
+            state: b.state.unwrap_or_default(),
+        }))
+        .await?
+        .into_inner();
+    Ok(Json(json!({ "cancelled": r.cancelled, "more": r.more })))
+}
+
+/// The query of `GET /api/v1/log/equivocations`.
+#[derive(Deserialize)]
+pub(super) struct PageQuery {
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+/// `GET /api/v1/log/equivocations?limit=&after=`.
+pub(super) async fn equivocations(
+    State(s): Shared,
+    caller: Caller,
+    Query(q): Query<PageQuery>,
+) -> ApiResult {
+    let page_token = match q.after.as_deref() {
+        None | Some("") => Vec::new(),
+        Some(t) => hex::decode(t).map_err(|_| {
+            ApiError::bad("invalid_page_token", "after is the hex `next` of a page")
+        })?,
+    };
+    let r = s
+        .registry
+        .list_equivocations(caller.rpc(proto::ListEquivocationsRequest {
+            page_size: q.limit.unwrap_or(50),
+            page_token,
+        }))
+        .await?
+        .into_inner();
+    Ok(Json(json::equivocations(&r)))
+}
+
 /// The query of `GET /api/v1/subjects/{did}`.
 #[derive(Deserialize)]
 pub(super) struct ChainQuery {
@@ -555,7 +685,7 @@ fn schedule_id(id: &str) -> Result<Vec<u8>, ApiError> {
 }
 
 /// `POST /api/v1/schedules/{id}/pause` and `/resume` (PauseSchedule).
-async fn set_paused(s: &ConsoleServices, caller: &Caller, id: &str, paused: bool) -> ApiResult {
+async fn set_paused(s: &ConsoleState, caller: &Caller, id: &str, paused: bool) -> ApiResult {
     json_request(caller)?;
     let id = schedule_id(id)?;
     let r = s

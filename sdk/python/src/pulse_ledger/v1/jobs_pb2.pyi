@@ -29,7 +29,7 @@ class EnqueueRequest(_message.Message):
     def __init__(self, handler: _Optional[str] = ..., payload: _Optional[bytes] = ..., priority: _Optional[int] = ..., run_at_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., max_attempts: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., max_cost: _Optional[int] = ..., parent: _Optional[bytes] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "handler", "state", "reason", "priority", "run_at_ms", "attempts", "max_attempts", "timeout_ms", "max_cost", "total_cost", "progress_percent", "progress_message", "result", "last_error", "retry_at_ms", "updated_at_ms", "idempotency_key", "parent", "attempt_history", "series_start")
+    __slots__ = ("id", "handler", "state", "reason", "priority", "run_at_ms", "attempts", "max_attempts", "timeout_ms", "max_cost", "total_cost", "progress_percent", "progress_message", "result", "last_error", "retry_at_ms", "updated_at_ms", "idempotency_key", "parent", "attempt_history", "series_start", "payload")
     ID_FIELD_NUMBER: _ClassVar[int]
     HANDLER_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,7 @@ class Job(_message.Message):
     PARENT_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_HISTORY_FIELD_NUMBER: _ClassVar[int]
     SERIES_START_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     id: bytes
     handler: str
     state: str
@@ -72,10 +73,11 @@ class Job(_message.Message):
     parent: bytes
     attempt_history: _containers.RepeatedCompositeFieldContainer[JobAttempt]
     series_start: int
-    def __init__(self, id: _Optional[bytes] = ..., handler: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., priority: _Optional[int] = ..., run_at_ms: _Optional[int] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., max_cost: _Optional[int] = ..., total_cost: _Optional[int] = ..., progress_percent: _Optional[int] = ..., progress_message: _Optional[str] = ..., result: _Optional[bytes] = ..., last_error: _Optional[str] = ..., retry_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., parent: _Optional[bytes] = ..., attempt_history: _Optional[_Iterable[_Union[JobAttempt, _Mapping]]] = ..., series_start: _Optional[int] = ...) -> None: ...
+    payload: bytes
+    def __init__(self, id: _Optional[bytes] = ..., handler: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., priority: _Optional[int] = ..., run_at_ms: _Optional[int] = ..., attempts: _Optional[int] = ..., max_attempts: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., max_cost: _Optional[int] = ..., total_cost: _Optional[int] = ..., progress_percent: _Optional[int] = ..., progress_message: _Optional[str] = ..., result: _Optional[bytes] = ..., last_error: _Optional[str] = ..., retry_at_ms: _Optional[int] = ..., updated_at_ms: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., parent: _Optional[bytes] = ..., attempt_history: _Optional[_Iterable[_Union[JobAttempt, _Mapping]]] = ..., series_start: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class JobAttempt(_message.Message):
-    __slots__ = ("number", "started_at_ms", "ended_at_ms", "outcome", "error", "cost", "authorised", "handler_index", "plugin_index")
+    __slots__ = ("number", "started_at_ms", "ended_at_ms", "outcome", "error", "cost", "authorised", "handler_index", "plugin_index", "lease", "node")
     NUMBER_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +87,8 @@ class JobAttempt(_message.Message):
     AUTHORISED_FIELD_NUMBER: _ClassVar[int]
     HANDLER_INDEX_FIELD_NUMBER: _ClassVar[int]
     PLUGIN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     number: int
     started_at_ms: int
     ended_at_ms: int
@@ -94,7 +98,9 @@ class JobAttempt(_message.Message):
     authorised: bool
     handler_index: int
     plugin_index: int
-    def __init__(self, number: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., ended_at_ms: _Optional[int] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., cost: _Optional[int] = ..., authorised: _Optional[bool] = ..., handler_index: _Optional[int] = ..., plugin_index: _Optional[int] = ...) -> None: ...
+    lease: bytes
+    node: str
+    def __init__(self, number: _Optional[int] = ..., started_at_ms: _Optional[int] = ..., ended_at_ms: _Optional[int] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., cost: _Optional[int] = ..., authorised: _Optional[bool] = ..., handler_index: _Optional[int] = ..., plugin_index: _Optional[int] = ..., lease: _Optional[bytes] = ..., node: _Optional[str] = ...) -> None: ...
 
 class EnqueueResponse(_message.Message):
     __slots__ = ("job", "existing")
