@@ -163,8 +163,12 @@ function overviewPage() {
         card("Delayed", q.delayed, "#/jobs?state=retrying"),
         card("Running", q.running, "#/jobs?state=running"),
         card("Held", q.held, "#/jobs?state=held"),
+        card("Succeeded*", (o.finished_since_start || {}).succeeded || 0, "#/jobs?state=succeeded"),
+        card("Dead*", (o.finished_since_start || {}).dead || 0, "#/jobs?state=dead"),
+        card("Cancelled*", (o.finished_since_start || {}).cancelled || 0, "#/jobs?state=cancelled"),
         card("Plugin sessions", o.plugins.sessions, "#/plugins"),
         card("Log size", o.log.size, "#/log")),
+      el("p", { class: "muted" }, "* finished on this server since it started."),
       el("h2", {}, "Last minutes"),
       activityChart(o.activity || []),
       el("h2", {}, "Deepest queues"),
@@ -416,10 +420,14 @@ function jobPage(id) {
     } catch (_) { /* the job's page says what failed */ }
   };
   api("jobs/" + id).then((j) => { draw(j); readLog(); }, (e) => view.replaceChildren(failure(e)));
-  live = follow("jobs/" + id + "/live", (name, data) => {
+  // Log lines are not job changes: read on every second while the page
+  // is open (only the lines after the last one read).
+  const lines = setInterval(readLog, 1000);
+  const stop = follow("jobs/" + id + "/live", (name, data) => {
     if (name === "job") { draw(JSON.parse(data)); readLog(); }
     else if (name === "error") say(data, true);
   }, (e) => { if (e) view.replaceChildren(failure(e)); });
+  live = () => { clearInterval(lines); stop(); };
 }
 
 async function confirmAct(action, id) {

@@ -516,3 +516,28 @@ async fn the_console_speaks_tls_with_the_servers_certificate() {
         String::from_utf8_lossy(&buf)
     );
 }
+
+/// The console's connections are bounded per client: silent sockets from
+/// one address take its slots, the next is closed at once, and once they
+/// close the console answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_cannot_hold_more_than_their_clients_share() {
+    let dir = tempdir("console-bounds");
+    let c = start(&dir, "");
+    let mut silent = Vec::new();
+    for _ in 0..32 {
+        silent.push(tokio::net::TcpStream::connect(&c.http).await.unwrap());
+    }
+    // Let the server take them all before the next one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut over = tokio::net::TcpStream::connect(&c.http).await.unwrap();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), over.read(&mut buf))
+        .await
+        .expect("the connection over the bound was not closed");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let page = http(&c.http, "GET", "/", None, None).await;
+    assert_eq!(page.status, 200);
+}

@@ -9,6 +9,7 @@
 mod activity;
 mod assets;
 mod json;
+mod listener;
 mod routes;
 
 use std::net::SocketAddr;
@@ -65,87 +66,17 @@ pub async fn serve(
         Arc::clone(&activity),
     ));
     let app = router(services, activity).into_make_service_with_connect_info::<SocketAddr>();
-    let served = match tls {
-        None => axum::serve(listener, app).await,
-        Some(config) => {
-            // Tapped (with nothing to do) so that its peer address reaches
-            // the routes like a plain listener's.
+    let served = match listener::ConsoleListener::new(listener, tls) {
+        // Tapped (with nothing to do) so that each connection's peer
+        // address reaches the routes as ConnectInfo.
+        Ok(l) => {
             use axum::serve::ListenerExt as _;
-            let tls = TlsListener::new(listener, config).tap_io(|_| {});
-            axum::serve(tls, app).await
+            axum::serve(l.tap_io(|_| {}), app).await
         }
+        Err(e) => Err(e),
     };
     sampler.abort();
     if let Err(e) = served {
         tracing::error!(error = %e, "the web console's listener failed");
-    }
-}
-
-/// Longest a client may take over its TLS handshake.
-const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Accepts TLS connections: each handshake runs in a task of its own (a
-/// slow client delays nobody) and only finished ones are handed out.
-struct TlsListener {
-    ready: tokio::sync::mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
-    local: std::io::Result<SocketAddr>,
-}
-
-impl TlsListener {
-    fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> TlsListener {
-        let local = listener.local_addr();
-        let (tx, ready) = tokio::sync::mpsc::channel(64);
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "web console: accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, sender) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = sender.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "web console: TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(%peer, "web console: TLS handshake timed out"),
-                    }
-                });
-                if tx.is_closed() {
-                    return;
-                }
-            }
-        });
-        TlsListener { ready, local }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            // The accepting task is gone: nothing more will come.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        match &self.local {
-            Ok(a) => Ok(*a),
-            Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
-        }
     }
 }

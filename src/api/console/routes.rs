@@ -204,6 +204,15 @@ async fn overview_value(s: &ConsoleState, caller: &Caller) -> Result<Value, ApiE
         },
         "nodes": json::nodes(&nodes),
         "activity": s.activity.intervals(s.counters.wait.buckets().1),
+        "finished_since_start": s
+            .counters
+            .finished()
+            .into_iter()
+            .fold(serde_json::Map::new(), |mut m, ((state, _), n)| {
+                let total = m.get(state).and_then(Value::as_u64).unwrap_or(0) + n;
+                m.insert(state.to_owned(), json!(total));
+                m
+            }),
     }))
 }
 
