@@ -296,6 +296,9 @@ async fn the_console_serves_its_pages_and_the_api_under_the_grpc_rules() {
     )
     .await;
     assert_eq!(bad_query.status, 400);
+    let bad_cursor = http(&c.http, "GET", "/api/v1/jobs?after=zz", Some(&reader), None).await;
+    assert_eq!(bad_cursor.status, 400);
+    assert_eq!(bad_cursor.json()["code"], "invalid_page_token");
     let chain = http(
         &c.http,
         "GET",

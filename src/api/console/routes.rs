@@ -152,6 +152,15 @@ impl Caller {
     }
 }
 
+/// A page cursor: the hex `next` of the previous page (none: the first).
+fn page_token(after: Option<&str>) -> Result<Vec<u8>, ApiError> {
+    match after {
+        None | Some("") => Ok(Vec::new()),
+        Some(t) => hex::decode(t)
+            .map_err(|_| ApiError::bad("invalid_page_token", "after is the hex `next` of a page")),
+    }
+}
+
 fn job_id(id: &str) -> Result<Vec<u8>, ApiError> {
     match hex::decode(id) {
         Ok(b) if b.len() == 16 => Ok(b),
@@ -275,12 +284,7 @@ pub(super) async fn jobs(
     caller: Caller,
     Query(q): Query<JobsQuery>,
 ) -> ApiResult {
-    let page_token = match q.after.as_deref() {
-        None | Some("") => Vec::new(),
-        Some(t) => hex::decode(t).map_err(|_| {
-            ApiError::bad("invalid_page_token", "after is the hex `next` of a page")
-        })?,
-    };
+    let page_token = page_token(q.after.as_deref())?;
     let r = s
         .jobs
         .list_jobs(caller.rpc(proto::ListJobsRequest {
@@ -499,12 +503,7 @@ pub(super) async fn subjects(
             ));
         }
     };
-    let page_token = match q.after.as_deref() {
-        None | Some("") => Vec::new(),
-        Some(t) => hex::decode(t).map_err(|_| {
-            ApiError::bad("invalid_page_token", "after is the hex `next` of a page")
-        })?,
-    };
+    let page_token = page_token(q.after.as_deref())?;
     let r = s
         .registry
         .list_handlers(caller.rpc(proto::ListHandlersRequest {
@@ -566,12 +565,7 @@ pub(super) async fn equivocations(
     caller: Caller,
     Query(q): Query<PageQuery>,
 ) -> ApiResult {
-    let page_token = match q.after.as_deref() {
-        None | Some("") => Vec::new(),
-        Some(t) => hex::decode(t).map_err(|_| {
-            ApiError::bad("invalid_page_token", "after is the hex `next` of a page")
-        })?,
-    };
+    let page_token = page_token(q.after.as_deref())?;
     let r = s
         .registry
         .list_equivocations(caller.rpc(proto::ListEquivocationsRequest {
@@ -664,12 +658,7 @@ pub(super) async fn schedules(
     caller: Caller,
     Query(q): Query<SchedulesQuery>,
 ) -> ApiResult {
-    let page_token = match q.after.as_deref() {
-        None | Some("") => Vec::new(),
-        Some(t) => hex::decode(t).map_err(|_| {
-            ApiError::bad("invalid_page_token", "after is the hex `next` of a page")
-        })?,
-    };
+    let page_token = page_token(q.after.as_deref())?;
     let r = s
         .jobs
         .list_schedules(caller.rpc(proto::ListSchedulesRequest {
