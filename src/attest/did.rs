@@ -122,6 +122,9 @@ impl Did {
                 format!("a did:key is at most {MAX_LEN} characters"),
             ));
         }
+        if let Some(key) = Did::parsed_before(text) {
+            return Did::from_public_key(key);
+        }
         let Some(encoded) = text.strip_prefix(PREFIX) else {
             return Err(Error::new(
                 ErrorCode::DidSyntax,
@@ -144,7 +147,14 @@ impl Did {
                 format!("ed25519 key is {} bytes, expected 32", raw.len() - 2),
             )
         })?;
-        Did::from_public_key(key)
+        let did = Did::from_public_key(key)?;
+        // base58 has one spelling per byte string, but a leading-zero
+        // quirk or a future alphabet change must not let two texts name
+        // one key: remember only the text this key prints as.
+        if did.with_text(|canonical| canonical == text) {
+            Did::remember_parsed(text, key);
+        }
+        Ok(did)
     }
 
     /// The 32-byte public key.
@@ -166,12 +176,63 @@ fn y_is_reduced(key: &[u8; 32]) -> bool {
     !(top_is_max && key[0] >= 0xed)
 }
 
+/// How many keys' texts each thread remembers (see [`Did::with_text`]).
+const RECENT_TEXTS: usize = 4_096;
+
+impl Did {
+    /// Calls `f` with the DID's text. Base58 is quadratic in the length
+    /// (about a microsecond for a key), and the same few handler keys are
+    /// written into every job record and message, so recent texts are
+    /// remembered per thread.
+    fn with_text<T>(&self, f: impl FnOnce(&str) -> T) -> T {
+        thread_local! {
+            static TEXTS: std::cell::RefCell<std::collections::HashMap<[u8; 32], Box<str>>> =
+                std::cell::RefCell::new(std::collections::HashMap::new());
+        }
+        TEXTS.with(|t| {
+            let mut t = t.borrow_mut();
+            if let Some(text) = t.get(&self.key) {
+                return f(text);
+            }
+            let mut raw = [0u8; 34];
+            raw[..2].copy_from_slice(&ED25519_PUB_MULTICODEC);
+            raw[2..].copy_from_slice(&self.key);
+            let text: Box<str> = format!("{PREFIX}{}", bs58::encode(raw).into_string()).into();
+            let out = f(&text);
+            if t.len() >= RECENT_TEXTS {
+                t.clear();
+            }
+            t.insert(self.key, text);
+            out
+        })
+    }
+
+    /// The key of a text that parsed before on this thread: parsing is
+    /// base58-decoding, as costly as encoding. Only canonical texts that
+    /// parsed are remembered, so the one-spelling rule is kept.
+    fn parsed_before(text: &str) -> Option<[u8; 32]> {
+        PARSED.with(|p| p.borrow().get(text).copied())
+    }
+
+    fn remember_parsed(text: &str, key: [u8; 32]) {
+        PARSED.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() >= RECENT_TEXTS {
+                p.clear();
+            }
+            p.insert(text.into(), key);
+        });
+    }
+}
+
+thread_local! {
+    static PARSED: std::cell::RefCell<std::collections::HashMap<Box<str>, [u8; 32]>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 impl fmt::Display for Did {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut raw = [0u8; 34];
-        raw[..2].copy_from_slice(&ED25519_PUB_MULTICODEC);
-        raw[2..].copy_from_slice(&self.key);
-        write!(f, "{PREFIX}{}", bs58::encode(raw).into_string())
+        self.with_text(|text| f.write_str(text))
     }
 }
 
@@ -183,7 +244,7 @@ impl fmt::Debug for Did {
 
 impl serde::Serialize for Did {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
+        self.with_text(|text| s.serialize_str(text))
     }
 }
 
@@ -241,6 +302,31 @@ mod tests {
         ident.extend_from_slice(&[0u8; 31]);
         let ident = format!("did:key:z{}", bs58::encode(&ident).into_string());
         assert_eq!(code(&ident), ErrorCode::WeakKey);
+    }
+
+    #[test]
+    fn remembered_texts_and_parses_agree_with_base58_past_the_cache_size() {
+        // More keys than a thread remembers, twice over: every text is the
+        // encoding written out, parses back to its key, and a bad
+        // spelling of a remembered key is still refused.
+        for round in 0..2 {
+            for n in 0..(RECENT_TEXTS as u32 + 100) {
+                let mut seed = [0u8; 32];
+                seed[..4].copy_from_slice(&n.to_le_bytes());
+                let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+                let did = Did::from_verifying_key(&sk.verifying_key()).unwrap();
+                let mut raw = ED25519_PUB_MULTICODEC.to_vec();
+                raw.extend_from_slice(did.public_key());
+                let expected = format!("{PREFIX}{}", bs58::encode(&raw).into_string());
+                assert_eq!(did.to_string(), expected, "round {round}, key {n}");
+                assert_eq!(Did::parse(&expected).unwrap(), did);
+                assert_eq!(Did::parse(&expected).unwrap(), did);
+                if n % 512 == 0 {
+                    let padded = format!("{PREFIX}1{}", &expected[PREFIX.len()..]);
+                    assert!(Did::parse(&padded).is_err(), "{padded}");
+                }
+            }
+        }
     }
 
     #[test]
