@@ -173,6 +173,15 @@ pub struct JobFilter {
 #[derive(Debug, Clone)]
 pub struct ReadyCursor(Vec<u8>);
 
+/// A job-store batch written and visible, not yet known durable
+/// ([`JobStore::write_batch`]).
+pub(super) struct PendingCommit {
+    written: crate::storage::Written,
+    started: std::time::Instant,
+    span: Option<crate::timeline::Span>,
+    ops: u64,
+}
+
 /// A job as stored: the job and the queue index key it currently has.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Stored {
@@ -518,6 +527,26 @@ fn load_queues(ks: &[Space]) -> Result<Queues, JobError> {
     Ok(queues)
 }
 
+/// The answers to an enqueue group whose batch was not persisted: every
+/// job it created fails, and so does a repeat of one created in the same
+/// batch (`in_batch`); only repeats of jobs stored before stand.
+fn not_persisted(
+    results: Vec<Result<(Job, bool), JobError>>,
+    in_batch: &[(Vec<u8>, Job)],
+    e: &crate::storage::StorageError,
+) -> Vec<Result<(Job, bool), JobError>> {
+    let err = storage(format!("enqueue not persisted: {e}"));
+    let unwritten: Vec<JobId> = in_batch.iter().map(|(_, j)| j.id).collect();
+    results
+        .into_iter()
+        .map(|r| match r {
+            Ok((job, true)) if !unwritten.contains(&job.id) => Ok((job, true)),
+            Ok(_) => Err(err.clone()),
+            Err(e) => Err(e),
+        })
+        .collect()
+}
+
 impl JobStore {
     /// The names of the storage spaces the job store keeps: jobs, their
     /// indexes and logs, budgets, spending and schedules (for copying a
@@ -693,26 +722,69 @@ impl JobStore {
     /// Commits a batch of job transitions, timed for the metrics. The
     /// caller holds the writer lock.
     pub(super) fn commit(&self, batch: WriteBatch) -> Result<(), crate::storage::StorageError> {
+        let pending = self.write_batch(batch)?;
+        self.durable(pending)
+    }
+
+    /// The first half of [`JobStore::commit`]: the batch written and
+    /// visible, not yet durable. The caller holds the writer lock, applies
+    /// the batch's queue moves under it, and may release it before
+    /// [`JobStore::durable`], so that the next group (an enqueue while the
+    /// dispatcher's step waits for its fsync, say) is written meanwhile
+    /// and can share that fsync. Nothing that depends on the batch is
+    /// answered or started before `durable` returns; a later batch that
+    /// does (a dispatch of a job just enqueued) is durable only with it.
+    pub(super) fn write_batch(
+        &self,
+        batch: WriteBatch,
+    ) -> Result<PendingCommit, crate::storage::StorageError> {
         let span = crate::timeline::span("jobs_commit");
         let ops = batch.len() as u64;
         let started = std::time::Instant::now();
-        let r = self.storage.commit(batch);
-        self.counters.commit.observe(started.elapsed());
-        if r.as_ref()
-            .is_err_and(crate::storage::StorageError::is_conflict)
-        {
-            self.lost_races
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let r = self.storage.write(batch);
+        if let Err(e) = &r {
+            self.counters.commit.observe(started.elapsed());
+            crate::timeline::end(span, &[("ops", ops)]);
+            if e.is_conflict() {
+                self.lost_races
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                // The writer lock is held: read the indexes again now.
+                self.commit_failed();
+                if self.storage.survives_failed_commit() {
+                    self.reload_queues();
+                }
+            }
+            return Err(e.clone());
         }
-        crate::timeline::end(span, &[("ops", ops)]);
-        if r.as_ref().is_err_and(|e| !e.is_conflict()) && self.storage.survives_failed_commit() {
-            // The batch may have been written all the same: the indexes in
-            // memory follow the store, not the answer.
-            self.queues_stale
-                .store(true, std::sync::atomic::Ordering::Release);
-            self.reload_queues();
+        r.map(|written| PendingCommit {
+            written,
+            started,
+            span,
+            ops,
+        })
+    }
+
+    /// The second half of [`JobStore::commit`]: waits until the batch is
+    /// durable. The writer lock need not be held.
+    pub(super) fn durable(&self, p: PendingCommit) -> Result<(), crate::storage::StorageError> {
+        let r = p.written.durable();
+        self.counters.commit.observe(p.started.elapsed());
+        crate::timeline::end(p.span, &[("ops", p.ops)]);
+        if r.is_err() {
+            self.commit_failed();
         }
         r
+    }
+
+    fn commit_failed(&self) {
+        if self.storage.survives_failed_commit() {
+            // The batch may have been written all the same: the indexes in
+            // memory follow the store, not the answer (read again under
+            // the writer lock).
+            self.queues_stale
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// This store as the node `name` of several sharing it: the attempts
@@ -1024,7 +1096,7 @@ impl JobStore {
         }
         let mut counter = self.writer();
         let mut races = 0;
-        let (results, moves) = loop {
+        let (results, moves, pending) = loop {
             let mut batch = self.batch();
             let mut results = Vec::with_capacity(items.len());
             let mut keys_in_batch: Vec<(Vec<u8>, Job)> = Vec::new();
@@ -1046,8 +1118,8 @@ impl JobStore {
                 .map(|(job, _)| job.id)
                 .collect();
             self.announce(&mut batch, new_ids.into_iter());
-            let e = match self.commit(batch) {
-                Ok(()) => break (results, moves),
+            let e = match self.write_batch(batch) {
+                Ok(pending) => break (results, moves, pending),
                 // Another node took an idempotency key (or, by a chance
                 // of one in 2^32, an ID) first: stage again, to find its
                 // job.
@@ -1057,20 +1129,23 @@ impl JobStore {
                 }
                 Err(e) => e,
             };
-            let err = storage(format!("enqueue not persisted: {e}"));
-            // A repeat of a job created in this same batch was not
-            // persisted either; only repeats of stored jobs stand.
-            let unwritten: Vec<JobId> = keys_in_batch.iter().map(|(_, j)| j.id).collect();
-            return results
-                .into_iter()
-                .map(|r| match r {
-                    Ok((job, true)) if !unwritten.contains(&job.id) => Ok((job, true)),
-                    Ok(_) => Err(err.clone()),
-                    Err(e) => Err(e),
-                })
-                .collect();
+            return not_persisted(results, &keys_in_batch, &e);
         };
         self.queues().apply(moves);
+        // Visible now; durable below, without the writer lock (see
+        // `write_batch`). Jobs found by their idempotency key were
+        // durable before this batch, or are only now with it: no answer
+        // goes out before the fsync either way.
+        drop(counter);
+        if let Err(e) = self.durable(pending) {
+            // A repeat may name a job another group wrote just before,
+            // which this failed fsync did not make durable either.
+            let err = storage(format!("enqueue not persisted: {e}"));
+            return results
+                .into_iter()
+                .map(|r| r.and(Err(err.clone())))
+                .collect();
+        }
         let new: Vec<Transition> = results
             .iter()
             .flatten()
@@ -1213,7 +1288,7 @@ impl JobStore {
         cost: impl Fn(&T) -> u64,
         admission: &Admission,
     ) -> Vec<Result<T, JobError>> {
-        let _guard = self.writer();
+        let guard = self.writer();
         let mut races = 0;
         loop {
             let (results, batch, staged) = self.stage_group(now, &mut ops, &cost, admission);
@@ -1224,9 +1299,20 @@ impl JobStore {
                 Ok(b) => b,
                 Err(e) => return results.into_iter().map(|r| r.and(Err(e.clone()))).collect(),
             };
-            match self.commit(batch) {
-                Ok(()) => {
+            match self.write_batch(batch) {
+                Ok(pending) => {
                     self.queues().apply(moves);
+                    // Durable without the writer lock (see `write_batch`):
+                    // the results (attempts to start, answers) go out
+                    // only after.
+                    drop(guard);
+                    if let Err(e) = self.durable(pending) {
+                        let err = storage(format!("transitions not persisted: {e}"));
+                        return results
+                            .into_iter()
+                            .map(|r| r.and(Err(err.clone())))
+                            .collect();
+                    }
                     self.record_transitions(&transitions);
                     self.changes.changed(written);
                     return results;

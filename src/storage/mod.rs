@@ -199,6 +199,22 @@ pub trait Backend: ReadView {
     /// written is unknown to the caller.
     fn commit(&self, batch: WriteBatch) -> Result<(), StorageError>;
 
+    /// [`Backend::commit`] in two halves: writes `batch` (all of it or
+    /// none; an expectation that does not hold fails here) and returns
+    /// before it is durable; [`Written::durable`] then waits for that.
+    /// Later commits and reads see the batch at once, and a later batch
+    /// is never durable without it. A caller that holds a lock while it
+    /// writes can so let the next writer in during its fsync, and one
+    /// fsync can cover several writers' batches. The default commits
+    /// before it returns.
+    ///
+    /// # Errors
+    /// As [`Backend::commit`].
+    fn write(&self, batch: WriteBatch) -> Result<Written, StorageError> {
+        self.commit(batch)?;
+        Ok(Written::durable_now())
+    }
+
     /// The engine's name, for logs and `--help` ("fjall", "postgres").
     fn engine(&self) -> &'static str;
 
@@ -233,6 +249,67 @@ pub trait Backend: ReadView {
     /// default answers no).
     fn survives_failed_commit(&self) -> bool {
         false
+    }
+}
+
+/// Refuses a batch whose keys, expected keys or notices break the rules
+/// every backend keeps; nothing of it is written.
+fn check_batch(batch: &WriteBatch) -> Result<(), StorageError> {
+    if let Some(op) = batch.ops.iter().find(|op| {
+        let len = match op {
+            WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } => key.len(),
+        };
+        len == 0 || len > MAX_KEY_BYTES
+    }) {
+        return Err(StorageError::new(format!(
+            "a key must be 1 to {MAX_KEY_BYTES} bytes; nothing of the batch was written ({op:?})"
+        )));
+    }
+    if let Some(e) = batch
+        .expected
+        .iter()
+        .find(|e| e.key.is_empty() || e.key.len() > MAX_KEY_BYTES)
+    {
+        return Err(StorageError::new(format!(
+            "an expected key must be 1 to {MAX_KEY_BYTES} bytes; nothing of the batch was written ({} bytes)",
+            e.key.len()
+        )));
+    }
+    if let Some(n) = batch.notices.iter().find(|n| !is_notice(n)) {
+        return Err(StorageError::new(format!(
+            "a notice's topic must be 1 to 32 lowercase ASCII letters or '_' and its text at most {MAX_NOTICE_BYTES} bytes; nothing of the batch was written (topic {:?})",
+            n.0
+        )));
+    }
+    Ok(())
+}
+
+/// A batch written by [`Backend::write`]: visible, and durable once
+/// [`Written::durable`] returns `Ok`.
+#[must_use = "a written batch is not durable until `durable` returns"]
+pub struct Written(Option<Box<dyn FnOnce() -> Result<(), StorageError> + Send>>);
+
+impl Written {
+    /// A batch that is durable already.
+    pub fn durable_now() -> Written {
+        Written(None)
+    }
+
+    /// A batch made durable by `sync`.
+    pub fn after(sync: impl FnOnce() -> Result<(), StorageError> + Send + 'static) -> Written {
+        Written(Some(Box::new(sync)))
+    }
+
+    /// Waits until the batch is durable.
+    ///
+    /// # Errors
+    /// When the fsync failed: whether the batch survives a crash is then
+    /// unknown, and the backend stops writing.
+    pub fn durable(self) -> Result<(), StorageError> {
+        match self.0 {
+            Some(sync) => sync(),
+            None => Ok(()),
+        }
     }
 }
 
@@ -299,33 +376,18 @@ impl Storage {
     /// Keys are 1 to [`MAX_KEY_BYTES`] bytes on every backend; a batch
     /// with another key is refused whole.
     pub fn commit(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        if let Some(op) = batch.ops.iter().find(|op| {
-            let len = match op {
-                WriteOp::Put { key, .. } | WriteOp::Delete { key, .. } => key.len(),
-            };
-            len == 0 || len > MAX_KEY_BYTES
-        }) {
-            return Err(StorageError::new(format!(
-                "a key must be 1 to {MAX_KEY_BYTES} bytes; nothing of the batch was written ({op:?})"
-            )));
-        }
-        if let Some(e) = batch
-            .expected
-            .iter()
-            .find(|e| e.key.is_empty() || e.key.len() > MAX_KEY_BYTES)
-        {
-            return Err(StorageError::new(format!(
-                "an expected key must be 1 to {MAX_KEY_BYTES} bytes; nothing of the batch was written ({} bytes)",
-                e.key.len()
-            )));
-        }
-        if let Some(n) = batch.notices.iter().find(|n| !is_notice(n)) {
-            return Err(StorageError::new(format!(
-                "a notice's topic must be 1 to 32 lowercase ASCII letters or '_' and its text at most {MAX_NOTICE_BYTES} bytes; nothing of the batch was written (topic {:?})",
-                n.0
-            )));
-        }
+        check_batch(&batch)?;
         self.0.commit(batch)
+    }
+
+    /// See [`Backend::write`]. Keys are checked as by
+    /// [`Storage::commit`].
+    ///
+    /// # Errors
+    /// As there.
+    pub fn write(&self, batch: WriteBatch) -> Result<Written, StorageError> {
+        check_batch(&batch)?;
+        self.0.write(batch)
     }
 
     /// See [`Backend::declare_write_once`].
