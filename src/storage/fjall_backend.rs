@@ -1,5 +1,7 @@
 //! The embedded backend: one fjall database in a directory, each space a
-//! keyspace, each commit one batch fsynced with `SyncAll`.
+//! keyspace, each commit one batch written to the journal and then made
+//! durable by a journal fsync (`SyncAll`) that may cover other writers'
+//! batches too.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
