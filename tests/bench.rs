@@ -92,6 +92,23 @@ fn the_bench_measures_every_figure_against_its_ceiling() {
             .unwrap_or_else(|| panic!("{key} missing"));
         assert!(x.is_finite() && x >= 0.0, "{key} = {x}");
     }
+    // Where the CPU went in the jobs runs (Linux's /proc): shares of all
+    // cores, and CPU time per job of the server the bench spawned and of
+    // the bench itself.
+    if std::path::Path::new("/proc/stat").exists() {
+        for phase in ["jobs", "latency", "mixed"] {
+            let busy = values[&format!("{phase}_cpu_busy")]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{phase}_cpu_busy missing"));
+            assert!(busy > 0.0 && busy <= 100.0, "{phase}: {busy} % busy");
+            for who in ["server", "bench"] {
+                let us = values[&format!("{phase}_cpu_{who}")]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{phase}_cpu_{who} missing"));
+                assert!(us.is_finite() && us >= 0.0, "{phase} {who}: {us} µs");
+            }
+        }
+    }
     assert_eq!(v["run"]["runs"], 1);
 }
 

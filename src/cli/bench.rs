@@ -730,10 +730,14 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
                 }
                 bench.through(load.clone(), bearer)
             };
-            let rate = bench.rate(a.jobs as usize).await.map_err(failed("jobs"))?;
+            let server_pid = server_process.as_ref().map(|s| s.0.id());
+            let (rate, jobs_cpu) = bench
+                .rate(a.jobs as usize, server_pid)
+                .await
+                .map_err(failed("jobs"))?;
             let secs = a.latency_secs as f64;
-            let samples = bench
-                .start_latency(rate / 2.0, secs)
+            let (samples, latency_cpu) = bench
+                .start_latency(rate / 2.0, secs, server_pid)
                 .await
                 .map_err(failed("jobs latency"))?;
             let f = JobFigures::new(rate, rate / 2.0, samples);
@@ -799,6 +803,20 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
             ] {
                 t.add(key, label, value, "ms");
             }
+            jobs_cpu.add_to(
+                &mut t,
+                ["jobs_cpu_busy", "jobs_cpu_server", "jobs_cpu_bench"],
+                "the jobs run",
+            );
+            latency_cpu.add_to(
+                &mut t,
+                [
+                    "latency_cpu_busy",
+                    "latency_cpu_server",
+                    "latency_cpu_bench",
+                ],
+                "the latency run (half load), while sending",
+            );
             t.add(
                 "enqueue_ack_p50",
                 "Enqueue acknowledged (durable), p50",
@@ -855,11 +873,12 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
             let label = format!("mixed-{run}");
             let (acks, jobs) = tokio::join!(
                 submit_latency(load.clone(), register_max * 0.4, secs, &label),
-                bench.start_latency(rate * 0.4, secs),
+                bench.start_latency(rate * 0.4, secs, server_pid),
             );
             let mut acks = acks.map_err(failed("mixed load"))?;
             acks.sort_unstable();
-            let m = JobFigures::new(rate, rate * 0.4, jobs.map_err(failed("mixed load"))?);
+            let (jobs, mixed_cpu) = jobs.map_err(failed("mixed load"))?;
+            let m = JobFigures::new(rate, rate * 0.4, jobs);
             t.add(
                 "mixed_submit_ack_p50",
                 format!(
@@ -899,6 +918,11 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
                 "mixed: scheduled send → plugin start, p99.9",
                 m.p999,
                 "ms",
+            );
+            mixed_cpu.add_to(
+                &mut t,
+                ["mixed_cpu_busy", "mixed_cpu_server", "mixed_cpu_bench"],
+                "mixed, while sending",
             );
             if let Some(pid) = server_process.as_ref().map(|s| s.0.id()) {
                 if let Some(mb) = peak_rss_mb(pid) {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use tonic::transport::Channel;
 
-use super::{bench_key, genesis_envelope, percentile_ms};
+use super::{CpuReading, PhaseCpu, bench_key, genesis_envelope, percentile_ms};
 use crate::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
 use crate::api::{AuthedChannel, Bearer};
 use crate::{Action, Did, Family, HandlerSchema, PluginSchema, Schema};
@@ -249,8 +249,14 @@ impl JobBench {
     ///
     /// # Errors
     /// A refused call, or a job that did not succeed.
-    pub async fn rate(&self, n: usize) -> Result<f64, String> {
-        job_rate(&mut self.jobs.clone(), &self.noop, b"", n).await
+    pub async fn rate(&self, n: usize, server: Option<u32>) -> Result<(f64, PhaseCpu), String> {
+        let mut cpu = None;
+        let rate = timed_job_rate(&mut self.jobs.clone(), &self.noop, b"", n, || {
+            cpu = Some(CpuReading::now(server));
+        })
+        .await?;
+        let cpu = cpu.map_or_else(PhaseCpu::default, |c| c.since(n as f64));
+        Ok((rate, cpu))
     }
 
     /// Single `Enqueue` calls of the `stamp` handler at `arrival_rate`,
@@ -258,7 +264,8 @@ impl JobBench {
     /// latency runs from its scheduled send time (on the clock the stamp
     /// handler reports in), not from when its task got to run: a sender
     /// or runtime that falls behind the schedule is queueing delay the job
-    /// sees, so it counts.
+    /// sees, so it counts. Also where the CPU went while the jobs were
+    /// sent (the server's when `server` is its process ID).
     ///
     /// # Errors
     /// A refused call, or a job that did not succeed.
@@ -266,8 +273,10 @@ impl JobBench {
         &self,
         arrival_rate: f64,
         secs: f64,
-    ) -> Result<Vec<JobSample>, String> {
+        server: Option<u32>,
+    ) -> Result<(Vec<JobSample>, PhaseCpu), String> {
         let count = (arrival_rate * secs).max(1.0) as usize;
+        let cpu = CpuReading::now(server);
         let start = Instant::now();
         let start_us = now_us();
         let mut sent = Vec::with_capacity(count);
@@ -282,6 +291,8 @@ impl JobBench {
                 Ok::<_, String>((scheduled_us, called_us, now_us(), id))
             }));
         }
+        // The load while the jobs arrive, not while they are read back.
+        let cpu = cpu.since(count as f64);
         let mut jobs = self.jobs.clone();
         let mut samples = Vec::with_capacity(count);
         for s in sent {
@@ -302,7 +313,7 @@ impl JobBench {
                 started,
             });
         }
-        Ok(samples)
+        Ok((samples, cpu))
     }
 
     /// What `job wait` waits for: `n` jobs of the `stamp` handler, one
@@ -463,6 +474,17 @@ pub async fn job_rate(
     payload: &[u8],
     n: usize,
 ) -> Result<f64, String> {
+    timed_job_rate(jobs, handler, payload, n, || {}).await
+}
+
+/// [`job_rate`], calling `on_start` when the timed part begins.
+async fn timed_job_rate(
+    jobs: &mut JobsClient<AuthedChannel>,
+    handler: &Did,
+    payload: &[u8],
+    n: usize,
+    on_start: impl FnOnce(),
+) -> Result<f64, String> {
     let warm = enqueue_batch(jobs, handler, payload, BATCH.min(n.max(1))).await?;
     if let Some(last) = warm.last() {
         wait_done(jobs, last).await?;
@@ -470,6 +492,7 @@ pub async fn job_rate(
     while !idle(jobs).await? {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    on_start();
     let t = Instant::now();
     let senders: Vec<_> = (0..n.div_ceil(BATCH))
         .map(|chunk| {

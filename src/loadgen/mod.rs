@@ -4,6 +4,7 @@
 //! on the data dir's disk, a bare gRPC round trip to the same plugin.
 
 mod ceilings;
+mod cpu;
 mod jobs;
 mod registrations;
 mod resolution;
@@ -13,6 +14,7 @@ mod targets;
 pub use ceilings::{
     VERIFY_BATCH, bare_plugin_rate, batch_verify_rate, fsync_append_rate, fsync_rate, verify_rate,
 };
+pub use cpu::{CpuReading, MachineCpu, PhaseCpu, process_cpu};
 pub use jobs::{
     BENCH_PLUGIN_NAME, JobBench, JobFigures, JobSample, StageBreakdown, job_rate,
     register_test_plugin,
