@@ -817,6 +817,56 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
                 ],
                 "the latency run (half load), while sending",
             );
+            // Half load for the kind of arrival the latency run sends:
+            // single Enqueue calls cost the server about twice the CPU
+            // per job of the batches the rate above is measured with, so
+            // half that rate keeps the cores most of the time busy.
+            eprintln!("bench: single Enqueue calls, then half their rate…");
+            let single = bench
+                .single_enqueue_rate((a.jobs as usize / 4).max(100), 64)
+                .await
+                .map_err(failed("single Enqueue rate"))?;
+            t.add(
+                "jobs_single",
+                "jobs end to end, single Enqueue calls from 64 callers (closed loop)",
+                single,
+                "/s",
+            );
+            let (samples, single_cpu) = bench
+                .start_latency(single / 2.0, secs, server_pid)
+                .await
+                .map_err(failed("jobs latency"))?;
+            let h = JobFigures::new(single, single / 2.0, samples);
+            t.add(
+                "half_single_start_p50",
+                format!(
+                    "scheduled send → plugin start p50, at {:.0} jobs/s (half the single-call rate)",
+                    h.arrival_rate
+                ),
+                h.p50,
+                "ms",
+            );
+            t.add(
+                "half_single_start_p99",
+                "scheduled send → plugin start p99, half the single-call rate",
+                h.p99,
+                "ms",
+            );
+            t.add(
+                "half_single_start_p999",
+                "scheduled send → plugin start p99.9, half the single-call rate",
+                h.p999,
+                "ms",
+            );
+            single_cpu.add_to(
+                &mut t,
+                [
+                    "half_single_cpu_busy",
+                    "half_single_cpu_server",
+                    "half_single_cpu_bench",
+                ],
+                "half the single-call rate, while sending",
+            );
             t.add(
                 "enqueue_ack_p50",
                 "Enqueue acknowledged (durable), p50",

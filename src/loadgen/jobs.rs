@@ -259,6 +259,44 @@ impl JobBench {
         Ok((rate, cpu))
     }
 
+    /// Jobs/s of no-op jobs sent as the latency run sends them: single
+    /// `Enqueue` calls, from `senders` callers each waiting for its answer
+    /// (closed loop), `n` in all, counted until every one's result is
+    /// stored. The capacity for that kind of arrival, which costs the
+    /// server about twice the CPU per job of a batched enqueue.
+    ///
+    /// # Errors
+    /// A refused call, or a job that did not succeed.
+    pub async fn single_enqueue_rate(&self, n: usize, senders: usize) -> Result<f64, String> {
+        let mut jobs = self.jobs.clone();
+        while !idle(&mut jobs).await? {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let t = Instant::now();
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..senders.max(1))
+            .map(|_| {
+                let (mut c, noop, next) = (self.jobs.clone(), self.noop.clone(), next.clone());
+                tokio::spawn(async move {
+                    let mut last = None;
+                    while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                        last = Some(enqueue_one(&mut c, &noop, 0).await?);
+                    }
+                    Ok::<_, String>(last)
+                })
+            })
+            .collect();
+        for task in tasks {
+            if let Some(id) = task.await.map_err(|e| e.to_string())?? {
+                wait_done(&mut jobs, &id).await?;
+            }
+        }
+        while !idle(&mut jobs).await? {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(n as f64 / t.elapsed().as_secs_f64())
+    }
+
     /// Single `Enqueue` calls of the `stamp` handler at `arrival_rate`,
     /// open loop, for `secs`: each job's times, in send order. Each job's
     /// latency runs from its scheduled send time (on the clock the stamp
