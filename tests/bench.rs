@@ -43,6 +43,10 @@ fn the_bench_measures_every_figure_against_its_ceiling() {
         "start_p50",
         "start_p99",
         "start_p999",
+        "jobs_single",
+        "half_single_start_p50",
+        "half_single_start_p99",
+        "half_single_start_p999",
         "enqueue_ack_p50",
         "enqueue_ack_p99",
         "wait_p50",
@@ -80,6 +84,7 @@ fn the_bench_measures_every_figure_against_its_ceiling() {
     assert_eq!(ratio("register_64").0, "verify_per_core");
     assert!(values["start_p50"].as_f64() <= values["start_p99"].as_f64());
     assert!(values["submit_ack_p50"].as_f64() <= values["submit_ack_p99"].as_f64());
+    assert!(values["half_single_start_p50"].as_f64() <= values["half_single_start_p99"].as_f64());
     // Where the slowest 1 % spent its time: four stages, each measured.
     for key in [
         "tail_sender",
@@ -96,7 +101,7 @@ fn the_bench_measures_every_figure_against_its_ceiling() {
     // cores, and CPU time per job of the server the bench spawned and of
     // the bench itself.
     if std::path::Path::new("/proc/stat").exists() {
-        for phase in ["jobs", "latency", "mixed"] {
+        for phase in ["jobs", "latency", "half_single", "mixed"] {
             let busy = values[&format!("{phase}_cpu_busy")]
                 .as_f64()
                 .unwrap_or_else(|| panic!("{phase}_cpu_busy missing"));
