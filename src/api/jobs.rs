@@ -94,43 +94,37 @@ type Pending = (
 );
 
 impl JobsService {
-    /// A service over `store`, resolving handlers in `ledger`. Must be
-    /// created inside a tokio runtime: concurrent Enqueue calls are
-    /// gathered by a task and committed together under one fsync.
+    /// A service over `store`, resolving handlers in `ledger`.
+    /// Concurrent Enqueue calls are gathered by a thread of the service's
+    /// own and committed together under one fsync.
     pub fn new(ledger: Arc<Ledger>, store: Arc<JobStore>) -> JobsService {
         let (enqueuer, mut queue) = mpsc::channel::<Pending>(4 * MAX_BATCH);
         let group_store = Arc::clone(&store);
-        tokio::spawn(async move {
-            while let Some(first) = queue.recv().await {
-                let mut group = vec![first];
-                while group.len() < MAX_BATCH {
-                    match queue.try_recv() {
-                        Ok(p) => group.push(p),
-                        Err(_) => break,
-                    }
-                }
-                let (items, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-                let store = Arc::clone(&group_store);
-                let results = tokio::task::spawn_blocking(move || {
-                    store.enqueue_batch(&items, crate::clock::unix_ms())
-                })
-                .await;
-                match results {
-                    Ok(results) => {
-                        for (reply, result) in replies.into_iter().zip(results) {
-                            let _ = reply.send(result);
+        // A thread of its own, as the log's writer has: a group goes from
+        // the calls to the store with one hand-off, not two (a task, then
+        // the blocking pool). It ends when the last service is dropped.
+        let spawned = std::thread::Builder::new()
+            .name("job-enqueuer".into())
+            .spawn(move || {
+                while let Some(first) = queue.blocking_recv() {
+                    let mut group = vec![first];
+                    while group.len() < MAX_BATCH {
+                        match queue.try_recv() {
+                            Ok(p) => group.push(p),
+                            Err(_) => break,
                         }
                     }
-                    Err(e) => {
-                        for reply in replies {
-                            let _ = reply.send(Err(JobError::Storage(
-                                crate::ledger::LedgerError::storage("enqueue worker", &e),
-                            )));
-                        }
+                    let (items, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+                    let results = group_store.enqueue_batch(&items, crate::clock::unix_ms());
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result);
                     }
                 }
-            }
-        });
+            });
+        if let Err(e) = spawned {
+            // Calls then find the queue closed and answer `unavailable`.
+            tracing::error!(error = %e, "the enqueue thread could not be started");
+        }
         JobsService {
             ledger,
             store,
