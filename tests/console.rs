@@ -460,13 +460,59 @@ fn a_console_on_a_public_address_needs_tls_and_tokens() {
     );
 }
 
+/// `GET /api/v1/log` over TLS to the console at `addr`, trusting the test
+/// CA, with `client` (a certificate and key file) if given: the raw
+/// answer, or why the connection failed.
+async fn tls_get_log(
+    addr: &str,
+    token: &str,
+    client: Option<(&str, &str)>,
+) -> std::io::Result<String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(common::fixture("ca.pem")).unwrap();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => {
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+            builder.with_client_auth_cert(certs, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    tls.write_all(
+        format!(
+            "GET /api/v1/log HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\nauthorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut raw = String::new();
+    tls.read_to_string(&mut raw).await?;
+    Ok(raw)
+}
+
 /// With a TLS certificate the console is served over TLS, with the gRPC
 /// listener's certificate: a client that trusts the CA reads the API with
 /// a token; a plaintext request gets no HTTP answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_speaks_tls_with_the_servers_certificate() {
-    use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
     let dir = tempdir("console-tls");
     let (reader, table) = operator_token("tls-reader", &["read"]);
     let c = start(
@@ -477,32 +523,7 @@ async fn the_console_speaks_tls_with_the_servers_certificate() {
             common::fixture("server.key")
         ),
     );
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(common::fixture("ca.pem")).unwrap();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(&c.http).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
-    tls.write_all(
-        format!(
-            "GET /api/v1/log HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\nauthorization: Bearer {reader}\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut raw = String::new();
-    tls.read_to_string(&mut raw).await.unwrap();
+    let raw = tls_get_log(&c.http, &reader, None).await.unwrap();
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     assert!(raw.contains("\"log_did\""), "{raw}");
     // Plaintext HTTP to the TLS listener: no HTTP answer comes back.
@@ -518,6 +539,34 @@ async fn the_console_speaks_tls_with_the_servers_certificate() {
         "{}",
         String::from_utf8_lossy(&buf)
     );
+}
+
+/// With a client CA (`tls_client_ca`, mutual TLS) the console, like the
+/// gRPC listener, serves only clients with a certificate that CA signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_with_a_client_ca_needs_a_client_certificate() {
+    let dir = tempdir("console-mtls");
+    let (reader, table) = operator_token("mtls-reader", &["read"]);
+    let c = start(
+        &dir,
+        &format!(
+            "tls_cert = {:?}\ntls_key = {:?}\ntls_client_ca = {:?}\n{table}\n",
+            common::fixture("server.pem"),
+            common::fixture("server.key"),
+            common::fixture("ca.pem")
+        ),
+    );
+    let (cert, key) = (common::fixture("client.pem"), common::fixture("client.key"));
+    let raw = tls_get_log(&c.http, &reader, Some((&cert, &key)))
+        .await
+        .unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("\"log_did\""), "{raw}");
+    // Without a certificate the handshake (or the first read after it,
+    // in TLS 1.3) fails: no HTTP answer.
+    if let Ok(raw) = tls_get_log(&c.http, &reader, None).await {
+        assert!(!raw.starts_with("HTTP/1.1"), "{raw}");
+    }
 }
 
 /// The console's connections are bounded per client: silent sockets from
@@ -543,4 +592,37 @@ async fn silent_connections_cannot_hold_more_than_their_clients_share() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let page = http(&c.http, "GET", "/", None, None).await;
     assert_eq!(page.status, 200);
+}
+
+/// A connection that says nothing is closed by the console after its 10 s
+/// to speak (spec/console.md, "Connections"), and not before: a slow
+/// client that speaks within them is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_closed_after_its_time_to_speak() {
+    let dir = tempdir("console-silent");
+    let c = start(&dir, "");
+    let mut silent = tokio::net::TcpStream::connect(&c.http).await.unwrap();
+    let mut slow = tokio::net::TcpStream::connect(&c.http).await.unwrap();
+    let mut buf = [0u8; 64];
+    // Well inside the 10 s, both are still open.
+    let early = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut buf)).await;
+    assert!(early.is_err(), "closed before its time to speak: {early:?}");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: console\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut page = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), slow.read_to_end(&mut page))
+        .await
+        .expect("the slow client got no answer")
+        .unwrap();
+    assert!(
+        page.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&page)
+    );
+    // The silent one is closed once its time is up (well before 30 s).
+    let closed = tokio::time::timeout(Duration::from_secs(30), silent.read(&mut buf))
+        .await
+        .expect("a silent connection was left open");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
 }

@@ -557,6 +557,17 @@ pub const REVOKED_TOKENS_FILE: &str = "revoked-tokens";
 /// closes the connections that still hold some (streams that never end).
 pub const DEFAULT_DRAIN_GRACE_MS: u64 = 10_000;
 
+/// A TCP listener on `addr` and the address it got (its port, for `:0`).
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), ServeError> {
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = l
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    Ok((l, bound))
+}
+
 /// Opens the ledger and serves until `shutdown` resolves; then stops
 /// accepting, finishes in-flight requests (for at most `drain_grace_ms`),
 /// lets the writer commit what is queued, and returns. `on_ready` is called with the bound addresses.
@@ -605,24 +616,10 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::default());
     metrics.set_log_size(ledger.head().size);
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    let (listener, local) = bind(config.listen).await?;
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind { addr, source })?;
-            let bound = l
-                .local_addr()
-                .map_err(|source| ServeError::Bind { addr, source })?;
+            let (l, bound) = bind(addr).await?;
             tokio::spawn(serve_metrics(l, Arc::clone(&metrics)));
             Some(bound)
         }
@@ -740,12 +737,7 @@ pub async fn serve(
         )));
     let console_addr = match config.http_listen {
         Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind { addr, source })?;
-            let bound = l
-                .local_addr()
-                .map_err(|source| ServeError::Bind { addr, source })?;
+            let (l, bound) = bind(addr).await?;
             let services = super::console::ConsoleServices {
                 jobs: jobs_service.clone(),
                 registry: registry_service.clone(),

@@ -203,12 +203,24 @@ impl Browser {
     }
 
     /// Clicks the first button whose text is `label` (as a keyboard user
-    /// would: focus, then Enter's click).
+    /// would: focus, then Enter's click), waiting up to 10 s for it: a live
+    /// page may be drawing itself again at that moment.
     pub fn click(&mut self, label: &str) {
-        let found = self.eval(&format!(
-            "(() => {{ const b = [...document.querySelectorAll('button')].find((x) => x.textContent.trim() === {label:?}); if (!b) return false; b.focus(); b.click(); return true; }})()"
-        ));
-        assert_eq!(found, json!(true), "no button {label:?}");
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.eval(&format!(
+                "(() => {{ const b = [...document.querySelectorAll('button')].find((x) => x.textContent.trim() === {label:?}); if (!b) return false; b.focus(); b.click(); return true; }})()"
+            ));
+            if found == json!(true) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "no button {label:?} after 10 s; page: {}",
+                self.eval("document.body.innerText")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Presses a key (`Tab`, `Enter`) as the keyboard would.

@@ -138,7 +138,14 @@ impl ConsoleListener {
                     let opened = tokio::time::timeout(FIRST_BYTES, async {
                         match acceptor {
                             Some(a) => a.accept(tcp).await.map(|s| Io::Tls(Box::new(s))),
-                            None => tcp.readable().await.map(|()| Io::Plain(tcp)),
+                            // Readiness may be reported before any byte
+                            // has come (a socket is writable at once, and
+                            // `readable` allows false positives): wait for
+                            // a byte, or the end of the stream, to be there.
+                            None => {
+                                let mut first = [0u8; 1];
+                                tcp.peek(&mut first).await.map(|_| Io::Plain(tcp))
+                            }
                         }
                     })
                     .await;
