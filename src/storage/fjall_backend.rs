@@ -65,9 +65,10 @@ struct JournalSync {
     /// Every batch counted up to here is durable.
     through: u64,
     syncing: bool,
-    /// Why the journal could not be synced: nothing written after it is
-    /// acknowledged again.
-    failed: Option<String>,
+    /// Why the journal could not be synced (and whether fjall was
+    /// poisoned, to be reopened): nothing written before it is
+    /// acknowledged.
+    failed: Option<(bool, String)>,
 }
 
 impl Open {
@@ -80,8 +81,14 @@ impl Open {
             if state.through >= seq {
                 return Ok(());
             }
-            if let Some(why) = &state.failed {
-                return Err(fjall::Error::Io(std::io::Error::other(why.clone())));
+            if let Some((poisoned, why)) = &state.failed {
+                // Every waiter gets the leader's kind of failure, so all
+                // of them mark the backend alike.
+                return Err(if *poisoned {
+                    fjall::Error::Poisoned
+                } else {
+                    fjall::Error::Io(std::io::Error::other(why.clone()))
+                });
             }
             if state.syncing {
                 state = self.synced.wait(state).unwrap_or_else(|p| p.into_inner());
@@ -96,7 +103,9 @@ impl Open {
             state.syncing = false;
             match &r {
                 Ok(()) => state.through = state.through.max(target),
-                Err(e) => state.failed = Some(e.to_string()),
+                Err(e) => {
+                    state.failed = Some((matches!(e, fjall::Error::Poisoned), e.to_string()));
+                }
             }
             self.synced.notify_all();
             r?;
