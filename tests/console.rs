@@ -626,3 +626,33 @@ async fn a_silent_connection_is_closed_after_its_time_to_speak() {
         .expect("a silent connection was left open");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
 }
+
+/// A client that starts a request and stalls mid-head (slowloris) is
+/// closed once the head's 10 s are up, like one that sends nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_that_stalls_is_closed() {
+    let dir = tempdir("console-slowloris");
+    let c = start(&dir, "");
+    let mut stalled = tokio::net::TcpStream::connect(&c.http).await.unwrap();
+    stalled
+        .write_all(b"GET / HTTP/1.1\r\nHost: console\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let early = tokio::time::timeout(Duration::from_secs(2), stalled.read(&mut buf)).await;
+    assert!(early.is_err(), "closed before its time: {early:?}");
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        // hyper may answer 408 before it closes; read to the end.
+        let mut all = Vec::new();
+        stalled.read_to_end(&mut all).await.map(|_| all)
+    })
+    .await
+    .expect("a stalled request head was left open");
+    if let Ok(all) = closed {
+        assert!(
+            all.is_empty() || all.starts_with(b"HTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&all)
+        );
+    }
+}

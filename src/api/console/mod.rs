@@ -65,18 +65,44 @@ pub async fn serve(
         Arc::clone(&services.counters),
         Arc::clone(&activity),
     ));
-    let app = router(services, activity).into_make_service_with_connect_info::<SocketAddr>();
-    let served = match listener::ConsoleListener::new(listener, tls) {
-        // Tapped (with nothing to do) so that each connection's peer
-        // address reaches the routes as ConnectInfo.
-        Ok(l) => {
-            use axum::serve::ListenerExt as _;
-            axum::serve(l.tap_io(|_| {}), app).await
+    let app = router(services, activity);
+    match listener::ConsoleListener::new(listener, tls) {
+        Ok(l) => serve_connections(l, app).await,
+        Err(e) => {
+            sampler.abort();
+            tracing::error!(error = %e, "the web console's listener failed");
         }
-        Err(e) => Err(e),
-    };
-    sampler.abort();
-    if let Err(e) = served {
-        tracing::error!(error = %e, "the web console's listener failed");
+    }
+}
+
+/// Serves each admitted connection with `app`, its peer address reaching
+/// the routes as `ConnectInfo`. Each request's head must arrive within
+/// [`listener::FIRST_BYTES`]: the listener closes a connection that sends
+/// nothing, and this one that starts a request and stalls (axum's own
+/// `serve` sets no timer, so hyper would wait for ever).
+async fn serve_connections(mut listener: listener::ConsoleListener, app: Router) {
+    use axum::serve::Listener as _;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    loop {
+        let (io, peer) = listener.accept().await;
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo::<SocketAddr>(
+                peer,
+            )));
+        tokio::spawn(async move {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(listener::FIRST_BYTES);
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "web console: connection ended");
+            }
+        });
     }
 }
