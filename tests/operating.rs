@@ -588,17 +588,21 @@ async fn job_events_are_logged_and_job_metrics_scraped() {
     for _ in 0..3 {
         jobs.enqueue(enqueue(&slow, "3000")).await.unwrap();
     }
-    // The slow handler's queue: one runs, two wait, ready.
+    // The slow handler's queue: one runs, two wait, ready. The running
+    // one holds its plugin slot once its start is durable and sent, a
+    // moment after the queues show it.
     let until = Instant::now() + Duration::from_secs(30);
     let slow_did = slow.did.to_string();
     let m = loop {
         let m = scrape(&server).await;
-        if sample(&m, "pulse_ledger_queue_depth", &[("handler", &slow_did)]) == Some(2.0) {
+        if sample(&m, "pulse_ledger_queue_depth", &[("handler", &slow_did)]) == Some(2.0)
+            && sample(&m, "pulse_ledger_plugin_slots", &[("kind", "running")]) == Some(1.0)
+        {
             break m;
         }
         assert!(
             Instant::now() < until,
-            "the slow queue never showed 2 ready jobs"
+            "the slow queue never showed 2 ready jobs and 1 running"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
