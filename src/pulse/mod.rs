@@ -10,6 +10,7 @@ mod handler_load;
 mod job;
 mod job_changes;
 mod job_metrics;
+mod live_records;
 mod machine;
 mod payload_schema;
 mod record;

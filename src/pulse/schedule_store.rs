@@ -264,14 +264,14 @@ impl JobStore {
         }
         let mut ids = self.writer();
         let mut batch = self.batch();
-        let mut moves = Vec::new();
+        let mut effects = super::store::Effects::default();
         let mut keys_in_batch = Vec::new();
         let mut changed: Vec<(Schedule, Schedule)> = Vec::new();
         for id in due {
             let Some((old, raw)) = self.load_schedule_raw(&id)? else {
                 continue;
             };
-            batch.expect(self.ks(Jk::Schedules), id.0, Some(&raw));
+            self.expect_unchanged(&mut batch, Jk::Schedules, id.0, Some(&raw));
             let previous_running = match old.last_fired {
                 Some((_, job)) => match self.get(&job) {
                     Ok(j) => !j.state.is_terminal(),
@@ -288,7 +288,7 @@ impl JobStore {
                     self.stage_enqueue(
                         &mut ids,
                         &mut batch,
-                        &mut moves,
+                        &mut effects,
                         &mut keys_in_batch,
                         (&old.handler, &schema, &old.job_request(plan.at)),
                         now,
@@ -333,7 +333,7 @@ impl JobStore {
             }
             Err(e) => return Err(storage(format!("schedule firing not persisted: {e}"))),
         }
-        self.queues().apply(moves);
+        self.apply(effects);
         for (old, new) in &changed {
             self.reindex(Some(old), Some(new));
         }

@@ -17,6 +17,7 @@ use super::job::{
     MAX_PRIORITY, check_request,
 };
 use super::job_metrics::JobCounters;
+use super::live_records::{self, LiveRecords, RecordWrite};
 use super::record::{decode as record_from_slice, encode as record_to_vec};
 use super::transition::Transition;
 use crate::ledger::{Ledger, LedgerError, LedgerErrorCode};
@@ -184,7 +185,7 @@ pub(super) struct PendingCommit {
 
 /// A job as stored: the job and the queue index key it currently has.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stored {
+pub(super) struct Stored {
     job: Job,
     /// (keyspace tag, key) of its queue index entry, if any.
     placement: Option<(u8, Vec<u8>)>,
@@ -200,9 +201,9 @@ pub type GroupOp<T> = Box<dyn FnMut(&mut Job) -> Result<T, PulseError>>;
 /// concurrency (`None`: none) and its budget.
 pub(super) type Admission = HashMap<[u8; 32], (Option<u32>, Budget)>;
 
-/// A job a group touches: its first version as stored (and its bytes),
-/// and its latest version.
-type Touched = (Stored, Vec<u8>, Job);
+/// A job a group touches: its first version as stored (and its bytes,
+/// when other nodes share the store), and its latest version.
+type Touched = (Stored, Option<Vec<u8>>, Job);
 
 /// Handler loads as read: the stored bytes and what they say.
 type StoredLoads = HashMap<[u8; 32], (Option<Vec<u8>>, HandlerLoad)>;
@@ -266,6 +267,8 @@ pub struct JobStore {
     /// Writes refused because another node changed what they expected
     /// (each was run again).
     lost_races: std::sync::atomic::AtomicU64,
+    /// The records of live jobs as last written, on a single server.
+    live: LiveRecords<Stored>,
 }
 
 /// Hands out job IDs (spec/pulse.md, "Job ID"): `time ‖ sequence (u32 BE)
@@ -341,6 +344,15 @@ fn id_of_queue_key(key: &[u8]) -> Option<[u8; 16]> {
 /// A queue index change staged with a batch: (tag, key, inserted, the
 /// job's handler key).
 pub(super) type Move = (u8, Vec<u8>, bool, [u8; 32]);
+
+/// What a staged batch changes in memory once it is written
+/// ([`JobStore::apply`]): the queue moves and, on a single server, the
+/// records of the jobs it writes.
+#[derive(Default)]
+pub(super) struct Effects {
+    pub(super) moves: Vec<Move>,
+    records: Vec<RecordWrite<Stored>>,
+}
 
 fn is_queue(tag: u8) -> bool {
     (Jk::Ready as u8..=Jk::Held as u8).contains(&tag)
@@ -589,6 +601,7 @@ impl JobStore {
             shared,
             node: None,
             lost_races: std::sync::atomic::AtomicU64::new(0),
+            live: LiveRecords::new(!shared, live_records::MAX_BYTES),
         };
         store.backfill_finished_index()?;
         store.empty_stored_queues()?;
@@ -778,6 +791,7 @@ impl JobStore {
     }
 
     fn commit_failed(&self) {
+        self.live.clear();
         if self.storage.survives_failed_commit() {
             // The batch may have been written all the same: the indexes in
             // memory follow the store, not the answer (read again under
@@ -1044,15 +1058,53 @@ impl JobStore {
         Ok(self.load_raw(id)?.map(|(stored, _)| stored))
     }
 
-    /// A job's record and its stored bytes, which a write of it expects
-    /// unchanged (another node sharing the store may have written it).
-    fn load_raw(&self, id: &JobId) -> Result<Option<(Stored, Vec<u8>)>, JobError> {
+    /// A job's record and, when other nodes share the store, its stored
+    /// bytes, which a write of it expects unchanged (another node may have
+    /// written it meanwhile). On a single server the record may come from
+    /// memory ([`LiveRecords`]).
+    fn load_raw(&self, id: &JobId) -> Result<Option<(Stored, Option<Vec<u8>>)>, JobError> {
+        if let Some(kept) = self.live.get(id) {
+            return Ok(Some((Stored::clone(&kept), None)));
+        }
         match self.ks(Jk::Jobs).get(id.0).map_err(storage)? {
             Some(v) => record_from_slice(&v)
-                .map(|stored| Some((stored, v)))
+                .map(|stored| Some((stored, self.shared.then_some(v))))
                 .map_err(|e| corrupt(&format!("job {id}: {e}"))),
             None => Ok(None),
         }
+    }
+
+    /// Adds to `batch` the expectation that `key` in `k` still holds
+    /// `value` when it commits, if other nodes share the store. A single
+    /// server needs none: every job store write holds the writer lock,
+    /// under which the value was read.
+    pub(super) fn expect_unchanged(
+        &self,
+        batch: &mut WriteBatch,
+        k: Jk,
+        key: impl AsRef<[u8]>,
+        value: Option<&[u8]>,
+    ) {
+        if self.shared {
+            batch.expect(self.ks(k), key, value);
+        }
+    }
+
+    /// Stages the record `new` (its stored bytes `size`) for
+    /// [`LiveRecords`], applied once the batch is written.
+    fn stage_record(&self, effects: &mut Effects, new: Stored, size: usize) {
+        if self.live.is_enabled() {
+            let id = new.job.id;
+            let live = !new.job.state.is_terminal();
+            effects.records.push((id, live.then_some((new, size))));
+        }
+    }
+
+    /// Applies what a written batch changes in memory. The caller holds
+    /// the writer lock.
+    pub(super) fn apply(&self, effects: Effects) {
+        self.queues().apply(effects.moves);
+        self.live.apply(effects.records);
     }
 
     /// The job with this ID.
@@ -1096,16 +1148,16 @@ impl JobStore {
         }
         let mut counter = self.writer();
         let mut races = 0;
-        let (results, moves, pending) = loop {
+        let (results, effects, pending) = loop {
             let mut batch = self.batch();
             let mut results = Vec::with_capacity(items.len());
             let mut keys_in_batch: Vec<(Vec<u8>, Job)> = Vec::new();
-            let mut moves: Vec<Move> = Vec::new();
+            let mut effects = Effects::default();
             for (handler, schema, req) in items {
                 results.push(self.stage_enqueue(
                     &mut counter,
                     &mut batch,
-                    &mut moves,
+                    &mut effects,
                     &mut keys_in_batch,
                     (handler, schema, req),
                     now,
@@ -1119,7 +1171,7 @@ impl JobStore {
                 .collect();
             self.announce(&mut batch, new_ids.into_iter());
             let e = match self.write_batch(batch) {
-                Ok(pending) => break (results, moves, pending),
+                Ok(pending) => break (results, effects, pending),
                 // Another node took an idempotency key (or, by a chance
                 // of one in 2^32, an ID) first: stage again, to find its
                 // job.
@@ -1131,7 +1183,7 @@ impl JobStore {
             };
             return not_persisted(results, &keys_in_batch, &e);
         };
-        self.queues().apply(moves);
+        self.apply(effects);
         // Visible now; durable below, without the writer lock (see
         // `write_batch`). Jobs found by their idempotency key were
         // durable before this batch, or are only now with it: no answer
@@ -1162,7 +1214,7 @@ impl JobStore {
         &self,
         counter: &mut IdSource,
         batch: &mut WriteBatch,
-        moves: &mut Vec<Move>,
+        effects: &mut Effects,
         keys_in_batch: &mut Vec<(Vec<u8>, Job)>,
         (handler, schema, req): (&Did, &HandlerSchema, &JobRequest),
         now: u64,
@@ -1201,17 +1253,21 @@ impl JobStore {
             job: job.clone(),
         };
         if let Some((tag, key)) = &stored.placement {
-            moves.push((*tag, key.clone(), true, *job.handler.public_key()));
+            effects
+                .moves
+                .push((*tag, key.clone(), true, *job.handler.public_key()));
         }
         batch.insert(
             self.ks(Jk::ByState),
             keyed(&[state_byte(&job.state)], &id),
             b"",
         );
-        batch.insert(self.ks(Jk::Jobs), id.0, record_to_vec(&stored));
-        batch.expect(self.ks(Jk::Jobs), id.0, None);
+        let record = record_to_vec(&stored);
+        self.stage_record(effects, stored, record.len());
+        batch.insert(self.ks(Jk::Jobs), id.0, record);
+        self.expect_unchanged(batch, Jk::Jobs, id.0, None);
         if let Some(key) = idem_key {
-            batch.expect(self.ks(Jk::Idem), &key, None);
+            self.expect_unchanged(batch, Jk::Idem, &key, None);
             batch.insert(self.ks(Jk::Idem), key.clone(), id.0);
             keys_in_batch.push((key, job.clone()));
         }
@@ -1235,7 +1291,7 @@ impl JobStore {
             let (stored, raw) = self.load_raw(id)?.ok_or(JobError::NotFound(*id))?;
             let mut job = stored.job.clone();
             let out = f(&mut job)?;
-            match self.write(&stored, &raw, job, now) {
+            match self.write(&stored, raw.as_deref(), job, now) {
                 Ok(()) => return Ok(out),
                 // Another node changed the job since it was read: apply
                 // the transition again to what it wrote.
@@ -1292,7 +1348,7 @@ impl JobStore {
         let mut races = 0;
         loop {
             let (results, batch, staged) = self.stage_group(now, &mut ops, &cost, admission);
-            let Some((moves, transitions, written)) = staged else {
+            let Some((effects, transitions, written)) = staged else {
                 return results;
             };
             let batch = match batch {
@@ -1301,7 +1357,7 @@ impl JobStore {
             };
             match self.write_batch(batch) {
                 Ok(pending) => {
-                    self.queues().apply(moves);
+                    self.apply(effects);
                     // Durable without the writer lock (see `write_batch`):
                     // the results (attempts to start, answers) go out
                     // only after.
@@ -1346,7 +1402,7 @@ impl JobStore {
     ) -> (
         Vec<Result<T, JobError>>,
         Result<WriteBatch, JobError>,
-        Option<(Vec<Move>, Vec<Transition>, Vec<JobId>)>,
+        Option<(Effects, Vec<Transition>, Vec<JobId>)>,
     ) {
         // Spend per handler key in this group.
         let mut spend: HashMap<[u8; 32], u64> = HashMap::new();
@@ -1429,7 +1485,7 @@ impl JobStore {
             }
         }
         let mut changed = false;
-        let (mut moves, mut transitions) = (Vec::new(), Vec::new());
+        let (mut effects, mut transitions) = (Effects::default(), Vec::new());
         for (handler, amount) in spend {
             match self.stage_spend(&mut batch, &handler, now, amount) {
                 Ok(()) => changed = true,
@@ -1448,8 +1504,8 @@ impl JobStore {
                 announced.push(job.id);
                 let _ = self.stage_write(
                     &mut batch,
-                    (&mut moves, &mut transitions),
-                    (&old, &raw),
+                    (&mut effects, &mut transitions),
+                    (&old, raw.as_deref()),
                     job,
                     now,
                 );
@@ -1461,7 +1517,7 @@ impl JobStore {
         }
         stage_loads(self.ks(Jk::Loads), &mut batch, &loads, &load_deltas);
         self.announce(&mut batch, announced.into_iter());
-        (results, Ok(batch), Some((moves, transitions, written)))
+        (results, Ok(batch), Some((effects, transitions, written)))
     }
 
     /// The stored loads of these handlers: each record's bytes (for the
@@ -1530,16 +1586,16 @@ impl JobStore {
     fn write(
         &self,
         old: &Stored,
-        raw: &[u8],
+        raw: Option<&[u8]>,
         job: Job,
         now: u64,
     ) -> Result<(), crate::storage::StorageError> {
         let mut batch = self.batch();
-        let (mut moves, mut transitions) = (Vec::new(), Vec::new());
+        let (mut effects, mut transitions) = (Effects::default(), Vec::new());
         let handler = *job.handler.public_key();
         let delta = self.stage_write(
             &mut batch,
-            (&mut moves, &mut transitions),
+            (&mut effects, &mut transitions),
             (old, raw),
             job,
             now,
@@ -1551,24 +1607,27 @@ impl JobStore {
         let id = old.job.id;
         self.announce(&mut batch, std::iter::once(id));
         self.commit(batch)?;
-        self.queues().apply(moves);
+        self.apply(effects);
         self.record_transitions(&transitions);
         self.changes.changed([id]);
         Ok(())
     }
 
     /// Adds a job's new record and its index moves (from `old`, as stored
-    /// in the bytes `raw`, which the batch expects unchanged) to `batch`.
-    /// Returns how the write changes the job's handler's load.
+    /// in the bytes `raw`, which the batch expects unchanged when other
+    /// nodes share the store) to `batch`. Returns how the write changes
+    /// the job's handler's load.
     fn stage_write(
         &self,
         batch: &mut WriteBatch,
-        (moves, transitions): (&mut Vec<Move>, &mut Vec<Transition>),
-        (old, raw): (&Stored, &[u8]),
+        (effects, transitions): (&mut Effects, &mut Vec<Transition>),
+        (old, raw): (&Stored, Option<&[u8]>),
         job: Job,
         now: u64,
     ) -> LoadDelta {
-        batch.expect(self.ks(Jk::Jobs), old.job.id.0, Some(raw));
+        if let Some(raw) = raw {
+            batch.expect(self.ks(Jk::Jobs), old.job.id.0, Some(raw));
+        }
         let delta = LoadDelta::of(Some(&old.job), &job);
         let new = Stored {
             placement: placement(&job, now),
@@ -1577,10 +1636,10 @@ impl JobStore {
         if old.placement != new.placement {
             let handler = *new.job.handler.public_key();
             if let Some((tag, key)) = &old.placement {
-                moves.push((*tag, key.clone(), false, handler));
+                effects.moves.push((*tag, key.clone(), false, handler));
             }
             if let Some((tag, key)) = &new.placement {
-                moves.push((*tag, key.clone(), true, handler));
+                effects.moves.push((*tag, key.clone(), true, handler));
             }
         }
         if old.job.state != new.job.state || old.job.attempts.len() != new.job.attempts.len() {
@@ -1599,7 +1658,10 @@ impl JobStore {
         if is && (!was || moved) {
             batch.insert(self.ks(Jk::Finished), finished_key(&new.job), b"");
         }
-        batch.insert(self.ks(Jk::Jobs), new.job.id.0, record_to_vec(&new));
+        let id = new.job.id;
+        let record = record_to_vec(&new);
+        self.stage_record(effects, new, record.len());
+        batch.insert(self.ks(Jk::Jobs), id.0, record);
         delta
     }
 
@@ -1809,7 +1871,9 @@ impl JobStore {
             batch.remove(self.ks(Jk::ByState), keyed(&[state_byte(&job.state)], &id));
             // Not retried (a job retried on another node meanwhile is not
             // finished any more): the next pass prunes what is left.
-            batch.expect(self.ks(Jk::Jobs), id.0, Some(&raw));
+            if let Some(raw) = &raw {
+                batch.expect(self.ks(Jk::Jobs), id.0, Some(raw));
+            }
             batch.remove(self.ks(Jk::Jobs), id.0);
             for kv in self.ks(Jk::Log).prefix(id.0) {
                 batch.remove(self.ks(Jk::Log), kv.map_err(storage)?.0);
@@ -1896,7 +1960,7 @@ impl JobStore {
         key.extend_from_slice(&(now / MINUTE_MS).to_be_bytes());
         let stored = self.ks(Jk::Spend).get(&key).map_err(storage)?;
         // Nodes sharing the store add to the same minute.
-        batch.expect(self.ks(Jk::Spend), &key, stored.as_deref());
+        self.expect_unchanged(batch, Jk::Spend, &key, stored.as_deref());
         let before = match stored {
             Some(v) => u64::from_be_bytes(
                 v.as_slice()
@@ -2426,6 +2490,51 @@ mod tests {
         ));
         let config = crate::ledger::LedgerConfig::new(&dir, format!("{name}/log"));
         (dir, crate::ledger::Ledger::open(config).unwrap())
+    }
+
+    /// On a single server the records of live jobs are read from memory
+    /// as last written: each transition replaces the kept record, an
+    /// ended job leaves, and what is answered equals what is stored.
+    #[test]
+    fn live_records_follow_every_write_and_ended_jobs_leave() {
+        let (dir, ledger) = scratch_ledger("live-records");
+        let store = JobStore::open(&ledger).unwrap();
+        let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
+        let job = store
+            .enqueue(&handler(), &schema, &JobRequest::default(), 1_000)
+            .unwrap()
+            .0;
+        let other = store
+            .enqueue(&handler(), &schema, &JobRequest::default(), 1_000)
+            .unwrap()
+            .0;
+        assert_eq!(store.live.size().0, 2);
+        let from_storage = |id: &JobId| -> Job {
+            let raw = store.ks(Jk::Jobs).get(id.0).unwrap().unwrap();
+            record_from_slice::<Stored>(&raw).unwrap().job
+        };
+        let lease = LeaseToken([7; 16]);
+        store
+            .update(&job.id, 2_000, |j| j.dispatch(lease, 2_000).map(|_| ()))
+            .unwrap();
+        let kept = store.live.get(&job.id).expect("kept after its dispatch");
+        assert_eq!(kept.job, from_storage(&job.id));
+        assert_eq!(store.get(&job.id).unwrap(), from_storage(&job.id));
+        assert!(matches!(store.get(&job.id).unwrap().state, JobState::Running { .. }));
+        store
+            .update(&job.id, 3_000, |j| {
+                j.cancel(CancelReason::Requested, 3_000).map(|_| ())
+            })
+            .unwrap();
+        assert!(store.live.get(&job.id).is_none(), "an ended job leaves");
+        assert!(store.get(&job.id).unwrap().state.is_terminal());
+        assert_eq!(store.live.size().0, 1);
+        // A failed commit leaves nothing kept: the store is the truth.
+        store.commit_failed();
+        assert_eq!(store.live.size(), (0, 0));
+        assert_eq!(store.get(&other.id).unwrap(), from_storage(&other.id));
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// A store written before the finished index existed (no index, no
