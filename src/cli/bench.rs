@@ -50,8 +50,11 @@ Prints one row per figure: the ceilings (strict ed25519 verify on one core,
 fsyncs in place into a preallocated file on the scratch dir's disk, bare
 gRPC round trips to the test plugin), then registrations/s at 1, 16 and 64
 clients (ratio to the verify rate), jobs/s end to end with 64 running
-(ratio to the bare round trips), scheduled-send→plugin-start latency at
-half that rate (open loop), jobs/s through one plugin instance that
+(ratio to the bare round trips), with the share of all cores busy and
+the server's and the bench's CPU per job (from /proc), the rate of single
+Enqueue calls from 64 callers, scheduled-send→plugin-start latency at half
+the batched rate and at half the single-call rate (open loop), the same
+latencies under a mixed load, jobs/s through one plugin instance that
 connected in (ratio to the spawned one), 50 ms jobs through one and three
 connected-in instances of 4 slots (ratio three ÷ one), and the cost of
 resolving a job to its plugin.

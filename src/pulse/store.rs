@@ -201,6 +201,9 @@ pub type GroupOp<T> = Box<dyn FnMut(&mut Job) -> Result<T, PulseError>>;
 /// concurrency (`None`: none) and its budget.
 pub(super) type Admission = HashMap<[u8; 32], (Option<u32>, Budget)>;
 
+/// A job's record and, when other nodes share the store, its stored bytes.
+type StoredRaw = (Stored, Option<Vec<u8>>);
+
 /// A job a group touches: its first version as stored (and its bytes,
 /// when other nodes share the store), and its latest version.
 type Touched = (Stored, Option<Vec<u8>>, Job);
@@ -537,6 +540,21 @@ fn load_queues(ks: &[Space]) -> Result<Queues, JobError> {
         }
     }
     Ok(queues)
+}
+
+/// The answers to a group whose commit failed: every result that
+/// succeeded becomes the storage failure (`what` not persisted); refused
+/// ones keep their own error.
+fn fail_all<T>(
+    results: Vec<Result<T, JobError>>,
+    what: &str,
+    e: &crate::storage::StorageError,
+) -> Vec<Result<T, JobError>> {
+    let err = storage(format!("{what} not persisted: {e}"));
+    results
+        .into_iter()
+        .map(|r| r.and(Err(err.clone())))
+        .collect()
 }
 
 /// The answers to an enqueue group whose batch was not persisted: every
@@ -1062,7 +1080,7 @@ impl JobStore {
     /// bytes, which a write of it expects unchanged (another node may have
     /// written it meanwhile). On a single server the record may come from
     /// memory ([`LiveRecords`]).
-    fn load_raw(&self, id: &JobId) -> Result<Option<(Stored, Option<Vec<u8>>)>, JobError> {
+    fn load_raw(&self, id: &JobId) -> Result<Option<StoredRaw>, JobError> {
         if let Some(kept) = self.live.get(id) {
             return Ok(Some((Stored::clone(&kept), None)));
         }
@@ -1192,11 +1210,7 @@ impl JobStore {
         if let Err(e) = self.durable(pending) {
             // A repeat may name a job another group wrote just before,
             // which this failed fsync did not make durable either.
-            let err = storage(format!("enqueue not persisted: {e}"));
-            return results
-                .into_iter()
-                .map(|r| r.and(Err(err.clone())))
-                .collect();
+            return fail_all(results, "enqueue", &e);
         }
         let new: Vec<Transition> = results
             .iter()
@@ -1363,11 +1377,7 @@ impl JobStore {
                     // only after.
                     drop(guard);
                     if let Err(e) = self.durable(pending) {
-                        let err = storage(format!("transitions not persisted: {e}"));
-                        return results
-                            .into_iter()
-                            .map(|r| r.and(Err(err.clone())))
-                            .collect();
+                        return fail_all(results, "transitions", &e);
                     }
                     self.record_transitions(&transitions);
                     self.changes.changed(written);
@@ -1377,13 +1387,7 @@ impl JobStore {
                 // group since it was read: nothing was written; run the
                 // group again on what is stored now.
                 Err(e) if e.is_conflict() && races < MAX_RACES => races += 1,
-                Err(e) => {
-                    let err = storage(format!("transitions not persisted: {e}"));
-                    return results
-                        .into_iter()
-                        .map(|r| r.and(Err(err.clone())))
-                        .collect();
-                }
+                Err(e) => return fail_all(results, "transitions", &e),
             }
         }
     }
@@ -2520,7 +2524,10 @@ mod tests {
         let kept = store.live.get(&job.id).expect("kept after its dispatch");
         assert_eq!(kept.job, from_storage(&job.id));
         assert_eq!(store.get(&job.id).unwrap(), from_storage(&job.id));
-        assert!(matches!(store.get(&job.id).unwrap().state, JobState::Running { .. }));
+        assert!(matches!(
+            store.get(&job.id).unwrap().state,
+            JobState::Running
+        ));
         store
             .update(&job.id, 3_000, |j| {
                 j.cancel(CancelReason::Requested, 3_000).map(|_| ())

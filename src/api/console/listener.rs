@@ -6,16 +6,18 @@
 //! shut other users out of the console. Handshakes run in tasks of their
 //! own: a slow client delays nobody.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::server::TlsStream;
+
+use crate::api::client_counts::ClientCounts;
+use crate::api::incoming::client_of;
 
 /// Most console connections open at once.
 pub(crate) const MAX_CONNECTIONS: usize = 256;
@@ -28,19 +30,13 @@ pub(crate) const FIRST_BYTES: Duration = Duration::from_secs(10);
 /// A connection's place under the bounds, given back when it closes.
 struct Slot {
     _permit: tokio::sync::OwnedSemaphorePermit,
-    per_client: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
+    per_client: Arc<ClientCounts>,
+    client: IpAddr,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut m = self.per_client.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
+        self.per_client.sub(self.client, 1);
     }
 }
 
@@ -115,7 +111,7 @@ impl ConsoleListener {
         let (tx, ready) = tokio::sync::mpsc::channel(64);
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-        let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+        let per_client: Arc<ClientCounts> = Arc::default();
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = match listener.accept().await {
@@ -165,23 +161,22 @@ impl ConsoleListener {
     }
 }
 
-/// A slot for a connection from `ip`, if the bounds leave one.
+/// A slot for a connection from `ip`, if the bounds leave one. A client
+/// is an address, or an IPv6 /64, as for the gRPC listener.
 fn admit(
     slots: &Arc<tokio::sync::Semaphore>,
-    per_client: &Arc<Mutex<HashMap<IpAddr, usize>>>,
+    per_client: &Arc<ClientCounts>,
     ip: IpAddr,
 ) -> Option<Slot> {
     let permit = Arc::clone(slots).try_acquire_owned().ok()?;
-    let mut m = per_client.lock().unwrap_or_else(|p| p.into_inner());
-    let n = m.entry(ip).or_default();
-    if *n >= MAX_PER_CLIENT {
+    let client = client_of(ip);
+    if !per_client.try_add(client, 1, MAX_PER_CLIENT) {
         return None;
     }
-    *n += 1;
     Some(Slot {
         _permit: permit,
         per_client: Arc::clone(per_client),
-        ip,
+        client,
     })
 }
 
@@ -229,5 +224,22 @@ mod tests {
             }
         }
         assert_eq!(many.len() + held.len(), MAX_CONNECTIONS);
+    }
+
+    #[tokio::test]
+    async fn one_ipv6_slash_64_is_one_client() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let per_client = Arc::default();
+        let host = |i: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, i]);
+        let held: Vec<Slot> = (0..MAX_PER_CLIENT as u16)
+            .filter_map(|i| admit(&slots, &per_client, host(i)))
+            .collect();
+        assert_eq!(held.len(), MAX_PER_CLIENT);
+        assert!(admit(&slots, &per_client, host(999)).is_none(), "same /64");
+        let next_net = IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]);
+        assert!(
+            admit(&slots, &per_client, next_net).is_some(),
+            "another /64"
+        );
     }
 }
