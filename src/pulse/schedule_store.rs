@@ -4,7 +4,7 @@
 //! schedule's new bookkeeping in one fsynced batch, so an occurrence is
 //! enqueued exactly once whatever restarts or crashes come between.
 
-use super::job::{JobLimits, JobRequest, check_request};
+use super::job::{JobId, JobLimits, JobRequest, check_request};
 use super::record::{decode as record_from_slice, encode as record_to_vec};
 use super::schedule::{Missed, Overlap, Recurrence, Schedule, ScheduleId};
 use super::store::{Jk, JobError, JobStore, corrupt, storage};
@@ -267,6 +267,9 @@ impl JobStore {
         let mut effects = super::store::Effects::default();
         let mut keys_in_batch = Vec::new();
         let mut changed: Vec<(Schedule, Schedule)> = Vec::new();
+        // Jobs this firing makes (not those found by their occurrence's
+        // idempotency key).
+        let mut created: Vec<JobId> = Vec::new();
         for id in due {
             let Some((old, raw)) = self.load_schedule_raw(&id)? else {
                 continue;
@@ -295,7 +298,12 @@ impl JobStore {
                     )
                 });
                 match staged {
-                    Ok(Ok((job, _))) => (Some(job.id), None),
+                    Ok(Ok((job, existed))) => {
+                        if !existed {
+                            created.push(job.id);
+                        }
+                        (Some(job.id), None)
+                    }
                     Ok(Err(JobError::Storage(e))) => return Err(JobError::Storage(e)),
                     Ok(Err(e)) => (None, Some(e.to_string())),
                     Err(why) => (None, Some(why)),
@@ -320,6 +328,7 @@ impl JobStore {
             .iter()
             .filter_map(|(_, s)| s.last_fired.map(|(_, j)| j))
             .collect();
+        self.check_unused(&created)?;
         self.announce(&mut batch, new_ids.into_iter());
         match self.commit(batch) {
             Ok(()) => {}

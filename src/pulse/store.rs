@@ -1187,6 +1187,9 @@ impl JobStore {
                 .filter(|(_, existed)| !existed)
                 .map(|(job, _)| job.id)
                 .collect();
+            if let Err(e) = self.check_unused(&new_ids) {
+                return results.into_iter().map(|r| r.and(Err(e.clone()))).collect();
+            }
             self.announce(&mut batch, new_ids.into_iter());
             let e = match self.write_batch(batch) {
                 Ok(pending) => break (results, effects, pending),
@@ -1253,14 +1256,8 @@ impl JobStore {
                 return Ok((self.get(&id)?, true));
             }
         }
+        // Checked unused with the rest of the group ([`JobStore::check_unused`]).
         let id = counter.next(now);
-        // IDs never repeat by construction; refusing here as well means no
-        // bug or clock can overwrite a stored job.
-        if self.ks(Jk::Jobs).contains_key(id.0).map_err(storage)? {
-            return Err(corrupt(&format!(
-                "job ID {id} is already taken; refusing to overwrite a stored job"
-            )));
-        }
         let job = Job::new(id, handler.clone(), req, limits, now);
         let stored = Stored {
             placement: placement(&job, now),
@@ -1286,6 +1283,25 @@ impl JobStore {
             keys_in_batch.push((key, job.clone()));
         }
         Ok((job, false))
+    }
+
+    /// Refuses a group whose new job IDs are already stored. IDs never
+    /// repeat by construction; checking as well means no bug or clock can
+    /// overwrite a stored job. One read for the group: one round trip on
+    /// PostgreSQL, where one per job cost more than the enqueue itself.
+    /// The caller holds the writer lock.
+    pub(super) fn check_unused(&self, ids: &[JobId]) -> Result<(), JobError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<[u8; 16]> = ids.iter().map(|id| id.0).collect();
+        let stored = self.ks(Jk::Jobs).get_many(&keys).map_err(storage)?;
+        match ids.iter().zip(&stored).find(|(_, v)| v.is_some()) {
+            Some((id, _)) => Err(corrupt(&format!(
+                "job ID {id} is already taken; refusing to overwrite a stored job"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Applies one transition to a job and writes the job and its index
@@ -2536,6 +2552,10 @@ mod tests {
         assert!(store.live.get(&job.id).is_none(), "an ended job leaves");
         assert!(store.get(&job.id).unwrap().state.is_terminal());
         assert_eq!(store.live.size().0, 1);
+        // A new group naming a stored ID is refused before it writes.
+        let taken = store.check_unused(&[JobId([9; 16]), other.id]).unwrap_err();
+        assert!(taken.to_string().contains("already taken"), "{taken}");
+        assert!(store.check_unused(&[JobId([9; 16])]).is_ok());
         // A failed commit leaves nothing kept: the store is the truth.
         store.commit_failed();
         assert_eq!(store.live.size(), (0, 0));
