@@ -1,0 +1,225 @@
+//! Listings of jobs for people and tools: by state, handler and time,
+//! in pages.
+
+use super::{
+    Did, Jk, Job, JobError, JobId, JobState, JobStore, KeyRange, Order, Stored, corrupt, keyed,
+    record_from_slice, state_byte, storage,
+};
+
+/// Stored bytes of jobs [`JobStore::list`] returns at most in one page
+/// (beyond its first job): a page of jobs with megabyte payloads and
+/// results stays far below the API's message limit.
+pub const LIST_PAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most index entries one page of [`JobStore::list_for`] reads.
+pub const LIST_SCAN: usize = 10_000;
+
+/// Which jobs [`JobStore::list_jobs`] returns. The default: every job,
+/// newest first.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only jobs in this state (the reason inside is ignored).
+    pub state: Option<JobState>,
+    /// Only this handler's jobs.
+    pub handler: Option<Did>,
+    /// Only jobs created at or after this Unix ms.
+    pub since_ms: Option<u64>,
+    /// Oldest first instead.
+    pub oldest_first: bool,
+}
+
+impl JobStore {
+    /// Held jobs for `reason`, oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn held(&self, reason: u8, limit: usize) -> Result<Vec<JobId>, JobError> {
+        let mut out = Vec::new();
+        let keys: Vec<Vec<u8>> = self
+            .queues()
+            .set(Jk::Held)
+            .range(vec![reason]..)
+            .take_while(|k| k.first() == Some(&reason))
+            .take(limit)
+            .cloned()
+            .collect();
+        for key in keys {
+            out.push(JobId(
+                key.get(1..17)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| corrupt("held key"))?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Jobs in `state`, oldest first, after `cursor`: at most `limit`
+    /// (1..=1,000) and, past the first job, at most [`LIST_PAGE_BYTES`] of
+    /// stored records, so a page of large jobs stays small. The flag says
+    /// whether the page stopped early (more may follow).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn list(
+        &self,
+        state: &JobState,
+        cursor: Option<&JobId>,
+        limit: usize,
+    ) -> Result<(Vec<Job>, bool), JobError> {
+        let filter = JobFilter {
+            state: Some(*state),
+            oldest_first: true,
+            ..JobFilter::default()
+        };
+        let (jobs, next) = self.list_jobs(&filter, cursor, limit)?;
+        Ok((jobs, next.is_some()))
+    }
+
+    /// [`JobStore::list`] for one handler's jobs; see
+    /// [`JobStore::list_jobs`] for its cursor.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn list_for(
+        &self,
+        state: &JobState,
+        handler: &Did,
+        cursor: Option<&JobId>,
+        limit: usize,
+    ) -> Result<(Vec<Job>, Option<JobId>), JobError> {
+        let filter = JobFilter {
+            state: Some(*state),
+            handler: Some(handler.clone()),
+            oldest_first: true,
+            ..JobFilter::default()
+        };
+        self.list_jobs(&filter, cursor, limit)
+    }
+
+    /// Jobs that pass `filter`, in creation order (newest first unless
+    /// `oldest_first`), after `cursor`: at most `limit` (1..=1,000) and,
+    /// past the first job, at most [`LIST_PAGE_BYTES`] of stored records.
+    /// The state index (or, with no state, the jobs themselves) is read in
+    /// order and jobs of other handlers are skipped, at most [`LIST_SCAN`]
+    /// entries per page, so a page may hold fewer jobs than asked (even
+    /// none) and still have a next cursor: the ID to continue after,
+    /// `None` at the end.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        cursor: Option<&JobId>,
+        limit: usize,
+    ) -> Result<(Vec<Job>, Option<JobId>), JobError> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        // Keys of the index read: state byte ‖ ID, or the ID alone.
+        let prefix: Vec<u8> = filter
+            .state
+            .map(|s| vec![state_byte(&s)])
+            .unwrap_or_default();
+        let (ks, id_at) = match filter.state {
+            Some(_) => (self.ks(Jk::ByState), 1),
+            None => (self.ks(Jk::Jobs), 0),
+        };
+        let since = filter.since_ms.map(|ms| keyed(&prefix, &JobId::new(ms, 0)));
+        let mut low = since.map_or_else(|| Included(prefix.clone()), Included);
+        let mut high = match prefix.first() {
+            Some(b) => Excluded(vec![b + 1]),
+            None => Unbounded,
+        };
+        if let Some(c) = cursor {
+            if filter.oldest_first {
+                low = Excluded(keyed(&prefix, c));
+            } else {
+                high = Excluded(keyed(&prefix, c));
+            }
+        }
+        let order = if filter.oldest_first {
+            Order::Ascending
+        } else {
+            Order::Descending
+        };
+        let entries = ks.scan(
+            KeyRange {
+                start: low,
+                end: high,
+            },
+            order,
+        );
+        let limit = limit.clamp(1, 1000);
+        let mut out: Vec<Job> = Vec::new();
+        let mut bytes = 0usize;
+        let mut last: Option<JobId> = None;
+        for (scanned, kv) in entries.enumerate() {
+            if out.len() >= limit || scanned >= LIST_SCAN {
+                return Ok((out, last));
+            }
+            let (key, value) = kv.map_err(storage)?;
+            let id = JobId(
+                key.get(id_at..id_at + 16)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| corrupt("job index key"))?,
+            );
+            let record = if filter.state.is_some() {
+                match self.ks(Jk::Jobs).get(id.0).map_err(storage)? {
+                    Some(r) => r,
+                    // Pruned since the index was read: not part of the page.
+                    None => continue,
+                }
+            } else {
+                value
+            };
+            if bytes.saturating_add(record.len()) > LIST_PAGE_BYTES && !out.is_empty() {
+                return Ok((out, last));
+            }
+            let stored: Stored =
+                record_from_slice(&record).map_err(|e| corrupt(&format!("job {id}: {e}")))?;
+            last = Some(id);
+            if filter
+                .handler
+                .as_ref()
+                .is_none_or(|h| *h == stored.job.handler)
+            {
+                bytes = bytes.saturating_add(record.len());
+                out.push(stored.job);
+            }
+        }
+        Ok((out, None))
+    }
+
+    /// Running jobs whose attempt deadline is at or before `now`, at most
+    /// `limit`, earliest first (for timeouts, and for recovery at start-up
+    /// with `now = u64::MAX`).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn running_until(&self, now: u64, limit: usize) -> Result<Vec<Job>, JobError> {
+        let mut out = Vec::new();
+        let keys: Vec<Vec<u8>> = self
+            .queues()
+            .set(Jk::Running)
+            .iter()
+            .take(limit)
+            .cloned()
+            .collect();
+        for key in keys {
+            let deadline = u64::from_be_bytes(
+                key.get(..8)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| corrupt("running key"))?,
+            );
+            if deadline > now {
+                break;
+            }
+            let id = JobId(
+                key.get(8..24)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| corrupt("running key"))?,
+            );
+            out.push(self.get(&id)?);
+        }
+        Ok(out)
+    }
+}

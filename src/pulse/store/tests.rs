@@ -1,0 +1,483 @@
+//! The job store's own tests: record formats, opening old stores, live
+//! records.
+
+use super::super::job::{Attempt, CancelReason, DeadReason, HoldReason, Progress, Refusal};
+use super::*;
+
+fn handler() -> Did {
+    crate::Did::from_public_key([
+        0x3b, 0x6a, 0x27, 0xbc, 0xce, 0xb6, 0xa4, 0x2d, 0x62, 0xa3, 0xa8, 0xd0, 0x2a, 0x6f, 0x0d,
+        0x73, 0x65, 0x32, 0x15, 0x77, 0x1d, 0xe2, 0x43, 0xa6, 0x3a, 0xc0, 0x48, 0xa1, 0x8b, 0x59,
+        0xda, 0x29,
+    ])
+    .unwrap()
+}
+
+/// A job with every optional field set and one attempt of every
+/// outcome, in `state`.
+fn full_job(state: JobState) -> Job {
+    let outcomes = super::super::OUTCOMES;
+    Job {
+        id: JobId::new(1_700_000_000_000, (7 << 32) | 0xdead_beef),
+        handler: handler(),
+        payload: b"payload".to_vec(),
+        priority: 3,
+        run_at: 1_700_000_000_500,
+        idempotency_key: Some("order-42".into()),
+        limits: JobLimits {
+            max_attempts: 5,
+            timeout_ms: 30_000,
+            max_cost: Some(1_000),
+        },
+        parent: Some(JobId::new(1_600_000_000_000, 1)),
+        state,
+        attempts: outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| Attempt {
+                number: i as u32 + 1,
+                lease: LeaseToken([i as u8; 16]),
+                started_at: 1_700_000_001_000 + i as u64,
+                last_heartbeat: 1_700_000_001_100 + i as u64,
+                ended_at: Some(1_700_000_001_200 + i as u64),
+                outcome: Some(*o),
+                error: Some(format!("error {i}")),
+                cost: 10 + i as u64,
+                authorised_under: Some((i as u64, 100 + i as u64)),
+                node: None,
+                reserved: 0,
+            })
+            .collect(),
+        progress: Progress {
+            percent: 40,
+            message: "halfway".into(),
+            checkpoint: vec![1, 2, 3],
+        },
+        total_cost: 91,
+        result: Some(b"result".to_vec()),
+        last_error: Some("last".into()),
+        consecutive_crashes: 2,
+        retry_at: Some(1_700_000_002_000),
+        updated_at: 1_700_000_003_000,
+        series_start: 0,
+        trace_parent: None,
+    }
+}
+
+/// One record of every state, reason and record type, by name.
+fn golden_cases() -> Vec<(String, Vec<u8>)> {
+    let refusals = [
+        Refusal::HandlerNotFound,
+        Refusal::HandlerRevoked,
+        Refusal::PluginNotRegistered,
+        Refusal::PluginRevoked,
+        Refusal::PluginNotAuthorised,
+        Refusal::PluginNotConnected,
+        Refusal::LedgerUnreadable,
+    ];
+    let mut states = vec![
+        JobState::Queued,
+        JobState::Held(HoldReason::Budget),
+        JobState::Held(HoldReason::Plugin),
+        JobState::Running,
+        JobState::Retrying,
+        JobState::Succeeded,
+        JobState::Dead(DeadReason::AttemptsExhausted),
+        JobState::Dead(DeadReason::NonRetryable),
+        JobState::Dead(DeadReason::Poison),
+        JobState::Cancelled(CancelReason::Requested),
+        JobState::Cancelled(CancelReason::Budget),
+    ];
+    states.extend(refusals.map(|r| JobState::Dead(DeadReason::Refused(r))));
+    let mut out: Vec<(String, Vec<u8>)> = states
+        .into_iter()
+        .map(|state| {
+            let job = full_job(state);
+            let stored = Stored {
+                placement: placement(&job, 1_700_000_000_000),
+                job,
+            };
+            (format!("job/{state:?}"), record_to_vec(&stored))
+        })
+        .collect();
+    let mut bare = Job::new(
+        JobId::new(5, 6),
+        handler(),
+        &JobRequest::default(),
+        JobLimits::resolve(
+            &crate::HandlerSchema::new("h", "1.0.0", handler()),
+            &JobRequest::default(),
+        )
+        .unwrap(),
+        5,
+    );
+    bare.state = JobState::Queued;
+    out.push((
+        "job/bare".into(),
+        record_to_vec(&Stored {
+            placement: None,
+            job: bare,
+        }),
+    ));
+    out.push((
+        "log_line".into(),
+        record_to_vec(&LogLine {
+            seq: 0,
+            attempt: 2,
+            at_ms: 1_700_000_000_000,
+            line: "hello".into(),
+        }),
+    ));
+    out.push((
+        "budget".into(),
+        record_to_vec(&Budget {
+            per_hour: Some(100),
+            per_day: None,
+        }),
+    ));
+    out
+}
+
+fn golden(version: u8) -> Vec<(String, Vec<u8>)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/golden/job-records-v{version}.txt"));
+    std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (name, hex) = l.split_once(' ').unwrap();
+            (name.to_owned(), hex::decode(hex).unwrap())
+        })
+        .collect()
+}
+
+/// Reads `bytes` as the record `name` and checks it is `expected`.
+fn assert_reads_as(name: &str, bytes: &[u8], expected: &[u8]) {
+    if name.starts_with("job/") {
+        let read: Stored = record_from_slice(bytes).unwrap();
+        let want: Stored = record_from_slice(expected).unwrap();
+        assert_eq!(read.job, want.job, "{name}");
+        assert_eq!(read.placement, want.placement, "{name}");
+    } else if name == "log_line" {
+        let read: LogLine = record_from_slice(bytes).unwrap();
+        assert_eq!(read.line, "hello");
+        assert_eq!((read.attempt, read.at_ms), (2, 1_700_000_000_000));
+    } else {
+        let read: Budget = record_from_slice(bytes).unwrap();
+        assert_eq!((read.per_hour, read.per_day), (Some(100), None));
+    }
+}
+
+/// Today's code writes exactly the golden bytes of this version and
+/// reads them back: reordering a field or variant of a record type
+/// fails here (see the rule in `pulse/record.rs`).
+#[test]
+fn records_match_the_golden_bytes() {
+    let cases = golden_cases();
+    if std::env::var_os("PULSE_LEDGER_BLESS").is_some() {
+        let text: String = cases
+            .iter()
+            .map(|(name, bytes)| format!("{name} {}\n", hex::encode(bytes)))
+            .collect();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+            "tests/golden/job-records-v{}.txt",
+            super::super::record::RECORD_VERSION
+        ));
+        std::fs::write(path, text).unwrap();
+    }
+    let golden = golden(super::super::record::RECORD_VERSION);
+    assert_eq!(golden.len(), cases.len(), "one golden line per case");
+    for ((name, bytes), (gname, gbytes)) in cases.iter().zip(&golden) {
+        assert_eq!(name, gname);
+        assert_eq!(
+            hex::encode(bytes),
+            hex::encode(gbytes),
+            "{name}: bytes changed"
+        );
+        assert_reads_as(name, gbytes, bytes);
+    }
+}
+
+/// Records written by earlier versions still read, as the same values.
+#[test]
+fn records_of_earlier_versions_still_read() {
+    let cases = golden_cases();
+    let old = golden(1);
+    assert_eq!(old.len(), cases.len());
+    for ((name, bytes), (gname, gbytes)) in cases.iter().zip(&old) {
+        assert_eq!(name, gname);
+        assert_eq!(gbytes[0], 1, "{name}");
+        assert_reads_as(name, gbytes, bytes);
+        // Version 0: the same record without its version byte.
+        assert_reads_as(name, &gbytes[1..], bytes);
+    }
+}
+
+/// A ledger in a new temp dir, for a store test to open jobs in.
+fn scratch_ledger(name: &str) -> (std::path::PathBuf, crate::ledger::Ledger) {
+    let dir = std::env::temp_dir().join(format!(
+        "pulse-ledger-{name}-{}-{}",
+        std::process::id(),
+        crate::clock::unix_ms()
+    ));
+    let config = crate::ledger::LedgerConfig::new(&dir, format!("{name}/log"));
+    (dir, crate::ledger::Ledger::open(config).unwrap())
+}
+
+/// On a single server the records of live jobs are read from memory
+/// as last written: each transition replaces the kept record, an
+/// ended job leaves, and what is answered equals what is stored.
+#[test]
+fn live_records_follow_every_write_and_ended_jobs_leave() {
+    let (dir, ledger) = scratch_ledger("live-records");
+    let store = JobStore::open(&ledger).unwrap();
+    let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
+    let job = store
+        .enqueue(&handler(), &schema, &JobRequest::default(), 1_000)
+        .unwrap()
+        .0;
+    let other = store
+        .enqueue(&handler(), &schema, &JobRequest::default(), 1_000)
+        .unwrap()
+        .0;
+    assert_eq!(store.live.size().0, 2);
+    let from_storage = |id: &JobId| -> Job {
+        let raw = store.ks(Jk::Jobs).get(id.0).unwrap().unwrap();
+        record_from_slice::<Stored>(&raw).unwrap().job
+    };
+    let lease = LeaseToken([7; 16]);
+    store
+        .update(&job.id, 2_000, |j| j.dispatch(lease, 2_000).map(|_| ()))
+        .unwrap();
+    let kept = store.live.get(&job.id).expect("kept after its dispatch");
+    assert_eq!(kept.job, from_storage(&job.id));
+    assert_eq!(store.get(&job.id).unwrap(), from_storage(&job.id));
+    assert!(matches!(
+        store.get(&job.id).unwrap().state,
+        JobState::Running
+    ));
+    store
+        .update(&job.id, 3_000, |j| {
+            j.cancel(CancelReason::Requested, 3_000).map(|_| ())
+        })
+        .unwrap();
+    assert!(store.live.get(&job.id).is_none(), "an ended job leaves");
+    assert!(store.get(&job.id).unwrap().state.is_terminal());
+    assert_eq!(store.live.size().0, 1);
+    // A new group naming a stored ID is refused before it writes.
+    let taken = store.check_unused(&[JobId([9; 16]), other.id]).unwrap_err();
+    assert!(taken.to_string().contains("already taken"), "{taken}");
+    assert!(store.check_unused(&[JobId([9; 16])]).is_ok());
+    // A failed commit leaves nothing kept: the store is the truth.
+    store.commit_failed();
+    assert_eq!(store.live.size(), (0, 0));
+    assert_eq!(store.get(&other.id).unwrap(), from_storage(&other.id));
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A store written before the finished index existed (no index, no
+/// marker) gets it at its next open, and pruning then finds its old
+/// finished jobs (re-keying those that finished after the cutoff).
+#[test]
+fn stores_without_a_finished_index_are_backfilled_at_open() {
+    let (dir, ledger) = scratch_ledger("backfill");
+    let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
+    let req = JobRequest::default();
+    let cancel = |store: &JobStore, id: &JobId, at: u64| {
+        store
+            .update(id, at, |j| {
+                j.cancel(CancelReason::Requested, at).map(|_| ())
+            })
+            .unwrap()
+    };
+    let (early, late, open_job) = {
+        let store = JobStore::open(&ledger).unwrap();
+        let early = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
+        let late = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
+        let open_job = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
+        cancel(&store, &early.id, 2_000);
+        cancel(&store, &late.id, 50_000);
+        // As an older version left it.
+        for k in [Jk::Finished, Jk::Meta] {
+            let mut batch = store.batch();
+            for kv in store.ks(k).iter() {
+                batch.remove(store.ks(k), kv.unwrap().0);
+            }
+            store.storage.commit(batch).unwrap();
+        }
+        assert_eq!(store.prune_finished(u64::MAX, 10).unwrap(), 0);
+        (early, late, open_job)
+    };
+    let store = JobStore::open(&ledger).unwrap();
+    assert_eq!(store.prune_finished(10_000, 10).unwrap(), 1);
+    assert!(store.get(&early.id).is_err());
+    assert!(store.get(&late.id).is_ok() && store.get(&open_job.id).is_ok());
+    // Re-keyed by when it finished: not before its time, then pruned.
+    assert_eq!(store.prune_finished(10_000, 10).unwrap(), 0);
+    assert_eq!(store.prune_finished(50_001, 10).unwrap(), 1);
+    assert!(store.get(&open_job.id).is_ok());
+    drop(store);
+    drop(ledger);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The queues live in memory: a reopened store rebuilds them from the
+/// state index and the records, exactly as they were; the queue spaces
+/// an earlier version filled are emptied at the first open and never
+/// written again.
+#[test]
+fn queues_are_rebuilt_at_open_and_stored_queue_spaces_emptied() {
+    let (dir, ledger) = scratch_ledger("queues");
+    let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
+    let at = |run_at_ms: u64, priority: u8| JobRequest {
+        run_at_ms,
+        priority,
+        ..JobRequest::default()
+    };
+    let queues = |store: &JobStore| {
+        let q = store.queues();
+        (
+            [Jk::Ready, Jk::Delayed, Jk::Running, Jk::Held].map(|k| q.set(k).clone()),
+            q.ready_by_handler.clone(),
+        )
+    };
+    let stored_queue_keys = |store: &JobStore| {
+        [Jk::Ready, Jk::Delayed, Jk::Running, Jk::Held]
+            .iter()
+            .map(|k| store.ks(*k).iter().count())
+            .sum::<usize>()
+    };
+    let before = {
+        let store = JobStore::open(&ledger).unwrap();
+        for priority in [0, 5, 9] {
+            store
+                .enqueue(&handler(), &schema, &at(1_000, priority), 1_000)
+                .unwrap();
+        }
+        store
+            .enqueue(&handler(), &schema, &at(90_000, 1), 1_000)
+            .unwrap();
+        let running = store
+            .dispatch_next(LeaseToken([7; 16]), 2_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(running.state, JobState::Running);
+        let held = store
+            .enqueue(&handler(), &schema, &at(1_000, 2), 1_000)
+            .unwrap()
+            .0;
+        store
+            .update(&held.id, 3_000, |j| {
+                j.hold(super::super::job::HoldReason::Plugin, 3_000)
+            })
+            .unwrap();
+        let done = store
+            .enqueue(&handler(), &schema, &at(1_000, 3), 1_000)
+            .unwrap()
+            .0;
+        store
+            .update(&done.id, 3_000, |j| {
+                j.cancel(CancelReason::Requested, 3_000).map(|_| ())
+            })
+            .unwrap();
+        assert_eq!(store.queue_sizes(), (2, 1, 1, 1));
+        assert_eq!(stored_queue_keys(&store), 0, "a queue space was written");
+        // As an earlier version left it: entries in the queue spaces
+        // (one of them stale), and no marker.
+        let mut batch = store.batch();
+        batch.insert(store.ks(Jk::Ready), keyed(&[9], &JobId::new(1, 1)), b"");
+        batch.insert(store.ks(Jk::Running), keyed(&[0; 8], &running.id), b"");
+        batch.remove(store.ks(Jk::Meta), META_QUEUES_IN_MEMORY);
+        store.storage.commit(batch).unwrap();
+        queues(&store)
+    };
+    let store = JobStore::open(&ledger).unwrap();
+    assert_eq!(queues(&store), before);
+    assert_eq!(
+        stored_queue_keys(&store),
+        0,
+        "the old queue spaces were kept"
+    );
+    assert!(
+        store
+            .ks(Jk::Meta)
+            .get(META_QUEUES_IN_MEMORY)
+            .unwrap()
+            .is_some()
+    );
+    // Dispatch order survives the reopen: 9 is running, 5 is next.
+    let next = store
+        .dispatch_next(LeaseToken([8; 16]), 4_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.priority, 5);
+    drop(store);
+    drop(ledger);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A live job in the state index without its record is named, and the
+/// store is not opened on half its queues.
+#[test]
+fn a_live_job_without_its_record_stops_the_open_and_is_named() {
+    let (dir, ledger) = scratch_ledger("norecord");
+    let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
+    let id = {
+        let store = JobStore::open(&ledger).unwrap();
+        let job = store
+            .enqueue(&handler(), &schema, &JobRequest::default(), 1_000)
+            .unwrap()
+            .0;
+        let mut batch = store.batch();
+        batch.remove(store.ks(Jk::Jobs), job.id.0);
+        store.storage.commit(batch).unwrap();
+        job.id
+    };
+    let err = JobStore::open(&ledger).err().expect("opened").to_string();
+    assert!(
+        err.contains(&format!("live job {id} has no record")),
+        "{err}"
+    );
+    drop(ledger);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Records are written packed; records written with field names (by
+/// earlier versions) read the same.
+/// An attempt's node (several nodes sharing a store) is written only
+/// when set, so a single server's records keep their golden bytes.
+#[test]
+fn an_attempts_node_is_written_only_when_set() {
+    let mut job = full_job(JobState::Running);
+    let without = record_to_vec(&job);
+    job.attempts[0].node = Some("node-a".into());
+    let with = record_to_vec(&job);
+    assert_ne!(with, without);
+    let back: Job = record_from_slice(&with).unwrap();
+    assert_eq!(back.attempts[0].node.as_deref(), Some("node-a"));
+    assert_eq!(back, job);
+    let back: Job = record_from_slice(&without).unwrap();
+    assert_eq!(back.attempts[0].node, None);
+}
+
+#[test]
+fn named_and_packed_records_read_alike() {
+    let handler = handler();
+    let schema = crate::HandlerSchema::new("h", "1.0.0", handler.clone());
+    let limits = JobLimits::resolve(&schema, &JobRequest::default()).unwrap();
+    let mut job = Job::new(JobId::new(5, 6), handler, &JobRequest::default(), limits, 5);
+    job.state = JobState::Held(super::super::job::HoldReason::Budget);
+    let stored = Stored {
+        placement: Some((4, vec![1, 2, 3])),
+        job,
+    };
+    let named = crate::attest::cbor::named_record_to_vec(&stored);
+    let packed = record_to_vec(&stored);
+    assert!(packed.len() < named.len());
+    for bytes in [named, packed] {
+        let back: Stored = record_from_slice(&bytes).unwrap();
+        assert_eq!(back.job, stored.job);
+        assert_eq!(back.placement, stored.placement);
+    }
+}
