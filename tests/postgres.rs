@@ -1081,3 +1081,103 @@ fn the_first_node_counts_the_attempts_left_running_into_the_loads() {
     let (_l, node) = open(true);
     assert_eq!(node.handler_load(&h).unwrap().running, 4, "counted again");
 }
+
+/// Every statement reaches `pulse_kv` by its primary key, also the plans
+/// a connection made while the table was young and keeps for its life:
+/// a read of several keys that scanned the whole table each time made
+/// registrations slow down as the log grew (spec/storage.md,
+/// "PostgreSQL": plans).
+#[test]
+fn reads_and_commits_stay_on_the_primary_key_from_a_young_table_on() {
+    use pulse_ledger::storage::{PostgresBackend, Storage};
+    let Some(url) = common::postgres_database("key_access") else {
+        return;
+    };
+    // The schema's creation, counted apart.
+    drop(PostgresBackend::open(&url).unwrap());
+    let (seq_before, idx_before) = settled_scans(&url, 0);
+    {
+        let storage = Storage::new(PostgresBackend::open(&url).unwrap());
+        let space = storage.space("young").unwrap();
+        // Each round: a commit of 50 new keys, then one read of 50 keys
+        // never written (which no cache can answer) and 50 written ones.
+        // The first rounds run on a table of a page or two, the last on
+        // thousands of rows.
+        for round in 0u32..60 {
+            let mut batch = storage.batch();
+            for i in 0u32..50 {
+                batch.insert(
+                    &space,
+                    [round.to_be_bytes(), i.to_be_bytes()].concat(),
+                    vec![7; 40],
+                );
+            }
+            storage.commit(batch).unwrap();
+            let keys: Vec<Vec<u8>> = (0u32..100)
+                .map(|i| [(round + i % 2 * 1000).to_be_bytes(), (i / 2).to_be_bytes()].concat())
+                .collect();
+            let wanted: Vec<(&pulse_ledger::storage::Space, &[u8])> =
+                keys.iter().map(|k| (&space, k.as_slice())).collect();
+            let got = storage.get_many(&wanted).unwrap();
+            for (i, v) in got.iter().enumerate() {
+                assert_eq!(v.is_some(), i % 2 == 0, "key {i} of round {round}");
+            }
+        }
+    }
+    let (seq, idx) = settled_scans(&url, idx_before + 60);
+    assert!(
+        idx >= idx_before + 60,
+        "the reads were not counted: {idx} index scans"
+    );
+    assert_eq!(
+        seq - seq_before,
+        0,
+        "whole-table scans of pulse_kv ({} by its key)",
+        idx - idx_before
+    );
+}
+
+/// `pulse_kv`'s whole-table and index scans as PostgreSQL counts them,
+/// once every other session of the database has ended (a session hands
+/// its counts over as it ends, a moment after it leaves
+/// `pg_stat_activity`), at least `idx` index scans are counted and the
+/// counts held still for 300 ms; or after 20 s.
+fn settled_scans(url: &str, idx: i64) -> (i64, i64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut last = (-1, -1);
+        loop {
+            let others: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let row = client
+                .query_one(
+                    "SELECT coalesce(seq_scan, 0), coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'pulse_kv'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let counts: (i64, i64) = (row.get(0), row.get(1));
+            if others == 0 && counts.1 >= idx && counts == last
+                || std::time::Instant::now() > deadline
+            {
+                return counts;
+            }
+            last = if others == 0 { counts } else { (-1, -1) };
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    })
+}

@@ -35,6 +35,18 @@ const POOL_SIZE: usize = 16;
 const CONNECT_WAIT: Duration = Duration::from_secs(5);
 /// Entries a scan reads per query.
 const PAGE: i64 = 256;
+/// Run on each new connection: every statement reaches `pulse_kv` by its
+/// primary key (a point, a range, or a join from a list of keys), so a
+/// plan that reads the whole table is never what is meant. The planner
+/// still picks one while the table is young (a few pages, no statistics
+/// yet), and a prepared statement keeps that plan as its generic plan
+/// for the connection's life, however large the table grows: reads of a
+/// group's keys then scanned the whole table each time, and registrations
+/// slowed from 4.3k/s to 1k/s over the first 32,000 entries
+/// (BENCHMARKS.md, "Plans that stay on the key"). Scans, hash and merge
+/// joins are only discouraged: a statement with no other plan still runs.
+const KEY_ACCESS_ONLY: &str =
+    "SET enable_seqscan = off; SET enable_hashjoin = off; SET enable_mergejoin = off";
 
 /// A PostgreSQL database as a [`Backend`].
 pub struct PostgresBackend {
@@ -183,6 +195,14 @@ impl PostgresBackend {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(CONNECT_WAIT))
             .create_timeout(Some(CONNECT_WAIT))
+            .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    client
+                        .batch_execute(KEY_ACCESS_ONLY)
+                        .await
+                        .map_err(deadpool_postgres::HookError::Backend)
+                })
+            }))
             .build()
             .map_err(|e| StorageError::new(format!("{shown}: {e}")))?;
         Ok(PostgresBackend {
