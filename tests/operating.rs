@@ -949,8 +949,9 @@ fn admin_and_schedule_calls_need_their_scopes() {
 }
 
 /// `serve --timeline FILE`: one JSON line per dispatcher step (with its
-/// phases), per group commit of the job store and the log, and per storage
-/// event, each with its start and duration, while the server runs.
+/// phases), per group commit of the job store and the log, per journal
+/// fsync and per storage event, each with its start and duration, while
+/// the server runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_timeline_records_steps_commits_and_storage_events() {
     let dir = tempdir("operating-timeline");
@@ -989,6 +990,7 @@ async fn the_timeline_records_steps_commits_and_storage_events() {
             && lines.iter().filter(|l| l["kind"] == "attempt").count() >= 3
             && has("jobs_commit")
             && has("log_commit")
+            && has("journal_fsync")
             && has("storage")
         {
             break lines;
@@ -1017,6 +1019,14 @@ async fn the_timeline_records_steps_commits_and_storage_events() {
             }
             "jobs_commit" | "log_commit" => {
                 assert!(l["dur"].is_u64() && l["ops"].as_u64().unwrap() > 0, "{l}");
+            }
+            "journal_fsync" => {
+                // One fsync makes at least the batch of the writer that
+                // asked for it durable.
+                assert!(
+                    l["dur"].is_u64() && l["batches"].as_u64().unwrap() >= 1,
+                    "{l}"
+                );
             }
             "storage" => {
                 let target = l["target"].as_str().unwrap();

@@ -670,6 +670,10 @@ pub async fn serve(
     let sessions = Arc::new(crate::plugin::Sessions::default());
     let (runner, host) = start_pulse(&config, local, &ledger, &store, &sessions);
     let pulse = runner.handle();
+    store.wake_on_ready({
+        let pulse = pulse.clone();
+        move || pulse.wake()
+    });
     store.follow_other_nodes(move || pulse.wake());
     metrics.watch_pulse(runner.handle().counters());
     metrics.watch_ledger(Arc::clone(&ledger));

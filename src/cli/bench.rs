@@ -130,7 +130,8 @@ pub(crate) struct Args {
     /// Write a timeline of the latency run to FILE (JSON lines, appended
     /// per run): each job's scheduled, called, acked, dispatched and
     /// started times (Unix µs), and the server's dispatcher steps, group
-    /// commits and storage flushes (not with --server).
+    /// commits, journal fsyncs (with the batches each made durable) and
+    /// storage flushes (not with --server).
     #[arg(long, value_name = "FILE", conflicts_with = "server")]
     trace: Option<PathBuf>,
     /// Exit 1 if a figure misses its target (enqueue → start p99 < 5 ms at

@@ -113,8 +113,8 @@ pub(crate) struct Args {
     #[arg(long, env = "PULSE_LEDGER_OTLP_ENDPOINT", value_name = "URL")]
     otlp_endpoint: Option<String>,
     /// Diagnostics: append a timeline of the hot paths to FILE, one JSON
-    /// line per dispatcher step, group commit and storage event (flush,
-    /// compaction, write halt), with start and duration in µs, to match a
+    /// line per dispatcher step, group commit, journal fsync and storage
+    /// event (flush, compaction, write halt), with start and duration in µs, to match a
     /// latency stall to its cause (BENCHMARKS.md; `bench --trace`).
     #[arg(long, value_name = "FILE")]
     timeline: Option<std::path::PathBuf>,

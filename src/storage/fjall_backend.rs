@@ -74,8 +74,12 @@ struct JournalSync {
 impl Open {
     /// Waits until the `seq`-th written batch is durable. One writer at a
     /// time fsyncs the journal, for every batch written before it began;
-    /// writers that arrive meanwhile wait for that fsync or the next.
-    fn sync_through(&self, seq: u64) -> Result<(), fjall::Error> {
+    /// writers that arrive meanwhile wait for that fsync or the next. With
+    /// no fsync under way, a writer first waits up to `patience` for
+    /// another to begin one (after writing its own batch, which then
+    /// covers both).
+    fn sync_through(&self, seq: u64, patience: std::time::Duration) -> Result<(), fjall::Error> {
+        let patient_until = std::time::Instant::now() + patience;
         let mut state = lock(&self.sync);
         loop {
             if state.through >= seq {
@@ -94,10 +98,22 @@ impl Open {
                 state = self.synced.wait(state).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
+            let now = std::time::Instant::now();
+            if now < patient_until {
+                state = self
+                    .synced
+                    .wait_timeout(state, patient_until - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
+            }
             state.syncing = true;
             let target = self.written.load(Ordering::Acquire);
+            let from = state.through;
             drop(state);
+            let span = crate::timeline::span("journal_fsync");
             let r = self.db.persist(PersistMode::SyncAll);
+            crate::timeline::end(span, &[("batches", target.saturating_sub(from))]);
             self.syncs.fetch_add(1, Ordering::Relaxed);
             state = lock(&self.sync);
             state.syncing = false;
@@ -613,19 +629,21 @@ impl Backend for FjallBackend {
             Ok(()) if !synced => Ok(Written::durable_now()),
             Ok(()) => {
                 let inner = Arc::clone(&self.0);
-                Ok(Written::after(move || match open.sync_through(seq) {
-                    Ok(()) => Ok(()),
-                    Err(fjall::Error::Poisoned) => Err(StorageError::new(format!(
-                        "the journal was not synced ({}); the batch may or may not have been written",
-                        inner.poisoned()
-                    ))),
-                    Err(e) => {
-                        let why = format!("journal fsync: {e}");
-                        let mut health = lock(&inner.health);
-                        if matches!(*health, Health::Good) {
-                            *health = Health::Fault(why.clone());
+                Ok(Written::after(move |patience| {
+                    match open.sync_through(seq, patience) {
+                        Ok(()) => Ok(()),
+                        Err(fjall::Error::Poisoned) => Err(StorageError::new(format!(
+                            "the journal was not synced ({}); the batch may or may not have been written",
+                            inner.poisoned()
+                        ))),
+                        Err(e) => {
+                            let why = format!("journal fsync: {e}");
+                            let mut health = lock(&inner.health);
+                            if matches!(*health, Health::Good) {
+                                *health = Health::Fault(why.clone());
+                            }
+                            Err(StorageError::new(why))
                         }
-                        Err(StorageError::new(why))
                     }
                 }))
             }
@@ -750,6 +768,48 @@ mod tests {
             let mut quiet = put(space, b"d");
             quiet.synced = false;
             backend.commit(quiet).unwrap();
+            assert_eq!(backend.journal_syncs(), 2);
+        }
+        let backend = FjallBackend::open(&dir, FjallOptions::default()).unwrap();
+        let space = backend.open_space("s").unwrap();
+        for key in [&b"a"[..], b"b", b"c"] {
+            assert_eq!(backend.get(space, key).unwrap(), Some(b"v".to_vec()));
+        }
+        drop(backend);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A patient writer lets the fsync of a batch written after its own
+    /// cover both; with nobody else writing it syncs by itself.
+    #[test]
+    fn a_patient_writer_shares_the_next_writers_fsync() {
+        let dir = std::env::temp_dir().join(format!("pulse-fjall-patient-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let backend = Arc::new(FjallBackend::open(&dir, FjallOptions::default()).unwrap());
+            let space = backend.open_space("s").unwrap();
+            let enqueue = backend.write(put(space, b"a")).unwrap();
+            let (waiting_tx, waiting) = std::sync::mpsc::channel();
+            let patient = std::thread::spawn(move || {
+                waiting_tx.send(()).unwrap();
+                // Far longer than the test: only another fsync ends it.
+                enqueue.durable_within(std::time::Duration::from_secs(600))
+            });
+            waiting.recv().unwrap();
+            // The woken writer (the dispatcher) writes behind it and syncs.
+            let step = backend.write(put(space, b"b")).unwrap();
+            step.durable().unwrap();
+            patient.join().unwrap().unwrap();
+            assert_eq!(
+                backend.journal_syncs(),
+                1,
+                "the second writer's fsync made the first batch durable"
+            );
+            // Nobody else writes: a short patience runs out, then it syncs.
+            let alone = backend.write(put(space, b"c")).unwrap();
+            alone
+                .durable_within(std::time::Duration::from_millis(5))
+                .unwrap();
             assert_eq!(backend.journal_syncs(), 2);
         }
         let backend = FjallBackend::open(&dir, FjallOptions::default()).unwrap();

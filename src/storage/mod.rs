@@ -287,7 +287,11 @@ fn check_batch(batch: &WriteBatch) -> Result<(), StorageError> {
 /// A batch written by [`Backend::write`]: visible, and durable once
 /// [`Written::durable`] returns `Ok`.
 #[must_use = "a written batch is not durable until `durable` returns"]
-pub struct Written(Option<Box<dyn FnOnce() -> Result<(), StorageError> + Send>>);
+pub struct Written(Option<DurableFn>);
+
+/// Makes a written batch durable; the argument is how long it may first
+/// wait for another writer's fsync to cover the batch.
+type DurableFn = Box<dyn FnOnce(std::time::Duration) -> Result<(), StorageError> + Send>;
 
 impl Written {
     /// A batch that is durable already.
@@ -295,8 +299,11 @@ impl Written {
         Written(None)
     }
 
-    /// A batch made durable by `sync`.
-    pub fn after(sync: impl FnOnce() -> Result<(), StorageError> + Send + 'static) -> Written {
+    /// A batch made durable by `sync`, called with the patience of
+    /// [`Written::durable_within`] (zero for [`Written::durable`]).
+    pub fn after(
+        sync: impl FnOnce(std::time::Duration) -> Result<(), StorageError> + Send + 'static,
+    ) -> Written {
         Written(Some(Box::new(sync)))
     }
 
@@ -306,8 +313,20 @@ impl Written {
     /// When the fsync failed: whether the batch survives a crash is then
     /// unknown, and the backend stops writing.
     pub fn durable(self) -> Result<(), StorageError> {
+        self.durable_within(std::time::Duration::ZERO)
+    }
+
+    /// [`Written::durable`], but when no fsync is under way, waits up to
+    /// `patience` for another writer to begin one that covers this batch
+    /// before making one itself: for a writer that has just woken another
+    /// who is about to write (an enqueue waking the dispatcher), so that
+    /// one fsync serves both batches.
+    ///
+    /// # Errors
+    /// As [`Written::durable`].
+    pub fn durable_within(self, patience: std::time::Duration) -> Result<(), StorageError> {
         match self.0 {
-            Some(sync) => sync(),
+            Some(sync) => sync(patience),
             None => Ok(()),
         }
     }

@@ -205,19 +205,10 @@ impl JobStore {
             .cloned()
             .collect();
         for key in keys {
-            let deadline = u64::from_be_bytes(
-                key.get(..8)
-                    .and_then(|k| k.try_into().ok())
-                    .ok_or_else(|| corrupt("running key"))?,
-            );
+            let (deadline, id) = super::time_keyed(&key, "running")?;
             if deadline > now {
                 break;
             }
-            let id = JobId(
-                key.get(8..24)
-                    .and_then(|k| k.try_into().ok())
-                    .ok_or_else(|| corrupt("running key"))?,
-            );
             out.push(self.get(&id)?);
         }
         Ok(out)

@@ -240,14 +240,23 @@ pub struct JobStore {
     lost_races: std::sync::atomic::AtomicU64,
     /// The records of live jobs as last written, on a single server.
     live: LiveRecords<Stored>,
+    /// Called when an enqueue has written jobs ready to run, before its
+    /// fsync ([`JobStore::wake_on_ready`]).
+    on_ready: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
+
+/// How long an enqueue that woke the dispatcher waits for the
+/// dispatcher's step to write and fsync before it fsyncs itself: about a
+/// step's work before its commit. Past it, the enqueue's own fsync goes
+/// ahead, so at worst an acknowledgement waits this much longer.
+const SHARED_FSYNC_PATIENCE: std::time::Duration = std::time::Duration::from_micros(1500);
 
 /// What a staged batch changes in memory once it is written
 /// ([`JobStore::apply`]): the queue moves and, on a single server, the
 /// records of the jobs it writes.
 #[derive(Default)]
 pub(super) struct Effects {
-    pub(super) moves: Vec<Move>,
+    moves: Vec<Move>,
     records: Vec<RecordWrite<Stored>>,
 }
 
@@ -278,6 +287,22 @@ fn keyed(prefix: &[u8], id: &JobId) -> Vec<u8> {
     let mut k = prefix.to_vec();
     k.extend_from_slice(&id.0);
     k
+}
+
+/// The time and job of a key made by [`keyed`] from a big-endian time
+/// (the delayed, running and finished keys); `integrity` naming `what`
+/// when it is not one.
+pub(super) fn time_keyed(key: &[u8], what: &str) -> Result<(u64, JobId), JobError> {
+    let bad = || corrupt(&format!("{what} key"));
+    let time = key
+        .get(..8)
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(bad)?;
+    let id = key
+        .get(8..24)
+        .and_then(|k| k.try_into().ok())
+        .ok_or_else(bad)?;
+    Ok((u64::from_be_bytes(time), JobId(id)))
 }
 
 /// Where a job belongs in the queue indexes at time `now`.
@@ -387,6 +412,7 @@ impl JobStore {
             node: None,
             lost_races: std::sync::atomic::AtomicU64::new(0),
             live: LiveRecords::new(!shared, live_records::MAX_BYTES),
+            on_ready: std::sync::OnceLock::new(),
         };
         store.backfill_finished_index()?;
         store.empty_stored_queues()?;
@@ -566,7 +592,17 @@ impl JobStore {
     /// The second half of [`JobStore::commit`]: waits until the batch is
     /// durable. The writer lock need not be held.
     pub(super) fn durable(&self, p: PendingCommit) -> Result<(), crate::storage::StorageError> {
-        let r = p.written.durable();
+        self.durable_within(p, std::time::Duration::ZERO)
+    }
+
+    /// [`JobStore::durable`], letting another writer's fsync that begins
+    /// within `patience` cover the batch ([`crate::storage::Written::durable_within`]).
+    fn durable_within(
+        &self,
+        p: PendingCommit,
+        patience: std::time::Duration,
+    ) -> Result<(), crate::storage::StorageError> {
+        let r = p.written.durable_within(patience);
         self.counters.commit.observe(p.started.elapsed());
         crate::timeline::end(p.span, &[("ops", p.ops)]);
         if r.is_err() {
@@ -647,6 +683,15 @@ impl JobStore {
             .get(handler.public_key())
             .map_err(storage)?;
         HandlerLoad::decode(raw.as_deref()).map_err(|e| corrupt(&e))
+    }
+
+    /// Calls `wake` (the dispatcher's) each time an enqueue has written
+    /// jobs that are ready to run, before the enqueue's fsync, so that the
+    /// dispatcher's next step can write their dispatch behind them and one
+    /// fsync makes both durable (spec/pulse.md, "Enqueue and dispatch
+    /// share an fsync"). Set once; later calls are ignored.
+    pub fn wake_on_ready(&self, wake: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_ready.set(Box::new(wake));
     }
 
     /// Follows the changes other nodes sharing the store make (nothing to
@@ -971,13 +1016,27 @@ impl JobStore {
             };
             return not_persisted(results, &keys_in_batch, &e);
         };
+        let ready = effects
+            .moves
+            .iter()
+            .any(|(tag, _, added, _)| *added && *tag == Jk::Ready as u8);
         self.apply(effects);
         // Visible now; durable below, without the writer lock (see
         // `write_batch`). Jobs found by their idempotency key were
         // durable before this batch, or are only now with it: no answer
         // goes out before the fsync either way.
         drop(counter);
-        if let Err(e) = self.durable(pending) {
+        // The dispatcher may choose the new jobs at once: it starts an
+        // attempt only once its own batch is durable, which this one then
+        // is too (written before it). Its fsync can so cover both.
+        let woken = match self.on_ready.get() {
+            Some(wake) if ready => {
+                wake();
+                SHARED_FSYNC_PATIENCE
+            }
+            _ => std::time::Duration::ZERO,
+        };
+        if let Err(e) = self.durable_within(pending, woken) {
             // A repeat may name a job another group wrote just before,
             // which this failed fsync did not make durable either.
             return fail_all(results, "enqueue", &e);
@@ -1469,19 +1528,11 @@ impl JobStore {
                 .collect()
         };
         for key in keys {
-            let at = u64::from_be_bytes(
-                key.get(..8)
-                    .and_then(|k| k.try_into().ok())
-                    .ok_or_else(|| corrupt("delayed key"))?,
-            );
+            let (at, id) = time_keyed(&key, "delayed")?;
             if at > now {
                 break;
             }
-            due.push(JobId(
-                key.get(8..24)
-                    .and_then(|k| k.try_into().ok())
-                    .ok_or_else(|| corrupt("delayed key"))?,
-            ));
+            due.push(id);
         }
         for id in &due {
             self.update(id, now, |job| {
@@ -1635,11 +1686,7 @@ impl JobStore {
         let mut batch = self.batch();
         let mut pruned = 0;
         for key in candidates {
-            let id = JobId(
-                key.get(8..24)
-                    .and_then(|k| k.try_into().ok())
-                    .ok_or_else(|| corrupt("finished key"))?,
-            );
+            let (_, id) = time_keyed(&key, "finished")?;
             batch.remove(self.ks(Jk::Finished), key.clone());
             let Some((stored, raw)) = self.load_raw(&id)? else {
                 continue;

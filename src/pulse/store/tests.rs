@@ -276,6 +276,43 @@ fn live_records_follow_every_write_and_ended_jobs_leave() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// An enqueue that writes a job ready to run wakes the dispatcher once it
+/// is written and in the ready queue; a job due later, or one found by its
+/// idempotency key, wakes nobody.
+#[test]
+fn an_enqueue_wakes_the_dispatcher_for_ready_jobs_only() {
+    let (dir, ledger) = scratch_ledger("wake-on-ready");
+    let store = std::sync::Arc::new(JobStore::open(&ledger).unwrap());
+    let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+    {
+        let (seen, store) = (seen.clone(), std::sync::Arc::downgrade(&store));
+        store.upgrade().unwrap().wake_on_ready(move || {
+            let ready = store.upgrade().map(|s| s.queue_sizes().0);
+            seen.lock().unwrap().push(ready);
+        });
+    }
+    let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
+    let keyed = JobRequest {
+        idempotency_key: Some("once".into()),
+        ..JobRequest::default()
+    };
+    let (job, existed) = store.enqueue(&handler(), &schema, &keyed, 1_000).unwrap();
+    assert!(!existed);
+    assert_eq!(*seen.lock().unwrap(), [Some(1)], "woken with the job ready");
+    let later = JobRequest {
+        run_at_ms: 60_000,
+        ..JobRequest::default()
+    };
+    store.enqueue(&handler(), &schema, &later, 1_000).unwrap();
+    let (again, existed) = store.enqueue(&handler(), &schema, &keyed, 1_000).unwrap();
+    assert!(existed);
+    assert_eq!(again.id, job.id);
+    assert_eq!(seen.lock().unwrap().len(), 1, "nothing new was ready");
+    assert_eq!(store.queue_sizes().0, 1);
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A store written before the finished index existed (no index, no
 /// marker) gets it at its next open, and pruning then finds its old
 /// finished jobs (re-keying those that finished after the cutoff).
