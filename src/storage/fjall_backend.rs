@@ -725,6 +725,18 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Opens the database in `dir` again, as a restart does, checks that
+    /// each of `keys` of space `s` holds what [`put`] wrote, and removes it.
+    fn reopened_holds(dir: &std::path::Path, keys: &[&[u8]]) {
+        let backend = FjallBackend::open(dir, FjallOptions::default()).unwrap();
+        let space = backend.open_space("s").unwrap();
+        for key in keys {
+            assert_eq!(backend.get(space, key).unwrap(), Some(b"v".to_vec()));
+        }
+        drop(backend);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     fn put(space: SpaceId, key: &[u8]) -> WriteBatch {
         let mut batch = WriteBatch::default();
         batch.ops.push(WriteOp::Put {
@@ -770,13 +782,7 @@ mod tests {
             backend.commit(quiet).unwrap();
             assert_eq!(backend.journal_syncs(), 2);
         }
-        let backend = FjallBackend::open(&dir, FjallOptions::default()).unwrap();
-        let space = backend.open_space("s").unwrap();
-        for key in [&b"a"[..], b"b", b"c"] {
-            assert_eq!(backend.get(space, key).unwrap(), Some(b"v".to_vec()));
-        }
-        drop(backend);
-        let _ = std::fs::remove_dir_all(&dir);
+        reopened_holds(&dir, &[b"a", b"b", b"c"]);
     }
 
     /// A patient writer lets the fsync of a batch written after its own
@@ -812,13 +818,7 @@ mod tests {
                 .unwrap();
             assert_eq!(backend.journal_syncs(), 2);
         }
-        let backend = FjallBackend::open(&dir, FjallOptions::default()).unwrap();
-        let space = backend.open_space("s").unwrap();
-        for key in [&b"a"[..], b"b", b"c"] {
-            assert_eq!(backend.get(space, key).unwrap(), Some(b"v".to_vec()));
-        }
-        drop(backend);
-        let _ = std::fs::remove_dir_all(&dir);
+        reopened_holds(&dir, &[b"a", b"b", b"c"]);
     }
 
     /// Writers on several threads, each answered only once durable, share
