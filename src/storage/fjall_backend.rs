@@ -65,6 +65,9 @@ struct JournalSync {
     /// Every batch counted up to here is durable.
     through: u64,
     syncing: bool,
+    /// Raised by [`Backend::end_patience`]: writers waiting with patience
+    /// since before it stop waiting.
+    patience_ended: u64,
     /// Why the journal could not be synced (and whether fjall was
     /// poisoned, to be reopened): nothing written before it is
     /// acknowledged.
@@ -79,8 +82,9 @@ impl Open {
     /// another to begin one (after writing its own batch, which then
     /// covers both).
     fn sync_through(&self, seq: u64, patience: std::time::Duration) -> Result<(), fjall::Error> {
-        let patient_until = std::time::Instant::now() + patience;
+        let patient_until = std::time::Instant::now().checked_add(patience);
         let mut state = lock(&self.sync);
+        let patience_ended = state.patience_ended;
         loop {
             if state.through >= seq {
                 return Ok(());
@@ -99,12 +103,16 @@ impl Open {
                 continue;
             }
             let now = std::time::Instant::now();
-            if now < patient_until {
-                state = self
-                    .synced
-                    .wait_timeout(state, patient_until - now)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+            if state.patience_ended == patience_ended && patient_until.is_none_or(|t| now < t) {
+                state = match patient_until {
+                    Some(t) => {
+                        self.synced
+                            .wait_timeout(state, t - now)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                    None => self.synced.wait(state).unwrap_or_else(|p| p.into_inner()),
+                };
                 continue;
             }
             state.syncing = true;
@@ -577,6 +585,14 @@ impl Backend for FjallBackend {
         self.write(batch)?.durable()
     }
 
+    fn end_patience(&self) {
+        if let Ok(open) = self.0.current() {
+            let mut state = lock(&open.sync);
+            state.patience_ended += 1;
+            open.synced.notify_all();
+        }
+    }
+
     /// Writes the batch to the journal and the memtables without an
     /// fsync; the [`Written`] fsyncs the journal (or waits for another
     /// writer's fsync that covers it). The journal is one file written in
@@ -786,7 +802,8 @@ mod tests {
     }
 
     /// A patient writer lets the fsync of a batch written after its own
-    /// cover both; with nobody else writing it syncs by itself.
+    /// cover both; with nobody else writing it syncs by itself, once its
+    /// patience runs out or it is told nobody is coming.
     #[test]
     fn a_patient_writer_shares_the_next_writers_fsync() {
         let dir = std::env::temp_dir().join(format!("pulse-fjall-patient-{}", std::process::id()));
@@ -817,8 +834,20 @@ mod tests {
                 .durable_within(std::time::Duration::from_millis(5))
                 .unwrap();
             assert_eq!(backend.journal_syncs(), 2);
+            // The woken writer has nothing to write: at its word the
+            // patient one stops waiting and syncs by itself.
+            let told = backend.write(put(space, b"d")).unwrap();
+            let patient = std::thread::spawn(move || {
+                told.durable_within(std::time::Duration::from_secs(600))
+            });
+            while !patient.is_finished() {
+                backend.end_patience();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            patient.join().unwrap().unwrap();
+            assert_eq!(backend.journal_syncs(), 3);
         }
-        reopened_holds(&dir, &[b"a", b"b", b"c"]);
+        reopened_holds(&dir, &[b"a", b"b", b"c", b"d"]);
     }
 
     /// Writers on several threads, each answered only once durable, share

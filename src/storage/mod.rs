@@ -215,6 +215,11 @@ pub trait Backend: ReadView {
         Ok(Written::durable_now())
     }
 
+    /// Tells the writers waiting with patience ([`Written::durable_within`])
+    /// that the writer they woke has nothing to write: they stop waiting
+    /// and sync by themselves. The default has no patient writers.
+    fn end_patience(&self) {}
+
     /// The engine's name, for logs and `--help` ("fjall", "postgres").
     fn engine(&self) -> &'static str;
 
@@ -317,10 +322,11 @@ impl Written {
     }
 
     /// [`Written::durable`], but when no fsync is under way, waits up to
-    /// `patience` for another writer to begin one that covers this batch
-    /// before making one itself: for a writer that has just woken another
-    /// who is about to write (an enqueue waking the dispatcher), so that
-    /// one fsync serves both batches.
+    /// `patience` for an fsync of another writer's that covers this batch
+    /// to end, before making one itself: for a writer that has just woken
+    /// another who is about to write (an enqueue waking the dispatcher),
+    /// so that one fsync serves both batches. [`Backend::end_patience`]
+    /// ends the wait early.
     ///
     /// # Errors
     /// As [`Written::durable`].
@@ -422,6 +428,11 @@ impl Storage {
     /// See [`Backend::is_shared`].
     pub fn is_shared(&self) -> bool {
         self.0.is_shared()
+    }
+
+    /// See [`Backend::end_patience`].
+    pub fn end_patience(&self) {
+        self.0.end_patience();
     }
 
     /// See [`Backend::engine`].

@@ -1205,6 +1205,11 @@ impl JobStore {
         loop {
             let (results, batch, staged) = self.stage_group(now, &mut ops, &cost, admission);
             let Some((effects, transitions, written)) = staged else {
+                // Nothing to write (a dispatcher step with no start and no
+                // report): an enqueue that woke the dispatcher and waits
+                // to share its fsync makes its own now.
+                drop(guard);
+                self.storage.end_patience();
                 return results;
             };
             let batch = match batch {

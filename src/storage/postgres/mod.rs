@@ -179,7 +179,8 @@ impl PostgresBackend {
             .map_err(|e| StorageError::new(format!("starting the PostgreSQL runtime: {e}")))?;
         let manager_config = ManagerConfig {
             // A connection is checked when it fails, not before each use:
-            // a round trip per call would halve the throughput.
+            // a round trip per call would halve the throughput. (`Clean`
+            // would also `RESET ALL`, dropping KEY_ACCESS_ONLY.)
             recycling_method: RecyclingMethod::Fast,
         };
         let own = (target.config.clone(), target.tls.clone());
