@@ -813,7 +813,11 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running(backe
     let config = format!(
         "{timings}{}{}{slow_table}",
         // The late attempt runs on after its cancel until the test lets it
-        // answer, however long the test takes to get there.
+        // answer, however long the test takes to get there. Its plugin
+        // takes a call per attempt: the late answer then reaches Pulse as
+        // the call's end (on attempt streams, the SDK's default, it sends
+        // nothing more for a cancelled attempt). The other plugins run
+        // theirs on streams.
         plugin_table(
             "tools",
             &["--key".into(), key_file(&dir, &tools).display().to_string()],
@@ -821,7 +825,8 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running(backe
         )
         .replace(
             "env = { ",
-            "env = { PULSE_TEST_PLUGIN_CANCEL_GRACE_MS = \"300000\", "
+            "env = { PULSE_TEST_PLUGIN_CANCEL_GRACE_MS = \"300000\", \
+             PULSE_TEST_PLUGIN_ATTEMPT_STREAMS = \"0\", "
         ),
         plugin_table(
             "crashy",

@@ -29,7 +29,8 @@
 //! exists, and then returns `late`; later attempts return `on time` at
 //! once).
 //!
-//! `PULSE_TEST_PLUGIN_ATTEMPT_STREAMS` asks for that many attempt streams.
+//! `PULSE_TEST_PLUGIN_ATTEMPT_STREAMS` asks for that many attempt streams
+//! (the SDK's default, 4, when unset; 0: an `ExecuteJob` call per attempt).
 //! `PULSE_TEST_PLUGIN_CANCEL_GRACE_MS` sets how long a cancelled handler
 //! may run on (the SDK's `cancel_grace`).
 //!

@@ -16,8 +16,9 @@ use crate::api::proto::registry_client::RegistryClient;
 use super::client::{ServerArg, runtime};
 use super::error::CliError;
 use crate::loadgen::{
-    JobBench, JobFigures, Table, bare_plugin_rate, fsync_append_rate, fsync_rate, percentile_ms,
-    registration_rate, registration_stream_rate, resolution_cost, submit_latency, verify_rate,
+    CpuTimeline, JobBench, JobFigures, Table, bare_plugin_rate, fsync_append_rate, fsync_rate,
+    percentile_ms, registration_rate, registration_stream_rate, resolution_cost, submit_latency,
+    verify_rate,
 };
 
 /// Concurrent calls for the throughput figures (jobs running at once, and
@@ -131,7 +132,9 @@ pub(crate) struct Args {
     /// per run): each job's scheduled, called, acked, dispatched and
     /// started times (Unix µs), and the server's dispatcher steps, group
     /// commits, journal fsyncs (with the batches each made durable) and
-    /// storage flushes (not with --server).
+    /// storage flushes, and every 100 ms where the cores went: the
+    /// machine's busy share, the server's threads by name, the plugin and
+    /// the bench (not with --server).
     #[arg(long, value_name = "FILE", conflicts_with = "server")]
     trace: Option<PathBuf>,
     /// Exit 1 if a figure misses its target (enqueue → start p99 < 5 ms at
@@ -434,6 +437,18 @@ fn peak_rss_mb(pid: u32) -> Option<f64> {
 
 /// Appends the latency run's jobs to the trace file, one JSON line each.
 fn append_jobs(path: &Path, jobs: &[crate::loadgen::JobSample]) -> Result<(), CliError> {
+    append_lines(
+        path,
+        jobs.iter().map(|j| {
+            let mut v = serde_json::to_value(j).unwrap_or_default();
+            v["kind"] = "job".into();
+            v.to_string()
+        }),
+    )
+}
+
+/// Appends whole lines to the trace file (the server appends to it too).
+fn append_lines(path: &Path, lines: impl IntoIterator<Item = String>) -> Result<(), CliError> {
     use std::io::Write;
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -441,10 +456,8 @@ fn append_jobs(path: &Path, jobs: &[crate::loadgen::JobSample]) -> Result<(), Cl
         .open(path)
         .map_err(super::files::io(path))?;
     let mut out = std::io::BufWriter::new(file);
-    for j in jobs {
-        let mut v = serde_json::to_value(j).unwrap_or_default();
-        v["kind"] = "job".into();
-        writeln!(out, "{v}").map_err(super::files::io(path))?;
+    for line in lines {
+        writeln!(out, "{line}").map_err(super::files::io(path))?;
     }
     out.flush().map_err(super::files::io(path))
 }
@@ -740,10 +753,15 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
                 .await
                 .map_err(failed("jobs"))?;
             let secs = a.latency_secs as f64;
+            // Where the cores went while the latency run's jobs arrive.
+            let cpu_timeline = a.trace.is_some().then(|| CpuTimeline::start(server_pid));
             let (samples, latency_cpu) = bench
                 .start_latency(rate / 2.0, secs, server_pid)
                 .await
                 .map_err(failed("jobs latency"))?;
+            if let (Some(path), Some(timeline)) = (&a.trace, cpu_timeline) {
+                append_lines(path, timeline.finish())?;
+            }
             let f = JobFigures::new(rate, rate / 2.0, samples);
             t.add_ratio(
                 "jobs",

@@ -10,13 +10,33 @@ use super::Table;
 /// The CPU time (user + system) a process has used so far, or `None`
 /// where `/proc` is not there (not Linux) or the process is gone.
 pub fn process_cpu(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count from its ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After ')': state is field 3, so utime (14) and stime (15) are at 11, 12.
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks_to_duration(ticks))
+    let stat = ProcStat::parse(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    Some(ticks_to_duration(stat.ticks))
+}
+
+/// What the bench reads of a process's or thread's `/proc/…/stat` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ProcStat {
+    /// The command (a thread's name), at most 15 bytes.
+    pub(super) comm: String,
+    pub(super) ppid: u32,
+    /// User + system time, in clock ticks.
+    pub(super) ticks: u64,
+}
+
+impl ProcStat {
+    /// `pid (comm) state ppid … utime stime …`; `None` if malformed.
+    pub(super) fn parse(stat: &str) -> Option<ProcStat> {
+        // The command may hold spaces and parentheses: it ends at the last ')'.
+        let open = stat.find('(')?;
+        let close = stat.rfind(')')?;
+        let comm = stat.get(open + 1..close)?.to_owned();
+        let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+        // After ')': state is field 3, ppid 4, utime 14 and stime 15.
+        let ppid = fields.get(1)?.parse().ok()?;
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some(ProcStat { comm, ppid, ticks })
+    }
 }
 
 /// All cores' busy and total time so far (`/proc/stat`), for
@@ -133,11 +153,15 @@ impl PhaseCpu {
     }
 }
 
-fn ticks_to_duration(ticks: u64) -> Duration {
+/// Clock ticks per second of `/proc`'s CPU counters.
+pub(super) fn clock_ticks_per_sec() -> u64 {
     // SAFETY: sysconf only reads a configuration value.
     let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let per_sec = if per_sec > 0 { per_sec as u64 } else { 100 };
-    Duration::from_micros(ticks * 1_000_000 / per_sec)
+    if per_sec > 0 { per_sec as u64 } else { 100 }
+}
+
+fn ticks_to_duration(ticks: u64) -> Duration {
+    Duration::from_micros(ticks * 1_000_000 / clock_ticks_per_sec())
 }
 
 #[cfg(test)]
@@ -153,6 +177,21 @@ mod tests {
         assert_eq!(m.busy_share(&later), Some(150.0 / 550.0));
         assert!(parse_machine("cpu0 1 2 3 4 5").is_none());
         assert!(parse_machine("cpu  x").is_none());
+    }
+
+    #[test]
+    fn a_stat_line_gives_name_parent_and_ticks_even_with_parentheses_in_the_name() {
+        let line = "4242 (tokio (w) 1) S 17 4242 4242 0 -1 4194560 10 0 0 0 30 12 0 0 20 0 9";
+        assert_eq!(
+            ProcStat::parse(line),
+            Some(ProcStat {
+                comm: "tokio (w) 1".into(),
+                ppid: 17,
+                ticks: 42
+            })
+        );
+        assert_eq!(ProcStat::parse("4242 (x) S"), None);
+        assert_eq!(ProcStat::parse("no parentheses"), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use tonic::transport::Channel;
 
-use super::{CpuReading, PhaseCpu, bench_key, genesis_envelope, percentile_ms};
+use super::{CpuReading, PhaseCpu, bench_key, genesis_envelope, now_us, percentile_ms};
 use crate::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
 use crate::api::{AuthedChannel, Bearer};
 use crate::{Action, Did, Family, HandlerSchema, PluginSchema, Schema};
@@ -103,13 +103,6 @@ fn tail_breakdown(samples: &[JobSample], p99: u64) -> StageBreakdown {
         queued: mean(&|s| s.dispatched.saturating_sub(s.acked)),
         dispatch: mean(&|s| s.started.saturating_sub(s.dispatched.max(s.acked))),
     }
-}
-
-/// Unix time in microseconds: the clock the stamp handler reports in.
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 async fn enqueue_batch(

@@ -5,6 +5,7 @@
 
 mod ceilings;
 mod cpu;
+mod cpu_timeline;
 mod jobs;
 mod registrations;
 mod resolution;
@@ -15,6 +16,7 @@ pub use ceilings::{
     VERIFY_BATCH, bare_plugin_rate, batch_verify_rate, fsync_append_rate, fsync_rate, verify_rate,
 };
 pub use cpu::{CpuReading, MachineCpu, PhaseCpu, process_cpu};
+pub use cpu_timeline::{CPU_INTERVAL, CpuTimeline};
 pub use jobs::{
     BENCH_PLUGIN_NAME, JobBench, JobFigures, JobSample, StageBreakdown, job_rate,
     register_test_plugin,
@@ -102,6 +104,14 @@ pub fn plugin_genesis(label: &str, i: u64) -> Result<Vec<u8>, String> {
 /// The key the bench's test plugin proves (never a real key).
 pub fn bench_plugin_key() -> (SigningKey, Did) {
     bench_key("plugin", 0)
+}
+
+/// Unix time in microseconds: the clock the stamp handler reports in, and
+/// the server's timeline.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The p-th quantile of sorted microseconds, in milliseconds.

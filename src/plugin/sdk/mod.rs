@@ -66,6 +66,13 @@ pub use tonic::async_trait;
 /// is dropped, unless [`PluginServer::cancel_grace`] says otherwise.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(2);
 
+/// Attempt streams a plugin asks for unless [`PluginServer::attempt_streams`]
+/// says otherwise: the Python SDK's default too. A message on an open
+/// stream costs the plugin and Pulse less CPU than a call per attempt
+/// (BENCHMARKS.md, "Attempt streams by default"), and four streams spread
+/// the attempts over more than one HTTP/2 flow-control window.
+pub const DEFAULT_ATTEMPT_STREAMS: u32 = 4;
+
 /// Set by Pulse for the plugins it spawns: the plugin then exits when its
 /// stdin reaches EOF, which happens when Pulse dies, however it dies; its
 /// running attempts are dropped, not drained (their retries may start
@@ -292,7 +299,7 @@ impl PluginServer {
             tls: None,
             cancel_grace: CANCEL_GRACE,
             slots: 0,
-            attempt_streams: 0,
+            attempt_streams: DEFAULT_ATTEMPT_STREAMS,
         }
     }
 
@@ -306,10 +313,11 @@ impl PluginServer {
 
     /// Asks a Pulse that spawns or dials this plugin to send its attempts
     /// as messages on `n` long-lived `Attempts` streams (at most 16 are
-    /// opened) instead of one `ExecuteJob` call each (0, the default:
-    /// calls). A message costs less than a call, tonic's too, so busy
-    /// plugins of short jobs run more of them (spec/plugin.md, "Attempt
-    /// streams"). A connected-in session ignores it.
+    /// opened; [`DEFAULT_ATTEMPT_STREAMS`] unless set) instead of one
+    /// `ExecuteJob` call each (0: calls). A message costs less than a
+    /// call, tonic's too, so busy plugins of short jobs run more of them
+    /// (spec/plugin.md, "Attempt streams"). A connected-in session
+    /// ignores it.
     pub fn attempt_streams(mut self, n: u32) -> PluginServer {
         self.attempt_streams = n;
         self
