@@ -60,6 +60,8 @@ fn the_bench_measures_every_figure_against_its_ceiling() {
         "mixed_start_p99",
         "mixed_start_p999",
         "server_peak_rss",
+        "jobs_calls",
+        "jobs_connected",
         "resolve_cached",
         "resolve_cold",
     ] {
@@ -82,6 +84,10 @@ fn the_bench_measures_every_figure_against_its_ceiling() {
     let expect = values["jobs"].as_f64().unwrap() / values["bare_grpc"].as_f64().unwrap();
     assert!((r - expect).abs() < 1e-9);
     assert_eq!(ratio("register_64").0, "verify_per_core");
+    // The other ways the plugin takes attempts, each against the spawned
+    // plugin on the SDK's default attempt streams.
+    assert_eq!(ratio("jobs_calls").0, "jobs");
+    assert_eq!(ratio("jobs_connected").0, "jobs");
     assert!(values["start_p50"].as_f64() <= values["start_p99"].as_f64());
     assert!(values["submit_ack_p50"].as_f64() <= values["submit_ack_p99"].as_f64());
     assert!(values["half_single_start_p50"].as_f64() <= values["half_single_start_p99"].as_f64());
@@ -168,8 +174,27 @@ fn the_check_names_missed_targets_and_the_trace_holds_both_sides() {
         "jobs_commit",
         "log_commit",
         "storage",
+        "cpu",
     ] {
         assert!(kinds.contains(k), "no {k} line in the trace: {kinds:?}");
     }
+    // Where the cores went: the server's threads by name, every 100 ms
+    // of the latency run, next to the jobs.
+    let cpu: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "cpu")
+        .collect();
+    assert!(cpu.len() >= 5, "{} cpu lines in a 1 s run", cpu.len());
+    assert!(
+        cpu.iter()
+            .all(|v| v["at"].as_u64().is_some() && v["dur"].as_u64().is_some()),
+        "{cpu:?}"
+    );
+    assert!(
+        cpu.iter()
+            .any(|v| v["server"].as_object().is_some_and(|t| !t.is_empty())),
+        "the server's threads never showed: {cpu:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

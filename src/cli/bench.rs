@@ -51,12 +51,14 @@ Prints one row per figure: the ceilings (strict ed25519 verify on one core,
 fsyncs in place into a preallocated file on the scratch dir's disk, bare
 gRPC round trips to the test plugin), then registrations/s at 1, 16 and 64
 clients (ratio to the verify rate), jobs/s end to end with 64 running
-(ratio to the bare round trips), with the share of all cores busy and
+(ratio to the bare round trips; the test plugin takes its attempts on the
+SDK's default 4 attempt streams), with the share of all cores busy and
 the server's and the bench's CPU per job (from /proc), the rate of single
 Enqueue calls from 64 callers, scheduled-send→plugin-start latency at half
 the batched rate and at half the single-call rate (open loop), the same
-latencies under a mixed load, jobs/s through one plugin instance that
-connected in (ratio to the spawned one), 50 ms jobs through one and three
+latencies under a mixed load, jobs/s through the spawned plugin on one
+ExecuteJob call per attempt and through one plugin instance that
+connected in (each a ratio to the spawned one), 50 ms jobs through one and three
 connected-in instances of 4 slots (ratio three ÷ one), and the cost of
 resolving a job to its plugin.
 With --server the ceilings are still measured here, on the client host,
@@ -184,7 +186,7 @@ impl Drop for Spawned {
 }
 
 /// The `[[plugin]]` table that spawns the test plugin.
-fn spawned_plugin(plugin_bin: &Path, key: &Path) -> String {
+pub(super) fn spawned_plugin(plugin_bin: &Path, key: &Path) -> String {
     format!(
         "[[plugin]]\nname = \"bench\"\ncommand = [{:?}, \"--key\", {:?}]\n",
         plugin_bin.display().to_string(),

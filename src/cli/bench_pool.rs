@@ -1,5 +1,7 @@
-//! `bench`'s figures for plugins that connect in: no-op jobs/s through
-//! one connected-in instance (against the spawned one of the same run),
+//! `bench`'s figures for the other ways a plugin takes its attempts: no-op
+//! jobs/s through the spawned plugin taking one `ExecuteJob` call per
+//! attempt (the SDK's default is attempt streams) and through one
+//! connected-in instance, each against the spawned one of the same run;
 //! and 50 ms jobs through a pool of one, then three, instances of 4 slots.
 
 use std::path::Path;
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use tonic::transport::Channel;
 
-use super::bench::{Spawned, failed, spawn_server};
+use super::bench::{Spawned, failed, spawn_server, spawned_plugin};
 use super::error::CliError;
 use crate::Did;
 use crate::api::proto::{self, jobs_client::JobsClient};
@@ -30,6 +32,16 @@ pub(super) async fn measure(
     plugin: (&SigningKey, &Did),
     jobs: usize,
 ) -> Result<(), CliError> {
+    eprintln!("bench: jobs with one ExecuteJob call per attempt…");
+    let rate = calls_rate(dir, plugin_bin, key, plugin, jobs).await?;
+    t.add_ratio(
+        "jobs_calls",
+        "jobs end to end, the plugin on one ExecuteJob call per attempt (ratio to the spawned one above)",
+        rate,
+        "/s",
+        "jobs",
+    );
+
     let (_server, url) = spawn_server(dir, "", None, None)?;
     let channel = Channel::from_shared(url.clone())
         .map_err(|e| failed("server URL")(e.to_string()))?
@@ -95,6 +107,37 @@ pub(super) async fn measure(
         "pool_1",
     );
     Ok(())
+}
+
+/// No-op jobs/s through the spawned test plugin told to ask for no
+/// attempt streams, on a server of its own.
+async fn calls_rate(
+    dir: &Path,
+    plugin_bin: &Path,
+    key: &Path,
+    plugin: (&SigningKey, &Did),
+    jobs: usize,
+) -> Result<f64, CliError> {
+    let dir = dir.join("calls");
+    std::fs::create_dir_all(&dir).map_err(super::files::io(&dir))?;
+    let table = format!(
+        "{}env = {{ PULSE_TEST_PLUGIN_ATTEMPT_STREAMS = \"0\" }}\n",
+        spawned_plugin(plugin_bin, key)
+    );
+    let (_server, url) = spawn_server(&dir, &table, None, None)?;
+    let channel = Channel::from_shared(url)
+        .map_err(|e| failed("server URL")(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| failed("connecting")(e.to_string()))?;
+    let handlers = register_test_plugin(channel.clone(), plugin, &["noop"])
+        .await
+        .map_err(failed("registering"))?;
+    let mut client = JobsClient::with_interceptor(channel, Bearer::none())
+        .max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES);
+    job_rate(&mut client, &handlers[0], b"", jobs)
+        .await
+        .map_err(failed("jobs with a call per attempt"))
 }
 
 /// Waits until the server has `n` plugin sessions.
