@@ -798,6 +798,7 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running(backe
     let dir = tempdir(&backend.dir_name("plugins-faults"));
     let events_path = dir.join("events.log");
     let (tools, crashy, slow) = (key("pf-tools"), key("pf-crashy"), key("pf-slow"));
+    let tardy = key("pf-tardy");
     let slow_table = plugin_table(
         "slow",
         &["--key".into(), key_file(&dir, &slow).display().to_string()],
@@ -811,22 +812,27 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running(backe
     // crash-loop restart into plugin_not_connected.
     let timings = TIMINGS.replace("plugin_wait_secs = 2", "plugin_wait_secs = 30");
     let config = format!(
-        "{timings}{}{}{slow_table}",
+        "{timings}{}{}{}{slow_table}",
         // The late attempt runs on after its cancel until the test lets it
         // answer, however long the test takes to get there. Its plugin
         // takes a call per attempt: the late answer then reaches Pulse as
         // the call's end (on attempt streams, the SDK's default, it sends
         // nothing more for a cancelled attempt). The other plugins run
-        // theirs on streams.
+        // theirs on streams, where a flood shares a stream with others.
         plugin_table(
-            "tools",
-            &["--key".into(), key_file(&dir, &tools).display().to_string()],
+            "tardy",
+            &["--key".into(), key_file(&dir, &tardy).display().to_string()],
             &events_path
         )
         .replace(
             "env = { ",
             "env = { PULSE_TEST_PLUGIN_CANCEL_GRACE_MS = \"300000\", \
              PULSE_TEST_PLUGIN_ATTEMPT_STREAMS = \"0\", "
+        ),
+        plugin_table(
+            "tools",
+            &["--key".into(), key_file(&dir, &tools).display().to_string()],
+            &events_path
         ),
         plugin_table(
             "crashy",
@@ -850,9 +856,10 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running(backe
     );
     for a in [
         plugin_register(&tools, "tools"),
+        plugin_register(&tardy, "tardy"),
         plugin_register(&crashy, "crashy"),
         plugin_register(&slow, "slow"),
-        handler_register(&late, "late", &tools.did),
+        handler_register(&late, "late", &tardy.did),
         handler_register(&flood, "flood", &tools.did),
         handler_register(&echo, "echo", &tools.did),
         handler_register(&crash, "crash", &crashy.did),

@@ -755,7 +755,8 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
                 .await
                 .map_err(failed("jobs"))?;
             let secs = a.latency_secs as f64;
-            // Where the cores went while the latency run's jobs arrive.
+            // Where the cores went while the latency run's jobs arrive (and
+            // then while they are read back: the lines carry their times).
             let cpu_timeline = a.trace.is_some().then(|| CpuTimeline::start(server_pid));
             let (samples, latency_cpu) = bench
                 .start_latency(rate / 2.0, secs, server_pid)

@@ -135,9 +135,22 @@ async fn calls_rate(
         .map_err(failed("registering"))?;
     let mut client = JobsClient::with_interceptor(channel, Bearer::none())
         .max_decoding_message_size(crate::api::MAX_RESPONSE_BYTES);
-    job_rate(&mut client, &handlers[0], b"", jobs)
+    let rate = job_rate(&mut client, &handlers[0], b"", jobs)
         .await
-        .map_err(failed("jobs with a call per attempt"))
+        .map_err(failed("jobs with a call per attempt"))?;
+    // The figure means something only if the plugin really took calls.
+    let sessions = client
+        .list_plugin_sessions(proto::ListPluginSessionsRequest {})
+        .await
+        .map_err(|s| failed("ListPluginSessions")(s.message().to_owned()))?
+        .into_inner()
+        .sessions;
+    match sessions.iter().map(|s| s.attempt_streams).max() {
+        Some(0) => Ok(rate),
+        other => Err(failed("jobs with a call per attempt")(format!(
+            "the plugin's sessions carried {other:?} attempt streams, not calls"
+        ))),
+    }
 }
 
 /// Waits until the server has `n` plugin sessions.

@@ -54,6 +54,17 @@ impl MachineCpu {
         parse_machine(stat.lines().next()?)
     }
 
+    /// Busy clock ticks of all cores together between `self` and `later`.
+    pub(super) fn busy_ticks_until(&self, later: &MachineCpu) -> Option<u64> {
+        later.busy.checked_sub(self.busy)
+    }
+
+    /// Reads a `/proc/stat` `cpu` line (for tests of what is built on it).
+    #[cfg(test)]
+    pub(super) fn parse_line(line: &str) -> Option<MachineCpu> {
+        parse_machine(line)
+    }
+
     /// The share of all cores' time that was busy (not idle, not waiting
     /// for I/O) between `self` and `later`, 0 to 1.
     pub fn busy_share(&self, later: &MachineCpu) -> Option<f64> {

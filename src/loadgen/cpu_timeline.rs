@@ -20,17 +20,22 @@ use super::cpu::{MachineCpu, ProcStat, clock_ticks_per_sec};
 /// How often the counters are read.
 pub const CPU_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Child processes of the server are looked for again this often (a
-/// plugin restarted after a crash gets a new process ID).
+/// Child processes of the server are looked for again every this many
+/// reads (a plugin restarted after a crash gets a new process ID).
 const CHILDREN_EVERY: u32 = 10;
 
 /// The counters at one moment.
 #[derive(Debug, Clone, Default)]
 struct Sample {
+    /// Unix µs, to line up with the jobs and the server's timeline.
     at_us: u64,
+    /// Since sampling began (monotonic: the interval's length).
+    since_start: Duration,
     machine: Option<MachineCpu>,
-    /// The server's clock ticks so far, summed by thread name.
-    threads: BTreeMap<String, u64>,
+    /// The server's threads by thread ID: name and clock ticks so far.
+    /// Kept per thread, so a thread that exits (tokio's blocking pool
+    /// lets idle ones go) takes nothing from its namesakes' sums.
+    threads: BTreeMap<u32, (String, u64)>,
     /// Clock ticks of the server's child processes, by process ID.
     children: BTreeMap<u32, u64>,
     bench: u64,
@@ -69,7 +74,7 @@ impl CpuTimeline {
         let tck = clock_ticks_per_sec();
         samples
             .windows(2)
-            .map(|w| interval_line(&w[0], &w[1], tck, cores()))
+            .map(|w| interval_line(&w[0], &w[1], tck))
             .collect()
     }
 }
@@ -80,33 +85,33 @@ impl Drop for CpuTimeline {
     }
 }
 
-fn cores() -> f64 {
-    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
-}
-
 fn sample_until(stop: &AtomicBool, server: Option<u32>) -> Vec<Sample> {
     let mut samples = Vec::new();
     let mut children = Vec::new();
     let start = Instant::now();
-    let mut n: u32 = 0;
+    let mut reads: u32 = 0;
     while !stop.load(Ordering::Relaxed) {
         if let Some(pid) = server
-            && n % CHILDREN_EVERY == 0
+            && reads % CHILDREN_EVERY == 0
         {
             children = children_of(pid);
         }
-        samples.push(read(server, &children));
-        n += 1;
-        // On a schedule from the start, so a slow read does not drift it.
+        samples.push(read_sample(server, &children, start));
+        reads = reads.wrapping_add(1);
+        // On a schedule from the start, so a slow read does not drift it;
+        // slots missed while this thread could not run are skipped rather
+        // than sampled back to back (intervals too short to count ticks).
+        let n = (start.elapsed().as_nanos() / CPU_INTERVAL.as_nanos()) as u32 + 1;
         let next = start + CPU_INTERVAL * n;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     samples
 }
 
-fn read(server: Option<u32>, children: &[u32]) -> Sample {
+fn read_sample(server: Option<u32>, children: &[u32], start: Instant) -> Sample {
     let mut s = Sample {
         at_us: super::now_us(),
+        since_start: start.elapsed(),
         machine: MachineCpu::now(),
         bench: stat(&format!("/proc/{}/stat", std::process::id())).map_or(0, |p| p.ticks),
         ..Sample::default()
@@ -115,8 +120,11 @@ fn read(server: Option<u32>, children: &[u32]) -> Sample {
         && let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task"))
     {
         for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
             if let Some(p) = stat(&task.path().join("stat").to_string_lossy()) {
-                *s.threads.entry(p.comm).or_default() += p.ticks;
+                s.threads.insert(tid, (p.comm, p.ticks));
             }
         }
     }
@@ -145,21 +153,25 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 /// The JSON line for the interval from `a` to `b`.
-fn interval_line(a: &Sample, b: &Sample, tck: u64, cores: f64) -> String {
-    let dur_us = b.at_us.saturating_sub(a.at_us);
-    let secs = (dur_us as f64 / 1e6).max(1e-6);
+fn interval_line(a: &Sample, b: &Sample, tck: u64) -> String {
+    let dur = b.since_start.saturating_sub(a.since_start);
+    // A zero-length interval counts nothing rather than dividing by zero.
+    let secs = dur.as_secs_f64().max(1e-3);
     let in_cores = |ticks: u64| ticks as f64 / tck.max(1) as f64 / secs;
     let busy = match (a.machine, b.machine) {
-        (Some(x), Some(y)) => x.busy_share(&y).map(|s| s * cores),
+        (Some(x), Some(y)) => x.busy_ticks_until(&y).map(|t| round(in_cores(t))),
         _ => None,
     };
-    let server: BTreeMap<&str, f64> = b
-        .threads
-        .iter()
-        .map(|(name, &t)| {
-            let before = a.threads.get(name).copied().unwrap_or(0);
-            (name.as_str(), round(in_cores(t.saturating_sub(before))))
-        })
+    // Per thread first (one born in the interval counts from zero), then
+    // summed by name.
+    let mut server: BTreeMap<&str, u64> = BTreeMap::new();
+    for (tid, (name, ticks)) in &b.threads {
+        let before = a.threads.get(tid).map_or(0, |(_, t)| *t);
+        *server.entry(name.as_str()).or_default() += ticks.saturating_sub(before);
+    }
+    let server: BTreeMap<&str, f64> = server
+        .into_iter()
+        .map(|(name, t)| (name, round(in_cores(t))))
         .filter(|(_, v)| *v > 0.0)
         .collect();
     // A child that appeared in the interval counts from zero.
@@ -171,8 +183,8 @@ fn interval_line(a: &Sample, b: &Sample, tck: u64, cores: f64) -> String {
     serde_json::json!({
         "kind": "cpu",
         "at": a.at_us,
-        "dur": dur_us,
-        "busy": busy.map(round),
+        "dur": dur.as_micros() as u64,
+        "busy": busy,
         "server": server,
         "children": round(in_cores(children)),
         "bench": round(in_cores(b.bench.saturating_sub(a.bench))),
@@ -188,11 +200,15 @@ fn round(v: f64) -> f64 {
 mod tests {
     use super::*;
 
-    fn sample(at_us: u64, threads: &[(&str, u64)], child: u64, bench: u64) -> Sample {
+    fn sample(at_ms: u64, threads: &[(u32, &str, u64)], child: u64, bench: u64) -> Sample {
         Sample {
-            at_us,
+            at_us: 1_000_000_000 + at_ms * 1000,
+            since_start: Duration::from_millis(at_ms),
             machine: None,
-            threads: threads.iter().map(|(n, t)| ((*n).to_owned(), *t)).collect(),
+            threads: threads
+                .iter()
+                .map(|(tid, n, t)| (*tid, ((*n).to_owned(), *t)))
+                .collect(),
             children: BTreeMap::from([(7, child)]),
             bench,
         }
@@ -201,28 +217,33 @@ mod tests {
     #[test]
     fn an_interval_gives_each_thread_name_and_process_its_cores() {
         let a = sample(
-            1_000_000,
-            &[("tokio-runtime-w", 100), ("fjall:worker", 5)],
+            0,
+            &[
+                (10, "tokio-runtime-w", 100),
+                (11, "tokio-runtime-w", 50),
+                (12, "fjall:worker", 5),
+            ],
             40,
             9,
         );
-        // 100 ms later: the runtime's threads used 8 ticks (0.8 of a core
-        // at 100 ticks/s), fjall none, a new thread 2, the plugin 5.
+        // 100 ms later: runtime thread 10 used 8 ticks (0.8 of a core at
+        // 100 ticks/s) and thread 11 exited, which takes nothing away;
+        // fjall used none; a new thread used 2; the plugin 5.
         let b = sample(
-            1_100_000,
+            100,
             &[
-                ("tokio-runtime-w", 108),
-                ("fjall:worker", 5),
-                ("pulse-dispatche", 2),
+                (10, "tokio-runtime-w", 108),
+                (12, "fjall:worker", 5),
+                (13, "pulse-dispatche", 2),
             ],
             45,
             10,
         );
-        let v: serde_json::Value = serde_json::from_str(&interval_line(&a, &b, 100, 2.0)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&interval_line(&a, &b, 100)).unwrap();
         assert_eq!(v["kind"], "cpu");
         assert_eq!(
             (v["at"].as_u64(), v["dur"].as_u64()),
-            (Some(1_000_000), Some(100_000))
+            (Some(1_000_000_000), Some(100_000))
         );
         assert_eq!(v["server"]["tokio-runtime-w"], 0.8);
         assert_eq!(v["server"]["pulse-dispatche"], 0.2);
@@ -235,6 +256,17 @@ mod tests {
             (Some(0.5), Some(0.1))
         );
         assert!(v["busy"].is_null(), "no machine counters: no busy share");
+    }
+
+    #[test]
+    fn the_machine_busy_ticks_are_given_in_cores() {
+        let mut a = sample(0, &[], 0, 0);
+        let mut b = sample(200, &[], 0, 0);
+        // 30 busy ticks in 200 ms at 100 ticks/s: 1.5 cores.
+        a.machine = MachineCpu::parse_line("cpu  100 0 50 800 0 0 0 0");
+        b.machine = MachineCpu::parse_line("cpu  120 0 60 900 0 0 0 0");
+        let v: serde_json::Value = serde_json::from_str(&interval_line(&a, &b, 100)).unwrap();
+        assert_eq!(v["busy"], 1.5);
     }
 
     #[test]
