@@ -1124,6 +1124,31 @@ fn reads_and_commits_stay_on_the_primary_key_from_a_young_table_on() {
             }
         }
     }
+    {
+        // A server holding the database alone commits on its lane (a
+        // fenced statement prepared once, while the table was small).
+        let backend = PostgresBackend::open(&url).unwrap();
+        backend.lock_single_server().unwrap();
+        let storage = Storage::new(backend);
+        let space = storage.space("young").unwrap();
+        for round in 60u32..90 {
+            let mut batch = storage.batch();
+            for i in 0u32..50 {
+                batch.insert(
+                    &space,
+                    [round.to_be_bytes(), i.to_be_bytes()].concat(),
+                    vec![7; 40],
+                );
+            }
+            for i in 0u32..10 {
+                batch.remove(
+                    &space,
+                    [(round - 60).to_be_bytes(), i.to_be_bytes()].concat(),
+                );
+            }
+            storage.write(batch).unwrap().durable().unwrap();
+        }
+    }
     let (seq, idx, fetched) = settled_scans(&url, idx_before + 60);
     assert!(
         idx >= idx_before + 60,
@@ -1136,11 +1161,11 @@ fn reads_and_commits_stay_on_the_primary_key_from_a_young_table_on() {
         idx - idx_before
     );
     // Nor a walk of the whole index: each round fetches its 50 stored
-    // keys (and the commit probes its own), not the table so far (3,000
-    // rows by the last round, about 90,000 fetched over the rounds).
+    // keys (and the commit probes its own), not the table so far (4,500
+    // rows by the last round, about 180,000 fetched over the rounds).
     assert!(
-        fetched - fetched_before < 60 * 200,
-        "{} rows fetched by index scans for 60 rounds of 50 keys",
+        fetched - fetched_before < 90 * 200,
+        "{} rows fetched by index scans for 90 rounds of 50 keys",
         fetched - fetched_before
     );
 }
@@ -1193,4 +1218,96 @@ fn settled_scans(url: &str, idx: i64) -> (i64, i64, i64) {
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     })
+}
+
+/// A server holding the database alone commits its unconditional batches
+/// in groups on a connection of their own (src/storage/postgres/
+/// group_commit.rs), each group sent once the one before is answered. When
+/// a group fails (here an operator cancels it), the batches queued behind
+/// it fail too without being sent, the next write is refused (its writer
+/// may not have heard of the failure), and the one after commits.
+#[test]
+fn batches_queued_behind_a_failed_group_commit_write_nothing() {
+    use pulse_ledger::storage::{PostgresBackend, Storage};
+    let Some(url) = common::postgres_database("group_commit_failure") else {
+        return;
+    };
+    let backend = PostgresBackend::open(&url).unwrap();
+    backend.lock_single_server().unwrap();
+    let storage = Storage::new(backend);
+    let space = storage.space("grouped").unwrap();
+    let put = |key: &[u8]| {
+        let mut batch = storage.batch();
+        batch.insert(&space, key, b"v");
+        storage.write(batch)
+    };
+    // Written, not yet durable: a scan sees it at once.
+    let first = put(b"a").unwrap();
+    let scanned: Vec<Vec<u8>> = space.iter().map(|e| e.unwrap().0).collect();
+    assert_eq!(scanned, vec![b"a".to_vec()]);
+    first.durable().unwrap();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (locker, conn) = rt
+        .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
+        .unwrap();
+    rt.spawn(conn);
+    // Another session inserts key b and does not commit: the group that
+    // writes b waits for it.
+    rt.block_on(locker.batch_execute("BEGIN")).unwrap();
+    rt.block_on(locker.execute(
+        "INSERT INTO pulse_kv (space, key, value) VALUES ((SELECT id FROM pulse_spaces WHERE name = 'grouped'), $1, $2)",
+        &[&&b"b"[..], &&b"other"[..]],
+    ))
+    .unwrap();
+    let cancelled = put(b"b").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let pid: i32 = loop {
+        let row = rt
+            .block_on(locker.query_opt(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'WITH deleted AS%'",
+                &[],
+            ))
+            .unwrap();
+        if let Some(row) = row {
+            break row.get(0);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group commit never waited on the other session"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Queued behind the group in flight; this server's reads see both.
+    let behind = put(b"c").unwrap();
+    assert_eq!(space.get(b"b").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(space.get(b"c").unwrap().as_deref(), Some(&b"v"[..]));
+    rt.block_on(locker.query_one("SELECT pg_cancel_backend($1)", &[&pid]))
+        .unwrap();
+    let err = cancelled.durable().unwrap_err();
+    assert!(err.to_string().contains("57014"), "{err}");
+    let err = behind.durable().unwrap_err();
+    assert!(
+        err.to_string().contains("a commit queued before it failed"),
+        "{err}"
+    );
+    rt.block_on(locker.batch_execute("ROLLBACK")).unwrap();
+    assert_eq!(space.get(b"b").unwrap(), None);
+    assert_eq!(space.get(b"c").unwrap(), None);
+    // The next write is refused, and nothing of it written; the one after
+    // commits on a fresh connection.
+    let err = put(b"d").err().unwrap();
+    assert!(
+        err.to_string().contains("a commit queued before it failed"),
+        "{err}"
+    );
+    put(b"e").unwrap().durable().unwrap();
+    drop((space, storage));
+    let storage = Storage::new(PostgresBackend::open(&url).unwrap());
+    let space = storage.space("grouped").unwrap();
+    let stored: Vec<Vec<u8>> = space.iter().map(|e| e.unwrap().0).collect();
+    assert_eq!(stored, vec![b"a".to_vec(), b"e".to_vec()]);
 }

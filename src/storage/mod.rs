@@ -719,6 +719,11 @@ impl WriteBatch {
         self.ops.is_empty() && self.expected.is_empty() && self.notices.is_empty()
     }
 
+    /// Whether the batch is conditional ([`WriteBatch::expect`]).
+    pub fn has_expectations(&self) -> bool {
+        !self.expected.is_empty()
+    }
+
     /// The writes in order, the expectations and the notices.
     pub fn into_parts(self) -> (Vec<WriteOp>, Vec<Expectation>, Vec<(String, String)>) {
         (self.ops, self.expected, self.notices)

@@ -114,6 +114,19 @@ impl ValueCache {
         inner.generation += 1;
     }
 
+    /// A commit is sent and not yet answered, and reads are to see its
+    /// `writes` (the last per key) at once: they become the current
+    /// values now. [`ValueCache::end`] with no writes follows if it
+    /// commits, or with `None` (emptying the cache) if not.
+    pub(super) fn begin_with(&self, writes: Vec<Known>) {
+        let mut inner = self.inner();
+        inner.in_flight += 1;
+        inner.generation += 1;
+        for (k, v) in writes {
+            insert(&mut inner, k, v);
+        }
+    }
+
     /// The commit ended: its writes (the last per key) are the current
     /// values if it succeeded; if not, nothing cached can be trusted.
     pub(super) fn end(&self, writes: Option<Vec<Known>>) {

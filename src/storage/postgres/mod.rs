@@ -9,6 +9,7 @@
 //! that waits on the disk). Connections come from a bounded pool.
 
 mod cache;
+mod group_commit;
 mod listener;
 mod schema;
 mod tls;
@@ -64,7 +65,10 @@ pub struct PostgresBackend {
     exclusive: std::sync::atomic::AtomicBool,
     /// Current values this server wrote or read, while it holds the
     /// server lock (nothing else writes then).
-    cache: cache::ValueCache,
+    cache: Arc<cache::ValueCache>,
+    /// The queue of unconditional batches and their committing task,
+    /// while this server holds the database alone.
+    group: Arc<group_commit::GroupCommit>,
     /// How to open a connection of our own (the notice listener's).
     target: (tokio_postgres::Config, tls::Tls),
     /// Names this backend in the notices it commits.
@@ -215,7 +219,8 @@ impl PostgresBackend {
             holder: std::sync::Mutex::new(None),
             locked: std::sync::atomic::AtomicBool::new(false),
             exclusive: std::sync::atomic::AtomicBool::new(false),
-            cache: cache::ValueCache::default(),
+            cache: Arc::default(),
+            group: Arc::default(),
             target: own,
             origin: hex::encode(origin),
             notices: std::sync::Mutex::new(None),
@@ -551,6 +556,18 @@ impl PostgresBackend {
     }
 }
 
+/// A batch's last write to each key, as the batch's order says.
+fn last_writes(ops: Vec<WriteOp>) -> Vec<cache::Known> {
+    let mut last: HashMap<(SpaceId, Vec<u8>), Option<Vec<u8>>> = HashMap::new();
+    for op in ops {
+        match op {
+            WriteOp::Put { space, key, value } => last.insert((space, key), Some(value)),
+            WriteOp::Delete { space, key } => last.insert((space, key), None),
+        };
+    }
+    last.into_iter().collect()
+}
+
 /// Runs `fut` on `handle` and parks this thread until it ends.
 /// How long a starting server waits for a stopped server's session to
 /// release the server lock before refusing with `store_in_use`.
@@ -746,6 +763,15 @@ impl ReadView for PostgresBackend {
         }
         let ticket = match self.cache.get(space, key) {
             Ok(v) => return Ok(v),
+            Err(_) if self.group.busy() => {
+                // What the batches in flight wrote is cached; anything
+                // else is read once they are answered.
+                self.group.drain();
+                match self.cache.get(space, key) {
+                    Ok(v) => return Ok(v),
+                    Err(t) => t,
+                }
+            }
             Err(t) => t,
         };
         let v = run_on(
@@ -774,6 +800,7 @@ impl ReadView for PostgresBackend {
             missing.push(i);
         }
         if !missing.is_empty() {
+            self.group.drain();
             let spaces: Vec<i16> = missing.iter().map(|&i| space_param(keys[i].0)).collect();
             let wanted: Vec<Vec<u8>> = missing.iter().map(|&i| keys[i].1.clone()).collect();
             let found: Vec<(i64, Vec<u8>)> = self.run(move |conn| async move {
@@ -816,6 +843,7 @@ impl ReadView for PostgresBackend {
     }
 
     fn scan(&self, space: SpaceId, range: KeyRange, order: Order) -> Entries {
+        self.group.drain();
         Box::new(Scan {
             handle: self.handle.clone(),
             source: Source::Pool(self.pool.clone()),
@@ -880,6 +908,7 @@ impl Backend for PostgresBackend {
     }
 
     fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        self.group.drain();
         let conn = self.run(|conn| async move {
             // The snapshot is taken at the first statement after BEGIN.
             conn.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
@@ -901,9 +930,24 @@ impl Backend for PostgresBackend {
             return Ok(());
         }
         self.hold_server_lock()?;
-        let (ops, expected, notes) = batch.into_parts();
         // A database this process holds alone has nobody to tell.
         let exclusive = self.exclusive.load(std::sync::atomic::Ordering::Acquire);
+        if exclusive && !batch.has_expectations() {
+            let (ops, _, _) = batch.into_parts();
+            return self
+                .group
+                .queue(
+                    &self.handle,
+                    &self.pool,
+                    &self.cache,
+                    last_writes(ops),
+                    false,
+                )?
+                .durable();
+        }
+        // A batch queued before this one commits before it.
+        self.group.drain_all();
+        let (ops, expected, notes) = batch.into_parts();
         let notes: Vec<String> = if exclusive {
             Vec::new()
         } else {
@@ -912,44 +956,18 @@ impl Backend for PostgresBackend {
                 .map(|(topic, text)| listener::encode(&self.origin, topic, text))
                 .collect()
         };
-        // The last write to each key wins, as the batch's order says; what
-        // is left puts and deletes disjoint keys, so their order in the
-        // transaction does not matter.
-        let mut last: HashMap<(SpaceId, Vec<u8>), Option<Vec<u8>>> = HashMap::new();
-        for op in ops {
-            match op {
-                WriteOp::Put { space, key, value } => last.insert((space, key), Some(value)),
-                WriteOp::Delete { space, key } => last.insert((space, key), None),
-            };
-        }
-        let (mut put_spaces, mut put_keys, mut put_values) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut del_spaces, mut del_keys) = (Vec::new(), Vec::new());
-        for ((space, key), value) in last {
-            match value {
-                Some(v) => {
-                    put_spaces.push(space_param(space));
-                    put_keys.push(key);
-                    put_values.push(v);
-                }
-                None => {
-                    del_spaces.push(space_param(space));
-                    del_keys.push(key);
-                }
-            }
-        }
-        let writes: Vec<cache::Known> = put_spaces
-            .iter()
-            .zip(&put_keys)
-            .zip(&put_values)
-            .map(|((sp, k), v)| ((SpaceId(*sp as u16), k.clone()), Some(v.clone())))
-            .chain(
-                del_spaces
-                    .iter()
-                    .zip(&del_keys)
-                    .map(|(sp, k)| ((SpaceId(*sp as u16), k.clone()), None)),
-            )
-            // Shared with other nodes, only write-once values are read
-            // from memory: keep no others.
+        let writes = last_writes(ops);
+        let group_commit::Columns {
+            del_spaces,
+            del_keys,
+            put_spaces,
+            put_keys,
+            put_values,
+        } = group_commit::Columns::of(writes.iter());
+        // Shared with other nodes, only write-once values are read from
+        // memory: keep no others.
+        let cached: Vec<cache::Known> = writes
+            .into_iter()
             .filter(|((space, _), _)| exclusive || self.is_write_once(*space))
             .collect();
         self.cache.begin();
@@ -961,23 +979,12 @@ impl Backend for PostgresBackend {
                 [del_keys, put_keys],
                 put_values,
             );
-            self.cache.end(result.is_ok().then_some(writes));
+            self.cache.end(result.is_ok().then_some(cached));
             return result;
         }
-        // One statement, so one round trip: a statement is its own
-        // transaction (all or nothing), committed with the server's
-        // synchronous commit before the answer comes back.
         let result = self.run(move |conn| async move {
             let stmt = conn
-                .prepare_cached(
-                    "WITH deleted AS (
-                         DELETE FROM pulse_kv WHERE (space, key) IN
-                         (SELECT * FROM unnest($1::int2[], $2::bytea[]))
-                     )
-                     INSERT INTO pulse_kv (space, key, value)
-                     SELECT * FROM unnest($3::int2[], $4::bytea[], $5::bytea[])
-                     ON CONFLICT (space, key) DO UPDATE SET value = excluded.value",
-                )
+                .prepare_cached(group_commit::COMMIT)
                 .await
                 .map_err(|e| query_error("commit", &e))?;
             conn.execute(
@@ -988,8 +995,33 @@ impl Backend for PostgresBackend {
             .map_err(|e| query_error("commit", &e))?;
             Ok(())
         });
-        self.cache.end(result.is_ok().then_some(writes));
+        self.cache.end(result.is_ok().then_some(cached));
         result
+    }
+
+    /// Queues `batch` for the next group commit and returns at once when
+    /// this server holds the database alone (see `group_commit.rs`): the
+    /// first write after a failed commit is refused, so that a writer who
+    /// has not heard of the failure reads its state again. A conditional
+    /// batch, or one on a shared database, commits before this returns.
+    fn write(&self, batch: WriteBatch) -> Result<super::Written, StorageError> {
+        if batch.is_empty() {
+            return Ok(super::Written::durable_now());
+        }
+        let exclusive = self.exclusive.load(std::sync::atomic::Ordering::Acquire);
+        if !exclusive || batch.has_expectations() {
+            self.commit(batch)?;
+            return Ok(super::Written::durable_now());
+        }
+        self.hold_server_lock()?;
+        let (ops, _, _) = batch.into_parts();
+        self.group.queue(
+            &self.handle,
+            &self.pool,
+            &self.cache,
+            last_writes(ops),
+            true,
+        )
     }
 
     fn engine(&self) -> &'static str {

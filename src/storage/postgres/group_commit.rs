@@ -1,0 +1,275 @@
+//! Group commit on one connection, while this server holds the database
+//! alone: every unconditional batch (the log's groups, the job store's
+//! enqueue groups and dispatcher steps) joins a queue, and one task commits
+//! what has queued as one statement while the batch before is committed.
+//! So writers that overlap share a commit and its WAL flush, as they share
+//! an fsync on fjall, and a writer that only writes
+//! ([`crate::storage::Backend::write`]) lets the next writer in at once.
+//!
+//! Batches commit in queue order and a group is sent only once the one
+//! before it is answered, so a later batch is never committed without an
+//! earlier one. A failed group fails every batch queued behind it too
+//! (they were built on the state the failed one would have made), and the
+//! next `write` is refused as well: its writer may not have heard of the
+//! failure yet, and reads its state again when refused.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+
+use deadpool_postgres::{ClientWrapper, Object, Pool};
+use tokio_postgres::Statement;
+
+use super::cache::{Known, ValueCache};
+use super::{StorageError, pool_error, query_error, space_param};
+use crate::storage::{SpaceId, Written};
+
+/// Rows a group holds at most: a queue longer than this is committed in
+/// several groups (each batch whole).
+const GROUP_ROWS: usize = 20_000;
+
+/// One statement, so one round trip: a statement is its own transaction
+/// (all or nothing), committed with the server's synchronous commit
+/// before the answer comes back.
+pub(super) const COMMIT: &str = "WITH deleted AS (
+         DELETE FROM pulse_kv WHERE (space, key) IN
+         (SELECT * FROM unnest($1::int2[], $2::bytea[]))
+     )
+     INSERT INTO pulse_kv (space, key, value)
+     SELECT * FROM unnest($3::int2[], $4::bytea[], $5::bytea[])
+     ON CONFLICT (space, key) DO UPDATE SET value = excluded.value";
+
+/// The refusal of a batch behind a failed one.
+const BEHIND_A_FAILURE: &str = "not written: a commit queued before it failed, and it may depend on that one; read the state again and retry";
+
+/// A batch waiting for its group: its last write per key, and where its
+/// answer goes.
+struct Queued {
+    writes: Vec<Known>,
+    answer: std::sync::mpsc::SyncSender<Result<(), StorageError>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    batches: Vec<Queued>,
+    /// A group failed and no `write` has been refused since.
+    failed: bool,
+    /// The committing task runs.
+    started: bool,
+}
+
+/// Batches queued and answered, for [`GroupCommit::drain`].
+#[derive(Default)]
+struct Progress {
+    queued: u64,
+    answered: u64,
+    /// The last batch queued by a writer that did not wait for it: reads
+    /// must see it. (A writer that waits sees its batch once it returns,
+    /// and a read that overlaps a commit may see it or not.)
+    written: u64,
+}
+
+/// The queue, its committing task and its connection.
+#[derive(Default)]
+pub(super) struct GroupCommit {
+    queue: Mutex<Queue>,
+    more: tokio::sync::Notify,
+    progress: Mutex<Progress>,
+    answered: Condvar,
+}
+
+impl GroupCommit {
+    /// Queues `writes` (the batch's last write per key) behind every batch
+    /// queued before, and makes them the cache's current values at once.
+    /// With `refuse_after_failure`, refused (and nothing queued) if a group
+    /// failed since the last refusal.
+    ///
+    /// # Errors
+    /// That refusal.
+    pub(super) fn queue(
+        self: &Arc<Self>,
+        handle: &tokio::runtime::Handle,
+        pool: &Pool,
+        cache: &Arc<ValueCache>,
+        writes: Vec<Known>,
+        refuse_after_failure: bool,
+    ) -> Result<Written, StorageError> {
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if queue.failed && refuse_after_failure {
+                queue.failed = false;
+                return Err(StorageError::new(BEHIND_A_FAILURE));
+            }
+            // Under the queue's lock, so the cache takes values in the
+            // order they commit.
+            cache.begin_with(writes.clone());
+            queue.batches.push(Queued { writes, answer });
+            let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+            progress.queued += 1;
+            if refuse_after_failure {
+                progress.written = progress.queued;
+            }
+            drop(progress);
+            if !queue.started {
+                queue.started = true;
+                handle.spawn(Arc::clone(self).commit_groups(pool.clone(), Arc::clone(cache)));
+            }
+        }
+        self.more.notify_one();
+        Ok(Written::after(move |_patience| {
+            answered.recv().unwrap_or_else(|_| {
+                Err(StorageError::unavailable(
+                    "the PostgreSQL commit task ended without an answer",
+                ))
+            })
+        }))
+    }
+
+    /// Waits until every batch queued so far by a writer that did not
+    /// wait for it has been answered: a read on another connection then
+    /// sees it (or it failed).
+    pub(super) fn drain(&self) {
+        let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        let target = p.written;
+        while p.answered < target {
+            p = self.answered.wait(p).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Waits until every batch queued so far has been answered: a commit
+    /// on another connection then comes after them.
+    pub(super) fn drain_all(&self) {
+        let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        let target = p.queued;
+        while p.answered < target {
+            p = self.answered.wait(p).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Whether a batch [`GroupCommit::drain`] waits for is unanswered.
+    pub(super) fn busy(&self) -> bool {
+        let p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        p.answered < p.written
+    }
+
+    /// The committing task: for as long as the backend's runtime lives.
+    async fn commit_groups(self: Arc<Self>, pool: Pool, cache: Arc<ValueCache>) {
+        let mut lane: Option<(ClientWrapper, Statement)> = None;
+        loop {
+            let group = loop {
+                let group = self.take_group();
+                if !group.is_empty() {
+                    break group;
+                }
+                self.more.notified().await;
+            };
+            let result = match &lane {
+                Some((client, _)) if !client.is_closed() => Ok(()),
+                _ => open(&pool).await.map(|opened| lane = Some(opened)),
+            };
+            let result = match (result, &lane) {
+                (Ok(()), Some((client, statement))) => {
+                    let c = Columns::of(group.iter().flat_map(|b| &b.writes));
+                    client
+                        .execute(
+                            statement,
+                            &[
+                                &c.del_spaces,
+                                &c.del_keys,
+                                &c.put_spaces,
+                                &c.put_keys,
+                                &c.put_values,
+                            ],
+                        )
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| query_error("commit", &e))
+                }
+                (Err(e), _) => Err(e),
+                (Ok(()), None) => Err(StorageError::unavailable("no PostgreSQL connection")),
+            };
+            let mut behind = Vec::new();
+            if result.is_err() {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                queue.failed = true;
+                behind = std::mem::take(&mut queue.batches);
+            }
+            let answered = group.len() + behind.len();
+            for batch in group {
+                cache.end(result.is_ok().then(Vec::new));
+                let _ = batch.answer.send(result.clone());
+            }
+            for batch in behind {
+                cache.end(None);
+                let _ = batch.answer.send(Err(StorageError::new(BEHIND_A_FAILURE)));
+            }
+            let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+            p.answered += answered as u64;
+            self.answered.notify_all();
+        }
+    }
+
+    /// The batches at the head of the queue, up to [`GROUP_ROWS`] rows
+    /// (at least one batch).
+    fn take_group(&self) -> Vec<Queued> {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rows = 0;
+        let take = queue
+            .batches
+            .iter()
+            .take_while(|b| {
+                let first = rows == 0;
+                rows += b.writes.len();
+                first || rows <= GROUP_ROWS
+            })
+            .count();
+        queue.batches.drain(..take).collect()
+    }
+}
+
+/// A connection out of the pool for the queue, with the statement
+/// prepared on it.
+async fn open(pool: &Pool) -> Result<(ClientWrapper, Statement), StorageError> {
+    let conn = pool.get().await.map_err(|e| pool_error(&e))?;
+    let statement = conn
+        .prepare(COMMIT)
+        .await
+        .map_err(|e| query_error("commit", &e))?;
+    Ok((Object::take(conn), statement))
+}
+
+/// Writes as the commit statement's columns, the last write to each key
+/// winning in order; what is left touches each key once, so the order
+/// within the statement does not matter.
+#[derive(Default)]
+pub(super) struct Columns {
+    pub(super) del_spaces: Vec<i16>,
+    pub(super) del_keys: Vec<Vec<u8>>,
+    pub(super) put_spaces: Vec<i16>,
+    pub(super) put_keys: Vec<Vec<u8>>,
+    pub(super) put_values: Vec<Vec<u8>>,
+}
+
+impl Columns {
+    pub(super) fn of<'a>(writes: impl Iterator<Item = &'a Known>) -> Columns {
+        let mut last: HashMap<&(SpaceId, Vec<u8>), &Option<Vec<u8>>> = HashMap::new();
+        for (key, value) in writes {
+            last.insert(key, value);
+        }
+        let mut c = Columns::default();
+        for ((space, key), value) in last {
+            match value {
+                Some(v) => {
+                    c.put_spaces.push(space_param(*space));
+                    c.put_keys.push(key.clone());
+                    c.put_values.push(v.clone());
+                }
+                None => {
+                    c.del_spaces.push(space_param(*space));
+                    c.del_keys.push(key.clone());
+                }
+            }
+        }
+        c
+    }
+}
