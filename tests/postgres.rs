@@ -1104,15 +1104,9 @@ fn reads_and_commits_stay_on_the_primary_key_from_a_young_table_on() {
         // The first rounds run on a table of a page or two, the last on
         // thousands of rows.
         for round in 0u32..60 {
-            let mut batch = storage.batch();
-            for i in 0u32..50 {
-                batch.insert(
-                    &space,
-                    [round.to_be_bytes(), i.to_be_bytes()].concat(),
-                    vec![7; 40],
-                );
-            }
-            storage.commit(batch).unwrap();
+            storage
+                .commit(fifty_new_keys(&storage, &space, round))
+                .unwrap();
             let keys: Vec<Vec<u8>> = (0u32..100)
                 .map(|i| [(round + i % 2 * 1000).to_be_bytes(), (i / 2).to_be_bytes()].concat())
                 .collect();
@@ -1125,21 +1119,15 @@ fn reads_and_commits_stay_on_the_primary_key_from_a_young_table_on() {
         }
     }
     {
-        // A server holding the database alone commits on its lane (a
-        // fenced statement prepared once, while the table was small).
+        // A server holding the database alone commits in groups on a
+        // connection of its own (the statement prepared once, while the
+        // table was small).
         let backend = PostgresBackend::open(&url).unwrap();
         backend.lock_single_server().unwrap();
         let storage = Storage::new(backend);
         let space = storage.space("young").unwrap();
         for round in 60u32..90 {
-            let mut batch = storage.batch();
-            for i in 0u32..50 {
-                batch.insert(
-                    &space,
-                    [round.to_be_bytes(), i.to_be_bytes()].concat(),
-                    vec![7; 40],
-                );
-            }
+            let mut batch = fifty_new_keys(&storage, &space, round);
             for i in 0u32..10 {
                 batch.remove(
                     &space,
@@ -1168,6 +1156,23 @@ fn reads_and_commits_stay_on_the_primary_key_from_a_young_table_on() {
         "{} rows fetched by index scans for 90 rounds of 50 keys",
         fetched - fetched_before
     );
+}
+
+/// A batch of the 50 keys of `round` (round, then 0 to 49, big-endian).
+fn fifty_new_keys(
+    storage: &pulse_ledger::storage::Storage,
+    space: &pulse_ledger::storage::Space,
+    round: u32,
+) -> pulse_ledger::storage::WriteBatch {
+    let mut batch = storage.batch();
+    for i in 0u32..50 {
+        batch.insert(
+            space,
+            [round.to_be_bytes(), i.to_be_bytes()].concat(),
+            vec![7; 40],
+        );
+    }
+    batch
 }
 
 /// `pulse_kv`'s whole-table scans, index scans and rows fetched by index
