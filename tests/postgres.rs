@@ -1287,23 +1287,28 @@ fn batches_queued_behind_a_failed_group_commit_write_nothing() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
     // Queued behind the group in flight; this server's reads see both.
+    // An empty batch waits its turn too: its writer may answer from what
+    // the batches before it wrote (a repeated idempotency key).
     let behind = put(b"c").unwrap();
+    let empty = storage.write(storage.batch()).unwrap();
     assert_eq!(space.get(b"b").unwrap().as_deref(), Some(&b"v"[..]));
     assert_eq!(space.get(b"c").unwrap().as_deref(), Some(&b"v"[..]));
     rt.block_on(locker.query_one("SELECT pg_cancel_backend($1)", &[&pid]))
         .unwrap();
     let err = cancelled.durable().unwrap_err();
     assert!(err.to_string().contains("57014"), "{err}");
-    let err = behind.durable().unwrap_err();
-    assert!(
-        err.to_string().contains("a commit queued before it failed"),
-        "{err}"
-    );
+    for waiting in [behind, empty] {
+        let err = waiting.durable().unwrap_err();
+        assert!(
+            err.to_string().contains("a commit queued before it failed"),
+            "{err}"
+        );
+    }
     rt.block_on(locker.batch_execute("ROLLBACK")).unwrap();
     assert_eq!(space.get(b"b").unwrap(), None);
     assert_eq!(space.get(b"c").unwrap(), None);
     // The next write is refused, and nothing of it written; the one after
-    // commits on a fresh connection.
+    // commits (on the same connection: a cancel leaves it open).
     let err = put(b"d").err().unwrap();
     assert!(
         err.to_string().contains("a commit queued before it failed"),

@@ -315,8 +315,9 @@ impl Written {
     /// Waits until the batch is durable.
     ///
     /// # Errors
-    /// When the fsync failed: whether the batch survives a crash is then
-    /// unknown, and the backend stops writing.
+    /// When the batch was not made durable (an fsync or a commit failed,
+    /// or one it was queued behind): fjall then stops writing; PostgreSQL
+    /// goes on, and the stores read their state again.
     pub fn durable(self) -> Result<(), StorageError> {
         self.durable_within(std::time::Duration::ZERO)
     }

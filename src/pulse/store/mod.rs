@@ -351,7 +351,10 @@ fn fail_all<T>(
 
 /// The answers to an enqueue group whose batch was not persisted: every
 /// job it created fails, and so does a repeat of one created in the same
-/// batch (`in_batch`); only repeats of jobs stored before stand.
+/// batch (`in_batch`). Repeats of jobs stored before stand only when the
+/// batch lost a race (a conflict: what it met was read from the store):
+/// after any other failure a repeat may name a job of a group written just
+/// before and not yet durable, which the same failure may have lost.
 fn not_persisted(
     results: Vec<Result<(Job, bool), JobError>>,
     in_batch: &[(Vec<u8>, Job)],
@@ -362,7 +365,7 @@ fn not_persisted(
     results
         .into_iter()
         .map(|r| match r {
-            Ok((job, true)) if !unwritten.contains(&job.id) => Ok((job, true)),
+            Ok((job, true)) if e.is_conflict() && !unwritten.contains(&job.id) => Ok((job, true)),
             Ok(_) => Err(err.clone()),
             Err(e) => Err(e),
         })

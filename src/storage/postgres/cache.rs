@@ -10,6 +10,11 @@
 //! flight nothing read is kept. A failed commit, whose outcome is unknown,
 //! empties the cache.
 //!
+//! Batches queued for a group commit are pinned until answered: their
+//! values are read first and never evicted, so a key that no queued batch
+//! writes is current in the database and a read need not wait for the
+//! queue.
+//!
 //! Bounded in two generations: when the young one is full it becomes the
 //! old one and the previous old one is dropped; a value found in the old
 //! one moves back to the young. So a full cache keeps what was used
@@ -32,8 +37,17 @@ const MAX_BYTES: usize = 32 * 1024 * 1024;
 
 type Values = HashMap<(SpaceId, Vec<u8>), Option<Vec<u8>>>;
 
+/// Values of queued batches, each with the number of the last batch that
+/// wrote it.
+type Pinned = HashMap<(SpaceId, Vec<u8>), (Option<Vec<u8>>, u64)>;
+
 #[derive(Default)]
 struct Inner {
+    /// Writes of batches queued and not yet answered (group commit), with
+    /// the number of the last batch that wrote each: newer than
+    /// everything else, never evicted, so a key that is in none of the
+    /// maps is current in the database.
+    pinned: Pinned,
     /// `None`: known absent. Newer than `old` wherever both hold a key.
     values: Values,
     bytes: usize,
@@ -61,6 +75,9 @@ impl ValueCache {
     pub(super) fn get(&self, space: SpaceId, key: &[u8]) -> Result<Option<Vec<u8>>, ReadTicket> {
         let mut inner = self.inner();
         let k = (space, key.to_vec());
+        if let Some((v, _)) = inner.pinned.get(&k) {
+            return Ok(v.clone());
+        }
         if let Some(v) = inner.values.get(&k) {
             return Ok(v.clone());
         }
@@ -114,16 +131,41 @@ impl ValueCache {
         inner.generation += 1;
     }
 
-    /// A commit is sent and not yet answered, and reads are to see its
-    /// `writes` (the last per key) at once: they become the current
-    /// values now. [`ValueCache::end`] with no writes follows if it
-    /// commits, or with `None` (emptying the cache) if not.
-    pub(super) fn begin_with(&self, writes: Vec<Known>) {
+    /// Batch number `ticket` is queued for a group commit: its `writes`
+    /// (the last per key) are what reads see from now on, until it is
+    /// answered ([`ValueCache::unpin`]). Batches are numbered in queue
+    /// order and answered in that order.
+    pub(super) fn pin(&self, ticket: u64, writes: &[Known]) {
         let mut inner = self.inner();
-        inner.in_flight += 1;
         inner.generation += 1;
         for (k, v) in writes {
-            insert(&mut inner, k, v);
+            inner.pinned.insert(k.clone(), (v.clone(), ticket));
+        }
+    }
+
+    /// Batch `ticket` was answered, and every batch before it. Committed:
+    /// their writes become cached values. Failed (and so every batch
+    /// queued behind it): nothing cached can be trusted.
+    pub(super) fn unpin(&self, ticket: u64, committed: bool) {
+        let mut inner = self.inner();
+        inner.generation += 1;
+        if !committed {
+            inner.pinned.clear();
+            inner.values.clear();
+            inner.old.clear();
+            inner.bytes = 0;
+            return;
+        }
+        let done: Vec<(SpaceId, Vec<u8>)> = inner
+            .pinned
+            .iter()
+            .filter(|(_, (_, t))| *t <= ticket)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in done {
+            if let Some((v, _)) = inner.pinned.remove(&k) {
+                insert(&mut inner, k, v);
+            }
         }
     }
 
@@ -136,10 +178,13 @@ impl ValueCache {
         match writes {
             Some(writes) => {
                 for (k, v) in writes {
-                    insert(&mut inner, k, v);
+                    if !inner.pinned.contains_key(&k) {
+                        insert(&mut inner, k, v);
+                    }
                 }
             }
             None => {
+                inner.pinned.clear();
                 inner.values.clear();
                 inner.old.clear();
                 inner.bytes = 0;
@@ -210,6 +255,34 @@ mod tests {
         c.end(None);
         assert!(c.get(s, &key(MAX_ENTRIES + 2)).is_err());
         assert!(c.get(s, &key(0)).is_err());
+    }
+
+    #[test]
+    fn pinned_writes_are_read_first_and_become_values_once_committed() {
+        let c = ValueCache::default();
+        let s = SpaceId(3);
+        let w = |k: &[u8], v: Option<&[u8]>| ((s, k.to_vec()), v.map(<[u8]>::to_vec));
+        c.pin(1, &[w(b"a", Some(b"1")), w(b"b", Some(b"1"))]);
+        c.pin(2, &[w(b"a", Some(b"2")), w(b"c", None)]);
+        assert_eq!(c.get(s, b"a").ok(), Some(Some(b"2".to_vec())));
+        assert_eq!(c.get(s, b"c").ok(), Some(None));
+        // A read that began before a batch was queued is not kept.
+        let ticket = c.get(s, b"d").unwrap_err();
+        c.pin(3, &[w(b"d", Some(b"3"))]);
+        c.keep(ticket, s, b"d".to_vec(), None);
+        assert_eq!(c.get(s, b"d").ok(), Some(Some(b"3".to_vec())));
+        // Batch 1 answered: batch 2's value of a stays over it.
+        c.unpin(1, true);
+        assert_eq!(c.get(s, b"a").ok(), Some(Some(b"2".to_vec())));
+        assert_eq!(c.get(s, b"b").ok(), Some(Some(b"1".to_vec())));
+        // Batch 2 answered: its values stay, now as cached values; a
+        // full young generation may drop them, as any cached value.
+        c.unpin(2, true);
+        assert_eq!(c.get(s, b"a").ok(), Some(Some(b"2".to_vec())));
+        assert_eq!(c.inner().pinned.len(), 1, "only batch 3's write is pinned");
+        // Batch 3 failed: nothing is trusted any more.
+        c.unpin(3, false);
+        assert!(c.get(s, b"d").is_err() && c.get(s, b"a").is_err());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Group commit on one connection, while this server holds the database
 //! alone: every unconditional batch (the log's groups, the job store's
-//! enqueue groups and dispatcher steps) joins a queue, and one task commits
-//! what has queued as one statement while the batch before is committed.
+//! enqueue groups and dispatcher steps) joins a queue, and one task
+//! commits what queued while the group before it was committed as one
+//! statement, once that group is answered.
 //! So writers that overlap share a commit and its WAL flush, as they share
 //! an fsync on fjall, and a writer that only writes
 //! ([`crate::storage::Backend::write`]) lets the next writer in at once.
@@ -23,9 +24,22 @@ use super::cache::{Known, ValueCache};
 use super::{StorageError, pool_error, query_error, space_param};
 use crate::storage::{SpaceId, Written};
 
-/// Rows a group holds at most: a queue longer than this is committed in
-/// several groups (each batch whole).
+/// Rows and key and value bytes a group holds at most: a longer queue is
+/// committed in several groups (each batch whole). A job record can be
+/// 16 MiB, and PostgreSQL takes no message or array over 1 GB.
 const GROUP_ROWS: usize = 20_000;
+const GROUP_BYTES: usize = 64 * 1024 * 1024;
+
+/// How the writer of a batch waits for its commit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Writer {
+    /// It waits before it does anything else ([`crate::storage::Backend::commit`]).
+    Waits,
+    /// It goes on first ([`crate::storage::Backend::write`]): reads must
+    /// see the batch at once, and after a failed group its next batch is
+    /// refused, since it may have built it on what failed.
+    GoesOn,
+}
 
 /// One statement, so one round trip: a statement is its own transaction
 /// (all or nothing), committed with the server's synchronous commit
@@ -46,12 +60,14 @@ const BEHIND_A_FAILURE: &str = "not written: a commit queued before it failed, a
 struct Queued {
     writes: Vec<Known>,
     answer: std::sync::mpsc::SyncSender<Result<(), StorageError>>,
+    writer: Writer,
 }
 
 #[derive(Default)]
 struct Queue {
     batches: Vec<Queued>,
-    /// A group failed and no `write` has been refused since.
+    /// A group that held a batch of a writer that goes on failed (or one
+    /// queued behind it), and no such batch has been refused since.
     failed: bool,
     /// The committing task runs.
     started: bool,
@@ -62,10 +78,10 @@ struct Queue {
 struct Progress {
     queued: u64,
     answered: u64,
-    /// The last batch queued by a writer that did not wait for it: reads
-    /// must see it. (A writer that waits sees its batch once it returns,
-    /// and a read that overlaps a commit may see it or not.)
-    written: u64,
+    /// The last batch queued by a writer that goes on: scans and
+    /// snapshots must see it. (A writer that waits sees its batch once it
+    /// returns, and a read that overlaps a commit may see it or not.)
+    last_gone_on: u64,
 }
 
 /// The queue, its committing task and its connection.
@@ -78,10 +94,10 @@ pub(super) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Queues `writes` (the batch's last write per key) behind every batch
-    /// queued before, and makes them the cache's current values at once.
-    /// With `refuse_after_failure`, refused (and nothing queued) if a group
-    /// failed since the last refusal.
+    /// Queues `writes` (the batch's last write per key, possibly none)
+    /// behind every batch queued before; reads see them at once through
+    /// the cache's pinned values. A batch of a writer that goes on is
+    /// refused (nothing queued) if a group failed since the last refusal.
     ///
     /// # Errors
     /// That refusal.
@@ -91,25 +107,29 @@ impl GroupCommit {
         pool: &Pool,
         cache: &Arc<ValueCache>,
         writes: Vec<Known>,
-        refuse_after_failure: bool,
+        writer: Writer,
     ) -> Result<Written, StorageError> {
         let (answer, answered) = std::sync::mpsc::sync_channel(1);
         {
             let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if queue.failed && refuse_after_failure {
+            if queue.failed && writer == Writer::GoesOn {
                 queue.failed = false;
                 return Err(StorageError::new(BEHIND_A_FAILURE));
             }
-            // Under the queue's lock, so the cache takes values in the
-            // order they commit.
-            cache.begin_with(writes.clone());
-            queue.batches.push(Queued { writes, answer });
             let mut progress = self.progress.lock().unwrap_or_else(|p| p.into_inner());
             progress.queued += 1;
-            if refuse_after_failure {
-                progress.written = progress.queued;
+            if writer == Writer::GoesOn {
+                progress.last_gone_on = progress.queued;
             }
+            // Under the queue's lock, so the cache takes values in the
+            // order they commit.
+            cache.pin(progress.queued, &writes);
             drop(progress);
+            queue.batches.push(Queued {
+                writes,
+                answer,
+                writer,
+            });
             if !queue.started {
                 queue.started = true;
                 handle.spawn(Arc::clone(self).commit_groups(pool.clone(), Arc::clone(cache)));
@@ -125,12 +145,12 @@ impl GroupCommit {
         }))
     }
 
-    /// Waits until every batch queued so far by a writer that did not
-    /// wait for it has been answered: a read on another connection then
-    /// sees it (or it failed).
+    /// Waits until every batch queued so far by a writer that goes on has
+    /// been answered: a scan or a snapshot on another connection then sees
+    /// it (or it failed).
     pub(super) fn drain(&self) {
         let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        let target = p.written;
+        let target = p.last_gone_on;
         while p.answered < target {
             p = self.answered.wait(p).unwrap_or_else(|p| p.into_inner());
         }
@@ -144,12 +164,6 @@ impl GroupCommit {
         while p.answered < target {
             p = self.answered.wait(p).unwrap_or_else(|p| p.into_inner());
         }
-    }
-
-    /// Whether a batch [`GroupCommit::drain`] waits for is unanswered.
-    pub(super) fn busy(&self) -> bool {
-        let p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        p.answered < p.written
     }
 
     /// The committing task: for as long as the backend's runtime lives.
@@ -167,62 +181,74 @@ impl GroupCommit {
                 Some((client, _)) if !client.is_closed() => Ok(()),
                 _ => open(&pool).await.map(|opened| lane = Some(opened)),
             };
+            let c = Columns::of(group.iter().flat_map(|b| &b.writes));
             let result = match (result, &lane) {
-                (Ok(()), Some((client, statement))) => {
-                    let c = Columns::of(group.iter().flat_map(|b| &b.writes));
-                    client
-                        .execute(
-                            statement,
-                            &[
-                                &c.del_spaces,
-                                &c.del_keys,
-                                &c.put_spaces,
-                                &c.put_keys,
-                                &c.put_values,
-                            ],
-                        )
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| query_error("commit", &e))
-                }
+                // A group of empty batches only waited its turn.
+                (Ok(()), _) if c.is_empty() => Ok(()),
+                (Ok(()), Some((client, statement))) => client
+                    .execute(
+                        statement,
+                        &[
+                            &c.del_spaces,
+                            &c.del_keys,
+                            &c.put_spaces,
+                            &c.put_keys,
+                            &c.put_values,
+                        ],
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| query_error("commit", &e)),
                 (Err(e), _) => Err(e),
                 (Ok(()), None) => Err(StorageError::unavailable("no PostgreSQL connection")),
             };
+            // Under the queue's lock: a batch queued meanwhile must be
+            // either behind the failure or pinned after the cache is
+            // emptied.
+            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
             let mut behind = Vec::new();
             if result.is_err() {
-                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                queue.failed = true;
                 behind = std::mem::take(&mut queue.batches);
+                queue.failed |= group
+                    .iter()
+                    .chain(&behind)
+                    .any(|b| b.writer == Writer::GoesOn);
             }
-            let answered = group.len() + behind.len();
+            let answered = (group.len() + behind.len()) as u64;
+            let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+            // Batches are numbered in queue order, and these are the
+            // oldest unanswered ones.
+            cache.unpin(p.answered + answered, result.is_ok());
+            p.answered += answered;
+            self.answered.notify_all();
+            drop((p, queue));
             for batch in group {
-                cache.end(result.is_ok().then(Vec::new));
                 let _ = batch.answer.send(result.clone());
             }
             for batch in behind {
-                cache.end(None);
                 let _ = batch.answer.send(Err(StorageError::new(BEHIND_A_FAILURE)));
             }
-            let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-            p.answered += answered as u64;
-            self.answered.notify_all();
         }
     }
 
     /// The batches at the head of the queue, up to [`GROUP_ROWS`] rows
-    /// (at least one batch).
+    /// and [`GROUP_BYTES`] bytes (at least one batch).
     fn take_group(&self) -> Vec<Queued> {
         let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let mut rows = 0;
-        let take = queue
-            .batches
-            .iter()
-            .take_while(|b| {
-                let first = rows == 0;
-                rows += b.writes.len();
-                first || rows <= GROUP_ROWS
-            })
-            .count();
+        let (mut rows, mut bytes) = (0, 0);
+        let mut take = 0;
+        for batch in &queue.batches {
+            rows += batch.writes.len();
+            bytes += batch
+                .writes
+                .iter()
+                .map(|((_, k), v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum::<usize>();
+            if take > 0 && (rows > GROUP_ROWS || bytes > GROUP_BYTES) {
+                break;
+            }
+            take += 1;
+        }
         queue.batches.drain(..take).collect()
     }
 }
@@ -251,6 +277,10 @@ pub(super) struct Columns {
 }
 
 impl Columns {
+    fn is_empty(&self) -> bool {
+        self.del_keys.is_empty() && self.put_keys.is_empty()
+    }
+
     pub(super) fn of<'a>(writes: impl Iterator<Item = &'a Known>) -> Columns {
         let mut last: HashMap<&(SpaceId, Vec<u8>), &Option<Vec<u8>>> = HashMap::new();
         for (key, value) in writes {

@@ -1,6 +1,7 @@
 //! The PostgreSQL backend: every space's keys and values in one table
-//! (`pulse_kv`, keyed by space and key), each commit one transaction with
-//! the server's synchronous commit, snapshots as read-only
+//! (`pulse_kv`, keyed by space and key), each commit (or group of
+//! commits, `group_commit.rs`) one transaction with the server's
+//! synchronous commit, snapshots as read-only
 //! repeatable-read transactions.
 //!
 //! The stores above call storage from plain threads and from async tasks
@@ -761,17 +762,10 @@ impl ReadView for PostgresBackend {
             }
             return Ok(v);
         }
+        // A key that batches queued for a group commit write is pinned
+        // in the cache; any other is current in the database.
         let ticket = match self.cache.get(space, key) {
             Ok(v) => return Ok(v),
-            Err(_) if self.group.busy() => {
-                // What the batches in flight wrote is cached; anything
-                // else is read once they are answered.
-                self.group.drain();
-                match self.cache.get(space, key) {
-                    Ok(v) => return Ok(v),
-                    Err(t) => t,
-                }
-            }
             Err(t) => t,
         };
         let v = run_on(
@@ -800,7 +794,6 @@ impl ReadView for PostgresBackend {
             missing.push(i);
         }
         if !missing.is_empty() {
-            self.group.drain();
             let spaces: Vec<i16> = missing.iter().map(|&i| space_param(keys[i].0)).collect();
             let wanted: Vec<Vec<u8>> = missing.iter().map(|&i| keys[i].1.clone()).collect();
             let found: Vec<(i64, Vec<u8>)> = self.run(move |conn| async move {
@@ -926,12 +919,15 @@ impl Backend for PostgresBackend {
     }
 
     fn commit(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        if batch.is_empty() {
+        // A database this process holds alone has nobody to tell.
+        let exclusive = self.exclusive.load(std::sync::atomic::Ordering::Acquire);
+        if batch.is_empty() && !exclusive {
             return Ok(());
         }
         self.hold_server_lock()?;
-        // A database this process holds alone has nobody to tell.
-        let exclusive = self.exclusive.load(std::sync::atomic::Ordering::Acquire);
+        // Even an empty batch joins the queue: its writer may answer from
+        // values of batches queued before it (a repeated idempotency key),
+        // which must be committed first.
         if exclusive && !batch.has_expectations() {
             let (ops, _, _) = batch.into_parts();
             return self
@@ -941,7 +937,7 @@ impl Backend for PostgresBackend {
                     &self.pool,
                     &self.cache,
                     last_writes(ops),
-                    false,
+                    group_commit::Writer::Waits,
                 )?
                 .durable();
         }
@@ -1005,14 +1001,12 @@ impl Backend for PostgresBackend {
     /// has not heard of the failure reads its state again. A conditional
     /// batch, or one on a shared database, commits before this returns.
     fn write(&self, batch: WriteBatch) -> Result<super::Written, StorageError> {
-        if batch.is_empty() {
-            return Ok(super::Written::durable_now());
-        }
         let exclusive = self.exclusive.load(std::sync::atomic::Ordering::Acquire);
         if !exclusive || batch.has_expectations() {
             self.commit(batch)?;
             return Ok(super::Written::durable_now());
         }
+        // Even an empty batch is queued (see `commit`).
         self.hold_server_lock()?;
         let (ops, _, _) = batch.into_parts();
         self.group.queue(
@@ -1020,7 +1014,7 @@ impl Backend for PostgresBackend {
             &self.pool,
             &self.cache,
             last_writes(ops),
-            true,
+            group_commit::Writer::GoesOn,
         )
     }
 
