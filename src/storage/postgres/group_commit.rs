@@ -10,9 +10,10 @@
 //! Batches commit in queue order and a group is sent only once the one
 //! before it is answered, so a later batch is never committed without an
 //! earlier one. A failed group fails every batch queued behind it too
-//! (they were built on the state the failed one would have made), and the
-//! next `write` is refused as well: its writer may not have heard of the
-//! failure yet, and reads its state again when refused.
+//! (they were built on the state the failed one would have made), and if
+//! any of them was a `write`'s, the next `write` is refused as well: its
+//! writer may not have heard of the failure yet, and reads its state again
+//! when refused.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -149,18 +150,20 @@ impl GroupCommit {
     /// been answered: a scan or a snapshot on another connection then sees
     /// it (or it failed).
     pub(super) fn drain(&self) {
-        let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        let target = p.last_gone_on;
-        while p.answered < target {
-            p = self.answered.wait(p).unwrap_or_else(|p| p.into_inner());
-        }
+        self.wait_for(|p| p.last_gone_on);
     }
 
     /// Waits until every batch queued so far has been answered: a commit
     /// on another connection then comes after them.
     pub(super) fn drain_all(&self) {
+        self.wait_for(|p| p.queued);
+    }
+
+    /// Waits until the batches up to the number `target` names, as it is
+    /// now, have been answered.
+    fn wait_for(&self, target: impl Fn(&Progress) -> u64) {
         let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-        let target = p.queued;
+        let target = target(&p);
         while p.answered < target {
             p = self.answered.wait(p).unwrap_or_else(|p| p.into_inner());
         }
@@ -301,5 +304,47 @@ impl Columns {
             }
         }
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue_batches(group: &GroupCommit, sizes: &[(usize, usize)]) {
+        let mut queue = group.queue.lock().unwrap();
+        for (n, &(rows, value_bytes)) in sizes.iter().enumerate() {
+            let writes = (0..rows)
+                .map(|i| {
+                    let key = format!("{n}/{i}").into_bytes();
+                    ((SpaceId(0), key), Some(vec![0; value_bytes]))
+                })
+                .collect();
+            let (answer, _) = std::sync::mpsc::sync_channel(1);
+            queue.batches.push(Queued {
+                writes,
+                answer,
+                writer: Writer::GoesOn,
+            });
+        }
+    }
+
+    #[test]
+    fn a_group_takes_whole_batches_within_its_rows_and_bytes() {
+        let group = GroupCommit::default();
+        // Rows: the third batch would pass 20,000.
+        queue_batches(&group, &[(9_000, 0), (9_000, 0), (9_000, 0), (0, 0)]);
+        assert_eq!(group.take_group().len(), 2);
+        // The rest (and an empty batch) together.
+        assert_eq!(group.take_group().len(), 2);
+        assert!(group.take_group().is_empty());
+        // Bytes: 40 MiB each, so one per group; a batch over the cap
+        // alone still goes, whole.
+        let mib = 1024 * 1024;
+        queue_batches(&group, &[(1, 40 * mib), (1, 40 * mib), (1, 70 * mib)]);
+        for _ in 0..3 {
+            assert_eq!(group.take_group().len(), 1);
+        }
+        assert!(group.take_group().is_empty());
     }
 }
