@@ -435,7 +435,9 @@ fn store_copy_of_a_damaged_log_fails_verification_and_says_so() {
 struct Proxy {
     port: u16,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// Each connection: the port of its side towards PostgreSQL (what
+    /// `pg_stat_activity.client_port` shows) and its task.
+    links: std::sync::Arc<std::sync::Mutex<Vec<(u16, tokio::task::AbortHandle)>>>,
     /// While set, what clients send is held (not lost): a stalled network,
     /// a paused process.
     held: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -476,19 +478,24 @@ impl Proxy {
                 if !up2.load(std::sync::atomic::Ordering::SeqCst) {
                     continue; // dropped: refused
                 }
-                let (upstream, held) = (upstream.clone(), held2.clone());
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let server_port = server.local_addr().unwrap().port();
+                let held = held2.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(server) = tokio::net::TcpStream::connect(&upstream).await {
-                        let (client_in, client_out) = client.into_split();
-                        let (server_in, server_out) = server.into_split();
-                        let calm = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-                        tokio::select! {
-                            () = forward(client_in, server_out, held) => {}
-                            () = forward(server_in, client_out, calm) => {}
-                        }
+                    let (client_in, client_out) = client.into_split();
+                    let (server_in, server_out) = server.into_split();
+                    let calm = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    tokio::select! {
+                        () = forward(client_in, server_out, held) => {}
+                        () = forward(server_in, client_out, calm) => {}
                     }
                 });
-                links2.lock().unwrap().push(task.abort_handle());
+                links2
+                    .lock()
+                    .unwrap()
+                    .push((server_port, task.abort_handle()));
             }
         });
         Proxy {
@@ -523,9 +530,20 @@ impl Proxy {
 
     fn cut(&self) {
         self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for l in self.links.lock().unwrap().drain(..) {
+        for (_, l) in self.links.lock().unwrap().drain(..) {
             l.abort();
         }
+    }
+
+    /// Cuts the one connection whose side towards PostgreSQL has `port`.
+    /// Its session lives on until PostgreSQL next reads or writes it.
+    fn cut_one(&self, port: u16) {
+        let mut links = self.links.lock().unwrap();
+        let at = links
+            .iter()
+            .position(|(p, _)| *p == port)
+            .unwrap_or_else(|| panic!("no proxied connection from port {port}"));
+        links.remove(at).1.abort();
     }
 
     fn restore(&self) {
@@ -1225,6 +1243,49 @@ fn settled_scans(url: &str, idx: i64) -> (i64, i64, i64) {
     })
 }
 
+/// A session of its own that inserts key b into the space "grouped" and
+/// does not commit: a group commit that writes b waits for it.
+fn holding_key_b(rt: &tokio::runtime::Runtime, url: &str) -> tokio_postgres::Client {
+    let (locker, conn) = rt
+        .block_on(tokio_postgres::connect(url, tokio_postgres::NoTls))
+        .unwrap();
+    rt.spawn(conn);
+    rt.block_on(locker.batch_execute("BEGIN")).unwrap();
+    rt.block_on(locker.execute(
+        "INSERT INTO pulse_kv (space, key, value) VALUES ((SELECT id FROM pulse_spaces WHERE name = 'grouped'), $1, $2)",
+        &[&&b"b"[..], &&b"other"[..]],
+    ))
+    .unwrap();
+    locker
+}
+
+/// The group commit's session once it waits on a lock: its process ID
+/// and client port. Read on a session of its own, outside any transaction
+/// (inside one, pg_stat_activity is read once and kept).
+fn waiting_group_commit(rt: &tokio::runtime::Runtime, url: &str) -> (i32, i32) {
+    let (observer, conn) = rt
+        .block_on(tokio_postgres::connect(url, tokio_postgres::NoTls))
+        .unwrap();
+    rt.spawn(conn);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let row = rt
+            .block_on(observer.query_opt(
+                "SELECT pid, client_port FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'WITH deleted AS%'",
+                &[],
+            ))
+            .unwrap();
+        if let Some(row) = row {
+            return (row.get(0), row.get(1));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the group commit never waited on the other session"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A server holding the database alone commits its unconditional batches
 /// in groups on a connection of their own (src/storage/postgres/
 /// group_commit.rs), each group sent once the one before is answered. When
@@ -1256,36 +1317,11 @@ fn batches_queued_behind_a_failed_group_commit_write_nothing() {
         .enable_all()
         .build()
         .unwrap();
-    let (locker, conn) = rt
-        .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
-        .unwrap();
-    rt.spawn(conn);
     // Another session inserts key b and does not commit: the group that
     // writes b waits for it.
-    rt.block_on(locker.batch_execute("BEGIN")).unwrap();
-    rt.block_on(locker.execute(
-        "INSERT INTO pulse_kv (space, key, value) VALUES ((SELECT id FROM pulse_spaces WHERE name = 'grouped'), $1, $2)",
-        &[&&b"b"[..], &&b"other"[..]],
-    ))
-    .unwrap();
+    let locker = holding_key_b(&rt, &url);
     let cancelled = put(b"b").unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let pid: i32 = loop {
-        let row = rt
-            .block_on(locker.query_opt(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'WITH deleted AS%'",
-                &[],
-            ))
-            .unwrap();
-        if let Some(row) = row {
-            break row.get(0);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the group commit never waited on the other session"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let (pid, _) = waiting_group_commit(&rt, &url);
     // Queued behind the group in flight; this server's reads see both.
     // An empty batch waits its turn too: its writer may answer from what
     // the batches before it wrote (a repeated idempotency key).
@@ -1320,4 +1356,84 @@ fn batches_queued_behind_a_failed_group_commit_write_nothing() {
     let space = storage.space("grouped").unwrap();
     let stored: Vec<Vec<u8>> = space.iter().map(|e| e.unwrap().0).collect();
     assert_eq!(stored, vec![b"a".to_vec(), b"e".to_vec()]);
+}
+
+/// spec/storage.md, "Group commit on one connection": a group whose
+/// connection broke while PostgreSQL ran it may still commit, since its
+/// session outlives the socket. Its failure is answered only once that
+/// session is gone (terminated by the server through another
+/// connection), so a batch refused is never committed later, behind the
+/// writer's back; the batches behind it fail unsent, and writes go on
+/// on a new connection.
+#[test]
+fn a_group_commit_whose_connection_broke_is_settled_before_its_failure_is_answered() {
+    use pulse_ledger::storage::{PostgresBackend, Storage};
+    let Some(url) = common::postgres_database("group_commit_broken") else {
+        return;
+    };
+    // Tasks of the proxy run while this thread waits on a commit.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (proxy, proxied) = rt.block_on(Proxy::before(&url));
+    let backend = PostgresBackend::open(&proxied).unwrap();
+    backend.lock_single_server().unwrap();
+    let storage = Storage::new(backend);
+    let space = storage.space("grouped").unwrap();
+    let put = |key: &[u8]| {
+        let mut batch = storage.batch();
+        batch.insert(&space, key, b"v");
+        storage.write(batch)
+    };
+    put(b"a").unwrap().durable().unwrap();
+
+    // Another session holds key b: the group that writes b waits for it.
+    let locker = holding_key_b(&rt, &url);
+    let broken = put(b"b").unwrap();
+    let (pid, port) = waiting_group_commit(&rt, &url);
+    let behind = put(b"c").unwrap();
+    proxy.cut_one(u16::try_from(port).unwrap());
+
+    let err = broken.durable().unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    // Answered only once the session that ran it is gone (the locker's
+    // first look at pg_stat_activity in its transaction: it is current).
+    let sessions: i64 = rt
+        .block_on(locker.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        ))
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        sessions, 0,
+        "the broken commit's session outlived its answer"
+    );
+    let err = behind.durable().unwrap_err();
+    assert!(
+        err.to_string().contains("a commit queued before it failed"),
+        "{err}"
+    );
+    // The other session commits its b: the refused batch's b never lands
+    // on top of it.
+    rt.block_on(locker.batch_execute("COMMIT")).unwrap();
+    let b: Vec<u8> = rt
+        .block_on(locker.query_one("SELECT value FROM pulse_kv WHERE key = $1", &[&&b"b"[..]]))
+        .unwrap()
+        .get(0);
+    assert_eq!(b, b"other");
+    // The next write is refused (its writer may not have heard); the one
+    // after goes out on a new connection.
+    assert!(put(b"d").is_err());
+    put(b"e").unwrap().durable().unwrap();
+    drop((space, storage));
+    let storage = Storage::new(PostgresBackend::open(&url).unwrap());
+    let space = storage.space("grouped").unwrap();
+    let stored: Vec<(Vec<u8>, Vec<u8>)> = space.iter().map(|e| e.unwrap()).collect();
+    assert_eq!(
+        stored,
+        vec![
+            (b"a".to_vec(), b"v".to_vec()),
+            (b"b".to_vec(), b"other".to_vec()),
+            (b"e".to_vec(), b"v".to_vec()),
+        ]
+    );
 }

@@ -1,7 +1,9 @@
 //! Deterministic simulation: Pulse against a simulated clock and scripted
 //! fake executors (succeed, fail, crash, hang, ignore cancel, flood
 //! progress, overspend), many seeds, invariants checked after every step.
-//! A failing seed is printed; rerun one with PULSE_SIM_SEED=N.
+//! A failing seed is printed; rerun one with PULSE_SIM_SEED=N. Odd seeds
+//! step as the server does, each step overlapped with the one before
+//! (`Dispatcher::step_overlapped`); even seeds take whole steps.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is a failure report
 
@@ -266,15 +268,23 @@ fn run(seed: u64) {
         seed,
     );
     let cancel_at = next() % 60;
+    let overlapped = seed % 2 == 1;
     for step in 0..400u64 {
         now += STEP_MS;
         d.executor_mut().act();
         if step == cancel_at {
+            // As the server's runner: a command finds no step in flight.
+            d.finish_in_flight()
+                .unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}"));
             let victim = &enqueued[(next() % enqueued.len() as u64) as usize];
             let _ = d.cancel(&victim.id, now);
         }
-        d.step(now)
-            .unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}"));
+        if overlapped {
+            d.step_overlapped(now)
+        } else {
+            d.step(now)
+        }
+        .unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}"));
         let ctx = format!("seed {seed} step {step}");
         let mut running_per_handler: HashMap<_, u32> = HashMap::new();
         let mut all_done = true;
@@ -316,6 +326,9 @@ fn run(seed: u64) {
             break;
         }
     }
+    d.finish_in_flight()
+        .unwrap_or_else(|e| panic!("seed {seed} at the end: {e}"));
+    assert!(!d.in_flight(), "seed {seed}: a step left in flight");
     for j in &enqueued {
         let job = store.get(&j.id).unwrap();
         let waiting_for_budget = budgeted
@@ -784,4 +797,116 @@ fn a_silent_attempt_that_resumes_heartbeats_after_its_cancel_still_times_out() {
     // Timed out one grace period after the push, not when it went silent.
     let ended = job.attempts[0].ended_at.unwrap();
     assert!(ended >= now + 5_000 + 5_000, "{ended}");
+}
+
+/// Reports the `n`th attempt the executor was given succeeded; its job.
+fn succeed(d: &mut Dispatcher<Scripted>, n: usize) -> pulse_ledger::pulse::JobId {
+    let (job, lease, reports) = &d.executor_mut().attempts[n];
+    reports
+        .try_send(Report {
+            job: *job,
+            lease: *lease,
+            event: ExecEvent::Succeeded(b"done".to_vec()),
+        })
+        .unwrap();
+    *job
+}
+
+/// spec/pulse.md, "Overlapped steps": a step left in flight has written
+/// its dispatches (the jobs are running in the store and out of the ready
+/// queue) but starts no attempt; the next step, written first, finishes
+/// it. Reports are applied the same way, one step later, and a slot freed
+/// by a result is used by the first step that begins after its step has
+/// finished.
+#[test]
+fn an_overlapped_step_starts_its_attempts_only_once_it_is_finished() {
+    let dir = common::tempdir("sim-overlapped");
+    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
+    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let h = common::key("overlap-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", common::key("overlap-p").did);
+    let mut now = 20_000_000u64;
+    let ids: Vec<_> = (0..3)
+        .map(|_| {
+            store
+                .enqueue(&h, &schema, &JobRequest::default(), now)
+                .unwrap()
+                .0
+                .id
+        })
+        .collect();
+    let config = DispatchConfig {
+        max_running: 2,
+        ..DispatchConfig::default()
+    };
+    let mut d = Dispatcher::new(
+        Arc::clone(&store),
+        Scripted::default(),
+        config,
+        Box::new(|_| None),
+        7,
+    );
+    let state = |id| store.get(id).unwrap().state;
+
+    // Two jobs chosen and written; nothing started yet.
+    let first = d.step_overlapped(now).unwrap();
+    assert_eq!(first.dispatched, 0, "{first:?}");
+    assert!(d.in_flight());
+    assert!(
+        d.executor_mut().attempts.is_empty(),
+        "started before durable"
+    );
+    assert_eq!(state(&ids[0]), JobState::Running);
+    assert_eq!(state(&ids[1]), JobState::Running);
+    assert_eq!(state(&ids[2]), JobState::Queued);
+    assert_eq!(
+        store.queue_sizes().0,
+        1,
+        "the chosen jobs left the ready queue"
+    );
+
+    // The next step has nothing to write (both slots taken): it finishes
+    // the one in flight, whose attempts start now.
+    now += 1;
+    let second = d.step_overlapped(now).unwrap();
+    assert_eq!(second.dispatched, 2, "{second:?}");
+    assert!(!d.in_flight());
+    assert_eq!(d.executor_mut().attempts.len(), 2);
+
+    // A result is written by the next step and applied once it finishes;
+    // its slot goes to the third job after that.
+    let job = succeed(&mut d, 0);
+    now += 1;
+    let third = d.step_overlapped(now).unwrap();
+    assert_eq!((third.applied, third.dispatched), (0, 0), "{third:?}");
+    assert!(d.in_flight());
+    assert_eq!(state(&job), JobState::Succeeded, "the result is written");
+    assert_eq!(state(&ids[2]), JobState::Queued, "its slot is not free yet");
+    // The next step begins before the result's step finishes: the slot
+    // is still taken when it chooses, and free for the step after.
+    now += 1;
+    let fourth = d.step_overlapped(now).unwrap();
+    assert_eq!((fourth.applied, fourth.dispatched), (1, 0), "{fourth:?}");
+    assert!(!d.in_flight());
+    assert_eq!(state(&ids[2]), JobState::Queued);
+    now += 1;
+    let fifth = d.step_overlapped(now).unwrap();
+    assert_eq!(fifth.dispatched, 0, "{fifth:?}");
+    assert!(d.in_flight(), "the freed slot's dispatch is in flight");
+    assert_eq!(state(&ids[2]), JobState::Running);
+    assert_eq!(d.executor_mut().attempts.len(), 2);
+    let settled = d.finish_in_flight().unwrap();
+    assert_eq!(settled.dispatched, 1, "{settled:?}");
+    assert_eq!(d.executor_mut().attempts.len(), 3);
+    assert!(!d.in_flight());
+
+    // A whole step finishes a step in flight first.
+    succeed(&mut d, 1);
+    now += 1;
+    d.step_overlapped(now).unwrap();
+    assert!(d.in_flight());
+    let whole = d.step(now + 1).unwrap();
+    assert_eq!(whole.applied, 1, "{whole:?}");
+    assert!(!d.in_flight());
+    let _ = std::fs::remove_dir_all(&dir);
 }

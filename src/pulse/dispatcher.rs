@@ -135,6 +135,8 @@ pub struct Dispatcher<E: Executor> {
     /// told to stop since ([`Dispatcher::step_failed`]).
     last_good_step: Option<u64>,
     fenced: bool,
+    /// The step whose commit is in flight ([`Dispatcher::step_overlapped`]).
+    in_flight: Option<StepInFlight>,
 }
 
 /// Owners remembered before the map starts over (it refills as jobs are
@@ -173,6 +175,7 @@ impl<E: Executor> Dispatcher<E> {
             draining: false,
             last_good_step: None,
             fenced: false,
+            in_flight: None,
         }
     }
 
@@ -372,30 +375,85 @@ impl<E: Executor> Dispatcher<E> {
         }
     }
 
-    /// One step at time `now`.
+    /// One step at time `now`, whole: its group commit is durable and its
+    /// attempts started when it returns. A step left in flight by
+    /// [`Dispatcher::step_overlapped`] is finished first.
     ///
     /// # Errors
     /// Storage failures (rule violations by reports are counted, not
     /// returned).
     pub fn step(&mut self, now: u64) -> Result<StepReport, JobError> {
-        let mut t = crate::timeline::span("step");
+        let overlapped = self.step_overlapped(now);
+        merge_reports(overlapped, self.finish_in_flight())
+    }
+
+    /// One step at time `now`, overlapped with the step before it: this
+    /// step's group commit is written (visible, its jobs out of the ready
+    /// queue) and left in flight, and the step before it is then finished
+    /// (its commit waited for, its attempts started). So the dispatcher
+    /// stages a step while the one before commits, and each commit carries
+    /// a step's worth of writes; no attempt starts and no answer goes out
+    /// before its commit is durable. The report is of the steps finished
+    /// in this call. Call [`Dispatcher::finish_in_flight`] before waiting for work
+    /// (see [`Dispatcher::in_flight`]) and before any other call.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::step`], for either step.
+    pub fn step_overlapped(&mut self, now: u64) -> Result<StepReport, JobError> {
+        let begun = self.begin_step(now);
+        let earlier = self.finish_in_flight();
+        match begun {
+            Ok(step) if step.group.writes() => {
+                self.in_flight = Some(step);
+                earlier
+            }
+            Ok(step) => {
+                let this = self.finish_step(step);
+                merge_reports(earlier, this)
+            }
+            Err(e) => merge_reports(earlier, Err(e)),
+        }
+    }
+
+    /// Finishes the step left in flight by [`Dispatcher::step_overlapped`],
+    /// if any, and returns its report.
+    ///
+    /// # Errors
+    /// As [`Dispatcher::step`].
+    pub fn finish_in_flight(&mut self) -> Result<StepReport, JobError> {
+        match self.in_flight.take() {
+            Some(step) => self.finish_step(step),
+            None => Ok(StepReport::default()),
+        }
+    }
+
+    /// Whether a step's commit is in flight (see
+    /// [`Dispatcher::step_overlapped`]).
+    pub fn in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// The first half of a step: due jobs promoted, reports collected, jobs
+    /// chosen, and the step's group commit written, not yet durable.
+    fn begin_step(&mut self, now: u64) -> Result<StepInFlight, JobError> {
+        let mut span = crate::timeline::span("step");
         let mut report = StepReport::default();
         if let Some(schemas) = self.schemas.as_mut().filter(|_| !self.draining) {
             report.schedules = self.store.fire_schedules(now, schemas.as_mut())?;
         }
         self.store.promote_due(now, self.config.scan)?;
         self.release_held(now)?;
-        crate::timeline::phase(&mut t, "due");
+        crate::timeline::phase(&mut span, "due");
         // The step's reports and its dispatches go to the store in one
         // group commit: one fsync per step on the dispatcher's path, not
-        // two. Slots freed by this step's results are used by the next
-        // step, which follows at once.
+        // two. Slots freed by this step's results are used once it has
+        // finished.
         let pending = self.collect_reports(now, &mut report)?;
         // From here on every error is kept, not returned at once: what the
         // group commit wrote must still reach the bookkeeping (slots,
         // reservations) and the executor (dispatched attempts).
         let (chosen, mut failure) = self.choose(now);
-        crate::timeline::phase(&mut t, "choose");
+        crate::timeline::phase(&mut span, "choose");
         if let Err(e) = self.store.append_logs(pending.logs) {
             // Lines are for people: the transitions still go ahead.
             failure.get_or_insert(e);
@@ -407,12 +465,39 @@ impl<E: Executor> Dispatcher<E> {
             .iter()
             .map(|c| (*c.job.handler.public_key(), (c.limit, c.budget)))
             .collect();
-        let mut results =
-            self.store
-                .update_many_admitting(now, ops, |a: &Applied| a.cost, &admission);
-        crate::timeline::phase(&mut t, "commit");
+        let group = self
+            .store
+            .begin_group(now, ops, |a: &Applied| a.cost, &admission);
+        crate::timeline::phase(&mut span, "written");
+        Ok(StepInFlight {
+            now,
+            span,
+            report,
+            reports,
+            ending: pending.ending,
+            chosen,
+            group,
+            failure,
+        })
+    }
+
+    /// The second half of a step: its commit waited for, its reports'
+    /// outcomes applied, its attempts started.
+    fn finish_step(&mut self, step: StepInFlight) -> Result<StepReport, JobError> {
+        let StepInFlight {
+            now,
+            mut span,
+            mut report,
+            reports,
+            ending,
+            chosen,
+            group,
+            mut failure,
+        } = step;
+        let mut results = self.store.finish_group(group);
+        crate::timeline::phase(&mut span, "commit");
         let dispatched = results.split_off(reports);
-        if let Err(e) = self.finish_reports(pending.ending, results, &mut report) {
+        if let Err(e) = self.finish_reports(ending, results, &mut report) {
             failure.get_or_insert(e);
         }
         match self.start(now, chosen, dispatched) {
@@ -421,7 +506,7 @@ impl<E: Executor> Dispatcher<E> {
                 failure.get_or_insert(e);
             }
         }
-        crate::timeline::phase(&mut t, "start");
+        crate::timeline::phase(&mut span, "start");
         if let Some(e) = failure {
             return Err(e);
         }
@@ -432,7 +517,7 @@ impl<E: Executor> Dispatcher<E> {
             self.next_deadline_scan = now.saturating_add(self.config.deadline_scan_ms);
         }
         crate::timeline::end(
-            t,
+            span,
             &[
                 ("reports", reports as u64),
                 ("dispatched", report.dispatched as u64),
@@ -1096,6 +1181,37 @@ impl<E: Executor> Dispatcher<E> {
             None => Ok(started),
         }
     }
+}
+
+/// Two steps' reports as one; the first failure wins.
+fn merge_reports(
+    a: Result<StepReport, JobError>,
+    b: Result<StepReport, JobError>,
+) -> Result<StepReport, JobError> {
+    let (a, b) = (a?, b?);
+    Ok(StepReport {
+        dispatched: a.dispatched + b.dispatched,
+        applied: a.applied + b.applied,
+        stale: a.stale + b.stale,
+        timed_out: a.timed_out + b.timed_out,
+        schedules: a.schedules.merged(b.schedules),
+    })
+}
+
+/// A step whose group commit is written and not yet durable
+/// ([`Dispatcher::step_overlapped`]).
+struct StepInFlight {
+    now: u64,
+    span: Option<crate::timeline::Span>,
+    report: StepReport,
+    /// How many of the group's results are reports' (the rest are the
+    /// dispatches of `chosen`, in order).
+    reports: usize,
+    ending: Vec<(JobId, LeaseToken)>,
+    chosen: Vec<Chosen>,
+    group: super::store::GroupInFlight<Applied>,
+    /// The first failure of the step so far.
+    failure: Option<JobError>,
 }
 
 /// Report transitions waiting for the step's group commit.

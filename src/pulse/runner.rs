@@ -10,7 +10,7 @@ use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
 use super::budget::BudgetUse;
-use super::dispatcher::Dispatcher;
+use super::dispatcher::{Dispatcher, StepReport};
 use super::executor::Executor;
 use super::job::JobId;
 use super::store::JobError;
@@ -208,7 +208,16 @@ fn run<E: Executor>(
         Err(e) => tracing::error!(error = %e, "recovering running attempts failed"),
     }
     loop {
-        for cmd in rx.try_iter() {
+        let mut commands = rx.try_iter().peekable();
+        if commands.peek().is_some() {
+            // A command sees every step finished: a cancel must find the
+            // attempts of the step in flight started, a stop leaves none
+            // written and not started.
+            let now = crate::clock::unix_ms();
+            let settled = d.finish_in_flight();
+            record_step(&mut d, &settled, now, counters);
+        }
+        for cmd in commands {
             match cmd {
                 Command::Cancel(ids, reply) => {
                     let _ = reply.send(Ok(d.cancel_many(&ids, crate::clock::unix_ms())));
@@ -225,13 +234,42 @@ fn run<E: Executor>(
         }
         let started = std::time::Instant::now();
         let now = crate::clock::unix_ms();
-        let step = d.step(now);
-        jobs.step.observe(started.elapsed());
-        match &step {
-            Ok(_) => d.step_succeeded(now),
-            Err(_) => d.step_failed(now),
+        // Overlapped: this step is staged and written while the step
+        // before it commits (spec/pulse.md, "Dispatcher").
+        let mut step = d.step_overlapped(now);
+        if step.is_err() {
+            // Not left in flight through the wait below.
+            step = step.and(d.finish_in_flight());
         }
-        if let Ok(r) = &step {
+        jobs.step.observe(started.elapsed());
+        record_step(&mut d, &step, now, counters);
+        match step {
+            // Work done may have made more work (results free slots), and
+            // a step in flight is finished by the next: step again before
+            // sleeping.
+            Ok(r) if r.dispatched > 0 || r.applied > 0 || r.stale > 0 || d.in_flight() => {
+                continue;
+            }
+            Ok(_) => std::thread::park_timeout(idle),
+            Err(e) => {
+                tracing::error!(error = %e, "dispatcher step failed; retrying");
+                std::thread::park_timeout(idle.max(Duration::from_millis(100)));
+            }
+        }
+    }
+}
+
+/// Counts a step's outcome: the dispatcher's failure clock, stale reports
+/// and the time of the last good step.
+fn record_step<E: Executor>(
+    d: &mut Dispatcher<E>,
+    step: &Result<StepReport, JobError>,
+    now: u64,
+    counters: &PulseCounters,
+) {
+    match step {
+        Ok(r) => {
+            d.step_succeeded(now);
             counters
                 .stale_reports
                 .fetch_add(r.stale as u64, Ordering::Release);
@@ -239,15 +277,6 @@ fn run<E: Executor>(
                 .last_good_step_ms
                 .store(crate::clock::unix_ms(), Ordering::Release);
         }
-        match step {
-            // Work done may have made more work (results free slots):
-            // step again before sleeping.
-            Ok(r) if r.dispatched > 0 || r.applied > 0 || r.stale > 0 => continue,
-            Ok(_) => std::thread::park_timeout(idle),
-            Err(e) => {
-                tracing::error!(error = %e, "dispatcher step failed; retrying");
-                std::thread::park_timeout(idle.max(Duration::from_millis(100)));
-            }
-        }
+        Err(_) => d.step_failed(now),
     }
 }

@@ -24,6 +24,19 @@ pub struct FireReport {
     pub failed: u64,
 }
 
+impl FireReport {
+    /// Both reports' counts added.
+    #[must_use]
+    pub fn merged(self, other: FireReport) -> FireReport {
+        FireReport {
+            fired: self.fired + other.fired,
+            skipped: self.skipped + other.skipped,
+            missed: self.missed + other.missed,
+            failed: self.failed + other.failed,
+        }
+    }
+}
+
 /// What a new schedule is made of ([`JobStore::create_schedule`]).
 #[derive(Debug, Clone)]
 pub struct ScheduleRequest {

@@ -151,6 +151,30 @@ pub(super) struct PendingCommit {
     ops: u64,
 }
 
+/// A group of transitions written and visible, not yet known durable
+/// ([`JobStore::begin_group`]): its results stand only once
+/// [`JobStore::finish_group`] returns them.
+pub(super) struct GroupInFlight<T> {
+    results: Vec<Result<T, JobError>>,
+    /// The commit to wait for, and what to record once it is durable;
+    /// `None` if nothing was written (the results are final).
+    commit: Option<(PendingCommit, Vec<Transition>, Vec<JobId>)>,
+}
+
+impl<T> GroupInFlight<T> {
+    fn done(results: Vec<Result<T, JobError>>) -> GroupInFlight<T> {
+        GroupInFlight {
+            results,
+            commit: None,
+        }
+    }
+
+    /// Whether a batch was written that is not yet durable.
+    pub(super) fn writes(&self) -> bool {
+        self.commit.is_some()
+    }
+}
+
 /// A job as stored: the job and the queue index key it currently has.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Stored {
@@ -1199,10 +1223,26 @@ impl JobStore {
     pub(super) fn update_many_admitting<T>(
         &self,
         now: u64,
-        mut ops: Vec<(JobId, GroupOp<T>)>,
+        ops: Vec<(JobId, GroupOp<T>)>,
         cost: impl Fn(&T) -> u64,
         admission: &Admission,
     ) -> Vec<Result<T, JobError>> {
+        self.finish_group(self.begin_group(now, ops, cost, admission))
+    }
+
+    /// The first half of [`JobStore::update_many_admitting`]: the group's
+    /// batch written, visible and applied to the queues in memory, not yet
+    /// durable. The writer lock is released before it returns, so the
+    /// caller may stage its next group while this one commits; nothing
+    /// the group decided (an attempt to start, an answer) may leave the
+    /// caller before [`JobStore::finish_group`].
+    pub(super) fn begin_group<T>(
+        &self,
+        now: u64,
+        mut ops: Vec<(JobId, GroupOp<T>)>,
+        cost: impl Fn(&T) -> u64,
+        admission: &Admission,
+    ) -> GroupInFlight<T> {
         let guard = self.writer();
         let mut races = 0;
         loop {
@@ -1213,33 +1253,47 @@ impl JobStore {
                 // to share its fsync makes its own now.
                 drop(guard);
                 self.storage.end_patience();
-                return results;
+                return GroupInFlight::done(results);
             };
             let batch = match batch {
                 Ok(b) => b,
-                Err(e) => return results.into_iter().map(|r| r.and(Err(e.clone()))).collect(),
+                Err(e) => {
+                    return GroupInFlight::done(
+                        results.into_iter().map(|r| r.and(Err(e.clone()))).collect(),
+                    );
+                }
             };
             match self.write_batch(batch) {
                 Ok(pending) => {
                     self.apply(effects);
-                    // Durable without the writer lock (see `write_batch`):
-                    // the results (attempts to start, answers) go out
-                    // only after.
-                    drop(guard);
-                    if let Err(e) = self.durable(pending) {
-                        return fail_all(results, "transitions", &e);
-                    }
-                    self.record_transitions(&transitions);
-                    self.changes.changed(written);
-                    return results;
+                    // Durable without the writer lock (see `write_batch`).
+                    return GroupInFlight {
+                        results,
+                        commit: Some((pending, transitions, written)),
+                    };
                 }
                 // Another node changed a job (or a spend record) of the
                 // group since it was read: nothing was written; run the
                 // group again on what is stored now.
                 Err(e) if e.is_conflict() && races < MAX_RACES => races += 1,
-                Err(e) => return fail_all(results, "transitions", &e),
+                Err(e) => return GroupInFlight::done(fail_all(results, "transitions", &e)),
             }
         }
+    }
+
+    /// The second half of [`JobStore::update_many_admitting`]: waits until
+    /// the group is durable, then records its transitions and wakes its
+    /// watchers. Groups begun one after another finish in that order.
+    pub(super) fn finish_group<T>(&self, group: GroupInFlight<T>) -> Vec<Result<T, JobError>> {
+        let Some((pending, transitions, written)) = group.commit else {
+            return group.results;
+        };
+        if let Err(e) = self.durable(pending) {
+            return fail_all(group.results, "transitions", &e);
+        }
+        self.record_transitions(&transitions);
+        self.changes.changed(written);
+        group.results
     }
 
     /// Runs a group's transitions on the stored jobs and stages their

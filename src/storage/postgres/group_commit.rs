@@ -14,6 +14,12 @@
 //! any of them was a `write`'s, the next `write` is refused as well: its
 //! writer may not have heard of the failure yet, and reads its state again
 //! when refused.
+//!
+//! A group whose connection broke while it ran may still commit: its
+//! session can outlive the socket. Before that failure is answered (and
+//! so before anyone reads the state again), the task settles it: on
+//! another connection it waits until that session is gone, terminating it
+//! if it is still there. Until it is settled no later group is sent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -171,7 +177,14 @@ impl GroupCommit {
 
     /// The committing task: for as long as the backend's runtime lives.
     async fn commit_groups(self: Arc<Self>, pool: Pool, cache: Arc<ValueCache>) {
-        let mut lane: Option<(ClientWrapper, Statement)> = None;
+        let mut running = Running {
+            group: Arc::clone(&self),
+            cache: Arc::clone(&cache),
+            in_hand: 0,
+        };
+        let mut lane: Option<Lane> = None;
+        // The session of a group whose outcome is not known yet.
+        let mut unsettled: Option<Session> = None;
         loop {
             let group = loop {
                 let group = self.take_group();
@@ -180,17 +193,26 @@ impl GroupCommit {
                 }
                 self.more.notified().await;
             };
-            let result = match &lane {
-                Some((client, _)) if !client.is_closed() => Ok(()),
-                _ => open(&pool).await.map(|opened| lane = Some(opened)),
-            };
+            running.in_hand = group.len();
             let c = Columns::of(group.iter().flat_map(|b| &b.writes));
+            let mut result = match &unsettled {
+                Some(session) => settle(&pool, session).await,
+                None => Ok(()),
+            };
+            if result.is_ok() {
+                unsettled = None;
+                if lane.as_ref().is_none_or(|l| l.client.is_closed()) {
+                    result = open(&pool).await.map(|opened| lane = Some(opened));
+                }
+            }
+            // The error, and whether the group may have committed all the same.
             let result = match (result, &lane) {
                 // A group of empty batches only waited its turn.
                 (Ok(()), _) if c.is_empty() => Ok(()),
-                (Ok(()), Some((client, statement))) => client
+                (Ok(()), Some(l)) => l
+                    .client
                     .execute(
-                        statement,
+                        &l.statement,
                         &[
                             &c.del_spaces,
                             &c.del_keys,
@@ -201,36 +223,58 @@ impl GroupCommit {
                     )
                     .await
                     .map(|_| ())
-                    .map_err(|e| query_error("commit", &e)),
-                (Err(e), _) => Err(e),
-                (Ok(()), None) => Err(StorageError::unavailable("no PostgreSQL connection")),
+                    .map_err(|e| (query_error("commit", &e), !definitely_not_committed(&e))),
+                (Err(e), _) => Err((e, false)),
+                (Ok(()), None) => {
+                    Err((StorageError::unavailable("no PostgreSQL connection"), false))
+                }
             };
-            // Under the queue's lock: a batch queued meanwhile must be
-            // either behind the failure or pinned after the cache is
-            // emptied.
-            let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-            let mut behind = Vec::new();
-            if result.is_err() {
-                behind = std::mem::take(&mut queue.batches);
-                queue.failed |= group
-                    .iter()
-                    .chain(&behind)
-                    .any(|b| b.writer == Writer::GoesOn);
-            }
-            let answered = (group.len() + behind.len()) as u64;
-            let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
-            // Batches are numbered in queue order, and these are the
-            // oldest unanswered ones.
-            cache.unpin(p.answered + answered, result.is_ok());
-            p.answered += answered;
-            self.answered.notify_all();
-            drop((p, queue));
-            for batch in group {
-                let _ = batch.answer.send(result.clone());
-            }
-            for batch in behind {
-                let _ = batch.answer.send(Err(StorageError::new(BEHIND_A_FAILURE)));
-            }
+            let result = match result {
+                Ok(()) => Ok(()),
+                Err((e, unknown)) => {
+                    // Its session may still commit it: settle that before
+                    // the failure is heard of.
+                    if let Some(l) = lane.take_if(|_| unknown) {
+                        if let Err(why) = settle(&pool, &l.session).await {
+                            tracing::error!(error = %why, "a PostgreSQL commit whose connection broke may still commit; no write goes out until its session is gone");
+                            unsettled = Some(l.session);
+                        }
+                    }
+                    Err(e)
+                }
+            };
+            self.answer(&cache, group, &result);
+            running.in_hand = 0;
+        }
+    }
+
+    /// Answers the batches of a group that was just committed, or failed
+    /// (and then every batch queued behind it too).
+    fn answer(&self, cache: &ValueCache, group: Vec<Queued>, result: &Result<(), StorageError>) {
+        // Under the queue's lock: a batch queued meanwhile must be either
+        // behind the failure or pinned after the cache is emptied.
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let mut behind = Vec::new();
+        if result.is_err() {
+            behind = std::mem::take(&mut queue.batches);
+            queue.failed |= group
+                .iter()
+                .chain(&behind)
+                .any(|b| b.writer == Writer::GoesOn);
+        }
+        let answered = (group.len() + behind.len()) as u64;
+        let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        // Batches are numbered in queue order, and these are the oldest
+        // unanswered ones.
+        cache.unpin(p.answered + answered, result.is_ok());
+        p.answered += answered;
+        self.answered.notify_all();
+        drop((p, queue));
+        for batch in group {
+            let _ = batch.answer.send(result.clone());
+        }
+        for batch in behind {
+            let _ = batch.answer.send(Err(StorageError::new(BEHIND_A_FAILURE)));
         }
     }
 
@@ -256,15 +300,131 @@ impl GroupCommit {
     }
 }
 
-/// A connection out of the pool for the queue, with the statement
-/// prepared on it.
-async fn open(pool: &Pool) -> Result<(ClientWrapper, Statement), StorageError> {
+/// The queue's connection, out of the pool, with the statement prepared
+/// on it and the session it is.
+struct Lane {
+    client: ClientWrapper,
+    statement: Statement,
+    session: Session,
+}
+
+/// A PostgreSQL session: its backend's process ID and start time (a
+/// process ID alone may be reused by a later session).
+struct Session {
+    pid: i32,
+    started: String,
+}
+
+/// What a session-start query returns as text, to compare as it was read.
+const SESSION: &str =
+    "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+
+/// How long a session told to end may take to go.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn open(pool: &Pool) -> Result<Lane, StorageError> {
     let conn = pool.get().await.map_err(|e| pool_error(&e))?;
     let statement = conn
         .prepare(COMMIT)
         .await
         .map_err(|e| query_error("commit", &e))?;
-    Ok((Object::take(conn), statement))
+    let row = conn
+        .query_one(SESSION, &[])
+        .await
+        .map_err(|e| query_error("commit", &e))?;
+    Ok(Lane {
+        client: Object::take(conn),
+        statement,
+        session: Session {
+            pid: row.get(0),
+            started: row.get(1),
+        },
+    })
+}
+
+/// Whether a failed commit statement certainly committed nothing: the
+/// server answered it with an error (its transaction rolled back). A
+/// broken connection, or a session ended under it, leaves it unknown.
+fn definitely_not_committed(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        matches!(
+            db.parsed_severity(),
+            Some(tokio_postgres::error::Severity::Error)
+        )
+    })
+}
+
+/// Makes sure, on a connection of the pool, that `session` is gone,
+/// terminating it if it is still there and waiting (up to
+/// [`SETTLE_WAIT`]) for it to end, so whatever it was committing is
+/// committed or not for good. If PostgreSQL cannot be reached it fails at
+/// once: the next group tries again.
+async fn settle(pool: &Pool, session: &Session) -> Result<(), StorageError> {
+    let unknown = |why: String| {
+        StorageError::unavailable(format!(
+            "the outcome of a commit whose connection broke is not known yet ({why}); no write goes out until its session is gone"
+        ))
+    };
+    let until = tokio::time::Instant::now() + SETTLE_WAIT;
+    let conn = pool
+        .get()
+        .await
+        .map_err(|e| unknown(pool_error(&e).to_string()))?;
+    loop {
+        let still_there = conn
+            .query_opt(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2",
+                &[&session.pid, &session.started],
+            )
+            .await
+            .map_err(|e| unknown(query_error("settling", &e).to_string()))?;
+        if still_there.is_none() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= until {
+            return Err(unknown(format!(
+                "session {} still runs after being told to end",
+                session.pid
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The committing task's guard: if the task ends (its runtime shut down,
+/// or a panic), the batches in its hands and in the queue are answered
+/// as failed (their writers hear it as a closed channel), the drains are
+/// released, and the next batch starts a new task.
+struct Running {
+    group: Arc<GroupCommit>,
+    cache: Arc<ValueCache>,
+    /// Batches the task has taken and not answered.
+    in_hand: usize,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut queue = self.group.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.started = false;
+        let behind = std::mem::take(&mut queue.batches);
+        // The batches in hand may have held a writer that goes on.
+        queue.failed |= self.in_hand > 0 || behind.iter().any(|b| b.writer == Writer::GoesOn);
+        let mut p = self
+            .group
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let answered = (self.in_hand + behind.len()) as u64;
+        self.cache.unpin(p.answered + answered, false);
+        p.answered += answered;
+        self.group.answered.notify_all();
+        drop((p, queue));
+        for batch in behind {
+            let _ = batch.answer.send(Err(StorageError::unavailable(
+                "the PostgreSQL commit task ended without an answer",
+            )));
+        }
+    }
 }
 
 /// Writes as the commit statement's columns, the last write to each key
