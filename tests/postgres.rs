@@ -1243,6 +1243,39 @@ fn settled_scans(url: &str, idx: i64) -> (i64, i64, i64) {
     })
 }
 
+/// A backend dropped (its runtime shut down, its committing task with it)
+/// while batches wait for their commit: each waiter is answered
+/// `unavailable` instead of waiting for ever, the batch the task held and
+/// the batches queued behind.
+#[test]
+fn batches_waiting_when_the_committing_task_ends_are_answered() {
+    use pulse_ledger::storage::{PostgresBackend, Storage};
+    let Some(url) = common::postgres_database("group_commit_task_ends") else {
+        return;
+    };
+    let backend = PostgresBackend::open(&url).unwrap();
+    backend.lock_single_server().unwrap();
+    let storage = Storage::new(backend);
+    let space = storage.space("grouped").unwrap();
+    let put = |key: &[u8]| {
+        let mut batch = storage.batch();
+        batch.insert(&space, key, b"v");
+        storage.write(batch).unwrap()
+    };
+    put(b"a").durable().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let locker = holding_key_b(&rt, &url);
+    let in_hand = put(b"b");
+    waiting_group_commit(&rt, &url);
+    let behind = put(b"c");
+    drop((space, storage));
+    for waiting in [in_hand, behind] {
+        let err = waiting.durable().unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
+    }
+    rt.block_on(locker.batch_execute("ROLLBACK")).unwrap();
+}
+
 /// A session of its own that inserts key b into the space "grouped" and
 /// does not commit: a group commit that writes b waits for it.
 fn holding_key_b(rt: &tokio::runtime::Runtime, url: &str) -> tokio_postgres::Client {

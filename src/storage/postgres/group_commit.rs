@@ -471,8 +471,12 @@ impl Columns {
 mod tests {
     use super::*;
 
-    fn queue_batches(group: &GroupCommit, sizes: &[(usize, usize)]) {
+    fn queue_batches(
+        group: &GroupCommit,
+        sizes: &[(usize, usize)],
+    ) -> Vec<std::sync::mpsc::Receiver<Result<(), StorageError>>> {
         let mut queue = group.queue.lock().unwrap();
+        let mut answers = Vec::new();
         for (n, &(rows, value_bytes)) in sizes.iter().enumerate() {
             let writes = (0..rows)
                 .map(|i| {
@@ -480,20 +484,53 @@ mod tests {
                     ((SpaceId(0), key), Some(vec![0; value_bytes]))
                 })
                 .collect();
-            let (answer, _) = std::sync::mpsc::sync_channel(1);
+            let (answer, answered) = std::sync::mpsc::sync_channel(1);
+            answers.push(answered);
             queue.batches.push(Queued {
                 writes,
                 answer,
                 writer: Writer::GoesOn,
             });
         }
+        answers
+    }
+
+    #[test]
+    fn a_committing_task_that_ends_answers_what_waits_for_it() {
+        let group = Arc::new(GroupCommit::default());
+        let cache = Arc::new(ValueCache::default());
+        let answers = queue_batches(&group, &[(1, 1), (1, 1), (1, 1)]);
+        {
+            let mut p = group.progress.lock().unwrap();
+            p.queued = 4;
+            p.last_gone_on = 4;
+        }
+        group.queue.lock().unwrap().started = true;
+        // One batch in the task's hands (taken from the queue), three behind.
+        drop(Running {
+            group: Arc::clone(&group),
+            cache,
+            in_hand: 1,
+        });
+        for answered in answers {
+            let err = answered.recv().unwrap().unwrap_err();
+            assert!(err.is_unavailable(), "{err}");
+        }
+        let queue = group.queue.lock().unwrap();
+        assert!(queue.batches.is_empty());
+        assert!(!queue.started, "the next batch starts a new task");
+        assert!(queue.failed, "the next write is refused");
+        drop(queue);
+        // The drains do not wait for ever.
+        group.drain_all();
+        assert_eq!(group.progress.lock().unwrap().answered, 4);
     }
 
     #[test]
     fn a_group_takes_whole_batches_within_its_rows_and_bytes() {
         let group = GroupCommit::default();
         // Rows: the third batch would pass 20,000.
-        queue_batches(&group, &[(9_000, 0), (9_000, 0), (9_000, 0), (0, 0)]);
+        let _answers = queue_batches(&group, &[(9_000, 0), (9_000, 0), (9_000, 0), (0, 0)]);
         assert_eq!(group.take_group().len(), 2);
         // The rest (and an empty batch) together.
         assert_eq!(group.take_group().len(), 2);
@@ -501,7 +538,7 @@ mod tests {
         // Bytes: 40 MiB each, so one per group; a batch over the cap
         // alone still goes, whole.
         let mib = 1024 * 1024;
-        queue_batches(&group, &[(1, 40 * mib), (1, 40 * mib), (1, 70 * mib)]);
+        let _answers = queue_batches(&group, &[(1, 40 * mib), (1, 40 * mib), (1, 70 * mib)]);
         for _ in 0..3 {
             assert_eq!(group.take_group().len(), 1);
         }
