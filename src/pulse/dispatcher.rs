@@ -565,6 +565,13 @@ impl<E: Executor> Dispatcher<E> {
                 continue;
             };
             let policy = self.policy();
+            let ends = matches!(
+                r.event,
+                ExecEvent::Succeeded(_)
+                    | ExecEvent::Failed { .. }
+                    | ExecEvent::Crashed
+                    | ExecEvent::Unreachable(_)
+            );
             // An attempt told to stop for its deadline that then fails or
             // dies (as a cancelled plugin does) timed out.
             let late = self
@@ -664,6 +671,15 @@ impl<E: Executor> Dispatcher<E> {
                         .map(|()| Applied::ended())
                 }),
             };
+            if ends && !self.store.is_shared() {
+                // This server is the job's only writer, and the lease is
+                // the live one: the report ends the attempt in this step's
+                // batch. Its slot goes to this step's dispatches, which
+                // commit in that batch too, so neither is durable without
+                // the other (spec/pulse.md, "Overlapped steps").
+                self.cancel_pushed.remove(&r.job);
+                self.end_live(&r.job);
+            }
             ending.push((r.job, lease));
             ops.push((
                 r.job,
