@@ -403,7 +403,9 @@ impl<E: Executor> Dispatcher<E> {
         let begun = self.begin_step(now);
         let earlier = self.finish_in_flight();
         match begun {
-            Ok(step) if step.group.writes() => {
+            // On a shared store (nodes) a batch is committed when it is
+            // written: nothing to overlap.
+            Ok(step) if step.group.writes() && !self.store.is_shared() => {
                 self.in_flight = Some(step);
                 earlier
             }
@@ -446,8 +448,8 @@ impl<E: Executor> Dispatcher<E> {
         crate::timeline::phase(&mut span, "due");
         // The step's reports and its dispatches go to the store in one
         // group commit: one fsync per step on the dispatcher's path, not
-        // two. Slots freed by this step's results are used once it has
-        // finished.
+        // two. On a single server, slots freed by this step's results go
+        // to its own dispatches (see `collect_reports`).
         let pending = self.collect_reports(now, &mut report)?;
         // From here on every error is kept, not returned at once: what the
         // group commit wrote must still reach the bookkeeping (slots,
