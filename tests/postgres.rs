@@ -1249,14 +1249,10 @@ fn settled_scans(url: &str, idx: i64) -> (i64, i64, i64) {
 /// the batches queued behind.
 #[test]
 fn batches_waiting_when_the_committing_task_ends_are_answered() {
-    use pulse_ledger::storage::{PostgresBackend, Storage};
     let Some(url) = common::postgres_database("group_commit_task_ends") else {
         return;
     };
-    let backend = PostgresBackend::open(&url).unwrap();
-    backend.lock_single_server().unwrap();
-    let storage = Storage::new(backend);
-    let space = storage.space("grouped").unwrap();
+    let (storage, space) = grouped_space(&url);
     let put = |key: &[u8]| {
         let mut batch = storage.batch();
         batch.insert(&space, key, b"v");
@@ -1274,6 +1270,16 @@ fn batches_waiting_when_the_committing_task_ends_are_answered() {
         assert!(err.is_unavailable(), "{err}");
     }
     rt.block_on(locker.batch_execute("ROLLBACK")).unwrap();
+}
+
+/// A store opened as a server holding the database alone (so writes go
+/// through the group commit), and its space "grouped".
+fn grouped_space(url: &str) -> (pulse_ledger::storage::Storage, pulse_ledger::storage::Space) {
+    let backend = pulse_ledger::storage::PostgresBackend::open(url).unwrap();
+    backend.lock_single_server().unwrap();
+    let storage = pulse_ledger::storage::Storage::new(backend);
+    let space = storage.space("grouped").unwrap();
+    (storage, space)
 }
 
 /// A session of its own that inserts key b into the space "grouped" and
@@ -1331,10 +1337,7 @@ fn batches_queued_behind_a_failed_group_commit_write_nothing() {
     let Some(url) = common::postgres_database("group_commit_failure") else {
         return;
     };
-    let backend = PostgresBackend::open(&url).unwrap();
-    backend.lock_single_server().unwrap();
-    let storage = Storage::new(backend);
-    let space = storage.space("grouped").unwrap();
+    let (storage, space) = grouped_space(&url);
     let put = |key: &[u8]| {
         let mut batch = storage.batch();
         batch.insert(&space, key, b"v");
@@ -1407,10 +1410,7 @@ fn a_group_commit_whose_connection_broke_is_settled_before_its_failure_is_answer
     // Tasks of the proxy run while this thread waits on a commit.
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (proxy, proxied) = rt.block_on(Proxy::before(&url));
-    let backend = PostgresBackend::open(&proxied).unwrap();
-    backend.lock_single_server().unwrap();
-    let storage = Storage::new(backend);
-    let space = storage.space("grouped").unwrap();
+    let (storage, space) = grouped_space(&proxied);
     let put = |key: &[u8]| {
         let mut batch = storage.batch();
         batch.insert(&space, key, b"v");

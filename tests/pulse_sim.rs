@@ -745,17 +745,14 @@ fn a_silent_attempt_that_resumes_heartbeats_after_its_cancel_still_times_out() {
         .unwrap()
         .0
         .id;
-    let config = DispatchConfig {
-        heartbeat_timeout_ms: 5_000,
-        grace_ms: 5_000,
-        deadline_scan_ms: 0,
-        ..DispatchConfig::default()
-    };
-    let mut d = Dispatcher::new(
-        Arc::clone(&store),
-        Scripted::default(),
-        config,
-        Box::new(|_| None),
+    let mut d = scripted(
+        &store,
+        DispatchConfig {
+            heartbeat_timeout_ms: 5_000,
+            grace_ms: 5_000,
+            deadline_scan_ms: 0,
+            ..DispatchConfig::default()
+        },
         1,
     );
     let mut t = now;
@@ -799,6 +796,18 @@ fn a_silent_attempt_that_resumes_heartbeats_after_its_cancel_still_times_out() {
     assert!(ended >= now + 5_000 + 5_000, "{ended}");
 }
 
+/// A dispatcher over `store` with a [`Scripted`] executor and no
+/// concurrency limits.
+fn scripted(store: &Arc<JobStore>, config: DispatchConfig, seed: u64) -> Dispatcher<Scripted> {
+    Dispatcher::new(
+        Arc::clone(store),
+        Scripted::default(),
+        config,
+        Box::new(|_| None),
+        seed,
+    )
+}
+
 /// Reports the `n`th attempt the executor was given succeeded; its job.
 fn succeed(d: &mut Dispatcher<Scripted>, n: usize) -> pulse_ledger::pulse::JobId {
     let (job, lease, reports) = &d.executor_mut().attempts[n];
@@ -834,15 +843,12 @@ fn an_overlapped_step_starts_its_attempts_only_once_it_is_finished() {
                 .id
         })
         .collect();
-    let config = DispatchConfig {
-        max_running: 2,
-        ..DispatchConfig::default()
-    };
-    let mut d = Dispatcher::new(
-        Arc::clone(&store),
-        Scripted::default(),
-        config,
-        Box::new(|_| None),
+    let mut d = scripted(
+        &store,
+        DispatchConfig {
+            max_running: 2,
+            ..DispatchConfig::default()
+        },
         7,
     );
     let state = |id| store.get(id).unwrap().state;
