@@ -610,10 +610,15 @@ async fn nodes_killed_at_random_and_a_database_restart_lose_and_fork_nothing() {
                 &["--key".into(), pkey.display().to_string()],
                 &events[i],
             )
+            // A cancelled attempt winds down within 100 ms, well inside
+            // the half heartbeat timeout plus the cancel grace (700 ms
+            // here) that separates a node's own cancel from another
+            // node's retry (spec/pulse.md, "No attempt beside its
+            // retry"); the SDK's default, 2 s, is for the default timings.
             .replace(
                 "env = {",
                 &format!(
-                    "env = {{ PULSE_TEST_PLUGIN_SPANS = {:?},",
+                    "env = {{ PULSE_TEST_PLUGIN_SPANS = {:?}, PULSE_TEST_PLUGIN_CANCEL_GRACE_MS = \"100\",",
                     spans.display().to_string()
                 ),
             )

@@ -907,3 +907,53 @@ fn an_overlapped_step_starts_its_attempts_only_once_it_is_finished() {
     assert!(!d.in_flight());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A job enqueued after a step read its clock is in the ready queue
+/// while that step chooses. It is left for the next step (its dispatch
+/// would be refused as not due), and a job the step in flight chose is
+/// not chosen again by the next one: once, the refusal of the first
+/// choice, finished after the second, ended the second's attempt in
+/// memory, so its result was refused as stale and the job stayed
+/// running until its heartbeat timeout.
+#[test]
+fn a_job_enqueued_during_a_step_is_dispatched_once_and_its_result_kept() {
+    let dir = common::tempdir("sim-enqueued-during");
+    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
+    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let h = common::key("during-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", common::key("during-p").did);
+    let t = 30_000_000u64;
+    let enqueue = |at| {
+        store
+            .enqueue(&h, &schema, &JobRequest::default(), at)
+            .unwrap()
+            .0
+            .id
+    };
+    let early = enqueue(t);
+    // Enqueued at t + 50, while a step that read the clock at t + 10 runs.
+    let late = enqueue(t + 50);
+    let mut d = scripted(&store, DispatchConfig::default(), 11);
+    let state = |id| store.get(id).unwrap().state;
+
+    d.step_overlapped(t + 10).unwrap();
+    assert!(d.in_flight());
+    assert_eq!(state(&early), JobState::Running);
+    assert_eq!(state(&late), JobState::Queued, "not due at the step's time");
+    let next = d.step_overlapped(t + 60).unwrap();
+    assert_eq!(next.dispatched, 1, "{next:?}");
+    let last = d.finish_in_flight().unwrap();
+    assert_eq!(last.dispatched, 1, "{last:?}");
+    assert_eq!(state(&late), JobState::Running);
+    assert_eq!(d.live_attempts(), 2);
+
+    // Both results are applied: neither attempt was lost in memory.
+    succeed(&mut d, 0);
+    succeed(&mut d, 1);
+    let applied = d.step(t + 70).unwrap();
+    assert_eq!((applied.applied, applied.stale), (2, 0), "{applied:?}");
+    assert_eq!(state(&early), JobState::Succeeded);
+    assert_eq!(state(&late), JobState::Succeeded);
+    assert_eq!(d.live_attempts(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

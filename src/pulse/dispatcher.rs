@@ -986,7 +986,20 @@ impl<E: Executor> Dispatcher<E> {
     /// concurrency and budget decide; a chosen job holds its slot and
     /// reservation.
     fn take(&mut self, id: &JobId, now: u64, reads: &mut StepReads) -> Result<Take, JobError> {
+        // Chosen by the step still in flight, whose dispatch of it may yet
+        // be refused: a job is never chosen twice at once, or the refusal
+        // of the first choice would end the second one's attempt in
+        // memory (its reports then refused as stale).
+        if self.live.contains_key(id) {
+            return Ok(Take::Skipped);
+        }
         let mut job: Job = self.store.get(id)?;
+        // Enqueued after this step read the clock: its dispatch would be
+        // refused as not due. The enqueue woke the dispatcher, so the
+        // next step takes it.
+        if job.run_at > now {
+            return Ok(Take::Skipped);
+        }
         // The operator's cap on the timeout a handler may claim.
         if let Some(cap) = self.config.max_timeout_ms {
             job.limits.timeout_ms = job.limits.timeout_ms.min(cap);
@@ -1185,8 +1198,10 @@ impl<E: Executor> Dispatcher<E> {
                 Err(e) => {
                     // Not dispatched (cancelled meanwhile, or storage):
                     // give the slot and reservation back.
-                    if let Some(l) = self.live.remove(&c.job.id) {
-                        self.release_slots(&l);
+                    if self.live.get(&c.job.id).is_some_and(|l| l.lease == c.lease) {
+                        if let Some(l) = self.live.remove(&c.job.id) {
+                            self.release_slots(&l);
+                        }
                     }
                     if let JobError::Storage(_) = e {
                         failure = Some(e);
