@@ -957,3 +957,84 @@ fn a_job_enqueued_during_a_step_is_dispatched_once_and_its_result_kept() {
     assert_eq!(d.live_attempts(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// spec/pulse.md, "Deadlines": on a single server an attempt is not
+/// timed out for silence while reports wait unread. One job floods the
+/// queue with progress events; another's result waits behind them past
+/// the heartbeat timeout, and is applied once the queue drains.
+#[test]
+fn a_result_queued_behind_a_flood_of_reports_is_not_timed_out() {
+    let dir = common::tempdir("sim-flood-silence");
+    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
+    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let h = common::key("flood-h").did;
+    let mut schema = HandlerSchema::new("h", "1.0.0", common::key("flood-p").did);
+    schema.timeout_ms = Some(86_400_000);
+    let now = 40_000_000u64;
+    let ids: Vec<_> = (0..2)
+        .map(|_| {
+            store
+                .enqueue(&h, &schema, &JobRequest::default(), now)
+                .unwrap()
+                .0
+                .id
+        })
+        .collect();
+    let mut d = scripted(
+        &store,
+        DispatchConfig {
+            heartbeat_timeout_ms: 5_000,
+            deadline_scan_ms: 0,
+            ..DispatchConfig::default()
+        },
+        3,
+    );
+    assert_eq!(d.step(now).unwrap().dispatched, 2);
+    let (flooder, quiet) = {
+        let a = &d.executor_mut().attempts;
+        ((a[0].0, a[0].1, a[0].2.clone()), (a[1].0, a[1].1))
+    };
+    let progress = |n: u64| Report {
+        job: flooder.0,
+        lease: flooder.1,
+        event: ExecEvent::Progress(Progress {
+            percent: (n % 100) as u8,
+            message: String::new(),
+            checkpoint: Vec::new(),
+        }),
+    };
+    // Two queues' worth: the first step past the timeout takes a full
+    // queue and leaves the rest, and the quiet job's result, unread.
+    let mut n = 0;
+    let mut t = now + 6_000;
+    for _ in 0..2 {
+        while flooder.2.try_send(progress(n)).is_ok() {
+            n += 1;
+        }
+        d.step(t).unwrap();
+        t += 100;
+    }
+    while flooder.2.try_send(progress(n)).is_ok() {
+        n += 1;
+    }
+    assert_eq!(d.executor_mut().cancels, 0, "told to stop while unheard");
+    assert_eq!(store.get(&quiet.0).unwrap().state, JobState::Running);
+    // The queue drains, and the quiet job's result is right behind.
+    d.step(t).unwrap();
+    flooder
+        .2
+        .try_send(Report {
+            job: quiet.0,
+            lease: quiet.1,
+            event: ExecEvent::Succeeded(b"late but heard".to_vec()),
+        })
+        .unwrap();
+    d.step(t + 100).unwrap();
+    assert_eq!(store.get(&quiet.0).unwrap().state, JobState::Succeeded);
+    // Once nothing waits unread, silence counts again: the flooder, whose
+    // last report was long ago, is told to stop.
+    d.step(t + 12_000).unwrap();
+    assert_eq!(d.executor_mut().cancels, 1);
+    assert_eq!(store.get(&ids[0]).unwrap().state, JobState::Running);
+    let _ = std::fs::remove_dir_all(&dir);
+}

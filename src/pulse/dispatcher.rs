@@ -135,6 +135,9 @@ pub struct Dispatcher<E: Executor> {
     /// told to stop since ([`Dispatcher::step_failed`]).
     last_good_step: Option<u64>,
     fenced: bool,
+    /// The last step took a full [`REPORT_QUEUE`] of reports: more wait
+    /// unread.
+    backlogged: bool,
     /// The step whose commit is in flight ([`Dispatcher::step_overlapped`]).
     in_flight: Option<StepInFlight>,
 }
@@ -173,6 +176,7 @@ impl<E: Executor> Dispatcher<E> {
             owners: HashMap::new(),
             schemas: None,
             draining: false,
+            backlogged: false,
             last_good_step: None,
             fenced: false,
             in_flight: None,
@@ -550,6 +554,7 @@ impl<E: Executor> Dispatcher<E> {
                 Err(_) => break,
             }
         }
+        self.backlogged = reports.len() == REPORT_QUEUE;
         let mut ops: Vec<(JobId, super::store::GroupOp<Applied>)> = Vec::new();
         let mut ending: Vec<(JobId, LeaseToken)> = Vec::new();
         let mut logs = Vec::new();
@@ -764,7 +769,12 @@ impl<E: Executor> Dispatcher<E> {
             // Once a cancel was pushed the grace runs out whatever the
             // attempt reports meanwhile: heartbeats that resume after the
             // push do not undo it (spec/pulse.md, "Deadlines").
-            if pushed.is_none() && now < deadline && now < silent {
+            // With reports waiting unread, the attempt's heartbeat or
+            // result may be among them: silence proves nothing yet. Nodes
+            // keep the rule, which fences an attempt from its retry on
+            // another node (spec/pulse.md, "Deadlines").
+            let unheard = self.backlogged && !self.store.is_shared();
+            if pushed.is_none() && now < deadline && (now < silent || unheard) {
                 continue;
             }
             let lease = a.lease;
