@@ -1282,6 +1282,83 @@ fn grouped_space(url: &str) -> (pulse_ledger::storage::Storage, pulse_ledger::st
     (storage, space)
 }
 
+/// spec/storage.md, "Group commit": when the database cannot be reached
+/// to settle a broken commit, its failure is answered and no later group
+/// goes out (each fails `unavailable`) until the broken commit's session
+/// is known to be gone; once the database is back, the next group settles
+/// it (terminating the session, which never commits) and goes out.
+#[test]
+fn a_broken_commit_that_cannot_be_settled_holds_back_every_later_group() {
+    let Some(url) = common::postgres_database("group_commit_unsettled") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (proxy, proxied) = rt.block_on(Proxy::before(&url));
+    let (storage, space) = grouped_space(&proxied);
+    let put = |key: &[u8]| {
+        let mut batch = storage.batch();
+        batch.insert(&space, key, b"v");
+        storage.write(batch)
+    };
+    put(b"a").unwrap().durable().unwrap();
+    let locker = holding_key_b(&rt, &url);
+    let broken = put(b"b").unwrap();
+    let (pid, _) = waiting_group_commit(&rt, &url);
+    // The database is out of reach: every proxied connection cut, new
+    // ones refused.
+    proxy.cut();
+    let err = broken.durable().unwrap_err();
+    assert!(err.is_unavailable(), "{err}");
+    let (observer, conn) = rt
+        .block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))
+        .unwrap();
+    rt.spawn(conn);
+    let alive = || -> i64 {
+        rt.block_on(observer.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        ))
+        .unwrap()
+        .get(0)
+    };
+    // Answered without being settled: the database was out of reach.
+    assert_eq!(alive(), 1, "the broken commit's session is still there");
+    // Nothing goes out meanwhile (refused at once, or unsent).
+    let refused = |key: &[u8]| match put(key) {
+        Ok(w) => w.durable().is_err(),
+        Err(e) => e.is_unavailable(),
+    };
+    assert!(refused(b"c"));
+    assert!(refused(b"d"));
+    assert_eq!(alive(), 1);
+
+    // Back: the first group to go out settles the broken one first (a
+    // write may be refused once before, its writer not having heard of
+    // a failure).
+    proxy.restore();
+    let landed: &[u8] = [&b"e"[..], &b"f"[..], &b"g"[..]]
+        .into_iter()
+        .find(|k| matches!(put(k).map(|w| w.durable()), Ok(Ok(()))))
+        .expect("no write went out once the database was back");
+    assert_eq!(alive(), 0, "settled by terminating its session");
+    // The other session commits its b; the broken group's b never lands.
+    rt.block_on(locker.batch_execute("COMMIT")).unwrap();
+    drop((space, storage));
+    let storage = pulse_ledger::storage::Storage::new(
+        pulse_ledger::storage::PostgresBackend::open(&url).unwrap(),
+    );
+    let space = storage.space("grouped").unwrap();
+    let stored: Vec<(Vec<u8>, Vec<u8>)> = space.iter().map(|e| e.unwrap()).collect();
+    assert_eq!(
+        stored,
+        vec![
+            (b"a".to_vec(), b"v".to_vec()),
+            (b"b".to_vec(), b"other".to_vec()),
+            (landed.to_vec(), b"v".to_vec()),
+        ]
+    );
+}
+
 /// A session of its own that inserts key b into the space "grouped" and
 /// does not commit: a group commit that writes b waits for it.
 fn holding_key_b(rt: &tokio::runtime::Runtime, url: &str) -> tokio_postgres::Client {

@@ -155,8 +155,9 @@ pub(crate) struct Args {
     store: Option<String>,
     /// With --store: also run the same no-op workload through apalis +
     /// PostgreSQL on that database (the binary built from
-    /// peers/apalis-postgres; it makes its own schema and drops it), once,
-    /// in the first run, and print PostgreSQL jobs ÷ the peer.
+    /// peers/apalis-postgres; it makes its own schema and drops it) in
+    /// every run, after the run's PostgreSQL figures, and print PostgreSQL
+    /// jobs ÷ the peer (the median of the runs, as every figure).
     #[arg(long, value_name = "FILE", requires = "store")]
     peer_apalis_postgres: Option<PathBuf>,
     /// Print the table as JSON.
@@ -270,7 +271,9 @@ pub(crate) fn run(a: Args) -> Result<ExitCode, CliError> {
             let pg = pg?;
             emptied?;
             let mut versus = pg.versus(&fjall, "fjall");
-            if let Some(peer) = a.peer_apalis_postgres.as_ref().filter(|_| run == 0) {
+            // Every run, not once: a single run of the peer varied by a
+            // factor of two between sittings (BENCHMARKS.md).
+            if let Some(peer) = a.peer_apalis_postgres.as_ref() {
                 let rate = apalis_postgres_rate(&a, peer, url)?;
                 versus.add(
                     "apalis_postgres",
