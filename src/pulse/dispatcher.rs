@@ -755,7 +755,8 @@ impl<E: Executor> Dispatcher<E> {
             // (its own commits slow or failing), before any other node may
             // record it timed out and start its retry after the whole
             // timeout and the grace: so the two never run at once.
-            let silence = if self.store.is_shared() && self.live.contains_key(&job.id) {
+            let ours = self.live.get(&job.id).is_some_and(|l| l.lease == a.lease);
+            let silence = if self.store.is_shared() && ours {
                 self.config.heartbeat_timeout_ms / 2
             } else {
                 self.config.heartbeat_timeout_ms
@@ -769,11 +770,15 @@ impl<E: Executor> Dispatcher<E> {
             // Once a cancel was pushed the grace runs out whatever the
             // attempt reports meanwhile: heartbeats that resume after the
             // push do not undo it (spec/pulse.md, "Deadlines").
+            //
             // With reports waiting unread, the attempt's heartbeat or
-            // result may be among them: silence proves nothing yet. Nodes
-            // keep the rule, which fences an attempt from its retry on
-            // another node (spec/pulse.md, "Deadlines").
-            let unheard = self.backlogged && !self.store.is_shared();
+            // result may be among them: silence proves nothing yet, for
+            // one more heartbeat timeout at most (a queue kept full for
+            // ever must not shield a hung attempt). Nodes keep the rule,
+            // which fences an attempt from its retry on another node
+            // (spec/pulse.md, "Deadlines").
+            let unheard =
+                self.backlogged && !self.store.is_shared() && now < silent.saturating_add(silence);
             if pushed.is_none() && now < deadline && (now < silent || unheard) {
                 continue;
             }
@@ -997,10 +1002,12 @@ impl<E: Executor> Dispatcher<E> {
     /// reservation.
     fn take(&mut self, id: &JobId, now: u64, reads: &mut StepReads) -> Result<Take, JobError> {
         // Chosen by the step still in flight, whose dispatch of it may yet
-        // be refused: a job is never chosen twice at once, or the refusal
-        // of the first choice would end the second one's attempt in
-        // memory (its reports then refused as stale).
-        if self.live.contains_key(id) {
+        // be refused: a job is never chosen twice at once.
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|s| s.chosen.iter().any(|c| c.job.id == *id))
+        {
             return Ok(Take::Skipped);
         }
         let mut job: Job = self.store.get(id)?;
