@@ -864,8 +864,23 @@ async fn chaos(heartbeat_timeout_ms: u64, name: &str) {
     common::verify_log_passes(&nodes[0].url, &log_did);
     // Every acknowledged job ends succeeded, and stays so, with the
     // result of its last attempt (no stale result was accepted).
+    // Each job's stored attempts, to explain an overlap below.
+    let mut histories: std::collections::HashMap<String, String> = Default::default();
     for id in &acked.jobs {
         let j = common::finished(&mut jobs, id, 120).await;
+        histories.insert(
+            hex::encode(id),
+            j.attempt_history
+                .iter()
+                .map(|a| {
+                    format!(
+                        "#{} {}..{} {} on {:?}",
+                        a.number, a.started_at_ms, a.ended_at_ms, a.outcome, a.node
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
         assert_eq!(
             j.state,
             "succeeded",
@@ -951,21 +966,55 @@ async fn chaos(heartbeat_timeout_ms: u64, name: &str) {
     // processes together (an end and a start at the same instant do not
     // overlap).
     let limited: std::collections::HashSet<String> = acked.jobs.iter().map(hex::encode).collect();
-    let mut edges: Vec<(u128, i32)> = runs
+    let mut edges: Vec<(u128, i32, &str, u32, u128, u128)> = runs
         .iter()
         .filter(|(job, _)| limited.contains(*job))
-        .flat_map(|(_, spans)| spans)
-        .flat_map(|(_, start, end)| [(*start, 1), (*end, -1)])
+        .flat_map(|(job, spans)| spans.iter().map(move |s| (job.as_str(), s)))
+        .flat_map(|(job, &(attempt, start, end))| {
+            [
+                (start, 1, job, attempt, start, end),
+                (end, -1, job, attempt, start, end),
+            ]
+        })
         .collect();
     edges.sort();
-    let (mut now_running, mut most) = (0, 0);
-    for (_, step) in edges {
-        now_running += step;
-        most = most.max(now_running);
+    // The attempts running at the first moment there were too many.
+    // (job, attempt, start µs, end µs) of one attempt's run.
+    type Run<'a> = (&'a str, u32, u128, u128);
+    let mut running: Vec<Run> = Vec::new();
+    let mut over: Option<(u128, Vec<Run>)> = None;
+    let mut most = 0;
+    for (at, step, job, attempt, start, end) in edges {
+        if step > 0 {
+            running.push((job, attempt, start, end));
+        } else if let Some(i) = running
+            .iter()
+            .position(|r| (r.0, r.1, r.2) == (job, attempt, start))
+        {
+            running.remove(i);
+        }
+        most = most.max(running.len());
+        if running.len() > MAX_CONCURRENCY as usize && over.is_none() {
+            over = Some((at, running.clone()));
+        }
     }
+    let explained = over.map_or_else(String::new, |(at, spans)| {
+        let head = format!(" (at {} ms, Unix):", at / 1000);
+        head + &spans
+            .iter()
+            .map(|(job, attempt, start, end)| {
+                format!(
+                    "\n  job {job} attempt {attempt}: ran in its plugin {} to {} ms from then; stored: {}",
+                    (*start as i128 - at as i128) / 1000,
+                    (*end as i128 - at as i128) / 1000,
+                    histories.get(*job).map_or("?", String::as_str)
+                )
+            })
+            .collect::<String>()
+    });
     assert!(
-        most <= MAX_CONCURRENCY as i32,
-        "{most} attempts of the handler ran at once over the nodes; its max_concurrency is {MAX_CONCURRENCY}"
+        most <= MAX_CONCURRENCY as usize,
+        "{most} attempts of the handler ran at once over the nodes; its max_concurrency is {MAX_CONCURRENCY}{explained}"
     );
     for (job, mut spans) in runs {
         spans.sort_by_key(|s| s.1);
