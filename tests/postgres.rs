@@ -1253,11 +1253,7 @@ fn batches_waiting_when_the_committing_task_ends_are_answered() {
         return;
     };
     let (storage, space) = grouped_space(&url);
-    let put = |key: &[u8]| {
-        let mut batch = storage.batch();
-        batch.insert(&space, key, b"v");
-        storage.write(batch).unwrap()
-    };
+    let put = |key: &[u8]| put_v(&storage, &space, key).unwrap();
     put(b"a").durable().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let locker = holding_key_b(&rt, &url);
@@ -1295,11 +1291,7 @@ fn a_broken_commit_that_cannot_be_settled_holds_back_every_later_group() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (proxy, proxied) = rt.block_on(Proxy::before(&url));
     let (storage, space) = grouped_space(&proxied);
-    let put = |key: &[u8]| {
-        let mut batch = storage.batch();
-        batch.insert(&space, key, b"v");
-        storage.write(batch)
-    };
+    let put = |key: &[u8]| put_v(&storage, &space, key);
     put(b"a").unwrap().durable().unwrap();
     let locker = holding_key_b(&rt, &url);
     let broken = put(b"b").unwrap();
@@ -1359,6 +1351,17 @@ fn a_broken_commit_that_cannot_be_settled_holds_back_every_later_group() {
     );
 }
 
+/// Writes `key` = "v" into `space` (not waiting for it to be durable).
+fn put_v(
+    storage: &pulse_ledger::storage::Storage,
+    space: &pulse_ledger::storage::Space,
+    key: &[u8],
+) -> Result<pulse_ledger::storage::Written, pulse_ledger::storage::StorageError> {
+    let mut batch = storage.batch();
+    batch.insert(space, key, b"v");
+    storage.write(batch)
+}
+
 /// A session of its own that inserts key b into the space "grouped" and
 /// does not commit: a group commit that writes b waits for it.
 fn holding_key_b(rt: &tokio::runtime::Runtime, url: &str) -> tokio_postgres::Client {
@@ -1415,11 +1418,7 @@ fn batches_queued_behind_a_failed_group_commit_write_nothing() {
         return;
     };
     let (storage, space) = grouped_space(&url);
-    let put = |key: &[u8]| {
-        let mut batch = storage.batch();
-        batch.insert(&space, key, b"v");
-        storage.write(batch)
-    };
+    let put = |key: &[u8]| put_v(&storage, &space, key);
     // Written, not yet durable: a scan sees it at once.
     let first = put(b"a").unwrap();
     let scanned: Vec<Vec<u8>> = space.iter().map(|e| e.unwrap().0).collect();
@@ -1488,11 +1487,7 @@ fn a_group_commit_whose_connection_broke_is_settled_before_its_failure_is_answer
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (proxy, proxied) = rt.block_on(Proxy::before(&url));
     let (storage, space) = grouped_space(&proxied);
-    let put = |key: &[u8]| {
-        let mut batch = storage.batch();
-        batch.insert(&space, key, b"v");
-        storage.write(batch)
-    };
+    let put = |key: &[u8]| put_v(&storage, &space, key);
     put(b"a").unwrap().durable().unwrap();
 
     // Another session holds key b: the group that writes b waits for it.

@@ -400,9 +400,7 @@ fn simulated_seeds_keep_every_invariant() {
 
 #[test]
 fn budgets_hold_jobs_without_using_attempts_and_release_them_when_the_window_moves() {
-    let dir = common::tempdir("sim-budget");
-    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
-    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let (_dir, store) = sim_store("sim-budget");
     let h = common::key("budget-h").did;
     let mut schema = HandlerSchema::new("h", "1.0.0", common::key("budget-p").did);
     schema.max_cost = Some(100);
@@ -487,9 +485,7 @@ fn budgets_hold_jobs_without_using_attempts_and_release_them_when_the_window_mov
 /// beyond one job's runtime, and each keeps a share while both wait.
 #[test]
 fn a_flood_on_one_handler_does_not_starve_another() {
-    let dir = common::tempdir("sim-fair");
-    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
-    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let (_dir, store) = sim_store("sim-fair");
     let plugin = common::key("fair-p").did;
     let (flood, victim) = (
         common::key("fair-flood").did,
@@ -572,9 +568,7 @@ fn a_flood_on_one_handler_does_not_starve_another() {
 /// attempt at a time, each under the capped timeout.
 #[test]
 fn the_operator_caps_a_handlers_timeout_and_concurrency() {
-    let dir = common::tempdir("sim-caps");
-    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
-    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let (_dir, store) = sim_store("sim-caps");
     let h = common::key("caps-h").did;
     let mut schema = HandlerSchema::new("h", "1.0.0", common::key("caps-p").did);
     schema.timeout_ms = Some(86_400_000);
@@ -647,9 +641,7 @@ impl pulse_ledger::pulse::Router for OwnersRouter {
 /// slots while another owner has work waiting, not a share each.
 #[test]
 fn one_owners_handlers_share_one_share() {
-    let dir = common::tempdir("sim-owners");
-    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
-    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let (_dir, store) = sim_store("sim-owners");
     let (a1, a2, owner, b) = (
         common::key("owners-a1").did,
         common::key("owners-a2").did,
@@ -732,9 +724,7 @@ impl Executor for Scripted {
 /// starts heart-beating again must not run on for ever.
 #[test]
 fn a_silent_attempt_that_resumes_heartbeats_after_its_cancel_still_times_out() {
-    let dir = common::tempdir("sim-resumed-heartbeats");
-    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
-    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let (_dir, store) = sim_store("sim-resumed-heartbeats");
     let h = common::key("resumed-h").did;
     let mut schema = HandlerSchema::new("h", "1.0.0", common::key("resumed-p").did);
     schema.timeout_ms = Some(86_400_000);
@@ -796,6 +786,14 @@ fn a_silent_attempt_that_resumes_heartbeats_after_its_cancel_still_times_out() {
     assert!(ended >= now + 5_000 + 5_000, "{ended}");
 }
 
+/// A job store in a new ledger, in a temp dir named `name`.
+fn sim_store(name: &str) -> (std::path::PathBuf, Arc<JobStore>) {
+    let dir = common::tempdir(name);
+    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
+    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    (dir, store)
+}
+
 /// A dispatcher over `store` with a [`Scripted`] executor and no
 /// concurrency limits.
 fn scripted(store: &Arc<JobStore>, config: DispatchConfig, seed: u64) -> Dispatcher<Scripted> {
@@ -828,9 +826,7 @@ fn succeed(d: &mut Dispatcher<Scripted>, n: usize) -> pulse_ledger::pulse::JobId
 /// to the dispatches of the step that writes the result.
 #[test]
 fn an_overlapped_step_starts_its_attempts_only_once_it_is_finished() {
-    let dir = common::tempdir("sim-overlapped");
-    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
-    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let (dir, store) = sim_store("sim-overlapped");
     let h = common::key("overlap-h").did;
     let schema = HandlerSchema::new("h", "1.0.0", common::key("overlap-p").did);
     let mut now = 20_000_000u64;
@@ -917,9 +913,7 @@ fn an_overlapped_step_starts_its_attempts_only_once_it_is_finished() {
 /// running until its heartbeat timeout.
 #[test]
 fn a_job_enqueued_during_a_step_is_dispatched_once_and_its_result_kept() {
-    let dir = common::tempdir("sim-enqueued-during");
-    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
-    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let (dir, store) = sim_store("sim-enqueued-during");
     let h = common::key("during-h").did;
     let schema = HandlerSchema::new("h", "1.0.0", common::key("during-p").did);
     let t = 30_000_000u64;
@@ -965,9 +959,7 @@ fn a_job_enqueued_during_a_step_is_dispatched_once_and_its_result_kept() {
 /// timeout, and is applied once the queue drains.
 #[test]
 fn a_result_queued_behind_a_flood_of_reports_is_not_timed_out() {
-    let dir = common::tempdir("sim-flood-silence");
-    let ledger = Ledger::open(LedgerConfig::new(&dir, "sim/log")).unwrap();
-    let store = Arc::new(JobStore::open(&ledger).unwrap());
+    let (dir, store) = sim_store("sim-flood-silence");
     let h = common::key("flood-h").did;
     let mut schema = HandlerSchema::new("h", "1.0.0", common::key("flood-p").did);
     schema.timeout_ms = Some(86_400_000);

@@ -135,8 +135,8 @@ pub struct Dispatcher<E: Executor> {
     /// told to stop since ([`Dispatcher::step_failed`]).
     last_good_step: Option<u64>,
     fenced: bool,
-    /// The last step took a full [`REPORT_QUEUE`] of reports: more wait
-    /// unread.
+    /// The latest collection took a full [`REPORT_QUEUE`] of reports:
+    /// more may wait unread.
     backlogged: bool,
     /// The step whose commit is in flight ([`Dispatcher::step_overlapped`]).
     in_flight: Option<StepInFlight>,
