@@ -786,6 +786,65 @@ fn a_silent_attempt_that_resumes_heartbeats_after_its_cancel_still_times_out() {
     assert!(ended >= now + 5_000 + 5_000, "{ended}");
 }
 
+/// spec/pulse.md, "Budgets": a job is reserved the handler's average
+/// attempt cost so far. An attempt whose cost reports reach the server in
+/// the same step as its result (a handler that reports cost and returns at
+/// once) counts that cost in the average: the next job is held when the
+/// budget has room for no more than what was spent. (The Python SDK's
+/// budget test failed once in CI: the cost was dropped from the average,
+/// which stayed 0, so the job at the limit ran.)
+#[test]
+fn a_cost_reported_with_its_result_counts_in_the_handlers_average() {
+    let (_dir, store) = sim_store("sim-cost-with-result");
+    let h = common::key("cost-result-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", common::key("cost-result-p").did);
+    store
+        .set_budget(
+            Some(&h),
+            Budget {
+                per_hour: Some(20),
+                per_day: None,
+            },
+        )
+        .unwrap();
+    let mut now = 10_000_000u64;
+    let first = store
+        .enqueue(&h, &schema, &JobRequest::default(), now)
+        .unwrap()
+        .0
+        .id;
+    let mut d = scripted(&store, DispatchConfig::default(), 1);
+    now += STEP_MS;
+    assert_eq!(d.step(now).unwrap().dispatched, 1, "nothing spent yet");
+    let (job, lease, reports) = &d.executor_mut().attempts[0];
+    for event in [ExecEvent::Cost(20), ExecEvent::Succeeded(b"done".to_vec())] {
+        reports
+            .try_send(Report {
+                job: *job,
+                lease: *lease,
+                event,
+            })
+            .unwrap();
+    }
+    now += STEP_MS;
+    d.step(now).unwrap();
+    assert_eq!(store.get(&first).unwrap().state, JobState::Succeeded);
+    assert_eq!(d.budget_use(&h, now).unwrap().spent_hour, 20);
+    let second = store
+        .enqueue(&h, &schema, &JobRequest::default(), now)
+        .unwrap()
+        .0
+        .id;
+    now += STEP_MS;
+    assert_eq!(d.step(now).unwrap().dispatched, 0);
+    let job = store.get(&second).unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Held(HoldReason::Budget),
+        "20 spent + 20 expected (the average) is over 20: {job:?}"
+    );
+}
+
 /// A job store in a new ledger, in a temp dir named `name`.
 fn sim_store(name: &str) -> (std::path::PathBuf, Arc<JobStore>) {
     let dir = common::tempdir(name);

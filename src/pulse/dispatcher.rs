@@ -556,7 +556,7 @@ impl<E: Executor> Dispatcher<E> {
         }
         self.backlogged = reports.len() == REPORT_QUEUE;
         let mut ops: Vec<(JobId, super::store::GroupOp<Applied>)> = Vec::new();
-        let mut ending: Vec<(JobId, LeaseToken)> = Vec::new();
+        let mut ending = Ending::default();
         let mut logs = Vec::new();
         // Budget state per handler with cost in this step, read once.
         let mut spending: HashMap<Did, Spending> = HashMap::new();
@@ -579,6 +579,7 @@ impl<E: Executor> Dispatcher<E> {
                     | ExecEvent::Crashed
                     | ExecEvent::Unreachable(_)
             );
+            let ended_handler = ends.then(|| handler.clone());
             // An attempt told to stop for its deadline that then fails or
             // dies (as a cancelled plugin does) timed out.
             let late = self
@@ -686,8 +687,11 @@ impl<E: Executor> Dispatcher<E> {
                 // the other (spec/pulse.md, "Overlapped steps").
                 self.cancel_pushed.remove(&r.job);
                 self.end_live(&r.job);
+                if let Some(h) = ended_handler {
+                    ending.ended_early.insert(r.job, (lease, h));
+                }
             }
-            ending.push((r.job, lease));
+            ending.reports.push((r.job, lease));
             ops.push((
                 r.job,
                 Box::new(move |j: &mut Job| {
@@ -706,16 +710,24 @@ impl<E: Executor> Dispatcher<E> {
     /// cancelled for its budget).
     fn finish_reports(
         &mut self,
-        ending: Vec<(JobId, LeaseToken)>,
+        ending: Ending,
         results: Vec<Result<Applied, JobError>>,
         report: &mut StepReport,
     ) -> Result<(), JobError> {
         let mut failure = None;
-        for ((job, lease), result) in ending.into_iter().zip(results) {
+        for ((job, lease), result) in ending.reports.into_iter().zip(results) {
             match result {
                 Ok(applied) => {
                     report.applied += 1;
                     let Some(live) = self.live.get_mut(&job).filter(|l| l.lease == lease) else {
+                        // An attempt ended as its result was collected
+                        // still spent what this step's reports cost.
+                        if let Some((_, handler)) =
+                            ending.ended_early.get(&job).filter(|(l, _)| *l == lease)
+                        {
+                            let h = self.history.entry(handler.clone()).or_default();
+                            h.0 = h.0.saturating_add(applied.cost);
+                        }
                         continue;
                     };
                     live.cost = live.cost.saturating_add(applied.cost);
@@ -1257,7 +1269,7 @@ struct StepInFlight {
     /// How many of the group's results are reports' (the rest are the
     /// dispatches of `chosen`, in order).
     reports: usize,
-    ending: Vec<(JobId, LeaseToken)>,
+    ending: Ending,
     chosen: Vec<Chosen>,
     group: super::store::GroupInFlight<Applied>,
     /// The first failure of the step so far.
@@ -1267,8 +1279,21 @@ struct StepInFlight {
 /// Report transitions waiting for the step's group commit.
 struct PendingReports {
     ops: Vec<(JobId, super::store::GroupOp<Applied>)>,
-    ending: Vec<(JobId, LeaseToken)>,
+    ending: Ending,
     logs: Vec<(JobId, super::store::LogLine)>,
+}
+
+/// What a step's report transitions are for, to be matched with their
+/// outcomes once the group commit is done.
+#[derive(Default)]
+struct Ending {
+    /// The job and lease of each report transition, in order.
+    reports: Vec<(JobId, LeaseToken)>,
+    /// Attempts ended when their result was collected (a single server
+    /// gives their slots to the same step's dispatches), with their
+    /// handler: the cost their reports in this step add is learnt when
+    /// those transitions have applied.
+    ended_early: HashMap<JobId, (LeaseToken, Did)>,
 }
 
 /// An attempt this dispatcher started and has not seen end.
