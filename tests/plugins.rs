@@ -349,6 +349,83 @@ async fn jobs_run_on_the_verified_plugin_through_every_failure_mode(backend: Bac
 
 serve_on_every_backend!(jobs_run_on_the_verified_plugin_through_every_failure_mode);
 
+/// spec/plugin.md, "Plugin service": a cancelled attempt keeps its slot
+/// until the plugin says its handler has stopped. The test plugin takes
+/// its attempts on attempt streams (the SDK's default) and lets a
+/// cancelled handler run on for 2 s; the first attempt of a `late` job
+/// goes silent and ignores the cancel. The store records the attempt timed
+/// out only once the plugin dropped it (before, the attempt was recorded
+/// timed out as soon as the cancel went out, 2 s before, and another
+/// attempt could take the slot of a handler still running). The recorded
+/// time is the time its step began, which may be a little before the
+/// report came: 500 ms are allowed for that.
+async fn a_timed_out_attempt_keeps_its_slot_until_its_handler_stops(backend: Backend) {
+    let dir = tempdir(&backend.dir_name("plugins-slot-kept"));
+    let events_path = dir.join("events.log");
+    let spans = dir.join("spans.log");
+    let p = key("kept-plugin");
+    let pkey = key_file(&dir, &p);
+    let config = format!(
+        "heartbeat_timeout_ms = 800\ncancel_grace_ms = 10000\nplugin_health_interval_ms = 200\nplugin_wait_secs = 2\n{}",
+        plugin_table(
+            "tools",
+            &["--key".into(), pkey.display().to_string()],
+            &events_path
+        )
+        .replace(
+            "env = {",
+            &format!(
+                "env = {{ PULSE_TEST_PLUGIN_SPANS = {:?}, PULSE_TEST_PLUGIN_CANCEL_GRACE_MS = \"2000\",",
+                spans.display().to_string()
+            ),
+        )
+    );
+    let server = Server::start(&dir, &config, &backend);
+    let mut reg = server.registry().await;
+    let mut jobs = server.jobs().await;
+    submit(&mut reg, &plugin_register(&p, "tools"))
+        .await
+        .unwrap();
+    let late = key("kept-late");
+    submit(&mut reg, &handler_register(&late, "late", &p.did))
+        .await
+        .unwrap();
+    let id = enqueue(&mut jobs, enqueue_req(&late, "600000")).await;
+    let j = finished(&mut jobs, &id, 60).await;
+    assert_eq!(
+        (j.state.as_str(), j.result.as_slice()),
+        ("succeeded", &b"on time"[..])
+    );
+    let first = &j.attempt_history[0];
+    assert_eq!(first.outcome, "timed_out");
+    let job_hex = hex::encode(&id);
+    let text = std::fs::read_to_string(&spans).unwrap_or_default();
+    let ended_in_plugin_ms = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() == 6 && f[1] == job_hex && f[2] == "1")
+        .map(|f| f[5].parse::<u64>().unwrap() / 1_000)
+        .unwrap_or_else(|| {
+            panic!(
+                "the job finished while its first attempt's handler still ran (no span of it yet): {text:?}"
+            )
+        });
+    assert!(
+        first.ended_at_ms + 500 >= ended_in_plugin_ms,
+        "the attempt was recorded timed out at {} ms, {} ms before its handler stopped in the plugin",
+        first.ended_at_ms,
+        ended_in_plugin_ms.saturating_sub(first.ended_at_ms)
+    );
+    // Ended by the plugin's final event, not by the 10 s grace.
+    assert!(
+        first.ended_at_ms < first.started_at_ms + 10_000,
+        "{first:?}"
+    );
+    server.stop();
+}
+
+serve_on_every_backend!(a_timed_out_attempt_keeps_its_slot_until_its_handler_stops);
+
 /// The job ID of the last `start` line.
 fn id_of_last_start(path: &Path) -> Vec<u8> {
     let text = std::fs::read_to_string(path).unwrap();

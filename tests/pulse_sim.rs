@@ -786,6 +786,62 @@ fn a_silent_attempt_that_resumes_heartbeats_after_its_cancel_still_times_out() {
     assert!(ended >= now + 5_000 + 5_000, "{ended}");
 }
 
+/// spec/pulse.md, "Deadlines": the grace period of a pushed cancel runs
+/// from the first step begun after the push. A step reads its time when
+/// it begins and pushes at its end, after its commit: on a slow store (a
+/// PostgreSQL commit of hundreds of ms) the push's own step time would
+/// count the commit as grace, and the next step could record the attempt
+/// timed out, freeing its slot for another, while its handler had had no
+/// time to stop. Here the next step comes one whole grace after the push
+/// step's time, as if that step had taken that long.
+#[test]
+fn the_grace_of_a_pushed_cancel_counts_from_the_next_step() {
+    let (_dir, store) = sim_store("sim-grace-next-step");
+    let h = common::key("grace-h").did;
+    let mut schema = HandlerSchema::new("h", "1.0.0", common::key("grace-p").did);
+    schema.timeout_ms = Some(86_400_000);
+    schema.max_attempts = Some(1);
+    let now = 10_000_000u64;
+    let id = store
+        .enqueue(&h, &schema, &JobRequest::default(), now)
+        .unwrap()
+        .0
+        .id;
+    let config = DispatchConfig {
+        heartbeat_timeout_ms: 5_000,
+        grace_ms: 5_000,
+        deadline_scan_ms: 0,
+        ..DispatchConfig::default()
+    };
+    let mut d = scripted(&store, config, 1);
+    let mut t = now;
+    while d.executor_mut().cancels == 0 {
+        t += STEP_MS;
+        d.step(t).unwrap();
+        assert!(
+            t < now + 60_000,
+            "the silent attempt was never told to stop"
+        );
+    }
+    d.step(t + 5_000).unwrap();
+    let job = store.get(&id).unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Running,
+        "the push may have been made just before this step: no grace has passed: {job:?}"
+    );
+    d.step(t + 9_999).unwrap();
+    assert_eq!(store.get(&id).unwrap().state, JobState::Running);
+    d.step(t + 10_000).unwrap();
+    let job = store.get(&id).unwrap();
+    assert_eq!(
+        job.attempts[0].outcome,
+        Some(AttemptOutcome::TimedOut),
+        "{job:?}"
+    );
+    assert_eq!(job.attempts[0].ended_at, Some(t + 10_000));
+}
+
 /// spec/pulse.md, "Budgets": a job is reserved the handler's average
 /// attempt cost so far. An attempt whose cost reports reach the server in
 /// the same step as its result (a handler that reports cost and returns at

@@ -260,12 +260,15 @@ fn start_pulse(
         ..DispatchConfig::default()
     };
     let runtime = tokio::runtime::Handle::current();
+    let grace = std::time::Duration::from_millis(config.cancel_grace_ms);
     let (ledger, store, sessions) = (Arc::clone(ledger), Arc::clone(store), Arc::clone(sessions));
     let runner = PulseRunner::spawn(
         move |me| {
-            let executor =
-                AsyncExecutorAdapter::new(PluginExecutor::new(Arc::clone(&sessions)), runtime)
-                    .with_waker(me);
+            let executor = AsyncExecutorAdapter::new(
+                PluginExecutor::new(Arc::clone(&sessions)).with_cancel_grace(grace),
+                runtime,
+            )
+            .with_waker(me);
             // Each attempt's authorisation carries its schema's
             // max_concurrency; no other limits.
             let limits: crate::pulse::ConcurrencyLimits = Box::new(|_| None);

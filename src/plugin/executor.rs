@@ -18,6 +18,9 @@ use crate::pulse::{
 pub struct PluginExecutor {
     sessions: Arc<Sessions>,
     running: Running,
+    /// How long a cancelled attempt on a stream may take to end before
+    /// its events are no longer waited for (`cancel_grace_ms`).
+    cancel_grace: std::time::Duration,
     /// Handlers' output_schema documents, compiled once each.
     output_schemas: Arc<crate::pulse::SchemaCache>,
 }
@@ -31,8 +34,19 @@ impl PluginExecutor {
         PluginExecutor {
             sessions,
             running: Arc::default(),
+            cancel_grace: std::time::Duration::from_millis(
+                crate::pulse::DispatchConfig::default().grace_ms,
+            ),
             output_schemas: Arc::default(),
         }
+    }
+
+    /// The same, waiting `grace` at most for a cancelled attempt on a
+    /// stream to end (the dispatcher's `cancel_grace_ms`).
+    #[must_use]
+    pub fn with_cancel_grace(mut self, grace: std::time::Duration) -> PluginExecutor {
+        self.cancel_grace = grace;
+        self
     }
 }
 
@@ -161,12 +175,11 @@ impl Link {
                     tracing::warn!(%job, error = %e.message(), "pushing a cancel to the plugin failed");
                 }
             }
-            // Nothing more comes for a cancelled attempt on a stream:
-            // its events end here, and its slot is given back.
-            Link::Stream(link) => {
-                link.cancel(job, lease).await;
-                link.forget(job, lease);
-            }
+            // The attempt's events still arrive until the plugin ends it
+            // (its final event, once its handler has stopped): until then
+            // it keeps its slot. The executor forgets it after the cancel
+            // grace if the plugin sends nothing.
+            Link::Stream(link) => link.cancel(job, lease).await,
         }
     }
 
@@ -415,6 +428,16 @@ impl AsyncExecutor for PluginExecutor {
             .map(|(_, s)| Arc::clone(s));
         if let Some(s) = session {
             s.link.cancel(job, lease).await;
+            if let Link::Stream(link) = &s.link {
+                // A plugin that sends nothing more for it (the protocol
+                // allows that) has it ended here: its event stream ends,
+                // and the attempt's task gives its slot back.
+                let (link, grace) = (Arc::clone(link), self.cancel_grace);
+                tokio::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    link.forget(job, lease);
+                });
+            }
         }
     }
 }

@@ -107,10 +107,15 @@ pub struct Dispatcher<E: Executor> {
     /// Attempts running per plugin (by public key), against the
     /// capacity its router reports.
     running_per_plugin: HashMap<[u8; 32], u32>,
-    /// Late attempts whose cancel was pushed, and when.
-    /// Keyed by job, with the lease of the attempt told: a later attempt
-    /// of the same job (this node's or another's) is not the one told.
-    cancel_pushed: HashMap<JobId, (LeaseToken, u64)>,
+    /// Late attempts whose cancel was pushed, and when: the time of the
+    /// first step begun after the push (`None` until then). A step's time
+    /// is read when it begins, and a push is made at its end, after its
+    /// commit, or after a failed step gave up: stamping the push with its
+    /// own step's time would shorten the grace by that step's length
+    /// (spec/pulse.md, "Deadlines"). Keyed by job, with the lease of the
+    /// attempt told: a later attempt of the same job (this node's or
+    /// another's) is not the one told.
+    cancel_pushed: HashMap<JobId, (LeaseToken, Option<u64>)>,
     random: u64,
     leases: u64,
     /// Every attempt this dispatcher started that has not ended: reports
@@ -266,7 +271,7 @@ impl<E: Executor> Dispatcher<E> {
             self.live.iter().map(|(id, l)| (*id, l.lease)).collect();
         for (id, lease) in live {
             self.executor.cancel(id, lease);
-            self.cancel_pushed.entry(id).or_insert((lease, now));
+            self.cancel_pushed.entry(id).or_insert((lease, None));
         }
     }
 
@@ -444,6 +449,9 @@ impl<E: Executor> Dispatcher<E> {
     fn begin_step(&mut self, now: u64) -> Result<StepInFlight, JobError> {
         let mut span = crate::timeline::span("step");
         let mut report = StepReport::default();
+        for (_, at) in self.cancel_pushed.values_mut() {
+            at.get_or_insert(now);
+        }
         if let Some(schemas) = self.schemas.as_mut().filter(|_| !self.draining) {
             report.schedules = self.store.fire_schedules(now, schemas.as_mut())?;
         }
@@ -774,6 +782,7 @@ impl<E: Executor> Dispatcher<E> {
                 self.config.heartbeat_timeout_ms
             };
             let silent = a.last_heartbeat.saturating_add(silence);
+            // Some(None): pushed, and no step has begun since.
             let pushed = self
                 .cancel_pushed
                 .get(&job.id)
@@ -798,9 +807,9 @@ impl<E: Executor> Dispatcher<E> {
             match pushed.as_ref() {
                 None => {
                     self.executor.cancel(job.id, lease);
-                    self.cancel_pushed.insert(job.id, (lease, now));
+                    self.cancel_pushed.insert(job.id, (lease, None));
                 }
-                Some(&pushed) if now >= pushed.saturating_add(self.config.grace_ms) => {
+                Some(Some(pushed)) if now >= pushed.saturating_add(self.config.grace_ms) => {
                     let policy = self.policy();
                     match self
                         .store

@@ -158,7 +158,14 @@ impl Attempts {
         };
         let key = (job, r.lease.clone());
         if self.lock_early().remove(&key) {
-            // Cancelled before it started: never run it.
+            // Cancelled before it started: never run it, and say so.
+            let _ = tx
+                .send(event(Event::Error(proto::ErrorEvent {
+                    message: "cancelled before it started".into(),
+                    retryable: true,
+                    retry_after_ms: 0,
+                })))
+                .await;
             return Ok(());
         }
         let (cancel_tx, cancel) = watch::channel(false);
@@ -195,15 +202,7 @@ impl Attempts {
             loop {
                 tokio::select! {
                     out = &mut work => {
-                        let e = match out {
-                            Ok(output) => Event::Result(proto::ResultEvent { output }),
-                            Err(e) => Event::Error(proto::ErrorEvent {
-                                message: e.message,
-                                retryable: e.retryable,
-                                retry_after_ms: e.retry_after.map_or(0, |d| d.as_millis() as u64),
-                            }),
-                        };
-                        let _ = tx.send(event(e)).await;
+                        let _ = tx.send(event(final_event(out))).await;
                         break;
                     }
                     _ = tick.tick() => {
@@ -215,10 +214,23 @@ impl Attempts {
                     }
                     // Cancelled: the handler may see ctx.cancelled() and wind
                     // down for up to the cancel grace, then its future is
-                    // dropped (it stops at its next await point). Nothing
-                    // more is sent: Pulse has already ended the attempt.
+                    // dropped (it stops at its next await point). The final
+                    // event then tells Pulse the handler has stopped: until
+                    // it comes, the attempt keeps its slot (spec/plugin.md,
+                    // "Cancel").
                     _ = async { let _ = cancel.wait_for(|c| *c).await; } => {
-                        let _ = tokio::time::timeout(grace, &mut work).await;
+                        let e = match tokio::time::timeout(grace, &mut work).await {
+                            Ok(out) => final_event(out),
+                            Err(_) => Event::Error(proto::ErrorEvent {
+                                message: format!(
+                                    "cancelled: the handler did not stop within the cancel grace ({} ms)",
+                                    grace.as_millis()
+                                ),
+                                retryable: true,
+                                retry_after_ms: 0,
+                            }),
+                        };
+                        let _ = tx.send(event(e)).await;
                         break;
                     }
                 }
@@ -328,4 +340,16 @@ impl Attempts {
 
 pub(super) fn event(e: Event) -> Result<proto::JobEvent, Status> {
     Ok(proto::JobEvent { event: Some(e) })
+}
+
+/// The event that ends an attempt whose handler returned `out`.
+fn final_event(out: Result<Vec<u8>, super::JobError>) -> Event {
+    match out {
+        Ok(output) => Event::Result(proto::ResultEvent { output }),
+        Err(e) => Event::Error(proto::ErrorEvent {
+            message: e.message,
+            retryable: e.retryable,
+            retry_after_ms: e.retry_after.map_or(0, |d| d.as_millis() as u64),
+        }),
+    }
 }

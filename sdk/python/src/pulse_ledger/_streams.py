@@ -16,8 +16,8 @@ if TYPE_CHECKING:
 
 
 class StreamChannel:
-    """One attempt's events on the session's stream (an attempt that ends
-    without a final event just sends nothing more)."""
+    """One attempt's events on the session's stream (an attempt whose
+    stream went away just sends nothing more)."""
 
     __slots__ = ("outbox", "job_id", "lease")
 
@@ -32,8 +32,10 @@ class StreamChannel:
     async def put(self, event: pb.JobEvent) -> None:
         self.put_nowait(event)
 
-    def end(self) -> None:
-        pass
+    def end(self, last: pb.JobEvent | None = None) -> None:
+        # Nothing is queued here: the events went out as they came.
+        if last is not None:
+            self.put_nowait(last)
 
 
 async def serve_attempts(plugin: "Plugin", context: Any) -> None:

@@ -96,13 +96,16 @@ class _QueueChannel:
     async def put(self, event: pb.JobEvent) -> None:
         await self.q.put(event)
 
-    def end(self) -> None:
-        # The stream ends with no final event, whatever is still queued.
+    def end(self, last: "pb.JobEvent | None" = None) -> None:
+        # The stream ends with `last` as its final event (none if the
+        # attempt's stream went away), whatever is still queued.
         while True:
             try:
                 self.q.get_nowait()
             except asyncio.QueueEmpty:
                 break
+        if last is not None:
+            self.q.put_nowait(last)
         self.q.put_nowait(None)
 
 
@@ -299,7 +302,8 @@ class Plugin:
 
     async def execute(self, r: pb.ExecuteJobRequest) -> AsyncIterator[pb.JobEvent]:
         """Runs one attempt; its events, ending with its result or error
-        (or with nothing after a cancel): the listening mode's stream."""
+        (an error once a cancelled handler has stopped): the listening
+        mode's stream."""
         events: asyncio.Queue[pb.JobEvent | None] = asyncio.Queue(maxsize=EVENT_QUEUE)
         task = asyncio.get_running_loop().create_task(self.run_attempt(r, _QueueChannel(events)))
         try:
@@ -316,13 +320,17 @@ class Plugin:
 
     async def run_attempt(self, r: pb.ExecuteJobRequest, channel: Any) -> None:
         """Runs one attempt in the calling task, sending its events to
-        `channel` (put_nowait / put / end): its result or error last, or
-        `end()` with none after a cancel. Both modes run attempts here."""
+        `channel` (put_nowait / put / end): its result or error last. A
+        cancelled attempt ends with its result or error if its handler
+        returns within the cancel grace, else with an error once it is
+        stopped: the final event tells Pulse the handler has stopped (until
+        then the attempt keeps its slot; spec/plugin.md, "Cancel"). Both
+        modes run attempts here."""
         key = (bytes(r.job_id), bytes(r.lease))
         if key in self._early:
-            # Cancelled before it arrived: it runs nothing.
+            # Cancelled before it arrived: it runs nothing, and says so.
             del self._early[key]
-            channel.end()
+            channel.end(_stopped("cancelled before it started"))
             return
         h = self._choose(r)
         if h is None:
@@ -339,8 +347,17 @@ class Plugin:
         try:
             await self._attempt(h, ctx, r.payload, channel)
         except asyncio.CancelledError:
-            # Stopped after a cancel's grace, or its stream went away.
-            channel.end()
+            if ctx.cancelled:
+                # Stopped after a cancel's grace.
+                channel.end(
+                    _stopped(
+                        "cancelled: the handler did not stop within the cancel grace "
+                        f"({round(self.cancel_grace * 1000)} ms)"
+                    )
+                )
+            else:
+                # Its stream went away: nothing to tell.
+                channel.end()
         finally:
             self._running.pop(key, None)
 
@@ -399,10 +416,6 @@ class Plugin:
             await channel.put(_fatal(f"{type(e).__name__}: {e}"))
             return
         await ctx._flush()
-        if ctx.cancelled:
-            # A cancelled attempt's result is dropped: the stream ends.
-            channel.end()
-            return
         if len(result) > MAX_RESULT_BYTES:
             await channel.put(
                 _fatal(f"result_too_large: the result is {len(result)} bytes; at most {MAX_RESULT_BYTES} are allowed")
@@ -412,8 +425,9 @@ class Plugin:
 
     def cancel(self, job_id: bytes, lease: bytes) -> bool:
         """Cancels a running attempt (after the grace its handler is
-        stopped and its stream ends with no final event); one not running
-        is remembered so it runs nothing if it arrives. Whether it ran."""
+        stopped, and its stream ends with an error saying so); one not
+        running is remembered so it runs nothing if it arrives. Whether it
+        ran."""
         key = (bytes(job_id), bytes(lease))
         running = self._running.get(key)
         if running is None:
@@ -440,6 +454,11 @@ class Plugin:
 
 def _fatal(message: str) -> pb.JobEvent:
     return pb.JobEvent(error=pb.ErrorEvent(message=cut(message, MAX_ERROR_BYTES), retryable=False))
+
+
+def _stopped(message: str) -> pb.JobEvent:
+    """The final event of a cancelled attempt whose handler was stopped."""
+    return pb.JobEvent(error=pb.ErrorEvent(message=message, retryable=True))
 
 
 class _Servicer(pb_grpc.PluginServicer):
