@@ -725,26 +725,8 @@ impl Executor for Scripted {
 #[test]
 fn a_silent_attempt_that_resumes_heartbeats_after_its_cancel_still_times_out() {
     let (_dir, store) = sim_store("sim-resumed-heartbeats");
-    let h = common::key("resumed-h").did;
-    let mut schema = HandlerSchema::new("h", "1.0.0", common::key("resumed-p").did);
-    schema.timeout_ms = Some(86_400_000);
-    schema.max_attempts = Some(1);
     let now = 10_000_000u64;
-    let id = store
-        .enqueue(&h, &schema, &JobRequest::default(), now)
-        .unwrap()
-        .0
-        .id;
-    let mut d = scripted(
-        &store,
-        DispatchConfig {
-            heartbeat_timeout_ms: 5_000,
-            grace_ms: 5_000,
-            deadline_scan_ms: 0,
-            ..DispatchConfig::default()
-        },
-        1,
-    );
+    let (id, mut d) = one_attempt_job(&store, "resumed", now);
     let mut t = now;
     let mut heartbeats = false;
     for _ in 0..60 {
@@ -797,23 +779,8 @@ fn a_silent_attempt_that_resumes_heartbeats_after_its_cancel_still_times_out() {
 #[test]
 fn the_grace_of_a_pushed_cancel_counts_from_the_next_step() {
     let (_dir, store) = sim_store("sim-grace-next-step");
-    let h = common::key("grace-h").did;
-    let mut schema = HandlerSchema::new("h", "1.0.0", common::key("grace-p").did);
-    schema.timeout_ms = Some(86_400_000);
-    schema.max_attempts = Some(1);
     let now = 10_000_000u64;
-    let id = store
-        .enqueue(&h, &schema, &JobRequest::default(), now)
-        .unwrap()
-        .0
-        .id;
-    let config = DispatchConfig {
-        heartbeat_timeout_ms: 5_000,
-        grace_ms: 5_000,
-        deadline_scan_ms: 0,
-        ..DispatchConfig::default()
-    };
-    let mut d = scripted(&store, config, 1);
+    let (id, mut d) = one_attempt_job(&store, "grace", now);
     let mut t = now;
     while d.executor_mut().cancels == 0 {
         t += STEP_MS;
@@ -899,6 +866,32 @@ fn a_cost_reported_with_its_result_counts_in_the_handlers_average() {
         JobState::Held(HoldReason::Budget),
         "20 spent + 20 expected (the average) is over 20: {job:?}"
     );
+}
+
+/// A job of one attempt and a day's timeout, enqueued at `now` on a
+/// handler named after `name`, and a scripted dispatcher with a 5 s
+/// heartbeat timeout, a 5 s grace and a deadline scan every step.
+fn one_attempt_job(
+    store: &Arc<JobStore>,
+    name: &str,
+    now: u64,
+) -> (pulse_ledger::pulse::JobId, Dispatcher<Scripted>) {
+    let h = common::key(&format!("{name}-h")).did;
+    let mut schema = HandlerSchema::new("h", "1.0.0", common::key(&format!("{name}-p")).did);
+    schema.timeout_ms = Some(86_400_000);
+    schema.max_attempts = Some(1);
+    let id = store
+        .enqueue(&h, &schema, &JobRequest::default(), now)
+        .unwrap()
+        .0
+        .id;
+    let config = DispatchConfig {
+        heartbeat_timeout_ms: 5_000,
+        grace_ms: 5_000,
+        deadline_scan_ms: 0,
+        ..DispatchConfig::default()
+    };
+    (id, scripted(store, config, 1))
 }
 
 /// A job store in a new ledger, in a temp dir named `name`.
