@@ -591,8 +591,8 @@ fn a_plugin_connects_in_over_mutual_tls() {
 }
 
 /// A cancelled attempt on a connected-in instance gives its slot back
-/// (the plugin sends nothing more for it): with one slot, the next job
-/// runs on the same instance.
+/// once the plugin's final event says its handler stopped: with one slot,
+/// the next job runs on the same instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_attempt_gives_its_slot_back() {
     let dir = tempdir("pools-cancel");

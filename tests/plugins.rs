@@ -893,8 +893,9 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running(backe
         // The late attempt runs on after its cancel until the test lets it
         // answer, however long the test takes to get there. Its plugin
         // takes a call per attempt: the late answer then reaches Pulse as
-        // the call's end (on attempt streams, the SDK's default, it sends
-        // nothing more for a cancelled attempt). The other plugins run
+        // the call's end (on attempt streams, the SDK's default, Pulse
+        // reads a cancelled attempt's events for `cancel_grace_ms` only).
+        // The other plugins run
         // theirs on streams, where a flood shares a stream with others.
         plugin_table(
             "tardy",
@@ -1064,9 +1065,9 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running(backe
     );
 
     // Every job has finished; only the late first attempt, which has not
-    // answered yet, can still report. Let it answer (the SDK sends nothing
-    // more for a cancelled attempt and ends its stream, which reaches Pulse
-    // as the attempt's last report), wait until the dispatcher has counted
+    // answered yet, can still report. Let it answer (the SDK then ends the
+    // cancelled attempt with an error saying it stopped, which reaches
+    // Pulse as the attempt's last report), wait until the dispatcher has counted
     // that report as stale, then check that it changed nothing. (Were the
     // report applied, it would not be counted and the wait fails, or the
     // job would differ.)

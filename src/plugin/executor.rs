@@ -427,17 +427,19 @@ impl AsyncExecutor for PluginExecutor {
             .filter(|(l, _)| *l == lease)
             .map(|(_, s)| Arc::clone(s));
         if let Some(s) = session {
-            s.link.cancel(job, lease).await;
             if let Link::Stream(link) = &s.link {
                 // A plugin that sends nothing more for it (the protocol
-                // allows that) has it ended here: its event stream ends,
-                // and the attempt's task gives its slot back.
+                // allows that), or does not read the cancel, has it ended
+                // here: its event stream ends, and the attempt's task gives
+                // its slot back. Armed before the cancel is sent, which may
+                // wait on a full stream.
                 let (link, grace) = (Arc::clone(link), self.cancel_grace);
                 tokio::spawn(async move {
                     tokio::time::sleep(grace).await;
                     link.forget(job, lease);
                 });
             }
+            s.link.cancel(job, lease).await;
         }
     }
 }

@@ -67,11 +67,14 @@ def test_a_handler_that_ignores_the_cancel_ends_with_an_error_after_the_grace():
     assert not running
 
 
-def test_a_handler_that_stops_sends_what_it_returned():
-    events, _, _ = asyncio.run(run_and_cancel(plugin(5.0), request("polite", 2)))
-    last = events[-1]
-    assert last.WhichOneof("event") == "result", events
-    assert last.result.output == b'"stopped"'
+def test_a_handler_that_stops_on_the_cancel_ends_with_an_error_not_its_result():
+    # What it returned after the cancel is not its work done: the job must
+    # not end succeeded with it.
+    events, _, running = asyncio.run(run_and_cancel(plugin(5.0), request("polite", 2)))
+    assert [e.WhichOneof("event") for e in events] == ["error"], events
+    assert events[-1].error.message == "cancelled: the handler stopped"
+    assert events[-1].error.retryable
+    assert not running
 
 
 def test_an_attempt_cancelled_before_it_arrives_says_so():

@@ -199,6 +199,7 @@ impl Attempts {
             // to every attempt before its handler runs.)
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             let mut cancel = cancel;
+            let mut stopped: Option<String> = None;
             loop {
                 tokio::select! {
                     out = &mut work => {
@@ -214,26 +215,33 @@ impl Attempts {
                     }
                     // Cancelled: the handler may see ctx.cancelled() and wind
                     // down for up to the cancel grace, then its future is
-                    // dropped (it stops at its next await point). The final
-                    // event then tells Pulse the handler has stopped: until
-                    // it comes, the attempt keeps its slot (spec/plugin.md,
-                    // "Cancel").
+                    // dropped (it stops at its next await point). What it
+                    // returned is not sent: a handler that returns early on
+                    // a cancel has not done its work.
                     _ = async { let _ = cancel.wait_for(|c| *c).await; } => {
-                        let e = match tokio::time::timeout(grace, &mut work).await {
-                            Ok(out) => final_event(out),
-                            Err(_) => Event::Error(proto::ErrorEvent {
-                                message: format!(
-                                    "cancelled: the handler did not stop within the cancel grace ({} ms)",
-                                    grace.as_millis()
-                                ),
-                                retryable: true,
-                                retry_after_ms: 0,
-                            }),
-                        };
-                        let _ = tx.send(event(e)).await;
+                        stopped = Some(match tokio::time::timeout(grace, &mut work).await {
+                            Ok(_) => "cancelled: the handler stopped".to_owned(),
+                            Err(_) => format!(
+                                "cancelled: the handler did not stop within the cancel grace ({} ms)",
+                                grace.as_millis()
+                            ),
+                        });
                         break;
                     }
                 }
+            }
+            // The handler's future (and what it holds) is dropped before
+            // the final event tells Pulse it has stopped: until that event
+            // the attempt keeps its slot (spec/plugin.md, "Plugin service").
+            drop(work);
+            if let Some(message) = stopped {
+                let _ = tx
+                    .send(event(Event::Error(proto::ErrorEvent {
+                        message,
+                        retryable: true,
+                        retry_after_ms: 0,
+                    })))
+                    .await;
             }
             me.lock_running().remove(&key);
             me.ended.notify_waiters();

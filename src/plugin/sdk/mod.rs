@@ -239,8 +239,9 @@ impl JobContext {
         *self.cancel.borrow()
     }
 
-    /// Resolves when Pulse cancels this attempt (the SDK also drops the
-    /// handler's future then; this is for work outside it).
+    /// Resolves when Pulse cancels this attempt (the SDK drops the
+    /// handler's future after the cancel grace; this is for work outside
+    /// it, or for stopping sooner).
     pub async fn cancelled(&self) {
         let mut c = self.cancel.clone();
         let _ = c.wait_for(|c| *c).await;
@@ -324,9 +325,11 @@ impl PluginServer {
     }
 
     /// How long a cancelled handler may wind down (seeing
-    /// [`JobContext::cancelled`]) before its future is dropped and its
-    /// stream ended; [`CANCEL_GRACE`] by default. Whatever it returns
-    /// after the cancel reaches Pulse as a stale report and is refused.
+    /// [`JobContext::cancelled`]) before its future is dropped;
+    /// [`CANCEL_GRACE`] by default. Whatever it returns after the cancel is
+    /// not sent: the attempt ends with an error saying it stopped, and
+    /// keeps its slot until then. Keep it shorter than the server's
+    /// `cancel_grace_ms` (5 s by default), which caps that wait.
     pub fn cancel_grace(mut self, grace: Duration) -> PluginServer {
         self.cancel_grace = grace;
         self

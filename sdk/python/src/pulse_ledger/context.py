@@ -103,7 +103,8 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         """Whether Pulse cancelled the attempt: stop soon (the handler is
-        stopped after the cancel grace, and what it returns is dropped)."""
+        stopped after the cancel grace, and what it returns is not sent:
+        the attempt ends with an error saying it stopped)."""
         return self._cancelled.is_set()
 
     def _send(self, event: pb.JobEvent) -> _Sent:

@@ -109,6 +109,28 @@ class _QueueChannel:
         self.q.put_nowait(None)
 
 
+class _UnlessCancelled:
+    """An attempt's channel whose final event, once the attempt was
+    cancelled, says the handler stopped instead of what it returned: a
+    handler that returns early on a cancel has not done its work."""
+
+    __slots__ = ("channel", "ctx")
+
+    def __init__(self, channel: Any, ctx: JobContext) -> None:
+        self.channel, self.ctx = channel, ctx
+
+    def put_nowait(self, event: pb.JobEvent) -> None:
+        self.channel.put_nowait(event)
+
+    async def put(self, event: pb.JobEvent) -> None:
+        if self.ctx.cancelled and event.WhichOneof("event") in ("result", "error"):
+            event = _stopped("cancelled: the handler stopped")
+        await self.channel.put(event)
+
+    def end(self, last: "pb.JobEvent | None" = None) -> None:
+        self.channel.end(last)
+
+
 class Plugin:
     """A plugin: its key, its handlers, and how it runs.
 
@@ -321,11 +343,11 @@ class Plugin:
     async def run_attempt(self, r: pb.ExecuteJobRequest, channel: Any) -> None:
         """Runs one attempt in the calling task, sending its events to
         `channel` (put_nowait / put / end): its result or error last. A
-        cancelled attempt ends with its result or error if its handler
-        returns within the cancel grace, else with an error once it is
-        stopped: the final event tells Pulse the handler has stopped (until
-        then the attempt keeps its slot; spec/plugin.md, "Cancel"). Both
-        modes run attempts here."""
+        cancelled attempt ends with an error once its handler has returned
+        or been stopped (what it returned is not sent): the final event
+        tells Pulse the handler has stopped, and until then the attempt
+        keeps its slot (spec/plugin.md, "Plugin service"). Both modes run
+        attempts here."""
         key = (bytes(r.job_id), bytes(r.lease))
         if key in self._early:
             # Cancelled before it arrived: it runs nothing, and says so.
@@ -345,7 +367,7 @@ class Plugin:
         self._running[key] = running
         self._start_heartbeats(loop)
         try:
-            await self._attempt(h, ctx, r.payload, channel)
+            await self._attempt(h, ctx, r.payload, _UnlessCancelled(channel, ctx))
         except asyncio.CancelledError:
             if ctx.cancelled:
                 # Stopped after a cancel's grace.
