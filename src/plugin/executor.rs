@@ -443,3 +443,121 @@ impl AsyncExecutor for PluginExecutor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::Did;
+    use crate::attest::AttestationId;
+    use crate::plugin::link::StreamLink;
+    use crate::plugin::proof::Announcement;
+    use crate::plugin::session::Connection;
+    use crate::pulse::Authorization;
+
+    fn did(seed: u8) -> Did {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        Did::from_verifying_key(&key.verifying_key()).unwrap()
+    }
+
+    fn attempt(job: u8, plugin: &Did) -> AttemptSpec {
+        AttemptSpec {
+            job: JobId([job; 16]),
+            lease: LeaseToken([job; 16]),
+            number: 1,
+            handler: did(3),
+            payload: Vec::new(),
+            deadline: u64::MAX,
+            checkpoint: Vec::new(),
+            heartbeat_interval_ms: 60_000,
+            authorization: Some(Arc::new(Authorization {
+                handler_name: "h".into(),
+                handler_index: 1,
+                handler_attestation_id: AttestationId([0; 32]),
+                handler_attestation: Arc::new(Vec::new()),
+                plugin: plugin.clone(),
+                plugin_index: 0,
+                plugin_key: plugin.clone(),
+                max_concurrency: None,
+                owner: did(3),
+                output_schema: None,
+            })),
+            trace_parent: None,
+        }
+    }
+
+    /// spec/plugin.md, "Plugin service": on a stream, a cancelled attempt
+    /// keeps its slot and its events until the plugin's final event, and
+    /// for `cancel_grace_ms` at most when the plugin sends nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_attempt_on_a_stream_ends_with_its_final_event_or_the_grace() {
+        let plugin = did(1);
+        let (out, mut sent) = tokio::sync::mpsc::channel(64);
+        // What the server sends the plugin is read and dropped.
+        tokio::spawn(async move { while sent.recv().await.is_some() {} });
+        let link = Arc::new(StreamLink::new(out));
+        let (_ended_tx, ended) = tokio::sync::watch::channel(false);
+        let session = Arc::new(Session::new(
+            Announcement {
+                plugin: plugin.clone(),
+                key: plugin.clone(),
+                handlers: Vec::new(),
+                serves_any: true,
+            },
+            Link::Stream(Arc::clone(&link)),
+            Connection::ConnectedIn,
+            "test".into(),
+            0,
+            ended,
+        ));
+        let sessions = Arc::new(Sessions::default());
+        sessions.open(Arc::clone(&session));
+        let grace = Duration::from_millis(300);
+        let executor = PluginExecutor::new(sessions).with_cancel_grace(grace);
+
+        // The plugin answers after the cancel: its final event arrives.
+        let mut answered = executor.dispatch(attempt(1, &plugin)).await.unwrap();
+        executor.cancel(JobId([1; 16]), LeaseToken([1; 16])).await;
+        link.deliver(proto::AttemptEvent {
+            job_id: vec![1; 16],
+            lease: vec![1; 16],
+            event: Some(proto::JobEvent {
+                event: Some(Event::Error(proto::ErrorEvent {
+                    message: "cancelled: the handler stopped".into(),
+                    retryable: true,
+                    retry_after_ms: 0,
+                })),
+            }),
+        })
+        .await;
+        assert!(matches!(
+            answered.next().await,
+            Some(ExecEvent::Failed { ref error, .. }) if error == "cancelled: the handler stopped"
+        ));
+        assert_eq!(answered.next().await, None);
+
+        // The plugin sends nothing: the attempt holds its slot until the
+        // grace has passed, then its events end and the slot is free.
+        let mut silent = executor.dispatch(attempt(2, &plugin)).await.unwrap();
+        assert_eq!(session.running(), 1);
+        executor.cancel(JobId([2; 16]), LeaseToken([2; 16])).await;
+        assert!(
+            tokio::time::timeout(grace / 3, silent.next())
+                .await
+                .is_err(),
+            "the attempt ended before its grace"
+        );
+        assert_eq!(session.running(), 1, "its slot is kept meanwhile");
+        let end = tokio::time::timeout(Duration::from_secs(30), silent.next()).await;
+        assert_eq!(end, Ok(None), "the grace ends it");
+        // The slot is given back as the attempt's task ends.
+        for _ in 0..100 {
+            if session.running() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(session.running(), 0);
+    }
+}
