@@ -10,7 +10,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Serve, handler_register, key, key_file, plugin_register, plugin_table, tempdir};
+use common::{
+    Serve, handler_register, key, key_file, plugin_register, plugin_table, plugin_table_with,
+    tempdir,
+};
 use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
 use tonic::transport::Channel;
 
@@ -623,22 +626,19 @@ async fn chaos(heartbeat_timeout_ms: u64, name: &str) {
     let spans = dir.join("spans.log");
     let config = |i: usize| {
         let plugin = if i < 2 {
-            plugin_table(
-                "tools",
-                &["--key".into(), pkey.display().to_string()],
-                &events[i],
-            )
             // A cancelled attempt winds down within 100 ms, well inside
             // the half heartbeat timeout plus the cancel grace that
             // separates a node's own cancel from another node's retry
             // (spec/pulse.md, "No attempt beside its retry"); the SDK's
             // default, 2 s, is for the default timings.
-            .replace(
-                "env = {",
-                &format!(
-                    "env = {{ PULSE_TEST_PLUGIN_SPANS = {:?}, PULSE_TEST_PLUGIN_CANCEL_GRACE_MS = \"100\",",
-                    spans.display().to_string()
-                ),
+            plugin_table_with(
+                "tools",
+                &["--key".into(), pkey.display().to_string()],
+                &events[i],
+                &[
+                    ("PULSE_TEST_PLUGIN_SPANS", &spans.display().to_string()),
+                    ("PULSE_TEST_PLUGIN_CANCEL_GRACE_MS", "100"),
+                ],
             )
         } else {
             String::new()

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Backend, Key, handler_register, job, key, key_file, next, plugin_register, plugin_table,
-    tempdir,
+    plugin_table_with, tempdir,
 };
 use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
 use pulse_ledger::{Action, Attestation};
@@ -367,17 +367,14 @@ async fn a_timed_out_attempt_keeps_its_slot_until_its_handler_stops(backend: Bac
     let pkey = key_file(&dir, &p);
     let config = format!(
         "heartbeat_timeout_ms = 800\ncancel_grace_ms = 10000\nplugin_health_interval_ms = 200\nplugin_wait_secs = 2\n{}",
-        plugin_table(
+        plugin_table_with(
             "tools",
             &["--key".into(), pkey.display().to_string()],
-            &events_path
-        )
-        .replace(
-            "env = {",
-            &format!(
-                "env = {{ PULSE_TEST_PLUGIN_SPANS = {:?}, PULSE_TEST_PLUGIN_CANCEL_GRACE_MS = \"2000\",",
-                spans.display().to_string()
-            ),
+            &events_path,
+            &[
+                ("PULSE_TEST_PLUGIN_SPANS", &spans.display().to_string()),
+                ("PULSE_TEST_PLUGIN_CANCEL_GRACE_MS", "2000"),
+            ],
         )
     );
     let server = Server::start(&dir, &config, &backend);
@@ -876,14 +873,11 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running(backe
     let events_path = dir.join("events.log");
     let (tools, crashy, slow) = (key("pf-tools"), key("pf-crashy"), key("pf-slow"));
     let tardy = key("pf-tardy");
-    let slow_table = plugin_table(
+    let slow_table = plugin_table_with(
         "slow",
         &["--key".into(), key_file(&dir, &slow).display().to_string()],
         &events_path,
-    )
-    .replace(
-        "env = { ",
-        "env = { PULSE_TEST_PLUGIN_START_DELAY_MS = \"1500\", ",
+        &[("PULSE_TEST_PLUGIN_START_DELAY_MS", "1500")],
     );
     // Generous waits: a slow machine must not turn a slow start or a
     // crash-loop restart into plugin_not_connected.
@@ -895,17 +889,16 @@ async fn misbehaving_plugins_are_contained_and_other_handlers_keep_running(backe
         // takes a call per attempt: the late answer then reaches Pulse as
         // the call's end (on attempt streams, the SDK's default, Pulse
         // reads a cancelled attempt's events for `cancel_grace_ms` only).
-        // The other plugins run
-        // theirs on streams, where a flood shares a stream with others.
-        plugin_table(
+        // The other plugins run theirs on streams, where a flood shares a
+        // stream with others.
+        plugin_table_with(
             "tardy",
             &["--key".into(), key_file(&dir, &tardy).display().to_string()],
-            &events_path
-        )
-        .replace(
-            "env = { ",
-            "env = { PULSE_TEST_PLUGIN_CANCEL_GRACE_MS = \"300000\", \
-             PULSE_TEST_PLUGIN_ATTEMPT_STREAMS = \"0\", "
+            &events_path,
+            &[
+                ("PULSE_TEST_PLUGIN_CANCEL_GRACE_MS", "300000"),
+                ("PULSE_TEST_PLUGIN_ATTEMPT_STREAMS", "0"),
+            ],
         ),
         plugin_table(
             "tools",
@@ -1099,14 +1092,14 @@ async fn a_spawned_plugin_that_listens_beyond_loopback_is_refused() {
     // It binds every interface (forced past the SDK's own refusal), so
     // reaching it in plaintext would cross the network: the host refuses
     // its handshake and its jobs never reach it.
-    let table = plugin_table(
+    let table = plugin_table_with(
         "wide",
         &["--key".into(), key_file(&dir, &p).display().to_string()],
         &events_path,
-    )
-    .replace(
-        "env = { ",
-        "env = { PULSE_PLUGIN_LISTEN = \"0.0.0.0:0\", PULSE_PLUGIN_ALLOW_PLAINTEXT = \"1\", ",
+        &[
+            ("PULSE_PLUGIN_LISTEN", "0.0.0.0:0"),
+            ("PULSE_PLUGIN_ALLOW_PLAINTEXT", "1"),
+        ],
     );
     let server = Server::start(&dir, &format!("{TIMINGS}{table}"), &Backend::Fjall);
     let mut reg = server.registry().await;

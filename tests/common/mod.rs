@@ -347,12 +347,27 @@ pub fn fixture(name: &str) -> String {
 /// A `[[plugin]]` config table that spawns the test plugin with `args`,
 /// logging its events to `events`.
 pub fn plugin_table(name: &str, args: &[String], events: &std::path::Path) -> String {
+    plugin_table_with(name, args, events, &[])
+}
+
+/// The same, with more environment variables for the plugin.
+pub fn plugin_table_with(
+    name: &str,
+    args: &[String],
+    events: &std::path::Path,
+    env: &[(&str, &str)],
+) -> String {
     let mut argv = vec![format!("{:?}", env!("CARGO_BIN_EXE_pulse-test-plugin"))];
     argv.extend(args.iter().map(|a| format!("{a:?}")));
-    format!(
-        "[[plugin]]\nname = {name:?}\ncommand = [{}]\nenv = {{ PULSE_TEST_PLUGIN_EVENTS = {:?} }}\n",
-        argv.join(", "),
+    let mut vars = vec![format!(
+        "PULSE_TEST_PLUGIN_EVENTS = {:?}",
         events.display().to_string()
+    )];
+    vars.extend(env.iter().map(|(k, v)| format!("{k} = {v:?}")));
+    format!(
+        "[[plugin]]\nname = {name:?}\ncommand = [{}]\nenv = {{ {} }}\n",
+        argv.join(", "),
+        vars.join(", ")
     )
 }
 
