@@ -479,10 +479,77 @@ async fn did_callers_enqueue_within_an_allowance() {
     );
     a.enqueue(&alice).await.unwrap();
     assert_eq!(code(a.enqueue(&alice).await), "rate_limited");
+    // On a stream each job draws on the allowance as it arrives, and one
+    // past it is answered `rate_limited` in its place.
+    let one = proto::EnqueueRequest {
+        handler: alice.did.to_string(),
+        ..Default::default()
+    };
+    let mut answers = a
+        .jobs
+        .enqueue_stream(authed(tokio_stream::iter(vec![one]), &a.token))
+        .await
+        .unwrap()
+        .into_inner();
+    match answers.message().await.unwrap().unwrap().result.unwrap() {
+        proto::enqueue_stream_response::Result::Rejected(e) => assert_eq!(
+            (e.status_code, e.code.as_str()),
+            (Code::ResourceExhausted as i32, "rate_limited")
+        ),
+        accepted => panic!("past the allowance: {accepted:?}"),
+    }
     // The operator's token is not counted.
     for _ in 0..10 {
         ops.enqueue(&alice).await.unwrap();
     }
+    server.stop();
+}
+
+/// A DID caller's `EnqueueStream` holds only the message being received
+/// against the allowance of request bytes for strangers (16 MiB a client),
+/// so a stream may carry more than that in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_did_callers_stream_may_carry_more_than_its_share_of_body_bytes() {
+    let dir = tempdir("owner-stream");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (plugin, alice) = (key("own-stream-p"), key("own-stream-alice"));
+    let (_ops, ops_table) = operator_token("ops", &["admin"]);
+    let config = dir.join("pulse.toml");
+    std::fs::write(&config, format!("plugin_wait_secs = 600\n{ops_table}")).unwrap();
+    let server = Serve::start(&["--config", config.to_str().unwrap()], &dir.join("data"));
+    let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
+    for att in [
+        plugin_register(&plugin, "tools"),
+        handler_register(&alice, "alices", &plugin.did),
+    ] {
+        reg.submit(proto::SubmitRequest {
+            envelope: att.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
+    let token = did_token(&dir, &alice, &server.url);
+    // 24 jobs of 1,000,000 bytes: 24 MB on one call.
+    let big = proto::EnqueueRequest {
+        handler: alice.did.to_string(),
+        payload: vec![b' '; 1_000_000],
+        run_at_ms: 4_000_000_000_000,
+        ..Default::default()
+    };
+    let mut answers = jobs
+        .enqueue_stream(authed(tokio_stream::iter(vec![big; 24]), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut accepted = 0;
+    while let Some(a) = answers.message().await.unwrap() {
+        match a.result.unwrap() {
+            proto::enqueue_stream_response::Result::Accepted(_) => accepted += 1,
+            proto::enqueue_stream_response::Result::Rejected(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(accepted, 24);
     server.stop();
 }
 

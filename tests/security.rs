@@ -173,6 +173,39 @@ async fn the_jobs_api_needs_a_token_whose_scopes_cover_the_call() {
         }
         other => panic!("the job for b was accepted: {other:?}"),
     }
+    // The same on a stream, judged per job; a token without the enqueue
+    // right anywhere is refused the call itself.
+    let streamed = vec![
+        enqueue_req(&b.did, "theirs"),
+        enqueue_req(&a.did, "streamed"),
+    ];
+    let mut answers = jobs
+        .enqueue_stream(with_token(tokio_stream::iter(streamed), &only_a))
+        .await
+        .unwrap()
+        .into_inner();
+    use proto::enqueue_stream_response::Result as S;
+    match answers.message().await.unwrap().unwrap().result {
+        Some(S::Rejected(e)) => assert_eq!(
+            (e.status_code, e.code.as_str()),
+            (Code::PermissionDenied as i32, "scope_missing")
+        ),
+        other => panic!("the streamed job for b was accepted: {other:?}"),
+    }
+    let streamed_a = match answers.message().await.unwrap().unwrap().result {
+        Some(S::Accepted(r)) => r.job.unwrap(),
+        other => panic!("the streamed job for a was refused: {other:?}"),
+    };
+    assert_eq!(streamed_a.handler, a.did.to_string());
+    assert!(answers.message().await.unwrap().is_none());
+    let reader_stream = tokio_stream::iter(vec![enqueue_req(&a.did, "x")]);
+    assert_eq!(
+        refused(
+            jobs.enqueue_stream(with_token(reader_stream, &reader))
+                .await
+        ),
+        denied
+    );
     let get = proto::GetJobRequest {
         id: job_a.id.clone(),
     };
@@ -207,7 +240,7 @@ async fn the_jobs_api_needs_a_token_whose_scopes_cover_the_call() {
     }
     let mut ids: Vec<_> = seen.iter().map(|j| j.id.clone()).collect();
     ids.sort();
-    let mut expected = vec![job_a.id.clone(), batch_a.id.clone()];
+    let mut expected = vec![job_a.id.clone(), batch_a.id.clone(), streamed_a.id.clone()];
     expected.sort();
     assert_eq!(ids, expected);
     assert!(seen.iter().all(|j| j.handler == a.did.to_string()));

@@ -1058,6 +1058,141 @@ async fn jobs_api_enqueues_reads_cancels_and_budgets(backend: Backend) {
 }
 serve_on_every_backend!(jobs_api_enqueues_reads_cancels_and_budgets);
 
+async fn an_enqueue_stream_answers_each_job_in_order_and_keeps_what_it_acknowledged(
+    backend: Backend,
+) {
+    use proto::enqueue_stream_response::Result as Answer;
+    use pulse_ledger::api::proto::jobs_client::JobsClient;
+    let dir = tempdir(&backend.dir_name("server-enqueue-stream"));
+    let server = Server::start(&dir, &backend);
+    let mut reg = server.client().await;
+    let (p, h) = (key("stream-p"), key("stream-h"));
+    for a in [
+        plugin_register(&p, "runner"),
+        handler_register(&h, "h", &p.did),
+    ] {
+        reg.submit(proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    let mut jobs = JobsClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    // No plugin serves the handler: the jobs stay queued an hour.
+    let req = |handler: &Did, priority: u32, key: &str| proto::EnqueueRequest {
+        handler: handler.to_string(),
+        payload: b"{}".to_vec(),
+        priority,
+        idempotency_key: key.into(),
+        run_at_ms: in_an_hour(),
+        ..Default::default()
+    };
+    // Rejections are answered in their place and the stream goes on; a
+    // key used earlier in the same stream finds that job.
+    let mut sent = vec![
+        req(&h.did, 1, "order-1"),
+        req(&h.did, 12, ""),
+        req(&key("nobody").did, 1, ""),
+        req(&h.did, 1, "order-1"),
+    ];
+    sent.extend((0..200).map(|_| req(&h.did, 3, "")));
+    let mut answers = jobs
+        .enqueue_stream(tokio_stream::iter(sent))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut outcome = Vec::new();
+    while let Some(a) = answers.message().await.unwrap() {
+        assert_eq!(a.position, outcome.len() as u64, "answers come in order");
+        outcome.push(a.result.unwrap());
+    }
+    assert_eq!(outcome.len(), 204);
+    let accepted = |a: &Answer| match a {
+        Answer::Accepted(r) => (r.job.clone().unwrap(), r.existing),
+        Answer::Rejected(e) => panic!("rejected: {e:?}"),
+    };
+    let rejected = |a: &Answer| match a {
+        Answer::Rejected(e) => (e.status_code, e.code.clone()),
+        Answer::Accepted(r) => panic!("accepted: {r:?}"),
+    };
+    let (first, existing) = accepted(&outcome[0]);
+    assert_eq!((first.state.as_str(), existing), ("queued", false));
+    assert_eq!(
+        rejected(&outcome[1]),
+        (Code::InvalidArgument as i32, "invalid_priority".into())
+    );
+    assert_eq!(
+        rejected(&outcome[2]),
+        (Code::NotFound as i32, "not_found".into())
+    );
+    let (again, existing) = accepted(&outcome[3]);
+    assert!(existing);
+    assert_eq!(again.id, first.id);
+    let mut ids: Vec<Vec<u8>> = outcome[4..].iter().map(|a| accepted(a).0.id).collect();
+    ids.push(first.id);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 201, "each new job has an ID of its own");
+
+    // A message the server cannot read ends the stream after the answers
+    // to the jobs before it, with the rule it broke.
+    let oversized = proto::EnqueueRequest {
+        payload: vec![0; 17 << 20],
+        ..req(&h.did, 1, "")
+    };
+    let mut answers = jobs
+        .enqueue_stream(tokio_stream::iter(vec![
+            req(&h.did, 1, "before-the-bad-one"),
+            oversized,
+            req(&h.did, 1, "never-read"),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let before = answers.message().await.unwrap().unwrap();
+    ids.push(accepted(before.result.as_ref().unwrap()).0.id);
+    let e = answers.message().await.unwrap_err();
+    assert_eq!(
+        (e.code(), reason(&e).as_str()),
+        (Code::ResourceExhausted, "too_large"),
+        "{}",
+        e.message()
+    );
+
+    // Everything acknowledged survives a SIGKILL of the server; the job
+    // after the unreadable message was never enqueued.
+    drop(jobs);
+    drop(server);
+    let server = Server::start(&dir, &backend);
+    let mut jobs = JobsClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap();
+    for id in &ids {
+        let job = jobs
+            .get_job(proto::GetJobRequest { id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        assert_eq!(job.state, "queued");
+    }
+    let listed = jobs
+        .list_jobs(proto::ListJobsRequest {
+            state: "queued".into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.jobs.len(), ids.len());
+    assert_eq!(server.stop(), 0);
+}
+serve_on_every_backend!(an_enqueue_stream_answers_each_job_in_order_and_keeps_what_it_acknowledged);
+
 async fn finished_jobs_are_pruned_after_the_retention(backend: Backend) {
     use pulse_ledger::api::proto::jobs_client::JobsClient;
     let dir = tempdir(&backend.dir_name("server-retention"));

@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+mod enqueue_stream;
 mod schedules;
 
 use super::proto::{self, jobs_server::Jobs};
@@ -358,6 +359,19 @@ fn status(code: Code, reason: &str, message: String) -> Status {
     )
 }
 
+/// A job's rejection as an item of a batch or stream answers it: the
+/// status `Enqueue` would have returned, with its spec code.
+fn job_error(s: &Status) -> proto::JobError {
+    proto::JobError {
+        status_code: s.code() as i32,
+        code: s
+            .get_details_error_info()
+            .map(|i| i.reason)
+            .unwrap_or_default(),
+        message: s.message().to_owned(),
+    }
+}
+
 fn job_status(e: &JobError) -> Status {
     match e {
         JobError::Rejected(p) => {
@@ -669,17 +683,7 @@ impl Jobs for JobsService {
             .blocking(move |s| Ok(s.enqueue_batch(&items, crate::clock::unix_ms())))
             .await?
             .into_iter();
-        let rejected = |s: Status| {
-            use tonic_types::StatusExt as _;
-            proto::enqueue_result::Result::Rejected(proto::JobError {
-                status_code: s.code() as i32,
-                code: s
-                    .get_details_error_info()
-                    .map(|i| i.reason)
-                    .unwrap_or_default(),
-                message: s.message().to_owned(),
-            })
-        };
+        let rejected = |s: Status| proto::enqueue_result::Result::Rejected(job_error(&s));
         self.wake();
         let results = resolved
             .into_iter()
@@ -703,6 +707,23 @@ impl Jobs for JobsService {
             })
             .collect();
         Ok(Response::new(proto::EnqueueBatchResponse { results }))
+    }
+
+    type EnqueueStreamStream = BoxStream<proto::EnqueueStreamResponse>;
+
+    async fn enqueue_stream(
+        &self,
+        request: Request<tonic::Streaming<proto::EnqueueRequest>>,
+    ) -> Result<Response<Self::EnqueueStreamStream>, Status> {
+        let grant = self.grant(&request)?;
+        let peer = request.remote_addr();
+        let trace = crate::telemetry::rpc_trace(&request);
+        Ok(Response::new(self.stream_enqueues(
+            grant,
+            peer,
+            trace,
+            request.into_inner(),
+        )))
     }
 
     async fn get_job(

@@ -147,8 +147,8 @@ impl Grant {
             ));
         }
         let right = match method {
-            "Enqueue" | "EnqueueBatch" | "RetryJob" | "CreateSchedule" | "PauseSchedule"
-            | "DeleteSchedule" => Right::Enqueue,
+            "Enqueue" | "EnqueueBatch" | "EnqueueStream" | "RetryJob" | "CreateSchedule"
+            | "PauseSchedule" | "DeleteSchedule" => Right::Enqueue,
             "GetJob" | "ListJobs" | "WatchJob" | "GetJobLog" | "GetBudget"
             | "ListPluginSessions" | "ListNodes" | "GetSchedule" | "ListSchedules" => Right::Read,
             "CancelJob" | "CancelJobs" => Right::Cancel,
@@ -646,6 +646,7 @@ mod tests {
         }
         read_this.may_call("ListJobs").unwrap();
         assert!(read_this.may_call("CancelJob").is_err());
+        assert!(read_this.may_call("EnqueueStream").is_err());
         assert!(read_this.require_everywhere(Right::Read).is_err());
         read_all.require_everywhere(Right::Read).unwrap();
     }

@@ -16,14 +16,23 @@ use crate::api::proto::registry_client::RegistryClient;
 use super::client::{ServerArg, runtime};
 use super::error::CliError;
 use crate::loadgen::{
-    CpuTimeline, JobBench, JobFigures, Table, bare_plugin_rate, fsync_append_rate, fsync_rate,
-    percentile_ms, registration_rate, registration_stream_rate, resolution_cost, submit_latency,
-    verify_rate,
+    Arrival, CpuTimeline, JobBench, JobFigures, Table, bare_plugin_rate, fsync_append_rate,
+    fsync_rate, percentile_ms, registration_rate, registration_stream_rate, resolution_cost,
+    submit_latency, verify_rate,
 };
 
 /// Concurrent calls for the throughput figures (jobs running at once, and
 /// bare calls in flight).
 const IN_FLIGHT: usize = 64;
+
+/// How the latency runs at half load and under the mixed load send their
+/// jobs: one message per job on 4 `EnqueueStream` calls, the way a
+/// producer of thousands of jobs a second sends them one by one. A call
+/// per job costs the server about twice the CPU of the batches the job
+/// rate is measured with, so at half that rate single calls would be most
+/// of the single-call capacity, not half a load; they get a run of their
+/// own at half their own rate.
+const LATENCY_ARRIVAL: Arrival = Arrival::Streams(4);
 
 /// The apalis peer's settings, tuned for throughput on this workload
 /// (BENCHMARKS.md, "peer"): 64 workers running one job each (apalis-sqlite
@@ -55,8 +64,9 @@ clients (ratio to the verify rate), jobs/s end to end with 64 running
 SDK's default 4 attempt streams), with the share of all cores busy and
 the server's and the bench's CPU per job (from /proc), the rate of single
 Enqueue calls from 64 callers, scheduled-send→plugin-start latency at half
-the batched rate and at half the single-call rate (open loop), the same
-latencies under a mixed load, jobs/s through the spawned plugin on one
+the batched rate (each job sent alone on one of 4 EnqueueStream calls) and
+at half the single-call rate (one Enqueue call per job), open loop, the
+same latencies under a mixed load, jobs/s through the spawned plugin on one
 ExecuteJob call per attempt and through one plugin instance that
 connected in (each a ratio to the spawned one), 50 ms jobs through one and three
 connected-in instances of 4 slots (ratio three ÷ one), and the cost of
@@ -762,7 +772,7 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
             // then while they are read back: the lines carry their times).
             let cpu_timeline = a.trace.is_some().then(|| CpuTimeline::start(server_pid));
             let (samples, latency_cpu) = bench
-                .start_latency(rate / 2.0, secs, server_pid)
+                .start_latency(rate / 2.0, secs, server_pid, LATENCY_ARRIVAL)
                 .await
                 .map_err(failed("jobs latency"))?;
             if let (Some(path), Some(timeline)) = (&a.trace, cpu_timeline) {
@@ -861,7 +871,7 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
                 "/s",
             );
             let (samples, single_cpu) = bench
-                .start_latency(single / 2.0, secs, server_pid)
+                .start_latency(single / 2.0, secs, server_pid, Arrival::Calls)
                 .await
                 .map_err(failed("jobs latency"))?;
             let h = JobFigures::new(single, single / 2.0, samples);
@@ -951,7 +961,7 @@ fn measure(a: &Args, dir: &Path, with_peer: bool, store: Option<&str>) -> Result
             let label = format!("mixed-{run}");
             let (acks, jobs) = tokio::join!(
                 submit_latency(load.clone(), register_max * 0.4, secs, &label),
-                bench.start_latency(rate * 0.4, secs, server_pid),
+                bench.start_latency(rate * 0.4, secs, server_pid, LATENCY_ARRIVAL),
             );
             let mut acks = acks.map_err(failed("mixed load"))?;
             acks.sort_unstable();

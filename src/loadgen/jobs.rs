@@ -290,13 +290,14 @@ impl JobBench {
         Ok(n as f64 / t.elapsed().as_secs_f64())
     }
 
-    /// Single `Enqueue` calls of the `stamp` handler at `arrival_rate`,
-    /// open loop, for `secs`: each job's times, in send order. Each job's
-    /// latency runs from its scheduled send time (on the clock the stamp
-    /// handler reports in), not from when its task got to run: a sender
-    /// or runtime that falls behind the schedule is queueing delay the job
-    /// sees, so it counts. Also where the CPU went while the jobs were
-    /// sent (the server's when `server` is its process ID).
+    /// Jobs of the `stamp` handler at `arrival_rate`, open loop, for
+    /// `secs`, each sent alone as `arrival` says: each job's times, in
+    /// send order. Each job's latency runs from its scheduled send time
+    /// (on the clock the stamp handler reports in), not from when its task
+    /// got to run: a sender or runtime that falls behind the schedule is
+    /// queueing delay the job sees, so it counts. Also where the CPU went
+    /// while the jobs were sent (the server's when `server` is its process
+    /// ID).
     ///
     /// # Errors
     /// A refused call, or a job that did not succeed.
@@ -305,29 +306,19 @@ impl JobBench {
         arrival_rate: f64,
         secs: f64,
         server: Option<u32>,
+        arrival: Arrival,
     ) -> Result<(Vec<JobSample>, PhaseCpu), String> {
         let count = (arrival_rate * secs).max(1.0) as usize;
         let cpu = CpuReading::now(server);
-        let start = Instant::now();
-        let start_us = now_us();
-        let mut sent = Vec::with_capacity(count);
-        for i in 0..count {
-            let offset = Duration::from_secs_f64(i as f64 / arrival_rate);
-            let scheduled_us = start_us + offset.as_micros() as u64;
-            tokio::time::sleep_until((start + offset).into()).await;
-            let (mut c, stamp) = (self.jobs.clone(), self.stamp.clone());
-            sent.push(tokio::spawn(async move {
-                let called_us = now_us();
-                let id = enqueue_one(&mut c, &stamp, 0).await?;
-                Ok::<_, String>((scheduled_us, called_us, now_us(), id))
-            }));
-        }
+        let sent = match arrival {
+            Arrival::Calls => self.send_calls(arrival_rate, count).await,
+            Arrival::Streams(n) => self.send_on_streams(arrival_rate, count, n).await,
+        };
         // The load while the jobs arrive, not while they are read back.
         let cpu = cpu.since(count as f64);
         let mut jobs = self.jobs.clone();
         let mut samples = Vec::with_capacity(count);
-        for s in sent {
-            let (scheduled, called, acked, id) = s.await.map_err(|e| e.to_string())??;
+        for (scheduled, called, acked, id) in sent? {
             let j = wait_done(&mut jobs, &id).await?;
             let started: u64 = String::from_utf8_lossy(&j.result)
                 .parse()
@@ -345,6 +336,64 @@ impl JobBench {
             });
         }
         Ok((samples, cpu))
+    }
+
+    /// `count` single `Enqueue` calls at `arrival_rate`, from the
+    /// schedule's start: each job's (scheduled, called, acknowledged, ID),
+    /// in send order.
+    async fn send_calls(&self, arrival_rate: f64, count: usize) -> Result<Vec<Sent>, String> {
+        let start = Instant::now();
+        let start_us = now_us();
+        let mut sent = Vec::with_capacity(count);
+        for i in 0..count {
+            let offset = Duration::from_secs_f64(i as f64 / arrival_rate);
+            let scheduled_us = start_us + offset.as_micros() as u64;
+            tokio::time::sleep_until((start + offset).into()).await;
+            let (mut c, stamp) = (self.jobs.clone(), self.stamp.clone());
+            sent.push(tokio::spawn(async move {
+                let called_us = now_us();
+                let id = enqueue_one(&mut c, &stamp, 0).await?;
+                Ok::<_, String>((scheduled_us, called_us, now_us(), id))
+            }));
+        }
+        let mut out = Vec::with_capacity(count);
+        for s in sent {
+            out.push(s.await.map_err(|e| e.to_string())??);
+        }
+        Ok(out)
+    }
+
+    /// As [`JobBench::send_calls`], each job a message on one of `streams`
+    /// `EnqueueStream` calls, taken in turn.
+    async fn send_on_streams(
+        &self,
+        arrival_rate: f64,
+        count: usize,
+        streams: usize,
+    ) -> Result<Vec<Sent>, String> {
+        let mut lanes = Vec::with_capacity(streams.max(1));
+        for _ in 0..streams.max(1) {
+            lanes.push(EnqueueLane::open(self.jobs.clone()).await?);
+        }
+        let start = Instant::now();
+        let start_us = now_us();
+        for i in 0..count {
+            let offset = Duration::from_secs_f64(i as f64 / arrival_rate);
+            let scheduled_us = start_us + offset.as_micros() as u64;
+            tokio::time::sleep_until((start + offset).into()).await;
+            let request = proto::EnqueueRequest {
+                handler: self.stamp.to_string(),
+                ..Default::default()
+            };
+            let n = lanes.len();
+            lanes[i % n].send(scheduled_us, request).await?;
+        }
+        let mut out = Vec::with_capacity(count);
+        for lane in lanes {
+            out.extend(lane.finish().await?);
+        }
+        out.sort_unstable_by_key(|s| s.0);
+        Ok(out)
     }
 
     /// What `job wait` waits for: `n` jobs of the `stamp` handler, one
@@ -393,6 +442,88 @@ impl JobBench {
             out.push(t.await.map_err(|e| e.to_string())??);
         }
         Ok(out)
+    }
+}
+
+/// How the latency runs send their jobs, each alone at its scheduled
+/// time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// One `Enqueue` call per job.
+    Calls,
+    /// One message per job on this many `EnqueueStream` calls, in turn.
+    Streams(usize),
+}
+
+/// A job the latency run sent: (scheduled, called, acknowledged) in Unix
+/// µs, and its ID.
+type Sent = (u64, u64, u64, Vec<u8>);
+
+/// One `EnqueueStream` call of a latency run: its requests go in as they
+/// are due, and a task reads the answers, which come in request order.
+struct EnqueueLane {
+    requests: tokio::sync::mpsc::Sender<proto::EnqueueRequest>,
+    /// (scheduled, sent) of each request, in order, for the reader.
+    times: tokio::sync::mpsc::UnboundedSender<(u64, u64)>,
+    answers: tokio::task::JoinHandle<Result<Vec<Sent>, String>>,
+}
+
+impl EnqueueLane {
+    async fn open(mut jobs: JobsClient<AuthedChannel>) -> Result<EnqueueLane, String> {
+        let (requests, rx) = tokio::sync::mpsc::channel(1024);
+        let (times, mut times_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
+        let mut answers = jobs
+            .enqueue_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|s| format!("EnqueueStream: {}", s.message()))?
+            .into_inner();
+        let answers = tokio::spawn(async move {
+            let mut out = Vec::new();
+            while let Some(answer) = answers
+                .message()
+                .await
+                .map_err(|s| format!("EnqueueStream: {}", s.message()))?
+            {
+                let acked = now_us();
+                let (scheduled, called) = times_rx
+                    .recv()
+                    .await
+                    .ok_or("EnqueueStream: an answer to no request")?;
+                let id = match answer.result {
+                    Some(proto::enqueue_stream_response::Result::Accepted(a)) => {
+                        a.job.unwrap_or_default().id
+                    }
+                    Some(proto::enqueue_stream_response::Result::Rejected(e)) => {
+                        return Err(format!("EnqueueStream: {}", e.message));
+                    }
+                    None => return Err("EnqueueStream: an empty answer".into()),
+                };
+                out.push((scheduled, called, acked, id));
+            }
+            Ok(out)
+        });
+        Ok(EnqueueLane {
+            requests,
+            times,
+            answers,
+        })
+    }
+
+    async fn send(&self, scheduled: u64, request: proto::EnqueueRequest) -> Result<(), String> {
+        let called = now_us();
+        // The time goes first: the answer may come before `send` returns.
+        let _ = self.times.send((scheduled, called));
+        self.requests
+            .send(request)
+            .await
+            .map_err(|_| "EnqueueStream: the call ended early".to_owned())
+    }
+
+    /// Ends the call's requests; every answer.
+    async fn finish(self) -> Result<Vec<Sent>, String> {
+        drop(self.requests);
+        drop(self.times);
+        self.answers.await.map_err(|e| e.to_string())?
     }
 }
 

@@ -18,7 +18,7 @@ pub use ceilings::{
 pub use cpu::{CpuReading, MachineCpu, PhaseCpu, process_cpu};
 pub use cpu_timeline::{CPU_INTERVAL, CpuTimeline};
 pub use jobs::{
-    BENCH_PLUGIN_NAME, JobBench, JobFigures, JobSample, StageBreakdown, job_rate,
+    Arrival, BENCH_PLUGIN_NAME, JobBench, JobFigures, JobSample, StageBreakdown, job_rate,
     register_test_plugin,
 };
 pub use registrations::{registration_rate, registration_stream_rate, submit_latency};

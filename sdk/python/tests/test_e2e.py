@@ -107,6 +107,21 @@ def test_client_calls_and_errors(server, client):
     with pytest.raises(PulseError) as e:
         client.enqueue("echo", None, priority=12)
     assert e.value.code == "invalid_priority"
+    # One call, each job answered in its place, in order, once durable.
+    streamed = list(client.enqueue_stream(
+        {"handler": "echo", "payload": {"n": n}, "priority": p} for n, p in [(4, 1), (5, 12), (6, 2)]
+    ))
+    assert [type(r).__name__ for r in streamed] == ["Job", "PulseError", "Job"]
+    assert streamed[1].code == "invalid_priority"
+    assert streamed[0].id != streamed[2].id
+    again = list(client.enqueue_stream([{"handler": "echo", "idempotency_key": "same"}]))
+    assert again[0].id == a.id
+    answered = []
+    with pytest.raises(PulseError) as e:
+        for r in client.enqueue_stream([{"handler": "echo"}, {"handler": "no-such-handler"}]):
+            answered.append(r)
+    assert e.value.code == "not_found" and len(answered) == 1
+    assert client.wait(answered[0].id, timeout=30).state == "succeeded"
     with pytest.raises(PulseError) as e:
         client.get("00" * 16)
     assert e.value.code == "not_found"
@@ -140,6 +155,13 @@ def test_the_async_client(server):
                                          {"handler": "echo", "priority": 99}])
             assert many[0].state in ("queued", "running", "succeeded")
             assert isinstance(many[1], PulseError) and many[1].code == "invalid_priority"
+
+            async def produce():
+                for n in range(3):
+                    yield {"handler": "echo", "payload": {"s": n}, "priority": 12 if n == 1 else 0}
+
+            streamed = [r async for r in c.enqueue_stream(produce())]
+            assert [type(r).__name__ for r in streamed] == ["Job", "PulseError", "Job"]
             listed = [j async for j in c.list(handler="echo", limit=3)]
             assert len(listed) == 3
 

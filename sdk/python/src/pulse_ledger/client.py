@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as _dt
 import ipaddress
 import json
+from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterable, Iterator
 from urllib.parse import urlparse
@@ -200,6 +201,21 @@ def _list_page(
     )
 
 
+def _stream_result(answer: jobs.EnqueueStreamResponse) -> Job | PulseError:
+    if answer.WhichOneof("result") == "accepted":
+        return Job._of(answer.accepted.job)
+    return PulseError(answer.rejected.code, answer.rejected.message)
+
+
+async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
 def _enqueue_request(did: str, payload: Any = None, **kw: Any) -> jobs.EnqueueRequest:
     run_at = _ms(kw.pop("run_at", None))
     delay = kw.pop("delay", None)
@@ -303,6 +319,34 @@ class Client:
             else:
                 out.append(PulseError(res.rejected.code, res.rejected.message))
         return out
+
+    def enqueue_stream(self, items: Iterable[dict[str, Any]]) -> Iterator[Job | PulseError]:
+        """Enqueues each item (a dict of enqueue's arguments) as it is taken
+        from `items` (a generator, a queue), all on one call, and yields one
+        result per item, in order, each once its job is durable: the job,
+        or the PulseError that refused it. For a producer of many jobs one
+        at a time: no call per job, and no batch that waits to fill. The
+        server reads at most 64 jobs ahead of the answers. An item whose
+        handler name does not resolve ends the stream after the answers to
+        the items before it, and its error is raised then."""
+        failed: list[BaseException] = []
+
+        def requests() -> Iterator[jobs.EnqueueRequest]:
+            for item in items:
+                try:
+                    request = self._request(**dict(item))
+                except Exception as e:  # raised to the caller once the answers are in
+                    failed.append(e)
+                    return
+                yield request
+
+        try:
+            for answer in self._jobs.EnqueueStream(requests(), metadata=self._metadata):
+                yield _stream_result(answer)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        if failed:
+            raise failed[0]
 
     def get(self, job_id: str) -> Job:
         """One job."""
@@ -464,6 +508,31 @@ class AsyncClient:
             else PulseError(res.rejected.code, res.rejected.message)
             for res in r.results
         ]
+
+    async def enqueue_stream(
+        self, items: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]]
+    ) -> AsyncIterator[Job | PulseError]:
+        """As Client.enqueue_stream; `items` may be an async iterable."""
+        failed: list[BaseException] = []
+
+        async def requests() -> AsyncIterator[jobs.EnqueueRequest]:
+            async for item in _aiter(items):
+                try:
+                    item = dict(item)
+                    did = await self.handler_did(item.pop("handler"))
+                    request = _enqueue_request(did, **item)
+                except Exception as e:  # raised to the caller once the answers are in
+                    failed.append(e)
+                    return
+                yield request
+
+        try:
+            async for answer in self._jobs.EnqueueStream(requests(), metadata=self._metadata):
+                yield _stream_result(answer)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        if failed:
+            raise failed[0]
 
     async def get(self, job_id: str) -> Job:
         r = await self._call(self._jobs.GetJob, jobs.GetJobRequest(id=_job_id(job_id)))

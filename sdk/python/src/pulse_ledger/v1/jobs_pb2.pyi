@@ -134,6 +134,16 @@ class EnqueueResult(_message.Message):
     rejected: JobError
     def __init__(self, accepted: _Optional[_Union[EnqueueResponse, _Mapping]] = ..., rejected: _Optional[_Union[JobError, _Mapping]] = ...) -> None: ...
 
+class EnqueueStreamResponse(_message.Message):
+    __slots__ = ("position", "accepted", "rejected")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    accepted: EnqueueResponse
+    rejected: JobError
+    def __init__(self, position: _Optional[int] = ..., accepted: _Optional[_Union[EnqueueResponse, _Mapping]] = ..., rejected: _Optional[_Union[JobError, _Mapping]] = ...) -> None: ...
+
 class EnqueueBatchResponse(_message.Message):
     __slots__ = ("results",)
     RESULTS_FIELD_NUMBER: _ClassVar[int]

@@ -44,6 +44,11 @@ class JobsStub:
                 request_serializer=pulse__ledger_dot_v1_dot_jobs__pb2.EnqueueBatchRequest.SerializeToString,
                 response_deserializer=pulse__ledger_dot_v1_dot_jobs__pb2.EnqueueBatchResponse.FromString,
                 _registered_method=True)
+        self.EnqueueStream = channel.stream_stream(
+                '/pulse_ledger.v1.Jobs/EnqueueStream',
+                request_serializer=pulse__ledger_dot_v1_dot_jobs__pb2.EnqueueRequest.SerializeToString,
+                response_deserializer=pulse__ledger_dot_v1_dot_jobs__pb2.EnqueueStreamResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/pulse_ledger.v1.Jobs/GetJob',
                 request_serializer=pulse__ledger_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
@@ -147,6 +152,20 @@ class JobsServicer:
     def EnqueueBatch(self, request, context):
         """Enqueues up to 1,000 jobs under one fsync; one result per request, in
         order. Scope: enqueue, judged per job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnqueueStream(self, request_iterator, context):
+        """Enqueues each job of the stream as it arrives, like Enqueue, and answers
+        each one in request order once it is fsynced (jobs arriving together
+        share an fsync with each other and with other callers' jobs). A job
+        that is rejected is answered in its place and the stream goes on; a
+        message that cannot be read ends the stream with its error, after the
+        answers to the jobs before it. At most 64 jobs are in flight per stream
+        (the server stops reading until earlier ones are answered). Scope:
+        enqueue, judged per job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -304,6 +323,11 @@ def add_JobsServicer_to_server(servicer, server):
                     request_deserializer=pulse__ledger_dot_v1_dot_jobs__pb2.EnqueueBatchRequest.FromString,
                     response_serializer=pulse__ledger_dot_v1_dot_jobs__pb2.EnqueueBatchResponse.SerializeToString,
             ),
+            'EnqueueStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.EnqueueStream,
+                    request_deserializer=pulse__ledger_dot_v1_dot_jobs__pb2.EnqueueRequest.FromString,
+                    response_serializer=pulse__ledger_dot_v1_dot_jobs__pb2.EnqueueStreamResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=pulse__ledger_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
@@ -444,6 +468,33 @@ class Jobs:
             '/pulse_ledger.v1.Jobs/EnqueueBatch',
             pulse__ledger_dot_v1_dot_jobs__pb2.EnqueueBatchRequest.SerializeToString,
             pulse__ledger_dot_v1_dot_jobs__pb2.EnqueueBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnqueueStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/pulse_ledger.v1.Jobs/EnqueueStream',
+            pulse__ledger_dot_v1_dot_jobs__pb2.EnqueueRequest.SerializeToString,
+            pulse__ledger_dot_v1_dot_jobs__pb2.EnqueueStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
