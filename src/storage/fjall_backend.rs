@@ -11,6 +11,7 @@ use std::time::Duration;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
 use super::idle_flush::{IdleFlush, Observation};
+use super::last_owner::LastOwner;
 use super::{
     Backend, Entries, KeyRange, Order, ReadView, Snapshot, SpaceId, StorageError, WriteBatch,
     WriteOp, Written, short_hex,
@@ -293,25 +294,32 @@ impl FjallBackend {
         if options.is_some() {
             let weak = Arc::downgrade(&inner);
             let pacer = std::thread::Builder::new()
-                .name("fjall-idle-flush".into())
+                .name("fjall-upkeep".into())
                 .spawn(move || flush_idle_memtables(&weak))
-                .map_err(|e| storage("starting the idle-flush thread", e))?;
+                .map_err(|e| storage("starting the storage upkeep thread", e))?;
             *lock(&inner.pacer) = Some(pacer);
         }
         Ok(FjallBackend(inner))
     }
 }
 
-/// How often the idle-flush thread looks, and how long a memtable must
-/// stay unwritten before it is flushed early ([`IdleFlush`]).
-const IDLE_FLUSH_TICK: Duration = Duration::from_millis(250);
+/// How often the upkeep thread looks at the memtables: often enough to
+/// see each one while it is active (a busy space fills one in ~0.5 s) and
+/// to free a flushed one soon after fjall lets go of it ([`LastOwner`]).
+const UPKEEP_TICK: Duration = Duration::from_millis(50);
+/// Every this many ticks it may flush one idle memtable, once it has
+/// stayed unwritten for `IDLE_FLUSH_AFTER` ([`IdleFlush`]).
+const IDLE_FLUSH_EVERY: u32 = 5;
 const IDLE_FLUSH_AFTER: Duration = Duration::from_secs(2);
 
-/// Flushes the memtables of spaces that stopped being written, one per
-/// tick, until the backend is dropped.
+/// Until the backend is dropped: holds every memtable so that it is freed
+/// here rather than under fjall's locks, and flushes the memtables of
+/// spaces that stopped being written, one at a time.
 fn flush_idle_memtables(inner: &std::sync::Weak<Inner>) {
     use fjall::AbstractTree as _;
     let mut policy = IdleFlush::new(IDLE_FLUSH_AFTER);
+    let mut owner = LastOwner::default();
+    let mut tick = 0u32;
     loop {
         let Some(inner) = inner.upgrade() else {
             return;
@@ -320,7 +328,7 @@ fn flush_idle_memtables(inner: &std::sync::Weak<Inner>) {
             let health = lock(&inner.health);
             let (_health, _) = inner
                 .closing
-                .wait_timeout_while(health, IDLE_FLUSH_TICK, |_| {
+                .wait_timeout_while(health, UPKEEP_TICK, |_| {
                     !inner.closed.load(Ordering::Acquire)
                 })
                 .unwrap_or_else(|p| p.into_inner());
@@ -339,14 +347,22 @@ fn flush_idle_memtables(inner: &std::sync::Weak<Inner>) {
             .clone();
         let observed: Vec<Observation> = handles
             .iter()
-            .map(|ks| {
+            .enumerate()
+            .map(|(i, ks)| {
                 let memtable = ks.tree.active_memtable();
-                Observation {
+                let seen = Observation {
                     memtable: memtable.id(),
                     highest_seqno: memtable.get_highest_seqno(),
-                }
+                };
+                owner.hold(i, memtable);
+                seen
             })
             .collect();
+        owner.release_unshared();
+        tick = tick.wrapping_add(1);
+        if tick % IDLE_FLUSH_EVERY != 0 {
+            continue;
+        }
         if let Some(i) = policy.choose(std::time::Instant::now(), &observed) {
             // `rotate_memtable` is hidden from fjall's docs but public: it
             // seals the memtable and queues its flush, as the journal

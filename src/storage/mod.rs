@@ -15,6 +15,7 @@
 
 mod fjall_backend;
 mod idle_flush;
+mod last_owner;
 pub mod postgres;
 mod range;
 
