@@ -840,9 +840,35 @@ async fn revoked_tokens_lose_their_streams_and_strangers_learn_nothing() {
         .unwrap()
         .into_inner();
     assert!(!stream.message().await.unwrap().unwrap().state.is_empty());
+    // So does an EnqueueStream: the token is checked again as jobs arrive.
+    let (requests, rx) = tokio::sync::mpsc::channel(4);
+    let mut enqueues = jobs
+        .enqueue_stream(with_token(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            &watcher,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    requests
+        .send(enqueue_req(&h.did, "before the reload"))
+        .await
+        .unwrap();
+    let first = enqueues.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.result,
+        Some(proto::enqueue_stream_response::Result::Accepted(_))
+    ));
     std::fs::write(&config, &enqueuer_table).unwrap();
     hup(&server);
     server.metric_reaches(RELOADS_APPLIED, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    requests
+        .send(enqueue_req(&h.did, "after the reload"))
+        .await
+        .unwrap();
+    let e = enqueues.message().await.unwrap_err();
+    assert_eq!(reason(&e), "token_unknown");
     // Updates the job made while the token was still good may come first
     // (the stream is woken by each change); then it ends with the refusal.
     let ended = tokio::time::timeout(Duration::from_secs(10), async {

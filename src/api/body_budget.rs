@@ -3,10 +3,14 @@
 //! a stranger and a 16 MiB upload the way an operator token does
 //! (spec/security.md, "Exhaustion"). All such bodies share one allowance
 //! of bytes; a body that would take the allowance past its size is cut
-//! off with `overloaded`. What is held is the message being received: a
-//! stream of requests (`EnqueueStream`) gives back each message's bytes
-//! once it has arrived whole, so a long stream of small jobs holds no
-//! more than one job's bytes.
+//! off with `overloaded`. A call of one request holds its body until the
+//! body ends, which must be within the timeout of the call's start. A
+//! stream of requests (`EnqueueStream`) holds the message being received
+//! and as many bytes as its largest message so far (what the decoder keeps
+//! reserved for it), each message must arrive whole within the timeout of
+//! its first byte, and a message larger than one job can be is cut off: a
+//! long stream of small jobs holds about one job's bytes, and may idle
+//! between jobs.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -20,12 +24,17 @@ use tonic::codegen::Bytes;
 
 use super::client_counts::ClientCounts;
 
+/// The largest message of a DID caller's stream of requests: a job's
+/// largest payload and room for its other fields. Larger is cut off with
+/// `too_large` (the decoder would reserve it for the stream's life).
+pub(crate) const MAX_STREAMED_REQUEST: usize = crate::pulse::MAX_PAYLOAD_BYTES + 4096;
+
 /// Bytes of request bodies held at once for DID callers, all together.
 pub(crate) const DID_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// Of which one client (address, or IPv6 /64) may hold at most this much.
 pub(crate) const DID_BODY_BYTES_PER_CLIENT: usize = 16 * 1024 * 1024;
-/// Time a DID caller has to send a whole request message, from the start
-/// of the call or from the message's first byte.
+/// Time a DID caller has to send its whole request body (one request), or
+/// each whole message of a stream of requests from its first byte.
 pub(crate) const DID_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The shared allowance.
@@ -52,15 +61,15 @@ impl BodyBudget {
     }
 
     /// `body` of a call from `client`, drawing on the allowance (and the
-    /// client's share of it) as its bytes arrive and giving them back once
-    /// their message has arrived whole, or when the body is dropped (the
-    /// call ends). A message not complete within the timeout (the first
-    /// from the call's start, each later one from its first byte) is cut
-    /// off.
+    /// client's share of it) as its bytes arrive and giving them back when
+    /// it is dropped (the call ends). A body not complete within the
+    /// timeout is cut off. With `stream`, the body is a stream of requests
+    /// instead (see the module's comment).
     pub(crate) fn hold(
         &self,
         body: tonic::body::Body,
         client: Option<IpAddr>,
+        stream: Option<StreamRule>,
     ) -> tonic::body::Body {
         tonic::body::Body::new(Held {
             inner: body,
@@ -68,8 +77,11 @@ impl BodyBudget {
             held: None,
             client: client.map(|c| (super::incoming::client_of(c), 0)),
             budget: self.clone(),
-            deadline: Some(Box::pin(tokio::time::sleep(self.timeout))),
-            framing: Framing::default(),
+            // A stream's deadline starts with each message's first byte.
+            deadline: stream
+                .is_none()
+                .then(|| Box::pin(tokio::time::sleep(self.timeout))),
+            framing: stream.map(|rule| (rule, Framing::default())),
         })
     }
 
@@ -87,10 +99,18 @@ struct Held {
     /// The client and the bytes this body holds of its share.
     client: Option<(IpAddr, usize)>,
     budget: BodyBudget,
-    /// When the message being received must be whole; none between
-    /// messages.
+    /// When the body (or, on a stream, the message being received) must
+    /// be whole; none between a stream's messages.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    framing: Framing,
+    /// For a stream of requests: its rule, and where it is in its messages.
+    framing: Option<(StreamRule, Framing)>,
+}
+
+/// How a stream of requests is held.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StreamRule {
+    /// The largest message (prefix included) a request may be.
+    pub(crate) max_message: usize,
 }
 
 /// Where a body is in its gRPC messages: each is a 5-byte prefix (a flag,
@@ -103,11 +123,16 @@ struct Framing {
     left: usize,
     /// Bytes of the message being received that have arrived.
     partial: usize,
+    /// The largest message so far, prefix included.
+    largest: usize,
+    /// The largest length a prefix so far declared, prefix included.
+    declared: usize,
 }
 
 impl Framing {
-    /// Follows `data` through the messages.
-    fn feed(&mut self, mut data: &[u8]) {
+    /// Follows `data` through the messages; how many it completed.
+    fn feed(&mut self, mut data: &[u8]) -> usize {
+        let mut completed = 0;
         while !data.is_empty() {
             let take = if self.prefix_len < 5 {
                 let take = (5 - self.prefix_len).min(data.len());
@@ -121,6 +146,7 @@ impl Framing {
                         self.prefix[4],
                     ];
                     self.left = u32::from_be_bytes(len) as usize;
+                    self.declared = self.declared.max(5 + self.left);
                 }
                 take
             } else {
@@ -132,10 +158,13 @@ impl Framing {
             data = &data[take..];
             if self.prefix_len == 5 && self.left == 0 {
                 // Whole: the next byte starts the next message.
+                self.largest = self.largest.max(self.partial);
                 self.prefix_len = 0;
                 self.partial = 0;
+                completed += 1;
             }
         }
+        completed
     }
 }
 
@@ -147,6 +176,10 @@ impl Drop for Held {
     }
 }
 
+fn too_large(message: &str) -> tonic::Status {
+    super::normalize::refusal(tonic::Code::ResourceExhausted, "too_large", message)
+}
+
 fn overloaded(message: String) -> tonic::Status {
     super::status::to_status(&crate::ledger::LedgerError::Ledger {
         code: crate::ledger::LedgerErrorCode::Overloaded,
@@ -155,11 +188,23 @@ fn overloaded(message: String) -> tonic::Status {
 }
 
 impl Held {
-    /// Gives back the bytes of the messages that arrived whole, keeping
-    /// those of the one being received, and times that one from its first
-    /// byte.
-    fn release_whole_messages(&mut self) {
-        let keep = self.framing.partial;
+    /// On a stream of requests: refuses a message larger than a request
+    /// may be, gives back the bytes beyond those of the message being
+    /// received and of the largest one so far, and times each message from
+    /// its first byte.
+    fn follow_messages(&mut self, data: &[u8]) -> Result<(), tonic::Status> {
+        let Some((rule, framing)) = &mut self.framing else {
+            return Ok(());
+        };
+        let completed = framing.feed(data);
+        if framing.declared > rule.max_message {
+            return Err(too_large(&format!(
+                "a DID caller's streamed request is at most {} bytes, not {}",
+                rule.max_message, framing.declared
+            )));
+        }
+        let (partial, largest) = (framing.partial, framing.largest);
+        let keep = partial.max(largest);
         if let Some(permit) = &mut self.held {
             let whole = permit.num_permits().saturating_sub(keep);
             if whole > 0 {
@@ -173,11 +218,13 @@ impl Held {
                 *held -= whole;
             }
         }
-        if keep == 0 {
+        if partial == 0 {
             self.deadline = None;
-        } else if self.deadline.is_none() {
+        } else if completed > 0 || self.deadline.is_none() {
+            // A message began in this frame: its own time starts now.
             self.deadline = Some(Box::pin(tokio::time::sleep(self.budget.timeout)));
         }
+        Ok(())
     }
 }
 
@@ -234,8 +281,9 @@ impl Body for Held {
                     )))));
                 }
             }
-            this.framing.feed(data);
-            this.release_whole_messages();
+            if let Err(e) = this.follow_messages(data) {
+                return Poll::Ready(Some(Err(e)));
+            }
         }
         Poll::Ready(Some(Ok(frame)))
     }
@@ -253,6 +301,10 @@ impl Body for Held {
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    const STREAM: Option<StreamRule> = Some(StreamRule {
+        max_message: 100_000,
+    });
 
     /// A body in frames of `chunks` bytes that are all one message, which
     /// they leave one byte short: an upload that has not finished.
@@ -312,45 +364,110 @@ mod tests {
         let bytes = messages(&[200; 20]);
         let cuts: Vec<usize> = (1..bytes.len()).step_by(97).collect();
         let client = Some(IpAddr::from([192, 0, 2, 9]));
-        let mut body = budget.hold(chopped(&bytes, &cuts, false), client);
+        let mut body = budget.hold(chopped(&bytes, &cuts, false), client, STREAM);
         let mut seen = 0;
         while let Some(frame) = body.frame().await {
             seen += frame.unwrap().into_data().unwrap().len();
-            // What is held is the part of the message in flight.
+            // What is held is the message in flight, or the largest one
+            // so far (the decoder keeps that much reserved).
             let framed = 205;
             let held = 1000 - budget.available();
-            assert_eq!(held, seen % framed, "after {seen} bytes");
+            assert_eq!(held, seen.min(framed), "after {seen} bytes");
         }
         assert_eq!(seen, bytes.len());
+        drop(body);
         assert_eq!(budget.available(), 1000);
         // A message larger than the client's share is still cut off.
-        let mut big = budget.hold(chopped(&messages(&[700]), &[300], false), client);
+        let mut big = budget.hold(chopped(&messages(&[700]), &[300], false), client, STREAM);
         big.frame().await.unwrap().unwrap();
         assert!(big.frame().await.unwrap().is_err());
         drop(big);
         assert_eq!(budget.available(), 1000);
+        // So is one larger than a request may be, from its prefix on.
+        let rule = Some(StreamRule { max_message: 300 });
+        let mut huge = budget.hold(chopped(&messages(&[400]), &[10], false), client, rule);
+        let e = huge.frame().await.unwrap().unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().starts_with("too_large: "), "{}", e.message());
+    }
+
+    #[tokio::test]
+    async fn one_request_is_held_whole_until_its_body_ends() {
+        let budget = BodyBudget::new(1000, 1000, std::time::Duration::from_millis(50));
+        let mut one = budget.hold(chopped(&messages(&[100, 100]), &[50], false), None, None);
+        while let Some(frame) = one.frame().await {
+            frame.unwrap();
+        }
+        assert_eq!(budget.available(), 1000 - 210);
+        drop(one);
+        // A whole message whose body never ends is still cut off.
+        let mut open = budget.hold(chopped(&messages(&[10]), &[], true), None, None);
+        open.frame().await.unwrap().unwrap();
+        let cut = open.frame().await.unwrap().unwrap_err();
+        assert!(cut.message().contains("within"), "{}", cut.message());
     }
 
     #[tokio::test]
     async fn a_stream_may_idle_between_messages_but_not_inside_one() {
         let budget = BodyBudget::new(1000, 1000, std::time::Duration::from_millis(50));
+        let patience = std::time::Duration::from_millis(300);
+        let never =
+            tonic::body::Body::new(http_body_util::StreamBody::new(tokio_stream::pending::<
+                Result<Frame<Bytes>, std::convert::Infallible>,
+            >()));
+        let mut quiet = budget.hold(never, None, STREAM);
+        let waited = tokio::time::timeout(patience, quiet.frame()).await;
+        assert!(
+            waited.is_err(),
+            "a stream before its first message is not cut off"
+        );
         let whole = messages(&[10]);
-        let mut idle = budget.hold(chopped(&whole, &[], true), None);
+        let mut idle = budget.hold(chopped(&whole, &[], true), None, STREAM);
         idle.frame().await.unwrap().unwrap();
-        let waited =
-            tokio::time::timeout(std::time::Duration::from_millis(300), idle.frame()).await;
+        let waited = tokio::time::timeout(patience, idle.frame()).await;
         assert!(waited.is_err(), "a stream between messages is not cut off");
         // Half a message, then nothing: cut off.
-        let mut half = budget.hold(chopped(&messages(&[10, 10])[..20], &[], true), None);
+        let half_bytes = &messages(&[10, 10])[..20];
+        let mut half = budget.hold(chopped(half_bytes, &[], true), None, STREAM);
         half.frame().await.unwrap().unwrap();
         let cut = half.frame().await.unwrap().unwrap_err();
-        assert!(cut.message().contains("whole within"), "{}", cut.message());
+        assert!(cut.message().contains("within"), "{}", cut.message());
+    }
+
+    #[tokio::test]
+    async fn each_message_of_a_stream_has_its_own_time() {
+        // Frames at 0, 150 and 300 ms against a timeout of 200 ms: the
+        // second frame ends the first message and starts the second, whose
+        // time runs from then, so nothing is late.
+        let budget = BodyBudget::new(1000, 1000, std::time::Duration::from_millis(200));
+        let bytes = messages(&[20, 20]);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let frames = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut body = budget.hold(
+            tonic::body::Body::new(http_body_util::StreamBody::new(frames)),
+            None,
+            STREAM,
+        );
+        let gap = std::time::Duration::from_millis(150);
+        let sender = tokio::spawn(async move {
+            for part in [&bytes[..10], &bytes[10..35], &bytes[35..]] {
+                let frame = Frame::data(Bytes::copy_from_slice(part));
+                tx.send(Ok::<_, std::convert::Infallible>(frame))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(gap).await;
+            }
+        });
+        for _ in 0..3 {
+            body.frame().await.unwrap().unwrap();
+        }
+        sender.await.unwrap();
     }
 
     #[tokio::test]
     async fn bodies_share_the_allowance_and_give_it_back() {
         let budget = BodyBudget::new(1000, 1000, std::time::Duration::from_secs(30));
-        let mut a = budget.hold(body(&[400, 400]), None);
+        let mut a = budget.hold(body(&[400, 400]), None, None);
         assert_eq!(
             a.frame().await.unwrap().unwrap().into_data().unwrap().len(),
             400
@@ -361,7 +478,7 @@ mod tests {
         );
         assert_eq!(budget.available(), 200);
         // A second body past the allowance is cut off with `overloaded`.
-        let mut b = budget.hold(body(&[100, 300]), None);
+        let mut b = budget.hold(body(&[100, 300]), None, None);
         b.frame().await.unwrap().unwrap();
         let e = b.frame().await.unwrap().unwrap_err();
         assert_eq!(e.code(), tonic::Code::ResourceExhausted);
@@ -377,15 +494,15 @@ mod tests {
             Some(IpAddr::from([192, 0, 2, 1])),
             Some(IpAddr::from([192, 0, 2, 2])),
         );
-        let mut a = budget.hold(body(&[400, 200]), x);
+        let mut a = budget.hold(body(&[400, 200]), x, None);
         a.frame().await.unwrap().unwrap();
         // The same client's next bytes go past its share; another's do not.
-        let mut b = budget.hold(body(&[200]), x);
+        let mut b = budget.hold(body(&[200]), x, None);
         assert!(b.frame().await.unwrap().is_err());
-        let mut c = budget.hold(body(&[200]), y);
+        let mut c = budget.hold(body(&[200]), y, None);
         c.frame().await.unwrap().unwrap();
         drop((a, b));
-        let mut d = budget.hold(body(&[400]), x);
+        let mut d = budget.hold(body(&[400]), x, None);
         d.frame().await.unwrap().unwrap();
         // A body that does not finish in time is cut off.
         let slow = BodyBudget::new(1000, 1000, std::time::Duration::from_millis(50));
@@ -393,7 +510,7 @@ mod tests {
             tonic::body::Body::new(http_body_util::StreamBody::new(tokio_stream::pending::<
                 Result<Frame<Bytes>, std::convert::Infallible>,
             >()));
-        let mut e = slow.hold(never, x);
+        let mut e = slow.hold(never, x, None);
         let cut = e.frame().await.unwrap().unwrap_err();
         assert!(cut.message().contains("within"), "{}", cut.message());
     }

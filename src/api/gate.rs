@@ -12,7 +12,7 @@ use tonic::codegen::Service;
 use tonic::codegen::http::{Request, Response};
 use tonic::server::NamedService;
 
-use super::body_budget::BodyBudget;
+use super::body_budget::{BodyBudget, MAX_STREAMED_REQUEST, StreamRule};
 use super::status::auth_status;
 use crate::auth::AccessCell;
 
@@ -57,6 +57,10 @@ where
 
     fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
         let method = req.uri().path().rsplit('/').next().unwrap_or_default();
+        // The one call whose body is a stream of requests.
+        let stream = (method == "EnqueueStream").then_some(StreamRule {
+            max_message: MAX_STREAMED_REQUEST,
+        });
         let header = req.headers().get("authorization").map(|v| v.as_bytes());
         let verdict = self
             .access
@@ -77,7 +81,7 @@ where
         let req = match &self.bodies {
             Some(bodies) if stranger => {
                 let client = super::streams::peer_of(&req).map(|a| a.ip());
-                req.map(|b| bodies.hold(b, client))
+                req.map(|b| bodies.hold(b, client, stream))
             }
             _ => req,
         };

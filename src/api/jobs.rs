@@ -718,10 +718,17 @@ impl Jobs for JobsService {
         let grant = self.grant(&request)?;
         let peer = request.remote_addr();
         let trace = crate::telemetry::rpc_trace(&request);
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes().to_vec());
         Ok(Response::new(self.stream_enqueues(
-            grant,
-            peer,
-            trace,
+            enqueue_stream::Caller {
+                grant,
+                header,
+                peer,
+                trace,
+            },
             request.into_inner(),
         )))
     }

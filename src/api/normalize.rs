@@ -49,7 +49,7 @@ pub(crate) fn renamed(status: &str, message: &str) -> Option<(tonic::Code, &'sta
 
 /// The refusal for a renamed failure: the code as message prefix and as
 /// ErrorInfo reason.
-fn refusal(code: tonic::Code, reason: &str, message: &str) -> tonic::Status {
+pub(crate) fn refusal(code: tonic::Code, reason: &str, message: &str) -> tonic::Status {
     tonic::Status::with_error_details(
         code,
         format!("{reason}: {message}"),

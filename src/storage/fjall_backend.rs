@@ -336,6 +336,9 @@ fn flush_idle_memtables(inner: &std::sync::Weak<Inner>) {
                 return;
             }
         }
+        // Freed first, holding nothing of the database: a reopen waits
+        // for readers of the old one to let go.
+        owner.release_unshared();
         // While the database is being reopened there is nothing to flush.
         let Ok(open) = inner.current() else {
             continue;
@@ -358,7 +361,6 @@ fn flush_idle_memtables(inner: &std::sync::Weak<Inner>) {
                 seen
             })
             .collect();
-        owner.release_unshared();
         tick = tick.wrapping_add(1);
         if tick % IDLE_FLUSH_EVERY != 0 {
             continue;

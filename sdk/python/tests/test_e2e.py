@@ -121,6 +121,16 @@ def test_client_calls_and_errors(server, client):
         for r in client.enqueue_stream([{"handler": "echo"}, {"handler": "no-such-handler"}]):
             answered.append(r)
     assert e.value.code == "not_found" and len(answered) == 1
+
+    def broken():
+        yield {"handler": "echo"}
+        raise KeyError("the producer's own error")
+
+    answered = []
+    with pytest.raises(KeyError):
+        for r in client.enqueue_stream(broken()):
+            answered.append(r)
+    assert len(answered) == 1
     assert client.wait(answered[0].id, timeout=30).state == "succeeded"
     with pytest.raises(PulseError) as e:
         client.get("00" * 16)

@@ -13,10 +13,22 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::{BoxStream, JobsService, enqueue_units, job_error, job_status};
+use super::{BoxStream, JobsService, WATCH_POLL_MS, enqueue_units, job_error, job_status};
 use crate::api::proto;
 use crate::auth::Grant;
 use crate::pulse::{Job, JobError};
+
+/// Who opened the stream, and how to check them again.
+pub(in crate::api) struct Caller {
+    pub grant: Arc<Grant>,
+    /// The call's `authorization` header: the token is checked again as
+    /// the stream goes on, so one revoked (or a DID token expired) while
+    /// the stream is open enqueues nothing more.
+    pub header: Option<Vec<u8>>,
+    pub peer: Option<std::net::SocketAddr>,
+    /// The trace the call carried, given to each job.
+    pub trace: Option<String>,
+}
 
 /// Jobs of one stream read and not yet answered. The reader stops there
 /// until the oldest is answered, so a stream holds bounded memory however
@@ -28,8 +40,9 @@ enum Answer {
     /// Refused before the store (a rule of the request, the caller's
     /// scope or allowance).
     Refused(Status),
-    /// Handed to the group commit; its outcome comes here.
-    Stored(oneshot::Receiver<Result<(Job, bool), JobError>>),
+    /// Handed to the group commit; its outcome comes here, answered as
+    /// the grant it was checked with may see it.
+    Stored(oneshot::Receiver<Result<(Job, bool), JobError>>, Arc<Grant>),
     /// The stream cannot go on (a message that cannot be read, or the
     /// server is stopping): this ends it, after the answers before it.
     End(Status),
@@ -40,22 +53,32 @@ fn unavailable() -> Status {
 }
 
 impl JobsService {
-    /// Serves one `EnqueueStream` call for `grant`.
+    /// Serves one `EnqueueStream` call for `caller`.
     pub(super) fn stream_enqueues(
         &self,
-        grant: Arc<Grant>,
-        peer: Option<std::net::SocketAddr>,
-        trace: Option<String>,
+        mut caller: Caller,
         mut inbound: Streaming<proto::EnqueueRequest>,
     ) -> BoxStream<proto::EnqueueStreamResponse> {
         let (pending_tx, mut pending_rx) = mpsc::channel::<Answer>(STREAM_IN_FLIGHT);
         let (out_tx, out_rx) = mpsc::channel(STREAM_IN_FLIGHT);
         let reader = self.clone();
-        let reader_grant = Arc::clone(&grant);
         tokio::spawn(async move {
+            let recheck = std::time::Duration::from_millis(WATCH_POLL_MS);
+            let mut checked = std::time::Instant::now();
             while let Some(item) = inbound.next().await {
+                if checked.elapsed() >= recheck {
+                    checked = std::time::Instant::now();
+                    match reader.access.authenticate(caller.header.as_deref()) {
+                        Ok(grant) => caller.grant = grant,
+                        Err(e) => {
+                            let refused = reader.refuse(&e, caller.peer);
+                            let _ = pending_tx.send(Answer::End(refused)).await;
+                            return;
+                        }
+                    }
+                }
                 let answer = match item {
-                    Ok(req) => reader.stream_one(&req, &reader_grant, peer, &trace).await,
+                    Ok(req) => reader.stream_one(&req, &caller).await,
                     Err(status) => Answer::End(crate::api::normalize::normalize_status(status)),
                 };
                 let end = matches!(answer, Answer::End(_));
@@ -72,12 +95,16 @@ impl JobsService {
                     Answer::Refused(status) => {
                         proto::enqueue_stream_response::Result::Rejected(job_error(&status))
                     }
-                    Answer::Stored(outcome) => match outcome.await {
+                    Answer::Stored(outcome, grant) => match outcome.await {
                         Ok(Ok((job, existing))) => {
                             writer.wake();
+                            // The caller has the payload it sent; answers
+                            // waiting to be read hold no copy of it.
+                            let mut message = writer.enqueued_message(&grant, &job, existing);
+                            message.payload = Vec::new();
                             proto::enqueue_stream_response::Result::Accepted(
                                 proto::EnqueueResponse {
-                                    job: Some(writer.enqueued_message(&grant, &job, existing)),
+                                    job: Some(message),
                                     existing,
                                 },
                             )
@@ -109,23 +136,18 @@ impl JobsService {
     }
 
     /// Checks one message and hands it to the group commit.
-    async fn stream_one(
-        &self,
-        req: &proto::EnqueueRequest,
-        grant: &Grant,
-        peer: Option<std::net::SocketAddr>,
-        trace: &Option<String>,
-    ) -> Answer {
+    async fn stream_one(&self, req: &proto::EnqueueRequest, caller: &Caller) -> Answer {
+        let (grant, peer) = (&caller.grant, caller.peer);
         let checked = self
             .admit_enqueue(grant, enqueue_units(req.payload.len()), peer)
-            .and_then(|()| self.request(req, grant, peer, trace.clone()));
+            .and_then(|()| self.request(req, grant, peer, caller.trace.clone()));
         let item = match checked {
             Ok(item) => item,
             Err(status) => return Answer::Refused(status),
         };
         let (reply, outcome) = oneshot::channel();
         match self.enqueuer.send((item, reply)).await {
-            Ok(()) => Answer::Stored(outcome),
+            Ok(()) => Answer::Stored(outcome, Arc::clone(grant)),
             Err(_) => Answer::End(unavailable()),
         }
     }

@@ -326,16 +326,32 @@ class Client:
         result per item, in order, each once its job is durable: the job,
         or the PulseError that refused it. For a producer of many jobs one
         at a time: no call per job, and no batch that waits to fill. The
-        server reads at most 64 jobs ahead of the answers. An item whose
-        handler name does not resolve ends the stream after the answers to
-        the items before it, and its error is raised then."""
+        server reads a few dozen jobs ahead of the answers (and keeps 64
+        answers not yet read). Each handler name is looked up once per
+        stream. An item whose handler does not resolve, or an error raised
+        by `items` itself, ends the stream after the answers to the items
+        before it, and that error is raised then."""
         failed: list[BaseException] = []
+        dids: dict[str, str] = {}
 
         def requests() -> Iterator[jobs.EnqueueRequest]:
-            for item in items:
+            # Errors (a name that does not resolve, or the producer's own)
+            # are raised to the caller once the answers before them are in.
+            it = iter(items)
+            while True:
                 try:
-                    request = self._request(**dict(item))
-                except Exception as e:  # raised to the caller once the answers are in
+                    item = dict(next(it))
+                except StopIteration:
+                    return
+                except Exception as e:
+                    failed.append(e)
+                    return
+                try:
+                    name = item.pop("handler")
+                    if name not in dids:
+                        dids[name] = self.handler_did(name)
+                    request = _enqueue_request(dids[name], **item)
+                except Exception as e:
                     failed.append(e)
                     return
                 yield request
@@ -514,14 +530,24 @@ class AsyncClient:
     ) -> AsyncIterator[Job | PulseError]:
         """As Client.enqueue_stream; `items` may be an async iterable."""
         failed: list[BaseException] = []
+        dids: dict[str, str] = {}
 
         async def requests() -> AsyncIterator[jobs.EnqueueRequest]:
-            async for item in _aiter(items):
+            it = _aiter(items).__aiter__()
+            while True:
                 try:
-                    item = dict(item)
-                    did = await self.handler_did(item.pop("handler"))
-                    request = _enqueue_request(did, **item)
-                except Exception as e:  # raised to the caller once the answers are in
+                    item = dict(await it.__anext__())
+                except StopAsyncIteration:
+                    return
+                except Exception as e:
+                    failed.append(e)
+                    return
+                try:
+                    name = item.pop("handler")
+                    if name not in dids:
+                        dids[name] = await self.handler_did(name)
+                    request = _enqueue_request(dids[name], **item)
+                except Exception as e:
                     failed.append(e)
                     return
                 yield request

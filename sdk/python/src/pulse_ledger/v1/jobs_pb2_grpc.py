@@ -160,12 +160,16 @@ class JobsServicer:
     def EnqueueStream(self, request_iterator, context):
         """Enqueues each job of the stream as it arrives, like Enqueue, and answers
         each one in request order once it is fsynced (jobs arriving together
-        share an fsync with each other and with other callers' jobs). A job
-        that is rejected is answered in its place and the stream goes on; a
-        message that cannot be read ends the stream with its error, after the
-        answers to the jobs before it. At most 64 jobs are in flight per stream
-        (the server stops reading until earlier ones are answered). Scope:
-        enqueue, judged per job.
+        share an fsync with each other and with other callers' jobs); an
+        accepted job is answered without its payload. A job that is rejected
+        is answered in its place and the stream goes on; a message that cannot
+        be read ends the stream with its error, after the answers to the jobs
+        before it. The server reads about 64 jobs ahead of its answers and
+        keeps 64 answers the client has not read; past that it stops reading.
+        Scope: enqueue, judged per job; the token is checked again as jobs
+        arrive (at most 200 ms apart), so a revoked or expired one ends the
+        stream. A DID caller's messages are at most 1 MiB + 4 KiB each
+        (spec/security.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
