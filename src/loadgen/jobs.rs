@@ -386,7 +386,11 @@ impl JobBench {
                 ..Default::default()
             };
             let n = lanes.len();
-            lanes[i % n].send(scheduled_us, request).await?;
+            if let Err(e) = lanes[i % n].send(scheduled_us, request).await {
+                // The lane's answers say why its call ended.
+                let lane = lanes.swap_remove(i % n);
+                return Err(lane.finish().await.err().unwrap_or(e));
+            }
         }
         let mut out = Vec::with_capacity(count);
         for lane in lanes {

@@ -295,7 +295,7 @@ impl FjallBackend {
             let weak = Arc::downgrade(&inner);
             let pacer = std::thread::Builder::new()
                 .name("fjall-upkeep".into())
-                .spawn(move || flush_idle_memtables(&weak))
+                .spawn(move || upkeep(&weak))
                 .map_err(|e| storage("starting the storage upkeep thread", e))?;
             *lock(&inner.pacer) = Some(pacer);
         }
@@ -315,7 +315,7 @@ const IDLE_FLUSH_AFTER: Duration = Duration::from_secs(2);
 /// Until the backend is dropped: holds every memtable so that it is freed
 /// here rather than under fjall's locks, and flushes the memtables of
 /// spaces that stopped being written, one at a time.
-fn flush_idle_memtables(inner: &std::sync::Weak<Inner>) {
+fn upkeep(inner: &std::sync::Weak<Inner>) {
     use fjall::AbstractTree as _;
     let mut policy = IdleFlush::new(IDLE_FLUSH_AFTER);
     let mut owner = LastOwner::default();
