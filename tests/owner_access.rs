@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{Key, Serve, handler_register, handler_register_with, key, key_file, next};
-use common::{operator_token, plugin_register, reason, tempdir};
+use common::{operator_token, plugin_register, reason, submit_all, tempdir};
 use pulse_ledger::api::proto::{self, jobs_client::JobsClient, registry_client::RegistryClient};
 use pulse_ledger::{Action, Attestation, HandlerAccess, Member, Right, Schema};
 use tonic::transport::Channel;
@@ -437,16 +437,14 @@ async fn did_callers_enqueue_within_an_allowance() {
     .unwrap();
     let server = Serve::start(&["--config", config.to_str().unwrap()], &dir.join("data"));
     let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
-    for att in [
-        plugin_register(&plugin, "tools"),
-        handler_register(&alice, "alices", &plugin.did),
-    ] {
-        reg.submit(proto::SubmitRequest {
-            envelope: att.envelope().to_vec(),
-        })
-        .await
-        .unwrap();
-    }
+    submit_all(
+        &mut reg,
+        &[
+            plugin_register(&plugin, "tools"),
+            handler_register(&alice, "alices", &plugin.did),
+        ],
+    )
+    .await;
     let channel = JobsClient::connect(server.url.clone()).await.unwrap();
     let mut a = Caller {
         jobs: channel.clone(),
@@ -518,16 +516,14 @@ async fn a_did_callers_stream_may_carry_more_than_its_share_of_body_bytes() {
     std::fs::write(&config, format!("plugin_wait_secs = 600\n{ops_table}")).unwrap();
     let server = Serve::start(&["--config", config.to_str().unwrap()], &dir.join("data"));
     let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
-    for att in [
-        plugin_register(&plugin, "tools"),
-        handler_register(&alice, "alices", &plugin.did),
-    ] {
-        reg.submit(proto::SubmitRequest {
-            envelope: att.envelope().to_vec(),
-        })
-        .await
-        .unwrap();
-    }
+    submit_all(
+        &mut reg,
+        &[
+            plugin_register(&plugin, "tools"),
+            handler_register(&alice, "alices", &plugin.did),
+        ],
+    )
+    .await;
     let mut jobs = JobsClient::connect(server.url.clone()).await.unwrap();
     let token = did_token(&dir, &alice, &server.url);
     // 24 jobs of 1,000,000 bytes: 24 MB on one call.
@@ -567,16 +563,14 @@ async fn hostile_did_tokens_are_refused_by_a_rule_and_change_nothing() {
     std::fs::write(&config, format!("plugin_wait_secs = 600\n{ops_table}")).unwrap();
     let server = Serve::start(&["--config", config.to_str().unwrap()], &dir.join("data"));
     let mut reg = RegistryClient::connect(server.url.clone()).await.unwrap();
-    for att in [
-        plugin_register(&plugin, "tools"),
-        handler_register(&alice, "alices", &plugin.did),
-    ] {
-        reg.submit(proto::SubmitRequest {
-            envelope: att.envelope().to_vec(),
-        })
-        .await
-        .unwrap();
-    }
+    submit_all(
+        &mut reg,
+        &[
+            plugin_register(&plugin, "tools"),
+            handler_register(&alice, "alices", &plugin.did),
+        ],
+    )
+    .await;
     let mut tokens: Vec<String> = Vec::new();
     for entry in std::fs::read_dir("spec/vectors").unwrap() {
         let path = entry.unwrap().path();

@@ -7,7 +7,7 @@
 #[macro_use]
 mod common;
 
-use common::{Backend, reason};
+use common::{Backend, reason, submit_all};
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -33,6 +33,20 @@ fn in_an_hour() -> u64 {
         .unwrap()
         .as_millis() as u64;
     now + 3_600_000
+}
+
+/// A job of `handler` that stays queued: no plugin serves the handlers
+/// these tests make, and a start an hour away keeps it queued (not held
+/// for its plugin) while the API is checked.
+fn queued_req(handler: &Did, priority: u32, key: &str) -> proto::EnqueueRequest {
+    proto::EnqueueRequest {
+        handler: handler.to_string(),
+        payload: b"{}".to_vec(),
+        priority,
+        idempotency_key: key.into(),
+        run_at_ms: in_an_hour(),
+        ..Default::default()
+    }
 }
 
 impl Server {
@@ -769,16 +783,14 @@ async fn jobs_api_enqueues_reads_cancels_and_budgets(backend: Backend) {
     let server = Server::start(&dir, &backend);
     let mut reg = server.client().await;
     let (p, h, gone) = (key("jobs-api-p"), key("jobs-api-h"), key("jobs-api-gone"));
-    for a in [
-        plugin_register(&p, "runner"),
-        handler_register(&h, "python.script", &p.did),
-    ] {
-        reg.submit(proto::SubmitRequest {
-            envelope: a.envelope().to_vec(),
-        })
-        .await
-        .unwrap();
-    }
+    submit_all(
+        &mut reg,
+        &[
+            plugin_register(&p, "runner"),
+            handler_register(&h, "python.script", &p.did),
+        ],
+    )
+    .await;
     let g = handler_register(&gone, "old", &p.did);
     reg.submit(proto::SubmitRequest {
         envelope: g.envelope().to_vec(),
@@ -795,16 +807,7 @@ async fn jobs_api_enqueues_reads_cancels_and_budgets(backend: Backend) {
     let mut jobs = JobsClient::connect(format!("http://{}", server.addr))
         .await
         .unwrap();
-    let req = |handler: &Did, priority: u32, key: &str| proto::EnqueueRequest {
-        handler: handler.to_string(),
-        payload: b"{}".to_vec(),
-        priority,
-        idempotency_key: key.into(),
-        // No plugin serves these handlers: a start an hour away keeps the
-        // jobs queued (not held for their plugin) while the API is checked.
-        run_at_ms: in_an_hour(),
-        ..Default::default()
-    };
+    let req = queued_req;
     let first = jobs
         .enqueue(req(&h.did, 5, "order-1"))
         .await
@@ -1067,28 +1070,18 @@ async fn an_enqueue_stream_answers_each_job_in_order_and_keeps_what_it_acknowled
     let server = Server::start(&dir, &backend);
     let mut reg = server.client().await;
     let (p, h) = (key("stream-p"), key("stream-h"));
-    for a in [
-        plugin_register(&p, "runner"),
-        handler_register(&h, "h", &p.did),
-    ] {
-        reg.submit(proto::SubmitRequest {
-            envelope: a.envelope().to_vec(),
-        })
-        .await
-        .unwrap();
-    }
+    submit_all(
+        &mut reg,
+        &[
+            plugin_register(&p, "runner"),
+            handler_register(&h, "h", &p.did),
+        ],
+    )
+    .await;
     let mut jobs = JobsClient::connect(format!("http://{}", server.addr))
         .await
         .unwrap();
-    // No plugin serves the handler: the jobs stay queued an hour.
-    let req = |handler: &Did, priority: u32, key: &str| proto::EnqueueRequest {
-        handler: handler.to_string(),
-        payload: b"{}".to_vec(),
-        priority,
-        idempotency_key: key.into(),
-        run_at_ms: in_an_hour(),
-        ..Default::default()
-    };
+    let req = queued_req;
     // Rejections are answered in their place and the stream goes on; a
     // key used earlier in the same stream finds that job.
     let mut sent = vec![
@@ -1200,16 +1193,14 @@ async fn finished_jobs_are_pruned_after_the_retention(backend: Backend) {
     let server = Server::start_with(&dir, &backend, &["--job-retention-hours", "0"]);
     let mut reg = server.client().await;
     let (p, h) = (key("ret-p"), key("ret-h"));
-    for a in [
-        plugin_register(&p, "runner"),
-        handler_register(&h, "h", &p.did),
-    ] {
-        reg.submit(proto::SubmitRequest {
-            envelope: a.envelope().to_vec(),
-        })
-        .await
-        .unwrap();
-    }
+    submit_all(
+        &mut reg,
+        &[
+            plugin_register(&p, "runner"),
+            handler_register(&h, "h", &p.did),
+        ],
+    )
+    .await;
     let mut jobs = JobsClient::connect(format!("http://{}", server.addr))
         .await
         .unwrap();

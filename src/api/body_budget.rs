@@ -306,6 +306,12 @@ mod tests {
         max_message: 100_000,
     });
 
+    /// A body that never sends a byte.
+    fn silent() -> tonic::body::Body {
+        let nothing = tokio_stream::pending::<Result<Frame<Bytes>, std::convert::Infallible>>();
+        tonic::body::Body::new(http_body_util::StreamBody::new(nothing))
+    }
+
     /// A body in frames of `chunks` bytes that are all one message, which
     /// they leave one byte short: an upload that has not finished.
     fn body(chunks: &[usize]) -> tonic::body::Body {
@@ -411,11 +417,7 @@ mod tests {
     async fn a_stream_may_idle_between_messages_but_not_inside_one() {
         let budget = BodyBudget::new(1000, 1000, std::time::Duration::from_millis(50));
         let patience = std::time::Duration::from_millis(300);
-        let never =
-            tonic::body::Body::new(http_body_util::StreamBody::new(tokio_stream::pending::<
-                Result<Frame<Bytes>, std::convert::Infallible>,
-            >()));
-        let mut quiet = budget.hold(never, None, STREAM);
+        let mut quiet = budget.hold(silent(), None, STREAM);
         let waited = tokio::time::timeout(patience, quiet.frame()).await;
         assert!(
             waited.is_err(),
@@ -506,11 +508,7 @@ mod tests {
         d.frame().await.unwrap().unwrap();
         // A body that does not finish in time is cut off.
         let slow = BodyBudget::new(1000, 1000, std::time::Duration::from_millis(50));
-        let never =
-            tonic::body::Body::new(http_body_util::StreamBody::new(tokio_stream::pending::<
-                Result<Frame<Bytes>, std::convert::Infallible>,
-            >()));
-        let mut e = slow.hold(never, x, None);
+        let mut e = slow.hold(silent(), x, None);
         let cut = e.frame().await.unwrap().unwrap_err();
         assert!(cut.message().contains("within"), "{}", cut.message());
     }

@@ -595,3 +595,17 @@ macro_rules! serve_on_every_backend {
         }
     };
 }
+
+/// Submits each attestation, in order, through `reg`.
+pub async fn submit_all(
+    reg: &mut pulse_ledger::api::proto::registry_client::RegistryClient<tonic::transport::Channel>,
+    attestations: &[Attestation],
+) {
+    for a in attestations {
+        reg.submit(pulse_ledger::api::proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+}
