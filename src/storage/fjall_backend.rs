@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
 
-use super::idle_flush::{IdleFlush, Observation};
+use super::early_flush::{EarlyFlush, Observation};
 use super::last_owner::LastOwner;
 use super::{
     Backend, Entries, KeyRange, Order, ReadView, Snapshot, SpaceId, StorageError, WriteBatch,
@@ -21,25 +21,41 @@ use super::{
 #[derive(Debug, Clone, Copy)]
 pub struct FjallOptions {
     /// Journal kept before memtables must be flushed (bounds the replay
-    /// after a crash); at least 64 MiB.
+    /// after a crash); at least 64 MiB. fjall seals a journal file and
+    /// starts the next once it passes 64 MB; a limit above that lets the
+    /// sealed file go once the memtables it holds data of are flushed,
+    /// which the upkeep thread does one at a time ([`EarlyFlush`]), instead
+    /// of fjall flushing all of them at the seal.
     pub journal_bytes: u64,
     /// Block cache for reads.
     pub cache_bytes: u64,
     /// Memtable size of each space.
     pub memtable_bytes: u64,
+    /// Size at which compaction splits a space's tables, for spaces
+    /// created by this open (fjall keeps a space's compaction settings
+    /// from its creation).
+    pub table_bytes: u64,
 }
 
 impl Default for FjallOptions {
-    /// Bounded memory and start-up: at most 64 MiB of journal to replay
-    /// after a crash (fjall's minimum), and small memtables per space; the
+    /// Bounded memory and start-up: at most 96 MiB of journal to replay
+    /// after a crash, and small memtables per space; the
     /// fjall defaults (512 MiB journal, 64 MiB per memtable) cost ~1 GB of
     /// RSS and ~9 s of replay at 1M log entries. Small memtables also mean
     /// the journal's limit forces many small flushes, never one large one.
     fn default() -> FjallOptions {
         FjallOptions {
-            journal_bytes: 64 * 1024 * 1024,
+            journal_bytes: 96 * 1024 * 1024,
             cache_bytes: 64 * 1024 * 1024,
             memtable_bytes: 8 * 1024 * 1024,
+            // fjall's default is 64 MiB. Job IDs grow with time, so a
+            // space's new writes overlap only its newest table; with one
+            // large table, each merge of level 0 rewrote all of it (a
+            // 20 MiB table, 80–150 ms of a core, after ten seconds of
+            // jobs), and the larger it grew the longer the merge. Tables
+            // of 8 MiB bound a merge to level 0 and the one or two tables
+            // it overlaps (BENCHMARKS.md, issue 22).
+            table_bytes: 8 * 1024 * 1024,
         }
     }
 }
@@ -244,9 +260,13 @@ fn open_keyspace(
     options: Option<FjallOptions>,
     name: &str,
 ) -> Result<Keyspace, StorageError> {
-    let memtable = options.unwrap_or_default().memtable_bytes;
+    let sizes = options.unwrap_or_default();
     db.keyspace(name, || {
-        KeyspaceCreateOptions::default().max_memtable_size(memtable)
+        KeyspaceCreateOptions::default()
+            .max_memtable_size(sizes.memtable_bytes)
+            .compaction_strategy(Arc::new(
+                fjall::compaction::Leveled::default().with_table_target_size(sizes.table_bytes),
+            ))
     })
     .map_err(|e| storage(&format!("opening the keyspace {name}"), e))
 }
@@ -308,7 +328,8 @@ impl FjallBackend {
 /// to free a flushed one soon after fjall lets go of it ([`LastOwner`]).
 const UPKEEP_TICK: Duration = Duration::from_millis(50);
 /// Every this many ticks it may flush one idle memtable, once it has
-/// stayed unwritten for `IDLE_FLUSH_AFTER` ([`IdleFlush`]).
+/// stayed unwritten for `IDLE_FLUSH_AFTER`, or holds data of a sealed
+/// journal ([`EarlyFlush`]).
 const IDLE_FLUSH_EVERY: u32 = 5;
 const IDLE_FLUSH_AFTER: Duration = Duration::from_secs(2);
 
@@ -317,7 +338,7 @@ const IDLE_FLUSH_AFTER: Duration = Duration::from_secs(2);
 /// spaces that stopped being written, one at a time.
 fn upkeep(inner: &std::sync::Weak<Inner>) {
     use fjall::AbstractTree as _;
-    let mut policy = IdleFlush::new(IDLE_FLUSH_AFTER);
+    let mut policy = EarlyFlush::new(IDLE_FLUSH_AFTER);
     let mut owner = LastOwner::default();
     let mut tick = 0u32;
     loop {
@@ -365,7 +386,8 @@ fn upkeep(inner: &std::sync::Weak<Inner>) {
         if tick % IDLE_FLUSH_EVERY != 0 {
             continue;
         }
-        if let Some(i) = policy.choose(std::time::Instant::now(), &observed) {
+        let journals = open.db.journal_count();
+        if let Some(i) = policy.choose(std::time::Instant::now(), &observed, journals) {
             // `rotate_memtable` is hidden from fjall's docs but public: it
             // seals the memtable and queues its flush, as the journal
             // limit would (fjall is held to 3.1.x in Cargo.toml for it).
@@ -769,6 +791,72 @@ mod tests {
         }
         drop(backend);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A space created by this open splits its tables at `table_bytes`,
+    /// so a merge rewrites only the tables its input overlaps (with one
+    /// table per space, every merge rewrote the whole space).
+    #[test]
+    fn a_space_is_compacted_into_tables_of_the_configured_size() {
+        fn tables_after_compaction(table_bytes: u64) -> usize {
+            let dir = std::env::temp_dir().join(format!(
+                "pulse-fjall-tables-{}-{table_bytes}",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            let mib = 1024 * 1024;
+            let options = FjallOptions {
+                memtable_bytes: mib,
+                table_bytes,
+                ..FjallOptions::default()
+            };
+            let backend = FjallBackend::open(&dir, options).unwrap();
+            let space = backend.open_space("s").unwrap();
+            // 6 MiB of values that do not compress, each memtable's keys
+            // spread over the whole range, so that every table overlaps
+            // the next level's (keys written in order would only move
+            // down).
+            let mut value = vec![0u8; 4096];
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            for i in 0u32..1536 {
+                for byte in value.iter_mut() {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    *byte = state as u8;
+                }
+                let mut batch = WriteBatch::default();
+                batch.ops.push(WriteOp::Put {
+                    space,
+                    key: (i * 37 % 1536).to_be_bytes().to_vec(),
+                    value: value.clone(),
+                });
+                backend.write(batch).unwrap().durable().unwrap();
+            }
+            let open = backend.0.current().unwrap();
+            let handles = open.handles.read().unwrap();
+            let keyspace = handle(&handles, space).unwrap();
+            keyspace.rotate_memtable_and_wait().unwrap();
+            // fjall merges level 0 into the next level on its own once it
+            // holds 4 tables.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let below_l0 = || keyspace.table_count() - keyspace.l0_table_count();
+            while (keyspace.l0_table_count() >= 4 || below_l0() == 0)
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let tables = below_l0();
+            drop(handles);
+            drop((open, backend));
+            let _ = std::fs::remove_dir_all(&dir);
+            tables
+        }
+        // The tables below level 0: 4 MiB or more merged in tables of
+        // 1 MiB, against one table at fjall's default.
+        let small = tables_after_compaction(1024 * 1024);
+        assert!(small >= 4, "{small} tables");
+        assert_eq!(tables_after_compaction(64 * 1024 * 1024), 1);
     }
 
     fn put(space: SpaceId, key: &[u8]) -> WriteBatch {

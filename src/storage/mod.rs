@@ -13,8 +13,8 @@
 //! Backends: [`FjallBackend`] (embedded, the default: a data dir) and
 //! [`PostgresBackend`] (the same contract on a PostgreSQL server).
 
+mod early_flush;
 mod fjall_backend;
-mod idle_flush;
 mod last_owner;
 pub mod postgres;
 mod range;
