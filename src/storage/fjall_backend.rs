@@ -327,15 +327,16 @@ impl FjallBackend {
 /// see each one while it is active (a busy space fills one in ~0.5 s) and
 /// to free a flushed one soon after fjall lets go of it ([`LastOwner`]).
 const UPKEEP_TICK: Duration = Duration::from_millis(50);
-/// Every this many ticks it may flush one idle memtable, once it has
-/// stayed unwritten for `IDLE_FLUSH_AFTER`, or holds data of a sealed
-/// journal ([`EarlyFlush`]).
-const IDLE_FLUSH_EVERY: u32 = 5;
+/// Every this many ticks it may flush one memtable early: one that holds
+/// data of a sealed journal, or has stayed unwritten for
+/// `IDLE_FLUSH_AFTER` ([`EarlyFlush`]).
+const EARLY_FLUSH_EVERY: u32 = 5;
 const IDLE_FLUSH_AFTER: Duration = Duration::from_secs(2);
 
 /// Until the backend is dropped: holds every memtable so that it is freed
-/// here rather than under fjall's locks, and flushes the memtables of
-/// spaces that stopped being written, one at a time.
+/// here rather than under fjall's locks, and flushes, one at a time, the
+/// memtables that keep a sealed journal alive or whose spaces stopped
+/// being written.
 fn upkeep(inner: &std::sync::Weak<Inner>) {
     use fjall::AbstractTree as _;
     let mut policy = EarlyFlush::new(IDLE_FLUSH_AFTER);
@@ -383,7 +384,7 @@ fn upkeep(inner: &std::sync::Weak<Inner>) {
             })
             .collect();
         tick = tick.wrapping_add(1);
-        if tick % IDLE_FLUSH_EVERY != 0 {
+        if tick % EARLY_FLUSH_EVERY != 0 {
             continue;
         }
         let journals = open.db.journal_count();
