@@ -2,8 +2,8 @@
 //! in pages.
 
 use super::{
-    Did, Jk, Job, JobError, JobId, JobState, JobStore, KeyRange, Order, Stored, corrupt, keyed,
-    record_from_slice, state_byte, storage,
+    Did, Jk, Job, JobError, JobId, JobState, JobStore, KeyRange, Order, Stored, corrupt,
+    index_byte, keyed, record_from_slice, state_byte, storage,
 };
 
 /// Stored bytes of jobs [`JobStore::list`] returns at most in one page
@@ -100,7 +100,8 @@ impl JobStore {
     /// `oldest_first`), after `cursor`: at most `limit` (1..=1,000) and,
     /// past the first job, at most [`LIST_PAGE_BYTES`] of stored records.
     /// The state index (or, with no state, the jobs themselves) is read in
-    /// order and jobs of other handlers are skipped, at most [`LIST_SCAN`]
+    /// order and jobs of other handlers (or, the live states sharing one
+    /// index byte, of other states) are skipped, at most [`LIST_SCAN`]
     /// entries per page, so a page may hold fewer jobs than asked (even
     /// none) and still have a next cursor: the ID to continue after,
     /// `None` at the end.
@@ -117,7 +118,7 @@ impl JobStore {
         // Keys of the index read: state byte ‖ ID, or the ID alone.
         let prefix: Vec<u8> = filter
             .state
-            .map(|s| vec![state_byte(&s)])
+            .map(|s| vec![index_byte(&s)])
             .unwrap_or_default();
         let (ks, id_at) = match filter.state {
             Some(_) => (self.ks(Jk::ByState), 1),
@@ -177,10 +178,15 @@ impl JobStore {
             let stored: Stored =
                 record_from_slice(&record).map_err(|e| corrupt(&format!("job {id}: {e}")))?;
             last = Some(id);
-            if filter
-                .handler
-                .as_ref()
-                .is_none_or(|h| *h == stored.job.handler)
+            // Live jobs share one byte of the index, whatever their state.
+            let state_holds = filter
+                .state
+                .is_none_or(|s| state_byte(&s) == state_byte(&stored.job.state));
+            if state_holds
+                && filter
+                    .handler
+                    .as_ref()
+                    .is_none_or(|h| *h == stored.job.handler)
             {
                 bytes = bytes.saturating_add(record.len());
                 out.push(stored.job);

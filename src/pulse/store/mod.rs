@@ -87,6 +87,11 @@ const META_FINISHED_INDEX: &[u8] = b"finished_index";
 /// transition writes two fewer index entries.
 const META_QUEUES_IN_MEMORY: &[u8] = b"queues_in_memory";
 
+/// Set once the state index holds every live job under [`LIVE`] (stores
+/// written before held, running and retrying jobs under bytes 1 to 3,
+/// moved at their first open).
+const META_LIVE_INDEX: &[u8] = b"live_index";
+
 /// Set while the handler loads ([`Jk::Loads`]) count every running
 /// attempt: written by the first node to open a shared store (which counts
 /// them), removed by a single server (which does not keep them up to date).
@@ -307,6 +312,18 @@ fn state_byte(s: &JobState) -> u8 {
     }
 }
 
+/// The first byte of a job's key in the state index: [`LIVE`] for every
+/// live state, so that a job moving between queued, running, held and
+/// retrying writes no index entry (a no-op job writes 7 entries in its
+/// life instead of 9); the state's own byte once it is finished.
+fn index_byte(s: &JobState) -> u8 {
+    if s.is_terminal() { state_byte(s) } else { LIVE }
+}
+
+/// The state index's byte for live jobs (queued's own byte: before
+/// [`META_LIVE_INDEX`], held, running and retrying had bytes 1 to 3).
+const LIVE: u8 = 0;
+
 fn keyed(prefix: &[u8], id: &JobId) -> Vec<u8> {
     let mut k = prefix.to_vec();
     k.extend_from_slice(&id.0);
@@ -443,6 +460,7 @@ impl JobStore {
         };
         store.backfill_finished_index()?;
         store.empty_stored_queues()?;
+        store.merge_live_index()?;
         store.count_loads()?;
         store.load_schedules()?;
         Ok(store)
@@ -515,6 +533,62 @@ impl JobStore {
             })
         });
         self.upgrade_once(META_FINISHED_INDEX, puts)
+    }
+
+    /// Stores written before the live jobs shared one byte of the state
+    /// index hold held, running and retrying jobs under bytes 1 to 3:
+    /// moved under [`LIVE`] once (only keys are read), 10,000 per commit,
+    /// then the marker is set. Nodes opening a shared store together may
+    /// both move entries: each move expects its old entry still there, so
+    /// an entry another node moved (whose job may have finished since) is
+    /// never brought back; a node that loses such a race starts over.
+    fn merge_live_index(&self) -> Result<(), JobError> {
+        for _ in 0..MAX_RACES {
+            if self
+                .ks(Jk::Meta)
+                .get(META_LIVE_INDEX)
+                .map_err(storage)?
+                .is_some()
+            {
+                return Ok(());
+            }
+            match self.move_live_entries() {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_conflict() => {}
+                Err(e) => return Err(storage(e)),
+            }
+        }
+        Err(storage("live index not merged: other nodes kept writing"))
+    }
+
+    fn move_live_entries(&self) -> Result<(), crate::storage::StorageError> {
+        let by_state = self.ks(Jk::ByState);
+        let mut batch = self.batch();
+        let held_running_retrying = 1..=3u8;
+        for (n, kv) in held_running_retrying
+            .flat_map(|byte| by_state.prefix([byte]))
+            .enumerate()
+        {
+            let (key, _) = kv?;
+            let mut live = key.clone();
+            match live.first_mut() {
+                Some(b) if key.len() == 17 => *b = LIVE,
+                _ => {
+                    return Err(crate::storage::StorageError::new(
+                        "a state key is not 17 bytes",
+                    ));
+                }
+            }
+            self.expect_unchanged(&mut batch, Jk::ByState, &key, Some(b""));
+            batch.insert(by_state, live, b"");
+            batch.remove(by_state, key);
+            if (n + 1) % 10_000 == 0 {
+                self.storage
+                    .commit(std::mem::replace(&mut batch, self.batch()))?;
+            }
+        }
+        batch.insert(self.ks(Jk::Meta), META_LIVE_INDEX, b"1");
+        self.storage.commit(batch)
     }
 
     /// Stores written before the queues moved to memory still hold the
@@ -1123,7 +1197,7 @@ impl JobStore {
         }
         batch.insert(
             self.ks(Jk::ByState),
-            keyed(&[state_byte(&job.state)], &id),
+            keyed(&[index_byte(&job.state)], &id),
             b"",
         );
         let record = record_to_vec(&stored);
@@ -1553,7 +1627,7 @@ impl JobStore {
         if old.job.state != new.job.state || old.job.attempts.len() != new.job.attempts.len() {
             transitions.push(Transition::of(Some(&old.job), &new.job));
         }
-        let (a, b) = (state_byte(&old.job.state), state_byte(&new.job.state));
+        let (a, b) = (index_byte(&old.job.state), index_byte(&new.job.state));
         if a != b {
             batch.remove(self.ks(Jk::ByState), keyed(&[a], &new.job.id));
             batch.insert(self.ks(Jk::ByState), keyed(&[b], &new.job.id), b"");
@@ -1764,7 +1838,7 @@ impl JobStore {
                 continue;
             }
             batch.remove(self.ks(Jk::Finished), finished_key(job));
-            batch.remove(self.ks(Jk::ByState), keyed(&[state_byte(&job.state)], &id));
+            batch.remove(self.ks(Jk::ByState), keyed(&[index_byte(&job.state)], &id));
             // Not retried (a job retried on another node meanwhile is not
             // finished any more): the next pass prunes what is left.
             if let Some(raw) = &raw {

@@ -3,10 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::super::job::HoldReason;
-use super::{
-    Jk, JobError, JobId, JobState, Space, Stored, corrupt, record_from_slice, state_byte, storage,
-};
+use super::{Jk, JobError, JobId, LIVE, Space, Stored, corrupt, record_from_slice, storage};
 
 /// The in-memory queue indexes, by keyspace tag, and the ready index by
 /// handler (for fair dispatch between handlers).
@@ -104,20 +101,16 @@ impl Queues {
 }
 
 /// The queues, rebuilt from what is stored: every job the state index
-/// holds as queued, held, running or retrying, put where its record says
-/// (the placement written with it). Only live jobs are read, never the
-/// finished ones.
+/// holds as live, put where its record says (the placement written with
+/// it). Only live jobs are read, never the finished ones. The bytes held,
+/// running and retrying had before the live jobs shared one are read too:
+/// a store written by an earlier version is rebuilt before it is upgraded.
 pub(super) fn load_queues(ks: &[Space]) -> Result<Queues, JobError> {
     let mut queues = Queues::default();
     let mut moves: Vec<Move> = Vec::new();
-    for state in [
-        JobState::Queued,
-        JobState::Held(HoldReason::Budget),
-        JobState::Running,
-        JobState::Retrying,
-    ] {
+    for byte in [LIVE, 1, 2, 3] {
         let mut ids = Vec::new();
-        for kv in ks[Jk::ByState as usize].prefix([state_byte(&state)]) {
+        for kv in ks[Jk::ByState as usize].prefix([byte]) {
             let (key, _) = kv.map_err(storage)?;
             let id: [u8; 16] = key
                 .get(1..17)

@@ -454,6 +454,96 @@ fn queues_are_rebuilt_at_open_and_stored_queue_spaces_emptied() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A live job has one state-index entry, under the live byte, whatever
+/// its live state; a store written when held, running and retrying jobs
+/// had bytes of their own is moved under it at its first open, with its
+/// queues and its listings by state unchanged.
+#[test]
+fn live_jobs_share_one_index_entry_and_old_stores_are_merged_at_open() {
+    let (dir, ledger) = scratch_ledger("live-index");
+    let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
+    let req = JobRequest::default();
+    let index = |store: &JobStore| {
+        let mut keys: Vec<Vec<u8>> = store
+            .ks(Jk::ByState)
+            .iter()
+            .map(|kv| kv.unwrap().0)
+            .collect();
+        keys.sort();
+        keys
+    };
+    let listed = |store: &JobStore, state: JobState| -> Vec<JobId> {
+        let (jobs, _) = store.list(&state, None, 100).unwrap();
+        jobs.iter().map(|j| j.id).collect()
+    };
+    let (queued, running, held, done, before) = {
+        let store = JobStore::open(&ledger).unwrap();
+        let running = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
+        let held = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
+        let done = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
+        let queued = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
+        let started = store
+            .dispatch_next(LeaseToken([7; 16]), 2_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(started.id, running.id);
+        store
+            .update(&held.id, 3_000, |j| j.hold(HoldReason::Plugin, 3_000))
+            .unwrap();
+        store
+            .update(&done.id, 3_000, |j| {
+                j.cancel(CancelReason::Requested, 3_000).map(|_| ())
+            })
+            .unwrap();
+        let mut live = [queued.id, running.id, held.id].map(|id| keyed(&[LIVE], &id));
+        live.sort();
+        let mut expected = live.to_vec();
+        expected.push(keyed(&[6], &done.id));
+        assert_eq!(
+            index(&store),
+            expected,
+            "moving between live states wrote entries"
+        );
+        // As an earlier version left it: running and held under their own
+        // bytes, no marker.
+        let mut batch = store.batch();
+        for (id, byte) in [(running.id, 2), (held.id, 1)] {
+            batch.remove(store.ks(Jk::ByState), keyed(&[LIVE], &id));
+            batch.insert(store.ks(Jk::ByState), keyed(&[byte], &id), b"");
+        }
+        batch.remove(store.ks(Jk::Meta), META_LIVE_INDEX);
+        store.storage.commit(batch).unwrap();
+        (queued, running, held, done, expected)
+    };
+    let store = JobStore::open(&ledger).unwrap();
+    assert_eq!(index(&store), before, "the old entries were not merged");
+    assert!(store.ks(Jk::Meta).get(META_LIVE_INDEX).unwrap().is_some());
+    assert_eq!(store.queue_sizes(), (1, 0, 1, 1));
+    assert_eq!(listed(&store, JobState::Queued), [queued.id]);
+    assert_eq!(listed(&store, JobState::Running), [running.id]);
+    assert_eq!(
+        listed(&store, JobState::Held(HoldReason::Budget)),
+        [held.id]
+    );
+    assert_eq!(listed(&store, JobState::Retrying), []);
+    assert_eq!(
+        listed(&store, JobState::Cancelled(CancelReason::Budget)),
+        [done.id]
+    );
+    // Finishing moves the job out of the live entries.
+    store
+        .update(&running.id, 4_000, |j| {
+            j.cancel(CancelReason::Requested, 4_000).map(|_| ())
+        })
+        .unwrap();
+    let keys = index(&store);
+    assert!(!keys.contains(&keyed(&[LIVE], &running.id)));
+    assert!(keys.contains(&keyed(&[6], &running.id)));
+    drop(store);
+    drop(ledger);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A live job in the state index without its record is named, and the
 /// store is not opened on half its queues.
 #[test]

@@ -66,6 +66,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
          RETURN 0;
      END
      $$;",
+    // 5: no table changes. The job store's state index keeps every live
+    // job under one byte (spec/pulse.md, "Storage"), moved at open; an
+    // earlier binary would list held, running and retrying jobs as none
+    // and leave stale index entries behind, so the version rises for it to
+    // refuse this database (schema_too_new).
+    "SELECT 1;",
 ];
 
 /// The schema version this binary writes.
