@@ -1542,3 +1542,98 @@ fn a_group_commit_whose_connection_broke_is_settled_before_its_failure_is_answer
         ]
     );
 }
+
+/// A store written when held, running and retrying jobs had state-index
+/// bytes of their own (spec/pulse.md, "One index entry while a job
+/// lives"), opened by two nodes at once: the live entries are moved once,
+/// every live job is in both nodes' queues, and each is in the index once,
+/// under the live byte.
+#[test]
+fn nodes_opening_an_old_store_together_move_its_live_entries_once() {
+    use pulse_ledger::HandlerSchema;
+    use pulse_ledger::ledger::{Ledger, LedgerConfig};
+    use pulse_ledger::pulse::{JobRequest, JobStore, LeaseToken};
+    use pulse_ledger::storage::{PostgresBackend, Storage};
+    use std::sync::{Arc, Barrier};
+    let Some(url) = common::postgres_database("live_index_nodes") else {
+        return;
+    };
+    let dir = tempdir("live-index-nodes");
+    let open = |shared: bool| {
+        let pg = PostgresBackend::open(&url).unwrap();
+        if shared {
+            pg.share().unwrap();
+        }
+        let storage = Storage::new(pg);
+        let ledger = Ledger::open_on(
+            storage.clone(),
+            &dir.join("log.key"),
+            LedgerConfig::new(&dir, "live.example/log"),
+        )
+        .unwrap();
+        let store = JobStore::open(&ledger).unwrap();
+        (ledger, store, storage)
+    };
+    let h = key("live-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", key("live-p").did);
+    let running: Vec<Vec<u8>> = {
+        let (_ledger, store, storage) = open(false);
+        let items: Vec<_> = (0..25u8)
+            .map(|i| {
+                let req = JobRequest {
+                    payload: vec![i],
+                    ..Default::default()
+                };
+                (h.clone(), schema.clone(), req)
+            })
+            .collect();
+        for r in store.enqueue_batch(&items, 1_000) {
+            r.unwrap();
+        }
+        let running: Vec<Vec<u8>> = (0..20u8)
+            .map(|n| {
+                let job = store.dispatch_next(LeaseToken([n; 16]), 2_000).unwrap();
+                job.expect("a job started").id.0.to_vec()
+            })
+            .collect();
+        // As an earlier version left it: running jobs under byte 2, no
+        // marker.
+        let by_state = storage.space("job_by_state").unwrap();
+        let meta = storage.space("job_meta").unwrap();
+        let mut batch = storage.batch();
+        for id in &running {
+            batch.remove(&by_state, [&[0u8][..], id].concat());
+            batch.insert(&by_state, [&[2u8][..], id].concat(), b"");
+        }
+        batch.remove(&meta, b"live_index");
+        storage.commit(batch).unwrap();
+        running
+    };
+    let barrier = Arc::new(Barrier::new(2));
+    let opened: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let barrier = Arc::clone(&barrier);
+                let open = &open;
+                scope.spawn(move || {
+                    barrier.wait();
+                    open(true)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for (_, store, _) in &opened {
+        let (ready, _, in_flight, _) = store.queue_sizes();
+        assert_eq!((ready, in_flight), (5, 20), "a node's queues miss jobs");
+    }
+    let storage = &opened[0].2;
+    let by_state = storage.space("job_by_state").unwrap();
+    let mut live: Vec<Vec<u8>> = by_state.prefix([0u8]).map(|kv| kv.unwrap().0).collect();
+    assert_eq!(live.len(), 25, "each live job once under the live byte");
+    assert_eq!(by_state.prefix([2u8]).count(), 0);
+    live.retain(|k| running.iter().any(|id| k[1..] == id[..]));
+    assert_eq!(live.len(), 20);
+    let meta = storage.space("job_meta").unwrap();
+    assert!(meta.get(b"live_index").unwrap().is_some());
+}

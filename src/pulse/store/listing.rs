@@ -71,8 +71,17 @@ impl JobStore {
             oldest_first: true,
             ..JobFilter::default()
         };
-        let (jobs, next) = self.list_jobs(&filter, cursor, limit)?;
-        Ok((jobs, next.is_some()))
+        let mut cursor = cursor.copied();
+        loop {
+            let (jobs, next) = self.list_jobs(&filter, cursor.as_ref(), limit)?;
+            // A page of a live state may have skipped only jobs in other
+            // live states: go on from where it stopped, so that a page is
+            // empty only at the end.
+            if !jobs.is_empty() || next.is_none() {
+                return Ok((jobs, next.is_some()));
+            }
+            cursor = next;
+        }
     }
 
     /// [`JobStore::list`] for one handler's jobs; see
@@ -163,6 +172,17 @@ impl JobStore {
                     .and_then(|k| k.try_into().ok())
                     .ok_or_else(|| corrupt("job index key"))?,
             );
+            // A live job in another live state is skipped without a read
+            // where its record is in memory (a single server).
+            let elsewhere = filter.state.is_some_and(|s| {
+                self.live
+                    .get(&id)
+                    .is_some_and(|kept| state_byte(&kept.job.state) != state_byte(&s))
+            });
+            if elsewhere {
+                last = Some(id);
+                continue;
+            }
             let record = if filter.state.is_some() {
                 match self.ks(Jk::Jobs).get(id.0).map_err(storage)? {
                     Some(r) => r,

@@ -537,31 +537,18 @@ impl JobStore {
 
     /// Stores written before the live jobs shared one byte of the state
     /// index hold held, running and retrying jobs under bytes 1 to 3:
-    /// moved under [`LIVE`] once (only keys are read), 10,000 per commit,
-    /// then the marker is set. Nodes opening a shared store together may
-    /// both move entries: each move expects its old entry still there, so
-    /// an entry another node moved (whose job may have finished since) is
-    /// never brought back; a node that loses such a race starts over.
+    /// moved under [`LIVE`] once (only keys are read), then the marker is
+    /// set. A single server commits 10,000 moves at a time (nothing else
+    /// writes its store). Nodes sharing a store move everything in one
+    /// batch that expects the marker absent, so of nodes opening together
+    /// one moves the entries and the others find the marker set; no node
+    /// serves before the marker is set, so no job changes meanwhile (nodes
+    /// of an earlier version must all be stopped first, spec/pulse.md).
     fn merge_live_index(&self) -> Result<(), JobError> {
-        for _ in 0..MAX_RACES {
-            if self
-                .ks(Jk::Meta)
-                .get(META_LIVE_INDEX)
-                .map_err(storage)?
-                .is_some()
-            {
-                return Ok(());
-            }
-            match self.move_live_entries() {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_conflict() => {}
-                Err(e) => return Err(storage(e)),
-            }
+        let meta = self.ks(Jk::Meta);
+        if meta.get(META_LIVE_INDEX).map_err(storage)?.is_some() {
+            return Ok(());
         }
-        Err(storage("live index not merged: other nodes kept writing"))
-    }
-
-    fn move_live_entries(&self) -> Result<(), crate::storage::StorageError> {
         let by_state = self.ks(Jk::ByState);
         let mut batch = self.batch();
         let held_running_retrying = 1..=3u8;
@@ -569,26 +556,27 @@ impl JobStore {
             .flat_map(|byte| by_state.prefix([byte]))
             .enumerate()
         {
-            let (key, _) = kv?;
+            let (key, _) = kv.map_err(storage)?;
             let mut live = key.clone();
             match live.first_mut() {
                 Some(b) if key.len() == 17 => *b = LIVE,
-                _ => {
-                    return Err(crate::storage::StorageError::new(
-                        "a state key is not 17 bytes",
-                    ));
-                }
+                _ => return Err(corrupt("state key")),
             }
-            self.expect_unchanged(&mut batch, Jk::ByState, &key, Some(b""));
             batch.insert(by_state, live, b"");
             batch.remove(by_state, key);
-            if (n + 1) % 10_000 == 0 {
+            if !self.shared && (n + 1) % 10_000 == 0 {
                 self.storage
-                    .commit(std::mem::replace(&mut batch, self.batch()))?;
+                    .commit(std::mem::replace(&mut batch, self.batch()))
+                    .map_err(storage)?;
             }
         }
-        batch.insert(self.ks(Jk::Meta), META_LIVE_INDEX, b"1");
-        self.storage.commit(batch)
+        self.expect_unchanged(&mut batch, Jk::Meta, META_LIVE_INDEX, None);
+        batch.insert(meta, META_LIVE_INDEX, b"1");
+        match self.storage.commit(batch) {
+            // Another node set the marker: it moved them.
+            Err(e) if e.is_conflict() => Ok(()),
+            other => other.map_err(storage),
+        }
     }
 
     /// Stores written before the queues moved to memory still hold the

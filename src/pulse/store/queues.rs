@@ -103,12 +103,14 @@ impl Queues {
 /// The queues, rebuilt from what is stored: every job the state index
 /// holds as live, put where its record says (the placement written with
 /// it). Only live jobs are read, never the finished ones. The bytes held,
-/// running and retrying had before the live jobs shared one are read too:
-/// a store written by an earlier version is rebuilt before it is upgraded.
+/// running and retrying had before the live jobs shared one are read too,
+/// before the live byte: a store written by an earlier version is rebuilt
+/// before it is upgraded, and an entry another node moves meanwhile (only
+/// ever from those bytes to the live one) is read where it went.
 pub(super) fn load_queues(ks: &[Space]) -> Result<Queues, JobError> {
     let mut queues = Queues::default();
     let mut moves: Vec<Move> = Vec::new();
-    for byte in [LIVE, 1, 2, 3] {
+    for byte in [1, 2, 3, LIVE] {
         let mut ids = Vec::new();
         for kv in ks[Jk::ByState as usize].prefix([byte]) {
             let (key, _) = kv.map_err(storage)?;

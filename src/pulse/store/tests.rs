@@ -544,6 +544,48 @@ fn live_jobs_share_one_index_entry_and_old_stores_are_merged_at_open() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A listing by a live state reads the live entries and skips the jobs
+/// in other live states: a page of [`JobStore::list_jobs`] may hold none
+/// and still have a cursor, and [`JobStore::list`] goes on until it finds
+/// one or reaches the end.
+#[test]
+fn a_live_state_is_listed_past_a_scan_of_other_live_jobs() {
+    let (dir, ledger) = scratch_ledger("live-scan");
+    let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
+    let store = JobStore::open(&ledger).unwrap();
+    let items: Vec<_> = (0..1_000)
+        .map(|_| (handler(), schema.clone(), JobRequest::default()))
+        .collect();
+    for _ in 0..=LIST_SCAN / 1_000 {
+        for r in store.enqueue_batch(&items, 1_000) {
+            r.unwrap();
+        }
+    }
+    let held = store
+        .enqueue(&handler(), &schema, &JobRequest::default(), 1_000)
+        .unwrap()
+        .0;
+    store
+        .update(&held.id, 2_000, |j| j.hold(HoldReason::Plugin, 2_000))
+        .unwrap();
+    let filter = JobFilter {
+        state: Some(JobState::Held(HoldReason::Budget)),
+        oldest_first: true,
+        ..JobFilter::default()
+    };
+    let (page, next) = store.list_jobs(&filter, None, 10).unwrap();
+    assert!(page.is_empty(), "the first page scanned only queued jobs");
+    assert!(next.is_some(), "an empty page before the end has a cursor");
+    let (page, more) = store
+        .list(&JobState::Held(HoldReason::Budget), None, 10)
+        .unwrap();
+    assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), [held.id]);
+    assert!(!more);
+    drop(store);
+    drop(ledger);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A live job in the state index without its record is named, and the
 /// store is not opened on half its queues.
 #[test]
