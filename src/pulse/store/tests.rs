@@ -502,7 +502,7 @@ fn live_jobs_share_one_index_entry_and_old_stores_are_merged_at_open() {
         assert_eq!(
             index(&store),
             expected,
-            "moving between live states wrote entries"
+            "each live job is not once under the live byte"
         );
         // As an earlier version left it: running and held under their own
         // bytes, no marker.
