@@ -537,46 +537,23 @@ impl JobStore {
 
     /// Stores written before the live jobs shared one byte of the state
     /// index hold held, running and retrying jobs under bytes 1 to 3:
-    /// moved under [`LIVE`] once (only keys are read), then the marker is
-    /// set. A single server commits 10,000 moves at a time (nothing else
-    /// writes its store). Nodes sharing a store move everything in one
-    /// batch that expects the marker absent, so of nodes opening together
-    /// one moves the entries and the others find the marker set; no node
-    /// serves before the marker is set, so no job changes meanwhile (nodes
-    /// of an earlier version must all be stopped first, spec/pulse.md).
+    /// moved under [`LIVE`] once (only keys are read).
     fn merge_live_index(&self) -> Result<(), JobError> {
-        let meta = self.ks(Jk::Meta);
-        if meta.get(META_LIVE_INDEX).map_err(storage)?.is_some() {
-            return Ok(());
-        }
-        let by_state = self.ks(Jk::ByState);
-        let mut batch = self.batch();
         let held_running_retrying = 1..=3u8;
-        for (n, kv) in held_running_retrying
-            .flat_map(|byte| by_state.prefix([byte]))
-            .enumerate()
-        {
-            let (key, _) = kv.map_err(storage)?;
-            let mut live = key.clone();
-            match live.first_mut() {
-                Some(b) if key.len() == 17 => *b = LIVE,
-                _ => return Err(corrupt("state key")),
-            }
-            batch.insert(by_state, live, b"");
-            batch.remove(by_state, key);
-            if !self.shared && (n + 1) % 10_000 == 0 {
-                self.storage
-                    .commit(std::mem::replace(&mut batch, self.batch()))
-                    .map_err(storage)?;
-            }
-        }
-        self.expect_unchanged(&mut batch, Jk::Meta, META_LIVE_INDEX, None);
-        batch.insert(meta, META_LIVE_INDEX, b"1");
-        match self.storage.commit(batch) {
-            // Another node set the marker: it moved them.
-            Err(e) if e.is_conflict() => Ok(()),
-            other => other.map_err(storage),
-        }
+        let moves = held_running_retrying
+            .flat_map(|byte| self.ks(Jk::ByState).prefix([byte]))
+            .flat_map(|kv| {
+                let key = kv.map_err(storage).map(|(key, _)| key);
+                match key {
+                    Ok(key) if key.len() == 17 => {
+                        let live = [&[LIVE][..], &key[1..]].concat();
+                        vec![Ok((Jk::ByState, live, true)), Ok((Jk::ByState, key, false))]
+                    }
+                    Ok(_) => vec![Err(corrupt("state key"))],
+                    Err(e) => vec![Err(e)],
+                }
+            });
+        self.upgrade_once(META_LIVE_INDEX, moves)
     }
 
     /// Stores written before the queues moved to memory still hold the
@@ -597,6 +574,11 @@ impl JobStore {
     /// `marker` is set in job_meta, applies `writes` (space, key, and
     /// whether to put an empty value or remove it) 10,000 per commit, then
     /// sets `marker` (so an interrupted run starts over, harmlessly).
+    /// Nodes sharing a store apply everything in one batch that expects
+    /// the marker absent, so of nodes opening together one applies it and
+    /// the others find the marker set; no node serves before the marker is
+    /// set, so nothing changes meanwhile (nodes of an earlier version must
+    /// all be stopped first, spec/pulse.md).
     fn upgrade_once(
         &self,
         marker: &[u8],
@@ -613,14 +595,19 @@ impl JobStore {
             } else {
                 batch.remove(self.ks(k), key);
             }
-            if (n + 1) % 10_000 == 0 {
+            if !self.shared && (n + 1) % 10_000 == 0 {
                 self.storage
                     .commit(std::mem::replace(&mut batch, self.batch()))
                     .map_err(storage)?;
             }
         }
+        self.expect_unchanged(&mut batch, Jk::Meta, marker, None);
         batch.insert(self.ks(Jk::Meta), marker, b"1");
-        self.storage.commit(batch).map_err(storage)
+        match self.storage.commit(batch) {
+            // Another node set the marker: it made the change.
+            Err(e) if e.is_conflict() => Ok(()),
+            other => other.map_err(storage),
+        }
     }
 
     /// The writer lock, and the ID source under it.
