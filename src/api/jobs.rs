@@ -771,6 +771,7 @@ impl Jobs for JobsService {
             handler,
             since_ms: (req.since_ms > 0).then_some(req.since_ms),
             oldest_first: req.oldest_first,
+            live: false,
         };
         let cursor = if req.page_token.is_empty() {
             None
@@ -939,14 +940,10 @@ impl Jobs for JobsService {
             self.require_on(&grant, Right::Cancel, &did, peer)?;
             Some(did)
         };
-        let states = match parse_state(&req.state)? {
-            None => vec![
-                JobState::Queued,
-                JobState::Held(HoldReason::Budget),
-                JobState::Running,
-                JobState::Retrying,
-            ],
-            Some(s) if !s.is_terminal() => vec![s],
+        // No state: every live job, in one pass of the live index.
+        let state = match parse_state(&req.state)? {
+            None => None,
+            Some(s) if !s.is_terminal() => Some(s),
             Some(s) => {
                 return Err(bad_request(
                     "state",
@@ -963,39 +960,37 @@ impl Jobs for JobsService {
             .blocking(move |s| {
                 let mut cancelled = 0u64;
                 let mut judged: HashMap<Did, bool> = HashMap::new();
-                for state in states {
-                    let filter = JobFilter {
-                        state: Some(state),
-                        handler: handler.clone(),
-                        oldest_first: true,
-                        ..JobFilter::default()
-                    };
-                    let mut cursor = None;
-                    loop {
-                        if cancelled >= BULK_CANCEL_MAX {
-                            return Ok((cancelled, true));
-                        }
-                        let room = (BULK_CANCEL_MAX - cancelled).min(1000) as usize;
-                        let (jobs, next) = s.list_jobs(&filter, cursor.as_ref(), room)?;
-                        // Every handler's jobs: only those the caller may
-                        // cancel by the handler's access list.
-                        let ids: Vec<JobId> = jobs
-                            .iter()
-                            .filter(|j| {
-                                *judged.entry(j.handler.clone()).or_insert_with(|| {
-                                    service.may(&grant, Right::Cancel, &j.handler)
-                                })
-                            })
-                            .map(|j| j.id)
-                            .collect();
-                        cancelled += service.cancel_ids(s, ids)?;
-                        match next {
-                            Some(n) => cursor = Some(n),
-                            None => break,
-                        }
+                let filter = JobFilter {
+                    state,
+                    live: true,
+                    handler,
+                    oldest_first: true,
+                    ..JobFilter::default()
+                };
+                let mut cursor = None;
+                loop {
+                    if cancelled >= BULK_CANCEL_MAX {
+                        return Ok((cancelled, true));
+                    }
+                    let room = (BULK_CANCEL_MAX - cancelled).min(1000) as usize;
+                    let (jobs, next) = s.list_jobs(&filter, cursor.as_ref(), room)?;
+                    // Every handler's jobs: only those the caller may
+                    // cancel by the handler's access list.
+                    let ids: Vec<JobId> = jobs
+                        .iter()
+                        .filter(|j| {
+                            *judged
+                                .entry(j.handler.clone())
+                                .or_insert_with(|| service.may(&grant, Right::Cancel, &j.handler))
+                        })
+                        .map(|j| j.id)
+                        .collect();
+                    cancelled += service.cancel_ids(s, ids)?;
+                    match next {
+                        Some(n) => cursor = Some(n),
+                        None => return Ok((cancelled, false)),
                     }
                 }
-                Ok((cancelled, false))
             })
             .await?;
         if cancelled > 0 {

@@ -2,7 +2,7 @@
 //! in pages.
 
 use super::{
-    Did, Jk, Job, JobError, JobId, JobState, JobStore, KeyRange, Order, Stored, corrupt,
+    Did, Jk, Job, JobError, JobId, JobState, JobStore, KeyRange, LIVE, Order, Stored, corrupt,
     index_byte, keyed, record_from_slice, state_byte, storage,
 };
 
@@ -20,6 +20,11 @@ pub const LIST_SCAN: usize = 10_000;
 pub struct JobFilter {
     /// Only jobs in this state (the reason inside is ignored).
     pub state: Option<JobState>,
+    /// Without `state`: only live jobs (queued, held, running or
+    /// retrying), read in one pass of the state index's live entries
+    /// rather than one pass per live state (a bulk cancel of every live
+    /// state). Ignored with `state`.
+    pub live: bool,
     /// Only this handler's jobs.
     pub handler: Option<Did>,
     /// Only jobs created at or after this Unix ms.
@@ -125,13 +130,14 @@ impl JobStore {
     ) -> Result<(Vec<Job>, Option<JobId>), JobError> {
         use std::ops::Bound::{Excluded, Included, Unbounded};
         // Keys of the index read: state byte ‖ ID, or the ID alone.
-        let prefix: Vec<u8> = filter
-            .state
-            .map(|s| vec![index_byte(&s)])
-            .unwrap_or_default();
-        let (ks, id_at) = match filter.state {
-            Some(_) => (self.ks(Jk::ByState), 1),
-            None => (self.ks(Jk::Jobs), 0),
+        let prefix: Vec<u8> = match filter.state {
+            Some(s) => vec![index_byte(&s)],
+            None if filter.live => vec![LIVE],
+            None => Vec::new(),
+        };
+        let (ks, id_at) = match prefix.is_empty() {
+            false => (self.ks(Jk::ByState), 1),
+            true => (self.ks(Jk::Jobs), 0),
         };
         let since = filter.since_ms.map(|ms| keyed(&prefix, &JobId::new(ms, 0)));
         let mut low = since.map_or_else(|| Included(prefix.clone()), Included);
@@ -183,7 +189,7 @@ impl JobStore {
                 last = Some(id);
                 continue;
             }
-            let record = if filter.state.is_some() {
+            let record = if id_at > 0 {
                 match self.ks(Jk::Jobs).get(id.0).map_err(storage)? {
                     Some(r) => r,
                     // Pruned since the index was read: not part of the page.
@@ -199,9 +205,10 @@ impl JobStore {
                 record_from_slice(&record).map_err(|e| corrupt(&format!("job {id}: {e}")))?;
             last = Some(id);
             // Live jobs share one byte of the index, whatever their state.
-            let state_holds = filter
-                .state
-                .is_none_or(|s| state_byte(&s) == state_byte(&stored.job.state));
+            let state_holds = match filter.state {
+                Some(s) => state_byte(&s) == state_byte(&stored.job.state),
+                None => !filter.live || !stored.job.state.is_terminal(),
+            };
             if state_holds
                 && filter
                     .handler

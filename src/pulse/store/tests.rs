@@ -586,6 +586,85 @@ fn a_live_state_is_listed_past_a_scan_of_other_live_jobs() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The live filter lists every live job, whatever its live state, in one
+/// pass of the live entries, oldest first, and no finished job; with a
+/// handler, only that handler's.
+#[test]
+fn the_live_filter_lists_every_live_state_in_one_pass() {
+    let (dir, ledger) = scratch_ledger("live-filter");
+    let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
+    let other = Did::from_public_key(
+        ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+            .verifying_key()
+            .to_bytes(),
+    )
+    .unwrap();
+    let other_schema = crate::HandlerSchema::new("o", "1.0.0", other.clone());
+    let req = JobRequest::default();
+    let store = JobStore::open(&ledger).unwrap();
+    let running = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
+    let held = store.enqueue(&handler(), &schema, &req, 1_001).unwrap().0;
+    let done = store.enqueue(&handler(), &schema, &req, 1_002).unwrap().0;
+    let theirs = store.enqueue(&other, &other_schema, &req, 1_003).unwrap().0;
+    let queued = store.enqueue(&handler(), &schema, &req, 1_004).unwrap().0;
+    let started = store
+        .dispatch_next(LeaseToken([7; 16]), 2_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(started.id, running.id);
+    store
+        .update(&held.id, 3_000, |j| j.hold(HoldReason::Plugin, 3_000))
+        .unwrap();
+    store
+        .update(&done.id, 3_000, |j| {
+            j.cancel(CancelReason::Requested, 3_000).map(|_| ())
+        })
+        .unwrap();
+    let listed = |filter: &JobFilter, limit: usize| {
+        let mut ids = Vec::new();
+        let mut cursor = None;
+        loop {
+            let (jobs, next) = store.list_jobs(filter, cursor.as_ref(), limit).unwrap();
+            ids.extend(jobs.iter().map(|j| j.id));
+            match next {
+                Some(n) => cursor = Some(n),
+                None => return ids,
+            }
+        }
+    };
+    let live = JobFilter {
+        live: true,
+        oldest_first: true,
+        ..JobFilter::default()
+    };
+    let every_live = [running.id, held.id, theirs.id, queued.id];
+    assert_eq!(listed(&live, 100), every_live);
+    assert_eq!(listed(&live, 1), every_live, "paged one job at a time");
+    let mine = JobFilter {
+        handler: Some(handler()),
+        ..live.clone()
+    };
+    assert_eq!(listed(&mine, 100), [running.id, held.id, queued.id]);
+    // A state named wins over the live filter.
+    let running_only = JobFilter {
+        state: Some(JobState::Running),
+        ..live.clone()
+    };
+    assert_eq!(listed(&running_only, 100), [running.id]);
+    // Without it, every job.
+    let every = JobFilter {
+        oldest_first: true,
+        ..JobFilter::default()
+    };
+    assert_eq!(
+        listed(&every, 100),
+        [running.id, held.id, done.id, theirs.id, queued.id]
+    );
+    drop(store);
+    drop(ledger);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A live job in the state index without its record is named, and the
 /// store is not opened on half its queues.
 #[test]
