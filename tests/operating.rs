@@ -1058,14 +1058,16 @@ async fn the_timeline_records_steps_commits_and_storage_events() {
 
 /// A bulk cancel stops at its bound: 10,000 jobs a call, `more` set while
 /// some are left; the next call takes the rest, and one more finds none.
+/// A listing page reads at most 10,000 entries too, and `job list` passes
+/// over a page that found none of the jobs asked for.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_bulk_cancel_takes_at_most_ten_thousand_jobs_a_call() {
+async fn ten_thousand_jobs_bound_a_bulk_cancel_and_a_listing_page() {
     use pulse_ledger::api::proto;
     let dir = tempdir("operating-bulk-bound");
     let (cmd, p, _) = with_test_plugin(&dir, "bulk-bound-plugin", &[]);
     let server = Serve::spawn(cmd, false);
     let url = server.url.clone();
-    let keys = register(&url, &p, &["echo"]).await;
+    let keys = register(&url, &p, &["echo", "fail"]).await;
     let mut jobs = proto::jobs_client::JobsClient::connect(url.clone())
         .await
         .unwrap();
@@ -1101,6 +1103,30 @@ async fn a_bulk_cancel_takes_at_most_ten_thousand_jobs_a_call() {
         );
         sent += n;
     }
+    // One job of another handler after them, listed oldest first: the
+    // first page read only other jobs (a page reads at most 10,000
+    // entries), and `job list` passes over it to the page that holds it.
+    let other = keys[1].did.to_string();
+    let (code, theirs, err) = common::cli_at(&url, &["job", "submit", &other, "--delay", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    let page = jobs
+        .list_jobs(proto::ListJobsRequest {
+            handler: other.clone(),
+            oldest_first: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.jobs.is_empty() && !page.next_page_token.is_empty());
+    let (code, out, err) = common::cli_at(
+        &url,
+        &["job", "list", "--handler", &other, "--oldest-first"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with(theirs.trim()), "{out}");
+    assert!(!err.contains("--page-token"), "{err}");
     let cancel = |jobs: &mut proto::jobs_client::JobsClient<tonic::transport::Channel>| {
         let mut jobs = jobs.clone();
         let handler = keys[0].did.to_string();

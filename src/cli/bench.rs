@@ -308,6 +308,7 @@ pub(crate) fn run(a: Args) -> Result<ExitCode, CliError> {
         });
         match measured {
             Ok((t, pg)) => {
+                eprintln!("{}", run_summary(run + 1, &t, pg.as_ref()));
                 runs.push(t);
                 on_postgres.extend(pg);
             }
@@ -368,6 +369,24 @@ pub(crate) fn run(a: Args) -> Result<ExitCode, CliError> {
         eprintln!("bench --check: every target met");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One run's jobs figures, for stderr: the table gives only the medians,
+/// and a ratio's median is the median of each run's own ratio, which
+/// this line lets a reader check.
+fn run_summary(run: u64, fjall: &Table, postgres: Option<&Table>) -> String {
+    let rate = |t: &Table, key: &str| t.value(key).map_or("-".to_owned(), |v| format!("{v:.0}/s"));
+    let mut line = format!("bench: run {run}: jobs end to end {}", rate(fjall, "jobs"));
+    if let Some(pg) = postgres {
+        line += &format!("; on PostgreSQL {}", rate(pg, "jobs"));
+        if let (Some(jobs), Some(peer)) = (pg.value("jobs"), pg.value("apalis_postgres")) {
+            line += &format!(
+                "; apalis + PostgreSQL {peer:.0}/s, ratio {:.2}",
+                jobs / peer
+            );
+        }
+    }
+    line
 }
 
 /// Runs the apalis + PostgreSQL peer on the bench's database: its rate.
@@ -1135,5 +1154,26 @@ mod tests {
         assert_eq!(ceiling(&args(None), label), label);
         let remote = ceiling(&args(Some("http://10.0.0.2:7300")), label);
         assert!(remote.starts_with(label) && remote.ends_with("[client host]"));
+    }
+
+    #[test]
+    fn a_run_summary_gives_the_runs_own_peer_ratio() {
+        let mut fjall = Table::default();
+        fjall.add("jobs", "jobs", 14_000.0, "/s");
+        assert_eq!(
+            run_summary(1, &fjall, None),
+            "bench: run 1: jobs end to end 14000/s"
+        );
+        let mut pg = Table::default();
+        pg.add("jobs", "jobs", 9_000.0, "/s");
+        assert_eq!(
+            run_summary(2, &fjall, Some(&pg)),
+            "bench: run 2: jobs end to end 14000/s; on PostgreSQL 9000/s"
+        );
+        pg.add("apalis_postgres", "peer", 2_000.0, "/s");
+        assert_eq!(
+            run_summary(3, &fjall, Some(&pg)),
+            "bench: run 3: jobs end to end 14000/s; on PostgreSQL 9000/s; apalis + PostgreSQL 2000/s, ratio 4.50"
+        );
     }
 }

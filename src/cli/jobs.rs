@@ -82,7 +82,8 @@ Examples:
     },
     /// List jobs, newest first: every state unless --state names one.
     /// Prints one page (--page-size) and, if there is more, the
-    /// --page-token of the next on standard error; --all prints every page.
+    /// --page-token of the next on standard error (pages that held no
+    /// matching job are passed over); --all prints every page.
     #[command(after_help = "\
 Examples:
   pulse-ledger job list
@@ -627,7 +628,9 @@ pub(crate) fn job(cmd: JobCmd) -> Result<ExitCode, CliError> {
                     if page.next_page_token.is_empty() {
                         break;
                     }
-                    if !all {
+                    // A page that skipped only other jobs (it may, with a
+                    // filter) says nothing to a person: go on to the next.
+                    if !all && !page.jobs.is_empty() {
                         eprintln!("next page: --page-token {}", hex::encode(&page.next_page_token));
                         break;
                     }

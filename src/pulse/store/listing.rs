@@ -1,6 +1,7 @@
 //! Listings of jobs for people and tools: by state, handler and time,
 //! in pages.
 
+use super::queues::id_of_queue_key;
 use super::{
     Did, Jk, Job, JobError, JobId, JobState, JobStore, KeyRange, LIVE, Order, Stored, corrupt,
     index_byte, keyed, record_from_slice, state_byte, storage,
@@ -13,6 +14,10 @@ pub const LIST_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Most index entries one page of [`JobStore::list_for`] reads.
 pub const LIST_SCAN: usize = 10_000;
+
+/// The jobs a listing looks at, in its order: each one's ID and, where
+/// the scan read it already, its stored record.
+type Candidates<'a> = Box<dyn Iterator<Item = Result<(JobId, Option<Vec<u8>>), JobError>> + 'a>;
 
 /// Which jobs [`JobStore::list_jobs`] returns. The default: every job,
 /// newest first.
@@ -118,7 +123,8 @@ impl JobStore {
     /// index byte, of other states) are skipped, at most [`LIST_SCAN`]
     /// entries per page, so a page may hold fewer jobs than asked (even
     /// none) and still have a next cursor: the ID to continue after,
-    /// `None` at the end.
+    /// `None` at the end. A single server lists its running and held jobs
+    /// from its queues in memory instead of the index.
     ///
     /// # Errors
     /// Storage failures.
@@ -128,6 +134,111 @@ impl JobStore {
         cursor: Option<&JobId>,
         limit: usize,
     ) -> Result<(Vec<Job>, Option<JobId>), JobError> {
+        // Each candidate's ID and, when the scan read it, its record.
+        let queued = filter
+            .state
+            .as_ref()
+            .and_then(|s| self.queued_ids(s, filter, cursor));
+        let candidates: Candidates<'_> = match queued {
+            Some(ids) => Box::new(ids.into_iter().map(|id| Ok((id, None)))),
+            None => self.scanned(filter, cursor),
+        };
+        let limit = limit.clamp(1, 1000);
+        let mut out: Vec<Job> = Vec::new();
+        let mut bytes = 0usize;
+        let mut last: Option<JobId> = None;
+        for (scanned, candidate) in candidates.enumerate() {
+            if out.len() >= limit || scanned >= LIST_SCAN {
+                return Ok((out, last));
+            }
+            let (id, record) = candidate?;
+            // A live job in another live state is skipped without a read
+            // where its record is in memory (a single server).
+            let elsewhere = filter.state.is_some_and(|s| {
+                self.live
+                    .get(&id)
+                    .is_some_and(|kept| state_byte(&kept.job.state) != state_byte(&s))
+            });
+            if elsewhere {
+                last = Some(id);
+                continue;
+            }
+            let record = match record {
+                Some(r) => r,
+                None => match self.ks(Jk::Jobs).get(id.0).map_err(storage)? {
+                    Some(r) => r,
+                    // Pruned since the index was read: not part of the page.
+                    None => continue,
+                },
+            };
+            if bytes.saturating_add(record.len()) > LIST_PAGE_BYTES && !out.is_empty() {
+                return Ok((out, last));
+            }
+            let stored: Stored =
+                record_from_slice(&record).map_err(|e| corrupt(&format!("job {id}: {e}")))?;
+            last = Some(id);
+            // Live jobs share one byte of the index, whatever their state.
+            let state_holds = match filter.state {
+                Some(s) => state_byte(&s) == state_byte(&stored.job.state),
+                None => !filter.live || !stored.job.state.is_terminal(),
+            };
+            if state_holds
+                && filter
+                    .handler
+                    .as_ref()
+                    .is_none_or(|h| *h == stored.job.handler)
+            {
+                bytes = bytes.saturating_add(record.len());
+                out.push(stored.job);
+            }
+        }
+        Ok((out, None))
+    }
+
+    /// The IDs of the jobs in `state`, in the listing's order, from
+    /// `since` and after `cursor`, from the queue in memory that holds
+    /// every job in that state and no other, where the queues are complete
+    /// (running and held jobs on a single server) and it holds at most
+    /// [`LIST_SCAN`] jobs. Otherwise `None`: queued and retrying jobs
+    /// share the delayed queue, nodes sharing a store read the index, and
+    /// a larger queue is not copied under its lock (the dispatcher's) for
+    /// every page: jobs in that state are then plenty in the index too.
+    fn queued_ids(
+        &self,
+        state: &JobState,
+        filter: &JobFilter,
+        cursor: Option<&JobId>,
+    ) -> Option<Vec<JobId>> {
+        let tag = match state {
+            _ if self.is_shared() => return None,
+            JobState::Running => Jk::Running,
+            JobState::Held(_) => Jk::Held,
+            _ => return None,
+        };
+        let since = filter.since_ms.map(|ms| JobId::new(ms, 0));
+        let queues = self.queues();
+        let queue = queues.set(tag);
+        if queue.len() > LIST_SCAN {
+            return None;
+        }
+        let mut ids: Vec<JobId> = queue
+            .iter()
+            .filter_map(|key| id_of_queue_key(key).map(JobId))
+            .filter(|id| since.is_none_or(|s| *id >= s))
+            .filter(|id| cursor.is_none_or(|c| if filter.oldest_first { id > c } else { id < c }))
+            .collect();
+        drop(queues);
+        ids.sort_unstable();
+        ids.dedup();
+        if !filter.oldest_first {
+            ids.reverse();
+        }
+        Some(ids)
+    }
+
+    /// The state index (or, with no state, the jobs themselves) read in
+    /// the listing's order, from `since` and after `cursor`.
+    fn scanned(&self, filter: &JobFilter, cursor: Option<&JobId>) -> Candidates<'_> {
         use std::ops::Bound::{Excluded, Included, Unbounded};
         // Keys of the index read: state byte ‖ ID, or the ID alone.
         let prefix: Vec<u8> = match filter.state {
@@ -164,62 +275,16 @@ impl JobStore {
             },
             order,
         );
-        let limit = limit.clamp(1, 1000);
-        let mut out: Vec<Job> = Vec::new();
-        let mut bytes = 0usize;
-        let mut last: Option<JobId> = None;
-        for (scanned, kv) in entries.enumerate() {
-            if out.len() >= limit || scanned >= LIST_SCAN {
-                return Ok((out, last));
-            }
+        Box::new(entries.map(move |kv| {
             let (key, value) = kv.map_err(storage)?;
             let id = JobId(
                 key.get(id_at..id_at + 16)
                     .and_then(|k| k.try_into().ok())
                     .ok_or_else(|| corrupt("job index key"))?,
             );
-            // A live job in another live state is skipped without a read
-            // where its record is in memory (a single server).
-            let elsewhere = filter.state.is_some_and(|s| {
-                self.live
-                    .get(&id)
-                    .is_some_and(|kept| state_byte(&kept.job.state) != state_byte(&s))
-            });
-            if elsewhere {
-                last = Some(id);
-                continue;
-            }
-            let record = if id_at > 0 {
-                match self.ks(Jk::Jobs).get(id.0).map_err(storage)? {
-                    Some(r) => r,
-                    // Pruned since the index was read: not part of the page.
-                    None => continue,
-                }
-            } else {
-                value
-            };
-            if bytes.saturating_add(record.len()) > LIST_PAGE_BYTES && !out.is_empty() {
-                return Ok((out, last));
-            }
-            let stored: Stored =
-                record_from_slice(&record).map_err(|e| corrupt(&format!("job {id}: {e}")))?;
-            last = Some(id);
-            // Live jobs share one byte of the index, whatever their state.
-            let state_holds = match filter.state {
-                Some(s) => state_byte(&s) == state_byte(&stored.job.state),
-                None => !filter.live || !stored.job.state.is_terminal(),
-            };
-            if state_holds
-                && filter
-                    .handler
-                    .as_ref()
-                    .is_none_or(|h| *h == stored.job.handler)
-            {
-                bytes = bytes.saturating_add(record.len());
-                out.push(stored.job);
-            }
-        }
-        Ok((out, None))
+            // The jobs space holds the record itself.
+            Ok((id, (id_at == 0).then_some(value)))
+        }))
     }
 
     /// Running jobs whose attempt deadline is at or before `now`, at most

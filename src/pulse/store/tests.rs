@@ -547,40 +547,107 @@ fn live_jobs_share_one_index_entry_and_old_stores_are_merged_at_open() {
 /// A listing by a live state reads the live entries and skips the jobs
 /// in other live states: a page of [`JobStore::list_jobs`] may hold none
 /// and still have a cursor, and [`JobStore::list`] goes on until it finds
-/// one or reaches the end.
+/// one or reaches the end. Held (and running) jobs on a single server
+/// come from the queues in memory instead, while there are at most
+/// [`LIST_SCAN`] of them.
 #[test]
 fn a_live_state_is_listed_past_a_scan_of_other_live_jobs() {
     let (dir, ledger) = scratch_ledger("live-scan");
     let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
     let store = JobStore::open(&ledger).unwrap();
+    let req = JobRequest::default();
     let items: Vec<_> = (0..1_000)
-        .map(|_| (handler(), schema.clone(), JobRequest::default()))
+        .map(|_| (handler(), schema.clone(), req.clone()))
         .collect();
-    for _ in 0..=LIST_SCAN / 1_000 {
-        for r in store.enqueue_batch(&items, 1_000) {
+    let enqueue_many = |now: u64| -> Vec<JobId> {
+        let mut ids = Vec::new();
+        for _ in 0..=LIST_SCAN / 1_000 {
+            for r in store.enqueue_batch(&items, now) {
+                ids.push(r.unwrap().0.id);
+            }
+        }
+        ids
+    };
+    let apply_to = |ids: &[JobId], now: u64, f: fn(&mut Job, u64) -> Result<(), PulseError>| {
+        let ops: Vec<(JobId, GroupOp<()>)> = ids
+            .iter()
+            .map(|id| {
+                let op: GroupOp<()> = Box::new(move |j: &mut Job| f(j, now));
+                (*id, op)
+            })
+            .collect();
+        for r in store.update_many(now, ops) {
             r.unwrap();
         }
-    }
-    let held = store
-        .enqueue(&handler(), &schema, &JobRequest::default(), 1_000)
-        .unwrap()
-        .0;
-    store
-        .update(&held.id, 2_000, |j| j.hold(HoldReason::Plugin, 2_000))
-        .unwrap();
-    let filter = JobFilter {
+    };
+    let hold = |j: &mut Job, now: u64| j.hold(HoldReason::Plugin, now);
+    let ids_of = |page: &[Job]| page.iter().map(|j| j.id).collect::<Vec<_>>();
+    let held = JobFilter {
         state: Some(JobState::Held(HoldReason::Budget)),
         oldest_first: true,
         ..JobFilter::default()
     };
-    let (page, next) = store.list_jobs(&filter, None, 10).unwrap();
-    assert!(page.is_empty(), "the first page scanned only queued jobs");
+
+    // More than LIST_SCAN held jobs before one queued job.
+    let many_held = enqueue_many(1_000);
+    apply_to(&many_held, 2_000, hold);
+    let queued = store.enqueue(&handler(), &schema, &req, 2_000).unwrap().0;
+    let queued_only = JobFilter {
+        state: Some(JobState::Queued),
+        oldest_first: true,
+        ..JobFilter::default()
+    };
+    let (page, next) = store.list_jobs(&queued_only, None, 10).unwrap();
+    assert!(page.is_empty(), "the first page scanned only held jobs");
     assert!(next.is_some(), "an empty page before the end has a cursor");
-    let (page, more) = store
-        .list(&JobState::Held(HoldReason::Budget), None, 10)
-        .unwrap();
-    assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), [held.id]);
+    let (page, more) = store.list(&JobState::Queued, None, 10).unwrap();
+    assert_eq!(ids_of(&page), [queued.id]);
     assert!(!more);
+    // So many held jobs are listed from the index, in ID order.
+    let (page, next) = store.list_jobs(&held, None, 10).unwrap();
+    assert_eq!(ids_of(&page), many_held[..10]);
+    assert_eq!(next, Some(many_held[9]));
+
+    // A few held jobs behind more than LIST_SCAN queued ones: from memory,
+    // where a scan's first page would be empty.
+    apply_to(&many_held, 3_000, |j, now| {
+        j.cancel(CancelReason::Requested, now).map(|_| ())
+    });
+    let many_queued = enqueue_many(4_000);
+    let few_held: Vec<JobId> = (0..3)
+        .map(|_| {
+            store
+                .enqueue(&handler(), &schema, &req, 4_000)
+                .unwrap()
+                .0
+                .id
+        })
+        .collect();
+    apply_to(&few_held, 5_000, hold);
+    assert!(many_queued.len() > LIST_SCAN);
+    let (page, next) = store.list_jobs(&held, None, 2).unwrap();
+    assert_eq!(ids_of(&page), few_held[..2]);
+    assert_eq!(next, Some(few_held[1]));
+    let (page, next) = store.list_jobs(&held, next.as_ref(), 2).unwrap();
+    assert_eq!(ids_of(&page), few_held[2..]);
+    assert_eq!(next, None);
+    let newest = JobFilter {
+        oldest_first: false,
+        ..held.clone()
+    };
+    let (page, next) = store.list_jobs(&newest, None, 10).unwrap();
+    assert_eq!(ids_of(&page), [few_held[2], few_held[1], few_held[0]]);
+    assert_eq!(next, None);
+    let later = JobFilter {
+        since_ms: Some(4_000),
+        ..held.clone()
+    };
+    assert_eq!(store.list_jobs(&later, None, 10).unwrap().0.len(), 3);
+    let after = JobFilter {
+        since_ms: Some(4_001),
+        ..held
+    };
+    assert!(store.list_jobs(&after, None, 10).unwrap().0.is_empty());
     drop(store);
     drop(ledger);
     let _ = std::fs::remove_dir_all(&dir);
