@@ -454,6 +454,31 @@ fn queues_are_rebuilt_at_open_and_stored_queue_spaces_emptied() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Four jobs of [`handler`], enqueued in this order and left running,
+/// held, cancelled and queued.
+fn one_job_in_each_state(store: &JobStore, schema: &crate::HandlerSchema) -> [Job; 4] {
+    let jobs = [0; 4].map(|_| {
+        store
+            .enqueue(&handler(), schema, &JobRequest::default(), 1_000)
+            .unwrap()
+            .0
+    });
+    let started = store
+        .dispatch_next(LeaseToken([7; 16]), 2_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!(started.id, jobs[0].id);
+    store
+        .update(&jobs[1].id, 3_000, |j| j.hold(HoldReason::Plugin, 3_000))
+        .unwrap();
+    store
+        .update(&jobs[2].id, 3_000, |j| {
+            j.cancel(CancelReason::Requested, 3_000).map(|_| ())
+        })
+        .unwrap();
+    jobs
+}
+
 /// A live job has one state-index entry, under the live byte, whatever
 /// its live state; a store written when held, running and retrying jobs
 /// had bytes of their own is moved under it at its first open, with its
@@ -462,7 +487,6 @@ fn queues_are_rebuilt_at_open_and_stored_queue_spaces_emptied() {
 fn live_jobs_share_one_index_entry_and_old_stores_are_merged_at_open() {
     let (dir, ledger) = scratch_ledger("live-index");
     let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
-    let req = JobRequest::default();
     let index = |store: &JobStore| {
         let mut keys: Vec<Vec<u8>> = store
             .ks(Jk::ByState)
@@ -478,23 +502,7 @@ fn live_jobs_share_one_index_entry_and_old_stores_are_merged_at_open() {
     };
     let (queued, running, held, done, before) = {
         let store = JobStore::open(&ledger).unwrap();
-        let running = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
-        let held = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
-        let done = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
-        let queued = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
-        let started = store
-            .dispatch_next(LeaseToken([7; 16]), 2_000)
-            .unwrap()
-            .unwrap();
-        assert_eq!(started.id, running.id);
-        store
-            .update(&held.id, 3_000, |j| j.hold(HoldReason::Plugin, 3_000))
-            .unwrap();
-        store
-            .update(&done.id, 3_000, |j| {
-                j.cancel(CancelReason::Requested, 3_000).map(|_| ())
-            })
-            .unwrap();
+        let [running, held, done, queued] = one_job_in_each_state(&store, &schema);
         let mut live = [queued.id, running.id, held.id].map(|id| keyed(&[LIVE], &id));
         live.sort();
         let mut expected = live.to_vec();
@@ -667,26 +675,12 @@ fn the_live_filter_lists_every_live_state_in_one_pass() {
     )
     .unwrap();
     let other_schema = crate::HandlerSchema::new("o", "1.0.0", other.clone());
-    let req = JobRequest::default();
     let store = JobStore::open(&ledger).unwrap();
-    let running = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
-    let held = store.enqueue(&handler(), &schema, &req, 1_001).unwrap().0;
-    let done = store.enqueue(&handler(), &schema, &req, 1_002).unwrap().0;
-    let theirs = store.enqueue(&other, &other_schema, &req, 1_003).unwrap().0;
-    let queued = store.enqueue(&handler(), &schema, &req, 1_004).unwrap().0;
-    let started = store
-        .dispatch_next(LeaseToken([7; 16]), 2_000)
+    let [running, held, done, queued] = one_job_in_each_state(&store, &schema);
+    let theirs = store
+        .enqueue(&other, &other_schema, &JobRequest::default(), 4_000)
         .unwrap()
-        .unwrap();
-    assert_eq!(started.id, running.id);
-    store
-        .update(&held.id, 3_000, |j| j.hold(HoldReason::Plugin, 3_000))
-        .unwrap();
-    store
-        .update(&done.id, 3_000, |j| {
-            j.cancel(CancelReason::Requested, 3_000).map(|_| ())
-        })
-        .unwrap();
+        .0;
     let listed = |filter: &JobFilter, limit: usize| {
         let mut ids = Vec::new();
         let mut cursor = None;
@@ -704,7 +698,7 @@ fn the_live_filter_lists_every_live_state_in_one_pass() {
         oldest_first: true,
         ..JobFilter::default()
     };
-    let every_live = [running.id, held.id, theirs.id, queued.id];
+    let every_live = [running.id, held.id, queued.id, theirs.id];
     assert_eq!(listed(&live, 100), every_live);
     assert_eq!(listed(&live, 1), every_live, "paged one job at a time");
     let mine = JobFilter {
@@ -725,7 +719,7 @@ fn the_live_filter_lists_every_live_state_in_one_pass() {
     };
     assert_eq!(
         listed(&every, 100),
-        [running.id, held.id, done.id, theirs.id, queued.id]
+        [running.id, held.id, done.id, queued.id, theirs.id]
     );
     drop(store);
     drop(ledger);
