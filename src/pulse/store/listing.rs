@@ -246,9 +246,10 @@ impl JobStore {
             None if filter.live => vec![LIVE],
             None => Vec::new(),
         };
-        let (ks, id_at) = match prefix.is_empty() {
-            false => (self.ks(Jk::ByState), 1),
-            true => (self.ks(Jk::Jobs), 0),
+        let (ks, id_at) = if prefix.is_empty() {
+            (self.ks(Jk::Jobs), 0)
+        } else {
+            (self.ks(Jk::ByState), 1)
         };
         let since = filter.since_ms.map(|ms| keyed(&prefix, &JobId::new(ms, 0)));
         let mut low = since.map_or_else(|| Included(prefix.clone()), Included);
