@@ -437,6 +437,7 @@ pub fn postgres_database(name: &str) -> Option<String> {
                 .await
                 .unwrap_or_else(|e| panic!("PULSE_TEST_POSTGRES={admin_url}: {e}"));
             tokio::spawn(conn);
+            drop_leftovers(&client).await;
             // One at a time: neither may run inside a transaction block.
             for s in &statements {
                 client.batch_execute(s).await.unwrap();
@@ -447,6 +448,46 @@ pub fn postgres_database(name: &str) -> Option<String> {
     .unwrap();
     let (base, _) = admin.rsplit_once('/').expect("a URL ending in /DATABASE");
     Some(format!("{base}/{db}"))
+}
+
+/// Drops, once per test process, the databases that [`postgres_database`]
+/// made for test processes no longer running (their names end in the
+/// process ID), so that a developer's cluster does not gain a database
+/// per PostgreSQL test on every run. A database of a live process (one
+/// test process per test, or an ID reused) is left alone. Where processes
+/// cannot be looked up (no /proc), nothing is dropped.
+async fn drop_leftovers(client: &tokio_postgres::Client) {
+    static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    {
+        let mut done = ONCE.lock().unwrap_or_else(|p| p.into_inner());
+        if *done {
+            return;
+        }
+        *done = true;
+    }
+    let rows = client
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'pl\\_%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    for row in rows {
+        let name: String = row.get(0);
+        let Some(pid) = name.rsplit('_').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        // Another process may be dropping it too.
+        let _ = client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .await;
+    }
 }
 
 /// Where a test keeps its log and jobs: a fjall data dir, or a fresh
