@@ -656,3 +656,96 @@ async fn a_request_head_that_stalls_is_closed() {
         );
     }
 }
+
+/// spec/console.md: a ListJobs page that read only jobs other than those
+/// asked for (its scan stops after 10,000 index entries) is followed, so
+/// the console's list shows the one job of a handler behind 10,001 of
+/// another instead of an empty page with a link to the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_list_passes_over_pages_that_hold_none_of_the_jobs_asked_for() {
+    let dir = tempdir("console-empty-pages");
+    let p = key("console-pages-plugin");
+    let pkey = key_file(&dir, &p);
+    let (operator, operator_table) = operator_token("console-pages", &["read", "enqueue"]);
+    let plugin = common::plugin_table(
+        "tools",
+        &["--key".into(), pkey.display().to_string()],
+        &dir.join("events.log"),
+    );
+    let c = start(&dir, &format!("{plugin}{operator_table}\n"));
+    let mut reg = RegistryClient::connect(c.grpc.clone()).await.unwrap();
+    let (many, one) = (key("console-pages-many"), key("console-pages-one"));
+    for a in [
+        plugin_register(&p, "tools"),
+        handler_register(&many, "sleep", &p.did),
+        handler_register(&one, "sleep", &p.did),
+    ] {
+        reg.submit(proto::SubmitRequest {
+            envelope: a.envelope().to_vec(),
+        })
+        .await
+        .unwrap();
+    }
+    fn bearer<T>(token: &str, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        r
+    }
+    let mut jobs = JobsClient::connect(c.grpc.clone()).await.unwrap();
+    // Due in an hour: queued for the whole test.
+    let later = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 3_600_000;
+    let request = |d: &pulse_ledger::Did| proto::EnqueueRequest {
+        handler: d.to_string(),
+        run_at_ms: later,
+        ..Default::default()
+    };
+    for n in [1_000; 10].into_iter().chain([1]) {
+        let batch = proto::EnqueueBatchRequest {
+            jobs: (0..n).map(|_| request(&many.did)).collect(),
+        };
+        let results = jobs
+            .enqueue_batch(bearer(&operator, batch))
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        assert_eq!(results.len(), n);
+    }
+    let theirs = hex::encode(
+        jobs.enqueue(bearer(&operator, request(&one.did)))
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap()
+            .id,
+    );
+    // ListJobs itself answers an empty first page with a token.
+    let first = jobs
+        .list_jobs(bearer(&operator, proto::ListJobsRequest {
+            handler: one.did.to_string(),
+            oldest_first: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.jobs.is_empty() && !first.next_page_token.is_empty());
+    let path = format!("/api/v1/jobs?handler={}&oldest_first=true", one.did);
+    let page = http(&c.http, "GET", &path, Some(&operator), None).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let page = page.json();
+    let listed: Vec<&str> = page["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, vec![theirs.as_str()]);
+    assert_eq!(page["next"], Value::Null);
+}

@@ -284,21 +284,36 @@ pub(super) async fn jobs(
     caller: Caller,
     Query(q): Query<JobsQuery>,
 ) -> ApiResult {
-    let page_token = page_token(q.after.as_deref())?;
-    let r = s
-        .jobs
-        .list_jobs(caller.rpc(proto::ListJobsRequest {
-            state: q.state.unwrap_or_default(),
-            page_size: q.limit.unwrap_or(50),
-            page_token,
-            handler: q.handler.unwrap_or_default(),
-            since_ms: q.since_ms.unwrap_or(0),
-            oldest_first: q.oldest_first.unwrap_or(false),
-        }))
-        .await?
-        .into_inner();
-    Ok(Json(json::jobs_page(&r)))
+    let mut request = proto::ListJobsRequest {
+        state: q.state.unwrap_or_default(),
+        page_size: q.limit.unwrap_or(50),
+        page_token: page_token(q.after.as_deref())?,
+        handler: q.handler.unwrap_or_default(),
+        since_ms: q.since_ms.unwrap_or(0),
+        oldest_first: q.oldest_first.unwrap_or(false),
+    };
+    // A page holds none of the jobs asked for when their index scan
+    // passed over others only: follow it, as `job list` does, so that the
+    // console does not show an empty page with a link to the next.
+    let mut calls = 1;
+    loop {
+        let r = s
+            .jobs
+            .list_jobs(caller.rpc(request.clone()))
+            .await?
+            .into_inner();
+        if !r.jobs.is_empty() || r.next_page_token.is_empty() || calls == EMPTY_PAGES_FOLLOWED {
+            return Ok(Json(json::jobs_page(&r)));
+        }
+        request.page_token = r.next_page_token;
+        calls += 1;
+    }
 }
+
+/// ListJobs calls one `GET /api/v1/jobs` makes at most while they answer
+/// empty pages with a next one (each reads at most 10,000 index entries):
+/// past that it answers the empty page and its `next`.
+const EMPTY_PAGES_FOLLOWED: u32 = 10;
 
 /// `GET /api/v1/jobs/{id}`.
 pub(super) async fn job(State(s): Shared, caller: Caller, Path(id): Path<String>) -> ApiResult {
