@@ -27,6 +27,14 @@ fn start(dir: &std::path::Path, config: &str) -> ConsoleServe {
     )
 }
 
+/// `msg` as a gRPC request that carries `token`.
+fn bearer<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
 /// An HTTP/1.1 answer: status, headers (lower-case names) and body.
 struct Answer {
     status: u16,
@@ -168,14 +176,13 @@ async fn the_console_serves_its_pages_and_the_api_under_the_grpc_rules() {
         .unwrap();
     }
     let mut jobs = JobsClient::connect(c.grpc.clone()).await.unwrap();
-    let mut enqueue = tonic::Request::new(proto::EnqueueRequest {
-        handler: h.did.to_string(),
-        payload: b"30000".to_vec(),
-        ..Default::default()
-    });
-    enqueue.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {operator}").parse().unwrap(),
+    let enqueue = bearer(
+        &operator,
+        proto::EnqueueRequest {
+            handler: h.did.to_string(),
+            payload: b"30000".to_vec(),
+            ..Default::default()
+        },
     );
     let id = hex::encode(
         jobs.enqueue(enqueue)
@@ -686,12 +693,6 @@ async fn a_job_list_passes_over_pages_that_hold_none_of_the_jobs_asked_for() {
         .await
         .unwrap();
     }
-    fn bearer<T>(token: &str, msg: T) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        r
-    }
     let mut jobs = JobsClient::connect(c.grpc.clone()).await.unwrap();
     // Due in an hour: queued for the whole test.
     let later = std::time::SystemTime::now()
@@ -727,11 +728,14 @@ async fn a_job_list_passes_over_pages_that_hold_none_of_the_jobs_asked_for() {
     );
     // ListJobs itself answers an empty first page with a token.
     let first = jobs
-        .list_jobs(bearer(&operator, proto::ListJobsRequest {
-            handler: one.did.to_string(),
-            oldest_first: true,
-            ..Default::default()
-        }))
+        .list_jobs(bearer(
+            &operator,
+            proto::ListJobsRequest {
+                handler: one.did.to_string(),
+                oldest_first: true,
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap()
         .into_inner();
