@@ -454,8 +454,10 @@ pub fn postgres_database(name: &str) -> Option<String> {
 /// made for test processes no longer running (their names end in the
 /// process ID), so that a developer's cluster does not gain a database
 /// per PostgreSQL test on every run. A database of a live process (one
-/// test process per test, or an ID reused) is left alone. Where processes
-/// cannot be looked up (no /proc), nothing is dropped.
+/// test process per test, or an ID reused) is left alone, and so is one
+/// that has a connection (a test on another machine sharing the cluster:
+/// no `WITH (FORCE)`). Where processes cannot be looked up (no /proc),
+/// nothing is dropped.
 async fn drop_leftovers(client: &tokio_postgres::Client) {
     static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
     if !std::path::Path::new("/proc/self").exists() {
@@ -483,9 +485,10 @@ async fn drop_leftovers(client: &tokio_postgres::Client) {
         if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        // Another process may be dropping it too.
+        // Refused while it has a connection; another process may be
+        // dropping it too.
         let _ = client
-            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\""))
             .await;
     }
 }

@@ -302,7 +302,7 @@ pub(super) async fn jobs(
             .list_jobs(caller.rpc(request.clone()))
             .await?
             .into_inner();
-        if !r.jobs.is_empty() || r.next_page_token.is_empty() || calls == EMPTY_PAGES_FOLLOWED {
+        if !r.jobs.is_empty() || r.next_page_token.is_empty() || calls == LIST_CALLS_PER_PAGE {
             return Ok(Json(json::jobs_page(&r)));
         }
         request.page_token = r.next_page_token;
@@ -313,7 +313,7 @@ pub(super) async fn jobs(
 /// ListJobs calls one `GET /api/v1/jobs` makes at most while they answer
 /// empty pages with a next one (each reads at most 10,000 index entries):
 /// past that it answers the empty page and its `next`.
-const EMPTY_PAGES_FOLLOWED: u32 = 10;
+const LIST_CALLS_PER_PAGE: u32 = 10;
 
 /// `GET /api/v1/jobs/{id}`.
 pub(super) async fn job(State(s): Shared, caller: Caller, Path(id): Path<String>) -> ApiResult {
