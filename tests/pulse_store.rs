@@ -11,7 +11,8 @@ use common::{Place, key};
 use pulse_ledger::HandlerSchema;
 use pulse_ledger::ledger::Ledger;
 use pulse_ledger::pulse::{
-    Backoff, JobError, JobRequest, JobState, JobStore, LeaseToken, PulseErrorCode, RetryPolicy,
+    Backoff, JobError, JobId, JobRequest, JobState, JobStore, LeaseToken, PulseErrorCode,
+    RetryPolicy,
 };
 
 fn open(place: &Place) -> (Ledger, JobStore) {
@@ -350,10 +351,10 @@ fn job_ids_stay_unique_when_the_clock_steps_back_across_a_restart(place: Place) 
 }
 on_every_backend!(job_ids_stay_unique_when_the_clock_steps_back_across_a_restart);
 
-/// Pruning reads the finished index from its oldest entry and stops at the
-/// limit: a pass deletes `limit` jobs however many finished jobs are
-/// younger, and the next pass goes on where it stopped.
-fn pruning_is_bounded_per_pass_and_oldest_first(place: Place) {
+/// Pruning reads finished jobs in ID order and stops at the limit: a pass
+/// reads `limit` jobs however many finished jobs are kept, deletes those
+/// finished before the cutoff, and the next pass goes on where it stopped.
+fn pruning_is_bounded_per_pass_and_in_id_order(place: Place) {
     let (_ledger, store) = open(&place);
     let h = key("pb-h").did;
     let schema = HandlerSchema::new("h", "1.0.0", key("pb-p").did);
@@ -372,22 +373,66 @@ fn pruning_is_bounded_per_pass_and_oldest_first(place: Place) {
             .unwrap();
         ids.push((at, job.id));
     }
-    ids.sort();
     assert_eq!(store.prune_finished(u64::MAX, 10).unwrap(), 10);
     for (i, (_, id)) in ids.iter().enumerate() {
-        assert_eq!(
-            store.get(id).is_ok(),
-            i >= 10,
-            "the 10 oldest-finished go first"
-        );
+        assert_eq!(store.get(id).is_ok(), i >= 10, "the 10 first created go");
     }
-    // Only those finished before the cutoff, even with room for more.
-    let cutoff = ids[15].0;
+    // Only those finished before the cutoff, even with room for more: of
+    // the 20 left, the 5 that finished first (created last).
+    let cutoff = ids[25].0 + 1;
     assert_eq!(store.prune_finished(cutoff, 100).unwrap(), 5);
-    assert!(store.get(&ids[15].1).is_ok());
+    for (i, (_, id)) in ids.iter().enumerate() {
+        assert_eq!(store.get(id).is_ok(), (10..25).contains(&i), "job {i}");
+    }
     assert_eq!(store.prune_finished(cutoff, 100).unwrap(), 0);
 }
-on_every_backend!(pruning_is_bounded_per_pass_and_oldest_first);
+on_every_backend!(pruning_is_bounded_per_pass_and_in_id_order);
+
+/// Jobs kept by pruning (created before the cutoff, finished after it)
+/// never stop it: however many come first, passes of a small limit go on
+/// past them to the jobs due behind, each pass reading at most its limit.
+fn pruning_goes_on_past_the_jobs_it_keeps(place: Place) {
+    let (_ledger, store) = open(&place);
+    let h = key("pk-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", key("pk-p").did);
+    let finish = |id: &JobId, at: u64| {
+        store
+            .update(id, at, |j| {
+                j.cancel(pulse_ledger::pulse::CancelReason::Requested, at)
+                    .map(|_| ())
+            })
+            .unwrap()
+    };
+    let mut kept = Vec::new();
+    for _ in 0..25 {
+        let (job, _) = store
+            .enqueue(&h, &schema, &JobRequest::default(), 1_000)
+            .unwrap();
+        finish(&job.id, 90_000);
+        kept.push(job.id);
+    }
+    let (due, _) = store
+        .enqueue(&h, &schema, &JobRequest::default(), 2_000)
+        .unwrap();
+    finish(&due.id, 3_000);
+    let cutoff = 50_000;
+    // 25 kept entries come first: passes of 10 read 10, 10, then 5 and
+    // the due job.
+    assert_eq!(store.prune_finished(cutoff, 10).unwrap(), 0);
+    assert_eq!(store.prune_finished(cutoff, 10).unwrap(), 0);
+    assert!(store.get(&due.id).is_ok());
+    assert_eq!(store.prune_finished(cutoff, 10).unwrap(), 1);
+    assert!(store.get(&due.id).is_err());
+    // Past the end, the next pass starts over and reads the first 10 kept
+    // ones; at a later cutoff, the pass after it goes on with the 15
+    // behind them, and the one after that starts over with the 10.
+    assert_eq!(store.prune_finished(cutoff, 10).unwrap(), 0);
+    assert_eq!(store.prune_finished(90_001, 100).unwrap(), 15);
+    assert!(kept[..10].iter().all(|id| store.get(id).is_ok()));
+    assert_eq!(store.prune_finished(90_001, 100).unwrap(), 10);
+    assert!(kept.iter().all(|id| store.get(id).is_err()));
+}
+on_every_backend!(pruning_goes_on_past_the_jobs_it_keeps);
 
 /// A page of jobs stops at a byte budget, not only at a count: big jobs
 /// come a few per page, and the page says more follow.

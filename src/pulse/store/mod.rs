@@ -1,4 +1,4 @@
-//! The durable job store: jobs and their state and finished indexes in the
+//! The durable job store: jobs and their state index in the
 //! ledger's storage (fjall or PostgreSQL), and the queues in memory. Every
 //! transition is one atomic, durable batch; dequeue reads the first key of
 //! an ordered set in memory (O(log n)).
@@ -13,8 +13,7 @@ use super::budget::Budget;
 use super::error::PulseError;
 use super::handler_load::{HandlerLoad, LoadDelta};
 use super::job::{
-    CancelReason, DeadReason, Job, JobId, JobLimits, JobRequest, JobState, LeaseToken,
-    MAX_PRIORITY, check_request,
+    Job, JobId, JobLimits, JobRequest, JobState, LeaseToken, MAX_PRIORITY, check_request,
 };
 use super::job_metrics::JobCounters;
 use super::live_records::{self, LiveRecords, RecordWrite};
@@ -55,7 +54,8 @@ pub(super) enum Jk {
     Held = 4,
     /// handler key (32) ‖ idempotency key → job ID.
     Idem = 5,
-    /// state (1) ‖ job ID → empty: for listings by state.
+    /// state (1) ‖ job ID → empty for a live job; for a finished one, the
+    /// time it finished (u64 BE), which pruning reads ([`state_value`]).
     ByState = 6,
     /// handler key (32; all zero for the default) → budget record.
     Budget = 7,
@@ -63,10 +63,11 @@ pub(super) enum Jk {
     Spend = 8,
     /// job ID (16) ‖ sequence number (u64 BE, from 1) → [`LogLine`].
     Log = 9,
-    /// time the job finished (u64 BE) ‖ job ID → empty: finished jobs
-    /// oldest first, so pruning reads only what it deletes.
+    /// Empty since [`META_FINISH_IN_STATE`]: earlier versions kept here
+    /// time the job finished (u64 BE) ‖ job ID, for pruning, a second
+    /// entry per finished job.
     Finished = 10,
-    /// name → value: the store's own markers ([`META_FINISHED_INDEX`],
+    /// name → value: the store's own markers ([`META_FINISH_IN_STATE`],
     /// [`META_QUEUES_IN_MEMORY`]).
     Meta = 11,
     /// schedule ID (16) → stored [`Schedule`](super::Schedule).
@@ -77,9 +78,11 @@ pub(super) enum Jk {
     Loads = 13,
 }
 
-/// Set once the finished index covers every finished job (stores written
-/// before the index existed are backfilled at their first open).
-const META_FINISHED_INDEX: &[u8] = b"finished_index";
+/// Set once the finished index ([`Jk::Finished`]) written by earlier
+/// versions has been emptied: a finished job's state entry carries the
+/// time it finished, and pruning reads those, so a job's end writes one
+/// index entry instead of two.
+const META_FINISH_IN_STATE: &[u8] = b"finish_in_state";
 
 /// Set once the queue spaces (ready, delayed, running, held) written by
 /// earlier versions have been emptied: the queues are kept in memory only,
@@ -272,6 +275,9 @@ pub struct JobStore {
     /// Called when an enqueue has written jobs ready to run, before its
     /// fsync ([`JobStore::wake_on_ready`]).
     on_ready: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// The state entry the last pruning pass read up to, where the next
+    /// one goes on (empty: from the first finished entry).
+    prune_from: Mutex<Vec<u8>>,
 }
 
 /// How long an enqueue that woke the dispatcher waits for the
@@ -370,10 +376,22 @@ fn placement(job: &Job, now: u64) -> Option<(u8, Vec<u8>)> {
     }
 }
 
-/// A finished job's key in the finished index.
-fn finished_key(job: &Job) -> Vec<u8> {
-    keyed(&job.updated_at.to_be_bytes(), &job.id)
+/// A job's value in the state index: empty while it lives; once it is
+/// finished, the time it finished (u64 BE), so that pruning decides
+/// without reading the record. Entries written before
+/// [`META_FINISH_IN_STATE`] are empty for finished jobs too: pruning
+/// reads those jobs' records.
+fn state_value(job: &Job) -> Vec<u8> {
+    if job.state.is_terminal() {
+        job.updated_at.to_be_bytes().to_vec()
+    } else {
+        Vec::new()
+    }
 }
+
+/// The state index's bytes of finished jobs, in the order pruning reads
+/// them.
+const FINISHED_BYTES: [u8; 3] = [4, 5, 6];
 
 /// The answers to a group whose commit failed: every result that
 /// succeeded becomes the storage failure (`what` not persisted); refused
@@ -457,8 +475,9 @@ impl JobStore {
             lost_races: std::sync::atomic::AtomicU64::new(0),
             live: LiveRecords::new(!shared, live_records::MAX_BYTES),
             on_ready: std::sync::OnceLock::new(),
+            prune_from: Mutex::default(),
         };
-        store.backfill_finished_index()?;
+        store.empty_finished_index()?;
         store.empty_stored_queues()?;
         store.merge_live_index()?;
         store.count_loads()?;
@@ -509,30 +528,17 @@ impl JobStore {
         ))
     }
 
-    /// Stores written before the finished index existed get it at their
-    /// first open: one pass over the state index's keys (no job record is
-    /// read), keyed by each job's creation time, a lower bound of when it
-    /// finished. Pruning re-keys an entry whose job finished later than
-    /// its cutoff, so the bound is never wrong for long.
-    fn backfill_finished_index(&self) -> Result<(), JobError> {
-        let finished = [
-            JobState::Succeeded,
-            JobState::Dead(DeadReason::Poison),
-            JobState::Cancelled(CancelReason::Requested),
-        ];
-        let puts = finished.into_iter().flat_map(|state| {
-            self.ks(Jk::ByState).prefix([state_byte(&state)]).map(|kv| {
-                let (key, _) = kv.map_err(storage)?;
-                let id = JobId(
-                    key.get(1..17)
-                        .and_then(|k| k.try_into().ok())
-                        .ok_or_else(|| corrupt("state key"))?,
-                );
-                let at = id.created_at_ms().to_be_bytes();
-                Ok((Jk::Finished, keyed(&at, &id), true))
-            })
-        });
-        self.upgrade_once(META_FINISHED_INDEX, puts)
+    /// Stores written before finished state entries carried their finish
+    /// time hold a second entry per finished job in the finished index:
+    /// emptied once (nothing reads it any more). Their state entries stay
+    /// empty; pruning reads those jobs' records instead, and fills the
+    /// entries of jobs it keeps.
+    fn empty_finished_index(&self) -> Result<(), JobError> {
+        let removes = self
+            .ks(Jk::Finished)
+            .iter()
+            .map(|kv| Ok((Jk::Finished, kv.map_err(storage)?.0, false)));
+        self.upgrade_once(META_FINISH_IN_STATE, removes)
     }
 
     /// Stores written before the live jobs shared one byte of the state
@@ -1173,7 +1179,7 @@ impl JobStore {
         batch.insert(
             self.ks(Jk::ByState),
             keyed(&[index_byte(&job.state)], &id),
-            b"",
+            state_value(&job),
         );
         let record = record_to_vec(&stored);
         self.stage_record(effects, stored, record.len());
@@ -1603,17 +1609,13 @@ impl JobStore {
             transitions.push(Transition::of(Some(&old.job), &new.job));
         }
         let (a, b) = (index_byte(&old.job.state), index_byte(&new.job.state));
+        let refinished = new.job.state.is_terminal() && old.job.updated_at != new.job.updated_at;
         if a != b {
             batch.remove(self.ks(Jk::ByState), keyed(&[a], &new.job.id));
-            batch.insert(self.ks(Jk::ByState), keyed(&[b], &new.job.id), b"");
         }
-        let (was, is) = (old.job.state.is_terminal(), new.job.state.is_terminal());
-        let moved = old.job.updated_at != new.job.updated_at;
-        if was && (!is || moved) {
-            batch.remove(self.ks(Jk::Finished), finished_key(&old.job));
-        }
-        if is && (!was || moved) {
-            batch.insert(self.ks(Jk::Finished), finished_key(&new.job), b"");
+        if a != b || refinished {
+            let value = state_value(&new.job);
+            batch.insert(self.ks(Jk::ByState), keyed(&[b], &new.job.id), value);
         }
         let id = new.job.id;
         let record = record_to_vec(&new);
@@ -1775,50 +1777,63 @@ impl JobStore {
     }
 
     /// Deletes finished jobs (succeeded, dead, cancelled) that finished
-    /// before `cutoff_ms`, with their index entries, log lines and
-    /// idempotency keys; at most `limit` per call, oldest first. Reads only
-    /// the finished index's first `limit` entries, so a pass costs what it
-    /// deletes, not the number of finished jobs; the writer lock is taken
-    /// only for those. The ledger is never pruned.
+    /// before `cutoff_ms`, with their state entries, log lines and
+    /// idempotency keys. A pass reads at most `limit` finished state
+    /// entries, in job ID order, going on where the previous pass stopped
+    /// and starting over once it reaches the end: only entries of jobs
+    /// created before the cutoff are read (a job finishes after it is
+    /// created), and each carries the time its job finished, so a pass
+    /// costs what it reads however many finished jobs are kept, and the
+    /// jobs it keeps (created before the cutoff, finished after it) never
+    /// stop it from reaching the ones behind them. The writer lock is
+    /// taken only to delete. The ledger is never pruned.
     ///
     /// # Errors
     /// Storage failures.
     pub fn prune_finished(&self, cutoff_ms: u64, limit: usize) -> Result<usize, JobError> {
-        let candidates = self
-            .ks(Jk::Finished)
-            .range(..cutoff_ms.to_be_bytes().to_vec())
-            .take(limit)
-            .map(|kv| kv.map(|(k, _)| k).map_err(storage))
-            .collect::<Result<Vec<_>, _>>()?;
-        if candidates.is_empty() {
+        let read = self.finished_entries_before(cutoff_ms, limit)?;
+        let due: Vec<(Vec<u8>, Option<u64>)> = read
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let finished = value.try_into().ok().map(u64::from_be_bytes);
+                (finished.is_none_or(|at| at < cutoff_ms)).then_some((key, finished))
+            })
+            .collect();
+        if due.is_empty() {
             return Ok(0);
         }
         let _guard = self.writer();
         let mut batch = self.batch();
         let mut pruned = 0;
-        for key in candidates {
-            let (_, id) = time_keyed(&key, "finished")?;
-            batch.remove(self.ks(Jk::Finished), key.clone());
+        for (key, finished) in due {
+            let id = JobId(
+                key.get(1..17)
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| corrupt("state key"))?,
+            );
             let Some((stored, raw)) = self.load_raw(&id)? else {
+                batch.remove(self.ks(Jk::ByState), key);
                 continue;
             };
             let job = &stored.job;
-            if !job.state.is_terminal() {
+            // Not finished any more (retried on another node since the
+            // entry was read), or not in that state: its own write moved
+            // the entry.
+            if !job.state.is_terminal() || key.first() != Some(&index_byte(&job.state)) {
                 continue;
             }
-            if job.updated_at >= cutoff_ms {
-                // Keyed by a lower bound (a backfilled entry): put it where
-                // it belongs.
-                batch.insert(self.ks(Jk::Finished), finished_key(job), b"");
-                continue;
-            }
-            batch.remove(self.ks(Jk::Finished), finished_key(job));
-            batch.remove(self.ks(Jk::ByState), keyed(&[index_byte(&job.state)], &id));
-            // Not retried (a job retried on another node meanwhile is not
-            // finished any more): the next pass prunes what is left.
             if let Some(raw) = &raw {
                 batch.expect(self.ks(Jk::Jobs), id.0, Some(raw));
             }
+            if job.updated_at >= cutoff_ms {
+                if finished.is_none() {
+                    // An entry from before finish times were kept: give
+                    // it its job's, so later passes need not read the job.
+                    batch.insert(self.ks(Jk::ByState), key, state_value(job));
+                }
+                continue;
+            }
+            batch.remove(self.ks(Jk::ByState), key);
             batch.remove(self.ks(Jk::Jobs), id.0);
             for kv in self.ks(Jk::Log).prefix(id.0) {
                 batch.remove(self.ks(Jk::Log), kv.map_err(storage)?.0);
@@ -1830,12 +1845,56 @@ impl JobStore {
             }
             pruned += 1;
         }
+        // Not retried (a job retried on another node meanwhile is not
+        // finished any more): the next pass over it prunes what is left.
         match self.storage.commit(batch) {
             Err(e) if e.is_conflict() => Ok(0),
             other => other
                 .map(|()| pruned)
                 .map_err(|e| storage(format!("prune not persisted: {e}"))),
         }
+    }
+
+    /// Up to `limit` finished state entries (key, value) of jobs created
+    /// before `cutoff_ms`, in key order after the last pass's, and where
+    /// the next pass goes on: after the last entry read, or from the
+    /// start once fewer than `limit` were left.
+    fn finished_entries_before(
+        &self,
+        cutoff_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::storage::Entry>, JobError> {
+        use std::ops::Bound::{Excluded, Included};
+        let mut from = self.prune_from.lock().unwrap_or_else(|p| p.into_inner());
+        let mut read = Vec::new();
+        for byte in FINISHED_BYTES {
+            let left = limit.saturating_sub(read.len());
+            // IDs begin with their creation time (u64 BE).
+            let end = keyed(&[byte], &JobId::new(cutoff_ms, 0));
+            if left == 0 {
+                break;
+            }
+            if *from >= end {
+                continue;
+            }
+            let start = if *from >= vec![byte] {
+                Excluded(from.clone())
+            } else {
+                Included(vec![byte])
+            };
+            for kv in self
+                .ks(Jk::ByState)
+                .range((start, Excluded(end)))
+                .take(left)
+            {
+                read.push(kv.map_err(storage)?);
+            }
+        }
+        *from = match read.last() {
+            Some((key, _)) if read.len() >= limit => key.clone(),
+            _ => Vec::new(),
+        };
+        Ok(read)
     }
 }
 

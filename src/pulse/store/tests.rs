@@ -313,12 +313,13 @@ fn an_enqueue_wakes_the_dispatcher_for_ready_jobs_only() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A store written before the finished index existed (no index, no
-/// marker) gets it at its next open, and pruning then finds its old
-/// finished jobs (re-keying those that finished after the cutoff).
+/// A store written while finished jobs had a second entry, in the
+/// finished index, and an empty state entry, has the index emptied at its
+/// next open; pruning then reads those jobs' records, and writes the
+/// finish time into the entries of the jobs it keeps.
 #[test]
-fn stores_without_a_finished_index_are_backfilled_at_open() {
-    let (dir, ledger) = scratch_ledger("backfill");
+fn stores_with_a_finished_index_have_it_emptied_and_their_jobs_still_pruned() {
+    let (dir, ledger) = scratch_ledger("finished-index");
     let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
     let req = JobRequest::default();
     let cancel = |store: &JobStore, id: &JobId, at: u64| {
@@ -335,22 +336,35 @@ fn stores_without_a_finished_index_are_backfilled_at_open() {
         let open_job = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
         cancel(&store, &early.id, 2_000);
         cancel(&store, &late.id, 50_000);
-        // As an older version left it.
-        for k in [Jk::Finished, Jk::Meta] {
-            let mut batch = store.batch();
-            for kv in store.ks(k).iter() {
-                batch.remove(store.ks(k), kv.unwrap().0);
-            }
-            store.storage.commit(batch).unwrap();
+        // As an earlier version left it: empty state entries, and a
+        // finished index entry per finished job.
+        let mut batch = store.batch();
+        for (id, at) in [(early.id, 2_000u64), (late.id, 50_000)] {
+            let byte = index_byte(&JobState::Cancelled(CancelReason::Requested));
+            batch.insert(store.ks(Jk::ByState), keyed(&[byte], &id), b"");
+            batch.insert(store.ks(Jk::Finished), keyed(&at.to_be_bytes(), &id), b"");
         }
-        assert_eq!(store.prune_finished(u64::MAX, 10).unwrap(), 0);
+        batch.remove(store.ks(Jk::Meta), META_FINISH_IN_STATE);
+        store.storage.commit(batch).unwrap();
         (early, late, open_job)
     };
     let store = JobStore::open(&ledger).unwrap();
+    assert_eq!(store.ks(Jk::Finished).iter().count(), 0, "emptied at open");
+    assert!(
+        store
+            .ks(Jk::Meta)
+            .get(META_FINISH_IN_STATE)
+            .unwrap()
+            .is_some()
+    );
+    // The empty entries send pruning to the records.
     assert_eq!(store.prune_finished(10_000, 10).unwrap(), 1);
     assert!(store.get(&early.id).is_err());
     assert!(store.get(&late.id).is_ok() && store.get(&open_job.id).is_ok());
-    // Re-keyed by when it finished: not before its time, then pruned.
+    // The job kept has its finish time in its entry now.
+    let byte = index_byte(&JobState::Cancelled(CancelReason::Requested));
+    let entry = store.ks(Jk::ByState).get(keyed(&[byte], &late.id)).unwrap();
+    assert_eq!(entry, Some(50_000u64.to_be_bytes().to_vec()));
     assert_eq!(store.prune_finished(10_000, 10).unwrap(), 0);
     assert_eq!(store.prune_finished(50_001, 10).unwrap(), 1);
     assert!(store.get(&open_job.id).is_ok());

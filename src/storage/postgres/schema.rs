@@ -72,6 +72,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // and leave stale index entries behind, so the version rises for it to
     // refuse this database (schema_too_new).
     "SELECT 1;",
+    // 6: no table changes. A finished job's state entry carries the time
+    // it finished and pruning reads those (spec/pulse.md, "Retention");
+    // the finished index is emptied at open. An earlier binary would
+    // prune from that empty index and keep every job finished since, so
+    // the version rises for it to refuse this database (schema_too_new).
+    "SELECT 1;",
 ];
 
 /// The schema version this binary writes.
