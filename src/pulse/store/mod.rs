@@ -1792,12 +1792,15 @@ impl JobStore {
     /// Storage failures.
     pub fn prune_finished(&self, cutoff_ms: u64, limit: usize) -> Result<usize, JobError> {
         let read = self.finished_entries_before(cutoff_ms, limit)?;
-        let due: Vec<(Vec<u8>, Option<u64>)> = read
+        // Entries without a finish time are read on: their job's record has
+        // it.
+        let due: Vec<Vec<u8>> = read
             .into_iter()
-            .filter_map(|(key, value)| {
-                let finished = value.try_into().ok().map(u64::from_be_bytes);
-                (finished.is_none_or(|at| at < cutoff_ms)).then_some((key, finished))
+            .filter(|(_, value)| {
+                let finished = value.as_slice().try_into().ok().map(u64::from_be_bytes);
+                finished.is_none_or(|at| at < cutoff_ms)
             })
+            .map(|(key, _)| key)
             .collect();
         if due.is_empty() {
             return Ok(0);
@@ -1805,7 +1808,7 @@ impl JobStore {
         let _guard = self.writer();
         let mut batch = self.batch();
         let mut pruned = 0;
-        for (key, finished) in due {
+        for key in due {
             let id = JobId(
                 key.get(1..17)
                     .and_then(|k| k.try_into().ok())
@@ -1826,11 +1829,10 @@ impl JobStore {
                 batch.expect(self.ks(Jk::Jobs), id.0, Some(raw));
             }
             if job.updated_at >= cutoff_ms {
-                if finished.is_none() {
-                    // An entry from before finish times were kept: give
-                    // it its job's, so later passes need not read the job.
-                    batch.insert(self.ks(Jk::ByState), key, state_value(job));
-                }
+                // An entry from before finish times were kept (the only
+                // kind read here that is not due): give it its job's, so
+                // later passes need not read the job.
+                batch.insert(self.ks(Jk::ByState), key, state_value(job));
                 continue;
             }
             batch.remove(self.ks(Jk::ByState), key);
