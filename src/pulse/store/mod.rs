@@ -26,6 +26,7 @@ mod budgets;
 mod ids;
 mod listing;
 mod logs;
+mod pruning;
 mod queues;
 
 pub(super) use ids::IdSource;
@@ -278,6 +279,10 @@ pub struct JobStore {
     /// The state entry the last pruning pass read up to, where the next
     /// one goes on (empty: from the first finished entry).
     prune_from: Mutex<Vec<u8>>,
+    /// Writes of finished jobs' records so far, counted under `writer`
+    /// as they are staged: pruning reads records before it takes the
+    /// writer lock, and reads them again under it only if this moved.
+    finished_writes: std::sync::atomic::AtomicU64,
 }
 
 /// How long an enqueue that woke the dispatcher waits for the
@@ -389,10 +394,6 @@ fn state_value(job: &Job) -> Vec<u8> {
     }
 }
 
-/// The state index's bytes of finished jobs, in the order pruning reads
-/// them.
-const FINISHED_BYTES: [u8; 3] = [4, 5, 6];
-
 /// The answers to a group whose commit failed: every result that
 /// succeeded becomes the storage failure (`what` not persisted); refused
 /// ones keep their own error.
@@ -476,6 +477,7 @@ impl JobStore {
             live: LiveRecords::new(!shared, live_records::MAX_BYTES),
             on_ready: std::sync::OnceLock::new(),
             prune_from: Mutex::default(),
+            finished_writes: std::sync::atomic::AtomicU64::new(0),
         };
         store.empty_finished_index()?;
         store.empty_stored_queues()?;
@@ -1591,6 +1593,10 @@ impl JobStore {
         if let Some(raw) = raw {
             batch.expect(self.ks(Jk::Jobs), old.job.id.0, Some(raw));
         }
+        if old.job.state.is_terminal() {
+            self.finished_writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let delta = LoadDelta::of(Some(&old.job), &job);
         let new = Stored {
             placement: placement(&job, now),
@@ -1774,129 +1780,6 @@ impl JobStore {
     /// Storage failures.
     pub fn running(&self) -> Result<Vec<Job>, JobError> {
         self.running_until(u64::MAX, usize::MAX)
-    }
-
-    /// Deletes finished jobs (succeeded, dead, cancelled) that finished
-    /// before `cutoff_ms`, with their state entries, log lines and
-    /// idempotency keys. A pass reads at most `limit` finished state
-    /// entries, in job ID order, going on where the previous pass stopped
-    /// and starting over once it reaches the end: only entries of jobs
-    /// created before the cutoff are read (a job finishes after it is
-    /// created), and each carries the time its job finished, so a pass
-    /// costs what it reads however many finished jobs are kept, and the
-    /// jobs it keeps (created before the cutoff, finished after it) never
-    /// stop it from reaching the ones behind them. The writer lock is
-    /// taken only to delete. The ledger is never pruned.
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub fn prune_finished(&self, cutoff_ms: u64, limit: usize) -> Result<usize, JobError> {
-        let read = self.finished_entries_before(cutoff_ms, limit)?;
-        // Entries without a finish time are read on: their job's record has
-        // it.
-        let due: Vec<Vec<u8>> = read
-            .into_iter()
-            .filter(|(_, value)| {
-                let finished = value.as_slice().try_into().ok().map(u64::from_be_bytes);
-                finished.is_none_or(|at| at < cutoff_ms)
-            })
-            .map(|(key, _)| key)
-            .collect();
-        if due.is_empty() {
-            return Ok(0);
-        }
-        let _guard = self.writer();
-        let mut batch = self.batch();
-        let mut pruned = 0;
-        for key in due {
-            let id = JobId(
-                key.get(1..17)
-                    .and_then(|k| k.try_into().ok())
-                    .ok_or_else(|| corrupt("state key"))?,
-            );
-            let Some((stored, raw)) = self.load_raw(&id)? else {
-                batch.remove(self.ks(Jk::ByState), key);
-                continue;
-            };
-            let job = &stored.job;
-            // Not finished any more (retried on another node since the
-            // entry was read), or not in that state: its own write moved
-            // the entry.
-            if !job.state.is_terminal() || key.first() != Some(&index_byte(&job.state)) {
-                continue;
-            }
-            if let Some(raw) = &raw {
-                batch.expect(self.ks(Jk::Jobs), id.0, Some(raw));
-            }
-            if job.updated_at >= cutoff_ms {
-                // An entry from before finish times were kept (the only
-                // kind read here that is not due): give it its job's, so
-                // later passes need not read the job.
-                batch.insert(self.ks(Jk::ByState), key, state_value(job));
-                continue;
-            }
-            batch.remove(self.ks(Jk::ByState), key);
-            batch.remove(self.ks(Jk::Jobs), id.0);
-            for kv in self.ks(Jk::Log).prefix(id.0) {
-                batch.remove(self.ks(Jk::Log), kv.map_err(storage)?.0);
-            }
-            if let Some(k) = &job.idempotency_key {
-                let mut idem = job.handler.public_key().to_vec();
-                idem.extend_from_slice(k.as_bytes());
-                batch.remove(self.ks(Jk::Idem), idem);
-            }
-            pruned += 1;
-        }
-        // Not retried (a job retried on another node meanwhile is not
-        // finished any more): the next pass over it prunes what is left.
-        match self.storage.commit(batch) {
-            Err(e) if e.is_conflict() => Ok(0),
-            other => other
-                .map(|()| pruned)
-                .map_err(|e| storage(format!("prune not persisted: {e}"))),
-        }
-    }
-
-    /// Up to `limit` finished state entries (key, value) of jobs created
-    /// before `cutoff_ms`, in key order after the last pass's, and where
-    /// the next pass goes on: after the last entry read, or from the
-    /// start once fewer than `limit` were left.
-    fn finished_entries_before(
-        &self,
-        cutoff_ms: u64,
-        limit: usize,
-    ) -> Result<Vec<crate::storage::Entry>, JobError> {
-        use std::ops::Bound::{Excluded, Included};
-        let mut from = self.prune_from.lock().unwrap_or_else(|p| p.into_inner());
-        let mut read = Vec::new();
-        for byte in FINISHED_BYTES {
-            let left = limit.saturating_sub(read.len());
-            // IDs begin with their creation time (u64 BE).
-            let end = keyed(&[byte], &JobId::new(cutoff_ms, 0));
-            if left == 0 {
-                break;
-            }
-            if *from >= end {
-                continue;
-            }
-            let start = if *from >= vec![byte] {
-                Excluded(from.clone())
-            } else {
-                Included(vec![byte])
-            };
-            for kv in self
-                .ks(Jk::ByState)
-                .range((start, Excluded(end)))
-                .take(left)
-            {
-                read.push(kv.map_err(storage)?);
-            }
-        }
-        *from = match read.last() {
-            Some((key, _)) if read.len() >= limit => key.clone(),
-            _ => Vec::new(),
-        };
-        Ok(read)
     }
 }
 

@@ -804,3 +804,62 @@ fn named_and_packed_records_read_alike() {
         assert_eq!(back.placement, stored.placement);
     }
 }
+
+/// A pass reads records before it takes the writer lock: a finished job
+/// retried in between is read again under the lock and kept, and its log
+/// stays; without a write in between, the records read are used as they
+/// are.
+#[test]
+fn a_job_retried_while_a_pass_reads_is_kept() {
+    let (dir, ledger) = scratch_ledger("prune-race");
+    let store = JobStore::open(&ledger).unwrap();
+    let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
+    let req = JobRequest::default();
+    let (a, b) = (
+        store
+            .enqueue(&handler(), &schema, &req, 1_000)
+            .unwrap()
+            .0
+            .id,
+        store
+            .enqueue(&handler(), &schema, &req, 1_000)
+            .unwrap()
+            .0
+            .id,
+    );
+    for id in [&a, &b] {
+        store
+            .update(id, 2_000, |j| {
+                j.cancel(CancelReason::Requested, 2_000).map(|_| ())
+            })
+            .unwrap();
+    }
+    let line = |n: u32| super::logs::LogLine {
+        seq: 0,
+        attempt: 1,
+        at_ms: 1_500,
+        line: format!("line {n}"),
+    };
+    store.append_logs(vec![(a, line(1)), (b, line(2))]).unwrap();
+    let plan = store.plan_prune(10_000, 100).unwrap();
+    // Retried after the pass read it.
+    store.update(&a, 3_000, |j| j.retry(3_000)).unwrap();
+    assert_eq!(store.apply_prune(plan, 10_000).unwrap(), 1, "b only");
+    assert_eq!(store.get(&a).unwrap().state, JobState::Queued);
+    assert_eq!(store.log(&a, 0, 10).unwrap().len(), 1);
+    assert!(matches!(store.get(&b), Err(JobError::NotFound(_))));
+    assert!(store.log(&b, 0, 10).unwrap().is_empty());
+    // Nothing written between the halves: the records read are used.
+    store
+        .update(&a, 4_000, |j| {
+            j.cancel(CancelReason::Requested, 4_000).map(|_| ())
+        })
+        .unwrap();
+    let plan = store.plan_prune(10_000, 100).unwrap();
+    assert_eq!(store.apply_prune(plan, 10_000).unwrap(), 1);
+    assert!(matches!(store.get(&a), Err(JobError::NotFound(_))));
+    assert!(store.log(&a, 0, 10).unwrap().is_empty());
+    drop(store);
+    drop(ledger);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,231 @@
+//! Retention: deleting finished jobs once they are old enough
+//! (spec/pulse.md, "Retention").
+//!
+//! A pass works in two halves so that the store's writers wait only for
+//! the deletes: before the writer lock it reads the finished state
+//! entries, the records of the jobs due and their log keys (on
+//! PostgreSQL, round trips that would otherwise each hold the lock);
+//! under the lock it checks that no finished job was written since
+//! (reading the records again only if one was) and commits.
+
+use std::sync::atomic::Ordering;
+
+use super::{
+    Jk, JobError, JobId, JobStore, Stored, corrupt, index_byte, keyed, record_from_slice,
+    state_value, storage,
+};
+
+/// The state index's bytes of finished jobs, in the order pruning reads
+/// them.
+const FINISHED_BYTES: [u8; 3] = [4, 5, 6];
+
+/// What a pass read before taking the writer lock.
+pub(super) struct PrunePlan {
+    /// [`JobStore::finished_writes`] before the records were read.
+    seen: u64,
+    due: Vec<Due>,
+}
+
+/// A state entry that may be due, and what the pass read of its job.
+struct Due {
+    key: Vec<u8>,
+    id: JobId,
+    /// The record and its stored bytes, or `None` for no record.
+    record: Option<(Stored, Vec<u8>)>,
+    /// The keys of the job's log lines.
+    logs: Vec<Vec<u8>>,
+}
+
+impl JobStore {
+    /// Deletes finished jobs (succeeded, dead, cancelled) that finished
+    /// before `cutoff_ms`, with their state entries, log lines and
+    /// idempotency keys. A pass reads at most `limit` finished state
+    /// entries, in job ID order, going on where the previous pass stopped
+    /// and starting over once it reaches the end: only entries of jobs
+    /// created before the cutoff are read (a job finishes after it is
+    /// created), and each carries the time its job finished, so a pass
+    /// costs what it reads however many finished jobs are kept, and the
+    /// jobs it keeps (created before the cutoff, finished after it) never
+    /// stop it from reaching the ones behind them. The writer lock is
+    /// taken only to delete. The ledger is never pruned.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn prune_finished(&self, cutoff_ms: u64, limit: usize) -> Result<usize, JobError> {
+        let plan = self.plan_prune(cutoff_ms, limit)?;
+        self.apply_prune(plan, cutoff_ms)
+    }
+
+    /// The first half of a pass: the entries that may be due, their
+    /// records and their log keys, read without the writer lock.
+    pub(super) fn plan_prune(&self, cutoff_ms: u64, limit: usize) -> Result<PrunePlan, JobError> {
+        let read = self.finished_entries_before(cutoff_ms, limit)?;
+        // Entries without a finish time (written by earlier versions) are
+        // decided from their job's record.
+        let keys: Vec<Vec<u8>> = read
+            .into_iter()
+            .filter(|(_, value)| {
+                let finished = value.as_slice().try_into().ok().map(u64::from_be_bytes);
+                finished.is_none_or(|at| at < cutoff_ms)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        // Taken under the writer lock, so that every write counted before
+        // it is already visible to the reads below.
+        let seen = {
+            let _guard = self.writer();
+            self.finished_writes.load(Ordering::Relaxed)
+        };
+        let ids = keys
+            .iter()
+            .map(|key| {
+                key.get(1..17)
+                    .and_then(|k| k.try_into().ok())
+                    .map(JobId)
+                    .ok_or_else(|| corrupt("state key"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut due = Vec::with_capacity(ids.len());
+        for (chunk, keys) in ids.chunks(256).zip(keys.chunks(256)) {
+            let raws = self
+                .ks(Jk::Jobs)
+                .get_many(&chunk.iter().map(|id| id.0).collect::<Vec<_>>())
+                .map_err(storage)?;
+            for ((id, key), raw) in chunk.iter().zip(keys).zip(raws) {
+                let record = raw.map(|raw| decoded(id, raw)).transpose()?;
+                let logs = if record.is_some() {
+                    self.ks(Jk::Log)
+                        .prefix(id.0)
+                        .map(|kv| kv.map(|(k, _)| k).map_err(storage))
+                        .collect::<Result<_, _>>()?
+                } else {
+                    Vec::new()
+                };
+                due.push(Due {
+                    key: key.clone(),
+                    id: *id,
+                    record,
+                    logs,
+                });
+            }
+        }
+        Ok(PrunePlan { seen, due })
+    }
+
+    /// The second half of a pass: under the writer lock, deletes the jobs
+    /// of `plan` that are due, reading their records again only if a
+    /// finished job was written since they were read. A log line appended
+    /// to a job meanwhile (an executor's late line) is left behind, as one
+    /// appended after the job is gone would be.
+    pub(super) fn apply_prune(&self, plan: PrunePlan, cutoff_ms: u64) -> Result<usize, JobError> {
+        if plan.due.is_empty() {
+            return Ok(0);
+        }
+        let _guard = self.writer();
+        // Nodes sharing the store expect each record as read: a change by
+        // another node fails the commit instead.
+        let stale = !self.shared && self.finished_writes.load(Ordering::Relaxed) != plan.seen;
+        let mut batch = self.batch();
+        let mut pruned = 0;
+        for due in plan.due {
+            let record = if stale {
+                self.ks(Jk::Jobs)
+                    .get(due.id.0)
+                    .map_err(storage)?
+                    .map(|raw| decoded(&due.id, raw))
+                    .transpose()?
+            } else {
+                due.record
+            };
+            let Some((stored, raw)) = record else {
+                batch.remove(self.ks(Jk::ByState), due.key);
+                continue;
+            };
+            let job = &stored.job;
+            // Not finished any more, or not in that state: its own write
+            // moved the entry.
+            if !job.state.is_terminal() || due.key.first() != Some(&index_byte(&job.state)) {
+                continue;
+            }
+            if self.shared {
+                batch.expect(self.ks(Jk::Jobs), due.id.0, Some(&raw));
+            }
+            if job.updated_at >= cutoff_ms {
+                // An entry from before finish times were kept (the only
+                // kind read here that is not due): give it its job's, so
+                // later passes need not read the job.
+                batch.insert(self.ks(Jk::ByState), due.key, state_value(job));
+                continue;
+            }
+            batch.remove(self.ks(Jk::ByState), due.key);
+            batch.remove(self.ks(Jk::Jobs), due.id.0);
+            for key in due.logs {
+                batch.remove(self.ks(Jk::Log), key);
+            }
+            if let Some(k) = &job.idempotency_key {
+                let mut idem = job.handler.public_key().to_vec();
+                idem.extend_from_slice(k.as_bytes());
+                batch.remove(self.ks(Jk::Idem), idem);
+            }
+            pruned += 1;
+        }
+        self.finished_writes.fetch_add(1, Ordering::Relaxed);
+        // Not retried (a job retried on another node meanwhile is not
+        // finished any more): the next pass over it prunes what is left.
+        match self.storage.commit(batch) {
+            Err(e) if e.is_conflict() => Ok(0),
+            other => other
+                .map(|()| pruned)
+                .map_err(|e| storage(format!("prune not persisted: {e}"))),
+        }
+    }
+
+    /// Up to `limit` finished state entries (key, value) of jobs created
+    /// before `cutoff_ms`, in key order after the last pass's, and where
+    /// the next pass goes on: after the last entry read, or from the
+    /// start once fewer than `limit` were left.
+    fn finished_entries_before(
+        &self,
+        cutoff_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::storage::Entry>, JobError> {
+        use std::ops::Bound::{Excluded, Included};
+        let mut from = self.prune_from.lock().unwrap_or_else(|p| p.into_inner());
+        let mut read = Vec::new();
+        for byte in FINISHED_BYTES {
+            let left = limit.saturating_sub(read.len());
+            // IDs begin with their creation time (u64 BE).
+            let end = keyed(&[byte], &JobId::new(cutoff_ms, 0));
+            if left == 0 {
+                break;
+            }
+            if *from >= end {
+                continue;
+            }
+            let start = if *from >= vec![byte] {
+                Excluded(from.clone())
+            } else {
+                Included(vec![byte])
+            };
+            for kv in self
+                .ks(Jk::ByState)
+                .range((start, Excluded(end)))
+                .take(left)
+            {
+                read.push(kv.map_err(storage)?);
+            }
+        }
+        *from = match read.last() {
+            Some((key, _)) if read.len() >= limit => key.clone(),
+            _ => Vec::new(),
+        };
+        Ok(read)
+    }
+}
+
+/// A job record read by a pass, with its bytes.
+fn decoded(id: &JobId, raw: Vec<u8>) -> Result<(Stored, Vec<u8>), JobError> {
+    record_from_slice(&raw)
+        .map(|stored| (stored, raw))
+        .map_err(|e| corrupt(&format!("job {id}: {e}")))
+}
