@@ -3,8 +3,8 @@
 
 use super::queues::id_of_queue_key;
 use super::{
-    Did, Jk, Job, JobError, JobId, JobState, JobStore, KeyRange, LIVE, Order, Stored, corrupt,
-    index_byte, keyed, record_from_slice, state_byte, storage,
+    Did, Jk, Job, JobError, JobId, JobState, JobStore, KeyRange, LIVE, Order, Stored, byte_keyed,
+    corrupt, index_byte, keyed, record_from_slice, state_byte, storage,
 };
 
 /// Stored bytes of jobs [`JobStore::list`] returns at most in one page
@@ -54,11 +54,7 @@ impl JobStore {
             .cloned()
             .collect();
         for key in keys {
-            out.push(JobId(
-                key.get(1..17)
-                    .and_then(|k| k.try_into().ok())
-                    .ok_or_else(|| corrupt("held key"))?,
-            ));
+            out.push(byte_keyed(&key, "held")?);
         }
         Ok(out)
     }

@@ -341,6 +341,15 @@ fn keyed(prefix: &[u8], id: &JobId) -> Vec<u8> {
     k
 }
 
+/// The job of a key made by [`keyed`] from a one-byte prefix (the ready,
+/// held and state keys); `integrity` naming `what` when it is not one.
+pub(super) fn byte_keyed(key: &[u8], what: &str) -> Result<JobId, JobError> {
+    key.get(1..17)
+        .and_then(|k| k.try_into().ok())
+        .map(JobId)
+        .ok_or_else(|| corrupt(&format!("{what} key")))
+}
+
 /// The time and job of a key made by [`keyed`] from a big-endian time
 /// (the delayed, running and finished keys); `integrity` naming `what`
 /// when it is not one.
@@ -1673,11 +1682,7 @@ impl JobStore {
         let Some(key) = self.queues().set(Jk::Ready).first().cloned() else {
             return Ok(None);
         };
-        let id = JobId(
-            key.get(1..17)
-                .and_then(|k| k.try_into().ok())
-                .ok_or_else(|| corrupt("ready key"))?,
-        );
+        let id = byte_keyed(&key, "ready")?;
         let job = self.update(&id, now, |job| {
             job.dispatch(lease, now)?;
             Ok(job.clone())
@@ -1721,12 +1726,7 @@ impl JobStore {
         let next = keys.last().cloned().map(ReadyCursor);
         let ids = keys
             .iter()
-            .map(|key| {
-                key.get(1..17)
-                    .and_then(|k| k.try_into().ok())
-                    .map(JobId)
-                    .ok_or_else(|| corrupt("ready key"))
-            })
+            .map(|key| byte_keyed(key, "ready"))
             .collect::<Result<_, _>>()?;
         Ok((ids, next))
     }
@@ -1766,11 +1766,7 @@ impl JobStore {
         let Some(key) = set.range((from, Bound::Unbounded)).next() else {
             return Ok(None);
         };
-        let id = key
-            .get(1..17)
-            .and_then(|k| k.try_into().ok())
-            .map(JobId)
-            .ok_or_else(|| corrupt("ready key"))?;
+        let id = byte_keyed(key, "ready")?;
         Ok(Some((id, ReadyCursor(key.clone()))))
     }
 

@@ -11,8 +11,8 @@
 use std::sync::atomic::Ordering;
 
 use super::{
-    Jk, JobError, JobId, JobStore, Stored, corrupt, index_byte, keyed, record_from_slice,
-    state_value, storage,
+    Jk, JobError, JobId, JobStore, Stored, byte_keyed, corrupt, index_byte, keyed,
+    record_from_slice, state_value, storage,
 };
 
 /// The state index's bytes of finished jobs, in the order pruning reads
@@ -78,12 +78,7 @@ impl JobStore {
         };
         let ids = keys
             .iter()
-            .map(|key| {
-                key.get(1..17)
-                    .and_then(|k| k.try_into().ok())
-                    .map(JobId)
-                    .ok_or_else(|| corrupt("state key"))
-            })
+            .map(|key| byte_keyed(key, "state"))
             .collect::<Result<Vec<_>, _>>()?;
         let mut due = Vec::with_capacity(ids.len());
         for (chunk, keys) in ids.chunks(256).zip(keys.chunks(256)) {

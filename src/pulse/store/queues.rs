@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use super::{Jk, JobError, JobId, LIVE, Space, Stored, corrupt, record_from_slice, storage};
+use super::{
+    Jk, JobError, JobId, LIVE, Space, Stored, byte_keyed, corrupt, record_from_slice, storage,
+};
 
 /// The in-memory queue indexes, by keyspace tag, and the ready index by
 /// handler (for fair dispatch between handlers).
@@ -114,11 +116,7 @@ pub(super) fn load_queues(ks: &[Space]) -> Result<Queues, JobError> {
         let mut ids = Vec::new();
         for kv in ks[Jk::ByState as usize].prefix([byte]) {
             let (key, _) = kv.map_err(storage)?;
-            let id: [u8; 16] = key
-                .get(1..17)
-                .and_then(|k| k.try_into().ok())
-                .ok_or_else(|| corrupt("state key"))?;
-            ids.push(id);
+            ids.push(byte_keyed(&key, "state")?.0);
         }
         // The records a page at a time: one round trip per page on
         // PostgreSQL, not one per job.
