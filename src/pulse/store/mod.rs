@@ -351,7 +351,7 @@ pub(super) fn byte_keyed(key: &[u8], what: &str) -> Result<JobId, JobError> {
 }
 
 /// The time and job of a key made by [`keyed`] from a big-endian time
-/// (the delayed, running and finished keys); `integrity` naming `what`
+/// (the delayed and running keys); `integrity` naming `what`
 /// when it is not one.
 pub(super) fn time_keyed(key: &[u8], what: &str) -> Result<(u64, JobId), JobError> {
     let bad = || corrupt(&format!("{what} key"));
