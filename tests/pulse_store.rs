@@ -434,6 +434,38 @@ fn pruning_goes_on_past_the_jobs_it_keeps(place: Place) {
 }
 on_every_backend!(pruning_goes_on_past_the_jobs_it_keeps);
 
+/// One call of `prune_due` deletes every job due however many passes it
+/// takes, past the jobs kept, and stops at its bound on passes.
+fn pruning_runs_passes_until_the_due_jobs_are_gone(place: Place) {
+    let (_ledger, store) = open(&place);
+    let h = key("pd-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", key("pd-p").did);
+    let mut jobs = Vec::new();
+    for n in 0..45u64 {
+        let (job, _) = store
+            .enqueue(&h, &schema, &JobRequest::default(), 1_000)
+            .unwrap();
+        // Every third one finishes after the cutoff: kept.
+        let at = if n % 3 == 0 { 90_000 } else { 2_000 };
+        store
+            .update(&job.id, at, |j| {
+                j.cancel(pulse_ledger::pulse::CancelReason::Requested, at)
+                    .map(|_| ())
+            })
+            .unwrap();
+        jobs.push((job.id, at));
+    }
+    // Passes of 10 entries: two of them delete 13 (of the 20 read, 7 kept).
+    assert_eq!(store.prune_due(50_000, 10, 2).unwrap(), 13);
+    // The rest in one call: 30 due in all.
+    assert_eq!(store.prune_due(50_000, 10, 100).unwrap(), 17);
+    for (id, at) in &jobs {
+        assert_eq!(store.get(id).is_ok(), *at == 90_000);
+    }
+    assert_eq!(store.prune_due(50_000, 10, 100).unwrap(), 0);
+}
+on_every_backend!(pruning_runs_passes_until_the_due_jobs_are_gone);
+
 /// A page of jobs stops at a byte budget, not only at a count: big jobs
 /// come a few per page, and the page says more follow.
 fn job_pages_are_capped_by_bytes(place: Place) {

@@ -201,9 +201,18 @@ impl ServeConfig {
 /// Default job retention: one week.
 pub const DEFAULT_JOB_RETENTION_HOURS: u64 = 168;
 
+/// Finished jobs a pruning pass reads at most.
+const PRUNE_PASS: usize = 10_000;
+
+/// Pruning passes a tick runs at most (a million jobs).
+const PRUNE_PASSES: usize = 100;
+
 /// Deletes finished jobs older than the retention, on a timer: every minute,
-/// or every second when the retention is under 10 minutes. The ledger is
-/// never pruned.
+/// or every second when the retention is under 10 minutes. A tick runs
+/// passes of [`PRUNE_PASS`] one after another until the jobs due are gone
+/// (at most [`PRUNE_PASSES`]), so retention keeps up with any sustained
+/// rate of finished jobs; between passes the job store's writer is free.
+/// The ledger is never pruned.
 async fn prune_jobs(store: Arc<crate::pulse::JobStore>, retention_hours: u64) {
     let retention_ms = retention_hours.saturating_mul(3_600_000);
     let every = std::time::Duration::from_millis((retention_ms / 10).clamp(1_000, 60_000));
@@ -212,7 +221,7 @@ async fn prune_jobs(store: Arc<crate::pulse::JobStore>, retention_hours: u64) {
         let store = Arc::clone(&store);
         let pruned = tokio::task::spawn_blocking(move || {
             let now = crate::clock::unix_ms();
-            store.prune_finished(now.saturating_sub(retention_ms), 10_000)
+            store.prune_due(now.saturating_sub(retention_ms), PRUNE_PASS, PRUNE_PASSES)
         })
         .await;
         match pruned {

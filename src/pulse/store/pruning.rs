@@ -56,6 +56,41 @@ impl JobStore {
         self.apply_prune(plan, cutoff_ms)
     }
 
+    /// Passes of at most `pass` entries ([`JobStore::prune_finished`]),
+    /// one after another with the writer lock free between them, until one
+    /// reaches the end of the entries it could read or `max_passes` have
+    /// run: so retention keeps up with any sustained rate of finished
+    /// jobs, not `pass` per call. Returns the jobs deleted.
+    ///
+    /// # Errors
+    /// Storage failures (the jobs deleted by earlier passes stay deleted).
+    pub fn prune_due(
+        &self,
+        cutoff_ms: u64,
+        pass: usize,
+        max_passes: usize,
+    ) -> Result<usize, JobError> {
+        let mut pruned = 0;
+        for _ in 0..max_passes {
+            pruned += self.prune_finished(cutoff_ms, pass)?;
+            if !self.prune_goes_on() {
+                break;
+            }
+        }
+        Ok(pruned)
+    }
+
+    /// Whether the last pass stopped before the end of the entries it
+    /// could read (it read its whole limit): the next one goes on from
+    /// there.
+    fn prune_goes_on(&self) -> bool {
+        !self
+            .prune_from
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
     /// The first half of a pass: the entries that may be due, their
     /// records and their log keys, read without the writer lock.
     pub(super) fn plan_prune(&self, cutoff_ms: u64, limit: usize) -> Result<PrunePlan, JobError> {
