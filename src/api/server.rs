@@ -210,8 +210,8 @@ const PRUNE_PASSES: usize = 100;
 /// Deletes finished jobs older than the retention, on a timer: every minute,
 /// or every second when the retention is under 10 minutes. A tick runs
 /// passes of [`PRUNE_PASS`] one after another until the jobs due are gone
-/// (at most [`PRUNE_PASSES`]), so retention keeps up with any sustained
-/// rate of finished jobs; between passes the job store's writer is free.
+/// (at most [`PRUNE_PASSES`]), so retention keeps up with up to a million
+/// finished jobs a tick; between passes the job store's writer is free.
 /// The ledger is never pruned.
 async fn prune_jobs(store: Arc<crate::pulse::JobStore>, retention_hours: u64) {
     let retention_ms = retention_hours.saturating_mul(3_600_000);

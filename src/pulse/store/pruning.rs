@@ -59,8 +59,8 @@ impl JobStore {
     /// Passes of at most `pass` entries ([`JobStore::prune_finished`]),
     /// one after another with the writer lock free between them, until one
     /// reaches the end of the entries it could read or `max_passes` have
-    /// run: so retention keeps up with any sustained rate of finished
-    /// jobs, not `pass` per call. Returns the jobs deleted.
+    /// run: so one call deletes up to `pass` × `max_passes` jobs, not
+    /// `pass`. Returns the jobs deleted.
     ///
     /// # Errors
     /// Storage failures (the jobs deleted by earlier passes stay deleted).
