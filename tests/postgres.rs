@@ -1543,22 +1543,21 @@ fn a_group_commit_whose_connection_broke_is_settled_before_its_failure_is_answer
     );
 }
 
-/// A store written when held, running and retrying jobs had state-index
-/// bytes of their own (spec/pulse.md, "One index entry while a job
-/// lives"), opened by two nodes at once: the live entries are moved once,
-/// every live job is in both nodes' queues, and each is in the index once,
-/// under the live byte.
+/// A store written when every record was in `jobs` and each job had a
+/// state-index entry (spec/pulse.md, "Live and finished records apart"),
+/// opened by two nodes at once: the finished records are moved once,
+/// every live job is in both nodes' queues, and the index is emptied.
 #[test]
-fn nodes_opening_an_old_store_together_move_its_live_entries_once() {
+fn nodes_opening_an_old_store_together_move_its_finished_records_once() {
     use pulse_ledger::HandlerSchema;
     use pulse_ledger::ledger::{Ledger, LedgerConfig};
-    use pulse_ledger::pulse::{JobRequest, JobStore, LeaseToken};
+    use pulse_ledger::pulse::{CancelReason, JobId, JobRequest, JobStore, LeaseToken};
     use pulse_ledger::storage::{PostgresBackend, Storage};
     use std::sync::{Arc, Barrier};
-    let Some(url) = common::postgres_database("live_index_nodes") else {
+    let Some(url) = common::postgres_database("finished_apart_nodes") else {
         return;
     };
-    let dir = tempdir("live-index-nodes");
+    let dir = tempdir("finished-apart-nodes");
     let open = |shared: bool| {
         let pg = PostgresBackend::open(&url).unwrap();
         if shared {
@@ -1568,15 +1567,15 @@ fn nodes_opening_an_old_store_together_move_its_live_entries_once() {
         let ledger = Ledger::open_on(
             storage.clone(),
             &dir.join("log.key"),
-            LedgerConfig::new(&dir, "live.example/log"),
+            LedgerConfig::new(&dir, "apart.example/log"),
         )
         .unwrap();
         let store = JobStore::open(&ledger).unwrap();
         (ledger, store, storage)
     };
-    let h = key("live-h").did;
-    let schema = HandlerSchema::new("h", "1.0.0", key("live-p").did);
-    let running: Vec<Vec<u8>> = {
+    let h = key("apart-h").did;
+    let schema = HandlerSchema::new("h", "1.0.0", key("apart-p").did);
+    let cancelled: Vec<Vec<u8>> = {
         let (_ledger, store, storage) = open(false);
         let items: Vec<_> = (0..25u8)
             .map(|i| {
@@ -1587,27 +1586,44 @@ fn nodes_opening_an_old_store_together_move_its_live_entries_once() {
                 (h.clone(), schema.clone(), req)
             })
             .collect();
-        for r in store.enqueue_batch(&items, 1_000) {
-            r.unwrap();
-        }
-        let running: Vec<Vec<u8>> = (0..20u8)
-            .map(|n| {
-                let job = store.dispatch_next(LeaseToken([n; 16]), 2_000).unwrap();
-                job.expect("a job started").id.0.to_vec()
-            })
+        let ids: Vec<JobId> = store
+            .enqueue_batch(&items, 1_000)
+            .into_iter()
+            .map(|r| r.unwrap().0.id)
             .collect();
-        // As an earlier version left it: running jobs under byte 2, no
-        // marker.
-        let by_state = storage.space("job_by_state").unwrap();
-        let meta = storage.space("job_meta").unwrap();
-        let mut batch = storage.batch();
-        for id in &running {
-            batch.remove(&by_state, [&[0u8][..], id].concat());
-            batch.insert(&by_state, [&[2u8][..], id].concat(), b"");
+        for n in 0..20u8 {
+            let job = store.dispatch_next(LeaseToken([n; 16]), 2_000).unwrap();
+            job.expect("a job started");
         }
-        batch.remove(&meta, b"live_index");
+        for id in &ids[..5] {
+            store
+                .update(id, 3_000, |j| {
+                    j.cancel(CancelReason::Requested, 3_000).map(|_| ())
+                })
+                .unwrap();
+        }
+        // As an earlier version left it: every record in jobs, a state
+        // entry per job, no marker.
+        let [jobs, done, by_state, meta] =
+            ["jobs", "job_done", "job_by_state", "job_meta"].map(|n| storage.space(n).unwrap());
+        assert_eq!(done.iter().count(), 5);
+        assert_eq!(jobs.iter().count(), 20);
+        let mut batch = storage.batch();
+        for kv in done.iter() {
+            let (key, record) = kv.unwrap();
+            batch.remove(&done, &key);
+            batch.insert(&jobs, &key[1..], record);
+            batch.insert(&by_state, &key, b"");
+        }
+        for id in &ids[5..] {
+            batch.insert(&by_state, [&[0u8][..], &id.0].concat(), b"");
+        }
+        batch.remove(&meta, b"finished_apart");
         storage.commit(batch).unwrap();
-        running
+        ids[..5]
+            .iter()
+            .map(|id| [&[6u8][..], &id.0].concat())
+            .collect()
     };
     let barrier = Arc::new(Barrier::new(2));
     let opened: Vec<_> = std::thread::scope(|scope| {
@@ -1625,15 +1641,17 @@ fn nodes_opening_an_old_store_together_move_its_live_entries_once() {
     });
     for (_, store, _) in &opened {
         let (ready, _, in_flight, _) = store.queue_sizes();
-        assert_eq!((ready, in_flight), (5, 20), "a node's queues miss jobs");
+        assert_eq!((ready, in_flight), (5, 15), "a node's queues miss jobs");
     }
     let storage = &opened[0].2;
-    let by_state = storage.space("job_by_state").unwrap();
-    let mut live: Vec<Vec<u8>> = by_state.prefix([0u8]).map(|kv| kv.unwrap().0).collect();
-    assert_eq!(live.len(), 25, "each live job once under the live byte");
-    assert_eq!(by_state.prefix([2u8]).count(), 0);
-    live.retain(|k| running.iter().any(|id| k[1..] == id[..]));
-    assert_eq!(live.len(), 20);
-    let meta = storage.space("job_meta").unwrap();
-    assert!(meta.get(b"live_index").unwrap().is_some());
+    let [jobs, done, by_state, meta] =
+        ["jobs", "job_done", "job_by_state", "job_meta"].map(|n| storage.space(n).unwrap());
+    let moved: Vec<Vec<u8>> = done.iter().map(|kv| kv.unwrap().0).collect();
+    assert_eq!(
+        moved, cancelled,
+        "the finished records were not moved once each"
+    );
+    assert_eq!(jobs.iter().count(), 20);
+    assert_eq!(by_state.iter().count(), 0, "the state index was kept");
+    assert!(meta.get(b"finished_apart").unwrap().is_some());
 }

@@ -328,10 +328,11 @@ fn copy(from: &str, to: &str, log_key: Option<&Path>, json: bool) -> Result<Exit
             "copied {} entries ({} subjects) and {} jobs from {} to {}",
             report.entries,
             report.subjects,
-            copied
-                .get("jobs")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0),
+            // Live jobs and finished ones are kept in two spaces.
+            ["jobs", "job_done"]
+                .iter()
+                .filter_map(|n| copied.get(*n).and_then(serde_json::Value::as_u64))
+                .sum::<u64>(),
             src.shown(),
             dst.shown()
         );

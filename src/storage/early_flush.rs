@@ -10,7 +10,7 @@
 //! - a space that was written and then left alone (the log's spaces while
 //!   only jobs arrive) keeps its memtable until then: it is flushed once it
 //!   has been idle for a while;
-//! - a space written slowly but steadily (the job store's state index)
+//! - a space written slowly but steadily (the job store's finished records)
 //!   never fills its memtable before the journal fills: once fjall has
 //!   sealed a journal and started the next, each memtable that was already
 //!   being written keeps the sealed one alive, and is flushed, oldest

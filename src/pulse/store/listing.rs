@@ -3,8 +3,8 @@
 
 use super::queues::id_of_queue_key;
 use super::{
-    Did, Jk, Job, JobError, JobId, JobState, JobStore, KeyRange, LIVE, Order, Stored, byte_keyed,
-    corrupt, index_byte, keyed, record_from_slice, state_byte, storage,
+    DONE_BYTES, Did, Jk, Job, JobError, JobId, JobState, JobStore, KeyRange, Order, Stored,
+    byte_keyed, corrupt, keyed, record_from_slice, state_byte, storage,
 };
 
 /// Stored bytes of jobs [`JobStore::list`] returns at most in one page
@@ -12,7 +12,7 @@ use super::{
 /// results stays far below the API's message limit.
 pub const LIST_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
-/// Most index entries one page of [`JobStore::list_for`] reads.
+/// Most records one page of [`JobStore::list_for`] reads.
 pub const LIST_SCAN: usize = 10_000;
 
 /// The jobs a listing looks at, in its order: each one's ID and, where
@@ -26,9 +26,9 @@ pub struct JobFilter {
     /// Only jobs in this state (the reason inside is ignored).
     pub state: Option<JobState>,
     /// Without `state`: only live jobs (queued, held, running or
-    /// retrying), read in one pass of the state index's live entries
-    /// rather than one pass per live state (a bulk cancel of every live
-    /// state). Ignored with `state`.
+    /// retrying), read in one pass of the live records rather than one
+    /// pass per live state (a bulk cancel of every live state). Ignored
+    /// with `state`.
     pub live: bool,
     /// Only this handler's jobs.
     pub handler: Option<Did>,
@@ -114,11 +114,12 @@ impl JobStore {
     /// Jobs that pass `filter`, in creation order (newest first unless
     /// `oldest_first`), after `cursor`: at most `limit` (1..=1,000) and,
     /// past the first job, at most [`LIST_PAGE_BYTES`] of stored records.
-    /// The state index (or, with no state, the jobs themselves) is read in
-    /// order and jobs of other handlers (or, the live states sharing one
-    /// index byte, of other states) are skipped, at most [`LIST_SCAN`]
-    /// entries per page, so a page may hold fewer jobs than asked (even
-    /// none) and still have a next cursor: the ID to continue after,
+    /// The records are read in ID order (a finished state's from
+    /// job_done; a live state's from the live records, skipping the other
+    /// live states; with no state, both, merged) and jobs of other
+    /// handlers are skipped, at most [`LIST_SCAN`] records per page, so a
+    /// page may hold fewer jobs than asked (even none) and still have a
+    /// next cursor: the ID to continue after,
     /// `None` at the end. A single server lists its running and held jobs
     /// from its queues in memory instead of the index.
     ///
@@ -161,9 +162,10 @@ impl JobStore {
             }
             let record = match record {
                 Some(r) => r,
+                // Listed from a queue, so live when the queue was read.
                 None => match self.ks(Jk::Jobs).get(id.0).map_err(storage)? {
                     Some(r) => r,
-                    // Pruned since the index was read: not part of the page.
+                    // Finished since: not part of the page.
                     None => continue,
                 },
             };
@@ -232,24 +234,41 @@ impl JobStore {
         Some(ids)
     }
 
-    /// The state index (or, with no state, the jobs themselves) read in
-    /// the listing's order, from `since` and after `cursor`.
+    /// The records the listing reads, in its order, from `since` and after
+    /// `cursor`: one state's from the space that holds it, or every job's
+    /// from both spaces, merged by ID.
     fn scanned(&self, filter: &JobFilter, cursor: Option<&JobId>) -> Candidates<'_> {
+        let one = |k: Jk, byte: Option<u8>| self.scanned_in(k, byte, filter, cursor);
+        match filter.state {
+            Some(s) if s.is_terminal() => one(Jk::Done, Some(state_byte(&s))),
+            Some(_) => one(Jk::Jobs, None),
+            None if filter.live => one(Jk::Jobs, None),
+            None => {
+                let mut scans = vec![one(Jk::Jobs, None).peekable()];
+                scans.extend(DONE_BYTES.map(|b| one(Jk::Done, Some(b)).peekable()));
+                Box::new(InIdOrder {
+                    scans,
+                    ascending: filter.oldest_first,
+                })
+            }
+        }
+    }
+
+    /// The records of space `k` (under the key byte `byte`, if any, then
+    /// the ID) read in the listing's order, from `since` and after
+    /// `cursor`.
+    fn scanned_in(
+        &self,
+        k: Jk,
+        byte: Option<u8>,
+        filter: &JobFilter,
+        cursor: Option<&JobId>,
+    ) -> Candidates<'_> {
         use std::ops::Bound::{Excluded, Included, Unbounded};
-        // Keys of the index read: state byte ‖ ID, or the ID alone.
-        let prefix: Vec<u8> = match filter.state {
-            Some(s) => vec![index_byte(&s)],
-            None if filter.live => vec![LIVE],
-            None => Vec::new(),
-        };
-        let (ks, id_at) = if prefix.is_empty() {
-            (self.ks(Jk::Jobs), 0)
-        } else {
-            (self.ks(Jk::ByState), 1)
-        };
+        let prefix: Vec<u8> = byte.into_iter().collect();
         let since = filter.since_ms.map(|ms| keyed(&prefix, &JobId::new(ms, 0)));
         let mut low = since.map_or_else(|| Included(prefix.clone()), Included);
-        let mut high = match prefix.first() {
+        let mut high = match byte {
             Some(b) => Excluded(vec![b + 1]),
             None => Unbounded,
         };
@@ -265,22 +284,22 @@ impl JobStore {
         } else {
             Order::Descending
         };
-        let entries = ks.scan(
+        let entries = self.ks(k).scan(
             KeyRange {
                 start: low,
                 end: high,
             },
             order,
         );
+        let id_at = prefix.len();
         Box::new(entries.map(move |kv| {
-            let (key, value) = kv.map_err(storage)?;
+            let (key, record) = kv.map_err(storage)?;
             let id = JobId(
                 key.get(id_at..id_at + 16)
                     .and_then(|k| k.try_into().ok())
-                    .ok_or_else(|| corrupt("job index key"))?,
+                    .ok_or_else(|| corrupt("job key"))?,
             );
-            // The jobs space holds the record itself.
-            Ok((id, (id_at == 0).then_some(value)))
+            Ok((id, Some(record)))
         }))
     }
 
@@ -307,5 +326,34 @@ impl JobStore {
             out.push(self.get(&id)?);
         }
         Ok(out)
+    }
+}
+
+/// Scans of several spaces, each in ID order, merged into one (a failed
+/// read first).
+struct InIdOrder<'a> {
+    scans: Vec<std::iter::Peekable<Candidates<'a>>>,
+    ascending: bool,
+}
+
+impl Iterator for InIdOrder<'_> {
+    type Item = Result<(JobId, Option<Vec<u8>>), JobError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let ascending = self.ascending;
+        let mut next: Option<(usize, JobId)> = None;
+        for (i, scan) in self.scans.iter_mut().enumerate() {
+            match scan.peek() {
+                None => {}
+                Some(Err(_)) => return scan.next(),
+                Some(Ok((id, _))) => {
+                    let first = next.is_none_or(|(_, n)| if ascending { *id < n } else { *id > n });
+                    if first {
+                        next = Some((i, *id));
+                    }
+                }
+            }
+        }
+        next.and_then(|(i, _)| self.scans[i].next())
     }
 }

@@ -1,5 +1,5 @@
-//! The durable job store: jobs and their state index in the
-//! ledger's storage (fjall or PostgreSQL), and the queues in memory. Every
+//! The durable job store: live jobs by ID and finished jobs by state in
+//! the ledger's storage (fjall or PostgreSQL), and the queues in memory. Every
 //! transition is one atomic, durable batch; dequeue reads the first key of
 //! an ordered set in memory (O(log n)).
 
@@ -36,12 +36,13 @@ use queues::load_queues;
 pub(super) use queues::{Move, Queues};
 
 /// Job store keyspaces. The four queues (`Ready` to `Held`) are kept in
-/// memory ([`Queues`]) with these keys, rebuilt at open from `ByState` and
-/// the records; their spaces stay (the numbering is by position) but are
-/// empty ([`META_QUEUES_IN_MEMORY`]).
+/// memory ([`Queues`]) with these keys, rebuilt at open from the live
+/// records; their spaces stay (the numbering is by position) but are
+/// empty ([`META_QUEUES_IN_MEMORY`]), as are `ByState` and `Finished`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Jk {
-    /// job ID (16) → stored job record.
+    /// job ID (16) → stored record of a live job (queued, held, running
+    /// or retrying); a finished job's is in [`Jk::Done`].
     Jobs = 0,
     /// (9 − priority) (1) ‖ job ID (16) → empty: queued jobs that are due,
     /// highest priority first, then oldest first.
@@ -55,8 +56,8 @@ pub(super) enum Jk {
     Held = 4,
     /// handler key (32) ‖ idempotency key → job ID.
     Idem = 5,
-    /// state (1) ‖ job ID → empty for a live job; for a finished one, the
-    /// time it finished (u64 BE), which pruning reads ([`state_value`]).
+    /// Empty since [`META_FINISHED_APART`]: earlier versions kept an entry
+    /// per job here (state (1) ‖ job ID), the live ones under one byte.
     ByState = 6,
     /// handler key (32; all zero for the default) → budget record.
     Budget = 7,
@@ -68,8 +69,8 @@ pub(super) enum Jk {
     /// time the job finished (u64 BE) ‖ job ID, for pruning, a second
     /// entry per finished job.
     Finished = 10,
-    /// name → value: the store's own markers ([`META_FINISH_IN_STATE`],
-    /// [`META_QUEUES_IN_MEMORY`]).
+    /// name → value: the store's own markers ([`META_FINISHED_APART`],
+    /// [`META_QUEUES_IN_MEMORY`], …).
     Meta = 11,
     /// schedule ID (16) → stored [`Schedule`](super::Schedule).
     Schedules = 12,
@@ -77,7 +78,18 @@ pub(super) enum Jk {
     /// nodes and their reservations; kept only while several nodes share
     /// the store ([`META_LOADS`]).
     Loads = 13,
+    /// state (1: succeeded 4, dead 5, cancelled 6) ‖ job ID (16) → stored
+    /// record of a finished job, so that a listing of a finished state and
+    /// pruning read one space in ID order, and a job's end moves its record
+    /// here (two writes) instead of rewriting it and moving an index entry
+    /// (three).
+    Done = 14,
 }
+
+/// Set once the records of finished jobs have moved to [`Jk::Done`] and
+/// the state index ([`Jk::ByState`]) is emptied: a no-op job writes 4
+/// entries in its life instead of 6.
+const META_FINISHED_APART: &[u8] = b"finished_apart";
 
 /// Set once the finished index ([`Jk::Finished`]) written by earlier
 /// versions has been emptied: a finished job's state entry carries the
@@ -87,21 +99,16 @@ const META_FINISH_IN_STATE: &[u8] = b"finish_in_state";
 
 /// Set once the queue spaces (ready, delayed, running, held) written by
 /// earlier versions have been emptied: the queues are kept in memory only,
-/// rebuilt at open from the state index and each live job's record, so a
-/// transition writes two fewer index entries.
+/// rebuilt at open from the live jobs' records, so a transition writes two
+/// fewer index entries.
 const META_QUEUES_IN_MEMORY: &[u8] = b"queues_in_memory";
-
-/// Set once the state index holds every live job under [`LIVE`] (stores
-/// written before held, running and retrying jobs under bytes 1 to 3,
-/// moved at their first open).
-const META_LIVE_INDEX: &[u8] = b"live_index";
 
 /// Set while the handler loads ([`Jk::Loads`]) count every running
 /// attempt: written by the first node to open a shared store (which counts
 /// them), removed by a single server (which does not keep them up to date).
 const META_LOADS: &[u8] = b"handler_loads";
 
-const KEYSPACES: [(Jk, &str); 14] = [
+const KEYSPACES: [(Jk, &str); 15] = [
     (Jk::Jobs, "jobs"),
     (Jk::Ready, "job_ready"),
     (Jk::Delayed, "job_delayed"),
@@ -116,6 +123,7 @@ const KEYSPACES: [(Jk, &str); 14] = [
     (Jk::Meta, "job_meta"),
     (Jk::Schedules, "job_schedules"),
     (Jk::Loads, "job_load"),
+    (Jk::Done, "job_done"),
 ];
 
 /// Commits lost in a row to other nodes sharing the store before a write
@@ -276,8 +284,8 @@ pub struct JobStore {
     /// Called when an enqueue has written jobs ready to run, before its
     /// fsync ([`JobStore::wake_on_ready`]).
     on_ready: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
-    /// The state entry the last pruning pass read up to, where the next
-    /// one goes on (empty: from the first finished entry).
+    /// The job_done key the last pruning pass read up to, where the next
+    /// one goes on (empty: from the first finished record).
     prune_from: Mutex<Vec<u8>>,
     /// Writes of finished jobs' records so far, counted under `writer`
     /// as they are staged: pruning reads records before it takes the
@@ -323,17 +331,30 @@ fn state_byte(s: &JobState) -> u8 {
     }
 }
 
-/// The first byte of a job's key in the state index: [`LIVE`] for every
-/// live state, so that a job moving between queued, running, held and
-/// retrying writes no index entry (a no-op job writes 7 entries in its
-/// life instead of 9); the state's own byte once it is finished.
-fn index_byte(s: &JobState) -> u8 {
-    if s.is_terminal() { state_byte(s) } else { LIVE }
+/// The first key bytes of finished jobs in [`Jk::Done`] (their
+/// [`state_byte`]s), in the order listings and pruning read them.
+const DONE_BYTES: [u8; 3] = [4, 5, 6];
+
+/// Where a job's record is stored: a live job's in `jobs` under its ID, a
+/// finished one's in `job_done` under its state byte ‖ ID.
+fn record_place(state: &JobState, id: &JobId) -> (Jk, Vec<u8>) {
+    if state.is_terminal() {
+        (Jk::Done, keyed(&[state_byte(state)], id))
+    } else {
+        (Jk::Jobs, id.0.to_vec())
+    }
 }
 
-/// The state index's byte for live jobs (queued's own byte: before
-/// [`META_LIVE_INDEX`], held, running and retrying had bytes 1 to 3).
-const LIVE: u8 = 0;
+/// Every place a job's record may be, live first.
+fn record_places(id: &JobId) -> [(Jk, Vec<u8>); 4] {
+    let done = |byte: u8| (Jk::Done, keyed(&[byte], id));
+    [
+        (Jk::Jobs, id.0.to_vec()),
+        done(DONE_BYTES[0]),
+        done(DONE_BYTES[1]),
+        done(DONE_BYTES[2]),
+    ]
+}
 
 fn keyed(prefix: &[u8], id: &JobId) -> Vec<u8> {
     let mut k = prefix.to_vec();
@@ -390,17 +411,26 @@ fn placement(job: &Job, now: u64) -> Option<(u8, Vec<u8>)> {
     }
 }
 
-/// A job's value in the state index: empty while it lives; once it is
-/// finished, the time it finished (u64 BE), so that pruning decides
-/// without reading the record. Entries written before
-/// [`META_FINISH_IN_STATE`] are empty for finished jobs too: pruning
-/// reads those jobs' records.
-fn state_value(job: &Job) -> Vec<u8> {
-    if job.state.is_terminal() {
-        job.updated_at.to_be_bytes().to_vec()
-    } else {
-        Vec::new()
+/// The newest job ID stored, live or finished (new IDs go after it).
+fn newest_id(ks: &[Space]) -> Result<Option<JobId>, JobError> {
+    let live = ks[Jk::Jobs as usize].last_key_value().map_err(storage)?;
+    let mut newest = match live {
+        Some((key, _)) => Some(JobId(
+            key.as_slice()
+                .try_into()
+                .map_err(|_| corrupt("job key is not 16 bytes"))?,
+        )),
+        None => None,
+    };
+    for byte in DONE_BYTES {
+        let last = ks[Jk::Done as usize]
+            .last_in(KeyRange::prefix(&[byte]))
+            .map_err(storage)?;
+        if let Some((key, _)) = last {
+            newest = newest.max(Some(byte_keyed(&key, "finished job")?));
+        }
     }
+    Ok(newest)
 }
 
 /// The answers to a group whose commit failed: every result that
@@ -460,21 +490,13 @@ impl JobStore {
             .map(|(_, name)| db.space(name))
             .collect::<Result<Vec<_>, _>>()
             .map_err(storage)?;
-        let queues = load_queues(&ks)?;
-        let newest = match ks[Jk::Jobs as usize].last_key_value().map_err(storage)? {
-            Some((key, _)) => Some(JobId(
-                key.as_slice()
-                    .try_into()
-                    .map_err(|_| corrupt("job key is not 16 bytes"))?,
-            )),
-            None => None,
-        };
+        let newest = newest_id(&ks)?;
         let shared = db.is_shared();
         let store = JobStore {
             storage: db,
             ks,
             writer: Mutex::new(IdSource::after(newest)),
-            queues: Mutex::new(queues),
+            queues: Mutex::default(),
             queues_stale: std::sync::atomic::AtomicBool::new(false),
             space: ledger.space_guard().clone(),
             due: Mutex::default(),
@@ -490,7 +512,8 @@ impl JobStore {
         };
         store.empty_finished_index()?;
         store.empty_stored_queues()?;
-        store.merge_live_index()?;
+        store.move_finished_records()?;
+        *store.queues() = load_queues(&store.ks)?;
         store.count_loads()?;
         store.load_schedules()?;
         Ok(store)
@@ -548,29 +571,41 @@ impl JobStore {
         let removes = self
             .ks(Jk::Finished)
             .iter()
-            .map(|kv| Ok((Jk::Finished, kv.map_err(storage)?.0, false)));
+            .map(|kv| Ok((Jk::Finished, kv.map_err(storage)?.0, None)));
         self.upgrade_once(META_FINISH_IN_STATE, removes)
     }
 
-    /// Stores written before the live jobs shared one byte of the state
-    /// index hold held, running and retrying jobs under bytes 1 to 3:
-    /// moved under [`LIVE`] once (only keys are read).
-    fn merge_live_index(&self) -> Result<(), JobError> {
-        let held_running_retrying = 1..=3u8;
-        let moves = held_running_retrying
-            .flat_map(|byte| self.ks(Jk::ByState).prefix([byte]))
-            .flat_map(|kv| {
-                let key = kv.map_err(storage).map(|(key, _)| key);
-                match key {
-                    Ok(key) if key.len() == 17 => {
-                        let live = [&[LIVE][..], &key[1..]].concat();
-                        vec![Ok((Jk::ByState, live, true)), Ok((Jk::ByState, key, false))]
-                    }
-                    Ok(_) => vec![Err(corrupt("state key"))],
-                    Err(e) => vec![Err(e)],
-                }
+    /// Stores written before finished records moved to [`Jk::Done`] hold
+    /// every record in `jobs` and an entry per job in the state index:
+    /// each finished record is moved once (the records are read, not the
+    /// index, so a store from any earlier version moves the same way) and
+    /// the index is emptied.
+    fn move_finished_records(&self) -> Result<(), JobError> {
+        let moves = self.ks(Jk::Jobs).iter().flat_map(|kv| {
+            let moved = kv.map_err(storage).and_then(|(key, raw)| {
+                let id = JobId(
+                    key.as_slice()
+                        .try_into()
+                        .map_err(|_| corrupt("job key is not 16 bytes"))?,
+                );
+                let stored: Stored =
+                    record_from_slice(&raw).map_err(|e| corrupt(&format!("job {id}: {e}")))?;
+                Ok((id, stored.job.state, raw))
             });
-        self.upgrade_once(META_LIVE_INDEX, moves)
+            match moved {
+                Ok((id, state, raw)) if state.is_terminal() => {
+                    let (k, key) = record_place(&state, &id);
+                    vec![Ok((k, key, Some(raw))), Ok((Jk::Jobs, id.0.to_vec(), None))]
+                }
+                Ok(_) => Vec::new(),
+                Err(e) => vec![Err(e)],
+            }
+        });
+        let entries = self
+            .ks(Jk::ByState)
+            .iter()
+            .map(|kv| Ok((Jk::ByState, kv.map_err(storage)?.0, None)));
+        self.upgrade_once(META_FINISHED_APART, moves.chain(entries))
     }
 
     /// Stores written before the queues moved to memory still hold the
@@ -582,14 +617,14 @@ impl JobStore {
             .flat_map(|k| {
                 self.ks(k)
                     .iter()
-                    .map(move |kv| Ok((k, kv.map_err(storage)?.0, false)))
+                    .map(move |kv| Ok((k, kv.map_err(storage)?.0, None)))
             });
         self.upgrade_once(META_QUEUES_IN_MEMORY, removes)
     }
 
     /// A one-time change to a store written by an earlier version: unless
-    /// `marker` is set in job_meta, applies `writes` (space, key, and
-    /// whether to put an empty value or remove it) 10,000 per commit, then
+    /// `marker` is set in job_meta, applies `writes` (space, key, and the
+    /// value to put, or `None` to remove it) 10,000 per commit, then
     /// sets `marker` (so an interrupted run starts over, harmlessly).
     /// Nodes sharing a store apply everything in one batch that expects
     /// the marker absent, so of nodes opening together one applies it and
@@ -599,7 +634,7 @@ impl JobStore {
     fn upgrade_once(
         &self,
         marker: &[u8],
-        writes: impl Iterator<Item = Result<(Jk, Vec<u8>, bool), JobError>>,
+        writes: impl Iterator<Item = Result<(Jk, Vec<u8>, Option<Vec<u8>>), JobError>>,
     ) -> Result<(), JobError> {
         if self.ks(Jk::Meta).get(marker).map_err(storage)?.is_some() {
             return Ok(());
@@ -607,10 +642,9 @@ impl JobStore {
         let mut batch = self.batch();
         for (n, write) in writes.enumerate() {
             let (k, key, put) = write?;
-            if put {
-                batch.insert(self.ks(k), key, b"");
-            } else {
-                batch.remove(self.ks(k), key);
+            match put {
+                Some(value) => batch.insert(self.ks(k), key, value),
+                None => batch.remove(self.ks(k), key),
             }
             if !self.shared && (n + 1) % 10_000 == 0 {
                 self.storage
@@ -849,8 +883,7 @@ impl JobStore {
     fn refresh_jobs(&self, ids: &[JobId]) {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         for page in ids.chunks(256) {
-            let keys: Vec<[u8; 16]> = page.iter().map(|id| id.0).collect();
-            let records = match self.ks(Jk::Jobs).get_many(&keys) {
+            let records = match self.read_records(page) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "jobs another node changed not read yet");
@@ -989,12 +1022,33 @@ impl JobStore {
         if let Some(kept) = self.live.get(id) {
             return Ok(Some((Stored::clone(&kept), None)));
         }
-        match self.ks(Jk::Jobs).get(id.0).map_err(storage)? {
+        match self.read_records(std::slice::from_ref(id))?.pop().flatten() {
             Some(v) => record_from_slice(&v)
                 .map(|stored| Some((stored, self.shared.then_some(v))))
                 .map_err(|e| corrupt(&format!("job {id}: {e}"))),
             None => Ok(None),
         }
+    }
+
+    /// The stored records of these jobs, live or finished, in order: one
+    /// read of every place each may be ([`record_places`]; one round trip
+    /// on PostgreSQL).
+    fn read_records(&self, ids: &[JobId]) -> Result<Vec<Option<Vec<u8>>>, JobError> {
+        let places: Vec<(Jk, Vec<u8>)> = ids.iter().flat_map(record_places).collect();
+        let keys: Vec<(&Space, &[u8])> = places
+            .iter()
+            .map(|(k, key)| (self.ks(*k), key.as_slice()))
+            .collect();
+        let mut found = self.storage.get_many(&keys).map_err(storage)?.into_iter();
+        let mut out = Vec::with_capacity(ids.len());
+        for _ in ids {
+            let mut first = None;
+            for record in found.by_ref().take(4) {
+                first = first.or(record);
+            }
+            out.push(first);
+        }
+        Ok(out)
     }
 
     /// Adds to `batch` the expectation that `key` in `k` still holds
@@ -1187,11 +1241,6 @@ impl JobStore {
                 .moves
                 .push((*tag, key.clone(), true, *job.handler.public_key()));
         }
-        batch.insert(
-            self.ks(Jk::ByState),
-            keyed(&[index_byte(&job.state)], &id),
-            state_value(&job),
-        );
         let record = record_to_vec(&stored);
         self.stage_record(effects, stored, record.len());
         batch.insert(self.ks(Jk::Jobs), id.0, record);
@@ -1204,11 +1253,13 @@ impl JobStore {
         Ok((job, false))
     }
 
-    /// Refuses a group whose new job IDs are already stored. IDs never
-    /// repeat by construction; checking as well means no bug or clock can
-    /// overwrite a stored job. One read for the group: one round trip on
-    /// PostgreSQL, where one per job cost more than the enqueue itself.
-    /// The caller holds the writer lock.
+    /// Refuses a group whose new job IDs are already stored in `jobs`,
+    /// where their records go. IDs never repeat by construction; checking
+    /// as well means no bug or clock can overwrite a stored job (a
+    /// finished job's record is in job_done, which an enqueue never
+    /// writes, so it is not read: three more keys per job). One read for
+    /// the group: one round trip on PostgreSQL, where one per job cost more
+    /// than the enqueue itself. The caller holds the writer lock.
     pub(super) fn check_unused(&self, ids: &[JobId]) -> Result<(), JobError> {
         if ids.is_empty() {
             return Ok(());
@@ -1599,8 +1650,9 @@ impl JobStore {
         job: Job,
         now: u64,
     ) -> LoadDelta {
+        let (was, old_key) = record_place(&old.job.state, &old.job.id);
         if let Some(raw) = raw {
-            batch.expect(self.ks(Jk::Jobs), old.job.id.0, Some(raw));
+            batch.expect(self.ks(was), &old_key, Some(raw));
         }
         if old.job.state.is_terminal() {
             self.finished_writes
@@ -1623,19 +1675,14 @@ impl JobStore {
         if old.job.state != new.job.state || old.job.attempts.len() != new.job.attempts.len() {
             transitions.push(Transition::of(Some(&old.job), &new.job));
         }
-        let (a, b) = (index_byte(&old.job.state), index_byte(&new.job.state));
-        let refinished = new.job.state.is_terminal() && old.job.updated_at != new.job.updated_at;
-        if a != b {
-            batch.remove(self.ks(Jk::ByState), keyed(&[a], &new.job.id));
+        // A job that ends (or is retried) moves between the spaces.
+        let (is, key) = record_place(&new.job.state, &new.job.id);
+        if (was, &old_key) != (is, &key) {
+            batch.remove(self.ks(was), &old_key);
         }
-        if a != b || refinished {
-            let value = state_value(&new.job);
-            batch.insert(self.ks(Jk::ByState), keyed(&[b], &new.job.id), value);
-        }
-        let id = new.job.id;
         let record = record_to_vec(&new);
         self.stage_record(effects, new, record.len());
-        batch.insert(self.ks(Jk::Jobs), id.0, record);
+        batch.insert(self.ks(is), key, record);
         delta
     }
 

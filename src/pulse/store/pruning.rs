@@ -2,22 +2,18 @@
 //! (spec/pulse.md, "Retention").
 //!
 //! A pass works in two halves so that the store's writers wait only for
-//! the deletes: before the writer lock it reads the finished state
-//! entries, the records of the jobs due and their log keys (on
-//! PostgreSQL, round trips that would otherwise each hold the lock);
-//! under the lock it checks that no finished job was written since
-//! (reading the records again only if one was) and commits.
+//! the deletes: before the writer lock it reads the finished records and
+//! the log keys of the jobs due (on PostgreSQL, round trips that would
+//! otherwise each hold the lock); under the lock it checks that no
+//! finished job was written since (reading the records again only if one
+//! was) and commits.
 
 use std::sync::atomic::Ordering;
 
 use super::{
-    Jk, JobError, JobId, JobStore, Stored, byte_keyed, corrupt, index_byte, keyed,
-    record_from_slice, state_value, storage,
+    DONE_BYTES, Jk, JobError, JobId, JobStore, Stored, byte_keyed, corrupt, keyed,
+    record_from_slice, record_place, storage,
 };
-
-/// The state index's bytes of finished jobs, in the order pruning reads
-/// them.
-const FINISHED_BYTES: [u8; 3] = [4, 5, 6];
 
 /// What a pass read before taking the writer lock.
 pub(super) struct PrunePlan {
@@ -26,28 +22,28 @@ pub(super) struct PrunePlan {
     due: Vec<Due>,
 }
 
-/// A state entry that may be due, and what the pass read of its job.
+/// A finished job that is due, as the pass read it.
 struct Due {
+    /// Its key in job_done.
     key: Vec<u8>,
     id: JobId,
-    /// The record and its stored bytes, or `None` for no record.
-    record: Option<(Stored, Vec<u8>)>,
+    /// The record and its stored bytes.
+    record: (Stored, Vec<u8>),
     /// The keys of the job's log lines.
     logs: Vec<Vec<u8>>,
 }
 
 impl JobStore {
     /// Deletes finished jobs (succeeded, dead, cancelled) that finished
-    /// before `cutoff_ms`, with their state entries, log lines and
-    /// idempotency keys. A pass reads at most `limit` finished state
-    /// entries, in job ID order, going on where the previous pass stopped
-    /// and starting over once it reaches the end: only entries of jobs
-    /// created before the cutoff are read (a job finishes after it is
-    /// created), and each carries the time its job finished, so a pass
-    /// costs what it reads however many finished jobs are kept, and the
-    /// jobs it keeps (created before the cutoff, finished after it) never
-    /// stop it from reaching the ones behind them. The writer lock is
-    /// taken only to delete. The ledger is never pruned.
+    /// before `cutoff_ms`, with their log lines and idempotency keys. A
+    /// pass reads at most `limit` finished records, in job ID order per
+    /// finished state, going on where the previous pass stopped and
+    /// starting over once it reaches the end: only records of jobs created
+    /// before the cutoff are read (a job finishes after it is created), so
+    /// a pass costs what it reads however many finished jobs are kept, and
+    /// the jobs it keeps (created before the cutoff, finished after it)
+    /// never stop it from reaching the ones behind them. The writer lock
+    /// is taken only to delete. The ledger is never pruned.
     ///
     /// # Errors
     /// Storage failures.
@@ -56,9 +52,9 @@ impl JobStore {
         self.apply_prune(plan, cutoff_ms)
     }
 
-    /// Passes of at most `pass` entries ([`JobStore::prune_finished`]),
+    /// Passes of at most `pass` records ([`JobStore::prune_finished`]),
     /// one after another with the writer lock free between them, until one
-    /// reaches the end of the entries it could read or `max_passes` have
+    /// reaches the end of the records it could read or `max_passes` have
     /// run: so one call deletes up to `pass` × `max_passes` jobs, not
     /// `pass`. Returns the jobs deleted.
     ///
@@ -80,7 +76,7 @@ impl JobStore {
         Ok(pruned)
     }
 
-    /// Whether the last pass stopped before the end of the entries it
+    /// Whether the last pass stopped before the end of the records it
     /// could read (it read its whole limit): the next one goes on from
     /// there.
     fn prune_goes_on(&self) -> bool {
@@ -91,53 +87,33 @@ impl JobStore {
             .is_empty()
     }
 
-    /// The first half of a pass: the entries that may be due, their
-    /// records and their log keys, read without the writer lock.
+    /// The first half of a pass: the finished jobs due and their log
+    /// keys, read without the writer lock.
     pub(super) fn plan_prune(&self, cutoff_ms: u64, limit: usize) -> Result<PrunePlan, JobError> {
-        let read = self.finished_entries_before(cutoff_ms, limit)?;
-        // Entries without a finish time (written by earlier versions) are
-        // decided from their job's record.
-        let keys: Vec<Vec<u8>> = read
-            .into_iter()
-            .filter(|(_, value)| {
-                let finished = value.as_slice().try_into().ok().map(u64::from_be_bytes);
-                finished.is_none_or(|at| at < cutoff_ms)
-            })
-            .map(|(key, _)| key)
-            .collect();
         // Taken under the writer lock, so that every write counted before
         // it is already visible to the reads below.
         let seen = {
             let _guard = self.writer();
             self.finished_writes.load(Ordering::Relaxed)
         };
-        let ids = keys
-            .iter()
-            .map(|key| byte_keyed(key, "state"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut due = Vec::with_capacity(ids.len());
-        for (chunk, keys) in ids.chunks(256).zip(keys.chunks(256)) {
-            let raws = self
-                .ks(Jk::Jobs)
-                .get_many(&chunk.iter().map(|id| id.0).collect::<Vec<_>>())
-                .map_err(storage)?;
-            for ((id, key), raw) in chunk.iter().zip(keys).zip(raws) {
-                let record = raw.map(|raw| decoded(id, raw)).transpose()?;
-                let logs = if record.is_some() {
-                    self.ks(Jk::Log)
-                        .prefix(id.0)
-                        .map(|kv| kv.map(|(k, _)| k).map_err(storage))
-                        .collect::<Result<_, _>>()?
-                } else {
-                    Vec::new()
-                };
-                due.push(Due {
-                    key: key.clone(),
-                    id: *id,
-                    record,
-                    logs,
-                });
+        let mut due = Vec::new();
+        for (key, raw) in self.finished_before(cutoff_ms, limit)? {
+            let id = byte_keyed(&key, "finished job")?;
+            let record = decoded(&id, raw)?;
+            if record.0.job.updated_at >= cutoff_ms {
+                continue;
             }
+            let logs = self
+                .ks(Jk::Log)
+                .prefix(id.0)
+                .map(|kv| kv.map(|(k, _)| k).map_err(storage))
+                .collect::<Result<_, _>>()?;
+            due.push(Due {
+                key,
+                id,
+                record,
+                logs,
+            });
         }
         Ok(PrunePlan { seen, due })
     }
@@ -159,36 +135,27 @@ impl JobStore {
         let mut pruned = 0;
         for due in plan.due {
             let record = if stale {
-                self.ks(Jk::Jobs)
-                    .get(due.id.0)
+                self.ks(Jk::Done)
+                    .get(&due.key)
                     .map_err(storage)?
                     .map(|raw| decoded(&due.id, raw))
                     .transpose()?
             } else {
-                due.record
+                Some(due.record)
             };
+            // Gone from there (retried, so live again): kept.
             let Some((stored, raw)) = record else {
-                batch.remove(self.ks(Jk::ByState), due.key);
                 continue;
             };
             let job = &stored.job;
-            // Not finished any more, or not in that state: its own write
-            // moved the entry.
-            if !job.state.is_terminal() || due.key.first() != Some(&index_byte(&job.state)) {
+            // Finished again since it was read (retried and ended): kept.
+            if job.updated_at >= cutoff_ms || record_place(&job.state, &job.id).1 != due.key {
                 continue;
             }
             if self.shared {
-                batch.expect(self.ks(Jk::Jobs), due.id.0, Some(&raw));
+                batch.expect(self.ks(Jk::Done), &due.key, Some(&raw));
             }
-            if job.updated_at >= cutoff_ms {
-                // An entry from before finish times were kept (the only
-                // kind read here that is not due): give it its job's, so
-                // later passes need not read the job.
-                batch.insert(self.ks(Jk::ByState), due.key, state_value(job));
-                continue;
-            }
-            batch.remove(self.ks(Jk::ByState), due.key);
-            batch.remove(self.ks(Jk::Jobs), due.id.0);
+            batch.remove(self.ks(Jk::Done), due.key);
             for key in due.logs {
                 batch.remove(self.ks(Jk::Log), key);
             }
@@ -210,11 +177,11 @@ impl JobStore {
         }
     }
 
-    /// Up to `limit` finished state entries (key, value) of jobs created
+    /// Up to `limit` finished records (key, record) of jobs created
     /// before `cutoff_ms`, in key order after the last pass's, and where
-    /// the next pass goes on: after the last entry read, or from the
+    /// the next pass goes on: after the last record read, or from the
     /// start once fewer than `limit` were left.
-    fn finished_entries_before(
+    fn finished_before(
         &self,
         cutoff_ms: u64,
         limit: usize,
@@ -222,7 +189,7 @@ impl JobStore {
         use std::ops::Bound::{Excluded, Included};
         let mut from = self.prune_from.lock().unwrap_or_else(|p| p.into_inner());
         let mut read = Vec::new();
-        for byte in FINISHED_BYTES {
+        for byte in DONE_BYTES {
             let left = limit.saturating_sub(read.len());
             // IDs begin with their creation time (u64 BE).
             let end = keyed(&[byte], &JobId::new(cutoff_ms, 0));
@@ -237,11 +204,7 @@ impl JobStore {
             } else {
                 Included(vec![byte])
             };
-            for kv in self
-                .ks(Jk::ByState)
-                .range((start, Excluded(end)))
-                .take(left)
-            {
+            for kv in self.ks(Jk::Done).range((start, Excluded(end))).take(left) {
                 read.push(kv.map_err(storage)?);
             }
         }

@@ -1,11 +1,9 @@
 //! The queues of live jobs, in memory only (spec/pulse.md, "Queues"):
-//! rebuilt at open from the state index and the live jobs' records.
+//! rebuilt at open from the live jobs' records.
 
 use std::collections::HashMap;
 
-use super::{
-    Jk, JobError, JobId, LIVE, Space, Stored, byte_keyed, corrupt, record_from_slice, storage,
-};
+use super::{Jk, JobError, JobId, Space, Stored, corrupt, record_from_slice, storage};
 
 /// The in-memory queue indexes, by keyspace tag, and the ready index by
 /// handler (for fair dispatch between handlers).
@@ -102,41 +100,31 @@ impl Queues {
     }
 }
 
-/// The queues, rebuilt from what is stored: every job the state index
-/// holds as live, put where its record says (the placement written with
-/// it). Only live jobs are read, never the finished ones. The bytes held,
-/// running and retrying had before the live jobs shared one are read too,
-/// before the live byte: a store written by an earlier version is rebuilt
-/// before it is upgraded, and an entry another node moves meanwhile (only
-/// ever from those bytes to the live one) is read where it went.
+/// The queues, rebuilt from what is stored: every live job's record
+/// (the `jobs` space holds only those), put where it says (the placement
+/// written with it). Finished jobs are never read.
 pub(super) fn load_queues(ks: &[Space]) -> Result<Queues, JobError> {
     let mut queues = Queues::default();
     let mut moves: Vec<Move> = Vec::new();
-    for byte in [1, 2, 3, LIVE] {
-        let mut ids = Vec::new();
-        for kv in ks[Jk::ByState as usize].prefix([byte]) {
-            let (key, _) = kv.map_err(storage)?;
-            ids.push(byte_keyed(&key, "state")?.0);
-        }
-        // The records a page at a time: one round trip per page on
-        // PostgreSQL, not one per job.
-        for page in ids.chunks(256) {
-            let records = ks[Jk::Jobs as usize].get_many(page).map_err(storage)?;
-            for (id, record) in page.iter().zip(records) {
-                let id = JobId(*id);
-                let record =
-                    record.ok_or_else(|| corrupt(&format!("live job {id} has no record")))?;
-                let stored: Stored = record_from_slice(&record)
-                    .map_err(|e| corrupt(&format!("live job {id}: {e}")))?;
-                if let Some((tag, key)) = stored.placement {
-                    if !is_queue(tag) {
-                        return Err(corrupt(&format!("job {id} placed in space {tag}")));
-                    }
-                    moves.push((tag, key, true, *stored.job.handler.public_key()));
-                }
+    for kv in ks[Jk::Jobs as usize].iter() {
+        let (key, record) = kv.map_err(storage)?;
+        let id = JobId(
+            key.as_slice()
+                .try_into()
+                .map_err(|_| corrupt("job key is not 16 bytes"))?,
+        );
+        let stored: Stored =
+            record_from_slice(&record).map_err(|e| corrupt(&format!("live job {id}: {e}")))?;
+        if let Some((tag, key)) = stored.placement {
+            if !is_queue(tag) {
+                return Err(corrupt(&format!("job {id} placed in space {tag}")));
             }
+            moves.push((tag, key, true, *stored.job.handler.public_key()));
+        }
+        if moves.len() >= 256 {
             queues.apply(std::mem::take(&mut moves));
         }
     }
+    queues.apply(moves);
     Ok(queues)
 }

@@ -313,66 +313,6 @@ fn an_enqueue_wakes_the_dispatcher_for_ready_jobs_only() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A store written while finished jobs had a second entry, in the
-/// finished index, and an empty state entry, has the index emptied at its
-/// next open; pruning then reads those jobs' records, and writes the
-/// finish time into the entries of the jobs it keeps.
-#[test]
-fn stores_with_a_finished_index_have_it_emptied_and_their_jobs_still_pruned() {
-    let (dir, ledger) = scratch_ledger("finished-index");
-    let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
-    let req = JobRequest::default();
-    let cancel = |store: &JobStore, id: &JobId, at: u64| {
-        store
-            .update(id, at, |j| {
-                j.cancel(CancelReason::Requested, at).map(|_| ())
-            })
-            .unwrap()
-    };
-    let (early, late, open_job) = {
-        let store = JobStore::open(&ledger).unwrap();
-        let early = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
-        let late = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
-        let open_job = store.enqueue(&handler(), &schema, &req, 1_000).unwrap().0;
-        cancel(&store, &early.id, 2_000);
-        cancel(&store, &late.id, 50_000);
-        // As an earlier version left it: empty state entries, and a
-        // finished index entry per finished job.
-        let mut batch = store.batch();
-        for (id, at) in [(early.id, 2_000u64), (late.id, 50_000)] {
-            let byte = index_byte(&JobState::Cancelled(CancelReason::Requested));
-            batch.insert(store.ks(Jk::ByState), keyed(&[byte], &id), b"");
-            batch.insert(store.ks(Jk::Finished), keyed(&at.to_be_bytes(), &id), b"");
-        }
-        batch.remove(store.ks(Jk::Meta), META_FINISH_IN_STATE);
-        store.storage.commit(batch).unwrap();
-        (early, late, open_job)
-    };
-    let store = JobStore::open(&ledger).unwrap();
-    assert_eq!(store.ks(Jk::Finished).iter().count(), 0, "emptied at open");
-    assert!(
-        store
-            .ks(Jk::Meta)
-            .get(META_FINISH_IN_STATE)
-            .unwrap()
-            .is_some()
-    );
-    // The empty entries send pruning to the records.
-    assert_eq!(store.prune_finished(10_000, 10).unwrap(), 1);
-    assert!(store.get(&early.id).is_err());
-    assert!(store.get(&late.id).is_ok() && store.get(&open_job.id).is_ok());
-    // The job kept has its finish time in its entry now.
-    let byte = index_byte(&JobState::Cancelled(CancelReason::Requested));
-    let entry = store.ks(Jk::ByState).get(keyed(&[byte], &late.id)).unwrap();
-    assert_eq!(entry, Some(50_000u64.to_be_bytes().to_vec()));
-    assert_eq!(store.prune_finished(10_000, 10).unwrap(), 0);
-    assert_eq!(store.prune_finished(50_001, 10).unwrap(), 1);
-    assert!(store.get(&open_job.id).is_ok());
-    drop(store);
-    drop(ledger);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
 /// The queues live in memory: a reopened store rebuilds them from the
 /// state index and the records, exactly as they were; the queue spaces
 /// an earlier version filled are emptied at the first open and never
@@ -493,77 +433,146 @@ fn one_job_in_each_state(store: &JobStore, schema: &crate::HandlerSchema) -> [Jo
     jobs
 }
 
-/// A live job has one state-index entry, under the live byte, whatever
-/// its live state; a store written when held, running and retrying jobs
-/// had bytes of their own is moved under it at its first open, with its
-/// queues and its listings by state unchanged.
+/// Live records are in `jobs` and finished ones in `job_done`, and
+/// nothing else indexes them. A store written before (every record in
+/// `jobs`, a state-index entry per job, with running and held under bytes
+/// of their own as the oldest versions left them, and a finished-index
+/// entry per finished job) is moved at its first open, with its queues,
+/// its listings and its pruning unchanged.
 #[test]
-fn live_jobs_share_one_index_entry_and_old_stores_are_merged_at_open() {
-    let (dir, ledger) = scratch_ledger("live-index");
+fn finished_records_are_kept_apart_and_old_stores_moved_at_open() {
+    let (dir, ledger) = scratch_ledger("finished-apart");
     let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
-    let index = |store: &JobStore| {
-        let mut keys: Vec<Vec<u8>> = store
-            .ks(Jk::ByState)
-            .iter()
-            .map(|kv| kv.unwrap().0)
-            .collect();
-        keys.sort();
-        keys
+    let keys = |store: &JobStore, k: Jk| -> Vec<Vec<u8>> {
+        store.ks(k).iter().map(|kv| kv.unwrap().0).collect()
     };
-    let listed = |store: &JobStore, state: JobState| -> Vec<JobId> {
-        let (jobs, _) = store.list(&state, None, 100).unwrap();
+    let listed = |store: &JobStore, filter: JobFilter| -> Vec<JobId> {
+        let (jobs, next) = store.list_jobs(&filter, None, 100).unwrap();
+        assert_eq!(next, None);
         jobs.iter().map(|j| j.id).collect()
     };
-    let (queued, running, held, done, before) = {
+    let state = |s: JobState| JobFilter {
+        state: Some(s),
+        ..JobFilter::default()
+    };
+    let (queued, running, held, done, queues) = {
         let store = JobStore::open(&ledger).unwrap();
         let [running, held, done, queued] = one_job_in_each_state(&store, &schema);
-        let mut live = [queued.id, running.id, held.id].map(|id| keyed(&[LIVE], &id));
+        let mut live = vec![
+            running.id.0.to_vec(),
+            held.id.0.to_vec(),
+            queued.id.0.to_vec(),
+        ];
         live.sort();
-        let mut expected = live.to_vec();
-        expected.push(keyed(&[6], &done.id));
-        assert_eq!(
-            index(&store),
-            expected,
-            "each live job is not once under the live byte"
+        assert_eq!(keys(&store, Jk::Jobs), live);
+        assert_eq!(keys(&store, Jk::Done), [keyed(&[6], &done.id)]);
+        assert!(
+            keys(&store, Jk::ByState).is_empty(),
+            "an index entry was written"
         );
-        // As an earlier version left it: running and held under their own
-        // bytes, no marker.
+        // As an earlier version left it.
         let mut batch = store.batch();
-        for (id, byte) in [(running.id, 2), (held.id, 1)] {
-            batch.remove(store.ks(Jk::ByState), keyed(&[LIVE], &id));
+        let raw = store
+            .ks(Jk::Done)
+            .get(keyed(&[6], &done.id))
+            .unwrap()
+            .unwrap();
+        batch.remove(store.ks(Jk::Done), keyed(&[6], &done.id));
+        batch.insert(store.ks(Jk::Jobs), done.id.0, raw);
+        for (id, byte) in [(queued.id, 0), (running.id, 2), (held.id, 1), (done.id, 6)] {
             batch.insert(store.ks(Jk::ByState), keyed(&[byte], &id), b"");
         }
-        batch.remove(store.ks(Jk::Meta), META_LIVE_INDEX);
+        batch.insert(
+            store.ks(Jk::Finished),
+            keyed(&3_000u64.to_be_bytes(), &done.id),
+            b"",
+        );
+        batch.remove(store.ks(Jk::Meta), META_FINISHED_APART);
+        batch.remove(store.ks(Jk::Meta), META_FINISH_IN_STATE);
         store.storage.commit(batch).unwrap();
-        (queued, running, held, done, expected)
+        let q = store.queues();
+        let queues = [Jk::Ready, Jk::Delayed, Jk::Running, Jk::Held].map(|k| q.set(k).clone());
+        drop(q);
+        (queued, running, held, done, queues)
     };
     let store = JobStore::open(&ledger).unwrap();
-    assert_eq!(index(&store), before, "the old entries were not merged");
-    assert!(store.ks(Jk::Meta).get(META_LIVE_INDEX).unwrap().is_some());
-    assert_eq!(store.queue_sizes(), (1, 0, 1, 1));
-    assert_eq!(listed(&store, JobState::Queued), [queued.id]);
-    assert_eq!(listed(&store, JobState::Running), [running.id]);
+    for marker in [META_FINISHED_APART, META_FINISH_IN_STATE] {
+        assert!(store.ks(Jk::Meta).get(marker).unwrap().is_some());
+    }
+    assert_eq!(keys(&store, Jk::Done), [keyed(&[6], &done.id)], "not moved");
+    assert_eq!(keys(&store, Jk::Jobs).len(), 3);
+    assert!(keys(&store, Jk::ByState).is_empty() && keys(&store, Jk::Finished).is_empty());
+    let q = store.queues();
     assert_eq!(
-        listed(&store, JobState::Held(HoldReason::Budget)),
+        [Jk::Ready, Jk::Delayed, Jk::Running, Jk::Held].map(|k| q.set(k).clone()),
+        queues
+    );
+    drop(q);
+    assert_eq!(store.get(&done.id).unwrap(), done_job(&store, &done.id));
+    assert_eq!(listed(&store, state(JobState::Queued)), [queued.id]);
+    assert_eq!(listed(&store, state(JobState::Running)), [running.id]);
+    assert_eq!(
+        listed(&store, state(JobState::Held(HoldReason::Budget))),
         [held.id]
     );
-    assert_eq!(listed(&store, JobState::Retrying), []);
+    assert_eq!(listed(&store, state(JobState::Retrying)), []);
     assert_eq!(
-        listed(&store, JobState::Cancelled(CancelReason::Budget)),
+        listed(&store, state(JobState::Cancelled(CancelReason::Budget))),
         [done.id]
     );
-    // Finishing moves the job out of the live entries.
+    // Every job, live and finished merged in ID order, both ways.
+    let all = [running.id, held.id, done.id, queued.id];
+    let oldest_first = JobFilter {
+        oldest_first: true,
+        ..JobFilter::default()
+    };
+    assert_eq!(listed(&store, oldest_first), all);
+    let mut newest_first = all.to_vec();
+    newest_first.reverse();
+    assert_eq!(listed(&store, JobFilter::default()), newest_first);
+    let live = JobFilter {
+        live: true,
+        oldest_first: true,
+        ..JobFilter::default()
+    };
+    assert_eq!(listed(&store, live), [running.id, held.id, queued.id]);
+    // Finishing moves the record; a retry moves it back.
     store
         .update(&running.id, 4_000, |j| {
             j.cancel(CancelReason::Requested, 4_000).map(|_| ())
         })
         .unwrap();
-    let keys = index(&store);
-    assert!(!keys.contains(&keyed(&[LIVE], &running.id)));
-    assert!(keys.contains(&keyed(&[6], &running.id)));
+    assert!(store.ks(Jk::Jobs).get(running.id.0).unwrap().is_none());
+    assert!(
+        store
+            .ks(Jk::Done)
+            .get(keyed(&[6], &running.id))
+            .unwrap()
+            .is_some()
+    );
+    store
+        .update(&running.id, 5_000, |j| j.retry(5_000).map(|_| ()))
+        .unwrap();
+    assert!(
+        store
+            .ks(Jk::Done)
+            .get(keyed(&[6], &running.id))
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.get(&running.id).unwrap().state, JobState::Queued);
+    // The moved job is pruned as any other.
+    assert_eq!(store.prune_finished(10_000, 10).unwrap(), 1);
+    assert!(store.get(&done.id).is_err());
     drop(store);
     drop(ledger);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The finished job `id` as stored in job_done.
+fn done_job(store: &JobStore, id: &JobId) -> Job {
+    let raw = store.ks(Jk::Done).get(keyed(&[6], id)).unwrap().unwrap();
+    record_from_slice::<Stored>(&raw).unwrap().job
 }
 
 /// A listing by a live state reads the live entries and skips the jobs
@@ -740,10 +749,10 @@ fn the_live_filter_lists_every_live_state_in_one_pass() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A live job in the state index without its record is named, and the
-/// store is not opened on half its queues.
+/// A live record that does not read is named, and the store is not
+/// opened on half its queues.
 #[test]
-fn a_live_job_without_its_record_stops_the_open_and_is_named() {
+fn a_live_record_that_does_not_read_stops_the_open_and_is_named() {
     let (dir, ledger) = scratch_ledger("norecord");
     let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
     let id = {
@@ -753,15 +762,12 @@ fn a_live_job_without_its_record_stops_the_open_and_is_named() {
             .unwrap()
             .0;
         let mut batch = store.batch();
-        batch.remove(store.ks(Jk::Jobs), job.id.0);
+        batch.insert(store.ks(Jk::Jobs), job.id.0, [0x63, 1, 2]);
         store.storage.commit(batch).unwrap();
         job.id
     };
     let err = JobStore::open(&ledger).err().expect("opened").to_string();
-    assert!(
-        err.contains(&format!("live job {id} has no record")),
-        "{err}"
-    );
+    assert!(err.contains(&format!("live job {id}")), "{err}");
     drop(ledger);
     let _ = std::fs::remove_dir_all(&dir);
 }
