@@ -564,6 +564,11 @@ impl Snapshot {
             .scan(space.id, KeyRange::from_bounds(range), Order::Ascending)
     }
 
+    /// Entries of `space` with keys in `range`, in `order`.
+    pub fn scan(&self, space: &Space, range: KeyRange, order: Order) -> Entries {
+        self.0.scan(space.id, range, order)
+    }
+
     /// Entries of `space` whose keys start with `prefix`, ascending.
     pub fn prefix(&self, space: &Space, prefix: impl AsRef<[u8]>) -> Entries {
         self.0.scan(

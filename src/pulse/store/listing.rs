@@ -6,6 +6,7 @@ use super::{
     DONE_BYTES, Did, Jk, Job, JobError, JobId, JobState, JobStore, KeyRange, Order, Stored,
     byte_keyed, corrupt, keyed, record_from_slice, state_byte, storage,
 };
+use crate::storage::Snapshot;
 
 /// Stored bytes of jobs [`JobStore::list`] returns at most in one page
 /// (beyond its first job): a page of jobs with megabyte payloads and
@@ -119,9 +120,11 @@ impl JobStore {
     /// live states; with no state, both, merged) and jobs of other
     /// handlers are skipped, at most [`LIST_SCAN`] records per page, so a
     /// page may hold fewer jobs than asked (even none) and still have a
-    /// next cursor: the ID to continue after,
-    /// `None` at the end. A single server lists its running and held jobs
-    /// from its queues in memory instead of the index.
+    /// next cursor: the ID to continue after, `None` at the end. A
+    /// listing of every job reads both spaces in one snapshot, so a job
+    /// moving between them meanwhile is listed once. A single server lists
+    /// its running and held jobs from its queues in memory instead of the
+    /// records.
     ///
     /// # Errors
     /// Storage failures.
@@ -175,7 +178,7 @@ impl JobStore {
             let stored: Stored =
                 record_from_slice(&record).map_err(|e| corrupt(&format!("job {id}: {e}")))?;
             last = Some(id);
-            // Live jobs share one byte of the index, whatever their state.
+            // The live records hold every live state.
             let state_holds = match filter.state {
                 Some(s) => state_byte(&s) == state_byte(&stored.job.state),
                 None => !filter.live || !stored.job.state.is_terminal(),
@@ -198,9 +201,10 @@ impl JobStore {
     /// every job in that state and no other, where the queues are complete
     /// (running and held jobs on a single server) and it holds at most
     /// [`LIST_SCAN`] jobs. Otherwise `None`: queued and retrying jobs
-    /// share the delayed queue, nodes sharing a store read the index, and
-    /// a larger queue is not copied under its lock (the dispatcher's) for
-    /// every page: jobs in that state are then plenty in the index too.
+    /// share the delayed queue, nodes sharing a store read the records,
+    /// and a larger queue is not copied under its lock (the dispatcher's)
+    /// for every page: jobs in that state are then plenty in the records
+    /// too.
     fn queued_ids(
         &self,
         state: &JobState,
@@ -238,14 +242,24 @@ impl JobStore {
     /// `cursor`: one state's from the space that holds it, or every job's
     /// from both spaces, merged by ID.
     fn scanned(&self, filter: &JobFilter, cursor: Option<&JobId>) -> Candidates<'_> {
-        let one = |k: Jk, byte: Option<u8>| self.scanned_in(k, byte, filter, cursor);
+        let one = |k: Jk, byte: Option<u8>| self.scanned_in(None, k, byte, filter, cursor);
         match filter.state {
             Some(s) if s.is_terminal() => one(Jk::Done, Some(state_byte(&s))),
             Some(_) => one(Jk::Jobs, None),
             None if filter.live => one(Jk::Jobs, None),
             None => {
-                let mut scans = vec![one(Jk::Jobs, None).peekable()];
-                scans.extend(DONE_BYTES.map(|b| one(Jk::Done, Some(b)).peekable()));
+                // One view of both spaces, so that a job moving between
+                // them meanwhile is read once, not twice or not at all.
+                let view = match self.storage.snapshot() {
+                    Ok(view) => view,
+                    Err(e) => return Box::new(std::iter::once(Err(storage(e)))),
+                };
+                let in_view = |k: Jk, byte: Option<u8>| {
+                    self.scanned_in(Some(&view), k, byte, filter, cursor)
+                        .peekable()
+                };
+                let mut scans = vec![in_view(Jk::Jobs, None)];
+                scans.extend(DONE_BYTES.map(|b| in_view(Jk::Done, Some(b))));
                 Box::new(InIdOrder {
                     scans,
                     ascending: filter.oldest_first,
@@ -256,9 +270,10 @@ impl JobStore {
 
     /// The records of space `k` (under the key byte `byte`, if any, then
     /// the ID) read in the listing's order, from `since` and after
-    /// `cursor`.
+    /// `cursor`: in `view` if given, else as stored now.
     fn scanned_in(
         &self,
+        view: Option<&Snapshot>,
         k: Jk,
         byte: Option<u8>,
         filter: &JobFilter,
@@ -284,13 +299,14 @@ impl JobStore {
         } else {
             Order::Descending
         };
-        let entries = self.ks(k).scan(
-            KeyRange {
-                start: low,
-                end: high,
-            },
-            order,
-        );
+        let range = KeyRange {
+            start: low,
+            end: high,
+        };
+        let entries = match view {
+            Some(view) => view.scan(self.ks(k), range, order),
+            None => self.ks(k).scan(range, order),
+        };
         let id_at = prefix.len();
         Box::new(entries.map(move |kv| {
             let (key, record) = kv.map_err(storage)?;

@@ -564,9 +564,7 @@ impl JobStore {
 
     /// Stores written before finished state entries carried their finish
     /// time hold a second entry per finished job in the finished index:
-    /// emptied once (nothing reads it any more). Their state entries stay
-    /// empty; pruning reads those jobs' records instead, and fills the
-    /// entries of jobs it keeps.
+    /// emptied once (nothing reads it any more).
     fn empty_finished_index(&self) -> Result<(), JobError> {
         let removes = self
             .ks(Jk::Finished)
@@ -624,37 +622,49 @@ impl JobStore {
 
     /// A one-time change to a store written by an earlier version: unless
     /// `marker` is set in job_meta, applies `writes` (space, key, and the
-    /// value to put, or `None` to remove it) 10,000 per commit, then
-    /// sets `marker` (so an interrupted run starts over, harmlessly).
-    /// Nodes sharing a store apply everything in one batch that expects
-    /// the marker absent, so of nodes opening together one applies it and
-    /// the others find the marker set; no node serves before the marker is
-    /// set, so nothing changes meanwhile (nodes of an earlier version must
-    /// all be stopped first, spec/pulse.md).
+    /// value to put, or `None` to remove it) 10,000 (or 16 MiB) per
+    /// commit, then sets `marker` (so an interrupted run starts over,
+    /// harmlessly: every write is the same when made again). Nodes sharing
+    /// a store expect the marker absent in every commit, so that once one
+    /// node has set it (and may serve), the others' commits fail and they
+    /// find it set; before that, nodes opening together make the same
+    /// writes. No node serves before the marker is set, so nothing else
+    /// changes meanwhile (nodes of an earlier version must all be stopped
+    /// first, spec/pulse.md).
     fn upgrade_once(
         &self,
         marker: &[u8],
         writes: impl Iterator<Item = Result<(Jk, Vec<u8>, Option<Vec<u8>>), JobError>>,
     ) -> Result<(), JobError> {
+        const MAX_WRITES: usize = 10_000;
+        const MAX_BYTES: usize = 16 * 1024 * 1024;
         if self.ks(Jk::Meta).get(marker).map_err(storage)?.is_some() {
             return Ok(());
         }
-        let mut batch = self.batch();
-        for (n, write) in writes.enumerate() {
+        let commit = |mut batch: WriteBatch, last: bool| {
+            self.expect_unchanged(&mut batch, Jk::Meta, marker, None);
+            if last {
+                batch.insert(self.ks(Jk::Meta), marker, b"1");
+            }
+            self.storage.commit(batch)
+        };
+        let (mut batch, mut bytes) = (self.batch(), 0usize);
+        for write in writes {
             let (k, key, put) = write?;
+            bytes += key.len() + put.as_ref().map_or(0, Vec::len);
             match put {
                 Some(value) => batch.insert(self.ks(k), key, value),
                 None => batch.remove(self.ks(k), key),
             }
-            if !self.shared && (n + 1) % 10_000 == 0 {
-                self.storage
-                    .commit(std::mem::replace(&mut batch, self.batch()))
-                    .map_err(storage)?;
+            if batch.len() >= MAX_WRITES || bytes >= MAX_BYTES {
+                match commit(std::mem::replace(&mut batch, self.batch()), false) {
+                    Err(e) if e.is_conflict() => return Ok(()),
+                    other => other.map_err(storage)?,
+                }
+                bytes = 0;
             }
         }
-        self.expect_unchanged(&mut batch, Jk::Meta, marker, None);
-        batch.insert(self.ks(Jk::Meta), marker, b"1");
-        match self.storage.commit(batch) {
+        match commit(batch, true) {
             // Another node set the marker: it made the change.
             Err(e) if e.is_conflict() => Ok(()),
             other => other.map_err(storage),
@@ -1032,8 +1042,28 @@ impl JobStore {
 
     /// The stored records of these jobs, live or finished, in order: one
     /// read of every place each may be ([`record_places`]; one round trip
-    /// on PostgreSQL).
+    /// on PostgreSQL). The places are not read at one instant, so a job
+    /// moved meanwhile (retried, live again, after its place there was
+    /// read) may be found in none: those are read once more.
     fn read_records(&self, ids: &[JobId]) -> Result<Vec<Option<Vec<u8>>>, JobError> {
+        let mut found = self.read_places(ids)?;
+        let missing: Vec<JobId> = ids
+            .iter()
+            .zip(&found)
+            .filter(|(_, r)| r.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        if !missing.is_empty() {
+            let mut again = self.read_places(&missing)?.into_iter();
+            for record in found.iter_mut().filter(|r| r.is_none()) {
+                *record = again.next().flatten();
+            }
+        }
+        Ok(found)
+    }
+
+    /// One read of every place of each job ([`JobStore::read_records`]).
+    fn read_places(&self, ids: &[JobId]) -> Result<Vec<Option<Vec<u8>>>, JobError> {
         let places: Vec<(Jk, Vec<u8>)> = ids.iter().flat_map(record_places).collect();
         let keys: Vec<(&Space, &[u8])> = places
             .iter()

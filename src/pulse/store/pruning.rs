@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use super::{
     DONE_BYTES, Jk, JobError, JobId, JobStore, Stored, byte_keyed, corrupt, keyed,
-    record_from_slice, record_place, storage,
+    record_from_slice, storage,
 };
 
 /// What a pass read before taking the writer lock.
@@ -149,7 +149,7 @@ impl JobStore {
             };
             let job = &stored.job;
             // Finished again since it was read (retried and ended): kept.
-            if job.updated_at >= cutoff_ms || record_place(&job.state, &job.id).1 != due.key {
+            if job.updated_at >= cutoff_ms {
                 continue;
             }
             if self.shared {

@@ -569,6 +569,62 @@ fn finished_records_are_kept_apart_and_old_stores_moved_at_open() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A store with more finished records than one commit of a move holds
+/// (10,000 writes) is moved in several commits, every record once.
+#[test]
+fn many_finished_records_are_moved_in_several_commits() {
+    let (dir, ledger) = scratch_ledger("finished-many");
+    let schema = crate::HandlerSchema::new("h", "1.0.0", handler());
+    let items: Vec<_> = (0..1_000)
+        .map(|_| (handler(), schema.clone(), JobRequest::default()))
+        .collect();
+    let done = {
+        let store = JobStore::open(&ledger).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..6 {
+            ids.extend(
+                store
+                    .enqueue_batch(&items, 1_000)
+                    .into_iter()
+                    .map(|r| r.unwrap().0.id),
+            );
+        }
+        let ops: Vec<(JobId, GroupOp<()>)> = ids
+            .iter()
+            .map(|id| {
+                let op: GroupOp<()> =
+                    Box::new(|j: &mut Job| j.cancel(CancelReason::Requested, 2_000).map(|_| ()));
+                (*id, op)
+            })
+            .collect();
+        for r in store.update_many(2_000, ops) {
+            r.unwrap();
+        }
+        // Back to the earlier layout, in one batch.
+        let mut batch = store.batch();
+        for kv in store.ks(Jk::Done).iter() {
+            let (key, record) = kv.unwrap();
+            batch.remove(store.ks(Jk::Done), &key);
+            batch.insert(store.ks(Jk::Jobs), &key[1..], record);
+            batch.insert(store.ks(Jk::ByState), &key, b"");
+        }
+        batch.remove(store.ks(Jk::Meta), META_FINISHED_APART);
+        store.storage.commit(batch).unwrap();
+        ids
+    };
+    let store = JobStore::open(&ledger).unwrap();
+    let moved: Vec<Vec<u8>> = store.ks(Jk::Done).iter().map(|kv| kv.unwrap().0).collect();
+    let expected: Vec<Vec<u8>> = done.iter().map(|id| keyed(&[6], id)).collect();
+    assert_eq!(moved.len(), 6_000);
+    assert_eq!(moved, expected);
+    assert_eq!(store.ks(Jk::Jobs).iter().count(), 0);
+    assert_eq!(store.ks(Jk::ByState).iter().count(), 0);
+    assert_eq!(store.get(&done[5_999]).unwrap().id, done[5_999]);
+    drop(store);
+    drop(ledger);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The finished job `id` as stored in job_done.
 fn done_job(store: &JobStore, id: &JobId) -> Job {
     let raw = store.ks(Jk::Done).get(keyed(&[6], id)).unwrap().unwrap();
