@@ -411,17 +411,17 @@ fn placement(job: &Job, now: u64) -> Option<(u8, Vec<u8>)> {
     }
 }
 
+/// The job of a key in `jobs` (its ID).
+pub(super) fn id_keyed(key: &[u8]) -> Result<JobId, JobError> {
+    key.try_into()
+        .map(JobId)
+        .map_err(|_| corrupt("job key is not 16 bytes"))
+}
+
 /// The newest job ID stored, live or finished (new IDs go after it).
 fn newest_id(ks: &[Space]) -> Result<Option<JobId>, JobError> {
     let live = ks[Jk::Jobs as usize].last_key_value().map_err(storage)?;
-    let mut newest = match live {
-        Some((key, _)) => Some(JobId(
-            key.as_slice()
-                .try_into()
-                .map_err(|_| corrupt("job key is not 16 bytes"))?,
-        )),
-        None => None,
-    };
+    let mut newest = live.map(|(key, _)| id_keyed(&key)).transpose()?;
     for byte in DONE_BYTES {
         let last = ks[Jk::Done as usize]
             .last_in(KeyRange::prefix(&[byte]))
@@ -581,11 +581,7 @@ impl JobStore {
     fn move_finished_records(&self) -> Result<(), JobError> {
         let moves = self.ks(Jk::Jobs).iter().flat_map(|kv| {
             let moved = kv.map_err(storage).and_then(|(key, raw)| {
-                let id = JobId(
-                    key.as_slice()
-                        .try_into()
-                        .map_err(|_| corrupt("job key is not 16 bytes"))?,
-                );
+                let id = id_keyed(&key)?;
                 let stored: Stored =
                     record_from_slice(&raw).map_err(|e| corrupt(&format!("job {id}: {e}")))?;
                 Ok((id, stored.job.state, raw))

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{Jk, JobError, JobId, Space, Stored, corrupt, record_from_slice, storage};
+use super::{Jk, JobError, Space, Stored, corrupt, id_keyed, record_from_slice, storage};
 
 /// The in-memory queue indexes, by keyspace tag, and the ready index by
 /// handler (for fair dispatch between handlers).
@@ -108,11 +108,7 @@ pub(super) fn load_queues(ks: &[Space]) -> Result<Queues, JobError> {
     let mut moves: Vec<Move> = Vec::new();
     for kv in ks[Jk::Jobs as usize].iter() {
         let (key, record) = kv.map_err(storage)?;
-        let id = JobId(
-            key.as_slice()
-                .try_into()
-                .map_err(|_| corrupt("job key is not 16 bytes"))?,
-        );
+        let id = id_keyed(&key)?;
         let stored: Stored =
             record_from_slice(&record).map_err(|e| corrupt(&format!("live job {id}: {e}")))?;
         if let Some((tag, key)) = stored.placement {
