@@ -152,8 +152,8 @@ impl JobStore {
                 return Ok((out, last));
             }
             let (id, record) = candidate?;
-            // A live job in another live state is skipped without a read
-            // where its record is in memory (a single server).
+            // A live job in another live state is skipped without decoding
+            // its record where it is in memory (a single server).
             let elsewhere = filter.state.is_some_and(|s| {
                 self.live
                     .get(&id)

@@ -542,24 +542,13 @@ fn finished_records_are_kept_apart_and_old_stores_moved_at_open() {
             j.cancel(CancelReason::Requested, 4_000).map(|_| ())
         })
         .unwrap();
+    let in_done = |id: &JobId| store.ks(Jk::Done).get(keyed(&[6], id)).unwrap().is_some();
     assert!(store.ks(Jk::Jobs).get(running.id.0).unwrap().is_none());
-    assert!(
-        store
-            .ks(Jk::Done)
-            .get(keyed(&[6], &running.id))
-            .unwrap()
-            .is_some()
-    );
+    assert!(in_done(&running.id));
     store
         .update(&running.id, 5_000, |j| j.retry(5_000).map(|_| ()))
         .unwrap();
-    assert!(
-        store
-            .ks(Jk::Done)
-            .get(keyed(&[6], &running.id))
-            .unwrap()
-            .is_none()
-    );
+    assert!(!in_done(&running.id));
     assert_eq!(store.get(&running.id).unwrap().state, JobState::Queued);
     // The moved job is pruned as any other.
     assert_eq!(store.prune_finished(10_000, 10).unwrap(), 1);
