@@ -234,6 +234,8 @@ fn run(seed: u64) {
     enqueued.dedup_by_key(|j| j.id);
     let config = DispatchConfig {
         max_running: 1 + (next() % 6) as usize,
+        // One to three steps in flight when overlapped.
+        steps_in_flight: 1 + (next() % 3) as usize,
         heartbeat_timeout_ms: 5_000,
         grace_ms: 2_000,
         backoff: Backoff {
@@ -1012,6 +1014,70 @@ fn an_overlapped_step_starts_its_attempts_only_once_it_is_finished() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// spec/pulse.md, "Overlapped steps": with two steps in flight, a third
+/// step that writes finishes the oldest (its attempts start, in the order
+/// the steps were written), a job chosen by either step in flight is not
+/// chosen again, and with one step in flight the second step finishes the
+/// first, as before.
+#[test]
+fn steps_in_flight_are_finished_oldest_first_once_the_pipeline_is_full() {
+    for depth in [1usize, 2, 3] {
+        let (dir, store) = sim_store(&format!("sim-depth-{depth}"));
+        let h = common::key("depth-h").did;
+        let schema = HandlerSchema::new("h", "1.0.0", common::key("depth-p").did);
+        let t = 40_000_000u64;
+        let mut d = scripted(
+            &store,
+            DispatchConfig {
+                steps_in_flight: depth,
+                ..DispatchConfig::default()
+            },
+            13,
+        );
+        let mut ids = Vec::new();
+        let mut started = Vec::new();
+        for i in 0..4u64 {
+            let id = store
+                .enqueue(&h, &schema, &JobRequest::default(), t + i * 10)
+                .unwrap()
+                .0
+                .id;
+            ids.push(id);
+            let r = d.step_overlapped(t + i * 10 + 5).unwrap();
+            started.push(r.dispatched);
+            // Each step chose only the job enqueued just before it.
+            assert_eq!(
+                store.get(&id).unwrap().state,
+                JobState::Running,
+                "depth {depth}, step {i}"
+            );
+            let running: Vec<_> = d
+                .executor_mut()
+                .attempts
+                .iter()
+                .map(|(job, _, _)| *job)
+                .collect();
+            // Steps 0..=i are written; the newest `depth` are in flight.
+            let finished = (i as usize + 1).saturating_sub(depth);
+            assert_eq!(running, ids[..finished], "depth {depth}, step {i}");
+        }
+        // One attempt per finished step, each started once.
+        let expected: Vec<usize> = (0..4).map(|i| usize::from(i + 1 > depth)).collect();
+        assert_eq!(started, expected, "depth {depth}");
+        let rest = d.finish_in_flight().unwrap();
+        assert_eq!(rest.dispatched, depth.min(4), "depth {depth}");
+        assert!(!d.in_flight());
+        let all: Vec<_> = d
+            .executor_mut()
+            .attempts
+            .iter()
+            .map(|(job, _, _)| *job)
+            .collect();
+        assert_eq!(all, ids, "depth {depth}: every job started once, in order");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// A job enqueued after a step read its clock is in the ready queue
 /// while that step chooses. It is left for the next step (its dispatch
 /// would be refused as not due), and a job the step in flight chose is
@@ -1042,10 +1108,17 @@ fn a_job_enqueued_during_a_step_is_dispatched_once_and_its_result_kept() {
     assert!(d.in_flight());
     assert_eq!(state(&early), JobState::Running);
     assert_eq!(state(&late), JobState::Queued, "not due at the step's time");
+    // The second step chooses only the late job; with two steps in
+    // flight (the default), neither is finished yet.
     let next = d.step_overlapped(t + 60).unwrap();
-    assert_eq!(next.dispatched, 1, "{next:?}");
+    assert_eq!(next.dispatched, 0, "{next:?}");
+    assert_eq!(state(&late), JobState::Running);
+    assert!(
+        d.executor_mut().attempts.is_empty(),
+        "started before durable"
+    );
     let last = d.finish_in_flight().unwrap();
-    assert_eq!(last.dispatched, 1, "{last:?}");
+    assert_eq!(last.dispatched, 2, "{last:?}");
     assert_eq!(state(&late), JobState::Running);
     assert_eq!(d.live_attempts(), 2);
 

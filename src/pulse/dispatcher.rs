@@ -56,6 +56,11 @@ pub struct DispatchConfig {
     /// often, ms (0: every step). Deadlines are enforced this much late at
     /// most; the check reads every running job.
     pub deadline_scan_ms: u64,
+    /// Steps whose group commits may be in flight at once on a single
+    /// server ([`Dispatcher::step_overlapped`]; at least 1). Two keep the
+    /// store's commits back to back while the dispatcher gathers the
+    /// reports that arrived during the last one (BENCHMARKS.md, issue 23).
+    pub steps_in_flight: usize,
 }
 
 impl Default for DispatchConfig {
@@ -71,6 +76,7 @@ impl Default for DispatchConfig {
             max_timeout_ms: None,
             plugin_wait_ms: 60_000,
             deadline_scan_ms: 0,
+            steps_in_flight: 2,
         }
     }
 }
@@ -143,8 +149,9 @@ pub struct Dispatcher<E: Executor> {
     /// The latest collection took a full [`REPORT_QUEUE`] of reports:
     /// more may wait unread.
     backlogged: bool,
-    /// The step whose commit is in flight ([`Dispatcher::step_overlapped`]).
-    in_flight: Option<StepInFlight>,
+    /// The steps whose commits are in flight, oldest first
+    /// ([`Dispatcher::step_overlapped`]).
+    in_flight: std::collections::VecDeque<StepInFlight>,
 }
 
 /// Owners remembered before the map starts over (it refills as jobs are
@@ -184,7 +191,7 @@ impl<E: Executor> Dispatcher<E> {
             backlogged: false,
             last_good_step: None,
             fenced: false,
-            in_flight: None,
+            in_flight: std::collections::VecDeque::new(),
         }
     }
 
@@ -396,26 +403,44 @@ impl<E: Executor> Dispatcher<E> {
         merge_reports(overlapped, self.finish_in_flight())
     }
 
-    /// One step at time `now`, overlapped with the step before it: this
+    /// One step at time `now`, overlapped with the steps before it: this
     /// step's group commit is written (visible, its jobs out of the ready
-    /// queue) and left in flight, and the step before it is then finished
-    /// (its commit waited for, its attempts started). So the dispatcher
-    /// stages a step while the one before commits, and each commit carries
-    /// a step's worth of writes; no attempt starts and no answer goes out
-    /// before its commit is durable. The report is of the steps finished
-    /// in this call. Call [`Dispatcher::finish_in_flight`] before waiting for work
-    /// (see [`Dispatcher::in_flight`]) and before any other call.
+    /// queue) and left in flight, and the oldest step in flight is then
+    /// finished (its commit waited for, its attempts started) once
+    /// [`DispatchConfig::steps_in_flight`] steps would be in flight. A
+    /// step that writes nothing finishes the oldest one instead. So the
+    /// dispatcher stages a step while the ones before commit, and each
+    /// commit carries a step's worth of writes; no attempt starts and no
+    /// answer goes out before its commit is durable. The report is of the
+    /// steps finished in this call. Call [`Dispatcher::finish_in_flight`]
+    /// before waiting for work (see [`Dispatcher::in_flight`]) and before
+    /// any other call.
     ///
     /// # Errors
-    /// As [`Dispatcher::step`], for either step.
+    /// As [`Dispatcher::step`], for any step finished.
     pub fn step_overlapped(&mut self, now: u64) -> Result<StepReport, JobError> {
         let begun = self.begin_step(now);
-        let earlier = self.finish_in_flight();
+        let mut earlier = Ok(StepReport::default());
+        let writes = matches!(&begun, Ok(s) if s.group.writes());
+        // A step that writes joins the ones in flight, once the oldest of
+        // a full pipeline is finished; one that writes nothing waits for
+        // the oldest (so the runner does not spin while commits run).
+        let keep = if writes {
+            self.config.steps_in_flight.max(1) - 1
+        } else {
+            self.in_flight.len().saturating_sub(1)
+        };
+        while self.in_flight.len() > keep {
+            let Some(oldest) = self.in_flight.pop_front() else {
+                break;
+            };
+            earlier = merge_reports(earlier, self.finish_step(oldest));
+        }
         match begun {
             // On a shared store (nodes) a batch is committed when it is
             // written: nothing to overlap.
             Ok(step) if step.group.writes() && !self.store.is_shared() => {
-                self.in_flight = Some(step);
+                self.in_flight.push_back(step);
                 earlier
             }
             Ok(step) => {
@@ -426,22 +451,23 @@ impl<E: Executor> Dispatcher<E> {
         }
     }
 
-    /// Finishes the step left in flight by [`Dispatcher::step_overlapped`],
-    /// if any, and returns its report.
+    /// Finishes the steps left in flight by [`Dispatcher::step_overlapped`],
+    /// oldest first, and returns their report.
     ///
     /// # Errors
     /// As [`Dispatcher::step`].
     pub fn finish_in_flight(&mut self) -> Result<StepReport, JobError> {
-        match self.in_flight.take() {
-            Some(step) => self.finish_step(step),
-            None => Ok(StepReport::default()),
+        let mut report = Ok(StepReport::default());
+        while let Some(step) = self.in_flight.pop_front() {
+            report = merge_reports(report, self.finish_step(step));
         }
+        report
     }
 
     /// Whether a step's commit is in flight (see
     /// [`Dispatcher::step_overlapped`]).
     pub fn in_flight(&self) -> bool {
-        self.in_flight.is_some()
+        !self.in_flight.is_empty()
     }
 
     /// The first half of a step: due jobs promoted, reports collected, jobs
@@ -1022,12 +1048,12 @@ impl<E: Executor> Dispatcher<E> {
     /// concurrency and budget decide; a chosen job holds its slot and
     /// reservation.
     fn take(&mut self, id: &JobId, now: u64, reads: &mut StepReads) -> Result<Take, JobError> {
-        // Chosen by the step still in flight, whose dispatch of it may yet
+        // Chosen by a step still in flight, whose dispatch of it may yet
         // be refused: a job is never chosen twice at once.
         if self
             .in_flight
-            .as_ref()
-            .is_some_and(|s| s.chosen.iter().any(|c| c.job.id == *id))
+            .iter()
+            .any(|s| s.chosen.iter().any(|c| c.job.id == *id))
         {
             return Ok(Take::Skipped);
         }

@@ -234,8 +234,8 @@ fn run<E: Executor>(
         }
         let started = std::time::Instant::now();
         let now = crate::clock::unix_ms();
-        // Overlapped: this step is staged and written while the step
-        // before it commits (spec/pulse.md, "Dispatcher").
+        // Overlapped: this step is staged and written while the steps
+        // before it commit (spec/pulse.md, "Overlapped steps").
         let mut step = d.step_overlapped(now);
         if step.is_err() {
             // Not left in flight through the wait below.

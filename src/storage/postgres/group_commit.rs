@@ -206,6 +206,14 @@ impl GroupCommit {
                 }
             }
             // The error, and whether the group may have committed all the same.
+            // On the timeline (`serve --timeline`): the statement's round
+            // trip, its rows and the batches it holds, next to the job
+            // store's and the log's commit spans that wait for it.
+            let span = crate::timeline::span("pg_commit");
+            let (rows, batches) = (
+                (c.del_keys.len() + c.put_keys.len()) as u64,
+                group.len() as u64,
+            );
             let result = match (result, &lane) {
                 // A group of empty batches only waited its turn.
                 (Ok(()), _) if c.is_empty() => Ok(()),
@@ -243,6 +251,7 @@ impl GroupCommit {
                     Err(e)
                 }
             };
+            crate::timeline::end(span, &[("rows", rows), ("batches", batches)]);
             self.answer(&cache, group, &result);
             running.in_hand = 0;
         }
