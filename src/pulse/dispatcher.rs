@@ -56,8 +56,10 @@ pub struct DispatchConfig {
     /// often, ms (0: every step). Deadlines are enforced this much late at
     /// most; the check reads every running job.
     pub deadline_scan_ms: u64,
-    /// Steps whose group commits may be in flight at once on a single
-    /// server ([`Dispatcher::step_overlapped`]; at least 1). Two keep the
+    /// Steps whose group commits may be left in flight on a single server
+    /// between calls of [`Dispatcher::step_overlapped`] (at least 1; within
+    /// a call, the next step's batch is written before the oldest is
+    /// waited for). Two keep the
     /// store's commits back to back while the dispatcher gathers the
     /// reports that arrived during the last one (BENCHMARKS.md, issue 23).
     pub steps_in_flight: usize,
@@ -392,8 +394,8 @@ impl<E: Executor> Dispatcher<E> {
     }
 
     /// One step at time `now`, whole: its group commit is durable and its
-    /// attempts started when it returns. A step left in flight by
-    /// [`Dispatcher::step_overlapped`] is finished first.
+    /// attempts started when it returns. Steps left in flight by
+    /// [`Dispatcher::step_overlapped`] are finished too, before it.
     ///
     /// # Errors
     /// Storage failures (rule violations by reports are counted, not
@@ -406,9 +408,9 @@ impl<E: Executor> Dispatcher<E> {
     /// One step at time `now`, overlapped with the steps before it: this
     /// step's group commit is written (visible, its jobs out of the ready
     /// queue) and left in flight, and the oldest step in flight is then
-    /// finished (its commit waited for, its attempts started) once
-    /// [`DispatchConfig::steps_in_flight`] steps would be in flight. A
-    /// step that writes nothing finishes the oldest one instead. So the
+    /// finished (its commit waited for, its attempts started) while
+    /// [`DispatchConfig::steps_in_flight`] or more are. A step that writes
+    /// nothing finishes every step in flight, then itself. So the
     /// dispatcher stages a step while the ones before commit, and each
     /// commit carries a step's worth of writes; no attempt starts and no
     /// answer goes out before its commit is durable. The report is of the
@@ -423,12 +425,15 @@ impl<E: Executor> Dispatcher<E> {
         let mut earlier = Ok(StepReport::default());
         let writes = matches!(&begun, Ok(s) if s.group.writes());
         // A step that writes joins the ones in flight, once the oldest of
-        // a full pipeline is finished; one that writes nothing waits for
-        // the oldest (so the runner does not spin while commits run).
+        // a full pipeline is finished. One that writes nothing is finished
+        // in this call, so every step before it is finished first: steps
+        // finish in the order they began (its deadline check must see the
+        // attempts of the steps before it started, and its clock is the
+        // latest), and the runner does not spin while commits run.
         let keep = if writes {
             self.config.steps_in_flight.max(1) - 1
         } else {
-            self.in_flight.len().saturating_sub(1)
+            0
         };
         while self.in_flight.len() > keep {
             let Some(oldest) = self.in_flight.pop_front() else {
@@ -718,7 +723,7 @@ impl<E: Executor> Dispatcher<E> {
                 // the live one: the report ends the attempt in this step's
                 // batch. Its slot goes to this step's dispatches, which
                 // commit in that batch too, so neither is durable without
-                // the other (spec/pulse.md, "Overlapped steps").
+                // the other (spec/pulse.md, "Slots lent within a step").
                 self.cancel_pushed.remove(&r.job);
                 self.end_live(&r.job);
                 if let Some(h) = ended_handler {

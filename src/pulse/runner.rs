@@ -211,7 +211,7 @@ fn run<E: Executor>(
         let mut commands = rx.try_iter().peekable();
         if commands.peek().is_some() {
             // A command sees every step finished: a cancel must find the
-            // attempts of the step in flight started, a stop leaves none
+            // attempts of the steps in flight started, a stop leaves none
             // written and not started.
             let now = crate::clock::unix_ms();
             let settled = d.finish_in_flight();
@@ -245,7 +245,7 @@ fn run<E: Executor>(
         record_step(&mut d, &step, now, counters);
         match step {
             // Work done may have made more work (results free slots), and
-            // a step in flight is finished by the next: step again before
+            // steps in flight are finished by later ones: step again before
             // sleeping.
             Ok(r) if r.dispatched > 0 || r.applied > 0 || r.stale > 0 || d.in_flight() => {
                 continue;
