@@ -59,9 +59,9 @@ pub struct DispatchConfig {
     /// Steps whose group commits may be left in flight on a single server
     /// between calls of [`Dispatcher::step_overlapped`] (at least 1; within
     /// a call, the next step's batch is written before the oldest is
-    /// waited for). Two keep the
-    /// store's commits back to back while the dispatcher gathers the
-    /// reports that arrived during the last one (BENCHMARKS.md, issue 23).
+    /// waited for). Two keep the store's commits back to back while the
+    /// dispatcher gathers the reports that arrived during the last one
+    /// (BENCHMARKS.md, issue 23).
     pub steps_in_flight: usize,
 }
 

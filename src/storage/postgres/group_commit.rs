@@ -205,7 +205,6 @@ impl GroupCommit {
                     result = open(&pool).await.map(|opened| lane = Some(opened));
                 }
             }
-            // The error, and whether the group may have committed all the same.
             // On the timeline (`serve --timeline`): the statement's round
             // trip, its rows and the batches it holds, next to the job
             // store's and the log's commit spans that wait for it.
@@ -214,6 +213,7 @@ impl GroupCommit {
                 (c.del_keys.len() + c.put_keys.len()) as u64,
                 group.len() as u64,
             );
+            // The error, and whether the group may have committed all the same.
             let result = match (result, &lane) {
                 // A group of empty batches only waited its turn.
                 (Ok(()), _) if c.is_empty() => Ok(()),
