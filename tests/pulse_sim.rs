@@ -916,6 +916,15 @@ fn scripted(store: &Arc<JobStore>, config: DispatchConfig, seed: u64) -> Dispatc
     )
 }
 
+/// The jobs of the attempts the executor was given, in order.
+fn started_jobs(d: &mut Dispatcher<Scripted>) -> Vec<pulse_ledger::pulse::JobId> {
+    d.executor_mut()
+        .attempts
+        .iter()
+        .map(|(job, _, _)| *job)
+        .collect()
+}
+
 /// Reports the `n`th attempt the executor was given succeeded; its job.
 fn succeed(d: &mut Dispatcher<Scripted>, n: usize) -> pulse_ledger::pulse::JobId {
     let (job, lease, reports) = &d.executor_mut().attempts[n];
@@ -1051,15 +1060,13 @@ fn steps_in_flight_are_finished_oldest_first_once_the_pipeline_is_full() {
                 JobState::Running,
                 "depth {depth}, step {i}"
             );
-            let running: Vec<_> = d
-                .executor_mut()
-                .attempts
-                .iter()
-                .map(|(job, _, _)| *job)
-                .collect();
             // Steps 0..=i are written; the newest `depth` are in flight.
             let finished = (i as usize + 1).saturating_sub(depth);
-            assert_eq!(running, ids[..finished], "depth {depth}, step {i}");
+            assert_eq!(
+                started_jobs(&mut d),
+                ids[..finished],
+                "depth {depth}, step {i}"
+            );
         }
         // One attempt per finished step, each started once.
         let expected: Vec<usize> = (0..4).map(|i| usize::from(i + 1 > depth)).collect();
@@ -1069,13 +1076,11 @@ fn steps_in_flight_are_finished_oldest_first_once_the_pipeline_is_full() {
         let rest = d.step_overlapped(t + 100).unwrap();
         assert_eq!(rest.dispatched, depth.min(4), "depth {depth}");
         assert!(!d.in_flight());
-        let all: Vec<_> = d
-            .executor_mut()
-            .attempts
-            .iter()
-            .map(|(job, _, _)| *job)
-            .collect();
-        assert_eq!(all, ids, "depth {depth}: every job started once, in order");
+        assert_eq!(
+            started_jobs(&mut d),
+            ids,
+            "depth {depth}: every job started once, in order"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
