@@ -113,9 +113,11 @@ pub(crate) struct Args {
     #[arg(long, env = "PULSE_LEDGER_OTLP_ENDPOINT", value_name = "URL")]
     otlp_endpoint: Option<String>,
     /// Diagnostics: append a timeline of the hot paths to FILE, one JSON
-    /// line per dispatcher step, group commit, journal fsync and storage
-    /// event (flush, compaction, write halt), with start and duration in µs, to match a
-    /// latency stall to its cause (BENCHMARKS.md; `bench --trace`).
+    /// line per dispatcher step, group commit (the job store's and the
+    /// log's; on PostgreSQL also each statement, `pg_commit`), journal
+    /// fsync and storage event (flush, compaction, write halt), with start
+    /// and duration in µs, to match a latency stall to its cause
+    /// (BENCHMARKS.md; `bench --trace`).
     #[arg(long, value_name = "FILE")]
     timeline: Option<std::path::PathBuf>,
     /// Delete finished jobs this many hours after their last change
